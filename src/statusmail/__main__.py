@@ -1,0 +1,3 @@
+from statusmail.cli import main
+
+main()

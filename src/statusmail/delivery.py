@@ -1,0 +1,235 @@
+"""The delivery engine: workers, throttle, retries, failure threshold, group-committed ledger.
+
+Each worker owns one connection and takes one recipient at a time. A recipient's outcome
+is committed to the ledger before its worker takes the next one; the commits of all
+workers are grouped into one transaction, so at any moment at most ``concurrency``
+messages can have been accepted by the server without being recorded as sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from statusmail.config import SendingSettings
+from statusmail.errors import ConnectError, DeliveryError
+from statusmail.ledger import Ledger, Outcome, Recipient
+from statusmail.message import Built
+from statusmail.throttle import FailureWindow, HourlyWindow, TokenBucket
+from statusmail.transport import Connection, Transport
+
+log = logging.getLogger("statusmail.delivery")
+
+
+@dataclass
+class RunResult:
+    sent: int = 0
+    failed: int = 0
+    deferred: int = 0  # transient failures with no attempts left: still pending
+    stopped: str | None = None  # why the run stopped early, if it did
+    outcomes_by_status: dict[str, int] = field(default_factory=dict)
+
+
+class GroupCommitter:
+    """Outcomes wait here until the next transaction, which takes all that are waiting."""
+
+    def __init__(self, ledger: Ledger, entry_id: str) -> None:
+        self.ledger = ledger
+        self.entry_id = entry_id
+        self._waiting: list[tuple[Outcome, asyncio.Future[None]]] = []
+        self._scheduled = False
+
+    async def record(self, outcome: Outcome) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((outcome, future))
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        await future
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        batch, self._waiting = self._waiting, []
+        try:
+            self.ledger.record(self.entry_id, [outcome for outcome, _ in batch])
+        except Exception as exc:  # the ledger is the truth: nobody goes on without it
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for _, future in batch:
+            if not future.done():
+                future.set_result(None)
+
+
+class _Stopping(Exception):
+    """Raised inside the retry loop when the run is stopping between attempts."""
+
+
+OnOutcome = Callable[[Outcome, Recipient], None]
+
+
+class Engine:
+    def __init__(
+        self,
+        *,
+        entry_id: str,
+        transport: Transport,
+        ledger: Ledger,
+        build: Callable[[Recipient], Built],
+        settings: SendingSettings,
+        stop: asyncio.Event | None = None,
+        on_outcome: OnOutcome | None = None,
+        hourly: HourlyWindow | None = None,
+        mask: Callable[[str], str] = lambda address: address,
+    ) -> None:
+        self.entry_id = entry_id
+        self.transport = transport
+        self.ledger = ledger
+        self.build = build
+        self.settings = settings
+        self.stop = stop or asyncio.Event()
+        self.on_outcome = on_outcome
+        self.bucket = TokenBucket(settings.rate)
+        self.hourly = hourly or HourlyWindow(settings.max_per_hour)
+        self.failures = FailureWindow(settings.stop_after_failures)
+        self.committer = GroupCommitter(ledger, entry_id)
+        self.mask = mask
+        self.result = RunResult()
+
+    def _halt(self, reason: str) -> None:
+        if self.result.stopped is None:
+            self.result.stopped = reason
+            log.warning("stopping: %s; in-flight messages finish, the rest stay pending", reason)
+        self.stop.set()
+
+    async def run(self, recipients: Iterable[Recipient]) -> RunResult:
+        """Deliver to ``recipients``; raises ``ConnectError`` if no connection can be opened."""
+        connections = await self._open_connections()
+        queue: asyncio.Queue[Recipient | None] = asyncio.Queue(maxsize=len(connections) * 2)
+
+        async def produce() -> None:
+            try:
+                for recipient in recipients:
+                    if self.stop.is_set():
+                        break
+                    if not self.hourly.try_take():
+                        self._halt("the hourly cap (sending.max_per_hour) was reached")
+                        break
+                    await queue.put(recipient)
+            finally:
+                for _ in connections:
+                    await queue.put(None)
+
+        workers = [asyncio.create_task(self._worker(conn, queue)) for conn in connections]
+        producer = asyncio.create_task(produce())
+        try:
+            await asyncio.gather(producer, *workers)
+        finally:
+            for conn in connections:
+                try:
+                    await conn.close()
+                except Exception:
+                    pass
+        return self.result
+
+    async def _open_connections(self) -> list[Connection]:
+        wanted = max(1, self.settings.concurrency)
+        results = await asyncio.gather(
+            *(self.transport.connect() for _ in range(wanted)), return_exceptions=True
+        )
+        connections = [r for r in results if not isinstance(r, BaseException)]
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if not connections:
+            error = errors[0]
+            if isinstance(error, ConnectError):
+                raise error
+            raise error
+        if errors:
+            log.warning(
+                "opened %d of %d connections (%s)", len(connections), wanted, errors[0]
+            )
+        return connections
+
+    async def _worker(self, conn: Connection, queue: asyncio.Queue[Recipient | None]) -> None:
+        while True:
+            recipient = await queue.get()
+            if recipient is None:
+                return
+            if self.stop.is_set():
+                continue  # drain: what was queued but not started stays pending
+            outcome = await self._deliver_one(conn, recipient)
+            await self.committer.record(outcome)
+            self._count(outcome, recipient)
+
+    def _count(self, outcome: Outcome, recipient: Recipient) -> None:
+        if outcome.status == "sent":
+            self.result.sent += 1
+            self.failures.record(True)
+        elif outcome.status == "failed":
+            self.result.failed += 1
+            self.failures.record(False)
+        else:
+            self.result.deferred += 1
+            self.failures.record(False)
+        if self.failures.tripped:
+            self._halt(
+                f"more than {self.settings.stop_after_failures:.0%} of recent recipients failed"
+            )
+        if self.on_outcome:
+            self.on_outcome(outcome, recipient)
+
+    async def _deliver_one(self, conn: Connection, recipient: Recipient) -> Outcome:
+        try:
+            built = self.build(recipient)
+        except Exception as exc:
+            log.error("%s: cannot render: %s", self.mask(recipient.email), exc)
+            return Outcome(recipient.address, "failed", recipient.attempts, None, f"render: {exc}")
+        envelope = built.envelope
+        attempts = recipient.attempts
+        remaining = max(1, self.settings.max_attempts - attempts)
+
+        def retryable(exc: BaseException) -> bool:
+            return isinstance(exc, DeliveryError) and exc.transient
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(remaining),
+            wait=wait_random_exponential(
+                multiplier=self.settings.retry_initial, max=self.settings.retry_max
+            ),
+            retry=retry_if_exception(retryable),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    if attempts > recipient.attempts and self.stop.is_set():
+                        raise _Stopping
+                    await self.bucket.acquire()
+                    attempts += 1
+                    await conn.send(envelope)
+        except _Stopping:
+            return Outcome(recipient.address, "pending", attempts, None, "stopped before retry")
+        except DeliveryError as exc:
+            if exc.transient:
+                log.warning(
+                    "%s: %s (attempt %d of %d); left pending",
+                    self.mask(recipient.email), exc, attempts, self.settings.max_attempts,
+                )
+                if attempts >= self.settings.max_attempts:
+                    return Outcome(recipient.address, "failed", attempts, exc.code, exc.message)
+                return Outcome(recipient.address, "pending", attempts, exc.code, exc.message)
+            log.warning("%s: refused: %s", self.mask(recipient.email), exc)
+            if exc.bounce:
+                self.ledger.suppress(recipient.address, "bounced", f"{exc.code} {exc.message}")
+            return Outcome(recipient.address, "failed", attempts, exc.code, exc.message)
+        return Outcome(recipient.address, "sent", attempts, 250, None, envelope.message_id)

@@ -1,0 +1,88 @@
+"""One error root for everything statusmail raises on purpose.
+
+Library code wraps foreign errors (YAML, SQLite, SMTP, OS) into these, naming the file
+and line, the recipient, or the server's ``host:port``, so the CLI can print one clear
+line and choose the exit code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class StatusmailError(Exception):
+    """Root of every error statusmail raises on purpose."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the input, located as ``file:line``."""
+
+    path: Path | str
+    line: int | None
+    message: str
+    warning: bool = False
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line}" if self.line else f"{self.path}"
+        kind = "warning: " if self.warning else ""
+        return f"{where}: {kind}{self.message}"
+
+
+class InputError(StatusmailError):
+    """The project's files are wrong: config, entries, subscribers, regions or templates."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class ConfigError(InputError):
+    """The configuration file is missing or invalid."""
+
+
+class LedgerError(StatusmailError):
+    """The ledger cannot be opened or is in use by another run."""
+
+
+class RenderError(StatusmailError):
+    """A message could not be rendered (template error, missing translation)."""
+
+
+class DeliveryError(StatusmailError):
+    """A message was not accepted.
+
+    ``transient`` errors (4xx, disconnects, timeouts) may be retried; the others are final.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int | None = None,
+        recipient: str | None = None,
+        transient: bool = False,
+        bounce: bool = False,
+    ) -> None:
+        self.code = code
+        self.message = message
+        self.recipient = recipient
+        self.transient = transient
+        # A "no such user" answer: the address is suppressed for later entries.
+        self.bounce = bounce
+        super().__init__(f"{code} {message}" if code else message)
+
+
+class ConnectError(StatusmailError):
+    """The server could not be reached or refused us before any message (auth, TLS)."""
+
+    def __init__(self, server: str, reason: str, *, transient: bool = True) -> None:
+        self.server = server
+        self.reason = reason
+        self.transient = transient
+        super().__init__(f"{server}: {reason}")
+
+
+class StopRun(StatusmailError):
+    """The run stopped early (failure threshold, signal, hourly cap); re-run to continue."""

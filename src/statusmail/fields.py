@@ -1,0 +1,159 @@
+"""Reading typed fields out of a loaded YAML mapping, collecting located problems."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any, TypeVar
+
+from statusmail.errors import Problem
+from statusmail.yamlfile import LineDict, line_of
+
+T = TypeVar("T")
+
+
+class Fields:
+    """A view over one mapping that records a ``file:line`` problem for each bad field."""
+
+    def __init__(self, path: Path, data: Any, problems: list[Problem], what: str = "") -> None:
+        self.path = path
+        self.problems = problems
+        self.what = what
+        if isinstance(data, dict):
+            self.data: dict[Any, Any] = data
+        else:
+            self.data = LineDict()
+            if data is not None:
+                self.problem(getattr(data, "line", None), f"{what or 'this'} must be a mapping")
+        self.line = getattr(data, "line", None) or 1
+
+    def problem(self, line: int | None, message: str) -> None:
+        self.problems.append(Problem(self.path, line, message))
+
+    def line_of(self, key: str) -> int:
+        return line_of(self.data, key) or self.line
+
+    def name(self, key: str) -> str:
+        return f"{self.what}.{key}" if self.what else key
+
+    def has(self, key: str) -> bool:
+        return self.data.get(key) is not None
+
+    def sub(self, key: str) -> Fields:
+        value = self.data.get(key)
+        fields = Fields(self.path, value, self.problems, self.name(key))
+        if value is None:
+            fields.line = self.line_of(key)
+        return fields
+
+    def unknown_keys(self, allowed: set[str]) -> None:
+        for key in self.data:
+            if key not in allowed:
+                self.problem(self.line_of(key), f"unknown key {self.name(str(key))!r}")
+
+    def str(self, key: str, default: str | None = None, *, required: bool = False) -> str:
+        value = self.data.get(key)
+        if value is None:
+            if required:
+                self.problem(self.line, f"missing {self.name(key)!r}")
+            return default or ""
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            self.problem(self.line_of(key), f"{self.name(key)!r} must be a string")
+            return default or ""
+        return str(value).strip()
+
+    def optional_str(self, key: str) -> str | None:
+        return self.str(key) if self.has(key) else None
+
+    def line_str(self, key: str, *, required: bool = False) -> str:
+        """A string that will end up in a header: one line, no control characters."""
+        value = self.str(key, required=required)
+        if any(ch in value for ch in "\r\n\x00") or any(ord(c) < 32 and c != "\t" for c in value):
+            self.problem(self.line_of(key), f"{self.name(key)!r} must be one line of text")
+            return " ".join(value.split())
+        return value
+
+    def number(self, key: str, default: float, *, minimum: float = 0) -> float:
+        value = self.data.get(key, default)
+        if value is None:
+            return default
+        if not isinstance(value, int | float) or isinstance(value, bool) or value < minimum:
+            self.problem(self.line_of(key), f"{self.name(key)!r} must be a number ≥ {minimum}")
+            return default
+        return float(value)
+
+    def integer(self, key: str, default: int, *, minimum: int = 0) -> int:
+        value = self.data.get(key, default)
+        if value is None:
+            return default
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            self.problem(self.line_of(key), f"{self.name(key)!r} must be a whole number ≥ {minimum}")
+            return default
+        return value
+
+    def optional_integer(self, key: str, *, minimum: int = 1) -> int | None:
+        return self.integer(key, minimum, minimum=minimum) if self.has(key) else None
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.data.get(key, default)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            self.problem(self.line_of(key), f"{self.name(key)!r} must be true or false")
+            return default
+        return value
+
+    def date(self, key: str, *, required: bool = False) -> dt.date | None:
+        value = self.data.get(key)
+        if value is None:
+            if required:
+                self.problem(self.line, f"missing {self.name(key)!r}")
+            return None
+        if isinstance(value, dt.datetime):
+            return value.date()
+        if isinstance(value, dt.date):
+            return value
+        if isinstance(value, str):
+            try:
+                return dt.date.fromisoformat(value.strip())
+            except ValueError:
+                pass
+        self.problem(self.line_of(key), f"{self.name(key)!r} must be a date (YYYY-MM-DD)")
+        return None
+
+    def datetime(self, key: str) -> dt.datetime | None:
+        value = self.data.get(key)
+        if value is None:
+            return None
+        if isinstance(value, dt.datetime):
+            parsed = value
+        elif isinstance(value, dt.date):
+            parsed = dt.datetime(value.year, value.month, value.day)
+        else:
+            try:
+                parsed = dt.datetime.fromisoformat(str(value).strip())
+            except ValueError:
+                self.problem(self.line_of(key), f"{self.name(key)!r} must be a date and time")
+                return None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+    def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
+        value = self.str(key, default)
+        if value not in choices:
+            self.problem(
+                self.line_of(key),
+                f"{self.name(key)!r} is {value!r}; expected one of {', '.join(choices)}",
+            )
+            return default
+        return value
+
+    def str_list(self, key: str) -> list[str] | None:
+        value = self.data.get(key)
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str | int) for v in value):
+            self.problem(self.line_of(key), f"{self.name(key)!r} must be a list of strings")
+            return None
+        return [str(v).strip() for v in value]

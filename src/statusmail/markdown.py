@@ -1,0 +1,156 @@
+"""Entry bodies are Markdown: one source gives the HTML part and the plain-text part."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Sequence
+
+from markdown_it import MarkdownIt
+from markdown_it.token import Token
+from markupsafe import Markup
+
+WIDTH = 78
+
+# Inline styles, since many mail clients drop <style> blocks.
+STYLES = {
+    "p": "margin: 0 0 16px 0;",
+    "a": "color: #1d4ed8; text-decoration: underline;",
+    "ul": "margin: 0 0 16px 0; padding-left: 24px;",
+    "ol": "margin: 0 0 16px 0; padding-left: 24px;",
+    "li": "margin: 0 0 6px 0;",
+    "h1": "margin: 0 0 12px 0; font-size: 20px; line-height: 1.3;",
+    "h2": "margin: 0 0 12px 0; font-size: 18px; line-height: 1.3;",
+    "h3": "margin: 0 0 12px 0; font-size: 16px; line-height: 1.3;",
+    "blockquote": "margin: 0 0 16px 0; padding-left: 12px; border-left: 3px solid #d1d5db;",
+    "code": "font-family: Menlo, Consolas, monospace; font-size: 14px;",
+}
+
+# Raw HTML is off: a body or a name can never inject markup. markdown-it refuses
+# javascript:, vbscript:, file: and data: links on its own (validateLink).
+_md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
+_md.disable("image")  # no remote images, ever
+
+
+class UnsafeLinkError(ValueError):
+    """A link the Markdown renderer refused (``javascript:`` and the like)."""
+
+
+def parse(source: str) -> list[Token]:
+    return _md.parse(source)
+
+
+def refused_links(source: str) -> list[str]:
+    """Link targets in ``source`` that will not be rendered as links."""
+    refused = []
+    for token in _walk(parse(source)):
+        if token.type == "text" and "](" in token.content:
+            start = token.content.find("](") + 2
+            end = token.content.find(")", start)
+            target = token.content[start : end if end > 0 else None].strip()
+            if target and not _md.validateLink(_md.normalizeLink(target)):
+                refused.append(target)
+    return refused
+
+
+def _walk(tokens: Sequence[Token]) -> list[Token]:
+    flat: list[Token] = []
+    for token in tokens:
+        flat.append(token)
+        if token.children:
+            flat.extend(_walk(token.children))
+    return flat
+
+
+def to_html(source: str) -> Markup:
+    tokens = parse(source)
+    for token in _walk(tokens):
+        style = STYLES.get(token.tag)
+        if style and token.nesting >= 0:
+            token.attrSet("style", style)
+    return Markup(_md.renderer.render(tokens, _md.options, {}).strip())
+
+
+def to_text(source: str, width: int = WIDTH) -> str:
+    """A plain-text rendering that says what the HTML says: links spelled out, lists kept."""
+    blocks: list[str] = []
+    prefix_stack: list[str] = []
+    counters: list[int] = []
+    pending_prefix = ""
+    for token in parse(source):
+        if token.type in ("bullet_list_open", "ordered_list_open"):
+            counters.append(int(token.attrGet("start") or 1) if token.tag == "ol" else 0)
+        elif token.type in ("bullet_list_close", "ordered_list_close"):
+            counters.pop()
+        elif token.type == "list_item_open":
+            if counters and counters[-1]:
+                marker = f"{counters[-1]}. "
+                counters[-1] += 1
+            else:
+                marker = "- "
+            pending_prefix = "  " * (len(counters) - 1) + marker
+        elif token.type == "blockquote_open":
+            prefix_stack.append("> ")
+        elif token.type == "blockquote_close":
+            prefix_stack.pop()
+        elif token.type == "inline":
+            text = _inline_text(token.children or [])
+            quote = "".join(prefix_stack)
+            first = quote + pending_prefix
+            rest = quote + " " * len(pending_prefix)
+            pending_prefix = ""
+            lines = [
+                textwrap.fill(
+                    part,
+                    width=width,
+                    initial_indent=first if i == 0 else rest,
+                    subsequent_indent=rest,
+                    break_long_words=False,
+                    break_on_hyphens=False,
+                )
+                for i, part in enumerate(text.split("\n"))
+            ]
+            blocks.append("\n".join(lines))
+        elif token.type in ("code_block", "fence"):
+            blocks.append(textwrap.indent(token.content.rstrip("\n"), "    "))
+        elif token.type == "hr":
+            blocks.append("-" * 20)
+    # Items of one list stay together; other blocks are separated by a blank line.
+    out: list[str] = []
+    for block in blocks:
+        is_item = block.lstrip(" >").startswith(("- ",)) or _numbered(block)
+        if out and not (is_item and _is_item(out[-1])):
+            out.append("")
+        out.append(block)
+    return "\n".join(out).strip() + "\n"
+
+
+def _numbered(block: str) -> bool:
+    head = block.lstrip(" >").split(" ", 1)[0]
+    return head.endswith(".") and head[:-1].isdigit()
+
+
+def _is_item(block: str) -> bool:
+    return block.lstrip(" >").startswith("- ") or _numbered(block)
+
+
+def _inline_text(children: Sequence[Token]) -> str:
+    parts: list[str] = []
+    href_stack: list[str] = []
+    for child in children:
+        if child.type in ("text", "code_inline"):
+            parts.append(child.content)
+        elif child.type == "softbreak":
+            parts.append(" ")
+        elif child.type == "hardbreak":
+            parts.append("\n")
+        elif child.type == "link_open":
+            href_stack.append(str(child.attrGet("href") or ""))
+            parts.append("")
+        elif child.type == "link_close":
+            href = href_stack.pop() if href_stack else ""
+            label = parts[-1] if parts else ""
+            if href.startswith("mailto:"):
+                href = href[len("mailto:") :]
+            if href and href not in label:
+                parts.append(f" <{href}>")
+    return "".join(parts)

@@ -1,0 +1,249 @@
+"""From an entry to the text and HTML of one recipient's message.
+
+Everything that is the same for every recipient of a *variant* (locale, access region,
+whether the greeting has a name) is rendered once, with placeholders where the
+recipient's name and unsubscribe URL go; each recipient then costs two string
+substitutions. ``render_from_scratch`` renders the templates with the real values and
+exists so tests can prove the two give the same output.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from babel.dates import format_date
+from babel.messages.mofile import write_mo
+from babel.messages.pofile import read_po
+from babel.support import NullTranslations, Translations
+from markupsafe import Markup, escape
+
+from statusmail import markdown
+from statusmail.entries import Entry
+from statusmail.errors import Problem, RenderError
+from statusmail.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES
+from statusmail.regions import Region
+
+TEXT_TEMPLATE = "message.txt.j2"
+HTML_TEMPLATE = "message.html.j2"
+CATALOG_DOMAIN = "messages"
+
+# Control characters cannot occur in names (subscribers.clean_name) or URLs.
+NAME_SLOT = "\x00name\x00"
+URL_SLOT = "\x00url\x00"
+
+
+@dataclass(frozen=True, slots=True)
+class VariantKey:
+    locale: str
+    access_region: str | None  # the region whose access block is included, if any
+    named: bool = True  # the greeting names the recipient
+
+    @property
+    def label(self) -> str:
+        return f"{self.locale}-{self.access_region}" if self.access_region else self.locale
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    region_name: str
+    html: Markup
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    subject: str
+    summary: str
+    text: str
+    html: str
+    locale: str
+
+
+def catalog_path(templates_dir: Path, locale: str) -> Path:
+    return templates_dir / "locale" / locale / "LC_MESSAGES" / f"{CATALOG_DOMAIN}.po"
+
+
+def load_translations(templates_dir: Path, locale: str) -> NullTranslations:
+    """Compile the ``.po`` catalog in memory, so a stale ``.mo`` can never be used."""
+    if locale == FALLBACK_LOCALE:
+        return NullTranslations()
+    path = catalog_path(templates_dir, locale)
+    try:
+        with path.open("rb") as handle:
+            catalog = read_po(handle, locale=locale, domain=CATALOG_DOMAIN)
+    except OSError as exc:
+        raise RenderError(f"{path}: cannot read the {locale} catalog: {exc.strerror}") from exc
+    except Exception as exc:  # babel raises several kinds on a broken catalog
+        raise RenderError(f"{path}: invalid catalog: {exc}") from exc
+    buffer = io.BytesIO()
+    write_mo(buffer, catalog, use_fuzzy=False)
+    buffer.seek(0)
+    return Translations(buffer, domain=CATALOG_DOMAIN)
+
+
+class Renderer:
+    """Compiles the templates once per locale and caches each variant's rendering."""
+
+    def __init__(self, templates_dir: Path, regions: Mapping[str, Region], sender_name: str):
+        self.templates_dir = templates_dir
+        self.regions = regions
+        self.sender_name = sender_name
+        self._envs: dict[tuple[str, bool], jinja2.Environment] = {}
+        self._variants: dict[tuple[str, VariantKey], Rendered] = {}
+
+    def _env(self, locale: str, html: bool) -> jinja2.Environment:
+        key = (locale, html)
+        if key not in self._envs:
+            env = jinja2.Environment(
+                loader=jinja2.FileSystemLoader(self.templates_dir),
+                undefined=jinja2.StrictUndefined,
+                autoescape=html,
+                extensions=["jinja2.ext.i18n"],
+                trim_blocks=True,
+                lstrip_blocks=True,
+                keep_trailing_newline=True,
+                auto_reload=False,
+            )
+            env.install_gettext_translations(  # type: ignore[attr-defined]
+                load_translations(self.templates_dir, locale), newstyle=True
+            )
+            self._envs[key] = env
+        return self._envs[key]
+
+    def access_region(self, entry: Entry, region: str | None) -> str | None:
+        """The region whose access block this recipient gets, if any."""
+        if not entry.access_instructions or region is None:
+            return None
+        known = self.regions.get(region)
+        return region if known is not None and known.access else None
+
+    def variant_key(self, entry: Entry, locale: str, region: str | None, name: str) -> VariantKey:
+        return VariantKey(locale, self.access_region(entry, region), bool(name))
+
+    @cached_property
+    def _markdown_cache(self) -> dict[str, tuple[Markup, str]]:
+        return {}
+
+    def _markdown(self, source: str) -> tuple[Markup, str]:
+        cache = self._markdown_cache
+        if source not in cache:
+            cache[source] = (markdown.to_html(source), markdown.to_text(source))
+        return cache[source]
+
+    def _context(self, entry: Entry, key: VariantKey, name: str, url: str) -> dict[str, Any]:
+        if key.locale not in entry.content:
+            raise RenderError(
+                f"{entry.path}: entry {entry.id!r} has no {key.locale!r} content"
+            )
+        content = entry.content[key.locale]
+        body_html, body_text = self._markdown(content.body)
+        access = None
+        if key.access_region:
+            region = self.regions[key.access_region]
+            source = region.access.get(key.locale)
+            if source is None:
+                raise RenderError(
+                    f"{region.path}:{region.line}: region {region.code} has no "
+                    f"{key.locale!r} access instructions"
+                )
+            html, text = self._markdown(source)
+            access = Access(region.name(key.locale), html, text)
+        return {
+            "locale": key.locale,
+            "sender_name": self.sender_name,
+            "subject": content.subject,
+            "summary": content.summary,
+            "date": format_date(entry.date, format="long", locale=key.locale),
+            "body_html": body_html,
+            "body_text": body_text,
+            "access": access,
+            "name": name,
+            "unsubscribe_url": url,
+        }
+
+    def _render(self, entry: Entry, key: VariantKey, name: str, url: str) -> Rendered:
+        context = self._context(entry, key, name, url)
+        try:
+            text = self._env(key.locale, False).get_template(TEXT_TEMPLATE).render(context)
+            html = self._env(key.locale, True).get_template(HTML_TEMPLATE).render(context)
+        except jinja2.TemplateSyntaxError as exc:
+            raise RenderError(f"{exc.filename}:{exc.lineno}: {exc.message}") from exc
+        except jinja2.TemplateError as exc:
+            raise RenderError(f"{self.templates_dir}: {exc}") from exc
+        return Rendered(context["subject"], context["summary"], text, html, key.locale)
+
+    def variant(self, entry: Entry, key: VariantKey) -> Rendered:
+        """The variant rendered once, with slots for the name and the unsubscribe URL."""
+        cache_key = (entry.id, key)
+        if cache_key not in self._variants:
+            self._variants[cache_key] = self._render(
+                entry, key, NAME_SLOT if key.named else "", URL_SLOT
+            )
+        return self._variants[cache_key]
+
+    def render(self, entry: Entry, key: VariantKey, name: str, url: str) -> Rendered:
+        variant = self.variant(entry, key)
+        html_name, html_url = str(escape(name)), str(escape(url))
+        return Rendered(
+            variant.subject,
+            variant.summary,
+            variant.text.replace(NAME_SLOT, name).replace(URL_SLOT, url),
+            variant.html.replace(NAME_SLOT, html_name).replace(URL_SLOT, html_url),
+            variant.locale,
+        )
+
+    def render_from_scratch(self, entry: Entry, key: VariantKey, name: str, url: str) -> Rendered:
+        return self._render(entry, key, name, url)
+
+
+def catalog_problems(templates_dir: Path) -> list[Problem]:
+    """Every template string must be translated in every non-English catalog."""
+    from babel.messages.extract import extract_from_dir
+
+    problems: list[Problem] = []
+    method_map = [("**.j2", "jinja2")]
+    options = {"**.j2": {"extensions": "jinja2.ext.i18n", "silent": "false"}}
+    used: dict[str, tuple[str, int]] = {}
+    try:
+        for filename, lineno, message, _comments, _context in extract_from_dir(
+            templates_dir, method_map=method_map, options_map=options
+        ):
+            msgid = message if isinstance(message, str) else message[0]
+            used.setdefault(msgid, (filename, lineno))
+    except jinja2.TemplateSyntaxError as exc:
+        return [Problem(exc.filename or templates_dir, exc.lineno, exc.message or "syntax error")]
+    for locale in SUPPORTED_LOCALES:
+        if locale == FALLBACK_LOCALE:
+            continue
+        path = catalog_path(templates_dir, locale)
+        if not path.is_file():
+            problems.append(Problem(path, None, f"the {locale} catalog is missing"))
+            continue
+        try:
+            with path.open("rb") as handle:
+                catalog = read_po(handle, locale=locale, domain=CATALOG_DOMAIN)
+        except Exception as exc:
+            problems.append(Problem(path, None, f"invalid catalog: {exc}"))
+            continue
+        for msgid, (filename, lineno) in sorted(used.items()):
+            message = catalog.get(msgid)
+            if message is None:
+                problems.append(
+                    Problem(
+                        path,
+                        None,
+                        f"{msgid!r} (used at {templates_dir / filename}:{lineno}) is not in "
+                        f"the catalog; run pybabel extract and update",
+                    )
+                )
+            elif not message.string or message.fuzzy:
+                line = message.lineno or None
+                state = "fuzzy" if message.fuzzy and message.string else "untranslated"
+                problems.append(Problem(path, line, f"{msgid!r} is {state}"))
+    return problems

@@ -1,0 +1,104 @@
+"""What a run tells people: progress while it runs, a summary table and JSON at the end."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections import Counter
+from typing import Any, TextIO
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from statusmail.ledger import Outcome, Recipient
+
+log = logging.getLogger("statusmail")
+
+
+def mask_address(address: str) -> str:
+    """``anna@example.org`` → ``a***@example.org``: enough to recognise, not to harvest."""
+    local, at, domain = address.rpartition("@")
+    if not at:
+        return "***"
+    return f"{local[:1]}***@{domain}"
+
+
+class ProgressReporter:
+    """A rich progress bar on a terminal, a plain log line every few seconds otherwise."""
+
+    def __init__(self, total: int, *, console: Console, interval: float = 5.0) -> None:
+        self.total = total
+        self.counts: Counter[str] = Counter()
+        self.started = time.monotonic()
+        self.interval = interval
+        self._last_line = self.started
+        self._progress: Progress | None = None
+        if console.is_terminal and total:
+            self._progress = Progress(
+                TextColumn("[bold]sending"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("sent {task.fields[sent]} · failed {task.fields[failed]}"),
+                TextColumn("{task.fields[rate]:.1f}/s"),
+                TimeRemainingColumn(),
+                console=console,
+                transient=True,
+            )
+            self._task = self._progress.add_task("send", total=total, sent=0, failed=0, rate=0.0)
+            self._progress.start()
+
+    def __call__(self, outcome: Outcome, recipient: Recipient) -> None:
+        self.counts[outcome.status] += 1
+        done = self.counts["sent"] + self.counts["failed"]
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        if self._progress is not None:
+            self._progress.update(
+                self._task,
+                completed=sum(self.counts.values()),
+                sent=self.counts["sent"],
+                failed=self.counts["failed"],
+                rate=done / elapsed,
+            )
+        elif time.monotonic() - self._last_line >= self.interval:
+            self._last_line = time.monotonic()
+            log.info(
+                "progress: %d/%d done, sent %d, failed %d, %.1f msg/s",
+                sum(self.counts.values()), self.total, self.counts["sent"],
+                self.counts["failed"], done / elapsed,
+            )
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+def breakdown_table(title: str, rows: list[tuple[str, str | None, str, int]]) -> Table:
+    """Per locale and region: sent, failed, pending, skipped."""
+    grouped: dict[tuple[str, str], Counter[str]] = {}
+    for locale, region, status, count in rows:
+        grouped.setdefault((locale or "-", region or "-"), Counter())[status] += count
+    table = Table(title=title)
+    for column in ("locale", "region", "sent", "failed", "pending", "skipped"):
+        table.add_column(column, justify="right" if column not in ("locale", "region") else "left")
+    totals: Counter[str] = Counter()
+    for (locale, region), counts in sorted(grouped.items()):
+        totals.update(counts)
+        table.add_row(locale, region, *(str(counts[s]) for s in ("sent", "failed", "pending",
+                                                                 "skipped")))
+    table.add_row("total", "", *(str(totals[s]) for s in ("sent", "failed", "pending", "skipped")),
+                  style="bold")
+    return table
+
+
+def print_json(data: Any, stream: TextIO | None = None) -> None:
+    json.dump(data, stream or sys.stdout, ensure_ascii=False, indent=2, sort_keys=True)
+    (stream or sys.stdout).write("\n")

@@ -1,0 +1,205 @@
+"""``send`` and ``send --dry-run``: from an entry ID to delivered (or previewed) messages."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from statusmail.config import Config
+from statusmail.delivery import Engine, OnOutcome, RunResult
+from statusmail.entries import Entry, cross_check, entry_paths, find_entry
+from statusmail.errors import InputError, Problem, RenderError
+from statusmail.ledger import Ledger, Recipient, run_lock
+from statusmail.message import MessageFactory
+from statusmail.regions import Region, load_regions
+from statusmail.render import Renderer, catalog_problems
+from statusmail.selection import SelectionStats, select
+from statusmail.subscribers import RowProblem
+from statusmail.transport import Transport
+
+log = logging.getLogger("statusmail")
+
+
+@dataclass
+class Prepared:
+    config: Config
+    entry: Entry
+    regions: Mapping[str, Region]
+    renderer: Renderer
+    secret: bytes
+    factory: MessageFactory
+
+
+def prepare(config: Config, entry_id: str, *, allow_draft: bool = False) -> Prepared:
+    """Load and validate everything one entry's run needs; raise ``InputError`` if not."""
+    entry = find_entry(config.paths.updates, entry_id)
+    problems: list[Problem] = []
+    if not entry.ready and not allow_draft:
+        problems.append(
+            Problem(entry.path or entry_id, entry.line("status"), "the entry is a draft; "
+                    "drafts are never sent (set status: ready)")
+        )
+    regions = load_regions(config.paths.regions)
+    known = [p.stem for p in entry_paths(config.paths.updates)]
+    problems += cross_check(entry, known, regions)
+    problems += catalog_problems(config.paths.templates)
+    if problems:
+        raise InputError(problems)
+    secret, is_dev = config.unsubscribe_secret()
+    if is_dev:
+        log.warning(
+            "$%s is not set: using the development unsubscribe secret (maildir only)",
+            config.unsubscribe.secret_env,
+        )
+    renderer = Renderer(config.paths.templates, regions, config.sender.name)
+    factory = MessageFactory(config, entry, renderer, secret)
+    return Prepared(config, entry, regions, renderer, secret, factory)
+
+
+def missing_locale_problem(entry: Entry, stats: SelectionStats) -> Problem | None:
+    missing = stats.missing_locales(entry)
+    if not missing:
+        return None
+    return Problem(
+        entry.path or entry.id,
+        entry.line("content"),
+        f"subscribers in the audience read {', '.join(sorted(missing))} "
+        f"but the entry has no content in it",
+    )
+
+
+@dataclass
+class Selected:
+    stats: SelectionStats
+    new: int  # recipients added to the ledger by this selection
+    pending: int  # all still pending for the entry, the new ones included
+
+
+class Declined(Exception):
+    """The user answered no at the confirmation prompt; nothing was recorded."""
+
+
+def select_into_ledger(
+    prepared: Prepared, ledger: Ledger, confirm: Callable[[Selected], bool] | None = None
+) -> Selected:
+    """Write the audience into the ledger as pending, in one transaction.
+
+    Rolls back (and raises) when the audience needs a language the entry lacks, or when
+    ``confirm`` says no. Invalid subscriber rows are recorded as skipped.
+    """
+    entry, config = prepared.entry, prepared.config
+    stats = SelectionStats()
+    skipped: list[tuple[str, str]] = []
+
+    def recipients() -> Iterator[Recipient]:
+        items = select(
+            entry, config.paths.subscribers, config.default_locale_by_region,
+            ledger.suppressed(), stats,
+        )
+        for item in items:
+            if isinstance(item, RowProblem):
+                log.warning("skipped: %s", item)
+                skipped.append((item.email.lower() or f"{item.path}:{item.line}", item.message))
+            else:
+                yield item
+
+    selected: list[Selected] = []
+
+    def before_commit(new: int) -> None:
+        problem = missing_locale_problem(entry, stats)
+        if problem:
+            raise InputError([problem])
+        selected.append(Selected(stats, new, ledger.counts(entry.id)["pending"]))
+        if confirm is not None and not confirm(selected[0]):
+            raise Declined
+
+    ledger.add_pending(entry.id, recipients(), before_commit=before_commit)
+    if skipped:
+        ledger.add_skipped(entry.id, skipped)
+    ledger.mark_selected(entry.id, entry.digest)
+    return selected[0]
+
+
+async def deliver(
+    prepared: Prepared,
+    ledger: Ledger,
+    transport: Transport,
+    *,
+    limit: int | None = None,
+    stop: asyncio.Event | None = None,
+    on_outcome: OnOutcome | None = None,
+    mask: Callable[[str], str] = lambda address: address,
+) -> RunResult:
+    engine = Engine(
+        entry_id=prepared.entry.id,
+        transport=transport,
+        ledger=ledger,
+        build=prepared.factory.build,
+        settings=prepared.config.sending,
+        stop=stop,
+        on_outcome=on_outcome,
+        mask=mask,
+    )
+    result = await engine.run(ledger.pending(prepared.entry.id, limit))
+    ledger.mark_complete_if_done(prepared.entry.id)
+    return result
+
+
+def open_ledger_for_send(config: Config, entry_id: str) -> tuple[Ledger, Any]:
+    lock = run_lock(config.paths.ledger, f"send-{entry_id}")
+    return Ledger(config.paths.ledger), lock
+
+
+@dataclass
+class DryRun:
+    stats: SelectionStats
+    rendered: int = 0
+    failures: list[str] = field(default_factory=list)
+    variants: dict[str, int] = field(default_factory=dict)
+
+
+def dry_run(prepared: Prepared, *, limit: int | None = None) -> DryRun:
+    """Select and render every recipient without touching the ledger or the network."""
+    config, entry = prepared.config, prepared.entry
+    suppressed: set[str] = set()
+    if config.paths.ledger.exists():
+        suppressed = read_only_suppressions(config.paths.ledger)
+    stats = SelectionStats()
+    report = DryRun(stats)
+    for item in select(
+        entry, config.paths.subscribers, config.default_locale_by_region, suppressed, stats
+    ):
+        if isinstance(item, RowProblem):
+            continue
+        if limit is not None and report.rendered >= limit:
+            continue
+        try:
+            built = prepared.factory.build(item)
+        except (RenderError, KeyError, ValueError) as exc:
+            if len(report.failures) < 100:
+                report.failures.append(f"{item.email}: {exc}")
+            continue
+        report.rendered += 1
+        label = built.variant.label
+        report.variants[label] = report.variants.get(label, 0) + 1
+    problem = missing_locale_problem(entry, stats)
+    if problem:
+        report.failures.append(str(problem))
+    return report
+
+
+def read_only_suppressions(path: Path) -> set[str]:
+    import sqlite3
+
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            return {row[0] for row in db.execute("SELECT address FROM suppressions")}
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return set()

@@ -1,0 +1,261 @@
+"""Subscriber lists (CSV or YAML), streamed row by row, validated, de-duplicated."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from email_validator import EmailNotValidError, validate_email
+
+from statusmail.yamlfile import _BaseLoader
+
+STATUSES = ("active", "unsubscribed", "bounced")
+COLUMNS = ("email", "name", "locale", "region", "topics", "status")
+MAX_LINE_CHARS = 4096
+MAX_NAME_CHARS = 200
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
+_REGION = re.compile(r"^[A-Z]{2}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Subscriber:
+    email: str  # as normalized by email-validator (IDN domains in Unicode)
+    ascii_email: str | None  # domain in punycode; None if the local part is not ASCII
+    name: str
+    locale: str  # as written; resolved by locales.resolve_locale
+    region: str | None
+    topics: frozenset[str]
+    status: str
+    path: Path
+    line: int
+
+    @property
+    def key(self) -> str:
+        return address_key(self.email)
+
+
+@dataclass(frozen=True, slots=True)
+class RowProblem:
+    path: Path
+    line: int
+    message: str
+    email: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.message}"
+
+
+@dataclass
+class ReadStats:
+    rows: int = 0
+    duplicates: int = 0
+    invalid: int = 0
+    files: list[Path] = field(default_factory=list)
+
+
+def address_key(address: str) -> str:
+    """Addresses are compared case-insensitively, the whole address."""
+    return address.strip().lower()
+
+
+def subscriber_files(folder: Path) -> list[Path]:
+    if folder.is_file():
+        return [folder]
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in (".csv", ".yaml", ".yml")
+    )
+
+
+def clean_name(raw: str) -> str:
+    """A display name can never break a header: no control characters or line breaks."""
+    return " ".join(_CONTROL.sub(" ", raw).split())[:MAX_NAME_CHARS]
+
+
+def make_subscriber(row: dict[str, Any], path: Path, line: int) -> Subscriber | RowProblem:
+    raw_email = str(row.get("email") or "").strip()
+    if not raw_email:
+        return RowProblem(path, line, "missing email address", raw_email)
+    try:
+        valid = validate_email(raw_email, check_deliverability=False, allow_smtputf8=True)
+    except EmailNotValidError as exc:
+        return RowProblem(path, line, f"invalid address {raw_email!r}: {exc}", raw_email)
+    status = str(row.get("status") or "active").strip().lower()
+    if status not in STATUSES:
+        return RowProblem(
+            path, line, f"status {status!r} is not one of {', '.join(STATUSES)}", raw_email
+        )
+    region = str(row.get("region") or "").strip().upper() or None
+    if region is not None and not _REGION.match(region):
+        return RowProblem(path, line, f"region {region!r} is not an ISO 3166-1 code", raw_email)
+    topics_raw = row.get("topics") or ""
+    if isinstance(topics_raw, list):
+        topics = frozenset(str(t).strip() for t in topics_raw if str(t).strip())
+    else:
+        topics = frozenset(t.strip() for t in str(topics_raw).split(";") if t.strip())
+    return Subscriber(
+        email=valid.normalized,
+        ascii_email=valid.ascii_email,
+        name=clean_name(str(row.get("name") or "")),
+        locale=str(row.get("locale") or "").strip(),
+        region=region,
+        topics=topics,
+        status=status,
+        path=path,
+        line=line,
+    )
+
+
+def _read_csv(path: Path) -> Iterator[Subscriber | RowProblem]:
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        reader = csv.reader(handle)
+        try:
+            header = [h.strip().lower() for h in next(reader)]
+        except StopIteration:
+            return
+        unknown = [h for h in header if h not in COLUMNS]
+        if "email" not in header or unknown:
+            yield RowProblem(
+                path,
+                1,
+                f"header must name the columns {','.join(COLUMNS)}; got {','.join(header)}",
+                "",
+            )
+            return
+        line = reader.line_num
+        for values in reader:
+            start, line = line + 1, reader.line_num
+            if not values or not any(v.strip() for v in values):
+                continue
+            if len(values) != len(header):
+                yield RowProblem(
+                    path, start, f"expected {len(header)} columns, found {len(values)}", values[0]
+                )
+                continue
+            if any(len(v) > MAX_LINE_CHARS for v in values):
+                yield RowProblem(path, start, f"a cell is over {MAX_LINE_CHARS} characters", "")
+                continue
+            yield make_subscriber(dict(zip(header, values, strict=True)), path, start)
+
+
+def _read_yaml(path: Path) -> Iterator[Subscriber | RowProblem]:
+    """Stream a YAML list of flat mappings by parse events, never building the whole list."""
+    with path.open(encoding="utf-8-sig") as handle:
+        events = yaml.parse(handle, Loader=_BaseLoader)
+        try:
+            for event in events:
+                if isinstance(event, yaml.SequenceStartEvent):
+                    break
+                if isinstance(event, yaml.MappingStartEvent | yaml.ScalarEvent):
+                    line = event.start_mark.line + 1
+                    yield RowProblem(path, line, "expected a list of subscribers", "")
+                    return
+            else:
+                return
+            for event in events:
+                if isinstance(event, yaml.SequenceEndEvent):
+                    return
+                line = event.start_mark.line + 1
+                if not isinstance(event, yaml.MappingStartEvent):
+                    yield RowProblem(path, line, "each subscriber must be a mapping", "")
+                    _skip_node(event, events)
+                    continue
+                row, bad = _read_flat_mapping(events)
+                if bad:
+                    yield RowProblem(path, line, bad, str(row.get("email", "")))
+                else:
+                    yield make_subscriber(row, path, line)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            yield RowProblem(path, mark.line + 1 if mark else 0, f"invalid YAML: {exc.problem}", "")
+
+
+def _skip_node(first: yaml.Event, events: Iterator[yaml.Event]) -> None:
+    depth = 1 if isinstance(first, yaml.MappingStartEvent | yaml.SequenceStartEvent) else 0
+    while depth:
+        event = next(events)
+        if isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent):
+            depth += 1
+        elif isinstance(event, yaml.MappingEndEvent | yaml.SequenceEndEvent):
+            depth -= 1
+
+
+def _read_flat_mapping(events: Iterator[yaml.Event]) -> tuple[dict[str, Any], str]:
+    row: dict[str, Any] = {}
+    bad = ""
+    while True:
+        key_event = next(events)
+        if isinstance(key_event, yaml.MappingEndEvent):
+            return row, bad
+        if not isinstance(key_event, yaml.ScalarEvent):
+            _skip_node(key_event, events)
+            bad = "keys must be plain names"
+            continue
+        key = key_event.value.strip().lower()
+        value_event = next(events)
+        if isinstance(value_event, yaml.ScalarEvent):
+            row[key] = value_event.value
+        elif isinstance(value_event, yaml.SequenceStartEvent):
+            items: list[str] = []
+            for item in events:
+                if isinstance(item, yaml.SequenceEndEvent):
+                    break
+                if isinstance(item, yaml.ScalarEvent):
+                    items.append(item.value)
+                else:
+                    _skip_node(item, events)
+                    bad = f"{key!r} must be a list of plain values"
+            row[key] = items
+        else:
+            _skip_node(value_event, events)
+            bad = f"{key!r} must be a plain value or a list"
+        if key not in COLUMNS:
+            bad = f"unknown key {key!r}; expected {', '.join(COLUMNS)}"
+
+
+def read_file(path: Path) -> Iterator[Subscriber | RowProblem]:
+    try:
+        if path.suffix.lower() == ".csv":
+            yield from _read_csv(path)
+        else:
+            yield from _read_yaml(path)
+    except UnicodeDecodeError as exc:
+        yield RowProblem(path, 0, f"not valid UTF-8: {exc.reason}", "")
+    except csv.Error as exc:
+        yield RowProblem(path, 0, f"invalid CSV: {exc}", "")
+    except OSError as exc:
+        yield RowProblem(path, 0, f"cannot read: {exc.strerror or exc}", "")
+
+
+def iter_subscribers(
+    folder: Path, stats: ReadStats | None = None
+) -> Iterator[Subscriber | RowProblem]:
+    """Every subscriber once (the first spelling wins), and every bad row, in file order.
+
+    Seen addresses are remembered as 8-byte digests, not strings, so a list of a million
+    rows costs tens of megabytes, not hundreds.
+    """
+    stats = stats if stats is not None else ReadStats()
+    seen: set[bytes] = set()
+    if not folder.exists():
+        yield RowProblem(folder, 0, "subscribers folder not found", "")
+        return
+    for path in subscriber_files(folder):
+        stats.files.append(path)
+        for item in read_file(path):
+            stats.rows += 1
+            if isinstance(item, RowProblem):
+                stats.invalid += 1
+                yield item
+                continue
+            digest = hashlib.blake2b(item.key.encode(), digest_size=8).digest()
+            if digest in seen:
+                stats.duplicates += 1
+                continue
+            seen.add(digest)
+            yield item

@@ -1,0 +1,104 @@
+"""YAML loading that remembers where things are, so problems can say ``file:line``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from statusmail.errors import InputError, Problem
+
+try:  # the C loader is much faster where libyaml is available
+    _BaseLoader: type[yaml.SafeLoader] = yaml.CSafeLoader  # type: ignore[assignment]
+except AttributeError:  # pragma: no cover
+    _BaseLoader = yaml.SafeLoader
+
+MAX_FILE_BYTES = 16 * 1024 * 1024
+
+
+class LineDict(dict[Any, Any]):
+    """A mapping from YAML that knows its own line and each key's line (1-based)."""
+
+    line: int = 0
+    key_lines: dict[Any, int]
+
+    def line_of(self, key: Any) -> int:
+        return self.key_lines.get(key, self.line)
+
+
+class LineList(list[Any]):
+    line: int = 0
+    item_lines: list[int]
+
+    def line_of(self, index: int) -> int:
+        return self.item_lines[index] if index < len(self.item_lines) else self.line
+
+
+class _Loader(_BaseLoader):  # type: ignore[misc,valid-type]
+    pass
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> LineDict:
+    loader.flatten_mapping(node)
+    result = LineDict()
+    result.line = node.start_mark.line + 1
+    result.key_lines = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, str | int | bool | float) and key is not None:
+            raise yaml.constructor.ConstructorError(
+                None, None, "mapping keys must be plain values", key_node.start_mark
+            )
+        if key in result:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        result[key] = loader.construct_object(value_node, deep=True)
+        result.key_lines[key] = key_node.start_mark.line + 1
+    return result
+
+
+def _construct_sequence(loader: yaml.SafeLoader, node: yaml.SequenceNode) -> LineList:
+    result = LineList(loader.construct_object(child, deep=True) for child in node.value)
+    result.line = node.start_mark.line + 1
+    result.item_lines = [child.start_mark.line + 1 for child in node.value]
+    return result
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
+
+
+def read_text(path: Path, limit: int = MAX_FILE_BYTES) -> str:
+    """Read a UTF-8 file, refusing absurdly large ones and wrapping OS errors."""
+    try:
+        size = path.stat().st_size
+        if size > limit:
+            raise InputError([Problem(path, None, f"file is {size} bytes; the limit is {limit}")])
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError([Problem(path, None, f"not valid UTF-8: {exc.reason}")]) from exc
+    except OSError as exc:
+        raise InputError([Problem(path, None, f"cannot read: {exc.strerror or exc}")]) from exc
+
+
+def load_yaml(path: Path) -> Any:
+    """Parse one YAML document; syntax errors become an ``InputError`` with the line."""
+    text = read_text(path)
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        message = " ".join(str(part) for part in (exc.context, exc.problem) if part)
+        raise InputError([Problem(path, line, f"invalid YAML: {message}")]) from exc
+    except yaml.YAMLError as exc:
+        raise InputError([Problem(path, None, f"invalid YAML: {exc}")]) from exc
+
+
+def line_of(container: Any, key: Any) -> int | None:
+    """The line of ``key`` in a loaded mapping or list, when known."""
+    if isinstance(container, LineDict | LineList):
+        return container.line_of(key)
+    return None
