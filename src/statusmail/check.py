@@ -42,8 +42,11 @@ def check_project(config: Config) -> CheckReport:
             for locale in SUPPORTED_LOCALES:
                 if not region.access.get(locale):
                     problems.append(
-                        Problem(region.path or config.paths.regions, region.line,
-                                f"region {region.code} has no {locale!r} access instructions")
+                        Problem(
+                            region.path or config.paths.regions,
+                            region.line,
+                            f"region {region.code} has no {locale!r} access instructions",
+                        )
                     )
 
     entries, entry_problems = load_entries(config.paths.updates)
@@ -54,8 +57,11 @@ def check_project(config: Config) -> CheckReport:
         for locale, content in entry.content.items():
             for target in markdown.refused_links(content.body):
                 problems.append(
-                    Problem(entry.path or entry.id, entry.line(f"content.{locale}"),
-                            f"link {target!r} in the {locale} body is not allowed")
+                    Problem(
+                        entry.path or entry.id,
+                        entry.line(f"content.{locale}"),
+                        f"link {target!r} in the {locale} body is not allowed",
+                    )
                 )
 
     problems += catalog_problems(config.paths.templates)
@@ -67,9 +73,13 @@ def check_project(config: Config) -> CheckReport:
         problems += exc.problems
     if is_dev:
         report.warnings.append(
-            Problem(config.path, None, f"${config.unsubscribe.secret_env} is not set; the "
-                    "development unsubscribe secret is used (fine for the maildir outbox only)",
-                    warning=True)
+            Problem(
+                config.path,
+                None,
+                f"${config.unsubscribe.secret_env} is not set; the "
+                "development unsubscribe secret is used (fine for the maildir outbox only)",
+                warning=True,
+            )
         )
 
     if not problems:
@@ -92,8 +102,14 @@ def _render_all(
             for name in ("", "Check"):
                 try:
                     factory.build(
-                        Recipient("check@example.invalid", "check@example.invalid",
-                                  "check@example.invalid", name, key.locale, key.access_region)
+                        Recipient(
+                            "check@example.invalid",
+                            "check@example.invalid",
+                            "check@example.invalid",
+                            name,
+                            key.locale,
+                            key.access_region,
+                        )
                     )
                 except (RenderError, StatusmailError) as exc:
                     problems.append(Problem(entry.path or entry.id, None, str(exc)))
@@ -101,9 +117,7 @@ def _render_all(
     return problems
 
 
-def _check_subscribers(
-    config: Config, entries: object, report: CheckReport
-) -> list[Problem]:
+def _check_subscribers(config: Config, entries: object, report: CheckReport) -> list[Problem]:
     problems: list[Problem] = []
     entry_list: list[Entry] = list(entries)  # type: ignore[call-overload]
     needed: dict[str, set[str]] = {entry.id: set() for entry in entry_list}
@@ -122,8 +136,11 @@ def _check_subscribers(
     for entry in entry_list:
         for locale in sorted(needed[entry.id] - set(entry.content)):
             problems.append(
-                Problem(entry.path or entry.id, entry.line("content"),
-                        f"the audience includes {locale!r} readers but the entry has no "
-                        f"{locale!r} content")
+                Problem(
+                    entry.path or entry.id,
+                    entry.line("content"),
+                    f"the audience includes {locale!r} readers but the entry has no "
+                    f"{locale!r} content",
+                )
             )
     return problems

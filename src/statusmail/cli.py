@@ -18,6 +18,7 @@ from statusmail import __version__, commands
 from statusmail.check import check_project
 from statusmail.config import Config, find_config, load_config
 from statusmail.errors import InputError, StatusmailError
+from statusmail.report import print_json
 
 F = TypeVar("F", bound=Callable[..., Any])
 console = Console(stderr=True, soft_wrap=True)
@@ -42,7 +43,10 @@ def setup_logging(verbose: int) -> None:
 def config_option(func: F) -> F:
     """``--config`` works before or after the command name."""
     return click.option(
-        "--config", "config_path", type=click.Path(path_type=Path), default=None,
+        "--config",
+        "config_path",
+        type=click.Path(path_type=Path),
+        default=None,
         help="Config file (default: $STATUSMAIL_CONFIG, else ./statusmail.yaml).",
     )(func)
 
@@ -97,40 +101,69 @@ def check(config: Config, as_json: bool) -> int:
     """
     report = check_project(config)
     if as_json:
-        commands.print_json({
-            "ok": report.ok, "entries": report.entries, "subscribers": report.subscribers,
-            "problems": [str(p) for p in report.problems],
-            "warnings": [str(p) for p in report.warnings],
-        })
+        print_json(
+            {
+                "ok": report.ok,
+                "entries": report.entries,
+                "subscribers": report.subscribers,
+                "problems": [str(p) for p in report.problems],
+                "warnings": [str(p) for p in report.warnings],
+            }
+        )
     else:
         for problem in report.warnings + report.problems:
             console.print(str(problem), markup=False, highlight=False)
         verdict = "ok" if report.ok else f"{len(report.problems)} problem(s)"
-        console.print(f"checked {report.entries} entries, {report.subscribers} subscribers: "
-                      f"{verdict}", markup=False)
+        console.print(
+            f"checked {report.entries} entries, {report.subscribers} subscribers: {verdict}",
+            markup=False,
+        )
     return commands.EXIT_OK if report.ok else commands.EXIT_NOT_STARTED
 
 
 @main.command()
 @config_option
 @click.argument("entry_id", metavar="ID")
-@click.option("--dry-run", is_flag=True,
-              help="Select and render everything, write previews; send nothing, record nothing.")
-@click.option("--preview-dir", type=click.Path(path_type=Path), default=None,
-              help="Where --dry-run writes previews (default: previews/ID/).")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Select and render everything, write previews; send nothing, record nothing.",
+)
+@click.option(
+    "--preview-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where --dry-run writes previews (default: previews/ID/).",
+)
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
-@click.option("--limit", type=click.IntRange(min=1), default=None,
-              help="Deliver to at most N recipients in this run; re-run for the rest.")
-@click.option("--rate", type=click.FloatRange(min=0), default=None,
-              help="Messages per second, all connections together (0: unlimited).")
-@click.option("--concurrency", type=click.IntRange(min=1), default=None,
-              help="Connections kept open at once.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Deliver to at most N recipients in this run; re-run for the rest.",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Messages per second, all connections together (0: unlimited).",
+)
+@click.option(
+    "--concurrency", type=click.IntRange(min=1), default=None, help="Connections kept open at once."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--show-addresses", is_flag=True, help="Log whole addresses instead of masked.")
 @run
 def send(
-    config: Config, entry_id: str, dry_run: bool, preview_dir: Path | None, yes: bool,
-    limit: int | None, rate: float | None, concurrency: int | None, as_json: bool,
+    config: Config,
+    entry_id: str,
+    dry_run: bool,
+    preview_dir: Path | None,
+    yes: bool,
+    limit: int | None,
+    rate: float | None,
+    concurrency: int | None,
+    as_json: bool,
     show_addresses: bool,
 ) -> int:
     """Send entry ID to its audience (re-running continues where it stopped).
@@ -142,7 +175,10 @@ def send(
     if dry_run:
         return commands.send_dry_run(config, entry_id, preview_dir, limit, as_json, console)
     options = commands.SendOptions(
-        limit=limit, yes=yes, json=as_json, show_addresses=show_addresses,
+        limit=limit,
+        yes=yes,
+        json=as_json,
+        show_addresses=show_addresses,
         interactive=sys.stdin.isatty(),
     )
     return asyncio.run(commands.send(config, entry_id, options, console))

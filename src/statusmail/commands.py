@@ -14,7 +14,7 @@ from rich.console import Console
 
 from statusmail.config import Config
 from statusmail.entries import entry_paths, load_entry
-from statusmail.errors import ConnectError, InputError, StatusmailError
+from statusmail.errors import ConnectError, InputError, Problem, StatusmailError
 from statusmail.ledger import Ledger, run_lock
 from statusmail.maildir import MaildirTransport
 from statusmail.preview import write_previews
@@ -52,9 +52,7 @@ def describe_target(config: Config) -> str:
 
 def confirm_prompt(console: Console, entry_id: str, target: str) -> Callable[[Selected], bool]:
     def confirm(selected: Selected) -> bool:
-        locales = ", ".join(
-            f"{n} {loc}" for loc, n in sorted(_by_locale(selected).items())
-        )
+        locales = ", ".join(f"{n} {loc}" for loc, n in sorted(_by_locale(selected).items()))
         console.print(
             f"Send [bold]{entry_id}[/] to [bold]{selected.pending}[/] recipients"
             f" ({locales or 'none'}) through {target}?"
@@ -89,10 +87,14 @@ async def send(config: Config, entry_id: str, options: SendOptions, console: Con
         for problem in stats.invalid:
             log.warning("skipped %s", problem)
         log.info(
-            "%s: %d selected (%d new), %d pending; skipped %d invalid, %d inactive, "
-            "%d suppressed",
-            entry_id, stats.total, selected.new, selected.pending, len(stats.invalid),
-            stats.inactive, stats.suppressed,
+            "%s: %d selected (%d new), %d pending; skipped %d invalid, %d inactive, %d suppressed",
+            entry_id,
+            stats.total,
+            selected.new,
+            selected.pending,
+            len(stats.invalid),
+            stats.inactive,
+            stats.suppressed,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -102,8 +104,13 @@ async def send(config: Config, entry_id: str, options: SendOptions, console: Con
         reporter = ProgressReporter(selected.pending, console=console)
         try:
             result = await deliver(
-                prepared, ledger, transport, limit=options.limit, stop=stop,
-                on_outcome=reporter, mask=mask,
+                prepared,
+                ledger,
+                transport,
+                limit=options.limit,
+                stop=stop,
+                on_outcome=reporter,
+                mask=mask,
             )
         except ConnectError as exc:
             log.error("cannot start: %s", exc)
@@ -117,8 +124,14 @@ async def send(config: Config, entry_id: str, options: SendOptions, console: Con
             result.stopped = "interrupted by a signal"
         counts = ledger.counts(entry_id)
         if options.json:
-            print_json({"entry": entry_id, "counts": counts, "stopped": result.stopped,
-                        "this_run": {"sent": result.sent, "failed": result.failed}})
+            print_json(
+                {
+                    "entry": entry_id,
+                    "counts": counts,
+                    "stopped": result.stopped,
+                    "this_run": {"sent": result.sent, "failed": result.failed},
+                }
+            )
         else:
             console.print(breakdown_table(f"{entry_id}", ledger.breakdown(entry_id)))
             if result.stopped:
@@ -131,8 +144,12 @@ async def send(config: Config, entry_id: str, options: SendOptions, console: Con
 
 
 def send_dry_run(
-    config: Config, entry_id: str, preview_dir: Path | None, limit: int | None,
-    as_json: bool, console: Console,
+    config: Config,
+    entry_id: str,
+    preview_dir: Path | None,
+    limit: int | None,
+    as_json: bool,
+    console: Console,
 ) -> int:
     prepared = prepare(config, entry_id, allow_draft=True)
     report = dry_run(prepared, limit=limit)
@@ -145,19 +162,31 @@ def send_dry_run(
         by_locale[locale] = by_locale.get(locale, 0) + n
         by_region[region or "-"] = by_region.get(region or "-", 0) + n
     if as_json:
-        print_json({
-            "entry": entry_id, "status": prepared.entry.status, "selected": stats.total,
-            "rendered": report.rendered, "by_locale": by_locale, "by_region": by_region,
-            "variants": report.variants, "invalid": [str(p) for p in stats.invalid],
-            "render_failures": report.failures, "previews": str(out_dir),
-        })
+        print_json(
+            {
+                "entry": entry_id,
+                "status": prepared.entry.status,
+                "selected": stats.total,
+                "rendered": report.rendered,
+                "by_locale": by_locale,
+                "by_region": by_region,
+                "variants": report.variants,
+                "invalid": [str(p) for p in stats.invalid],
+                "render_failures": report.failures,
+                "previews": str(out_dir),
+            }
+        )
     else:
-        console.print(f"[bold]{entry_id}[/] (dry run, status {prepared.entry.status}): "
-                      f"{stats.total} recipients, {report.rendered} rendered")
+        console.print(
+            f"[bold]{entry_id}[/] (dry run, status {prepared.entry.status}): "
+            f"{stats.total} recipients, {report.rendered} rendered"
+        )
         console.print("  by locale: " + ", ".join(f"{k} {v}" for k, v in sorted(by_locale.items())))
         console.print("  by region: " + ", ".join(f"{k} {v}" for k, v in sorted(by_region.items())))
-        console.print(f"  skipped: {len(stats.invalid)} invalid, {stats.inactive} inactive, "
-                      f"{stats.suppressed} suppressed")
+        console.print(
+            f"  skipped: {len(stats.invalid)} invalid, {stats.inactive} inactive, "
+            f"{stats.suppressed} suppressed"
+        )
         for problem in stats.invalid:
             console.print(f"  {problem}", markup=False)
         console.print(f"  previews: {len(written)} files in {out_dir}/ (open index.html)")
@@ -174,17 +203,25 @@ def status(config: Config, entry_id: str, as_json: bool, console: Console) -> in
         state = ledger.entry_state(entry_id)
         failures = ledger.failures(entry_id)
         if as_json:
-            print_json({"entry": entry_id, "known": state is not None, **counts,
-                        "complete": bool(state and state[1]),
-                        "failures": [{"address": mask_address(a), "code": c, "detail": d}
-                                     for a, c, d in failures]})
+            print_json(
+                {
+                    "entry": entry_id,
+                    "known": state is not None,
+                    **counts,
+                    "complete": bool(state and state[1]),
+                    "failures": [
+                        {"address": mask_address(a), "code": c, "detail": d} for a, c, d in failures
+                    ],
+                }
+            )
         else:
             if state is None:
                 console.print(f"{entry_id}: not in the ledger (never sent)")
             console.print(breakdown_table(entry_id, ledger.breakdown(entry_id)))
             for address, code, detail in failures[:20]:
-                console.print(f"  failed {mask_address(address)}: {code or ''} {detail or ''}",
-                              markup=False)
+                console.print(
+                    f"  failed {mask_address(address)}: {code or ''} {detail or ''}", markup=False
+                )
     return EXIT_OK
 
 
@@ -201,10 +238,16 @@ def list_entries(config: Config, as_json: bool, console: Console) -> int:
             counts = ledger.counts(path.stem) if ledger else {}
             total = sum(counts.values())
             done = counts.get("sent", 0) + counts.get("failed", 0) + counts.get("skipped", 0)
-            rows.append({"id": path.stem, "date": date, "status": status, "selected": total,
-                         **{k: counts.get(k, 0) for k in ("sent", "failed", "pending",
-                                                          "skipped")},
-                         "progress": f"{done}/{total}" if total else "not sent"})
+            rows.append(
+                {
+                    "id": path.stem,
+                    "date": date,
+                    "status": status,
+                    "selected": total,
+                    **{k: counts.get(k, 0) for k in ("sent", "failed", "pending", "skipped")},
+                    "progress": f"{done}/{total}" if total else "not sent",
+                }
+            )
     finally:
         if ledger:
             ledger.close()
@@ -217,13 +260,15 @@ def list_entries(config: Config, as_json: bool, console: Console) -> int:
     for column in ("id", "date", "status", "progress", "sent", "failed", "pending"):
         table.add_column(column)
     for row in rows:
-        table.add_row(*(str(row[c]) for c in ("id", "date", "status", "progress", "sent",
-                                               "failed", "pending")))
+        table.add_row(
+            *(
+                str(row[c])
+                for c in ("id", "date", "status", "progress", "sent", "failed", "pending")
+            )
+        )
     console.print(table)
     return EXIT_OK
 
 
-def _no_ledger(config: Config) -> "Problem":  # noqa: UP037
-    from statusmail.errors import Problem
-
+def _no_ledger(config: Config) -> Problem:
     return Problem(config.paths.ledger, None, "no ledger yet: nothing has been sent")

@@ -160,16 +160,25 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     top = Fields(path, data, problems, "")
     top.unknown_keys(
         {
-            "sender", "reply_to", "list_id", "paths", "transport", "smtp", "sending",
-            "unsubscribe", "serve", "dkim", "default_locale_by_region",
+            "sender",
+            "reply_to",
+            "list_id",
+            "paths",
+            "transport",
+            "smtp",
+            "sending",
+            "unsubscribe",
+            "serve",
+            "dkim",
+            "default_locale_by_region",
         }
     )
     root = path.parent
 
     sender_f = top.sub("sender")
     sender = Sender(
-        name=sender_f.line_str("name", required=True),
-        address=sender_f.line_str("address", required=True),
+        name=sender_f.line_text("name", required=True),
+        address=sender_f.line_text("address", required=True),
     )
     if sender.address and "@" not in sender.address:
         sender_f.problem(sender_f.line_of("address"), "'sender.address' is not an email address")
@@ -178,7 +187,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     paths_f.unknown_keys({"updates", "subscribers", "templates", "regions", "ledger", "outbox"})
 
     def p(key: str, default: str) -> Path:
-        return root / paths_f.str(key, default)
+        return root / paths_f.text(key, default)
 
     paths = Paths(
         updates=p("updates", "updates"),
@@ -193,13 +202,13 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     smtp_f.unknown_keys(
         {"host", "port", "security", "username", "password_env", "timeout", "ca_file"}
     )
-    ca_file = smtp_f.optional_str("ca_file")
+    ca_file = smtp_f.optional_text("ca_file")
     smtp = SmtpSettings(
-        host=env.get("STATUSMAIL_SMTP_HOST") or smtp_f.str("host", "localhost"),
+        host=env.get("STATUSMAIL_SMTP_HOST") or smtp_f.text("host", "localhost"),
         port=smtp_f.integer("port", 587, minimum=1),
         security=smtp_f.choice("security", SECURITIES, "starttls"),
-        username=smtp_f.optional_str("username"),
-        password_env=smtp_f.str("password_env", "STATUSMAIL_SMTP_PASSWORD"),
+        username=smtp_f.optional_text("username"),
+        password_env=smtp_f.text("password_env", "STATUSMAIL_SMTP_PASSWORD"),
         timeout=smtp_f.number("timeout", 30.0, minimum=0.001),
         ca_file=root / ca_file if ca_file else None,
     )
@@ -219,8 +228,13 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     sending_f = top.sub("sending")
     sending_f.unknown_keys(
         {
-            "rate", "concurrency", "max_attempts", "max_per_hour", "stop_after_failures",
-            "retry_initial", "retry_max",
+            "rate",
+            "concurrency",
+            "max_attempts",
+            "max_per_hour",
+            "stop_after_failures",
+            "retry_initial",
+            "retry_max",
         }
     )
     stop_after = sending_f.number("stop_after_failures", 0.2)
@@ -238,9 +252,9 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
 
     unsub_f = top.sub("unsubscribe")
     unsubscribe = UnsubscribeSettings(
-        url=unsub_f.line_str("url", required=True),
-        mailto=unsub_f.line_str("mailto", required=True),
-        secret_env=unsub_f.str("secret_env", "STATUSMAIL_UNSUBSCRIBE_SECRET"),
+        url=unsub_f.line_text("url", required=True),
+        mailto=unsub_f.line_text("mailto", required=True),
+        secret_env=unsub_f.text("secret_env", "STATUSMAIL_UNSUBSCRIBE_SECRET"),
     )
     if unsubscribe.url and (
         not unsubscribe.url.startswith("https://") or "{token}" not in unsubscribe.url
@@ -251,16 +265,16 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
 
     serve_f = top.sub("serve")
     serve = ServeSettings(
-        host=serve_f.str("host", "127.0.0.1"), port=serve_f.integer("port", 8080, minimum=1)
+        host=serve_f.text("host", "127.0.0.1"), port=serve_f.integer("port", 8080, minimum=1)
     )
 
     dkim = None
     if top.has("dkim"):
         dkim_f = top.sub("dkim")
         dkim = DkimSettings(
-            domain=dkim_f.str("domain", required=True),
-            selector=dkim_f.str("selector", required=True),
-            key_file=root / dkim_f.str("key_file", required=True),
+            domain=dkim_f.text("domain", required=True),
+            selector=dkim_f.text("selector", required=True),
+            key_file=root / dkim_f.text("key_file", required=True),
         )
 
     locales_f = top.sub("default_locale_by_region")
@@ -268,8 +282,8 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
         str(region).upper(): str(locale) for region, locale in locales_f.data.items()
     }
 
-    list_id = top.line_str("list_id", required=True)
-    transport = env.get("STATUSMAIL_TRANSPORT") or top.str("transport", "maildir")
+    list_id = top.line_text("list_id", required=True)
+    transport = env.get("STATUSMAIL_TRANSPORT") or top.text("transport", "maildir")
     if transport not in TRANSPORTS:
         problems.append(
             Problem(
@@ -283,7 +297,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     return Config(
         path=path,
         sender=sender,
-        reply_to=top.optional_str("reply_to"),
+        reply_to=top.optional_text("reply_to"),
         list_id=list_id,
         paths=paths,
         transport=transport,

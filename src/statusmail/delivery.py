@@ -9,6 +9,7 @@ messages can have been accepted by the server without being recorded as sent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -136,10 +137,8 @@ class Engine:
             await asyncio.gather(producer, *workers)
         finally:
             for conn in connections:
-                try:
+                with contextlib.suppress(Exception):
                     await conn.close()
-                except Exception:
-                    pass
         return self.result
 
     async def _open_connections(self) -> list[Connection]:
@@ -155,9 +154,7 @@ class Engine:
                 raise error
             raise error
         if errors:
-            log.warning(
-                "opened %d of %d connections (%s)", len(connections), wanted, errors[0]
-            )
+            log.warning("opened %d of %d connections (%s)", len(connections), wanted, errors[0])
         return connections
 
     async def _worker(self, conn: Connection, queue: asyncio.Queue[Recipient | None]) -> None:
@@ -223,7 +220,10 @@ class Engine:
             if exc.transient:
                 log.warning(
                     "%s: %s (attempt %d of %d); left pending",
-                    self.mask(recipient.email), exc, attempts, self.settings.max_attempts,
+                    self.mask(recipient.email),
+                    exc,
+                    attempts,
+                    self.settings.max_attempts,
                 )
                 if attempts >= self.settings.max_attempts:
                     return Outcome(recipient.address, "failed", attempts, exc.code, exc.message)

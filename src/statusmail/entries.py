@@ -70,24 +70,24 @@ def load_entry(path: Path) -> Entry:
     f.unknown_keys(
         {"id", "date", "status", "thread", "audience", "access_instructions", "content", "send_at"}
     )
-    entry_id = f.str("id", required=True)
+    entry_id = f.text("id", required=True)
     if entry_id and entry_id != path.stem:
         f.problem(f.line_of("id"), f"id {entry_id!r} does not match the file name {path.stem!r}")
     date = f.date("date", required=True)
-    status = f.str("status", required=True)
+    status = f.text("status", required=True)
     if status and status not in STATUSES:
         f.problem(f.line_of("status"), f"status is {status!r}; expected draft or ready")
 
     audience_f = f.sub("audience")
     audience_f.unknown_keys({"regions", "topics", "locales"})
-    regions = audience_f.str_list("regions")
+    regions = audience_f.text_list("regions")
     for code in regions or []:
         if not REGION_CODE.match(code):
             audience_f.problem(
                 audience_f.line_of("regions"),
                 f"region {code!r} is not an ISO 3166-1 alpha-2 code (like RU)",
             )
-    locales = audience_f.str_list("locales")
+    locales = audience_f.text_list("locales")
     normalized_locales = []
     for raw in locales or []:
         locale = normalize_locale(raw)
@@ -98,7 +98,7 @@ def load_entry(path: Path) -> Entry:
             )
         else:
             normalized_locales.append(locale)
-    topics = audience_f.str_list("topics")
+    topics = audience_f.text_list("topics")
     audience = Audience(
         regions=frozenset(regions) if regions is not None else None,
         topics=frozenset(topics) if topics is not None else None,
@@ -118,9 +118,9 @@ def load_entry(path: Path) -> Entry:
         block = content_f.sub(locale)
         block.unknown_keys({"subject", "summary", "body"})
         content[locale] = Content(
-            subject=block.line_str("subject", required=True),
-            summary=block.line_str("summary", required=True),
-            body=block.str("body", required=True),
+            subject=block.line_text("subject", required=True),
+            summary=block.line_text("summary", required=True),
+            body=block.text("body", required=True),
         )
     if not content_f.data:
         f.problem(f.line_of("content"), "the entry has no content")
@@ -139,7 +139,7 @@ def load_entry(path: Path) -> Entry:
         status=status,
         content=content,
         audience=audience,
-        thread=f.optional_str("thread"),
+        thread=f.optional_text("thread"),
         access_instructions=f.boolean("access_instructions", True),
         send_at=f.datetime("send_at"),
         path=path,

@@ -51,7 +51,7 @@ class Fields:
             if key not in allowed:
                 self.problem(self.line_of(key), f"unknown key {self.name(str(key))!r}")
 
-    def str(self, key: str, default: str | None = None, *, required: bool = False) -> str:
+    def text(self, key: str, default: str | None = None, *, required: bool = False) -> str:
         value = self.data.get(key)
         if value is None:
             if required:
@@ -62,12 +62,12 @@ class Fields:
             return default or ""
         return str(value).strip()
 
-    def optional_str(self, key: str) -> str | None:
-        return self.str(key) if self.has(key) else None
+    def optional_text(self, key: str) -> str | None:
+        return self.text(key) if self.has(key) else None
 
-    def line_str(self, key: str, *, required: bool = False) -> str:
+    def line_text(self, key: str, *, required: bool = False) -> str:
         """A string that will end up in a header: one line, no control characters."""
-        value = self.str(key, required=required)
+        value = self.text(key, required=required)
         if any(ch in value for ch in "\r\n\x00") or any(ord(c) < 32 and c != "\t" for c in value):
             self.problem(self.line_of(key), f"{self.name(key)!r} must be one line of text")
             return " ".join(value.split())
@@ -87,7 +87,9 @@ class Fields:
         if value is None:
             return default
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            self.problem(self.line_of(key), f"{self.name(key)!r} must be a whole number ≥ {minimum}")
+            self.problem(
+                self.line_of(key), f"{self.name(key)!r} must be a whole number ≥ {minimum}"
+            )
             return default
         return value
 
@@ -138,7 +140,7 @@ class Fields:
         return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
     def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
-        value = self.str(key, default)
+        value = self.text(key, default)
         if value not in choices:
             self.problem(
                 self.line_of(key),
@@ -147,7 +149,7 @@ class Fields:
             return default
         return value
 
-    def str_list(self, key: str) -> list[str] | None:
+    def text_list(self, key: str) -> list[str] | None:
         value = self.data.get(key)
         if value is None:
             return None

@@ -141,8 +141,17 @@ class Ledger:
                 " locale, region, status, created_at, updated_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
                 (
-                    (entry_id, r.address, r.email, r.ascii_email, r.name, r.locale, r.region,
-                     stamp, stamp)
+                    (
+                        entry_id,
+                        r.address,
+                        r.email,
+                        r.ascii_email,
+                        r.name,
+                        r.locale,
+                        r.region,
+                        stamp,
+                        stamp,
+                    )
                     for r in recipients
                 ),
             )
@@ -192,8 +201,16 @@ class Ledger:
                 " message_id = COALESCE(?, message_id), updated_at = ?"
                 " WHERE entry_id = ? AND address = ?",
                 (
-                    (o.status, o.attempts, o.code, o.detail, o.message_id, stamp, entry_id,
-                     o.address)
+                    (
+                        o.status,
+                        o.attempts,
+                        o.code,
+                        o.detail,
+                        o.message_id,
+                        stamp,
+                        entry_id,
+                        o.address,
+                    )
                     for o in outcomes
                 ),
             )

@@ -42,7 +42,8 @@ class MaildirTransport:
                 self._box = mailbox.Maildir(self.outbox, create=True)
             except OSError as exc:
                 raise ConnectError(
-                    str(self.outbox), f"cannot open the outbox: {exc.strerror or exc}",
+                    str(self.outbox),
+                    f"cannot open the outbox: {exc.strerror or exc}",
                     transient=False,
                 ) from exc
         return MaildirConnection(self._box, self.outbox)

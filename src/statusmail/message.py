@@ -22,6 +22,7 @@ from statusmail.render import Rendered, Renderer, VariantKey
 from statusmail.tokens import message_id, unsubscribe_token
 from statusmail.transport import Envelope
 
+
 def _header(name: str, value: str) -> bytes:
     """One unstructured header, folded, RFC 2047-encoded when not ASCII, CRLF-terminated.
 
@@ -79,9 +80,7 @@ class MessageFactory:
         """(headers common to the variant, boundary)."""
         if key not in self._heads:
             sender = self.config.sender
-            boundary = "=_sm_" + hashlib.sha256(
-                f"{self.entry.id}/{key}".encode()
-            ).hexdigest()[:24]
+            boundary = "=_sm_" + hashlib.sha256(f"{self.entry.id}/{key}".encode()).hexdigest()[:24]
             head = [
                 _address_header("From", sender.name, sender.address),
                 _header("Subject", rendered.subject),
@@ -108,9 +107,8 @@ class MessageFactory:
         head, boundary = self._variant_head(key, rendered)
         header_address = recipient.ascii_email or recipient.email
         mid = message_id(self.secret, entry.id, recipient.address, self.domain)
-        mailto = (
-            f"mailto:{self.config.unsubscribe.mailto}?subject="
-            + quote(f"unsubscribe {url.rsplit('/', 1)[-1]}")
+        mailto = f"mailto:{self.config.unsubscribe.mailto}?subject=" + quote(
+            f"unsubscribe {url.rsplit('/', 1)[-1]}"
         )
         parts = [
             _address_header("To", recipient.name, header_address),
@@ -124,15 +122,21 @@ class MessageFactory:
             # Never encoded: receivers parse these URIs; folded after the comma.
             f"List-Unsubscribe: <{url}>,\r\n <{mailto}>\r\n".encode(),
             head,
-            b"\r\n--", boundary, b"\r\n",
+            b"\r\n--",
+            boundary,
+            b"\r\n",
             b'Content-Type: text/plain; charset="utf-8"\r\n'
             b"Content-Transfer-Encoding: quoted-printable\r\n\r\n",
             _qp(rendered.text),
-            b"\r\n--", boundary, b"\r\n",
+            b"\r\n--",
+            boundary,
+            b"\r\n",
             b'Content-Type: text/html; charset="utf-8"\r\n'
             b"Content-Transfer-Encoding: quoted-printable\r\n\r\n",
             _qp(rendered.html),
-            b"\r\n--", boundary, b"--\r\n",
+            b"\r\n--",
+            boundary,
+            b"--\r\n",
         ]
         envelope = Envelope(
             sender=self.config.sender.address,

@@ -84,7 +84,9 @@ def write_previews(
     rows = "".join(
         f"<tr><td>{html.escape(locale)}</td><td>{html.escape(region or '-')}</td>"
         f"<td style='text-align: right;'>{n}</td></tr>"
-        for (locale, region), n in sorted(stats.selected.items(), key=lambda i: (i[0][0], i[0][1] or ""))
+        for (locale, region), n in sorted(
+            stats.selected.items(), key=lambda i: (i[0][0], i[0][1] or "")
+        )
     )
     index = out_dir / "index.html"
     index.write_text(

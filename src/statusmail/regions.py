@@ -43,7 +43,7 @@ def load_regions(path: Path) -> dict[str, Region]:
         f.unknown_keys({"name", "blocked_since", "access"})
         names = {str(k): str(v) for k, v in f.sub("name").data.items()}
         access_f = f.sub("access")
-        access = {str(k): access_f.str(str(k)) for k in access_f.data}
+        access = {str(k): access_f.text(str(k)) for k in access_f.data}
         regions[code] = Region(
             code=code,
             names=names,

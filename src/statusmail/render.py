@@ -9,6 +9,7 @@ exists so tests can prove the two give the same output.
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -87,6 +88,15 @@ def load_translations(templates_dir: Path, locale: str) -> NullTranslations:
     return Translations(buffer, domain=CATALOG_DOMAIN)
 
 
+def local_date(date: dt.date, locale: str) -> str:
+    """CLDR's long date (``21 апреля 2020 г.``, ``April 21, 2020``).
+
+    CLDR puts a narrow no-break space before ``г.``; it is replaced with a plain space,
+    as the SPEC spells the date, because some mail clients show U+202F as a box.
+    """
+    return format_date(date, format="long", locale=locale).replace("\u202f", " ")
+
+
 class Renderer:
     """Compiles the templates once per locale and caches each variant's rendering."""
 
@@ -138,9 +148,7 @@ class Renderer:
 
     def _context(self, entry: Entry, key: VariantKey, name: str, url: str) -> dict[str, Any]:
         if key.locale not in entry.content:
-            raise RenderError(
-                f"{entry.path}: entry {entry.id!r} has no {key.locale!r} content"
-            )
+            raise RenderError(f"{entry.path}: entry {entry.id!r} has no {key.locale!r} content")
         content = entry.content[key.locale]
         body_html, body_text = self._markdown(content.body)
         access = None
@@ -159,7 +167,7 @@ class Renderer:
             "sender_name": self.sender_name,
             "subject": content.subject,
             "summary": content.summary,
-            "date": format_date(entry.date, format="long", locale=key.locale),
+            "date": local_date(entry.date, key.locale),
             "body_html": body_html,
             "body_text": body_text,
             "access": access,
@@ -232,8 +240,8 @@ def catalog_problems(templates_dir: Path) -> list[Problem]:
             problems.append(Problem(path, None, f"invalid catalog: {exc}"))
             continue
         for msgid, (filename, lineno) in sorted(used.items()):
-            message = catalog.get(msgid)
-            if message is None:
+            found = catalog.get(msgid)
+            if found is None:
                 problems.append(
                     Problem(
                         path,
@@ -242,8 +250,8 @@ def catalog_problems(templates_dir: Path) -> list[Problem]:
                         f"the catalog; run pybabel extract and update",
                     )
                 )
-            elif not message.string or message.fuzzy:
-                line = message.lineno or None
-                state = "fuzzy" if message.fuzzy and message.string else "untranslated"
+            elif not found.string or found.fuzzy:
+                line = found.lineno or None
+                state = "fuzzy" if found.fuzzy and found.string else "untranslated"
                 problems.append(Problem(path, line, f"{msgid!r} is {state}"))
     return problems

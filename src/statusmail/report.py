@@ -72,8 +72,11 @@ class ProgressReporter:
             self._last_line = time.monotonic()
             log.info(
                 "progress: %d/%d done, sent %d, failed %d, %.1f msg/s",
-                sum(self.counts.values()), self.total, self.counts["sent"],
-                self.counts["failed"], done / elapsed,
+                sum(self.counts.values()),
+                self.total,
+                self.counts["sent"],
+                self.counts["failed"],
+                done / elapsed,
             )
 
     def close(self) -> None:
@@ -92,10 +95,15 @@ def breakdown_table(title: str, rows: list[tuple[str, str | None, str, int]]) ->
     totals: Counter[str] = Counter()
     for (locale, region), counts in sorted(grouped.items()):
         totals.update(counts)
-        table.add_row(locale, region, *(str(counts[s]) for s in ("sent", "failed", "pending",
-                                                                 "skipped")))
-    table.add_row("total", "", *(str(totals[s]) for s in ("sent", "failed", "pending", "skipped")),
-                  style="bold")
+        table.add_row(
+            locale, region, *(str(counts[s]) for s in ("sent", "failed", "pending", "skipped"))
+        )
+    table.add_row(
+        "total",
+        "",
+        *(str(totals[s]) for s in ("sent", "failed", "pending", "skipped")),
+        style="bold",
+    )
     return table
 
 

@@ -40,8 +40,11 @@ def prepare(config: Config, entry_id: str, *, allow_draft: bool = False) -> Prep
     problems: list[Problem] = []
     if not entry.ready and not allow_draft:
         problems.append(
-            Problem(entry.path or entry_id, entry.line("status"), "the entry is a draft; "
-                    "drafts are never sent (set status: ready)")
+            Problem(
+                entry.path or entry_id,
+                entry.line("status"),
+                "the entry is a draft; drafts are never sent (set status: ready)",
+            )
         )
     regions = load_regions(config.paths.regions)
     known = [p.stem for p in entry_paths(config.paths.updates)]
@@ -97,8 +100,11 @@ def select_into_ledger(
 
     def recipients() -> Iterator[Recipient]:
         items = select(
-            entry, config.paths.subscribers, config.default_locale_by_region,
-            ledger.suppressed(), stats,
+            entry,
+            config.paths.subscribers,
+            config.default_locale_by_region,
+            ledger.suppressed(),
+            stats,
         )
         for item in items:
             if isinstance(item, RowProblem):

@@ -152,7 +152,7 @@ def _read_yaml(path: Path) -> Iterator[Subscriber | RowProblem]:
                 if isinstance(event, yaml.SequenceStartEvent):
                     break
                 if isinstance(event, yaml.MappingStartEvent | yaml.ScalarEvent):
-                    line = event.start_mark.line + 1
+                    line = _line(event)
                     yield RowProblem(path, line, "expected a list of subscribers", "")
                     return
             else:
@@ -160,7 +160,7 @@ def _read_yaml(path: Path) -> Iterator[Subscriber | RowProblem]:
             for event in events:
                 if isinstance(event, yaml.SequenceEndEvent):
                     return
-                line = event.start_mark.line + 1
+                line = _line(event)
                 if not isinstance(event, yaml.MappingStartEvent):
                     yield RowProblem(path, line, "each subscriber must be a mapping", "")
                     _skip_node(event, events)
@@ -173,6 +173,11 @@ def _read_yaml(path: Path) -> Iterator[Subscriber | RowProblem]:
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             yield RowProblem(path, mark.line + 1 if mark else 0, f"invalid YAML: {exc.problem}", "")
+
+
+def _line(event: yaml.Event) -> int:
+    mark = event.start_mark
+    return mark.line + 1 if mark is not None else 0
 
 
 def _skip_node(first: yaml.Event, events: Iterator[yaml.Event]) -> None:

@@ -1,0 +1,266 @@
+"""SMTP delivery: one long-lived ``aiosmtplib`` session per connection, one message per send.
+
+``SmtpTransport.connect()`` opens a session (TLS, STARTTLS or plain, then AUTH) or raises
+``ConnectError`` naming ``host:port``. ``SmtpConnection.send()`` runs one transaction
+(MAIL, RCPT, DATA) and maps every failure to ``DeliveryError``: 4xx, disconnects and
+timeouts are transient, 5xx are final, and "no such user" replies are bounces. A
+connection that lost its session reconnects on its next ``send``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import ssl
+
+import aiosmtplib
+
+from statusmail.config import SmtpSettings
+from statusmail.errors import ConnectError, DeliveryError
+from statusmail.transport import Envelope
+
+_BOUNCE_STATUS = re.compile(r"(?<![\d.])5\.1\.(?:1|10)(?![\d.])")
+_BOUNCE_TEXT = re.compile(
+    r"user unknown|no such user|unknown user|mailbox unavailable|does not exist", re.I
+)
+# Errors that mean the session is gone (or out of step) and must be reopened.
+_LOST = (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, TimeoutError, OSError)
+
+
+def _one_line(text: str) -> str:
+    return " / ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def is_bounce(code: int, text: str) -> bool:
+    """A permanent "no such user" answer: 5.1.1/5.1.10, or a 550 saying so in words."""
+    if code < 500:
+        return False
+    return bool(_BOUNCE_STATUS.search(text)) or (code == 550 and bool(_BOUNCE_TEXT.search(text)))
+
+
+def _abort(smtp: aiosmtplib.SMTP) -> None:
+    """Close now: no TLS close_notify dance that could outlive the event loop."""
+    transport = smtp.transport
+    smtp.close()
+    if isinstance(transport, asyncio.WriteTransport):
+        transport.abort()
+
+
+def _headers_are_ascii(data: bytes) -> bool:
+    end = data.find(b"\r\n\r\n")
+    return (data if end < 0 else data[:end]).isascii()
+
+
+class SmtpTransport:
+    """Opens SMTP sessions as ``settings`` say; ``password`` comes from the environment."""
+
+    name = "smtp"
+
+    def __init__(
+        self, settings: SmtpSettings, password: str | None, *, hostname: str | None = None
+    ) -> None:
+        self.settings = settings
+        self._password = password
+        self._hostname = hostname  # our EHLO name; None = the machine's FQDN
+        self._tls_context: ssl.SSLContext | None = None
+
+    @property
+    def server(self) -> str:
+        return self.settings.server
+
+    async def connect(self) -> SmtpConnection:
+        """Open one connection, or raise ``ConnectError`` naming ``host:port``."""
+        return SmtpConnection(self, await self.open_session())
+
+    def tls_context(self) -> ssl.SSLContext:
+        """Verifying context: the system CA store, or only ``settings.ca_file`` if set."""
+        if self._tls_context is None:
+            ca = self.settings.ca_file
+            try:
+                self._tls_context = ssl.create_default_context(cafile=str(ca) if ca else None)
+            except OSError as exc:  # ssl.SSLError is an OSError too
+                raise self._error(f"cannot load the CA file {ca}: {exc}", transient=False) from exc
+        return self._tls_context
+
+    async def open_session(self) -> aiosmtplib.SMTP:
+        s = self.settings
+        smtp = aiosmtplib.SMTP(
+            hostname=s.host,
+            port=s.port,
+            local_hostname=self._hostname,
+            timeout=s.timeout,
+            use_tls=s.security == "tls",
+            start_tls=False,  # done below, so that a missing STARTTLS is an error
+            tls_context=self.tls_context() if s.security != "none" else None,
+        )
+        try:
+            await smtp.connect()
+            await smtp.ehlo()  # extensions are checked before each transaction
+            if s.security == "starttls":
+                if not smtp.supports_extension("starttls"):
+                    raise self._error("the server does not offer STARTTLS", transient=False)
+                await smtp.starttls()
+                await smtp.ehlo()
+            if s.username is not None:
+                if not smtp.supports_extension("auth"):
+                    raise self._error("the server does not offer AUTH", transient=False)
+                await smtp.login(s.username, self._password or "")
+        except BaseException as exc:  # including cancellation: never leak the socket
+            _abort(smtp)
+            if isinstance(exc, aiosmtplib.SMTPException | OSError):
+                raise self._connect_error(exc) from exc
+            raise
+        return smtp
+
+    def _error(self, reason: str, *, transient: bool) -> ConnectError:
+        return ConnectError(self.server, reason, transient=transient)
+
+    def _connect_error(self, exc: BaseException) -> ConnectError:
+        if isinstance(exc, ssl.SSLError) or isinstance(exc.__cause__, ssl.SSLError):
+            cause = exc if isinstance(exc, ssl.SSLError) else exc.__cause__
+            return self._error(f"TLS failed: {cause}", transient=False)
+        if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+            reply = f"{exc.code} {_one_line(exc.message)}"
+            return self._error(f"authentication refused: {reply}", transient=False)
+        if isinstance(exc, aiosmtplib.SMTPResponseException):
+            reply = f"{exc.code} {_one_line(exc.message)}"
+            return self._error(f"the server refused us: {reply}", transient=exc.code < 500)
+        if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
+            return self._error(f"timed out after {self.settings.timeout:g}s", transient=True)
+        if isinstance(exc, aiosmtplib.SMTPConnectError | ConnectionError | OSError):
+            reason = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
+            return self._error(f"cannot connect: {reason}", transient=True)
+        # Other SMTPException: the server lacks something we need (e.g. an AUTH method).
+        return self._error(str(exc), transient=False)
+
+
+class SmtpConnection:
+    """One session reused for many messages; reopened on the next send after a loss."""
+
+    def __init__(self, transport: SmtpTransport, smtp: aiosmtplib.SMTP) -> None:
+        self._transport = transport
+        self._smtp: aiosmtplib.SMTP | None = smtp
+        self._lock = asyncio.Lock()
+        self.sessions = 1  # how many sessions this connection has opened
+
+    @property
+    def broken(self) -> bool:
+        return self._smtp is None or not self._smtp.is_connected
+
+    async def send(self, envelope: Envelope) -> None:
+        """Deliver one message or raise ``DeliveryError``."""
+        async with self._lock:
+            smtp = await self._session(envelope)
+            try:
+                await self._transaction(smtp, envelope)
+            except (aiosmtplib.SMTPRecipientRefused, aiosmtplib.SMTPRecipientsRefused) as exc:
+                one = exc if isinstance(exc, aiosmtplib.SMTPRecipientRefused) else exc.recipients[0]
+                raise await self._refused(smtp, envelope, one.code, one.message, "RCPT") from exc
+            except aiosmtplib.SMTPResponseException as exc:
+                stage = "MAIL" if isinstance(exc, aiosmtplib.SMTPSenderRefused) else "DATA"
+                raise await self._refused(smtp, envelope, exc.code, exc.message, stage) from exc
+            except (*_LOST, aiosmtplib.SMTPException) as exc:
+                self._drop()
+                raise self._lost(envelope, exc) from exc
+            except ValueError as exc:  # an address aiosmtplib cannot put in a command
+                await self._reset(smtp)
+                raise DeliveryError(
+                    f"cannot send to {envelope.recipient}: {exc}", recipient=envelope.recipient
+                ) from exc
+            except asyncio.CancelledError:  # mid-transaction: the session is out of step
+                self._drop()
+                raise
+
+    async def close(self) -> None:
+        smtp, self._smtp = self._smtp, None
+        if smtp is None:
+            return
+        transport = smtp.transport
+        try:
+            with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+                if smtp.is_connected:
+                    await smtp.quit()
+        finally:
+            smtp.close()
+            # After 221 (or a failed QUIT) nothing is left to say: drop the socket now.
+            if isinstance(transport, asyncio.WriteTransport):
+                transport.abort()
+            await asyncio.sleep(0)  # let the loop run the transport's connection_lost
+
+    async def _session(self, envelope: Envelope) -> aiosmtplib.SMTP:
+        if self._smtp is not None and self._smtp.is_connected:
+            return self._smtp
+        self._drop()
+        try:
+            self._smtp = await self._transport.open_session()
+        except ConnectError as exc:
+            raise DeliveryError(
+                f"reconnecting to {exc}",  # ConnectError's str starts with host:port
+                recipient=envelope.recipient,
+                transient=True,
+            ) from exc
+        self.sessions += 1
+        return self._smtp
+
+    async def _transaction(self, smtp: aiosmtplib.SMTP, envelope: Envelope) -> None:
+        rcpt = envelope.recipient_ascii
+        utf8_addresses = rcpt is None or not envelope.sender.isascii()
+        offers_utf8 = smtp.supports_extension("smtputf8")
+        if utf8_addresses and not offers_utf8:
+            raise DeliveryError(
+                f"{self._transport.server} does not offer SMTPUTF8, "
+                f"needed for the address {envelope.recipient}",
+                recipient=envelope.recipient,
+            )
+        data = envelope.data
+        options: list[str] = []
+        if utf8_addresses or (offers_utf8 and not _headers_are_ascii(data)):
+            options.append("SMTPUTF8")
+        if not data.isascii() and smtp.supports_extension("8bitmime"):
+            options.append("BODY=8BITMIME")
+        encoding = "utf-8" if options and options[0] == "SMTPUTF8" else "ascii"
+        await smtp.mail(envelope.sender, options=options, encoding=encoding)
+        await smtp.rcpt(rcpt or envelope.recipient, encoding=encoding)
+        await smtp.data(data)
+
+    async def _refused(
+        self, smtp: aiosmtplib.SMTP, envelope: Envelope, code: int, text: str, stage: str
+    ) -> DeliveryError:
+        """A 4xx/5xx reply: reset the transaction (or drop the session) and map it."""
+        if code == 421:  # "closing transmission channel"
+            self._drop()
+        else:
+            await self._reset(smtp)
+        text = _one_line(text)
+        return DeliveryError(
+            f"{text} (reply to {stage} from {self._transport.server})",
+            code=code,
+            recipient=envelope.recipient,
+            transient=code < 500,
+            bounce=is_bounce(code, text),
+        )
+
+    async def _reset(self, smtp: aiosmtplib.SMTP) -> None:
+        """RSET after a failed transaction so that the session can carry the next one."""
+        if not smtp.is_connected:
+            self._drop()
+            return
+        try:
+            await smtp.rset()
+        except (*_LOST, aiosmtplib.SMTPException):
+            self._drop()
+
+    def _lost(self, envelope: Envelope, exc: BaseException) -> DeliveryError:
+        server = self._transport.server
+        if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
+            timeout = self._transport.settings.timeout
+            reason = f"{server} did not answer within {timeout:g}s"
+        else:
+            reason = f"connection to {server} lost: {exc}"
+        return DeliveryError(reason, recipient=envelope.recipient, transient=True)
+
+    def _drop(self) -> None:
+        if self._smtp is not None:
+            _abort(self._smtp)
+        self._smtp = None

@@ -1,0 +1,126 @@
+"""Rendering: the per-variant cache gives exactly what rendering from scratch gives."""
+
+from __future__ import annotations
+
+import email.policy
+from email import message_from_bytes
+from pathlib import Path
+
+import pytest
+
+from statusmail.config import load_config
+from statusmail.entries import find_entry
+from statusmail.ledger import Recipient
+from statusmail.message import MessageFactory
+from statusmail.regions import load_regions
+from statusmail.render import Renderer, local_date
+from statusmail.selection import select
+from statusmail.subscribers import RowProblem
+
+HOSTILE_NAMES = [
+    "<script>alert(1)</script>",
+    'Eve "the" O\'Hacker & Co',
+    "Мария <b>Иванова</b>",
+    "%(name)s {{ name }} {% raw %}",
+    "Ann\u00a0Lee",
+]
+
+
+def sample(project: Path, entry_id: str) -> tuple[Renderer, MessageFactory, list[Recipient]]:
+    config = load_config(project)
+    entry = find_entry(config.paths.updates, entry_id)
+    regions = load_regions(config.paths.regions)
+    renderer = Renderer(config.paths.templates, regions, config.sender.name)
+    factory = MessageFactory(config, entry, renderer, b"test-secret")
+    recipients = [
+        r
+        for r in select(entry, config.paths.subscribers, config.default_locale_by_region)
+        if not isinstance(r, RowProblem)
+    ]
+    return renderer, factory, recipients
+
+
+@pytest.mark.parametrize("entry_id", ["update-2020-04-21", "block-2020-01-23"])
+def test_cached_variants_equal_rendering_from_scratch(project: Path, entry_id: str) -> None:
+    renderer, factory, recipients = sample(project, entry_id)
+    assert recipients
+    extra = [
+        Recipient(f"h{i}@example.org", f"h{i}@example.org", f"h{i}@example.org", name, locale, "RU")
+        for i, name in enumerate(HOSTILE_NAMES)
+        for locale in ("en", "ru")
+    ]
+    seen_variants = set()
+    for recipient in recipients + extra:
+        key = renderer.variant_key(
+            factory.entry, recipient.locale, recipient.region, recipient.name
+        )
+        seen_variants.add(key)
+        url = factory.unsubscribe_url(recipient.address)
+        cached = renderer.render(factory.entry, key, recipient.name, url)
+        scratch = Renderer(renderer.templates_dir, renderer.regions, renderer.sender_name)
+        fresh = scratch.render_from_scratch(factory.entry, key, recipient.name, url)
+        assert cached == fresh, recipient.address
+    # the cache really is per variant, not per recipient
+    assert len(renderer._variants) == len(seen_variants) < len(recipients + extra)
+
+
+def test_names_are_escaped_in_html_and_never_become_markup(project: Path) -> None:
+    _renderer, factory, _ = sample(project, "update-2020-04-21")
+    for name in HOSTILE_NAMES[:3]:
+        recipient = Recipient("x@example.org", "x@example.org", "x@example.org", name, "en", "RU")
+        built = factory.build(recipient)
+        html = built.rendered.html
+        assert "<script>" not in html and "<b>Иванова</b>" not in html
+        assert "&lt;" in html or "&#34;" in html or "&amp;" in html
+        parsed = message_from_bytes(built.envelope.data, policy=email.policy.default)
+        assert parsed["To"].addresses[0].display_name == name
+
+
+def test_russian_and_english_dates() -> None:
+    import datetime as dt
+
+    assert local_date(dt.date(2020, 4, 21), "ru") == "21 апреля 2020 г."
+    assert local_date(dt.date(2020, 6, 3), "ru") == "3 июня 2020 г."
+    assert local_date(dt.date(2020, 4, 21), "en") == "April 21, 2020"
+
+
+def test_text_and_html_say_the_same_thing(project: Path) -> None:
+    """Above the footer (whose unsubscribe line differs by design), the words match."""
+    import html as html_lib
+    import re
+
+    _, factory, recipients = sample(project, "update-2020-04-21")
+    for recipient in recipients:
+        rendered = factory.build(recipient).rendered
+        text_body = rendered.text.split("\n-- \n", 1)[0]
+        html_body = rendered.html.split("<hr", 1)[0].split("<body", 1)[1].split(">", 1)[1]
+        html_words = set(re.findall(r"\w{3,}", html_lib.unescape(html_body)))
+        text_words = set(re.findall(r"\w{3,}", text_body))
+        assert text_words <= html_words, text_words - html_words
+        html_visible = set(
+            re.findall(r"\w{3,}", html_lib.unescape(re.sub(r"<[^>]+>", " ", html_body)))
+        )
+        assert html_visible <= text_words, html_visible - text_words
+
+
+def test_message_id_is_stable_and_threads_to_the_block_notice(project: Path) -> None:
+    _, update, recipients = sample(project, "update-2020-04-21")
+    _, block, _ = sample(project, "block-2020-01-23")
+    recipient = recipients[0]
+    first = message_from_bytes(update.build(recipient).envelope.data, policy=email.policy.default)
+    again = message_from_bytes(update.build(recipient).envelope.data, policy=email.policy.default)
+    notice = message_from_bytes(block.build(recipient).envelope.data, policy=email.policy.default)
+    assert first["Message-ID"] == again["Message-ID"]
+    assert first["In-Reply-To"] == notice["Message-ID"] == first["References"]
+    assert notice["In-Reply-To"] is None
+    assert recipient.address not in first["Message-ID"]
+
+
+def test_subject_with_many_cyrillic_words_keeps_its_spaces(project: Path) -> None:
+    _renderer, factory, recipients = sample(project, "update-2020-04-21")
+    russian = next(r for r in recipients if r.locale == "ru")
+    parsed = message_from_bytes(factory.build(russian).envelope.data, policy=email.policy.default)
+    assert parsed["Subject"] == factory.entry.content["ru"].subject
+    raw_headers = factory.build(russian).envelope.data.split(b"\r\n\r\n", 1)[0]
+    assert all(len(line) <= 998 for line in raw_headers.split(b"\r\n"))
+    assert raw_headers.isascii()

@@ -1,0 +1,256 @@
+"""The README's first command, end to end: the April 21 update into the maildir outbox."""
+
+from __future__ import annotations
+
+import email.policy
+import json
+import mailbox
+import os
+import subprocess
+import sys
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+# Who the sample data says gets update-2020-04-21: active, topic service-status,
+# region RU, BY or KZ (see subscribers/), with the language each resolves to.
+EXPECTED_UPDATE = {
+    "anna.petrova@example.org": ("ru", "RU"),
+    "ivan.smirnov@example.com": ("ru", "RU"),
+    "olga.kuznetsova@example.net": ("ru", "RU"),
+    "dmitry.volkov@example.org": ("en", "RU"),
+    "kate.morozova@example.com": ("en", "RU"),
+    "sergey.orlov@example.net": ("ru", "RU"),
+    "elena.sokolova@example.org": ("ru", "RU"),
+    "maria@xn--e1afmkfd.xn--80akhbyknj4f": ("ru", "RU"),
+    "viktor.egorov@example.com": ("ru", "RU"),
+    "alexander.kozlov@example.com": ("ru", "BY"),
+    "hanna.sidarenka@example.net": ("ru", "BY"),
+    "aigerim.nurlanova@example.org": ("ru", "KZ"),
+    "daniyar.abenov@example.com": ("ru", "KZ"),
+    "alexei.popov@xn--e1afmkfd.xn--80akhbyknj4f": ("ru", "KZ"),
+}
+NEVER = {
+    "pavel.lebedev@example.com",
+    "tatiana.belova@example.org",
+    "mia.weber@example.net",
+    "natalia.fedorova@example.net",
+    "nikolai.zaitsev@example.net",
+    "john.miller@example.net",
+}
+ACCESS_MARKERS = ("mirror.startmail.example", ".onion")
+
+
+def statusmail(
+    config: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "statusmail", *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def outbox_messages(config: Path) -> list[EmailMessage]:
+    box = mailbox.Maildir(config.parent / "outbox", create=False)
+    return [
+        email.message_from_bytes(box.get_bytes(key), policy=email.policy.default)  # type: ignore[misc]
+        for key in box.iterkeys()
+    ]
+
+
+def address_of(message: EmailMessage) -> str:
+    to = message["To"]
+    assert len(to.addresses) == 1
+    return to.addresses[0].addr_spec.lower()
+
+
+@pytest.fixture
+def sent(project: Path) -> tuple[Path, list[EmailMessage]]:
+    result = statusmail(project, "send", "update-2020-04-21", "--yes")
+    assert result.returncode == 0, result.stderr
+    return project, outbox_messages(project)
+
+
+def test_delivers_to_exactly_the_affected_subscribers_once(
+    sent: tuple[Path, list[EmailMessage]],
+) -> None:
+    _, messages = sent
+    addresses = [address_of(m) for m in messages]
+    assert sorted(addresses) == sorted(EXPECTED_UPDATE)
+    assert not NEVER & set(addresses)
+
+
+def test_rerun_adds_nothing_and_status_agrees(sent: tuple[Path, list[EmailMessage]]) -> None:
+    config, messages = sent
+    again = statusmail(config, "send", "update-2020-04-21", "--yes")
+    assert again.returncode == 0, again.stderr
+    assert len(outbox_messages(config)) == len(messages)
+    status = statusmail(config, "status", "update-2020-04-21", "--json")
+    assert status.returncode == 0, status.stderr
+    counts = json.loads(status.stdout)
+    assert counts["sent"] == len(EXPECTED_UPDATE)
+    assert (counts["failed"], counts["pending"], counts["skipped"]) == (0, 0, 0)
+    listing = json.loads(statusmail(config, "list", "--json").stdout)
+    row = next(r for r in listing if r["id"] == "update-2020-04-21")
+    assert row["sent"] == len(EXPECTED_UPDATE) and row["progress"] == "14/14"
+
+
+def test_every_message_is_well_formed(sent: tuple[Path, list[EmailMessage]]) -> None:
+    _, messages = sent
+    message_ids = set()
+    for message in messages:
+        assert message.get_content_type() == "multipart/alternative"
+        parts = list(message.iter_parts())
+        assert [p.get_content_type() for p in parts] == ["text/plain", "text/html"]
+        for part in parts:
+            assert part.get_content_charset() == "utf-8"
+            assert part["Content-Transfer-Encoding"] != "base64"
+        for header in (
+            "From",
+            "To",
+            "Subject",
+            "Date",
+            "Message-ID",
+            "List-Id",
+            "List-Unsubscribe",
+            "List-Unsubscribe-Post",
+            "Auto-Submitted",
+            "Content-Language",
+        ):
+            assert message[header], header
+        assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        assert message["Auto-Submitted"] == "auto-generated"
+        assert "status.startmail.example" in message["List-Id"]
+        unsubscribe = message["List-Unsubscribe"]
+        assert "<https://www.startmail.example/status/unsubscribe/" in unsubscribe
+        assert "<mailto:unsubscribe@startmail.example" in unsubscribe
+        assert message["Cc"] is None and message["Bcc"] is None
+        html = parts[1].get_content()
+        assert "<img" not in html and "<script" not in html and "src=" not in html
+        assert "https://www.startmail.example/status/unsubscribe/" in html
+        message_ids.add(message["Message-ID"])
+        # threading: the update follows up the January notice
+        assert message["In-Reply-To"].startswith("<block-2020-01-23.")
+        assert message["References"] == message["In-Reply-To"]
+    assert len(message_ids) == len(messages)
+
+
+def test_language_dates_and_access_block(sent: tuple[Path, list[EmailMessage]]) -> None:
+    _, messages = sent
+    for message in messages:
+        address = address_of(message)
+        locale, region = EXPECTED_UPDATE[address]
+        text = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+        html = message.get_body(("html",)).get_content()  # type: ignore[union-attr]
+        subject = message["Subject"]
+        assert message["Content-Language"] == locale
+        has_cyrillic = any("а" <= ch.lower() <= "я" for ch in subject)
+        assert has_cyrillic == (locale == "ru"), (address, subject)
+        if locale == "ru":
+            assert "21 апреля 2020 г." in text and "21 апреля 2020 г." in html
+            assert "Здравствуйте" in text
+        else:
+            assert "April 21, 2020" in text and "April 21, 2020" in html
+        for marker in ACCESS_MARKERS:
+            assert (marker in text) == (region == "RU"), (address, marker)
+            assert (marker in html) == (region == "RU"), (address, marker)
+            assert marker not in subject
+
+
+def test_names_are_greeted_and_cyrillic_names_survive(
+    sent: tuple[Path, list[EmailMessage]],
+) -> None:
+    _, messages = sent
+    by_address = {address_of(m): m for m in messages}
+    anna = by_address["anna.petrova@example.org"]
+    assert anna["To"].addresses[0].display_name == "Анна Петрова"
+    assert "Здравствуйте, Анна Петрова!" in anna.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    nameless = by_address["elena.sokolova@example.org"]
+    assert "Здравствуйте!" in nameless.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    # the IDN address goes out with its domain in ASCII, the name encoded
+    maria = by_address["maria@xn--e1afmkfd.xn--80akhbyknj4f"]
+    assert maria["To"].addresses[0].display_name == "Мария Иванова"
+
+
+def test_dry_run_touches_no_ledger_and_writes_previews(project: Path, tmp_path: Path) -> None:
+    previews = tmp_path / "previews"
+    result = statusmail(
+        project, "send", "update-2020-04-21", "--dry-run", "--preview-dir", str(previews), "--json"
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["selected"] == report["rendered"] == len(EXPECTED_UPDATE)
+    assert report["by_locale"] == {"ru": 12, "en": 2}
+    assert report["by_region"] == {"RU": 9, "BY": 2, "KZ": 3}
+    assert not (project.parent / "statusmail.db").exists()
+    assert not (project.parent / "outbox").exists()
+    names = sorted(p.name for p in previews.iterdir())
+    assert names == [
+        "en-RU.eml",
+        "en-RU.html",
+        "en.eml",
+        "en.html",
+        "index.html",
+        "ru-RU.eml",
+        "ru-RU.html",
+        "ru.eml",
+        "ru.html",
+    ]
+    index = (previews / "index.html").read_text(encoding="utf-8")
+    for label in ("en", "en-RU", "ru", "ru-RU"):
+        assert f'src="{label}.html"' in index
+    ru_ru = email.message_from_bytes(
+        (previews / "ru-RU.eml").read_bytes(), policy=email.policy.default
+    )
+    assert "mirror.startmail.example" in ru_ru.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    ru = (previews / "ru.html").read_text(encoding="utf-8")
+    assert "mirror.startmail.example" not in ru and "21 апреля 2020 г." in ru
+    # previews never carry a real subscriber's address
+    assert "example.org" not in index
+
+
+def test_dry_run_fails_when_a_recipient_cannot_render(project: Path, tmp_path: Path) -> None:
+    template = project.parent / "templates" / "message.txt.j2"
+    template.write_text(
+        template.read_text(encoding="utf-8") + "{{ no_such_variable }}\n", encoding="utf-8"
+    )
+    result = statusmail(
+        project, "send", "update-2020-04-21", "--dry-run", "--preview-dir", str(tmp_path / "p")
+    )
+    assert result.returncode == 1
+    assert "no_such_variable" in result.stderr
+
+
+def test_draft_is_never_sent(project: Path) -> None:
+    entry = project.parent / "updates" / "update-2020-04-21.yaml"
+    entry.write_text(
+        entry.read_text(encoding="utf-8").replace("status: ready", "status: draft"),
+        encoding="utf-8",
+    )
+    result = statusmail(project, "send", "update-2020-04-21", "--yes")
+    assert result.returncode == 1
+    assert "draft" in result.stderr and "update-2020-04-21.yaml:" in result.stderr
+    assert not (project.parent / "outbox").exists()
+
+
+def test_invalid_row_is_skipped_reported_and_recorded(project: Path) -> None:
+    csv_path = project.parent / "subscribers" / "main.csv"
+    lines = csv_path.read_text(encoding="utf-8").splitlines()
+    lines.append("broken@@example.org,Broken,ru,RU,service-status,active")
+    csv_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = statusmail(project, "send", "update-2020-04-21", "--yes", "--json")
+    assert result.returncode == 0, result.stderr
+    assert f"main.csv:{len(lines)}:" in result.stderr
+    counts = json.loads(result.stdout)["counts"]
+    assert counts["sent"] == len(EXPECTED_UPDATE) and counts["skipped"] == 1
+
+
+def test_unknown_entry_is_a_clear_error(project: Path) -> None:
+    result = statusmail(project, "send", "update-2099-01-01", "--yes")
+    assert result.returncode == 1
+    assert "update-2099-01-01" in result.stderr and "update-2020-04-21" in result.stderr
