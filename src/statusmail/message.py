@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from email.header import Header
 from urllib.parse import quote
 
-from statusmail.config import Config
+from statusmail.config import Config, DkimSettings
 from statusmail.entries import Entry
+from statusmail.errors import ConfigError, Problem, RenderError
 from statusmail.ledger import Recipient
 from statusmail.render import Rendered, Renderer, VariantKey
 from statusmail.tokens import message_id, unsubscribe_token
@@ -53,10 +54,59 @@ class Built:
     variant: VariantKey
 
 
+DKIM_HEADERS = [
+    b"from",
+    b"to",
+    b"subject",
+    b"date",
+    b"message-id",
+    b"in-reply-to",
+    b"references",
+    b"reply-to",
+    b"list-id",
+    b"list-unsubscribe",
+    b"list-unsubscribe-post",
+    b"content-type",
+    b"mime-version",
+    b"content-language",
+]
+
+
+class DkimSigner:
+    """DKIM signatures (RFC 6376) with dkimpy; List-Unsubscribe(-Post) are signed too."""
+
+    def __init__(self, settings: DkimSettings) -> None:
+        try:
+            self.key = settings.key_file.read_bytes()
+        except OSError as exc:
+            raise ConfigError(
+                [Problem(settings.key_file, None, f"cannot read the DKIM key: {exc.strerror}")]
+            ) from exc
+        self.selector = settings.selector.encode()
+        self.domain = settings.domain.encode()
+
+    def sign(self, data: bytes) -> bytes:
+        import dkim
+
+        try:
+            signature: bytes = dkim.sign(
+                data,
+                self.selector,
+                self.domain,
+                self.key,
+                canonicalize=(b"relaxed", b"relaxed"),
+                include_headers=DKIM_HEADERS,
+            )
+        except dkim.DKIMException as exc:
+            raise RenderError(f"DKIM signing failed: {exc}") from exc
+        return signature + data
+
+
 class MessageFactory:
     """Makes every message of one entry; one instance per run."""
 
     def __init__(self, config: Config, entry: Entry, renderer: Renderer, secret: bytes) -> None:
+        self.signer = DkimSigner(config.dkim) if config.dkim else None
         self.config = config
         self.entry = entry
         self.renderer = renderer
@@ -138,11 +188,14 @@ class MessageFactory:
             boundary,
             b"--\r\n",
         ]
+        data = b"".join(parts)
+        if self.signer is not None:
+            data = self.signer.sign(data)
         envelope = Envelope(
             sender=self.config.sender.address,
             recipient=recipient.email,
             recipient_ascii=recipient.ascii_email,
-            data=b"".join(parts),
+            data=data,
             message_id=mid,
         )
         return Built(envelope, rendered, key)
