@@ -22,7 +22,8 @@ Fault injection (all real server behaviour, no mocks), as keyword arguments:
 - ``hangup_after=N``: each connection accepts N messages; at the next DATA the server
   answers ``hangup_reply`` (default ``"421 4.3.2 Closing"``) and closes the connection,
   or, with ``hangup_reply=None``, closes it without a word.
-- ``data_delay=seconds``: wait (asynchronously) before answering the end of DATA.
+- ``data_delay=seconds``: wait (asynchronously) before answering the end of DATA; or a
+  callable ``f(n) -> seconds`` for the nth DATA (1-based).
 - ``auth=("user", "secret")``: require AUTH (PLAIN/LOGIN) with these credentials; AUTH is
   offered only after TLS when ``tls_context`` is given, else on the plain connection.
 - ``tls_context``: a server ``ssl.SSLContext`` (see ``make_test_ca``); STARTTLS is offered,
@@ -119,8 +120,9 @@ class _Handler:
             smtp.transport.close()
             # connection_lost() cancels this task; never answer.
             await asyncio.Event().wait()
-        if srv.data_delay:
-            await asyncio.sleep(srv.data_delay)
+        delay = srv.data_delay(n) if callable(srv.data_delay) else srv.data_delay
+        if delay:
+            await asyncio.sleep(delay)
         if srv.fail_data_every and n % srv.fail_data_every == 0:
             return "451 4.3.0 Try again later"
         if srv.data_reply is not None:
@@ -173,7 +175,7 @@ class RecordingServer:
         reject_rcpt: Mapping[str, str] | None = None,
         hangup_after: int | None = None,
         hangup_reply: str | None = "421 4.3.2 Closing",
-        data_delay: float = 0.0,
+        data_delay: float | Callable[[int], float] = 0.0,
         auth: tuple[str, str] | None = None,
         tls_context: ssl.SSLContext | None = None,
         implicit_tls: bool = False,

@@ -22,7 +22,7 @@ from tenacity import (
 )
 
 from statusmail.config import SendingSettings
-from statusmail.errors import ConnectError, DeliveryError
+from statusmail.errors import DeliveryError
 from statusmail.ledger import Ledger, Outcome, Recipient
 from statusmail.message import Built
 from statusmail.throttle import FailureWindow, HourlyWindow, TokenBucket
@@ -123,9 +123,6 @@ class Engine:
                 for recipient in recipients:
                     if self.stop.is_set():
                         break
-                    if not self.hourly.try_take():
-                        self._halt("the hourly cap (sending.max_per_hour) was reached")
-                        break
                     await queue.put(recipient)
             finally:
                 for _ in connections:
@@ -149,10 +146,7 @@ class Engine:
         connections = [r for r in results if not isinstance(r, BaseException)]
         errors = [r for r in results if isinstance(r, BaseException)]
         if not connections:
-            error = errors[0]
-            if isinstance(error, ConnectError):
-                raise error
-            raise error
+            raise errors[0]
         if errors:
             log.warning("opened %d of %d connections (%s)", len(connections), wanted, errors[0])
         return connections
@@ -164,6 +158,9 @@ class Engine:
                 return
             if self.stop.is_set():
                 continue  # drain: what was queued but not started stays pending
+            if not self.hourly.try_take():
+                self._halt("the hourly cap (sending.max_per_hour) was reached")
+                continue
             outcome = await self._deliver_one(conn, recipient)
             await self.committer.record(outcome)
             self._count(outcome, recipient)
@@ -192,44 +189,47 @@ class Engine:
             log.error("%s: cannot render: %s", self.mask(recipient.email), exc)
             return Outcome(recipient.address, "failed", recipient.attempts, None, f"render: {exc}")
         envelope = built.envelope
-        attempts = recipient.attempts
+        attempts = recipient.attempts  # what reached the server, over every run
         remaining = max(1, self.settings.max_attempts - attempts)
-
-        def retryable(exc: BaseException) -> bool:
-            return isinstance(exc, DeliveryError) and exc.transient
-
         retrying = AsyncRetrying(
             stop=stop_after_attempt(remaining),
             wait=wait_random_exponential(
                 multiplier=self.settings.retry_initial, max=self.settings.retry_max
             ),
-            retry=retry_if_exception(retryable),
+            retry=retry_if_exception(lambda exc: isinstance(exc, DeliveryError) and exc.transient),
             reraise=True,
         )
+        tries = 0
         try:
             async for attempt in retrying:
                 with attempt:
-                    if attempts > recipient.attempts and self.stop.is_set():
+                    if tries and self.stop.is_set():
                         raise _Stopping
                     await self.bucket.acquire()
+                    tries += 1
+                    try:
+                        await conn.send(envelope)
+                    except DeliveryError as exc:
+                        if not exc.relay_down:
+                            attempts += 1
+                        raise
                     attempts += 1
-                    await conn.send(envelope)
         except _Stopping:
             return Outcome(recipient.address, "pending", attempts, None, "stopped before retry")
         except DeliveryError as exc:
-            if exc.transient:
-                log.warning(
-                    "%s: %s (attempt %d of %d); left pending",
-                    self.mask(recipient.email),
-                    exc,
-                    attempts,
-                    self.settings.max_attempts,
-                )
-                if attempts >= self.settings.max_attempts:
-                    return Outcome(recipient.address, "failed", attempts, exc.code, exc.message)
-                return Outcome(recipient.address, "pending", attempts, exc.code, exc.message)
-            log.warning("%s: refused: %s", self.mask(recipient.email), exc)
-            if exc.bounce:
-                self.ledger.suppress(recipient.address, "bounced", f"{exc.code} {exc.message}")
-            return Outcome(recipient.address, "failed", attempts, exc.code, exc.message)
+            return self._failure(recipient, attempts, exc)
         return Outcome(recipient.address, "sent", attempts, 250, None, envelope.message_id)
+
+    def _failure(self, recipient: Recipient, attempts: int, exc: DeliveryError) -> Outcome:
+        who = self.mask(recipient.email)
+        if exc.relay_down:
+            # Not the recipient's fault: keep it pending and stop taking new recipients.
+            self._halt(f"the relay is unreachable ({exc.message})")
+            return Outcome(recipient.address, "pending", attempts, None, exc.message)
+        if exc.transient:
+            log.warning("%s: gave up after %d attempts: %s", who, attempts, exc)
+            return Outcome(recipient.address, "failed", attempts, exc.code, exc.message)
+        log.warning("%s: refused: %s", who, exc)
+        if exc.bounce:
+            self.ledger.suppress(recipient.address, "bounced", f"{exc.code} {exc.message}")
+        return Outcome(recipient.address, "failed", attempts, exc.code, exc.message)

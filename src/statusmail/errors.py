@@ -64,6 +64,7 @@ class DeliveryError(StatusmailError):
         recipient: str | None = None,
         transient: bool = False,
         bounce: bool = False,
+        relay_down: bool = False,
     ) -> None:
         self.code = code
         self.message = message
@@ -71,6 +72,9 @@ class DeliveryError(StatusmailError):
         self.transient = transient
         # A "no such user" answer: the address is suppressed for later entries.
         self.bounce = bounce
+        # The relay could not be reached at all: the message never left, and the
+        # recipient is not to blame (no attempt is charged, nobody is marked failed).
+        self.relay_down = relay_down
         super().__init__(f"{code} {message}" if code else message)
 
 

@@ -224,6 +224,14 @@ class Ledger:
         )
         return True
 
+    def sent_since(self, since: dt.datetime) -> list[float]:
+        """When each message sent since ``since`` (any entry) went out, as epoch seconds."""
+        rows = self.db.execute(
+            "SELECT updated_at FROM deliveries WHERE status = 'sent' AND updated_at >= ?",
+            (since.isoformat(timespec="seconds"),),
+        )
+        return [dt.datetime.fromisoformat(row[0]).timestamp() for row in rows]
+
     # -- reporting ---------------------------------------------------------------
 
     def counts(self, entry_id: str) -> dict[str, int]:

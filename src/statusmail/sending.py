@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,7 @@ from statusmail.regions import Region, load_regions
 from statusmail.render import Renderer, catalog_problems
 from statusmail.selection import SelectionStats, select
 from statusmail.subscribers import RowProblem
+from statusmail.throttle import HourlyWindow
 from statusmail.transport import Transport
 
 log = logging.getLogger("statusmail")
@@ -140,7 +143,18 @@ async def deliver(
     on_outcome: OnOutcome | None = None,
     mask: Callable[[str], str] = lambda address: address,
 ) -> RunResult:
+    hourly = None
+    limit_per_hour = prepared.config.sending.max_per_hour
+    if limit_per_hour:
+        # Count what already went out in the last hour, in the window's own clock.
+        wall, mono = time.time(), time.monotonic()
+        since = dt.datetime.fromtimestamp(wall - 3600, dt.UTC)
+        hourly = HourlyWindow(
+            limit_per_hour,
+            already_sent_timestamps=[mono - (wall - t) for t in ledger.sent_since(since)],
+        )
     engine = Engine(
+        hourly=hourly,
         entry_id=prepared.entry.id,
         transport=transport,
         ledger=ledger,

@@ -199,6 +199,7 @@ class SmtpConnection:
                 f"reconnecting to {exc}",  # ConnectError's str starts with host:port
                 recipient=envelope.recipient,
                 transient=True,
+                relay_down=True,
             ) from exc
         self.sessions += 1
         return self._smtp

@@ -1,0 +1,274 @@
+"""Real SMTP delivery against aiosmtpd with faults injected on purpose (issue 3)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from delivery_helpers import (
+    add_subscribers,
+    ledger_rows,
+    point_at,
+    run_cli,
+    send,
+    spawn,
+    suppressed,
+)
+from smtp_server import RecordingServer, make_test_ca
+
+SAMPLE_AUDIENCE = 14  # update-2020-04-21 on the sample subscribers
+
+
+def wait_for(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.02)
+
+
+def test_plain_delivery_reuses_connections(project: Path) -> None:
+    with RecordingServer() as server:
+        point_at(project, server.port, concurrency=2)
+        code, report, stderr = send(project)
+        assert code == 0, stderr
+        counts = server.count_by_recipient()
+        assert len(counts) == SAMPLE_AUDIENCE and set(counts.values()) == {1}
+        assert server.connections == 2  # two long-lived connections, many messages each
+        assert report["counts"]["sent"] == SAMPLE_AUDIENCE
+        # IDN domains go out in punycode; each message has exactly one recipient
+        assert "maria@xn--e1afmkfd.xn--80akhbyknj4f" in counts
+        assert all(len(m.rcpt_tos) == 1 for m in server.messages)
+        rows = ledger_rows(project)
+        for message in server.messages:
+            address = (
+                message.rcpt_tos[0]
+                .lower()
+                .replace("xn--e1afmkfd.xn--80akhbyknj4f", "пример.испытание")
+            )
+            assert rows[address]["message_id"] == message.message["Message-ID"]
+
+
+def test_451_on_a_share_of_data_ends_with_everyone_delivered_once(project: Path) -> None:
+    with RecordingServer(fail_data_every=3) as server:
+        point_at(project, server.port)
+        code, _report, stderr = send(project)
+        assert code == 0, stderr
+        counts = server.count_by_recipient()
+        assert len(counts) == SAMPLE_AUDIENCE and set(counts.values()) == {1}
+        rows = ledger_rows(project)
+        attempts = Counter(row["attempts"] for row in rows.values())
+        assert attempts[1] < SAMPLE_AUDIENCE and sum(attempts.values()) == SAMPLE_AUDIENCE
+        assert server.data_commands == sum(row["attempts"] for row in rows.values())
+
+
+def test_550_fails_at_once_exits_3_and_suppresses_unknown_users(project: Path) -> None:
+    unknown = "ivan.smirnov@example.com"
+    policy = "olga.kuznetsova@example.net"
+    with RecordingServer(
+        reject_rcpt={unknown: "550 5.1.1 User unknown", policy: "554 5.7.1 Message refused"}
+    ) as server:
+        point_at(project, server.port)
+        code, report, stderr = send(project)
+        assert code == 3, stderr
+        assert report["counts"] == {
+            "sent": SAMPLE_AUDIENCE - 2,
+            "failed": 2,
+            "pending": 0,
+            "skipped": 0,
+        }
+        rows = ledger_rows(project)
+        assert rows[unknown]["status"] == "failed" and rows[unknown]["attempts"] == 1
+        assert rows[unknown]["code"] == 550 and "User unknown" in rows[unknown]["detail"]
+        assert rows[policy]["code"] == 554 and rows[policy]["attempts"] == 1
+        assert unknown not in server.count_by_recipient()
+        assert suppressed(project) == {unknown: "bounced"}
+        # the next entry skips the bounced address but still tries the policy refusal
+        server.reject_rcpt = {}
+        code, _, stderr = send(project, "block-2020-01-23")
+        assert code == 0, stderr
+        block = ledger_rows(project, "block-2020-01-23")
+        assert unknown not in block and policy in block
+        # status reports the failures, masked
+        status = run_cli(project, "status", "update-2020-04-21")
+        assert "i***@example.com" in status.stdout and unknown not in status.stdout
+
+
+@pytest.mark.parametrize("reply", ["421 4.3.2 Closing", None])
+def test_hangups_reconnect_and_finish(project: Path, reply: str | None) -> None:
+    with RecordingServer(hangup_after=3, hangup_reply=reply) as server:
+        point_at(project, server.port, concurrency=2)
+        code, _report, stderr = send(project)
+        assert code == 0, stderr
+        counts = server.count_by_recipient()
+        assert len(counts) == SAMPLE_AUDIENCE and set(counts.values()) == {1}
+        assert server.connections > 2
+
+
+def test_slow_reply_is_retried_not_hung(project: Path) -> None:
+    # the first two DATA replies come after the client's 0.3 s timeout
+    with RecordingServer(data_delay=lambda n: 1.0 if n <= 2 else 0.0) as server:
+        point_at(project, server.port, concurrency=1, timeout=0.3)
+        started = time.monotonic()
+        code, _report, stderr = send(project)
+        assert time.monotonic() - started < 20
+        assert code == 0, stderr
+        rows = ledger_rows(project)
+        assert all(row["status"] == "sent" for row in rows.values())
+        assert sum(row["attempts"] for row in rows.values()) >= SAMPLE_AUDIENCE + 2
+        counts = server.count_by_recipient()
+        assert set(counts) == {m.rcpt_tos[0] for m in server.messages}
+        assert len(counts) == SAMPLE_AUDIENCE
+
+
+def test_starttls_and_auth(project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ca = make_test_ca(tmp_path)
+    with RecordingServer(
+        tls_context=ca.server_context, auth=("status", "s3cret"), require_tls=True
+    ) as server:
+        point_at(project, server.port, security="starttls", username="status", ca_file=ca.ca_file)
+        monkeypatch.setenv("STATUSMAIL_SMTP_PASSWORD", "s3cret")
+        code, _, stderr = send(project)
+        assert code == 0, stderr
+        assert len(server.count_by_recipient()) == SAMPLE_AUDIENCE
+
+        monkeypatch.setenv("STATUSMAIL_SMTP_PASSWORD", "wrong")
+        code, _, stderr = send(project, "block-2020-01-23")
+        assert code == 1
+        assert f"127.0.0.1:{server.port}" in stderr
+        rows = ledger_rows(project, "block-2020-01-23")
+        assert rows and {row["status"] for row in rows.values()} == {"pending"}
+
+
+def test_unreachable_server_exits_1_and_marks_nothing_failed(project: Path) -> None:
+    with RecordingServer() as server:
+        port = server.port
+    point_at(project, port)
+    code, _, stderr = send(project)
+    assert code == 1
+    assert f"127.0.0.1:{port}" in stderr
+    assert {row["status"] for row in ledger_rows(project).values()} == {"pending"}
+
+
+def test_failure_threshold_stops_the_run_with_exit_4(project: Path) -> None:
+    add_subscribers(project, 80)
+    with RecordingServer(data_reply=lambda n, env: "554 5.7.1 Rejected") as server:
+        point_at(project, server.port, concurrency=2, stop_after_failures=0.2)
+        code, report, stderr = send(project)
+        assert code == 4, stderr
+        counts = report["counts"]
+        assert counts["failed"] >= 20 and counts["pending"] > 0
+        assert counts["failed"] + counts["pending"] == 80 + SAMPLE_AUDIENCE
+        assert "Re-run to continue" in stderr or report["stopped"]
+
+
+def test_hourly_cap_stops_and_counts_what_the_ledger_already_sent(project: Path) -> None:
+    with RecordingServer() as server:
+        point_at(project, server.port, concurrency=1, max_per_hour=5)
+        code, report, _ = send(project)
+        assert code == 4 and report["counts"]["sent"] == 5
+        assert "hourly" in report["stopped"]
+        code, report, _ = send(project)  # same hour: the ledger says 5 went out already
+        assert code == 4 and report["counts"]["sent"] == 5
+        assert len(server.messages) == 5
+
+
+def test_relay_down_mid_run_leaves_recipients_pending_not_failed(project: Path) -> None:
+    server = RecordingServer()
+
+    def go_down(n: int, envelope: object) -> str | None:
+        if n == 5:  # the relay shuts down: this reply is its last word
+            threading.Thread(target=server.stop).start()
+            return "421 4.3.2 Service shutting down"
+        return None
+
+    server.data_reply = go_down
+    server.start()
+    point_at(project, server.port, concurrency=1, max_attempts=3)
+    code, report, stderr = send(project)
+    assert code == 4, stderr
+    assert "unreachable" in report["stopped"]
+    statuses = Counter(row["status"] for row in ledger_rows(project).values())
+    assert statuses == {"sent": 4, "pending": SAMPLE_AUDIENCE - 4}
+    with RecordingServer() as again:  # the relay is back (here: on another port)
+        point_at(project, again.port, concurrency=1, max_attempts=3)
+        code, report, stderr = send(project)
+        assert code == 0, stderr
+        delivered = Counter(server.count_by_recipient()) + again.count_by_recipient()
+        assert len(delivered) == SAMPLE_AUDIENCE and set(delivered.values()) == {1}
+
+
+def test_second_send_of_the_same_entry_refuses(project: Path) -> None:
+    add_subscribers(project, 200)
+    with RecordingServer() as server:
+        point_at(project, server.port, rate=50, concurrency=1)
+        first = spawn(project, "send", "update-2020-04-21", "--yes")
+        try:
+            wait_for(lambda: len(server.messages) >= 3)
+            code, _, stderr = send(project)
+            assert code == 1
+            assert "another statusmail run" in stderr
+        finally:
+            first.send_signal(signal.SIGTERM)
+            first.wait(timeout=30)
+
+
+def test_sigkill_mid_run_then_rerun_misses_nobody(project: Path) -> None:
+    addresses = add_subscribers(project, 300)
+    concurrency = 3
+    with RecordingServer() as server:
+        point_at(project, server.port, rate=200, concurrency=concurrency)
+        process = spawn(project, "send", "update-2020-04-21", "--yes")
+        wait_for(lambda: len(server.messages) >= 60)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+        delivered_before = len(server.messages)
+        assert delivered_before < 300 + SAMPLE_AUDIENCE
+        code, _report, stderr = send(project, "update-2020-04-21", "--rate", "0")
+        assert code == 0, stderr
+        counts = server.count_by_recipient()
+        assert set(addresses) <= set(counts)
+        assert len(counts) == 300 + SAMPLE_AUDIENCE
+        duplicates = sum(n - 1 for n in counts.values())
+        assert duplicates <= concurrency
+        # a duplicate is the same message: same Message-ID
+        ids: dict[str, set[str]] = {}
+        for message in server.messages:
+            ids.setdefault(message.rcpt_tos[0], set()).add(message.message["Message-ID"])
+        assert all(len(v) == 1 for v in ids.values())
+
+
+def test_sigterm_stops_cleanly_with_exit_4_and_no_duplicates(project: Path) -> None:
+    add_subscribers(project, 300)
+    with RecordingServer() as server:
+        point_at(project, server.port, rate=100, concurrency=3)
+        process = spawn(project, "send", "update-2020-04-21", "--yes")
+        wait_for(lambda: len(server.messages) >= 30)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+        assert process.returncode == 4, stderr
+        rows = ledger_rows(project)
+        sent = {a for a, r in rows.items() if r["status"] == "sent"}
+        assert len(sent) == len(server.messages)  # everything accepted was recorded
+        assert {r["status"] for r in rows.values()} == {"sent", "pending"}
+        code, _, stderr = send(project, "update-2020-04-21", "--rate", "0")
+        assert code == 0, stderr
+        counts = server.count_by_recipient()
+        assert len(counts) == 300 + SAMPLE_AUDIENCE and set(counts.values()) == {1}
+
+
+def test_logs_mask_addresses_unless_asked(project: Path) -> None:
+    with RecordingServer(
+        reject_rcpt={"kate.morozova@example.com": "550 5.1.1 User unknown"}
+    ) as server:
+        point_at(project, server.port)
+        code, _, stderr = send(project)
+        assert code == 3
+        assert "k***@example.com" in stderr and "kate.morozova@example.com" not in stderr
+        assert "anna.petrova" not in stderr.lower()
