@@ -201,3 +201,26 @@ def status(config: Config, entry_id: str, as_json: bool) -> int:
 def list_(config: Config, as_json: bool) -> int:
     """Entries, their status, and how far each has been sent."""
     return commands.list_entries(config, as_json, out)
+
+
+@main.command()
+@config_option
+@click.option("--host", default=None, help="Address to listen on (default: serve.host).")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Port to listen on (default: serve.port).",
+)
+@run
+def serve(config: Config, host: str | None, port: int | None) -> int:
+    """Run the one-click unsubscribe endpoint (RFC 8058) that List-Unsubscribe points to.
+
+    POST with List-Unsubscribe=One-Click and a valid token suppresses the address; GET
+    only shows a confirmation page, so link scanners unsubscribe nobody.
+    """
+    from statusmail.serve import run_server
+
+    return run_server(
+        config, host or config.serve.host, config.serve.port if port is None else port
+    )
