@@ -30,6 +30,7 @@ Fault injection (all real server behaviour, no mocks), as keyword arguments:
   or with ``implicit_tls=True`` the whole connection is TLS (port 465 style).
 - ``require_tls=True``: refuse commands other than EHLO/STARTTLS/QUIT before STARTTLS.
 - ``smtputf8=False``: do not offer SMTPUTF8 (it is offered by default).
+- ``port=P``: listen on this port instead of a free one (to bring a "relay" back up).
 
 Observation: ``host``, ``port``, ``messages`` (a copy of the list of ``ReceivedMessage``),
 ``count_by_recipient()`` (``Counter``), ``connections`` (TCP connections accepted since
@@ -181,6 +182,7 @@ class RecordingServer:
         implicit_tls: bool = False,
         require_tls: bool = False,
         smtputf8: bool = True,
+        port: int = 0,
     ) -> None:
         self.fail_data_every = fail_data_every
         self.data_reply = data_reply
@@ -194,7 +196,7 @@ class RecordingServer:
         self.require_tls = require_tls
         self.smtputf8 = smtputf8
         self.host = "127.0.0.1"
-        self.port = 0
+        self.port = port  # 0: a free port, learnt at start
         self.connections = 0
         self.data_commands = 0
         self._messages: list[ReceivedMessage] = []
@@ -207,7 +209,7 @@ class RecordingServer:
         kwargs: dict[str, Any] = {
             "handler": _Handler(self),
             "hostname": self.host,
-            "port": 0,
+            "port": self.port,
             "server_hostname": "mx.test",
             "enable_SMTPUTF8": self.smtputf8,
         }

@@ -1,0 +1,260 @@
+"""``statusmail watch``: the service that sends ready entries as they appear.
+
+One entry at a time, oldest ``date`` first, through the same pipeline as ``send``. The
+ledger decides what is left to do, so a restart simply carries on. An entry is retried
+with backoff when the relay is down; nothing is marked failed for that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from statusmail.commands import make_transport
+from statusmail.config import Config, load_config
+from statusmail.entries import Entry, entry_paths, load_entry
+from statusmail.errors import ConnectError, InputError, StatusmailError
+from statusmail.ledger import Ledger, run_lock
+from statusmail.report import mask_address
+from statusmail.sending import deliver, prepare, select_into_ledger
+
+log = logging.getLogger("statusmail.watch")
+
+
+@dataclass
+class WatchOptions:
+    once: bool = False
+    poll_interval: float = 2.0
+    backoff_initial: float = 5.0
+    backoff_max: float = 300.0
+
+
+@dataclass
+class _Backoff:
+    delay: float
+    until: float
+
+
+class Watcher:
+    def __init__(self, config_path: Path, options: WatchOptions) -> None:
+        self.config_path = config_path
+        self.options = options
+        self.config: Config = load_config(config_path)
+        self.stop = asyncio.Event()
+        self.wake = asyncio.Event()
+        self.reload = False
+        self._run_stop: asyncio.Event | None = None
+        self._reported: dict[Path, str] = {}  # what was last said about a file, said once
+        self._backoff: dict[str, _Backoff] = {}
+
+    # -- signals -----------------------------------------------------------------
+
+    def _on_stop(self) -> None:
+        log.info("stopping: in-flight messages finish, the rest stays pending")
+        self.stop.set()
+        self.wake.set()
+        if self._run_stop is not None:
+            self._run_stop.set()
+
+    def _on_hangup(self) -> None:
+        log.info("SIGHUP: reloading the config and templates")
+        self.reload = True
+        self.wake.set()
+
+    # -- the loop ----------------------------------------------------------------
+
+    async def run(self) -> int:
+        with run_lock(self.config.paths.ledger, "watch"):
+            loop = asyncio.get_running_loop()
+            handlers = {
+                signal.SIGTERM: self._on_stop,
+                signal.SIGINT: self._on_stop,
+                signal.SIGHUP: self._on_hangup,
+            }
+            for sig, handler in handlers.items():
+                loop.add_signal_handler(sig, handler)
+            log.info("watching %s", self.config.paths.updates)
+            events = asyncio.create_task(self._file_events())
+            try:
+                while not self.stop.is_set():
+                    if self.reload:
+                        self._reload()
+                    await self._work_through_due()
+                    if self.options.once:
+                        break
+                    await self._sleep()
+            finally:
+                events.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await events
+                for sig in handlers:
+                    loop.remove_signal_handler(sig)
+        log.info("watch stopped")
+        # For cron (--once): 4 tells that something is still pending, to be retried.
+        return 4 if self.options.once and self._backoff else 0
+
+    async def _file_events(self) -> None:
+        """Wake the loop as soon as a file in the updates folder changes (inotify via
+        watchfiles); the loop also polls, so nothing depends on events arriving."""
+        try:
+            from watchfiles import awatch
+        except ImportError:  # pragma: no cover - watchfiles is a dependency
+            return
+        try:
+            async for _changes in awatch(
+                self.config.paths.updates, stop_event=self.stop, debounce=200, step=50
+            ):
+                self.wake.set()
+        except (OSError, RuntimeError) as exc:
+            log.info(
+                "no file-system events (%s); polling every %.0fs", exc, self.options.poll_interval
+            )
+
+    def _reload(self) -> None:
+        self.reload = False
+        try:
+            self.config = load_config(self.config_path)
+        except InputError as exc:
+            for problem in exc.problems:
+                log.error("config not reloaded: %s", problem)
+
+    async def _sleep(self) -> None:
+        now = asyncio.get_running_loop().time()
+        waits = [self.options.poll_interval]
+        waits += [max(0.0, b.until - now) for b in self._backoff.values()]
+        self.wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.wake.wait(), timeout=min(waits))
+
+    async def _work_through_due(self) -> None:
+        for entry in self.due_entries():
+            if self.stop.is_set():
+                return
+            backoff = self._backoff.get(entry.id)
+            if backoff and backoff.until > asyncio.get_running_loop().time():
+                return  # one entry at a time: the oldest waits for its relay
+            done = await self._send(entry)
+            if not done:
+                return
+
+    # -- what is due -------------------------------------------------------------
+
+    def _say_once(self, path: Path, message: str, level: int = logging.WARNING) -> None:
+        if self._reported.get(path) != message:
+            self._reported[path] = message
+            log.log(level, "%s", message)
+
+    def due_entries(self) -> list[Entry]:
+        """Ready entries whose time has come and that the ledger does not show complete."""
+        due: list[Entry] = []
+        now = dt.datetime.now(dt.UTC)
+        with Ledger(self.config.paths.ledger) as ledger:
+            for entry in self._entries():
+                state = ledger.entry_state(entry.id)
+                if state and state[1]:  # completed
+                    if state[0] != entry.digest and entry.path:
+                        self._say_once(
+                            entry.path,
+                            f"{entry.path}: changed after it was sent in full; "
+                            "not sent again (write a new entry for news)",
+                        )
+                    continue
+                if not entry.ready:
+                    if entry.path:
+                        self._say_once(entry.path, f"{entry.path}: draft, not sent", logging.INFO)
+                    continue
+                if entry.send_at and entry.send_at > now:
+                    continue
+                due.append(entry)
+        return sorted(due, key=lambda e: (e.date, e.id))
+
+    def _entries(self) -> Iterator[Entry]:
+        for path in entry_paths(self.config.paths.updates):
+            try:
+                entry = load_entry(path)
+            except InputError as exc:
+                self._say_once(
+                    path,
+                    "invalid entry, not sent until fixed:\n  "
+                    + "\n  ".join(str(p) for p in exc.problems),
+                    logging.ERROR,
+                )
+                continue
+            yield entry
+
+    # -- sending one entry -------------------------------------------------------
+
+    async def _send(self, entry: Entry) -> bool:
+        """Send what is pending for ``entry``; True when it is complete."""
+        config = self.config
+        path = entry.path or Path(entry.id)
+        try:
+            prepared = prepare(config, entry.id)
+        except InputError as exc:
+            self._say_once(
+                path,
+                "not sent until fixed:\n  " + "\n  ".join(str(p) for p in exc.problems),
+                logging.ERROR,
+            )
+            return True  # skip it, go on with the others
+        log.info("sending %s", entry.id)
+        self._run_stop = asyncio.Event()
+        try:
+            with (
+                run_lock(config.paths.ledger, f"send-{entry.id}"),
+                Ledger(config.paths.ledger) as ledger,
+            ):
+                select_into_ledger(prepared, ledger)
+                result = await deliver(
+                    prepared,
+                    ledger,
+                    make_transport(config),
+                    stop=self._run_stop,
+                    mask=mask_address,
+                )
+                counts = ledger.counts(entry.id)
+        except InputError as exc:
+            self._say_once(
+                path,
+                "not sent until fixed:\n  " + "\n  ".join(str(p) for p in exc.problems),
+                logging.ERROR,
+            )
+            return True
+        except ConnectError as exc:
+            self._retry_later(entry.id, f"relay unavailable: {exc}")
+            return False
+        except StatusmailError as exc:
+            self._retry_later(entry.id, str(exc))
+            return False
+        finally:
+            self._run_stop = None
+        log.info(
+            "%s: sent %d, failed %d this run; %s in all",
+            entry.id,
+            result.sent,
+            result.failed,
+            ", ".join(f"{k} {v}" for k, v in counts.items()),
+        )
+        if counts["pending"]:
+            if not self.stop.is_set():
+                self._retry_later(entry.id, result.stopped or "recipients still pending")
+            return False
+        self._backoff.pop(entry.id, None)
+        return True
+
+    def _retry_later(self, entry_id: str, reason: str) -> None:
+        previous = self._backoff.get(entry_id)
+        delay = (
+            min(previous.delay * 2, self.options.backoff_max)
+            if previous
+            else self.options.backoff_initial
+        )
+        until = asyncio.get_running_loop().time() + delay
+        self._backoff[entry_id] = _Backoff(delay, until)
+        log.warning("%s: %s; trying again in %.0fs", entry_id, reason, delay)
