@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import sys
 from collections.abc import Callable
@@ -25,10 +26,28 @@ console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 
 
-def setup_logging(verbose: int) -> None:
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log collectors (``--log-format json``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def setup_logging(verbose: int, log_format: str = "text") -> None:
     level = logging.DEBUG if verbose > 1 else logging.INFO
     handler: logging.Handler
-    if console.is_terminal:
+    if log_format == "json":
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+    elif console.is_terminal:
         handler = RichHandler(console=console, show_path=False, markup=False)
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:
@@ -76,9 +95,15 @@ def run(func: Callable[..., int]) -> Callable[..., None]:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @config_option
 @click.option("-v", "--verbose", count=True, help="More log detail (-vv for debug).")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    help="Log lines as text or as one JSON object each.",
+)
 @click.version_option(__version__, prog_name="statusmail")
 @click.pass_context
-def main(ctx: click.Context, config_path: Path | None, verbose: int) -> None:
+def main(ctx: click.Context, config_path: Path | None, verbose: int, log_format: str) -> None:
     """Tell a service's users, by email and in their language, what is happening to it.
 
     Reads status-update entries, picks the affected subscribers, renders each message in
@@ -87,7 +112,7 @@ def main(ctx: click.Context, config_path: Path | None, verbose: int) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["config_path"] = config_path
-    setup_logging(verbose)
+    setup_logging(verbose, log_format)
 
 
 @main.command()
@@ -224,3 +249,34 @@ def serve(config: Config, host: str | None, port: int | None) -> int:
     return run_server(
         config, host or config.serve.host, config.serve.port if port is None else port
     )
+
+
+@main.command()
+@config_option
+@click.option("--once", is_flag=True, help="Send what is due, then exit (for cron).")
+@click.option(
+    "--poll-interval",
+    type=click.FloatRange(min=0.05),
+    default=2.0,
+    show_default=True,
+    help="Seconds between scans of the updates folder.",
+)
+@click.option(
+    "--retry-after",
+    type=click.FloatRange(min=0.01),
+    default=5.0,
+    show_default=True,
+    help="First wait, in seconds, before retrying an entry whose relay was down "
+    "(doubles up to 5 minutes).",
+)
+@run
+def watch(config: Config, once: bool, poll_interval: float, retry_after: float) -> int:
+    """Run the service: send ready entries that have not been sent, as they appear.
+
+    Stops cleanly on SIGTERM/SIGINT (in-flight messages finish); SIGHUP reloads the
+    config and templates. One watcher per ledger.
+    """
+    from statusmail.watch import Watcher, WatchOptions
+
+    options = WatchOptions(once=once, poll_interval=poll_interval, backoff_initial=retry_after)
+    return asyncio.run(Watcher(config.path, options).run())

@@ -205,7 +205,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     ca_file = smtp_f.optional_text("ca_file")
     smtp = SmtpSettings(
         host=env.get("STATUSMAIL_SMTP_HOST") or smtp_f.text("host", "localhost"),
-        port=smtp_f.integer("port", 587, minimum=1),
+        port=smtp_f.integer("port", 587, minimum=1, maximum=65535),
         security=smtp_f.choice("security", SECURITIES, "starttls"),
         username=smtp_f.optional_text("username"),
         password_env=smtp_f.text("password_env", "STATUSMAIL_SMTP_PASSWORD"),
@@ -213,10 +213,13 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
         ca_file=root / ca_file if ca_file else None,
     )
     if env.get("STATUSMAIL_SMTP_PORT"):
-        try:
-            smtp = replace(smtp, port=int(env["STATUSMAIL_SMTP_PORT"]))
-        except ValueError:
-            problems.append(Problem("$STATUSMAIL_SMTP_PORT", None, "must be a port number"))
+        raw_port = env["STATUSMAIL_SMTP_PORT"].strip()
+        if raw_port.isdigit() and 1 <= int(raw_port) <= 65535:
+            smtp = replace(smtp, port=int(raw_port))
+        else:
+            problems.append(
+                Problem("$STATUSMAIL_SMTP_PORT", None, f"{raw_port!r} is not a port (1-65535)")
+            )
     if env.get("STATUSMAIL_SMTP_SECURITY"):
         if env["STATUSMAIL_SMTP_SECURITY"] not in SECURITIES:
             problems.append(
@@ -283,21 +286,31 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     }
 
     list_id = top.line_text("list_id", required=True)
-    transport = env.get("STATUSMAIL_TRANSPORT") or top.text("transport", "maildir")
+    reply_to = top.line_text("reply_to") or None
+    if reply_to and "@" not in reply_to:
+        top.problem(top.line_of("reply_to"), "'reply_to' is not an email address")
+    transport = top.text("transport", "maildir")
     if transport not in TRANSPORTS:
-        problems.append(
-            Problem(
-                path,
-                top.line_of("transport"),
-                f"transport is {transport!r}; expected one of {', '.join(TRANSPORTS)}",
-            )
+        top.problem(
+            top.line_of("transport"),
+            f"transport is {transport!r}; expected one of {', '.join(TRANSPORTS)}",
         )
+    if env.get("STATUSMAIL_TRANSPORT"):
+        transport = env["STATUSMAIL_TRANSPORT"].strip()
+        if transport not in TRANSPORTS:
+            problems.append(
+                Problem(
+                    "$STATUSMAIL_TRANSPORT",
+                    None,
+                    f"{transport!r} is not a transport; expected one of {', '.join(TRANSPORTS)}",
+                )
+            )
     if problems:
         raise ConfigError(problems)
     return Config(
         path=path,
         sender=sender,
-        reply_to=top.optional_text("reply_to"),
+        reply_to=reply_to,
         list_id=list_id,
         paths=paths,
         transport=transport,

@@ -127,6 +127,9 @@ def load_entry(path: Path) -> Entry:
     elif "en" not in content:
         f.problem(f.line_of("content"), "content needs an 'en' block (the fallback language)")
 
+    thread = f.optional_text("thread")
+    access_instructions = f.boolean("access_instructions", True)
+    send_at = f.datetime("send_at")
     if problems:
         raise InputError(problems)
     assert date is not None
@@ -139,9 +142,9 @@ def load_entry(path: Path) -> Entry:
         status=status,
         content=content,
         audience=audience,
-        thread=f.optional_text("thread"),
-        access_instructions=f.boolean("access_instructions", True),
-        send_at=f.datetime("send_at"),
+        thread=thread,
+        access_instructions=access_instructions,
+        send_at=send_at,
         path=path,
         lines=lines,
         digest=hashlib.sha256(read_text(path).encode()).hexdigest(),

@@ -15,17 +15,25 @@ T = TypeVar("T")
 class Fields:
     """A view over one mapping that records a ``file:line`` problem for each bad field."""
 
-    def __init__(self, path: Path, data: Any, problems: list[Problem], what: str = "") -> None:
+    def __init__(
+        self,
+        path: Path,
+        data: Any,
+        problems: list[Problem],
+        what: str = "",
+        line: int | None = None,
+    ) -> None:
         self.path = path
         self.problems = problems
         self.what = what
+        # Plain values carry no line of their own: the caller says where they stand.
+        self.line = getattr(data, "line", None) or line or 1
         if isinstance(data, dict):
             self.data: dict[Any, Any] = data
         else:
             self.data = LineDict()
             if data is not None:
-                self.problem(getattr(data, "line", None), f"{what or 'this'} must be a mapping")
-        self.line = getattr(data, "line", None) or 1
+                self.problem(self.line, f"{what or 'the file'} must be a mapping")
 
     def problem(self, line: int | None, message: str) -> None:
         self.problems.append(Problem(self.path, line, message))
@@ -41,10 +49,7 @@ class Fields:
 
     def sub(self, key: str) -> Fields:
         value = self.data.get(key)
-        fields = Fields(self.path, value, self.problems, self.name(key))
-        if value is None:
-            fields.line = self.line_of(key)
-        return fields
+        return Fields(self.path, value, self.problems, self.name(key), self.line_of(key))
 
     def unknown_keys(self, allowed: set[str]) -> None:
         for key in self.data:
@@ -82,14 +87,20 @@ class Fields:
             return default
         return float(value)
 
-    def integer(self, key: str, default: int, *, minimum: int = 0) -> int:
+    def integer(
+        self, key: str, default: int, *, minimum: int = 0, maximum: int | None = None
+    ) -> int:
         value = self.data.get(key, default)
         if value is None:
             return default
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            self.problem(
-                self.line_of(key), f"{self.name(key)!r} must be a whole number ≥ {minimum}"
-            )
+        if (
+            not isinstance(value, int)
+            or isinstance(value, bool)
+            or value < minimum
+            or (maximum is not None and value > maximum)
+        ):
+            bounds = f"from {minimum} to {maximum}" if maximum is not None else f"≥ {minimum}"
+            self.problem(self.line_of(key), f"{self.name(key)!r} must be a whole number {bounds}")
             return default
         return value
 

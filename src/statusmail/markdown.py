@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 from collections.abc import Sequence
 
@@ -39,14 +40,16 @@ def parse(source: str) -> list[Token]:
     return _md.parse(source)
 
 
+_LINK_TARGET = re.compile(r"\]\(\s*<?([^\s()>]*(?:\([^\s()]*\)[^\s()>]*)*)")
+
+
 def refused_links(source: str) -> list[str]:
-    """Link targets in ``source`` that will not be rendered as links."""
+    """Link targets in ``source`` that markdown-it will not render as links."""
     refused = []
     for token in _walk(parse(source)):
-        if token.type == "text" and "](" in token.content:
-            start = token.content.find("](") + 2
-            end = token.content.find(")", start)
-            target = token.content[start : end if end > 0 else None].strip()
+        if token.type != "text":
+            continue
+        for target in _LINK_TARGET.findall(token.content):
             if target and not _md.validateLink(_md.normalizeLink(target)):
                 refused.append(target)
     return refused

@@ -1,0 +1,416 @@
+"""``statusmail.yaml``: loading, path resolution, where it is found, env overrides, errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from statusmail.config import (
+    DEV_UNSUBSCRIBE_SECRET,
+    ConfigError,
+    find_config,
+    load_config,
+)
+
+
+def replace_in(path: Path, old: str, new: str) -> int:
+    """Replace ``old`` (which must occur once) and return the 1-based line it was on."""
+    text = path.read_text(encoding="utf-8")
+    assert text.count(old) == 1, old
+    line = text[: text.index(old)].count("\n") + 1
+    path.write_text(text.replace(old, new), encoding="utf-8")
+    return line
+
+
+def problems(path: Path, environ: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ if environ is not None else {})
+    return [str(p) for p in info.value.problems]
+
+
+def test_sample_config_loads(project: Path) -> None:
+    config = load_config(project, {})
+    root = project.parent
+    assert config.path == project
+    assert config.root == root
+    assert (config.sender.name, config.sender.address) == ("StartMail", "status@startmail.example")
+    assert config.reply_to == "support@startmail.example"
+    assert config.list_id == "status.startmail.example"
+    assert config.transport == "maildir"
+    assert config.paths.updates == root / "updates"
+    assert config.paths.subscribers == root / "subscribers"
+    assert config.paths.templates == root / "templates"
+    assert config.paths.regions == root / "regions.yaml"
+    assert config.paths.ledger == root / "statusmail.db"
+    assert config.paths.outbox == root / "outbox"
+    smtp = config.smtp
+    assert (smtp.host, smtp.port, smtp.security) == ("localhost", 587, "starttls")
+    assert smtp.username == "status@startmail.example"
+    assert smtp.password_env == "STATUSMAIL_SMTP_PASSWORD"
+    assert smtp.timeout == 30.0
+    sending = config.sending
+    assert (sending.rate, sending.concurrency, sending.max_attempts) == (20.0, 4, 5)
+    assert sending.max_per_hour is None
+    assert sending.stop_after_failures == 0.2
+    assert config.unsubscribe.url == "https://www.startmail.example/status/unsubscribe/{token}"
+    assert config.unsubscribe.mailto == "unsubscribe@startmail.example"
+    assert config.unsubscribe.secret_env == "STATUSMAIL_UNSUBSCRIBE_SECRET"
+    assert (config.serve.host, config.serve.port) == ("127.0.0.1", 8080)
+    assert config.dkim is None
+    assert dict(config.default_locale_by_region) == {"RU": "ru", "BY": "ru", "KZ": "ru"}
+
+
+def test_paths_resolve_against_the_config_folder(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    relative = Path(os.path.relpath(project, elsewhere))  # ../project/statusmail.yaml
+    assert not relative.is_absolute()
+    config = load_config(relative, {})
+    assert config.path.is_absolute()
+    assert config.path.resolve() == project.resolve()
+    assert config.paths.updates.resolve() == (project.parent / "updates").resolve()
+    assert config.paths.updates.is_dir()
+    assert config.paths.regions.is_file()
+    assert config.paths.subscribers.is_dir()
+    assert config.paths.outbox.resolve() == (project.parent / "outbox").resolve()
+    assert not (elsewhere / "updates").exists()
+
+
+def test_paths_resolve_from_parent_folder(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(project.parent.parent)
+    config = load_config(Path(project.parent.name) / project.name, {})
+    assert config.path == project
+    assert config.paths.templates == project.parent / "templates"
+    assert config.paths.ledger == project.parent / "statusmail.db"
+
+
+def test_relative_paths_in_the_file(project: Path) -> None:
+    replace_in(project, "updates: updates,", "updates: ../shared/news,")
+    config = load_config(project, {})
+    assert config.paths.updates == project.parent / "../shared/news"
+
+
+def test_find_config_order(tmp_path: Path) -> None:
+    env = {"STATUSMAIL_CONFIG": str(tmp_path / "from-env.yaml")}
+    assert find_config(tmp_path / "option.yaml", env) == tmp_path / "option.yaml"
+    assert find_config("option.yaml", env) == Path("option.yaml")
+    assert find_config(None, env) == tmp_path / "from-env.yaml"
+    assert find_config(None, {}) == Path("statusmail.yaml")
+    assert find_config(None, {"STATUSMAIL_CONFIG": ""}) == Path("statusmail.yaml")
+
+
+def test_find_config_uses_process_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STATUSMAIL_CONFIG", str(tmp_path / "x.yaml"))
+    assert find_config(None) == tmp_path / "x.yaml"
+
+
+def run_cli(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("STATUSMAIL_")}
+    environ.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "statusmail", *args],
+        capture_output=True,
+        text=True,
+        env=environ,
+        cwd=cwd,
+        timeout=60,
+    )
+
+
+def test_cli_finds_config_option_then_env_then_cwd(project: Path, tmp_path: Path) -> None:
+    root = project.parent
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "statusmail.yaml").write_text("transport: pigeon\n")
+    # --config wins over $STATUSMAIL_CONFIG and ./statusmail.yaml
+    result = run_cli(
+        ["check", "--config", str(project)],
+        cwd=broken,
+        STATUSMAIL_CONFIG=str(broken / "statusmail.yaml"),
+    )
+    assert result.returncode == 0, result.stderr
+    # --config also works before the command name
+    result = run_cli(["--config", str(project), "check"], cwd=broken)
+    assert result.returncode == 0, result.stderr
+    # $STATUSMAIL_CONFIG wins over ./statusmail.yaml
+    result = run_cli(["check"], cwd=broken, STATUSMAIL_CONFIG=str(project))
+    assert result.returncode == 0, result.stderr
+    # ./statusmail.yaml
+    result = run_cli(["check"], cwd=root)
+    assert result.returncode == 0, result.stderr
+    result = run_cli(["check"], cwd=broken)
+    assert result.returncode == 1
+    assert f"{broken / 'statusmail.yaml'}:1: transport is 'pigeon'" in result.stderr
+
+
+def test_cli_missing_config(tmp_path: Path) -> None:
+    result = run_cli(["check"], cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"{tmp_path / 'statusmail.yaml'}: config file not found" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_env_overrides(project: Path) -> None:
+    env = {
+        "STATUSMAIL_TRANSPORT": "smtp",
+        "STATUSMAIL_SMTP_HOST": "relay.example",
+        "STATUSMAIL_SMTP_PORT": "2525",
+        "STATUSMAIL_SMTP_SECURITY": "tls",
+    }
+    config = load_config(project, env)
+    assert config.transport == "smtp"
+    assert (config.smtp.host, config.smtp.port, config.smtp.security) == (
+        "relay.example",
+        2525,
+        "tls",
+    )
+    assert config.smtp.server == "relay.example:2525"
+    # untouched settings stay as in the file
+    assert config.smtp.username == "status@startmail.example"
+
+
+def test_env_overrides_from_process_environment(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STATUSMAIL_SMTP_SECURITY", "none")
+    monkeypatch.setenv("STATUSMAIL_SMTP_PORT", "25")
+    config = load_config(project)
+    assert (config.smtp.port, config.smtp.security) == (25, "none")
+    assert config.transport == "maildir"
+
+
+def test_bad_env_overrides_are_named(project: Path) -> None:
+    got = problems(project, {"STATUSMAIL_SMTP_PORT": "smtp", "STATUSMAIL_SMTP_SECURITY": "ssl"})
+    assert "$STATUSMAIL_SMTP_PORT: 'smtp' is not a port (1-65535)" in got
+    assert any(p.startswith("$STATUSMAIL_SMTP_SECURITY: must be one of") for p in got)
+
+
+@pytest.mark.parametrize("port", ["0", "-1", "70000"])
+def test_env_port_out_of_range(project: Path, port: str) -> None:
+    got = problems(project, {"STATUSMAIL_SMTP_PORT": port})
+    assert any(p.startswith("$STATUSMAIL_SMTP_PORT") for p in got)
+
+
+def test_bad_env_transport_names_the_variable(project: Path) -> None:
+    got = problems(project, {"STATUSMAIL_TRANSPORT": "pigeon"})
+    assert len(got) == 1
+    assert got[0].startswith("$STATUSMAIL_TRANSPORT")
+
+
+def test_bad_transport(project: Path) -> None:
+    line = replace_in(project, "transport: maildir", "transport: pigeon")
+    assert problems(project) == [
+        f"{project}:{line}: transport is 'pigeon'; expected one of maildir, smtp"
+    ]
+
+
+def test_bad_security(project: Path) -> None:
+    line = replace_in(project, "security: starttls ", "security: ssl ")
+    assert problems(project) == [
+        f"{project}:{line}: 'smtp.security' is 'ssl'; expected one of starttls, tls, none"
+    ]
+
+
+def test_negative_rate(project: Path) -> None:
+    line = replace_in(project, "rate: 20 ", "rate: -5 ")
+    assert problems(project) == [f"{project}:{line}: 'sending.rate' must be a number ≥ 0"]
+
+
+def test_rate_zero_means_unlimited(project: Path) -> None:
+    replace_in(project, "rate: 20 ", "rate: 0 ")
+    assert load_config(project, {}).sending.rate == 0
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("concurrency: 4 ", "concurrency: 0 ", "'sending.concurrency' must be a whole number ≥ 1"),
+        (
+            "max_attempts: 5 ",
+            "max_attempts: 2.5 ",
+            "'sending.max_attempts' must be a whole number ≥ 1",
+        ),
+        ("port: 587", 'port: "587"', "'smtp.port' must be a whole number from 1 to 65535"),
+        ("stop_after_failures: 0.2", "stop_after_failures: 1.5", "must be a share from 0 to 1"),
+        (
+            "url: https://www.startmail.example/status/unsubscribe/{token}",
+            "url: http://www.startmail.example/status/unsubscribe/{token}",
+            "'unsubscribe.url' must be an https URL containing {token}",
+        ),
+        (
+            "url: https://www.startmail.example/status/unsubscribe/{token}",
+            "url: https://www.startmail.example/status/unsubscribe/",
+            "'unsubscribe.url' must be an https URL containing {token}",
+        ),
+        (
+            "address: status@startmail.example}",
+            "address: status}",
+            "'sender.address' is not an email address",
+        ),
+        ("name: StartMail,", 'name: "Start\\nMail",', "'sender.name' must be one line of text"),
+        (
+            "list_id: status.startmail.example",
+            'list_id: "status.startmail.example\\r\\nBcc: x@example.org"',
+            "'list_id' must be one line of text",
+        ),
+    ],
+)
+def test_invalid_values_name_file_and_line(project: Path, old: str, new: str, message: str) -> None:
+    line = replace_in(project, old, new)
+    assert problems(project) == [f"{project}:{line}: {message}"]
+
+
+def test_unknown_key_top_level(project: Path) -> None:
+    text = project.read_text(encoding="utf-8")
+    project.write_text(text + "colour: blue\n", encoding="utf-8")
+    line = len(text.splitlines()) + 1
+    assert problems(project) == [f"{project}:{line}: unknown key 'colour'"]
+
+
+def test_unknown_key_nested(project: Path) -> None:
+    line = replace_in(project, "  timeout: 30\n", "  timeout: 30\n  tiemout: 5\n") + 1
+    assert problems(project) == [f"{project}:{line}: unknown key 'smtp.tiemout'"]
+
+
+def test_several_problems_reported_together(project: Path) -> None:
+    t_line = replace_in(project, "transport: maildir", "transport: pigeon")
+    r_line = replace_in(project, "rate: 20 ", "rate: -1 ")
+    got = problems(project)
+    assert f"{project}:{t_line}: transport is 'pigeon'; expected one of maildir, smtp" in got
+    assert f"{project}:{r_line}: 'sending.rate' must be a number ≥ 0" in got
+    assert len(got) == 2
+
+
+def test_broken_yaml(project: Path) -> None:
+    replace_in(
+        project, "serve: {host: 127.0.0.1, port: 8080}", "serve: {host: 127.0.0.1, port: 8080"
+    )
+    # The flow mapping is left open across the comment lines; YAML finds the error at
+    # the next key, where a ',' or '}' was expected.
+    text = project.read_text(encoding="utf-8")
+    error_line = text[: text.index("default_locale_by_region:")].count("\n") + 1
+    got = problems(project)
+    assert len(got) == 1
+    assert got[0].startswith(f"{project}:{error_line}: invalid YAML")
+    assert "did not find expected ',' or '}'" in got[0]
+
+
+def test_broken_yaml_bad_indentation(project: Path) -> None:
+    line = replace_in(project, "  port: 587", "   port: 587")
+    got = problems(project)
+    assert len(got) == 1
+    assert got[0].startswith(f"{project}:{line}: invalid YAML")
+
+
+def test_missing_required_keys(tmp_path: Path) -> None:
+    path = tmp_path / "statusmail.yaml"
+    path.write_text("transport: maildir\n")
+    got = problems(path)
+    for key in (
+        "sender.name",
+        "sender.address",
+        "unsubscribe.url",
+        "unsubscribe.mailto",
+        "list_id",
+    ):
+        assert any(f"missing {key!r}" in p for p in got), (key, got)
+    assert all(p.startswith(f"{path}:") for p in got)
+
+
+def test_top_level_not_a_mapping(tmp_path: Path) -> None:
+    path = tmp_path / "statusmail.yaml"
+    path.write_text("- just\n- a list\n")
+    got = problems(path)
+    assert f"{path}:1: the file must be a mapping" in got
+
+
+def test_section_not_a_mapping_has_a_line(tmp_path: Path) -> None:
+    path = tmp_path / "statusmail.yaml"
+    path.write_text("list_id: x\nsender: StartMail\n")
+    got = problems(path)
+    assert f"{path}:2: sender must be a mapping" in got
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    assert problems(tmp_path / "nope.yaml") == [f"{tmp_path / 'nope.yaml'}: config file not found"]
+
+
+def test_config_is_a_folder(tmp_path: Path) -> None:
+    assert problems(tmp_path) == [f"{tmp_path}: config file not found"]
+
+
+def test_multi_line_reply_to_refused(project: Path) -> None:
+    line = replace_in(
+        project,
+        "reply_to: support@startmail.example",
+        'reply_to: "support@startmail.example\\nBcc: evil@example.org"',
+    )
+    got = problems(project)
+    assert len(got) == 1
+    assert got[0].startswith(f"{project}:{line}: ")
+
+
+def test_with_overrides(project: Path) -> None:
+    config = load_config(project, {})
+    changed = config.with_overrides(rate=2.5, concurrency=1)
+    assert (changed.sending.rate, changed.sending.concurrency) == (2.5, 1)
+    assert changed.sending.max_attempts == 5
+    assert config.sending.rate == 20.0  # the original is unchanged
+    assert config.with_overrides().sending == config.sending
+
+
+# -- the unsubscribe secret ----------------------------------------------------------
+
+
+def test_secret_from_environment(project: Path) -> None:
+    config = load_config(project, {})
+    env = {"STATUSMAIL_UNSUBSCRIBE_SECRET": "s3cret"}
+    assert config.unsubscribe_secret(env) == (b"s3cret", False)
+    smtp = load_config(project, {"STATUSMAIL_TRANSPORT": "smtp"})
+    assert smtp.unsubscribe_secret(env) == (b"s3cret", False)
+
+
+def test_secret_missing_with_smtp_raises(project: Path) -> None:
+    config = load_config(project, {"STATUSMAIL_TRANSPORT": "smtp"})
+    with pytest.raises(ConfigError) as info:
+        config.unsubscribe_secret({})
+    assert "$STATUSMAIL_UNSUBSCRIBE_SECRET" in str(info.value)
+    assert info.value.problems[0].path == project
+    # an empty value is not a secret either
+    with pytest.raises(ConfigError):
+        config.unsubscribe_secret({"STATUSMAIL_UNSUBSCRIBE_SECRET": ""})
+
+
+def test_secret_missing_with_smtp_uses_process_environment(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = load_config(project, {"STATUSMAIL_TRANSPORT": "smtp"})
+    with pytest.raises(ConfigError, match=r"\$STATUSMAIL_UNSUBSCRIBE_SECRET"):
+        config.unsubscribe_secret()
+    monkeypatch.setenv("STATUSMAIL_UNSUBSCRIBE_SECRET", "from-env")
+    assert config.unsubscribe_secret() == (b"from-env", False)
+
+
+def test_secret_env_name_is_configurable(project: Path) -> None:
+    replace_in(project, "secret_env: STATUSMAIL_UNSUBSCRIBE_SECRET", "secret_env: MY_UNSUB_SECRET")
+    config = load_config(project, {"STATUSMAIL_TRANSPORT": "smtp"})
+    with pytest.raises(ConfigError, match=r"\$MY_UNSUB_SECRET"):
+        config.unsubscribe_secret({"STATUSMAIL_UNSUBSCRIBE_SECRET": "wrong variable"})
+    assert config.unsubscribe_secret({"MY_UNSUB_SECRET": "x"}) == (b"x", False)
+
+
+def test_dev_secret_with_maildir(project: Path) -> None:
+    config = load_config(project, {})
+    secret, is_dev = config.unsubscribe_secret({})
+    assert is_dev is True
+    assert secret == DEV_UNSUBSCRIBE_SECRET.encode()
+    assert b"DEVELOPMENT" in secret
