@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 
-from statusmail import markdown
 from statusmail.config import Config
 from statusmail.entries import Entry, cross_check, load_entries
 from statusmail.errors import InputError, Problem, RenderError, StatusmailError
@@ -13,7 +13,11 @@ from statusmail.message import MessageFactory
 from statusmail.preview import variants
 from statusmail.regions import Region, load_regions
 from statusmail.render import Renderer, catalog_problems
+from statusmail.sending import unsafe_link_problems
 from statusmail.subscribers import ReadStats, RowProblem, iter_subscribers
+
+# Stands in for "any entry" when checking the regions' own texts.
+_NO_ENTRY = Entry(id="-", date=dt.date(2000, 1, 1), status="draft", content={})
 
 
 @dataclass
@@ -54,15 +58,8 @@ def check_project(config: Config) -> CheckReport:
     report.entries = len(entries) + len({p.path for p in entry_problems})
     for entry in entries.values():
         problems += cross_check(entry, entries, regions)
-        for locale, content in entry.content.items():
-            for target in markdown.refused_links(content.body):
-                problems.append(
-                    Problem(
-                        entry.path or entry.id,
-                        entry.line(f"content.{locale}"),
-                        f"link {target!r} in the {locale} body is not allowed",
-                    )
-                )
+        problems += unsafe_link_problems(entry, {})
+    problems += unsafe_link_problems(_NO_ENTRY, regions)
 
     problems += catalog_problems(config.paths.templates)
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from statusmail import markdown
 from statusmail.config import Config
 from statusmail.delivery import Engine, OnOutcome, RunResult
 from statusmail.entries import Entry, cross_check, entry_paths, find_entry
@@ -53,6 +54,7 @@ def prepare(config: Config, entry_id: str, *, allow_draft: bool = False) -> Prep
     known = [p.stem for p in entry_paths(config.paths.updates)]
     problems += cross_check(entry, known, regions)
     problems += catalog_problems(config.paths.templates)
+    problems += unsafe_link_problems(entry, regions)
     if problems:
         raise InputError(problems)
     secret, is_dev = config.unsubscribe_secret()
@@ -64,6 +66,33 @@ def prepare(config: Config, entry_id: str, *, allow_draft: bool = False) -> Prep
     renderer = Renderer(config.paths.templates, regions, config.sender.name)
     factory = MessageFactory(config, entry, renderer, secret)
     return Prepared(config, entry, regions, renderer, secret, factory)
+
+
+def unsafe_link_problems(entry: Entry, regions: Mapping[str, Region]) -> list[Problem]:
+    """``javascript:`` and the like would be dropped silently: refuse them instead."""
+    problems = []
+    for locale, content in entry.content.items():
+        for target in markdown.refused_links(content.body):
+            problems.append(
+                Problem(
+                    entry.path or entry.id,
+                    entry.line(f"content.{locale}"),
+                    f"link {target!r} in the {locale} body is not allowed",
+                )
+            )
+    if entry.access_instructions:
+        for region in regions.values():
+            for locale, text in region.access.items():
+                for target in markdown.refused_links(text):
+                    problems.append(
+                        Problem(
+                            region.path or "regions",
+                            region.line,
+                            f"link {target!r} in {region.code}'s {locale} access text "
+                            "is not allowed",
+                        )
+                    )
+    return problems
 
 
 def missing_locale_problem(entry: Entry, stats: SelectionStats) -> Problem | None:
@@ -110,6 +139,9 @@ def select_into_ledger(
             stats,
         )
         for item in items:
+            if isinstance(item, RowProblem) and item.fatal:
+                # A broken list could hide anyone after the break: send nothing.
+                raise InputError([Problem(item.path, item.line or None, item.message)])
             if isinstance(item, RowProblem):
                 log.warning("skipped: %s", item)
                 skipped.append((item.email.lower() or f"{item.path}:{item.line}", item.message))
@@ -194,6 +226,8 @@ def dry_run(prepared: Prepared, *, limit: int | None = None) -> DryRun:
         entry, config.paths.subscribers, config.default_locale_by_region, suppressed, stats
     ):
         if isinstance(item, RowProblem):
+            if item.fatal:
+                report.failures.append(str(item))
             continue
         if limit is not None and report.rendered >= limit:
             continue

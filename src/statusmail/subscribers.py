@@ -8,7 +8,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import yaml
 from email_validator import EmailNotValidError, validate_email
@@ -17,7 +17,8 @@ from statusmail.yamlfile import _BaseLoader
 
 STATUSES = ("active", "unsubscribed", "bounced")
 COLUMNS = ("email", "name", "locale", "region", "topics", "status")
-MAX_LINE_CHARS = 4096
+MAX_LINE_CHARS = 4096  # one cell
+MAX_RAW_LINE_CHARS = 65536  # one physical line of a file
 MAX_NAME_CHARS = 200
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
 _REGION = re.compile(r"^[A-Z]{2}$")
@@ -46,6 +47,7 @@ class RowProblem:
     line: int
     message: str
     email: str
+    fatal: bool = False  # the file itself is broken: the rows after this one are unknown
 
     def __str__(self) -> str:
         return f"{self.path}:{self.line}: {self.message}"
@@ -111,9 +113,45 @@ def make_subscriber(row: dict[str, Any], path: Path, line: int) -> Subscriber | 
     )
 
 
+class LineTooLong(Exception):
+    def __init__(self, line: int) -> None:
+        self.line = line
+        super().__init__(f"line {line} is over {MAX_RAW_LINE_CHARS} characters")
+
+
+def _limited_lines(handle: TextIO) -> Iterator[str]:
+    """The file's lines, refusing an absurdly long one before it is read whole."""
+    number = 0
+    while line := handle.readline(MAX_RAW_LINE_CHARS + 1):
+        number += 1
+        if len(line) > MAX_RAW_LINE_CHARS:
+            raise LineTooLong(number)
+        yield line
+
+
+class _LimitedReader:
+    """A ``read(size)`` stream for the YAML parser with the same line-length limit."""
+
+    def __init__(self, handle: TextIO) -> None:
+        self.handle = handle
+        self.run = 0  # characters since the last newline
+        self.line = 1
+
+    def read(self, size: int = -1) -> str:
+        chunk = self.handle.read(size if size and size > 0 else 65536)
+        pieces = chunk.split("\n")
+        for index, piece in enumerate(pieces):
+            self.run = self.run + len(piece) if index == 0 else len(piece)
+            if self.run > MAX_RAW_LINE_CHARS:
+                raise LineTooLong(self.line)
+            if index < len(pieces) - 1:
+                self.line += 1
+        return chunk
+
+
 def _read_csv(path: Path) -> Iterator[Subscriber | RowProblem]:
     with path.open(encoding="utf-8-sig", newline="") as handle:
-        reader = csv.reader(handle)
+        reader = csv.reader(_limited_lines(handle))
         try:
             header = [h.strip().lower() for h in next(reader)]
         except StopIteration:
@@ -125,6 +163,7 @@ def _read_csv(path: Path) -> Iterator[Subscriber | RowProblem]:
                 1,
                 f"header must name the columns {','.join(COLUMNS)}; got {','.join(header)}",
                 "",
+                fatal=True,
             )
             return
         line = reader.line_num
@@ -146,14 +185,14 @@ def _read_csv(path: Path) -> Iterator[Subscriber | RowProblem]:
 def _read_yaml(path: Path) -> Iterator[Subscriber | RowProblem]:
     """Stream a YAML list of flat mappings by parse events, never building the whole list."""
     with path.open(encoding="utf-8-sig") as handle:
-        events = yaml.parse(handle, Loader=_BaseLoader)
+        events = yaml.parse(_LimitedReader(handle), Loader=_BaseLoader)
         try:
             for event in events:
                 if isinstance(event, yaml.SequenceStartEvent):
                     break
                 if isinstance(event, yaml.MappingStartEvent | yaml.ScalarEvent):
                     line = _line(event)
-                    yield RowProblem(path, line, "expected a list of subscribers", "")
+                    yield RowProblem(path, line, "expected a list of subscribers", "", fatal=True)
                     return
             else:
                 return
@@ -172,7 +211,9 @@ def _read_yaml(path: Path) -> Iterator[Subscriber | RowProblem]:
                     yield make_subscriber(row, path, line)
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
-            yield RowProblem(path, mark.line + 1 if mark else 0, f"invalid YAML: {exc.problem}", "")
+            yield RowProblem(
+                path, mark.line + 1 if mark else 0, f"invalid YAML: {exc.problem}", "", fatal=True
+            )
 
 
 def _line(event: yaml.Event) -> int:
@@ -229,12 +270,14 @@ def read_file(path: Path) -> Iterator[Subscriber | RowProblem]:
             yield from _read_csv(path)
         else:
             yield from _read_yaml(path)
+    except LineTooLong as exc:
+        yield RowProblem(path, exc.line, str(exc), "", fatal=True)
     except UnicodeDecodeError as exc:
-        yield RowProblem(path, 0, f"not valid UTF-8: {exc.reason}", "")
+        yield RowProblem(path, 0, f"not valid UTF-8: {exc.reason}", "", fatal=True)
     except csv.Error as exc:
-        yield RowProblem(path, 0, f"invalid CSV: {exc}", "")
+        yield RowProblem(path, 0, f"invalid CSV: {exc}", "", fatal=True)
     except OSError as exc:
-        yield RowProblem(path, 0, f"cannot read: {exc.strerror or exc}", "")
+        yield RowProblem(path, 0, f"cannot read: {exc.strerror or exc}", "", fatal=True)
 
 
 def iter_subscribers(
@@ -248,7 +291,7 @@ def iter_subscribers(
     stats = stats if stats is not None else ReadStats()
     seen: set[bytes] = set()
     if not folder.exists():
-        yield RowProblem(folder, 0, "subscribers folder not found", "")
+        yield RowProblem(folder, 0, "subscribers folder not found", "", fatal=True)
         return
     for path in subscriber_files(folder):
         stats.files.append(path)

@@ -1,0 +1,397 @@
+"""The one-click unsubscribe endpoint (RFC 8058): ``statusmail serve`` in a subprocess,
+spoken to over real HTTP on loopback, fed by messages a real SMTP server received."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import copy_sample
+from delivery_helpers import SECRET, point_at, send, suppressed
+from smtp_server import RecordingServer
+from statusmail.cli import main
+from statusmail.config import DEV_UNSUBSCRIBE_SECRET
+from statusmail.tokens import unsubscribe_token
+
+ONE_CLICK = b"List-Unsubscribe=One-Click"
+FORM = "application/x-www-form-urlencoded"
+RU_CONFIRM = "Отписаться от уведомлений о работе сервиса?"
+RU_DONE = "Вы отписались. Уведомления о работе сервиса больше не придут."
+EN_CONFIRM = "Unsubscribe from status updates?"
+EN_DONE = "You are unsubscribed. You will get no more status updates."
+CSP = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'"
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    headers: dict[str, str]  # lower-case names
+    body: str
+
+    def comparable(self) -> tuple[int, dict[str, str], str]:
+        """Everything but the Date header."""
+        return self.status, {k: v for k, v in self.headers.items() if k != "date"}, self.body
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def serve_command(config: Path, port: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "statusmail",
+        "serve",
+        "--port",
+        str(port),
+        "--config",
+        str(config),
+    ]
+
+
+def start_serve(config: Path, secret: str | None = SECRET) -> tuple[subprocess.Popen[str], int]:
+    """``python -m statusmail serve`` on a free port, once the port accepts connections."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STATUSMAIL_")}
+    if secret is not None:
+        env["STATUSMAIL_UNSUBSCRIBE_SECRET"] = secret
+    proc = subprocess.Popen(
+        serve_command(config, port),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    deadline = time.monotonic() + 15
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(f"serve exited {proc.returncode}: {proc.communicate()[1]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, port
+        except OSError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError("serve did not start listening") from None
+            time.sleep(0.05)
+
+
+def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> int:
+    proc.send_signal(sig)
+    try:
+        return proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+def fetch(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Reply:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        # As a reverse proxy forwards the public URL: same path, public Host.
+        conn.request(method, path, body, {"Host": "www.startmail.example", **(headers or {})})
+        response = conn.getresponse()
+        data = response.read().decode("utf-8")
+        return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, data)
+    finally:
+        conn.close()
+
+
+def post_one_click(port: int, path: str, **headers: str) -> Reply:
+    return fetch(port, "POST", path, ONE_CLICK, {"Content-Type": FORM, **headers})
+
+
+def unsubscribe_paths(server: RecordingServer) -> dict[str, str]:
+    """recipient → the path of the https URL in its List-Unsubscribe header."""
+    paths = {}
+    for message in server.messages:
+        header = str(message.message["List-Unsubscribe"])
+        match = re.search(r"<(https://[^>]+)>", header)
+        assert match, header
+        url = urlsplit(match.group(1))
+        assert url.netloc == "www.startmail.example"
+        paths[message.rcpt_tos[0].lower()] = url.path
+    return paths
+
+
+def path_for(address: str, secret: str = SECRET) -> str:
+    """The endpoint path for a token made here (e.g. for an address nobody subscribed)."""
+    return "/status/unsubscribe/" + unsubscribe_token(secret.encode(), address)
+
+
+def tamper(path: str) -> str:
+    """Change the first character of the MAC (the last one may only hold padding bits)."""
+    head, mac = path.rsplit(".", 1)
+    return f"{head}.{'B' if mac[0] == 'A' else 'A'}{mac[1:]}"
+
+
+def assert_secure(reply: Reply) -> None:
+    h = reply.headers
+    assert h["content-type"] == "text/html; charset=utf-8"
+    assert h["cache-control"] == "no-store"
+    assert h["referrer-policy"] == "no-referrer"
+    assert h["content-security-policy"].startswith(CSP)
+    assert h["x-content-type-options"] == "nosniff"
+    assert "server" not in h
+    assert "<meta name='robots' content='noindex'>" in reply.body
+    # no remote resources, no scripts, no tracking
+    assert not re.search(r"src=|href=|<script|<img|<link|url\(|https?://", reply.body)
+
+
+# -- end to end ------------------------------------------------------------------------
+
+
+def test_one_click_unsubscribe_end_to_end(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STATUSMAIL_UNSUBSCRIBE_SECRET", SECRET)
+    address = "ivan.smirnov@example.com"
+    with RecordingServer() as server:
+        point_at(project, server.port)
+        code, _report, stderr = send(project)
+        assert code == 0, stderr
+        path = unsubscribe_paths(server)[address]
+        proc, port = start_serve(project)
+        try:
+            # a link scanner's GET shows the form and unsubscribes nobody
+            page = fetch(port, "GET", path)
+            assert page.status == 200
+            assert "<form method='post'>" in page.body
+            assert "name='List-Unsubscribe' value='One-Click'" in page.body
+            assert suppressed(project) == {}
+
+            # a tampered token changes nothing
+            assert post_one_click(port, tamper(path)).status == 400
+            assert suppressed(project) == {}
+
+            # the one-click POST suppresses the address at once; a second one is fine
+            done = post_one_click(port, path)
+            assert done.status == 200 and RU_DONE in done.body
+            assert suppressed(project) == {address: "unsubscribed"}
+            assert post_one_click(port, path).comparable() == done.comparable()
+            assert suppressed(project) == {address: "unsubscribed"}
+
+            # the next entry skips the address; everyone else still gets theirs
+            server.clear()
+            code, report, stderr = send(project, "block-2020-01-23")
+            assert code == 0, stderr
+            counts = server.count_by_recipient()
+            assert address not in counts
+            assert report["counts"]["sent"] == len(counts) > 10
+            assert {"dmitry.volkov@example.org", "jan.devries@example.net"} <= set(counts)
+        finally:
+            assert stop(proc) == 0
+
+
+# -- one served project for the rest ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Site:
+    config: Path
+    port: int
+    paths: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    config = copy_sample(tmp_path_factory.mktemp("serve") / "project")
+    with RecordingServer() as server:
+        point_at(config, server.port)
+        code, _report, stderr = send(config)
+        assert code == 0, stderr
+        paths = unsubscribe_paths(server)
+    proc, port = start_serve(config)
+    try:
+        yield Site(config, port, paths)
+    finally:
+        assert stop(proc) == 0
+
+
+def test_page_language_follows_the_ledger_then_accept_language(site: Site) -> None:
+    ru = fetch(
+        site.port, "GET", site.paths["ivan.smirnov@example.com"], None, {"Accept-Language": "en"}
+    )
+    assert ru.status == 200 and RU_CONFIRM in ru.body and ">Отписаться</button>" in ru.body
+    assert "<html lang='ru'>" in ru.body and ru.headers["content-language"] == "ru"
+    en = fetch(
+        site.port, "GET", site.paths["dmitry.volkov@example.org"], None, {"Accept-Language": "ru"}
+    )
+    assert en.status == 200 and EN_CONFIRM in en.body and ">Unsubscribe</button>" in en.body
+    assert "<html lang='en'>" in en.body and en.headers["content-language"] == "en"
+    # an address the ledger does not know: the browser's preference, else English
+    unknown = path_for("nobody@example.org")
+    pref = {"Accept-Language": "de-DE, ru-RU;q=0.8, en;q=0.5"}
+    assert RU_CONFIRM in fetch(site.port, "GET", unknown, None, pref).body
+    assert EN_CONFIRM in fetch(site.port, "GET", unknown).body
+    for reply in (ru, en):
+        assert_secure(reply)
+        assert "ivan" not in reply.body and "dmitry" not in reply.body
+
+
+def test_answers_do_not_tell_whether_an_address_is_subscribed(site: Site) -> None:
+    def get(path: str, lang: str | None = None) -> Reply:
+        headers = {"Accept-Language": lang} if lang else {}
+        return fetch(site.port, "GET", path, None, headers)
+
+    subscribed_ru = get(site.paths["ivan.smirnov@example.com"])
+    assert subscribed_ru.status == 200
+    for other in (
+        get(path_for("nobody@example.org"), "ru"),  # never subscribed
+        get(path_for("pavel.lebedev@example.com"), "ru"),  # unsubscribed in the list
+    ):
+        assert other.comparable() == subscribed_ru.comparable()
+    subscribed_en = get(site.paths["dmitry.volkov@example.org"])
+    assert get(path_for("nobody@example.org")).comparable() == subscribed_en.comparable()
+    assert get(path_for("mia.weber@example.net")).comparable() == subscribed_en.comparable()
+
+    # POST: the same answer for a subscriber, a stranger and an already suppressed address
+    olga = site.paths["olga.kuznetsova@example.net"]
+    done = post_one_click(site.port, olga)
+    assert done.status == 200 and RU_DONE in done.body
+    assert_secure(done)
+    assert (
+        post_one_click(
+            site.port, path_for("stranger@example.org"), **{"Accept-Language": "ru"}
+        ).comparable()
+        == done.comparable()
+    )
+    assert post_one_click(site.port, olga).comparable() == done.comparable()
+    # and the page for a no-longer-subscribed address is the subscriber's page
+    assert get(olga).comparable() == subscribed_ru.comparable()
+    assert suppressed(site.config)["olga.kuznetsova@example.net"] == "unsubscribed"
+
+
+def test_post_without_the_one_click_body_is_400(site: Site) -> None:
+    path = site.paths["sergey.orlov@example.net"]
+    for body, content_type in (
+        (b"", FORM),
+        (b"List-Unsubscribe=Yes", FORM),
+        (b"unsubscribe=One-Click", FORM),
+        (b'{"List-Unsubscribe": "One-Click"}', "application/json"),
+    ):
+        reply = fetch(site.port, "POST", path, body, {"Content-Type": content_type})
+        assert reply.status == 400, body
+        assert_secure(reply)
+    big = fetch(site.port, "POST", path, ONE_CLICK + b"&x=" + b"y" * 10_000, {"Content-Type": FORM})
+    assert big.status == 413
+    # HEAD is a GET without a body: it changes nothing either
+    assert fetch(site.port, "HEAD", path).status == 200
+    assert "sergey.orlov@example.net" not in suppressed(site.config)
+
+
+def test_multipart_one_click_body_is_accepted(site: Site) -> None:
+    # RFC 8058: the POST content SHOULD be multipart/form-data
+    boundary = "----statusmail-test"
+    body = (
+        f"--{boundary}\r\n"
+        'Content-Disposition: form-data; name="List-Unsubscribe"\r\n\r\n'
+        f"One-Click\r\n--{boundary}--\r\n"
+    ).encode()
+    content_type = f"multipart/form-data; boundary={boundary}"
+    reply = fetch(
+        site.port,
+        "POST",
+        site.paths["alexander.kozlov@example.com"],
+        body,
+        {"Content-Type": content_type},
+    )
+    assert reply.status == 200 and RU_DONE in reply.body
+    assert suppressed(site.config)["alexander.kozlov@example.com"] == "unsubscribed"
+
+
+def test_bad_tokens_are_400_and_change_nothing(site: Site) -> None:
+    before = suppressed(site.config)
+    good = site.paths["elena.sokolova@example.org"]
+    prefix = "/status/unsubscribe/"
+    bad = [
+        tamper(good),
+        good[:-2],
+        path_for("elena.sokolova@example.org", secret="another-secret"),
+        prefix + "abc",
+        prefix + "not-base64!.%25%25",
+        prefix + "x" * 5000,
+    ]
+    replies = [post_one_click(site.port, path) for path in bad]
+    replies += [fetch(site.port, "GET", path) for path in bad]
+    assert {r.status for r in replies} == {400}
+    assert len({r.body for r in replies}) == 1  # one generic page
+    assert_secure(replies[0])
+    assert suppressed(site.config) == before
+
+
+def test_other_paths_404_other_methods_405(site: Site) -> None:
+    path = site.paths["aigerim.nurlanova@example.org"]
+    for wrong in ("/", "/status/unsubscribe/", path + "/", "/unsubscribe/" + path.rsplit("/")[-1]):
+        reply = fetch(site.port, "POST", wrong, ONE_CLICK, {"Content-Type": FORM})
+        assert reply.status == 404, wrong
+        assert_secure(reply)
+    for method in ("PUT", "DELETE", "PATCH"):
+        reply = fetch(site.port, method, path, ONE_CLICK, {"Content-Type": FORM})
+        assert reply.status == 405
+        assert "POST" in reply.headers["allow"]
+        assert_secure(reply)
+    assert "aigerim.nurlanova@example.org" not in suppressed(site.config)
+
+
+# -- start-up --------------------------------------------------------------------------
+
+
+def test_smtp_transport_without_the_secret_exits_1(project: Path) -> None:
+    point_at(project, 25)
+    result = CliRunner().invoke(
+        main, ["serve", "--port", str(free_port()), "--config", str(project)]
+    )
+    assert result.exit_code == 1
+    assert "STATUSMAIL_UNSUBSCRIBE_SECRET is not set" in result.stderr
+
+
+def test_busy_port_exits_1(project: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        done = subprocess.run(
+            serve_command(project, port),
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+    assert done.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+
+
+def test_maildir_project_serves_with_the_dev_secret_and_stops_on_sigint(
+    project: Path,
+) -> None:
+    proc, port = start_serve(project, secret=None)
+    try:
+        dev = path_for("ann@example.org", secret=DEV_UNSUBSCRIBE_SECRET)
+        assert fetch(port, "GET", dev).status == 200
+        assert fetch(port, "GET", path_for("ann@example.org")).status == 400
+    finally:
+        assert stop(proc, signal.SIGINT) == 0
