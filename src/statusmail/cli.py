@@ -280,3 +280,96 @@ def watch(config: Config, once: bool, poll_interval: float, retry_after: float) 
 
     options = WatchOptions(once=once, poll_interval=poll_interval, backoff_initial=retry_after)
     return asyncio.run(Watcher(config.path, options).run())
+
+
+@main.group()
+def suppress() -> None:
+    """Addresses that never get a message: unsubscribed, bounced, complained, manual.
+
+    Every selection respects this list; sync it with your source of truth with
+    add, remove and export.
+    """
+
+
+@suppress.command(name="add")
+@config_option
+@click.argument("addresses", nargs=-1, required=True)
+@click.option(
+    "--reason",
+    type=click.Choice(["manual", "unsubscribed", "bounced", "complained"]),
+    default="manual",
+    show_default=True,
+    help="Why the addresses are suppressed.",
+)
+@click.option("--detail", default=None, help="A note kept with each address.")
+@run
+def suppress_add(
+    config: Config, addresses: tuple[str, ...], reason: str, detail: str | None
+) -> int:
+    """Suppress ADDRESSES (all must be valid, or none is added)."""
+    from statusmail import suppression
+    from statusmail.ledger import Ledger
+
+    with Ledger(config.paths.ledger) as ledger:
+        added = suppression.add(ledger, addresses, reason, detail)
+    console.print(f"suppressed {added} new address(es); {len(addresses) - added} already were")
+    return commands.EXIT_OK
+
+
+@suppress.command(name="remove")
+@config_option
+@click.argument("addresses", nargs=-1, required=True)
+@run
+def suppress_remove(config: Config, addresses: tuple[str, ...]) -> int:
+    """Take ADDRESSES off the suppression list, so later entries reach them again."""
+    from statusmail import suppression
+    from statusmail.ledger import Ledger
+
+    with Ledger(config.paths.ledger) as ledger:
+        removed = suppression.remove(ledger, addresses)
+    console.print(f"removed {removed} address(es) from the suppression list")
+    return commands.EXIT_OK
+
+
+@suppress.command(name="list")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+@run
+def suppress_list(config: Config, as_json: bool) -> int:
+    """Print the suppression list: address, reason, when."""
+    from statusmail.ledger import Ledger
+
+    with Ledger(config.paths.ledger) as ledger:
+        rows = ledger.suppressions()
+    if as_json:
+        print_json(
+            [{"email": a, "reason": r, "detail": d, "suppressed_at": t} for a, r, d, t in rows]
+        )
+    else:
+        for address, reason, _detail, created in rows:
+            out.print(f"{address}\t{reason}\t{created}", markup=False, highlight=False)
+    return commands.EXIT_OK
+
+
+@suppress.command(name="export")
+@config_option
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the CSV here instead of to standard output.",
+)
+@run
+def suppress_export(config: Config, output: Path | None) -> int:
+    """Export the suppression list as CSV (cells are made safe for spreadsheets)."""
+    from statusmail import suppression
+    from statusmail.ledger import Ledger
+
+    with Ledger(config.paths.ledger) as ledger:
+        text = suppression.export_csv(ledger)
+    if output:
+        output.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return commands.EXIT_OK

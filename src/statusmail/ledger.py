@@ -274,11 +274,26 @@ class Ledger:
     def suppressed(self) -> set[str]:
         return {row[0] for row in self.db.execute("SELECT address FROM suppressions")}
 
-    def suppress(self, address: str, reason: str, detail: str | None = None) -> None:
-        self.db.execute(
+    def suppress(self, address: str, reason: str, detail: str | None = None) -> bool:
+        """Suppress ``address``; False if it already was (the first reason is kept)."""
+        cursor = self.db.execute(
             "INSERT INTO suppressions (address, reason, detail, created_at) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (address) DO NOTHING",
             (address.lower(), reason, detail, now_iso()),
+        )
+        return cursor.rowcount > 0
+
+    def unsuppress(self, address: str) -> bool:
+        cursor = self.db.execute("DELETE FROM suppressions WHERE address = ?", (address.lower(),))
+        return cursor.rowcount > 0
+
+    def suppressions(self) -> list[tuple[str, str, str | None, str]]:
+        """(address, reason, detail, created_at), oldest first."""
+        return list(
+            self.db.execute(
+                "SELECT address, reason, detail, created_at FROM suppressions"
+                " ORDER BY created_at, address"
+            )
         )
 
 

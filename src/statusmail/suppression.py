@@ -1,0 +1,49 @@
+"""``statusmail suppress``: the suppression list, kept in sync with the source of truth."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable
+
+from email_validator import EmailNotValidError, validate_email
+
+from statusmail.errors import InputError, Problem
+from statusmail.ledger import Ledger
+from statusmail.subscribers import address_key
+
+REASONS = ("unsubscribed", "bounced", "complained", "manual")
+# A spreadsheet runs a cell that starts with one of these as a formula (CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def safe_cell(value: str | None) -> str:
+    """A cell no spreadsheet will evaluate: risky ones get a leading apostrophe (OWASP)."""
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
+def normalized(address: str) -> str:
+    try:
+        valid = validate_email(address.strip(), check_deliverability=False, allow_smtputf8=True)
+    except EmailNotValidError as exc:
+        raise InputError([Problem("<command line>", None, f"{address!r}: {exc}")]) from exc
+    return address_key(valid.normalized)
+
+
+def add(ledger: Ledger, addresses: Iterable[str], reason: str, detail: str | None) -> int:
+    keys = [normalized(a) for a in addresses]  # all valid, or nothing is changed
+    return sum(ledger.suppress(key, reason, detail) for key in keys)
+
+
+def remove(ledger: Ledger, addresses: Iterable[str]) -> int:
+    return sum(ledger.unsuppress(address_key(a)) for a in addresses)
+
+
+def export_csv(ledger: Ledger) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["email", "reason", "detail", "suppressed_at"])
+    for row in ledger.suppressions():
+        writer.writerow([safe_cell(cell) for cell in row])
+    return buffer.getvalue()

@@ -1,0 +1,179 @@
+"""Hostile input: nothing in a subscriber list or an entry can add a header, inject markup,
+smuggle a script link, poison an exported CSV or exhaust memory."""
+
+from __future__ import annotations
+
+import csv
+import email.policy
+import io
+import mailbox
+from email import message_from_bytes
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from statusmail.cli import main
+
+UPDATE = "update-2020-04-21"
+
+
+def run(config: Path, *args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, ["--config", str(config), *args], catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def add_row(config: Path, row: list[str]) -> None:
+    with (config.parent / "subscribers" / "main.csv").open("a", encoding="utf-8", newline="") as f:
+        csv.writer(f).writerow(row)
+
+
+def outbox(config: Path) -> dict[str, bytes]:
+    box = mailbox.Maildir(config.parent / "outbox", create=False)
+    found = {}
+    for key in box.iterkeys():
+        raw = box.get_bytes(key)
+        message = message_from_bytes(raw, policy=email.policy.default)
+        found[message["To"].addresses[0].addr_spec.lower()] = raw
+    return found
+
+
+def test_a_name_cannot_add_or_split_a_header(project: Path) -> None:
+    add_row(
+        project,
+        [
+            "eve@example.org",
+            "Eve\r\nBcc: victim@example.org\r\nX-Evil: 1",
+            "en",
+            "RU",
+            "service-status",
+            "active",
+        ],
+    )
+    code, _, stderr = run(project, "send", UPDATE, "--yes", "--rate", "0")
+    assert code == 0, stderr
+    raw = outbox(project)["eve@example.org"]
+    head = raw.split(b"\n\n", 1)[0]
+    assert b"\nBcc:" not in head and b"\nX-Evil:" not in head
+    message = message_from_bytes(raw, policy=email.policy.default)
+    assert message["Bcc"] is None and message["X-Evil"] is None
+    assert len(message["To"].addresses) == 1
+    assert message["To"].addresses[0].display_name == "Eve Bcc: victim@example.org X-Evil: 1"
+
+
+def test_a_subject_with_a_line_break_is_refused(project: Path) -> None:
+    entry = project.parent / "updates" / f"{UPDATE}.yaml"
+    text = entry.read_text(encoding="utf-8")
+    text = text.replace(
+        'subject: "Update on the block',
+        'subject: "Hi\\nBcc: x@example.org\\nUpdate on the block',
+        1,
+    )
+    entry.write_text(text, encoding="utf-8")
+    code, _, stderr = run(project, "send", UPDATE, "--yes")
+    assert code == 1
+    assert f"{UPDATE}.yaml:" in stderr and "must be one line" in stderr
+    assert not (project.parent / "outbox").exists()
+
+
+def test_names_and_markdown_html_are_escaped_in_the_html_part(project: Path) -> None:
+    add_row(
+        project,
+        [
+            "mallory@example.org",
+            '<img src=x onerror="alert(1)">',
+            "en",
+            "RU",
+            "service-status",
+            "active",
+        ],
+    )
+    entry = project.parent / "updates" / f"{UPDATE}.yaml"
+    text = entry.read_text(encoding="utf-8").replace(
+        "      Here is where things stand",
+        "      <script>alert(2)</script>\n\n      Here is where things stand",
+        1,
+    )
+    entry.write_text(text, encoding="utf-8")
+    code, _, stderr = run(project, "send", UPDATE, "--yes", "--rate", "0")
+    assert code == 0, stderr
+    message = message_from_bytes(
+        outbox(project)["mallory@example.org"], policy=email.policy.default
+    )
+    html = message.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    plain = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert "<img" not in html and "<script" not in html
+    assert "&lt;img src=x onerror=&#34;alert(1)&#34;&gt;" in html
+    assert "&lt;script&gt;alert(2)&lt;/script&gt;" in html
+    assert "<script>alert(2)</script>" in plain  # text is text: shown, never run
+
+
+def test_a_javascript_link_stops_the_send(project: Path) -> None:
+    entry = project.parent / "updates" / f"{UPDATE}.yaml"
+    text = entry.read_text(encoding="utf-8").replace(
+        "Here is where things stand",
+        "[Click](javascript:alert(document.cookie)) Here is where things stand",
+        1,
+    )
+    entry.write_text(text, encoding="utf-8")
+    code, _, stderr = run(project, "send", UPDATE, "--yes")
+    assert code == 1
+    assert "javascript:alert(document.cookie)" in stderr and f"{UPDATE}.yaml:" in stderr
+    code, _, stderr = run(project, "check")
+    assert code == 1 and "javascript:" in stderr
+
+
+def test_exported_csv_cannot_run_formulas(project: Path) -> None:
+    risky = ["=1+2@example.org", "+sum@example.org", "-cmd@example.org"]
+    code, _, stderr = run(project, "suppress", "add", "--detail", '=HYPERLINK("x")', "--", *risky)
+    assert code == 0, stderr
+    code, _, stderr = run(project, "suppress", "add", "--detail", "@SUM(A1)", "ok@example.org")
+    assert code == 0, stderr
+    code, out, _ = run(project, "suppress", "export")
+    assert code == 0
+    rows = list(csv.reader(io.StringIO(out)))
+    assert rows[0] == ["email", "reason", "detail", "suppressed_at"]
+    by_address = {row[0]: row for row in rows[1:]}
+    assert set(by_address) == {"'" + address for address in risky} | {"ok@example.org"}
+    assert all(by_address["'" + a][2] == '\'=HYPERLINK("x")' for a in risky)
+    assert by_address["ok@example.org"][2] == "'@SUM(A1)"
+    assert all(not cell.startswith(("=", "+", "-", "@")) for row in rows for cell in row)
+
+
+def test_suppress_add_list_remove_round_trip(project: Path) -> None:
+    code, _, stderr = run(
+        project, "suppress", "add", "Anna.Petrova@EXAMPLE.org", "--reason", "complained"
+    )
+    assert code == 0, stderr
+    code, out, _ = run(project, "suppress", "list", "--json")
+    assert '"anna.petrova@example.org"' in out and '"complained"' in out
+    code, _, stderr = run(project, "send", UPDATE, "--yes", "--rate", "0")
+    assert code == 0, stderr
+    assert "anna.petrova@example.org" not in outbox(project)
+    code, _, _ = run(project, "suppress", "remove", "anna.petrova@example.org")
+    assert code == 0
+    code, out, _ = run(project, "suppress", "list")
+    assert "anna.petrova" not in out
+    code, _, stderr = run(project, "suppress", "add", "not an address")
+    assert code == 1 and "not an address" in stderr
+
+
+def test_absurdly_long_lines_and_files_give_a_clear_error(project: Path) -> None:
+    subscribers = project.parent / "subscribers"
+    with (subscribers / "huge.csv").open("w", encoding="utf-8") as handle:
+        handle.write("email,name,locale,region,topics,status\n")
+        handle.write("ok@example.org,Ok,en,RU,service-status,active\n")
+        handle.write("x@example.org," + "A" * 5_000_000 + ",en,RU,service-status,active\n")
+    code, _, stderr = run(project, "send", UPDATE, "--yes")
+    assert code == 1
+    assert "huge.csv:3: line 3 is over 65536 characters" in stderr
+    assert not (project.parent / "outbox").exists()
+    (subscribers / "huge.csv").unlink()
+    with (subscribers / "huge.yaml").open("w", encoding="utf-8") as handle:
+        handle.write("- {email: y@example.org, name: '" + "B" * 5_000_000 + "'}\n")
+    code, _, stderr = run(project, "send", UPDATE, "--yes")
+    assert code == 1 and "huge.yaml:1:" in stderr
+    (subscribers / "huge.yaml").unlink()
+    entry = project.parent / "updates" / "big-2020-05-01.yaml"
+    entry.write_text("# " + "x" * (17 * 1024 * 1024) + "\n", encoding="utf-8")
+    code, _, stderr = run(project, "check")
+    assert code == 1 and "big-2020-05-01.yaml: file is" in stderr and "the limit is" in stderr
