@@ -124,3 +124,31 @@ def test_subject_with_many_cyrillic_words_keeps_its_spaces(project: Path) -> Non
     raw_headers = factory.build(russian).envelope.data.split(b"\r\n\r\n", 1)[0]
     assert all(len(line) <= 998 for line in raw_headers.split(b"\r\n"))
     assert raw_headers.isascii()
+
+
+def test_encoding_per_line_equals_encoding_the_whole_part(project: Path) -> None:
+    """The cached, line-by-line quoted-printable parts are byte-identical to encoding
+    each recipient's whole part from scratch, and decode to the rendered text."""
+    import binascii
+
+    _, factory, recipients = sample(project, "update-2020-04-21")
+    extra = [
+        Recipient(f"h{i}@example.org", f"h{i}@example.org", f"h{i}@example.org", name, "ru", "RU")
+        for i, name in enumerate([*HOSTILE_NAMES, "Очень Длинное Имя " * 8, ""])
+    ]
+    for recipient in recipients + extra:
+        built = factory.build(recipient)
+        rendered = built.rendered
+        data = built.envelope.data
+        parsed = message_from_bytes(data, policy=email.policy.default)
+        plain, html = parsed.get_body(("plain",)), parsed.get_body(("html",))
+        assert plain is not None and html is not None
+        # (the parser keeps the wire's CRLF line endings in decoded content)
+        assert plain.get_content().replace("\r\n", "\n") == rendered.text
+        assert html.get_content().replace("\r\n", "\n") == rendered.html
+        for part in (rendered.text, rendered.html):
+            whole = binascii.b2a_qp(part.encode(), istext=True).replace(b"\n", b"\r\n")
+            assert whole in data
+        if recipient.name:
+            assert parsed["To"].addresses[0].display_name == recipient.name
+        assert all(len(line) <= 998 for line in data.split(b"\r\n"))

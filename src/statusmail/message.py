@@ -1,16 +1,21 @@
 """Building the bytes of one recipient's message, cheaply.
 
 Headers that are the same for a whole variant are folded once; per recipient only
-``To``, ``Date``, ``Message-ID``, threading and ``List-Unsubscribe`` are added, and the
-two parts are quoted-printable encoded with ``binascii`` (C speed).
+``To``, ``Date``, ``Message-ID``, threading and ``List-Unsubscribe`` are added. The two
+parts are quoted-printable, which encodes every line on its own: the lines of a variant
+that hold no per-recipient slot are encoded once, and per recipient only the few lines
+with the name or the unsubscribe URL are encoded (with ``binascii``, in C).
 """
 
 from __future__ import annotations
 
+import base64
 import binascii
 import email.utils
 import hashlib
+import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.header import Header
 from urllib.parse import quote
@@ -19,7 +24,7 @@ from statusmail.config import Config, DkimSettings
 from statusmail.entries import Entry
 from statusmail.errors import ConfigError, Problem, RenderError
 from statusmail.ledger import Recipient
-from statusmail.render import Rendered, Renderer, VariantKey
+from statusmail.render import NAME_SLOT, URL_SLOT, Rendered, Renderer, VariantKey, escape_html
 from statusmail.tokens import message_id, unsubscribe_token
 from statusmail.transport import Envelope
 
@@ -35,11 +40,26 @@ def _header(name: str, value: str) -> bytes:
     return f"{name}: {encoded}\r\n".encode("ascii")
 
 
+_SPECIALS = re.compile(r'[][\\()<>@,:;".]')
+
+
+def _display_name(name: str) -> str:
+    """As ``email.utils.formataddr`` writes a display name: quoted when it holds specials,
+    one RFC 2047 base64 word when it is not ASCII (names are at most 200 characters, so
+    the line stays far below 998; splitting it would not survive every parser)."""
+    if name.isascii():
+        if _SPECIALS.search(name):
+            return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return name
+    return "=?utf-8?b?" + base64.b64encode(name.encode("utf-8")).decode("ascii") + "?="
+
+
 def _address_header(name: str, display: str, address: str) -> bytes:
     """``To``/``From``: the display name quoted or encoded; the address as given (an
     address with a non-ASCII local part goes out raw, which only SMTPUTF8 allows)."""
-    value = email.utils.formataddr((display, address), charset="utf-8")
-    return f"{name}: {value}\r\n".replace("\n ", "\r\n ").replace("\r\r", "\r").encode()
+    if not display:
+        return f"{name}: {address}\r\n".encode()
+    return f"{name}: {_display_name(display)} <{address}>\r\n".encode()
 
 
 def _qp(text: str) -> bytes:
@@ -47,11 +67,62 @@ def _qp(text: str) -> bytes:
     return data.replace(b"\n", b"\r\n")
 
 
+Chunks = tuple[bytes | str, ...]
+
+
+def _encode_with_slots(text: str) -> Chunks:
+    """The quoted-printable encoding of ``text``, except that lines holding a slot stay
+    text, to be filled and encoded per recipient (QP encodes each line on its own)."""
+    chunks: list[bytes | str] = []
+    static: list[str] = []
+    lines = text.replace("\r\n", "\n").split("\n")
+    for index, line in enumerate(lines):
+        if index < len(lines) - 1:
+            line += "\n"
+        if NAME_SLOT in line or URL_SLOT in line:
+            if static:
+                chunks.append(_qp("".join(static)))
+                static = []
+            chunks.append(line)
+        else:
+            static.append(line)
+    if static:
+        chunks.append(_qp("".join(static)))
+    return tuple(chunks)
+
+
+def _fill(chunks: Chunks, name: str, url: str) -> bytes:
+    return b"".join(
+        chunk
+        if isinstance(chunk, bytes)
+        else _qp(chunk.replace(NAME_SLOT, name).replace(URL_SLOT, url))
+        for chunk in chunks
+    )
+
+
 @dataclass(frozen=True, slots=True)
+class _Variant:
+    head: bytes  # headers common to the variant
+    boundary: bytes
+    text: Chunks
+    html: Chunks
+
+
 class Built:
-    envelope: Envelope
-    rendered: Rendered
-    variant: VariantKey
+    """One recipient's message; ``rendered`` (the decoded parts) is made only if asked."""
+
+    __slots__ = ("_render", "envelope", "variant")
+
+    def __init__(
+        self, envelope: Envelope, variant: VariantKey, render: Callable[[], Rendered]
+    ) -> None:
+        self.envelope = envelope
+        self.variant = variant
+        self._render = render
+
+    @property
+    def rendered(self) -> Rendered:
+        return self._render()
 
 
 DKIM_HEADERS = [
@@ -112,7 +183,7 @@ class MessageFactory:
         self.renderer = renderer
         self.secret = secret
         self.domain = config.sender.address.rpartition("@")[2] or "localhost"
-        self._heads: dict[VariantKey, tuple[bytes, bytes]] = {}
+        self._variants: dict[VariantKey, _Variant] = {}
         self._date_cache: tuple[int, bytes] = (0, b"")
 
     def unsubscribe_url(self, address_key: str) -> str:
@@ -126,9 +197,10 @@ class MessageFactory:
             self._date_cache = (now, _header("Date", value))
         return self._date_cache[1]
 
-    def _variant_head(self, key: VariantKey, rendered: Rendered) -> tuple[bytes, bytes]:
-        """(headers common to the variant, boundary)."""
-        if key not in self._heads:
+    def _variant(self, key: VariantKey) -> _Variant:
+        """What every recipient of the variant shares, encoded once."""
+        if key not in self._variants:
+            rendered = self.renderer.variant(self.entry, key)
             sender = self.config.sender
             boundary = "=_sm_" + hashlib.sha256(f"{self.entry.id}/{key}".encode()).hexdigest()[:24]
             head = [
@@ -146,22 +218,27 @@ class MessageFactory:
                 b"MIME-Version: 1.0\r\n",
                 f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n'.encode(),
             ]
-            self._heads[key] = (b"".join(head), boundary.encode())
-        return self._heads[key]
+            self._variants[key] = _Variant(
+                b"".join(head),
+                boundary.encode(),
+                _encode_with_slots(rendered.text),
+                _encode_with_slots(rendered.html),
+            )
+        return self._variants[key]
 
     def build(self, recipient: Recipient) -> Built:
         entry = self.entry
-        key = self.renderer.variant_key(entry, recipient.locale, recipient.region, recipient.name)
+        name = recipient.name
+        key = self.renderer.variant_key(entry, recipient.locale, recipient.region, name)
         url = self.unsubscribe_url(recipient.address)
-        rendered = self.renderer.render(entry, key, recipient.name, url)
-        head, boundary = self._variant_head(key, rendered)
-        header_address = recipient.ascii_email or recipient.email
+        variant = self._variant(key)
+        boundary = variant.boundary
         mid = message_id(self.secret, entry.id, recipient.address, self.domain)
-        mailto = f"mailto:{self.config.unsubscribe.mailto}?subject=" + quote(
-            f"unsubscribe {url.rsplit('/', 1)[-1]}"
+        mailto = f"mailto:{self.config.unsubscribe.mailto}?subject=unsubscribe%20" + quote(
+            url.rsplit("/", 1)[-1]
         )
         parts = [
-            _address_header("To", recipient.name, header_address),
+            _address_header("To", name, recipient.ascii_email or recipient.email),
             self._date(),
             f"Message-ID: {mid}\r\n".encode(),
         ]
@@ -171,19 +248,19 @@ class MessageFactory:
         parts += [
             # Never encoded: receivers parse these URIs; folded after the comma.
             f"List-Unsubscribe: <{url}>,\r\n <{mailto}>\r\n".encode(),
-            head,
+            variant.head,
             b"\r\n--",
             boundary,
             b"\r\n",
             b'Content-Type: text/plain; charset="utf-8"\r\n'
             b"Content-Transfer-Encoding: quoted-printable\r\n\r\n",
-            _qp(rendered.text),
+            _fill(variant.text, name, url),
             b"\r\n--",
             boundary,
             b"\r\n",
             b'Content-Type: text/html; charset="utf-8"\r\n'
             b"Content-Transfer-Encoding: quoted-printable\r\n\r\n",
-            _qp(rendered.html),
+            _fill(variant.html, escape_html(name), escape_html(url)),
             b"\r\n--",
             boundary,
             b"--\r\n",
@@ -198,4 +275,4 @@ class MessageFactory:
             data=data,
             message_id=mid,
         )
-        return Built(envelope, rendered, key)
+        return Built(envelope, key, lambda: self.renderer.render(entry, key, name, url))

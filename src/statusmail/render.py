@@ -39,6 +39,11 @@ NAME_SLOT = "\x00name\x00"
 URL_SLOT = "\x00url\x00"
 
 
+def escape_html(value: str) -> str:
+    """What autoescape would write for ``value``."""
+    return str(escape(value))
+
+
 @dataclass(frozen=True, slots=True)
 class VariantKey:
     locale: str
@@ -197,7 +202,7 @@ class Renderer:
 
     def render(self, entry: Entry, key: VariantKey, name: str, url: str) -> Rendered:
         variant = self.variant(entry, key)
-        html_name, html_url = str(escape(name)), str(escape(url))
+        html_name, html_url = escape_html(name), escape_html(url)
         return Rendered(
             variant.subject,
             variant.summary,

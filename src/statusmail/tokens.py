@@ -18,7 +18,7 @@ def _unb64(text: str) -> bytes:
 
 
 def _mac(secret: bytes, purpose: str, value: str) -> bytes:
-    return hmac.new(secret, f"{purpose}\x00{value}".encode(), hashlib.sha256).digest()
+    return hmac.digest(secret, f"{purpose}\x00{value}".encode(), hashlib.sha256)
 
 
 def unsubscribe_token(secret: bytes, address_key: str) -> str:
