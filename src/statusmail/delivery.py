@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -26,7 +27,7 @@ from statusmail.errors import DeliveryError
 from statusmail.ledger import Ledger, Outcome, Recipient
 from statusmail.message import Built
 from statusmail.throttle import FailureWindow, HourlyWindow, TokenBucket
-from statusmail.transport import Connection, Transport
+from statusmail.transport import Connection, Envelope, Transport
 
 log = logging.getLogger("statusmail.delivery")
 
@@ -74,6 +75,12 @@ class GroupCommitter:
 
 class _Stopping(Exception):
     """Raised inside the retry loop when the run is stopping between attempts."""
+
+
+@dataclass
+class _Attempts:
+    charged: int  # attempts that reached the server, over every run (the ledger's count)
+    tries: int = 0  # attempts in this run, relay outages included
 
 
 OnOutcome = Callable[[Outcome, Recipient], None]
@@ -189,36 +196,53 @@ class Engine:
             log.error("%s: cannot render: %s", self.mask(recipient.email), exc)
             return Outcome(recipient.address, "failed", recipient.attempts, None, f"render: {exc}")
         envelope = built.envelope
-        attempts = recipient.attempts  # what reached the server, over every run
-        remaining = max(1, self.settings.max_attempts - attempts)
+        tally = _Attempts(recipient.attempts)
+        try:
+            # Most messages go through at once: tenacity is set up only for a retry.
+            await self._attempt(conn, envelope, tally)
+        except DeliveryError as exc:
+            remaining = self.settings.max_attempts - tally.charged
+            if not exc.transient or remaining <= 0:
+                return self._failure(recipient, tally.charged, exc)
+            try:
+                await self._retry(conn, envelope, tally, remaining)
+            except _Stopping:
+                return Outcome(
+                    recipient.address, "pending", tally.charged, None, "stopped before retry"
+                )
+            except DeliveryError as last:
+                return self._failure(recipient, tally.charged, last)
+        return Outcome(recipient.address, "sent", tally.charged, 250, None, envelope.message_id)
+
+    async def _attempt(self, conn: Connection, envelope: Envelope, tally: _Attempts) -> None:
+        await self.bucket.acquire()
+        tally.tries += 1
+        try:
+            await conn.send(envelope)
+        except DeliveryError as exc:
+            if not exc.relay_down:  # the message never left: nothing to charge
+                tally.charged += 1
+            raise
+        tally.charged += 1
+
+    async def _retry(
+        self, conn: Connection, envelope: Envelope, tally: _Attempts, remaining: int
+    ) -> None:
+        wait = wait_random_exponential(
+            multiplier=self.settings.retry_initial, max=self.settings.retry_max
+        )
+        await asyncio.sleep(self.settings.retry_initial * random.random())
         retrying = AsyncRetrying(
             stop=stop_after_attempt(remaining),
-            wait=wait_random_exponential(
-                multiplier=self.settings.retry_initial, max=self.settings.retry_max
-            ),
+            wait=wait,
             retry=retry_if_exception(lambda exc: isinstance(exc, DeliveryError) and exc.transient),
             reraise=True,
         )
-        tries = 0
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    if tries and self.stop.is_set():
-                        raise _Stopping
-                    await self.bucket.acquire()
-                    tries += 1
-                    try:
-                        await conn.send(envelope)
-                    except DeliveryError as exc:
-                        if not exc.relay_down:
-                            attempts += 1
-                        raise
-                    attempts += 1
-        except _Stopping:
-            return Outcome(recipient.address, "pending", attempts, None, "stopped before retry")
-        except DeliveryError as exc:
-            return self._failure(recipient, attempts, exc)
-        return Outcome(recipient.address, "sent", attempts, 250, None, envelope.message_id)
+        async for attempt in retrying:
+            with attempt:
+                if self.stop.is_set():
+                    raise _Stopping
+                await self._attempt(conn, envelope, tally)
 
     def _failure(self, recipient: Recipient, attempts: int, exc: DeliveryError) -> Outcome:
         who = self.mask(recipient.email)

@@ -1,29 +1,56 @@
-"""The embedded default transport: every message becomes a file in a Maildir outbox."""
+"""The embedded default transport: every message becomes a file in a Maildir outbox.
+
+Files are written the Maildir way (into ``tmp/``, fsync'ed, then renamed into ``new/``),
+so a reader never sees half a message and a message recorded as sent is on disk. The
+writes run in worker threads: ``concurrency`` of them overlap their fsyncs.
+"""
 
 from __future__ import annotations
 
-import mailbox
+import asyncio
+import itertools
+import os
+import socket
+import time
 from pathlib import Path
 
 from statusmail.errors import ConnectError, DeliveryError
 from statusmail.transport import Envelope
 
+_counter = itertools.count()
+
+
+def _unique_name() -> str:
+    host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
+    now = time.time()
+    return f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{next(_counter)}.{host}"
+
 
 class MaildirConnection:
-    def __init__(self, box: mailbox.Maildir, where: Path) -> None:
-        self.box = box
-        self.where = where
+    def __init__(self, outbox: Path) -> None:
+        self.outbox = outbox
 
     async def send(self, envelope: Envelope) -> None:
-        # Maildir files use the platform's line ending; the message itself is CRLF.
         try:
-            self.box.add(envelope.data.replace(b"\r\n", b"\n"))
+            await asyncio.to_thread(self._write, envelope.data)
         except OSError as exc:
             raise DeliveryError(
-                f"{self.where}: cannot write: {exc.strerror or exc}",
+                f"{self.outbox}: cannot write: {exc.strerror or exc}",
                 recipient=envelope.recipient,
                 transient=True,
             ) from exc
+
+    def _write(self, data: bytes) -> None:
+        name = _unique_name()
+        tmp = self.outbox / "tmp" / name
+        # Maildir files use the platform's line ending; the message itself is CRLF.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, data.replace(b"\r\n", b"\n"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, self.outbox / "new" / name)
 
     async def close(self) -> None:
         return None
@@ -34,16 +61,15 @@ class MaildirTransport:
 
     def __init__(self, outbox: Path) -> None:
         self.outbox = outbox
-        self._box: mailbox.Maildir | None = None
 
     async def connect(self) -> MaildirConnection:
-        if self._box is None:
-            try:
-                self._box = mailbox.Maildir(self.outbox, create=True)
-            except OSError as exc:
-                raise ConnectError(
-                    str(self.outbox),
-                    f"cannot open the outbox: {exc.strerror or exc}",
-                    transient=False,
-                ) from exc
-        return MaildirConnection(self._box, self.outbox)
+        try:
+            for sub in ("tmp", "new", "cur"):
+                (self.outbox / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise ConnectError(
+                str(self.outbox),
+                f"cannot open the outbox: {exc.strerror or exc}",
+                transient=False,
+            ) from exc
+        return MaildirConnection(self.outbox)
