@@ -14,6 +14,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from editing import line_of, replace_in
 from statusmail.check import check_project
 from statusmail.cli import main
 from statusmail.config import load_config
@@ -51,21 +52,6 @@ def run_check(config: Path, **env: str) -> CheckRun:
     )
     assert "Traceback" not in result.stderr, result.stderr
     return CheckRun(result.returncode, result.stderr)
-
-
-def replace_in(path: Path, old: str, new: str) -> int:
-    """Replace ``old`` (which must occur once) and return the 1-based line it was on."""
-    text = path.read_text(encoding="utf-8")
-    assert text.count(old) == 1, old
-    line = text[: text.index(old)].count("\n") + 1
-    path.write_text(text.replace(old, new), encoding="utf-8")
-    return line
-
-
-def line_of(path: Path, needle: str) -> int:
-    text = path.read_text(encoding="utf-8")
-    assert text.count(needle) == 1, needle
-    return text[: text.index(needle)].count("\n") + 1
 
 
 # -- the sample passes ---------------------------------------------------------------

@@ -9,21 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from editing import replace_in
 from statusmail.config import (
     DEV_UNSUBSCRIBE_SECRET,
     ConfigError,
     find_config,
     load_config,
 )
-
-
-def replace_in(path: Path, old: str, new: str) -> int:
-    """Replace ``old`` (which must occur once) and return the 1-based line it was on."""
-    text = path.read_text(encoding="utf-8")
-    assert text.count(old) == 1, old
-    line = text[: text.index(old)].count("\n") + 1
-    path.write_text(text.replace(old, new), encoding="utf-8")
-    return line
 
 
 def problems(path: Path, environ: dict[str, str] | None = None) -> list[str]:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from editing import line_of, replace_in
 from statusmail.entries import (
     Audience,
     Content,
@@ -21,21 +22,6 @@ from statusmail.regions import Region, load_regions
 
 UPDATE = "update-2020-04-21"
 BLOCK = "block-2020-01-23"
-
-
-def replace_in(path: Path, old: str, new: str) -> int:
-    """Replace ``old`` (which must occur once) and return the 1-based line it was on."""
-    text = path.read_text(encoding="utf-8")
-    assert text.count(old) == 1, old
-    line = text[: text.index(old)].count("\n") + 1
-    path.write_text(text.replace(old, new), encoding="utf-8")
-    return line
-
-
-def line_of(path: Path, needle: str) -> int:
-    text = path.read_text(encoding="utf-8")
-    assert text.count(needle) == 1, needle
-    return text[: text.index(needle)].count("\n") + 1
 
 
 def errors(path: Path) -> list[str]:
