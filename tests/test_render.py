@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import binascii
 import email.policy
 from email import message_from_bytes
 from pathlib import Path
@@ -129,7 +130,7 @@ def test_subject_with_many_cyrillic_words_keeps_its_spaces(project: Path) -> Non
 def test_encoding_per_line_equals_encoding_the_whole_part(project: Path) -> None:
     """The cached, line-by-line quoted-printable parts are byte-identical to encoding
     each recipient's whole part from scratch, and decode to the rendered text."""
-    import binascii
+    from statusmail.message import _qp
 
     _, factory, recipients = sample(project, "update-2020-04-21")
     extra = [
@@ -147,8 +148,22 @@ def test_encoding_per_line_equals_encoding_the_whole_part(project: Path) -> None
         assert plain.get_content().replace("\r\n", "\n") == rendered.text
         assert html.get_content().replace("\r\n", "\n") == rendered.html
         for part in (rendered.text, rendered.html):
-            whole = binascii.b2a_qp(part.encode(), istext=True).replace(b"\n", b"\r\n")
-            assert whole in data
+            assert _qp(part) in data  # the whole part, encoded at once
         if recipient.name:
             assert parsed["To"].addresses[0].display_name == recipient.name
         assert all(len(line) <= 998 for line in data.split(b"\r\n"))
+
+
+def test_no_line_starts_with_a_dot_and_line_endings_are_crlf(project: Path) -> None:
+    """So SMTP can send the bytes as they are (no dot-stuffing, no re-normalizing)."""
+    from statusmail.message import _qp
+    from statusmail.smtp import _wire_ready
+
+    _, factory, _ = sample(project, "update-2020-04-21")
+    dotted = Recipient("d@example.org", "d@example.org", "d@example.org", ".Dot", "en", None)
+    data = factory.build(dotted).envelope.data
+    assert _wire_ready(data)
+    encoded = _qp(".start\n..two\n.\nend.\n")
+    assert encoded == b"=2Estart\r\n=2E.two\r\n=2E\r\nend.\r\n"
+    assert binascii.a2b_qp(encoded.replace(b"\r\n", b"\n")) == b".start\n..two\n.\nend.\n"
+    assert not _wire_ready(b"a\r\n.b\r\n") and not _wire_ready(b"a\nb\r\n")

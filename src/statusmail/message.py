@@ -63,8 +63,12 @@ def _address_header(name: str, display: str, address: str) -> bytes:
 
 
 def _qp(text: str) -> bytes:
+    """Quoted-printable with CRLF line endings, and a dot that starts a line written as
+    ``=2E`` (the same text once decoded), so SMTP never has to dot-stuff the message."""
     data = binascii.b2a_qp(text.replace("\r\n", "\n").encode("utf-8"), istext=True)
-    return data.replace(b"\n", b"\r\n")
+    if data.startswith(b"."):
+        data = b"=2E" + data[1:]
+    return data.replace(b"\n.", b"\n=2E").replace(b"\n", b"\r\n")
 
 
 Chunks = tuple[bytes | str, ...]
