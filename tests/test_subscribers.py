@@ -622,3 +622,16 @@ def test_resolve_locale_region_default_is_normalized() -> None:
 )
 def test_normalize_locale(raw: str | None, expected: str | None) -> None:
     assert normalize_locale(raw) == expected
+
+
+def test_seen_addresses_spill_to_disk_and_still_dedupe() -> None:
+    from statusmail.subscribers import SeenAddresses
+
+    seen = SeenAddresses(spill_at=1000)
+    try:
+        assert all(seen.add(f"user{i}@example.org") for i in range(3000))
+        assert seen._db is not None and not seen._memory  # spilled: memory stays flat
+        assert not any(seen.add(f"user{i}@example.org") for i in range(0, 3000, 7))
+        assert seen.add("new@example.org") and not seen.add("new@example.org")
+    finally:
+        seen.close()

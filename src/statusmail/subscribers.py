@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import re
+import sqlite3
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -313,30 +315,73 @@ def read_file(path: Path) -> Iterator[Subscriber | RowProblem]:
         yield RowProblem(path, 0, f"cannot read: {exc.strerror or exc}", "", fatal=True)
 
 
+class SeenAddresses:
+    """Which addresses a pass has met, in memory that stays flat however long the list.
+
+    The first ``spill_at`` addresses are kept as 8-byte digests in a set; past that they
+    move to a temporary SQLite file (an integer primary key, a bounded page cache), so a
+    list of a million rows costs the same memory as one of a hundred thousand.
+    """
+
+    def __init__(self, spill_at: int = 100_000) -> None:
+        self.spill_at = spill_at
+        self._memory: set[int] = set()
+        self._db: sqlite3.Connection | None = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    def add(self, address_key: str) -> bool:
+        """Remember ``address_key``; False if it was already there."""
+        digest = hashlib.blake2b(address_key.encode(), digest_size=8).digest()
+        number = int.from_bytes(digest, "big", signed=True)
+        if self._db is not None:
+            cursor = self._db.execute("INSERT OR IGNORE INTO seen VALUES (?)", (number,))
+            return cursor.rowcount == 1
+        if number in self._memory:
+            return False
+        self._memory.add(number)
+        if len(self._memory) >= self.spill_at:
+            self._spill()
+        return True
+
+    def _spill(self) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="statusmail-seen-")
+        self._db = sqlite3.connect(Path(self._tmp.name) / "seen.db", isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=OFF")
+        self._db.execute("PRAGMA synchronous=OFF")
+        self._db.execute("CREATE TABLE seen (digest INTEGER PRIMARY KEY)")
+        self._db.execute("BEGIN")  # one long transaction: nothing here needs to survive
+        self._db.executemany("INSERT INTO seen VALUES (?)", ((n,) for n in self._memory))
+        self._memory = set()
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
 def iter_subscribers(
     folder: Path, stats: ReadStats | None = None
 ) -> Iterator[Subscriber | RowProblem]:
-    """Every subscriber once (the first spelling wins), and every bad row, in file order.
-
-    Seen addresses are remembered as 8-byte digests, not strings, so a list of a million
-    rows costs tens of megabytes, not hundreds.
-    """
+    """Every subscriber once (the first spelling wins), and every bad row, in file order."""
     stats = stats if stats is not None else ReadStats()
-    seen: set[bytes] = set()
     if not folder.exists():
         yield RowProblem(folder, 0, "subscribers folder not found", "", fatal=True)
         return
-    for path in subscriber_files(folder):
-        stats.files.append(path)
-        for item in read_file(path):
-            stats.rows += 1
-            if isinstance(item, RowProblem):
-                stats.invalid += 1
-                yield item
-                continue
-            digest = hashlib.blake2b(item.key.encode(), digest_size=8).digest()
-            if digest in seen:
-                stats.duplicates += 1
-                continue
-            seen.add(digest)
-            yield item
+    seen = SeenAddresses()
+    try:
+        for path in subscriber_files(folder):
+            stats.files.append(path)
+            for item in read_file(path):
+                stats.rows += 1
+                if isinstance(item, RowProblem):
+                    stats.invalid += 1
+                    yield item
+                elif seen.add(item.key):
+                    yield item
+                else:
+                    stats.duplicates += 1
+    finally:
+        seen.close()

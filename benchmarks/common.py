@@ -1,0 +1,387 @@
+"""Shared helpers for the statusmail benchmarks (run by hand, never by the test suite).
+
+- ``make_project``: a copy of the sample project with a generated subscriber list.
+- ``configure``: point the copied config at a transport (smtp on 127.0.0.1, or maildir).
+- ``run_child``: run a command, return its wall time and the child's own peak RSS
+  (``os.wait4`` gives the rusage of exactly that child).
+- ``SmtpSink``: Postfix's ``smtp-sink`` on 127.0.0.1 and a free port, with its counters.
+- ``floor_send``: the minimal aiosmtplib loop (pre-built message, reused connections).
+
+Everything talks to 127.0.0.1 only. Every loop is bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+ENTRY = "update-2020-04-21"
+SECRET = "bench"
+SAMPLE_ITEMS = ("statusmail.yaml", "regions.yaml", "updates", "templates")
+SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+
+# Locales as subscribers write them (several spellings; '' falls back by region) and
+# the audience regions of update-2020-04-21. RU has an access block, BY/KZ may not.
+LOCALES = ("en", "ru", "ru-RU", "", "en", "ru")
+REGIONS = ("RU", "BY", "KZ", "RU")
+EN_NAMES = ("Alex Morgan", "Sam Lee", "", "Jordan O'Neil")
+RU_NAMES = ("Анна Петрова", "Иван Смирнов", "", "Кузнецова, Ольга")
+
+
+def subscriber_row(i: int, *, mixed: bool = True) -> str:
+    """One CSV row selected by update-2020-04-21 (active, service-status, RU/BY/KZ)."""
+    locale = LOCALES[i % len(LOCALES)]
+    region = REGIONS[(i // 7) % len(REGIONS)]
+    names = RU_NAMES if locale.startswith("ru") else EN_NAMES
+    name = names[(i // 3) % len(names)]
+    if '"' in name or "," in name:
+        name = '"' + name.replace('"', '""') + '"'
+    topics = "service-status;product-news" if i % 5 == 0 else "service-status"
+    if not mixed:
+        locale, region, name, topics = "en", "RU", "", "service-status"
+    return f"user{i:07d}@example.net,{name},{locale},{region},{topics},active\n"
+
+
+def write_subscribers(path: Path, n: int, *, extra_inactive: int = 0) -> Path:
+    """Write ``n`` selected subscribers (plus ``extra_inactive`` unsubscribed rows)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8", buffering=1 << 20) as handle:
+        handle.write("email,name,locale,region,topics,status\n")
+        chunk: list[str] = []
+        for i in range(n):
+            chunk.append(subscriber_row(i))
+            if len(chunk) >= 10000:
+                handle.write("".join(chunk))
+                chunk.clear()
+        handle.write("".join(chunk))
+        for j in range(extra_inactive):
+            handle.write(f"gone{j:07d}@example.net,,en,RU,service-status,unsubscribed\n")
+    return path
+
+
+def make_project(root: Path, n: int, *, subscribers_csv: Path | None = None) -> Path:
+    """Copy the sample project into ``root`` with ``n`` generated subscribers only.
+
+    ``subscribers_csv`` (an existing generated list) is symlinked instead of written.
+    Returns the config path.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    for item in SAMPLE_ITEMS:
+        src = REPO / item
+        if src.is_dir():
+            shutil.copytree(src, root / item, dirs_exist_ok=True)
+        else:
+            shutil.copy2(src, root / item)
+    subs = root / "subscribers"
+    subs.mkdir(exist_ok=True)
+    if subscribers_csv is not None:
+        (subs / "generated.csv").symlink_to(subscribers_csv.resolve())
+    else:
+        write_subscribers(subs / "generated.csv", n)
+    return root / "statusmail.yaml"
+
+
+def configure(
+    config: Path,
+    *,
+    transport: str = "smtp",
+    port: int = 25,
+    rate: float = 0,
+    concurrency: int = 8,
+    timeout: float = 30,
+) -> Path:
+    data = yaml.safe_load(config.read_text(encoding="utf-8"))
+    data["transport"] = transport
+    data["smtp"] = {"host": "127.0.0.1", "port": port, "security": "none", "timeout": timeout}
+    data["sending"] = {
+        "rate": rate,
+        "concurrency": concurrency,
+        "max_attempts": 5,
+        "stop_after_failures": 0.5,
+    }
+    config.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    return config
+
+
+def fresh_ledger(config: Path) -> None:
+    """Remove the ledger and outbox so that the next send starts from nothing."""
+    for p in config.parent.glob("statusmail.db*"):
+        p.unlink()
+    shutil.rmtree(config.parent / "outbox", ignore_errors=True)
+
+
+# -- children ------------------------------------------------------------------
+
+
+@dataclass
+class ChildResult:
+    returncode: int
+    wall: float
+    peak_rss_mb: float
+    stdout: str
+    stderr: str
+    cpu: float = 0.0  # user + system seconds of the child
+
+    def json(self) -> dict[str, Any]:
+        text = self.stdout.strip()
+        start = text.find("{")
+        return json.loads(text[start:]) if start >= 0 else {}
+
+
+def run_child(
+    argv: list[str],
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 3600,
+) -> ChildResult:
+    """Run ``argv``; wall time, the child's peak RSS (MB) and CPU time via ``os.wait4``."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+        )
+        deadline = start + timeout
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() > deadline:
+                proc.kill()
+                pid, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.005)
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return ChildResult(
+            proc.returncode,
+            wall,
+            usage.ru_maxrss / 1024,  # KiB on Linux
+            out.read().decode("utf-8", "replace"),
+            err.read().decode("utf-8", "replace"),
+            usage.ru_utime + usage.ru_stime,
+        )
+
+
+def statusmail_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "statusmail", *args]
+
+
+def run_statusmail(config: Path, *args: str, timeout: float = 3600) -> ChildResult:
+    return run_child(
+        statusmail_argv(*args, "--config", str(config)),
+        env={"STATUSMAIL_UNSUBSCRIBE_SECRET": SECRET},
+        cwd=config.parent,
+        timeout=timeout,
+    )
+
+
+# -- smtp-sink -------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class SmtpSink:
+    """``smtp-sink -c`` on 127.0.0.1:<free port>; ``messages`` parses its counters."""
+
+    def __init__(self, *extra: str, backlog: int = 1000, max_conn: int = 256) -> None:
+        if not Path(SMTP_SINK).exists():
+            sys.exit("smtp-sink not found: apt-get install postfix (see benchmarks/README.md)")
+        self.port = free_port()
+        self._out = tempfile.TemporaryFile()  # noqa: SIM115 (closed in __exit__)
+        argv = [SMTP_SINK, "-c", "-m", str(max_conn)]
+        if os.geteuid() == 0:
+            argv += ["-u", "nobody"]
+        argv += [*extra, f"127.0.0.1:{self.port}", str(backlog)]
+        self.proc = subprocess.Popen(argv, stdout=self._out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            self.stop()
+            raise RuntimeError("smtp-sink did not start")
+
+    def messages(self) -> int:
+        self._out.seek(0)
+        found = re.findall(rb"mesg=(\d+)", self._out.read())
+        return int(found[-1]) if found else 0
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self) -> SmtpSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        self._out.close()
+
+
+# -- the floor -----------------------------------------------------------------
+
+
+async def _floor(port: int, data: bytes, n: int, connections: int, timeout: float) -> int:
+    import aiosmtplib
+
+    sent = 0
+    counter = iter(range(n))
+
+    async def worker() -> None:
+        nonlocal sent
+        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=timeout)
+        await smtp.connect()
+        try:
+            for i in counter:  # shared iterator: each index taken once
+                await smtp.sendmail("status@startmail.example", [f"user{i:07d}@example.net"], data)
+                sent += 1
+        finally:
+            await smtp.quit()
+
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    return sent
+
+
+def floor_send(
+    port: int, data: bytes, n: int, connections: int, timeout: float = 30
+) -> tuple[int, float, float]:
+    """Send ``data`` ``n`` times over ``connections`` reused aiosmtplib sessions.
+
+    Returns (messages sent, seconds, CPU seconds of this process). Runs in this
+    process: the time excludes interpreter start-up, so it is the strictest floor.
+    """
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    start = time.perf_counter()
+    sent = asyncio.run(_floor(port, data, n, connections, timeout))
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return sent, wall, cpu
+
+
+def sample_message(root: Path, n: int = 50) -> bytes:
+    """One message statusmail produced (a dry-run preview .eml) for the floor to send.
+
+    The preview is rendered for a made-up address; the size differs from a real
+    recipient's by a few bytes only.
+    """
+    config = make_project(root, n)
+    result = run_statusmail(
+        config, "send", ENTRY, "--dry-run", "--json", "--preview-dir", str(root / "previews")
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"dry run failed: {result.stderr}")
+    emls = sorted((root / "previews").glob("*.eml"), key=lambda p: p.stat().st_size)
+    # The median-size variant (variants differ by the access block).
+    data = emls[len(emls) // 2].read_bytes()
+    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+# -- reporting -----------------------------------------------------------------
+
+
+def machine() -> str:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{platform.node()} · {os.cpu_count()} cores · {cpu} · "
+        f"Python {platform.python_version()} · statusmail {revision()}"
+    )
+
+
+def revision() -> str:
+    """The checked-out commit of the repository, with ``+dirty`` if src/ has changes."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--", "src"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    return (head or "?") + ("+dirty" if dirty else "")
+
+
+@dataclass
+class Table:
+    title: str
+    rows: list[tuple[str, ...]] = field(default_factory=list)
+
+    def add(self, *cells: object) -> None:
+        self.rows.append(tuple(str(c) for c in cells))
+
+    def print(self) -> None:
+        print(f"\n## {self.title}")
+        if not self.rows:
+            return
+        widths = [max(len(r[i]) for r in self.rows) for i in range(len(self.rows[0]))]
+        for j, row in enumerate(self.rows):
+            print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)).rstrip())
+            if j == 0:
+                print("  ".join("-" * w for w in widths))
+
+
+def verdict(ok: bool) -> str:
+    return "MET" if ok else "MISSED"
+
+
+def tool(name: str) -> str:
+    """A console script next to this interpreter, else on PATH."""
+    local = Path(sys.executable).parent / name
+    if local.exists():
+        return str(local)
+    found = shutil.which(name)
+    if not found:
+        sys.exit(f"{name} not found: pip install {name} (see benchmarks/README.md)")
+    return found
