@@ -159,3 +159,23 @@ def test_second_watcher_refuses_and_once_exits(project: Path) -> None:
         assert once.returncode == 0, stderr
         assert len(server.messages) == BLOCK_AUDIENCE + UPDATE_AUDIENCE
         assert stderr.strip().startswith("{") and '"level"' in stderr
+
+
+def test_sighup_reloads_the_config(project: Path) -> None:
+    """Started against a relay that is not there, the watcher picks up a new relay
+    address from the config on SIGHUP, without a restart."""
+    point_at(project, free_port())
+    process = watch(project)
+    try:
+        time.sleep(1.0)
+        with RecordingServer() as server:
+            point_at(project, server.port)
+            time.sleep(1.0)
+            assert not server.messages  # the running watcher still uses the old config
+            process.send_signal(signal.SIGHUP)
+            wait_for(lambda: len(server.messages) == BLOCK_AUDIENCE + UPDATE_AUDIENCE)
+            stderr = stop(process)
+        assert "reloading the config" in stderr
+    finally:
+        if process.poll() is None:
+            process.kill()
