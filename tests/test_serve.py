@@ -56,7 +56,7 @@ def free_port() -> int:
         return port
 
 
-def serve_command(config: Path, port: int) -> list[str]:
+def serve_command(config: Path, port: int, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -66,17 +66,20 @@ def serve_command(config: Path, port: int) -> list[str]:
         str(port),
         "--config",
         str(config),
+        *extra,
     ]
 
 
-def start_serve(config: Path, secret: str | None = SECRET) -> tuple[subprocess.Popen[str], int]:
+def start_serve(
+    config: Path, secret: str | None = SECRET, *extra: str
+) -> tuple[subprocess.Popen[str], int]:
     """``python -m statusmail serve`` on a free port, once the port accepts connections."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("STATUSMAIL_")}
     if secret is not None:
         env["STATUSMAIL_UNSUBSCRIBE_SECRET"] = secret
     proc = subprocess.Popen(
-        serve_command(config, port),
+        serve_command(config, port, *extra),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
@@ -148,9 +151,9 @@ def path_for(address: str, secret: str = SECRET) -> str:
 
 
 def tamper(path: str) -> str:
-    """Change the first character of the MAC (the last one may only hold padding bits)."""
-    head, mac = path.rsplit(".", 1)
-    return f"{head}.{'B' if mac[0] == 'A' else 'A'}{mac[1:]}"
+    """Change the token's first character (the last one may only hold padding bits)."""
+    head, token = path.rsplit("/", 1)
+    return f"{head}/{'B' if token[0] == 'A' else 'A'}{token[1:]}"
 
 
 def assert_secure(reply: Reply) -> None:
@@ -380,15 +383,22 @@ def test_busy_port_exits_1(project: Path) -> None:
             capture_output=True,
             text=True,
             timeout=20,
+            env={**os.environ, "STATUSMAIL_UNSUBSCRIBE_SECRET": SECRET},
         )
     assert done.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
 
 
-def test_maildir_project_serves_with_the_dev_secret_and_stops_on_sigint(
+def test_maildir_project_serves_with_the_dev_secret_only_when_asked(
     project: Path,
 ) -> None:
-    proc, port = start_serve(project, secret=None)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STATUSMAIL_")}
+    refused = subprocess.run(
+        serve_command(project, free_port()), capture_output=True, text=True, timeout=20, env=env
+    )
+    assert refused.returncode == 1
+    assert "$STATUSMAIL_UNSUBSCRIBE_SECRET" in refused.stderr
+    proc, port = start_serve(project, None, "--insecure-dev-secret")
     try:
         dev = path_for("ann@example.org", secret=DEV_UNSUBSCRIBE_SECRET)
         assert fetch(port, "GET", dev).status == 200

@@ -237,8 +237,14 @@ def list_(config: Config, as_json: bool) -> int:
     default=None,
     help="Port to listen on (default: serve.port).",
 )
+@click.option(
+    "--insecure-dev-secret",
+    is_flag=True,
+    help="Allow the published development secret when the real one is not set "
+    "(local trials only: anyone can forge its tokens).",
+)
 @run
-def serve(config: Config, host: str | None, port: int | None) -> int:
+def serve(config: Config, host: str | None, port: int | None, insecure_dev_secret: bool) -> int:
     """Run the one-click unsubscribe endpoint (RFC 8058) that List-Unsubscribe points to.
 
     POST with List-Unsubscribe=One-Click and a valid token suppresses the address; GET
@@ -247,7 +253,10 @@ def serve(config: Config, host: str | None, port: int | None) -> int:
     from statusmail.serve import run_server
 
     return run_server(
-        config, host or config.serve.host, config.serve.port if port is None else port
+        config,
+        host or config.serve.host,
+        config.serve.port if port is None else port,
+        dev_secret=insecure_dev_secret,
     )
 
 

@@ -266,14 +266,26 @@ def listen(host: str, port: int) -> socket.socket:
         raise ServeError(f"cannot listen on {host}:{port}: {exc}") from exc
 
 
-def run_server(config: Config, host: str, port: int) -> int:
-    """Serve until SIGINT/SIGTERM; returns the exit code (0)."""
+def run_server(config: Config, host: str, port: int, *, dev_secret: bool = False) -> int:
+    """Serve until SIGINT/SIGTERM; returns the exit code (0).
+
+    The endpoint never runs on the published development secret unless asked to
+    (``--insecure-dev-secret``): anyone could forge tokens with it.
+    """
     secret, is_dev = config.unsubscribe_secret()
-    if is_dev:
-        log.warning(
-            "$%s is not set: using the development unsubscribe secret (maildir only)",
-            config.unsubscribe.secret_env,
+    if is_dev and not dev_secret:
+        raise ConfigError(
+            [
+                Problem(
+                    f"${config.unsubscribe.secret_env}",
+                    None,
+                    "is not set: the unsubscribe endpoint needs the real secret "
+                    "(--insecure-dev-secret serves the development one, for local trials)",
+                )
+            ]
         )
+    if is_dev:
+        log.warning("serving with the development unsubscribe secret: for local trials only")
     app = make_app(config, secret)
     sock = listen(host, port)
     server = uvicorn.Server(
