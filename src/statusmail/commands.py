@@ -14,11 +14,17 @@ from rich.console import Console
 
 from statusmail.config import Config
 from statusmail.entries import entry_paths, load_entry
-from statusmail.errors import ConnectError, InputError, Problem, StatusmailError
+from statusmail.errors import ConnectError, InputError, LedgerError, Problem, StatusmailError
 from statusmail.ledger import Ledger, run_lock
 from statusmail.maildir import MaildirTransport
 from statusmail.preview import write_previews
-from statusmail.report import ProgressReporter, breakdown_table, mask_address, print_json
+from statusmail.report import (
+    ProgressReporter,
+    breakdown_table,
+    mask_address,
+    print_json,
+    scrub,
+)
 from statusmail.sending import Declined, Selected, deliver, dry_run, prepare, select_into_ledger
 from statusmail.transport import Transport
 
@@ -84,8 +90,6 @@ async def send(config: Config, entry_id: str, options: SendOptions, console: Con
             console.print("Not sent; nothing was recorded.")
             return EXIT_NOT_STARTED
         stats = selected.stats
-        for problem in stats.invalid:
-            log.warning("skipped %s", problem)
         log.info(
             "%s: %d selected (%d new), %d pending; skipped %d invalid, %d inactive, %d suppressed",
             entry_id,
@@ -115,6 +119,10 @@ async def send(config: Config, entry_id: str, options: SendOptions, console: Con
         except ConnectError as exc:
             log.error("cannot start: %s", exc)
             return EXIT_NOT_STARTED
+        except LedgerError as exc:
+            # Some messages may have gone out: what is recorded stands, re-run for the rest.
+            log.error("stopped: %s", exc)
+            return EXIT_STOPPED
         finally:
             reporter.close()
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -210,7 +218,8 @@ def status(config: Config, entry_id: str, as_json: bool, console: Console) -> in
                     **counts,
                     "complete": bool(state and state[1]),
                     "failures": [
-                        {"address": mask_address(a), "code": c, "detail": d} for a, c, d in failures
+                        {"address": mask_address(a), "code": c, "detail": scrub(d or "", [a])}
+                        for a, c, d in failures
                     ],
                 }
             )
@@ -219,8 +228,9 @@ def status(config: Config, entry_id: str, as_json: bool, console: Console) -> in
                 console.print(f"{entry_id}: not in the ledger (never sent)")
             console.print(breakdown_table(entry_id, ledger.breakdown(entry_id)))
             for address, code, detail in failures[:20]:
+                said = scrub(detail or "", [address])
                 console.print(
-                    f"  failed {mask_address(address)}: {code or ''} {detail or ''}", markup=False
+                    f"  failed {mask_address(address)}: {code or ''} {said}", markup=False
                 )
     return EXIT_OK
 

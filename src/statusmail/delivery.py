@@ -12,8 +12,9 @@ import asyncio
 import contextlib
 import logging
 import random
+import sqlite3
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from tenacity import (
     AsyncRetrying,
@@ -23,9 +24,10 @@ from tenacity import (
 )
 
 from statusmail.config import SendingSettings
-from statusmail.errors import DeliveryError
+from statusmail.errors import DeliveryError, LedgerError
 from statusmail.ledger import Ledger, Outcome, Recipient
 from statusmail.message import Built
+from statusmail.report import scrub
 from statusmail.throttle import FailureWindow, HourlyWindow, TokenBucket
 from statusmail.transport import Connection, Envelope, Transport
 
@@ -36,9 +38,8 @@ log = logging.getLogger("statusmail.delivery")
 class RunResult:
     sent: int = 0
     failed: int = 0
-    deferred: int = 0  # transient failures with no attempts left: still pending
+    left_pending: int = 0  # handed back: the run stopped, or the relay went away
     stopped: str | None = None  # why the run stopped early, if it did
-    outcomes_by_status: dict[str, int] = field(default_factory=dict)
 
 
 class GroupCommitter:
@@ -63,7 +64,8 @@ class GroupCommitter:
         batch, self._waiting = self._waiting, []
         try:
             self.ledger.record(self.entry_id, [outcome for outcome, _ in batch])
-        except Exception as exc:  # the ledger is the truth: nobody goes on without it
+        except sqlite3.Error as error:  # the ledger is the truth: nobody goes on without it
+            exc = LedgerError(f"{self.ledger.path}: cannot record outcomes: {error}")
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
@@ -80,7 +82,6 @@ class _Stopping(Exception):
 @dataclass
 class _Attempts:
     charged: int  # attempts that reached the server, over every run (the ledger's count)
-    tries: int = 0  # attempts in this run, relay outages included
 
 
 OnOutcome = Callable[[Outcome, Recipient], None]
@@ -135,10 +136,17 @@ class Engine:
                 for _ in connections:
                     await queue.put(None)
 
-        workers = [asyncio.create_task(self._worker(conn, queue)) for conn in connections]
-        producer = asyncio.create_task(produce())
+        tasks = [asyncio.create_task(self._worker(conn, queue)) for conn in connections]
+        tasks.append(asyncio.create_task(produce()))
         try:
-            await asyncio.gather(producer, *workers)
+            await asyncio.gather(*tasks)
+        except BaseException:
+            # One failed (the ledger, say): no other worker may go on sending unrecorded.
+            self.stop.set()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         finally:
             for conn in connections:
                 with contextlib.suppress(Exception):
@@ -180,7 +188,7 @@ class Engine:
             self.result.failed += 1
             self.failures.record(False)
         else:
-            self.result.deferred += 1
+            self.result.left_pending += 1
             self.failures.record(False)
         if self.failures.tripped:
             self._halt(
@@ -216,7 +224,6 @@ class Engine:
 
     async def _attempt(self, conn: Connection, envelope: Envelope, tally: _Attempts) -> None:
         await self.bucket.acquire()
-        tally.tries += 1
         try:
             await conn.send(envelope)
         except DeliveryError as exc:
@@ -231,10 +238,11 @@ class Engine:
         wait = wait_random_exponential(
             multiplier=self.settings.retry_initial, max=self.settings.retry_max
         )
-        await asyncio.sleep(self.settings.retry_initial * random.random())
+        await self._nap(self.settings.retry_initial * random.random())
         retrying = AsyncRetrying(
             stop=stop_after_attempt(remaining),
             wait=wait,
+            sleep=self._nap,
             retry=retry_if_exception(lambda exc: isinstance(exc, DeliveryError) and exc.transient),
             reraise=True,
         )
@@ -244,16 +252,25 @@ class Engine:
                     raise _Stopping
                 await self._attempt(conn, envelope, tally)
 
+    async def _nap(self, seconds: float) -> None:
+        """A backoff wait that a stopping run cuts short (shutdown stays prompt)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop.wait(), seconds)
+
     def _failure(self, recipient: Recipient, attempts: int, exc: DeliveryError) -> Outcome:
         who = self.mask(recipient.email)
+        # Server replies often quote the address: mask it there too.
+        said = scrub(
+            str(exc), (recipient.email, recipient.ascii_email, recipient.address), self.mask
+        )
         if exc.relay_down:
             # Not the recipient's fault: keep it pending and stop taking new recipients.
             self._halt(f"the relay is unreachable ({exc.message})")
             return Outcome(recipient.address, "pending", attempts, None, exc.message)
         if exc.transient:
-            log.warning("%s: gave up after %d attempts: %s", who, attempts, exc)
+            log.warning("%s: gave up after %d attempts: %s", who, attempts, said)
             return Outcome(recipient.address, "failed", attempts, exc.code, exc.message)
-        log.warning("%s: refused: %s", who, exc)
+        log.warning("%s: refused: %s", who, said)
         if exc.bounce:
             self.ledger.suppress(recipient.address, "bounced", f"{exc.code} {exc.message}")
         return Outcome(recipient.address, "failed", attempts, exc.code, exc.message)

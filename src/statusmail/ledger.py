@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     code        INTEGER,
     detail      TEXT,
     message_id  TEXT,
+    selection   INTEGER NOT NULL DEFAULT 0,  -- the latest selection that chose this row
     created_at  TEXT NOT NULL,
     updated_at  TEXT NOT NULL,
     PRIMARY KEY (entry_id, address)
@@ -91,6 +92,11 @@ class Ledger:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(SCHEMA)
+            columns = {row[1] for row in self.db.execute("PRAGMA table_info(deliveries)")}
+            if "selection" not in columns:
+                self.db.execute(
+                    "ALTER TABLE deliveries ADD COLUMN selection INTEGER NOT NULL DEFAULT 0"
+                )
         except sqlite3.Error as exc:
             raise LedgerError(f"{path}: cannot open the ledger: {exc}") from exc
 
@@ -128,18 +134,34 @@ class Ledger:
         recipients: Iterable[Recipient],
         before_commit: Callable[[int], None] | None = None,
     ) -> int:
-        """Add recipients not yet in the ledger for this entry, in one transaction.
+        """Make this selection the entry's queue, in one transaction.
 
-        ``before_commit(new)`` may raise to roll the whole selection back. Returns how many
-        rows were new.
+        New recipients are added as pending; a row that was skipped (an invalid row since
+        fixed) becomes pending again; pending rows keep their attempts and take the
+        subscriber's current name and language. Pending rows this selection did not
+        choose (unsubscribed, suppressed, gone from the list or the audience since) are
+        skipped. Sent and failed rows are never touched. ``before_commit(new)`` may raise
+        to roll it all back. Returns how many recipients are new.
         """
         stamp = now_iso()
         with self.transaction() as db:
-            before = db.total_changes
+            (selection,) = db.execute(
+                "SELECT COALESCE(MAX(selection), 0) + 1 FROM deliveries WHERE entry_id = ?",
+                (entry_id,),
+            ).fetchone()
+            (before,) = db.execute(
+                "SELECT COUNT(*) FROM deliveries WHERE entry_id = ?", (entry_id,)
+            ).fetchone()
             db.executemany(
-                "INSERT OR IGNORE INTO deliveries (entry_id, address, email, ascii_email, name,"
-                " locale, region, status, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
+                "INSERT INTO deliveries (entry_id, address, email, ascii_email, name, locale,"
+                " region, status, selection, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)"
+                " ON CONFLICT (entry_id, address) DO UPDATE SET status = 'pending',"
+                " email = excluded.email, ascii_email = excluded.ascii_email,"
+                " name = excluded.name, locale = excluded.locale, region = excluded.region,"
+                " selection = excluded.selection, detail = NULL,"
+                " updated_at = excluded.updated_at"
+                " WHERE deliveries.status IN ('pending', 'skipped')",
                 (
                     (
                         entry_id,
@@ -149,13 +171,23 @@ class Ledger:
                         r.name,
                         r.locale,
                         r.region,
+                        selection,
                         stamp,
                         stamp,
                     )
                     for r in recipients
                 ),
             )
-            new = db.total_changes - before
+            db.execute(
+                "UPDATE deliveries SET status = 'skipped', updated_at = ?,"
+                " detail = 'no longer selected: unsubscribed, suppressed or out of the audience'"
+                " WHERE entry_id = ? AND status = 'pending' AND selection <> ?",
+                (stamp, entry_id, selection),
+            )
+            (after,) = db.execute(
+                "SELECT COUNT(*) FROM deliveries WHERE entry_id = ?", (entry_id,)
+            ).fetchone()
+            new = int(after - before)
             if before_commit is not None:
                 before_commit(new)
             return new
@@ -182,6 +214,7 @@ class Ledger:
             rows = self.db.execute(
                 "SELECT rowid, address, email, ascii_email, name, locale, region, attempts"
                 " FROM deliveries WHERE entry_id = ? AND status = 'pending' AND rowid > ?"
+                " AND address NOT IN (SELECT address FROM suppressions)"
                 " ORDER BY rowid LIMIT ?",
                 (entry_id, last, size),
             ).fetchall()
@@ -214,6 +247,19 @@ class Ledger:
                     for o in outcomes
                 ),
             )
+
+    def skip_suppressed(self, entry_id: str) -> int:
+        """Pending rows whose address was suppressed meanwhile (say, by the unsubscribe
+        endpoint during a run) are skipped, never sent."""
+        cursor = self.db.execute(
+            "UPDATE deliveries SET status = 'skipped', updated_at = ?,"
+            " detail = 'suppressed: ' || (SELECT reason FROM suppressions s"
+            " WHERE s.address = deliveries.address)"
+            " WHERE entry_id = ? AND status = 'pending'"
+            " AND address IN (SELECT address FROM suppressions)",
+            (now_iso(), entry_id),
+        )
+        return cursor.rowcount
 
     def mark_complete_if_done(self, entry_id: str) -> bool:
         if self.counts(entry_id)["pending"]:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
 from rich.console import Console
@@ -30,6 +32,15 @@ def mask_address(address: str) -> str:
     if not at:
         return "***"
     return f"{local[:1]}***@{domain}"
+
+
+def scrub(
+    text: str, addresses: Iterable[str | None], mask: Callable[[str], str] = mask_address
+) -> str:
+    """``text`` with each of ``addresses`` (any letter case) masked."""
+    for address in {a for a in addresses if a}:
+        text = re.sub(re.escape(address), mask(address), text, flags=re.IGNORECASE)
+    return text
 
 
 class ProgressReporter:

@@ -9,17 +9,17 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from statusmail import markdown
 from statusmail.config import Config
 from statusmail.delivery import Engine, OnOutcome, RunResult
 from statusmail.entries import Entry, cross_check, entry_paths, find_entry
 from statusmail.errors import InputError, Problem, RenderError
-from statusmail.ledger import Ledger, Recipient, run_lock
+from statusmail.ledger import Ledger, Recipient
 from statusmail.message import MessageFactory
 from statusmail.regions import Region, load_regions
 from statusmail.render import Renderer, catalog_problems
+from statusmail.report import mask_address, scrub
 from statusmail.selection import SelectionStats, select
 from statusmail.subscribers import RowProblem
 from statusmail.throttle import HourlyWindow
@@ -196,14 +196,14 @@ async def deliver(
         on_outcome=on_outcome,
         mask=mask,
     )
-    result = await engine.run(ledger.pending(prepared.entry.id, limit))
-    ledger.mark_complete_if_done(prepared.entry.id)
+    entry_id = prepared.entry.id
+    ledger.skip_suppressed(entry_id)
+    result = RunResult()
+    if ledger.counts(entry_id)["pending"]:  # nothing to do needs no relay
+        result = await engine.run(ledger.pending(entry_id, limit))
+        ledger.skip_suppressed(entry_id)  # unsubscribed while this run went on
+    ledger.mark_complete_if_done(entry_id)
     return result
-
-
-def open_ledger_for_send(config: Config, entry_id: str) -> tuple[Ledger, Any]:
-    lock = run_lock(config.paths.ledger, f"send-{entry_id}")
-    return Ledger(config.paths.ledger), lock
 
 
 @dataclass
@@ -235,7 +235,9 @@ def dry_run(prepared: Prepared, *, limit: int | None = None) -> DryRun:
             built = prepared.factory.build(item)
         except (RenderError, KeyError, ValueError) as exc:
             if len(report.failures) < 100:
-                report.failures.append(f"{item.email}: {exc}")
+                report.failures.append(
+                    f"{mask_address(item.email)}: {scrub(str(exc), [item.email])}"
+                )
             continue
         report.rendered += 1
         label = built.variant.label

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import re
 import sqlite3
 import tempfile
@@ -316,29 +315,26 @@ def read_file(path: Path) -> Iterator[Subscriber | RowProblem]:
 
 
 class SeenAddresses:
-    """Which addresses a pass has met, in memory that stays flat however long the list.
-
-    The first ``spill_at`` addresses are kept as 8-byte digests in a set; past that they
-    move to a temporary SQLite file (an integer primary key, a bounded page cache), so a
-    list of a million rows costs the same memory as one of a hundred thousand.
+    """Which addresses a pass has met, exactly, in memory that stays flat however long
+    the list: the first ``spill_at`` are kept in a set, the rest in a temporary SQLite
+    file (a primary key and a bounded page cache), so a million rows cost the memory of
+    a hundred thousand.
     """
 
     def __init__(self, spill_at: int = 100_000) -> None:
         self.spill_at = spill_at
-        self._memory: set[int] = set()
+        self._memory: set[str] = set()
         self._db: sqlite3.Connection | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
 
     def add(self, address_key: str) -> bool:
         """Remember ``address_key``; False if it was already there."""
-        digest = hashlib.blake2b(address_key.encode(), digest_size=8).digest()
-        number = int.from_bytes(digest, "big", signed=True)
         if self._db is not None:
-            cursor = self._db.execute("INSERT OR IGNORE INTO seen VALUES (?)", (number,))
+            cursor = self._db.execute("INSERT OR IGNORE INTO seen VALUES (?)", (address_key,))
             return cursor.rowcount == 1
-        if number in self._memory:
+        if address_key in self._memory:
             return False
-        self._memory.add(number)
+        self._memory.add(address_key)
         if len(self._memory) >= self.spill_at:
             self._spill()
         return True
@@ -348,9 +344,9 @@ class SeenAddresses:
         self._db = sqlite3.connect(Path(self._tmp.name) / "seen.db", isolation_level=None)
         self._db.execute("PRAGMA journal_mode=OFF")
         self._db.execute("PRAGMA synchronous=OFF")
-        self._db.execute("CREATE TABLE seen (digest INTEGER PRIMARY KEY)")
+        self._db.execute("CREATE TABLE seen (address TEXT PRIMARY KEY) WITHOUT ROWID")
         self._db.execute("BEGIN")  # one long transaction: nothing here needs to survive
-        self._db.executemany("INSERT INTO seen VALUES (?)", ((n,) for n in self._memory))
+        self._db.executemany("INSERT INTO seen VALUES (?)", ((a,) for a in self._memory))
         self._memory = set()
 
     def close(self) -> None:

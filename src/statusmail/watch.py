@@ -52,6 +52,7 @@ class Watcher:
         self._run_stop: asyncio.Event | None = None
         self._reported: dict[Path, str] = {}  # what was last said about a file, said once
         self._backoff: dict[str, _Backoff] = {}
+        self._left_pending = False  # did the last pass leave recipients pending?
 
     # -- signals -----------------------------------------------------------------
 
@@ -97,7 +98,7 @@ class Watcher:
                     loop.remove_signal_handler(sig)
         log.info("watch stopped")
         # For cron (--once): 4 tells that something is still pending, to be retried.
-        return 4 if self.options.once and self._backoff else 0
+        return 4 if self.options.once and (self._backoff or self._left_pending) else 0
 
     async def _file_events(self) -> None:
         """Wake the loop as soon as a file in the updates folder changes (inotify via
@@ -133,6 +134,7 @@ class Watcher:
             await asyncio.wait_for(self.wake.wait(), timeout=min(waits))
 
     async def _work_through_due(self) -> None:
+        self._left_pending = False
         for entry in self.due_entries():
             if self.stop.is_set():
                 return
@@ -242,6 +244,7 @@ class Watcher:
             ", ".join(f"{k} {v}" for k, v in counts.items()),
         )
         if counts["pending"]:
+            self._left_pending = True
             if not self.stop.is_set():
                 self._retry_later(entry.id, result.stopped or "recipients still pending")
             return False

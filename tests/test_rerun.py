@@ -1,0 +1,99 @@
+"""Re-running is safe: the ledger follows the subscriber list and the suppression table
+between runs, and a finished entry needs no relay (found in review)."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+from delivery_helpers import ledger_rows, point_at, run_cli, send, spawn
+from editing import replace_in
+from smtp_server import RecordingServer
+
+UPDATE = "update-2020-04-21"
+
+
+def statuses(config: Path) -> dict[str, str]:
+    return {address: row["status"] for address, row in ledger_rows(config).items()}
+
+
+def test_a_fixed_row_gets_the_entry_on_the_next_run(project: Path) -> None:
+    csv_path = project.parent / "subscribers" / "main.csv"
+    replace_in(
+        csv_path,
+        "ivan.smirnov@example.com,Иван Смирнов,ru-RU,RU,",
+        "ivan.smirnov@example.com,Иван Смирнов,ru-RU,Russia,",
+    )
+    code, _, stderr = send(project, UPDATE, "--rate", "0")
+    assert code == 0, stderr
+    assert statuses(project)["ivan.smirnov@example.com"] == "skipped"
+    replace_in(csv_path, ",Russia,", ",RU,")
+    code, report, stderr = send(project, UPDATE, "--rate", "0")
+    assert code == 0, stderr
+    assert statuses(project)["ivan.smirnov@example.com"] == "sent"
+    assert report["counts"]["skipped"] == 0
+
+
+def test_unsubscribed_between_runs_is_not_sent(project: Path) -> None:
+    code, _, stderr = send(project, UPDATE, "--rate", "0", "--limit", "1")
+    assert code == 4, stderr
+    pending = [a for a, s in statuses(project).items() if s == "pending"]
+    by_endpoint, by_list = pending[0], pending[1]
+    assert (
+        run_cli(project, "suppress", "add", by_endpoint, "--reason", "unsubscribed").exit_code == 0
+    )
+    for path in (project.parent / "subscribers").iterdir():
+        text = path.read_text(encoding="utf-8")
+        if by_list in text.lower():
+            lines = [
+                line.replace(",active", ",unsubscribed") if by_list in line.lower() else line
+                for line in text.splitlines()
+            ]
+            path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    code, report, stderr = send(project, UPDATE, "--rate", "0")
+    assert code == 0, stderr
+    final = statuses(project)
+    assert final[by_endpoint] == final[by_list] == "skipped"
+    assert report["counts"]["pending"] == 0 and report["counts"]["sent"] == 12
+    assert len(list((project.parent / "outbox" / "new").iterdir())) == 12
+
+
+def test_a_finished_entry_needs_no_relay(project: Path) -> None:
+    with RecordingServer() as server:
+        point_at(project, server.port)
+        code, _, stderr = send(project)
+        assert code == 0, stderr
+        port = server.port
+    code, report, stderr = send(project)  # the relay is gone now
+    assert code == 0, stderr
+    assert report["counts"]["sent"] == 14
+    assert f"127.0.0.1:{port}" not in stderr
+
+
+def test_sigterm_cuts_a_long_backoff_short(project: Path) -> None:
+    with RecordingServer(fail_data_every=1) as server:  # 451 to every message
+        point_at(project, server.port, concurrency=1, retry_initial=60, retry_max=60)
+        process = spawn(project, "send", UPDATE, "--yes")
+        deadline = time.monotonic() + 20
+        while server.data_commands < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # now in a backoff of up to a minute
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+        assert process.returncode == 4
+        assert time.monotonic() - started < 10
+        assert {row["status"] for row in ledger_rows(project).values()} == {"pending"}
+
+
+def test_status_masks_addresses_that_server_replies_quote(project: Path) -> None:
+    address = "kate.morozova@example.com"
+    with RecordingServer(
+        reject_rcpt={address: f"550 5.1.1 <{address}>: Recipient unknown"}
+    ) as server:
+        point_at(project, server.port)
+        code, _, _ = send(project)
+        assert code == 3
+        status = run_cli(project, "status", UPDATE, "--json")
+        assert address not in status.stdout and "k***@example.com" in status.stdout
