@@ -385,3 +385,31 @@ def tool(name: str) -> str:
     if not found:
         sys.exit(f"{name} not found: pip install {name} (see benchmarks/README.md)")
     return found
+
+
+def py_spy_argv(out: Path, *argv: str) -> list[str]:
+    """``py-spy record`` around ``argv``: collapsed stacks for a .txt ``out``, else
+    speedscope JSON."""
+    fmt = "raw" if out.suffix == ".txt" else "speedscope"
+    return [
+        tool("py-spy"),
+        "record",
+        "-r",
+        "250",
+        "--idle",
+        "--threads",
+        "--nolineno",
+        "-f",
+        fmt,
+        "-o",
+        str(out),
+        "--",
+        *argv,
+    ]
+
+
+def remove_unless_kept(tmp: Path, keep: bool) -> None:
+    if keep:
+        print(f"kept {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import shutil
 import sys
 import tempfile
 import time
@@ -198,23 +197,12 @@ def main() -> int:
             with common.SmtpSink() as sink:
                 common.configure(config, port=sink.port, concurrency=conc)
                 prof = common.run_child(
-                    [
-                        common.tool("py-spy"),
-                        "record",
-                        "-r",
-                        "250",
-                        "--idle",
-                        "--threads",
-                        "--nolineno",
-                        "-f",
-                        fmt,
-                        "-o",
-                        str(out),
-                        "--",
+                    common.py_spy_argv(
+                        out,
                         *common.statusmail_argv(
                             "send", common.ENTRY, "--yes", "--json", "--config", str(config)
                         ),
-                    ],
+                    ),
                     env={"STATUSMAIL_UNSUBSCRIBE_SECRET": common.SECRET},
                     cwd=config.parent,
                 )
@@ -224,10 +212,7 @@ def main() -> int:
             )
         return 0
     finally:
-        if args.keep:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        common.remove_unless_kept(tmp, args.keep)
 
 
 if __name__ == "__main__":

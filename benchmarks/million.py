@@ -44,23 +44,8 @@ def dry_run(config: Path, n: int, previews: Path, py_spy: str | None = None) -> 
     args = ["send", common.ENTRY, "--dry-run", "--json", "--preview-dir", str(previews)]
     if py_spy:
         out = Path(py_spy).resolve()
-        fmt = "raw" if out.suffix == ".txt" else "speedscope"
         return common.run_child(
-            [
-                common.tool("py-spy"),
-                "record",
-                "-r",
-                "250",
-                "--idle",
-                "--threads",
-                "--nolineno",
-                "-f",
-                fmt,
-                "-o",
-                str(out),
-                "--",
-                *common.statusmail_argv(*args, "--config", str(config)),
-            ],
+            common.py_spy_argv(out, *common.statusmail_argv(*args, "--config", str(config))),
             env={"STATUSMAIL_UNSUBSCRIBE_SECRET": common.SECRET},
             cwd=config.parent,
         )
@@ -208,10 +193,7 @@ def main() -> int:
             )
         return 0
     finally:
-        if args.keep:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        common.remove_unless_kept(tmp, args.keep)
 
 
 if __name__ == "__main__":

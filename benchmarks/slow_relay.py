@@ -15,7 +15,6 @@ included). Target (issue 6): >= 90% of C / DELAY.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import tempfile
 import time
@@ -97,10 +96,7 @@ def main() -> int:
         ratios.print()
         return 0
     finally:
-        if args.keep:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        common.remove_unless_kept(tmp, args.keep)
 
 
 if __name__ == "__main__":

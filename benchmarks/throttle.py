@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import shutil
 import sys
 import tempfile
 import threading
@@ -145,10 +144,7 @@ def main() -> int:
         return 0
     finally:
         controller.stop()
-        if args.keep:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        common.remove_unless_kept(tmp, args.keep)
 
 
 if __name__ == "__main__":
