@@ -20,6 +20,7 @@ from statusmail.check import check_project
 from statusmail.config import Config, find_config, load_config
 from statusmail.errors import InputError, StatusmailError
 from statusmail.report import print_json
+from statusmail.suppression import REASONS
 
 F = TypeVar("F", bound=Callable[..., Any])
 console = Console(stderr=True, soft_wrap=True)
@@ -305,7 +306,7 @@ def suppress() -> None:
 @click.argument("addresses", nargs=-1, required=True)
 @click.option(
     "--reason",
-    type=click.Choice(["manual", "unsubscribed", "bounced", "complained"]),
+    type=click.Choice(REASONS),
     default="manual",
     show_default=True,
     help="Why the addresses are suppressed.",

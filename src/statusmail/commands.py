@@ -91,14 +91,16 @@ async def send(config: Config, entry_id: str, options: SendOptions, console: Con
             return EXIT_NOT_STARTED
         stats = selected.stats
         log.info(
-            "%s: %d selected (%d new), %d pending; skipped %d invalid, %d inactive, %d suppressed",
+            "%s: %d selected (%d new), %d pending; skipped %d invalid, %d inactive, "
+            "%d suppressed, %d duplicate rows",
             entry_id,
             stats.total,
             selected.new,
             selected.pending,
-            len(stats.invalid),
+            stats.read.invalid,
             stats.inactive,
             stats.suppressed,
+            stats.read.duplicates,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -192,8 +194,8 @@ def send_dry_run(
         console.print("  by locale: " + ", ".join(f"{k} {v}" for k, v in sorted(by_locale.items())))
         console.print("  by region: " + ", ".join(f"{k} {v}" for k, v in sorted(by_region.items())))
         console.print(
-            f"  skipped: {len(stats.invalid)} invalid, {stats.inactive} inactive, "
-            f"{stats.suppressed} suppressed"
+            f"  skipped: {stats.read.invalid} invalid, {stats.inactive} inactive, "
+            f"{stats.suppressed} suppressed, {stats.read.duplicates} duplicate rows"
         )
         for problem in stats.invalid:
             console.print(f"  {problem}", markup=False)

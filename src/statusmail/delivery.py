@@ -38,7 +38,6 @@ log = logging.getLogger("statusmail.delivery")
 class RunResult:
     sent: int = 0
     failed: int = 0
-    left_pending: int = 0  # handed back: the run stopped, or the relay went away
     stopped: str | None = None  # why the run stopped early, if it did
 
 
@@ -187,8 +186,7 @@ class Engine:
         elif outcome.status == "failed":
             self.result.failed += 1
             self.failures.record(False)
-        else:
-            self.result.left_pending += 1
+        else:  # handed back as pending: the run stopped, or the relay went away
             self.failures.record(False)
         if self.failures.tripped:
             self._halt(

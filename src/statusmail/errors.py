@@ -86,7 +86,3 @@ class ConnectError(StatusmailError):
         self.reason = reason
         self.transient = transient
         super().__init__(f"{server}: {reason}")
-
-
-class StopRun(StatusmailError):
-    """The run stopped early (failure threshold, signal, hourly cap); re-run to continue."""

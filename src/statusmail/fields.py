@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from statusmail.errors import Problem
 from statusmail.yamlfile import LineDict, line_of
-
-T = TypeVar("T")
 
 
 class Fields:

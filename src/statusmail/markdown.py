@@ -32,10 +32,6 @@ _md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": 
 _md.disable("image")  # no remote images, ever
 
 
-class UnsafeLinkError(ValueError):
-    """A link the Markdown renderer refused (``javascript:`` and the like)."""
-
-
 def parse(source: str) -> list[Token]:
     return _md.parse(source)
 

@@ -18,7 +18,6 @@ class SelectionStats:
     selected: Counter[tuple[str, str | None]] = field(default_factory=Counter)
     inactive: int = 0
     suppressed: int = 0
-    not_in_audience: int = 0
     invalid: list[RowProblem] = field(default_factory=list)
     read: ReadStats = field(default_factory=ReadStats)
 
@@ -59,7 +58,6 @@ def select(
             continue
         locale = resolve_locale(item.locale, item.region, default_locale_by_region)
         if not audience.matches(item.region, item.topics, locale):
-            stats.not_in_audience += 1
             continue
         stats.selected[(locale, item.region)] += 1
         yield Recipient(
