@@ -19,3 +19,19 @@ def line_of(path: Path, needle: str) -> int:
     text = path.read_text(encoding="utf-8")
     assert text.count(needle) == 1, needle
     return text[: text.index(needle)].count("\n") + 1
+
+
+def refresh_sources(entry: Path) -> None:
+    """Mark every translation of ``entry`` as made from its current English block (what
+    a translator does after re-reading it), so a test that edits the English on purpose
+    is not failed for a stale translation."""
+    from statusmail.entries import load_entry, source_hash
+
+    current = source_hash(load_entry(entry).content["en"])
+    lines = entry.read_text(encoding="utf-8").split("\n")
+    entry.write_text(
+        "\n".join(
+            f"    source: {current}" if line.startswith("    source: ") else line for line in lines
+        ),
+        encoding="utf-8",
+    )

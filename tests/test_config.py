@@ -232,7 +232,11 @@ def test_rate_zero_means_unlimited(project: Path) -> None:
             "'sending.max_attempts' must be a whole number ≥ 1",
         ),
         ("port: 587", 'port: "587"', "'smtp.port' must be a whole number from 1 to 65535"),
-        ("stop_after_failures: 0.2", "stop_after_failures: 1.5", "must be a share from 0 to 1"),
+        (
+            "stop_after_failures: 0.2",
+            "stop_after_failures: 1.5",
+            "'sending.stop_after_failures' must be a share from 0 to 1",
+        ),
         (
             "url: https://www.startmail.example/status/unsubscribe/{token}",
             "url: http://www.startmail.example/status/unsubscribe/{token}",

@@ -8,17 +8,12 @@ from pathlib import Path
 import pytest
 
 from editing import line_of, replace_in
-from statusmail.entries import (
-    Audience,
-    Content,
-    Entry,
-    cross_check,
-    find_entry,
-    load_entries,
-    load_entry,
-)
-from statusmail.errors import InputError
+from statusmail.config import load_config
+from statusmail.domain import Audience, Content, Entry, EntryStatus
+from statusmail.entries import find_entry, load_entries, load_entry, source_hash
+from statusmail.errors import InputError, Problem
 from statusmail.regions import Region, load_regions
+from statusmail.validation import entry_problems
 
 UPDATE = "update-2020-04-21"
 BLOCK = "block-2020-01-23"
@@ -85,11 +80,12 @@ def test_block_2020_01_23_loads(updates: Path) -> None:
     assert set(entry.content) == {"en", "ru"}
     assert entry.content["en"] == Content(
         subject="StartMail is blocked in Russia",
-        summary="Since January 23, 2020, the Russian authorities have been restricting access "
-        "to StartMail. We have not shared any user data.",
+        summary="Access to StartMail from Russia has been restricted since January 23, 2020. "
+        "We have not given the Russian authorities any information about our users.",
         body=entry.content["en"].body,
     )
     assert entry.content["ru"].subject == "StartMail заблокирован в России"
+    assert entry.content["ru"].source == source_hash(entry.content["en"])
 
 
 def test_load_entries_and_find_entry(updates: Path) -> None:
@@ -319,6 +315,13 @@ def regions(project: Path) -> dict[str, Region]:
     return load_regions(project.parent / "regions.yaml")
 
 
+def cross_check(entry: Entry, known: object, regions: dict[str, Region]) -> list[Problem]:
+    """The errors (not warnings) the shared validation finds in ``entry``."""
+    config = load_config(Path(__file__).resolve().parent.parent / "statusmail.yaml")
+    found = entry_problems(entry, known_ids=list(known), regions=regions, config=config)  # type: ignore[call-overload]
+    return [p for p in found if not p.warning]
+
+
 def test_cross_check_sample_is_clean(updates: Path, regions: dict[str, Region]) -> None:
     entries, _ = load_entries(updates)
     assert sorted(regions) == ["BY", "DE", "KZ", "NL", "RU", "US"]
@@ -349,11 +352,13 @@ def test_cross_check_audience_locale_without_content(
     entry = Entry(
         "e",
         dt.date(2020, 1, 1),
-        "ready",
+        EntryStatus.READY,
         {"en": Content("s", "s", "b")},
         audience=Audience(locales=frozenset({"en", "ru"})),
         path=path,
         lines={"content": 9},
     )
     got = [str(p) for p in cross_check(entry, ["e"], regions)]
-    assert got == [f"{path}:9: the audience includes locale 'ru' but content has no 'ru' block"]
+    assert got == [
+        f"{path}:9: subscribers in the audience read ru but the entry has no content in it"
+    ]

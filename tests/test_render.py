@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from statusmail.config import load_config
+from statusmail.domain import Recipient
 from statusmail.entries import find_entry
-from statusmail.ledger import Recipient
 from statusmail.message import MessageFactory
 from statusmail.regions import load_regions
 from statusmail.render import Renderer, local_date

@@ -12,8 +12,8 @@ import pytest
 
 from statusmail import subscribers as subscribers_module
 from statusmail.config import load_config
-from statusmail.entries import Audience, Content, Entry, load_entry
-from statusmail.ledger import Recipient
+from statusmail.domain import Audience, Content, Entry, Recipient
+from statusmail.entries import load_entry
 from statusmail.locales import normalize_locale, resolve_locale
 from statusmail.selection import SelectionStats, select
 from statusmail.subscribers import (
@@ -45,7 +45,7 @@ BY_READERS = {
 }
 KZ_READERS = {
     "aigerim.nurlanova@example.org": "ru",
-    "daniyar.abenov@example.com": "ru",  # de is unsupported, KZ -> ru
+    "daniyar.abenov@example.com": "en",  # chose de, unsupported: English, not the KZ guess
     "alexei.popov@пример.испытание": "ru",  # empty locale, KZ -> ru
 }
 OTHER_READERS = {
@@ -429,6 +429,7 @@ def test_select_update_2020_04_21(project: Path) -> None:
     assert got == RU_READERS | BY_READERS | KZ_READERS
     assert len(got) == 14
     assert sorted(a for a, loc in got.items() if loc == "en") == [
+        "daniyar.abenov@example.com",
         "dmitry.volkov@example.org",
         "kate.morozova@example.com",
     ]
@@ -450,8 +451,8 @@ def test_select_block_2020_01_23(project: Path) -> None:
     got = selected(entry, config.paths.subscribers)
     assert got == RU_READERS | BY_READERS | KZ_READERS | OTHER_READERS
     assert len(got) == 18
-    assert sum(1 for loc in got.values() if loc == "ru") == 12
-    assert sum(1 for loc in got.values() if loc == "en") == 6
+    assert sum(1 for loc in got.values() if loc == "ru") == 11
+    assert sum(1 for loc in got.values() if loc == "en") == 7
 
 
 def test_select_recipient_fields(project: Path) -> None:
@@ -588,7 +589,7 @@ def test_select_passes_bad_rows_through(tmp_path: Path) -> None:
         (" ru_ru ", None, "ru"),
         ("en", "RU", "en"),  # the subscriber's own choice wins over the region
         ("EN-us", "KZ", "en"),
-        ("de", "KZ", "ru"),  # unknown -> region default
+        ("de", "KZ", "en"),  # chosen but unsupported -> English, never the region's guess
         ("", "RU", "ru"),
         (None, "BY", "ru"),
         ("de", "DE", "en"),  # unknown, no region default -> English
@@ -598,12 +599,20 @@ def test_select_passes_bad_rows_through(tmp_path: Path) -> None:
     ],
 )
 def test_resolve_locale(raw: str | None, region: str | None, expected: str) -> None:
-    assert resolve_locale(raw, region, BY_REGION) == expected
+    assert resolve_locale(raw, region, BY_REGION)[0] == expected
+
+
+def test_resolve_locale_says_why_it_is_not_the_subscribers_own() -> None:
+    assert resolve_locale("ru_RU", "KZ", BY_REGION) == ("ru", None)
+    assert resolve_locale("de", "KZ", BY_REGION) == ("en", "unsupported locale 'de'")
+    assert resolve_locale("Russian", "RU", BY_REGION) == ("en", "unsupported locale 'Russian'")
+    assert resolve_locale("", "RU", BY_REGION) == ("ru", "no locale, region RU")
+    assert resolve_locale(None, "NL", BY_REGION) == ("en", "no locale")
 
 
 def test_resolve_locale_region_default_is_normalized() -> None:
-    assert resolve_locale("", "UA", {"UA": "ru_UA"}) == "ru"
-    assert resolve_locale("", "UA", {"UA": "uk"}) == "en"
+    assert resolve_locale("", "UA", {"UA": "ru_UA"})[0] == "ru"
+    assert resolve_locale("", "UA", {"UA": "uk"})[0] == "en"
 
 
 @pytest.mark.parametrize(

@@ -15,28 +15,34 @@ import click
 from rich.console import Console
 from rich.logging import RichHandler
 
-from statusmail import __version__, commands
-from statusmail.check import check_project
+from statusmail import __version__, commands, signals
 from statusmail.config import Config, find_config, load_config
-from statusmail.errors import InputError, StatusmailError
-from statusmail.report import print_json
-from statusmail.suppression import REASONS
+from statusmail.domain import ExitCode, SuppressionReason
+from statusmail.errors import InputError, Interrupted, StatusmailError
 
 F = TypeVar("F", bound=Callable[..., Any])
 console = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
 
+# Attributes every LogRecord has; anything else was passed in ``extra`` and is a field.
+_RECORD_ATTRIBUTES = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line, for log collectors (``--log-format json``)."""
+    """One JSON object per line, for log collectors (``--log-format json``): ``time``,
+    ``level``, ``logger``, ``message``, and the fields a line carries (``event``,
+    ``entry``, counts, ``relay``, a masked ``recipient``)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
+        entry: dict[str, Any] = {
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
         }
+        for key, value in record.__dict__.items():
+            if key not in _RECORD_ATTRIBUTES and not key.startswith("_"):
+                entry[key] = value if isinstance(value, int | float | bool | None) else str(value)
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
@@ -60,8 +66,22 @@ def setup_logging(verbose: int, log_format: str = "text") -> None:
     root.propagate = False
 
 
-def config_option(func: F) -> F:
-    """``--config`` works before or after the command name."""
+def _log_format_callback(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        obj = ctx.find_root().ensure_object(dict)
+        setup_logging(obj.get("verbose", 0), value)
+
+
+def common_options(func: F) -> F:
+    """``--config`` and ``--log-format`` work before or after the command name."""
+    func = click.option(
+        "--log-format",
+        type=click.Choice(["text", "json"]),
+        default=None,
+        expose_value=False,
+        callback=_log_format_callback,
+        help="Log lines as text or as one JSON object each.",
+    )(func)
     return click.option(
         "--config",
         "config_path",
@@ -71,30 +91,39 @@ def config_option(func: F) -> F:
     )(func)
 
 
-def run(func: Callable[..., int]) -> Callable[..., None]:
-    """Load the config, run the command, turn statusmail errors into exit code 1."""
+def run(func: Callable[..., ExitCode]) -> Callable[..., None]:
+    """Load the config, run the command, turn errors and signals into exit codes."""
 
     @functools.wraps(func)
     def wrapper(config_path: Path | None, **kwargs: Any) -> None:
         ctx = click.get_current_context()
-        path = config_path or ctx.obj.get("config_path")
+        path = config_path or ctx.find_root().ensure_object(dict).get("config_path")
         try:
             config = load_config(find_config(path))
             code = func(config, **kwargs)
         except InputError as exc:
             for problem in exc.problems:
                 console.print(str(problem), markup=False, highlight=False)
-            code = commands.EXIT_NOT_STARTED
+            code = ExitCode.NOT_STARTED
         except StatusmailError as exc:
             console.print(f"error: {exc}", markup=False, highlight=False)
-            code = commands.EXIT_NOT_STARTED
-        ctx.exit(code)
+            code = ExitCode.NOT_STARTED
+        except Interrupted as exc:
+            console.print(f"interrupted by {signals.name(exc.signum)}", markup=False)
+            code = ExitCode.OK if ctx.info_name == "watch" else ExitCode.STOPPED
+        ctx.exit(int(code))
 
     return wrapper
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@config_option
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Config file (default: $STATUSMAIL_CONFIG, else ./statusmail.yaml).",
+)
 @click.option("-v", "--verbose", count=True, help="More log detail (-vv for debug).")
 @click.option(
     "--log-format",
@@ -110,45 +139,35 @@ def main(ctx: click.Context, config_path: Path | None, verbose: int, log_format:
     Reads status-update entries, picks the affected subscribers, renders each message in
     the subscriber's language and delivers it, keeping a ledger so nobody is missed and
     nobody gets the same entry twice.
+
+    \b
+    Example:
+      statusmail check && statusmail send update-2020-04-21 --dry-run
     """
-    ctx.ensure_object(dict)
-    ctx.obj["config_path"] = config_path
+    obj = ctx.ensure_object(dict)
+    obj["config_path"] = config_path
+    obj["verbose"] = verbose
     setup_logging(verbose, log_format)
 
 
 @main.command()
-@config_option
+@common_options
 @click.option("--json", "as_json", is_flag=True, help="Print the problems as JSON.")
 @run
-def check(config: Config, as_json: bool) -> int:
+def check(config: Config, as_json: bool) -> ExitCode:
     """Validate config, entries, templates, translations, regions and subscribers.
 
     Prints each problem as file:line: message and exits 1 if there is any.
+
+    \b
+    Example:
+      statusmail check --config project/statusmail.yaml
     """
-    report = check_project(config)
-    if as_json:
-        print_json(
-            {
-                "ok": report.ok,
-                "entries": report.entries,
-                "subscribers": report.subscribers,
-                "problems": [str(p) for p in report.problems],
-                "warnings": [str(p) for p in report.warnings],
-            }
-        )
-    else:
-        for problem in report.warnings + report.problems:
-            console.print(str(problem), markup=False, highlight=False)
-        verdict = "ok" if report.ok else f"{len(report.problems)} problem(s)"
-        console.print(
-            f"checked {report.entries} entries, {report.subscribers} subscribers: {verdict}",
-            markup=False,
-        )
-    return commands.EXIT_OK if report.ok else commands.EXIT_NOT_STARTED
+    return commands.check(config, as_json, console)
 
 
 @main.command()
-@config_option
+@common_options
 @click.argument("entry_id", metavar="ID")
 @click.option(
     "--dry-run",
@@ -177,6 +196,13 @@ def check(config: Config, as_json: bool) -> int:
 @click.option(
     "--concurrency", type=click.IntRange(min=1), default=None, help="Connections kept open at once."
 )
+@click.option(
+    "--accept-removals",
+    is_flag=True,
+    help="Go on although more than sending.max_removed_share of the pending recipients "
+    "left the list since the last run.",
+)
+@click.option("--now", is_flag=True, help="Send although the entry's send_at is still to come.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--show-addresses", is_flag=True, help="Log whole addresses instead of masked.")
 @run
@@ -189,13 +215,20 @@ def send(
     limit: int | None,
     rate: float | None,
     concurrency: int | None,
+    accept_removals: bool,
+    now: bool,
     as_json: bool,
     show_addresses: bool,
-) -> int:
+) -> ExitCode:
     """Send entry ID to its audience (re-running continues where it stopped).
 
     Exit codes: 0 all sent, 1 nothing could start, 3 some failed permanently,
     4 stopped early (re-run to continue).
+
+    \b
+    Examples:
+      statusmail send update-2020-04-21 --dry-run --preview-dir previews/
+      statusmail send update-2020-04-21 --yes --rate 10
     """
     config = config.with_overrides(rate=rate, concurrency=concurrency)
     if dry_run:
@@ -206,31 +239,56 @@ def send(
         json=as_json,
         show_addresses=show_addresses,
         interactive=sys.stdin.isatty(),
+        accept_removals=accept_removals,
+        now=now,
     )
-    return asyncio.run(commands.send(config, entry_id, options, console))
+    return commands.send(config, entry_id, options, console)
 
 
 @main.command()
-@config_option
+@common_options
 @click.argument("entry_id", metavar="ID")
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+@click.option("--failed", is_flag=True, help="List every failed recipient with its code and reply.")
+@click.option("--show-addresses", is_flag=True, help="Show whole addresses instead of masked.")
 @run
-def status(config: Config, entry_id: str, as_json: bool) -> int:
-    """Per-recipient outcome counts of entry ID: sent, failed, pending, skipped."""
-    return commands.status(config, entry_id, as_json, out)
+def status(
+    config: Config, entry_id: str, as_json: bool, failed: bool, show_addresses: bool
+) -> ExitCode:
+    """Per-recipient outcome counts of entry ID: sent, failed, pending, skipped.
+
+    Exits 1 when no entry has that ID.
+
+    \b
+    Example:
+      statusmail status update-2020-04-21 --failed
+    """
+    return commands.status(
+        config,
+        entry_id,
+        as_json=as_json,
+        failed=failed,
+        show_addresses=show_addresses,
+        console=out,
+    )
 
 
 @main.command(name="list")
-@config_option
+@common_options
 @click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
 @run
-def list_(config: Config, as_json: bool) -> int:
-    """Entries, their status, and how far each has been sent."""
+def list_(config: Config, as_json: bool) -> ExitCode:
+    """Entries, their status, and how far each has been sent.
+
+    \b
+    Example:
+      statusmail list --json
+    """
     return commands.list_entries(config, as_json, out)
 
 
 @main.command()
-@config_option
+@common_options
 @click.option("--host", default=None, help="Address to listen on (default: serve.host).")
 @click.option(
     "--port",
@@ -245,24 +303,32 @@ def list_(config: Config, as_json: bool) -> int:
     "(local trials only: anyone can forge its tokens).",
 )
 @run
-def serve(config: Config, host: str | None, port: int | None, insecure_dev_secret: bool) -> int:
+def serve(
+    config: Config, host: str | None, port: int | None, insecure_dev_secret: bool
+) -> ExitCode:
     """Run the one-click unsubscribe endpoint (RFC 8058) that List-Unsubscribe points to.
 
     POST with List-Unsubscribe=One-Click and a valid token suppresses the address; GET
     only shows a confirmation page, so link scanners unsubscribe nobody.
+
+    \b
+    Example:
+      STATUSMAIL_UNSUBSCRIBE_SECRET=... statusmail serve --port 8080
     """
     from statusmail.serve import run_server
 
-    return run_server(
-        config,
-        host or config.serve.host,
-        config.serve.port if port is None else port,
-        dev_secret=insecure_dev_secret,
+    return ExitCode(
+        run_server(
+            config,
+            host or config.serve.host,
+            config.serve.port if port is None else port,
+            dev_secret=insecure_dev_secret,
+        )
     )
 
 
 @main.command()
-@config_option
+@common_options
 @click.option("--once", is_flag=True, help="Send what is due, then exit (for cron).")
 @click.option(
     "--poll-interval",
@@ -280,16 +346,20 @@ def serve(config: Config, host: str | None, port: int | None, insecure_dev_secre
     "(doubles up to 5 minutes).",
 )
 @run
-def watch(config: Config, once: bool, poll_interval: float, retry_after: float) -> int:
+def watch(config: Config, once: bool, poll_interval: float, retry_after: float) -> ExitCode:
     """Run the service: send ready entries that have not been sent, as they appear.
 
     Stops cleanly on SIGTERM/SIGINT (in-flight messages finish); SIGHUP reloads the
     config and templates. One watcher per ledger.
+
+    \b
+    Example:
+      statusmail watch --log-format json
     """
     from statusmail.watch import Watcher, WatchOptions
 
     options = WatchOptions(once=once, poll_interval=poll_interval, backoff_initial=retry_after)
-    return asyncio.run(Watcher(config.path, options).run())
+    return asyncio.run(Watcher(config, options).run())
 
 
 @main.group()
@@ -298,16 +368,20 @@ def suppress() -> None:
 
     Every selection respects this list; sync it with your source of truth with
     add, remove and export.
+
+    \b
+    Example:
+      statusmail suppress add someone@example.org --reason manual
     """
 
 
 @suppress.command(name="add")
-@config_option
+@common_options
 @click.argument("addresses", nargs=-1, required=True)
 @click.option(
     "--reason",
-    type=click.Choice(REASONS),
-    default="manual",
+    type=click.Choice([reason.value for reason in SuppressionReason]),
+    default=SuppressionReason.MANUAL.value,
     show_default=True,
     help="Why the addresses are suppressed.",
 )
@@ -315,54 +389,46 @@ def suppress() -> None:
 @run
 def suppress_add(
     config: Config, addresses: tuple[str, ...], reason: str, detail: str | None
-) -> int:
-    """Suppress ADDRESSES (all must be valid, or none is added)."""
-    from statusmail import suppression
-    from statusmail.ledger import Ledger
+) -> ExitCode:
+    """Suppress ADDRESSES (all must be valid, or none is added).
 
-    with Ledger(config.paths.ledger) as ledger:
-        added = suppression.add(ledger, addresses, reason, detail)
-    console.print(f"suppressed {added} new address(es); {len(addresses) - added} already were")
-    return commands.EXIT_OK
+    \b
+    Example:
+      statusmail suppress add a@example.org b@example.org --detail "asked by phone"
+    """
+    return commands.suppress_add(config, addresses, reason, detail, console)
 
 
 @suppress.command(name="remove")
-@config_option
+@common_options
 @click.argument("addresses", nargs=-1, required=True)
 @run
-def suppress_remove(config: Config, addresses: tuple[str, ...]) -> int:
-    """Take ADDRESSES off the suppression list, so later entries reach them again."""
-    from statusmail import suppression
-    from statusmail.ledger import Ledger
+def suppress_remove(config: Config, addresses: tuple[str, ...]) -> ExitCode:
+    """Take ADDRESSES off the suppression list, so later entries reach them again.
 
-    with Ledger(config.paths.ledger) as ledger:
-        removed = suppression.remove(ledger, addresses)
-    console.print(f"removed {removed} address(es) from the suppression list")
-    return commands.EXIT_OK
+    \b
+    Example:
+      statusmail suppress remove a@example.org
+    """
+    return commands.suppress_remove(config, addresses, console)
 
 
 @suppress.command(name="list")
-@config_option
+@common_options
 @click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
 @run
-def suppress_list(config: Config, as_json: bool) -> int:
-    """Print the suppression list: address, reason, when."""
-    from statusmail.ledger import Ledger
+def suppress_list(config: Config, as_json: bool) -> ExitCode:
+    """Print the suppression list: address, reason, when.
 
-    with Ledger(config.paths.ledger) as ledger:
-        rows = ledger.suppressions()
-    if as_json:
-        print_json(
-            [{"email": a, "reason": r, "detail": d, "suppressed_at": t} for a, r, d, t in rows]
-        )
-    else:
-        for address, reason, _detail, created in rows:
-            out.print(f"{address}\t{reason}\t{created}", markup=False, highlight=False)
-    return commands.EXIT_OK
+    \b
+    Example:
+      statusmail suppress list --json
+    """
+    return commands.suppress_list(config, as_json, out)
 
 
 @suppress.command(name="export")
-@config_option
+@common_options
 @click.option(
     "-o",
     "--output",
@@ -371,15 +437,11 @@ def suppress_list(config: Config, as_json: bool) -> int:
     help="Write the CSV here instead of to standard output.",
 )
 @run
-def suppress_export(config: Config, output: Path | None) -> int:
-    """Export the suppression list as CSV (cells are made safe for spreadsheets)."""
-    from statusmail import suppression
-    from statusmail.ledger import Ledger
+def suppress_export(config: Config, output: Path | None) -> ExitCode:
+    """Export the suppression list as CSV (cells are made safe for spreadsheets).
 
-    with Ledger(config.paths.ledger) as ledger:
-        text = suppression.export_csv(ledger)
-    if output:
-        output.write_text(text, encoding="utf-8")
-    else:
-        sys.stdout.write(text)
-    return commands.EXIT_OK
+    \b
+    Example:
+      statusmail suppress export -o suppressed.csv
+    """
+    return commands.suppress_export(config, output)

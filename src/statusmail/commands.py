@@ -1,36 +1,63 @@
-"""The commands' work, one function each, returning the exit code. The CLI only parses."""
+"""The commands' work, one function each, returning an ``ExitCode``. The CLI only parses."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
-from collections.abc import Callable
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
 
+from statusmail import pipeline, signals, suppression
 from statusmail.config import Config
-from statusmail.entries import entry_paths, load_entry
-from statusmail.errors import ConnectError, InputError, LedgerError, Problem, StatusmailError
-from statusmail.ledger import Ledger, run_lock
-from statusmail.maildir import MaildirTransport
+from statusmail.domain import ExitCode
+from statusmail.entries import entry_paths, find_entry, load_entry, unknown_entry
+from statusmail.errors import ConnectError, Interrupted, StatusmailError
+from statusmail.ledger import Ledger
 from statusmail.preview import write_previews
 from statusmail.report import (
     ProgressReporter,
+    breakdown_rows,
     breakdown_table,
     mask_address,
     print_json,
     scrub,
 )
-from statusmail.sending import Declined, Selected, deliver, dry_run, prepare, select_into_ledger
 from statusmail.transport import Transport
+from statusmail.validation import check_project
 
 log = logging.getLogger("statusmail")
 
-EXIT_OK, EXIT_NOT_STARTED, EXIT_USAGE, EXIT_FAILED, EXIT_STOPPED = 0, 1, 2, 3, 4
+
+def check(config: Config, as_json: bool, console: Console) -> ExitCode:
+    report = check_project(config)
+    if as_json:
+        print_json(
+            {
+                "ok": report.ok,
+                "entries": report.entries,
+                "subscribers": report.subscribers,
+                "problems": [str(p) for p in report.problems],
+                "warnings": [str(p) for p in report.warnings],
+                "notes": report.notes,
+            }
+        )
+    else:
+        for problem in report.warnings + report.problems:
+            console.print(str(problem), markup=False, highlight=False)
+        for note in report.notes:
+            console.print(f"note: {note}", markup=False, highlight=False)
+        verdict = "ok" if report.ok else f"{len(report.problems)} problem(s)"
+        console.print(
+            f"checked {report.entries} entries, {report.subscribers} subscribers: {verdict}",
+            markup=False,
+        )
+    return ExitCode.OK if report.ok else ExitCode.NOT_STARTED
+
+
+# -- send ------------------------------------------------------------------------------
 
 
 @dataclass
@@ -40,117 +67,98 @@ class SendOptions:
     json: bool = False
     show_addresses: bool = False
     interactive: bool = False
+    accept_removals: bool = False
+    now: bool = False
 
 
-def make_transport(config: Config) -> Transport:
-    if config.transport == "smtp":
-        from statusmail.smtp import SmtpTransport
-
-        return SmtpTransport(config.smtp, config.smtp.password())
-    return MaildirTransport(config.paths.outbox)
-
-
-def describe_target(config: Config) -> str:
-    if config.transport == "smtp":
-        return f"SMTP {config.smtp.server}"
-    return f"the maildir outbox {config.paths.outbox}"
-
-
-def confirm_prompt(console: Console, entry_id: str, target: str) -> Callable[[Selected], bool]:
-    def confirm(selected: Selected) -> bool:
-        locales = ", ".join(f"{n} {loc}" for loc, n in sorted(_by_locale(selected).items()))
+def confirm_prompt(console: Console, target: str) -> pipeline.Confirm:
+    def confirm(prepared: pipeline.Prepared, staged: pipeline.Staged) -> bool:
+        locales = ", ".join(f"{n} {loc}" for loc, n in staged.stats.by_locale().items())
         console.print(
-            f"Send [bold]{entry_id}[/] to [bold]{selected.pending}[/] recipients"
-            f" ({locales or 'none'}) through {target}?"
+            f"Send [bold]{prepared.entry.id}[/] to [bold]{staged.plan.pending_after}[/]"
+            f" recipients ({locales or 'none'}) through {target}?"
         )
+        # No lock is held while this waits; Ctrl-C here raises Interrupted at once.
         answer = console.input("Type yes to send: ")
         return answer.strip().lower() in ("y", "yes")
 
     return confirm
 
 
-def _by_locale(selected: Selected) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for (locale, _region), n in selected.stats.selected.items():
-        counts[locale] = counts.get(locale, 0) + n
-    return counts
-
-
-async def send(config: Config, entry_id: str, options: SendOptions, console: Console) -> int:
-    prepared = prepare(config, entry_id)
-    transport = make_transport(config)
-    mask = (lambda a: a) if options.show_addresses else mask_address
-    with run_lock(config.paths.ledger, f"send-{entry_id}"), Ledger(config.paths.ledger) as ledger:
-        confirm = None
-        if options.interactive and not options.yes:
-            confirm = confirm_prompt(console, entry_id, describe_target(config))
+def send(config: Config, entry_id: str, options: SendOptions, console: Console) -> ExitCode:
+    entry = find_entry(config.paths.updates, entry_id)
+    prepared = pipeline.prepare(config, entry, send_now=options.now)
+    for warning in prepared.warnings:
+        log.warning("%s", warning)
+    transport = pipeline.make_transport(config)
+    request = pipeline.Request(
+        limit=options.limit,
+        accept_removals=options.accept_removals,
+        mask=(lambda a: a) if options.show_addresses else mask_address,
+    )
+    if options.interactive and not options.yes:
+        request.confirm = confirm_prompt(console, pipeline.describe_target(config))
+    with pipeline.open_ledger(config, entry.id) as ledger:
         try:
-            selected = select_into_ledger(prepared, ledger, confirm)
-        except Declined:
+            staged = pipeline.start(prepared, ledger, request)
+        except pipeline.Declined:
             console.print("Not sent; nothing was recorded.")
-            return EXIT_NOT_STARTED
-        stats = selected.stats
-        log.info(
-            "%s: %d selected (%d new), %d pending; skipped %d invalid, %d inactive, "
-            "%d suppressed, %d duplicate rows",
-            entry_id,
-            stats.total,
-            selected.new,
-            selected.pending,
-            stats.read.invalid,
-            stats.inactive,
-            stats.suppressed,
-            stats.read.duplicates,
-        )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
-        reporter = ProgressReporter(selected.pending, console=console)
+            return ExitCode.NOT_STARTED
+        except Interrupted as exc:
+            log.warning(
+                "interrupted by %s before delivery: nothing was sent; recipients already "
+                "queued stay pending for the next run",
+                signals.name(exc.signum),
+                extra={"event": "interrupted", "entry": entry.id},
+            )
+            return ExitCode.STOPPED
         try:
-            result = await deliver(
-                prepared,
-                ledger,
-                transport,
-                limit=options.limit,
-                stop=stop,
-                on_outcome=reporter,
-                mask=mask,
+            report = asyncio.run(
+                _deliver(prepared, ledger, transport, request, staged.plan.pending_after, console)
             )
         except ConnectError as exc:
-            log.error("cannot start: %s", exc)
-            return EXIT_NOT_STARTED
-        except LedgerError as exc:
-            # Some messages may have gone out: what is recorded stands, re-run for the rest.
-            log.error("stopped: %s", exc)
-            return EXIT_STOPPED
-        finally:
-            reporter.close()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                with contextlib.suppress(NotImplementedError, RuntimeError):
-                    loop.remove_signal_handler(sig)
-        if stop.is_set() and result.stopped is None:
-            result.stopped = "interrupted by a signal"
-        counts = ledger.counts(entry_id)
-        if options.json:
-            print_json(
-                {
-                    "entry": entry_id,
-                    "counts": counts,
-                    "stopped": result.stopped,
-                    "this_run": {"sent": result.sent, "failed": result.failed},
-                }
+            log.error("cannot start: %s", exc, extra={"event": "relay_unreachable"})
+            return ExitCode.NOT_STARTED
+    _print_report(report, options.json, console)
+    return report.exit_code
+
+
+async def _deliver(
+    prepared: pipeline.Prepared,
+    ledger: Ledger,
+    transport: Transport,
+    request: pipeline.Request,
+    pending: int,
+    console: Console,
+) -> pipeline.Report:
+    stop = asyncio.Event()
+    reporter = ProgressReporter(pending, console=console)
+    try:
+        with signals.stop_on_signal(stop.set):
+            return await pipeline.finish(
+                prepared, ledger, transport, request, stop=stop, on_outcome=reporter
             )
-        else:
-            console.print(breakdown_table(f"{entry_id}", ledger.breakdown(entry_id)))
-            if result.stopped:
-                console.print(f"Stopped early: {result.stopped}. Re-run to continue.")
-        if counts["pending"]:
-            return EXIT_STOPPED
-        if counts["failed"]:
-            return EXIT_FAILED
-        return EXIT_OK
+    finally:
+        reporter.close()
+
+
+def _print_report(report: pipeline.Report, as_json: bool, console: Console) -> None:
+    result = report.result
+    if as_json:
+        print_json(
+            {
+                "entry": report.entry_id,
+                "counts": report.counts,
+                "breakdown": breakdown_rows(report.breakdown),
+                "stopped": result.stopped,
+                "this_run": {"sent": result.sent, "failed": result.failed},
+            }
+        )
+        return
+    if report.counts is not None:
+        console.print(breakdown_table(report.entry_id, report.breakdown))
+    if result.stopped:
+        console.print(f"Stopped early: {result.stopped}. Re-run to continue.", markup=False)
 
 
 def send_dry_run(
@@ -160,96 +168,128 @@ def send_dry_run(
     limit: int | None,
     as_json: bool,
     console: Console,
-) -> int:
-    prepared = prepare(config, entry_id, allow_draft=True)
-    report = dry_run(prepared, limit=limit)
+) -> ExitCode:
+    entry = find_entry(config.paths.updates, entry_id)
+    prepared = pipeline.prepare(config, entry, preview=True)
+    report = pipeline.dry_run(prepared, limit=limit)
     out_dir = preview_dir or Path("previews") / entry_id
     written = write_previews(prepared.factory, prepared.regions, report.stats, out_dir)
     stats = report.stats
-    by_locale: dict[str, int] = {}
-    by_region: dict[str, int] = {}
-    for (locale, region), n in stats.selected.items():
-        by_locale[locale] = by_locale.get(locale, 0) + n
-        by_region[region or "-"] = by_region.get(region or "-", 0) + n
     if as_json:
         print_json(
             {
                 "entry": entry_id,
-                "status": prepared.entry.status,
+                "status": prepared.entry.status.value,
                 "selected": stats.total,
                 "rendered": report.rendered,
-                "by_locale": by_locale,
-                "by_region": by_region,
+                "by_locale": stats.by_locale(),
+                "by_region": stats.by_region(),
+                "fallbacks": stats.fallback_lines(),
                 "variants": report.variants,
                 "invalid": [str(p) for p in stats.invalid],
+                "warnings": [str(p) for p in prepared.warnings],
                 "render_failures": report.failures,
                 "previews": str(out_dir),
             }
         )
     else:
         console.print(
-            f"[bold]{entry_id}[/] (dry run, status {prepared.entry.status}): "
+            f"[bold]{entry_id}[/] (dry run, status {prepared.entry.status.value}): "
             f"{stats.total} recipients, {report.rendered} rendered"
         )
-        console.print("  by locale: " + ", ".join(f"{k} {v}" for k, v in sorted(by_locale.items())))
-        console.print("  by region: " + ", ".join(f"{k} {v}" for k, v in sorted(by_region.items())))
+        for what, counts in (("locale", stats.by_locale()), ("region", stats.by_region())):
+            console.print(f"  by {what}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        for line in stats.fallback_lines():
+            console.print(f"  language: {line}", markup=False)
         console.print(
             f"  skipped: {stats.read.invalid} invalid, {stats.inactive} inactive, "
             f"{stats.suppressed} suppressed, {stats.read.duplicates} duplicate rows"
         )
-        for problem in stats.invalid:
+        for problem in [*stats.invalid, *prepared.warnings]:
             console.print(f"  {problem}", markup=False)
         console.print(f"  previews: {len(written)} files in {out_dir}/ (open index.html)")
     for failure in report.failures:
         log.error("render failed: %s", failure)
-    return EXIT_NOT_STARTED if report.failures else EXIT_OK
+    return ExitCode.NOT_STARTED if report.failures else ExitCode.OK
 
 
-def status(config: Config, entry_id: str, as_json: bool, console: Console) -> int:
-    if not config.paths.ledger.exists():
-        raise InputError([_no_ledger(config)])
-    with Ledger(config.paths.ledger) as ledger:
-        counts = ledger.counts(entry_id)
+# -- reports -----------------------------------------------------------------------------
+
+
+def status(
+    config: Config,
+    entry_id: str,
+    *,
+    as_json: bool,
+    failed: bool,
+    show_addresses: bool,
+    console: Console,
+) -> ExitCode:
+    has_file = (config.paths.updates / f"{entry_id}.yaml").is_file()
+    ledger_path = config.paths.ledger
+    if not ledger_path.exists():
+        if not has_file:
+            raise unknown_entry(config.paths.updates, entry_id)
+        console.print(f"{entry_id}: not sent yet (no ledger at {ledger_path})", markup=False)
+        return ExitCode.OK
+    mask = (lambda a: a) if show_addresses else mask_address
+    with Ledger(ledger_path, readonly=True) as ledger:
         state = ledger.entry_state(entry_id)
-        failures = ledger.failures(entry_id)
-        if as_json:
-            print_json(
-                {
-                    "entry": entry_id,
-                    "known": state is not None,
-                    **counts,
-                    "complete": bool(state and state[1]),
-                    "failures": [
-                        {"address": mask_address(a), "code": c, "detail": scrub(d or "", [a])}
-                        for a, c, d in failures
-                    ],
-                }
-            )
-        else:
-            if state is None:
-                console.print(f"{entry_id}: not in the ledger (never sent)")
-            console.print(breakdown_table(entry_id, ledger.breakdown(entry_id)))
-            for address, code, detail in failures[:20]:
-                said = scrub(detail or "", [address])
-                console.print(
-                    f"  failed {mask_address(address)}: {code or ''} {said}", markup=False
-                )
-    return EXIT_OK
+        if state is None and not has_file:
+            raise unknown_entry(config.paths.updates, entry_id)
+        counts = ledger.counts(entry_id)
+        breakdown = ledger.breakdown(entry_id)
+        failures = ledger.failures(entry_id, None if failed else 20)
+    listed = [
+        {
+            "address": mask(address),
+            "code": code,
+            "reply": scrub(detail or "", [address], mask),
+            "attempts": attempts,
+            "at": at,
+        }
+        for address, code, detail, attempts, at in failures
+    ]
+    if as_json:
+        print_json(
+            {
+                "entry": entry_id,
+                "known": state is not None,
+                **counts,
+                "complete": bool(state and state[1]),
+                "breakdown": breakdown_rows(breakdown),
+                "failures": listed,
+            }
+        )
+        return ExitCode.OK
+    if state is None:
+        console.print(f"{entry_id}: not sent yet", markup=False)
+    console.print(breakdown_table(entry_id, breakdown))
+    for row in listed:
+        console.print(
+            f"  failed {row['address']}: {row['code'] or ''} {row['reply']} "
+            f"({row['attempts']} attempts, {row['at']})",
+            markup=False,
+            highlight=False,
+        )
+    if not failed and counts["failed"] > len(listed):
+        console.print(f"  … {counts['failed'] - len(listed)} more: status {entry_id} --failed")
+    return ExitCode.OK
 
 
-def list_entries(config: Config, as_json: bool, console: Console) -> int:
+def list_entries(config: Config, as_json: bool, console: Console) -> ExitCode:
     rows = []
-    ledger = Ledger(config.paths.ledger) if config.paths.ledger.exists() else None
+    ledger = Ledger(config.paths.ledger, readonly=True) if config.paths.ledger.exists() else None
     try:
         for path in entry_paths(config.paths.updates):
             try:
                 entry = load_entry(path)
-                status, date = entry.status, entry.date.isoformat()
+                status, date = entry.status.value, entry.date.isoformat()
             except StatusmailError:
                 status, date = "invalid", ""
             counts = ledger.counts(path.stem) if ledger else {}
             total = sum(counts.values())
-            done = counts.get("sent", 0) + counts.get("failed", 0) + counts.get("skipped", 0)
+            done = total - counts.get("pending", 0)
             rows.append(
                 {
                     "id": path.stem,
@@ -265,22 +305,61 @@ def list_entries(config: Config, as_json: bool, console: Console) -> int:
             ledger.close()
     if as_json:
         print_json(rows)
-        return EXIT_OK
+        return ExitCode.OK
+    columns = ("id", "date", "status", "progress", "sent", "failed", "pending")
+    if not console.is_terminal:  # piped: whole values, tab-separated, never truncated
+        sys.stdout.write("\t".join(columns) + "\n")
+        for row in rows:
+            sys.stdout.write("\t".join(str(row[c]) for c in columns) + "\n")
+        return ExitCode.OK
     from rich.table import Table
 
     table = Table(title="entries")
-    for column in ("id", "date", "status", "progress", "sent", "failed", "pending"):
-        table.add_column(column)
+    for column in columns:
+        table.add_column(column, no_wrap=column == "id")
     for row in rows:
-        table.add_row(
-            *(
-                str(row[c])
-                for c in ("id", "date", "status", "progress", "sent", "failed", "pending")
-            )
-        )
+        table.add_row(*(str(row[c]) for c in columns))
     console.print(table)
-    return EXIT_OK
+    return ExitCode.OK
 
 
-def _no_ledger(config: Config) -> Problem:
-    return Problem(config.paths.ledger, None, "no ledger yet: nothing has been sent")
+# -- suppression -------------------------------------------------------------------------
+
+
+def suppress_add(
+    config: Config, addresses: tuple[str, ...], reason: str, detail: str | None, console: Console
+) -> ExitCode:
+    with Ledger(config.paths.ledger) as ledger:
+        added = suppression.add(ledger, addresses, reason, detail)
+    console.print(f"suppressed {added} new address(es); {len(addresses) - added} already were")
+    return ExitCode.OK
+
+
+def suppress_remove(config: Config, addresses: tuple[str, ...], console: Console) -> ExitCode:
+    with Ledger(config.paths.ledger) as ledger:
+        removed = suppression.remove(ledger, addresses)
+    console.print(f"removed {removed} address(es) from the suppression list")
+    return ExitCode.OK
+
+
+def suppress_list(config: Config, as_json: bool, console: Console) -> ExitCode:
+    with Ledger(config.paths.ledger) as ledger:
+        rows = ledger.suppressions()
+    if as_json:
+        print_json(
+            [{"email": a, "reason": r, "detail": d, "suppressed_at": t} for a, r, d, t in rows]
+        )
+    else:
+        for address, reason, _detail, created in rows:
+            console.print(f"{address}\t{reason}\t{created}", markup=False, highlight=False)
+    return ExitCode.OK
+
+
+def suppress_export(config: Config, output: Path | None) -> ExitCode:
+    with Ledger(config.paths.ledger) as ledger:
+        text = suppression.export_csv(ledger)
+    if output:
+        output.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return ExitCode.OK

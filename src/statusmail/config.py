@@ -1,4 +1,8 @@
-"""``statusmail.yaml``: loaded, validated, resolved against its folder, env applied."""
+"""``statusmail.yaml``: loaded, validated, resolved against its folder, env applied.
+
+Each section is a dataclass whose defaults are the only place a default is written, and
+a small parser that reads that section, recording a ``file:line`` problem per bad key.
+"""
 
 from __future__ import annotations
 
@@ -19,18 +23,18 @@ DEV_UNSUBSCRIBE_SECRET = "statusmail-DEVELOPMENT-secret-do-not-use-in-production
 
 @dataclass(frozen=True)
 class Sender:
-    name: str
-    address: str
+    name: str = ""
+    address: str = ""
 
 
 @dataclass(frozen=True)
 class Paths:
-    updates: Path
-    subscribers: Path
-    templates: Path
-    regions: Path
-    ledger: Path
-    outbox: Path
+    updates: Path = Path("updates")
+    subscribers: Path = Path("subscribers")
+    templates: Path = Path("templates")
+    regions: Path = Path("regions.yaml")
+    ledger: Path = Path("statusmail.db")
+    outbox: Path = Path("outbox")
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,7 @@ class SmtpSettings:
         return f"{self.host}:{self.port}"
 
     def password(self, environ: Mapping[str, str] | None = None) -> str | None:
-        return (os.environ if environ is None else environ).get(self.password_env)
+        return (os.environ if environ is None else environ).get(self.password_env) or None
 
 
 @dataclass(frozen=True)
@@ -62,12 +66,15 @@ class SendingSettings:
     # Backoff between attempts of one recipient (seconds); tests shorten it.
     retry_initial: float = 1.0
     retry_max: float = 60.0
+    # A re-selection that would drop more than this share of the pending recipients
+    # because they left the list is refused unless --accept-removals.
+    max_removed_share: float = 0.1
 
 
 @dataclass(frozen=True)
 class UnsubscribeSettings:
-    url: str
-    mailto: str
+    url: str = ""
+    mailto: str = ""
     secret_env: str = "STATUSMAIL_UNSUBSCRIBE_SECRET"
 
 
@@ -98,13 +105,19 @@ class Config:
     serve: ServeSettings = field(default_factory=ServeSettings)
     dkim: DkimSettings | None = None
     default_locale_by_region: Mapping[str, str] = field(default_factory=dict)
+    # The topics subscribers can have; None when the config does not declare them.
+    topics: frozenset[str] | None = None
+    lines: Mapping[str, int] = field(default_factory=dict)  # top-level keys
 
     @property
     def root(self) -> Path:
         return self.path.parent
 
+    def line(self, key: str) -> int | None:
+        return self.lines.get(key)
+
     def unsubscribe_secret(self, environ: Mapping[str, str] | None = None) -> tuple[bytes, bool]:
-        """The HMAC secret and whether it is the development stand-in.
+        """The token secret and whether it is the development stand-in.
 
         The stand-in is allowed only for the maildir outbox; real delivery needs the
         secret from the environment.
@@ -118,7 +131,7 @@ class Config:
                 [
                     Problem(
                         self.path,
-                        None,
+                        self.line("unsubscribe"),
                         f"${self.unsubscribe.secret_env} is not set; "
                         "real delivery needs the unsubscribe secret from the environment",
                     )
@@ -146,6 +159,152 @@ def find_config(option: str | Path | None, environ: Mapping[str, str] | None = N
     return Path(DEFAULT_CONFIG_NAME)
 
 
+# -- one parser per section ------------------------------------------------------
+
+
+def _address(f: Fields, key: str, value: str) -> None:
+    if value and "@" not in value:
+        f.problem(f.line_of(key), f"{f.name(key)!r} is not an email address")
+
+
+def parse_sender(f: Fields) -> Sender:
+    sender = Sender(
+        name=f.line_text("name", required=True), address=f.line_text("address", required=True)
+    )
+    _address(f, "address", sender.address)
+    return sender
+
+
+def parse_paths(f: Fields, root: Path) -> Paths:
+    defaults = Paths()
+    keys = defaults.__dataclass_fields__
+    f.unknown_keys(set(keys))
+    return Paths(**{key: root / f.text(key, str(getattr(defaults, key))) for key in keys})
+
+
+def parse_smtp(
+    f: Fields, root: Path, env: Mapping[str, str], problems: list[Problem]
+) -> SmtpSettings:
+    d = SmtpSettings()
+    f.unknown_keys(set(d.__dataclass_fields__))
+    ca_file = f.optional_text("ca_file")
+    smtp = SmtpSettings(
+        host=env.get("STATUSMAIL_SMTP_HOST") or f.text("host", d.host),
+        port=f.integer("port", d.port, minimum=1, maximum=65535),
+        security=f.choice("security", SECURITIES, d.security),
+        username=f.optional_text("username"),
+        password_env=f.text("password_env", d.password_env),
+        timeout=f.number("timeout", d.timeout, minimum=0.001),
+        ca_file=root / ca_file if ca_file else None,
+    )
+    raw_port = env.get("STATUSMAIL_SMTP_PORT", "").strip()
+    if raw_port:
+        if raw_port.isdigit() and 1 <= int(raw_port) <= 65535:
+            smtp = replace(smtp, port=int(raw_port))
+        else:
+            problems.append(
+                Problem("$STATUSMAIL_SMTP_PORT", None, f"{raw_port!r} is not a port (1-65535)")
+            )
+    security = env.get("STATUSMAIL_SMTP_SECURITY", "")
+    if security:
+        if security not in SECURITIES:
+            problems.append(
+                Problem("$STATUSMAIL_SMTP_SECURITY", None, f"must be one of {SECURITIES}")
+            )
+        else:
+            smtp = replace(smtp, security=security)
+    return smtp
+
+
+def _share(f: Fields, key: str, default: float) -> float:
+    value = f.number(key, default)
+    if value > 1:
+        f.problem(f.line_of(key), f"{f.name(key)!r} must be a share from 0 to 1")
+        return default
+    return value
+
+
+def parse_sending(f: Fields) -> SendingSettings:
+    d = SendingSettings()
+    f.unknown_keys(set(d.__dataclass_fields__))
+    return SendingSettings(
+        rate=f.number("rate", d.rate),
+        concurrency=f.integer("concurrency", d.concurrency, minimum=1),
+        max_attempts=f.integer("max_attempts", d.max_attempts, minimum=1),
+        max_per_hour=f.optional_integer("max_per_hour"),
+        stop_after_failures=_share(f, "stop_after_failures", d.stop_after_failures),
+        retry_initial=f.number("retry_initial", d.retry_initial),
+        retry_max=f.number("retry_max", d.retry_max),
+        max_removed_share=_share(f, "max_removed_share", d.max_removed_share),
+    )
+
+
+def parse_unsubscribe(f: Fields) -> UnsubscribeSettings:
+    d = UnsubscribeSettings()
+    f.unknown_keys(set(d.__dataclass_fields__))
+    unsubscribe = UnsubscribeSettings(
+        url=f.line_text("url", required=True),
+        mailto=f.line_text("mailto", required=True),
+        secret_env=f.text("secret_env", d.secret_env),
+    )
+    url = unsubscribe.url
+    if url and (not url.startswith("https://") or "{token}" not in url):
+        f.problem(f.line_of("url"), "'unsubscribe.url' must be an https URL containing {token}")
+    return unsubscribe
+
+
+def parse_serve(f: Fields) -> ServeSettings:
+    d = ServeSettings()
+    f.unknown_keys(set(d.__dataclass_fields__))
+    return ServeSettings(
+        host=f.text("host", d.host), port=f.integer("port", d.port, minimum=1, maximum=65535)
+    )
+
+
+def parse_dkim(f: Fields, root: Path) -> DkimSettings:
+    f.unknown_keys({"domain", "selector", "key_file"})
+    return DkimSettings(
+        domain=f.text("domain", required=True),
+        selector=f.text("selector", required=True),
+        key_file=root / f.text("key_file", required=True),
+    )
+
+
+def parse_transport(f: Fields, env: Mapping[str, str], problems: list[Problem]) -> str:
+    transport = f.text("transport", Config.transport)
+    if transport not in TRANSPORTS:
+        f.problem(
+            f.line_of("transport"),
+            f"transport is {transport!r}; expected one of {', '.join(TRANSPORTS)}",
+        )
+    override = env.get("STATUSMAIL_TRANSPORT", "").strip()
+    if override and override not in TRANSPORTS:
+        problems.append(
+            Problem(
+                "$STATUSMAIL_TRANSPORT",
+                None,
+                f"{override!r} is not a transport; expected one of {', '.join(TRANSPORTS)}",
+            )
+        )
+    return override if override in TRANSPORTS else transport
+
+
+TOP_KEYS = {
+    "sender",
+    "reply_to",
+    "list_id",
+    "paths",
+    "transport",
+    "smtp",
+    "sending",
+    "unsubscribe",
+    "serve",
+    "dkim",
+    "default_locale_by_region",
+    "topics",
+}
+
+
 def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     """Load and validate the config; raise ``ConfigError`` listing every problem."""
     env = os.environ if environ is None else environ
@@ -158,166 +317,30 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
         raise ConfigError(exc.problems) from exc
     problems: list[Problem] = []
     top = Fields(path, data, problems, "")
-    top.unknown_keys(
-        {
-            "sender",
-            "reply_to",
-            "list_id",
-            "paths",
-            "transport",
-            "smtp",
-            "sending",
-            "unsubscribe",
-            "serve",
-            "dkim",
-            "default_locale_by_region",
-        }
-    )
+    top.unknown_keys(TOP_KEYS)
     root = path.parent
-
-    sender_f = top.sub("sender")
-    sender = Sender(
-        name=sender_f.line_text("name", required=True),
-        address=sender_f.line_text("address", required=True),
-    )
-    if sender.address and "@" not in sender.address:
-        sender_f.problem(sender_f.line_of("address"), "'sender.address' is not an email address")
-
-    paths_f = top.sub("paths")
-    paths_f.unknown_keys({"updates", "subscribers", "templates", "regions", "ledger", "outbox"})
-
-    def p(key: str, default: str) -> Path:
-        return root / paths_f.text(key, default)
-
-    paths = Paths(
-        updates=p("updates", "updates"),
-        subscribers=p("subscribers", "subscribers"),
-        templates=p("templates", "templates"),
-        regions=p("regions", "regions.yaml"),
-        ledger=p("ledger", "statusmail.db"),
-        outbox=p("outbox", "outbox"),
-    )
-
-    smtp_f = top.sub("smtp")
-    smtp_f.unknown_keys(
-        {"host", "port", "security", "username", "password_env", "timeout", "ca_file"}
-    )
-    ca_file = smtp_f.optional_text("ca_file")
-    smtp = SmtpSettings(
-        host=env.get("STATUSMAIL_SMTP_HOST") or smtp_f.text("host", "localhost"),
-        port=smtp_f.integer("port", 587, minimum=1, maximum=65535),
-        security=smtp_f.choice("security", SECURITIES, "starttls"),
-        username=smtp_f.optional_text("username"),
-        password_env=smtp_f.text("password_env", "STATUSMAIL_SMTP_PASSWORD"),
-        timeout=smtp_f.number("timeout", 30.0, minimum=0.001),
-        ca_file=root / ca_file if ca_file else None,
-    )
-    if env.get("STATUSMAIL_SMTP_PORT"):
-        raw_port = env["STATUSMAIL_SMTP_PORT"].strip()
-        if raw_port.isdigit() and 1 <= int(raw_port) <= 65535:
-            smtp = replace(smtp, port=int(raw_port))
-        else:
-            problems.append(
-                Problem("$STATUSMAIL_SMTP_PORT", None, f"{raw_port!r} is not a port (1-65535)")
-            )
-    if env.get("STATUSMAIL_SMTP_SECURITY"):
-        if env["STATUSMAIL_SMTP_SECURITY"] not in SECURITIES:
-            problems.append(
-                Problem("$STATUSMAIL_SMTP_SECURITY", None, f"must be one of {SECURITIES}")
-            )
-        else:
-            smtp = replace(smtp, security=env["STATUSMAIL_SMTP_SECURITY"])
-
-    sending_f = top.sub("sending")
-    sending_f.unknown_keys(
-        {
-            "rate",
-            "concurrency",
-            "max_attempts",
-            "max_per_hour",
-            "stop_after_failures",
-            "retry_initial",
-            "retry_max",
-        }
-    )
-    stop_after = sending_f.number("stop_after_failures", 0.2)
-    if stop_after > 1:
-        sending_f.problem(sending_f.line_of("stop_after_failures"), "must be a share from 0 to 1")
-    sending = SendingSettings(
-        rate=sending_f.number("rate", 20.0),
-        concurrency=sending_f.integer("concurrency", 4, minimum=1),
-        max_attempts=sending_f.integer("max_attempts", 5, minimum=1),
-        max_per_hour=sending_f.optional_integer("max_per_hour"),
-        stop_after_failures=stop_after,
-        retry_initial=sending_f.number("retry_initial", 1.0),
-        retry_max=sending_f.number("retry_max", 60.0),
-    )
-
-    unsub_f = top.sub("unsubscribe")
-    unsubscribe = UnsubscribeSettings(
-        url=unsub_f.line_text("url", required=True),
-        mailto=unsub_f.line_text("mailto", required=True),
-        secret_env=unsub_f.text("secret_env", "STATUSMAIL_UNSUBSCRIBE_SECRET"),
-    )
-    if unsubscribe.url and (
-        not unsubscribe.url.startswith("https://") or "{token}" not in unsubscribe.url
-    ):
-        unsub_f.problem(
-            unsub_f.line_of("url"), "'unsubscribe.url' must be an https URL containing {token}"
-        )
-
-    serve_f = top.sub("serve")
-    serve = ServeSettings(
-        host=serve_f.text("host", "127.0.0.1"), port=serve_f.integer("port", 8080, minimum=1)
-    )
-
-    dkim = None
-    if top.has("dkim"):
-        dkim_f = top.sub("dkim")
-        dkim = DkimSettings(
-            domain=dkim_f.text("domain", required=True),
-            selector=dkim_f.text("selector", required=True),
-            key_file=root / dkim_f.text("key_file", required=True),
-        )
-
-    locales_f = top.sub("default_locale_by_region")
-    default_locales = {
-        str(region).upper(): str(locale) for region, locale in locales_f.data.items()
-    }
-
-    list_id = top.line_text("list_id", required=True)
     reply_to = top.line_text("reply_to") or None
-    if reply_to and "@" not in reply_to:
-        top.problem(top.line_of("reply_to"), "'reply_to' is not an email address")
-    transport = top.text("transport", "maildir")
-    if transport not in TRANSPORTS:
-        top.problem(
-            top.line_of("transport"),
-            f"transport is {transport!r}; expected one of {', '.join(TRANSPORTS)}",
-        )
-    if env.get("STATUSMAIL_TRANSPORT"):
-        transport = env["STATUSMAIL_TRANSPORT"].strip()
-        if transport not in TRANSPORTS:
-            problems.append(
-                Problem(
-                    "$STATUSMAIL_TRANSPORT",
-                    None,
-                    f"{transport!r} is not a transport; expected one of {', '.join(TRANSPORTS)}",
-                )
-            )
+    _address(top, "reply_to", reply_to or "")
+    topics = top.text_list("topics")
+    config = Config(
+        path=path,
+        sender=parse_sender(top.sub("sender")),
+        list_id=top.line_text("list_id", required=True),
+        paths=parse_paths(top.sub("paths"), root),
+        unsubscribe=parse_unsubscribe(top.sub("unsubscribe")),
+        reply_to=reply_to,
+        transport=parse_transport(top, env, problems),
+        smtp=parse_smtp(top.sub("smtp"), root, env, problems),
+        sending=parse_sending(top.sub("sending")),
+        serve=parse_serve(top.sub("serve")),
+        dkim=parse_dkim(top.sub("dkim"), root) if top.has("dkim") else None,
+        default_locale_by_region={
+            str(region).upper(): str(locale)
+            for region, locale in top.sub("default_locale_by_region").data.items()
+        },
+        topics=frozenset(topics) if topics is not None else None,
+        lines={str(key): top.line_of(str(key)) for key in top.data},
+    )
     if problems:
         raise ConfigError(problems)
-    return Config(
-        path=path,
-        sender=sender,
-        reply_to=reply_to,
-        list_id=list_id,
-        paths=paths,
-        transport=transport,
-        smtp=smtp,
-        sending=sending,
-        unsubscribe=unsubscribe,
-        serve=serve,
-        dkim=dkim,
-        default_locale_by_region=default_locales,
-    )
+    return config

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import sqlite3
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -24,14 +23,16 @@ from tenacity import (
 )
 
 from statusmail.config import SendingSettings
-from statusmail.errors import DeliveryError, LedgerError
-from statusmail.ledger import Ledger, Outcome, Recipient
+from statusmail.domain import DeliveryStatus, Outcome, Recipient, SuppressionReason
+from statusmail.errors import BuildError, DeliveryError, LedgerError
+from statusmail.ledger import Ledger
 from statusmail.message import Built
 from statusmail.report import scrub
 from statusmail.throttle import FailureWindow, HourlyWindow, TokenBucket
 from statusmail.transport import Connection, Envelope, Transport
 
 log = logging.getLogger("statusmail.delivery")
+CLOSE_TIMEOUT = 5.0  # a QUIT the relay never answers must not hold up the end of a run
 
 
 @dataclass
@@ -63,8 +64,7 @@ class GroupCommitter:
         batch, self._waiting = self._waiting, []
         try:
             self.ledger.record(self.entry_id, [outcome for outcome, _ in batch])
-        except sqlite3.Error as error:  # the ledger is the truth: nobody goes on without it
-            exc = LedgerError(f"{self.ledger.path}: cannot record outcomes: {error}")
+        except LedgerError as exc:  # the ledger is the truth: nobody goes on without it
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
@@ -121,19 +121,24 @@ class Engine:
         self.stop.set()
 
     async def run(self, recipients: Iterable[Recipient]) -> RunResult:
-        """Deliver to ``recipients``; raises ``ConnectError`` if no connection can be opened."""
+        """Deliver to ``recipients``; raises ``ConnectError`` if no connection can be opened.
+
+        An error that no recipient is to blame for (the ledger, building a message)
+        stops every worker and the producer at once and is raised; what was recorded
+        stands, and the recipient in hand stays pending.
+        """
         connections = await self._open_connections()
         queue: asyncio.Queue[Recipient | None] = asyncio.Queue(maxsize=len(connections) * 2)
 
         async def produce() -> None:
-            try:
-                for recipient in recipients:
-                    if self.stop.is_set():
-                        break
-                    await queue.put(recipient)
-            finally:
-                for _ in connections:
-                    await queue.put(None)
+            for recipient in recipients:
+                if self.stop.is_set():
+                    break
+                await queue.put(recipient)
+            # Only on the normal path: a cancelled producer must not wait on a full queue
+            # whose workers are gone.
+            for _ in connections:
+                await queue.put(None)
 
         tasks = [asyncio.create_task(self._worker(conn, queue)) for conn in connections]
         tasks.append(asyncio.create_task(produce()))
@@ -149,7 +154,7 @@ class Engine:
         finally:
             for conn in connections:
                 with contextlib.suppress(Exception):
-                    await conn.close()
+                    await asyncio.wait_for(conn.close(), CLOSE_TIMEOUT)
         return self.result
 
     async def _open_connections(self) -> list[Connection]:
@@ -180,10 +185,10 @@ class Engine:
             self._count(outcome, recipient)
 
     def _count(self, outcome: Outcome, recipient: Recipient) -> None:
-        if outcome.status == "sent":
+        if outcome.status is DeliveryStatus.SENT:
             self.result.sent += 1
             self.failures.record(True)
-        elif outcome.status == "failed":
+        elif outcome.status is DeliveryStatus.FAILED:
             self.result.failed += 1
             self.failures.record(False)
         else:  # handed back as pending: the run stopped, or the relay went away
@@ -199,8 +204,9 @@ class Engine:
         try:
             built = self.build(recipient)
         except Exception as exc:
-            log.error("%s: cannot render: %s", self.mask(recipient.email), exc)
-            return Outcome(recipient.address, "failed", recipient.attempts, None, f"render: {exc}")
+            # Every variant was built before the run started, so this is the run's
+            # problem (a template or key changed underneath), not the recipient's.
+            raise BuildError(f"cannot build a message: {exc}") from exc
         envelope = built.envelope
         tally = _Attempts(recipient.attempts)
         try:
@@ -214,11 +220,17 @@ class Engine:
                 await self._retry(conn, envelope, tally, remaining)
             except _Stopping:
                 return Outcome(
-                    recipient.address, "pending", tally.charged, None, "stopped before retry"
+                    recipient.address,
+                    DeliveryStatus.PENDING,
+                    tally.charged,
+                    None,
+                    "stopped before retry",
                 )
             except DeliveryError as last:
                 return self._failure(recipient, tally.charged, last)
-        return Outcome(recipient.address, "sent", tally.charged, 250, None, envelope.message_id)
+        return Outcome(
+            recipient.address, DeliveryStatus.SENT, tally.charged, 250, None, envelope.message_id
+        )
 
     async def _attempt(self, conn: Connection, envelope: Envelope, tally: _Attempts) -> None:
         await self.bucket.acquire()
@@ -264,11 +276,15 @@ class Engine:
         if exc.relay_down:
             # Not the recipient's fault: keep it pending and stop taking new recipients.
             self._halt(f"the relay is unreachable ({exc.message})")
-            return Outcome(recipient.address, "pending", attempts, None, exc.message)
+            return Outcome(recipient.address, DeliveryStatus.PENDING, attempts, None, exc.message)
         if exc.transient:
             log.warning("%s: gave up after %d attempts: %s", who, attempts, said)
-            return Outcome(recipient.address, "failed", attempts, exc.code, exc.message)
+            return Outcome(
+                recipient.address, DeliveryStatus.FAILED, attempts, exc.code, exc.message
+            )
         log.warning("%s: refused: %s", who, said)
         if exc.bounce:
-            self.ledger.suppress(recipient.address, "bounced", f"{exc.code} {exc.message}")
-        return Outcome(recipient.address, "failed", attempts, exc.code, exc.message)
+            self.ledger.suppress(
+                recipient.address, SuppressionReason.BOUNCED, f"{exc.code} {exc.message}"
+            )
+        return Outcome(recipient.address, DeliveryStatus.FAILED, attempts, exc.code, exc.message)

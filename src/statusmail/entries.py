@@ -2,69 +2,31 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from statusmail.domain import Audience, Content, Entry, EntryStatus
 from statusmail.errors import InputError, Problem
 from statusmail.fields import Fields
-from statusmail.locales import SUPPORTED_LOCALES, normalize_locale
-from statusmail.regions import REGION_CODE, Region
-from statusmail.yamlfile import load_yaml, read_text
+from statusmail.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES, normalize_locale
+from statusmail.regions import REGION_CODE
+from statusmail.yamlfile import parse_yaml, read_text
 
-STATUSES = ("draft", "ready")
-
-
-@dataclass(frozen=True)
-class Content:
-    subject: str
-    summary: str
-    body: str  # Markdown
+STATUSES = tuple(status.value for status in EntryStatus)
+SOURCE_HASH_CHARS = 12
 
 
-@dataclass(frozen=True)
-class Audience:
-    """Who an entry is for: OR within a key, AND across keys; None means any."""
-
-    regions: frozenset[str] | None = None
-    topics: frozenset[str] | None = None
-    locales: frozenset[str] | None = None
-
-    def matches(self, region: str | None, topics: frozenset[str], locale: str) -> bool:
-        if self.regions is not None and region not in self.regions:
-            return False
-        if self.topics is not None and not (self.topics & topics):
-            return False
-        return self.locales is None or locale in self.locales
-
-
-@dataclass(frozen=True)
-class Entry:
-    id: str
-    date: dt.date
-    status: str
-    content: Mapping[str, Content]
-    audience: Audience = field(default_factory=Audience)
-    thread: str | None = None
-    access_instructions: bool = True
-    send_at: dt.datetime | None = None
-    path: Path | None = None
-    lines: Mapping[str, int] = field(default_factory=dict)
-    digest: str = ""  # of the file's text, to notice edits after sending
-
-    @property
-    def ready(self) -> bool:
-        return self.status == "ready"
-
-    def line(self, key: str) -> int | None:
-        return self.lines.get(key)
+def source_hash(content: Content) -> str:
+    """What a translation records as ``source:``: a short hash of the English block, so
+    ``check`` can tell when the English changed after the translation was made."""
+    text = "\n".join((content.subject, content.summary, content.body.strip()))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:SOURCE_HASH_CHARS]
 
 
 def load_entry(path: Path) -> Entry:
     """Load and validate one entry file on its own (cross-file checks are in ``check``)."""
-    data = load_yaml(path)
+    text = read_text(path)
+    data = parse_yaml(text, path)
     problems: list[Problem] = []
     f = Fields(path, data, problems)
     f.unknown_keys(
@@ -107,6 +69,7 @@ def load_entry(path: Path) -> Entry:
 
     content_f = f.sub("content")
     content: dict[str, Content] = {}
+    lines: dict[str, int] = {}
     for raw_locale in content_f.data:
         locale = normalize_locale(str(raw_locale))
         if locale is None or locale != raw_locale:
@@ -116,12 +79,19 @@ def load_entry(path: Path) -> Entry:
             )
             continue
         block = content_f.sub(locale)
-        block.unknown_keys({"subject", "summary", "body"})
+        allowed = {"subject", "summary", "body"}
+        if locale != FALLBACK_LOCALE:
+            allowed.add("source")
+        block.unknown_keys(allowed)
         content[locale] = Content(
             subject=block.line_text("subject", required=True),
             summary=block.line_text("summary", required=True),
             body=block.text("body", required=True),
+            source=block.optional_text("source"),
         )
+        for key in ("subject", "summary", "body", "source"):
+            if key in block.data:
+                lines[f"content.{locale}.{key}"] = block.line_of(key)
     if not content_f.data:
         f.problem(f.line_of("content"), "the entry has no content")
     elif "en" not in content:
@@ -133,13 +103,13 @@ def load_entry(path: Path) -> Entry:
     if problems:
         raise InputError(problems)
     assert date is not None
-    lines = {key: f.line_of(key) for key in f.data}
+    lines.update({key: f.line_of(key) for key in f.data})
     for locale in content:
         lines[f"content.{locale}"] = content_f.line_of(locale)
     return Entry(
         id=entry_id,
         date=date,
-        status=status,
+        status=EntryStatus(status),
         content=content,
         audience=audience,
         thread=thread,
@@ -147,7 +117,7 @@ def load_entry(path: Path) -> Entry:
         send_at=send_at,
         path=path,
         lines=lines,
-        digest=hashlib.sha256(read_text(path).encode()).hexdigest(),
+        digest=hashlib.sha256(text.encode()).hexdigest(),
     )
 
 
@@ -169,36 +139,14 @@ def load_entries(updates_dir: Path) -> tuple[dict[str, Entry], list[Problem]]:
     return entries, problems
 
 
+def unknown_entry(updates_dir: Path, entry_id: str) -> InputError:
+    known = ", ".join(p.stem for p in entry_paths(updates_dir)) or "none"
+    path = updates_dir / f"{entry_id}.yaml"
+    return InputError([Problem(path, None, f"no entry {entry_id!r} (entries: {known})")])
+
+
 def find_entry(updates_dir: Path, entry_id: str) -> Entry:
     path = updates_dir / f"{entry_id}.yaml"
     if not path.is_file():
-        known = ", ".join(p.stem for p in entry_paths(updates_dir)) or "none"
-        raise InputError([Problem(path, None, f"no entry {entry_id!r} (entries: {known})")])
+        raise unknown_entry(updates_dir, entry_id)
     return load_entry(path)
-
-
-def cross_check(
-    entry: Entry, known_ids: Iterable[str], regions: Mapping[str, Region]
-) -> list[Problem]:
-    """Problems that need the other files: unknown regions, a dangling thread."""
-    problems: list[Problem] = []
-    path = entry.path or Path(f"{entry.id}.yaml")
-    for code in sorted(entry.audience.regions or ()):
-        if code not in regions:
-            problems.append(
-                Problem(path, entry.line("audience"), f"unknown region {code!r} (not in regions)")
-            )
-    if entry.thread and entry.thread not in set(known_ids):
-        problems.append(
-            Problem(path, entry.line("thread"), f"thread {entry.thread!r} names no entry")
-        )
-    if entry.audience.locales:
-        for locale in sorted(entry.audience.locales - set(entry.content)):
-            problems.append(
-                Problem(
-                    path,
-                    entry.line("content"),
-                    f"the audience includes locale {locale!r} but content has no {locale!r} block",
-                )
-            )
-    return problems

@@ -50,6 +50,18 @@ class RenderError(StatusmailError):
     """A message could not be rendered (template error, missing translation)."""
 
 
+class BuildError(RenderError):
+    """A message could not be built during delivery: the run stops, nobody is blamed."""
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived while no event loop was there to stop a run gently."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(signum)
+
+
 class DeliveryError(StatusmailError):
     """A message was not accepted.
 

@@ -1,104 +1,181 @@
 """The SQLite ledger: who should get which entry, and what happened when we tried.
 
-One row per (entry, recipient): ``pending`` → ``sent`` | ``failed`` | ``skipped``. The
-selection step writes the whole audience as ``pending`` before anything is sent, so the
-ledger is also the queue: a re-run simply drains what is still pending. A row becomes
-``sent`` only after the transport accepted the message.
+One row per (entry, recipient): ``pending`` → ``sent`` | ``failed`` | ``skipped``. A run
+first *stages* its selection in a temporary table of its own connection (no lock on the
+ledger is held while the list is read or a person decides), then *enqueues* it in short
+transactions, so the ledger is also the queue: a re-run drains what is still pending. A
+row becomes ``sent`` only after the transport accepted the message.
+
+All of statusmail's SQL lives here. Every ``sqlite3.Error`` leaves as a ``LedgerError``
+naming the file. The schema is versioned by numbered migrations (``schema_version``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import fcntl
+import functools
 import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
 
+from statusmail.domain import DeliveryStatus, Outcome, Recipient
 from statusmail.errors import LedgerError
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS deliveries (
-    entry_id    TEXT NOT NULL,
-    address     TEXT NOT NULL,            -- lower-cased, the comparison key
-    email       TEXT NOT NULL,            -- as the subscriber wrote it (normalized)
+# A writer waits at most this long for another (a group commit or an enqueue batch takes
+# milliseconds), so the unsubscribe endpoint never waits on a send for long.
+BUSY_TIMEOUT = 2.0
+ENQUEUE_BATCH = 20_000
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the first schema (ledgers made before versioning have it, maybe without
+    # `selection`, which migration 1 adds when it is missing)
+    """
+    CREATE TABLE IF NOT EXISTS deliveries (
+        entry_id    TEXT NOT NULL,
+        address     TEXT NOT NULL,            -- lower-cased, the comparison key
+        email       TEXT NOT NULL,            -- as the subscriber wrote it (normalized)
+        ascii_email TEXT,
+        name        TEXT NOT NULL DEFAULT '',
+        locale      TEXT NOT NULL,
+        region      TEXT,
+        status      TEXT NOT NULL CHECK (status IN ('pending', 'sent', 'failed', 'skipped')),
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        code        INTEGER,
+        detail      TEXT,
+        message_id  TEXT,
+        selection   INTEGER NOT NULL DEFAULT 0,
+        created_at  TEXT NOT NULL,
+        updated_at  TEXT NOT NULL,
+        PRIMARY KEY (entry_id, address)
+    );
+    CREATE INDEX IF NOT EXISTS deliveries_status ON deliveries (entry_id, status);
+    CREATE TABLE IF NOT EXISTS suppressions (
+        address    TEXT PRIMARY KEY,
+        reason     TEXT NOT NULL
+                   CHECK (reason IN ('unsubscribed', 'bounced', 'complained', 'manual')),
+        detail     TEXT,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS entries (
+        entry_id     TEXT PRIMARY KEY,
+        digest       TEXT NOT NULL,
+        selected_at  TEXT NOT NULL,
+        completed_at TEXT
+    );
+    """,
+    # 2: the address index that status and the unsubscribe page's language lookup use
+    """
+    CREATE INDEX IF NOT EXISTS deliveries_address ON deliveries (address);
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+STAGING = """
+CREATE TEMP TABLE IF NOT EXISTS staged (
+    address     TEXT PRIMARY KEY,
+    kind        TEXT NOT NULL,   -- selected | invalid | inactive
+    email       TEXT NOT NULL,
     ascii_email TEXT,
-    name        TEXT NOT NULL DEFAULT '',
+    name        TEXT NOT NULL,
     locale      TEXT NOT NULL,
     region      TEXT,
-    status      TEXT NOT NULL CHECK (status IN ('pending', 'sent', 'failed', 'skipped')),
-    attempts    INTEGER NOT NULL DEFAULT 0,
-    code        INTEGER,
-    detail      TEXT,
-    message_id  TEXT,
-    selection   INTEGER NOT NULL DEFAULT 0,  -- the latest selection that chose this row
-    created_at  TEXT NOT NULL,
-    updated_at  TEXT NOT NULL,
-    PRIMARY KEY (entry_id, address)
-);
-CREATE INDEX IF NOT EXISTS deliveries_status ON deliveries (entry_id, status);
-CREATE TABLE IF NOT EXISTS suppressions (
-    address    TEXT PRIMARY KEY,
-    reason     TEXT NOT NULL CHECK (reason IN ('unsubscribed', 'bounced', 'complained', 'manual')),
-    detail     TEXT,
-    created_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS entries (
-    entry_id     TEXT PRIMARY KEY,
-    digest       TEXT NOT NULL,
-    selected_at  TEXT NOT NULL,
-    completed_at TEXT
-);
+    detail      TEXT
+)
 """
 
-OUTCOMES = ("sent", "failed", "pending", "skipped")
+OUTCOMES = tuple(status.value for status in DeliveryStatus)
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 def now_iso() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
-@dataclass(frozen=True, slots=True)
-class Recipient:
-    """A ledger row as the delivery step needs it."""
+def _guarded(
+    action: str,
+) -> Callable[[Callable[Concatenate[Ledger, P], T]], Callable[Concatenate[Ledger, P], T]]:
+    """Turn ``sqlite3.Error`` into ``LedgerError("<file>: cannot <action>: ...")``."""
 
+    def decorate(
+        method: Callable[Concatenate[Ledger, P], T],
+    ) -> Callable[Concatenate[Ledger, P], T]:
+        def wrapper(self: Ledger, *args: P.args, **kwargs: P.kwargs) -> T:
+            try:
+                return method(self, *args, **kwargs)
+            except sqlite3.Error as exc:
+                raise self.error(f"cannot {action}: {exc}") from exc
+
+        return functools.update_wrapper(wrapper, method)  # type: ignore[return-value]
+
+    return decorate
+
+
+@dataclass(frozen=True)
+class StagedRow:
+    """One row of a selection: ``selected``, or an ``invalid``/``inactive`` list row."""
+
+    kind: str
     address: str
-    email: str
-    ascii_email: str | None
-    name: str
-    locale: str
-    region: str | None
-    attempts: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    address: str
-    status: str  # sent | failed | pending (transient, attempts left) | skipped
-    attempts: int
-    code: int | None = None
+    email: str = ""
+    ascii_email: str | None = None
+    name: str = ""
+    locale: str = ""
+    region: str | None = None
     detail: str | None = None
-    message_id: str | None = None
+
+    @classmethod
+    def selected(cls, r: Recipient) -> StagedRow:
+        return cls("selected", r.address, r.email, r.ascii_email, r.name, r.locale, r.region)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What enqueueing the staged selection would change, worked out before it does."""
+
+    selected: int  # recipients in the staged selection
+    new: int  # of those, not yet in the ledger for this entry
+    pending: int  # rows pending now, before the enqueue
+    removed: int  # pending rows the selection no longer has (left the list or audience)
+    excluded: int  # pending rows now unsubscribed, inactive or suppressed
+    known: bool  # the ledger has rows for this entry already
+    revived: int = 0  # skipped rows (say, an invalid row since fixed) that become pending
+
+    @property
+    def pending_after(self) -> int:
+        return self.pending - self.removed - self.excluded + self.new + self.revived
 
 
 class Ledger:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = path
+        self.readonly = readonly
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.executescript(SCHEMA)
-            columns = {row[1] for row in self.db.execute("PRAGMA table_info(deliveries)")}
-            if "selection" not in columns:
-                self.db.execute(
-                    "ALTER TABLE deliveries ADD COLUMN selection INTEGER NOT NULL DEFAULT 0"
+            if readonly:
+                self.db = sqlite3.connect(
+                    f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT, isolation_level=None
                 )
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self.db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")
+                self.db.execute("PRAGMA temp_store=FILE")
+            self._identity = self._stat()
+            self.migrate(check_only=readonly)
         except sqlite3.Error as exc:
-            raise LedgerError(f"{path}: cannot open the ledger: {exc}") from exc
+            raise self.error(f"cannot open the ledger: {exc}") from exc
+        except OSError as exc:
+            raise self.error(f"cannot open the ledger: {exc.strerror or exc}") from exc
+
+    def error(self, message: str) -> LedgerError:
+        return LedgerError(f"{self.path}: {message}")
 
     def close(self) -> None:
         self.db.close()
@@ -108,6 +185,20 @@ class Ledger:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _stat(self) -> tuple[int, int]:
+        st = os.stat(self.path)
+        return st.st_dev, st.st_ino
+
+    def check_same_file(self) -> None:
+        """A ledger deleted or replaced under a running process would lose its records:
+        stop instead (the open connection would go on writing to the unlinked file)."""
+        try:
+            same = self._stat() == self._identity
+        except OSError:
+            same = False
+        if not same:
+            raise self.error("the ledger file was deleted or replaced while in use")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -119,90 +210,177 @@ class Ledger:
             raise
         self.db.execute("COMMIT")
 
-    # -- selection ---------------------------------------------------------------
+    # -- schema ------------------------------------------------------------------
 
-    def mark_selected(self, entry_id: str, digest: str) -> None:
-        self.db.execute(
-            "INSERT INTO entries (entry_id, digest, selected_at) VALUES (?, ?, ?)"
-            " ON CONFLICT (entry_id) DO NOTHING",
-            (entry_id, digest, now_iso()),
-        )
+    def schema_version(self) -> int:
+        exists = self.db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+        ).fetchone()
+        if not exists:
+            return 0
+        row = self.db.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        return int(row[0] or 0)
 
-    def add_pending(
-        self,
-        entry_id: str,
-        recipients: Iterable[Recipient],
-        before_commit: Callable[[int], None] | None = None,
-    ) -> int:
-        """Make this selection the entry's queue, in one transaction.
-
-        New recipients are added as pending; a row that was skipped (an invalid row since
-        fixed) becomes pending again; pending rows keep their attempts and take the
-        subscriber's current name and language. Pending rows this selection did not
-        choose (unsubscribed, suppressed, gone from the list or the audience since) are
-        skipped. Sent and failed rows are never touched. ``before_commit(new)`` may raise
-        to roll it all back. Returns how many recipients are new.
-        """
-        stamp = now_iso()
+    def migrate(self, *, check_only: bool = False) -> int:
+        """Apply the migrations this ledger lacks; refuse one newer than this code."""
+        version = self.schema_version()
+        if version > SCHEMA_VERSION:
+            raise self.error(
+                f"the ledger's schema is version {version}, newer than this statusmail "
+                f"knows ({SCHEMA_VERSION}); upgrade statusmail"
+            )
+        if check_only or version == SCHEMA_VERSION:
+            return version
         with self.transaction() as db:
-            (selection,) = db.execute(
-                "SELECT COALESCE(MAX(selection), 0) + 1 FROM deliveries WHERE entry_id = ?",
-                (entry_id,),
-            ).fetchone()
-            (before,) = db.execute(
-                "SELECT COUNT(*) FROM deliveries WHERE entry_id = ?", (entry_id,)
-            ).fetchone()
-            db.executemany(
-                "INSERT INTO deliveries (entry_id, address, email, ascii_email, name, locale,"
-                " region, status, selection, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)"
-                " ON CONFLICT (entry_id, address) DO UPDATE SET status = 'pending',"
-                " email = excluded.email, ascii_email = excluded.ascii_email,"
-                " name = excluded.name, locale = excluded.locale, region = excluded.region,"
-                " selection = excluded.selection, detail = NULL,"
-                " updated_at = excluded.updated_at"
-                " WHERE deliveries.status IN ('pending', 'skipped')",
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version"
+                " (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
+            )
+            for number in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[number - 1].split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                if number == 1:
+                    columns = {row[1] for row in db.execute("PRAGMA table_info(deliveries)")}
+                    if "selection" not in columns:
+                        db.execute(
+                            "ALTER TABLE deliveries ADD COLUMN selection INTEGER NOT NULL DEFAULT 0"
+                        )
+                db.execute("INSERT INTO schema_version VALUES (?, ?)", (number, now_iso()))
+        return SCHEMA_VERSION
+
+    # -- staging and enqueueing a selection -------------------------------------
+
+    @_guarded("stage the selection")
+    def stage(self, rows: Iterable[StagedRow]) -> int:
+        """Replace this connection's staging area with ``rows``; returns how many.
+
+        The staging table is temporary (this connection's own): writing it takes no
+        lock on the ledger, and an exception from ``rows`` leaves the ledger untouched.
+        """
+        self.db.execute(STAGING)
+        self.db.execute("BEGIN")
+        try:
+            self.db.execute("DELETE FROM temp.staged")
+            self.db.executemany(
+                "INSERT OR IGNORE INTO temp.staged VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     (
-                        entry_id,
                         r.address,
+                        r.kind,
                         r.email,
                         r.ascii_email,
                         r.name,
                         r.locale,
                         r.region,
-                        selection,
-                        stamp,
-                        stamp,
+                        r.detail,
                     )
-                    for r in recipients
+                    for r in rows
                 ),
             )
-            db.execute(
-                "UPDATE deliveries SET status = 'skipped', updated_at = ?,"
-                " detail = 'no longer selected: unsubscribed, suppressed or out of the audience'"
-                " WHERE entry_id = ? AND status = 'pending' AND selection <> ?",
-                (stamp, entry_id, selection),
-            )
-            (after,) = db.execute(
-                "SELECT COUNT(*) FROM deliveries WHERE entry_id = ?", (entry_id,)
-            ).fetchone()
-            new = int(after - before)
-            if before_commit is not None:
-                before_commit(new)
-            return new
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+        (count,) = self.db.execute("SELECT COUNT(*) FROM temp.staged").fetchone()
+        return int(count)
 
-    def add_skipped(self, entry_id: str, rows: Iterable[tuple[str, str]]) -> None:
-        """Record (address, reason) as skipped unless the address already has a row."""
+    @_guarded("plan the selection")
+    def plan(self, entry_id: str) -> Plan:
+        """Compare the staged selection with the entry's rows (reads only)."""
+        q = self.db.execute
+
+        def one(sql: str) -> int:
+            return int(q(sql, {"e": entry_id}).fetchone()[0])
+
+        selected = one("SELECT COUNT(*) FROM temp.staged WHERE kind = 'selected'")
+        new = one(
+            "SELECT COUNT(*) FROM temp.staged s WHERE s.kind = 'selected' AND NOT EXISTS"
+            " (SELECT 1 FROM deliveries d WHERE d.entry_id = :e AND d.address = s.address)"
+        )
+        revived = one(
+            "SELECT COUNT(*) FROM temp.staged s JOIN deliveries d"
+            " ON d.entry_id = :e AND d.address = s.address"
+            " WHERE s.kind = 'selected' AND d.status = 'skipped'"
+        )
+        pending = one("SELECT COUNT(*) FROM deliveries WHERE entry_id = :e AND status = 'pending'")
+        not_selected = (
+            "FROM deliveries d WHERE d.entry_id = :e AND d.status = 'pending'"
+            " AND NOT EXISTS (SELECT 1 FROM temp.staged s"
+            " WHERE s.address = d.address AND s.kind = 'selected')"
+        )
+        excluded = one(
+            f"SELECT COUNT(*) {not_selected} AND (d.address IN (SELECT address FROM suppressions)"
+            " OR d.address IN (SELECT address FROM temp.staged WHERE kind = 'inactive'))"
+        )
+        removed = one(f"SELECT COUNT(*) {not_selected}") - excluded
+        known = one("SELECT COUNT(*) FROM deliveries WHERE entry_id = :e") > 0
+        return Plan(selected, new, pending, removed, excluded, known, revived)
+
+    @_guarded("enqueue the selection")
+    def enqueue(self, entry_id: str, digest: str) -> None:
+        """Make the staged selection the entry's queue, in short transactions.
+
+        New recipients are added as pending; a skipped row (an invalid row since fixed)
+        becomes pending again; pending rows take the subscriber's current name and
+        language. Invalid list rows are recorded as skipped. Pending rows the selection
+        no longer has (unsubscribed, suppressed, gone from the list or the audience) are
+        skipped last. Sent and failed rows are never touched. Interrupted half way, the
+        ledger is consistent, and the next run finishes the job.
+        """
         stamp = now_iso()
+        (last,) = self.db.execute("SELECT COALESCE(MAX(rowid), 0) FROM temp.staged").fetchone()
+        for start in range(0, int(last), ENQUEUE_BATCH):
+            with self.transaction() as db:
+                db.execute(
+                    "INSERT INTO deliveries (entry_id, address, email, ascii_email, name,"
+                    " locale, region, status, created_at, updated_at)"
+                    " SELECT :e, address, email, ascii_email, name, locale, region, 'pending',"
+                    " :now, :now FROM temp.staged"
+                    " WHERE kind = 'selected' AND rowid > :lo AND rowid <= :hi"
+                    " ON CONFLICT (entry_id, address) DO UPDATE SET status = 'pending',"
+                    " email = excluded.email, ascii_email = excluded.ascii_email,"
+                    " name = excluded.name, locale = excluded.locale, region = excluded.region,"
+                    " detail = NULL, updated_at = excluded.updated_at"
+                    " WHERE deliveries.status IN ('pending', 'skipped')",
+                    {"e": entry_id, "now": stamp, "lo": start, "hi": start + ENQUEUE_BATCH},
+                )
+                db.execute(
+                    "INSERT OR IGNORE INTO deliveries (entry_id, address, email, locale, status,"
+                    " detail, created_at, updated_at) SELECT :e, address, address, '', 'skipped',"
+                    " detail, :now, :now FROM temp.staged"
+                    " WHERE kind = 'invalid' AND rowid > :lo AND rowid <= :hi",
+                    {"e": entry_id, "now": stamp, "lo": start, "hi": start + ENQUEUE_BATCH},
+                )
         with self.transaction() as db:
-            db.executemany(
-                "INSERT OR IGNORE INTO deliveries (entry_id, address, email, locale, status,"
-                " detail, created_at, updated_at) VALUES (?, ?, ?, '', 'skipped', ?, ?, ?)",
-                ((entry_id, address, address, reason, stamp, stamp) for address, reason in rows),
+            db.execute(
+                "UPDATE deliveries SET status = 'skipped', updated_at = :now,"
+                " detail = 'no longer selected: unsubscribed, suppressed or out of the list"
+                " or audience' WHERE entry_id = :e AND status = 'pending' AND NOT EXISTS"
+                " (SELECT 1 FROM temp.staged s WHERE s.address = deliveries.address"
+                " AND s.kind = 'selected')",
+                {"e": entry_id, "now": stamp},
             )
+            db.execute(
+                "INSERT INTO entries (entry_id, digest, selected_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (entry_id) DO NOTHING",
+                (entry_id, digest, stamp),
+            )
+        self.db.execute("DELETE FROM temp.staged")
 
     # -- delivery ----------------------------------------------------------------
+
+    @_guarded("read pending recipients")
+    def pending_page(self, entry_id: str, after: int, size: int) -> list[tuple[int, Recipient]]:
+        """Up to ``size`` pending, unsuppressed recipients after ``after`` (a rowid)."""
+        rows = self.db.execute(
+            "SELECT rowid, address, email, ascii_email, name, locale, region, attempts"
+            " FROM deliveries WHERE entry_id = ? AND status = 'pending' AND rowid > ?"
+            " AND address NOT IN (SELECT address FROM suppressions)"
+            " ORDER BY rowid LIMIT ?",
+            (entry_id, after, size),
+        ).fetchall()
+        return [(row[0], Recipient(*row[1:])) for row in rows]
 
     def pending(
         self, entry_id: str, limit: int | None = None, page: int = 1000
@@ -210,23 +388,18 @@ class Ledger:
         """Pending recipients in selection order, read a page at a time (lists can be huge)."""
         last, left = 0, limit if limit is not None else -1
         while left != 0:
-            size = page if left < 0 else min(page, left)
-            rows = self.db.execute(
-                "SELECT rowid, address, email, ascii_email, name, locale, region, attempts"
-                " FROM deliveries WHERE entry_id = ? AND status = 'pending' AND rowid > ?"
-                " AND address NOT IN (SELECT address FROM suppressions)"
-                " ORDER BY rowid LIMIT ?",
-                (entry_id, last, size),
-            ).fetchall()
+            rows = self.pending_page(entry_id, last, page if left < 0 else min(page, left))
             if not rows:
                 return
-            for row in rows:
-                yield Recipient(*row[1:])
+            for _, recipient in rows:
+                yield recipient
             last = rows[-1][0]
             if left > 0:
                 left -= len(rows)
 
+    @_guarded("record outcomes")
     def record(self, entry_id: str, outcomes: Iterable[Outcome]) -> None:
+        self.check_same_file()
         stamp = now_iso()
         with self.transaction() as db:
             db.executemany(
@@ -235,7 +408,7 @@ class Ledger:
                 " WHERE entry_id = ? AND address = ?",
                 (
                     (
-                        o.status,
+                        o.status.value,
                         o.attempts,
                         o.code,
                         o.detail,
@@ -248,28 +421,33 @@ class Ledger:
                 ),
             )
 
+    @_guarded("skip suppressed recipients")
     def skip_suppressed(self, entry_id: str) -> int:
         """Pending rows whose address was suppressed meanwhile (say, by the unsubscribe
         endpoint during a run) are skipped, never sent."""
-        cursor = self.db.execute(
-            "UPDATE deliveries SET status = 'skipped', updated_at = ?,"
-            " detail = 'suppressed: ' || (SELECT reason FROM suppressions s"
-            " WHERE s.address = deliveries.address)"
-            " WHERE entry_id = ? AND status = 'pending'"
-            " AND address IN (SELECT address FROM suppressions)",
-            (now_iso(), entry_id),
-        )
+        with self.transaction() as db:
+            cursor = db.execute(
+                "UPDATE deliveries SET status = 'skipped', updated_at = ?,"
+                " detail = 'suppressed: ' || (SELECT reason FROM suppressions s"
+                " WHERE s.address = deliveries.address)"
+                " WHERE entry_id = ? AND status = 'pending'"
+                " AND address IN (SELECT address FROM suppressions)",
+                (now_iso(), entry_id),
+            )
         return cursor.rowcount
 
+    @_guarded("mark the entry complete")
     def mark_complete_if_done(self, entry_id: str) -> bool:
         if self.counts(entry_id)["pending"]:
             return False
-        self.db.execute(
-            "UPDATE entries SET completed_at = COALESCE(completed_at, ?) WHERE entry_id = ?",
-            (now_iso(), entry_id),
-        )
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE entries SET completed_at = COALESCE(completed_at, ?) WHERE entry_id = ?",
+                (now_iso(), entry_id),
+            )
         return True
 
+    @_guarded("read the hourly count")
     def sent_since(self, since: dt.datetime) -> list[float]:
         """When each message sent since ``since`` (any entry) went out, as epoch seconds."""
         rows = self.db.execute(
@@ -280,6 +458,7 @@ class Ledger:
 
     # -- reporting ---------------------------------------------------------------
 
+    @_guarded("count outcomes")
     def counts(self, entry_id: str) -> dict[str, int]:
         result = dict.fromkeys(OUTCOMES, 0)
         for status, count in self.db.execute(
@@ -289,6 +468,7 @@ class Ledger:
             result[status] = count
         return result
 
+    @_guarded("count outcomes")
     def breakdown(self, entry_id: str) -> list[tuple[str, str | None, str, int]]:
         """(locale, region, status, count) rows, for the summary table."""
         return list(
@@ -299,15 +479,20 @@ class Ledger:
             )
         )
 
-    def failures(self, entry_id: str) -> list[tuple[str, int | None, str | None]]:
+    @_guarded("list failures")
+    def failures(
+        self, entry_id: str, limit: int | None = None
+    ) -> list[tuple[str, int | None, str | None, int, str]]:
+        """(address, code, reply, attempts, when) of each failed recipient."""
         return list(
             self.db.execute(
-                "SELECT address, code, detail FROM deliveries"
-                " WHERE entry_id = ? AND status = 'failed' ORDER BY address",
-                (entry_id,),
+                "SELECT address, code, detail, attempts, updated_at FROM deliveries"
+                " WHERE entry_id = ? AND status = 'failed' ORDER BY address LIMIT ?",
+                (entry_id, -1 if limit is None else limit),
             )
         )
 
+    @_guarded("read the entry's state")
     def entry_state(self, entry_id: str) -> tuple[str, str | None] | None:
         """(digest at selection, completed_at) for an entry the ledger knows."""
         row = self.db.execute(
@@ -315,24 +500,41 @@ class Ledger:
         ).fetchone()
         return (row[0], row[1]) if row else None
 
+    @_guarded("look up a locale")
+    def last_locale(self, address: str) -> str | None:
+        """The locale the ledger last recorded for ``address``, or None."""
+        row = self.db.execute(
+            "SELECT d.locale FROM deliveries d JOIN entries e ON e.entry_id = d.entry_id"
+            " WHERE d.address = ? AND d.locale != ''"
+            " ORDER BY e.selected_at DESC, d.rowid DESC LIMIT 1",
+            (address,),
+        ).fetchone()
+        return str(row[0]) if row else None
+
     # -- suppression -------------------------------------------------------------
 
+    @_guarded("read the suppression list")
     def suppressed(self) -> set[str]:
         return {row[0] for row in self.db.execute("SELECT address FROM suppressions")}
 
+    @_guarded("suppress an address")
     def suppress(self, address: str, reason: str, detail: str | None = None) -> bool:
         """Suppress ``address``; False if it already was (the first reason is kept)."""
-        cursor = self.db.execute(
-            "INSERT INTO suppressions (address, reason, detail, created_at) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT (address) DO NOTHING",
-            (address.lower(), reason, detail, now_iso()),
-        )
+        with self.transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO suppressions (address, reason, detail, created_at)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (address) DO NOTHING",
+                (address.lower(), reason, detail, now_iso()),
+            )
         return cursor.rowcount > 0
 
+    @_guarded("remove a suppression")
     def unsuppress(self, address: str) -> bool:
-        cursor = self.db.execute("DELETE FROM suppressions WHERE address = ?", (address.lower(),))
+        with self.transaction() as db:
+            cursor = db.execute("DELETE FROM suppressions WHERE address = ?", (address.lower(),))
         return cursor.rowcount > 0
 
+    @_guarded("read the suppression list")
     def suppressions(self) -> list[tuple[str, str, str | None, str]]:
         """(address, reason, detail, created_at), oldest first."""
         return list(
@@ -343,12 +545,25 @@ class Ledger:
         )
 
 
+def read_suppressions(path: Path) -> set[str]:
+    """The suppression list of the ledger at ``path``, read only; empty if there is none."""
+    if not path.exists():
+        return set()
+    with Ledger(path, readonly=True) as ledger:
+        return ledger.suppressed() if ledger.schema_version() else set()
+
+
 @contextmanager
 def run_lock(ledger_path: Path, name: str) -> Iterator[None]:
     """An exclusive lock per ledger and name; the kernel drops it when a process dies."""
     lock_path = ledger_path.with_name(f"{ledger_path.name}.{name}.lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise LedgerError(
+            f"{lock_path}: cannot create the run lock: {exc.strerror or exc}"
+        ) from exc
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -16,13 +16,24 @@ def normalize_locale(raw: str | None) -> str | None:
     return language if language in SUPPORTED_LOCALES else None
 
 
-def resolve_locale(raw: str | None, region: str | None, by_region: Mapping[str, str]) -> str:
-    """The subscriber's own locale, else the region's default, else English."""
-    own = normalize_locale(raw)
-    if own:
-        return own
+def resolve_locale(
+    raw: str | None, region: str | None, by_region: Mapping[str, str]
+) -> tuple[str, str | None]:
+    """The language a subscriber gets, and, unless they chose it, how it was chosen.
+
+    A locale the subscriber chose wins when statusmail writes it. One it does not write
+    (``de``) falls back to the default language, never to a guess from the region: the
+    subscriber said they do not read the region's language by default. Only an empty
+    locale is guessed from the region (``default_locale_by_region``), then English.
+    """
+    wanted = (raw or "").strip()
+    if wanted:
+        own = normalize_locale(wanted)
+        if own:
+            return own, None
+        return FALLBACK_LOCALE, f"unsupported locale {wanted!r}"
     if region:
         regional = normalize_locale(by_region.get(region))
         if regional:
-            return regional
-    return FALLBACK_LOCALE
+            return regional, f"no locale, region {region}"
+    return FALLBACK_LOCALE, "no locale"

@@ -21,9 +21,8 @@ from email.header import Header
 from urllib.parse import quote
 
 from statusmail.config import Config, DkimSettings
-from statusmail.entries import Entry
+from statusmail.domain import Entry, Recipient
 from statusmail.errors import ConfigError, Problem, RenderError
-from statusmail.ledger import Recipient
 from statusmail.render import NAME_SLOT, URL_SLOT, Rendered, Renderer, VariantKey, escape_html
 from statusmail.tokens import message_id, unsubscribe_token
 from statusmail.transport import Envelope
@@ -235,6 +234,9 @@ class MessageFactory:
         name = recipient.name
         key = self.renderer.variant_key(entry, recipient.locale, recipient.region, name)
         url = self.unsubscribe_url(recipient.address)
+        region = self.renderer.region(key)
+        if region is not None:
+            url = region.rewrite(url)  # the List-Unsubscribe target must open there too
         variant = self._variant(key)
         boundary = variant.boundary
         mid = message_id(self.secret, entry.id, recipient.address, self.domain)

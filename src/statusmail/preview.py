@@ -10,12 +10,10 @@ import html
 from collections.abc import Mapping
 from pathlib import Path
 
-from statusmail.entries import Entry
-from statusmail.ledger import Recipient
-from statusmail.locales import SUPPORTED_LOCALES
+from statusmail.domain import Entry, Recipient
 from statusmail.message import MessageFactory
 from statusmail.regions import Region
-from statusmail.render import VariantKey
+from statusmail.render import Renderer, VariantKey
 from statusmail.selection import SelectionStats
 
 PREVIEW_ADDRESS = "preview@example.invalid"
@@ -23,18 +21,8 @@ PREVIEW_NAMES = {"en": "Alex Example", "ru": "Алекс Пример"}
 
 
 def variants(entry: Entry, regions: Mapping[str, Region]) -> list[VariantKey]:
-    """Every locale × access block the entry can produce."""
-    access_regions: list[str | None] = [None]
-    if entry.access_instructions:
-        access_regions += [
-            code
-            for code, region in sorted(regions.items())
-            if region.access and (entry.audience.regions is None or code in entry.audience.regions)
-        ]
-    locales = [loc for loc in SUPPORTED_LOCALES if loc in entry.content]
-    if entry.audience.locales is not None:
-        locales = [loc for loc in locales if loc in entry.audience.locales]
-    return [VariantKey(locale, region) for locale in locales for region in access_regions]
+    """Every locale × regional treatment the entry can produce."""
+    return Renderer(Path("."), regions, "").variant_keys(entry)
 
 
 def write_previews(
@@ -54,7 +42,7 @@ def write_previews(
             ascii_email=PREVIEW_ADDRESS,
             name=PREVIEW_NAMES.get(key.locale, "Alex Example"),
             locale=key.locale,
-            region=key.access_region,
+            region=key.region,
         )
         built = factory.build(recipient)
         eml = out_dir / f"{key.label}.eml"
@@ -66,7 +54,7 @@ def write_previews(
             n
             for (locale, region), n in stats.selected.items()
             if locale == key.locale
-            and factory.renderer.access_region(entry, region) == key.access_region
+            and factory.renderer.treatment(entry, region) == (key.region, key.access)
         )
         cards.append(
             f"""<section style="flex: 1 1 420px; min-width: 360px; border: 1px solid #ccc;

@@ -25,7 +25,7 @@ from babel.support import NullTranslations, Translations
 from markupsafe import Markup, escape
 
 from statusmail import markdown
-from statusmail.entries import Entry
+from statusmail.domain import Entry
 from statusmail.errors import Problem, RenderError
 from statusmail.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES
 from statusmail.regions import Region
@@ -46,18 +46,38 @@ def escape_html(value: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class VariantKey:
+    """What the recipients of one variant share: the language, the region whose
+    treatment they get (its access block and/or its link rewrites), whether the access
+    block is included, and whether the greeting has a name."""
+
     locale: str
-    access_region: str | None  # the region whose access block is included, if any
-    named: bool = True  # the greeting names the recipient
+    region: str | None = None
+    access: bool = False
+    named: bool = True
+
+    @property
+    def access_region(self) -> str | None:
+        return self.region if self.access else None
 
     @property
     def label(self) -> str:
-        return f"{self.locale}-{self.access_region}" if self.access_region else self.locale
+        """A file-name-safe label: ``ru-RU`` (access block), ``ru-RU-links``, ``en``."""
+        if self.region is None:
+            return self.locale
+        return f"{self.locale}-{self.region}" + ("" if self.access else "-links")
+
+    @property
+    def title(self) -> str:
+        """For people: ``ru · RU access``, ``en · no access block``."""
+        if self.region is None:
+            return f"{self.locale} · no access block"
+        return f"{self.locale} · {self.region} " + ("access" if self.access else "links")
 
 
 @dataclass(frozen=True, slots=True)
 class Access:
     region_name: str
+    heading: str
     html: Markup
     text: str
 
@@ -131,42 +151,73 @@ class Renderer:
             self._envs[key] = env
         return self._envs[key]
 
-    def access_region(self, entry: Entry, region: str | None) -> str | None:
-        """The region whose access block this recipient gets, if any."""
-        if not entry.access_instructions or region is None:
-            return None
-        known = self.regions.get(region)
-        return region if known is not None and known.access else None
+    def treatment(self, entry: Entry, region: str | None) -> tuple[str | None, bool]:
+        """(the region whose treatment a recipient gets, whether with the access block)."""
+        known = self.regions.get(region) if region else None
+        if known is None:
+            return None, False
+        access = entry.access_instructions and bool(known.access)
+        return (known.code, access) if access or known.links else (None, False)
 
     def variant_key(self, entry: Entry, locale: str, region: str | None, name: str) -> VariantKey:
-        return VariantKey(locale, self.access_region(entry, region), bool(name))
+        treated, access = self.treatment(entry, region)
+        return VariantKey(locale, treated, access, bool(name))
+
+    def variant_keys(self, entry: Entry) -> list[VariantKey]:
+        """Every locale × regional treatment the entry can produce (named greeting)."""
+        locales = [loc for loc in SUPPORTED_LOCALES if loc in entry.content]
+        if entry.audience.locales is not None:
+            locales = [loc for loc in locales if loc in entry.audience.locales]
+        treatments: list[tuple[str | None, bool]] = [(None, False)]
+        for code in sorted(self.regions):
+            if entry.audience.regions is None or code in entry.audience.regions:
+                treated = self.treatment(entry, code)
+                if treated[0] is not None:
+                    treatments.append(treated)
+        return [
+            VariantKey(locale, region, access)
+            for locale in locales
+            for region, access in treatments
+        ]
+
+    def region(self, key: VariantKey) -> Region | None:
+        return self.regions[key.region] if key.region else None
 
     @cached_property
-    def _markdown_cache(self) -> dict[str, tuple[Markup, str]]:
+    def _markdown_cache(self) -> dict[tuple[str, str | None], tuple[Markup, str]]:
         return {}
 
-    def _markdown(self, source: str) -> tuple[Markup, str]:
+    def _markdown(self, source: str, region: Region | None) -> tuple[Markup, str]:
+        """HTML and text of ``source``, its links rewritten as ``region`` needs them."""
         cache = self._markdown_cache
-        if source not in cache:
-            cache[source] = (markdown.to_html(source), markdown.to_text(source))
-        return cache[source]
+        key = (source, region.code if region and region.links else None)
+        if key not in cache:
+            html, text = markdown.to_html(source), markdown.to_text(source)
+            if region is not None and region.links:
+                # Prefixes are validated URLs (no quotes or brackets): safe in HTML.
+                html, text = Markup(region.rewrite_text(html)), region.rewrite_text(text)
+            cache[key] = (html, text)
+        return cache[key]
 
     def _context(self, entry: Entry, key: VariantKey, name: str, url: str) -> dict[str, Any]:
         if key.locale not in entry.content:
             raise RenderError(f"{entry.path}: entry {entry.id!r} has no {key.locale!r} content")
         content = entry.content[key.locale]
-        body_html, body_text = self._markdown(content.body)
+        region = self.region(key)
+        body_html, body_text = self._markdown(content.body, region)
         access = None
         if key.access_region:
             region = self.regions[key.access_region]
             source = region.access.get(key.locale)
-            if source is None:
+            heading = region.heading.get(key.locale)
+            if source is None or heading is None:
+                missing = "access instructions" if source is None else "access heading"
                 raise RenderError(
                     f"{region.path}:{region.line}: region {region.code} has no "
-                    f"{key.locale!r} access instructions"
+                    f"{key.locale!r} {missing}"
                 )
-            html, text = self._markdown(source)
-            access = Access(region.name(key.locale), html, text)
+            html, text = self._markdown(source, region)
+            access = Access(region.name(key.locale), heading, html, text)
         return {
             "locale": key.locale,
             "sender_name": self.sender_name,

@@ -21,7 +21,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from statusmail.ledger import Outcome, Recipient
+from statusmail.domain import Outcome, Recipient
 
 log = logging.getLogger("statusmail")
 
@@ -116,6 +116,14 @@ def breakdown_table(title: str, rows: list[tuple[str, str | None, str, int]]) ->
         style="bold",
     )
     return table
+
+
+def breakdown_rows(rows: list[tuple[str, str | None, str, int]]) -> list[dict[str, Any]]:
+    """The breakdown table's rows for ``--json``."""
+    return [
+        {"locale": locale, "region": region, "status": status, "count": count}
+        for locale, region, status, count in rows
+    ]
 
 
 def print_json(data: Any, stream: TextIO | None = None) -> None:

@@ -7,10 +7,20 @@ from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from statusmail.entries import Entry
-from statusmail.ledger import Recipient
+from statusmail.domain import Entry, Recipient, SubscriberStatus
 from statusmail.locales import resolve_locale
 from statusmail.subscribers import ReadStats, RowProblem, iter_subscribers
+
+# Keep at most this many invalid rows in memory for the report; the rest are counted.
+MAX_REPORTED_PROBLEMS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Inactive:
+    """A subscriber in the list whom no entry may reach: unsubscribed, bounced, suppressed."""
+
+    address: str
+    reason: str
 
 
 @dataclass
@@ -20,17 +30,33 @@ class SelectionStats:
     suppressed: int = 0
     invalid: list[RowProblem] = field(default_factory=list)
     read: ReadStats = field(default_factory=ReadStats)
+    # (why the language is not the subscriber's own, the language they get) -> how many
+    fallbacks: Counter[tuple[str, str]] = field(default_factory=Counter)
 
     @property
     def total(self) -> int:
         return sum(self.selected.values())
 
-    def missing_locales(self, entry: Entry) -> set[str]:
-        return {locale for locale, _ in self.selected} - set(entry.content)
+    def by_locale(self) -> dict[str, int]:
+        counts: Counter[str] = Counter()
+        for (locale, _region), n in self.selected.items():
+            counts[locale] += n
+        return dict(sorted(counts.items()))
 
+    def by_region(self) -> dict[str, int]:
+        counts: Counter[str] = Counter()
+        for (_locale, region), n in self.selected.items():
+            counts[region or "-"] += n
+        return dict(sorted(counts.items()))
 
-# Keep at most this many invalid rows in memory for the report; the rest are counted.
-MAX_REPORTED_PROBLEMS = 1000
+    def locales(self) -> set[str]:
+        return {locale for locale, _ in self.selected}
+
+    def fallback_lines(self) -> list[str]:
+        """``3 with unsupported locale 'de' → en``, most common first."""
+        return [
+            f"{n} with {reason} → {locale}" for (reason, locale), n in self.fallbacks.most_common()
+        ]
 
 
 def select(
@@ -39,8 +65,12 @@ def select(
     default_locale_by_region: Mapping[str, str],
     suppressed: Collection[str] = (),
     stats: SelectionStats | None = None,
-) -> Iterator[Recipient | RowProblem]:
-    """Stream the entry's recipients (and the rows that could not be read)."""
+    *,
+    inactive: bool = False,
+) -> Iterator[Recipient | RowProblem | Inactive]:
+    """Stream the entry's recipients and the rows that could not be read (a ``fatal``
+    one means the rest of its file is unknown); with ``inactive``, also the subscribers
+    in the list whom nothing may reach (a re-selection tells them from those who left)."""
     stats = stats if stats is not None else SelectionStats()
     audience = entry.audience
     for item in iter_subscribers(subscribers_dir, stats.read):
@@ -49,17 +79,23 @@ def select(
                 stats.invalid.append(item)
             yield item
             continue
-        if item.status != "active":
-            stats.inactive += 1
-            continue
         key = item.key
+        if item.status != SubscriberStatus.ACTIVE:
+            stats.inactive += 1
+            if inactive:
+                yield Inactive(key, item.status)
+            continue
         if key in suppressed:
             stats.suppressed += 1
+            if inactive:
+                yield Inactive(key, "suppressed")
             continue
-        locale = resolve_locale(item.locale, item.region, default_locale_by_region)
+        locale, fallback = resolve_locale(item.locale, item.region, default_locale_by_region)
         if not audience.matches(item.region, item.topics, locale):
             continue
         stats.selected[(locale, item.region)] += 1
+        if fallback:
+            stats.fallbacks[(fallback, locale)] += 1
         yield Recipient(
             address=key,
             email=item.email,

@@ -12,7 +12,6 @@ from statusmail.errors import InputError, Problem
 from statusmail.ledger import Ledger
 from statusmail.subscribers import address_key
 
-REASONS = ("unsubscribed", "bounced", "complained", "manual")
 # A spreadsheet runs a cell that starts with one of these as a formula (CSV injection).
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 

@@ -2,7 +2,9 @@
 
 One entry at a time, oldest ``date`` first, through the same pipeline as ``send``. The
 ledger decides what is left to do, so a restart simply carries on. An entry is retried
-with backoff when the relay is down; nothing is marked failed for that.
+with backoff when the relay is down; nothing is marked failed for that. An entry that
+cannot be sent as its files stand (invalid, a broken list) is logged once and left
+alone until one of its files changes.
 """
 
 from __future__ import annotations
@@ -16,15 +18,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from statusmail.commands import make_transport
+from statusmail import pipeline
 from statusmail.config import Config, load_config
-from statusmail.entries import Entry, entry_paths, load_entry
+from statusmail.domain import Entry, ExitCode
+from statusmail.entries import entry_paths, load_entry
 from statusmail.errors import ConnectError, InputError, StatusmailError
 from statusmail.ledger import Ledger, run_lock
-from statusmail.report import mask_address
-from statusmail.sending import deliver, prepare, select_into_ledger
+from statusmail.subscribers import subscriber_files
 
 log = logging.getLogger("statusmail.watch")
+
+Fingerprint = tuple[tuple[str, int, int], ...]
 
 
 @dataclass
@@ -41,16 +45,33 @@ class _Backoff:
     until: float
 
 
+def inputs_fingerprint(config: Config, entry_path: Path | None) -> Fingerprint:
+    """Size and modification time of every file a run of the entry reads."""
+    paths: list[Path] = [config.path, config.paths.regions]
+    if entry_path is not None:
+        paths.append(entry_path)
+    if config.paths.templates.is_dir():
+        paths += sorted(p for p in config.paths.templates.rglob("*") if p.is_file())
+    with contextlib.suppress(OSError):
+        paths += subscriber_files(config.paths.subscribers)
+    stamps = []
+    for path in paths:
+        with contextlib.suppress(OSError):
+            st = path.stat()
+            stamps.append((str(path), st.st_mtime_ns, st.st_size))
+    return tuple(stamps)
+
+
 class Watcher:
-    def __init__(self, config_path: Path, options: WatchOptions) -> None:
-        self.config_path = config_path
+    def __init__(self, config: Config, options: WatchOptions) -> None:
+        self.config = config
         self.options = options
-        self.config: Config = load_config(config_path)
         self.stop = asyncio.Event()
         self.wake = asyncio.Event()
         self.reload = False
         self._run_stop: asyncio.Event | None = None
         self._reported: dict[Path, str] = {}  # what was last said about a file, said once
+        self._blocked: dict[str, Fingerprint] = {}  # entries that cannot run as files stand
         self._backoff: dict[str, _Backoff] = {}
         self._left_pending = False  # did the last pass leave recipients pending?
 
@@ -70,7 +91,7 @@ class Watcher:
 
     # -- the loop ----------------------------------------------------------------
 
-    async def run(self) -> int:
+    async def run(self) -> ExitCode:
         with run_lock(self.config.paths.ledger, "watch"):
             loop = asyncio.get_running_loop()
             handlers = {
@@ -78,9 +99,10 @@ class Watcher:
                 signal.SIGINT: self._on_stop,
                 signal.SIGHUP: self._on_hangup,
             }
+            previous = {sig: signal.getsignal(sig) for sig in handlers}
             for sig, handler in handlers.items():
                 loop.add_signal_handler(sig, handler)
-            log.info("watching %s", self.config.paths.updates)
+            log.info("watching %s", self.config.paths.updates, extra={"event": "watching"})
             events = asyncio.create_task(self._file_events())
             try:
                 while not self.stop.is_set():
@@ -96,17 +118,18 @@ class Watcher:
                     await events
                 for sig in handlers:
                     loop.remove_signal_handler(sig)
-        log.info("watch stopped")
+                    signal.signal(sig, previous[sig] or signal.SIG_DFL)
+        log.info("watch stopped", extra={"event": "stopped"})
         # For cron (--once): 4 tells that something is still pending, to be retried.
-        return 4 if self.options.once and (self._backoff or self._left_pending) else 0
+        if self.options.once and (self._backoff or self._left_pending):
+            return ExitCode.STOPPED
+        return ExitCode.OK
 
     async def _file_events(self) -> None:
         """Wake the loop as soon as a file in the updates folder changes (inotify via
         watchfiles); the loop also polls, so nothing depends on events arriving."""
-        try:
-            from watchfiles import awatch
-        except ImportError:  # pragma: no cover - watchfiles is a dependency
-            return
+        from watchfiles import awatch
+
         try:
             async for _changes in awatch(
                 self.config.paths.updates, stop_event=self.stop, debounce=200, step=50
@@ -120,10 +143,12 @@ class Watcher:
     def _reload(self) -> None:
         self.reload = False
         try:
-            self.config = load_config(self.config_path)
+            self.config = load_config(self.config.path)
         except InputError as exc:
             for problem in exc.problems:
                 log.error("config not reloaded: %s", problem)
+            return
+        log.info("config reloaded", extra={"event": "reloaded"})
 
     async def _sleep(self) -> None:
         now = asyncio.get_running_loop().time()
@@ -141,8 +166,7 @@ class Watcher:
             backoff = self._backoff.get(entry.id)
             if backoff and backoff.until > asyncio.get_running_loop().time():
                 return  # one entry at a time: the oldest waits for its relay
-            done = await self._send(entry)
-            if not done:
+            if not await self._send(entry):
                 return
 
     # -- what is due -------------------------------------------------------------
@@ -150,15 +174,17 @@ class Watcher:
     def _say_once(self, path: Path, message: str, level: int = logging.WARNING) -> None:
         if self._reported.get(path) != message:
             self._reported[path] = message
-            log.log(level, "%s", message)
+            log.log(level, "%s", message, extra={"event": "entry_problem", "file": str(path)})
 
     def due_entries(self) -> list[Entry]:
         """Ready entries whose time has come and that the ledger does not show complete."""
         due: list[Entry] = []
         now = dt.datetime.now(dt.UTC)
-        with Ledger(self.config.paths.ledger) as ledger:
+        ledger_path = self.config.paths.ledger
+        ledger = Ledger(ledger_path, readonly=True) if ledger_path.exists() else None
+        try:
             for entry in self._entries():
-                state = ledger.entry_state(entry.id)
+                state = ledger.entry_state(entry.id) if ledger else None
                 if state and state[1]:  # completed
                     if state[0] != entry.digest and entry.path:
                         self._say_once(
@@ -174,6 +200,9 @@ class Watcher:
                 if entry.send_at and entry.send_at > now:
                     continue
                 due.append(entry)
+        finally:
+            if ledger:
+                ledger.close()
         return sorted(due, key=lambda e: (e.date, e.id))
 
     def _entries(self) -> Iterator[Entry]:
@@ -193,38 +222,31 @@ class Watcher:
     # -- sending one entry -------------------------------------------------------
 
     async def _send(self, entry: Entry) -> bool:
-        """Send what is pending for ``entry``; True when it is complete."""
+        """Send what is pending for ``entry``; True to go on with the next entry."""
         config = self.config
-        path = entry.path or Path(entry.id)
+        fingerprint = inputs_fingerprint(config, entry.path)
+        if self._blocked.get(entry.id) == fingerprint:
+            return True  # said once already; nothing it reads has changed since
+        self._blocked.pop(entry.id, None)
         try:
-            prepared = prepare(config, entry.id)
-        except InputError as exc:
-            self._say_once(
-                path,
-                "not sent until fixed:\n  " + "\n  ".join(str(p) for p in exc.problems),
-                logging.ERROR,
-            )
-            return True  # skip it, go on with the others
-        log.info("sending %s", entry.id)
-        self._run_stop = asyncio.Event()
-        try:
-            with (
-                run_lock(config.paths.ledger, f"send-{entry.id}"),
-                Ledger(config.paths.ledger) as ledger,
-            ):
-                select_into_ledger(prepared, ledger)
-                result = await deliver(
+            prepared = pipeline.prepare(config, entry)
+            log.info("sending %s", entry.id, extra={"event": "sending", "entry": entry.id})
+            self._run_stop = asyncio.Event()
+            with pipeline.open_ledger(config, entry.id) as ledger:
+                pipeline.start(prepared, ledger, pipeline.Request())
+                report = await pipeline.finish(
                     prepared,
                     ledger,
-                    make_transport(config),
+                    pipeline.make_transport(config),
+                    pipeline.Request(),
                     stop=self._run_stop,
-                    mask=mask_address,
                 )
-                counts = ledger.counts(entry.id)
         except InputError as exc:
+            self._blocked[entry.id] = fingerprint
             self._say_once(
-                path,
-                "not sent until fixed:\n  " + "\n  ".join(str(p) for p in exc.problems),
+                entry.path or Path(entry.id),
+                f"{entry.id}: not sent until its files are fixed:\n  "
+                + "\n  ".join(str(p) for p in exc.problems),
                 logging.ERROR,
             )
             return True
@@ -236,17 +258,26 @@ class Watcher:
             return False
         finally:
             self._run_stop = None
+        counts = report.counts or {}
         log.info(
             "%s: sent %d, failed %d this run; %s in all",
             entry.id,
-            result.sent,
-            result.failed,
+            report.result.sent,
+            report.result.failed,
             ", ".join(f"{k} {v}" for k, v in counts.items()),
+            extra={
+                "event": "run_finished",
+                "entry": entry.id,
+                "sent": report.result.sent,
+                "failed": report.result.failed,
+                "pending": counts.get("pending"),
+                "stopped": report.result.stopped,
+            },
         )
-        if counts["pending"]:
+        if report.exit_code is ExitCode.STOPPED:
             self._left_pending = True
             if not self.stop.is_set():
-                self._retry_later(entry.id, result.stopped or "recipients still pending")
+                self._retry_later(entry.id, report.result.stopped or "recipients still pending")
             return False
         self._backoff.pop(entry.id, None)
         return True
@@ -260,4 +291,10 @@ class Watcher:
         )
         until = asyncio.get_running_loop().time() + delay
         self._backoff[entry_id] = _Backoff(delay, until)
-        log.warning("%s: %s; trying again in %.0fs", entry_id, reason, delay)
+        log.warning(
+            "%s: %s; trying again in %.0fs",
+            entry_id,
+            reason,
+            delay,
+            extra={"event": "retry_later", "entry": entry_id, "delay": delay},
+        )

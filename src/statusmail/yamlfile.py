@@ -99,7 +99,11 @@ def read_text(path: Path, limit: int = MAX_FILE_BYTES) -> str:
 
 def load_yaml(path: Path) -> Any:
     """Parse one YAML document; syntax errors become an ``InputError`` with the line."""
-    text = read_text(path)
+    return parse_yaml(read_text(path), path)
+
+
+def parse_yaml(text: str, path: Path) -> Any:
+    """``load_yaml`` for text already read from ``path``."""
     try:
         return yaml.load(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:

@@ -1,0 +1,123 @@
+"""The things statusmail talks about, with no behaviour beyond their own invariants.
+
+Every other module speaks in these types: entries and who they are for, recipients and
+what happened to them, and the exit codes that tell a caller how a command ended.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ExitCode(enum.IntEnum):
+    """The SPEC's exit codes."""
+
+    OK = 0  # every selected recipient sent (or skipped by rule)
+    NOT_STARTED = 1  # bad input, config, auth, unreachable server: nothing was sent
+    USAGE = 2
+    FAILED = 3  # the run finished, but some recipients failed permanently
+    STOPPED = 4  # the run stopped early: re-run to continue
+
+
+class EntryStatus(enum.StrEnum):
+    DRAFT = "draft"
+    READY = "ready"
+
+
+class DeliveryStatus(enum.StrEnum):
+    """A ledger row: ``pending`` → ``sent`` | ``failed`` | ``skipped``."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class SubscriberStatus(enum.StrEnum):
+    ACTIVE = "active"
+    UNSUBSCRIBED = "unsubscribed"
+    BOUNCED = "bounced"
+
+
+class SuppressionReason(enum.StrEnum):
+    UNSUBSCRIBED = "unsubscribed"
+    BOUNCED = "bounced"
+    COMPLAINED = "complained"
+    MANUAL = "manual"
+
+
+@dataclass(frozen=True)
+class Content:
+    subject: str
+    summary: str
+    body: str  # Markdown
+    source: str | None = None  # a translation: the hash of the English block it was made from
+
+
+@dataclass(frozen=True)
+class Audience:
+    """Who an entry is for: OR within a key, AND across keys; None means any."""
+
+    regions: frozenset[str] | None = None
+    topics: frozenset[str] | None = None
+    locales: frozenset[str] | None = None
+
+    def matches(self, region: str | None, topics: frozenset[str], locale: str) -> bool:
+        if self.regions is not None and region not in self.regions:
+            return False
+        if self.topics is not None and not (self.topics & topics):
+            return False
+        return self.locales is None or locale in self.locales
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: str
+    date: dt.date
+    status: EntryStatus
+    content: Mapping[str, Content]
+    audience: Audience = field(default_factory=Audience)
+    thread: str | None = None
+    access_instructions: bool = True
+    send_at: dt.datetime | None = None
+    path: Path | None = None
+    lines: Mapping[str, int] = field(default_factory=dict)
+    digest: str = ""  # of the file's text, to notice edits after sending
+
+    @property
+    def ready(self) -> bool:
+        return self.status is EntryStatus.READY
+
+    @property
+    def where(self) -> Path | str:
+        return self.path or self.id
+
+    def line(self, key: str) -> int | None:
+        return self.lines.get(key)
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """One subscriber as a run needs them: who, in which language, from where."""
+
+    address: str  # lower-cased, the comparison key
+    email: str  # as the subscriber wrote it (normalized)
+    ascii_email: str | None  # domain in punycode; None if the local part is not ASCII
+    name: str
+    locale: str
+    region: str | None
+    attempts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    address: str
+    status: DeliveryStatus  # PENDING: handed back (transient, or the run stopped)
+    attempts: int
+    code: int | None = None
+    detail: str | None = None
+    message_id: str | None = None

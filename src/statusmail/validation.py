@@ -1,0 +1,446 @@
+"""Every rule about the project's files, in one place.
+
+``check`` runs all of them over the whole project; a run (``send``, ``--dry-run``,
+``watch``) runs those about its entry before anything is selected or sent. Both call
+the same functions, so a rule is never written twice or checked differently.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from statusmail import markdown
+from statusmail.config import Config
+from statusmail.domain import Entry, Recipient, SubscriberStatus
+from statusmail.entries import load_entries, source_hash
+from statusmail.errors import ConfigError, InputError, Problem, StatusmailError
+from statusmail.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES, resolve_locale
+from statusmail.message import MessageFactory
+from statusmail.regions import Region, load_regions
+from statusmail.render import Renderer, VariantKey, catalog_problems
+from statusmail.subscribers import ReadStats, RowProblem, iter_subscribers
+
+PROBE_ADDRESS = "preview@example.invalid"  # never a subscriber's: previews and checks only
+PROBE_NAMES = {"en": "Alex Example", "ru": "Алекс Пример"}
+_CYRILLIC = re.compile(r"[А-Яа-яЁё]")
+_NUMBER = re.compile(r"\d+")
+# Link targets, autolinks, bare URLs and addresses hold digits that are not facts.
+_NOT_PROSE = re.compile(r"\]\([^)]*\)|<[^>\s]+>|https?://\S+|\S+@\S+")
+
+
+def probe_recipient(key: VariantKey) -> Recipient:
+    """The made-up recipient a variant is built for in previews and checks."""
+    return Recipient(
+        address=PROBE_ADDRESS,
+        email=PROBE_ADDRESS,
+        ascii_email=PROBE_ADDRESS,
+        name=PROBE_NAMES.get(key.locale, PROBE_NAMES[FALLBACK_LOCALE]) if key.named else "",
+        locale=key.locale,
+        region=key.region,
+    )
+
+
+# -- regions ---------------------------------------------------------------------
+
+
+def region_problems(regions: Mapping[str, Region]) -> list[Problem]:
+    """Every region is named in every language; one with an access block has it, and
+    its heading, in every language; no link in its texts is one a mail client drops."""
+    problems: list[Problem] = []
+    for region in regions.values():
+        path = region.path or "regions.yaml"
+
+        def at(key: str, region: Region = region) -> int | None:
+            return region.lines.get(key, region.line)
+
+        for locale in SUPPORTED_LOCALES:
+            if not region.names.get(locale):
+                problems.append(
+                    Problem(path, at("name"), f"region {region.code} has no {locale!r} name")
+                )
+            if not region.access:
+                continue
+            if not region.access.get(locale):
+                problems.append(
+                    Problem(
+                        path,
+                        at("access"),
+                        f"region {region.code} has no {locale!r} access instructions",
+                    )
+                )
+            if not region.heading.get(locale):
+                problems.append(
+                    Problem(
+                        path,
+                        at("heading"),
+                        f"region {region.code} has access instructions but no {locale!r} "
+                        "heading (heading: {en: ..., ru: ...}, as a person would say it)",
+                    )
+                )
+        for locale, text in region.access.items():
+            for target in markdown.refused_links(text):
+                problems.append(
+                    Problem(
+                        path,
+                        at("access"),
+                        f"link {target!r} in {region.code}'s {locale} access text is not allowed",
+                    )
+                )
+    return problems
+
+
+# -- entries ---------------------------------------------------------------------
+
+
+def entry_problems(
+    entry: Entry, *, known_ids: Iterable[str], regions: Mapping[str, Region], config: Config
+) -> list[Problem]:
+    """What is wrong with one entry, given the other files (warnings included)."""
+    problems: list[Problem] = []
+    path = entry.where
+    audience = entry.audience
+    for code in sorted(audience.regions or ()):
+        if code not in regions:
+            problems.append(
+                Problem(path, entry.line("audience"), f"unknown region {code!r} (not in regions)")
+            )
+    if config.topics is not None:
+        for topic in sorted((audience.topics or frozenset()) - config.topics):
+            problems.append(
+                Problem(
+                    path,
+                    entry.line("audience"),
+                    f"topic {topic!r} is not one of the config's topics "
+                    f"({', '.join(sorted(config.topics)) or 'none'})",
+                )
+            )
+    if entry.thread and entry.thread not in set(known_ids):
+        problems.append(
+            Problem(path, entry.line("thread"), f"thread {entry.thread!r} names no entry")
+        )
+    problems += missing_language_problems(entry, audience.locales or set())
+    for locale, content in entry.content.items():
+        for target in markdown.refused_links(content.body):
+            problems.append(
+                Problem(
+                    path,
+                    entry.line(f"content.{locale}.body") or entry.line(f"content.{locale}"),
+                    f"link {target!r} in the {locale} body is not allowed",
+                )
+            )
+    problems += translation_problems(entry)
+    return problems
+
+
+def missing_language_problems(entry: Entry, locales: Iterable[str]) -> list[Problem]:
+    """An audience that reads a language the entry lacks is an error, not a fallback."""
+    missing = sorted(set(locales) - set(entry.content))
+    if not missing:
+        return []
+    return [
+        Problem(
+            entry.where,
+            entry.line("content"),
+            f"subscribers in the audience read {', '.join(missing)} "
+            "but the entry has no content in it",
+        )
+    ]
+
+
+def _numbers(*texts: str) -> Counter[str]:
+    found: Counter[str] = Counter()
+    for text in texts:
+        found.update(n.lstrip("0") or "0" for n in _NUMBER.findall(_NOT_PROSE.sub(" ", text)))
+    return found
+
+
+def translation_problems(entry: Entry) -> list[Problem]:
+    """Each translation is in its language, made from the current English, and states
+    the same numbers (a date changed in one language only is caught here)."""
+    problems: list[Problem] = []
+    english = entry.content.get(FALLBACK_LOCALE)
+    for locale, content in entry.content.items():
+        if locale == FALLBACK_LOCALE:
+            continue
+
+        def at(key: str, locale: str = locale) -> int | None:
+            return entry.line(f"content.{locale}.{key}") or entry.line(f"content.{locale}")
+
+        if locale == "ru":
+            for key in ("subject", "summary", "body"):
+                if not _CYRILLIC.search(getattr(content, key)):
+                    problems.append(
+                        Problem(
+                            entry.where,
+                            at(key),
+                            f"the ru {key} has no Cyrillic letter: is it still in English?",
+                        )
+                    )
+        if english is None:
+            continue
+        current = source_hash(english)
+        if content.source is None:
+            problems.append(
+                Problem(
+                    entry.where,
+                    entry.line(f"content.{locale}"),
+                    f"the {locale} block has no 'source:'; once it matches the English, "
+                    f"add source: {current}",
+                    warning=True,
+                )
+            )
+        elif content.source != current:
+            problems.append(
+                Problem(
+                    entry.where,
+                    at("source"),
+                    f"the English changed since this {locale} translation was made "
+                    f"(source: {content.source}, English now {current}); update the "
+                    f"translation, then set source: {current}",
+                )
+            )
+        ours = _numbers(english.subject, english.summary, english.body)
+        theirs = _numbers(content.subject, content.summary, content.body)
+        if set(ours) != set(theirs):
+            only_en = sorted(set(ours) - set(theirs), key=int)
+            only_other = sorted(set(theirs) - set(ours), key=int)
+            said = []
+            if only_en:
+                said.append(f"only in en: {', '.join(only_en)}")
+            if only_other:
+                said.append(f"only in {locale}: {', '.join(only_other)}")
+            problems.append(
+                Problem(
+                    entry.where,
+                    entry.line(f"content.{locale}"),
+                    f"the numbers in en and {locale} differ ({'; '.join(said)})",
+                )
+            )
+    return problems
+
+
+def readiness_problems(entry: Entry, *, now: dt.datetime, send_now: bool) -> list[Problem]:
+    """A draft is never sent; an entry is not sent before its ``send_at`` unless asked."""
+    if not entry.ready:
+        return [
+            Problem(
+                entry.where,
+                entry.line("status"),
+                "the entry is a draft; drafts are never sent (set status: ready)",
+            )
+        ]
+    if entry.send_at and entry.send_at > now and not send_now:
+        return [
+            Problem(
+                entry.where,
+                entry.line("send_at"),
+                f"send_at is {entry.send_at.isoformat()}, still to come; "
+                "send it then, or now with --now",
+            )
+        ]
+    return []
+
+
+# -- secrets and settings ----------------------------------------------------------
+
+
+def secret_problems(config: Config, environ: Mapping[str, str] | None = None) -> list[Problem]:
+    """Secrets the configured transport needs, each naming its variable (warnings too)."""
+    problems: list[Problem] = []
+    try:
+        _secret, is_dev = config.unsubscribe_secret(environ)
+    except ConfigError as exc:
+        problems += exc.problems
+    else:
+        if is_dev:
+            problems.append(
+                Problem(
+                    config.path,
+                    config.line("unsubscribe"),
+                    f"${config.unsubscribe.secret_env} is not set; the development "
+                    "unsubscribe secret is used (fine for the maildir outbox only)",
+                    warning=True,
+                )
+            )
+    smtp = config.smtp
+    if config.transport == "smtp" and smtp.username and not smtp.password(environ):
+        problems.append(
+            Problem(
+                config.path,
+                config.line("smtp"),
+                f"smtp.username is set but ${smtp.password_env} is unset or empty: "
+                "put the relay's password there",
+            )
+        )
+    return problems
+
+
+# -- rendering ---------------------------------------------------------------------
+
+
+def render_problems(factory: MessageFactory, keys: Iterable[VariantKey]) -> list[Problem]:
+    """Build every variant (with and without a name), so a template, catalog or key
+    error shows here and not mid-send; and no reader gets a link their region blocks."""
+    entry = factory.entry
+    problems: list[Problem] = []
+    for key in keys:
+        for named in (True, False):
+            probe = probe_recipient(VariantKey(key.locale, key.region, key.access, named))
+            try:
+                built = factory.build(probe)
+                rendered = built.rendered
+            except StatusmailError as exc:
+                problems.append(Problem(entry.where, None, str(exc)))
+                break
+            region = factory.renderer.region(key)
+            if region is None or not region.links:
+                continue
+            headers = built.envelope.data.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
+            for host in sorted(region.blocked_hosts()):
+                for part, text in (("text", rendered.text), ("HTML", rendered.html)):
+                    if host in text.lower():
+                        problems.append(_leak(entry, key, region, host, f"its {part} part"))
+                if host in headers.lower():
+                    problems.append(_leak(entry, key, region, host, "its headers"))
+            break  # the name does not change links
+    return problems
+
+
+def _leak(entry: Entry, key: VariantKey, region: Region, host: str, where: str) -> Problem:
+    return Problem(
+        entry.where,
+        entry.line(f"content.{key.locale}") or entry.line("content"),
+        f"readers in {region.code} still get a link to {host} in {where} ({key.title}): "
+        f"write it as {region.links[0][0]}… so that regions.yaml's links rewrite it",
+    )
+
+
+# -- check: the whole project ------------------------------------------------------
+
+
+@dataclass
+class CheckReport:
+    problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    entries: int = 0
+    subscribers: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def add(self, found: Iterable[Problem]) -> None:
+        for problem in found:
+            (self.warnings if problem.warning else self.problems).append(problem)
+
+
+@dataclass
+class _Coverage:
+    """What the active subscribers have, to tell an audience that selects nobody."""
+
+    topics: set[str] = field(default_factory=set)
+    regions: set[str] = field(default_factory=set)
+    locales: set[str] = field(default_factory=set)
+    fallbacks: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+
+def check_project(config: Config) -> CheckReport:
+    report = CheckReport()
+    regions: dict[str, Region] = {}
+    try:
+        regions = load_regions(config.paths.regions)
+    except InputError as exc:
+        report.add(exc.problems)
+    report.add(region_problems(regions))
+    entries, entry_load_problems = load_entries(config.paths.updates)
+    report.add(entry_load_problems)
+    report.entries = len(entries) + len({p.path for p in entry_load_problems})
+    for entry in entries.values():
+        report.add(entry_problems(entry, known_ids=entries, regions=regions, config=config))
+    report.add(catalog_problems(config.paths.templates))
+    report.add(secret_problems(config))
+    if report.ok:
+        try:
+            secret, _ = config.unsubscribe_secret()
+        except ConfigError:  # reported above; the messages can still be checked
+            secret = b"check"
+        renderer = Renderer(config.paths.templates, regions, config.sender.name)
+        for entry in entries.values():
+            try:
+                factory = MessageFactory(config, entry, renderer, secret or b"check")
+            except StatusmailError as exc:
+                report.add([Problem(entry.where, None, str(exc))])
+                break
+            report.add(render_problems(factory, renderer.variant_keys(entry)))
+    report.add(_subscriber_problems(config, list(entries.values()), set(regions), report))
+    return report
+
+
+def _subscriber_problems(
+    config: Config, entries: list[Entry], regions: set[str], report: CheckReport
+) -> list[Problem]:
+    problems: list[Problem] = []
+    locales: dict[str, set[str]] = {entry.id: set() for entry in entries}
+    selected: Counter[str] = Counter()
+    coverage = _Coverage()
+    stats = ReadStats()
+    for item in iter_subscribers(config.paths.subscribers, stats):
+        if isinstance(item, RowProblem):
+            problems.append(Problem(item.path, item.line or None, item.message))
+            continue
+        report.subscribers += 1
+        if item.status != SubscriberStatus.ACTIVE:
+            continue
+        locale, fallback = resolve_locale(item.locale, item.region, config.default_locale_by_region)
+        if fallback and not fallback.startswith("no locale, region"):
+            coverage.fallbacks[(fallback, locale)] += 1
+        coverage.topics |= item.topics
+        coverage.locales.add(locale)
+        if item.region:
+            coverage.regions.add(item.region)
+        for entry in entries:
+            if entry.audience.matches(item.region, item.topics, locale):
+                locales[entry.id].add(locale)
+                selected[entry.id] += 1
+    report.notes += [
+        f"{n} subscribers with {reason} get {locale}"
+        for (reason, locale), n in coverage.fallbacks.most_common()
+    ]
+    for entry in entries:
+        problems += missing_language_problems(entry, locales[entry.id])
+        if entry.ready:
+            problems += _audience_problems(entry, selected[entry.id], coverage, regions)
+    return problems
+
+
+def _audience_problems(
+    entry: Entry, selected: int, coverage: _Coverage, regions: set[str]
+) -> list[Problem]:
+    problems: list[Problem] = []
+    audience, line = entry.audience, entry.line("audience")
+    known_regions = (audience.regions or frozenset()) & regions  # unknown ones said already
+    for what, wanted, present in (
+        ("topic", audience.topics, coverage.topics),
+        ("region", known_regions, coverage.regions),
+        ("locale", audience.locales, coverage.locales),
+    ):
+        for value in sorted((wanted or frozenset()) - present):
+            problems.append(
+                Problem(
+                    entry.where, line, f"no active subscriber has the audience's {what} {value!r}"
+                )
+            )
+    if not selected:
+        problems.append(
+            Problem(
+                entry.where,
+                line or entry.line("status"),
+                "the entry is ready but its audience selects no active subscriber",
+            )
+        )
+    return problems
