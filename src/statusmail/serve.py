@@ -3,14 +3,14 @@
 ``GET`` only shows a confirmation page (link scanners fetch URLs); ``POST`` with
 ``List-Unsubscribe=One-Click`` and a valid token suppresses the address at once. The
 answers never tell whether an address is (still) subscribed, and nothing logs addresses
-or tokens.
+or tokens. The pages come from ``templates/pages/`` and the messages' gettext catalog,
+rendered once per app in every language.
 """
 
 from __future__ import annotations
 
 import email.parser
 import email.policy
-import html
 import logging
 import signal
 import socket
@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import jinja2
 import uvicorn
+from babel import Locale
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -28,10 +30,11 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
+from statusmail.catalog import catalog_path, load_translations, render_error, template_environment
 from statusmail.config import Config
-from statusmail.errors import ConfigError, LedgerError, Problem, StatusmailError
+from statusmail.errors import ConfigError, InputError, LedgerError, Problem, StatusmailError
 from statusmail.ledger import Ledger
-from statusmail.locales import FALLBACK_LOCALE, normalize_locale
+from statusmail.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES, normalize_locale
 from statusmail.tokens import verify_unsubscribe_token
 
 log = logging.getLogger(__name__)
@@ -47,41 +50,9 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
 }
 
-STRINGS: dict[str, dict[str, str]] = {
-    "en": {
-        "title": "Status updates",
-        "confirm": "Unsubscribe from status updates?",
-        "button": "Unsubscribe",
-        "done": "You are unsubscribed. You will get no more status updates.",
-        "invalid": "This unsubscribe link is not valid. Please use the link from a recent "
-        "status update.",
-        "too_large": "The request is too large.",
-        "not_found": "Page not found.",
-        "method": "This request is not supported.",
-        "error": "Something went wrong. Please try again later.",
-    },
-    "ru": {
-        "title": "Уведомления о работе сервиса",
-        "confirm": "Отписаться от уведомлений о работе сервиса?",
-        "button": "Отписаться",
-        "done": "Вы отписались. Уведомления о работе сервиса больше не придут.",
-        "invalid": "Эта ссылка для отписки недействительна. Воспользуйтесь ссылкой "
-        "из недавнего письма.",
-        "too_large": "Слишком большой запрос.",
-        "not_found": "Страница не найдена.",
-        "method": "Такой запрос не поддерживается.",
-        "error": "Что-то пошло не так. Попробуйте ещё раз позже.",
-    },
-}
-
-BODY_STYLE = (
-    "font-family: system-ui, sans-serif; font-size: 18px; line-height: 1.5; color: #222;"
-    " background: #fff; max-width: 32rem; margin: 4rem auto; padding: 0 1rem;"
-)
-BUTTON_STYLE = (
-    "font: inherit; padding: 0.5rem 1.5rem; border: 0; border-radius: 4px;"
-    " background: #1a5fb4; color: #fff; cursor: pointer;"
-)
+CONFIRM_PAGE = "pages/confirm.html.j2"  # under the templates folder
+NOTICE_PAGE = "pages/notice.html.j2"
+NOTICES = ("done", "invalid", "too_large", "not_found", "method", "error")
 
 
 class ServeError(StatusmailError):
@@ -100,21 +71,54 @@ def route_path(config: Config) -> str:
 
 def accept_language(header: str | None) -> str:
     """The supported language the client prefers most (by q), else English."""
-    best, best_q = FALLBACK_LOCALE, 0.0
-    for item in (header or "").split(","):
-        tag, _, params = item.partition(";")
+    ranked: list[tuple[float, int, str]] = []
+    for position, item in enumerate((header or "").split(",")):
+        tag, *params = (part.strip() for part in item.split(";"))
         q = 1.0
-        for param in params.split(";"):
+        for param in params:
             key, _, value = param.partition("=")
             if key.strip().lower() == "q":
                 try:
                     q = float(value)
                 except ValueError:
                     q = 0.0
-        locale = normalize_locale(tag)
-        if locale and q > best_q:
-            best, best_q = locale, q
-    return best
+        if tag and 0.0 < q <= 1.0:
+            ranked.append((-q, position, tag.replace("_", "-")))
+    preferred = [tag for _q, _position, tag in sorted(ranked)]
+    found = Locale.negotiate(preferred, SUPPORTED_LOCALES, sep="-", aliases={})
+    return found.language if found else FALLBACK_LOCALE
+
+
+def render_pages(templates_dir: Path, site: str) -> dict[tuple[str, str], str]:
+    """Every page in every language, rendered once: no page holds anything per request.
+
+    Raises ``InputError``/``RenderError`` naming the template or catalog at fault.
+    """
+    pages: dict[tuple[str, str], str] = {}
+    for lang in SUPPORTED_LOCALES:
+        env = template_environment(templates_dir, autoescape=True)
+        env.install_gettext_translations(  # type: ignore[attr-defined]
+            load_translations(templates_dir, lang), newstyle=True
+        )
+        catalog = None if lang == FALLBACK_LOCALE else catalog_path(templates_dir, lang)
+        for page, name in [("confirm", CONFIRM_PAGE)] + [(n, NOTICE_PAGE) for n in NOTICES]:
+            try:
+                html = env.get_template(name).render(lang=lang, site=site, notice=page)
+            except jinja2.TemplateNotFound as exc:
+                message = "is missing: statusmail serve renders its pages from it"
+                missing = exc.name if isinstance(exc.name, str) else name
+                raise InputError([Problem(templates_dir / missing, None, message)]) from exc
+            except jinja2.TemplateSyntaxError as exc:
+                where = exc.filename or templates_dir / name
+                raise InputError(
+                    [Problem(where, exc.lineno, exc.message or "syntax error")]
+                ) from exc
+            except jinja2.TemplateError as exc:
+                raise InputError([Problem(templates_dir / name, None, str(exc))]) from exc
+            except (KeyError, ValueError, TypeError) as exc:  # a %-format in gettext
+                raise render_error(exc, templates_dir / name, catalog) from exc
+            pages[lang, page] = html
+    return pages
 
 
 def ledger_locale(path: Path, address: str) -> str | None:
@@ -174,28 +178,11 @@ async def read_body(request: Request) -> bytes | None:
 
 def make_app(config: Config, secret: bytes) -> Starlette:
     ledger_path = config.paths.ledger
-    site = config.sender.name
+    pages = render_pages(config.paths.templates, config.sender.name)
 
-    def page(lang: str, key: str, status: int, *, form: bool = False) -> Response:
-        text = STRINGS[lang]
-        title = html.escape(f"{site}: {text['title']}" if site else text["title"])
-        content = f"<p>{html.escape(text[key])}</p>"
-        if form:
-            content = (
-                f"<h1 style='font-size: 1.5rem; font-weight: 600'>{html.escape(text[key])}</h1>"
-                "<form method='post'><input type='hidden' name='List-Unsubscribe'"
-                " value='One-Click'>"
-                f"<button type='submit' style='{BUTTON_STYLE}'>"
-                f"{html.escape(text['button'])}</button></form>"
-            )
-        document = (
-            f"<!DOCTYPE html>\n<html lang='{lang}'><head><meta charset='utf-8'>"
-            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-            f"<meta name='robots' content='noindex'><title>{title}</title></head>"
-            f"<body style='{BODY_STYLE}'><main>{content}</main></body></html>\n"
-        )
+    def page(lang: str, key: str, status: int) -> Response:
         headers = {**SECURITY_HEADERS, "Content-Language": lang}
-        return HTMLResponse(document, status_code=status, headers=headers)
+        return HTMLResponse(pages[lang, key], status_code=status, headers=headers)
 
     def address_of(request: Request) -> str | None:
         token = request.path_params.get("token", "")
@@ -222,7 +209,7 @@ def make_app(config: Config, secret: bytes) -> Starlette:
         lang = await language(request, address)
         if address is None:
             return page(lang, "invalid", 400)
-        return page(lang, "confirm", 200, form=True)
+        return page(lang, "confirm", 200)
 
     async def one_click(request: Request) -> Response:
         address = address_of(request)
@@ -233,7 +220,7 @@ def make_app(config: Config, secret: bytes) -> Starlette:
         if body is None:
             return page(lang, "too_large", 413)
         if not is_one_click(request.headers.get("content-type", ""), body):
-            return page(lang, "confirm", 400, form=True)
+            return page(lang, "confirm", 400)
         try:
             await run_in_threadpool(unsubscribe, address)
         except (LedgerError, sqlite3.Error) as exc:
