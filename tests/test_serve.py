@@ -21,6 +21,7 @@ from click.testing import CliRunner
 
 from conftest import copy_sample
 from delivery_helpers import SECRET, point_at, send, suppressed
+from editing import line_of, replace_in
 from smtp_server import RecordingServer
 from statusmail.cli import main
 from statusmail.config import DEV_UNSUBSCRIBE_SECRET
@@ -258,6 +259,29 @@ def test_page_language_follows_the_ledger_then_accept_language(site: Site) -> No
         assert "ivan" not in reply.body and "dmitry" not in reply.body
 
 
+@pytest.mark.parametrize(
+    ("header", "lang"),
+    [
+        ("ru-RU, en;q=0.8", "ru"),
+        ("en-GB;q=0.3, ru;q=0.9", "ru"),  # by q, not by position
+        ("uk-UA, ru;q=0.9, en-US;q=0.8, en;q=0.7", "ru"),  # the first supported one
+        ("ru_RU", "ru"),
+        ("RU", "ru"),
+        ("ru;q=0, en", "en"),  # q=0: not acceptable
+        ("ru;q=abc, en;q=0.1", "en"),  # a broken q counts as 0
+        ("fr, de;q=0.9", "en"),  # nothing supported: English
+        ("*", "en"),
+    ],
+)
+def test_accept_language_is_negotiated_by_q(site: Site, header: str, lang: str) -> None:
+    reply = fetch(
+        site.port, "GET", path_for("nobody@example.org"), None, {"Accept-Language": header}
+    )
+    assert reply.status == 200
+    assert reply.headers["content-language"] == lang and f"<html lang='{lang}'>" in reply.body
+    assert (RU_CONFIRM if lang == "ru" else EN_CONFIRM) in reply.body
+
+
 def test_answers_do_not_tell_whether_an_address_is_subscribed(site: Site) -> None:
     def get(path: str, lang: str | None = None) -> Reply:
         headers = {"Accept-Language": lang} if lang else {}
@@ -361,6 +385,68 @@ def test_other_paths_404_other_methods_405(site: Site) -> None:
         assert "POST" in reply.headers["allow"]
         assert_secure(reply)
     assert "aigerim.nurlanova@example.org" not in suppressed(site.config)
+
+
+# -- pages from templates and the catalog ----------------------------------------------
+
+
+def test_pages_come_from_the_page_templates_and_the_catalog(project: Path) -> None:
+    root = project.parent
+    replace_in(
+        root / "templates/locale/ru/LC_MESSAGES/messages.po",
+        '"Вы отписались. Уведомления о работе сервиса больше не придут."',
+        '"Готово: вы отписались."',
+    )
+    replace_in(
+        root / "templates/pages/confirm.html.j2",
+        "<form method='post'>",
+        "<form method='post' id='x'>",
+    )
+    replace_in(project, "sender: {name: StartMail,", "sender: {name: 'Start<b>Mail & Co',")
+    proc, port = start_serve(project)
+    try:
+        stranger = path_for("stranger@example.org")
+        done = post_one_click(port, stranger, **{"Accept-Language": "ru"})
+        assert done.status == 200 and "<p>Готово: вы отписались.</p>" in done.body
+        confirm = fetch(port, "GET", stranger)
+        assert "<form method='post' id='x'>" in confirm.body
+        # autoescape is on: the site name is text, never markup
+        assert "<title>Start&lt;b&gt;Mail &amp; Co: Status updates</title>" in confirm.body
+        assert_secure(confirm)
+    finally:
+        assert stop(proc) == 0
+
+
+def serve_once(project: Path) -> subprocess.CompletedProcess[str]:
+    """``statusmail serve`` that is expected to refuse to start."""
+    env = {**os.environ, "STATUSMAIL_UNSUBSCRIBE_SECRET": SECRET}
+    done = subprocess.run(
+        serve_command(project, free_port()), capture_output=True, text=True, timeout=20, env=env
+    )
+    assert "Traceback" not in done.stderr, done.stderr
+    return done
+
+
+def test_a_page_translation_that_cannot_be_filled_in_stops_serve(project: Path) -> None:
+    root = project.parent
+    po = root / "templates/locale/ru/LC_MESSAGES/messages.po"
+    confirm = root / "templates/pages/confirm.html.j2"
+    replace_in(po, '"Отписаться от уведомлений о работе сервиса?"', '"Отписаться на 100%?"')
+    done = serve_once(project)
+    assert done.returncode == 1
+    line = line_of(confirm, '_("Unsubscribe from status updates?")')
+    assert (
+        f"{confirm}:{line}: cannot fill in a translation from {po}: unsupported format character"
+        in done.stderr
+    )
+
+
+def test_a_missing_page_template_stops_serve(project: Path) -> None:
+    notice = project.parent / "templates/pages/notice.html.j2"
+    notice.unlink()
+    done = serve_once(project)
+    assert done.returncode == 1
+    assert f"{notice}: is missing: statusmail serve renders its pages from it" in done.stderr
 
 
 # -- start-up --------------------------------------------------------------------------
