@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -257,6 +258,36 @@ def test_page_language_follows_the_ledger_then_accept_language(site: Site) -> No
     for reply in (ru, en):
         assert_secure(reply)
         assert "ivan" not in reply.body and "dmitry" not in reply.body
+
+
+def browser() -> str:
+    """A headless Chromium, the browser the endpoint's pages are checked in."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium is not installed (apt-get install chromium)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    return found
+
+
+def test_a_browser_shows_the_confirmation_in_the_subscribers_language(
+    site: Site, tmp_path: Path
+) -> None:
+    url = f"http://127.0.0.1:{site.port}{site.paths['ivan.smirnov@example.com']}"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path}"]
+    done = subprocess.run(
+        [browser(), *flags, "--dump-dom", url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    dom = done.stdout
+    assert "<title>StartMail: Уведомления о работе сервиса</title>" in dom
+    assert re.search(rf"<h1[^>]*>{re.escape(RU_CONFIRM)}</h1>", dom)
+    assert re.search(r'<button type="submit"[^>]*>Отписаться</button>', dom)
+    assert '<input type="hidden" name="List-Unsubscribe" value="One-Click">' in dom
+    assert "ivan.smirnov@example.com" not in suppressed(site.config)
 
 
 @pytest.mark.parametrize(
