@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,6 +22,7 @@ from click.testing import CliRunner
 
 from conftest import copy_sample
 from delivery_helpers import SECRET, point_at, send, suppressed
+from editing import line_of, replace_in
 from smtp_server import RecordingServer
 from statusmail.cli import main
 from statusmail.config import DEV_UNSUBSCRIBE_SECRET
@@ -132,17 +134,21 @@ def post_one_click(port: int, path: str, **headers: str) -> Reply:
     return fetch(port, "POST", path, ONE_CLICK, {"Content-Type": FORM, **headers})
 
 
-def unsubscribe_paths(server: RecordingServer) -> dict[str, str]:
-    """recipient → the path of the https URL in its List-Unsubscribe header."""
-    paths = {}
+def unsubscribe_urls(server: RecordingServer) -> dict[str, tuple[str, str]]:
+    """recipient → (host, path) of the https URL in its List-Unsubscribe header."""
+    urls = {}
     for message in server.messages:
         header = str(message.message["List-Unsubscribe"])
         match = re.search(r"<(https://[^>]+)>", header)
         assert match, header
         url = urlsplit(match.group(1))
-        assert url.netloc == "www.startmail.example"
-        paths[message.rcpt_tos[0].lower()] = url.path
-    return paths
+        urls[message.rcpt_tos[0].lower()] = (url.netloc, url.path)
+    return urls
+
+
+def unsubscribe_paths(server: RecordingServer) -> dict[str, str]:
+    """recipient → the path of the https URL in its List-Unsubscribe header."""
+    return {address: path for address, (_host, path) in unsubscribe_urls(server).items()}
 
 
 def path_for(address: str, secret: str = SECRET) -> str:
@@ -258,6 +264,59 @@ def test_page_language_follows_the_ledger_then_accept_language(site: Site) -> No
         assert "ivan" not in reply.body and "dmitry" not in reply.body
 
 
+def browser() -> str:
+    """A headless Chromium, the browser the endpoint's pages are checked in."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium is not installed (apt-get install chromium)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    return found
+
+
+def test_a_browser_shows_the_confirmation_in_the_subscribers_language(
+    site: Site, tmp_path: Path
+) -> None:
+    url = f"http://127.0.0.1:{site.port}{site.paths['ivan.smirnov@example.com']}"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path}"]
+    done = subprocess.run(
+        [browser(), *flags, "--dump-dom", url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    dom = done.stdout
+    assert "<title>StartMail: Уведомления о работе сервиса</title>" in dom
+    assert re.search(rf"<h1[^>]*>{re.escape(RU_CONFIRM)}</h1>", dom)
+    assert re.search(r'<button type="submit"[^>]*>Отписаться</button>', dom)
+    assert '<input type="hidden" name="List-Unsubscribe" value="One-Click">' in dom
+    assert "ivan.smirnov@example.com" not in suppressed(site.config)
+
+
+@pytest.mark.parametrize(
+    ("header", "lang"),
+    [
+        ("ru-RU, en;q=0.8", "ru"),
+        ("en-GB;q=0.3, ru;q=0.9", "ru"),  # by q, not by position
+        ("uk-UA, ru;q=0.9, en-US;q=0.8, en;q=0.7", "ru"),  # the first supported one
+        ("ru_RU", "ru"),
+        ("RU", "ru"),
+        ("ru;q=0, en", "en"),  # q=0: not acceptable
+        ("ru;q=abc, en;q=0.1", "en"),  # a broken q counts as 0
+        ("fr, de;q=0.9", "en"),  # nothing supported: English
+        ("*", "en"),
+    ],
+)
+def test_accept_language_is_negotiated_by_q(site: Site, header: str, lang: str) -> None:
+    reply = fetch(
+        site.port, "GET", path_for("nobody@example.org"), None, {"Accept-Language": header}
+    )
+    assert reply.status == 200
+    assert reply.headers["content-language"] == lang and f"<html lang='{lang}'>" in reply.body
+    assert (RU_CONFIRM if lang == "ru" else EN_CONFIRM) in reply.body
+
+
 def test_answers_do_not_tell_whether_an_address_is_subscribed(site: Site) -> None:
     def get(path: str, lang: str | None = None) -> Reply:
         headers = {"Accept-Language": lang} if lang else {}
@@ -361,6 +420,68 @@ def test_other_paths_404_other_methods_405(site: Site) -> None:
         assert "POST" in reply.headers["allow"]
         assert_secure(reply)
     assert "aigerim.nurlanova@example.org" not in suppressed(site.config)
+
+
+# -- pages from templates and the catalog ----------------------------------------------
+
+
+def test_pages_come_from_the_page_templates_and_the_catalog(project: Path) -> None:
+    root = project.parent
+    replace_in(
+        root / "templates/locale/ru/LC_MESSAGES/messages.po",
+        '"Вы отписались. Уведомления о работе сервиса больше не придут."',
+        '"Готово: вы отписались."',
+    )
+    replace_in(
+        root / "templates/pages/confirm.html.j2",
+        "<form method='post'>",
+        "<form method='post' id='x'>",
+    )
+    replace_in(project, "sender: {name: StartMail,", "sender: {name: 'Start<b>Mail & Co',")
+    proc, port = start_serve(project)
+    try:
+        stranger = path_for("stranger@example.org")
+        done = post_one_click(port, stranger, **{"Accept-Language": "ru"})
+        assert done.status == 200 and "<p>Готово: вы отписались.</p>" in done.body
+        confirm = fetch(port, "GET", stranger)
+        assert "<form method='post' id='x'>" in confirm.body
+        # autoescape is on: the site name is text, never markup
+        assert "<title>Start&lt;b&gt;Mail &amp; Co: Status updates</title>" in confirm.body
+        assert_secure(confirm)
+    finally:
+        assert stop(proc) == 0
+
+
+def serve_once(project: Path) -> subprocess.CompletedProcess[str]:
+    """``statusmail serve`` that is expected to refuse to start."""
+    env = {**os.environ, "STATUSMAIL_UNSUBSCRIBE_SECRET": SECRET}
+    done = subprocess.run(
+        serve_command(project, free_port()), capture_output=True, text=True, timeout=20, env=env
+    )
+    assert "Traceback" not in done.stderr, done.stderr
+    return done
+
+
+def test_a_page_translation_that_cannot_be_filled_in_stops_serve(project: Path) -> None:
+    root = project.parent
+    po = root / "templates/locale/ru/LC_MESSAGES/messages.po"
+    confirm = root / "templates/pages/confirm.html.j2"
+    replace_in(po, '"Отписаться от уведомлений о работе сервиса?"', '"Отписаться на 100%?"')
+    done = serve_once(project)
+    assert done.returncode == 1
+    line = line_of(confirm, '_("Unsubscribe from status updates?")')
+    assert (
+        f"{confirm}:{line}: cannot fill in a translation from {po}: unsupported format character"
+        in done.stderr
+    )
+
+
+def test_a_missing_page_template_stops_serve(project: Path) -> None:
+    notice = project.parent / "templates/pages/notice.html.j2"
+    notice.unlink()
+    done = serve_once(project)
+    assert done.returncode == 1
+    assert f"{notice}: is missing: statusmail serve renders its pages from it" in done.stderr
 
 
 # -- start-up --------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from statusmail import validation
+from statusmail.catalog import catalog_problems
 from statusmail.config import Config
 from statusmail.delivery import Engine, OnOutcome, RunResult
 from statusmail.domain import Entry, ExitCode
@@ -28,7 +29,7 @@ from statusmail.errors import ConnectError, InputError, LedgerError, Problem, St
 from statusmail.ledger import Ledger, Plan, StagedRow, read_suppressions, run_lock
 from statusmail.message import MessageFactory
 from statusmail.regions import Region, load_regions
-from statusmail.render import Renderer, catalog_problems
+from statusmail.render import Renderer
 from statusmail.report import mask_address, scrub
 from statusmail.selection import Inactive, SelectionStats, select
 from statusmail.subscribers import RowProblem

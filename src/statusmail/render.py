@@ -10,7 +10,6 @@ exists so tests can prove the two give the same output.
 from __future__ import annotations
 
 import datetime as dt
-import io
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -19,20 +18,17 @@ from typing import Any
 
 import jinja2
 from babel.dates import format_date
-from babel.messages.mofile import write_mo
-from babel.messages.pofile import read_po
-from babel.support import NullTranslations, Translations
 from markupsafe import Markup, escape
 
 from statusmail import markdown
+from statusmail.catalog import catalog_path, load_translations, render_error
 from statusmail.domain import Entry
-from statusmail.errors import Problem, RenderError
+from statusmail.errors import RenderError
 from statusmail.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES
 from statusmail.regions import Region
 
 TEXT_TEMPLATE = "message.txt.j2"
 HTML_TEMPLATE = "message.html.j2"
-CATALOG_DOMAIN = "messages"
 
 # Control characters cannot occur in names (subscribers.clean_name) or URLs.
 NAME_SLOT = "\x00name\x00"
@@ -89,28 +85,6 @@ class Rendered:
     text: str
     html: str
     locale: str
-
-
-def catalog_path(templates_dir: Path, locale: str) -> Path:
-    return templates_dir / "locale" / locale / "LC_MESSAGES" / f"{CATALOG_DOMAIN}.po"
-
-
-def load_translations(templates_dir: Path, locale: str) -> NullTranslations:
-    """Compile the ``.po`` catalog in memory, so a stale ``.mo`` can never be used."""
-    if locale == FALLBACK_LOCALE:
-        return NullTranslations()
-    path = catalog_path(templates_dir, locale)
-    try:
-        with path.open("rb") as handle:
-            catalog = read_po(handle, locale=locale, domain=CATALOG_DOMAIN)
-    except OSError as exc:
-        raise RenderError(f"{path}: cannot read the {locale} catalog: {exc.strerror}") from exc
-    except Exception as exc:  # babel raises several kinds on a broken catalog
-        raise RenderError(f"{path}: invalid catalog: {exc}") from exc
-    buffer = io.BytesIO()
-    write_mo(buffer, catalog, use_fuzzy=False)
-    buffer.seek(0)
-    return Translations(buffer, domain=CATALOG_DOMAIN)
 
 
 def local_date(date: dt.date, locale: str) -> str:
@@ -233,14 +207,21 @@ class Renderer:
 
     def _render(self, entry: Entry, key: VariantKey, name: str, url: str) -> Rendered:
         context = self._context(entry, key, name, url)
-        try:
-            text = self._env(key.locale, False).get_template(TEXT_TEMPLATE).render(context)
-            html = self._env(key.locale, True).get_template(HTML_TEMPLATE).render(context)
-        except jinja2.TemplateSyntaxError as exc:
-            raise RenderError(f"{exc.filename}:{exc.lineno}: {exc.message}") from exc
-        except jinja2.TemplateError as exc:
-            raise RenderError(f"{self.templates_dir}: {exc}") from exc
-        return Rendered(context["subject"], context["summary"], text, html, key.locale)
+        catalog = None
+        if key.locale != FALLBACK_LOCALE:
+            catalog = catalog_path(self.templates_dir, key.locale)
+        parts = []
+        for template, html in ((TEXT_TEMPLATE, False), (HTML_TEMPLATE, True)):
+            try:
+                parts.append(self._env(key.locale, html).get_template(template).render(context))
+            except jinja2.TemplateSyntaxError as exc:
+                raise RenderError(f"{exc.filename}:{exc.lineno}: {exc.message}") from exc
+            except jinja2.TemplateError as exc:
+                raise RenderError(f"{self.templates_dir}: {exc}") from exc
+            except (KeyError, ValueError, TypeError) as exc:  # a %-format in gettext
+                raise render_error(exc, self.templates_dir / template, catalog) from exc
+        text, html_part = parts
+        return Rendered(context["subject"], context["summary"], text, html_part, key.locale)
 
     def variant(self, entry: Entry, key: VariantKey) -> Rendered:
         """The variant rendered once, with slots for the name and the unsubscribe URL."""
@@ -264,50 +245,3 @@ class Renderer:
 
     def render_from_scratch(self, entry: Entry, key: VariantKey, name: str, url: str) -> Rendered:
         return self._render(entry, key, name, url)
-
-
-def catalog_problems(templates_dir: Path) -> list[Problem]:
-    """Every template string must be translated in every non-English catalog."""
-    from babel.messages.extract import extract_from_dir
-
-    problems: list[Problem] = []
-    method_map = [("**.j2", "jinja2")]
-    options = {"**.j2": {"extensions": "jinja2.ext.i18n", "silent": "false"}}
-    used: dict[str, tuple[str, int]] = {}
-    try:
-        for filename, lineno, message, _comments, _context in extract_from_dir(
-            templates_dir, method_map=method_map, options_map=options
-        ):
-            msgid = message if isinstance(message, str) else message[0]
-            used.setdefault(msgid, (filename, lineno))
-    except jinja2.TemplateSyntaxError as exc:
-        return [Problem(exc.filename or templates_dir, exc.lineno, exc.message or "syntax error")]
-    for locale in SUPPORTED_LOCALES:
-        if locale == FALLBACK_LOCALE:
-            continue
-        path = catalog_path(templates_dir, locale)
-        if not path.is_file():
-            problems.append(Problem(path, None, f"the {locale} catalog is missing"))
-            continue
-        try:
-            with path.open("rb") as handle:
-                catalog = read_po(handle, locale=locale, domain=CATALOG_DOMAIN)
-        except Exception as exc:
-            problems.append(Problem(path, None, f"invalid catalog: {exc}"))
-            continue
-        for msgid, (filename, lineno) in sorted(used.items()):
-            found = catalog.get(msgid)
-            if found is None:
-                problems.append(
-                    Problem(
-                        path,
-                        None,
-                        f"{msgid!r} (used at {templates_dir / filename}:{lineno}) is not in "
-                        f"the catalog; run pybabel extract and update",
-                    )
-                )
-            elif not found.string or found.fuzzy:
-                line = found.lineno or None
-                state = "fuzzy" if found.fuzzy and found.string else "untranslated"
-                problems.append(Problem(path, line, f"{msgid!r} is {state}"))
-    return problems

@@ -3,24 +3,25 @@
 ``GET`` only shows a confirmation page (link scanners fetch URLs); ``POST`` with
 ``List-Unsubscribe=One-Click`` and a valid token suppresses the address at once. The
 answers never tell whether an address is (still) subscribed, and nothing logs addresses
-or tokens.
+or tokens. The pages come from ``templates/pages/`` and the messages' gettext catalog,
+rendered once per app in every language.
 """
 
 from __future__ import annotations
 
 import email.parser
 import email.policy
-import html
 import logging
 import signal
 import socket
-import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import jinja2
 import uvicorn
+from babel import Locale
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -28,10 +29,13 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
+from statusmail.catalog import catalog_path, load_translations, render_error, template_environment
 from statusmail.config import Config
-from statusmail.errors import ConfigError, LedgerError, Problem, StatusmailError
+from statusmail.domain import SuppressionReason
+from statusmail.errors import ConfigError, InputError, LedgerError, Problem, StatusmailError
 from statusmail.ledger import Ledger
-from statusmail.locales import FALLBACK_LOCALE, normalize_locale
+from statusmail.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES, normalize_locale
+from statusmail.regions import load_regions
 from statusmail.tokens import verify_unsubscribe_token
 
 log = logging.getLogger(__name__)
@@ -47,50 +51,18 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
 }
 
-STRINGS: dict[str, dict[str, str]] = {
-    "en": {
-        "title": "Status updates",
-        "confirm": "Unsubscribe from status updates?",
-        "button": "Unsubscribe",
-        "done": "You are unsubscribed. You will get no more status updates.",
-        "invalid": "This unsubscribe link is not valid. Please use the link from a recent "
-        "status update.",
-        "too_large": "The request is too large.",
-        "not_found": "Page not found.",
-        "method": "This request is not supported.",
-        "error": "Something went wrong. Please try again later.",
-    },
-    "ru": {
-        "title": "Уведомления о работе сервиса",
-        "confirm": "Отписаться от уведомлений о работе сервиса?",
-        "button": "Отписаться",
-        "done": "Вы отписались. Уведомления о работе сервиса больше не придут.",
-        "invalid": "Эта ссылка для отписки недействительна. Воспользуйтесь ссылкой "
-        "из недавнего письма.",
-        "too_large": "Слишком большой запрос.",
-        "not_found": "Страница не найдена.",
-        "method": "Такой запрос не поддерживается.",
-        "error": "Что-то пошло не так. Попробуйте ещё раз позже.",
-    },
-}
-
-BODY_STYLE = (
-    "font-family: system-ui, sans-serif; font-size: 18px; line-height: 1.5; color: #222;"
-    " background: #fff; max-width: 32rem; margin: 4rem auto; padding: 0 1rem;"
-)
-BUTTON_STYLE = (
-    "font: inherit; padding: 0.5rem 1.5rem; border: 0; border-radius: 4px;"
-    " background: #1a5fb4; color: #fff; cursor: pointer;"
-)
+CONFIRM_PAGE = "pages/confirm.html.j2"  # under the templates folder
+NOTICE_PAGE = "pages/notice.html.j2"
+NOTICES = ("done", "invalid", "too_large", "not_found", "method", "error")
 
 
 class ServeError(StatusmailError):
     """The endpoint cannot start (e.g. the port is taken)."""
 
 
-def route_path(config: Config) -> str:
+def route_path(config: Config, url: str | None = None) -> str:
     """The path of ``unsubscribe.url``, with ``{token}`` as the path parameter."""
-    path = unquote(urlsplit(config.unsubscribe.url).path)
+    path = unquote(urlsplit(url or config.unsubscribe.url).path)
     rest = path.replace("{token}", "", 1)
     if not path.startswith("/") or "{token}" not in path or "{" in rest or "}" in rest:
         message = "'unsubscribe.url': serve needs {token} exactly once in the URL's path"
@@ -98,23 +70,69 @@ def route_path(config: Config) -> str:
     return path
 
 
+def route_paths(config: Config) -> list[str]:
+    """Every path the unsubscribe URL has on any host: its own, and each region's
+    rewrite of it (a mirror may serve it under another path). ``serve`` answers the
+    token on every host the reverse proxies forward, whatever the Host header says."""
+    paths = [route_path(config)]
+    if config.paths.regions.is_file():
+        for region in load_regions(config.paths.regions).values():
+            rewritten = route_path(config, region.rewrite(config.unsubscribe.url))
+            if rewritten not in paths:
+                paths.append(rewritten)
+    return paths
+
+
 def accept_language(header: str | None) -> str:
     """The supported language the client prefers most (by q), else English."""
-    best, best_q = FALLBACK_LOCALE, 0.0
-    for item in (header or "").split(","):
-        tag, _, params = item.partition(";")
+    ranked: list[tuple[float, int, str]] = []
+    for position, item in enumerate((header or "").split(",")):
+        tag, *params = (part.strip() for part in item.split(";"))
         q = 1.0
-        for param in params.split(";"):
+        for param in params:
             key, _, value = param.partition("=")
             if key.strip().lower() == "q":
                 try:
                     q = float(value)
                 except ValueError:
                     q = 0.0
-        locale = normalize_locale(tag)
-        if locale and q > best_q:
-            best, best_q = locale, q
-    return best
+        if tag and 0.0 < q <= 1.0:
+            ranked.append((-q, position, tag.replace("_", "-")))
+    preferred = [tag for _q, _position, tag in sorted(ranked)]
+    found = Locale.negotiate(preferred, SUPPORTED_LOCALES, sep="-", aliases={})
+    return found.language if found else FALLBACK_LOCALE
+
+
+def render_pages(templates_dir: Path, site: str) -> dict[tuple[str, str], str]:
+    """Every page in every language, rendered once: no page holds anything per request.
+
+    Raises ``InputError``/``RenderError`` naming the template or catalog at fault.
+    """
+    pages: dict[tuple[str, str], str] = {}
+    for lang in SUPPORTED_LOCALES:
+        env = template_environment(templates_dir, autoescape=True)
+        env.install_gettext_translations(  # type: ignore[attr-defined]
+            load_translations(templates_dir, lang), newstyle=True
+        )
+        catalog = None if lang == FALLBACK_LOCALE else catalog_path(templates_dir, lang)
+        for page, name in [("confirm", CONFIRM_PAGE)] + [(n, NOTICE_PAGE) for n in NOTICES]:
+            try:
+                html = env.get_template(name).render(lang=lang, site=site, notice=page)
+            except jinja2.TemplateNotFound as exc:
+                message = "is missing: statusmail serve renders its pages from it"
+                missing = exc.name if isinstance(exc.name, str) else name
+                raise InputError([Problem(templates_dir / missing, None, message)]) from exc
+            except jinja2.TemplateSyntaxError as exc:
+                where = exc.filename or templates_dir / name
+                raise InputError(
+                    [Problem(where, exc.lineno, exc.message or "syntax error")]
+                ) from exc
+            except jinja2.TemplateError as exc:
+                raise InputError([Problem(templates_dir / name, None, str(exc))]) from exc
+            except (KeyError, ValueError, TypeError) as exc:  # a %-format in gettext
+                raise render_error(exc, templates_dir / name, catalog) from exc
+            pages[lang, page] = html
+    return pages
 
 
 def ledger_locale(path: Path, address: str) -> str | None:
@@ -122,21 +140,10 @@ def ledger_locale(path: Path, address: str) -> str | None:
     if not path.is_file():
         return None
     try:
-        db = sqlite3.connect(path, timeout=5)
-        try:
-            db.execute("PRAGMA query_only = ON")
-            # entries is small: probe the (entry_id, address) key once per entry.
-            row = db.execute(
-                "SELECT d.locale FROM entries AS e CROSS JOIN deliveries AS d"
-                " ON d.entry_id = e.entry_id AND d.address = ? WHERE d.locale != ''"
-                " ORDER BY e.selected_at DESC, d.rowid DESC LIMIT 1",
-                (address,),
-            ).fetchone()
-        finally:
-            db.close()
-    except sqlite3.Error:
+        with Ledger(path, readonly=True) as ledger:
+            return normalize_locale(ledger.last_locale(address))
+    except LedgerError:
         return None
-    return normalize_locale(row[0]) if row else None
 
 
 def is_one_click(content_type: str, body: bytes) -> bool:
@@ -174,28 +181,11 @@ async def read_body(request: Request) -> bytes | None:
 
 def make_app(config: Config, secret: bytes) -> Starlette:
     ledger_path = config.paths.ledger
-    site = config.sender.name
+    pages = render_pages(config.paths.templates, config.sender.name)
 
-    def page(lang: str, key: str, status: int, *, form: bool = False) -> Response:
-        text = STRINGS[lang]
-        title = html.escape(f"{site}: {text['title']}" if site else text["title"])
-        content = f"<p>{html.escape(text[key])}</p>"
-        if form:
-            content = (
-                f"<h1 style='font-size: 1.5rem; font-weight: 600'>{html.escape(text[key])}</h1>"
-                "<form method='post'><input type='hidden' name='List-Unsubscribe'"
-                " value='One-Click'>"
-                f"<button type='submit' style='{BUTTON_STYLE}'>"
-                f"{html.escape(text['button'])}</button></form>"
-            )
-        document = (
-            f"<!DOCTYPE html>\n<html lang='{lang}'><head><meta charset='utf-8'>"
-            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-            f"<meta name='robots' content='noindex'><title>{title}</title></head>"
-            f"<body style='{BODY_STYLE}'><main>{content}</main></body></html>\n"
-        )
+    def page(lang: str, key: str, status: int) -> Response:
         headers = {**SECURITY_HEADERS, "Content-Language": lang}
-        return HTMLResponse(document, status_code=status, headers=headers)
+        return HTMLResponse(pages[lang, key], status_code=status, headers=headers)
 
     def address_of(request: Request) -> str | None:
         token = request.path_params.get("token", "")
@@ -212,7 +202,7 @@ def make_app(config: Config, secret: bytes) -> Starlette:
 
     def unsubscribe(address: str) -> None:
         with Ledger(ledger_path) as ledger:
-            ledger.suppress(address, "unsubscribed", "one-click")
+            ledger.suppress(address, SuppressionReason.UNSUBSCRIBED, "one-click")
 
     async def endpoint(request: Request) -> Response:
         return await (one_click if request.method == "POST" else confirm)(request)
@@ -222,7 +212,7 @@ def make_app(config: Config, secret: bytes) -> Starlette:
         lang = await language(request, address)
         if address is None:
             return page(lang, "invalid", 400)
-        return page(lang, "confirm", 200, form=True)
+        return page(lang, "confirm", 200)
 
     async def one_click(request: Request) -> Response:
         address = address_of(request)
@@ -233,10 +223,10 @@ def make_app(config: Config, secret: bytes) -> Starlette:
         if body is None:
             return page(lang, "too_large", 413)
         if not is_one_click(request.headers.get("content-type", ""), body):
-            return page(lang, "confirm", 400, form=True)
+            return page(lang, "confirm", 400)
         try:
             await run_in_threadpool(unsubscribe, address)
-        except (LedgerError, sqlite3.Error) as exc:
+        except LedgerError as exc:
             log.error("cannot record an unsubscribe in the ledger: %s", exc)
             return page(lang, "error", 503)
         log.info("one-click unsubscribe recorded")
@@ -251,7 +241,7 @@ def make_app(config: Config, secret: bytes) -> Starlette:
         return response
 
     app = Starlette(
-        routes=[Route(route_path(config), endpoint, methods=["GET", "POST"])],
+        routes=[Route(path, endpoint, methods=["GET", "POST"]) for path in route_paths(config)],
         exception_handlers={HTTPException: http_error},
     )
     app.router.redirect_slashes = False

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from statusmail import markdown
+from statusmail.catalog import catalog_problems
 from statusmail.config import Config
 from statusmail.domain import Entry, Recipient, SubscriberStatus
 from statusmail.entries import load_entries, source_hash
@@ -21,7 +22,7 @@ from statusmail.errors import ConfigError, InputError, Problem, StatusmailError
 from statusmail.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES, resolve_locale
 from statusmail.message import MessageFactory
 from statusmail.regions import Region, load_regions
-from statusmail.render import Renderer, VariantKey, catalog_problems
+from statusmail.render import Renderer, VariantKey
 from statusmail.subscribers import ReadStats, RowProblem, iter_subscribers
 
 PROBE_ADDRESS = "preview@example.invalid"  # never a subscriber's: previews and checks only
