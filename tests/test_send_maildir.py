@@ -40,6 +40,7 @@ NEVER = {
     "john.miller@example.net",
 }
 WWW = "https://www.startmail.example/"
+SUFFIXES = (".eml", ".html", ".txt")
 ACCESS_MARKERS = ("startmail-mirror.example", ".onion")
 
 
@@ -197,20 +198,13 @@ def test_dry_run_touches_no_ledger_and_writes_previews(project: Path, tmp_path: 
     assert not (project.parent / "statusmail.db").exists()
     assert not (project.parent / "outbox").exists()
     names = sorted(p.name for p in previews.iterdir())
-    assert names == [
-        "en-RU.eml",
-        "en-RU.html",
-        "en.eml",
-        "en.html",
-        "index.html",
-        "ru-RU.eml",
-        "ru-RU.html",
-        "ru.eml",
-        "ru.html",
-    ]
+    assert names == sorted(
+        ["index.html"]
+        + [f"{label}{suffix}" for label in ("en", "en-RU", "ru", "ru-RU") for suffix in SUFFIXES]
+    )
     index = (previews / "index.html").read_text(encoding="utf-8")
     for label in ("en", "en-RU", "ru", "ru-RU"):
-        assert f'src="{label}.html"' in index
+        assert f'href="{label}.html"' in index
     ru_ru = email.message_from_bytes(
         (previews / "ru-RU.eml").read_bytes(), policy=email.policy.default
     )

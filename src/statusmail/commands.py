@@ -173,7 +173,7 @@ def send_dry_run(
     prepared = pipeline.prepare(config, entry, preview=True)
     report = pipeline.dry_run(prepared, limit=limit)
     out_dir = preview_dir or Path("previews") / entry_id
-    written = write_previews(prepared.factory, prepared.regions, report.stats, out_dir)
+    written = write_previews(prepared.factory, report.stats, out_dir)
     stats = report.stats
     if as_json:
         print_json(

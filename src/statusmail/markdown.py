@@ -12,10 +12,14 @@ from markupsafe import Markup
 
 WIDTH = 78
 
-# Inline styles, since many mail clients drop <style> blocks.
+# Inline styles, since many mail clients drop <style> blocks. Links and code may hold
+# one long unbreakable string (a 62-character onion address, a mirror URL): they break
+# anywhere rather than widen the message past a phone's screen.
+_BREAK = "word-break: break-word; overflow-wrap: anywhere;"
+_MONO = "font-family: Menlo, Consolas, monospace; font-size: 14px;"
 STYLES = {
     "p": "margin: 0 0 16px 0;",
-    "a": "color: #1d4ed8; text-decoration: underline;",
+    "a": f"color: #1d4ed8; text-decoration: underline; {_BREAK}",
     "ul": "margin: 0 0 16px 0; padding-left: 24px;",
     "ol": "margin: 0 0 16px 0; padding-left: 24px;",
     "li": "margin: 0 0 6px 0;",
@@ -23,7 +27,9 @@ STYLES = {
     "h2": "margin: 0 0 12px 0; font-size: 18px; line-height: 1.3;",
     "h3": "margin: 0 0 12px 0; font-size: 16px; line-height: 1.3;",
     "blockquote": "margin: 0 0 16px 0; padding-left: 12px; border-left: 3px solid #d1d5db;",
-    "code": "font-family: Menlo, Consolas, monospace; font-size: 14px;",
+    "code": f"{_MONO} {_BREAK}",
+    # the <code> of a code block (inside its <pre>): wraps instead of scrolling
+    "pre": f"{_MONO} white-space: pre-wrap; {_BREAK}",
 }
 
 # Raw HTML is off: a body or a name can never inject markup. markdown-it refuses
@@ -63,7 +69,7 @@ def _walk(tokens: Sequence[Token]) -> list[Token]:
 def to_html(source: str) -> Markup:
     tokens = parse(source)
     for token in _walk(tokens):
-        style = STYLES.get(token.tag)
+        style = STYLES.get("pre" if token.type in ("fence", "code_block") else token.tag)
         if style and token.nesting >= 0:
             token.attrSet("style", style)
     return Markup(_md.renderer.render(tokens, _md.options, {}).strip())

@@ -1,95 +1,219 @@
-"""Dry-run previews: one ``.eml`` and one ``.html`` per variant, and an ``index.html``.
+"""Dry-run previews: per variant an ``.eml``, an ``.html`` and a ``.txt``, and an
+``index.html`` gallery a reviewer can approve from.
 
-Previews are rendered for a made-up recipient, never a real subscriber, so CI can keep
-them without keeping anyone's address.
+The gallery shows each variant whole, at desktop and phone width side by side, with its
+headers, its plain-text part and its recipient count. Every message is inlined through a
+declarative shadow root, which needs no script, keeps the message's styles to itself and
+lets the frame grow to the message's full height. Previews are rendered for a made-up
+recipient, never a real subscriber, so CI can keep them without keeping anyone's address.
 """
 
 from __future__ import annotations
 
+import email.policy
 import html
-from collections.abc import Mapping
+import re
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.parser import BytesParser
 from pathlib import Path
 
-from statusmail.domain import Entry, Recipient
+from statusmail.domain import Entry
 from statusmail.message import MessageFactory
-from statusmail.regions import Region
-from statusmail.render import Renderer, VariantKey
+from statusmail.render import VariantKey
 from statusmail.selection import SelectionStats
+from statusmail.validation import PROBE_ADDRESS as PREVIEW_ADDRESS
+from statusmail.validation import probe_recipient
 
-PREVIEW_ADDRESS = "preview@example.invalid"
-PREVIEW_NAMES = {"en": "Alex Example", "ru": "Алекс Пример"}
+PREVIEW_SUFFIXES = (".eml", ".html", ".txt")  # what a dry run writes, and may clear
+HEADERS = ("From", "To", "Subject", "List-Unsubscribe", "Content-Language")
+DESKTOP_WIDTH = 680
+PHONE_WIDTH = 390
 
 
-def variants(entry: Entry, regions: Mapping[str, Region]) -> list[VariantKey]:
-    """Every locale × regional treatment the entry can produce."""
-    return Renderer(Path("."), regions, "").variant_keys(entry)
+@dataclass(frozen=True, slots=True)
+class Preview:
+    key: VariantKey
+    recipients: int
+    headers: dict[str, str]
+    text: str
+    html: str
+
+    def file(self, suffix: str) -> str:
+        return f"{self.key.label}{suffix}"
 
 
-def write_previews(
-    factory: MessageFactory,
-    regions: Mapping[str, Region],
-    stats: SelectionStats,
-    out_dir: Path,
-) -> list[Path]:
+def clear_previews(out_dir: Path) -> None:
+    """Remove stale preview files: only ``*.eml``, ``*.html`` and ``*.txt`` directly in
+    ``out_dir``, so a variant that no longer exists leaves nothing behind."""
+    for path in out_dir.iterdir():
+        if path.suffix in PREVIEW_SUFFIXES and (path.is_symlink() or path.is_file()):
+            path.unlink()
+
+
+def write_previews(factory: MessageFactory, stats: SelectionStats, out_dir: Path) -> list[Path]:
     entry = factory.entry
     out_dir.mkdir(parents=True, exist_ok=True)
+    clear_previews(out_dir)
     written: list[Path] = []
-    cards: list[str] = []
-    for key in variants(entry, regions):
-        recipient = Recipient(
-            address=PREVIEW_ADDRESS,
-            email=PREVIEW_ADDRESS,
-            ascii_email=PREVIEW_ADDRESS,
-            name=PREVIEW_NAMES.get(key.locale, "Alex Example"),
-            locale=key.locale,
-            region=key.region,
+    previews: list[Preview] = []
+    renderer = factory.renderer
+    for key in renderer.variant_keys(entry):
+        built = factory.build(probe_recipient(key))
+        message = BytesParser(policy=email.policy.default).parsebytes(built.envelope.data)
+        preview = Preview(
+            key=key,
+            recipients=sum(
+                n
+                for (locale, region), n in stats.selected.items()
+                if locale == key.locale
+                and renderer.treatment(entry, region) == (key.region, key.access)
+            ),
+            headers={name: str(message[name] or "") for name in HEADERS},
+            text=_part(message, "plain"),
+            html=_part(message, "html"),
         )
-        built = factory.build(recipient)
-        eml = out_dir / f"{key.label}.eml"
-        page = out_dir / f"{key.label}.html"
+        previews.append(preview)
+        eml, page, text = (out_dir / preview.file(suffix) for suffix in PREVIEW_SUFFIXES)
         eml.write_bytes(built.envelope.data)
-        page.write_text(built.rendered.html, encoding="utf-8")
-        written += [eml, page]
-        count = sum(
-            n
-            for (locale, region), n in stats.selected.items()
-            if locale == key.locale
-            and factory.renderer.treatment(entry, region) == (key.region, key.access)
-        )
-        cards.append(
-            f"""<section style="flex: 1 1 420px; min-width: 360px; border: 1px solid #ccc;
- border-radius: 6px; padding: 12px; background: #fff;">
-<h2 style="margin: 0 0 4px 0; font-size: 16px;">{html.escape(key.label)}
- <small style="color: #666;">({count} recipients)</small></h2>
-<p style="margin: 0 0 4px 0;"><b>Subject:</b> {html.escape(built.rendered.subject)}</p>
-<p style="margin: 0 0 8px 0;"><b>Summary:</b> {html.escape(built.rendered.summary)}</p>
-<p style="margin: 0 0 8px 0; font-size: 13px;"><a href="{page.name}">HTML</a> ·
- <a href="{eml.name}">.eml</a></p>
-<iframe src="{page.name}" title="{html.escape(key.label)}" sandbox
- style="width: 100%; height: 720px; border: 1px solid #ddd;"></iframe>
-</section>"""
-        )
-    rows = "".join(
-        f"<tr><td>{html.escape(locale)}</td><td>{html.escape(region or '-')}</td>"
-        f"<td style='text-align: right;'>{n}</td></tr>"
+        page.write_text(preview.html, encoding="utf-8")
+        text.write_text(preview.text, encoding="utf-8")
+        written += [eml, page, text]
+    index = out_dir / "index.html"
+    index.write_text(gallery(entry, stats, previews), encoding="utf-8")
+    written.append(index)
+    return written
+
+
+def _part(message: EmailMessage, subtype: str) -> str:
+    part = message.get_body((subtype,))
+    if part is None:
+        return ""
+    content: str = part.get_content()
+    return content.replace("\r\n", "\n")
+
+
+# The gallery page's own styles; no script, no remote resources.
+GALLERY_CSS = f"""
+body {{ margin: 0; padding: 12px; background: #e5e7eb; color: #111827;
+  font: 15px/1.45 system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif; }}
+h1 {{ font-size: 20px; margin: 0 0 12px 0; overflow-wrap: anywhere; }}
+h2 {{ font-size: 18px; margin: 0 0 8px 0; }}
+table {{ border-collapse: collapse; margin: 0 0 12px 0; }}
+th, td {{ text-align: left; vertical-align: top; padding: 2px 10px 2px 0; }}
+.headers th {{ white-space: nowrap; }}
+@media (max-width: 600px) {{
+  .headers th, .headers td {{ display: block; padding: 0; }}
+  .headers td {{ margin: 0 0 6px 0; }}
+}}
+td {{ overflow-wrap: anywhere; }}
+.num {{ text-align: right; }}
+.variant {{ background: #fff; border: 1px solid #d1d5db; border-radius: 6px;
+  padding: 12px; margin: 0 0 20px 0; }}
+.views {{ display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }}
+figure {{ margin: 0; min-width: 0; max-width: 100%; }}
+figcaption {{ font-size: 13px; color: #4b5563; margin: 0 0 4px 0; }}
+.frame {{ max-width: 100%; border: 1px solid #9ca3af; }}
+.desktop .frame {{ width: {DESKTOP_WIDTH}px; }}
+.phone .frame {{ width: {PHONE_WIDTH}px; }}
+pre {{ margin: 0; padding: 8px; max-width: 78ch; background: #f9fafb; border: 1px solid #d1d5db;
+  font-size: 13px; white-space: pre-wrap; overflow-wrap: anywhere; }}
+"""
+
+
+def gallery(entry: Entry, stats: SelectionStats, previews: list[Preview]) -> str:
+    esc = html.escape
+    breakdown = "".join(
+        f"<tr><td>{esc(locale)}</td><td>{esc(region or '-')}</td><td class='num'>{n}</td></tr>"
         for (locale, region), n in sorted(
             stats.selected.items(), key=lambda i: (i[0][0], i[0][1] or "")
         )
     )
-    index = out_dir / "index.html"
-    index.write_text(
-        f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>Preview: {html.escape(entry.id)}</title></head>
-<body style="font-family: sans-serif; background: #f3f4f6; margin: 16px;">
-<h1 style="font-size: 20px;">Preview of {html.escape(entry.id)} ({entry.date.isoformat()},
- status {html.escape(entry.status)})</h1>
-<table style="border-collapse: collapse; margin-bottom: 16px;" border="1" cellpadding="4">
-<tr><th>locale</th><th>region</th><th>recipients</th></tr>{rows}
-<tr><th colspan="2">total</th><th style="text-align: right;">{stats.total}</th></tr></table>
-<div style="display: flex; flex-wrap: wrap; gap: 16px;">{"".join(cards)}</div>
-</body></html>
-""",
-        encoding="utf-8",
+    listing = "".join(
+        f"<tr><td>{_link(p)}</td><td class='num'>{p.recipients}</td><td>{_files(p)}"
+        f"{'' if p.recipients else ' (not drawn: nobody gets it)'}</td></tr>"
+        for p in previews
     )
-    written.append(index)
-    return written
+    cards = "".join(_card(p) for p in previews if p.recipients)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Preview: {esc(entry.id)}</title>
+<style>{GALLERY_CSS}</style></head>
+<body>
+<h1>Preview of {esc(entry.id)} ({entry.date.isoformat()}, status {esc(entry.status)})</h1>
+<p>Rendered for a made-up recipient ({esc(PREVIEW_ADDRESS)}); each real message differs
+ only in its greeting name and its unsubscribe links.</p>
+<table class="variants"><tr><th>variant</th><th class="num">recipients</th><th>files</th></tr>
+{listing}</table>
+<table><tr><th>locale</th><th>region</th><th class="num">recipients</th></tr>{breakdown}
+<tr><th colspan="2">total</th><th class="num">{stats.total}</th></tr></table>
+{cards}
+</body></html>
+"""
+
+
+def _link(preview: Preview) -> str:
+    label = html.escape(preview.key.title)
+    return f'<a href="#{preview.key.label}">{label}</a>' if preview.recipients else label
+
+
+def _files(preview: Preview) -> str:
+    return " · ".join(
+        f'<a href="{html.escape(preview.file(suffix))}">{suffix[1:]}</a>'
+        for suffix in PREVIEW_SUFFIXES
+    )
+
+
+def _card(preview: Preview) -> str:
+    esc = html.escape
+    headers = "".join(
+        f"<tr><th>{esc(name)}</th><td>{esc(value)}</td></tr>"
+        for name, value in preview.headers.items()
+    )
+    shadow = _shadow_root(preview.html)
+    count = f"{preview.recipients} recipient{'' if preview.recipients == 1 else 's'}"
+    return f"""<section class="variant" id="{esc(preview.key.label)}">
+<h2>{esc(preview.key.title)} · {count}</h2>
+<p>{_files(preview)}</p>
+<table class="headers">{headers}</table>
+<div class="views">
+<figure class="desktop"><figcaption>HTML, desktop ({DESKTOP_WIDTH} px)</figcaption>
+<div class="frame">{shadow}</div></figure>
+<figure class="phone"><figcaption>HTML, phone ({PHONE_WIDTH} px)</figcaption>
+<div class="frame">{shadow}</div></figure>
+<figure><figcaption>Plain text</figcaption><pre>{esc(preview.text)}</pre></figure>
+</div>
+</section>
+"""
+
+
+_STYLE = re.compile(r"<style\b[^>]*>(.*?)</style>", re.S | re.I)
+_BODY = re.compile(r"<body\b([^>]*)>(.*)</body>", re.S | re.I)
+_STYLE_ATTR = re.compile(r"""\bstyle\s*=\s*(?:"([^"]*)"|'([^']*)')""", re.I)
+# A phone client applies the message's "@media (max-width: …)" by its screen width; in
+# the gallery the frame is the screen, so those rules become container queries.
+_MEDIA = re.compile(r"@media\s*(?=\()", re.I)
+
+
+def _shadow_root(message_html: str) -> str:
+    """The message's body and styles as a declarative shadow root: scoped, script-free.
+
+    The body becomes a ``<div>`` keeping the body's inline style; ``:host`` stops the
+    gallery's own fonts and colours from being inherited into the message.
+    """
+    styles = "\n".join(_MEDIA.sub("@container ", css) for css in _STYLE.findall(message_html))
+    body = _BODY.search(message_html)
+    if body:
+        attr = _STYLE_ATTR.search(body.group(1))
+        body_style = (attr.group(1) or attr.group(2) or "").replace('"', "&quot;") if attr else ""
+        inner = body.group(2)
+    else:
+        body_style, inner = "", message_html
+    inner = _STYLE.sub("", inner)
+    return (
+        '<template shadowrootmode="open">'
+        f"<style>:host {{ all: initial; display: block; }}\n{styles}</style>"
+        f'<div style="container-type: inline-size; {body_style}">{inner}</div>'
+        "</template>"
+    )
