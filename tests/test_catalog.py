@@ -114,7 +114,7 @@ def test_a_complete_russian_plural_passes_and_renders(project: Path) -> None:
     entry = find_entry(project.parent / "updates", ENTRY)
     ru = renderer.render(entry, renderer.variant_key(entry, "ru", None, ""), "", "https://x")
     en = renderer.render(entry, renderer.variant_key(entry, "en", None, ""), "", "https://x")
-    assert "У этого уведомления 3 дополнения." in ru.text
+    assert "У\u00a0этого уведомления 3\u00a0дополнения." in ru.text
     assert "This notice has 3 follow-ups." in en.text
 
 

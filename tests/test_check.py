@@ -169,11 +169,7 @@ def test_untranslated_catalog_string(project: Path) -> None:
 def test_fuzzy_catalog_string(project: Path) -> None:
     po = project.parent / PO
     msgid_line = line_of(po, 'msgid "Hello,"')
-    replace_in(
-        po,
-        "#: templates/message.html.j2:20 templates/message.txt.j2:5\n",
-        "#: templates/message.html.j2:20 templates/message.txt.j2:5\n#, fuzzy\n",
-    )
+    replace_in(po, 'msgid "Hello,"\n', '#, fuzzy\nmsgid "Hello,"\n')
     run = run_check(project)
     assert run.code == 1
     assert run.problems == [f"{po}:{msgid_line + 1}: 'Hello,' is fuzzy"]

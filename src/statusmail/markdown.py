@@ -10,6 +10,8 @@ from markdown_it import MarkdownIt
 from markdown_it.token import Token
 from markupsafe import Markup
 
+from statusmail.typography import typeset_tokens
+
 WIDTH = 78
 
 # Inline styles, since many mail clients drop <style> blocks. Links and code may hold
@@ -38,8 +40,12 @@ _md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": 
 _md.disable("image")  # no remote images, ever
 
 
-def parse(source: str) -> list[Token]:
-    return _md.parse(source)
+def parse(source: str, locale: str | None = None) -> list[Token]:
+    """The token stream; with ``locale``, set as that language's typography wants."""
+    tokens = _md.parse(source)
+    if locale is not None:
+        typeset_tokens(tokens, locale)
+    return tokens
 
 
 _LINK_TARGET = re.compile(r"\]\(\s*<?([^\s()>]*(?:\([^\s()]*\)[^\s()>]*)*)")
@@ -66,8 +72,8 @@ def _walk(tokens: Sequence[Token]) -> list[Token]:
     return flat
 
 
-def to_html(source: str) -> Markup:
-    tokens = parse(source)
+def to_html(source: str, locale: str | None = None) -> Markup:
+    tokens = parse(source, locale)
     for token in _walk(tokens):
         style = STYLES.get("pre" if token.type in ("fence", "code_block") else token.tag)
         if style and token.nesting >= 0:
@@ -75,13 +81,14 @@ def to_html(source: str) -> Markup:
     return Markup(_md.renderer.render(tokens, _md.options, {}).strip())
 
 
-def to_text(source: str, width: int = WIDTH) -> str:
-    """A plain-text rendering that says what the HTML says: links spelled out, lists kept."""
+def to_text(source: str, locale: str | None = None, width: int = WIDTH) -> str:
+    """A plain-text rendering that says what the HTML says: links spelled out, lists kept.
+    It wraps at ``width`` only at ordinary spaces, never at a no-break space."""
     blocks: list[str] = []
     prefix_stack: list[str] = []
     counters: list[int] = []
     pending_prefix = ""
-    for token in parse(source):
+    for token in parse(source, locale):
         if token.type in ("bullet_list_open", "ordered_list_open"):
             counters.append(int(token.attrGet("start") or 1) if token.tag == "ol" else 0)
         elif token.type in ("bullet_list_close", "ordered_list_close"):

@@ -10,6 +10,7 @@ exists so tests can prove the two give the same output.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -26,7 +27,9 @@ from statusmail.domain import Entry
 from statusmail.errors import RenderError
 from statusmail.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES
 from statusmail.regions import Region
+from statusmail.typography import typeset
 
+_COUNT_BEFORE_WORD = re.compile(r"(%\((?:num|count)\)[sd]) (?=\w)")
 TEXT_TEMPLATE = "message.txt.j2"
 HTML_TEMPLATE = "message.html.j2"
 
@@ -72,7 +75,6 @@ class VariantKey:
 
 @dataclass(frozen=True, slots=True)
 class Access:
-    region_name: str
     heading: str
     html: Markup
     text: str
@@ -88,12 +90,13 @@ class Rendered:
 
 
 def local_date(date: dt.date, locale: str) -> str:
-    """CLDR's long date (``21 апреля 2020 г.``, ``April 21, 2020``).
+    """CLDR's long date (``21 апреля 2020 г.``, ``April 21, 2020``), set so that no line
+    breaks inside it where the language's typography says so.
 
-    CLDR puts a narrow no-break space before ``г.``; it is replaced with a plain space,
-    as the SPEC spells the date, because some mail clients show U+202F as a box.
+    CLDR puts a narrow no-break space (U+202F) before ``г.``; some mail clients show it
+    as a box, so it becomes an ordinary no-break space (U+00A0).
     """
-    return format_date(date, format="long", locale=locale).replace("\u202f", " ")
+    return typeset(format_date(date, format="long", locale=locale).replace("\u202f", " "), locale)
 
 
 class Renderer:
@@ -119,8 +122,19 @@ class Renderer:
                 keep_trailing_newline=True,
                 auto_reload=False,
             )
-            env.install_gettext_translations(  # type: ignore[attr-defined]
-                load_translations(self.templates_dir, locale), newstyle=True
+            # Fixed strings get the language's typography too (no-break spaces).
+            catalog = load_translations(self.templates_dir, locale)
+
+            def gettext(message: str) -> str:
+                return typeset(catalog.gettext(message), locale)
+
+            def ngettext(singular: str, plural: str, n: int) -> str:
+                # The count is filled in after this: bind it to its word now, as a number.
+                text = typeset(catalog.ngettext(singular, plural, n), locale)
+                return _COUNT_BEFORE_WORD.sub("\\1\u00a0", text) if locale == "ru" else text
+
+            env.install_gettext_callables(  # type: ignore[attr-defined]
+                gettext, ngettext, newstyle=True
             )
             self._envs[key] = env
         return self._envs[key]
@@ -158,15 +172,16 @@ class Renderer:
         return self.regions[key.region] if key.region else None
 
     @cached_property
-    def _markdown_cache(self) -> dict[tuple[str, str | None], tuple[Markup, str]]:
+    def _markdown_cache(self) -> dict[tuple[str, str, str | None], tuple[Markup, str]]:
         return {}
 
-    def _markdown(self, source: str, region: Region | None) -> tuple[Markup, str]:
-        """HTML and text of ``source``, its links rewritten as ``region`` needs them."""
+    def _markdown(self, source: str, locale: str, region: Region | None) -> tuple[Markup, str]:
+        """HTML and text of ``source`` in ``locale``'s typography, its links rewritten as
+        ``region`` needs them."""
         cache = self._markdown_cache
-        key = (source, region.code if region and region.links else None)
+        key = (source, locale, region.code if region and region.links else None)
         if key not in cache:
-            html, text = markdown.to_html(source), markdown.to_text(source)
+            html, text = markdown.to_html(source, locale), markdown.to_text(source, locale)
             if region is not None and region.links:
                 # Prefixes are validated URLs (no quotes or brackets): safe in HTML.
                 html, text = Markup(region.rewrite_text(html)), region.rewrite_text(text)
@@ -178,7 +193,7 @@ class Renderer:
             raise RenderError(f"{entry.path}: entry {entry.id!r} has no {key.locale!r} content")
         content = entry.content[key.locale]
         region = self.region(key)
-        body_html, body_text = self._markdown(content.body, region)
+        body_html, body_text = self._markdown(content.body, key.locale, region)
         access = None
         if key.access_region:
             region = self.regions[key.access_region]
@@ -190,13 +205,13 @@ class Renderer:
                     f"{region.path}:{region.line}: region {region.code} has no "
                     f"{key.locale!r} {missing}"
                 )
-            html, text = self._markdown(source, region)
-            access = Access(region.name(key.locale), heading, html, text)
+            html, text = self._markdown(source, key.locale, region)
+            access = Access(heading, html, text)
         return {
             "locale": key.locale,
             "sender_name": self.sender_name,
-            "subject": content.subject,
-            "summary": content.summary,
+            "subject": typeset(content.subject, key.locale),
+            "summary": typeset(content.summary, key.locale),
             "date": local_date(entry.date, key.locale),
             "body_html": body_html,
             "body_text": body_text,
