@@ -206,7 +206,7 @@ class Renderer:
                     f"{key.locale!r} {missing}"
                 )
             html, text = self._markdown(source, key.locale, region)
-            access = Access(heading, html, text)
+            access = Access(typeset(heading, key.locale), html, text)
         return {
             "locale": key.locale,
             "sender_name": self.sender_name,

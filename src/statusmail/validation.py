@@ -398,7 +398,7 @@ def _subscriber_problems(
         if item.status != SubscriberStatus.ACTIVE:
             continue
         locale, fallback = resolve_locale(item.locale, item.region, config.default_locale_by_region)
-        if fallback and not fallback.startswith("no locale, region"):
+        if fallback:
             coverage.fallbacks[(fallback, locale)] += 1
         coverage.topics |= item.topics
         coverage.locales.add(locale)
@@ -409,7 +409,7 @@ def _subscriber_problems(
                 locales[entry.id].add(locale)
                 selected[entry.id] += 1
     report.notes += [
-        f"{n} subscribers with {reason} get {locale}"
+        f"{n} subscriber{'s' if n != 1 else ''} with {reason} get{'' if n != 1 else 's'} {locale}"
         for (reason, locale), n in coverage.fallbacks.most_common()
     ]
     for entry in entries:

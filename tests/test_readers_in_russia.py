@@ -1,0 +1,387 @@
+"""Readers in Russia: links that open behind the block, copy set as Russian is set, the
+language a subscriber chose, and a `check` that catches every gap in a translation."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import signal
+import subprocess
+import sys
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import clean_environ, free_port, outbox_messages, statusmail, wait_for
+from editing import line_of, refresh_sources, replace_in
+from statusmail.config import load_config
+from statusmail.serve import route_paths
+
+UPDATE = "update-2020-04-21"
+BLOCK = "block-2020-01-23"
+BLOCKED = "https://www.startmail.example/"
+MIRROR = "https://startmail-mirror.example/"
+NBSP = "\u00a0"
+SECRET = "a-test-secret-of-enough-length-for-tokens"
+
+
+def sent_messages(project: Path, entry: str = UPDATE) -> dict[str, EmailMessage]:
+    result = statusmail(project, "send", entry, "--yes")
+    assert result.returncode == 0, result.stderr
+    return {m["To"].addresses[0].addr_spec.lower(): m for m in outbox_messages(project)}
+
+
+def parts(message: EmailMessage) -> tuple[str, str]:
+    plain, html = message.get_body(("plain",)), message.get_body(("html",))
+    assert plain is not None and html is not None
+    return str(plain.get_content()), str(html.get_content())
+
+
+def problems(result: subprocess.CompletedProcess[str]) -> list[str]:
+    return [
+        line
+        for line in result.stderr.splitlines()
+        if line.strip()
+        and not line.startswith(("checked ", "note: "))
+        and ": warning: " not in line
+    ]
+
+
+# -- links that open behind the block -----------------------------------------------
+
+
+def test_readers_in_russia_get_no_link_to_the_blocked_domain(project: Path) -> None:
+    messages = sent_messages(project)
+    regions = {"RU": 0, "BY": 0, "KZ": 0}
+    for address, message in messages.items():
+        region = {
+            "alexander.kozlov@example.com": "BY",
+            "hanna.sidarenka@example.net": "BY",
+            "aigerim.nurlanova@example.org": "KZ",
+            "daniyar.abenov@example.com": "KZ",
+            "alexei.popov@xn--e1afmkfd.xn--80akhbyknj4f": "KZ",
+        }.get(address, "RU")
+        regions[region] += 1
+        text, html = parts(message)
+        unsubscribe = message["List-Unsubscribe"]
+        https_target = re.search(r"<(https://[^>]+)>", unsubscribe)
+        assert https_target, unsubscribe
+        if region == "RU":
+            # body links, the access block, the visible unsubscribe link and the
+            # https List-Unsubscribe target: all on the mirror
+            for where in (text, html, unsubscribe):
+                assert BLOCKED not in where and "www.startmail.example" not in where.lower()
+            assert https_target[1].startswith(f"{MIRROR}status/unsubscribe/")
+            assert f"{MIRROR}blog/startmail-blocked-in-russia" in html
+            assert f'href="{https_target[1]}"' in html and https_target[1] in text
+        else:  # the rewrite is RU's alone
+            assert https_target[1].startswith(f"{BLOCKED}status/unsubscribe/")
+            assert f"{BLOCKED}blog/startmail-blocked-in-russia" in html
+            assert MIRROR not in text and MIRROR not in html
+    assert regions == {"RU": 9, "BY": 2, "KZ": 3}
+
+
+def test_serve_unsubscribes_through_the_mirror_host(project: Path) -> None:
+    env = {"STATUSMAIL_UNSUBSCRIBE_SECRET": SECRET}
+    result = statusmail(project, "send", UPDATE, "--yes", env=env)
+    assert result.returncode == 0, result.stderr
+    ivan = next(
+        m for m in outbox_messages(project) if "ivan.smirnov" in m["To"].addresses[0].addr_spec
+    )
+    target = re.search(r"<https://([^/>]+)(/[^>]+)>", ivan["List-Unsubscribe"])
+    assert target and target[1] == "startmail-mirror.example"
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "statusmail",
+            "serve",
+            "--config",
+            str(project),
+            "--port",
+            str(port),
+        ],
+        env=clean_environ(**env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+
+        def answer() -> http.client.HTTPResponse | None:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request(
+                    "POST",
+                    target[2],
+                    b"List-Unsubscribe=One-Click",
+                    {
+                        "Host": target[1],  # as the mirror's reverse proxy forwards it
+                        "Content-Type": "application/x-www-form-urlencoded",
+                    },
+                )
+                return conn.getresponse()
+            except OSError:
+                return None
+
+        response = wait_for(answer, what="serve to answer")
+        assert response.status == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=10)
+    listed = statusmail(project, "suppress", "list", "--json")
+    assert [row["email"] for row in json.loads(listed.stdout)] == ["ivan.smirnov@example.com"]
+
+
+def test_serve_answers_a_mirror_that_keeps_the_path_under_another_prefix(project: Path) -> None:
+    regions = project.parent / "regions.yaml"
+    replace_in(
+        regions,
+        '"https://www.startmail.example/": "https://startmail-mirror.example/"',
+        '"https://www.startmail.example/": "https://startmail-mirror.example/sm/"',
+    )
+    assert route_paths(load_config(project)) == [
+        "/status/unsubscribe/{token}",
+        "/sm/status/unsubscribe/{token}",
+    ]
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        "http://www.startmail.example/blog/startmail-blocked-in-russia",
+        "HTTPS://WWW.STARTMAIL.EXAMPLE/blog/startmail-blocked-in-russia",
+        "https://www.StartMail.example/blog/startmail-blocked-in-russia",
+    ],
+)
+def test_check_fails_on_a_blocked_link_the_rewrite_misses(project: Path, written: str) -> None:
+    entry = project.parent / "updates" / f"{UPDATE}.yaml"
+    text = entry.read_text(encoding="utf-8")
+    ru_start = text.index("\n  ru:\n")
+    link = "https://www.startmail.example/blog/startmail-blocked-in-russia"
+    at = text.index(link, ru_start)
+    entry.write_text(text[:at] + written + text[at + len(link) :], encoding="utf-8")
+    result = statusmail(project, "check")
+    assert result.returncode == 1
+    found = problems(result)
+    ru_line = line_of(entry, "  ru:\n")
+    assert found == [
+        f"{entry}:{ru_line}: readers in RU still get a link to www.startmail.example in its "
+        f"text part (ru · RU access): write it as {BLOCKED}… so that regions.yaml's links "
+        "rewrite it",
+        f"{entry}:{ru_line}: readers in RU still get a link to www.startmail.example in its "
+        f"HTML part (ru · RU access): write it as {BLOCKED}… so that regions.yaml's links "
+        "rewrite it",
+    ], result.stderr
+    # send refuses for the same reason, before anything is recorded
+    refused = statusmail(project, "send", UPDATE, "--yes")
+    assert refused.returncode == 1 and "still get a link" in refused.stderr
+    assert not (project.parent / "statusmail.db").exists()
+
+
+# -- headings and names from regions.yaml --------------------------------------------
+
+
+def test_access_heading_is_the_regions_own(project: Path) -> None:
+    messages = sent_messages(project)
+    text, html = parts(messages["ivan.smirnov@example.com"])
+    heading = f"Как пользоваться StartMail из{NBSP}России"
+    assert f">{heading}</h2>" in html
+    assert f"{heading}\n{'=' * len(heading)}\n" in text
+    assert "региона" not in text
+    english, _ = parts(messages["dmitry.volkov@example.org"])
+    assert "How to use StartMail from Russia\n" in english
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "message"),
+    [
+        (
+            "name: {en: Russia, ru: Россия}",
+            "name: {en: Russia}",
+            "name: {en: Russia}",
+            "region RU has no 'ru' name",
+        ),
+        (
+            "    ru: Как пользоваться StartMail из России\n",
+            "",
+            "  heading:",
+            "region RU has access instructions but no 'ru' heading",
+        ),
+        (
+            "name: {en: Kazakhstan, ru: Казахстан}",
+            "name: {ru: Казахстан}",
+            "KZ:",
+            "region KZ has no 'en' name",
+        ),
+    ],
+)
+def test_check_requires_region_names_and_headings(
+    project: Path, old: str, new: str, key: str, message: str
+) -> None:
+    regions = project.parent / "regions.yaml"
+    replace_in(regions, old, new)
+    line = line_of(regions, key) + (1 if key == "KZ:" else 0)
+    result = statusmail(project, "check")
+    assert result.returncode == 1
+    assert [p for p in problems(result) if message in p] == [
+        f"{regions}:{line}: {message}"
+        + (
+            " (heading: {en: ..., ru: ...}, as a person would say it)"
+            if "heading" in message
+            else ""
+        )
+    ], result.stderr
+
+
+# -- what a translator can get wrong in an entry -------------------------------------
+
+
+def test_check_fails_on_a_russian_subject_still_in_english(project: Path) -> None:
+    entry = project.parent / "updates" / f"{UPDATE}.yaml"
+    line = replace_in(
+        entry,
+        'subject: "Блокировка в России: мы обжалуем решения в суде"',
+        'subject: "Update on the block in Russia"',
+    )
+    result = statusmail(project, "check")
+    assert result.returncode == 1
+    assert problems(result) == [
+        f"{entry}:{line}: the ru subject has no Cyrillic letter: is it still in English?"
+    ]
+
+
+def test_stale_translation_fails_and_a_missing_source_warns(project: Path) -> None:
+    entry = project.parent / "updates" / f"{UPDATE}.yaml"
+    replace_in(entry, "Thank you for your patience and support.", "Thank you for your support.")
+    source_line = line_of(entry, "    source: ")
+    result = statusmail(project, "check")
+    assert result.returncode == 1
+    (stale,) = problems(result)
+    assert stale.startswith(f"{entry}:{source_line}: the English changed since this ru translation")
+    current = re.search(r"then set source: (\w+)$", stale)
+    assert current
+    # the translator re-reads the Russian and records the new hash: check passes
+    old_source = entry.read_text(encoding="utf-8").splitlines()[source_line - 1]
+    replace_in(entry, old_source, f"    source: {current[1]}")
+    assert statusmail(project, "check").returncode == 0
+    # no source at all: a warning, not a failure
+    replace_in(entry, f"    source: {current[1]}\n", "")
+    result = statusmail(project, "check")
+    assert result.returncode == 0
+    warning = "warning: the ru block has no 'source:'; once it matches the English, add source:"
+    assert f"{warning} {current[1]}" in result.stderr
+
+
+def test_a_date_changed_in_one_language_only_fails(project: Path) -> None:
+    entry = project.parent / "updates" / f"{UPDATE}.yaml"
+    replace_in(
+        entry,
+        "Предварительное судебное заседание назначено на 3 июня 2020 года.",
+        "Предварительное судебное заседание назначено на 4 июня 2020 года.",
+    )
+    ru_line = line_of(entry, "  ru:\n")
+    result = statusmail(project, "check")
+    assert result.returncode == 1
+    assert problems(result) == [
+        f"{entry}:{ru_line}: the numbers in en and ru differ (only in ru: 4)"
+    ]
+
+
+def test_typo_in_an_audience_topic_is_caught_by_the_declared_topics(project: Path) -> None:
+    config = project
+    with config.open("a", encoding="utf-8") as handle:
+        handle.write("topics: [service-status, product-news]\n")
+    entry = project.parent / "updates" / f"{UPDATE}.yaml"
+    line = replace_in(entry, "topics: [service-status]", "topics: [service_status]")
+    (project.parent / "subscribers" / "main.csv").write_text(
+        "email,name,locale,region,topics,status\n"
+        "only@example.org,Only,ru,RU,service-status,active\n",
+        encoding="utf-8",
+    )
+    result = statusmail(project, "check")
+    assert result.returncode == 1
+    audience_line = line - 2
+    assert (
+        f"{entry}:{audience_line}: topic 'service_status' is not one of the config's topics "
+        "(product-news, service-status)"
+    ) in problems(result)
+
+
+# -- Russian typography in the message -----------------------------------------------
+
+
+def test_russian_parts_keep_short_words_numbers_and_dates_together(project: Path) -> None:
+    message = sent_messages(project)["ivan.smirnov@example.com"]
+    text, html = parts(message)
+    assert (
+        str(message["Subject"]) == f"Блокировка в{NBSP}России: мы{NBSP}обжалуем решения в{NBSP}суде"
+    )
+    for part in (text, html):
+        assert f"21{NBSP}апреля 2020{NBSP}г." in part  # the date, before «г.»
+        assert f"3{NBSP}июня 2020{NBSP}года" in part  # inside «3 июня»
+        assert f"в{NBSP}блоге" in part or f"в{NBSP}блоге" in part.replace("\n", " ")
+        assert f"с{NBSP}27{NBSP}апреля" in part
+    # no line of the plain part is broken where the rules bind words
+    for line in text.splitlines():
+        assert not re.search(r"(?:^|\s)[А-Яа-яЁё]{1,2}$", line), line
+        assert not re.search(r"\d$", line.rstrip(".,;:")) or line.startswith(("  ", "Чтобы")), line
+        assert not line.startswith("—"), line
+
+
+def test_english_keeps_its_own_rules(project: Path) -> None:
+    text, _html = parts(sent_messages(project)["dmitry.volkov@example.org"])
+    assert f"June{NBSP}3,{NBSP}2020" in text.replace("\n", " ")
+    assert f"в{NBSP}" not in text
+    assert f"the{NBSP}" not in text and f"of{NBSP}" not in text
+
+
+# -- the language a subscriber chose ---------------------------------------------------
+
+
+def test_locale_choice_and_the_reported_fallbacks(project: Path, tmp_path: Path) -> None:
+    result = statusmail(
+        project, "send", UPDATE, "--dry-run", "--json", "--preview-dir", str(tmp_path / "p")
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert sorted(report["fallbacks"]) == [
+        "1 with no locale, region BY → ru",
+        "1 with no locale, region KZ → ru",
+        "1 with no locale, region RU → ru",
+        "1 with unsupported locale 'de' → en",
+    ]
+    text = statusmail(project, "send", UPDATE, "--dry-run", "--preview-dir", str(tmp_path / "q"))
+    assert "language: 1 with unsupported locale 'de' → en" in text.stderr
+    messages = sent_messages(project)
+    languages = {address: str(m["Content-Language"]) for address, m in messages.items()}
+    assert languages["daniyar.abenov@example.com"] == "en"  # chose de, lives in KZ
+    assert languages["olga.kuznetsova@example.net"] == "ru"  # ru_RU
+    assert languages["alexei.popov@xn--e1afmkfd.xn--80akhbyknj4f"] == "ru"  # empty, KZ
+    empty_in_ru = [
+        row["email"]
+        for row in yaml.safe_load((project.parent / "subscribers" / "more.yaml").read_text())
+        if not row.get("locale")
+        and row.get("region") == "RU"
+        and row.get("status", "active") == "active"
+    ]
+    for address in empty_in_ru:
+        if address.lower() in languages:
+            assert languages[address.lower()] == "ru"
+    check = statusmail(project, "check")
+    assert "note: 3 subscribers with unsupported locale 'de' get en" in check.stderr
+
+
+def test_the_samples_pass_check_and_refresh_sources_is_a_no_op(project: Path) -> None:
+    for name in (UPDATE, BLOCK):
+        entry = project.parent / "updates" / f"{name}.yaml"
+        before = entry.read_text(encoding="utf-8")
+        refresh_sources(entry)
+        assert entry.read_text(encoding="utf-8") == before  # every translation is current
+    result = statusmail(project, "check", env={"STATUSMAIL_UNSUBSCRIBE_SECRET": SECRET})
+    assert result.returncode == 0 and "warning" not in result.stderr, result.stderr
