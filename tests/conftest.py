@@ -4,14 +4,17 @@ environment, and the few helpers that run statusmail and wait for real parts."""
 from __future__ import annotations
 
 import email.policy
+import http.client
 import mailbox
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from email.message import EmailMessage
 from pathlib import Path
 from typing import TypeVar
@@ -120,3 +123,54 @@ def outbox_messages(config: Path) -> list[EmailMessage]:
         assert isinstance(message, EmailMessage)
         messages.append(message)
     return messages
+
+
+def command(config: Path, *args: str) -> list[str]:
+    """The command line of ``statusmail ARGS --config CONFIG`` run by this Python."""
+    return [sys.executable, "-m", "statusmail", *args, "--config", str(config)]
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def serving(config: Path, secret: str, *extra: str) -> Iterator[int]:
+    """``statusmail serve`` on a free port, once it accepts connections; yields the port."""
+    port = free_port()
+    process = subprocess.Popen(
+        command(config, "serve", "--port", str(port), *extra),
+        env=clean_environ(STATUSMAIL_UNSUBSCRIBE_SECRET=secret),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: port_open(port) or process.poll() is not None, what="serve to listen")
+        assert process.poll() is None, process.communicate()[1]
+        yield port
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=10)
+
+
+def http_request(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, str]:
+    """One HTTP request to 127.0.0.1:port; (status, body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, path, body, headers or {})
+        response = conn.getresponse()
+        return response.status, response.read().decode("utf-8")
+    finally:
+        conn.close()

@@ -1,4 +1,6 @@
-"""On a terminal, ``send`` asks first; ``--yes`` and non-terminals do not."""
+"""On a terminal, ``send`` asks first; ``--yes`` and non-terminals do not. While it asks,
+nothing is locked: the suppression list and the unsubscribe endpoint go on working, and
+Ctrl-C cancels at once."""
 
 from __future__ import annotations
 
@@ -6,56 +8,76 @@ import os
 import pty
 import re
 import select
+import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
+from conftest import clean_environ, command, http_request, serving, statusmail
+from statusmail.tokens import unsubscribe_token
+
+SECRET = "a-test-secret-of-enough-length-for-tokens"
+PROMPT = b"Type yes to send"
+
+
+class Terminal:
+    """``statusmail send`` on a pseudo-terminal, as a person runs it."""
+
+    def __init__(self, config: Path, *args: str) -> None:
+        self.main_fd, child_fd = pty.openpty()
+        self.process = subprocess.Popen(
+            command(config, "send", "update-2020-04-21", "--rate", "0", *args),
+            stdin=child_fd,
+            stdout=child_fd,
+            stderr=child_fd,
+            close_fds=True,
+            env=clean_environ(COLUMNS="200", STATUSMAIL_UNSUBSCRIBE_SECRET=SECRET),
+        )
+        os.close(child_fd)
+        self.output = b""
+
+    def read_until(self, wanted: bytes, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while wanted not in self.output:
+            assert time.monotonic() < deadline, self.text()
+            ready, _, _ = select.select([self.main_fd], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(self.main_fd, 4096)
+                except OSError:
+                    chunk = b""
+                assert chunk, f"the program ended before {wanted!r}: {self.text()}"
+                self.output += chunk
+
+    def type(self, line: str) -> None:
+        os.write(self.main_fd, line.encode() + b"\n")
+
+    def finish(self, timeout: float = 30) -> int:
+        deadline = time.monotonic() + timeout
+        while self.process.poll() is None and time.monotonic() < deadline:
+            ready, _, _ = select.select([self.main_fd], [], [], 0.2)
+            if ready:
+                try:
+                    self.output += os.read(self.main_fd, 4096)
+                except OSError:
+                    break
+        code = self.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        os.close(self.main_fd)
+        return code
+
+    def text(self) -> str:
+        return " ".join(
+            re.sub(r"\x1b\[[0-9;]*m", "", self.output.decode("utf-8", "replace")).split()
+        )
+
 
 def run_on_terminal(config: Path, answer: str) -> tuple[int, str]:
-    """Run ``send`` with a pseudo-terminal as stdin/stdout and type ``answer``."""
-    main_fd, child_fd = pty.openpty()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "statusmail",
-            "send",
-            "update-2020-04-21",
-            "--rate",
-            "0",
-            "--config",
-            str(config),
-        ],
-        stdin=child_fd,
-        stdout=child_fd,
-        stderr=child_fd,
-        close_fds=True,
-        env={**os.environ, "COLUMNS": "200"},
-    )
-    os.close(child_fd)
-    output = b""
-    deadline = time.monotonic() + 60
-    answered = False
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([main_fd], [], [], 0.2)
-        if ready:
-            try:
-                chunk = os.read(main_fd, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            output += chunk
-            if not answered and b"Type yes to send" in output:
-                os.write(main_fd, answer.encode() + b"\n")
-                answered = True
-        elif process.poll() is not None:
-            break
-    process.wait(timeout=30)
-    os.close(main_fd)
-    text = re.sub(r"\x1b\[[0-9;]*m", "", output.decode("utf-8", "replace"))
-    return process.returncode, " ".join(text.split())
+    """Run ``send`` on a terminal and type ``answer`` at the prompt."""
+    terminal = Terminal(config)
+    terminal.read_until(PROMPT)
+    terminal.type(answer)
+    code = terminal.finish()
+    return code, terminal.text()
 
 
 def test_a_terminal_is_asked_and_no_sends_nothing(project: Path) -> None:
@@ -66,3 +88,53 @@ def test_a_terminal_is_asked_and_no_sends_nothing(project: Path) -> None:
     code, output = run_on_terminal(project, "yes")
     assert code == 0, output
     assert len(list((project.parent / "outbox" / "new").iterdir())) == 14
+
+
+def test_while_the_prompt_waits_nothing_is_locked(project: Path) -> None:
+    """Suppressing an address and a one-click unsubscribe each finish within 2 s while a
+    person reads the prompt, and the run that follows respects both."""
+    terminal = Terminal(project)
+    terminal.read_until(PROMPT)
+
+    started = time.monotonic()
+    added = statusmail(project, "suppress", "add", "anna.petrova@example.org", timeout=10)
+    assert added.returncode == 0, added.stderr
+    assert time.monotonic() - started < 2
+
+    with serving(project, SECRET) as port:
+        path = "/status/unsubscribe/" + unsubscribe_token(
+            SECRET.encode(), "ivan.smirnov@example.com"
+        )
+        started = time.monotonic()
+        status, _ = http_request(
+            port,
+            "POST",
+            path,
+            b"List-Unsubscribe=One-Click",
+            {"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert status == 200
+        assert time.monotonic() - started < 2
+
+    terminal.type("yes")
+    assert terminal.finish() == 0, terminal.text()
+    recipients = {
+        line.split(":", 1)[1].strip().lower()
+        for path in (project.parent / "outbox" / "new").iterdir()
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.startswith("To:")
+    }
+    assert len(recipients) == 12
+    assert not any("anna.petrova" in r or "ivan.smirnov" in r for r in recipients)
+
+
+def test_ctrl_c_at_the_prompt_cancels_at_once(project: Path) -> None:
+    terminal = Terminal(project)
+    terminal.read_until(PROMPT)
+    started = time.monotonic()
+    terminal.process.send_signal(signal.SIGINT)
+    code = terminal.finish(timeout=5)
+    assert time.monotonic() - started < 2
+    assert code == 4, terminal.text()
+    assert "interrupted by SIGINT before delivery: nothing was sent" in terminal.text()
+    assert not (project.parent / "outbox").exists()
