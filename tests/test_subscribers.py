@@ -348,6 +348,7 @@ def test_missing_folder(tmp_path: Path) -> None:
         ("Tab\there", "Tab here"),
         ("Bell\x07 and NUL\x00", "Bell and NUL"),
         ("Sep\u2028arator\u2029s\x7f", "Sep arator s"),
+        ("NEL\x85and CSI\x9bend", "NEL and CSI end"),
         ("  spaced   out  ", "spaced out"),
         ("Сергей\nОрлов", "Сергей Орлов"),
     ],
