@@ -12,6 +12,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from conftest import REPO
 from editing import refresh_sources
 from statusmail.cli import main
 
@@ -39,16 +40,29 @@ def outbox(config: Path) -> dict[str, bytes]:
 
 
 def test_a_name_cannot_add_or_split_a_header(project: Path) -> None:
+    # In a CSV file a cell cannot hold a line break: the whole file is refused.
     add_row(
         project,
         [
             "eve@example.org",
-            "Eve\r\nBcc: victim@example.org\r\nX-Evil: 1",
+            "Eve\r\nBcc: victim\r\nX-Evil: 1",
             "en",
             "RU",
             "service-status",
             "active",
         ],
+    )
+    code, _, stderr = run(project, "send", UPDATE, "--yes", "--rate", "0")
+    assert code == 1 and "main.csv:23: unbalanced quote" in stderr, stderr
+    assert not (project.parent / "outbox").exists()
+    # In YAML it can: the name loses its line breaks and never reaches a header whole.
+    (project.parent / "subscribers" / "main.csv").write_text(
+        (REPO / "subscribers" / "main.csv").read_text(encoding="utf-8"), encoding="utf-8"
+    )
+    (project.parent / "subscribers" / "hostile.yaml").write_text(
+        '- {email: eve@example.org, name: "Eve\\r\\nBcc: victim\\r\\nX-Evil: 1", locale: en,'
+        " region: RU, topics: [service-status]}\n",
+        encoding="utf-8",
     )
     code, _, stderr = run(project, "send", UPDATE, "--yes", "--rate", "0")
     assert code == 0, stderr
@@ -58,7 +72,7 @@ def test_a_name_cannot_add_or_split_a_header(project: Path) -> None:
     message = message_from_bytes(raw, policy=email.policy.default)
     assert message["Bcc"] is None and message["X-Evil"] is None
     assert len(message["To"].addresses) == 1
-    assert message["To"].addresses[0].display_name == "Eve Bcc: victim@example.org X-Evil: 1"
+    assert message["To"].addresses[0].display_name == "Eve Bcc: victim X-Evil: 1"
 
 
 def test_a_subject_with_a_line_break_is_refused(project: Path) -> None:
