@@ -80,7 +80,11 @@ def send(
 
 
 def ledger_rows(config: Path, entry_id: str = "update-2020-04-21") -> dict[str, dict[str, Any]]:
-    db = sqlite3.connect(config.parent / "statusmail.db")
+    """The entry's rows by address; empty when there is no ledger at all."""
+    path = config.parent / "statusmail.db"
+    if not path.exists():
+        return {}
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     db.row_factory = sqlite3.Row
     try:
         rows = db.execute("SELECT * FROM deliveries WHERE entry_id = ?", (entry_id,)).fetchall()

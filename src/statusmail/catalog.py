@@ -58,8 +58,8 @@ class CatalogError(RenderError):
     """A catalog cannot be used; ``problem`` says where and why."""
 
     def __init__(self, problem: Problem) -> None:
-        self.problem = problem
-        super().__init__(str(problem))
+        self.located = problem
+        super().__init__(problem=problem)
 
 
 def catalog_path(templates_dir: Path, locale: str) -> Path:
@@ -114,16 +114,16 @@ def render_error(exc: Exception, template: Path, catalog: Path | None) -> Render
         elif code.co_name in _GETTEXT_FUNCTIONS and code.co_filename == jinja2.ext.__file__:
             in_gettext = True
         tb = tb.tb_next
-    location = f"{where}:{line}" if line else where
     if not in_gettext:
-        return RenderError(f"{location}: {type(exc).__name__}: {exc}")
+        message = str(exc) if isinstance(exc, jinja2.TemplateError) else repr(exc)
+        return RenderError(problem=Problem(where, line, message))
     detail = (
         f"it uses %({exc.args[0]})s, which the template does not pass"
         if isinstance(exc, KeyError)
         else _format_error(exc)
     )
     source = f"a translation from {catalog}" if catalog else "the text"
-    return RenderError(f"{location}: cannot fill in {source}: {detail}")
+    return RenderError(problem=Problem(where, line, f"cannot fill in {source}: {detail}"))
 
 
 def catalog_problems(templates_dir: Path) -> list[Problem]:
@@ -228,7 +228,7 @@ def _locale_problems(
     try:
         po = _PoFile(path, locale)
     except CatalogError as exc:
-        return [exc.problem]
+        return [exc.located]
     catalog = po.catalog
     problems = po.problems + _plural_rule_problems(po, locale)
     for msgid, (filename, lineno, plural) in sorted(used.items()):

@@ -47,7 +47,12 @@ class LedgerError(StatusmailError):
 
 
 class RenderError(StatusmailError):
-    """A message could not be rendered (template error, missing translation)."""
+    """A message could not be rendered (template error, missing translation); when the
+    cause is located, ``problem`` says where (a template or catalog line)."""
+
+    def __init__(self, message: str = "", *, problem: Problem | None = None) -> None:
+        self.problem = problem
+        super().__init__(str(problem) if problem else message)
 
 
 class BuildError(RenderError):

@@ -24,7 +24,7 @@ from markupsafe import Markup, escape
 from statusmail import markdown
 from statusmail.catalog import catalog_path, load_translations, render_error
 from statusmail.domain import Entry
-from statusmail.errors import RenderError
+from statusmail.errors import Problem, RenderError
 from statusmail.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES
 from statusmail.regions import Region
 from statusmail.typography import typeset
@@ -230,10 +230,10 @@ class Renderer:
             try:
                 parts.append(self._env(key.locale, html).get_template(template).render(context))
             except jinja2.TemplateSyntaxError as exc:
-                raise RenderError(f"{exc.filename}:{exc.lineno}: {exc.message}") from exc
-            except jinja2.TemplateError as exc:
-                raise RenderError(f"{self.templates_dir}: {exc}") from exc
-            except (KeyError, ValueError, TypeError) as exc:  # a %-format in gettext
+                where = exc.filename or self.templates_dir / template
+                raise RenderError(problem=Problem(where, exc.lineno, exc.message or "")) from exc
+            except (jinja2.TemplateError, KeyError, ValueError, TypeError) as exc:
+                # an undefined name, or a %-format in a translation
                 raise render_error(exc, self.templates_dir / template, catalog) from exc
         text, html_part = parts
         return Rendered(context["subject"], context["summary"], text, html_part, key.locale)

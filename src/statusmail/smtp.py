@@ -115,7 +115,11 @@ class SmtpTransport:
                 await smtp.ehlo()
             if s.username is not None:
                 if not smtp.supports_extension("auth"):
-                    raise self._error("the server does not offer AUTH", transient=False)
+                    raise self._error(
+                        "the server does not offer AUTH, but smtp.username is set "
+                        "(some relays offer it only after STARTTLS: check smtp.security)",
+                        transient=False,
+                    )
                 await smtp.login(s.username, self._password or "")
         except BaseException as exc:  # including cancellation: never leak the socket
             _abort(smtp)

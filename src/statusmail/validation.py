@@ -18,7 +18,7 @@ from statusmail.catalog import catalog_problems
 from statusmail.config import Config
 from statusmail.domain import Entry, Recipient, SubscriberStatus
 from statusmail.entries import load_entries, source_hash
-from statusmail.errors import ConfigError, InputError, Problem, StatusmailError
+from statusmail.errors import ConfigError, InputError, Problem, RenderError, StatusmailError
 from statusmail.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES, resolve_locale
 from statusmail.message import MessageFactory
 from statusmail.regions import Region, load_regions
@@ -294,6 +294,9 @@ def render_problems(factory: MessageFactory, keys: Iterable[VariantKey]) -> list
             try:
                 built = factory.build(probe)
                 rendered = built.rendered
+            except RenderError as exc:
+                problems.append(exc.problem or Problem(entry.where, None, str(exc)))
+                break
             except StatusmailError as exc:
                 problems.append(Problem(entry.where, None, str(exc)))
                 break
@@ -337,7 +340,9 @@ class CheckReport:
 
     def add(self, found: Iterable[Problem]) -> None:
         for problem in found:
-            (self.warnings if problem.warning else self.problems).append(problem)
+            kept = self.warnings if problem.warning else self.problems
+            if problem not in kept:  # a template's error shows once, not once per entry
+                kept.append(problem)
 
 
 @dataclass

@@ -225,9 +225,12 @@ class Watcher:
         """Send what is pending for ``entry``; True to go on with the next entry."""
         config = self.config
         fingerprint = inputs_fingerprint(config, entry.path)
-        if self._blocked.get(entry.id) == fingerprint:
+        blocked = self._blocked.pop(entry.id, None)
+        if blocked == fingerprint:
+            self._blocked[entry.id] = fingerprint
             return True  # said once already; nothing it reads has changed since
-        self._blocked.pop(entry.id, None)
+        if blocked is not None and entry.path is not None:
+            self._reported.pop(entry.path, None)  # a file changed: say it again if still so
         try:
             prepared = pipeline.prepare(config, entry)
             log.info("sending %s", entry.id, extra={"event": "sending", "entry": entry.id})

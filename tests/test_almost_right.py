@@ -1,0 +1,401 @@
+"""Almost-right input and badly timed faults: nothing is lost, leaked, hung or failed.
+
+Each test first reproduces what broke when people who did not write statusmail tried
+it (issue 10), then shows what happens now.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import (
+    clean_environ,
+    command,
+    invoke,
+    outbox_messages,
+    statusmail,
+    wait_for,
+)
+from delivery_helpers import SECRET, add_subscribers, ledger_rows, point_at
+from editing import line_of, replace_in
+from smtp_server import RecordingServer
+from statusmail.ledger import Ledger
+
+UPDATE = "update-2020-04-21"
+HEADER = "email,name,locale,region,topics,status\n"
+
+
+def outbox_count(config: Path) -> int:
+    folder = config.parent / "outbox" / "new"
+    return len(list(folder.iterdir())) if folder.exists() else 0
+
+
+def in_mount_namespace(script: str, *, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` with ``sh`` in a private mount namespace (its mounts vanish with it),
+    where a real read-only or full file system can be made; skip if that is impossible."""
+    if shutil.which("unshare") is None:
+        reason = "unshare (util-linux) is not installed"
+    else:
+        probe = subprocess.run(
+            ["unshare", "-m", "--propagation", "private", "true"], capture_output=True, timeout=10
+        )
+        reason = "" if probe.returncode == 0 else "cannot make a mount namespace here"
+    if reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=clean_environ(STATUSMAIL_UNSUBSCRIBE_SECRET=SECRET),
+    )
+
+
+# -- 1. a malformed CSV row ------------------------------------------------------------
+
+
+def test_an_unbalanced_quote_stops_check_and_send_before_anything(project: Path) -> None:
+    csv_path = project.parent / "subscribers" / "main.csv"
+    rows = csv_path.read_text(encoding="utf-8").splitlines(keepends=True)
+    rows.insert(5, 'u0000@example.org,"Carol,en,NL,,active\n')
+    rows.append('bob@example.org,Bob ""Bobby"" Jones,en,RU,service-status,active\n')
+    csv_path.write_text("".join(rows), encoding="utf-8")
+    check = statusmail(project, "check")
+    assert check.returncode == 1
+    assert f"{csv_path}:6: unbalanced quote" in check.stderr
+    send = statusmail(project, "send", UPDATE, "--yes")
+    assert send.returncode == 1
+    assert f"{csv_path}:6: unbalanced quote" in send.stderr
+    assert outbox_messages(project) == []
+    assert ledger_rows(project) == {}
+
+
+# -- 2. a template error after check -------------------------------------------------------
+
+
+def test_a_template_error_stops_the_run_before_any_connection(project: Path) -> None:
+    template = project.parent / "templates" / "message.txt.j2"
+    good = template.read_text(encoding="utf-8")
+    template.write_text(good + "{{ no_such_var }}\n", encoding="utf-8")
+    with RecordingServer() as server:
+        point_at(project, server.port)
+        env = {"STATUSMAIL_UNSUBSCRIBE_SECRET": SECRET}
+        result = statusmail(project, "send", UPDATE, "--yes", env=env)
+        assert result.returncode == 1, result.stderr
+        assert "message.txt.j2" in result.stderr and "no_such_var" in result.stderr
+        assert server.connections == 0
+        assert all(row["status"] != "failed" for row in ledger_rows(project).values())
+        template.write_text(good, encoding="utf-8")  # fixed: the next run sends everyone
+        result = statusmail(project, "send", UPDATE, "--yes", env=env)
+        assert result.returncode == 0, result.stderr
+        assert len(server.count_by_recipient()) == 14
+
+
+# -- 3. a list that shrinks -----------------------------------------------------------------
+
+
+def test_a_list_that_shrinks_is_not_taken_on_trust(project: Path) -> None:
+    addresses = add_subscribers(project, 200)
+    generated = project.parent / "subscribers" / "generated.csv"
+    first = statusmail(project, "send", UPDATE, "--yes", "--rate", "0", "--limit", "50", "--json")
+    assert first.returncode == 4 and json.loads(first.stdout)["stopped"] == "limit"
+    pending = 214 - 50
+
+    generated.write_text("", encoding="utf-8")  # emptied: a broken file, not an empty list
+    emptied = statusmail(project, "send", UPDATE, "--yes")
+    assert emptied.returncode == 1 and f"{generated}:1: no subscribers" in emptied.stderr
+
+    # half of it left: more than the allowed 10 % of what is pending
+    lines = [HEADER] + [f"{a},User,ru,RU,service-status,active\n" for a in addresses[:100]]
+    generated.write_text("".join(lines), encoding="utf-8")
+    before = ledger_rows(project)
+    refused = statusmail(project, "send", UPDATE, "--yes")
+    assert refused.returncode == 1
+    removed = sum(1 for a in addresses[100:] if before[a]["status"] == "pending")
+    share = f"{removed / pending:.0%}"
+    assert f"{removed} of the {pending} recipients still pending" in refused.stderr
+    assert f"({share}) are no longer in the list" in refused.stderr
+    assert "--accept-removals" in refused.stderr
+    assert ledger_rows(project) == before  # nothing changed
+
+    accepted = statusmail(project, "send", UPDATE, "--yes", "--rate", "0", "--accept-removals")
+    assert accepted.returncode == 0, accepted.stderr
+    rows = ledger_rows(project)
+    assert {rows[a]["status"] for a in addresses[100:] if before[a]["status"] == "pending"} == {
+        "skipped"
+    }
+    assert outbox_count(project) == 214 - removed
+
+
+# -- 4. storage faults end the run ----------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_a_ledger_error_while_recording_stops_every_worker(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ledger.record`` raising (a full disk, an I/O error) ends the run within seconds
+    with exit 4; nobody is recorded as sent who was not delivered."""
+    add_subscribers(project, 300)
+    calls = 0
+    real = Ledger.check_same_file
+
+    def failing(self: Ledger) -> None:
+        nonlocal calls
+        calls += 1
+        if calls > 5:
+            raise sqlite3.OperationalError("database or disk is full")
+        real(self)
+
+    monkeypatch.setattr(Ledger, "check_same_file", failing)
+    started = time.monotonic()
+    result = invoke(project, "send", UPDATE, "--yes", "--rate", "0", "--json")
+    assert time.monotonic() - started < 5
+    assert result.exit_code == 4, result.output
+    assert "database or disk is full" in result.stderr
+    assert json.loads(result.stdout)["stopped"].endswith("database or disk is full")
+    rows = ledger_rows(project)
+    sent = sum(1 for row in rows.values() if row["status"] == "sent")
+    delivered = outbox_count(project)
+    assert sent <= delivered <= sent + 4  # at most the in-flight ones, per connection
+
+
+@pytest.mark.timeout(60)
+def test_a_full_ledger_disk_stops_the_run(project: Path, tmp_path: Path) -> None:
+    """The ledger on a real 1 MB file system that fills up mid-run."""
+    add_subscribers(project, 3000)
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    replace_in(project, "ledger: statusmail.db", f"ledger: {disk}/statusmail.db")
+    run = " ".join(command(project, "send", UPDATE, "--yes", "--rate", "0", "--json"))
+    result = in_mount_namespace(f"mount -t tmpfs -o size=1m tmpfs {disk} && exec {run}")
+    assert "Traceback" not in result.stderr
+    assert result.returncode == 4, result.stderr
+    assert f"{disk}/statusmail.db: cannot record outcomes: database or disk is full" in (
+        result.stderr
+    )
+    report = json.loads(result.stdout)
+    assert "database or disk is full" in report["stopped"]
+    # what was accepted but not recorded: at most one message per connection
+    assert outbox_count(project) <= report["this_run"]["sent"] + 4
+
+
+def test_a_read_only_ledger_folder_is_a_clear_error(project: Path, tmp_path: Path) -> None:
+    disk = tmp_path / "ro"
+    disk.mkdir()
+    replace_in(project, "ledger: statusmail.db", f"ledger: {disk}/statusmail.db")
+    run = " ".join(command(project, "send", UPDATE, "--yes"))
+    result = in_mount_namespace(f"mount -t tmpfs -o ro tmpfs {disk} && exec {run}")
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"{disk}/statusmail.db.send-{UPDATE}.lock" in result.stderr
+    assert "Read-only file system" in result.stderr
+
+
+@pytest.mark.timeout(60)
+def test_a_ledger_deleted_mid_run_stops_it(project: Path) -> None:
+    add_subscribers(project, 400)
+    process = subprocess.Popen(
+        command(project, "send", UPDATE, "--yes", "--rate", "100"),
+        env=clean_environ(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(lambda: outbox_count(project) >= 20, what="the first messages")
+    for suffix in ("", "-wal", "-shm"):
+        (project.parent / f"statusmail.db{suffix}").unlink(missing_ok=True)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 4, stderr
+    assert "deleted or replaced" in stderr
+    assert outbox_count(project) < 414
+
+
+# -- 5 and 6. signals at any moment ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("delay", [0.15, 0.3, 0.5])
+def test_sigterm_early_in_send_exits_4_with_a_line(project: Path, delay: float) -> None:
+    process = subprocess.Popen(
+        command(project, "send", UPDATE, "--yes"),
+        env=clean_environ(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(delay)  # the point is the timing of the signal, not readiness
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
+    assert "Traceback" not in stderr
+    if process.returncode == 0:  # the whole (short) run finished before the signal
+        assert outbox_count(project) == 14
+        return
+    assert process.returncode == 4, stderr
+    assert "SIGTERM" in stderr or "signal" in stderr
+
+
+def test_sigterm_early_in_watch_exits_0(project: Path) -> None:
+    process = subprocess.Popen(
+        command(project, "watch", "--poll-interval", "0.1"),
+        env=clean_environ(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(0.15)  # the timing of the signal is the point
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr
+
+
+# -- what operators and comms asked for -----------------------------------------------------
+
+
+def test_an_audience_that_selects_nobody_fails_check_and_send(project: Path) -> None:
+    entry = project.parent / "updates" / f"{UPDATE}.yaml"
+    replace_in(entry, "topics: [service-status]", "topics: [service_status]")
+    audience = line_of(entry, "audience:")
+    check = statusmail(project, "check")
+    assert check.returncode == 1
+    assert (
+        f"{entry}:{audience}: no active subscriber has the audience's topic 'service_status'"
+        in (check.stderr)
+    )
+    assert "its audience selects no active subscriber" in check.stderr
+    send = statusmail(project, "send", UPDATE, "--yes")
+    assert send.returncode == 1
+    assert f"{entry}:{audience}: the audience selects no active subscriber" in send.stderr
+
+
+def test_send_waits_for_send_at_unless_now(project: Path) -> None:
+    entry = project.parent / "updates" / f"{UPDATE}.yaml"
+    replace_in(entry, "status: ready\n", "status: ready\nsend_at: 2999-01-01T09:00:00Z\n")
+    line = line_of(entry, "send_at:")
+    refused = statusmail(project, "send", UPDATE, "--yes")
+    assert refused.returncode == 1
+    assert f"{entry}:{line}: send_at is 2999-01-01T09:00:00+00:00, still to come" in refused.stderr
+    assert outbox_count(project) == 0
+    now = statusmail(project, "send", UPDATE, "--yes", "--now")
+    assert now.returncode == 0, now.stderr
+    assert outbox_count(project) == 14
+
+
+def test_a_missing_smtp_password_is_named_by_check_and_send(project: Path) -> None:
+    env = {"STATUSMAIL_TRANSPORT": "smtp", "STATUSMAIL_UNSUBSCRIBE_SECRET": SECRET}
+    smtp_line = line_of(project, "smtp:")
+    wanted = (
+        f"{project}:{smtp_line}: smtp.username is set but $STATUSMAIL_SMTP_PASSWORD is unset "
+        "or empty"
+    )
+    check = statusmail(project, "check", env=env)
+    assert check.returncode == 1 and wanted in check.stderr
+    send = statusmail(project, "send", UPDATE, "--yes", env=env)
+    assert send.returncode == 1 and wanted in send.stderr
+    empty = statusmail(
+        project, "send", UPDATE, "--yes", env={**env, "STATUSMAIL_SMTP_PASSWORD": ""}
+    )
+    assert empty.returncode == 1 and wanted in empty.stderr
+
+
+def test_a_relay_without_auth_is_named_as_such(project: Path) -> None:
+    with RecordingServer() as server:
+        point_at(project, server.port, username="status@startmail.example")
+        env = {"STATUSMAIL_UNSUBSCRIBE_SECRET": SECRET, "STATUSMAIL_SMTP_PASSWORD": "pw"}
+        result = statusmail(project, "send", UPDATE, "--yes", env=env)
+    assert result.returncode == 1
+    assert f"127.0.0.1:{server.port}: the server does not offer AUTH" in result.stderr
+    assert "smtp.username" in result.stderr
+
+
+def test_status_lists_failures_and_knows_unknown_entries(project: Path) -> None:
+    refusal = {"ivan.smirnov@example.com": "550 5.1.1 User unknown"}
+    with RecordingServer(reject_rcpt=refusal) as server:
+        point_at(project, server.port)
+        env = {"STATUSMAIL_UNSUBSCRIBE_SECRET": SECRET}
+        assert statusmail(project, "send", UPDATE, "--yes", env=env).returncode == 3
+    masked = statusmail(project, "status", UPDATE, "--failed")
+    assert masked.returncode == 0
+    assert "failed i***@example.com: 550 5.1.1 User unknown (reply to RCPT" in masked.stdout
+    assert "ivan.smirnov" not in masked.stdout
+    shown = statusmail(project, "status", UPDATE, "--failed", "--show-addresses")
+    assert "failed ivan.smirnov@example.com: 550" in shown.stdout
+    report = json.loads(statusmail(project, "status", UPDATE, "--json").stdout)
+    assert report["failed"] == 1 and report["sent"] == 13
+    assert {"locale": "ru", "region": "RU", "status": "failed", "count": 1} in report["breakdown"]
+    unknown = statusmail(project, "status", "update-2020-04-12")
+    assert unknown.returncode == 1
+    assert "no entry 'update-2020-04-12'" in unknown.stderr
+
+
+def test_list_is_whole_when_piped_and_has_json(project: Path) -> None:
+    long_id = "update-2020-04-21-" + "with-a-long-name-" * 4 + "x"
+    shutil.copy(
+        project.parent / "updates" / f"{UPDATE}.yaml",
+        project.parent / "updates" / f"{long_id}.yaml",
+    )
+    replace_in(project.parent / "updates" / f"{long_id}.yaml", f"id: {UPDATE}", f"id: {long_id}")
+    piped = statusmail(project, "list")
+    assert piped.returncode == 0
+    assert long_id in piped.stdout.split()
+    rows = json.loads(statusmail(project, "list", "--json").stdout)
+    assert sorted(row["id"] for row in rows) == ["block-2020-01-23", UPDATE, long_id]
+
+
+def test_log_format_after_the_command_and_fields_in_json_lines(project: Path) -> None:
+    result = statusmail(project, "send", UPDATE, "--yes", "--log-format", "json")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    selected = [line for line in lines if line.get("event") == "selected"]
+    assert selected and selected[0]["entry"] == UPDATE and selected[0]["selected"] == 14
+    assert all("time" in line and "level" in line for line in lines)
+    assert not any("@" in json.dumps(line) for line in lines if line.get("event") == "selected")
+
+
+def test_watch_says_once_what_stops_an_entry_until_its_files_change(
+    project: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import asyncio
+
+    from statusmail import watch
+    from statusmail.config import load_config
+
+    csv_path = project.parent / "subscribers" / "main.csv"
+    csv_path.write_text(HEADER, encoding="utf-8")  # only a header: a broken file
+    reads = 0
+    real = watch.pipeline.stage
+
+    def counting(*args: object, **kwargs: object) -> object:
+        nonlocal reads
+        reads += 1
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    watcher = watch.Watcher(load_config(project), watch.WatchOptions(poll_interval=0.1))
+
+    async def passes(n: int) -> None:
+        for _ in range(n):
+            await watcher._work_through_due()
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(watch.pipeline, "stage", counting)
+        asyncio.run(passes(5))
+        complaints = [r for r in caplog.records if "no subscribers" in r.getMessage()]
+        assert len(complaints) == 2 and reads == 2  # each ready entry, once
+        csv_path.write_text(HEADER + "\n", encoding="utf-8")  # changed, still broken
+        asyncio.run(passes(3))
+        complaints = [r for r in caplog.records if "no subscribers" in r.getMessage()]
+        assert len(complaints) == 4 and reads == 4
