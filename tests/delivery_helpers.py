@@ -15,7 +15,7 @@ from click.testing import CliRunner, Result
 
 from statusmail.cli import main
 
-SECRET = "test-unsubscribe-secret"
+SECRET = "test-unsubscribe-secret-at-least-32-bytes"
 
 
 def point_at(

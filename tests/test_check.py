@@ -72,7 +72,7 @@ def test_sample_passes_with_dev_secret_warning(project: Path) -> None:
 
 
 def test_sample_passes_without_warning_when_secret_is_set(project: Path) -> None:
-    run = run_check(project, STATUSMAIL_UNSUBSCRIBE_SECRET="a-real-secret")
+    run = run_check(project, STATUSMAIL_UNSUBSCRIBE_SECRET="a-real-secret-of-at-least-32-bytes")
     assert run.code == 0, run.stderr
     assert "warning" not in run.stderr
     assert "checked 2 entries, 28 subscribers: ok" in run.stderr

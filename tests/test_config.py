@@ -370,20 +370,20 @@ def test_with_overrides(project: Path) -> None:
 def test_secret_from_environment(project: Path) -> None:
     config = load_config(project, {})
     env = {"STATUSMAIL_UNSUBSCRIBE_SECRET": "s3cret"}
-    assert config.unsubscribe_secret(env) == (b"s3cret", False)
+    assert (config.keyring(env)[0].secret, config.keyring(env)[1]) == (b"s3cret", False)
     smtp = load_config(project, {"STATUSMAIL_TRANSPORT": "smtp"})
-    assert smtp.unsubscribe_secret(env) == (b"s3cret", False)
+    assert (smtp.keyring(env)[0].secret, smtp.keyring(env)[1]) == (b"s3cret", False)
 
 
 def test_secret_missing_with_smtp_raises(project: Path) -> None:
     config = load_config(project, {"STATUSMAIL_TRANSPORT": "smtp"})
     with pytest.raises(ConfigError) as info:
-        config.unsubscribe_secret({})
+        config.keyring({})
     assert "$STATUSMAIL_UNSUBSCRIBE_SECRET" in str(info.value)
     assert info.value.problems[0].path == project
     # an empty value is not a secret either
     with pytest.raises(ConfigError):
-        config.unsubscribe_secret({"STATUSMAIL_UNSUBSCRIBE_SECRET": ""})
+        config.keyring({"STATUSMAIL_UNSUBSCRIBE_SECRET": ""})
 
 
 def test_secret_missing_with_smtp_uses_process_environment(
@@ -391,22 +391,24 @@ def test_secret_missing_with_smtp_uses_process_environment(
 ) -> None:
     config = load_config(project, {"STATUSMAIL_TRANSPORT": "smtp"})
     with pytest.raises(ConfigError, match=r"\$STATUSMAIL_UNSUBSCRIBE_SECRET"):
-        config.unsubscribe_secret()
+        config.keyring()
     monkeypatch.setenv("STATUSMAIL_UNSUBSCRIBE_SECRET", "from-env")
-    assert config.unsubscribe_secret() == (b"from-env", False)
+    assert (config.keyring()[0].secret, config.keyring()[1]) == (b"from-env", False)
 
 
 def test_secret_env_name_is_configurable(project: Path) -> None:
     replace_in(project, "secret_env: STATUSMAIL_UNSUBSCRIBE_SECRET", "secret_env: MY_UNSUB_SECRET")
     config = load_config(project, {"STATUSMAIL_TRANSPORT": "smtp"})
     with pytest.raises(ConfigError, match=r"\$MY_UNSUB_SECRET"):
-        config.unsubscribe_secret({"STATUSMAIL_UNSUBSCRIBE_SECRET": "wrong variable"})
-    assert config.unsubscribe_secret({"MY_UNSUB_SECRET": "x"}) == (b"x", False)
+        config.keyring({"STATUSMAIL_UNSUBSCRIBE_SECRET": "wrong variable"})
+    keys, is_dev = config.keyring({"MY_UNSUB_SECRET": "x"})
+    assert (keys.secret, is_dev) == (b"x", False)
 
 
 def test_dev_secret_with_maildir(project: Path) -> None:
     config = load_config(project, {})
-    secret, is_dev = config.unsubscribe_secret({})
+    keys, is_dev = config.keyring({})
+    secret = keys.secret
     assert is_dev is True
     assert secret == DEV_UNSUBSCRIBE_SECRET.encode()
     assert b"DEVELOPMENT" in secret

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from conftest import clean_environ, command, http_request, serving, statusmail
-from statusmail.tokens import unsubscribe_token
+from statusmail.tokens import Keyring, unsubscribe_token
 
 SECRET = "a-test-secret-of-enough-length-for-tokens"
 PROMPT = b"Type yes to send"
@@ -103,7 +103,7 @@ def test_while_the_prompt_waits_nothing_is_locked(project: Path) -> None:
 
     with serving(project, SECRET) as port:
         path = "/status/unsubscribe/" + unsubscribe_token(
-            SECRET.encode(), "ivan.smirnov@example.com"
+            Keyring(SECRET.encode()), "ivan.smirnov@example.com"
         )
         started = time.monotonic()
         status, _ = http_request(

@@ -15,6 +15,7 @@ from statusmail.entries import find_entry
 from statusmail.message import MessageFactory
 from statusmail.regions import load_regions
 from statusmail.render import Renderer
+from statusmail.tokens import Keyring
 from statusmail.validation import probe_recipient
 
 
@@ -49,7 +50,7 @@ def test_every_variant_verifies_and_tampering_fails(signed_project: tuple[Path, 
     checked = 0
     for entry_id in ("block-2020-01-23", "update-2020-04-21"):
         entry = find_entry(config.paths.updates, entry_id)
-        factory = MessageFactory(config, entry, renderer, b"secret")
+        factory = MessageFactory(config, entry, renderer, Keyring(b"secret"))
         for key in renderer.variant_keys(entry):
             data = factory.build(probe_recipient(key)).envelope.data
             assert data.startswith(b"DKIM-Signature:")
@@ -77,4 +78,4 @@ def test_unreadable_key_is_a_clear_error(project: Path) -> None:
     entry = find_entry(config.paths.updates, "update-2020-04-21")
     renderer = Renderer(config.paths.templates, {}, config.sender.name)
     with pytest.raises(ConfigError, match=r"nope\.key"):
-        MessageFactory(config, entry, renderer, b"secret")
+        MessageFactory(config, entry, renderer, Keyring(b"secret"))

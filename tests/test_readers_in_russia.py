@@ -294,9 +294,7 @@ def test_a_date_changed_in_one_language_only_fails(project: Path) -> None:
 
 
 def test_typo_in_an_audience_topic_is_caught_by_the_declared_topics(project: Path) -> None:
-    config = project
-    with config.open("a", encoding="utf-8") as handle:
-        handle.write("topics: [service-status, product-news]\n")
+    assert "topics: [service-status, product-news]" in project.read_text(encoding="utf-8")
     entry = project.parent / "updates" / f"{UPDATE}.yaml"
     line = replace_in(entry, "topics: [service-status]", "topics: [service_status]")
     (project.parent / "subscribers" / "main.csv").write_text(

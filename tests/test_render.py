@@ -17,6 +17,7 @@ from statusmail.regions import load_regions
 from statusmail.render import Renderer, local_date
 from statusmail.selection import select
 from statusmail.subscribers import RowProblem
+from statusmail.tokens import Keyring
 
 HOSTILE_NAMES = [
     "<script>alert(1)</script>",
@@ -32,7 +33,7 @@ def sample(project: Path, entry_id: str) -> tuple[Renderer, MessageFactory, list
     entry = find_entry(config.paths.updates, entry_id)
     regions = load_regions(config.paths.regions)
     renderer = Renderer(config.paths.templates, regions, config.sender.name)
-    factory = MessageFactory(config, entry, renderer, b"test-secret")
+    factory = MessageFactory(config, entry, renderer, Keyring(b"test-secret"))
     recipients = [
         r
         for r in select(entry, config.paths.subscribers, config.default_locale_by_region)

@@ -26,7 +26,7 @@ from editing import line_of, replace_in
 from smtp_server import RecordingServer
 from statusmail.cli import main
 from statusmail.config import DEV_UNSUBSCRIBE_SECRET
-from statusmail.tokens import unsubscribe_token
+from statusmail.tokens import Keyring, unsubscribe_token
 
 ONE_CLICK = b"List-Unsubscribe=One-Click"
 FORM = "application/x-www-form-urlencoded"
@@ -153,7 +153,7 @@ def unsubscribe_paths(server: RecordingServer) -> dict[str, str]:
 
 def path_for(address: str, secret: str = SECRET) -> str:
     """The endpoint path for a token made here (e.g. for an address nobody subscribed)."""
-    return "/status/unsubscribe/" + unsubscribe_token(secret.encode(), address)
+    return "/status/unsubscribe/" + unsubscribe_token(Keyring(secret.encode()), address)
 
 
 def tamper(path: str) -> str:

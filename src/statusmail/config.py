@@ -6,6 +6,7 @@ a small parser that reads that section, recording a ``file:line`` problem per ba
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from statusmail.errors import ConfigError, InputError, Problem
 from statusmail.fields import Fields
+from statusmail.tokens import Keyring
 from statusmail.yamlfile import load_yaml
 
 DEFAULT_CONFIG_NAME = "statusmail.yaml"
@@ -53,7 +55,7 @@ class SmtpSettings:
         return f"{self.host}:{self.port}"
 
     def password(self, environ: Mapping[str, str] | None = None) -> str | None:
-        return (os.environ if environ is None else environ).get(self.password_env) or None
+        return read_secret(self.password_env, environ)
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,10 @@ class UnsubscribeSettings:
     url: str = ""
     mailto: str = ""
     secret_env: str = "STATUSMAIL_UNSUBSCRIBE_SECRET"
+    # Retired secrets, comma-separated, that still verify tokens but never sign.
+    previous_secrets_env: str = "STATUSMAIL_UNSUBSCRIBE_PREVIOUS_SECRETS"
+    # Links minted by statusmail before its token scheme changed work through this date.
+    legacy_tokens_until: dt.date | None = None
 
 
 @dataclass(frozen=True)
@@ -116,16 +122,21 @@ class Config:
     def line(self, key: str) -> int | None:
         return self.lines.get(key)
 
-    def unsubscribe_secret(self, environ: Mapping[str, str] | None = None) -> tuple[bytes, bool]:
-        """The token secret and whether it is the development stand-in.
+    def keyring(self, environ: Mapping[str, str] | None = None) -> tuple[Keyring, bool]:
+        """The token keys and whether they are the development stand-in.
 
         The stand-in is allowed only for the maildir outbox; real delivery needs the
-        secret from the environment.
+        secret from the environment (or a file: see ``read_secret``).
         """
-        env = os.environ if environ is None else environ
-        secret = env.get(self.unsubscribe.secret_env)
+        settings = self.unsubscribe
+        secret = read_secret(settings.secret_env, environ)
+        previous = tuple(
+            part.strip().encode()
+            for part in (read_secret(settings.previous_secrets_env, environ) or "").split(",")
+            if part.strip()
+        )
         if secret:
-            return secret.encode(), False
+            return Keyring(secret.encode(), previous, settings.legacy_tokens_until), False
         if self.transport == "smtp":
             raise ConfigError(
                 [
@@ -137,7 +148,8 @@ class Config:
                     )
                 ]
             )
-        return DEV_UNSUBSCRIBE_SECRET.encode(), True
+        dev = Keyring(DEV_UNSUBSCRIBE_SECRET.encode(), previous, settings.legacy_tokens_until)
+        return dev, True
 
     def with_overrides(
         self, *, rate: float | None = None, concurrency: int | None = None
@@ -148,6 +160,31 @@ class Config:
         if concurrency is not None:
             sending = replace(sending, concurrency=concurrency)
         return replace(self, sending=sending)
+
+
+def read_secret(name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """A secret by the name of its variable: ``$NAME``, else the file ``$NAME_FILE`` names,
+    else ``$CREDENTIALS_DIRECTORY/NAME`` (systemd's ``LoadCredential=``); None if none is
+    set. A file's trailing line break is not part of the secret."""
+    env = os.environ if environ is None else environ
+    if env.get(name):
+        return env[name]
+    if env.get(f"{name}_FILE"):
+        return _secret_file(Path(env[f"{name}_FILE"]), f"${name}_FILE")
+    credential = Path(env.get("CREDENTIALS_DIRECTORY") or "/nonexistent") / name
+    if env.get("CREDENTIALS_DIRECTORY") and credential.exists():
+        return _secret_file(credential, "$CREDENTIALS_DIRECTORY")
+    return None
+
+
+def _secret_file(path: Path, source: str) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8").rstrip("\r\n") or None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(
+            [Problem(path, None, f"cannot read the secret {source} names: {reason}")]
+        ) from exc
 
 
 def find_config(option: str | Path | None, environ: Mapping[str, str] | None = None) -> Path:
@@ -246,6 +283,8 @@ def parse_unsubscribe(f: Fields) -> UnsubscribeSettings:
         url=f.line_text("url", required=True),
         mailto=f.line_text("mailto", required=True),
         secret_env=f.text("secret_env", d.secret_env),
+        previous_secrets_env=f.text("previous_secrets_env", d.previous_secrets_env),
+        legacy_tokens_until=f.date("legacy_tokens_until"),
     )
     url = unsubscribe.url
     if url and (not url.startswith("https://") or "{token}" not in url):

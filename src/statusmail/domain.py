@@ -111,6 +111,8 @@ class Recipient:
     locale: str
     region: str | None
     attempts: int = 0
+    # The Message-ID of the threaded entry's message to this recipient, as sent.
+    parent_message_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

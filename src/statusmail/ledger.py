@@ -371,24 +371,35 @@ class Ledger:
     # -- delivery ----------------------------------------------------------------
 
     @_guarded("read pending recipients")
-    def pending_page(self, entry_id: str, after: int, size: int) -> list[tuple[int, Recipient]]:
-        """Up to ``size`` pending, unsuppressed recipients after ``after`` (a rowid)."""
+    def pending_page(
+        self, entry_id: str, after: int, size: int, thread: str | None = None
+    ) -> list[tuple[int, Recipient]]:
+        """Up to ``size`` pending, unsuppressed recipients after ``after`` (a rowid), each
+        with the Message-ID the ``thread`` entry's message to them was sent with."""
         rows = self.db.execute(
-            "SELECT rowid, address, email, ascii_email, name, locale, region, attempts"
-            " FROM deliveries WHERE entry_id = ? AND status = 'pending' AND rowid > ?"
-            " AND address NOT IN (SELECT address FROM suppressions)"
-            " ORDER BY rowid LIMIT ?",
-            (entry_id, after, size),
+            "SELECT d.rowid, d.address, d.email, d.ascii_email, d.name, d.locale, d.region,"
+            " d.attempts, t.message_id FROM deliveries d LEFT JOIN deliveries t"
+            " ON t.entry_id = :thread AND t.address = d.address AND t.status = 'sent'"
+            " WHERE d.entry_id = :e AND d.status = 'pending' AND d.rowid > :after"
+            " AND d.address NOT IN (SELECT address FROM suppressions)"
+            " ORDER BY d.rowid LIMIT :size",
+            {"e": entry_id, "after": after, "size": size, "thread": thread},
         ).fetchall()
         return [(row[0], Recipient(*row[1:])) for row in rows]
 
     def pending(
-        self, entry_id: str, limit: int | None = None, page: int = 1000
+        self,
+        entry_id: str,
+        limit: int | None = None,
+        page: int = 1000,
+        *,
+        thread: str | None = None,
     ) -> Iterator[Recipient]:
         """Pending recipients in selection order, read a page at a time (lists can be huge)."""
         last, left = 0, limit if limit is not None else -1
         while left != 0:
-            rows = self.pending_page(entry_id, last, page if left < 0 else min(page, left))
+            size = page if left < 0 else min(page, left)
+            rows = self.pending_page(entry_id, last, size, thread)
             if not rows:
                 return
             for _, recipient in rows:

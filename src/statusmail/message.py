@@ -24,7 +24,7 @@ from statusmail.config import Config, DkimSettings
 from statusmail.domain import Entry, Recipient
 from statusmail.errors import ConfigError, Problem, RenderError
 from statusmail.render import NAME_SLOT, URL_SLOT, Rendered, Renderer, VariantKey, escape_html
-from statusmail.tokens import message_id, unsubscribe_token
+from statusmail.tokens import Keyring, message_id, unsubscribe_token
 from statusmail.transport import Envelope
 
 
@@ -179,18 +179,18 @@ class DkimSigner:
 class MessageFactory:
     """Makes every message of one entry; one instance per run."""
 
-    def __init__(self, config: Config, entry: Entry, renderer: Renderer, secret: bytes) -> None:
+    def __init__(self, config: Config, entry: Entry, renderer: Renderer, keys: Keyring) -> None:
         self.signer = DkimSigner(config.dkim) if config.dkim else None
         self.config = config
         self.entry = entry
         self.renderer = renderer
-        self.secret = secret
+        self.keys = keys
         self.domain = config.sender.address.rpartition("@")[2] or "localhost"
         self._variants: dict[VariantKey, _Variant] = {}
         self._date_cache: tuple[int, bytes] = (0, b"")
 
     def unsubscribe_url(self, address_key: str) -> str:
-        token = unsubscribe_token(self.secret, address_key)
+        token = unsubscribe_token(self.keys, address_key)
         return self.config.unsubscribe.url.replace("{token}", token)
 
     def _date(self) -> bytes:
@@ -239,7 +239,7 @@ class MessageFactory:
             url = region.rewrite(url)  # the List-Unsubscribe target must open there too
         variant = self._variant(key)
         boundary = variant.boundary
-        mid = message_id(self.secret, entry.id, recipient.address, self.domain)
+        mid = message_id(self.keys, entry.id, recipient.address, self.domain)
         mailto = f"mailto:{self.config.unsubscribe.mailto}?subject=unsubscribe%20" + quote(
             url.rsplit("/", 1)[-1]
         )
@@ -249,7 +249,11 @@ class MessageFactory:
             f"Message-ID: {mid}\r\n".encode(),
         ]
         if entry.thread:
-            parent = message_id(self.secret, entry.thread, recipient.address, self.domain)
+            # The Message-ID the thread's message really went out with, when the ledger
+            # knows it (it may predate a change of secret); else the one it would have.
+            parent = recipient.parent_message_id or message_id(
+                self.keys, entry.thread, recipient.address, self.domain
+            )
             parts.append(f"In-Reply-To: {parent}\r\nReferences: {parent}\r\n".encode())
         parts += [
             # Never encoded: receivers parse these URIs; folded after the comma.

@@ -34,6 +34,7 @@ from statusmail.report import mask_address, scrub
 from statusmail.selection import Inactive, SelectionStats, select
 from statusmail.subscribers import RowProblem
 from statusmail.throttle import HourlyWindow
+from statusmail.tokens import Keyring
 from statusmail.transport import Transport
 
 log = logging.getLogger("statusmail")
@@ -100,13 +101,13 @@ def prepare(
     if errors:
         raise InputError(errors)
     try:
-        secret, _ = config.unsubscribe_secret()
+        keys, _ = config.keyring()
     except InputError:
         if not preview:
             raise
-        secret = b"preview"
+        keys = Keyring(b"preview")
     renderer = Renderer(config.paths.templates, regions, config.sender.name)
-    factory = MessageFactory(config, entry, renderer, secret)
+    factory = MessageFactory(config, entry, renderer, keys)
     errors = validation.render_problems(factory, renderer.variant_keys(entry))
     if errors:
         raise InputError(errors)
@@ -321,7 +322,8 @@ async def deliver(
     try:
         ledger.skip_suppressed(entry_id)
         if ledger.counts(entry_id)["pending"]:  # nothing to do needs no relay
-            await engine.run(ledger.pending(entry_id, request.limit))
+            pending = ledger.pending(entry_id, request.limit, thread=prepared.entry.thread)
+            await engine.run(pending)
             ledger.skip_suppressed(entry_id)  # unsubscribed while this run went on
         ledger.mark_complete_if_done(entry_id)
     except ConnectError:

@@ -36,7 +36,8 @@ from statusmail.errors import ConfigError, InputError, LedgerError, Problem, Sta
 from statusmail.ledger import Ledger
 from statusmail.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES, normalize_locale
 from statusmail.regions import load_regions
-from statusmail.tokens import verify_unsubscribe_token
+from statusmail.tokens import Keyring, verify_unsubscribe_token
+from statusmail.validation import secret_length_problem
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +180,7 @@ async def read_body(request: Request) -> bytes | None:
     return bytes(body)
 
 
-def make_app(config: Config, secret: bytes) -> Starlette:
+def make_app(config: Config, keys: Keyring) -> Starlette:
     ledger_path = config.paths.ledger
     pages = render_pages(config.paths.templates, config.sender.name)
 
@@ -191,7 +192,7 @@ def make_app(config: Config, secret: bytes) -> Starlette:
         token = request.path_params.get("token", "")
         if not isinstance(token, str) or len(token) > MAX_TOKEN:
             return None
-        return verify_unsubscribe_token(secret, token)
+        return verify_unsubscribe_token(keys, token)
 
     async def language(request: Request, address: str | None) -> str:
         if address is not None:
@@ -262,7 +263,10 @@ def run_server(config: Config, host: str, port: int, *, dev_secret: bool = False
     The endpoint never runs on the published development secret unless asked to
     (``--insecure-dev-secret``): anyone could forge tokens with it.
     """
-    secret, is_dev = config.unsubscribe_secret()
+    keys, is_dev = config.keyring()
+    short = secret_length_problem(config, keys, is_dev)
+    if short is not None:
+        raise ConfigError([short])
     if is_dev and not dev_secret:
         raise ConfigError(
             [
@@ -276,7 +280,7 @@ def run_server(config: Config, host: str, port: int, *, dev_secret: bool = False
         )
     if is_dev:
         log.warning("serving with the development unsubscribe secret: for local trials only")
-    app = make_app(config, secret)
+    app = make_app(config, keys)
     sock = listen(host, port)
     server = uvicorn.Server(
         uvicorn.Config(

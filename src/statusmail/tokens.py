@@ -1,62 +1,153 @@
-"""Per-recipient secrets: unsubscribe tokens and stable Message-IDs, all keyed HMACs.
+"""Per-recipient secrets: link tokens and stable Message-IDs, on standard cryptography.
 
-An unsubscribe token carries the address *encrypted*, so the endpoint needs no lookup
-and yet proxy logs and the mailto subject never show it. The construction is SIV
-(deterministic authenticated encryption) with HMAC-SHA256 as the only primitive:
-``iv = HMAC(secret, "iv" | address)[:16]``, the address XOR an HMAC keystream under that
-iv, and the token is ``base64url(iv | ciphertext)``. Decrypting and recomputing the iv
-authenticates it; the iv is compared in constant time.
+A token carries what it names (an address; an entry and an address) *encrypted and
+authenticated* with AES-SIV (the ``cryptography`` package): deterministic, so a
+recipient's link is the same in every message, and no lookup is needed to read it, yet
+proxy logs and mailto subjects never show an address. Each purpose (the unsubscribe
+link, the Message-ID, the VERP return path, the preferences link) has its own key,
+derived with HKDF from the configured secret, so no key serves two purposes and a token
+made for one purpose is refused for another.
+
+``base64url(version | key id | SIV tag | ciphertext)``: the key id (one byte derived from
+the secret) tells which secret made it, so secrets can be rotated: the current one
+signs, retired ones (``unsubscribe.previous_secrets_env``) still verify. Unsubscribe
+tokens minted by statusmail before this scheme (an HMAC-SHA256 SIV construction) are
+still read until ``unsubscribe.legacy_tokens_until``, so no link already in a mailbox
+breaks on upgrade.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
+import enum
 import hashlib
 import hmac
+from dataclasses import dataclass, field
+from functools import cached_property
 
-IV_BYTES = 16
-MAX_ADDRESS_BYTES = 320
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESSIV
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+VERSION = 1
+MAX_PLAIN_BYTES = 512
+MIN_SECRET_BYTES = 32
+
+
+class Purpose(enum.StrEnum):
+    UNSUBSCRIBE = "unsubscribe"
+    MESSAGE_ID = "message-id"
+    VERP = "verp"
+    PREFERENCES = "preferences"
 
 
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def _mac(secret: bytes, purpose: str, value: bytes) -> bytes:
-    return hmac.digest(secret, purpose.encode() + b"\x00" + value, hashlib.sha256)
-
-
-def _xor_stream(secret: bytes, iv: bytes, data: bytes) -> bytes:
-    stream = b"".join(
-        _mac(secret, "unsubscribe-stream", iv + block.to_bytes(4, "big"))
-        for block in range((len(data) + 31) // 32)
-    )[: len(data)]
-    mixed = int.from_bytes(data, "big") ^ int.from_bytes(stream, "big")
-    return mixed.to_bytes(len(data), "big")
-
-
-def unsubscribe_token(secret: bytes, address_key: str) -> str:
-    plain = address_key.encode("utf-8")
-    iv = _mac(secret, "unsubscribe-iv", plain)[:IV_BYTES]
-    return _b64(iv + _xor_stream(secret, iv, plain))
-
-
-def verify_unsubscribe_token(secret: bytes, token: str) -> str | None:
-    """The address the token was made for, or None if it was not made with ``secret``."""
+def _unb64(text: str) -> bytes | None:
     try:
-        raw = _unb64(token)
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (ValueError, binascii.Error):
         return None
-    if not IV_BYTES < len(raw) <= IV_BYTES + MAX_ADDRESS_BYTES:
+
+
+def _derive(secret: bytes, info: str, length: int) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info.encode()).derive(
+        secret
+    )
+
+
+@dataclass(frozen=True)
+class _Key:
+    secret: bytes
+
+    @cached_property
+    def id(self) -> int:
+        return _derive(self.secret, "statusmail key id", 1)[0]
+
+    @cached_property
+    def _keys(self) -> dict[Purpose, bytes]:
+        # 64 bytes: AES-256-SIV (two 256-bit keys: one for the tag, one for the cipher)
+        return {p: _derive(self.secret, f"statusmail v{VERSION} {p.value}", 64) for p in Purpose}
+
+    def siv(self, purpose: Purpose) -> AESSIV:
+        return AESSIV(self._keys[purpose])
+
+    def mac(self, purpose: Purpose, data: bytes) -> bytes:
+        return hmac.digest(self._keys[purpose], data, hashlib.sha256)
+
+
+@dataclass(frozen=True)
+class Keyring:
+    """The current secret (signs and verifies) and retired ones (verify only)."""
+
+    secret: bytes
+    previous: tuple[bytes, ...] = ()
+    # Unsubscribe tokens of the scheme before this one are read through this date
+    # (None: no end set).
+    legacy_until: dt.date | None = None
+    _keys: dict[bytes, _Key] = field(default_factory=dict, compare=False, repr=False)
+
+    def _key(self, secret: bytes) -> _Key:
+        if secret not in self._keys:
+            self._keys[secret] = _Key(secret)
+        return self._keys[secret]
+
+    @property
+    def current(self) -> _Key:
+        return self._key(self.secret)
+
+    def seal(self, purpose: Purpose, plain: bytes) -> str:
+        key = self.current
+        head = bytes((VERSION, key.id))
+        return _b64(head + key.siv(purpose).encrypt(plain, [head]))
+
+    def open(self, purpose: Purpose, token: str) -> bytes | None:
+        """What ``token`` carries, if a secret of this keyring made it for ``purpose``."""
+        raw = _unb64(token)
+        if raw is None or len(raw) < 2 + 16 or len(raw) > 2 + 16 + MAX_PLAIN_BYTES:
+            return None
+        head = raw[:2]
+        if head[0] != VERSION:
+            return None
+        for secret in (self.secret, *self.previous):
+            key = self._key(secret)
+            if key.id != head[1]:
+                continue
+            try:
+                return key.siv(purpose).decrypt(raw[2:], [head])
+            except InvalidTag:
+                continue
         return None
-    iv, cipher = raw[:IV_BYTES], raw[IV_BYTES:]
-    plain = _xor_stream(secret, iv, cipher)
-    if not hmac.compare_digest(iv, _mac(secret, "unsubscribe-iv", plain)[:IV_BYTES]):
+
+    def mac(self, purpose: Purpose, data: bytes) -> bytes:
+        return self.current.mac(purpose, data)
+
+
+# -- what each purpose carries ---------------------------------------------------------
+
+
+def unsubscribe_token(keys: Keyring, address_key: str) -> str:
+    return keys.seal(Purpose.UNSUBSCRIBE, address_key.encode("utf-8"))
+
+
+def verify_unsubscribe_token(
+    keys: Keyring, token: str, *, today: dt.date | None = None
+) -> str | None:
+    """The address the token was made for, or None if no secret of ``keys`` made it."""
+    plain = keys.open(Purpose.UNSUBSCRIBE, token)
+    if plain is None and (
+        keys.legacy_until is None or (today or dt.date.today()) <= keys.legacy_until
+    ):
+        for secret in (keys.secret, *keys.previous):
+            address = legacy_verify_unsubscribe_token(secret, token)
+            if address is not None:
+                return address
+    if plain is None:
         return None
     try:
         return plain.decode("utf-8")
@@ -64,8 +155,58 @@ def verify_unsubscribe_token(secret: bytes, token: str) -> str | None:
         return None
 
 
-def message_id(secret: bytes, entry_id: str, address_key: str, domain: str) -> str:
+def entry_token(keys: Keyring, purpose: Purpose, entry_id: str, address_key: str) -> str:
+    """A token naming an entry and a recipient (the VERP return path, for one)."""
+    return keys.seal(purpose, f"{entry_id}\x00{address_key}".encode())
+
+
+def verify_entry_token(keys: Keyring, purpose: Purpose, token: str) -> tuple[str, str] | None:
+    plain = keys.open(purpose, token)
+    if plain is None:
+        return None
+    entry_id, sep, address = plain.decode("utf-8", "replace").partition("\x00")
+    return (entry_id, address) if sep else None
+
+
+def message_id(keys: Keyring, entry_id: str, address_key: str, domain: str) -> str:
     """The same on every attempt, and for threading from a later entry; reveals no address."""
-    value = f"{entry_id}\x00{address_key}".encode()
-    digest = _mac(secret, "message-id", value).hex()[:32]
+    digest = keys.mac(Purpose.MESSAGE_ID, f"{entry_id}\x00{address_key}".encode()).hex()[:32]
     return f"<{entry_id}.{digest}@{domain}>"
+
+
+# -- the scheme before this one, read only -----------------------------------------------
+
+_LEGACY_IV_BYTES = 16
+
+
+def _legacy_mac(secret: bytes, purpose: str, value: bytes) -> bytes:
+    return hmac.digest(secret, purpose.encode() + b"\x00" + value, hashlib.sha256)
+
+
+def _legacy_stream(secret: bytes, iv: bytes, data: bytes) -> bytes:
+    stream = b"".join(
+        _legacy_mac(secret, "unsubscribe-stream", iv + block.to_bytes(4, "big"))
+        for block in range((len(data) + 31) // 32)
+    )[: len(data)]
+    return bytes(a ^ b for a, b in zip(data, stream, strict=True))
+
+
+def legacy_unsubscribe_token(secret: bytes, address_key: str) -> str:
+    """A token as statusmail 0.1 minted it (kept to test the compatibility reader)."""
+    plain = address_key.encode("utf-8")
+    iv = _legacy_mac(secret, "unsubscribe-iv", plain)[:_LEGACY_IV_BYTES]
+    return _b64(iv + _legacy_stream(secret, iv, plain))
+
+
+def legacy_verify_unsubscribe_token(secret: bytes, token: str) -> str | None:
+    raw = _unb64(token)
+    if raw is None or not _LEGACY_IV_BYTES < len(raw) <= _LEGACY_IV_BYTES + 320:
+        return None
+    iv, cipher = raw[:_LEGACY_IV_BYTES], raw[_LEGACY_IV_BYTES:]
+    plain = _legacy_stream(secret, iv, cipher)
+    if not hmac.compare_digest(iv, _legacy_mac(secret, "unsubscribe-iv", plain)[:_LEGACY_IV_BYTES]):
+        return None
+    try:
+        return plain.decode("utf-8")
+    except UnicodeDecodeError:
+        return None

@@ -11,7 +11,7 @@ import datetime as dt
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from statusmail import markdown
 from statusmail.catalog import catalog_problems
@@ -24,6 +24,7 @@ from statusmail.message import MessageFactory
 from statusmail.regions import Region, load_regions
 from statusmail.render import Renderer, VariantKey
 from statusmail.subscribers import ReadStats, RowProblem, iter_subscribers
+from statusmail.tokens import MIN_SECRET_BYTES, Keyring
 
 PROBE_ADDRESS = "preview@example.invalid"  # never a subscriber's: previews and checks only
 PROBE_NAMES = {"en": "Alex Example", "ru": "Алекс Пример"}
@@ -253,7 +254,7 @@ def secret_problems(config: Config, environ: Mapping[str, str] | None = None) ->
     """Secrets the configured transport needs, each naming its variable (warnings too)."""
     problems: list[Problem] = []
     try:
-        _secret, is_dev = config.unsubscribe_secret(environ)
+        keys, is_dev = config.keyring(environ)
     except ConfigError as exc:
         problems += exc.problems
     else:
@@ -267,6 +268,11 @@ def secret_problems(config: Config, environ: Mapping[str, str] | None = None) ->
                     warning=True,
                 )
             )
+        short = secret_length_problem(config, keys, is_dev)
+        if short is not None and config.transport == "smtp":
+            problems.append(short)
+        elif short is not None:  # fine for the outbox, not for serve or a relay
+            problems.append(replace(short, warning=True))
     smtp = config.smtp
     if config.transport == "smtp" and smtp.username and not smtp.password(environ):
         problems.append(
@@ -278,6 +284,18 @@ def secret_problems(config: Config, environ: Mapping[str, str] | None = None) ->
             )
         )
     return problems
+
+
+def secret_length_problem(config: Config, keys: Keyring, is_dev: bool) -> Problem | None:
+    """A secret someone could guess makes every link forgeable: at least 32 bytes."""
+    if is_dev or len(keys.secret) >= MIN_SECRET_BYTES:
+        return None
+    return Problem(
+        config.path,
+        config.line("unsubscribe"),
+        f"${config.unsubscribe.secret_env} is {len(keys.secret)} bytes; it must be at least "
+        f"{MIN_SECRET_BYTES} (e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))')",
+    )
 
 
 # -- rendering ---------------------------------------------------------------------
@@ -372,13 +390,13 @@ def check_project(config: Config) -> CheckReport:
     report.add(secret_problems(config))
     if report.ok:
         try:
-            secret, _ = config.unsubscribe_secret()
+            keys, _ = config.keyring()
         except ConfigError:  # reported above; the messages can still be checked
-            secret = b"check"
+            keys = Keyring(b"check")
         renderer = Renderer(config.paths.templates, regions, config.sender.name)
         for entry in entries.values():
             try:
-                factory = MessageFactory(config, entry, renderer, secret or b"check")
+                factory = MessageFactory(config, entry, renderer, keys)
             except StatusmailError as exc:
                 report.add([Problem(entry.where, None, str(exc))])
                 break
