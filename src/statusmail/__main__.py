@@ -1,25 +1,44 @@
 """``statusmail`` and ``python -m statusmail``.
 
-The signal handlers go in before anything else is imported, so that SIGINT or SIGTERM
-at any moment ends the program with an exit code and a line, never by the signal.
+A signal handler goes in before anything else is imported, so that SIGINT or SIGTERM at
+any moment ends the program with an exit code and a line, never by the signal.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 
 
-def run() -> None:
-    from statusmail import signals
-    from statusmail.errors import Interrupted
+class _Early(BaseException):
+    """A signal while statusmail was still starting (before its own handlers)."""
 
-    signals.install()
+
+def _early(signum: int, _frame: object) -> None:
+    raise _Early(signum)
+
+
+def run() -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _early)
     try:
+        from statusmail import signals
+
+        signals.install()
         from statusmail.cli import main
 
         main()
-    except Interrupted as exc:  # before a command could take it (while starting up)
-        print(f"interrupted by {signals.name(exc.signum)} while starting", file=sys.stderr)
+    except _Early as exc:
+        name = signal.Signals(exc.args[0]).name
+        print(f"interrupted by {name} while starting; nothing was done", file=sys.stderr)
+        sys.exit(0 if "watch" in sys.argv[1:] else 4)
+    except BaseException as exc:
+        from statusmail.errors import Interrupted
+
+        if not isinstance(exc, Interrupted):
+            raise
+        name = signal.Signals(exc.signum).name
+        print(f"interrupted by {name} while starting; nothing was done", file=sys.stderr)
         sys.exit(0 if "watch" in sys.argv[1:] else 4)
 
 

@@ -16,6 +16,7 @@ from statusmail.domain import ExitCode
 from statusmail.entries import entry_paths, find_entry, load_entry, unknown_entry
 from statusmail.errors import ConnectError, Interrupted, StatusmailError
 from statusmail.ledger import Ledger
+from statusmail.ledger import exists as ledger_exists
 from statusmail.preview import write_previews
 from statusmail.report import (
     ProgressReporter,
@@ -72,10 +73,11 @@ class SendOptions:
 
 
 def confirm_prompt(console: Console, target: str) -> pipeline.Confirm:
-    def confirm(prepared: pipeline.Prepared, staged: pipeline.Staged) -> bool:
-        locales = ", ".join(f"{n} {loc}" for loc, n in staged.stats.by_locale().items())
+    def confirm(prepared: pipeline.Prepared, started: pipeline.Started) -> bool:
+        locales = ", ".join(f"{n} {loc}" for loc, n in started.stats.by_locale().items())
+        pending = started.plan.pending_after if started.plan else started.stats.total
         console.print(
-            f"Send [bold]{prepared.entry.id}[/] to [bold]{staged.plan.pending_after}[/]"
+            f"Send [bold]{prepared.entry.id}[/] to [bold]{pending}[/]"
             f" recipients ({locales or 'none'}) through {target}?"
         )
         # No lock is held while this waits; Ctrl-C here raises Interrupted at once.
@@ -98,9 +100,9 @@ def send(config: Config, entry_id: str, options: SendOptions, console: Console) 
     )
     if options.interactive and not options.yes:
         request.confirm = confirm_prompt(console, pipeline.describe_target(config))
-    with pipeline.open_ledger(config, entry.id) as ledger:
+    with pipeline.open_ledger(config, entry.id) as held:
         try:
-            staged = pipeline.start(prepared, ledger, request)
+            started = pipeline.start(prepared, held, request)
         except pipeline.Declined:
             console.print("Not sent; nothing was recorded.")
             return ExitCode.NOT_STARTED
@@ -113,9 +115,7 @@ def send(config: Config, entry_id: str, options: SendOptions, console: Console) 
             )
             return ExitCode.STOPPED
         try:
-            report = asyncio.run(
-                _deliver(prepared, ledger, transport, request, staged.plan.pending_after, console)
-            )
+            report = asyncio.run(_deliver(prepared, held, transport, request, started, console))
         except ConnectError as exc:
             log.error("cannot start: %s", exc, extra={"event": "relay_unreachable"})
             return ExitCode.NOT_STARTED
@@ -125,18 +125,21 @@ def send(config: Config, entry_id: str, options: SendOptions, console: Console) 
 
 async def _deliver(
     prepared: pipeline.Prepared,
-    ledger: Ledger,
+    held: pipeline.Held,
     transport: Transport,
     request: pipeline.Request,
-    pending: int,
+    started: pipeline.Started,
     console: Console,
 ) -> pipeline.Report:
     stop = asyncio.Event()
-    reporter = ProgressReporter(pending, console=console)
+    # While the selection streams, the total is not known yet: the bar counts up.
+    reporter = ProgressReporter(
+        started.plan.pending_after if started.plan else None, console=console
+    )
     try:
         with signals.stop_on_signal(stop.set):
             return await pipeline.finish(
-                prepared, ledger, transport, request, stop=stop, on_outcome=reporter
+                prepared, held, transport, request, started, stop=stop, on_outcome=reporter
             )
     finally:
         reporter.close()
@@ -227,7 +230,7 @@ def status(
 ) -> ExitCode:
     has_file = (config.paths.updates / f"{entry_id}.yaml").is_file()
     ledger_path = config.paths.ledger
-    if not ledger_path.exists():
+    if not ledger_exists(ledger_path):
         if not has_file:
             raise unknown_entry(config.paths.updates, entry_id)
         console.print(f"{entry_id}: not sent yet (no ledger at {ledger_path})", markup=False)
@@ -279,7 +282,8 @@ def status(
 
 def list_entries(config: Config, as_json: bool, console: Console) -> ExitCode:
     rows = []
-    ledger = Ledger(config.paths.ledger, readonly=True) if config.paths.ledger.exists() else None
+    target = config.paths.ledger
+    ledger = Ledger(target, readonly=True) if ledger_exists(target) else None
     try:
         for path in entry_paths(config.paths.updates):
             try:

@@ -23,6 +23,11 @@ SECURITIES = ("starttls", "tls", "none")
 DEV_UNSUBSCRIBE_SECRET = "statusmail-DEVELOPMENT-secret-do-not-use-in-production"
 
 
+def is_url(target: str | Path) -> bool:
+    """Whether a ledger target is a PostgreSQL server rather than a SQLite file."""
+    return isinstance(target, str) and target.startswith(("postgresql://", "postgres://"))
+
+
 @dataclass(frozen=True)
 class Sender:
     name: str = ""
@@ -35,7 +40,8 @@ class Paths:
     subscribers: Path = Path("subscribers")
     templates: Path = Path("templates")
     regions: Path = Path("regions.yaml")
-    ledger: Path = Path("statusmail.db")
+    # A file (the embedded SQLite ledger) or a postgresql:// URL.
+    ledger: Path | str = Path("statusmail.db")
     outbox: Path = Path("outbox")
 
 
@@ -71,6 +77,9 @@ class SendingSettings:
     # A re-selection that would drop more than this share of the pending recipients
     # because they left the list is refused unless --accept-removals.
     max_removed_share: float = 0.1
+    # How long a sender holds the recipients it took before another may take them
+    # (seconds; renewed while it works): what a crashed sender delays, at most.
+    lease: float = 15.0
 
 
 @dataclass(frozen=True)
@@ -212,11 +221,15 @@ def parse_sender(f: Fields) -> Sender:
     return sender
 
 
-def parse_paths(f: Fields, root: Path) -> Paths:
+def parse_paths(f: Fields, root: Path, env: Mapping[str, str]) -> Paths:
     defaults = Paths()
     keys = defaults.__dataclass_fields__
     f.unknown_keys(set(keys))
-    return Paths(**{key: root / f.text(key, str(getattr(defaults, key))) for key in keys})
+    paths = {
+        key: root / f.text(key, str(getattr(defaults, key))) for key in keys if key != "ledger"
+    }
+    ledger = env.get("STATUSMAIL_LEDGER") or f.text("ledger", str(defaults.ledger))
+    return Paths(**paths, ledger=ledger if is_url(ledger) else root / ledger)
 
 
 def parse_smtp(
@@ -273,6 +286,7 @@ def parse_sending(f: Fields) -> SendingSettings:
         retry_initial=f.number("retry_initial", d.retry_initial),
         retry_max=f.number("retry_max", d.retry_max),
         max_removed_share=_share(f, "max_removed_share", d.max_removed_share),
+        lease=f.number("lease", d.lease, minimum=1),
     )
 
 
@@ -365,7 +379,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
         path=path,
         sender=parse_sender(top.sub("sender")),
         list_id=top.line_text("list_id", required=True),
-        paths=parse_paths(top.sub("paths"), root),
+        paths=parse_paths(top.sub("paths"), root, env),
         unsubscribe=parse_unsubscribe(top.sub("unsubscribe")),
         reply_to=reply_to,
         transport=parse_transport(top, env, problems),

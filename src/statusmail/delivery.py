@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tenacity import (
@@ -25,14 +25,15 @@ from tenacity import (
 from statusmail.config import SendingSettings
 from statusmail.domain import DeliveryStatus, Outcome, Recipient, SuppressionReason
 from statusmail.errors import BuildError, DeliveryError, LedgerError
-from statusmail.ledger import Ledger
+from statusmail.ledger import DeliveryQueue
 from statusmail.message import Built
 from statusmail.report import scrub
-from statusmail.throttle import FailureWindow, HourlyWindow, TokenBucket
+from statusmail.throttle import FailureWindow, SharedBucket, TokenBucket
 from statusmail.transport import Connection, Envelope, Transport
 
 log = logging.getLogger("statusmail.delivery")
 CLOSE_TIMEOUT = 5.0  # a QUIT the relay never answers must not hold up the end of a run
+POLL = 0.5  # how often an idle producer looks again (another sender's lease, the list)
 
 
 @dataclass
@@ -43,35 +44,35 @@ class RunResult:
 
 
 class GroupCommitter:
-    """Outcomes wait here until the next transaction, which takes all that are waiting."""
+    """Outcomes wait here until the next write, which takes all that are waiting: one
+    transaction carries the outcomes of every worker that finished meanwhile."""
 
-    def __init__(self, ledger: Ledger, entry_id: str) -> None:
-        self.ledger = ledger
-        self.entry_id = entry_id
+    def __init__(self, queue: DeliveryQueue) -> None:
+        self.queue = queue
         self._waiting: list[tuple[Outcome, asyncio.Future[None]]] = []
-        self._scheduled = False
+        self._writing: asyncio.Task[None] | None = None
 
     async def record(self, outcome: Outcome) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.append((outcome, future))
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        if self._writing is None or self._writing.done():
+            self._writing = asyncio.create_task(self._flush())
         await future
 
-    def _flush(self) -> None:
-        self._scheduled = False
-        batch, self._waiting = self._waiting, []
-        try:
-            self.ledger.record(self.entry_id, [outcome for outcome, _ in batch])
-        except LedgerError as exc:  # the ledger is the truth: nobody goes on without it
+    async def _flush(self) -> None:
+        await asyncio.sleep(0)  # let every worker that is done this turn join the batch
+        while self._waiting:
+            batch, self._waiting = self._waiting, []
+            try:
+                await self.queue.record([outcome for outcome, _ in batch])
+            except LedgerError as exc:  # the ledger is the truth: nobody goes on without it
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
             for _, future in batch:
                 if not future.done():
-                    future.set_exception(exc)
-            return
-        for _, future in batch:
-            if not future.done():
-                future.set_result(None)
+                    future.set_result(None)
 
 
 class _Stopping(Exception):
@@ -87,75 +88,141 @@ OnOutcome = Callable[[Outcome, Recipient], None]
 
 
 class Engine:
+    """Delivers an entry's queue: takes recipients from it a few at a time (a claim with a
+    lease, so several processes can share it), while the selection may still be filling
+    it; ends when the selection is complete and nothing of it is left pending."""
+
     def __init__(
         self,
         *,
-        entry_id: str,
+        queue: DeliveryQueue,
         transport: Transport,
-        ledger: Ledger,
         build: Callable[[Recipient], Built],
         settings: SendingSettings,
         stop: asyncio.Event | None = None,
         on_outcome: OnOutcome | None = None,
-        hourly: HourlyWindow | None = None,
         mask: Callable[[str], str] = lambda address: address,
+        limit: int | None = None,
+        selecting: Callable[[], bool] = lambda: False,
+        progress: asyncio.Event | None = None,
+        on_connected: Callable[[], None] = lambda: None,
     ) -> None:
-        self.entry_id = entry_id
+        self.queue = queue
         self.transport = transport
-        self.ledger = ledger
         self.build = build
         self.settings = settings
         self.stop = stop or asyncio.Event()
         self.on_outcome = on_outcome
-        self.bucket = TokenBucket(settings.rate)
-        self.hourly = hourly or HourlyWindow(settings.max_per_hour)
+        self.bucket: TokenBucket | SharedBucket = (
+            SharedBucket(settings.rate, queue.take_slot)
+            if queue.shared
+            else TokenBucket(settings.rate)
+        )
         self.failures = FailureWindow(settings.stop_after_failures)
-        self.committer = GroupCommitter(ledger, entry_id)
+        self.committer = GroupCommitter(queue)
         self.mask = mask
+        self.limit = limit
+        self.selecting = selecting
+        self.progress = progress or asyncio.Event()
+        self.on_connected = on_connected
         self.result = RunResult()
+        self.taken = 0
 
-    def _halt(self, reason: str) -> None:
+    def halt(self, reason: str) -> None:
         if self.result.stopped is None:
             self.result.stopped = reason
-            log.warning("stopping: %s; in-flight messages finish, the rest stay pending", reason)
+            log.warning(
+                "stopping: %s; in-flight messages finish, the rest stay pending",
+                reason,
+                extra={"event": "stopping", "entry": self.queue.entry_id, "reason": reason},
+            )
         self.stop.set()
 
-    async def run(self, recipients: Iterable[Recipient]) -> RunResult:
-        """Deliver to ``recipients``; raises ``ConnectError`` if no connection can be opened.
+    async def run(self) -> RunResult:
+        """Deliver the queue; raises ``ConnectError`` if no connection can be opened.
 
-        An error that no recipient is to blame for (the ledger, building a message)
-        stops every worker and the producer at once and is raised; what was recorded
-        stands, and the recipient in hand stays pending.
+        Connections are opened when there is a first recipient to send to: a run with
+        nothing left to send needs no relay. An error that no recipient is to blame for
+        (the ledger, building a message) stops every worker and the producer at once and
+        is raised; what was recorded stands, and the recipients in hand stay pending
+        (handed back to the queue).
         """
-        connections = await self._open_connections()
-        queue: asyncio.Queue[Recipient | None] = asyncio.Queue(maxsize=len(connections) * 2)
-
-        async def produce() -> None:
-            for recipient in recipients:
-                if self.stop.is_set():
-                    break
-                await queue.put(recipient)
-            # Only on the normal path: a cancelled producer must not wait on a full queue
-            # whose workers are gone.
-            for _ in connections:
-                await queue.put(None)
-
-        tasks = [asyncio.create_task(self._worker(conn, queue)) for conn in connections]
-        tasks.append(asyncio.create_task(produce()))
+        renewing = asyncio.create_task(self._renew())
+        connections: list[Connection] = []
         try:
-            await asyncio.gather(*tasks)
-        except BaseException:
-            # One failed (the ledger, say): no other worker may go on sending unrecorded.
-            self.stop.set()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+            first = await self._next_batch(max(2, self.settings.concurrency * 2))
+            if not first:
+                return self.result
+            connections = await self._open_connections()
+            # a few taken ahead of the workers, no more (the rest stays for other senders)
+            feed: asyncio.Queue[Recipient | None] = asyncio.Queue(maxsize=len(first))
+            for recipient in first:
+                feed.put_nowait(recipient)
+            tasks = [asyncio.create_task(self._worker(conn, feed)) for conn in connections]
+            tasks.append(asyncio.create_task(self._produce(feed, len(connections))))
+            try:
+                await asyncio.gather(*tasks)
+            except BaseException:
+                # One failed (the ledger, say): no other worker may go on sending
+                # unrecorded.
+                self.stop.set()
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                raise
         finally:
+            renewing.cancel()
+            await asyncio.gather(renewing, return_exceptions=True)
             for conn in connections:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(conn.close(), CLOSE_TIMEOUT)
+            with contextlib.suppress(LedgerError):
+                await self.queue.release()  # what was taken but not sent goes back
         return self.result
+
+    async def _next_batch(self, want: int) -> list[Recipient]:
+        """The next recipients to send to, waiting while more may come (the selection
+        still streams, or another sender's lease may run out); empty when done."""
+        while not self.stop.is_set():
+            if self.limit is not None and self.taken >= self.limit:
+                self.result.stopped = self.result.stopped or "limit"
+                return []  # what was taken is still delivered
+            count = want if self.limit is None else min(want, self.limit - self.taken)
+            if self.settings.max_per_hour:
+                allowed = self.settings.max_per_hour - await self.queue.hourly_used()
+                if allowed <= 0:
+                    self.halt("the hourly cap (sending.max_per_hour) was reached")
+                    return []
+                count = min(count, allowed)
+            generation, selected = await self.queue.state()
+            self.progress.clear()
+            batch = await self.queue.claim(generation, count)
+            if batch:
+                self.taken += len(batch)
+                return batch
+            complete = not self.selecting() and selected == generation
+            if complete and not await self.queue.remaining(generation):
+                return []  # the selection is complete and nothing of it is left
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.progress.wait(), POLL)
+        return []
+
+    async def _produce(self, feed: asyncio.Queue[Recipient | None], workers: int) -> None:
+        want = max(2, workers * 2)
+        while batch := await self._next_batch(want):
+            for recipient in batch:
+                await feed.put(recipient)
+        # Only on the normal path: a cancelled producer never waits for dead workers.
+        for _ in range(workers):
+            await feed.put(None)
+
+    async def _renew(self) -> None:
+        """Keep the lease of what this process holds while it works on it."""
+        interval = max(0.5, self.settings.lease / 3)
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(LedgerError):
+                await self.queue.renew()
 
     async def _open_connections(self) -> list[Connection]:
         wanted = max(1, self.settings.concurrency)
@@ -170,17 +237,25 @@ class Engine:
             log.warning("opened %d of %d connections (%s)", len(connections), wanted, errors[0])
         return connections
 
-    async def _worker(self, conn: Connection, queue: asyncio.Queue[Recipient | None]) -> None:
+    async def _worker(self, conn: Connection, feed: asyncio.Queue[Recipient | None]) -> None:
         while True:
-            recipient = await queue.get()
+            recipient = await feed.get()
             if recipient is None:
                 return
             if self.stop.is_set():
-                continue  # drain: what was queued but not started stays pending
-            if not self.hourly.try_take():
-                self._halt("the hourly cap (sending.max_per_hour) was reached")
-                continue
-            outcome = await self._deliver_one(conn, recipient)
+                continue  # drain: what was taken but not started goes back to the queue
+            # Suppressed this very moment (an unsubscribe on any web host): never sent.
+            reason = await self.queue.suppression_of(recipient.address)
+            if reason is not None:
+                outcome = Outcome(
+                    recipient.address,
+                    DeliveryStatus.SKIPPED,
+                    recipient.attempts,
+                    None,
+                    f"suppressed: {reason}",
+                )
+            else:
+                outcome = await self._deliver_one(conn, recipient)
             await self.committer.record(outcome)
             self._count(outcome, recipient)
 
@@ -194,7 +269,7 @@ class Engine:
         else:  # handed back as pending: the run stopped, or the relay went away
             self.failures.record(False)
         if self.failures.tripped:
-            self._halt(
+            self.halt(
                 f"more than {self.settings.stop_after_failures:.0%} of recent recipients failed"
             )
         if self.on_outcome:
@@ -215,7 +290,7 @@ class Engine:
         except DeliveryError as exc:
             remaining = self.settings.max_attempts - tally.charged
             if not exc.transient or remaining <= 0:
-                return self._failure(recipient, tally.charged, exc)
+                return await self._failure(recipient, tally.charged, exc)
             try:
                 await self._retry(conn, envelope, tally, remaining)
             except _Stopping:
@@ -227,7 +302,7 @@ class Engine:
                     "stopped before retry",
                 )
             except DeliveryError as last:
-                return self._failure(recipient, tally.charged, last)
+                return await self._failure(recipient, tally.charged, last)
         return Outcome(
             recipient.address, DeliveryStatus.SENT, tally.charged, 250, None, envelope.message_id
         )
@@ -267,7 +342,7 @@ class Engine:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stop.wait(), seconds)
 
-    def _failure(self, recipient: Recipient, attempts: int, exc: DeliveryError) -> Outcome:
+    async def _failure(self, recipient: Recipient, attempts: int, exc: DeliveryError) -> Outcome:
         who = self.mask(recipient.email)
         # Server replies often quote the address: mask it there too.
         said = scrub(
@@ -275,7 +350,7 @@ class Engine:
         )
         if exc.relay_down:
             # Not the recipient's fault: keep it pending and stop taking new recipients.
-            self._halt(f"the relay is unreachable ({exc.message})")
+            self.halt(f"the relay is unreachable ({exc.message})")
             return Outcome(recipient.address, DeliveryStatus.PENDING, attempts, None, exc.message)
         if exc.transient:
             log.warning("%s: gave up after %d attempts: %s", who, attempts, said)
@@ -284,7 +359,7 @@ class Engine:
             )
         log.warning("%s: refused: %s", who, said)
         if exc.bounce:
-            self.ledger.suppress(
+            await self.queue.suppress(
                 recipient.address, SuppressionReason.BOUNCED, f"{exc.code} {exc.message}"
             )
         return Outcome(recipient.address, DeliveryStatus.FAILED, attempts, exc.code, exc.message)

@@ -14,26 +14,34 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from statusmail import validation
+from statusmail import intake, validation
 from statusmail.catalog import catalog_problems
-from statusmail.config import Config
+from statusmail.config import Config, is_url
 from statusmail.delivery import Engine, OnOutcome, RunResult
 from statusmail.domain import Entry, ExitCode
 from statusmail.entries import entry_paths, find_entry
 from statusmail.errors import ConnectError, InputError, LedgerError, Problem, StatusmailError
-from statusmail.ledger import Ledger, Plan, StagedRow, read_suppressions, run_lock
+from statusmail.intake import Stream
+from statusmail.ledger import (
+    DeliveryQueue,
+    Ledger,
+    LocalQueue,
+    Plan,
+    ServerLock,
+    ServerQueue,
+    read_suppressions,
+    run_lock,
+)
 from statusmail.message import MessageFactory
 from statusmail.regions import Region, load_regions
 from statusmail.render import Renderer
 from statusmail.report import mask_address, scrub
 from statusmail.selection import Inactive, SelectionStats, select
-from statusmail.subscribers import RowProblem
-from statusmail.throttle import HourlyWindow
+from statusmail.subscribers import RowProblem, first_broken
 from statusmail.tokens import Keyring
 from statusmail.transport import Transport
 
@@ -114,81 +122,24 @@ def prepare(
     return Prepared(config, entry, regions, renderer, factory, [p for p in found if p.warning])
 
 
-# -- selecting and staging ---------------------------------------------------------
-
-
-@dataclass
-class Staged:
-    stats: SelectionStats
-    plan: Plan
-
-
-def _staged_rows(
-    prepared: Prepared, suppressed: set[str], stats: SelectionStats
-) -> Iterator[StagedRow]:
-    config, entry = prepared.config, prepared.entry
-    for item in select(
-        entry,
-        config.paths.subscribers,
-        config.default_locale_by_region,
-        suppressed,
-        stats,
-        inactive=True,
-    ):
-        if isinstance(item, RowProblem):
-            if item.fatal:
-                # A broken list could hide anyone after the break: select nobody.
-                raise InputError([Problem(item.path, item.line or None, item.message)])
-            log.warning("skipped: %s", item)
-            key = item.email.lower() or f"{item.path}:{item.line}"
-            yield StagedRow("invalid", key, detail=item.message)
-        elif isinstance(item, Inactive):
-            yield StagedRow("inactive", item.address, detail=item.reason)
-        else:
-            yield StagedRow.selected(item)
-
-
-def stage(prepared: Prepared, ledger: Ledger) -> Staged:
-    """Select the audience into the ledger's staging area; nothing is recorded yet."""
-    entry = prepared.entry
-    stats = SelectionStats()
-    ledger.stage(_staged_rows(prepared, ledger.suppressed(), stats))
-    problems = validation.missing_language_problems(entry, stats.locales())
-    plan = ledger.plan(entry.id)
-    if not plan.selected and not plan.known:
-        problems.append(
-            Problem(
-                entry.where,
-                entry.line("audience") or entry.line("status"),
-                "the audience selects no active subscriber: nothing to send",
-            )
-        )
-    if problems:
-        raise InputError(problems)
-    return Staged(stats, plan)
-
-
-def removal_problem(prepared: Prepared, plan: Plan) -> Problem | None:
-    """A list that shrinks is never taken on trust (an emptied or half-saved file)."""
-    share = prepared.config.sending.max_removed_share
-    if not plan.pending or plan.removed <= share * plan.pending:
-        return None
-    entry = prepared.entry
-    return Problem(
-        prepared.config.paths.subscribers,
-        None,
-        f"{plan.removed} of the {plan.pending} recipients still pending for {entry.id} "
-        f"({plan.removed / plan.pending:.0%}) are no longer in the list or the audience, "
-        f"more than sending.max_removed_share ({share:.0%}); if that is right, re-run with "
-        "--accept-removals",
-    )
+# -- selecting and starting ---------------------------------------------------------
 
 
 class Declined(Exception):
     """The user answered no at the confirmation prompt; nothing was recorded."""
 
 
-Confirm = Callable[[Prepared, Staged], bool]
+@dataclass
+class Started:
+    """A run whose queue is ready to deliver (or is being filled while it delivers)."""
+
+    stats: SelectionStats
+    plan: Plan | None = None  # the whole comparison, when selected before delivery
+    stream: Stream | None = None  # the selection still to stream while delivering
+    joined: bool = False  # another process selects this entry; this one helps deliver
+
+
+Confirm = Callable[["Prepared", Started], bool]
 
 
 @dataclass
@@ -199,48 +150,99 @@ class Request:
     mask: Callable[[str], str] = mask_address
 
 
+@dataclass
+class Held:
+    """What a run holds: the ledger, and on PostgreSQL whether it is the entry's
+    selector (another process may be; then this one only delivers)."""
+
+    ledger: Ledger
+    selector: bool = True
+
+
 @contextmanager
-def open_ledger(config: Config, entry_id: str) -> Iterator[Ledger]:
-    """The ledger, held for one run of ``entry_id`` (a second run of it refuses)."""
-    with run_lock(config.paths.ledger, f"send-{entry_id}"), Ledger(config.paths.ledger) as ledger:
-        yield ledger
+def open_ledger(config: Config, entry_id: str) -> Iterator[Held]:
+    """The ledger, held for one run of ``entry_id``. On SQLite a second run of the entry
+    refuses; on PostgreSQL it joins the first (one selects, all deliver)."""
+    target = config.paths.ledger
+    with run_lock(target, f"send-{entry_id}"), Ledger(target) as ledger:
+        if not is_url(target):
+            ledger.release(entry_id)  # claims of a crashed run: nobody else can hold them
+            yield Held(ledger)
+            return
+        lock = ServerLock(str(target), f"select:{entry_id}")
+        try:
+            yield Held(ledger, selector=lock.try_acquire())
+        finally:
+            lock.release()
 
 
-def start(prepared: Prepared, ledger: Ledger, request: Request) -> Staged:
-    """Select, stage, check the shrink guard, ask, and enqueue: the run's queue is ready.
-
-    Raises ``InputError`` (nothing recorded) or ``Declined``.
-    """
-    staged = stage(prepared, ledger)
-    problem = removal_problem(prepared, staged.plan)
+def start(prepared: Prepared, held: Held, request: Request) -> Started:
+    """Select (or begin streaming the selection), check the shrink guard, ask: the run's
+    queue is ready. Raises ``InputError`` (nothing recorded) or ``Declined``."""
+    entry, ledger = prepared.entry, held.ledger
+    stats = SelectionStats()
+    if not held.selector:
+        log.info(
+            "%s: another sender is selecting this entry; delivering with it",
+            entry.id,
+            extra={"event": "joined", "entry": entry.id},
+        )
+        return Started(stats, joined=True)
+    if request.confirm is None:
+        # The list is read while delivery runs: a broken file is refused first, before
+        # anyone gets anything (a fast pass; the rows are read and checked as they go).
+        broken = first_broken(prepared.config.paths.subscribers)
+        if broken is not None:
+            raise InputError([Problem(broken.path, broken.line or None, broken.message)])
+        problem = intake.shrink_precheck(prepared, ledger)
+        if problem and not request.accept_removals:
+            raise InputError([problem])
+        pending = ledger.counts(entry.id)["pending"]
+        generation = ledger.begin_selection(entry.id, entry.digest)
+        stream = intake.Stream(
+            prepared,
+            prepared.config.paths.ledger,
+            generation,
+            stats,
+            accept_removals=request.accept_removals,
+            pending=pending,
+        )
+        return Started(stats, stream=stream)
+    intake.stage_all(prepared, ledger, stats)
+    plan = ledger.plan(entry.id)
+    if not plan.selected and not plan.known:
+        raise InputError([intake.nobody_problem(prepared)])
+    problem = intake.shrink_problem(
+        prepared, plan.removed, plan.pending, "are no longer in the list or the audience"
+    )
     if problem and not request.accept_removals:
         raise InputError([problem])
-    if problem:
-        log.warning("accepted: %s", problem.message)
-    if request.confirm is not None and not request.confirm(prepared, staged):
+    started = Started(stats, plan=plan)
+    if not request.confirm(prepared, started):
         raise Declined
-    ledger.enqueue(prepared.entry.id, prepared.entry.digest)
-    stats = staged.stats
+    generation = ledger.begin_selection(entry.id, entry.digest)
+    ledger.enqueue(entry.id, generation)
+    intake.finish(prepared, ledger, generation, stats, True, plan.pending)
     log.info(
         "%s: %d selected (%d new), %d pending; skipped %d invalid, %d inactive, "
         "%d suppressed, %d duplicate rows",
-        prepared.entry.id,
+        entry.id,
         stats.total,
-        staged.plan.new,
-        staged.plan.pending_after,
+        plan.new,
+        plan.pending_after,
         stats.read.invalid,
         stats.inactive,
         stats.suppressed,
         stats.read.duplicates,
         extra={
             "event": "selected",
-            "entry": prepared.entry.id,
+            "entry": entry.id,
             "selected": stats.total,
-            "new": staged.plan.new,
-            "pending": staged.plan.pending_after,
+            "new": plan.new,
+            "pending": plan.pending_after,
         },
     )
-    return staged
+    return started
 
 
 # -- delivering and reporting --------------------------------------------------------
@@ -252,9 +254,12 @@ class Report:
     result: RunResult
     counts: dict[str, int] | None  # None when the ledger could not be read at the end
     breakdown: list[tuple[str, str | None, str, int]]
+    refused: bool = False  # stopped by the input before anything was sent
 
     @property
     def exit_code(self) -> ExitCode:
+        if self.refused:
+            return ExitCode.NOT_STARTED
         if self.counts is None or self.counts["pending"] or self.result.stopped:
             return ExitCode.STOPPED
         if self.counts["failed"]:
@@ -262,76 +267,97 @@ class Report:
         return ExitCode.OK
 
 
+def make_queue(prepared: Prepared, held: Held) -> DeliveryQueue:
+    target = prepared.config.paths.ledger
+    lease, thread = prepared.config.sending.lease, prepared.entry.thread
+    if is_url(target):
+        return ServerQueue(str(target), prepared.entry.id, lease=lease, thread=thread)
+    return LocalQueue(held.ledger, prepared.entry.id, lease=lease, thread=thread)
+
+
 async def finish(
     prepared: Prepared,
-    ledger: Ledger,
+    held: Held,
     transport: Transport,
     request: Request,
+    started: Started,
     *,
     stop: asyncio.Event,
     on_outcome: OnOutcome | None = None,
 ) -> Report:
-    """Deliver what is pending and report. Raises ``ConnectError`` when the relay cannot
-    be reached at the start (nothing was sent); every later stop is in the report."""
-    entry_id = prepared.entry.id
-    result = await deliver(prepared, ledger, transport, request, stop=stop, on_outcome=on_outcome)
-    if stop.is_set() and result.stopped is None:
-        result.stopped = "interrupted by a signal"
-    try:
-        counts = ledger.counts(entry_id)
-        breakdown = ledger.breakdown(entry_id)
-    except LedgerError as exc:
-        log.error("%s", exc)
-        return Report(entry_id, result, None, [])
-    if counts["pending"] and result.stopped is None and request.limit is not None:
-        result.stopped = "limit"
-    return Report(entry_id, result, counts, breakdown)
-
-
-async def deliver(
-    prepared: Prepared,
-    ledger: Ledger,
-    transport: Transport,
-    request: Request,
-    *,
-    stop: asyncio.Event,
-    on_outcome: OnOutcome | None = None,
-) -> RunResult:
-    hourly = None
-    limit_per_hour = prepared.config.sending.max_per_hour
-    if limit_per_hour:
-        # Count what already went out in the last hour, in the window's own clock.
-        wall, mono = time.time(), time.monotonic()
-        since = dt.datetime.fromtimestamp(wall - 3600, dt.UTC)
-        hourly = HourlyWindow(
-            limit_per_hour,
-            already_sent_timestamps=[mono - (wall - t) for t in ledger.sent_since(since)],
-        )
-    entry_id = prepared.entry.id
+    """Deliver what is pending (and what the selection adds while it streams) and report.
+    Raises ``ConnectError`` when the relay cannot be reached at the start (nothing was
+    sent); every later stop is in the report."""
+    entry_id, ledger, stream = prepared.entry.id, held.ledger, started.stream
+    queue = make_queue(prepared, held)
+    progress = asyncio.Event()
     engine = Engine(
-        hourly=hourly,
-        entry_id=entry_id,
+        queue=queue,
         transport=transport,
-        ledger=ledger,
         build=prepared.factory.build,
         settings=prepared.config.sending,
         stop=stop,
         on_outcome=on_outcome,
         mask=request.mask,
+        limit=request.limit,
+        selecting=lambda: stream is not None and stream.running,
+        progress=progress,
     )
+    if stream is not None:
+        engine.on_connected = lambda: stream.start(progress, engine.halt)
     try:
         ledger.skip_suppressed(entry_id)
-        if ledger.counts(entry_id)["pending"]:  # nothing to do needs no relay
-            pending = ledger.pending(entry_id, request.limit, thread=prepared.entry.thread)
-            await engine.run(pending)
-            ledger.skip_suppressed(entry_id)  # unsubscribed while this run went on
-        ledger.mark_complete_if_done(entry_id)
+        await engine.run()
+        ledger.skip_suppressed(entry_id)  # unsubscribed while this run went on
     except ConnectError:
+        if stream is not None and stream.running:
+            stream.stop()
         raise
     except StatusmailError as exc:  # the ledger, or a message that could not be built
         engine.result.stopped = str(exc)
         log.error("stopped: %s", exc, extra={"event": "stopped", "entry": entry_id})
-    return engine.result
+    finally:
+        if stream is not None:
+            stream.stop() if stop.is_set() or engine.result.stopped else None
+        await queue.close()
+    result = engine.result
+    refused = False
+    if stream is not None:
+        outcome = await stream.wait()
+        if isinstance(outcome.error, InputError):
+            problems = outcome.error.problems
+            refused = result.sent == 0 and result.failed == 0
+            for problem in problems:
+                log.error("%s", problem, extra={"event": "input_problem", "entry": entry_id})
+            result.stopped = result.stopped or "; ".join(str(p) for p in problems)
+        elif outcome.error is not None:
+            result.stopped = result.stopped or str(outcome.error)
+        if outcome.nobody:
+            log.error("%s", intake.nobody_problem(prepared))
+            refused = True
+        if outcome.held is not None:
+            log.error("%s", outcome.held, extra={"event": "removals_held", "entry": entry_id})
+            result.stopped = result.stopped or outcome.held.message
+        log.info(
+            "%s: %d selected; skipped %d invalid, %d inactive, %d suppressed, %d duplicate rows",
+            entry_id,
+            started.stats.total,
+            started.stats.read.invalid,
+            started.stats.inactive,
+            started.stats.suppressed,
+            started.stats.read.duplicates,
+            extra={"event": "selected", "entry": entry_id, "selected": started.stats.total},
+        )
+    if stop.is_set() and result.stopped is None:
+        result.stopped = "interrupted by a signal"
+    try:
+        ledger.mark_complete_if_done(entry_id)
+        counts = ledger.counts(entry_id)
+        breakdown = ledger.breakdown(entry_id)
+    except LedgerError as exc:
+        log.error("%s", exc)
+        return Report(entry_id, result, None, [], refused)
+    return Report(entry_id, result, counts, breakdown, refused)
 
 
 # -- the dry run ---------------------------------------------------------------------

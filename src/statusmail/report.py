@@ -46,14 +46,14 @@ def scrub(
 class ProgressReporter:
     """A rich progress bar on a terminal, a plain log line every few seconds otherwise."""
 
-    def __init__(self, total: int, *, console: Console, interval: float = 5.0) -> None:
+    def __init__(self, total: int | None, *, console: Console, interval: float = 5.0) -> None:
         self.total = total
         self.counts: Counter[str] = Counter()
         self.started = time.monotonic()
         self.interval = interval
         self._last_line = self.started
         self._progress: Progress | None = None
-        if console.is_terminal and total:
+        if console.is_terminal and total != 0:
             self._progress = Progress(
                 TextColumn("[bold]sending"),
                 BarColumn(),
@@ -82,9 +82,9 @@ class ProgressReporter:
         elif time.monotonic() - self._last_line >= self.interval:
             self._last_line = time.monotonic()
             log.info(
-                "progress: %d/%d done, sent %d, failed %d, %.1f msg/s",
+                "progress: %d/%s done, sent %d, failed %d, %.1f msg/s",
                 sum(self.counts.values()),
-                self.total,
+                "?" if self.total is None else self.total,
                 self.counts["sent"],
                 self.counts["failed"],
                 done / elapsed,

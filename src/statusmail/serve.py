@@ -34,6 +34,7 @@ from statusmail.config import Config
 from statusmail.domain import SuppressionReason
 from statusmail.errors import ConfigError, InputError, LedgerError, Problem, StatusmailError
 from statusmail.ledger import Ledger
+from statusmail.ledger import exists as ledger_exists
 from statusmail.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES, normalize_locale
 from statusmail.regions import load_regions
 from statusmail.tokens import Keyring, verify_unsubscribe_token
@@ -136,12 +137,12 @@ def render_pages(templates_dir: Path, site: str) -> dict[tuple[str, str], str]:
     return pages
 
 
-def ledger_locale(path: Path, address: str) -> str | None:
+def ledger_locale(target: Path | str, address: str) -> str | None:
     """The locale the ledger last recorded for ``address`` (read only), or None."""
-    if not path.is_file():
+    if not ledger_exists(target):
         return None
     try:
-        with Ledger(path, readonly=True) as ledger:
+        with Ledger(target, readonly=True) as ledger:
             return normalize_locale(ledger.last_locale(address))
     except LedgerError:
         return None

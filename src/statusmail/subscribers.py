@@ -28,7 +28,7 @@ import csv
 import re
 import sqlite3
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -231,7 +231,10 @@ def _line_shape(delimiter: str) -> re.Pattern[str]:
 _SHAPES = {delimiter: _line_shape(delimiter) for delimiter in ",;"}
 
 
-def _read_csv(path: Path) -> Iterator[Subscriber | RowProblem]:
+Build = Callable[[dict[str, Any], Path, int], "Subscriber | RowProblem | None"]
+
+
+def _read_csv(path: Path, build: Build = make_subscriber) -> Iterator[Subscriber | RowProblem]:
     with path.open(encoding="utf-8-sig", newline="") as handle:
         number, first = _header_line(handle)
         delimiter, columns = _header(first, number)
@@ -249,7 +252,9 @@ def _read_csv(path: Path) -> Iterator[Subscriber | RowProblem]:
             if max(map(len, values)) > MAX_LINE_CHARS:
                 yield RowProblem(path, line, f"a cell is over {MAX_LINE_CHARS} characters", "")
                 continue
-            yield make_subscriber(dict(zip(columns, values, strict=True)), path, line)
+            item = build(dict(zip(columns, values, strict=True)), path, line)
+            if item is not None:
+                yield item
         if not rows:
             raise FileBroken(number, f"{NO_SUBSCRIBERS}: it has only the header row")
 
@@ -375,12 +380,12 @@ def _width_problem(columns: Sequence[str], found: int, delimiter: str) -> str:
 # -- YAML ----------------------------------------------------------------------------
 
 
-def _read_yaml(path: Path) -> Iterator[Subscriber | RowProblem]:
+def _read_yaml(path: Path, build: Build = make_subscriber) -> Iterator[Subscriber | RowProblem]:
     """Stream a YAML list of flat mappings by parse events, never building the whole list."""
     with path.open(encoding="utf-8-sig") as handle:
         events = yaml.parse(_LimitedReader(handle), Loader=_BaseLoader)
         try:
-            yield from _yaml_subscribers(path, events)
+            yield from _yaml_subscribers(path, events, build)
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             line = mark.line + 1 if mark else 0
@@ -392,7 +397,7 @@ def _read_yaml(path: Path) -> Iterator[Subscriber | RowProblem]:
 
 
 def _yaml_subscribers(
-    path: Path, events: Iterator[yaml.Event]
+    path: Path, events: Iterator[yaml.Event], build: Build
 ) -> Iterator[Subscriber | RowProblem]:
     for event in events:
         if isinstance(event, yaml.SequenceStartEvent):
@@ -417,8 +422,8 @@ def _yaml_subscribers(
         row, bad = _read_flat_mapping(events)
         if bad:
             yield RowProblem(path, line, bad, str(row.get("email", "")))
-        else:
-            yield make_subscriber(row, path, line)
+        elif (item := build(row, path, line)) is not None:
+            yield item
     if not count:
         raise FileBroken(start, f"{NO_SUBSCRIBERS}: the list is empty")
     for event in events:
@@ -566,13 +571,13 @@ def _bad_character(path: Path, reason: str) -> tuple[int, str]:
     return 0, f"invalid YAML: {reason}"
 
 
-def read_file(path: Path) -> Iterator[Subscriber | RowProblem]:
+def read_file(path: Path, build: Build = make_subscriber) -> Iterator[Subscriber | RowProblem]:
     """One file's subscribers and row problems in order; a structural error ends it."""
     try:
         if path.suffix.lower() == ".csv":
-            yield from _read_csv(path)
+            yield from _read_csv(path, build)
         else:
-            yield from _read_yaml(path)
+            yield from _read_yaml(path, build)
     except FileBroken as exc:
         yield RowProblem(path, exc.line, exc.message, "", fatal=True)
     except UnicodeDecodeError:
@@ -651,3 +656,71 @@ def iter_subscribers(
                     stats.duplicates += 1
     finally:
         seen.close()
+
+
+def _structure_only(row: dict[str, Any], path: Path, line: int) -> None:
+    return None
+
+
+def _csv_looks_whole(path: Path) -> bool:
+    """A fast pass over a CSV file: valid UTF-8, and every line either without quotes
+    and with one cell per column, or quoted as ``_csv_lines`` requires. False means
+    "look closer" (the full reader then finds the problem and its words)."""
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            number, first = _header_line(handle)
+            delimiter, columns = _header(first, number)
+            shape, cells = _SHAPES[delimiter], len(columns) - 1
+            rows = 0
+            for line in handle:
+                if len(line) > MAX_RAW_LINE_CHARS:
+                    return False
+                if '"' in line:
+                    if shape.fullmatch(line) is None:
+                        return False
+                elif line.count(delimiter) != cells:
+                    if line.strip():
+                        return False
+                    continue
+                rows += 1
+            return rows > 0
+    except (FileBroken, UnicodeDecodeError, OSError):
+        return False
+
+
+def first_broken(folder: Path) -> RowProblem | None:
+    """The first structural problem of the lists (a broken file), found without
+    validating rows, several times faster than reading them: a run that streams the
+    list refuses a broken file before it sends anyone anything."""
+    if not folder.exists():
+        return RowProblem(folder, 0, "subscribers folder not found", "", fatal=True)
+    for path in subscriber_files(folder):
+        if path.suffix.lower() == ".csv" and _csv_looks_whole(path):
+            continue
+        for item in read_file(path, _structure_only):
+            if isinstance(item, RowProblem) and item.fatal:
+                return item
+    return None
+
+
+def count_rows(folder: Path) -> int:
+    """About how many subscriber rows the lists hold, read fast (no parsing): a CSV's
+    non-blank lines after the header, a YAML file's top-level ``- `` items. For telling
+    that a list shrank before it is read row by row; unreadable files count 0."""
+    total = 0
+    try:
+        files = subscriber_files(folder)
+    except OSError:
+        return 0
+    for path in files:
+        csv_file = path.suffix.lower() == ".csv"
+        try:
+            with path.open("rb") as handle:
+                if csv_file:
+                    rows = sum(1 for line in handle if line.strip(b" \t,;\r\n")) - 1
+                else:
+                    rows = sum(1 for line in handle if line[:2] in (b"- ", b"-\n"))
+        except OSError:
+            continue
+        total += max(0, rows)
+    return total

@@ -58,6 +58,31 @@ class TokenBucket:
             self._next = due + self._interval
 
 
+class SharedBucket:
+    """The same pacing shared by every process that sends for a deployment: the next
+    slot is kept in the ledger (``take_slot(interval)`` returns how long to wait for the
+    caller's), so the combined rate holds whatever the number of senders."""
+
+    def __init__(
+        self,
+        rate: float,
+        take_slot: Callable[[float], Awaitable[float]],
+        *,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.unlimited = rate == 0 or math.isinf(rate)
+        self._interval = 0.0 if self.unlimited else 1.0 / rate
+        self._take_slot = take_slot
+        self._sleep = sleep
+
+    async def acquire(self) -> None:
+        if self.unlimited:
+            return
+        wait = await self._take_slot(self._interval)
+        if wait > 0:
+            await self._sleep(wait)
+
+
 class HourlyWindow:
     """A sliding one-hour count of messages sent, against an optional ``limit``.
 

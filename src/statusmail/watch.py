@@ -24,6 +24,7 @@ from statusmail.domain import Entry, ExitCode
 from statusmail.entries import entry_paths, load_entry
 from statusmail.errors import ConnectError, InputError, StatusmailError
 from statusmail.ledger import Ledger, run_lock
+from statusmail.ledger import exists as ledger_exists
 from statusmail.subscribers import subscriber_files
 
 log = logging.getLogger("statusmail.watch")
@@ -180,8 +181,8 @@ class Watcher:
         """Ready entries whose time has come and that the ledger does not show complete."""
         due: list[Entry] = []
         now = dt.datetime.now(dt.UTC)
-        ledger_path = self.config.paths.ledger
-        ledger = Ledger(ledger_path, readonly=True) if ledger_path.exists() else None
+        target = self.config.paths.ledger
+        ledger = Ledger(target, readonly=True) if ledger_exists(target) else None
         try:
             for entry in self._entries():
                 state = ledger.entry_state(entry.id) if ledger else None
@@ -235,15 +236,20 @@ class Watcher:
             prepared = pipeline.prepare(config, entry)
             log.info("sending %s", entry.id, extra={"event": "sending", "entry": entry.id})
             self._run_stop = asyncio.Event()
-            with pipeline.open_ledger(config, entry.id) as ledger:
-                pipeline.start(prepared, ledger, pipeline.Request())
+            request = pipeline.Request()
+            with pipeline.open_ledger(config, entry.id) as held:
+                started = pipeline.start(prepared, held, request)
                 report = await pipeline.finish(
                     prepared,
-                    ledger,
+                    held,
                     pipeline.make_transport(config),
-                    pipeline.Request(),
+                    request,
+                    started,
                     stop=self._run_stop,
                 )
+            if report.refused:  # the list, read while delivering, was broken or empty
+                self._blocked[entry.id] = fingerprint
+                return True
         except InputError as exc:
             self._blocked[entry.id] = fingerprint
             self._say_once(

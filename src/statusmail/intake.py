@@ -1,0 +1,241 @@
+"""Taking the audience into the ledger: all at once before a person confirms, or as a
+stream that delivery follows, so the first message leaves within seconds however long
+the list.
+
+Either way the rows go through the ledger connection's own staging table (no lock held
+while the list is read) into the entry's queue, stamped with the selection's generation;
+pending rows the selection did not choose are skipped at its end, unless more of them
+left the list than ``sending.max_removed_share`` allows (the shrink guard): then they
+stay pending until a run with ``--accept-removals``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from statusmail import validation
+from statusmail.config import Config
+from statusmail.domain import Entry
+from statusmail.errors import InputError, Interrupted, Problem, StatusmailError
+from statusmail.ledger import Ledger, StagedRow
+from statusmail.selection import Inactive, SelectionStats, select
+from statusmail.subscribers import RowProblem, count_rows
+
+log = logging.getLogger("statusmail")
+
+FIRST_BATCH = 100  # small, so that delivery starts at once
+BATCH = 2_000
+
+
+class Run(Protocol):
+    """What a selection needs to know (a prepared run has it): the config and the entry."""
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def entry(self) -> Entry: ...
+
+
+def staged_rows(run: Run, suppressed: set[str], stats: SelectionStats) -> Iterator[StagedRow]:
+    """The entry's selection as rows to stage; a broken list file raises ``InputError``."""
+    config, entry = run.config, run.entry
+    for item in select(
+        entry,
+        config.paths.subscribers,
+        config.default_locale_by_region,
+        suppressed,
+        stats,
+        inactive=True,
+    ):
+        if isinstance(item, RowProblem):
+            if item.fatal:
+                # A broken list could hide anyone after the break: select nobody more.
+                raise InputError([Problem(item.path, item.line or None, item.message)])
+            log.warning("skipped: %s", item)
+            key = item.email.lower() or f"{item.path}:{item.line}"
+            yield StagedRow("invalid", key, detail=item.message)
+        elif isinstance(item, Inactive):
+            yield StagedRow("inactive", item.address, detail=item.reason)
+        else:
+            yield StagedRow.selected(item)
+
+
+def nobody_problem(run: Run) -> Problem:
+    entry = run.entry
+    return Problem(
+        entry.where,
+        entry.line("audience") or entry.line("status"),
+        "the audience selects no active subscriber: nothing to send",
+    )
+
+
+def shrink_problem(run: Run, removed: int, pending: int, what: str) -> Problem | None:
+    """A list that shrinks is never taken on trust (an emptied or half-saved file)."""
+    share = run.config.sending.max_removed_share
+    if not pending or removed <= share * pending:
+        return None
+    return Problem(
+        run.config.paths.subscribers,
+        None,
+        f"{removed} of the {pending} recipients still pending for {run.entry.id} "
+        f"({removed / pending:.0%}) {what}, more than sending.max_removed_share "
+        f"({share:.0%}); if that is right, re-run with --accept-removals",
+    )
+
+
+def shrink_precheck(run: Run, ledger: Ledger) -> Problem | None:
+    """Before streaming (which learns who left only at the end of the list): refuse when
+    the lists have lost more rows since the last selection than the guard allows of
+    the pending recipients. It can only over-warn: rows that were not pending count too."""
+    before = ledger.list_rows(run.entry.id)
+    if before is None:
+        return None
+    pending = ledger.counts(run.entry.id)["pending"]
+    lost = before - count_rows(run.config.paths.subscribers)
+    return shrink_problem(
+        run,
+        lost,
+        pending,
+        f"may be gone: the subscriber lists have {lost} fewer rows than at the last selection",
+    )
+
+
+def finish(
+    run: Run,
+    ledger: Ledger,
+    generation: int,
+    stats: SelectionStats,
+    accept: bool,
+    pending: int,
+) -> Problem | None:
+    """End a complete selection: skip what it did not choose, or hold it when that is
+    more than the guard allows of the ``pending`` recipients the run started with."""
+    removed = ledger.removals(run.entry.id, generation)
+    held = shrink_problem(run, removed, pending, "are no longer in the list or the audience")
+    if held and accept:
+        log.warning("accepted: %s", held.message)
+        held = None
+    ledger.finish_selection(run.entry.id, generation, stats.read.rows, skip_removed=held is None)
+    return held
+
+
+def stage_all(run: Run, ledger: Ledger, stats: SelectionStats) -> None:
+    """The whole selection into the staging area (nothing in the queue yet)."""
+    entry = run.entry
+    ledger.stage(staged_rows(run, ledger.suppressed(), stats))
+    problems = validation.missing_language_problems(entry, stats.locales())
+    if problems:
+        raise InputError(problems)
+
+
+@dataclass
+class StreamResult:
+    error: BaseException | None = None
+    held: Problem | None = None  # removals the shrink guard did not skip
+    nobody: bool = False
+
+
+class Stream:
+    """The selection running in a thread of its own (with its own ledger connection),
+    each batch enqueued as soon as it is read; ``progress`` is set in the event loop
+    after every batch and at the end."""
+
+    def __init__(
+        self,
+        run: Run,
+        target: str | Path,
+        generation: int,
+        stats: SelectionStats,
+        *,
+        accept_removals: bool,
+        pending: int,
+    ) -> None:
+        self.run = run
+        self.target = target
+        self.generation = generation
+        self.stats = stats
+        self.accept_removals = accept_removals
+        self.pending = pending  # recipients pending when the run started
+        self.result = StreamResult()
+        self.enqueued = 0
+        self._stop = threading.Event()
+        self._done: asyncio.Future[None] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._done is not None and not self._done.done()
+
+    def start(self, progress: asyncio.Event, on_error: Callable[[str], None]) -> None:
+        """Run in a thread; ``on_error`` (in the loop) when the selection cannot go on."""
+        loop = asyncio.get_running_loop()
+        self._done = loop.run_in_executor(None, self._run, loop, progress)
+
+        def ended(done: asyncio.Future[None]) -> None:
+            if self.result.error is not None:
+                on_error(_reason(self.result.error))
+
+        self._done.add_done_callback(ended)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def wait(self) -> StreamResult:
+        if self._done is not None:
+            await asyncio.shield(self._done)
+        return self.result
+
+    def _run(self, loop: asyncio.AbstractEventLoop, progress: asyncio.Event) -> None:
+        try:
+            with Ledger(self.target) as ledger:
+                self._select(ledger, lambda: loop.call_soon_threadsafe(progress.set))
+        except (StatusmailError, Interrupted) as exc:
+            self.result.error = exc
+        finally:
+            loop.call_soon_threadsafe(progress.set)
+
+    def _select(self, ledger: Ledger, notify: Callable[[], object]) -> None:
+        entry, stats = self.run.entry, self.stats
+        rows = staged_rows(self.run, ledger.suppressed(), stats)
+        after, size = 0, FIRST_BATCH
+        for batch in _batches(rows, size):
+            if self._stop.is_set():
+                return
+            missing = validation.missing_language_problems(entry, stats.locales())
+            if missing:
+                raise InputError(missing)
+            ledger.stage(batch)
+            after = ledger.enqueue(entry.id, self.generation, after)
+            self.enqueued = after
+            notify()
+        if self._stop.is_set():
+            return
+        if not stats.total and not ledger.counts(entry.id)["pending"]:
+            self.result.nobody = True
+        self.result.held = finish(
+            self.run, ledger, self.generation, stats, self.accept_removals, self.pending
+        )
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, InputError):
+        return "; ".join(str(p) for p in error.problems)
+    return str(error)
+
+
+def _batches(rows: Iterable[StagedRow], first: int) -> Iterator[list[StagedRow]]:
+    batch: list[StagedRow] = []
+    size = first
+    for row in rows:
+        batch.append(row)
+        if len(batch) >= size:
+            yield batch
+            batch, size = [], min(BATCH, size * 4)
+    if batch:
+        yield batch

@@ -1,0 +1,40 @@
+"""The ledger: who should get which entry, and what happened when we tried.
+
+It lives in an embedded SQLite file (the default) or in PostgreSQL (``paths.ledger`` or
+``$STATUSMAIL_LEDGER`` a ``postgresql://`` URL). All of statusmail's SQL is in this
+package: ``schema`` (numbered migrations), ``database`` (the two engines), ``store``
+(the ledger), ``queries`` and ``queue`` (the delivery side), ``locks``.
+"""
+
+from statusmail.config import is_url
+from statusmail.ledger.database import describe
+from statusmail.ledger.locks import ServerLock, run_lock
+from statusmail.ledger.queue import DeliveryQueue, LocalQueue, ServerQueue
+from statusmail.ledger.schema import SCHEMA_VERSION
+from statusmail.ledger.store import (
+    OUTCOMES,
+    Ledger,
+    Plan,
+    StagedRow,
+    exists,
+    now_iso,
+    read_suppressions,
+)
+
+__all__ = [
+    "OUTCOMES",
+    "SCHEMA_VERSION",
+    "DeliveryQueue",
+    "Ledger",
+    "LocalQueue",
+    "Plan",
+    "ServerLock",
+    "ServerQueue",
+    "StagedRow",
+    "describe",
+    "exists",
+    "is_url",
+    "now_iso",
+    "read_suppressions",
+    "run_lock",
+]

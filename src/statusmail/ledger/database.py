@@ -1,0 +1,243 @@
+"""The two engines a ledger lives in: an embedded SQLite file, or a PostgreSQL server.
+
+The ledger's SQL is written once, in the subset both engines speak, with ``:name``
+parameters and a few ``{tokens}`` where the dialects differ (the row order column, the
+clock). A ``Database`` runs it on one connection and turns every driver error into a
+``LedgerError`` naming the file or the server.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from statusmail.config import is_url
+from statusmail.errors import LedgerError
+
+# A writer waits at most this long for another (a group commit or an enqueue batch takes
+# milliseconds), so the unsubscribe endpoint never waits on a send for long.
+BUSY_TIMEOUT = 2.0
+
+Params = Mapping[str, Any]
+Row = tuple[Any, ...]
+
+
+def describe(target: str | Path) -> str:
+    """The ledger's name for messages: the file, or the server without a password."""
+    if not is_url(target):
+        return str(target)
+    parts = urlsplit(str(target))
+    host = parts.hostname or "localhost"
+    port = f":{parts.port}" if parts.port else ""
+    return f"postgresql://{host}{port}{parts.path}"
+
+
+_PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+
+
+class Dialect:
+    """What differs between the engines, as text the SQL can include."""
+
+    name: str
+    seq: str  # the column that orders a table's rows
+    now: str  # the database's clock, in epoch seconds
+    greatest: str  # the larger of two values
+
+    def sql(self, text: str) -> str:
+        return (
+            text.replace("{seq}", self.seq)
+            .replace("{now}", self.now)
+            .replace("{greatest}", self.greatest)
+        )
+
+
+class SqliteDialect(Dialect):
+    name = "sqlite"
+    seq = "rowid"
+    now = "((julianday('now') - 2440587.5) * 86400.0)"
+    greatest = "MAX"
+
+
+class PostgresDialect(Dialect):
+    name = "postgresql"
+    seq = "seq"
+    now = "extract(epoch from clock_timestamp())::float8"
+    greatest = "GREATEST"
+
+    def sql(self, text: str) -> str:
+        return _PARAM.sub(r"%(\1)s", super().sql(text))
+
+
+class Database(Protocol):
+    dialect: Dialect
+    where: str  # the file or the server, for messages
+
+    def execute(self, sql: str, params: Params | None = None) -> list[Row]: ...
+
+    def executemany(self, sql: str, rows: Iterable[Params]) -> None: ...
+
+    def transaction(self) -> Any: ...
+
+    def table_exists(self, name: str) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class SqliteDatabase:
+    dialect: Dialect = SqliteDialect()
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = path
+        self.where = str(path)
+        try:
+            if readonly:
+                self.db = sqlite3.connect(
+                    f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT, isolation_level=None
+                )
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self.db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")
+                self.db.execute("PRAGMA temp_store=FILE")
+            self._identity = self._stat()
+        except sqlite3.Error as exc:
+            raise LedgerError(f"{path}: cannot open the ledger: {exc}") from exc
+        except OSError as exc:
+            raise LedgerError(f"{path}: cannot open the ledger: {exc.strerror or exc}") from exc
+
+    def _stat(self) -> tuple[int, int]:
+        st = os.stat(self.path)
+        return st.st_dev, st.st_ino
+
+    def check_same_file(self) -> None:
+        """A ledger deleted or replaced under a running process would lose its records:
+        stop instead (the open connection would go on writing to the unlinked file)."""
+        try:
+            same = self._stat() == self._identity
+        except OSError:
+            same = False
+        if not same:
+            raise LedgerError(f"{self.path}: the ledger file was deleted or replaced while in use")
+
+    def execute(self, sql: str, params: Params | None = None) -> list[Row]:
+        return self.db.execute(self.dialect.sql(sql), params or {}).fetchall()
+
+    def executemany(self, sql: str, rows: Iterable[Params]) -> None:
+        self.db.executemany(self.dialect.sql(sql), rows)
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    @contextmanager
+    def local_transaction(self) -> Iterator[None]:
+        """A transaction that takes no lock on the ledger until it writes (for the
+        connection's own temporary tables)."""
+        self.db.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def table_exists(self, name: str) -> bool:
+        rows = self.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = :name", {"name": name}
+        )
+        return bool(rows)
+
+    def columns(self, table: str) -> set[str]:
+        return {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class PostgresDatabase:
+    dialect: Dialect = PostgresDialect()
+
+    def __init__(self, url: str, *, readonly: bool = False) -> None:
+        import psycopg
+
+        self.url = url
+        self.where = describe(url)
+        self.readonly = readonly
+        try:
+            self.db = psycopg.connect(url, autocommit=True, connect_timeout=10)
+            if readonly:
+                self.db.execute("SET default_transaction_read_only = on")
+            # a writer waits for another at most BUSY_TIMEOUT, as on SQLite
+            self.db.execute(f"SET lock_timeout = '{int(BUSY_TIMEOUT * 1000)}ms'")
+        except psycopg.Error as exc:
+            raise LedgerError(f"{self.where}: cannot open the ledger: {exc}") from exc
+
+    def check_same_file(self) -> None:
+        return None  # a server's database cannot be deleted from under a connection unseen
+
+    def execute(self, sql: str, params: Params | None = None) -> list[Row]:
+        cursor = self.db.execute(self.dialect.sql(sql), params or {})
+        return list(cursor.fetchall()) if cursor.description is not None else []
+
+    def executemany(self, sql: str, rows: Iterable[Params]) -> None:
+        with self.db.cursor() as cursor:
+            cursor.executemany(self.dialect.sql(sql), rows)
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self.db.transaction():
+            yield
+
+    local_transaction = transaction
+
+    def table_exists(self, name: str) -> bool:
+        rows = self.execute("SELECT to_regclass(:name) IS NOT NULL", {"name": name})
+        return bool(rows[0][0])
+
+    def columns(self, table: str) -> set[str]:
+        rows = self.execute(
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_name = :t AND table_schema = current_schema()",
+            {"t": table},
+        )
+        return {row[0] for row in rows}
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def connect(target: str | Path, *, readonly: bool = False) -> SqliteDatabase | PostgresDatabase:
+    if is_url(target):
+        return PostgresDatabase(str(target), readonly=readonly)
+    return SqliteDatabase(Path(target), readonly=readonly)
+
+
+def driver_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions the engines' drivers raise, for turning into ``LedgerError``."""
+    errors: list[type[BaseException]] = [sqlite3.Error]
+    try:
+        import psycopg
+        import psycopg_pool
+
+        errors += [psycopg.Error, psycopg_pool.PoolTimeout]
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        pass
+    return tuple(errors)
+
+
+def first(rows: Sequence[Row]) -> Any:
+    """The first column of the first row, or None."""
+    return rows[0][0] if rows else None

@@ -1,0 +1,89 @@
+"""The statements the delivery side runs, shared by the ledger (SQLite, synchronous) and
+the PostgreSQL queue (asynchronous), so each is written once."""
+
+from __future__ import annotations
+
+# Up to :n pending recipients of this selection that nobody holds (or whose holder's
+# lease ran out), taken for :me until the lease ends. Suppressed addresses are never
+# taken. PostgreSQL skips rows another worker is taking at the same moment.
+CLAIM = {
+    "sqlite": """
+        UPDATE deliveries SET claimed_by = :me, lease_until = {now} + :lease
+        WHERE rowid IN (
+            SELECT rowid FROM deliveries
+            WHERE entry_id = :e AND status = 'pending' AND selection = :g
+              AND (claimed_by IS NULL OR lease_until < {now})
+              AND address NOT IN (SELECT address FROM suppressions)
+            ORDER BY rowid LIMIT :n)
+        RETURNING rowid, address, email, ascii_email, name, locale, region, attempts
+    """,
+    "postgresql": """
+        WITH picked AS (
+            SELECT seq FROM deliveries
+            WHERE entry_id = :e AND status = 'pending' AND selection = :g
+              AND (claimed_by IS NULL OR lease_until < {now})
+              AND address NOT IN (SELECT address FROM suppressions)
+            ORDER BY seq LIMIT :n FOR UPDATE SKIP LOCKED)
+        UPDATE deliveries d SET claimed_by = :me, lease_until = {now} + :lease
+        FROM picked WHERE d.seq = picked.seq
+        RETURNING d.seq, d.address, d.email, d.ascii_email, d.name, d.locale, d.region,
+                  d.attempts
+    """,
+}
+
+RENEW = (
+    "UPDATE deliveries SET lease_until = {now} + :lease"
+    " WHERE entry_id = :e AND claimed_by = :me AND status = 'pending'"
+)
+
+RELEASE = (
+    "UPDATE deliveries SET claimed_by = NULL, lease_until = NULL"
+    " WHERE entry_id = :e AND claimed_by = :me AND status = 'pending'"
+)
+
+RECORD = (
+    "UPDATE deliveries SET status = :status, attempts = :attempts, code = :code,"
+    " detail = :detail, message_id = COALESCE(:message_id, message_id), updated_at = :stamp,"
+    " claimed_by = NULL, lease_until = NULL"
+    " WHERE entry_id = :e AND address = :address"
+)
+
+STATE = "SELECT generation, selected_generation FROM entries WHERE entry_id = :e"
+
+REMAINING = (
+    "SELECT COUNT(*) FROM deliveries WHERE entry_id = :e AND status = 'pending'"
+    " AND selection = :g AND address NOT IN (SELECT address FROM suppressions)"
+)
+
+SUPPRESSED = "SELECT reason FROM suppressions WHERE address = :address"
+
+SUPPRESS = (
+    "INSERT INTO suppressions (address, reason, detail, created_at)"
+    " VALUES (:address, :reason, :detail, :stamp) ON CONFLICT (address) DO NOTHING"
+)
+
+# What counts against sending.max_per_hour, deployment-wide: accepted in the last hour,
+# and held by a live claim (about to be sent).
+HOURLY = (
+    "SELECT (SELECT COUNT(*) FROM deliveries WHERE status = 'sent' AND updated_at >= :since)"
+    " + (SELECT COUNT(*) FROM deliveries WHERE status = 'pending'"
+    " AND claimed_by IS NOT NULL AND lease_until >= {now})"
+)
+
+LIMITER_CREATE = "INSERT INTO limiters (name, tat) VALUES (:name, 0) ON CONFLICT (name) DO NOTHING"
+
+# GCRA: the next slot is interval after the previous one or now, whichever is later;
+# the answer is how long to wait for this caller's slot.
+LIMITER_TAKE = (
+    "UPDATE limiters SET tat = {greatest}(tat, {now}) + :interval WHERE name = :name"
+    " RETURNING tat - :interval - {now}"
+)
+
+
+def parents(count: int) -> str:
+    """The Message-IDs a thread entry's messages to ``count`` addresses went out with."""
+    marks = ", ".join(f":a{i}" for i in range(count))
+    return (
+        "SELECT address, message_id FROM deliveries"
+        f" WHERE entry_id = :thread AND status = 'sent' AND address IN ({marks})"
+    )

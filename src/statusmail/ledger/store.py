@@ -1,0 +1,632 @@
+"""The ledger: who should get which entry, and what happened when we tried.
+
+One row per (entry, recipient): ``pending`` → ``sent`` | ``failed`` | ``skipped``. A
+selection streams the audience in through the connection's own staging table, a batch
+at a time, each batch made the entry's queue in a short transaction and stamped with the
+selection's *generation*; delivery takes (claims) pending rows of the current generation
+as soon as they are there. When the selection is over, pending rows it did not choose are
+skipped (or held, when the list shrank more than the guard allows). A row becomes
+``sent`` only after the transport accepted the message.
+
+The same statements run on SQLite and PostgreSQL (``database.py``); every driver error
+leaves as a ``LedgerError`` naming the file or the server.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+from statusmail.config import is_url
+from statusmail.domain import DeliveryStatus, Outcome, Recipient
+from statusmail.errors import LedgerError
+from statusmail.ledger import queries
+from statusmail.ledger.database import (
+    PostgresDatabase,
+    SqliteDatabase,
+    connect,
+    describe,
+    driver_errors,
+    first,
+)
+from statusmail.ledger.schema import MIGRATIONS, SCHEMA_VERSION, statements
+
+ENQUEUE_BATCH = 2_000
+OUTCOMES = tuple(status.value for status in DeliveryStatus)
+
+STAGING = """
+CREATE TEMP TABLE IF NOT EXISTS staged (
+    pos         INTEGER PRIMARY KEY,
+    address     TEXT NOT NULL UNIQUE,
+    kind        TEXT NOT NULL,   -- selected | invalid | inactive
+    email       TEXT NOT NULL,
+    ascii_email TEXT,
+    name        TEXT NOT NULL,
+    locale      TEXT NOT NULL,
+    region      TEXT,
+    detail      TEXT
+)
+"""
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def _guarded(
+    action: str,
+) -> Callable[[Callable[Concatenate[Ledger, P], T]], Callable[Concatenate[Ledger, P], T]]:
+    """Turn a driver error into ``LedgerError("<ledger>: cannot <action>: ...")``."""
+
+    def decorate(
+        method: Callable[Concatenate[Ledger, P], T],
+    ) -> Callable[Concatenate[Ledger, P], T]:
+        def wrapper(self: Ledger, *args: P.args, **kwargs: P.kwargs) -> T:
+            try:
+                return method(self, *args, **kwargs)
+            except driver_errors() as exc:
+                raise self.error(f"cannot {action}: {exc}") from exc
+
+        return functools.update_wrapper(wrapper, method)  # type: ignore[return-value]
+
+    return decorate
+
+
+@dataclass(frozen=True)
+class StagedRow:
+    """One row of a selection: ``selected``, or an ``invalid``/``inactive`` list row."""
+
+    kind: str
+    address: str
+    email: str = ""
+    ascii_email: str | None = None
+    name: str = ""
+    locale: str = ""
+    region: str | None = None
+    detail: str | None = None
+
+    @classmethod
+    def selected(cls, r: Recipient) -> StagedRow:
+        return cls("selected", r.address, r.email, r.ascii_email, r.name, r.locale, r.region)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a selection changes, compared with the entry's rows before it."""
+
+    selected: int  # recipients in the selection
+    new: int  # of those, not yet in the ledger for this entry
+    pending: int  # rows pending before the selection
+    removed: int  # pending rows the selection no longer has (left the list or audience)
+    excluded: int  # pending rows now unsubscribed, inactive or suppressed
+    known: bool  # the ledger had rows for this entry already
+    revived: int = 0  # skipped rows (say, an invalid row since fixed) that become pending
+
+    @property
+    def pending_after(self) -> int:
+        return self.pending - self.removed - self.excluded + self.new + self.revived
+
+
+class Ledger:
+    def __init__(self, target: str | Path, *, readonly: bool = False) -> None:
+        self.target = target
+        self.where = describe(target)
+        self.readonly = readonly
+        self.database = connect(target, readonly=readonly)
+        self.dialect = self.database.dialect.name
+        self._staged = 0
+        try:
+            self.migrate(check_only=readonly)
+        except driver_errors() as exc:
+            self.database.close()
+            raise self.error(f"cannot open the ledger: {exc}") from exc
+        except LedgerError:
+            self.database.close()
+            raise
+
+    @property
+    def path(self) -> Path | None:
+        return None if is_url(self.target) else Path(self.target)
+
+    def error(self, message: str) -> LedgerError:
+        return LedgerError(f"{self.where}: {message}")
+
+    def close(self) -> None:
+        self.database.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _q(self, sql: str, **params: Any) -> list[tuple[Any, ...]]:
+        return self.database.execute(sql, params)
+
+    def _one(self, sql: str, **params: Any) -> Any:
+        return first(self.database.execute(sql, params))
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self.database.transaction():
+            yield
+
+    def check_same_file(self) -> None:
+        self.database.check_same_file()
+
+    # -- schema ------------------------------------------------------------------
+
+    def schema_version(self) -> int:
+        if not self.database.table_exists("schema_version"):
+            return 0
+        return int(self._one("SELECT MAX(version) FROM schema_version") or 0)
+
+    @_guarded("migrate the schema")
+    def migrate(self, *, check_only: bool = False) -> int:
+        """Apply the migrations this ledger lacks; refuse one newer than this code."""
+        version = self.schema_version()
+        if version > SCHEMA_VERSION:
+            raise self.error(
+                f"the ledger's schema is version {version}, newer than this statusmail "
+                f"knows ({SCHEMA_VERSION}); upgrade statusmail"
+            )
+        if check_only or version == SCHEMA_VERSION:
+            return version
+        with self.transaction():
+            if isinstance(self.database, PostgresDatabase):
+                # one migrating process at a time; the others wait here, then find it done
+                self._q("SELECT pg_advisory_xact_lock(7356283701)")
+                version = self.schema_version()
+            self._q(
+                "CREATE TABLE IF NOT EXISTS schema_version"
+                " (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
+            )
+            for number in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in statements(MIGRATIONS[number - 1], self.dialect):
+                    self._q(statement)
+                legacy = number == 1 and isinstance(self.database, SqliteDatabase)
+                if legacy and "selection" not in self.database.columns("deliveries"):
+                    self._q(
+                        "ALTER TABLE deliveries ADD COLUMN selection INTEGER NOT NULL DEFAULT 0"
+                    )
+                self._q("INSERT INTO schema_version VALUES (:n, :at)", n=number, at=now_iso())
+        return SCHEMA_VERSION
+
+    # -- selecting: staging, batches, the generation ---------------------------------
+
+    @_guarded("stage the selection")
+    def stage(self, rows: Iterable[StagedRow]) -> int:
+        """Stage ``rows`` (appended to what this connection staged since ``begin``); the
+        staging table is temporary, this connection's own: writing it takes no lock on
+        the ledger, and an exception from ``rows`` leaves the ledger untouched."""
+        self._q(STAGING)
+        with self.database.local_transaction():
+            start = self._staged
+            self.database.executemany(
+                "INSERT INTO staged VALUES (:pos, :address, :kind, :email, :ascii_email,"
+                " :name, :locale, :region, :detail) ON CONFLICT (address) DO NOTHING",
+                (self._staged_params(r) for r in rows),
+            )
+        return self._staged - start
+
+    def _staged_params(self, row: StagedRow) -> dict[str, Any]:
+        self._staged += 1
+        return {"pos": self._staged, **row.__dict__}
+
+    @_guarded("start a selection")
+    def begin_selection(self, entry_id: str, digest: str) -> int:
+        """A new generation of the entry's selection; its staging area starts empty."""
+        self._q(STAGING)
+        self._q("DELETE FROM staged")
+        self._staged = 0
+        with self.transaction():
+            self._q(
+                "INSERT INTO entries (entry_id, digest, selected_at) VALUES (:e, :d, :at)"
+                " ON CONFLICT (entry_id) DO NOTHING",
+                e=entry_id,
+                d=digest,
+                at=now_iso(),
+            )
+            self._q(
+                "UPDATE entries SET generation = generation + 1 WHERE entry_id = :e", e=entry_id
+            )
+            return int(self._one("SELECT generation FROM entries WHERE entry_id = :e", e=entry_id))
+
+    @_guarded("plan the selection")
+    def plan(self, entry_id: str) -> Plan:
+        """Compare the staged selection with the entry's rows (reads only)."""
+
+        def one(sql: str) -> int:
+            return int(self._one(sql, e=entry_id) or 0)
+
+        selected = one("SELECT COUNT(*) FROM staged WHERE kind = 'selected'")
+        new = one(
+            "SELECT COUNT(*) FROM staged s WHERE s.kind = 'selected' AND NOT EXISTS"
+            " (SELECT 1 FROM deliveries d WHERE d.entry_id = :e AND d.address = s.address)"
+        )
+        revived = one(
+            "SELECT COUNT(*) FROM staged s JOIN deliveries d"
+            " ON d.entry_id = :e AND d.address = s.address"
+            " WHERE s.kind = 'selected' AND d.status = 'skipped'"
+        )
+        pending = one("SELECT COUNT(*) FROM deliveries WHERE entry_id = :e AND status = 'pending'")
+        not_selected = (
+            "FROM deliveries d WHERE d.entry_id = :e AND d.status = 'pending'"
+            " AND NOT EXISTS (SELECT 1 FROM staged s"
+            " WHERE s.address = d.address AND s.kind = 'selected')"
+        )
+        excluded = one(
+            f"SELECT COUNT(*) {not_selected} AND (d.address IN (SELECT address FROM suppressions)"
+            " OR d.address IN (SELECT address FROM staged WHERE kind = 'inactive'))"
+        )
+        removed = one(f"SELECT COUNT(*) {not_selected}") - excluded
+        known = one("SELECT COUNT(*) FROM deliveries WHERE entry_id = :e") > 0
+        return Plan(selected, new, pending, removed, excluded, known, revived)
+
+    @_guarded("enqueue the selection")
+    def enqueue(self, entry_id: str, generation: int, after: int = 0) -> int:
+        """Make the staged rows after position ``after`` part of the entry's queue, in
+        short transactions; returns the last position enqueued.
+
+        New recipients are added as pending; a skipped row (an invalid row since fixed)
+        becomes pending again; pending rows take the subscriber's current name and
+        language. All of them carry ``generation``: delivery takes only rows of the
+        current selection. Invalid list rows are recorded as skipped. Sent and failed
+        rows are never touched.
+        """
+        last = int(self._one("SELECT COALESCE(MAX(pos), 0) FROM staged") or 0)
+        stamp = now_iso()
+        for start in range(after, last, ENQUEUE_BATCH):
+            bounds = {"e": entry_id, "g": generation, "now": stamp}
+            bounds |= {"lo": start, "hi": start + ENQUEUE_BATCH}
+            with self.transaction():
+                self.database.execute(
+                    "INSERT INTO deliveries (entry_id, address, email, ascii_email, name,"
+                    " locale, region, status, selection, created_at, updated_at)"
+                    " SELECT :e, address, email, ascii_email, name, locale, region, 'pending',"
+                    " :g, :now, :now FROM staged"
+                    " WHERE kind = 'selected' AND pos > :lo AND pos <= :hi"
+                    " ON CONFLICT (entry_id, address) DO UPDATE SET status = 'pending',"
+                    " email = excluded.email, ascii_email = excluded.ascii_email,"
+                    " name = excluded.name, locale = excluded.locale, region = excluded.region,"
+                    " selection = excluded.selection, detail = NULL,"
+                    " updated_at = excluded.updated_at"
+                    " WHERE deliveries.status IN ('pending', 'skipped')",
+                    bounds,
+                )
+                self.database.execute(
+                    "INSERT INTO deliveries (entry_id, address, email, locale, status,"
+                    " detail, created_at, updated_at) SELECT :e, address, address, '', 'skipped',"
+                    " detail, :now, :now FROM staged"
+                    " WHERE kind = 'invalid' AND pos > :lo AND pos <= :hi"
+                    " ON CONFLICT (entry_id, address) DO NOTHING",
+                    bounds,
+                )
+        return last
+
+    @_guarded("finish the selection")
+    def finish_selection(
+        self, entry_id: str, generation: int, list_rows: int, *, skip_removed: bool
+    ) -> None:
+        """The selection is complete: pending rows it did not choose are skipped (those
+        who left the list or the audience only when ``skip_removed``: else they stay
+        pending, held by the shrink guard), and the generation is the current one."""
+        stamp = now_iso()
+        not_chosen = "WHERE entry_id = :e AND status = 'pending' AND selection <> :g"
+        excluded = (
+            "(address IN (SELECT address FROM suppressions)"
+            " OR address IN (SELECT address FROM staged WHERE kind = 'inactive'))"
+        )
+        with self.transaction():
+            self._q(
+                "UPDATE deliveries SET status = 'skipped', updated_at = :now,"
+                " detail = 'no longer selected: unsubscribed or suppressed'"
+                f" {not_chosen} AND {excluded}",
+                e=entry_id,
+                g=generation,
+                now=stamp,
+            )
+            if skip_removed:
+                self._q(
+                    "UPDATE deliveries SET status = 'skipped', updated_at = :now,"
+                    " detail = 'no longer selected: gone from the list or the audience'"
+                    f" {not_chosen}",
+                    e=entry_id,
+                    g=generation,
+                    now=stamp,
+                )
+            self._q(
+                "UPDATE entries SET selected_generation = :g, list_rows = :rows"
+                " WHERE entry_id = :e AND generation = :g",
+                e=entry_id,
+                g=generation,
+                rows=list_rows,
+            )
+        self._q("DELETE FROM staged")
+        self._staged = 0
+
+    @_guarded("count the removals")
+    def removals(self, entry_id: str, generation: int) -> int:
+        """Pending rows this selection did not choose that left the list or the
+        audience (not unsubscribed or suppressed): what the shrink guard counts."""
+        not_chosen = (
+            "FROM deliveries WHERE entry_id = :e AND status = 'pending' AND selection <> :g"
+        )
+        removed = int(
+            self._one(
+                f"SELECT COUNT(*) {not_chosen}"
+                " AND address NOT IN (SELECT address FROM suppressions)"
+                " AND address NOT IN (SELECT address FROM staged WHERE kind = 'inactive')",
+                e=entry_id,
+                g=generation,
+            )
+        )
+        return removed
+
+    @_guarded("read the entry's selection")
+    def list_rows(self, entry_id: str) -> int | None:
+        """How many list rows the entry's last complete selection read."""
+        value = self._one("SELECT list_rows FROM entries WHERE entry_id = :e", e=entry_id)
+        return None if value is None else int(value)
+
+    # -- delivering: claims, leases, outcomes --------------------------------------
+
+    @_guarded("read the entry's queue")
+    def queue_state(self, entry_id: str) -> tuple[int, int]:
+        """(the current generation, the last generation whose selection completed)."""
+        rows = self._q(queries.STATE, e=entry_id)
+        return (int(rows[0][0]), int(rows[0][1])) if rows else (0, 0)
+
+    @_guarded("take recipients")
+    def claim(
+        self,
+        entry_id: str,
+        generation: int,
+        worker: str,
+        count: int,
+        lease: float,
+        thread: str | None = None,
+    ) -> list[Recipient]:
+        with self.transaction():
+            rows = self._q(
+                queries.CLAIM[self.dialect],
+                e=entry_id,
+                g=generation,
+                me=worker,
+                n=count,
+                lease=lease,
+            )
+        rows.sort(key=lambda row: int(row[0]))
+        parents = self.parent_message_ids(thread, [row[1] for row in rows]) if thread else {}
+        return [claimed(row, parents) for row in rows]
+
+    def parent_message_ids(self, thread: str, addresses: list[str]) -> dict[str, str]:
+        """The Message-IDs ``thread``'s messages to ``addresses`` were sent with."""
+        if not addresses:
+            return {}
+        marks = {f"a{i}": address for i, address in enumerate(addresses)}
+        rows = self._q(queries.parents(len(addresses)), thread=thread, **marks)
+        return {row[0]: row[1] for row in rows if row[1]}
+
+    @_guarded("renew the lease")
+    def renew(self, entry_id: str, worker: str, lease: float) -> None:
+        with self.transaction():
+            self._q(queries.RENEW, e=entry_id, me=worker, lease=lease)
+
+    @_guarded("hand recipients back")
+    def release(self, entry_id: str, worker: str | None = None) -> None:
+        """Give back what ``worker`` holds (or, with no worker, every claim: only when
+        this process is known to be the only one sending the entry)."""
+        with self.transaction():
+            if worker is None:
+                self._q(
+                    "UPDATE deliveries SET claimed_by = NULL, lease_until = NULL"
+                    " WHERE entry_id = :e AND status = 'pending' AND claimed_by IS NOT NULL",
+                    e=entry_id,
+                )
+            else:
+                self._q(queries.RELEASE, e=entry_id, me=worker)
+
+    @_guarded("record outcomes")
+    def record(self, entry_id: str, outcomes: Iterable[Outcome]) -> None:
+        self.check_same_file()
+        stamp = now_iso()
+        with self.transaction():
+            self.database.executemany(queries.RECORD, record_params(entry_id, outcomes, stamp))
+
+    @_guarded("count what is left")
+    def remaining(self, entry_id: str, generation: int) -> int:
+        return int(self._one(queries.REMAINING, e=entry_id, g=generation) or 0)
+
+    @_guarded("read the suppression list")
+    def suppression_of(self, address: str) -> str | None:
+        value = self._one(queries.SUPPRESSED, address=address)
+        return None if value is None else str(value)
+
+    @_guarded("read the hourly count")
+    def hourly_used(self) -> int:
+        since = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).isoformat(timespec="seconds")
+        return int(self._one(queries.HOURLY, since=since) or 0)
+
+    @_guarded("take a sending slot")
+    def take_slot(self, name: str, interval: float) -> float:
+        """Seconds to wait for this caller's slot in the shared rate limit ``name``."""
+        with self.transaction():
+            self._q(queries.LIMITER_CREATE, name=name)
+            return float(self._one(queries.LIMITER_TAKE, name=name, interval=interval))
+
+    @_guarded("skip suppressed recipients")
+    def skip_suppressed(self, entry_id: str) -> int:
+        """Pending rows whose address was suppressed meanwhile (say, by the unsubscribe
+        endpoint during a run) are skipped, never sent."""
+        with self.transaction():
+            rows = self._q(
+                "UPDATE deliveries SET status = 'skipped', updated_at = :now,"
+                " claimed_by = NULL, lease_until = NULL,"
+                " detail = 'suppressed: ' || (SELECT reason FROM suppressions s"
+                " WHERE s.address = deliveries.address)"
+                " WHERE entry_id = :e AND status = 'pending'"
+                " AND address IN (SELECT address FROM suppressions) RETURNING address",
+                now=now_iso(),
+                e=entry_id,
+            )
+        return len(rows)
+
+    @_guarded("mark the entry complete")
+    def mark_complete_if_done(self, entry_id: str) -> bool:
+        if self.counts(entry_id)["pending"]:
+            return False
+        with self.transaction():
+            self._q(
+                "UPDATE entries SET completed_at = COALESCE(completed_at, :now)"
+                " WHERE entry_id = :e",
+                now=now_iso(),
+                e=entry_id,
+            )
+        return True
+
+    @_guarded("read the hourly count")
+    def sent_since(self, since: dt.datetime) -> list[float]:
+        """When each message sent since ``since`` (any entry) went out, as epoch seconds."""
+        rows = self._q(
+            "SELECT updated_at FROM deliveries WHERE status = 'sent' AND updated_at >= :since",
+            since=since.isoformat(timespec="seconds"),
+        )
+        return [dt.datetime.fromisoformat(row[0]).timestamp() for row in rows]
+
+    # -- reporting ---------------------------------------------------------------
+
+    @_guarded("count outcomes")
+    def counts(self, entry_id: str) -> dict[str, int]:
+        result = dict.fromkeys(OUTCOMES, 0)
+        for status, count in self._q(
+            "SELECT status, COUNT(*) FROM deliveries WHERE entry_id = :e GROUP BY status",
+            e=entry_id,
+        ):
+            result[status] = int(count)
+        return result
+
+    @_guarded("count outcomes")
+    def breakdown(self, entry_id: str) -> list[tuple[str, str | None, str, int]]:
+        """(locale, region, status, count) rows, for the summary table."""
+        return [
+            (row[0], row[1], row[2], int(row[3]))
+            for row in self._q(
+                "SELECT locale, region, status, COUNT(*) FROM deliveries WHERE entry_id = :e"
+                " GROUP BY locale, region, status ORDER BY locale, region, status",
+                e=entry_id,
+            )
+        ]
+
+    @_guarded("list failures")
+    def failures(
+        self, entry_id: str, limit: int | None = None
+    ) -> list[tuple[str, int | None, str | None, int, str]]:
+        """(address, code, reply, attempts, when) of each failed recipient."""
+        rows = self._q(
+            "SELECT address, code, detail, attempts, updated_at FROM deliveries"
+            " WHERE entry_id = :e AND status = 'failed' ORDER BY address LIMIT :n",
+            e=entry_id,
+            n=limit if limit is not None else 2**62,
+        )
+        return [(r[0], r[1], r[2], int(r[3]), r[4]) for r in rows]
+
+    @_guarded("read the entry's state")
+    def entry_state(self, entry_id: str) -> tuple[str, str | None] | None:
+        """(digest at selection, completed_at) for an entry the ledger knows."""
+        rows = self._q("SELECT digest, completed_at FROM entries WHERE entry_id = :e", e=entry_id)
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    @_guarded("look up a locale")
+    def last_locale(self, address: str) -> str | None:
+        """The locale the ledger last recorded for ``address``, or None."""
+        value = self._one(
+            "SELECT d.locale FROM deliveries d JOIN entries e ON e.entry_id = d.entry_id"
+            " WHERE d.address = :a AND d.locale <> ''"
+            " ORDER BY e.selected_at DESC, d.{seq} DESC LIMIT 1",
+            a=address,
+        )
+        return None if value is None else str(value)
+
+    # -- suppression -------------------------------------------------------------
+
+    @_guarded("read the suppression list")
+    def suppressed(self) -> set[str]:
+        return {row[0] for row in self._q("SELECT address FROM suppressions")}
+
+    @_guarded("suppress an address")
+    def suppress(self, address: str, reason: str, detail: str | None = None) -> bool:
+        """Suppress ``address``; False if it already was (the first reason is kept)."""
+        with self.transaction():
+            added = self._q(
+                queries.SUPPRESS + " RETURNING address",
+                address=address.lower(),
+                reason=str(reason),
+                detail=detail,
+                stamp=now_iso(),
+            )
+        return bool(added)
+
+    @_guarded("remove a suppression")
+    def unsuppress(self, address: str) -> bool:
+        with self.transaction():
+            rows = self._q(
+                "DELETE FROM suppressions WHERE address = :a RETURNING address", a=address.lower()
+            )
+        return bool(rows)
+
+    @_guarded("read the suppression list")
+    def suppressions(self) -> list[tuple[str, str, str | None, str]]:
+        """(address, reason, detail, created_at), oldest first."""
+        return [
+            (r[0], r[1], r[2], r[3])
+            for r in self._q(
+                "SELECT address, reason, detail, created_at FROM suppressions"
+                " ORDER BY created_at, address"
+            )
+        ]
+
+
+def claimed(row: tuple[Any, ...], parents: dict[str, str]) -> Recipient:
+    """A claimed row (order, address, email, ascii_email, name, locale, region, attempts)."""
+    _, address, email, ascii_email, name, locale, region, attempts = row
+    return Recipient(
+        address, email, ascii_email, name, locale, region, int(attempts), parents.get(address)
+    )
+
+
+def record_params(
+    entry_id: str, outcomes: Iterable[Outcome], stamp: str
+) -> Iterator[dict[str, Any]]:
+    for o in outcomes:
+        yield {
+            "status": o.status.value,
+            "attempts": o.attempts,
+            "code": o.code,
+            "detail": o.detail,
+            "message_id": o.message_id,
+            "stamp": stamp,
+            "e": entry_id,
+            "address": o.address,
+        }
+
+
+def read_suppressions(target: str | Path) -> set[str]:
+    """The suppression list of the ledger at ``target``, read only; empty if there is none."""
+    if not is_url(target) and not Path(target).exists():
+        return set()
+    with Ledger(target, readonly=True) as ledger:
+        return ledger.suppressed() if ledger.schema_version() else set()
+
+
+def exists(target: str | Path) -> bool:
+    """Whether there is a ledger at ``target`` to read (a server always counts)."""
+    return is_url(target) or Path(target).exists()
