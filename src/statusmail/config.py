@@ -145,6 +145,7 @@ class Config:
                         self.line("unsubscribe"),
                         f"${self.unsubscribe.secret_env} is not set; "
                         "real delivery needs the unsubscribe secret from the environment",
+                        code="secret-missing",
                     )
                 ]
             )
@@ -183,7 +184,14 @@ def _secret_file(path: Path, source: str) -> str | None:
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
         raise ConfigError(
-            [Problem(path, None, f"cannot read the secret {source} names: {reason}")]
+            [
+                Problem(
+                    path,
+                    None,
+                    f"cannot read the secret {source} names: {reason}",
+                    code="unreadable-file",
+                )
+            ]
         ) from exc
 
 
@@ -240,13 +248,23 @@ def parse_smtp(
             smtp = replace(smtp, port=int(raw_port))
         else:
             problems.append(
-                Problem("$STATUSMAIL_SMTP_PORT", None, f"{raw_port!r} is not a port (1-65535)")
+                Problem(
+                    "$STATUSMAIL_SMTP_PORT",
+                    None,
+                    f"{raw_port!r} is not a port (1-65535)",
+                    code="bad-value",
+                )
             )
     security = env.get("STATUSMAIL_SMTP_SECURITY", "")
     if security:
         if security not in SECURITIES:
             problems.append(
-                Problem("$STATUSMAIL_SMTP_SECURITY", None, f"must be one of {SECURITIES}")
+                Problem(
+                    "$STATUSMAIL_SMTP_SECURITY",
+                    None,
+                    f"must be one of {SECURITIES}",
+                    code="bad-value",
+                )
             )
         else:
             smtp = replace(smtp, security=security)
@@ -323,6 +341,7 @@ def parse_transport(f: Fields, env: Mapping[str, str], problems: list[Problem]) 
                 "$STATUSMAIL_TRANSPORT",
                 None,
                 f"{override!r} is not a transport; expected one of {', '.join(TRANSPORTS)}",
+                code="bad-value",
             )
         )
     return override if override in TRANSPORTS else transport
@@ -349,7 +368,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     env = os.environ if environ is None else environ
     path = path.absolute()
     if not path.is_file():
-        raise ConfigError([Problem(path, None, "config file not found")])
+        raise ConfigError([Problem(path, None, "config file not found", code="missing-file")])
     try:
         data = load_yaml(path)
     except InputError as exc:
