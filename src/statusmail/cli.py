@@ -15,10 +15,11 @@ import click
 from rich.console import Console
 from rich.logging import RichHandler
 
-from statusmail import __version__, commands, signals
+from statusmail import __version__, ci, commands, signals
 from statusmail.config import Config, find_config, load_config
 from statusmail.domain import ExitCode, SuppressionReason
 from statusmail.errors import InputError, Interrupted, StatusmailError
+from statusmail.formats import FORMATS
 
 F = TypeVar("F", bound=Callable[..., Any])
 console = Console(stderr=True, soft_wrap=True)
@@ -91,16 +92,17 @@ def common_options(func: F) -> F:
     )(func)
 
 
-def run(func: Callable[..., ExitCode]) -> Callable[..., None]:
-    """Load the config, run the command, turn errors and signals into exit codes."""
+def run(func: Callable[..., ExitCode], *, load: bool = True) -> Callable[..., None]:
+    """Load the config (or, with ``load=False``, only find it: the command loads it),
+    run the command, turn errors and signals into exit codes."""
 
     @functools.wraps(func)
     def wrapper(config_path: Path | None, **kwargs: Any) -> None:
         ctx = click.get_current_context()
         path = config_path or ctx.find_root().ensure_object(dict).get("config_path")
         try:
-            config = load_config(find_config(path))
-            code = func(config, **kwargs)
+            found = find_config(path)
+            code = func(load_config(found) if load else found, **kwargs)
         except InputError as exc:
             for problem in exc.problems:
                 console.print(str(problem), markup=False, highlight=False)
@@ -152,23 +154,69 @@ def main(ctx: click.Context, config_path: Path | None, verbose: int, log_format:
 
 @main.command()
 @common_options
-@click.option("--json", "as_json", is_flag=True, help="Print the problems as JSON.")
-@run
-def check(config: Config, as_json: bool) -> ExitCode:
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(FORMATS),
+    default="text",
+    show_default=True,
+    help="text: file:line: message for people; json: a list of {file, line, severity, code, "
+    "message}; github: workflow commands that annotate the pull request; junit: JUnit XML.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print a report object instead: ok, counts, problems and warnings as text, notes.",
+)
+@click.option(
+    "--changed-since",
+    metavar="REF",
+    default=None,
+    help="Also report which entries, templates, catalogs, regions and subscriber files "
+    "differ from the git ref REF (everything is still checked).",
+)
+@functools.partial(run, load=False)
+def check(
+    config_path: Path, output_format: str, as_json: bool, changed_since: str | None
+) -> ExitCode:
     """Validate config, entries, templates, translations, regions and subscribers.
 
     Prints each problem as file:line: message and exits 1 if there is any.
 
     \b
-    Example:
+    Examples:
       statusmail check --config project/statusmail.yaml
+      statusmail check --format github --changed-since origin/main
+      statusmail check --format junit > statusmail-check.xml
     """
-    return commands.check(config, as_json, console)
+    if as_json and output_format != "text":
+        raise click.UsageError("--json prints the report object; it does not go with --format")
+    options = ci.CheckOptions(output_format, as_json, changed_since)
+    return ci.check(config_path, options, console)
+
+
+def _send_usage(func: Callable[..., None]) -> Callable[..., None]:
+    """ID is required unless --dry-run previews what changed; said before anything loads."""
+
+    @functools.wraps(func)
+    def wrapper(**kwargs: Any) -> None:
+        since, dry_run = kwargs["all_changed_since"], kwargs["dry_run"]
+        if (since or kwargs["summary"]) and not dry_run:
+            flag = "--all-changed-since" if since else "--summary"
+            raise click.UsageError(f"{flag} goes with --dry-run only")
+        if since and kwargs["entry_id"]:
+            raise click.UsageError("give an entry ID or --all-changed-since REF, not both")
+        if not since and not kwargs["entry_id"]:
+            raise click.UsageError("Missing argument 'ID' (or --dry-run --all-changed-since REF).")
+        func(**kwargs)
+
+    return wrapper
 
 
 @main.command()
 @common_options
-@click.argument("entry_id", metavar="ID")
+@click.argument("entry_id", metavar="[ID]", required=False)
 @click.option(
     "--dry-run",
     is_flag=True,
@@ -178,7 +226,22 @@ def check(config: Config, as_json: bool) -> ExitCode:
     "--preview-dir",
     type=click.Path(path_type=Path),
     default=None,
-    help="Where --dry-run writes previews (default: previews/ID/).",
+    help="Where --dry-run writes previews (default: previews/ID/; with "
+    "--all-changed-since, each entry's go to PREVIEW_DIR/ID/, default previews/ID/).",
+)
+@click.option(
+    "--all-changed-since",
+    metavar="REF",
+    default=None,
+    help="With --dry-run and no ID: preview every entry whose file differs from the git "
+    "ref REF; every entry when templates, catalogs, regions or the config changed.",
+)
+@click.option(
+    "--summary",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="With --dry-run: write a Markdown summary for reviewers to FILE (variants, "
+    "counts, subjects, links to the previews); appended to $GITHUB_STEP_SUMMARY too.",
 )
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option(
@@ -205,12 +268,15 @@ def check(config: Config, as_json: bool) -> ExitCode:
 @click.option("--now", is_flag=True, help="Send although the entry's send_at is still to come.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--show-addresses", is_flag=True, help="Log whole addresses instead of masked.")
+@_send_usage
 @run
 def send(
     config: Config,
-    entry_id: str,
+    entry_id: str | None,
     dry_run: bool,
     preview_dir: Path | None,
+    all_changed_since: str | None,
+    summary: Path | None,
     yes: bool,
     limit: int | None,
     rate: float | None,
@@ -228,9 +294,16 @@ def send(
     \b
     Examples:
       statusmail send update-2020-04-21 --dry-run --preview-dir previews/
+      statusmail send --dry-run --all-changed-since origin/main --summary previews/SUMMARY.md
       statusmail send update-2020-04-21 --yes --rate 10
     """
     config = config.with_overrides(rate=rate, concurrency=concurrency)
+    if dry_run and (all_changed_since or summary):
+        preview = ci.PreviewOptions(
+            entry_id, all_changed_since, preview_dir, limit, as_json, summary
+        )
+        return ci.send_dry_run(config, preview, console)
+    assert entry_id is not None  # _send_usage
     if dry_run:
         return commands.send_dry_run(config, entry_id, preview_dir, limit, as_json, console)
     options = commands.SendOptions(

@@ -26,35 +26,8 @@ from statusmail.report import (
     scrub,
 )
 from statusmail.transport import Transport
-from statusmail.validation import check_project
 
 log = logging.getLogger("statusmail")
-
-
-def check(config: Config, as_json: bool, console: Console) -> ExitCode:
-    report = check_project(config)
-    if as_json:
-        print_json(
-            {
-                "ok": report.ok,
-                "entries": report.entries,
-                "subscribers": report.subscribers,
-                "problems": [str(p) for p in report.problems],
-                "warnings": [str(p) for p in report.warnings],
-                "notes": report.notes,
-            }
-        )
-    else:
-        for problem in report.warnings + report.problems:
-            console.print(str(problem), markup=False, highlight=False)
-        for note in report.notes:
-            console.print(f"note: {note}", markup=False, highlight=False)
-        verdict = "ok" if report.ok else f"{len(report.problems)} problem(s)"
-        console.print(
-            f"checked {report.entries} entries, {report.subscribers} subscribers: {verdict}",
-            markup=False,
-        )
-    return ExitCode.OK if report.ok else ExitCode.NOT_STARTED
 
 
 # -- send ------------------------------------------------------------------------------
@@ -174,43 +147,58 @@ def send_dry_run(
     report = pipeline.dry_run(prepared, limit=limit)
     out_dir = preview_dir or Path("previews") / entry_id
     written = write_previews(prepared.factory, report.stats, out_dir)
-    stats = report.stats
     if as_json:
-        print_json(
-            {
-                "entry": entry_id,
-                "status": prepared.entry.status.value,
-                "selected": stats.total,
-                "rendered": report.rendered,
-                "by_locale": stats.by_locale(),
-                "by_region": stats.by_region(),
-                "fallbacks": stats.fallback_lines(),
-                "variants": report.variants,
-                "invalid": [str(p) for p in stats.invalid],
-                "warnings": [str(p) for p in prepared.warnings],
-                "render_failures": report.failures,
-                "previews": str(out_dir),
-            }
-        )
+        print_json(dry_run_json(prepared, report, out_dir))
     else:
-        console.print(
-            f"[bold]{entry_id}[/] (dry run, status {prepared.entry.status.value}): "
-            f"{stats.total} recipients, {report.rendered} rendered"
-        )
-        for what, counts in (("locale", stats.by_locale()), ("region", stats.by_region())):
-            console.print(f"  by {what}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-        for line in stats.fallback_lines():
-            console.print(f"  language: {line}", markup=False)
-        console.print(
-            f"  skipped: {stats.read.invalid} invalid, {stats.inactive} inactive, "
-            f"{stats.suppressed} suppressed, {stats.read.duplicates} duplicate rows"
-        )
-        for problem in [*stats.invalid, *prepared.warnings]:
-            console.print(f"  {problem}", markup=False)
-        console.print(f"  previews: {len(written)} files in {out_dir}/ (open index.html)")
+        print_dry_run(prepared, report, out_dir, len(written), console)
     for failure in report.failures:
         log.error("render failed: %s", failure)
     return ExitCode.NOT_STARTED if report.failures else ExitCode.OK
+
+
+def dry_run_json(
+    prepared: pipeline.Prepared, report: pipeline.DryRun, out_dir: Path
+) -> dict[str, object]:
+    stats = report.stats
+    return {
+        "entry": prepared.entry.id,
+        "status": prepared.entry.status.value,
+        "selected": stats.total,
+        "rendered": report.rendered,
+        "by_locale": stats.by_locale(),
+        "by_region": stats.by_region(),
+        "fallbacks": stats.fallback_lines(),
+        "variants": report.variants,
+        "invalid": [str(p) for p in stats.invalid],
+        "warnings": [str(p) for p in prepared.warnings],
+        "render_failures": report.failures,
+        "previews": str(out_dir),
+    }
+
+
+def print_dry_run(
+    prepared: pipeline.Prepared,
+    report: pipeline.DryRun,
+    out_dir: Path,
+    files: int,
+    console: Console,
+) -> None:
+    entry_id, stats = prepared.entry.id, report.stats
+    console.print(
+        f"[bold]{entry_id}[/] (dry run, status {prepared.entry.status.value}): "
+        f"{stats.total} recipients, {report.rendered} rendered"
+    )
+    for what, counts in (("locale", stats.by_locale()), ("region", stats.by_region())):
+        console.print(f"  by {what}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    for line in stats.fallback_lines():
+        console.print(f"  language: {line}", markup=False)
+    console.print(
+        f"  skipped: {stats.read.invalid} invalid, {stats.inactive} inactive, "
+        f"{stats.suppressed} suppressed, {stats.read.duplicates} duplicate rows"
+    )
+    for problem in [*stats.invalid, *prepared.warnings]:
+        console.print(f"  {problem}", markup=False)
+    console.print(f"  previews: {files} files in {out_dir}/ (open index.html)")
 
 
 # -- reports -----------------------------------------------------------------------------
