@@ -82,7 +82,7 @@ def mask_addresses(text: str) -> str:
 
 def _cell(text: str) -> str:
     """Text safe in a Markdown table cell and inline: no HTML, no column breaks."""
-    text = " ".join(text.split())
+    text = re.sub(r"[\r\n]+", " ", text)  # no-break spaces stay: they are typography
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     return text.replace("|", "\\|")
 
