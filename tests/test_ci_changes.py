@@ -10,7 +10,7 @@ import pytest
 
 from conftest import copy_sample, statusmail
 from editing import replace_in
-from git_helpers import commit, git, init_repo
+from git_helpers import commit, git, init_repo, require_git
 
 UPDATE = "update-2020-04-21"
 BLOCK = "block-2020-01-23"
@@ -142,6 +142,7 @@ def test_an_unknown_ref_is_a_clear_error(repo: Path) -> None:
 
 
 def test_outside_a_repository_is_a_clear_error(project: Path) -> None:
+    require_git()  # without git the error says that instead
     init_check = statusmail(project, "check", "--changed-since", "HEAD")
     assert init_check.returncode == 1
     assert init_check.stderr.startswith(

@@ -15,7 +15,7 @@ import click
 from rich.console import Console
 from rich.logging import RichHandler
 
-from statusmail import __version__, ci, commands, signals
+from statusmail import __version__, commands, signals
 from statusmail.config import Config, find_config, load_config
 from statusmail.domain import ExitCode, SuppressionReason
 from statusmail.errors import InputError, Interrupted, StatusmailError
@@ -192,6 +192,8 @@ def check(
     """
     if as_json and output_format != "text":
         raise click.UsageError("--json prints the report object; it does not go with --format")
+    from statusmail import ci
+
     options = ci.CheckOptions(output_format, as_json, changed_since)
     return ci.check(config_path, options, console)
 
@@ -299,6 +301,8 @@ def send(
     """
     config = config.with_overrides(rate=rate, concurrency=concurrency)
     if dry_run and (all_changed_since or summary):
+        from statusmail import ci
+
         preview = ci.PreviewOptions(
             entry_id, all_changed_since, preview_dir, limit, as_json, summary
         )
