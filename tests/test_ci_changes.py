@@ -173,3 +173,24 @@ def test_usage_errors(repo: Path, args: tuple[str, ...], said: str) -> None:
     result = statusmail(repo, *args)
     assert result.returncode == 2
     assert said in result.stderr
+
+
+def test_one_entry_that_cannot_be_previewed_leaves_the_others(repo: Path) -> None:
+    replace_in(repo.parent / "updates" / f"{UPDATE}.yaml", f"thread: {BLOCK}", "thread: gone")
+    replace_in(repo.parent / "regions.yaml", "{en: Russia,", "{en: Russian Federation,")
+    commit(repo.parent, "regions changed, and the update lost its thread")
+    out = repo.parent / "ci-previews"
+    result = statusmail(
+        repo,
+        *("send", "--dry-run", "--all-changed-since", "HEAD~1", "--json"),
+        *("--preview-dir", str(out), "--summary", str(out / "SUMMARY.md")),
+    )
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    assert report["changed"]["every_entry"] and report["changed"]["entries"] == [UPDATE]
+    assert report["summary"] == str(out / "SUMMARY.md")
+    by_id = {one["entry"]: one for one in report["entries"]}
+    assert by_id[BLOCK]["previewed"] is True and by_id[BLOCK]["selected"] > 0
+    assert by_id[UPDATE]["previewed"] is False
+    assert any("thread 'gone' names no entry" in p for p in by_id[UPDATE]["problems"])
+    assert previewed(out) == [BLOCK]
