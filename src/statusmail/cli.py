@@ -28,8 +28,10 @@ out = Console(soft_wrap=True)
 
 # Attributes every LogRecord has; anything else was passed in ``extra`` and is a field.
 _RECORD_ATTRIBUTES = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
-# Anything shaped like an address (a masked one, ``a***@x``, no longer is).
-_ADDRESS = re.compile(r"(?<![\w.+%'-])[\w.+%'-]+@[\w-]+(?:\.[\w-]+)+")
+# Anything shaped like an address: a run of RFC 5322 atext (and dots) before an @, a
+# domain after it. Masking is idempotent (``a***@x`` masks to itself).
+_ATEXT = r"[\w.!#$%&'*+/=?^`{|}~-]"
+_ADDRESS = re.compile(rf"(?<!{_ATEXT}){_ATEXT}+@[\w-]+(?:\.[\w-]+)+")
 
 
 def _masked(text: str) -> str:
