@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
 
 from conftest import free_port, http_request, port_open, wait_for
 from delivery_helpers import SECRET, add_subscribers, point_at, suppressed
@@ -24,6 +25,7 @@ from ops_helpers import (
     value,
 )
 from smtp_server import RecordingServer
+from statusmail import metrics
 from statusmail.tokens import Keyring, unsubscribe_token
 
 ONE_CLICK = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -277,3 +279,24 @@ def test_serve_tells_systemd_ready_and_feeds_its_watchdog(project: Path, tmp_pat
         notify.wait_for("STOPPING=1")
     finally:
         notify.close()
+
+
+def test_each_run_has_its_own_registry_and_feedback_kinds_stay_a_fixed_set() -> None:
+    first = metrics.DeliveryMetrics(metrics.new_registry())
+    second = metrics.DeliveryMetrics(metrics.new_registry())
+    with metrics.use(first):
+        metrics.feedback_event("complaint")
+        metrics.feedback_event("bounce")
+        metrics.feedback_event("Bounce from <anna@example.org>")  # not a kind: no text kept
+        metrics.current().for_entry(UPDATE).sent()
+    assert metrics.current() is not first  # outside use(): the unexposed default
+    text = generate_latest(first.registry).decode()
+    assert 'statusmail_feedback_events_total{kind="complaint"} 1.0' in text
+    assert 'statusmail_feedback_events_total{kind="bounce"} 1.0' in text
+    assert 'statusmail_feedback_events_total{kind="other"} 1.0' in text
+    assert "anna" not in text
+    assert 'statusmail_messages_total{outcome="sent",reply_class="2xx"} 1.0' in text
+    untouched = generate_latest(second.registry).decode()
+    assert 'statusmail_messages_total{outcome="sent",reply_class="2xx"} 0.0' in untouched
+    assert "statusmail_feedback_events_total{" not in untouched
+    assert "process_start_time_seconds" in untouched

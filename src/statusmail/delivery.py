@@ -14,6 +14,7 @@ import logging
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tenacity import (
     AsyncRetrying,
@@ -28,11 +29,12 @@ from statusmail.domain import DeliveryStatus, Outcome, Recipient, SuppressionRea
 from statusmail.errors import BuildError, DeliveryError, LedgerError
 from statusmail.ledger import Ledger
 from statusmail.message import Built
-from statusmail.metrics import DeliveryMetrics, reply_class
-from statusmail.metrics import current as current_metrics
 from statusmail.report import scrub
 from statusmail.throttle import FailureWindow, HourlyWindow, TokenBucket
 from statusmail.transport import Connection, Envelope, Transport
+
+if TYPE_CHECKING:
+    from statusmail.metrics import DeliveryMetrics
 
 log = logging.getLogger("statusmail.delivery")
 CLOSE_TIMEOUT = 5.0  # a QUIT the relay never answers must not hold up the end of a run
@@ -118,7 +120,11 @@ class Engine:
         self.mask = mask
         self.result = RunResult()
         self.relay = str(getattr(transport, "server", transport.name))  # host:port for logs
-        self.metrics = (metrics or current_metrics()).for_entry(entry_id)
+        # Imported here: prometheus-client takes a tenth of a second to import, which the
+        # commands that never deliver (check, status, list) need not pay.
+        from statusmail.metrics import current
+
+        self.metrics = (metrics or current()).for_entry(entry_id)
         self._relay_failed = False  # a reconnect failed since the relay last took a message
 
     def _halt(self, reason: str) -> None:
@@ -204,11 +210,11 @@ class Engine:
             if not self.hourly.try_take():
                 self._halt("the hourly cap (sending.max_per_hour) was reached")
                 continue
-            outcome, reply = await self._deliver_one(conn, recipient)
+            outcome, error = await self._deliver_one(conn, recipient)
             await self.committer.record(outcome)
-            self._count(outcome, recipient, reply)
+            self._count(outcome, recipient, error)
 
-    def _count(self, outcome: Outcome, recipient: Recipient, reply: str) -> None:
+    def _count(self, outcome: Outcome, recipient: Recipient, error: DeliveryError | None) -> None:
         """Count an outcome the ledger has recorded (so the metrics follow the ledger)."""
         if outcome.status is DeliveryStatus.SENT:
             self.result.sent += 1
@@ -217,7 +223,7 @@ class Engine:
         elif outcome.status is DeliveryStatus.FAILED:
             self.result.failed += 1
             self.failures.record(False)
-            self.metrics.failed(reply)
+            self.metrics.failed(error)
         else:  # handed back as pending: the run stopped, or the relay went away
             self.failures.record(False)
         if self.failures.tripped:
@@ -227,8 +233,10 @@ class Engine:
         if self.on_outcome:
             self.on_outcome(outcome, recipient)
 
-    async def _deliver_one(self, conn: Connection, recipient: Recipient) -> tuple[Outcome, str]:
-        """The outcome, and the class of the reply that decided it (see ``metrics``)."""
+    async def _deliver_one(
+        self, conn: Connection, recipient: Recipient
+    ) -> tuple[Outcome, DeliveryError | None]:
+        """The outcome, and the error that decided it, if one did."""
         try:
             built = self.build(recipient)
         except Exception as exc:
@@ -243,7 +251,7 @@ class Engine:
         except DeliveryError as exc:
             remaining = self.settings.max_attempts - tally.charged
             if not exc.transient or remaining <= 0:
-                return self._failure(recipient, tally.charged, exc), reply_class(exc)
+                return self._failure(recipient, tally.charged, exc), exc
             self.metrics.retried(exc)
             try:
                 await self._retry(conn, envelope, tally, remaining)
@@ -255,13 +263,13 @@ class Engine:
                     None,
                     "stopped before retry",
                 )
-                return stopped, reply_class(exc)
+                return stopped, exc
             except DeliveryError as last:
-                return self._failure(recipient, tally.charged, last), reply_class(last)
+                return self._failure(recipient, tally.charged, last), last
         sent = Outcome(
             recipient.address, DeliveryStatus.SENT, tally.charged, 250, None, envelope.message_id
         )
-        return sent, "2xx"
+        return sent, None
 
     async def _attempt(self, conn: Connection, envelope: Envelope, tally: _Attempts) -> None:
         await self.bucket.acquire()

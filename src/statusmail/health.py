@@ -5,6 +5,9 @@ its work: the ledger answers, and whatever the service adds), as routes both mou
 listening socket that fails with ``host:port``; uvicorn in a thread of its own for
 ``watch --metrics-port``; and systemd's notify protocol (``READY=1``, ``WATCHDOG=1``),
 driven by a heartbeat of the event loop, so a hung loop is noticed and restarted.
+
+The HTTP parts import starlette, uvicorn and prometheus-client when first used: a
+``watch`` without ``--metrics-port`` never needs them.
 """
 
 from __future__ import annotations
@@ -17,17 +20,18 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-
-import uvicorn
-from prometheus_client import CollectorRegistry
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
+from typing import TYPE_CHECKING
 
 from statusmail.errors import LedgerError, StatusmailError
 from statusmail.ledger import Ledger
-from statusmail.metrics import CONTENT_TYPE, exposition
+
+if TYPE_CHECKING:
+    import uvicorn
+    from prometheus_client import CollectorRegistry
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
 
 METRICS_PATH, HEALTH_PATH, READY_PATH = "/metrics", "/healthz", "/readyz"
 NO_STORE = {"Cache-Control": "no-store"}
@@ -67,6 +71,10 @@ def routes(registry: CollectorRegistry, *, ready: Check, alive: Check | None = N
     """``/metrics``, ``/healthz`` and ``/readyz``; an unhealthy or unready answer is 503
     with its reason on one line. The checks run in a worker thread (they may read the
     ledger), never in the event loop."""
+    from starlette.responses import PlainTextResponse, Response
+    from starlette.routing import Route
+
+    from statusmail.metrics import CONTENT_TYPE, exposition
 
     def metrics(_request: Request) -> Response:
         return Response(exposition(registry), media_type=CONTENT_TYPE, headers=NO_STORE)
@@ -90,6 +98,8 @@ def routes(registry: CollectorRegistry, *, ready: Check, alive: Check | None = N
 
 
 def uvicorn_server(app: Starlette, host: str, port: int) -> uvicorn.Server:
+    import uvicorn
+
     return uvicorn.Server(
         uvicorn.Config(
             app,
@@ -151,7 +161,7 @@ class Heartbeat:
     loop for a while: the limit is generous).
     """
 
-    def __init__(self, stale_after: float = 120.0, environ: Mapping[str, str] | None = None):
+    def __init__(self, stale_after: float = 300.0, environ: Mapping[str, str] | None = None):
         env = os.environ if environ is None else environ
         usec, pid = env.get("WATCHDOG_USEC", ""), env.get("WATCHDOG_PID", "")
         for_us = usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid()))

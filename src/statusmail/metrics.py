@@ -163,7 +163,8 @@ class EntryMetrics:
         self._pending.dec()
         self._last_accepted.set_to_current_time()
 
-    def failed(self, cls: str) -> None:
+    def failed(self, exc: DeliveryError | None) -> None:
+        cls = reply_class(exc) if exc is not None else "local"
         child = self._failed.get(cls) or self.parent.messages.labels("failed", cls)
         child.inc()
         self._pending.dec()

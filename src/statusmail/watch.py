@@ -23,8 +23,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from starlette.applications import Starlette
-
 from statusmail import health, metrics, pipeline
 from statusmail.config import Config, load_config
 from statusmail.domain import Entry, ExitCode
@@ -113,6 +111,8 @@ class Watcher:
         port = self.options.metrics_port
         if port is None:
             return None
+        from starlette.applications import Starlette
+
         sock = health.listen(self.options.metrics_host, port)
         app = Starlette(routes=health.routes(self.registry, ready=self.ready, alive=self.alive))
         server = health.BackgroundServer(app, sock).start()
