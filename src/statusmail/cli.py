@@ -6,6 +6,7 @@ import asyncio
 import functools
 import json
 import logging
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from statusmail.config import Config, find_config, load_config
 from statusmail.domain import ExitCode, SuppressionReason
 from statusmail.errors import InputError, Interrupted, StatusmailError
 from statusmail.formats import FORMATS
+from statusmail.report import mask_address
 
 F = TypeVar("F", bound=Callable[..., Any])
 console = Console(stderr=True, soft_wrap=True)
@@ -27,25 +29,36 @@ out = Console(soft_wrap=True)
 
 # Attributes every LogRecord has; anything else was passed in ``extra`` and is a field.
 _RECORD_ATTRIBUTES = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+# Anything shaped like an address: a run of RFC 5322 atext (and dots) before an @, a
+# domain after it. Masking is idempotent (``a***@x`` masks to itself).
+_ATEXT = r"[\w.!#$%&'*+/=?^`{|}~-]"
+_ADDRESS = re.compile(rf"(?<!{_ATEXT}){_ATEXT}+@[\w-]+(?:\.[\w-]+)+")
+
+
+def _masked(text: str) -> str:
+    return _ADDRESS.sub(lambda m: mask_address(m.group()), text)
 
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, for log collectors (``--log-format json``): ``time``,
-    ``level``, ``logger``, ``message``, and the fields a line carries (``event``,
-    ``entry``, counts, ``relay``, a masked ``recipient``)."""
+    ``level``, ``logger``, ``event`` (``other`` for a line that names none),
+    ``message``, and the fields a line carries (``entry``, counts, ``relay``, a masked
+    ``recipient``). Every address in every field is masked, whatever the caller passed."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "event": "other",
+            "message": _masked(record.getMessage()),
         }
         for key, value in record.__dict__.items():
             if key not in _RECORD_ATTRIBUTES and not key.startswith("_"):
-                entry[key] = value if isinstance(value, int | float | bool | None) else str(value)
+                keep = isinstance(value, int | float | bool | None)
+                entry[key] = value if keep else _masked(str(value))
         if record.exc_info:
-            entry["error"] = self.formatException(record.exc_info)
+            entry["error"] = _masked(self.formatException(record.exc_info))
         return json.dumps(entry, ensure_ascii=False)
 
 
@@ -65,6 +78,10 @@ def setup_logging(verbose: int, log_format: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    # The HTTP server's own lines (serve, watch --metrics-port) in the same format.
+    server = logging.getLogger("uvicorn")
+    server.handlers[:] = [handler]
+    server.propagate = False
 
 
 def _log_format_callback(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
@@ -386,7 +403,8 @@ def serve(
     """Run the one-click unsubscribe endpoint (RFC 8058) that List-Unsubscribe points to.
 
     POST with List-Unsubscribe=One-Click and a valid token suppresses the address; GET
-    only shows a confirmation page, so link scanners unsubscribe nobody.
+    only shows a confirmation page, so link scanners unsubscribe nobody. The same port
+    answers /metrics, /healthz and /readyz (forward only the unsubscribe path).
 
     \b
     Example:
@@ -422,8 +440,27 @@ def serve(
     help="First wait, in seconds, before retrying an entry whose relay was down "
     "(doubles up to 5 minutes).",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve /metrics, /healthz and /readyz on this port (default: off).",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the metrics port listens on.",
+)
 @run
-def watch(config: Config, once: bool, poll_interval: float, retry_after: float) -> ExitCode:
+def watch(
+    config: Config,
+    once: bool,
+    poll_interval: float,
+    retry_after: float,
+    metrics_port: int | None,
+    metrics_host: str,
+) -> ExitCode:
     """Run the service: send ready entries that have not been sent, as they appear.
 
     Stops cleanly on SIGTERM/SIGINT (in-flight messages finish); SIGHUP reloads the
@@ -431,11 +468,17 @@ def watch(config: Config, once: bool, poll_interval: float, retry_after: float) 
 
     \b
     Example:
-      statusmail watch --log-format json
+      statusmail watch --log-format json --metrics-port 9464
     """
     from statusmail.watch import Watcher, WatchOptions
 
-    options = WatchOptions(once=once, poll_interval=poll_interval, backoff_initial=retry_after)
+    options = WatchOptions(
+        once=once,
+        poll_interval=poll_interval,
+        backoff_initial=retry_after,
+        metrics_host=metrics_host,
+        metrics_port=metrics_port,
+    )
     return asyncio.run(Watcher(config, options).run())
 
 

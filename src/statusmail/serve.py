@@ -4,16 +4,18 @@
 ``List-Unsubscribe=One-Click`` and a valid token suppresses the address at once. The
 answers never tell whether an address is (still) subscribed, and nothing logs addresses
 or tokens. The pages come from ``templates/pages/`` and the messages' gettext catalog,
-rendered once per app in every language.
+rendered once per app in every language. The same port answers ``/metrics``,
+``/healthz`` and ``/readyz`` (see ``health``); a reverse proxy forwards only the
+unsubscribe path.
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.parser
 import email.policy
 import logging
 import signal
-import socket
 import threading
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import jinja2
 import uvicorn
 from babel import Locale
+from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -32,9 +35,19 @@ from starlette.routing import Route
 from statusmail.catalog import catalog_path, load_translations, render_error, template_environment
 from statusmail.config import Config
 from statusmail.domain import SuppressionReason
-from statusmail.errors import ConfigError, InputError, LedgerError, Problem, StatusmailError
+from statusmail.errors import ConfigError, InputError, LedgerError, Problem
+from statusmail.health import (
+    Heartbeat,
+    ServeError,
+    ledger_problem,
+    listen,
+    notify,
+    routes,
+    uvicorn_server,
+)
 from statusmail.ledger import Ledger
 from statusmail.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES, normalize_locale
+from statusmail.metrics import UnsubscribeMetrics, new_registry
 from statusmail.regions import load_regions
 from statusmail.tokens import Keyring, verify_unsubscribe_token
 from statusmail.validation import secret_length_problem
@@ -55,10 +68,7 @@ SECURITY_HEADERS = {
 CONFIRM_PAGE = "pages/confirm.html.j2"  # under the templates folder
 NOTICE_PAGE = "pages/notice.html.j2"
 NOTICES = ("done", "invalid", "too_large", "not_found", "method", "error")
-
-
-class ServeError(StatusmailError):
-    """The endpoint cannot start (e.g. the port is taken)."""
+__all__ = ["ServeError", "make_app", "run_server"]
 
 
 def route_path(config: Config, url: str | None = None) -> str:
@@ -180,9 +190,11 @@ async def read_body(request: Request) -> bytes | None:
     return bytes(body)
 
 
-def make_app(config: Config, keys: Keyring) -> Starlette:
+def make_app(config: Config, keys: Keyring, registry: CollectorRegistry | None = None) -> Starlette:
     ledger_path = config.paths.ledger
     pages = render_pages(config.paths.templates, config.sender.name)
+    registry = registry or new_registry()
+    counted = UnsubscribeMetrics(registry)
 
     def page(lang: str, key: str, status: int) -> Response:
         headers = {**SECURITY_HEADERS, "Content-Language": lang}
@@ -218,19 +230,28 @@ def make_app(config: Config, keys: Keyring) -> Starlette:
     async def one_click(request: Request) -> Response:
         address = address_of(request)
         if address is None:
+            counted.request("invalid")
             return page(accept_language(request.headers.get("accept-language")), "invalid", 400)
         body = await read_body(request)
         lang = await language(request, address)
         if body is None:
+            counted.request("bad_request")
             return page(lang, "too_large", 413)
         if not is_one_click(request.headers.get("content-type", ""), body):
+            counted.request("bad_request")
             return page(lang, "confirm", 400)
         try:
             await run_in_threadpool(unsubscribe, address)
         except LedgerError as exc:
-            log.error("cannot record an unsubscribe in the ledger: %s", exc)
+            counted.request("error")
+            log.error(
+                "cannot record an unsubscribe in the ledger: %s",
+                exc,
+                extra={"event": "unsubscribe_failed"},
+            )
             return page(lang, "error", 503)
-        log.info("one-click unsubscribe recorded")
+        counted.request("done")
+        log.info("one-click unsubscribe recorded", extra={"event": "unsubscribed"})
         return page(lang, "done", 200)
 
     async def http_error(request: Request, exc: Exception) -> Response:
@@ -242,19 +263,35 @@ def make_app(config: Config, keys: Keyring) -> Starlette:
         return response
 
     app = Starlette(
-        routes=[Route(path, endpoint, methods=["GET", "POST"]) for path in route_paths(config)],
+        # The health and metrics routes first: an unsubscribe path of /{token} must not
+        # take /metrics for a token.
+        routes=[
+            *routes(registry, ready=lambda: ledger_problem(ledger_path)),
+            *(Route(path, endpoint, methods=["GET", "POST"]) for path in route_paths(config)),
+        ],
         exception_handlers={HTTPException: http_error},
     )
     app.router.redirect_slashes = False
     return app
 
 
-def listen(host: str, port: int) -> socket.socket:
+async def _serve(server: uvicorn.Server, sockets: list[Any]) -> None:
+    """uvicorn's own ``serve``, with systemd told when it listens, and the heartbeat that
+    feeds systemd's watchdog (``WatchdogSec=``) from the serving loop."""
+    heartbeat = Heartbeat()
+
+    async def ready() -> None:
+        while not server.started:
+            await asyncio.sleep(0.05)
+        notify("READY=1")
+
+    tasks = [asyncio.create_task(heartbeat.beat()), asyncio.create_task(ready())]
     try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        return socket.create_server((host, port), family=family)
-    except OSError as exc:
-        raise ServeError(f"cannot listen on {host}:{port}: {exc}") from exc
+        await server.serve(sockets=sockets)
+    finally:
+        notify("STOPPING=1")
+        for task in tasks:
+            task.cancel()
 
 
 def run_server(config: Config, host: str, port: int, *, dev_secret: bool = False) -> int:
@@ -279,22 +316,21 @@ def run_server(config: Config, host: str, port: int, *, dev_secret: bool = False
             ]
         )
     if is_dev:
-        log.warning("serving with the development unsubscribe secret: for local trials only")
+        log.warning(
+            "serving with the development unsubscribe secret: for local trials only",
+            extra={"event": "dev_secret"},
+        )
     app = make_app(config, keys)
     sock = listen(host, port)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=host,
-            port=port,
-            log_level="warning",
-            access_log=False,
-            server_header=False,
-            lifespan="off",
-        )
-    )
+    server = uvicorn_server(app, host, port)
     bound_host, bound_port = sock.getsockname()[:2]
-    log.info("unsubscribe endpoint on http://%s:%d%s", bound_host, bound_port, route_path(config))
+    log.info(
+        "unsubscribe endpoint on http://%s:%d%s (and /metrics, /healthz, /readyz)",
+        bound_host,
+        bound_port,
+        route_path(config),
+        extra={"event": "listening", "address": f"{bound_host}:{bound_port}"},
+    )
     # uvicorn re-raises a caught signal after shutdown, to the handler it found: make that
     # handler its own, so a signal means a clean stop (exit 0) before, during and after.
     previous: dict[signal.Signals, Any] = {}
@@ -303,7 +339,7 @@ def run_server(config: Config, host: str, port: int, *, dev_secret: bool = False
             previous[sig] = signal.signal(sig, server.handle_exit)
     try:
         with sock:
-            server.run(sockets=[sock])
+            asyncio.run(_serve(server, [sock]))
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
