@@ -125,3 +125,50 @@ def summary(stdout: str) -> Mapping[str, Any]:
     payload = json.loads(stdout)
     assert isinstance(payload, dict)
     return payload
+
+
+class _LocalDelivery:
+    """As Postfix's local(8) delivers: Return-Path and Delivered-To on top, then the
+    message as received, into tmp/ and renamed into new/ of the recipient's Maildir."""
+
+    def __init__(self, maildir: Path) -> None:
+        self.maildir = maildir
+
+    async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:
+        content = envelope.original_content or envelope.content
+        assert isinstance(content, bytes)
+        for rcpt in envelope.rcpt_tos:
+            head = f"Return-Path: <{envelope.mail_from}>\r\nDelivered-To: {rcpt}\r\n"
+            deliver(self.maildir, head.encode() + content)
+        return "250 2.0.0 Ok: delivered to the Maildir"
+
+
+class MaildirMX:
+    """A real SMTP server (aiosmtpd) that delivers every message into one Maildir: the
+    mail host where the return path's address lives."""
+
+    def __init__(self, maildir: Path) -> None:
+        from aiosmtpd.controller import Controller
+
+        self.port = free_port()
+        self._controller = Controller(_LocalDelivery(maildir), hostname="127.0.0.1", port=self.port)
+
+    def __enter__(self) -> MaildirMX:
+        self._controller.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._controller.stop()
+
+    def send(self, mail_from: str, rcpt: str, data: bytes) -> None:
+        import smtplib
+
+        wire = re.sub(rb"\r?\n", b"\r\n", data)  # SMTP lines end in CRLF
+        with smtplib.SMTP("127.0.0.1", self.port, timeout=10) as smtp:
+            smtp.sendmail(mail_from, [rcpt], wire)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -356,7 +356,12 @@ class Feedback:
             shown,
             f" ({event.entry_id})" if event.entry_id else "",
             effect,
-            extra={"event": "feedback", "kind": event.kind, "entry": event.entry_id},
+            extra={
+                "event": "feedback_event",
+                "kind": event.kind,
+                "entry": event.entry_id,
+                "recipient": shown,
+            },
         )
 
 
