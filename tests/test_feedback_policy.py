@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import json
 import sqlite3
 import uuid
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, statusmail
 from editing import replace_in
+from feedback_helpers import CORPUS, deliver
 from statusmail import ledger as ledger_module
 from statusmail.config import load_config
 from statusmail.domain import DeliveryStatus, Outcome, Preference, Recipient
@@ -29,6 +31,7 @@ from statusmail.tokens import (
     return_path_token,
     row_token,
     row_token_names,
+    unsubscribe_token,
     verify_entry_token,
 )
 
@@ -309,3 +312,46 @@ def test_preferences_override_the_list_in_memory_or_row_by_row(
     assert "ivan.smirnov@example.com" not in chosen  # left every topic
     assert "nobody@example.org" not in chosen  # the list decides who is subscribed
     assert chosen["olga.kuznetsova@example.net"] == "ru"
+
+
+# -- the command's edges --------------------------------------------------------------------
+
+
+def test_feedback_without_a_mailbox_says_what_to_set(project: Path) -> None:
+    replace_in(project, "  maildir: bounces ", "  # maildir: bounces ")
+    result = statusmail(project, "feedback")
+    assert result.returncode == 1
+    assert "feedback needs a mailbox: set bounces.maildir or bounces.imap" in result.stderr
+
+
+def test_a_dry_run_with_no_ledger_creates_none(project: Path) -> None:
+    box = project.parent / "bounces"
+    unsubscribe = (CORPUS / "mailto-unsubscribe-gmail.eml").read_bytes()
+    token = unsubscribe_token(KEYS, "hanna.sidarenka@example.net").encode()
+    deliver(box, unsubscribe.replace(b"{{UNSUB:hanna.sidarenka@example.net}}", token))
+    environ = {"STATUSMAIL_UNSUBSCRIBE_SECRET": KEYS.secret.decode()}
+    result = statusmail(project, "feedback", "--dry-run", "--json", env=environ)
+    assert result.returncode == 0, result.stderr
+    [event] = json.loads(result.stdout)["events"]
+    assert (event["kind"], event["effect"]) == (
+        "unsubscribe",
+        "would be suppressed as unsubscribed",
+    )
+    assert not (project.parent / "statusmail.db").exists()
+
+
+def test_a_dry_run_never_migrates_an_old_ledger(project: Path) -> None:
+    path = project.parent / "statusmail.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at TEXT)")
+    for number, script in enumerate(MIGRATIONS[:2], 1):
+        db.executescript(script)
+        db.execute("INSERT INTO schema_version VALUES (?, 'then')", (number,))
+    db.commit()
+    db.close()
+    deliver(project.parent / "bounces", (CORPUS / "unrelated-question.eml").read_bytes())
+    result = statusmail(project, "feedback", "--dry-run")
+    assert result.returncode == 1
+    assert "run it once without --dry-run" in result.stderr
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT MAX(version) FROM schema_version").fetchone() == (2,)

@@ -27,9 +27,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import tempfile
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from statusmail.bouncebox import ImapBox, Mailbox, MaildirBox
@@ -37,7 +40,7 @@ from statusmail.classify import Classified, Failure, ReturnPath, Verdict, classi
 from statusmail.config import Config
 from statusmail.domain import DeliveryStatus, FeedbackKind, SuppressionReason
 from statusmail.errors import ConfigError, Problem
-from statusmail.ledger import FeedbackEvent, Ledger, run_lock
+from statusmail.ledger import SCHEMA_VERSION, FeedbackEvent, Ledger, run_lock
 from statusmail.report import mask_address, scrub
 from statusmail.tokens import (
     Keyring,
@@ -129,7 +132,7 @@ def run_pass(
         try:
             if not config.paths.ledger.exists() and all(box.empty() for box in boxes):
                 return PassReport(dry_run, [box.name for box in boxes])  # nothing, nowhere
-            with Ledger(config.paths.ledger) as ledger:
+            with _ledger(config, dry_run) as ledger:
                 work = Feedback(config, keys, ledger, dry_run=dry_run, mask=mask)
                 for box in boxes:
                     work.run(box, should_stop)
@@ -139,6 +142,28 @@ def run_pass(
             for box in boxes:
                 box.close()
     return work.report
+
+
+@contextmanager
+def _ledger(config: Config, dry_run: bool) -> Iterator[Ledger]:
+    """The ledger; a dry run reads it without a write (nor a migration), and with no
+    ledger yet reads an empty one: nothing was ever sent."""
+    path = config.paths.ledger
+    if not dry_run:
+        with Ledger(path) as ledger:
+            yield ledger
+        return
+    if not path.exists():
+        with tempfile.TemporaryDirectory() as scratch, Ledger(Path(scratch) / "l.db") as empty:
+            yield empty
+        return
+    with Ledger(path, readonly=True) as ledger:
+        if ledger.schema_version() < SCHEMA_VERSION:
+            raise ledger.error(
+                "the ledger predates what statusmail feedback records; run it once without "
+                "--dry-run (or any command that writes) to upgrade the ledger"
+            )
+        yield ledger
 
 
 class Feedback:
