@@ -39,6 +39,11 @@ from urllib.parse import unquote
 from flufl.bounce import all_failures
 
 log = logging.getLogger(__name__)
+# flufl.bounce logs every detector it runs, and a traceback when one trips over a broken
+# message (other_failures handles that): none of it is for statusmail's users.
+_detectors_log = logging.getLogger("flufl.bounce")
+_detectors_log.addHandler(logging.NullHandler())
+_detectors_log.propagate = False
 
 MAX_TEXT = 200_000  # characters of a text part read for clues and auto-reply texts
 

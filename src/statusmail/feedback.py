@@ -54,6 +54,12 @@ from statusmail.tokens import (
 log = logging.getLogger("statusmail.feedback")
 
 Named = tuple[str | None, str]  # (entry or None, address)
+# Why a report was left alone although it is one.
+_LEFT = {
+    Verdict.BOUNCE: "bounce about nobody statusmail wrote to",
+    Verdict.COMPLAINT: "complaint about nobody statusmail wrote to",
+    Verdict.UNSUBSCRIBE: "unsubscribe whose token no key of statusmail made",
+}
 
 
 @dataclass
@@ -212,10 +218,7 @@ class Feedback:
         found = classify(data, self.return_path)
         named = self._events(found)
         if not named:
-            why = found.verdict.value if found.verdict is not Verdict.BOUNCE else "bounce"
-            if found.verdict in (Verdict.BOUNCE, Verdict.COMPLAINT, Verdict.UNSUBSCRIBE):
-                why = f"{found.verdict.value} about nobody statusmail wrote to"
-            self.report.left[why] += 1
+            self.report.left[_LEFT.get(found.verdict, found.verdict.value)] += 1
             log.debug("left alone: %s", found.why)
             return False
         events = [self._policy(found, *item) for item in named]
