@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import email.utils
 import json
+import signal
+import subprocess
 import uuid
 from pathlib import Path
 
 import pytest
 
-from conftest import statusmail
+from conftest import clean_environ, command, statusmail, wait_for
 from delivery_helpers import point_at, send
+from editing import replace_in
 from feedback_helpers import (
     SECRET,
     UPDATE,
@@ -29,6 +32,7 @@ from feedback_helpers import (
     summary,
 )
 from smtp_server import ReceivedMessage, RecordingServer
+from statusmail.tokens import Keyring, return_path_token
 
 ENV = {"STATUSMAIL_UNSUBSCRIBE_SECRET": SECRET}
 HARD = "ivan.smirnov@example.com"
@@ -246,8 +250,6 @@ def test_watch_reads_the_bounce_mailbox_before_it_sends(project: Path) -> None:
     [(row,)] = query(
         project, "SELECT rowid FROM deliveries WHERE entry_id = ? AND address = ?", UPDATE, HARD
     )
-    from statusmail.tokens import Keyring, return_path_token
-
     token = return_path_token(Keyring(SECRET.encode()), UPDATE, HARD, "bounces", row)
     return_path = f"bounces+{token}@startmail.example"
     bounce = report(return_path, HARD, "Subject: x", "5.1.1", "550 5.1.1 No such user", "failed")
@@ -267,3 +269,41 @@ def test_watch_reads_the_bounce_mailbox_before_it_sends(project: Path) -> None:
         )
     }
     assert reached and HARD not in reached
+
+
+@pytest.mark.timeout(90)
+def test_watch_reads_bounces_that_arrive_while_it_runs(project: Path) -> None:
+    assert statusmail(project, "send", UPDATE, "--yes", "--rate", "0", env=ENV).returncode == 0
+    replace_in(project, "  interval: 300 ", "  interval: 1 ")
+    process = subprocess.Popen(
+        command(project, "watch", "--log-format", "json"),
+        env=clean_environ(**ENV),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        [(row,)] = query(
+            project,
+            "SELECT rowid FROM deliveries WHERE entry_id = ? AND address = ?",
+            UPDATE,
+            SOFT,
+        )
+        token = return_path_token(Keyring(SECRET.encode()), UPDATE, SOFT, "bounces", row)
+        return_path = f"bounces+{token}@startmail.example"
+        hard = report(
+            return_path, SOFT, "Subject: x", "5.2.1", "550 5.2.1 Mailbox disabled", "failed"
+        )
+        with MaildirMX(project.parent / "bounces") as mx:
+            mx.send("", return_path, hard)
+        wait_for(
+            lambda: query(project, "SELECT reason FROM suppressions WHERE address = ?", SOFT),
+            timeout=30,
+            what="watch to read the bounce",
+        )
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr and SOFT not in stderr
