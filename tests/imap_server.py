@@ -15,6 +15,7 @@ it skip saying why, and under ``CI=true`` they fail instead.
 
 from __future__ import annotations
 
+import grp
 import os
 import pwd
 import shutil
@@ -70,9 +71,11 @@ class Dovecot:
         if os.geteuid() == 0:  # Dovecot runs its processes as these users, never as root
             internal, login, uid = "dovecot", "dovenull", "dovecot"
             owner = pwd.getpwnam("dovecot")
+            group = grp.getgrgid(owner.pw_gid).gr_name
             os.chown(self.mail, owner.pw_uid, owner.pw_gid)
-        else:
+        else:  # everything as whoever runs the tests
             internal = login = uid = pwd.getpwuid(os.geteuid()).pw_name
+            group = grp.getgrgid(os.getegid()).gr_name
         extra = f"imap_capability = {capabilities}\n" if capabilities else ""
         self.config = self.base / "dovecot.conf"
         self.config.write_text(
@@ -87,7 +90,7 @@ ssl_key = <{key_file}
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 default_internal_user = {internal}
-default_internal_group = {internal}
+default_internal_group = {group}
 default_login_user = {login}
 mail_location = maildir:{self.mail}/%u
 first_valid_uid = 1
@@ -98,7 +101,7 @@ first_valid_gid = 1
 }}
 userdb {{
   driver = static
-  args = uid={uid} gid={uid} home={self.mail}/%u
+  args = uid={uid} gid={group} home={self.mail}/%u
 }}
 service imap-login {{
   inet_listener imap {{
