@@ -338,7 +338,11 @@ def _near(text: str, address: str) -> tuple[str | None, str]:
     lowered = address.lower()
     for index, line in enumerate(lines):
         if lowered in line.lower():
-            window = [x.strip() for x in lines[index : index + 4] if x.strip()]
+            window = []  # the paragraph from that line on, at most four lines
+            for follow in lines[index : index + 4]:
+                if not follow.strip():
+                    break
+                window.append(follow.strip())
             code = status_code(*window)
             reply = next((x for x in window if _REPLY.search(x) or _STATUS.search(x)), None)
             return code, _one_line(reply or " ".join(window))

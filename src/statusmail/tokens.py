@@ -211,7 +211,8 @@ def return_path_token(
     keys: Keyring, entry_id: str, address_key: str, local_part: str, row: int | None
 ) -> str:
     """The token for ``<local_part><delimiter><token>@…``: the sealed entry token, which
-    needs no lookup, when the local part stays within 64 octets; else the row token."""
+    needs no lookup, when the local part stays within 64 octets; else the row token
+    (outside a run, with no row, as for a preview: the sealed token whatever its length)."""
     sealed = entry_token(keys, Purpose.VERP, entry_id, address_key)
     if len(local_part) + 1 + len(sealed) <= MAX_LOCAL_PART or row is None:
         return sealed
