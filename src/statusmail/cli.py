@@ -24,8 +24,8 @@ from statusmail.formats import FORMATS
 from statusmail.report import mask_address
 
 F = TypeVar("F", bound=Callable[..., Any])
-console = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True)
+console = Console(stderr=True, soft_wrap=True, emoji=False)  # "file:100:" is no emoji
+out = Console(soft_wrap=True, emoji=False)
 
 # Attributes every LogRecord has; anything else was passed in ``extra`` and is a field.
 _RECORD_ATTRIBUTES = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
@@ -565,3 +565,74 @@ def suppress_export(config: Config, output: Path | None) -> ExitCode:
       statusmail suppress export -o suppressed.csv
     """
     return commands.suppress_export(config, output)
+
+
+@main.command()
+@common_options
+@click.option(
+    "--dry-run", is_flag=True, help="Show what would change; record nothing, move nothing."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a summary of the pass as JSON.")
+@click.option("--show-addresses", is_flag=True, help="Show whole addresses instead of masked.")
+@run
+def feedback(config: Config, dry_run: bool, as_json: bool, show_addresses: bool) -> ExitCode:
+    """Read bounces, complaints and mailto unsubscribes back from the bounce mailbox.
+
+    Hard bounces and complaints suppress the address; soft bounces are scored
+    (bounces.soft_limit days within bounces.soft_window_days suppress). Handled
+    messages move to the processed folder; everything else stays where it was.
+
+    \b
+    Example:
+      statusmail feedback --dry-run && statusmail feedback --json
+    """
+    return commands.feedback(
+        config, dry_run=dry_run, as_json=as_json, show_addresses=show_addresses, console=out
+    )
+
+
+@main.group()
+def prefs() -> None:
+    """Subscribers' own choices of language and topics (the preferences page).
+
+    They override the subscriber files' locale and topics in every selection; the
+    files stay the source of who is subscribed.
+
+    \b
+    Example:
+      statusmail prefs export -o preferences.csv
+    """
+
+
+@prefs.command(name="list")
+@common_options
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+@run
+def prefs_list(config: Config, as_json: bool) -> ExitCode:
+    """Print every stored preference: address, language, topics, when.
+
+    \b
+    Example:
+      statusmail prefs list --json
+    """
+    return commands.prefs_list(config, as_json, out)
+
+
+@prefs.command(name="export")
+@common_options
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the CSV here instead of to standard output.",
+)
+@run
+def prefs_export(config: Config, output: Path | None) -> ExitCode:
+    """Export the stored preferences as CSV (email, locale, topics, updated_at).
+
+    \b
+    Example:
+      statusmail prefs export -o preferences.csv
+    """
+    return commands.prefs_export(config, output)

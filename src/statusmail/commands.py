@@ -10,12 +10,13 @@ from pathlib import Path
 
 from rich.console import Console
 
+from statusmail import feedback as feedback_pass
 from statusmail import pipeline, signals, suppression
 from statusmail.config import Config
-from statusmail.domain import ExitCode
+from statusmail.domain import ExitCode, Preference
 from statusmail.entries import entry_paths, find_entry, load_entry, unknown_entry
 from statusmail.errors import ConnectError, Interrupted, StatusmailError
-from statusmail.ledger import Ledger
+from statusmail.ledger import FEEDBACK_OUTCOMES, Ledger
 from statusmail.preview import write_previews
 from statusmail.report import (
     ProgressReporter,
@@ -225,7 +226,9 @@ def status(
         state = ledger.entry_state(entry_id)
         if state is None and not has_file:
             raise unknown_entry(config.paths.updates, entry_id)
-        counts = ledger.counts(entry_id)
+        counts = {**ledger.counts(entry_id)}
+        for outcome in FEEDBACK_OUTCOMES:  # sent, then a bounce or a complaint came back
+            counts.setdefault(outcome, 0)
         breakdown = ledger.breakdown(entry_id)
         failures = ledger.failures(entry_id, None if failed else 20)
     listed = [
@@ -252,7 +255,7 @@ def status(
         return ExitCode.OK
     if state is None:
         console.print(f"{entry_id}: not sent yet", markup=False)
-    console.print(breakdown_table(entry_id, breakdown))
+    console.print(breakdown_table(entry_id, breakdown, feedback=True))
     for row in listed:
         console.print(
             f"  failed {row['address']}: {row['code'] or ''} {row['reply']} "
@@ -331,15 +334,33 @@ def suppress_remove(config: Config, addresses: tuple[str, ...], console: Console
 
 
 def suppress_list(config: Config, as_json: bool, console: Console) -> ExitCode:
+    """Every suppressed address, why, since when, and the evidence: the status code and
+    date of the report that caused it (a bounce, a complaint), else the note kept."""
     with Ledger(config.paths.ledger) as ledger:
-        rows = ledger.suppressions()
+        rows = ledger.suppression_evidence()
     if as_json:
         print_json(
-            [{"email": a, "reason": r, "detail": d, "suppressed_at": t} for a, r, d, t in rows]
+            [
+                {
+                    "email": a,
+                    "reason": r,
+                    "detail": d,
+                    "suppressed_at": t,
+                    "code": code,
+                    "reported_at": at,
+                }
+                for a, r, d, t, code, at in rows
+            ]
         )
     else:
-        for address, reason, _detail, created in rows:
-            console.print(f"{address}\t{reason}\t{created}", markup=False, highlight=False)
+        for address, reason, detail, created, _code, at in rows:
+            evidence = " ".join((detail or "").split())
+            when = f" (reported {at})" if at and at[:10] != created[:10] else ""
+            console.print(
+                f"{address}\t{reason}\t{created}\t{evidence}{when}",
+                markup=False,
+                highlight=False,
+            )
     return ExitCode.OK
 
 
@@ -351,3 +372,81 @@ def suppress_export(config: Config, output: Path | None) -> ExitCode:
     else:
         sys.stdout.write(text)
     return ExitCode.OK
+
+
+# -- feedback and preferences ------------------------------------------------------------
+
+
+def feedback(
+    config: Config, *, dry_run: bool, as_json: bool, show_addresses: bool, console: Console
+) -> ExitCode:
+    """Read the bounce mailbox once: bounces, complaints, mailto unsubscribes."""
+    mask = (lambda a: a) if show_addresses else mask_address
+    # A signal raises Interrupted: the message in hand is rolled back, nothing half done.
+    report = feedback_pass.run_pass(config, dry_run=dry_run, mask=mask)
+    if as_json:
+        print_json(report.as_json())
+        return ExitCode.STOPPED if report.stopped else ExitCode.OK
+    for event in report.events:
+        console.print(
+            f"{event['kind']}\t{event['address']}\t{event['entry'] or '-'}\t"
+            f"{event['code'] or ''}\t{event['effect']}",
+            markup=False,
+            highlight=False,
+        )
+    summary = report.as_json()
+    console.print(
+        ("dry run: " if dry_run else "")
+        + f"read {summary['read']} message(s) in {', '.join(summary['mailboxes'])}: "
+        f"{summary['hard']} hard and {summary['soft']} soft bounce(s), "
+        f"{summary['complaints']} complaint(s), {summary['unsubscribes']} unsubscribe(s), "
+        f"{summary['newly_suppressed']} newly suppressed; "
+        f"{summary['untouched']} left where they were "
+        f"({summary['auto_replies']} auto-replies)",
+        markup=False,
+        highlight=False,
+    )
+    if report.stopped:
+        console.print(f"Stopped early: {report.stopped}. Run again to continue.", markup=False)
+        return ExitCode.STOPPED
+    return ExitCode.OK
+
+
+def prefs_list(config: Config, as_json: bool, console: Console) -> ExitCode:
+    rows = _preferences(config)
+    if as_json:
+        print_json(
+            [
+                {
+                    "email": address,
+                    "locale": p.locale,
+                    "topics": None if p.topics is None else sorted(p.topics),
+                    "updated_at": updated,
+                }
+                for address, p, updated in rows
+            ]
+        )
+        return ExitCode.OK
+    for address, p, updated in rows:
+        topics = "-" if p.topics is None else ";".join(sorted(p.topics))
+        console.print(
+            f"{address}\t{p.locale or '-'}\t{topics}\t{updated}", markup=False, highlight=False
+        )
+    return ExitCode.OK
+
+
+def prefs_export(config: Config, output: Path | None) -> ExitCode:
+    """CSV with the subscriber files' column names (an empty cell: the list's value)."""
+    text = suppression.preferences_csv(_preferences(config))
+    if output:
+        output.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return ExitCode.OK
+
+
+def _preferences(config: Config) -> list[tuple[str, Preference, str]]:
+    if not config.paths.ledger.exists():
+        return []
+    with Ledger(config.paths.ledger) as ledger:
+        return list(ledger.preferences())

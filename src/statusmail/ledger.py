@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
 
-from statusmail.domain import DeliveryStatus, Outcome, Recipient
+from statusmail.domain import DeliveryStatus, Outcome, Preference, Recipient
 from statusmail.errors import LedgerError
 
 # A writer waits at most this long for another (a group commit or an enqueue batch takes
@@ -72,7 +72,70 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX IF NOT EXISTS deliveries_address ON deliveries (address);
     """,
+    # 3: what comes back (bounces, complaints, mailto unsubscribes) and preferences.
+    # deliveries gains the outcomes bounced and complained (SQLite changes a CHECK
+    # constraint only by rebuilding the table: the same rows, rowids and order: a return
+    # path names its row by rowid) and an index on the Message-ID a report quotes.
+    """
+    CREATE TABLE deliveries_v3 (
+        entry_id    TEXT NOT NULL,
+        address     TEXT NOT NULL,
+        email       TEXT NOT NULL,
+        ascii_email TEXT,
+        name        TEXT NOT NULL DEFAULT '',
+        locale      TEXT NOT NULL,
+        region      TEXT,
+        status      TEXT NOT NULL CHECK (status IN
+                    ('pending', 'sent', 'failed', 'skipped', 'bounced', 'complained')),
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        code        INTEGER,
+        detail      TEXT,
+        message_id  TEXT,
+        selection   INTEGER NOT NULL DEFAULT 0,
+        created_at  TEXT NOT NULL,
+        updated_at  TEXT NOT NULL,
+        PRIMARY KEY (entry_id, address)
+    );
+    INSERT INTO deliveries_v3 (rowid, entry_id, address, email, ascii_email, name, locale,
+        region, status, attempts, code, detail, message_id, selection, created_at, updated_at)
+        SELECT rowid, entry_id, address, email, ascii_email, name, locale, region, status,
+        attempts, code, detail, message_id, selection, created_at, updated_at
+        FROM deliveries ORDER BY rowid;
+    DROP TABLE deliveries;
+    ALTER TABLE deliveries_v3 RENAME TO deliveries;
+    CREATE INDEX deliveries_status ON deliveries (entry_id, status);
+    CREATE INDEX deliveries_address ON deliveries (address);
+    CREATE INDEX deliveries_message_id ON deliveries (message_id) WHERE message_id IS NOT NULL;
+    CREATE TABLE feedback_events (
+        received_at TEXT NOT NULL,            -- when statusmail read the report
+        event_at    TEXT NOT NULL,            -- when it happened, as the report says
+        entry_id    TEXT,                     -- NULL when nothing tells which entry
+        address     TEXT NOT NULL,
+        kind        TEXT NOT NULL
+                    CHECK (kind IN ('hard', 'soft', 'complaint', 'unsubscribe')),
+        code        TEXT,                     -- the status code (5.1.1), else the reply code
+        diagnostic  TEXT,
+        source      TEXT NOT NULL,            -- the report's Message-ID (or its digest)
+        suppressed  INTEGER NOT NULL DEFAULT 0,   -- 1: it put the address on the list
+        PRIMARY KEY (address, kind, source)   -- a report read twice counts once
+    ) WITHOUT ROWID;
+    CREATE TABLE bounce_scores (
+        address  TEXT NOT NULL,
+        day      TEXT NOT NULL,               -- a UTC date: a soft bounce counts once a day
+        source   TEXT NOT NULL,               -- the report that counted
+        PRIMARY KEY (address, day)
+    ) WITHOUT ROWID;
+    CREATE TABLE preferences (
+        address    TEXT PRIMARY KEY,
+        locale     TEXT,                      -- NULL: the list's
+        topics     TEXT,                      -- topics split by semicolons, NULL: the list's
+        updated_at TEXT NOT NULL
+    ) WITHOUT ROWID;
+    """,
 )
+# The preferences are read into memory for a selection up to this many; past it, each
+# subscriber's is looked up in the ledger (an indexed read), so memory stays flat.
+PREFERENCES_IN_MEMORY = 100_000
 SCHEMA_VERSION = len(MIGRATIONS)
 
 STAGING = """
@@ -88,7 +151,9 @@ CREATE TEMP TABLE IF NOT EXISTS staged (
 )
 """
 
-OUTCOMES = tuple(status.value for status in DeliveryStatus)
+# What a delivery can end as; a sent row may later turn bounced or complained.
+OUTCOMES = ("pending", "sent", "failed", "skipped")
+FEEDBACK_OUTCOMES = (DeliveryStatus.BOUNCED.value, DeliveryStatus.COMPLAINED.value)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -385,7 +450,10 @@ class Ledger:
             " ORDER BY d.rowid LIMIT :size",
             {"e": entry_id, "after": after, "size": size, "thread": thread},
         ).fetchall()
-        return [(row[0], Recipient(*row[1:])) for row in rows]
+        return [
+            (r[0], Recipient(r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], row=r[0]))
+            for r in rows
+        ]
 
     def pending(
         self,
@@ -554,6 +622,237 @@ class Ledger:
                 " ORDER BY created_at, address"
             )
         )
+
+    @_guarded("read the suppression list")
+    def suppression_evidence(
+        self,
+    ) -> list[tuple[str, str, str | None, str, str | None, str | None]]:
+        """(address, reason, detail, created_at, code, event_at): each suppression with the
+        status code and date of the report that caused it, when one did."""
+        first = (
+            "(SELECT f.{} FROM feedback_events f WHERE f.address = s.address"
+            " AND f.suppressed = 1 LIMIT 1)"
+        )
+        return list(
+            self.db.execute(
+                "SELECT s.address, s.reason, s.detail, s.created_at,"
+                f" {first.format('code')}, {first.format('event_at')}"
+                " FROM suppressions s ORDER BY s.created_at, s.address"
+            )
+        )
+
+    # -- feedback: bounces, complaints and mailto unsubscribes read back ---------
+
+    @_guarded("look up a return path")
+    def delivery_by_row(self, row: int) -> tuple[str, str] | None:
+        """(entry, address) of the delivery a return path names by its row."""
+        found = self.db.execute(
+            "SELECT entry_id, address FROM deliveries WHERE rowid = ?", (row,)
+        ).fetchone()
+        return (found[0], found[1]) if found else None
+
+    @_guarded("look up a Message-ID")
+    def delivery_by_message_id(self, message_id: str) -> tuple[str, str] | None:
+        """(entry, address) of the message sent with ``message_id``."""
+        row = self.db.execute(
+            "SELECT entry_id, address FROM deliveries WHERE message_id = ? LIMIT 1",
+            (message_id,),
+        ).fetchone()
+        return (row[0], row[1]) if row else None
+
+    @_guarded("look up an address")
+    def last_entry_sent(self, address: str) -> str | None:
+        """The entry most recently sent to ``address``, or None if none ever was."""
+        row = self.db.execute(
+            "SELECT entry_id FROM deliveries WHERE address = ?"
+            " AND status IN ('sent', 'bounced', 'complained')"
+            " ORDER BY updated_at DESC, rowid DESC LIMIT 1",
+            (address.lower(),),
+        ).fetchone()
+        return str(row[0]) if row else None
+
+    @_guarded("read the feedback events")
+    def has_feedback(self, source: str, address: str, kind: str) -> bool:
+        row = self.db.execute(
+            "SELECT 1 FROM feedback_events WHERE address = ? AND kind = ? AND source = ?",
+            (address, kind, source),
+        ).fetchone()
+        return row is not None
+
+    @_guarded("read the bounce score")
+    def soft_days(self, address: str, since: dt.date) -> set[str]:
+        """The days (UTC, ISO) since ``since`` on which a soft bounce of ``address`` counted."""
+        return {
+            row[0]
+            for row in self.db.execute(
+                "SELECT day FROM bounce_scores WHERE address = ? AND day >= ?",
+                (address, since.isoformat()),
+            )
+        }
+
+    @_guarded("record feedback")
+    def record_feedback(self, events: Iterable[FeedbackEvent]) -> list[bool]:
+        """Record the events one report gave, with their effects, in one transaction; an
+        event already recorded (the same report read again) changes nothing. Returns,
+        per event, whether it was new."""
+        self.check_same_file()
+        stamp = now_iso()
+        new: list[bool] = []
+        with self.transaction() as db:
+            for e in events:
+                cursor = db.execute(
+                    "INSERT INTO feedback_events (received_at, event_at, entry_id, address,"
+                    " kind, code, diagnostic, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (address, kind, source) DO NOTHING",
+                    (
+                        stamp,
+                        e.event_at,
+                        e.entry_id,
+                        e.address,
+                        e.kind,
+                        e.code,
+                        e.diagnostic,
+                        e.source,
+                    ),
+                )
+                new.append(cursor.rowcount > 0)
+                if not new[-1]:
+                    continue
+                if e.score_day:
+                    db.execute(
+                        "INSERT INTO bounce_scores (address, day, source) VALUES (?, ?, ?)"
+                        " ON CONFLICT (address, day) DO NOTHING",
+                        (e.address, e.score_day, e.source),
+                    )
+                if e.suppress:
+                    added = db.execute(
+                        "INSERT INTO suppressions (address, reason, detail, created_at)"
+                        " VALUES (?, ?, ?, ?) ON CONFLICT (address) DO NOTHING",
+                        (e.address, e.suppress, e.evidence, stamp),
+                    )
+                    if added.rowcount > 0:  # this report is the suppression's evidence
+                        db.execute(
+                            "UPDATE feedback_events SET suppressed = 1"
+                            " WHERE address = ? AND kind = ? AND source = ?",
+                            (e.address, e.kind, e.source),
+                        )
+                if e.mark and e.entry_id:
+                    db.execute(
+                        "UPDATE deliveries SET status = ?, detail = ?, updated_at = ?"
+                        " WHERE entry_id = ? AND address = ? AND status = 'sent'",
+                        (e.mark, e.evidence, stamp, e.entry_id, e.address),
+                    )
+        return new
+
+    @_guarded("summarise the feedback")
+    def feedback_counts(self, entry_id: str) -> dict[str, int]:
+        """Events per kind recorded for ``entry_id``."""
+        return dict(
+            self.db.execute(
+                "SELECT kind, COUNT(*) FROM feedback_events WHERE entry_id = ? GROUP BY kind",
+                (entry_id,),
+            ).fetchall()
+        )
+
+    # -- preferences --------------------------------------------------------------
+
+    @_guarded("save a preference")
+    def set_preference(self, address: str, preference: Preference) -> None:
+        """Store what was chosen; a field left None keeps what was stored before."""
+        topics = None if preference.topics is None else ";".join(sorted(preference.topics))
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO preferences (address, locale, topics, updated_at)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (address) DO UPDATE SET"
+                " locale = COALESCE(excluded.locale, locale),"
+                " topics = COALESCE(excluded.topics, topics), updated_at = excluded.updated_at",
+                (address.lower(), preference.locale, topics, now_iso()),
+            )
+
+    @_guarded("read a preference")
+    def preference(self, address: str) -> Preference | None:
+        row = self.db.execute(
+            "SELECT locale, topics FROM preferences WHERE address = ?", (address.lower(),)
+        ).fetchone()
+        return _preference(row[0], row[1]) if row else None
+
+    @_guarded("read the preferences")
+    def preferences(self) -> Iterator[tuple[str, Preference, str]]:
+        """(address, preference, updated_at) of everyone who chose, by address."""
+        for address, locale, topics, updated in self.db.execute(
+            "SELECT address, locale, topics, updated_at FROM preferences ORDER BY address"
+        ):
+            yield address, _preference(locale, topics), updated
+
+    @contextmanager
+    def preference_lookup(self) -> Iterator[Callable[[str], Preference | None]]:
+        """A lookup of the stored preferences for one selection: a dict read once when
+        there are at most ``PREFERENCES_IN_MEMORY`` of them, else an indexed read per
+        address on a read-only connection of its own (lists can hold a million rows)."""
+        try:
+            if self.schema_version() < 3:
+                yield lambda _address: None
+                return
+            (count,) = self.db.execute("SELECT COUNT(*) FROM preferences").fetchone()
+            if count <= PREFERENCES_IN_MEMORY:
+                stored = {
+                    address: _preference(locale, topics)
+                    for address, locale, topics in self.db.execute(
+                        "SELECT address, locale, topics FROM preferences"
+                    )
+                }
+                yield stored.get
+                return
+            reader = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT)
+        except sqlite3.Error as exc:
+            raise self.error(f"cannot read the preferences: {exc}") from exc
+
+        def lookup(address: str) -> Preference | None:
+            try:
+                row = reader.execute(
+                    "SELECT locale, topics FROM preferences WHERE address = ?", (address,)
+                ).fetchone()
+            except sqlite3.Error as exc:
+                raise self.error(f"cannot read the preferences: {exc}") from exc
+            return _preference(row[0], row[1]) if row else None
+
+        try:
+            yield lookup
+        finally:
+            reader.close()
+
+
+@dataclass(frozen=True)
+class FeedbackEvent:
+    """One recipient's part of a report read back, and what it does to the ledger."""
+
+    kind: str  # FeedbackKind
+    address: str
+    entry_id: str | None
+    code: str | None
+    diagnostic: str | None
+    source: str  # the report's Message-ID: the same report read twice counts once
+    event_at: str
+    suppress: str | None = None  # suppress the address for this reason
+    evidence: str | None = None  # the suppression's (and the delivery row's) detail
+    mark: str | None = None  # the entry's sent row becomes this (bounced, complained)
+    score_day: str | None = None  # a soft bounce counted on this day
+
+
+def _preference(locale: str | None, topics: str | None) -> Preference:
+    return Preference(
+        locale, None if topics is None else frozenset(t for t in topics.split(";") if t)
+    )
+
+
+@contextmanager
+def read_preferences(path: Path) -> Iterator[Callable[[str], Preference | None]]:
+    """The stored preferences of the ledger at ``path``, read only (dry runs)."""
+    if not path.exists():
+        yield lambda _address: None
+        return
+    with Ledger(path, readonly=True) as ledger, ledger.preference_lookup() as lookup:
+        yield lookup
 
 
 def read_suppressions(path: Path) -> set[str]:

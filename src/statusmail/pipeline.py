@@ -26,12 +26,19 @@ from statusmail.delivery import Engine, OnOutcome, RunResult
 from statusmail.domain import Entry, ExitCode
 from statusmail.entries import entry_paths, find_entry
 from statusmail.errors import ConnectError, InputError, LedgerError, Problem, StatusmailError
-from statusmail.ledger import Ledger, Plan, StagedRow, read_suppressions, run_lock
+from statusmail.ledger import (
+    Ledger,
+    Plan,
+    StagedRow,
+    read_preferences,
+    read_suppressions,
+    run_lock,
+)
 from statusmail.message import MessageFactory
 from statusmail.regions import Region, load_regions
 from statusmail.render import Renderer
 from statusmail.report import mask_address, scrub
-from statusmail.selection import Inactive, SelectionStats, select
+from statusmail.selection import Inactive, PreferenceLookup, SelectionStats, select
 from statusmail.subscribers import RowProblem
 from statusmail.throttle import HourlyWindow
 from statusmail.tokens import Keyring
@@ -124,7 +131,10 @@ class Staged:
 
 
 def _staged_rows(
-    prepared: Prepared, suppressed: set[str], stats: SelectionStats
+    prepared: Prepared,
+    suppressed: set[str],
+    stats: SelectionStats,
+    preferences: PreferenceLookup,
 ) -> Iterator[StagedRow]:
     config, entry = prepared.config, prepared.entry
     for item in select(
@@ -134,6 +144,8 @@ def _staged_rows(
         suppressed,
         stats,
         inactive=True,
+        preferences=preferences,
+        declared_topics=config.topics,
     ):
         if isinstance(item, RowProblem):
             if item.fatal:
@@ -152,7 +164,8 @@ def stage(prepared: Prepared, ledger: Ledger) -> Staged:
     """Select the audience into the ledger's staging area; nothing is recorded yet."""
     entry = prepared.entry
     stats = SelectionStats()
-    ledger.stage(_staged_rows(prepared, ledger.suppressed(), stats))
+    with ledger.preference_lookup() as preferences:
+        ledger.stage(_staged_rows(prepared, ledger.suppressed(), stats, preferences))
     problems = validation.missing_language_problems(entry, stats.locales())
     plan = ledger.plan(entry.id)
     if not plan.selected and not plan.known:
@@ -351,26 +364,33 @@ def dry_run(prepared: Prepared, *, limit: int | None = None) -> DryRun:
     stats = SelectionStats()
     report = DryRun(stats)
     suppressed = read_suppressions(config.paths.ledger)
-    for item in select(
-        entry, config.paths.subscribers, config.default_locale_by_region, suppressed, stats
-    ):
-        if isinstance(item, RowProblem):
-            if item.fatal:
-                report.failures.append(str(item))
-            continue
-        if isinstance(item, Inactive) or (limit is not None and report.rendered >= limit):
-            continue
-        try:
-            built = prepared.factory.build(item)
-        except StatusmailError as exc:
-            if len(report.failures) < 100:
-                report.failures.append(
-                    f"{mask_address(item.email)}: {scrub(str(exc), [item.email])}"
-                )
-            continue
-        report.rendered += 1
-        label = built.variant.label
-        report.variants[label] = report.variants.get(label, 0) + 1
+    with read_preferences(config.paths.ledger) as preferences:
+        for item in select(
+            entry,
+            config.paths.subscribers,
+            config.default_locale_by_region,
+            suppressed,
+            stats,
+            preferences=preferences,
+            declared_topics=config.topics,
+        ):
+            if isinstance(item, RowProblem):
+                if item.fatal:
+                    report.failures.append(str(item))
+                continue
+            if isinstance(item, Inactive) or (limit is not None and report.rendered >= limit):
+                continue
+            try:
+                built = prepared.factory.build(item)
+            except StatusmailError as exc:
+                if len(report.failures) < 100:
+                    report.failures.append(
+                        f"{mask_address(item.email)}: {scrub(str(exc), [item.email])}"
+                    )
+                continue
+            report.rendered += 1
+            label = built.variant.label
+            report.variants[label] = report.variants.get(label, 0) + 1
     report.failures += [
         str(p) for p in validation.missing_language_problems(entry, stats.locales())
     ]

@@ -21,6 +21,7 @@ from statusmail.entries import load_entries, source_hash
 from statusmail.errors import ConfigError, InputError, Problem, RenderError, StatusmailError
 from statusmail.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES, resolve_locale
 from statusmail.message import MessageFactory
+from statusmail.pages import preferences_page_problems
 from statusmail.regions import Region, load_regions
 from statusmail.render import Renderer, VariantKey
 from statusmail.subscribers import ReadStats, RowProblem, iter_subscribers
@@ -419,6 +420,8 @@ def check_project(config: Config) -> CheckReport:
     for entry in entries.values():
         report.add(entry_problems(entry, known_ids=entries, regions=regions, config=config))
     report.add(catalog_problems(config.paths.templates))
+    if report.ok:  # a broken catalog is said once, above
+        report.add(preferences_page_problems(config))
     report.add(secret_problems(config))
     if report.ok:
         try:

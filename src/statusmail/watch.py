@@ -4,7 +4,8 @@ One entry at a time, oldest ``date`` first, through the same pipeline as ``send`
 ledger decides what is left to do, so a restart simply carries on. An entry is retried
 with backoff when the relay is down; nothing is marked failed for that. An entry that
 cannot be sent as its files stand (invalid, a broken list) is logged once and left
-alone until one of its files changes.
+alone until one of its files changes. With a bounce mailbox configured, the watcher
+also reads it (``statusmail feedback``) at start and every ``bounces.interval`` seconds.
 
 With ``--metrics-port`` it answers ``/metrics``, ``/healthz`` (the event loop is beating)
 and ``/readyz`` (the ledger answers, and the relay was reachable at the last attempt or
@@ -23,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from statusmail import health, metrics, pipeline
+from statusmail import feedback, health, metrics, pipeline
 from statusmail.config import Config, load_config
 from statusmail.domain import Entry, ExitCode
 from statusmail.entries import entry_paths, load_entry
@@ -167,6 +168,9 @@ class Watcher:
             events = asyncio.create_task(self._file_events())
             beats = asyncio.create_task(self.heartbeat.beat())
             health.notify("READY=1")
+            # What came back is read before anything is sent, then beside the sending.
+            await self._feedback_pass()
+            bounces = None if self.options.once else asyncio.create_task(self._feedback_loop())
             try:
                 while not self.stop.is_set():
                     if self.reload:
@@ -176,10 +180,11 @@ class Watcher:
                         break
                     await self._sleep()
             finally:
-                for task in (events, beats):
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+                for task in (events, beats, bounces):
+                    if task is not None:
+                        task.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await task
                 for sig in handlers:
                     loop.remove_signal_handler(sig)
                     signal.signal(sig, previous[sig] or signal.SIG_DFL)
@@ -205,6 +210,49 @@ class Watcher:
                 exc,
                 self.options.poll_interval,
                 extra={"event": "polling_only"},
+            )
+
+    async def _feedback_loop(self) -> None:
+        while not self.stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), self.config.bounces.interval)
+            if not self.stop.is_set():
+                await self._feedback_pass()
+
+    async def _feedback_pass(self) -> None:
+        """One pass over the bounce mailbox, in a thread (it blocks on IMAP and SQLite);
+        a mailbox that cannot be read is logged and tried again next time."""
+        bounces = self.config.bounces
+        if bounces.maildir is None and bounces.imap is None:
+            return
+        try:
+            report = await asyncio.to_thread(
+                feedback.run_pass, self.config, should_stop=self.stop.is_set
+            )
+        except StatusmailError as exc:
+            log.warning("feedback: %s", exc, extra={"event": "feedback_failed"})
+            return
+        except Exception as exc:  # the service keeps sending whatever the mailbox holds
+            log.error("feedback pass failed: %r", exc, extra={"event": "feedback_failed"})
+            return
+        summary = report.as_json()
+        if report.read:
+            log.info(
+                "feedback: read %d, handled %d (%d hard, %d soft, %d complaints, "
+                "%d unsubscribes), %d newly suppressed",
+                report.read,
+                report.handled,
+                summary["hard"],
+                summary["soft"],
+                summary["complaints"],
+                summary["unsubscribes"],
+                report.suppressed,
+                extra={
+                    "event": "feedback",
+                    "read": report.read,
+                    "handled": report.handled,
+                    "suppressed": report.suppressed,
+                },
             )
 
     def _reload(self) -> None:
