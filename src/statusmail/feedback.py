@@ -35,6 +35,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from statusmail import metrics
 from statusmail.bouncebox import ImapBox, Mailbox, MaildirBox
 from statusmail.classify import Classified, Failure, ReturnPath, Verdict, classify
 from statusmail.config import Config
@@ -355,6 +356,8 @@ class Feedback:
         else:
             self._seen.add(key)
             self.report.kinds[event.kind] += 1
+            if not self.dry_run:
+                metrics.feedback_event(str(event.kind))
             effect = "recorded"
             if event.kind == FeedbackKind.SOFT:
                 effect = "scored"
