@@ -32,7 +32,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 ENTRY = "update-2020-04-21"
-SECRET = "bench"
+SECRET = "benchmark-secret-long-enough-for-statusmail"
 SAMPLE_ITEMS = ("statusmail.yaml", "regions.yaml", "updates", "templates")
 SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
 

@@ -47,7 +47,7 @@ def test_a_broken_layer_is_caught(tmp_path: Path) -> None:
     """The contracts bite: the ledger importing the renderer breaks the first one."""
     shutil.copytree(REPO / "src", tmp_path / "src")
     shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
-    ledger = tmp_path / "src" / "statusmail" / "ledger.py"
+    ledger = tmp_path / "src" / "statusmail" / "ledger" / "store.py"
     ledger.write_text(
         ledger.read_text(encoding="utf-8").replace(
             "from statusmail.errors import LedgerError",
@@ -65,4 +65,4 @@ def test_a_broken_layer_is_caught(tmp_path: Path) -> None:
         env={"PYTHONPATH": str(tmp_path / "src"), "PATH": "/usr/bin:/bin"},
     )
     assert result.returncode == 1, result.stdout
-    assert "statusmail.ledger -> statusmail.render" in result.stdout
+    assert "statusmail.ledger.store -> statusmail.render" in result.stdout

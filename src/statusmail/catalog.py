@@ -93,7 +93,12 @@ def load_translations(templates_dir: Path, locale: str) -> NullTranslations:
         gettext.c2py(po.catalog.plural_expr)
     except ValueError as exc:
         raise CatalogError(
-            Problem(path, po.plural_forms_line, f"invalid Plural-Forms rule: {exc}")
+            Problem(
+                path,
+                po.plural_forms_line,
+                f"invalid Plural-Forms rule: {exc}",
+                code="plural-form",
+            )
         ) from exc
     buffer = io.BytesIO()
     write_mo(buffer, po.catalog, use_fuzzy=False)
@@ -116,14 +121,15 @@ def render_error(exc: Exception, template: Path, catalog: Path | None) -> Render
         tb = tb.tb_next
     if not in_gettext:
         message = str(exc) if isinstance(exc, jinja2.TemplateError) else repr(exc)
-        return RenderError(problem=Problem(where, line, message))
+        return RenderError(problem=Problem(where, line, message, code="render-error"))
     detail = (
         f"it uses %({exc.args[0]})s, which the template does not pass"
         if isinstance(exc, KeyError)
         else _format_error(exc)
     )
     source = f"a translation from {catalog}" if catalog else "the text"
-    return RenderError(problem=Problem(where, line, f"cannot fill in {source}: {detail}"))
+    message = f"cannot fill in {source}: {detail}"
+    return RenderError(problem=Problem(where, line, message, code="render-error"))
 
 
 def catalog_problems(templates_dir: Path) -> list[Problem]:
@@ -141,7 +147,8 @@ def catalog_problems(templates_dir: Path) -> list[Problem]:
             msgid, plural = (message, None) if isinstance(message, str) else message[:2]
             used.setdefault(msgid, (filename, lineno, plural))
     except jinja2.TemplateSyntaxError as exc:
-        return [Problem(exc.filename or templates_dir, exc.lineno, exc.message or "syntax error")]
+        where = exc.filename or templates_dir
+        return [Problem(where, exc.lineno, exc.message or "syntax error", code="template-syntax")]
     for locale in SUPPORTED_LOCALES:
         if locale != FALLBACK_LOCALE:
             problems += _locale_problems(templates_dir, locale, used)
@@ -168,15 +175,21 @@ class _PoFile:
             raise
         except OSError as exc:
             message = f"cannot read the {locale} catalog: {exc.strerror}"
-            raise CatalogError(Problem(path, None, message)) from exc
+            raise CatalogError(Problem(path, None, message, code="unreadable-file")) from exc
         except PoFileError as exc:
             reason = str(exc).rsplit(" on ", 1)[0]
-            raise CatalogError(Problem(path, exc.lineno + 1, f"invalid catalog: {reason}")) from exc
+            message = f"invalid catalog: {reason}"
+            raise CatalogError(
+                Problem(path, exc.lineno + 1, message, code="catalog-syntax")
+            ) from exc
         except UnicodeDecodeError as exc:
             message = f"invalid catalog: not {self.catalog.charset} text ({exc.reason})"
-            raise CatalogError(Problem(path, self.line, message)) from exc
+            raise CatalogError(Problem(path, self.line, message, code="catalog-syntax")) from exc
         except Exception as exc:  # Babel raises several kinds on a broken file
-            raise CatalogError(Problem(path, self.line or None, f"invalid catalog: {exc}")) from exc
+            message = f"invalid catalog: {exc}"
+            raise CatalogError(
+                Problem(path, self.line or None, message, code="catalog-syntax")
+            ) from exc
 
     def _lines(self) -> Iterator[bytes]:
         skipping = False
@@ -194,6 +207,7 @@ class _PoFile:
                             self.line,
                             "invalid catalog: expected a keyword (msgid, msgstr…) and a "
                             "quoted string, or a quoted string continuing the one above",
+                            code="catalog-syntax",
                         )
                     )
                 if match["keyword"]:
@@ -209,6 +223,7 @@ class _PoFile:
                             self.line,
                             f"msgstr[{form}]: the catalog has only {n} plural forms, "
                             f"msgstr[0] to msgstr[{n - 1}]",
+                            code="plural-form",
                         )
                     )
                     skipping = True  # with the lines continuing its string
@@ -224,7 +239,7 @@ def _locale_problems(
 ) -> list[Problem]:
     path = catalog_path(templates_dir, locale)
     if not path.is_file():
-        return [Problem(path, None, f"the {locale} catalog is missing")]
+        return [Problem(path, None, f"the {locale} catalog is missing", code="missing-catalog")]
     try:
         po = _PoFile(path, locale)
     except CatalogError as exc:
@@ -240,6 +255,7 @@ def _locale_problems(
                     None,
                     f"{msgid!r} (used at {templates_dir / filename}:{lineno}) is not in "
                     f"the catalog; run pybabel extract and update",
+                    code="catalog-outdated",
                 )
             )
             continue
@@ -251,23 +267,26 @@ def _locale_problems(
                 f"{msgid!r} (used at {templates_dir / filename}:{lineno}) has other plural "
                 "forms in the catalog; run pybabel extract and update"
             )
-            problems.append(Problem(path, line, message))
+            problems.append(Problem(path, line, message, code="catalog-outdated"))
         elif found.fuzzy and any(forms):
-            problems.append(Problem(path, line, f"{msgid!r} is fuzzy"))
+            problems.append(Problem(path, line, f"{msgid!r} is fuzzy", code="fuzzy"))
         elif not any(forms):
-            problems.append(Problem(path, line, f"{msgid!r} is untranslated"))
+            problems.append(Problem(path, line, f"{msgid!r} is untranslated", code="untranslated"))
         elif not all(forms):
             empty = ", ".join(f"msgstr[{i}]" for i, text in enumerate(forms) if not text)
             message = (
                 f"{msgid!r} is untranslated in {empty} "
                 f"({locale} has {catalog.num_plurals} plural forms)"
             )
-            problems.append(Problem(path, line, message))
+            problems.append(Problem(path, line, message, code="untranslated"))
     single = _single_valued_forms(catalog)
     for entry in catalog:
         if entry.id and not entry.fuzzy:
             for text in _placeholder_problems(entry, catalog, single):
-                problems.append(Problem(path, entry.lineno or None, f"{_msgid(entry)!r}: {text}"))
+                message = f"{_msgid(entry)!r}: {text}"
+                problems.append(
+                    Problem(path, entry.lineno or None, message, code="placeholder-mismatch")
+                )
     return sorted(problems, key=lambda p: p.line or 0)
 
 
@@ -278,13 +297,14 @@ def _plural_rule_problems(po: _PoFile, locale: str) -> list[Problem]:
     try:
         rule = gettext.c2py(catalog.plural_expr)
     except ValueError as exc:
-        return [Problem(po.path, line, f"invalid Plural-Forms rule: {exc}")]
+        message = f"invalid Plural-Forms rule: {exc}"
+        return [Problem(po.path, line, message, code="plural-form")]
     if catalog.num_plurals != expected.num_plurals:
         message = (
             f"Plural-Forms says nplurals={catalog.num_plurals}, but {locale} has "
             f"{expected.num_plurals} plural forms"
         )
-        return [Problem(po.path, line, message)]
+        return [Problem(po.path, line, message, code="plural-form")]
     reference = gettext.c2py(expected.plural_expr)
     for n in range(1000):
         if rule(n) != reference(n):
@@ -292,7 +312,7 @@ def _plural_rule_problems(po: _PoFile, locale: str) -> list[Problem]:
                 f"Plural-Forms picks form {rule(n)} for n={n}, but {locale} needs "
                 f"form {reference(n)} ({expected.plural_expr})"
             )
-            return [Problem(po.path, line, message)]
+            return [Problem(po.path, line, message, code="plural-form")]
     return []
 
 
@@ -394,10 +414,12 @@ def template_problems(templates_dir: Path) -> tuple[list[Problem], bool]:
         try:
             tree = env.parse(path.read_text(encoding="utf-8"), path.name, str(path))
         except (OSError, UnicodeDecodeError) as exc:
-            problems.append(Problem(path, None, f"cannot read the template: {exc}"))
+            message = f"cannot read the template: {exc}"
+            problems.append(Problem(path, None, message, code="unreadable-file"))
             syntax_ok = False
         except jinja2.TemplateSyntaxError as exc:
-            problems.append(Problem(path, exc.lineno, exc.message or "syntax error"))
+            message = exc.message or "syntax error"
+            problems.append(Problem(path, exc.lineno, message, code="template-syntax"))
             syntax_ok = False
         else:
             problems += fixed_text_problems(tree, path)
@@ -451,6 +473,7 @@ def fixed_text_problems(tree: nodes.Template, path: Path) -> list[Problem]:
                         path,
                         start + offset,
                         f"fixed text {shown!r} is not translatable: wrap it in _()",
+                        code="fixed-text",
                     )
                 )
     return problems

@@ -6,6 +6,7 @@ import asyncio
 import functools
 import json
 import logging
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -19,32 +20,45 @@ from statusmail import __version__, commands, signals
 from statusmail.config import Config, find_config, load_config
 from statusmail.domain import ExitCode, SuppressionReason
 from statusmail.errors import InputError, Interrupted, StatusmailError
+from statusmail.formats import FORMATS
+from statusmail.report import mask_address
 
 F = TypeVar("F", bound=Callable[..., Any])
-console = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True)
+console = Console(stderr=True, soft_wrap=True, emoji=False)  # "file:100:" is no emoji
+out = Console(soft_wrap=True, emoji=False)
 
 # Attributes every LogRecord has; anything else was passed in ``extra`` and is a field.
 _RECORD_ATTRIBUTES = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+# Anything shaped like an address: a run of RFC 5322 atext (and dots) before an @, a
+# domain after it. Masking is idempotent (``a***@x`` masks to itself).
+_ATEXT = r"[\w.!#$%&'*+/=?^`{|}~-]"
+_ADDRESS = re.compile(rf"(?<!{_ATEXT}){_ATEXT}+@[\w-]+(?:\.[\w-]+)+")
+
+
+def _masked(text: str) -> str:
+    return _ADDRESS.sub(lambda m: mask_address(m.group()), text)
 
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, for log collectors (``--log-format json``): ``time``,
-    ``level``, ``logger``, ``message``, and the fields a line carries (``event``,
-    ``entry``, counts, ``relay``, a masked ``recipient``)."""
+    ``level``, ``logger``, ``event`` (``other`` for a line that names none),
+    ``message``, and the fields a line carries (``entry``, counts, ``relay``, a masked
+    ``recipient``). Every address in every field is masked, whatever the caller passed."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "event": "other",
+            "message": _masked(record.getMessage()),
         }
         for key, value in record.__dict__.items():
             if key not in _RECORD_ATTRIBUTES and not key.startswith("_"):
-                entry[key] = value if isinstance(value, int | float | bool | None) else str(value)
+                keep = isinstance(value, int | float | bool | None)
+                entry[key] = value if keep else _masked(str(value))
         if record.exc_info:
-            entry["error"] = self.formatException(record.exc_info)
+            entry["error"] = _masked(self.formatException(record.exc_info))
         return json.dumps(entry, ensure_ascii=False)
 
 
@@ -64,6 +78,10 @@ def setup_logging(verbose: int, log_format: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    # The HTTP server's own lines (serve, watch --metrics-port) in the same format.
+    server = logging.getLogger("uvicorn")
+    server.handlers[:] = [handler]
+    server.propagate = False
 
 
 def _log_format_callback(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
@@ -91,16 +109,17 @@ def common_options(func: F) -> F:
     )(func)
 
 
-def run(func: Callable[..., ExitCode]) -> Callable[..., None]:
-    """Load the config, run the command, turn errors and signals into exit codes."""
+def run(func: Callable[..., ExitCode], *, load: bool = True) -> Callable[..., None]:
+    """Load the config (or, with ``load=False``, only find it: the command loads it),
+    run the command, turn errors and signals into exit codes."""
 
     @functools.wraps(func)
     def wrapper(config_path: Path | None, **kwargs: Any) -> None:
         ctx = click.get_current_context()
         path = config_path or ctx.find_root().ensure_object(dict).get("config_path")
         try:
-            config = load_config(find_config(path))
-            code = func(config, **kwargs)
+            found = find_config(path)
+            code = func(load_config(found) if load else found, **kwargs)
         except InputError as exc:
             for problem in exc.problems:
                 console.print(str(problem), markup=False, highlight=False)
@@ -152,23 +171,71 @@ def main(ctx: click.Context, config_path: Path | None, verbose: int, log_format:
 
 @main.command()
 @common_options
-@click.option("--json", "as_json", is_flag=True, help="Print the problems as JSON.")
-@run
-def check(config: Config, as_json: bool) -> ExitCode:
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(FORMATS),
+    default="text",
+    show_default=True,
+    help="text: file:line: message for people; json: a list of {file, line, severity, code, "
+    "message}; github: workflow commands that annotate the pull request; junit: JUnit XML.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print a report object instead: ok, counts, problems and warnings as text, notes.",
+)
+@click.option(
+    "--changed-since",
+    metavar="REF",
+    default=None,
+    help="Also report which entries, templates, catalogs, regions and subscriber files "
+    "differ from the git ref REF (everything is still checked).",
+)
+@functools.partial(run, load=False)
+def check(
+    config_path: Path, output_format: str, as_json: bool, changed_since: str | None
+) -> ExitCode:
     """Validate config, entries, templates, translations, regions and subscribers.
 
     Prints each problem as file:line: message and exits 1 if there is any.
 
     \b
-    Example:
+    Examples:
       statusmail check --config project/statusmail.yaml
+      statusmail check --format github --changed-since origin/main
+      statusmail check --format junit > statusmail-check.xml
     """
-    return commands.check(config, as_json, console)
+    if as_json and output_format != "text":
+        raise click.UsageError("--json prints the report object; it does not go with --format")
+    from statusmail import ci
+
+    options = ci.CheckOptions(output_format, as_json, changed_since)
+    return ci.check(config_path, options, console)
+
+
+def _send_usage(func: Callable[..., None]) -> Callable[..., None]:
+    """ID is required unless --dry-run previews what changed; said before anything loads."""
+
+    @functools.wraps(func)
+    def wrapper(**kwargs: Any) -> None:
+        since, dry_run = kwargs["all_changed_since"], kwargs["dry_run"]
+        if (since or kwargs["summary"]) and not dry_run:
+            flag = "--all-changed-since" if since else "--summary"
+            raise click.UsageError(f"{flag} goes with --dry-run only")
+        if since and kwargs["entry_id"]:
+            raise click.UsageError("give an entry ID or --all-changed-since REF, not both")
+        if not since and not kwargs["entry_id"]:
+            raise click.UsageError("Missing argument 'ID' (or --dry-run --all-changed-since REF).")
+        func(**kwargs)
+
+    return wrapper
 
 
 @main.command()
 @common_options
-@click.argument("entry_id", metavar="ID")
+@click.argument("entry_id", metavar="[ID]", required=False)
 @click.option(
     "--dry-run",
     is_flag=True,
@@ -178,7 +245,22 @@ def check(config: Config, as_json: bool) -> ExitCode:
     "--preview-dir",
     type=click.Path(path_type=Path),
     default=None,
-    help="Where --dry-run writes previews (default: previews/ID/).",
+    help="Where --dry-run writes previews (default: previews/ID/; with "
+    "--all-changed-since, each entry's go to PREVIEW_DIR/ID/, default previews/ID/).",
+)
+@click.option(
+    "--all-changed-since",
+    metavar="REF",
+    default=None,
+    help="With --dry-run and no ID: preview every entry whose file differs from the git "
+    "ref REF; every entry when templates, catalogs, regions or the config changed.",
+)
+@click.option(
+    "--summary",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="With --dry-run: write a Markdown summary for reviewers to FILE (variants, "
+    "counts, subjects, links to the previews); appended to $GITHUB_STEP_SUMMARY too.",
 )
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option(
@@ -205,12 +287,15 @@ def check(config: Config, as_json: bool) -> ExitCode:
 @click.option("--now", is_flag=True, help="Send although the entry's send_at is still to come.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--show-addresses", is_flag=True, help="Log whole addresses instead of masked.")
+@_send_usage
 @run
 def send(
     config: Config,
-    entry_id: str,
+    entry_id: str | None,
     dry_run: bool,
     preview_dir: Path | None,
+    all_changed_since: str | None,
+    summary: Path | None,
     yes: bool,
     limit: int | None,
     rate: float | None,
@@ -228,9 +313,18 @@ def send(
     \b
     Examples:
       statusmail send update-2020-04-21 --dry-run --preview-dir previews/
+      statusmail send --dry-run --all-changed-since origin/main --summary previews/SUMMARY.md
       statusmail send update-2020-04-21 --yes --rate 10
     """
     config = config.with_overrides(rate=rate, concurrency=concurrency)
+    if dry_run and (all_changed_since or summary):
+        from statusmail import ci
+
+        preview = ci.PreviewOptions(
+            entry_id, all_changed_since, preview_dir, limit, as_json, summary
+        )
+        return ci.send_dry_run(config, preview, console)
+    assert entry_id is not None  # _send_usage
     if dry_run:
         return commands.send_dry_run(config, entry_id, preview_dir, limit, as_json, console)
     options = commands.SendOptions(
@@ -309,7 +403,8 @@ def serve(
     """Run the one-click unsubscribe endpoint (RFC 8058) that List-Unsubscribe points to.
 
     POST with List-Unsubscribe=One-Click and a valid token suppresses the address; GET
-    only shows a confirmation page, so link scanners unsubscribe nobody.
+    only shows a confirmation page, so link scanners unsubscribe nobody. The same port
+    answers /metrics, /healthz and /readyz (forward only the unsubscribe path).
 
     \b
     Example:
@@ -345,8 +440,27 @@ def serve(
     help="First wait, in seconds, before retrying an entry whose relay was down "
     "(doubles up to 5 minutes).",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve /metrics, /healthz and /readyz on this port (default: off).",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the metrics port listens on.",
+)
 @run
-def watch(config: Config, once: bool, poll_interval: float, retry_after: float) -> ExitCode:
+def watch(
+    config: Config,
+    once: bool,
+    poll_interval: float,
+    retry_after: float,
+    metrics_port: int | None,
+    metrics_host: str,
+) -> ExitCode:
     """Run the service: send ready entries that have not been sent, as they appear.
 
     Stops cleanly on SIGTERM/SIGINT (in-flight messages finish); SIGHUP reloads the
@@ -354,11 +468,17 @@ def watch(config: Config, once: bool, poll_interval: float, retry_after: float) 
 
     \b
     Example:
-      statusmail watch --log-format json
+      statusmail watch --log-format json --metrics-port 9464
     """
     from statusmail.watch import Watcher, WatchOptions
 
-    options = WatchOptions(once=once, poll_interval=poll_interval, backoff_initial=retry_after)
+    options = WatchOptions(
+        once=once,
+        poll_interval=poll_interval,
+        backoff_initial=retry_after,
+        metrics_host=metrics_host,
+        metrics_port=metrics_port,
+    )
     return asyncio.run(Watcher(config, options).run())
 
 
@@ -445,3 +565,74 @@ def suppress_export(config: Config, output: Path | None) -> ExitCode:
       statusmail suppress export -o suppressed.csv
     """
     return commands.suppress_export(config, output)
+
+
+@main.command()
+@common_options
+@click.option(
+    "--dry-run", is_flag=True, help="Show what would change; record nothing, move nothing."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a summary of the pass as JSON.")
+@click.option("--show-addresses", is_flag=True, help="Show whole addresses instead of masked.")
+@run
+def feedback(config: Config, dry_run: bool, as_json: bool, show_addresses: bool) -> ExitCode:
+    """Read bounces, complaints and mailto unsubscribes back from the bounce mailbox.
+
+    Hard bounces and complaints suppress the address; soft bounces are scored
+    (bounces.soft_limit days within bounces.soft_window_days suppress). Handled
+    messages move to the processed folder; everything else stays where it was.
+
+    \b
+    Example:
+      statusmail feedback --dry-run && statusmail feedback --json
+    """
+    return commands.feedback(
+        config, dry_run=dry_run, as_json=as_json, show_addresses=show_addresses, console=out
+    )
+
+
+@main.group()
+def prefs() -> None:
+    """Subscribers' own choices of language and topics (the preferences page).
+
+    They override the subscriber files' locale and topics in every selection; the
+    files stay the source of who is subscribed.
+
+    \b
+    Example:
+      statusmail prefs export -o preferences.csv
+    """
+
+
+@prefs.command(name="list")
+@common_options
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+@run
+def prefs_list(config: Config, as_json: bool) -> ExitCode:
+    """Print every stored preference: address, language, topics, when.
+
+    \b
+    Example:
+      statusmail prefs list --json
+    """
+    return commands.prefs_list(config, as_json, out)
+
+
+@prefs.command(name="export")
+@common_options
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the CSV here instead of to standard output.",
+)
+@run
+def prefs_export(config: Config, output: Path | None) -> ExitCode:
+    """Export the stored preferences as CSV (email, locale, topics, updated_at).
+
+    \b
+    Example:
+      statusmail prefs export -o preferences.csv
+    """
+    return commands.prefs_export(config, output)

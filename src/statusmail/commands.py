@@ -10,12 +10,13 @@ from pathlib import Path
 
 from rich.console import Console
 
+from statusmail import feedback as feedback_pass
 from statusmail import pipeline, signals, suppression
 from statusmail.config import Config
-from statusmail.domain import ExitCode
+from statusmail.domain import ExitCode, Preference
 from statusmail.entries import entry_paths, find_entry, load_entry, unknown_entry
 from statusmail.errors import ConnectError, Interrupted, StatusmailError
-from statusmail.ledger import Ledger
+from statusmail.ledger import FEEDBACK_OUTCOMES, Ledger
 from statusmail.ledger import exists as ledger_exists
 from statusmail.preview import write_previews
 from statusmail.report import (
@@ -27,35 +28,8 @@ from statusmail.report import (
     scrub,
 )
 from statusmail.transport import Transport
-from statusmail.validation import check_project
 
 log = logging.getLogger("statusmail")
-
-
-def check(config: Config, as_json: bool, console: Console) -> ExitCode:
-    report = check_project(config)
-    if as_json:
-        print_json(
-            {
-                "ok": report.ok,
-                "entries": report.entries,
-                "subscribers": report.subscribers,
-                "problems": [str(p) for p in report.problems],
-                "warnings": [str(p) for p in report.warnings],
-                "notes": report.notes,
-            }
-        )
-    else:
-        for problem in report.warnings + report.problems:
-            console.print(str(problem), markup=False, highlight=False)
-        for note in report.notes:
-            console.print(f"note: {note}", markup=False, highlight=False)
-        verdict = "ok" if report.ok else f"{len(report.problems)} problem(s)"
-        console.print(
-            f"checked {report.entries} entries, {report.subscribers} subscribers: {verdict}",
-            markup=False,
-        )
-    return ExitCode.OK if report.ok else ExitCode.NOT_STARTED
 
 
 # -- send ------------------------------------------------------------------------------
@@ -177,43 +151,58 @@ def send_dry_run(
     report = pipeline.dry_run(prepared, limit=limit)
     out_dir = preview_dir or Path("previews") / entry_id
     written = write_previews(prepared.factory, report.stats, out_dir)
-    stats = report.stats
     if as_json:
-        print_json(
-            {
-                "entry": entry_id,
-                "status": prepared.entry.status.value,
-                "selected": stats.total,
-                "rendered": report.rendered,
-                "by_locale": stats.by_locale(),
-                "by_region": stats.by_region(),
-                "fallbacks": stats.fallback_lines(),
-                "variants": report.variants,
-                "invalid": [str(p) for p in stats.invalid],
-                "warnings": [str(p) for p in prepared.warnings],
-                "render_failures": report.failures,
-                "previews": str(out_dir),
-            }
-        )
+        print_json(dry_run_json(prepared, report, out_dir))
     else:
-        console.print(
-            f"[bold]{entry_id}[/] (dry run, status {prepared.entry.status.value}): "
-            f"{stats.total} recipients, {report.rendered} rendered"
-        )
-        for what, counts in (("locale", stats.by_locale()), ("region", stats.by_region())):
-            console.print(f"  by {what}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-        for line in stats.fallback_lines():
-            console.print(f"  language: {line}", markup=False)
-        console.print(
-            f"  skipped: {stats.read.invalid} invalid, {stats.inactive} inactive, "
-            f"{stats.suppressed} suppressed, {stats.read.duplicates} duplicate rows"
-        )
-        for problem in [*stats.invalid, *prepared.warnings]:
-            console.print(f"  {problem}", markup=False)
-        console.print(f"  previews: {len(written)} files in {out_dir}/ (open index.html)")
+        print_dry_run(prepared, report, out_dir, len(written), console)
     for failure in report.failures:
         log.error("render failed: %s", failure)
     return ExitCode.NOT_STARTED if report.failures else ExitCode.OK
+
+
+def dry_run_json(
+    prepared: pipeline.Prepared, report: pipeline.DryRun, out_dir: Path
+) -> dict[str, object]:
+    stats = report.stats
+    return {
+        "entry": prepared.entry.id,
+        "status": prepared.entry.status.value,
+        "selected": stats.total,
+        "rendered": report.rendered,
+        "by_locale": stats.by_locale(),
+        "by_region": stats.by_region(),
+        "fallbacks": stats.fallback_lines(),
+        "variants": report.variants,
+        "invalid": [str(p) for p in stats.invalid],
+        "warnings": [str(p) for p in prepared.warnings],
+        "render_failures": report.failures,
+        "previews": str(out_dir),
+    }
+
+
+def print_dry_run(
+    prepared: pipeline.Prepared,
+    report: pipeline.DryRun,
+    out_dir: Path,
+    files: int,
+    console: Console,
+) -> None:
+    entry_id, stats = prepared.entry.id, report.stats
+    console.print(
+        f"[bold]{entry_id}[/] (dry run, status {prepared.entry.status.value}): "
+        f"{stats.total} recipients, {report.rendered} rendered"
+    )
+    for what, counts in (("locale", stats.by_locale()), ("region", stats.by_region())):
+        console.print(f"  by {what}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    for line in stats.fallback_lines():
+        console.print(f"  language: {line}", markup=False)
+    console.print(
+        f"  skipped: {stats.read.invalid} invalid, {stats.inactive} inactive, "
+        f"{stats.suppressed} suppressed, {stats.read.duplicates} duplicate rows"
+    )
+    for problem in [*stats.invalid, *prepared.warnings]:
+        console.print(f"  {problem}", markup=False)
+    console.print(f"  previews: {files} files in {out_dir}/ (open index.html)")
 
 
 # -- reports -----------------------------------------------------------------------------
@@ -240,7 +229,9 @@ def status(
         state = ledger.entry_state(entry_id)
         if state is None and not has_file:
             raise unknown_entry(config.paths.updates, entry_id)
-        counts = ledger.counts(entry_id)
+        counts = {**ledger.counts(entry_id)}
+        for outcome in FEEDBACK_OUTCOMES:  # sent, then a bounce or a complaint came back
+            counts.setdefault(outcome, 0)
         breakdown = ledger.breakdown(entry_id)
         failures = ledger.failures(entry_id, None if failed else 20)
     listed = [
@@ -267,7 +258,7 @@ def status(
         return ExitCode.OK
     if state is None:
         console.print(f"{entry_id}: not sent yet", markup=False)
-    console.print(breakdown_table(entry_id, breakdown))
+    console.print(breakdown_table(entry_id, breakdown, feedback=True))
     for row in listed:
         console.print(
             f"  failed {row['address']}: {row['code'] or ''} {row['reply']} "
@@ -347,15 +338,33 @@ def suppress_remove(config: Config, addresses: tuple[str, ...], console: Console
 
 
 def suppress_list(config: Config, as_json: bool, console: Console) -> ExitCode:
+    """Every suppressed address, why, since when, and the evidence: the status code and
+    date of the report that caused it (a bounce, a complaint), else the note kept."""
     with Ledger(config.paths.ledger) as ledger:
-        rows = ledger.suppressions()
+        rows = ledger.suppression_evidence()
     if as_json:
         print_json(
-            [{"email": a, "reason": r, "detail": d, "suppressed_at": t} for a, r, d, t in rows]
+            [
+                {
+                    "email": a,
+                    "reason": r,
+                    "detail": d,
+                    "suppressed_at": t,
+                    "code": code,
+                    "reported_at": at,
+                }
+                for a, r, d, t, code, at in rows
+            ]
         )
     else:
-        for address, reason, _detail, created in rows:
-            console.print(f"{address}\t{reason}\t{created}", markup=False, highlight=False)
+        for address, reason, detail, created, _code, at in rows:
+            evidence = " ".join((detail or "").split())
+            when = f" (reported {at})" if at and at[:10] != created[:10] else ""
+            console.print(
+                f"{address}\t{reason}\t{created}\t{evidence}{when}",
+                markup=False,
+                highlight=False,
+            )
     return ExitCode.OK
 
 
@@ -367,3 +376,81 @@ def suppress_export(config: Config, output: Path | None) -> ExitCode:
     else:
         sys.stdout.write(text)
     return ExitCode.OK
+
+
+# -- feedback and preferences ------------------------------------------------------------
+
+
+def feedback(
+    config: Config, *, dry_run: bool, as_json: bool, show_addresses: bool, console: Console
+) -> ExitCode:
+    """Read the bounce mailbox once: bounces, complaints, mailto unsubscribes."""
+    mask = (lambda a: a) if show_addresses else mask_address
+    # A signal raises Interrupted: the message in hand is rolled back, nothing half done.
+    report = feedback_pass.run_pass(config, dry_run=dry_run, mask=mask)
+    if as_json:
+        print_json(report.as_json())
+        return ExitCode.STOPPED if report.stopped else ExitCode.OK
+    for event in report.events:
+        console.print(
+            f"{event['kind']}\t{event['address']}\t{event['entry'] or '-'}\t"
+            f"{event['code'] or ''}\t{event['effect']}",
+            markup=False,
+            highlight=False,
+        )
+    summary = report.as_json()
+    console.print(
+        ("dry run: " if dry_run else "")
+        + f"read {summary['read']} message(s) in {', '.join(summary['mailboxes'])}: "
+        f"{summary['hard']} hard and {summary['soft']} soft bounce(s), "
+        f"{summary['complaints']} complaint(s), {summary['unsubscribes']} unsubscribe(s), "
+        f"{summary['newly_suppressed']} newly suppressed; "
+        f"{summary['untouched']} left where they were "
+        f"({summary['auto_replies']} auto-replies)",
+        markup=False,
+        highlight=False,
+    )
+    if report.stopped:
+        console.print(f"Stopped early: {report.stopped}. Run again to continue.", markup=False)
+        return ExitCode.STOPPED
+    return ExitCode.OK
+
+
+def prefs_list(config: Config, as_json: bool, console: Console) -> ExitCode:
+    rows = _preferences(config)
+    if as_json:
+        print_json(
+            [
+                {
+                    "email": address,
+                    "locale": p.locale,
+                    "topics": None if p.topics is None else sorted(p.topics),
+                    "updated_at": updated,
+                }
+                for address, p, updated in rows
+            ]
+        )
+        return ExitCode.OK
+    for address, p, updated in rows:
+        topics = "-" if p.topics is None else ";".join(sorted(p.topics))
+        console.print(
+            f"{address}\t{p.locale or '-'}\t{topics}\t{updated}", markup=False, highlight=False
+        )
+    return ExitCode.OK
+
+
+def prefs_export(config: Config, output: Path | None) -> ExitCode:
+    """CSV with the subscriber files' column names (an empty cell: the list's value)."""
+    text = suppression.preferences_csv(_preferences(config))
+    if output:
+        output.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return ExitCode.OK
+
+
+def _preferences(config: Config) -> list[tuple[str, Preference, str]]:
+    if not ledger_exists(config.paths.ledger):
+        return []
+    with Ledger(config.paths.ledger) as ledger:
+        return list(ledger.preferences())

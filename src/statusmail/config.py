@@ -100,6 +100,47 @@ class ServeSettings:
 
 
 @dataclass(frozen=True)
+class ImapSettings:
+    """The IMAP mailbox ``statusmail feedback`` reads bounces from."""
+
+    host: str = "localhost"
+    port: int = 993  # 143 unless security is tls
+    security: str = "tls"  # tls | starttls | none
+    username: str = ""
+    password_env: str = "STATUSMAIL_IMAP_PASSWORD"
+    folder: str = "INBOX"
+    timeout: float = 30.0
+    ca_file: Path | None = None  # trust this CA bundle instead of the system's
+
+    @property
+    def server(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def password(self, environ: Mapping[str, str] | None = None) -> str | None:
+        return read_secret(self.password_env, environ)
+
+
+@dataclass(frozen=True)
+class BounceSettings:
+    """The VERP return path, the mailbox bounces come back to, and the bounce policy."""
+
+    address: str | None = None  # bounces@startmail.example → bounces+<token>@startmail.example
+    delimiter: str = "+"  # between the local part and the token (Postfix recipient_delimiter)
+    maildir: Path | None = None
+    imap: ImapSettings | None = None
+    processed: str = "processed"  # the folder handled reports move to
+    soft_limit: int = 3  # soft bounces (counted once a day) that suppress an address...
+    soft_window_days: int = 14  # ...when they fall within this many days
+    interval: float = 300.0  # seconds between the passes watch makes
+
+    def return_path(self, token: str) -> str | None:
+        if not self.address:
+            return None
+        local, _, domain = self.address.rpartition("@")
+        return f"{local}{self.delimiter}{token}@{domain}"
+
+
+@dataclass(frozen=True)
 class DkimSettings:
     domain: str
     selector: str
@@ -122,7 +163,24 @@ class Config:
     default_locale_by_region: Mapping[str, str] = field(default_factory=dict)
     # The topics subscribers can have; None when the config does not declare them.
     topics: frozenset[str] | None = None
+    # What the preferences page calls each topic, per language.
+    topic_names: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    bounces: BounceSettings = field(default_factory=BounceSettings)
+    # The preferences page (language, topics); "" derives it from unsubscribe.url.
+    preferences_url_setting: str = ""
     lines: Mapping[str, int] = field(default_factory=dict)  # top-level keys
+
+    @property
+    def preferences_url(self) -> str:
+        """``preferences.url``, else ``unsubscribe.url`` with ``/unsubscribe/`` made
+        ``/preferences/`` (or ``{token}`` made ``preferences/{token}``)."""
+        if self.preferences_url_setting:
+            return self.preferences_url_setting
+        url = self.unsubscribe.url
+        if "/unsubscribe/" in url:
+            head, _, tail = url.rpartition("/unsubscribe/")
+            return f"{head}/preferences/{tail}"
+        return url.replace("{token}", "preferences/{token}", 1)
 
     @property
     def root(self) -> Path:
@@ -154,6 +212,7 @@ class Config:
                         self.line("unsubscribe"),
                         f"${self.unsubscribe.secret_env} is not set; "
                         "real delivery needs the unsubscribe secret from the environment",
+                        code="secret-missing",
                     )
                 ]
             )
@@ -192,7 +251,14 @@ def _secret_file(path: Path, source: str) -> str | None:
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
         raise ConfigError(
-            [Problem(path, None, f"cannot read the secret {source} names: {reason}")]
+            [
+                Problem(
+                    path,
+                    None,
+                    f"cannot read the secret {source} names: {reason}",
+                    code="unreadable-file",
+                )
+            ]
         ) from exc
 
 
@@ -253,13 +319,23 @@ def parse_smtp(
             smtp = replace(smtp, port=int(raw_port))
         else:
             problems.append(
-                Problem("$STATUSMAIL_SMTP_PORT", None, f"{raw_port!r} is not a port (1-65535)")
+                Problem(
+                    "$STATUSMAIL_SMTP_PORT",
+                    None,
+                    f"{raw_port!r} is not a port (1-65535)",
+                    code="bad-value",
+                )
             )
     security = env.get("STATUSMAIL_SMTP_SECURITY", "")
     if security:
         if security not in SECURITIES:
             problems.append(
-                Problem("$STATUSMAIL_SMTP_SECURITY", None, f"must be one of {SECURITIES}")
+                Problem(
+                    "$STATUSMAIL_SMTP_SECURITY",
+                    None,
+                    f"must be one of {SECURITIES}",
+                    code="bad-value",
+                )
             )
         else:
             smtp = replace(smtp, security=security)
@@ -314,6 +390,78 @@ def parse_serve(f: Fields) -> ServeSettings:
     )
 
 
+def parse_imap(f: Fields, root: Path) -> ImapSettings:
+    d = ImapSettings()
+    f.unknown_keys(set(d.__dataclass_fields__))
+    security = f.choice("security", SECURITIES, d.security)
+    ca_file = f.optional_text("ca_file")
+    return ImapSettings(
+        host=f.text("host", required=True),
+        port=f.integer("port", 993 if security == "tls" else 143, minimum=1, maximum=65535),
+        security=security,
+        username=f.text("username", required=True),
+        password_env=f.text("password_env", d.password_env),
+        folder=f.text("folder", d.folder),
+        timeout=f.number("timeout", d.timeout, minimum=0.001),
+        ca_file=root / ca_file if ca_file else None,
+    )
+
+
+def parse_bounces(f: Fields, root: Path) -> BounceSettings:
+    d = BounceSettings()
+    f.unknown_keys(set(d.__dataclass_fields__))
+    address = f.line_text("address") or None
+    delimiter = f.text("delimiter", d.delimiter)
+    if address is not None:
+        local, at, domain = address.rpartition("@")
+        if not at or not local or not domain or not address.isascii() or " " in address:
+            f.problem(f.line_of("address"), "'bounces.address' is not an ASCII email address")
+        elif delimiter in local:
+            f.problem(
+                f.line_of("address"),
+                f"'bounces.address' must not hold the delimiter {delimiter!r} in its local part",
+            )
+    if len(delimiter) != 1 or delimiter.isalnum() or delimiter in '@"<>()[],;: \t':
+        f.problem(f.line_of("delimiter"), "'bounces.delimiter' must be one character like + or -")
+    maildir = f.optional_text("maildir")
+    processed = f.text("processed", d.processed)
+    if not processed or any(ch in processed for ch in "/.\\"):
+        f.problem(f.line_of("processed"), "'bounces.processed' must be a plain folder name")
+    return BounceSettings(
+        address=address,
+        delimiter=delimiter,
+        maildir=root / maildir if maildir else None,
+        imap=parse_imap(f.sub("imap"), root) if f.has("imap") else None,
+        processed=processed,
+        soft_limit=f.integer("soft_limit", d.soft_limit, minimum=1),
+        soft_window_days=f.integer("soft_window_days", d.soft_window_days, minimum=1),
+        interval=f.number("interval", d.interval, minimum=1),
+    )
+
+
+def parse_preferences(f: Fields, unsubscribe_url: str) -> str:
+    f.unknown_keys({"url"})
+    url = f.line_text("url")
+    if url and (not url.startswith("https://") or "{token}" not in url):
+        f.problem(f.line_of("url"), "'preferences.url' must be an https URL containing {token}")
+    elif url and url == unsubscribe_url:
+        f.problem(f.line_of("url"), "'preferences.url' must differ from 'unsubscribe.url'")
+    return url
+
+
+def parse_topic_names(f: Fields, topics: frozenset[str] | None) -> dict[str, dict[str, str]]:
+    names: dict[str, dict[str, str]] = {}
+    for topic in f.data:
+        if topics is not None and str(topic) not in topics:
+            f.problem(f.line_of(topic), f"'topic_names': {topic!r} is not one of 'topics'")
+            continue
+        per_language = f.sub(str(topic))
+        names[str(topic)] = {
+            str(lang): per_language.line_text(str(lang)) for lang in per_language.data
+        }
+    return names
+
+
 def parse_dkim(f: Fields, root: Path) -> DkimSettings:
     f.unknown_keys({"domain", "selector", "key_file"})
     return DkimSettings(
@@ -337,6 +485,7 @@ def parse_transport(f: Fields, env: Mapping[str, str], problems: list[Problem]) 
                 "$STATUSMAIL_TRANSPORT",
                 None,
                 f"{override!r} is not a transport; expected one of {', '.join(TRANSPORTS)}",
+                code="bad-value",
             )
         )
     return override if override in TRANSPORTS else transport
@@ -355,6 +504,9 @@ TOP_KEYS = {
     "dkim",
     "default_locale_by_region",
     "topics",
+    "topic_names",
+    "bounces",
+    "preferences",
 }
 
 
@@ -363,7 +515,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     env = os.environ if environ is None else environ
     path = path.absolute()
     if not path.is_file():
-        raise ConfigError([Problem(path, None, "config file not found")])
+        raise ConfigError([Problem(path, None, "config file not found", code="missing-file")])
     try:
         data = load_yaml(path)
     except InputError as exc:
@@ -375,12 +527,14 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     reply_to = top.line_text("reply_to") or None
     _address(top, "reply_to", reply_to or "")
     topics = top.text_list("topics")
+    declared = frozenset(topics) if topics is not None else None
+    unsubscribe = parse_unsubscribe(top.sub("unsubscribe"))
     config = Config(
         path=path,
         sender=parse_sender(top.sub("sender")),
         list_id=top.line_text("list_id", required=True),
         paths=parse_paths(top.sub("paths"), root, env),
-        unsubscribe=parse_unsubscribe(top.sub("unsubscribe")),
+        unsubscribe=unsubscribe,
         reply_to=reply_to,
         transport=parse_transport(top, env, problems),
         smtp=parse_smtp(top.sub("smtp"), root, env, problems),
@@ -391,7 +545,10 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
             str(region).upper(): str(locale)
             for region, locale in top.sub("default_locale_by_region").data.items()
         },
-        topics=frozenset(topics) if topics is not None else None,
+        topics=declared,
+        topic_names=parse_topic_names(top.sub("topic_names"), declared),
+        bounces=parse_bounces(top.sub("bounces"), root),
+        preferences_url_setting=parse_preferences(top.sub("preferences"), unsubscribe.url),
         lines={str(key): top.line_of(str(key)) for key in top.data},
     )
     if problems:

@@ -14,9 +14,11 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tenacity import (
     AsyncRetrying,
+    RetryCallState,
     retry_if_exception,
     stop_after_attempt,
     wait_random_exponential,
@@ -30,6 +32,9 @@ from statusmail.message import Built
 from statusmail.report import scrub
 from statusmail.throttle import FailureWindow, SharedBucket, TokenBucket
 from statusmail.transport import Connection, Envelope, Transport
+
+if TYPE_CHECKING:
+    from statusmail.metrics import DeliveryMetrics
 
 log = logging.getLogger("statusmail.delivery")
 CLOSE_TIMEOUT = 5.0  # a QUIT the relay never answers must not hold up the end of a run
@@ -105,7 +110,7 @@ class Engine:
         limit: int | None = None,
         selecting: Callable[[], bool] = lambda: False,
         progress: asyncio.Event | None = None,
-        on_connected: Callable[[], None] = lambda: None,
+        metrics: DeliveryMetrics | None = None,
     ) -> None:
         self.queue = queue
         self.transport = transport
@@ -124,9 +129,16 @@ class Engine:
         self.limit = limit
         self.selecting = selecting
         self.progress = progress or asyncio.Event()
-        self.on_connected = on_connected
         self.result = RunResult()
         self.taken = 0
+        self.entry_id = queue.entry_id
+        self.relay = str(getattr(transport, "server", transport.name))  # host:port for logs
+        # Imported here: prometheus-client takes a tenth of a second to import, which the
+        # commands that never deliver (check, status, list) need not pay.
+        from statusmail.metrics import current
+
+        self.metrics = (metrics or current()).for_entry(self.entry_id)
+        self._relay_failed = False  # a reconnect failed since the relay last took a message
 
     def halt(self, reason: str) -> None:
         if self.result.stopped is None:
@@ -134,7 +146,7 @@ class Engine:
             log.warning(
                 "stopping: %s; in-flight messages finish, the rest stay pending",
                 reason,
-                extra={"event": "stopping", "entry": self.queue.entry_id, "reason": reason},
+                extra={"event": "run_stopping", "entry": self.entry_id, "reason": reason},
             )
         self.stop.set()
 
@@ -190,8 +202,10 @@ class Engine:
             count = want if self.limit is None else min(want, self.limit - self.taken)
             if self.settings.max_per_hour:
                 allowed = self.settings.max_per_hour - await self.queue.hourly_used()
-                if allowed <= 0:
-                    self.halt("the hourly cap (sending.max_per_hour) was reached")
+                if allowed <= 0:  # what was taken is still delivered: it counted already
+                    self.result.stopped = self.result.stopped or (
+                        "the hourly cap (sending.max_per_hour) was reached"
+                    )
                     return []
                 count = min(count, allowed)
             generation, selected = await self.queue.state()
@@ -231,10 +245,23 @@ class Engine:
         )
         connections = [r for r in results if not isinstance(r, BaseException)]
         errors = [r for r in results if isinstance(r, BaseException)]
+        self.metrics.relay(bool(connections), len(errors))
         if not connections:
             raise errors[0]
         if errors:
-            log.warning("opened %d of %d connections (%s)", len(connections), wanted, errors[0])
+            log.warning(
+                "opened %d of %d connections (%s)",
+                len(connections),
+                wanted,
+                errors[0],
+                extra={
+                    "event": "connections_partial",
+                    "entry": self.entry_id,
+                    "relay": self.relay,
+                    "opened": len(connections),
+                    "wanted": wanted,
+                },
+            )
         return connections
 
     async def _worker(self, conn: Connection, feed: asyncio.Queue[Recipient | None]) -> None:
@@ -247,25 +274,31 @@ class Engine:
             # Suppressed this very moment (an unsubscribe on any web host): never sent.
             reason = await self.queue.suppression_of(recipient.address)
             if reason is not None:
-                outcome = Outcome(
+                outcome: Outcome = Outcome(
                     recipient.address,
                     DeliveryStatus.SKIPPED,
                     recipient.attempts,
                     None,
                     f"suppressed: {reason}",
                 )
+                error = None
             else:
-                outcome = await self._deliver_one(conn, recipient)
+                outcome, error = await self._deliver_one(conn, recipient)
             await self.committer.record(outcome)
-            self._count(outcome, recipient)
+            self._count(outcome, recipient, error)
 
-    def _count(self, outcome: Outcome, recipient: Recipient) -> None:
+    def _count(self, outcome: Outcome, recipient: Recipient, error: DeliveryError | None) -> None:
+        """Count an outcome the ledger has recorded (so the metrics follow the ledger)."""
         if outcome.status is DeliveryStatus.SENT:
             self.result.sent += 1
             self.failures.record(True)
+            self.metrics.sent()
         elif outcome.status is DeliveryStatus.FAILED:
             self.result.failed += 1
             self.failures.record(False)
+            self.metrics.failed(error)
+        elif outcome.status is DeliveryStatus.SKIPPED:  # suppressed just before its turn
+            self.metrics.skipped()
         else:  # handed back as pending: the run stopped, or the relay went away
             self.failures.record(False)
         if self.failures.tripped:
@@ -275,7 +308,10 @@ class Engine:
         if self.on_outcome:
             self.on_outcome(outcome, recipient)
 
-    async def _deliver_one(self, conn: Connection, recipient: Recipient) -> Outcome:
+    async def _deliver_one(
+        self, conn: Connection, recipient: Recipient
+    ) -> tuple[Outcome, DeliveryError | None]:
+        """The outcome, and the error that decided it, if one did."""
         try:
             built = self.build(recipient)
         except Exception as exc:
@@ -290,32 +326,41 @@ class Engine:
         except DeliveryError as exc:
             remaining = self.settings.max_attempts - tally.charged
             if not exc.transient or remaining <= 0:
-                return await self._failure(recipient, tally.charged, exc)
+                return await self._failure(recipient, tally.charged, exc), exc
+            self.metrics.retried(exc)
             try:
                 await self._retry(conn, envelope, tally, remaining)
             except _Stopping:
-                return Outcome(
+                stopped = Outcome(
                     recipient.address,
                     DeliveryStatus.PENDING,
                     tally.charged,
                     None,
                     "stopped before retry",
                 )
+                return stopped, exc
             except DeliveryError as last:
-                return await self._failure(recipient, tally.charged, last)
-        return Outcome(
+                return await self._failure(recipient, tally.charged, last), last
+        sent = Outcome(
             recipient.address, DeliveryStatus.SENT, tally.charged, 250, None, envelope.message_id
         )
+        return sent, None
 
     async def _attempt(self, conn: Connection, envelope: Envelope, tally: _Attempts) -> None:
         await self.bucket.acquire()
         try:
             await conn.send(envelope)
         except DeliveryError as exc:
-            if not exc.relay_down:  # the message never left: nothing to charge
+            if exc.relay_down:  # the message never left: nothing to charge
+                self._relay_failed = True
+                self.metrics.relay(False, 1)
+            else:
                 tally.charged += 1
             raise
         tally.charged += 1
+        if self._relay_failed:
+            self._relay_failed = False
+            self.metrics.relay(True)
 
     async def _retry(
         self, conn: Connection, envelope: Envelope, tally: _Attempts, remaining: int
@@ -329,6 +374,7 @@ class Engine:
             wait=wait,
             sleep=self._nap,
             retry=retry_if_exception(lambda exc: isinstance(exc, DeliveryError) and exc.transient),
+            before_sleep=self._retrying,
             reraise=True,
         )
         async for attempt in retrying:
@@ -337,12 +383,18 @@ class Engine:
                     raise _Stopping
                 await self._attempt(conn, envelope, tally)
 
+    def _retrying(self, state: RetryCallState) -> None:
+        """A failed attempt that tenacity will follow with another."""
+        self.metrics.retried(state.outcome.exception() if state.outcome else None)
+
     async def _nap(self, seconds: float) -> None:
         """A backoff wait that a stopping run cuts short (shutdown stays prompt)."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stop.wait(), seconds)
 
-    async def _failure(self, recipient: Recipient, attempts: int, exc: DeliveryError) -> Outcome:
+    async def _failure(
+        self, recipient: Recipient, attempts: int, exc: DeliveryError
+    ) -> Outcome:
         who = self.mask(recipient.email)
         # Server replies often quote the address: mask it there too.
         said = scrub(
@@ -352,12 +404,25 @@ class Engine:
             # Not the recipient's fault: keep it pending and stop taking new recipients.
             self.halt(f"the relay is unreachable ({exc.message})")
             return Outcome(recipient.address, DeliveryStatus.PENDING, attempts, None, exc.message)
+        fields = {
+            "entry": self.entry_id,
+            "recipient": who,
+            "code": exc.code,
+            "attempts": attempts,
+            "relay": self.relay,
+        }
         if exc.transient:
-            log.warning("%s: gave up after %d attempts: %s", who, attempts, said)
+            log.warning(
+                "%s: gave up after %d attempts: %s",
+                who,
+                attempts,
+                said,
+                extra={"event": "gave_up", **fields},
+            )
             return Outcome(
                 recipient.address, DeliveryStatus.FAILED, attempts, exc.code, exc.message
             )
-        log.warning("%s: refused: %s", who, said)
+        log.warning("%s: refused: %s", who, said, extra={"event": "refused", **fields})
         if exc.bounce:
             await self.queue.suppress(
                 recipient.address, SuppressionReason.BOUNCED, f"{exc.code} {exc.message}"

@@ -29,18 +29,30 @@ class EntryStatus(enum.StrEnum):
 
 
 class DeliveryStatus(enum.StrEnum):
-    """A ledger row: ``pending`` → ``sent`` | ``failed`` | ``skipped``."""
+    """A ledger row: ``pending`` → ``sent`` | ``failed`` | ``skipped``; a sent row turns
+    ``bounced`` or ``complained`` when a hard bounce or a complaint about it comes back."""
 
     PENDING = "pending"
     SENT = "sent"
     FAILED = "failed"
     SKIPPED = "skipped"
+    BOUNCED = "bounced"
+    COMPLAINED = "complained"
 
 
 class SubscriberStatus(enum.StrEnum):
     ACTIVE = "active"
     UNSUBSCRIBED = "unsubscribed"
     BOUNCED = "bounced"
+
+
+class FeedbackKind(enum.StrEnum):
+    """What a message read back from the bounce mailbox says about one recipient."""
+
+    HARD = "hard"  # a permanent failure (5.x.x): the address is suppressed as bounced
+    SOFT = "soft"  # a temporary failure or a delay (4.x.x): scored
+    COMPLAINT = "complaint"  # a spam report (ARF): suppressed as complained
+    UNSUBSCRIBE = "unsubscribe"  # a mailto unsubscribe: suppressed as unsubscribed
 
 
 class SuppressionReason(enum.StrEnum):
@@ -113,6 +125,16 @@ class Recipient:
     attempts: int = 0
     # The Message-ID of the threaded entry's message to this recipient, as sent.
     parent_message_id: str | None = None
+    # The ledger row this delivery is (the return path names it); None outside a run.
+    row: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Preference:
+    """What a subscriber chose on the preferences page; None leaves the list's value."""
+
+    locale: str | None = None
+    topics: frozenset[str] | None = None  # among the topics the config declares
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,7 +34,11 @@ def load_entry(path: Path) -> Entry:
     )
     entry_id = f.text("id", required=True)
     if entry_id and entry_id != path.stem:
-        f.problem(f.line_of("id"), f"id {entry_id!r} does not match the file name {path.stem!r}")
+        f.problem(
+            f.line_of("id"),
+            f"id {entry_id!r} does not match the file name {path.stem!r}",
+            code="id-mismatch",
+        )
     date = f.date("date", required=True)
     status = f.text("status", required=True)
     if status and status not in STATUSES:
@@ -93,9 +97,13 @@ def load_entry(path: Path) -> Entry:
             if key in block.data:
                 lines[f"content.{locale}.{key}"] = block.line_of(key)
     if not content_f.data:
-        f.problem(f.line_of("content"), "the entry has no content")
+        f.problem(f.line_of("content"), "the entry has no content", code="missing-field")
     elif "en" not in content:
-        f.problem(f.line_of("content"), "content needs an 'en' block (the fallback language)")
+        f.problem(
+            f.line_of("content"),
+            "content needs an 'en' block (the fallback language)",
+            code="missing-field",
+        )
 
     thread = f.optional_text("thread")
     access_instructions = f.boolean("access_instructions", True)
@@ -130,7 +138,9 @@ def load_entries(updates_dir: Path) -> tuple[dict[str, Entry], list[Problem]]:
     entries: dict[str, Entry] = {}
     problems: list[Problem] = []
     if not updates_dir.is_dir():
-        return entries, [Problem(updates_dir, None, "updates folder not found")]
+        return entries, [
+            Problem(updates_dir, None, "updates folder not found", code="missing-file")
+        ]
     for path in entry_paths(updates_dir):
         try:
             entries[path.stem] = load_entry(path)
@@ -142,7 +152,9 @@ def load_entries(updates_dir: Path) -> tuple[dict[str, Entry], list[Problem]]:
 def unknown_entry(updates_dir: Path, entry_id: str) -> InputError:
     known = ", ".join(p.stem for p in entry_paths(updates_dir)) or "none"
     path = updates_dir / f"{entry_id}.yaml"
-    return InputError([Problem(path, None, f"no entry {entry_id!r} (entries: {known})")])
+    return InputError(
+        [Problem(path, None, f"no entry {entry_id!r} (entries: {known})", code="unknown-entry")]
+    )
 
 
 def find_entry(updates_dir: Path, entry_id: str) -> Entry:

@@ -17,12 +17,17 @@ class StatusmailError(Exception):
 
 @dataclass(frozen=True)
 class Problem:
-    """One thing wrong with the input, located as ``file:line``."""
+    """One thing wrong with the input, located as ``file:line``.
+
+    ``code`` names the kind of problem (``untranslated``, ``unknown-key``…): stable, so CI
+    output can be grepped and filtered; the README lists every code.
+    """
 
     path: Path | str
     line: int | None
     message: str
     warning: bool = False
+    code: str = "other"
 
     def __str__(self) -> str:
         where = f"{self.path}:{self.line}" if self.line else f"{self.path}"

@@ -33,8 +33,8 @@ class Fields:
             if data is not None:
                 self.problem(self.line, f"{what or 'the file'} must be a mapping")
 
-    def problem(self, line: int | None, message: str) -> None:
-        self.problems.append(Problem(self.path, line, message))
+    def problem(self, line: int | None, message: str, code: str = "bad-value") -> None:
+        self.problems.append(Problem(self.path, line, message, code=code))
 
     def line_of(self, key: str) -> int:
         return line_of(self.data, key) or self.line
@@ -52,13 +52,15 @@ class Fields:
     def unknown_keys(self, allowed: set[str]) -> None:
         for key in self.data:
             if key not in allowed:
-                self.problem(self.line_of(key), f"unknown key {self.name(str(key))!r}")
+                self.problem(
+                    self.line_of(key), f"unknown key {self.name(str(key))!r}", code="unknown-key"
+                )
 
     def text(self, key: str, default: str | None = None, *, required: bool = False) -> str:
         value = self.data.get(key)
         if value is None:
             if required:
-                self.problem(self.line, f"missing {self.name(key)!r}")
+                self.problem(self.line, f"missing {self.name(key)!r}", code="missing-field")
             return default or ""
         if not isinstance(value, str | int | float) or isinstance(value, bool):
             self.problem(self.line_of(key), f"{self.name(key)!r} must be a string")
@@ -118,7 +120,7 @@ class Fields:
         value = self.data.get(key)
         if value is None:
             if required:
-                self.problem(self.line, f"missing {self.name(key)!r}")
+                self.problem(self.line, f"missing {self.name(key)!r}", code="missing-field")
             return None
         if isinstance(value, dt.datetime):
             return value.date()

@@ -24,7 +24,7 @@ from statusmail.config import Config
 from statusmail.domain import Entry
 from statusmail.errors import InputError, Interrupted, Problem, StatusmailError
 from statusmail.ledger import Ledger, StagedRow
-from statusmail.selection import Inactive, SelectionStats, select
+from statusmail.selection import Inactive, PreferenceLookup, SelectionStats, select
 from statusmail.subscribers import RowProblem, count_rows
 
 log = logging.getLogger("statusmail")
@@ -43,7 +43,9 @@ class Run(Protocol):
     def entry(self) -> Entry: ...
 
 
-def staged_rows(run: Run, suppressed: set[str], stats: SelectionStats) -> Iterator[StagedRow]:
+def staged_rows(
+    run: Run, suppressed: set[str], stats: SelectionStats, preferences: PreferenceLookup
+) -> Iterator[StagedRow]:
     """The entry's selection as rows to stage; a broken list file raises ``InputError``."""
     config, entry = run.config, run.entry
     for item in select(
@@ -53,6 +55,8 @@ def staged_rows(run: Run, suppressed: set[str], stats: SelectionStats) -> Iterat
         suppressed,
         stats,
         inactive=True,
+        preferences=preferences,
+        declared_topics=config.topics,
     ):
         if isinstance(item, RowProblem):
             if item.fatal:
@@ -129,7 +133,9 @@ def finish(
 def stage_all(run: Run, ledger: Ledger, stats: SelectionStats) -> None:
     """The whole selection into the staging area (nothing in the queue yet)."""
     entry = run.entry
-    ledger.stage(staged_rows(run, ledger.suppressed(), stats))
+    ledger.reset_staging()
+    with ledger.preference_lookup() as preferences:
+        ledger.stage(staged_rows(run, ledger.suppressed(), stats, preferences))
     problems = validation.missing_language_problems(entry, stats.locales())
     if problems:
         raise InputError(problems)
@@ -167,14 +173,22 @@ class Stream:
         self.enqueued = 0
         self._stop = threading.Event()
         self._done: asyncio.Future[None] | None = None
+        self._on_enqueued: Callable[[int], None] = lambda _count: None
 
     @property
     def running(self) -> bool:
         return self._done is not None and not self._done.done()
 
-    def start(self, progress: asyncio.Event, on_error: Callable[[str], None]) -> None:
-        """Run in a thread; ``on_error`` (in the loop) when the selection cannot go on."""
+    def start(
+        self,
+        progress: asyncio.Event,
+        on_error: Callable[[str], None],
+        on_enqueued: Callable[[int], None] = lambda _count: None,
+    ) -> None:
+        """Run in a thread; ``on_enqueued`` (in the loop) with how many more recipients
+        each batch made pending, ``on_error`` when the selection cannot go on."""
         loop = asyncio.get_running_loop()
+        self._on_enqueued = on_enqueued
         self._done = loop.run_in_executor(None, self._run, loop, progress)
 
         def ended(done: asyncio.Future[None]) -> None:
@@ -194,15 +208,26 @@ class Stream:
     def _run(self, loop: asyncio.AbstractEventLoop, progress: asyncio.Event) -> None:
         try:
             with Ledger(self.target) as ledger:
-                self._select(ledger, lambda: loop.call_soon_threadsafe(progress.set))
+                self._select(ledger, lambda n: loop.call_soon_threadsafe(self._added, n, progress))
         except (StatusmailError, Interrupted) as exc:
             self.result.error = exc
         finally:
             loop.call_soon_threadsafe(progress.set)
 
-    def _select(self, ledger: Ledger, notify: Callable[[], object]) -> None:
+    def _added(self, count: int, progress: asyncio.Event) -> None:
+        if count:
+            self._on_enqueued(count)
+        progress.set()
+
+    def _select(self, ledger: Ledger, notify: Callable[[int], object]) -> None:
+        with ledger.preference_lookup() as preferences:
+            rows = staged_rows(self.run, ledger.suppressed(), self.stats, preferences)
+            self._stream(ledger, notify, rows)
+
+    def _stream(
+        self, ledger: Ledger, notify: Callable[[int], object], rows: Iterator[StagedRow]
+    ) -> None:
         entry, stats = self.run.entry, self.stats
-        rows = staged_rows(self.run, ledger.suppressed(), stats)
         after, size = 0, FIRST_BATCH
         for batch in _batches(rows, size):
             if self._stop.is_set():
@@ -211,9 +236,9 @@ class Stream:
             if missing:
                 raise InputError(missing)
             ledger.stage(batch)
-            after = ledger.enqueue(entry.id, self.generation, after)
+            after, added = ledger.enqueue(entry.id, self.generation, after)
             self.enqueued = after
-            notify()
+            notify(added)
         if self._stop.is_set():
             return
         if not stats.total and not ledger.counts(entry.id)["pending"]:

@@ -4,7 +4,9 @@ Headers that are the same for a whole variant are folded once; per recipient onl
 ``To``, ``Date``, ``Message-ID``, threading and ``List-Unsubscribe`` are added. The two
 parts are quoted-printable, which encodes every line on its own: the lines of a variant
 that hold no per-recipient slot are encoded once, and per recipient only the few lines
-with the name or the unsubscribe URL are encoded (with ``binascii``, in C).
+with the name, the unsubscribe URL or the preferences URL are encoded (with
+``binascii``, in C). The envelope sender is the VERP return path when
+``bounces.address`` is set.
 """
 
 from __future__ import annotations
@@ -23,8 +25,22 @@ from urllib.parse import quote
 from statusmail.config import Config, DkimSettings
 from statusmail.domain import Entry, Recipient
 from statusmail.errors import ConfigError, Problem, RenderError
-from statusmail.render import NAME_SLOT, URL_SLOT, Rendered, Renderer, VariantKey, escape_html
-from statusmail.tokens import Keyring, message_id, unsubscribe_token
+from statusmail.render import (
+    NAME_SLOT,
+    PREFERENCES_SLOT,
+    URL_SLOT,
+    Rendered,
+    Renderer,
+    VariantKey,
+    escape_html,
+)
+from statusmail.tokens import (
+    Keyring,
+    message_id,
+    preferences_token,
+    return_path_token,
+    unsubscribe_token,
+)
 from statusmail.transport import Envelope
 
 
@@ -82,7 +98,7 @@ def _encode_with_slots(text: str) -> Chunks:
     for index, line in enumerate(lines):
         if index < len(lines) - 1:
             line += "\n"
-        if NAME_SLOT in line or URL_SLOT in line:
+        if NAME_SLOT in line or URL_SLOT in line or PREFERENCES_SLOT in line:
             if static:
                 chunks.append(_qp("".join(static)))
                 static = []
@@ -94,11 +110,15 @@ def _encode_with_slots(text: str) -> Chunks:
     return tuple(chunks)
 
 
-def _fill(chunks: Chunks, name: str, url: str) -> bytes:
+def _fill(chunks: Chunks, name: str, url: str, preferences_url: str) -> bytes:
     return b"".join(
         chunk
         if isinstance(chunk, bytes)
-        else _qp(chunk.replace(NAME_SLOT, name).replace(URL_SLOT, url))
+        else _qp(
+            chunk.replace(NAME_SLOT, name)
+            .replace(URL_SLOT, url)
+            .replace(PREFERENCES_SLOT, preferences_url)
+        )
         for chunk in chunks
     )
 
@@ -193,6 +213,20 @@ class MessageFactory:
         token = unsubscribe_token(self.keys, address_key)
         return self.config.unsubscribe.url.replace("{token}", token)
 
+    def preferences_url(self, address_key: str) -> str:
+        token = preferences_token(self.keys, address_key)
+        return self.config.preferences_url.replace("{token}", token)
+
+    def envelope_sender(self, recipient: Recipient) -> str:
+        """The VERP return path naming this entry and recipient (``bounces.address``),
+        else ``sender.address``. ``From:`` never changes."""
+        bounces = self.config.bounces
+        if not bounces.address:
+            return self.config.sender.address
+        local = bounces.address.rpartition("@")[0]
+        token = return_path_token(self.keys, self.entry.id, recipient.address, local, recipient.row)
+        return bounces.return_path(token) or self.config.sender.address
+
     def _date(self) -> bytes:
         now = int(time.time())
         if self._date_cache[0] != now:
@@ -234,9 +268,11 @@ class MessageFactory:
         name = recipient.name
         key = self.renderer.variant_key(entry, recipient.locale, recipient.region, name)
         url = self.unsubscribe_url(recipient.address)
+        preferences = self.preferences_url(recipient.address)
         region = self.renderer.region(key)
         if region is not None:
             url = region.rewrite(url)  # the List-Unsubscribe target must open there too
+            preferences = region.rewrite(preferences)
         variant = self._variant(key)
         boundary = variant.boundary
         mid = message_id(self.keys, entry.id, recipient.address, self.domain)
@@ -264,13 +300,13 @@ class MessageFactory:
             b"\r\n",
             b'Content-Type: text/plain; charset="utf-8"\r\n'
             b"Content-Transfer-Encoding: quoted-printable\r\n\r\n",
-            _fill(variant.text, name, url),
+            _fill(variant.text, name, url, preferences),
             b"\r\n--",
             boundary,
             b"\r\n",
             b'Content-Type: text/html; charset="utf-8"\r\n'
             b"Content-Transfer-Encoding: quoted-printable\r\n\r\n",
-            _fill(variant.html, escape_html(name), escape_html(url)),
+            _fill(variant.html, escape_html(name), escape_html(url), escape_html(preferences)),
             b"\r\n--",
             boundary,
             b"--\r\n",
@@ -279,10 +315,12 @@ class MessageFactory:
         if self.signer is not None:
             data = self.signer.sign(data)
         envelope = Envelope(
-            sender=self.config.sender.address,
+            sender=self.envelope_sender(recipient),
             recipient=recipient.email,
             recipient_ascii=recipient.ascii_email,
             data=data,
             message_id=mid,
         )
-        return Built(envelope, key, lambda: self.renderer.render(entry, key, name, url))
+        return Built(
+            envelope, key, lambda: self.renderer.render(entry, key, name, url, preferences)
+        )

@@ -33,6 +33,7 @@ from statusmail.ledger import (
     Plan,
     ServerLock,
     ServerQueue,
+    read_preferences,
     read_suppressions,
     run_lock,
 )
@@ -304,7 +305,7 @@ async def finish(
         progress=progress,
     )
     if stream is not None:
-        engine.on_connected = lambda: stream.start(progress, engine.halt)
+        stream.start(progress, engine.halt, engine.metrics.enqueued)
     try:
         ledger.skip_suppressed(entry_id)
         await engine.run()
@@ -377,26 +378,33 @@ def dry_run(prepared: Prepared, *, limit: int | None = None) -> DryRun:
     stats = SelectionStats()
     report = DryRun(stats)
     suppressed = read_suppressions(config.paths.ledger)
-    for item in select(
-        entry, config.paths.subscribers, config.default_locale_by_region, suppressed, stats
-    ):
-        if isinstance(item, RowProblem):
-            if item.fatal:
-                report.failures.append(str(item))
-            continue
-        if isinstance(item, Inactive) or (limit is not None and report.rendered >= limit):
-            continue
-        try:
-            built = prepared.factory.build(item)
-        except StatusmailError as exc:
-            if len(report.failures) < 100:
-                report.failures.append(
-                    f"{mask_address(item.email)}: {scrub(str(exc), [item.email])}"
-                )
-            continue
-        report.rendered += 1
-        label = built.variant.label
-        report.variants[label] = report.variants.get(label, 0) + 1
+    with read_preferences(config.paths.ledger) as preferences:
+        for item in select(
+            entry,
+            config.paths.subscribers,
+            config.default_locale_by_region,
+            suppressed,
+            stats,
+            preferences=preferences,
+            declared_topics=config.topics,
+        ):
+            if isinstance(item, RowProblem):
+                if item.fatal:
+                    report.failures.append(str(item))
+                continue
+            if isinstance(item, Inactive) or (limit is not None and report.rendered >= limit):
+                continue
+            try:
+                built = prepared.factory.build(item)
+            except StatusmailError as exc:
+                if len(report.failures) < 100:
+                    report.failures.append(
+                        f"{mask_address(item.email)}: {scrub(str(exc), [item.email])}"
+                    )
+                continue
+            report.rendered += 1
+            label = built.variant.label
+            report.variants[label] = report.variants.get(label, 0) + 1
     report.failures += [
         str(p) for p in validation.missing_language_problems(entry, stats.locales())
     ]

@@ -87,7 +87,12 @@ def load_regions(path: Path) -> dict[str, Region]:
         line = top.line_of(code)
         if not isinstance(code, str) or not REGION_CODE.match(code):
             problems.append(
-                Problem(path, line, f"region code {code!r} is not ISO 3166-1 alpha-2 (like RU)")
+                Problem(
+                    path,
+                    line,
+                    f"region code {code!r} is not ISO 3166-1 alpha-2 (like RU)",
+                    code="bad-value",
+                )
             )
             continue
         f = top.sub(code)

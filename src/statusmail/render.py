@@ -2,8 +2,8 @@
 
 Everything that is the same for every recipient of a *variant* (locale, access region,
 whether the greeting has a name) is rendered once, with placeholders where the
-recipient's name and unsubscribe URL go; each recipient then costs two string
-substitutions. ``render_from_scratch`` renders the templates with the real values and
+recipient's name, unsubscribe URL and preferences URL go; each recipient then costs a
+few string substitutions. ``render_from_scratch`` renders the templates with the real values and
 exists so tests can prove the two give the same output.
 """
 
@@ -36,6 +36,7 @@ HTML_TEMPLATE = "message.html.j2"
 # Control characters cannot occur in names (subscribers.clean_name) or URLs.
 NAME_SLOT = "\x00name\x00"
 URL_SLOT = "\x00url\x00"
+PREFERENCES_SLOT = "\x00prefs\x00"
 
 
 def escape_html(value: str) -> str:
@@ -188,7 +189,9 @@ class Renderer:
             cache[key] = (html, text)
         return cache[key]
 
-    def _context(self, entry: Entry, key: VariantKey, name: str, url: str) -> dict[str, Any]:
+    def _context(
+        self, entry: Entry, key: VariantKey, name: str, url: str, preferences_url: str
+    ) -> dict[str, Any]:
         if key.locale not in entry.content:
             raise RenderError(f"{entry.path}: entry {entry.id!r} has no {key.locale!r} content")
         content = entry.content[key.locale]
@@ -218,10 +221,13 @@ class Renderer:
             "access": access,
             "name": name,
             "unsubscribe_url": url,
+            "preferences_url": preferences_url,
         }
 
-    def _render(self, entry: Entry, key: VariantKey, name: str, url: str) -> Rendered:
-        context = self._context(entry, key, name, url)
+    def _render(
+        self, entry: Entry, key: VariantKey, name: str, url: str, preferences_url: str
+    ) -> Rendered:
+        context = self._context(entry, key, name, url, preferences_url)
         catalog = None
         if key.locale != FALLBACK_LOCALE:
             catalog = catalog_path(self.templates_dir, key.locale)
@@ -239,24 +245,34 @@ class Renderer:
         return Rendered(context["subject"], context["summary"], text, html_part, key.locale)
 
     def variant(self, entry: Entry, key: VariantKey) -> Rendered:
-        """The variant rendered once, with slots for the name and the unsubscribe URL."""
+        """The variant rendered once, with slots for the name, the unsubscribe URL and the
+        preferences URL."""
         cache_key = (entry.id, key)
         if cache_key not in self._variants:
             self._variants[cache_key] = self._render(
-                entry, key, NAME_SLOT if key.named else "", URL_SLOT
+                entry, key, NAME_SLOT if key.named else "", URL_SLOT, PREFERENCES_SLOT
             )
         return self._variants[cache_key]
 
-    def render(self, entry: Entry, key: VariantKey, name: str, url: str) -> Rendered:
+    def render(
+        self, entry: Entry, key: VariantKey, name: str, url: str, preferences_url: str = ""
+    ) -> Rendered:
         variant = self.variant(entry, key)
         html_name, html_url = escape_html(name), escape_html(url)
+        html_preferences = escape_html(preferences_url)
         return Rendered(
             variant.subject,
             variant.summary,
-            variant.text.replace(NAME_SLOT, name).replace(URL_SLOT, url),
-            variant.html.replace(NAME_SLOT, html_name).replace(URL_SLOT, html_url),
+            variant.text.replace(NAME_SLOT, name)
+            .replace(URL_SLOT, url)
+            .replace(PREFERENCES_SLOT, preferences_url),
+            variant.html.replace(NAME_SLOT, html_name)
+            .replace(URL_SLOT, html_url)
+            .replace(PREFERENCES_SLOT, html_preferences),
             variant.locale,
         )
 
-    def render_from_scratch(self, entry: Entry, key: VariantKey, name: str, url: str) -> Rendered:
-        return self._render(entry, key, name, url)
+    def render_from_scratch(
+        self, entry: Entry, key: VariantKey, name: str, url: str, preferences_url: str = ""
+    ) -> Rendered:
+        return self._render(entry, key, name, url, preferences_url)

@@ -95,26 +95,25 @@ class ProgressReporter:
             self._progress.stop()
 
 
-def breakdown_table(title: str, rows: list[tuple[str, str | None, str, int]]) -> Table:
-    """Per locale and region: sent, failed, pending, skipped."""
+def breakdown_table(
+    title: str, rows: list[tuple[str, str | None, str, int]], *, feedback: bool = False
+) -> Table:
+    """Per locale and region: sent, failed, pending, skipped (and, with ``feedback``,
+    the sent messages that bounced or drew a complaint since)."""
+    statuses: tuple[str, ...] = ("sent", "failed", "pending", "skipped")
+    if feedback:
+        statuses += ("bounced", "complained")
     grouped: dict[tuple[str, str], Counter[str]] = {}
     for locale, region, status, count in rows:
         grouped.setdefault((locale or "-", region or "-"), Counter())[status] += count
     table = Table(title=title)
-    for column in ("locale", "region", "sent", "failed", "pending", "skipped"):
+    for column in ("locale", "region", *statuses):
         table.add_column(column, justify="right" if column not in ("locale", "region") else "left")
     totals: Counter[str] = Counter()
     for (locale, region), counts in sorted(grouped.items()):
         totals.update(counts)
-        table.add_row(
-            locale, region, *(str(counts[s]) for s in ("sent", "failed", "pending", "skipped"))
-        )
-    table.add_row(
-        "total",
-        "",
-        *(str(totals[s]) for s in ("sent", "failed", "pending", "skipped")),
-        style="bold",
-    )
+        table.add_row(locale, region, *(str(counts[s]) for s in statuses))
+    table.add_row("total", "", *(str(totals[s]) for s in statuses), style="bold")
     return table
 
 

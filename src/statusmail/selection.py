@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from statusmail.domain import Entry, Recipient, SubscriberStatus
+from statusmail.domain import Entry, Preference, Recipient, SubscriberStatus
 from statusmail.locales import resolve_locale
 from statusmail.subscribers import ReadStats, RowProblem, iter_subscribers
 
@@ -59,6 +59,28 @@ class SelectionStats:
         ]
 
 
+PreferenceLookup = Callable[[str], Preference | None]
+
+
+def apply_preference(
+    preference: Preference | None,
+    locale: str,
+    topics: frozenset[str],
+    declared: frozenset[str] | None,
+) -> tuple[str, frozenset[str]]:
+    """The locale and topics a subscriber gets: what they chose on the preferences page
+    wins over the list's. Their topic choice covers the topics the page offered (the
+    declared ones); a topic the list gives them that the page never showed stays."""
+    if preference is None:
+        return locale, topics
+    if preference.locale:
+        locale = preference.locale
+    if preference.topics is not None:
+        kept = topics - declared if declared is not None else frozenset()
+        topics = kept | preference.topics
+    return locale, topics
+
+
 def select(
     entry: Entry,
     subscribers_dir: Path,
@@ -67,10 +89,16 @@ def select(
     stats: SelectionStats | None = None,
     *,
     inactive: bool = False,
+    preferences: PreferenceLookup | None = None,
+    declared_topics: frozenset[str] | None = None,
 ) -> Iterator[Recipient | RowProblem | Inactive]:
     """Stream the entry's recipients and the rows that could not be read (a ``fatal``
     one means the rest of its file is unknown); with ``inactive``, also the subscribers
-    in the list whom nothing may reach (a re-selection tells them from those who left)."""
+    in the list whom nothing may reach (a re-selection tells them from those who left).
+
+    ``preferences`` looks up what a subscriber chose on the preferences page (kept in
+    the ledger, which this module does not read): it overrides the list's locale and
+    topics; the list stays the source of who is subscribed."""
     stats = stats if stats is not None else SelectionStats()
     audience = entry.audience
     for item in iter_subscribers(subscribers_dir, stats.read):
@@ -90,8 +118,13 @@ def select(
             if inactive:
                 yield Inactive(key, "suppressed")
             continue
-        locale, fallback = resolve_locale(item.locale, item.region, default_locale_by_region)
-        if not audience.matches(item.region, item.topics, locale):
+        raw_locale, topics = item.locale, item.topics
+        if preferences is not None:
+            raw_locale, topics = apply_preference(
+                preferences(key), raw_locale, topics, declared_topics
+            )
+        locale, fallback = resolve_locale(raw_locale, item.region, default_locale_by_region)
+        if not audience.matches(item.region, topics, locale):
             continue
         stats.selected[(locale, item.region)] += 1
         if fallback:

@@ -1,20 +1,25 @@
-"""The one-click unsubscribe endpoint (RFC 8058) that ``List-Unsubscribe`` points to.
+"""The one-click unsubscribe endpoint (RFC 8058) that ``List-Unsubscribe`` points to,
+and the preferences page every message links to.
 
 ``GET`` only shows a confirmation page (link scanners fetch URLs); ``POST`` with
 ``List-Unsubscribe=One-Click`` and a valid token suppresses the address at once. The
 answers never tell whether an address is (still) subscribed, and nothing logs addresses
-or tokens. The pages come from ``templates/pages/`` and the messages' gettext catalog,
-rendered once per app in every language.
+or tokens. The preferences page shows a form (language, topics) on ``GET`` and saves it
+on ``POST``. The pages come from ``templates/pages/`` and the messages' gettext catalog;
+the fixed ones are rendered once per app in every language. The same port answers
+``/metrics``, ``/healthz`` and ``/readyz`` (see ``health``); a reverse proxy forwards
+only the unsubscribe and preferences paths.
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.parser
 import email.policy
 import logging
 import signal
-import socket
 import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -22,6 +27,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import jinja2
 import uvicorn
 from babel import Locale
+from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -31,13 +37,24 @@ from starlette.routing import Route
 
 from statusmail.catalog import catalog_path, load_translations, render_error, template_environment
 from statusmail.config import Config
-from statusmail.domain import SuppressionReason
-from statusmail.errors import ConfigError, InputError, LedgerError, Problem, StatusmailError
+from statusmail.domain import Preference, SuppressionReason
+from statusmail.errors import ConfigError, InputError, LedgerError, Problem
+from statusmail.health import (
+    Heartbeat,
+    ServeError,
+    ledger_problem,
+    listen,
+    notify,
+    routes,
+    uvicorn_server,
+)
 from statusmail.ledger import Ledger
 from statusmail.ledger import exists as ledger_exists
 from statusmail.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES, normalize_locale
+from statusmail.metrics import UnsubscribeMetrics, new_registry
+from statusmail.pages import Choice, PreferencesPage, initial_choice, preferences_page, read_form
 from statusmail.regions import load_regions
-from statusmail.tokens import Keyring, verify_unsubscribe_token
+from statusmail.tokens import Keyring, verify_preferences_token, verify_unsubscribe_token
 from statusmail.validation import secret_length_problem
 
 log = logging.getLogger(__name__)
@@ -55,33 +72,43 @@ SECURITY_HEADERS = {
 
 CONFIRM_PAGE = "pages/confirm.html.j2"  # under the templates folder
 NOTICE_PAGE = "pages/notice.html.j2"
-NOTICES = ("done", "invalid", "too_large", "not_found", "method", "error")
+NOTICES = ("done", "invalid", "invalid_link", "too_large", "not_found", "method", "error")
+__all__ = ["ServeError", "make_app", "run_server"]
 
 
-class ServeError(StatusmailError):
-    """The endpoint cannot start (e.g. the port is taken)."""
-
-
-def route_path(config: Config, url: str | None = None) -> str:
-    """The path of ``unsubscribe.url``, with ``{token}`` as the path parameter."""
+def route_path(config: Config, url: str | None = None, key: str = "unsubscribe.url") -> str:
+    """The path of ``unsubscribe.url`` (or ``url``), with ``{token}`` as the path
+    parameter."""
     path = unquote(urlsplit(url or config.unsubscribe.url).path)
     rest = path.replace("{token}", "", 1)
     if not path.startswith("/") or "{token}" not in path or "{" in rest or "}" in rest:
-        message = "'unsubscribe.url': serve needs {token} exactly once in the URL's path"
+        message = f"{key!r}: serve needs {{token}} exactly once in the URL's path"
         raise ConfigError([Problem(config.path, None, message)])
     return path
 
 
-def route_paths(config: Config) -> list[str]:
-    """Every path the unsubscribe URL has on any host: its own, and each region's
-    rewrite of it (a mirror may serve it under another path). ``serve`` answers the
-    token on every host the reverse proxies forward, whatever the Host header says."""
-    paths = [route_path(config)]
+def route_paths(config: Config, url: str | None = None, key: str = "unsubscribe.url") -> list[str]:
+    """Every path the unsubscribe URL (or ``url``) has on any host: its own, and each
+    region's rewrite of it (a mirror may serve it under another path). ``serve``
+    answers the token on every host the reverse proxies forward, whatever the Host
+    header says."""
+    url = url or config.unsubscribe.url
+    paths = [route_path(config, url, key)]
     if config.paths.regions.is_file():
         for region in load_regions(config.paths.regions).values():
-            rewritten = route_path(config, region.rewrite(config.unsubscribe.url))
+            rewritten = route_path(config, region.rewrite(url), key)
             if rewritten not in paths:
                 paths.append(rewritten)
+    return paths
+
+
+def preferences_paths(config: Config) -> list[str]:
+    """Every path of the preferences page, as ``route_paths`` for the unsubscribe URL."""
+    paths = route_paths(config, config.preferences_url, "preferences.url")
+    taken = set(route_paths(config))
+    if taken & set(paths):
+        message = "'preferences.url' must not have the path of 'unsubscribe.url'"
+        raise ConfigError([Problem(config.path, config.line("preferences"), message)])
     return paths
 
 
@@ -148,6 +175,17 @@ def ledger_locale(target: Path | str, address: str) -> str | None:
         return None
 
 
+def ledger_preference(target: Path | str, address: str) -> Preference | None:
+    """What ``address`` chose on the preferences page (read only), or None."""
+    if not ledger_exists(target):
+        return None
+    try:
+        with Ledger(target, readonly=True) as ledger:
+            return ledger.preference(address) if ledger.schema_version() >= 3 else None
+    except LedgerError:
+        return None
+
+
 def is_one_click(content_type: str, body: bytes) -> bool:
     """Whether the body says ``List-Unsubscribe=One-Click`` (urlencoded or multipart)."""
     if content_type.split(";", 1)[0].strip().lower() == "multipart/form-data":
@@ -181,9 +219,14 @@ async def read_body(request: Request) -> bytes | None:
     return bytes(body)
 
 
-def make_app(config: Config, keys: Keyring) -> Starlette:
+def make_app(config: Config, keys: Keyring, registry: CollectorRegistry | None = None) -> Starlette:
     ledger_path = config.paths.ledger
     pages = render_pages(config.paths.templates, config.sender.name)
+    registry = registry or new_registry()
+    counted = UnsubscribeMetrics(registry)
+    form = preferences_page(config)
+    for lang in SUPPORTED_LOCALES:  # a broken template stops serve from starting
+        form.render(lang, Choice(lang, frozenset(config.topics or ())))
 
     def page(lang: str, key: str, status: int) -> Response:
         headers = {**SECURITY_HEADERS, "Content-Language": lang}
@@ -219,19 +262,28 @@ def make_app(config: Config, keys: Keyring) -> Starlette:
     async def one_click(request: Request) -> Response:
         address = address_of(request)
         if address is None:
+            counted.request("invalid")
             return page(accept_language(request.headers.get("accept-language")), "invalid", 400)
         body = await read_body(request)
         lang = await language(request, address)
         if body is None:
+            counted.request("bad_request")
             return page(lang, "too_large", 413)
         if not is_one_click(request.headers.get("content-type", ""), body):
+            counted.request("bad_request")
             return page(lang, "confirm", 400)
         try:
             await run_in_threadpool(unsubscribe, address)
         except LedgerError as exc:
-            log.error("cannot record an unsubscribe in the ledger: %s", exc)
+            counted.request("error")
+            log.error(
+                "cannot record an unsubscribe in the ledger: %s",
+                exc,
+                extra={"event": "unsubscribe_failed"},
+            )
             return page(lang, "error", 503)
-        log.info("one-click unsubscribe recorded")
+        counted.request("done")
+        log.info("one-click unsubscribe recorded", extra={"event": "unsubscribed"})
         return page(lang, "done", 200)
 
     async def http_error(request: Request, exc: Exception) -> Response:
@@ -242,20 +294,96 @@ def make_app(config: Config, keys: Keyring) -> Starlette:
             response.headers.update(exc.headers)
         return response
 
+    preferences = _preferences_endpoint(config, keys, form, page)
     app = Starlette(
-        routes=[Route(path, endpoint, methods=["GET", "POST"]) for path in route_paths(config)],
+        # The health and metrics routes first: an unsubscribe path of /{token} must not
+        # take /metrics for a token.
+        routes=[
+            *routes(registry, ready=lambda: ledger_problem(ledger_path)),
+            *(Route(path, endpoint, methods=["GET", "POST"]) for path in route_paths(config)),
+            *(
+                Route(path, preferences, methods=["GET", "POST"])
+                for path in preferences_paths(config)
+            ),
+        ],
         exception_handlers={HTTPException: http_error},
     )
     app.router.redirect_slashes = False
     return app
 
 
-def listen(host: str, port: int) -> socket.socket:
+def _preferences_endpoint(
+    config: Config,
+    keys: Keyring,
+    form: PreferencesPage,
+    page: Callable[[str, str, int], Response],
+) -> Callable[[Request], Awaitable[Response]]:
+    """GET shows the form; POST saves what the reader changed and shows it again, saying
+    so. A valid token for any address gets the same page: nothing tells whether it is
+    on the list."""
+    ledger_path = config.paths.ledger
+    declared = config.topics
+
+    def respond(lang: str, html: str, status: int = 200) -> Response:
+        headers = {**SECURITY_HEADERS, "Content-Language": lang}
+        return HTMLResponse(html, status_code=status, headers=headers)
+
+    def save(address: str, preference: Preference) -> None:
+        with Ledger(ledger_path) as ledger:
+            ledger.set_preference(address, preference)
+
+    async def endpoint(request: Request) -> Response:
+        token = request.path_params.get("token", "")
+        address = None
+        if isinstance(token, str) and len(token) <= MAX_TOKEN:
+            address = verify_preferences_token(keys, token)
+        asked = accept_language(request.headers.get("accept-language"))
+        if address is None:
+            return page(asked, "invalid_link", 400)
+        address = address.lower()
+        stored = await run_in_threadpool(ledger_preference, ledger_path, address)
+        lang = (stored.locale if stored else None) or (
+            await run_in_threadpool(ledger_locale, ledger_path, address) or asked
+        )
+        if request.method != "POST":
+            return respond(lang, form.render(lang, initial_choice(stored, lang, declared)))
+        body = await read_body(request)
+        if body is None:
+            return page(lang, "too_large", 413)
+        submitted = read_form(body, declared)
+        if submitted is None:
+            shown = initial_choice(stored, lang, declared)
+            return respond(lang, form.render(lang, shown), 400)
+        chosen, preference = submitted
+        if preference != Preference():
+            try:
+                await run_in_threadpool(save, address, preference)
+            except LedgerError as exc:
+                log.error("cannot save a preference in the ledger: %s", exc)
+                return page(lang, "error", 503)
+        log.info("preferences saved")
+        return respond(chosen.locale, form.render(chosen.locale, chosen, saved=True))
+
+    return endpoint
+
+
+async def _serve(server: uvicorn.Server, sockets: list[Any]) -> None:
+    """uvicorn's own ``serve``, with systemd told when it listens, and the heartbeat that
+    feeds systemd's watchdog (``WatchdogSec=``) from the serving loop."""
+    heartbeat = Heartbeat()
+
+    async def ready() -> None:
+        while not server.started:
+            await asyncio.sleep(0.05)
+        notify("READY=1")
+
+    tasks = [asyncio.create_task(heartbeat.beat()), asyncio.create_task(ready())]
     try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        return socket.create_server((host, port), family=family)
-    except OSError as exc:
-        raise ServeError(f"cannot listen on {host}:{port}: {exc}") from exc
+        await server.serve(sockets=sockets)
+    finally:
+        notify("STOPPING=1")
+        for task in tasks:
+            task.cancel()
 
 
 def run_server(config: Config, host: str, port: int, *, dev_secret: bool = False) -> int:
@@ -280,22 +408,21 @@ def run_server(config: Config, host: str, port: int, *, dev_secret: bool = False
             ]
         )
     if is_dev:
-        log.warning("serving with the development unsubscribe secret: for local trials only")
+        log.warning(
+            "serving with the development unsubscribe secret: for local trials only",
+            extra={"event": "dev_secret"},
+        )
     app = make_app(config, keys)
     sock = listen(host, port)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=host,
-            port=port,
-            log_level="warning",
-            access_log=False,
-            server_header=False,
-            lifespan="off",
-        )
-    )
+    server = uvicorn_server(app, host, port)
     bound_host, bound_port = sock.getsockname()[:2]
-    log.info("unsubscribe endpoint on http://%s:%d%s", bound_host, bound_port, route_path(config))
+    log.info(
+        "unsubscribe endpoint on http://%s:%d%s (and /metrics, /healthz, /readyz)",
+        bound_host,
+        bound_port,
+        route_path(config),
+        extra={"event": "listening", "address": f"{bound_host}:{bound_port}"},
+    )
     # uvicorn re-raises a caught signal after shutdown, to the handler it found: make that
     # handler its own, so a signal means a clean stop (exit 0) before, during and after.
     previous: dict[signal.Signals, Any] = {}
@@ -304,7 +431,7 @@ def run_server(config: Config, host: str, port: int, *, dev_secret: bool = False
             previous[sig] = signal.signal(sig, server.handle_exit)
     try:
         with sock:
-            server.run(sockets=[sock])
+            asyncio.run(_serve(server, [sock]))
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

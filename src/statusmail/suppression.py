@@ -8,6 +8,7 @@ from collections.abc import Iterable
 
 from email_validator import EmailNotValidError, validate_email
 
+from statusmail.domain import Preference
 from statusmail.errors import InputError, Problem
 from statusmail.ledger import Ledger
 from statusmail.subscribers import address_key
@@ -45,4 +46,18 @@ def export_csv(ledger: Ledger) -> str:
     writer.writerow(["email", "reason", "detail", "suppressed_at"])
     for row in ledger.suppressions():
         writer.writerow([safe_cell(cell) for cell in row])
+    return buffer.getvalue()
+
+
+def preferences_csv(rows: Iterable[tuple[str, Preference, str]]) -> str:
+    """The stored preferences as CSV: ``email,locale,topics,updated_at`` (topics split by
+    ``;`` as in a subscriber file; an empty cell keeps the list's value)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["email", "locale", "topics", "updated_at"])
+    for address, preference, updated in rows:
+        topics = "" if preference.topics is None else ";".join(sorted(preference.topics))
+        writer.writerow(
+            [safe_cell(cell) for cell in (address, preference.locale or "", topics, updated)]
+        )
     return buffer.getvalue()

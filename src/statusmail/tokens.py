@@ -168,6 +168,72 @@ def verify_entry_token(keys: Keyring, purpose: Purpose, token: str) -> tuple[str
     return (entry_id, address) if sep else None
 
 
+# RFC 5321 limits a local part to 64 octets; the sealed return-path token (2 + 16 bytes
+# more than the entry and the address, base64) rarely fits after "bounces+".
+MAX_LOCAL_PART = 64
+ROW_TOKEN_LENGTH = 48  # base32 of 2 + 16 + 8 + 4 bytes
+
+
+def _row_check(entry_id: str, address_key: str) -> bytes:
+    """Four bytes of what the row holds, sealed with its number: a ledger whose rowids
+    changed (a VACUUM, a copy) can never pin a bounce on someone else."""
+    return hashlib.sha256(f"{entry_id}\x00{address_key}".encode()).digest()[:4]
+
+
+def row_token(keys: Keyring, row: int, entry_id: str, address_key: str) -> str:
+    """The short return-path token: the delivery's ledger row, sealed (AES-SIV) under
+    the return path's key, in lower-case base32 (48 characters, whatever case a mail
+    system folds to). Authenticated like every token; the ledger says whom it names."""
+    plain = row.to_bytes(8, "big") + _row_check(entry_id, address_key)
+    raw = _unb64(keys.seal(Purpose.VERP, plain)) or b""
+    return base64.b32encode(raw).decode("ascii").rstrip("=").lower()
+
+
+def open_row_token(keys: Keyring, token: str) -> tuple[int, bytes] | None:
+    """(row, check) if a secret of ``keys`` made ``token`` with ``row_token``."""
+    if len(token) != ROW_TOKEN_LENGTH:
+        return None
+    try:
+        raw = base64.b32decode(token.upper() + "=" * (-len(token) % 8))
+    except (ValueError, binascii.Error):
+        return None
+    plain = keys.open(Purpose.VERP, _b64(raw))
+    if plain is None or len(plain) != 12:
+        return None
+    return int.from_bytes(plain[:8], "big"), plain[8:]
+
+
+def row_token_names(check: bytes, entry_id: str, address_key: str) -> bool:
+    return hmac.compare_digest(check, _row_check(entry_id, address_key))
+
+
+def return_path_token(
+    keys: Keyring, entry_id: str, address_key: str, local_part: str, row: int | None
+) -> str:
+    """The token for ``<local_part><delimiter><token>@…``: the sealed entry token, which
+    needs no lookup, when the local part stays within 64 octets; else the row token
+    (outside a run, with no row, as for a preview: the sealed token whatever its length)."""
+    sealed = entry_token(keys, Purpose.VERP, entry_id, address_key)
+    if len(local_part) + 1 + len(sealed) <= MAX_LOCAL_PART or row is None:
+        return sealed
+    return row_token(keys, row, entry_id, address_key)
+
+
+def preferences_token(keys: Keyring, address_key: str) -> str:
+    return keys.seal(Purpose.PREFERENCES, address_key.encode("utf-8"))
+
+
+def verify_preferences_token(keys: Keyring, token: str) -> str | None:
+    """The address the preferences link was made for, or None."""
+    plain = keys.open(Purpose.PREFERENCES, token)
+    if plain is None:
+        return None
+    try:
+        return plain.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 def message_id(keys: Keyring, entry_id: str, address_key: str, domain: str) -> str:
     """The same on every attempt, and for threading from a later entry; reveals no address."""
     digest = keys.mac(Purpose.MESSAGE_ID, f"{entry_id}\x00{address_key}".encode()).hex()[:32]

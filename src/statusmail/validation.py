@@ -21,6 +21,7 @@ from statusmail.entries import load_entries, source_hash
 from statusmail.errors import ConfigError, InputError, Problem, RenderError, StatusmailError
 from statusmail.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES, resolve_locale
 from statusmail.message import MessageFactory
+from statusmail.pages import preferences_page_problems
 from statusmail.regions import Region, load_regions
 from statusmail.render import Renderer, VariantKey
 from statusmail.subscribers import ReadStats, RowProblem, iter_subscribers
@@ -62,7 +63,12 @@ def region_problems(regions: Mapping[str, Region]) -> list[Problem]:
         for locale in SUPPORTED_LOCALES:
             if not region.names.get(locale):
                 problems.append(
-                    Problem(path, at("name"), f"region {region.code} has no {locale!r} name")
+                    Problem(
+                        path,
+                        at("name"),
+                        f"region {region.code} has no {locale!r} name",
+                        code="region-name",
+                    )
                 )
             if not region.access:
                 continue
@@ -72,6 +78,7 @@ def region_problems(regions: Mapping[str, Region]) -> list[Problem]:
                         path,
                         at("access"),
                         f"region {region.code} has no {locale!r} access instructions",
+                        code="region-access",
                     )
                 )
             if not region.heading.get(locale):
@@ -81,6 +88,7 @@ def region_problems(regions: Mapping[str, Region]) -> list[Problem]:
                         at("heading"),
                         f"region {region.code} has access instructions but no {locale!r} "
                         "heading (heading: {en: ..., ru: ...}, as a person would say it)",
+                        code="region-heading",
                     )
                 )
         for locale, text in region.access.items():
@@ -90,6 +98,7 @@ def region_problems(regions: Mapping[str, Region]) -> list[Problem]:
                         path,
                         at("access"),
                         f"link {target!r} in {region.code}'s {locale} access text is not allowed",
+                        code="unsafe-link",
                     )
                 )
     return problems
@@ -108,7 +117,12 @@ def entry_problems(
     for code in sorted(audience.regions or ()):
         if code not in regions:
             problems.append(
-                Problem(path, entry.line("audience"), f"unknown region {code!r} (not in regions)")
+                Problem(
+                    path,
+                    entry.line("audience"),
+                    f"unknown region {code!r} (not in regions)",
+                    code="unknown-region",
+                )
             )
     if config.topics is not None:
         for topic in sorted((audience.topics or frozenset()) - config.topics):
@@ -118,11 +132,17 @@ def entry_problems(
                     entry.line("audience"),
                     f"topic {topic!r} is not one of the config's topics "
                     f"({', '.join(sorted(config.topics)) or 'none'})",
+                    code="unknown-topic",
                 )
             )
     if entry.thread and entry.thread not in set(known_ids):
         problems.append(
-            Problem(path, entry.line("thread"), f"thread {entry.thread!r} names no entry")
+            Problem(
+                path,
+                entry.line("thread"),
+                f"thread {entry.thread!r} names no entry",
+                code="dangling-thread",
+            )
         )
     problems += missing_language_problems(entry, audience.locales or set())
     for locale, content in entry.content.items():
@@ -132,6 +152,7 @@ def entry_problems(
                     path,
                     entry.line(f"content.{locale}.body") or entry.line(f"content.{locale}"),
                     f"link {target!r} in the {locale} body is not allowed",
+                    code="unsafe-link",
                 )
             )
     problems += translation_problems(entry)
@@ -149,6 +170,7 @@ def missing_language_problems(entry: Entry, locales: Iterable[str]) -> list[Prob
             entry.line("content"),
             f"subscribers in the audience read {', '.join(missing)} "
             "but the entry has no content in it",
+            code="missing-translation",
         )
     ]
 
@@ -180,6 +202,7 @@ def translation_problems(entry: Entry) -> list[Problem]:
                             entry.where,
                             at(key),
                             f"the ru {key} has no Cyrillic letter: is it still in English?",
+                            code="not-cyrillic",
                         )
                     )
         if english is None:
@@ -193,6 +216,7 @@ def translation_problems(entry: Entry) -> list[Problem]:
                     f"the {locale} block has no 'source:'; once it matches the English, "
                     f"add source: {current}",
                     warning=True,
+                    code="missing-source",
                 )
             )
         elif content.source != current:
@@ -203,6 +227,7 @@ def translation_problems(entry: Entry) -> list[Problem]:
                     f"the English changed since this {locale} translation was made "
                     f"(source: {content.source}, English now {current}); update the "
                     f"translation, then set source: {current}",
+                    code="stale-translation",
                 )
             )
         ours = _numbers(english.subject, english.summary, english.body)
@@ -220,6 +245,7 @@ def translation_problems(entry: Entry) -> list[Problem]:
                     entry.where,
                     entry.line(f"content.{locale}"),
                     f"the numbers in en and {locale} differ ({'; '.join(said)})",
+                    code="numbers-differ",
                 )
             )
     return problems
@@ -233,6 +259,7 @@ def readiness_problems(entry: Entry, *, now: dt.datetime, send_now: bool) -> lis
                 entry.where,
                 entry.line("status"),
                 "the entry is a draft; drafts are never sent (set status: ready)",
+                code="draft",
             )
         ]
     if entry.send_at and entry.send_at > now and not send_now:
@@ -242,6 +269,7 @@ def readiness_problems(entry: Entry, *, now: dt.datetime, send_now: bool) -> lis
                 entry.line("send_at"),
                 f"send_at is {entry.send_at.isoformat()}, still to come; "
                 "send it then, or now with --now",
+                code="not-due",
             )
         ]
     return []
@@ -266,6 +294,7 @@ def secret_problems(config: Config, environ: Mapping[str, str] | None = None) ->
                     f"${config.unsubscribe.secret_env} is not set; the development "
                     "unsubscribe secret is used (fine for the maildir outbox only)",
                     warning=True,
+                    code="secret-missing",
                 )
             )
         short = secret_length_problem(config, keys, is_dev)
@@ -281,6 +310,7 @@ def secret_problems(config: Config, environ: Mapping[str, str] | None = None) ->
                 config.line("smtp"),
                 f"smtp.username is set but ${smtp.password_env} is unset or empty: "
                 "put the relay's password there",
+                code="secret-missing",
             )
         )
     return problems
@@ -295,6 +325,7 @@ def secret_length_problem(config: Config, keys: Keyring, is_dev: bool) -> Proble
         config.line("unsubscribe"),
         f"${config.unsubscribe.secret_env} is {len(keys.secret)} bytes; it must be at least "
         f"{MIN_SECRET_BYTES} (e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))')",
+        code="secret-short",
     )
 
 
@@ -313,10 +344,11 @@ def render_problems(factory: MessageFactory, keys: Iterable[VariantKey]) -> list
                 built = factory.build(probe)
                 rendered = built.rendered
             except RenderError as exc:
-                problems.append(exc.problem or Problem(entry.where, None, str(exc)))
+                fallback = Problem(entry.where, None, str(exc), code="render-error")
+                problems.append(exc.problem or fallback)
                 break
             except StatusmailError as exc:
-                problems.append(Problem(entry.where, None, str(exc)))
+                problems.append(Problem(entry.where, None, str(exc), code="render-error"))
                 break
             region = factory.renderer.region(key)
             if region is None or not region.links:
@@ -338,6 +370,7 @@ def _leak(entry: Entry, key: VariantKey, region: Region, host: str, where: str) 
         entry.line(f"content.{key.locale}") or entry.line("content"),
         f"readers in {region.code} still get a link to {host} in {where} ({key.title}): "
         f"write it as {region.links[0][0]}… so that regions.yaml's links rewrite it",
+        code="blocked-link",
     )
 
 
@@ -387,6 +420,8 @@ def check_project(config: Config) -> CheckReport:
     for entry in entries.values():
         report.add(entry_problems(entry, known_ids=entries, regions=regions, config=config))
     report.add(catalog_problems(config.paths.templates))
+    if report.ok:  # a broken catalog is said once, above
+        report.add(preferences_page_problems(config))
     report.add(secret_problems(config))
     if report.ok:
         try:
@@ -398,7 +433,7 @@ def check_project(config: Config) -> CheckReport:
             try:
                 factory = MessageFactory(config, entry, renderer, keys)
             except StatusmailError as exc:
-                report.add([Problem(entry.where, None, str(exc))])
+                report.add([Problem(entry.where, None, str(exc), code="render-error")])
                 break
             report.add(render_problems(factory, renderer.variant_keys(entry)))
     report.add(_subscriber_problems(config, list(entries.values()), set(regions), report))
@@ -415,7 +450,8 @@ def _subscriber_problems(
     stats = ReadStats()
     for item in iter_subscribers(config.paths.subscribers, stats):
         if isinstance(item, RowProblem):
-            problems.append(Problem(item.path, item.line or None, item.message))
+            code = "subscriber-file" if item.fatal else "subscriber-row"
+            problems.append(Problem(item.path, item.line or None, item.message, code=code))
             continue
         report.subscribers += 1
         if item.status != SubscriberStatus.ACTIVE:
@@ -456,7 +492,10 @@ def _audience_problems(
         for value in sorted((wanted or frozenset()) - present):
             problems.append(
                 Problem(
-                    entry.where, line, f"no active subscriber has the audience's {what} {value!r}"
+                    entry.where,
+                    line,
+                    f"no active subscriber has the audience's {what} {value!r}",
+                    code="audience-unmatched",
                 )
             )
     if not selected:
@@ -465,6 +504,7 @@ def _audience_problems(
                 entry.where,
                 line or entry.line("status"),
                 "the entry is ready but its audience selects no active subscriber",
+                code="audience-empty",
             )
         )
     return problems

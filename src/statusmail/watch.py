@@ -4,7 +4,13 @@ One entry at a time, oldest ``date`` first, through the same pipeline as ``send`
 ledger decides what is left to do, so a restart simply carries on. An entry is retried
 with backoff when the relay is down; nothing is marked failed for that. An entry that
 cannot be sent as its files stand (invalid, a broken list) is logged once and left
-alone until one of its files changes.
+alone until one of its files changes. With a bounce mailbox configured, the watcher
+also reads it (``statusmail feedback``) at start and every ``bounces.interval`` seconds.
+
+With ``--metrics-port`` it answers ``/metrics``, ``/healthz`` (the event loop is beating)
+and ``/readyz`` (the ledger answers, and the relay was reachable at the last attempt or
+nothing waits for it) from a thread of its own; under systemd it says ``READY=1`` and
+feeds the watchdog.
 """
 
 from __future__ import annotations
@@ -18,12 +24,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from statusmail import pipeline
+from statusmail import feedback, health, metrics, pipeline
 from statusmail.config import Config, load_config
 from statusmail.domain import Entry, ExitCode
 from statusmail.entries import entry_paths, load_entry
-from statusmail.errors import ConnectError, InputError, StatusmailError
+from statusmail.errors import ConnectError, InputError, LedgerError, StatusmailError
 from statusmail.ledger import Ledger, run_lock
+from statusmail.ledger import describe as ledger_describe
 from statusmail.ledger import exists as ledger_exists
 from statusmail.subscribers import subscriber_files
 
@@ -38,6 +45,8 @@ class WatchOptions:
     poll_interval: float = 2.0
     backoff_initial: float = 5.0
     backoff_max: float = 300.0
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None  # None: no metrics endpoint
 
 
 @dataclass
@@ -63,6 +72,10 @@ def inputs_fingerprint(config: Config, entry_path: Path | None) -> Fingerprint:
     return tuple(stamps)
 
 
+def relay_name(config: Config) -> str:
+    return config.smtp.server if config.transport == "smtp" else config.transport
+
+
 class Watcher:
     def __init__(self, config: Config, options: WatchOptions) -> None:
         self.config = config
@@ -75,24 +88,74 @@ class Watcher:
         self._blocked: dict[str, Fingerprint] = {}  # entries that cannot run as files stand
         self._backoff: dict[str, _Backoff] = {}
         self._left_pending = False  # did the last pass leave recipients pending?
+        self.registry = metrics.new_registry()
+        self.metrics = metrics.DeliveryMetrics(self.registry)
+        self.heartbeat = health.Heartbeat()
+
+    # -- health --------------------------------------------------------------------
+    # Called from the metrics thread: they only read attributes the loop replaces whole.
+
+    def alive(self) -> str | None:
+        return self.heartbeat.problem()
+
+    def ready(self) -> str | None:
+        problem = health.ledger_problem(self.config.paths.ledger)
+        if problem is not None:
+            return problem
+        waiting = len(self._backoff)
+        if self.metrics.relay_reachable is False and waiting:
+            return (
+                f"the relay {relay_name(self.config)} was unreachable at the last attempt; "
+                f"{waiting} entr{'y waits' if waiting == 1 else 'ies wait'} for it"
+            )
+        return None
+
+    def _metrics_server(self) -> health.BackgroundServer | None:
+        port = self.options.metrics_port
+        if port is None:
+            return None
+        from starlette.applications import Starlette
+
+        sock = health.listen(self.options.metrics_host, port)
+        app = Starlette(routes=health.routes(self.registry, ready=self.ready, alive=self.alive))
+        server = health.BackgroundServer(app, sock).start()
+        log.info(
+            "metrics and health on http://%s/metrics",
+            server.address,
+            extra={"event": "metrics_listening", "address": server.address},
+        )
+        return server
 
     # -- signals -----------------------------------------------------------------
 
     def _on_stop(self) -> None:
-        log.info("stopping: in-flight messages finish, the rest stays pending")
+        log.info(
+            "stopping: in-flight messages finish, the rest stays pending",
+            extra={"event": "stopping"},
+        )
         self.stop.set()
         self.wake.set()
         if self._run_stop is not None:
             self._run_stop.set()
 
     def _on_hangup(self) -> None:
-        log.info("SIGHUP: reloading the config and templates")
+        log.info("SIGHUP: reloading the config and templates", extra={"event": "reload"})
         self.reload = True
         self.wake.set()
 
     # -- the loop ----------------------------------------------------------------
 
     async def run(self) -> ExitCode:
+        server = self._metrics_server()
+        try:
+            with metrics.use(self.metrics):
+                return await self._run()
+        finally:
+            health.notify("STOPPING=1")
+            if server is not None:
+                server.stop()
+
+    async def _run(self) -> ExitCode:
         with run_lock(self.config.paths.ledger, "watch"):
             loop = asyncio.get_running_loop()
             handlers = {
@@ -105,6 +168,11 @@ class Watcher:
                 loop.add_signal_handler(sig, handler)
             log.info("watching %s", self.config.paths.updates, extra={"event": "watching"})
             events = asyncio.create_task(self._file_events())
+            beats = asyncio.create_task(self.heartbeat.beat())
+            health.notify("READY=1")
+            # What came back is read before anything is sent, then beside the sending.
+            await self._feedback_pass()
+            bounces = None if self.options.once else asyncio.create_task(self._feedback_loop())
             try:
                 while not self.stop.is_set():
                     if self.reload:
@@ -114,9 +182,11 @@ class Watcher:
                         break
                     await self._sleep()
             finally:
-                events.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await events
+                for task in (events, beats, bounces):
+                    if task is not None:
+                        task.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await task
                 for sig in handlers:
                     loop.remove_signal_handler(sig)
                     signal.signal(sig, previous[sig] or signal.SIG_DFL)
@@ -138,7 +208,53 @@ class Watcher:
                 self.wake.set()
         except (OSError, RuntimeError) as exc:
             log.info(
-                "no file-system events (%s); polling every %.0fs", exc, self.options.poll_interval
+                "no file-system events (%s); polling every %.0fs",
+                exc,
+                self.options.poll_interval,
+                extra={"event": "polling_only"},
+            )
+
+    async def _feedback_loop(self) -> None:
+        while not self.stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), self.config.bounces.interval)
+            if not self.stop.is_set():
+                await self._feedback_pass()
+
+    async def _feedback_pass(self) -> None:
+        """One pass over the bounce mailbox, in a thread (it blocks on IMAP and SQLite);
+        a mailbox that cannot be read is logged and tried again next time."""
+        bounces = self.config.bounces
+        if bounces.maildir is None and bounces.imap is None:
+            return
+        try:
+            report = await asyncio.to_thread(
+                feedback.run_pass, self.config, should_stop=self.stop.is_set
+            )
+        except StatusmailError as exc:
+            log.warning("feedback: %s", exc, extra={"event": "feedback_failed"})
+            return
+        except Exception as exc:  # the service keeps sending whatever the mailbox holds
+            log.error("feedback pass failed: %r", exc, extra={"event": "feedback_failed"})
+            return
+        summary = report.as_json()
+        if report.read:
+            log.info(
+                "feedback: read %d, handled %d (%d hard, %d soft, %d complaints, "
+                "%d unsubscribes), %d newly suppressed",
+                report.read,
+                report.handled,
+                summary["hard"],
+                summary["soft"],
+                summary["complaints"],
+                summary["unsubscribes"],
+                report.suppressed,
+                extra={
+                    "event": "feedback",
+                    "read": report.read,
+                    "handled": report.handled,
+                    "suppressed": report.suppressed,
+                },
             )
 
     def _reload(self) -> None:
@@ -147,7 +263,7 @@ class Watcher:
             self.config = load_config(self.config.path)
         except InputError as exc:
             for problem in exc.problems:
-                log.error("config not reloaded: %s", problem)
+                log.error("config not reloaded: %s", problem, extra={"event": "reload_failed"})
             return
         log.info("config reloaded", extra={"event": "reloaded"})
 
@@ -161,7 +277,21 @@ class Watcher:
 
     async def _work_through_due(self) -> None:
         self._left_pending = False
-        for entry in self.due_entries():
+        ledger_path = Path(ledger_describe(self.config.paths.ledger))
+        try:
+            due = self.due_entries()
+        except LedgerError as exc:
+            # Stay up, unready (/readyz says why), and look again at the next scan.
+            self._left_pending = True
+            self._say_once(
+                ledger_path,
+                f"{exc}; nothing is sent until it can be read",
+                logging.ERROR,
+                event="ledger_error",
+            )
+            return
+        self._reported.pop(ledger_path, None)
+        for entry in due:
             if self.stop.is_set():
                 return
             backoff = self._backoff.get(entry.id)
@@ -172,10 +302,17 @@ class Watcher:
 
     # -- what is due -------------------------------------------------------------
 
-    def _say_once(self, path: Path, message: str, level: int = logging.WARNING) -> None:
+    def _say_once(
+        self,
+        path: Path,
+        message: str,
+        level: int = logging.WARNING,
+        *,
+        event: str = "entry_problem",
+    ) -> None:
         if self._reported.get(path) != message:
             self._reported[path] = message
-            log.log(level, "%s", message, extra={"event": "entry_problem", "file": str(path)})
+            log.log(level, "%s", message, extra={"event": event, "file": str(path)})
 
     def due_entries(self) -> list[Entry]:
         """Ready entries whose time has come and that the ledger does not show complete."""
@@ -234,11 +371,18 @@ class Watcher:
             self._reported.pop(entry.path, None)  # a file changed: say it again if still so
         try:
             prepared = pipeline.prepare(config, entry)
-            log.info("sending %s", entry.id, extra={"event": "sending", "entry": entry.id})
+            log.info(
+                "sending %s",
+                entry.id,
+                extra={"event": "sending", "entry": entry.id, "relay": relay_name(config)},
+            )
             self._run_stop = asyncio.Event()
             request = pipeline.Request()
             with pipeline.open_ledger(config, entry.id) as held:
                 started = pipeline.start(prepared, held, request)
+                self.metrics.start_sending(
+                    entry.id, held.ledger.counts(entry.id)["pending"]
+                )
                 report = await pipeline.finish(
                     prepared,
                     held,
@@ -267,7 +411,9 @@ class Watcher:
             return False
         finally:
             self._run_stop = None
+            self.metrics.done_sending(entry.id, None)
         counts = report.counts or {}
+        self.metrics.done_sending(entry.id, counts.get("pending"))
         log.info(
             "%s: sent %d, failed %d this run; %s in all",
             entry.id,
@@ -281,6 +427,7 @@ class Watcher:
                 "failed": report.result.failed,
                 "pending": counts.get("pending"),
                 "stopped": report.result.stopped,
+                "relay": relay_name(config),
             },
         )
         if report.exit_code is ExitCode.STOPPED:
@@ -305,5 +452,10 @@ class Watcher:
             entry_id,
             reason,
             delay,
-            extra={"event": "retry_later", "entry": entry_id, "delay": delay},
+            extra={
+                "event": "retry_later",
+                "entry": entry_id,
+                "delay": delay,
+                "relay": relay_name(self.config),
+            },
         )

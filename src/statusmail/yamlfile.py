@@ -89,12 +89,25 @@ def read_text(path: Path, limit: int = MAX_FILE_BYTES) -> str:
     try:
         size = path.stat().st_size
         if size > limit:
-            raise InputError([Problem(path, None, f"file is {size} bytes; the limit is {limit}")])
+            raise InputError(
+                [
+                    Problem(
+                        path,
+                        None,
+                        f"file is {size} bytes; the limit is {limit}",
+                        code="file-too-large",
+                    )
+                ]
+            )
         return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise InputError([Problem(path, None, f"not valid UTF-8: {exc.reason}")]) from exc
+        raise InputError(
+            [Problem(path, None, f"not valid UTF-8: {exc.reason}", code="unreadable-file")]
+        ) from exc
     except OSError as exc:
-        raise InputError([Problem(path, None, f"cannot read: {exc.strerror or exc}")]) from exc
+        raise InputError(
+            [Problem(path, None, f"cannot read: {exc.strerror or exc}", code="unreadable-file")]
+        ) from exc
 
 
 def load_yaml(path: Path) -> Any:
@@ -110,9 +123,11 @@ def parse_yaml(text: str, path: Path) -> Any:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
         message = " ".join(str(part) for part in (exc.context, exc.problem) if part)
-        raise InputError([Problem(path, line, f"invalid YAML: {message}")]) from exc
+        raise InputError(
+            [Problem(path, line, f"invalid YAML: {message}", code="yaml-syntax")]
+        ) from exc
     except yaml.YAMLError as exc:
-        raise InputError([Problem(path, None, f"invalid YAML: {exc}")]) from exc
+        raise InputError([Problem(path, None, f"invalid YAML: {exc}", code="yaml-syntax")]) from exc
 
 
 def line_of(container: Any, key: Any) -> int | None:

@@ -12,19 +12,24 @@ from statusmail.ledger.locks import ServerLock, run_lock
 from statusmail.ledger.queue import DeliveryQueue, LocalQueue, ServerQueue
 from statusmail.ledger.schema import SCHEMA_VERSION
 from statusmail.ledger.store import (
+    FEEDBACK_OUTCOMES,
     OUTCOMES,
+    FeedbackEvent,
     Ledger,
     Plan,
     StagedRow,
     exists,
     now_iso,
+    read_preferences,
     read_suppressions,
 )
 
 __all__ = [
+    "FEEDBACK_OUTCOMES",
     "OUTCOMES",
     "SCHEMA_VERSION",
     "DeliveryQueue",
+    "FeedbackEvent",
     "Ledger",
     "LocalQueue",
     "Plan",
@@ -35,6 +40,7 @@ __all__ = [
     "exists",
     "is_url",
     "now_iso",
+    "read_preferences",
     "read_suppressions",
     "run_lock",
 ]

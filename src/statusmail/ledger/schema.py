@@ -48,6 +48,35 @@ CREATE TABLE IF NOT EXISTS entries (
 )
 """
 
+_FEEDBACK_TABLES = """
+CREATE INDEX deliveries_message_id ON deliveries (message_id) WHERE message_id IS NOT NULL;
+CREATE TABLE feedback_events (
+    received_at TEXT NOT NULL,            -- when statusmail read the report
+    event_at    TEXT NOT NULL,            -- when it happened, as the report says
+    entry_id    TEXT,                     -- NULL when nothing tells which entry
+    address     TEXT NOT NULL,
+    kind        TEXT NOT NULL
+                CHECK (kind IN ('hard', 'soft', 'complaint', 'unsubscribe')),
+    code        TEXT,                     -- the status code (5.1.1), else the reply code
+    diagnostic  TEXT,
+    source      TEXT NOT NULL,            -- the report's Message-ID (or its digest)
+    suppressed  INTEGER NOT NULL DEFAULT 0,   -- 1: it put the address on the list
+    PRIMARY KEY (address, kind, source)   -- a report read twice counts once
+) {without_rowid};
+CREATE TABLE bounce_scores (
+    address  TEXT NOT NULL,
+    day      TEXT NOT NULL,               -- a UTC date: a soft bounce counts once a day
+    source   TEXT NOT NULL,               -- the report that counted
+    PRIMARY KEY (address, day)
+) {without_rowid};
+CREATE TABLE preferences (
+    address    TEXT PRIMARY KEY,
+    locale     TEXT,                      -- NULL: the list's
+    topics     TEXT,                      -- topics split by semicolons, NULL: the list's
+    updated_at TEXT NOT NULL
+) {without_rowid}
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     # 1: the first schema (SQLite ledgers made before versioning have it, maybe without
     # `selection`, which the migration adds when it is missing)
@@ -60,7 +89,51 @@ MIGRATIONS: tuple[Migration, ...] = (
     },
     # 2: the address index that status and the unsubscribe page's language lookup use
     "CREATE INDEX IF NOT EXISTS deliveries_address ON deliveries (address)",
-    # 3: several senders on one entry: claims with a lease, selections by generation, the
+    # 3: what comes back (bounces, complaints, mailto unsubscribes) and preferences.
+    # deliveries gains the outcomes bounced and complained (SQLite changes a CHECK
+    # constraint only by rebuilding the table: the same rows, rowids and order: a return
+    # path names its row by rowid) and an index on the Message-ID a report quotes.
+    {
+        "sqlite": """
+        CREATE TABLE deliveries_v3 (
+            entry_id    TEXT NOT NULL,
+            address     TEXT NOT NULL,
+            email       TEXT NOT NULL,
+            ascii_email TEXT,
+            name        TEXT NOT NULL DEFAULT '',
+            locale      TEXT NOT NULL,
+            region      TEXT,
+            status      TEXT NOT NULL CHECK (status IN
+                        ('pending', 'sent', 'failed', 'skipped', 'bounced', 'complained')),
+            attempts    INTEGER NOT NULL DEFAULT 0,
+            code        INTEGER,
+            detail      TEXT,
+            message_id  TEXT,
+            selection   INTEGER NOT NULL DEFAULT 0,
+            created_at  TEXT NOT NULL,
+            updated_at  TEXT NOT NULL,
+            PRIMARY KEY (entry_id, address)
+        );
+        INSERT INTO deliveries_v3 (rowid, entry_id, address, email, ascii_email, name, locale,
+            region, status, attempts, code, detail, message_id, selection, created_at,
+            updated_at)
+            SELECT rowid, entry_id, address, email, ascii_email, name, locale, region, status,
+            attempts, code, detail, message_id, selection, created_at, updated_at
+            FROM deliveries ORDER BY rowid;
+        DROP TABLE deliveries;
+        ALTER TABLE deliveries_v3 RENAME TO deliveries;
+        CREATE INDEX deliveries_status ON deliveries (entry_id, status);
+        CREATE INDEX deliveries_address ON deliveries (address);
+        """
+        + _FEEDBACK_TABLES.replace("{without_rowid}", "WITHOUT ROWID"),
+        "postgresql": """
+        ALTER TABLE deliveries DROP CONSTRAINT IF EXISTS deliveries_status_check;
+        ALTER TABLE deliveries ADD CONSTRAINT deliveries_status_check CHECK (status IN
+            ('pending', 'sent', 'failed', 'skipped', 'bounced', 'complained'));
+        """
+        + _FEEDBACK_TABLES.replace("{without_rowid}", ""),
+    },
+    # 4: several senders on one entry: claims with a lease, selections by generation, the
     # list size the shrink guard compares with, a shared rate limiter
     """
     ALTER TABLE deliveries ADD COLUMN claimed_by TEXT;

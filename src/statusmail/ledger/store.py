@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from statusmail.config import is_url
-from statusmail.domain import DeliveryStatus, Outcome, Recipient
+from statusmail.domain import DeliveryStatus, Outcome, Preference, Recipient
 from statusmail.errors import LedgerError
 from statusmail.ledger import queries
 from statusmail.ledger.database import (
@@ -37,7 +37,12 @@ from statusmail.ledger.database import (
 from statusmail.ledger.schema import MIGRATIONS, SCHEMA_VERSION, statements
 
 ENQUEUE_BATCH = 2_000
-OUTCOMES = tuple(status.value for status in DeliveryStatus)
+# What a delivery can end as; a sent row may later turn bounced or complained.
+OUTCOMES = ("pending", "sent", "failed", "skipped")
+FEEDBACK_OUTCOMES = (DeliveryStatus.BOUNCED.value, DeliveryStatus.COMPLAINED.value)
+# The preferences are read into memory for a selection up to this many; past it, each
+# subscriber's is looked up in the ledger (an indexed read), so memory stays flat.
+PREFERENCES_IN_MEMORY = 100_000
 
 STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS staged (
@@ -124,7 +129,7 @@ class Ledger:
         self.dialect = self.database.dialect.name
         self._staged = 0
         try:
-            self.migrate(check_only=readonly)
+            self._migrate(check_only=readonly)
         except driver_errors() as exc:
             self.database.close()
             raise self.error(f"cannot open the ledger: {exc}") from exc
@@ -170,8 +175,11 @@ class Ledger:
         return int(self._one("SELECT MAX(version) FROM schema_version") or 0)
 
     @_guarded("migrate the schema")
-    def migrate(self, *, check_only: bool = False) -> int:
+    def migrate(self) -> int:
         """Apply the migrations this ledger lacks; refuse one newer than this code."""
+        return self._migrate(check_only=False)
+
+    def _migrate(self, *, check_only: bool) -> int:
         version = self.schema_version()
         if version > SCHEMA_VERSION:
             raise self.error(
@@ -202,6 +210,12 @@ class Ledger:
 
     # -- selecting: staging, batches, the generation ---------------------------------
 
+    @_guarded("empty the staging area")
+    def reset_staging(self) -> None:
+        self._q(STAGING)
+        self._q("DELETE FROM staged")
+        self._staged = 0
+
     @_guarded("stage the selection")
     def stage(self, rows: Iterable[StagedRow]) -> int:
         """Stage ``rows`` (appended to what this connection staged since ``begin``); the
@@ -223,10 +237,8 @@ class Ledger:
 
     @_guarded("start a selection")
     def begin_selection(self, entry_id: str, digest: str) -> int:
-        """A new generation of the entry's selection; its staging area starts empty."""
-        self._q(STAGING)
-        self._q("DELETE FROM staged")
-        self._staged = 0
+        """A new generation of the entry's selection (the rows its selection enqueues
+        carry it; delivery takes only rows of the current one)."""
         with self.transaction():
             self._q(
                 "INSERT INTO entries (entry_id, digest, selected_at) VALUES (:e, :d, :at)"
@@ -272,7 +284,7 @@ class Ledger:
         return Plan(selected, new, pending, removed, excluded, known, revived)
 
     @_guarded("enqueue the selection")
-    def enqueue(self, entry_id: str, generation: int, after: int = 0) -> int:
+    def enqueue(self, entry_id: str, generation: int, after: int = 0) -> tuple[int, int]:
         """Make the staged rows after position ``after`` part of the entry's queue, in
         short transactions; returns the last position enqueued.
 
@@ -280,14 +292,25 @@ class Ledger:
         becomes pending again; pending rows take the subscriber's current name and
         language. All of them carry ``generation``: delivery takes only rows of the
         current selection. Invalid list rows are recorded as skipped. Sent and failed
-        rows are never touched.
+        rows are never touched. Returns the last position enqueued and how many rows
+        became pending that were not.
         """
         last = int(self._one("SELECT COALESCE(MAX(pos), 0) FROM staged") or 0)
         stamp = now_iso()
+        added = 0
         for start in range(after, last, ENQUEUE_BATCH):
             bounds = {"e": entry_id, "g": generation, "now": stamp}
             bounds |= {"lo": start, "hi": start + ENQUEUE_BATCH}
             with self.transaction():
+                added += int(
+                    self.database.execute(
+                        "SELECT COUNT(*) FROM staged s WHERE s.kind = 'selected'"
+                        " AND s.pos > :lo AND s.pos <= :hi AND NOT EXISTS (SELECT 1"
+                        " FROM deliveries d WHERE d.entry_id = :e AND d.address = s.address"
+                        " AND d.status <> 'skipped')",
+                        bounds,
+                    )[0][0]
+                )
                 self.database.execute(
                     "INSERT INTO deliveries (entry_id, address, email, ascii_email, name,"
                     " locale, region, status, selection, created_at, updated_at)"
@@ -310,7 +333,7 @@ class Ledger:
                     " ON CONFLICT (entry_id, address) DO NOTHING",
                     bounds,
                 )
-        return last
+        return last, added
 
     @_guarded("finish the selection")
     def finish_selection(
@@ -575,6 +598,25 @@ class Ledger:
             )
         return bool(added)
 
+    @_guarded("read the suppression list")
+    def suppression_evidence(
+        self,
+    ) -> list[tuple[str, str, str | None, str, str | None, str | None]]:
+        """(address, reason, detail, created_at, code, event_at): each suppression with the
+        status code and date of the report that caused it, when one did."""
+        first = (
+            "(SELECT f.{} FROM feedback_events f WHERE f.address = s.address"
+            " AND f.suppressed = 1 LIMIT 1)"
+        )
+        return [
+            (r[0], r[1], r[2], r[3], r[4], r[5])
+            for r in self._q(
+                "SELECT s.address, s.reason, s.detail, s.created_at,"
+                f" {first.format('code')}, {first.format('event_at')}"
+                " FROM suppressions s ORDER BY s.created_at, s.address"
+            )
+        ]
+
     @_guarded("remove a suppression")
     def unsuppress(self, address: str) -> bool:
         with self.transaction():
@@ -594,12 +636,246 @@ class Ledger:
             )
         ]
 
+    # -- feedback: bounces, complaints and mailto unsubscribes read back ---------
+
+    @_guarded("look up a return path")
+    def delivery_by_row(self, row: int) -> tuple[str, str] | None:
+        """(entry, address) of the delivery a return path names by its row."""
+        rows = self._q("SELECT entry_id, address FROM deliveries WHERE {seq} = :row", row=row)
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    @_guarded("look up a Message-ID")
+    def delivery_by_message_id(self, message_id: str) -> tuple[str, str] | None:
+        """(entry, address) of the message sent with ``message_id``."""
+        rows = self._q(
+            "SELECT entry_id, address FROM deliveries WHERE message_id = :m LIMIT 1",
+            m=message_id,
+        )
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    @_guarded("look up an address")
+    def last_entry_sent(self, address: str) -> str | None:
+        """The entry most recently sent to ``address``, or None if none ever was."""
+        value = self._one(
+            "SELECT entry_id FROM deliveries WHERE address = :a"
+            " AND status IN ('sent', 'bounced', 'complained')"
+            " ORDER BY updated_at DESC, {seq} DESC LIMIT 1",
+            a=address.lower(),
+        )
+        return None if value is None else str(value)
+
+    @_guarded("read the feedback events")
+    def has_feedback(self, source: str, address: str, kind: str) -> bool:
+        return bool(
+            self._q(
+                "SELECT 1 FROM feedback_events WHERE address = :a AND kind = :k AND source = :s",
+                a=address,
+                k=str(kind),
+                s=source,
+            )
+        )
+
+    @_guarded("read the bounce score")
+    def soft_days(self, address: str, since: dt.date) -> set[str]:
+        """The days (UTC, ISO) since ``since`` on which a soft bounce of ``address`` counted."""
+        rows = self._q(
+            "SELECT day FROM bounce_scores WHERE address = :a AND day >= :since",
+            a=address,
+            since=since.isoformat(),
+        )
+        return {row[0] for row in rows}
+
+    @_guarded("record feedback")
+    def record_feedback(self, events: Iterable[FeedbackEvent]) -> list[bool]:
+        """Record the events one report gave, with their effects, in one transaction; an
+        event already recorded (the same report read again) changes nothing. Returns,
+        per event, whether it was new."""
+        self.check_same_file()
+        stamp = now_iso()
+        new: list[bool] = []
+        with self.transaction():
+            for e in events:
+                key = {"a": e.address, "k": str(e.kind), "s": e.source}
+                inserted = self._q(
+                    "INSERT INTO feedback_events (received_at, event_at, entry_id, address,"
+                    " kind, code, diagnostic, source) VALUES (:now, :at, :e, :a, :k, :code,"
+                    " :diag, :s) ON CONFLICT (address, kind, source) DO NOTHING"
+                    " RETURNING address",
+                    now=stamp,
+                    at=e.event_at,
+                    e=e.entry_id,
+                    code=e.code,
+                    diag=e.diagnostic,
+                    **key,
+                )
+                new.append(bool(inserted))
+                if not inserted:
+                    continue
+                if e.score_day:
+                    self._q(
+                        "INSERT INTO bounce_scores (address, day, source) VALUES (:a, :d, :s)"
+                        " ON CONFLICT (address, day) DO NOTHING",
+                        a=e.address,
+                        d=e.score_day,
+                        s=e.source,
+                    )
+                if e.suppress:
+                    added = self._q(
+                        queries.SUPPRESS + " RETURNING address",
+                        address=e.address,
+                        reason=str(e.suppress),
+                        detail=e.evidence,
+                        stamp=stamp,
+                    )
+                    if added:  # this report is the suppression's evidence
+                        self._q(
+                            "UPDATE feedback_events SET suppressed = 1"
+                            " WHERE address = :a AND kind = :k AND source = :s",
+                            **key,
+                        )
+                if e.mark and e.entry_id:
+                    self._q(
+                        "UPDATE deliveries SET status = :mark, detail = :detail,"
+                        " updated_at = :now"
+                        " WHERE entry_id = :e AND address = :a AND status = 'sent'",
+                        mark=str(e.mark),
+                        detail=e.evidence,
+                        now=stamp,
+                        e=e.entry_id,
+                        a=e.address,
+                    )
+        return new
+
+    @_guarded("summarise the feedback")
+    def feedback_counts(self, entry_id: str) -> dict[str, int]:
+        """Events per kind recorded for ``entry_id``."""
+        rows = self._q(
+            "SELECT kind, COUNT(*) FROM feedback_events WHERE entry_id = :e GROUP BY kind",
+            e=entry_id,
+        )
+        return {row[0]: int(row[1]) for row in rows}
+
+    # -- preferences --------------------------------------------------------------
+
+    @_guarded("save a preference")
+    def set_preference(self, address: str, preference: Preference) -> None:
+        """Store what was chosen; a field left None keeps what was stored before."""
+        topics = None if preference.topics is None else ";".join(sorted(preference.topics))
+        with self.transaction():
+            self._q(
+                "INSERT INTO preferences (address, locale, topics, updated_at)"
+                " VALUES (:a, :locale, :topics, :now) ON CONFLICT (address) DO UPDATE SET"
+                " locale = COALESCE(excluded.locale, preferences.locale),"
+                " topics = COALESCE(excluded.topics, preferences.topics),"
+                " updated_at = excluded.updated_at",
+                a=address.lower(),
+                locale=preference.locale,
+                topics=topics,
+                now=now_iso(),
+            )
+
+    @_guarded("read a preference")
+    def preference(self, address: str) -> Preference | None:
+        rows = self._q(
+            "SELECT locale, topics FROM preferences WHERE address = :a", a=address.lower()
+        )
+        return _preference(rows[0][0], rows[0][1]) if rows else None
+
+    @_guarded("read the preferences")
+    def preferences(self) -> list[tuple[str, Preference, str]]:
+        """(address, preference, updated_at) of everyone who chose, by address."""
+        return [
+            (address, _preference(locale, topics), updated)
+            for address, locale, topics, updated in self._q(
+                "SELECT address, locale, topics, updated_at FROM preferences ORDER BY address"
+            )
+        ]
+
+    @contextmanager
+    def preference_lookup(self) -> Iterator[Callable[[str], Preference | None]]:
+        """A lookup of the stored preferences for one selection: a dict read once when
+        there are at most ``PREFERENCES_IN_MEMORY`` of them, else an indexed read per
+        address on a read-only connection of its own (lists can hold a million rows)."""
+        try:
+            if self.schema_version() < 3:
+                yield lambda _address: None
+                return
+            count = int(self._one("SELECT COUNT(*) FROM preferences") or 0)
+            if count <= PREFERENCES_IN_MEMORY:
+                stored = {
+                    address: _preference(locale, topics)
+                    for address, locale, topics in self._q(
+                        "SELECT address, locale, topics FROM preferences"
+                    )
+                }
+                yield stored.get
+                return
+            reader = connect(self.target, readonly=True)
+        except driver_errors() as exc:
+            raise self.error(f"cannot read the preferences: {exc}") from exc
+
+        def lookup(address: str) -> Preference | None:
+            try:
+                rows = reader.execute(
+                    "SELECT locale, topics FROM preferences WHERE address = :a", {"a": address}
+                )
+            except driver_errors() as exc:
+                raise self.error(f"cannot read the preferences: {exc}") from exc
+            return _preference(rows[0][0], rows[0][1]) if rows else None
+
+        try:
+            yield lookup
+        finally:
+            reader.close()
+
+
+@dataclass(frozen=True)
+class FeedbackEvent:
+    """One recipient's part of a report read back, and what it does to the ledger."""
+
+    kind: str  # FeedbackKind
+    address: str
+    entry_id: str | None
+    code: str | None
+    diagnostic: str | None
+    source: str  # the report's Message-ID: the same report read twice counts once
+    event_at: str
+    suppress: str | None = None  # suppress the address for this reason
+    evidence: str | None = None  # the suppression's (and the delivery row's) detail
+    mark: str | None = None  # the entry's sent row becomes this (bounced, complained)
+    score_day: str | None = None  # a soft bounce counted on this day
+
+
+def _preference(locale: str | None, topics: str | None) -> Preference:
+    return Preference(
+        locale, None if topics is None else frozenset(t for t in topics.split(";") if t)
+    )
+
+
+@contextmanager
+def read_preferences(target: str | Path) -> Iterator[Callable[[str], Preference | None]]:
+    """The stored preferences of the ledger at ``target``, read only (dry runs)."""
+    if not exists(target):
+        yield lambda _address: None
+        return
+    with Ledger(target, readonly=True) as ledger, ledger.preference_lookup() as lookup:
+        yield lookup
+
+
 
 def claimed(row: tuple[Any, ...], parents: dict[str, str]) -> Recipient:
     """A claimed row (order, address, email, ascii_email, name, locale, region, attempts)."""
-    _, address, email, ascii_email, name, locale, region, attempts = row
+    seq, address, email, ascii_email, name, locale, region, attempts = row
     return Recipient(
-        address, email, ascii_email, name, locale, region, int(attempts), parents.get(address)
+        address,
+        email,
+        ascii_email,
+        name,
+        locale,
+        region,
+        int(attempts),
+        parents.get(address),
+        row=int(seq),
     )
 
 

@@ -1,0 +1,548 @@
+"""What a message in the bounce mailbox is, from its bytes alone.
+
+- a **bounce**: an RFC 3464 delivery status notification (``multipart/report;
+  report-type=delivery-status``), read per recipient (``Action: failed`` with a 5.x.x
+  status is hard; 4.x.x or ``delayed`` is soft); else, for a message from a mail system,
+  whatever GNU Mailman's detectors (``flufl.bounce``) find in the older formats (Exim,
+  Exchange, qmail, Yahoo, Mail.ru, texts in Russian…);
+- a **complaint**: an ARF report (RFC 5965) with ``Feedback-Type: abuse``;
+- a **mailto unsubscribe**: ``unsubscribe <token>`` as the subject (as ``List-Unsubscribe``
+  advertises it) or as a line of the body;
+- an **auto-reply** (``Auto-Submitted`` other than ``no``, ``X-Autoreply``,
+  ``Precedence: auto_reply``, vacation and out-of-office texts in English and Russian):
+  never a bounce;
+- anything else.
+
+The classifier only reads. It also gathers the *clues* that say whom a report is about
+(the return-path token, the original Message-ID, the unsubscribe token, the addresses it
+names); ``feedback`` checks them against the keys and the ledger.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email
+import email.errors
+import email.header
+import email.parser
+import email.policy
+import email.utils
+import enum
+import hashlib
+import logging
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from email.message import Message
+from urllib.parse import unquote
+
+from flufl.bounce import all_failures
+
+log = logging.getLogger(__name__)
+# flufl.bounce logs every detector it runs, and a traceback when one trips over a broken
+# message (other_failures handles that): none of it is for statusmail's users.
+_detectors_log = logging.getLogger("flufl.bounce")
+_detectors_log.addHandler(logging.NullHandler())
+_detectors_log.propagate = False
+
+MAX_TEXT = 200_000  # characters of a text part read for clues and auto-reply texts
+
+
+class Verdict(enum.StrEnum):
+    BOUNCE = "bounce"
+    COMPLAINT = "complaint"
+    UNSUBSCRIBE = "unsubscribe"
+    AUTO_REPLY = "auto-reply"
+    OTHER = "other"
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One recipient a bounce reports on."""
+
+    address: str | None  # as the report names it (None when only the return path tells)
+    hard: bool
+    code: str | None  # the status code (5.1.1), else the reply code (550)
+    diagnostic: str
+    when: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class Clues:
+    """What may tell whom a report is about, unchecked."""
+
+    return_path_tokens: tuple[str, ...] = ()  # from <local>+<token>@<domain> addresses
+    message_ids: tuple[str, ...] = ()  # of the original message the report quotes
+    unsubscribe_tokens: tuple[str, ...] = ()
+    addresses: tuple[str, ...] = ()  # recipients the report names (ARF, the quoted To:)
+
+
+@dataclass(frozen=True)
+class Classified:
+    verdict: Verdict
+    why: str
+    source: str  # the report's Message-ID, else a digest of its bytes
+    date: dt.datetime | None = None  # when it happened, as it says
+    failures: tuple[Failure, ...] = ()
+    clues: Clues = field(default_factory=Clues)
+    feedback_type: str | None = None  # ARF
+    reporter: str | None = None  # ARF: who reported it
+
+
+@dataclass(frozen=True)
+class ReturnPath:
+    """The configured bounce address, to find tokens in ``local+token@domain``."""
+
+    local: str
+    domain: str
+    delimiter: str = "+"
+
+    @classmethod
+    def of(cls, address: str | None, delimiter: str = "+") -> ReturnPath | None:
+        if not address or "@" not in address:
+            return None
+        local, _, domain = address.rpartition("@")
+        return cls(local, domain, delimiter)
+
+    @property
+    def pattern(self) -> re.Pattern[str]:
+        return re.compile(
+            rf"(?<![\w.+-]){re.escape(self.local)}{re.escape(self.delimiter)}"
+            rf"([A-Za-z0-9_-]{{16,200}})@{re.escape(self.domain)}(?![\w-])",
+            re.IGNORECASE,
+        )
+
+
+# -- reading a message ---------------------------------------------------------------
+
+
+def header(msg: Message, name: str) -> str:
+    """A header's value decoded (RFC 2047) and unfolded; "" when absent or broken."""
+    value = msg.get(name)
+    if value is None:
+        return ""
+    try:
+        text = str(email.header.make_header(email.header.decode_header(str(value))))
+    except (ValueError, LookupError, UnicodeError, email.errors.HeaderParseError):
+        text = str(value)
+    return " ".join(text.split())
+
+
+def _parse_date(value: str) -> dt.datetime | None:
+    if not value:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.astimezone(dt.UTC)
+
+
+def _text(part: Message) -> str:
+    """A leaf part's text, decoded with its charset (whatever it claims)."""
+    try:
+        payload = part.get_payload(decode=True)
+    except (ValueError, AssertionError):
+        payload = None
+    if not isinstance(payload, bytes):
+        raw = part.get_payload()
+        return raw[:MAX_TEXT] if isinstance(raw, str) else ""
+    charset = part.get_content_charset() or "utf-8"
+    try:
+        return payload.decode(charset, "replace")[:MAX_TEXT]
+    except LookupError:
+        return payload.decode("utf-8", "replace")[:MAX_TEXT]
+
+
+def _walk(msg: Message) -> Iterator[Message]:
+    """Every part, also inside attached messages (message/rfc822)."""
+    try:
+        yield from msg.walk()
+    except (TypeError, AttributeError):  # a malformed tree
+        yield msg
+
+
+def body_text(msg: Message) -> str:
+    """The message's own text/plain parts (not those of a message it quotes), else its
+    text/html parts stripped of tags."""
+    texts: list[str] = []
+    html: list[str] = []
+    for part in _own_parts(msg):
+        kind = part.get_content_type()
+        if kind == "text/plain":
+            texts.append(_text(part))
+        elif kind == "text/html":
+            html.append(re.sub(r"<[^>]+>", " ", _text(part)))
+    return "\n".join(texts or html)
+
+
+def _own_parts(msg: Message) -> Iterator[Message]:
+    """The leaf parts of ``msg`` that are not inside an attached message."""
+    if msg.is_multipart():
+        payload = msg.get_payload()
+        for part in payload if isinstance(payload, list) else []:
+            if isinstance(part, Message) and not part.get_content_type().startswith("message/"):
+                yield from _own_parts(part)
+    else:
+        yield msg
+
+
+def _embedded(msg: Message) -> list[Message]:
+    """The original message (or its headers) a report carries."""
+    found: list[Message] = []
+    for part in _walk(msg):
+        kind = part.get_content_type()
+        if kind in ("message/rfc822", "message/global"):
+            payload = part.get_payload()
+            if isinstance(payload, list):
+                found += [p for p in payload if isinstance(p, Message)]
+            elif isinstance(payload, str):
+                found.append(email.message_from_string(payload, policy=email.policy.compat32))
+        elif kind in ("text/rfc822-headers", "message/rfc822-headers", "text/global-headers"):
+            found.append(
+                email.message_from_string(_text(part).lstrip(), policy=email.policy.compat32)
+            )
+    return found
+
+
+def _header_blocks(part: Message) -> list[Message]:
+    """The field blocks of a message/delivery-status or message/feedback-report part."""
+    payload = part.get_payload()
+    if isinstance(payload, list) and all(isinstance(p, Message) for p in payload):
+        return list(payload)
+    text = _text(part) if not isinstance(payload, list) else ""
+    parser = email.parser.HeaderParser(policy=email.policy.compat32)
+    return [parser.parsestr(block) for block in re.split(r"\r?\n\s*\r?\n", text) if block.strip()]
+
+
+def _address(field_value: str) -> str | None:
+    """``rfc822; anna@example.org`` → ``anna@example.org``."""
+    value = field_value.split(";", 1)[-1].strip().strip("<>").strip()
+    if value.lower().startswith("utf-8;"):
+        value = value[6:].strip()
+    return value or None
+
+
+# -- codes ---------------------------------------------------------------------------
+
+_STATUS = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
+_REPLY = re.compile(r"(?<![\d.])([245]\d\d)(?![\d.])")
+
+
+def status_code(*texts: str) -> str | None:
+    """The first enhanced status code (5.1.1) in ``texts``, else the first reply code."""
+    for text in texts:
+        found = _STATUS.search(text)
+        if found:
+            return found.group(0)
+    for text in texts:
+        found = _REPLY.search(text)
+        if found:
+            return found.group(0)
+    return None
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# -- RFC 3464 delivery status notifications -------------------------------------------
+
+
+def _is_report(msg: Message, report_type: str) -> bool:
+    if msg.get_content_type() != "multipart/report":
+        return False
+    value = msg.get_param("report-type")
+    kind = email.utils.collapse_rfc2231_value(value) if value else ""
+    return str(kind).strip().lower() == report_type
+
+
+def dsn_failures(msg: Message) -> tuple[Failure, ...] | None:
+    """Per recipient, what an RFC 3464 report says; None when ``msg`` is not one."""
+    parts = [
+        p
+        for p in _walk(msg)
+        if p.get_content_type() in ("message/delivery-status", "message/global-delivery-status")
+    ]
+    if not parts:
+        return None
+    failures: list[Failure] = []
+    for part in parts:
+        blocks = _header_blocks(part)
+        arrival = _parse_date(header(blocks[0], "Arrival-Date")) if blocks else None
+        for block in blocks:
+            action = header(block, "Action").lower().split(" ", 1)[0]
+            recipient = header(block, "Final-Recipient") or header(block, "Original-Recipient")
+            if not action or not recipient:
+                continue
+            if action.startswith(("fail", "error")):  # "failure", "error": seen in the wild
+                action = "failed"
+            if action not in ("failed", "delayed"):
+                continue  # delivered, relayed, expanded: no failure
+            status = header(block, "Status")
+            diagnostic = header(block, "Diagnostic-Code")
+            diagnostic = diagnostic.split(";", 1)[1].strip() if ";" in diagnostic else diagnostic
+            code = status_code(status, diagnostic)
+            hard = action == "failed" and (code or "5").startswith("5")
+            when = _parse_date(header(block, "Last-Attempt-Date")) or arrival
+            failures.append(
+                Failure(
+                    _address(recipient),
+                    hard,
+                    code,
+                    _one_line(diagnostic or status or action),
+                    when,
+                )
+            )
+    return tuple(failures)
+
+
+# -- other bounces ---------------------------------------------------------------------
+
+_DAEMON_FROM = re.compile(
+    r"daemon|postmaster|mail delivery|mail administrator|mail system|mailer|"
+    r"почтов\w* (?:служб|систем)",
+    re.IGNORECASE,
+)
+_BOUNCE_SUBJECT = re.compile(
+    r"undeliver|delivery status notification|delivery (?:has )?fail|failure notice|"
+    r"returned mail|mail delivery (?:failed|failure|system)|could not be delivered|"
+    r"non[- ]?delivery|delivery notification|(?:mail|delivery) (?:system )?error|"
+    r"user unknown|mail failure|"
+    r"недостав|не доставлен|не может быть доставлен|не удалось доставить|ошибк\w* доставки|"
+    r"возвращ[её]нное письмо",
+    re.IGNORECASE,
+)
+
+
+def from_a_mail_system(msg: Message) -> bool:
+    """Whether ``msg`` comes from a mail system rather than a person: its sender (or
+    none), its subject, its type or the headers mail systems put on bounces say so.
+    Only then are the heuristic detectors asked, so a person's reply never bounces."""
+    sender = header(msg, "From")
+    return bool(
+        _DAEMON_FROM.search(sender)
+        or not email.utils.parseaddr(sender)[1]
+        or _BOUNCE_SUBJECT.search(header(msg, "Subject"))
+        or msg.get_content_type() == "multipart/report"
+        or msg.get("X-Failed-Recipients")
+    )
+
+
+def _near(text: str, address: str) -> tuple[str | None, str]:
+    """The status code and the reply near where ``text`` names ``address``."""
+    lines = text.splitlines()
+    lowered = address.lower()
+    for index, line in enumerate(lines):
+        if lowered in line.lower():
+            window = []  # the paragraph from that line on, at most four lines
+            for follow in lines[index : index + 4]:
+                if not follow.strip():
+                    break
+                window.append(follow.strip())
+            code = status_code(*window)
+            reply = next((x for x in window if _REPLY.search(x) or _STATUS.search(x)), None)
+            return code, _one_line(reply or " ".join(window))
+    return status_code(text), ""
+
+
+def other_failures(msg: Message) -> tuple[Failure, ...]:
+    """What GNU Mailman's detectors find in a bounce of an older or private format."""
+    try:
+        temporary, permanent = all_failures(msg)
+    except Exception as exc:  # a detector tripping over a malformed message
+        log.debug("flufl.bounce could not read a message: %s", exc)
+        return ()
+    text = body_text(msg)
+    when = _parse_date(header(msg, "Date"))
+    failures: list[Failure] = []
+    for raw, hard in [(a, True) for a in sorted(permanent)] + [
+        (a, False) for a in sorted(temporary - permanent)
+    ]:
+        address = raw.decode("utf-8", "replace").strip("<>")
+        code, reply = _near(text, address)
+        failures.append(
+            Failure(address, hard, code, reply or _one_line(header(msg, "Subject")), when)
+        )
+    return tuple(failures)
+
+
+# -- complaints --------------------------------------------------------------------------
+
+
+def arf_report(msg: Message) -> tuple[str, str | None, list[str]] | None:
+    """(feedback type, reporter, the recipients it names) of an ARF report, else None."""
+    parts = [p for p in _walk(msg) if p.get_content_type() == "message/feedback-report"]
+    if not parts and not _is_report(msg, "feedback-report"):
+        return None
+    fields: dict[str, str] = {}
+    recipients: list[str] = []
+    for part in parts:
+        for block in _header_blocks(part):
+            for name in ("Feedback-Type", "User-Agent", "Reporting-MTA", "Source-IP"):
+                fields.setdefault(name, header(block, name))
+            recipients += [
+                a for v in block.get_all("Original-Rcpt-To") or [] if (a := _address(str(v)))
+            ]
+    kind = (fields.get("Feedback-Type") or "").lower().strip()
+    reporter = fields.get("User-Agent") or _address(fields.get("Reporting-MTA") or "")
+    return kind, reporter or None, recipients
+
+
+# -- auto-replies -------------------------------------------------------------------------
+
+_AUTO_HEADERS = ("X-Autoreply", "X-Autorespond", "X-Autogenerated", "X-Mail-Autoreply")
+_AUTO_SUBJECT = re.compile(
+    r"^\s*(?:auto(?:matic)?[ -]?(?:reply|response|antwort)|autoreply|auto:|"
+    r"out of (?:the )?office|on vacation|vacation|away from|"
+    r"автоответ|автоматический ответ|нет на месте|в отпуске|отпуск|вне офиса|"
+    r"отсутствую|отсутствие)",
+    re.IGNORECASE,
+)
+_AUTO_BODY = re.compile(
+    r"\b(?:I am|I'm|I will be) (?:currently )?(?:out of (?:the )?office|away|on (?:annual )?"
+    r"(?:leave|vacation|holiday)|travelling|traveling)|\bout of (?:the )?office (?:until|from)|"
+    r"я (?:сейчас |буду )?(?:в отпуске|в командировке|на больничном|вне офиса)|"
+    r"нахожусь в (?:отпуске|командировке)|буду отсутствовать|не смогу (?:вам )?ответить|"
+    r"это автоматический ответ|this is an automat(?:ic|ed) (?:reply|response)",
+    re.IGNORECASE,
+)
+
+
+def auto_reply_reason(msg: Message) -> str | None:
+    """Why ``msg`` is an auto-reply (a header, the subject, a vacation text), or None."""
+    submitted = header(msg, "Auto-Submitted").split(";", 1)[0].strip().lower()
+    if submitted and submitted != "no":
+        return f"Auto-Submitted: {submitted}"
+    for name in _AUTO_HEADERS:
+        if msg.get(name) is not None:
+            return f"{name} header"
+    if "auto_reply" in header(msg, "Precedence").lower():
+        return "Precedence: auto_reply"
+    if _AUTO_SUBJECT.search(header(msg, "Subject")):
+        return "an out-of-office subject"
+    if _AUTO_BODY.search(body_text(msg)[:4000]):
+        return "an out-of-office text"
+    return None
+
+
+# -- mailto unsubscribes -----------------------------------------------------------------
+
+_UNSUBSCRIBE = re.compile(r"^\s*unsubscribe\s+([A-Za-z0-9_-]{20,600})\s*$", re.IGNORECASE)
+
+
+def unsubscribe_tokens(msg: Message) -> tuple[str, ...]:
+    """``unsubscribe <token>`` as the subject (how List-Unsubscribe's mailto puts it) or
+    as a line of the body; quoted lines (``>``) never count."""
+    found: list[str] = []
+    subject = _UNSUBSCRIBE.match(header(msg, "Subject"))
+    if subject:
+        found.append(subject.group(1))
+    for line in body_text(msg).splitlines()[:50]:
+        match = _UNSUBSCRIBE.match(line)
+        if match and match.group(1) not in found:
+            found.append(match.group(1))
+    return tuple(found)
+
+
+# -- clues ----------------------------------------------------------------------------------
+
+_LIST_UNSUBSCRIBE_TOKEN = re.compile(
+    r"<https?://[^>]*/([A-Za-z0-9_-]{20,600})>"
+    r"|subject=unsubscribe(?:%20|\+| )([A-Za-z0-9_-]{20,600})",
+    re.IGNORECASE,
+)
+_MESSAGE_ID_LINE = re.compile(r"^message-id:\s*(<[^<>\s]+>)", re.IGNORECASE | re.MULTILINE)
+
+
+def _headers_text(msg: Message) -> str:
+    return "\n".join(f"{k}: {v}" for k, v in msg.items())
+
+
+def clues(msg: Message, return_path: ReturnPath | None, verdict: Verdict) -> Clues:
+    originals = _embedded(msg)
+    texts = [_headers_text(msg)] + [_headers_text(o) for o in originals]
+    tokens: list[str] = []
+    if return_path is not None:
+        pattern = return_path.pattern
+        for text in texts:
+            tokens += [t for t in pattern.findall(text) if t not in tokens]
+    message_ids: list[str] = []
+    for original in originals:
+        mid = header(original, "Message-ID")
+        if mid and mid not in message_ids:
+            message_ids.append(mid)
+    unsubscribe: list[str] = []
+    addresses: list[str] = []
+    for original in originals:
+        for a, b in _LIST_UNSUBSCRIBE_TOKEN.findall(header(original, "List-Unsubscribe")):
+            token = unquote(a or b)
+            if token not in unsubscribe:
+                unsubscribe.append(token)
+        for _name, address in email.utils.getaddresses([header(original, "To")]):
+            if address and address not in addresses:
+                addresses.append(address)
+    if verdict is Verdict.BOUNCE and not originals:
+        # a bounce of an older format quotes the original's headers in its text
+        message_ids += [m for m in _MESSAGE_ID_LINE.findall(body_text(msg)) if m not in message_ids]
+    return Clues(tuple(tokens), tuple(message_ids), tuple(unsubscribe), tuple(addresses))
+
+
+# -- all together ---------------------------------------------------------------------------
+
+
+def source_id(msg: Message, data: bytes) -> str:
+    mid = header(msg, "Message-ID")
+    if mid:
+        return mid
+    return "sha256:" + hashlib.sha256(data).hexdigest()[:32]
+
+
+def parse(data: bytes) -> Message:
+    return email.message_from_bytes(data, policy=email.policy.compat32)
+
+
+def classify(data: bytes, return_path: ReturnPath | None = None) -> Classified:
+    """What the message ``data`` is, and the clues to whom it is about."""
+    msg = parse(data)
+    source = source_id(msg, data)
+    date = _parse_date(header(msg, "Date"))
+
+    def done(verdict: Verdict, why: str) -> Classified:
+        return Classified(verdict, why, source, date, clues=clues(msg, return_path, verdict))
+
+    report = arf_report(msg)
+    if report is not None:
+        kind, reporter, named = report
+        if kind != "abuse":  # not-spam, auth-failure, …: for a person to read
+            return done(Verdict.OTHER, f"an ARF report of type {kind or 'unknown'!r}")
+        result = done(Verdict.COMPLAINT, "an ARF abuse report")
+        addresses = tuple(dict.fromkeys(named + list(result.clues.addresses)))
+        return replace(
+            result,
+            feedback_type=kind,
+            reporter=reporter,
+            clues=replace(result.clues, addresses=addresses),
+        )
+    failures = dsn_failures(msg)
+    if failures:
+        return replace(
+            done(Verdict.BOUNCE, "an RFC 3464 delivery status notification"), failures=failures
+        )
+    if failures is not None or from_a_mail_system(msg):  # a report too broken to read
+        failures = other_failures(msg)
+        if failures:
+            return replace(done(Verdict.BOUNCE, "a bounce flufl.bounce read"), failures=failures)
+    tokens = unsubscribe_tokens(msg)
+    if tokens:
+        result = done(Verdict.UNSUBSCRIBE, "a mailto unsubscribe")
+        return replace(result, clues=replace(result.clues, unsubscribe_tokens=tokens))
+    reason = auto_reply_reason(msg)
+    if reason:
+        return done(Verdict.AUTO_REPLY, f"an auto-reply ({reason})")
+    if failures is not None:
+        return done(Verdict.OTHER, "a delivery status notification without a failure")
+    return done(Verdict.OTHER, "not a report statusmail reads")

@@ -1,0 +1,137 @@
+"""``check``'s problems in the formats CI systems read: JSON, GitHub workflow commands
+and JUnit XML. Every format names files relative to the repository root, so a problem
+shows on the changed line of a pull request."""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from statusmail.errors import Problem
+
+FORMATS = ("text", "json", "github", "junit")
+CHANGED_CODE = "changed"
+# What XML 1.0 cannot hold at all, even escaped; such characters become U+FFFD.
+_NOT_XML = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One problem (or notice) as CI tools take it; ``in_repo`` says whether ``file`` is a
+    path in the repository (not ``$STATUSMAIL_SMTP_PORT`` or a file elsewhere)."""
+
+    file: str
+    line: int | None
+    severity: str  # error | warning | notice
+    code: str
+    message: str
+    in_repo: bool = True
+
+    def as_json(self) -> dict[str, object]:
+        shown = asdict(self)
+        del shown["in_repo"]
+        return shown
+
+
+def shown_path(path: Path | str, root: Path) -> tuple[str, bool]:
+    """``path`` relative to ``root`` as POSIX text, and whether it lies under ``root``."""
+    text = str(path)
+    if text.startswith(("$", "<")):  # an environment variable or the command line
+        return text, False
+    absolute = Path(path).absolute().resolve()
+    if absolute.is_relative_to(root):
+        return absolute.relative_to(root).as_posix() or ".", True
+    return text, False
+
+
+def item(problem: Problem, root: Path) -> Item:
+    file, in_repo = shown_path(problem.path, root)
+    severity = "warning" if problem.warning else "error"
+    return Item(file, problem.line or None, severity, problem.code, problem.message, in_repo)
+
+
+def items(problems: Iterable[Problem], root: Path) -> list[Item]:
+    return [item(problem, root) for problem in problems]
+
+
+# -- GitHub workflow commands -------------------------------------------------------------
+
+
+def escape_data(text: str) -> str:
+    """A workflow command's message, escaped as the Actions toolkit does."""
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def escape_property(text: str) -> str:
+    """A workflow command's property value (``file=``, ``title=``)."""
+    return escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def github(found: Iterable[Item]) -> str:
+    """One ``::error``/``::warning``/``::notice`` line per item."""
+    lines = []
+    for one in found:
+        properties = []
+        message = f"{one.message} [{one.code}]"
+        if one.in_repo:
+            properties.append(f"file={escape_property(one.file)}")
+            if one.line:
+                properties.append(f"line={one.line}")
+        else:
+            where = f"{one.file}:{one.line}" if one.line else one.file
+            message = f"{where}: {message}"
+        properties.append("title=statusmail")
+        lines.append(f"::{one.severity} {','.join(properties)}::{escape_data(message)}\n")
+    return "".join(lines)
+
+
+# -- JUnit XML ----------------------------------------------------------------------------
+
+
+def _xml_text(text: str) -> str:
+    return _NOT_XML.sub("\ufffd", text)
+
+
+def junit(
+    checked: Sequence[tuple[str, str]],
+    found: Sequence[Item],
+    properties: Sequence[tuple[str, str]] = (),
+) -> str:
+    """JUnit XML: a test case per checked file (``checked`` is (kind, shown path)), a
+    ``failure`` per error in it; warnings and notices go to the case's ``system-out``.
+    Only attributes the strictest readers (Jenkins' xUnit schema) accept are written."""
+    cases: dict[str, tuple[str, list[Item]]] = {path: (kind, []) for kind, path in checked}
+    for one in found:
+        cases.setdefault(one.file, ("other", []))[1].append(one)
+    failures = sum(1 for one in found if one.severity == "error")
+    counts = {"tests": str(len(cases)), "failures": str(failures), "errors": "0"}
+    suites = ET.Element("testsuites", {"name": "statusmail check", **counts, "time": "0"})
+    suite = ET.SubElement(
+        suites, "testsuite", {"name": "statusmail check", **counts, "skipped": "0", "time": "0"}
+    )
+    if properties:
+        listed = ET.SubElement(suite, "properties")
+        for name, value in properties:
+            ET.SubElement(listed, "property", {"name": name, "value": _xml_text(value)})
+    for path, (kind, listed_items) in cases.items():
+        case = ET.SubElement(
+            suite, "testcase", {"name": _xml_text(path), "classname": f"statusmail.{kind}"}
+        )
+        case.set("time", "0")
+        notes = []
+        for one in listed_items:
+            where = f"{one.file}:{one.line}" if one.line else one.file
+            if one.severity == "error":
+                failure = ET.SubElement(
+                    case, "failure", {"message": _xml_text(one.message), "type": one.code}
+                )
+                failure.text = _xml_text(f"{where}: {one.message} [{one.code}]")
+            else:
+                notes.append(_xml_text(f"{where}: {one.severity}: {one.message} [{one.code}]"))
+        if notes:
+            ET.SubElement(case, "system-out").text = "\n".join(notes) + "\n"
+    ET.indent(suites)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, "unicode") + "\n"

@@ -1,0 +1,187 @@
+"""The Markdown a reviewer reads first after a CI dry run: per entry, every variant with
+its recipient count and subject, the language fallbacks, the problems, and links to the
+preview files. It never holds a subscriber's address: counts only, and every address-like
+text in a problem is masked."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+from statusmail.changes import Changes
+from statusmail.errors import Problem
+from statusmail.formats import Item, items
+from statusmail.locales import SUPPORTED_LOCALES
+from statusmail.pipeline import DryRun, Prepared
+from statusmail.render import VariantKey
+from statusmail.report import mask_address
+
+_ADDRESS = re.compile(r"[^\s@'\"<>()\[\],;:]+@[^\s@'\"<>()\[\],;:]+")
+
+
+@dataclass
+class EntryPreview:
+    """One entry of a CI dry run: previewed (``prepared`` and ``report`` set) or not
+    (``problems`` say why)."""
+
+    entry_id: str
+    out_dir: Path
+    prepared: Prepared | None = None
+    report: DryRun | None = None
+    files: int = 0  # preview files written
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.prepared is not None and self.report is not None and not self.report.failures
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    key: VariantKey
+    recipients: int
+    subject: str
+
+
+def variants(preview: EntryPreview) -> list[Variant]:
+    """Every variant the entry can produce, with how many selected recipients get it."""
+    assert preview.prepared is not None and preview.report is not None
+    entry, renderer = preview.prepared.entry, preview.prepared.renderer
+    selected = preview.report.stats.selected
+    found = []
+    # As preview.write_previews counts them: the same locale and regional treatment.
+    for key in renderer.variant_keys(entry):
+        treatment = (key.region, key.access)
+        count = sum(
+            n
+            for (locale, region), n in selected.items()
+            if locale == key.locale and renderer.treatment(entry, region) == treatment
+        )
+        found.append(Variant(key, count, renderer.variant(entry, key).subject))
+    return found
+
+
+def subjects(preview: EntryPreview) -> dict[str, str]:
+    """The entry's subject in each language it has, as subscribers see it."""
+    assert preview.prepared is not None
+    entry, renderer = preview.prepared.entry, preview.prepared.renderer
+    return {
+        locale: renderer.variant(entry, VariantKey(locale)).subject
+        for locale in SUPPORTED_LOCALES
+        if locale in entry.content
+    }
+
+
+def mask_addresses(text: str) -> str:
+    return _ADDRESS.sub(lambda match: mask_address(match[0]), text)
+
+
+def _cell(text: str) -> str:
+    """Text safe in a Markdown table cell and inline: no HTML, no column breaks."""
+    text = re.sub(r"[\r\n]+", " ", text)  # no-break spaces stay: they are typography
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text.replace("|", "\\|")
+
+
+def _link(target: Path, start: Path) -> str:
+    return quote(Path(os.path.relpath(target.absolute(), start.absolute())).as_posix())
+
+
+def _files(preview: EntryPreview, key: VariantKey, start: Path) -> str:
+    return " · ".join(
+        f"[{suffix[1:]}]({_link(preview.out_dir / f'{key.label}{suffix}', start)})"
+        for suffix in (".html", ".txt", ".eml")
+    )
+
+
+def _problem_lines(preview: EntryPreview, root: Path) -> list[str]:
+    problems = list(preview.problems)
+    if preview.prepared is not None:
+        problems += preview.prepared.warnings
+    texts = [_located(one) for one in items(problems, root)]
+    if preview.report is not None:
+        rows = [Problem(p.path, p.line or None, p.message) for p in preview.report.stats.invalid]
+        texts += [_located(one) for one in items(rows, root)]
+        texts += [f"render failed: {f}" for f in preview.report.failures]
+    return [f"- {_cell(mask_addresses(text))}" for text in texts]
+
+
+def _located(one: Item) -> str:
+    where = f"{one.file}:{one.line}" if one.line else one.file
+    kind = "warning: " if one.severity == "warning" else ""
+    return f"{where}: {kind}{one.message}"
+
+
+def entry_section(preview: EntryPreview, start: Path, root: Path) -> list[str]:
+    if preview.prepared is None or preview.report is None:
+        return [
+            f"## {_cell(preview.entry_id)}: not previewed",
+            "",
+            "Problems:",
+            "",
+            *_problem_lines(preview, root),
+            "",
+        ]
+    entry, stats = preview.prepared.entry, preview.report.stats
+    gallery = _link(preview.out_dir / "index.html", start)
+    lines = [
+        f"## {_cell(entry.id)} ({entry.date.isoformat()}, {entry.status.value})",
+        "",
+        f"{stats.total} recipients · [gallery of every variant]({gallery})",
+        "",
+        "| variant | recipients | subject | preview |",
+        "| --- | ---: | --- | --- |",
+    ]
+    for variant in variants(preview):
+        lines.append(
+            f"| {_cell(variant.key.title)} | {variant.recipients} | {_cell(variant.subject)} "
+            f"| {_files(preview, variant.key, start)} |"
+        )
+    lines += ["", "Subjects:", ""]
+    lines += [f"- {locale}: {_cell(subject)}" for locale, subject in subjects(preview).items()]
+    fallbacks = stats.fallback_lines()
+    lines += ["", "Language fallbacks:" if fallbacks else "Language fallbacks: none", ""]
+    if fallbacks:
+        lines += [f"- {_cell(line)}" for line in fallbacks] + [""]
+    problems = _problem_lines(preview, root)
+    lines += ["Problems:" if problems else "Problems: none", ""]
+    if problems:
+        lines += [*problems, ""]
+    return lines
+
+
+def markdown(
+    previews: Sequence[EntryPreview], changes: Changes | None, start: Path, root: Path
+) -> str:
+    """The whole summary; links are relative to ``start`` (the summary file's folder),
+    files named in problems relative to ``root`` (the repository's)."""
+    lines = ["# statusmail previews", ""]
+    if changes is not None and changes.any:
+        lines += [f"Changed since `{_cell(changes.ref)}`:", ""]
+        lines += [f"- {_cell(line)}" for line in changes.described()] + [""]
+    elif changes is not None:
+        lines += [f"Nothing statusmail reads changed since `{_cell(changes.ref)}`.", ""]
+    if not previews:
+        lines += ["No entry to preview.", ""]
+    lines.append(
+        "Each preview is rendered for a made-up recipient; a real message differs only in "
+        "its greeting name and unsubscribe links."
+    )
+    lines.append("")
+    for preview in previews:
+        lines += entry_section(preview, start, root)
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def write(text: str, path: Path, environ: Mapping[str, str]) -> None:
+    """Write the summary to ``path``, and append it to ``$GITHUB_STEP_SUMMARY`` if set."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    step_summary = environ.get("GITHUB_STEP_SUMMARY")
+    if step_summary:
+        with open(step_summary, "a", encoding="utf-8") as handle:
+            handle.write(text + "\n")

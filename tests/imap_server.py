@@ -1,0 +1,202 @@
+"""A real IMAP server for tests: Debian's Dovecot (``dovecot-imapd``), run in the
+foreground with a configuration of its own in a temporary folder.
+
+Usage::
+
+    with Dovecot(tmp_path, ca) as imap:      # STARTTLS on imap.port, TLS on imap.tls_port
+        imap.append(b"Subject: hi\\r\\n\\r\\nbody\\r\\n")
+        imap.folder("INBOX")                  # {uid: (flags, bytes)}
+
+One user, ``bounces``, with ``imap.password``. ``capabilities`` replaces what the
+server advertises after login (to take MOVE away, say). The server is found at
+``/usr/sbin/dovecot``; ``.ci/run`` installs it. When it is missing the tests that need
+it skip saying why, and under ``CI=true`` they fail instead.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import pytest
+
+DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
+USER = "bounces"
+
+
+def require_dovecot() -> str:
+    if Path(DOVECOT).is_file():
+        return DOVECOT
+    reason = "Dovecot is not installed (apt-get install dovecot-imapd); .ci/run installs it"
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Dovecot:
+    def __init__(
+        self,
+        cert_file: Path,
+        key_file: Path,
+        *,
+        password: str = "imap-password-for-the-bounce-box-0123",
+        capabilities: str | None = None,
+    ) -> None:
+        self.binary = require_dovecot()
+        self.password = password
+        self.port = _free_port()
+        self.tls_port = _free_port()
+        # Dovecot's sockets live here: a short path (sun_path holds 108 bytes).
+        self.base = Path(tempfile.mkdtemp(prefix="dv", dir="/tmp"))
+        self.base.chmod(0o755)
+        self.mail = self.base / "mail"
+        self.mail.mkdir()
+        (self.base / "passwd").write_text(f"{USER}:{{PLAIN}}{password}\n", encoding="utf-8")
+        if os.geteuid() == 0:  # Dovecot runs its processes as these users, never as root
+            internal, login, uid = "dovecot", "dovenull", "dovecot"
+            owner = pwd.getpwnam("dovecot")
+            group = grp.getgrgid(owner.pw_gid).gr_name
+            os.chown(self.mail, owner.pw_uid, owner.pw_gid)
+        else:  # everything as whoever runs the tests
+            internal = login = uid = pwd.getpwuid(os.geteuid()).pw_name
+            group = grp.getgrgid(os.getegid()).gr_name
+        extra = f"imap_capability = {capabilities}\n" if capabilities else ""
+        self.config = self.base / "dovecot.conf"
+        self.config.write_text(
+            f"""base_dir = {self.base}/run
+state_dir = {self.base}/state
+log_path = {self.base}/dovecot.log
+protocols = imap
+listen = 127.0.0.1
+ssl = yes
+ssl_cert = <{cert_file}
+ssl_key = <{key_file}
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+default_internal_user = {internal}
+default_internal_group = {group}
+default_login_user = {login}
+mail_location = maildir:{self.mail}/%u
+first_valid_uid = 1
+first_valid_gid = 1
+{extra}passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {self.base}/passwd
+}}
+userdb {{
+  driver = static
+  args = uid={uid} gid={group} home={self.mail}/%u
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {self.port}
+  }}
+  inet_listener imaps {{
+    address = 127.0.0.1
+    port = {self.tls_port}
+    ssl = yes
+  }}
+  chroot =
+}}
+service anvil {{
+  chroot =
+}}
+""",
+            encoding="utf-8",
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Dovecot:
+        self.process = subprocess.Popen(
+            [self.binary, "-F", "-c", str(self.config)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 15
+        while not self._greets():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"Dovecot did not start: {self.log()}")
+            time.sleep(0.05)
+        return self
+
+    def _greets(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                return sock.recv(64).startswith(b"* OK")
+        except OSError:
+            return False
+
+    def log(self) -> str:
+        path = self.base / "dovecot.log"
+        return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.communicate(timeout=15)
+            self.process = None
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def __enter__(self) -> Dovecot:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- a client's view -----------------------------------------------------------
+
+    def client(self) -> Any:
+        from imapclient import IMAPClient
+
+        client = IMAPClient("127.0.0.1", port=self.port, ssl=False, timeout=10)
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # the test's own view; statusmail verifies
+        client.starttls(context)
+        client.login(USER, self.password)
+        return client
+
+    def append(self, data: bytes, folder: str = "INBOX") -> None:
+        client = self.client()
+        try:
+            client.append(folder, data)
+        finally:
+            client.logout()
+
+    def folder(self, name: str) -> dict[int, tuple[tuple[bytes, ...], bytes]]:
+        """{uid: (flags, bytes)} of every message in ``name`` (read without a trace)."""
+        client = self.client()
+        try:
+            if not client.folder_exists(name):
+                return {}
+            client.select_folder(name, readonly=True)
+            uids = client.search(["ALL"])
+            if not uids:
+                return {}
+            found = client.fetch(uids, ["FLAGS", "BODY.PEEK[]"])
+            return {uid: (tuple(v[b"FLAGS"]), v[b"BODY[]"]) for uid, v in found.items()}
+        finally:
+            client.logout()

@@ -1,0 +1,127 @@
+"""send --dry-run --summary FILE: the Markdown a reviewer reads first (issue 15).
+
+The summary is read as a reviewer's browser would: rendered by a Markdown parser, then
+its table and lists read from the HTML; what it says is compared with the dry run's own
+JSON and with the preview files it links to.
+"""
+
+from __future__ import annotations
+
+import csv
+import email
+import email.policy
+import json
+from email.message import EmailMessage
+from pathlib import Path
+from urllib.parse import unquote
+
+import yaml
+from bs4 import BeautifulSoup, Tag
+from markdown_it import MarkdownIt
+
+from conftest import statusmail
+
+UPDATE = "update-2020-04-21"
+BAD_ADDRESS = "broken.reader@example..org"  # invalid, so its row is a problem that names it
+
+
+def addresses(project: Path) -> set[str]:
+    """Every address in the sample's subscriber files."""
+    folder = project / "subscribers"
+    with (folder / "main.csv").open(encoding="utf-8", newline="") as handle:
+        found = {row["email"] for row in csv.DictReader(handle)}
+    found |= {row["email"] for row in yaml.safe_load((folder / "more.yaml").read_text("utf-8"))}
+    return {a.lower() for a in found}
+
+
+def rendered(summary: Path) -> BeautifulSoup:
+    html = MarkdownIt("commonmark").enable("table").render(summary.read_text(encoding="utf-8"))
+    return BeautifulSoup(html, "html.parser")
+
+
+def subject_of(eml: Path) -> str:
+    message = email.message_from_bytes(eml.read_bytes(), policy=email.policy.default)
+    assert isinstance(message, EmailMessage)
+    return str(message["Subject"])
+
+
+def items_after(page: BeautifulSoup, heading: str) -> list[str]:
+    """The list items under the paragraph ``heading``."""
+    label = page.find("p", string=heading)
+    assert isinstance(label, Tag), heading
+    listed = label.find_next_sibling("ul")
+    assert isinstance(listed, Tag)
+    return [li.get_text() for li in listed.find_all("li")]
+
+
+def test_the_summary_shows_every_variant_and_no_address(project: Path, tmp_path: Path) -> None:
+    with (project.parent / "subscribers" / "main.csv").open("a", encoding="utf-8") as handle:
+        handle.write(f"{BAD_ADDRESS},Broken Reader,en,RU,service-status,active\n")
+    previews, summary = tmp_path / "previews" / UPDATE, tmp_path / "reports" / "SUMMARY.md"
+    step_summary = tmp_path / "step-summary.md"
+    step_summary.write_text("# an earlier step\n", encoding="utf-8")
+    result = statusmail(
+        project,
+        *("send", UPDATE, "--dry-run", "--json"),
+        *("--preview-dir", str(previews), "--summary", str(summary)),
+        env={"GITHUB_STEP_SUMMARY": str(step_summary)},
+    )
+    assert result.returncode == 0, result.stderr
+    dry_run = json.loads(result.stdout)
+    text = summary.read_text(encoding="utf-8")
+
+    for address in addresses(project.parent) | {BAD_ADDRESS}:
+        assert address not in text.lower(), address
+    assert "b***@example..org" in text  # the bad row is still reported, masked
+
+    page = rendered(summary)
+    table = page.find("table")
+    assert isinstance(table, Tag)
+    header = [th.get_text() for th in table.find_all("th")]
+    assert header == ["variant", "recipients", "subject", "preview"]
+    rows = [[td for td in tr.find_all("td")] for tr in table.find_all("tr")[1:]]
+    shown: dict[str, int] = {}
+    for title, count, subject, files in rows:
+        links = {a.get_text(): summary.parent / unquote(str(a["href"])) for a in files("a")}
+        assert sorted(links) == ["eml", "html", "txt"]
+        assert all(path.resolve().is_file() for path in links.values())  # relative to FILE
+        label = links["eml"].stem
+        shown[label] = int(count.get_text())
+        assert subject.get_text() == subject_of(links["eml"]), title.get_text()
+    # Every variant the gallery has, with the dry run's count (0: nobody gets it).
+    assert sorted(shown) == sorted(p.stem for p in previews.glob("*.eml"))
+    assert shown == {label: dry_run["variants"].get(label, 0) for label in shown}
+    assert sum(shown.values()) == dry_run["selected"] == 14
+
+    subjects = dict(line.split(": ", 1) for line in items_after(page, "Subjects:"))
+    assert sorted(subjects) == ["en", "ru"]
+    for locale, said in subjects.items():
+        assert said == subject_of(previews / f"{locale}.eml")
+    assert items_after(page, "Language fallbacks:") == dry_run["fallbacks"]
+    (problem,) = items_after(page, "Problems:")
+    assert problem.startswith("subscribers/main.csv:") and "invalid address" in problem
+    gallery = page.find("a", string="gallery of every variant")
+    assert isinstance(gallery, Tag)
+    assert (summary.parent / str(gallery["href"])).resolve() == (previews / "index.html")
+
+    assert step_summary.read_text(encoding="utf-8") == f"# an earlier step\n{text}\n"
+
+
+def test_an_entry_that_cannot_be_previewed_is_in_the_summary(project: Path, tmp_path: Path) -> None:
+    entry = project.parent / "updates" / f"{UPDATE}.yaml"
+    entry.write_text(
+        entry.read_text(encoding="utf-8").replace("thread: block-2020-01-23", "thread: nothing"),
+        encoding="utf-8",
+    )
+    summary = tmp_path / "SUMMARY.md"
+    result = statusmail(
+        project,
+        *("send", UPDATE, "--dry-run", "--preview-dir", str(tmp_path / "p")),
+        *("--summary", str(summary)),
+    )
+    assert result.returncode == 1
+    assert "thread 'nothing' names no entry" in result.stderr
+    page = rendered(summary)
+    assert page.find("h2", string=f"{UPDATE}: not previewed") is not None
+    (problem,) = items_after(page, "Problems:")
+    assert problem.startswith(f"updates/{UPDATE}.yaml:") and "names no entry" in problem

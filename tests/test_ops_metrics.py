@@ -1,0 +1,302 @@
+"""Metrics and health of the running services (issue 13): ``serve`` after real HTTP
+unsubscribes and ``watch --metrics-port`` during real sends to aiosmtpd, scraped over
+HTTP; the counters match the ledger, and /readyz turns unready when the ledger is
+made unreadable or the relay is down."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from prometheus_client import generate_latest
+
+from conftest import free_port, http_request, port_open, wait_for
+from delivery_helpers import SECRET, add_subscribers, point_at, suppressed
+from ops_helpers import (
+    NotifySocket,
+    Samples,
+    Service,
+    break_ledger,
+    ledger_count,
+    scrape,
+    serve_process,
+    stop,
+    value,
+)
+from smtp_server import RecordingServer
+from statusmail import metrics
+from statusmail.tokens import Keyring, unsubscribe_token
+
+ONE_CLICK = {"Content-Type": "application/x-www-form-urlencoded"}
+BLOCK, UPDATE = "block-2020-01-23", "update-2020-04-21"
+
+
+def unsubscribe_path(address: str) -> str:
+    return "/status/unsubscribe/" + unsubscribe_token(Keyring(SECRET.encode()), address)
+
+
+def post(port: int, path: str, body: bytes = b"List-Unsubscribe=One-Click") -> int:
+    status, _ = http_request(port, "POST", path, body, ONE_CLICK)
+    return status
+
+
+def requests(samples: Samples, outcome: str) -> float | None:
+    return value(samples, "statusmail_unsubscribe_requests_total", outcome=outcome)
+
+
+def messages(samples: Samples, outcome: str, reply_class: str) -> float | None:
+    return value(samples, "statusmail_messages_total", outcome=outcome, reply_class=reply_class)
+
+
+def test_serve_counts_unsubscribes_as_the_ledger_records_them(project: Path) -> None:
+    people = [f"reader{i}@example.org" for i in range(3)]
+    with serve_process(project) as (port, _process):
+        first = scrape(port)
+        assert {requests(first, o) for o in ("done", "invalid", "bad_request", "error")} == {0.0}
+        for address in people:
+            assert post(port, unsubscribe_path(address)) == 200
+        assert post(port, unsubscribe_path(people[0])) == 200  # twice: still one suppression
+        assert post(port, "/status/unsubscribe/not-a-token") == 400
+        assert post(port, unsubscribe_path("x@example.org"), b"List-Unsubscribe=Maybe") == 400
+        assert post(port, unsubscribe_path("y@example.org"), b"x" * 5000) == 413
+        assert http_request(port, "GET", unsubscribe_path("z@example.org"))[0] == 200
+
+        samples = scrape(port)
+        recorded = ledger_count(
+            project, "SELECT COUNT(*) FROM suppressions WHERE reason = 'unsubscribed'"
+        )
+        assert recorded == len(people) == len(suppressed(project))
+        assert requests(samples, "done") == len(people) + 1  # requests, not addresses
+        assert requests(samples, "invalid") == 1
+        assert requests(samples, "bad_request") == 2
+        assert requests(samples, "error") == 0
+        # the usual process metrics, from this process
+        assert (value(samples, "process_resident_memory_bytes") or 0) > 0
+        assert (value(samples, "process_start_time_seconds") or 0) > time.time() - 600
+        assert any(name == "python_info" for name, _ in samples)
+        # no address, no token in any label
+        for _name, labels in samples:
+            assert not any("@" in v or len(v) > 40 for _k, v in labels)
+
+
+@pytest.mark.parametrize("how", ["garbage", "directory"])
+def test_serve_is_unready_while_the_ledger_cannot_be_read(project: Path, how: str) -> None:
+    with serve_process(project) as (port, _process):
+        assert http_request(port, "GET", "/readyz") == (200, "ok\n")  # no ledger yet: fine
+        assert post(port, unsubscribe_path("reader@example.org")) == 200
+        assert http_request(port, "GET", "/readyz") == (200, "ok\n")
+
+        break_ledger(project, how)
+        status, body = http_request(port, "GET", "/readyz")
+        assert status == 503
+        assert body.startswith("unready: ") and "statusmail.db: cannot open the ledger" in body
+        assert http_request(port, "GET", "/healthz") == (200, "ok\n")  # alive all the same
+        assert post(port, unsubscribe_path("other@example.org")) == 503
+        assert requests(scrape(port), "error") == 1
+
+        # repaired (a fresh ledger made by the next unsubscribe): ready again
+        ledger = project.parent / "statusmail.db"
+        ledger.rmdir() if ledger.is_dir() else ledger.unlink()
+        assert post(port, unsubscribe_path("other@example.org")) == 200
+        assert http_request(port, "GET", "/readyz") == (200, "ok\n")
+        assert set(suppressed(project)) == {"other@example.org"}
+
+
+def watch(config: Path, metrics_port: int, *, env: dict[str, str] | None = None) -> Service:
+    return Service(
+        config,
+        "watch",
+        "--poll-interval",
+        "0.2",
+        "--retry-after",
+        "0.2",
+        "--metrics-port",
+        str(metrics_port),
+        env=env,
+    )
+
+
+def metrics_up(port: int, service: Service) -> bool:
+    if service.process.poll() is not None:
+        service.stop()  # raises with the log
+    return port_open(port) and http_request(port, "GET", "/healthz")[0] == 200
+
+
+@pytest.mark.timeout(120)
+def test_watch_metrics_during_a_send_match_the_ledger(project: Path) -> None:
+    added = add_subscribers(project, 100)  # they get both entries
+    refused = added[3]
+    started = time.time()
+    with RecordingServer(
+        fail_data_every=7,  # 451 to every 7th DATA: retried
+        reject_rcpt={refused: "550 5.1.1 User unknown"},  # failed for good, and suppressed
+        data_delay=0.02,
+    ) as server:
+        point_at(project, server.port)
+        port = free_port()
+        service = watch(project, port)
+        try:
+            wait_for(lambda: metrics_up(port, service), what="the metrics port")
+
+            # During the send of the second entry: the metrics show what the ledger
+            # recorded, never more (a count goes up only after its commit).
+            def mid_send() -> Samples | None:
+                samples = scrape(port)
+                sending = value(samples, "statusmail_sending_entry_info", entry=UPDATE)
+                pending = value(samples, "statusmail_recipients_pending", entry=UPDATE)
+                return samples if sending == 1 and pending is not None and pending < 100 else None
+
+            during = wait_for(mid_send, timeout=60, what="the second entry's send")
+            recorded = ledger_count(project, "SELECT COUNT(*) FROM deliveries WHERE status='sent'")
+            assert 18 < (messages(during, "sent", "2xx") or 0) <= recorded
+            pending_now = ledger_count(
+                project,
+                "SELECT COUNT(*) FROM deliveries WHERE status='pending' AND entry_id=?",
+                UPDATE,
+            )
+            assert pending_now <= (
+                value(during, "statusmail_recipients_pending", entry=UPDATE) or 0
+            )
+            assert value(during, "statusmail_sending_entry_info", entry=BLOCK) is None
+
+            # After it: every counter equals the ledger's count.
+            def idle() -> Samples | None:
+                samples = scrape(port)
+                done = all(
+                    value(samples, "statusmail_recipients_pending", entry=e) == 0
+                    for e in (BLOCK, UPDATE)
+                )
+                sending = any(name == "statusmail_sending_entry_info" for name, _ in samples)
+                return samples if done and not sending else None
+
+            after = wait_for(idle, timeout=60, what="both entries to finish")
+            sent = ledger_count(project, "SELECT COUNT(*) FROM deliveries WHERE status='sent'")
+            failed = ledger_count(
+                project, "SELECT COUNT(*) FROM deliveries WHERE status='failed' AND code=550"
+            )
+            retries = ledger_count(
+                project,
+                "SELECT SUM(attempts) - COUNT(*) FROM deliveries WHERE status IN ('sent','failed')",
+            )
+            assert sent == len(server.messages) == 18 + 14 + 2 * 100 - 2
+            assert messages(after, "sent", "2xx") == sent
+            assert failed == 1  # the second entry skips the address that bounced
+            assert messages(after, "failed", "5xx") == failed
+            assert {messages(after, "failed", c) for c in ("4xx", "network", "local")} == {0}
+            assert retries == server.data_commands // 7 > 0
+            assert messages(after, "retried", "4xx") == retries
+            assert messages(after, "retried", "network") == 0
+            assert value(after, "statusmail_relay_up") == 1
+            assert value(after, "statusmail_relay_connection_errors_total") == 0
+            last = value(after, "statusmail_last_accepted_timestamp_seconds") or 0
+            assert started < last <= time.time()
+
+            assert http_request(port, "GET", "/healthz") == (200, "ok\n")
+            assert http_request(port, "GET", "/readyz") == (200, "ok\n")
+            break_ledger(project, "directory")
+            status, body = http_request(port, "GET", "/readyz")
+            assert status == 503 and "statusmail.db: cannot open the ledger" in body, body
+            # the watcher stays up, says why once, and is alive all the same
+            problem = service.wait_for_event("ledger_error")
+            assert problem["level"] == "error"
+            assert "nothing is sent until it can be read" in problem["message"]
+            assert http_request(port, "GET", "/healthz") == (200, "ok\n")
+            assert http_request(port, "GET", "/readyz")[0] == 503
+        finally:
+            log = service.stop()
+    assert log.count('"ledger_error"') == 1
+
+
+@pytest.mark.timeout(120)
+def test_watch_is_unready_while_the_relay_is_down_and_something_waits(project: Path) -> None:
+    relay = free_port()
+    point_at(project, relay)
+    port = free_port()
+    service = watch(project, port)
+    try:
+        wait_for(lambda: metrics_up(port, service), what="the metrics port")
+
+        def unready() -> tuple[int, str] | None:
+            answer = http_request(port, "GET", "/readyz")
+            return answer if answer[0] == 503 else None
+
+        _, reason = wait_for(unready, timeout=30, what="/readyz to turn unready")
+        assert f"the relay 127.0.0.1:{relay} was unreachable" in reason
+        assert "1 entry waits" in reason
+        samples = scrape(port)
+        assert value(samples, "statusmail_relay_up") == 0
+        assert (value(samples, "statusmail_relay_connection_errors_total") or 0) >= 2
+        waiting = ledger_count(
+            project, "SELECT COUNT(*) FROM deliveries WHERE status='pending' AND entry_id=?", BLOCK
+        )
+        assert value(samples, "statusmail_recipients_pending", entry=BLOCK) == waiting == 18
+        assert http_request(port, "GET", "/healthz") == (200, "ok\n")
+
+        with RecordingServer(port=relay) as server:
+            wait_for(lambda: len(server.messages) == 18 + 14, timeout=60, what="the sends")
+            wait_for(
+                lambda: http_request(port, "GET", "/readyz") == (200, "ok\n"),
+                what="/readyz to turn ready",
+            )
+            samples = scrape(port)
+            assert value(samples, "statusmail_relay_up") == 1
+            assert messages(samples, "sent", "2xx") == 18 + 14
+    finally:
+        service.stop()
+
+
+@pytest.mark.timeout(90)
+def test_watch_tells_systemd_ready_and_feeds_its_watchdog(project: Path, tmp_path: Path) -> None:
+    notify = NotifySocket(tmp_path / "notify")
+    try:
+        with RecordingServer() as server:
+            point_at(project, server.port)
+            env = {"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "600000"}
+            service = Service(project, "watch", "--poll-interval", "0.2", env=env)
+            try:
+                notify.wait_for("READY=1")
+                wait_for(lambda: len(server.messages) == 18 + 14, timeout=60, what="the sends")
+                # the event loop beats every 0.2 s for a 0.6 s watchdog
+                beats = notify.received.count("WATCHDOG=1")
+                notify.wait_for("WATCHDOG=1", count=beats + 3)
+            finally:
+                service.stop()
+        notify.wait_for("STOPPING=1")
+    finally:
+        notify.close()
+
+
+def test_serve_tells_systemd_ready_and_feeds_its_watchdog(project: Path, tmp_path: Path) -> None:
+    notify = NotifySocket(tmp_path / "notify")
+    try:
+        env = {"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "300000"}
+        with serve_process(project, env=env) as (port, process):
+            notify.wait_for("READY=1")
+            notify.wait_for("WATCHDOG=1", count=3)
+            assert http_request(port, "GET", "/healthz") == (200, "ok\n")
+            stop(process)
+        notify.wait_for("STOPPING=1")
+    finally:
+        notify.close()
+
+
+def test_each_run_has_its_own_registry_and_feedback_kinds_stay_a_fixed_set() -> None:
+    first = metrics.DeliveryMetrics(metrics.new_registry())
+    second = metrics.DeliveryMetrics(metrics.new_registry())
+    with metrics.use(first):
+        metrics.feedback_event("complaint")
+        metrics.feedback_event("bounce")
+        metrics.feedback_event("Bounce from <anna@example.org>")  # not a kind: no text kept
+        metrics.current().for_entry(UPDATE).sent()
+    assert metrics.current() is not first  # outside use(): the unexposed default
+    text = generate_latest(first.registry).decode()
+    assert 'statusmail_feedback_events_total{kind="complaint"} 1.0' in text
+    assert 'statusmail_feedback_events_total{kind="bounce"} 1.0' in text
+    assert 'statusmail_feedback_events_total{kind="other"} 1.0' in text
+    assert "anna" not in text
+    assert 'statusmail_messages_total{outcome="sent",reply_class="2xx"} 1.0' in text
+    untouched = generate_latest(second.registry).decode()
+    assert 'statusmail_messages_total{outcome="sent",reply_class="2xx"} 0.0' in untouched
+    assert "statusmail_feedback_events_total{" not in untouched
+    assert "process_start_time_seconds" in untouched
