@@ -139,12 +139,14 @@ def port_open(port: int) -> bool:
 
 
 @contextmanager
-def serving(config: Path, secret: str, *extra: str) -> Iterator[int]:
+def serving(
+    config: Path, secret: str, *extra: str, env: dict[str, str] | None = None
+) -> Iterator[int]:
     """``statusmail serve`` on a free port, once it accepts connections; yields the port."""
     port = free_port()
     process = subprocess.Popen(
         command(config, "serve", "--port", str(port), *extra),
-        env=clean_environ(STATUSMAIL_UNSUBSCRIBE_SECRET=secret),
+        env=clean_environ(STATUSMAIL_UNSUBSCRIBE_SECRET=secret, **(env or {})),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

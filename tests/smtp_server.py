@@ -47,6 +47,7 @@ import email
 import email.policy
 import ssl
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -69,6 +70,7 @@ class ReceivedMessage:
     message: EmailMessage  # ``data`` parsed with email.policy.default
     mail_options: list[str] = field(default_factory=list)
     smtp_utf8: bool = False
+    at: float = 0.0  # time.monotonic() when the server accepted it
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,7 @@ class _Handler:
             message=message,
             mail_options=list(envelope.mail_options),
             smtp_utf8=envelope.smtp_utf8,
+            at=time.monotonic(),
         )
         session.statusmail_accepted = accepted + 1  # type: ignore[attr-defined]
         with srv._lock:

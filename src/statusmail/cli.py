@@ -452,6 +452,14 @@ def serve(
     show_default=True,
     help="Address the metrics port listens on.",
 )
+@click.option(
+    "--takeover",
+    type=click.FloatRange(min=1),
+    default=30.0,
+    show_default=True,
+    help="PostgreSQL ledger: seconds within which a standby watcher takes over from an "
+    "active one that is gone.",
+)
 @run
 def watch(
     config: Config,
@@ -460,11 +468,13 @@ def watch(
     retry_after: float,
     metrics_port: int | None,
     metrics_host: str,
+    takeover: float,
 ) -> ExitCode:
     """Run the service: send ready entries that have not been sent, as they appear.
 
     Stops cleanly on SIGTERM/SIGINT (in-flight messages finish); SIGHUP reloads the
-    config and templates. One watcher per ledger.
+    config and templates. One watcher per ledger is active: on SQLite a second one
+    refuses; on PostgreSQL it stands by and takes over when the active one is gone.
 
     \b
     Example:
@@ -478,6 +488,7 @@ def watch(
         backoff_initial=retry_after,
         metrics_host=metrics_host,
         metrics_port=metrics_port,
+        takeover=takeover,
     )
     return asyncio.run(Watcher(config, options).run())
 
@@ -636,3 +647,46 @@ def prefs_export(config: Config, output: Path | None) -> ExitCode:
       statusmail prefs export -o preferences.csv
     """
     return commands.prefs_export(config, output)
+
+
+@main.group()
+def ledger() -> None:
+    """The ledger itself: its schema, and moving it from SQLite to PostgreSQL.
+
+    \b
+    Example:
+      statusmail ledger copy --to postgresql://db.internal/statusmail
+    """
+
+
+@ledger.command(name="migrate")
+@common_options
+@run
+def ledger_migrate(config: Config) -> ExitCode:
+    """Apply the schema migrations the ledger lacks (paths.ledger or $STATUSMAIL_LEDGER).
+
+    \b
+    Example:
+      STATUSMAIL_LEDGER=postgresql://db.internal/statusmail statusmail ledger migrate
+    """
+    return commands.ledger_migrate(config, console)
+
+
+@ledger.command(name="copy")
+@common_options
+@click.option(
+    "--to",
+    "to",
+    required=True,
+    help="The ledger to copy into: a postgresql:// URL (or a SQLite file); it must be empty.",
+)
+@run
+def ledger_copy(config: Config, to: str) -> ExitCode:
+    """Copy the ledger (entries, deliveries, suppressions, feedback, preferences) into
+    another and check that every table's count is equal on both sides.
+
+    \b
+    Example:
+      statusmail ledger copy --to postgresql://db.internal/statusmail
+    """
+    return commands.ledger_copy(config, to, out)

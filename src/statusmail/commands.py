@@ -12,11 +12,12 @@ from rich.console import Console
 
 from statusmail import feedback as feedback_pass
 from statusmail import pipeline, signals, suppression
-from statusmail.config import Config
+from statusmail.config import Config, is_url
 from statusmail.domain import ExitCode, Preference
 from statusmail.entries import entry_paths, find_entry, load_entry, unknown_entry
 from statusmail.errors import ConnectError, Interrupted, StatusmailError
-from statusmail.ledger import FEEDBACK_OUTCOMES, Ledger
+from statusmail.ledger import FEEDBACK_OUTCOMES, Ledger, copy_ledger
+from statusmail.ledger import describe as ledger_describe
 from statusmail.ledger import exists as ledger_exists
 from statusmail.preview import write_previews
 from statusmail.report import (
@@ -454,3 +455,28 @@ def _preferences(config: Config) -> list[tuple[str, Preference, str]]:
         return []
     with Ledger(config.paths.ledger) as ledger:
         return list(ledger.preferences())
+
+
+# -- the ledger itself -----------------------------------------------------------------
+
+
+def ledger_migrate(config: Config, console: Console) -> ExitCode:
+    with Ledger(config.paths.ledger) as ledger:
+        version = ledger.schema_version()
+    console.print(f"{ledger_describe(config.paths.ledger)}: schema version {version}", markup=False)
+    return ExitCode.OK
+
+
+def ledger_copy(config: Config, to: str, console: Console) -> ExitCode:
+    target: str | Path = to if is_url(to) else Path(to)
+    with Ledger(config.paths.ledger) as source, Ledger(target) as copy:
+        counts = copy_ledger(source, copy)
+    sys.stdout.write("table\tsource\tcopy\n")
+    for table, (there, here) in counts.items():
+        sys.stdout.write(f"{table}\t{there}\t{here}\n")
+    unequal = [table for table, (there, here) in counts.items() if there != here]
+    if unequal:
+        log.error("counts differ after the copy: %s", ", ".join(unequal))
+        return ExitCode.FAILED
+    console.print(f"copied into {ledger_describe(target)}: every count equal", markup=False)
+    return ExitCode.OK

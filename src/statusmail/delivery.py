@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -110,6 +110,7 @@ class Engine:
         limit: int | None = None,
         selecting: Callable[[], bool] = lambda: False,
         progress: asyncio.Event | None = None,
+        on_idle: Callable[[], Awaitable[None]] | None = None,
         metrics: DeliveryMetrics | None = None,
     ) -> None:
         self.queue = queue
@@ -129,6 +130,7 @@ class Engine:
         self.limit = limit
         self.selecting = selecting
         self.progress = progress or asyncio.Event()
+        self.on_idle = on_idle
         self.result = RunResult()
         self.taken = 0
         self.entry_id = queue.entry_id
@@ -210,13 +212,17 @@ class Engine:
                 count = min(count, allowed)
             generation, selected = await self.queue.state()
             self.progress.clear()
-            batch = await self.queue.claim(generation, count)
+            # generation 0: no selection has begun yet (another sender is about to)
+            batch = await self.queue.claim(generation, count) if generation else []
             if batch:
                 self.taken += len(batch)
                 return batch
-            complete = not self.selecting() and selected == generation
-            if complete and not await self.queue.remaining(generation):
-                return []  # the selection is complete and nothing of it is left
+            selecting = self.selecting()
+            if not selecting and selected == generation and generation:
+                if not await self.queue.remaining(generation):
+                    return []  # the selection is complete and nothing of it is left
+            elif not selecting and self.on_idle is not None:
+                await self.on_idle()  # nobody streams the selection: take it over?
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.progress.wait(), POLL)
         return []

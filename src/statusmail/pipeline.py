@@ -158,6 +158,7 @@ class Held:
 
     ledger: Ledger
     selector: bool = True
+    lock: ServerLock | None = None  # PostgreSQL: the entry's selection lock, tried again
 
 
 @contextmanager
@@ -172,7 +173,7 @@ def open_ledger(config: Config, entry_id: str) -> Iterator[Held]:
             return
         lock = ServerLock(str(target), f"select:{entry_id}")
         try:
-            yield Held(ledger, selector=lock.try_acquire())
+            yield Held(ledger, selector=lock.try_acquire(), lock=lock)
         finally:
             lock.release()
 
@@ -268,6 +269,60 @@ class Report:
         return ExitCode.OK
 
 
+class _Selection:
+    """The selection a run delivers: the one it streams itself, or, joining another
+    sender on PostgreSQL, the other's; taken over when that one's sender is gone."""
+
+    def __init__(
+        self,
+        prepared: Prepared,
+        held: Held,
+        request: Request,
+        started: Started,
+        progress: asyncio.Event,
+    ) -> None:
+        self.prepared, self.held, self.request = prepared, held, request
+        self.started, self.progress = started, progress
+        self.stream = started.stream
+        self.engine: Engine | None = None
+
+    def running(self) -> bool:
+        return self.stream is not None and self.stream.running
+
+    def begin(self) -> None:
+        if self.stream is not None and self.engine is not None:
+            self.stream.start(self.progress, self.engine.halt, self.engine.metrics.enqueued)
+
+    def stop(self) -> None:
+        if self.stream is not None and self.stream.running:
+            self.stream.stop()
+
+    async def take_over(self) -> None:
+        """The queue waits on a selection nobody streams: its sender died, and the
+        server released its lock. The first sender to take the lock selects anew."""
+        held = self.held
+        if held.selector or held.lock is None or not held.lock.try_acquire():
+            return
+        held.selector = True
+        entry = self.prepared.entry
+        log.warning(
+            "%s: the sender that was selecting this entry is gone; selecting it here",
+            entry.id,
+            extra={"event": "selection_taken_over", "entry": entry.id},
+        )
+        pending = held.ledger.counts(entry.id)["pending"]
+        generation = held.ledger.begin_selection(entry.id, entry.digest)
+        self.stream = intake.Stream(
+            self.prepared,
+            self.prepared.config.paths.ledger,
+            generation,
+            self.started.stats,
+            accept_removals=self.request.accept_removals,
+            pending=pending,
+        )
+        self.begin()
+
+
 def make_queue(prepared: Prepared, held: Held) -> DeliveryQueue:
     target = prepared.config.paths.ledger
     lease, thread = prepared.config.sending.lease, prepared.entry.thread
@@ -289,9 +344,10 @@ async def finish(
     """Deliver what is pending (and what the selection adds while it streams) and report.
     Raises ``ConnectError`` when the relay cannot be reached at the start (nothing was
     sent); every later stop is in the report."""
-    entry_id, ledger, stream = prepared.entry.id, held.ledger, started.stream
+    entry_id, ledger = prepared.entry.id, held.ledger
     queue = make_queue(prepared, held)
     progress = asyncio.Event()
+    selection = _Selection(prepared, held, request, started, progress)
     engine = Engine(
         queue=queue,
         transport=transport,
@@ -301,27 +357,29 @@ async def finish(
         on_outcome=on_outcome,
         mask=request.mask,
         limit=request.limit,
-        selecting=lambda: stream is not None and stream.running,
+        selecting=selection.running,
         progress=progress,
+        on_idle=selection.take_over,
     )
-    if stream is not None:
-        stream.start(progress, engine.halt, engine.metrics.enqueued)
+    selection.engine = engine
+    selection.begin()
+    stream = selection.stream
     try:
         ledger.skip_suppressed(entry_id)
         await engine.run()
         ledger.skip_suppressed(entry_id)  # unsubscribed while this run went on
     except ConnectError:
-        if stream is not None and stream.running:
-            stream.stop()
+        selection.stop()
         raise
     except StatusmailError as exc:  # the ledger, or a message that could not be built
         engine.result.stopped = str(exc)
         log.error("stopped: %s", exc, extra={"event": "stopped", "entry": entry_id})
     finally:
-        if stream is not None:
-            stream.stop() if stop.is_set() or engine.result.stopped else None
+        if stop.is_set() or engine.result.stopped:
+            selection.stop()
         await queue.close()
     result = engine.result
+    stream = selection.stream
     refused = False
     if stream is not None:
         outcome = await stream.wait()

@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from statusmail import feedback, health, metrics, pipeline
-from statusmail.config import Config, load_config
+from statusmail.config import Config, is_url, load_config
 from statusmail.domain import Entry, ExitCode
 from statusmail.entries import entry_paths, load_entry
 from statusmail.errors import ConnectError, InputError, LedgerError, StatusmailError
-from statusmail.ledger import Ledger, run_lock
+from statusmail.ledger import Ledger, ServerLock, run_lock
 from statusmail.ledger import describe as ledger_describe
 from statusmail.ledger import exists as ledger_exists
 from statusmail.subscribers import subscriber_files
@@ -45,6 +45,8 @@ class WatchOptions:
     poll_interval: float = 2.0
     backoff_initial: float = 5.0
     backoff_max: float = 300.0
+    # PostgreSQL: how soon a standby watcher takes over from one that is gone (seconds)
+    takeover: float = 30.0
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = None  # None: no metrics endpoint
 
@@ -156,7 +158,8 @@ class Watcher:
                 server.stop()
 
     async def _run(self) -> ExitCode:
-        with run_lock(self.config.paths.ledger, "watch"):
+        target = self.config.paths.ledger
+        with run_lock(target, "watch"):  # SQLite: one watcher; PostgreSQL: see below
             loop = asyncio.get_running_loop()
             handlers = {
                 signal.SIGTERM: self._on_stop,
@@ -166,27 +169,13 @@ class Watcher:
             previous = {sig: signal.getsignal(sig) for sig in handlers}
             for sig, handler in handlers.items():
                 loop.add_signal_handler(sig, handler)
-            log.info("watching %s", self.config.paths.updates, extra={"event": "watching"})
-            events = asyncio.create_task(self._file_events())
-            beats = asyncio.create_task(self.heartbeat.beat())
-            health.notify("READY=1")
-            # What came back is read before anything is sent, then beside the sending.
-            await self._feedback_pass()
-            bounces = None if self.options.once else asyncio.create_task(self._feedback_loop())
+            leader = ServerLock(str(target), "watch") if is_url(target) else None
             try:
-                while not self.stop.is_set():
-                    if self.reload:
-                        self._reload()
-                    await self._work_through_due()
-                    if self.options.once:
-                        break
-                    await self._sleep()
+                if leader is None or await self._become_active(leader):
+                    await self._watch()
             finally:
-                for task in (events, beats, bounces):
-                    if task is not None:
-                        task.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await task
+                if leader is not None:
+                    leader.release()
                 for sig in handlers:
                     loop.remove_signal_handler(sig)
                     signal.signal(sig, previous[sig] or signal.SIG_DFL)
@@ -195,6 +184,50 @@ class Watcher:
         if self.options.once and (self._backoff or self._left_pending):
             return ExitCode.STOPPED
         return ExitCode.OK
+
+    async def _become_active(self, leader: ServerLock) -> bool:
+        """On PostgreSQL one watcher is active, the others stand by: the server releases
+        the active one's lock when its process or host is gone, and a standby takes
+        over within ``--takeover`` seconds. False when stopped while standing by."""
+        if leader.try_acquire():
+            return True
+        poll = max(0.2, self.options.takeover / 3)
+        log.info(
+            "standing by: another watcher is active on this ledger; taking over within %ss "
+            "of its end",
+            f"{self.options.takeover:g}",
+            extra={"event": "standby"},
+        )
+        while not self.stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), poll)
+            if not self.stop.is_set() and leader.try_acquire():
+                log.info("the active watcher is gone: taking over", extra={"event": "active"})
+                return True
+        return False
+
+    async def _watch(self) -> None:
+        log.info("watching %s", self.config.paths.updates, extra={"event": "watching"})
+        events = asyncio.create_task(self._file_events())
+        beats = asyncio.create_task(self.heartbeat.beat())
+        health.notify("READY=1")
+        # What came back is read before anything is sent, then beside the sending.
+        await self._feedback_pass()
+        bounces = None if self.options.once else asyncio.create_task(self._feedback_loop())
+        try:
+            while not self.stop.is_set():
+                if self.reload:
+                    self._reload()
+                await self._work_through_due()
+                if self.options.once:
+                    break
+                await self._sleep()
+        finally:
+            for task in (events, beats, bounces):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
 
     async def _file_events(self) -> None:
         """Wake the loop as soon as a file in the updates folder changes (inotify via
@@ -380,9 +413,7 @@ class Watcher:
             request = pipeline.Request()
             with pipeline.open_ledger(config, entry.id) as held:
                 started = pipeline.start(prepared, held, request)
-                self.metrics.start_sending(
-                    entry.id, held.ledger.counts(entry.id)["pending"]
-                )
+                self.metrics.start_sending(entry.id, held.ledger.counts(entry.id)["pending"])
                 report = await pipeline.finish(
                     prepared,
                     held,

@@ -132,6 +132,12 @@ class SqliteDatabase:
     def executemany(self, sql: str, rows: Iterable[Params]) -> None:
         self.db.executemany(self.dialect.sql(sql), rows)
 
+    def iterate(self, sql: str, size: int) -> Iterator[list[Row]]:
+        """The rows of a query, ``size`` at a time (a table too big to hold at once)."""
+        cursor = self.db.execute(self.dialect.sql(sql))
+        while rows := cursor.fetchmany(size):
+            yield rows
+
     @contextmanager
     def transaction(self) -> Iterator[None]:
         self.db.execute("BEGIN IMMEDIATE")
@@ -195,6 +201,13 @@ class PostgresDatabase:
     def executemany(self, sql: str, rows: Iterable[Params]) -> None:
         with self.db.cursor() as cursor:
             cursor.executemany(self.dialect.sql(sql), rows)
+
+    def iterate(self, sql: str, size: int) -> Iterator[list[Row]]:
+        """The rows of a query, ``size`` at a time."""
+        with self.db.cursor() as cursor:
+            cursor.execute(self.dialect.sql(sql))
+            while rows := cursor.fetchmany(size):
+                yield rows
 
     @contextmanager
     def transaction(self) -> Iterator[None]:

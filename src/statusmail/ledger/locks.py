@@ -66,10 +66,12 @@ class ServerLock:
     def __init__(self, url: str, name: str) -> None:
         import psycopg
 
-        self.key = lock_key(name)
         self.where = describe(url)
         try:
             self.db = psycopg.connect(url, autocommit=True, connect_timeout=10)
+            # Advisory locks are the database's: a deployment in its own schema has its own.
+            row = self.db.execute("SELECT current_schema()").fetchone()
+            self.key = lock_key(f"{row[0] if row else ''}:{name}")
             # a dead peer is noticed by the server within seconds, releasing its locks
             self.db.execute("SET tcp_keepalives_idle = 5")
             self.db.execute("SET tcp_keepalives_interval = 2")

@@ -146,7 +146,10 @@ MIGRATIONS: tuple[Migration, ...] = (
     CREATE TABLE IF NOT EXISTS limiters (
         name TEXT PRIMARY KEY,
         tat  DOUBLE PRECISION NOT NULL
-    )
+    );
+    UPDATE entries SET generation = COALESCE((SELECT MAX(d.selection) FROM deliveries d
+        WHERE d.entry_id = entries.entry_id), 0);
+    UPDATE entries SET selected_generation = generation
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

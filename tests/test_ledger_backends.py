@@ -1,0 +1,212 @@
+"""The ledger contract, the same on both engines: each test runs on a SQLite file and on
+a schema of the real PostgreSQL server."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import clean_environ, command, outbox_messages, statusmail, wait_for
+from delivery_helpers import SECRET, add_subscribers
+from postgres_helpers import ledger_target, postgres  # noqa: F401  (fixtures)
+from statusmail.domain import DeliveryStatus, Outcome, Recipient
+from statusmail.errors import LedgerError
+from statusmail.ledger import SCHEMA_VERSION, Ledger, StagedRow, copy_ledger
+
+ENTRY = "update-2020-04-21"
+ENV = {"STATUSMAIL_UNSUBSCRIBE_SECRET": SECRET}
+
+
+def recipient(i: int) -> Recipient:
+    address = f"r{i:03d}@example.org"
+    return Recipient(address, address, address, f"R {i}", "en", "NL")
+
+
+def queued(ledger: Ledger, count: int) -> int:
+    """An entry whose selection of ``count`` recipients is complete; its generation."""
+    generation = ledger.begin_selection(ENTRY, "digest")
+    ledger.reset_staging()
+    ledger.stage(StagedRow.selected(recipient(i)) for i in range(count))
+    ledger.enqueue(ENTRY, generation)
+    ledger.finish_selection(ENTRY, generation, count, skip_removed=True)
+    return generation
+
+
+def use_ledger(config: Path, target: str | Path) -> dict[str, str]:
+    """The environment that points ``config``'s runs at ``target``."""
+    return {**ENV, "STATUSMAIL_LEDGER": str(target)}
+
+
+# -- the schema --------------------------------------------------------------------------
+
+
+def test_migrations_apply_once_and_a_newer_schema_is_refused(ledger_target: str | Path) -> None:
+    with Ledger(ledger_target) as ledger:
+        assert ledger.schema_version() == SCHEMA_VERSION
+        assert ledger.migrate() == SCHEMA_VERSION  # nothing left to do
+        with ledger.transaction():
+            ledger.database.execute(
+                "INSERT INTO schema_version VALUES (:n, 'later')", {"n": SCHEMA_VERSION + 1}
+            )
+    with pytest.raises(LedgerError, match=f"newer than this statusmail knows \\({SCHEMA_VERSION}"):
+        Ledger(ledger_target)
+
+
+def test_ledger_migrate_command(project: Path, ledger_target: str | Path) -> None:
+    result = statusmail(project, "ledger", "migrate", env=use_ledger(project, ledger_target))
+    assert result.returncode == 0, result.stderr
+    assert f"schema version {SCHEMA_VERSION}" in result.stdout + result.stderr
+
+
+# -- the queue ---------------------------------------------------------------------------
+
+
+def test_claims_are_exclusive_leased_and_handed_back(ledger_target: str | Path) -> None:
+    with Ledger(ledger_target) as one, Ledger(ledger_target) as two:
+        generation = queued(one, 10)
+        first = one.claim(ENTRY, generation, "w1", 4, lease=60)
+        second = two.claim(ENTRY, generation, "w2", 4, lease=60)
+        assert [r.address for r in first] == [recipient(i).address for i in range(4)]
+        assert [r.address for r in second] == [recipient(i).address for i in range(4, 8)]
+        assert all(r.row for r in first + second)  # the order number return paths name
+        # a lease that ran out: another worker takes what the first one held
+        one.renew(ENTRY, "w1", lease=-1)
+        third = two.claim(ENTRY, generation, "w3", 10, lease=60)
+        assert {r.address for r in third} == {r.address for r in first} | {
+            recipient(8).address,
+            recipient(9).address,
+        }
+        # handed back: free for anyone at once
+        two.release(ENTRY, "w3")
+        assert len(one.claim(ENTRY, generation, "w4", 10, lease=60)) == 6
+        assert one.remaining(ENTRY, generation) == 10
+
+
+def test_one_row_per_recipient_and_outcomes_recorded(ledger_target: str | Path) -> None:
+    with Ledger(ledger_target) as ledger:
+        generation = queued(ledger, 5)
+        queued(ledger, 5)  # selected again: still one row each
+        assert ledger.counts(ENTRY)["pending"] == 5
+        taken = ledger.claim(ENTRY, generation + 1, "w", 5, lease=60)
+        ledger.record(
+            ENTRY,
+            [
+                Outcome(r.address, DeliveryStatus.SENT, 1, 250, None, f"<{i}@x>")
+                for i, r in enumerate(taken)
+            ],
+        )
+        assert ledger.counts(ENTRY) == {"pending": 0, "sent": 5, "failed": 0, "skipped": 0}
+        assert ledger.remaining(ENTRY, generation + 1) == 0
+        assert ledger.delivery_by_message_id("<3@x>") == (ENTRY, recipient(3).address)
+        assert ledger.delivery_by_row(taken[2].row or 0) == (ENTRY, recipient(2).address)
+
+
+def test_suppression_is_respected_by_every_claim(ledger_target: str | Path) -> None:
+    with Ledger(ledger_target) as ledger:
+        generation = queued(ledger, 4)
+        assert ledger.suppress(recipient(1).address, "unsubscribed", "one-click")
+        assert not ledger.suppress(recipient(1).address, "manual")  # the first reason stays
+        taken = ledger.claim(ENTRY, generation, "w", 10, lease=60)
+        assert recipient(1).address not in {r.address for r in taken}
+        assert ledger.suppression_of(recipient(1).address) == "unsubscribed"
+        assert ledger.skip_suppressed(ENTRY) == 1
+
+
+def test_the_shared_rate_limit_spaces_slots(ledger_target: str | Path) -> None:
+    with Ledger(ledger_target) as one, Ledger(ledger_target) as two:
+        waits = [ledger.take_slot("send", 0.5) for ledger in (one, two, one, two)]
+    # slot n starts n half-seconds after the first, whoever asks
+    for n, wait in enumerate(waits):
+        assert wait == pytest.approx(0.5 * n, abs=0.2), waits
+
+
+# -- whole runs --------------------------------------------------------------------------
+
+
+def test_send_and_resend_on_either_engine(project: Path, ledger_target: str | Path) -> None:
+    env = use_ledger(project, ledger_target)
+    first = statusmail(project, "send", ENTRY, "--yes", "--json", env=env)
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["counts"]["sent"] == 14
+    again = statusmail(project, "send", ENTRY, "--yes", "--json", env=env)
+    assert again.returncode == 0 and json.loads(again.stdout)["this_run"]["sent"] == 0
+    assert len(outbox_messages(project)) == 14
+    statusmail(project, "suppress", "add", "anna.petrova@example.org", env=env)
+    block = statusmail(project, "send", "block-2020-01-23", "--yes", "--json", env=env)
+    assert block.returncode == 0, block.stderr
+    to = [str(m["To"].addresses[0].addr_spec).lower() for m in outbox_messages(project)]
+    assert to.count("anna.petrova@example.org") == 1  # April's, not January's
+
+
+@pytest.mark.timeout(90)
+def test_killed_and_resumed_misses_nobody(project: Path, ledger_target: str | Path) -> None:
+    addresses = add_subscribers(project, 300)
+    data = yaml.safe_load(project.read_text(encoding="utf-8"))
+    data["sending"] = {"rate": 150, "concurrency": 3, "lease": 2}
+    project.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    env = use_ledger(project, ledger_target)
+    process = subprocess.Popen(
+        command(project, "send", ENTRY, "--yes"),
+        env=clean_environ(**env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for(lambda: len(outbox_messages(project)) >= 60, what="the first messages")
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=10)
+    time.sleep(2.1)  # the killed run's leases running out is what this tests
+    resumed = statusmail(project, "send", ENTRY, "--yes", "--rate", "0", env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    to = [str(m["To"].addresses[0].addr_spec).lower() for m in outbox_messages(project)]
+    assert set(to) >= set(addresses)  # nobody missed
+    assert len(to) - len(set(to)) <= 3  # duplicates: at most what was in flight
+    ids = {}
+    for message in outbox_messages(project):
+        address = str(message["To"].addresses[0].addr_spec).lower()
+        assert ids.setdefault(address, message["Message-ID"]) == message["Message-ID"]
+
+
+def test_ledger_copy_keeps_every_row(project: Path, postgres: str) -> None:  # noqa: F811
+    env = {**ENV}
+    assert statusmail(project, "send", ENTRY, "--yes", env=env).returncode == 0
+    statusmail(project, "suppress", "add", "someone@example.org", env=env)
+    copied = statusmail(project, "ledger", "copy", "--to", postgres, env=env)
+    assert copied.returncode == 0, copied.stderr
+    assert "every count equal" in copied.stdout
+    lines = dict(line.split("\t", 1) for line in copied.stdout.splitlines() if "\t" in line)
+    assert lines["deliveries"] == "14\t14" and lines["suppressions"] == "1\t1"
+    with (
+        Ledger(project.parent / "statusmail.db", readonly=True) as source,
+        Ledger(postgres) as copy,
+    ):
+        assert copy.counts(ENTRY) == source.counts(ENTRY)
+        assert copy.suppressions() == source.suppressions()
+        # the order numbers survive (return paths name rows by them) and new rows follow
+        row = source.delivery_by_message_id(
+            str(source.database.execute("SELECT message_id FROM deliveries LIMIT 1")[0][0])
+        )
+        assert row is not None and copy.delivery_by_message_id(
+            str(copy.database.execute("SELECT message_id FROM deliveries LIMIT 1")[0][0])
+        )
+    again = statusmail(project, "ledger", "copy", "--to", postgres, env=env)
+    assert again.returncode == 1 and "cannot copy into a ledger that has rows" in again.stderr
+    with Ledger(postgres) as copy, Ledger(postgres) as other:
+        generation = copy.begin_selection("later", "d")
+        copy.reset_staging()
+        copy.stage([StagedRow.selected(recipient(1))])
+        copy.enqueue("later", generation)
+        assert other.counts("later")["pending"] == 1
+
+
+def test_copy_needs_an_empty_target(tmp_path: Path) -> None:
+    with Ledger(tmp_path / "a.db") as a, Ledger(tmp_path / "b.db") as b:
+        queued(b, 1)
+        with pytest.raises(LedgerError, match="has rows"):
+            copy_ledger(a, b)
