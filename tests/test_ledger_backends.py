@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -44,6 +45,28 @@ def use_ledger(config: Path, target: str | Path) -> dict[str, str]:
 
 
 # -- the schema --------------------------------------------------------------------------
+
+
+def test_processes_opening_a_new_ledger_at_once_migrate_it_once(ledger_target: str | Path) -> None:
+    """Several senders started together on an empty database: one migrates, the others
+    wait for it and find the schema done (none fails on the version already recorded)."""
+    errors: list[Exception] = []
+
+    def open_one() -> None:
+        try:
+            Ledger(ledger_target).close()
+        except Exception as exc:  # collected: the assertion below shows them
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == []
+    with Ledger(ledger_target) as ledger:
+        rows = ledger.database.execute("SELECT version FROM schema_version ORDER BY version")
+    assert [row[0] for row in rows] == list(range(1, SCHEMA_VERSION + 1))
 
 
 def test_migrations_apply_once_and_a_newer_schema_is_refused(ledger_target: str | Path) -> None:

@@ -217,7 +217,13 @@ class PostgresDatabase:
     local_transaction = transaction
 
     def table_exists(self, name: str) -> bool:
-        rows = self.execute("SELECT to_regclass(:name) IS NOT NULL", {"name": name})
+        # The catalog, not to_regclass(): a session that looked the name up before can
+        # keep that miss after another session created the table (seen in migrations).
+        rows = self.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_tables"
+            " WHERE schemaname = current_schema() AND tablename = :name)",
+            {"name": name},
+        )
         return bool(rows[0][0])
 
     def columns(self, table: str) -> set[str]:

@@ -189,10 +189,11 @@ class Ledger:
         if check_only or version == SCHEMA_VERSION:
             return version
         with self.transaction():
+            # One migrating process at a time (SQLite: BEGIN IMMEDIATE; PostgreSQL: an
+            # advisory lock); the others wait here, then find it done.
             if isinstance(self.database, PostgresDatabase):
-                # one migrating process at a time; the others wait here, then find it done
                 self._q("SELECT pg_advisory_xact_lock(7356283701)")
-                version = self.schema_version()
+            version = self.schema_version()
             self._q(
                 "CREATE TABLE IF NOT EXISTS schema_version"
                 " (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
