@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import IO
 
 import pytest
-import yaml
 
 from conftest import clean_environ, command, http_request, serving, wait_for
 from delivery_helpers import SECRET, add_subscribers, point_at
@@ -128,9 +127,17 @@ def test_the_rate_holds_for_the_deployment_not_per_sender(
             process.send_signal(signal.SIGTERM)
         assert set(finish(processes)) <= {0, 4}
         times = [m.at for m in server.messages if start <= m.at < start + 20]
+    # Three senders at 60/s each would make 180/s: the limit is the deployment's.
     assert 60 * 20 * 0.95 <= len(times) <= 60 * 20 * 1.05, len(times) / 20
-    busiest = max(sum(1 for t in times if s <= t < s + 1) for s in times)
-    assert busiest <= 66, busiest
+
+    def busiest(seconds: float) -> int:
+        return max(sum(1 for t in times if s <= t < s + seconds) for s in times)
+
+    # The slots are evenly spaced; what the relay sees also carries each process's
+    # scheduling delay (three senders on two shared cores), which bunches a few
+    # messages now and then, but never adds up over longer windows.
+    assert busiest(1) <= 60 * 1.25, busiest(1)
+    assert busiest(5) <= 5 * 60 * 1.05, busiest(5)
 
 
 def read_until(stream: IO[str], wanted: str, timeout: float = 30) -> str:
@@ -152,9 +159,12 @@ def test_a_standby_watcher_takes_over_and_finishes_the_entry(
     project: Path,
     postgres: str,  # noqa: F811
 ) -> None:
+    # one entry to send: the block notice goes, and the update no longer threads on it
     (project.parent / "updates" / "block-2020-01-23.yaml").unlink()
-    data = yaml.safe_load((project.parent / "updates" / f"{ENTRY}.yaml").read_text())
-    assert data["thread"] == "block-2020-01-23"
+    update = project.parent / "updates" / f"{ENTRY}.yaml"
+    text = update.read_text(encoding="utf-8")
+    assert "\nthread: block-2020-01-23\n" in text
+    update.write_text(text.replace("\nthread: block-2020-01-23\n", "\n"), encoding="utf-8")
     with RecordingServer() as server:
         configure(project, server.port, 600, rate=100)
         args = ("watch", "--poll-interval", "0.2", "--takeover", "3", "--log-format", "json")
