@@ -13,10 +13,19 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import clean_environ, command, http_request, serving, statusmail
+from conftest import (
+    SECRET,
+    clean_environ,
+    command,
+    http_request,
+    outbox_count,
+    outbox_messages,
+    recipient,
+    serving,
+    statusmail,
+)
 from statusmail.tokens import unsubscribe_token
 
-SECRET = "a-test-secret-of-enough-length-for-tokens"
 PROMPT = b"Type yes to send"
 
 
@@ -87,7 +96,7 @@ def test_a_terminal_is_asked_and_no_sends_nothing(project: Path) -> None:
     assert not (project.parent / "outbox").exists()
     code, output = run_on_terminal(project, "yes")
     assert code == 0, output
-    assert len(list((project.parent / "outbox" / "new").iterdir())) == 14
+    assert outbox_count(project) == 14
 
 
 def test_while_the_prompt_waits_nothing_is_locked(project: Path) -> None:
@@ -106,24 +115,19 @@ def test_while_the_prompt_waits_nothing_is_locked(project: Path) -> None:
             SECRET.encode(), "ivan.smirnov@example.com"
         )
         started = time.monotonic()
-        status, _ = http_request(
+        reply = http_request(
             port,
             "POST",
             path,
             b"List-Unsubscribe=One-Click",
             {"Content-Type": "application/x-www-form-urlencoded"},
         )
-        assert status == 200
+        assert reply.status == 200
         assert time.monotonic() - started < 2
 
     terminal.type("yes")
     assert terminal.finish() == 0, terminal.text()
-    recipients = {
-        line.split(":", 1)[1].strip().lower()
-        for path in (project.parent / "outbox" / "new").iterdir()
-        for line in path.read_text(encoding="utf-8").splitlines()
-        if line.startswith("To:")
-    }
+    recipients = {recipient(message) for message in outbox_messages(project)}
     assert len(recipients) == 12
     assert not any("anna.petrova" in r or "ivan.smirnov" in r for r in recipients)
 
