@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
 import click
 from click.testing import CliRunner
 
-from conftest import invoke
+from conftest import invoke, statusmail
 from statusmail.cli import main
 
 # "Example:" alone on a line, then an indented command line, maybe after a variable
@@ -98,9 +96,7 @@ def test_a_help_text_without_an_example_is_caught() -> None:
 
 
 def test_python_dash_m_runs_the_same_cli() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "statusmail", "--help"], capture_output=True, text=True, timeout=60
-    )
+    result = statusmail(None, "--help", timeout=60)
     assert result.returncode == 0
     for path in all_commands():
         assert path[0] in result.stdout

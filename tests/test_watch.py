@@ -83,6 +83,7 @@ def test_sends_ready_entries_new_files_not_drafts_or_invalid_and_never_twice(
             time.sleep(0.5)  # on purpose: two more scans, in which nothing goes out
             assert process.stop() == 0, process.stderr
         assert len(server.messages) == total
+        assert "changed after it was sent in full" in process.stderr
         counts = server.count_by_recipient()
         assert max(counts.values()) == 3  # RU readers got all three entries, once each
 
