@@ -23,9 +23,6 @@ from conftest import BLOCK, CHROMIUM_FLAGS, SAMPLE_ENTRIES, chromium, copy_sampl
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
-# The module-scoped fixture is made once: the whole module runs on one xdist worker.
-pytestmark = pytest.mark.xdist_group("test_layout_browser")
-
 PHONE_WIDTHS = (320, 360, 390)
 DESKTOP_WIDTH = 1280
 LONG = "long-addresses"

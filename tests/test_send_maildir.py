@@ -18,9 +18,6 @@ from conftest import (
     statusmail,
 )
 
-# The module-scoped fixture is made once: the whole module runs on one xdist worker.
-pytestmark = pytest.mark.xdist_group("test_send_maildir")
-
 # Who the sample data says gets update-2020-04-21: active, topic service-status,
 # region RU, BY or KZ (see subscribers/), with the language each resolves to.
 EXPECTED_UPDATE = {

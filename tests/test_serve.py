@@ -33,9 +33,6 @@ from smtp_server import RecordingServer
 from statusmail.config import DEV_UNSUBSCRIBE_SECRET
 from statusmail.tokens import unsubscribe_token
 
-# The module-scoped fixture is made once: the whole module runs on one xdist worker.
-pytestmark = pytest.mark.xdist_group("test_serve")
-
 ONE_CLICK = b"List-Unsubscribe=One-Click"
 FORM = "application/x-www-form-urlencoded"
 RU_CONFIRM = "Отписаться от уведомлений о работе сервиса?"

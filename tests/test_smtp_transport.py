@@ -19,9 +19,6 @@ from statusmail.errors import ConnectError, DeliveryError
 from statusmail.smtp import SmtpConnection, SmtpTransport, is_bounce
 from statusmail.transport import Envelope, Transport
 
-# The module-scoped fixture is made once: the whole module runs on one xdist worker.
-pytestmark = pytest.mark.xdist_group("test_smtp_transport")
-
 SENDER = "status@example.org"
 MakeServer = Callable[..., RecordingServer]
 
