@@ -7,6 +7,8 @@ import subprocess
 import sys
 import tomllib
 
+import pytest
+
 from conftest import REPO, missing
 
 
@@ -23,6 +25,7 @@ def test_ruff_is_clean() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.timeout(240)  # a cold cache (CI's fresh clone) checks everything from scratch
 def test_mypy_is_clean() -> None:
     """``mypy`` as pyproject.toml sets it up: strict, over the code and the tests."""
     with (REPO / "pyproject.toml").open("rb") as handle:
