@@ -153,9 +153,10 @@ class _Controller(Controller):
         super().__init__(**kwargs)
 
     def factory(self) -> SMTP:  # one call per TCP connection
+        smtp: SMTP = super().factory()  # type: ignore[no-untyped-call]
         with self._recording._lock:
             self._recording.connections += 1
-        smtp: SMTP = super().factory()  # type: ignore[no-untyped-call]
+            self._recording._sessions.append(smtp)
         return smtp
 
     def _trigger_server(self) -> None:
@@ -200,6 +201,7 @@ class RecordingServer:
         self.connections = 0
         self.data_commands = 0
         self._messages: list[ReceivedMessage] = []
+        self._sessions: list[SMTP] = []  # one per connection, to close them at stop
         self._lock = threading.Lock()
         self._controller: _Controller | None = None
 
@@ -232,9 +234,22 @@ class RecordingServer:
         return self
 
     def stop(self) -> None:
-        if self._controller is not None:
-            self._controller.stop()
-            self._controller = None
+        controller, self._controller = self._controller, None
+        if controller is None:
+            return
+        # aiosmtpd stops its loop with connections still open and leaves their sockets to
+        # the garbage collector (a ResourceWarning); a relay going down hangs up first.
+        asyncio.run_coroutine_threadsafe(self._hang_up(), controller.loop).result(timeout=10)
+        controller.stop()
+
+    async def _hang_up(self) -> None:
+        with self._lock:
+            sessions, self._sessions = self._sessions, []
+        for smtp in sessions:
+            if isinstance(smtp.transport, asyncio.WriteTransport):
+                smtp.transport.abort()
+        for _ in range(3):  # connection_lost runs in a later turn of the loop
+            await asyncio.sleep(0)
 
     def __enter__(self) -> RecordingServer:
         return self.start()

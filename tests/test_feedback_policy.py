@@ -38,7 +38,9 @@ from statusmail.tokens import (
 KEYS = Keyring(b"test-unsubscribe-secret-at-least-32-bytes")
 SAMPLE_ADDRESSES = [
     row["email"].lower()
-    for row in csv.DictReader((REPO / "subscribers" / "main.csv").open(encoding="utf-8"))
+    for row in csv.DictReader(
+        (REPO / "subscribers" / "main.csv").read_text(encoding="utf-8").splitlines()
+    )
 ] + ["maria@пример.испытание", "alexei.popov@пример.испытание", "viktor.egorov@example.com"]
 LONGEST = "l" * 64 + "@" + "d" * 60 + ".example"  # a 64-octet local part, a long domain
 

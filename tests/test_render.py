@@ -16,7 +16,6 @@ from statusmail.message import MessageFactory
 from statusmail.regions import load_regions
 from statusmail.render import Renderer, local_date
 from statusmail.selection import select
-from statusmail.subscribers import RowProblem
 from statusmail.tokens import Keyring
 
 HOSTILE_NAMES = [
@@ -37,7 +36,7 @@ def sample(project: Path, entry_id: str) -> tuple[Renderer, MessageFactory, list
     recipients = [
         r
         for r in select(entry, config.paths.subscribers, config.default_locale_by_region)
-        if not isinstance(r, RowProblem)
+        if isinstance(r, Recipient)  # select() yields no Inactive unless asked
     ]
     return renderer, factory, recipients
 
