@@ -104,8 +104,14 @@ def sink_count(sink: common.SmtpSink) -> int:
     return sink.messages()
 
 
-def run_statusmail(config: Path, n: int, conc: int, figures: Figures) -> None:
+def run_statusmail(
+    config: Path, n: int, conc: int, figures: Figures, src: Path | None = None
+) -> None:
+    """One run; ``src``: a source tree of statusmail to run instead of the installed one."""
     common.fresh_ledger(config)
+    env = {"STATUSMAIL_UNSUBSCRIBE_SECRET": common.SECRET}
+    if src is not None:
+        env["PYTHONPATH"] = str(src / "src")
     with common.SmtpSink() as sink:
         common.configure(config, port=sink.port, concurrency=conc)
         run = common.run_marked(
@@ -113,7 +119,7 @@ def run_statusmail(config: Path, n: int, conc: int, figures: Figures) -> None:
                 "send", common.ENTRY, "--yes", "--json", "--config", str(config)
             ),
             " selected (",
-            env={"STATUSMAIL_UNSUBSCRIBE_SECRET": common.SECRET},
+            env=env,
             cwd=config.parent,
         )
         got = sink_count(sink)
@@ -223,6 +229,13 @@ def main() -> int:
     parser.add_argument(
         "--mailmerge-n", type=int, default=1000, help="rows mailmerge sends (default 1000)"
     )
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        metavar="DIR",
+        help="also run statusmail from this source tree in each repetition, as 'statusmail "
+        "(baseline)' (e.g. `git archive COMMIT | tar -x -C DIR`: before and after, same run)",
+    )
     parser.add_argument("--skip-mailmerge", action="store_true")
     parser.add_argument("--skip-smtp-source", action="store_true")
     parser.add_argument(
@@ -261,6 +274,9 @@ def main() -> int:
             print(f"repetition {rep + 1}/{args.reps}: {common.load()}", flush=True)
             for conc in levels:
                 run_statusmail(config, n, conc, results["statusmail", conc])
+                if args.baseline_src:
+                    baseline = results["statusmail (baseline)", conc]
+                    run_statusmail(config, n, conc, baseline, args.baseline_src.resolve())
                 run_floor(messages, n, conc, "raw", results["raw floor", conc])
                 run_floor(messages, n, conc, "sendmail", results["sendmail() floor", conc])
                 if not args.skip_smtp_source:
@@ -290,15 +306,19 @@ def main() -> int:
             "process.\nprocess CPU us/msg: the floors' whole process (start-up included)."
         )
         phases = common.Table("statusmail by phase: median (min–max)")
-        phases.add("C", "before delivery s", "delivery msg/s", "delivery CPU us/msg")
-        for conc in levels:
-            figures = results["statusmail", conc]
-            phases.add(
-                conc,
-                figures["before delivery s"].show("{:.2f}"),
-                figures["delivery msg/s"].show(),
-                figures["delivery CPU us/msg"].show(),
-            )
+        phases.add("", "C", "before delivery s", "delivery msg/s", "delivery CPU us/msg")
+        for label in ("statusmail", "statusmail (baseline)"):
+            for conc in levels:
+                if (label, conc) not in results:
+                    continue
+                figures = results[label, conc]
+                phases.add(
+                    label,
+                    conc,
+                    figures["before delivery s"].show("{:.2f}"),
+                    figures["delivery msg/s"].show(),
+                    figures["delivery CPU us/msg"].show(),
+                )
         phases.print()
 
         ratios = common.Table("ratios of medians (target)")
@@ -337,6 +357,15 @@ def main() -> int:
                 ">= 0.85",
                 common.verdict(speed_delivery >= 0.85),
             )
+            if ("statusmail (baseline)", conc) in results:
+                base = results["statusmail (baseline)", conc]
+                ratios.add(
+                    "CPU/msg: statusmail delivery / baseline delivery",
+                    conc,
+                    f"{sm['delivery CPU us/msg'].median / base['delivery CPU us/msg'].median:.2f}",
+                    "-",
+                    "-",
+                )
             sendmail = results["sendmail() floor", conc]
             ratios.add(
                 "msg/s: raw floor / sendmail() floor",
