@@ -225,7 +225,7 @@ def main() -> int:
         sources = {"text": variant.text, "html": variant.html}
         for enc in encoders.values():
             for name in names:
-                enc.fill(_canonical(name), _canonical(url))
+                enc.fill(name, url)
 
         timings: dict[str, common.Stats] = {}
 
@@ -249,7 +249,7 @@ def main() -> int:
                 enc, source = encoders[part], sources[part]
                 timed(
                     f"base64 {part} part, cached stretches",
-                    lambda enc=enc: enc.fill(_canonical(names[next(count) % 4]), _canonical(url)),
+                    lambda enc=enc: enc.fill(names[next(count) % 4], url),
                     args.n,
                 )
                 timed(

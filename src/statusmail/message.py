@@ -89,13 +89,35 @@ _SLOT = re.compile(f"({re.escape(NAME_SLOT)}|{re.escape(URL_SLOT)})")
 _B64_GROUP = 57  # input octets per 76-character base64 line
 
 
+_LINE_END = re.compile("\r*\n")
+
+
+def _lf(text: str) -> str:
+    """``text`` with LF line endings: CR LF, and any CR just before a line end (nothing a
+    reader could see), become LF. Applying it twice changes nothing."""
+    return _LINE_END.sub("\n", text) if "\r" in text else text
+
+
 def _qp(text: str) -> bytes:
     """Quoted-printable with CRLF line endings, and a dot that starts a line written as
     ``=2E`` (the same text once decoded), so SMTP never has to dot-stuff the message. A
-    bare CR (never a line break in a message) is written ``=0D``."""
-    data = binascii.b2a_qp(text.replace("\r\n", "\n").encode("utf-8"), istext=True)
-    if b"\r" in data:
-        data = data.replace(b"\r", b"=0D")
+    bare CR (never a line break in a message) is written ``=0D``.
+
+    Lines are encoded each on its own, so the encoding of a text is that of its lines
+    put together (what the per-variant cache relies on)."""
+    text = _lf(text)
+    if "\r" in text:
+        # binascii keeps a bare CR as it is: lines that hold one go alone, without their
+        # LF, and their CRs are escaped.
+        data = b"".join(
+            binascii.b2a_qp(line.removesuffix("\n").encode("utf-8"), istext=True).replace(
+                b"\r", b"=0D"
+            )
+            + (b"\n" if line.endswith("\n") else b"")
+            for line in _lines(text)
+        )
+    else:
+        data = binascii.b2a_qp(text.encode("utf-8"), istext=True)
     if data.startswith(b"."):
         data = b"=2E" + data[1:]
     return data.replace(b"\n.", b"\n=2E").replace(b"\n", b"\r\n")
@@ -103,7 +125,7 @@ def _qp(text: str) -> bytes:
 
 def _canonical(text: str) -> bytes:
     """``text`` as MIME's canonical form of text: UTF-8 with CRLF line endings."""
-    return text.replace("\r\n", "\n").replace("\n", "\r\n").encode("utf-8")
+    return _lf(text).replace("\n", "\r\n").encode("utf-8")
 
 
 def _b64(data: bytes) -> bytes:
@@ -148,7 +170,7 @@ def _fill(chunks: Chunks, name: str, url: str) -> bytes:
 def _lines(text: str) -> list[str]:
     """``text``'s lines, each with its LF (the last one may have none). Only LF ends a
     line: ``str.splitlines`` would also cut at characters that are text in a message."""
-    lines = text.replace("\r\n", "\n").split("\n")
+    lines = _lf(text).split("\n")
     return [line + "\n" for line in lines[:-1]] + ([lines[-1]] if lines[-1] else [])
 
 
@@ -216,25 +238,30 @@ class _Base64:
     Base64 cuts the whole part into 57-octet groups, one 76-character line each, so a
     slot shifts every line after it. A static stretch after a slot is encoded once for
     each offset (modulo 57) it has been seen to start at; per recipient only the lines
-    that hold slot octets are encoded.
+    that hold slot octets are encoded. (A part with a bare CR, which could meet an LF
+    across an empty value, is encoded whole each time.)
     """
 
-    __slots__ = ("_cache", "_slots", "_static")
+    __slots__ = ("_cache", "_slots", "_static", "_text")
 
     def __init__(self, text: str) -> None:
+        self._text = _lf(text) if "\r" in _lf(text) else None
         pieces = _SLOT.split(text)
         self._static = [_canonical(piece) for piece in pieces[0::2]]
         self._slots = pieces[1::2]
         self._cache: list[dict[int, bytes]] = [{} for _ in self._static]
 
-    def fill(self, name: bytes, url: bytes) -> bytes:
+    def fill(self, name: str, url: str) -> bytes:
+        if self._text is not None:
+            return _b64(_canonical(self._text.replace(NAME_SLOT, name).replace(URL_SLOT, url)))
+        values = {NAME_SLOT: _canonical(name), URL_SLOT: _canonical(url)}
         out: list[bytes] = []
         pending = b""  # octets not yet encoded; they start on a line boundary
         offset = 0
         last = len(self._static) - 1
         for index, static in enumerate(self._static):
             if index:
-                value = name if self._slots[index - 1] == NAME_SLOT else url
+                value = values[self._slots[index - 1]]
                 pending += value
                 offset += len(value)
             head = -offset % _B64_GROUP  # the octets that complete the current line
@@ -255,10 +282,6 @@ class _Base64:
         return b"".join(out)
 
 
-QUOTED_PRINTABLE = "quoted-printable"
-BASE64 = "base64"
-
-
 class _Part:
     """One part of a variant (text or HTML, with slots), each encoding prepared once.
 
@@ -267,14 +290,13 @@ class _Part:
     of quoted-printable (mostly ASCII) and base64 (mostly not).
     """
 
-    __slots__ = ("_b64", "_eight", "_qp", "_type", "seven_bit", "static_ascii")
+    __slots__ = ("_b64", "_eight", "_qp", "_type", "static_ascii")
 
     def __init__(self, subtype: str, source: str) -> None:
         self._type = f'Content-Type: text/{subtype}; charset="utf-8"\r\n'.encode()
         static = _SLOT.sub("", source)
         self.static_ascii = static.isascii()
         smaller_in_base64 = len(_b64(_canonical(static))) < len(_qp(static))
-        self.seven_bit = BASE64 if smaller_in_base64 else QUOTED_PRINTABLE
         self._eight = _eight_bit_chunks(source)  # None: a line can never go as 8bit
         self._qp = _encode_with_slots(source) if not smaller_in_base64 else ()
         self._b64 = _Base64(source) if smaller_in_base64 else None
@@ -290,7 +312,7 @@ class _Part:
                 cte = b"7bit" if ascii_only else b"8bit"
                 return self._header(cte) + body, not ascii_only
         if self._b64 is not None:
-            body = self._b64.fill(_canonical(name), _canonical(url))
+            body = self._b64.fill(name, url)
             return self._header(b"base64") + body, False
         return self._header(b"quoted-printable") + _fill(self._qp, name, url), False
 
