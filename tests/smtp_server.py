@@ -30,6 +30,9 @@ Fault injection (all real server behaviour, no mocks), as keyword arguments:
   or with ``implicit_tls=True`` the whole connection is TLS (port 465 style).
 - ``require_tls=True``: refuse commands other than EHLO/STARTTLS/QUIT before STARTTLS.
 - ``smtputf8=False``: do not offer SMTPUTF8 (it is offered by default).
+- ``eightbitmime=False``: do not offer 8BITMIME (aiosmtpd offers it by default). With
+  ``eightbitmime`` set (True or False), each EHLO offers it as the knob says at that
+  moment, so flipping it while the server runs changes what the next session sees.
 - ``port=P``: listen on this port instead of a free one (to bring a "relay" back up).
 
 Observation: ``host``, ``port``, ``messages`` (a copy of the list of ``ReceivedMessage``),
@@ -147,6 +150,19 @@ class _Handler:
         return "250 2.0.0 OK queued"
 
 
+class _EhloHandler(_Handler):
+    """``_Handler`` with the ``eightbitmime`` knob: EHLO offers 8BITMIME as it says."""
+
+    async def handle_EHLO(
+        self, smtp: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname  # what aiosmtpd does itself when there is no hook
+        offered = [line for line in responses if line[4:].upper() != "8BITMIME"]
+        if self.server.eightbitmime:
+            offered.insert(1, "250-8BITMIME")
+        return offered
+
+
 class _Controller(Controller):
     def __init__(self, server: RecordingServer, **kwargs: Any) -> None:
         self._recording = server
@@ -183,6 +199,7 @@ class RecordingServer:
         implicit_tls: bool = False,
         require_tls: bool = False,
         smtputf8: bool = True,
+        eightbitmime: bool | None = None,
         port: int = 0,
     ) -> None:
         self.fail_data_every = fail_data_every
@@ -196,6 +213,7 @@ class RecordingServer:
         self.implicit_tls = implicit_tls
         self.require_tls = require_tls
         self.smtputf8 = smtputf8
+        self.eightbitmime = eightbitmime  # None: aiosmtpd's own EHLO (8BITMIME offered)
         self.host = "127.0.0.1"
         self.port = port  # 0: a free port, learnt at start
         self.connections = 0
@@ -209,7 +227,7 @@ class RecordingServer:
 
     def start(self) -> RecordingServer:
         kwargs: dict[str, Any] = {
-            "handler": _Handler(self),
+            "handler": _Handler(self) if self.eightbitmime is None else _EhloHandler(self),
             "hostname": self.host,
             "port": self.port,
             "server_hostname": "mx.test",

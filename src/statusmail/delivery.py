@@ -14,7 +14,7 @@ import logging
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from tenacity import (
     AsyncRetrying,
@@ -91,6 +91,13 @@ class _Attempts:
 OnOutcome = Callable[[Outcome, Recipient], None]
 
 
+class Build(Protocol):
+    """``MessageFactory.build``: one recipient's message, for a connection that takes
+    8-bit bodies or not."""
+
+    def __call__(self, recipient: Recipient, *, eight_bit: bool = ...) -> Built: ...
+
+
 class Engine:
     def __init__(
         self,
@@ -98,7 +105,7 @@ class Engine:
         entry_id: str,
         transport: Transport,
         ledger: Ledger,
-        build: Callable[[Recipient], Built],
+        build: Build,
         settings: SendingSettings,
         stop: asyncio.Event | None = None,
         on_outcome: OnOutcome | None = None,
@@ -238,7 +245,8 @@ class Engine:
     ) -> tuple[Outcome, DeliveryError | None]:
         """The outcome, and the error that decided it, if one did."""
         try:
-            built = self.build(recipient)
+            # Built for what this connection takes: a message is signed as it is sent.
+            built = self.build(recipient, eight_bit=conn.eight_bit)
         except Exception as exc:
             # Every variant was built before the run started, so this is the run's
             # problem (a template or key changed underneath), not the recipient's.
