@@ -2,10 +2,15 @@
 
 - ``make_project``: a copy of the sample project with a generated subscriber list.
 - ``configure``: point the copied config at a transport (smtp on 127.0.0.1, or maildir).
-- ``run_child``: run a command, return its wall time and the child's own peak RSS
-  (``os.wait4`` gives the rusage of exactly that child).
+- ``run_child``: run a command, return its wall time, CPU time (``os.wait4`` gives the
+  rusage of exactly that child) and peak RSS (VmHWM from /proc, see ``peak_rss``).
 - ``SmtpSink``: Postfix's ``smtp-sink`` on 127.0.0.1 and a free port, with its counters.
 - ``floor_send``: the minimal aiosmtplib loop (pre-built message, reused connections).
+- ``built_messages``: the messages statusmail builds for the first rows of a list, by
+  its own factory, for the floors to send.
+- ``run_marked``: a child whose CPU time is also read from /proc when a line appears on
+  its stderr (statusmail's "selected" line: delivery starts).
+- ``Stats``: min/median/max over repetitions.
 
 Everything talks to 127.0.0.1 only. Every loop is bounded in count and time.
 """
@@ -129,6 +134,22 @@ def fresh_ledger(config: Path) -> None:
 # -- children ------------------------------------------------------------------
 
 
+def peak_rss(pid: int) -> float:
+    """The child's peak RSS so far in MB: VmHWM of /proc/PID/status, 0 once it is gone.
+
+    Not ``ru_maxrss`` from ``os.wait4``: Linux carries the high-water mark of the memory
+    a process had before its exec into it, and a child forked (or vforked) by this
+    Python starts from this process's memory, so every child would show at least this
+    benchmark's own peak. Polled while the child runs (VmHWM only grows)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return 0.0
+
+
 @dataclass
 class ChildResult:
     returncode: int
@@ -151,7 +172,7 @@ def run_child(
     cwd: Path | None = None,
     timeout: float = 3600,
 ) -> ChildResult:
-    """Run ``argv``; wall time, the child's peak RSS (MB) and CPU time via ``os.wait4``."""
+    """Run ``argv``: wall time, peak RSS (MB, from /proc) and CPU time (``os.wait4``)."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
         proc = subprocess.Popen(
@@ -163,7 +184,9 @@ def run_child(
             cwd=cwd,
         )
         deadline = start + timeout
+        peak = 0.0
         while True:
+            peak = max(peak, peak_rss(proc.pid))
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
@@ -179,7 +202,7 @@ def run_child(
         return ChildResult(
             proc.returncode,
             wall,
-            usage.ru_maxrss / 1024,  # KiB on Linux
+            peak,
             out.read().decode("utf-8", "replace"),
             err.read().decode("utf-8", "replace"),
             usage.ru_utime + usage.ru_stime,
@@ -197,6 +220,84 @@ def run_statusmail(config: Path, *args: str, timeout: float = 3600) -> ChildResu
         cwd=config.parent,
         timeout=timeout,
     )
+
+
+@dataclass
+class MarkedResult:
+    child: ChildResult
+    mark_wall: float | None = None  # seconds from start to the marker line
+    mark_cpu: float | None = None  # user + system seconds of the child at that moment
+
+
+def _proc_cpu(pid: int) -> float | None:
+    """user + system seconds of ``pid`` so far, from /proc/PID/stat."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_marked(
+    argv: list[str],
+    marker: str,
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 3600,
+) -> MarkedResult:
+    """``run_child``, and the child's wall and CPU time when ``marker`` first appears in
+    a line of its stderr (read as it comes; /proc has 10 ms resolution)."""
+    import threading
+
+    with tempfile.TemporaryFile() as out:
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+        )
+        result = MarkedResult(ChildResult(0, 0.0, 0.0, "", ""))
+        lines: list[bytes] = []
+
+        def read() -> None:
+            assert proc.stderr is not None
+            for line in proc.stderr:
+                if result.mark_wall is None and marker.encode() in line:
+                    result.mark_cpu = _proc_cpu(proc.pid)
+                    result.mark_wall = time.perf_counter() - start
+                lines.append(line)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        deadline = start + timeout
+        peak = 0.0
+        while True:
+            peak = max(peak, peak_rss(proc.pid))
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() > deadline:
+                proc.kill()
+                pid, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.005)
+        wall = time.perf_counter() - start
+        reader.join(10)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        result.child = ChildResult(
+            proc.returncode,
+            wall,
+            peak,
+            out.read().decode("utf-8", "replace"),
+            b"".join(lines).decode("utf-8", "replace"),
+            usage.ru_utime + usage.ru_stime,
+        )
+        return result
 
 
 # -- smtp-sink -------------------------------------------------------------------
@@ -315,6 +416,36 @@ def sample_message(root: Path, n: int = 50) -> bytes:
     return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
+def built_messages(config: Path, count: int, *, eight_bit: bool) -> list[tuple[bytes, bool]]:
+    """What statusmail builds for the first ``count`` selected rows of the project's list
+    (so the variants and sizes come in the list's own mix), by its own factory, for a
+    connection that takes 8-bit bodies or not: (bytes, whether BODY=8BITMIME)."""
+    from statusmail.config import load_config
+    from statusmail.domain import Recipient
+    from statusmail.entries import find_entry
+    from statusmail.message import MessageFactory
+    from statusmail.regions import load_regions
+    from statusmail.render import Renderer
+    from statusmail.selection import select
+    from statusmail.tokens import Keyring
+
+    loaded = load_config(config)
+    entry = find_entry(loaded.paths.updates, ENTRY)
+    renderer = Renderer(
+        loaded.paths.templates, load_regions(loaded.paths.regions), loaded.sender.name
+    )
+    factory = MessageFactory(loaded, entry, renderer, Keyring(SECRET.encode()))
+    built: list[tuple[bytes, bool]] = []
+    for item in select(entry, loaded.paths.subscribers, loaded.default_locale_by_region):
+        if isinstance(item, Recipient):
+            envelope = factory.build(item, eight_bit=eight_bit).envelope
+            assert envelope.shape is not None
+            built.append((envelope.data, envelope.shape.eight_bit))
+            if len(built) == count:
+                break
+    return built
+
+
 # -- reporting -----------------------------------------------------------------
 
 
@@ -370,6 +501,33 @@ class Table:
             print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)).rstrip())
             if j == 0:
                 print("  ".join("-" * w for w in widths))
+
+
+@dataclass
+class Stats:
+    """min / median / max of one figure over the repetitions."""
+
+    values: list[float] = field(default_factory=list)
+
+    def add(self, value: float) -> None:
+        self.values.append(value)
+
+    @property
+    def median(self) -> float:
+        import statistics
+
+        return statistics.median(self.values) if self.values else float("nan")
+
+    def show(self, fmt: str = "{:.0f}") -> str:
+        if not self.values:
+            return "-"
+        low, mid, high = min(self.values), self.median, max(self.values)
+        return f"{fmt.format(mid)} ({fmt.format(low)}–{fmt.format(high)})"
+
+
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} cores"
 
 
 def verdict(ok: bool) -> str:

@@ -4,7 +4,7 @@
 Generates subscriber lists of --small (default 100,000) and --large (default 1,000,000)
 rows across locales (en, ru, ru-RU, empty = by region) and regions (RU, BY, KZ), all
 selected by update-2020-04-21, and runs, each in a child process whose peak RSS is
-taken from os.wait4:
+taken from /proc (VmHWM):
 
   dry-run   `statusmail send update-2020-04-21 --dry-run --json --preview-dir DIR`
             (every recipient selected and rendered, the variant previews written)

@@ -3,26 +3,34 @@ environment, and the few helpers that run statusmail and wait for real parts."""
 
 from __future__ import annotations
 
+import email
 import email.policy
 import http.client
+import json
 import mailbox
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
-from typing import TypeVar
+from types import TracebackType
+from typing import IO, Any, NoReturn, TypeVar
 
 import pytest
 from click.testing import CliRunner, Result
 
+from postgres_helpers import in_schema, server_url
 from statusmail.cli import main
+from statusmail.entries import load_entries
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_FILES = ("statusmail.yaml", "regions.yaml")
@@ -37,6 +45,20 @@ STATUSMAIL_VARIABLES = (
     "STATUSMAIL_UNSUBSCRIBE_SECRET",
 )
 T = TypeVar("T")
+
+# The sample project (the repo's statusmail.yaml, updates/, subscribers/, templates/).
+UPDATE = "update-2020-04-21"
+BLOCK = "block-2020-01-23"
+SAMPLE_ENTRIES = sorted(load_entries(REPO / "updates")[0])
+UPDATE_AUDIENCE = 14  # who gets UPDATE: active, service-status, in RU, BY or KZ
+BLOCK_AUDIENCE = 18  # who gets BLOCK
+RU_AUDIENCE = 9  # of UPDATE_AUDIENCE, the readers in Russia
+CSV_HEADER = "email,name,locale,region,topics,status\n"
+SECRET = "a-test-secret-of-enough-length-for-tokens"  # $STATUSMAIL_UNSUBSCRIBE_SECRET
+SECRET_ENV = {"STATUSMAIL_UNSUBSCRIBE_SECRET": SECRET}  # an SMTP project needs one
+
+
+# -- the sample project and the environment ----------------------------------------------
 
 
 def copy_sample(dest: Path) -> Path:
@@ -55,12 +77,14 @@ def project(tmp_path: Path) -> Path:
     return copy_sample(tmp_path / "project")
 
 
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Tests never see the caller's statusmail settings."""
-    for name in STATUSMAIL_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    yield
+@pytest.fixture(autouse=True, scope="session")
+def _clean_env() -> Iterator[None]:
+    """Tests, and module-scoped fixtures too, never see the caller's statusmail settings;
+    a test sets what it needs with ``monkeypatch`` or a helper's ``env``."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in STATUSMAIL_VARIABLES:
+            patch.delenv(name, raising=False)
+        yield
 
 
 def clean_environ(**extra: str) -> dict[str, str]:
@@ -70,14 +94,63 @@ def clean_environ(**extra: str) -> dict[str, str]:
     return environ
 
 
+def missing(reason: str) -> NoReturn:
+    """A part the test needs is missing: skip saying why, but under CI=true fail."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: this test must run)", pytrace=False)
+    pytest.skip(reason)
+
+
+# Headless, and never reaching out: the machines have no network but the registries.
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
+
+
+def chromium() -> str:
+    """Debian's Chromium, the browser the pages a person sees are checked in."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        missing("chromium is not installed (apt-get install chromium)")
+    return found
+
+
+# -- waiting for real parts --------------------------------------------------------------
+
+
 def free_port() -> int:
+    """A port nothing listens on now (something may take it later)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
+@contextmanager
+def closed_port() -> Iterator[int]:
+    """A port that refuses every connection while the block runs: it is bound but never
+    listened on, so no other test (or xdist worker) can start a server there."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield int(sock.getsockname()[1])
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
 def wait_for(
-    check: Callable[[], T | None], *, timeout: float = 10.0, what: str = "the condition"
+    check: Callable[[], T | None], *, timeout: float = 30.0, what: str = "the condition"
 ) -> T:
     """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -90,75 +163,243 @@ def wait_for(
         time.sleep(0.02)
 
 
+# -- running statusmail ------------------------------------------------------------------
+
+
+def cli_args(config: Path | None, args: tuple[str, ...]) -> list[str]:
+    """``ARGS --config CONFIG``; the option goes before a ``--`` that ends the options."""
+    if config is None:
+        return list(args)
+    option = ["--config", str(config)]
+    if "--" in args:
+        at = args.index("--")
+        return [*args[:at], *option, *args[at:]]
+    return [*args, *option]
+
+
+def command(config: Path | None, *args: str) -> list[str]:
+    """The command line of ``statusmail ARGS --config CONFIG`` run by this Python."""
+    return [sys.executable, "-m", "statusmail", *cli_args(config, args)]
+
+
 def statusmail(
-    config: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120
+    config: Path | None,
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 120,
 ) -> subprocess.CompletedProcess[str]:
-    """``python -m statusmail ARGS --config CONFIG`` in a subprocess, as a user runs it."""
+    """``python -m statusmail ARGS --config CONFIG`` in a subprocess, as a user runs it,
+    with none of the caller's statusmail variables but those in ``env``."""
     result = subprocess.run(
-        [sys.executable, "-m", "statusmail", *args, "--config", str(config)],
+        command(config, *args),
         capture_output=True,
         text=True,
         timeout=timeout,
         stdin=subprocess.DEVNULL,
         env=clean_environ(**(env or {})),
+        cwd=cwd,
     )
     assert "Traceback" not in result.stderr, result.stderr
     return result
 
 
-def invoke(config: Path, *args: str, env: dict[str, str] | None = None) -> Result:
-    """The same in this process, through click's runner (faster; no signals)."""
-    return CliRunner().invoke(main, [*args, "--config", str(config)], env=env)
+def invoke(config: Path | None, *args: str, env: Mapping[str, str] | None = None) -> Result:
+    """The same in this process, through click's runner (faster; no signals); ``env`` is
+    set on top of the test's environment. An exception that escapes the command fails
+    the test with its traceback."""
+    result = CliRunner().invoke(main, cli_args(config, args), env=env, catch_exceptions=False)
+    assert "Traceback" not in result.output, result.output
+    return result
 
 
-def outbox_messages(config: Path) -> list[EmailMessage]:
-    """Every message in the project's maildir outbox, parsed."""
-    folder = config.parent / "outbox"
-    if not folder.exists():
-        return []
-    box = mailbox.Maildir(folder, create=False)
-    messages = []
-    for key in box.iterkeys():
-        message = email.message_from_bytes(box.get_bytes(key), policy=email.policy.default)
-        assert isinstance(message, EmailMessage)
-        messages.append(message)
-    return messages
+def dry_run(config: Path, entry_id: str, out_dir: Path) -> dict[str, Any]:
+    """``statusmail send ID --dry-run --preview-dir DIR --json``; returns the report."""
+    result = invoke(config, "send", entry_id, "--dry-run", "--json", "--preview-dir", str(out_dir))
+    assert result.exit_code == 0, result.output
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
 
 
-def command(config: Path, *args: str) -> list[str]:
-    """The command line of ``statusmail ARGS --config CONFIG`` run by this Python."""
-    return [sys.executable, "-m", "statusmail", *args, "--config", str(config)]
+def problem_lines(stderr: str) -> list[str]:
+    """The problem lines of ``statusmail check``: not the summary, notes or warnings."""
+    return [
+        line
+        for line in stderr.splitlines()
+        if line.strip()
+        and not line.startswith(("checked ", "note: "))
+        and ": warning: " not in line
+    ]
 
 
-def port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
+class Running:
+    """A statusmail command in the background (see ``spawn``). Its stdout and stderr are
+    read as they come, so a test waits for a line the program logs, never a guessed time.
+    Use it as a context manager: on leaving, a process still running is killed."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self._out: list[str] = []
+        self._err: list[str] = []
+        self._ended = 0  # streams at end of file
+        self._changed = threading.Condition()
+        assert self.process.stdout is not None and self.process.stderr is not None
+        self._readers = [
+            threading.Thread(target=self._read, args=(stream, lines), daemon=True)
+            for stream, lines in (
+                (self.process.stdout, self._out),
+                (self.process.stderr, self._err),
+            )
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _read(self, stream: IO[str], lines: list[str]) -> None:
+        for line in stream:
+            with self._changed:
+                lines.append(line)
+                self._changed.notify_all()
+        with self._changed:
+            self._ended += 1
+            self._changed.notify_all()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def stdout(self) -> str:
+        with self._changed:
+            return "".join(self._out)
+
+    @property
+    def stderr(self) -> str:
+        with self._changed:
+            return "".join(self._err)
+
+    def wait_for_line(self, text: str, *, count: int = 1, timeout: float = 30) -> str:
+        """Wait until ``count`` lines on stderr contain ``text``; returns the last of them.
+        Fails at once when the program ends first."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                found = [line for line in self._err if text in line]
+                if len(found) >= count:
+                    return found[count - 1]
+                left = deadline - time.monotonic()
+                if self._ended == 2 or left <= 0:
+                    why = "the program ended" if self._ended == 2 else f"{timeout:g}s passed"
+                    raise AssertionError(
+                        f"{why} before {count} line(s) with {text!r} on stderr:\n"
+                        + "".join(self._err)
+                    )
+                self._changed.wait(left)
+
+    def send_signal(self, sig: int) -> None:
+        self.process.send_signal(sig)
+
+    def wait_until_catching(self, sig: int, timeout: float = 30) -> None:
+        """Wait until the program has a handler for ``sig`` (Linux: SigCgt in
+        /proc/PID/status): the first moment a signal can be the program's to handle
+        rather than the interpreter's, which is still starting before it."""
+
+        def catching() -> bool:
+            assert self.process.poll() is None, f"the program ended:\n{self.stderr}"
+            status = Path(f"/proc/{self.pid}/status").read_text(encoding="ascii")
+            mask = next(line.split()[1] for line in status.splitlines() if line[:7] == "SigCgt:")
+            return bool(int(mask, 16) >> (sig - 1) & 1)
+
+        wait_for(catching, timeout=timeout, what=f"the program to catch signal {sig}")
+
+    def finish(self, timeout: float = 30) -> int:
+        """Wait for the program to end by itself; returns its exit code."""
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise AssertionError(f"still running after {timeout:g}s:\n{self.stderr}") from None
+        finally:
+            self.process.wait()
+            for reader in self._readers:
+                reader.join(timeout=10)
+            for stream in (self.process.stdout, self.process.stderr):
+                if stream is not None:
+                    stream.close()
+        assert "Traceback" not in self.stderr, self.stderr
+        return self.process.returncode
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        """Send ``sig`` (unless the program already ended) and wait; returns the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.finish(timeout)
+
+    def __enter__(self) -> Running:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.process.returncode is None:
+            self.process.kill()
+            self.finish()
+
+
+def spawn(config: Path, *args: str, env: Mapping[str, str] | None = None) -> Running:
+    """``python -m statusmail ARGS --config CONFIG`` started in the background."""
+    return Running(command(config, *args), clean_environ(**(env or {})))
 
 
 @contextmanager
 def serving(
-    config: Path, secret: str, *extra: str, env: dict[str, str] | None = None
+    config: Path,
+    secret: str | None,
+    *extra: str,
+    stop_with: int = signal.SIGTERM,
+    env: dict[str, str] | None = None,
 ) -> Iterator[int]:
-    """``statusmail serve`` on a free port, once it accepts connections; yields the port."""
+    """``statusmail serve`` on a free port, once it accepts connections; yields the port.
+    ``env`` is added to its environment. On leaving it is stopped with ``stop_with`` and
+    must exit 0."""
     port = free_port()
-    process = subprocess.Popen(
-        command(config, "serve", "--port", str(port), *extra),
-        env=clean_environ(STATUSMAIL_UNSUBSCRIBE_SECRET=secret, **(env or {})),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_for(lambda: port_open(port) or process.poll() is not None, what="serve to listen")
-        assert process.poll() is None, process.communicate()[1]
-        yield port
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.communicate(timeout=10)
+    env = dict(env or {})
+    if secret is not None:
+        env["STATUSMAIL_UNSUBSCRIBE_SECRET"] = secret
+    with spawn(config, "serve", "--port", str(port), *extra, env=env) as server:
+        try:
+            wait_for(
+                lambda: port_open(port) or server.process.poll() is not None,
+                what="serve to listen",
+            )
+            assert server.process.poll() is None, server.stderr
+            yield port
+        finally:
+            code = server.stop(stop_with, timeout=10)
+        assert code == 0, server.stderr
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    headers: dict[str, str]  # lower-case names
+    body: str
+
+    def pair(self) -> tuple[int, str]:
+        return self.status, self.body
+
+    def comparable(self) -> tuple[int, dict[str, str], str]:
+        """Everything but the Date header."""
+        return self.status, {k: v for k, v in self.headers.items() if k != "date"}, self.body
 
 
 def http_request(
@@ -166,13 +407,88 @@ def http_request(
     method: str,
     path: str,
     body: bytes | None = None,
-    headers: dict[str, str] | None = None,
-) -> tuple[int, str]:
-    """One HTTP request to 127.0.0.1:port; (status, body)."""
+    headers: Mapping[str, str] | None = None,
+) -> Reply:
+    """One HTTP request to 127.0.0.1:port, read whole."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
-        conn.request(method, path, body, headers or {})
+        conn.request(method, path, body, dict(headers or {}))
         response = conn.getresponse()
-        return response.status, response.read().decode("utf-8")
+        data = response.read().decode("utf-8")
+        return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, data)
     finally:
         conn.close()
+
+
+# -- what was sent -----------------------------------------------------------------------
+
+
+def parse_message(raw: bytes) -> EmailMessage:
+    message = email.message_from_bytes(raw, policy=email.policy.default)
+    assert isinstance(message, EmailMessage)
+    return message
+
+
+def part_text(message: EmailMessage, subtype: str) -> str:
+    """The decoded text of a message's ``plain`` or ``html`` part."""
+    part = message.get_body((subtype,))
+    assert part is not None, f"no text/{subtype} part"
+    return str(part.get_content())
+
+
+def outbox_files(config: Path) -> list[bytes]:
+    """The bytes of every message in the project's maildir outbox."""
+    folder = config.parent / "outbox"
+    if not folder.exists():
+        return []
+    box = mailbox.Maildir(folder, create=False)
+    return [box.get_bytes(key) for key in box.iterkeys()]
+
+
+def outbox_messages(config: Path) -> list[EmailMessage]:
+    """Every message in the project's maildir outbox, parsed."""
+    return [parse_message(raw) for raw in outbox_files(config)]
+
+
+def outbox_count(config: Path) -> int:
+    """How many messages the maildir outbox holds, without reading them."""
+    folder = config.parent / "outbox" / "new"
+    return len(list(folder.iterdir())) if folder.exists() else 0
+
+
+def recipient(message: EmailMessage) -> str:
+    """The one address a message is to, lower-case."""
+    to = message["To"]
+    assert len(to.addresses) == 1, to
+    return str(to.addresses[0].addr_spec).lower()
+
+
+# -- the real PostgreSQL server ------------------------------------------------------------
+
+
+@pytest.fixture
+def postgres() -> Iterator[str]:
+    """A ledger URL on the real server, in a schema made for this test and dropped after."""
+    import psycopg
+
+    url = server_url()
+    try:
+        admin = psycopg.connect(url, autocommit=True, connect_timeout=3)
+    except psycopg.Error as exc:
+        missing(f"no PostgreSQL at {url} ({exc}); set $STATUSMAIL_TEST_POSTGRES")
+    schema = f"statusmail_test_{secrets.token_hex(6)}"
+    with admin:
+        admin.execute(f"CREATE SCHEMA {schema}")
+        try:
+            yield in_schema(url, schema)
+        finally:
+            admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_target(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
+    """Each backend in turn: a SQLite file, then a PostgreSQL schema."""
+    if request.param == "sqlite":
+        return tmp_path / "ledger" / "statusmail.db"
+    url: str = request.getfixturevalue("postgres")
+    return url

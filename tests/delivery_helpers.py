@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
-from click.testing import CliRunner, Result
 
-from statusmail.cli import main
-
-SECRET = "test-unsubscribe-secret-at-least-32-bytes"
+from conftest import CSV_HEADER, SECRET_ENV, UPDATE, invoke
 
 
 def point_at(
@@ -55,31 +49,20 @@ def add_subscribers(
     """Append ``count`` generated active subscribers who get update-2020-04-21."""
     addresses = [f"user{i:05d}@example.net" for i in range(count)]
     with (config.parent / "subscribers" / "generated.csv").open("w", encoding="utf-8") as handle:
-        handle.write("email,name,locale,region,topics,status\n")
+        handle.write(CSV_HEADER)
         for i, address in enumerate(addresses):
             handle.write(f"{address},User {i},{locale},{region},service-status,active\n")
     return addresses
 
 
-def run_cli(config: Path, *args: str) -> Result:
-    env = {
-        "STATUSMAIL_UNSUBSCRIBE_SECRET": SECRET,
-        "STATUSMAIL_SMTP_PASSWORD": os.environ.get("STATUSMAIL_SMTP_PASSWORD", ""),
-    }
-    return CliRunner().invoke(
-        main, [*args, "--config", str(config)], env=env, catch_exceptions=False
-    )
-
-
-def send(
-    config: Path, entry_id: str = "update-2020-04-21", *extra: str
-) -> tuple[int, dict[str, Any], str]:
-    result = run_cli(config, "send", entry_id, "--yes", "--json", *extra)
+def send(config: Path, entry_id: str = UPDATE, *extra: str) -> tuple[int, dict[str, Any], str]:
+    """``statusmail send ID --yes --json`` in process; (exit code, report, stderr)."""
+    result = invoke(config, "send", entry_id, "--yes", "--json", *extra, env=SECRET_ENV)
     payload = json.loads(result.stdout) if result.stdout.strip().startswith("{") else {}
     return result.exit_code, payload, result.stderr
 
 
-def ledger_rows(config: Path, entry_id: str = "update-2020-04-21") -> dict[str, dict[str, Any]]:
+def ledger_rows(config: Path, entry_id: str = UPDATE) -> dict[str, dict[str, Any]]:
     """The entry's rows by address; empty when there is no ledger at all."""
     path = config.parent / "statusmail.db"
     if not path.exists():
@@ -99,14 +82,3 @@ def suppressed(config: Path) -> dict[str, str]:
         return dict(db.execute("SELECT address, reason FROM suppressions").fetchall())
     finally:
         db.close()
-
-
-def spawn(config: Path, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "statusmail", *args, "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, "STATUSMAIL_UNSUBSCRIBE_SECRET": SECRET},
-    )

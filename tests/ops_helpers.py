@@ -17,15 +17,14 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import clean_environ, command, free_port, http_request, port_open, wait_for
-from delivery_helpers import SECRET
+from conftest import SECRET, clean_environ, command, free_port, http_request, port_open, wait_for
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def scrape(port: int) -> Samples:
     """GET /metrics, parsed by prometheus-client's own parser: (name, labels) → value."""
-    status, body = http_request(port, "GET", "/metrics")
+    status, body = http_request(port, "GET", "/metrics").pair()
     assert status == 200, body
     samples: Samples = {}
     for family in text_string_to_metric_families(body):
@@ -151,6 +150,14 @@ class Service:
     def text(self) -> str:
         return "".join(self.lines)
 
+    def wait(self, timeout: float) -> int:
+        """Wait for a process that ends by itself; its log is then complete."""
+        self.process.wait(timeout=timeout)
+        self._reader.join(10)
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+        return self.process.returncode
+
     def stop(self) -> str:
         """SIGTERM, wait, expect exit 0 and no traceback; returns the whole log."""
         if self.process.poll() is None:
@@ -162,6 +169,8 @@ class Service:
                 self.process.kill()
                 self.process.wait()
             self._reader.join(10)
+            if self.process.stderr is not None:
+                self.process.stderr.close()
         assert self.process.returncode == 0, self.text
         assert "Traceback" not in self.text, self.text
         return self.text

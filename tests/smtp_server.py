@@ -30,6 +30,9 @@ Fault injection (all real server behaviour, no mocks), as keyword arguments:
   or with ``implicit_tls=True`` the whole connection is TLS (port 465 style).
 - ``require_tls=True``: refuse commands other than EHLO/STARTTLS/QUIT before STARTTLS.
 - ``smtputf8=False``: do not offer SMTPUTF8 (it is offered by default).
+- ``eightbitmime=False``: do not offer 8BITMIME (aiosmtpd offers it by default). With
+  ``eightbitmime`` set (True or False), each EHLO offers it as the knob says at that
+  moment, so flipping it while the server runs changes what the next session sees.
 - ``port=P``: listen on this port instead of a free one (to bring a "relay" back up).
 
 Observation: ``host``, ``port``, ``messages`` (a copy of the list of ``ReceivedMessage``),
@@ -150,15 +153,29 @@ class _Handler:
         return "250 2.0.0 OK queued"
 
 
+class _EhloHandler(_Handler):
+    """``_Handler`` with the ``eightbitmime`` knob: EHLO offers 8BITMIME as it says."""
+
+    async def handle_EHLO(
+        self, smtp: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname  # what aiosmtpd does itself when there is no hook
+        offered = [line for line in responses if line[4:].upper() != "8BITMIME"]
+        if self.server.eightbitmime:
+            offered.insert(1, "250-8BITMIME")
+        return offered
+
+
 class _Controller(Controller):
     def __init__(self, server: RecordingServer, **kwargs: Any) -> None:
         self._recording = server
         super().__init__(**kwargs)
 
     def factory(self) -> SMTP:  # one call per TCP connection
+        smtp: SMTP = super().factory()  # type: ignore[no-untyped-call]
         with self._recording._lock:
             self._recording.connections += 1
-        smtp: SMTP = super().factory()  # type: ignore[no-untyped-call]
+            self._recording._sessions.append(smtp)
         return smtp
 
     def _trigger_server(self) -> None:
@@ -185,6 +202,7 @@ class RecordingServer:
         implicit_tls: bool = False,
         require_tls: bool = False,
         smtputf8: bool = True,
+        eightbitmime: bool | None = None,
         port: int = 0,
     ) -> None:
         self.fail_data_every = fail_data_every
@@ -198,11 +216,13 @@ class RecordingServer:
         self.implicit_tls = implicit_tls
         self.require_tls = require_tls
         self.smtputf8 = smtputf8
+        self.eightbitmime = eightbitmime  # None: aiosmtpd's own EHLO (8BITMIME offered)
         self.host = "127.0.0.1"
         self.port = port  # 0: a free port, learnt at start
         self.connections = 0
         self.data_commands = 0
         self._messages: list[ReceivedMessage] = []
+        self._sessions: list[SMTP] = []  # one per connection, to close them at stop
         self._lock = threading.Lock()
         self._controller: _Controller | None = None
 
@@ -210,7 +230,7 @@ class RecordingServer:
 
     def start(self) -> RecordingServer:
         kwargs: dict[str, Any] = {
-            "handler": _Handler(self),
+            "handler": _Handler(self) if self.eightbitmime is None else _EhloHandler(self),
             "hostname": self.host,
             "port": self.port,
             "server_hostname": "mx.test",
@@ -235,9 +255,22 @@ class RecordingServer:
         return self
 
     def stop(self) -> None:
-        if self._controller is not None:
-            self._controller.stop()
-            self._controller = None
+        controller, self._controller = self._controller, None
+        if controller is None:
+            return
+        # aiosmtpd stops its loop with connections still open and leaves their sockets to
+        # the garbage collector (a ResourceWarning); a relay going down hangs up first.
+        asyncio.run_coroutine_threadsafe(self._hang_up(), controller.loop).result(timeout=10)
+        controller.stop()
+
+    async def _hang_up(self) -> None:
+        with self._lock:
+            sessions, self._sessions = self._sessions, []
+        for smtp in sessions:
+            if isinstance(smtp.transport, asyncio.WriteTransport):
+                smtp.transport.abort()
+        for _ in range(3):  # connection_lost runs in a later turn of the loop
+            await asyncio.sleep(0)
 
     def __enter__(self) -> RecordingServer:
         return self.start()

@@ -9,12 +9,10 @@ from pathlib import Path
 
 import pytest
 from babel.messages.pofile import read_po
-from click.testing import CliRunner, Result
 
-from conftest import REPO
+from conftest import REPO, UPDATE, invoke, problem_lines
 from editing import line_of, replace_in
 from statusmail.catalog import catalog_problems
-from statusmail.cli import main
 from statusmail.entries import find_entry
 from statusmail.errors import RenderError
 from statusmail.regions import load_regions
@@ -23,7 +21,6 @@ from statusmail.render import Renderer
 PO = "templates/locale/ru/LC_MESSAGES/messages.po"
 TEXT = "templates/message.txt.j2"
 HTML = "templates/message.html.j2"
-ENTRY = "update-2020-04-21"
 
 # A plural use, added to a copy of the text template, and its Russian catalog entry.
 PLURAL_USE = (
@@ -40,24 +37,11 @@ msgstr[2] "У этого уведомления %(count)s дополнений."
 """
 
 
-def run(project: Path, *args: str) -> Result:
-    result = CliRunner().invoke(main, [*args, "--config", str(project)])
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    assert "Traceback" not in result.output, result.output
-    return result
-
-
 def check(project: Path) -> list[str]:
     """The problem lines of a failing `statusmail check`."""
-    result = run(project, "check")
+    result = invoke(project, "check")
     assert result.exit_code == 1, result.output
-    return [
-        line
-        for line in result.stderr.splitlines()
-        if line.strip()
-        and not line.startswith(("checked ", "note: "))
-        and ": warning: " not in line
-    ]
+    return problem_lines(result.stderr)
 
 
 def files(project: Path) -> tuple[Path, Path, Path]:
@@ -108,10 +92,10 @@ def test_messages_pot_is_what_extraction_gives(tmp_path: Path) -> None:
 
 def test_a_complete_russian_plural_passes_and_renders(project: Path) -> None:
     add_plural(project)
-    result = run(project, "check")
+    result = invoke(project, "check")
     assert result.exit_code == 0, result.output
     renderer = sample_renderer(project)
-    entry = find_entry(project.parent / "updates", ENTRY)
+    entry = find_entry(project.parent / "updates", UPDATE)
     ru = renderer.render(entry, renderer.variant_key(entry, "ru", None, ""), "", "https://x")
     en = renderer.render(entry, renderer.variant_key(entry, "en", None, ""), "", "https://x")
     assert "У\u00a0этого уведомления 3\u00a0дополнения." in ru.text
@@ -253,7 +237,7 @@ def test_dry_run_with_an_unknown_placeholder(project: Path, tmp_path: Path) -> N
     po, _text, _html = files(project)
     replace_in(po, '"Здравствуйте, %(name)s!"', '"Здравствуйте, %(nmae)s!"')
     line = line_of(po, 'msgid "Hello, %(name)s,"')
-    result = run(project, "send", ENTRY, "--dry-run", "--preview-dir", str(tmp_path / "p"))
+    result = invoke(project, "send", UPDATE, "--dry-run", "--preview-dir", str(tmp_path / "p"))
     assert result.exit_code == 1
     assert f"{po}:{line}: 'Hello, %(name)s,': the translation has %(nmae)s" in result.stderr
 
@@ -263,7 +247,7 @@ def test_rendering_names_the_template_and_catalog(project: Path) -> None:
     po, text, _html = files(project)
     replace_in(po, '"Здравствуйте, %(name)s!"', '"Здравствуйте, %(nmae)s!"')
     renderer = sample_renderer(project)
-    entry = find_entry(project.parent / "updates", ENTRY)
+    entry = find_entry(project.parent / "updates", UPDATE)
     with pytest.raises(RenderError) as caught:
         renderer.variant(entry, renderer.variant_key(entry, "ru", None, "Ann"))
     line = line_of(text, '{{ _("Hello, %(name)s,", name=name) }}')
@@ -328,7 +312,7 @@ def test_broken_catalog_when_rendering(project: Path) -> None:
     po, _text, _html = files(project)
     line = replace_in(po, 'msgstr "Отписаться"', "msgstr Отписаться")
     renderer = sample_renderer(project)
-    entry = find_entry(project.parent / "updates", ENTRY)
+    entry = find_entry(project.parent / "updates", UPDATE)
     with pytest.raises(RenderError, match=rf"^{po}:{line}: invalid catalog: expected a keyword"):
         renderer.variant(entry, renderer.variant_key(entry, "ru", None, "Ann"))
 
@@ -359,7 +343,7 @@ def test_brand_names_and_markup_alone_are_fine(project: Path) -> None:
         "{{ body_html }}\n<p class='brand' title=\"Read more\">StartMail &middot; Tor</p>\n"
         "<!-- Read more --><style>p { color: red; }</style>\n",
     )
-    result = run(project, "check")
+    result = invoke(project, "check")
     assert result.exit_code == 0, result.output
 
 

@@ -1,21 +1,15 @@
 """`statusmail check`: passes on the sample, fails with `file:line: message` on each problem.
 
-Most tests run the real CLI (`python -m statusmail check`) in a subprocess and read its
-stderr and exit code, exactly as CI would.
+Most tests run the real CLI (`python -m statusmail check`) in a subprocess (conftest's
+``statusmail``) and read its stderr and exit code, exactly as CI would.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-from click.testing import CliRunner
-
+from conftest import invoke, problem_lines, statusmail
 from editing import line_of, replace_in
-from statusmail.cli import main
 from statusmail.config import load_config
 from statusmail.validation import check_project
 
@@ -25,44 +19,13 @@ PO = "templates/locale/ru/LC_MESSAGES/messages.po"
 SECRET_WARNING = "$STATUSMAIL_UNSUBSCRIBE_SECRET is not set"
 
 
-@dataclass
-class CheckRun:
-    code: int
-    stderr: str
-
-    @property
-    def problems(self) -> list[str]:
-        """The problem lines: not the summary line, not warnings."""
-        return [
-            line
-            for line in self.stderr.splitlines()
-            if line.strip()
-            and not line.startswith(("checked ", "note: "))
-            and ": warning: " not in line
-        ]
-
-
-def run_check(config: Path, **env: str) -> CheckRun:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("STATUSMAIL_")}
-    environ.update(env)
-    result = subprocess.run(
-        [sys.executable, "-m", "statusmail", "check", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        env=environ,
-        timeout=60,
-    )
-    assert "Traceback" not in result.stderr, result.stderr
-    return CheckRun(result.returncode, result.stderr)
-
-
 # -- the sample passes ---------------------------------------------------------------
 
 
 def test_sample_passes_with_dev_secret_warning(project: Path) -> None:
-    run = run_check(project)
-    assert run.code == 0, run.stderr
-    assert run.problems == []
+    run = statusmail(project, "check")
+    assert run.returncode == 0, run.stderr
+    assert problem_lines(run.stderr) == []
     warnings = [line for line in run.stderr.splitlines() if ": warning: " in line]
     assert len(warnings) == 1
     at = line_of(project, "unsubscribe:")
@@ -72,8 +35,9 @@ def test_sample_passes_with_dev_secret_warning(project: Path) -> None:
 
 
 def test_sample_passes_without_warning_when_secret_is_set(project: Path) -> None:
-    run = run_check(project, STATUSMAIL_UNSUBSCRIBE_SECRET="a-real-secret-of-at-least-32-bytes")
-    assert run.code == 0, run.stderr
+    secret = "a-real-secret-of-at-least-32-bytes"
+    run = statusmail(project, "check", env={"STATUSMAIL_UNSUBSCRIBE_SECRET": secret})
+    assert run.returncode == 0, run.stderr
     assert "warning" not in run.stderr
     assert "checked 2 entries, 28 subscribers: ok" in run.stderr
 
@@ -96,18 +60,18 @@ def test_cli_runner_reports_on_stderr(project: Path) -> None:
         .replace("status: ready", "status: redy"),
         encoding="utf-8",
     )
-    result = CliRunner().invoke(main, ["check", "--config", str(project)])
+    result = invoke(project, "check")
     assert result.exit_code == 1
     assert f"{project.parent / UPDATE}:5: status is 'redy'" in result.stderr
     assert result.stdout == ""
 
 
 def test_smtp_transport_without_secret_is_a_problem(project: Path) -> None:
-    run = run_check(project, STATUSMAIL_TRANSPORT="smtp")
-    assert run.code == 1
+    run = statusmail(project, "check", env={"STATUSMAIL_TRANSPORT": "smtp"})
+    assert run.returncode == 1
     assert any(
         line.startswith(f"{project}:{line_of(project, 'unsubscribe:')}: $STATUSMAIL_UNSUBSCRIBE")
-        for line in run.problems
+        for line in problem_lines(run.stderr)
     ), run.stderr
 
 
@@ -119,28 +83,28 @@ def test_broken_yaml_in_entry_bad_indentation(project: Path) -> None:
     # `thread:` indented under the scalar `status: ready` is not valid YAML.
     line = replace_in(entry, "thread: block-2020-01-23", "  thread: block-2020-01-23")
     assert line == 6
-    run = run_check(project)
-    assert run.code == 1
-    assert len(run.problems) == 1, run.stderr
-    assert run.problems[0].startswith(f"{entry}:{line}: invalid YAML")
+    run = statusmail(project, "check")
+    assert run.returncode == 1
+    assert len(problem_lines(run.stderr)) == 1, run.stderr
+    assert problem_lines(run.stderr)[0].startswith(f"{entry}:{line}: invalid YAML")
 
 
 def test_broken_yaml_in_entry_duplicate_key(project: Path) -> None:
     entry = project.parent / UPDATE
     line = replace_in(entry, "thread: block-2020-01-23", "status: draft")
-    run = run_check(project)
-    assert run.code == 1
-    assert run.problems == [f"{entry}:{line}: invalid YAML: duplicate key 'status'"]
+    run = statusmail(project, "check")
+    assert run.returncode == 1
+    assert problem_lines(run.stderr) == [f"{entry}:{line}: invalid YAML: duplicate key 'status'"]
 
 
 def test_broken_yaml_in_entry_tab_indentation(project: Path) -> None:
     entry = project.parent / UPDATE
     line = replace_in(entry, "access_instructions: true\n", "access_instructions: true\n\tx: 1\n")
-    run = run_check(project)
-    assert run.code == 1
-    assert len(run.problems) == 1, run.stderr
+    run = statusmail(project, "check")
+    assert run.returncode == 1
+    assert len(problem_lines(run.stderr)) == 1, run.stderr
     # the tab is on the line after access_instructions
-    assert run.problems[0].startswith(f"{entry}:{line + 1}: invalid YAML")
+    assert problem_lines(run.stderr)[0].startswith(f"{entry}:{line + 1}: invalid YAML")
 
 
 def test_missing_ru_block_for_russian_audience(project: Path) -> None:
@@ -148,10 +112,10 @@ def test_missing_ru_block_for_russian_audience(project: Path) -> None:
     text = entry.read_text(encoding="utf-8")
     entry.write_text(text[: text.index("\n  ru:\n") + 1], encoding="utf-8")
     content_line = line_of(entry, "content:\n")
-    run = run_check(project)
-    assert run.code == 1
+    run = statusmail(project, "check")
+    assert run.returncode == 1
     # RU, BY and KZ readers resolve to ru: the entry needs Russian content.
-    assert run.problems == [
+    assert problem_lines(run.stderr) == [
         f"{entry}:{content_line}: subscribers in the audience read ru but the entry has no "
         "content in it"
     ]
@@ -161,28 +125,28 @@ def test_untranslated_catalog_string(project: Path) -> None:
     po = project.parent / PO
     msgid_line = line_of(po, 'msgid "Unsubscribe"')
     replace_in(po, 'msgstr "Отписаться"', 'msgstr ""')
-    run = run_check(project)
-    assert run.code == 1
-    assert run.problems == [f"{po}:{msgid_line}: 'Unsubscribe' is untranslated"]
+    run = statusmail(project, "check")
+    assert run.returncode == 1
+    assert problem_lines(run.stderr) == [f"{po}:{msgid_line}: 'Unsubscribe' is untranslated"]
 
 
 def test_fuzzy_catalog_string(project: Path) -> None:
     po = project.parent / PO
     msgid_line = line_of(po, 'msgid "Hello,"')
     replace_in(po, 'msgid "Hello,"\n', '#, fuzzy\nmsgid "Hello,"\n')
-    run = run_check(project)
-    assert run.code == 1
-    assert run.problems == [f"{po}:{msgid_line + 1}: 'Hello,' is fuzzy"]
+    run = statusmail(project, "check")
+    assert run.returncode == 1
+    assert problem_lines(run.stderr) == [f"{po}:{msgid_line + 1}: 'Hello,' is fuzzy"]
 
 
 def test_msgid_missing_from_catalog(project: Path) -> None:
     template = project.parent / "templates/message.txt.j2"
     line = replace_in(template, '{{ _("Hello,") }}', '{{ _("Hello there,") }}')
     po = project.parent / PO
-    run = run_check(project)
-    assert run.code == 1
-    assert len(run.problems) == 1, run.stderr
-    problem = run.problems[0]
+    run = statusmail(project, "check")
+    assert run.returncode == 1
+    assert len(problem_lines(run.stderr)) == 1, run.stderr
+    problem = problem_lines(run.stderr)[0]
     assert problem.startswith(f"{po}: 'Hello there,'")
     assert f"(used at {template}:{line})" in problem
     assert "is not in the catalog" in problem
@@ -197,43 +161,51 @@ def test_invalid_address_in_csv(project: Path) -> None:
     csv_path.write_text(
         text + "not-an-address,Nobody,en,US,service-status,active\n", encoding="utf-8"
     )
-    run = run_check(project)
-    assert run.code == 1
-    assert len(run.problems) == 1, run.stderr
-    assert run.problems[0].startswith(f"{csv_path}:{bad_line}: invalid address 'not-an-address'")
+    run = statusmail(project, "check")
+    assert run.returncode == 1
+    assert len(problem_lines(run.stderr)) == 1, run.stderr
+    assert problem_lines(run.stderr)[0].startswith(
+        f"{csv_path}:{bad_line}: invalid address 'not-an-address'"
+    )
 
 
 def test_unknown_region_in_audience(project: Path) -> None:
     entry = project.parent / UPDATE
     replace_in(entry, "regions: [RU, BY, KZ]", "regions: [RU, XX]")
     audience_line = line_of(entry, "audience:")
-    run = run_check(project)
-    assert run.code == 1
-    assert run.problems == [f"{entry}:{audience_line}: unknown region 'XX' (not in regions)"]
+    run = statusmail(project, "check")
+    assert run.returncode == 1
+    assert problem_lines(run.stderr) == [
+        f"{entry}:{audience_line}: unknown region 'XX' (not in regions)"
+    ]
 
 
 def test_thread_naming_no_entry(project: Path) -> None:
     entry = project.parent / UPDATE
     line = replace_in(entry, "thread: block-2020-01-23", "thread: block-2020-01-32")
-    run = run_check(project)
-    assert run.code == 1
-    assert run.problems == [f"{entry}:{line}: thread 'block-2020-01-32' names no entry"]
+    run = statusmail(project, "check")
+    assert run.returncode == 1
+    assert problem_lines(run.stderr) == [
+        f"{entry}:{line}: thread 'block-2020-01-32' names no entry"
+    ]
 
 
 def test_status_typo(project: Path) -> None:
     entry = project.parent / UPDATE
     line = replace_in(entry, "status: ready", "status: redy")
-    run = run_check(project)
-    assert run.code == 1
-    assert run.problems == [f"{entry}:{line}: status is 'redy'; expected draft or ready"]
+    run = statusmail(project, "check")
+    assert run.returncode == 1
+    assert problem_lines(run.stderr) == [
+        f"{entry}:{line}: status is 'redy'; expected draft or ready"
+    ]
 
 
 def test_id_does_not_match_file_stem(project: Path) -> None:
     entry = project.parent / UPDATE
     line = replace_in(entry, "id: update-2020-04-21", "id: update-2020-04-22")
-    run = run_check(project)
-    assert run.code == 1
-    assert run.problems == [
+    run = statusmail(project, "check")
+    assert run.returncode == 1
+    assert problem_lines(run.stderr) == [
         f"{entry}:{line}: id 'update-2020-04-22' does not match the file name 'update-2020-04-21'"
     ]
 
@@ -241,9 +213,9 @@ def test_id_does_not_match_file_stem(project: Path) -> None:
 def test_broken_regions_yaml(project: Path) -> None:
     regions = project.parent / "regions.yaml"
     line = replace_in(regions, "name: {en: Russia, ru: Россия}", "name: {en: Russia, ru: Россия}}")
-    run = run_check(project)
-    assert run.code == 1
-    assert run.problems[0].startswith(f"{regions}:{line}: invalid YAML"), run.stderr
+    run = statusmail(project, "check")
+    assert run.returncode == 1
+    assert problem_lines(run.stderr)[0].startswith(f"{regions}:{line}: invalid YAML"), run.stderr
 
 
 def test_region_access_without_ru_text(project: Path) -> None:
@@ -252,9 +224,11 @@ def test_region_access_without_ru_text(project: Path) -> None:
     start, end = text.index("    ru: |\n"), text.index("BY:\n")
     regions.write_text(text[:start] + text[end:], encoding="utf-8")
     access_line = line_of(regions, "  access:\n")
-    run = run_check(project)
-    assert run.code == 1
-    assert run.problems == [f"{regions}:{access_line}: region RU has no 'ru' access instructions"]
+    run = statusmail(project, "check")
+    assert run.returncode == 1
+    assert problem_lines(run.stderr) == [
+        f"{regions}:{access_line}: region RU has no 'ru' access instructions"
+    ]
 
 
 def test_region_access_with_empty_ru_text(project: Path) -> None:
@@ -262,10 +236,12 @@ def test_region_access_with_empty_ru_text(project: Path) -> None:
     text = regions.read_text(encoding="utf-8")
     start, end = text.index("    ru: |\n"), text.index("BY:\n")
     regions.write_text(text[:start] + '    ru: ""\n' + text[end:], encoding="utf-8")
-    run = run_check(project)
-    assert run.code == 1
+    run = statusmail(project, "check")
+    assert run.returncode == 1
     access_line = line_of(regions, "  access:\n")
-    assert run.problems == [f"{regions}:{access_line}: region RU has no 'ru' access instructions"]
+    assert problem_lines(run.stderr) == [
+        f"{regions}:{access_line}: region RU has no 'ru' access instructions"
+    ]
 
 
 def test_javascript_link_in_body(project: Path) -> None:
@@ -276,10 +252,10 @@ def test_javascript_link_in_body(project: Path) -> None:
         "      The preliminary hearing is [scheduled](javascript:alert(document.cookie)).\n",
     )
     body_line = line_of(entry, "  en:\n") + 4  # subject, a summary on two lines, body
-    run = run_check(project)
-    assert run.code == 1
+    run = statusmail(project, "check")
+    assert run.returncode == 1
     # The English changed, so the ru translation is stale too; one problem is the link.
-    links = [p for p in run.problems if " link " in p]
+    links = [p for p in problem_lines(run.stderr) if " link " in p]
     assert len(links) == 1, run.stderr
     assert links[0].startswith(f"{entry}:{body_line}: link 'javascript:alert")
     assert "in the en body is not allowed" in links[0]
@@ -293,11 +269,11 @@ def test_javascript_link_in_ru_body_names_ru_block(project: Path) -> None:
     entry.write_text(
         text[:body] + "      [Жмите](JavaScript:void(0))\n\n" + text[body:], encoding="utf-8"
     )
-    run = run_check(project)
-    assert run.code == 1
-    assert len(run.problems) == 1, run.stderr
-    assert run.problems[0].startswith(f"{entry}:{ru_line}: link 'JavaScript:void")
-    assert "in the ru body" in run.problems[0]
+    run = statusmail(project, "check")
+    assert run.returncode == 1
+    assert len(problem_lines(run.stderr)) == 1, run.stderr
+    assert problem_lines(run.stderr)[0].startswith(f"{entry}:{ru_line}: link 'JavaScript:void")
+    assert "in the ru body" in problem_lines(run.stderr)[0]
 
 
 def test_every_javascript_link_is_reported(project: Path) -> None:
@@ -307,19 +283,19 @@ def test_every_javascript_link_is_reported(project: Path) -> None:
         "      The preliminary hearing has been scheduled for June 3, 2020.\n",
         "      See [one](javascript:one) and [two](javascript:two).\n",
     )
-    run = run_check(project)
-    assert run.code == 1
-    assert any("'javascript:one'" in p for p in run.problems), run.stderr
-    assert any("'javascript:two'" in p for p in run.problems), run.stderr
+    run = statusmail(project, "check")
+    assert run.returncode == 1
+    assert any("'javascript:one'" in p for p in problem_lines(run.stderr)), run.stderr
+    assert any("'javascript:two'" in p for p in problem_lines(run.stderr)), run.stderr
 
 
 def test_impossible_date_is_a_located_problem(project: Path) -> None:
     entry = project.parent / UPDATE
     line = replace_in(entry, "date: 2020-04-21", "date: 2020-04-31")
-    run = run_check(project)
-    assert run.code == 1
-    assert len(run.problems) == 1
-    assert run.problems[0].startswith(f"{entry}:{line}: ")
+    run = statusmail(project, "check")
+    assert run.returncode == 1
+    assert len(problem_lines(run.stderr)) == 1
+    assert problem_lines(run.stderr)[0].startswith(f"{entry}:{line}: ")
 
 
 def test_several_problems_all_reported(project: Path) -> None:
@@ -331,19 +307,22 @@ def test_several_problems_all_reported(project: Path) -> None:
         "jan.devries@example.net,Jan de Vries,en,NL,",
         "jan.devries@example.net,Jan de Vries,en,NLD,",
     )
-    run = run_check(project)
-    assert run.code == 1
+    run = statusmail(project, "check")
+    assert run.returncode == 1
     assert (
-        f"{root / UPDATE}:{status_line}: status is 'redy'; expected draft or ready" in run.problems
+        f"{root / UPDATE}:{status_line}: status is 'redy'; expected draft or ready"
+        in problem_lines(run.stderr)
     )
-    assert f"{csv_path}:{bad_region_line}: region 'NLD' is not an ISO 3166-1 code" in run.problems
+    assert f"{csv_path}:{bad_region_line}: region 'NLD' is not an ISO 3166-1 code" in problem_lines(
+        run.stderr
+    )
     assert "2 problem(s)" in run.stderr
 
 
 def test_empty_entry_file_is_a_problem(project: Path) -> None:
     new = project.parent / "updates/update-2020-05-01.yaml"
     new.write_text("")
-    run = run_check(project)
-    assert run.code == 1
-    assert run.problems
-    assert all(p.startswith(str(new)) for p in run.problems)
+    run = statusmail(project, "check")
+    assert run.returncode == 1
+    assert problem_lines(run.stderr)
+    assert all(p.startswith(str(new)) for p in problem_lines(run.stderr))

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import re
 
 import click
 from click.testing import CliRunner
 
+from conftest import invoke, statusmail
 from statusmail.cli import main
+
+# "Example:" alone on a line, then an indented command line, maybe after a variable
+# it needs (click keeps the line breaks only of a paragraph marked with \b).
+EXAMPLE = re.compile(r"^ *Examples?:\n +((?:[A-Z_]+=\S+ )*statusmail\b.*)$", re.MULTILINE)
 
 
 def all_commands(
@@ -23,8 +27,13 @@ def all_commands(
     return found
 
 
+def example_in(help_output: str) -> str | None:
+    """The example command line of a ``--help`` output, if it has one."""
+    found = EXAMPLE.search(help_output)
+    return found[1] if found else None
+
+
 def test_every_command_has_help_text() -> None:
-    runner = CliRunner()
     commands = all_commands()
     names = {" ".join(path) for path in commands}
     assert {
@@ -42,8 +51,11 @@ def test_every_command_has_help_text() -> None:
     for path, command in commands.items():
         name = " ".join(path)
         assert command.help and len(command.help.strip()) > 20, f"{name} lacks help text"
-        result = runner.invoke(main, [*path, "--help"])
+        result = invoke(None, *path, "--help")
         assert result.exit_code == 0, name
+        example = example_in(result.output)
+        assert example, f"statusmail {name} --help shows no example:\n{result.output}"
+        assert f"statusmail {name}" in example, f"{name}: the example is {example!r}"
         first_line = " ".join(command.help.strip().splitlines()[0].split())
         assert first_line in " ".join(result.output.split())
         for param in command.params:
@@ -51,17 +63,47 @@ def test_every_command_has_help_text() -> None:
                 assert param.help, f"{name} {param.opts} lacks help text"
 
 
+def test_the_program_has_an_example_too() -> None:
+    result = invoke(None, "--help")
+    assert result.exit_code == 0
+    example = example_in(result.output)
+    assert example and example.startswith("statusmail "), result.output
+
+
+def test_a_help_text_without_an_example_is_caught() -> None:
+    """The check above would fail for a command whose example went missing or was run
+    into its paragraph."""
+
+    @click.command()
+    def plain() -> None:
+        """Do a thing to the service and say what was done, briefly.
+
+        Example: statusmail plain --now
+        """
+
+    @click.command()
+    def kept() -> None:
+        """Do a thing to the service and say what was done, briefly.
+
+        \b
+        Example:
+          statusmail kept --now
+        """
+
+    runner = CliRunner()
+    assert example_in(runner.invoke(plain, ["--help"]).output) is None
+    assert example_in(runner.invoke(kept, ["--help"]).output) == "statusmail kept --now"
+
+
 def test_python_dash_m_runs_the_same_cli() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "statusmail", "--help"], capture_output=True, text=True, timeout=60
-    )
+    result = statusmail(None, "--help", timeout=60)
     assert result.returncode == 0
     for path in all_commands():
         assert path[0] in result.stdout
 
 
 def test_usage_error_exits_2() -> None:
-    result = CliRunner().invoke(main, ["send"])
+    result = invoke(None, "send")
     assert result.exit_code == 2
-    result = CliRunner().invoke(main, ["no-such-command"])
+    result = invoke(None, "no-such-command")
     assert result.exit_code == 2

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import statusmail
 from editing import replace_in
-from statusmail.config import (
-    DEV_UNSUBSCRIBE_SECRET,
-    ConfigError,
-    find_config,
-    load_config,
-)
+from statusmail.config import DEV_UNSUBSCRIBE_SECRET, find_config, load_config
+from statusmail.errors import ConfigError
 
 
 def problems(path: Path, environ: dict[str, str] | None = None) -> list[str]:
@@ -105,47 +100,32 @@ def test_find_config_uses_process_environment(
     assert find_config(None) == tmp_path / "x.yaml"
 
 
-def run_cli(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("STATUSMAIL_")}
-    environ.update(env)
-    return subprocess.run(
-        [sys.executable, "-m", "statusmail", *args],
-        capture_output=True,
-        text=True,
-        env=environ,
-        cwd=cwd,
-        timeout=60,
-    )
-
-
 def test_cli_finds_config_option_then_env_then_cwd(project: Path, tmp_path: Path) -> None:
     root = project.parent
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "statusmail.yaml").write_text("transport: pigeon\n")
     # --config wins over $STATUSMAIL_CONFIG and ./statusmail.yaml
-    result = run_cli(
-        ["check", "--config", str(project)],
-        cwd=broken,
-        STATUSMAIL_CONFIG=str(broken / "statusmail.yaml"),
+    result = statusmail(
+        project, "check", cwd=broken, env={"STATUSMAIL_CONFIG": str(broken / "statusmail.yaml")}
     )
     assert result.returncode == 0, result.stderr
     # --config also works before the command name
-    result = run_cli(["--config", str(project), "check"], cwd=broken)
+    result = statusmail(None, "--config", str(project), "check", cwd=broken)
     assert result.returncode == 0, result.stderr
     # $STATUSMAIL_CONFIG wins over ./statusmail.yaml
-    result = run_cli(["check"], cwd=broken, STATUSMAIL_CONFIG=str(project))
+    result = statusmail(None, "check", cwd=broken, env={"STATUSMAIL_CONFIG": str(project)})
     assert result.returncode == 0, result.stderr
     # ./statusmail.yaml
-    result = run_cli(["check"], cwd=root)
+    result = statusmail(None, "check", cwd=root)
     assert result.returncode == 0, result.stderr
-    result = run_cli(["check"], cwd=broken)
+    result = statusmail(None, "check", cwd=broken)
     assert result.returncode == 1
     assert f"{broken / 'statusmail.yaml'}:1: transport is 'pigeon'" in result.stderr
 
 
 def test_cli_missing_config(tmp_path: Path) -> None:
-    result = run_cli(["check"], cwd=tmp_path)
+    result = statusmail(None, "check", cwd=tmp_path)
     assert result.returncode == 1
     assert f"{tmp_path / 'statusmail.yaml'}: config file not found" in result.stderr
     assert "Traceback" not in result.stderr

@@ -13,20 +13,31 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import clean_environ, command, http_request, serving, statusmail
+from conftest import (
+    SECRET,
+    UPDATE,
+    clean_environ,
+    command,
+    http_request,
+    outbox_count,
+    outbox_messages,
+    recipient,
+    serving,
+    statusmail,
+)
 from statusmail.tokens import Keyring, unsubscribe_token
 
-SECRET = "a-test-secret-of-enough-length-for-tokens"
 PROMPT = b"Type yes to send"
 
 
 class Terminal:
-    """``statusmail send`` on a pseudo-terminal, as a person runs it."""
+    """``statusmail send`` on a pseudo-terminal, as a person runs it. Use it as a context
+    manager: on leaving, a program still running is killed and the terminal closed."""
 
     def __init__(self, config: Path, *args: str) -> None:
         self.main_fd, child_fd = pty.openpty()
         self.process = subprocess.Popen(
-            command(config, "send", "update-2020-04-21", "--rate", "0", *args),
+            command(config, "send", UPDATE, "--rate", "0", *args),
             stdin=child_fd,
             stdout=child_fd,
             stderr=child_fd,
@@ -62,8 +73,22 @@ class Terminal:
                 except OSError:
                     break
         code = self.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        os.close(self.main_fd)
+        self.close()
         return code
+
+    def close(self) -> None:
+        if self.main_fd >= 0:
+            os.close(self.main_fd)
+            self.main_fd = -1
+
+    def __enter__(self) -> Terminal:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.close()
 
     def text(self) -> str:
         return " ".join(
@@ -73,10 +98,10 @@ class Terminal:
 
 def run_on_terminal(config: Path, answer: str) -> tuple[int, str]:
     """Run ``send`` on a terminal and type ``answer`` at the prompt."""
-    terminal = Terminal(config)
-    terminal.read_until(PROMPT)
-    terminal.type(answer)
-    code = terminal.finish()
+    with Terminal(config) as terminal:
+        terminal.read_until(PROMPT)
+        terminal.type(answer)
+        code = terminal.finish()
     return code, terminal.text()
 
 
@@ -87,53 +112,48 @@ def test_a_terminal_is_asked_and_no_sends_nothing(project: Path) -> None:
     assert not (project.parent / "outbox").exists()
     code, output = run_on_terminal(project, "yes")
     assert code == 0, output
-    assert len(list((project.parent / "outbox" / "new").iterdir())) == 14
+    assert outbox_count(project) == 14
 
 
 def test_while_the_prompt_waits_nothing_is_locked(project: Path) -> None:
     """Suppressing an address and a one-click unsubscribe each finish within 2 s while a
     person reads the prompt, and the run that follows respects both."""
-    terminal = Terminal(project)
-    terminal.read_until(PROMPT)
+    with Terminal(project) as terminal:
+        terminal.read_until(PROMPT)
 
-    started = time.monotonic()
-    added = statusmail(project, "suppress", "add", "anna.petrova@example.org", timeout=10)
-    assert added.returncode == 0, added.stderr
-    assert time.monotonic() - started < 2
-
-    with serving(project, SECRET) as port:
-        path = "/status/unsubscribe/" + unsubscribe_token(
-            Keyring(SECRET.encode()), "ivan.smirnov@example.com"
-        )
         started = time.monotonic()
-        status, _ = http_request(
-            port,
-            "POST",
-            path,
-            b"List-Unsubscribe=One-Click",
-            {"Content-Type": "application/x-www-form-urlencoded"},
-        )
-        assert status == 200
+        added = statusmail(project, "suppress", "add", "anna.petrova@example.org", timeout=10)
+        assert added.returncode == 0, added.stderr
         assert time.monotonic() - started < 2
 
-    terminal.type("yes")
-    assert terminal.finish() == 0, terminal.text()
-    recipients = {
-        line.split(":", 1)[1].strip().lower()
-        for path in (project.parent / "outbox" / "new").iterdir()
-        for line in path.read_text(encoding="utf-8").splitlines()
-        if line.startswith("To:")
-    }
+        with serving(project, SECRET) as port:
+            path = "/status/unsubscribe/" + unsubscribe_token(
+                Keyring(SECRET.encode()), "ivan.smirnov@example.com"
+            )
+            started = time.monotonic()
+            reply = http_request(
+                port,
+                "POST",
+                path,
+                b"List-Unsubscribe=One-Click",
+                {"Content-Type": "application/x-www-form-urlencoded"},
+            )
+            assert reply.status == 200
+            assert time.monotonic() - started < 2
+
+        terminal.type("yes")
+        assert terminal.finish() == 0, terminal.text()
+    recipients = {recipient(message) for message in outbox_messages(project)}
     assert len(recipients) == 12
     assert not any("anna.petrova" in r or "ivan.smirnov" in r for r in recipients)
 
 
 def test_ctrl_c_at_the_prompt_cancels_at_once(project: Path) -> None:
-    terminal = Terminal(project)
-    terminal.read_until(PROMPT)
-    started = time.monotonic()
-    terminal.process.send_signal(signal.SIGINT)
-    code = terminal.finish(timeout=5)
+    with Terminal(project) as terminal:
+        terminal.read_until(PROMPT)
+        started = time.monotonic()
+        terminal.process.send_signal(signal.SIGINT)
+        code = terminal.finish(timeout=5)
     assert time.monotonic() - started < 2
     assert code == 4, terminal.text()
     assert "interrupted by SIGINT before delivery: nothing was sent" in terminal.text()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import BLOCK, UPDATE
 from editing import line_of, replace_in
 from statusmail.config import load_config
 from statusmail.domain import Audience, Content, Entry, EntryStatus
@@ -14,9 +15,6 @@ from statusmail.entries import find_entry, load_entries, load_entry, source_hash
 from statusmail.errors import InputError, Problem
 from statusmail.regions import Region, load_regions
 from statusmail.validation import entry_problems
-
-UPDATE = "update-2020-04-21"
-BLOCK = "block-2020-01-23"
 
 
 def errors(path: Path) -> list[str]:

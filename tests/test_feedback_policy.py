@@ -16,12 +16,12 @@ import pytest
 from conftest import REPO, statusmail
 from editing import replace_in
 from feedback_helpers import CORPUS, deliver
-from statusmail.ledger import store as ledger_module
 from statusmail.config import load_config
 from statusmail.domain import DeliveryStatus, Outcome, Preference, Recipient
 from statusmail.errors import ConfigError
 from statusmail.feedback import Feedback
 from statusmail.ledger import Ledger, StagedRow
+from statusmail.ledger import store as ledger_module
 from statusmail.ledger.schema import MIGRATIONS, statements
 from statusmail.selection import select
 from statusmail.tokens import (
@@ -39,7 +39,9 @@ from statusmail.tokens import (
 KEYS = Keyring(b"test-unsubscribe-secret-at-least-32-bytes")
 SAMPLE_ADDRESSES = [
     row["email"].lower()
-    for row in csv.DictReader((REPO / "subscribers" / "main.csv").open(encoding="utf-8"))
+    for row in csv.DictReader(
+        (REPO / "subscribers" / "main.csv").read_text(encoding="utf-8").splitlines()
+    )
 ] + ["maria@пример.испытание", "alexei.popov@пример.испытание", "viktor.egorov@example.com"]
 LONGEST = "l" * 64 + "@" + "d" * 60 + ".example"  # a 64-octet local part, a long domain
 
@@ -107,9 +109,9 @@ def test_a_version_2_ledger_migrates_keeping_rows_rowids_and_order(tmp_path: Pat
 
     with Ledger(path) as ledger:
         assert ledger.schema_version() == len(MIGRATIONS) == 4
-        db = ledger.database.db
-        assert isinstance(db, sqlite3.Connection)
-        after = db.execute(
+        conn = ledger.database.db
+        assert isinstance(conn, sqlite3.Connection)
+        after = conn.execute(
             "SELECT rowid, entry_id, address, email, ascii_email, name, locale, region, status,"
             " attempts, code, detail, message_id, selection, created_at, updated_at"
             " FROM deliveries ORDER BY rowid"
@@ -117,9 +119,9 @@ def test_a_version_2_ledger_migrates_keeping_rows_rowids_and_order(tmp_path: Pat
         assert after == before
         assert ledger.delivery_by_row(10) == ("e", "a@x.org")
         assert ledger.delivery_by_message_id("<c@x.org>") == ("e", "c@x.org")
-        db.execute("UPDATE deliveries SET status = 'bounced' WHERE rowid = 3")
+        conn.execute("UPDATE deliveries SET status = 'bounced' WHERE rowid = 3")
         with pytest.raises(sqlite3.IntegrityError):
-            db.execute("UPDATE deliveries SET status = 'lost' WHERE rowid = 3")
+            conn.execute("UPDATE deliveries SET status = 'lost' WHERE rowid = 3")
         assert ledger.counts("e") == {"pending": 1, "sent": 0, "failed": 1, "skipped": 0,
                                       "bounced": 1}  # fmt: skip
 
@@ -191,11 +193,11 @@ def test_soft_bounces_count_once_a_day_and_decay(
             Feedback(config, KEYS, ledger, now=now).handle(soft_dsn(day))
             expected = suppressed_after is not None and index >= suppressed_after
             assert (ADDRESS in suppressed(ledger)) is expected, (offset, suppressed(ledger))
-        events = ledger.database.db.execute("SELECT COUNT(*) FROM feedback_events").fetchone()[0]
+        events = ledger.database.execute("SELECT COUNT(*) FROM feedback_events")[0][0]
         assert events == len(days)  # every report is recorded, scored or not
-        counted = {d for (d,) in ledger.database.db.execute("SELECT day FROM bounce_scores")}
+        counted = {d for (d,) in ledger.database.execute("SELECT day FROM bounce_scores")}
         assert len(counted) == len(set(days))
-        [(status,)] = ledger.database.db.execute("SELECT status FROM deliveries").fetchall()
+        [(status,)] = ledger.database.execute("SELECT status FROM deliveries")
         assert status == "sent"  # a soft bounce never marks the row
 
 
@@ -211,7 +213,7 @@ def test_a_dry_run_scores_in_memory_and_writes_nothing(project: Path) -> None:
         assert work.report.suppressed == 1  # the third day would suppress...
         assert [e["effect"] for e in work.report.events][-1] == "would be suppressed as bounced"
         assert suppressed(ledger) == {}  # ...and nothing was written
-        assert ledger.database.db.execute("SELECT COUNT(*) FROM feedback_events").fetchone()[0] == 0
+        assert ledger.database.execute("SELECT COUNT(*) FROM feedback_events")[0][0] == 0
 
 
 def test_a_hard_bounce_after_soft_ones_suppresses_with_its_evidence(project: Path) -> None:

@@ -4,24 +4,11 @@ smuggle a script link, poison an exported CSV or exhaust memory."""
 from __future__ import annotations
 
 import csv
-import email.policy
 import io
-import mailbox
-from email import message_from_bytes
 from pathlib import Path
 
-from click.testing import CliRunner
-
-from conftest import REPO
+from conftest import REPO, UPDATE, invoke, outbox_files, parse_message, part_text, recipient
 from editing import refresh_sources
-from statusmail.cli import main
-
-UPDATE = "update-2020-04-21"
-
-
-def run(config: Path, *args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, ["--config", str(config), *args], catch_exceptions=False)
-    return result.exit_code, result.stdout, result.stderr
 
 
 def add_row(config: Path, row: list[str]) -> None:
@@ -30,13 +17,8 @@ def add_row(config: Path, row: list[str]) -> None:
 
 
 def outbox(config: Path) -> dict[str, bytes]:
-    box = mailbox.Maildir(config.parent / "outbox", create=False)
-    found = {}
-    for key in box.iterkeys():
-        raw = box.get_bytes(key)
-        message = message_from_bytes(raw, policy=email.policy.default)
-        found[message["To"].addresses[0].addr_spec.lower()] = raw
-    return found
+    """The raw bytes of each message in the outbox, by recipient."""
+    return {recipient(parse_message(raw)): raw for raw in outbox_files(config)}
 
 
 def test_a_name_cannot_add_or_split_a_header(project: Path) -> None:
@@ -52,8 +34,8 @@ def test_a_name_cannot_add_or_split_a_header(project: Path) -> None:
             "active",
         ],
     )
-    code, _, stderr = run(project, "send", UPDATE, "--yes", "--rate", "0")
-    assert code == 1 and "main.csv:23: unbalanced quote" in stderr, stderr
+    result = invoke(project, "send", UPDATE, "--yes", "--rate", "0")
+    assert result.exit_code == 1 and "main.csv:23: unbalanced quote" in result.stderr, result.stderr
     assert not (project.parent / "outbox").exists()
     # In YAML it can: the name loses its line breaks and never reaches a header whole.
     (project.parent / "subscribers" / "main.csv").write_text(
@@ -64,12 +46,12 @@ def test_a_name_cannot_add_or_split_a_header(project: Path) -> None:
         " region: RU, topics: [service-status]}\n",
         encoding="utf-8",
     )
-    code, _, stderr = run(project, "send", UPDATE, "--yes", "--rate", "0")
-    assert code == 0, stderr
+    result = invoke(project, "send", UPDATE, "--yes", "--rate", "0")
+    assert result.exit_code == 0, result.stderr
     raw = outbox(project)["eve@example.org"]
     head = raw.split(b"\n\n", 1)[0]
     assert b"\nBcc:" not in head and b"\nX-Evil:" not in head
-    message = message_from_bytes(raw, policy=email.policy.default)
+    message = parse_message(raw)
     assert message["Bcc"] is None and message["X-Evil"] is None
     assert len(message["To"].addresses) == 1
     assert message["To"].addresses[0].display_name == "Eve Bcc: victim X-Evil: 1"
@@ -84,9 +66,9 @@ def test_a_subject_with_a_line_break_is_refused(project: Path) -> None:
         1,
     )
     entry.write_text(text, encoding="utf-8")
-    code, _, stderr = run(project, "send", UPDATE, "--yes")
-    assert code == 1
-    assert f"{UPDATE}.yaml:" in stderr and "must be one line" in stderr
+    result = invoke(project, "send", UPDATE, "--yes")
+    assert result.exit_code == 1
+    assert f"{UPDATE}.yaml:" in result.stderr and "must be one line" in result.stderr
     assert not (project.parent / "outbox").exists()
 
 
@@ -110,13 +92,11 @@ def test_names_and_markdown_html_are_escaped_in_the_html_part(project: Path) -> 
     )
     entry.write_text(text, encoding="utf-8")
     refresh_sources(entry)
-    code, _, stderr = run(project, "send", UPDATE, "--yes", "--rate", "0")
-    assert code == 0, stderr
-    message = message_from_bytes(
-        outbox(project)["mallory@example.org"], policy=email.policy.default
-    )
-    html = message.get_body(("html",)).get_content()  # type: ignore[union-attr]
-    plain = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    result = invoke(project, "send", UPDATE, "--yes", "--rate", "0")
+    assert result.exit_code == 0, result.stderr
+    message = parse_message(outbox(project)["mallory@example.org"])
+    html = part_text(message, "html")
+    plain = part_text(message, "plain")
     assert "<img" not in html and "<script" not in html
     assert "&lt;img src=x onerror=&#34;alert(1)&#34;&gt;" in html
     assert "&lt;script&gt;alert(document.domain)&lt;/script&gt;" in html
@@ -131,22 +111,24 @@ def test_a_javascript_link_stops_the_send(project: Path) -> None:
         1,
     )
     entry.write_text(text, encoding="utf-8")
-    code, _, stderr = run(project, "send", UPDATE, "--yes")
-    assert code == 1
-    assert "javascript:alert(document.cookie)" in stderr and f"{UPDATE}.yaml:" in stderr
-    code, _, stderr = run(project, "check")
-    assert code == 1 and "javascript:" in stderr
+    result = invoke(project, "send", UPDATE, "--yes")
+    assert result.exit_code == 1
+    assert (
+        "javascript:alert(document.cookie)" in result.stderr and f"{UPDATE}.yaml:" in result.stderr
+    )
+    result = invoke(project, "check")
+    assert result.exit_code == 1 and "javascript:" in result.stderr
 
 
 def test_exported_csv_cannot_run_formulas(project: Path) -> None:
     risky = ["=1+2@example.org", "+sum@example.org", "-cmd@example.org"]
-    code, _, stderr = run(project, "suppress", "add", "--detail", '=HYPERLINK("x")', "--", *risky)
-    assert code == 0, stderr
-    code, _, stderr = run(project, "suppress", "add", "--detail", "@SUM(A1)", "ok@example.org")
-    assert code == 0, stderr
-    code, out, _ = run(project, "suppress", "export")
-    assert code == 0
-    rows = list(csv.reader(io.StringIO(out)))
+    result = invoke(project, "suppress", "add", "--detail", '=HYPERLINK("x")', "--", *risky)
+    assert result.exit_code == 0, result.stderr
+    result = invoke(project, "suppress", "add", "--detail", "@SUM(A1)", "ok@example.org")
+    assert result.exit_code == 0, result.stderr
+    result = invoke(project, "suppress", "export")
+    assert result.exit_code == 0
+    rows = list(csv.reader(io.StringIO(result.stdout)))
     assert rows[0] == ["email", "reason", "detail", "suppressed_at"]
     by_address = {row[0]: row for row in rows[1:]}
     assert set(by_address) == {"'" + address for address in risky} | {"ok@example.org"}
@@ -156,21 +138,21 @@ def test_exported_csv_cannot_run_formulas(project: Path) -> None:
 
 
 def test_suppress_add_list_remove_round_trip(project: Path) -> None:
-    code, _, stderr = run(
+    result = invoke(
         project, "suppress", "add", "Anna.Petrova@EXAMPLE.org", "--reason", "complained"
     )
-    assert code == 0, stderr
-    code, out, _ = run(project, "suppress", "list", "--json")
-    assert '"anna.petrova@example.org"' in out and '"complained"' in out
-    code, _, stderr = run(project, "send", UPDATE, "--yes", "--rate", "0")
-    assert code == 0, stderr
+    assert result.exit_code == 0, result.stderr
+    result = invoke(project, "suppress", "list", "--json")
+    assert '"anna.petrova@example.org"' in result.stdout and '"complained"' in result.stdout
+    result = invoke(project, "send", UPDATE, "--yes", "--rate", "0")
+    assert result.exit_code == 0, result.stderr
     assert "anna.petrova@example.org" not in outbox(project)
-    code, _, _ = run(project, "suppress", "remove", "anna.petrova@example.org")
-    assert code == 0
-    code, out, _ = run(project, "suppress", "list")
-    assert "anna.petrova" not in out
-    code, _, stderr = run(project, "suppress", "add", "not an address")
-    assert code == 1 and "not an address" in stderr
+    result = invoke(project, "suppress", "remove", "anna.petrova@example.org")
+    assert result.exit_code == 0
+    result = invoke(project, "suppress", "list")
+    assert "anna.petrova" not in result.stdout
+    result = invoke(project, "suppress", "add", "not an address")
+    assert result.exit_code == 1 and "not an address" in result.stderr
 
 
 def test_absurdly_long_lines_and_files_give_a_clear_error(project: Path) -> None:
@@ -179,17 +161,21 @@ def test_absurdly_long_lines_and_files_give_a_clear_error(project: Path) -> None
         handle.write("email,name,locale,region,topics,status\n")
         handle.write("ok@example.org,Ok,en,RU,service-status,active\n")
         handle.write("x@example.org," + "A" * 5_000_000 + ",en,RU,service-status,active\n")
-    code, _, stderr = run(project, "send", UPDATE, "--yes")
-    assert code == 1
-    assert "huge.csv:3: line 3 is over 65536 characters" in stderr
+    result = invoke(project, "send", UPDATE, "--yes")
+    assert result.exit_code == 1
+    assert "huge.csv:3: line 3 is over 65536 characters" in result.stderr
     assert not (project.parent / "outbox").exists()
     (subscribers / "huge.csv").unlink()
     with (subscribers / "huge.yaml").open("w", encoding="utf-8") as handle:
         handle.write("- {email: y@example.org, name: '" + "B" * 5_000_000 + "'}\n")
-    code, _, stderr = run(project, "send", UPDATE, "--yes")
-    assert code == 1 and "huge.yaml:1:" in stderr
+    result = invoke(project, "send", UPDATE, "--yes")
+    assert result.exit_code == 1 and "huge.yaml:1:" in result.stderr
     (subscribers / "huge.yaml").unlink()
     entry = project.parent / "updates" / "big-2020-05-01.yaml"
     entry.write_text("# " + "x" * (17 * 1024 * 1024) + "\n", encoding="utf-8")
-    code, _, stderr = run(project, "check")
-    assert code == 1 and "big-2020-05-01.yaml: file is" in stderr and "the limit is" in stderr
+    result = invoke(project, "check")
+    assert (
+        result.exit_code == 1
+        and "big-2020-05-01.yaml: file is" in result.stderr
+        and "the limit is" in result.stderr
+    )

@@ -12,30 +12,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import importlib.util
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
 
 import pytest
 
-from conftest import copy_sample
-from test_preview import SAMPLE_ENTRIES, dry_run
+from conftest import BLOCK, CHROMIUM_FLAGS, SAMPLE_ENTRIES, chromium, copy_sample, dry_run, missing
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 PHONE_WIDTHS = (320, 360, 390)
 DESKTOP_WIDTH = 1280
 LONG = "long-addresses"
@@ -76,25 +63,17 @@ class Measure(TypedDict):
     right: float
 
 
-def missing(reason: str) -> None:
-    """A missing browser skips locally; under CI it is a failure, never a skip."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true: the browser test must run)", pytrace=False)
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     """One Chromium for the whole module; playwright never downloads a browser of its own."""
     if importlib.util.find_spec("playwright") is None:
         missing("the playwright package is not installed: pip install -e '.[test]'")
-    if not CHROMIUM.exists():
-        missing(f"{CHROMIUM} is missing: apt-get install chromium")
+    executable = chromium()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=30_000
+            executable_path=executable, args=list(CHROMIUM_FLAGS), timeout=30_000
         )
         yield launched
         launched.close()
@@ -134,7 +113,7 @@ def previews(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         text = text.replace(old, new)
     regions.write_text(text, encoding="utf-8")
     folders[LONG] = root / f"{LONG}-previews"
-    dry_run(config, "block-2020-01-23", folders[LONG])
+    dry_run(config, BLOCK, folders[LONG])
     return folders
 
 

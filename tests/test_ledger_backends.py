@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import clean_environ, command, outbox_messages, statusmail, wait_for
-from delivery_helpers import SECRET, add_subscribers
-from postgres_helpers import ledger_target, postgres  # noqa: F401  (fixtures)
+from conftest import SECRET, clean_environ, command, outbox_messages, statusmail, wait_for
+from delivery_helpers import add_subscribers
 from statusmail.domain import DeliveryStatus, Outcome, Recipient
 from statusmail.errors import LedgerError
 from statusmail.ledger import SCHEMA_VERSION, Ledger, StagedRow, copy_ledger
@@ -190,13 +189,13 @@ def test_killed_and_resumed_misses_nobody(project: Path, ledger_target: str | Pa
     to = [str(m["To"].addresses[0].addr_spec).lower() for m in outbox_messages(project)]
     assert set(to) >= set(addresses)  # nobody missed
     assert len(to) - len(set(to)) <= 3  # duplicates: at most what was in flight
-    ids = {}
+    ids: dict[str, str] = {}
     for message in outbox_messages(project):
         address = str(message["To"].addresses[0].addr_spec).lower()
         assert ids.setdefault(address, message["Message-ID"]) == message["Message-ID"]
 
 
-def test_ledger_copy_keeps_every_row(project: Path, postgres: str) -> None:  # noqa: F811
+def test_ledger_copy_keeps_every_row(project: Path, postgres: str) -> None:
     env = {**ENV}
     assert statusmail(project, "send", ENTRY, "--yes", env=env).returncode == 0
     statusmail(project, "suppress", "add", "someone@example.org", env=env)

@@ -16,8 +16,8 @@ import yaml
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from conftest import http_request
-from delivery_helpers import SECRET, add_subscribers, point_at
+from conftest import SECRET, http_request
+from delivery_helpers import add_subscribers, point_at
 from ops_helpers import Service, serve_process
 from smtp_server import RecordingServer
 from statusmail.cli import JsonFormatter
@@ -66,9 +66,8 @@ def test_watch_logs_json_with_events_entries_relay_and_masked_recipients(project
     ) as server:
         point_at(project, server.port, max_attempts=3)
         service = Service(project, "watch", "--once", "--poll-interval", "0.2")
-        service.process.wait(timeout=60)
-        service._reader.join(10)
-    assert service.process.returncode == 0, service.text
+        returncode = service.wait(timeout=60)
+    assert returncode == 0, service.text
     records = check_lines(service.text, every_address(project))
     events = [r["event"] for r in records]
     relay = f"127.0.0.1:{server.port}"
@@ -101,9 +100,9 @@ def test_serve_logs_json_and_never_the_token_or_the_address(project: Path) -> No
     with serve_process(project, "--log-format", "json") as (port, process):
         body = b"List-Unsubscribe=One-Click"
         headers = {"Content-Type": "application/x-www-form-urlencoded"}
-        status, _ = http_request(port, "POST", f"/status/unsubscribe/{token}", body, headers)
+        status, _ = http_request(port, "POST", f"/status/unsubscribe/{token}", body, headers).pair()
         assert status == 200
-        assert http_request(port, "GET", "/metrics")[0] == 200
+        assert http_request(port, "GET", "/metrics").status == 200
         process.terminate()
         _, stderr = process.communicate(timeout=10)
     records = check_lines(stderr, {address, address.lower()})

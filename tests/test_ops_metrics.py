@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import generate_latest
 
-from conftest import free_port, http_request, port_open, wait_for
-from delivery_helpers import SECRET, add_subscribers, point_at, suppressed
+from conftest import SECRET, free_port, http_request, port_open, wait_for
+from delivery_helpers import add_subscribers, point_at, suppressed
 from ops_helpers import (
     NotifySocket,
     Samples,
@@ -37,7 +37,7 @@ def unsubscribe_path(address: str) -> str:
 
 
 def post(port: int, path: str, body: bytes = b"List-Unsubscribe=One-Click") -> int:
-    status, _ = http_request(port, "POST", path, body, ONE_CLICK)
+    status, _ = http_request(port, "POST", path, body, ONE_CLICK).pair()
     return status
 
 
@@ -60,7 +60,7 @@ def test_serve_counts_unsubscribes_as_the_ledger_records_them(project: Path) -> 
         assert post(port, "/status/unsubscribe/not-a-token") == 400
         assert post(port, unsubscribe_path("x@example.org"), b"List-Unsubscribe=Maybe") == 400
         assert post(port, unsubscribe_path("y@example.org"), b"x" * 5000) == 413
-        assert http_request(port, "GET", unsubscribe_path("z@example.org"))[0] == 200
+        assert http_request(port, "GET", unsubscribe_path("z@example.org")).status == 200
 
         samples = scrape(port)
         recorded = ledger_count(
@@ -83,15 +83,15 @@ def test_serve_counts_unsubscribes_as_the_ledger_records_them(project: Path) -> 
 @pytest.mark.parametrize("how", ["garbage", "directory"])
 def test_serve_is_unready_while_the_ledger_cannot_be_read(project: Path, how: str) -> None:
     with serve_process(project) as (port, _process):
-        assert http_request(port, "GET", "/readyz") == (200, "ok\n")  # no ledger yet: fine
+        assert http_request(port, "GET", "/readyz").pair() == (200, "ok\n")  # no ledger yet: fine
         assert post(port, unsubscribe_path("reader@example.org")) == 200
-        assert http_request(port, "GET", "/readyz") == (200, "ok\n")
+        assert http_request(port, "GET", "/readyz").pair() == (200, "ok\n")
 
         break_ledger(project, how)
-        status, body = http_request(port, "GET", "/readyz")
+        status, body = http_request(port, "GET", "/readyz").pair()
         assert status == 503
         assert body.startswith("unready: ") and "statusmail.db: cannot open the ledger" in body
-        assert http_request(port, "GET", "/healthz") == (200, "ok\n")  # alive all the same
+        assert http_request(port, "GET", "/healthz").pair() == (200, "ok\n")  # alive all the same
         assert post(port, unsubscribe_path("other@example.org")) == 503
         assert requests(scrape(port), "error") == 1
 
@@ -99,7 +99,7 @@ def test_serve_is_unready_while_the_ledger_cannot_be_read(project: Path, how: st
         ledger = project.parent / "statusmail.db"
         ledger.rmdir() if ledger.is_dir() else ledger.unlink()
         assert post(port, unsubscribe_path("other@example.org")) == 200
-        assert http_request(port, "GET", "/readyz") == (200, "ok\n")
+        assert http_request(port, "GET", "/readyz").pair() == (200, "ok\n")
         assert set(suppressed(project)) == {"other@example.org"}
 
 
@@ -120,7 +120,7 @@ def watch(config: Path, metrics_port: int, *, env: dict[str, str] | None = None)
 def metrics_up(port: int, service: Service) -> bool:
     if service.process.poll() is not None:
         service.stop()  # raises with the log
-    return port_open(port) and http_request(port, "GET", "/healthz")[0] == 200
+    return port_open(port) and http_request(port, "GET", "/healthz").status == 200
 
 
 @pytest.mark.timeout(120)
@@ -192,17 +192,17 @@ def test_watch_metrics_during_a_send_match_the_ledger(project: Path) -> None:
             last = value(after, "statusmail_last_accepted_timestamp_seconds") or 0
             assert started < last <= time.time()
 
-            assert http_request(port, "GET", "/healthz") == (200, "ok\n")
-            assert http_request(port, "GET", "/readyz") == (200, "ok\n")
+            assert http_request(port, "GET", "/healthz").pair() == (200, "ok\n")
+            assert http_request(port, "GET", "/readyz").pair() == (200, "ok\n")
             break_ledger(project, "directory")
-            status, body = http_request(port, "GET", "/readyz")
+            status, body = http_request(port, "GET", "/readyz").pair()
             assert status == 503 and "statusmail.db: cannot open the ledger" in body, body
             # the watcher stays up, says why once, and is alive all the same
             problem = service.wait_for_event("ledger_error")
             assert problem["level"] == "error"
             assert "nothing is sent until it can be read" in problem["message"]
-            assert http_request(port, "GET", "/healthz") == (200, "ok\n")
-            assert http_request(port, "GET", "/readyz")[0] == 503
+            assert http_request(port, "GET", "/healthz").pair() == (200, "ok\n")
+            assert http_request(port, "GET", "/readyz").status == 503
         finally:
             log = service.stop()
     assert log.count('"ledger_error"') == 1
@@ -219,7 +219,7 @@ def test_watch_is_unready_while_the_relay_is_down_and_something_waits(project: P
 
         def unready() -> tuple[int, str] | None:
             answer = http_request(port, "GET", "/readyz")
-            return answer if answer[0] == 503 else None
+            return answer.pair() if answer.status == 503 else None
 
         _, reason = wait_for(unready, timeout=30, what="/readyz to turn unready")
         assert f"the relay 127.0.0.1:{relay} was unreachable" in reason
@@ -231,12 +231,12 @@ def test_watch_is_unready_while_the_relay_is_down_and_something_waits(project: P
             project, "SELECT COUNT(*) FROM deliveries WHERE status='pending' AND entry_id=?", BLOCK
         )
         assert value(samples, "statusmail_recipients_pending", entry=BLOCK) == waiting == 18
-        assert http_request(port, "GET", "/healthz") == (200, "ok\n")
+        assert http_request(port, "GET", "/healthz").pair() == (200, "ok\n")
 
         with RecordingServer(port=relay) as server:
             wait_for(lambda: len(server.messages) == 18 + 14, timeout=60, what="the sends")
             wait_for(
-                lambda: http_request(port, "GET", "/readyz") == (200, "ok\n"),
+                lambda: http_request(port, "GET", "/readyz").pair() == (200, "ok\n"),
                 what="/readyz to turn ready",
             )
             samples = scrape(port)
@@ -274,7 +274,7 @@ def test_serve_tells_systemd_ready_and_feeds_its_watchdog(project: Path, tmp_pat
         with serve_process(project, env=env) as (port, process):
             notify.wait_for("READY=1")
             notify.wait_for("WATCHDOG=1", count=3)
-            assert http_request(port, "GET", "/healthz") == (200, "ok\n")
+            assert http_request(port, "GET", "/healthz").pair() == (200, "ok\n")
             stop(process)
         notify.wait_for("STOPPING=1")
     finally:

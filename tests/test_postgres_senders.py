@@ -8,13 +8,13 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import pytest
 
-from conftest import clean_environ, command, http_request, serving, wait_for
-from delivery_helpers import SECRET, add_subscribers, point_at
-from postgres_helpers import postgres, query  # noqa: F401  (fixture)
+from conftest import SECRET, clean_environ, command, http_request, serving, wait_for
+from delivery_helpers import add_subscribers, point_at
+from postgres_helpers import query
 from smtp_server import ReceivedMessage, RecordingServer
 from statusmail.tokens import Keyring, unsubscribe_token
 
@@ -23,14 +23,14 @@ SAMPLE = 14  # the sample's recipients of the entry
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 
-def configure(project: Path, port: int, count: int, **sending: object) -> list[str]:
+def configure(project: Path, port: int, count: int, **sending: Any) -> list[str]:
     """The sample project sending ``ENTRY`` to ``SAMPLE + count`` recipients over SMTP."""
     addresses = add_subscribers(project, count)
     point_at(project, port, **{"concurrency": 4, "lease": 2, **sending})
     return addresses
 
 
-def senders(project: Path, postgres: str, n: int, *args: str) -> list[subprocess.Popen[str]]:  # noqa: F811
+def senders(project: Path, postgres: str, n: int, *args: str) -> list[subprocess.Popen[str]]:
     env = clean_environ(STATUSMAIL_UNSUBSCRIBE_SECRET=SECRET, STATUSMAIL_LEDGER=postgres)
     return [
         subprocess.Popen(
@@ -60,7 +60,7 @@ def recipient_of(message: ReceivedMessage) -> str:
     return message.rcpt_tos[0].lower()
 
 
-def ledger_sent(postgres: str) -> dict[str, str]:  # noqa: F811
+def ledger_sent(postgres: str) -> dict[str, str]:
     rows = query(
         postgres,
         "SELECT address, message_id FROM deliveries WHERE entry_id = %s AND status = 'sent'",
@@ -72,7 +72,7 @@ def ledger_sent(postgres: str) -> dict[str, str]:  # noqa: F811
 @pytest.mark.timeout(120)
 def test_three_senders_share_one_entry_and_send_everyone_once(
     project: Path,
-    postgres: str,  # noqa: F811
+    postgres: str,
 ) -> None:
     with RecordingServer() as server:
         configure(project, server.port, 10_000 - SAMPLE)
@@ -91,7 +91,7 @@ def test_three_senders_share_one_entry_and_send_everyone_once(
 @pytest.mark.timeout(120)
 def test_a_killed_sender_s_recipients_are_finished_by_the_others(
     project: Path,
-    postgres: str,  # noqa: F811
+    postgres: str,
 ) -> None:
     with RecordingServer() as server:
         addresses = configure(project, server.port, 1_500, rate=200)
@@ -115,7 +115,7 @@ def test_a_killed_sender_s_recipients_are_finished_by_the_others(
 @pytest.mark.timeout(120)
 def test_the_rate_holds_for_the_deployment_not_per_sender(
     project: Path,
-    postgres: str,  # noqa: F811
+    postgres: str,
 ) -> None:
     with RecordingServer() as server:
         configure(project, server.port, 2_000, rate=60)
@@ -157,7 +157,7 @@ def read_until(stream: IO[str], wanted: str, timeout: float = 30) -> str:
 @pytest.mark.timeout(120)
 def test_a_standby_watcher_takes_over_and_finishes_the_entry(
     project: Path,
-    postgres: str,  # noqa: F811
+    postgres: str,
 ) -> None:
     # one entry to send: the block notice goes, and the update no longer threads on it
     (project.parent / "updates" / "block-2020-01-23.yaml").unlink()
@@ -195,7 +195,7 @@ def test_a_standby_watcher_takes_over_and_finishes_the_entry(
 @pytest.mark.timeout(120)
 def test_an_unsubscribe_on_a_web_host_stops_every_sender(
     project: Path,
-    postgres: str,  # noqa: F811
+    postgres: str,
 ) -> None:
     with RecordingServer() as server:
         addresses = configure(project, server.port, 1_500, rate=150)
@@ -211,7 +211,7 @@ def test_an_unsubscribe_on_a_web_host_stops_every_sender(
         path = "/status/unsubscribe/" + unsubscribe_token(Keyring(SECRET.encode()), late)
         env_ledger = {"STATUSMAIL_LEDGER": postgres}
         with serving(project, SECRET, env=env_ledger) as port:
-            status, _ = http_request(port, "POST", path, b"List-Unsubscribe=One-Click", FORM)
+            status = http_request(port, "POST", path, b"List-Unsubscribe=One-Click", FORM).status
         answered = time.monotonic()
         assert status == 200
         assert finish(processes) == [0, 0]

@@ -12,8 +12,8 @@ from urllib.parse import urlencode, urlsplit
 
 import pytest
 
-from conftest import serving, statusmail
-from delivery_helpers import SECRET, point_at, send
+from conftest import SECRET, serving, statusmail
+from delivery_helpers import point_at, send
 from editing import replace_in
 from feedback_helpers import query
 from smtp_server import RecordingServer

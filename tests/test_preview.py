@@ -2,62 +2,27 @@
 
 from __future__ import annotations
 
-import email
-import email.policy
-import json
 import re
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
 
 import pytest
 from bs4 import BeautifulSoup, Tag
-from click.testing import CliRunner
 
-from conftest import REPO
+from conftest import BLOCK, SAMPLE_ENTRIES, UPDATE, dry_run, parse_message, part_text
 from editing import replace_in
-from statusmail.cli import main
-from statusmail.entries import load_entries
 from statusmail.render import VariantKey
 from statusmail.validation import PROBE_ADDRESS as PREVIEW_ADDRESS
 
-SAMPLE_ENTRIES = sorted(load_entries(REPO / "updates")[0])
 SUFFIXES = (".eml", ".html", ".txt")
-# conftest's _clean_env is function-scoped; module-scoped callers unset these here
-STATUSMAIL_ENV: dict[str, str | None] = {
-    name: None
-    for name in (
-        "STATUSMAIL_CONFIG",
-        "STATUSMAIL_TRANSPORT",
-        "STATUSMAIL_SMTP_HOST",
-        "STATUSMAIL_SMTP_PORT",
-        "STATUSMAIL_SMTP_SECURITY",
-        "STATUSMAIL_SMTP_PASSWORD",
-        "STATUSMAIL_UNSUBSCRIBE_SECRET",
-    )
-}
-
-
-def dry_run(config: Path, entry_id: str, out_dir: Path) -> dict[str, Any]:
-    """``statusmail send ID --dry-run --preview-dir DIR --json``; returns the report."""
-    args = ["--config", str(config), "send", entry_id, "--dry-run", "--json"]
-    result = CliRunner().invoke(main, [*args, "--preview-dir", str(out_dir)], env=STATUSMAIL_ENV)
-    assert result.exit_code == 0, result.output
-    report: dict[str, Any] = json.loads(result.stdout)
-    return report
 
 
 def parse_eml(path: Path) -> EmailMessage:
-    message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
-    assert isinstance(message, EmailMessage)
-    return message
+    return parse_message(path.read_bytes())
 
 
 def part(message: EmailMessage, subtype: str) -> str:
-    body = message.get_body((subtype,))
-    assert body is not None, subtype
-    content: str = body.get_content()
-    return content.replace("\r\n", "\n")
+    return part_text(message, subtype).replace("\r\n", "\n")
 
 
 def tag(node: object) -> Tag:
@@ -162,7 +127,7 @@ def test_variants_without_recipients_are_listed_not_drawn(project: Path, tmp_pat
         "daniyar.abenov@example.com,Daniyar Abenov,ru,KZ",
     )
     out = tmp_path / "previews"
-    report = dry_run(project, "update-2020-04-21", out)
+    report = dry_run(project, UPDATE, out)
     empty = [label for label in variant_labels(out) if label not in report["variants"]]
     assert empty == ["en"]
     page = BeautifulSoup((out / "index.html").read_text(encoding="utf-8"), "html.parser")
@@ -183,7 +148,7 @@ def test_stale_preview_files_are_cleared_and_nothing_else(project: Path, tmp_pat
     outside.write_text("not a preview", encoding="utf-8")
     (out / "linked.html").symlink_to(outside)
 
-    dry_run(project, "block-2020-01-23", out)
+    dry_run(project, BLOCK, out)
     assert not any(path.exists() for path in stale)
     assert not (out / "linked.html").is_symlink()
     assert outside.read_text(encoding="utf-8") == "not a preview"

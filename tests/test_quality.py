@@ -1,33 +1,36 @@
-"""The code stays ruff- and mypy-clean: the suite fails when it does not."""
+"""The code stays ruff- and mypy-clean, tests included: the suite fails when it does not."""
 
 from __future__ import annotations
 
-import shutil
+import importlib.util
 import subprocess
 import sys
-from pathlib import Path
+import tomllib
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO, missing
 
 
-def run_tool(*args: str) -> subprocess.CompletedProcess[str]:
+def run_tool(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
+    if importlib.util.find_spec(tool) is None:
+        missing(f"{tool} is not installed (pip install -e '.[test]')")
     return subprocess.run(
-        [sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=240
+        [sys.executable, "-m", tool, *args], cwd=REPO, capture_output=True, text=True, timeout=240
     )
 
 
-@pytest.mark.skipif(
-    shutil.which("ruff") is None and not (Path(sys.prefix) / "bin" / "ruff").exists(),
-    reason="ruff is not installed (pip install -e '.[test]')",
-)
 def test_ruff_is_clean() -> None:
     result = run_tool("ruff", "check", "src", "tests")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.timeout(240)  # a cold cache (CI's fresh clone) checks everything from scratch
 def test_mypy_is_clean() -> None:
-    pytest.importorskip("mypy")
+    """``mypy`` as pyproject.toml sets it up: strict, over the code and the tests."""
+    with (REPO / "pyproject.toml").open("rb") as handle:
+        settings = tomllib.load(handle)["tool"]["mypy"]
+    assert settings["strict"] is True
+    assert {"src/statusmail", "tests"} <= set(settings["files"])
     result = run_tool("mypy")
     assert result.returncode == 0, result.stdout + result.stderr

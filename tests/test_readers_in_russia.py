@@ -3,51 +3,43 @@ language a subscriber chose, and a `check` that catches every gap in a translati
 
 from __future__ import annotations
 
-import http.client
 import json
 import re
-import signal
-import subprocess
-import sys
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import clean_environ, free_port, outbox_messages, statusmail, wait_for
+from conftest import (
+    BLOCK,
+    SECRET,
+    UPDATE,
+    http_request,
+    outbox_messages,
+    part_text,
+    problem_lines,
+    recipient,
+    serving,
+    statusmail,
+)
 from editing import line_of, refresh_sources, replace_in
 from statusmail.config import load_config
 from statusmail.serve import route_paths
 
-UPDATE = "update-2020-04-21"
-BLOCK = "block-2020-01-23"
 BLOCKED = "https://www.startmail.example/"
 MIRROR = "https://startmail-mirror.example/"
 NBSP = "\u00a0"
-SECRET = "a-test-secret-of-enough-length-for-tokens"
 
 
 def sent_messages(project: Path, entry: str = UPDATE) -> dict[str, EmailMessage]:
     result = statusmail(project, "send", entry, "--yes")
     assert result.returncode == 0, result.stderr
-    return {m["To"].addresses[0].addr_spec.lower(): m for m in outbox_messages(project)}
+    return {recipient(m): m for m in outbox_messages(project)}
 
 
 def parts(message: EmailMessage) -> tuple[str, str]:
-    plain, html = message.get_body(("plain",)), message.get_body(("html",))
-    assert plain is not None and html is not None
-    return str(plain.get_content()), str(html.get_content())
-
-
-def problems(result: subprocess.CompletedProcess[str]) -> list[str]:
-    return [
-        line
-        for line in result.stderr.splitlines()
-        if line.strip()
-        and not line.startswith(("checked ", "note: "))
-        and ": warning: " not in line
-    ]
+    return part_text(message, "plain"), part_text(message, "html")
 
 
 # -- links that open behind the block -----------------------------------------------
@@ -88,52 +80,21 @@ def test_serve_unsubscribes_through_the_mirror_host(project: Path) -> None:
     env = {"STATUSMAIL_UNSUBSCRIBE_SECRET": SECRET}
     result = statusmail(project, "send", UPDATE, "--yes", env=env)
     assert result.returncode == 0, result.stderr
-    ivan = next(
-        m for m in outbox_messages(project) if "ivan.smirnov" in m["To"].addresses[0].addr_spec
-    )
+    ivan = next(m for m in outbox_messages(project) if "ivan.smirnov" in recipient(m))
     target = re.search(r"<https://([^/>]+)(/[^>]+)>", ivan["List-Unsubscribe"])
     assert target and target[1] == "startmail-mirror.example"
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "statusmail",
-            "serve",
-            "--config",
-            str(project),
-            "--port",
-            str(port),
-        ],
-        env=clean_environ(**env),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-
-        def answer() -> http.client.HTTPResponse | None:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                conn.request(
-                    "POST",
-                    target[2],
-                    b"List-Unsubscribe=One-Click",
-                    {
-                        "Host": target[1],  # as the mirror's reverse proxy forwards it
-                        "Content-Type": "application/x-www-form-urlencoded",
-                    },
-                )
-                return conn.getresponse()
-            except OSError:
-                return None
-
-        response = wait_for(answer, what="serve to answer")
-        assert response.status == 200
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=10)
+    with serving(project, SECRET) as port:
+        reply = http_request(
+            port,
+            "POST",
+            target[2],
+            b"List-Unsubscribe=One-Click",
+            {
+                "Host": target[1],  # as the mirror's reverse proxy forwards it
+                "Content-Type": "application/x-www-form-urlencoded",
+            },
+        )
+        assert reply.status == 200
     listed = statusmail(project, "suppress", "list", "--json")
     assert [row["email"] for row in json.loads(listed.stdout)] == ["ivan.smirnov@example.com"]
 
@@ -168,7 +129,7 @@ def test_check_fails_on_a_blocked_link_the_rewrite_misses(project: Path, written
     entry.write_text(text[:at] + written + text[at + len(link) :], encoding="utf-8")
     result = statusmail(project, "check")
     assert result.returncode == 1
-    found = problems(result)
+    found = problem_lines(result.stderr)
     ru_line = line_of(entry, "  ru:\n")
     assert found == [
         f"{entry}:{ru_line}: readers in RU still get a link to www.startmail.example in its "
@@ -229,7 +190,7 @@ def test_check_requires_region_names_and_headings(
     line = line_of(regions, key) + (1 if key == "KZ:" else 0)
     result = statusmail(project, "check")
     assert result.returncode == 1
-    assert [p for p in problems(result) if message in p] == [
+    assert [p for p in problem_lines(result.stderr) if message in p] == [
         f"{regions}:{line}: {message}"
         + (
             " (heading: {en: ..., ru: ...}, as a person would say it)"
@@ -251,7 +212,7 @@ def test_check_fails_on_a_russian_subject_still_in_english(project: Path) -> Non
     )
     result = statusmail(project, "check")
     assert result.returncode == 1
-    assert problems(result) == [
+    assert problem_lines(result.stderr) == [
         f"{entry}:{line}: the ru subject has no Cyrillic letter: is it still in English?"
     ]
 
@@ -262,7 +223,7 @@ def test_stale_translation_fails_and_a_missing_source_warns(project: Path) -> No
     source_line = line_of(entry, "    source: ")
     result = statusmail(project, "check")
     assert result.returncode == 1
-    (stale,) = problems(result)
+    (stale,) = problem_lines(result.stderr)
     assert stale.startswith(f"{entry}:{source_line}: the English changed since this ru translation")
     current = re.search(r"then set source: (\w+)$", stale)
     assert current
@@ -288,7 +249,7 @@ def test_a_date_changed_in_one_language_only_fails(project: Path) -> None:
     ru_line = line_of(entry, "  ru:\n")
     result = statusmail(project, "check")
     assert result.returncode == 1
-    assert problems(result) == [
+    assert problem_lines(result.stderr) == [
         f"{entry}:{ru_line}: the numbers in en and ru differ (only in ru: 4)"
     ]
 
@@ -308,7 +269,7 @@ def test_typo_in_an_audience_topic_is_caught_by_the_declared_topics(project: Pat
     assert (
         f"{entry}:{audience_line}: topic 'service_status' is not one of the config's topics "
         "(product-news, service-status)"
-    ) in problems(result)
+    ) in problem_lines(result.stderr)
 
 
 # -- Russian typography in the message -----------------------------------------------

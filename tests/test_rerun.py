@@ -7,11 +7,10 @@ import signal
 import time
 from pathlib import Path
 
-from delivery_helpers import ledger_rows, point_at, run_cli, send, spawn
+from conftest import SECRET_ENV, UPDATE, invoke, outbox_count, spawn, wait_for
+from delivery_helpers import ledger_rows, point_at, send
 from editing import replace_in
 from smtp_server import RecordingServer
-
-UPDATE = "update-2020-04-21"
 
 
 def statuses(config: Path) -> dict[str, str]:
@@ -41,7 +40,7 @@ def test_unsubscribed_between_runs_is_not_sent(project: Path) -> None:
     pending = [a for a, s in statuses(project).items() if s == "pending"]
     by_endpoint, by_list = pending[0], pending[1]
     assert (
-        run_cli(project, "suppress", "add", by_endpoint, "--reason", "unsubscribed").exit_code == 0
+        invoke(project, "suppress", "add", by_endpoint, "--reason", "unsubscribed").exit_code == 0
     )
     for path in (project.parent / "subscribers").iterdir():
         text = path.read_text(encoding="utf-8")
@@ -56,7 +55,7 @@ def test_unsubscribed_between_runs_is_not_sent(project: Path) -> None:
     final = statuses(project)
     assert final[by_endpoint] == final[by_list] == "skipped"
     assert report["counts"]["pending"] == 0 and report["counts"]["sent"] == 12
-    assert len(list((project.parent / "outbox" / "new").iterdir())) == 12
+    assert outbox_count(project) == 12
 
 
 def test_a_finished_entry_needs_no_relay(project: Path) -> None:
@@ -74,16 +73,14 @@ def test_a_finished_entry_needs_no_relay(project: Path) -> None:
 def test_sigterm_cuts_a_long_backoff_short(project: Path) -> None:
     with RecordingServer(fail_data_every=1) as server:  # 451 to every message
         point_at(project, server.port, concurrency=1, retry_initial=60, retry_max=60)
-        process = spawn(project, "send", UPDATE, "--yes")
-        deadline = time.monotonic() + 20
-        while server.data_commands < 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.3)  # now in a backoff of up to a minute
-        started = time.monotonic()
-        process.send_signal(signal.SIGTERM)
-        process.communicate(timeout=30)
-        assert process.returncode == 4
-        assert time.monotonic() - started < 10
+        with spawn(project, "send", UPDATE, "--yes", env=SECRET_ENV) as process:
+            wait_for(lambda: server.data_commands >= 1, what="the first DATA")
+            # The 451 is on its way: give the client a moment to read it and start a
+            # backoff of up to a minute (nothing it logs tells that it has).
+            time.sleep(0.2)
+            started = time.monotonic()
+            assert process.stop(signal.SIGTERM) == 4, process.stderr
+            assert time.monotonic() - started < 10
         assert {row["status"] for row in ledger_rows(project).values()} == {"pending"}
 
 
@@ -95,5 +92,5 @@ def test_status_masks_addresses_that_server_replies_quote(project: Path) -> None
         point_at(project, server.port)
         code, _, _ = send(project)
         assert code == 3
-        status = run_cli(project, "status", UPDATE, "--json")
+        status = invoke(project, "status", UPDATE, "--json")
         assert address not in status.stdout and "k***@example.com" in status.stdout

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import email.policy
 import json
-import mailbox
-import os
-import subprocess
-import sys
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+
+from conftest import (
+    UPDATE,
+    copy_sample,
+    outbox_messages,
+    parse_message,
+    part_text,
+    recipient,
+    statusmail,
+)
 
 # Who the sample data says gets update-2020-04-21: active, topic service-status,
 # region RU, BY or KZ (see subscribers/), with the language each resolves to.
@@ -46,61 +51,39 @@ EN_DATE = "April\u00a021,\u00a02020"
 ACCESS_MARKERS = ("startmail-mirror.example", ".onion")
 
 
-def statusmail(
-    config: Path, *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "statusmail", *args, "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-        env={**os.environ, **(env or {})},
-    )
-
-
-def outbox_messages(config: Path) -> list[EmailMessage]:
-    box = mailbox.Maildir(config.parent / "outbox", create=False)
-    return [
-        email.message_from_bytes(box.get_bytes(key), policy=email.policy.default)  # type: ignore[misc]
-        for key in box.iterkeys()
-    ]
-
-
-def address_of(message: EmailMessage) -> str:
-    to = message["To"]
-    assert len(to.addresses) == 1
-    return to.addresses[0].addr_spec.lower()
-
-
-@pytest.fixture
-def sent(project: Path) -> tuple[Path, list[EmailMessage]]:
-    result = statusmail(project, "send", "update-2020-04-21", "--yes")
+def send_update(config: Path) -> tuple[Path, list[EmailMessage]]:
+    result = statusmail(config, "send", UPDATE, "--yes")
     assert result.returncode == 0, result.stderr
-    return project, outbox_messages(project)
+    return config, outbox_messages(config)
+
+
+@pytest.fixture(scope="module")
+def sent(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[EmailMessage]]:
+    """One send for the tests that only read what it wrote."""
+    return send_update(copy_sample(tmp_path_factory.mktemp("sent") / "project"))
 
 
 def test_delivers_to_exactly_the_affected_subscribers_once(
     sent: tuple[Path, list[EmailMessage]],
 ) -> None:
     _, messages = sent
-    addresses = [address_of(m) for m in messages]
+    addresses = [recipient(m) for m in messages]
     assert sorted(addresses) == sorted(EXPECTED_UPDATE)
     assert not NEVER & set(addresses)
 
 
-def test_rerun_adds_nothing_and_status_agrees(sent: tuple[Path, list[EmailMessage]]) -> None:
-    config, messages = sent
-    again = statusmail(config, "send", "update-2020-04-21", "--yes")
+def test_rerun_adds_nothing_and_status_agrees(project: Path) -> None:
+    config, messages = send_update(project)
+    again = statusmail(config, "send", UPDATE, "--yes")
     assert again.returncode == 0, again.stderr
     assert len(outbox_messages(config)) == len(messages)
-    status = statusmail(config, "status", "update-2020-04-21", "--json")
+    status = statusmail(config, "status", UPDATE, "--json")
     assert status.returncode == 0, status.stderr
     counts = json.loads(status.stdout)
     assert counts["sent"] == len(EXPECTED_UPDATE)
     assert (counts["failed"], counts["pending"], counts["skipped"]) == (0, 0, 0)
     listing = json.loads(statusmail(config, "list", "--json").stdout)
-    row = next(r for r in listing if r["id"] == "update-2020-04-21")
+    row = next(r for r in listing if r["id"] == UPDATE)
     assert row["sent"] == len(EXPECTED_UPDATE) and row["progress"] == "14/14"
 
 
@@ -132,7 +115,7 @@ def test_every_message_is_well_formed(sent: tuple[Path, list[EmailMessage]]) -> 
         assert "status.startmail.example" in message["List-Id"]
         unsubscribe = message["List-Unsubscribe"]
         # Readers in Russia get every link on the mirror: the service's domain is blocked.
-        _, region = EXPECTED_UPDATE[message["To"].addresses[0].addr_spec.lower()]
+        _, region = EXPECTED_UPDATE[recipient(message)]
         site = "https://startmail-mirror.example/" if region == "RU" else WWW
         assert f"<{site}status/unsubscribe/" in unsubscribe
         assert "<mailto:unsubscribe@startmail.example" in unsubscribe
@@ -153,10 +136,10 @@ def test_every_message_is_well_formed(sent: tuple[Path, list[EmailMessage]]) -> 
 def test_language_dates_and_access_block(sent: tuple[Path, list[EmailMessage]]) -> None:
     _, messages = sent
     for message in messages:
-        address = address_of(message)
+        address = recipient(message)
         locale, region = EXPECTED_UPDATE[address]
-        text = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
-        html = message.get_body(("html",)).get_content()  # type: ignore[union-attr]
+        text = part_text(message, "plain")
+        html = part_text(message, "html")
         subject = message["Subject"]
         assert message["Content-Language"] == locale
         has_cyrillic = any("а" <= ch.lower() <= "я" for ch in subject)
@@ -176,12 +159,12 @@ def test_names_are_greeted_and_cyrillic_names_survive(
     sent: tuple[Path, list[EmailMessage]],
 ) -> None:
     _, messages = sent
-    by_address = {address_of(m): m for m in messages}
+    by_address = {recipient(m): m for m in messages}
     anna = by_address["anna.petrova@example.org"]
     assert anna["To"].addresses[0].display_name == "Анна Петрова"
-    assert "Здравствуйте, Анна Петрова!" in anna.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert "Здравствуйте, Анна Петрова!" in part_text(anna, "plain")
     nameless = by_address["elena.sokolova@example.org"]
-    assert "Здравствуйте!" in nameless.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert "Здравствуйте!" in part_text(nameless, "plain")
     # the IDN address goes out with its domain in ASCII, the name encoded
     maria = by_address["maria@xn--e1afmkfd.xn--80akhbyknj4f"]
     assert maria["To"].addresses[0].display_name == "Мария Иванова"
@@ -190,7 +173,7 @@ def test_names_are_greeted_and_cyrillic_names_survive(
 def test_dry_run_touches_no_ledger_and_writes_previews(project: Path, tmp_path: Path) -> None:
     previews = tmp_path / "previews"
     result = statusmail(
-        project, "send", "update-2020-04-21", "--dry-run", "--preview-dir", str(previews), "--json"
+        project, "send", UPDATE, "--dry-run", "--preview-dir", str(previews), "--json"
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -207,10 +190,8 @@ def test_dry_run_touches_no_ledger_and_writes_previews(project: Path, tmp_path: 
     index = (previews / "index.html").read_text(encoding="utf-8")
     for label in ("en", "en-RU", "ru", "ru-RU"):
         assert f'href="{label}.html"' in index
-    ru_ru = email.message_from_bytes(
-        (previews / "ru-RU.eml").read_bytes(), policy=email.policy.default
-    )
-    assert "startmail-mirror.example" in ru_ru.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    ru_ru = parse_message((previews / "ru-RU.eml").read_bytes())
+    assert "startmail-mirror.example" in part_text(ru_ru, "plain")
     ru = (previews / "ru.html").read_text(encoding="utf-8")
     assert "startmail-mirror.example" not in ru and RU_DATE in ru
     # previews never carry a real subscriber's address
@@ -222,9 +203,7 @@ def test_dry_run_fails_when_a_recipient_cannot_render(project: Path, tmp_path: P
     template.write_text(
         template.read_text(encoding="utf-8") + "{{ no_such_variable }}\n", encoding="utf-8"
     )
-    result = statusmail(
-        project, "send", "update-2020-04-21", "--dry-run", "--preview-dir", str(tmp_path / "p")
-    )
+    result = statusmail(project, "send", UPDATE, "--dry-run", "--preview-dir", str(tmp_path / "p"))
     assert result.returncode == 1
     assert "no_such_variable" in result.stderr
 
@@ -235,7 +214,7 @@ def test_draft_is_never_sent(project: Path) -> None:
         entry.read_text(encoding="utf-8").replace("status: ready", "status: draft"),
         encoding="utf-8",
     )
-    result = statusmail(project, "send", "update-2020-04-21", "--yes")
+    result = statusmail(project, "send", UPDATE, "--yes")
     assert result.returncode == 1
     assert "draft" in result.stderr and "update-2020-04-21.yaml:" in result.stderr
     assert not (project.parent / "outbox").exists()
@@ -246,7 +225,7 @@ def test_invalid_row_is_skipped_reported_and_recorded(project: Path) -> None:
     lines = csv_path.read_text(encoding="utf-8").splitlines()
     lines.append("broken@@example.org,Broken,ru,RU,service-status,active")
     csv_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    result = statusmail(project, "send", "update-2020-04-21", "--yes", "--json")
+    result = statusmail(project, "send", UPDATE, "--yes", "--json")
     assert result.returncode == 0, result.stderr
     assert f"main.csv:{len(lines)}:" in result.stderr
     counts = json.loads(result.stdout)["counts"]
@@ -256,4 +235,4 @@ def test_invalid_row_is_skipped_reported_and_recorded(project: Path) -> None:
 def test_unknown_entry_is_a_clear_error(project: Path) -> None:
     result = statusmail(project, "send", "update-2099-01-01", "--yes")
     assert result.returncode == 1
-    assert "update-2099-01-01" in result.stderr and "update-2020-04-21" in result.stderr
+    assert "update-2099-01-01" in result.stderr and UPDATE in result.stderr

@@ -3,28 +3,33 @@ spoken to over real HTTP on loopback, fed by messages a real SMTP server receive
 
 from __future__ import annotations
 
-import http.client
-import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from click.testing import CliRunner
 
-from conftest import copy_sample
-from delivery_helpers import SECRET, point_at, send, suppressed
+from conftest import (
+    CHROMIUM_FLAGS,
+    SECRET,
+    SECRET_ENV,
+    Reply,
+    chromium,
+    copy_sample,
+    free_port,
+    http_request,
+    invoke,
+    serving,
+    statusmail,
+)
+from delivery_helpers import point_at, send, suppressed
 from editing import line_of, replace_in
 from smtp_server import RecordingServer
-from statusmail.cli import main
 from statusmail.config import DEV_UNSUBSCRIBE_SECRET
 from statusmail.tokens import Keyring, unsubscribe_token
 
@@ -40,78 +45,6 @@ CSP = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'"
 # -- helpers ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    headers: dict[str, str]  # lower-case names
-    body: str
-
-    def comparable(self) -> tuple[int, dict[str, str], str]:
-        """Everything but the Date header."""
-        return self.status, {k: v for k, v in self.headers.items() if k != "date"}, self.body
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def serve_command(config: Path, port: int, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "statusmail",
-        "serve",
-        "--port",
-        str(port),
-        "--config",
-        str(config),
-        *extra,
-    ]
-
-
-def start_serve(
-    config: Path, secret: str | None = SECRET, *extra: str
-) -> tuple[subprocess.Popen[str], int]:
-    """``python -m statusmail serve`` on a free port, once the port accepts connections."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STATUSMAIL_")}
-    if secret is not None:
-        env["STATUSMAIL_UNSUBSCRIBE_SECRET"] = secret
-    proc = subprocess.Popen(
-        serve_command(config, port, *extra),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
-    deadline = time.monotonic() + 15
-    while True:
-        if proc.poll() is not None:
-            raise AssertionError(f"serve exited {proc.returncode}: {proc.communicate()[1]}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, port
-        except OSError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise AssertionError("serve did not start listening") from None
-            time.sleep(0.05)
-
-
-def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> int:
-    proc.send_signal(sig)
-    try:
-        return proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
-
-
 def fetch(
     port: int,
     method: str,
@@ -119,15 +52,10 @@ def fetch(
     body: bytes | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> Reply:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        # As a reverse proxy forwards the public URL: same path, public Host.
-        conn.request(method, path, body, {"Host": "www.startmail.example", **(headers or {})})
-        response = conn.getresponse()
-        data = response.read().decode("utf-8")
-        return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, data)
-    finally:
-        conn.close()
+    # As a reverse proxy forwards the public URL: same path, public Host.
+    return http_request(
+        port, method, path, body, {"Host": "www.startmail.example", **(headers or {})}
+    )
 
 
 def post_one_click(port: int, path: str, **headers: str) -> Reply:
@@ -186,8 +114,7 @@ def test_one_click_unsubscribe_end_to_end(project: Path, monkeypatch: pytest.Mon
         code, _report, stderr = send(project)
         assert code == 0, stderr
         path = unsubscribe_paths(server)[address]
-        proc, port = start_serve(project)
-        try:
+        with serving(project, SECRET) as port:
             # a link scanner's GET shows the form and unsubscribes nobody
             page = fetch(port, "GET", path)
             assert page.status == 200
@@ -214,8 +141,6 @@ def test_one_click_unsubscribe_end_to_end(project: Path, monkeypatch: pytest.Mon
             assert address not in counts
             assert report["counts"]["sent"] == len(counts) > 10
             assert {"dmitry.volkov@example.org", "jan.devries@example.net"} <= set(counts)
-        finally:
-            assert stop(proc) == 0
 
 
 # -- one served project for the rest ---------------------------------------------------
@@ -236,11 +161,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         code, _report, stderr = send(config)
         assert code == 0, stderr
         paths = unsubscribe_paths(server)
-    proc, port = start_serve(config)
-    try:
+    with serving(config, SECRET) as port:
         yield Site(config, port, paths)
-    finally:
-        assert stop(proc) == 0
 
 
 def test_page_language_follows_the_ledger_then_accept_language(site: Site) -> None:
@@ -264,23 +186,12 @@ def test_page_language_follows_the_ledger_then_accept_language(site: Site) -> No
         assert "ivan" not in reply.body and "dmitry" not in reply.body
 
 
-def browser() -> str:
-    """A headless Chromium, the browser the endpoint's pages are checked in."""
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("chromium is not installed (apt-get install chromium)")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    return found
-
-
 def test_a_browser_shows_the_confirmation_in_the_subscribers_language(
     site: Site, tmp_path: Path
 ) -> None:
     url = f"http://127.0.0.1:{site.port}{site.paths['ivan.smirnov@example.com']}"
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path}"]
     done = subprocess.run(
-        [browser(), *flags, "--dump-dom", url],
+        [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path}", "--dump-dom", url],
         capture_output=True,
         text=True,
         timeout=60,
@@ -438,8 +349,7 @@ def test_pages_come_from_the_page_templates_and_the_catalog(project: Path) -> No
         "<form method='post' id='x'>",
     )
     replace_in(project, "sender: {name: StartMail,", "sender: {name: 'Start<b>Mail & Co',")
-    proc, port = start_serve(project)
-    try:
+    with serving(project, SECRET) as port:
         stranger = path_for("stranger@example.org")
         done = post_one_click(port, stranger, **{"Accept-Language": "ru"})
         assert done.status == 200 and "<p>Готово: вы отписались.</p>" in done.body
@@ -448,18 +358,11 @@ def test_pages_come_from_the_page_templates_and_the_catalog(project: Path) -> No
         # autoescape is on: the site name is text, never markup
         assert "<title>Start&lt;b&gt;Mail &amp; Co: Status updates</title>" in confirm.body
         assert_secure(confirm)
-    finally:
-        assert stop(proc) == 0
 
 
 def serve_once(project: Path) -> subprocess.CompletedProcess[str]:
     """``statusmail serve`` that is expected to refuse to start."""
-    env = {**os.environ, "STATUSMAIL_UNSUBSCRIBE_SECRET": SECRET}
-    done = subprocess.run(
-        serve_command(project, free_port()), capture_output=True, text=True, timeout=20, env=env
-    )
-    assert "Traceback" not in done.stderr, done.stderr
-    return done
+    return statusmail(project, "serve", "--port", str(free_port()), env=SECRET_ENV, timeout=20)
 
 
 def test_a_page_translation_that_cannot_be_filled_in_stops_serve(project: Path) -> None:
@@ -489,9 +392,7 @@ def test_a_missing_page_template_stops_serve(project: Path) -> None:
 
 def test_smtp_transport_without_the_secret_exits_1(project: Path) -> None:
     point_at(project, 25)
-    result = CliRunner().invoke(
-        main, ["serve", "--port", str(free_port()), "--config", str(project)]
-    )
+    result = invoke(project, "serve", "--port", str(free_port()))
     assert result.exit_code == 1
     assert "STATUSMAIL_UNSUBSCRIBE_SECRET is not set" in result.stderr
 
@@ -499,13 +400,7 @@ def test_smtp_transport_without_the_secret_exits_1(project: Path) -> None:
 def test_busy_port_exits_1(project: Path) -> None:
     with socket.create_server(("127.0.0.1", 0)) as busy:
         port = busy.getsockname()[1]
-        done = subprocess.run(
-            serve_command(project, port),
-            capture_output=True,
-            text=True,
-            timeout=20,
-            env={**os.environ, "STATUSMAIL_UNSUBSCRIBE_SECRET": SECRET},
-        )
+        done = statusmail(project, "serve", "--port", str(port), env=SECRET_ENV, timeout=20)
     assert done.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
 
@@ -513,16 +408,10 @@ def test_busy_port_exits_1(project: Path) -> None:
 def test_maildir_project_serves_with_the_dev_secret_only_when_asked(
     project: Path,
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STATUSMAIL_")}
-    refused = subprocess.run(
-        serve_command(project, free_port()), capture_output=True, text=True, timeout=20, env=env
-    )
+    refused = statusmail(project, "serve", "--port", str(free_port()), timeout=20)
     assert refused.returncode == 1
     assert "$STATUSMAIL_UNSUBSCRIBE_SECRET" in refused.stderr
-    proc, port = start_serve(project, None, "--insecure-dev-secret")
-    try:
+    with serving(project, None, "--insecure-dev-secret", stop_with=signal.SIGINT) as port:
         dev = path_for("ann@example.org", secret=DEV_UNSUBSCRIBE_SECRET)
         assert fetch(port, "GET", dev).status == 200
         assert fetch(port, "GET", path_for("ann@example.org")).status == 400
-    finally:
-        assert stop(proc, signal.SIGINT) == 0

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from conftest import closed_port
 from smtp_server import RecordingServer, TestCA, make_test_ca
 from statusmail.config import SmtpSettings
 from statusmail.errors import ConnectError, DeliveryError
@@ -189,16 +190,9 @@ async def test_starttls_not_offered_is_permanent(make_server: MakeServer) -> Non
     assert info.value.transient is False
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_nothing_listening_is_transient_connect_error() -> None:
-    port = free_port()
-    settings = SmtpSettings(host="127.0.0.1", port=port, security="none", timeout=0.5)
-    with pytest.raises(ConnectError) as info:
+    with closed_port() as port, pytest.raises(ConnectError) as info:
+        settings = SmtpSettings(host="127.0.0.1", port=port, security="none", timeout=0.5)
         await SmtpTransport(settings, None, hostname="client.test").connect()
     assert info.value.transient is True
     assert f"127.0.0.1:{port}" in str(info.value)

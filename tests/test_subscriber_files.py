@@ -13,13 +13,9 @@ import json
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from statusmail.cli import main
+from conftest import CSV_HEADER, UPDATE, invoke
 from statusmail.subscribers import RowProblem, Subscriber, iter_subscribers
-
-HEADER = "email,name,locale,region,topics,status\n"
-UPDATE = "update-2020-04-21"
 
 
 def rows(first: int, end: int) -> str:
@@ -55,7 +51,7 @@ def test_unbalanced_quote_mid_file_is_fatal_at_its_line_and_no_later_row_is_read
 ) -> None:
     path = tmp_path / "list.csv"
     path.write_text(
-        HEADER + rows(0, 1) + 'u0099@example.org,"Carol,en,NL,,active\n' + rows(1, 6),
+        CSV_HEADER + rows(0, 1) + 'u0099@example.org,"Carol,en,NL,,active\n' + rows(1, 6),
         encoding="utf-8",
     )
     items = read(path)
@@ -72,7 +68,7 @@ def test_unbalanced_quote_mid_file_is_fatal_at_its_line_and_no_later_row_is_read
 def test_unbalanced_quote_closed_by_a_later_quoted_name_is_still_fatal(tmp_path: Path) -> None:
     path = tmp_path / "list.csv"
     path.write_text(
-        HEADER
+        CSV_HEADER
         + rows(0, 1)
         + 'u0099@example.org,"Carol,en,NL,,active\n'  # line 3
         + rows(1, 3)
@@ -89,7 +85,7 @@ def test_unbalanced_quote_closed_by_a_later_quoted_name_is_still_fatal(tmp_path:
 
 def test_invalid_utf8_names_its_line_and_byte_offset(tmp_path: Path) -> None:
     path = tmp_path / "list.csv"
-    good = (HEADER + rows(0, 2)).encode()
+    good = (CSV_HEADER + rows(0, 2)).encode()
     path.write_bytes(good + b"bad@example.org,Ren\xe9,en,FR,t,active\n" + rows(2, 4).encode())
     problem = only_fatal(read(path))
     assert problem.line == 4
@@ -138,7 +134,7 @@ def test_second_yaml_document_is_fatal_at_its_start(tmp_path: Path) -> None:
 def test_quoted_cell_holding_a_line_break_is_fatal_where_it_starts(tmp_path: Path) -> None:
     path = tmp_path / "list.csv"
     with path.open("w", encoding="utf-8", newline="") as handle:
-        handle.write(HEADER)
+        handle.write(CSV_HEADER)
         csv.writer(handle, lineterminator="\n").writerow(
             ["a@example.org", "Two\nLines", "en", "US", "t", "active"]
         )
@@ -151,7 +147,7 @@ def test_quoted_cell_holding_a_line_break_is_fatal_where_it_starts(tmp_path: Pat
 
 def test_unbalanced_quote_on_the_last_line_without_a_newline_is_fatal(tmp_path: Path) -> None:
     problem = fatal_of(
-        tmp_path / "list.csv", HEADER + rows(0, 2) + 'u0099@example.org,"Carol,en,NL,,active'
+        tmp_path / "list.csv", CSV_HEADER + rows(0, 2) + 'u0099@example.org,"Carol,en,NL,,active'
     )
     assert problem.line == 4
     assert problem.message.endswith(
@@ -162,7 +158,10 @@ def test_unbalanced_quote_on_the_last_line_without_a_newline_is_fatal(tmp_path: 
 def test_quote_inside_an_unquoted_cell_is_fatal(tmp_path: Path) -> None:
     problem = fatal_of(
         tmp_path / "list.csv",
-        HEADER + rows(0, 1) + 'u0098@example.org,Bob "Bobby" Jones,en,NL,t,active\n' + rows(1, 3),
+        CSV_HEADER
+        + rows(0, 1)
+        + 'u0098@example.org,Bob "Bobby" Jones,en,NL,t,active\n'
+        + rows(1, 3),
     )
     assert problem.line == 3
     assert problem.message == (
@@ -174,7 +173,7 @@ def test_quote_inside_an_unquoted_cell_is_fatal(tmp_path: Path) -> None:
 def test_text_after_a_closing_quote_is_fatal(tmp_path: Path) -> None:
     problem = fatal_of(
         tmp_path / "list.csv",
-        HEADER + rows(0, 1) + 'u0098@example.org,en,"Bob" Jones,NL,t,active\n' + rows(1, 3),
+        CSV_HEADER + rows(0, 1) + 'u0098@example.org,en,"Bob" Jones,NL,t,active\n' + rows(1, 3),
     )
     assert problem.line == 3
     assert problem.message == (
@@ -211,7 +210,7 @@ def test_row_with_the_wrong_number_of_fields_is_fatal(
     tmp_path: Path, row: str, message: str
 ) -> None:
     path = tmp_path / "list.csv"
-    path.write_text(HEADER + rows(0, 1) + row + "\n" + rows(1, 3), encoding="utf-8")
+    path.write_text(CSV_HEADER + rows(0, 1) + row + "\n" + rows(1, 3), encoding="utf-8")
     items = read(path)
     problem = only_fatal(items)
     assert (problem.line, problem.message) == (3, message)
@@ -237,7 +236,7 @@ def test_header_naming_a_column_twice_is_fatal(tmp_path: Path) -> None:
 
 def test_line_over_64_kib_is_fatal_at_its_line(tmp_path: Path) -> None:
     long_row = "x@example.org," + "A" * 70_000 + ",en,RU,t,active\n"
-    problem = fatal_of(tmp_path / "list.csv", HEADER + rows(0, 1) + long_row + rows(1, 2))
+    problem = fatal_of(tmp_path / "list.csv", CSV_HEADER + rows(0, 1) + long_row + rows(1, 2))
     assert (problem.line, problem.message) == (3, "line 3 is over 65536 characters")
 
 
@@ -250,8 +249,8 @@ def test_line_over_64_kib_is_fatal_at_its_line(tmp_path: Path) -> None:
         ("empty.csv", "", 1, "it is empty"),
         ("blank.csv", " \n\n\t\r\n", 1, "it is empty"),
         ("bom-only.csv", "\ufeff", 1, "it is empty"),
-        ("header-only.csv", HEADER, 1, "it has only the header row"),
-        ("header-then-blank.csv", "\n" + HEADER + "\n,,,,,\n", 2, "it has only the header row"),
+        ("header-only.csv", CSV_HEADER, 1, "it has only the header row"),
+        ("header-then-blank.csv", "\n" + CSV_HEADER + "\n,,,,,\n", 2, "it has only the header row"),
         ("empty.yaml", "", 1, "it is empty"),
         ("blank.yml", "  \n\n", 1, "it is empty"),
         ("comments.yaml", "# nobody yet\n", 1, "it is empty"),
@@ -271,11 +270,13 @@ def test_a_file_without_subscribers_is_fatal(
 
 def test_windows_1251_csv_is_named_with_the_excel_hint(tmp_path: Path) -> None:
     path = tmp_path / "list.csv"
-    path.write_bytes((HEADER + "anna@example.org,Анна Петрова,ru,RU,t,active\n").encode("cp1251"))
+    path.write_bytes(
+        (CSV_HEADER + "anna@example.org,Анна Петрова,ru,RU,t,active\n").encode("cp1251")
+    )
     problem = only_fatal(read(path))
     assert problem.line == 2
     assert problem.message == (
-        f"not valid UTF-8 at byte offset {len(HEADER) + 17} (0xc0, byte 18 of this line); "
+        f"not valid UTF-8 at byte offset {len(CSV_HEADER) + 17} (0xc0, byte 18 of this line); "
         'this line reads as Windows-1251 (Cyrillic), what Excel\'s plain "CSV" writes for '
         'Cyrillic: save it as "CSV UTF-8 (Comma delimited)"'
     )
@@ -293,7 +294,9 @@ def test_windows_1251_yaml_is_named(tmp_path: Path) -> None:
 
 def test_latin_accents_are_not_taken_for_cyrillic(tmp_path: Path) -> None:
     path = tmp_path / "list.csv"
-    path.write_bytes((HEADER + "rene@example.org,René Müller,fr,FR,t,active\n").encode("cp1252"))
+    path.write_bytes(
+        (CSV_HEADER + "rene@example.org,René Müller,fr,FR,t,active\n").encode("cp1252")
+    )
     problem = only_fatal(read(path))
     assert problem.line == 2
     assert "Windows-1251" not in problem.message
@@ -303,7 +306,7 @@ def test_latin_accents_are_not_taken_for_cyrillic(tmp_path: Path) -> None:
 def test_a_stray_byte_in_utf8_cyrillic_is_not_taken_for_windows_1251(tmp_path: Path) -> None:
     path = tmp_path / "list.csv"
     path.write_bytes(
-        HEADER.encode() + "anna@example.org,Анна Петрова".encode() + b"\xff,ru,RU,t,active\n"
+        CSV_HEADER.encode() + "anna@example.org,Анна Петрова".encode() + b"\xff,ru,RU,t,active\n"
     )
     problem = only_fatal(read(path))
     assert problem.line == 2
@@ -312,7 +315,7 @@ def test_a_stray_byte_in_utf8_cyrillic_is_not_taken_for_windows_1251(tmp_path: P
 
 def test_utf16_is_named(tmp_path: Path) -> None:
     path = tmp_path / "list.csv"
-    path.write_bytes((HEADER + rows(0, 2)).encode("utf-16"))
+    path.write_bytes((CSV_HEADER + rows(0, 2)).encode("utf-16"))
     problem = only_fatal(read(path))
     assert problem.line == 1
     assert problem.message.startswith("not valid UTF-8 at byte offset 0 (0xff, byte 1 of")
@@ -321,7 +324,7 @@ def test_utf16_is_named(tmp_path: Path) -> None:
 
 def test_invalid_utf8_far_into_a_file_gets_its_line(tmp_path: Path) -> None:
     path = tmp_path / "list.csv"
-    good = (HEADER + rows(0, 3000)).encode()
+    good = (CSV_HEADER + rows(0, 3000)).encode()
     path.write_bytes(
         good + b"bad@example.org,\xc3\x28,en,FR,t,active\r\n" + rows(3000, 3010).encode()
     )
@@ -433,7 +436,7 @@ def test_a_name_holding_an_address_is_a_row_problem_naming_the_line(tmp_path: Pa
     folder = tmp_path / "subs"
     folder.mkdir()
     (folder / "a.csv").write_text(
-        HEADER + rows(0, 1) + "b@example.org,Bob <c@example.net>,en,US,t,active\n" + rows(1, 2),
+        CSV_HEADER + rows(0, 1) + "b@example.org,Bob <c@example.net>,en,US,t,active\n" + rows(1, 2),
         encoding="utf-8",
     )
     (folder / "b.yaml").write_text(
@@ -464,7 +467,7 @@ def test_a_name_holding_an_address_is_a_row_problem_naming_the_line(tmp_path: Pa
 @pytest.mark.parametrize("name", ["@anna", "Anna @ Home", "anna@home", "Anna (at) example.org"])
 def test_names_with_an_at_sign_but_no_address_are_fine(tmp_path: Path, name: str) -> None:
     path = tmp_path / "list.csv"
-    path.write_text(HEADER + f"a@example.org,{name},en,US,t,active\n", encoding="utf-8")
+    path.write_text(CSV_HEADER + f"a@example.org,{name},en,US,t,active\n", encoding="utf-8")
     (sub,) = read(path)
     assert isinstance(sub, Subscriber)
     assert sub.name == name
@@ -473,8 +476,10 @@ def test_names_with_an_at_sign_but_no_address_are_fine(tmp_path: Path, name: str
 def test_other_files_are_still_read_after_a_broken_one(tmp_path: Path) -> None:
     folder = tmp_path / "subs"
     folder.mkdir()
-    (folder / "a.csv").write_text(HEADER + 'a@example.org,"A,en,US,t,active\n', encoding="utf-8")
-    (folder / "b.csv").write_text(HEADER + rows(0, 2), encoding="utf-8")
+    (folder / "a.csv").write_text(
+        CSV_HEADER + 'a@example.org,"A,en,US,t,active\n', encoding="utf-8"
+    )
+    (folder / "b.csv").write_text(CSV_HEADER + rows(0, 2), encoding="utf-8")
     items = read(folder)
     assert [(type(i).__name__, i.path.name, i.line) for i in items] == [
         ("RowProblem", "a.csv", 2),
@@ -493,14 +498,13 @@ def test_send_refuses_a_list_with_an_unbalanced_quote_and_records_nothing(
     lines = main_csv.read_text(encoding="utf-8").splitlines(keepends=True)
     lines.insert(5, 'carol@example.org,"Carol,en,RU,service-status,active\n')
     main_csv.write_text("".join(lines), encoding="utf-8")
-    runner = CliRunner()
-    result = runner.invoke(main, ["--config", str(project), "send", UPDATE, "--yes", "--rate", "0"])
+    result = invoke(project, "send", UPDATE, "--yes", "--rate", "0")
     assert result.exit_code == 1
     assert "main.csv:6: unbalanced quote: the quoted 'name' field starts" in result.stderr
     assert not (project.parent / "outbox").exists()
-    status = runner.invoke(main, ["--config", str(project), "status", UPDATE, "--json"])
+    status = invoke(project, "status", UPDATE, "--json")
     counts = json.loads(status.stdout)
     assert [counts[k] for k in ("pending", "sent", "failed", "skipped")] == [0, 0, 0, 0], counts
-    check = runner.invoke(main, ["--config", str(project), "check"])
+    check = invoke(project, "check")
     assert check.exit_code == 1
     assert "main.csv:6: unbalanced quote" in check.stderr

@@ -10,9 +10,10 @@ from types import SimpleNamespace
 
 import pytest
 
+from conftest import CSV_HEADER
 from statusmail import subscribers as subscribers_module
 from statusmail.config import load_config
-from statusmail.domain import Audience, Content, Entry, Recipient
+from statusmail.domain import Audience, Content, Entry, EntryStatus, Recipient
 from statusmail.entries import load_entry
 from statusmail.locales import normalize_locale, resolve_locale
 from statusmail.selection import SelectionStats, select
@@ -24,7 +25,6 @@ from statusmail.subscribers import (
     read_file,
 )
 
-HEADER = "email,name,locale,region,topics,status\n"
 BY_REGION = {"RU": "ru", "BY": "ru", "KZ": "ru"}
 
 # The sample's active service-status subscribers, by region, with their resolved locale.
@@ -118,7 +118,7 @@ def test_sample_yields_each_address_once_first_spelling_wins(project: Path) -> N
 def test_duplicates_across_files_case_insensitive(tmp_path: Path) -> None:
     folder = tmp_path / "subs"
     folder.mkdir()
-    (folder / "a.csv").write_text(HEADER + "First.Spelling@Example.ORG,One,en,US,t,active\n")
+    (folder / "a.csv").write_text(CSV_HEADER + "First.Spelling@Example.ORG,One,en,US,t,active\n")
     (folder / "b.yaml").write_text(
         "- email: first.spelling@example.org\n  name: Two\n"
         "- email: FIRST.SPELLING@EXAMPLE.ORG\n  name: Three\n"
@@ -161,7 +161,7 @@ def test_sample_idn_addresses(project: Path) -> None:
 
 def test_non_ascii_local_part_has_no_ascii_form(tmp_path: Path) -> None:
     path = tmp_path / "a.csv"
-    path.write_text(HEADER + "мария@пример.испытание,Мария,ru,RU,t,active\n", encoding="utf-8")
+    path.write_text(CSV_HEADER + "мария@пример.испытание,Мария,ru,RU,t,active\n", encoding="utf-8")
     (sub,) = list(read_file(path))
     assert isinstance(sub, Subscriber)
     assert sub.email == "мария@пример.испытание"
@@ -171,7 +171,7 @@ def test_non_ascii_local_part_has_no_ascii_form(tmp_path: Path) -> None:
 def test_csv_line_numbers_count_blank_lines_and_quoted_cells(tmp_path: Path) -> None:
     path = tmp_path / "list.csv"
     path.write_text(
-        HEADER  # line 1
+        CSV_HEADER  # line 1
         + 'a@example.org,"Two, ""Quoted""",en,US,t,active\n'  # line 2
         + "not-an-address,x,en,US,t,active\n"  # line 3
         + "\n"  # line 4, blank, skipped
@@ -220,7 +220,7 @@ def test_csv_line_numbers_count_blank_lines_and_quoted_cells(tmp_path: Path) -> 
 def test_csv_bad_rows(tmp_path: Path, row: str, message: str) -> None:
     path = tmp_path / "list.csv"
     path.write_text(
-        HEADER
+        CSV_HEADER
         + "ok@example.org,OK,en,US,t,active\n"
         + row
         + "\n"
@@ -238,7 +238,7 @@ def test_csv_bad_rows(tmp_path: Path, row: str, message: str) -> None:
 
 def test_region_is_upper_cased_and_status_default(tmp_path: Path) -> None:
     path = tmp_path / "list.csv"
-    path.write_text(HEADER + "a@example.org,A,ru,ru,t,\n")
+    path.write_text(CSV_HEADER + "a@example.org,A,ru,ru,t,\n")
     (sub,) = list(read_file(path))
     assert isinstance(sub, Subscriber)
     assert sub.region == "RU"
@@ -361,7 +361,7 @@ def test_names_with_control_characters_cleaned_in_files(tmp_path: Path) -> None:
     folder = tmp_path / "subs"
     folder.mkdir()
     # A CSV cell cannot hold a line break (the file is refused); other controls are cleaned.
-    (folder / "a.csv").write_text(HEADER + 'a@example.org,"Eve\tBcc:\x01x\u2028y",en,US,t,\n')
+    (folder / "a.csv").write_text(CSV_HEADER + 'a@example.org,"Eve\tBcc:\x01x\u2028y",en,US,t,\n')
     (folder / "b.yaml").write_text('- email: b@example.org\n  name: "Mallory\\r\\nTo: y\\x01"\n')
     subs = subscribers_of(list(iter_subscribers(folder)))
     assert [s.name for s in subs] == ["Eve Bcc: x y", "Mallory To: y"]
@@ -384,7 +384,7 @@ def test_large_csv_streams_in_bounded_memory(
     folder = tmp_path / "big"
     folder.mkdir()
     with (folder / "big.csv").open("w", encoding="utf-8") as handle:
-        handle.write(HEADER)
+        handle.write(CSV_HEADER)
         for i in range(rows):
             handle.write(f"user{i}@example.org,{name} {i},ru,RU,service-status;topic-{i % 50},\n")
     # the last rows repeat the first ones in other spellings
@@ -473,7 +473,7 @@ def test_select_recipient_fields(project: Path) -> None:
 
 def test_inactive_never_selected(project: Path) -> None:
     config = load_config(project)
-    everyone = Entry("e", dt.date(2020, 1, 1), "ready", {"en": Content("s", "s", "b")})
+    everyone = Entry("e", dt.date(2020, 1, 1), EntryStatus.READY, {"en": Content("s", "s", "b")})
     got = selected(everyone, config.paths.subscribers)
     assert INACTIVE.isdisjoint(got)
     assert set(got) == (
@@ -500,7 +500,7 @@ def test_suppressed_never_selected(project: Path) -> None:
 
 def make_entry(audience: Audience) -> Entry:
     content = {"en": Content("s", "s", "b"), "ru": Content("с", "с", "т")}
-    return Entry("e", dt.date(2020, 1, 1), "ready", content, audience=audience)
+    return Entry("e", dt.date(2020, 1, 1), EntryStatus.READY, content, audience=audience)
 
 
 @pytest.fixture
@@ -508,7 +508,7 @@ def small_list(tmp_path: Path) -> Path:
     folder = tmp_path / "subs"
     folder.mkdir()
     (folder / "list.csv").write_text(
-        HEADER
+        CSV_HEADER
         + "ru-a@example.org,,ru,RU,a,\n"
         + "ru-b@example.org,,en,RU,b,\n"
         + "ru-ab@example.org,,,RU,a;b,\n"
@@ -565,7 +565,7 @@ def test_select_streams(small_list: Path) -> None:
 def test_select_passes_bad_rows_through(tmp_path: Path) -> None:
     folder = tmp_path / "subs"
     folder.mkdir()
-    (folder / "l.csv").write_text(HEADER + "bad,,,,,\n" + "ok@example.org,,,,,\n")
+    (folder / "l.csv").write_text(CSV_HEADER + "bad,,,,,\n" + "ok@example.org,,,,,\n")
     stats = SelectionStats()
     items = list(select(make_entry(Audience()), folder, BY_REGION, stats=stats))
     assert isinstance(items[0], RowProblem)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import textwrap
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -16,9 +15,9 @@ from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
+from conftest import REPO
 from statusmail.typography import NBSP, typeset, typeset_tokens
 
-REPO = Path(__file__).resolve().parent.parent
 md = MarkdownIt("commonmark")
 
 

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import signal
-import socket
-import subprocess
 import time
-from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
-from delivery_helpers import add_subscribers, ledger_rows, point_at, spawn
+from conftest import (
+    BLOCK_AUDIENCE,
+    RU_AUDIENCE,
+    SECRET_ENV,
+    UPDATE_AUDIENCE,
+    Running,
+    closed_port,
+    spawn,
+    statusmail,
+    wait_for,
+)
+from delivery_helpers import add_subscribers, ledger_rows, point_at
 from smtp_server import RecordingServer
 
-BLOCK_AUDIENCE = 18  # block-2020-01-23 on the sample subscribers
-UPDATE_AUDIENCE = 14  # update-2020-04-21
 NEW_ENTRY = """\
 id: update-2020-05-01
 date: 2020-05-01
@@ -24,32 +31,11 @@ content:
   en: {{subject: "A short update", summary: "Nothing new yet.", body: "We will write again."}}
   ru: {{subject: "Короткая новость", summary: "Пока без изменений.", body: "Мы напишем снова."}}
 """
-RU_AUDIENCE = 9
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.05)
-
-
-def watch(config: Path) -> subprocess.Popen[str]:
-    return spawn(config, "watch", "--poll-interval", "0.2", "--retry-after", "0.2")
-
-
-def stop(process: subprocess.Popen[str]) -> str:
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=30)
-    assert process.returncode == 0, stderr
-    return stderr
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def watch(config: Path) -> Running:
+    """``statusmail watch`` polling fast and retrying soon (backoff 0.2, 0.4, 0.8 s, ...)."""
+    return spawn(config, "watch", "--poll-interval", "0.2", "--retry-after", "0.2", env=SECRET_ENV)
 
 
 def test_sends_ready_entries_new_files_not_drafts_or_invalid_and_never_twice(
@@ -58,8 +44,7 @@ def test_sends_ready_entries_new_files_not_drafts_or_invalid_and_never_twice(
     updates = project.parent / "updates"
     with RecordingServer() as server:
         point_at(project, server.port)
-        process = watch(project)
-        try:
+        with watch(project) as process:
             wait_for(lambda: len(server.messages) == BLOCK_AUDIENCE + UPDATE_AUDIENCE)
             # the oldest entry went first
             subjects = [m.message["Message-ID"] for m in server.messages]
@@ -77,9 +62,10 @@ def test_sends_ready_entries_new_files_not_drafts_or_invalid_and_never_twice(
             )
             total = BLOCK_AUDIENCE + UPDATE_AUDIENCE + RU_AUDIENCE
             wait_for(lambda: len(server.messages) == total)
-            time.sleep(1.0)  # several more scans: nothing else goes out
-        finally:
-            stderr = stop(process)
+            process.wait_for_line("update-2020-05-01: sent")
+            time.sleep(0.5)  # on purpose: two more scans, in which nothing else goes out
+            assert process.stop() == 0, process.stderr
+        stderr = process.stderr
         assert len(server.messages) == total
         assert "broken-2020-05-03.yaml:5" in stderr or "broken-2020-05-03.yaml:4" in stderr
         assert "draft-2020-05-02" not in str([m.message["Message-ID"] for m in server.messages])
@@ -92,50 +78,53 @@ def test_sends_ready_entries_new_files_not_drafts_or_invalid_and_never_twice(
             entry.read_text(encoding="utf-8").replace("Nothing new", "Still nothing"),
             encoding="utf-8",
         )
-        process = watch(project)
-        time.sleep(1.5)
-        stderr = stop(process)
+        with watch(project) as process:
+            process.wait_for_line("changed after it was sent in full")  # its first scan
+            time.sleep(0.5)  # on purpose: two more scans, in which nothing goes out
+            assert process.stop() == 0, process.stderr
         assert len(server.messages) == total
-        assert "changed after it was sent in full" in stderr
+        assert "changed after it was sent in full" in process.stderr
         counts = server.count_by_recipient()
         assert max(counts.values()) == 3  # RU readers got all three entries, once each
 
 
 def test_relay_down_for_a_while_then_up_delivers_everyone_once(project: Path) -> None:
-    port = free_port()
-    point_at(project, port)
-    process = watch(project)
-    try:
-        time.sleep(1.5)  # the relay is down: the watcher keeps trying, marks nothing failed
-        assert process.poll() is None
+    with ExitStack() as stack:
+        relay_down = ExitStack()
+        stack.push(relay_down)
+        port = relay_down.enter_context(closed_port())
+        point_at(project, port)
+        process = stack.enter_context(watch(project))
+        # the watcher keeps trying and marks nothing failed
+        process.wait_for_line("relay unavailable", count=2)
+        assert process.process.poll() is None
         rows = ledger_rows(project, "block-2020-01-23")
         assert {row["status"] for row in rows.values()} <= {"pending"}
-        with RecordingServer(port=port) as server:
-            wait_for(lambda: len(server.messages) == BLOCK_AUDIENCE + UPDATE_AUDIENCE)
-            time.sleep(0.5)
-            stop(process)
-            counts = server.count_by_recipient()
-            assert set(counts.values()) == {1, 2}  # once per entry: 2 for RU/BY/KZ readers
-            assert sum(counts.values()) == BLOCK_AUDIENCE + UPDATE_AUDIENCE
-    finally:
-        if process.poll() is None:
-            process.kill()
+        relay_down.close()  # the relay comes back up, on the same port
+        server = stack.enter_context(RecordingServer(port=port))
+        wait_for(lambda: len(server.messages) == BLOCK_AUDIENCE + UPDATE_AUDIENCE)
+        process.wait_for_line("update-2020-04-21: sent")  # the last run ended
+        assert process.stop() == 0, process.stderr
+        counts = server.count_by_recipient()
+        assert set(counts.values()) == {1, 2}  # once per entry: 2 for RU/BY/KZ readers
+        assert sum(counts.values()) == BLOCK_AUDIENCE + UPDATE_AUDIENCE
 
 
 def test_sigterm_during_a_send_exits_0_and_a_restart_finishes(project: Path) -> None:
-    add_subscribers(project, 300)
+    add_subscribers(project, 150)
     with RecordingServer() as server:
         point_at(project, server.port, rate=150, concurrency=3)
-        process = watch(project)
-        wait_for(lambda: len(server.messages) >= 60)
-        stop(process)
+        with watch(project) as process:
+            wait_for(lambda: len(server.messages) >= 60)
+            assert process.stop() == 0, process.stderr
         before = len(server.messages)
-        total = BLOCK_AUDIENCE + UPDATE_AUDIENCE + 2 * 300  # the 300 get both entries
+        total = BLOCK_AUDIENCE + UPDATE_AUDIENCE + 2 * 150  # the 150 get both entries
         assert before < total
-        process = watch(project)
-        wait_for(lambda: len({m.message["Message-ID"] for m in server.messages}) >= total)
-        time.sleep(0.5)
-        stop(process)
+        point_at(project, server.port, rate=0, concurrency=3)  # the rest needs no pacing
+        with watch(project) as process:
+            wait_for(lambda: len({m.message["Message-ID"] for m in server.messages}) >= total)
+            process.wait_for_line("update-2020-04-21: sent")  # the last run ended
+            assert process.stop() == 0, process.stderr
         ids = [m.message["Message-ID"] for m in server.messages]
         duplicates = len(ids) - len(set(ids))
         assert duplicates <= 3  # at most the in-flight ones
@@ -145,37 +134,35 @@ def test_sigterm_during_a_send_exits_0_and_a_restart_finishes(project: Path) -> 
 def test_second_watcher_refuses_and_once_exits(project: Path) -> None:
     with RecordingServer() as server:
         point_at(project, server.port)
-        process = watch(project)
-        try:
+        with watch(project) as process:
             wait_for(lambda: len(server.messages) == BLOCK_AUDIENCE + UPDATE_AUDIENCE)
-            second = spawn(project, "watch", "--once")
-            _, stderr = second.communicate(timeout=30)
+            second = statusmail(project, "watch", "--once", env=SECRET_ENV, timeout=30)
             assert second.returncode == 1
-            assert "another statusmail run" in stderr
-        finally:
-            stop(process)
-        once = spawn(project, "--log-format", "json", "watch", "--once")
-        _, stderr = once.communicate(timeout=30)
-        assert once.returncode == 0, stderr
+            assert "another statusmail run" in second.stderr
+            assert process.stop() == 0, process.stderr
+        once = statusmail(
+            project, "--log-format", "json", "watch", "--once", env=SECRET_ENV, timeout=30
+        )
+        assert once.returncode == 0, once.stderr
         assert len(server.messages) == BLOCK_AUDIENCE + UPDATE_AUDIENCE
-        assert stderr.strip().startswith("{") and '"level"' in stderr
+        assert once.stderr.strip().startswith("{") and '"level"' in once.stderr
 
 
 def test_sighup_reloads_the_config(project: Path) -> None:
     """Started against a relay that is not there, the watcher picks up a new relay
     address from the config on SIGHUP, without a restart."""
-    point_at(project, free_port())
-    process = watch(project)
-    try:
-        time.sleep(1.0)
-        with RecordingServer() as server:
+    with closed_port() as nowhere:
+        point_at(project, nowhere)
+        with watch(project) as process, RecordingServer() as server:
+            process.wait_for_line("watching")  # the config is loaded
+            process.wait_for_line("relay unavailable")
             point_at(project, server.port)
-            time.sleep(1.0)
+            tries = process.stderr.count("relay unavailable")
+            # two more tries, the second begun after the config changed: both still fail
+            process.wait_for_line("relay unavailable", count=tries + 2)
             assert not server.messages  # the running watcher still uses the old config
             process.send_signal(signal.SIGHUP)
+            process.wait_for_line("config reloaded")
             wait_for(lambda: len(server.messages) == BLOCK_AUDIENCE + UPDATE_AUDIENCE)
-            stderr = stop(process)
-        assert "reloading the config" in stderr
-    finally:
-        if process.poll() is None:
-            process.kill()
+            assert process.stop() == 0, process.stderr
+        assert "reloading the config" in process.stderr

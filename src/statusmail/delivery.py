@@ -14,7 +14,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from tenacity import (
     AsyncRetrying,
@@ -92,6 +92,13 @@ class _Attempts:
 OnOutcome = Callable[[Outcome, Recipient], None]
 
 
+class Build(Protocol):
+    """``MessageFactory.build``: one recipient's message, for a connection that takes
+    8-bit bodies or not."""
+
+    def __call__(self, recipient: Recipient, *, eight_bit: bool = ...) -> Built: ...
+
+
 class Engine:
     """Delivers an entry's queue: takes recipients from it a few at a time (a claim with a
     lease, so several processes can share it), while the selection may still be filling
@@ -102,7 +109,7 @@ class Engine:
         *,
         queue: DeliveryQueue,
         transport: Transport,
-        build: Callable[[Recipient], Built],
+        build: Build,
         settings: SendingSettings,
         stop: asyncio.Event | None = None,
         on_outcome: OnOutcome | None = None,
@@ -319,7 +326,8 @@ class Engine:
     ) -> tuple[Outcome, DeliveryError | None]:
         """The outcome, and the error that decided it, if one did."""
         try:
-            built = self.build(recipient)
+            # Built for what this connection takes: a message is signed as it is sent.
+            built = self.build(recipient, eight_bit=conn.eight_bit)
         except Exception as exc:
             # Every variant was built before the run started, so this is the run's
             # problem (a template or key changed underneath), not the recipient's.
@@ -398,9 +406,7 @@ class Engine:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stop.wait(), seconds)
 
-    async def _failure(
-        self, recipient: Recipient, attempts: int, exc: DeliveryError
-    ) -> Outcome:
+    async def _failure(self, recipient: Recipient, attempts: int, exc: DeliveryError) -> Outcome:
         who = self.mask(recipient.email)
         # Server replies often quote the address: mask it there too.
         said = scrub(

@@ -27,6 +27,8 @@ def _unique_name() -> str:
 
 
 class MaildirConnection:
+    eight_bit = True  # a file takes any octets: parts go out at their real size
+
     def __init__(self, outbox: Path) -> None:
         self.outbox = outbox
 

@@ -44,14 +44,24 @@ def scrub(
 
 
 class ProgressReporter:
-    """A rich progress bar on a terminal, a plain log line every few seconds otherwise."""
+    """A rich progress bar on a terminal, a plain log line every few seconds otherwise.
 
-    def __init__(self, total: int | None, *, console: Console, interval: float = 5.0) -> None:
+    An outcome only counts; the bar is redrawn at most every ``redraw`` seconds (by the
+    outcome that finds it due, so no thread competes with sending for the interpreter).
+    ``total`` is None while the selection is still streaming in.
+    """
+
+    def __init__(
+        self, total: int | None, *, console: Console, interval: float = 5.0, redraw: float = 0.1
+    ) -> None:
         self.total = total
         self.counts: Counter[str] = Counter()
         self.started = time.monotonic()
         self.interval = interval
+        self.redraw = redraw
+        self.redraws = 0
         self._last_line = self.started
+        self._due = self.started
         self._progress: Progress | None = None
         if console.is_terminal and total != 0:
             self._progress = Progress(
@@ -63,32 +73,42 @@ class ProgressReporter:
                 TimeRemainingColumn(),
                 console=console,
                 transient=True,
+                auto_refresh=False,
             )
             self._task = self._progress.add_task("send", total=total, sent=0, failed=0, rate=0.0)
             self._progress.start()
 
     def __call__(self, outcome: Outcome, recipient: Recipient) -> None:
         self.counts[outcome.status] += 1
-        done = self.counts["sent"] + self.counts["failed"]
-        elapsed = max(time.monotonic() - self.started, 1e-6)
+        now = time.monotonic()
         if self._progress is not None:
-            self._progress.update(
-                self._task,
-                completed=sum(self.counts.values()),
-                sent=self.counts["sent"],
-                failed=self.counts["failed"],
-                rate=done / elapsed,
-            )
-        elif time.monotonic() - self._last_line >= self.interval:
-            self._last_line = time.monotonic()
+            if now >= self._due:
+                self._due = now + self.redraw
+                self._draw(self._progress, now)
+        elif now - self._last_line >= self.interval:
+            self._last_line = now
             log.info(
                 "progress: %d/%s done, sent %d, failed %d, %.1f msg/s",
                 sum(self.counts.values()),
                 "?" if self.total is None else self.total,
                 self.counts["sent"],
                 self.counts["failed"],
-                done / elapsed,
+                self._rate(now),
             )
+
+    def _rate(self, now: float) -> float:
+        return (self.counts["sent"] + self.counts["failed"]) / max(now - self.started, 1e-6)
+
+    def _draw(self, progress: Progress, now: float) -> None:
+        self.redraws += 1
+        progress.update(
+            self._task,
+            completed=sum(self.counts.values()),
+            sent=self.counts["sent"],
+            failed=self.counts["failed"],
+            rate=self._rate(now),
+            refresh=True,
+        )
 
     def close(self) -> None:
         if self._progress is not None:

@@ -49,7 +49,11 @@ def _abort(smtp: aiosmtplib.SMTP) -> None:
 
 def _wire_ready(data: bytes) -> bool:
     """True when ``data`` can go after DATA as it is: CRLF line endings only, and no line
-    that starts with a dot (which SMTP would take for the end or need doubled)."""
+    that starts with a dot (which SMTP would take for the end or need doubled).
+
+    Not used when sending: statusmail's messages are so by construction (their
+    ``Shape``), which the tests check once for every encoding; others go through
+    aiosmtplib's own pass."""
     return (
         not data.startswith(b".")
         and b"\n." not in data
@@ -158,6 +162,12 @@ class SmtpConnection:
         self._smtp: aiosmtplib.SMTP | None = smtp
         self._lock = asyncio.Lock()
         self.sessions = 1  # how many sessions this connection has opened
+        self._eight_bit = smtp.supports_extension("8bitmime")
+
+    @property
+    def eight_bit(self) -> bool:
+        """The (last) session offers 8BITMIME: build its messages with 8bit parts."""
+        return self._eight_bit
 
     @property
     def broken(self) -> bool:
@@ -217,6 +227,7 @@ class SmtpConnection:
                 relay_down=True,
             ) from exc
         self.sessions += 1
+        self._eight_bit = self._smtp.supports_extension("8bitmime")
         return self._smtp
 
     async def _transaction(self, smtp: aiosmtplib.SMTP, envelope: Envelope) -> None:
@@ -229,24 +240,34 @@ class SmtpConnection:
                 f"needed for the address {envelope.recipient}",
                 recipient=envelope.recipient,
             )
+        shape = envelope.shape
+        offers_8bit = smtp.supports_extension("8bitmime")
+        if shape is not None and shape.eight_bit and not offers_8bit and envelope.seven_bit:
+            envelope = envelope.seven_bit()  # a reconnect found a relay without 8BITMIME
+            shape = envelope.shape
         data = envelope.data
+        if shape is None:  # not built by statusmail: look at the bytes
+            ascii_headers, eight_bit = _headers_are_ascii(data), not data.isascii()
+        else:
+            ascii_headers, eight_bit = shape.ascii_headers, shape.eight_bit
         options: list[str] = []
-        if utf8_addresses or (offers_utf8 and not _headers_are_ascii(data)):
+        if utf8_addresses or (offers_utf8 and not ascii_headers):
             options.append("SMTPUTF8")
-        if not data.isascii() and smtp.supports_extension("8bitmime"):
+        if eight_bit and offers_8bit:
             options.append("BODY=8BITMIME")
         encoding = "utf-8" if options and options[0] == "SMTPUTF8" else "ascii"
         await smtp.mail(envelope.sender, options=options, encoding=encoding)
         await smtp.rcpt(rcpt or envelope.recipient, encoding=encoding)
-        if _wire_ready(data):
+        if shape is not None:
             await self._data(smtp, data)
         else:
             await smtp.data(data)
 
     async def _data(self, smtp: aiosmtplib.SMTP, data: bytes) -> None:
         """DATA for a message that is already CRLF-only with no line starting with a dot
-        (``message.py`` makes them so): aiosmtplib's own pass over the bytes, which costs
-        as much as building the message, is skipped."""
+        (``message.py`` makes them so, and says so in the envelope's ``Shape``):
+        aiosmtplib's own pass over the bytes, which costs as much as building the
+        message, is skipped."""
         protocol = smtp.protocol
         if protocol is None:
             raise aiosmtplib.SMTPServerDisconnected("Connection lost")

@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+"""The floor: pre-built statusmail messages sent over C reused aiosmtplib sessions, and
+nothing else (no selection, no rendering, no ledger). Run as a child by loopback.py.
+
+  --mode raw        MAIL (with BODY=8BITMIME when the message is 8-bit), RCPT, DATA, and
+                    the bytes written as they are: what statusmail's
+                    SmtpConnection._transaction/_data do. The path statusmail uses.
+  --mode sendmail   aiosmtplib's SMTP.sendmail(), which also normalizes every message's
+                    line endings and dot-stuffs it: a pass statusmail skips.
+
+The messages (a pickle of [(bytes, eight_bit)], in the list's mix of variants) are sent
+in turn, message i to user<i>@example.net. Prints one JSON line: messages sent, and the
+wall and CPU (user + system, getrusage of this process) of the send loop alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import pickle
+import resource
+import time
+from pathlib import Path
+
+import aiosmtplib
+
+SENDER = "status@startmail.example"
+
+
+async def raw(smtp: aiosmtplib.SMTP, rcpt: str, data: bytes, eight_bit: bool) -> None:
+    """As SmtpConnection._transaction and _data send a message statusmail built."""
+    options = ["BODY=8BITMIME"] if eight_bit else []
+    await smtp.mail(SENDER, options=options, encoding="ascii")
+    await smtp.rcpt(rcpt, encoding="ascii")
+    protocol = smtp.protocol
+    assert protocol is not None
+    start = await protocol.execute_command(b"DATA", timeout=30)
+    if start.code != 354:
+        raise aiosmtplib.SMTPDataError(start.code, start.message)
+    protocol.write(data + (b".\r\n" if data.endswith(b"\r\n") else b"\r\n.\r\n"))
+    response = await protocol.read_response(timeout=30)
+    if response.code != 250:
+        raise aiosmtplib.SMTPDataError(response.code, response.message)
+
+
+async def sendmail(smtp: aiosmtplib.SMTP, rcpt: str, data: bytes, eight_bit: bool) -> None:
+    options = ["BODY=8BITMIME"] if eight_bit else []
+    await smtp.sendmail(SENDER, [rcpt], data, mail_options=options)
+
+
+async def send_all(
+    port: int, messages: list[tuple[bytes, bool]], n: int, connections: int, mode: str
+) -> int:
+    send = raw if mode == "raw" else sendmail
+    sent = 0
+    counter = iter(range(n))
+
+    async def worker() -> None:
+        nonlocal sent
+        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=30)
+        await smtp.connect()
+        try:
+            for i in counter:  # shared: each index is taken once
+                data, eight_bit = messages[i % len(messages)]
+                await send(smtp, f"user{i:07d}@example.net", data, eight_bit)
+                sent += 1
+        finally:
+            await smtp.quit()
+
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    return sent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--messages", type=Path, required=True)
+    parser.add_argument("--n", type=int, required=True)
+    parser.add_argument("--concurrency", type=int, required=True)
+    parser.add_argument("--mode", choices=("raw", "sendmail"), required=True)
+    args = parser.parse_args()
+    messages = pickle.loads(args.messages.read_bytes())
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    start = time.perf_counter()
+    sent = asyncio.run(send_all(args.port, messages, args.n, args.concurrency, args.mode))
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    print(json.dumps({"sent": sent, "loop_wall": wall, "loop_cpu": cpu}))
+
+
+if __name__ == "__main__":
+    main()
