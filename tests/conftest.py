@@ -28,7 +28,6 @@ from typing import IO, Any, NoReturn, TypeVar
 import pytest
 from click.testing import CliRunner, Result
 
-from postgres_helpers import in_schema, server_url
 from statusmail.cli import main
 from statusmail.entries import load_entries
 
@@ -464,6 +463,17 @@ def recipient(message: EmailMessage) -> str:
 
 
 # -- the real PostgreSQL server ------------------------------------------------------------
+
+POSTGRES_DEFAULT = "postgresql://127.0.0.1:5432/test"
+
+
+def server_url() -> str:
+    return os.environ.get("STATUSMAIL_TEST_POSTGRES") or POSTGRES_DEFAULT
+
+
+def in_schema(url: str, schema: str) -> str:
+    """``url`` whose connections work in ``schema`` (its tables, its advisory locks)."""
+    return f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
 
 
 @pytest.fixture

@@ -1,24 +1,16 @@
-"""The real PostgreSQL server for tests: where it is, and reading a ledger on it as an
-outsider would. The fixtures (``postgres``, ``ledger_target``) are in conftest.
-
-The server is ``$STATUSMAIL_TEST_POSTGRES`` (default ``postgresql://127.0.0.1:5432/test``).
-"""
+"""Tests on the real PostgreSQL server: reading a ledger there as an outsider would, and
+starting several senders on one entry. The server and the fixtures (``postgres``,
+``ledger_target``) are in conftest."""
 
 from __future__ import annotations
 
-import os
+import subprocess
+from pathlib import Path
 from typing import Any
 
-DEFAULT = "postgresql://127.0.0.1:5432/test"
-
-
-def server_url() -> str:
-    return os.environ.get("STATUSMAIL_TEST_POSTGRES") or DEFAULT
-
-
-def in_schema(url: str, schema: str) -> str:
-    """``url`` whose connections work in ``schema`` (its tables, its advisory locks)."""
-    return f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
+from conftest import SECRET, clean_environ, command
+from delivery_helpers import add_subscribers, point_at
+from smtp_server import ReceivedMessage
 
 
 def query(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
@@ -27,3 +19,55 @@ def query(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
 
     with psycopg.connect(url, autocommit=True) as conn:
         return list(conn.execute(sql, params).fetchall())
+
+
+# -- senders on one entry ------------------------------------------------------------------
+
+ENTRY = "update-2020-04-21"
+SAMPLE = 14  # the sample's recipients of the entry
+
+
+def configure(project: Path, port: int, count: int, **sending: Any) -> list[str]:
+    """The sample project sending ``ENTRY`` to ``SAMPLE + count`` recipients over SMTP."""
+    addresses = add_subscribers(project, count)
+    point_at(project, port, **{"concurrency": 4, "lease": 2, **sending})
+    return addresses
+
+
+def senders(project: Path, postgres: str, n: int, *args: str) -> list[subprocess.Popen[str]]:
+    env = clean_environ(STATUSMAIL_UNSUBSCRIBE_SECRET=SECRET, STATUSMAIL_LEDGER=postgres)
+    return [
+        subprocess.Popen(
+            command(project, *args),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(n)
+    ]
+
+
+def finish(processes: list[subprocess.Popen[str]], timeout: float = 120) -> list[int]:
+    codes = []
+    for process in processes:
+        _, stderr = process.communicate(timeout=timeout)
+        assert "Traceback" not in stderr, stderr
+        if process.returncode:
+            print(f"exit {process.returncode}:\n{stderr}")  # shown when the test fails
+        codes.append(process.returncode)
+    return codes
+
+
+def recipient_of(message: ReceivedMessage) -> str:
+    return message.rcpt_tos[0].lower()
+
+
+def ledger_sent(postgres: str) -> dict[str, str]:
+    rows = query(
+        postgres,
+        "SELECT address, message_id FROM deliveries WHERE entry_id = %s AND status = 'sent'",
+        ENTRY,
+    )
+    return {address: message_id for address, message_id in rows}

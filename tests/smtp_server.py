@@ -48,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import functools
 import ssl
 import threading
 import time
@@ -55,6 +56,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email.message import EmailMessage
+from email.parser import BytesHeaderParser
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -70,10 +72,23 @@ class ReceivedMessage:
     mail_from: str
     rcpt_tos: list[str]
     data: bytes  # exactly the bytes received (after dot-unstuffing), CRLF line endings
-    message: EmailMessage  # ``data`` parsed with email.policy.default
     mail_options: list[str] = field(default_factory=list)
     smtp_utf8: bool = False
     at: float = 0.0  # time.monotonic() when the server accepted it
+
+    @functools.cached_property
+    def message(self) -> EmailMessage:
+        """``data`` parsed with email.policy.default, when first asked (parsing every
+        message as it arrives would make the server the slowest part of a big run)."""
+        message = email.message_from_bytes(self.data, policy=email.policy.default)
+        assert isinstance(message, EmailMessage)
+        return message
+
+    @property
+    def message_id(self) -> str:
+        """The Message-ID header, read without parsing the body."""
+        headers = BytesHeaderParser(policy=email.policy.default).parsebytes(self.data)
+        return str(headers["Message-ID"])
 
 
 @dataclass(frozen=True)
@@ -136,13 +151,10 @@ class _Handler:
             if reply:
                 return reply
         raw = envelope.original_content or b""
-        message = email.message_from_bytes(raw, policy=email.policy.default)
-        assert isinstance(message, EmailMessage)
         received = ReceivedMessage(
             mail_from=envelope.mail_from or "",
             rcpt_tos=list(envelope.rcpt_tos),
             data=raw,
-            message=message,
             mail_options=list(envelope.mail_options),
             smtp_utf8=envelope.smtp_utf8,
             at=time.monotonic(),

@@ -9,6 +9,7 @@ clock). A ``Database`` runs it on one connection and turns every driver error in
 from __future__ import annotations
 
 import os
+import random
 import re
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -83,6 +84,8 @@ class Database(Protocol):
     def executemany(self, sql: str, rows: Iterable[Params]) -> None: ...
 
     def transaction(self) -> Any: ...
+
+    def in_transaction(self) -> bool: ...
 
     def table_exists(self, name: str) -> bool: ...
 
@@ -160,6 +163,9 @@ class SqliteDatabase:
             raise
         self.db.execute("COMMIT")
 
+    def in_transaction(self) -> bool:
+        return self.db.in_transaction
+
     def table_exists(self, name: str) -> bool:
         rows = self.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = :name", {"name": name}
@@ -216,6 +222,11 @@ class PostgresDatabase:
 
     local_transaction = transaction
 
+    def in_transaction(self) -> bool:
+        from psycopg.pq import TransactionStatus
+
+        return self.db.info.transaction_status != TransactionStatus.IDLE
+
     def table_exists(self, name: str) -> bool:
         # The catalog, not to_regclass(): a session that looked the name up before can
         # keep that miss after another session created the table (seen in migrations).
@@ -255,6 +266,22 @@ def driver_errors() -> tuple[type[BaseException], ...]:
     except ImportError:  # pragma: no cover - psycopg is a dependency
         pass
     return tuple(errors)
+
+
+RETRIES = 5  # for a transaction that lost a deadlock or waited too long for a row lock
+
+
+def transient(exc: BaseException) -> bool:
+    """A PostgreSQL error that running the same transaction again can cure: the server
+    chose it as a deadlock's victim, a row lock was not had within ``lock_timeout``, or
+    a serialization failure. (SQLite waits for its one writer lock instead.)"""
+    sqlstate = getattr(exc, "sqlstate", None)
+    return sqlstate in {"40P01", "55P03", "40001"}
+
+
+def backoff(attempt: int) -> float:
+    """Seconds to wait before the next try: short, growing, jittered so the rivals part."""
+    return random.uniform(0.01, 0.05) * (1 << attempt)
 
 
 def first(rows: Sequence[Row]) -> Any:

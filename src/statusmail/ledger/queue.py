@@ -9,6 +9,7 @@ it also holds the deployment-wide rate limit.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
 import secrets
@@ -19,7 +20,7 @@ from typing import Any, Protocol
 from statusmail.domain import Outcome, Recipient
 from statusmail.errors import LedgerError
 from statusmail.ledger import queries
-from statusmail.ledger.database import PostgresDialect, describe
+from statusmail.ledger.database import RETRIES, PostgresDialect, backoff, describe, transient
 from statusmail.ledger.store import Ledger, claimed, now_iso, record_params
 
 
@@ -126,23 +127,30 @@ class ServerQueue:
         import psycopg
         import psycopg_pool
 
-        try:
-            if self._pool is None:
-                self._pool = psycopg_pool.AsyncConnectionPool(
-                    self.url, min_size=1, max_size=4, open=False, kwargs={"autocommit": True}
-                )
-                await self._pool.open(wait=True, timeout=10)
-            async with self._pool.connection() as conn:
-                text = self._dialect.sql(sql)
-                if many:
-                    async with conn.transaction(), conn.cursor() as cursor:
-                        await cursor.executemany(text, many)
-                    return []
-                async with conn.transaction():
-                    cursor = await conn.execute(text, params)
-                    return list(await cursor.fetchall()) if cursor.description else []
-        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
-            raise LedgerError(f"{self.where}: {exc}") from exc
+        for attempt in range(RETRIES + 1):
+            try:
+                if self._pool is None:
+                    self._pool = psycopg_pool.AsyncConnectionPool(
+                        self.url, min_size=1, max_size=4, open=False, kwargs={"autocommit": True}
+                    )
+                    await self._pool.open(wait=True, timeout=10)
+                async with self._pool.connection() as conn:
+                    text = self._dialect.sql(sql)
+                    if many:
+                        async with conn.transaction(), conn.cursor() as cursor:
+                            await cursor.executemany(text, many)
+                        return []
+                    async with conn.transaction():
+                        cursor = await conn.execute(text, params)
+                        return list(await cursor.fetchall()) if cursor.description else []
+            except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+                # Every call is one transaction, safe to run again: a deadlock's victim
+                # (say, renewing leases while outcomes are recorded) tries once more.
+                if attempt < RETRIES and transient(exc):
+                    await asyncio.sleep(backoff(attempt))
+                    continue
+                raise LedgerError(f"{self.where}: {exc}") from exc
+        raise AssertionError("unreachable")
 
     async def state(self) -> tuple[int, int]:
         rows = await self._run(queries.STATE, {"e": self.entry_id})

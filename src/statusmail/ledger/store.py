@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,12 +28,15 @@ from statusmail.domain import DeliveryStatus, Outcome, Preference, Recipient
 from statusmail.errors import LedgerError
 from statusmail.ledger import queries
 from statusmail.ledger.database import (
+    RETRIES,
     PostgresDatabase,
     SqliteDatabase,
+    backoff,
     connect,
     describe,
     driver_errors,
     first,
+    transient,
 )
 from statusmail.ledger.schema import MIGRATIONS, SCHEMA_VERSION, statements
 
@@ -75,10 +79,17 @@ def _guarded(
         method: Callable[Concatenate[Ledger, P], T],
     ) -> Callable[Concatenate[Ledger, P], T]:
         def wrapper(self: Ledger, *args: P.args, **kwargs: P.kwargs) -> T:
-            try:
-                return method(self, *args, **kwargs)
-            except driver_errors() as exc:
-                raise self.error(f"cannot {action}: {exc}") from exc
+            for attempt in range(RETRIES + 1):
+                try:
+                    return method(self, *args, **kwargs)
+                except driver_errors() as exc:
+                    # Run again only what was a whole transaction: one nested in a
+                    # caller's is retried by the caller, with the rest of it.
+                    if attempt < RETRIES and transient(exc) and not self.in_transaction():
+                        time.sleep(backoff(attempt))
+                        continue
+                    raise self.error(f"cannot {action}: {exc}") from exc
+            raise AssertionError("unreachable")
 
         return functools.update_wrapper(wrapper, method)  # type: ignore[return-value]
 
@@ -166,6 +177,9 @@ class Ledger:
 
     def check_same_file(self) -> None:
         self.database.check_same_file()
+
+    def in_transaction(self) -> bool:
+        return self.database.in_transaction()
 
     # -- schema ------------------------------------------------------------------
 
