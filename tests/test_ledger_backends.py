@@ -232,3 +232,60 @@ def test_copy_needs_an_empty_target(tmp_path: Path) -> None:
         queued(b, 1)
         with pytest.raises(LedgerError, match="has rows"):
             copy_ledger(a, b)
+
+
+def test_a_transaction_that_loses_a_deadlock_runs_again(postgres: str) -> None:
+    """A real deadlock on the server: another session holds the second row and then
+    wants the first, which ``record`` holds. PostgreSQL ends ``record``'s transaction
+    (its deadlock_timeout is the shorter, so it finds the deadlock); ``record`` runs
+    again once the rival is through, and every outcome is recorded."""
+    import psycopg
+
+    with Ledger(postgres) as ledger:
+        queued(ledger, 2)
+        first, second = (recipient(i).address for i in range(2))
+        rival = psycopg.connect(postgres, autocommit=True)
+        rival.execute("SET deadlock_timeout = '5s'")
+        ledger.database.execute("SET deadlock_timeout = '100ms'")
+        rival_error: list[Exception] = []
+
+        def rival_transaction() -> None:
+            try:
+                with rival.transaction():
+                    rival.execute(
+                        "UPDATE deliveries SET detail = 'rival' WHERE address = %s", [second]
+                    )
+                    held.set()
+                    wait_for(lambda: waiting(postgres), what="record to wait for a lock")
+                    rival.execute(
+                        "UPDATE deliveries SET detail = 'rival' WHERE address = %s", [first]
+                    )
+            except psycopg.Error as exc:
+                rival_error.append(exc)
+
+        held = threading.Event()
+        thread = threading.Thread(target=rival_transaction)
+        thread.start()
+        assert held.wait(10)
+        outcomes = [
+            Outcome(a, DeliveryStatus.SENT, 1, message_id=f"<{a}>") for a in (first, second)
+        ]
+        ledger.record(ENTRY, outcomes)
+        thread.join(10)
+        rival.close()
+        statuses = ledger.database.execute(
+            "SELECT status FROM deliveries WHERE entry_id = :e", {"e": ENTRY}
+        )
+    assert [row[0] for row in statuses] == ["sent", "sent"]
+    assert rival_error == []  # the rival went through; record was the victim, and retried
+
+
+def waiting(url: str) -> bool:
+    """Some session of this database waits for a row lock."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT COUNT(*) FROM pg_locks WHERE NOT granted AND locktype = 'transactionid'"
+        ).fetchall()
+    return bool(rows[0][0])

@@ -948,7 +948,9 @@ def claimed(row: tuple[Any, ...], parents: dict[str, str]) -> Recipient:
 def record_params(
     entry_id: str, outcomes: Iterable[Outcome], stamp: str
 ) -> Iterator[dict[str, Any]]:
-    for o in outcomes:
+    # In address order: two writers of overlapping rows then lock them in the same
+    # order and cannot deadlock on each other.
+    for o in sorted(outcomes, key=lambda o: o.address):
         yield {
             "status": o.status.value,
             "attempts": o.attempts,
