@@ -25,7 +25,7 @@ CLAIM = {
               AND address NOT IN (SELECT address FROM suppressions)
             ORDER BY seq LIMIT :n FOR UPDATE SKIP LOCKED)
         UPDATE deliveries d SET claimed_by = :me, lease_until = {now} + :lease
-        FROM picked WHERE d.seq = picked.seq
+        FROM picked WHERE d.entry_id = :e AND d.seq = picked.seq
         RETURNING d.seq, d.address, d.email, d.ascii_email, d.name, d.locale, d.region,
                   d.attempts
     """,

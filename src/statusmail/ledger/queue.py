@@ -140,9 +140,10 @@ class ServerQueue:
                         async with conn.transaction(), conn.cursor() as cursor:
                             await cursor.executemany(text, many)
                         return []
-                    async with conn.transaction():
-                        cursor = await conn.execute(text, params)
-                        return list(await cursor.fetchall()) if cursor.description else []
+                    # One statement on an autocommit connection is a transaction of its
+                    # own: no BEGIN and COMMIT round trips around it.
+                    cursor = await conn.execute(text, params)
+                    return list(await cursor.fetchall()) if cursor.description else []
             except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
                 # Every call is one transaction, safe to run again: a deadlock's victim
                 # (say, renewing leases while outcomes are recorded) tries once more.

@@ -151,6 +151,17 @@ MIGRATIONS: tuple[Migration, ...] = (
         WHERE d.entry_id = entries.entry_id), 0);
     UPDATE entries SET selected_generation = generation
     """,
+    # 5: a claim walks the pending rows of a selection in queue order and stops after a
+    # few. SQLite's deliveries_queue already ends in the rowid; PostgreSQL's needs seq,
+    # or every claim sorts all that is pending (quadratic over a send).
+    {
+        "sqlite": "",
+        "postgresql": """
+        CREATE INDEX IF NOT EXISTS deliveries_claim
+            ON deliveries (entry_id, status, selection, seq);
+        DROP INDEX IF EXISTS deliveries_queue
+        """,
+    },
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
