@@ -108,7 +108,7 @@ def test_a_version_2_ledger_migrates_keeping_rows_rowids_and_order(tmp_path: Pat
     db.close()
 
     with Ledger(path) as ledger:
-        assert ledger.schema_version() == len(MIGRATIONS) == 4
+        assert ledger.schema_version() == len(MIGRATIONS)
         conn = ledger.database.db
         assert isinstance(conn, sqlite3.Connection)
         after = conn.execute(

@@ -5,6 +5,7 @@ made unreadable or the relay is down."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 
@@ -142,6 +143,19 @@ def test_watch_metrics_during_a_send_match_the_ledger(project: Path) -> None:
             # During the send of the second entry: the metrics show what the ledger
             # recorded, never more (a count goes up only after its commit).
             def mid_send() -> Samples | None:
+                # Once the selection is complete the ledger's pending count only falls
+                # (while it streams, it also rises): read the metrics after that.
+                try:
+                    selected = ledger_count(
+                        project,
+                        "SELECT COUNT(*) FROM entries WHERE entry_id=? AND generation > 0"
+                        " AND selected_generation = generation",
+                        UPDATE,
+                    )
+                except sqlite3.OperationalError:  # no ledger, or no schema, yet
+                    return None
+                if not selected:
+                    return None
                 samples = scrape(port)
                 sending = value(samples, "statusmail_sending_entry_info", entry=UPDATE)
                 pending = value(samples, "statusmail_recipients_pending", entry=UPDATE)
