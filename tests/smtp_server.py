@@ -87,8 +87,9 @@ class ReceivedMessage:
     @property
     def message_id(self) -> str:
         """The Message-ID header, read without parsing the body."""
-        headers = BytesHeaderParser(policy=email.policy.default).parsebytes(self.data)
-        return str(headers["Message-ID"])
+        # compat32: no header objects to build, a few times faster over 10,000 messages
+        headers = BytesHeaderParser(policy=email.policy.compat32).parsebytes(self.data)
+        return str(headers["Message-ID"]).strip()
 
 
 @dataclass(frozen=True)
