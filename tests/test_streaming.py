@@ -1,0 +1,100 @@
+"""A long list (issue 14): the selection streams into the ledger while delivery runs, so
+the first message leaves before the list has been read; SIGINT at any point of a
+million-row selection ends the run within a second, exit 4, with the ledger whole."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import CSV_HEADER, UPDATE, spawn, wait_for
+
+
+def long_list(project: Path, rows: int) -> None:
+    """The project's subscribers become ``rows`` readers in Russia, all selected by UPDATE."""
+    folder = project.parent / "subscribers"
+    for old in folder.iterdir():
+        old.unlink()
+    with (folder / "everyone.csv").open("w", encoding="utf-8") as handle:
+        handle.write(CSV_HEADER)
+        handle.writelines(
+            f"reader{i}@example.org,Читатель {i},ru,RU,service-status,active\n" for i in range(rows)
+        )
+
+
+def ledger(project: Path, sql: str) -> int:
+    db = sqlite3.connect(f"file:{project.parent / 'statusmail.db'}?mode=ro", uri=True)
+    try:
+        return int(db.execute(sql).fetchone()[0] or 0)
+    finally:
+        db.close()
+
+
+def outbox(project: Path) -> int:
+    folder = project.parent / "outbox" / "new"
+    return sum(1 for _ in folder.iterdir()) if folder.exists() else 0
+
+
+def selection_complete(project: Path) -> bool:
+    return bool(
+        ledger(
+            project,
+            f"SELECT COUNT(*) FROM entries WHERE entry_id = '{UPDATE}'"
+            " AND generation > 0 AND selected_generation = generation",
+        )
+    )
+
+
+def assert_whole(project: Path) -> None:
+    """The ledger after a stop: intact, and what it calls sent is what the outbox holds."""
+    db = sqlite3.connect(project.parent / "statusmail.db")
+    try:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        sent = db.execute("SELECT COUNT(*) FROM deliveries WHERE status = 'sent'").fetchone()[0]
+        claimed = db.execute(
+            "SELECT COUNT(*) FROM deliveries WHERE claimed_by IS NOT NULL"
+        ).fetchone()[0]
+    finally:
+        db.close()
+    assert sent == outbox(project)
+    assert claimed == 0  # what was taken and not sent went back
+
+
+@pytest.mark.timeout(90)
+def test_the_first_message_leaves_while_the_list_is_still_being_read(project: Path) -> None:
+    long_list(project, 300_000)
+    with spawn(project, "send", UPDATE, "--yes", "--rate", "0") as process:
+        wait_for(lambda: outbox(project) > 0, timeout=60, what="the first message")
+        # the proof is the order, not a time: the selection has not finished yet
+        assert not selection_complete(project)
+        stopped = time.monotonic()
+        code = process.stop(signal.SIGINT, timeout=10)
+        took = time.monotonic() - stopped
+    assert code == 4, process.stderr
+    assert took < 1.0, f"{took:.2f} s after SIGINT"
+    assert "Traceback" not in process.stderr
+    assert_whole(project)
+    # what the run left is pending, and a re-run would take it from there
+    assert ledger(project, "SELECT COUNT(*) FROM deliveries WHERE status = 'pending'") > 0
+
+
+@pytest.mark.timeout(90)
+def test_sigint_half_a_second_into_a_million_row_selection(project: Path) -> None:
+    long_list(project, 1_000_000)
+    with spawn(project, "send", UPDATE, "--yes", "--rate", "0") as process:
+        process.wait_until_catching(signal.SIGINT)  # the program's first line ran
+        time.sleep(0.5)  # the point is the timing of the signal, not readiness
+        assert process.process.poll() is None, process.stderr
+        stopped = time.monotonic()
+        code = process.stop(signal.SIGINT, timeout=10)
+        took = time.monotonic() - stopped
+    assert code == 4, process.stderr
+    assert took < 1.0, f"{took:.2f} s after SIGINT"
+    assert "Traceback" not in process.stderr
+    assert "SIGINT" in process.stderr
+    if (project.parent / "statusmail.db").exists():
+        assert_whole(project)
