@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CSV_HEADER, UPDATE, spawn, wait_for
+from conftest import CSV_HEADER, UPDATE, Running, spawn, wait_for
 
 
 def long_list(project: Path, rows: int) -> None:
@@ -49,6 +49,16 @@ def selection_complete(project: Path) -> bool:
     )
 
 
+def interrupt(process: Running) -> None:
+    """SIGINT: the run must end within a second, exit 4, without a traceback."""
+    stopped = time.monotonic()
+    code = process.stop(signal.SIGINT, timeout=10)
+    took = time.monotonic() - stopped
+    assert code == 4, process.stderr
+    assert took < 1.0, f"{took:.2f} s after SIGINT"
+    assert "Traceback" not in process.stderr
+
+
 def assert_whole(project: Path) -> None:
     """The ledger after a stop: intact, and what it calls sent is what the outbox holds."""
     db = sqlite3.connect(project.parent / "statusmail.db")
@@ -71,12 +81,7 @@ def test_the_first_message_leaves_while_the_list_is_still_being_read(project: Pa
         wait_for(lambda: outbox(project) > 0, timeout=60, what="the first message")
         # the proof is the order, not a time: the selection has not finished yet
         assert not selection_complete(project)
-        stopped = time.monotonic()
-        code = process.stop(signal.SIGINT, timeout=10)
-        took = time.monotonic() - stopped
-    assert code == 4, process.stderr
-    assert took < 1.0, f"{took:.2f} s after SIGINT"
-    assert "Traceback" not in process.stderr
+        interrupt(process)
     assert_whole(project)
     # what the run left is pending, and a re-run would take it from there
     assert ledger(project, "SELECT COUNT(*) FROM deliveries WHERE status = 'pending'") > 0
@@ -89,12 +94,7 @@ def test_sigint_half_a_second_into_a_million_row_selection(project: Path) -> Non
         process.wait_until_catching(signal.SIGINT)  # the program's first line ran
         time.sleep(0.5)  # the point is the timing of the signal, not readiness
         assert process.process.poll() is None, process.stderr
-        stopped = time.monotonic()
-        code = process.stop(signal.SIGINT, timeout=10)
-        took = time.monotonic() - stopped
-    assert code == 4, process.stderr
-    assert took < 1.0, f"{took:.2f} s after SIGINT"
-    assert "Traceback" not in process.stderr
+        interrupt(process)
     assert "SIGINT" in process.stderr
     if (project.parent / "statusmail.db").exists():
         assert_whole(project)

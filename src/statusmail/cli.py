@@ -90,6 +90,15 @@ def _log_format_callback(ctx: click.Context, _param: click.Parameter, value: str
         setup_logging(obj.get("verbose", 0), value)
 
 
+csv_output = click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the CSV here instead of to standard output.",
+)
+
+
 def common_options(func: F) -> F:
     """``--config`` and ``--log-format`` work before or after the command name."""
     func = click.option(
@@ -560,13 +569,7 @@ def suppress_list(config: Config, as_json: bool) -> ExitCode:
 
 @suppress.command(name="export")
 @common_options
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Write the CSV here instead of to standard output.",
-)
+@csv_output
 @run
 def suppress_export(config: Config, output: Path | None) -> ExitCode:
     """Export the suppression list as CSV (cells are made safe for spreadsheets).
@@ -631,13 +634,7 @@ def prefs_list(config: Config, as_json: bool) -> ExitCode:
 
 @prefs.command(name="export")
 @common_options
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Write the CSV here instead of to standard output.",
-)
+@csv_output
 @run
 def prefs_export(config: Config, output: Path | None) -> ExitCode:
     """Export the stored preferences as CSV (email, locale, topics, updated_at).

@@ -13,7 +13,7 @@ import random
 import re
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -141,21 +141,17 @@ class SqliteDatabase:
         while rows := cursor.fetchmany(size):
             yield rows
 
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+    def transaction(self) -> AbstractContextManager[None]:
+        return self._within("BEGIN IMMEDIATE")
 
-    @contextmanager
-    def local_transaction(self) -> Iterator[None]:
+    def local_transaction(self) -> AbstractContextManager[None]:
         """A transaction that takes no lock on the ledger until it writes (for the
         connection's own temporary tables)."""
-        self.db.execute("BEGIN")
+        return self._within("BEGIN")
+
+    @contextmanager
+    def _within(self, begin: str) -> Iterator[None]:
+        self.db.execute(begin)
         try:
             yield
         except BaseException:

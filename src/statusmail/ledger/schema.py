@@ -153,13 +153,16 @@ MIGRATIONS: tuple[Migration, ...] = (
     """,
     # 5: a claim walks the pending rows of a selection in queue order and stops after a
     # few. SQLite's deliveries_queue already ends in the rowid; PostgreSQL's needs seq,
-    # or every claim sorts all that is pending (quadratic over a send).
+    # or every claim sorts all that is pending (quadratic over a send). The queue's
+    # index starts with (entry_id, status), so deliveries_status only cost every
+    # outcome one more index to update.
     {
-        "sqlite": "",
+        "sqlite": "DROP INDEX IF EXISTS deliveries_status",
         "postgresql": """
         CREATE INDEX IF NOT EXISTS deliveries_claim
             ON deliveries (entry_id, status, selection, seq);
-        DROP INDEX IF EXISTS deliveries_queue
+        DROP INDEX IF EXISTS deliveries_queue;
+        DROP INDEX IF EXISTS deliveries_status
         """,
     },
 )
