@@ -3,6 +3,7 @@ environment, and the few helpers that run statusmail and wait for real parts."""
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
 import http.client
@@ -27,6 +28,8 @@ from typing import IO, Any, NoReturn, TypeVar
 
 import pytest
 from click.testing import CliRunner, Result
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from statusmail.cli import main
 from statusmail.entries import load_entries
@@ -74,6 +77,24 @@ def copy_sample(dest: Path) -> Path:
 def project(tmp_path: Path) -> Path:
     """The sample project in a temporary folder; returns its config path."""
     return copy_sample(tmp_path / "project")
+
+
+@pytest.fixture
+def signed_project(project: Path) -> tuple[Path, bytes]:
+    """The sample project signing with a fresh 2048-bit DKIM key; (config, the DNS record)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    (project.parent / "dkim.key").write_bytes(pem)
+    public = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    with project.open("a", encoding="utf-8") as handle:
+        handle.write("dkim: {domain: startmail.example, selector: status, key_file: dkim.key}\n")
+    return project, b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
 
 
 @pytest.fixture(autouse=True, scope="session")

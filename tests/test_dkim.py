@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 
 import dkim
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from statusmail.config import load_config
 from statusmail.entries import find_entry
@@ -17,24 +14,6 @@ from statusmail.regions import load_regions
 from statusmail.render import Renderer
 from statusmail.tokens import Keyring
 from statusmail.validation import probe_recipient
-
-
-@pytest.fixture
-def signed_project(project: Path) -> tuple[Path, bytes]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption(),
-    )
-    (project.parent / "dkim.key").write_bytes(pem)
-    public = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
-    with project.open("a", encoding="utf-8") as handle:
-        handle.write("dkim: {domain: startmail.example, selector: status, key_file: dkim.key}\n")
-    return project, record
 
 
 def test_every_variant_verifies_and_tampering_fails(signed_project: tuple[Path, bytes]) -> None:

@@ -23,8 +23,6 @@ from pathlib import Path
 
 import dkim
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -356,23 +354,6 @@ def test_every_encoding_of_a_part_decodes_to_its_text(
 
 
 # -- DKIM ------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def signed_project(project: Path) -> tuple[Path, bytes]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption(),
-    )
-    (project.parent / "dkim.key").write_bytes(pem)
-    public = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    with project.open("a", encoding="utf-8") as handle:
-        handle.write("dkim: {domain: startmail.example, selector: status, key_file: dkim.key}\n")
-    return project, b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
 
 
 def tampered(data: bytes) -> bytes:
