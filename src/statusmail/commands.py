@@ -10,7 +10,6 @@ from pathlib import Path
 
 from rich.console import Console
 
-from statusmail import feedback as feedback_pass
 from statusmail import pipeline, signals, suppression
 from statusmail.config import Config, is_url
 from statusmail.domain import ExitCode, Preference
@@ -388,6 +387,8 @@ def feedback(
     """Read the bounce mailbox once: bounces, complaints, mailto unsubscribes."""
     mask = (lambda a: a) if show_addresses else mask_address
     # A signal raises Interrupted: the message in hand is rolled back, nothing half done.
+    from statusmail import feedback as feedback_pass  # its parsers only for this command
+
     report = feedback_pass.run_pass(config, dry_run=dry_run, mask=mask)
     if as_json:
         print_json(report.as_json())
