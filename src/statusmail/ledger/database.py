@@ -185,7 +185,11 @@ class PostgresDatabase:
         self.where = describe(url)
         self.readonly = readonly
         try:
-            self.db = psycopg.connect(url, autocommit=True, connect_timeout=10)
+            # planned afresh each time, never from a generic plan made while the table
+            # was nearly empty (see queue.CONNECTION)
+            self.db = psycopg.connect(
+                url, autocommit=True, connect_timeout=10, prepare_threshold=None
+            )
             if readonly:
                 self.db.execute("SET default_transaction_read_only = on")
             # a writer waits for another at most BUSY_TIMEOUT, as on SQLite

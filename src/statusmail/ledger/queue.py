@@ -23,6 +23,13 @@ from statusmail.ledger import queries
 from statusmail.ledger.database import RETRIES, PostgresDialect, backoff, describe, transient
 from statusmail.ledger.store import Ledger, claimed, now_iso, record_params
 
+# No server-side prepared statements: their generic plan is made once, early in a send,
+# when the queue is still nearly empty (a sequential scan looks cheapest), and kept
+# until the table is next analyzed, so every claim and outcome would scan the whole
+# entry. Planned afresh, each statement uses the indexes (measured: 4–5× the msg/s of a
+# single sender at 20,000 recipients).
+CONNECTION: dict[str, Any] = {"autocommit": True, "prepare_threshold": None}
+
 
 def worker_name() -> str:
     """This process, as claims name it: host, pid and a random part (pids repeat)."""
@@ -131,7 +138,7 @@ class ServerQueue:
             try:
                 if self._pool is None:
                     self._pool = psycopg_pool.AsyncConnectionPool(
-                        self.url, min_size=1, max_size=4, open=False, kwargs={"autocommit": True}
+                        self.url, min_size=1, max_size=4, open=False, kwargs=CONNECTION
                     )
                     await self._pool.open(wait=True, timeout=10)
                 async with self._pool.connection() as conn:
