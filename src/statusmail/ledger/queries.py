@@ -19,13 +19,13 @@ CLAIM = {
     """,
     "postgresql": """
         WITH picked AS (
-            SELECT seq FROM deliveries
+            SELECT ctid FROM deliveries
             WHERE entry_id = :e AND status = 'pending' AND selection = :g
               AND (claimed_by IS NULL OR lease_until < {now})
               AND address NOT IN (SELECT address FROM suppressions)
             ORDER BY seq LIMIT :n FOR UPDATE SKIP LOCKED)
         UPDATE deliveries d SET claimed_by = :me, lease_until = {now} + :lease
-        FROM picked WHERE d.entry_id = :e AND d.seq = picked.seq
+        FROM picked WHERE d.ctid = picked.ctid
         RETURNING d.seq, d.address, d.email, d.ascii_email, d.name, d.locale, d.region,
                   d.attempts
     """,

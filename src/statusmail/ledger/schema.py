@@ -153,16 +153,19 @@ MIGRATIONS: tuple[Migration, ...] = (
     """,
     # 5: a claim walks the pending rows of a selection in queue order and stops after a
     # few. SQLite's deliveries_queue already ends in the rowid; PostgreSQL's needs seq,
-    # or every claim sorts all that is pending (quadratic over a send). The queue's
-    # index starts with (entry_id, status), so deliveries_status only cost every
-    # outcome one more index to update.
+    # or every claim sorts all that is pending (quadratic over a send), and it must be
+    # the only index in the entry's seq order: with (entry_id, seq) beside it, the
+    # planner took that one whenever its statistics still thought most rows pending, and
+    # walked past every row already sent. The queue's index starts with
+    # (entry_id, status), so deliveries_status only cost every outcome one more update.
     {
         "sqlite": "DROP INDEX IF EXISTS deliveries_status",
         "postgresql": """
         CREATE INDEX IF NOT EXISTS deliveries_claim
             ON deliveries (entry_id, status, selection, seq);
         DROP INDEX IF EXISTS deliveries_queue;
-        DROP INDEX IF EXISTS deliveries_status
+        DROP INDEX IF EXISTS deliveries_status;
+        DROP INDEX IF EXISTS deliveries_seq
         """,
     },
 )
