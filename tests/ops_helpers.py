@@ -46,6 +46,23 @@ def ledger_count(config: Path, sql: str, *args: object) -> int:
         db.close()
 
 
+def selection_complete(config: Path, entry_id: str) -> bool:
+    """Whether the entry's latest selection has been read to its end (while it streams,
+    the ledger's pending count can rise; after, it only falls). False before the ledger
+    or its schema exists."""
+    try:
+        return bool(
+            ledger_count(
+                config,
+                "SELECT COUNT(*) FROM entries WHERE entry_id = ? AND generation > 0"
+                " AND selected_generation = generation",
+                entry_id,
+            )
+        )
+    except sqlite3.OperationalError:
+        return False
+
+
 def break_ledger(config: Path, how: str) -> None:
     """Make the ledger unreadable: garbage bytes, or a directory where the file was."""
     path = config.parent / "statusmail.db"

@@ -5,7 +5,6 @@ made unreadable or the relay is down."""
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from ops_helpers import (
     break_ledger,
     ledger_count,
     scrape,
+    selection_complete,
     serve_process,
     stop,
     value,
@@ -145,16 +145,7 @@ def test_watch_metrics_during_a_send_match_the_ledger(project: Path) -> None:
             def mid_send() -> Samples | None:
                 # Once the selection is complete the ledger's pending count only falls
                 # (while it streams, it also rises): read the metrics after that.
-                try:
-                    selected = ledger_count(
-                        project,
-                        "SELECT COUNT(*) FROM entries WHERE entry_id=? AND generation > 0"
-                        " AND selected_generation = generation",
-                        UPDATE,
-                    )
-                except sqlite3.OperationalError:  # no ledger, or no schema, yet
-                    return None
-                if not selected:
+                if not selection_complete(project, UPDATE):
                     return None
                 samples = scrape(port)
                 sending = value(samples, "statusmail_sending_entry_info", entry=UPDATE)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CSV_HEADER, UPDATE, Running, spawn, wait_for
+from conftest import CSV_HEADER, UPDATE, Running, outbox_count, spawn, wait_for
+from ops_helpers import ledger_count, selection_complete
 
 
 def long_list(project: Path, rows: int) -> None:
@@ -24,29 +25,6 @@ def long_list(project: Path, rows: int) -> None:
         handle.writelines(
             f"reader{i}@example.org,Читатель {i},ru,RU,service-status,active\n" for i in range(rows)
         )
-
-
-def ledger(project: Path, sql: str) -> int:
-    db = sqlite3.connect(f"file:{project.parent / 'statusmail.db'}?mode=ro", uri=True)
-    try:
-        return int(db.execute(sql).fetchone()[0] or 0)
-    finally:
-        db.close()
-
-
-def outbox(project: Path) -> int:
-    folder = project.parent / "outbox" / "new"
-    return sum(1 for _ in folder.iterdir()) if folder.exists() else 0
-
-
-def selection_complete(project: Path) -> bool:
-    return bool(
-        ledger(
-            project,
-            f"SELECT COUNT(*) FROM entries WHERE entry_id = '{UPDATE}'"
-            " AND generation > 0 AND selected_generation = generation",
-        )
-    )
 
 
 def interrupt(process: Running) -> None:
@@ -70,7 +48,7 @@ def assert_whole(project: Path) -> None:
         ).fetchone()[0]
     finally:
         db.close()
-    assert sent == outbox(project)
+    assert sent == outbox_count(project)
     assert claimed == 0  # what was taken and not sent went back
 
 
@@ -78,13 +56,13 @@ def assert_whole(project: Path) -> None:
 def test_the_first_message_leaves_while_the_list_is_still_being_read(project: Path) -> None:
     long_list(project, 300_000)
     with spawn(project, "send", UPDATE, "--yes", "--rate", "0") as process:
-        wait_for(lambda: outbox(project) > 0, timeout=60, what="the first message")
+        wait_for(lambda: outbox_count(project) > 0, timeout=60, what="the first message")
         # the proof is the order, not a time: the selection has not finished yet
-        assert not selection_complete(project)
+        assert not selection_complete(project, UPDATE)
         interrupt(process)
     assert_whole(project)
     # what the run left is pending, and a re-run would take it from there
-    assert ledger(project, "SELECT COUNT(*) FROM deliveries WHERE status = 'pending'") > 0
+    assert ledger_count(project, "SELECT COUNT(*) FROM deliveries WHERE status = 'pending'") > 0
 
 
 @pytest.mark.timeout(90)
