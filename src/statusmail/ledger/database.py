@@ -25,6 +25,14 @@ from statusmail.errors import LedgerError
 # milliseconds), so the unsubscribe endpoint never waits on a send for long.
 BUSY_TIMEOUT = 2.0
 
+# Every connection to PostgreSQL (the ledger's, the senders' pool, the locks'). No
+# server-side prepared statements: their generic plan is made once, early in a send,
+# when the queue is still nearly empty (a sequential scan looks cheapest), and kept
+# until the table is next analyzed, so every claim and outcome would scan the whole
+# entry. Planned afresh, each statement uses the indexes (one sender at 20,000
+# recipients: 3x the msg/s).
+CONNECTION: dict[str, Any] = {"autocommit": True, "connect_timeout": 10, "prepare_threshold": None}
+
 Params = Mapping[str, Any]
 Row = tuple[Any, ...]
 
@@ -185,11 +193,7 @@ class PostgresDatabase:
         self.where = describe(url)
         self.readonly = readonly
         try:
-            # planned afresh each time, never from a generic plan made while the table
-            # was nearly empty (see queue.CONNECTION)
-            self.db = psycopg.connect(
-                url, autocommit=True, connect_timeout=10, prepare_threshold=None
-            )
+            self.db = psycopg.connect(url, **CONNECTION)
             if readonly:
                 self.db.execute("SET default_transaction_read_only = on")
             # a writer waits for another at most BUSY_TIMEOUT, as on SQLite

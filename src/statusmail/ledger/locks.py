@@ -18,7 +18,7 @@ from pathlib import Path
 
 from statusmail.config import is_url
 from statusmail.errors import LedgerError
-from statusmail.ledger.database import describe
+from statusmail.ledger.database import CONNECTION, describe
 
 
 def lock_key(name: str) -> int:
@@ -68,7 +68,7 @@ class ServerLock:
 
         self.where = describe(url)
         try:
-            self.db = psycopg.connect(url, autocommit=True, connect_timeout=10)
+            self.db = psycopg.connect(url, **CONNECTION)
             # Advisory locks are the database's: a deployment in its own schema has its own.
             row = self.db.execute("SELECT current_schema()").fetchone()
             self.key = lock_key(f"{row[0] if row else ''}:{name}")
