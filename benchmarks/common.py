@@ -165,6 +165,22 @@ class ChildResult:
         return json.loads(text[start:]) if start >= 0 else {}
 
 
+def _wait_measured(proc: subprocess.Popen[bytes], deadline: float) -> tuple[int, Any, float]:
+    """Wait for ``proc`` (killed at ``deadline``, a perf_counter time), polling its peak
+    RSS every 5 ms: (wait status, its rusage from ``os.wait4``, peak RSS in MB)."""
+    peak = 0.0
+    while True:
+        peak = max(peak, peak_rss(proc.pid))
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            return status, usage, peak
+        if time.perf_counter() > deadline:
+            proc.kill()
+            _, status, usage = os.wait4(proc.pid, 0)
+            return status, usage, peak
+        time.sleep(0.005)
+
+
 def run_child(
     argv: list[str],
     *,
@@ -183,18 +199,7 @@ def run_child(
             env={**os.environ, **(env or {})},
             cwd=cwd,
         )
-        deadline = start + timeout
-        peak = 0.0
-        while True:
-            peak = max(peak, peak_rss(proc.pid))
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.perf_counter() > deadline:
-                proc.kill()
-                pid, status, usage = os.wait4(proc.pid, 0)
-                break
-            time.sleep(0.005)
+        status, usage, peak = _wait_measured(proc, start + timeout)
         wall = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
@@ -273,18 +278,7 @@ def run_marked(
 
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
-        deadline = start + timeout
-        peak = 0.0
-        while True:
-            peak = max(peak, peak_rss(proc.pid))
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.perf_counter() > deadline:
-                proc.kill()
-                pid, status, usage = os.wait4(proc.pid, 0)
-                break
-            time.sleep(0.005)
+        status, usage, peak = _wait_measured(proc, start + timeout)
         wall = time.perf_counter() - start
         reader.join(10)
         proc.returncode = os.waitstatus_to_exitcode(status)
