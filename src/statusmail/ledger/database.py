@@ -12,6 +12,7 @@ import os
 import random
 import re
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -114,7 +115,7 @@ class SqliteDatabase:
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self.db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
-                self.db.execute("PRAGMA journal_mode=WAL")
+                self._write_ahead_log()
                 self.db.execute("PRAGMA synchronous=NORMAL")
                 self.db.execute("PRAGMA temp_store=FILE")
             self._identity = self._stat()
@@ -122,6 +123,22 @@ class SqliteDatabase:
             raise LedgerError(f"{path}: cannot open the ledger: {exc}") from exc
         except OSError as exc:
             raise LedgerError(f"{path}: cannot open the ledger: {exc.strerror or exc}") from exc
+
+    def _write_ahead_log(self) -> None:
+        """WAL mode, once per file. Connections switching a new file at the same moment
+        can each hold what the other needs: SQLite then refuses one at once ("database
+        is locked") instead of waiting, so the switch is tried again until the busy
+        timeout."""
+        deadline = time.monotonic() + BUSY_TIMEOUT
+        while True:
+            try:
+                if self.db.execute("PRAGMA journal_mode").fetchall() != [("wal",)]:
+                    self.db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def _stat(self) -> tuple[int, int]:
         st = os.stat(self.path)
