@@ -276,6 +276,12 @@ class RecordingServer:
         asyncio.run_coroutine_threadsafe(self._hang_up(), controller.loop).result(timeout=10)
         controller.stop()
 
+    def stop_listening(self) -> None:
+        """From the server's own thread (a reply hook): accept no new connection from
+        this moment, as a relay going down does, before ``stop`` hangs up the rest."""
+        assert self._controller is not None and isinstance(self._controller.server, asyncio.Server)
+        self._controller.server.close()
+
     async def _hang_up(self) -> None:
         with self._lock:
             sessions, self._sessions = self._sessions, []

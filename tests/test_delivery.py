@@ -182,6 +182,7 @@ def test_relay_down_mid_run_leaves_recipients_pending_not_failed(project: Path) 
 
     def go_down(n: int, envelope: object) -> str | None:
         if n == 5:  # the relay shuts down: this reply is its last word
+            server.stop_listening()  # a reconnect must not find it still there
             threading.Thread(target=server.stop).start()
             return "421 4.3.2 Service shutting down"
         return None
