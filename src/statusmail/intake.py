@@ -185,8 +185,9 @@ class Stream:
         on_error: Callable[[str], None],
         on_enqueued: Callable[[int], None] = lambda _count: None,
     ) -> None:
-        """Run in a thread; ``on_enqueued`` (in the loop) with how many more recipients
-        each batch made pending, ``on_error`` when the selection cannot go on."""
+        """Run in a thread; ``on_enqueued`` (in that thread, so it must be thread-safe)
+        with how many more recipients each batch made pending, ``on_error`` (in the
+        loop) when the selection cannot go on."""
         loop = asyncio.get_running_loop()
         self._on_enqueued = on_enqueued
         self._done = loop.run_in_executor(None, self._run, loop, progress)
@@ -208,16 +209,19 @@ class Stream:
     def _run(self, loop: asyncio.AbstractEventLoop, progress: asyncio.Event) -> None:
         try:
             with Ledger(self.target) as ledger:
-                self._select(ledger, lambda n: loop.call_soon_threadsafe(self._added, n, progress))
+                self._select(ledger, lambda n: self._added(n, loop, progress))
         except (StatusmailError, Interrupted) as exc:
             self.result.error = exc
         finally:
             loop.call_soon_threadsafe(progress.set)
 
-    def _added(self, count: int, progress: asyncio.Event) -> None:
+    def _added(self, count: int, loop: asyncio.AbstractEventLoop, progress: asyncio.Event) -> None:
+        # Counted here, in the selection's thread, right after the batch's commit (the
+        # metrics are prometheus-client's, safe from any thread): the pending gauge
+        # never lags the ledger's rows. Only the waiting producer is woken in the loop.
         if count:
             self._on_enqueued(count)
-        progress.set()
+        loop.call_soon_threadsafe(progress.set)
 
     def _select(self, ledger: Ledger, notify: Callable[[int], object]) -> None:
         with ledger.preference_lookup() as preferences:
