@@ -11,12 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiosmtplib.email import quote_address
+from hypothesis import given
+from hypothesis import strategies as st
 
 from conftest import closed_port
 from smtp_server import RecordingServer, TestCA, make_test_ca
 from statusmail.config import SmtpSettings
 from statusmail.errors import ConnectError, DeliveryError
-from statusmail.smtp import SmtpConnection, SmtpTransport, is_bounce
+from statusmail.smtp import SmtpConnection, SmtpTransport, command_address, is_bounce
 from statusmail.transport import Envelope, Transport
 
 SENDER = "status@example.org"
@@ -395,3 +398,25 @@ def test_is_bounce_rules() -> None:
 def test_transport_server_names_host_and_port() -> None:
     settings = SmtpSettings(host="mail.example.org", port=2525)
     assert SmtpTransport(settings, None).server == "mail.example.org:2525"
+
+
+_ATOM = st.text(alphabet="abcXYZ019!#$%&'*+/=?^_`{|}~-", min_size=1, max_size=8)
+_ADDRESSES = st.one_of(
+    st.builds(
+        "{}@{}".format,
+        st.lists(_ATOM, min_size=1, max_size=3).map(".".join),
+        st.lists(st.text(alphabet="ab09-", min_size=1, max_size=6), min_size=1, max_size=3).map(
+            ".".join
+        ),
+    ),
+    st.text(max_size=30),  # anything at all: quotes, spaces, brackets, non-ASCII, line breaks
+)
+
+
+@given(_ADDRESSES)
+def test_the_address_fast_path_says_what_aiosmtplib_would(address: str) -> None:
+    """MAIL and RCPT skip aiosmtplib's address parse only for an address that it would
+    send unchanged; every other address goes through aiosmtplib."""
+    quoted = command_address(address)
+    if quoted is not None:
+        assert quoted == quote_address(address).encode("ascii")

@@ -1,9 +1,11 @@
 """The delivery engine: workers, throttle, retries, failure threshold, group-committed ledger.
 
 Each worker owns one connection and takes one recipient at a time. A recipient's outcome
-is committed to the ledger before its worker takes the next one; the commits of all
-workers are grouped into one transaction, so at any moment at most ``concurrency``
-messages can have been accepted by the server without being recorded as sent.
+is committed to the ledger before its worker hands the next message over (the end of
+DATA); the worker builds that message and starts its transaction meanwhile, and the
+outcomes of all workers are grouped into one transaction, so at any moment at most
+``concurrency`` messages can have been accepted by the server without being recorded
+as sent.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from statusmail.ledger import DeliveryQueue
 from statusmail.message import Built
 from statusmail.report import scrub
 from statusmail.throttle import FailureWindow, SharedBucket, TokenBucket
-from statusmail.transport import Connection, Envelope, Transport
+from statusmail.transport import Connection, Envelope, Ready, Transport
 
 if TYPE_CHECKING:
     from statusmail.metrics import DeliveryMetrics
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("statusmail.delivery")
 CLOSE_TIMEOUT = 5.0  # a QUIT the relay never answers must not hold up the end of a run
 POLL = 0.5  # how often an idle producer looks again (another sender's lease, the list)
+LINGER = 0.02  # the longest an outcome waits for a transaction that no worker asked for
 
 
 @dataclass
@@ -48,36 +51,83 @@ class RunResult:
     stopped: str | None = None  # why the run stopped early, if it did
 
 
-class GroupCommitter:
-    """Outcomes wait here until the next write, which takes all that are waiting: one
-    transaction carries the outcomes of every worker that finished meanwhile."""
+Done = tuple[Outcome, Recipient, "DeliveryError | None"]  # an outcome, whom, and why
 
-    def __init__(self, queue: DeliveryQueue) -> None:
+
+class GroupCommitter:
+    """Outcomes wait here until a worker needs its last one recorded (just before its
+    next message is handed over) or ``LINGER`` has passed; then one transaction records
+    every outcome waiting, and ``on_recorded`` counts them. Workers go on building and
+    talking to the relay meanwhile, so the transaction carries the outcomes of every
+    connection that finished in the time of a few round trips, not of one loop turn."""
+
+    def __init__(
+        self,
+        queue: DeliveryQueue,
+        on_recorded: Callable[[list[Done]], None],
+        on_failure: Callable[[BaseException], None],
+    ) -> None:
         self.queue = queue
-        self._waiting: list[tuple[Outcome, asyncio.Future[None]]] = []
+        self.on_recorded = on_recorded
+        self.on_failure = on_failure
+        self.transactions = 0  # how many writes carried the outcomes (for benchmarks)
+        self._waiting: list[Done] = []
+        self._batch: asyncio.Future[None] | None = None  # done when _waiting is recorded
+        self._timer: asyncio.TimerHandle | None = None
         self._writing: asyncio.Task[None] | None = None
 
-    async def record(self, outcome: Outcome) -> None:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append((outcome, future))
-        if self._writing is None or self._writing.done():
+    def submit(self, done: Done) -> asyncio.Future[None]:
+        """Queue an outcome; the future is done once it is recorded."""
+        if self._batch is None:
+            loop = asyncio.get_running_loop()
+            self._batch = loop.create_future()
+            self._timer = loop.call_later(LINGER, self._write)
+        self._waiting.append(done)
+        return self._batch
+
+    async def recorded(self, batch: asyncio.Future[None]) -> None:
+        """Return once ``batch`` is recorded (writing it now if it waits), or raise the
+        ``LedgerError`` that kept it from the ledger."""
+        if batch.done():
+            batch.result()
+            return
+        if batch is self._batch:
+            self._write()
+        await asyncio.shield(batch)  # a cancelled worker must not cancel the others' batch
+
+    async def close(self) -> None:
+        """Record what still waits (a run cut short after messages were accepted)."""
+        if self._waiting:
+            self._write()
+        if self._writing is not None:
+            await asyncio.gather(self._writing, return_exceptions=True)
+
+    def _write(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._writing is None or self._writing.done():  # else it takes these next
             self._writing = asyncio.create_task(self._flush())
-        await future
 
     async def _flush(self) -> None:
-        await asyncio.sleep(0)  # let every worker that is done this turn join the batch
-        while self._waiting:
-            batch, self._waiting = self._waiting, []
+        while self._waiting and self._batch is not None:
+            batch, future = self._waiting, self._batch
+            self._waiting, self._batch = [], None
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
             try:
-                await self.queue.record([outcome for outcome, _ in batch])
-            except LedgerError as exc:  # the ledger is the truth: nobody goes on without it
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
+                await self.queue.record([outcome for outcome, _, _ in batch])
+                self.transactions += 1
+                self.on_recorded(batch)
+            except BaseException as exc:  # the ledger is the truth: nobody goes on without it
+                future.set_exception(exc)
+                future.exception()  # retrieved: the engine raises it
+                self.on_failure(exc)
+                if not isinstance(exc, Exception):
+                    raise
                 continue
-            for _, future in batch:
-                if not future.done():
-                    future.set_result(None)
+            future.set_result(None)
 
 
 class _Stopping(Exception):
@@ -132,7 +182,7 @@ class Engine:
             else TokenBucket(settings.rate)
         )
         self.failures = FailureWindow(settings.stop_after_failures)
-        self.committer = GroupCommitter(queue)
+        self.committer = GroupCommitter(queue, self._recorded, self._fail)
         self.mask = mask
         self.limit = limit
         self.selecting = selecting
@@ -148,6 +198,8 @@ class Engine:
 
         self.metrics = (metrics or current()).for_entry(self.entry_id)
         self._relay_failed = False  # a reconnect failed since the relay last took a message
+        self._tasks: list[asyncio.Task[None]] = []
+        self._fatal: BaseException | None = None  # what stopped the run (the ledger)
 
     def halt(self, reason: str) -> None:
         if self.result.stopped is None:
@@ -181,6 +233,7 @@ class Engine:
                 feed.put_nowait(recipient)
             tasks = [asyncio.create_task(self._worker(conn, feed)) for conn in connections]
             tasks.append(asyncio.create_task(self._produce(feed, len(connections))))
+            self._tasks = tasks
             try:
                 await asyncio.gather(*tasks)
             except BaseException:
@@ -190,8 +243,11 @@ class Engine:
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
+                if self._fatal is not None:
+                    raise self._fatal from None
                 raise
         finally:
+            await self.committer.close()
             renewing.cancel()
             await asyncio.gather(renewing, return_exceptions=True)
             for conn in connections:
@@ -277,11 +333,27 @@ class Engine:
             )
         return connections
 
+    def _fail(self, exc: BaseException) -> None:
+        """The ledger could not record outcomes: stop every worker now."""
+        if self._fatal is None:
+            self._fatal = exc
+        self.stop.set()
+        for task in self._tasks:
+            task.cancel()
+
     async def _worker(self, conn: Connection, feed: asyncio.Queue[Recipient | None]) -> None:
+        last: asyncio.Future[None] | None = None  # the transaction of this worker's last outcome
+
+        async def ready() -> None:
+            # Before the next message is handed over, the last one is in the ledger: so
+            # at most one message per connection is ever accepted but not recorded.
+            if last is not None:
+                await self.committer.recorded(last)
+
         while True:
             recipient = await feed.get()
             if recipient is None:
-                return
+                break
             if self.stop.is_set():
                 continue  # drain: what was taken but not started goes back to the queue
             # Suppressed this very moment (an unsubscribe on any web host): never sent.
@@ -296,8 +368,12 @@ class Engine:
                 )
                 error = None
             else:
-                outcome, error = await self._deliver_one(conn, recipient)
-            await self.committer.record(outcome)
+                outcome, error = await self._deliver_one(conn, recipient, ready)
+            last = self.committer.submit((outcome, recipient, error))
+        await ready()
+
+    def _recorded(self, batch: list[Done]) -> None:
+        for outcome, recipient, error in batch:
             self._count(outcome, recipient, error)
 
     def _count(self, outcome: Outcome, recipient: Recipient, error: DeliveryError | None) -> None:
@@ -322,7 +398,7 @@ class Engine:
             self.on_outcome(outcome, recipient)
 
     async def _deliver_one(
-        self, conn: Connection, recipient: Recipient
+        self, conn: Connection, recipient: Recipient, ready: Ready
     ) -> tuple[Outcome, DeliveryError | None]:
         """The outcome, and the error that decided it, if one did."""
         try:
@@ -336,14 +412,14 @@ class Engine:
         tally = _Attempts(recipient.attempts)
         try:
             # Most messages go through at once: tenacity is set up only for a retry.
-            await self._attempt(conn, envelope, tally)
+            await self._attempt(conn, envelope, tally, ready)
         except DeliveryError as exc:
             remaining = self.settings.max_attempts - tally.charged
             if not exc.transient or remaining <= 0:
                 return await self._failure(recipient, tally.charged, exc), exc
             self.metrics.retried(exc)
             try:
-                await self._retry(conn, envelope, tally, remaining)
+                await self._retry(conn, envelope, tally, remaining, ready)
             except _Stopping:
                 stopped = Outcome(
                     recipient.address,
@@ -360,10 +436,12 @@ class Engine:
         )
         return sent, None
 
-    async def _attempt(self, conn: Connection, envelope: Envelope, tally: _Attempts) -> None:
+    async def _attempt(
+        self, conn: Connection, envelope: Envelope, tally: _Attempts, ready: Ready
+    ) -> None:
         await self.bucket.acquire()
         try:
-            await conn.send(envelope)
+            await conn.send(envelope, ready)
         except DeliveryError as exc:
             if exc.relay_down:  # the message never left: nothing to charge
                 self._relay_failed = True
@@ -377,7 +455,7 @@ class Engine:
             self.metrics.relay(True)
 
     async def _retry(
-        self, conn: Connection, envelope: Envelope, tally: _Attempts, remaining: int
+        self, conn: Connection, envelope: Envelope, tally: _Attempts, remaining: int, ready: Ready
     ) -> None:
         wait = wait_random_exponential(
             multiplier=self.settings.retry_initial, max=self.settings.retry_max
@@ -395,7 +473,7 @@ class Engine:
             with attempt:
                 if self.stop.is_set():
                     raise _Stopping
-                await self._attempt(conn, envelope, tally)
+                await self._attempt(conn, envelope, tally, ready)
 
     def _retrying(self, state: RetryCallState) -> None:
         """A failed attempt that tenacity will follow with another."""

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from statusmail.errors import ConnectError, DeliveryError
-from statusmail.transport import Envelope
+from statusmail.transport import Envelope, Ready
 
 _counter = itertools.count()
 
@@ -32,9 +32,17 @@ class MaildirConnection:
     def __init__(self, outbox: Path) -> None:
         self.outbox = outbox
 
-    async def send(self, envelope: Envelope) -> None:
+    async def send(self, envelope: Envelope, ready: Ready | None = None) -> None:
+        name = _unique_name()
         try:
-            await asyncio.to_thread(self._write, envelope.data)
+            await asyncio.to_thread(self._write, name, envelope.data)
+            if ready is not None:
+                try:
+                    await ready()
+                except BaseException:
+                    (self.outbox / "tmp" / name).unlink(missing_ok=True)
+                    raise
+            os.rename(self.outbox / "tmp" / name, self.outbox / "new" / name)
         except OSError as exc:
             raise DeliveryError(
                 f"{self.outbox}: cannot write: {exc.strerror or exc}",
@@ -42,8 +50,8 @@ class MaildirConnection:
                 transient=True,
             ) from exc
 
-    def _write(self, data: bytes) -> None:
-        name = _unique_name()
+    def _write(self, name: str, data: bytes) -> None:
+        """The message into ``tmp/``, on disk; the rename into ``new/`` delivers it."""
         tmp = self.outbox / "tmp" / name
         # Maildir files use the platform's line ending; the message itself is CRLF.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -52,7 +60,6 @@ class MaildirConnection:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.rename(tmp, self.outbox / "new" / name)
 
     async def close(self) -> None:
         return None

@@ -18,14 +18,27 @@ import aiosmtplib
 
 from statusmail.config import SmtpSettings
 from statusmail.errors import ConnectError, DeliveryError
-from statusmail.transport import Envelope
+from statusmail.transport import Envelope, Ready
 
 _BOUNCE_STATUS = re.compile(r"(?<![\d.])5\.1\.(?:1|10)(?![\d.])")
 _BOUNCE_TEXT = re.compile(
     r"user unknown|no such user|unknown user|mailbox unavailable|does not exist", re.I
 )
+# An address that aiosmtplib's quote_address() would return unchanged inside <>: its
+# parse (email.utils.parseaddr) costs more than the rest of the command, so such
+# addresses, nearly all of them, skip it. Anything else goes through aiosmtplib.
+_PLAIN_ADDRESS = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+)
 # Errors that mean the session is gone (or out of step) and must be reopened.
 _LOST = (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, TimeoutError, OSError)
+
+
+def command_address(address: str) -> bytes | None:
+    """``<address>`` for MAIL or RCPT when it is a plain ASCII address, else None."""
+    if _PLAIN_ADDRESS.fullmatch(address) is None:
+        return None
+    return b"<" + address.encode("ascii") + b">"
 
 
 def _one_line(text: str) -> str:
@@ -173,12 +186,13 @@ class SmtpConnection:
     def broken(self) -> bool:
         return self._smtp is None or not self._smtp.is_connected
 
-    async def send(self, envelope: Envelope) -> None:
-        """Deliver one message or raise ``DeliveryError``."""
+    async def send(self, envelope: Envelope, ready: Ready | None = None) -> None:
+        """Deliver one message or raise ``DeliveryError``; ``ready`` is awaited before
+        the end of DATA."""
         async with self._lock:
             smtp = await self._session(envelope)
             try:
-                await self._transaction(smtp, envelope)
+                await self._transaction(smtp, envelope, ready)
             except (aiosmtplib.SMTPRecipientRefused, aiosmtplib.SMTPRecipientsRefused) as exc:
                 one = exc if isinstance(exc, aiosmtplib.SMTPRecipientRefused) else exc.recipients[0]
                 raise await self._refused(smtp, envelope, one.code, one.message, "RCPT") from exc
@@ -230,7 +244,9 @@ class SmtpConnection:
         self._eight_bit = self._smtp.supports_extension("8bitmime")
         return self._smtp
 
-    async def _transaction(self, smtp: aiosmtplib.SMTP, envelope: Envelope) -> None:
+    async def _transaction(
+        self, smtp: aiosmtplib.SMTP, envelope: Envelope, ready: Ready | None
+    ) -> None:
         rcpt = envelope.recipient_ascii
         utf8_addresses = rcpt is None or not envelope.sender.isascii()
         offers_utf8 = smtp.supports_extension("smtputf8")
@@ -256,14 +272,39 @@ class SmtpConnection:
         if eight_bit and offers_8bit:
             options.append("BODY=8BITMIME")
         encoding = "utf-8" if options and options[0] == "SMTPUTF8" else "ascii"
-        await smtp.mail(envelope.sender, options=options, encoding=encoding)
-        await smtp.rcpt(rcpt or envelope.recipient, encoding=encoding)
+        await self._mail(smtp, envelope.sender, options, encoding)
+        await self._rcpt(smtp, rcpt or envelope.recipient, encoding)
         if shape is not None:
-            await self._data(smtp, data)
+            await self._data(smtp, data, ready)
         else:
+            if ready is not None:
+                await self._ready(ready)
             await smtp.data(data)
 
-    async def _data(self, smtp: aiosmtplib.SMTP, data: bytes) -> None:
+    async def _mail(
+        self, smtp: aiosmtplib.SMTP, sender: str, options: list[str], encoding: str
+    ) -> None:
+        """``SMTP.mail()``, without its address parse when the address is plain."""
+        quoted = command_address(sender)
+        if quoted is None:
+            await smtp.mail(sender, options=options, encoding=encoding)
+            return
+        extra = [option.encode("ascii") for option in options]
+        response = await smtp.execute_command(b"MAIL", b"FROM:" + quoted, *extra)
+        if response.code != 250:
+            raise aiosmtplib.SMTPSenderRefused(response.code, response.message, sender)
+
+    async def _rcpt(self, smtp: aiosmtplib.SMTP, recipient: str, encoding: str) -> None:
+        """``SMTP.rcpt()``, likewise."""
+        quoted = command_address(recipient)
+        if quoted is None:
+            await smtp.rcpt(recipient, encoding=encoding)
+            return
+        response = await smtp.execute_command(b"RCPT", b"TO:" + quoted)
+        if response.code not in (250, 251):
+            raise aiosmtplib.SMTPRecipientRefused(response.code, response.message, recipient)
+
+    async def _data(self, smtp: aiosmtplib.SMTP, data: bytes, ready: Ready | None) -> None:
         """DATA for a message that is already CRLF-only with no line starting with a dot
         (``message.py`` makes them so, and says so in the envelope's ``Shape``):
         aiosmtplib's own pass over the bytes, which costs as much as building the
@@ -275,11 +316,20 @@ class SmtpConnection:
         start = await protocol.execute_command(b"DATA", timeout=timeout)
         if start.code != 354:
             raise aiosmtplib.SMTPDataError(start.code, start.message)
+        if ready is not None:
+            await self._ready(ready)  # (a session lost meanwhile fails the write)
         # No await between the write and read_response: the reply cannot be missed.
         protocol.write(data + (b".\r\n" if data.endswith(b"\r\n") else b"\r\n.\r\n"))
         response = await protocol.read_response(timeout=timeout)
         if response.code != 250:
             raise aiosmtplib.SMTPDataError(response.code, response.message)
+
+    async def _ready(self, ready: Ready) -> None:
+        try:
+            await ready()
+        except BaseException:
+            self._drop()  # the message must not go: this session is out of step now
+            raise
 
     async def _refused(
         self, smtp: aiosmtplib.SMTP, envelope: Envelope, code: int, text: str, stage: str

@@ -7,7 +7,7 @@ transport only knows how to hand one message to its destination and to say, by r
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -36,13 +36,22 @@ class Envelope:
     seven_bit: Callable[[], Envelope] | None = None
 
 
+# Awaited just before a connection hands a message over for good (the end of DATA, the
+# rename into the outbox's new/): the engine's last outcome on this connection is in the
+# ledger by then, so the message before this one can never be lost to a crash after this
+# one was accepted. It raises if that outcome could not be recorded: the message is not
+# handed over.
+Ready = Callable[[], Awaitable[None]]
+
+
 class Connection(Protocol):
     @property
     def eight_bit(self) -> bool:
         """Whether messages can go out with 8bit parts (as far as is known now)."""
 
-    async def send(self, envelope: Envelope) -> None:
-        """Deliver one message or raise ``DeliveryError``."""
+    async def send(self, envelope: Envelope, ready: Ready | None = None) -> None:
+        """Deliver one message or raise ``DeliveryError``; ``ready`` is awaited just
+        before the message is handed over for good."""
 
     async def close(self) -> None: ...
 
