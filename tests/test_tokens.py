@@ -22,6 +22,8 @@ from statusmail.tokens import (
     entry_token,
     legacy_unsubscribe_token,
     message_id,
+    return_path_token,
+    row_token,
     unsubscribe_token,
     verify_entry_token,
     verify_unsubscribe_token,
@@ -188,3 +190,24 @@ def test_a_short_secret_is_an_error_for_smtp_and_serve(project: Path) -> None:
     assert "is 1 bytes; it must be at least 32" in serve.stderr
     config = load_config(project, {})
     assert config.keyring({"STATUSMAIL_UNSUBSCRIBE_SECRET": "x" * 32})[0].secret == b"x" * 32
+
+
+@given(
+    entry=st.text(min_size=1, max_size=40),
+    address=st.text(min_size=1, max_size=80),
+    local=st.text(alphabet="abcdefghijklmnopqrstuvwxyz-", min_size=1, max_size=30),
+    row=st.integers(min_value=1, max_value=2**40),
+)
+def test_the_return_path_takes_the_entry_token_exactly_when_it_fits(
+    entry: str, address: str, local: str, row: int
+) -> None:
+    """The choice is made from the token's length, known without sealing: it is the
+    one a sealed entry token would have made."""
+    keys = Keyring(NEW)
+    sealed = entry_token(keys, Purpose.VERP, entry, address)
+    fits = len(local) + 1 + len(sealed) <= 64
+    token = return_path_token(keys, entry, address, local, row)
+    if fits:
+        assert verify_entry_token(keys, Purpose.VERP, token) == (entry, address)
+    else:
+        assert token == row_token(keys, row, entry, address)

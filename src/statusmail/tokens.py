@@ -74,8 +74,13 @@ class _Key:
         # 64 bytes: AES-256-SIV (two 256-bit keys: one for the tag, one for the cipher)
         return {p: _derive(self.secret, f"statusmail v{VERSION} {p.value}", 64) for p in Purpose}
 
+    @cached_property
+    def _sivs(self) -> dict[Purpose, AESSIV]:
+        # One cipher object per purpose: its key is checked and set up once, not per token.
+        return {p: AESSIV(key) for p, key in self._keys.items()}
+
     def siv(self, purpose: Purpose) -> AESSIV:
-        return AESSIV(self._keys[purpose])
+        return self._sivs[purpose]
 
     def mac(self, purpose: Purpose, data: bytes) -> bytes:
         return hmac.digest(self._keys[purpose], data, hashlib.sha256)
@@ -102,9 +107,12 @@ class Keyring:
         return self._key(self.secret)
 
     def seal(self, purpose: Purpose, plain: bytes) -> str:
+        return _b64(self.seal_bytes(purpose, plain))
+
+    def seal_bytes(self, purpose: Purpose, plain: bytes) -> bytes:
         key = self.current
         head = bytes((VERSION, key.id))
-        return _b64(head + key.siv(purpose).encrypt(plain, [head]))
+        return head + key.siv(purpose).encrypt(plain, [head])
 
     def open(self, purpose: Purpose, token: str) -> bytes | None:
         """What ``token`` carries, if a secret of this keyring made it for ``purpose``."""
@@ -185,7 +193,7 @@ def row_token(keys: Keyring, row: int, entry_id: str, address_key: str) -> str:
     the return path's key, in lower-case base32 (48 characters, whatever case a mail
     system folds to). Authenticated like every token; the ledger says whom it names."""
     plain = row.to_bytes(8, "big") + _row_check(entry_id, address_key)
-    raw = _unb64(keys.seal(Purpose.VERP, plain)) or b""
+    raw = keys.seal_bytes(Purpose.VERP, plain)
     return base64.b32encode(raw).decode("ascii").rstrip("=").lower()
 
 
@@ -213,10 +221,17 @@ def return_path_token(
     """The token for ``<local_part><delimiter><token>@…``: the sealed entry token, which
     needs no lookup, when the local part stays within 64 octets; else the row token
     (outside a run, with no row, as for a preview: the sealed token whatever its length)."""
-    sealed = entry_token(keys, Purpose.VERP, entry_id, address_key)
-    if len(local_part) + 1 + len(sealed) <= MAX_LOCAL_PART or row is None:
-        return sealed
+    plain = len(entry_id.encode()) + 1 + len(address_key.encode())
+    if len(local_part) + 1 + _sealed_length(plain) <= MAX_LOCAL_PART or row is None:
+        return entry_token(keys, Purpose.VERP, entry_id, address_key)
     return row_token(keys, row, entry_id, address_key)
+
+
+def _sealed_length(plain: int) -> int:
+    """The length of ``Keyring.seal``'s token for ``plain`` bytes (unpadded base64 of the
+    head, the tag and the ciphertext), known without sealing."""
+    raw = 2 + 16 + plain
+    return 4 * (raw // 3) + (0, 2, 3)[raw % 3]
 
 
 def preferences_token(keys: Keyring, address_key: str) -> str:
