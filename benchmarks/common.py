@@ -18,6 +18,7 @@ Everything talks to 127.0.0.1 only. Every loop is bounded in count and time.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import platform
@@ -31,7 +32,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -410,10 +411,16 @@ def sample_message(root: Path, n: int = 50) -> bytes:
     return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
-def built_messages(config: Path, count: int, *, eight_bit: bool) -> list[tuple[bytes, bool]]:
+class BuiltMessage(NamedTuple):
+    sender: str  # the envelope sender statusmail gives it (the VERP return path)
+    data: bytes
+    eight_bit: bool  # sent with BODY=8BITMIME
+
+
+def built_messages(config: Path, count: int, *, eight_bit: bool) -> list[BuiltMessage]:
     """What statusmail builds for the first ``count`` selected rows of the project's list
     (so the variants and sizes come in the list's own mix), by its own factory, for a
-    connection that takes 8-bit bodies or not: (bytes, whether BODY=8BITMIME)."""
+    connection that takes 8-bit bodies or not."""
     from statusmail.config import load_config
     from statusmail.domain import Recipient
     from statusmail.entries import find_entry
@@ -429,12 +436,15 @@ def built_messages(config: Path, count: int, *, eight_bit: bool) -> list[tuple[b
         loaded.paths.templates, load_regions(loaded.paths.regions), loaded.sender.name
     )
     factory = MessageFactory(loaded, entry, renderer, Keyring(SECRET.encode()))
-    built: list[tuple[bytes, bool]] = []
-    for item in select(entry, loaded.paths.subscribers, loaded.default_locale_by_region):
+    built: list[BuiltMessage] = []
+    for row, item in enumerate(
+        select(entry, loaded.paths.subscribers, loaded.default_locale_by_region), start=1
+    ):
         if isinstance(item, Recipient):
+            item = dataclasses.replace(item, row=row)  # as claimed from the ledger
             envelope = factory.build(item, eight_bit=eight_bit).envelope
             assert envelope.shape is not None
-            built.append((envelope.data, envelope.shape.eight_bit))
+            built.append(BuiltMessage(envelope.sender, envelope.data, envelope.shape.eight_bit))
             if len(built) == count:
                 break
     return built
@@ -539,16 +549,16 @@ def tool(name: str) -> str:
     return found
 
 
-def py_spy_argv(out: Path, *argv: str) -> list[str]:
+def py_spy_argv(out: Path, *argv: str, on_cpu: bool = False) -> list[str]:
     """``py-spy record`` around ``argv``: collapsed stacks for a .txt ``out``, else
-    speedscope JSON."""
+    speedscope JSON; wall-clock time (waits included) unless ``on_cpu``."""
     fmt = "raw" if out.suffix == ".txt" else "speedscope"
     return [
         tool("py-spy"),
         "record",
         "-r",
         "250",
-        "--idle",
+        *(() if on_cpu else ("--idle",)),
         "--threads",
         "--nolineno",
         "-f",

@@ -113,7 +113,7 @@ def main() -> int:
     from statusmail.entries import find_entry
     from statusmail.message import MessageFactory, _b64, _Base64, _canonical, _qp
     from statusmail.regions import load_regions
-    from statusmail.render import NAME_SLOT, URL_SLOT, Renderer, VariantKey
+    from statusmail.render import NAME_SLOT, PREFERENCES_SLOT, URL_SLOT, Renderer, VariantKey
     from statusmail.selection import select
     from statusmail.smtp import _headers_are_ascii, _wire_ready
     from statusmail.tokens import Keyring
@@ -223,9 +223,13 @@ def main() -> int:
         url = factory.unsubscribe_url("user0000001@example.net")
         encoders = {"text": _Base64(variant.text), "html": _Base64(variant.html)}
         sources = {"text": variant.text, "html": variant.html}
+
+        def values(name: str) -> dict[str, str]:
+            return {NAME_SLOT: name, URL_SLOT: url, PREFERENCES_SLOT: url}
+
         for enc in encoders.values():
             for name in names:
-                enc.fill(name, url)
+                enc.fill(values(name))
 
         timings: dict[str, common.Stats] = {}
 
@@ -249,14 +253,16 @@ def main() -> int:
                 enc, source = encoders[part], sources[part]
                 timed(
                     f"base64 {part} part, cached stretches",
-                    lambda enc=enc: enc.fill(names[next(count) % 4], url),
+                    lambda enc=enc: enc.fill(values(names[next(count) % 4])),
                     args.n,
                 )
                 timed(
                     f"base64 {part} part, whole part per recipient",
                     lambda source=source: _b64(
                         _canonical(
-                            source.replace(NAME_SLOT, names[next(count) % 4]).replace(URL_SLOT, url)
+                            source.replace(NAME_SLOT, names[next(count) % 4])
+                            .replace(URL_SLOT, url)
+                            .replace(PREFERENCES_SLOT, url)
                         )
                     ),
                     args.n,

@@ -4,12 +4,15 @@ nothing else (no selection, no rendering, no ledger). Run as a child by loopback
 
   --mode raw        MAIL (with BODY=8BITMIME when the message is 8-bit), RCPT, DATA, and
                     the bytes written as they are: what statusmail's
-                    SmtpConnection._transaction/_data do. The path statusmail uses.
+                    SmtpConnection._transaction/_mail/_rcpt/_data do for a plain address
+                    (the commands through SMTP.execute_command, no address parse). The
+                    path statusmail uses.
   --mode sendmail   aiosmtplib's SMTP.sendmail(), which also normalizes every message's
                     line endings and dot-stuffs it: a pass statusmail skips.
 
-The messages (a pickle of [(bytes, eight_bit)], in the list's mix of variants) are sent
-in turn, message i to user<i>@example.net. Prints one JSON line: messages sent, and the
+The messages (a pickle of [(envelope sender, bytes, eight_bit)], in the list's mix of
+variants, each with the VERP return path statusmail gave it) are sent in turn, message
+i to user<i>@example.net. Prints one JSON line: messages sent, and the
 wall and CPU (user + system, getrusage of this process) of the send loop alone.
 """
 
@@ -25,14 +28,17 @@ from pathlib import Path
 
 import aiosmtplib
 
-SENDER = "status@startmail.example"
 
-
-async def raw(smtp: aiosmtplib.SMTP, rcpt: str, data: bytes, eight_bit: bool) -> None:
-    """As SmtpConnection._transaction and _data send a message statusmail built."""
-    options = ["BODY=8BITMIME"] if eight_bit else []
-    await smtp.mail(SENDER, options=options, encoding="ascii")
-    await smtp.rcpt(rcpt, encoding="ascii")
+async def raw(smtp: aiosmtplib.SMTP, sender: str, rcpt: str, data: bytes, eight_bit: bool) -> None:
+    """As SmtpConnection._transaction, _mail, _rcpt and _data send a message statusmail
+    built to a plain address."""
+    options = [b"BODY=8BITMIME"] if eight_bit else []
+    response = await smtp.execute_command(b"MAIL", b"FROM:<" + sender.encode() + b">", *options)
+    if response.code != 250:
+        raise aiosmtplib.SMTPSenderRefused(response.code, response.message, sender)
+    response = await smtp.execute_command(b"RCPT", b"TO:<" + rcpt.encode() + b">")
+    if response.code not in (250, 251):
+        raise aiosmtplib.SMTPRecipientRefused(response.code, response.message, rcpt)
     protocol = smtp.protocol
     assert protocol is not None
     start = await protocol.execute_command(b"DATA", timeout=30)
@@ -44,13 +50,15 @@ async def raw(smtp: aiosmtplib.SMTP, rcpt: str, data: bytes, eight_bit: bool) ->
         raise aiosmtplib.SMTPDataError(response.code, response.message)
 
 
-async def sendmail(smtp: aiosmtplib.SMTP, rcpt: str, data: bytes, eight_bit: bool) -> None:
+async def sendmail(
+    smtp: aiosmtplib.SMTP, sender: str, rcpt: str, data: bytes, eight_bit: bool
+) -> None:
     options = ["BODY=8BITMIME"] if eight_bit else []
-    await smtp.sendmail(SENDER, [rcpt], data, mail_options=options)
+    await smtp.sendmail(sender, [rcpt], data, mail_options=options)
 
 
 async def send_all(
-    port: int, messages: list[tuple[bytes, bool]], n: int, connections: int, mode: str
+    port: int, messages: list[tuple[str, bytes, bool]], n: int, connections: int, mode: str
 ) -> int:
     send = raw if mode == "raw" else sendmail
     sent = 0
@@ -62,8 +70,8 @@ async def send_all(
         await smtp.connect()
         try:
             for i in counter:  # shared: each index is taken once
-                data, eight_bit = messages[i % len(messages)]
-                await send(smtp, f"user{i:07d}@example.net", data, eight_bit)
+                sender, data, eight_bit = messages[i % len(messages)]
+                await send(smtp, sender, f"user{i:07d}@example.net", data, eight_bit)
                 sent += 1
         finally:
             await smtp.quit()

@@ -213,8 +213,8 @@ def run_mailmerge(root: Path, eml: bytes, subscribers: Path, n: int, figures: Fi
     figures["peak RSS MB"].add(child.peak_rss_mb)
 
 
-def median_message(messages: list[tuple[bytes, bool]]) -> bytes:
-    return sorted(messages, key=lambda m: len(m[0]))[len(messages) // 2][0]
+def median_message(messages: list[common.BuiltMessage]) -> bytes:
+    return sorted(messages, key=lambda m: len(m.data))[len(messages) // 2].data
 
 
 def main() -> int:
@@ -244,6 +244,11 @@ def main() -> int:
         help="also record one statusmail run (at the last concurrency) with py-spy into OUT "
         "(.txt: collapsed stacks, else speedscope JSON); a separate run",
     )
+    parser.add_argument(
+        "--on-cpu",
+        action="store_true",
+        help="with --py-spy: only samples where a thread runs (CPU), not its waits",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args()
     n = args.n
@@ -259,14 +264,14 @@ def main() -> int:
         subscribers = tmp / "project" / "subscribers" / "generated.csv"
         built = common.built_messages(config, 84, eight_bit=True)  # one period of the mix
         messages = tmp / "messages.pickle"
-        messages.write_bytes(pickle.dumps(built))
+        messages.write_bytes(pickle.dumps([tuple(m) for m in built]))
         source_eml = tmp / "source.eml"  # smtp-source appends CRLF to each line
         source_eml.write_bytes(median_message(built).replace(b"\r\n", b"\n"))
         seven = median_message(common.built_messages(config, 84, eight_bit=False))
-        sizes = [len(data) for data, _ in built]
+        sizes = [len(m.data) for m in built]
         print(
             f"messages: {len(built)} in the list's mix, {min(sizes)}–{max(sizes)} bytes, "
-            f"mean {sum(sizes) / len(sizes):.0f}; {sum(e for _, e in built)} of them 8-bit"
+            f"mean {sum(sizes) / len(sizes):.0f}; {sum(m.eight_bit for m in built)} of them 8-bit"
         )
 
         results: dict[tuple[str, int], Figures] = defaultdict(lambda: defaultdict(common.Stats))
@@ -405,6 +410,7 @@ def main() -> int:
                         *common.statusmail_argv(
                             "send", common.ENTRY, "--yes", "--json", "--config", str(config)
                         ),
+                        on_cpu=args.on_cpu,
                     ),
                     env={"STATUSMAIL_UNSUBSCRIBE_SECRET": common.SECRET},
                     cwd=config.parent,
