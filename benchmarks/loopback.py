@@ -10,8 +10,10 @@ repetition), so that a change in the machine's load hits all of them alike:
   statusmail       `statusmail send update-2020-04-21 --yes --json`, a child process,
                    everything included (start-up, selection into the ledger, rendering,
                    the ledger's commits). Its CPU is also read from /proc when it logs
-                   "selected" (delivery starts), which splits start-up and selection
-                   from delivery.
+                   "delivering through" (the first streamed batch is in the ledger and
+                   the connections are open), which splits start-up from delivery (the
+                   rest of the selection streams in a thread meanwhile and counts as
+                   delivery).
   raw floor        benchmarks/floor.py --mode raw, a child: the messages statusmail builds
                    for this list (by its own factory, 8bit as smtp-sink offers 8BITMIME,
                    in the list's mix of variants), sent over C reused aiosmtplib sessions
@@ -118,7 +120,7 @@ def run_statusmail(
             common.statusmail_argv(
                 "send", common.ENTRY, "--yes", "--json", "--config", str(config)
             ),
-            " selected (",
+            " delivering through ",
             env=env,
             cwd=config.parent,
         )

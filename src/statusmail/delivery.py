@@ -234,6 +234,18 @@ class Engine:
             if not first:
                 return self.result
             connections = await self._open_connections()
+            log.info(
+                "%s: delivering through %s over %d connection(s)",
+                self.entry_id,
+                self.relay,
+                len(connections),
+                extra={
+                    "event": "delivering",
+                    "entry": self.entry_id,
+                    "relay": self.relay,
+                    "connections": len(connections),
+                },
+            )
             # a few taken ahead of the workers, no more (the rest stays for other senders)
             feed: asyncio.Queue[Recipient | None] = asyncio.Queue(maxsize=len(first))
             for recipient in first:
