@@ -28,7 +28,6 @@ from conftest import (
     outbox_count,
     outbox_messages,
     spawn,
-    statusmail,
     wait_for,
 )
 from delivery_helpers import add_subscribers, ledger_rows, point_at
@@ -68,11 +67,11 @@ def test_an_unbalanced_quote_stops_check_and_send_before_anything(project: Path)
     rows.insert(5, 'u0000@example.org,"Carol,en,NL,,active\n')
     rows.append('bob@example.org,Bob ""Bobby"" Jones,en,RU,service-status,active\n')
     csv_path.write_text("".join(rows), encoding="utf-8")
-    check = statusmail(project, "check")
-    assert check.returncode == 1
+    check = invoke(project, "check")
+    assert check.exit_code == 1
     assert f"{csv_path}:6: unbalanced quote" in check.stderr
-    send = statusmail(project, "send", UPDATE, "--yes")
-    assert send.returncode == 1
+    send = invoke(project, "send", UPDATE, "--yes")
+    assert send.exit_code == 1
     assert f"{csv_path}:6: unbalanced quote" in send.stderr
     assert outbox_messages(project) == []
     assert ledger_rows(project) == {}
@@ -88,14 +87,14 @@ def test_a_template_error_stops_the_run_before_any_connection(project: Path) -> 
     with RecordingServer() as server:
         point_at(project, server.port)
         env = {"STATUSMAIL_UNSUBSCRIBE_SECRET": SECRET}
-        result = statusmail(project, "send", UPDATE, "--yes", env=env)
-        assert result.returncode == 1, result.stderr
+        result = invoke(project, "send", UPDATE, "--yes", env=env)
+        assert result.exit_code == 1, result.stderr
         assert "message.txt.j2" in result.stderr and "no_such_var" in result.stderr
         assert server.connections == 0
         assert all(row["status"] != "failed" for row in ledger_rows(project).values())
         template.write_text(good, encoding="utf-8")  # fixed: the next run sends everyone
-        result = statusmail(project, "send", UPDATE, "--yes", env=env)
-        assert result.returncode == 0, result.stderr
+        result = invoke(project, "send", UPDATE, "--yes", env=env)
+        assert result.exit_code == 0, result.stderr
         assert len(server.count_by_recipient()) == 14
 
 
@@ -105,20 +104,20 @@ def test_a_template_error_stops_the_run_before_any_connection(project: Path) -> 
 def test_a_list_that_shrinks_is_not_taken_on_trust(project: Path) -> None:
     addresses = add_subscribers(project, 200)
     generated = project.parent / "subscribers" / "generated.csv"
-    first = statusmail(project, "send", UPDATE, "--yes", "--rate", "0", "--limit", "50", "--json")
-    assert first.returncode == 4 and json.loads(first.stdout)["stopped"] == "limit"
+    first = invoke(project, "send", UPDATE, "--yes", "--rate", "0", "--limit", "50", "--json")
+    assert first.exit_code == 4 and json.loads(first.stdout)["stopped"] == "limit"
     pending = 214 - 50
 
     generated.write_text("", encoding="utf-8")  # emptied: a broken file, not an empty list
-    emptied = statusmail(project, "send", UPDATE, "--yes")
-    assert emptied.returncode == 1 and f"{generated}:1: no subscribers" in emptied.stderr
+    emptied = invoke(project, "send", UPDATE, "--yes")
+    assert emptied.exit_code == 1 and f"{generated}:1: no subscribers" in emptied.stderr
 
     # half of it left: more than the allowed 10 % of what is pending
     lines = [CSV_HEADER] + [f"{a},User,ru,RU,service-status,active\n" for a in addresses[:100]]
     generated.write_text("".join(lines), encoding="utf-8")
     before = ledger_rows(project)
-    refused = statusmail(project, "send", UPDATE, "--yes")
-    assert refused.returncode == 1
+    refused = invoke(project, "send", UPDATE, "--yes")
+    assert refused.exit_code == 1
     removed = sum(1 for a in addresses[100:] if before[a]["status"] == "pending")
     share = f"{removed / pending:.0%}"
     # The list is streamed while delivering, so this is told from the lists' size
@@ -134,8 +133,8 @@ def test_a_list_that_shrinks_is_not_taken_on_trust(project: Path) -> None:
     swapped = [CSV_HEADER] + [f"{a},User,ru,RU,service-status,active\n" for a in addresses[:100]]
     swapped += [f"other{i}@example.net,Other,ru,RU,service-status,active\n" for i in range(100)]
     generated.write_text("".join(swapped), encoding="utf-8")
-    held = statusmail(project, "send", UPDATE, "--yes", "--rate", "0", "--json")
-    assert held.returncode == 4, held.stderr
+    held = invoke(project, "send", UPDATE, "--yes", "--rate", "0", "--json")
+    assert held.exit_code == 4, held.stderr
     assert f"{removed} of the {pending - 0} recipients still pending" in held.stderr
     assert f"({share}) are no longer in the list or the audience" in held.stderr
     assert json.loads(held.stdout)["stopped"].startswith(f"{removed} of the")
@@ -145,8 +144,8 @@ def test_a_list_that_shrinks_is_not_taken_on_trust(project: Path) -> None:
     }  # held, not skipped
     generated.write_text("".join(lines), encoding="utf-8")
 
-    accepted = statusmail(project, "send", UPDATE, "--yes", "--rate", "0", "--accept-removals")
-    assert accepted.returncode == 0, accepted.stderr
+    accepted = invoke(project, "send", UPDATE, "--yes", "--rate", "0", "--accept-removals")
+    assert accepted.exit_code == 0, accepted.stderr
     rows = ledger_rows(project)
     assert {rows[a]["status"] for a in addresses[100:] if before[a]["status"] == "pending"} == {
         "skipped"
@@ -264,18 +263,18 @@ def test_an_audience_that_selects_nobody_fails_check_and_send(project: Path) -> 
     # each key alone matches someone; together (Russian readers in NL) nobody
     replace_in(entry, "regions: [RU, BY, KZ]", "regions: [NL]\n  locales: [ru]")
     audience = line_of(entry, "audience:")
-    check = statusmail(project, "check")
-    assert check.returncode == 1
+    check = invoke(project, "check")
+    assert check.exit_code == 1
     assert f"{entry}:{audience}: the entry is ready but its audience selects no active" in (
         check.stderr
     )
-    send = statusmail(project, "send", UPDATE, "--yes")
-    assert send.returncode == 1
+    send = invoke(project, "send", UPDATE, "--yes")
+    assert send.exit_code == 1
     assert f"{entry}:{audience}: the audience selects no active subscriber" in send.stderr
     # a typo in a topic: the config declares its topics, so it is named as such
     replace_in(entry, "topics: [service-status]", "topics: [service_status]")
-    typo = statusmail(project, "send", UPDATE, "--yes")
-    assert typo.returncode == 1
+    typo = invoke(project, "send", UPDATE, "--yes")
+    assert typo.exit_code == 1
     assert f"{entry}:{audience}: topic 'service_status' is not one of the config's topics" in (
         typo.stderr
     )
@@ -285,12 +284,12 @@ def test_send_waits_for_send_at_unless_now(project: Path) -> None:
     entry = project.parent / "updates" / f"{UPDATE}.yaml"
     replace_in(entry, "status: ready\n", "status: ready\nsend_at: 2999-01-01T09:00:00Z\n")
     line = line_of(entry, "send_at:")
-    refused = statusmail(project, "send", UPDATE, "--yes")
-    assert refused.returncode == 1
+    refused = invoke(project, "send", UPDATE, "--yes")
+    assert refused.exit_code == 1
     assert f"{entry}:{line}: send_at is 2999-01-01T09:00:00+00:00, still to come" in refused.stderr
     assert outbox_count(project) == 0
-    now = statusmail(project, "send", UPDATE, "--yes", "--now")
-    assert now.returncode == 0, now.stderr
+    now = invoke(project, "send", UPDATE, "--yes", "--now")
+    assert now.exit_code == 0, now.stderr
     assert outbox_count(project) == 14
 
 
@@ -301,22 +300,20 @@ def test_a_missing_smtp_password_is_named_by_check_and_send(project: Path) -> No
         f"{project}:{smtp_line}: smtp.username is set but $STATUSMAIL_SMTP_PASSWORD is unset "
         "or empty"
     )
-    check = statusmail(project, "check", env=env)
-    assert check.returncode == 1 and wanted in check.stderr
-    send = statusmail(project, "send", UPDATE, "--yes", env=env)
-    assert send.returncode == 1 and wanted in send.stderr
-    empty = statusmail(
-        project, "send", UPDATE, "--yes", env={**env, "STATUSMAIL_SMTP_PASSWORD": ""}
-    )
-    assert empty.returncode == 1 and wanted in empty.stderr
+    check = invoke(project, "check", env=env)
+    assert check.exit_code == 1 and wanted in check.stderr
+    send = invoke(project, "send", UPDATE, "--yes", env=env)
+    assert send.exit_code == 1 and wanted in send.stderr
+    empty = invoke(project, "send", UPDATE, "--yes", env={**env, "STATUSMAIL_SMTP_PASSWORD": ""})
+    assert empty.exit_code == 1 and wanted in empty.stderr
 
 
 def test_a_relay_without_auth_is_named_as_such(project: Path) -> None:
     with RecordingServer() as server:
         point_at(project, server.port, username="status@startmail.example")
         env = {"STATUSMAIL_UNSUBSCRIBE_SECRET": SECRET, "STATUSMAIL_SMTP_PASSWORD": "pw"}
-        result = statusmail(project, "send", UPDATE, "--yes", env=env)
-    assert result.returncode == 1
+        result = invoke(project, "send", UPDATE, "--yes", env=env)
+    assert result.exit_code == 1
     assert f"127.0.0.1:{server.port}: the server does not offer AUTH" in result.stderr
     assert "smtp.username" in result.stderr
 
@@ -326,18 +323,18 @@ def test_status_lists_failures_and_knows_unknown_entries(project: Path) -> None:
     with RecordingServer(reject_rcpt=refusal) as server:
         point_at(project, server.port)
         env = {"STATUSMAIL_UNSUBSCRIBE_SECRET": SECRET}
-        assert statusmail(project, "send", UPDATE, "--yes", env=env).returncode == 3
-    masked = statusmail(project, "status", UPDATE, "--failed")
-    assert masked.returncode == 0
+        assert invoke(project, "send", UPDATE, "--yes", env=env).exit_code == 3
+    masked = invoke(project, "status", UPDATE, "--failed")
+    assert masked.exit_code == 0
     assert "failed i***@example.com: 550 5.1.1 User unknown (reply to RCPT" in masked.stdout
     assert "ivan.smirnov" not in masked.stdout
-    shown = statusmail(project, "status", UPDATE, "--failed", "--show-addresses")
+    shown = invoke(project, "status", UPDATE, "--failed", "--show-addresses")
     assert "failed ivan.smirnov@example.com: 550" in shown.stdout
-    report = json.loads(statusmail(project, "status", UPDATE, "--json").stdout)
+    report = json.loads(invoke(project, "status", UPDATE, "--json").stdout)
     assert report["failed"] == 1 and report["sent"] == 13
     assert {"locale": "ru", "region": "RU", "status": "failed", "count": 1} in report["breakdown"]
-    unknown = statusmail(project, "status", "update-2020-04-12")
-    assert unknown.returncode == 1
+    unknown = invoke(project, "status", "update-2020-04-12")
+    assert unknown.exit_code == 1
     assert "no entry 'update-2020-04-12'" in unknown.stderr
 
 
@@ -348,16 +345,16 @@ def test_list_is_whole_when_piped_and_has_json(project: Path) -> None:
         project.parent / "updates" / f"{long_id}.yaml",
     )
     replace_in(project.parent / "updates" / f"{long_id}.yaml", f"id: {UPDATE}", f"id: {long_id}")
-    piped = statusmail(project, "list")
-    assert piped.returncode == 0
+    piped = invoke(project, "list")
+    assert piped.exit_code == 0
     assert long_id in piped.stdout.split()
-    rows = json.loads(statusmail(project, "list", "--json").stdout)
+    rows = json.loads(invoke(project, "list", "--json").stdout)
     assert sorted(row["id"] for row in rows) == ["block-2020-01-23", UPDATE, long_id]
 
 
 def test_log_format_after_the_command_and_fields_in_json_lines(project: Path) -> None:
-    result = statusmail(project, "send", UPDATE, "--yes", "--log-format", "json")
-    assert result.returncode == 0, result.stderr
+    result = invoke(project, "send", UPDATE, "--yes", "--log-format", "json")
+    assert result.exit_code == 0, result.stderr
     lines = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     selected = [line for line in lines if line.get("event") == "selected"]
     assert selected and selected[0]["entry"] == UPDATE and selected[0]["selected"] == 14

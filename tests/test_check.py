@@ -1,7 +1,9 @@
 """`statusmail check`: passes on the sample, fails with `file:line: message` on each problem.
 
-Most tests run the real CLI (`python -m statusmail check`) in a subprocess (conftest's
-``statusmail``) and read its stderr and exit code, exactly as CI would.
+The tests run the CLI and read its stderr and exit code, as CI would: the first in a real
+process (`python -m statusmail check`, conftest's ``statusmail``), the others in this one
+through click's runner (conftest's ``invoke``), which is the same command without the
+start-up.
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ def test_sample_passes_with_dev_secret_warning(project: Path) -> None:
 
 def test_sample_passes_without_warning_when_secret_is_set(project: Path) -> None:
     secret = "a-real-secret-of-at-least-32-bytes"
-    run = statusmail(project, "check", env={"STATUSMAIL_UNSUBSCRIBE_SECRET": secret})
-    assert run.returncode == 0, run.stderr
+    run = invoke(project, "check", env={"STATUSMAIL_UNSUBSCRIBE_SECRET": secret})
+    assert run.exit_code == 0, run.stderr
     assert "warning" not in run.stderr
     assert "checked 2 entries, 28 subscribers: ok" in run.stderr
 
@@ -67,8 +69,8 @@ def test_cli_runner_reports_on_stderr(project: Path) -> None:
 
 
 def test_smtp_transport_without_secret_is_a_problem(project: Path) -> None:
-    run = statusmail(project, "check", env={"STATUSMAIL_TRANSPORT": "smtp"})
-    assert run.returncode == 1
+    run = invoke(project, "check", env={"STATUSMAIL_TRANSPORT": "smtp"})
+    assert run.exit_code == 1
     assert any(
         line.startswith(f"{project}:{line_of(project, 'unsubscribe:')}: $STATUSMAIL_UNSUBSCRIBE")
         for line in problem_lines(run.stderr)
@@ -83,8 +85,8 @@ def test_broken_yaml_in_entry_bad_indentation(project: Path) -> None:
     # `thread:` indented under the scalar `status: ready` is not valid YAML.
     line = replace_in(entry, "thread: block-2020-01-23", "  thread: block-2020-01-23")
     assert line == 6
-    run = statusmail(project, "check")
-    assert run.returncode == 1
+    run = invoke(project, "check")
+    assert run.exit_code == 1
     assert len(problem_lines(run.stderr)) == 1, run.stderr
     assert problem_lines(run.stderr)[0].startswith(f"{entry}:{line}: invalid YAML")
 
@@ -92,16 +94,16 @@ def test_broken_yaml_in_entry_bad_indentation(project: Path) -> None:
 def test_broken_yaml_in_entry_duplicate_key(project: Path) -> None:
     entry = project.parent / UPDATE
     line = replace_in(entry, "thread: block-2020-01-23", "status: draft")
-    run = statusmail(project, "check")
-    assert run.returncode == 1
+    run = invoke(project, "check")
+    assert run.exit_code == 1
     assert problem_lines(run.stderr) == [f"{entry}:{line}: invalid YAML: duplicate key 'status'"]
 
 
 def test_broken_yaml_in_entry_tab_indentation(project: Path) -> None:
     entry = project.parent / UPDATE
     line = replace_in(entry, "access_instructions: true\n", "access_instructions: true\n\tx: 1\n")
-    run = statusmail(project, "check")
-    assert run.returncode == 1
+    run = invoke(project, "check")
+    assert run.exit_code == 1
     assert len(problem_lines(run.stderr)) == 1, run.stderr
     # the tab is on the line after access_instructions
     assert problem_lines(run.stderr)[0].startswith(f"{entry}:{line + 1}: invalid YAML")
@@ -112,8 +114,8 @@ def test_missing_ru_block_for_russian_audience(project: Path) -> None:
     text = entry.read_text(encoding="utf-8")
     entry.write_text(text[: text.index("\n  ru:\n") + 1], encoding="utf-8")
     content_line = line_of(entry, "content:\n")
-    run = statusmail(project, "check")
-    assert run.returncode == 1
+    run = invoke(project, "check")
+    assert run.exit_code == 1
     # RU, BY and KZ readers resolve to ru: the entry needs Russian content.
     assert problem_lines(run.stderr) == [
         f"{entry}:{content_line}: subscribers in the audience read ru but the entry has no "
@@ -125,8 +127,8 @@ def test_untranslated_catalog_string(project: Path) -> None:
     po = project.parent / PO
     msgid_line = line_of(po, 'msgid "Unsubscribe"')
     replace_in(po, 'msgstr "Отписаться"', 'msgstr ""')
-    run = statusmail(project, "check")
-    assert run.returncode == 1
+    run = invoke(project, "check")
+    assert run.exit_code == 1
     assert problem_lines(run.stderr) == [f"{po}:{msgid_line}: 'Unsubscribe' is untranslated"]
 
 
@@ -134,8 +136,8 @@ def test_fuzzy_catalog_string(project: Path) -> None:
     po = project.parent / PO
     msgid_line = line_of(po, 'msgid "Hello,"')
     replace_in(po, 'msgid "Hello,"\n', '#, fuzzy\nmsgid "Hello,"\n')
-    run = statusmail(project, "check")
-    assert run.returncode == 1
+    run = invoke(project, "check")
+    assert run.exit_code == 1
     assert problem_lines(run.stderr) == [f"{po}:{msgid_line + 1}: 'Hello,' is fuzzy"]
 
 
@@ -143,8 +145,8 @@ def test_msgid_missing_from_catalog(project: Path) -> None:
     template = project.parent / "templates/message.txt.j2"
     line = replace_in(template, '{{ _("Hello,") }}', '{{ _("Hello there,") }}')
     po = project.parent / PO
-    run = statusmail(project, "check")
-    assert run.returncode == 1
+    run = invoke(project, "check")
+    assert run.exit_code == 1
     assert len(problem_lines(run.stderr)) == 1, run.stderr
     problem = problem_lines(run.stderr)[0]
     assert problem.startswith(f"{po}: 'Hello there,'")
@@ -161,8 +163,8 @@ def test_invalid_address_in_csv(project: Path) -> None:
     csv_path.write_text(
         text + "not-an-address,Nobody,en,US,service-status,active\n", encoding="utf-8"
     )
-    run = statusmail(project, "check")
-    assert run.returncode == 1
+    run = invoke(project, "check")
+    assert run.exit_code == 1
     assert len(problem_lines(run.stderr)) == 1, run.stderr
     assert problem_lines(run.stderr)[0].startswith(
         f"{csv_path}:{bad_line}: invalid address 'not-an-address'"
@@ -173,8 +175,8 @@ def test_unknown_region_in_audience(project: Path) -> None:
     entry = project.parent / UPDATE
     replace_in(entry, "regions: [RU, BY, KZ]", "regions: [RU, XX]")
     audience_line = line_of(entry, "audience:")
-    run = statusmail(project, "check")
-    assert run.returncode == 1
+    run = invoke(project, "check")
+    assert run.exit_code == 1
     assert problem_lines(run.stderr) == [
         f"{entry}:{audience_line}: unknown region 'XX' (not in regions)"
     ]
@@ -183,8 +185,8 @@ def test_unknown_region_in_audience(project: Path) -> None:
 def test_thread_naming_no_entry(project: Path) -> None:
     entry = project.parent / UPDATE
     line = replace_in(entry, "thread: block-2020-01-23", "thread: block-2020-01-32")
-    run = statusmail(project, "check")
-    assert run.returncode == 1
+    run = invoke(project, "check")
+    assert run.exit_code == 1
     assert problem_lines(run.stderr) == [
         f"{entry}:{line}: thread 'block-2020-01-32' names no entry"
     ]
@@ -193,8 +195,8 @@ def test_thread_naming_no_entry(project: Path) -> None:
 def test_status_typo(project: Path) -> None:
     entry = project.parent / UPDATE
     line = replace_in(entry, "status: ready", "status: redy")
-    run = statusmail(project, "check")
-    assert run.returncode == 1
+    run = invoke(project, "check")
+    assert run.exit_code == 1
     assert problem_lines(run.stderr) == [
         f"{entry}:{line}: status is 'redy'; expected draft or ready"
     ]
@@ -203,8 +205,8 @@ def test_status_typo(project: Path) -> None:
 def test_id_does_not_match_file_stem(project: Path) -> None:
     entry = project.parent / UPDATE
     line = replace_in(entry, "id: update-2020-04-21", "id: update-2020-04-22")
-    run = statusmail(project, "check")
-    assert run.returncode == 1
+    run = invoke(project, "check")
+    assert run.exit_code == 1
     assert problem_lines(run.stderr) == [
         f"{entry}:{line}: id 'update-2020-04-22' does not match the file name 'update-2020-04-21'"
     ]
@@ -213,8 +215,8 @@ def test_id_does_not_match_file_stem(project: Path) -> None:
 def test_broken_regions_yaml(project: Path) -> None:
     regions = project.parent / "regions.yaml"
     line = replace_in(regions, "name: {en: Russia, ru: Россия}", "name: {en: Russia, ru: Россия}}")
-    run = statusmail(project, "check")
-    assert run.returncode == 1
+    run = invoke(project, "check")
+    assert run.exit_code == 1
     assert problem_lines(run.stderr)[0].startswith(f"{regions}:{line}: invalid YAML"), run.stderr
 
 
@@ -224,8 +226,8 @@ def test_region_access_without_ru_text(project: Path) -> None:
     start, end = text.index("    ru: |\n"), text.index("BY:\n")
     regions.write_text(text[:start] + text[end:], encoding="utf-8")
     access_line = line_of(regions, "  access:\n")
-    run = statusmail(project, "check")
-    assert run.returncode == 1
+    run = invoke(project, "check")
+    assert run.exit_code == 1
     assert problem_lines(run.stderr) == [
         f"{regions}:{access_line}: region RU has no 'ru' access instructions"
     ]
@@ -236,8 +238,8 @@ def test_region_access_with_empty_ru_text(project: Path) -> None:
     text = regions.read_text(encoding="utf-8")
     start, end = text.index("    ru: |\n"), text.index("BY:\n")
     regions.write_text(text[:start] + '    ru: ""\n' + text[end:], encoding="utf-8")
-    run = statusmail(project, "check")
-    assert run.returncode == 1
+    run = invoke(project, "check")
+    assert run.exit_code == 1
     access_line = line_of(regions, "  access:\n")
     assert problem_lines(run.stderr) == [
         f"{regions}:{access_line}: region RU has no 'ru' access instructions"
@@ -252,8 +254,8 @@ def test_javascript_link_in_body(project: Path) -> None:
         "      The preliminary hearing is [scheduled](javascript:alert(document.cookie)).\n",
     )
     body_line = line_of(entry, "  en:\n") + 4  # subject, a summary on two lines, body
-    run = statusmail(project, "check")
-    assert run.returncode == 1
+    run = invoke(project, "check")
+    assert run.exit_code == 1
     # The English changed, so the ru translation is stale too; one problem is the link.
     links = [p for p in problem_lines(run.stderr) if " link " in p]
     assert len(links) == 1, run.stderr
@@ -269,8 +271,8 @@ def test_javascript_link_in_ru_body_names_ru_block(project: Path) -> None:
     entry.write_text(
         text[:body] + "      [Жмите](JavaScript:void(0))\n\n" + text[body:], encoding="utf-8"
     )
-    run = statusmail(project, "check")
-    assert run.returncode == 1
+    run = invoke(project, "check")
+    assert run.exit_code == 1
     assert len(problem_lines(run.stderr)) == 1, run.stderr
     assert problem_lines(run.stderr)[0].startswith(f"{entry}:{ru_line}: link 'JavaScript:void")
     assert "in the ru body" in problem_lines(run.stderr)[0]
@@ -283,8 +285,8 @@ def test_every_javascript_link_is_reported(project: Path) -> None:
         "      The preliminary hearing has been scheduled for June 3, 2020.\n",
         "      See [one](javascript:one) and [two](javascript:two).\n",
     )
-    run = statusmail(project, "check")
-    assert run.returncode == 1
+    run = invoke(project, "check")
+    assert run.exit_code == 1
     assert any("'javascript:one'" in p for p in problem_lines(run.stderr)), run.stderr
     assert any("'javascript:two'" in p for p in problem_lines(run.stderr)), run.stderr
 
@@ -292,8 +294,8 @@ def test_every_javascript_link_is_reported(project: Path) -> None:
 def test_impossible_date_is_a_located_problem(project: Path) -> None:
     entry = project.parent / UPDATE
     line = replace_in(entry, "date: 2020-04-21", "date: 2020-04-31")
-    run = statusmail(project, "check")
-    assert run.returncode == 1
+    run = invoke(project, "check")
+    assert run.exit_code == 1
     assert len(problem_lines(run.stderr)) == 1
     assert problem_lines(run.stderr)[0].startswith(f"{entry}:{line}: ")
 
@@ -307,8 +309,8 @@ def test_several_problems_all_reported(project: Path) -> None:
         "jan.devries@example.net,Jan de Vries,en,NL,",
         "jan.devries@example.net,Jan de Vries,en,NLD,",
     )
-    run = statusmail(project, "check")
-    assert run.returncode == 1
+    run = invoke(project, "check")
+    assert run.exit_code == 1
     assert (
         f"{root / UPDATE}:{status_line}: status is 'redy'; expected draft or ready"
         in problem_lines(run.stderr)
@@ -322,7 +324,7 @@ def test_several_problems_all_reported(project: Path) -> None:
 def test_empty_entry_file_is_a_problem(project: Path) -> None:
     new = project.parent / "updates/update-2020-05-01.yaml"
     new.write_text("")
-    run = statusmail(project, "check")
-    assert run.returncode == 1
+    run = invoke(project, "check")
+    assert run.exit_code == 1
     assert problem_lines(run.stderr)
     assert all(p.startswith(str(new)) for p in problem_lines(run.stderr))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import copy_sample, statusmail
+from conftest import copy_sample, invoke
 from editing import replace_in
 from git_helpers import commit, git, init_repo, require_git
 
@@ -31,10 +31,10 @@ def previewed(folder: Path) -> list[str]:
 
 def preview_changed(config: Path, ref: str, *extra: str) -> tuple[list[str], str]:
     out = config.parent / "ci-previews"
-    result = statusmail(
+    result = invoke(
         config, "send", "--dry-run", "--all-changed-since", ref, "--preview-dir", str(out), *extra
     )
-    assert result.returncode == 0, result.stderr
+    assert result.exit_code == 0, result.stderr
     return previewed(out), result.stderr
 
 
@@ -82,7 +82,7 @@ def test_subscribers_only_preview_nothing_but_are_reported(repo: Path) -> None:
     entries, said = preview_changed(repo, "HEAD")  # not committed: the working tree counts
     assert entries == []
     assert "subscribers: subscribers/main.csv" in said and "no entry to preview" in said
-    report = json.loads(statusmail(repo, "check", "--json", "--changed-since", "HEAD").stdout)
+    report = json.loads(invoke(repo, "check", "--json", "--changed-since", "HEAD").stdout)
     assert report["changed"]["subscribers"] == ["subscribers/main.csv"]
     assert report["changed"]["entries"] == [] and report["changed"]["every_entry"] is False
 
@@ -101,19 +101,19 @@ def test_check_reports_what_changed_in_every_format(repo: Path) -> None:
     replace_in(repo.parent / "templates" / "message.html.j2", "<html", "<html ")
     commit(repo.parent, "two changes")
 
-    text = statusmail(repo, "check", "--changed-since", "HEAD~1")
-    assert text.returncode == 0, text.stderr
+    text = invoke(repo, "check", "--changed-since", "HEAD~1")
+    assert text.exit_code == 0, text.stderr
     assert "changed since HEAD~1:\n  entries: update-2020-04-21\n" in text.stderr
     assert "  templates: templates/message.html.j2\n" in text.stderr
 
-    report = json.loads(statusmail(repo, "check", "--json", "--changed-since", "HEAD~1").stdout)
+    report = json.loads(invoke(repo, "check", "--json", "--changed-since", "HEAD~1").stdout)
     assert report["ok"] is True
     changed = report["changed"]
     assert changed["since"] == "HEAD~1" and changed["entries"] == [UPDATE]
     assert changed["templates"] == ["templates/message.html.j2"] and changed["every_entry"]
 
     listed = json.loads(
-        statusmail(repo, "check", "--format", "json", "--changed-since", "HEAD~1").stdout
+        invoke(repo, "check", "--format", "json", "--changed-since", "HEAD~1").stdout
     )
     notices = {(one["file"], one["code"]) for one in listed if one["severity"] == "notice"}
     assert notices == {
@@ -121,10 +121,10 @@ def test_check_reports_what_changed_in_every_format(repo: Path) -> None:
         ("templates/message.html.j2", "changed"),
     }
 
-    github = statusmail(repo, "check", "--format", "github", "--changed-since", "HEAD~1").stdout
+    github = invoke(repo, "check", "--format", "github", "--changed-since", "HEAD~1").stdout
     assert f"::notice file=updates/{UPDATE}.yaml,title=statusmail::entry {UPDATE} changed" in github
 
-    junit = statusmail(repo, "check", "--format", "junit", "--changed-since", "HEAD~1").stdout
+    junit = invoke(repo, "check", "--format", "junit", "--changed-since", "HEAD~1").stdout
     assert '<property name="changed.entries" value="update-2020-04-21" />' in junit
     assert '<property name="changed.every_entry" value="true" />' in junit
 
@@ -134,8 +134,8 @@ def test_an_unknown_ref_is_a_clear_error(repo: Path) -> None:
         ("check", "--changed-since", "no-such-branch"),
         ("send", "--dry-run", "--all-changed-since", "no-such-branch"),
     ):
-        result = statusmail(repo, *args)
-        assert result.returncode == 1
+        result = invoke(repo, *args)
+        assert result.exit_code == 1
         assert result.stderr.strip() == (
             f"error: git knows no commit 'no-such-branch' in {repo.parent.resolve()}"
         )
@@ -143,8 +143,8 @@ def test_an_unknown_ref_is_a_clear_error(repo: Path) -> None:
 
 def test_outside_a_repository_is_a_clear_error(project: Path) -> None:
     require_git()  # without git the error says that instead
-    init_check = statusmail(project, "check", "--changed-since", "HEAD")
-    assert init_check.returncode == 1
+    init_check = invoke(project, "check", "--changed-since", "HEAD")
+    assert init_check.exit_code == 1
     assert init_check.stderr.startswith(
         f"error: {project.parent} is not in a git repository, so it cannot be compared with 'HEAD'"
     )
@@ -154,8 +154,8 @@ def test_a_shallow_clone_is_named(repo: Path, tmp_path: Path) -> None:
     commit(repo.parent, "a second commit")
     clone = tmp_path / "clone"
     git(tmp_path, "clone", "-q", "--depth", "1", f"file://{repo.parent}", str(clone))
-    result = statusmail(clone / "statusmail.yaml", "check", "--changed-since", "HEAD~1")
-    assert result.returncode == 1
+    result = invoke(clone / "statusmail.yaml", "check", "--changed-since", "HEAD~1")
+    assert result.exit_code == 1
     assert "this clone is shallow" in result.stderr and "fetch-depth: 0" in result.stderr
 
 
@@ -170,8 +170,8 @@ def test_a_shallow_clone_is_named(repo: Path, tmp_path: Path) -> None:
     ],
 )
 def test_usage_errors(repo: Path, args: tuple[str, ...], said: str) -> None:
-    result = statusmail(repo, *args)
-    assert result.returncode == 2
+    result = invoke(repo, *args)
+    assert result.exit_code == 2
     assert said in result.stderr
 
 
@@ -180,12 +180,12 @@ def test_one_entry_that_cannot_be_previewed_leaves_the_others(repo: Path) -> Non
     replace_in(repo.parent / "regions.yaml", "{en: Russia,", "{en: Russian Federation,")
     commit(repo.parent, "regions changed, and the update lost its thread")
     out = repo.parent / "ci-previews"
-    result = statusmail(
+    result = invoke(
         repo,
         *("send", "--dry-run", "--all-changed-since", "HEAD~1", "--json"),
         *("--preview-dir", str(out), "--summary", str(out / "SUMMARY.md")),
     )
-    assert result.returncode == 1
+    assert result.exit_code == 1
     report = json.loads(result.stdout)
     assert report["changed"]["every_entry"] and report["changed"]["entries"] == [UPDATE]
     assert report["summary"] == str(out / "SUMMARY.md")

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import copy_sample, statusmail
+from conftest import copy_sample, invoke
 from editing import line_of, replace_in
 from git_helpers import init_repo
 from statusmail.formats import Item, escape_data, escape_property, github, junit
@@ -78,8 +78,8 @@ def workflow_commands(stdout: str) -> list[tuple[str, dict[str, str], str]]:
 
 
 def test_github_annotates_each_problem_on_its_line(broken: Broken) -> None:
-    result = statusmail(broken.config, "check", "--format", "github")
-    assert result.returncode == 1, result.stderr
+    result = invoke(broken.config, "check", "--format", "github")
+    assert result.exit_code == 1, result.stderr
     commands = workflow_commands(result.stdout)
     errors = [(props, message) for kind, props, message in commands if kind == "error"]
     assert len(errors) == 2, result.stdout
@@ -96,8 +96,8 @@ def test_github_annotates_each_problem_on_its_line(broken: Broken) -> None:
 
 
 def test_json_lists_both_problems_with_their_codes(broken: Broken) -> None:
-    result = statusmail(broken.config, "check", "--format", "json")
-    assert result.returncode == 1, result.stderr
+    result = invoke(broken.config, "check", "--format", "json")
+    assert result.exit_code == 1, result.stderr
     listed = json.loads(result.stdout)
     assert all(set(one) == {"file", "line", "severity", "code", "message"} for one in listed)
     errors = {
@@ -108,8 +108,8 @@ def test_json_lists_both_problems_with_their_codes(broken: Broken) -> None:
 
 
 def test_junit_is_valid_with_a_failure_per_problem(broken: Broken, tmp_path: Path) -> None:
-    result = statusmail(broken.config, "check", "--format", "junit")
-    assert result.returncode == 1, result.stderr
+    result = invoke(broken.config, "check", "--format", "junit")
+    assert result.exit_code == 1, result.stderr
     root = ET.fromstring(result.stdout.encode("utf-8"))
     assert root.tag == "testsuites"
     (suite,) = root.findall("testsuite")
@@ -145,39 +145,39 @@ def test_junit_is_valid_with_a_failure_per_problem(broken: Broken, tmp_path: Pat
 
 
 def test_text_stays_as_it_was(broken: Broken) -> None:
-    result = statusmail(broken.config, "check")
-    assert result.returncode == 1
+    result = invoke(broken.config, "check")
+    assert result.exit_code == 1
     assert result.stdout == ""
     lines = result.stderr.splitlines()
     project = broken.config.parent
     for _, (file, line) in broken.expected.items():
         assert any(row.startswith(f"{project.parent / file}:{line}: ") for row in lines), lines
     assert lines[-1] == "checked 2 entries, 28 subscribers: 2 problem(s)"
-    assert statusmail(broken.config, "check", "--format", "text").stderr == result.stderr
+    assert invoke(broken.config, "check", "--format", "text").stderr == result.stderr
 
 
 def test_the_json_report_is_kept_and_is_not_a_format(project: Path) -> None:
-    result = statusmail(project, "check", "--json")
-    assert result.returncode == 0
+    result = invoke(project, "check", "--json")
+    assert result.exit_code == 0
     report = json.loads(result.stdout)
     assert report["ok"] is True and report["entries"] == 2 and report["subscribers"] == 28
     assert report["problems"] == [] and len(report["warnings"]) == 1
-    both = statusmail(project, "check", "--json", "--format", "json")
-    assert both.returncode == 2
+    both = invoke(project, "check", "--json", "--format", "json")
+    assert both.exit_code == 2
     assert "does not go with --format" in both.stderr
 
 
 @pytest.mark.parametrize("output", ["json", "github", "junit"])
 def test_a_clean_project_exits_0_in_every_format(project: Path, output: str) -> None:
-    result = statusmail(project, "check", "--format", output)
-    assert result.returncode == 0, result.stdout + result.stderr
+    result = invoke(project, "check", "--format", output)
+    assert result.exit_code == 0, result.stdout + result.stderr
     assert "checked 2 entries, 28 subscribers: ok" in result.stderr
 
 
 def test_outside_a_repository_paths_are_relative_to_the_config(project: Path) -> None:
     bad = line_of(project.parent / UPDATE, "status: ready")
     replace_in(project.parent / UPDATE, "status: ready", "status: readyy")
-    result = statusmail(project, "check", "--format", "json")
+    result = invoke(project, "check", "--format", "json")
     listed = json.loads(result.stdout)
     assert {
         (one["file"], one["line"], one["code"]) for one in listed if one["severity"] == "error"
@@ -189,15 +189,15 @@ def test_a_broken_config_is_reported_in_the_format(tmp_path: Path) -> None:
     config = copy_sample(repo / "project")
     init_repo(repo)
     line = replace_in(config, "transport: maildir", "transport: [maildir")
-    github_run = statusmail(config, "check", "--format", "github")
-    assert github_run.returncode == 1
+    github_run = invoke(config, "check", "--format", "github")
+    assert github_run.exit_code == 1
     ((kind, props, message),) = workflow_commands(github_run.stdout)
     assert (kind, props["file"]) == ("error", "project/statusmail.yaml")
     assert "[yaml-syntax]" in message and int(props["line"]) >= line
-    text_run = statusmail(config, "check")
-    assert text_run.returncode == 1
+    text_run = invoke(config, "check")
+    assert text_run.exit_code == 1
     assert text_run.stderr.startswith(f"{config}:{props['line']}: invalid YAML")
-    report = json.loads(statusmail(config, "check", "--json").stdout)
+    report = json.loads(invoke(config, "check", "--json").stdout)
     assert report["ok"] is False and report["problems"][0].startswith(f"{config}:")
 
 

@@ -16,12 +16,12 @@ from conftest import (
     SECRET,
     UPDATE,
     http_request,
+    invoke,
     outbox_messages,
     part_text,
     problem_lines,
     recipient,
     serving,
-    statusmail,
 )
 from editing import line_of, refresh_sources, replace_in
 from statusmail.config import load_config
@@ -33,8 +33,8 @@ NBSP = "\u00a0"
 
 
 def sent_messages(project: Path, entry: str = UPDATE) -> dict[str, EmailMessage]:
-    result = statusmail(project, "send", entry, "--yes")
-    assert result.returncode == 0, result.stderr
+    result = invoke(project, "send", entry, "--yes")
+    assert result.exit_code == 0, result.stderr
     return {recipient(m): m for m in outbox_messages(project)}
 
 
@@ -78,8 +78,8 @@ def test_readers_in_russia_get_no_link_to_the_blocked_domain(project: Path) -> N
 
 def test_serve_unsubscribes_through_the_mirror_host(project: Path) -> None:
     env = {"STATUSMAIL_UNSUBSCRIBE_SECRET": SECRET}
-    result = statusmail(project, "send", UPDATE, "--yes", env=env)
-    assert result.returncode == 0, result.stderr
+    result = invoke(project, "send", UPDATE, "--yes", env=env)
+    assert result.exit_code == 0, result.stderr
     ivan = next(m for m in outbox_messages(project) if "ivan.smirnov" in recipient(m))
     target = re.search(r"<https://([^/>]+)(/[^>]+)>", ivan["List-Unsubscribe"])
     assert target and target[1] == "startmail-mirror.example"
@@ -95,7 +95,7 @@ def test_serve_unsubscribes_through_the_mirror_host(project: Path) -> None:
             },
         )
         assert reply.status == 200
-    listed = statusmail(project, "suppress", "list", "--json")
+    listed = invoke(project, "suppress", "list", "--json")
     assert [row["email"] for row in json.loads(listed.stdout)] == ["ivan.smirnov@example.com"]
 
 
@@ -127,8 +127,8 @@ def test_check_fails_on_a_blocked_link_the_rewrite_misses(project: Path, written
     link = "https://www.startmail.example/blog/startmail-blocked-in-russia"
     at = text.index(link, ru_start)
     entry.write_text(text[:at] + written + text[at + len(link) :], encoding="utf-8")
-    result = statusmail(project, "check")
-    assert result.returncode == 1
+    result = invoke(project, "check")
+    assert result.exit_code == 1
     found = problem_lines(result.stderr)
     ru_line = line_of(entry, "  ru:\n")
     assert found == [
@@ -140,8 +140,8 @@ def test_check_fails_on_a_blocked_link_the_rewrite_misses(project: Path, written
         "rewrite it",
     ], result.stderr
     # send refuses for the same reason, before anything is recorded
-    refused = statusmail(project, "send", UPDATE, "--yes")
-    assert refused.returncode == 1 and "still get a link" in refused.stderr
+    refused = invoke(project, "send", UPDATE, "--yes")
+    assert refused.exit_code == 1 and "still get a link" in refused.stderr
     assert not (project.parent / "statusmail.db").exists()
 
 
@@ -188,8 +188,8 @@ def test_check_requires_region_names_and_headings(
     regions = project.parent / "regions.yaml"
     replace_in(regions, old, new)
     line = line_of(regions, key) + (1 if key == "KZ:" else 0)
-    result = statusmail(project, "check")
-    assert result.returncode == 1
+    result = invoke(project, "check")
+    assert result.exit_code == 1
     assert [p for p in problem_lines(result.stderr) if message in p] == [
         f"{regions}:{line}: {message}"
         + (
@@ -210,8 +210,8 @@ def test_check_fails_on_a_russian_subject_still_in_english(project: Path) -> Non
         'subject: "Блокировка в России: мы обжалуем решения в суде"',
         'subject: "Update on the block in Russia"',
     )
-    result = statusmail(project, "check")
-    assert result.returncode == 1
+    result = invoke(project, "check")
+    assert result.exit_code == 1
     assert problem_lines(result.stderr) == [
         f"{entry}:{line}: the ru subject has no Cyrillic letter: is it still in English?"
     ]
@@ -221,8 +221,8 @@ def test_stale_translation_fails_and_a_missing_source_warns(project: Path) -> No
     entry = project.parent / "updates" / f"{UPDATE}.yaml"
     replace_in(entry, "Thank you for your patience and support.", "Thank you for your support.")
     source_line = line_of(entry, "    source: ")
-    result = statusmail(project, "check")
-    assert result.returncode == 1
+    result = invoke(project, "check")
+    assert result.exit_code == 1
     (stale,) = problem_lines(result.stderr)
     assert stale.startswith(f"{entry}:{source_line}: the English changed since this ru translation")
     current = re.search(r"then set source: (\w+)$", stale)
@@ -230,11 +230,11 @@ def test_stale_translation_fails_and_a_missing_source_warns(project: Path) -> No
     # the translator re-reads the Russian and records the new hash: check passes
     old_source = entry.read_text(encoding="utf-8").splitlines()[source_line - 1]
     replace_in(entry, old_source, f"    source: {current[1]}")
-    assert statusmail(project, "check").returncode == 0
+    assert invoke(project, "check").exit_code == 0
     # no source at all: a warning, not a failure
     replace_in(entry, f"    source: {current[1]}\n", "")
-    result = statusmail(project, "check")
-    assert result.returncode == 0
+    result = invoke(project, "check")
+    assert result.exit_code == 0
     warning = "warning: the ru block has no 'source:'; once it matches the English, add source:"
     assert f"{warning} {current[1]}" in result.stderr
 
@@ -247,8 +247,8 @@ def test_a_date_changed_in_one_language_only_fails(project: Path) -> None:
         "Предварительное судебное заседание назначено на 4 июня 2020 года.",
     )
     ru_line = line_of(entry, "  ru:\n")
-    result = statusmail(project, "check")
-    assert result.returncode == 1
+    result = invoke(project, "check")
+    assert result.exit_code == 1
     assert problem_lines(result.stderr) == [
         f"{entry}:{ru_line}: the numbers in en and ru differ (only in ru: 4)"
     ]
@@ -263,8 +263,8 @@ def test_typo_in_an_audience_topic_is_caught_by_the_declared_topics(project: Pat
         "only@example.org,Only,ru,RU,service-status,active\n",
         encoding="utf-8",
     )
-    result = statusmail(project, "check")
-    assert result.returncode == 1
+    result = invoke(project, "check")
+    assert result.exit_code == 1
     audience_line = line - 2
     assert (
         f"{entry}:{audience_line}: topic 'service_status' is not one of the config's topics "
@@ -304,10 +304,10 @@ def test_english_keeps_its_own_rules(project: Path) -> None:
 
 
 def test_locale_choice_and_the_reported_fallbacks(project: Path, tmp_path: Path) -> None:
-    result = statusmail(
+    result = invoke(
         project, "send", UPDATE, "--dry-run", "--json", "--preview-dir", str(tmp_path / "p")
     )
-    assert result.returncode == 0, result.stderr
+    assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
     assert sorted(report["fallbacks"]) == [
         "1 with no locale, region BY → ru",
@@ -315,7 +315,7 @@ def test_locale_choice_and_the_reported_fallbacks(project: Path, tmp_path: Path)
         "1 with no locale, region RU → ru",
         "1 with unsupported locale 'de' → en",
     ]
-    text = statusmail(project, "send", UPDATE, "--dry-run", "--preview-dir", str(tmp_path / "q"))
+    text = invoke(project, "send", UPDATE, "--dry-run", "--preview-dir", str(tmp_path / "q"))
     assert "language: 1 with unsupported locale 'de' → en" in text.stderr
     messages = sent_messages(project)
     languages = {address: str(m["Content-Language"]) for address, m in messages.items()}
@@ -332,7 +332,7 @@ def test_locale_choice_and_the_reported_fallbacks(project: Path, tmp_path: Path)
     for address in empty_in_ru:
         if address.lower() in languages:
             assert languages[address.lower()] == "ru"
-    check = statusmail(project, "check")
+    check = invoke(project, "check")
     assert "note: 3 subscribers with unsupported locale 'de' get en" in check.stderr
 
 
@@ -342,5 +342,5 @@ def test_the_samples_pass_check_and_refresh_sources_is_a_no_op(project: Path) ->
         before = entry.read_text(encoding="utf-8")
         refresh_sources(entry)
         assert entry.read_text(encoding="utf-8") == before  # every translation is current
-    result = statusmail(project, "check", env={"STATUSMAIL_UNSUBSCRIBE_SECRET": SECRET})
-    assert result.returncode == 0 and "warning" not in result.stderr, result.stderr
+    result = invoke(project, "check", env={"STATUSMAIL_UNSUBSCRIBE_SECRET": SECRET})
+    assert result.exit_code == 0 and "warning" not in result.stderr, result.stderr

@@ -11,11 +11,11 @@ import pytest
 from conftest import (
     UPDATE,
     copy_sample,
+    invoke,
     outbox_messages,
     parse_message,
     part_text,
     recipient,
-    statusmail,
 )
 
 # Who the sample data says gets update-2020-04-21: active, topic service-status,
@@ -52,8 +52,8 @@ ACCESS_MARKERS = ("startmail-mirror.example", ".onion")
 
 
 def send_update(config: Path) -> tuple[Path, list[EmailMessage]]:
-    result = statusmail(config, "send", UPDATE, "--yes")
-    assert result.returncode == 0, result.stderr
+    result = invoke(config, "send", UPDATE, "--yes")
+    assert result.exit_code == 0, result.stderr
     return config, outbox_messages(config)
 
 
@@ -74,15 +74,15 @@ def test_delivers_to_exactly_the_affected_subscribers_once(
 
 def test_rerun_adds_nothing_and_status_agrees(project: Path) -> None:
     config, messages = send_update(project)
-    again = statusmail(config, "send", UPDATE, "--yes")
-    assert again.returncode == 0, again.stderr
+    again = invoke(config, "send", UPDATE, "--yes")
+    assert again.exit_code == 0, again.stderr
     assert len(outbox_messages(config)) == len(messages)
-    status = statusmail(config, "status", UPDATE, "--json")
-    assert status.returncode == 0, status.stderr
+    status = invoke(config, "status", UPDATE, "--json")
+    assert status.exit_code == 0, status.stderr
     counts = json.loads(status.stdout)
     assert counts["sent"] == len(EXPECTED_UPDATE)
     assert (counts["failed"], counts["pending"], counts["skipped"]) == (0, 0, 0)
-    listing = json.loads(statusmail(config, "list", "--json").stdout)
+    listing = json.loads(invoke(config, "list", "--json").stdout)
     row = next(r for r in listing if r["id"] == UPDATE)
     assert row["sent"] == len(EXPECTED_UPDATE) and row["progress"] == "14/14"
 
@@ -172,10 +172,8 @@ def test_names_are_greeted_and_cyrillic_names_survive(
 
 def test_dry_run_touches_no_ledger_and_writes_previews(project: Path, tmp_path: Path) -> None:
     previews = tmp_path / "previews"
-    result = statusmail(
-        project, "send", UPDATE, "--dry-run", "--preview-dir", str(previews), "--json"
-    )
-    assert result.returncode == 0, result.stderr
+    result = invoke(project, "send", UPDATE, "--dry-run", "--preview-dir", str(previews), "--json")
+    assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["selected"] == report["rendered"] == len(EXPECTED_UPDATE)
     assert report["by_locale"] == {"ru": 11, "en": 3}
@@ -203,8 +201,8 @@ def test_dry_run_fails_when_a_recipient_cannot_render(project: Path, tmp_path: P
     template.write_text(
         template.read_text(encoding="utf-8") + "{{ no_such_variable }}\n", encoding="utf-8"
     )
-    result = statusmail(project, "send", UPDATE, "--dry-run", "--preview-dir", str(tmp_path / "p"))
-    assert result.returncode == 1
+    result = invoke(project, "send", UPDATE, "--dry-run", "--preview-dir", str(tmp_path / "p"))
+    assert result.exit_code == 1
     assert "no_such_variable" in result.stderr
 
 
@@ -214,8 +212,8 @@ def test_draft_is_never_sent(project: Path) -> None:
         entry.read_text(encoding="utf-8").replace("status: ready", "status: draft"),
         encoding="utf-8",
     )
-    result = statusmail(project, "send", UPDATE, "--yes")
-    assert result.returncode == 1
+    result = invoke(project, "send", UPDATE, "--yes")
+    assert result.exit_code == 1
     assert "draft" in result.stderr and "update-2020-04-21.yaml:" in result.stderr
     assert not (project.parent / "outbox").exists()
 
@@ -225,14 +223,14 @@ def test_invalid_row_is_skipped_reported_and_recorded(project: Path) -> None:
     lines = csv_path.read_text(encoding="utf-8").splitlines()
     lines.append("broken@@example.org,Broken,ru,RU,service-status,active")
     csv_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    result = statusmail(project, "send", UPDATE, "--yes", "--json")
-    assert result.returncode == 0, result.stderr
+    result = invoke(project, "send", UPDATE, "--yes", "--json")
+    assert result.exit_code == 0, result.stderr
     assert f"main.csv:{len(lines)}:" in result.stderr
     counts = json.loads(result.stdout)["counts"]
     assert counts["sent"] == len(EXPECTED_UPDATE) and counts["skipped"] == 1
 
 
 def test_unknown_entry_is_a_clear_error(project: Path) -> None:
-    result = statusmail(project, "send", "update-2099-01-01", "--yes")
-    assert result.returncode == 1
+    result = invoke(project, "send", "update-2099-01-01", "--yes")
+    assert result.exit_code == 1
     assert "update-2099-01-01" in result.stderr and UPDATE in result.stderr
