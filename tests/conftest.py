@@ -39,26 +39,26 @@ from statusmail.entries import load_entries
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_FILES = ("statusmail.yaml", "regions.yaml")
 SAMPLE_DIRS = ("updates", "subscribers", "templates")
-# Every variable statusmail reads: its own, and those of the CI system and of systemd it
-# answers to. The caller's values never reach a test (a shell with $STATUSMAIL_LEDGER set,
-# a suite run in GitHub Actions or under systemd).
-STATUSMAIL_VARIABLES = (
-    "STATUSMAIL_CONFIG",
-    "STATUSMAIL_TRANSPORT",
-    "STATUSMAIL_SMTP_HOST",
-    "STATUSMAIL_SMTP_PORT",
-    "STATUSMAIL_SMTP_SECURITY",
-    "STATUSMAIL_SMTP_PASSWORD",
-    "STATUSMAIL_UNSUBSCRIBE_SECRET",
-    "STATUSMAIL_UNSUBSCRIBE_PREVIOUS_SECRETS",
-    "STATUSMAIL_LEDGER",
-    "STATUSMAIL_IMAP_PASSWORD",
+# What statusmail reads from the environment besides its own STATUSMAIL_* variables (the
+# secrets' *_FILE ones among them): the CI system's and systemd's.
+OUTSIDE_VARIABLES = (
     "GITHUB_STEP_SUMMARY",
     "NOTIFY_SOCKET",
     "WATCHDOG_USEC",
     "WATCHDOG_PID",
     "CREDENTIALS_DIRECTORY",
 )
+
+
+def read_by_statusmail(name: str) -> bool:
+    """Whether statusmail reads the variable ``name``; the caller's value never reaches a
+    test (a shell with $STATUSMAIL_LEDGER set, a suite run in GitHub Actions or under
+    systemd). The tests' own settings (STATUSMAIL_TEST_*) are not statusmail's."""
+    if name.startswith("STATUSMAIL_"):
+        return not name.startswith("STATUSMAIL_TEST_")
+    return name in OUTSIDE_VARIABLES
+
+
 T = TypeVar("T")
 
 # The sample project (the repo's statusmail.yaml, updates/, subscribers/, templates/).
@@ -115,14 +115,14 @@ def _clean_env() -> Iterator[None]:
     """Tests, and module-scoped fixtures too, never see the caller's statusmail settings;
     a test sets what it needs with ``monkeypatch`` or a helper's ``env``."""
     with pytest.MonkeyPatch.context() as patch:
-        for name in STATUSMAIL_VARIABLES:
-            patch.delenv(name, raising=False)
+        for name in [name for name in os.environ if read_by_statusmail(name)]:
+            patch.delenv(name)
         yield
 
 
 def clean_environ(**extra: str) -> dict[str, str]:
     """This process's environment without statusmail's variables, plus ``extra``."""
-    environ = {k: v for k, v in os.environ.items() if k not in STATUSMAIL_VARIABLES}
+    environ = {k: v for k, v in os.environ.items() if not read_by_statusmail(k)}
     environ.update(extra)
     return environ
 
