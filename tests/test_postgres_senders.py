@@ -83,3 +83,12 @@ def test_a_send_reads_the_queue_through_its_indexes(project: Path, postgres: str
     # the claim's index chosen badly, 1,700 to 3,200 (growing with the list) through
     # generic plans
     assert rows and rows[0][0] < 100 * (SAMPLE + 3_000), rows
+    # The feedback pass finds a return path's delivery by seq alone: an index lookup,
+    # not a scan of every delivery per report.
+    plan = "\n".join(
+        str(row[0])
+        for row in query(
+            postgres, "EXPLAIN SELECT entry_id, address FROM deliveries WHERE seq = 42"
+        )
+    )
+    assert "deliveries_row" in plan and "Seq Scan" not in plan, plan

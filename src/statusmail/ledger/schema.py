@@ -168,6 +168,14 @@ MIGRATIONS: tuple[Migration, ...] = (
         DROP INDEX IF EXISTS deliveries_seq
         """,
     },
+    # 6: a return path names its delivery by seq alone (the feedback pass looks it up
+    # per report). SQLite's seq is the rowid; PostgreSQL needs an index, and a hash one:
+    # it serves equality only, so the planner can never take it for a claim's seq order
+    # (see 5).
+    {
+        "sqlite": "",
+        "postgresql": "CREATE INDEX IF NOT EXISTS deliveries_row ON deliveries USING hash (seq)",
+    },
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
