@@ -19,7 +19,7 @@ import yaml
 from bs4 import BeautifulSoup, Tag
 from markdown_it import MarkdownIt
 
-from conftest import statusmail
+from conftest import invoke
 
 UPDATE = "update-2020-04-21"
 BAD_ADDRESS = "broken.reader@example..org"  # invalid, so its row is a problem that names it
@@ -60,13 +60,13 @@ def test_the_summary_shows_every_variant_and_no_address(project: Path, tmp_path:
     previews, summary = tmp_path / "previews" / UPDATE, tmp_path / "reports" / "SUMMARY.md"
     step_summary = tmp_path / "step-summary.md"
     step_summary.write_text("# an earlier step\n", encoding="utf-8")
-    result = statusmail(
+    result = invoke(
         project,
         *("send", UPDATE, "--dry-run", "--json"),
         *("--preview-dir", str(previews), "--summary", str(summary)),
         env={"GITHUB_STEP_SUMMARY": str(step_summary)},
     )
-    assert result.returncode == 0, result.stderr
+    assert result.exit_code == 0, result.stderr
     dry_run = json.loads(result.stdout)
     text = summary.read_text(encoding="utf-8")
 
@@ -114,12 +114,12 @@ def test_an_entry_that_cannot_be_previewed_is_in_the_summary(project: Path, tmp_
         encoding="utf-8",
     )
     summary = tmp_path / "SUMMARY.md"
-    result = statusmail(
+    result = invoke(
         project,
         *("send", UPDATE, "--dry-run", "--preview-dir", str(tmp_path / "p")),
         *("--summary", str(summary)),
     )
-    assert result.returncode == 1
+    assert result.exit_code == 1
     assert "thread 'nothing' names no entry" in result.stderr
     page = rendered(summary)
     assert page.find("h2", string=f"{UPDATE}: not previewed") is not None

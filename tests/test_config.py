@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import statusmail
+from conftest import invoke, statusmail
 from editing import replace_in
 from statusmail.config import DEV_UNSUBSCRIBE_SECRET, find_config, load_config
 from statusmail.errors import ConfigError
@@ -106,25 +106,26 @@ def test_cli_finds_config_option_then_env_then_cwd(project: Path, tmp_path: Path
     broken.mkdir()
     (broken / "statusmail.yaml").write_text("transport: pigeon\n")
     # --config wins over $STATUSMAIL_CONFIG and ./statusmail.yaml
-    result = statusmail(
+    result = invoke(
         project, "check", cwd=broken, env={"STATUSMAIL_CONFIG": str(broken / "statusmail.yaml")}
     )
-    assert result.returncode == 0, result.stderr
+    assert result.exit_code == 0, result.stderr
     # --config also works before the command name
-    result = statusmail(None, "--config", str(project), "check", cwd=broken)
-    assert result.returncode == 0, result.stderr
+    result = invoke(None, "--config", str(project), "check", cwd=broken)
+    assert result.exit_code == 0, result.stderr
     # $STATUSMAIL_CONFIG wins over ./statusmail.yaml
-    result = statusmail(None, "check", cwd=broken, env={"STATUSMAIL_CONFIG": str(project)})
-    assert result.returncode == 0, result.stderr
+    result = invoke(None, "check", cwd=broken, env={"STATUSMAIL_CONFIG": str(project)})
+    assert result.exit_code == 0, result.stderr
     # ./statusmail.yaml
-    result = statusmail(None, "check", cwd=root)
-    assert result.returncode == 0, result.stderr
-    result = statusmail(None, "check", cwd=broken)
-    assert result.returncode == 1
+    result = invoke(None, "check", cwd=root)
+    assert result.exit_code == 0, result.stderr
+    result = invoke(None, "check", cwd=broken)
+    assert result.exit_code == 1
     assert f"{broken / 'statusmail.yaml'}:1: transport is 'pigeon'" in result.stderr
 
 
 def test_cli_missing_config(tmp_path: Path) -> None:
+    """In a real process, as a user meets it: a fatal error is one line, exit 1."""
     result = statusmail(None, "check", cwd=tmp_path)
     assert result.returncode == 1
     assert f"{tmp_path / 'statusmail.yaml'}: config file not found" in result.stderr

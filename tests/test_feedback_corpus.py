@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from conftest import copy_sample, statusmail
+from conftest import copy_sample, invoke
 from feedback_helpers import (
     CORPUS,
     SECRET,
@@ -37,8 +37,8 @@ HANDLED = {name for name, e in INDEX.items() if e["outcome"] != "untouched"}
 
 
 def send_update(config: Path) -> None:
-    result = statusmail(config, "send", UPDATE, "--yes", "--rate", "0", env=ENV)
-    assert result.returncode == 0, result.stderr
+    result = invoke(config, "send", UPDATE, "--yes", "--rate", "0", env=ENV)
+    assert result.exit_code == 0, result.stderr
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +96,8 @@ def test_feedback_acts_on_the_corpus_and_leaves_the_rest_alone(
     names = {deliver(box, data).name: name for name, data in filled.items()}
     before = new_files(box)
 
-    result = statusmail(config, "feedback", "--json", "--show-addresses", env=ENV)
-    assert result.returncode == 0, result.stderr
+    result = invoke(config, "feedback", "--json", "--show-addresses", env=ENV)
+    assert result.exit_code == 0, result.stderr
     payload = summary(result.stdout)
     assert payload["read"] == len(INDEX)
     assert payload["handled"] == len(HANDLED)
@@ -146,12 +146,12 @@ def test_feedback_acts_on_the_corpus_and_leaves_the_rest_alone(
     assert rows["hanna.sidarenka@example.net"] == "sent"  # unsubscribed later: still sent
     assert len(query(config, "SELECT * FROM bounce_scores")) == 2
 
-    status = json.loads(statusmail(config, "status", UPDATE, "--json", env=ENV).stdout)
+    status = json.loads(invoke(config, "status", UPDATE, "--json", env=ENV).stdout)
     hard = sum(INDEX[n]["outcome"] == "hard" for n in HANDLED)
     assert (status["bounced"], status["complained"]) == (hard, 2)
     assert status["sent"] + status["bounced"] + status["complained"] == 14
 
-    listed = json.loads(statusmail(config, "suppress", "list", "--json", env=ENV).stdout)
+    listed = json.loads(invoke(config, "suppress", "list", "--json", env=ENV).stdout)
     ivan = next(row for row in listed if row["email"] == "ivan.smirnov@example.com")
     assert (ivan["reason"], ivan["code"]) == ("bounced", "5.1.1")
     assert ivan["reported_at"].startswith("2020-04-21")
@@ -159,8 +159,8 @@ def test_feedback_acts_on_the_corpus_and_leaves_the_rest_alone(
 
     # a second pass reads what is left and changes nothing
     dump = ledger_dump(config)
-    again = statusmail(config, "feedback", "--json", env=ENV)
-    assert again.returncode == 0, again.stderr
+    again = invoke(config, "feedback", "--json", env=ENV)
+    assert again.exit_code == 0, again.stderr
     second = summary(again.stdout)
     assert (second["read"], second["handled"], second["events"]) == (
         len(INDEX) - len(HANDLED),
@@ -175,10 +175,10 @@ def test_a_report_delivered_twice_counts_once(project_sent: tuple[Path, dict[str
     config, filled = project_sent
     box = config.parent / "bounces"
     deliver(box, filled["postfix-delayed.eml"])
-    first = summary(statusmail(config, "feedback", "--json", env=ENV).stdout)
+    first = summary(invoke(config, "feedback", "--json", env=ENV).stdout)
     assert first["soft"] == 1
     deliver(box, filled["postfix-delayed.eml"])  # the same report, once more
-    second = summary(statusmail(config, "feedback", "--json", env=ENV).stdout)
+    second = summary(invoke(config, "feedback", "--json", env=ENV).stdout)
     assert (second["handled"], second["soft"], second["already_recorded"]) == (1, 0, 1)
     assert [e["effect"] for e in second["events"]] == ["already recorded"]
     assert len(query(config, "SELECT * FROM feedback_events")) == 1
@@ -193,15 +193,15 @@ def test_a_dry_run_shows_the_pass_and_changes_nothing(
     for data in filled.values():
         deliver(box, data)
     before, dump = new_files(box), ledger_dump(config)
-    result = statusmail(config, "feedback", "--dry-run", "--json", env=ENV)
-    assert result.returncode == 0, result.stderr
+    result = invoke(config, "feedback", "--dry-run", "--json", env=ENV)
+    assert result.exit_code == 0, result.stderr
     payload = summary(result.stdout)
     assert payload["dry_run"] is True and payload["handled"] == len(HANDLED)
     assert all(e["effect"].startswith("would be ") for e in payload["events"])
     assert all("***@" in e["address"] for e in payload["events"])  # masked by default
     assert new_files(box) == before and not processed_files(box)
     assert ledger_dump(config) == dump
-    text = statusmail(config, "feedback", "--dry-run", env=ENV)
-    assert text.returncode == 0
+    text = invoke(config, "feedback", "--dry-run", env=ENV)
+    assert text.exit_code == 0
     assert "dry run: read 18 message(s)" in text.stdout
     assert "ivan.smirnov" not in text.stdout + text.stderr  # addresses masked in the output

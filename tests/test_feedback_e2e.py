@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import clean_environ, command, statusmail, wait_for
+from conftest import clean_environ, command, invoke, wait_for
 from delivery_helpers import point_at, send
 from editing import replace_in
 from feedback_helpers import (
@@ -194,8 +194,8 @@ def test_bounces_and_a_complaint_read_back_from_a_real_relay(project: Path) -> N
 
     before = new_files(box)
     assert len(before) == 5
-    result = statusmail(project, "feedback", "--json", env=ENV)
-    assert result.returncode == 0, result.stderr
+    result = invoke(project, "feedback", "--json", env=ENV)
+    assert result.exit_code == 0, result.stderr
     payload = summary(result.stdout)
     assert (payload["hard"], payload["soft"], payload["complaints"]) == (1, 1, 1)
     assert (payload["auto_replies"], payload["untouched"], payload["newly_suppressed"]) == (1, 2, 2)
@@ -221,12 +221,12 @@ def test_bounces_and_a_complaint_read_back_from_a_real_relay(project: Path) -> N
 
     # a second pass changes nothing
     dump = ledger_dump(project)
-    again = statusmail(project, "feedback", "--json", env=ENV)
-    assert again.returncode == 0, again.stderr
+    again = invoke(project, "feedback", "--json", env=ENV)
+    assert again.exit_code == 0, again.stderr
     assert summary(again.stdout)["events"] == []
     assert ledger_dump(project) == dump and new_files(box) == left
 
-    status = json.loads(statusmail(project, "status", UPDATE, "--json", env=ENV).stdout)
+    status = json.loads(invoke(project, "status", UPDATE, "--json", env=ENV).stdout)
     assert (status["sent"], status["bounced"], status["complained"]) == (12, 1, 1)
 
     # the next entry skips the hard bounce and the complaint; the soft bounce still gets it
@@ -245,7 +245,7 @@ def test_bounces_and_a_complaint_read_back_from_a_real_relay(project: Path) -> N
 def test_watch_reads_the_bounce_mailbox_before_it_sends(project: Path) -> None:
     """A hard bounce that came in while the service was down is read first: the next
     entry does not go to that address."""
-    assert statusmail(project, "send", UPDATE, "--yes", "--rate", "0", env=ENV).returncode == 0
+    assert invoke(project, "send", UPDATE, "--yes", "--rate", "0", env=ENV).exit_code == 0
     box = project.parent / "bounces"
     [(row,)] = query(
         project, "SELECT rowid FROM deliveries WHERE entry_id = ? AND address = ?", UPDATE, HARD
@@ -256,8 +256,8 @@ def test_watch_reads_the_bounce_mailbox_before_it_sends(project: Path) -> None:
     with MaildirMX(box) as mx:
         mx.send("", return_path, bounce)
     write_next_entry(project)
-    result = statusmail(project, "watch", "--once", "--log-format", "json", env=ENV)
-    assert result.returncode == 0, result.stderr
+    result = invoke(project, "watch", "--once", "--log-format", "json", env=ENV)
+    assert result.exit_code == 0, result.stderr
     lines = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     feedback_line = next(line for line in lines if line.get("event") == "feedback")
     assert feedback_line["handled"] == 1 and feedback_line["suppressed"] == 1
@@ -273,7 +273,7 @@ def test_watch_reads_the_bounce_mailbox_before_it_sends(project: Path) -> None:
 
 @pytest.mark.timeout(90)
 def test_watch_reads_bounces_that_arrive_while_it_runs(project: Path) -> None:
-    assert statusmail(project, "send", UPDATE, "--yes", "--rate", "0", env=ENV).returncode == 0
+    assert invoke(project, "send", UPDATE, "--yes", "--rate", "0", env=ENV).exit_code == 0
     replace_in(project, "  interval: 300 ", "  interval: 1 ")
     process = subprocess.Popen(
         command(project, "watch", "--log-format", "json"),

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import statusmail
+from conftest import invoke
 from feedback_helpers import CORPUS, SECRET, UPDATE, fill, ledger_dump, query, summary
 from imap_server import USER, Dovecot, require_dovecot
 
@@ -71,7 +71,7 @@ def env(config: Path, server: Dovecot) -> dict[str, str]:
 
 
 def sent_and_delivered(project: Path, server: Dovecot) -> dict[str, bytes]:
-    result = statusmail(
+    result = invoke(
         project,
         "send",
         UPDATE,
@@ -80,7 +80,7 @@ def sent_and_delivered(project: Path, server: Dovecot) -> dict[str, bytes]:
         "0",
         env={"STATUSMAIL_UNSUBSCRIBE_SECRET": SECRET},
     )
-    assert result.returncode == 0, result.stderr
+    assert result.exit_code == 0, result.stderr
     filled = {name: fill((CORPUS / name).read_bytes(), project) for name in HANDLED + LEFT}
     for data in filled.values():
         server.append(data.replace(b"\n", b"\r\n"))
@@ -96,8 +96,8 @@ def test_feedback_reads_an_imap_box_and_moves_only_what_it_handled(
     inbox = imap.folder("INBOX")
     assert len(inbox) == 5
 
-    result = statusmail(project, "feedback", "--json", env=env(project, imap))
-    assert result.returncode == 0, result.stderr + imap.log()
+    result = invoke(project, "feedback", "--json", env=env(project, imap))
+    assert result.exit_code == 0, result.stderr + imap.log()
     payload = summary(result.stdout)
     assert payload["mailboxes"] == [f"imap 127.0.0.1:{imap.port}/INBOX"]
     assert (payload["read"], payload["handled"]) == (5, 3)
@@ -119,8 +119,8 @@ def test_feedback_reads_an_imap_box_and_moves_only_what_it_handled(
     assert len(imap.folder("processed")) == 3
 
     dump = ledger_dump(project)
-    again = statusmail(project, "feedback", "--json", env=env(project, imap))
-    assert again.returncode == 0, again.stderr
+    again = invoke(project, "feedback", "--json", env=env(project, imap))
+    assert again.exit_code == 0, again.stderr
     assert summary(again.stdout)["handled"] == 0
     assert ledger_dump(project) == dump and len(imap.folder("INBOX")) == 2
 
@@ -132,8 +132,8 @@ def test_a_dry_run_over_imap_reads_and_leaves_everything(
     sent_and_delivered(project, imap)
     point_at_imap(project, imap, certificate[0], security="tls")
     before = imap.folder("INBOX")
-    result = statusmail(project, "feedback", "--dry-run", "--json", env=env(project, imap))
-    assert result.returncode == 0, result.stderr + imap.log()
+    result = invoke(project, "feedback", "--dry-run", "--json", env=env(project, imap))
+    assert result.exit_code == 0, result.stderr + imap.log()
     assert summary(result.stdout)["handled"] == 3
     assert imap.folder("INBOX") == before  # nothing moved, nothing flagged \Seen
     assert not imap.folder("processed")  # not even created
@@ -158,8 +158,8 @@ def test_without_move_it_copies_and_expunges_only_its_own(
         finally:
             client.logout()
         point_at_imap(project, server, certificate[0])
-        result = statusmail(project, "feedback", "--json", env=env(project, server))
-        assert result.returncode == 0, result.stderr + server.log()
+        result = invoke(project, "feedback", "--json", env=env(project, server))
+        assert result.exit_code == 0, result.stderr + server.log()
         assert summary(result.stdout)["handled"] == 3
         inbox = server.folder("INBOX")
         assert len(inbox) == 3  # the two left alone, and the other flagged one, not expunged
@@ -174,8 +174,8 @@ def test_a_wrong_password_is_one_clear_line(
     point_at_imap(project, imap, certificate[0])
     environ = env(project, imap)
     Path(environ["BOUNCE_BOX_PASSWORD_FILE"]).write_text("wrong-password", encoding="utf-8")
-    result = statusmail(project, "feedback", env=environ)
-    assert result.returncode == 1
+    result = invoke(project, "feedback", env=environ)
+    assert result.exit_code == 1
     assert f"error: 127.0.0.1:{imap.port}: login refused" in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -183,6 +183,6 @@ def test_a_wrong_password_is_one_clear_line(
 @pytest.mark.timeout(60)
 def test_a_server_certificate_nobody_vouches_for_is_refused(project: Path, imap: Dovecot) -> None:
     point_at_imap(project, imap, None, security="tls")  # the system's CAs never signed it
-    result = statusmail(project, "feedback", env=env(project, imap))
-    assert result.returncode == 1
+    result = invoke(project, "feedback", env=env(project, imap))
+    assert result.exit_code == 1
     assert f"127.0.0.1:{imap.tls_port}: " in result.stderr and "certificate" in result.stderr

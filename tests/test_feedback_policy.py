@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, statusmail
+from conftest import REPO, invoke
 from editing import replace_in
 from feedback_helpers import CORPUS, deliver
 from statusmail.config import load_config
@@ -326,8 +326,8 @@ def test_preferences_override_the_list_in_memory_or_row_by_row(
 
 def test_feedback_without_a_mailbox_says_what_to_set(project: Path) -> None:
     replace_in(project, "  maildir: bounces ", "  # maildir: bounces ")
-    result = statusmail(project, "feedback")
-    assert result.returncode == 1
+    result = invoke(project, "feedback")
+    assert result.exit_code == 1
     assert "feedback needs a mailbox: set bounces.maildir or bounces.imap" in result.stderr
 
 
@@ -337,8 +337,8 @@ def test_a_dry_run_with_no_ledger_creates_none(project: Path) -> None:
     token = unsubscribe_token(KEYS, "hanna.sidarenka@example.net").encode()
     deliver(box, unsubscribe.replace(b"{{UNSUB:hanna.sidarenka@example.net}}", token))
     environ = {"STATUSMAIL_UNSUBSCRIBE_SECRET": KEYS.secret.decode()}
-    result = statusmail(project, "feedback", "--dry-run", "--json", env=environ)
-    assert result.returncode == 0, result.stderr
+    result = invoke(project, "feedback", "--dry-run", "--json", env=environ)
+    assert result.exit_code == 0, result.stderr
     [event] = json.loads(result.stdout)["events"]
     assert (event["kind"], event["effect"]) == (
         "unsubscribe",
@@ -358,8 +358,8 @@ def test_a_dry_run_never_migrates_an_old_ledger(project: Path) -> None:
     db.commit()
     db.close()
     deliver(project.parent / "bounces", (CORPUS / "unrelated-question.eml").read_bytes())
-    result = statusmail(project, "feedback", "--dry-run")
-    assert result.returncode == 1
+    result = invoke(project, "feedback", "--dry-run")
+    assert result.exit_code == 1
     assert "run it once without --dry-run" in result.stderr
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT MAX(version) FROM schema_version").fetchone() == (2,)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import SECRET, clean_environ, command, outbox_messages, statusmail, wait_for
+from conftest import SECRET, clean_environ, command, invoke, outbox_messages, wait_for
 from delivery_helpers import add_subscribers
 from statusmail.domain import DeliveryStatus, Outcome, Recipient
 from statusmail.errors import LedgerError
@@ -81,8 +81,8 @@ def test_migrations_apply_once_and_a_newer_schema_is_refused(ledger_target: str 
 
 
 def test_ledger_migrate_command(project: Path, ledger_target: str | Path) -> None:
-    result = statusmail(project, "ledger", "migrate", env=use_ledger(project, ledger_target))
-    assert result.returncode == 0, result.stderr
+    result = invoke(project, "ledger", "migrate", env=use_ledger(project, ledger_target))
+    assert result.exit_code == 0, result.stderr
     assert f"schema version {SCHEMA_VERSION}" in result.stdout + result.stderr
 
 
@@ -153,15 +153,15 @@ def test_the_shared_rate_limit_spaces_slots(ledger_target: str | Path) -> None:
 
 def test_send_and_resend_on_either_engine(project: Path, ledger_target: str | Path) -> None:
     env = use_ledger(project, ledger_target)
-    first = statusmail(project, "send", ENTRY, "--yes", "--json", env=env)
-    assert first.returncode == 0, first.stderr
+    first = invoke(project, "send", ENTRY, "--yes", "--json", env=env)
+    assert first.exit_code == 0, first.stderr
     assert json.loads(first.stdout)["counts"]["sent"] == 14
-    again = statusmail(project, "send", ENTRY, "--yes", "--json", env=env)
-    assert again.returncode == 0 and json.loads(again.stdout)["this_run"]["sent"] == 0
+    again = invoke(project, "send", ENTRY, "--yes", "--json", env=env)
+    assert again.exit_code == 0 and json.loads(again.stdout)["this_run"]["sent"] == 0
     assert len(outbox_messages(project)) == 14
-    statusmail(project, "suppress", "add", "anna.petrova@example.org", env=env)
-    block = statusmail(project, "send", "block-2020-01-23", "--yes", "--json", env=env)
-    assert block.returncode == 0, block.stderr
+    invoke(project, "suppress", "add", "anna.petrova@example.org", env=env)
+    block = invoke(project, "send", "block-2020-01-23", "--yes", "--json", env=env)
+    assert block.exit_code == 0, block.stderr
     to = [str(m["To"].addresses[0].addr_spec).lower() for m in outbox_messages(project)]
     assert to.count("anna.petrova@example.org") == 1  # April's, not January's
 
@@ -184,8 +184,8 @@ def test_killed_and_resumed_misses_nobody(project: Path, ledger_target: str | Pa
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=10)
     time.sleep(2.1)  # the killed run's leases running out is what this tests
-    resumed = statusmail(project, "send", ENTRY, "--yes", "--rate", "0", env=env)
-    assert resumed.returncode == 0, resumed.stderr
+    resumed = invoke(project, "send", ENTRY, "--yes", "--rate", "0", env=env)
+    assert resumed.exit_code == 0, resumed.stderr
     to = [str(m["To"].addresses[0].addr_spec).lower() for m in outbox_messages(project)]
     assert set(to) >= set(addresses)  # nobody missed
     assert len(to) - len(set(to)) <= 3  # duplicates: at most what was in flight
@@ -197,10 +197,10 @@ def test_killed_and_resumed_misses_nobody(project: Path, ledger_target: str | Pa
 
 def test_ledger_copy_keeps_every_row(project: Path, postgres: str) -> None:
     env = {**ENV}
-    assert statusmail(project, "send", ENTRY, "--yes", env=env).returncode == 0
-    statusmail(project, "suppress", "add", "someone@example.org", env=env)
-    copied = statusmail(project, "ledger", "copy", "--to", postgres, env=env)
-    assert copied.returncode == 0, copied.stderr
+    assert invoke(project, "send", ENTRY, "--yes", env=env).exit_code == 0
+    invoke(project, "suppress", "add", "someone@example.org", env=env)
+    copied = invoke(project, "ledger", "copy", "--to", postgres, env=env)
+    assert copied.exit_code == 0, copied.stderr
     assert "every count equal" in copied.stdout
     lines = dict(line.split("\t", 1) for line in copied.stdout.splitlines() if "\t" in line)
     assert lines["deliveries"] == "14\t14" and lines["suppressions"] == "1\t1"
@@ -217,8 +217,8 @@ def test_ledger_copy_keeps_every_row(project: Path, postgres: str) -> None:
         assert row is not None and copy.delivery_by_message_id(
             str(copy.database.execute("SELECT message_id FROM deliveries LIMIT 1")[0][0])
         )
-    again = statusmail(project, "ledger", "copy", "--to", postgres, env=env)
-    assert again.returncode == 1 and "cannot copy into a ledger that has rows" in again.stderr
+    again = invoke(project, "ledger", "copy", "--to", postgres, env=env)
+    assert again.exit_code == 1 and "cannot copy into a ledger that has rows" in again.stderr
     with Ledger(postgres) as copy, Ledger(postgres) as other:
         generation = copy.begin_selection("later", "d")
         copy.reset_staging()

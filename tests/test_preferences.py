@@ -12,7 +12,7 @@ from urllib.parse import urlencode, urlsplit
 
 import pytest
 
-from conftest import SECRET, serving, statusmail
+from conftest import SECRET, invoke, serving
 from delivery_helpers import point_at, send
 from editing import replace_in
 from feedback_helpers import query
@@ -115,7 +115,7 @@ def test_a_choice_made_on_the_page_changes_the_next_entries(project: Path) -> No
         assert status == 200 and headers["content-language"] == "en"
         assert "value='en' lang='en' checked" in again and "Your choice is saved" not in again
 
-    listed = json.loads(statusmail(project, "prefs", "list", "--json", env=ENV).stdout)
+    listed = json.loads(invoke(project, "prefs", "list", "--json", env=ENV).stdout)
     assert [(r["email"], r["locale"], r["topics"]) for r in listed] == [
         (ANNA, "en", ["service-status"])
     ]
@@ -142,7 +142,7 @@ def test_a_choice_made_on_the_page_changes_the_next_entries(project: Path) -> No
 
 
 def test_the_page_never_tells_whether_an_address_is_subscribed(project: Path) -> None:
-    assert statusmail(project, "send", UPDATE, "--yes", "--rate", "0", env=ENV).returncode == 0
+    assert invoke(project, "send", UPDATE, "--yes", "--rate", "0", env=ENV).exit_code == 0
     keys = Keyring(SECRET.encode())
     subscribed = "/status/preferences/" + preferences_token(keys, "ivan.smirnov@example.com")
     stranger = "/status/preferences/" + preferences_token(keys, "nobody@example.org")
@@ -171,24 +171,24 @@ def test_the_page_never_tells_whether_an_address_is_subscribed(project: Path) ->
 def test_check_covers_the_preferences_page(project: Path) -> None:
     page = project.parent / "templates" / "pages" / "preferences.html.j2"
     line = replace_in(page, "<button type='submit'", "<p>Choose wisely</p><button type='submit'")
-    result = statusmail(project, "check")
-    assert result.returncode == 1
+    result = invoke(project, "check")
+    assert result.exit_code == 1
     assert f"{page}:{line}: fixed text 'Choose wisely' is not translatable" in result.stderr
     replace_in(page, "<p>Choose wisely</p>", "{{ _('Missing %(what)s') }}")
-    result = statusmail(project, "check")
-    assert result.returncode == 1
+    result = invoke(project, "check")
+    assert result.exit_code == 1
     assert "'Missing %(what)s'" in result.stderr  # not in the catalog, and cannot render
 
 
 def test_topics_without_names_are_a_warning(project: Path) -> None:
     replace_in(project, "  product-news: {en: Product news, ru: Новости StartMail}\n", "")
-    result = statusmail(project, "check")
-    assert result.returncode == 0, result.stderr
+    result = invoke(project, "check")
+    assert result.exit_code == 0, result.stderr
     assert "topic 'product-news' has no name in en, ru under 'topic_names'" in result.stderr
 
 
 def test_prefs_export_is_safe_for_spreadsheets(project: Path) -> None:
-    assert statusmail(project, "send", UPDATE, "--yes", "--rate", "0", env=ENV).returncode == 0
+    assert invoke(project, "send", UPDATE, "--yes", "--rate", "0", env=ENV).exit_code == 0
     keys = Keyring(SECRET.encode())
     with serving(project, SECRET) as port:
         for address in ("=cmd@example.org", ANNA):
@@ -197,8 +197,8 @@ def test_prefs_export_is_safe_for_spreadsheets(project: Path) -> None:
             form = urlencode({"locale": "ru", "topic": "product-news", "shown": "en|x"})
             assert request(port, "POST", path, form.encode(), FORM)[0] == 200, page
     out = project.parent / "prefs.csv"
-    result = statusmail(project, "prefs", "export", "-o", str(out))
-    assert result.returncode == 0, result.stderr
+    result = invoke(project, "prefs", "export", "-o", str(out))
+    assert result.exit_code == 0, result.stderr
     lines = out.read_text(encoding="utf-8").splitlines()
     assert lines[0] == "email,locale,topics,updated_at"
     assert lines[1].startswith("'=cmd@example.org,ru,product-news,")

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import http_request, outbox_messages, serving, statusmail
+from conftest import http_request, invoke, outbox_messages, serving
 from editing import replace_in
 from statusmail.config import load_config, read_secret
 from statusmail.errors import ConfigError
@@ -117,7 +117,7 @@ def test_an_old_link_still_unsubscribes_through_serve(project: Path) -> None:
             port, "POST", f"/status/unsubscribe/{token}", b"List-Unsubscribe=One-Click", FORM
         ).status
         assert status == 200
-    listed = statusmail(project, "suppress", "list", "--json")
+    listed = invoke(project, "suppress", "list", "--json")
     assert [row["email"] for row in json.loads(listed.stdout)] == [ADDRESS]
     # after the compatibility period ends the same link is refused
     replace_in(
@@ -138,11 +138,11 @@ def test_a_rotated_secret_keeps_links_and_threads(project: Path) -> None:
     update still threads to the Message-ID the January message really had."""
     old, new = OLD.decode(), NEW.decode()
     env = {"STATUSMAIL_UNSUBSCRIBE_SECRET": old}
-    assert statusmail(project, "send", "block-2020-01-23", "--yes", env=env).returncode == 0
+    assert invoke(project, "send", "block-2020-01-23", "--yes", env=env).exit_code == 0
     january = {str(m["To"].addresses[0].addr_spec).lower(): m for m in outbox_messages(project)}
     env = {"STATUSMAIL_UNSUBSCRIBE_SECRET": new, "STATUSMAIL_UNSUBSCRIBE_PREVIOUS_SECRETS": old}
-    result = statusmail(project, "send", "update-2020-04-21", "--yes", env=env)
-    assert result.returncode == 0, result.stderr
+    result = invoke(project, "send", "update-2020-04-21", "--yes", env=env)
+    assert result.exit_code == 0, result.stderr
     april = [
         m
         for m in outbox_messages(project)
@@ -182,11 +182,11 @@ def test_secrets_come_from_files_too(tmp_path: Path) -> None:
 
 def test_a_short_secret_is_an_error_for_smtp_and_serve(project: Path) -> None:
     short = {"STATUSMAIL_UNSUBSCRIBE_SECRET": "too-short", "STATUSMAIL_TRANSPORT": "smtp"}
-    check = statusmail(project, "check", env=short)
-    assert check.returncode == 1
+    check = invoke(project, "check", env=short)
+    assert check.exit_code == 1
     assert "$STATUSMAIL_UNSUBSCRIBE_SECRET is 9 bytes; it must be at least 32" in check.stderr
-    serve = statusmail(project, "serve", "--port", "0", env={"STATUSMAIL_UNSUBSCRIBE_SECRET": "x"})
-    assert serve.returncode == 1
+    serve = invoke(project, "serve", "--port", "0", env={"STATUSMAIL_UNSUBSCRIBE_SECRET": "x"})
+    assert serve.exit_code == 1
     assert "is 1 bytes; it must be at least 32" in serve.stderr
     config = load_config(project, {})
     assert config.keyring({"STATUSMAIL_UNSUBSCRIBE_SECRET": "x" * 32})[0].secret == b"x" * 32
