@@ -501,7 +501,7 @@ def part_text(message: EmailMessage, subtype: str) -> str:
 def outbox_files(config: Path) -> list[bytes]:
     """The bytes of every message in the project's maildir outbox."""
     folder = config.parent / "outbox"
-    if not folder.exists():
+    if not (folder / "cur").is_dir():  # none yet, or a run is making tmp, new, cur now
         return []
     box = mailbox.Maildir(folder, create=False)
     return [box.get_bytes(key) for key in box.iterkeys()]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import SECRET, clean_environ, command, invoke, outbox_messages, wait_for
+from conftest import SECRET, clean_environ, command, invoke, outbox_count, outbox_messages, wait_for
 from delivery_helpers import add_subscribers
 from statusmail.domain import DeliveryStatus, Outcome, Recipient
 from statusmail.errors import LedgerError
@@ -180,9 +180,11 @@ def test_killed_and_resumed_misses_nobody(project: Path, ledger_target: str | Pa
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    wait_for(lambda: len(outbox_messages(project)) >= 60, what="the first messages")
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=10)
+    try:
+        wait_for(lambda: outbox_count(project) >= 60, what="the first messages")
+    finally:  # killed whatever happened: never left running into the next tests
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
     time.sleep(2.1)  # the killed run's leases running out is what this tests
     resumed = invoke(project, "send", ENTRY, "--yes", "--rate", "0", env=env)
     assert resumed.exit_code == 0, resumed.stderr
