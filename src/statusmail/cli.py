@@ -1,8 +1,11 @@
-"""The command line: parses options, sets up logging, calls one function in ``commands``."""
+"""The command line: parses options, sets up logging, calls one function in ``commands``.
+
+Only what parsing needs is imported here; each command imports its own work when it
+runs, so ``--help``, ``--version`` and a usage error start at once.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import logging
@@ -10,18 +13,18 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
-from rich.logging import RichHandler
 
-from statusmail import __version__, commands, signals
-from statusmail.config import Config, find_config, load_config
+from statusmail import __version__, signals
 from statusmail.domain import ExitCode, SuppressionReason
 from statusmail.errors import InputError, Interrupted, StatusmailError
 from statusmail.formats import FORMATS
-from statusmail.report import mask_address
+
+if TYPE_CHECKING:
+    from statusmail.config import Config
 
 F = TypeVar("F", bound=Callable[..., Any])
 console = Console(stderr=True, soft_wrap=True, emoji=False)  # "file:100:" is no emoji
@@ -36,6 +39,8 @@ _ADDRESS = re.compile(rf"(?<!{_ATEXT}){_ATEXT}+@[\w-]+(?:\.[\w-]+)+")
 
 
 def _masked(text: str) -> str:
+    from statusmail.report import mask_address
+
     return _ADDRESS.sub(lambda m: mask_address(m.group()), text)
 
 
@@ -69,6 +74,8 @@ def setup_logging(verbose: int, log_format: str = "text") -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonFormatter())
     elif console.is_terminal:
+        from rich.logging import RichHandler
+
         handler = RichHandler(console=console, show_path=False, markup=False)
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:
@@ -127,6 +134,8 @@ def run(func: Callable[..., ExitCode], *, load: bool = True) -> Callable[..., No
         ctx = click.get_current_context()
         path = config_path or ctx.find_root().ensure_object(dict).get("config_path")
         try:
+            from statusmail.config import find_config, load_config
+
             found = find_config(path)
             code = func(load_config(found) if load else found, **kwargs)
         except InputError as exc:
@@ -334,6 +343,8 @@ def send(
         )
         return ci.send_dry_run(config, preview, console)
     assert entry_id is not None  # _send_usage
+    from statusmail import commands
+
     if dry_run:
         return commands.send_dry_run(config, entry_id, preview_dir, limit, as_json, console)
     options = commands.SendOptions(
@@ -366,6 +377,8 @@ def status(
     Example:
       statusmail status update-2020-04-21 --failed
     """
+    from statusmail import commands
+
     return commands.status(
         config,
         entry_id,
@@ -387,6 +400,8 @@ def list_(config: Config, as_json: bool) -> ExitCode:
     Example:
       statusmail list --json
     """
+    from statusmail import commands
+
     return commands.list_entries(config, as_json, out)
 
 
@@ -489,6 +504,8 @@ def watch(
     Example:
       statusmail watch --log-format json --metrics-port 9464
     """
+    import asyncio
+
     from statusmail.watch import Watcher, WatchOptions
 
     options = WatchOptions(
@@ -536,6 +553,8 @@ def suppress_add(
     Example:
       statusmail suppress add a@example.org b@example.org --detail "asked by phone"
     """
+    from statusmail import commands
+
     return commands.suppress_add(config, addresses, reason, detail, console)
 
 
@@ -550,6 +569,8 @@ def suppress_remove(config: Config, addresses: tuple[str, ...]) -> ExitCode:
     Example:
       statusmail suppress remove a@example.org
     """
+    from statusmail import commands
+
     return commands.suppress_remove(config, addresses, console)
 
 
@@ -564,6 +585,8 @@ def suppress_list(config: Config, as_json: bool) -> ExitCode:
     Example:
       statusmail suppress list --json
     """
+    from statusmail import commands
+
     return commands.suppress_list(config, as_json, out)
 
 
@@ -578,6 +601,8 @@ def suppress_export(config: Config, output: Path | None) -> ExitCode:
     Example:
       statusmail suppress export -o suppressed.csv
     """
+    from statusmail import commands
+
     return commands.suppress_export(config, output)
 
 
@@ -600,6 +625,8 @@ def feedback(config: Config, dry_run: bool, as_json: bool, show_addresses: bool)
     Example:
       statusmail feedback --dry-run && statusmail feedback --json
     """
+    from statusmail import commands
+
     return commands.feedback(
         config, dry_run=dry_run, as_json=as_json, show_addresses=show_addresses, console=out
     )
@@ -629,6 +656,8 @@ def prefs_list(config: Config, as_json: bool) -> ExitCode:
     Example:
       statusmail prefs list --json
     """
+    from statusmail import commands
+
     return commands.prefs_list(config, as_json, out)
 
 
@@ -643,6 +672,8 @@ def prefs_export(config: Config, output: Path | None) -> ExitCode:
     Example:
       statusmail prefs export -o preferences.csv
     """
+    from statusmail import commands
+
     return commands.prefs_export(config, output)
 
 
@@ -666,6 +697,8 @@ def ledger_migrate(config: Config) -> ExitCode:
     Example:
       STATUSMAIL_LEDGER=postgresql://db.internal/statusmail statusmail ledger migrate
     """
+    from statusmail import commands
+
     return commands.ledger_migrate(config, console)
 
 
@@ -686,4 +719,6 @@ def ledger_copy(config: Config, to: str) -> ExitCode:
     Example:
       statusmail ledger copy --to postgresql://db.internal/statusmail
     """
+    from statusmail import commands
+
     return commands.ledger_copy(config, to, out)

@@ -7,10 +7,11 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from statusmail import pipeline, signals, suppression
+from statusmail import signals, suppression
 from statusmail.config import Config, is_url
 from statusmail.domain import ExitCode, Preference
 from statusmail.entries import entry_paths, find_entry, load_entry, unknown_entry
@@ -18,7 +19,6 @@ from statusmail.errors import ConnectError, Interrupted, StatusmailError
 from statusmail.ledger import FEEDBACK_OUTCOMES, Ledger, copy_ledger
 from statusmail.ledger import describe as ledger_describe
 from statusmail.ledger import exists as ledger_exists
-from statusmail.preview import write_previews
 from statusmail.report import (
     ProgressReporter,
     breakdown_rows,
@@ -27,7 +27,10 @@ from statusmail.report import (
     print_json,
     scrub,
 )
-from statusmail.transport import Transport
+
+if TYPE_CHECKING:  # the pipeline is imported by the commands that send, when they run
+    from statusmail import pipeline
+    from statusmail.transport import Transport
 
 log = logging.getLogger("statusmail")
 
@@ -62,6 +65,8 @@ def confirm_prompt(console: Console, target: str) -> pipeline.Confirm:
 
 
 def send(config: Config, entry_id: str, options: SendOptions, console: Console) -> ExitCode:
+    from statusmail import pipeline
+
     entry = find_entry(config.paths.updates, entry_id)
     prepared = pipeline.prepare(config, entry, send_now=options.now)
     for warning in prepared.warnings:
@@ -105,6 +110,8 @@ async def _deliver(
     started: pipeline.Started,
     console: Console,
 ) -> pipeline.Report:
+    from statusmail import pipeline
+
     stop = asyncio.Event()
     # While the selection streams, the total is not known yet: the bar counts up.
     reporter = ProgressReporter(
@@ -146,6 +153,9 @@ def send_dry_run(
     as_json: bool,
     console: Console,
 ) -> ExitCode:
+    from statusmail import pipeline
+    from statusmail.preview import write_previews
+
     entry = find_entry(config.paths.updates, entry_id)
     prepared = pipeline.prepare(config, entry, preview=True)
     report = pipeline.dry_run(prepared, limit=limit)
