@@ -15,10 +15,12 @@ it skip saying why, and under ``CI=true`` they fail instead.
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import os
 import pwd
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -89,6 +91,8 @@ ssl_cert = <{cert_file}
 ssl_key = <{key_file}
 disable_plaintext_auth = no
 auth_mechanisms = plain login
+# a wrong password is refused at once, not after the 2 s that slow down a guesser
+auth_failure_delay = 0
 default_internal_user = {internal}
 default_internal_group = {group}
 default_login_user = {login}
@@ -129,6 +133,7 @@ service anvil {{
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            start_new_session=True,  # its own process group: see stop
         )
         deadline = time.monotonic() + 15
         while not self._greets():
@@ -150,7 +155,10 @@ service anvil {{
 
     def stop(self) -> None:
         if self.process is not None:
-            self.process.terminate()
+            # The whole group at once: told alone, the master waits a second for each of
+            # its processes to go before it ends.
+            with contextlib.suppress(ProcessLookupError):  # all gone already
+                os.killpg(self.process.pid, signal.SIGTERM)
             self.process.communicate(timeout=15)
             self.process = None
         shutil.rmtree(self.base, ignore_errors=True)
