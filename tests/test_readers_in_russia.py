@@ -15,6 +15,7 @@ from conftest import (
     BLOCK,
     SECRET,
     UPDATE,
+    copy_sample,
     http_request,
     invoke,
     outbox_messages,
@@ -38,6 +39,12 @@ def sent_messages(project: Path, entry: str = UPDATE) -> dict[str, EmailMessage]
     return {recipient(m): m for m in outbox_messages(project)}
 
 
+@pytest.fixture(scope="module")
+def sent(tmp_path_factory: pytest.TempPathFactory) -> dict[str, EmailMessage]:
+    """One send of the update to the sample, for the tests that only read what it wrote."""
+    return sent_messages(copy_sample(tmp_path_factory.mktemp("sent") / "project"))
+
+
 def parts(message: EmailMessage) -> tuple[str, str]:
     return part_text(message, "plain"), part_text(message, "html")
 
@@ -45,8 +52,10 @@ def parts(message: EmailMessage) -> tuple[str, str]:
 # -- links that open behind the block -----------------------------------------------
 
 
-def test_readers_in_russia_get_no_link_to_the_blocked_domain(project: Path) -> None:
-    messages = sent_messages(project)
+def test_readers_in_russia_get_no_link_to_the_blocked_domain(
+    sent: dict[str, EmailMessage],
+) -> None:
+    messages = sent
     regions = {"RU": 0, "BY": 0, "KZ": 0}
     for address, message in messages.items():
         region = {
@@ -148,8 +157,8 @@ def test_check_fails_on_a_blocked_link_the_rewrite_misses(project: Path, written
 # -- headings and names from regions.yaml --------------------------------------------
 
 
-def test_access_heading_is_the_regions_own(project: Path) -> None:
-    messages = sent_messages(project)
+def test_access_heading_is_the_regions_own(sent: dict[str, EmailMessage]) -> None:
+    messages = sent
     text, html = parts(messages["ivan.smirnov@example.com"])
     heading = f"Как пользоваться StartMail из{NBSP}России"
     assert f">{heading}</h2>" in html
@@ -275,8 +284,10 @@ def test_typo_in_an_audience_topic_is_caught_by_the_declared_topics(project: Pat
 # -- Russian typography in the message -----------------------------------------------
 
 
-def test_russian_parts_keep_short_words_numbers_and_dates_together(project: Path) -> None:
-    message = sent_messages(project)["ivan.smirnov@example.com"]
+def test_russian_parts_keep_short_words_numbers_and_dates_together(
+    sent: dict[str, EmailMessage],
+) -> None:
+    message = sent["ivan.smirnov@example.com"]
     text, html = parts(message)
     assert (
         str(message["Subject"]) == f"Блокировка в{NBSP}России: мы{NBSP}обжалуем решения в{NBSP}суде"
@@ -293,8 +304,8 @@ def test_russian_parts_keep_short_words_numbers_and_dates_together(project: Path
         assert not line.startswith("—"), line
 
 
-def test_english_keeps_its_own_rules(project: Path) -> None:
-    text, _html = parts(sent_messages(project)["dmitry.volkov@example.org"])
+def test_english_keeps_its_own_rules(sent: dict[str, EmailMessage]) -> None:
+    text, _html = parts(sent["dmitry.volkov@example.org"])
     assert f"June{NBSP}3,{NBSP}2020" in text.replace("\n", " ")
     assert f"в{NBSP}" not in text
     assert f"the{NBSP}" not in text and f"of{NBSP}" not in text
