@@ -120,6 +120,34 @@ def _clean_env() -> Iterator[None]:
         yield
 
 
+# The modules that take longest, longest first (as measured; a stale order costs only a
+# little balance): the workers get them first (pyproject.toml's addopts keep xdist to this
+# order), the short ones fill in around them, and neither worker is left alone at the end
+# with half a minute of PostgreSQL or watching to go.
+LONGEST_FIRST = (
+    "test_postgres_deployment.py",
+    "test_postgres_senders.py",
+    "test_ledger_backends.py",
+    "test_watch.py",
+    "test_ops_metrics.py",
+    "test_delivery.py",
+    "test_almost_right.py",
+    "test_feedback_e2e.py",
+    "test_encodings.py",
+    "test_subscriber_files_properties.py",
+    "test_layout_browser.py",
+    "test_serve.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: in each module and among the others, as collected
+
+
 def clean_environ(**extra: str) -> dict[str, str]:
     """This process's environment without statusmail's variables, plus ``extra``."""
     environ = {k: v for k, v in os.environ.items() if not read_by_statusmail(k)}
