@@ -107,3 +107,11 @@ def test_usage_error_exits_2() -> None:
     assert result.exit_code == 2
     result = invoke(None, "no-such-command")
     assert result.exit_code == 2
+
+
+def test_a_usage_error_in_a_real_process_is_usage_and_exit_2() -> None:
+    """The other tests run usage errors in-process; here the one a user meets."""
+    result = statusmail(None, "send", "--dry-run", timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.startswith("Usage: ")
+    assert "Missing argument 'ID'" in result.stderr
