@@ -4,6 +4,7 @@ still no connection hands a message over while its previous one is unrecorded.""
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from aiosmtpd.smtp import Envelope
 
 from delivery_helpers import add_subscribers, ledger_rows, point_at, send
 from smtp_server import RecordingServer
+from statusmail import delivery
 from statusmail.ledger import Ledger
 
 
@@ -94,3 +96,21 @@ def test_a_failed_commit_keeps_the_next_message_from_being_handed_over(project: 
     assert len(server.messages) == 3
     assert server.data_commands == 3  # the fourth's DATA never ended
     assert not ledger_rows(project)  # (the file is gone; nothing else was written)
+
+
+def test_a_send_ends_when_its_last_outcome_is_recorded(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The producer, waiting for this run's own last messages to be recorded, is woken
+    by their commit: it does not sit out its poll interval (0.5 s at the end of every
+    run before). With the interval made 30 s, only the wake-up can end the run in time."""
+    monkeypatch.setattr(delivery, "POLL", 30.0)
+    add_subscribers(project, 50)
+    with RecordingServer() as server:
+        point_at(project, server.port, concurrency=4)
+        started = time.monotonic()
+        code, report, stderr = send(project)
+        took = time.monotonic() - started
+    assert code == 0, stderr
+    assert report["counts"]["sent"] == len(server.messages) == 64
+    assert took < 15, took

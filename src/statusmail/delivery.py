@@ -394,6 +394,9 @@ class Engine:
     def _recorded(self, batch: list[Done]) -> None:
         for outcome, recipient, error in batch:
             self._count(outcome, recipient, error)
+        # A producer waiting for the last in-flight rows of the queue looks again now,
+        # not after its POLL.
+        self.progress.set()
 
     def _count(self, outcome: Outcome, recipient: Recipient, error: DeliveryError | None) -> None:
         """Count an outcome the ledger has recorded (so the metrics follow the ledger)."""
