@@ -208,6 +208,6 @@ def test_the_return_path_takes_the_entry_token_exactly_when_it_fits(
     fits = len(local) + 1 + len(sealed) <= 64
     token = return_path_token(keys, entry, address, local, row)
     if fits:
-        assert verify_entry_token(keys, Purpose.VERP, token) == (entry, address)
+        assert token == sealed  # AES-SIV is deterministic: the same plain, the same token
     else:
         assert token == row_token(keys, row, entry, address)
