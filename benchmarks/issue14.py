@@ -8,7 +8,7 @@ UTF-8 size of their parts), `loopback.py` (CPU per message and msg/s against the
 floor, the sendmail() floor, smtp-source and mailmerge), `attribution.py` (where
 statusmail's CPU goes while it delivers) and `bound.py` (the least it could cost: the
 floor plus building and recording, each measured alone); their output is shown as it
-comes, then every target's row again under one heading. About 17 minutes with the
+comes, then every target's row again under one heading. About 9 minutes with the
 defaults; `--quick` scales every script down to try it out (not figures to quote).
 """
 
