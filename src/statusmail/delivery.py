@@ -77,7 +77,6 @@ class GroupCommitter:
         self.queue = queue
         self.on_recorded = on_recorded
         self.on_failure = on_failure
-        self.transactions = 0  # how many writes carried the outcomes (for benchmarks)
         self._waiting: list[Done] = []
         self._batch: asyncio.Future[None] | None = None  # done when _waiting is recorded
         self._timer: asyncio.TimerHandle | None = None
@@ -125,7 +124,6 @@ class GroupCommitter:
                 self._timer = None
             try:
                 await self.queue.record([outcome for outcome, _, _ in batch])
-                self.transactions += 1
                 self.on_recorded(batch)
             except BaseException as exc:  # the ledger is the truth: nobody goes on without it
                 future.set_exception(exc)
