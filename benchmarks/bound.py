@@ -21,7 +21,6 @@ lowest statusmail could reach on this path; issue 14's target is 1.2.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import pickle
 import shutil
 import sys
@@ -35,40 +34,12 @@ import common
 FLOOR = Path(__file__).resolve().parent / "floor.py"
 
 
-def per_call_us(fn: object, n: int) -> float:
-    assert callable(fn)
-    start = time.thread_time()
-    for _ in range(n):
-        fn()
-    return (time.thread_time() - start) / n * 1e6
-
-
 def build_us(config: Path, n: int) -> float:
-    from statusmail.config import load_config
-    from statusmail.domain import Recipient
-    from statusmail.entries import find_entry
-    from statusmail.message import MessageFactory
-    from statusmail.regions import load_regions
-    from statusmail.render import Renderer
-    from statusmail.selection import select
-    from statusmail.tokens import Keyring
-
-    loaded = load_config(config)
-    entry = find_entry(loaded.paths.updates, common.ENTRY)
-    renderer = Renderer(
-        loaded.paths.templates, load_regions(loaded.paths.regions), loaded.sender.name
-    )
-    factory = MessageFactory(loaded, entry, renderer, Keyring(common.SECRET.encode()))
-    items = select(entry, loaded.paths.subscribers, loaded.default_locale_by_region)
-    mix = [
-        dataclasses.replace(item, row=row)
-        for row, item in enumerate(items, start=1)
-        if isinstance(item, Recipient)
-    ][:840]
+    factory, mix = common.factory_and_recipients(config, 840)
     for recipient in mix:  # every variant prepared
         factory.build(recipient, eight_bit=True)
     turn = iter(range(10**12))
-    return per_call_us(lambda: factory.build(mix[next(turn) % len(mix)], eight_bit=True), n)
+    return common.per_call_us(lambda: factory.build(mix[next(turn) % len(mix)], eight_bit=True), n)
 
 
 def record_us(directory: Path, n: int, group: int) -> float:
@@ -103,7 +74,9 @@ def record_us(directory: Path, n: int, group: int) -> float:
         ]
         groups = [outcomes[i : i + group] for i in range(0, n - n % group, group)]
         turn = iter(groups)
-        return per_call_us(lambda: ledger.record(common.ENTRY, next(turn)), len(groups)) / group
+        return (
+            common.per_call_us(lambda: ledger.record(common.ENTRY, next(turn)), len(groups)) / group
+        )
 
 
 def floor_us(messages: Path, n: int, conc: int) -> float:

@@ -6,8 +6,9 @@
   rusage of exactly that child) and peak RSS (VmHWM from /proc, see ``peak_rss``).
 - ``SmtpSink``: Postfix's ``smtp-sink`` on 127.0.0.1 and a free port, with its counters.
 - ``floor_send``: the minimal aiosmtplib loop (pre-built message, reused connections).
-- ``built_messages``: the messages statusmail builds for the first rows of a list, by
-  its own factory, for the floors to send.
+- ``factory_and_recipients``, ``built_messages``: statusmail's own message factory and
+  the first rows of a list; the messages it builds for them, for the floors to send.
+- ``per_call_us``: CPU per call of a function in a tight loop.
 - ``run_marked``: a child whose CPU time is also read from /proc when a line appears on
   its stderr (statusmail's "selected" line: delivery starts).
 - ``Stats``: min/median/max over repetitions.
@@ -30,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -417,10 +419,10 @@ class BuiltMessage(NamedTuple):
     eight_bit: bool  # sent with BODY=8BITMIME
 
 
-def built_messages(config: Path, count: int, *, eight_bit: bool) -> list[BuiltMessage]:
-    """What statusmail builds for the first ``count`` selected rows of the project's list
-    (so the variants and sizes come in the list's own mix), by its own factory, for a
-    connection that takes 8-bit bodies or not."""
+def factory_and_recipients(config: Path, count: int) -> tuple[Any, list[Any]]:
+    """statusmail's own ``MessageFactory`` for the project's entry, and the first
+    ``count`` selected recipients of its list (the list's own mix of variants), each with
+    its row number as a claim from the ledger gives it."""
     from statusmail.config import load_config
     from statusmail.domain import Recipient
     from statusmail.entries import find_entry
@@ -436,18 +438,36 @@ def built_messages(config: Path, count: int, *, eight_bit: bool) -> list[BuiltMe
         loaded.paths.templates, load_regions(loaded.paths.regions), loaded.sender.name
     )
     factory = MessageFactory(loaded, entry, renderer, Keyring(SECRET.encode()))
-    built: list[BuiltMessage] = []
+    recipients: list[Recipient] = []
     for row, item in enumerate(
         select(entry, loaded.paths.subscribers, loaded.default_locale_by_region), start=1
     ):
         if isinstance(item, Recipient):
-            item = dataclasses.replace(item, row=row)  # as claimed from the ledger
-            envelope = factory.build(item, eight_bit=eight_bit).envelope
-            assert envelope.shape is not None
-            built.append(BuiltMessage(envelope.sender, envelope.data, envelope.shape.eight_bit))
-            if len(built) == count:
+            recipients.append(dataclasses.replace(item, row=row))
+            if len(recipients) == count:
                 break
+    return factory, recipients
+
+
+def built_messages(config: Path, count: int, *, eight_bit: bool) -> list[BuiltMessage]:
+    """What statusmail builds for the first ``count`` selected rows of the project's list
+    (so the variants and sizes come in the list's own mix), by its own factory, for a
+    connection that takes 8-bit bodies or not."""
+    factory, recipients = factory_and_recipients(config, count)
+    built: list[BuiltMessage] = []
+    for recipient in recipients:
+        envelope = factory.build(recipient, eight_bit=eight_bit).envelope
+        assert envelope.shape is not None
+        built.append(BuiltMessage(envelope.sender, envelope.data, envelope.shape.eight_bit))
     return built
+
+
+def per_call_us(fn: Callable[[], object], n: int) -> float:
+    """CPU microseconds per call of ``fn`` over ``n`` calls (this process)."""
+    start = time.process_time()
+    for _ in range(n):
+        fn()
+    return (time.process_time() - start) / n * 1e6
 
 
 # -- reporting -----------------------------------------------------------------

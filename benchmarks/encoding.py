@@ -91,14 +91,6 @@ def progress_before() -> tuple[Callable[[], None], Callable[[], None]]:
     return progress.stop, update
 
 
-def per_call(fn: Callable[[], object], n: int) -> float:
-    """CPU microseconds per call of ``fn`` over ``n`` calls."""
-    start = time.process_time()
-    for _ in range(n):
-        fn()
-    return (time.process_time() - start) / n * 1e6
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -234,7 +226,7 @@ def main() -> int:
         timings: dict[str, common.Stats] = {}
 
         def timed(label: str, fn: Callable[[], object], n: int) -> None:
-            timings.setdefault(label, common.Stats()).add(per_call(fn, n))
+            timings.setdefault(label, common.Stats()).add(common.per_call_us(fn, n))
 
         count = iter(range(10**12))
         for rep in range(args.reps):
