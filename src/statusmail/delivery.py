@@ -109,10 +109,9 @@ class GroupCommitter:
             await asyncio.gather(self._writing, return_exceptions=True)
 
     def _write(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._writing is None or self._writing.done():  # else it takes these next
+        """Start the writer, unless it is writing: then it takes what waits next (the
+        batch's timer goes when the writer takes the batch)."""
+        if self._writing is None or self._writing.done():
             self._writing = asyncio.create_task(self._flush())
 
     async def _flush(self) -> None:
