@@ -107,8 +107,7 @@ def main() -> int:
                         contextlib.suppress(SystemExit),
                     ):
                         cli(argv, standalone_mode=False)
-                    time.sleep(0.2)
-                    sent = sink.messages()
+                    sent = common.sink_count(sink)
                 if sent != args.n:
                     print(f"  the sink got {sent} of {args.n}")
                 per = {k: v / max(sent, 1) * 1e6 for k, v in spent.items()}

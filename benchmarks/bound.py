@@ -21,7 +21,6 @@ lowest statusmail could reach on this path; issue 14's target is 1.2.
 from __future__ import annotations
 
 import argparse
-import pickle
 import shutil
 import sys
 import tempfile
@@ -30,8 +29,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
-
-FLOOR = Path(__file__).resolve().parent / "floor.py"
 
 
 def build_us(config: Path, n: int) -> float:
@@ -80,19 +77,10 @@ def record_us(directory: Path, n: int, group: int) -> float:
 
 
 def floor_us(messages: Path, n: int, conc: int) -> float:
-    with common.SmtpSink() as sink:
-        child = common.run_child(
-            [
-                sys.executable,
-                str(FLOOR),
-                *("--port", str(sink.port), "--messages", str(messages), "--n", str(n)),
-                *("--concurrency", str(conc), "--mode", "raw"),
-            ]
-        )
-    report = child.json()
-    if child.returncode != 0 or report.get("sent") != n:
-        raise SystemExit(f"floor failed: {child.stderr[-1000:]}")
-    return float(report["loop_cpu"]) / n * 1e6
+    child, got = common.run_floor(messages, n, conc, "raw")
+    if child.returncode != 0 or got != n:
+        raise SystemExit(f"floor: exit {child.returncode}, sink got {got} of {n}\n{child.stderr}")
+    return float(child.json()["loop_cpu"]) / n * 1e6
 
 
 def main() -> int:
@@ -111,8 +99,7 @@ def main() -> int:
     try:
         config = common.configure(common.make_project(tmp / "project", args.n))
         built = common.built_messages(config, 84, eight_bit=True)
-        messages = tmp / "messages.pickle"
-        messages.write_bytes(pickle.dumps([tuple(m) for m in built]))
+        messages = common.write_messages(tmp / "messages.pickle", built)
         for rep in range(args.reps):
             print(f"repetition {rep + 1}/{args.reps}: {common.load()}", flush=True)
             for conc in (1, 8):

@@ -462,6 +462,40 @@ def built_messages(config: Path, count: int, *, eight_bit: bool) -> list[BuiltMe
     return built
 
 
+FLOOR = Path(__file__).resolve().parent / "floor.py"
+
+
+def write_messages(path: Path, built: list[BuiltMessage]) -> Path:
+    """The messages for ``floor.py --messages``."""
+    import pickle
+
+    path.write_bytes(pickle.dumps([tuple(m) for m in built]))
+    return path
+
+
+def run_floor(messages: Path, n: int, conc: int, mode: str) -> tuple[ChildResult, int]:
+    """``floor.py`` as a child sending ``n`` of ``messages`` over ``conc`` connections to
+    a fresh smtp-sink: the child (its JSON line: the loop's wall and CPU) and how many
+    messages the sink counted."""
+    with SmtpSink() as sink:
+        child = run_child(
+            [
+                sys.executable,
+                str(FLOOR),
+                *("--port", str(sink.port), "--messages", str(messages), "--n", str(n)),
+                *("--concurrency", str(conc), "--mode", mode),
+            ]
+        )
+        got = sink_count(sink)
+    return child, got
+
+
+def sink_count(sink: SmtpSink) -> int:
+    """The messages ``sink`` counted, once the sender is done."""
+    time.sleep(0.2)  # smtp-sink prints its counter when the last session quits
+    return sink.messages()
+
+
 def per_call_us(fn: Callable[[], object], n: int) -> float:
     """CPU microseconds per call of ``fn`` over ``n`` calls (this process)."""
     start = time.process_time()

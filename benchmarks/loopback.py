@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import pickle
 import sys
 import tempfile
 import time
@@ -47,7 +46,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 
-FLOOR = Path(__file__).resolve().parent / "floor.py"
 SMTP_SOURCE = "/usr/sbin/smtp-source"
 Figures = dict[str, common.Stats]
 
@@ -101,11 +99,6 @@ def mailmerge_inputs(root: Path, eml: bytes, subscribers: Path, n: int, port: in
     ]
 
 
-def sink_count(sink: common.SmtpSink) -> int:
-    time.sleep(0.2)  # smtp-sink prints its counter when the last session quits
-    return sink.messages()
-
-
 def run_statusmail(
     config: Path, n: int, conc: int, figures: Figures, src: Path | None = None
 ) -> None:
@@ -124,7 +117,7 @@ def run_statusmail(
             env=env,
             cwd=config.parent,
         )
-        got = sink_count(sink)
+        got = common.sink_count(sink)
     child = run.child
     if child.returncode != 0 or got != n:
         print(
@@ -140,24 +133,7 @@ def run_statusmail(
 
 
 def run_floor(messages: Path, n: int, conc: int, mode: str, figures: Figures) -> None:
-    with common.SmtpSink() as sink:
-        child = common.run_child(
-            [
-                sys.executable,
-                str(FLOOR),
-                "--port",
-                str(sink.port),
-                "--messages",
-                str(messages),
-                "--n",
-                str(n),
-                "--concurrency",
-                str(conc),
-                "--mode",
-                mode,
-            ]
-        )
-        got = sink_count(sink)
+    child, got = common.run_floor(messages, n, conc, mode)
     if child.returncode != 0 or got != n:
         print(
             f"  floor {mode}: exit {child.returncode}, sink got {got} of {n}\n"
@@ -190,7 +166,7 @@ def run_smtp_source(message: Path, n: int, conc: int, figures: Figures) -> None:
                 f"127.0.0.1:{sink.port}",
             ]
         )
-        got = sink_count(sink)
+        got = common.sink_count(sink)
     if child.returncode != 0 or got != n:
         print(
             f"  smtp-source: exit {child.returncode}, sink got {got} of {n}\n{child.stderr[-500:]}"
@@ -204,7 +180,7 @@ def run_mailmerge(root: Path, eml: bytes, subscribers: Path, n: int, figures: Fi
     with common.SmtpSink() as sink:
         argv = mailmerge_inputs(root, eml, subscribers, n, sink.port)
         child = common.run_child(argv, timeout=3600)
-        got = sink_count(sink)
+        got = common.sink_count(sink)
     if child.returncode != 0 or got != n:
         print(
             f"  mailmerge: exit {child.returncode}, sink got {got} of {n}\n{child.stderr[-1500:]}"
@@ -265,8 +241,7 @@ def main() -> int:
         config = common.configure(common.make_project(tmp / "project", n))
         subscribers = tmp / "project" / "subscribers" / "generated.csv"
         built = common.built_messages(config, 84, eight_bit=True)  # one period of the mix
-        messages = tmp / "messages.pickle"
-        messages.write_bytes(pickle.dumps([tuple(m) for m in built]))
+        messages = common.write_messages(tmp / "messages.pickle", built)
         source_eml = tmp / "source.eml"  # smtp-source appends CRLF to each line
         source_eml.write_bytes(median_message(built).replace(b"\r\n", b"\n"))
         seven = median_message(common.built_messages(config, 84, eight_bit=False))

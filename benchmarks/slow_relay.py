@@ -52,8 +52,7 @@ def main() -> int:
             sm = common.run_statusmail(
                 config, "send", common.ENTRY, "--yes", "--json", timeout=n / ideal * 5 + 60
             )
-            time.sleep(0.2)
-            sm_sink = sink.messages()
+            sm_sink = common.sink_count(sink)
         if sm.returncode != 0 or sm_sink != n:
             print(
                 f"statusmail: exit {sm.returncode}, sink got {sm_sink} of {n}\n{sm.stderr[-2000:]}"
@@ -64,8 +63,7 @@ def main() -> int:
         if not args.skip_floor:
             with common.SmtpSink("-w", str(delay)) as sink:
                 _, fl_time, _ = common.floor_send(sink.port, eml, n, conc)
-                time.sleep(0.2)
-                fl_sink = sink.messages()
+                fl_sink = common.sink_count(sink)
             fl_rate = fl_sink / fl_time
 
         table = common.Table(f"slow relay (smtp-sink -w {delay}, {conc} connections)")
