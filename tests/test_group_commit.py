@@ -3,7 +3,6 @@ still no connection hands a message over while its previous one is unrecorded.""
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from pathlib import Path
 
@@ -16,18 +15,11 @@ from statusmail import delivery
 from statusmail.ledger import Ledger
 
 
-def _unrecorded(ledger: Path, server: RecordingServer) -> list[str]:
+def _unrecorded(project: Path, server: RecordingServer) -> list[str]:
     """Messages the relay has accepted whose rows the ledger does not yet show sent."""
-    db = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)
-    try:
-        status = {
-            ascii_email or email: row_status
-            for email, ascii_email, row_status in db.execute(
-                "SELECT email, ascii_email, status FROM deliveries"
-            )
-        }
-    finally:
-        db.close()
+    status = {
+        row["ascii_email"] or row["email"]: row["status"] for row in ledger_rows(project).values()
+    }
     return [m.rcpt_tos[0] for m in server.messages if status.get(m.rcpt_tos[0]) != "sent"]
 
 
@@ -38,11 +30,10 @@ def test_no_message_is_handed_over_before_the_previous_one_on_its_connection_is_
     """At the end of each DATA (when the relay takes the message), at most one accepted
     message per *other* connection may still be unrecorded: never this connection's."""
     add_subscribers(project, 120)
-    ledger = project.parent / "statusmail.db"
     seen: list[int] = []
 
     def check(_n: int, _envelope: Envelope) -> None:
-        seen.append(len(_unrecorded(ledger, server)))
+        seen.append(len(_unrecorded(project, server)))
 
     with RecordingServer(data_reply=check) as server:
         point_at(project, server.port, concurrency=concurrency)
