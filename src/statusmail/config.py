@@ -132,6 +132,14 @@ class BounceSettings:
     soft_limit: int = 3  # soft bounces (counted once a day) that suppress an address...
     soft_window_days: int = 14  # ...when they fall within this many days
     interval: float = 300.0  # seconds between the passes watch makes
+    # Act on reports that prove nothing (no VERP token, no Message-ID of statusmail's),
+    # by the addresses they name: only for a statusmail without a VERP return path.
+    trust_unsigned: bool = False
+    # The storm guard: when more than this share of one receiving domain's recipients of
+    # an entry bounce for one cause (and at least storm_minimum addresses), nothing of
+    # that domain and cause is applied until feedback --release-held DOMAIN.
+    storm_share: float = 0.05
+    storm_minimum: int = 20
 
     def return_path(self, token: str) -> str | None:
         if not self.address:
@@ -436,6 +444,9 @@ def parse_bounces(f: Fields, root: Path) -> BounceSettings:
         soft_limit=f.integer("soft_limit", d.soft_limit, minimum=1),
         soft_window_days=f.integer("soft_window_days", d.soft_window_days, minimum=1),
         interval=f.number("interval", d.interval, minimum=1),
+        trust_unsigned=f.boolean("trust_unsigned", d.trust_unsigned),
+        storm_share=_share(f, "storm_share", d.storm_share),
+        storm_minimum=f.integer("storm_minimum", d.storm_minimum, minimum=1),
     )
 
 

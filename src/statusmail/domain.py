@@ -55,6 +55,38 @@ class FeedbackKind(enum.StrEnum):
     UNSUBSCRIBE = "unsubscribe"  # a mailto unsubscribe: suppressed as unsubscribed
 
 
+class Cause(enum.StrEnum):
+    """Why a message bounced, as the report says it; the policy acts by cause."""
+
+    BAD_MAILBOX = "bad-mailbox"  # 5.1.x, user unknown: suppressed at once
+    DISABLED = "disabled"  # 5.2.1, a closed or disabled mailbox: suppressed at once
+    MAILBOX_FULL = "mailbox-full"  # 5.2.2 / 4.2.2: scored like a soft bounce
+    TOO_LARGE = "too-large"  # 5.3.4 / 5.2.3: the sender's message, never suppresses
+    POLICY = "policy"  # 5.7.x, spam or policy rejection, blocklists: never suppresses
+    AUTHENTICATION = "authentication"  # SPF, DKIM, DMARC, PTR: the sender's, never suppresses
+    NETWORK = "network"  # DNS, routing, connection (5.4.x, 4.4.x): scored
+    EXPIRED = "expired"  # given up after retrying in the queue (4.4.7): scored
+    OTHER = "other"  # nothing readable: scored
+
+    @property
+    def suppresses_at_once(self) -> bool:
+        return self in (Cause.BAD_MAILBOX, Cause.DISABLED)
+
+    @property
+    def senders_problem(self) -> bool:
+        """A cause on the sending side: counted per receiving domain, never suppresses."""
+        return self in (Cause.POLICY, Cause.AUTHENTICATION, Cause.TOO_LARGE)
+
+
+class EventState(enum.StrEnum):
+    """What became of a feedback event."""
+
+    APPLIED = "applied"  # tied to a delivery by proof, and acted on
+    HELD = "held"  # proven, but part of a storm: waits for feedback --release-held
+    UNVERIFIED = "unverified"  # names addresses, proves nothing: applied to nobody
+    FORGED = "forged"  # carries a token that does not verify: applied to nobody
+
+
 class SuppressionReason(enum.StrEnum):
     UNSUBSCRIBED = "unsubscribed"
     BOUNCED = "bounced"

@@ -176,6 +176,33 @@ MIGRATIONS: tuple[Migration, ...] = (
         "sqlite": "",
         "postgresql": "CREATE INDEX IF NOT EXISTS deliveries_row ON deliveries USING hash (seq)",
     },
+    # 7: feedback acts only on proof and by cause. Each event keeps its cause, the
+    # recipient's domain (the storm guard and bulk undo group by it) and its state:
+    # applied, held (a storm, until released), unverified or forged (applied to nobody).
+    # A lifted suppression is kept, so an address's history survives its undo.
+    {
+        dialect: f"""
+        ALTER TABLE feedback_events ADD COLUMN cause TEXT;
+        ALTER TABLE feedback_events ADD COLUMN state TEXT NOT NULL DEFAULT 'applied'
+            CHECK (state IN ('applied', 'held', 'unverified', 'forged'));
+        ALTER TABLE feedback_events ADD COLUMN domain TEXT NOT NULL DEFAULT '';
+        UPDATE feedback_events SET domain = lower({domain});
+        CREATE INDEX feedback_events_domain ON feedback_events (domain, state);
+        CREATE TABLE suppression_lifts (
+            address       TEXT NOT NULL,
+            reason        TEXT NOT NULL,
+            detail        TEXT,
+            suppressed_at TEXT NOT NULL,
+            lifted_at     TEXT NOT NULL,
+            why           TEXT
+        );
+        CREATE INDEX suppression_lifts_address ON suppression_lifts (address)
+        """
+        for dialect, domain in (
+            ("sqlite", "substr(address, instr(address, '@') + 1)"),
+            ("postgresql", "split_part(address, '@', 2)"),
+        )
+    },
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -899,8 +899,10 @@ COPIED = {
     ),
     "suppressions": "address, reason, detail, created_at",
     "feedback_events": (
-        "received_at, event_at, entry_id, address, kind, code, diagnostic, source, suppressed"
+        "received_at, event_at, entry_id, address, kind, code, diagnostic, source, suppressed,"
+        " cause, state, domain"
     ),
+    "suppression_lifts": "address, reason, detail, suppressed_at, lifted_at, why",
     "bounce_scores": "address, day, source",
     "preferences": "address, locale, topics, updated_at",
 }
