@@ -149,6 +149,44 @@ class BounceSettings:
 
 
 @dataclass(frozen=True)
+class SesWebhook:
+    """Amazon SES through SNS: only notifications of these topics are taken."""
+
+    topic_arns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PostmarkWebhook:
+    """Postmark signs nothing: its webhook URL carries HTTP basic auth."""
+
+    username: str
+    password_env: str = "STATUSMAIL_POSTMARK_WEBHOOK_PASSWORD"
+
+
+@dataclass(frozen=True)
+class MailgunWebhook:
+    signing_key_env: str = "STATUSMAIL_MAILGUN_SIGNING_KEY"
+    max_age: float = 300.0  # seconds: an older signed timestamp is refused
+
+
+@dataclass(frozen=True)
+class SendgridWebhook:
+    # The verification key SendGrid shows (base64 DER), from a secret or from the config.
+    public_key_env: str = "STATUSMAIL_SENDGRID_PUBLIC_KEY"
+    public_key: str | None = None
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """The providers whose bounce webhooks ``serve`` answers; None: not served."""
+
+    ses: SesWebhook | None = None
+    postmark: PostmarkWebhook | None = None
+    mailgun: MailgunWebhook | None = None
+    sendgrid: SendgridWebhook | None = None
+
+
+@dataclass(frozen=True)
 class DkimSettings:
     domain: str
     selector: str
@@ -174,6 +212,7 @@ class Config:
     # What the preferences page calls each topic, per language.
     topic_names: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     bounces: BounceSettings = field(default_factory=BounceSettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     # The preferences page (language, topics); "" derives it from unsubscribe.url.
     preferences_url_setting: str = ""
     lines: Mapping[str, int] = field(default_factory=dict)  # top-level keys
@@ -450,6 +489,43 @@ def parse_bounces(f: Fields, root: Path) -> BounceSettings:
     )
 
 
+def parse_webhooks(f: Fields) -> WebhookSettings:
+    f.unknown_keys(set(WebhookSettings.__dataclass_fields__))
+    ses = postmark = mailgun = sendgrid = None
+    if f.has("ses"):
+        g = f.sub("ses")
+        g.unknown_keys({"topic_arns"})
+        arns = tuple(g.text_list("topic_arns") or ())
+        if not arns:
+            g.problem(g.line_of("topic_arns"), f"missing {g.name('topic_arns')!r}", "missing-field")
+        for arn in arns:
+            if not arn.startswith(("arn:aws:sns:", "arn:aws-cn:sns:", "arn:aws-us-gov:sns:")):
+                g.problem(g.line_of("topic_arns"), f"{arn!r} is not the ARN of an SNS topic")
+        ses = SesWebhook(topic_arns=arns)
+    if f.has("postmark"):
+        g = f.sub("postmark")
+        g.unknown_keys(set(PostmarkWebhook.__dataclass_fields__))
+        postmark = PostmarkWebhook(
+            username=g.line_text("username", required=True),
+            password_env=g.text("password_env", PostmarkWebhook.password_env),
+        )
+    if f.has("mailgun"):
+        g = f.sub("mailgun")
+        g.unknown_keys(set(MailgunWebhook.__dataclass_fields__))
+        mailgun = MailgunWebhook(
+            signing_key_env=g.text("signing_key_env", MailgunWebhook.signing_key_env),
+            max_age=g.number("max_age", MailgunWebhook.max_age, minimum=1),
+        )
+    if f.has("sendgrid"):
+        g = f.sub("sendgrid")
+        g.unknown_keys(set(SendgridWebhook.__dataclass_fields__))
+        sendgrid = SendgridWebhook(
+            public_key_env=g.text("public_key_env", SendgridWebhook.public_key_env),
+            public_key=g.optional_text("public_key"),
+        )
+    return WebhookSettings(ses=ses, postmark=postmark, mailgun=mailgun, sendgrid=sendgrid)
+
+
 def parse_preferences(f: Fields, unsubscribe_url: str) -> str:
     f.unknown_keys({"url"})
     url = f.line_text("url")
@@ -518,6 +594,7 @@ TOP_KEYS = {
     "topic_names",
     "bounces",
     "preferences",
+    "webhooks",
 }
 
 
@@ -559,6 +636,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
         topics=declared,
         topic_names=parse_topic_names(top.sub("topic_names"), declared),
         bounces=parse_bounces(top.sub("bounces"), root),
+        webhooks=parse_webhooks(top.sub("webhooks")),
         preferences_url_setting=parse_preferences(top.sub("preferences"), unsubscribe.url),
         lines={str(key): top.line_of(str(key)) for key in top.data},
     )
