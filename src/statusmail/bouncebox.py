@@ -5,6 +5,11 @@ Both list the messages they hold, hand out their bytes, and move a handled one i
 is ever deleted, and a message that is not handled stays exactly where it was: a Maildir
 file is not renamed, and an IMAP message is fetched with ``BODY.PEEK`` so that it stays
 unread. Read-only (``--dry-run``) boxes move nothing.
+
+Over IMAP, messages are fetched a batch at a time (a few round trips per batch, never the
+whole folder in memory) and a list of handled messages moves in as few commands as the
+server allows: one ``UID MOVE`` of a UID set such as ``1:500,502``, split only where a
+command line would grow past what every server accepts.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import ssl
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -21,7 +26,37 @@ from statusmail.errors import ConnectError
 
 # A bounce, a complaint or an unsubscribe is small; a message larger than this is none.
 MAX_MESSAGE = 10 * 1024 * 1024
-FETCH_BATCH = 50
+# Messages whose sizes one FETCH asks for; their bodies come in FETCHes of at most
+# FETCH_BYTES (one, for reports of a few kilobytes), so memory stays bounded.
+FETCH_BATCH = 200
+FETCH_BYTES = 16 * 1024 * 1024
+# RFC 7162 section 4: clients keep command lines to about 8,192 octets, which is what
+# servers are sure to accept; a UID set gets what the rest of the command leaves.
+MAX_COMMAND = 8000
+_DELETED = b"\\Deleted"
+
+
+def uid_sets(uids: Iterable[int], limit: int) -> list[str]:
+    """The UIDs as IMAP sequence sets, each run of consecutive UIDs as one range
+    (``1:500,502``), cut into as few sets as keep each within ``limit`` characters."""
+    runs: list[str] = []
+    ordered = sorted(set(uids))
+    start = 0
+    for i, uid in enumerate(ordered):
+        if i + 1 == len(ordered) or ordered[i + 1] != uid + 1:
+            first = ordered[start]
+            runs.append(str(uid) if first == uid else f"{first}:{uid}")
+            start = i + 1
+    sets: list[str] = []
+    current = ""
+    for run in runs:
+        if current and len(current) + 1 + len(run) > limit:
+            sets.append(current)
+            current = ""
+        current = f"{current},{run}" if current else run
+    if current:
+        sets.append(current)
+    return sets
 
 
 class Mailbox(Protocol):
@@ -81,7 +116,8 @@ class MaildirBox:
 
     def move_to_processed(self, keys: list[str]) -> None:
         """Into ``.processed/cur/`` under the same unique name, marked seen (a rename:
-        atomic, and the bytes stay as they were)."""
+        atomic, and the bytes stay as they were). One that is gone already (a mail
+        client moved it meanwhile) is skipped, and the rest still move."""
         if self.readonly or not keys:
             return
         try:
@@ -92,7 +128,8 @@ class MaildirBox:
                 sub, name = key.split("/", 1)
                 base, _, flags = name.partition(":2,")
                 flags = "".join(sorted(set(flags) | {"S"}))
-                os.rename(self.path / sub / name, self.processed / "cur" / f"{base}:2,{flags}")
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(self.path / sub / name, self.processed / "cur" / f"{base}:2,{flags}")
         except OSError as exc:
             raise ConnectError(str(self.processed), f"cannot move: {exc.strerror}") from exc
 
@@ -166,33 +203,66 @@ class ImapBox:
             for start in range(0, len(uids), FETCH_BATCH):
                 batch = uids[start : start + FETCH_BATCH]
                 sizes = self.client.fetch(batch, ["RFC822.SIZE"])
-                small = [
-                    u for u in batch if int(sizes.get(u, {}).get(b"RFC822.SIZE", 0)) <= MAX_MESSAGE
-                ]
-                bodies = self.client.fetch(small, ["BODY.PEEK[]"]) if small else {}
+                bodies: dict[int, bytes] = {}
+                for part in self._by_size(batch, sizes):
+                    found = self.client.fetch(part, ["BODY.PEEK[]"])
+                    for uid, values in found.items():
+                        data = values.get(b"BODY[]")
+                        if isinstance(data, bytes):
+                            bodies[uid] = data
                 for uid in batch:
-                    data = bodies.get(uid, {}).get(b"BODY[]")
-                    yield str(uid), data if isinstance(data, bytes) else None
+                    yield str(uid), bodies.pop(uid, None)
         except self._errors as exc:
             raise self._error(f"cannot read {self.settings.folder}: {self._reason(exc)}") from exc
 
+    @staticmethod
+    def _by_size(batch: list[int], sizes: dict[int, dict[bytes, object]]) -> Iterator[list[int]]:
+        """The batch's messages small enough to be reports, in parts of at most
+        ``FETCH_BYTES`` (a part of one when a single message is larger)."""
+        part: list[int] = []
+        total = 0
+        for uid in batch:
+            size = sizes.get(uid, {}).get(b"RFC822.SIZE")
+            if not isinstance(size, int) or size > MAX_MESSAGE:
+                continue
+            if part and total + size > FETCH_BYTES:
+                yield part
+                part, total = [], 0
+            part.append(uid)
+            total += size
+        if part:
+            yield part
+
     def move_to_processed(self, keys: list[str]) -> None:
-        """MOVE (RFC 6851) where offered; else COPY, flag \\Deleted and expunge just
-        those (UID EXPUNGE); without UIDPLUS they stay flagged, never expunged with
-        whatever else someone flagged."""
+        """All of ``keys`` at once: one ``UID MOVE`` (RFC 6851) of their UID set where
+        the server offers MOVE; else ``UID COPY``, ``UID STORE +FLAGS.SILENT (\\Deleted)``
+        and ``UID EXPUNGE`` of just that set (UIDPLUS, RFC 4315). Without UIDPLUS a plain
+        EXPUNGE runs only when no other message of the folder is flagged \\Deleted (it
+        would remove those too); else they stay flagged, and are never read again.
+
+        Reports are recorded before they move, and recorded once: when the connection
+        dies halfway, a rerun reads what did not move, counts nothing twice, moves it."""
         if self.readonly or not keys:
             return
-        uids = [int(key) for key in keys]
+        uids = {int(key) for key in keys}
+        folder = self.processed
+        # "A1 UID STORE <set> +FLAGS.SILENT (\Deleted)" is the longest command around a set
+        room = MAX_COMMAND - 64 - 4 * len(folder)  # the folder, quoted, even in UTF-7
         try:
-            if self.client.has_capability("MOVE"):
-                self.client.move(uids, self.processed)
-                return
-            self.client.copy(uids, self.processed)
-            self.client.add_flags(uids, [b"\\Deleted"])
-            if self.client.has_capability("UIDPLUS"):
-                self.client.uid_expunge(uids)
+            move = self.client.has_capability("MOVE")
+            uidplus = self.client.has_capability("UIDPLUS")
+            for uid_set in uid_sets(uids, room):
+                if move:
+                    self.client.move(uid_set, folder)
+                    continue
+                self.client.copy(uid_set, folder)
+                self.client.add_flags(uid_set, [_DELETED], silent=True)
+                if uidplus:
+                    self.client.uid_expunge(uid_set)
+            if not move and not uidplus and set(self.client.search(["DELETED"])) <= uids:
+                self.client.expunge()
         except self._errors as exc:
-            raise self._error(f"cannot move to {self.processed}: {self._reason(exc)}") from exc
+            raise self._error(f"cannot move to {folder}: {self._reason(exc)}") from exc
 
     def close(self) -> None:
         with contextlib.suppress(*self._errors):
