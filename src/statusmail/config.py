@@ -7,6 +7,7 @@ a small parser that reads that section, recording a ``file:line`` problem per ba
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -236,35 +237,44 @@ class Config:
     def line(self, key: str) -> int | None:
         return self.lines.get(key)
 
-    def keyring(self, environ: Mapping[str, str] | None = None) -> tuple[Keyring, bool]:
+    def keyring(
+        self, environ: Mapping[str, str] | None = None, *, announce: bool = False
+    ) -> tuple[Keyring, bool]:
         """The token keys and whether they are the development stand-in.
 
-        The stand-in is allowed only for the maildir outbox; real delivery needs the
-        secret from the environment (or a file: see ``read_secret``).
+        The stand-in is used only when no unsubscribe secret is set at all (no variable,
+        file or credential, and no retired secrets either), and only for the maildir
+        outbox; real delivery needs the secret (see ``read_secret``). A variable set but
+        empty is an error, not "unset". With ``announce`` (once, where a command starts
+        and its checks do not say it already), using the stand-in logs a warning
+        (``dev_secret``).
         """
+        env = os.environ if environ is None else environ
         settings = self.unsubscribe
-        secret = read_secret(settings.secret_env, environ)
-        previous = tuple(
-            part.strip().encode()
-            for part in (read_secret(settings.previous_secrets_env, environ) or "").split(",")
-            if part.strip()
-        )
+        secret = read_secret(settings.secret_env, env)
+        retired = read_secret(settings.previous_secrets_env, env) or ""
+        previous = tuple(part.strip().encode() for part in retired.split(",") if part.strip())
         if secret:
             return Keyring(secret.encode(), previous, settings.legacy_tokens_until), False
-        if self.transport == "smtp":
-            raise ConfigError(
-                [
-                    Problem(
-                        self.path,
-                        self.line("unsubscribe"),
-                        f"${self.unsubscribe.secret_env} is not set; "
-                        "real delivery needs the unsubscribe secret from the environment",
-                        code="secret-missing",
-                    )
-                ]
-            )
-        dev = Keyring(DEV_UNSUBSCRIBE_SECRET.encode(), previous, settings.legacy_tokens_until)
-        return dev, True
+        name = f"${settings.secret_env}"
+        if settings.secret_env in env:
+            reason = "is set but empty: give it the secret, or unset it"
+        elif previous:
+            reason = f"is not set but ${settings.previous_secrets_env} is: set the current secret"
+        elif self.transport == "smtp":
+            reason = "is not set; real delivery needs the unsubscribe secret from the environment"
+        else:
+            if announce:
+                logging.getLogger("statusmail").warning(
+                    "%s is not set: the published development unsubscribe secret signs "
+                    "every link (for the maildir outbox only: anyone can forge its tokens)",
+                    name,
+                    extra={"event": "dev_secret"},
+                )
+            dev = Keyring(DEV_UNSUBSCRIBE_SECRET.encode(), (), settings.legacy_tokens_until)
+            return dev, True
+        line = self.line("unsubscribe")
+        raise ConfigError([Problem(self.path, line, f"{name} {reason}", code="secret-missing")])
 
     def with_overrides(
         self, *, rate: float | None = None, concurrency: int | None = None
@@ -280,21 +290,34 @@ class Config:
 def read_secret(name: str, environ: Mapping[str, str] | None = None) -> str | None:
     """A secret by the name of its variable: ``$NAME``, else the file ``$NAME_FILE`` names,
     else ``$CREDENTIALS_DIRECTORY/NAME`` (systemd's ``LoadCredential=``); None if none is
-    set. A file's trailing line break is not part of the secret."""
+    set (an empty variable counts as unset). ``$NAME`` and ``$NAME_FILE`` both set is an
+    error, as is an empty file. A file's trailing line break is not part of the secret."""
     env = os.environ if environ is None else environ
-    if env.get(name):
-        return env[name]
-    if env.get(f"{name}_FILE"):
-        return _secret_file(Path(env[f"{name}_FILE"]), f"${name}_FILE")
-    credential = Path(env.get("CREDENTIALS_DIRECTORY") or "/nonexistent") / name
-    if env.get("CREDENTIALS_DIRECTORY") and credential.exists():
-        return _secret_file(credential, "$CREDENTIALS_DIRECTORY")
+    value, file = env.get(name), env.get(f"{name}_FILE")
+    if value and file:
+        raise ConfigError(
+            [
+                Problem(
+                    f"${name}",
+                    None,
+                    f"both it and ${name}_FILE are set: unset one of them",
+                    code="bad-value",
+                )
+            ]
+        )
+    if value:
+        return value
+    if file:
+        return _secret_file(Path(file), f"${name}_FILE")
+    credentials = env.get("CREDENTIALS_DIRECTORY")
+    if credentials and (Path(credentials) / name).exists():
+        return _secret_file(Path(credentials) / name, "$CREDENTIALS_DIRECTORY")
     return None
 
 
-def _secret_file(path: Path, source: str) -> str | None:
+def _secret_file(path: Path, source: str) -> str:
     try:
-        return path.read_text(encoding="utf-8").rstrip("\r\n") or None
+        secret = path.read_text(encoding="utf-8").rstrip("\r\n")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
         raise ConfigError(
@@ -307,6 +330,11 @@ def _secret_file(path: Path, source: str) -> str | None:
                 )
             ]
         ) from exc
+    if not secret.strip():
+        raise ConfigError(
+            [Problem(path, None, f"the secret file {source} names is empty", code="secret-missing")]
+        )
+    return secret
 
 
 def find_config(option: str | Path | None, environ: Mapping[str, str] | None = None) -> Path:

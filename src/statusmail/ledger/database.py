@@ -8,6 +8,7 @@ clock). A ``Database`` runs it on one connection and turns every driver error in
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import random
 import re
@@ -17,7 +18,6 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 from statusmail.config import is_url
 from statusmail.errors import LedgerError
@@ -39,13 +39,74 @@ Row = tuple[Any, ...]
 
 
 def describe(target: str | Path) -> str:
-    """The ledger's name for messages: the file, or the server without a password."""
+    """The ledger's name for messages: the file, or the server without the user name and
+    password. Every connection to a server starts here, so a URL the driver would misread
+    is refused first, in one line that shows no part of the password (see ``server_of``)."""
     if not is_url(target):
         return str(target)
-    parts = urlsplit(str(target))
-    host = parts.hostname or "localhost"
-    port = f":{parts.port}" if parts.port else ""
-    return f"postgresql://{host}{port}{parts.path}"
+    return server_of(str(target))
+
+
+_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})|%00")
+
+
+def server_of(url: str) -> str:
+    """``postgresql://HOST:PORT[,HOST:PORT…]/DATABASE`` of a ledger URL, read the way libpq
+    reads it (credentials end at the first ``@`` before the first ``/``); raises
+    ``LedgerError`` for a URL libpq would refuse or misread, such as a password holding
+    ``@`` or ``/`` unencoded (libpq would take the rest of it for the host name or port
+    and show it in its error), a bad port, or a bad IPv6 literal."""
+    scheme, _, rest = url.partition("://")
+    authority, slash, tail = rest.partition("/")
+    database = tail.partition("?")[0]
+    if "@" in authority:
+        authority = authority.partition("@")[2]
+        if "@" in authority:
+            raise _bad_url(scheme, "its user name or password holds '@': write it as %40")
+    elif "@" in database:
+        raise _bad_url(
+            scheme,
+            "its user name or password holds '/', or its database name '@': percent-encode "
+            "them (%2F, %40)",
+        )
+    if _PERCENT.search(url):
+        raise _bad_url(scheme, "a '%' in it starts no %XX escape, or makes %00 (write % as %25)")
+    hosts = authority.partition("?")[0]
+    shown = f"{scheme}://{hosts}{slash}{database}"
+    for host in hosts.split(","):
+        problem = _host_problem(host)
+        if problem:
+            raise _bad_url(shown, problem)
+    return f"postgresql://{hosts or 'localhost'}{slash}{database}"
+
+
+def _host_problem(host: str) -> str | None:
+    """What is wrong with one ``HOST[:PORT]`` of a URL's host list, if anything."""
+    port = ""
+    if host.startswith("["):
+        literal, closed, after = host[1:].partition("]")
+        if not closed:
+            return f"the IPv6 address {host} lacks its closing ']'"
+        try:
+            ipaddress.IPv6Address(literal.replace("%25", "%"))
+        except ValueError:
+            return f"[{literal}] is not an IPv6 address"
+        if after and not after.startswith(":"):
+            return f"only ':PORT' may follow the IPv6 address [{literal}], not {after!r}"
+        port = after[1:]
+    elif host.count(":") > 1:
+        return f"{host}: an IPv6 address goes in brackets, [address]:port"
+    else:
+        port = host.partition(":")[2]
+    if port and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        return f"the port {port!r} is not a number from 1 to 65535"
+    return None
+
+
+def _bad_url(shown: str, problem: str) -> LedgerError:
+    """``shown`` is the URL without its credentials, or only its scheme when they cannot
+    be told apart from the rest."""
+    return LedgerError(f"the ledger URL {shown}{'' if '/' in shown else '://…'}: {problem}")
 
 
 _PARAM = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
