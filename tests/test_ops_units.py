@@ -175,9 +175,9 @@ HOSTS = ("www.startmail.example", "startmail-mirror.example")
 
 
 def nginx_config(tmp: Path, serve_port: int, https_port: int, cert: Path, key: Path) -> Path:
-    """contrib/nginx-unsubscribe.conf with this test's ports, certificate and log, in a
+    """contrib/nginx-statusmail.conf with this test's ports, certificate and log, in a
     minimal nginx.conf; every replaced line must be there, as shipped."""
-    text = (CONTRIB / "nginx-unsubscribe.conf").read_text(encoding="utf-8")
+    text = (CONTRIB / "nginx-statusmail.conf").read_text(encoding="utf-8")
     for old, new in {
         "server 127.0.0.1:8080;": f"server 127.0.0.1:{serve_port};",
         "listen 443 ssl;": f"listen 127.0.0.1:{https_port} ssl;",
