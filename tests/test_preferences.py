@@ -1,28 +1,50 @@
-"""The preferences page: the link in every message, serve's form over real HTTP, and the
-choice overriding the subscriber file in the next selections."""
+"""The preferences page: the link in every message, serve's form over real HTTP, the
+choice overriding the subscriber file in the next selections, and the form refusing
+every post that is not its own (another origin, no valid form token)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import http.client
 import json
 import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import pytest
 
-from conftest import SECRET, invoke, serving
+from conftest import SECRET, copy_sample, invoke, serving
 from delivery_helpers import point_at, send
 from editing import replace_in
 from feedback_helpers import query
 from smtp_server import RecordingServer
-from statusmail.tokens import Keyring, preferences_token, unsubscribe_token
+from statusmail.regions import load_regions
+from statusmail.tokens import (
+    FORM_TOKEN_LIFETIME,
+    Keyring,
+    form_token,
+    preferences_token,
+    unsubscribe_token,
+)
 
 UPDATE = "update-2020-04-21"
 ANNA = "anna.petrova@example.org"  # ru, RU, service-status and product-news
 ENV = {"STATUSMAIL_UNSUBSCRIBE_SECRET": SECRET}
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+KEYS = Keyring(SECRET.encode())
+# The public origins the sample's config gives the pages: the canonical host, and the
+# mirror regions.yaml sends readers in Russia to.
+CANONICAL = "https://www.startmail.example"
+MIRROR = "https://startmail-mirror.example"
+EN_REFUSED = "Your choice was not saved"
+EN_SAVED = "Your choice is saved"
+RU_SAVED = "Выбор сохранён"
+TOPICS = ("product-news", "service-status")  # the sample's; the form shows them all ticked
+RU_REFUSED = "Выбор не сохранён"
 
 
 def request(
@@ -70,10 +92,41 @@ def sent_to(config: Path, entry_id: str) -> dict[str, EmailMessage]:
         return {m.rcpt_tos[0].lower(): m.message for m in relay.messages}
 
 
-def shown(page: str) -> str:
-    found = re.search(r"name='shown' value='([^']*)'", page)
+def hidden(page: str, name: str) -> str:
+    found = re.search(rf"name='{name}' value='([^']*)'", page)
     assert found, page
     return found.group(1)
+
+
+def shown(page: str) -> str:
+    return hidden(page, "shown")
+
+
+def form_of(page: str, locale: str, *topics: str) -> list[tuple[str, str]]:
+    """The fields a browser posts from ``page`` with ``locale`` and ``topics`` ticked."""
+    return [
+        ("locale", locale),
+        *(("topic", topic) for topic in topics),
+        ("shown", shown(page)),
+        ("form_token", hidden(page, "form_token")),
+    ]
+
+
+def post_form(
+    port: int,
+    path: str,
+    fields: list[tuple[str, str]],
+    origin: str | None = CANONICAL,
+    headers: Mapping[str, str] | None = None,
+) -> tuple[int, dict[str, str], str]:
+    """The form posted as a browser on ``origin`` posts it (None: with no Origin)."""
+    sent = {**FORM, **({"Origin": origin} if origin is not None else {}), **(headers or {})}
+    return request(port, "POST", path, urlencode(fields).encode(), sent)
+
+
+def without_form_token(page: str) -> str:
+    """The page without its form token, which is made per page and time."""
+    return re.sub(r"name='form_token' value='[^']*'", "name='form_token'", page)
 
 
 @pytest.mark.timeout(180)
@@ -102,8 +155,8 @@ def test_a_choice_made_on_the_page_changes_the_next_entries(project: Path) -> No
         assert page.count(" checked>") == 3  # ru, and every topic: nothing is stored yet
         assert headers["cache-control"] == "no-store" and "script" not in page
 
-        form = urlencode({"locale": "en", "topic": "service-status", "shown": shown(page)})
-        status, headers, saved = request(port, "POST", path, form.encode(), FORM)
+        form = form_of(page, "en", "service-status")
+        status, headers, saved = post_form(port, path, form, origin=MIRROR)
         assert status == 200 and headers["content-language"] == "en"
         assert "Your choice is saved" in saved
         assert "value='en' lang='en' checked" in saved
@@ -150,19 +203,21 @@ def test_the_page_never_tells_whether_an_address_is_subscribed(project: Path) ->
         ivan = request(port, "GET", subscribed, headers={"Accept-Language": "ru"})
         nobody = request(port, "GET", stranger, headers={"Accept-Language": "ru"})
         assert ivan[0] == nobody[0] == 200
-        assert ivan[2] == nobody[2]  # the very same bytes
-        every_topic = [("topic", "product-news"), ("topic", "service-status")]
-        form = urlencode([("locale", "en"), *every_topic, ("shown", shown(nobody[2]))]).encode()
-        saved = request(port, "POST", stranger, form, FORM)
+        # the very same bytes but for the form token, which is made for each page
+        assert without_form_token(ivan[2]) == without_form_token(nobody[2])
+        assert hidden(ivan[2], "form_token") != hidden(nobody[2], "form_token")
+        form = form_of(nobody[2], "en", "product-news", "service-status")
+        saved = post_form(port, stranger, form)
         assert saved[0] == 200 and "Your choice is saved" in saved[2]
         # a bad or tampered token, or a token made for another purpose, changes nothing
         unsubscribe = unsubscribe_token(keys, "ivan.smirnov@example.com")
         tampered = subscribed.rsplit("/", 1)[1][:-3] + "AAA"
         for bad in ("x" * 40, tampered, unsubscribe):
-            status, _headers, page = request(port, "POST", f"/status/preferences/{bad}", form, FORM)
+            status, _headers, page = post_form(port, f"/status/preferences/{bad}", form)
             assert status == 400 and "This link is not valid" in page
         # a body that is not the form is refused, and the page shown again
-        status, _headers, page = request(port, "POST", subscribed, b"locale=de", FORM)
+        token = [("form_token", hidden(ivan[2], "form_token"))]
+        status, _headers, page = post_form(port, subscribed, [("locale", "de"), *token])
         assert status == 400 and "name='shown'" in page
     stored = query(project, "SELECT address, locale, topics FROM preferences")
     assert stored == [("nobody@example.org", "en", None)]  # only the language was changed
@@ -194,8 +249,9 @@ def test_prefs_export_is_safe_for_spreadsheets(project: Path) -> None:
         for address in ("=cmd@example.org", ANNA):
             path = "/status/preferences/" + preferences_token(keys, address)
             page = request(port, "GET", path)[2]
-            form = urlencode({"locale": "ru", "topic": "product-news", "shown": "en|x"})
-            assert request(port, "POST", path, form.encode(), FORM)[0] == 200, page
+            form = [("locale", "ru"), ("topic", "product-news"), ("shown", "en|x")]
+            form.append(("form_token", hidden(page, "form_token")))
+            assert post_form(port, path, form)[0] == 200, page
     out = project.parent / "prefs.csv"
     result = invoke(project, "prefs", "export", "-o", str(out))
     assert result.exit_code == 0, result.stderr
@@ -203,3 +259,162 @@ def test_prefs_export_is_safe_for_spreadsheets(project: Path) -> None:
     assert lines[0] == "email,locale,topics,updated_at"
     assert lines[1].startswith("'=cmd@example.org,ru,product-news,")
     assert lines[2].startswith(f"{ANNA},ru,product-news,")
+
+
+# -- cross-site posts are refused (issue 19) ---------------------------------------------
+
+# A region whose readers reach the page through an onion address, over plain http.
+ONION = "http://startmailexampleplaceholderonionaddressnotarealsiteamfqd.onion"
+
+
+@dataclass(frozen=True)
+class Served:
+    config: Path
+    port: int
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """One served sample project for the refusal tests, with an onion rewrite for BY too;
+    each test uses addresses of its own, so none sees another's choices."""
+    config = copy_sample(tmp_path_factory.mktemp("csrf") / "project")
+    replace_in(
+        config.parent / "regions.yaml",
+        "  name: {en: Belarus, ru: Беларусь}\n",
+        "  name: {en: Belarus, ru: Беларусь}\n"
+        f'  links: {{"https://www.startmail.example/": "{ONION}/"}}\n',
+    )
+    assert invoke(config, "ledger", "migrate", env=ENV).exit_code == 0
+    with serving(config, SECRET) as port:
+        yield Served(config, port)
+
+
+def page_path(address: str) -> str:
+    return "/status/preferences/" + preferences_token(KEYS, address)
+
+
+def stored(served: Served, address: str) -> list[tuple[Any, ...]]:
+    return query(served.config, "SELECT locale, topics FROM preferences WHERE address = ?", address)
+
+
+def test_a_post_from_another_origin_is_refused_and_changes_nothing(served: Served) -> None:
+    address = "cross.origin@example.org"
+    path = page_path(address)
+    russian = {"Accept-Language": "ru"}
+    page = request(served.port, "GET", path, headers=russian)[2]
+    form = form_of(page, "en", *TOPICS)
+    others = (
+        "https://evil.example",
+        "null",  # a sandboxed frame, a data: URL
+        "http://www.startmail.example",  # the canonical host, but not its scheme
+        "https://www.startmail.example:8443",  # nor its port
+        "https://www.startmail.example.evil.example",
+        "https://www.startmail.example/status/preferences/",  # not an origin at all
+        "",
+    )
+    for origin in others:
+        status, headers, answer = post_form(served.port, path, form, origin, russian)
+        assert status == 403, origin
+        assert headers["content-language"] == "ru" and RU_REFUSED in answer
+        assert "ссылке из недавнего письма" in answer and "name='locale'" not in answer
+        assert headers["cache-control"] == "no-store"
+    refused = post_form(served.port, path, form, "https://evil.example")
+    assert refused[0] == 403 and EN_REFUSED in refused[2]  # the reader's language
+    assert "Please open the page again from the link" in refused[2]
+    # a GET never changes anything, whatever its query says
+    assert request(served.port, "GET", f"{path}?{urlencode(form)}")[0] == 200
+    assert stored(served, address) == []
+    # the same form from the page's own origin is saved
+    status, _headers, answer = post_form(served.port, path, form)
+    assert status == 200 and "Your choice is saved" in answer
+    assert stored(served, address) == [("en", None)]
+
+
+def test_a_post_without_a_valid_form_token_is_refused(served: Served) -> None:
+    address = "form.token@example.org"
+    path = page_path(address)
+    page = request(served.port, "GET", path)[2]
+    fields = [field for field in form_of(page, "ru", *TOPICS) if field[0] != "form_token"]
+    token = path.rsplit("/", 1)[1]
+    good = hidden(page, "form_token")
+    issued, mac = good.split(".")
+    now = dt.datetime.now(dt.UTC)
+    too_old = now - FORM_TOKEN_LIFETIME - dt.timedelta(minutes=1)
+    bad = {
+        "forged": f"{issued}.{mac[::-1]}",
+        "moved in time": f"{int(issued) + 1}.{mac}",
+        "expired": form_token(KEYS, token, now=too_old),
+        "another page's": hidden(
+            request(served.port, "GET", page_path("x@example.org"))[2], "form_token"
+        ),
+        "another secret's": form_token(Keyring(b"another secret, long enough for tokens"), token),
+        "not a token": "ru",
+        "empty": "",
+    }
+    assert post_form(served.port, path, fields)[0] == 403  # none at all
+    for why, value in bad.items():
+        status, _headers, answer = post_form(served.port, path, [*fields, ("form_token", value)])
+        assert status == 403 and EN_REFUSED in answer, why
+    assert stored(served, address) == []
+    # one made within the lifetime still counts
+    recent = form_token(KEYS, token, now=now - FORM_TOKEN_LIFETIME + dt.timedelta(minutes=5))
+    status, _headers, answer = post_form(served.port, path, [*fields, ("form_token", recent)])
+    assert status == 200 and RU_SAVED in answer
+    assert stored(served, address) == [("ru", None)]
+
+
+def test_every_mirror_origin_is_accepted(served: Served) -> None:
+    """Readers in Russia open the page on the mirror, those in BY (in this project) on the
+    onion address: both are public origins, as their regions' link rewrites say."""
+    regions = load_regions(served.config.parent / "regions.yaml")
+    canonical = "https://www.startmail.example/status/preferences/"
+    for region, origin in (("RU", MIRROR), ("BY", ONION)):
+        assert regions[region].rewrite(canonical).startswith(f"{origin}/status/preferences/")
+        address = f"mirror.{region.lower()}@example.org"
+        path = page_path(address)
+        host = {"Host": urlsplit(origin).netloc}  # what the mirror's proxy may forward
+        page = request(served.port, "GET", path, headers=host)[2]
+        status, _headers, answer = post_form(
+            served.port, path, form_of(page, "ru", *TOPICS), origin, host
+        )
+        assert status == 200 and RU_SAVED in answer, origin
+        assert stored(served, address) == [("ru", None)]
+
+
+@pytest.mark.parametrize(
+    ("fetch_site", "accepted"),
+    [
+        ("cross-site", False),
+        ("same-site", False),
+        (None, False),
+        ("same-origin", True),
+        ("none", True),
+    ],
+)
+def test_without_origin_sec_fetch_site_decides(
+    served: Served, fetch_site: str | None, accepted: bool
+) -> None:
+    address = f"no.origin.{fetch_site}@example.org"
+    path = page_path(address)
+    page = request(served.port, "GET", path)[2]
+    headers = {"Sec-Fetch-Site": fetch_site} if fetch_site else {}
+    status, _headers, answer = post_form(
+        served.port, path, form_of(page, "ru", *TOPICS), None, headers
+    )
+    assert (status, RU_SAVED in answer) == ((200, True) if accepted else (403, False))
+    assert stored(served, address) == ([("ru", None)] if accepted else [])
+
+
+def test_one_click_unsubscribe_needs_no_origin_and_no_form_token(served: Served) -> None:
+    """RFC 8058: mail clients post List-Unsubscribe=One-Click with neither; the token in
+    the URL is what protects it. The confirmation page's button posts the same, and is
+    not checked by origin either (a check a client passes by sending no Origin protects
+    nothing)."""
+    one_click = b"List-Unsubscribe=One-Click"
+    for address, origin in (("mail.client@example.org", None), ("button@example.org", "null")):
+        path = "/status/unsubscribe/" + unsubscribe_token(KEYS, address)
+        headers = {**FORM, **({"Origin": origin} if origin else {})}
+        status, _headers, answer = request(served.port, "POST", path, one_click, headers)
+        assert status == 200 and "You are unsubscribed" in answer
+        rows = query(served.config, "SELECT reason FROM suppressions WHERE address = ?", address)
+        assert rows == [("unsubscribed",)]

@@ -94,7 +94,8 @@ def assert_secure(reply: Reply) -> None:
     h = reply.headers
     assert h["content-type"] == "text/html; charset=utf-8"
     assert h["cache-control"] == "no-store"
-    assert h["referrer-policy"] == "no-referrer"
+    # not no-referrer, under which a browser's form posts say "Origin: null"
+    assert h["referrer-policy"] == "same-origin"
     assert h["content-security-policy"].startswith(CSP)
     assert h["x-content-type-options"] == "nosniff"
     assert "server" not in h

@@ -60,12 +60,25 @@ def initial_choice(stored: Preference | None, lang: str, declared: frozenset[str
     return Choice(locale, frozenset(topics or ()))
 
 
+def form_fields(body: bytes) -> dict[str, list[str]] | None:
+    """A POST's urlencoded fields, or None when the body is not urlencoded UTF-8."""
+    try:
+        return parse_qs(body.decode("utf-8"), keep_blank_values=True, max_num_fields=64)
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+def posted_form_token(body: bytes) -> str:
+    """The form token a POST carries (``tokens.form_token``), or "" when it has none."""
+    fields = form_fields(body) or {}
+    return (fields.get("form_token") or [""])[0]
+
+
 def read_form(body: bytes, declared: frozenset[str] | None) -> tuple[Choice, Preference] | None:
     """The choice a POST makes, and the preference to store: only the fields that differ
     from what the form showed. None when the body is not this form."""
-    try:
-        fields = parse_qs(body.decode("utf-8"), keep_blank_values=True, max_num_fields=64)
-    except (UnicodeDecodeError, ValueError):
+    fields = form_fields(body)
+    if fields is None:
         return None
     shown = Choice.from_shown((fields.get("shown") or [""])[0])
     locale = (fields.get("locale") or [""])[0]
@@ -106,9 +119,11 @@ class PreferencesPage:
         names = self.topic_names.get(topic, {})
         return names.get(lang) or names.get(FALLBACK_LOCALE) or topic
 
-    def render(self, lang: str, choice: Choice, *, saved: bool = False) -> str:
-        """The page; raises ``InputError``/``RenderError`` naming the template or catalog
-        line at fault."""
+    def render(
+        self, lang: str, choice: Choice, *, saved: bool = False, form_token: str = ""
+    ) -> str:
+        """The page, its form carrying ``form_token`` (see ``tokens.form_token``); raises
+        ``InputError``/``RenderError`` naming the template or catalog line at fault."""
         name = PREFERENCES_PAGE
         catalog = None if lang == FALLBACK_LOCALE else catalog_path(self.templates_dir, lang)
         context = {
@@ -128,6 +143,7 @@ class PreferencesPage:
                 for topic in self.topics
             ],
             "shown": choice.shown,
+            "form_token": form_token,
         }
         try:
             return self._envs[lang].get_template(name).render(context)

@@ -5,10 +5,13 @@ and the preferences page every message links to.
 ``List-Unsubscribe=One-Click`` and a valid token suppresses the address at once. The
 answers never tell whether an address is (still) subscribed, and nothing logs addresses
 or tokens. The preferences page shows a form (language, topics) on ``GET`` and saves it
-on ``POST``. The pages come from ``templates/pages/`` and the messages' gettext catalog;
-the fixed ones are rendered once per app in every language. The same port answers
-``/metrics``, ``/healthz`` and ``/readyz`` (see ``health``); a reverse proxy forwards
-only the unsubscribe and preferences paths.
+on ``POST``, but only a post from the page itself: its ``Origin`` must be one of the
+public origins the config gives the pages (see ``public_origins``), and it must carry the
+form token the page was shown with, from the last ``FORM_TOKEN_LIFETIME``; anything else
+gets 403 and changes nothing. The pages come from ``templates/pages/`` and the messages'
+gettext catalog; the fixed ones are rendered once per app in every language. The same
+port answers ``/metrics``, ``/healthz`` and ``/readyz`` (see ``health``); a reverse proxy
+forwards only the unsubscribe and preferences paths.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import email.policy
 import logging
 import signal
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -33,7 +36,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from statusmail.catalog import catalog_path, load_translations, render_error, template_environment
 from statusmail.config import Config
@@ -52,9 +55,22 @@ from statusmail.ledger import Ledger
 from statusmail.ledger import exists as ledger_exists
 from statusmail.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES, normalize_locale
 from statusmail.metrics import UnsubscribeMetrics, new_registry
-from statusmail.pages import Choice, PreferencesPage, initial_choice, preferences_page, read_form
+from statusmail.pages import (
+    Choice,
+    PreferencesPage,
+    initial_choice,
+    posted_form_token,
+    preferences_page,
+    read_form,
+)
 from statusmail.regions import load_regions
-from statusmail.tokens import Keyring, verify_preferences_token, verify_unsubscribe_token
+from statusmail.tokens import (
+    Keyring,
+    form_token,
+    verify_form_token,
+    verify_preferences_token,
+    verify_unsubscribe_token,
+)
 from statusmail.validation import secret_length_problem
 
 log = logging.getLogger(__name__)
@@ -64,7 +80,10 @@ MAX_TOKEN = 512
 CSP = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"
 SECURITY_HEADERS = {
     "Cache-Control": "no-store",
-    "Referrer-Policy": "no-referrer",
+    # Not no-referrer: under it a browser sends "Origin: null" with the page's own form,
+    # and the preferences POST is checked by its Origin. same-origin still sends nothing
+    # to any other site.
+    "Referrer-Policy": "same-origin",
     "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
@@ -72,7 +91,19 @@ SECURITY_HEADERS = {
 
 CONFIRM_PAGE = "pages/confirm.html.j2"  # under the templates folder
 NOTICE_PAGE = "pages/notice.html.j2"
-NOTICES = ("done", "invalid", "invalid_link", "too_large", "not_found", "method", "error")
+NOTICES = (
+    "done",
+    "invalid",
+    "invalid_link",
+    "refused",
+    "too_large",
+    "not_found",
+    "method",
+    "error",
+)
+DEFAULT_PORTS = {"http": 80, "https": 443}
+# Sec-Fetch-Site values that stand for the page itself when a browser sent no Origin.
+SAME_SITE_FETCHES = frozenset({"same-origin", "none"})
 __all__ = ["ServeError", "make_app", "run_server"]
 
 
@@ -110,6 +141,52 @@ def preferences_paths(config: Config) -> list[str]:
         message = "'preferences.url' must not have the path of 'unsubscribe.url'"
         raise ConfigError([Problem(config.path, config.line("preferences"), message)])
     return paths
+
+
+Origin = tuple[str, str, int]  # scheme, host (IDNA), port
+
+
+def origin_of(url: str) -> Origin | None:
+    """The origin of an http(s) URL, as a browser serializes it in ``Origin``."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+        host = (parts.hostname or "").encode("idna").decode("ascii")
+    except (ValueError, UnicodeError):
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in DEFAULT_PORTS or not host:
+        return None
+    return scheme, host, port or DEFAULT_PORTS[scheme]
+
+
+def public_origins(config: Config) -> frozenset[Origin]:
+    """The origins readers open the pages under: those of ``unsubscribe.url`` and the
+    preferences URL, and of each region's rewrite of them (a mirror, an onion address).
+    serve sits behind reverse proxies, so these, not the Host header it sees, are where a
+    genuine form comes from."""
+    pages = (config.unsubscribe.url, config.preferences_url)
+    urls = list(pages)
+    if config.paths.regions.is_file():
+        regions = load_regions(config.paths.regions).values()
+        urls += [region.rewrite(url) for region in regions for url in pages]
+    return frozenset(origin for origin in map(origin_of, urls) if origin is not None)
+
+
+def cross_site(headers: Mapping[str, str], origins: frozenset[Origin]) -> str | None:
+    """Why a POST did not come from a page under ``origins`` (for the log), or None when
+    it did: its ``Origin`` is one of them or, when a browser sent no ``Origin``,
+    ``Sec-Fetch-Site`` says the page itself (``same-origin``) or the reader (``none``)."""
+    origin = headers.get("origin")
+    if origin is not None:
+        bare = not urlsplit(origin.strip()).path  # an Origin is scheme://host[:port]
+        if bare and origin_of(origin) in origins:
+            return None
+        return f"from origin {origin[:200]!r}"
+    fetch = headers.get("sec-fetch-site")
+    if fetch is not None and fetch.strip().lower() in SAME_SITE_FETCHES:
+        return None
+    return f"Sec-Fetch-Site {fetch[:50]!r}" if fetch else "with neither Origin nor Sec-Fetch-Site"
 
 
 def accept_language(header: str | None) -> str:
@@ -219,7 +296,14 @@ async def read_body(request: Request) -> bytes | None:
     return bytes(body)
 
 
-def make_app(config: Config, keys: Keyring, registry: CollectorRegistry | None = None) -> Starlette:
+def make_app(
+    config: Config,
+    keys: Keyring,
+    registry: CollectorRegistry | None = None,
+    extra_routes: Sequence[BaseRoute] = (),
+) -> Starlette:
+    """The app: health and metrics, ``extra_routes`` (fixed paths, such as webhooks),
+    then the unsubscribe and preferences pages on each of their paths."""
     ledger_path = config.paths.ledger
     pages = render_pages(config.paths.templates, config.sender.name)
     registry = registry or new_registry()
@@ -296,10 +380,11 @@ def make_app(config: Config, keys: Keyring, registry: CollectorRegistry | None =
 
     preferences = _preferences_endpoint(config, keys, form, page)
     app = Starlette(
-        # The health and metrics routes first: an unsubscribe path of /{token} must not
-        # take /metrics for a token.
+        # The fixed paths first (health, metrics, extra_routes): an unsubscribe path of
+        # /{token} must not take /metrics for a token.
         routes=[
             *routes(registry, ready=lambda: ledger_problem(ledger_path)),
+            *extra_routes,
             *(Route(path, endpoint, methods=["GET", "POST"]) for path in route_paths(config)),
             *(
                 Route(path, preferences, methods=["GET", "POST"])
@@ -320,9 +405,11 @@ def _preferences_endpoint(
 ) -> Callable[[Request], Awaitable[Response]]:
     """GET shows the form; POST saves what the reader changed and shows it again, saying
     so. A valid token for any address gets the same page: nothing tells whether it is
-    on the list."""
+    on the list. A POST from anywhere but the page itself (another origin, no form token,
+    or one too old) gets 403 and changes nothing."""
     ledger_path = config.paths.ledger
     declared = config.topics
+    origins = public_origins(config)
 
     def respond(lang: str, html: str, status: int = 200) -> Response:
         headers = {**SECURITY_HEADERS, "Content-Language": lang}
@@ -345,15 +432,29 @@ def _preferences_endpoint(
         lang = (stored.locale if stored else None) or (
             await run_in_threadpool(ledger_locale, ledger_path, address) or asked
         )
+
+        def show(lang: str, choice: Choice, status: int = 200, *, saved: bool = False) -> Response:
+            html = form.render(lang, choice, saved=saved, form_token=form_token(keys, token))
+            return respond(lang, html, status)
+
         if request.method != "POST":
-            return respond(lang, form.render(lang, initial_choice(stored, lang, declared)))
+            return show(lang, initial_choice(stored, lang, declared))
         body = await read_body(request)
         if body is None:
             return page(lang, "too_large", 413)
+        refused = cross_site(request.headers, origins)
+        if refused is None and not verify_form_token(keys, posted_form_token(body), token):
+            refused = "without a valid form token (missing, forged or expired)"
+        if refused is not None:
+            log.warning(
+                "refused a preferences post %s: nothing saved",
+                refused,
+                extra={"event": "preferences_refused"},
+            )
+            return page(lang, "refused", 403)
         submitted = read_form(body, declared)
         if submitted is None:
-            shown = initial_choice(stored, lang, declared)
-            return respond(lang, form.render(lang, shown), 400)
+            return show(lang, initial_choice(stored, lang, declared), 400)
         chosen, preference = submitted
         if preference != Preference():
             try:
@@ -362,7 +463,7 @@ def _preferences_endpoint(
                 log.error("cannot save a preference in the ledger: %s", exc)
                 return page(lang, "error", 503)
         log.info("preferences saved")
-        return respond(chosen.locale, form.render(chosen.locale, chosen, saved=True))
+        return show(chosen.locale, chosen, saved=True)
 
     return endpoint
 

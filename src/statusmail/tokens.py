@@ -42,6 +42,7 @@ class Purpose(enum.StrEnum):
     MESSAGE_ID = "message-id"
     VERP = "verp"
     PREFERENCES = "preferences"
+    FORM = "form"  # the preferences form's own token (see form_token)
 
 
 def _b64(data: bytes) -> str:
@@ -255,6 +256,18 @@ def message_id(keys: Keyring, entry_id: str, address_key: str, domain: str) -> s
     return f"<{entry_id}.{digest}@{domain}>"
 
 
+def message_id_names(keys: Keyring, value: str, entry_id: str, address_key: str) -> bool:
+    """Whether ``value`` is the Message-ID a secret of ``keys`` (current or retired) gave
+    the message of ``entry_id`` to ``address_key``."""
+    domain = value.strip().strip("<>").rpartition("@")[2]
+    data = f"{entry_id}\x00{address_key}".encode()
+    for secret in (keys.secret, *keys.previous):
+        digest = keys._key(secret).mac(Purpose.MESSAGE_ID, data).hex()[:32]
+        if hmac.compare_digest(value.strip(), f"<{entry_id}.{digest}@{domain}>"):
+            return True
+    return False
+
+
 # -- the scheme before this one, read only -----------------------------------------------
 
 _LEGACY_IV_BYTES = 16
@@ -291,3 +304,46 @@ def legacy_verify_unsubscribe_token(secret: bytes, token: str) -> str | None:
         return plain.decode("utf-8")
     except UnicodeDecodeError:
         return None
+
+
+# -- the preferences form's token ---------------------------------------------------------
+
+# How long a preferences page's form may be sent after it was shown; the README says so.
+FORM_TOKEN_LIFETIME = dt.timedelta(hours=24)
+# A form token from a little in the future still counts (another server's clock, behind
+# the same proxy, may run slightly ahead).
+FORM_TOKEN_SKEW = dt.timedelta(minutes=5)
+
+
+def _form_data(issued: int, page_token: str) -> bytes:
+    return f"{issued}\x00{page_token}".encode()
+
+
+def form_token(keys: Keyring, page_token: str, *, now: dt.datetime | None = None) -> str:
+    """The token a preferences page's form carries: when the page was shown, and an HMAC
+    (the form's own key) of that time and the page's link token, so it is good for that
+    page only, for ``FORM_TOKEN_LIFETIME``. It names no address."""
+    issued = int((now or dt.datetime.now(dt.UTC)).timestamp())
+    return f"{issued}.{_b64(keys.mac(Purpose.FORM, _form_data(issued, page_token)))}"
+
+
+def verify_form_token(
+    keys: Keyring, token: str, page_token: str, *, now: dt.datetime | None = None
+) -> bool:
+    """Whether a secret of ``keys`` made ``token`` for the page of ``page_token`` within
+    ``FORM_TOKEN_LIFETIME`` (retired secrets still verify, as for links)."""
+    issued_text, sep, mac_text = token.partition(".")
+    if not sep or not (issued_text.isascii() and issued_text.isdigit()) or len(issued_text) > 12:
+        return False
+    issued = int(issued_text)
+    age = (now or dt.datetime.now(dt.UTC)).timestamp() - issued
+    if not -FORM_TOKEN_SKEW.total_seconds() <= age <= FORM_TOKEN_LIFETIME.total_seconds():
+        return False
+    mac = _unb64(mac_text)
+    if mac is None:
+        return False
+    data = _form_data(issued, page_token)
+    return any(
+        hmac.compare_digest(mac, keys._key(secret).mac(Purpose.FORM, data))
+        for secret in (keys.secret, *keys.previous)
+    )
