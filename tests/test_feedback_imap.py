@@ -1,33 +1,39 @@
 """``statusmail feedback`` over IMAP, against a real Dovecot: STARTTLS and TLS checked
-against a test CA, the password from a file, handled reports moved to ``processed``,
-everything else left in the inbox unread, and MOVE's absence handled without expunging
-anyone else's messages."""
+against a test CA, the password from a file, handled reports moved to ``processed`` in
+one command for all of them (what Dovecot read is counted from its raw log), everything
+else left in the inbox unread, MOVE's and UIDPLUS's absence handled without expunging
+anyone else's messages, and a connection that dies during the move costing nothing: the
+rerun moves the rest and records nothing twice."""
 
 from __future__ import annotations
 
+import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import invoke
+from conftest import copy_sample, invoke
 from feedback_helpers import CORPUS, SECRET, UPDATE, fill, ledger_dump, query, summary
-from imap_server import USER, Dovecot, require_dovecot
+from imap_server import USER, Dovecot, Relay, require_dovecot
+from statusmail.bouncebox import uid_sets
 
 HANDLED = ["postfix-user-unknown.eml", "arf-yahoo-abuse.eml", "mailto-unsubscribe-gmail.eml"]
 LEFT = ["vacation-ru.eml", "unrelated-question.eml"]
 
 
-@pytest.fixture
-def certificate(tmp_path: Path) -> tuple[Path, Path, Path]:
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """(CA, server certificate, key) for 127.0.0.1, from trustme."""
     require_dovecot()
     import trustme
 
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1", "localhost")
-    files = (tmp_path / "ca.pem", tmp_path / "cert.pem", tmp_path / "key.pem")
+    folder = tmp_path_factory.mktemp("certificate")
+    files = (folder / "ca.pem", folder / "cert.pem", folder / "key.pem")
     ca.cert_pem.write_to_path(str(files[0]))
     cert.cert_chain_pems[0].write_to_path(str(files[1]))
     cert.private_key_pem.write_to_path(str(files[2]))
@@ -43,14 +49,19 @@ def imap(certificate: tuple[Path, Path, Path]) -> Iterator[Dovecot]:
 
 
 def point_at_imap(
-    config: Path, server: Dovecot, ca_file: Path | None, *, security: str = "starttls"
+    config: Path,
+    server: Dovecot,
+    ca_file: Path | None,
+    *,
+    security: str = "starttls",
+    port: int | None = None,
 ) -> None:
     data = yaml.safe_load(config.read_text(encoding="utf-8"))
     data["bounces"] = {
         "address": "bounces@startmail.example",
         "imap": {
             "host": "127.0.0.1",
-            "port": server.port if security != "tls" else server.tls_port,
+            "port": port or (server.port if security != "tls" else server.tls_port),
             "security": security,
             "username": USER,
             "password_env": "BOUNCE_BOX_PASSWORD",
@@ -70,9 +81,12 @@ def env(config: Path, server: Dovecot) -> dict[str, str]:
     return {"STATUSMAIL_UNSUBSCRIBE_SECRET": SECRET, "BOUNCE_BOX_PASSWORD_FILE": str(secret)}
 
 
-def sent_and_delivered(project: Path, server: Dovecot) -> dict[str, bytes]:
+@pytest.fixture(scope="module")
+def sent_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample project after its send of the update: sent once for the module."""
+    config = copy_sample(tmp_path_factory.mktemp("sent") / "project")
     result = invoke(
-        project,
+        config,
         "send",
         UPDATE,
         "--yes",
@@ -81,9 +95,20 @@ def sent_and_delivered(project: Path, server: Dovecot) -> dict[str, bytes]:
         env={"STATUSMAIL_UNSUBSCRIBE_SECRET": SECRET},
     )
     assert result.exit_code == 0, result.stderr
+    return config
+
+
+@pytest.fixture
+def project(sent_once: Path, tmp_path: Path) -> Path:
+    """A copy of the sent project (its ledger and outbox) for one test; its config path."""
+    shutil.copytree(sent_once.parent, tmp_path / "project")
+    return tmp_path / "project" / sent_once.name
+
+
+def delivered(project: Path, server: Dovecot) -> dict[str, bytes]:
+    """The corpus's reports about the update, as they come back, in the server's inbox."""
     filled = {name: fill((CORPUS / name).read_bytes(), project) for name in HANDLED + LEFT}
-    for data in filled.values():
-        server.append(data.replace(b"\n", b"\r\n"))
+    server.append_many(data.replace(b"\n", b"\r\n") for data in filled.values())
     return filled
 
 
@@ -91,7 +116,7 @@ def sent_and_delivered(project: Path, server: Dovecot) -> dict[str, bytes]:
 def test_feedback_reads_an_imap_box_and_moves_only_what_it_handled(
     project: Path, imap: Dovecot, certificate: tuple[Path, Path, Path]
 ) -> None:
-    sent_and_delivered(project, imap)
+    delivered(project, imap)
     point_at_imap(project, imap, certificate[0])
     inbox = imap.folder("INBOX")
     assert len(inbox) == 5
@@ -117,6 +142,8 @@ def test_feedback_reads_an_imap_box_and_moves_only_what_it_handled(
     assert len(left) == 2
     assert all(b"\\Seen" not in flags for flags, _data in left.values())  # still unread
     assert len(imap.folder("processed")) == 3
+    handled = sorted(set(inbox) - set(left))
+    assert moves(imap) == [f'UID MOVE {uid_sets(handled, 100)[0]} "processed"']
 
     dump = ledger_dump(project)
     again = invoke(project, "feedback", "--json", env=env(project, imap))
@@ -129,7 +156,7 @@ def test_feedback_reads_an_imap_box_and_moves_only_what_it_handled(
 def test_a_dry_run_over_imap_reads_and_leaves_everything(
     project: Path, imap: Dovecot, certificate: tuple[Path, Path, Path]
 ) -> None:
-    sent_and_delivered(project, imap)
+    delivered(project, imap)
     point_at_imap(project, imap, certificate[0], security="tls")
     before = imap.folder("INBOX")
     result = invoke(project, "feedback", "--dry-run", "--json", env=env(project, imap))
@@ -147,7 +174,7 @@ def test_without_move_it_copies_and_expunges_only_its_own(
     # advertised after login: no MOVE, but UIDPLUS (UID EXPUNGE of just these messages)
     capabilities = "IMAP4rev1 LITERAL+ SASL-IR LOGIN-REFERRALS ID ENABLE IDLE UIDPLUS"
     with Dovecot(certificate[1], certificate[2], capabilities=capabilities) as server:
-        sent_and_delivered(project, server)
+        delivered(project, server)
         # someone flagged a message \Deleted in the inbox without expunging it
         client = server.client()
         try:
@@ -158,6 +185,7 @@ def test_without_move_it_copies_and_expunges_only_its_own(
         finally:
             client.logout()
         point_at_imap(project, server, certificate[0])
+        start = time.time()
         result = invoke(project, "feedback", "--json", env=env(project, server))
         assert result.exit_code == 0, result.stderr + server.log()
         assert summary(result.stdout)["handled"] == 3
@@ -165,6 +193,101 @@ def test_without_move_it_copies_and_expunges_only_its_own(
         assert len(inbox) == 3  # the two left alone, and the other flagged one, not expunged
         assert any(b"keep me" in data for _flags, data in inbox.values())
         assert len(server.folder("processed")) == 3
+        # one of each for the three handled; no plain EXPUNGE
+        verbs = [" ".join(command.split()[:2]) for command in moves(server, start)]
+        assert verbs == ["UID COPY", "UID STORE", "UID EXPUNGE"]
+
+
+@pytest.mark.timeout(120)
+def test_without_uidplus_a_plain_expunge_only_when_nothing_else_is_flagged(
+    project: Path, certificate: tuple[Path, Path, Path]
+) -> None:
+    capabilities = "IMAP4rev1 LITERAL+ SASL-IR LOGIN-REFERRALS ID ENABLE IDLE"  # neither
+    with Dovecot(certificate[1], certificate[2], capabilities=capabilities) as server:
+        filled = delivered(project, server)
+        point_at_imap(project, server, certificate[0])
+        result = invoke(project, "feedback", "--json", env=env(project, server))
+        assert result.exit_code == 0, result.stderr + server.log()
+        assert summary(result.stdout)["handled"] == 3
+        verbs = [command.split()[0:2] for command in moves(server)]
+        assert verbs == [["UID", "COPY"], ["UID", "STORE"], ["EXPUNGE"]]
+        assert len(server.folder("INBOX")) == 2 and len(server.folder("processed")) == 3
+
+        # the same reports again, and someone flagged a message without expunging it
+        server.append_many(filled[name].replace(b"\n", b"\r\n") for name in HANDLED)
+        client = server.client()
+        try:
+            client.select_folder("INBOX")
+            client.append("INBOX", b"Subject: flagged by someone\r\n\r\nkeep me\r\n")
+            [mine] = client.search(["SUBJECT", "flagged by someone"])
+            client.add_flags([mine], [b"\\Deleted"])
+        finally:
+            client.logout()
+        start = time.time()
+        again = invoke(project, "feedback", "--json", env=env(project, server))
+        assert again.exit_code == 0, again.stderr + server.log()
+        assert summary(again.stdout)["already_recorded"] == 3
+        assert [command.split()[:2] for command in moves(server, start)] == [
+            ["UID", "COPY"],
+            ["UID", "STORE"],
+        ]
+        inbox = server.folder("INBOX")
+        assert any(b"keep me" in data for _flags, data in inbox.values())
+        # the three copied stay, flagged \Deleted, and a pass reads them no more
+        assert sum(b"\\Deleted" in flags for flags, _data in inbox.values()) == 4
+        assert len(server.folder("processed")) == 6
+        third = invoke(project, "feedback", "--json", env=env(project, server))
+        assert (summary(third.stdout)["read"], summary(third.stdout)["handled"]) == (2, 0)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("server_did_it", [False, True], ids=["before-the-move", "after-it"])
+def test_a_connection_cut_during_the_move_costs_nothing(
+    project: Path, imap: Dovecot, certificate: tuple[Path, Path, Path], server_did_it: bool
+) -> None:
+    """Cut before the server moved anything, or after it moved all and before its answer
+    came back: either way the pass ends on one line naming the server, the reports are
+    recorded already, and a rerun moves whatever is left and records nothing twice."""
+    delivered(project, imap)
+    inbox = imap.folder("INBOX")
+    with Relay(imap.port, b"UID MOVE", server_did_it=server_did_it) as relay:
+        point_at_imap(project, imap, None, security="none", port=relay.port)
+        cut = invoke(project, "feedback", env=env(project, imap))
+        assert relay.cut.is_set()
+        assert cut.exit_code != 0
+        *_events, line = cut.stderr.splitlines()  # the events' log lines, then why it ended
+        assert line.startswith(f"error: 127.0.0.1:{relay.port}: cannot move to processed: ")
+        assert "connection was lost" in line and "run again" in line
+        recorded = ledger_dump(project)
+        assert len(recorded["feedback_events"]) == 3  # recorded before the move
+
+        rerun = invoke(project, "feedback", "--json", env=env(project, imap))
+        assert rerun.exit_code == 0, rerun.stderr + imap.log()
+    assert ledger_dump(project) == recorded  # nothing recorded twice
+    payload = summary(rerun.stdout)
+    assert payload["already_recorded"] == (0 if server_did_it else 3)
+    assert payload["read"] == (2 if server_did_it else 5)
+    left = imap.folder("INBOX")
+    assert len(left) == 2
+    processed = sorted(data for _flags, data in imap.folder("processed").values())
+    assert processed == sorted(data for uid, (_flags, data) in inbox.items() if uid not in left)
+
+
+def test_uid_sets_are_ranges_cut_to_the_line() -> None:
+    assert uid_sets([502, *range(1, 501)], 100) == ["1:500,502"]
+    assert uid_sets([7, 3, 3, 4, 5, 9], 100) == ["3:5,7,9"]
+    odd = list(range(1, 20_000, 2))  # nothing to join: 10,000 single UIDs
+    sets = uid_sets(odd, 8000)
+    assert all(len(one) <= 8000 for one in sets) and len(sets) == 7
+    assert [int(uid) for one in sets for uid in one.split(",")] == odd
+    assert uid_sets([], 100) == []
+
+
+def moves(server: Dovecot, since: float = 0.0) -> list[str]:
+    """The commands that moved, copied, flagged or expunged messages, as Dovecot read
+    them from ``since`` on; the tests' own view (``Dovecot.folder``) only fetches."""
+    verbs = ("UID MOVE", "UID COPY", "UID STORE", "UID EXPUNGE", "MOVE", "COPY", "EXPUNGE")
+    return [c for c in server.commands(since) if c.upper().startswith(verbs)]
 
 
 @pytest.mark.timeout(60)

@@ -180,10 +180,12 @@ class ImapBox:
 
     @staticmethod
     def _reason(exc: BaseException) -> str:
-        from imapclient.exceptions import LoginError
+        from imapclient.exceptions import IMAPClientAbortError, LoginError
 
         if isinstance(exc, LoginError):
             return f"login refused: {exc}"
+        if isinstance(exc, IMAPClientAbortError):
+            return f"the connection was lost ({exc}); run again to go on"
         if isinstance(exc, ssl.SSLError):
             return f"TLS failed: {exc}"
         return str(exc) or type(exc).__name__
@@ -265,5 +267,9 @@ class ImapBox:
             raise self._error(f"cannot move to {folder}: {self._reason(exc)}") from exc
 
     def close(self) -> None:
-        with contextlib.suppress(*self._errors):
+        try:
             self.client.logout()
+        except self._errors:
+            # a dead connection: LOGOUT failed before it closed the socket
+            with contextlib.suppress(*self._errors):
+                self.client.shutdown()
