@@ -138,6 +138,18 @@ class _Stopping(Exception):
     """Raised inside the retry loop when the run is stopping between attempts."""
 
 
+class _Suppressed(Exception):
+    """The address was suppressed by the time its message was about to go."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _ClaimLost(Exception):
+    """Another sender took the recipient over (this one's lease ran out): not sent here."""
+
+
 @dataclass
 class _Attempts:
     charged: int  # attempts that reached the server, over every run (the ledger's count)
@@ -321,7 +333,29 @@ class Engine:
         while True:
             await asyncio.sleep(interval)
             with contextlib.suppress(LedgerError):
-                await self.queue.renew()
+                self._lost(await self.queue.renew())
+
+    async def _still_ours(self, recipient: Recipient) -> bool:
+        """Whether this process still holds the recipient's claim: a look at the clock
+        while the lease surely lasts, else a renewal first (see ``Claims``). A lost one
+        leaves this process's hands."""
+        queue = self.queue
+        if not queue.fresh():
+            self._lost(await queue.renew())
+        if queue.holds(recipient.address):
+            return True
+        queue.drop(recipient.address)
+        return False
+
+    def _lost(self, count: int) -> None:
+        if count:
+            log.warning(
+                "%s: %d recipient(s) of this sender's claim were taken over by another "
+                "sender (this process stood still past its lease); they are not sent from here",
+                self.entry_id,
+                count,
+                extra={"event": "claim_lost", "entry": self.entry_id, "count": count},
+            )
 
     async def _open_connections(self) -> list[Connection]:
         wanted = max(1, self.settings.concurrency)
@@ -372,20 +406,9 @@ class Engine:
                 break
             if self.stop.is_set():
                 continue  # drain: what was taken but not started goes back to the queue
-            # Suppressed this very moment (an unsubscribe on any web host): never sent.
-            reason = await self.queue.suppression_of(recipient.address)
-            if reason is not None:
-                outcome: Outcome = Outcome(
-                    recipient.address,
-                    DeliveryStatus.SKIPPED,
-                    recipient.attempts,
-                    None,
-                    f"suppressed: {reason}",
-                )
-                error = None
-            else:
-                outcome, error = await self._deliver_one(conn, recipient, ready)
-            last = self.committer.submit((outcome, recipient, error))
+            done = await self._deliver_one(conn, recipient, ready)
+            if done is not None:  # else another sender has it now: nothing to record
+                last = self.committer.submit((done[0], recipient, done[1]))
         await ready()
 
     def _recorded(self, batch: list[Done]) -> None:
@@ -418,8 +441,27 @@ class Engine:
 
     async def _deliver_one(
         self, conn: Connection, recipient: Recipient, ready: Ready
+    ) -> tuple[Outcome, DeliveryError | None] | None:
+        """The outcome, and the error that decided it, if one did; None when the claim
+        was lost to another sender."""
+        tally = _Attempts(recipient.attempts)
+        try:
+            return await self._deliver(conn, recipient, ready, tally)
+        except _Suppressed as exc:  # an unsubscribe on any web host, say: never sent
+            skipped = Outcome(
+                recipient.address,
+                DeliveryStatus.SKIPPED,
+                tally.charged,
+                None,
+                f"suppressed: {exc.reason}",
+            )
+            return skipped, None
+        except _ClaimLost:
+            return None
+
+    async def _deliver(
+        self, conn: Connection, recipient: Recipient, ready: Ready, tally: _Attempts
     ) -> tuple[Outcome, DeliveryError | None]:
-        """The outcome, and the error that decided it, if one did."""
         try:
             # Built for what this connection takes: a message is signed as it is sent.
             built = self.build(recipient, eight_bit=conn.eight_bit)
@@ -428,17 +470,24 @@ class Engine:
             # problem (a template or key changed underneath), not the recipient's.
             raise BuildError(f"cannot build a message: {exc}") from exc
         envelope = built.envelope
-        tally = _Attempts(recipient.attempts)
+
+        async def handover() -> None:
+            # Just before the end of DATA: the last outcome is recorded, and the claim
+            # still this process's (it may have stood still since MAIL FROM).
+            await ready()
+            if not await self._still_ours(recipient):
+                raise _ClaimLost
+
         try:
             # Most messages go through at once: tenacity is set up only for a retry.
-            await self._attempt(conn, envelope, tally, ready)
+            await self._attempt(conn, recipient, envelope, tally, handover)
         except DeliveryError as exc:
             remaining = self.settings.max_attempts - tally.charged
             if not exc.transient or remaining <= 0:
                 return await self._failure(recipient, tally.charged, exc), exc
             self.metrics.retried(exc)
             try:
-                await self._retry(conn, envelope, tally, remaining, ready)
+                await self._retry(conn, recipient, envelope, tally, remaining, handover)
             except _Stopping:
                 stopped = Outcome(
                     recipient.address,
@@ -456,9 +505,21 @@ class Engine:
         return sent, None
 
     async def _attempt(
-        self, conn: Connection, envelope: Envelope, tally: _Attempts, ready: Ready
+        self,
+        conn: Connection,
+        recipient: Recipient,
+        envelope: Envelope,
+        tally: _Attempts,
+        ready: Ready,
     ) -> None:
         await self.bucket.acquire()
+        # After the wait for the rate limit, just before MAIL FROM: a claim another
+        # sender took over meanwhile is not sent, and an unsubscribe answered by now wins.
+        if not await self._still_ours(recipient):
+            raise _ClaimLost
+        reason = await self.queue.suppression_of(recipient.address)
+        if reason is not None:
+            raise _Suppressed(reason)
         try:
             await conn.send(envelope, ready)
         except DeliveryError as exc:
@@ -474,7 +535,13 @@ class Engine:
             self.metrics.relay(True)
 
     async def _retry(
-        self, conn: Connection, envelope: Envelope, tally: _Attempts, remaining: int, ready: Ready
+        self,
+        conn: Connection,
+        recipient: Recipient,
+        envelope: Envelope,
+        tally: _Attempts,
+        remaining: int,
+        ready: Ready,
     ) -> None:
         wait = wait_random_exponential(
             multiplier=self.settings.retry_initial, max=self.settings.retry_max
@@ -492,7 +559,7 @@ class Engine:
             with attempt:
                 if self.stop.is_set():
                     raise _Stopping
-                await self._attempt(conn, envelope, tally, ready)
+                await self._attempt(conn, recipient, envelope, tally, ready)
 
     def _retrying(self, state: RetryCallState) -> None:
         """A failed attempt that tenacity will follow with another."""

@@ -4,36 +4,45 @@ the PostgreSQL queue (asynchronous), so each is written once."""
 from __future__ import annotations
 
 # Up to :n pending recipients of this selection that nobody holds (or whose holder's
-# lease ran out), taken for :me until the lease ends. Suppressed addresses are never
-# taken. PostgreSQL skips rows another worker is taking at the same moment.
+# lease ran out), taken for :me until the lease ends, each with its claim epoch bumped
+# (the claim's fencing token, returned last). Suppressed addresses are never taken, nor
+# rows :me itself still holds past its lease (they are in its hands: its renewal keeps
+# them unless another sender took them). PostgreSQL skips rows another worker is taking
+# at the same moment.
 CLAIM = {
     "sqlite": """
-        UPDATE deliveries SET claimed_by = :me, lease_until = {now} + :lease
+        UPDATE deliveries SET claimed_by = :me, lease_until = {now} + :lease,
+            claim_epoch = claim_epoch + 1
         WHERE rowid IN (
             SELECT rowid FROM deliveries
             WHERE entry_id = :e AND status = 'pending' AND selection = :g
-              AND (claimed_by IS NULL OR lease_until < {now})
+              AND (claimed_by IS NULL OR (lease_until < {now} AND claimed_by <> :me))
               AND address NOT IN (SELECT address FROM suppressions)
             ORDER BY rowid LIMIT :n)
-        RETURNING rowid, address, email, ascii_email, name, locale, region, attempts
+        RETURNING rowid, address, email, ascii_email, name, locale, region, attempts,
+                  claim_epoch
     """,
     "postgresql": """
         WITH picked AS (
             SELECT ctid FROM deliveries
             WHERE entry_id = :e AND status = 'pending' AND selection = :g
-              AND (claimed_by IS NULL OR lease_until < {now})
+              AND (claimed_by IS NULL OR (lease_until < {now} AND claimed_by <> :me))
               AND address NOT IN (SELECT address FROM suppressions)
             ORDER BY seq LIMIT :n FOR UPDATE SKIP LOCKED)
-        UPDATE deliveries d SET claimed_by = :me, lease_until = {now} + :lease
+        UPDATE deliveries d SET claimed_by = :me, lease_until = {now} + :lease,
+            claim_epoch = d.claim_epoch + 1
         FROM picked WHERE d.ctid = picked.ctid
         RETURNING d.seq, d.address, d.email, d.ascii_email, d.name, d.locale, d.region,
-                  d.attempts
+                  d.attempts, d.claim_epoch
     """,
 }
 
+# The lease of what :me still holds, renewed; the answer is what that is (each row
+# with its epoch): a row missing from it, or with another epoch, was taken over.
 RENEW = (
     "UPDATE deliveries SET lease_until = {now} + :lease"
     " WHERE entry_id = :e AND claimed_by = :me AND status = 'pending'"
+    " RETURNING address, claim_epoch"
 )
 
 RELEASE = (
@@ -47,6 +56,10 @@ RECORD = (
     " claimed_by = NULL, lease_until = NULL"
     " WHERE entry_id = :e AND address = :address"
 )
+
+# The outcome of a claimed row, only while the row's epoch is the one it was claimed at
+# (the fence): a sender whose claim was taken over meanwhile changes nothing.
+RECORD_FENCED = RECORD + " AND claim_epoch = :epoch"
 
 STATE = "SELECT generation, selected_generation FROM entries WHERE entry_id = :e"
 

@@ -1,6 +1,12 @@
 """The entry's queue as the delivery engine sees it: take recipients, keep them, record
 what happened, ask whether an address was suppressed this very moment.
 
+Claims are fenced: each claim of a row bumps its epoch, and an outcome is recorded only
+where the row's epoch is still the one this process claimed it at. ``Claims`` keeps
+what this process holds and until when its lease is known to hold, so that a sender
+can tell before each message, mostly without a round trip, that the row is still its
+own (see ``Claims``).
+
 On SQLite it is the ledger's own connection, in the event loop (every call is a
 local file operation of microseconds). On PostgreSQL it is an asynchronous connection
 pool (psycopg 3 and psycopg_pool), so a round trip to the server never blocks the loop;
@@ -14,7 +20,8 @@ import datetime as dt
 import os
 import secrets
 import socket
-from collections.abc import Sequence
+import time
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from statusmail.domain import Outcome, Recipient
@@ -28,12 +35,90 @@ from statusmail.ledger.database import (
     describe,
     transient,
 )
-from statusmail.ledger.store import Ledger, claimed, now_iso, record_params
+from statusmail.ledger.store import Fenced, Ledger, claimed, now_iso, record_params
 
 
 def worker_name() -> str:
     """This process, as claims name it: host, pid and a random part (pids repeat)."""
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+# The clock a lease is measured by here. Linux's boot time counts a suspended machine
+# too (the monotonic clock may not); a paused or stopped process sees both run on.
+_CLOCK = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+
+
+def clock() -> float:
+    return time.clock_gettime(_CLOCK)
+
+
+class Claims:
+    """What this process holds of the entry's queue: each row's claim epoch (the fencing
+    token its outcome is recorded with), and until when its lease surely holds.
+
+    A renewal (every third of the lease, in the background) is also the claim's
+    validation: it answers with what this process still holds, and what it holds then
+    stays its own on the server at least until ``lease`` after the renewal was sent,
+    by this host's clock. So before a message a sender looks at that clock alone while
+    the moment is more than ``margin`` away (``fresh``), and renews first (one round
+    trip) when not: when the process stood still (stopped, paused, starved) long enough
+    for another sender to take its rows over. A row found taken is ``lost``: its
+    sender drops it (``drop``) and never records an outcome for it.
+    """
+
+    def __init__(self, lease: float) -> None:
+        self.lease = lease
+        self.margin = lease / 4
+        self.epochs: dict[str, int] = {}  # what this process has in hand, by address
+        self.lost: set[str] = set()  # of those, what another sender has taken over
+        self.until = 0.0  # the lease of what is held surely lasts until then (clock())
+
+    def fresh(self) -> bool:
+        return clock() < self.until - self.margin
+
+    def holds(self, address: str) -> bool:
+        return address in self.epochs and address not in self.lost
+
+    def taken(self, start: float, rows: Iterable[tuple[Recipient, int]]) -> list[Recipient]:
+        """Record a claim sent at ``start``; returns the recipients not already in hand
+        (a row lost and taken back is in hand still, and valid again)."""
+        if not self.epochs.keys() - self.lost:
+            self.until = start + self.lease  # else the older rows' lease ends first
+        new = []
+        for recipient, epoch in rows:
+            if recipient.address not in self.epochs:
+                new.append(recipient)
+            self.epochs[recipient.address] = epoch
+            self.lost.discard(recipient.address)
+        return new
+
+    def snapshot(self) -> dict[str, int]:
+        """What is held now, as a renewal sent now will judge it."""
+        return {a: e for a, e in self.epochs.items() if a not in self.lost}
+
+    def confirmed(self, start: float, before: dict[str, int], held: dict[str, int]) -> int:
+        """A renewal sent at ``start``, when ``before`` was held, answered ``held``;
+        returns how many rows it found lost."""
+        lost = 0
+        for address, epoch in before.items():
+            if self.epochs.get(address) == epoch and held.get(address) != epoch:
+                self.lost.add(address)
+                lost += 1
+        self.until = start + self.lease
+        return lost
+
+    def drop(self, address: str) -> None:
+        self.epochs.pop(address, None)
+        self.lost.discard(address)
+
+    def settle(self, outcomes: Iterable[Outcome]) -> Fenced:
+        """Outcomes about to be recorded, fenced; their rows leave this process's hands
+        now (a renewal answered meanwhile does not count them as lost)."""
+        fenced = {}
+        for outcome in outcomes:
+            fenced[outcome] = self.epochs.pop(outcome.address, None)
+            self.lost.discard(outcome.address)
+        return fenced
 
 
 class DeliveryQueue(Protocol):
@@ -45,7 +130,17 @@ class DeliveryQueue(Protocol):
 
     async def claim(self, generation: int, count: int) -> list[Recipient]: ...
 
-    async def renew(self) -> None: ...
+    def fresh(self) -> bool:
+        """The lease of what this process holds surely lasts beyond a margin from now."""
+
+    def holds(self, address: str) -> bool:
+        """This process held the row at its last claim or renewal."""
+
+    def drop(self, address: str) -> None:
+        """A lost row leaves this process's hands, with no outcome."""
+
+    async def renew(self) -> int:
+        """Renew the lease; returns how many rows were found lost to another sender."""
 
     async def release(self) -> None: ...
 
@@ -64,33 +159,79 @@ class DeliveryQueue(Protocol):
     async def close(self) -> None: ...
 
 
-class LocalQueue:
+class FencedClaims:
+    """Claiming, renewing and recording through fences, the same for both engines; an
+    engine's queue supplies the statements (``_claim``, ``_renew``, ``_record``)."""
+
+    def __init__(self, entry_id: str, *, lease: float, thread: str | None) -> None:
+        self.entry_id = entry_id
+        self.worker = worker_name()
+        self.lease = lease
+        self.thread = thread
+        self.claims = Claims(lease)
+        self._renewing = asyncio.Lock()
+        self._renewals = 0
+
+    async def _claim(self, generation: int, count: int) -> list[tuple[Recipient, int]]:
+        raise NotImplementedError
+
+    async def _renew(self) -> dict[str, int]:
+        raise NotImplementedError
+
+    async def _record(self, outcomes: Fenced) -> None:
+        raise NotImplementedError
+
+    async def claim(self, generation: int, count: int) -> list[Recipient]:
+        start = clock()
+        return self.claims.taken(start, await self._claim(generation, count))
+
+    def fresh(self) -> bool:
+        return self.claims.fresh()
+
+    def holds(self, address: str) -> bool:
+        return self.claims.holds(address)
+
+    def drop(self, address: str) -> None:
+        self.claims.drop(address)
+
+    async def renew(self) -> int:
+        seen = self._renewals
+        async with self._renewing:
+            if self._renewals != seen:
+                return 0  # renewed while this caller waited: that answer stands
+            start, before = clock(), self.claims.snapshot()
+            held = await self._renew()
+            self._renewals += 1
+            return self.claims.confirmed(start, before, held)
+
+    async def record(self, outcomes: Sequence[Outcome]) -> None:
+        await self._record(self.claims.settle(outcomes))
+
+
+class LocalQueue(FencedClaims):
     """The queue of a SQLite ledger, through the run's own ledger connection."""
 
     shared = False
 
     def __init__(self, ledger: Ledger, entry_id: str, *, lease: float, thread: str | None) -> None:
+        super().__init__(entry_id, lease=lease, thread=thread)
         self.ledger = ledger
-        self.entry_id = entry_id
-        self.worker = worker_name()
-        self.lease = lease
-        self.thread = thread
 
     async def state(self) -> tuple[int, int]:
         return self.ledger.queue_state(self.entry_id)
 
-    async def claim(self, generation: int, count: int) -> list[Recipient]:
-        return self.ledger.claim(
+    async def _claim(self, generation: int, count: int) -> list[tuple[Recipient, int]]:
+        return self.ledger.claim_fenced(
             self.entry_id, generation, self.worker, count, self.lease, self.thread
         )
 
-    async def renew(self) -> None:
-        self.ledger.renew(self.entry_id, self.worker, self.lease)
+    async def _renew(self) -> dict[str, int]:
+        return self.ledger.renew(self.entry_id, self.worker, self.lease)
 
     async def release(self) -> None:
         self.ledger.release(self.entry_id, self.worker)
 
-    async def record(self, outcomes: Sequence[Outcome]) -> None:
+    async def _record(self, outcomes: Fenced) -> None:
         self.ledger.record(self.entry_id, outcomes)
 
     async def remaining(self, generation: int) -> int:
@@ -112,18 +253,15 @@ class LocalQueue:
         return None
 
 
-class ServerQueue:
+class ServerQueue(FencedClaims):
     """The queue of a PostgreSQL ledger, shared with every other sender of the entry."""
 
     shared = True
 
     def __init__(self, url: str, entry_id: str, *, lease: float, thread: str | None) -> None:
+        super().__init__(entry_id, lease=lease, thread=thread)
         self.url = url
         self.where = describe(url)
-        self.entry_id = entry_id
-        self.worker = worker_name()
-        self.lease = lease
-        self.thread = thread
         self._dialect = PostgresDialect()
         self._pool: Any = None
         self._limiter_ready = False
@@ -164,7 +302,7 @@ class ServerQueue:
         rows = await self._run(queries.STATE, {"e": self.entry_id})
         return (int(rows[0][0]), int(rows[0][1])) if rows else (0, 0)
 
-    async def claim(self, generation: int, count: int) -> list[Recipient]:
+    async def _claim(self, generation: int, count: int) -> list[tuple[Recipient, int]]:
         params = {"e": self.entry_id, "g": generation, "me": self.worker, "n": count}
         rows = await self._run(queries.CLAIM["postgresql"], params | {"lease": self.lease})
         rows.sort(key=lambda row: int(row[0]))
@@ -175,16 +313,16 @@ class ServerQueue:
             parents = {row[0]: row[1] for row in found if row[1]}
         return [claimed(row, parents) for row in rows]
 
-    async def renew(self) -> None:
-        await self._run(queries.RENEW, {"e": self.entry_id, "me": self.worker, "lease": self.lease})
+    async def _renew(self) -> dict[str, int]:
+        params = {"e": self.entry_id, "me": self.worker, "lease": self.lease}
+        return {str(row[0]): int(row[1]) for row in await self._run(queries.RENEW, params)}
 
     async def release(self) -> None:
         await self._run(queries.RELEASE, {"e": self.entry_id, "me": self.worker})
 
-    async def record(self, outcomes: Sequence[Outcome]) -> None:
-        await self._run(
-            queries.RECORD, {}, many=list(record_params(self.entry_id, outcomes, now_iso()))
-        )
+    async def _record(self, outcomes: Fenced) -> None:
+        rows = list(record_params(self.entry_id, outcomes, now_iso()))
+        await self._run(queries.RECORD_FENCED, {}, many=rows)
 
     async def remaining(self, generation: int) -> int:
         rows = await self._run(queries.REMAINING, {"e": self.entry_id, "g": generation})

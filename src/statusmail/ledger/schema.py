@@ -203,6 +203,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             ("postgresql", "split_part(address, '@', 2)"),
         )
     },
+    # 8: fenced claims. Every claim of a row bumps its epoch, the claim's fencing token:
+    # an outcome is recorded only where the row's epoch is still the one its sender
+    # claimed it at, so a sender that stood still past its lease (paused, stalled) can
+    # neither overwrite nor hand back a row another sender has taken over since.
+    "ALTER TABLE deliveries ADD COLUMN claim_epoch INTEGER NOT NULL DEFAULT 0",
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +64,9 @@ CREATE TEMP TABLE IF NOT EXISTS staged (
 
 P = ParamSpec("P")
 T = TypeVar("T")
+# Outcomes of claimed rows, each with the epoch of its row's claim (None: not held, so
+# recorded nowhere): recorded only where that claim still stands.
+Fenced = Mapping[Outcome, int | None]
 
 
 def now_iso() -> str:
@@ -434,7 +437,6 @@ class Ledger:
         rows = self._q(queries.STATE, e=entry_id)
         return (int(rows[0][0]), int(rows[0][1])) if rows else (0, 0)
 
-    @_guarded("take recipients")
     def claim(
         self,
         entry_id: str,
@@ -444,6 +446,20 @@ class Ledger:
         lease: float,
         thread: str | None = None,
     ) -> list[Recipient]:
+        return [r for r, _ in self.claim_fenced(entry_id, generation, worker, count, lease, thread)]
+
+    @_guarded("take recipients")
+    def claim_fenced(
+        self,
+        entry_id: str,
+        generation: int,
+        worker: str,
+        count: int,
+        lease: float,
+        thread: str | None = None,
+    ) -> list[tuple[Recipient, int]]:
+        """Claimed recipients, each with its claim's epoch: the fencing token its
+        outcome is recorded with."""
         with self.transaction():
             rows = self._q(
                 queries.CLAIM[self.dialect],
@@ -466,9 +482,11 @@ class Ledger:
         return {row[0]: row[1] for row in rows if row[1]}
 
     @_guarded("renew the lease")
-    def renew(self, entry_id: str, worker: str, lease: float) -> None:
+    def renew(self, entry_id: str, worker: str, lease: float) -> dict[str, int]:
+        """Renew what ``worker`` still holds; returns it, each address with its epoch."""
         with self.transaction():
-            self._q(queries.RENEW, e=entry_id, me=worker, lease=lease)
+            rows = self._q(queries.RENEW, e=entry_id, me=worker, lease=lease)
+        return {str(row[0]): int(row[1]) for row in rows}
 
     @_guarded("hand recipients back")
     def release(self, entry_id: str, worker: str | None = None) -> None:
@@ -485,11 +503,14 @@ class Ledger:
                 self._q(queries.RELEASE, e=entry_id, me=worker)
 
     @_guarded("record outcomes")
-    def record(self, entry_id: str, outcomes: Iterable[Outcome]) -> None:
+    def record(self, entry_id: str, outcomes: Iterable[Outcome] | Fenced) -> None:
+        """Record outcomes; fenced ones (each mapped to the epoch its row was claimed
+        at) only where the row's claim is still that one."""
         self.check_same_file()
         stamp = now_iso()
+        sql = queries.RECORD_FENCED if isinstance(outcomes, Mapping) else queries.RECORD
         with self.transaction():
-            self.database.executemany(queries.RECORD, record_params(entry_id, outcomes, stamp))
+            self.database.executemany(sql, record_params(entry_id, outcomes, stamp))
 
     @_guarded("count what is left")
     def remaining(self, entry_id: str, generation: int) -> int:
@@ -942,10 +963,11 @@ def copy_ledger(source: Ledger, target: Ledger) -> dict[str, tuple[int, int]]:
     return counts
 
 
-def claimed(row: tuple[Any, ...], parents: dict[str, str]) -> Recipient:
-    """A claimed row (order, address, email, ascii_email, name, locale, region, attempts)."""
-    seq, address, email, ascii_email, name, locale, region, attempts = row
-    return Recipient(
+def claimed(row: tuple[Any, ...], parents: dict[str, str]) -> tuple[Recipient, int]:
+    """A claimed row (order, address, email, ascii_email, name, locale, region, attempts,
+    epoch) as the recipient and the claim's epoch."""
+    seq, address, email, ascii_email, name, locale, region, attempts, epoch = row
+    recipient = Recipient(
         address,
         email,
         ascii_email,
@@ -956,11 +978,14 @@ def claimed(row: tuple[Any, ...], parents: dict[str, str]) -> Recipient:
         parents.get(address),
         row=int(seq),
     )
+    return recipient, int(epoch)
 
 
 def record_params(
-    entry_id: str, outcomes: Iterable[Outcome], stamp: str
+    entry_id: str, outcomes: Iterable[Outcome] | Fenced, stamp: str
 ) -> Iterator[dict[str, Any]]:
+    """The parameters of RECORD, or of RECORD_FENCED for fenced outcomes."""
+    fenced = outcomes if isinstance(outcomes, Mapping) else None
     # In address order: two writers of overlapping rows then lock them in the same
     # order and cannot deadlock on each other.
     for o in sorted(outcomes, key=lambda o: o.address):
@@ -973,6 +998,7 @@ def record_params(
             "stamp": stamp,
             "e": entry_id,
             "address": o.address,
+            **({} if fenced is None else {"epoch": fenced[o]}),
         }
 
 
