@@ -25,10 +25,12 @@ from smtp_server import RecordingServer
 from statusmail.regions import load_regions
 from statusmail.tokens import (
     FORM_TOKEN_LIFETIME,
+    FORM_TOKEN_SKEW,
     Keyring,
     form_token,
     preferences_token,
     unsubscribe_token,
+    verify_form_token,
 )
 
 UPDATE = "update-2020-04-21"
@@ -418,3 +420,16 @@ def test_one_click_unsubscribe_needs_no_origin_and_no_form_token(served: Served)
         assert status == 200 and "You are unsubscribed" in answer
         rows = query(served.config, "SELECT reason FROM suppressions WHERE address = ?", address)
         assert rows == [("unsubscribed",)]
+
+
+def test_a_form_token_outlives_a_secret_rotation_but_not_its_page_or_time() -> None:
+    """A page shown just before the secret was rotated can still be saved; a token made
+    for a later time than the clock allows, or for another page, cannot."""
+    token = preferences_token(KEYS, ANNA)
+    old = form_token(KEYS, token)
+    rotated = Keyring(b"the next secret, long enough for tokens", previous=(SECRET.encode(),))
+    assert verify_form_token(rotated, old, token)
+    assert not verify_form_token(Keyring(b"the next secret, long enough for tokens"), old, token)
+    assert not verify_form_token(KEYS, old, preferences_token(KEYS, "ivan.smirnov@example.com"))
+    later = dt.datetime.now(dt.UTC) + FORM_TOKEN_SKEW + dt.timedelta(minutes=1)
+    assert not verify_form_token(KEYS, form_token(KEYS, token, now=later), token)
