@@ -433,9 +433,12 @@ def _preferences_endpoint(
             await run_in_threadpool(ledger_locale, ledger_path, address) or asked
         )
 
-        def show(lang: str, choice: Choice, status: int = 200, *, saved: bool = False) -> Response:
-            html = form.render(lang, choice, saved=saved, form_token=form_token(keys, token))
-            return respond(lang, html, status)
+        def show(
+            shown_in: str, choice: Choice, status: int = 200, *, saved: bool = False
+        ) -> Response:
+            """The form, with a form token made now for this page."""
+            html = form.render(shown_in, choice, saved=saved, form_token=form_token(keys, token))
+            return respond(shown_in, html, status)
 
         if request.method != "POST":
             return show(lang, initial_choice(stored, lang, declared))
