@@ -1,9 +1,11 @@
-"""Helpers for the tests of running statusmail for real: scraping /metrics, listening
-as systemd's notify socket, and the services as subprocesses with extra environment."""
+"""Helpers for the tests of running statusmail for real: the system tools they need,
+scraping /metrics, listening as systemd's notify socket, and the services as subprocesses
+with extra environment."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import socket
 import sqlite3
@@ -17,9 +19,27 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import SECRET, clean_environ, command, free_port, http_request, port_open, wait_for
+from conftest import (
+    SECRET,
+    clean_environ,
+    command,
+    free_port,
+    http_request,
+    missing,
+    port_open,
+    wait_for,
+)
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def need(tool: str, install: str) -> str:
+    """The tool's path (sbin included); a skip saying why when it is missing, a failure
+    under CI=true."""
+    found = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin")
+    if found is None:
+        missing(f"{tool} is not installed ({install})")
+    return found
 
 
 def scrape(port: int) -> Samples:

@@ -1,25 +1,36 @@
-"""What ``contrib/`` ships for running statusmail for real (issue 13): the systemd units
-pass ``systemd-analyze verify``, their command lines are ones statusmail accepts, the
-services run under the units' ``MemoryDenyWriteExecute=``, and the nginx example
-proxies the unsubscribe URL of both hosts (and nothing else) with its rate limit."""
+"""What ``contrib/`` ships for running statusmail for real (issues 13 and 20): the systemd
+units pass ``systemd-analyze verify``, their command lines are ones statusmail accepts,
+the services run under the units' ``MemoryDenyWriteExecute=``, and the PostgreSQL
+drop-in verifies with both units, opens serve's address filter to the database, and
+hands libpq a password from a credential. (The nginx example: test_nginx.py.)"""
 
 from __future__ import annotations
 
-import http.client
+import json
 import os
+import secrets
 import shlex
 import shutil
-import ssl
 import subprocess
 import sys
-import time
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from conftest import REPO, SECRET, clean_environ, free_port, http_request, port_open, wait_for
-from delivery_helpers import point_at, suppressed
-from ops_helpers import scrape, serve_process, value
+from conftest import (
+    REPO,
+    SECRET,
+    clean_environ,
+    free_port,
+    http_request,
+    invoke,
+    port_open,
+    server_url,
+    wait_for,
+)
+from delivery_helpers import point_at
+from ops_helpers import need, scrape, value
 from smtp_server import RecordingServer
 from statusmail.tokens import Keyring, unsubscribe_token
 
@@ -28,17 +39,6 @@ UNITS = ("statusmail-watch.service", "statusmail-serve.service")
 INSTALLED = "/srv/statusmail/.venv/bin/statusmail"
 STATUSMAIL = Path(sys.executable).with_name("statusmail")
 ON_CI = os.environ.get("CI") == "true"
-
-
-def need(tool: str, install: str) -> str:
-    """The tool's path; a skip saying why when it is missing, a failure on CI."""
-    found = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin")
-    if found is None:
-        message = f"{tool} is not installed ({install})"
-        if ON_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
 
 
 def unit_settings(name: str) -> dict[str, list[str]]:
@@ -50,23 +50,32 @@ def unit_settings(name: str) -> dict[str, list[str]]:
     return settings
 
 
-@pytest.mark.parametrize("name", UNITS)
-def test_unit_passes_systemd_analyze_verify(name: str, tmp_path: Path) -> None:
-    analyze = need("systemd-analyze", "apt-get install systemd")
+def installed_unit(name: str, folder: Path) -> Path:
+    """The shipped unit in ``folder``, its ExecStart pointing at this installation
+    (verify checks that the program exists)."""
     text = (CONTRIB / name).read_text(encoding="utf-8")
     assert INSTALLED in text
-    # verify checks that ExecStart's program exists: point it at this installation
-    unit = tmp_path / name
+    unit = folder / name
     unit.write_text(text.replace(INSTALLED, str(STATUSMAIL)), encoding="utf-8")
+    return unit
+
+
+def verify(unit: Path) -> str:
+    """``systemd-analyze verify`` of the unit (and its drop-ins beside it): its output,
+    which must be empty of warnings (an unknown key, say, exits 0 too)."""
+    analyze = need("systemd-analyze", "apt-get install systemd")
     result = subprocess.run(
-        [analyze, "verify", "--man=no", str(unit)],
-        capture_output=True,
-        text=True,
-        timeout=60,
+        [analyze, "verify", "--man=no", str(unit)], capture_output=True, text=True, timeout=60
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
-    assert name not in output, output  # warnings (an unknown key, say) exit 0 too
+    assert str(unit.parent) not in output, output
+    return output
+
+
+@pytest.mark.parametrize("name", UNITS)
+def test_unit_passes_systemd_analyze_verify(name: str, tmp_path: Path) -> None:
+    verify(installed_unit(name, tmp_path))
 
 
 @pytest.mark.parametrize("name", UNITS)
@@ -100,6 +109,95 @@ def test_unit_runs_statusmail_hardened_with_credentials_and_a_watchdog(name: str
 def test_watch_unit_loads_the_smtp_password_too() -> None:
     credentials = [c.split(":")[0] for c in unit_settings(UNITS[0])["LoadCredential"]]
     assert "STATUSMAIL_SMTP_PASSWORD" in credentials
+
+
+# -- the PostgreSQL drop-in ------------------------------------------------------------
+
+DROP_IN = "statusmail-postgresql.conf"
+
+
+def with_drop_in(name: str, folder: Path) -> Path:
+    """The unit in ``folder`` with the shipped drop-in where systemd looks for it."""
+    unit = installed_unit(name, folder)
+    drop_ins = folder / f"{name}.d"
+    drop_ins.mkdir()
+    shutil.copy(CONTRIB / DROP_IN, drop_ins / "postgresql.conf")
+    return unit
+
+
+def address_filter(unit: Path) -> str:
+    """What ``systemd-analyze security`` says of the unit's IPAddressDeny=/Allow=."""
+    analyze = need("systemd-analyze", "apt-get install systemd")
+    result = subprocess.run(
+        [analyze, "security", "--offline=yes", "--json=short", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    checks = json.loads(result.stdout)
+    return str(next(c["description"] for c in checks if c["name"] == "IPAddressDeny="))
+
+
+@pytest.mark.parametrize("name", UNITS)
+def test_the_postgresql_drop_in_verifies_with_each_unit(name: str, tmp_path: Path) -> None:
+    # no warning: every key known, every specifier (%d, the credentials) resolved
+    verify(with_drop_in(name, tmp_path))
+
+
+def test_the_drop_in_opens_serve_to_the_database_host_only(tmp_path: Path) -> None:
+    plain = address_filter(installed_unit(UNITS[1], tmp_path))
+    (tmp_path / "with").mkdir()
+    opened = address_filter(with_drop_in(UNITS[1], tmp_path / "with"))
+    assert "non-localhost" not in plain and "non-localhost" in opened, (plain, opened)
+    settings = unit_settings(DROP_IN)
+    assert [a for a in settings["IPAddressAllow"] if a not in ("localhost", "any")]
+    assert "IPAddressDeny" not in settings  # serve's own deny-all stays
+    # the password comes as a credential, never in the environment
+    assert "password" not in " ".join(settings["Environment"]).lower()
+    assert settings["LoadCredential"]
+
+
+def test_libpq_reads_the_password_from_the_credential(
+    project: Path, postgres: str, tmp_path: Path
+) -> None:
+    """The drop-in's environment, with its credential as systemd lays it out: mode 0440
+    where systemd shares it with the service user through an ACL (libpq would ignore a
+    password file like that, not a service file). The server trusts loopback, so the
+    password itself is checked on libpq's side; the service file's search_path shows
+    that statusmail's connections read it."""
+    import psycopg
+
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    name, _, _ = unit_settings(DROP_IN)["LoadCredential"][0].partition(":")
+    schema = parse_qs(urlsplit(postgres).query)["options"][0].split("=", 1)[1]
+    password = secrets.token_urlsafe(16)
+    env = {"CREDENTIALS_DIRECTORY": str(credentials), "STATUSMAIL_LEDGER": server_url()}
+    for line in unit_settings(DROP_IN)["Environment"]:
+        for assignment in shlex.split(line):
+            key, _, value = assignment.partition("=")
+            if key != "STATUSMAIL_LEDGER":  # the test's server instead of the example's
+                env[key] = value.replace("%d", str(credentials))
+    service = Path(env["PGSERVICEFILE"])
+    assert service.parent == credentials and service.name == name
+    service.write_text(
+        f"[{env['PGSERVICE']}]\npassword={password}\noptions=-csearch_path={schema}\n",
+        encoding="utf-8",
+    )
+    service.chmod(0o440)
+
+    result = invoke(project, "ledger", "migrate", env=env)
+    assert result.exit_code == 0, result.output
+    with psycopg.connect(postgres, autocommit=True) as conn:
+        tables = conn.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = %s", (schema,)
+        ).fetchone()
+    assert tables is not None and tables[0] > 0
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        with psycopg.connect(server_url(), autocommit=True) as conn:
+            assert conn.info.password == password
 
 
 # -- MemoryDenyWriteExecute=: the same refusal, from the kernel (PR_SET_MDWE) ------------
@@ -167,116 +265,3 @@ def test_watch_and_serve_work_where_memory_may_not_become_executable(project: Pa
         process.terminate()
         _, stderr = process.communicate(timeout=10)
     assert process.returncode == 0, stderr
-
-
-# -- the nginx example ---------------------------------------------------------------
-
-HOSTS = ("www.startmail.example", "startmail-mirror.example")
-
-
-def nginx_config(tmp: Path, serve_port: int, https_port: int, cert: Path, key: Path) -> Path:
-    """contrib/nginx-statusmail.conf with this test's ports, certificate and log, in a
-    minimal nginx.conf; every replaced line must be there, as shipped."""
-    text = (CONTRIB / "nginx-statusmail.conf").read_text(encoding="utf-8")
-    for old, new in {
-        "server 127.0.0.1:8080;": f"server 127.0.0.1:{serve_port};",
-        "listen 443 ssl;": f"listen 127.0.0.1:{https_port} ssl;",
-        "listen [::]:443 ssl;": "",
-        "/etc/ssl/startmail/fullchain.pem": str(cert),
-        "/etc/ssl/startmail/privkey.pem": str(key),
-        "/var/log/nginx/statusmail-unsubscribe.log": str(tmp / "access.log"),
-    }.items():
-        assert old in text, old
-        text = text.replace(old, new)
-    (tmp / "unsubscribe.conf").write_text(text, encoding="utf-8")
-    temp = " ".join(
-        f"{kind}_temp_path {tmp / kind};"
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    main = tmp / "nginx.conf"
-    main.write_text(
-        f"daemon off; master_process off; pid {tmp / 'nginx.pid'};\n"
-        f"error_log {tmp / 'error.log'} warn;\n"
-        "events { worker_connections 256; }\n"
-        f"http {{ {temp} access_log off; include {tmp / 'unsubscribe.conf'}; }}\n",
-        encoding="utf-8",
-    )
-    return main
-
-
-def https(
-    port: int, context: ssl.SSLContext, host: str, method: str, path: str, body: bytes | None = None
-) -> int:
-    conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
-    headers = {"Host": host, "Content-Type": "application/x-www-form-urlencoded"}
-    try:
-        conn.request(method, path, body, headers)
-        response = conn.getresponse()
-        response.read()
-        return response.status
-    finally:
-        conn.close()
-
-
-@pytest.mark.timeout(90)
-def test_nginx_example_forwards_the_unsubscribe_url_of_both_hosts_with_a_rate_limit(
-    project: Path, tmp_path: Path
-) -> None:
-    nginx = need("nginx", "apt-get install nginx")
-    import trustme
-
-    ca = trustme.CA()
-    issued = ca.issue_cert(*HOSTS, "127.0.0.1")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    issued.cert_chain_pems[0].write_to_path(str(cert))
-    issued.private_key_pem.write_to_path(str(key))
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    keys = Keyring(SECRET.encode())
-    one_click = b"List-Unsubscribe=One-Click"
-
-    with serve_process(project) as (serve_port, _serve):
-        https_port = free_port()
-        config = nginx_config(tmp_path, serve_port, https_port, cert, key)
-        checked = subprocess.run(
-            [nginx, "-t", "-c", str(config), "-p", str(tmp_path), "-e", str(tmp_path / "e.log")],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        assert checked.returncode == 0, checked.stderr
-        proxy = subprocess.Popen(
-            [nginx, "-c", str(config), "-p", str(tmp_path), "-e", str(tmp_path / "e.log")],
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            wait_for(lambda: port_open(https_port) or proxy.poll() is not None, what="nginx")
-            assert proxy.poll() is None, proxy.communicate()[1]
-            tokens = {host: unsubscribe_token(keys, f"reader@{host}") for host in HOSTS}
-            for host, token in tokens.items():  # the main site and the mirror
-                path = f"/status/unsubscribe/{token}"
-                assert https(https_port, context, host, "POST", path, one_click) == 200
-            assert set(suppressed(project)) == {f"reader@{host}" for host in HOSTS}
-            for path in ("/metrics", "/healthz", "/readyz", "/"):  # loopback only
-                assert https(https_port, context, HOSTS[0], "GET", path) == 404
-            big = f"/status/unsubscribe/{tokens[HOSTS[0]]}"
-            assert https(https_port, context, HOSTS[0], "POST", big, b"x" * 5000) == 413
-
-            page = f"/status/unsubscribe/{tokens[HOSTS[1]]}"
-            started = time.monotonic()
-            answers = [https(https_port, context, HOSTS[1], "GET", page) for _ in range(60)]
-            elapsed = time.monotonic() - started
-            assert set(answers) == {200, 429}
-            # a burst of 30 on top of 1 a second, some of it spent above already
-            assert answers.count(200) <= 31 + int(elapsed) + 1
-            assert answers[-1] == 429
-        finally:
-            proxy.terminate()
-            proxy.communicate(timeout=10)
-        counted = scrape(serve_port)
-    assert value(counted, "statusmail_unsubscribe_requests_total", outcome="done") == 2
-    log = (tmp_path / "access.log").read_text(encoding="utf-8")
-    assert log.count("\n") >= 60 and "429" in log
-    assert not any(token in log for token in tokens.values())
-    assert "/status/unsubscribe" not in log
