@@ -453,7 +453,8 @@ def dsn_failures(msg: Message) -> tuple[Failure, ...] | None:
 
 _DAEMON_FROM = re.compile(
     r"daemon|postmaster|mail delivery|mail administrator|mail system|mailer|"
-    r"почтов\w* (?:служб|систем)",
+    r"system administrator|microsoftexchange|microsoft outlook|"
+    r"почтов\w* (?:служб|систем)|системн\w* администратор",
     re.IGNORECASE,
 )
 _BOUNCE_SUBJECT = re.compile(
@@ -518,6 +519,71 @@ def other_failures(msg: Message) -> tuple[Failure, ...]:
     return tuple(failures)
 
 
+# Non-delivery reports of Exchange (the Internet Mail Connector of Exchange 4.0 and 5.x,
+# 2007 and later, Office 365, localized in Russian) and Yahoo's "Failure Notice", when
+# they come without a delivery-status part: the sentence that opens the list of
+# recipients, and where each recipient is named in it.
+_NDR_START = re.compile(
+    r"delivery has failed to these recipients|your message to \S+ couldn't be delivered|"
+    r"did not reach (?:some or all of )?the (?:intended|following) recipient|"
+    r"following recipients? ?(?:\(s\) )?(?:did not receive|could not be reached)|"
+    r"unable to deliver (?:your|the) message to the following|"
+    r"не удалось доставить (?:это )?сообщение|доставка не выполнена|"
+    r"сообщение не (?:было )?доставлено следующим",
+    re.IGNORECASE,
+)
+_NDR_END = re.compile(
+    r"^\s*(?:original message headers|исходные заголовки|--- ?below this line|"
+    r"--- ?original message|(?:received|return-path|message-id|dkim-signature):)",
+    re.IGNORECASE,
+)
+_ADDR = r"[^\s@<>'\"(),;:]+@[^\s@<>'\"(),;:]+\.[^\s@<>'\"(),;:]+"
+_NDR_RECIPIENT = re.compile(
+    rf"^\s*['\"<]?(?P<alone>{_ADDR}?)['\">]?:?(?:\s+on\s.*)?\s*$"
+    rf"|your message to (?P<to>{_ADDR}?) couldn't be delivered"
+    rf"|recipient address:\s*(?P<field>{_ADDR})",
+    re.IGNORECASE,
+)
+
+
+def ndr_failures(msg: Message) -> tuple[Failure, ...]:
+    """The recipients an Exchange, Office 365 or Yahoo non-delivery report names in its
+    text, each with the code and the line that says why."""
+    text = body_text(msg)
+    start = _NDR_START.search(text)
+    if start is None:
+        return ()
+    lines: list[str] = []
+    for line in text[start.start() :].splitlines():
+        if _NDR_END.match(line):
+            break
+        lines.append(line.strip())
+    named: dict[str, list[int]] = {}
+    for index, line in enumerate(lines):
+        found = _NDR_RECIPIENT.search(line)
+        address = found and (found.group("alone") or found.group("to") or found.group("field"))
+        if address:
+            named.setdefault(address.rstrip(".").lower(), []).append(index)
+    when = _parse_date(header(msg, "Date"))
+    whole = "\n".join(lines)
+    failures: list[Failure] = []
+    for address, places in named.items():
+        windows = [lines[i : i + 4] for i in places]
+        said = next(
+            (x for w in windows for x in w[1:] if _STATUS.search(x) or _REPLY.search(x)), None
+        )
+        code = status_code(said) if said else status_code(whole)
+        if said is None and code is not None:  # said once for all, as Office 365 does
+            said = max((x for x in lines if code in x), key=len)
+        near = " ".join(x for w in windows for x in w[1:])
+        said = said or near or header(msg, "Subject")
+        hard = (code or "5").startswith("5")
+        failures.append(
+            Failure(address, hard, code, _one_line(said), when, cause_of(code, f"{said} {near}"))
+        )
+    return tuple(failures)
+
+
 # -- complaints --------------------------------------------------------------------------
 
 
@@ -538,6 +604,22 @@ def arf_report(msg: Message) -> tuple[str, str | None, list[str]] | None:
     kind = (fields.get("Feedback-Type") or "").lower().strip()
     reporter = fields.get("User-Agent") or _address(fields.get("Reporting-MTA") or "")
     return kind, reporter or None, recipients
+
+
+# Microsoft's Junk Mail Reporting Program (Outlook.com, Hotmail) sends the reported message
+# attached to a message of its own, not as ARF; the recipient is in a header it adds.
+_JMRP_SENDERS = frozenset({"staff@hotmail.com", "staff@outlook.com"})
+JMRP_REPORTER = "Microsoft JMRP"
+
+
+def jmrp_recipients(msg: Message) -> list[str] | None:
+    """The recipients a Microsoft JMRP complaint names, else None when it is not one."""
+    sender = email.utils.parseaddr(header(msg, "From"))[1].lower()
+    originals = [o for o in _embedded(msg) if o.get_content_type() != "text/rfc822-headers"]
+    if sender not in _JMRP_SENDERS or not originals:
+        return None
+    named = [header(o, "X-HmXmrOriginalRecipient") for o in [msg, *originals]]
+    return [a for _, a in email.utils.getaddresses([n for n in named if n]) if a]
 
 
 # -- auto-replies -------------------------------------------------------------------------
@@ -575,6 +657,88 @@ def auto_reply_reason(msg: Message) -> str | None:
     if _AUTO_BODY.search(body_text(msg)[:4000]):
         return "an out-of-office text"
     return None
+
+
+# -- forwarded by a person ------------------------------------------------------------------
+
+_FORWARD_SUBJECT = re.compile(
+    r"^\s*(?:(?:fwd?|tr|wg|rv|пересл\w*|переслано)\s*(?:\[\d+\])?\s*:)", re.IGNORECASE
+)
+_REPLY_SUBJECT = re.compile(r"^\s*(?:re|aw|sv|ответ|отв)\s*(?:\[\d+\])?\s*:", re.IGNORECASE)
+_FORWARD_MARKER = re.compile(
+    r"-{2,}\s*(?:forwarded message|original message|пересылаемое сообщение|"
+    r"исходное сообщение|перенаправленное сообщение|пересланное сообщение)\s*-{2,}|"
+    r"^\s*begin forwarded message:|^\s*_{20,}\s*$",
+    re.IGNORECASE | re.MULTILINE,
+)
+# where quoting begins: "> ", "On … wrote:", "21.04.2020, 15:04, "…" <…>:" ("пишет:")
+_QUOTE_START = re.compile(r"^\s*>|^.{0,200}(?:wrote|пишет|написал\w*):\s*$", re.MULTILINE)
+_SIGNATURE = re.compile(r"^-- ?$", re.MULTILINE)
+_WORD = re.compile(r"[^\W\d_]{2,}")
+
+
+def _from_a_person(msg: Message) -> bool:
+    """Whether ``msg`` was written by a person, not generated by a mail system: a sender
+    with an address that is no daemon's, no null return path, nothing automatic."""
+    if msg.get_content_type() == "multipart/report" or msg.get("X-Failed-Recipients"):
+        return False
+    if header(msg, "Return-Path").replace(" ", "") == "<>":
+        return False
+    submitted = header(msg, "Auto-Submitted").split(";", 1)[0].strip().lower()
+    if submitted and submitted != "no":
+        return False
+    sender = header(msg, "From")
+    return bool(email.utils.parseaddr(sender)[1]) and not _DAEMON_FROM.search(sender)
+
+
+def forwarded(msg: Message) -> tuple[str, str] | None:
+    """(the person's own words, what they forwarded or quoted) when a person forwarded
+    something with words of their own above it; None otherwise."""
+    if not _from_a_person(msg):
+        return None
+    subject = header(msg, "Subject")
+    attached = any(
+        part.get_content_type() in ("message/rfc822", "message/global") for part in _top(msg)
+    )
+    text = body_text(msg)
+    marker = _FORWARD_MARKER.search(text)
+    shaped = attached or marker or _FORWARD_SUBJECT.match(subject)
+    if not (shaped or _REPLY_SUBJECT.match(subject)):
+        return None
+    cut = min(
+        (m.start() for m in (marker, _QUOTE_START.search(text)) if m is not None),
+        default=len(text),
+    )
+    own = text[:cut]
+    signature = _SIGNATURE.search(own)
+    own = own[: signature.start()] if signature else own
+    if not _WORD.search(own):
+        return None
+    rest = text[cut:] + "\n".join(_headers_text(o) for o in _embedded(msg))
+    return own.strip(), rest
+
+
+def _top(msg: Message) -> list[Message]:
+    """The parts of ``msg`` itself, not those inside a message it carries."""
+    found: list[Message] = []
+    pending = [msg]
+    while pending:
+        part = pending.pop()
+        found.append(part)
+        payload = part.get_payload()
+        if part.is_multipart() and isinstance(payload, list):
+            pending += [p for p in payload if isinstance(p, Message)]
+    return found
+
+
+def _looks_like_a_report(text: str) -> bool:
+    """Whether forwarded or quoted text is (the text of) a bounce or a complaint."""
+    return bool(
+        _BOUNCE_SUBJECT.search(text)
+        or _NDR_START.search(text)
+        or re.search(r"^from:.*(?:daemon|postmaster|mail delivery)", text, re.I | re.M)
+        or re.search(r"feedback-type:|report-type=(?:delivery-status|feedback-report)", text, re.I)
+    )
 
 
 # -- mailto unsubscribes -----------------------------------------------------------------
@@ -653,37 +817,76 @@ def parse(data: bytes) -> Message:
     return email.message_from_bytes(data, policy=email.policy.compat32)
 
 
+def unread_failure(msg: Message) -> Failure:
+    """A message that is no report statusmail reads, as a failure of nobody in particular:
+    what its text says (its first status code, the line holding it, the cause). Hard only
+    when a permanent code comes with a bad or disabled mailbox; else soft."""
+    text = body_text(msg)
+    head = _NDR_END.search(text) or re.search(r"^(?:received|return-path):", text, re.I | re.M)
+    text = text[: head.start()] if head else text
+    subject = header(msg, "Subject")
+    code = status_code(text)
+    lines = text.splitlines()
+    at = next((i for i, x in enumerate(lines) if code and code in x), None)
+    if at is None:
+        said, context = subject, f"{subject}\n{text[:4000]}"
+    else:
+        window = [x.strip() for x in lines[at : at + 4]]
+        said, context = window[0], " ".join(window)
+    cause = cause_of(code, context)
+    hard = bool(code and code.startswith("5") and cause.suppresses_at_once)
+    return Failure(
+        None, hard, code, _one_line(said or subject), _parse_date(header(msg, "Date")), cause
+    )
+
+
 def classify(data: bytes, return_path: ReturnPath | None = None) -> Classified:
     """What the message ``data`` is, and the clues to whom it is about."""
     msg = parse(data)
     source = source_id(msg, data)
     date = _parse_date(header(msg, "Date"))
+    person = forwarded(msg)
 
     def done(verdict: Verdict, why: str) -> Classified:
         return Classified(verdict, why, source, date, clues=clues(msg, return_path, verdict))
 
-    report = arf_report(msg)
-    if report is not None:
-        kind, reporter, named = report
-        if kind != "abuse":  # not-spam, auth-failure, …: for a person to read
+    def report(verdict: Verdict, why: str) -> Classified:
+        """A report, unless a person forwarded it to ask about it: then it is theirs."""
+        if person is not None:
+            return done(Verdict.FORWARDED, f"a person forwarded {why}, with words of their own")
+        return done(verdict, why)
+
+    arf = arf_report(msg)
+    if arf is not None:
+        kind, reporter, named = arf
+        if kind == "abuse":
+            verdict, why = Verdict.COMPLAINT, "an ARF abuse report"
+        elif kind in ("opt-out", "opt-out-list"):
+            verdict, why = Verdict.UNSUBSCRIBE, f"an ARF {kind} report"
+        else:  # not-spam, auth-failure, …: for a person to read
             return done(Verdict.OTHER, f"an ARF report of type {kind or 'unknown'!r}")
-        result = done(Verdict.COMPLAINT, "an ARF abuse report")
-        addresses = tuple(dict.fromkeys(named + list(result.clues.addresses)))
-        return replace(
-            result,
-            feedback_type=kind,
-            reporter=reporter,
-            clues=replace(result.clues, addresses=addresses),
-        )
+        return _naming(report(verdict, why), named, kind, reporter)
+    jmrp = jmrp_recipients(msg)
+    if jmrp is not None:
+        found = done(Verdict.COMPLAINT, "a Microsoft JMRP complaint")
+        return _naming(found, jmrp, "abuse", JMRP_REPORTER)
+
+    def bounce(failures: tuple[Failure, ...], why: str) -> Classified:
+        found = report(Verdict.BOUNCE, why)
+        return replace(found, failures=failures) if found.verdict is Verdict.BOUNCE else found
+
     failures = dsn_failures(msg)
     if failures:
-        return replace(
-            done(Verdict.BOUNCE, "an RFC 3464 delivery status notification"), failures=failures
-        )
-    if failures is not None or from_a_mail_system(msg):  # a report too broken to read
-        failures = other_failures(msg)
-        if failures:
-            return replace(done(Verdict.BOUNCE, "a bounce flufl.bounce read"), failures=failures)
+        return bounce(failures, "an RFC 3464 delivery status notification")
+    is_dsn = failures is not None
+    if is_dsn or from_a_mail_system(msg):  # a report too broken to read, or an older format
+        for read, why in (
+            (other_failures, "a bounce flufl.bounce read"),
+            (ndr_failures, "a non-delivery report"),
+        ):
+            failures = read(msg)
+            if failures:
+                return bounce(failures, why)
     tokens = unsubscribe_tokens(msg)
     if tokens:
         result = done(Verdict.UNSUBSCRIBE, "a mailto unsubscribe")
@@ -691,6 +894,22 @@ def classify(data: bytes, return_path: ReturnPath | None = None) -> Classified:
     reason = auto_reply_reason(msg)
     if reason:
         return done(Verdict.AUTO_REPLY, f"an auto-reply ({reason})")
-    if failures is not None:
+    if is_dsn:
         return done(Verdict.OTHER, "a delivery status notification without a failure")
-    return done(Verdict.OTHER, "not a report statusmail reads")
+    if person is not None and _looks_like_a_report(person[1]):
+        return done(Verdict.FORWARDED, "a person forwarded a report, with words of their own")
+    result = done(Verdict.OTHER, "not a report statusmail reads")
+    return replace(result, failures=(unread_failure(msg),))
+
+
+def _naming(found: Classified, named: list[str], kind: str, reporter: str | None) -> Classified:
+    """A feedback report with every recipient it names among its clues."""
+    if found.verdict is Verdict.FORWARDED:
+        return found
+    addresses = tuple(dict.fromkeys(named + list(found.clues.addresses)))
+    return replace(
+        found,
+        feedback_type=kind,
+        reporter=reporter,
+        clues=replace(found.clues, addresses=addresses),
+    )
