@@ -4,18 +4,27 @@
   report-type=delivery-status``), read per recipient (``Action: failed`` with a 5.x.x
   status is hard; 4.x.x or ``delayed`` is soft); else, for a message from a mail system,
   whatever GNU Mailman's detectors (``flufl.bounce``) find in the older formats (Exim,
-  Exchange, qmail, Yahoo, Mail.ru, texts in Russian…);
-- a **complaint**: an ARF report (RFC 5965) with ``Feedback-Type: abuse``;
-- a **mailto unsubscribe**: ``unsubscribe <token>`` as the subject (as ``List-Unsubscribe``
-  advertises it) or as a line of the body;
+  Exchange, qmail, Yahoo, Mail.ru, texts in Russian…), then the non-delivery reports of
+  Exchange, Office 365 (also localized in Russian) and Yahoo that carry no
+  delivery-status part. A report wins over the auto-reply headers it carries;
+- a **complaint**: an ARF report (RFC 5965) with ``Feedback-Type: abuse``, or a Microsoft
+  JMRP complaint (the reported message attached to a message from staff@hotmail.com);
+- an **unsubscribe**: ``unsubscribe <token>`` as the subject (as ``List-Unsubscribe``'s
+  mailto advertises it) or as a line of the body, or an ARF ``opt-out`` report;
 - an **auto-reply** (``Auto-Submitted`` other than ``no``, ``X-Autoreply``,
   ``Precedence: auto_reply``, vacation and out-of-office texts in English and Russian):
   never a bounce;
-- anything else.
+- **forwarded**: a report a person forwarded (or quoted in a reply) with words of their
+  own above it: for a person to read, never acted on;
+- anything else, with one failure of nobody in particular: what its text says, hard only
+  when it reads as a permanent failure of a bad or disabled mailbox (``unread_failure``).
 
-The classifier only reads. It also gathers the *clues* that say whom a report is about
-(the return-path token, the original Message-ID, the unsubscribe token, the addresses it
-names); ``feedback`` checks them against the keys and the ledger.
+Each failure carries its *cause* (``cause_of``: a bad or disabled mailbox, a full one, a
+message too large, a policy or authentication rejection, the network, an expiry), read
+from the status code and the diagnostic text. The classifier only reads. It also gathers
+the *clues* that say whom a report is about (the return-path token, the original
+Message-ID, the unsubscribe token, the addresses it names); ``feedback`` checks them
+against the keys and the ledger.
 """
 
 from __future__ import annotations
@@ -898,8 +907,8 @@ def classify(data: bytes, return_path: ReturnPath | None = None) -> Classified:
         return done(Verdict.OTHER, "a delivery status notification without a failure")
     if person is not None and _looks_like_a_report(person[1]):
         return done(Verdict.FORWARDED, "a person forwarded a report, with words of their own")
-    result = done(Verdict.OTHER, "not a report statusmail reads")
-    return replace(result, failures=(unread_failure(msg),))
+    why = "a message a person wrote" if _from_a_person(msg) else "not a report statusmail reads"
+    return replace(done(Verdict.OTHER, why), failures=(unread_failure(msg),))
 
 
 def _naming(found: Classified, named: list[str], kind: str, reporter: str | None) -> Classified:
