@@ -101,7 +101,7 @@ class Proxy:
         """One request through nginx to ``host`` (on ``conn`` if given, kept open)."""
         if path.startswith(("/status/unsubscribe/", "/status/preferences/")):
             self.tokens.add(path.split("/")[3])
-        self.tokens.discard("")
+            self.tokens.discard("")  # the bare prefix
         own = conn is None
         conn = conn or self.connection()
         try:
