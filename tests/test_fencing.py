@@ -1,0 +1,158 @@
+"""Fenced claims: an outcome counts only while its row's claim is still its sender's, and
+a sender stopped past its lease sends nothing of what another sender took over meanwhile
+(the queue on both engines; the stopped sender on the real PostgreSQL server)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+from aiosmtpd.smtp import Envelope as SmtpEnvelope
+
+from conftest import SECRET_ENV, invoke, wait_for
+from postgres_helpers import ENTRY, SAMPLE, configure, query, recipient_of, senders
+from smtp_server import RecordingServer
+from statusmail.config import is_url
+from statusmail.domain import DeliveryStatus, Outcome, Recipient
+from statusmail.ledger import Ledger, LocalQueue, ServerQueue, StagedRow
+
+
+def recipient(i: int) -> Recipient:
+    address = f"r{i:03d}@example.org"
+    return Recipient(address, address, address, f"R {i}", "en", "NL")
+
+
+def test_a_claim_taken_over_is_fenced(ledger_target: str | Path) -> None:
+    """The first sender's lease runs out and a second one takes two of its four rows:
+    the first one's renewal tells it so, it claims none of them back, and its outcomes
+    count only for the rows still its own; the second one's count for its own."""
+    with Ledger(ledger_target) as ledger:
+        generation = ledger.begin_selection(ENTRY, "digest")
+        ledger.reset_staging()
+        ledger.stage(StagedRow.selected(recipient(i)) for i in range(4))
+        ledger.enqueue(ENTRY, generation)
+        ledger.finish_selection(ENTRY, generation, 4, skip_removed=True)
+        first = (
+            ServerQueue(str(ledger_target), ENTRY, lease=60, thread=None)
+            if is_url(ledger_target)
+            else LocalQueue(ledger, ENTRY, lease=60, thread=None)
+        )
+
+        async def scenario() -> list[tuple[Recipient, int]]:
+            try:
+                held = await first.claim(generation, 4)
+                assert [r.address for r in held] == [recipient(i).address for i in range(4)]
+                assert all(first.holds(r.address) for r in held)
+                # Its lease runs out on the server (the process stood still) ...
+                ledger.renew(ENTRY, first.worker, lease=-1)
+                taken = ledger.claim_fenced(ENTRY, generation, "second", 2, lease=60)
+                assert [r.address for r, _ in taken] == [r.address for r in held[:2]]
+                # ... and its renewal tells it what it lost.
+                assert await first.renew() == 2
+                assert [first.holds(r.address) for r in held] == [False, False, True, True]
+                # Its own rows past their lease are still in its hands: never taken again.
+                ledger.renew(ENTRY, first.worker, lease=-1)
+                assert await first.claim(generation, 4) == []
+                await first.record(
+                    [Outcome(r.address, DeliveryStatus.SENT, 1, 250, None, "<1@x>") for r in held]
+                )
+                return taken
+            finally:
+                await first.close()
+
+        taken = asyncio.run(scenario())
+        rows = {
+            address: (status, claimed_by)
+            for address, status, claimed_by in ledger.database.execute(
+                "SELECT address, status, claimed_by FROM deliveries"
+            )
+        }
+        assert rows == {
+            recipient(0).address: ("pending", "second"),
+            recipient(1).address: ("pending", "second"),
+            recipient(2).address: ("sent", None),
+            recipient(3).address: ("sent", None),
+        }
+        # the second sender's outcomes, fenced by its own epochs, do count
+        ledger.record(
+            ENTRY,
+            {Outcome(r.address, DeliveryStatus.SENT, 1, 250, None, "<2@x>"): e for r, e in taken},
+        )
+        assert ledger.counts(ENTRY)["sent"] == 4
+
+
+def process_state(pid: int) -> str:
+    """The state letter of /proc/PID/stat (T: stopped)."""
+    stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+    return stat.rpartition(")")[2].split()[0]
+
+
+def test_a_sender_stopped_past_its_lease_sends_nothing_another_took_over(
+    project: Path, postgres: str
+) -> None:
+    """The first sender stops (SIGSTOP) right after the end of DATA of its third message,
+    holding the rest of its claim, and stays stopped while a second sender takes those
+    recipients over (once the lease ran out) and finishes the entry. Resumed (SIGCONT),
+    the first one finds its claim lost and sends nothing more."""
+    pids: list[int] = []  # the first sender's, as soon as it is started
+    stopped = threading.Event()
+
+    def stop_the_first(n: int, envelope: SmtpEnvelope) -> None:
+        # In the relay, before its reply to the end of DATA: the first sender is alone
+        # until it stops. Its selection must be complete (else the second one waits for
+        # it), which it is by the third message on a list this small.
+        if n >= 3 and not stopped.is_set():
+            done = query(
+                postgres,
+                "SELECT generation = selected_generation FROM entries WHERE entry_id = %s",
+                ENTRY,
+            )
+            if done == [(True,)]:
+                os.kill(pids[0], signal.SIGSTOP)
+                stopped.set()
+
+    with RecordingServer(data_reply=stop_the_first) as relay:
+        addresses = configure(project, relay.port, 20, concurrency=1, lease=1)
+        on_postgres = {"STATUSMAIL_LEDGER": postgres}
+        (first,) = senders(project, postgres, 1, "send", ENTRY, "--yes")
+        pids.append(first.pid)
+        try:
+            wait_for(
+                lambda: stopped.is_set() and process_state(first.pid) == "T",
+                what="the first sender to stop",
+            )
+            held = query(
+                postgres,
+                "SELECT COUNT(*) FROM deliveries WHERE status = 'pending'"
+                " AND claimed_by IS NOT NULL",
+            )[0][0]
+            assert held > 0  # the rest of its claim, in its hands when it stopped
+            # The second sender runs in this process: its being a process is not the point.
+            second = invoke(project, "send", ENTRY, "--yes", env={**SECRET_ENV, **on_postgres})
+            assert second.exit_code == 0, second.stderr
+            resumed = time.monotonic()
+            first.send_signal(signal.SIGCONT)
+            _, stderr = first.communicate(timeout=30)
+        finally:
+            if first.poll() is None:
+                first.kill()
+                first.communicate()
+        messages = relay.messages
+    assert first.returncode == 0, stderr
+    assert [recipient_of(m) for m in messages if m.at > resumed] == []  # nothing after SIGCONT
+    lost = [line for line in stderr.splitlines() if "taken over by another sender" in line]
+    assert len(lost) == 1 and "@" not in lost[0], stderr
+    counts = Counter(recipient_of(m) for m in messages)
+    assert len(counts) == SAMPLE + len(addresses)  # nobody missed
+    # The bound: only the message past its end of DATA when the claim was lost, at most
+    # one per connection (one here), can arrive twice.
+    assert sum(n - 1 for n in counts.values()) <= 1, counts
+    assert query(
+        postgres,
+        "SELECT COUNT(*) FROM deliveries WHERE status = 'pending' OR claimed_by IS NOT NULL",
+    ) == [(0,)]
