@@ -213,7 +213,8 @@ class ImapBox:
                         if isinstance(data, bytes):
                             bodies[uid] = data
                 for uid in batch:
-                    yield str(uid), bodies.pop(uid, None)
+                    if uid in sizes:  # else another client expunged it meanwhile
+                        yield str(uid), bodies.pop(uid, None)
         except self._errors as exc:
             raise self._error(f"cannot read {self.settings.folder}: {self._reason(exc)}") from exc
 
@@ -242,8 +243,9 @@ class ImapBox:
         EXPUNGE runs only when no other message of the folder is flagged \\Deleted (it
         would remove those too); else they stay flagged, and are never read again.
 
-        Reports are recorded before they move, and recorded once: when the connection
-        dies halfway, a rerun reads what did not move, counts nothing twice, moves it."""
+        The pass records reports before it moves them, and the ledger records each
+        once: when the connection dies halfway, a rerun reads what did not move, counts
+        nothing twice and moves it."""
         if self.readonly or not keys:
             return
         uids = {int(key) for key in keys}
