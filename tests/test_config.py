@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from conftest import invoke, statusmail
 from editing import replace_in
+from postgres_helpers import query
 from statusmail.config import DEV_UNSUBSCRIBE_SECRET, find_config, load_config
-from statusmail.errors import ConfigError
+from statusmail.errors import ConfigError, LedgerError
+from statusmail.ledger.database import describe
 
 
 def problems(path: Path, environ: dict[str, str] | None = None) -> list[str]:
@@ -393,3 +398,54 @@ def test_dev_secret_with_maildir(project: Path) -> None:
     assert is_dev is True
     assert secret == DEV_UNSUBSCRIBE_SECRET.encode()
     assert b"DEVELOPMENT" in secret
+
+
+# -- the ledger URL ----------------------------------------------------------------------
+
+# Two halves no message of statusmail's holds, so a leak of either is a leak.
+HALVES = ("Kq7zX", "Wm2vR")
+
+
+@pytest.mark.parametrize(
+    ("url", "names"),
+    [
+        ("postgresql://statusmail:Kq7zX%Wm2vR@db.example/ledger", "%"),
+        ("postgresql://statusmail:Kq7zX@Wm2vR@db.example/ledger", "'@'"),
+        ("postgresql://statusmail:Kq7zX/Wm2vR@db.example/ledger", "'/'"),
+        ("postgresql://statusmail:Kq7zXWm2vR@db.example:54x2/ledger", "port '54x2'"),
+        ("postgresql://statusmail:Kq7zXWm2vR@db.example:65536/ledger", "port '65536'"),
+        ("postgresql://statusmail:Kq7zXWm2vR@[::1/ledger", "IPv6 address [::1"),
+        ("postgresql://statusmail:Kq7zXWm2vR@[::g]:5432/ledger", "[::g] is not an IPv6"),
+        ("postgresql://statusmail:Kq7zXWm2vR@::1:5432/ledger", "in brackets"),
+    ],
+)
+def test_a_bad_ledger_url_is_one_line_without_the_password(
+    project: Path, url: str, names: str
+) -> None:
+    result = invoke(project, "list", env={"STATUSMAIL_LEDGER": url})
+    assert result.exit_code == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: the ledger URL postgresql://") and names in line, line
+    assert not any(half in line for half in HALVES), line
+
+
+@given(password=st.text(alphabet="0123456789abcxyz@/:%?#[],.!$&*+;=~-_", min_size=6))
+def test_no_password_shows_whatever_it_holds(password: str) -> None:
+    url = f"postgresql://statusmail:{password}@db.example:5432/ledger"
+    try:
+        shown = describe(url)
+    except LedgerError as exc:
+        shown = str(exc)
+    assert password not in shown
+    encoded = f"postgresql://statusmail:{quote(password, safe='')}@db.example:5432/ledger"
+    assert describe(encoded) == "postgresql://db.example:5432/ledger"
+
+
+def test_a_percent_encoded_password_reaches_the_server(project: Path, postgres: str) -> None:
+    user = query(postgres, "SELECT current_user")[0][0]
+    password = "p@ss/w%rd:" + HALVES[0]
+    scheme, _, rest = postgres.partition("://")
+    url = f"{scheme}://{user}:{quote(password, safe='')}@{rest.rpartition('@')[2]}"
+    result = invoke(project, "ledger", "migrate", env={"STATUSMAIL_LEDGER": url})
+    assert result.exit_code == 0, result.output
+    assert "schema version" in result.output and HALVES[0] not in result.output

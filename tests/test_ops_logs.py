@@ -1,6 +1,7 @@
-"""``--log-format json`` (issue 13): one object per line with stable fields, an
+"""``--log-format json`` (issues 13 and 20): one object per line with stable fields, an
 ``event`` on every line, and no address unmasked in any field, from real runs of
-``watch`` against aiosmtpd and ``serve`` over real HTTP."""
+``watch`` against aiosmtpd and ``serve`` over real HTTP; the PostgreSQL driver's warnings,
+a fatal error and an unexpected exception are JSON lines too."""
 
 from __future__ import annotations
 
@@ -8,18 +9,23 @@ import csv
 import json
 import logging
 import re
+import secrets
+import signal
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 import yaml
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from conftest import SECRET, http_request
+from conftest import SECRET, UPDATE, _loggers_kept, http_request, invoke, server_url
 from delivery_helpers import add_subscribers, point_at
 from ops_helpers import Service, serve_process
+from postgres_helpers import query
 from smtp_server import RecordingServer
+from statusmail.__main__ import run
 from statusmail.cli import JsonFormatter
 from statusmail.tokens import Keyring, unsubscribe_token
 
@@ -128,3 +134,70 @@ def test_no_address_survives_the_json_formatter(
     line = JsonFormatter().format(record)
     assert address not in json.loads(line)["recipient" if field else "message"]
     assert json.loads(line)["event"] == "other"
+
+
+def as_role(url: str, role: str) -> str:
+    """``url`` connecting as ``role`` (trust authentication: no password)."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{role}@{rest.rpartition('@')[2]}"
+
+
+def test_json_logs_hold_the_drivers_warnings_and_the_fatal_error(
+    project: Path, postgres: str
+) -> None:
+    # A role the server lets open 4 connections: the ledger's, the selection lock's and
+    # two for the senders' pool, which warns when it tries to grow past them.
+    import psycopg
+
+    role = f"statusmail_test_{secrets.token_hex(4)}"
+    schema = query(postgres, "SELECT current_schema()")[0][0]
+    with psycopg.connect(server_url(), autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 4")
+        try:
+            admin.execute(f"GRANT ALL ON SCHEMA {schema} TO {role}")
+            env = {"STATUSMAIL_LEDGER": as_role(postgres, role)}
+            args = ("--log-format", "json", "send", UPDATE, "--yes")
+            sent = invoke(project, *args, "--rate", "0", env=env)
+            assert sent.exit_code == 0, sent.stderr
+            records = check_lines(sent.stderr, every_address(project))
+            warned = [r for r in records if r["logger"].startswith("psycopg")]
+            assert warned and {r["level"] for r in warned} == {"warning"}, records
+            assert all("too many connections" in r["message"] for r in warned)
+
+            admin.execute(f"ALTER ROLE {role} CONNECTION LIMIT 1")  # not even the lock's
+            again = invoke(project, *args, env=env)
+            assert again.exit_code == 1
+            records = check_lines(again.stderr, every_address(project))
+            [fatal] = [r for r in records if r["level"] == "error"]
+            assert fatal["event"] == "error"
+            assert fatal["message"].startswith("error: postgresql://")
+            assert "too many connections" in fatal["message"]
+        finally:
+            admin.execute(f"DROP OWNED BY {role}")
+            admin.execute(f"DROP ROLE {role}")
+
+
+def test_an_unexpected_exception_is_one_json_line(
+    project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    address = "reader.one@example.org"
+
+    def broken(*_args: object) -> NoReturn:
+        raise RuntimeError(f"a fault injected for {address}")  # no real part fails so
+
+    monkeypatch.setattr("statusmail.commands.list_entries", broken)
+    argv = ["statusmail", "--log-format", "json", "list", "--config", str(project)]
+    monkeypatch.setattr(sys, "argv", argv)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with _loggers_kept(), pytest.raises(SystemExit) as exited:
+            run()  # python -m statusmail, in this process
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert exited.value.code == 1
+    [crash] = check_lines(capsys.readouterr().err, {address})
+    assert (crash["level"], crash["event"], crash["type"]) == ("critical", "crash", "RuntimeError")
+    assert crash["message"].startswith("unexpected RuntimeError: a fault injected for r***@")
+    assert crash["traceback"].startswith("Traceback (most recent call last):")
+    assert "in broken" in crash["traceback"]

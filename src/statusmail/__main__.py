@@ -1,7 +1,8 @@
 """``statusmail`` and ``python -m statusmail``.
 
 A signal handler goes in before anything else is imported, so that SIGINT or SIGTERM at
-any moment ends the program with an exit code and a line, never by the signal.
+any moment ends the program with an exit code and a line, never by the signal. An
+exception nothing expected is, under ``--log-format json``, one JSON line (exit 1).
 """
 
 from __future__ import annotations
@@ -32,11 +33,17 @@ def run() -> None:
         name = signal.Signals(exc.args[0]).name
         print(f"interrupted by {name} while starting; nothing was done", file=sys.stderr)
         sys.exit(0 if "watch" in sys.argv[1:] else 4)
+    except (SystemExit, KeyboardInterrupt):
+        raise
     except BaseException as exc:
         from statusmail.errors import Interrupted
 
         if not isinstance(exc, Interrupted):
-            raise
+            from statusmail.cli import log_crash
+
+            if not log_crash(exc):
+                raise
+            sys.exit(1)
         name = signal.Signals(exc.signum).name
         print(f"interrupted by {name} while starting; nothing was done", file=sys.stderr)
         sys.exit(0 if "watch" in sys.argv[1:] else 4)

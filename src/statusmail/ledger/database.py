@@ -59,16 +59,15 @@ def server_of(url: str) -> str:
     scheme, _, rest = url.partition("://")
     authority, slash, tail = rest.partition("/")
     database = tail.partition("?")[0]
-    if "@" in authority:
-        authority = authority.partition("@")[2]
-        if "@" in authority:
-            raise _bad_url(scheme, "its user name or password holds '@': write it as %40")
-    elif "@" in database:
+    if authority.count("@") > 1:
+        raise _bad_url(scheme, "its user name or password holds '@': write it as %40")
+    if "@" in tail:
         raise _bad_url(
             scheme,
-            "its user name or password holds '/', or its database name '@': percent-encode "
-            "them (%2F, %40)",
+            "its user name or password holds '/' (write it as %2F), or an '@' stands after "
+            "the host (write it as %40)",
         )
+    authority = authority.rpartition("@")[2]
     if _PERCENT.search(url):
         raise _bad_url(scheme, "a '%' in it starts no %XX escape, or makes %00 (write % as %25)")
     hosts = authority.partition("?")[0]
