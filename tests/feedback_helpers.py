@@ -8,6 +8,7 @@ import re
 import socket
 import sqlite3
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -172,3 +173,119 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+# -- reports made to order -------------------------------------------------------------------
+
+BOUNCES = "bounces@startmail.example"
+DOMAIN = "startmail.example"
+
+
+def sent_to(ledger: Any, keys: Keyring, entry: str, addresses: list[str]) -> dict[str, str]:
+    """``entry`` recorded as sent to ``addresses`` (with the Message-IDs statusmail gives);
+    returns each address's return-path token."""
+    from statusmail.domain import DeliveryStatus, Outcome
+    from statusmail.ledger import StagedRow
+
+    generation = ledger.begin_selection(entry, "digest")
+    ledger.stage([StagedRow("selected", a, a, a, "", "ru", "RU") for a in addresses])
+    ledger.enqueue(entry, generation)
+    ledger.record(
+        entry,
+        [
+            Outcome(a, DeliveryStatus.SENT, 1, 250, None, message_id(keys, entry, a, DOMAIN))
+            for a in addresses
+        ],
+    )
+    rows = dict(
+        ledger.database.execute(
+            "SELECT address, {seq} FROM deliveries WHERE entry_id = :e", {"e": entry}
+        )
+    )
+    return {a: return_path_token(keys, entry, a, "bounces", int(rows[a])) for a in addresses}
+
+
+def dsn(
+    address: str,
+    *,
+    token: str | None = None,
+    status: str = "5.1.1",
+    diagnostic: str = "550 5.1.1 <{address}>: Recipient address rejected: User unknown",
+    original_id: str | None = None,
+    when: str = "Tue, 21 Apr 2020 10:00:00 +0000",
+    action: str = "failed",
+) -> bytes:
+    """A Postfix-shaped DSN about ``address``: to the VERP address of ``token`` when given
+    (else to the plain bounce address), quoting the original's Message-ID when given."""
+    boundary = uuid.uuid4().hex
+    to = f"bounces+{token}@{DOMAIN}" if token else BOUNCES
+    quoted = (
+        f"--{boundary}\nContent-Type: text/rfc822-headers\n\n"
+        f"From: StartMail <status@{DOMAIN}>\nTo: {address}\nMessage-ID: {original_id}\n\n"
+        if original_id
+        else ""
+    )
+    return f"""Return-Path: <>
+Delivered-To: {to}
+From: MAILER-DAEMON@relay.test (Mail Delivery System)
+To: {to}
+Subject: Undelivered Mail Returned to Sender
+Date: {when}
+Message-ID: <{uuid.uuid4().hex}@relay.test>
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"
+
+--{boundary}
+Content-Type: text/plain
+
+I'm sorry to have to inform you that your message could not be delivered.
+
+--{boundary}
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; relay.test
+
+Final-Recipient: rfc822; {address}
+Action: {action}
+Status: {status}
+Diagnostic-Code: smtp; {diagnostic.format(address=address)}
+Last-Attempt-Date: {when}
+
+{quoted}--{boundary}--
+""".encode()
+
+
+def arf(address: str, *, original_id: str | None = None, feedback_type: str = "abuse") -> bytes:
+    """An ARF report (RFC 5965) about ``address``, quoting the original's headers."""
+    boundary = uuid.uuid4().hex
+    mid = f"Message-ID: {original_id}\n" if original_id else ""
+    return f"""From: feedback@fbl.example.net
+To: {BOUNCES}
+Subject: Abuse report
+Date: Tue, 21 Apr 2020 11:00:00 +0000
+Message-ID: <{uuid.uuid4().hex}@fbl.example.net>
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=feedback-report; boundary="{boundary}"
+
+--{boundary}
+Content-Type: text/plain
+
+This is an email abuse report.
+
+--{boundary}
+Content-Type: message/feedback-report
+
+Feedback-Type: {feedback_type}
+User-Agent: ExampleFBL/1.0
+Version: 1
+Original-Rcpt-To: {address}
+
+--{boundary}
+Content-Type: text/rfc822-headers
+
+From: StartMail <status@{DOMAIN}>
+To: {address}
+{mid}Subject: StartMail status
+
+--{boundary}--
+""".encode()

@@ -141,11 +141,12 @@ def sent_ledger(path: Path) -> Ledger:
 
 
 def soft_dsn(day: dt.date, *, status: str = "4.2.2") -> bytes:
-    """A soft bounce of ADDRESS from that day, naming it only by address."""
+    """A soft bounce of ADDRESS from that day, to its VERP return path."""
     when = f"{day:%a, %d %b %Y} 10:00:00 +0000"
     boundary = uuid.uuid4().hex
+    token = return_path_token(KEYS, ENTRY, ADDRESS, "bounces", None)
     return f"""From: MAILER-DAEMON@relay.test (Mail Delivery System)
-To: bounces@startmail.example
+To: bounces+{token}@startmail.example
 Subject: Undelivered Mail Returned to Sender
 Date: {when}
 Message-ID: <{uuid.uuid4().hex}@relay.test>

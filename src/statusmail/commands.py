@@ -15,7 +15,7 @@ from statusmail import signals, suppression
 from statusmail.config import Config, is_url
 from statusmail.domain import ExitCode, Preference
 from statusmail.entries import entry_paths, find_entry, load_entry, unknown_entry
-from statusmail.errors import ConnectError, Interrupted, StatusmailError
+from statusmail.errors import ConnectError, InputError, Interrupted, StatusmailError
 from statusmail.ledger import FEEDBACK_OUTCOMES, Ledger, copy_ledger
 from statusmail.ledger import describe as ledger_describe
 from statusmail.ledger import exists as ledger_exists
@@ -347,6 +347,49 @@ def suppress_remove(config: Config, addresses: tuple[str, ...], console: Console
     return ExitCode.OK
 
 
+def suppress_lift(
+    config: Config, selector: suppression.Selector, *, dry_run: bool, console: Console
+) -> ExitCode:
+    """Lift every suppression ``selector`` names (or, with ``dry_run``, count them)."""
+    with Ledger(config.paths.ledger, readonly=dry_run) as ledger:
+        if dry_run:
+            found = len(suppression.matching(ledger, selector))
+            console.print(f"dry run: would remove {found} address(es) from the suppression list")
+            return ExitCode.OK
+        lifted = suppression.lift(ledger, selector)
+    console.print(f"removed {lifted} address(es) from the suppression list")
+    return ExitCode.OK
+
+
+def suppress_show(config: Config, address: str, as_json: bool, console: Console) -> ExitCode:
+    """Every event recorded for ``address``: its suppression, the reports, the lifts."""
+    key = suppression.normalized(address)
+    with Ledger(config.paths.ledger, readonly=True) as ledger:
+        history = ledger.history(key)
+    if as_json:
+        print_json(history)
+        return ExitCode.OK
+    now = history["suppressed"]
+    state = f"suppressed as {now['reason']} since {now['since']}" if now else "not suppressed"
+    lines = [f"{key}: {state}" + (f" ({now['detail']})" if now and now["detail"] else "")]
+    for e in history["events"]:
+        what = " ".join(
+            part
+            for part in (e["kind"], e["cause"], e["code"], e["state"], e["entry"] or "")
+            if part
+        )
+        mark = "; it suppressed the address" if e["suppressed"] else ""
+        lines.append(f"  {e['event_at']}  {what}: {e['diagnostic'] or ''} [{e['source']}]{mark}")
+    for lift in history["lifted"]:
+        lines.append(
+            f"  {lift['lifted_at']}  lifted the {lift['reason']} suppression of "
+            f"{lift['suppressed_at']} ({lift['why']})"
+        )
+    for line in lines:
+        console.print(line, markup=False, highlight=False)
+    return ExitCode.OK
+
+
 def suppress_list(config: Config, as_json: bool, console: Console) -> ExitCode:
     """Every suppressed address, why, since when, and the evidence: the status code and
     date of the report that caused it (a bounce, a complaint), else the note kept."""
@@ -392,17 +435,37 @@ def suppress_export(config: Config, output: Path | None) -> ExitCode:
 
 
 def feedback(
-    config: Config, *, dry_run: bool, as_json: bool, show_addresses: bool, console: Console
+    config: Config,
+    *,
+    dry_run: bool,
+    as_json: bool,
+    show_addresses: bool,
+    release_held: str | None = None,
+    console: Console,
 ) -> ExitCode:
-    """Read the bounce mailbox once: bounces, complaints, mailto unsubscribes."""
+    """Read the bounce mailbox once (bounces, complaints, mailto unsubscribes), or apply
+    what the storm guard held for a domain. With ``as_json`` a JSON document is printed
+    whatever happens, failures and signals included."""
     mask = (lambda a: a) if show_addresses else mask_address
-    # A signal raises Interrupted: the message in hand is rolled back, nothing half done.
+    # A signal raises Interrupted: the chunk in hand is rolled back, nothing half done.
     from statusmail import feedback as feedback_pass  # its parsers only for this command
 
-    report = feedback_pass.run_pass(config, dry_run=dry_run, mask=mask)
+    report = feedback_pass.PassReport(dry_run)
+    try:
+        if release_held is not None:
+            report = feedback_pass.release_held(config, release_held, dry_run=dry_run, mask=mask)
+        else:
+            feedback_pass.run_pass(config, dry_run=dry_run, mask=mask, report=report)
+    except (StatusmailError, Interrupted) as exc:
+        if as_json:
+            report.error = _said(exc)
+            print_json(report.as_json())
+        raise
+    summary = report.as_json()
+    code = ExitCode.STOPPED if report.stopped else ExitCode.OK
     if as_json:
-        print_json(report.as_json())
-        return ExitCode.STOPPED if report.stopped else ExitCode.OK
+        print_json(summary)
+        return code
     for event in report.events:
         console.print(
             f"{event['kind']}\t{event['address']}\t{event['entry'] or '-'}\t"
@@ -410,22 +473,42 @@ def feedback(
             markup=False,
             highlight=False,
         )
-    summary = report.as_json()
+    if release_held is not None:
+        verb = "would apply" if dry_run else "applied"
+        console.print(f"{verb} {report.released} held event(s) of {release_held}", markup=False)
+        return code
+    would = "would be " if dry_run else ""
     console.print(
         ("dry run: " if dry_run else "")
         + f"read {summary['read']} message(s) in {', '.join(summary['mailboxes'])}: "
         f"{summary['hard']} hard and {summary['soft']} soft bounce(s), "
         f"{summary['complaints']} complaint(s), {summary['unsubscribes']} unsubscribe(s), "
-        f"{summary['newly_suppressed']} newly suppressed; "
-        f"{summary['untouched']} left where they were "
-        f"({summary['auto_replies']} auto-replies)",
+        f"{summary['newly_suppressed']} {would}newly suppressed; "
+        f"{summary['unverified']} unverified and {summary['forged']} forged report(s) "
+        f"applied to nobody; {summary['untouched']} left where they were "
+        f"({summary['auto_replies']} auto-replies, {summary['unrecognized']} for a person)",
         markup=False,
         highlight=False,
     )
+    for group in summary["held"]:
+        console.print(
+            f"HELD: {group['events']} {group['cause']} bounce(s) from {group['domain']} "
+            f"(a storm); look, then: statusmail feedback --release-held {group['domain']}",
+            markup=False,
+            highlight=False,
+        )
     if report.stopped:
         console.print(f"Stopped early: {report.stopped}. Run again to continue.", markup=False)
-        return ExitCode.STOPPED
-    return ExitCode.OK
+    return code
+
+
+def _said(exc: StatusmailError | Interrupted) -> str:
+    """An error in the words its line on stderr uses."""
+    if isinstance(exc, Interrupted):
+        return f"interrupted by {signals.name(exc.signum)}"
+    if isinstance(exc, InputError):
+        return "; ".join(map(str, exc.problems))
+    return str(exc)
 
 
 def prefs_list(config: Config, as_json: bool, console: Console) -> ExitCode:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from email_validator import EmailNotValidError, validate_email
 
@@ -37,7 +39,45 @@ def add(ledger: Ledger, addresses: Iterable[str], reason: str, detail: str | Non
 
 
 def remove(ledger: Ledger, addresses: Iterable[str]) -> int:
-    return sum(ledger.unsuppress(address_key(a)) for a in addresses)
+    return ledger.lift([address_key(a) for a in addresses], "removed by hand")
+
+
+@dataclass(frozen=True)
+class Selector:
+    """Which suppressions a bulk ``suppress remove`` lifts."""
+
+    reason: str
+    since: dt.date | None = None  # suppressed on or after this day (UTC)
+    domain: str | None = None  # the recipient's domain, exactly
+    cause: str | None = None  # the Cause of the report that suppressed it
+
+    def describe(self) -> str:
+        parts = [f"--reason {self.reason}"]
+        parts += [f"--since {self.since}"] if self.since else []
+        parts += [f"--domain {self.domain}"] if self.domain else []
+        parts += [f"--cause {self.cause}"] if self.cause else []
+        return "suppress remove " + " ".join(parts)
+
+
+def matching(ledger: Ledger, selector: Selector) -> list[str]:
+    """The suppressed addresses ``selector`` names. A report recorded before causes were
+    kept has its cause read again from its code and text."""
+    from statusmail.classify import cause_of  # the mail parsers only when asked
+
+    domain = selector.domain.strip().lower() if selector.domain else None
+    since = selector.since.isoformat() if selector.since else None
+    return [
+        address
+        for address, _at, cause, code, text in ledger.suppressions_by(
+            selector.reason, since, domain
+        )
+        if selector.cause is None
+        or (cause or (cause_of(code, text or "") if code or text else None)) == selector.cause
+    ]
+
+
+def lift(ledger: Ledger, selector: Selector) -> int:
+    return ledger.lift(matching(ledger, selector), selector.describe())
 
 
 def export_csv(ledger: Ledger) -> str:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 
 from statusmail import markdown
 from statusmail.catalog import catalog_problems
-from statusmail.config import Config
+from statusmail.config import Config, imap_password_problem
 from statusmail.domain import Entry, Recipient, SubscriberStatus
 from statusmail.entries import load_entries, source_hash
 from statusmail.errors import ConfigError, InputError, Problem, RenderError, StatusmailError
@@ -302,6 +302,22 @@ def secret_problems(config: Config, environ: Mapping[str, str] | None = None) ->
             problems.append(short)
         elif short is not None:  # fine for the outbox, not for serve or a relay
             problems.append(replace(short, warning=True))
+    bounces = config.bounces
+    if bounces.imap is not None and not bounces.imap.password(environ):
+        problems.append(imap_password_problem(config))
+    if bounces.trust_unsigned:
+        problems.append(
+            Problem(
+                config.path,
+                config.line("bounces"),
+                "bounces.trust_unsigned is on: a report that proves nothing (no VERP token, "
+                "no Message-ID of statusmail's) suppresses the addresses it names, so anyone "
+                "who can send mail can cut a subscriber off; configure bounces.address "
+                "(VERP) and turn it off",
+                warning=True,
+                code="trust-unsigned",
+            )
+        )
     smtp = config.smtp
     if config.transport == "smtp" and smtp.username and not smtp.password(environ):
         problems.append(

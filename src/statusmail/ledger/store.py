@@ -665,12 +665,72 @@ class Ledger:
         ]
 
     @_guarded("remove a suppression")
-    def unsuppress(self, address: str) -> bool:
+    def unsuppress(self, address: str, why: str = "removed by hand") -> bool:
+        return bool(self.lift([address], why))
+
+    @_guarded("remove suppressions")
+    def lift(self, addresses: Iterable[str], why: str) -> int:
+        """Take ``addresses`` off the list in one transaction, keeping each suppression
+        in ``suppression_lifts``; their soft-bounce days go too, so the next report
+        starts a fresh score. Returns how many were suppressed."""
+        stamp = now_iso()
+        lifted = 0
         with self.transaction():
-            rows = self._q(
-                "DELETE FROM suppressions WHERE address = :a RETURNING address", a=address.lower()
-            )
-        return bool(rows)
+            for address in addresses:
+                key = address.lower()
+                rows = self._q(
+                    "DELETE FROM suppressions WHERE address = :a"
+                    " RETURNING reason, detail, created_at",
+                    a=key,
+                )
+                if not rows:
+                    continue
+                lifted += 1
+                reason, detail, created = rows[0]
+                self._q(
+                    "INSERT INTO suppression_lifts (address, reason, detail, suppressed_at,"
+                    " lifted_at, why) VALUES (:a, :r, :d, :c, :now, :why)",
+                    a=key,
+                    r=reason,
+                    d=detail,
+                    c=created,
+                    now=stamp,
+                    why=why,
+                )
+                self._q(
+                    "UPDATE feedback_events SET suppressed = 0"
+                    " WHERE address = :a AND suppressed = 1",
+                    a=key,
+                )
+                self._q("DELETE FROM bounce_scores WHERE address = :a", a=key)
+        return lifted
+
+    @_guarded("read the suppression list")
+    def suppressions_by(
+        self, reason: str, since: str | None, domain: str | None
+    ) -> list[tuple[str, str, str | None, str | None, str | None]]:
+        """(address, created_at, cause, code, diagnostic) of the suppressions for
+        ``reason`` made since ``since`` (an ISO date) at ``domain``, with the cause,
+        code and text of the report that caused each, when one did."""
+        evidence = (
+            "(SELECT f.{} FROM feedback_events f WHERE f.address = s.address"
+            " AND f.suppressed = 1 LIMIT 1)"
+        )
+        sql = (
+            "SELECT s.address, s.created_at, "
+            + ", ".join(evidence.format(c) for c in ("cause", "code", "diagnostic"))
+            + " FROM suppressions s WHERE s.reason = :r"
+        )
+        if since:
+            sql += " AND s.created_at >= :since"
+        if domain:
+            sql += " AND s.address LIKE :p"
+        rows = self._q(sql + " ORDER BY s.address", r=reason, since=since, p=f"%@{domain}")
+        return [
+            (r[0], r[1], r[2], r[3], r[4])
+            for r in rows
+            if not domain or r[0].rpartition("@")[2] == domain
+        ]
 
     @_guarded("read the suppression list")
     def suppressions(self) -> list[tuple[str, str, str | None, str]]:
@@ -712,15 +772,126 @@ class Ledger:
         return None if value is None else str(value)
 
     @_guarded("read the feedback events")
-    def has_feedback(self, source: str, address: str, kind: str) -> bool:
+    def has_feedback(self, source: str, address: str, kind: str, *, applied: bool = False) -> bool:
+        """Whether this report's event was recorded (``applied``: and acted on)."""
         return bool(
             self._q(
-                "SELECT 1 FROM feedback_events WHERE address = :a AND kind = :k AND source = :s",
+                "SELECT 1 FROM feedback_events WHERE address = :a AND kind = :k AND source = :s"
+                + (" AND state = 'applied'" if applied else ""),
                 a=address,
                 k=str(kind),
                 s=source,
             )
         )
+
+    @_guarded("read the feedback events")
+    def bounced_in_group(self, entry_id: str, domain: str, cause: str) -> tuple[set[str], bool]:
+        """The addresses of ``domain`` recorded as bouncing ``entry_id`` for ``cause``
+        (applied or held), and whether any of them is held."""
+        rows = self._q(
+            "SELECT address, state FROM feedback_events WHERE domain = :d AND entry_id = :e"
+            " AND cause = :c AND state IN ('applied', 'held')",
+            d=domain,
+            e=entry_id,
+            c=cause,
+        )
+        return {row[0] for row in rows}, any(row[1] == "held" for row in rows)
+
+    @_guarded("count an entry's recipients")
+    def recipients_at(self, entry_id: str, domain: str) -> int:
+        """How many recipients of ``entry_id`` are at ``domain``."""
+        return int(
+            self._one(
+                "SELECT COUNT(*) FROM deliveries WHERE entry_id = :e AND address LIKE :p",
+                e=entry_id,
+                p=f"%@{domain}",
+            )
+            or 0
+        )
+
+    @_guarded("read the held feedback")
+    def held_events(self, domain: str) -> list[FeedbackEvent]:
+        """The events the storm guard holds for ``domain``, oldest first."""
+        return [
+            FeedbackEvent(
+                kind=r[0],
+                address=r[1],
+                entry_id=r[2],
+                code=r[3],
+                diagnostic=r[4],
+                source=r[5],
+                event_at=r[6],
+                cause=r[7],
+                state="held",
+            )
+            for r in self._q(
+                "SELECT kind, address, entry_id, code, diagnostic, source, event_at, cause"
+                " FROM feedback_events WHERE domain = :d AND state = 'held'"
+                " ORDER BY event_at, address",
+                d=domain,
+            )
+        ]
+
+    @_guarded("count the held feedback")
+    def held_count(self) -> int:
+        return int(self._one("SELECT COUNT(*) FROM feedback_events WHERE state = 'held'") or 0)
+
+    @_guarded("release held feedback")
+    def release_held(self, events: Iterable[FeedbackEvent]) -> int:
+        """Apply held events (their effects decided again): one transaction."""
+        stamp = now_iso()
+        released = 0
+        with self.transaction():
+            for e in events:
+                if self._q(
+                    "UPDATE feedback_events SET state = 'applied' WHERE address = :a"
+                    " AND kind = :k AND source = :s AND state = 'held' RETURNING address",
+                    a=e.address,
+                    k=str(e.kind),
+                    s=e.source,
+                ):
+                    released += 1
+                    self._apply_feedback(e, stamp)
+        return released
+
+    @_guarded("read an address's history")
+    def history(self, address: str) -> dict[str, Any]:
+        """Everything recorded about ``address``: its suppression, every feedback event
+        and every lifted suppression."""
+        address = address.lower()
+        current = self._q(
+            "SELECT reason, detail, created_at FROM suppressions WHERE address = :a", a=address
+        )
+        events = self._q(
+            "SELECT received_at, event_at, entry_id, kind, cause, code, diagnostic, source,"
+            " state, suppressed FROM feedback_events WHERE address = :a"
+            " ORDER BY event_at, received_at",
+            a=address,
+        )
+        lifts = self._q(
+            "SELECT reason, detail, suppressed_at, lifted_at, why FROM suppression_lifts"
+            " WHERE address = :a ORDER BY lifted_at",
+            a=address,
+        )
+        names = [
+            *("received_at", "event_at", "entry", "kind", "cause", "code", "diagnostic"),
+            *("source", "state", "suppressed"),
+        ]
+        return {
+            "address": address,
+            "suppressed": (
+                {"reason": current[0][0], "detail": current[0][1], "since": current[0][2]}
+                if current
+                else None
+            ),
+            "events": [
+                {**dict(zip(names, row, strict=True)), "suppressed": bool(row[9])} for row in events
+            ],
+            "lifted": [
+                dict(zip(("reason", "detail", "suppressed_at", "lifted_at", "why"), r, strict=True))
+                for r in lifts
+            ],
+        }
 
     @_guarded("read the bounce score")
     def soft_days(self, address: str, since: dt.date) -> set[str]:
@@ -734,70 +905,80 @@ class Ledger:
 
     @_guarded("record feedback")
     def record_feedback(self, events: Iterable[FeedbackEvent]) -> list[bool]:
-        """Record the events one report gave, with their effects, in one transaction; an
-        event already recorded (the same report read again) changes nothing. Returns,
-        per event, whether it was new."""
+        """Record the events of a chunk of reports, with their effects, in one
+        transaction; an event already recorded (the same report read again) changes
+        nothing, and only an applied event has effects. Returns, per event, whether it
+        was new."""
         self.check_same_file()
         stamp = now_iso()
         new: list[bool] = []
         with self.transaction():
             for e in events:
-                key = {"a": e.address, "k": str(e.kind), "s": e.source}
                 inserted = self._q(
                     "INSERT INTO feedback_events (received_at, event_at, entry_id, address,"
-                    " kind, code, diagnostic, source) VALUES (:now, :at, :e, :a, :k, :code,"
-                    " :diag, :s) ON CONFLICT (address, kind, source) DO NOTHING"
-                    " RETURNING address",
+                    " kind, code, diagnostic, source, cause, state, domain) VALUES (:now, :at,"
+                    " :e, :a, :k, :code, :diag, :s, :cause, :state, :domain)"
+                    " ON CONFLICT (address, kind, source) DO NOTHING RETURNING address",
                     now=stamp,
                     at=e.event_at,
                     e=e.entry_id,
                     code=e.code,
                     diag=e.diagnostic,
-                    **key,
+                    a=e.address,
+                    k=str(e.kind),
+                    s=e.source,
+                    cause=e.cause,
+                    state=str(e.state),
+                    domain=e.domain,
                 )
                 new.append(bool(inserted))
-                if not inserted:
-                    continue
-                if e.score_day:
-                    self._q(
-                        "INSERT INTO bounce_scores (address, day, source) VALUES (:a, :d, :s)"
-                        " ON CONFLICT (address, day) DO NOTHING",
-                        a=e.address,
-                        d=e.score_day,
-                        s=e.source,
-                    )
-                if e.suppress:
-                    added = self._q(
-                        queries.SUPPRESS + " RETURNING address",
-                        address=e.address,
-                        reason=str(e.suppress),
-                        detail=e.evidence,
-                        stamp=stamp,
-                    )
-                    if added:  # this report is the suppression's evidence
-                        self._q(
-                            "UPDATE feedback_events SET suppressed = 1"
-                            " WHERE address = :a AND kind = :k AND source = :s",
-                            **key,
-                        )
-                if e.mark and e.entry_id:
-                    self._q(
-                        "UPDATE deliveries SET status = :mark, detail = :detail,"
-                        " updated_at = :now"
-                        " WHERE entry_id = :e AND address = :a AND status = 'sent'",
-                        mark=str(e.mark),
-                        detail=e.evidence,
-                        now=stamp,
-                        e=e.entry_id,
-                        a=e.address,
-                    )
+                if inserted and e.state == "applied":
+                    self._apply_feedback(e, stamp)
         return new
+
+    def _apply_feedback(self, e: FeedbackEvent, stamp: str) -> None:
+        """What an applied event does: its soft-bounce day, its suppression (with this
+        report as the evidence), its delivery row's new outcome."""
+        key = {"a": e.address, "k": str(e.kind), "s": e.source}
+        if e.score_day:
+            self._q(
+                "INSERT INTO bounce_scores (address, day, source) VALUES (:a, :d, :s)"
+                " ON CONFLICT (address, day) DO NOTHING",
+                a=e.address,
+                d=e.score_day,
+                s=e.source,
+            )
+        if e.suppress:
+            added = self._q(
+                queries.SUPPRESS + " RETURNING address",
+                address=e.address,
+                reason=str(e.suppress),
+                detail=e.evidence,
+                stamp=stamp,
+            )
+            if added:  # this report is the suppression's evidence
+                self._q(
+                    "UPDATE feedback_events SET suppressed = 1"
+                    " WHERE address = :a AND kind = :k AND source = :s",
+                    **key,
+                )
+        if e.mark and e.entry_id:
+            self._q(
+                "UPDATE deliveries SET status = :mark, detail = :detail, updated_at = :now"
+                " WHERE entry_id = :e AND address = :a AND status = 'sent'",
+                mark=str(e.mark),
+                detail=e.evidence,
+                now=stamp,
+                e=e.entry_id,
+                a=e.address,
+            )
 
     @_guarded("summarise the feedback")
     def feedback_counts(self, entry_id: str) -> dict[str, int]:
-        """Events per kind recorded for ``entry_id``."""
+        """Applied events per kind recorded for ``entry_id`` (not those held)."""
         rows = self._q(
-            "SELECT kind, COUNT(*) FROM feedback_events WHERE entry_id = :e GROUP BY kind",
+            "SELECT kind, COUNT(*) FROM feedback_events WHERE entry_id = :e"
+            " AND state = 'applied' GROUP BY kind",
             e=entry_id,
         )
         return {row[0]: int(row[1]) for row in rows}
@@ -891,6 +1072,13 @@ class FeedbackEvent:
     evidence: str | None = None  # the suppression's (and the delivery row's) detail
     mark: str | None = None  # the entry's sent row becomes this (bounced, complained)
     score_day: str | None = None  # a soft bounce counted on this day
+    cause: str | None = None  # a bounce's Cause
+    state: str = "applied"  # EventState: only an applied event changes anything
+
+    @property
+    def domain(self) -> str:
+        """The recipient's domain: the storm guard and bulk undo group by it."""
+        return self.address.rpartition("@")[2].lower()
 
 
 def _preference(locale: str | None, topics: str | None) -> Preference:

@@ -1,0 +1,353 @@
+"""Feedback nobody can forge (issue 19): a report changes a subscriber only with proof,
+the policy acts by cause, a storm from one domain is held, and suppressions come off in
+bulk with each address's history kept.
+
+The reports are real-shaped DSNs and ARF reports (``feedback_helpers.dsn`` and ``arf``)
+read by the real classifier against a real SQLite ledger of sent deliveries; the
+commands run through the CLI."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import invoke, outbox_messages, recipient
+from feedback_helpers import (
+    DOMAIN,
+    SECRET,
+    arf,
+    deliver,
+    dsn,
+    new_files,
+    processed_files,
+    query,
+    sent_to,
+    set_bounces,
+)
+from statusmail.config import Config, load_config
+from statusmail.feedback import Feedback
+from statusmail.ledger import Ledger
+from statusmail.tokens import Keyring, message_id
+
+KEYS = Keyring(SECRET.encode())
+ENV = {"STATUSMAIL_UNSUBSCRIBE_SECRET": SECRET}
+ENTRY = "update-2020-04-21"
+NOW = dt.datetime(2020, 4, 22, 12, tzinfo=dt.UTC)
+ANNA, IVAN = "anna@example.org", "ivan@example.com"
+
+
+@pytest.fixture
+def config(project: Path) -> Config:
+    return load_config(project)
+
+
+@pytest.fixture
+def ledger(project: Path) -> Iterator[Ledger]:
+    with Ledger(project.parent / "statusmail.db") as opened:
+        yield opened
+
+
+def suppressed(ledger: Ledger) -> dict[str, str]:
+    return {a: r for a, r, _detail, _at in ledger.suppressions()}
+
+
+def states(ledger: Ledger) -> list[tuple[str, str, str]]:
+    rows = ledger.database.execute(
+        "SELECT address, state, kind FROM feedback_events ORDER BY address, kind"
+    )
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+def tampered(token: str) -> str:
+    """The token with one character changed: still well-formed, no longer made by us."""
+    middle = len(token) // 2
+    return token[:middle] + ("a" if token[middle] != "a" else "b") + token[middle + 1 :]
+
+
+# -- proof ------------------------------------------------------------------------------------
+
+
+def test_a_dsn_without_a_token_is_unverified_and_changes_nobody(
+    config: Config, ledger: Ledger
+) -> None:
+    sent_to(ledger, KEYS, ENTRY, [ANNA])
+    work = Feedback(config, KEYS, ledger, now=NOW)
+    assert work.handle(dsn(ANNA))  # recorded for the operator, moved out of the inbox
+    assert suppressed(ledger) == {}
+    assert states(ledger) == [(ANNA, "unverified", "hard")]
+    assert work.report.unverified == 1 and work.report.kinds.total() == 0
+    assert query_status(ledger, ANNA) == "sent"
+
+
+def test_a_tampered_return_path_token_is_forged(
+    config: Config, ledger: Ledger, caplog: pytest.LogCaptureFixture
+) -> None:
+    tokens = sent_to(ledger, KEYS, ENTRY, [ANNA])
+    work = Feedback(config, KEYS, ledger, now=NOW)
+    with caplog.at_level(logging.WARNING, logger="statusmail.feedback"):
+        work.handle(dsn(ANNA, token=tampered(tokens[ANNA])))
+    assert suppressed(ledger) == {}
+    assert states(ledger) == [(ANNA, "forged", "hard")]
+    assert work.report.forged == 1
+    assert any("forged" in r.getMessage() for r in caplog.records)
+    assert ANNA not in caplog.text  # the log masks the address
+
+
+def test_a_forged_arf_changes_nobody(config: Config, ledger: Ledger) -> None:
+    sent_to(ledger, KEYS, ENTRY, [ANNA, IVAN])
+    work = Feedback(config, KEYS, ledger, now=NOW)
+    work.handle(arf(ANNA))  # no proof at all
+    forged_id = f"<{ENTRY}.{'0' * 32}@{DOMAIN}>"  # statusmail's shape, not its HMAC
+    work.handle(arf(IVAN, original_id=forged_id))
+    assert suppressed(ledger) == {}
+    assert states(ledger) == [(ANNA, "unverified", "complaint"), (IVAN, "forged", "complaint")]
+    assert (work.report.unverified, work.report.forged) == (1, 1)
+
+
+def test_a_message_id_proves_only_with_its_hmac(config: Config, ledger: Ledger) -> None:
+    sent_to(ledger, KEYS, ENTRY, [ANNA])
+    genuine = message_id(KEYS, ENTRY, ANNA, DOMAIN)
+    Feedback(config, KEYS, ledger, now=NOW).handle(arf(ANNA, original_id=genuine))
+    assert suppressed(ledger) == {ANNA: "complained"}
+    # the same Message-ID under another key is no proof
+    other = Keyring(b"another-secret-of-at-least-32-bytes-long")
+    with Ledger(ledger.target) as again:
+        work = Feedback(config, other, again, now=NOW)
+        work.handle(dsn(ANNA, original_id=genuine))
+    assert work.report.forged == 1
+
+
+def test_trust_unsigned_acts_by_address_and_check_warns(project: Path) -> None:
+    set_bounces(project, maildir="bounces", trust_unsigned=True)
+    config = load_config(project)
+    with Ledger(project.parent / "statusmail.db") as ledger:
+        sent_to(ledger, KEYS, ENTRY, [ANNA])
+        Feedback(config, KEYS, ledger, now=NOW).handle(dsn(ANNA))
+        assert suppressed(ledger) == {ANNA: "bounced"}
+    checked = invoke(project, "check", env=ENV)
+    assert "trust_unsigned" in checked.stdout + checked.stderr
+
+
+def test_a_proven_message_of_no_known_shape_is_a_soft_bounce(
+    config: Config, ledger: Ledger
+) -> None:
+    tokens = sent_to(ledger, KEYS, ENTRY, [ANNA])
+    odd = (
+        f"From: postmaster@odd.example\nTo: bounces+{tokens[ANNA]}@{DOMAIN}\n"
+        "Subject: your mail\nMessage-ID: <odd-1@odd.example>\n\n"
+        "We could not hand your message over. Sorry.\n"
+    ).encode()
+    work = Feedback(config, KEYS, ledger, now=NOW)
+    assert work.handle(odd)
+    assert [(e["kind"], e["effect"]) for e in work.report.events] == [("soft", "scored")]
+    assert suppressed(ledger) == {}
+
+
+# -- causes ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "diagnostic", "cause", "suppresses"),
+    [
+        ("5.1.1", "550 5.1.1 <{address}>: Recipient address rejected: User unknown", "bad-mailbox", True),
+        ("5.7.1", "554 5.7.1 Message rejected as spam by policy", "policy", False),
+        ("5.2.2", "552 5.2.2 Mailbox full: quota exceeded", "mailbox-full", False),
+        ("5.7.23", "550 5.7.23 SPF validation failed for the sending domain", "authentication", False),
+    ],
+)  # fmt: skip
+def test_each_cause_has_its_action(
+    config: Config,
+    ledger: Ledger,
+    status: str,
+    diagnostic: str,
+    cause: str,
+    suppresses: bool,
+) -> None:
+    tokens = sent_to(ledger, KEYS, ENTRY, [ANNA])
+    Feedback(config, KEYS, ledger, now=NOW).handle(
+        dsn(ANNA, token=tokens[ANNA], status=status, diagnostic=diagnostic)
+    )
+    [(recorded, state)] = ledger.database.execute("SELECT cause, state FROM feedback_events")
+    assert (recorded, state) == (cause, "applied")
+    assert (ANNA in suppressed(ledger)) is suppresses
+    assert query_status(ledger, ANNA) == ("bounced" if suppresses else "sent")
+
+
+# -- the storm guard ----------------------------------------------------------------------------
+
+
+def crowd(domain: str, n: int) -> list[str]:
+    return [f"reader{i:03}@{domain}" for i in range(n)]
+
+
+@pytest.mark.parametrize(
+    ("status", "diagnostic"),
+    [
+        ("5.7.1", "550 5.7.1 Rejected for policy reasons: IP listed at a blocklist"),
+        ("5.1.1", "550 5.1.1 <{address}>: User unknown"),
+    ],
+)
+def test_a_storm_is_held_then_released(
+    project: Path, config: Config, ledger: Ledger, status: str, diagnostic: str
+) -> None:
+    storm = crowd("mail.example", 30)
+    calm = crowd("calm.example", 3)
+    tokens = sent_to(ledger, KEYS, ENTRY, storm + calm + crowd("other.example", 200))
+    box = project.parent / "bounces"
+    for address in storm + calm:
+        deliver(box, dsn(address, token=tokens[address], status=status, diagnostic=diagnostic))
+
+    result = invoke(project, "feedback", "--json", env=ENV)
+    assert result.exit_code == 0, result.stderr
+    payload = json.loads(result.stdout)
+    held = payload["held"]
+    assert [(h["domain"], h["events"]) for h in held] == [("mail.example", 30)]
+    assert "--release-held mail.example" in result.stderr  # said loudly
+    rows = query(project, "SELECT domain, state FROM feedback_events")
+    assert sorted(set(rows)) == [("calm.example", "applied"), ("mail.example", "held")]
+    hard = status.startswith("5.1")
+    assert set(suppressed(ledger)) == (set(calm) if hard else set())
+    assert len(processed_files(box)) == 33 and new_files(box) == {}
+
+    released = invoke(project, "feedback", "--release-held", "mail.example", "--json", env=ENV)
+    assert released.exit_code == 0, released.stderr
+    assert json.loads(released.stdout)["released"] == 30
+    assert {s for (s,) in query(project, "SELECT DISTINCT state FROM feedback_events")} == {
+        "applied"
+    }
+    assert set(suppressed(ledger)) == (set(storm + calm) if hard else set())
+
+
+def test_a_storm_goes_on_across_passes_until_released(config: Config, ledger: Ledger) -> None:
+    storm = crowd("mail.example", 25)
+    tokens = sent_to(ledger, KEYS, ENTRY, storm)
+    policy = {"status": "5.7.1", "diagnostic": "554 5.7.1 Service unavailable; blocked"}
+    Feedback(config, KEYS, ledger, now=NOW).settle(
+        [
+            Feedback(config, KEYS, ledger, now=NOW).assess(dsn(a, token=tokens[a], **policy))
+            for a in storm[:24]
+        ]
+    )
+    later = Feedback(config, KEYS, ledger, now=NOW)
+    later.handle(dsn(storm[24], token=tokens[storm[24]], **policy))  # one more, later
+    assert later.report.held == {("mail.example", "policy"): 1}
+
+
+# -- undo in bulk, history per address ------------------------------------------------------
+
+
+def test_suppress_remove_lifts_exactly_the_matching_rows_and_the_next_send_reaches_them(
+    project: Path,
+) -> None:
+    sent = invoke(project, "send", "block-2020-01-23", "--yes", "--rate", "0", env=ENV)
+    assert sent.exit_code == 0, sent.stderr
+    lift = ["ivan.smirnov@example.com", "olga.kuznetsova@example.net"]
+    keep_domain = "anna.petrova@example.org"  # bounced, other domain
+    keep_old = "sergey.orlov@example.net"  # bounced, before --since
+    keep_manual = "kate.morozova@example.com"  # suppressed by hand, same domain
+    with Ledger(project.parent / "statusmail.db") as ledger:
+        for address in [*lift, keep_domain, keep_old]:
+            ledger.suppress(address, "bounced", "hard bounce: 5.7.1 blocked")
+        ledger.suppress(keep_manual, "manual", "asked")
+        ledger.database.execute(
+            "UPDATE suppressions SET created_at = '2019-12-01T00:00:00+00:00'"
+            " WHERE address = :a",
+            {"a": keep_old},
+        )
+    args = ("suppress", "remove", "--reason", "bounced", "--since", "2020-04-21")
+    dry = invoke(project, *args, "--domain", "example.net", "--dry-run", env=ENV)
+    assert "would remove 1 address" in dry.stderr, dry.stderr
+    assert set(json_list(project)) == {*lift, keep_domain, keep_old, keep_manual}
+
+    done = invoke(project, *args, "--domain", "example.net", env=ENV)
+    assert "removed 1 address" in done.stderr, done.stderr
+    done = invoke(project, *args, "--domain", "example.com", env=ENV)
+    assert "removed 1 address" in done.stderr, done.stderr
+    assert set(json_list(project)) == {keep_domain, keep_old, keep_manual}
+
+    shown = invoke(project, "suppress", "show", "olga.kuznetsova@example.net", env=ENV)
+    assert "not suppressed" in shown.stdout and "lifted the bounced suppression" in shown.stdout
+    history = json.loads(
+        invoke(project, "suppress", "show", "olga.kuznetsova@example.net", "--json").stdout
+    )
+    assert history["suppressed"] is None and len(history["lifted"]) == 1
+    assert "--domain example.net" in history["lifted"][0]["why"]
+
+    again = invoke(project, "send", ENTRY, "--yes", "--rate", "0", env=ENV)
+    assert again.exit_code == 0, again.stderr
+    got = {recipient(m) for m in outbox_messages(project) if ENTRY in str(m["Message-ID"])}
+    assert set(lift) <= got
+    assert not {keep_domain, keep_old, keep_manual} & got
+
+
+def test_suppress_show_lists_every_event_of_an_address(project: Path) -> None:
+    set_bounces(project, maildir="bounces")
+    config = load_config(project)
+    with Ledger(project.parent / "statusmail.db") as ledger:
+        tokens = sent_to(ledger, KEYS, ENTRY, [ANNA])
+        work = Feedback(config, KEYS, ledger, now=NOW)
+        work.handle(dsn(ANNA))  # unverified
+        work.handle(dsn(ANNA, token=tokens[ANNA]))  # applied: suppresses
+    history = json.loads(invoke(project, "suppress", "show", ANNA, "--json", env=ENV).stdout)
+    assert history["suppressed"]["reason"] == "bounced"
+    assert [(e["state"], e["cause"], e["code"], e["suppressed"]) for e in history["events"]] == [
+        ("unverified", "bad-mailbox", "5.1.1", False),
+        ("applied", "bad-mailbox", "5.1.1", True),
+    ]
+    text = invoke(project, "suppress", "show", ANNA, env=ENV).stdout
+    assert "suppressed as bounced" in text and "unverified" in text
+
+
+def json_list(project: Path) -> list[str]:
+    listed = json.loads(invoke(project, "suppress", "list", "--json", env=ENV).stdout)
+    return [row["email"] for row in listed]
+
+
+def query_status(ledger: Ledger, address: str) -> str:
+    [(status,)] = ledger.database.execute(
+        "SELECT status FROM deliveries WHERE address = :a", {"a": address}
+    )
+    return str(status)
+
+
+# -- what the operator is told ----------------------------------------------------------------
+
+
+def test_json_is_printed_when_the_pass_fails(project: Path) -> None:
+    data = yaml.safe_load(project.read_text(encoding="utf-8"))
+    data["bounces"] = {
+        "address": "bounces@startmail.example",
+        "imap": {"host": "127.0.0.1", "port": 9, "security": "none", "username": "b"},
+    }
+    project.write_text(yaml.safe_dump(data), encoding="utf-8")
+    result = invoke(project, "feedback", "--json", env=ENV)
+    assert result.exit_code == 1
+    payload = json.loads(result.stdout)
+    assert "$STATUSMAIL_IMAP_PASSWORD is not set" in payload["error"]
+    assert "STATUSMAIL_IMAP_PASSWORD" in result.stderr
+    checked = invoke(project, "check", env=ENV)
+    assert "$STATUSMAIL_IMAP_PASSWORD is not set" in checked.stdout + checked.stderr
+
+
+def test_a_dry_run_says_would(
+    project: Path, config: Config, caplog: pytest.LogCaptureFixture
+) -> None:
+    with Ledger(project.parent / "statusmail.db") as ledger:
+        tokens = sent_to(ledger, KEYS, ENTRY, [ANNA])
+        with caplog.at_level(logging.INFO, logger="statusmail.feedback"):
+            Feedback(config, KEYS, ledger, dry_run=True, now=NOW).handle(
+                dsn(ANNA, token=tokens[ANNA])
+            )
+    assert "would be suppressed as bounced" in caplog.text
+    assert ": suppressed as" not in caplog.text
+    deliver(project.parent / "bounces", dsn(ANNA, token=tokens[ANNA]))
+    result = invoke(project, "feedback", "--dry-run", env=ENV)
+    assert result.exit_code == 0, result.stderr
+    assert "would be suppressed as bounced" in result.stdout
+    assert "1 would be newly suppressed" in result.stdout
