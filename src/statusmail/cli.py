@@ -6,6 +6,7 @@ runs, so ``--help``, ``--version`` and a usage error start at once.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import json
 import logging
@@ -19,7 +20,7 @@ import click
 from rich.console import Console
 
 from statusmail import __version__, signals
-from statusmail.domain import ExitCode, SuppressionReason
+from statusmail.domain import Cause, ExitCode, SuppressionReason
 from statusmail.errors import InputError, Interrupted, StatusmailError
 from statusmail.formats import FORMATS
 
@@ -646,18 +647,75 @@ def suppress_add(
 
 @suppress.command(name="remove")
 @common_options
-@click.argument("addresses", nargs=-1, required=True)
+@click.argument("addresses", nargs=-1)
+@click.option(
+    "--reason",
+    type=click.Choice([reason.value for reason in SuppressionReason]),
+    default=None,
+    help="Lift every suppression for this reason (instead of naming addresses).",
+)
+@click.option(
+    "--since",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    default=None,
+    help="With --reason: only suppressions made on or after this day (UTC).",
+)
+@click.option("--domain", default=None, help="With --reason: only addresses at this domain.")
+@click.option(
+    "--cause",
+    type=click.Choice([cause.value for cause in Cause]),
+    default=None,
+    help="With --reason: only suppressions a report of this cause made.",
+)
+@click.option("--dry-run", is_flag=True, help="Say how many would be lifted; lift none.")
 @run
-def suppress_remove(config: Config, addresses: tuple[str, ...]) -> ExitCode:
-    """Take ADDRESSES off the suppression list, so later entries reach them again.
+def suppress_remove(
+    config: Config,
+    addresses: tuple[str, ...],
+    reason: str | None,
+    since: dt.datetime | None,
+    domain: str | None,
+    cause: str | None,
+    dry_run: bool,
+) -> ExitCode:
+    """Take ADDRESSES off the suppression list, so later entries reach them again; or,
+    with --reason, every suppression that matches (undo in bulk).
+
+    \b
+    Examples:
+      statusmail suppress remove a@example.org
+      statusmail suppress remove --reason bounced --since 2020-04-21 --domain mail.ru --dry-run
+    """
+    from statusmail import commands, suppression
+
+    if addresses and reason:
+        raise click.UsageError("name addresses or give --reason, not both")
+    if not addresses and not reason:
+        raise click.UsageError("name the addresses to remove, or give --reason")
+    if not reason and (since or domain or cause or dry_run):
+        raise click.UsageError("--since, --domain, --cause and --dry-run go with --reason")
+    if reason:
+        selector = suppression.Selector(reason, since.date() if since else None, domain, cause)
+        return commands.suppress_lift(config, selector, dry_run=dry_run, console=console)
+    return commands.suppress_remove(config, addresses, console)
+
+
+@suppress.command(name="show")
+@common_options
+@click.argument("address")
+@click.option("--json", "as_json", is_flag=True, help="Print the history as JSON.")
+@run
+def suppress_show(config: Config, address: str, as_json: bool) -> ExitCode:
+    """Print every event recorded for ADDRESS: its suppression, each report (entry,
+    cause, code, text, source, when) and each lifted suppression.
 
     \b
     Example:
-      statusmail suppress remove a@example.org
+      statusmail suppress show ivan@example.org
     """
     from statusmail import commands
 
-    return commands.suppress_remove(config, addresses, console)
+    return commands.suppress_show(config, address, as_json, out)
 
 
 @suppress.command(name="list")
@@ -699,22 +757,44 @@ def suppress_export(config: Config, output: Path | None) -> ExitCode:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print a summary of the pass as JSON.")
 @click.option("--show-addresses", is_flag=True, help="Show whole addresses instead of masked.")
+@click.option(
+    "--release-held",
+    metavar="DOMAIN",
+    default=None,
+    help="Apply the events the storm guard held for DOMAIN (after a look), then stop.",
+)
 @run
-def feedback(config: Config, dry_run: bool, as_json: bool, show_addresses: bool) -> ExitCode:
+def feedback(
+    config: Config,
+    dry_run: bool,
+    as_json: bool,
+    show_addresses: bool,
+    release_held: str | None,
+) -> ExitCode:
     """Read bounces, complaints and mailto unsubscribes back from the bounce mailbox.
 
-    Hard bounces and complaints suppress the address; soft bounces are scored
-    (bounces.soft_limit days within bounces.soft_window_days suppress). Handled
-    messages move to the processed folder; everything else stays where it was.
+    Only a report tied to a delivery by proof (the VERP return path, a statusmail
+    Message-ID, an unsubscribe token) changes anything; others are recorded as
+    unverified or forged. A bad or disabled mailbox suppresses at once; a full one or
+    an expiry scores (bounces.soft_limit days within bounces.soft_window_days
+    suppress); policy and sender-side rejections never suppress. A storm of one
+    domain and cause is held until --release-held. Handled messages move to the
+    processed folder; everything else stays where it was.
 
     \b
     Example:
       statusmail feedback --dry-run && statusmail feedback --json
+      statusmail feedback --release-held mail.ru
     """
     from statusmail import commands
 
     return commands.feedback(
-        config, dry_run=dry_run, as_json=as_json, show_addresses=show_addresses, console=out
+        config,
+        dry_run=dry_run,
+        as_json=as_json,
+        show_addresses=show_addresses,
+        release_held=release_held,
+        console=out,
     )
 
 

@@ -121,6 +121,20 @@ class ImapSettings:
         return read_secret(self.password_env, environ)
 
 
+def imap_password_problem(config: Config) -> Problem:
+    """The one line an unset IMAP password gets, in check and feedback alike."""
+    imap = config.bounces.imap
+    assert imap is not None
+    return Problem(
+        config.path,
+        config.line("bounces"),
+        f"${imap.password_env} is not set: the IMAP mailbox {imap.server} needs its "
+        f"password (in ${imap.password_env}, a file named by ${imap.password_env}_FILE, "
+        "or a systemd credential of that name)",
+        code="secret-missing",
+    )
+
+
 @dataclass(frozen=True)
 class BounceSettings:
     """The VERP return path, the mailbox bounces come back to, and the bounce policy."""
