@@ -278,10 +278,10 @@ _CAUSE_TEXTS: tuple[tuple[Cause, re.Pattern[str]], ...] = tuple(
         (
             Cause.EXPIRED,
             r"expired|retry timeout exceeded|delivery time expired|"
-            r"could not be delivered within|too long in (?:the )?queue|"
+            r"could not be delivered within|too long in (?:the )?queue|in (?:the )?queue too long|"
             r"(?:message|mail) (?:has been )?delayed (?:for )?too long|"
             r"maximum time in queue|"
-            r"срок (?:доставки |хранения )?(?:\w+ )?ист[её]к|истекло время",
+            r"срок (?:доставки |хранения )?(?:\w+ )?ист[её]к|ист[её]к\w* срок|истекло время",
         ),
         (
             Cause.DISABLED,
@@ -322,7 +322,7 @@ _CAUSE_TEXTS: tuple[tuple[Cause, re.Pattern[str]], ...] = tuple(
         (
             Cause.POLICY,
             r"spam|block ?list|black ?list|blocked|banned|listed (?:at|in|on|by)|"
-            r"polic(?:y|ies)|spamhaus|spamcop|barracuda|\b(?:rbl|dnsbl)\b|reputation|"
+            r"polic(?:y|ies)|spamhaus|spamcop|barracuda|\b(?:rbl|dnsbl)\b|reputation|unsolicited|"
             r"content rejected|not accepted for policy|спам|заблокирован|"
             r"черн\w+ спис|политик",
         ),
@@ -348,7 +348,14 @@ _SENDER_SIDE_CAUSES = (Cause.AUTHENTICATION, Cause.POLICY)
 
 
 def _text_causes(text: str) -> list[Cause]:
-    return [cause for cause, pattern in _CAUSE_TEXTS if pattern.search(text)]
+    """Every cause the words give, in the order above; words that gave one give no other
+    ("mailbox blocked" is a disabled mailbox, not also a spam block)."""
+    found: list[Cause] = []
+    for cause, pattern in _CAUSE_TEXTS:
+        text, matched = pattern.subn(" ", text)
+        if matched:
+            found.append(cause)
+    return found
 
 
 def _code_cause(code: str) -> Cause | None:
@@ -382,13 +389,15 @@ def cause_of(code: str | None, text: str) -> Cause:
     (Yandex answers "5.7.1 No such user!") only when nothing in it speaks of policy. Under
     4.4.x/5.4.x the text may tell that the queue gave up (expired).
     """
-    said = _text_causes(text[:MAX_TEXT])
     found = _STATUS.search(code or "")
+    by_code = _code_cause(found.group(0)) if found else None
+    detail = found.group(3) if found else "0"
+    if by_code not in (None, Cause.POLICY, Cause.NETWORK) and detail != "0":
+        return by_code  # decisive: no need to read the words
+    said = _text_causes(text[:MAX_TEXT])
     if found is None:
         return said[0] if said else Cause.OTHER
-    by_code = _code_cause(found.group(0))
-    subject, detail = found.group(2), found.group(3)
-    if subject == "7" and by_code is Cause.POLICY:
+    if by_code is Cause.POLICY:
         sender_side = [c for c in said if c in _SENDER_SIDE_CAUSES]
         return (sender_side or said or [Cause.POLICY])[0]
     if by_code is Cause.NETWORK and Cause.EXPIRED in said:
@@ -623,9 +632,12 @@ JMRP_REPORTER = "Microsoft JMRP"
 
 def jmrp_recipients(msg: Message) -> list[str] | None:
     """The recipients a Microsoft JMRP complaint names, else None when it is not one."""
-    sender = email.utils.parseaddr(header(msg, "From"))[1].lower()
-    originals = [o for o in _embedded(msg) if o.get_content_type() != "text/rfc822-headers"]
-    if sender not in _JMRP_SENDERS or not originals:
+    if "staff@" not in str(msg.get("From", "")).lower():  # most messages: cheaply not one
+        return None
+    if email.utils.parseaddr(header(msg, "From"))[1].lower() not in _JMRP_SENDERS:
+        return None
+    originals = _embedded(msg)
+    if not originals:
         return None
     named = [header(o, "X-HmXmrOriginalRecipient") for o in [msg, *originals]]
     return [a for _, a in email.utils.getaddresses([n for n in named if n]) if a]
@@ -691,9 +703,9 @@ def _from_a_person(msg: Message) -> bool:
     with an address that is no daemon's, no null return path, nothing automatic."""
     if msg.get_content_type() == "multipart/report" or msg.get("X-Failed-Recipients"):
         return False
-    if header(msg, "Return-Path").replace(" ", "") == "<>":
+    if "".join(str(msg.get("Return-Path", "")).split()) == "<>":
         return False
-    submitted = header(msg, "Auto-Submitted").split(";", 1)[0].strip().lower()
+    submitted = str(msg.get("Auto-Submitted", "")).split(";", 1)[0].strip().lower()
     if submitted and submitted != "no":
         return False
     sender = header(msg, "From")
