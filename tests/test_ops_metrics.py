@@ -1,18 +1,22 @@
-"""Metrics and health of the running services (issue 13): ``serve`` after real HTTP
-unsubscribes and ``watch --metrics-port`` during real sends to aiosmtpd, scraped over
-HTTP; the counters match the ledger, and /readyz turns unready when the ledger is
-made unreadable or the relay is down."""
+"""Metrics and health of the running services (issues 13 and 20): ``serve`` after real
+HTTP unsubscribes and ``watch --metrics-port`` during real sends to aiosmtpd, scraped over
+HTTP; the counters match the ledger, every series the README documents is there from the
+start, a finished entry leaves no series behind, and /readyz turns unready when the
+ledger is made unreadable or the relay is down."""
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
 import pytest
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import SECRET, free_port, http_request, port_open, wait_for
+from conftest import REPO, SECRET, free_port, http_request, port_open, wait_for
 from delivery_helpers import add_subscribers, point_at, suppressed
+from editing import replace_in
 from ops_helpers import (
     NotifySocket,
     Samples,
@@ -55,9 +59,36 @@ def messages(samples: Samples, outcome: str, reply_class: str) -> float | None:
     return value(samples, "statusmail_messages_total", outcome=outcome, reply_class=reply_class)
 
 
+def documented(service: str) -> dict[str, bool]:
+    """The README's metrics table: each statusmail_* series ``service`` (watch or serve)
+    exposes, and whether it is labelled by ``entry`` (so absent until an entry runs)."""
+    section = REPO.joinpath("README.md").read_text(encoding="utf-8").split("### Metrics")[1]
+    rows = re.findall(r"^\| `(statusmail_\w+)` \|([^\n]*)\| ([a-z]+)[^|\n]* \|$", section, re.M)
+    return {
+        name: "`entry`" in middle for name, middle, source in rows if source in (service, "both")
+    }
+
+
+def check_documented(port: int, service: str) -> None:
+    """Every documented series of ``service`` is in a scrape of ``port``; each counter not
+    labelled by entry is there at 0, as a fresh process has it."""
+    body = http_request(port, "GET", "/metrics").body
+    families = {f.name: f for f in text_string_to_metric_families(body)}
+    expected = documented(service)
+    assert expected, "no metric documented for " + service
+    for name, by_entry in expected.items():
+        family = families.get(name) or families.get(name.removesuffix("_total"))
+        assert family is not None, f"{name} is documented but not exposed by {service}"
+        if not by_entry:
+            assert family.samples, f"{name} has no series at the start"
+        if family.type == "counter":
+            assert {sample.value for sample in family.samples} <= {0.0}, family
+
+
 def test_serve_counts_unsubscribes_as_the_ledger_records_them(project: Path) -> None:
     people = [f"reader{i}@example.org" for i in range(3)]
     with serve_process(project) as (port, _process):
+        check_documented(port, "serve")
         first = scrape(port)
         assert {requests(first, o) for o in ("done", "invalid", "bad_request", "error")} == {0.0}
         for address in people:
@@ -170,14 +201,12 @@ def test_watch_metrics_during_a_send_match_the_ledger(project: Path) -> None:
             )
             assert value(during, "statusmail_sending_entry_info", entry=BLOCK) is None
 
-            # After it: every counter equals the ledger's count.
+            # After it: every counter equals the ledger's count, and the finished
+            # entries' pending series are gone (nobody waits for them).
             def idle() -> Samples | None:
                 samples = scrape(port)
-                done = all(
-                    value(samples, "statusmail_recipients_pending", entry=e) == 0
-                    for e in (BLOCK, UPDATE)
-                )
-                return samples if done and not sending(samples) else None
+                pending = any(name == "statusmail_recipients_pending" for name, _ in samples)
+                return None if pending or sending(samples) else samples
 
             after = wait_for(idle, timeout=60, what="both entries to finish")
             sent = ledger_count(project, "SELECT COUNT(*) FROM deliveries WHERE status='sent'")
@@ -302,17 +331,60 @@ def test_each_run_has_its_own_registry_and_feedback_kinds_stay_a_fixed_set() -> 
     second = metrics.DeliveryMetrics(metrics.new_registry())
     with metrics.use(first):
         metrics.feedback_event("complaint")
-        metrics.feedback_event("bounce")
+        metrics.feedback_event("hard")
+        metrics.feedback_event("bounce")  # no kind: other
         metrics.feedback_event("Bounce from <anna@example.org>")  # not a kind: no text kept
         metrics.current().for_entry(UPDATE).sent()
     assert metrics.current() is not first  # outside use(): the unexposed default
     text = generate_latest(first.registry).decode()
     assert 'statusmail_feedback_events_total{kind="complaint"} 1.0' in text
-    assert 'statusmail_feedback_events_total{kind="bounce"} 1.0' in text
-    assert 'statusmail_feedback_events_total{kind="other"} 1.0' in text
-    assert "anna" not in text
+    assert 'statusmail_feedback_events_total{kind="hard"} 1.0' in text
+    assert 'statusmail_feedback_events_total{kind="other"} 2.0' in text
+    assert "anna" not in text and "bounce" not in text
     assert 'statusmail_messages_total{outcome="sent",reply_class="2xx"} 1.0' in text
     untouched = generate_latest(second.registry).decode()
     assert 'statusmail_messages_total{outcome="sent",reply_class="2xx"} 0.0' in untouched
-    assert "statusmail_feedback_events_total{" not in untouched
+    for kind in metrics.FEEDBACK_KINDS:  # each kind there at 0, before the first
+        assert f'statusmail_feedback_events_total{{kind="{kind}"}} 0.0' in untouched
     assert "process_start_time_seconds" in untouched
+
+
+def pending_series(registry: CollectorRegistry) -> dict[str, float]:
+    text = generate_latest(registry).decode()
+    return {
+        sample.labels["entry"]: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "statusmail_recipients_pending"
+        for sample in family.samples
+    }
+
+
+def test_a_watcher_keeps_no_series_of_the_entries_it_finished() -> None:
+    watched = metrics.DeliveryMetrics(metrics.new_registry())
+    entries = [f"update-{n:04d}" for n in range(1000)]
+    for entry in entries:
+        watched.start_sending(entry, 2)
+        run = watched.for_entry(entry)
+        run.sent()
+        run.skipped()
+        watched.done_sending(entry, None)  # as watch does on the way out of any run...
+        watched.done_sending(entry, 0)  # ...then with the ledger's count
+    stopped = entries[-1] + "-stopped"  # a run that stopped with recipients waiting
+    watched.start_sending(stopped, 5)
+    watched.for_entry(stopped).sent()
+    watched.done_sending(stopped, None)
+    watched.done_sending(stopped, 4)
+    assert pending_series(watched.registry) == {stopped: 4}
+    assert "statusmail_sending_entry_info{" not in generate_latest(watched.registry).decode()
+
+
+def test_a_fresh_watcher_exposes_every_documented_series(project: Path) -> None:
+    for entry in (BLOCK, UPDATE):  # nothing to send: the scrape is of a process at rest
+        replace_in(project.parent / "updates" / f"{entry}.yaml", "status: ready", "status: draft")
+    port = free_port()
+    service = watch(project, port)
+    try:
+        wait_for(lambda: metrics_up(port, service), what="the metrics port")
+        check_documented(port, "watch")
+    finally:
+        service.stop()

@@ -22,7 +22,7 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line and not line.startswith("note: ")]
 
 
-@pytest.mark.parametrize("content", ["", "\n", "  \r\n"])
+@pytest.mark.parametrize("content", ["", "  \r\n"])
 def test_an_empty_secret_file_is_an_error_naming_the_file(
     project: Path, tmp_path: Path, content: str
 ) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -27,6 +26,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
+from statusmail.domain import FeedbackKind
 from statusmail.errors import DeliveryError
 
 # The class of the last reply a message got: an SMTP reply code's hundreds, ``network``
@@ -36,7 +36,7 @@ REPLY_CLASSES = ("2xx", "4xx", "5xx", "network", "local")
 FAILED_CLASSES = ("4xx", "5xx", "network", "local")
 RETRIED_CLASSES = ("4xx", "network")  # only transient failures are tried again
 UNSUBSCRIBE_OUTCOMES = ("done", "invalid", "bad_request", "error")
-FEEDBACK_KIND = re.compile(r"[a-z][a-z0-9_]{0,31}")
+FEEDBACK_KINDS = (*(str(kind) for kind in FeedbackKind), "other")
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 # No ``*_created`` series beside each counter: they double what a scrape carries, and
@@ -105,7 +105,8 @@ class DeliveryMetrics:
         )
         self.feedback = Counter(
             "statusmail_feedback_events",
-            "Feedback read from returned mail, by kind (bounce, complaint, ...).",
+            "Feedback read from returned mail, by kind (hard, soft, complaint, "
+            "unsubscribe, other).",
             ["kind"],
             registry=registry,
         )
@@ -116,6 +117,8 @@ class DeliveryMetrics:
             self.messages.labels("failed", cls)
         for cls in RETRIED_CLASSES:
             self.messages.labels("retried", cls)
+        for kind in FEEDBACK_KINDS:
+            self.feedback.labels(kind)
 
     def relay(self, reachable: bool, errors: int = 0) -> None:
         """The outcome of connecting to the relay: ``errors`` connections failed."""
@@ -132,14 +135,19 @@ class DeliveryMetrics:
         self.pending.labels(entry_id).set(pending)
 
     def done_sending(self, entry_id: str, pending: int | None) -> None:
-        """``pending`` from the ledger's own count at the end, when it could be read."""
+        """``pending`` from the ledger's own count at the end, when it could be read. An
+        entry nobody waits for any more leaves no series behind, so a watcher that sends
+        a thousand entries does not keep a thousand zeros."""
         with contextlib.suppress(KeyError):
             self.sending.remove(entry_id)
-        if pending is not None:
+        if pending == 0:
+            with contextlib.suppress(KeyError):
+                self.pending.remove(entry_id)
+        elif pending is not None:
             self.pending.labels(entry_id).set(pending)
 
     def feedback_event(self, kind: str) -> None:
-        self.feedback.labels(kind if FEEDBACK_KIND.fullmatch(kind) else "other").inc()
+        self.feedback.labels(kind if kind in FEEDBACK_KINDS else "other").inc()
 
 
 @dataclass
@@ -233,6 +241,7 @@ def use(metrics: DeliveryMetrics) -> Iterator[DeliveryMetrics]:
 
 
 def feedback_event(kind: str) -> None:
-    """Count one feedback event (for the feedback reader): ``kind`` is a short fixed
-    word such as ``bounce`` or ``complaint``; anything else is counted as ``other``."""
+    """Count one feedback event (for the feedback reader): ``kind`` is a ``FeedbackKind``
+    (``hard``, ``soft``, ``complaint``, ``unsubscribe``); anything else counts as
+    ``other``."""
     current().feedback_event(kind)
