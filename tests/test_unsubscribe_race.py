@@ -1,0 +1,131 @@
+"""The unsubscribe wins every race: addresses unsubscribed through ``serve`` (the one-click
+POST) at the sending front, while two senders share an entry on the real PostgreSQL
+server, get nothing after their POST was answered.
+
+The front is held still by the deployment's rate limit: the test locks its row, so every
+worker of both senders waits for its next slot with its next recipient in hand. Those
+recipients are unsubscribed, and the lock let go once every POST was answered: a check
+made before the wait would send them all; the check made after it skips them."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import psycopg
+
+from conftest import SECRET, http_request, serving, wait_for
+from postgres_helpers import ENTRY, configure, finish, query, recipient_of, senders
+from smtp_server import RecordingServer
+from statusmail.tokens import Keyring, unsubscribe_token
+
+SENDERS = 2
+CONCURRENCY = 2  # per sender
+ROUNDS = 2
+
+
+def one_click(port: int, address: str) -> int:
+    """The one-click POST of ``address``'s List-Unsubscribe URL, as a mail client sends it
+    through the reverse proxy; the reply's status."""
+    path = "/status/unsubscribe/" + unsubscribe_token(Keyring(SECRET.encode()), address)
+    reply = http_request(
+        port,
+        "POST",
+        path,
+        b"List-Unsubscribe=One-Click",
+        {"Content-Type": "application/x-www-form-urlencoded", "Host": "www.startmail.example"},
+    )
+    return reply.status
+
+
+def waiting_for_a_slot(postgres: str) -> int:
+    """How many sessions wait for the rate limit's row (this test holds it)."""
+    rows = query(
+        postgres,
+        "SELECT COUNT(DISTINCT l.pid) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+        " WHERE l.relation = 'limiters'::regclass AND a.wait_event_type = 'Lock'",
+    )
+    return int(rows[0][0])
+
+
+def in_hand(postgres: str, arrived: set[str]) -> list[str]:
+    """Each worker's recipient: the first ``CONCURRENCY`` of each sender's claim in queue
+    order that the relay has not seen (a worker waiting for its slot has nothing in
+    flight, and what it skipped before is recorded)."""
+    rows = query(
+        postgres,
+        "SELECT address, claimed_by FROM deliveries WHERE entry_id = %s AND status = 'pending'"
+        " AND claimed_by IS NOT NULL ORDER BY seq",
+        ENTRY,
+    )
+    taken: dict[str, list[str]] = {}
+    for address, sender in rows:
+        hand = taken.setdefault(sender, [])
+        if address not in arrived and len(hand) < CONCURRENCY:
+            hand.append(address)
+    return [address for hand in taken.values() for address in hand]
+
+
+def test_no_message_leaves_after_its_unsubscribe_was_answered(project: Path, postgres: str) -> None:
+    answered: dict[str, float] = {}  # address -> when its POST was answered (monotonic)
+    with RecordingServer() as relay:
+        configure(project, relay.port, 40, rate=20, concurrency=CONCURRENCY)
+        processes = senders(project, postgres, SENDERS, "send", ENTRY, "--yes")
+        try:
+            with serving(project, SECRET, env={"STATUSMAIL_LEDGER": postgres}) as port:
+                wait_for(lambda: relay.messages, what="the first message")  # the limiter is made
+                for _ in range(ROUNDS):
+                    with psycopg.connect(postgres) as limiter:  # one transaction until commit
+                        limiter.execute("SELECT tat FROM limiters WHERE name = 'send' FOR UPDATE")
+                        wait_for(
+                            lambda: waiting_for_a_slot(postgres) == SENDERS * CONCURRENCY,
+                            what="every worker to wait for its slot",
+                        )
+                        arrived = {recipient_of(m) for m in relay.messages}
+                        front = in_hand(postgres, arrived)
+                        assert len(front) == SENDERS * CONCURRENCY
+                        for address in front:
+                            assert one_click(port, address) == 200
+                            answered[address] = time.monotonic()
+                        limiter.commit()
+                    wait_for(
+                        lambda: (
+                            query(
+                                postgres,
+                                "SELECT COUNT(*) FROM deliveries WHERE status = 'pending'"
+                                " AND address = ANY(%s)",
+                                list(answered),
+                            )
+                            == [(0,)]
+                        ),
+                        what="the unsubscribed recipients' outcomes",
+                    )
+                left = query(postgres, "SELECT COUNT(*) FROM deliveries WHERE status = 'pending'")
+                assert left[0][0] > 0  # still sending: a signal is what stops them
+                for process in processes:
+                    process.send_signal(signal.SIGTERM)
+                codes = finish(processes)
+        finally:
+            for process in processes:
+                if process.poll() is None:
+                    process.kill()
+                    process.communicate()
+        messages = relay.messages
+    assert codes == [4] * SENDERS  # stopped by the signal, the rest pending
+    assert len(answered) == ROUNDS * SENDERS * CONCURRENCY
+    # The relay's arrival time of each message against its recipient's 200
+    late = [
+        (recipient_of(m), round(m.at - answered[recipient_of(m)], 3))
+        for m in messages
+        if recipient_of(m) in answered and m.at > answered[recipient_of(m)]
+    ]
+    assert late == []  # (address, seconds after its 200)
+    assert set(Counter(recipient_of(m) for m in messages).values()) == {1}
+    skipped = query(
+        postgres,
+        "SELECT address, detail FROM deliveries WHERE entry_id = %s AND status = 'skipped'",
+        ENTRY,
+    )
+    assert dict(skipped) == dict.fromkeys(answered, "suppressed: unsubscribed")
