@@ -712,20 +712,13 @@ def _from_a_person(msg: Message) -> bool:
     return bool(email.utils.parseaddr(sender)[1]) and not _DAEMON_FROM.search(sender)
 
 
-def forwarded(msg: Message) -> tuple[str, str] | None:
-    """(the person's own words, what they forwarded or quoted) when a person forwarded
-    something with words of their own above it; None otherwise."""
+def written(msg: Message) -> tuple[str, str] | None:
+    """(the person's own words, what follows them: a forwarded or quoted message) when a
+    person wrote ``msg`` with words of their own; None otherwise."""
     if not _from_a_person(msg):
         return None
-    subject = header(msg, "Subject")
-    attached = any(
-        part.get_content_type() in ("message/rfc822", "message/global") for part in _top(msg)
-    )
     text = body_text(msg)
     marker = _FORWARD_MARKER.search(text)
-    shaped = attached or marker or _FORWARD_SUBJECT.match(subject)
-    if not (shaped or _REPLY_SUBJECT.match(subject)):
-        return None
     cut = min(
         (m.start() for m in (marker, _QUOTE_START.search(text)) if m is not None),
         default=len(text),
@@ -735,8 +728,23 @@ def forwarded(msg: Message) -> tuple[str, str] | None:
     own = own[: signature.start()] if signature else own
     if not _WORD.search(own):
         return None
-    rest = text[cut:] + "\n".join(_headers_text(o) for o in _embedded(msg))
-    return own.strip(), rest
+    return own.strip(), text[cut:] + "\n".join(_headers_text(o) for o in _embedded(msg))
+
+
+def forwarded(msg: Message) -> tuple[str, str] | None:
+    """(the person's own words, what they forwarded or quoted) when a person forwarded
+    something (or replied to it) with words of their own above it; None otherwise."""
+    if not _from_a_person(msg):
+        return None
+    subject = header(msg, "Subject")
+    shaped = (
+        _FORWARD_SUBJECT.match(subject)
+        or _REPLY_SUBJECT.match(subject)
+        or any(p.get_content_type() in ("message/rfc822", "message/global") for p in _top(msg))
+    )
+    if not shaped and not _FORWARD_MARKER.search(body_text(msg)):
+        return None
+    return written(msg)
 
 
 def _top(msg: Message) -> list[Message]:
@@ -919,8 +927,10 @@ def classify(data: bytes, return_path: ReturnPath | None = None) -> Classified:
         return done(Verdict.OTHER, "a delivery status notification without a failure")
     if person is not None and _looks_like_a_report(person[1]):
         return done(Verdict.FORWARDED, "a person forwarded a report, with words of their own")
-    why = "a message a person wrote" if _from_a_person(msg) else "not a report statusmail reads"
-    return replace(done(Verdict.OTHER, why), failures=(unread_failure(msg),))
+    if written(msg) is not None:  # a person's own message, a reply or a question: theirs
+        return done(Verdict.OTHER, "a message a person wrote, with words of their own")
+    result = done(Verdict.OTHER, "not a report statusmail reads")
+    return replace(result, failures=(unread_failure(msg),))
 
 
 def _naming(found: Classified, named: list[str], kind: str, reporter: str | None) -> Classified:
