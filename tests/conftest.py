@@ -266,16 +266,20 @@ def statusmail(
 
 
 @contextmanager
-def _loggers_kept() -> Iterator[None]:
-    """The command sets up the ``statusmail`` and ``uvicorn`` loggers for its run, on the
-    runner's streams; afterwards they are as they were, so no later test logs into them."""
+def loggers_kept() -> Iterator[None]:
+    """The command sets up statusmail's loggers and the libraries' it formats
+    (``statusmail.cli.LOGGERS``) for its run, on the runner's streams, and may capture
+    Python's warnings; afterwards they are as they were, so no later test logs into them."""
+    from statusmail.cli import LOGGERS
+
     kept = [
         (logger, logger.handlers[:], logger.level, logger.propagate)
-        for logger in map(logging.getLogger, ("statusmail", "uvicorn"))
+        for logger in map(logging.getLogger, LOGGERS)
     ]
     try:
         yield
     finally:
+        logging.captureWarnings(False)
         for logger, handlers, level, propagate in kept:
             logger.handlers[:] = handlers
             logger.setLevel(level)
@@ -297,7 +301,7 @@ def invoke(
     traceback. Not for signals, a terminal, or a service to talk to: those need
     ``statusmail``, ``spawn`` or ``serving``."""
     where = contextlib.nullcontext() if cwd is None else contextlib.chdir(cwd)
-    with _loggers_kept(), where:
+    with loggers_kept(), where:
         result = CliRunner().invoke(main, cli_args(config, args), env=env, catch_exceptions=False)
     assert "Traceback" not in result.output, result.output
     return result

@@ -291,8 +291,8 @@ def test_suppress_show_lists_every_event_of_an_address(project: Path) -> None:
     with Ledger(project.parent / "statusmail.db") as ledger:
         tokens = sent_to(ledger, KEYS, ENTRY, [ANNA])
         work = Feedback(config, KEYS, ledger, now=NOW)
-        work.handle(dsn(ANNA))  # unverified
-        work.handle(dsn(ANNA, token=tokens[ANNA]))  # applied: suppresses
+        work.handle(dsn(ANNA, when="Tue, 21 Apr 2020 10:00:00 +0000"))  # unverified
+        work.handle(dsn(ANNA, token=tokens[ANNA], when="Tue, 21 Apr 2020 11:00:00 +0000"))
     history = json.loads(invoke(project, "suppress", "show", ANNA, "--json", env=ENV).stdout)
     assert history["suppressed"]["reason"] == "bounced"
     assert [(e["state"], e["cause"], e["code"], e["suppressed"]) for e in history["events"]] == [

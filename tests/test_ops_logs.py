@@ -20,7 +20,7 @@ import yaml
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from conftest import SECRET, UPDATE, _loggers_kept, http_request, invoke, server_url
+from conftest import SECRET, UPDATE, http_request, invoke, loggers_kept, server_url
 from delivery_helpers import add_subscribers, point_at
 from ops_helpers import Service, serve_process
 from postgres_helpers import query
@@ -190,7 +190,7 @@ def test_an_unexpected_exception_is_one_json_line(
     monkeypatch.setattr(sys, "argv", argv)
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with _loggers_kept(), pytest.raises(SystemExit) as exited:
+        with loggers_kept(), pytest.raises(SystemExit) as exited:
             run()  # python -m statusmail, in this process
     finally:
         for sig, handler in handlers.items():

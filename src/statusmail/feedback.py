@@ -196,7 +196,7 @@ def run_pass(
 ) -> PassReport:
     """One pass over every configured mailbox (one pass per ledger at a time). What it
     did so far is in ``report`` (when given) also if it fails."""
-    keys, _ = config.keyring()
+    keys, _ = config.keyring(announce=True)
     report = report if report is not None else PassReport(dry_run)
     with run_lock(config.paths.ledger, "feedback"):
         boxes = mailboxes(config, readonly=dry_run)
@@ -225,7 +225,7 @@ def release_held(
     mask: Callable[[str], str] = mask_address,
 ) -> PassReport:
     """Apply the events held for ``domain`` (every cause) as if no storm had held them."""
-    keys, _ = config.keyring()
+    keys, _ = config.keyring(announce=True)
     report = PassReport(dry_run)
     with run_lock(config.paths.ledger, "feedback"), _ledger(config, dry_run) as ledger:
         work = Feedback(config, keys, ledger, dry_run=dry_run, mask=mask, report=report)
