@@ -1,0 +1,586 @@
+"""The providers' bounce webhooks over real HTTP: signed with keys made here, shaped as each
+provider documents its payloads, applied to a real ledger, and every forgery refused."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.x509.oid import NameOID
+from starlette.applications import Starlette
+
+from conftest import UPDATE, Reply, copy_sample, http_request, invoke
+from feedback_helpers import ledger_dump, query
+from statusmail import metrics
+from statusmail.config import Config, load_config
+from statusmail.errors import ConfigError
+from statusmail.health import BackgroundServer, listen
+from statusmail.webhooks import MAX_BODY, routes
+
+TOPIC = "arn:aws:sns:us-east-1:123456789012:statusmail-bounces"
+CERT_URL = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-0123456789abcdef.pem"
+POSTMARK_PASSWORD = "a-postmark-webhook-password"
+MAILGUN_KEY = "key-" + "5" * 32
+WEBHOOKS = f"""
+webhooks:
+  ses: {{topic_arns: ["{TOPIC}"]}}
+  postmark: {{username: statusmail, password_env: TEST_POSTMARK_PASSWORD}}
+  mailgun: {{signing_key_env: TEST_MAILGUN_KEY}}
+  sendgrid: {{public_key_env: TEST_SENDGRID_KEY}}
+"""
+
+
+# -- the keys the providers would hold --------------------------------------------------
+
+
+def certificate(key: rsa.RSAPrivateKey, name: str) -> bytes:
+    """A self-signed certificate for ``name``, valid now, as PEM."""
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.UTC)
+    built = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return built.public_bytes(serialization.Encoding.PEM)
+
+
+@dataclass
+class Fetcher:
+    """What statusmail fetches from the SNS hosts: the pages it may have, and what it asked."""
+
+    pages: dict[str, bytes]
+    asked: list[str] = field(default_factory=list)
+
+    def __call__(self, url: str) -> bytes:
+        self.asked.append(url)
+        if url not in self.pages:
+            raise OSError("HTTP Error 404: Not Found")
+        return self.pages[url]
+
+
+@dataclass
+class Site:
+    config: Path
+    port: int
+    fetcher: Fetcher
+    sns_key: rsa.RSAPrivateKey
+    sendgrid_key: ec.EllipticCurvePrivateKey
+    sent: dict[str, str]  # address -> the Message-ID it was sent with
+    free: list[str]  # addresses no test has used yet
+
+    def address(self) -> str:
+        return self.free.pop()
+
+    def post(self, provider: str, body: bytes, headers: Mapping[str, str] | None = None) -> Reply:
+        return http_request(self.port, "POST", f"/webhooks/{provider}", body, headers)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    """The sample project after the April update went out (its ledger holds the
+    deliveries), with every provider's webhook served on a free port."""
+    config = copy_sample(tmp_path_factory.mktemp("webhooks") / "project")
+    with config.open("a", encoding="utf-8") as handle:
+        handle.write(WEBHOOKS)
+    result = invoke(config, "send", UPDATE, "--yes", "--rate", "0")
+    assert result.exit_code == 0, result.output
+    rows = query(config, "SELECT address, message_id FROM deliveries WHERE entry_id = ?", UPDATE)
+    sns_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    sendgrid_key = ec.generate_private_key(ec.SECP256R1())
+    public = sendgrid_key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    environ = {
+        "TEST_POSTMARK_PASSWORD": POSTMARK_PASSWORD,
+        "TEST_MAILGUN_KEY": MAILGUN_KEY,
+        "TEST_SENDGRID_KEY": base64.b64encode(public).decode(),
+    }
+    fetcher = Fetcher({CERT_URL: certificate(sns_key, "sns.amazonaws.com")})
+    app = Starlette(routes=routes(load_config(config), fetch=fetcher, environ=environ))
+    server = BackgroundServer(app, listen("127.0.0.1", 0)).start()
+    try:
+        port = int(server.address.rpartition(":")[2])
+        sent = {str(address): str(mid) for address, mid in rows}
+        yield Site(config, port, fetcher, sns_key, sendgrid_key, sent, sorted(sent))
+    finally:
+        server.stop()
+
+
+def forged_count() -> float:
+    """Forged reports counted so far (the served app counts into the unexposed metrics)."""
+    value = metrics.current().registry.get_sample_value(
+        "statusmail_feedback_reports_total", {"state": "forged"}
+    )
+    return value or 0.0
+
+
+def suppression(config: Path, address: str) -> str | None:
+    rows = query(config, "SELECT reason FROM suppressions WHERE address = ?", address)
+    return str(rows[0][0]) if rows else None
+
+
+def row_status(config: Path, address: str) -> str:
+    rows = query(
+        config,
+        "SELECT status FROM deliveries WHERE entry_id = ? AND address = ?",
+        UPDATE,
+        address,
+    )
+    return str(rows[0][0])
+
+
+def assert_refused(site: Site, reply: Reply, status: int = 403) -> None:
+    assert reply.status == status, reply
+    assert "refused" in reply.body
+
+
+@pytest.fixture
+def unchanged(site: Site) -> Iterator[None]:
+    """The test's requests change no ledger row, and each counts as one forged report."""
+    before, forged = ledger_dump(site.config), forged_count()
+    yield
+    assert ledger_dump(site.config) == before
+    assert forged_count() > forged
+
+
+# -- Amazon SES through SNS -------------------------------------------------------------
+
+
+def aws_string_to_sign(message: Mapping[str, str]) -> bytes:
+    """As the SNS documentation builds it: the fields in byte order, name and value each
+    on a line; Subject only when the notification has one."""
+    if message["Type"] == "Notification":
+        names = ["Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type"]
+    else:
+        names = ["Message", "MessageId", "SubscribeURL", "Timestamp", "Token", "TopicArn", "Type"]
+    return "".join(f"{n}\n{message[n]}\n" for n in names if n in message).encode()
+
+
+def sns_signed(key: rsa.RSAPrivateKey, message: dict[str, str], version: str = "2") -> bytes:
+    algorithm = hashes.SHA256() if version == "2" else hashes.SHA1()
+    signature = key.sign(aws_string_to_sign(message), padding.PKCS1v15(), algorithm)
+    message |= {
+        "SignatureVersion": version,
+        "Signature": base64.b64encode(signature).decode(),
+    }
+    message.setdefault("SigningCertURL", CERT_URL)
+    return json.dumps(message).encode()
+
+
+def sns_notification(ses: Mapping[str, Any], **fields: str) -> dict[str, str]:
+    return {
+        "Type": "Notification",
+        "MessageId": secrets.token_hex(16),
+        "TopicArn": TOPIC,
+        "Message": json.dumps(ses),
+        "Timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+        "UnsubscribeURL": "https://sns.us-east-1.amazonaws.com/?Action=Unsubscribe",
+        **fields,
+    }
+
+
+def ses_bounce(address: str, message_id: str, status: str = "5.1.1") -> dict[str, Any]:
+    return {
+        "notificationType": "Bounce",
+        "bounce": {
+            "bounceType": "Permanent",
+            "bounceSubType": "General",
+            "bouncedRecipients": [
+                {
+                    "emailAddress": address,
+                    "action": "failed",
+                    "status": status,
+                    "diagnosticCode": f"smtp; 550 {status} <{address}>: user unknown",
+                }
+            ],
+            "timestamp": "2020-04-21T10:05:00.000Z",
+            "feedbackId": f"0100017{secrets.token_hex(8)}-000000",
+            "reportingMTA": "dsn; a8-70.smtp-out.amazonses.com",
+        },
+        "mail": {
+            "timestamp": "2020-04-21T10:04:58.000Z",
+            "source": "status@startmail.example",
+            "messageId": "0100017164ae7c5a-7d1e8c2a-2c5c-4ecb-a3f6-000000000000-000000",
+            "destination": [address],
+            "headers": [{"name": "Message-ID", "value": message_id}],
+            "commonHeaders": {"messageId": message_id, "to": [address]},
+        },
+    }
+
+
+def ses_complaint(address: str) -> dict[str, Any]:
+    return {
+        "notificationType": "Complaint",
+        "complaint": {
+            "complainedRecipients": [{"emailAddress": address}],
+            "complaintFeedbackType": "abuse",
+            "timestamp": "2020-04-21T11:00:00.000Z",
+            "feedbackId": f"0100017{secrets.token_hex(8)}-000000",
+        },
+        "mail": {"messageId": "0100017164ae7c5a-0000", "destination": [address]},
+    }
+
+
+def test_ses_bounce_signed_v2_suppresses_the_address(site: Site) -> None:
+    address = site.address()
+    body = sns_signed(site.sns_key, sns_notification(ses_bounce(address, site.sent[address])))
+    reply = site.post("ses", body, {"x-amz-sns-message-type": "Notification"})
+    assert reply.status == 200, reply
+    assert suppression(site.config, address) == "bounced"
+    assert row_status(site.config, address) == "bounced"
+
+
+def test_ses_complaint_signed_v1_suppresses_and_the_certificate_is_fetched_once(
+    site: Site,
+) -> None:
+    address = site.address()
+    body = sns_signed(site.sns_key, sns_notification(ses_complaint(address)), version="1")
+    reply = site.post("ses", body)
+    assert reply.status == 200, reply
+    assert suppression(site.config, address) == "complained"
+    assert site.fetcher.asked.count(CERT_URL) == 1  # cached by URL since the first message
+
+
+def test_ses_delivery_notifications_change_nothing(site: Site) -> None:
+    address = site.free[-1]
+    delivery = {"notificationType": "Delivery", "mail": {"destination": [address]}}
+    before = ledger_dump(site.config)
+    reply = site.post("ses", sns_signed(site.sns_key, sns_notification(delivery)))
+    assert reply.status == 200, reply
+    assert json.loads(reply.body) == {"reports": 0}
+    assert ledger_dump(site.config) == before
+
+
+def test_sns_subscription_confirmation_fetches_its_subscribe_url(site: Site) -> None:
+    subscribe = (
+        "https://sns.us-east-1.amazonaws.com/?Action=ConfirmSubscription"
+        f"&TopicArn={TOPIC}&Token={secrets.token_hex(32)}"
+    )
+    site.fetcher.pages[subscribe] = b"<ConfirmSubscriptionResponse/>"
+    message = {
+        "Type": "SubscriptionConfirmation",
+        "MessageId": secrets.token_hex(16),
+        "Token": subscribe.rpartition("=")[2],
+        "TopicArn": TOPIC,
+        "Message": f"You have chosen to subscribe to the topic {TOPIC}.",
+        "SubscribeURL": subscribe,
+        "Timestamp": "2020-04-21T10:00:00.000Z",
+    }
+    reply = site.post("ses", sns_signed(site.sns_key, message))
+    assert reply.status == 200, reply
+    assert subscribe in site.fetcher.asked
+
+
+OFF_HOST = (
+    "http://sns.us-east-1.amazonaws.com/SimpleNotificationService-1.pem",
+    "https://sns.us-east-1.amazonaws.com.evil.example/SimpleNotificationService-1.pem",
+    "https://evil.example/sns.us-east-1.amazonaws.com/SimpleNotificationService-1.pem",
+    "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-1.txt",
+    "https://user@sns.us-east-1.amazonaws.com/SimpleNotificationService-1.pem",
+)
+
+
+@pytest.mark.parametrize("url", OFF_HOST)
+@pytest.mark.usefixtures("unchanged")
+def test_sns_certificate_url_off_the_sns_hosts_is_refused_unfetched(site: Site, url: str) -> None:
+    address = site.free[-1]
+    message = sns_notification(ses_bounce(address, site.sent[address]), SigningCertURL=url)
+    site.fetcher.pages[url] = certificate(site.sns_key, "sns.amazonaws.com")
+    assert_refused(site, site.post("ses", sns_signed(site.sns_key, message)))
+    assert url not in site.fetcher.asked
+
+
+def _tampered(site: Site, message: dict[str, str]) -> bytes:
+    signed = json.loads(sns_signed(site.sns_key, message))
+    signed["Message"] = signed["Message"].replace("5.1.1", "5.1.2")
+    return json.dumps(signed).encode()
+
+
+def _unknown_topic(site: Site, message: dict[str, str]) -> bytes:
+    return sns_signed(site.sns_key, message | {"TopicArn": TOPIC + "-other"})
+
+
+def _other_key(site: Site, message: dict[str, str]) -> bytes:
+    return sns_signed(rsa.generate_private_key(public_exponent=65537, key_size=1024), message)
+
+
+def _unsigned(site: Site, message: dict[str, str]) -> bytes:
+    return json.dumps(message | {"SigningCertURL": CERT_URL}).encode()
+
+
+def _wrong_subject(site: Site, message: dict[str, str]) -> bytes:
+    url = CERT_URL.replace(".pem", "-evil.pem")
+    site.fetcher.pages[url] = certificate(site.sns_key, "evil.example")
+    return sns_signed(site.sns_key, message | {"SigningCertURL": url})
+
+
+@pytest.mark.parametrize(
+    "forge", [_tampered, _unknown_topic, _other_key, _unsigned, _wrong_subject]
+)
+@pytest.mark.usefixtures("unchanged")
+def test_forged_sns_messages_are_refused(site: Site, forge: Any) -> None:
+    address = site.free[-1]
+    message = sns_notification(ses_bounce(address, site.sent[address]))
+    assert_refused(site, site.post("ses", forge(site, message)))
+    assert suppression(site.config, address) is None
+
+
+# -- Postmark ---------------------------------------------------------------------------
+
+
+def postmark_bounce(address: str) -> bytes:
+    return json.dumps(
+        {
+            "RecordType": "Bounce",
+            "MessageStream": "outbound",
+            "ID": int(time.time_ns() % 10**12),
+            "Type": "HardBounce",
+            "TypeCode": 1,
+            "Name": "Hard bounce",
+            "MessageID": "883953f4-6105-42a2-a16a-77a8eac79483",
+            "Description": "The server was unable to deliver your message (ex: unknown user).",
+            "Details": "smtp;550 5.1.1 The email account that you tried to reach does not exist.",
+            "Email": address,
+            "From": "status@startmail.example",
+            "BouncedAt": "2020-04-21T10:05:00.2735393-04:00",
+            "DumpAvailable": False,
+            "Inactive": True,
+            "CanActivate": True,
+            "Subject": "Appeals against the block: the April 21 update",
+        }
+    ).encode()
+
+
+def basic(username: str, password: str) -> dict[str, str]:
+    return {
+        "Authorization": "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+    }
+
+
+def test_postmark_bounce_with_basic_auth_suppresses_the_address(site: Site) -> None:
+    address = site.address()
+    reply = site.post("postmark", postmark_bounce(address), basic("statusmail", POSTMARK_PASSWORD))
+    assert reply.status == 200, reply
+    assert suppression(site.config, address) == "bounced"
+
+
+@pytest.mark.usefixtures("unchanged")
+def test_postmark_without_basic_auth_is_asked_for_it(site: Site) -> None:
+    reply = site.post("postmark", postmark_bounce(site.free[-1]))
+    assert_refused(site, reply, 401)
+    assert reply.headers["www-authenticate"].startswith("Basic")
+
+
+@pytest.mark.parametrize(
+    "credentials", [("statusmail", "a-wrong-password"), ("someone", POSTMARK_PASSWORD)]
+)
+@pytest.mark.usefixtures("unchanged")
+def test_postmark_with_wrong_basic_auth_is_refused(
+    site: Site, credentials: tuple[str, str]
+) -> None:
+    assert_refused(site, site.post("postmark", postmark_bounce(site.free[-1]), basic(*credentials)))
+
+
+# -- Mailgun ----------------------------------------------------------------------------
+
+
+def mailgun_body(
+    address: str,
+    *,
+    event: str = "failed",
+    severity: str = "permanent",
+    age: float = 0,
+    key: str = MAILGUN_KEY,
+) -> bytes:
+    timestamp = str(int(time.time() - age))
+    token = secrets.token_hex(25)
+    signature = hmac.new(key.encode(), f"{timestamp}{token}".encode(), hashlib.sha256)
+    return json.dumps(
+        {
+            "signature": {
+                "timestamp": timestamp,
+                "token": token,
+                "signature": signature.hexdigest(),
+            },
+            "event-data": {
+                "event": event,
+                "id": secrets.token_urlsafe(16),
+                "timestamp": time.time(),
+                "log-level": "error",
+                "severity": severity,
+                "reason": "bounce",
+                "recipient": address,
+                "recipient-domain": address.rpartition("@")[2],
+                "delivery-status": {
+                    "attempt-no": 1,
+                    "code": 550,
+                    "message": "",
+                    "description": "5.1.1 The email account that you tried to reach does not exist",
+                },
+                "message": {
+                    "headers": {
+                        "to": address,
+                        "message-id": "20200421100458.1.ABCDEF@mg.startmail.example",
+                        "from": "StartMail <status@startmail.example>",
+                    }
+                },
+            },
+        }
+    ).encode()
+
+
+def test_mailgun_permanent_failure_suppresses_the_address(site: Site) -> None:
+    address = site.address()
+    reply = site.post("mailgun", mailgun_body(address))
+    assert reply.status == 200, reply
+    assert suppression(site.config, address) == "bounced"
+
+
+@pytest.mark.parametrize(
+    "forge",
+    [
+        pytest.param({"key": "key-" + "6" * 32}, id="other-key"),
+        pytest.param({"age": 3600}, id="stale"),
+        pytest.param({"age": -3600}, id="from-the-future"),
+    ],
+)
+@pytest.mark.usefixtures("unchanged")
+def test_forged_or_stale_mailgun_bodies_are_refused(site: Site, forge: dict[str, Any]) -> None:
+    assert_refused(site, site.post("mailgun", mailgun_body(site.free[-1], **forge)))
+
+
+def test_a_replayed_mailgun_token_is_refused(site: Site) -> None:
+    address = site.address()
+    body = mailgun_body(address, event="failed", severity="temporary")
+    assert site.post("mailgun", body).status == 200
+    before, forged = ledger_dump(site.config), forged_count()
+    assert_refused(site, site.post("mailgun", body))
+    assert ledger_dump(site.config) == before
+    assert forged_count() == forged + 1
+
+
+# -- SendGrid ---------------------------------------------------------------------------
+
+
+def sendgrid_events(address: str) -> bytes:
+    now = int(time.time())
+    common = {"email": address, "timestamp": now, "smtp-id": "<14c5d75ce93.dfd.64b469@ismtpd-555>"}
+    return json.dumps(
+        [
+            common
+            | {
+                "event": "processed",
+                "sg_event_id": secrets.token_urlsafe(16),
+                "sg_message_id": "14c5d75ce93.dfd.64b469.filter0001.16648.5515E0B88.0",
+            },
+            common
+            | {
+                "event": "bounce",
+                "category": ["status"],
+                "sg_event_id": secrets.token_urlsafe(16),
+                "sg_message_id": "14c5d75ce93.dfd.64b469.filter0001.16648.5515E0B88.0",
+                "reason": "550 5.1.1 The email account that you tried to reach does not exist.",
+                "status": "5.1.1",
+                "type": "bounce",
+            },
+        ]
+    ).encode()
+
+
+def sendgrid_headers(key: ec.EllipticCurvePrivateKey, body: bytes) -> dict[str, str]:
+    timestamp = str(int(time.time()))
+    signature = key.sign(timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
+    return {
+        "Content-Type": "application/json",
+        "X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(signature).decode(),
+        "X-Twilio-Email-Event-Webhook-Timestamp": timestamp,
+    }
+
+
+def test_sendgrid_signed_bounce_suppresses_the_address(site: Site) -> None:
+    address = site.address()
+    body = sendgrid_events(address)
+    reply = site.post("sendgrid", body, sendgrid_headers(site.sendgrid_key, body))
+    assert reply.status == 200, reply
+    assert json.loads(reply.body) == {"reports": 1}  # "processed" says nothing
+    assert suppression(site.config, address) == "bounced"
+
+
+def _sendgrid_other_key(site: Site, body: bytes) -> dict[str, str]:
+    return sendgrid_headers(ec.generate_private_key(ec.SECP256R1()), body)
+
+
+def _sendgrid_other_body(site: Site, body: bytes) -> dict[str, str]:
+    return sendgrid_headers(site.sendgrid_key, body.replace(b"5.1.1", b"4.2.2"))
+
+
+def _sendgrid_unsigned(site: Site, body: bytes) -> dict[str, str]:
+    return {"Content-Type": "application/json"}
+
+
+@pytest.mark.parametrize("forge", [_sendgrid_other_key, _sendgrid_other_body, _sendgrid_unsigned])
+@pytest.mark.usefixtures("unchanged")
+def test_forged_sendgrid_batches_are_refused(site: Site, forge: Any) -> None:
+    body = sendgrid_events(site.free[-1])
+    assert_refused(site, site.post("sendgrid", body, forge(site, body)))
+
+
+# -- what every route shares ------------------------------------------------------------
+
+
+def test_a_body_over_the_limit_is_refused_unread_and_a_get_is_not_allowed(site: Site) -> None:
+    before = ledger_dump(site.config)
+    assert site.post("mailgun", b"{" + b" " * MAX_BODY + b"}").status == 413
+    assert http_request(site.port, "GET", "/webhooks/ses").status == 405
+    assert ledger_dump(site.config) == before
+
+
+def _config_with(tmp_path: Path, webhooks: str) -> Config:
+    config = copy_sample(tmp_path / "project")
+    with config.open("a", encoding="utf-8") as handle:
+        handle.write(webhooks)
+    return load_config(config)
+
+
+def test_only_the_configured_providers_are_served_and_a_missing_secret_is_named(
+    tmp_path: Path,
+) -> None:
+    config = _config_with(tmp_path, "webhooks:\n  mailgun: {signing_key_env: TEST_MAILGUN_KEY}\n")
+    served = routes(config, environ={"TEST_MAILGUN_KEY": MAILGUN_KEY})
+    assert [route.path for route in served] == ["/webhooks/mailgun"]
+    with pytest.raises(ConfigError) as error:
+        routes(config, environ={})
+    (problem,) = error.value.problems
+    assert "$TEST_MAILGUN_KEY is not set" in str(problem)
+    assert str(problem).startswith(f"{config.path}:{config.line('webhooks')}: ")
+
+
+def test_a_bad_webhooks_section_is_one_line_per_problem(tmp_path: Path) -> None:
+    webhooks = "webhooks:\n  ses: {topic_arns: [not-an-arn]}\n  postmark: {}\n  sparkpost: {}\n"
+    with pytest.raises(ConfigError) as error:
+        _config_with(tmp_path, webhooks)
+    said = [str(problem) for problem in error.value.problems]
+    assert len(said) == 3, said
+    assert any("'not-an-arn' is not the ARN of an SNS topic" in line for line in said)
+    assert any("missing 'webhooks.postmark.username'" in line for line in said)
+    assert any("unknown key 'webhooks.sparkpost'" in line for line in said)
