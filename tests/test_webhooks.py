@@ -8,6 +8,7 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 import time
 from collections.abc import Iterator, Mapping
@@ -28,7 +29,7 @@ from statusmail import metrics
 from statusmail.config import Config, load_config
 from statusmail.errors import ConfigError
 from statusmail.health import BackgroundServer, listen
-from statusmail.webhooks import MAX_BODY, routes
+from statusmail.webhooks import MAX_BODY, routes, webhook_problems
 
 TOPIC = "arn:aws:sns:us-east-1:123456789012:statusmail-bounces"
 CERT_URL = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-0123456789abcdef.pem"
@@ -155,12 +156,17 @@ def assert_refused(site: Site, reply: Reply, status: int = 403) -> None:
 
 
 @pytest.fixture
-def unchanged(site: Site) -> Iterator[None]:
-    """The test's requests change no ledger row, and each counts as one forged report."""
+def unchanged(site: Site, caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """The test's requests change no ledger row, each counts as a forged report, and
+    the warnings say so without any address."""
     before, forged = ledger_dump(site.config), forged_count()
-    yield
+    with caplog.at_level(logging.WARNING, logger="statusmail"):
+        yield
     assert ledger_dump(site.config) == before
     assert forged_count() > forged
+    warned = [r.getMessage() for r in caplog.get_records("call") if r.levelno == logging.WARNING]
+    assert any("forged" in line for line in warned), warned
+    assert not any("@" in line for line in warned), warned
 
 
 # -- Amazon SES through SNS -------------------------------------------------------------
@@ -289,6 +295,22 @@ def test_sns_subscription_confirmation_fetches_its_subscribe_url(site: Site) -> 
     reply = site.post("ses", sns_signed(site.sns_key, message))
     assert reply.status == 200, reply
     assert subscribe in site.fetcher.asked
+
+
+@pytest.mark.usefixtures("unchanged")
+def test_a_subscribe_url_off_the_sns_hosts_is_never_fetched(site: Site) -> None:
+    subscribe = "https://evil.example/?Action=ConfirmSubscription&Token=0123"
+    message = {
+        "Type": "SubscriptionConfirmation",
+        "MessageId": secrets.token_hex(16),
+        "Token": "0123",
+        "TopicArn": TOPIC,
+        "Message": f"You have chosen to subscribe to the topic {TOPIC}.",
+        "SubscribeURL": subscribe,
+        "Timestamp": "2020-04-21T10:00:00.000Z",
+    }
+    assert_refused(site, site.post("ses", sns_signed(site.sns_key, message)))
+    assert subscribe not in site.fetcher.asked
 
 
 OFF_HOST = (
@@ -568,6 +590,8 @@ def test_only_the_configured_providers_are_served_and_a_missing_secret_is_named(
     config = _config_with(tmp_path, "webhooks:\n  mailgun: {signing_key_env: TEST_MAILGUN_KEY}\n")
     served = routes(config, environ={"TEST_MAILGUN_KEY": MAILGUN_KEY})
     assert [route.path for route in served] == ["/webhooks/mailgun"]
+    assert webhook_problems(config, {"TEST_MAILGUN_KEY": MAILGUN_KEY}) == []
+    assert [p.code for p in webhook_problems(config, {})] == ["secret-missing"]
     with pytest.raises(ConfigError) as error:
         routes(config, environ={})
     (problem,) = error.value.problems

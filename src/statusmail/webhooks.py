@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import heapq
 import hmac
 import json
 import logging
@@ -414,7 +415,8 @@ class MailgunVerifier:
         self.key = key.encode()
         self.max_age = max_age
         self.clock = clock
-        self._tokens: dict[str, float] = {}  # token → its timestamp, within max_age
+        self._tokens: set[str] = set()  # used, with a timestamp that is still fresh
+        self._expiry: list[tuple[float, str]] = []  # a heap: when each stops being fresh
 
     def verify(self, payload: Any) -> str:
         """Raises ``Refused`` unless the payload is signed, fresh and new; returns its token
@@ -437,15 +439,16 @@ class MailgunVerifier:
             raise Refused("a Mailgun timestamp that is not a number") from None
         if not -self.max_age <= age <= self.max_age:
             raise Refused("a stale Mailgun timestamp")
-        for old in [t for t, at in self._tokens.items() if now - at > self.max_age]:
-            del self._tokens[old]
+        while self._expiry and self._expiry[0][0] < now:
+            self._tokens.discard(heapq.heappop(self._expiry)[1])
         if token in self._tokens:
             raise Refused("a replayed Mailgun token")
-        self._tokens[token] = float(timestamp)
+        self._tokens.add(token)
+        heapq.heappush(self._expiry, (float(timestamp) + self.max_age, token))
         return token
 
     def release(self, token: str) -> None:
-        self._tokens.pop(token, None)
+        self._tokens.discard(token)
 
 
 def mailgun_reports(payload: Mapping[str, Any]) -> list[ProviderReport]:
