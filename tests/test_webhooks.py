@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 from starlette.applications import Starlette
 
-from conftest import UPDATE, Reply, copy_sample, http_request, invoke
+from conftest import SECRET, UPDATE, Reply, copy_sample, http_request, invoke, serving
 from feedback_helpers import ledger_dump, query
 from statusmail import metrics
 from statusmail.config import Config, load_config
@@ -608,3 +608,27 @@ def test_a_bad_webhooks_section_is_one_line_per_problem(tmp_path: Path) -> None:
     assert any("'not-an-arn' is not the ARN of an SNS topic" in line for line in said)
     assert any("missing 'webhooks.postmark.username'" in line for line in said)
     assert any("unknown key 'webhooks.sparkpost'" in line for line in said)
+
+
+def test_serve_answers_the_configured_webhooks_and_check_names_a_missing_secret(
+    tmp_path: Path,
+) -> None:
+    """The real ``statusmail serve`` mounts the webhooks beside its pages; ``check``
+    says what would keep one from being served."""
+    config = copy_sample(tmp_path / "project")
+    with config.open("a", encoding="utf-8") as handle:
+        handle.write("webhooks:\n  mailgun: {signing_key_env: TEST_MAILGUN_KEY}\n")
+    env = {"STATUSMAIL_UNSUBSCRIBE_SECRET": SECRET}
+    assert invoke(config, "send", UPDATE, "--yes", "--rate", "0", env=env).exit_code == 0
+    checked = invoke(config, "check", env=env)
+    assert checked.exit_code == 1
+    assert "$TEST_MAILGUN_KEY is not set" in checked.stdout + checked.stderr
+    address = str(query(config, "SELECT address FROM deliveries LIMIT 1")[0][0])
+    with serving(config, SECRET, env={"TEST_MAILGUN_KEY": MAILGUN_KEY}) as port:
+        reply = http_request(port, "POST", "/webhooks/mailgun", body=mailgun_body(address))
+        forged = http_request(
+            port, "POST", "/webhooks/mailgun", body=mailgun_body(address, key="key-" + "6" * 32)
+        )
+    assert reply.status == 200, reply
+    assert forged.status == 403, forged
+    assert suppression(config, address) == "bounced"

@@ -26,7 +26,7 @@ from statusmail.commands import dry_run_json, print_dry_run
 from statusmail.config import Config, load_config
 from statusmail.domain import ExitCode
 from statusmail.entries import find_entry
-from statusmail.errors import ConfigError, InputError
+from statusmail.errors import ConfigError, InputError, Problem
 from statusmail.preview import write_previews
 from statusmail.report import print_json
 from statusmail.summary import EntryPreview
@@ -57,6 +57,7 @@ def check(config_path: Path, options: CheckOptions, console: Console) -> ExitCod
         if options.changed_since:
             changes = changed_since(config, options.changed_since)
         report = check_project(config)
+        report.add(webhook_problems(config))
         root = changes.root if changes else display_root(config.path)
         checked = [
             (kind, formats.shown_path(path, root)[0]) for kind, path in project_files(config)
@@ -235,3 +236,13 @@ def _entry_json(one: EntryPreview) -> dict[str, object]:
             "problems": [str(p) for p in one.problems],
         }
     return {**dry_run_json(one.prepared, one.report, one.out_dir), "previewed": True}
+
+
+def webhook_problems(config: Config) -> list[Problem]:
+    """What would stop ``serve`` from answering the configured providers' webhooks."""
+    hooks = config.webhooks
+    if not any((hooks.ses, hooks.postmark, hooks.mailgun, hooks.sendgrid)):
+        return []
+    from statusmail import webhooks  # their parsers only when a provider is configured
+
+    return webhooks.webhook_problems(config)

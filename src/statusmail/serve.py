@@ -490,6 +490,16 @@ async def _serve(server: uvicorn.Server, sockets: list[Any]) -> None:
             task.cancel()
 
 
+def _webhook_routes(config: Config) -> list[BaseRoute]:
+    """The configured providers' webhooks (their parsers imported only when some are)."""
+    hooks = config.webhooks
+    if not any((hooks.ses, hooks.postmark, hooks.mailgun, hooks.sendgrid)):
+        return []
+    from statusmail import webhooks
+
+    return list(webhooks.routes(config))
+
+
 def run_server(config: Config, host: str, port: int, *, dev_secret: bool = False) -> int:
     """Serve until SIGINT/SIGTERM; returns the exit code (0).
 
@@ -516,7 +526,7 @@ def run_server(config: Config, host: str, port: int, *, dev_secret: bool = False
             "serving with the development unsubscribe secret: for local trials only",
             extra={"event": "dev_secret"},
         )
-    app = make_app(config, keys)
+    app = make_app(config, keys, extra_routes=_webhook_routes(config))
     sock = listen(host, port)
     server = uvicorn_server(app, host, port)
     bound_host, bound_port = sock.getsockname()[:2]
