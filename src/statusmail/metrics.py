@@ -37,6 +37,7 @@ FAILED_CLASSES = ("4xx", "5xx", "network", "local")
 RETRIED_CLASSES = ("4xx", "network")  # only transient failures are tried again
 UNSUBSCRIBE_OUTCOMES = ("done", "invalid", "bad_request", "error")
 FEEDBACK_KINDS = (*(str(kind) for kind in FeedbackKind), "other")
+FEEDBACK_STATES = ("unverified", "forged", "held")
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 # No ``*_created`` series beside each counter: they double what a scrape carries, and
@@ -110,6 +111,20 @@ class DeliveryMetrics:
             ["kind"],
             registry=registry,
         )
+        self.feedback_reports = Counter(
+            "statusmail_feedback_reports",
+            "Reports that changed nobody's state: unverified (no proof), forged (a token "
+            "or signature that did not verify), held (a storm, until released).",
+            ["state"],
+            registry=registry,
+        )
+        self.feedback_held = Gauge(
+            "statusmail_feedback_held_events",
+            "Feedback events the storm guard holds (feedback --release-held DOMAIN).",
+            registry=registry,
+        )
+        for state in FEEDBACK_STATES:
+            self.feedback_reports.labels(state)
         self.relay_reachable: bool | None = None  # None: not tried yet
         # Every series that can occur exists from the start, so rate() sees its first rise.
         self.messages.labels("sent", "2xx")
@@ -238,6 +253,17 @@ def use(metrics: DeliveryMetrics) -> Iterator[DeliveryMetrics]:
         yield metrics
     finally:
         _current.reset(token)
+
+
+def feedback_report(state: str) -> None:
+    """Count one report that changed nobody's state (unverified, forged, held)."""
+    if state in FEEDBACK_STATES:
+        current().feedback_reports.labels(state).inc()
+
+
+def feedback_held(events: int) -> None:
+    """How many events the storm guard holds now."""
+    current().feedback_held.set(events)
 
 
 def feedback_event(kind: str) -> None:
