@@ -136,7 +136,7 @@ def header(msg: Message, name: str) -> str:
         return ""
     try:
         text = str(email.header.make_header(email.header.decode_header(str(value))))
-    except (ValueError, LookupError, UnicodeError, email.errors.HeaderParseError):
+    except (ValueError, LookupError, UnicodeError, email.errors.MessageError):
         text = str(value)
     return " ".join(text.split())
 
@@ -165,7 +165,7 @@ def _text(part: Message) -> str:
     charset = part.get_content_charset() or "utf-8"
     try:
         return payload.decode(charset, "replace")[:MAX_TEXT]
-    except LookupError:
+    except (LookupError, ValueError):  # a charset no codec has, or not even a name
         return payload.decode("utf-8", "replace")[:MAX_TEXT]
 
 
