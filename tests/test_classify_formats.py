@@ -8,7 +8,6 @@ import re
 
 import pytest
 
-from feedback_helpers import corpus_index
 from statusmail.classify import (
     JMRP_REPORTER,
     Classified,
@@ -19,9 +18,7 @@ from statusmail.classify import (
     parse,
 )
 from statusmail.domain import Cause
-from test_classify_properties import RETURN_PATH, SAMPLES
-
-INDEX = corpus_index()
+from test_classify_properties import INDEX, RETURN_PATH, SAMPLES
 
 
 def read(data: bytes) -> Classified:

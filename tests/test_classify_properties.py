@@ -24,9 +24,9 @@ def _stand_in(match: re.Match[bytes]) -> bytes:
     return _STAND_INS.get(match.group(1), b"A" * 40)
 
 
+INDEX = corpus_index()
 SAMPLES = {
-    name: _PLACEHOLDER.sub(_stand_in, (CORPUS / name).read_bytes())
-    for name in sorted(corpus_index())
+    name: _PLACEHOLDER.sub(_stand_in, (CORPUS / name).read_bytes()) for name in sorted(INDEX)
 }
 
 
@@ -58,7 +58,7 @@ def test_a_damaged_report_still_classifies(name: str, at: int, cut: int, junk: b
 def test_line_endings_do_not_change_the_verdict(name: str, ending: bytes) -> None:
     """Maildir files end lines in LF, IMAP hands out CRLF: the same verdict either way."""
     data = SAMPLES[name].replace(b"\r\n", b"\n").replace(b"\n", ending)
-    expected = corpus_index()[name]["verdict"]
+    expected = INDEX[name]["verdict"]
     assert classify(data, RETURN_PATH).verdict.value == expected
 
 
