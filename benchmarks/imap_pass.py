@@ -52,6 +52,7 @@ from statusmail.tokens import Keyring, message_id, return_path_token, unsubscrib
 DOMAINS = 1000
 PASSWORD_ENV = "BENCH_IMAP_PASSWORD"
 TARGET = 1.5
+PROVEN = ("hard", "soft", "complaint", "unsubscribe")  # the corpus index's outcomes
 
 
 def write_subscribers(path: Path, n: int) -> Path:
@@ -65,10 +66,11 @@ def write_subscribers(path: Path, n: int) -> Path:
 
 
 def shapes() -> list[tuple[str, str, bytes]]:
-    """(file, the address it is about, its bytes) of each corpus report tied by proof."""
+    """(file, the address it is about, its bytes) of each corpus report that feedback
+    proves and applies, about one recipient."""
     found = []
     for name, meta in corpus_index().items():
-        if meta.get("outcome") in (None, "untouched") or meta.get("via") == "address":
+        if meta.get("outcome") not in PROVEN or len(meta.get("addresses", [])) > 1:
             continue
         found.append((name, str(meta["address"]), (CORPUS / name).read_bytes()))
     return found
@@ -231,6 +233,13 @@ def main() -> int:
         print(f"\nreal / dry run: {ratio:.2f}x (target <= {TARGET}x): {verdict}")
         handled = int(real_json.get("handled", 0))
         print(f"inbox {inbox} left, processed {processed} (handled {handled} of {n})")
+        mix = ("hard", "soft", "complaints", "unsubscribes", "unverified", "forged")
+        held = sum(int(h["events"]) for h in real_json.get("held", []))
+        print(
+            "the real pass: "
+            + ", ".join(f"{real_json.get(key, 0)} {key}" for key in mix)
+            + f", {held} held, {real_json.get('newly_suppressed', 0)} newly suppressed"
+        )
         if dry_json.get("handled") != handled or processed != handled or inbox != n - handled:
             print("MISMATCH: the dry run and the real pass disagree, or moves went astray")
             return 1
