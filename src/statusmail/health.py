@@ -39,6 +39,13 @@ NO_STORE = {"Cache-Control": "no-store"}
 Check = Callable[[], str | None]  # None when all is well, else a short reason
 
 
+class Standby(str):
+    """What a standby watcher's readiness check returns: it is well and waits for the
+    leadership, so ``/readyz`` answers 429 "standby: <why>" (the code HashiCorp's Vault
+    answers for a standby, and Consul's checks count as a warning, not a failure), set
+    apart from 200 (leading) and 503 (cannot work)."""
+
+
 class ServeError(StatusmailError):
     """An endpoint cannot start (e.g. the port is taken)."""
 
@@ -71,8 +78,8 @@ def ledger_problem(target: Path | str) -> str | None:
 
 def routes(registry: CollectorRegistry, *, ready: Check, alive: Check | None = None) -> list[Route]:
     """``/metrics``, ``/healthz`` and ``/readyz``; an unhealthy or unready answer is 503
-    with its reason on one line. The checks run in a worker thread (they may read the
-    ledger), never in the event loop."""
+    with its reason on one line (a ``Standby`` is 429). The checks run in a worker
+    thread (they may read the ledger), never in the event loop."""
     from starlette.responses import PlainTextResponse, Response
     from starlette.routing import Route
 
@@ -84,6 +91,8 @@ def routes(registry: CollectorRegistry, *, ready: Check, alive: Check | None = N
     def answer(problem: str | None, word: str) -> Response:
         if problem is None:
             return PlainTextResponse("ok\n", headers=NO_STORE)
+        if isinstance(problem, Standby):
+            return PlainTextResponse(f"standby: {problem}\n", status_code=429, headers=NO_STORE)
         return PlainTextResponse(f"{word}: {problem}\n", status_code=503, headers=NO_STORE)
 
     def healthz(_request: Request) -> Response:
@@ -149,7 +158,9 @@ def notify(message: str, environ: Mapping[str, str] | None = None) -> bool:
         contextlib.suppress(OSError),
         socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock,
     ):
-        sock.sendto(message.encode(), target)
+        # Never blocking: a supervisor that reads late (its queue full) must not stop
+        # the event loop that the watchdog messages come from.
+        sock.sendto(message.encode(), socket.MSG_DONTWAIT, target)
         return True
     return False
 

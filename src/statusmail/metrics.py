@@ -104,6 +104,11 @@ class DeliveryMetrics:
             "1 if the relay was reachable at the last attempt to connect, else 0.",
             registry=registry,
         )
+        self.watch_leader = Gauge(
+            "statusmail_watch_leader",
+            "1 while this watcher leads (sends); 0 while it stands by or reconnects.",
+            registry=registry,
+        )
         self.feedback = Counter(
             "statusmail_feedback_events",
             "Feedback read from returned mail, by kind (hard, soft, complaint, "
@@ -141,6 +146,9 @@ class DeliveryMetrics:
             self.relay_errors.inc(errors)
         self.relay_reachable = reachable
         self.relay_up.set(1 if reachable else 0)
+
+    def leader(self, leading: bool) -> None:
+        self.watch_leader.set(1 if leading else 0)
 
     def for_entry(self, entry_id: str) -> EntryMetrics:
         return EntryMetrics(self, entry_id)

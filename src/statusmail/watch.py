@@ -11,6 +11,12 @@ With ``--metrics-port`` it answers ``/metrics``, ``/healthz`` (the event loop is
 and ``/readyz`` (the ledger answers, and the relay was reachable at the last attempt or
 nothing waits for it) from a thread of its own; under systemd it says ``READY=1`` and
 feeds the watchdog.
+
+On PostgreSQL one watcher leads (it holds a session advisory lock) and the others stand
+by, healthy in every respect a supervisor checks: ``READY=1``, the watchdog fed, ``/healthz``
+200, ``/readyz`` 429 "standby". A lost lock connection stops the leader's sending at once;
+leader and standby alike connect again with backoff and stand for election anew. Neither
+exits for it.
 """
 
 from __future__ import annotations
@@ -29,9 +35,10 @@ from statusmail.config import Config, is_url, load_config
 from statusmail.domain import Entry, ExitCode
 from statusmail.entries import entry_paths, load_entry
 from statusmail.errors import ConnectError, InputError, LedgerError, StatusmailError
-from statusmail.ledger import Ledger, ServerLock, run_lock
+from statusmail.ledger import Ledger, run_lock
 from statusmail.ledger import describe as ledger_describe
 from statusmail.ledger import exists as ledger_exists
+from statusmail.ledger.locks import LeaderLock
 from statusmail.subscribers import subscriber_files
 
 log = logging.getLogger("statusmail.watch")
@@ -47,6 +54,11 @@ class WatchOptions:
     backoff_max: float = 300.0
     # PostgreSQL: how soon a standby watcher takes over from one that is gone (seconds)
     takeover: float = 30.0
+    # PostgreSQL: how often the leader checks its lock's connection, and the backoff of
+    # connecting again when it is lost or refused (seconds)
+    lock_check: float = 1.0
+    lock_retry_initial: float = 0.5
+    lock_retry_max: float = 30.0
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = None  # None: no metrics endpoint
 
@@ -82,7 +94,8 @@ class Watcher:
     def __init__(self, config: Config, options: WatchOptions) -> None:
         self.config = config
         self.options = options
-        self.stop = asyncio.Event()
+        self.stop = asyncio.Event()  # the process is to stop
+        self.halt = asyncio.Event()  # this term of sending is over: stopped, or lock lost
         self.wake = asyncio.Event()
         self.reload = False
         self._run_stop: asyncio.Event | None = None
@@ -93,6 +106,9 @@ class Watcher:
         self.registry = metrics.new_registry()
         self.metrics = metrics.DeliveryMetrics(self.registry)
         self.heartbeat = health.Heartbeat()
+        self.role = "starting"  # starting | standby | leader | reconnecting
+        self._lock_problem: str | None = None  # why the leadership lock cannot be had
+        self._said_ready = False
 
     # -- health --------------------------------------------------------------------
     # Called from the metrics thread: they only read attributes the loop replaces whole.
@@ -101,9 +117,16 @@ class Watcher:
         return self.heartbeat.problem()
 
     def ready(self) -> str | None:
+        if self._lock_problem is not None:
+            return self._lock_problem
         problem = health.ledger_problem(self.config.paths.ledger)
         if problem is not None:
             return problem
+        if self.role == "standby":
+            return health.Standby(
+                "another watcher leads on this ledger; this one takes over within "
+                f"{self.options.takeover:g}s of its end"
+            )
         waiting = len(self._backoff)
         if self.metrics.relay_reachable is False and waiting:
             return (
@@ -136,6 +159,11 @@ class Watcher:
             extra={"event": "stopping"},
         )
         self.stop.set()
+        self._halt()
+
+    def _halt(self) -> None:
+        """End this term of sending: in-flight messages finish, the rest stays pending."""
+        self.halt.set()
         self.wake.set()
         if self._run_stop is not None:
             self._run_stop.set()
@@ -169,13 +197,17 @@ class Watcher:
             previous = {sig: signal.getsignal(sig) for sig in handlers}
             for sig, handler in handlers.items():
                 loop.add_signal_handler(sig, handler)
-            leader = ServerLock(str(target), "watch") if is_url(target) else None
+            # The loop's pulse (/healthz, the watchdog) beats from the start, also while
+            # this watcher stands by or cannot reach the ledger.
+            beats = asyncio.create_task(self.heartbeat.beat())
             try:
-                if leader is None or await self._become_active(leader):
+                if is_url(target):
+                    await self._elect(str(target))
+                else:
+                    self._leading(True)
                     await self._watch()
             finally:
-                if leader is not None:
-                    leader.release()
+                await _cancelled(beats)
                 for sig in handlers:
                     loop.remove_signal_handler(sig)
                     signal.signal(sig, previous[sig] or signal.SIG_DFL)
@@ -185,37 +217,116 @@ class Watcher:
             return ExitCode.STOPPED
         return ExitCode.OK
 
-    async def _become_active(self, leader: ServerLock) -> bool:
-        """On PostgreSQL one watcher is active, the others stand by: the server releases
-        the active one's lock when its process or host is gone, and a standby takes
-        over within ``--takeover`` seconds. False when stopped while standing by."""
-        if leader.try_acquire():
+    # -- leadership (PostgreSQL) ----------------------------------------------------
+
+    def _say_ready(self) -> None:
+        """``READY=1`` once: the watcher is up, leading, standing by, or waiting for the
+        ledger's server with backoff (``/readyz`` tells which)."""
+        if not self._said_ready:
+            self._said_ready = True
+            health.notify("READY=1")
+
+    def _leading(self, leading: bool) -> None:
+        if leading:
+            self.role = "leader"
+        self.metrics.leader(leading)
+
+    async def _elect(self, url: str) -> None:
+        """Stand for leadership until stopped: connect, stand by until the lock is had,
+        lead until the lock's connection is lost, and over again. A refused or lost
+        connection is retried with backoff (``--retry-after``'s doubling, from
+        ``lock_retry_initial`` up to ``lock_retry_max``); nothing here ends the process."""
+        delay = self.options.lock_retry_initial
+        while not self.stop.is_set():
+            try:
+                lock = await LeaderLock.connect(url, "watch")
+            except LedgerError as exc:
+                self.role = "reconnecting"
+                self._lock_problem = f"{exc}; trying again in {delay:g}s"
+                log.error("%s", self._lock_problem, extra={"event": "leadership_unavailable"})
+                self._say_ready()
+                await self._pause(delay)
+                delay = min(delay * 2, self.options.lock_retry_max)
+                continue
+            self._lock_problem = None
+            try:
+                if not await self._stand_by(lock):
+                    return
+                delay = self.options.lock_retry_initial
+                await self._lead(lock)
+            except LedgerError as exc:
+                self.role = "reconnecting"
+                self._lock_problem = f"{exc}; connecting again"
+                log.error("%s; connecting again", exc, extra={"event": "leadership_lost"})
+            finally:
+                self._leading(False)
+                await lock.close()
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop.wait(), seconds)
+
+    async def _stand_by(self, lock: LeaderLock) -> bool:
+        """Wait for the lock: the server releases the leader's when its process or host
+        is gone, and a standby takes over within ``--takeover`` seconds. True once held;
+        False when stopped; ``LedgerError`` when the lock's connection is lost."""
+        if await lock.try_acquire():
+            log.info("leading: this watcher sends", extra={"event": "active"})
             return True
-        poll = max(0.2, self.options.takeover / 3)
+        self.role = "standby"
+        self._say_ready()
         log.info(
             "standing by: another watcher is active on this ledger; taking over within %ss "
             "of its end",
             f"{self.options.takeover:g}",
             extra={"event": "standby"},
         )
+        poll = max(0.2, self.options.takeover / 3)
         while not self.stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), poll)
-            if not self.stop.is_set() and leader.try_acquire():
+            await self._pause(poll)
+            if not self.stop.is_set() and await lock.try_acquire():
                 log.info("the active watcher is gone: taking over", extra={"event": "active"})
                 return True
         return False
 
+    async def _lead(self, lock: LeaderLock) -> None:
+        """Send while the lock's connection lives: a guard looks at it every
+        ``lock_check`` seconds and, when it is gone, stops the sending at once (another
+        watcher may hold the lock a moment later) and raises its ``LedgerError``."""
+        self._leading(True)
+        self.halt = asyncio.Event()
+        lost: list[LedgerError] = []
+
+        async def guard() -> None:
+            while True:
+                await asyncio.sleep(self.options.lock_check)
+                try:
+                    await lock.check()
+                except LedgerError as exc:
+                    log.error(
+                        "%s: stopping the sending now", exc, extra={"event": "leadership_lost"}
+                    )
+                    lost.append(exc)
+                    self._halt()
+                    return
+
+        guarding = asyncio.create_task(guard())
+        try:
+            await self._watch()
+        finally:
+            await _cancelled(guarding)
+        if lost and not self.stop.is_set():
+            raise lost[0]
+
     async def _watch(self) -> None:
         log.info("watching %s", self.config.paths.updates, extra={"event": "watching"})
         events = asyncio.create_task(self._file_events())
-        beats = asyncio.create_task(self.heartbeat.beat())
-        health.notify("READY=1")
+        self._say_ready()
         # What came back is read before anything is sent, then beside the sending.
         await self._feedback_pass()
         bounces = None if self.options.once else asyncio.create_task(self._feedback_loop())
         try:
-            while not self.stop.is_set():
+            while not self.halt.is_set():
                 if self.reload:
                     self._reload()
                 await self._work_through_due()
@@ -223,11 +334,7 @@ class Watcher:
                     break
                 await self._sleep()
         finally:
-            for task in (events, beats, bounces):
-                if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+            await _cancelled(events, bounces)
 
     async def _file_events(self) -> None:
         """Wake the loop as soon as a file in the updates folder changes (inotify via
@@ -236,7 +343,7 @@ class Watcher:
 
         try:
             async for _changes in awatch(
-                self.config.paths.updates, stop_event=self.stop, debounce=200, step=50
+                self.config.paths.updates, stop_event=self.halt, debounce=200, step=50
             ):
                 self.wake.set()
         except (OSError, RuntimeError) as exc:
@@ -248,10 +355,10 @@ class Watcher:
             )
 
     async def _feedback_loop(self) -> None:
-        while not self.stop.is_set():
+        while not self.halt.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), self.config.bounces.interval)
-            if not self.stop.is_set():
+                await asyncio.wait_for(self.halt.wait(), self.config.bounces.interval)
+            if not self.halt.is_set():
                 await self._feedback_pass()
 
     async def _feedback_pass(self) -> None:
@@ -262,7 +369,7 @@ class Watcher:
             return
         try:
             report = await asyncio.to_thread(
-                feedback.run_pass, self.config, should_stop=self.stop.is_set
+                feedback.run_pass, self.config, should_stop=self.halt.is_set
             )
         except StatusmailError as exc:
             log.warning("feedback: %s", exc, extra={"event": "feedback_failed"})
@@ -325,7 +432,7 @@ class Watcher:
             return
         self._reported.pop(ledger_path, None)
         for entry in due:
-            if self.stop.is_set():
+            if self.halt.is_set():
                 return
             backoff = self._backoff.get(entry.id)
             if backoff and backoff.until > asyncio.get_running_loop().time():
@@ -410,6 +517,8 @@ class Watcher:
                 extra={"event": "sending", "entry": entry.id, "relay": relay_name(config)},
             )
             self._run_stop = asyncio.Event()
+            if self.halt.is_set():
+                self._run_stop.set()
             request = pipeline.Request()
             with pipeline.open_ledger(config, entry.id) as held:
                 started = pipeline.start(prepared, held, request)
@@ -463,7 +572,7 @@ class Watcher:
         )
         if report.exit_code is ExitCode.STOPPED:
             self._left_pending = True
-            if not self.stop.is_set():
+            if not self.halt.is_set():
                 self._retry_later(entry.id, report.result.stopped or "recipients still pending")
             return False
         self._backoff.pop(entry.id, None)
@@ -490,3 +599,12 @@ class Watcher:
                 "relay": relay_name(self.config),
             },
         )
+
+
+async def _cancelled(*tasks: asyncio.Task[None] | None) -> None:
+    """Cancel background tasks and wait for them to end. A cancellation of the caller
+    itself while it waits still propagates (``gather`` re-raises it)."""
+    running = [task for task in tasks if task is not None]
+    for task in running:
+        task.cancel()
+    await asyncio.gather(*running, return_exceptions=True)

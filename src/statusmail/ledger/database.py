@@ -32,7 +32,21 @@ BUSY_TIMEOUT = 2.0
 # until the table is next analyzed, so every claim and outcome would scan the whole
 # entry. Planned afresh, each statement uses the indexes (one sender at 20,000
 # recipients: 3x the msg/s).
-CONNECTION: dict[str, Any] = {"autocommit": True, "connect_timeout": 10, "prepare_threshold": None}
+#
+# A server that stops answering must not hold anyone forever: TCP keepalives (libpq's
+# side) notice a peer gone from the network within about 11 s, and unacknowledged data
+# ends the connection after 10 s (tcp_user_timeout), where a query would otherwise wait
+# for the kernel's 15 minutes of retransmissions.
+CONNECTION: dict[str, Any] = {
+    "autocommit": True,
+    "connect_timeout": 10,
+    "prepare_threshold": None,
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,
+}
 
 Params = Mapping[str, Any]
 Row = tuple[Any, ...]
@@ -276,7 +290,7 @@ class PostgresDatabase:
             # a writer waits for another at most BUSY_TIMEOUT, as on SQLite
             self.db.execute(f"SET lock_timeout = '{int(BUSY_TIMEOUT * 1000)}ms'")
         except psycopg.Error as exc:
-            raise LedgerError(f"{self.where}: cannot open the ledger: {exc}") from exc
+            raise LedgerError(f"{self.where}: cannot open the ledger: {one_line(exc)}") from exc
 
     def check_same_file(self) -> None:
         return None  # a server's database cannot be deleted from under a connection unseen
@@ -368,3 +382,17 @@ def backoff(attempt: int) -> float:
 def first(rows: Sequence[Row]) -> Any:
     """The first column of the first row, or None."""
     return rows[0][0] if rows else None
+
+
+# What PostgreSQL says when max_connections, or a role's or a database's CONNECTION LIMIT,
+# is reached (at connection time libpq gives the text, not the SQLSTATE 53300).
+TOO_MANY = ("too many clients", "too many connections")
+
+
+def one_line(exc: BaseException) -> str:
+    """A driver's error as one line: libpq's messages run over several (a hint on the
+    next line, one attempt per address)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if any(words in text for words in TOO_MANY):
+        return f"the server refuses more connections ({text})"
+    return text

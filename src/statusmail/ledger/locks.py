@@ -9,16 +9,32 @@ host goes away.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import fcntl
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from statusmail.config import is_url
 from statusmail.errors import LedgerError
-from statusmail.ledger.database import CONNECTION, describe
+from statusmail.ledger.database import CONNECTION, describe, one_line
+
+if TYPE_CHECKING:
+    import psycopg
+
+T = TypeVar("T")
+
+# The server side of a lock's connection: a dead peer is noticed within seconds, which
+# releases its locks.
+SERVER_KEEPALIVES = (
+    "SET tcp_keepalives_idle = 5",
+    "SET tcp_keepalives_interval = 2",
+    "SET tcp_keepalives_count = 3",
+)
 
 
 def lock_key(name: str) -> int:
@@ -72,12 +88,12 @@ class ServerLock:
             # Advisory locks are the database's: a deployment in its own schema has its own.
             row = self.db.execute("SELECT current_schema()").fetchone()
             self.key = lock_key(f"{row[0] if row else ''}:{name}")
-            # a dead peer is noticed by the server within seconds, releasing its locks
-            self.db.execute("SET tcp_keepalives_idle = 5")
-            self.db.execute("SET tcp_keepalives_interval = 2")
-            self.db.execute("SET tcp_keepalives_count = 3")
+            for setting in SERVER_KEEPALIVES:
+                self.db.execute(setting)
         except psycopg.Error as exc:
-            raise LedgerError(f"{self.where}: cannot take the lock {name!r}: {exc}") from exc
+            raise LedgerError(
+                f"{self.where}: cannot take the lock {name!r}: {one_line(exc)}"
+            ) from exc
 
     def try_acquire(self) -> bool:
         import psycopg
@@ -85,8 +101,82 @@ class ServerLock:
         try:
             row = self.db.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()
         except psycopg.Error as exc:
-            raise LedgerError(f"{self.where}: cannot take a lock: {exc}") from exc
+            raise LedgerError(f"{self.where}: cannot take a lock: {one_line(exc)}") from exc
         return bool(row and row[0])
 
     def release(self) -> None:
         self.db.close()
+
+
+class LeaderLock:
+    """The watchers' leadership on PostgreSQL: a session advisory lock on an asynchronous
+    connection of its own, so the event loop (and the watchdog it feeds) never waits on
+    the server. Every call is bounded by ``timeout`` seconds; a connection that is gone
+    (a server restart, a network cut, its backend terminated) raises ``LedgerError``,
+    and the lock went with it: the caller connects anew and tries again.
+
+    The connection's ``application_name`` is ``statusmail watch <pid>``, so an operator
+    sees in ``pg_stat_activity`` which watcher holds which connection."""
+
+    def __init__(self, db: psycopg.AsyncConnection[Any], key: int, where: str, timeout: float):
+        self.db = db
+        self.key = key
+        self.where = where
+        self.timeout = timeout
+
+    @classmethod
+    async def connect(cls, url: str, name: str, *, timeout: float = 10.0) -> LeaderLock:
+        import psycopg
+
+        where = describe(url)
+        db: psycopg.AsyncConnection[Any] | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                db = await psycopg.AsyncConnection.connect(
+                    url, **CONNECTION, application_name=f"statusmail watch {os.getpid()}"
+                )
+                cursor = await db.execute("SELECT current_schema()")
+                row = await cursor.fetchone()
+                for setting in SERVER_KEEPALIVES:
+                    await db.execute(setting)
+        except (psycopg.Error, TimeoutError) as exc:
+            if db is not None:
+                await db.close()
+            raise LedgerError(
+                f"{where}: cannot connect for the lock {name!r}: {_why(exc)}"
+            ) from exc
+        # Advisory locks are the database's: a deployment in its own schema has its own.
+        return cls(db, lock_key(f"{row[0] if row else ''}:{name}"), where, timeout)
+
+    async def _bounded(self, step: Awaitable[T], what: str) -> T:
+        import psycopg
+
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await step
+        except (psycopg.Error, TimeoutError) as exc:
+            raise LedgerError(f"{self.where}: {what}: {_why(exc)}") from exc
+
+    async def try_acquire(self) -> bool:
+        """Take the lock if nobody holds it; True when this connection holds it now."""
+
+        async def ask() -> bool:
+            cursor = await self.db.execute("SELECT pg_try_advisory_lock(%s)", (self.key,))
+            row = await cursor.fetchone()
+            return bool(row and row[0])
+
+        return await self._bounded(ask(), "cannot take the leadership lock")
+
+    async def check(self) -> None:
+        """Raise ``LedgerError`` unless the connection (and so a lock it took) is alive."""
+        await self._bounded(self.db.execute("SELECT 1"), "lost the leadership lock's connection")
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.db.close()
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "the server did not answer in time"
+    return one_line(exc)
