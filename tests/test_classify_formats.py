@@ -135,6 +135,21 @@ def test_a_jmrp_complaint_names_microsoft_and_the_reporting_recipient() -> None:
     assert found.clues.return_path_tokens and found.clues.message_ids
 
 
+def test_a_feedback_loop_forwarding_as_mixed_is_still_a_complaint() -> None:
+    """Some feedback loops send "FW: <subject>" with words of their own, as
+    multipart/mixed: their report part says what they are."""
+    data = variant(
+        "arf-yahoo-abuse.eml",
+        (
+            b"Content-Type: multipart/report; report-type=feedback-report;",
+            b"Content-Type: multipart/mixed;",
+        ),
+    )
+    assert b"Subject: FW:" in data
+    found = read(data)
+    assert found.verdict is Verdict.COMPLAINT, found.why
+
+
 def test_a_message_attached_by_anyone_else_is_no_jmrp_complaint() -> None:
     data = variant("jmrp-complaint.eml", (b"From: staff@hotmail.com", b"From: staff@example.net"))
     assert read(data).verdict is not Verdict.COMPLAINT
