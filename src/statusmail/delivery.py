@@ -335,17 +335,18 @@ class Engine:
             with contextlib.suppress(LedgerError):
                 self._lost(await self.queue.renew())
 
-    async def _still_ours(self, recipient: Recipient) -> bool:
-        """Whether this process still holds the recipient's claim: a look at the clock
-        while the lease surely lasts, else a renewal first (see ``Claims``). A lost one
-        leaves this process's hands."""
+    async def _check_claim(self, recipient: Recipient) -> None:
+        """Raise ``_ClaimLost`` unless this process still holds the recipient's claim: a
+        look at the clock while the lease surely lasts (nearly always: no round trip),
+        else a renewal first (see ``Claims``). A lost one leaves this process's hands."""
         queue = self.queue
+        if queue.fresh() and queue.holds(recipient.address):
+            return
         if not queue.fresh():
             self._lost(await queue.renew())
-        if queue.holds(recipient.address):
-            return True
-        queue.drop(recipient.address)
-        return False
+        if not queue.holds(recipient.address):
+            queue.drop(recipient.address)
+            raise _ClaimLost
 
     def _lost(self, count: int) -> None:
         if count:
@@ -475,8 +476,7 @@ class Engine:
             # Just before the end of DATA: the last outcome is recorded, and the claim
             # still this process's (it may have stood still since MAIL FROM).
             await ready()
-            if not await self._still_ours(recipient):
-                raise _ClaimLost
+            await self._check_claim(recipient)
 
         try:
             # Most messages go through at once: tenacity is set up only for a retry.
@@ -515,8 +515,7 @@ class Engine:
         await self.bucket.acquire()
         # After the wait for the rate limit, just before MAIL FROM: a claim another
         # sender took over meanwhile is not sent, and an unsubscribe answered by now wins.
-        if not await self._still_ours(recipient):
-            raise _ClaimLost
+        await self._check_claim(recipient)
         reason = await self.queue.suppression_of(recipient.address)
         if reason is not None:
             raise _Suppressed(reason)
