@@ -767,8 +767,10 @@ def _top(msg: Message) -> list[Message]:
     while pending:
         part = pending.pop()
         found.append(part)
+        if part.get_content_maintype() != "multipart":
+            continue
         payload = part.get_payload()
-        if part.get_content_maintype() == "multipart" and isinstance(payload, list):
+        if isinstance(payload, list):
             pending += [p for p in payload if isinstance(p, Message)]
     return found
 
