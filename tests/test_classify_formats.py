@@ -135,6 +135,18 @@ def test_a_jmrp_complaint_names_microsoft_and_the_reporting_recipient() -> None:
     assert found.clues.return_path_tokens and found.clues.message_ids
 
 
+def test_a_report_s_own_fields_name_the_return_path() -> None:
+    """An ARF report whose attached original lost its Return-Path still says it in
+    Original-Mail-From."""
+    data = SAMPLES["arf-multi-recipient.eml"]
+    original = re.search(rb"\nReturn-Path: <[^>]+>", data)
+    assert original is not None
+    found = read(data.replace(original.group(0), b"", 1))
+    token = re.search(rb"Original-Mail-From: <bounces\+([\w-]+)@", data)
+    assert token is not None
+    assert found.clues.return_path_tokens == (token.group(1).decode(),)
+
+
 def test_a_feedback_loop_forwarding_as_mixed_is_still_a_complaint() -> None:
     """Some feedback loops send "FW: <subject>" with words of their own, as
     multipart/mixed: their report part says what they are."""

@@ -818,11 +818,25 @@ def _headers_text(msg: Message) -> str:
     return "\n".join(f"{k}: {v}" for k, v in msg.items())
 
 
+_FIELD_PARTS = (
+    "message/delivery-status",
+    "message/global-delivery-status",
+    "message/feedback-report",
+)
+
+
 def clues(msg: Message, return_path: ReturnPath | None, verdict: Verdict) -> Clues:
     originals = _embedded(msg)
     texts = [_headers_text(msg)] + [_headers_text(o) for o in originals]
     tokens: list[str] = []
     if return_path is not None:
+        # also the report's own fields: ARF's Original-Mail-From, Postfix's X-Postfix-Sender
+        texts += [
+            _headers_text(block)
+            for part in _walk(msg)
+            if part.get_content_type() in _FIELD_PARTS
+            for block in _header_blocks(part)
+        ]
         pattern = return_path.pattern
         for text in texts:
             tokens += [t for t in pattern.findall(text) if t not in tokens]
