@@ -592,7 +592,7 @@ def ndr_failures(msg: Message) -> tuple[Failure, ...]:
         )
         code = status_code(said) if said else status_code(whole)
         if said is None and code is not None:  # said once for all, as Office 365 does
-            said = max((x for x in lines if code in x), key=len)
+            said = max((x for x in lines if code in x), key=len, default=None)
         near = " ".join(x for w in windows for x in w[1:])
         said = said or near or header(msg, "Subject")
         hard = (code or "5").startswith("5")
