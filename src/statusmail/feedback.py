@@ -421,7 +421,9 @@ class Feedback:
         if found.verdict is Verdict.AUTO_REPLY:
             self._leave(found, data, "auto-reply")
             return []
-        if found.verdict is Verdict.FORWARDED:
+        if found.verdict is Verdict.FORWARDED or (
+            found.verdict is Verdict.OTHER and not found.failures
+        ):  # a person's words (a reply, a question, a forward), a success DSN, not-spam
             self._leave(found, data, None)
             return []
         proof = self._proof(found)
