@@ -342,8 +342,7 @@ class Engine:
         queue = self.queue
         if queue.fresh() and queue.holds(recipient.address):
             return
-        if not queue.fresh():
-            self._lost(await queue.renew())
+        self._lost(await queue.confirm())
         if not queue.holds(recipient.address):
             queue.drop(recipient.address)
             raise _ClaimLost

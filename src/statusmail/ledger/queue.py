@@ -142,6 +142,9 @@ class DeliveryQueue(Protocol):
     async def renew(self) -> int:
         """Renew the lease; returns how many rows were found lost to another sender."""
 
+    async def confirm(self) -> int:
+        """Renew until the lease surely lasts beyond a margin; how many rows were lost."""
+
     async def release(self) -> None: ...
 
     async def record(self, outcomes: Sequence[Outcome]) -> None: ...
@@ -159,9 +162,15 @@ class DeliveryQueue(Protocol):
     async def close(self) -> None: ...
 
 
+CONFIRM_TRIES = 3
+
+
 class FencedClaims:
     """Claiming, renewing and recording through fences, the same for both engines; an
-    engine's queue supplies the statements (``_claim``, ``_renew``, ``_record``)."""
+    engine's queue supplies the statements (``_claim``, ``_renew``, ``_record``) and
+    its name for messages (``where``)."""
+
+    where: str
 
     def __init__(self, entry_id: str, *, lease: float, thread: str | None) -> None:
         self.entry_id = entry_id
@@ -197,12 +206,29 @@ class FencedClaims:
     async def renew(self) -> int:
         seen = self._renewals
         async with self._renewing:
-            if self._renewals != seen:
-                return 0  # renewed while this caller waited: that answer stands
+            if self._renewals != seen and self.claims.fresh():
+                return 0  # renewed while this caller waited, and that lease holds
             start, before = clock(), self.claims.snapshot()
             held = await self._renew()
             self._renewals += 1
             return self.claims.confirmed(start, before, held)
+
+    async def confirm(self) -> int:
+        """Renew until the lease surely lasts beyond the margin again; returns how many
+        rows were found lost. A ledger too slow to answer within the lease ends the run
+        rather than let a message go that another sender may hold by now."""
+        lost = 0
+        for _ in range(CONFIRM_TRIES):
+            if self.claims.fresh():
+                return lost
+            lost += await self.renew()
+        if self.claims.fresh():
+            return lost
+        raise LedgerError(
+            f"{self.where}: {CONFIRM_TRIES} renewals of this sender's claim in a row took "
+            f"longer than three quarters of sending.lease ({self.lease:g}s); stopping "
+            "rather than sending what another sender may hold"
+        )
 
     async def record(self, outcomes: Sequence[Outcome]) -> None:
         await self._record(self.claims.settle(outcomes))
@@ -216,6 +242,7 @@ class LocalQueue(FencedClaims):
     def __init__(self, ledger: Ledger, entry_id: str, *, lease: float, thread: str | None) -> None:
         super().__init__(entry_id, lease=lease, thread=thread)
         self.ledger = ledger
+        self.where = ledger.database.where
 
     async def state(self) -> tuple[int, int]:
         return self.ledger.queue_state(self.entry_id)
