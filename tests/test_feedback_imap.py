@@ -3,7 +3,7 @@ against a test CA, the password from a file, handled reports moved to ``processe
 one command for all of them (what Dovecot read is counted from its raw log), everything
 else left in the inbox unread, MOVE's and UIDPLUS's absence handled without expunging
 anyone else's messages, and a connection that dies during the move costing nothing: the
-rerun moves the rest and records nothing twice."""
+rerun moves the rest and records nothing twice. The Maildir box takes a list of moves too."""
 
 from __future__ import annotations
 
@@ -16,9 +16,20 @@ import pytest
 import yaml
 
 from conftest import copy_sample, invoke
-from feedback_helpers import CORPUS, SECRET, UPDATE, fill, ledger_dump, query, summary
+from feedback_helpers import (
+    CORPUS,
+    SECRET,
+    UPDATE,
+    deliver,
+    fill,
+    ledger_dump,
+    new_files,
+    processed_files,
+    query,
+    summary,
+)
 from imap_server import USER, Dovecot, Relay, require_dovecot
-from statusmail.bouncebox import uid_sets
+from statusmail.bouncebox import MaildirBox, uid_sets
 
 HANDLED = ["postfix-user-unknown.eml", "arf-yahoo-abuse.eml", "mailto-unsubscribe-gmail.eml"]
 LEFT = ["vacation-ru.eml", "unrelated-question.eml"]
@@ -273,6 +284,38 @@ def test_a_connection_cut_during_the_move_costs_nothing(
     assert len(left) == 2
     processed = sorted(data for _flags, data in imap.folder("processed").values())
     assert processed == sorted(data for uid, (_flags, data) in inbox.items() if uid not in left)
+
+
+@pytest.mark.timeout(60)
+def test_a_connection_cut_while_reading_records_nothing(project: Path, imap: Dovecot) -> None:
+    delivered(project, imap)
+    inbox = imap.folder("INBOX")
+    with Relay(imap.port, b"UID FETCH", server_did_it=False) as relay:
+        point_at_imap(project, imap, None, security="none", port=relay.port)
+        cut = invoke(project, "feedback", env=env(project, imap))
+    assert relay.cut.is_set() and cut.exit_code != 0
+    [line] = cut.stderr.splitlines()
+    assert line.startswith(f"error: 127.0.0.1:{relay.port}: cannot read INBOX: ")
+    assert "connection was lost" in line and line.endswith("run again to go on")
+    assert query(project, "SELECT * FROM feedback_events") == []
+    after = imap.folder("INBOX")  # every message still there, unread
+    assert {uid: data for uid, (_flags, data) in after.items()} == {
+        uid: data for uid, (_flags, data) in inbox.items()
+    }
+    assert all(b"\\Seen" not in flags for flags, _data in after.values())
+
+
+def test_a_maildir_moves_a_list_and_skips_one_gone(tmp_path: Path) -> None:
+    """The Maildir box takes a list too: one message a mail client moved meanwhile is
+    skipped, and the others still move."""
+    keys = [f"new/{name}" for name in ("1.a.host", "2.b.host", "3.c.host")]
+    for key in keys:
+        deliver(tmp_path / "bounces", f"Subject: {key}\n\n".encode(), key.split("/")[1])
+    box = MaildirBox(tmp_path / "bounces", "processed", readonly=False)
+    (tmp_path / "bounces" / keys[1]).unlink()
+    box.move_to_processed(keys)
+    assert sorted(processed_files(tmp_path / "bounces")) == ["1.a.host:2,S", "3.c.host:2,S"]
+    assert new_files(tmp_path / "bounces") == {}
 
 
 def test_uid_sets_are_ranges_cut_to_the_line() -> None:
