@@ -2,8 +2,10 @@
 
 Outside an event loop (loading, selecting, the confirmation prompt) a signal raises
 ``Interrupted`` where the program is, and every step on the way out rolls back what it
-had not committed. While a run delivers, the signal only sets the run's stop event, so
-in-flight messages finish and are recorded.
+had not committed. While a run delivers, the signal sets the run's stop event, so
+in-flight messages finish and are recorded; a run still going ``FORCE_AFTER`` seconds
+later (it waits on a server that refuses or never answers, say) is cancelled where it
+waits, so a signal is honoured within two seconds in every state.
 """
 
 from __future__ import annotations
@@ -17,6 +19,12 @@ from types import FrameType
 from statusmail.errors import Interrupted
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# Seconds a stopping run has to end by itself before it is cancelled (and again every
+# RECANCEL seconds: a library that swallows one cancellation does not keep it running).
+# A message to a working relay is acknowledged in milliseconds; one that the relay has
+# not acknowledged by then stays pending, at most one per connection.
+FORCE_AFTER = 1.0
+RECANCEL = 0.1
 
 
 def _raise(signum: int, _frame: FrameType | None) -> None:
@@ -34,15 +42,45 @@ def name(signum: int) -> str:
 
 
 @contextmanager
-def stop_on_signal(on_signal: Callable[[], None]) -> Iterator[None]:
-    """Inside a running event loop: SIGINT/SIGTERM call ``on_signal`` instead of raising."""
+def stop_on_signal(
+    on_signal: Callable[[], None], *, force_after: float | None = FORCE_AFTER
+) -> Iterator[None]:
+    """Inside a running event loop: SIGINT/SIGTERM call ``on_signal`` instead of raising.
+    If the block still runs ``force_after`` seconds after the first signal, the task
+    running it is cancelled (over again until it ends) and the block raises
+    ``Interrupted``; ``None`` waits for the block however long it takes."""
     loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    received: list[int] = []
+    timer: list[asyncio.TimerHandle] = []
+    issued = 0  # the cancellations this made
+
+    def force() -> None:
+        nonlocal issued
+        if task is not None and not task.done() and task.cancel():
+            issued += 1
+            timer[:] = [loop.call_later(RECANCEL, force)]
+
+    def handle(signum: int) -> None:
+        if not received and force_after is not None:
+            timer.append(loop.call_later(force_after, force))
+        received.append(signum)
+        on_signal()
+
     previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
     for sig in STOP_SIGNALS:
-        loop.add_signal_handler(sig, on_signal)
+        loop.add_signal_handler(sig, handle, sig)
     try:
         yield
+    except asyncio.CancelledError:
+        if task is None or not issued:
+            raise  # not this one's: somebody else cancelled the task
+        for _ in range(min(issued, task.cancelling())):
+            task.uncancel()
+        raise Interrupted(received[0]) from None
     finally:
+        for handle_ in timer:
+            handle_.cancel()
         for sig in STOP_SIGNALS:
             loop.remove_signal_handler(sig)
             signal.signal(sig, previous[sig])

@@ -30,11 +30,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from statusmail import feedback, health, metrics, pipeline
+from statusmail import feedback, health, metrics, pipeline, signals
 from statusmail.config import Config, is_url, load_config
 from statusmail.domain import Entry, ExitCode
 from statusmail.entries import entry_paths, load_entry
-from statusmail.errors import ConnectError, InputError, LedgerError, StatusmailError
+from statusmail.errors import (
+    ConnectError,
+    InputError,
+    Interrupted,
+    LedgerError,
+    StatusmailError,
+)
 from statusmail.ledger import Ledger, run_lock
 from statusmail.ledger import describe as ledger_describe
 from statusmail.ledger import exists as ledger_exists
@@ -189,28 +195,29 @@ class Watcher:
         target = self.config.paths.ledger
         with run_lock(target, "watch"):  # SQLite: one watcher; PostgreSQL: see below
             loop = asyncio.get_running_loop()
-            handlers = {
-                signal.SIGTERM: self._on_stop,
-                signal.SIGINT: self._on_stop,
-                signal.SIGHUP: self._on_hangup,
-            }
-            previous = {sig: signal.getsignal(sig) for sig in handlers}
-            for sig, handler in handlers.items():
-                loop.add_signal_handler(sig, handler)
+            previous = signal.getsignal(signal.SIGHUP)
+            loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
             # The loop's pulse (/healthz, the watchdog) beats from the start, also while
             # this watcher stands by or cannot reach the ledger.
             beats = asyncio.create_task(self.heartbeat.beat())
             try:
-                if is_url(target):
-                    await self._elect(str(target))
-                else:
-                    self._leading(True)
-                    await self._watch()
+                # SIGTERM/SIGINT stop gently; what still waits a second later (on a
+                # server that does not answer, say) is cut short where it waits.
+                with signals.stop_on_signal(self._on_stop):
+                    if is_url(target):
+                        await self._elect(str(target))
+                    else:
+                        self._leading(True)
+                        await self._watch()
+            except Interrupted:
+                log.warning(
+                    "stopped without waiting any longer for what was in progress",
+                    extra={"event": "stop_forced"},
+                )
             finally:
                 await _cancelled(beats)
-                for sig in handlers:
-                    loop.remove_signal_handler(sig)
-                    signal.signal(sig, previous[sig] or signal.SIG_DFL)
+                loop.remove_signal_handler(signal.SIGHUP)
+                signal.signal(signal.SIGHUP, previous or signal.SIG_DFL)
         log.info("watch stopped", extra={"event": "stopped"})
         # For cron (--once): 4 tells that something is still pending, to be retried.
         if self.options.once and (self._backoff or self._left_pending):
