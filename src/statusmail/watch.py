@@ -115,6 +115,7 @@ class Watcher:
         self.role = "starting"  # starting | standby | leader | reconnecting
         self._lock_problem: str | None = None  # why the leadership lock cannot be had
         self._said_ready = False
+        self._loss_logged: LedgerError | None = None
 
     # -- health --------------------------------------------------------------------
     # Called from the metrics thread: they only read attributes the loop replaces whole.
@@ -264,7 +265,8 @@ class Watcher:
             except LedgerError as exc:
                 self.role = "reconnecting"
                 self._lock_problem = f"{exc}; connecting again"
-                log.error("%s; connecting again", exc, extra={"event": "leadership_lost"})
+                if exc is not self._loss_logged:  # the leader's guard said it already
+                    log.error("%s; connecting again", exc, extra={"event": "leadership_lost"})
             finally:
                 self._leading(False)
                 await lock.close()
@@ -299,10 +301,13 @@ class Watcher:
     async def _lead(self, lock: LeaderLock) -> None:
         """Send while the lock's connection lives: a guard looks at it every
         ``lock_check`` seconds and, when it is gone, stops the sending at once (another
-        watcher may hold the lock a moment later) and raises its ``LedgerError``."""
+        watcher may hold the lock a moment later): gently, then, if the sending still
+        runs after ``signals.FORCE_AFTER`` seconds (on a server that is gone, say), cut
+        short where it waits. Raises the lost connection's ``LedgerError``."""
         self._leading(True)
         self.halt = asyncio.Event()
         lost: list[LedgerError] = []
+        watching = asyncio.create_task(self._watch())
 
         async def guard() -> None:
             while True:
@@ -311,17 +316,28 @@ class Watcher:
                     await lock.check()
                 except LedgerError as exc:
                     log.error(
-                        "%s: stopping the sending now", exc, extra={"event": "leadership_lost"}
+                        "%s: stopping the sending now; connecting again",
+                        exc,
+                        extra={"event": "leadership_lost"},
                     )
                     lost.append(exc)
+                    self._loss_logged = exc
                     self._halt()
-                    return
+                    break
+            await asyncio.sleep(signals.FORCE_AFTER)
+            while not watching.done():
+                watching.cancel()
+                await asyncio.sleep(signals.RECANCEL)
 
         guarding = asyncio.create_task(guard())
+        me = asyncio.current_task()
         try:
-            await self._watch()
+            await watching
+        except asyncio.CancelledError:
+            if not lost or (me is not None and me.cancelling()):
+                raise  # this task is cancelled, not only the sending the guard cut short
         finally:
-            await _cancelled(guarding)
+            await _cancelled(guarding, watching)
         if lost and not self.stop.is_set():
             raise lost[0]
 
