@@ -24,7 +24,9 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from conftest import SECRET_ENV, Running, free_port, http_request, spawn, wait_for
+from editing import replace_in
 from ops_helpers import NotifySocket, scrape, value
+from postgres_helpers import query
 
 
 @dataclass
@@ -152,6 +154,29 @@ def test_sigterm_ends_sends_and_a_watch_within_2s_while_the_server_refuses_or_is
             assert stopped_within(2, refused, unanswered, watching) == [4, 4, 0]
     for process in (refused, unanswered):
         assert "interrupted by SIGTERM" in process.stderr, process.stderr
+
+
+def test_a_send_whose_connections_are_dropped_mid_run_ends_with_4_naming_the_server(
+    project: Path, postgres: str
+) -> None:
+    replace_in(project, "  rate: 20 ", "  rate: 4 ")  # the sample's 14 take 3.5 s
+    name = f"statusmail_dropped_{secrets.token_hex(4)}"
+    with send(project, f"{postgres}&application_name={name}") as process:
+        process.wait_for_line("delivering")
+        # what a server restart or a network cut does to every connection of the run
+        ended = query(
+            postgres,
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE application_name = %s",
+            name,
+        )
+        assert ended[0][0] >= 2, ended
+        start = time.monotonic()
+        assert process.finish(timeout=10) == 4, process.stderr
+        assert time.monotonic() - start < 2
+    host = urlsplit(postgres)
+    assert f"{host.hostname}:{host.port or 5432}" in process.stderr, process.stderr
+    assert "Traceback" not in process.stderr
 
 
 @pytest.mark.timeout(30)
