@@ -1,8 +1,8 @@
 """Standby watchers that supervisors keep (issue 20): on the real PostgreSQL server, a
-standby tells systemd ``READY=1`` and feeds its watchdog while it waits, answers
-``/healthz`` 200 and ``/readyz`` 429 "standby", and exposes ``statusmail_watch_leader``
-0 while the leader's is 1; both survive their lock connections ending, and the standby
-takes over when the leader is killed.
+standby tells systemd ``READY=1`` and feeds its watchdog while it waits (at the shipped
+unit's ``WatchdogSec=``), answers ``/healthz`` 200 and ``/readyz`` 429 "standby", and
+exposes ``statusmail_watch_leader`` 0 while the leader's is 1; both survive their lock
+connections ending, and the standby takes over when the leader is killed.
 
 A PostgreSQL restart ends every client connection; the suite may not restart the shared
 server (other tests use it), so the test does to the lock connections what a restart
@@ -21,7 +21,10 @@ import pytest
 from conftest import free_port, http_request, wait_for
 from ops_helpers import NotifySocket, Service, scrape, value
 from postgres_helpers import query
+from test_ops_units import unit_settings
 
+# The shipped unit's watchdog (WatchdogSec=300: a beat every second)
+WATCHDOG_SEC = int(unit_settings("statusmail-watch.service")["WatchdogSec"][0])
 TAKEOVER = 1.0  # --takeover (its least): a standby looks for the lock every 0.33 s
 
 
@@ -67,7 +70,7 @@ def test_a_standby_is_healthy_survives_lost_lock_connections_and_takes_over(
             env = {
                 "STATUSMAIL_LEDGER": postgres,
                 "NOTIFY_SOCKET": str(sockets[name].path),
-                "WATCHDOG_USEC": "300000",  # the watchdog is fed every 0.1 s
+                "WATCHDOG_USEC": str(WATCHDOG_SEC * 1_000_000),  # as systemd sets it
             }
             watchers[name] = Service(
                 project,
@@ -87,7 +90,7 @@ def test_a_standby_is_healthy_survives_lost_lock_connections_and_takes_over(
         # The standby is healthy in every way a supervisor looks.
         second.wait_for_event("standby")
         sockets["second"].wait_for("READY=1")
-        sockets["second"].wait_for("WATCHDOG=1", count=3)
+        sockets["second"].wait_for("WATCHDOG=1", count=2)  # beats every second
         wait_for(lambda: leading(ports["second"]) == 0, what="the standby's metrics")
         assert http_request(ports["second"], "GET", "/healthz").pair() == (200, "ok\n")
         status, body = http_request(ports["second"], "GET", "/readyz").pair()
