@@ -270,6 +270,9 @@ class Watcher:
             finally:
                 self._leading(False)
                 await lock.close()
+            if not self.stop.is_set():  # a server that comes and goes is not hammered
+                await self._pause(delay)
+                delay = min(delay * 2, self.options.lock_retry_max)
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
