@@ -8,14 +8,13 @@ import csv
 import datetime as dt
 import json
 import sqlite3
-import uuid
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO, invoke
 from editing import replace_in
-from feedback_helpers import CORPUS, deliver
+from feedback_helpers import CORPUS, deliver, dsn
 from statusmail.config import load_config
 from statusmail.domain import DeliveryStatus, Outcome, Preference, Recipient
 from statusmail.errors import ConfigError
@@ -141,31 +140,14 @@ def sent_ledger(path: Path) -> Ledger:
 
 
 def soft_dsn(day: dt.date, *, status: str = "4.2.2") -> bytes:
-    """A soft bounce of ADDRESS from that day, to its VERP return path."""
-    when = f"{day:%a, %d %b %Y} 10:00:00 +0000"
-    boundary = uuid.uuid4().hex
-    token = return_path_token(KEYS, ENTRY, ADDRESS, "bounces", None)
-    return f"""From: MAILER-DAEMON@relay.test (Mail Delivery System)
-To: bounces+{token}@startmail.example
-Subject: Undelivered Mail Returned to Sender
-Date: {when}
-Message-ID: <{uuid.uuid4().hex}@relay.test>
-MIME-Version: 1.0
-Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"
-
---{boundary}
-Content-Type: message/delivery-status
-
-Reporting-MTA: dns; relay.test
-
-Final-Recipient: rfc822; {ADDRESS}
-Action: failed
-Status: {status}
-Diagnostic-Code: smtp; 452 {status} Mailbox full
-Last-Attempt-Date: {when}
-
---{boundary}--
-""".encode()
+    """A bounce of ADDRESS from that day ("mailbox full"), to its VERP return path."""
+    return dsn(
+        ADDRESS,
+        token=return_path_token(KEYS, ENTRY, ADDRESS, "bounces", None),
+        status=status,
+        diagnostic=f"452 {status} Mailbox full",
+        when=f"{day:%a, %d %b %Y} 10:00:00 +0000",
+    )
 
 
 def suppressed(ledger: Ledger) -> dict[str, str]:
