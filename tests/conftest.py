@@ -8,6 +8,7 @@ import contextlib
 import email
 import email.policy
 import http.client
+import importlib.util
 import json
 import logging
 import mailbox
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, NoReturn, TypeVar
+from typing import IO, TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import pytest
 from click.testing import CliRunner, Result
@@ -34,6 +35,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from statusmail.cli import main
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 from statusmail.entries import load_entries
 
 REPO = Path(__file__).resolve().parent.parent
@@ -181,6 +185,25 @@ def chromium() -> str:
     if found is None:
         missing("chromium is not installed (apt-get install chromium)")
     return found
+
+
+@contextmanager
+def launched_chromium(*flags: str) -> Iterator[Browser]:
+    """Debian's Chromium driven by playwright (which never downloads a browser of its
+    own), with ``flags`` beside the headless, offline ones; closed on leaving."""
+    if importlib.util.find_spec("playwright") is None:
+        missing("the playwright package is not installed: pip install -e '.[test]'")
+    executable = chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=executable, args=[*CHROMIUM_FLAGS, *flags], timeout=30_000
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
 
 
 # -- waiting for real parts --------------------------------------------------------------

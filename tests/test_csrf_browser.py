@@ -15,7 +15,6 @@ browser resolves to serve's port (``--host-resolver-rules``, the test's DNS). It
 from __future__ import annotations
 
 import html
-import importlib.util
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from conftest import CHROMIUM_FLAGS, SECRET, chromium, copy_sample, invoke, missing, serving
+from conftest import (
+    SECRET,
+    copy_sample,
+    invoke,
+    launched_chromium,
+    serving,
+)
 from editing import replace_in
 from feedback_helpers import query
 from statusmail.tokens import Keyring, form_token, preferences_token
@@ -93,16 +98,8 @@ def other_site() -> Iterator[OtherSite]:
 @pytest.fixture(scope="module")
 def browser(site: Site) -> Iterator[Browser]:
     """One Chromium for the module, resolving the mirror's host to serve's port."""
-    if importlib.util.find_spec("playwright") is None:
-        missing("the playwright package is not installed: pip install -e '.[test]'")
-    executable = chromium()
-    from playwright.sync_api import sync_playwright
-
-    args = [*CHROMIUM_FLAGS, f"--host-resolver-rules=MAP {MIRROR} 127.0.0.1:{site.port}"]
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=executable, args=args, timeout=30_000)
-        yield launched
-        launched.close()
+    with launched_chromium(f"--host-resolver-rules=MAP {MIRROR} 127.0.0.1:{site.port}") as b:
+        yield b
 
 
 @pytest.fixture
@@ -148,8 +145,9 @@ def test_a_form_on_another_origin_is_refused(site: Site, other_site: OtherSite, 
     response = posted.value
     assert response.request.header_value("origin") == other_origin
     assert response.status == 403
-    page.wait_for_load_state()
-    assert "Выбор не сохранён" in page.content()  # in the reader's language
+    # in the reader's language, once the answer is the page shown (it may still be
+    # navigating when the response arrives: wait_for_selector waits that out)
+    assert page.wait_for_selector("text=Выбор не сохранён") is not None
     assert stored(site, address) == []
 
 
@@ -165,7 +163,6 @@ def test_the_form_on_its_own_page_is_accepted(site: Site, page: Page) -> None:
     response = posted.value
     assert response.request.header_value("origin") == f"http://{MIRROR}"
     assert response.status == 200
-    page.wait_for_load_state()
-    assert "Your choice is saved" in page.content()
+    assert page.wait_for_selector("text=Your choice is saved") is not None
     assert page.is_checked("input[name='locale'][value='en']")
     assert stored(site, address) == [("en", None)]

@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
 
 import pytest
 
-from conftest import BLOCK, CHROMIUM_FLAGS, SAMPLE_ENTRIES, chromium, copy_sample, dry_run, missing
+from conftest import (
+    BLOCK,
+    SAMPLE_ENTRIES,
+    copy_sample,
+    dry_run,
+    launched_chromium,
+)
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -65,18 +70,9 @@ class Measure(TypedDict):
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """One Chromium for the whole module; playwright never downloads a browser of its own."""
-    if importlib.util.find_spec("playwright") is None:
-        missing("the playwright package is not installed: pip install -e '.[test]'")
-    executable = chromium()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=executable, args=list(CHROMIUM_FLAGS), timeout=30_000
-        )
-        yield launched
-        launched.close()
+    """One Chromium for the whole module."""
+    with launched_chromium() as b:
+        yield b
 
 
 @pytest.fixture(scope="module")
