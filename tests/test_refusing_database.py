@@ -152,8 +152,8 @@ def test_sigterm_ends_sends_and_a_watch_within_2s_while_the_server_refuses_or_is
             # the other two wait on the server's first word, which never comes
             wait_for(lambda: len(accepted) >= 2, what="both to connect")
             assert stopped_within(2, refused, unanswered, watching) == [4, 4, 0]
-    for process in (refused, unanswered):
-        assert "interrupted by SIGTERM" in process.stderr, process.stderr
+    # (the refused send may have ended by itself first, with the same 4)
+    assert "interrupted by SIGTERM" in unanswered.stderr, unanswered.stderr
 
 
 def test_a_send_whose_connections_are_dropped_mid_run_ends_with_4_naming_the_server(
