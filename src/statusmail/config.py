@@ -56,6 +56,9 @@ class SmtpSettings:
     timeout: float = 30.0
     # A CA bundle to trust instead of the system's (tests, private relays).
     ca_file: Path | None = None
+    # The relay's per-session limit: a connection starts a new session after this many
+    # messages. None: learnt from the relay's first "too many" reply.
+    max_messages_per_connection: int | None = None
 
     @property
     def server(self) -> str:
@@ -205,7 +208,10 @@ class WebhookSettings:
 class DkimSettings:
     domain: str
     selector: str
-    key_file: Path
+    key_file: Path  # RSA, PEM
+    # An Ed25519 key (RFC 8463) signs each message a second time, under its own selector.
+    ed25519_key_file: Path | None = None
+    ed25519_selector: str | None = None
 
 
 @dataclass(frozen=True)
@@ -401,6 +407,7 @@ def parse_smtp(
         password_env=f.text("password_env", d.password_env),
         timeout=f.number("timeout", d.timeout, minimum=0.001),
         ca_file=root / ca_file if ca_file else None,
+        max_messages_per_connection=f.optional_integer("max_messages_per_connection"),
     )
     raw_port = env.get("STATUSMAIL_SMTP_PORT", "").strip()
     if raw_port:
@@ -592,11 +599,25 @@ def parse_topic_names(f: Fields, topics: frozenset[str] | None) -> dict[str, dic
 
 
 def parse_dkim(f: Fields, root: Path) -> DkimSettings:
-    f.unknown_keys({"domain", "selector", "key_file"})
+    f.unknown_keys({"domain", "selector", "key_file", "ed25519_key_file", "ed25519_selector"})
+    selector = f.text("selector", required=True)
+    ed25519_file = f.optional_text("ed25519_key_file")
+    ed25519_selector = f.optional_text("ed25519_selector")
+    if (ed25519_file is None) != (ed25519_selector is None):
+        given, missing = ("ed25519_key_file", "ed25519_selector")[:: 1 if ed25519_file else -1]
+        f.problem(f.line_of(given), f"{f.name(given)!r} needs {f.name(missing)!r} too")
+    elif ed25519_selector is not None and ed25519_selector == selector:
+        f.problem(
+            f.line_of("ed25519_selector"),
+            f"{f.name('ed25519_selector')!r} must differ from {f.name('selector')!r} "
+            "(each key has a DNS record of its own)",
+        )
     return DkimSettings(
         domain=f.text("domain", required=True),
-        selector=f.text("selector", required=True),
+        selector=selector,
         key_file=root / f.text("key_file", required=True),
+        ed25519_key_file=root / ed25519_file if ed25519_file else None,
+        ed25519_selector=ed25519_selector,
     )
 
 

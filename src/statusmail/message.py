@@ -37,9 +37,9 @@ from dataclasses import dataclass
 from email.header import Header
 from urllib.parse import quote
 
-from statusmail.config import Config, DkimSettings
+from statusmail.config import Config
+from statusmail.dkim_signing import DkimSigner
 from statusmail.domain import Entry, Recipient
-from statusmail.errors import ConfigError, Problem, RenderError
 from statusmail.regions import Region
 from statusmail.render import (
     NAME_SLOT,
@@ -350,6 +350,7 @@ class _Variant:
     region: Region | None  # whose link rewrites the unsubscribe URL gets
     text: _Part
     html: _Part
+    personal: bool  # a part holds a slot: the body differs per recipient
 
 
 class Built:
@@ -367,54 +368,6 @@ class Built:
     @property
     def rendered(self) -> Rendered:
         return self._render()
-
-
-DKIM_HEADERS = [
-    b"from",
-    b"to",
-    b"subject",
-    b"date",
-    b"message-id",
-    b"in-reply-to",
-    b"references",
-    b"reply-to",
-    b"list-id",
-    b"list-unsubscribe",
-    b"list-unsubscribe-post",
-    b"content-type",
-    b"mime-version",
-    b"content-language",
-]
-
-
-class DkimSigner:
-    """DKIM signatures (RFC 6376) with dkimpy; List-Unsubscribe(-Post) are signed too."""
-
-    def __init__(self, settings: DkimSettings) -> None:
-        try:
-            self.key = settings.key_file.read_bytes()
-        except OSError as exc:
-            raise ConfigError(
-                [Problem(settings.key_file, None, f"cannot read the DKIM key: {exc.strerror}")]
-            ) from exc
-        self.selector = settings.selector.encode()
-        self.domain = settings.domain.encode()
-
-    def sign(self, data: bytes) -> bytes:
-        import dkim
-
-        try:
-            signature: bytes = dkim.sign(
-                data,
-                self.selector,
-                self.domain,
-                self.key,
-                canonicalize=(b"relaxed", b"relaxed"),
-                include_headers=DKIM_HEADERS,
-            )
-        except dkim.DKIMException as exc:
-            raise RenderError(f"DKIM signing failed: {exc}") from exc
-        return signature + data
 
 
 class MessageFactory:
@@ -501,6 +454,7 @@ class MessageFactory:
                 self.renderer.region(key),
                 _Part("plain", rendered.text),
                 _Part("html", rendered.html),
+                bool(_SLOT.search(rendered.text) or _SLOT.search(rendered.html)),
             )
         return self._variants[key]
 
@@ -556,7 +510,10 @@ class MessageFactory:
         ]
         data = b"".join(parts)
         if self.signer is not None:
-            data = self.signer.sign(data)
+            # A body without slots is the same for the variant's every recipient (in
+            # each encoding): its hash is computed once.
+            shared = None if variant.personal else (key, eight_bit)
+            data = self.signer.sign(data, shared)
         has_8bit = text_8bit or html_8bit
         envelope = Envelope(
             sender=self.envelope_sender(recipient),
