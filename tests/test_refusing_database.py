@@ -113,11 +113,6 @@ def stopped_within(seconds: float, *processes: Running) -> list[int]:
     return codes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="until the delivery engine's lease renewal ends when cancelled and the queue's "
-    "pool says at once that the server refuses (delivery.py, ledger/queue.py: issue 20)",
-)
 def test_a_send_the_server_refuses_ends_with_4_on_one_line_naming_it(
     project: Path, limited: Limited
 ) -> None:

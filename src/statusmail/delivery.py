@@ -33,7 +33,7 @@ from statusmail.ledger import DeliveryQueue
 from statusmail.message import Built
 from statusmail.report import scrub
 from statusmail.throttle import FailureWindow, SharedBucket, TokenBucket
-from statusmail.transport import Connection, Envelope, Ready, Transport
+from statusmail.transport import Connection, Envelope, Ready, SessionEnded, Transport
 
 if TYPE_CHECKING:
     from statusmail.metrics import DeliveryMetrics
@@ -330,10 +330,14 @@ class Engine:
     async def _renew(self) -> None:
         """Keep the lease of what this process holds while it works on it."""
         interval = max(0.5, self.settings.lease / 3)
-        while True:
+        me = asyncio.current_task()
+        # psycopg_pool waits with asyncio.wait_for, which on Python 3.11 returns a result
+        # that arrived with the cancellation, swallowing it: a cancelled loop ends anyway.
+        while me is None or not me.cancelling():
             await asyncio.sleep(interval)
             with contextlib.suppress(LedgerError):
                 self._lost(await self.queue.renew())
+        raise asyncio.CancelledError
 
     async def _check_claim(self, recipient: Recipient) -> None:
         """Raise ``_ClaimLost`` unless this process still holds the recipient's claim: a
@@ -511,15 +515,66 @@ class Engine:
         tally: _Attempts,
         ready: Ready,
     ) -> None:
-        await self.bucket.acquire()
-        # After the wait for the rate limit, just before MAIL FROM: a claim another
-        # sender took over meanwhile is not sent, and an unsubscribe answered by now wins.
-        await self._check_claim(recipient)
-        reason = await self.queue.suppression_of(recipient.address)
-        if reason is not None:
-            raise _Suppressed(reason)
+        while True:
+            await self.bucket.acquire()
+            # After the wait for the rate limit, just before MAIL FROM: a claim another
+            # sender took over meanwhile is not sent, and an unsubscribe answered by now
+            # wins.
+            await self._check_claim(recipient)
+            reason = await self.queue.suppression_of(recipient.address)
+            if reason is not None:
+                raise _Suppressed(reason)
+            try:
+                await conn.send(envelope, ready)
+                break
+            except SessionEnded as exc:
+                # The relay's limit per session, not the recipient: at once, uncharged,
+                # on the session the connection opened (a fresh one, so this happens
+                # once per attempt), unless the run is stopping.
+                self._session_ended(exc, recipient)
+                if self.stop.is_set():
+                    raise
+            except DeliveryError as exc:
+                self._undelivered(exc, tally)
+                raise
+        tally.charged += 1
+        if self._relay_failed:
+            self._relay_failed = False
+            self.metrics.relay(True)
+
+    def _undelivered(self, exc: DeliveryError, tally: _Attempts) -> None:
+        """Charge a failed attempt, unless the message never left."""
+        if exc.relay_down:
+            self._relay_failed = True
+            self.metrics.relay(False, 1)
+        else:
+            tally.charged += 1
+
+    def _session_ended(self, exc: SessionEnded, recipient: Recipient) -> None:
+        self.metrics.retried(exc)
+        if exc.learnt is None:
+            return
+        said = scrub(
+            str(exc), (recipient.email, recipient.ascii_email, recipient.address), self.mask
+        )
+        log.info(
+            "%s takes %d message(s) per session (%s): each connection starts a new "
+            "session after %d from now on",
+            self.relay,
+            exc.learnt,
+            said,
+            exc.learnt,
+            extra={
+                "event": "session_limit",
+                "entry": self.entry_id,
+                "relay": self.relay,
+                "per_session": exc.learnt,
+            },
+        )
+
+    async def _unused(self) -> None:
         try:
-            await conn.send(envelope, ready)
+            pass
         except DeliveryError as exc:
             if exc.relay_down:  # the message never left: nothing to charge
                 self._relay_failed = True

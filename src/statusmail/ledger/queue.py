@@ -33,6 +33,7 @@ from statusmail.ledger.database import (
     PostgresDialect,
     backoff,
     describe,
+    one_line,
     transient,
 )
 from statusmail.ledger.store import Fenced, Ledger, claimed, now_iso, record_params
@@ -302,10 +303,20 @@ class ServerQueue(FencedClaims):
         for attempt in range(RETRIES + 1):
             try:
                 if self._pool is None:
+                    # The first connection is made here: a server that refuses says why at
+                    # once (the pool retries in the background and says only, ten seconds
+                    # later, that it timed out).
+                    first = await psycopg.AsyncConnection.connect(self.url, **CONNECTION)
+                    await first.close()
                     self._pool = psycopg_pool.AsyncConnectionPool(
-                        self.url, min_size=1, max_size=4, open=False, kwargs=CONNECTION
+                        self.url,
+                        min_size=0,
+                        max_size=4,
+                        open=False,
+                        kwargs=CONNECTION,
+                        timeout=5,
                     )
-                    await self._pool.open(wait=True, timeout=10)
+                    await self._pool.open()
                 async with self._pool.connection() as conn:
                     text = self._dialect.sql(sql)
                     if many:
@@ -322,7 +333,7 @@ class ServerQueue(FencedClaims):
                 if attempt < RETRIES and transient(exc):
                     await asyncio.sleep(backoff(attempt))
                     continue
-                raise LedgerError(f"{self.where}: {exc}") from exc
+                raise LedgerError(f"{self.where}: {one_line(exc)}") from exc
         raise AssertionError("unreachable")
 
     async def state(self) -> tuple[int, int]:
