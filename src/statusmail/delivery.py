@@ -572,21 +572,6 @@ class Engine:
             },
         )
 
-    async def _unused(self) -> None:
-        try:
-            pass
-        except DeliveryError as exc:
-            if exc.relay_down:  # the message never left: nothing to charge
-                self._relay_failed = True
-                self.metrics.relay(False, 1)
-            else:
-                tally.charged += 1
-            raise
-        tally.charged += 1
-        if self._relay_failed:
-            self._relay_failed = False
-            self.metrics.relay(True)
-
     async def _retry(
         self,
         conn: Connection,

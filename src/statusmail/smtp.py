@@ -5,6 +5,12 @@
 (MAIL, RCPT, DATA) and maps every failure to ``DeliveryError``: 4xx, disconnects and
 timeouts are transient, 5xx are final, and "no such user" replies are bounces. A
 connection that lost its session reconnects on its next ``send``.
+
+Relays limit how many messages one session may carry. A session that has carried
+messages and is refused with 421, 452 or a 4xx naming too many messages is ended and
+the next one opened (``SessionEnded``); a reply that names the limit teaches the
+transport its per-session count (``smtp.max_messages_per_connection`` sets it up
+front), and every connection then starts a new session once it has carried that many.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import aiosmtplib
 
 from statusmail.config import SmtpSettings
 from statusmail.errors import ConnectError, DeliveryError
-from statusmail.transport import Envelope, Ready
+from statusmail.transport import Envelope, Ready, SessionEnded
 
 _BOUNCE_STATUS = re.compile(r"(?<![\d.])5\.1\.(?:1|10)(?![\d.])")
 _BOUNCE_TEXT = re.compile(
@@ -29,6 +35,14 @@ _BOUNCE_TEXT = re.compile(
 # addresses, nearly all of them, skip it. Anything else goes through aiosmtplib.
 _PLAIN_ADDRESS = re.compile(
     r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+)
+# A 4xx reply that says the session has carried all the relay takes in one: the
+# enhanced code for "too many recipients", or the words (Exim's "421 ... too many
+# messages in this connection", Exchange's "452 4.5.3 Too many recipients").
+_SESSION_LIMIT = re.compile(
+    r"(?<![\d.])4\.5\.3(?![\d.])|too many "
+    r"(?:messages|mails?|recipients|rcpts?|connections|transactions|deliveries)",
+    re.I,
 )
 # Errors that mean the session is gone (or out of step) and must be reopened.
 _LOST = (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, TimeoutError, OSError)
@@ -50,6 +64,17 @@ def is_bounce(code: int, text: str) -> bool:
     if code < 500:
         return False
     return bool(_BOUNCE_STATUS.search(text)) or (code == 550 and bool(_BOUNCE_TEXT.search(text)))
+
+
+def names_session_limit(code: int, text: str) -> bool:
+    """A 4xx reply saying that a session carries no more messages than it has."""
+    return 400 <= code < 500 and _SESSION_LIMIT.search(text) is not None
+
+
+def ends_session(code: int, text: str) -> bool:
+    """A reply after which a new session may take the message: the relay closes this one
+    (421), a 452, or a 4xx naming a per-session limit."""
+    return code in (421, 452) or names_session_limit(code, text)
 
 
 def _abort(smtp: aiosmtplib.SMTP) -> None:
@@ -92,6 +117,17 @@ class SmtpTransport:
         self._password = password
         self._hostname = hostname  # our EHLO name; None = the machine's FQDN
         self._tls_context: ssl.SSLContext | None = None
+        # Messages a session carries before its connection starts the next: configured,
+        # or learnt from the relay (shared by every connection of this transport).
+        self.per_session: int | None = settings.max_messages_per_connection
+
+    def learn(self, carried: int) -> bool:
+        """The relay said a session carries no more than ``carried`` messages: True when
+        that lowers the count in use (the first such reply, or a stricter one)."""
+        if carried < 1 or (self.per_session is not None and carried >= self.per_session):
+            return False
+        self.per_session = carried
+        return True
 
     @property
     def server(self) -> str:
@@ -175,6 +211,7 @@ class SmtpConnection:
         self._smtp: aiosmtplib.SMTP | None = smtp
         self._lock = asyncio.Lock()
         self.sessions = 1  # how many sessions this connection has opened
+        self._carried = 0  # messages the current session has carried
         self._eight_bit = smtp.supports_extension("8bitmime")
 
     @property
@@ -210,6 +247,13 @@ class SmtpConnection:
             except asyncio.CancelledError:  # mid-transaction: the session is out of step
                 self._drop()
                 raise
+            self._carried += 1
+            limit = self._transport.per_session
+            if limit is not None and self._carried >= limit:
+                # The next session is opened now, not after the engine's last checks
+                # before the next MAIL FROM; if it cannot be, the next send says why.
+                with contextlib.suppress(ConnectError):
+                    await self._next_session()
 
     async def close(self) -> None:
         smtp, self._smtp = self._smtp, None
@@ -232,17 +276,30 @@ class SmtpConnection:
             return self._smtp
         self._drop()
         try:
-            self._smtp = await self._transport.open_session()
+            return await self._open()
         except ConnectError as exc:
-            raise DeliveryError(
-                f"reconnecting to {exc}",  # ConnectError's str starts with host:port
-                recipient=envelope.recipient,
-                transient=True,
-                relay_down=True,
-            ) from exc
+            raise self._relay_down(envelope, exc) from exc
+
+    async def _open(self) -> aiosmtplib.SMTP:
+        self._smtp = smtp = await self._transport.open_session()
         self.sessions += 1
-        self._eight_bit = self._smtp.supports_extension("8bitmime")
-        return self._smtp
+        self._carried = 0
+        self._eight_bit = smtp.supports_extension("8bitmime")
+        return smtp
+
+    async def _next_session(self) -> None:
+        """End this session (QUIT) and open the next; raises ``ConnectError``."""
+        await self.close()
+        await self._open()
+
+    @staticmethod
+    def _relay_down(envelope: Envelope, exc: ConnectError) -> DeliveryError:
+        return DeliveryError(
+            f"reconnecting to {exc}",  # ConnectError's str starts with host:port
+            recipient=envelope.recipient,
+            transient=True,
+            relay_down=True,
+        )
 
     async def _transaction(
         self, smtp: aiosmtplib.SMTP, envelope: Envelope, ready: Ready | None
@@ -335,13 +392,26 @@ class SmtpConnection:
         self, smtp: aiosmtplib.SMTP, envelope: Envelope, code: int, text: str, stage: str
     ) -> DeliveryError:
         """A 4xx/5xx reply: reset the transaction (or drop the session) and map it."""
+        text = _one_line(text)
+        said = f"{text} (reply to {stage} from {self._transport.server})"
+        carried = self._carried
+        if carried and ends_session(code, text):
+            learnt = carried if names_session_limit(code, text) else None
+            if learnt is not None and not self._transport.learn(learnt):
+                learnt = None  # known already
+            try:
+                await self._next_session()
+            except ConnectError as exc:
+                return self._relay_down(envelope, exc)
+            return SessionEnded(
+                said, code=code, recipient=envelope.recipient, carried=carried, learnt=learnt
+            )
         if code == 421:  # "closing transmission channel"
             self._drop()
         else:
             await self._reset(smtp)
-        text = _one_line(text)
         return DeliveryError(
-            f"{text} (reply to {stage} from {self._transport.server})",
+            said,
             code=code,
             recipient=envelope.recipient,
             transient=code < 500,

@@ -11,6 +11,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from statusmail.errors import DeliveryError
+
 
 @dataclass(frozen=True, slots=True)
 class Shape:
@@ -42,6 +44,22 @@ class Envelope:
 # one was accepted. It raises if that outcome could not be recorded: the message is not
 # handed over.
 Ready = Callable[[], Awaitable[None]]
+
+
+class SessionEnded(DeliveryError):
+    """The relay refused a message for the session's sake, not the recipient's: the
+    session had carried all the messages the relay takes in one ("452 4.5.3 Too many
+    recipients") or the relay closed it (421). Raised only for a session that had
+    carried a message: the connection has ended it and opened the next, the message
+    never went, and the engine sends it again at once without charging an attempt.
+    ``learnt`` is the per-session count this reply taught (it lowered the one in use)."""
+
+    def __init__(
+        self, message: str, *, code: int, recipient: str, carried: int, learnt: int | None
+    ) -> None:
+        super().__init__(message, code=code, recipient=recipient, transient=True)
+        self.carried = carried  # messages the session had carried before the reply
+        self.learnt = learnt
 
 
 class Connection(Protocol):
