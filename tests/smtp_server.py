@@ -22,6 +22,9 @@ Fault injection (all real server behaviour, no mocks), as keyword arguments:
 - ``hangup_after=N``: each connection accepts N messages; at the next DATA the server
   answers ``hangup_reply`` (default ``"421 4.3.2 Closing"``) and closes the connection,
   or, with ``hangup_reply=None``, closes it without a word.
+- ``session_limit=N``: a session that has accepted N messages answers every further
+  RCPT TO with ``session_limit_reply`` (default ``"452 4.5.3 Too many recipients"``) and
+  stays open, as a relay's per-session limit does.
 - ``data_delay=seconds``: wait (asynchronously) before answering the end of DATA; or a
   callable ``f(n) -> seconds`` for the nth DATA (1-based).
 - ``auth=("user", "secret")``: require AUTH (PLAIN/LOGIN) with these credentials; AUTH is
@@ -37,7 +40,9 @@ Fault injection (all real server behaviour, no mocks), as keyword arguments:
 
 Observation: ``host``, ``port``, ``messages`` (a copy of the list of ``ReceivedMessage``),
 ``count_by_recipient()`` (``Counter``), ``connections`` (TCP connections accepted since
-start), ``data_commands`` (DATA commands seen), ``clear()``.
+start), ``data_commands`` (DATA commands seen), ``session_sizes()`` (the messages each
+session that accepted any carried, in the order they began), ``session_limit_replies``
+(RCPTs refused by ``session_limit``), ``clear()``.
 
 All counters are updated from the server thread under a lock; reading them from the test
 is safe. Knobs are plain attributes and may be changed while the server runs.
@@ -125,6 +130,12 @@ class _Handler:
         reply = self.server.reject_rcpt.get(address.lower())
         if reply:
             return reply
+        srv = self.server
+        limit = srv.session_limit
+        if limit is not None and getattr(session, "statusmail_accepted", 0) >= limit:
+            with srv._lock:
+                srv.session_limit_replies += 1
+            return srv.session_limit_reply
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
         return "250 OK"
@@ -163,6 +174,8 @@ class _Handler:
         session.statusmail_accepted = accepted + 1  # type: ignore[attr-defined]
         with srv._lock:
             srv._messages.append(received)
+            if not accepted:
+                srv._carrying.append(session)
         return "250 2.0.0 OK queued"
 
 
@@ -210,6 +223,8 @@ class RecordingServer:
         hangup_after: int | None = None,
         hangup_reply: str | None = "421 4.3.2 Closing",
         data_delay: float | Callable[[int], float] = 0.0,
+        session_limit: int | None = None,
+        session_limit_reply: str = "452 4.5.3 Too many recipients",
         auth: tuple[str, str] | None = None,
         tls_context: ssl.SSLContext | None = None,
         implicit_tls: bool = False,
@@ -224,6 +239,8 @@ class RecordingServer:
         self.hangup_after = hangup_after
         self.hangup_reply = hangup_reply
         self.data_delay = data_delay
+        self.session_limit = session_limit
+        self.session_limit_reply = session_limit_reply
         self.auth = auth
         self.tls_context = tls_context
         self.implicit_tls = implicit_tls
@@ -234,7 +251,9 @@ class RecordingServer:
         self.port = port  # 0: a free port, learnt at start
         self.connections = 0
         self.data_commands = 0
+        self.session_limit_replies = 0
         self._messages: list[ReceivedMessage] = []
+        self._carrying: list[Session] = []  # sessions that accepted a message, in order
         self._sessions: list[SMTP] = []  # one per connection, to close them at stop
         self._lock = threading.Lock()
         self._controller: _Controller | None = None
@@ -313,11 +332,18 @@ class RecordingServer:
         with self._lock:
             return Counter(rcpt for m in self._messages for rcpt in m.rcpt_tos)
 
+    def session_sizes(self) -> list[int]:
+        """How many messages each session that accepted any carried, in order."""
+        with self._lock:
+            return [getattr(session, "statusmail_accepted", 0) for session in self._carrying]
+
     def clear(self) -> None:
         with self._lock:
             self._messages.clear()
+            self._carrying.clear()
             self.connections = 0
             self.data_commands = 0
+            self.session_limit_replies = 0
 
     # -- internals --------------------------------------------------------------------
 

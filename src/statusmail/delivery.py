@@ -558,8 +558,8 @@ class Engine:
             str(exc), (recipient.email, recipient.ascii_email, recipient.address), self.mask
         )
         log.info(
-            "%s takes %d message(s) per session (%s): each connection starts a new "
-            "session after %d from now on",
+            "%s takes %d message(s) per session, then answers %s; each connection "
+            "starts a new session after %d from now on",
             self.relay,
             exc.learnt,
             said,
