@@ -53,7 +53,11 @@ class ServeError(StatusmailError):
 def listen(host: str, port: int) -> socket.socket:
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        return socket.create_server((host, port), family=family)
+        server = socket.create_server((host, port), family=family)
+        # asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and
+        # create_server leaves it 0: every kept-alive response (behind nginx, all of
+        # them) then waited ~40 ms for the peer's delayed ACK.
+        return socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, server.detach())
     except OSError as exc:
         raise ServeError(f"cannot listen on {host}:{port}: {exc}") from exc
 
