@@ -1,0 +1,221 @@
+"""The deployment a chaos run stands up, all on loopback: a PostgreSQL ledger of its own
+(a fresh schema, reached by the senders as a role of its own), a recording relay that
+also notes when each MAIL FROM came, the sample project sending one entry to a
+generated list, ``serve`` for the one-click unsubscribes, and the ``send`` and
+``watch`` processes.
+
+The shared server is never disturbed: a "restart" terminates the role's backends and
+refuses the role for a moment (``CONNECTION LIMIT 0``); exhaustion lowers the role's
+limit to the connections it has."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from chaos.history import Arrival
+from conftest import SECRET, Running, copy_sample, in_schema, spawn
+from delivery_helpers import add_subscribers, point_at
+from postgres_helpers import ENTRY
+from smtp_server import RecordingServer
+from statusmail.tokens import Keyring, unsubscribe_token
+
+# What the role may hold when nothing is refused: every process's connections with room
+# to spare, far below the shared server's max_connections.
+ROLE_LIMIT = 60
+
+
+@dataclass
+class OwnLedger:
+    """A schema made for the run, reached as ``role`` (the senders and watchers) or as
+    the server's administrator (``admin``: the harness and ``serve``)."""
+
+    admin: str  # the schema's URL as the administrator
+    url: str  # the same schema as the role
+    role: str
+
+    def execute(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        import psycopg
+
+        with psycopg.connect(self.admin, autocommit=True, connect_timeout=5) as conn:
+            cursor = conn.execute(sql, params)
+            return list(cursor.fetchall()) if cursor.description else []
+
+    def limit(self, connections: int) -> None:
+        self.execute(f"ALTER ROLE {self.role} CONNECTION LIMIT {connections}")
+
+    def connections(self) -> int:
+        rows = self.execute("SELECT COUNT(*) FROM pg_stat_activity WHERE usename = %s", self.role)
+        return int(rows[0][0])
+
+    def terminate(self) -> int:
+        """End every backend of the role, as a server restart does; how many."""
+        rows = self.execute(
+            "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = %s",
+            self.role,
+        )
+        return int(rows[0][0])
+
+    def pending(self) -> int:
+        rows = self.execute(
+            "SELECT COUNT(*) FROM deliveries WHERE entry_id = %s AND status = 'pending'", ENTRY
+        )
+        return int(rows[0][0])
+
+    def sent(self) -> frozenset[str]:
+        rows = self.execute(
+            "SELECT address FROM deliveries WHERE entry_id = %s AND status = 'sent'", ENTRY
+        )
+        return frozenset(str(row[0]) for row in rows)
+
+    def front(self) -> list[str]:
+        """The recipients in senders' hands now (claimed, pending), in queue order; else
+        the next pending ones."""
+        rows = self.execute(
+            "SELECT address FROM deliveries WHERE entry_id = %s AND status = 'pending'"
+            " ORDER BY claimed_by IS NULL, seq LIMIT 64",
+            ENTRY,
+        )
+        return [str(row[0]) for row in rows]
+
+
+@contextlib.contextmanager
+def own_ledger(server: str) -> Iterator[OwnLedger]:
+    """A fresh schema on ``server`` and a role for it; both dropped after."""
+    import psycopg
+
+    token = secrets.token_hex(4)
+    schema, role = f"statusmail_chaos_{token}", f"statusmail_chaos_{token}"
+    parts = urlsplit(server)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    as_role = urlunsplit(parts._replace(netloc=f"{role}@{host}"))
+    with psycopg.connect(server, autocommit=True, connect_timeout=5) as admin:
+        admin.execute(f"CREATE SCHEMA {schema}")
+        admin.execute(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT {ROLE_LIMIT}")
+        admin.execute(f"GRANT ALL ON SCHEMA {schema} TO {role}")
+        try:
+            yield OwnLedger(in_schema(server, schema), in_schema(as_role, schema), role)
+        finally:
+            admin.execute(f"ALTER ROLE {role} CONNECTION LIMIT 0")
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
+                (role,),
+            )
+            admin.execute(f"DROP SCHEMA {schema} CASCADE")
+            admin.execute(f"DROP OWNED BY {role}")
+            admin.execute(f"DROP ROLE {role}")
+
+
+class Relay(RecordingServer):
+    """The tests' recording relay, also noting each message's MAIL FROM time: an
+    unsubscribe answered after MAIL FROM may still let its message through (README), so
+    the checker needs that moment. Arrivals are kept as ``Arrival`` rows (the messages'
+    bytes are not kept: a long run accepts thousands)."""
+
+    def __init__(self) -> None:
+        super().__init__(data_reply=self._accepted)
+        self.arrivals: list[Arrival] = []
+
+    def start(self) -> Relay:
+        super().start()
+        # A handler hook, on the handler every new connection takes its hooks from
+        assert self._controller is not None
+        self._controller.handler.handle_MAIL = self._mail
+        return self
+
+    def __enter__(self) -> Relay:
+        return self.start()
+
+    @staticmethod
+    async def _mail(
+        server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        envelope.mail_from = address  # what aiosmtpd does itself without the hook
+        envelope.mail_options.extend(options)
+        envelope.mail_at = time.monotonic()  # type: ignore[attr-defined]
+        return "250 OK"
+
+    def _accepted(self, n: int, envelope: Envelope) -> None:
+        # Called just before the message is taken (nothing awaits in between)
+        raw = envelope.original_content or b""
+        headers = BytesHeaderParser(policy=compat32).parsebytes(raw.split(b"\r\n\r\n", 1)[0])
+        arrival = Arrival(
+            recipient=envelope.rcpt_tos[0].lower(),
+            message_id=str(headers["Message-ID"]).strip(),
+            mail_at=envelope.mail_at,  # type: ignore[attr-defined]
+            at=time.monotonic(),
+        )
+        with self._lock:
+            self.arrivals.append(arrival)
+            self._messages.clear()  # the bytes are not needed: memory stays flat
+
+
+def make_project(folder: Path, port: int, recipients: int, **sending: Any) -> Path:
+    """The sample project sending ``ENTRY`` (its only ready entry) to the sample's
+    recipients and ``recipients`` generated ones through the relay at ``port``."""
+    config = copy_sample(folder)
+    add_subscribers(config, recipients)
+    point_at(config, port, timeout=10, **sending)
+    for entry in (folder / "updates").glob("*.yaml"):
+        if entry.stem != ENTRY:  # kept for the thread, never sent
+            text = entry.read_text(encoding="utf-8")
+            entry.write_text(text.replace("status: ready", "status: draft"), encoding="utf-8")
+    return config
+
+
+def one_click(port: int, address: str) -> int:
+    """The one-click POST of ``address``'s List-Unsubscribe URL; the reply's status."""
+    from conftest import http_request
+
+    path = "/status/unsubscribe/" + unsubscribe_token(Keyring(SECRET.encode()), address)
+    reply = http_request(
+        port,
+        "POST",
+        path,
+        b"List-Unsubscribe=One-Click",
+        {"Content-Type": "application/x-www-form-urlencoded", "Host": "www.startmail.example"},
+    )
+    return reply.status
+
+
+@dataclass
+class Process:
+    """A ``send`` or ``watch`` process of the run, and what happened to it."""
+
+    kind: str  # "sender" | "watcher"
+    running: Running
+    started: float
+    killed: bool = False
+    stops: int = 0
+    cuts: list[float] | None = None  # when its ledger connections were cut
+    stopped_until: float | None = None  # SIGSTOPped: when it gets SIGCONT
+    ended: float | None = None
+    code: int | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.running.pid
+
+    def alive(self) -> bool:
+        return self.ended is None and self.running.process.poll() is None
+
+
+def start(kind: str, config: Path, ledger: OwnLedger, takeover: float) -> Process:
+    env = {"STATUSMAIL_UNSUBSCRIBE_SECRET": SECRET, "STATUSMAIL_LEDGER": ledger.url}
+    if kind == "sender":
+        running = spawn(config, "send", ENTRY, "--yes", env=env)
+    else:
+        running = spawn(
+            config, "watch", "--poll-interval", "0.5", "--takeover", str(takeover), env=env
+        )
+    return Process(kind, running, time.monotonic(), cuts=[])

@@ -1,0 +1,182 @@
+"""What a chaos run recorded, and the checker that reads it whole.
+
+The history holds what the outside world saw: every message the relay accepted (its
+recipient, Message-ID, when its MAIL FROM came and when its end of DATA was accepted),
+every unsubscribe ``serve`` answered with 200 (and when), the faults injected, and what
+the ledger says at the end. ``check`` compares it with what the README promises:
+
+- nobody missing: every recipient of the entry who was not unsubscribed got it;
+- duplicates within the bound: at most one per connection per fault that can lose a
+  claim (a kill, a stop past the lease, the ledger's connections cut or refused);
+- nobody sent after their unsubscribe was answered: no MAIL FROM for an address after
+  the moment its one-click POST had its 200;
+- the rate within its bound over every 5 s window of arrivals: the token bucket gives
+  out at most ``floor(5 × rate) + 1`` slots in 5 s, and a message arrives after its
+  slot, so a window holds at most those plus one message per connection that took its
+  slot before the window began (see ``rate_bound``).
+
+All times are ``time.monotonic()`` of the harness's process (the relay runs in it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+WINDOW = 5.0  # seconds: the rate is checked over every window this long
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """One message the relay accepted."""
+
+    recipient: str  # lower-case
+    message_id: str
+    mail_at: float  # its MAIL FROM
+    at: float  # its end of DATA, accepted
+
+
+@dataclass
+class Faults:
+    """The faults that can cost duplicates, counted as they were injected."""
+
+    kills: int = 0  # kill -9 of a sending process
+    stops: int = 0  # SIGSTOP held past the lease, then SIGCONT
+    cut: int = 0  # sending processes whose ledger connections were terminated
+    ended: int = 0  # processes that ended by themselves, early (exit 4), not of a cut
+    exhaustions: int = 0  # periods of connection exhaustion (no cost by themselves)
+    restarts: int = 0  # "PostgreSQL restarts": every backend terminated, refused a moment
+
+    @property
+    def losing(self) -> int:
+        """How many times a sending process could lose the claims in its hands."""
+        return self.kills + self.stops + self.cut + self.ended
+
+
+@dataclass
+class History:
+    recipients: frozenset[str]  # the entry's audience, lower-case
+    rate: float  # sending.rate, messages per second for the deployment
+    concurrency: int  # sending.concurrency, connections per sending process
+    processes: int  # sending processes that may run at once (senders and watchers)
+    arrivals: list[Arrival] = field(default_factory=list)
+    unsubscribed: dict[str, float] = field(default_factory=dict)  # address: 200 answered at
+    faults: Faults = field(default_factory=Faults)
+    ledger_sent: frozenset[str] = frozenset()  # what the ledger shows as sent at the end
+    ledger_pending: int = 0  # rows still pending or claimed at the end
+    problems: list[str] = field(default_factory=list)  # tracebacks, hangs, exits: one line each
+
+
+@dataclass(frozen=True)
+class Verdict:
+    recipients: int
+    missing: list[str]
+    duplicates: int
+    duplicate_bound: int
+    foreign_duplicates: list[str]  # a recipient's copies carrying different Message-IDs
+    unsubscribed: int  # addresses whose one-click POST was answered 200
+    after_unsubscribe: list[tuple[str, float]]  # (address, seconds after its 200)
+    max_rate: float  # the most arrivals in a 5 s window, per second
+    rate_bound: float
+    sent_not_arrived: list[str]  # the ledger says sent, the relay never had it
+    pending: int
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not (
+            self.missing
+            or self.duplicates > self.duplicate_bound
+            or self.foreign_duplicates
+            or self.after_unsubscribe
+            or self.max_rate > self.rate_bound
+            or self.sent_not_arrived
+            or self.pending
+            or self.problems
+        )
+
+    def line(self) -> str:
+        """The one-line verdict, with its counts."""
+        head = "OK" if self.ok else "VIOLATION"
+        return (
+            f"{head}: {self.recipients} recipients, {len(self.missing)} missing,"
+            f" {self.duplicates} duplicates (bound {self.duplicate_bound}),"
+            f" {len(self.after_unsubscribe)} after unsubscribe (of {self.unsubscribed}),"
+            f" max 5 s rate {self.max_rate:.1f}/s (bound {self.rate_bound:.1f})"
+            + (
+                f", {len(self.sent_not_arrived)} sent but never arrived"
+                if self.sent_not_arrived
+                else ""
+            )
+            + (f", {self.pending} still pending" if self.pending else "")
+            + (f", {len(self.problems)} problems" if self.problems else "")
+        )
+
+    def details(self) -> list[str]:
+        """One line per violation, for the reader of a failed run (addresses as they are:
+        the harness's own generated ones)."""
+        lines = [f"missing: {address}" for address in self.missing[:20]]
+        if self.duplicates > self.duplicate_bound:
+            lines.append(f"duplicates: {self.duplicates} above the bound {self.duplicate_bound}")
+        lines += [f"duplicate with another Message-ID: {a}" for a in self.foreign_duplicates[:20]]
+        lines += [
+            f"sent after its unsubscribe was answered: {address}"
+            f" (MAIL FROM {late:.3f} s after the 200)"
+            for address, late in self.after_unsubscribe[:20]
+        ]
+        if self.max_rate > self.rate_bound:
+            lines.append(f"rate: {self.max_rate:.1f}/s over 5 s, above {self.rate_bound:.1f}/s")
+        lines += [f"ledger says sent, never arrived: {a}" for a in self.sent_not_arrived[:20]]
+        if self.pending:
+            lines.append(f"ledger: {self.pending} rows still pending or claimed at the end")
+        return lines + self.problems
+
+
+def most_in_window(times: list[float], window: float = WINDOW) -> int:
+    """The most of ``times`` that fall in any closed interval ``window`` long."""
+    ordered = sorted(times)
+    most = start = 0
+    for end, at in enumerate(ordered):
+        while at - ordered[start] > window:
+            start += 1
+        most = max(most, end - start + 1)
+    return most
+
+
+def rate_bound(rate: float, connections: int, window: float = WINDOW) -> int:
+    """The most arrivals a window may hold: the bucket's slots in it (they are at least
+    ``1 / rate`` apart) plus, per connection, the one message whose slot came before the
+    window began and which was still on its way (a connection sends one at a time)."""
+    return math.floor(window * rate) + 1 + connections
+
+
+def check(history: History) -> Verdict:
+    counts = Counter(arrival.recipient for arrival in history.arrivals)
+    ids: dict[str, set[str]] = {}
+    for arrival in history.arrivals:
+        ids.setdefault(arrival.recipient, set()).add(arrival.message_id)
+    wanted = history.recipients - history.unsubscribed.keys()
+    late = sorted(
+        (arrival.recipient, round(arrival.mail_at - history.unsubscribed[arrival.recipient], 3))
+        for arrival in history.arrivals
+        if arrival.recipient in history.unsubscribed
+        and arrival.mail_at > history.unsubscribed[arrival.recipient]
+    )
+    connections = history.concurrency * history.processes
+    bound = rate_bound(history.rate, connections) if history.rate else 0
+    most = most_in_window([arrival.at for arrival in history.arrivals])
+    return Verdict(
+        recipients=len(history.recipients),
+        missing=sorted(wanted - counts.keys()),
+        duplicates=sum(n - 1 for n in counts.values()),
+        duplicate_bound=history.concurrency * history.faults.losing,
+        foreign_duplicates=sorted(address for address, seen in ids.items() if len(seen) > 1),
+        unsubscribed=len(history.unsubscribed),
+        after_unsubscribe=late,
+        max_rate=most / WINDOW,
+        rate_bound=bound / WINDOW if history.rate else math.inf,
+        sent_not_arrived=sorted(history.ledger_sent - counts.keys()),
+        pending=history.ledger_pending,
+        problems=list(history.problems),
+    )

@@ -1,0 +1,358 @@
+"""One chaos run: the deployment up, faults injected at seeded random moments for a set
+time while some recipients unsubscribe at the sending front, then the entry finished
+and the whole history checked.
+
+Faults (each at a random moment, on a random live process where it takes one):
+
+- ``stop``: SIGSTOP past the lease (1.5 to 2.5 leases), then SIGCONT;
+- ``kill``: kill -9, and the process started again;
+- ``restart``: what a PostgreSQL restart does to the deployment: every backend of its
+  role terminated, and the role refused for 0.5 to 2 s;
+- ``exhaust``: the role's connection limit lowered to the connections it holds, for 1
+  to 4 s (nobody may open another).
+
+A process that ends is started again after half a second while the ledger shows the
+entry pending (a sender) or always (a watcher: one that ends by itself is a problem).
+When the time is up the faults stop and the run waits, bounded, for the entry to be
+finished; every process then gets SIGTERM and must end within 2 s.
+
+Every loop is bounded by the clock; everything talks to 127.0.0.1 only."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import random
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from chaos.deployment import (
+    ROLE_LIMIT,
+    OwnLedger,
+    Process,
+    Relay,
+    make_project,
+    one_click,
+    own_ledger,
+    start,
+)
+from chaos.history import History, Verdict, check
+from conftest import SECRET, serving
+from postgres_helpers import ENTRY, SAMPLE
+
+FAULTS = ("stop", "kill", "restart", "exhaust")
+TICK = 0.05  # seconds between looks at the processes
+RESTART_AFTER = 0.5  # seconds before an ended process is started again
+SIGTERM_WITHIN = 2.0  # README: a stop takes under two seconds in every state
+CAUSED_WITHIN = 10.0  # seconds: a process ending this soon after a cut ended of the cut
+
+
+@dataclass(frozen=True)
+class Settings:
+    seconds: float = 600.0
+    seed: int = 0
+    senders: int = 4
+    watchers: int = 2
+    recipients: int | None = None  # generated ones; None: what the run can send at its rate
+    rate: float = 20.0
+    concurrency: int = 4
+    lease: float = 3.0
+    every: float = 8.0  # mean seconds between faults
+    faults: tuple[str, ...] = FAULTS
+    unsubscribes: int | None = None  # None: one in fifty recipients
+    takeover: float = 2.0
+    server: str = "postgresql://127.0.0.1:5432/test"
+    finish_within: float | None = None  # None: twice what the rest takes at the rate, + 30 s
+
+    def generated(self) -> int:
+        if self.recipients is not None:
+            return self.recipients
+        return max(0, int(self.rate * self.seconds) - SAMPLE)
+
+
+@dataclass
+class Run:
+    settings: Settings
+    config: Path
+    ledger: OwnLedger
+    relay: Relay
+    serve_port: int
+    log: Callable[[str], None]
+    random: random.Random = field(init=False)
+    processes: list[Process] = field(default_factory=list)
+    history: History = field(init=False)
+    restarting: dict[int, float] = field(default_factory=dict)  # index: when to start again
+    refused_until: float = 0.0  # the role's limit comes back at this moment
+
+    def __post_init__(self) -> None:
+        self.random = random.Random(self.settings.seed)
+        s = self.settings
+        addresses = {f"user{i:05d}@example.net" for i in range(s.generated())}
+        sample = self.ledger.execute("SELECT 1")  # the admin connection works
+        assert sample == [(1,)]
+        self.history = History(
+            recipients=frozenset(addresses),  # the sample's are added once selected
+            rate=s.rate,
+            concurrency=s.concurrency,
+            processes=s.senders + s.watchers,
+        )
+
+    # -- the processes ---------------------------------------------------------------
+
+    def launch(self) -> None:
+        kinds = ["sender"] * self.settings.senders + ["watcher"] * self.settings.watchers
+        for kind in kinds:
+            self.processes.append(start(kind, self.config, self.ledger, self.settings.takeover))
+
+    def supervise(self, now: float, pending: int) -> None:
+        """Note what ended, and start again what should run."""
+        for index, process in enumerate(self.processes):
+            if process.ended is None and process.running.process.poll() is not None:
+                self.ended(process, now)
+                self.restarting[index] = now + RESTART_AFTER
+            when = self.restarting.get(index)
+            if when is not None and now >= when:
+                del self.restarting[index]
+                if process.kind == "watcher" or pending:
+                    self.processes[index] = start(
+                        process.kind, self.config, self.ledger, self.settings.takeover
+                    )
+
+    def ended(self, process: Process, now: float) -> None:
+        process.ended = now
+        code = process.code = process.running.process.returncode
+        stderr = self.collect(process)
+        last = stderr.strip().splitlines()[-1] if stderr.strip() else ""
+        if process.killed:
+            return
+        faults = self.history.faults
+        if code not in (0, 1) and not (process.cuts and now - process.cuts[-1] < CAUSED_WITHIN):
+            faults.ended += 1  # its claims may be lost: it counts once
+        if process.kind == "watcher":
+            self.history.problems.append(
+                f"watcher {process.pid} exited with {code} by itself: {last}"
+            )
+        elif code not in (0, 1, 4):
+            self.history.problems.append(f"sender {process.pid} exited with {code}: {last}")
+        self.log(f"{process.kind} {process.pid} exited with {code}: {last}")
+
+    def collect(self, process: Process) -> str:
+        """The process's stderr once it ended; a traceback is a problem."""
+        with contextlib.suppress(AssertionError):  # Running's own check: a traceback
+            process.running.finish(timeout=10)
+        stderr = process.running.stderr
+        if "Traceback" in stderr:
+            tail = [line for line in stderr.splitlines() if line.strip()][-1]
+            self.history.problems.append(f"{process.kind} {process.pid}: a traceback: {tail}")
+        return stderr
+
+    def sending(self) -> list[Process]:
+        return [p for p in self.processes if p.alive() and p.stopped_until is None]
+
+    # -- faults ----------------------------------------------------------------------
+
+    def inject(self, kind: str, now: float) -> None:
+        faults = self.history.faults
+        targets = self.sending()
+        if kind in ("stop", "kill") and not targets:
+            return
+        if kind == "stop":
+            target = self.random.choice(targets)
+            hold = self.settings.lease * self.random.uniform(1.5, 2.5)
+            target.running.send_signal(signal.SIGSTOP)
+            target.stopped_until = now + hold
+            target.stops += 1
+            faults.stops += 1
+            self.log(f"stop {target.kind} {target.pid} for {hold:.1f}s")
+        elif kind == "kill":
+            target = self.random.choice(targets)
+            target.killed = True
+            target.running.send_signal(signal.SIGKILL)
+            faults.kills += 1
+            self.log(f"kill -9 {target.kind} {target.pid}")
+        elif kind == "restart":
+            hold = self.random.uniform(0.5, 2.0)
+            self.ledger.limit(0)
+            cut = self.ledger.terminate()
+            for process in self.processes:
+                if process.alive() and process.cuts is not None:
+                    process.cuts.append(now)
+                    faults.cut += 1
+            self.refused_until = now + hold
+            faults.restarts += 1
+            self.log(f"restart: {cut} backends terminated, refused for {hold:.1f}s")
+        elif kind == "exhaust":
+            hold = self.random.uniform(1.0, 4.0)
+            held = self.ledger.connections()
+            self.ledger.limit(held)
+            self.refused_until = now + hold
+            faults.exhaustions += 1
+            self.log(f"exhaust: the limit at the {held} connections held, for {hold:.1f}s")
+
+    def relieve(self, now: float, *, everything: bool = False) -> None:
+        """SIGCONT what is due, the role's limit back when due (all of it at the end)."""
+        for process in self.processes:
+            due = process.stopped_until is not None and (everything or now >= process.stopped_until)
+            if due:
+                process.stopped_until = None
+                if process.alive():
+                    process.running.send_signal(signal.SIGCONT)
+        if self.refused_until and (everything or now >= self.refused_until):
+            self.refused_until = 0.0
+            self.ledger.limit(ROLE_LIMIT)
+
+    def unsubscribe(self) -> None:
+        """One recipient in a sender's hands (one the relay has not seen) unsubscribes."""
+        seen = {arrival.recipient for arrival in self.relay.arrivals}
+        front = [
+            a for a in self.ledger.front() if a not in seen and a not in self.history.unsubscribed
+        ]
+        if not front:
+            return
+        address = self.random.choice(front[:16])
+        if one_click(self.serve_port, address) == 200:
+            self.history.unsubscribed[address] = time.monotonic()
+
+    # -- the whole run -----------------------------------------------------------------
+
+    def go(self) -> Verdict:
+        s = self.settings
+        self.launch()
+        begin = time.monotonic()
+        end = begin + s.seconds
+        next_fault = begin + self.random.expovariate(1 / s.every)
+        unsubscribes = s.unsubscribes if s.unsubscribes is not None else s.generated() // 50
+        spacing = s.seconds / (unsubscribes + 1)
+        next_unsubscribe = begin + spacing
+        pending = 1
+        while (now := time.monotonic()) < end:
+            pending = self.ledger.pending() or (0 if self.selected() else 1)
+            self.supervise(now, pending)
+            self.relieve(now)
+            if now >= next_fault and not self.refused_until:
+                self.inject(self.random.choice(s.faults), now)
+                next_fault = now + self.random.expovariate(1 / s.every)
+            if now >= next_unsubscribe and unsubscribes:
+                self.unsubscribe()
+                next_unsubscribe += spacing
+            time.sleep(TICK)
+        self.relieve(time.monotonic(), everything=True)
+        self.finish(pending)
+        self.stop_all()
+        return self.verdict()
+
+    def selected(self) -> bool:
+        rows = self.ledger.execute(
+            "SELECT generation = selected_generation FROM entries WHERE entry_id = %s", ENTRY
+        )
+        return rows == [(True,)]
+
+    def finish(self, pending: int) -> None:
+        """Without faults, until the ledger shows the entry finished (bounded)."""
+        s = self.settings
+        within = s.finish_within or 2 * pending / max(s.rate, 1) + 30
+        deadline = time.monotonic() + within
+        self.log(f"faults over: {pending} pending; finishing within {within:.0f}s")
+        while (now := time.monotonic()) < deadline:
+            pending = self.ledger.pending() or (0 if self.selected() else 1)
+            if not pending:
+                return
+            self.supervise(now, pending)
+            time.sleep(TICK)
+        running = [f"{p.kind} {p.pid}" for p in self.processes if p.alive()]
+        self.history.problems.append(
+            f"the entry was not finished within {within:.0f}s of the faults' end"
+            f" ({pending} pending; running: {', '.join(running) or 'nothing'})"
+        )
+
+    def stop_all(self) -> None:
+        """SIGTERM to every process: each must end within 2 s."""
+        live = [p for p in self.processes if p.alive()]
+        sent = time.monotonic()
+        for process in live:
+            process.running.send_signal(signal.SIGTERM)
+        for process in live:
+            try:
+                process.running.process.wait(timeout=max(0.0, sent + 10 - time.monotonic()))
+            except Exception:  # subprocess.TimeoutExpired: still there after 10 s
+                process.running.process.kill()
+            took = time.monotonic() - sent
+            process.killed = True  # ended by the harness: no fault of its own
+            self.collect(process)
+            process.ended = time.monotonic()
+            if took > SIGTERM_WITHIN:
+                self.history.problems.append(
+                    f"{process.kind} {process.pid} took {took:.1f}s to end after SIGTERM"
+                )
+
+    def verdict(self) -> Verdict:
+        # Everyone the entry selected: the generated list and the sample's recipients, by
+        # the address the ledger keys them on (the relay sees an IDN domain in punycode)
+        everyone = self.ledger.execute(
+            "SELECT address, email, ascii_email FROM deliveries WHERE entry_id = %s", ENTRY
+        )
+        alias = {
+            str(spelling).lower(): str(address)
+            for address, *spellings in everyone
+            for spelling in (address, *spellings)
+            if spelling
+        }
+        arrivals = []
+        for arrival in self.relay.arrivals:
+            if arrival.recipient not in alias:
+                self.history.problems.append(f"a message to {arrival.recipient}, not selected")
+            address = alias.get(arrival.recipient, arrival.recipient)
+            arrivals.append(dataclasses.replace(arrival, recipient=address))
+        skipped = self.ledger.execute(
+            "SELECT address FROM deliveries WHERE entry_id = %s AND status = 'skipped'"
+            " AND detail <> 'suppressed: unsubscribed'",
+            ENTRY,
+        )
+        for (address,) in skipped:
+            self.history.problems.append(f"skipped for another reason: {address}")
+        self.history.recipients = self.history.recipients | {str(row[0]) for row in everyone}
+        self.history.arrivals = arrivals
+        self.history.ledger_sent = self.ledger.sent()
+        self.history.ledger_pending = self.ledger.pending()
+        return check(self.history)
+
+
+def run(settings: Settings, log: Callable[[str], None] = print) -> Verdict:
+    """Stand the deployment up, run the faults, check the history."""
+    with (
+        tempfile.TemporaryDirectory(prefix="statusmail-chaos-") as folder,
+        own_ledger(settings.server) as ledger,
+        Relay() as relay,
+    ):
+        config = make_project(
+            Path(folder) / "project",
+            relay.port,
+            settings.generated(),
+            rate=settings.rate,
+            concurrency=settings.concurrency,
+            lease=settings.lease,
+        )
+        migrate(config, ledger)
+        with serving(config, SECRET, env={"STATUSMAIL_LEDGER": ledger.admin}) as port:
+            chaos = Run(settings, config, ledger, relay, port, log)
+            try:
+                return chaos.go()
+            finally:
+                for process in chaos.processes:
+                    if process.running.process.poll() is None:
+                        process.running.process.kill()
+                        process.running.process.wait()
+
+
+def migrate(config: Path, ledger: OwnLedger) -> None:
+    """The schema made as the role, so that its tables are the role's."""
+    from conftest import statusmail
+
+    done = statusmail(config, "ledger", "migrate", env={"STATUSMAIL_LEDGER": ledger.url})
+    if done.returncode:
+        sys.exit(f"statusmail ledger migrate: {done.stderr.strip()}")
