@@ -4,10 +4,12 @@ spoken to over real HTTP on loopback, fed by messages a real SMTP server receive
 from __future__ import annotations
 
 import re
+import secrets
 import signal
 import socket
 import subprocess
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -21,6 +23,7 @@ from conftest import (
     SECRET_ENV,
     Reply,
     chromium,
+    closed_port,
     copy_sample,
     free_port,
     http_request,
@@ -29,8 +32,11 @@ from conftest import (
 )
 from delivery_helpers import point_at, send, suppressed
 from editing import line_of, replace_in
+from postgres_helpers import query
 from smtp_server import RecordingServer
 from statusmail.config import DEV_UNSUBSCRIBE_SECRET
+from statusmail.ledger.pool import POOL_SIZE
+from statusmail.serve import LedgerAccess
 from statusmail.tokens import Keyring, unsubscribe_token
 
 ONE_CLICK = b"List-Unsubscribe=One-Click"
@@ -416,3 +422,66 @@ def test_maildir_project_serves_with_the_dev_secret_only_when_asked(
         dev = path_for("ann@example.org", secret=DEV_UNSUBSCRIBE_SECRET)
         assert fetch(port, "GET", dev).status == 200
         assert fetch(port, "GET", path_for("ann@example.org")).status == 400
+
+
+# -- on PostgreSQL: a few connections kept ---------------------------------------------
+
+
+def test_serve_on_postgresql_answers_over_a_few_kept_connections_and_outlives_them(
+    project: Path, postgres: str
+) -> None:
+    """Many requests over at most ``POOL_SIZE`` connections, kept between requests; when
+    an administrator ends them all (what a server restart does to them), no request
+    fails: the first to find its connection dead runs again on a new one."""
+    name = f"statusmail-test-{secrets.token_hex(4)}"
+    readers = [f"reader{i}@example.org" for i in range(40)]
+
+    def backends() -> set[int]:
+        rows = query(postgres, "SELECT pid FROM pg_stat_activity WHERE application_name = %s", name)
+        return {pid for (pid,) in rows}
+
+    with serving(
+        project, SECRET, env={"STATUSMAIL_LEDGER": f"{postgres}&application_name={name}"}
+    ) as port:
+
+        def visit(address: str) -> tuple[int, int]:
+            """The page a reader opens, then the one-click POST: their statuses."""
+            path = path_for(address)
+            return fetch(port, "GET", path).status, post_one_click(port, path).status
+
+        with ThreadPoolExecutor(8) as clients:
+            assert list(clients.map(visit, readers[:30])) == [(200, 200)] * 30
+        kept = backends()
+        assert 1 <= len(kept) <= POOL_SIZE  # 60 requests; the connections outlive them
+        assert [visit(address) for address in readers[30:35]] == [(200, 200)] * 5
+        assert kept <= backends() and len(backends()) <= POOL_SIZE
+
+        # in the select list, so that only the rows of the WHERE are ended
+        ended = query(
+            postgres,
+            "SELECT pid, pg_terminate_backend(pid, 5000) FROM pg_stat_activity"
+            " WHERE application_name = %s",
+            name,
+        )
+        assert {pid for pid, done in ended if done} >= kept
+        answers = [visit(address) for address in readers[35:]]
+        failed = [status for pair in answers for status in pair if status != 200]
+        assert len(failed) <= 1, answers
+        assert http_request(port, "GET", "/readyz").pair() == (200, "ok\n")
+        renewed = backends()
+        assert renewed and not renewed & kept and len(renewed) <= POOL_SIZE
+    confirmed = readers[:35] + [
+        a for a, (_, post) in zip(readers[35:], answers, strict=True) if post == 200
+    ]
+    rows = query(postgres, "SELECT address, reason FROM suppressions")
+    assert dict(rows) == {address: "unsubscribed" for address in confirmed}
+
+
+def test_readiness_names_the_server_the_pool_cannot_reach() -> None:
+    with closed_port() as port:
+        url = f"postgresql://127.0.0.1:{port}/statusmail"
+        with LedgerAccess(url) as ledgers:
+            problem = ledgers.problem()
+    assert problem is not None
+    assert problem.startswith(f"postgresql://127.0.0.1:{port}/statusmail: cannot open the ledger")
+    assert "refused" in problem and "\n" not in problem

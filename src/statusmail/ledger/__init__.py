@@ -3,12 +3,14 @@
 It lives in an embedded SQLite file (the default) or in PostgreSQL (``paths.ledger`` or
 ``$STATUSMAIL_LEDGER`` a ``postgresql://`` URL). All of statusmail's SQL is in this
 package: ``schema`` (numbered migrations), ``database`` (the two engines), ``store``
-(the ledger), ``queries`` and ``queue`` (the delivery side), ``locks``.
+(the ledger), ``queries`` and ``queue`` (the delivery side), ``locks``, ``pool`` (the
+connections ``serve`` keeps).
 """
 
 from statusmail.config import is_url
 from statusmail.ledger.database import describe
 from statusmail.ledger.locks import ServerLock, run_lock
+from statusmail.ledger.pool import LedgerPool
 from statusmail.ledger.queue import DeliveryQueue, LocalQueue, ServerQueue
 from statusmail.ledger.schema import SCHEMA_VERSION
 from statusmail.ledger.store import (
@@ -32,6 +34,7 @@ __all__ = [
     "DeliveryQueue",
     "FeedbackEvent",
     "Ledger",
+    "LedgerPool",
     "LocalQueue",
     "Plan",
     "ServerLock",
