@@ -121,6 +121,13 @@ def main() -> int:
     )
     parser.add_argument("--reps", type=int, default=5, help="interleaved repetitions (default 5)")
     parser.add_argument("--calls", type=int, default=2000, help="calls per CPU-per-call figure")
+    parser.add_argument(
+        "--src",
+        type=Path,
+        metavar="DIR",
+        help="run statusmail from this source tree (e.g. `git archive COMMIT | tar -x -C DIR`, "
+        "or a tree with a change to try)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -142,7 +149,8 @@ def main() -> int:
             for conc in levels:
                 for mode in MODES:
                     set_mode(config, mode)
-                    loopback.run_statusmail(config, args.n, conc, results[mode, conc])
+                    src = args.src.resolve() if args.src else None
+                    loopback.run_statusmail(config, args.n, conc, results[mode, conc], src)
         print(f"end: {common.load()}")
 
         table = common.Table("statusmail send on smtp-sink: median (min–max) of the repetitions")
