@@ -21,7 +21,7 @@ from rich.console import Console
 
 from statusmail import __version__, signals
 from statusmail.domain import Cause, ExitCode, SuppressionReason
-from statusmail.errors import InputError, Interrupted, StatusmailError
+from statusmail.errors import InputError, Interrupted, StatusmailError, StoppedEarly
 from statusmail.formats import FORMATS
 
 if TYPE_CHECKING:
@@ -229,6 +229,10 @@ def run(func: Callable[..., ExitCode], *, load: bool = True) -> Callable[..., No
             for problem in exc.problems:
                 console.print(str(problem), markup=False, highlight=False)
             code = ExitCode.NOT_STARTED
+        except StoppedEarly as exc:
+            console.print(f"error: {exc}", markup=False, highlight=False)
+            console.print("Stopped early. Run again to continue.", markup=False)
+            code = ExitCode.STOPPED
         except StatusmailError as exc:
             console.print(f"error: {exc}", markup=False, highlight=False)
             code = ExitCode.NOT_STARTED

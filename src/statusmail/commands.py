@@ -15,7 +15,13 @@ from statusmail import signals, suppression
 from statusmail.config import Config, is_url
 from statusmail.domain import ExitCode, Preference
 from statusmail.entries import entry_paths, find_entry, load_entry, unknown_entry
-from statusmail.errors import ConnectError, InputError, Interrupted, StatusmailError
+from statusmail.errors import (
+    ConnectError,
+    InputError,
+    Interrupted,
+    StatusmailError,
+    StoppedEarly,
+)
 from statusmail.ledger import FEEDBACK_OUTCOMES, Ledger, copy_ledger
 from statusmail.ledger import describe as ledger_describe
 from statusmail.ledger import exists as ledger_exists
@@ -460,7 +466,9 @@ def feedback(
         if as_json:
             report.error = _said(exc)
             print_json(report.as_json())
-        raise
+        if isinstance(exc, Interrupted) or not report.read:
+            raise  # nothing could start (exit 1), or a signal (exit 4)
+        raise StoppedEarly(exc) from exc  # a mailbox lost mid-pass: a rerun goes on
     summary = report.as_json()
     code = ExitCode.STOPPED if report.stopped else ExitCode.OK
     if as_json:

@@ -64,6 +64,15 @@ class BuildError(RenderError):
     """A message could not be built during delivery: the run stops, nobody is blamed."""
 
 
+class StoppedEarly(StatusmailError):
+    """A run failed part way: what it did stays done, and running it again continues
+    (exit 4, where an error before anything started is exit 1)."""
+
+    def __init__(self, cause: StatusmailError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
 class Interrupted(BaseException):
     """SIGINT or SIGTERM arrived while no event loop was there to stop a run gently."""
 
