@@ -28,12 +28,17 @@ from babel.support import NullTranslations, Translations
 from jinja2 import nodes
 
 from statusmail.errors import Problem, RenderError
+from statusmail.language import BRAND_WORDS, language_problem, words
 from statusmail.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES
 
 CATALOG_DOMAIN = "messages"
 
 # Words a template may show untranslated: names, not language.
-UNTRANSLATED_WORDS = frozenset({"StartMail", "Tor"})
+UNTRANSLATED_WORDS = BRAND_WORDS
+# A translator comment (``# loan``) above an entry whose msgstr is its msgid on purpose.
+LOAN_COMMENT = "loan"
+# Attributes whose text a reader sees or hears (a screen reader reads aria-label).
+_SHOWN_ATTRIBUTES = ("alt", "title", "aria-label", "placeholder")
 
 # Extraction parses the templates as they are rendered (trim_blocks, lstrip_blocks, newstyle
 # gettext: see template_environment and render.py), so it finds the msgids rendering looks up.
@@ -279,6 +284,17 @@ def _locale_problems(
                 f"({locale} has {catalog.num_plurals} plural forms)"
             )
             problems.append(Problem(path, line, message, code="untranslated"))
+        else:
+            problems += _language_problems(path, found, locale)
+    for entry in catalog:
+        if entry.id and _msgid(entry) not in used:
+            message = (
+                f"{_msgid(entry)!r} is in the catalog but no template uses it any more: "
+                "remove it (pybabel update marks it obsolete)"
+            )
+            problems.append(
+                Problem(path, entry.lineno or None, message, warning=True, code="catalog-unused")
+            )
     single = _single_valued_forms(catalog)
     for entry in catalog:
         if entry.id and not entry.fuzzy:
@@ -288,6 +304,28 @@ def _locale_problems(
                     Problem(path, entry.lineno or None, message, code="placeholder-mismatch")
                 )
     return sorted(problems, key=lambda p: p.line or 0)
+
+
+def _language_problems(path: Path, message: Message, locale: str) -> list[Problem]:
+    """A translation is in its language: not the msgid copied (unless the translator
+    marked it ``# loan``), and no text in another language."""
+    line = message.lineno or None
+    ids, forms = _forms(message.id), _forms(message.string)
+    if forms[0] == ids[0] and words(ids[0]):
+        if LOAN_COMMENT in (comment.strip() for comment in message.user_comments):
+            return []
+        text = (
+            f"{ids[0]!r} is translated as itself: translate it, or mark a deliberate loan "
+            f"with a '# {LOAN_COMMENT}' translator comment above it"
+        )
+        return [Problem(path, line, text, code="untranslated")]
+    for index, form in enumerate(forms):
+        found = language_problem(form, locale)
+        if found is not None:
+            where = f"msgstr[{index}]" if message.pluralizable else "the translation"
+            text = f"{ids[0]!r}: {where} {found[1]}"
+            return [Problem(path, line, text, code="wrong-language")]
+    return []
 
 
 def _plural_rule_problems(po: _PoFile, locale: str) -> list[Problem]:
@@ -427,17 +465,22 @@ def template_problems(templates_dir: Path) -> tuple[list[Problem], bool]:
 
 
 class _TextFinder(HTMLParser):
-    """The text between tags; tags with their attributes, comments, entities, the
-    DOCTYPE and the content of <script> and <style> are left out."""
+    """The text between tags, and the attributes a reader sees (``alt``, ``title``,
+    ``aria-label``, ``placeholder``); other attributes, comments, entities, the DOCTYPE
+    and the content of <script> and <style> are left out."""
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=False)
         self.runs: list[tuple[int, str]] = []  # line, text
+        self.attributes: list[tuple[int, str, str]] = []  # line, name, value
         self._hidden: str | None = None
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag in ("script", "style"):
             self._hidden = tag
+        for name, value in attrs:
+            if name in _SHOWN_ATTRIBUTES and value:
+                self.attributes.append((self.getpos()[0], name, value))
 
     def handle_endtag(self, tag: str) -> None:
         if tag == self._hidden:
@@ -462,18 +505,22 @@ def fixed_text_problems(tree: nodes.Template, path: Path) -> list[Problem]:
     finder = _TextFinder()
     finder.feed("".join(pieces))
     finder.close()
+    found = [
+        (start + offset, text, "")
+        for start, data in finder.runs
+        for offset, text in enumerate(data.split("\n"))
+    ] + [(line, value, f" in its {name} attribute") for line, name, value in finder.attributes]
     problems = []
-    for start, data in finder.runs:
-        for offset, text in enumerate(data.split("\n")):
-            if any(word not in UNTRANSLATED_WORDS for word in _WORD.findall(text)):
-                shown = " ".join(text.split())
-                shown = shown if len(shown) <= 60 else shown[:57] + "..."
-                problems.append(
-                    Problem(
-                        path,
-                        start + offset,
-                        f"fixed text {shown!r} is not translatable: wrap it in _()",
-                        code="fixed-text",
-                    )
+    for line, text, where in sorted(found, key=lambda item: item[0]):
+        if any(word not in UNTRANSLATED_WORDS for word in _WORD.findall(text)):
+            shown = " ".join(text.split())
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            problems.append(
+                Problem(
+                    path,
+                    line,
+                    f"fixed text {shown!r}{where} is not translatable: wrap it in _()",
+                    code="fixed-text",
                 )
+            )
     return problems

@@ -4,16 +4,39 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from publicsuffixlist import PublicSuffixList
 
 from statusmail.errors import InputError, Problem
 from statusmail.fields import Fields
 from statusmail.yamlfile import load_yaml
 
 REGION_CODE = re.compile(r"^[A-Z]{2}$")
+# The host of every http(s) link in a rendered part or a header.
+_LINK_HOST = re.compile(r"\bhttps?://([^/\s\"'<>?#:]+)", re.IGNORECASE)
+
+
+@cache
+def _public_suffixes() -> PublicSuffixList:
+    # The list the package ships (read once, about 0.15 s); never fetched at run time.
+    return PublicSuffixList()
+
+
+def registrable_domain(host: str) -> str:
+    """``host``'s registrable domain (eTLD+1: ``mirror.startmail.example`` →
+    ``startmail.example``), or the host itself when it has none (an address, a TLD)."""
+    host = host.lower().rstrip(".")
+    return _public_suffixes().privatesuffix(host) or host
+
+
+def link_hosts(text: str) -> set[str]:
+    """The hosts of the http(s) links in ``text``, lowercased."""
+    return {match.lower().rstrip(".") for match in _LINK_HOST.findall(text)}
 
 
 @dataclass(frozen=True)
@@ -55,9 +78,21 @@ class Region:
     def _links_pattern(self) -> re.Pattern[str]:
         return re.compile("|".join(re.escape(prefix) for prefix, _ in self.links))
 
-    def blocked_hosts(self) -> set[str]:
-        """The hosts this region's links rewrite away from (they do not open there)."""
-        return {urlsplit(prefix).hostname or "" for prefix, _ in self.links} - {""}
+    def blocked_domains(self) -> set[str]:
+        """The registrable domains this region's links rewrite away from: no host under
+        them opens there."""
+        return _blocked_domains(prefix for prefix, _ in self.links)
+
+    def blocked_hosts_in(self, text: str) -> list[str]:
+        """The hosts of links in ``text`` that land on a domain this region blocks."""
+        if not self.links:
+            return []
+        blocked = self.blocked_domains()
+        return sorted(host for host in link_hosts(text) if registrable_domain(host) in blocked)
+
+
+def _blocked_domains(prefixes: Iterable[str]) -> set[str]:
+    return {registrable_domain(urlsplit(p).hostname or "") for p in prefixes} - {""}
 
 
 def _url_prefix(f: Fields, key: str, value: object) -> str | None:
@@ -78,7 +113,41 @@ def _url_prefix(f: Fields, key: str, value: object) -> str | None:
     return text
 
 
+def _target_ok(f: Fields, prefix: str, target: str, blocked: set[str]) -> bool:
+    """A rewrite target is reached over HTTPS (RFC 8058's one-click unsubscribe needs it,
+    and a censored network must not read the mirror's pages) outside the blocked domains."""
+    if urlsplit(target).scheme != "https":
+        f.problem(
+            f.line_of(prefix),
+            f"{f.name(prefix)!r} is rewritten to {target!r}: a rewrite target must be https "
+            "(one-click unsubscribe needs it, and readers behind the block must not browse in "
+            "clear text)",
+        )
+        return False
+    domain = registrable_domain(urlsplit(target).hostname or "")
+    if domain in blocked:
+        f.problem(
+            f.line_of(prefix),
+            f"{f.name(prefix)!r} is rewritten to {target!r}, on {domain}, the domain the "
+            "region blocks: a mirror needs another registrable domain",
+            code="blocked-link",
+        )
+        return False
+    return True
+
+
 def load_regions(path: Path) -> dict[str, Region]:
+    """Every region in ``path``; InputError with every problem if there is any."""
+    regions, problems = read_regions(path)
+    if problems:
+        raise InputError(problems)
+    return regions
+
+
+def read_regions(path: Path) -> tuple[dict[str, Region], list[Problem]]:
+    """The regions ``path`` holds, less what is wrong in them, and the problems; so that
+    ``check`` says a rejected link once, not again for every entry naming its region.
+    InputError if the file cannot be read as YAML."""
     data = load_yaml(path)
     problems: list[Problem] = []
     top = Fields(path, data, problems)
@@ -100,15 +169,13 @@ def load_regions(path: Path) -> dict[str, Region]:
         names_f, heading_f, access_f = f.sub("name"), f.sub("heading"), f.sub("access")
         links_f = f.sub("links")
         links: list[tuple[str, str]] = []
-        for prefix in links_f.data:
-            source = _url_prefix(links_f, prefix, prefix)
-            target = _url_prefix(links_f, prefix, links_f.data[prefix])
-            if source and target:
-                if urlsplit(source).hostname == urlsplit(target).hostname:
-                    links_f.problem(
-                        links_f.line_of(prefix),
-                        f"{source!r} is rewritten to the same host; a mirror needs another domain",
-                    )
+        pairs = [
+            (prefix, _url_prefix(links_f, prefix, prefix), _url_prefix(links_f, prefix, target))
+            for prefix, target in links_f.data.items()
+        ]
+        blocked = _blocked_domains(source for _, source, _ in pairs if source)
+        for prefix, source, target in pairs:
+            if source and target and _target_ok(links_f, prefix, target, blocked):
                 links.append((source, target))
         regions[code] = Region(
             code=code,
@@ -119,8 +186,11 @@ def load_regions(path: Path) -> dict[str, Region]:
             links=tuple(sorted(links, key=lambda pair: -len(pair[0]))),
             path=path,
             line=line,
-            lines={key: f.line_of(key) for key in f.data},
+            lines={key: f.line_of(key) for key in f.data}
+            | {
+                f"{key}.{locale}": sub.line_of(locale)
+                for key, sub in (("name", names_f), ("heading", heading_f), ("access", access_f))
+                for locale in sub.data
+            },
         )
-    if problems:
-        raise InputError(problems)
-    return regions
+    return regions, problems

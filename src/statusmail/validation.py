@@ -12,6 +12,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from statusmail import markdown
 from statusmail.catalog import catalog_problems
@@ -19,10 +20,11 @@ from statusmail.config import Config, imap_password_problem
 from statusmail.domain import Entry, Recipient, SubscriberStatus
 from statusmail.entries import load_entries, source_hash
 from statusmail.errors import ConfigError, InputError, Problem, RenderError, StatusmailError
+from statusmail.language import dates, language_problem, spell_date
 from statusmail.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES, resolve_locale
 from statusmail.message import MessageFactory
 from statusmail.pages import preferences_page_problems
-from statusmail.regions import Region, load_regions
+from statusmail.regions import Region, read_regions
 from statusmail.render import Renderer, VariantKey
 from statusmail.subscribers import ReadStats, RowProblem, iter_subscribers
 from statusmail.tokens import MIN_SECRET_BYTES, Keyring
@@ -91,7 +93,29 @@ def region_problems(regions: Mapping[str, Region]) -> list[Problem]:
                         code="region-heading",
                     )
                 )
+        for key, texts in (("name", region.names), ("heading", region.heading)):
+            for locale, text in texts.items():
+                found = language_problem(text, locale)
+                if found is not None:
+                    problems.append(
+                        Problem(
+                            path,
+                            at(f"{key}.{locale}"),
+                            f"{region.code}'s {locale} {key}: {found[1]}",
+                            code="wrong-language",
+                        )
+                    )
         for locale, text in region.access.items():
+            found = language_problem(text, locale)
+            if found is not None:
+                problems.append(
+                    Problem(
+                        path,
+                        _line_in(path, at(f"access.{locale}"), text, found[0]),
+                        f"{region.code}'s {locale} access text: {found[1]}",
+                        code="wrong-language",
+                    )
+                )
             for target in markdown.refused_links(text):
                 problems.append(
                     Problem(
@@ -182,31 +206,75 @@ def _numbers(*texts: str) -> Counter[str]:
     return found
 
 
+def _line_in(path: Path | str, line: int | None, text: str, offset: int) -> int | None:
+    """The file line holding line ``offset`` of ``text``, a value whose key is on
+    ``line``: the first line from there that holds its start (YAML indents a value, and
+    may fold it); ``line`` when none does."""
+    wanted = text.split("\n")[offset].strip()[:40]
+    if line is None or not wanted:
+        return line
+    try:
+        lines = Path(path).read_text(encoding="utf-8").split("\n")
+    except (OSError, UnicodeDecodeError):
+        return line
+    return next((n for n in range(line, len(lines) + 1) if wanted in lines[n - 1]), line)
+
+
 def translation_problems(entry: Entry) -> list[Problem]:
-    """Each translation is in its language, made from the current English, and states
-    the same numbers (a date changed in one language only is caught here)."""
+    """Each text is in its language, paragraph by paragraph; each translation is made
+    from the current English and states the same numbers and dates."""
     problems: list[Problem] = []
     english = entry.content.get(FALLBACK_LOCALE)
     for locale, content in entry.content.items():
-        if locale == FALLBACK_LOCALE:
-            continue
 
         def at(key: str, locale: str = locale) -> int | None:
             return entry.line(f"content.{locale}.{key}") or entry.line(f"content.{locale}")
 
-        if locale == "ru":
-            for key in ("subject", "summary", "body"):
-                if not _CYRILLIC.search(getattr(content, key)):
-                    problems.append(
-                        Problem(
-                            entry.where,
-                            at(key),
-                            f"the ru {key} has no Cyrillic letter: is it still in English?",
-                            code="not-cyrillic",
-                        )
+        for key in ("subject", "summary", "body"):
+            text = getattr(content, key)
+            if locale == "ru" and not _CYRILLIC.search(text):
+                problems.append(
+                    Problem(
+                        entry.where,
+                        at(key),
+                        f"the ru {key} has no Cyrillic letter: is it still in English?",
+                        code="not-cyrillic",
                     )
-        if english is None:
+                )
+                continue
+            found = language_problem(text, locale)
+            if found is not None:
+                problems.append(
+                    Problem(
+                        entry.where,
+                        _line_in(entry.where, at(key), text, found[0]),
+                        f"the {locale} {key}: {found[1]}",
+                        code="wrong-language",
+                    )
+                )
+        if english is None or locale == FALLBACK_LOCALE:
             continue
+        for key in ("subject", "summary", "body"):
+            en_dates = dates(getattr(english, key), FALLBACK_LOCALE)
+            their_dates = dates(getattr(content, key), locale)
+            if en_dates != their_dates:
+                differ = (
+                    (FALLBACK_LOCALE, en_dates - their_dates),
+                    (locale, their_dates - en_dates),
+                )
+                told = [
+                    f"only in {where}: {', '.join(spell_date(*d) for d in sorted(only))}"
+                    for where, only in differ
+                    if only
+                ]
+                problems.append(
+                    Problem(
+                        entry.where,
+                        at(key),
+                        f"the dates in the en and {locale} {key} differ ({'; '.join(told)})",
+                        code="dates-differ",
+                    )
+                )
         current = source_hash(english)
         if content.source is None:
             problems.append(
@@ -370,12 +438,16 @@ def render_problems(factory: MessageFactory, keys: Iterable[VariantKey]) -> list
             if region is None or not region.links:
                 continue
             headers = built.envelope.data.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
-            for host in sorted(region.blocked_hosts()):
-                for part, text in (("text", rendered.text), ("HTML", rendered.html)):
-                    if host in text.lower():
-                        problems.append(_leak(entry, key, region, host, f"its {part} part"))
-                if host in headers.lower():
-                    problems.append(_leak(entry, key, region, host, "its headers"))
+            leaks: dict[str, list[str]] = {}
+            for part, text in (
+                ("text part", rendered.text),
+                ("HTML part", rendered.html),
+                ("headers", headers),
+            ):
+                for host in region.blocked_hosts_in(text):
+                    leaks.setdefault(host, []).append(part)
+            for host, parts in sorted(leaks.items()):
+                problems.append(_leak(entry, key, region, host, " and ".join(parts)))
             break  # the name does not change links
     return problems
 
@@ -384,8 +456,9 @@ def _leak(entry: Entry, key: VariantKey, region: Region, host: str, where: str) 
     return Problem(
         entry.where,
         entry.line(f"content.{key.locale}") or entry.line("content"),
-        f"readers in {region.code} still get a link to {host} in {where} ({key.title}): "
-        f"write it as {region.links[0][0]}… so that regions.yaml's links rewrite it",
+        f"readers in {region.code} still get a link to {host} (a domain blocked there) in "
+        f"its {where} ({key.title}): link to a host regions.yaml's links rewrite "
+        f"({', '.join(prefix for prefix, _ in region.links)}), or add a rewrite for it",
         code="blocked-link",
     )
 
@@ -425,16 +498,21 @@ class _Coverage:
 def check_project(config: Config) -> CheckReport:
     report = CheckReport()
     regions: dict[str, Region] = {}
+    regions_read = True
     try:
-        regions = load_regions(config.paths.regions)
+        regions, found = read_regions(config.paths.regions)
+        report.add(found)
     except InputError as exc:
         report.add(exc.problems)
+        regions_read = False
     report.add(region_problems(regions))
     entries, entry_load_problems = load_entries(config.paths.updates)
     report.add(entry_load_problems)
     report.entries = len(entries) + len({p.path for p in entry_load_problems})
     for entry in entries.values():
-        report.add(entry_problems(entry, known_ids=entries, regions=regions, config=config))
+        found = entry_problems(entry, known_ids=entries, regions=regions, config=config)
+        # A regions.yaml that cannot be read is said once, not again for every region named.
+        report.add(p for p in found if regions_read or p.code != "unknown-region")
     report.add(catalog_problems(config.paths.templates))
     if report.ok:  # a broken catalog is said once, above
         report.add(preferences_page_problems(config))
