@@ -7,11 +7,16 @@ while the list is read) into the entry's queue, stamped with the selection's gen
 pending rows the selection did not choose are skipped at its end, unless more of them
 left the list than ``sending.max_removed_share`` allows (the shrink guard): then they
 stay pending until a run with ``--accept-removals``.
+
+The generation is also the selection's lease (``sending.lease``), renewed by every
+batch it enqueues: a selector that stood still past it (stopped, paused, stalled) finds
+at its next write that another sender took the selection over, and gives it up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -24,6 +29,7 @@ from statusmail.config import Config
 from statusmail.domain import Entry
 from statusmail.errors import InputError, Interrupted, Problem, StatusmailError
 from statusmail.ledger import Ledger, StagedRow
+from statusmail.ledger.store import SelectionLost
 from statusmail.selection import Inactive, PreferenceLookup, SelectionStats, select
 from statusmail.subscribers import RowProblem, count_rows
 
@@ -130,6 +136,16 @@ def finish(
     return held
 
 
+def lost(run: Run) -> None:
+    """Say once that this run's selection was taken over (no address in it)."""
+    log.warning(
+        "%s: another sender took this entry's selection over (this one stood still past "
+        "sending.lease); it selects the list anew, this one only delivers",
+        run.entry.id,
+        extra={"event": "selection_lost", "entry": run.entry.id},
+    )
+
+
 def stage_all(run: Run, ledger: Ledger, stats: SelectionStats) -> None:
     """The whole selection into the staging area (nothing in the queue yet)."""
     entry = run.entry
@@ -146,12 +162,15 @@ class StreamResult:
     error: BaseException | None = None
     held: Problem | None = None  # removals the shrink guard did not skip
     nobody: bool = False
+    lost: bool = False  # another sender took the selection over; this one gave it up
 
 
 class Stream:
     """The selection running in a thread of its own (with its own ledger connection),
-    each batch enqueued as soon as it is read; ``progress`` is set in the event loop
-    after every batch and at the end."""
+    each batch enqueued as soon as it is read (which renews the selection's lease);
+    ``progress`` is set in the event loop after every batch and at the end. Taken over
+    by another sender, it stops and says so once (``result.lost``); stopped or failed,
+    it lets the lease go, so another sender can take the selection over at once."""
 
     def __init__(
         self,
@@ -209,7 +228,16 @@ class Stream:
     def _run(self, loop: asyncio.AbstractEventLoop, progress: asyncio.Event) -> None:
         try:
             with Ledger(self.target) as ledger:
-                self._select(ledger, lambda n: self._added(n, loop, progress))
+                try:
+                    self._select(ledger, lambda n: self._added(n, loop, progress))
+                finally:
+                    # Nothing when the selection finished or was taken over (it is
+                    # another generation's then).
+                    with contextlib.suppress(StatusmailError):
+                        ledger.release_selection(self.run.entry.id, self.generation)
+        except SelectionLost:
+            self.result.lost = True
+            lost(self.run)
         except (StatusmailError, Interrupted) as exc:
             self.result.error = exc
         finally:
@@ -240,7 +268,8 @@ class Stream:
             if missing:
                 raise InputError(missing)
             ledger.stage(batch)
-            after, added = ledger.enqueue(entry.id, self.generation, after)
+            lease = self.run.config.sending.lease
+            after, added = ledger.enqueue(entry.id, self.generation, after, lease=lease)
             self.enqueued = after
             notify(added)
         if self._stop.is_set():

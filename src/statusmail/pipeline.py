@@ -6,6 +6,8 @@ prepare → select and stage → (confirm) → enqueue → deliver → report.
 or key stops the run before anything is selected, recorded or connected. The selection
 is staged in the ledger connection's own temporary table, holding no lock, so the
 confirmation prompt waits with nothing locked; the enqueue is a few short transactions.
+On PostgreSQL one sender at a time selects an entry, by a lease (``sending.lease``) the
+others take over when it runs out; the others deliver what it enqueues.
 ``start`` and ``finish`` are the sequence; ``send`` and ``watch`` both call them.
 """
 
@@ -31,12 +33,13 @@ from statusmail.ledger import (
     Ledger,
     LocalQueue,
     Plan,
-    ServerLock,
     ServerQueue,
     read_preferences,
     read_suppressions,
     run_lock,
 )
+from statusmail.ledger.queue import worker_name
+from statusmail.ledger.store import SelectionLost
 from statusmail.message import MessageFactory
 from statusmail.regions import Region, load_regions
 from statusmail.render import Renderer
@@ -153,12 +156,12 @@ class Request:
 
 @dataclass
 class Held:
-    """What a run holds: the ledger, and on PostgreSQL whether it is the entry's
-    selector (another process may be; then this one only delivers)."""
+    """What a run holds: the ledger, and whether other senders may run the entry at
+    the same time (PostgreSQL: then one of them selects, by a lease, and all deliver)."""
 
     ledger: Ledger
-    selector: bool = True
-    lock: ServerLock | None = None  # PostgreSQL: the entry's selection lock, tried again
+    shared: bool = False
+    name: str = field(default_factory=worker_name)  # this run, as the selection's lease names it
 
 
 @contextmanager
@@ -169,13 +172,25 @@ def open_ledger(config: Config, entry_id: str) -> Iterator[Held]:
     with run_lock(target, f"send-{entry_id}"), Ledger(target) as ledger:
         if not is_url(target):
             ledger.release(entry_id)  # claims of a crashed run: nobody else can hold them
-            yield Held(ledger)
-            return
-        lock = ServerLock(str(target), f"select:{entry_id}")
-        try:
-            yield Held(ledger, selector=lock.try_acquire(), lock=lock)
-        finally:
-            lock.release()
+        yield Held(ledger, shared=is_url(target))
+
+
+def take_selection(prepared: Prepared, held: Held) -> int | None:
+    """A new generation of the entry's selection, leased to this run; None while
+    another sender's lease of it runs (PostgreSQL: this run joins that one)."""
+    entry, lease = prepared.entry, prepared.config.sending.lease
+    if not held.shared:  # one run at a time: a lease a crashed run left means nothing
+        return held.ledger.begin_selection(entry.id, entry.digest, held.name, lease)
+    return held.ledger.take_selection(entry.id, entry.digest, held.name, lease)
+
+
+def _joined(entry: Entry, stats: SelectionStats) -> Started:
+    log.info(
+        "%s: another sender is selecting this entry; delivering with it",
+        entry.id,
+        extra={"event": "joined", "entry": entry.id},
+    )
+    return Started(stats, joined=True)
 
 
 def start(prepared: Prepared, held: Held, request: Request) -> Started:
@@ -183,13 +198,8 @@ def start(prepared: Prepared, held: Held, request: Request) -> Started:
     queue is ready. Raises ``InputError`` (nothing recorded) or ``Declined``."""
     entry, ledger = prepared.entry, held.ledger
     stats = SelectionStats()
-    if not held.selector:
-        log.info(
-            "%s: another sender is selecting this entry; delivering with it",
-            entry.id,
-            extra={"event": "joined", "entry": entry.id},
-        )
-        return Started(stats, joined=True)
+    if held.shared and ledger.selection_leased(entry.id):
+        return _joined(entry, stats)
     if request.confirm is None:
         # The list is read while delivery runs: a broken file is refused first, before
         # anyone gets anything (a fast pass; the rows are read and checked as they go).
@@ -200,7 +210,9 @@ def start(prepared: Prepared, held: Held, request: Request) -> Started:
         if problem and not request.accept_removals:
             raise InputError([problem])
         pending = ledger.counts(entry.id)["pending"]
-        generation = ledger.begin_selection(entry.id, entry.digest)
+        generation = take_selection(prepared, held)
+        if generation is None:  # another sender took it a moment ago
+            return _joined(entry, stats)
         stream = intake.Stream(
             prepared,
             prepared.config.paths.ledger,
@@ -222,9 +234,15 @@ def start(prepared: Prepared, held: Held, request: Request) -> Started:
     started = Started(stats, plan=plan)
     if not request.confirm(prepared, started):
         raise Declined
-    generation = ledger.begin_selection(entry.id, entry.digest)
-    ledger.enqueue(entry.id, generation)
-    intake.finish(prepared, ledger, generation, stats, True, plan.pending)
+    generation = take_selection(prepared, held)
+    if generation is None:  # another sender began selecting while the prompt waited
+        return _joined(entry, stats)
+    try:
+        ledger.enqueue(entry.id, generation, lease=prepared.config.sending.lease)
+        intake.finish(prepared, ledger, generation, stats, True, plan.pending)
+    except SelectionLost:
+        intake.lost(prepared)
+        return Started(stats, joined=True)
     log.info(
         "%s: %d selected (%d new), %d pending; skipped %d invalid, %d inactive, "
         "%d suppressed, %d duplicate rows",
@@ -271,7 +289,8 @@ class Report:
 
 class _Selection:
     """The selection a run delivers: the one it streams itself, or, joining another
-    sender on PostgreSQL, the other's; taken over when that one's sender is gone."""
+    sender on PostgreSQL, the other's; taken over when that one's lease runs out (its
+    sender died, or stands still)."""
 
     def __init__(
         self,
@@ -298,20 +317,23 @@ class _Selection:
             self.stream.stop()
 
     async def take_over(self) -> None:
-        """The queue waits on a selection nobody streams: its sender died, and the
-        server released its lock. The first sender to take the lock selects anew."""
+        """The queue waits on a selection this run does not stream: the first sender to
+        find its selector's lease run out (that sender died, or stands still) takes it
+        over and selects anew, under a new generation that fences the old one's writes."""
         held = self.held
-        if held.selector or held.lock is None or not held.lock.try_acquire():
+        if not held.shared or self.running():
             return
-        held.selector = True
         entry = self.prepared.entry
+        generation = take_selection(self.prepared, held)
+        if generation is None:
+            return
+        pending = held.ledger.counts(entry.id)["pending"]  # as the taken selection found it
         log.warning(
-            "%s: the sender that was selecting this entry is gone; selecting it here",
+            "%s: the sender that was selecting this entry is gone or stood still past "
+            "sending.lease; selecting it here",
             entry.id,
             extra={"event": "selection_taken_over", "entry": entry.id},
         )
-        pending = held.ledger.counts(entry.id)["pending"]
-        generation = held.ledger.begin_selection(entry.id, entry.digest)
         self.stream = intake.Stream(
             self.prepared,
             self.prepared.config.paths.ledger,
@@ -381,8 +403,8 @@ async def finish(
     result = engine.result
     stream = selection.stream
     refused = False
-    if stream is not None:
-        outcome = await stream.wait()
+    outcome = None if stream is None else await stream.wait()
+    if outcome is not None and not outcome.lost:  # a selection taken over says so itself
         if isinstance(outcome.error, InputError):
             problems = outcome.error.problems
             refused = result.sent == 0 and result.failed == 0

@@ -100,3 +100,43 @@ def parents(count: int) -> str:
         "SELECT address, message_id FROM deliveries"
         f" WHERE entry_id = :thread AND status = 'sent' AND address IN ({marks})"
     )
+
+
+# -- the selection's lease -----------------------------------------------------------------
+
+# A new generation of the entry's selection, leased to :me until :lease seconds from now
+# (the generation is the lease's fencing token): taken only if nobody holds a lease
+# that still runs; TAKE_SELECTION_ANYWAY takes it whatever (one run per entry on SQLite).
+TAKE_SELECTION_ANYWAY = (
+    "UPDATE entries SET generation = generation + 1, selector = :me,"
+    " selector_until = {now} + :lease WHERE entry_id = :e RETURNING generation"
+)
+TAKE_SELECTION = TAKE_SELECTION_ANYWAY.replace(
+    " RETURNING", " AND (selector IS NULL OR selector_until < {now}) RETURNING"
+)
+
+# Someone's lease of the entry's selection still runs.
+SELECTION_LEASED = (
+    "SELECT COUNT(*) FROM entries WHERE entry_id = :e"
+    " AND selector IS NOT NULL AND selector_until >= {now}"
+)
+
+# The fence of every write of a selection, first in its transaction: no row when
+# another sender has taken the selection over. Renewing, it also extends the lease; the
+# row stays locked until the write commits, so a takeover waits for it to end.
+RENEW_SELECTION = (
+    "UPDATE entries SET selector_until = {now} + :lease"
+    " WHERE entry_id = :e AND generation = :g RETURNING generation"
+)
+SELECTION_HELD = {
+    "sqlite": "SELECT generation FROM entries WHERE entry_id = :e AND generation = :g",
+    "postgresql": (
+        "SELECT generation FROM entries WHERE entry_id = :e AND generation = :g FOR SHARE"
+    ),
+}
+
+# The selection is over (complete, or given up): nobody holds its lease any more.
+RELEASE_SELECTION = (
+    "UPDATE entries SET selector = NULL, selector_until = NULL"
+    " WHERE entry_id = :e AND generation = :g"
+)

@@ -208,6 +208,14 @@ MIGRATIONS: tuple[Migration, ...] = (
     # claimed it at, so a sender that stood still past its lease (paused, stalled) can
     # neither overwrite nor hand back a row another sender has taken over since.
     "ALTER TABLE deliveries ADD COLUMN claim_epoch INTEGER NOT NULL DEFAULT 0",
+    # 9: the selection is leased like the claims. The sender selecting an entry holds it
+    # until selector_until (renewed with every batch it enqueues); one that finds the
+    # lease run out takes the selection over, bumping the generation, and the old
+    # selector's writes are fenced by that generation.
+    """
+    ALTER TABLE entries ADD COLUMN selector TEXT;
+    ALTER TABLE entries ADD COLUMN selector_until DOUBLE PRECISION
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

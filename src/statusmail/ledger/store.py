@@ -25,7 +25,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from statusmail.config import is_url
 from statusmail.domain import DeliveryStatus, Outcome, Preference, Recipient
-from statusmail.errors import LedgerError
+from statusmail.errors import LedgerError, StatusmailError
 from statusmail.ledger import queries
 from statusmail.ledger.database import (
     RETRIES,
@@ -132,6 +132,19 @@ class Plan:
     @property
     def pending_after(self) -> int:
         return self.pending - self.removed - self.excluded + self.new + self.revived
+
+
+class SelectionLost(StatusmailError):
+    """Another sender took over this selection of the entry (its lease ran out while
+    this one stood still): the writes this one would still make are fenced off."""
+
+    def __init__(self, entry_id: str, generation: int) -> None:
+        self.entry_id = entry_id
+        self.generation = generation
+        super().__init__(
+            f"{entry_id}: another sender has taken over the selection "
+            f"(generation {generation} is no longer the current one)"
+        )
 
 
 class Ledger:
@@ -255,9 +268,26 @@ class Ledger:
         return {"pos": self._staged, **row.__dict__}
 
     @_guarded("start a selection")
-    def begin_selection(self, entry_id: str, digest: str) -> int:
+    def begin_selection(
+        self, entry_id: str, digest: str, selector: str | None = None, lease: float = 0.0
+    ) -> int:
         """A new generation of the entry's selection (the rows its selection enqueues
-        carry it; delivery takes only rows of the current one)."""
+        carry it; delivery takes only rows of the current one), leased to ``selector``
+        for ``lease`` seconds whoever held it before: for one run of the entry at a time
+        (SQLite's run lock), where a lease left by a crashed run means nothing."""
+        take = queries.TAKE_SELECTION_ANYWAY
+        return int(first(self._new_selection(take, entry_id, digest, selector, lease)))
+
+    @_guarded("take the selection")
+    def take_selection(self, entry_id: str, digest: str, selector: str, lease: float) -> int | None:
+        """A new generation of the entry's selection, leased to ``selector`` for
+        ``lease`` seconds, unless another sender's lease of it still runs (None)."""
+        rows = self._new_selection(queries.TAKE_SELECTION, entry_id, digest, selector, lease)
+        return int(rows[0][0]) if rows else None
+
+    def _new_selection(
+        self, take: str, entry_id: str, digest: str, selector: str | None, lease: float
+    ) -> list[tuple[Any, ...]]:
         with self.transaction():
             self._q(
                 "INSERT INTO entries (entry_id, digest, selected_at) VALUES (:e, :d, :at)"
@@ -266,10 +296,29 @@ class Ledger:
                 d=digest,
                 at=now_iso(),
             )
-            self._q(
-                "UPDATE entries SET generation = generation + 1 WHERE entry_id = :e", e=entry_id
-            )
-            return int(self._one("SELECT generation FROM entries WHERE entry_id = :e", e=entry_id))
+            return self._q(take, e=entry_id, me=selector, lease=lease)
+
+    @_guarded("read the selection's lease")
+    def selection_leased(self, entry_id: str) -> bool:
+        """Whether a sender's lease of the entry's selection still runs."""
+        return bool(self._one(queries.SELECTION_LEASED, e=entry_id))
+
+    @_guarded("let the selection go")
+    def release_selection(self, entry_id: str, generation: int) -> None:
+        """Nobody holds the lease of this selection now (a run that stops selecting
+        lets the others take it over at once); nothing if it was taken over already."""
+        self._q(queries.RELEASE_SELECTION, e=entry_id, g=generation)
+
+    def _fence(self, entry_id: str, generation: int, lease: float | None) -> None:
+        """First in a selection's write: raise ``SelectionLost`` when the entry's
+        selection is no longer ``generation`` (another sender took it over); with a
+        ``lease``, its lease is renewed for that long."""
+        if lease is None:
+            rows = self._q(queries.SELECTION_HELD[self.dialect], e=entry_id, g=generation)
+        else:
+            rows = self._q(queries.RENEW_SELECTION, e=entry_id, g=generation, lease=lease)
+        if not rows:
+            raise SelectionLost(entry_id, generation)
 
     @_guarded("plan the selection")
     def plan(self, entry_id: str) -> Plan:
@@ -303,9 +352,13 @@ class Ledger:
         return Plan(selected, new, pending, removed, excluded, known, revived)
 
     @_guarded("enqueue the selection")
-    def enqueue(self, entry_id: str, generation: int, after: int = 0) -> tuple[int, int]:
+    def enqueue(
+        self, entry_id: str, generation: int, after: int = 0, *, lease: float | None = None
+    ) -> tuple[int, int]:
         """Make the staged rows after position ``after`` part of the entry's queue, in
-        short transactions; returns the last position enqueued.
+        short transactions, each fenced by the selection's ``generation`` (and renewing
+        its lease for ``lease`` seconds, if given): raises ``SelectionLost`` once another
+        sender has taken the selection over.
 
         New recipients are added as pending; a skipped row (an invalid row since fixed)
         becomes pending again; pending rows take the subscriber's current name and
@@ -322,6 +375,7 @@ class Ledger:
             bounds |= {"lo": start, "hi": start + ENQUEUE_BATCH}
             self._keep_statistics(start)
             with self.transaction():
+                self._fence(entry_id, generation, lease)
                 added += int(
                     self.database.execute(
                         "SELECT COUNT(*) FROM staged s WHERE s.kind = 'selected'"
@@ -370,7 +424,9 @@ class Ledger:
     ) -> None:
         """The selection is complete: pending rows it did not choose are skipped (those
         who left the list or the audience only when ``skip_removed``: else they stay
-        pending, held by the shrink guard), and the generation is the current one."""
+        pending, held by the shrink guard), the generation is the current one, and
+        nobody holds its lease. Raises ``SelectionLost`` (changing nothing) when another
+        sender has taken the selection over: its rows carry a newer generation."""
         stamp = now_iso()
         not_chosen = "WHERE entry_id = :e AND status = 'pending' AND selection <> :g"
         excluded = (
@@ -378,6 +434,17 @@ class Ledger:
             " OR address IN (SELECT address FROM staged WHERE kind = 'inactive'))"
         )
         with self.transaction():
+            # The fence: the selection is still this one (and nobody takes it over until
+            # this commits).
+            if not self._q(
+                "UPDATE entries SET selected_generation = :g, list_rows = :rows,"
+                " selector = NULL, selector_until = NULL"
+                " WHERE entry_id = :e AND generation = :g RETURNING generation",
+                e=entry_id,
+                g=generation,
+                rows=list_rows,
+            ):
+                raise SelectionLost(entry_id, generation)
             self._q(
                 "UPDATE deliveries SET status = 'skipped', updated_at = :now,"
                 " detail = 'no longer selected: unsubscribed or suppressed'"
@@ -395,13 +462,6 @@ class Ledger:
                     g=generation,
                     now=stamp,
                 )
-            self._q(
-                "UPDATE entries SET selected_generation = :g, list_rows = :rows"
-                " WHERE entry_id = :e AND generation = :g",
-                e=entry_id,
-                g=generation,
-                rows=list_rows,
-            )
         self._q("DELETE FROM staged")
         self._staged = 0
 
