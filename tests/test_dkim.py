@@ -1,12 +1,52 @@
-"""DKIM: every sample variant verifies against the matching public key; tampering fails."""
+"""DKIM (RFC 6376, RSA-SHA256; RFC 8463, Ed25519-SHA256): every signature statusmail makes
+verifies with dkimpy and with ``rfc6376_verify`` below, a verifier of the test's own
+written from the RFCs on ``cryptography`` (its canonicalization uses regular expressions
+where statusmail's signer uses bytes methods, and it checks RSA with the whole signed
+data, not a prehashed digest); a changed body or header fails both. Covered: both sample
+entries, English and Russian, with the access block and without, a recipient with a
+name and without, 8bit and 7-bit bodies, built in process and received by a relay that
+offers 8BITMIME and one that does not.
+
+A key file statusmail cannot sign with is one line naming it, in ``check`` and ``send``
+(exit 1, nothing sent). A signal right after start-up never gives a traceback.
+"""
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import hashlib
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import dkim
 import pytest
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
+from conftest import (
+    BLOCK,
+    UPDATE,
+    UPDATE_AUDIENCE,
+    Running,
+    clean_environ,
+    command,
+    copy_sample,
+    invoke,
+    missing,
+    outbox_count,
+    outbox_files,
+    problem_lines,
+)
+from delivery_helpers import point_at, send
+from smtp_server import RecordingServer
 from statusmail.config import load_config
 from statusmail.entries import find_entry
 from statusmail.message import MessageFactory
@@ -15,47 +55,375 @@ from statusmail.render import Renderer
 from statusmail.tokens import Keyring
 from statusmail.validation import probe_recipient
 
+DOMAIN = "startmail.example"
+RSA_SELECTOR = "status"
+ED_SELECTOR = "status-ed"
+NAMES = ("", "Анна Петрова", "Alex O'Neil")  # none, Russian, English
 
-def test_every_variant_verifies_and_tampering_fails(signed_project: tuple[Path, bytes]) -> None:
-    config_path, record = signed_project
 
-    def dns(name: bytes, timeout: int = 5) -> bytes:
-        assert name == b"status._domainkey.startmail.example."
-        return record
+@dataclass(frozen=True)
+class Keys:
+    rsa_pem: bytes
+    ed25519_pem: bytes
+    records: Mapping[str, bytes]  # selector -> its DNS TXT record
 
-    config = load_config(config_path)
-    regions = load_regions(config.paths.regions)
-    renderer = Renderer(config.paths.templates, regions, config.sender.name)
-    checked = 0
-    for entry_id in ("block-2020-01-23", "update-2020-04-21"):
+    def dns(self, name: bytes, timeout: int = 5) -> bytes:
+        """dkimpy's DNS lookup: the record of ``<selector>._domainkey.<domain>.``"""
+        selector, _, domain = name.decode().partition("._domainkey.")
+        assert domain == f"{DOMAIN}.", name
+        return self.records[selector]
+
+
+def _pem(key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+@pytest.fixture(scope="module")
+def keys() -> Keys:
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ed_key = ed25519.Ed25519PrivateKey.generate()
+    spki = rsa_key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    raw = ed_key.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    return Keys(
+        _pem(rsa_key),
+        _pem(ed_key),
+        {
+            RSA_SELECTOR: b"v=DKIM1; k=rsa; p=" + base64.b64encode(spki),
+            ED_SELECTOR: b"v=DKIM1; k=ed25519; p=" + base64.b64encode(raw),
+        },
+    )
+
+
+def sign_with(config: Path, keys: Keys) -> Path:
+    """Make the project at ``config`` sign with both keys."""
+    (config.parent / "dkim.key").write_bytes(keys.rsa_pem)
+    (config.parent / "dkim-ed25519.key").write_bytes(keys.ed25519_pem)
+    with config.open("a", encoding="utf-8") as handle:
+        handle.write(
+            f"dkim: {{domain: {DOMAIN}, selector: {RSA_SELECTOR}, key_file: dkim.key, "
+            f"ed25519_key_file: dkim-ed25519.key, ed25519_selector: {ED_SELECTOR}}}\n"
+        )
+    return config
+
+
+@pytest.fixture(scope="module")
+def signing(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> Path:
+    """The sample project signing with both keys (not changed by the tests using it)."""
+    return sign_with(copy_sample(tmp_path_factory.mktemp("signing") / "project"), keys)
+
+
+# -- a second verifier, from the RFCs --------------------------------------------------
+
+_FIELD = re.compile(rb"([^:\r\n]+):([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)(?:\r\n|\Z)")
+
+
+def _tags(value: bytes) -> dict[str, bytes]:
+    """RFC 6376 3.2 tag=value list; whitespace (FWS) inside values removed."""
+    tags: dict[str, bytes] = {}
+    for item in value.split(b";"):
+        if item.strip():
+            tag, _, tag_value = item.partition(b"=")
+            tags[tag.strip().decode()] = re.sub(rb"\s+", b"", tag_value)
+    return tags
+
+
+def _relaxed_field(name: bytes, value: bytes) -> bytes:
+    """RFC 6376 3.4.2, without the CRLF."""
+    value = re.sub(rb"[ \t]+", b" ", re.sub(rb"\r\n", b"", value))
+    return name.strip().lower() + b":" + value.strip(b" ")
+
+
+def _relaxed_body(body: bytes) -> bytes:
+    """RFC 6376 3.4.4."""
+    body = re.sub(rb"[ \t]+", b" ", re.sub(rb"[ \t]+\r\n", b"\r\n", body))
+    body = re.sub(rb"(\r\n)*\Z", b"", body)
+    return body + b"\r\n" if body else b""
+
+
+def _public_key(record: bytes) -> rsa.RSAPublicKey | ed25519.Ed25519PublicKey:
+    tags = _tags(record)
+    der = base64.b64decode(tags["p"])
+    if tags.get("k", b"rsa") == b"ed25519":
+        return ed25519.Ed25519PublicKey.from_public_bytes(der)
+    key = serialization.load_der_public_key(der)
+    assert isinstance(key, rsa.RSAPublicKey)
+    return key
+
+
+def rfc6376_verify(message: bytes, records: Mapping[str, bytes]) -> list[str]:
+    """Verifies every DKIM-Signature of ``message``; returns their algorithms (raises
+    AssertionError, or InvalidSignature, naming what does not hold)."""
+    head, _, body = message.partition(b"\r\n\r\n")
+    fields = _FIELD.findall(head + b"\r\n")
+    assert b"".join(n + b":" + v + b"\r\n" for n, v in fields) == head + b"\r\n", "unparsed"
+    signatures = [(n, v) for n, v in fields if n.lower() == b"dkim-signature"]
+    algorithms: list[str] = []
+    for sig_name, sig_value in signatures:
+        tags = _tags(sig_value)
+        assert tags["v"] == b"1" and tags["c"] == b"relaxed/relaxed", tags
+        assert tags["d"] == DOMAIN.encode() and int(tags["t"]) <= time.time() + 1, tags
+        computed = base64.b64encode(hashlib.sha256(_relaxed_body(body)).digest())
+        assert computed == tags["bh"], "the body hash does not match"
+        names = [n.lower() for n in tags["h"].split(b":")]
+        assert b"from" in names
+        unused = [(n, v) for n, v in fields if n.lower() != b"dkim-signature"]
+        signed: list[bytes] = []
+        for name in names:  # RFC 6376 5.4.2: the last instance not yet used, from the bottom
+            for at in range(len(unused) - 1, -1, -1):
+                if unused[at][0].strip().lower() == name:
+                    signed.append(_relaxed_field(*unused.pop(at)))
+                    break
+        without_b = re.sub(rb"(^|;)(\s*b\s*=)[^;]*", rb"\1\2", sig_value)
+        data = b"".join(line + b"\r\n" for line in signed) + _relaxed_field(sig_name, without_b)
+        key = _public_key(records[tags["s"].decode()])
+        signature = base64.b64decode(tags["b"])
+        if tags["a"] == b"rsa-sha256":
+            assert isinstance(key, rsa.RSAPublicKey)
+            key.verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
+        else:
+            assert tags["a"] == b"ed25519-sha256" and isinstance(key, ed25519.Ed25519PublicKey)
+            key.verify(signature, hashlib.sha256(data).digest())
+        algorithms.append(tags["a"].decode())
+    return algorithms
+
+
+def dkimpy_verify(message: bytes, keys: Keys) -> list[bool]:
+    """dkimpy's verdict on each signature of ``message``, in order."""
+    count = len(re.findall(rb"^DKIM-Signature:", message.partition(b"\r\n\r\n")[0], re.M))
+    verdicts: list[bool] = []
+    for index in range(count):
+        try:
+            verdicts.append(bool(dkim.DKIM(message).verify(idx=index, dnsfunc=keys.dns)))
+        except dkim.ValidationError:  # (what dkim.verify turns into False)
+            verdicts.append(False)
+    return verdicts
+
+
+def assert_verifies(message: bytes, keys: Keys) -> None:
+    assert dkimpy_verify(message, keys) == [True, True]
+    assert rfc6376_verify(message, keys.records) == ["rsa-sha256", "ed25519-sha256"]
+
+
+def assert_tampering_fails(message: bytes, keys: Keys) -> None:
+    """A body line and a signed header changed: neither verifier takes a signature."""
+    head, _, body = message.partition(b"\r\n\r\n")
+    at = body.index(b"\r\n--", 10)  # the first part's last line ends here
+    body_changed = head + b"\r\n\r\n" + body[:at] + b"!" + body[at:]
+    subject_changed = re.sub(rb"\r\nSubject: ", b"\r\nSubject: Re: ", message, count=1)
+    assert subject_changed != message
+    for tampered in (body_changed, subject_changed):
+        assert dkimpy_verify(tampered, keys) == [False, False]
+        with pytest.raises((AssertionError, InvalidSignature)):
+            rfc6376_verify(tampered, keys.records)
+
+
+# -- every signature verifies -------------------------------------------------------------
+
+
+def test_every_variant_verifies_with_both_verifiers(signing: Path, keys: Keys) -> None:
+    config = load_config(signing)
+    renderer = Renderer(config.paths.templates, load_regions(config.paths.regions), "StartMail")
+    seen: set[tuple[str, bool, bool, str]] = set()
+    for entry_id in (BLOCK, UPDATE):
         entry = find_entry(config.paths.updates, entry_id)
         factory = MessageFactory(config, entry, renderer, Keyring(b"secret"))
         for key in renderer.variant_keys(entry):
-            # 8bit, so the body's "2020" can be found and changed in the bytes
-            data = factory.build(probe_recipient(key), eight_bit=True).envelope.data
-            assert data.startswith(b"DKIM-Signature:")
-            signature = data.split(b"\r\n\r\n", 1)[0].split(b"DKIM-Signature:", 1)[1]
-            signed = signature.split(b"h=", 1)[1].split(b";", 1)[0].replace(b"\r\n", b"")
-            signed_headers = {h.strip().lower() for h in signed.split(b":")}
-            assert {b"list-unsubscribe", b"list-unsubscribe-post", b"from", b"to"} <= signed_headers
-            assert dkim.verify(data, dnsfunc=dns)
-            # one character of the body changed: the first "2020" in it becomes "2021"
-            body_at = data.index(b"\r\n\r\n")
-            year_at = data.index(b"2020", body_at)
-            tampered = data[:year_at] + b"2021" + data[year_at + 4 :]
-            assert tampered != data
-            assert not dkim.verify(tampered, dnsfunc=dns)
-            checked += 1
-    assert checked == 8  # 2 entries × (en, ru) × (with, without the RU access block)
+            for name in NAMES:
+                recipient = dataclasses.replace(probe_recipient(key), name=name)
+                for eight_bit in (True, False):
+                    data = factory.build(recipient, eight_bit=eight_bit).envelope.data
+                    assert_verifies(data, keys)
+                    has_8bit = b"Content-Transfer-Encoding: 8bit" in data
+                    assert eight_bit or not has_8bit
+                    seen.add((key.locale, key.region is not None, has_8bit, name))
+        assert_tampering_fails(data, keys)
+    locales = {locale for locale, *_ in seen}
+    assert locales == {"en", "ru"}
+    assert {has_8bit for *_, has_8bit, _ in seen} == {True, False}
+    assert {(locale, access, name) for locale, access, _, name in seen} == {
+        (locale, access, name) for locale in locales for access in (True, False) for name in NAMES
+    }
 
 
-def test_unreadable_key_is_a_clear_error(project: Path) -> None:
-    from statusmail.errors import ConfigError
+async def test_signing_on_the_thread_signs_alike(signing: Path, keys: Keys) -> None:
+    config = load_config(signing)
+    renderer = Renderer(config.paths.templates, load_regions(config.paths.regions), "StartMail")
+    factory = MessageFactory(
+        config, find_entry(config.paths.updates, UPDATE), renderer, Keyring(b"secret")
+    )
+    for key in renderer.variant_keys(factory.entry):
+        recipient = probe_recipient(key)
+        built = await factory.build_async(recipient, eight_bit=True)
+        assert_verifies(built.envelope.data, keys)
+        same = factory.build(recipient, eight_bit=True).envelope.data
+        # The same message but for t= and the signatures over it.
+        assert built.envelope.data.partition(b"\r\n\r\n")[2] == same.partition(b"\r\n\r\n")[2]
 
+
+@pytest.mark.parametrize("eight_bit_relay", [True, False], ids=["8BITMIME", "7-bit relay"])
+def test_what_the_relay_receives_verifies(project: Path, keys: Keys, eight_bit_relay: bool) -> None:
+    sign_with(project, keys)
+    with RecordingServer(eightbitmime=eight_bit_relay) as server:
+        point_at(project, server.port)
+        code, payload, stderr = send(project)
+        received = server.messages
+    assert code == 0, stderr
+    assert len(received) == payload["counts"]["sent"] == UPDATE_AUDIENCE
+    eight_bit = 0
+    for message in received:
+        assert_verifies(message.data, keys)
+        eight_bit += b"Content-Transfer-Encoding: 8bit" in message.data
+    if eight_bit_relay:
+        assert eight_bit > 0  # the Russian readers' messages
+    else:
+        assert eight_bit == 0
+
+
+# -- a key statusmail cannot sign with ------------------------------------------------------
+
+
+def _rsa_512() -> bytes:
+    """A 512-bit RSA key (cryptography will not make one; OpenSSL's command line will)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        missing("openssl is not installed (apt-get install openssl): it makes the 512-bit key")
+    run = subprocess.run([openssl, "genrsa", "512"], capture_output=True, check=True, timeout=30)
+    return run.stdout
+
+
+def _broken_base64(keys: Keys) -> bytes:
+    lines = keys.rsa_pem.splitlines(keepends=True)
+    lines[3] = b"!!" + lines[3][2:]  # armour intact, one line of the base64 not
+    return b"".join(lines)
+
+
+# case -> (which file: "rsa" or "ed25519", its content, what the line says)
+BROKEN = {
+    "armour with broken base64": ("rsa", _broken_base64, "base64 inside its PEM"),
+    "an EC key as the RSA key": (
+        "rsa",
+        lambda keys: _pem(ec.generate_private_key(ec.SECP256R1())),
+        "holds an EC key; dkim.key_file must be an RSA key",
+    ),
+    "an Ed25519 key as the RSA key": (
+        "rsa",
+        lambda keys: keys.ed25519_pem,
+        "holds an Ed25519 key; dkim.key_file must be an RSA key",
+    ),
+    "an RSA key as the Ed25519 key": (
+        "ed25519",
+        lambda keys: keys.rsa_pem,
+        "holds an RSA key; dkim.ed25519_key_file must be an Ed25519 key",
+    ),
+    "RSA under 1024 bits": ("rsa", lambda keys: _rsa_512(), "is a 512-bit RSA key"),
+    "not a key at all": ("rsa", lambda keys: b"selector status, see the wiki\n", "not a PEM"),
+    "not an Ed25519 key at all": ("ed25519", lambda keys: b"hello\n", "not an Ed25519"),
+    "a certificate": (
+        "rsa",
+        lambda keys: b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        "holds a PEM CERTIFICATE, not a private key",
+    ),
+    "unreadable": ("rsa", None, "cannot read the DKIM key: Is a directory"),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN)
+def test_a_broken_key_is_one_line_naming_it(project: Path, keys: Keys, case: str) -> None:
+    which, content, says = BROKEN[case]
+    sign_with(project, keys)
+    path = project.parent / ("dkim.key" if which == "rsa" else "dkim-ed25519.key")
+    if content is None:
+        path.unlink()
+        path.mkdir()  # root reads any file whatever its mode; nobody reads a directory
+    else:
+        path.write_bytes(content(keys))
+    check = invoke(project, "check")
+    assert check.exit_code == 1, check.stderr
+    lines = problem_lines(check.stderr)
+    assert len(lines) == 1 and str(path) in lines[0] and says in lines[0], check.stderr
+    sent = invoke(project, "send", UPDATE, "--yes")
+    assert sent.exit_code == 1, sent.stderr
+    said = [line for line in sent.stderr.splitlines() if str(path) in line]
+    assert len(said) == 1 and says in said[0], sent.stderr
+    assert outbox_count(project) == 0
+
+
+def test_an_ed25519_key_needs_its_selector(project: Path, keys: Keys) -> None:
+    (project.parent / "dkim.key").write_bytes(keys.rsa_pem)
     with project.open("a", encoding="utf-8") as handle:
-        handle.write("dkim: {domain: startmail.example, selector: status, key_file: nope.key}\n")
-    config = load_config(project)
-    entry = find_entry(config.paths.updates, "update-2020-04-21")
-    renderer = Renderer(config.paths.templates, {}, config.sender.name)
-    with pytest.raises(ConfigError, match=r"nope\.key"):
-        MessageFactory(config, entry, renderer, Keyring(b"secret"))
+        handle.write(
+            f"dkim: {{domain: {DOMAIN}, selector: {RSA_SELECTOR}, key_file: dkim.key,\n"
+            "       ed25519_key_file: dkim-ed25519.key}\n"
+        )
+    check = invoke(project, "check")
+    assert check.exit_code == 1
+    lines = problem_lines(check.stderr)
+    assert lines == [
+        f"{project}:{len(project.read_text().splitlines())}: 'dkim.ed25519_key_file' needs "
+        "'dkim.ed25519_selector' too"
+    ], check.stderr
+
+
+def test_a_dknewkey_ed25519_key_signs(project: Path, keys: Keys) -> None:
+    """dkimpy's ``dknewkey --ktype ed25519`` writes the base64 of the 32-octet seed."""
+    sign_with(project, keys)
+    private = serialization.load_pem_private_key(keys.ed25519_pem, None)
+    assert isinstance(private, ed25519.Ed25519PrivateKey)
+    seed = private.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    (project.parent / "dkim-ed25519.key").write_bytes(base64.b64encode(seed) + b"\n")
+    assert invoke(project, "send", UPDATE, "--yes").exit_code == 0
+    messages = outbox_files(project)
+    assert len(messages) == UPDATE_AUDIENCE
+    for message in messages:  # (a Maildir keeps LF line ends; the wire has CRLF)
+        assert_verifies(message.replace(b"\n", b"\r\n"), keys)
+
+
+# -- a signal right after start-up ----------------------------------------------------------
+
+
+@pytest.fixture
+def spawned() -> Iterator[list[Running]]:
+    started: list[Running] = []
+    yield started
+    for process in started:
+        if process.process.returncode is None:
+            process.process.kill()
+            process.finish()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_from_the_first_statement_on_never_gives_a_traceback(
+    project: Path, spawned: list[Running], sig: signal.Signals
+) -> None:
+    """SIGTERM at once after the process starts (its first ~45 ms, repeated): either
+    Python's default action, before statusmail's first statement (ended by the signal,
+    nothing printed), or statusmail's one line and exit 4. SIGINT as soon as that first
+    statement has run (its handlers for both signals are in: before, Python itself
+    prints KeyboardInterrupt, as the README says): the line and exit 4."""
+    outcomes: list[int] = []
+    for delay in (0.0, 0.005, 0.01, 0.02, 0.03, 0.045):
+        process = Running(command(project, "check"), clean_environ())
+        spawned.append(process)
+        if sig == signal.SIGINT:
+            process.wait_until_catching(signal.SIGTERM)  # (Python catches SIGINT itself)
+        else:
+            time.sleep(delay)  # the moment of the signal is the point
+        process.send_signal(sig)
+        code = process.finish(timeout=20)  # (fails on a traceback)
+        if code == -sig:
+            assert sig == signal.SIGTERM and process.stderr == "", process.stderr
+        else:
+            assert code == 4, process.stderr
+            lines = process.stderr.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith(f"interrupted by {sig.name}"), lines
+        outcomes.append(code)

@@ -1,8 +1,12 @@
 """``statusmail`` and ``python -m statusmail``.
 
-A signal handler goes in before anything else is imported, so that SIGINT or SIGTERM at
-any moment ends the program with an exit code and a line, never by the signal. An
-exception nothing expected is, under ``--log-format json``, one JSON line (exit 1).
+A signal handler goes in with the first statement of ``run``, before anything else is
+imported, so that from there on SIGINT or SIGTERM ends the program with an exit code and
+a line, never by the signal. Before it, while the interpreter itself starts (about the
+first 20 ms: Python's own set-up and ``site``), Python's defaults hold: SIGTERM ends the
+process by the signal (status 143 in a shell) and SIGINT prints Python's
+``KeyboardInterrupt``; nothing of statusmail has run then. An exception nothing
+expected is, under ``--log-format json``, one JSON line (exit 1).
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ class _Early(BaseException):
 
 
 def _early(signum: int, _frame: object) -> None:
+    # The program ends now: a second signal must not cut short the line that says so.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     raise _Early(signum)
 
 

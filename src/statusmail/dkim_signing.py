@@ -170,14 +170,13 @@ def _pem_private_key(path: Path, data: bytes) -> object:
 
 
 def _kind(key: object) -> str:
-    from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
     kinds = (
         (rsa.RSAPrivateKey, "an RSA"),
         (ed25519.Ed25519PrivateKey, "an Ed25519"),
         (ec.EllipticCurvePrivateKey, "an EC"),
         (ed448.Ed448PrivateKey, "an Ed448"),
-        (dsa.DSAPrivateKey, "a DSA"),
     )
     return next((name for cls, name in kinds if isinstance(key, cls)), "another kind of")
 
