@@ -212,6 +212,7 @@ class SmtpConnection:
         self._lock = asyncio.Lock()
         self.sessions = 1  # how many sessions this connection has opened
         self._carried = 0  # messages the current session has carried
+        self._opening: asyncio.Task[None] | None = None  # the next session, being opened
         self._eight_bit = smtp.supports_extension("8bitmime")
 
     @property
@@ -227,6 +228,9 @@ class SmtpConnection:
         """Deliver one message or raise ``DeliveryError``; ``ready`` is awaited before
         the end of DATA."""
         async with self._lock:
+            if self._opening is not None:
+                opening, self._opening = self._opening, None
+                await opening
             smtp = await self._session(envelope)
             try:
                 await self._transaction(smtp, envelope, ready)
@@ -250,12 +254,21 @@ class SmtpConnection:
             self._carried += 1
             limit = self._transport.per_session
             if limit is not None and self._carried >= limit:
-                # The next session is opened now, not after the engine's last checks
-                # before the next MAIL FROM; if it cannot be, the next send says why.
-                with contextlib.suppress(ConnectError):
-                    await self._next_session()
+                # Opened while the engine records this message and makes its checks
+                # before the next MAIL FROM (not after them); the next send awaits it.
+                # In a task: this message's outcome waits for nothing, and a
+                # cancellation meanwhile cannot cost it its record.
+                self._opening = asyncio.create_task(self._reopen())
 
     async def close(self) -> None:
+        opening, self._opening = self._opening, None
+        if opening is not None:
+            opening.cancel()
+            await asyncio.gather(opening, return_exceptions=True)
+        await self._end()
+
+    async def _end(self) -> None:
+        """QUIT the session, if there is one, and drop its socket."""
         smtp, self._smtp = self._smtp, None
         if smtp is None:
             return
@@ -289,8 +302,14 @@ class SmtpConnection:
 
     async def _next_session(self) -> None:
         """End this session (QUIT) and open the next; raises ``ConnectError``."""
-        await self.close()
+        await self._end()
         await self._open()
+
+    async def _reopen(self) -> None:
+        # A relay that cannot be reached now is found again by the next send, which
+        # says so (its recipient is not charged).
+        with contextlib.suppress(ConnectError):
+            await self._next_session()
 
     @staticmethod
     def _relay_down(envelope: Envelope, exc: ConnectError) -> DeliveryError:
