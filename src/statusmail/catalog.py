@@ -479,8 +479,9 @@ class _TextFinder(HTMLParser):
         if tag in ("script", "style"):
             self._hidden = tag
         for name, value in attrs:
-            if name in _SHOWN_ATTRIBUTES and value:
-                self.attributes.append((self.getpos()[0], name, value))
+            # A one-letter value ("x" on a close button) is a symbol, not language.
+            if name in _SHOWN_ATTRIBUTES and any(len(w) > 1 for w in _WORD.findall(value or "")):
+                self.attributes.append((self.getpos()[0], name, value or ""))
 
     def handle_endtag(self, tag: str) -> None:
         if tag == self._hidden:

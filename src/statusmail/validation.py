@@ -17,7 +17,7 @@ from pathlib import Path
 from statusmail import markdown
 from statusmail.catalog import catalog_problems
 from statusmail.config import Config, imap_password_problem
-from statusmail.domain import Entry, Recipient, SubscriberStatus
+from statusmail.domain import Content, Entry, Recipient, SubscriberStatus
 from statusmail.entries import load_entries, source_hash
 from statusmail.errors import ConfigError, InputError, Problem, RenderError, StatusmailError
 from statusmail.language import dates, language_problem, spell_date
@@ -254,27 +254,6 @@ def translation_problems(entry: Entry) -> list[Problem]:
                 )
         if english is None or locale == FALLBACK_LOCALE:
             continue
-        for key in ("subject", "summary", "body"):
-            en_dates = dates(getattr(english, key), FALLBACK_LOCALE)
-            their_dates = dates(getattr(content, key), locale)
-            if en_dates != their_dates:
-                differ = (
-                    (FALLBACK_LOCALE, en_dates - their_dates),
-                    (locale, their_dates - en_dates),
-                )
-                told = [
-                    f"only in {where}: {', '.join(spell_date(*d) for d in sorted(only))}"
-                    for where, only in differ
-                    if only
-                ]
-                problems.append(
-                    Problem(
-                        entry.where,
-                        at(key),
-                        f"the dates in the en and {locale} {key} differ ({'; '.join(told)})",
-                        code="dates-differ",
-                    )
-                )
         current = source_hash(english)
         if content.source is None:
             problems.append(
@@ -316,6 +295,33 @@ def translation_problems(entry: Entry) -> list[Problem]:
                     code="numbers-differ",
                 )
             )
+        else:  # the same digits: a month changed in one language only is caught here
+            problems += _date_problems(entry, english, content, locale)
+    return problems
+
+
+def _date_problems(entry: Entry, english: Content, content: Content, locale: str) -> list[Problem]:
+    """Each text of a translation states the English's dates, compared as dates."""
+    problems: list[Problem] = []
+    for key in ("subject", "summary", "body"):
+        en_dates = dates(getattr(english, key), FALLBACK_LOCALE)
+        their_dates = dates(getattr(content, key), locale)
+        if en_dates == their_dates:
+            continue
+        differ = ((FALLBACK_LOCALE, en_dates - their_dates), (locale, their_dates - en_dates))
+        told = [
+            f"only in {where}: {', '.join(spell_date(*d) for d in sorted(only))}"
+            for where, only in differ
+            if only
+        ]
+        problems.append(
+            Problem(
+                entry.where,
+                entry.line(f"content.{locale}.{key}") or entry.line(f"content.{locale}"),
+                f"the dates in the en and {locale} {key} differ ({'; '.join(told)})",
+                code="dates-differ",
+            )
+        )
     return problems
 
 
@@ -438,16 +444,13 @@ def render_problems(factory: MessageFactory, keys: Iterable[VariantKey]) -> list
             if region is None or not region.links:
                 continue
             headers = built.envelope.data.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
-            leaks: dict[str, list[str]] = {}
             for part, text in (
-                ("text part", rendered.text),
-                ("HTML part", rendered.html),
-                ("headers", headers),
+                ("its text part", rendered.text),
+                ("its HTML part", rendered.html),
+                ("its headers", headers),
             ):
                 for host in region.blocked_hosts_in(text):
-                    leaks.setdefault(host, []).append(part)
-            for host, parts in sorted(leaks.items()):
-                problems.append(_leak(entry, key, region, host, " and ".join(parts)))
+                    problems.append(_leak(entry, key, region, host, part))
             break  # the name does not change links
     return problems
 
@@ -456,9 +459,8 @@ def _leak(entry: Entry, key: VariantKey, region: Region, host: str, where: str) 
     return Problem(
         entry.where,
         entry.line(f"content.{key.locale}") or entry.line("content"),
-        f"readers in {region.code} still get a link to {host} (a domain blocked there) in "
-        f"its {where} ({key.title}): link to a host regions.yaml's links rewrite "
-        f"({', '.join(prefix for prefix, _ in region.links)}), or add a rewrite for it",
+        f"readers in {region.code} still get a link to {host} in {where} ({key.title}): "
+        f"write it as {region.links[0][0]}… so that regions.yaml's links rewrite it",
         code="blocked-link",
     )
 
