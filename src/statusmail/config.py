@@ -103,6 +103,31 @@ class ServeSettings:
     port: int = 8080
 
 
+DURABILITIES = ("normal", "full")
+
+
+@dataclass(frozen=True)
+class LedgerSettings:
+    """How a SQLite ledger commits (README: Delivery guarantees). normal: the write-ahead
+    log is synced at each checkpoint only, so a power loss can take back the commits made
+    since the last one (a killed process loses nothing); full: it is synced at every
+    commit. A PostgreSQL ledger is as durable as its server makes it (synchronous_commit)."""
+
+    durability: str = "normal"
+
+
+# The durability each SQLite ledger file is written with, as its loaded config says.
+# Every connection that writes a ledger (a run's, its selection's, serve's, feedback's,
+# the commands') is opened by ``ledger.database.connect`` from the file alone, so the
+# config leaves its choice here for its file; a file no config named gets the default.
+_DURABILITY: dict[Path, str] = {}
+
+
+def sqlite_durability(path: Path) -> str:
+    """``ledger.durability`` of the config that named the SQLite file ``path``."""
+    return _DURABILITY.get(Path(os.path.abspath(path)), LedgerSettings.durability)
+
+
 @dataclass(frozen=True)
 class ImapSettings:
     """The IMAP mailbox ``statusmail feedback`` reads bounces from."""
@@ -225,6 +250,7 @@ class Config:
     transport: str = "maildir"
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
     sending: SendingSettings = field(default_factory=SendingSettings)
+    ledger: LedgerSettings = field(default_factory=LedgerSettings)
     serve: ServeSettings = field(default_factory=ServeSettings)
     dkim: DkimSettings | None = None
     default_locale_by_region: Mapping[str, str] = field(default_factory=dict)
@@ -486,6 +512,29 @@ def parse_serve(f: Fields) -> ServeSettings:
     )
 
 
+def parse_ledger(f: Fields) -> LedgerSettings:
+    d = LedgerSettings()
+    f.unknown_keys(set(d.__dataclass_fields__))
+    return LedgerSettings(durability=f.choice("durability", DURABILITIES, d.durability))
+
+
+def hold_durability(config: Config, f: Fields) -> None:
+    """Leave the config's ``ledger.durability`` for its SQLite file's connections once the
+    config is known good; refuse the key for a PostgreSQL ledger, where it would promise
+    what only the server decides."""
+    target = config.paths.ledger
+    if is_url(target):
+        if f.has("durability"):
+            f.problem(
+                f.line_of("durability"),
+                "'ledger.durability' applies to a SQLite ledger only: a PostgreSQL ledger "
+                "(paths.ledger or $STATUSMAIL_LEDGER) is as durable as the server's "
+                "synchronous_commit makes it; remove the key",
+            )
+    elif not f.problems:
+        _DURABILITY[Path(os.path.abspath(target))] = config.ledger.durability
+
+
 def parse_imap(f: Fields, root: Path) -> ImapSettings:
     d = ImapSettings()
     f.unknown_keys(set(d.__dataclass_fields__))
@@ -649,6 +698,7 @@ TOP_KEYS = {
     "transport",
     "smtp",
     "sending",
+    "ledger",
     "unsubscribe",
     "serve",
     "dkim",
@@ -680,6 +730,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     topics = top.text_list("topics")
     declared = frozenset(topics) if topics is not None else None
     unsubscribe = parse_unsubscribe(top.sub("unsubscribe"))
+    ledger = top.sub("ledger")
     config = Config(
         path=path,
         sender=parse_sender(top.sub("sender")),
@@ -690,6 +741,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
         transport=parse_transport(top, env, problems),
         smtp=parse_smtp(top.sub("smtp"), root, env, problems),
         sending=parse_sending(top.sub("sending")),
+        ledger=parse_ledger(ledger),
         serve=parse_serve(top.sub("serve")),
         dkim=parse_dkim(top.sub("dkim"), root) if top.has("dkim") else None,
         default_locale_by_region={
@@ -703,6 +755,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
         preferences_url_setting=parse_preferences(top.sub("preferences"), unsubscribe.url),
         lines={str(key): top.line_of(str(key)) for key in top.data},
     )
+    hold_durability(config, ledger)
     if problems:
         raise ConfigError(problems)
     return config

@@ -19,12 +19,18 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from statusmail.config import is_url
+from statusmail.config import is_url, sqlite_durability
 from statusmail.errors import LedgerError
 
 # A writer waits at most this long for another (a group commit or an enqueue batch takes
 # milliseconds), so the unsubscribe endpoint never waits on a send for long.
 BUSY_TIMEOUT = 2.0
+
+# PRAGMA synchronous for each ``ledger.durability``, in WAL mode: NORMAL syncs the log
+# only before a checkpoint copies it into the file (a checkpoint runs once the log holds
+# about 1,000 pages), so a power loss can take back the commits made since; FULL syncs
+# it at the end of every commit, so what was committed stays.
+SYNCHRONOUS = {"normal": "NORMAL", "full": "FULL"}
 
 # Every connection to PostgreSQL (the ledger's, the senders' pool, the locks'). No
 # server-side prepared statements: their generic plan is made once, early in a send,
@@ -190,7 +196,7 @@ class SqliteDatabase:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self.db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
                 self._write_ahead_log()
-                self.db.execute("PRAGMA synchronous=NORMAL")
+                self.db.execute(f"PRAGMA synchronous={SYNCHRONOUS[sqlite_durability(path)]}")
                 self.db.execute("PRAGMA temp_store=FILE")
             self._identity = self._stat()
         except sqlite3.Error as exc:
