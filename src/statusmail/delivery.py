@@ -530,10 +530,11 @@ class Engine:
             except SessionEnded as exc:
                 # The relay's limit per session, not the recipient: at once, uncharged,
                 # on the session the connection opened (a fresh one, so this happens
-                # once per attempt), unless the run is stopping.
-                self._session_ended(exc, recipient)
+                # once per attempt), unless the run is stopping (then it stays pending).
+                self._learnt(exc, recipient)
                 if self.stop.is_set():
                     raise
+                self.metrics.retried(exc)
             except DeliveryError as exc:
                 self._undelivered(exc, tally)
                 raise
@@ -550,8 +551,8 @@ class Engine:
         else:
             tally.charged += 1
 
-    def _session_ended(self, exc: SessionEnded, recipient: Recipient) -> None:
-        self.metrics.retried(exc)
+    def _learnt(self, exc: SessionEnded, recipient: Recipient) -> None:
+        """Log the relay's per-session count when this reply taught it."""
         if exc.learnt is None:
             return
         said = scrub(
