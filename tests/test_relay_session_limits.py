@@ -86,6 +86,23 @@ def test_a_configured_limit_starts_each_session_before_the_relay_refuses(
     assert sum(size < per_session for size in sizes) <= CONCURRENCY
 
 
+def test_a_relay_that_refuses_fresh_sessions_too_charges_every_attempt(project: Path) -> None:
+    """A refusal in a session that has carried nothing is the recipient's ordinary
+    transient failure: charged, retried on the same session, failed at max_attempts."""
+    max_attempts = 2
+    with RecordingServer(session_limit=0) as relay:
+        point_at(project, relay.port, concurrency=CONCURRENCY, max_attempts=max_attempts)
+        code, report, stderr = send(project)
+        assert code == 3, stderr
+        assert report["counts"]["failed"] == UPDATE_AUDIENCE
+        rows = ledger_rows(project).values()
+        outcomes = Counter((row["status"], row["attempts"], row["code"]) for row in rows)
+        refusal = int(relay.session_limit_reply[:3])
+        assert outcomes == {("failed", max_attempts, refusal): UPDATE_AUDIENCE}
+        assert relay.messages == [] and relay.connections == CONCURRENCY
+        assert relay.session_limit_replies == max_attempts * UPDATE_AUDIENCE
+
+
 def test_a_limit_below_one_is_a_config_problem(project: Path) -> None:
     text = project.read_text(encoding="utf-8")
     data = yaml.safe_load(text)
