@@ -268,10 +268,11 @@ class LedgerAccess:
         if self.pool is not None:
             self.pool.close()
 
-    def run(self, work: Callable[[Ledger], T], *, readonly: bool = False) -> T:
-        """``work`` on the ledger (it may run twice on PostgreSQL: see ``LedgerPool.run``)."""
+    def run(self, work: Callable[[Ledger], T], *, readonly: bool = False, repeat: bool = True) -> T:
+        """``work`` on the ledger; on PostgreSQL, with ``repeat``, it may run twice (see
+        ``LedgerPool.run``)."""
         if self.pool is not None:
-            return self.pool.run(work, write=not readonly)
+            return self.pool.run(work, write=not readonly, repeat=repeat)
         with Ledger(self.target, readonly=readonly) as ledger:
             return work(ledger)
 

@@ -121,10 +121,17 @@ class LedgerPool:
         self._pool.close(timeout=5)
 
     def run(
-        self, work: Callable[[PooledLedger], T], *, write: bool = False, wait: float = WAIT
+        self,
+        work: Callable[[PooledLedger], T],
+        *,
+        write: bool = False,
+        repeat: bool = True,
+        wait: float = WAIT,
     ) -> T:
         """``work`` on a lent connection; every failure is a ``LedgerError`` naming the
-        server. ``work`` may run twice, so it must be safe to repeat (an upsert, a read)."""
+        server. With ``repeat``, ``work`` runs again on another connection when its own
+        was found broken, so it must be safe to repeat (an upsert, a read); without, that
+        failure is the caller's (a webhook's sender tries again later)."""
         import psycopg
         import psycopg_pool
 
@@ -145,12 +152,14 @@ class LedgerPool:
             except (LedgerError, psycopg.Error) as exc:
                 if attempt == 0 and connection is not None and connection.broken:
                     log.warning(
-                        "%s: a kept connection was lost (%s); trying again on another",
+                        "%s: a kept connection was lost (%s)%s",
                         self.where,
                         one_line(exc.__cause__ or exc).removeprefix(f"{self.where}: "),
+                        "; trying again on another" if repeat else "",
                     )
                     self._pool.check()  # the others may be as dead (a restart)
-                    continue
+                    if repeat:
+                        continue
                 if isinstance(exc, LedgerError):
                     raise
                 raise LedgerError(f"{self.where}: {one_line(exc)}") from exc
