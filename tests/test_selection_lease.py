@@ -1,0 +1,144 @@
+"""A paused sender blocks nobody (issue 20): the selection of an entry is leased like the
+claims. Its generation is the lease's fencing token: a selector whose lease ran out and
+was taken over writes nothing more (the ledger on both engines), and a sender stopped
+while selecting is taken over by another, which finishes the entry (real PostgreSQL)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from conftest import SECRET_ENV, invoke, wait_for
+from postgres_helpers import ENTRY, SAMPLE, configure, query, recipient_of, senders
+from smtp_server import RecordingServer
+from statusmail.domain import Recipient
+from statusmail.ledger import Ledger, StagedRow
+from statusmail.ledger.store import SelectionLost
+from test_fencing import process_state
+
+
+def rows(first: int, count: int) -> list[StagedRow]:
+    addresses = [f"r{i:03d}@example.org" for i in range(first, first + count)]
+    return [StagedRow.selected(Recipient(a, a, a, "R", "en", "NL")) for a in addresses]
+
+
+def deliveries(ledger: Ledger) -> dict[str, tuple[str, int]]:
+    """(status, selection) of every row of the entry, by address."""
+    found = ledger.database.execute(
+        "SELECT address, status, selection FROM deliveries WHERE entry_id = :e", {"e": ENTRY}
+    )
+    return {address: (status, int(selection)) for address, status, selection in found}
+
+
+def test_a_selection_taken_over_fences_its_old_selector(ledger_target: str | Path) -> None:
+    """The first selector enqueues a batch and stands still past its lease; a second one
+    takes the selection over and re-selects. The first one's next batch and its end of
+    the selection (which would skip every row the second one stamped) change nothing,
+    and its release leaves the second one's lease alone."""
+    with Ledger(ledger_target) as old, Ledger(ledger_target) as new:
+        taken = old.take_selection(ENTRY, "digest", "old", lease=60)
+        assert taken is not None
+        assert new.take_selection(ENTRY, "digest", "new", lease=60) is None  # its lease runs
+        old.reset_staging()
+        old.stage(rows(0, 3))
+        after, _ = old.enqueue(ENTRY, taken, lease=-1)  # ... and runs out
+        assert new.selection_leased(ENTRY) is False
+
+        generation = new.take_selection(ENTRY, "digest", "new", lease=60)
+        assert generation is not None and generation > taken
+        new.reset_staging()
+        new.stage(rows(0, 2))
+        new.enqueue(ENTRY, generation, lease=60)
+
+        old.stage(rows(3, 2))
+        with pytest.raises(SelectionLost):
+            old.enqueue(ENTRY, taken, after, lease=60)
+        with pytest.raises(SelectionLost):
+            old.finish_selection(ENTRY, taken, 5, skip_removed=True)
+        old.release_selection(ENTRY, taken)
+        assert new.selection_leased(ENTRY) is True
+        # Nothing of the old selection's second batch, nothing skipped: the rows the new
+        # one stamped stay pending; the one only the old one chose waits for its end.
+        assert deliveries(new) == {
+            "r000@example.org": ("pending", generation),
+            "r001@example.org": ("pending", generation),
+            "r002@example.org": ("pending", taken),
+        }
+        assert new.queue_state(ENTRY) == (generation, 0)
+
+        new.finish_selection(ENTRY, generation, 2, skip_removed=True)
+        assert new.queue_state(ENTRY) == (generation, generation)
+        assert new.selection_leased(ENTRY) is False  # over: a later run selects afresh
+        assert {status for status, _ in deliveries(new).values()} == {"pending", "skipped"}
+        assert deliveries(new)["r002@example.org"][0] == "skipped"
+
+
+def test_a_sender_stopped_while_selecting_is_taken_over_and_writes_nothing_after(
+    project: Path, postgres: str
+) -> None:
+    """The first sender takes the selection and stops (SIGSTOP) before its first batch,
+    held there by a lock on the preferences it reads first. A second sender takes the
+    selection over once the first one's lease ran out and sends everyone. Resumed
+    (SIGCONT), the first one finds its selection taken over at its first write, says so
+    once, and sends nobody anything."""
+    import psycopg
+
+    Ledger(postgres).close()  # the schema, before the lock below
+    with (
+        RecordingServer() as relay,
+        psycopg.connect(postgres) as holder,
+        psycopg.connect(postgres, autocommit=True) as watcher,
+    ):
+        addresses = configure(project, relay.port, 6, lease=1)
+        holder.execute("LOCK TABLE preferences IN ACCESS EXCLUSIVE MODE")
+        (first,) = senders(project, postgres, 1, "send", ENTRY, "--yes")
+        try:
+            # Watched on a connection of its own, polled without reconnecting: a sender's
+            # lock wait ends after 2 s (lock_timeout), which the stop must beat.
+            waiting = wait_for(
+                lambda: watcher.execute(
+                    "SELECT query FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
+                    (holder.info.backend_pid,),
+                ).fetchall(),
+                what="the first sender to wait for the preferences",
+            )
+            assert "preferences" in waiting[0][0]
+            # It selects: the lease is its own, nothing is enqueued yet.
+            assert query(postgres, "SELECT selector IS NOT NULL FROM entries") == [(True,)]
+            assert query(postgres, "SELECT COUNT(*) FROM deliveries") == [(0,)]
+            ((stopped_at,),) = query(postgres, "SELECT generation FROM entries")
+            os.kill(first.pid, signal.SIGSTOP)
+            wait_for(lambda: process_state(first.pid) == "T", what="the first sender to stop")
+            holder.rollback()  # its query goes on in the server; the sender stays stopped
+            # The second sender runs in this process: its being a process is not the point.
+            second = invoke(
+                project, "send", ENTRY, "--yes", env={**SECRET_ENV, "STATUSMAIL_LEDGER": postgres}
+            )
+            assert second.exit_code == 0, second.stderr
+            resumed = time.monotonic()
+            first.send_signal(signal.SIGCONT)
+            _, stderr = first.communicate(timeout=30)
+        finally:
+            if first.poll() is None:
+                first.kill()
+                first.communicate()
+        messages = relay.messages
+    assert first.returncode == 0 and "Traceback" not in stderr, stderr
+    lost = [line for line in stderr.splitlines() if "took this entry's selection over" in line]
+    assert len(lost) == 1 and "@" not in lost[0], stderr
+    assert [recipient_of(m) for m in messages if m.at > resumed] == []
+    counts = Counter(recipient_of(m) for m in messages)
+    assert len(counts) == SAMPLE + len(addresses) and set(counts.values()) == {1}
+    # the queue is the second sender's selection, whole: every row stamped with it, sent
+    (generation, selected, selector), *_ = query(
+        postgres, "SELECT generation, selected_generation, selector FROM entries"
+    )
+    assert generation > stopped_at and (selected, selector) == (generation, None)
+    assert query(
+        postgres, "SELECT status, selection, COUNT(*) FROM deliveries GROUP BY status, selection"
+    ) == [("sent", generation, len(counts))]
