@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from chaos.history import Arrival
@@ -43,13 +44,27 @@ class OwnLedger:
     admin: str  # the schema's URL as the administrator
     url: str  # the same schema as the role
     role: str
+    _conn: psycopg.Connection[tuple[Any, ...]] | None = None
 
     def execute(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-        import psycopg
+        """``sql`` on the harness's own connection, made again once if it was lost (the
+        shared server's other users may end it)."""
+        for again in (False, True):
+            try:
+                if self._conn is None or self._conn.closed:
+                    self._conn = psycopg.connect(self.admin, autocommit=True, connect_timeout=5)
+                cursor = self._conn.execute(sql, params)
+                return list(cursor.fetchall()) if cursor.description else []
+            except psycopg.OperationalError:
+                if again:
+                    raise
+                self.close()
+        raise AssertionError("unreachable")
 
-        with psycopg.connect(self.admin, autocommit=True, connect_timeout=5) as conn:
-            cursor = conn.execute(sql, params)
-            return list(cursor.fetchall()) if cursor.description else []
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     def limit(self, connections: int) -> None:
         self.execute(f"ALTER ROLE {self.role} CONNECTION LIMIT {connections}")
@@ -92,8 +107,6 @@ class OwnLedger:
 @contextlib.contextmanager
 def own_ledger(server: str) -> Iterator[OwnLedger]:
     """A fresh schema on ``server`` and a role for it; both dropped after."""
-    import psycopg
-
     token = secrets.token_hex(4)
     schema, role = f"statusmail_chaos_{token}", f"statusmail_chaos_{token}"
     parts = urlsplit(server)
@@ -103,9 +116,12 @@ def own_ledger(server: str) -> Iterator[OwnLedger]:
         admin.execute(f"CREATE SCHEMA {schema}")
         admin.execute(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT {ROLE_LIMIT}")
         admin.execute(f"GRANT ALL ON SCHEMA {schema} TO {role}")
-        try:
-            yield OwnLedger(in_schema(server, schema), in_schema(as_role, schema), role)
-        finally:
+    ledger = OwnLedger(in_schema(server, schema), in_schema(as_role, schema), role)
+    try:
+        yield ledger
+    finally:
+        ledger.close()
+        with psycopg.connect(server, autocommit=True, connect_timeout=5) as admin:
             admin.execute(f"ALTER ROLE {role} CONNECTION LIMIT 0")
             admin.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",

@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import random
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,7 +43,7 @@ from chaos.deployment import (
     start,
 )
 from chaos.history import History, Verdict, check
-from conftest import SECRET, serving
+from conftest import SECRET, invoke, serving, wait_for
 from postgres_helpers import ENTRY, SAMPLE
 
 FAULTS = ("stop", "kill", "restart", "exhaust")
@@ -140,6 +141,13 @@ class Run:
         elif code not in (0, 1, 4):
             self.history.problems.append(f"sender {process.pid} exited with {code}: {last}")
         self.log(f"{process.kind} {process.pid} exited with {code}: {last}")
+        if code == 1:  # nothing could start: what the ledger said of the entry then
+            state = self.ledger.execute(
+                "SELECT generation, selected_generation, list_rows FROM entries"
+                " WHERE entry_id = %s",
+                ENTRY,
+            )
+            self.log(f"  the entry (generation, selected_generation, list_rows): {state}")
 
     def collect(self, process: Process) -> str:
         """The process's stderr once it ended; a traceback is a problem."""
@@ -223,7 +231,10 @@ class Run:
     def go(self) -> Verdict:
         s = self.settings
         self.launch()
+        # The faults begin once the deployment sends (its start-up is not what is tried)
+        wait_for(lambda: self.relay.arrivals, timeout=120, what="the first message")
         begin = time.monotonic()
+        self.log("the first message arrived: faults begin")
         end = begin + s.seconds
         next_fault = begin + self.random.expovariate(1 / s.every)
         unsubscribes = s.unsubscribes if s.unsubscribes is not None else s.generated() // 50
@@ -271,15 +282,14 @@ class Run:
         )
 
     def stop_all(self) -> None:
-        """SIGTERM to every process: each must end within 2 s."""
-        live = [p for p in self.processes if p.alive()]
-        sent = time.monotonic()
-        for process in live:
+        """SIGTERM to every process, one at a time (as each host stops its own): each
+        must end within 2 s."""
+        for process in [p for p in self.processes if p.alive()]:
+            sent = time.monotonic()
             process.running.send_signal(signal.SIGTERM)
-        for process in live:
             try:
-                process.running.process.wait(timeout=max(0.0, sent + 10 - time.monotonic()))
-            except Exception:  # subprocess.TimeoutExpired: still there after 10 s
+                process.running.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
                 process.running.process.kill()
             took = time.monotonic() - sent
             process.killed = True  # ended by the harness: no fault of its own
@@ -344,15 +354,15 @@ def run(settings: Settings, log: Callable[[str], None] = print) -> Verdict:
                 return chaos.go()
             finally:
                 for process in chaos.processes:
-                    if process.running.process.poll() is None:
+                    if process.ended is None:  # the run itself failed: end what it started
                         process.running.process.kill()
-                        process.running.process.wait()
+                        with contextlib.suppress(AssertionError):
+                            process.running.finish(timeout=10)
 
 
 def migrate(config: Path, ledger: OwnLedger) -> None:
-    """The schema made as the role, so that its tables are the role's."""
-    from conftest import statusmail
-
-    done = statusmail(config, "ledger", "migrate", env={"STATUSMAIL_LEDGER": ledger.url})
-    if done.returncode:
-        sys.exit(f"statusmail ledger migrate: {done.stderr.strip()}")
+    """The schema made as the role, so that its tables are the role's (in this process:
+    its being a process is not the point)."""
+    done = invoke(config, "ledger", "migrate", env={"STATUSMAIL_LEDGER": ledger.url})
+    if done.exit_code:
+        sys.exit(f"statusmail ledger migrate: {done.output.strip()}")
