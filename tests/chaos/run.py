@@ -252,8 +252,8 @@ class Run:
                 self.unsubscribe()
                 next_unsubscribe += spacing
             time.sleep(TICK)
-        self.relieve(time.monotonic(), everything=True)
         self.finish(pending)
+        self.relieve(time.monotonic(), everything=True)
         self.stop_all()
         return self.verdict()
 
@@ -269,7 +269,11 @@ class Run:
         within = s.finish_within or 2 * pending / max(s.rate, 1) + 30
         deadline = time.monotonic() + within
         self.log(f"faults over: {pending} pending; finishing within {within:.0f}s")
+        if self.refused_until:  # the role's limit back at once; a stop lasts its time
+            self.refused_until = 0.0
+            self.ledger.limit(ROLE_LIMIT)
         while (now := time.monotonic()) < deadline:
+            self.relieve(now)
             pending = self.ledger.pending() or (0 if self.selected() else 1)
             if not pending:
                 return
