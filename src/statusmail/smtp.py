@@ -418,6 +418,8 @@ class SmtpConnection:
             learnt = carried if names_session_limit(code, text) else None
             if learnt is not None and not self._transport.learn(learnt):
                 learnt = None  # known already
+            if code == 421:  # closed by the relay: no QUIT to wait for
+                self._drop()
             try:
                 await self._next_session()
             except ConnectError as exc:
