@@ -8,6 +8,7 @@ import secrets
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from statusmail.config import DEV_UNSUBSCRIBE_SECRET
 from statusmail.domain import SuppressionReason
 from statusmail.errors import LedgerError
 from statusmail.ledger import Ledger, describe
-from statusmail.ledger.pool import POOL_SIZE
+from statusmail.ledger.pool import POOL_SIZE, WAIT, WAIT_WHILE_DOWN
 from statusmail.serve import LedgerAccess
 from statusmail.tokens import Keyring, unsubscribe_token
 
@@ -491,14 +492,25 @@ def test_serve_on_postgresql_answers_over_a_few_kept_connections_and_outlives_th
     assert dict(rows) == {address: "unsubscribed" for address in confirmed}
 
 
-def test_readiness_names_the_server_the_pool_cannot_reach() -> None:
+def test_a_server_the_pool_cannot_reach_is_named_by_readiness_and_fails_requests_fast() -> None:
+    """/readyz says why (its own connection attempt, when the pool has none to lend);
+    once a wait for a connection was in vain, requests fail at once, not after 2 s."""
     with closed_port() as port:
         url = f"postgresql://127.0.0.1:{port}/statusmail"
         with LedgerAccess(url) as ledgers:
             problem = ledgers.problem()
+            started = time.monotonic()
+            with pytest.raises(LedgerError) as refused:
+                ledgers.run(lambda ledger: ledger.last_locale("reader@example.org"))
+            waited = time.monotonic() - started
     assert problem is not None
     assert problem.startswith(f"postgresql://127.0.0.1:{port}/statusmail: cannot open the ledger")
     assert "refused" in problem and "\n" not in problem
+    assert str(refused.value).startswith(
+        f"postgresql://127.0.0.1:{port}/statusmail: no connection to the ledger within"
+        f" {WAIT_WHILE_DOWN:g}s"
+    )
+    assert waited < WAIT / 2
 
 
 def test_a_pooled_write_that_must_not_repeat_fails_once_and_the_next_one_works(

@@ -37,7 +37,9 @@ log = logging.getLogger(__name__)
 
 POOL_SIZE = 4  # serve's requests hold a connection for a millisecond or two
 # How long a request waits for a connection: a server that is down gets a 503 soon.
+# Once one waited in vain, the next wait only a moment, until a connection is had again.
 WAIT = BUSY_TIMEOUT
+WAIT_WHILE_DOWN = 0.2
 READY_WAIT = 0.5  # /readyz answers within a probe's usual timeout (1 s)
 # A connection attempt that keeps failing is given up after this long (psycopg_pool
 # doubles the wait between attempts until then); the next request starts afresh. So a
@@ -95,6 +97,7 @@ class LedgerPool:
             raise LedgerError(f"{self.where}: {one_line(exc)}") from exc
         self.application_name = str(named or f"statusmail {name} {os.getpid()}")
         self._migrated = False
+        self._down = False  # the last wait for a connection was in vain
         self._pool = psycopg_pool.ConnectionPool(
             url,
             min_size=1,
@@ -135,16 +138,20 @@ class LedgerPool:
         import psycopg
         import psycopg_pool
 
+        if self._down:
+            wait = min(wait, WAIT_WHILE_DOWN)
         for attempt in range(2):
             connection = None
             try:
                 with self._pool.connection(timeout=wait) as connection:
+                    self._down = False
                     ledger = PooledLedger(self.url, connection)
                     if write and not self._migrated:
                         ledger.migrate()
                         self._migrated = True
                     return work(ledger)
             except psycopg_pool.PoolTimeout as exc:
+                self._down = True
                 raise LedgerError(
                     f"{self.where}: no connection to the ledger within {wait:g}s"
                     " (the server is down, unreachable, or refuses connections)"
