@@ -15,7 +15,8 @@ import pytest
 from conftest import UPDATE, invoke, problem_lines
 from editing import line_of, refresh_sources, replace_in
 from statusmail.catalog import catalog_problems
-from statusmail.regions import link_hosts, registrable_domain
+from statusmail.regions import link_hosts, load_regions, registrable_domain
+from statusmail.validation import region_problems
 
 PO = "templates/locale/ru/LC_MESSAGES/messages.po"
 MIRROR = '"https://www.startmail.example/": "https://startmail-mirror.example/"'
@@ -141,7 +142,7 @@ def test_a_rewrite_to_an_http_mirror_is_refused_once(project: Path) -> None:
     )
     # Only the rewrite: the region stays, so the entries naming RU get no "unknown region".
     assert check(project) == [
-        f"{regions}:{line}: 'RU.links.https://www.startmail.example/' is rewritten to "
+        f"{regions}:{line}: 'https://www.startmail.example/' is rewritten to "
         "'http://startmail-mirror.example/': a rewrite target must be https (one-click "
         "unsubscribe needs it, and readers behind the block must not browse in clear text)"
     ]
@@ -154,10 +155,21 @@ def test_a_rewrite_onto_the_blocked_domain_is_refused(project: Path, target: str
     regions = project.parent / "regions.yaml"
     line = replace_in(regions, MIRROR, f'"https://www.startmail.example/": "{target}"')
     assert check(project) == [
-        f"{regions}:{line}: 'RU.links.https://www.startmail.example/' is rewritten to "
-        f"'{target}', on startmail.example, the domain the region blocks: a mirror needs "
-        "another registrable domain"
+        f"{regions}:{line}: 'https://www.startmail.example/' is rewritten to "
+        f"'{target}', on startmail.example, a domain RU blocks: a mirror needs another "
+        "registrable domain"
     ]
+
+
+def test_an_onion_rewrite_may_be_http(project: Path) -> None:
+    """Tor encrypts and authenticates an onion service end to end: no https needed."""
+    regions = project.parent / "regions.yaml"
+    onion = "http://startmailexampleplaceholderonionaddressnotarealsiteamfqd.onion/"
+    replace_in(regions, MIRROR, f'"https://www.startmail.example/": "{onion}"')
+    found = region_problems(load_regions(regions))
+    assert found == []
+    replace_in(regions, onion, "http://startmail-mirror.example/")
+    assert [p.code for p in region_problems(load_regions(regions))] == ["bad-value"]
 
 
 def test_unreadable_regions_file_is_said_once(project: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache, cached_property
 from pathlib import Path
@@ -98,7 +97,8 @@ class Region:
     def blocked_domains(self) -> set[str]:
         """The registrable domains this region's links rewrite away from: no host under
         them opens there."""
-        return _blocked_domains(prefix for prefix, _ in self.links)
+        hosts = (urlsplit(prefix).hostname or "" for prefix, _ in self.links)
+        return {registrable_domain(host) for host in hosts if host}
 
     def blocked_hosts_in(self, text: str) -> list[str]:
         """The hosts of links in ``text`` that land on a domain this region blocks."""
@@ -106,10 +106,6 @@ class Region:
             return []
         blocked = self.blocked_domains()
         return sorted(host for host in link_hosts(text) if registrable_domain(host) in blocked)
-
-
-def _blocked_domains(prefixes: Iterable[str]) -> set[str]:
-    return {registrable_domain(urlsplit(p).hostname or "") for p in prefixes} - {""}
 
 
 def _url_prefix(f: Fields, key: str, value: object) -> str | None:
@@ -128,29 +124,6 @@ def _url_prefix(f: Fields, key: str, value: object) -> str | None:
         )
         return None
     return text
-
-
-def _target_ok(f: Fields, prefix: str, target: str, blocked: set[str]) -> bool:
-    """A rewrite target is reached over HTTPS (RFC 8058's one-click unsubscribe needs it,
-    and a censored network must not read the mirror's pages) outside the blocked domains."""
-    if urlsplit(target).scheme != "https":
-        f.problem(
-            f.line_of(prefix),
-            f"{f.name(prefix)!r} is rewritten to {target!r}: a rewrite target must be https "
-            "(one-click unsubscribe needs it, and readers behind the block must not browse in "
-            "clear text)",
-        )
-        return False
-    domain = registrable_domain(urlsplit(target).hostname or "")
-    if domain in blocked:
-        f.problem(
-            f.line_of(prefix),
-            f"{f.name(prefix)!r} is rewritten to {target!r}, on {domain}, the domain the "
-            "region blocks: a mirror needs another registrable domain",
-            code="blocked-link",
-        )
-        return False
-    return True
 
 
 def load_regions(path: Path) -> dict[str, Region]:
@@ -186,13 +159,10 @@ def read_regions(path: Path) -> tuple[dict[str, Region], list[Problem]]:
         names_f, heading_f, access_f = f.sub("name"), f.sub("heading"), f.sub("access")
         links_f = f.sub("links")
         links: list[tuple[str, str]] = []
-        pairs = [
-            (prefix, _url_prefix(links_f, prefix, prefix), _url_prefix(links_f, prefix, target))
-            for prefix, target in links_f.data.items()
-        ]
-        blocked = _blocked_domains(source for _, source, _ in pairs if source)
-        for prefix, source, target in pairs:
-            if source and target and _target_ok(links_f, prefix, target, blocked):
+        for prefix in links_f.data:
+            source = _url_prefix(links_f, prefix, prefix)
+            target = _url_prefix(links_f, prefix, links_f.data[prefix])
+            if source and target:  # where a target may lead: validation.region_problems
                 links.append((source, target))
         regions[code] = Region(
             code=code,
@@ -206,7 +176,12 @@ def read_regions(path: Path) -> tuple[dict[str, Region], list[Problem]]:
             lines={key: f.line_of(key) for key in f.data}
             | {
                 f"{key}.{locale}": sub.line_of(locale)
-                for key, sub in (("name", names_f), ("heading", heading_f), ("access", access_f))
+                for key, sub in (
+                    ("name", names_f),
+                    ("heading", heading_f),
+                    ("access", access_f),
+                    ("links", links_f),
+                )
                 for locale in sub.data
             },
         )

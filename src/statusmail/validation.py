@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from statusmail import markdown
 from statusmail.catalog import catalog_problems
@@ -24,7 +25,7 @@ from statusmail.language import dates, language_problem, spell_date
 from statusmail.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES, resolve_locale
 from statusmail.message import MessageFactory
 from statusmail.pages import preferences_page_problems
-from statusmail.regions import Region, read_regions
+from statusmail.regions import Region, read_regions, registrable_domain
 from statusmail.render import Renderer, VariantKey
 from statusmail.subscribers import ReadStats, RowProblem, iter_subscribers
 from statusmail.tokens import MIN_SECRET_BYTES, Keyring
@@ -105,6 +106,7 @@ def region_problems(regions: Mapping[str, Region]) -> list[Problem]:
                             code="wrong-language",
                         )
                     )
+        problems += _rewrite_problems(region)
         for locale, text in region.access.items():
             found = language_problem(text, locale)
             if found is not None:
@@ -125,6 +127,32 @@ def region_problems(regions: Mapping[str, Region]) -> list[Problem]:
                         code="unsafe-link",
                     )
                 )
+    return problems
+
+
+def _rewrite_problems(region: Region) -> list[Problem]:
+    """A rewrite target is reached over HTTPS (one-click unsubscribe needs it, and a
+    censored network must not read the mirror's pages; an onion service is encrypted by
+    Tor) and lies outside every registrable domain the region blocks."""
+    problems: list[Problem] = []
+    blocked = region.blocked_domains()
+    for source, target in region.links:
+        where = (region.path or "regions.yaml", region.lines.get(f"links.{source}"))
+        host = urlsplit(target).hostname or ""
+        domain = registrable_domain(host)
+        if urlsplit(target).scheme != "https" and not host.endswith(".onion"):
+            message = (
+                f"{source!r} is rewritten to {target!r}: a rewrite target must be https "
+                "(one-click unsubscribe needs it, and readers behind the block must not "
+                "browse in clear text)"
+            )
+            problems.append(Problem(*where, message, code="bad-value"))
+        elif domain in blocked:
+            message = (
+                f"{source!r} is rewritten to {target!r}, on {domain}, a domain {region.code} "
+                "blocks: a mirror needs another registrable domain"
+            )
+            problems.append(Problem(*where, message, code="blocked-link"))
     return problems
 
 
