@@ -19,7 +19,6 @@ from smtp_server import RecordingServer
 from statusmail.smtp import ends_session, names_session_limit
 
 LIMIT = 5  # messages the relay takes per session
-GENERATED = 200 - UPDATE_AUDIENCE  # with the sample's audience: 200 recipients
 CONCURRENCY = 2
 
 
@@ -29,13 +28,13 @@ def relay() -> Iterator[RecordingServer]:
         yield server
 
 
-@pytest.fixture
-def limited(project: Path, relay: RecordingServer) -> tuple[Path, int]:
-    """The sample project with 200 recipients, pointed at the relay; (config, audience)."""
+def limited(project: Path, relay: RecordingServer, recipients: int) -> int:
+    """Give the sample's entry ``recipients`` in all and point the project at the relay
+    (its counts cleared); returns the audience."""
     relay.clear()
-    audience = UPDATE_AUDIENCE + len(add_subscribers(project, GENERATED))
+    audience = UPDATE_AUDIENCE + len(add_subscribers(project, recipients - UPDATE_AUDIENCE))
     point_at(project, relay.port, concurrency=CONCURRENCY)
-    return project, audience
+    return audience
 
 
 def delivered_once_each(relay: RecordingServer, config: Path, audience: int) -> None:
@@ -48,13 +47,13 @@ def delivered_once_each(relay: RecordingServer, config: Path, audience: int) -> 
 
 
 def test_the_limit_is_learnt_and_every_recipient_goes_in_one_run(
-    limited: tuple[Path, int], relay: RecordingServer
+    project: Path, relay: RecordingServer
 ) -> None:
-    config, audience = limited
-    code, report, stderr = send(config)
+    audience = limited(project, relay, 200)
+    code, report, stderr = send(project)
     assert code == 0, stderr
     assert report["counts"]["sent"] == audience and report["counts"]["failed"] == 0
-    delivered_once_each(relay, config, audience)
+    delivered_once_each(relay, project, audience)
     # Learnt at the first refusal of each connection at most (both may meet it at once);
     # after that every session ends before the relay's limit.
     assert 1 <= relay.session_limit_replies <= CONCURRENCY
@@ -68,17 +67,17 @@ def test_the_limit_is_learnt_and_every_recipient_goes_in_one_run(
 
 
 def test_a_configured_limit_starts_each_session_before_the_relay_refuses(
-    limited: tuple[Path, int], relay: RecordingServer
+    project: Path, relay: RecordingServer
 ) -> None:
-    config, audience = limited
+    audience = limited(project, relay, 40)
     per_session = LIMIT - 1
-    data = yaml.safe_load(config.read_text(encoding="utf-8"))
+    data = yaml.safe_load(project.read_text(encoding="utf-8"))
     data["smtp"]["max_messages_per_connection"] = per_session
-    config.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
-    code, report, stderr = send(config)
+    project.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    code, report, stderr = send(project)
     assert code == 0, stderr
     assert report["counts"]["sent"] == audience
-    delivered_once_each(relay, config, audience)
+    delivered_once_each(relay, project, audience)
     assert relay.session_limit_replies == 0
     sizes = relay.session_sizes()
     assert max(sizes) == per_session and sum(sizes) == audience
