@@ -107,6 +107,14 @@ def test_fixed_text_in_an_attribute_is_found(project: Path, attribute: str) -> N
     ]
 
 
+def test_an_english_topic_name_in_russian_is_refused(project: Path) -> None:
+    replace_in(project, "ru: Новости StartMail}", "ru: Product news}")
+    line = line_of(project, "  product-news: {en:")
+    assert check(project) == [
+        f"{project}:{line}: the ru name of topic 'product-news': 'Product news' is not in Russian"
+    ]
+
+
 # -- regions.yaml ----------------------------------------------------------------------------
 
 

@@ -156,6 +156,19 @@ def _rewrite_problems(region: Region) -> list[Problem]:
     return problems
 
 
+def topic_name_problems(config: Config) -> list[Problem]:
+    """The preferences page names each topic in the reader's language: in that language."""
+    problems: list[Problem] = []
+    for topic, names in sorted(config.topic_names.items()):
+        for locale, text in sorted(names.items()):
+            found = language_problem(text, locale)
+            if found is not None:
+                line = _line_in(config.path, config.line("topic_names"), f"{topic}:", 0)
+                message = f"the {locale} name of topic {topic!r}: {found[1]}"
+                problems.append(Problem(config.path, line, message, code="wrong-language"))
+    return problems
+
+
 # -- entries ---------------------------------------------------------------------
 
 
@@ -544,6 +557,7 @@ def check_project(config: Config) -> CheckReport:
         # A regions.yaml that cannot be read is said once, not again for every region named.
         report.add(p for p in found if regions_read or p.code != "unknown-region")
     report.add(catalog_problems(config.paths.templates))
+    report.add(topic_name_problems(config))
     if report.ok:  # a broken catalog is said once, above
         report.add(preferences_page_problems(config))
     report.add(secret_problems(config))
