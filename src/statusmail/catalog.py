@@ -1,9 +1,11 @@
 """The gettext catalogs, and every translation gap ``check`` must catch before a reader does.
 
-A gap is an untranslated, fuzzy or missing string; a plural form left empty, or more
-forms than the locale has; a translation whose ``%(name)s`` placeholders are not the
-msgid's; a ``.po`` file Babel cannot read; and fixed text in a template outside
-``_()``/``{% trans %}``. Each is a ``Problem`` located as ``file:line``.
+A gap is an untranslated, fuzzy or missing string (or one left as its msgid, unless the
+translator marked it ``# loan``); a translation in another language; a plural form left
+empty, or more forms than the locale has; a translation whose ``%(name)s`` placeholders
+are not the msgid's; a ``.po`` file Babel cannot read; and fixed text in a template
+outside ``_()``/``{% trans %}``, between tags or in an attribute a reader sees. An entry
+no template uses any more is a warning. Each is a ``Problem`` located as ``file:line``.
 """
 
 from __future__ import annotations
