@@ -1,15 +1,15 @@
 """A few connections to a PostgreSQL ledger, kept open for the life of a process that
 answers many short requests (``serve``): a request borrows one instead of connecting,
-which costs the server a new backend process and the client a round trip of
-authentication each time (a connection per request answered about 6x fewer requests
-per second than SQLite).
+which costs the server a new backend process and the client the round trips of
+authentication each time (a connection per request answered a third to a sixth of the
+requests per second serve answers on SQLite; see benchmarks/serve.py).
 
 The pool is psycopg_pool's. A connection is not checked before it is lent (that costs a
 round trip on every request): a request that finds its connection broken (the server
 restarted, or an administrator ended the backend) has the pool check every idle one
-and runs once more on a sound one, so a restarted server costs no request. The ledger's
-schema is checked on each new connection (refused when newer than this code) and, before
-the process's first write, migrated, as opening a ``Ledger`` does.
+and runs once more on a sound one, so a restarted server, once back, costs no request.
+The ledger's schema is checked on each new connection (refused when newer than this
+code) and, before the process's first write, migrated, as opening a ``Ledger`` does.
 """
 
 from __future__ import annotations
@@ -189,7 +189,3 @@ class LedgerPool:
                 return str(why)
             return f"{exc}; a new connection works: the pool is reconnecting"
         return None
-
-    def stats(self) -> dict[str, int]:
-        """psycopg_pool's counters (``pool_size``, ``requests_num``, ``connections_lost``…)."""
-        return self._pool.get_stats()
