@@ -340,7 +340,7 @@ def test_brand_names_and_markup_alone_are_fine(project: Path) -> None:
     replace_in(
         html,
         "{{ body_html }}\n",
-        "{{ body_html }}\n<p class='brand' title=\"Read more\">StartMail &middot; Tor</p>\n"
+        "{{ body_html }}\n<p class='brand' title=\"StartMail\">StartMail &middot; Tor</p>\n"
         "<!-- Read more --><style>p { color: red; }</style>\n",
     )
     result = invoke(project, "check")
