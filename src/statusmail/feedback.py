@@ -44,7 +44,7 @@ import re
 import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -253,15 +253,18 @@ def apply_reports(
     reports: Sequence[ProviderReport],
     *,
     mask: Callable[[str], str] = mask_address,
+    ledger: Ledger | None = None,
 ) -> PassReport:
-    """Apply signed provider reports with the mailbox's policy and storm guard.
+    """Apply signed provider reports with the mailbox's policy and storm guard, on
+    ``ledger`` (one serve keeps) or on one opened for them.
 
     The provider's signature proves who sent the report; the delivery it is about is
     the one with the Message-ID it quotes (its HMAC checked), else the last entry sent
     to the address it names. A report about nobody statusmail wrote to is left."""
     keys, _ = config.keyring()
     report = PassReport(False, sorted({f"webhook:{r.provider}" for r in reports}))
-    with Ledger(config.paths.ledger) as ledger:
+    opened = nullcontext(ledger) if ledger is not None else Ledger(config.paths.ledger)
+    with opened as ledger:
         work = Feedback(config, keys, ledger, mask=mask, report=report)
         batch = []
         for item in reports:

@@ -537,14 +537,21 @@ async def _serve(server: uvicorn.Server, sockets: list[Any]) -> None:
             task.cancel()
 
 
-def _webhook_routes(config: Config) -> list[BaseRoute]:
-    """The configured providers' webhooks (their parsers imported only when some are)."""
+def _webhook_routes(config: Config, ledgers: LedgerAccess) -> list[BaseRoute]:
+    """The configured providers' webhooks (their parsers imported only when some are),
+    recording through serve's own ledger access. Never repeated on a broken connection:
+    a report is not applied twice; the provider retries on the 503."""
     hooks = config.webhooks
     if not any((hooks.ses, hooks.postmark, hooks.mailgun, hooks.sendgrid)):
         return []
-    from statusmail import webhooks
+    from statusmail import feedback, webhooks
 
-    return list(webhooks.routes(config))
+    def apply(config: Config, reports: Sequence[feedback.ProviderReport]) -> feedback.PassReport:
+        return ledgers.run(
+            lambda ledger: feedback.apply_reports(config, reports, ledger=ledger), repeat=False
+        )
+
+    return list(webhooks.routes(config, apply=apply))
 
 
 def run_server(config: Config, host: str, port: int, *, dev_secret: bool = False) -> int:
@@ -574,7 +581,7 @@ def run_server(config: Config, host: str, port: int, *, dev_secret: bool = False
             extra={"event": "dev_secret"},
         )
     ledgers = LedgerAccess(config.paths.ledger)
-    app = make_app(config, keys, extra_routes=_webhook_routes(config), ledgers=ledgers)
+    app = make_app(config, keys, extra_routes=_webhook_routes(config, ledgers), ledgers=ledgers)
     sock = listen(host, port)
     server = uvicorn_server(app, host, port)
     bound_host, bound_port = sock.getsockname()[:2]

@@ -35,7 +35,7 @@ import logging
 import re
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -61,7 +61,7 @@ from statusmail.config import (
 )
 from statusmail.domain import FeedbackKind
 from statusmail.errors import ConfigError, Problem, StatusmailError
-from statusmail.feedback import ProviderReport, apply_reports, record_forged
+from statusmail.feedback import PassReport, ProviderReport, apply_reports, record_forged
 
 log = logging.getLogger(__name__)
 
@@ -724,7 +724,14 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
     return bytes(body)
 
 
-def _endpoint(config: Config, provider: Provider) -> Callable[[Request], Awaitable[Response]]:
+# Applies verified reports: feedback.apply_reports on a ledger of its own, unless serve
+# lends one of its kept connections.
+Apply = Callable[[Config, Sequence[ProviderReport]], PassReport]
+
+
+def _endpoint(
+    config: Config, provider: Provider, apply: Apply
+) -> Callable[[Request], Awaitable[Response]]:
     async def refuse(refused: Refused) -> Response:
         headers = {"WWW-Authenticate": 'Basic realm="statusmail"'} if refused.status == 401 else {}
         if refused.status in (401, 403):  # record_forged counts it and logs the warning
@@ -759,7 +766,7 @@ def _endpoint(config: Config, provider: Provider) -> Callable[[Request], Awaitab
             return PlainTextResponse("try again later\n", 503)
         if reports:
             try:
-                await run_in_threadpool(apply_reports, config, reports)
+                await run_in_threadpool(apply, config, reports)
             except StatusmailError as exc:  # the ledger, or the unsubscribe secret
                 provider.forget(body)
                 log.error(
@@ -781,11 +788,13 @@ def routes(
     fetch: Fetch = fetch_url,
     environ: Mapping[str, str] | None = None,
     clock: Callable[[], float] = time.time,
+    apply: Apply = apply_reports,
 ) -> list[Route]:
     """``POST /webhooks/<provider>`` for each configured provider; ``ConfigError`` naming
     the variable when a provider's secret is not set. ``fetch`` gets the SNS certificate
-    and subscription URLs (urllib; tests give their own)."""
+    and subscription URLs (urllib; tests give their own); ``apply`` records the verified
+    reports."""
     return [
-        Route(f"/webhooks/{provider.name}", _endpoint(config, provider), methods=["POST"])
+        Route(f"/webhooks/{provider.name}", _endpoint(config, provider, apply), methods=["POST"])
         for provider in _providers(config, fetch, environ, clock)
     ]
