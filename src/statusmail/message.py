@@ -387,7 +387,7 @@ class MessageFactory:
         self._ascii_fixed = (
             config.sender.address.isascii()
             and config.unsubscribe.mailto.isascii()
-            and (self.signer is None or (self.signer.domain + self.signer.selector).isascii())
+            and (self.signer is None or self.signer.ascii)
         )
 
     def unsubscribe_url(self, address_key: str) -> str:
