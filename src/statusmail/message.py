@@ -348,6 +348,7 @@ class _Variant:
     ascii_head: bool
     boundary: bytes
     region: Region | None  # whose link rewrites the unsubscribe URL gets
+    mailto: str  # the List-Unsubscribe mailto address: the region's, else the config's
     text: _Part
     html: _Part
     personal: bool  # a part holds a slot: the body differs per recipient
@@ -430,13 +431,17 @@ class MessageFactory:
         if key not in self._variants:
             rendered = self.renderer.variant(self.entry, key)
             sender = self.config.sender
+            # A region behind a block names addresses on a domain its readers can reach.
+            region = self.renderer.region(key)
+            reply_to = (region and region.reply_to) or self.config.reply_to
+            mailto = (region and region.mailto) or self.config.unsubscribe.mailto
             boundary = "=_sm_" + hashlib.sha256(f"{self.entry.id}/{key}".encode()).hexdigest()[:24]
             head = [
                 _address_header("From", sender.name, sender.address),
                 _header("Subject", rendered.subject),
             ]
-            if self.config.reply_to:
-                head.append(_header("Reply-To", self.config.reply_to))
+            if reply_to:
+                head.append(_header("Reply-To", reply_to))
             head += [
                 _header("List-Id", f"{sender.name} status <{self.config.list_id}>"),
                 b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n",
@@ -451,7 +456,8 @@ class MessageFactory:
                 joined,
                 joined.isascii(),
                 boundary.encode(),
-                self.renderer.region(key),
+                region,
+                mailto,
                 _Part("plain", rendered.text),
                 _Part("html", rendered.html),
                 bool(_SLOT.search(rendered.text) or _SLOT.search(rendered.html)),
@@ -490,12 +496,16 @@ class MessageFactory:
             preferences = variant.region.rewrite(preferences)
         boundary = variant.boundary
         mid = message_id(self.keys, entry.id, recipient.address, self.domain)
-        mailto = f"mailto:{self.config.unsubscribe.mailto}?subject=unsubscribe%20" + quote(
-            url.rsplit("/", 1)[-1]
-        )
+        mailto = f"mailto:{variant.mailto}?subject=unsubscribe%20" + quote(url.rsplit("/", 1)[-1])
         to = recipient.ascii_email or recipient.email
         parts = [_address_header("To", name, to), self._date(), f"Message-ID: {mid}\r\n".encode()]
-        ascii_headers = self._ascii_fixed and variant.ascii_head and to.isascii() and url.isascii()
+        ascii_headers = (
+            self._ascii_fixed
+            and variant.ascii_head
+            and variant.mailto.isascii()
+            and to.isascii()
+            and url.isascii()
+        )
         if entry.thread:
             # The Message-ID the thread's message really went out with, when the ledger
             # knows it (it may predate a change of secret); else the one it would have.

@@ -10,6 +10,7 @@ from functools import cache, cached_property
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from email_validator import EmailNotValidError, validate_email
 from publicsuffixlist import PSLFILE, PublicSuffixList
 
 from statusmail.errors import InputError, Problem
@@ -65,6 +66,10 @@ class Region:
     # URL prefix -> the prefix that works in this region (a mirror of a blocked site),
     # longest first, so the most specific rewrite wins.
     links: tuple[tuple[str, str], ...] = ()
+    # The List-Unsubscribe mailto address and the Reply-To its readers get, when the
+    # config's are on a domain the region blocks; None: the config's.
+    mailto: str | None = None
+    reply_to: str | None = None
     path: Path | None = None
     line: int | None = None
     lines: dict[str, int] = field(default_factory=dict)
@@ -107,6 +112,11 @@ class Region:
         blocked = self.blocked_domains()
         return sorted(host for host in link_hosts(text) if registrable_domain(host) in blocked)
 
+    def blocks_address(self, address: str) -> bool:
+        """Whether mail to ``address`` goes to a domain this region blocks."""
+        domain = address.rpartition("@")[2]
+        return bool(domain) and registrable_domain(domain) in self.blocked_domains()
+
 
 def _url_prefix(f: Fields, key: str, value: object) -> str | None:
     text = str(value).strip() if isinstance(value, str) else ""
@@ -122,6 +132,20 @@ def _url_prefix(f: Fields, key: str, value: object) -> str | None:
             f.line_of(key),
             f"{f.name(str(key))!r}: {text or value!r} must be an http(s) URL prefix ending in '/'",
         )
+        return None
+    return text
+
+
+def _mail_address(f: Fields, key: str) -> str | None:
+    if not f.has(key):
+        return None
+    text = f.line_text(key)  # it goes into a header: one line
+    if not text:  # not a string: said already
+        return None
+    try:
+        validate_email(text, check_deliverability=False, allow_smtputf8=True)
+    except EmailNotValidError as exc:
+        f.problem(f.line_of(key), f"{f.name(key)!r}: {text!r} is not an email address ({exc})")
         return None
     return text
 
@@ -155,7 +179,9 @@ def read_regions(path: Path) -> tuple[dict[str, Region], list[Problem]]:
             )
             continue
         f = top.sub(code)
-        f.unknown_keys({"name", "blocked_since", "heading", "access", "links"})
+        f.unknown_keys(
+            {"name", "blocked_since", "heading", "access", "links", "mailto", "reply_to"}
+        )
         names_f, heading_f, access_f = f.sub("name"), f.sub("heading"), f.sub("access")
         links_f = f.sub("links")
         links: list[tuple[str, str]] = []
@@ -171,6 +197,8 @@ def read_regions(path: Path) -> tuple[dict[str, Region], list[Problem]]:
             heading={str(k): heading_f.line_text(str(k)) for k in heading_f.data},
             access={str(k): access_f.text(str(k)) for k in access_f.data},
             links=tuple(sorted(links, key=lambda pair: -len(pair[0]))),
+            mailto=_mail_address(f, "mailto"),
+            reply_to=_mail_address(f, "reply_to"),
             path=path,
             line=line,
             lines={key: f.line_of(key) for key in f.data}

@@ -146,7 +146,8 @@ class Renderer:
         if known is None:
             return None, False
         access = entry.access_instructions and bool(known.access)
-        return (known.code, access) if access or known.links else (None, False)
+        own_addresses = bool(known.mailto or known.reply_to)
+        return (known.code, access) if access or known.links or own_addresses else (None, False)
 
     def variant_key(self, entry: Entry, locale: str, region: str | None, name: str) -> VariantKey:
         treated, access = self.treatment(entry, region)

@@ -156,6 +156,36 @@ def _rewrite_problems(region: Region) -> list[Problem]:
     return problems
 
 
+def region_address_problems(config: Config, regions: Mapping[str, Region]) -> list[Problem]:
+    """A warning for a region whose links are rewritten (its readers are behind a block)
+    but whose readers' List-Unsubscribe mailto or Reply-To is on a domain it blocks: a
+    reader's provider may never deliver there, and nobody hears of it."""
+    problems: list[Problem] = []
+    for region in regions.values():
+        if not region.links:
+            continue
+        addresses = (
+            ("mailto", "List-Unsubscribe mailto", region.mailto or config.unsubscribe.mailto),
+            ("reply_to", "Reply-To", region.reply_to or config.reply_to or ""),
+        )
+        for key, what, address in addresses:
+            if not address or not region.blocks_address(address):
+                continue
+            whose = "its" if getattr(region, key) else "the config's"
+            problems.append(
+                Problem(
+                    region.path or "regions.yaml",
+                    region.lines.get(key, region.line),
+                    f"readers in {region.code} get {whose} {what} {address}, on "
+                    f"{registrable_domain(address.rpartition('@')[2])}, a domain "
+                    f"{region.code} blocks: give {region.code} a {key} on another domain",
+                    code="blocked-address",
+                    warning=True,
+                )
+            )
+    return problems
+
+
 def topic_name_problems(config: Config) -> list[Problem]:
     """The preferences page names each topic in the reader's language: in that language."""
     problems: list[Problem] = []
@@ -549,6 +579,7 @@ def check_project(config: Config) -> CheckReport:
         report.add(exc.problems)
         regions_read = False
     report.add(region_problems(regions))
+    report.add(region_address_problems(config, regions))
     entries, entry_load_problems = load_entries(config.paths.updates)
     report.add(entry_load_problems)
     report.entries = len(entries) + len({p.path for p in entry_load_problems})
