@@ -1,0 +1,170 @@
+"""Mail addresses that work behind the block (issue 25, item 6): a region names its own
+List-Unsubscribe mailto and Reply-To, its readers get them, a mailto unsubscribe sent
+there is read back by ``feedback``, and ``check`` warns about a region behind a block
+whose readers still get addresses on the blocked domain.
+
+The sample project is sent once into its Maildir outbox; the unsubscribe goes through a
+real SMTP server that delivers into the real bounce Maildir, as the MTA does."""
+
+from __future__ import annotations
+
+import json
+import re
+from email.message import EmailMessage
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
+
+from conftest import (
+    SECRET_ENV,
+    UPDATE,
+    copy_sample,
+    invoke,
+    outbox_messages,
+    problem_lines,
+    recipient,
+)
+from feedback_helpers import MaildirMX, summary
+from statusmail.config import load_config
+from statusmail.regions import Region, load_regions, registrable_domain
+from statusmail.subscribers import Subscriber, iter_subscribers
+
+_ANGLE = re.compile(r"<([^>]+)>")
+
+
+@pytest.fixture(scope="module")
+def sent(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[EmailMessage]]:
+    config = copy_sample(tmp_path_factory.mktemp("region-mail") / "project")
+    result = invoke(config, "send", UPDATE, "--yes", "--rate", "0", env=SECRET_ENV)
+    assert result.exit_code == 0, result.output
+    return config, outbox_messages(config)
+
+
+def russia(config: Path) -> Region:
+    return load_regions(load_config(config).paths.regions)["RU"]
+
+
+def regions_of(config: Path) -> dict[str, str]:
+    """address -> region, from the sample's subscriber files as statusmail reads them."""
+    found: dict[str, str] = {}
+    for item in iter_subscribers(load_config(config).paths.subscribers):
+        if isinstance(item, Subscriber):  # as the To: of a message spells it, too
+            found[item.key] = found[(item.ascii_email or item.key).lower()] = item.region or ""
+    return found
+
+
+def unsubscribe_targets(message: EmailMessage) -> list[str]:
+    return _ANGLE.findall(str(message["List-Unsubscribe"]))
+
+
+def target_domain(target: str) -> str:
+    if target.startswith("mailto:"):
+        return registrable_domain(target.removeprefix("mailto:").split("?")[0].rpartition("@")[2])
+    return registrable_domain(urlsplit(target).hostname or "")
+
+
+def test_readers_in_russia_get_only_unblocked_unsubscribe_hosts_and_reply_to(
+    sent: tuple[Path, list[EmailMessage]],
+) -> None:
+    config, messages = sent
+    ru, where = russia(config), regions_of(config)
+    blocked = ru.blocked_domains()
+    assert blocked and ru.mailto and ru.reply_to
+    in_russia = [m for m in messages if where[recipient(m)] == "RU"]
+    elsewhere = [m for m in messages if where[recipient(m)] != "RU"]
+    assert in_russia and elsewhere
+    for message in in_russia:
+        targets = unsubscribe_targets(message)
+        assert [t.split(":")[0] for t in targets] == ["https", "mailto"], targets
+        assert not {target_domain(t) for t in targets} & blocked, targets
+        assert targets[1].startswith(f"mailto:{ru.mailto}?subject=unsubscribe%20")
+        assert message["Reply-To"] == ru.reply_to
+    sample = load_config(config)
+    for message in elsewhere:  # everyone else keeps the config's addresses
+        assert unsubscribe_targets(message)[1].startswith(f"mailto:{sample.unsubscribe.mailto}?")
+        assert message["Reply-To"] == sample.reply_to
+
+
+def test_feedback_handles_a_mailto_unsubscribe_sent_to_the_regions_address(
+    sent: tuple[Path, list[EmailMessage]],
+) -> None:
+    config, messages = sent
+    ru, where = russia(config), regions_of(config)
+    message = next(m for m in messages if where[recipient(m)] == "RU")
+    reader = recipient(message)
+    mailto = unsubscribe_targets(message)[1]
+    to, _, query = mailto.removeprefix("mailto:").partition("?")
+    subject = unquote(query.removeprefix("subject="))
+    assert to == ru.mailto
+    # What the reader's client sends, delivered by the MTA into the bounce Maildir.
+    unsubscribe = (
+        f"From: {reader}\nTo: {to}\nSubject: {subject}\n"
+        "Date: Wed, 22 Apr 2020 09:00:00 +0000\nMessage-ID: <u1@reader.example>\n\n"
+        "Sent from my phone\n"
+    ).encode()
+    with MaildirMX(load_config(config).bounces.maildir or config.parent / "bounces") as mx:
+        mx.send(reader, to, unsubscribe)
+
+    result = invoke(config, "feedback", "--json", env=SECRET_ENV)
+    assert result.exit_code == 0, result.output
+    report = summary(result.stdout)
+    assert (report["read"], report["unsubscribes"], report["newly_suppressed"]) == (1, 1, 1)
+    listed = invoke(config, "suppress", "list", "--json", env=SECRET_ENV)
+    assert listed.exit_code == 0, listed.output
+    suppressions = {row["email"]: row["reason"] for row in json.loads(listed.stdout)}
+    assert suppressions == {reader: "unsubscribed"}
+
+
+def _regions_with(project: Path, lines: str) -> int:
+    """RU's links followed by ``lines``; returns the line ``lines`` start at."""
+    regions = project.parent / "regions.yaml"
+    text = regions.read_text(encoding="utf-8")
+    own = re.compile(r"^  (mailto|reply_to):.*\n", re.MULTILINE)
+    text = own.sub("", text)
+    anchor = '    "https://www.startmail.example/": "https://startmail-mirror.example/"\n'
+    assert anchor in text
+    head = text[: text.index(anchor) + len(anchor)]
+    regions.write_text(head + lines + text[len(head) :], encoding="utf-8")
+    return head.count("\n") + 1
+
+
+def test_check_warns_about_blocked_domain_addresses_once_per_address(project: Path) -> None:
+    start = _regions_with(project, "  reply_to: help@startmail-mirror.example\n")
+    result = invoke(project, "check", env=SECRET_ENV)
+    assert result.exit_code == 0, result.output  # a warning, not a problem
+    warnings = [line for line in result.output.splitlines() if "a domain RU blocks" in line]
+    regions = project.parent / "regions.yaml"
+    ru_line = regions.read_text(encoding="utf-8").splitlines().index("RU:") + 1
+    assert warnings == [
+        f"{regions}:{ru_line}: warning: readers in RU get the config's List-Unsubscribe "
+        "mailto unsubscribe@startmail.example, on startmail.example, a domain RU blocks: "
+        "give RU a mailto on another domain"
+    ]
+    assert start > ru_line
+
+
+def test_check_warns_about_a_regions_own_mailto_on_the_blocked_domain(project: Path) -> None:
+    start = _regions_with(
+        project,
+        "  mailto: unsubscribe@mail.startmail.example\n  reply_to: help@startmail-mirror.example\n",
+    )
+    result = invoke(project, "check", env=SECRET_ENV)
+    assert result.exit_code == 0, result.output
+    regions = project.parent / "regions.yaml"
+    assert [line for line in result.output.splitlines() if "a domain RU blocks" in line] == [
+        f"{regions}:{start}: warning: readers in RU get its List-Unsubscribe mailto "
+        "unsubscribe@mail.startmail.example, on startmail.example, a domain RU blocks: "
+        "give RU a mailto on another domain"
+    ]
+
+
+def test_a_regions_address_that_is_not_one_fails_check_at_its_line(project: Path) -> None:
+    start = _regions_with(project, "  mailto: unsubscribe-at-mirror\n")
+    result = invoke(project, "check", env=SECRET_ENV)
+    assert result.exit_code == 1
+    regions = project.parent / "regions.yaml"
+    [problem] = problem_lines(result.output)
+    assert problem.startswith(
+        f"{regions}:{start}: 'RU.mailto': 'unsubscribe-at-mirror' is not an email address ("
+    ), result.output
