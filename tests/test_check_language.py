@@ -277,7 +277,7 @@ def test_a_russian_subject_with_one_cyrillic_word_is_refused(project: Path) -> N
     subject = "Update on the block in Russia: две appeals filed"
     line = replace_in(
         entry,
-        'subject: "Блокировка в России: мы обжалуем решения в суде"',
+        'subject: "Новости о блокировке в России: поданы две жалобы"',
         f'subject: "{subject}"',
     )
     assert check(project) == [f"{entry}:{line}: the ru subject: {subject!r} is not in Russian"]

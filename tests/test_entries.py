@@ -48,7 +48,7 @@ def test_update_2020_04_21_loads(updates: Path) -> None:
     assert entry.send_at is None
     assert set(entry.content) == {"en", "ru"}
     assert entry.content["en"].subject == "Update on the block in Russia: two appeals filed"
-    assert entry.content["ru"].subject == "Блокировка в России: мы обжалуем решения в суде"
+    assert entry.content["ru"].subject == "Новости о блокировке в России: поданы две жалобы"
     assert entry.content["ru"].summary.startswith("«Роскомсвобода» подала")
     assert "June 3, 2020" in entry.content["en"].body
     assert "3 июня 2020 года" in entry.content["ru"].body

@@ -216,7 +216,7 @@ def test_check_fails_on_a_russian_subject_still_in_english(project: Path) -> Non
     entry = project.parent / "updates" / f"{UPDATE}.yaml"
     line = replace_in(
         entry,
-        'subject: "Блокировка в России: мы обжалуем решения в суде"',
+        'subject: "Новости о блокировке в России: поданы две жалобы"',
         'subject: "Update on the block in Russia"',
     )
     result = invoke(project, "check")
@@ -290,7 +290,7 @@ def test_russian_parts_keep_short_words_numbers_and_dates_together(
     message = sent["ivan.smirnov@example.com"]
     text, html = parts(message)
     assert (
-        str(message["Subject"]) == f"Блокировка в{NBSP}России: мы{NBSP}обжалуем решения в{NBSP}суде"
+        str(message["Subject"]) == f"Новости о{NBSP}блокировке в{NBSP}России: поданы две жалобы"
     )
     for part in (text, html):
         assert f"21{NBSP}апреля 2020{NBSP}г." in part  # the date, before «г.»
