@@ -41,7 +41,7 @@ def onion_v3(public_key: bytes) -> str:
 
 ONION = onion_v3(hashlib.sha256(b"statusmail layout test").digest())
 LONG_URL = "https://startmail-mirror.example/r/" + hashlib.sha512(b"mirror").hexdigest()[:85]
-SAMPLE_ONION = "http://startmailexampleplaceholderonionaddressnotarealsiteamfqd.onion"
+SAMPLE_ONION = "http://startmailfictionalonionhostforillustrationsonlyxyzzamfqd.onion"
 
 # The page as sent and, if asked, with every <style> removed (then put back); reading a
 # layout property makes Chromium lay the page out again on the spot.
