@@ -22,6 +22,9 @@ DEFAULT_CONFIG_NAME = "statusmail.yaml"
 TRANSPORTS = ("maildir", "smtp")
 SECURITIES = ("starttls", "tls", "none")
 DEV_UNSUBSCRIBE_SECRET = "statusmail-DEVELOPMENT-secret-do-not-use-in-production"
+# How a name written "Last, First" (as CRMs export it) is greeted: as written, or with
+# the given name first («Петрова, Анна» → «Анна Петрова»).
+NAME_ORDERS = ("as_written", "given_first")
 
 
 def is_url(target: str | Path) -> bool:
@@ -262,6 +265,7 @@ class Config:
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     # The preferences page (language, topics); "" derives it from unsubscribe.url.
     preferences_url_setting: str = ""
+    name_order: str = "as_written"  # one of NAME_ORDERS
     lines: Mapping[str, int] = field(default_factory=dict)  # top-level keys
 
     @property
@@ -708,6 +712,7 @@ TOP_KEYS = {
     "bounces",
     "preferences",
     "webhooks",
+    "name_order",
 }
 
 
@@ -753,6 +758,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
         bounces=parse_bounces(top.sub("bounces"), root),
         webhooks=parse_webhooks(top.sub("webhooks")),
         preferences_url_setting=parse_preferences(top.sub("preferences"), unsubscribe.url),
+        name_order=top.choice("name_order", NAME_ORDERS, Config.name_order),
         lines={str(key): top.line_of(str(key)) for key in top.data},
     )
     hold_durability(config, ledger)

@@ -18,8 +18,8 @@ none over 998 octets) and says so in its envelope's ``Shape``, so no transport s
 Every encoding of a variant is prepared once; per recipient only what holds the name
 or the unsubscribe URL (the slots) is encoded. 8bit and quoted-printable go line by
 line, so the lines without a slot are cached; base64 is cached per stretch between
-slots and per offset, see ``_Base64``. The slots are the name, the unsubscribe URL
-and the preferences URL.
+slots and per offset, see ``_Base64``. The slots are the name, the plain-text
+greeting's line (wrapped per recipient), the unsubscribe URL and the preferences URL.
 
 The envelope sender is the VERP return path when ``bounces.address`` is set.
 """
@@ -42,6 +42,7 @@ from statusmail.dkim_signing import DkimSigner
 from statusmail.domain import Entry, Recipient
 from statusmail.regions import Region
 from statusmail.render import (
+    GREETING_SLOT,
     NAME_SLOT,
     PREFERENCES_SLOT,
     URL_SLOT,
@@ -50,6 +51,7 @@ from statusmail.render import (
     VariantKey,
     escape_html,
 )
+from statusmail.subscribers import given_name_first
 from statusmail.tokens import (
     Keyring,
     message_id,
@@ -102,7 +104,9 @@ def _address_header(name: str, display: str, address: str) -> bytes:
 
 
 MAX_LINE = 998  # octets, without the CRLF (RFC 5322 2.1.1)
-_SLOT = re.compile(f"({re.escape(NAME_SLOT)}|{re.escape(URL_SLOT)}|{re.escape(PREFERENCES_SLOT)})")
+_SLOT = re.compile(
+    "(" + "|".join(map(re.escape, (NAME_SLOT, GREETING_SLOT, URL_SLOT, PREFERENCES_SLOT))) + ")"
+)
 Values = Mapping[str, str]  # slot -> what it holds for one recipient
 
 
@@ -349,6 +353,7 @@ class _Variant:
     boundary: bytes
     region: Region | None  # whose link rewrites the unsubscribe URL gets
     mailto: str  # the List-Unsubscribe mailto address: the region's, else the config's
+    rendered: Rendered  # with its slots
     text: _Part
     html: _Part
     personal: bool  # a part holds a slot: the body differs per recipient
@@ -398,6 +403,13 @@ class MessageFactory:
     def preferences_url(self, address_key: str) -> str:
         token = preferences_token(self.keys, address_key)
         return self.config.preferences_url.replace("{token}", token)
+
+    def greeted(self, name: str) -> str:
+        """``name`` as the greeting says it: a "Last, First" name turned round under
+        ``name_order: given_first``. ``To:`` keeps it as written."""
+        if self.config.name_order == "given_first":
+            return given_name_first(name) or name
+        return name
 
     def envelope_sender(self, recipient: Recipient) -> str:
         """The VERP return path naming this entry and recipient (``bounces.address``),
@@ -458,6 +470,7 @@ class MessageFactory:
                 boundary.encode(),
                 region,
                 mailto,
+                rendered,
                 _Part("plain", rendered.text),
                 _Part("html", rendered.html),
                 bool(_SLOT.search(rendered.text) or _SLOT.search(rendered.html)),
@@ -515,9 +528,14 @@ class MessageFactory:
             parts.append(f"In-Reply-To: {parent}\r\nReferences: {parent}\r\n".encode())
             ascii_headers = ascii_headers and parent.isascii()
         # (Names and URLs never hold line breaks; if one did, it could not go as 8bit.)
-        values = {NAME_SLOT: name, URL_SLOT: url, PREFERENCES_SLOT: preferences}
+        greeted = self.greeted(name)
+        values = {NAME_SLOT: greeted, URL_SLOT: url, PREFERENCES_SLOT: preferences}
         eight_bit = eight_bit and not any(_BREAKS.search(v) for v in values.values())
-        text, text_8bit = variant.text.encode(values, eight_bit)
+        # The plain-text greeting wraps at 78 columns like every line: a long name's
+        # breaks send that part in a 7-bit encoding.
+        greeting = variant.rendered.greeting_line(greeted)
+        text_values = {**values, GREETING_SLOT: greeting}
+        text, text_8bit = variant.text.encode(text_values, eight_bit and "\n" not in greeting)
         escaped = {slot: escape_html(value) for slot, value in values.items()}
         html, html_8bit = variant.html.encode(escaped, eight_bit)
         parts += [
@@ -549,7 +567,7 @@ class MessageFactory:
             seven_bit=(lambda: self.build(recipient).envelope) if has_8bit else None,
         )
         built = Built(
-            envelope, key, lambda: self.renderer.render(entry, key, name, url, preferences)
+            envelope, key, lambda: self.renderer.render(entry, key, greeted, url, preferences)
         )
         # A body without slots is the same for every recipient of the variant (in each
         # encoding).

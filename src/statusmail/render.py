@@ -3,16 +3,19 @@
 Everything that is the same for every recipient of a *variant* (locale, access region,
 whether the greeting has a name) is rendered once, with placeholders where the
 recipient's name, unsubscribe URL and preferences URL go; each recipient then costs a
-few string substitutions. ``render_from_scratch`` renders the templates with the real values and
-exists so tests can prove the two give the same output.
+few string substitutions. In the plain-text part the greeting's whole line is one
+placeholder, wrapped per recipient as the template wraps every other line.
+``render_from_scratch`` renders the templates with the real values and exists so tests
+can prove the two give the same output.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
+import textwrap
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,27 @@ HTML_TEMPLATE = "message.html.j2"
 NAME_SLOT = "\x00name\x00"
 URL_SLOT = "\x00url\x00"
 PREFERENCES_SLOT = "\x00prefs\x00"
+# The plain-text greeting's line, with the name in it: wrapped per recipient.
+GREETING_SLOT = "\x00greeting\x00"
+TEXT_WIDTH = 78  # columns of the plain-text part, as message.txt.j2 wraps it
+
+
+def wrap_line(line: str) -> str:
+    """``line`` as message.txt.j2's ``wordwrap(78, break_long_words=False,
+    break_on_hyphens=False)`` gives it: broken only at spaces, so never inside a word,
+    a URL or an address (a longer word stands alone on its line)."""
+    if len(line) <= TEXT_WIDTH and line == line.strip():
+        return line
+    return "\n".join(
+        textwrap.wrap(
+            line,
+            width=TEXT_WIDTH,
+            expand_tabs=False,
+            replace_whitespace=False,
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
+    )
 
 
 def escape_html(value: str) -> str:
@@ -88,6 +112,24 @@ class Rendered:
     text: str
     html: str
     locale: str
+    # A variant's plain-text greeting line with NAME_SLOT in it (its place in ``text`` is
+    # GREETING_SLOT); empty when the greeting has no name or the names are filled in.
+    greeting: str = ""
+
+    def greeting_line(self, name: str) -> str:
+        """The plain-text greeting for ``name``, wrapped."""
+        return wrap_line(self.greeting.replace(NAME_SLOT, name)) if self.greeting else ""
+
+
+def _greeting_slotted(rendered: Rendered) -> Rendered:
+    """``rendered`` with the plain-text line that holds the name made GREETING_SLOT, so
+    that a long name wraps with the words around it."""
+    lines = rendered.text.split("\n")
+    for index, line in enumerate(lines):
+        if NAME_SLOT in line:
+            lines[index] = GREETING_SLOT
+            return replace(rendered, text="\n".join(lines), greeting=line)
+    return rendered
 
 
 def local_date(date: dt.date, locale: str) -> str:
@@ -246,13 +288,14 @@ class Renderer:
         return Rendered(context["subject"], context["summary"], text, html_part, key.locale)
 
     def variant(self, entry: Entry, key: VariantKey) -> Rendered:
-        """The variant rendered once, with slots for the name, the unsubscribe URL and the
-        preferences URL."""
+        """The variant rendered once, with slots for the name (the greeting's line in the
+        plain-text part), the unsubscribe URL and the preferences URL."""
         cache_key = (entry.id, key)
         if cache_key not in self._variants:
-            self._variants[cache_key] = self._render(
+            rendered = self._render(
                 entry, key, NAME_SLOT if key.named else "", URL_SLOT, PREFERENCES_SLOT
             )
+            self._variants[cache_key] = _greeting_slotted(rendered) if key.named else rendered
         return self._variants[cache_key]
 
     def render(
@@ -264,7 +307,8 @@ class Renderer:
         return Rendered(
             variant.subject,
             variant.summary,
-            variant.text.replace(NAME_SLOT, name)
+            variant.text.replace(GREETING_SLOT, variant.greeting_line(name))
+            .replace(NAME_SLOT, name)
             .replace(URL_SLOT, url)
             .replace(PREFERENCES_SLOT, preferences_url),
             variant.html.replace(NAME_SLOT, html_name)

@@ -106,6 +106,36 @@ def clean_name(raw: str) -> str:
     return " ".join(_CONTROL.sub(" ", raw).split())[:MAX_NAME_CHARS]
 
 
+# One word of a name: letters, with inner hyphens or apostrophes (Mary-Jane, O'Brien), or
+# an initial (J.).
+_NAME_WORD = re.compile(r"[^\W\d_]+(?:[-'’][^\W\d_]+)*\.?")
+# What follows a comma but is no given name: "Grace O'Connor, PhD", "Acme, Inc.".
+_NOT_GIVEN_NAMES = frozenset(
+    {"jr", "sr", "ii", "iii", "iv", "phd", "md", "dds", "esq", "mba"}
+    | {"inc", "ltd", "llc", "plc", "gmbh", "ag", "bv", "nv", "sa", "co", "corp"}
+)
+
+
+def _name_like(part: str) -> bool:
+    words = part.split()
+    return 0 < len(words) <= 4 and all(
+        _NAME_WORD.fullmatch(word) and word.rstrip(".").casefold() not in _NOT_GIVEN_NAMES
+        for word in words
+    )
+
+
+def given_name_first(name: str) -> str | None:
+    """``name`` with the given name first when it is written "Last, First", as CRMs
+    export names: one comma between two name-like parts ("Петрова, Анна" → "Анна
+    Петрова"); else None ("Grace O'Connor, PhD", "Smith, J., Dr" stay as written)."""
+    if name.count(",") != 1:
+        return None
+    family, given = (part.strip() for part in name.split(","))
+    if not (_name_like(family) and _name_like(given)):
+        return None
+    return f"{given} {family}"
+
+
 # The everyday address: a dot-atom of ASCII before the @, plain LDH labels after it, a
 # letters-only top-level domain. For these, email-validator's verdict and normalization
 # (the domain lower-cased) are known, so the fast path gives the same answer ~30x faster;

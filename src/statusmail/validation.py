@@ -27,7 +27,7 @@ from statusmail.message import MessageFactory
 from statusmail.pages import preferences_page_problems
 from statusmail.regions import Region, read_regions, registrable_domain
 from statusmail.render import Renderer, VariantKey
-from statusmail.subscribers import ReadStats, RowProblem, iter_subscribers
+from statusmail.subscribers import ReadStats, RowProblem, given_name_first, iter_subscribers
 from statusmail.tokens import MIN_SECRET_BYTES, Keyring
 
 PROBE_ADDRESS = "preview@example.invalid"  # never a subscriber's: previews and checks only
@@ -566,6 +566,7 @@ class _Coverage:
     regions: set[str] = field(default_factory=set)
     locales: set[str] = field(default_factory=set)
     fallbacks: Counter[tuple[str, str]] = field(default_factory=Counter)
+    last_first: int = 0  # names written "Last, First"
 
 
 def check_project(config: Config) -> CheckReport:
@@ -630,6 +631,8 @@ def _subscriber_problems(
             coverage.fallbacks[(fallback, locale)] += 1
         coverage.topics |= item.topics
         coverage.locales.add(locale)
+        if item.name and given_name_first(item.name) is not None:
+            coverage.last_first += 1
         if item.region:
             coverage.regions.add(item.region)
         for entry in entries:
@@ -640,11 +643,26 @@ def _subscriber_problems(
         f"{n} subscriber{'s' if n != 1 else ''} with {reason} get{'' if n != 1 else 's'} {locale}"
         for (reason, locale), n in coverage.fallbacks.most_common()
     ]
+    report.notes += _name_order_notes(config, coverage.last_first)
     for entry in entries:
         problems += missing_language_problems(entry, locales[entry.id])
         if entry.ready:
             problems += _audience_problems(entry, selected[entry.id], coverage, regions)
     return problems
+
+
+def _name_order_notes(config: Config, last_first: int) -> list[str]:
+    """How many greetings ``name_order`` turns round (never whose: check's output goes
+    into CI logs)."""
+    if not last_first:
+        return []
+    names = f"{last_first} subscriber name{'s' if last_first != 1 else ''}"
+    if config.name_order == "given_first":
+        return [f'{names} written "Last, First" greeted given name first (name_order)']
+    return [
+        f'{names} written "Last, First" greeted as written '
+        "(name_order: given_first greets given name first)"
+    ]
 
 
 def _audience_problems(
