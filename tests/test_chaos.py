@@ -116,6 +116,6 @@ def test_a_short_chaos_run_keeps_every_promise() -> None:
     )
     said: list[str] = []
     verdict = run(settings, said.append)
-    assert verdict.ok, "\n".join([*said, *verdict.details(), verdict.line()])
+    assert verdict.ok, "\n".join([*said, *verdict.details(), verdict.faults, verdict.line()])
     assert any(line.startswith(("kill", "stop")) for line in said), said  # a fault came
     assert verdict.unsubscribed >= 1, said

@@ -71,6 +71,7 @@ def main() -> int:
     verdict = run(chosen, log)
     for line in verdict.details():
         print(line)
+    print(verdict.faults)
     print(verdict.line())
     return 0 if verdict.ok else 1
 

@@ -93,6 +93,16 @@ class OwnLedger:
         )
         return frozenset(str(row[0]) for row in rows)
 
+    def holders(self) -> set[int]:
+        """The pids of the processes holding claims on the entry's pending rows (a claim
+        names its process: host, pid, a random part)."""
+        rows = self.execute(
+            "SELECT DISTINCT claimed_by FROM deliveries WHERE entry_id = %s"
+            " AND status = 'pending' AND claimed_by IS NOT NULL",
+            ENTRY,
+        )
+        return {int(str(row[0]).rsplit(":", 2)[1]) for row in rows}
+
     def front(self) -> list[str]:
         """The recipients in senders' hands now (claimed, pending), in queue order; else
         the next pending ones."""

@@ -43,8 +43,8 @@ class Faults:
 
     kills: int = 0  # kill -9 of a sending process
     stops: int = 0  # SIGSTOP held past the lease, then SIGCONT
-    cut: int = 0  # sending processes whose ledger connections were terminated
-    ended: int = 0  # processes that ended by themselves, early (exit 4), not of a cut
+    cut: int = 0  # processes holding claims when their ledger connections were terminated
+    ended: int = 0  # processes that ended by themselves (exit 4) holding claims, not of a cut
     exhaustions: int = 0  # periods of connection exhaustion (no cost by themselves)
     restarts: int = 0  # "PostgreSQL restarts": every backend terminated, refused a moment
 
@@ -52,6 +52,13 @@ class Faults:
     def losing(self) -> int:
         """How many times a sending process could lose the claims in its hands."""
         return self.kills + self.stops + self.cut + self.ended
+
+    def summary(self) -> str:
+        return (
+            f"faults: {self.kills} kill -9, {self.stops} stops past the lease,"
+            f" {self.restarts} restarts ({self.cut} claim holders cut),"
+            f" {self.exhaustions} exhaustions; {self.ended} ended by themselves holding claims"
+        )
 
 
 @dataclass
@@ -82,6 +89,7 @@ class Verdict:
     sent_not_arrived: list[str]  # the ledger says sent, the relay never had it
     pending: int
     problems: list[str]
+    faults: str  # what was injected, in one line
 
     @property
     def ok(self) -> bool:
@@ -179,4 +187,5 @@ def check(history: History) -> Verdict:
         sent_not_arrived=sorted(history.ledger_sent - counts.keys()),
         pending=history.ledger_pending,
         problems=list(history.problems),
+        faults=history.faults.summary(),
     )

@@ -132,8 +132,9 @@ class Run:
         if process.killed:
             return
         faults = self.history.faults
-        if code not in (0, 1) and not (process.cuts and now - process.cuts[-1] < CAUSED_WITHIN):
-            faults.ended += 1  # its claims may be lost: it counts once
+        cut = process.cuts and now - process.cuts[-1] < CAUSED_WITHIN  # counted at the cut
+        if code not in (0, 1) and not cut and process.pid in self.ledger.holders():
+            faults.ended += 1  # it ended holding claims: what was in flight may come again
         if process.kind == "watcher":
             self.history.problems.append(
                 f"watcher {process.pid} exited with {code} by itself: {last}"
@@ -186,9 +187,10 @@ class Run:
         elif kind == "restart":
             hold = self.random.uniform(0.5, 2.0)
             self.ledger.limit(0)
+            holders = self.ledger.holders()  # those who may lose what is in flight
             cut = self.ledger.terminate()
             for process in self.processes:
-                if process.alive() and process.cuts is not None:
+                if process.alive() and process.pid in holders and process.cuts is not None:
                     process.cuts.append(now)
                     faults.cut += 1
             self.refused_until = now + hold
