@@ -289,9 +289,7 @@ def test_russian_parts_keep_short_words_numbers_and_dates_together(
 ) -> None:
     message = sent["ivan.smirnov@example.com"]
     text, html = parts(message)
-    assert (
-        str(message["Subject"]) == f"Новости о{NBSP}блокировке в{NBSP}России: поданы две жалобы"
-    )
+    assert str(message["Subject"]) == f"Новости о{NBSP}блокировке в{NBSP}России: поданы две жалобы"
     for part in (text, html):
         assert f"21{NBSP}апреля 2020{NBSP}г." in part  # the date, before «г.»
         assert f"3{NBSP}июня 2020{NBSP}года" in part  # inside «3 июня»
