@@ -27,7 +27,6 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,11 +37,14 @@ import common
 
 ENTRY = common.ENTRY
 SETTINGS = ("normal", "full")
-# strace -y -xx: the call, its file's path and the first bytes written, all in hex.
+# strace -y -xx -T: the call, its file's path and the first bytes written, all in hex,
+# and the seconds the call took, on its line or on the line that resumes it.
 CALL = re.compile(
-    r"^\d+ +(?P<call>pwrite64|fsync|fdatasync)\(\d+<(?P<path>(?:\\x[0-9a-f]{2})*)>"
+    r"^(?P<pid>\d+) +(?P<call>pwrite64|fsync|fdatasync)\(\d+<(?P<path>(?:\\x[0-9a-f]{2})*)>"
     r'(?:, "(?P<data>(?:\\x[0-9a-f]{2})*)"(?:\.\.\.)?, (?P<size>\d+), \d+)?'
 )
+RESUMED = re.compile(r"^(?P<pid>\d+) +<\.\.\. \w+ resumed>")
+TOOK = re.compile(r"<(?P<seconds>\d+\.\d+)>$")
 FRAME_HEADER = 24  # a frame of the write-ahead log: page number, then pages after a commit
 
 
@@ -94,6 +96,7 @@ class Counts:
     file_syncs: int = 0  # of statusmail.db
     folder_syncs: int = 0  # of the ledger's folder (the log created)
     other_syncs: int = 0  # the outbox's message files and folders
+    ledger_sync_seconds: float = 0.0  # spent in the ledger's syncs
     commits: int = 0  # commit frames written to the log
     longest_commits: int = 0  # the most commits between two syncs of the log
     longest_messages: int = 0  # maildir: the most message files synced meanwhile
@@ -103,36 +106,62 @@ class Counts:
         return self.log_syncs + self.file_syncs + self.folder_syncs
 
 
-def calls(trace: str) -> Iterator[tuple[str, str, bytes, int]]:
+@dataclass
+class Call:
+    name: str
+    path: str
+    data: bytes
+    size: int
+    seconds: float = 0.0
+
+
+def calls(trace: str) -> list[Call]:
+    """The traced calls in the order they were made, each with the time it took."""
+    made: list[Call] = []
+    unfinished: dict[str, Call] = {}
     for line in trace.splitlines():
+        took = TOOK.search(line)
         found = CALL.match(line)
         if found:
-            path = bytes.fromhex(found["path"].replace("\\x", "")).decode()
-            data = bytes.fromhex((found["data"] or "").replace("\\x", ""))
-            yield found["call"], path, data, int(found["size"] or 0)
+            call = Call(
+                found["call"],
+                bytes.fromhex(found["path"].replace("\\x", "")).decode(),
+                bytes.fromhex((found["data"] or "").replace("\\x", "")),
+                int(found["size"] or 0),
+            )
+            made.append(call)
+            if line.endswith("<unfinished ...>"):
+                unfinished[found["pid"]] = call
+            elif took:
+                call.seconds = float(took["seconds"])
+        elif (resumed := RESUMED.match(line)) and took and resumed["pid"] in unfinished:
+            unfinished.pop(resumed["pid"]).seconds = float(took["seconds"])
+    return made
 
 
 def count(trace: str, ledger: Path) -> Counts:
     counts = Counts()
     log, commits, messages = f"{ledger}-wal", 0, 0
-    for call, path, data, size in calls(trace):
-        if call == "pwrite64":
-            if path == log and size == FRAME_HEADER and data[4:8] != b"\0\0\0\0":
+    for call in calls(trace):
+        if call.name == "pwrite64":
+            if call.path == log and call.size == FRAME_HEADER and call.data[4:8] != bytes(4):
                 counts.commits += 1
                 commits += 1
             continue
-        if path == log:
+        if call.path in (log, str(ledger), str(ledger.parent)):
+            counts.ledger_sync_seconds += call.seconds
+        if call.path == log:
             counts.log_syncs += 1
             counts.longest_commits = max(counts.longest_commits, commits)
             counts.longest_messages = max(counts.longest_messages, messages)
             commits = messages = 0
-        elif path == str(ledger):
+        elif call.path == str(ledger):
             counts.file_syncs += 1
-        elif path == str(ledger.parent):
+        elif call.path == str(ledger.parent):
             counts.folder_syncs += 1
         else:
             counts.other_syncs += 1
-            messages += "/outbox/tmp/" in path
+            messages += "/outbox/tmp/" in call.path
     counts.longest_commits = max(counts.longest_commits, commits)
     counts.longest_messages = max(counts.longest_messages, messages)
     return counts
@@ -144,7 +173,7 @@ def traced(config: Path, timeout: float) -> Counts:
         sys.exit("strace not found: apt-get install strace")
     common.fresh_ledger(config)
     trace = config.parent / "strace.txt"
-    argv = [strace, "-f", "--seccomp-bpf", "-y", "-xx", "-s", "8", "-o", str(trace)]
+    argv = [strace, "-f", "--seccomp-bpf", "-T", "-y", "-xx", "-s", "8", "-o", str(trace)]
     argv += ["-e", "trace=pwrite64,fsync,fdatasync", "--"]
     argv += common.statusmail_argv("send", ENTRY, "--yes", "--config", str(config))
     child = common.run_child(
@@ -226,6 +255,7 @@ def main() -> None:
         "÷ normal",
         "CPU s",
         "ledger syncs: log+file+folder",
+        "s in them",
         "commits",
         "most commits per log sync",
         "most messages per log sync",
@@ -242,6 +272,7 @@ def main() -> None:
                 f"{rates[setting].median / rates['normal'].median:.2f}",
                 measured.cpu[setting].show("{:.2f}"),
                 f"{c.ledger_syncs}: {c.log_syncs}+{c.file_syncs}+{c.folder_syncs}",
+                f"{c.ledger_sync_seconds:.2f}",
                 c.commits,
                 c.longest_commits,
                 c.longest_messages if transport == "maildir" else "-",
