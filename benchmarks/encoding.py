@@ -105,7 +105,14 @@ def main() -> int:
     from statusmail.entries import find_entry
     from statusmail.message import MessageFactory, _b64, _Base64, _canonical, _qp
     from statusmail.regions import load_regions
-    from statusmail.render import NAME_SLOT, PREFERENCES_SLOT, URL_SLOT, Renderer, VariantKey
+    from statusmail.render import (
+        GREETING_SLOT,
+        NAME_SLOT,
+        PREFERENCES_SLOT,
+        URL_SLOT,
+        Renderer,
+        VariantKey,
+    )
     from statusmail.selection import select
     from statusmail.smtp import _headers_are_ascii, _wire_ready
     from statusmail.tokens import Keyring
@@ -217,7 +224,12 @@ def main() -> int:
         sources = {"text": variant.text, "html": variant.html}
 
         def values(name: str) -> dict[str, str]:
-            return {NAME_SLOT: name, URL_SLOT: url, PREFERENCES_SLOT: url}
+            return {
+                NAME_SLOT: name,
+                GREETING_SLOT: variant.greeting_line(name),
+                URL_SLOT: url,
+                PREFERENCES_SLOT: url,
+            }
 
         for enc in encoders.values():
             for name in names:
@@ -253,6 +265,7 @@ def main() -> int:
                     lambda source=source: _b64(
                         _canonical(
                             source.replace(NAME_SLOT, names[next(count) % 4])
+                            .replace(GREETING_SLOT, variant.greeting_line(names[0]))
                             .replace(URL_SLOT, url)
                             .replace(PREFERENCES_SLOT, url)
                         )
