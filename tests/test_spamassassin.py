@@ -120,13 +120,13 @@ def scores(
 
 # What the sample cannot hold today: MIXED_ES fires when a body has over 20 Latin "e" and
 # fewer than ten e-like letters per Latin "e". The Russian update with RU's access block
-# has 21 Latin "e" of its own (14 from the seven ".example" host names) plus those of the
-# two base64 tokens in its plain-text footer, which differ per recipient and secret: four
-# or more (about 7% of recipients) trip it, as the preview's recipient does.
+# has 22 Latin "e" of its own (14 from the seven ".example" host names) plus those of the
+# two base64 tokens in its plain-text footer, which differ per recipient and secret: three
+# or more (about 21% of recipients) trip it, as the preview's four do.
 TOKEN_LUCK = pytest.mark.xfail(
     strict=True,
-    reason="MIXED_ES: 21 Latin e of the sample's hosts + 5 in the preview's tokens "
-    "(see benchmarks/SPAMASSASSIN.md); the mirror host must leave .example",
+    reason="MIXED_ES: 22 Latin e in the sample's URLs + 4 in the preview's tokens "
+    "(benchmarks/SPAMASSASSIN.md); the mirror's web host must leave .example",
 )
 VARIANTS = [
     pytest.param(f"{entry}/{variant}", marks=TOKEN_LUCK)
