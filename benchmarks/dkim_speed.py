@@ -25,6 +25,7 @@ before, pure-Python RSA) on the same message.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -155,16 +156,38 @@ def main() -> int:
         help="run statusmail from this source tree (e.g. `git archive COMMIT | tar -x -C DIR`, "
         "or a tree with a change to try)",
     )
+    parser.add_argument(
+        "--also-src",
+        type=Path,
+        metavar="DIR",
+        help="also run statusmail from this tree in each repetition, its rows named after "
+        "the folder (before and after, or two ways, in the same run)",
+    )
+    parser.add_argument(
+        "--modes", default=",".join(MODES), help=f"comma-separated (default {','.join(MODES)})"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
+    modes = [m for m in MODES if m in args.modes.split(",")]
+    trees: list[tuple[str, Path | None]] = [("", args.src.resolve() if args.src else None)]
+    if args.also_src:
+        trees.append((f" [{args.also_src.name}]", args.also_src.resolve()))
     tmp = Path(tempfile.mkdtemp(prefix="sm-bench-dkim-"))
     print(
         f"dkim_speed: N={args.n} concurrency={levels} reps={args.reps}  "
         f"({time.strftime('%Y-%m-%d %H:%M')}, {common.machine()})\nstart: {common.load()}"
     )
     try:
-        config = common.configure(common.make_project(tmp / "project", args.n))
+        config = common.make_project(tmp / "project", args.n)
+        if args.src is not None:  # its own sample: the project's files follow its code
+            for item in common.SAMPLE_ITEMS:
+                source = args.src / item
+                if source.is_dir():
+                    shutil.copytree(source, config.parent / item, dirs_exist_ok=True)
+                else:
+                    shutil.copy2(source, config.parent / item)
+        config = common.configure(config)
         write_keys(config.parent)
         per_call(config, args.calls).print()
 
@@ -174,10 +197,11 @@ def main() -> int:
         for rep in range(args.reps):
             print(f"repetition {rep + 1}/{args.reps}: {common.load()}", flush=True)
             for conc in levels:
-                for mode in MODES:
-                    set_mode(config, mode)
-                    src = args.src.resolve() if args.src else None
-                    loopback.run_statusmail(config, args.n, conc, results[mode, conc], src)
+                for label, src in trees:
+                    for mode in modes:
+                        set_mode(config, mode)
+                        figures = results[mode + label, conc]
+                        loopback.run_statusmail(config, args.n, conc, figures, src)
         print(f"end: {common.load()}")
 
         table = common.Table("statusmail send on smtp-sink: median (min–max) of the repetitions")
@@ -196,22 +220,24 @@ def main() -> int:
         ratios = common.Table("DKIM on / DKIM off, ratios of medians (target >= 0.8)")
         ratios.add("DKIM", "C", "msg/s", "delivery msg/s", "per-rep msg/s ratios", "verdict")
         for conc in levels:
-            off = results["off", conc]
-            for mode in MODES[1:]:
-                on = results[mode, conc]
-                whole = on["msg/s"].median / off["msg/s"].median
-                delivery = on["delivery msg/s"].median / off["delivery msg/s"].median
-                pairs = [
-                    a / b for a, b in zip(on["msg/s"].values, off["msg/s"].values, strict=True)
-                ]
-                ratios.add(
-                    mode,
-                    conc,
-                    f"{whole:.2f}",
-                    f"{delivery:.2f}",
-                    f"median {statistics.median(pairs):.2f} ({min(pairs):.2f}–{max(pairs):.2f})",
-                    common.verdict(whole >= 0.8),
-                )
+            for label, _ in trees:
+                off = results["off" + label, conc]
+                for mode in [m + label for m in modes if m != "off"]:
+                    on = results[mode, conc]
+                    whole = on["msg/s"].median / off["msg/s"].median
+                    delivery = on["delivery msg/s"].median / off["delivery msg/s"].median
+                    pairs = [
+                        a / b for a, b in zip(on["msg/s"].values, off["msg/s"].values, strict=True)
+                    ]
+                    ratios.add(
+                        mode,
+                        conc,
+                        f"{whole:.2f}",
+                        f"{delivery:.2f}",
+                        f"median {statistics.median(pairs):.2f} "
+                        f"({min(pairs):.2f}–{max(pairs):.2f})",
+                        common.verdict(whole >= 0.8),
+                    )
         ratios.print()
         return 0
     finally:
