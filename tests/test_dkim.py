@@ -248,6 +248,10 @@ def test_every_variant_verifies_with_both_verifiers(signing: Path, keys: Keys) -
                     assert eight_bit or not has_8bit
                     seen.add((key.locale, key.region is not None, has_8bit, name))
         assert_tampering_fails(data, keys)
+        # A name whose To header folds over several lines; whitespace to canonicalize.
+        for name in ("😀" * 160, "  Ann\tLee  "):
+            recipient = dataclasses.replace(recipient, name=name)
+            assert_verifies(factory.build(recipient, eight_bit=True).envelope.data, keys)
     locales = {locale for locale, *_ in seen}
     assert locales == {"en", "ru"}
     assert {has_8bit for *_, has_8bit, _ in seen} == {True, False}
