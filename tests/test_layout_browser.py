@@ -4,7 +4,8 @@ Debian's Chromium, driven by playwright, renders the dry-run previews of every s
 entry, plus one variant whose access block holds a real-length v3 onion address and a
 120-character URL, at 320, 360 and 390 px (as a phone: the viewport meta counts) and at
 1280 px; each page is measured as sent and again with every ``<style>`` removed, as mail
-clients that strip them show it. The gallery must fit a phone too.
+clients that strip them show it. The phone prefers a dark colour scheme, the desktop a
+light one, so both are measured at no extra cost. The gallery must fit a phone too.
 """
 
 from __future__ import annotations
@@ -77,9 +78,12 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture(scope="module")
 def screens(browser: Browser) -> Iterator[dict[str, tuple[Page, tuple[int, ...]]]]:
-    """A phone (touch, the viewport meta applies) and a desktop page, each with its widths."""
-    phone = browser.new_context(is_mobile=True, has_touch=True, device_scale_factor=2)
-    desktop = browser.new_context()
+    """A phone (touch, the viewport meta applies; dark mode) and a desktop page (light),
+    each with its widths."""
+    phone = browser.new_context(
+        is_mobile=True, has_touch=True, device_scale_factor=2, color_scheme="dark"
+    )
+    desktop = browser.new_context(color_scheme="light")
     yield {
         "phone": (phone.new_page(), PHONE_WIDTHS),
         "desktop": (desktop.new_page(), (DESKTOP_WIDTH,)),
