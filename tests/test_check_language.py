@@ -19,7 +19,7 @@ from statusmail.regions import link_hosts, load_regions, registrable_domain
 from statusmail.validation import region_problems
 
 PO = "templates/locale/ru/LC_MESSAGES/messages.po"
-MIRROR = '"https://www.startmail.example/": "https://startmail-mirror.example/"'
+MIRROR = '"https://www.startmail.example/": "https://startmail-ru.test/"'
 
 
 def check(project: Path) -> list[str]:
@@ -146,12 +146,12 @@ def test_english_access_text_in_russian_is_refused(project: Path) -> None:
 def test_a_rewrite_to_an_http_mirror_is_refused_once(project: Path) -> None:
     regions = project.parent / "regions.yaml"
     line = replace_in(
-        regions, MIRROR, '"https://www.startmail.example/": "http://startmail-mirror.example/"'
+        regions, MIRROR, '"https://www.startmail.example/": "http://startmail-ru.test/"'
     )
     # Only the rewrite: the region stays, so the entries naming RU get no "unknown region".
     assert check(project) == [
         f"{regions}:{line}: 'https://www.startmail.example/' is rewritten to "
-        "'http://startmail-mirror.example/': a rewrite target must be https (one-click "
+        "'http://startmail-ru.test/': a rewrite target must be https (one-click "
         "unsubscribe needs it, and readers behind the block must not browse in clear text)"
     ]
 
@@ -176,7 +176,7 @@ def test_an_onion_rewrite_may_be_http(project: Path) -> None:
     replace_in(regions, MIRROR, f'"https://www.startmail.example/": "{onion}"')
     found = region_problems(load_regions(regions))
     assert found == []
-    replace_in(regions, onion, "http://startmail-mirror.example/")
+    replace_in(regions, onion, "http://startmail-ru.test/")
     assert [p.code for p in region_problems(load_regions(regions))] == ["bad-value"]
 
 

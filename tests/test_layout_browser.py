@@ -41,7 +41,7 @@ def onion_v3(public_key: bytes) -> str:
 
 
 ONION = onion_v3(hashlib.sha256(b"statusmail layout test").digest())
-LONG_URL = "https://startmail-mirror.example/r/" + hashlib.sha512(b"mirror").hexdigest()[:85]
+LONG_URL = "https://startmail-ru.test/r/" + hashlib.sha512(b"mirror").hexdigest()[:92]
 SAMPLE_ONION = "http://startmailfictionalonionhostforillustrationsonlyxyzzamfqd.onion"
 
 # The page as sent and, if asked, with every <style> removed (then put back); reading a
@@ -106,7 +106,7 @@ def previews(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     text = regions.read_text(encoding="utf-8")
     edits = {
         f"`{SAMPLE_ONION}`": f"`{ONION}`",
-        "<https://startmail-mirror.example/>": f"<{LONG_URL}>",
+        "<https://startmail-ru.test/>": f"<{LONG_URL}>",
     }
     for old, new in edits.items():
         assert text.count(old) == 2, old  # the en and the ru text of RU's access block

@@ -37,7 +37,7 @@ from statusmail.tokens import Keyring, preferences_token, unsubscribe_token
 
 SHIPPED = REPO / "contrib" / "nginx-statusmail.conf"
 # The main site (unsubscribe.url's host) and the mirror regions.yaml's links rewrite it to.
-HOSTS = ("www.startmail.example", "startmail-mirror.example")
+HOSTS = ("www.startmail.example", "startmail-ru.test")
 KEYS = Keyring(SECRET.encode())
 ONE_CLICK = b"List-Unsubscribe=One-Click"
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}

@@ -41,7 +41,7 @@ KEYS = Keyring(SECRET.encode())
 # The public origins the sample's config gives the pages: the canonical host, and the
 # mirror regions.yaml sends readers in Russia to.
 CANONICAL = "https://www.startmail.example"
-MIRROR = "https://startmail-mirror.example"
+MIRROR = "https://startmail-ru.test"
 EN_REFUSED = "Your choice was not saved"
 EN_SAVED = "Your choice is saved"
 RU_SAVED = "Выбор сохранён"
@@ -141,14 +141,14 @@ def test_a_choice_made_on_the_page_changes_the_next_entries(project: Path) -> No
     url = link.group(1)
     # the same token kind and per-region rewriting as the unsubscribe link: a reader in RU
     # gets the mirror
-    assert url.startswith("https://startmail-mirror.example/status/preferences/")
+    assert url.startswith("https://startmail-ru.test/status/preferences/")
     assert f'href="{url}"' in html_part(anna) and "Сменить язык или темы</a>" in html_part(anna)
     assert "Отписаться</a> &middot; <a" in html_part(anna)
     path = urlsplit(url).path
 
     with serving(project, SECRET) as port:
         status, headers, page = request(
-            port, "GET", path, headers={"Host": "startmail-mirror.example"}
+            port, "GET", path, headers={"Host": "startmail-ru.test"}
         )
         assert status == 200 and headers["content-language"] == "ru"
         assert "<h1" in page and "Сменить язык или темы" in page

@@ -29,7 +29,7 @@ from statusmail.config import load_config
 from statusmail.serve import route_paths
 
 BLOCKED = "https://www.startmail.example/"
-MIRROR = "https://startmail-mirror.example/"
+MIRROR = "https://startmail-ru.test/"
 NBSP = "\u00a0"
 
 
@@ -91,7 +91,7 @@ def test_serve_unsubscribes_through_the_mirror_host(project: Path) -> None:
     assert result.exit_code == 0, result.stderr
     ivan = next(m for m in outbox_messages(project) if "ivan.smirnov" in recipient(m))
     target = re.search(r"<https://([^/>]+)(/[^>]+)>", ivan["List-Unsubscribe"])
-    assert target and target[1] == "startmail-mirror.example"
+    assert target and target[1] == "startmail-ru.test"
     with serving(project, SECRET) as port:
         reply = http_request(
             port,
@@ -112,8 +112,8 @@ def test_serve_answers_a_mirror_that_keeps_the_path_under_another_prefix(project
     regions = project.parent / "regions.yaml"
     replace_in(
         regions,
-        '"https://www.startmail.example/": "https://startmail-mirror.example/"',
-        '"https://www.startmail.example/": "https://startmail-mirror.example/sm/"',
+        '"https://www.startmail.example/": "https://startmail-ru.test/"',
+        '"https://www.startmail.example/": "https://startmail-ru.test/sm/"',
     )
     assert route_paths(load_config(project)) == [
         "/status/unsubscribe/{token}",

@@ -122,7 +122,7 @@ def _regions_with(project: Path, lines: str) -> int:
     text = regions.read_text(encoding="utf-8")
     own = re.compile(r"^  (mailto|reply_to):.*\n", re.MULTILINE)
     text = own.sub("", text)
-    anchor = '    "https://www.startmail.example/": "https://startmail-mirror.example/"\n'
+    anchor = '    "https://www.startmail.example/": "https://startmail-ru.test/"\n'
     assert anchor in text
     head = text[: text.index(anchor) + len(anchor)]
     regions.write_text(head + lines + text[len(head) :], encoding="utf-8")

@@ -48,7 +48,7 @@ WWW = "https://www.startmail.example/"
 SUFFIXES = (".eml", ".html", ".txt")
 RU_DATE = "21\u00a0апреля 2020\u00a0г."  # no line breaks inside
 EN_DATE = "April\u00a021,\u00a02020"
-ACCESS_MARKERS = ("startmail-mirror.example", ".onion")
+ACCESS_MARKERS = ("startmail-ru.test", ".onion")
 
 
 def send_update(config: Path) -> tuple[Path, list[EmailMessage]]:
@@ -116,7 +116,7 @@ def test_every_message_is_well_formed(sent: tuple[Path, list[EmailMessage]]) -> 
         unsubscribe = message["List-Unsubscribe"]
         # Readers in Russia get every link on the mirror: the service's domain is blocked.
         _, region = EXPECTED_UPDATE[recipient(message)]
-        site = "https://startmail-mirror.example/" if region == "RU" else WWW
+        site = "https://startmail-ru.test/" if region == "RU" else WWW
         assert f"<{site}status/unsubscribe/" in unsubscribe
         mail_domain = "startmail-mirror.example" if region == "RU" else "startmail.example"
         assert f"<mailto:unsubscribe@{mail_domain}?" in unsubscribe
@@ -190,9 +190,9 @@ def test_dry_run_touches_no_ledger_and_writes_previews(project: Path, tmp_path: 
     for label in ("en", "en-RU", "ru", "ru-RU"):
         assert f'href="{label}.html"' in index
     ru_ru = parse_message((previews / "ru-RU.eml").read_bytes())
-    assert "startmail-mirror.example" in part_text(ru_ru, "plain")
+    assert "startmail-ru.test" in part_text(ru_ru, "plain")
     ru = (previews / "ru.html").read_text(encoding="utf-8")
-    assert "startmail-mirror.example" not in ru and RU_DATE in ru
+    assert "startmail-ru.test" not in ru and RU_DATE in ru
     # previews never carry a real subscriber's address
     assert "example.org" not in index
 

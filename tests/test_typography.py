@@ -301,7 +301,7 @@ def test_sample_region_instructions_bind_across_source_line_ends() -> None:
     [onion] = re.findall(r"http://[a-z0-9]+\.onion", source)
     assert f"<code>{onion}</code>" in html
     assert (
-        '<a href="https://startmail-mirror.example/">https://startmail-mirror.example/</a> и'
+        '<a href="https://startmail-ru.test/">https://startmail-ru.test/</a> и'
         in html
     )
 
