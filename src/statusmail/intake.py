@@ -8,9 +8,10 @@ pending rows the selection did not choose are skipped at its end, unless more of
 left the list than ``sending.max_removed_share`` allows (the shrink guard): then they
 stay pending until a run with ``--accept-removals``.
 
-The generation is also the selection's lease (``sending.lease``), renewed by every
-batch it enqueues: a selector that stood still past it (stopped, paused, stalled) finds
-at its next write that another sender took the selection over, and gives it up.
+The selection is leased to its sender (``sending.lease``, renewed by every batch it
+enqueues), its generation the lease's fencing token: a selector that stood still past
+it (stopped, paused, stalled) finds at its next write that another sender took the
+selection over, and gives it up.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Protocol
 
 from statusmail import validation
-from statusmail.config import Config
+from statusmail.config import Config, is_url
 from statusmail.domain import Entry
 from statusmail.errors import InputError, Interrupted, Problem, StatusmailError
 from statusmail.ledger import Ledger, StagedRow
@@ -231,10 +232,11 @@ class Stream:
                 try:
                     self._select(ledger, lambda n: self._added(n, loop, progress))
                 finally:
-                    # Nothing when the selection finished or was taken over (it is
-                    # another generation's then).
-                    with contextlib.suppress(StatusmailError):
-                        ledger.release_selection(self.run.entry.id, self.generation)
+                    # For the other senders (PostgreSQL); nothing when the selection
+                    # finished or was taken over (it is another generation's then).
+                    if is_url(self.target):
+                        with contextlib.suppress(StatusmailError):
+                            ledger.release_selection(self.run.entry.id, self.generation)
         except SelectionLost:
             self.result.lost = True
             lost(self.run)
@@ -260,6 +262,7 @@ class Stream:
         self, ledger: Ledger, notify: Callable[[int], object], rows: Iterator[StagedRow]
     ) -> None:
         entry, stats = self.run.entry, self.stats
+        lease = self.run.config.sending.lease
         after, size = 0, FIRST_BATCH
         for batch in _batches(rows, size):
             if self._stop.is_set():
@@ -268,7 +271,6 @@ class Stream:
             if missing:
                 raise InputError(missing)
             ledger.stage(batch)
-            lease = self.run.config.sending.lease
             after, added = ledger.enqueue(entry.id, self.generation, after, lease=lease)
             self.enqueued = after
             notify(added)

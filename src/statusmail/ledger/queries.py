@@ -111,8 +111,10 @@ TAKE_SELECTION_ANYWAY = (
     "UPDATE entries SET generation = generation + 1, selector = :me,"
     " selector_until = {now} + :lease WHERE entry_id = :e RETURNING generation"
 )
-TAKE_SELECTION = TAKE_SELECTION_ANYWAY.replace(
-    " RETURNING", " AND (selector IS NULL OR selector_until < {now}) RETURNING"
+TAKE_SELECTION = (
+    "UPDATE entries SET generation = generation + 1, selector = :me,"
+    " selector_until = {now} + :lease WHERE entry_id = :e"
+    " AND (selector IS NULL OR selector_until < {now}) RETURNING generation"
 )
 
 # Someone's lease of the entry's selection still runs.
