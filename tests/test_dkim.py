@@ -406,23 +406,26 @@ def spawned() -> Iterator[list[Running]]:
 def test_a_signal_from_the_first_statement_on_never_gives_a_traceback(
     project: Path, spawned: list[Running], sig: signal.Signals
 ) -> None:
-    """SIGTERM at once after the process starts (its first ~45 ms, repeated): either
-    Python's default action, before statusmail's first statement (ended by the signal,
-    nothing printed), or statusmail's one line and exit 4. SIGINT as soon as that first
-    statement has run (its handlers for both signals are in: before, Python itself
-    prints KeyboardInterrupt, as the README says): the line and exit 4."""
-    delays = (0.0, 0.01, 0.02, 0.03, 0.045) if sig == signal.SIGTERM else (0.0, 0.0, 0.0)
-    for delay in delays:
+    """A signal at once after the process starts (its first ~45 ms, repeated), and one
+    just after statusmail's first statement (its handlers for both signals are in).
+    SIGTERM: Python's default action before that statement (ended by the signal,
+    nothing printed), else statusmail's one line and exit 4. SIGINT only from that
+    statement on (before it, Python itself prints KeyboardInterrupt, as ``__main__``
+    documents): the line and exit 4."""
+    # None: as soon as the program catches SIGTERM (Python catches SIGINT itself).
+    moments = (0.0, 0.01, 0.02, 0.045, None) if sig == signal.SIGTERM else (None, None, None)
+    for moment in moments:
         process = Running(command(project, "check"), clean_environ())
         spawned.append(process)
-        if sig == signal.SIGINT:
-            process.wait_until_catching(signal.SIGTERM)  # (Python catches SIGINT itself)
+        if moment is None:
+            process.wait_until_catching(signal.SIGTERM)
         else:
-            time.sleep(delay)  # the moment of the signal is the point
+            time.sleep(moment)  # the moment of the signal is the point
         process.send_signal(sig)
         code = process.finish(timeout=20)  # (fails on a traceback)
         if code == -sig:
-            assert sig == signal.SIGTERM and process.stderr == "", process.stderr
+            assert moment is not None and sig == signal.SIGTERM, process.stderr
+            assert process.stderr == "", process.stderr
         else:
             assert code == 4, process.stderr
             lines = process.stderr.strip().splitlines()
