@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SECRET_ENV, invoke, wait_for
+from conftest import SECRET_ENV, invoke, spawn, wait_for
 from postgres_helpers import ENTRY, SAMPLE, configure, query, recipient_of, senders
 from smtp_server import RecordingServer
 from statusmail.domain import Recipient
@@ -142,3 +142,25 @@ def test_a_sender_stopped_while_selecting_is_taken_over_and_writes_nothing_after
     assert query(
         postgres, "SELECT status, selection, COUNT(*) FROM deliveries GROUP BY status, selection"
     ) == [("sent", generation, len(counts))]
+
+
+def test_a_run_that_finds_the_selection_leased_joins_and_takes_it_over_at_the_lease_end(
+    project: Path, postgres: str
+) -> None:
+    """A selector that died left its lease behind: a new run joins it (sending nothing
+    beside it) rather than select too, and once that lease has run out (set so here: the
+    clock's part) takes the selection over and sends everyone once."""
+    with RecordingServer() as relay:
+        addresses = configure(project, relay.port, 1, lease=1)
+        with Ledger(postgres) as ledger:
+            assert ledger.take_selection(ENTRY, "digest", "a sender now gone", 600) is not None
+        env = {**SECRET_ENV, "STATUSMAIL_LEDGER": postgres}
+        with spawn(project, "send", ENTRY, "--yes", env=env) as run:
+            run.wait_for_line("another sender is selecting this entry")
+            assert relay.messages == []
+            query(postgres, "UPDATE entries SET selector_until = 0 RETURNING generation")
+            run.wait_for_line("selecting it here")
+            assert run.finish() == 0, run.stderr
+        messages = relay.messages
+    counts = Counter(recipient_of(m) for m in messages)
+    assert len(counts) == SAMPLE + len(addresses) and set(counts.values()) == {1}
