@@ -14,7 +14,7 @@ import contextlib
 import secrets
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from pathlib import Path
@@ -223,7 +223,7 @@ class Process:
     started: float
     killed: bool = False
     stops: int = 0
-    cuts: list[float] | None = None  # when its ledger connections were cut
+    cuts: list[float] = field(default_factory=list)  # when its connections were cut
     stopped_until: float | None = None  # SIGSTOPped: when it gets SIGCONT
     ended: float | None = None
     code: int | None = None
@@ -244,4 +244,4 @@ def start(kind: str, config: Path, ledger: OwnLedger, takeover: float) -> Proces
         running = spawn(
             config, "watch", "--poll-interval", "0.5", "--takeover", str(takeover), env=env
         )
-    return Process(kind, running, time.monotonic(), cuts=[])
+    return Process(kind, running, time.monotonic())
