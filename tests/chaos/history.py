@@ -41,12 +41,13 @@ class Arrival:
 class Faults:
     """The faults that can cost duplicates, counted as they were injected."""
 
-    kills: int = 0  # kill -9 of a sending process
-    stops: int = 0  # SIGSTOP held past the lease, then SIGCONT
+    kills: int = 0  # kill -9 of a process holding claims
+    stops: int = 0  # SIGSTOP of a process holding claims, past the lease, then SIGCONT
     cut: int = 0  # processes holding claims when their ledger connections were terminated
     ended: int = 0  # processes that ended by themselves (exit 4) holding claims, not of a cut
     exhaustions: int = 0  # periods of connection exhaustion (no cost by themselves)
     restarts: int = 0  # "PostgreSQL restarts": every backend terminated, refused a moment
+    injected: Counter[str] = field(default_factory=Counter)  # every fault, by kind
 
     @property
     def losing(self) -> int:
@@ -55,7 +56,8 @@ class Faults:
 
     def summary(self) -> str:
         return (
-            f"faults: {self.kills} kill -9, {self.stops} stops past the lease,"
+            f"faults: {self.injected['kill']} kill -9 ({self.kills} of claim holders),"
+            f" {self.injected['stop']} stops past the lease ({self.stops} of claim holders),"
             f" {self.restarts} restarts ({self.cut} claim holders cut),"
             f" {self.exhaustions} exhaustions; {self.ended} ended by themselves holding claims"
         )

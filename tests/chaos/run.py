@@ -50,6 +50,7 @@ FAULTS = ("stop", "kill", "restart", "exhaust")
 TICK = 0.05  # seconds between looks at the processes
 RESTART_AFTER = 0.5  # seconds before an ended process is started again
 SIGTERM_WITHIN = 2.0  # README: a stop takes under two seconds in every state
+HOLDING = {True: "", False: " (holding no claim: no duplicate to allow for)"}
 CAUSED_WITHIN = 10.0  # seconds: a process ending this soon after a cut ended of the cut
 
 
@@ -168,20 +169,21 @@ class Run:
         targets = self.sending()
         if kind in ("stop", "kill") and not targets:
             return
+        faults.injected[kind] += 1
         if kind == "stop":
             target = self.random.choice(targets)
             hold = self.settings.lease * self.random.uniform(1.5, 2.5)
-            target.running.send_signal(signal.SIGSTOP)
+            holding = self.holding(target, signal.SIGSTOP)
             target.stopped_until = now + hold
             target.stops += 1
-            faults.stops += 1
-            self.log(f"stop {target.kind} {target.pid} for {hold:.1f}s")
+            faults.stops += holding
+            self.log(f"stop {target.kind} {target.pid} for {hold:.1f}s{HOLDING[holding]}")
         elif kind == "kill":
             target = self.random.choice(targets)
             target.killed = True
-            target.running.send_signal(signal.SIGKILL)
-            faults.kills += 1
-            self.log(f"kill -9 {target.kind} {target.pid}")
+            holding = self.holding(target, signal.SIGKILL)
+            faults.kills += holding
+            self.log(f"kill -9 {target.kind} {target.pid}{HOLDING[holding]}")
         elif kind == "restart":
             hold = self.random.uniform(0.5, 2.0)
             self.ledger.limit(0)
@@ -201,6 +203,14 @@ class Run:
             self.refused_until = now + hold
             faults.exhaustions += 1
             self.log(f"exhaust: the limit at the {held} connections held, for {hold:.1f}s")
+
+    def holding(self, target: Process, sig: int) -> bool:
+        """Send ``sig``; whether the process held claims then (only then can it lose
+        what is in flight). Asked before and after: a claim it committed just before
+        the signal is seen after it, one it gave back just before, before."""
+        before = self.ledger.holders()
+        target.running.send_signal(sig)
+        return target.pid in before | self.ledger.holders()
 
     def relieve(self, now: float, *, everything: bool = False) -> None:
         """SIGCONT what is due, the role's limit back when due (all of it at the end)."""
