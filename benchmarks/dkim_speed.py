@@ -16,10 +16,8 @@ smtp-sink counted. Figures are medians (min–max) of the repetitions; the ratio
 medians. Target (issue 22): DKIM on >= 0.8x the throughput of DKIM off at C=1 and C=8.
 
 Before the runs, the CPU per call (this process, `--calls` calls, medians of 5) of
-building one message with each mode; for DKIM on, also the CPU of the event loop's
-thread alone per message built with `build_async` by 8 tasks (the signatures made on the
-signer's thread, which OpenSSL lets run beside it); and dkimpy's `dkim.sign` (the signer
-before, pure-Python RSA) on the same message.
+building one message with each mode, and of dkimpy's `dkim.sign` (the signer before,
+pure-Python RSA) on the same message.
 """
 
 from __future__ import annotations
@@ -80,26 +78,6 @@ def build_us(factory: Any, recipients: list[Any], calls: int) -> float:
     return float(common.per_call_us(lambda: factory.build(next(turns), eight_bit=True), calls))
 
 
-def loop_thread_us(factory: Any, recipients: list[Any], calls: int, tasks: int = 8) -> float:
-    """CPU µs of the event loop's thread per message, ``tasks`` tasks awaiting
-    ``factory.build_async`` in turn (the signatures made on the signer's thread)."""
-    import asyncio
-
-    async def run() -> float:
-        turns = iter(recipients * (calls // len(recipients) + 1))
-        await factory.build_async(recipients[0], eight_bit=True)  # the thread started
-
-        async def worker(count: int) -> None:
-            for _ in range(count):
-                await factory.build_async(next(turns), eight_bit=True)
-
-        start = time.thread_time()
-        await asyncio.gather(*(worker(calls // tasks) for _ in range(tasks)))
-        return (time.thread_time() - start) / (calls // tasks * tasks) * 1e6
-
-    return asyncio.run(run())
-
-
 def per_call(config: Path, calls: int) -> common.Table:
     """CPU µs per message built, per mode, and per dkimpy signature (the signer before)."""
     import dkim
@@ -113,11 +91,6 @@ def per_call(config: Path, calls: int) -> common.Table:
         for _ in range(5):
             figures.add(build_us(factory, recipients, calls))
         table.add(f"build one message, DKIM {mode}", figures.show("{:.0f}"))
-        if mode != "off":
-            loop = common.Stats()
-            for _ in range(5):
-                loop.add(loop_thread_us(factory, recipients, calls))
-            table.add(f"  build_async, the loop's thread alone, DKIM {mode}", loop.show("{:.0f}"))
         messages[mode] = factory.build(recipients[0], eight_bit=True).envelope.data
     key = (config.parent / "dkim.key").read_bytes()
     unsigned = messages["off"]

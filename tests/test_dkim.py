@@ -260,17 +260,6 @@ def test_every_variant_verifies_with_both_verifiers(signing: Path, keys: Keys) -
     }
 
 
-async def test_signing_on_the_thread_signs_alike(signing: Path, keys: Keys) -> None:
-    factory = factory_of(signing, UPDATE)
-    for key in factory.renderer.variant_keys(factory.entry):
-        recipient = probe_recipient(key)
-        built = await factory.build_async(recipient, eight_bit=True)
-        assert_verifies(built.envelope.data, keys)
-        same = factory.build(recipient, eight_bit=True).envelope.data
-        # The same message but for t= and the signatures over it.
-        assert built.envelope.data.partition(b"\r\n\r\n")[2] == same.partition(b"\r\n\r\n")[2]
-
-
 @pytest.mark.parametrize("eight_bit_relay", [True, False], ids=["8BITMIME", "7-bit relay"])
 def test_what_the_relay_receives_verifies(project: Path, keys: Keys, eight_bit_relay: bool) -> None:
     sign_with(project, keys)

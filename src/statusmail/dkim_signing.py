@@ -16,14 +16,12 @@ type of key, an RSA key under 1024 bits) is a ``ConfigError`` naming the file.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hashlib
 import re
 import time
 from collections.abc import Callable, Hashable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -250,7 +248,6 @@ class DkimSigner:
             )
             self._signers.append(ed_key.sign)  # RFC 8463: PureEdDSA over the digest
         self._body_hashes: dict[Hashable, bytes] = {}
-        self._thread: ThreadPoolExecutor | None = None
 
     @property
     def ascii(self) -> bool:
@@ -282,45 +279,19 @@ class DkimSigner:
             self._body_hashes[shared] = digest
         return digest
 
-    def _unsigned(self, data: bytes, shared_body: Hashable | None) -> list[tuple[bytes, bytes]]:
-        """Each signature's header up to ``b=``, and the digest its key signs."""
-        head, _, body = data.partition(b"\r\n\r\n")
-        body_hash = self.body_hash(body, shared_body)
-        headers = hashlib.sha256(_hashed_headers(header_fields(head + b"\r\n")))
-        tail = b" t=" + str(int(time.time())).encode() + b"; bh=" + body_hash + b";\r\n b="
-        out: list[tuple[bytes, bytes]] = []
-        for start in self._signatures:
-            unsigned = start + tail
-            name, _, value = unsigned.partition(b":")
-            hashed = headers.copy()
-            hashed.update(relaxed_header(name, value).removesuffix(b"\r\n"))
-            out.append((unsigned, hashed.digest()))
-        return out
-
-    def _signed(self, digests: list[bytes]) -> list[bytes]:
-        """The keys' signatures of ``digests``: OpenSSL's work alone."""
-        return [sign(digest) for sign, digest in zip(self._signers, digests, strict=True)]
-
-    @staticmethod
-    def _headers(unsigned: list[tuple[bytes, bytes]], signatures: list[bytes]) -> bytes:
-        return b"".join(
-            header + _fold_b64(base64.b64encode(signature)) + b"\r\n"
-            for (header, _), signature in zip(unsigned, signatures, strict=True)
-        )
-
     def sign(self, data: bytes, shared_body: Hashable | None = None) -> bytes:
         """``data`` (a whole message: CRLF line ends, headers, an empty line, the body)
-        with its signatures in front."""
-        unsigned = self._unsigned(data, shared_body)
-        return self._headers(unsigned, self._signed([d for _, d in unsigned])) + data
-
-    async def sign_async(self, data: bytes, shared_body: Hashable | None = None) -> bytes:
-        """``sign``, the keys' operations on the signer's own thread (one: it signs in the
-        order asked), where OpenSSL works without the GIL; the rest stays here, so the
-        GIL changes hands once a message."""
-        if self._thread is None:
-            self._thread = ThreadPoolExecutor(1, thread_name_prefix="dkim")
-        unsigned = self._unsigned(data, shared_body)
-        loop = asyncio.get_running_loop()
-        signed = await loop.run_in_executor(self._thread, self._signed, [d for _, d in unsigned])
-        return self._headers(unsigned, signed) + data
+        with its signatures in front; ``shared_body``: see ``body_hash``."""
+        head, _, body = data.partition(b"\r\n\r\n")
+        headers = hashlib.sha256(_hashed_headers(header_fields(head + b"\r\n")))
+        body_hash = self.body_hash(body, shared_body)
+        tail = b" t=" + str(int(time.time())).encode() + b"; bh=" + body_hash + b";\r\n b="
+        out: list[bytes] = []
+        for start, sign in zip(self._signatures, self._signers, strict=True):
+            unsigned = start + tail
+            name, _, value = unsigned.partition(b":")
+            hashed = headers.copy()  # the same signed headers, then this signature's own
+            hashed.update(relaxed_header(name, value).removesuffix(b"\r\n"))
+            signature = base64.b64encode(sign(hashed.digest()))
+            out.append(unsigned + _fold_b64(signature) + b"\r\n")
+        return b"".join(out) + data

@@ -486,15 +486,6 @@ class MessageFactory:
             built.envelope = replace(built.envelope, data=data)
         return built
 
-    async def build_async(self, recipient: Recipient, *, eight_bit: bool = False) -> Built:
-        """``build``, the DKIM signatures made on the signer's thread: OpenSSL lets go of
-        the GIL while it signs, so the event loop goes on meanwhile (on another core)."""
-        built, body = self._unsigned(recipient, eight_bit)
-        if self.signer is not None:
-            data = await self.signer.sign_async(built.envelope.data, body)
-            built.envelope = replace(built.envelope, data=data)
-        return built
-
     def _unsigned(self, recipient: Recipient, eight_bit: bool) -> tuple[Built, Hashable | None]:
         """The message, not signed yet, and a key naming its body when the body is the
         same for every recipient of its variant (its DKIM body hash is computed once)."""
