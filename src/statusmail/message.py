@@ -32,8 +32,8 @@ import email.utils
 import hashlib
 import re
 import time
-from collections.abc import Callable, Hashable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from email.header import Header
 from urllib.parse import quote
 
@@ -480,15 +480,6 @@ class MessageFactory:
     def build(self, recipient: Recipient, *, eight_bit: bool = False) -> Built:
         """One recipient's message, signed. ``eight_bit``: the connection it goes out on
         takes 8-bit bodies (a relay offering 8BITMIME, the Maildir outbox)."""
-        built, body = self._unsigned(recipient, eight_bit)
-        if self.signer is not None:
-            data = self.signer.sign(built.envelope.data, body)
-            built.envelope = replace(built.envelope, data=data)
-        return built
-
-    def _unsigned(self, recipient: Recipient, eight_bit: bool) -> tuple[Built, Hashable | None]:
-        """The message, not signed yet, and a key naming its body when the body is the
-        same for every recipient of its variant (its DKIM body hash is computed once)."""
         entry = self.entry
         name = recipient.name
         key = self._key(recipient)
@@ -546,6 +537,10 @@ class MessageFactory:
             b"--\r\n",
         ]
         data = b"".join(parts)
+        if self.signer is not None:
+            # A body without slots is the same for every recipient of the variant (in
+            # each encoding): its hash is computed once.
+            data = self.signer.sign(data, None if variant.personal else (key, eight_bit))
         has_8bit = text_8bit or html_8bit
         envelope = Envelope(
             sender=self.envelope_sender(recipient),
@@ -557,9 +552,6 @@ class MessageFactory:
             # Should the connection find, on reconnecting, a relay without 8BITMIME.
             seven_bit=(lambda: self.build(recipient).envelope) if has_8bit else None,
         )
-        built = Built(
+        return Built(
             envelope, key, lambda: self.renderer.render(entry, key, greeted, url, preferences)
         )
-        # A body without slots is the same for every recipient of the variant (in each
-        # encoding).
-        return built, None if variant.personal else (key, eight_bit)
