@@ -78,6 +78,24 @@ def test_a_selection_taken_over_fences_its_old_selector(ledger_target: str | Pat
         assert deliveries(new)["r002@example.org"][0] == "skipped"
 
 
+def test_a_takeover_is_not_held_up_by_a_selector_stalled_inside_a_write(postgres: str) -> None:
+    """A selector standing still inside a write of its selection holds the entry's row
+    locked (until the server ends that write, past its lease): a sender looking for a
+    selection to take over is not held up by it (no wait, no lock timeout), and takes
+    it over once that write has ended."""
+    import psycopg
+
+    with Ledger(postgres) as old, Ledger(postgres) as new:
+        taken = old.take_selection(ENTRY, "digest", "old", -1)  # its lease has run out
+        assert taken is not None
+        with psycopg.connect(postgres) as stalled:  # the write, as its sender left it
+            stalled.execute("SELECT 1 FROM entries WHERE entry_id = %s FOR UPDATE", (ENTRY,))
+            assert new.take_selection(ENTRY, "digest", "new", 60) is None
+            stalled.rollback()  # what the server does after idle_in_transaction_session_timeout
+        generation = new.take_selection(ENTRY, "digest", "new", 60)
+        assert generation is not None and generation > taken
+
+
 def test_a_sender_stopped_while_selecting_is_taken_over_and_writes_nothing_after(
     project: Path, postgres: str
 ) -> None:
@@ -129,7 +147,7 @@ def test_a_sender_stopped_while_selecting_is_taken_over_and_writes_nothing_after
                 first.communicate()
         messages = relay.messages
     assert first.returncode == 0 and "Traceback" not in stderr, stderr
-    lost = [line for line in stderr.splitlines() if "took this entry's selection over" in line]
+    lost = [line for line in stderr.splitlines() if "selection is no longer this sender's" in line]
     assert len(lost) == 1 and "@" not in lost[0], stderr
     assert [recipient_of(m) for m in messages if m.at > resumed] == []
     counts = Counter(recipient_of(m) for m in messages)

@@ -28,9 +28,9 @@ from typing import Protocol
 from statusmail import validation
 from statusmail.config import Config, is_url
 from statusmail.domain import Entry
-from statusmail.errors import InputError, Interrupted, Problem, StatusmailError
+from statusmail.errors import InputError, Interrupted, LedgerError, Problem, StatusmailError
 from statusmail.ledger import Ledger, StagedRow
-from statusmail.ledger.store import SelectionLost
+from statusmail.ledger.store import SELECTION_ENDED, SelectionLost
 from statusmail.selection import Inactive, PreferenceLookup, SelectionStats, select
 from statusmail.subscribers import RowProblem, count_rows
 
@@ -133,16 +133,31 @@ def finish(
     if held and accept:
         log.warning("accepted: %s", held.message)
         held = None
-    ledger.finish_selection(run.entry.id, generation, stats.read.rows, skip_removed=held is None)
+    ledger.finish_selection(
+        run.entry.id,
+        generation,
+        stats.read.rows,
+        skip_removed=held is None,
+        lease=run.config.sending.lease,
+    )
     return held
 
 
-def lost(run: Run) -> None:
-    """Say once that this run's selection was taken over (no address in it)."""
+def lost(run: Run, *, ended: bool = False) -> None:
+    """Say once that this run's selection was taken over, or ``ended`` by the server
+    (this run stood still inside one of its writes): no address in it."""
+    why = (
+        "the server ended this sender's write of it (this one stood still inside it past "
+        "sending.lease); another sender, or this one once the lease has run out, selects "
+        "the list anew"
+        if ended
+        else "another sender took it over (this one stood still past sending.lease) and "
+        "selects the list anew"
+    )
     log.warning(
-        "%s: another sender took this entry's selection over (this one stood still past "
-        "sending.lease); it selects the list anew, this one only delivers",
+        "%s: this entry's selection is no longer this sender's: %s; this one delivers",
         run.entry.id,
+        why,
         extra={"event": "selection_lost", "entry": run.entry.id},
     )
 
@@ -240,6 +255,12 @@ class Stream:
         except SelectionLost:
             self.result.lost = True
             lost(self.run)
+        except LedgerError as exc:
+            if getattr(exc.__cause__, "sqlstate", None) != SELECTION_ENDED:
+                self.result.error = exc
+            else:
+                self.result.lost = True
+                lost(self.run, ended=True)
         except (StatusmailError, Interrupted) as exc:
             self.result.error = exc
         finally:

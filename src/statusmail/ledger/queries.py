@@ -107,15 +107,29 @@ def parents(count: int) -> str:
 # A new generation of the entry's selection, leased to :me until :lease seconds from now
 # (the generation is the lease's fencing token): taken only if nobody holds a lease
 # that still runs; TAKE_SELECTION_ANYWAY takes it whatever (one run per entry on SQLite).
+# PostgreSQL does not wait for a selector that stood still inside a write of its
+# selection (the row is locked until the server ends that transaction): not taken yet.
 TAKE_SELECTION_ANYWAY = (
     "UPDATE entries SET generation = generation + 1, selector = :me,"
     " selector_until = {now} + :lease WHERE entry_id = :e RETURNING generation"
 )
-TAKE_SELECTION = (
-    "UPDATE entries SET generation = generation + 1, selector = :me,"
-    " selector_until = {now} + :lease WHERE entry_id = :e"
-    " AND (selector IS NULL OR selector_until < {now}) RETURNING generation"
-)
+TAKE_SELECTION = {
+    "sqlite": (
+        "UPDATE entries SET generation = generation + 1, selector = :me,"
+        " selector_until = {now} + :lease WHERE entry_id = :e"
+        " AND (selector IS NULL OR selector_until < {now}) RETURNING generation"
+    ),
+    "postgresql": """
+        WITH free AS (
+            SELECT entry_id FROM entries WHERE entry_id = :e
+              AND (selector IS NULL OR selector_until < {now})
+            FOR UPDATE SKIP LOCKED)
+        UPDATE entries SET generation = generation + 1, selector = :me,
+            selector_until = {now} + :lease
+        FROM free WHERE entries.entry_id = free.entry_id
+        RETURNING entries.generation
+    """,
+}
 
 # Someone's lease of the entry's selection still runs.
 SELECTION_LEASED = (

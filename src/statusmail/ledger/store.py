@@ -134,6 +134,11 @@ class Plan:
         return self.pending - self.removed - self.excluded + self.new + self.revived
 
 
+# The SQLSTATE of a write of the selection that the server ended because its sender
+# stood still inside it past the lease (idle_in_transaction_session_timeout).
+SELECTION_ENDED = "25P03"
+
+
 class SelectionLost(StatusmailError):
     """Another sender took over this selection of the entry (its lease ran out while
     this one stood still): the writes this one would still make are fenced off."""
@@ -282,15 +287,19 @@ class Ledger:
     def take_selection(self, entry_id: str, digest: str, selector: str, lease: float) -> int | None:
         """A new generation of the entry's selection, leased to ``selector`` for
         ``lease`` seconds, unless another sender's lease of it still runs (None)."""
-        rows = self._new_selection(queries.TAKE_SELECTION, entry_id, digest, selector, lease)
+        take = queries.TAKE_SELECTION[self.dialect]
+        rows = self._new_selection(take, entry_id, digest, selector, lease)
         return int(rows[0][0]) if rows else None
 
     def _new_selection(
         self, take: str, entry_id: str, digest: str, selector: str | None, lease: float
     ) -> list[tuple[Any, ...]]:
         with self.transaction():
+            # Only where there is no row: a conflicting one would be waited for while a
+            # selector stands still inside a write of it.
             self._q(
-                "INSERT INTO entries (entry_id, digest, selected_at) VALUES (:e, :d, :at)"
+                "INSERT INTO entries (entry_id, digest, selected_at) SELECT :e, :d, :at"
+                " WHERE NOT EXISTS (SELECT 1 FROM entries WHERE entry_id = :e)"
                 " ON CONFLICT (entry_id) DO NOTHING",
                 e=entry_id,
                 d=digest,
@@ -309,10 +318,19 @@ class Ledger:
         lets the others take it over at once); nothing if it was taken over already."""
         self._q(queries.RELEASE_SELECTION, e=entry_id, g=generation)
 
+    def _bound_idle(self, lease: float | None) -> None:
+        """In a selection's write on PostgreSQL: the server ends it (and so its lock of
+        the entry's row, which a takeover needs) should its sender stand still inside
+        it longer than ``lease`` (the sender then gets ``SELECTION_ENDED``)."""
+        if lease is not None and self.dialect == "postgresql":
+            idle = max(1000, int(lease * 1000))
+            self._q(f"SET LOCAL idle_in_transaction_session_timeout = {idle}")
+
     def _fence(self, entry_id: str, generation: int, lease: float | None) -> None:
         """First in a selection's write: raise ``SelectionLost`` when the entry's
         selection is no longer ``generation`` (another sender took it over); with a
-        ``lease``, its lease is renewed for that long."""
+        ``lease``, its lease is renewed for that long, and the write's idle is bounded."""
+        self._bound_idle(lease)
         if lease is None:
             rows = self._q(queries.SELECTION_HELD[self.dialect], e=entry_id, g=generation)
         else:
@@ -420,7 +438,13 @@ class Ledger:
 
     @_guarded("finish the selection")
     def finish_selection(
-        self, entry_id: str, generation: int, list_rows: int, *, skip_removed: bool
+        self,
+        entry_id: str,
+        generation: int,
+        list_rows: int,
+        *,
+        skip_removed: bool,
+        lease: float | None = None,
     ) -> None:
         """The selection is complete: pending rows it did not choose are skipped (those
         who left the list or the audience only when ``skip_removed``: else they stay
@@ -436,6 +460,7 @@ class Ledger:
         with self.transaction():
             # The fence: the selection is still this one (and nobody takes it over until
             # this commits).
+            self._bound_idle(lease)
             if not self._q(
                 "UPDATE entries SET selected_generation = :g, list_rows = :rows,"
                 " selector = NULL, selector_until = NULL"
