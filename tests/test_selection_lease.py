@@ -5,6 +5,7 @@ while selecting is taken over by another, which finishes the entry (real Postgre
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -13,12 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SECRET_ENV, invoke, spawn, wait_for
+from conftest import SECRET_ENV, invoke, outbox_count, spawn, wait_for
 from postgres_helpers import ENTRY, SAMPLE, configure, query, recipient_of, senders
 from smtp_server import RecordingServer
-from statusmail.domain import Recipient
+from statusmail import pipeline
+from statusmail.config import load_config
+from statusmail.domain import ExitCode, Recipient
 from statusmail.ledger import Ledger, StagedRow
 from statusmail.ledger.store import SelectionLost
+from statusmail.subscribers import count_rows
 from test_fencing import process_state
 
 
@@ -182,3 +186,37 @@ def test_a_run_that_finds_the_selection_leased_joins_and_takes_it_over_at_the_le
         messages = relay.messages
     counts = Counter(recipient_of(m) for m in messages)
     assert len(counts) == SAMPLE + len(addresses) and set(counts.values()) == {1}
+
+
+def test_a_run_that_lost_its_selection_and_takes_the_entry_s_over_counts_the_list_once(
+    project: Path, postgres: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run's selection is taken over by a sender that then stands still in its turn:
+    the run gives its own up, takes the entry's over once that lease has run out, and
+    sends everyone. The list is counted once: the next run's shrink guard compares the
+    list with what this one recorded."""
+    monkeypatch.setenv("STATUSMAIL_UNSUBSCRIBE_SECRET", SECRET_ENV["STATUSMAIL_UNSUBSCRIBE_SECRET"])
+    monkeypatch.setenv("STATUSMAIL_LEDGER", postgres)
+    config = load_config(project)
+    prepared = pipeline.prepare(config, pipeline.load(config, ENTRY))
+
+    async def deliver(held: pipeline.Held, started: pipeline.Started) -> pipeline.Report:
+        transport = pipeline.make_transport(config)
+        request = pipeline.Request()
+        return await pipeline.finish(
+            prepared, held, transport, request, started, stop=asyncio.Event()
+        )
+
+    with pipeline.open_ledger(config, ENTRY) as held:
+        started = pipeline.start(prepared, held, pipeline.Request())
+        assert started.stream is not None
+        with Ledger(postgres) as other:  # takes it before this run streams a row
+            taken = other.begin_selection(ENTRY, prepared.entry.digest, "other", 0.1)
+        report = asyncio.run(deliver(held, started))
+    assert report.exit_code == ExitCode.OK and report.counts is not None
+    assert report.counts["sent"] == outbox_count(project) > 0
+    (generation, selected, list_rows), *_ = query(
+        postgres, "SELECT generation, selected_generation, list_rows FROM entries"
+    )
+    assert generation > taken and selected == generation
+    assert list_rows == count_rows(config.paths.subscribers)

@@ -328,6 +328,9 @@ class _Selection:
         if generation is None:
             return
         pending = held.ledger.counts(entry.id)["pending"]  # as the taken selection found it
+        # Counted afresh: a run that lost a selection of its own and takes the entry's
+        # over would add this list to that one's (its rows are the entry's list_rows).
+        self.started.stats = SelectionStats()
         log.warning(
             "%s: the sender that was selecting this entry is gone or stood still past "
             "sending.lease; selecting it here",
