@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SECRET_ENV, invoke, outbox_count, spawn, wait_for
+from conftest import SECRET_ENV, invoke, outbox_count, wait_for
 from postgres_helpers import ENTRY, SAMPLE, configure, query, recipient_of, senders
 from smtp_server import RecordingServer
 from statusmail import pipeline
@@ -22,6 +22,7 @@ from statusmail.config import load_config
 from statusmail.domain import ExitCode, Recipient
 from statusmail.ledger import Ledger, StagedRow
 from statusmail.ledger.store import SelectionLost
+from statusmail.pipeline import Prepared
 from statusmail.subscribers import count_rows
 from test_fencing import process_state
 
@@ -166,57 +167,44 @@ def test_a_sender_stopped_while_selecting_is_taken_over_and_writes_nothing_after
     ) == [("sent", generation, len(counts))]
 
 
-def test_a_run_that_finds_the_selection_leased_joins_and_takes_it_over_at_the_lease_end(
-    project: Path, postgres: str
-) -> None:
-    """A selector that died left its lease behind: a new run joins it (sending nothing
-    beside it) rather than select too, and once that lease has run out (set so here: the
-    clock's part) takes the selection over and sends everyone once."""
-    with RecordingServer() as relay:
-        addresses = configure(project, relay.port, 1, lease=1)
-        with Ledger(postgres) as ledger:
-            assert ledger.take_selection(ENTRY, "digest", "a sender now gone", 600) is not None
-        env = {**SECRET_ENV, "STATUSMAIL_LEDGER": postgres}
-        with spawn(project, "send", ENTRY, "--yes", env=env) as run:
-            run.wait_for_line("another sender is selecting this entry")
-            assert relay.messages == []
-            query(postgres, "UPDATE entries SET selector_until = 0 RETURNING generation")
-            run.wait_for_line("selecting it here")
-            assert run.finish() == 0, run.stderr
-        messages = relay.messages
-    counts = Counter(recipient_of(m) for m in messages)
-    assert len(counts) == SAMPLE + len(addresses) and set(counts.values()) == {1}
+def prepared_on(project: Path, postgres: str, monkeypatch: pytest.MonkeyPatch) -> Prepared:
+    """The sample project's run of ENTRY on the ledger at ``postgres``, to its outbox."""
+    monkeypatch.setenv("STATUSMAIL_UNSUBSCRIBE_SECRET", SECRET_ENV["STATUSMAIL_UNSUBSCRIBE_SECRET"])
+    monkeypatch.setenv("STATUSMAIL_LEDGER", postgres)
+    config = load_config(project)
+    return pipeline.prepare(config, pipeline.load(config, ENTRY))
+
+
+def deliver(prepared: Prepared, held: pipeline.Held, started: pipeline.Started) -> pipeline.Report:
+    """What ``send`` does once the run has started, in this process."""
+
+    async def finish() -> pipeline.Report:
+        transport = pipeline.make_transport(prepared.config)
+        return await pipeline.finish(
+            prepared, held, transport, pipeline.Request(), started, stop=asyncio.Event()
+        )
+
+    return asyncio.run(finish())
 
 
 def test_a_run_that_lost_its_selection_and_takes_the_entry_s_over_counts_the_list_once(
     project: Path, postgres: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A run's selection is taken over by a sender that then stands still in its turn:
-    the run gives its own up, takes the entry's over once that lease has run out, and
-    sends everyone. The list is counted once: the next run's shrink guard compares the
-    list with what this one recorded."""
-    monkeypatch.setenv("STATUSMAIL_UNSUBSCRIBE_SECRET", SECRET_ENV["STATUSMAIL_UNSUBSCRIBE_SECRET"])
-    monkeypatch.setenv("STATUSMAIL_LEDGER", postgres)
-    config = load_config(project)
-    prepared = pipeline.prepare(config, pipeline.load(config, ENTRY))
-
-    async def deliver(held: pipeline.Held, started: pipeline.Started) -> pipeline.Report:
-        transport = pipeline.make_transport(config)
-        request = pipeline.Request()
-        return await pipeline.finish(
-            prepared, held, transport, request, started, stop=asyncio.Event()
-        )
-
-    with pipeline.open_ledger(config, ENTRY) as held:
+    the run gives its own up, waits while that one's lease runs, takes the selection over
+    once it has run out, and sends everyone. The list is counted once: the next run's
+    shrink guard compares the list with what this one recorded."""
+    prepared = prepared_on(project, postgres, monkeypatch)
+    with pipeline.open_ledger(prepared.config, ENTRY) as held:
         started = pipeline.start(prepared, held, pipeline.Request())
         assert started.stream is not None
         with Ledger(postgres) as other:  # takes it before this run streams a row
             taken = other.begin_selection(ENTRY, prepared.entry.digest, "other", 0.1)
-        report = asyncio.run(deliver(held, started))
+        report = deliver(prepared, held, started)
     assert report.exit_code == ExitCode.OK and report.counts is not None
     assert report.counts["sent"] == outbox_count(project) > 0
     (generation, selected, list_rows), *_ = query(
         postgres, "SELECT generation, selected_generation, list_rows FROM entries"
     )
     assert generation > taken and selected == generation
-    assert list_rows == count_rows(config.paths.subscribers)
+    assert list_rows == count_rows(prepared.config.paths.subscribers)
