@@ -15,7 +15,16 @@ from statusmail.formats import CHANGED_CODE
 
 SOURCE = REPO / "src" / "statusmail"
 # The modules where problems are made for check (issue 15): each names its code.
-CODED = ("validation", "catalog", "config", "entries", "regions", "yamlfile", "fields")
+CODED = (
+    "validation",
+    "catalog",
+    "config",
+    "entries",
+    "regions",
+    "yamlfile",
+    "fields",
+    "dkim_signing",
+)
 CODE = re.compile(r"[a-z]+(-[a-z]+)*")
 
 

@@ -602,6 +602,9 @@ def check_project(config: Config) -> CheckReport:
         for entry in entries.values():
             try:
                 factory = MessageFactory(config, entry, renderer, keys)
+            except InputError as exc:  # the config's own problem (a DKIM key): its line
+                report.add(exc.problems)
+                break
             except StatusmailError as exc:
                 report.add([Problem(entry.where, None, str(exc), code="render-error")])
                 break
