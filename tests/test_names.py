@@ -23,6 +23,7 @@ from conftest import (
     problem_lines,
     recipient,
 )
+from editing import line_of, replace_in
 from statusmail.config import load_config
 from statusmail.entries import find_entry
 from statusmail.regions import load_regions
@@ -44,8 +45,7 @@ def use_crm_list(config: Path, *, order: str | None) -> None:
     )
     (config.parent / "subscribers" / "crm.csv").write_text(CSV_HEADER + rows, encoding="utf-8")
     if order is not None:
-        with config.open("a", encoding="utf-8") as handle:
-            handle.write(f"name_order: {order}\n")
+        replace_in(config, "\nname_order: as_written\n", f"\nname_order: {order}\n")
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +131,7 @@ def test_an_unknown_name_order_fails_check_at_its_line(tmp_path: Path) -> None:
     config = copy_sample(tmp_path / "project")
     assert load_config(config).name_order == "as_written"  # the default
     use_crm_list(config, order="last_first")
-    line = config.read_text(encoding="utf-8").count("\n")
+    line = line_of(config, "name_order: last_first")
     result = invoke(config, "check")
     assert result.exit_code == 1
     assert problem_lines(result.output) == [
