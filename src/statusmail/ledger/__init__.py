@@ -9,7 +9,7 @@ connections ``serve`` keeps).
 
 from statusmail.config import is_url
 from statusmail.ledger.database import describe
-from statusmail.ledger.locks import ServerLock, run_lock
+from statusmail.ledger.locks import run_lock
 from statusmail.ledger.pool import LedgerPool
 from statusmail.ledger.queue import DeliveryQueue, LocalQueue, ServerQueue
 from statusmail.ledger.schema import SCHEMA_VERSION
@@ -37,7 +37,6 @@ __all__ = [
     "LedgerPool",
     "LocalQueue",
     "Plan",
-    "ServerLock",
     "ServerQueue",
     "StagedRow",
     "copy_ledger",

@@ -1,10 +1,10 @@
 """Who may do what at once: one run per entry and one watcher per ledger.
 
 On SQLite these are kernel ``flock``s next to the ledger file, released when a process
-dies. On PostgreSQL they are session advisory locks, released by the server when a
-process's connection ends, so they hold across hosts: a second sender of an entry joins
-the first instead of refusing, and a standby watcher takes over when the active one's
-host goes away.
+dies. On PostgreSQL runs of one entry cooperate instead (the selection and the claims
+are leased in the ledger), and the watchers elect a leader with a session advisory lock
+(``LeaderLock``), released by the server when a process's connection ends, so a standby
+takes over when the active one's host goes away.
 """
 
 from __future__ import annotations
@@ -73,39 +73,6 @@ def run_lock(target: str | Path, name: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
-
-
-class ServerLock:
-    """A PostgreSQL session advisory lock on a connection of its own, held until
-    ``release`` or until the process (and so its connection) is gone."""
-
-    def __init__(self, url: str, name: str) -> None:
-        import psycopg
-
-        self.where = describe(url)
-        try:
-            self.db = psycopg.connect(url, **CONNECTION)
-            # Advisory locks are the database's: a deployment in its own schema has its own.
-            row = self.db.execute("SELECT current_schema()").fetchone()
-            self.key = lock_key(f"{row[0] if row else ''}:{name}")
-            for setting in SERVER_KEEPALIVES:
-                self.db.execute(setting)
-        except psycopg.Error as exc:
-            raise LedgerError(
-                f"{self.where}: cannot take the lock {name!r}: {one_line(exc)}"
-            ) from exc
-
-    def try_acquire(self) -> bool:
-        import psycopg
-
-        try:
-            row = self.db.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()
-        except psycopg.Error as exc:
-            raise LedgerError(f"{self.where}: cannot take a lock: {one_line(exc)}") from exc
-        return bool(row and row[0])
-
-    def release(self) -> None:
-        self.db.close()
 
 
 class LeaderLock:
