@@ -34,14 +34,18 @@ def configure(project: Path, port: int, count: int, **sending: Any) -> list[str]
     return addresses
 
 
-def senders(project: Path, postgres: str, n: int, *args: str) -> list[subprocess.Popen[str]]:
+def senders(
+    project: Path, postgres: str, n: int, *args: str, stdout: int = subprocess.DEVNULL
+) -> list[subprocess.Popen[str]]:
+    """``n`` processes of ``statusmail *args`` on the ledger at ``postgres``; their
+    standard output is thrown away unless ``stdout`` says (``subprocess.PIPE``)."""
     env = clean_environ(STATUSMAIL_UNSUBSCRIBE_SECRET=SECRET, STATUSMAIL_LEDGER=postgres)
     return [
         subprocess.Popen(
             command(project, *args),
             env=env,
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
+            stdout=stdout,
             stderr=subprocess.PIPE,
             text=True,
         )
@@ -49,10 +53,18 @@ def senders(project: Path, postgres: str, n: int, *args: str) -> list[subprocess
     ]
 
 
-def finish(processes: list[subprocess.Popen[str]], timeout: float = 120) -> list[int]:
+def finish(
+    processes: list[subprocess.Popen[str]],
+    timeout: float = 120,
+    outputs: list[str] | None = None,
+) -> list[int]:
+    """The processes' exit codes once each has ended; their standard output (where it
+    was piped) is appended to ``outputs``."""
     codes = []
     for process in processes:
-        _, stderr = process.communicate(timeout=timeout)
+        stdout, stderr = process.communicate(timeout=timeout)
+        if outputs is not None:
+            outputs.append(stdout or "")
         assert "Traceback" not in stderr, stderr
         if process.returncode:
             print(f"exit {process.returncode}:\n{stderr}")  # shown when the test fails
