@@ -153,14 +153,14 @@ def test_the_shared_rate_limit_spaces_slots(ledger_target: str | Path) -> None:
 
 def test_send_and_resend_on_either_engine(project: Path, ledger_target: str | Path) -> None:
     env = use_ledger(project, ledger_target)
-    first = invoke(project, "send", ENTRY, "--yes", "--json", env=env)
+    first = invoke(project, "send", ENTRY, "--yes", "--rate", "0", "--json", env=env)
     assert first.exit_code == 0, first.stderr
     assert json.loads(first.stdout)["counts"]["sent"] == 14
-    again = invoke(project, "send", ENTRY, "--yes", "--json", env=env)
+    again = invoke(project, "send", ENTRY, "--yes", "--rate", "0", "--json", env=env)
     assert again.exit_code == 0 and json.loads(again.stdout)["this_run"]["sent"] == 0
     assert len(outbox_messages(project)) == 14
     invoke(project, "suppress", "add", "anna.petrova@example.org", env=env)
-    block = invoke(project, "send", "block-2020-01-23", "--yes", "--json", env=env)
+    block = invoke(project, "send", "block-2020-01-23", "--yes", "--rate", "0", "--json", env=env)
     assert block.exit_code == 0, block.stderr
     to = [str(m["To"].addresses[0].addr_spec).lower() for m in outbox_messages(project)]
     assert to.count("anna.petrova@example.org") == 1  # April's, not January's
@@ -170,7 +170,7 @@ def test_send_and_resend_on_either_engine(project: Path, ledger_target: str | Pa
 def test_killed_and_resumed_misses_nobody(project: Path, ledger_target: str | Path) -> None:
     addresses = add_subscribers(project, 300)
     data = yaml.safe_load(project.read_text(encoding="utf-8"))
-    data["sending"] = {"rate": 150, "concurrency": 3, "lease": 2}
+    data["sending"] = {"rate": 150, "concurrency": 3, "lease": 1}
     project.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
     env = use_ledger(project, ledger_target)
     process = subprocess.Popen(
@@ -185,7 +185,7 @@ def test_killed_and_resumed_misses_nobody(project: Path, ledger_target: str | Pa
     finally:  # killed whatever happened: never left running into the next tests
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=10)
-    time.sleep(2.1)  # the killed run's leases running out is what this tests
+    time.sleep(1.1)  # the killed run's leases running out is what this tests
     resumed = invoke(project, "send", ENTRY, "--yes", "--rate", "0", env=env)
     assert resumed.exit_code == 0, resumed.stderr
     to = [str(m["To"].addresses[0].addr_spec).lower() for m in outbox_messages(project)]
@@ -199,7 +199,7 @@ def test_killed_and_resumed_misses_nobody(project: Path, ledger_target: str | Pa
 
 def test_ledger_copy_keeps_every_row(project: Path, postgres: str) -> None:
     env = {**ENV}
-    assert invoke(project, "send", ENTRY, "--yes", env=env).exit_code == 0
+    assert invoke(project, "send", ENTRY, "--yes", "--rate", "0", env=env).exit_code == 0
     invoke(project, "suppress", "add", "someone@example.org", env=env)
     copied = invoke(project, "ledger", "copy", "--to", postgres, env=env)
     assert copied.exit_code == 0, copied.stderr
