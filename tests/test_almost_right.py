@@ -294,7 +294,7 @@ def test_send_waits_for_send_at_unless_now(project: Path) -> None:
     assert refused.exit_code == 1
     assert f"{entry}:{line}: send_at is 2999-01-01T09:00:00+00:00, still to come" in refused.stderr
     assert outbox_count(project) == 0
-    now = invoke(project, "send", UPDATE, "--yes", "--now")
+    now = invoke(project, "send", UPDATE, "--yes", "--now", "--rate", "0")
     assert now.exit_code == 0, now.stderr
     assert outbox_count(project) == 14
 
@@ -359,7 +359,7 @@ def test_list_is_whole_when_piped_and_has_json(project: Path) -> None:
 
 
 def test_log_format_after_the_command_and_fields_in_json_lines(project: Path) -> None:
-    result = invoke(project, "send", UPDATE, "--yes", "--log-format", "json")
+    result = invoke(project, "send", UPDATE, "--yes", "--rate", "0", "--log-format", "json")
     assert result.exit_code == 0, result.stderr
     lines = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     selected = [line for line in lines if line.get("event") == "selected"]

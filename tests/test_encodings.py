@@ -480,6 +480,8 @@ def test_the_maildir_outbox_gets_8bit_parts(project: Path) -> None:
         "send",
         "update-2020-04-21",
         "--yes",
+        "--rate",
+        "0",
         "--json",
         env={"STATUSMAIL_UNSUBSCRIBE_SECRET": SECRET},
     )

@@ -34,7 +34,7 @@ NBSP = "\u00a0"
 
 
 def sent_messages(project: Path, entry: str = UPDATE) -> dict[str, EmailMessage]:
-    result = invoke(project, "send", entry, "--yes")
+    result = invoke(project, "send", entry, "--yes", "--rate", "0")
     assert result.exit_code == 0, result.stderr
     return {recipient(m): m for m in outbox_messages(project)}
 
@@ -87,7 +87,7 @@ def test_readers_in_russia_get_no_link_to_the_blocked_domain(
 
 def test_serve_unsubscribes_through_the_mirror_host(project: Path) -> None:
     env = {"STATUSMAIL_UNSUBSCRIBE_SECRET": SECRET}
-    result = invoke(project, "send", UPDATE, "--yes", env=env)
+    result = invoke(project, "send", UPDATE, "--yes", "--rate", "0", env=env)
     assert result.exit_code == 0, result.stderr
     ivan = next(m for m in outbox_messages(project) if "ivan.smirnov" in recipient(m))
     target = re.search(r"<https://([^/>]+)(/[^>]+)>", ivan["List-Unsubscribe"])

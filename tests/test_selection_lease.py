@@ -168,10 +168,11 @@ def test_a_sender_stopped_while_selecting_is_taken_over_and_writes_nothing_after
 
 
 def prepared_on(project: Path, postgres: str, monkeypatch: pytest.MonkeyPatch) -> Prepared:
-    """The sample project's run of ENTRY on the ledger at ``postgres``, to its outbox."""
+    """The sample project's run of ENTRY on the ledger at ``postgres``, to its outbox,
+    unpaced."""
     monkeypatch.setenv("STATUSMAIL_UNSUBSCRIBE_SECRET", SECRET_ENV["STATUSMAIL_UNSUBSCRIBE_SECRET"])
     monkeypatch.setenv("STATUSMAIL_LEDGER", postgres)
-    config = load_config(project)
+    config = load_config(project).with_overrides(rate=0)  # its pace is not the point
     return pipeline.prepare(config, pipeline.load(config, ENTRY))
 
 

@@ -52,7 +52,7 @@ ACCESS_MARKERS = ("startmail-ru.test", ".onion")
 
 
 def send_update(config: Path) -> tuple[Path, list[EmailMessage]]:
-    result = invoke(config, "send", UPDATE, "--yes")
+    result = invoke(config, "send", UPDATE, "--yes", "--rate", "0")
     assert result.exit_code == 0, result.stderr
     return config, outbox_messages(config)
 
@@ -224,7 +224,7 @@ def test_invalid_row_is_skipped_reported_and_recorded(project: Path) -> None:
     lines = csv_path.read_text(encoding="utf-8").splitlines()
     lines.append("broken@@example.org,Broken,ru,RU,service-status,active")
     csv_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    result = invoke(project, "send", UPDATE, "--yes", "--json")
+    result = invoke(project, "send", UPDATE, "--yes", "--rate", "0", "--json")
     assert result.exit_code == 0, result.stderr
     assert f"main.csv:{len(lines)}:" in result.stderr
     counts = json.loads(result.stdout)["counts"]
