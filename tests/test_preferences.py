@@ -147,9 +147,7 @@ def test_a_choice_made_on_the_page_changes_the_next_entries(project: Path) -> No
     path = urlsplit(url).path
 
     with serving(project, SECRET) as port:
-        status, headers, page = request(
-            port, "GET", path, headers={"Host": "startmail-ru.test"}
-        )
+        status, headers, page = request(port, "GET", path, headers={"Host": "startmail-ru.test"})
         assert status == 200 and headers["content-language"] == "ru"
         assert "<h1" in page and "Сменить язык или темы" in page
         assert "value='ru' lang='ru' checked" in page

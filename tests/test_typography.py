@@ -300,10 +300,7 @@ def test_sample_region_instructions_bind_across_source_line_ends() -> None:
     # code spans and autolinks come through untouched
     [onion] = re.findall(r"http://[a-z0-9]+\.onion", source)
     assert f"<code>{onion}</code>" in html
-    assert (
-        '<a href="https://startmail-ru.test/">https://startmail-ru.test/</a> и'
-        in html
-    )
+    assert '<a href="https://startmail-ru.test/">https://startmail-ru.test/</a> и' in html
 
 
 # --- token streams -----------------------------------------------------------------------
