@@ -140,7 +140,6 @@ LONGEST_FIRST = (
     "test_almost_right.py",
     "test_delivery.py",
     "test_layout_browser.py",
-    "test_refusing_database.py",
     "test_chaos.py",
     "test_preferences.py",
     "test_feedback_imap.py",

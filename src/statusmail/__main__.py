@@ -26,9 +26,24 @@ def _early(signum: int, _frame: object) -> None:
     raise _Early(signum)
 
 
+def _settled() -> None:
+    """The program has its exit code: a signal now changes nothing (at finalization Python
+    would otherwise give SIGTERM its default action back, and the process would end by
+    the signal instead of with its code)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def run() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _early)
+    try:
+        _main()
+    finally:
+        _settled()
+
+
+def _main() -> None:
     try:
         from statusmail import signals
 
