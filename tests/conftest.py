@@ -561,6 +561,22 @@ def http_request(
         conn.close()
 
 
+def one_click(port: int, address: str, secret: str = SECRET) -> int:
+    """The one-click POST of ``address``'s List-Unsubscribe URL, as a mail client sends it
+    through the reverse proxy, to ``serve`` on ``port``; the reply's status."""
+    from statusmail.tokens import Keyring, unsubscribe_token
+
+    path = "/status/unsubscribe/" + unsubscribe_token(Keyring(secret.encode()), address)
+    reply = http_request(
+        port,
+        "POST",
+        path,
+        b"List-Unsubscribe=One-Click",
+        {"Content-Type": "application/x-www-form-urlencoded", "Host": "www.startmail.example"},
+    )
+    return reply.status
+
+
 # -- what was sent -----------------------------------------------------------------------
 
 

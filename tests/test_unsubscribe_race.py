@@ -16,27 +16,12 @@ from pathlib import Path
 
 import psycopg
 
-from conftest import SECRET, http_request, serving, wait_for
+from conftest import SECRET, one_click, serving, wait_for
 from postgres_helpers import ENTRY, configure, finish, query, recipient_of, senders
 from smtp_server import RecordingServer
-from statusmail.tokens import Keyring, unsubscribe_token
 
 SENDERS = 2
 CONCURRENCY = 2  # per sender
-
-
-def one_click(port: int, address: str) -> int:
-    """The one-click POST of ``address``'s List-Unsubscribe URL, as a mail client sends it
-    through the reverse proxy; the reply's status."""
-    path = "/status/unsubscribe/" + unsubscribe_token(Keyring(SECRET.encode()), address)
-    reply = http_request(
-        port,
-        "POST",
-        path,
-        b"List-Unsubscribe=One-Click",
-        {"Content-Type": "application/x-www-form-urlencoded", "Host": "www.startmail.example"},
-    )
-    return reply.status
 
 
 def waiting_for_a_slot(postgres: str) -> int:

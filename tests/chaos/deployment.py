@@ -29,7 +29,6 @@ from conftest import SECRET, Running, copy_sample, in_schema, spawn
 from delivery_helpers import add_subscribers, point_at
 from postgres_helpers import ENTRY
 from smtp_server import RecordingServer
-from statusmail.tokens import Keyring, unsubscribe_token
 
 # What the role may hold when nothing is refused: every process's connections with room
 # to spare, far below the shared server's max_connections.
@@ -197,21 +196,6 @@ def make_project(folder: Path, port: int, recipients: int, **sending: Any) -> Pa
             text = entry.read_text(encoding="utf-8")
             entry.write_text(text.replace("status: ready", "status: draft"), encoding="utf-8")
     return config
-
-
-def one_click(port: int, address: str) -> int:
-    """The one-click POST of ``address``'s List-Unsubscribe URL; the reply's status."""
-    from conftest import http_request
-
-    path = "/status/unsubscribe/" + unsubscribe_token(Keyring(SECRET.encode()), address)
-    reply = http_request(
-        port,
-        "POST",
-        path,
-        b"List-Unsubscribe=One-Click",
-        {"Content-Type": "application/x-www-form-urlencoded", "Host": "www.startmail.example"},
-    )
-    return reply.status
 
 
 @dataclass

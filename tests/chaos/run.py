@@ -38,12 +38,11 @@ from chaos.deployment import (
     Process,
     Relay,
     make_project,
-    one_click,
     own_ledger,
     start,
 )
 from chaos.history import History, Verdict, check
-from conftest import SECRET, invoke, serving, wait_for
+from conftest import SECRET, invoke, one_click, serving, wait_for
 from postgres_helpers import ENTRY, SAMPLE
 
 FAULTS = ("stop", "kill", "restart", "exhaust")
