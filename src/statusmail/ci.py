@@ -240,8 +240,7 @@ def _entry_json(one: EntryPreview) -> dict[str, object]:
 
 def webhook_problems(config: Config) -> list[Problem]:
     """What would stop ``serve`` from answering the configured providers' webhooks."""
-    hooks = config.webhooks
-    if not any((hooks.ses, hooks.postmark, hooks.mailgun, hooks.sendgrid)):
+    if not config.webhooks.served:
         return []
     from statusmail import webhooks  # their parsers only when a provider is configured
 

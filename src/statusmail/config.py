@@ -231,6 +231,11 @@ class WebhookSettings:
     mailgun: MailgunWebhook | None = None
     sendgrid: SendgridWebhook | None = None
 
+    @property
+    def served(self) -> bool:
+        """Whether any provider's webhook is configured."""
+        return any((self.ses, self.postmark, self.mailgun, self.sendgrid))
+
 
 @dataclass(frozen=True)
 class DkimSettings:

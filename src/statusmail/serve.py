@@ -541,8 +541,7 @@ def _webhook_routes(config: Config, ledgers: LedgerAccess) -> list[BaseRoute]:
     """The configured providers' webhooks (their parsers imported only when some are),
     recording through serve's own ledger access. Never repeated on a broken connection:
     a report is not applied twice; the provider retries on the 503."""
-    hooks = config.webhooks
-    if not any((hooks.ses, hooks.postmark, hooks.mailgun, hooks.sendgrid)):
+    if not config.webhooks.served:
         return []
     from statusmail import feedback, webhooks
 
