@@ -370,11 +370,12 @@ class Feedback:
             if events:
                 keys.append(key)
                 assessed.append(events)
-        held = self._storms(e for events in assessed for e in events)
-        for start in range(0, len(assessed), CHUNK):
-            self._record(assessed[start : start + CHUNK], held)
+
+        def move(chunk: slice) -> None:
             if not self.dry_run:
-                box.move_to_processed(keys[start : start + CHUNK])
+                box.move_to_processed(keys[chunk])
+
+        self.settle(assessed, move)
         return self.report
 
     def handle(self, data: bytes) -> bool:
@@ -384,12 +385,19 @@ class Feedback:
             self.settle([events])
         return bool(events)
 
-    def settle(self, assessed: Sequence[list[FeedbackEvent]]) -> None:
+    def settle(
+        self,
+        assessed: Sequence[list[FeedbackEvent]],
+        recorded: Callable[[slice], None] = lambda _chunk: None,
+    ) -> None:
         """Decide the storms over ``assessed`` (the events of one report each), then
-        apply and record them."""
+        apply and record them a chunk to a transaction, calling ``recorded`` with each
+        chunk once it is committed."""
         held = self._storms(e for events in assessed for e in events)
         for start in range(0, len(assessed), CHUNK):
-            self._record(assessed[start : start + CHUNK], held)
+            chunk = slice(start, start + CHUNK)
+            self._record(assessed[chunk], held)
+            recorded(chunk)
 
     def finish(self) -> None:
         """Say what the pass held and what the sending side should look at."""
