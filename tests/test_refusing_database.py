@@ -116,9 +116,10 @@ def stopped_within(seconds: float, *processes: Running) -> list[int]:
 def test_a_send_the_server_refuses_ends_with_4_on_one_line_naming_it(
     project: Path, limited: Limited
 ) -> None:
-    # two connections: the ledger's and the selection's lock; the selection's reader
-    # and the delivery's pool are refused
-    limited.limit(2)
+    # one connection, the ledger's own: every other one the send opens is refused (with
+    # two, whether the delivery's pool is refused depended on when the selection let go
+    # of its lock: CI saw the send get through)
+    limited.limit(1)
     with send(project, limited.url) as process:
         start = time.monotonic()
         code = process.finish(timeout=4)
