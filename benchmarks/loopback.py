@@ -50,8 +50,11 @@ SMTP_SOURCE = "/usr/sbin/smtp-source"
 Figures = dict[str, common.Stats]
 
 
-def mailmerge_inputs(root: Path, eml: bytes, subscribers: Path, n: int, port: int) -> list[str]:
-    """Template (the .eml with To templated), database (email,name) and server config."""
+def mailmerge_inputs(
+    root: Path, eml: bytes, subscribers: Path, n: int, port: int, program: str | None = None
+) -> list[str]:
+    """Template (the .eml with To templated), database (email,name) and server config;
+    ``program``: the mailmerge to run (default: found next to this Python or on PATH)."""
     root.mkdir(parents=True, exist_ok=True)
     text = eml.decode("ascii").replace("\r\n", "\n")  # a 7-bit build: smtplib wants ASCII
     head, _, body = text.partition("\n\n")
@@ -85,7 +88,7 @@ def mailmerge_inputs(root: Path, eml: bytes, subscribers: Path, n: int, port: in
         f"[smtp_server]\nhost = 127.0.0.1\nport = {port}\nratelimit = 0\n", encoding="utf-8"
     )
     return [
-        common.tool("mailmerge"),
+        program or common.tool("mailmerge"),
         "--template",
         str(root / "template.txt"),
         "--database",
