@@ -7,7 +7,8 @@ honest.py, so that no part pays another's start-up and all share one interpreter
           on the raw DATA path (floor.py's ``raw``: MAIL, RCPT, DATA, the bytes as they
           are): CPU (getrusage around the loop) and wall time.
   build   ``MessageFactory.build`` over N recipients of the list, in a tight loop,
-          every variant prepared before (caches warm: the least it costs).
+          every variant prepared before (caches warm: the least it costs); with
+          --dkim-config, also signed (DKIM), over --dkim-n of them.
   record  ``Ledger.record`` of N outcomes on a fresh SQLite ledger of N pending rows,
           fenced as the engine records them, in transactions of C outcomes (what C
           connections' group commit carries).
@@ -156,6 +157,12 @@ def main() -> int:
     parser.add_argument("--n", type=int, required=True)
     parser.add_argument("--concurrency", type=int, required=True)
     parser.add_argument("--ledgers", type=Path, required=True, help="a folder for the ledgers")
+    parser.add_argument(
+        "--dkim-config",
+        type=Path,
+        help="the same project signing with DKIM: also the CPU of a signed build (--dkim-n)",
+    )
+    parser.add_argument("--dkim-n", type=int, default=2000)
     args = parser.parse_args()
     n, conc = args.n, args.concurrency
     factory, recipients = factory_and_recipients(args.config, args.secret, n)
@@ -174,6 +181,9 @@ def main() -> int:
     out["raw"] = {"sent": sent, "wall": time.perf_counter() - start, "cpu": cpu_now() - cpu}
 
     out["build_us"] = measure_build(factory, recipients)
+    if args.dkim_config is not None:
+        signing, _ = factory_and_recipients(args.dkim_config, args.secret, 1)
+        out["build_dkim_us"] = measure_build(signing, recipients[: args.dkim_n])
     with pending_ledger(args.ledgers / f"record-{conc}.db", recipients) as ledger:
         out["record_us"] = measure_record(ledger, factory, recipients, conc)
 
