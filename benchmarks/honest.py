@@ -56,6 +56,7 @@ import secrets
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -225,6 +226,7 @@ class Run:
         default_factory=lambda: defaultdict(lambda: defaultdict(common.Stats))
     )
     problems: list[str] = field(default_factory=list)
+    loads: list[float] = field(default_factory=list)  # the 1-minute load before each run
     skipped: dict[str, str] = field(default_factory=dict)
 
     def sink(self) -> Sink:
@@ -966,6 +968,7 @@ def main() -> int:
             shift = rep * len(jobs) // max(args.reps, 1)
             print(f"repetition {rep + 1}/{args.reps}: {common.load()}", flush=True)
             for name, job in jobs[shift:] + jobs[:shift]:
+                run.loads.append(os.getloadavg()[0])
                 t0 = time.perf_counter()
                 job()
                 print(f"  {name}: {time.perf_counter() - t0:.1f} s", flush=True)
@@ -976,7 +979,9 @@ def main() -> int:
             f"`python benchmarks/honest.py{' --quick' if args.quick else ''}` "
             f"(N={args.n}, C={','.join(map(str, levels))}, {args.reps} repetitions, "
             f"email+smtplib {args.plain_n}, mailmerge {args.mailmerge_n}, sink {sink_kind}), "
-            f"{time.strftime('%Y-%m-%d %H:%M %Z')}, {common.machine()}"
+            f"{time.strftime('%Y-%m-%d %H:%M %Z')}, {common.machine()}; load average "
+            f"{min(run.loads):.1f}–{max(run.loads):.1f} (median {statistics.median(run.loads):.1f})"
+            f" before the runs, {time.perf_counter() - started:.0f} s in all"
         )
         print("\n" + header + "\n" + text)
         if run.problems:
