@@ -42,9 +42,9 @@ def main() -> int:
     levels = [int(c) for c in args.concurrency.split(",")]
 
     from statusmail.cli import main as cli
-    from statusmail.delivery import Engine
+    from statusmail.content.message import MessageFactory
+    from statusmail.delivery.engine import Engine
     from statusmail.ledger import Ledger
-    from statusmail.message import MessageFactory
 
     spent: dict[str, float] = {}
     counts: dict[str, int] = {}

@@ -42,7 +42,7 @@ def build_us(config: Path, n: int) -> float:
 def record_us(directory: Path, n: int, group: int) -> float:
     from statusmail.domain import DeliveryStatus, Outcome
     from statusmail.ledger import Ledger
-    from statusmail.tokens import Keyring, message_id
+    from statusmail.project.tokens import Keyring, message_id
 
     keys = Keyring(common.SECRET.encode())
     with Ledger(directory / f"record-{group}.db") as ledger:

@@ -423,14 +423,14 @@ def factory_and_recipients(config: Path, count: int) -> tuple[Any, list[Any]]:
     """statusmail's own ``MessageFactory`` for the project's entry, and the first
     ``count`` selected recipients of its list (the list's own mix of variants), each with
     its row number as a claim from the ledger gives it."""
-    from statusmail.config import load_config
+    from statusmail.content.message import MessageFactory
+    from statusmail.content.render import Renderer
     from statusmail.domain import Recipient
-    from statusmail.entries import find_entry
-    from statusmail.message import MessageFactory
-    from statusmail.regions import load_regions
-    from statusmail.render import Renderer
-    from statusmail.selection import select
-    from statusmail.tokens import Keyring
+    from statusmail.project.config import load_config
+    from statusmail.project.entries import find_entry
+    from statusmail.project.regions import load_regions
+    from statusmail.project.selection import select
+    from statusmail.project.tokens import Keyring
 
     loaded = load_config(config)
     entry = find_entry(loaded.paths.updates, ENTRY)

@@ -49,8 +49,8 @@ def progress_now(recipient: Any) -> tuple[Callable[[], None], Callable[[], None]
     """(stop, one outcome) for report.ProgressReporter as it is now."""
     from rich.console import Console
 
+    from statusmail.delivery.report import ProgressReporter
     from statusmail.domain import DeliveryStatus, Outcome
-    from statusmail.report import ProgressReporter
 
     console = Console(file=_Terminal(), force_terminal=True, width=120)
     reporter = ProgressReporter(10**9, console=console)
@@ -100,12 +100,8 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args()
 
-    from statusmail.config import load_config
-    from statusmail.domain import Recipient
-    from statusmail.entries import find_entry
-    from statusmail.message import MessageFactory, _b64, _Base64, _canonical, _qp
-    from statusmail.regions import load_regions
-    from statusmail.render import (
+    from statusmail.content.message import MessageFactory, _b64, _Base64, _canonical, _qp
+    from statusmail.content.render import (
         GREETING_SLOT,
         NAME_SLOT,
         PREFERENCES_SLOT,
@@ -113,9 +109,13 @@ def main() -> int:
         Renderer,
         VariantKey,
     )
-    from statusmail.selection import select
-    from statusmail.smtp import _headers_are_ascii, _wire_ready
-    from statusmail.tokens import Keyring
+    from statusmail.delivery.smtp import _headers_are_ascii, _wire_ready
+    from statusmail.domain import Recipient
+    from statusmail.project.config import load_config
+    from statusmail.project.entries import find_entry
+    from statusmail.project.regions import load_regions
+    from statusmail.project.selection import select
+    from statusmail.project.tokens import Keyring
     from statusmail.validation import probe_recipient
 
     tmp = Path(tempfile.mkdtemp(prefix="sm-bench-encoding-"))

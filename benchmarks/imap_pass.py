@@ -51,7 +51,7 @@ import common
 from feedback_helpers import _PLACEHOLDER as PLACEHOLDER  # the corpus's placeholders
 from feedback_helpers import CORPUS, corpus_index
 from imap_server import Dovecot
-from statusmail.tokens import Keyring, message_id, return_path_token, unsubscribe_token
+from statusmail.project.tokens import Keyring, message_id, return_path_token, unsubscribe_token
 
 DOMAINS = 1000
 PASSWORD_ENV = "BENCH_IMAP_PASSWORD"

@@ -45,7 +45,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 
-from statusmail.tokens import Keyring, unsubscribe_token
+from statusmail.project.tokens import Keyring, unsubscribe_token
 
 ONE_CLICK = b"List-Unsubscribe=One-Click"
 REQUEST_TIMEOUT = 10.0

@@ -38,7 +38,7 @@ from statusmail.cli import main
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
-from statusmail.entries import load_entries
+from statusmail.project.entries import load_entries
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_FILES = ("statusmail.yaml", "regions.yaml")
@@ -564,7 +564,7 @@ def http_request(
 def one_click(port: int, address: str, secret: str = SECRET) -> int:
     """The one-click POST of ``address``'s List-Unsubscribe URL, as a mail client sends it
     through the reverse proxy, to ``serve`` on ``port``; the reply's status."""
-    from statusmail.tokens import Keyring, unsubscribe_token
+    from statusmail.project.tokens import Keyring, unsubscribe_token
 
     path = "/status/unsubscribe/" + unsubscribe_token(Keyring(secret.encode()), address)
     reply = http_request(

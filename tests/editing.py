@@ -25,7 +25,7 @@ def refresh_sources(entry: Path) -> None:
     """Mark every translation of ``entry`` as made from its current English block (what
     a translator does after re-reading it), so a test that edits the English on purpose
     is not failed for a stale translation."""
-    from statusmail.entries import load_entry, source_hash
+    from statusmail.project.entries import load_entry, source_hash
 
     current = source_hash(load_entry(entry).content["en"])
     lines = entry.read_text(encoding="utf-8").split("\n")

@@ -15,8 +15,9 @@ from typing import Any
 
 import yaml
 
-from statusmail.config import load_config
-from statusmail.tokens import (
+from statusmail.feedback.classify import ReturnPath
+from statusmail.project.config import load_config
+from statusmail.project.tokens import (
     Keyring,
     message_id,
     return_path_token,
@@ -289,3 +290,20 @@ To: {address}
 
 --{boundary}--
 """.encode()
+
+
+# The corpus with its placeholders filled, for the classifier's tests.
+RETURN_PATH = ReturnPath.of("bounces@startmail.example")
+_ANY_PLACEHOLDER = re.compile(rb"\{\{(VERP|MSGID|UNSUB|FORGED)[^}]*\}\}")
+_STAND_INS = {b"VERP": b"a" * 48, b"MSGID": b"<u.0123@startmail.example>"}
+
+
+def _stand_in(match: re.Match[bytes]) -> bytes:
+    """Token-shaped stand-ins: the verdict never depends on a token being valid."""
+    return _STAND_INS.get(match.group(1), b"A" * 40)
+
+
+INDEX = corpus_index()
+SAMPLES = {
+    name: _ANY_PLACEHOLDER.sub(_stand_in, (CORPUS / name).read_bytes()) for name in sorted(INDEX)
+}

@@ -220,3 +220,9 @@ def stop(process: subprocess.Popen[str]) -> str:
     assert process.returncode == 0, stderr
     assert "Traceback" not in stderr, stderr
     return stderr
+
+
+def process_state(pid: int) -> str:
+    """The state letter of /proc/PID/stat (T: stopped)."""
+    stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+    return stat.rpartition(")")[2].split()[0]

@@ -34,8 +34,8 @@ from conftest import (
 from delivery_helpers import add_subscribers, ledger_rows, point_at
 from editing import line_of, replace_in
 from smtp_server import RecordingServer
-from statusmail import subscribers
 from statusmail.ledger import Ledger
+from statusmail.project import subscribers
 
 
 def in_mount_namespace(script: str, *, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -374,7 +374,7 @@ def test_watch_says_once_what_stops_an_entry_until_its_files_change(
     import asyncio
 
     from statusmail import pipeline, watch
-    from statusmail.config import load_config
+    from statusmail.project.config import load_config
 
     csv_path = project.parent / "subscribers" / "main.csv"
     csv_path.write_text(CSV_HEADER, encoding="utf-8")  # only a header: a broken file

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from conftest import invoke, problem_lines, statusmail
 from editing import line_of, replace_in
-from statusmail.config import load_config
+from statusmail.project.config import load_config
 from statusmail.validation import check_project
 
 UPDATE = "updates/update-2020-04-21.yaml"

@@ -25,7 +25,7 @@ from conftest import (
     recipient,
     serving,
 )
-from statusmail.tokens import Keyring, unsubscribe_token
+from statusmail.project.tokens import Keyring, unsubscribe_token
 
 PROMPT = b"Type yes to send"
 

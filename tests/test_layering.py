@@ -30,7 +30,24 @@ def lint_imports() -> subprocess.CompletedProcess[str]:
 def test_the_import_contracts_are_kept() -> None:
     result = lint_imports()
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "4 kept, 0 broken" in result.stdout
+    assert "8 kept, 0 broken" in result.stdout
+
+
+def test_every_package_says_what_it_holds_and_may_import() -> None:
+    """Each subpackage's docstring is its boundary in words: what it may import and what
+    imports it (the contracts in pyproject.toml enforce the words)."""
+    packages = [p for p in (REPO / "src" / "statusmail").iterdir() if (p / "__init__.py").exists()]
+    assert len(packages) >= 7, packages
+    for package in packages:
+        doc = (package / "__init__.py").read_text(encoding="utf-8")
+        assert doc.startswith('"""'), package
+        assert "May import" in doc or "may import" in doc, package
+        assert "Imported by" in doc or "imports it" in doc, package
+
+
+def test_the_top_level_holds_only_what_ties_the_packages() -> None:
+    top = sorted(p.name for p in (REPO / "src" / "statusmail").iterdir() if p.suffix == ".py")
+    assert len(top) <= 12, top
 
 
 def test_the_pipeline_is_the_only_way_to_send() -> None:
@@ -51,7 +68,8 @@ def test_a_broken_layer_is_caught(tmp_path: Path) -> None:
     ledger.write_text(
         ledger.read_text(encoding="utf-8").replace(
             "from statusmail.errors import LedgerError",
-            "from statusmail.errors import LedgerError\nfrom statusmail import render  # noqa",
+            "from statusmail.errors import LedgerError\n"
+            "from statusmail.content import render  # noqa",
         ),
         encoding="utf-8",
     )
@@ -65,4 +83,4 @@ def test_a_broken_layer_is_caught(tmp_path: Path) -> None:
         env={"PYTHONPATH": str(tmp_path / "src"), "PATH": "/usr/bin:/bin"},
     )
     assert result.returncode == 1, result.stdout
-    assert "statusmail.ledger.store -> statusmail.render" in result.stdout
+    assert "statusmail.ledger.store -> statusmail.content.render" in result.stdout

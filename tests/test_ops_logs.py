@@ -27,7 +27,7 @@ from postgres_helpers import query
 from smtp_server import RecordingServer
 from statusmail.__main__ import run
 from statusmail.cli import JsonFormatter
-from statusmail.tokens import Keyring, unsubscribe_token
+from statusmail.project.tokens import Keyring, unsubscribe_token
 
 STABLE = {"time", "level", "logger", "event", "message"}
 TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}")

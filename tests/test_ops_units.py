@@ -32,7 +32,7 @@ from conftest import (
 from delivery_helpers import point_at
 from ops_helpers import need, scrape, value
 from smtp_server import RecordingServer
-from statusmail.tokens import Keyring, unsubscribe_token
+from statusmail.project.tokens import Keyring, unsubscribe_token
 
 CONTRIB = REPO / "contrib"
 UNITS = ("statusmail-watch.service", "statusmail-serve.service")

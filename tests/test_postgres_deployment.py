@@ -14,7 +14,7 @@ import pytest
 from conftest import SECRET, http_request, serving, wait_for
 from postgres_helpers import ENTRY, SAMPLE, configure, finish, query, recipient_of, senders
 from smtp_server import RecordingServer
-from statusmail.tokens import Keyring, unsubscribe_token
+from statusmail.project.tokens import Keyring, unsubscribe_token
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 

@@ -25,8 +25,8 @@ from conftest import (
     serving,
 )
 from editing import line_of, refresh_sources, replace_in
-from statusmail.config import load_config
-from statusmail.serve import route_paths
+from statusmail.project.config import load_config
+from statusmail.web.serve import route_paths
 
 BLOCKED = "https://www.startmail.example/"
 MIRROR = "https://startmail-ru.test/"

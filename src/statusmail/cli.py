@@ -20,12 +20,12 @@ import click
 from rich.console import Console
 
 from statusmail import __version__, signals
+from statusmail.ci.formats import FORMATS
 from statusmail.domain import Cause, ExitCode, SuppressionReason
 from statusmail.errors import InputError, Interrupted, StatusmailError, StoppedEarly
-from statusmail.formats import FORMATS
 
 if TYPE_CHECKING:
-    from statusmail.config import Config
+    from statusmail.project.config import Config
 
 F = TypeVar("F", bound=Callable[..., Any])
 console = Console(stderr=True, soft_wrap=True, emoji=False)  # "file:100:" is no emoji
@@ -40,7 +40,7 @@ _ADDRESS = re.compile(rf"(?<!{_ATEXT}){_ATEXT}+@[\w-]+(?:\.[\w-]+)+")
 
 
 def _masked(text: str) -> str:
-    from statusmail.report import mask_address
+    from statusmail.domain import mask_address
 
     return _ADDRESS.sub(lambda m: mask_address(m.group()), text)
 
@@ -221,7 +221,7 @@ def run(func: Callable[..., ExitCode], *, load: bool = True) -> Callable[..., No
         ctx = click.get_current_context()
         path = config_path or ctx.find_root().ensure_object(dict).get("config_path")
         try:
-            from statusmail.config import find_config, load_config
+            from statusmail.project.config import find_config, load_config
 
             found = find_config(path)
             code = func(load_config(found) if load else found, **kwargs)
@@ -318,7 +318,7 @@ def check(
     """
     if as_json and output_format != "text":
         raise click.UsageError("--json prints the report object; it does not go with --format")
-    from statusmail import ci
+    from statusmail.ci import review as ci
 
     options = ci.CheckOptions(output_format, as_json, changed_since)
     return ci.check(config_path, options, console)
@@ -427,7 +427,7 @@ def send(
     """
     config = config.with_overrides(rate=rate, concurrency=concurrency)
     if dry_run and (all_changed_since or summary):
-        from statusmail import ci
+        from statusmail.ci import review as ci
 
         preview = ci.PreviewOptions(
             entry_id, all_changed_since, preview_dir, limit, as_json, summary
@@ -525,7 +525,7 @@ def serve(
     Example:
       STATUSMAIL_UNSUBSCRIBE_SECRET=... statusmail serve --port 8080
     """
-    from statusmail.serve import run_server
+    from statusmail.web.serve import run_server
 
     return ExitCode(
         run_server(
@@ -690,7 +690,8 @@ def suppress_remove(
       statusmail suppress remove a@example.org
       statusmail suppress remove --reason bounced --since 2020-04-21 --domain mail.ru --dry-run
     """
-    from statusmail import commands, suppression
+    from statusmail import commands
+    from statusmail.feedback import suppression
 
     if addresses and reason:
         raise click.UsageError("name addresses or give --reason, not both")

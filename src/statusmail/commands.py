@@ -11,10 +11,14 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from statusmail import signals, suppression
-from statusmail.config import Config, is_url
-from statusmail.domain import ExitCode, Preference
-from statusmail.entries import entry_paths, find_entry, load_entry, unknown_entry
+from statusmail import signals
+from statusmail.delivery.report import (
+    ProgressReporter,
+    breakdown_rows,
+    breakdown_table,
+    print_json,
+)
+from statusmail.domain import ExitCode, Preference, mask_address, scrub
 from statusmail.errors import (
     ConnectError,
     InputError,
@@ -22,21 +26,16 @@ from statusmail.errors import (
     StatusmailError,
     StoppedEarly,
 )
+from statusmail.feedback import suppression
 from statusmail.ledger import FEEDBACK_OUTCOMES, Ledger, copy_ledger
 from statusmail.ledger import describe as ledger_describe
 from statusmail.ledger import exists as ledger_exists
-from statusmail.report import (
-    ProgressReporter,
-    breakdown_rows,
-    breakdown_table,
-    mask_address,
-    print_json,
-    scrub,
-)
+from statusmail.project.config import Config, is_url
+from statusmail.project.entries import entry_paths, find_entry, load_entry, unknown_entry
 
 if TYPE_CHECKING:  # the pipeline is imported by the commands that send, when they run
     from statusmail import pipeline
-    from statusmail.transport import Transport
+    from statusmail.delivery.transport import Transport
 
 log = logging.getLogger("statusmail")
 
@@ -160,7 +159,7 @@ def send_dry_run(
     console: Console,
 ) -> ExitCode:
     from statusmail import pipeline
-    from statusmail.preview import write_previews
+    from statusmail.content.preview import write_previews
 
     entry = find_entry(config.paths.updates, entry_id)
     prepared = pipeline.prepare(config, entry, preview=True)
@@ -454,7 +453,7 @@ def feedback(
     whatever happens, failures and signals included."""
     mask = (lambda a: a) if show_addresses else mask_address
     # A signal raises Interrupted: the chunk in hand is rolled back, nothing half done.
-    from statusmail import feedback as feedback_pass  # its parsers only for this command
+    from statusmail.feedback import loop as feedback_pass  # its parsers only for this command
 
     report = feedback_pass.PassReport(dry_run)
     try:

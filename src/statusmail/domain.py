@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -177,3 +178,44 @@ class Outcome:
     code: int | None = None
     detail: str | None = None
     message_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """What the message builder knows of the bytes it made, so that no transport has to
+    scan them: they are wire-ready (CRLF line endings only, no bare CR or LF, no line
+    that starts with a dot, none longer than 998 octets), and:"""
+
+    eight_bit: bool  # the body holds octets above 127 (an 8bit part: BODY=8BITMIME)
+    ascii_headers: bool  # else the headers need SMTPUTF8
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One outgoing message: exactly one recipient."""
+
+    sender: str  # envelope MAIL FROM
+    recipient: str  # envelope RCPT TO, as the subscriber's address (may be IDN)
+    recipient_ascii: str | None  # ASCII form (punycode domain); None if the local part is not ASCII
+    data: bytes  # the whole message, CRLF line endings
+    message_id: str
+    shape: Shape | None = None  # None: made elsewhere; a transport must look at ``data``
+    # For an 8-bit message: the same message built for a relay without 8BITMIME.
+    seven_bit: Callable[[], Envelope] | None = None
+
+
+def mask_address(address: str) -> str:
+    """``anna@example.org`` → ``a***@example.org``: enough to recognise, not to harvest."""
+    local, at, domain = address.rpartition("@")
+    if not at:
+        return "***"
+    return f"{local[:1]}***@{domain}"
+
+
+def scrub(
+    text: str, addresses: Iterable[str | None], mask: Callable[[str], str] = mask_address
+) -> str:
+    """``text`` with each of ``addresses`` (any letter case) masked."""
+    for address in {a for a in addresses if a}:
+        text = re.sub(re.escape(address), mask(address), text, flags=re.IGNORECASE)
+    return text

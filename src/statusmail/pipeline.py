@@ -20,14 +20,16 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from statusmail import intake, validation
-from statusmail.catalog import catalog_problems
-from statusmail.config import Config, is_url
-from statusmail.delivery import Engine, OnOutcome, RunResult
-from statusmail.domain import Entry, ExitCode
-from statusmail.entries import entry_paths, find_entry
+from statusmail import validation
+from statusmail.content.catalog import catalog_problems
+from statusmail.content.message import MessageFactory
+from statusmail.content.render import Renderer
+from statusmail.delivery import intake
+from statusmail.delivery.engine import Engine, OnOutcome, RunResult
+from statusmail.delivery.intake import Stream
+from statusmail.delivery.transport import Transport
+from statusmail.domain import Entry, ExitCode, mask_address, scrub
 from statusmail.errors import ConnectError, InputError, LedgerError, Problem, StatusmailError
-from statusmail.intake import Stream
 from statusmail.ledger import (
     DeliveryQueue,
     Ledger,
@@ -40,14 +42,13 @@ from statusmail.ledger import (
 )
 from statusmail.ledger.queue import worker_name
 from statusmail.ledger.store import SelectionLost
-from statusmail.message import MessageFactory
-from statusmail.regions import Region, load_regions
-from statusmail.render import Renderer
-from statusmail.report import mask_address, scrub
-from statusmail.selection import Inactive, SelectionStats, select
-from statusmail.subscribers import RowProblem, first_broken
-from statusmail.tokens import Keyring
-from statusmail.transport import Transport
+from statusmail.project import entries
+from statusmail.project.config import Config, is_url
+from statusmail.project.entries import entry_paths, find_entry
+from statusmail.project.regions import Region, load_regions
+from statusmail.project.selection import Inactive, SelectionStats, select
+from statusmail.project.subscribers import RowProblem, first_broken
+from statusmail.project.tokens import Keyring
 
 log = logging.getLogger("statusmail")
 
@@ -64,10 +65,10 @@ class Prepared:
 
 def make_transport(config: Config) -> Transport:
     if config.transport == "smtp":
-        from statusmail.smtp import SmtpTransport
+        from statusmail.delivery.smtp import SmtpTransport
 
         return SmtpTransport(config.smtp, config.smtp.password())
-    from statusmail.maildir import MaildirTransport
+    from statusmail.delivery.maildir import MaildirTransport
 
     return MaildirTransport(config.paths.outbox)
 
@@ -488,7 +489,5 @@ def dry_run(prepared: Prepared, *, limit: int | None = None) -> DryRun:
             report.rendered += 1
             label = built.variant.label
             report.variants[label] = report.variants.get(label, 0) + 1
-    report.failures += [
-        str(p) for p in validation.missing_language_problems(entry, stats.locales())
-    ]
+    report.failures += [str(p) for p in entries.missing_language_problems(entry, stats.locales())]
     return report

@@ -15,39 +15,29 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from statusmail import markdown
-from statusmail.catalog import catalog_problems
-from statusmail.config import Config, imap_password_problem
-from statusmail.domain import Content, Entry, Recipient, SubscriberStatus
-from statusmail.entries import load_entries, source_hash
+from statusmail.content import markdown
+from statusmail.content.catalog import catalog_problems
+from statusmail.content.message import MessageFactory
+from statusmail.content.render import (
+    Renderer,
+    VariantKey,
+    probe_recipient,
+)
+from statusmail.domain import Content, Entry, SubscriberStatus
 from statusmail.errors import ConfigError, InputError, Problem, RenderError, StatusmailError
-from statusmail.language import dates, language_problem, spell_date
-from statusmail.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES, resolve_locale
-from statusmail.message import MessageFactory
-from statusmail.pages import preferences_page_problems
-from statusmail.regions import Region, read_regions, registrable_domain
-from statusmail.render import Renderer, VariantKey
-from statusmail.subscribers import ReadStats, RowProblem, given_name_first, iter_subscribers
-from statusmail.tokens import MIN_SECRET_BYTES, Keyring
+from statusmail.project.config import Config, imap_password_problem, secret_length_problem
+from statusmail.project.entries import load_entries, missing_language_problems, source_hash
+from statusmail.project.language import dates, language_problem, spell_date
+from statusmail.project.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES, resolve_locale
+from statusmail.project.regions import Region, read_regions, registrable_domain
+from statusmail.project.subscribers import ReadStats, RowProblem, given_name_first, iter_subscribers
+from statusmail.project.tokens import Keyring
+from statusmail.web.pages import preferences_page_problems
 
-PROBE_ADDRESS = "preview@example.invalid"  # never a subscriber's: previews and checks only
-PROBE_NAMES = {"en": "Alex Example", "ru": "Алекс Пример"}
 _CYRILLIC = re.compile(r"[А-Яа-яЁё]")
 _NUMBER = re.compile(r"\d+")
 # Link targets, autolinks, bare URLs and addresses hold digits that are not facts.
 _NOT_PROSE = re.compile(r"\]\([^)]*\)|<[^>\s]+>|https?://\S+|\S+@\S+")
-
-
-def probe_recipient(key: VariantKey) -> Recipient:
-    """The made-up recipient a variant is built for in previews and checks."""
-    return Recipient(
-        address=PROBE_ADDRESS,
-        email=PROBE_ADDRESS,
-        ascii_email=PROBE_ADDRESS,
-        name=PROBE_NAMES.get(key.locale, PROBE_NAMES[FALLBACK_LOCALE]) if key.named else "",
-        locale=key.locale,
-        region=key.region,
-    )
 
 
 # -- regions ---------------------------------------------------------------------
@@ -252,22 +242,6 @@ def entry_problems(
             )
     problems += translation_problems(entry)
     return problems
-
-
-def missing_language_problems(entry: Entry, locales: Iterable[str]) -> list[Problem]:
-    """An audience that reads a language the entry lacks is an error, not a fallback."""
-    missing = sorted(set(locales) - set(entry.content))
-    if not missing:
-        return []
-    return [
-        Problem(
-            entry.where,
-            entry.line("content"),
-            f"subscribers in the audience read {', '.join(missing)} "
-            "but the entry has no content in it",
-            code="missing-translation",
-        )
-    ]
 
 
 def _numbers(*texts: str) -> Counter[str]:
@@ -475,19 +449,6 @@ def secret_problems(config: Config, environ: Mapping[str, str] | None = None) ->
             )
         )
     return problems
-
-
-def secret_length_problem(config: Config, keys: Keyring, is_dev: bool) -> Problem | None:
-    """A secret someone could guess makes every link forgeable: at least 32 bytes."""
-    if is_dev or len(keys.secret) >= MIN_SECRET_BYTES:
-        return None
-    return Problem(
-        config.path,
-        config.line("unsubscribe"),
-        f"${config.unsubscribe.secret_env} is {len(keys.secret)} bytes; it must be at least "
-        f"{MIN_SECRET_BYTES} (e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))')",
-        code="secret-short",
-    )
 
 
 # -- rendering ---------------------------------------------------------------------

@@ -30,10 +30,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from statusmail import feedback, health, metrics, pipeline, signals
-from statusmail.config import Config, is_url, load_config
+from statusmail import metrics, pipeline, signals
 from statusmail.domain import Entry, ExitCode
-from statusmail.entries import entry_paths, load_entry
 from statusmail.errors import (
     ConnectError,
     InputError,
@@ -41,11 +39,15 @@ from statusmail.errors import (
     LedgerError,
     StatusmailError,
 )
+from statusmail.feedback import loop as feedback
 from statusmail.ledger import Ledger, run_lock
 from statusmail.ledger import describe as ledger_describe
 from statusmail.ledger import exists as ledger_exists
 from statusmail.ledger.locks import LeaderLock
-from statusmail.subscribers import subscriber_files
+from statusmail.project.config import Config, is_url, load_config
+from statusmail.project.entries import entry_paths, load_entry
+from statusmail.project.subscribers import subscriber_files
+from statusmail.web import health
 
 log = logging.getLogger("statusmail.watch")
 

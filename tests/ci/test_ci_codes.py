@@ -10,20 +10,20 @@ from dataclasses import fields
 from pathlib import Path
 
 from conftest import REPO
+from statusmail.ci.formats import CHANGED_CODE
 from statusmail.errors import Problem
-from statusmail.formats import CHANGED_CODE
 
 SOURCE = REPO / "src" / "statusmail"
 # The modules where problems are made for check (issue 15): each names its code.
 CODED = (
     "validation",
-    "catalog",
-    "config",
-    "entries",
-    "regions",
-    "yamlfile",
-    "fields",
-    "dkim_signing",
+    "content/catalog",
+    "project/config",
+    "project/entries",
+    "project/regions",
+    "project/yamlfile",
+    "project/fields",
+    "content/dkim_signing",
 )
 CODE = re.compile(r"[a-z]+(-[a-z]+)*")
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from conftest import copy_sample, invoke
 from editing import line_of, replace_in
 from git_helpers import init_repo
-from statusmail.formats import Item, escape_data, escape_property, github, junit
+from statusmail.ci.formats import Item, escape_data, escape_property, github, junit
 
 UPDATE = "updates/update-2020-04-21.yaml"
 CATALOG = "templates/locale/ru/LC_MESSAGES/messages.po"

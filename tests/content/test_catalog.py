@@ -12,11 +12,11 @@ from babel.messages.pofile import read_po
 
 from conftest import REPO, UPDATE, invoke, problem_lines
 from editing import line_of, replace_in
-from statusmail.catalog import catalog_problems
-from statusmail.entries import find_entry
+from statusmail.content.catalog import catalog_problems
+from statusmail.content.render import Renderer
 from statusmail.errors import RenderError
-from statusmail.regions import load_regions
-from statusmail.render import Renderer
+from statusmail.project.entries import find_entry
+from statusmail.project.regions import load_regions
 
 PO = "templates/locale/ru/LC_MESSAGES/messages.po"
 TEXT = "templates/message.txt.j2"

@@ -46,13 +46,12 @@ from conftest import (
 )
 from delivery_helpers import point_at, send
 from smtp_server import RecordingServer
-from statusmail.config import load_config
-from statusmail.entries import find_entry
-from statusmail.message import MessageFactory
-from statusmail.regions import load_regions
-from statusmail.render import Renderer
-from statusmail.tokens import Keyring
-from statusmail.validation import probe_recipient
+from statusmail.content.message import MessageFactory
+from statusmail.content.render import Renderer, probe_recipient
+from statusmail.project.config import load_config
+from statusmail.project.entries import find_entry
+from statusmail.project.regions import load_regions
+from statusmail.project.tokens import Keyring
 
 DOMAIN = "startmail.example"
 RSA_SELECTOR = "status"

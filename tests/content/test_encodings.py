@@ -29,10 +29,7 @@ from hypothesis import strategies as st
 from conftest import SECRET, outbox_messages, statusmail
 from delivery_helpers import add_subscribers, point_at, send
 from smtp_server import RecordingServer
-from statusmail.config import load_config
-from statusmail.domain import Recipient
-from statusmail.entries import find_entry
-from statusmail.message import (
+from statusmail.content.message import (
     MAX_LINE,
     Built,
     MessageFactory,
@@ -47,13 +44,22 @@ from statusmail.message import (
     _Part,
     _qp,
 )
-from statusmail.regions import load_regions
-from statusmail.render import NAME_SLOT, PREFERENCES_SLOT, URL_SLOT, Renderer, VariantKey
-from statusmail.selection import select
-from statusmail.smtp import _wire_ready
-from statusmail.subscribers import RowProblem
-from statusmail.tokens import Keyring
-from statusmail.validation import probe_recipient
+from statusmail.content.render import (
+    NAME_SLOT,
+    PREFERENCES_SLOT,
+    URL_SLOT,
+    Renderer,
+    VariantKey,
+    probe_recipient,
+)
+from statusmail.delivery.smtp import _wire_ready
+from statusmail.domain import Recipient
+from statusmail.project.config import load_config
+from statusmail.project.entries import find_entry
+from statusmail.project.regions import load_regions
+from statusmail.project.selection import select
+from statusmail.project.subscribers import RowProblem
+from statusmail.project.tokens import Keyring
 
 ENTRIES = ("update-2020-04-21", "block-2020-01-23")
 HOSTILE_NAMES = [

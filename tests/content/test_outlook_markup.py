@@ -4,7 +4,7 @@ Outlook for Windows renders HTML with Word, which ignores ``max-width`` and a
 ``<div>``'s padding. The HTML part of each variant (the dry-run previews' ``.eml``
 files of every sample entry) must therefore hold its card in an ``<!--[if mso]>`` table
 of a fixed width, which every other client reads as a comment, and put the access block's
-padding on a table cell. tests/test_layout_browser.py shows the markup changes nothing
+padding on a table cell. tests/content/test_layout_browser.py shows the markup changes nothing
 in Chromium.
 """
 

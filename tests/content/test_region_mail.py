@@ -26,9 +26,9 @@ from conftest import (
     recipient,
 )
 from feedback_helpers import MaildirMX, summary
-from statusmail.config import load_config
-from statusmail.regions import Region, load_regions, registrable_domain
-from statusmail.subscribers import Subscriber, iter_subscribers
+from statusmail.project.config import load_config
+from statusmail.project.regions import Region, load_regions, registrable_domain
+from statusmail.project.subscribers import Subscriber, iter_subscribers
 
 _ANGLE = re.compile(r"<([^>]+)>")
 

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from statusmail.config import load_config
+from statusmail.content.message import MessageFactory
+from statusmail.content.render import Renderer, local_date
 from statusmail.domain import Recipient
-from statusmail.entries import find_entry
-from statusmail.message import MessageFactory
-from statusmail.regions import load_regions
-from statusmail.render import Renderer, local_date
-from statusmail.selection import select
-from statusmail.tokens import Keyring
+from statusmail.project.config import load_config
+from statusmail.project.entries import find_entry
+from statusmail.project.regions import load_regions
+from statusmail.project.selection import select
+from statusmail.project.tokens import Keyring
 
 HOSTILE_NAMES = [
     "<script>alert(1)</script>",
@@ -134,7 +134,7 @@ def test_encoding_per_line_equals_encoding_the_whole_part(project: Path) -> None
     """The cached parts (quoted-printable line by line, base64 by stretch) are
     byte-identical to encoding each recipient's whole part from scratch, and decode to
     the rendered text."""
-    from statusmail.message import _b64, _canonical, _qp
+    from statusmail.content.message import _b64, _canonical, _qp
 
     _, factory, recipients = sample(project, "update-2020-04-21")
     extra = [
@@ -165,8 +165,8 @@ def test_encoding_per_line_equals_encoding_the_whole_part(project: Path) -> None
 
 def test_no_line_starts_with_a_dot_and_line_endings_are_crlf(project: Path) -> None:
     """So SMTP can send the bytes as they are (no dot-stuffing, no re-normalizing)."""
-    from statusmail.message import _qp
-    from statusmail.smtp import _wire_ready
+    from statusmail.content.message import _qp
+    from statusmail.delivery.smtp import _wire_ready
 
     _, factory, _ = sample(project, "update-2020-04-21")
     dotted = Recipient("d@example.org", "d@example.org", "d@example.org", ".Dot", "en", None)

@@ -16,7 +16,7 @@ from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
 from conftest import REPO
-from statusmail.typography import NBSP, typeset, typeset_tokens
+from statusmail.content.typography import NBSP, typeset, typeset_tokens
 
 md = MarkdownIt("commonmark")
 

@@ -8,8 +8,8 @@ import time
 
 from rich.console import Console
 
+from statusmail.delivery.report import ProgressReporter
 from statusmail.domain import DeliveryStatus, Outcome, Recipient
-from statusmail.report import ProgressReporter
 
 RECIPIENT = Recipient("a@example.org", "a@example.org", "a@example.org", "", "en", None)
 

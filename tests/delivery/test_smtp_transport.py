@@ -17,10 +17,11 @@ from hypothesis import strategies as st
 
 from conftest import closed_port
 from smtp_server import RecordingServer, TestCA, make_test_ca
-from statusmail.config import SmtpSettings
+from statusmail.delivery.smtp import SmtpConnection, SmtpTransport, command_address, is_bounce
+from statusmail.delivery.transport import Transport
+from statusmail.domain import Envelope
 from statusmail.errors import ConnectError, DeliveryError
-from statusmail.smtp import SmtpConnection, SmtpTransport, command_address, is_bounce
-from statusmail.transport import Envelope, Transport
+from statusmail.project.config import SmtpSettings
 
 SENDER = "status@example.org"
 MakeServer = Callable[..., RecordingServer]

@@ -8,7 +8,7 @@ from itertools import pairwise
 
 import pytest
 
-from statusmail.throttle import FailureWindow, HourlyWindow, TokenBucket
+from statusmail.delivery.throttle import FailureWindow, HourlyWindow, TokenBucket
 
 
 class FakeClock:

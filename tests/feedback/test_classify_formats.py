@@ -8,7 +8,9 @@ import re
 
 import pytest
 
-from statusmail.classify import (
+from feedback_helpers import INDEX, RETURN_PATH, SAMPLES
+from statusmail.domain import Cause
+from statusmail.feedback.classify import (
     JMRP_REPORTER,
     Classified,
     Verdict,
@@ -17,8 +19,6 @@ from statusmail.classify import (
     other_failures,
     parse,
 )
-from statusmail.domain import Cause
-from test_classify_properties import INDEX, RETURN_PATH, SAMPLES
 
 
 def read(data: bytes) -> Classified:

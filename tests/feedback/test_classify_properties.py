@@ -5,29 +5,12 @@ where it is not, whatever the letter case and whatever else the line says."""
 
 from __future__ import annotations
 
-import re
-
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from feedback_helpers import CORPUS, corpus_index
-from statusmail.classify import Classified, ReturnPath, Verdict, cause_of, classify
+from feedback_helpers import INDEX, RETURN_PATH, SAMPLES
 from statusmail.domain import Cause
-
-RETURN_PATH = ReturnPath.of("bounces@startmail.example")
-_PLACEHOLDER = re.compile(rb"\{\{(VERP|MSGID|UNSUB|FORGED)[^}]*\}\}")
-_STAND_INS = {b"VERP": b"a" * 48, b"MSGID": b"<u.0123@startmail.example>"}
-
-
-def _stand_in(match: re.Match[bytes]) -> bytes:
-    """Token-shaped stand-ins: the verdict never depends on a token being valid."""
-    return _STAND_INS.get(match.group(1), b"A" * 40)
-
-
-INDEX = corpus_index()
-SAMPLES = {
-    name: _PLACEHOLDER.sub(_stand_in, (CORPUS / name).read_bytes()) for name in sorted(INDEX)
-}
+from statusmail.feedback.classify import Classified, Verdict, cause_of, classify
 
 
 @settings(max_examples=300, deadline=None)

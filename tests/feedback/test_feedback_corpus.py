@@ -30,7 +30,7 @@ from feedback_helpers import (
     query,
     summary,
 )
-from statusmail.classify import ReturnPath, Verdict, classify
+from statusmail.feedback.classify import ReturnPath, Verdict, classify
 
 INDEX = corpus_index()
 ENV = {"STATUSMAIL_UNSUBSCRIBE_SECRET": SECRET}

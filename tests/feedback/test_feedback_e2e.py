@@ -32,7 +32,7 @@ from feedback_helpers import (
     summary,
 )
 from smtp_server import ReceivedMessage, RecordingServer
-from statusmail.tokens import Keyring, return_path_token
+from statusmail.project.tokens import Keyring, return_path_token
 
 ENV = {"STATUSMAIL_UNSUBSCRIBE_SECRET": SECRET}
 HARD = "ivan.smirnov@example.com"

@@ -29,7 +29,7 @@ from feedback_helpers import (
     summary,
 )
 from imap_server import USER, Dovecot, Relay, require_dovecot
-from statusmail.bouncebox import MaildirBox, uid_sets
+from statusmail.feedback.bouncebox import MaildirBox, uid_sets
 
 HANDLED = ["postfix-user-unknown.eml", "arf-yahoo-abuse.eml", "mailto-unsubscribe-gmail.eml"]
 LEFT = ["vacation-ru.eml", "unrelated-question.eml"]

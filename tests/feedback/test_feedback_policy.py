@@ -15,15 +15,15 @@ import pytest
 from conftest import REPO, invoke
 from editing import replace_in
 from feedback_helpers import CORPUS, deliver, dsn
-from statusmail.config import load_config
 from statusmail.domain import DeliveryStatus, Outcome, Preference, Recipient
 from statusmail.errors import ConfigError
-from statusmail.feedback import Feedback
+from statusmail.feedback.loop import Feedback
 from statusmail.ledger import Ledger, StagedRow
 from statusmail.ledger import store as ledger_module
 from statusmail.ledger.schema import MIGRATIONS, statements
-from statusmail.selection import select
-from statusmail.tokens import (
+from statusmail.project.config import load_config
+from statusmail.project.selection import select
+from statusmail.project.tokens import (
     MAX_LOCAL_PART,
     Keyring,
     Purpose,
@@ -273,7 +273,7 @@ def test_preferences_override_the_list_in_memory_or_row_by_row(
     if not in_memory:  # past the limit, each subscriber's is read from the ledger
         monkeypatch.setattr(ledger_module, "PREFERENCES_IN_MEMORY", 0)
     config = load_config(project)
-    from statusmail.entries import find_entry
+    from statusmail.project.entries import find_entry
 
     entry = find_entry(config.paths.updates, "update-2020-04-21")  # service-status, RU/BY/KZ
     with Ledger(config.paths.ledger) as ledger:

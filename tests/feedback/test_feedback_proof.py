@@ -30,10 +30,10 @@ from feedback_helpers import (
     sent_to,
     set_bounces,
 )
-from statusmail.config import Config, load_config
-from statusmail.feedback import Feedback
+from statusmail.feedback.loop import Feedback
 from statusmail.ledger import Ledger
-from statusmail.tokens import Keyring, message_id
+from statusmail.project.config import Config, load_config
+from statusmail.project.tokens import Keyring, message_id
 
 KEYS = Keyring(SECRET.encode())
 ENV = {"STATUSMAIL_UNSUBSCRIBE_SECRET": SECRET}

@@ -26,10 +26,10 @@ from starlette.applications import Starlette
 from conftest import SECRET, UPDATE, Reply, copy_sample, http_request, invoke, serving
 from feedback_helpers import ledger_dump, query
 from statusmail import metrics
-from statusmail.config import Config, load_config
 from statusmail.errors import ConfigError
-from statusmail.health import BackgroundServer, listen
-from statusmail.webhooks import MAX_BODY, routes, webhook_problems
+from statusmail.feedback.webhooks import MAX_BODY, routes, webhook_problems
+from statusmail.project.config import Config, load_config
+from statusmail.web.health import BackgroundServer, listen
 
 TOPIC = "arn:aws:sns:us-east-1:123456789012:statusmail-bounces"
 CERT_URL = "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-0123456789abcdef.pem"

@@ -21,10 +21,10 @@ import pytest
 from conftest import UPDATE, UPDATE_AUDIENCE, clean_environ, command, invoke, missing, outbox_count
 from editing import line_of
 from statusmail import pipeline
-from statusmail.config import load_config
 from statusmail.errors import ConfigError
 from statusmail.ledger import Ledger
 from statusmail.ledger.database import SqliteDatabase
+from statusmail.project.config import load_config
 
 # PRAGMA synchronous reads back as a number: NORMAL is 1, FULL is 2.
 SYNCHRONOUS = {"normal": 1, "full": 2}

@@ -15,11 +15,12 @@ from pathlib import Path
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
 from conftest import SECRET_ENV, invoke, wait_for
+from ops_helpers import process_state
 from postgres_helpers import ENTRY, SAMPLE, configure, query, recipient_of, senders
 from smtp_server import RecordingServer
-from statusmail.config import is_url
 from statusmail.domain import DeliveryStatus, Outcome, Recipient
 from statusmail.ledger import Ledger, LocalQueue, ServerQueue, StagedRow
+from statusmail.project.config import is_url
 
 
 def recipient(i: int) -> Recipient:
@@ -84,12 +85,6 @@ def test_a_claim_taken_over_is_fenced(ledger_target: str | Path) -> None:
             {Outcome(r.address, DeliveryStatus.SENT, 1, 250, None, "<2@x>"): e for r, e in taken},
         )
         assert ledger.counts(ENTRY)["sent"] == 4
-
-
-def process_state(pid: int) -> str:
-    """The state letter of /proc/PID/stat (T: stopped)."""
-    stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
-    return stat.rpartition(")")[2].split()[0]
 
 
 def test_a_sender_stopped_past_its_lease_sends_nothing_another_took_over(

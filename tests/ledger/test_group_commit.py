@@ -11,7 +11,7 @@ from aiosmtpd.smtp import Envelope
 
 from delivery_helpers import add_subscribers, ledger_rows, point_at, send
 from smtp_server import RecordingServer
-from statusmail import delivery
+from statusmail.delivery import engine as delivery
 from statusmail.ledger import Ledger
 
 

@@ -15,16 +15,16 @@ from pathlib import Path
 import pytest
 
 from conftest import SECRET_ENV, invoke, outbox_count, wait_for
+from ops_helpers import process_state
 from postgres_helpers import ENTRY, SAMPLE, configure, query, recipient_of, senders
 from smtp_server import RecordingServer
 from statusmail import pipeline
-from statusmail.config import load_config
 from statusmail.domain import ExitCode, Recipient
 from statusmail.ledger import Ledger, StagedRow
 from statusmail.ledger.store import SelectionLost
 from statusmail.pipeline import Prepared
-from statusmail.subscribers import count_rows
-from test_fencing import process_state
+from statusmail.project.config import load_config
+from statusmail.project.subscribers import count_rows
 
 
 def rows(first: int, count: int) -> list[StagedRow]:

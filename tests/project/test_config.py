@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from conftest import invoke, statusmail
 from editing import replace_in
 from postgres_helpers import query
-from statusmail.config import DEV_UNSUBSCRIBE_SECRET, find_config, load_config
 from statusmail.errors import ConfigError, LedgerError
 from statusmail.ledger.database import describe
+from statusmail.project.config import DEV_UNSUBSCRIBE_SECRET, find_config, load_config
 
 
 def problems(path: Path, environ: dict[str, str] | None = None) -> list[str]:

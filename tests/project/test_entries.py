@@ -9,11 +9,11 @@ import pytest
 
 from conftest import BLOCK, UPDATE
 from editing import line_of, replace_in
-from statusmail.config import load_config
 from statusmail.domain import Audience, Content, Entry, EntryStatus
-from statusmail.entries import find_entry, load_entries, load_entry, source_hash
 from statusmail.errors import InputError, Problem
-from statusmail.regions import Region, load_regions
+from statusmail.project.config import load_config
+from statusmail.project.entries import find_entry, load_entries, load_entry, source_hash
+from statusmail.project.regions import Region, load_regions
 from statusmail.validation import entry_problems
 
 
@@ -315,7 +315,7 @@ def regions(project: Path) -> dict[str, Region]:
 
 def cross_check(entry: Entry, known: object, regions: dict[str, Region]) -> list[Problem]:
     """The errors (not warnings) the shared validation finds in ``entry``."""
-    config = load_config(Path(__file__).resolve().parent.parent / "statusmail.yaml")
+    config = load_config(Path(__file__).resolve().parents[2] / "statusmail.yaml")
     found = entry_problems(entry, known_ids=list(known), regions=regions, config=config)  # type: ignore[call-overload]
     return [p for p in found if not p.warning]
 

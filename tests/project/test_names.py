@@ -24,11 +24,11 @@ from conftest import (
     recipient,
 )
 from editing import line_of, replace_in
-from statusmail.config import load_config
-from statusmail.entries import find_entry
-from statusmail.regions import load_regions
-from statusmail.render import TEXT_WIDTH, Renderer
-from statusmail.subscribers import given_name_first
+from statusmail.content.render import TEXT_WIDTH, Renderer
+from statusmail.project.config import load_config
+from statusmail.project.entries import find_entry
+from statusmail.project.regions import load_regions
+from statusmail.project.subscribers import given_name_first
 
 PETROVA = "petrova@example.org"
 LONG = "long.name@example.org"

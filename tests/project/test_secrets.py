@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import SECRET, invoke
-from statusmail.config import DEV_UNSUBSCRIBE_SECRET, load_config, read_secret
 from statusmail.errors import ConfigError
+from statusmail.project.config import DEV_UNSUBSCRIBE_SECRET, load_config, read_secret
 
 NAME = "STATUSMAIL_UNSUBSCRIBE_SECRET"
 PREVIOUS = "STATUSMAIL_UNSUBSCRIBE_PREVIOUS_SECRETS"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import CSV_HEADER, UPDATE, invoke
-from statusmail.subscribers import RowProblem, Subscriber, iter_subscribers
+from statusmail.project.subscribers import RowProblem, Subscriber, iter_subscribers
 
 
 def rows(first: int, end: int) -> str:

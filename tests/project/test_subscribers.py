@@ -11,13 +11,13 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import CSV_HEADER
-from statusmail import subscribers as subscribers_module
-from statusmail.config import load_config
 from statusmail.domain import Audience, Content, Entry, EntryStatus, Recipient
-from statusmail.entries import load_entry
-from statusmail.locales import normalize_locale, resolve_locale
-from statusmail.selection import SelectionStats, select
-from statusmail.subscribers import (
+from statusmail.project import subscribers as subscribers_module
+from statusmail.project.config import load_config
+from statusmail.project.entries import load_entry
+from statusmail.project.locales import normalize_locale, resolve_locale
+from statusmail.project.selection import SelectionStats, select
+from statusmail.project.subscribers import (
     RowProblem,
     Subscriber,
     clean_name,
@@ -633,7 +633,7 @@ def test_normalize_locale(raw: str | None, expected: str | None) -> None:
 
 
 def test_seen_addresses_spill_to_disk_and_still_dedupe() -> None:
-    from statusmail.subscribers import SeenAddresses
+    from statusmail.project.subscribers import SeenAddresses
 
     seen = SeenAddresses(spill_at=1000)
     try:

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 
 from conftest import http_request, invoke, outbox_messages, serving
 from editing import replace_in
-from statusmail.config import load_config, read_secret
 from statusmail.errors import ConfigError
-from statusmail.tokens import (
+from statusmail.project.config import load_config, read_secret
+from statusmail.project.tokens import (
     Keyring,
     Purpose,
     entry_token,

@@ -33,7 +33,7 @@ from conftest import (
 )
 from editing import replace_in
 from feedback_helpers import query
-from statusmail.tokens import Keyring, form_token, preferences_token
+from statusmail.project.tokens import Keyring, form_token, preferences_token
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page, Response

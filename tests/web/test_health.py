@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from statusmail.health import listen
+from statusmail.web.health import listen
 
 
 async def test_accepted_connections_send_at_once() -> None:

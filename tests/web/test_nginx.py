@@ -33,7 +33,7 @@ from conftest import (
 from delivery_helpers import suppressed
 from feedback_helpers import query
 from ops_helpers import need
-from statusmail.tokens import Keyring, preferences_token, unsubscribe_token
+from statusmail.project.tokens import Keyring, preferences_token, unsubscribe_token
 
 SHIPPED = REPO / "contrib" / "nginx-statusmail.conf"
 # The main site (unsubscribe.url's host) and the mirror regions.yaml's links rewrite it to.

@@ -31,7 +31,7 @@ from ops_helpers import (
 )
 from smtp_server import RecordingServer
 from statusmail import metrics
-from statusmail.tokens import Keyring, unsubscribe_token
+from statusmail.project.tokens import Keyring, unsubscribe_token
 
 ONE_CLICK = {"Content-Type": "application/x-www-form-urlencoded"}
 BLOCK, UPDATE = "block-2020-01-23", "update-2020-04-21"

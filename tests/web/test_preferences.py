@@ -22,8 +22,8 @@ from delivery_helpers import point_at, send
 from editing import replace_in
 from feedback_helpers import query
 from smtp_server import RecordingServer
-from statusmail.regions import load_regions
-from statusmail.tokens import (
+from statusmail.project.regions import load_regions
+from statusmail.project.tokens import (
     FORM_TOKEN_LIFETIME,
     FORM_TOKEN_SKEW,
     Keyring,

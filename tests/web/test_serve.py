@@ -35,13 +35,13 @@ from delivery_helpers import point_at, send, suppressed
 from editing import line_of, replace_in
 from postgres_helpers import query
 from smtp_server import RecordingServer
-from statusmail.config import DEV_UNSUBSCRIBE_SECRET
 from statusmail.domain import SuppressionReason
 from statusmail.errors import LedgerError
 from statusmail.ledger import Ledger, describe
 from statusmail.ledger.pool import POOL_SIZE, WAIT, WAIT_WHILE_DOWN
-from statusmail.serve import LedgerAccess
-from statusmail.tokens import Keyring, unsubscribe_token
+from statusmail.project.config import DEV_UNSUBSCRIBE_SECRET
+from statusmail.project.tokens import Keyring, unsubscribe_token
+from statusmail.web.serve import LedgerAccess
 
 ONE_CLICK = b"List-Unsubscribe=One-Click"
 FORM = "application/x-www-form-urlencoded"

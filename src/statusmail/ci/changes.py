@@ -12,12 +12,12 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from statusmail.catalog import catalog_path
-from statusmail.config import Config
-from statusmail.entries import entry_paths
+from statusmail.content.catalog import catalog_path
 from statusmail.errors import StatusmailError
-from statusmail.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES
-from statusmail.subscribers import subscriber_files
+from statusmail.project.config import Config
+from statusmail.project.entries import entry_paths
+from statusmail.project.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES
+from statusmail.project.subscribers import subscriber_files
 
 # The kinds of project file, in the order reports list them.
 KINDS = ("config", "regions", "entries", "templates", "catalogs", "subscribers")

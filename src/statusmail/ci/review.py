@@ -14,22 +14,23 @@ from pathlib import Path
 
 from rich.console import Console
 
-from statusmail import formats, pipeline, summary
-from statusmail.changes import (
+from statusmail import pipeline
+from statusmail.ci import formats, summary
+from statusmail.ci.changes import (
     AFFECT_EVERY_ENTRY,
     Changes,
     changed_since,
     display_root,
     project_files,
 )
+from statusmail.ci.summary import EntryPreview
 from statusmail.commands import dry_run_json, print_dry_run
-from statusmail.config import Config, load_config
+from statusmail.content.preview import write_previews
+from statusmail.delivery.report import print_json
 from statusmail.domain import ExitCode
-from statusmail.entries import find_entry
 from statusmail.errors import ConfigError, InputError, Problem
-from statusmail.preview import write_previews
-from statusmail.report import print_json
-from statusmail.summary import EntryPreview
+from statusmail.project.config import Config, load_config
+from statusmail.project.entries import find_entry
 from statusmail.validation import CheckReport, check_project
 
 log = logging.getLogger("statusmail")
@@ -242,6 +243,6 @@ def webhook_problems(config: Config) -> list[Problem]:
     """What would stop ``serve`` from answering the configured providers' webhooks."""
     if not config.webhooks.served:
         return []
-    from statusmail import webhooks  # their parsers only when a provider is configured
+    from statusmail.feedback import webhooks  # their parsers only when a provider is configured
 
     return webhooks.webhook_problems(config)

@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-from statusmail.changes import Changes
+from statusmail.ci.changes import Changes
+from statusmail.ci.formats import Item, items
+from statusmail.content.render import VariantKey
+from statusmail.domain import mask_address
 from statusmail.errors import Problem
-from statusmail.formats import Item, items
-from statusmail.locales import SUPPORTED_LOCALES
 from statusmail.pipeline import DryRun, Prepared
-from statusmail.render import VariantKey
-from statusmail.report import mask_address
+from statusmail.project.locales import SUPPORTED_LOCALES
 
 _ADDRESS = re.compile(r"[^\s@'\"<>()\[\],;:]+@[^\s@'\"<>()\[\],;:]+")
 

@@ -30,8 +30,8 @@ from babel.support import NullTranslations, Translations
 from jinja2 import nodes
 
 from statusmail.errors import Problem, RenderError
-from statusmail.language import BRAND_WORDS, language_problem, words
-from statusmail.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES
+from statusmail.project.language import BRAND_WORDS, language_problem, words
+from statusmail.project.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES
 
 CATALOG_DOMAIN = "messages"
 

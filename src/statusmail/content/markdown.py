@@ -10,7 +10,7 @@ from markdown_it import MarkdownIt
 from markdown_it.token import Token
 from markupsafe import Markup
 
-from statusmail.typography import typeset_tokens
+from statusmail.content.typography import typeset_tokens
 
 WIDTH = 78
 

@@ -37,11 +37,8 @@ from dataclasses import dataclass
 from email.header import Header
 from urllib.parse import quote
 
-from statusmail.config import Config
-from statusmail.dkim_signing import DkimSigner
-from statusmail.domain import Entry, Recipient
-from statusmail.regions import Region
-from statusmail.render import (
+from statusmail.content.dkim_signing import DkimSigner
+from statusmail.content.render import (
     GREETING_SLOT,
     NAME_SLOT,
     PREFERENCES_SLOT,
@@ -51,15 +48,17 @@ from statusmail.render import (
     VariantKey,
     escape_html,
 )
-from statusmail.subscribers import given_name_first
-from statusmail.tokens import (
+from statusmail.domain import Entry, Envelope, Recipient, Shape
+from statusmail.project.config import Config
+from statusmail.project.regions import Region
+from statusmail.project.subscribers import given_name_first
+from statusmail.project.tokens import (
     Keyring,
     message_id,
     preferences_token,
     return_path_token,
     unsubscribe_token,
 )
-from statusmail.transport import Envelope, Shape
 
 
 def _header(name: str, value: str) -> bytes:

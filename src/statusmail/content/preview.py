@@ -18,12 +18,11 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 from pathlib import Path
 
+from statusmail.content.message import MessageFactory
+from statusmail.content.render import PROBE_ADDRESS as PREVIEW_ADDRESS
+from statusmail.content.render import VariantKey, probe_recipient
 from statusmail.domain import Entry
-from statusmail.message import MessageFactory
-from statusmail.render import VariantKey
-from statusmail.selection import SelectionStats
-from statusmail.validation import PROBE_ADDRESS as PREVIEW_ADDRESS
-from statusmail.validation import probe_recipient
+from statusmail.project.selection import SelectionStats
 
 PREVIEW_SUFFIXES = (".eml", ".html", ".txt")  # what a dry run writes, and may clear
 HEADERS = ("From", "To", "Subject", "List-Unsubscribe", "Content-Language")

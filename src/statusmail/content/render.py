@@ -24,13 +24,13 @@ import jinja2
 from babel.dates import format_date
 from markupsafe import Markup, escape
 
-from statusmail import markdown
-from statusmail.catalog import catalog_path, load_translations, render_error
-from statusmail.domain import Entry
+from statusmail.content import markdown
+from statusmail.content.catalog import catalog_path, load_translations, render_error
+from statusmail.content.typography import typeset
+from statusmail.domain import Entry, Recipient
 from statusmail.errors import Problem, RenderError
-from statusmail.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES
-from statusmail.regions import Region
-from statusmail.typography import typeset
+from statusmail.project.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES
+from statusmail.project.regions import Region
 
 _COUNT_BEFORE_WORD = re.compile(r"(%\((?:num|count)\)[sd]) (?=\w)")
 TEXT_TEMPLATE = "message.txt.j2"
@@ -321,3 +321,19 @@ class Renderer:
         self, entry: Entry, key: VariantKey, name: str, url: str, preferences_url: str = ""
     ) -> Rendered:
         return self._render(entry, key, name, url, preferences_url)
+
+
+PROBE_ADDRESS = "preview@example.invalid"  # never a subscriber's: previews and checks only
+PROBE_NAMES = {"en": "Alex Example", "ru": "Алекс Пример"}
+
+
+def probe_recipient(key: VariantKey) -> Recipient:
+    """The made-up recipient a variant is built for in previews and checks."""
+    return Recipient(
+        address=PROBE_ADDRESS,
+        email=PROBE_ADDRESS,
+        ascii_email=PROBE_ADDRESS,
+        name=PROBE_NAMES.get(key.locale, PROBE_NAMES[FALLBACK_LOCALE]) if key.named else "",
+        locale=key.locale,
+        region=key.region,
+    )

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 
 from markdown_it.token import Token
 
-from statusmail.locales import normalize_locale
+from statusmail.project.locales import normalize_locale
 
 NBSP = "\u00a0"
 _OPAQUE = "\ufffc"  # stands in for a URL, an address or a code span while the rules run

@@ -26,14 +26,13 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from statusmail.config import SendingSettings
-from statusmail.domain import DeliveryStatus, Outcome, Recipient, SuppressionReason
+from statusmail.content.message import Built
+from statusmail.delivery.throttle import FailureWindow, SharedBucket, TokenBucket
+from statusmail.delivery.transport import Connection, Ready, SessionEnded, Transport
+from statusmail.domain import DeliveryStatus, Envelope, Outcome, Recipient, SuppressionReason, scrub
 from statusmail.errors import BuildError, DeliveryError, LedgerError
 from statusmail.ledger import DeliveryQueue
-from statusmail.message import Built
-from statusmail.report import scrub
-from statusmail.throttle import FailureWindow, SharedBucket, TokenBucket
-from statusmail.transport import Connection, Envelope, Ready, SessionEnded, Transport
+from statusmail.project.config import SendingSettings
 
 if TYPE_CHECKING:
     from statusmail.metrics import DeliveryMetrics

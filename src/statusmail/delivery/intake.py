@@ -25,14 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from statusmail import validation
-from statusmail.config import Config, is_url
 from statusmail.domain import Entry
 from statusmail.errors import InputError, Interrupted, LedgerError, Problem, StatusmailError
 from statusmail.ledger import Ledger, StagedRow
 from statusmail.ledger.store import SELECTION_ENDED, SelectionLost
-from statusmail.selection import Inactive, PreferenceLookup, SelectionStats, select
-from statusmail.subscribers import RowProblem, count_rows
+from statusmail.project import entries
+from statusmail.project.config import Config, is_url
+from statusmail.project.selection import Inactive, PreferenceLookup, SelectionStats, select
+from statusmail.project.subscribers import RowProblem, count_rows
 
 log = logging.getLogger("statusmail")
 
@@ -168,7 +168,7 @@ def stage_all(run: Run, ledger: Ledger, stats: SelectionStats) -> None:
     ledger.reset_staging()
     with ledger.preference_lookup() as preferences:
         ledger.stage(staged_rows(run, ledger.suppressed(), stats, preferences))
-    problems = validation.missing_language_problems(entry, stats.locales())
+    problems = entries.missing_language_problems(entry, stats.locales())
     if problems:
         raise InputError(problems)
 
@@ -288,7 +288,7 @@ class Stream:
         for batch in _batches(rows, size):
             if self._stop.is_set():
                 return
-            missing = validation.missing_language_problems(entry, stats.locales())
+            missing = entries.missing_language_problems(entry, stats.locales())
             if missing:
                 raise InputError(missing)
             ledger.stage(batch)

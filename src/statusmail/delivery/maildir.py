@@ -14,8 +14,9 @@ import socket
 import time
 from pathlib import Path
 
+from statusmail.delivery.transport import Ready
+from statusmail.domain import Envelope
 from statusmail.errors import ConnectError, DeliveryError
-from statusmail.transport import Envelope, Ready
 
 _counter = itertools.count()
 

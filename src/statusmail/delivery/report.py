@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
 from rich.console import Console
@@ -24,23 +22,6 @@ from rich.table import Table
 from statusmail.domain import Outcome, Recipient
 
 log = logging.getLogger("statusmail")
-
-
-def mask_address(address: str) -> str:
-    """``anna@example.org`` → ``a***@example.org``: enough to recognise, not to harvest."""
-    local, at, domain = address.rpartition("@")
-    if not at:
-        return "***"
-    return f"{local[:1]}***@{domain}"
-
-
-def scrub(
-    text: str, addresses: Iterable[str | None], mask: Callable[[str], str] = mask_address
-) -> str:
-    """``text`` with each of ``addresses`` (any letter case) masked."""
-    for address in {a for a in addresses if a}:
-        text = re.sub(re.escape(address), mask(address), text, flags=re.IGNORECASE)
-    return text
 
 
 class ProgressReporter:

@@ -22,9 +22,10 @@ import ssl
 
 import aiosmtplib
 
-from statusmail.config import SmtpSettings
+from statusmail.delivery.transport import Ready, SessionEnded
+from statusmail.domain import Envelope
 from statusmail.errors import ConnectError, DeliveryError
-from statusmail.transport import Envelope, Ready, SessionEnded
+from statusmail.project.config import SmtpSettings
 
 _BOUNCE_STATUS = re.compile(r"(?<![\d.])5\.1\.(?:1|10)(?![\d.])")
 _BOUNCE_TEXT = re.compile(

@@ -8,35 +8,10 @@ transport only knows how to hand one message to its destination and to say, by r
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Protocol
 
+from statusmail.domain import Envelope
 from statusmail.errors import DeliveryError
-
-
-@dataclass(frozen=True, slots=True)
-class Shape:
-    """What the message builder knows of the bytes it made, so that no transport has to
-    scan them: they are wire-ready (CRLF line endings only, no bare CR or LF, no line
-    that starts with a dot, none longer than 998 octets), and:"""
-
-    eight_bit: bool  # the body holds octets above 127 (an 8bit part: BODY=8BITMIME)
-    ascii_headers: bool  # else the headers need SMTPUTF8
-
-
-@dataclass(frozen=True, slots=True)
-class Envelope:
-    """One outgoing message: exactly one recipient."""
-
-    sender: str  # envelope MAIL FROM
-    recipient: str  # envelope RCPT TO, as the subscriber's address (may be IDN)
-    recipient_ascii: str | None  # ASCII form (punycode domain); None if the local part is not ASCII
-    data: bytes  # the whole message, CRLF line endings
-    message_id: str
-    shape: Shape | None = None  # None: made elsewhere; a transport must look at ``data``
-    # For an 8-bit message: the same message built for a relay without 8BITMIME.
-    seven_bit: Callable[[], Envelope] | None = None
-
 
 # Awaited just before a connection hands a message over for good (the end of DATA, the
 # rename into the outbox's new/): the engine's last outcome on this connection is in the

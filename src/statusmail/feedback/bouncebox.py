@@ -21,8 +21,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
-from statusmail.config import ImapSettings
 from statusmail.errors import ConnectError
+from statusmail.project.config import ImapSettings
 
 # A bounce, a complaint or an unsubscribe is small; a message larger than this is none.
 MAX_MESSAGE = 10 * 1024 * 1024

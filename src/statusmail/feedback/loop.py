@@ -50,8 +50,18 @@ from pathlib import Path
 from typing import Any
 
 from statusmail import metrics
-from statusmail.bouncebox import ImapBox, Mailbox, MaildirBox
-from statusmail.classify import (
+from statusmail.domain import (
+    Cause,
+    DeliveryStatus,
+    EventState,
+    FeedbackKind,
+    SuppressionReason,
+    mask_address,
+    scrub,
+)
+from statusmail.errors import ConfigError, Problem
+from statusmail.feedback.bouncebox import ImapBox, Mailbox, MaildirBox
+from statusmail.feedback.classify import (
     Classified,
     Failure,
     ReturnPath,
@@ -61,19 +71,10 @@ from statusmail.classify import (
     header,
     parse,
 )
-from statusmail.config import Config, imap_password_problem
-from statusmail.domain import (
-    Cause,
-    DeliveryStatus,
-    EventState,
-    FeedbackKind,
-    SuppressionReason,
-)
-from statusmail.errors import ConfigError, Problem
 from statusmail.ledger import SCHEMA_VERSION, FeedbackEvent, Ledger, run_lock
 from statusmail.ledger import exists as ledger_exists
-from statusmail.report import mask_address, scrub
-from statusmail.tokens import (
+from statusmail.project.config import Config, imap_password_problem
+from statusmail.project.tokens import (
     Keyring,
     Purpose,
     message_id_names,

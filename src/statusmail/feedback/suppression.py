@@ -13,7 +13,7 @@ from email_validator import EmailNotValidError, validate_email
 from statusmail.domain import Preference
 from statusmail.errors import InputError, Problem
 from statusmail.ledger import Ledger
-from statusmail.subscribers import address_key
+from statusmail.project.subscribers import address_key
 
 # A spreadsheet runs a cell that starts with one of these as a formula (CSV injection).
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -62,7 +62,7 @@ class Selector:
 def matching(ledger: Ledger, selector: Selector) -> list[str]:
     """The suppressed addresses ``selector`` names. A report recorded before causes were
     kept has its cause read again from its code and text."""
-    from statusmail.classify import cause_of  # the mail parsers only when asked
+    from statusmail.feedback.classify import cause_of  # the mail parsers only when asked
 
     domain = selector.domain.strip().lower() if selector.domain else None
     since = selector.since.isoformat() if selector.since else None

@@ -51,17 +51,17 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from statusmail.classify import status_code
-from statusmail.config import (
+from statusmail.domain import FeedbackKind
+from statusmail.errors import ConfigError, Problem, StatusmailError
+from statusmail.feedback.classify import status_code
+from statusmail.feedback.loop import PassReport, ProviderReport, apply_reports, record_forged
+from statusmail.project.config import (
     Config,
     MailgunWebhook,
     PostmarkWebhook,
     SesWebhook,
     read_secret,
 )
-from statusmail.domain import FeedbackKind
-from statusmail.errors import ConfigError, Problem, StatusmailError
-from statusmail.feedback import PassReport, ProviderReport, apply_reports, record_forged
 
 log = logging.getLogger(__name__)
 

@@ -5,9 +5,14 @@ It lives in an embedded SQLite file (the default) or in PostgreSQL (``paths.ledg
 package: ``schema`` (numbered migrations), ``database`` (the two engines), ``store``
 (the ledger), ``queries`` and ``queue`` (the delivery side), ``locks``, ``pool`` (the
 connections ``serve`` keeps).
+
+May import: ``project`` (the config), ``domain``, ``errors``; never content, delivery,
+feedback, web or the commands. Invariants: every outcome is recorded before the next
+message on its connection is handed over; a claim is fenced (a sender that lost its
+lease writes nothing); migrations are numbered and only ever added.
+Imported by: ``delivery``, ``feedback``, ``web``, ``pipeline``, ``watch``, the commands.
 """
 
-from statusmail.config import is_url
 from statusmail.ledger.database import describe
 from statusmail.ledger.locks import run_lock
 from statusmail.ledger.pool import LedgerPool
@@ -26,6 +31,7 @@ from statusmail.ledger.store import (
     read_preferences,
     read_suppressions,
 )
+from statusmail.project.config import is_url
 
 __all__ = [
     "FEEDBACK_OUTCOMES",

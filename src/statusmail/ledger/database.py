@@ -19,8 +19,8 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from statusmail.config import is_url, sqlite_durability
 from statusmail.errors import LedgerError
+from statusmail.project.config import is_url, sqlite_durability
 
 # A writer waits at most this long for another (a group commit or an enqueue batch takes
 # milliseconds), so the unsubscribe endpoint never waits on a send for long.

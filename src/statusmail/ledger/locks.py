@@ -19,9 +19,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from statusmail.config import is_url
 from statusmail.errors import LedgerError
 from statusmail.ledger.database import CONNECTION, describe, one_line
+from statusmail.project.config import is_url
 
 if TYPE_CHECKING:
     import psycopg

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from statusmail.config import is_url
 from statusmail.domain import DeliveryStatus, Outcome, Preference, Recipient
 from statusmail.errors import LedgerError, StatusmailError
 from statusmail.ledger import queries
@@ -39,6 +38,7 @@ from statusmail.ledger.database import (
     transient,
 )
 from statusmail.ledger.schema import MIGRATIONS, SCHEMA_VERSION, statements
+from statusmail.project.config import is_url
 
 ENQUEUE_BATCH = 2_000
 # What a delivery can end as; a sent row may later turn bounced or complained.

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from statusmail.errors import ConfigError, InputError, Problem
-from statusmail.fields import Fields
-from statusmail.tokens import Keyring
-from statusmail.yamlfile import load_yaml
+from statusmail.project.fields import Fields
+from statusmail.project.tokens import MIN_SECRET_BYTES, Keyring
+from statusmail.project.yamlfile import load_yaml
 
 DEFAULT_CONFIG_NAME = "statusmail.yaml"
 TRANSPORTS = ("maildir", "smtp")
@@ -770,3 +770,16 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def secret_length_problem(config: Config, keys: Keyring, is_dev: bool) -> Problem | None:
+    """A secret someone could guess makes every link forgeable: at least 32 bytes."""
+    if is_dev or len(keys.secret) >= MIN_SECRET_BYTES:
+        return None
+    return Problem(
+        config.path,
+        config.line("unsubscribe"),
+        f"${config.unsubscribe.secret_env} is {len(keys.secret)} bytes; it must be at least "
+        f"{MIN_SECRET_BYTES} (e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))')",
+        code="secret-short",
+    )

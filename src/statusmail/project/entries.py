@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from pathlib import Path
 
 from statusmail.domain import Audience, Content, Entry, EntryStatus
 from statusmail.errors import InputError, Problem
-from statusmail.fields import Fields
-from statusmail.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES, normalize_locale
-from statusmail.regions import REGION_CODE
-from statusmail.yamlfile import parse_yaml, read_text
+from statusmail.project.fields import Fields
+from statusmail.project.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES, normalize_locale
+from statusmail.project.regions import REGION_CODE
+from statusmail.project.yamlfile import parse_yaml, read_text
 
 STATUSES = tuple(status.value for status in EntryStatus)
 SOURCE_HASH_CHARS = 12
@@ -162,3 +163,19 @@ def find_entry(updates_dir: Path, entry_id: str) -> Entry:
     if not path.is_file():
         raise unknown_entry(updates_dir, entry_id)
     return load_entry(path)
+
+
+def missing_language_problems(entry: Entry, locales: Iterable[str]) -> list[Problem]:
+    """An audience that reads a language the entry lacks is an error, not a fallback."""
+    missing = sorted(set(locales) - set(entry.content))
+    if not missing:
+        return []
+    return [
+        Problem(
+            entry.where,
+            entry.line("content"),
+            f"subscribers in the audience read {', '.join(missing)} "
+            "but the entry has no content in it",
+            code="missing-translation",
+        )
+    ]

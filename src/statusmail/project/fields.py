@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from statusmail.errors import Problem
-from statusmail.yamlfile import LineDict, line_of
+from statusmail.project.yamlfile import LineDict, line_of
 
 
 class Fields:

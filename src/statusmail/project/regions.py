@@ -14,8 +14,8 @@ from email_validator import EmailNotValidError, validate_email
 from publicsuffixlist import PSLFILE, PublicSuffixList
 
 from statusmail.errors import InputError, Problem
-from statusmail.fields import Fields
-from statusmail.yamlfile import load_yaml
+from statusmail.project.fields import Fields
+from statusmail.project.yamlfile import load_yaml
 
 REGION_CODE = re.compile(r"^[A-Z]{2}$")
 # The host of every http(s) link in a rendered part or a header.

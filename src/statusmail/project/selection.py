@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from statusmail.domain import Entry, Preference, Recipient, SubscriberStatus
-from statusmail.locales import resolve_locale
-from statusmail.subscribers import ReadStats, RowProblem, iter_subscribers
+from statusmail.project.locales import resolve_locale
+from statusmail.project.subscribers import ReadStats, RowProblem, iter_subscribers
 
 # Keep at most this many invalid rows in memory for the report; the rest are counted.
 MAX_REPORTED_PROBLEMS = 1000

@@ -36,7 +36,7 @@ from typing import Any, TextIO
 import yaml
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 
-from statusmail.yamlfile import _BaseLoader
+from statusmail.project.yamlfile import _BaseLoader
 
 STATUSES = ("active", "unsubscribed", "bounced")
 COLUMNS = ("email", "name", "locale", "region", "topics", "status")

@@ -17,11 +17,16 @@ from urllib.parse import parse_qs
 import jinja2
 from babel import Locale
 
-from statusmail.catalog import catalog_path, load_translations, render_error, template_environment
-from statusmail.config import Config
+from statusmail.content.catalog import (
+    catalog_path,
+    load_translations,
+    render_error,
+    template_environment,
+)
 from statusmail.domain import Preference
 from statusmail.errors import InputError, Problem, RenderError
-from statusmail.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES
+from statusmail.project.config import Config
+from statusmail.project.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES
 
 PREFERENCES_PAGE = "pages/preferences.html.j2"  # under the templates folder
 

@@ -39,11 +39,28 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from statusmail.catalog import catalog_path, load_translations, render_error, template_environment
-from statusmail.config import Config, is_url
+from statusmail.content.catalog import (
+    catalog_path,
+    load_translations,
+    render_error,
+    template_environment,
+)
 from statusmail.domain import Preference, SuppressionReason
 from statusmail.errors import ConfigError, InputError, LedgerError, Problem
-from statusmail.health import (
+from statusmail.ledger import Ledger, LedgerPool
+from statusmail.ledger import exists as ledger_exists
+from statusmail.metrics import UnsubscribeMetrics, new_registry
+from statusmail.project.config import Config, is_url, secret_length_problem
+from statusmail.project.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES, normalize_locale
+from statusmail.project.regions import load_regions
+from statusmail.project.tokens import (
+    Keyring,
+    form_token,
+    verify_form_token,
+    verify_preferences_token,
+    verify_unsubscribe_token,
+)
+from statusmail.web.health import (
     Heartbeat,
     ServeError,
     ledger_problem,
@@ -52,11 +69,7 @@ from statusmail.health import (
     routes,
     uvicorn_server,
 )
-from statusmail.ledger import Ledger, LedgerPool
-from statusmail.ledger import exists as ledger_exists
-from statusmail.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES, normalize_locale
-from statusmail.metrics import UnsubscribeMetrics, new_registry
-from statusmail.pages import (
+from statusmail.web.pages import (
     Choice,
     PreferencesPage,
     initial_choice,
@@ -64,15 +77,6 @@ from statusmail.pages import (
     preferences_page,
     read_form,
 )
-from statusmail.regions import load_regions
-from statusmail.tokens import (
-    Keyring,
-    form_token,
-    verify_form_token,
-    verify_preferences_token,
-    verify_unsubscribe_token,
-)
-from statusmail.validation import secret_length_problem
 
 log = logging.getLogger(__name__)
 
@@ -543,7 +547,8 @@ def _webhook_routes(config: Config, ledgers: LedgerAccess) -> list[BaseRoute]:
     a report is not applied twice; the provider retries on the 503."""
     if not config.webhooks.served:
         return []
-    from statusmail import feedback, webhooks
+    from statusmail.feedback import loop as feedback
+    from statusmail.feedback import webhooks
 
     def apply(config: Config, reports: Sequence[feedback.ProviderReport]) -> feedback.PassReport:
         return ledgers.run(

@@ -1,0 +1,11 @@
+"""What a reader receives: Markdown to HTML and text, typography, the catalogs, the
+rendered variants, the wire-ready message bytes with their DKIM signatures, and the
+dry-run previews of them.
+
+Holds: ``render``, ``markdown``, ``typography``, ``catalog``, ``message``,
+``dkim_signing``, ``preview``.
+May import: ``project``, ``domain``, ``errors``; never the ledger, delivery, feedback,
+web or the commands. Invariant: a message is wire-ready by construction (CRLF only, no
+line over 998 octets, its ``Shape`` says whether it needs 8BITMIME or SMTPUTF8).
+Imported by: ``validation``, ``delivery``, ``web``, ``ci``, the commands.
+"""

@@ -1,0 +1,11 @@
+"""Getting messages out: the audience taken into the ledger's queue (``intake``), the
+engine that claims, builds, throttles, sends and records (``engine``), the transports
+(``smtp``, ``maildir``, ``transport``), the rate limit (``throttle``) and what a run
+prints (``report``).
+
+May import: ``project``, ``content``, ``ledger``, ``metrics``, ``domain``, ``errors``
+(and ``validation`` for the entry-level rules the intake enforces); never ``feedback``,
+``web``, ``ci`` or the commands. Invariant: at most one unrecorded message per
+connection; a recipient suppressed before MAIL FROM is never sent to.
+Imported by: ``pipeline``, the commands, ``ci``.
+"""

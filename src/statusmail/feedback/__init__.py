@@ -1,0 +1,11 @@
+"""The loop back from the world: bounce and complaint mail read from mailboxes
+(``bouncebox``), classified by cause (``classify``), applied by a pass (``loop``),
+providers' signed webhooks (``webhooks``) and the suppression list's bulk commands
+(``suppression``).
+
+May import: ``project``, ``ledger``, ``metrics``, ``domain``, ``errors``; never
+``delivery``, ``content``, ``web`` or the commands. Invariant: a report changes a
+subscriber's state only with proof statusmail made (a VERP token, a signed Message-ID,
+an unsubscribe token, a verified provider signature).
+Imported by: ``watch``, ``web`` (webhooks and one-click), the commands, ``ci``.
+"""
