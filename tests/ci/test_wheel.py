@@ -7,6 +7,7 @@ Kept to a few seconds: the build calls the PEP 517 hooks of the backend pyprojec
 names, in this environment, with no isolated build environment (what ``pip wheel
 --no-build-isolation`` does, less pip's start-up). As ``python -m build`` does, the sdist is
 built first and the wheel from the unpacked sdist, so a file the sdist leaves out shows.
+(``python -m build`` and ``twine check`` were run by hand on the same tree: both clean.)
 The fresh venv has no pip and no dependencies of its own: a ``.pth`` file puts this
 environment's site-packages on its path, after its own, so this environment's pip and the
 installed dependencies serve it without a download (PIP_NO_INDEX keeps pip off every
@@ -80,11 +81,13 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("build")
     project = tmp / "project"
     project.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    # What setuptools would pick the sdist's files from (tests/ among them: it takes
+    # tests/test*.py unless MANIFEST.in says otherwise), without the build's leftovers.
+    for name in ("pyproject.toml", "README.md", "MANIFEST.in"):
         shutil.copy(REPO / name, project / name)
-    shutil.copytree(
-        REPO / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
-    )
+    for name in ("src", "tests"):
+        leftovers = shutil.ignore_patterns("__pycache__", "*.egg-info", "build", "dist")
+        shutil.copytree(REPO / name, project / name, ignore=leftovers)
     backend = tomllib.loads((project / "pyproject.toml").read_text(encoding="utf-8"))[
         "build-system"
     ]["build-backend"]
@@ -183,9 +186,11 @@ def test_the_sdist_and_the_wheel_hold_the_whole_package(built: tuple[Path, Path]
 
     with tarfile.open(sdist) as archive:
         top = f"statusmail-{version}"
-        names = {n.removeprefix(f"{top}/") for n in archive.getnames()}
-    assert {"PKG-INFO", "README.md", "pyproject.toml", "src/statusmail/py.typed"} <= names
-    assert {f"src/{m}" for m in MODULES} <= names
+        files = {m.name.removeprefix(f"{top}/") for m in archive.getmembers() if m.isfile()}
+    sdist_files = {"PKG-INFO", "README.md", "pyproject.toml", "MANIFEST.in", "setup.cfg"}
+    metadata_files = {f for f in files if f.startswith("src/statusmail.egg-info/")}
+    package_files = {f"src/{m}" for m in MODULES} | {"src/statusmail/py.typed"}
+    assert files - metadata_files == sdist_files | package_files  # no tests, no leftovers
 
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
