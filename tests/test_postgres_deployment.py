@@ -22,7 +22,7 @@ FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 # bounds below (5 %) are 36 messages either way, far from the 3 times as many that
 # senders each keeping the rate would make.
 RATE = 60
-WINDOW = 12
+WINDOW = 8
 
 
 @pytest.mark.timeout(120)
