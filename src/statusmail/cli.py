@@ -181,7 +181,16 @@ def log_crash(exc: BaseException) -> bool:
 def _log_format_callback(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
     if value is not None:
         obj = ctx.find_root().ensure_object(dict)
+        obj["log_format"] = value
         setup_logging(obj.get("verbose", 0), value)
+
+
+def _verbose_callback(ctx: click.Context, _param: click.Parameter, value: int) -> None:
+    """``-v`` after the command name adds to any before it."""
+    if value:
+        obj = ctx.find_root().ensure_object(dict)
+        obj["verbose"] = obj.get("verbose", 0) + value
+        setup_logging(obj["verbose"], obj.get("log_format", "text"))
 
 
 csv_output = click.option(
@@ -194,7 +203,15 @@ csv_output = click.option(
 
 
 def common_options(func: F) -> F:
-    """``--config`` and ``--log-format`` work before or after the command name."""
+    """``--config``, ``-v`` and ``--log-format`` work before or after the command name."""
+    func = click.option(
+        "-v",
+        "--verbose",
+        count=True,
+        expose_value=False,
+        callback=_verbose_callback,
+        help="More log detail (-vv for debug).",
+    )(func)
     func = click.option(
         "--log-format",
         type=click.Choice(["text", "json"]),
@@ -275,6 +292,7 @@ def main(ctx: click.Context, config_path: Path | None, verbose: int, log_format:
     obj = ctx.ensure_object(dict)
     obj["config_path"] = config_path
     obj["verbose"] = verbose
+    obj["log_format"] = log_format
     setup_logging(verbose, log_format)
 
 
@@ -608,6 +626,48 @@ def watch(
         takeover=takeover,
     )
     return asyncio.run(Watcher(config, options).run())
+
+
+@main.command()
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path), default=".")
+def init(folder: Path) -> None:
+    """Write a new project into FOLDER (default: here): the sample config with every key
+    written or commented, entries in English and Russian, templates, catalog, regions and
+    a small subscriber list. It passes `check` and previews at once; nothing is overwritten.
+    """
+    from statusmail.project.starter import init_project
+
+    try:
+        written = init_project(folder)
+    except StatusmailError as exc:
+        console.print(f"error: {exc}", markup=False, highlight=False)
+        raise SystemExit(int(ExitCode.NOT_STARTED)) from None
+    for path in written:
+        console.print(f"wrote {path}", markup=False, highlight=False)
+    entry = max(p.stem for p in (folder / "updates").glob("*.yaml"))
+    console.print(
+        f"Next: cd {folder} && statusmail check && statusmail send {entry} --dry-run",
+        markup=False,
+        highlight=False,
+    )
+
+
+@main.command(name="config")
+@common_options
+@click.option("--json", "as_json", is_flag=True, help="Print the settings as JSON.")
+@run
+def show_config(config: Config, as_json: bool) -> ExitCode:
+    """Show the configuration in force: every setting, its value and where it came from
+    (the file and line, an environment variable, or the default). Secrets are shown as
+    set or unset, never their value.
+
+    \b
+    Example:
+      STATUSMAIL_SMTP_HOST=relay.example statusmail config --json
+    """
+    from statusmail import commands
+
+    return commands.show_config(config, as_json, out)
 
 
 @main.group()

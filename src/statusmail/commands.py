@@ -581,3 +581,29 @@ def ledger_copy(config: Config, to: str, console: Console) -> ExitCode:
         return ExitCode.FAILED
     console.print(f"copied into {ledger_describe(target)}: every count equal", markup=False)
     return ExitCode.OK
+
+
+def show_config(config: Config, as_json: bool, console: Console) -> ExitCode:
+    """``statusmail config``: every setting in force and where it came from."""
+    from rich.table import Table
+
+    from statusmail.project.effective import effective
+
+    settings = effective(config)
+    if as_json:
+        print_json(
+            {
+                "config": str(config.path),
+                "settings": [
+                    {"key": s.key, "value": s.value, "origin": s.origin} for s in settings
+                ],
+            },
+        )
+        return ExitCode.OK
+    table = Table(title=str(config.path), box=None, show_edge=False)
+    for column in ("setting", "value", "from"):
+        table.add_column(column, overflow="fold")
+    for s in settings:
+        table.add_row(s.key, s.value, s.origin)
+    console.print(table, markup=False, highlight=False)
+    return ExitCode.OK

@@ -94,8 +94,22 @@ def test_find_config_order(tmp_path: Path) -> None:
     assert find_config(tmp_path / "option.yaml", env) == tmp_path / "option.yaml"
     assert find_config("option.yaml", env) == Path("option.yaml")
     assert find_config(None, env) == tmp_path / "from-env.yaml"
-    assert find_config(None, {}) == Path("statusmail.yaml")
-    assert find_config(None, {"STATUSMAIL_CONFIG": ""}) == Path("statusmail.yaml")
+    nowhere = tmp_path / "no" / "config" / "above"  # no statusmail.yaml up to /
+    nowhere.mkdir(parents=True)
+    assert find_config(None, {}, nowhere) == Path("statusmail.yaml")
+    assert find_config(None, {"STATUSMAIL_CONFIG": ""}, nowhere) == Path("statusmail.yaml")
+
+
+def test_the_config_is_found_in_the_nearest_folder_above_as_git_finds_git(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "statusmail.yaml").write_text("list_id: outer\n", encoding="utf-8")
+    inner = tmp_path / "project"
+    (inner / "updates" / "drafts").mkdir(parents=True)
+    (inner / "statusmail.yaml").write_text("list_id: inner\n", encoding="utf-8")
+    assert find_config(None, {}, inner / "updates" / "drafts") == inner / "statusmail.yaml"
+    assert find_config(None, {}, inner) == inner / "statusmail.yaml"
+    assert find_config(None, {}, tmp_path) == tmp_path / "statusmail.yaml"
 
 
 def test_find_config_uses_process_environment(

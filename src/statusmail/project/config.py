@@ -392,12 +392,23 @@ def _secret_file(path: Path, source: str) -> str:
     return secret
 
 
-def find_config(option: str | Path | None, environ: Mapping[str, str] | None = None) -> Path:
+def find_config(
+    option: str | Path | None,
+    environ: Mapping[str, str] | None = None,
+    start: Path | None = None,
+) -> Path:
+    """``--config``, else ``$STATUSMAIL_CONFIG``, else the ``statusmail.yaml`` of the
+    current folder or of the nearest folder above it that holds one (as git finds
+    ``.git``); when none does, ``./statusmail.yaml``, which loading reports missing."""
     env = os.environ if environ is None else environ
     if option:
         return Path(option)
     if env.get("STATUSMAIL_CONFIG"):
         return Path(env["STATUSMAIL_CONFIG"])
+    here = (start or Path.cwd()).absolute()
+    for folder in (here, *here.parents):
+        if (folder / DEFAULT_CONFIG_NAME).is_file():
+            return folder / DEFAULT_CONFIG_NAME
     return Path(DEFAULT_CONFIG_NAME)
 
 
