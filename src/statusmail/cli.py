@@ -634,6 +634,10 @@ def init(folder: Path) -> None:
     """Write a new project into FOLDER (default: here): the sample config with every key
     written or commented, entries in English and Russian, templates, catalog, regions and
     a small subscriber list. It passes `check` and previews at once; nothing is overwritten.
+
+    \b
+    Example:
+      statusmail init status-news && cd status-news && statusmail check
     """
     from statusmail.project.starter import init_project
 
