@@ -7,7 +7,27 @@ from pathlib import Path
 from typing import Any
 
 from statusmail.errors import Problem
-from statusmail.project.yamlfile import LineDict, line_of
+from statusmail.project.yamlfile import LineDict, line_of, spelled
+
+
+def quote_it(written: str) -> str:
+    """What to do about an unquoted ``yes``/``no``/``on``/``off`` meant as text."""
+    return f'YAML reads an unquoted {written} as {_BOOLEAN[written.lower()]}: write "{written}"'
+
+
+def zone_missing(naive: dt.datetime) -> str:
+    """What to say of a date and time without a zone: which zone to add, and how."""
+    written = naive.isoformat()
+    offset = dt.datetime.now().astimezone().strftime("%z")
+    local = f"{offset[:3]}:{offset[3:]}"
+    ours = f"{written}{local} (this computer's zone), " if local != "+00:00" else ""
+    return (
+        f"{written} has no time zone, so nobody can tell when it is: add the zone it "
+        f"means, as {ours}{written}+03:00 (Moscow) or {written}Z (UTC)"
+    )
+
+
+_BOOLEAN = {"yes": "true", "on": "true", "y": "true", "no": "false", "off": "false", "n": "false"}
 
 
 class Fields:
@@ -63,7 +83,9 @@ class Fields:
                 self.problem(self.line, f"missing {self.name(key)!r}", code="missing-field")
             return default or ""
         if not isinstance(value, str | int | float) or isinstance(value, bool):
-            self.problem(self.line_of(key), f"{self.name(key)!r} must be a string")
+            written = spelled(self.data, key)
+            hint = f": {quote_it(written)}" if written else ""
+            self.problem(self.line_of(key), f"{self.name(key)!r} must be a string{hint}")
             return default or ""
         return str(value).strip()
 
@@ -148,7 +170,10 @@ class Fields:
             except ValueError:
                 self.problem(self.line_of(key), f"{self.name(key)!r} must be a date and time")
                 return None
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+        if parsed.tzinfo is None:
+            self.problem(self.line_of(key), f"{self.name(key)!r} {zone_missing(parsed)}")
+            return None
+        return parsed
 
     def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
         value = self.text(key, default)
@@ -166,7 +191,16 @@ class Fields:
             return None
         if isinstance(value, str):
             value = [value]
-        if not isinstance(value, list) or not all(isinstance(v, str | int) for v in value):
+        where: tuple[Any, Any] = (self.data, key)
+        if isinstance(value, list):
+            where = next(((value, i) for i, v in enumerate(value) if isinstance(v, bool)), where)
+        if written := spelled(*where):
+            line = line_of(*where) or self.line_of(key)
+            self.problem(line, f"{self.name(key)!r}: {quote_it(written)}")
+            return None
+        if not isinstance(value, list) or not all(
+            isinstance(v, str | int) and not isinstance(v, bool) for v in value
+        ):
             self.problem(self.line_of(key), f"{self.name(key)!r} must be a list of strings")
             return None
         return [str(v).strip() for v in value]

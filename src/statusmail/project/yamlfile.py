@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 
 from statusmail.errors import InputError, Problem
+from statusmail.project.yamlhints import explain, undecodable
 
 try:  # the C loader is much faster where libyaml is available
     _BaseLoader: type[yaml.SafeLoader] = yaml.CSafeLoader  # type: ignore[assignment]
@@ -15,6 +16,14 @@ except AttributeError:  # pragma: no cover
     _BaseLoader = yaml.SafeLoader
 
 MAX_FILE_BYTES = 16 * 1024 * 1024
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+
+
+def _spelled(node: yaml.Node) -> str | None:
+    """How a value YAML 1.1 reads as a boolean without ``true``/``false`` was written
+    (``yes``, ``NO``, ``off``): in a text field it was meant as text."""
+    plain = isinstance(node, yaml.ScalarNode) and node.tag == _BOOL_TAG and not node.style
+    return str(node.value) if plain and node.value.lower() not in ("true", "false") else None
 
 
 class LineDict(dict[Any, Any]):
@@ -24,6 +33,7 @@ class LineDict(dict[Any, Any]):
         super().__init__(*args, **kwargs)
         self.line = 0
         self.key_lines: dict[Any, int] = {}
+        self.spelled: dict[Any, str] = {}  # a boolean value's spelling, see _spelled
 
     def line_of(self, key: Any) -> int:
         return self.key_lines.get(key, self.line)
@@ -34,6 +44,7 @@ class LineList(list[Any]):
         super().__init__(*args)
         self.line = 0
         self.item_lines: list[int] = []
+        self.spelled: dict[int, str] = {}
 
     def line_of(self, index: int) -> int:
         return self.item_lines[index] if index < len(self.item_lines) else self.line
@@ -60,6 +71,8 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> LineD
             )
         result[key] = loader.construct_object(value_node, deep=True)
         result.key_lines[key] = key_node.start_mark.line + 1
+        if (spelled := _spelled(value_node)) is not None:
+            result.spelled[key] = spelled
     return result
 
 
@@ -67,6 +80,11 @@ def _construct_sequence(loader: yaml.SafeLoader, node: yaml.SequenceNode) -> Lin
     result = LineList(loader.construct_object(child, deep=True) for child in node.value)
     result.line = node.start_mark.line + 1
     result.item_lines = [child.start_mark.line + 1 for child in node.value]
+    result.spelled = {
+        index: spelled
+        for index, child in enumerate(node.value)
+        if (spelled := _spelled(child)) is not None
+    }
     return result
 
 
@@ -99,11 +117,11 @@ def read_text(path: Path, limit: int = MAX_FILE_BYTES) -> str:
                     )
                 ]
             )
-        return path.read_text(encoding="utf-8-sig")
+        data = path.read_bytes()
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise InputError(
-            [Problem(path, None, f"not valid UTF-8: {exc.reason}", code="unreadable-file")]
-        ) from exc
+        line, message = undecodable(data, exc)
+        raise InputError([Problem(path, line, message, code="unreadable-file")]) from exc
     except OSError as exc:
         raise InputError(
             [Problem(path, None, f"cannot read: {exc.strerror or exc}", code="unreadable-file")]
@@ -120,14 +138,15 @@ def parse_yaml(text: str, path: Path) -> Any:
     try:
         return yaml.load(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
-        message = " ".join(str(part) for part in (exc.context, exc.problem) if part)
-        raise InputError(
-            [Problem(path, line, f"invalid YAML: {message}", code="yaml-syntax")]
-        ) from exc
+        line, message = explain(exc, text)
+        raise InputError([Problem(path, line, message, code="yaml-syntax")]) from exc
     except yaml.YAMLError as exc:
         raise InputError([Problem(path, None, f"invalid YAML: {exc}", code="yaml-syntax")]) from exc
+
+
+def spelled(container: Any, key: Any) -> str | None:
+    """How a value read as a boolean was written, when not ``true``/``false``."""
+    return getattr(container, "spelled", {}).get(key)
 
 
 def line_of(container: Any, key: Any) -> int | None:
