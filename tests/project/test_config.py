@@ -287,17 +287,15 @@ def test_several_problems_reported_together(project: Path) -> None:
 
 
 def test_broken_yaml(project: Path) -> None:
-    replace_in(
+    error_line = replace_in(
         project, "serve: {host: 127.0.0.1, port: 8080}", "serve: {host: 127.0.0.1, port: 8080"
     )
     # The flow mapping is left open across the comment lines; YAML finds the error at
-    # the next key, where a ',' or '}' was expected.
-    text = project.read_text(encoding="utf-8")
-    error_line = text[: text.index("default_locale_by_region:")].count("\n") + 1
+    # the next key, but the line to fix is the one that opened it.
     got = problems(project)
     assert len(got) == 1
     assert got[0].startswith(f"{project}:{error_line}: invalid YAML")
-    assert "did not find expected ',' or '}'" in got[0]
+    assert "the { … } opened on this line is not closed" in got[0]
 
 
 def test_broken_yaml_bad_indentation(project: Path) -> None:
