@@ -125,7 +125,14 @@ async def _deliver(
     try:
         with signals.stop_on_signal(stop.set):
             return await pipeline.finish(
-                prepared, held, transport, request, started, stop=stop, on_outcome=reporter
+                prepared,
+                held,
+                transport,
+                request,
+                started,
+                stop=stop,
+                on_outcome=reporter,
+                on_counts=reporter.tally,
             )
     finally:
         reporter.close()

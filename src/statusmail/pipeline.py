@@ -349,12 +349,13 @@ class _Selection:
         self.begin()
 
 
-def make_queue(prepared: Prepared, held: Held) -> DeliveryQueue:
+def make_queue(prepared: Prepared, held: Held, *, shared: bool = False) -> DeliveryQueue:
+    """``shared``: other processes of this run send from the same SQLite file."""
     target = prepared.config.paths.ledger
     lease, thread = prepared.config.sending.lease, prepared.entry.thread
     if is_url(target):
         return ServerQueue(str(target), prepared.entry.id, lease=lease, thread=thread)
-    return LocalQueue(held.ledger, prepared.entry.id, lease=lease, thread=thread)
+    return LocalQueue(held.ledger, prepared.entry.id, lease=lease, thread=thread, shared=shared)
 
 
 async def finish(
@@ -366,12 +367,17 @@ async def finish(
     *,
     stop: asyncio.Event,
     on_outcome: OnOutcome | None = None,
+    on_counts: Callable[[dict[str, int]], None] | None = None,
 ) -> Report:
     """Deliver what is pending (and what the selection adds while it streams) and report.
     Raises ``ConnectError`` when the relay cannot be reached at the start (nothing was
-    sent); every later stop is in the report."""
+    sent); every later stop is in the report. ``on_counts``: outcomes of the run's other
+    sender processes (``senders``), by status."""
+    from statusmail import senders
+
     entry_id, ledger = prepared.entry.id, held.ledger
-    queue = make_queue(prepared, held)
+    helpers = senders.extra_processes(prepared.config, request)
+    queue = make_queue(prepared, held, shared=helpers > 0)
     progress = asyncio.Event()
     selection = _Selection(prepared, held, request, started, progress)
     engine = Engine(
@@ -390,9 +396,16 @@ async def finish(
     selection.engine = engine
     selection.begin()
     stream = selection.stream
+    team = senders.Team(prepared, request, started, engine, helpers, on_counts)
     try:
         ledger.skip_suppressed(entry_id)
-        await engine.run()
+        team.begin()
+        try:
+            await engine.run()
+        except BaseException:
+            await team.end(failed=True)
+            raise
+        await team.end()
         ledger.skip_suppressed(entry_id)  # unsubscribed while this run went on
     except ConnectError:
         selection.stop()

@@ -80,7 +80,7 @@ class Engine(Delivering):
         self.stop = stop or asyncio.Event()
         self.on_outcome = on_outcome
         self.bucket: TokenBucket | SharedBucket = (
-            SharedBucket(settings.rate, queue.take_slot)
+            SharedBucket(settings.rate, queue.take_slots)
             if queue.shared
             else TokenBucket(settings.rate)
         )

@@ -61,6 +61,14 @@ class ProgressReporter:
 
     def __call__(self, outcome: Outcome, recipient: Recipient) -> None:
         self.counts[outcome.status] += 1
+        self._show()
+
+    def tally(self, counts: dict[str, int]) -> None:
+        """Outcomes of the run's other sender processes, by status."""
+        self.counts.update(counts)
+        self._show()
+
+    def _show(self) -> None:
         now = time.monotonic()
         if self._progress is not None:
             if now >= self._due:

@@ -60,27 +60,45 @@ class TokenBucket:
 
 class SharedBucket:
     """The same pacing shared by every process that sends for a deployment: the next
-    slot is kept in the ledger (``take_slot(interval)`` returns how long to wait for the
-    caller's), so the combined rate holds whatever the number of senders."""
+    slot is kept in the ledger. ``take_slots(interval, count)`` reserves ``count``
+    consecutive slots and returns how long to wait for the first, so one transaction
+    paces the next ``span`` seconds of this process's messages (about) and the slots of
+    all processes never overlap: the combined rate holds whatever the number of senders.
+    A slot the workers come too late for is let go rather than used in a burst."""
 
     def __init__(
         self,
         rate: float,
-        take_slot: Callable[[float], Awaitable[float]],
+        take_slots: Callable[[float, int], Awaitable[float]],
         *,
+        span: float = 0.05,
+        clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.unlimited = rate == 0 or math.isinf(rate)
         self._interval = 0.0 if self.unlimited else 1.0 / rate
-        self._take_slot = take_slot
+        self.block = 1 if self.unlimited else max(1, min(64, int(rate * span)))
+        self._take_slots = take_slots
+        self._clock = clock
         self._sleep = sleep
+        self._due: deque[float] = deque()  # this process's reserved slots (clock())
+        self._lock = asyncio.Lock()
 
     async def acquire(self) -> None:
         if self.unlimited:
             return
-        wait = await self._take_slot(self._interval)
-        if wait > 0:
-            await self._sleep(wait)
+        async with self._lock:  # FIFO, as TokenBucket
+            now = self._clock()
+            while self._due and self._due[0] < now - self._interval:
+                self._due.popleft()
+            if not self._due:
+                wait = await self._take_slots(self._interval, self.block)
+                # measured from the answer: never earlier than the ledger's slot
+                first = self._clock() + max(wait, 0.0)
+                self._due.extend(first + i * self._interval for i in range(self.block))
+            delay = self._due.popleft() - self._clock()
+            if delay > 0:
+                await self._sleep(delay)
 
 
 class HourlyWindow:

@@ -158,12 +158,22 @@ class DeliveryQueue(Protocol):
 
     async def hourly_used(self) -> int: ...
 
-    async def take_slot(self, interval: float) -> float: ...
+    async def take_slots(self, interval: float, count: int) -> float:
+        """Reserve ``count`` consecutive slots of the deployment's rate limit; seconds
+        to wait for the first."""
 
     async def close(self) -> None: ...
 
 
 CONFIRM_TRIES = 3
+
+# queries.LIMITER_TAKE for ``span`` seconds' worth of slots at once (GCRA: from the
+# previous reservation's end or now, whichever is later); the answer is the wait for
+# the first of them.
+SLOTS = (
+    "UPDATE limiters SET tat = {greatest}(tat, {now}) + :span WHERE name = :name"
+    " RETURNING tat - :span - {now}"
+)
 
 
 class FencedClaims:
@@ -236,12 +246,20 @@ class FencedClaims:
 
 
 class LocalQueue(FencedClaims):
-    """The queue of a SQLite ledger, through the run's own ledger connection."""
+    """The queue of a SQLite ledger, through the run's own ledger connection; ``shared``
+    when other processes of the run send from the same file."""
 
-    shared = False
-
-    def __init__(self, ledger: Ledger, entry_id: str, *, lease: float, thread: str | None) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        entry_id: str,
+        *,
+        lease: float,
+        thread: str | None,
+        shared: bool = False,
+    ) -> None:
         super().__init__(entry_id, lease=lease, thread=thread)
+        self.shared = shared
         self.ledger = ledger
         self.where = ledger.database.where
 
@@ -274,8 +292,12 @@ class LocalQueue(FencedClaims):
     async def hourly_used(self) -> int:
         return self.ledger.hourly_used()
 
-    async def take_slot(self, interval: float) -> float:
-        return self.ledger.take_slot("send", interval)
+    async def take_slots(self, interval: float, count: int) -> float:
+        db = self.ledger.database
+        with db.transaction():
+            db.execute(queries.LIMITER_CREATE, {"name": "send"})
+            rows = db.execute(SLOTS, {"name": "send", "span": interval * count})
+        return float(rows[0][0])
 
     async def close(self) -> None:
         return None
@@ -381,11 +403,11 @@ class ServerQueue(FencedClaims):
         rows = await self._run(queries.HOURLY, {"since": since})
         return int(rows[0][0])
 
-    async def take_slot(self, interval: float) -> float:
+    async def take_slots(self, interval: float, count: int) -> float:
         if not self._limiter_ready:
             await self._run(queries.LIMITER_CREATE, {"name": "send"})
             self._limiter_ready = True
-        rows = await self._run(queries.LIMITER_TAKE, {"name": "send", "interval": interval})
+        rows = await self._run(SLOTS, {"name": "send", "span": interval * count})
         return float(rows[0][0])
 
     async def close(self) -> None:

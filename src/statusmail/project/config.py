@@ -87,6 +87,8 @@ class SendingSettings:
     # How long a sender holds the recipients it took before another may take them
     # (seconds; renewed while it works): what a crashed sender delays, at most.
     lease: float = 15.0
+    # Sender processes on this host sharing the run (None: the cores available).
+    processes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -505,6 +507,7 @@ def parse_sending(f: Fields) -> SendingSettings:
         retry_max=f.number("retry_max", d.retry_max),
         max_removed_share=_share(f, "max_removed_share", d.max_removed_share),
         lease=f.number("lease", d.lease, minimum=1),
+        processes=f.optional_integer("processes"),
     )
 
 
@@ -553,6 +556,12 @@ def hold_durability(config: Config, f: Fields) -> None:
             )
     elif not f.problems:
         _DURABILITY[Path(os.path.abspath(target))] = config.ledger.durability
+
+
+def adopt_durability(config: Config) -> None:
+    """The same, in a process that was handed ``config`` (a run's other sender process)."""
+    if not is_url(config.paths.ledger):
+        _DURABILITY[Path(os.path.abspath(config.paths.ledger))] = config.ledger.durability
 
 
 def parse_imap(f: Fields, root: Path) -> ImapSettings:

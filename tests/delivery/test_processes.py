@@ -1,0 +1,110 @@
+"""Several sender processes on one host (``sending.processes``): the run's parent and a
+helper share the ledger's queue, everyone gets one message, the global rate holds; a
+helper killed mid-run leaves nobody out; SIGTERM to the parent ends them all at once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import SECRET, UPDATE_AUDIENCE, spawn, wait_for
+from delivery_helpers import add_subscribers, point_at, send
+from smtp_server import RecordingServer
+
+RATE = 100.0  # messages a second, all processes together (a rate a loaded machine keeps)
+WINDOW = 1.5  # seconds counted, once both processes send
+
+
+def children(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (Linux: /proc)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with (task / "children").open() as handle:
+            found += [int(word) for word in handle.read().split()]
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def configure(project: Path, port: int, count: int, *, rate: float) -> set[str]:
+    addresses = add_subscribers(project, count)
+    point_at(project, port, processes=2, concurrency=2, lease=1, rate=rate)
+    return {a.lower() for a in addresses}
+
+
+@pytest.mark.timeout(60)
+def test_two_processes_send_everyone_once_at_the_global_rate(
+    project: Path, ledger_target: str | Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STATUSMAIL_LEDGER", str(ledger_target))
+    with RecordingServer() as server:
+        addresses = configure(project, server.port, int(RATE * (WINDOW + 1)), rate=RATE)
+        code, report, stderr = send(project)
+        counts = server.count_by_recipient()
+        times = sorted(m.at for m in server.messages)
+    assert code == 0, stderr
+    assert set(counts) >= addresses and set(counts.values()) == {1}
+    assert report["this_run"]["sent"] == len(counts) == len(addresses) + UPDATE_AUDIENCE
+    assert "1 more sender process(es)" in stderr
+    # Both processes sent (the helper's own log line, passed on by the parent) ...
+    assert stderr.count("delivering through") == 2, stderr
+    # ... and together kept the rate, over a window after the helper started.
+    start = times[len(times) // 3]
+    within = sum(start <= t < start + WINDOW for t in times)
+    print(f"{within} messages in {WINDOW}s: {within / WINDOW:.1f}/s (rate {RATE:g})")
+    assert abs(within - RATE * WINDOW) <= 0.03 * RATE * WINDOW
+
+
+@pytest.mark.timeout(60)
+def test_a_killed_helper_leaves_nobody_out(project: Path) -> None:
+    killed: list[int] = []
+
+    def kill_the_helper() -> None:
+        helper = wait_for(lambda: children(os.getpid()), timeout=30, what="the helper")[0]
+        wait_for(lambda: len(server.messages) >= 200, timeout=30, what="messages")
+        os.kill(helper, signal.SIGKILL)
+        killed.append(helper)
+
+    with RecordingServer() as server:
+        addresses = configure(project, server.port, 800, rate=600)
+        killer = threading.Thread(target=kill_the_helper, daemon=True)
+        killer.start()
+        code, report, stderr = send(project)
+        killer.join(5)
+        counts = server.count_by_recipient()
+    assert killed, "the helper was never killed"
+    assert code == 0, stderr
+    assert set(counts) >= addresses  # nobody missed
+    # at most one unrecorded message per connection of the killed process is sent again
+    assert sum(n - 1 for n in counts.values()) <= 2
+    assert f"(pid {killed[0]}) ended by signal SIGKILL" in stderr
+    assert report["counts"]["pending"] == 0
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_to_the_parent_ends_every_process_within_a_second(project: Path) -> None:
+    with RecordingServer() as server:
+        configure(project, server.port, 3_000, rate=400)
+        env = {"STATUSMAIL_UNSUBSCRIBE_SECRET": SECRET}
+        with spawn(project, "send", "--yes", "update-2020-04-21", env=env) as running:
+            helpers = wait_for(lambda: children(running.pid), timeout=30, what="the helper")
+            wait_for(lambda: len(server.messages) >= 300, timeout=30, what="messages")
+            signalled = time.monotonic()
+            running.send_signal(signal.SIGTERM)
+            code = running.finish(timeout=10)
+            ended = time.monotonic() - signalled
+            assert not [pid for pid in helpers if alive(pid)]
+    print(f"ended {ended:.2f}s after SIGTERM")
+    assert code == 4, running.stderr
+    assert ended < 1.0
