@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from statusmail.feedback.classify import ReturnPath
+from statusmail.feedback.classified import ReturnPath
 from statusmail.project.config import load_config
 from statusmail.project.tokens import (
     Keyring,

@@ -10,15 +10,12 @@ import pytest
 
 from feedback_helpers import INDEX, RETURN_PATH, SAMPLES
 from statusmail.domain import Cause
-from statusmail.feedback.classify import (
-    JMRP_REPORTER,
-    Classified,
-    Verdict,
-    auto_reply_reason,
-    classify,
-    other_failures,
-    parse,
-)
+from statusmail.feedback.bounces import other_failures
+from statusmail.feedback.classified import Classified, Verdict
+from statusmail.feedback.classify import classify
+from statusmail.feedback.complaints import JMRP_REPORTER
+from statusmail.feedback.reading import parse
+from statusmail.feedback.replies import auto_reply_reason
 
 
 def read(data: bytes) -> Classified:

@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 
 from feedback_helpers import INDEX, RETURN_PATH, SAMPLES
 from statusmail.domain import Cause
-from statusmail.feedback.classify import Classified, Verdict, cause_of, classify
+from statusmail.feedback.causes import cause_of
+from statusmail.feedback.classified import Classified, Verdict
+from statusmail.feedback.classify import classify
 
 
 @settings(max_examples=300, deadline=None)

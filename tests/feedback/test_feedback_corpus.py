@@ -30,7 +30,8 @@ from feedback_helpers import (
     query,
     summary,
 )
-from statusmail.feedback.classify import ReturnPath, Verdict, classify
+from statusmail.feedback.classified import ReturnPath, Verdict
+from statusmail.feedback.classify import classify
 
 INDEX = corpus_index()
 ENV = {"STATUSMAIL_UNSUBSCRIBE_SECRET": SECRET}

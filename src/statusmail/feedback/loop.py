@@ -61,16 +61,10 @@ from statusmail.domain import (
 )
 from statusmail.errors import ConfigError, Problem
 from statusmail.feedback.bouncebox import ImapBox, Mailbox, MaildirBox
-from statusmail.feedback.classify import (
-    Classified,
-    Failure,
-    ReturnPath,
-    Verdict,
-    cause_of,
-    classify,
-    header,
-    parse,
-)
+from statusmail.feedback.causes import cause_of
+from statusmail.feedback.classified import Classified, Failure, ReturnPath, Verdict
+from statusmail.feedback.classify import classify
+from statusmail.feedback.reading import header, parse
 from statusmail.ledger import SCHEMA_VERSION, FeedbackEvent, Ledger, run_lock
 from statusmail.ledger import exists as ledger_exists
 from statusmail.project.config import Config, imap_password_problem

@@ -62,7 +62,7 @@ class Selector:
 def matching(ledger: Ledger, selector: Selector) -> list[str]:
     """The suppressed addresses ``selector`` names. A report recorded before causes were
     kept has its cause read again from its code and text."""
-    from statusmail.feedback.classify import cause_of  # the mail parsers only when asked
+    from statusmail.feedback.causes import cause_of  # the mail parsers only when asked
 
     domain = selector.domain.strip().lower() if selector.domain else None
     since = selector.since.isoformat() if selector.since else None

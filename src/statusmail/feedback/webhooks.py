@@ -53,8 +53,8 @@ from starlette.routing import Route
 
 from statusmail.domain import FeedbackKind
 from statusmail.errors import ConfigError, Problem, StatusmailError
-from statusmail.feedback.classify import status_code
 from statusmail.feedback.loop import PassReport, ProviderReport, apply_reports, record_forged
+from statusmail.feedback.reading import status_code
 from statusmail.project.config import (
     Config,
     MailgunWebhook,
