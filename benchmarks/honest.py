@@ -796,6 +796,37 @@ def report(run: Run, levels: list[int], processes: list[int]) -> str:
 # -- main ------------------------------------------------------------------------
 
 
+def source_tree(args: argparse.Namespace, tmp: Path) -> tuple[Path, str]:
+    """The statusmail tree to measure, and what to call it. Unless --worktree, a copy of
+    a commit (--rev, default HEAD) made with git archive, so that edits to the checkout
+    while the benchmark runs (other people's, in a shared tree) change nothing; every
+    child and this process import statusmail from it (PYTHONPATH), and the projects
+    are copies of its sample."""
+    if args.worktree:
+        return common.REPO, common.revision()
+    rev = subprocess.run(
+        ["git", "-C", str(common.REPO), "rev-parse", "--short", args.rev],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout.strip()
+    tree = tmp / "tree"
+    tree.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(common.REPO), "archive", "--format=tar", rev],
+        capture_output=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True, timeout=120)
+    src = str(tree / "src")
+    sys.path.insert(0, src)
+    previous = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = src + (os.pathsep + previous if previous else "")
+    return tree, rev
+
+
 def find_mailmerge(given: str | None) -> tuple[str | None, str]:
     candidates = [given] if given else []
     candidates += [
@@ -856,6 +887,16 @@ def main() -> int:
         "--skip", default="", help="comma-separated: mailmerge,smtp-source,postgres"
     )
     parser.add_argument("--quick", action="store_true", help="a try-out in under a minute")
+    parser.add_argument(
+        "--rev",
+        default="HEAD",
+        help="the commit to measure, copied with git archive (default HEAD)",
+    )
+    parser.add_argument(
+        "--worktree",
+        action="store_true",
+        help="measure the checkout as it is (uncommitted changes; others' edits too)",
+    )
     parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args()
@@ -875,18 +916,37 @@ def main() -> int:
         sys.exit("smtp-sink not found: --postfix-root DIR or --sink asyncio")
     program, mailmerge_missing = find_mailmerge(args.mailmerge)
     processes = [int(p) for p in args.processes.split(",") if p.strip()]
-    has_processes = processes_supported()
 
     tmp = Path(tempfile.mkdtemp(prefix="sm-bench-honest-"))
     started = time.perf_counter()
-    print(
-        f"honest: N={args.n} C={levels} reps={args.reps} dry-run {args.dry_n:,}  sink: "
-        f"{sink_kind}  ({time.strftime('%Y-%m-%d %H:%M')}, {common.machine()})\n"
-        f"start: {common.load()}",
-        flush=True,
-    )
     try:
-        config = common.make_project(tmp / "project", args.n)
+        tree, revision = source_tree(args, tmp)
+        has_processes = processes_supported()
+        where = common.machine().rsplit(" · statusmail ", 1)[0] + f" · statusmail {revision}"
+        print(
+            f"honest: N={args.n} C={levels} reps={args.reps} dry-run {args.dry_n:,}  sink: "
+            f"{sink_kind}  ({time.strftime('%Y-%m-%d %H:%M')}, {where})\n"
+            f"start: {common.load()}",
+            flush=True,
+        )
+
+        def make_project(root: Path, n: int, subscribers_csv: Path | None = None) -> Path:
+            """common.make_project's, from the sample project of the tree measured."""
+            root.mkdir(parents=True)
+            for item in common.SAMPLE_ITEMS:
+                source = tree / item
+                if source.is_dir():
+                    shutil.copytree(source, root / item)
+                else:
+                    shutil.copy2(source, root / item)
+            (root / "subscribers").mkdir()
+            if subscribers_csv is not None:
+                (root / "subscribers" / "generated.csv").symlink_to(subscribers_csv)
+            else:
+                common.write_subscribers(root / "subscribers" / "generated.csv", n)
+            return root / "statusmail.yaml"
+
+        config = make_project(tmp / "project", args.n)
         write_rsa_key(config.parent / "dkim.key")
         dkim_config = config.parent / "statusmail-dkim.yaml"
         shutil.copy2(config, dkim_config)
@@ -915,13 +975,13 @@ def main() -> int:
         one = 1 if has_processes else None  # once the setting exists its default is the cores
         source_eml, templates, seven = prepare_messages(run)
 
-        dry_config = common.make_project(
+        dry_config = make_project(
             tmp / "dry",
             args.dry_n,
             subscribers_csv=common.write_subscribers(tmp / "dry.csv", args.dry_n),
         )
         common.configure(dry_config, transport="maildir")
-        small_config = common.make_project(tmp / "dry-small", 84)
+        small_config = make_project(tmp / "dry-small", 84)
         common.configure(small_config, transport="maildir")
 
         jobs: list[tuple[str, Callable[[], None]]] = []
@@ -979,7 +1039,7 @@ def main() -> int:
             f"`python benchmarks/honest.py{' --quick' if args.quick else ''}` "
             f"(N={args.n}, C={','.join(map(str, levels))}, {args.reps} repetitions, "
             f"email+smtplib {args.plain_n}, mailmerge {args.mailmerge_n}, sink {sink_kind}), "
-            f"{time.strftime('%Y-%m-%d %H:%M %Z')}, {common.machine()}; load average "
+            f"{time.strftime('%Y-%m-%d %H:%M %Z')}, {where}; load average "
             f"{min(run.loads):.1f}–{max(run.loads):.1f} (median {statistics.median(run.loads):.1f})"
             f" before the runs, {time.perf_counter() - started:.0f} s in all"
         )

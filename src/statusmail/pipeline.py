@@ -44,6 +44,7 @@ from statusmail.ledger.queue import worker_name
 from statusmail.ledger.store import SelectionLost
 from statusmail.project import entries
 from statusmail.project.config import Config, is_url
+from statusmail.project.editions import load_editions, news_urls
 from statusmail.project.entries import entry_paths, find_entry
 from statusmail.project.regions import Region, load_regions
 from statusmail.project.selection import Inactive, SelectionStats, select
@@ -119,7 +120,8 @@ def prepare(
         if not preview:
             raise
         keys = Keyring(b"preview")
-    renderer = Renderer(config.paths.templates, regions, config.sender.name)
+    news = news_urls(load_editions(config.paths.regions, regions))
+    renderer = Renderer(config.paths.templates, regions, config.sender.name, news=news)
     factory = MessageFactory(config, entry, renderer, keys)
     errors = validation.render_problems(factory, renderer.variant_keys(entry))
     if errors:

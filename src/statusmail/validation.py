@@ -26,6 +26,7 @@ from statusmail.content.render import (
 from statusmail.domain import Content, Entry, SubscriberStatus
 from statusmail.errors import ConfigError, InputError, Problem, RenderError, StatusmailError
 from statusmail.project.config import Config, imap_password_problem, secret_length_problem
+from statusmail.project.editions import Edition, edition_problems, news_urls, read_editions
 from statusmail.project.entries import load_entries, missing_language_problems, source_hash
 from statusmail.project.language import dates, language_problem, spell_date
 from statusmail.project.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES, resolve_locale
@@ -533,10 +534,13 @@ class _Coverage:
 def check_project(config: Config) -> CheckReport:
     report = CheckReport()
     regions: dict[str, Region] = {}
+    editions: dict[str, Edition] = {}
     regions_read = True
     try:
         regions, found = read_regions(config.paths.regions)
         report.add(found)
+        editions, found = read_editions(config.paths.regions, regions)
+        report.add(found + edition_problems(editions))
     except InputError as exc:
         report.add(exc.problems)
         regions_read = False
@@ -559,7 +563,9 @@ def check_project(config: Config) -> CheckReport:
             keys, _ = config.keyring()
         except ConfigError:  # reported above; the messages can still be checked
             keys = Keyring(b"check")
-        renderer = Renderer(config.paths.templates, regions, config.sender.name)
+        renderer = Renderer(
+            config.paths.templates, regions, config.sender.name, news=news_urls(editions)
+        )
         for entry in entries.values():
             try:
                 factory = MessageFactory(config, entry, renderer, keys)

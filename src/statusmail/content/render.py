@@ -145,12 +145,24 @@ def local_date(date: dt.date, locale: str) -> str:
 class Renderer:
     """Compiles the templates once per locale and caches each variant's rendering."""
 
-    def __init__(self, templates_dir: Path, regions: Mapping[str, Region], sender_name: str):
+    def __init__(
+        self,
+        templates_dir: Path,
+        regions: Mapping[str, Region],
+        sender_name: str,
+        news: Mapping[str | None, str] | None = None,
+    ):
         self.templates_dir = templates_dir
         self.regions = regions
         self.sender_name = sender_name
+        # Region (None: any other) -> the status site edition its readers follow the news on.
+        self.news = news or {}
         self._envs: dict[tuple[str, bool], jinja2.Environment] = {}
         self._variants: dict[tuple[str, VariantKey], Rendered] = {}
+
+    def environment(self, locale: str, *, html: bool) -> jinja2.Environment:
+        """The templates' environment for ``locale``: its catalog and typography."""
+        return self._env(locale, html)
 
     def _env(self, locale: str, html: bool) -> jinja2.Environment:
         key = (locale, html)
@@ -265,7 +277,13 @@ class Renderer:
             "name": name,
             "unsubscribe_url": url,
             "preferences_url": preferences_url,
+            "news_url": self.news_url(key),
         }
+
+    def news_url(self, key: VariantKey) -> str:
+        """Where the variant's readers follow the news: their edition's language index."""
+        base = self.news.get(key.region) or self.news.get(None)
+        return f"{base}{key.locale}/" if base else ""
 
     def _render(
         self, entry: Entry, key: VariantKey, name: str, url: str, preferences_url: str

@@ -167,6 +167,8 @@ def read_regions(path: Path) -> tuple[dict[str, Region], list[Problem]]:
     top = Fields(path, data, problems)
     regions: dict[str, Region] = {}
     for code in top.data:
+        if code == "editions":  # the status site's editions: project.editions
+            continue
         line = top.line_of(code)
         if not isinstance(code, str) or not REGION_CODE.match(code):
             problems.append(
