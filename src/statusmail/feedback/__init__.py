@@ -2,8 +2,9 @@
 (``bouncebox``); classified (``classify``, the verdict, saying it in ``classified``'s
 terms) by what reads each kind of message (``reading``, the message's parts;
 ``bounces``; ``complaints``; ``replies``, auto-replies and a person's words; ``clues``,
-whom it is about) and by cause (``causes``); applied by a pass (``loop``), providers'
-signed webhooks (``webhooks``) and the suppression list's bulk commands
+whom it is about) and by cause (``causes``); applied by a pass (``loop``: what a report
+proves in ``proof``, what proven events do in ``policy``, the pass's ``reports``);
+providers' signed webhooks (``webhooks``) and the suppression list's bulk commands
 (``suppression``).
 
 May import: ``project``, ``ledger``, ``metrics``, ``domain``, ``errors``; never

@@ -34,122 +34,50 @@ exactly where they were. ``--dry-run`` changes and moves nothing.
 
 Signed reports from sending providers' webhooks (``webhooks``) come in through
 ``apply_reports`` and meet the same policy.
+
+Here: the entry points and ``Feedback``, the pass itself; what a report proves and about
+whom is in ``proof``, what the proven events do (storm guard, policy, telling) in
+``policy``, the reports it deals in in ``reports``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-import re
 import tempfile
-from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from statusmail import metrics
-from statusmail.domain import (
-    Cause,
-    DeliveryStatus,
-    EventState,
-    FeedbackKind,
-    SuppressionReason,
-    mask_address,
-    scrub,
-)
+from statusmail.domain import EventState, mask_address
 from statusmail.errors import ConfigError, Problem
 from statusmail.feedback.bouncebox import ImapBox, Mailbox, MaildirBox
-from statusmail.feedback.causes import cause_of
-from statusmail.feedback.classified import Classified, Failure, ReturnPath, Verdict
-from statusmail.feedback.classify import classify
-from statusmail.feedback.reading import header, parse
+from statusmail.feedback.classified import ReturnPath
+from statusmail.feedback.policy import Applying
+from statusmail.feedback.proof import Assessing
+from statusmail.feedback.reports import PassReport, ProviderReport
 from statusmail.ledger import SCHEMA_VERSION, FeedbackEvent, Ledger, run_lock
 from statusmail.ledger import exists as ledger_exists
 from statusmail.project.config import Config, imap_password_problem
-from statusmail.project.tokens import (
-    Keyring,
-    Purpose,
-    message_id_names,
-    open_row_token,
-    row_token_names,
-    verify_entry_token,
-    verify_unsubscribe_token,
-)
+from statusmail.project.tokens import Keyring
+
+__all__ = [
+    "Feedback",
+    "PassReport",
+    "ProviderReport",
+    "apply_reports",
+    "mailboxes",
+    "record_forged",
+    "release_held",
+    "run_pass",
+]
 
 log = logging.getLogger("statusmail.feedback")
 
-Named = tuple[str | None, str]  # (entry or None, address)
 CHUNK = 500  # reports recorded in one transaction, then moved in one command
-MAX_NAMED = 20  # addresses an unproven report is recorded for, at most
-_BOUNCES = (FeedbackKind.HARD, FeedbackKind.SOFT)
-# What a verdict claims, for a report recorded without proof.
-_CLAIMED = {
-    Verdict.BOUNCE: FeedbackKind.HARD,
-    Verdict.COMPLAINT: FeedbackKind.COMPLAINT,
-    Verdict.UNSUBSCRIBE: FeedbackKind.UNSUBSCRIBE,
-}
-# A statusmail Message-ID: <entry.32 hex digits@domain>
-_OUR_MESSAGE_ID = re.compile(r"<[^<>\s]+\.[0-9a-f]{32}@[^<>\s]+>")
-_ADDRESS = re.compile(r"[^\s<>(),;:\"']+@[^\s<>(),;:\"']+")
-
-
-@dataclass
-class PassReport:
-    """What one pass read and did (or, with ``--dry-run``, would do)."""
-
-    dry_run: bool
-    mailboxes: list[str] = field(default_factory=list)
-    read: int = 0
-    handled: int = 0  # recorded and moved to processed
-    kinds: Counter[str] = field(default_factory=Counter)  # applied: hard, soft, complaint, …
-    left: Counter[str] = field(default_factory=Counter)  # why untouched: auto-reply, …
-    already_recorded: int = 0
-    suppressed: int = 0  # addresses newly suppressed
-    unverified: int = 0  # reports that named addresses but proved nothing
-    forged: int = 0  # reports whose token did not verify
-    held: Counter[tuple[str, str]] = field(default_factory=Counter)  # (domain, cause)
-    senders_side: Counter[tuple[str, str]] = field(default_factory=Counter)  # (domain, cause)
-    unrecognized: list[dict[str, str]] = field(default_factory=list)  # left for a person
-    released: int = 0  # held events applied by --release-held
-    events: list[dict[str, Any]] = field(default_factory=list)
-    stopped: str | None = None
-    error: str | None = None
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "dry_run": self.dry_run,
-            "mailboxes": self.mailboxes,
-            "read": self.read,
-            "handled": self.handled,
-            "hard": self.kinds[FeedbackKind.HARD],
-            "soft": self.kinds[FeedbackKind.SOFT],
-            "complaints": self.kinds[FeedbackKind.COMPLAINT],
-            "unsubscribes": self.kinds[FeedbackKind.UNSUBSCRIBE],
-            "auto_replies": self.left["auto-reply"],
-            "untouched": self.read - self.handled,
-            "left": dict(sorted(self.left.items())),
-            "already_recorded": self.already_recorded,
-            "newly_suppressed": self.suppressed,
-            "unverified": self.unverified,
-            "forged": self.forged,
-            "held": _by_domain(self.held),
-            "senders_problems": _by_domain(self.senders_side),
-            "unrecognized": len(self.unrecognized),
-            "unrecognized_messages": self.unrecognized,
-            "released": self.released,
-            "events": self.events,
-            "stopped": self.stopped,
-            "error": self.error,
-        }
-
-
-def _by_domain(counts: Counter[tuple[str, str]]) -> list[dict[str, Any]]:
-    return [
-        {"domain": domain, "cause": cause, "events": n}
-        for (domain, cause), n in sorted(counts.items())
-    ]
 
 
 def mailboxes(config: Config, *, readonly: bool) -> list[Mailbox]:
@@ -229,20 +157,6 @@ def release_held(
     return report
 
 
-@dataclass(frozen=True)
-class ProviderReport:
-    """A report a sending provider posted to a webhook, its signature already checked."""
-
-    provider: str  # ses, postmark, mailgun, sendgrid
-    kind: FeedbackKind  # HARD or SOFT (a bounce, as the provider rates it), COMPLAINT, …
-    address: str  # the recipient the provider names
-    source: str  # the provider's id of this event: the same event twice counts once
-    code: str | None = None  # 5.1.1, else 550
-    diagnostic: str = ""
-    when: dt.datetime | None = None
-    message_id: str | None = None  # the original's Message-ID, when the provider says it
-
-
 def apply_reports(
     config: Config,
     reports: Sequence[ProviderReport],
@@ -308,15 +222,7 @@ def _ledger(config: Config, dry_run: bool) -> Iterator[Ledger]:
         yield ledger
 
 
-@dataclass(frozen=True)
-class _Proof:
-    """Whom a report is about, and what in it failed to verify."""
-
-    named: Named | None = None
-    forged: str | None = None
-
-
-class Feedback:
+class Feedback(Assessing, Applying):
     """One pass over the mailboxes (or one batch of provider reports), against one
     ledger connection."""
 
@@ -417,395 +323,3 @@ class Feedback:
             )
         if not self.dry_run:
             metrics.feedback_held(self.ledger.held_count())
-
-    # -- what one message says, and about whom ----------------------------------------
-
-    def assess(self, data: bytes) -> list[FeedbackEvent]:
-        """The events one message gives, before the storm guard and the policy; [] when
-        it is left where it is (and why is counted)."""
-        found = classify(data, self.return_path)
-        if found.verdict is Verdict.AUTO_REPLY:
-            self._leave(found, data, "auto-reply")
-            return []
-        if found.verdict is Verdict.FORWARDED or (
-            found.verdict is Verdict.OTHER and not found.failures
-        ):  # a person's words (a reply, a question, a forward), a success DSN, not-spam
-            self._leave(found, data, None)
-            return []
-        proof = self._proof(found)
-        if proof.named is not None:
-            return self._proven(found, proof.named)
-        claimed = _CLAIMED.get(found.verdict)
-        if proof.forged is not None:
-            return self._unproven(found, claimed, EventState.FORGED, proof.forged)
-        if claimed is None:
-            self._leave(found, data, None)
-            return []
-        if self.config.bounces.trust_unsigned:
-            trusted = self._by_address(found, claimed)
-            if trusted:
-                return trusted
-        return self._unproven(found, claimed, EventState.UNVERIFIED, "no proof")
-
-    def _leave(self, found: Classified, data: bytes, why: str | None) -> None:
-        """Count a message left where it is; one for a person is listed (its sender and
-        subject with any address in them masked)."""
-        if why is not None:
-            self.report.left[why] += 1
-        else:
-            self.report.left["unrecognized"] += 1
-            msg = parse(data)
-            self.report.unrecognized.append(
-                {
-                    "source": found.source,
-                    "from": _masked(header(msg, "From"), self.mask),
-                    "subject": _masked(header(msg, "Subject"), self.mask),
-                    "why": found.why,
-                }
-            )
-        log.debug("left alone: %s", found.why)
-
-    def _proof(self, found: Classified) -> _Proof:
-        forged: str | None = None
-        for token in found.clues.return_path_tokens:
-            named = self._return_path(token)
-            if named is not None:
-                return _Proof(named)
-            forged = forged or "a return-path token that no key of statusmail made"
-        for value in found.clues.message_ids:
-            delivery = self.ledger.delivery_by_message_id(value)
-            if delivery is not None and message_id_names(self.keys, value, *delivery):
-                return _Proof(delivery)
-            if _OUR_MESSAGE_ID.fullmatch(value) and _ours(value, self.config):
-                forged = forged or "a Message-ID of statusmail's shape that it never made"
-        for token in found.clues.unsubscribe_tokens:
-            address = verify_unsubscribe_token(self.keys, token)
-            if address is not None:
-                return _Proof((self.ledger.last_entry_sent(address), address.lower()))
-            forged = forged or "an unsubscribe token that no key of statusmail made"
-        return _Proof(None, forged)
-
-    def _return_path(self, token: str) -> Named | None:
-        sealed = verify_entry_token(self.keys, Purpose.VERP, token)
-        if sealed is not None:
-            return sealed
-        opened = open_row_token(self.keys, token)
-        if opened is not None:
-            row, check = opened
-            delivery = self.ledger.delivery_by_row(row)
-            if delivery is not None and row_token_names(check, *delivery):
-                return delivery
-        return None
-
-    def _proven(self, found: Classified, named: Named) -> list[FeedbackEvent]:
-        if found.verdict is Verdict.COMPLAINT:
-            return [self._event(found, FeedbackKind.COMPLAINT, named, None)]
-        if found.verdict is Verdict.UNSUBSCRIBE:
-            return [self._event(found, FeedbackKind.UNSUBSCRIBE, named, None)]
-        # A bounce, or anything else proven and not an auto-reply: a bounce of some shape.
-        kind, failure = _worst(found.failures, named[1])
-        return [self._event(found, kind, named, failure)]
-
-    def _by_address(self, found: Classified, claimed: FeedbackKind) -> list[FeedbackEvent]:
-        """``bounces.trust_unsigned``: every address the report names that statusmail
-        sent to."""
-        events: list[FeedbackEvent] = []
-        if found.verdict is Verdict.BOUNCE:
-            for failure in found.failures:
-                known = self._known(failure.address)
-                if known is not None and all(e.address != known[1] for e in events):
-                    kind = FeedbackKind.HARD if failure.hard else FeedbackKind.SOFT
-                    events.append(self._event(found, kind, known, failure))
-            return events
-        for address in found.clues.addresses:
-            known = self._known(address)
-            if known is not None and all(e.address != known[1] for e in events):
-                events.append(self._event(found, claimed, known, None))
-        return events
-
-    def _known(self, address: str | None) -> Named | None:
-        """An address the report names, if statusmail has sent it something."""
-        if not address or "@" not in address:
-            return None
-        entry = self.ledger.last_entry_sent(address.lower())
-        return (entry, address.lower()) if entry else None
-
-    def _unproven(
-        self, found: Classified, claimed: FeedbackKind | None, state: EventState, why: str
-    ) -> list[FeedbackEvent]:
-        """The report recorded for the operator with the addresses it names (or none),
-        applied to nobody."""
-        names = [f.address for f in found.failures if f.address] + list(found.clues.addresses)
-        addresses = list(dict.fromkeys(a.lower() for a in names if "@" in a))[:MAX_NAMED]
-        kind = claimed or FeedbackKind.HARD
-        failure = found.failures[0] if found.failures else None
-        return [
-            replace(
-                self._event(found, kind, (None, address), failure),
-                state=str(state),
-                evidence=why,
-            )
-            for address in addresses or [""]
-        ]
-
-    def from_provider(self, item: ProviderReport) -> list[FeedbackEvent]:
-        """The event a signed provider report gives, tied to a delivery; [] when it is
-        about nobody statusmail wrote to."""
-        named: Named | None = None
-        if item.message_id:
-            delivery = self.ledger.delivery_by_message_id(item.message_id)
-            if delivery is not None and message_id_names(self.keys, item.message_id, *delivery):
-                named = delivery
-        named = named or self._known(item.address)
-        if named is None:
-            return []
-        bounce = item.kind in _BOUNCES
-        failure = Failure(
-            named[1],
-            item.kind is FeedbackKind.HARD,
-            item.code,
-            item.diagnostic,
-            item.when,
-            cause=cause_of(item.code, item.diagnostic),
-        )
-        found = Classified(
-            Verdict.BOUNCE if bounce else Verdict.OTHER,
-            f"a {item.provider} webhook report",
-            f"{item.provider}:{item.source}",
-            item.when,
-            failures=(failure,),
-            reporter=item.provider,
-        )
-        return [self._event(found, item.kind, named, failure if bounce else None)]
-
-    def _event(
-        self, found: Classified, kind: FeedbackKind, named: Named, failure: Failure | None
-    ) -> FeedbackEvent:
-        entry, address = named
-        when = min(
-            (failure.when if failure and failure.when else None) or found.date or self.now,
-            self.now,
-        )
-        diagnostic = failure.diagnostic if failure else found.why
-        if kind is FeedbackKind.COMPLAINT and found.reporter:
-            diagnostic = f"{found.why} from {found.reporter}"
-        cause = None
-        if kind in _BOUNCES:
-            cause = failure.cause if failure else Cause.OTHER
-        return FeedbackEvent(
-            kind=kind.value,
-            address=address,
-            entry_id=entry,
-            code=failure.code if failure else None,
-            diagnostic=diagnostic,
-            source=found.source,
-            event_at=when.isoformat(timespec="seconds"),
-            cause=str(cause) if cause else None,
-        )
-
-    # -- the storm guard -------------------------------------------------------------------
-
-    def _storms(self, events: Iterable[FeedbackEvent]) -> set[tuple[str, str, str]]:
-        """The (entry, domain, cause) groups to hold: more than ``storm_share`` of the
-        domain's recipients of the entry (and at least ``storm_minimum`` addresses)
-        bounced for that cause, counting what earlier passes recorded; or the group has
-        held events already."""
-        settings = self.config.bounces
-        groups: defaultdict[tuple[str, str, str], set[str]] = defaultdict(set)
-        for e in events:
-            if e.state == EventState.APPLIED and e.kind in _BOUNCES and e.entry_id and e.cause:
-                groups[(e.entry_id, e.domain, e.cause)].add(e.address)
-        held: set[tuple[str, str, str]] = set()
-        for group, addresses in groups.items():
-            earlier, holding = self.ledger.bounced_in_group(*group)
-            bounced = len(addresses | earlier)
-            if holding or (
-                bounced >= settings.storm_minimum
-                and bounced > settings.storm_share * self.ledger.recipients_at(*group[:2])
-            ):
-                held.add(group)
-        return held
-
-    # -- the policy -----------------------------------------------------------------------
-
-    def _record(
-        self, assessed: Sequence[list[FeedbackEvent]], held: set[tuple[str, str, str]]
-    ) -> None:
-        """Apply the policy to the events of a chunk of reports and record them in one
-        transaction."""
-        settled = [[self._settled(e, held) for e in events] for events in assessed]
-        flat = [e for events in settled for e in events]
-        if self.dry_run:
-            new = [not self.ledger.has_feedback(e.source, e.address, e.kind) for e in flat]
-        else:
-            new = self.ledger.record_feedback(flat)
-        self.report.handled += len(settled)
-        for event, fresh in zip(flat, new, strict=True):
-            self._note(event, fresh)
-
-    def _settled(self, event: FeedbackEvent, held: set[tuple[str, str, str]]) -> FeedbackEvent:
-        if event.state != EventState.APPLIED:
-            return event
-        if (event.entry_id, event.domain, event.cause) in held:
-            return replace(event, state=str(EventState.HELD))
-        return self.policy(event)
-
-    def policy(self, event: FeedbackEvent) -> FeedbackEvent:
-        """What an applied event does, by its kind and cause."""
-        said = " ".join(part for part in (event.code, event.diagnostic) if part)
-        kind = FeedbackKind(event.kind)
-        if kind is FeedbackKind.COMPLAINT:
-            return _with(event, SuppressionReason.COMPLAINED, f"complaint: {said}", "complained")
-        if kind is FeedbackKind.UNSUBSCRIBE:
-            return _with(event, SuppressionReason.UNSUBSCRIBED, "mailto unsubscribe", None)
-        cause = Cause(event.cause or Cause.OTHER)
-        if cause.senders_problem:
-            return event
-        if kind is FeedbackKind.HARD and cause.suppresses_at_once:
-            return _with(event, SuppressionReason.BOUNCED, f"hard bounce: {said}", "bounced")
-        return self._score(event, dt.date.fromisoformat(event.event_at[:10]), said)
-
-    def _score(self, event: FeedbackEvent, day: dt.date, said: str) -> FeedbackEvent:
-        """A soft bounce counts once a day; ``soft_limit`` counted days within the last
-        ``soft_window_days`` suppress."""
-        settings = self.config.bounces
-        since = self.now.date() - dt.timedelta(days=settings.soft_window_days - 1)
-        address = event.address
-        if (address, event.kind, event.source) in self._seen or self.ledger.has_feedback(
-            event.source, address, event.kind, applied=True
-        ):
-            return event  # read before: counts nothing again
-        days = self.ledger.soft_days(address, since) | self._days[address]
-        counted = day.isoformat()
-        self._days[address].add(counted)
-        score = len({d for d in days | {counted} if d >= since.isoformat()})
-        event = replace(event, score_day=counted)
-        if score < settings.soft_limit:
-            return event
-        evidence = (
-            f"{score} days with soft bounces within {settings.soft_window_days} days; last: {said}"
-        )
-        return _with(event, SuppressionReason.BOUNCED, evidence, None)
-
-    # -- held events, released --------------------------------------------------------------
-
-    def release(self, domain: str) -> None:
-        """Apply every event held for ``domain``, oldest first, as the policy says now."""
-        held = self.ledger.held_events(domain)
-        applied = [self.policy(replace(e, state=str(EventState.APPLIED))) for e in held]
-        if not self.dry_run:
-            self.ledger.release_held(applied)
-        self.report.released = len(applied)
-        for event in applied:
-            self._note(event, True)
-
-    # -- telling what happened ------------------------------------------------------------
-
-    def _note(self, event: FeedbackEvent, fresh: bool) -> None:
-        key = (event.address, event.kind, event.source)
-        state = EventState(event.state)
-        if not fresh or key in self._seen:
-            self.report.already_recorded += 1
-            effect = "already recorded"
-        else:
-            self._seen.add(key)
-            effect = self._effect(event, state)
-            if self.dry_run:
-                effect = "would be " + effect
-        shown = self.mask(event.address) if event.address else "-"
-        detail = scrub(event.diagnostic or "", [event.address], self.mask)
-        self.report.events.append(
-            {
-                "kind": event.kind,
-                "state": event.state,
-                "cause": event.cause,
-                "entry": event.entry_id,
-                "address": shown,
-                "code": event.code,
-                "diagnostic": detail,
-                "at": event.event_at,
-                "source": event.source,
-                "effect": effect,
-            }
-        )
-        level = logging.WARNING if fresh and state is EventState.FORGED else logging.INFO
-        log.log(
-            level,
-            "%s %s%s: %s",
-            event.kind,
-            shown,
-            f" ({event.entry_id})" if event.entry_id else "",
-            effect,
-            extra={
-                "event": "feedback_event",
-                "kind": event.kind,
-                "state": event.state,
-                "cause": event.cause,
-                "entry": event.entry_id,
-                "recipient": shown,
-            },
-        )
-
-    def _effect(self, event: FeedbackEvent, state: EventState) -> str:
-        """Count a new event; what it does, in words."""
-        report = self.report
-        if state is EventState.UNVERIFIED:
-            report.unverified += 1
-            self._count_report(state)
-            return "unverified: no proof it is about this address; applied to nobody"
-        if state is EventState.FORGED:
-            report.forged += 1
-            self._count_report(state)
-            return f"forged ({event.evidence}); applied to nobody"
-        if state is EventState.HELD:
-            report.held[(event.domain, event.cause or "")] += 1
-            self._count_report(state)
-            return f"held: a storm of {event.cause} bounces from {event.domain}"
-        report.kinds[event.kind] += 1
-        if not self.dry_run:
-            metrics.feedback_event(str(event.kind))
-        cause = Cause(event.cause) if event.cause else None
-        if cause is not None and cause.senders_problem:
-            report.senders_side[(event.domain, cause.value)] += 1
-            return f"recorded: {cause} (a problem on the sending side)"
-        if event.suppress and event.address not in self._suppressed:
-            self._suppressed.add(event.address)
-            report.suppressed += 1
-            return f"suppressed as {event.suppress}"
-        if event.suppress:
-            return "recorded (already suppressed)"
-        return "scored" if event.score_day else "recorded"
-
-    def _count_report(self, state: EventState) -> None:
-        if not self.dry_run:
-            metrics.feedback_report(state)
-
-
-def _masked(text: str, mask: Callable[[str], str]) -> str:
-    return _ADDRESS.sub(lambda m: mask(m.group(0)), text)[:200]
-
-
-def _ours(message_id: str, config: Config) -> bool:
-    """Whether a Message-ID is on the domain statusmail's own carry."""
-    domain = message_id.strip("<>").rpartition("@")[2].lower()
-    return domain == config.sender.address.rpartition("@")[2].lower()
-
-
-def _worst(failures: tuple[Failure, ...], address: str) -> tuple[FeedbackKind, Failure | None]:
-    """The failure a report gives for ``address`` (the one the proof names), else its
-    worst: one recipient per message, so any failure in it is that recipient's. With no
-    failure read at all, a soft bounce of no readable cause."""
-    mine = [f for f in failures if f.address and f.address.lower() == address] or list(failures)
-    if not mine:
-        return FeedbackKind.SOFT, None
-    chosen = next((f for f in mine if f.hard), mine[0])
-    return (FeedbackKind.HARD if chosen.hard else FeedbackKind.SOFT), chosen
-
-
-def _with(event: FeedbackEvent, reason: str, evidence: str, mark: str | None) -> FeedbackEvent:
-    return replace(
-        event,
-        suppress=reason,
-        evidence=evidence[:500],
-        mark=DeliveryStatus(mark).value if mark else None,
-    )
