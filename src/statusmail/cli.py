@@ -516,6 +516,32 @@ def list_(config: Config, as_json: bool) -> ExitCode:
 
 @main.command()
 @common_options
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder of the site (default: publish.out).",
+)
+@run
+def publish(config: Config, out_dir: Path | None) -> ExitCode:
+    """Write the ready entries as a static site with Atom and JSON feeds.
+
+    One edition per entry of regions.yaml's editions (the canonical site, the mirror,
+    the onion service), each in every language. The site is written into a new folder
+    and OUT/current is switched to it in one rename; publish.after runs afterwards.
+
+    \b
+    Example:
+      statusmail publish --out /srv/statusmail/site
+    """
+    from statusmail.web.republish import publish_command
+
+    return publish_command(config, out_dir, out)
+
+
+@main.command()
+@common_options
 @click.option("--host", default=None, help="Address to listen on (default: serve.host).")
 @click.option(
     "--port",

@@ -48,6 +48,7 @@ from statusmail.project.config import Config, is_url, load_config
 from statusmail.project.entries import entry_paths, load_entry
 from statusmail.project.subscribers import subscriber_files
 from statusmail.web import health
+from statusmail.web.republish import Republisher
 
 log = logging.getLogger("statusmail.watch")
 
@@ -353,16 +354,23 @@ class Watcher:
         # What came back is read before anything is sent, then beside the sending.
         await self._feedback_pass()
         bounces = None if self.options.once else asyncio.create_task(self._feedback_loop())
+        # The status site, republished in a thread of its own after each pass that
+        # changed what it is made of (README: The status site and its feeds).
+        site = Republisher(self.config) if self.config.publish.watch else None
         try:
             while not self.halt.is_set():
                 if self.reload:
                     self._reload()
                 await self._work_through_due()
+                if site is not None:
+                    site.request(self.config)
                 if self.options.once:
                     break
                 await self._sleep()
         finally:
             await _cancelled(events, bounces)
+            if site is not None:
+                await asyncio.to_thread(site.close)
 
     async def _file_events(self) -> None:
         """Wake the loop as soon as a file in the updates folder changes (inotify via

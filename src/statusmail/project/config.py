@@ -15,6 +15,7 @@ from pathlib import Path
 
 from statusmail.errors import ConfigError, InputError, Problem
 from statusmail.project.fields import Fields
+from statusmail.project.publishing import PublishSettings, parse_publish
 from statusmail.project.tokens import MIN_SECRET_BYTES, Keyring
 from statusmail.project.yamlfile import load_yaml
 
@@ -273,6 +274,7 @@ class Config:
     # The preferences page (language, topics); "" derives it from unsubscribe.url.
     preferences_url_setting: str = ""
     name_order: str = "as_written"  # one of NAME_ORDERS
+    publish: PublishSettings = field(default_factory=PublishSettings)
     lines: Mapping[str, int] = field(default_factory=dict)  # top-level keys
 
     @property
@@ -738,6 +740,7 @@ TOP_KEYS = {
     "preferences",
     "webhooks",
     "name_order",
+    "publish",
 }
 
 
@@ -784,6 +787,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
         webhooks=parse_webhooks(top.sub("webhooks")),
         preferences_url_setting=parse_preferences(top.sub("preferences"), unsubscribe.url),
         name_order=top.choice("name_order", NAME_ORDERS, Config.name_order),
+        publish=parse_publish(top.sub("publish"), root),
         lines={str(key): top.line_of(str(key)) for key in top.data},
     )
     hold_durability(config, ledger)

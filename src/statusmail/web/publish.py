@@ -1,0 +1,222 @@
+"""``statusmail publish``: the ready entries as a static site and feeds, one edition per
+link treatment of ``regions.yaml`` (README: "The status site and its feeds").
+
+Every page is rendered from the entry's Markdown, the catalog, the typography and the
+CLDR dates exactly as the messages are (through ``content.render.Renderer``), from the
+templates under ``templates/site/``. An edition's links are rewritten as its region's
+readers get them, and its region's access block is on every page.
+
+Each publish writes a new folder under ``releases/`` and then renames the link
+``current`` to it, so a web server serving ``current/<edition>/`` never serves half a
+site; nothing changes (no new folder, no hook) when the pages are what ``current`` holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from statusmail.domain import Entry
+from statusmail.errors import InputError, Problem
+from statusmail.project.config import Config
+from statusmail.project.editions import load_editions
+from statusmail.project.entries import load_entries
+from statusmail.project.regions import load_regions
+from statusmail.web.site import SiteBuilder
+
+log = logging.getLogger("statusmail.publish")
+
+CURRENT = "current"
+RELEASES = "releases"
+STATE_NAME = ".statusmail-publish.json"
+KEEP_RELEASES = 3  # the current one and the two before it, for readers still on them
+
+
+def is_published(entry: Entry, now: dt.datetime) -> bool:
+    """Ready, and no longer waiting for its ``send_at``: drafts never reach the site."""
+    return entry.ready and (entry.send_at is None or entry.send_at <= now)
+
+
+def content_hash(entry: Entry, locale: str) -> str:
+    content = entry.content[locale]
+    text = "\n".join((content.subject, content.summary, content.body.strip()))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+class Times:
+    """When each entry's text in each language was first published and last changed:
+    ``updated`` moves only when the text does (kept in ``DIR/.statusmail-publish.json``;
+    without it an entry's first version is dated by its ``date`` or ``send_at``)."""
+
+    def __init__(self, path: Path, now: dt.datetime) -> None:
+        self.path = path
+        self.now = now
+        self.data: dict[str, object] = {}
+        with contextlib.suppress(OSError, ValueError):
+            loaded = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(loaded, dict):
+                self.data = loaded
+        texts = self.data.get("texts")
+        self.texts: dict[str, list[str]] = texts if isinstance(texts, dict) else {}
+
+    def stamps(self, entry: Entry, locale: str) -> tuple[dt.datetime, dt.datetime]:
+        """(published, updated) of ``entry`` in ``locale``."""
+        first = entry.send_at or dt.datetime.combine(entry.date, dt.time(), dt.UTC)
+        key, digest = f"{entry.id}/{locale}", content_hash(entry, locale)
+        known = self.texts.get(key)
+        if not (isinstance(known, list) and len(known) == 2):
+            self.texts[key] = [digest, first.isoformat()]
+        elif known[0] != digest:
+            self.texts[key] = [digest, self.now.isoformat()]
+        try:
+            updated = dt.datetime.fromisoformat(self.texts[key][1])
+        except ValueError:
+            updated = first
+        return first, max(first, updated)
+
+    def get(self, key: str) -> object:
+        return self.data.get(key)
+
+    def save(self, **values: object) -> None:
+        self.data.update(values, texts=self.texts)
+        temporary = self.path.with_name(self.path.name + ".new")
+        temporary.write_text(json.dumps(self.data, indent=1, sort_keys=True), encoding="utf-8")
+        os.replace(temporary, self.path)
+
+
+@dataclass(frozen=True)
+class Published:
+    site: Path  # DIR/current
+    release: Path  # the folder ``current`` names
+    changed: bool  # False: the pages were those already published
+    pages: int
+    editions: tuple[str, ...]
+    after_pending: bool  # the publish.after command is still to run (or failed last time)
+
+
+def digest(files: Mapping[str, bytes]) -> str:
+    hashed = hashlib.sha256()
+    for name in sorted(files):
+        hashed.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
+    return hashed.hexdigest()
+
+
+@contextlib.contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    """One publish into ``out`` at a time (watch's and a command's)."""
+    with open(out / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def write_release(out: Path, files: Mapping[str, bytes], now: dt.datetime) -> Path:
+    """Write ``files`` into a new folder under ``out/releases`` and rename ``out/current``
+    to it in one step."""
+    releases = out / RELEASES
+    releases.mkdir(parents=True, exist_ok=True)
+    stamp = now.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    folder = Path(tempfile.mkdtemp(prefix=f"{stamp}-", dir=releases))
+    folder.chmod(0o755)  # mkdtemp makes it private; the web server reads it
+    for name, data in files.items():
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    link = out / f".{CURRENT}-{folder.name}"
+    os.symlink(Path(RELEASES) / folder.name, link)
+    os.replace(link, out / CURRENT)  # atomic: readers see the old site or the new one
+    return folder
+
+
+def prune(out: Path, keep: int = KEEP_RELEASES) -> None:
+    """Remove all but the newest ``keep`` releases (never the current one)."""
+    current = (out / CURRENT).resolve()
+    folders = sorted((p for p in (out / RELEASES).iterdir() if p.is_dir()), reverse=True)
+    for folder in folders[keep:]:
+        if folder.resolve() != current:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def site_files(
+    config: Config, now: dt.datetime, times: Times
+) -> tuple[dict[str, bytes], tuple[str, ...]]:
+    regions = load_regions(config.paths.regions)
+    editions = load_editions(config.paths.regions, regions)
+    if not editions:
+        raise InputError(
+            [
+                Problem(
+                    config.paths.regions,
+                    None,
+                    "declares no 'editions': publish needs at least one (its url is where "
+                    "the site is served; README: The status site and its feeds)",
+                    code="missing-field",
+                )
+            ]
+        )
+    entries, problems = load_entries(config.paths.updates)
+    if problems:
+        raise InputError(problems)
+    shown = [e for e in entries.values() if is_published(e, now)]
+    builder = SiteBuilder(config, regions, shown, times.stamps)
+    files: dict[str, bytes] = {}
+    for edition in editions.values():
+        for name, data in builder.edition_files(edition).items():
+            files[f"{edition.name}/{name}"] = data
+    return files, tuple(editions)
+
+
+def publish(config: Config, out: Path | None = None, now: dt.datetime | None = None) -> Published:
+    """Render the site and, if it changed, make it ``out/current`` (default:
+    ``publish.out``). InputError for what cannot be rendered; the current site stays."""
+    out = (out or config.publish.out).absolute()
+    now = now or dt.datetime.now(dt.UTC)
+    current = out / CURRENT
+    if current.exists() and not current.is_symlink():
+        raise InputError(
+            [Problem(current, None, "is not a link publish made: move it away", code="bad-value")]
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError([Problem(out, None, f"cannot create it: {exc.strerror}")]) from exc
+    with _locked(out):
+        times = Times(out / STATE_NAME, now)
+        files, editions = site_files(config, now, times)
+        fresh = digest(files)
+        pending = bool(config.publish.after) and times.get("after_pending") is not False
+        if fresh == times.get("digest") and current.is_dir():
+            times.save()
+            return Published(current, current.resolve(), False, len(files), editions, pending)
+        release = write_release(out, files, now)
+        times.save(digest=fresh, after_pending=bool(config.publish.after))
+        prune(out)
+    log.info(
+        "published %d files of %s into %s",
+        len(files),
+        ", ".join(editions),
+        release,
+        extra={"event": "published", "release": str(release)},
+    )
+    return Published(current, release, True, len(files), editions, bool(config.publish.after))
+
+
+def after_done(config: Config, out: Path | None, ok: bool) -> None:
+    """Record whether ``publish.after`` last ran through, so a failed one is run again."""
+    out = (out or config.publish.out).absolute()
+    with _locked(out):
+        Times(out / STATE_NAME, dt.datetime.now(dt.UTC)).save(after_pending=not ok)
+
+
+def pages_of(release: Path) -> Sequence[Path]:
+    """Every HTML page of a published folder."""
+    return sorted(release.rglob("*.html"))

@@ -1,0 +1,282 @@
+"""``statusmail publish``: the sample as a static site in both languages and three
+editions, its feeds read back by feedparser, the atomic swap, the ``publish.after``
+hook, ``watch`` keeping the site current, and the messages' link to the reader's edition."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import re
+import threading
+from pathlib import Path
+
+import feedparser
+import pytest
+
+from conftest import (
+    BLOCK,
+    CSV_HEADER,
+    SAMPLE_ENTRIES,
+    UPDATE,
+    copy_sample,
+    invoke,
+    outbox_files,
+)
+from statusmail.content.render import Renderer, VariantKey, probe_recipient
+from statusmail.domain import ExitCode
+from statusmail.errors import InputError, StatusmailError
+from statusmail.project.config import load_config
+from statusmail.project.editions import edition_problems, news_urls, read_editions
+from statusmail.project.entries import load_entries
+from statusmail.project.regions import link_hosts, load_regions
+from statusmail.web.publish import CURRENT, RELEASES, pages_of, publish
+from statusmail.web.republish import Republisher, publish_command
+
+EDITIONS = ("www", "mirror", "onion")
+LANGUAGES = ("en", "ru")
+ONION = "startmailfictionalonionhostforillustrationsonlyxyzzamfqd.onion"
+NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+DRAFT = "draft-2020-05-01"
+LATER = "later-2020-06-01"
+
+
+def add_entry(config: Path, entry_id: str, *, status: str = "ready", extra: str = "") -> None:
+    (config.parent / "updates" / f"{entry_id}.yaml").write_text(
+        f"id: {entry_id}\ndate: {entry_id[-10:]}\nstatus: {status}\n{extra}"
+        "content:\n"
+        f"  en: {{subject: 'News {entry_id}', summary: 'What happened.', body: 'More news.'}}\n",
+        encoding="utf-8",
+    )
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample published, with a draft and an entry whose send_at is still to come."""
+    config = copy_sample(tmp_path_factory.mktemp("publish") / "project")
+    add_entry(config, DRAFT, status="draft")
+    add_entry(config, LATER, extra="send_at: 2099-01-01T00:00:00Z\n")
+    result = publish(load_config(config), now=NOW)
+    assert result.changed and result.editions == EDITIONS
+    return result.site
+
+
+def test_both_languages_three_editions_small_pages_nothing_loaded(site: Path) -> None:
+    for edition in EDITIONS:
+        assert (site / edition / "index.html").is_file()
+        for lang in LANGUAGES:
+            folder = site / edition / lang
+            names = {p.name for p in folder.iterdir()}
+            assert names == {"index.html", "feed.atom", "feed.json"} | {
+                f"{e}.html" for e in SAMPLE_ENTRIES
+            }
+    pages = pages_of(site)
+    assert len(pages) == 3 * (1 + 2 * (1 + len(SAMPLE_ENTRIES)))
+    for page in pages:
+        html = page.read_text(encoding="utf-8")
+        assert len(html.encode()) < 30_000, page
+        assert not re.search(r"<script|<img|<iframe|\ssrc=|@import|url\(|stylesheet", html)
+        assert DRAFT not in html and LATER not in html
+    ru = (site / "www/ru" / f"{BLOCK}.html").read_text(encoding="utf-8")
+    assert '<html lang="ru">' in ru and "23\u00a0января 2020\u00a0г." in ru  # CLDR, typeset
+    assert 'hreflang="en" href="https://www.startmail.example/status/en/' in ru
+    assert '<a href="../en/block-2020-01-23.html" hreflang="en" lang="en">English</a>' in ru
+    assert "Хронология" in ru and f'href="{UPDATE}.html"' in ru  # the story together
+    index = (site / "www/en/index.html").read_text(encoding="utf-8")
+    assert index.index(UPDATE) < index.index(BLOCK)  # newest first, in one story
+    assert index.count('<section class="sm-card">') == 1
+    assert 'type="application/atom+xml"' in index and 'type="application/feed+json"' in index
+
+
+def test_ru_editions_link_only_to_the_mirror_or_the_onion(site: Path) -> None:
+    for edition in ("mirror", "onion"):
+        for page in pages_of(site / edition):
+            html = page.read_text(encoding="utf-8")
+            assert link_hosts(html) <= {"startmail-ru.test", ONION}, page
+            assert 'class="sm-access"' in html, page  # the access block on every page
+    onion = (site / "onion/en" / f"{BLOCK}.html").read_text(encoding="utf-8")
+    assert f'href="http://{ONION}/blog/startmail-blocked-in-russia"' in onion
+    www = (site / "www/en" / f"{BLOCK}.html").read_text(encoding="utf-8")
+    assert "sm-access" not in www.split("</head>")[1]
+    assert 'href="https://www.startmail.example/blog/startmail-blocked-in-russia"' in www
+
+
+def test_feeds_parse_and_hold_every_ready_entry_once(site: Path) -> None:
+    for edition in EDITIONS:
+        for lang in LANGUAGES:
+            feed = feedparser.parse((site / edition / lang / "feed.atom").read_bytes())
+            assert not feed.bozo, feed.bozo_exception
+            assert feed.version == "atom10" and feed.feed.language == lang
+            ids = [e.id for e in feed.entries]
+            assert sorted(ids) == sorted(
+                f"tag:startmail.example,{e[-10:]}:status/{e}/{lang}" for e in SAMPLE_ENTRIES
+            )
+            for item in feed.entries:
+                assert item.link.startswith(feed.feed.link.rsplit("/", 1)[0])
+                assert item.updated_parsed and item.content[0].value.startswith("<p")
+            document = json.loads((site / edition / lang / "feed.json").read_bytes())
+            assert document["version"] == "https://jsonfeed.org/version/1.1"
+            assert [i["id"] for i in document["items"]] == ids
+
+
+def test_updated_moves_only_with_the_text(tmp_path: Path) -> None:
+    config = load_config(copy_sample(tmp_path / "project"))
+    first = publish(config, now=NOW)
+    again = publish(config, now=NOW + dt.timedelta(days=1))
+    assert not again.changed and again.release == first.release
+
+    def updated(lang: str) -> dict[str, str]:
+        feed = feedparser.parse((first.site / "www" / lang / "feed.atom").read_bytes())
+        return {e.id.split(":")[-1]: e.updated for e in feed.entries}
+
+    before = {lang: updated(lang) for lang in LANGUAGES}
+    path = config.paths.updates / f"{UPDATE}.yaml"
+    path.write_text(
+        path.read_text(encoding="utf-8").replace("Спасибо за терпение", "Спасибо вам за терпение"),
+        encoding="utf-8",
+    )
+    later = NOW + dt.timedelta(days=2)
+    changed = publish(config, now=later)
+    assert changed.changed and changed.release != first.release
+    assert first.release.is_dir()  # a reader still on the old folder reads it whole
+    assert updated("en") == before["en"]
+    after = updated("ru")
+    assert after[f"status/{UPDATE}/ru"] == "2026-01-03T00:00:00Z"
+    assert after[f"status/{BLOCK}/ru"] == before["ru"][f"status/{BLOCK}/ru"]
+
+
+def test_readers_never_see_half_a_site_and_a_failed_render_keeps_it(tmp_path: Path) -> None:
+    project = copy_sample(tmp_path / "project")
+    config = load_config(project)
+    out = tmp_path / "site"
+    publish(config, out)
+    stop, seen, torn = threading.Event(), [0], []
+
+    def read() -> None:
+        while not stop.is_set():
+            folder = (out / CURRENT).resolve()  # a reader follows the link once per visit
+            pages = [folder / e / "en/index.html" for e in EDITIONS]
+            for page in pages:
+                text = page.read_text(encoding="utf-8")
+                if not text.endswith("</html>\n"):
+                    torn.append(str(page))
+            seen[0] += 1
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for n in range(2):
+            add_entry(project, f"news-2021-0{n + 1}-01")
+            assert publish(config, out).changed
+    finally:
+        stop.set()
+        reader.join(10)
+    assert seen[0] > 0 and not torn
+    assert len(list((out / RELEASES).iterdir())) == 3  # older ones pruned
+
+    (project.parent / "templates/site/index.html.j2").write_text("{% if %}", encoding="utf-8")
+    held = (out / CURRENT).resolve()
+    with pytest.raises(StatusmailError, match=r"index\.html\.j2"):
+        publish(config, out)
+    assert (out / CURRENT).resolve() == held and len(list((out / RELEASES).iterdir())) == 3
+
+
+def test_after_hook_failure_is_reported_and_run_again(tmp_path: Path) -> None:
+    project = copy_sample(tmp_path / "project")
+    with project.open("a", encoding="utf-8") as handle:
+        # fails until the marker exists; then copies the site where a mirror would be
+        handle.write(
+            "publish: {out: site, after: 'test -e ok && rm -rf mirror"
+            ' && cp -RL "$STATUSMAIL_SITE" mirror\'}\n'
+        )
+    config = load_config(project)
+
+    class Lines:
+        said: list[str] = []  # noqa: RUF012
+
+        def print(self, *objects: object, markup: bool = False, highlight: bool = False) -> None:
+            self.said.append(" ".join(map(str, objects)))
+
+    assert publish_command(config, None, Lines()) == ExitCode.FAILED
+    assert "publish.after failed" in Lines.said[-1] and not (project.parent / "mirror").exists()
+    (project.parent / "ok").touch()
+    assert publish_command(config, None, Lines()) == ExitCode.OK  # unchanged, hook run again
+    assert Lines.said[-1].startswith("unchanged")
+    assert (project.parent / "mirror/www/en/index.html").is_file()
+
+    # watch's republisher retries a failed hook by itself, with backoff
+    (project.parent / "ok").unlink()
+    add_entry(project, "news-2021-01-01")
+    quick = dataclasses.replace(config.publish, retry=0.05)
+    republisher = Republisher(dataclasses.replace(config, publish=quick))
+    republisher.request()
+    assert republisher.wait_idle(10) and republisher.last is not None
+    assert republisher.last.changed
+    (project.parent / "ok").touch()
+    deadline = threading.Event()
+    for _ in range(200):
+        if (project.parent / "mirror/www/en/news-2021-01-01.html").is_file():
+            break
+        deadline.wait(0.05)
+    republisher.close()
+    assert (project.parent / "mirror/www/en/news-2021-01-01.html").is_file()
+
+
+def test_watch_republishes_after_sending_a_new_entry(tmp_path: Path) -> None:
+    project = copy_sample(tmp_path / "project")
+    text = project.read_text(encoding="utf-8").replace("rate: 20 ", "rate: 0 ")
+    project.write_text(text + "publish: {out: site}\n", encoding="utf-8")
+    (project.parent / "subscribers/more.yaml").unlink()
+    (project.parent / "subscribers/main.csv").write_text(
+        CSV_HEADER + "anna@example.org,Anna,en,NL,service-status,active\n", encoding="utf-8"
+    )
+    site = project.parent / "site" / CURRENT
+    old = publish(load_config(project)).release
+    add_entry(project, "news-2021-01-01", extra="audience: {topics: [service-status]}\n")
+    second = invoke(project, "watch", "--once")
+    assert second.exit_code == 0, second.output
+    assert len(outbox_files(project)) == 2  # the January notice and the new entry
+    assert (site / "mirror/en/news-2021-01-01.html").is_file()
+    assert not (old / "www/en/news-2021-01-01.html").exists()  # the old folder, untouched
+    assert (old / "www/en/index.html").read_text(encoding="utf-8").endswith("</html>\n")
+
+
+def test_publish_command_and_its_help(tmp_path: Path) -> None:
+    project = copy_sample(tmp_path / "project")
+    result = invoke(project, "publish", "--out", str(tmp_path / "out"))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("published: www, mirror, onion")
+    assert (tmp_path / "out/current/onion/ru/index.html").is_file()
+    helped = invoke(None, "publish", "--help")
+    assert "--out" in helped.stdout and "regions.yaml" in helped.stdout
+
+
+def test_messages_link_to_the_edition_of_the_readers_region(tmp_path: Path) -> None:
+    config = load_config(copy_sample(tmp_path / "project"))
+    regions = load_regions(config.paths.regions)
+    editions, problems = read_editions(config.paths.regions, regions)
+    assert not problems and not edition_problems(editions)
+    renderer = Renderer(config.paths.templates, regions, config.sender.name, news_urls(editions))
+    entry = load_entries(config.paths.updates)[0][BLOCK]
+    for key, url in (
+        (VariantKey("ru", "RU", True), "https://startmail-ru.test/status/ru/"),
+        (VariantKey("en"), "https://www.startmail.example/status/en/"),
+    ):
+        rendered = renderer.render(entry, key, probe_recipient(key).name, "https://u.example/x")
+        assert f'<a href="{url}"' in rendered.html and url in rendered.text
+
+    text = config.paths.regions.read_text(encoding="utf-8")
+    config.paths.regions.write_text(
+        text.replace("https://startmail-ru.test/status/", "https://ru.startmail.example/s/"),
+        encoding="utf-8",
+    )
+    editions, _ = read_editions(config.paths.regions, regions)
+    found = edition_problems(editions)
+    assert [p.code for p in found] == ["blocked-link"] and "mirror" in found[0].message
+    with pytest.raises(InputError, match="is not a region"):
+        config.paths.regions.write_text(
+            text.replace("readers: [RU]", "readers: [XX]"), encoding="utf-8"
+        )
+        from statusmail.project.editions import load_editions
+
+        load_editions(config.paths.regions, regions)
