@@ -1,0 +1,101 @@
+"""Mailgun: the HMAC-SHA256 of timestamp and token under the webhook signing key, a stale
+timestamp or a replayed token refused; and the failures, complaints and unsubscribes its
+events report."""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hmac as crypto_hmac
+
+from statusmail.domain import FeedbackKind
+from statusmail.feedback.providers.common import (
+    Refused,
+    address_in,
+    mapping_of,
+    message_id_in,
+    text_at,
+    unix_time,
+)
+from statusmail.feedback.reading import status_code
+from statusmail.feedback.reports import ProviderReport
+
+
+class MailgunVerifier:
+    """Checks the signature Mailgun puts in each body, and refuses replays."""
+
+    def __init__(self, key: str, max_age: float, clock: Callable[[], float]) -> None:
+        self.key = key.encode()
+        self.max_age = max_age
+        self.clock = clock
+        self._tokens: set[str] = set()  # used, with a timestamp that is still fresh
+        self._expiry: list[tuple[float, str]] = []  # a heap: when each stops being fresh
+
+    def verify(self, payload: Any) -> str:
+        """Raises ``Refused`` unless the payload is signed, fresh and new; returns its token
+        (taken: ``release`` gives it back when what it carried could not be applied)."""
+        signature = mapping_of(mapping_of(payload).get("signature"))
+        timestamp, token = text_at(signature, "timestamp"), text_at(signature, "token")
+        given = text_at(signature, "signature")
+        if not timestamp or not token or not given:
+            raise Refused("a Mailgun body without its signature")
+        mac = crypto_hmac.HMAC(self.key, hashes.SHA256())
+        mac.update(f"{timestamp}{token}".encode())
+        try:
+            mac.verify(bytes.fromhex(given))
+        except (ValueError, InvalidSignature):
+            raise Refused("a bad Mailgun signature") from None
+        now = self.clock()
+        try:
+            age = now - float(timestamp)
+        except ValueError:
+            raise Refused("a Mailgun timestamp that is not a number") from None
+        if not -self.max_age <= age <= self.max_age:
+            raise Refused("a stale Mailgun timestamp")
+        while self._expiry and self._expiry[0][0] < now:
+            self._tokens.discard(heapq.heappop(self._expiry)[1])
+        if token in self._tokens:
+            raise Refused("a replayed Mailgun token")
+        self._tokens.add(token)
+        heapq.heappush(self._expiry, (float(timestamp) + self.max_age, token))
+        return token
+
+    def release(self, token: str) -> None:
+        self._tokens.discard(token)
+
+
+def mailgun_reports(payload: Mapping[str, Any]) -> list[ProviderReport]:
+    """The report of a Mailgun event: failed (permanent or temporary), complained or
+    unsubscribed; other events say nothing about the recipient."""
+    event = mapping_of(payload.get("event-data"))
+    name = text_at(event, "event")
+    address = address_in(text_at(event, "recipient"))
+    if address is None:
+        return []
+    headers = mapping_of(mapping_of(event.get("message")).get("headers"))
+    message_id = message_id_in(text_at(headers, "message-id"))
+    source = text_at(event, "id") or f"{message_id}:{name}:{text_at(event, 'timestamp')}"
+    when = unix_time(event.get("timestamp"))
+    if name == "failed":
+        status = mapping_of(event.get("delivery-status"))
+        said = [text_at(status, "message"), text_at(status, "description")]
+        diagnostic = " ".join(dict.fromkeys(s for s in said if s)) or text_at(event, "reason")
+        reply = status.get("code")
+        code = status_code(*said) or (
+            str(reply) if isinstance(reply, int) and 400 <= reply < 600 else None
+        )
+        kind = FeedbackKind.HARD if text_at(event, "severity") == "permanent" else FeedbackKind.SOFT
+        return [
+            ProviderReport("mailgun", kind, address, source, code, diagnostic, when, message_id)
+        ]
+    kinds = {"complained": FeedbackKind.COMPLAINT, "unsubscribed": FeedbackKind.UNSUBSCRIBE}
+    if name in kinds:
+        text = f"{name} through Mailgun"
+        return [
+            ProviderReport("mailgun", kinds[name], address, source, None, text, when, message_id)
+        ]
+    return []
