@@ -23,6 +23,7 @@ from conftest import (
     invoke,
     outbox_files,
 )
+from git_helpers import commit, init_repo, require_git
 from statusmail.content.render import Renderer, VariantKey, probe_recipient
 from statusmail.domain import ExitCode
 from statusmail.errors import InputError, StatusmailError
@@ -41,7 +42,13 @@ DRAFT = "draft-2020-05-01"
 LATER = "later-2020-06-01"
 
 
-def add_entry(config: Path, entry_id: str, *, status: str = "ready", extra: str = "") -> None:
+def add_entry(
+    config: Path,
+    entry_id: str,
+    *,
+    status: str = "ready",
+    extra: str = "audience: {topics: [service-status]}\n",
+) -> None:
     (config.parent / "updates" / f"{entry_id}.yaml").write_text(
         f"id: {entry_id}\ndate: {entry_id[-10:]}\nstatus: {status}\n{extra}"
         "content:\n"
@@ -55,7 +62,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The sample published, with a draft and an entry whose send_at is still to come."""
     config = copy_sample(tmp_path_factory.mktemp("publish") / "project")
     add_entry(config, DRAFT, status="draft")
-    add_entry(config, LATER, extra="send_at: 2099-01-01T00:00:00Z\n")
+    add_entry(config, LATER, extra="send_at: 2099-01-01T00:00:00Z\naudience: {topics: all}\n")
     result = publish(load_config(config), now=NOW)
     assert result.changed and result.editions == EDITIONS
     return result.site
@@ -280,3 +287,28 @@ def test_messages_link_to_the_edition_of_the_readers_region(tmp_path: Path) -> N
         from statusmail.project.editions import load_editions
 
         load_editions(config.paths.regions, regions)
+
+
+def test_the_ci_dry_run_of_a_changed_entry_renders_its_pages(tmp_path: Path) -> None:
+    require_git()
+    project = copy_sample(tmp_path / "repo")
+    init_repo(project.parent)
+    add_entry(
+        project,
+        "news-2021-01-01",
+        status="draft",
+        extra="audience: {locales: [en], topics: [service-status]}\n",
+    )
+    commit(project.parent, "a draft")
+    out = tmp_path / "previews"
+    result = invoke(
+        project, "send", "--dry-run", "--all-changed-since", "HEAD~1", "--preview-dir", str(out)
+    )
+    assert result.exit_code == 0, result.output
+    pages = out / "news-2021-01-01" / "site"
+    assert (out / "news-2021-01-01/index.html").is_file()  # the messages' gallery beside them
+    assert sorted(p.relative_to(pages).as_posix() for p in pages_of(pages)) == [
+        f"{edition}/{name}"
+        for edition in sorted(EDITIONS)
+        for name in ("en/index.html", "en/news-2021-01-01.html", "index.html")
+    ]

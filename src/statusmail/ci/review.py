@@ -32,6 +32,7 @@ from statusmail.errors import ConfigError, InputError, Problem
 from statusmail.project.config import Config, load_config
 from statusmail.project.entries import find_entry
 from statusmail.validation import CheckReport, check_project
+from statusmail.web.publish import preview_pages
 
 log = logging.getLogger("statusmail")
 
@@ -139,6 +140,8 @@ def _changed_properties(changes: Changes) -> list[tuple[str, str]]:
 
 # -- the CI dry run ---------------------------------------------------------------------
 
+SITE_PREVIEW = "site"  # the entry's status site pages, in its preview folder
+
 
 @dataclass(frozen=True)
 class PreviewOptions:
@@ -150,8 +153,11 @@ class PreviewOptions:
     summary: Path | None = None
 
 
-def preview_entry(config: Config, entry_id: str, out_dir: Path, limit: int | None) -> EntryPreview:
-    """The dry run of one entry, its previews written; problems instead if it cannot run."""
+def preview_entry(
+    config: Config, entry_id: str, out_dir: Path, limit: int | None, *, site: bool = False
+) -> EntryPreview:
+    """The dry run of one entry, its previews written (with ``site``, its status site
+    pages too); problems instead if it cannot run."""
     try:
         entry = find_entry(config.paths.updates, entry_id)
         prepared = pipeline.prepare(config, entry, preview=True)
@@ -159,6 +165,10 @@ def preview_entry(config: Config, entry_id: str, out_dir: Path, limit: int | Non
         return EntryPreview(entry_id, out_dir, problems=exc.problems)
     report = pipeline.dry_run(prepared, limit=limit)
     written = write_previews(prepared.factory, report.stats, out_dir)
+    try:  # the entry's pages on the status site, beside its messages
+        written += preview_pages(config, entry, out_dir / SITE_PREVIEW) if site else []
+    except InputError as exc:
+        return EntryPreview(entry_id, out_dir, problems=exc.problems)
     return EntryPreview(entry_id, out_dir, prepared, report, len(written))
 
 
@@ -180,7 +190,8 @@ def send_dry_run(
         assert options.entry_id is not None
         entry_id = options.entry_id
         targets = [(entry_id, options.preview_dir or Path("previews") / entry_id)]
-    previews = [preview_entry(config, i, out, options.limit) for i, out in targets]
+    site = options.changed_since is not None  # CI's review of a change
+    previews = [preview_entry(config, i, out, options.limit, site=site) for i, out in targets]
     if options.summary is not None:
         root = changes.root if changes else display_root(config.path)
         text = summary.markdown(previews, changes, options.summary.absolute().parent, root)

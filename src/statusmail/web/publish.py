@@ -220,3 +220,28 @@ def after_done(config: Config, out: Path | None, ok: bool) -> None:
 def pages_of(release: Path) -> Sequence[Path]:
     """Every HTML page of a published folder."""
     return sorted(release.rglob("*.html"))
+
+
+def preview_pages(config: Config, entry: Entry, out_dir: Path) -> list[Path]:
+    """``entry``'s pages as each edition would publish them (a draft too: this is its
+    preview), with the index and feeds of a site holding only it, into ``out_dir``
+    (the CI dry run's gallery); none when ``regions.yaml`` declares no editions."""
+    regions = load_regions(config.paths.regions)
+    editions = load_editions(config.paths.regions, regions)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    if not editions:
+        return []
+
+    def stamps(entry: Entry, _locale: str) -> tuple[dt.datetime, dt.datetime]:
+        first = entry.send_at or dt.datetime.combine(entry.date, dt.time(), dt.UTC)
+        return first, first
+
+    builder = SiteBuilder(config, regions, [entry], stamps)
+    written: list[Path] = []
+    for edition in editions.values():
+        for name, data in builder.edition_files(edition).items():
+            path = out_dir / edition.name / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            written.append(path)
+    return written
