@@ -414,6 +414,15 @@ def _send_usage(func: Callable[..., None]) -> Callable[..., None]:
 @click.option("--now", is_flag=True, help="Send although the entry's send_at is still to come.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--show-addresses", is_flag=True, help="Log whole addresses instead of masked.")
+@click.option(
+    "--test-to",
+    metavar="ADDRESS",
+    multiple=True,
+    help="Send every variant, subject starting [TEST], to ADDRESS (one of test_recipients) "
+    "instead of the audience; nothing is recorded. Repeatable.",
+)
+@click.option("--variant", default=None, help="With --test-to: only this variant (ru-RU, en).")
+@click.option("--force", is_flag=True, help="With --test-to: addresses not in test_recipients.")
 @_send_usage
 @run
 def send(
@@ -431,6 +440,9 @@ def send(
     now: bool,
     as_json: bool,
     show_addresses: bool,
+    test_to: tuple[str, ...],
+    variant: str | None,
+    force: bool,
 ) -> ExitCode:
     """Send entry ID to its audience (re-running continues where it stopped).
 
@@ -442,8 +454,19 @@ def send(
       statusmail send update-2020-04-21 --dry-run --preview-dir previews/
       statusmail send --dry-run --all-changed-since origin/main --summary previews/SUMMARY.md
       statusmail send update-2020-04-21 --yes --rate 10
+      statusmail send update-2020-04-21 --test-to me@startmail.example --variant ru-RU
     """
     config = config.with_overrides(rate=rate, concurrency=concurrency)
+    if (variant or force) and not test_to:
+        raise click.UsageError("--variant and --force go with --test-to only")
+    if test_to:
+        if dry_run:
+            raise click.UsageError("--test-to sends; it does not go with --dry-run")
+        from statusmail import commands
+        from statusmail.delivery.test_send import Request
+
+        assert entry_id is not None  # _send_usage
+        return commands.send_test(config, entry_id, Request(test_to, variant, force), out)
     if dry_run and (all_changed_since or summary):
         from statusmail.ci import review as ci
 

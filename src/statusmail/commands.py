@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 from statusmail import signals
+from statusmail.delivery import test_send
 from statusmail.delivery.report import (
     ProgressReporter,
     breakdown_rows,
@@ -105,6 +106,26 @@ def send(config: Config, entry_id: str, options: SendOptions, console: Console) 
             return ExitCode.NOT_STARTED
     _print_report(report, options.json, console)
     return report.exit_code
+
+
+def send_test(
+    config: Config, entry_id: str, request: test_send.Request, console: Console
+) -> ExitCode:
+    """``send ID --test-to``: every variant (or one) to the test addresses, unrecorded."""
+    from statusmail import pipeline
+
+    test_send.refuse_unlisted(config, request)
+    prepared = pipeline.prepare(config, find_entry(config.paths.updates, entry_id), preview=True)
+    for warning in prepared.warnings:
+        log.warning("%s", warning)
+    keys = test_send.chosen_variants(prepared, request)
+    transport = pipeline.make_transport(config)
+    try:
+        sent = asyncio.run(test_send.deliver(prepared, transport, keys, request))
+    except ConnectError as exc:
+        log.error("cannot start: %s", exc, extra={"event": "relay_unreachable"})
+        return ExitCode.NOT_STARTED
+    return test_send.report(prepared, sent, pipeline.describe_target(config), console)
 
 
 async def _deliver(

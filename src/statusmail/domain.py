@@ -127,6 +127,7 @@ class Entry:
     content: Mapping[str, Content]
     audience: Audience = field(default_factory=Audience)
     thread: str | None = None
+    corrects: str | None = None  # a correction of this entry: to its recipients only
     access_instructions: bool = True
     send_at: dt.datetime | None = None
     path: Path | None = None

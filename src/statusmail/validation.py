@@ -26,7 +26,13 @@ from statusmail.content.render import (
 from statusmail.domain import Content, Entry, SubscriberStatus
 from statusmail.errors import ConfigError, InputError, Problem, RenderError, StatusmailError
 from statusmail.project.config import Config, imap_password_problem, secret_length_problem
-from statusmail.project.editions import Edition, edition_problems, news_urls, read_editions
+from statusmail.project.editions import (
+    Edition,
+    edition_problems,
+    news_urls,
+    publish_problems,
+    read_editions,
+)
 from statusmail.project.entries import load_entries, missing_language_problems, source_hash
 from statusmail.project.language import dates, language_problem, spell_date
 from statusmail.project.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES, resolve_locale
@@ -540,7 +546,7 @@ def check_project(config: Config) -> CheckReport:
         regions, found = read_regions(config.paths.regions)
         report.add(found)
         editions, found = read_editions(config.paths.regions, regions)
-        report.add(found + edition_problems(editions))
+        report.add(found + edition_problems(editions) + publish_problems(config, editions))
     except InputError as exc:
         report.add(exc.problems)
         regions_read = False

@@ -28,7 +28,12 @@ from statusmail.content.render import Renderer, VariantKey, probe_recipient
 from statusmail.domain import ExitCode
 from statusmail.errors import InputError, StatusmailError
 from statusmail.project.config import load_config
-from statusmail.project.editions import edition_problems, news_urls, read_editions
+from statusmail.project.editions import (
+    edition_problems,
+    news_urls,
+    publish_problems,
+    read_editions,
+)
 from statusmail.project.entries import load_entries
 from statusmail.project.regions import link_hosts, load_regions
 from statusmail.web.publish import CURRENT, RELEASES, pages_of, publish
@@ -277,6 +282,11 @@ def test_messages_link_to_the_edition_of_the_readers_region(tmp_path: Path) -> N
         text.replace("https://startmail-ru.test/status/", "https://ru.startmail.example/s/"),
         encoding="utf-8",
     )
+    assert not publish_problems(config, {})  # no publish section: no site to keep
+    with config.path.open("a", encoding="utf-8") as handle:
+        handle.write("publish: {out: site}\n")
+    said = publish_problems(load_config(config.path), {})
+    assert [p.code for p in said] == ["missing-field"] and "'editions'" in said[0].message
     editions, _ = read_editions(config.paths.regions, regions)
     found = edition_problems(editions)
     assert [p.code for p in found] == ["blocked-link"] and "mirror" in found[0].message

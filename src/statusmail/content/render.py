@@ -11,6 +11,7 @@ can prove the two give the same output.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import re
 import textwrap
@@ -32,9 +33,11 @@ from statusmail.errors import Problem, RenderError
 from statusmail.project.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES
 from statusmail.project.regions import Region
 
+_LINE_BREAKS = re.compile(r"[ \t]*[\r\n]+[ \t]*")  # a subject is one line
 _COUNT_BEFORE_WORD = re.compile(r"(%\((?:num|count)\)[sd]) (?=\w)")
 TEXT_TEMPLATE = "message.txt.j2"
 HTML_TEMPLATE = "message.html.j2"
+SUBJECT_TEMPLATE = "subject.txt.j2"  # a correction's starts with "Correction: "
 
 # Control characters cannot occur in names (subscribers.clean_name) or URLs.
 NAME_SLOT = "\x00name\x00"
@@ -159,6 +162,7 @@ class Renderer:
         self.news = news or {}
         self._envs: dict[tuple[str, bool], jinja2.Environment] = {}
         self._variants: dict[tuple[str, VariantKey], Rendered] = {}
+        self.subject_prefix = ""
 
     def environment(self, locale: str, *, html: bool) -> jinja2.Environment:
         """The templates' environment for ``locale``: its catalog and typography."""
@@ -269,6 +273,7 @@ class Renderer:
             "locale": key.locale,
             "sender_name": self.sender_name,
             "subject": typeset(content.subject, key.locale),
+            "correction": bool(entry.corrects),
             "summary": typeset(content.summary, key.locale),
             "date": local_date(entry.date, key.locale),
             "body_html": body_html,
@@ -279,6 +284,12 @@ class Renderer:
             "preferences_url": preferences_url,
             "news_url": self.news_url(key),
         }
+
+    def marked(self, prefix: str) -> Renderer:
+        """This renderer with every subject starting with ``prefix`` ("[TEST] ")."""
+        other = copy.copy(self)
+        other.subject_prefix, other._variants = prefix, {}
+        return other
 
     def news_url(self, key: VariantKey) -> str:
         """Where the variant's readers follow the news: their edition's language index."""
@@ -293,7 +304,13 @@ class Renderer:
         if key.locale != FALLBACK_LOCALE:
             catalog = catalog_path(self.templates_dir, key.locale)
         parts = []
-        for template, html in ((TEXT_TEMPLATE, False), (HTML_TEMPLATE, True)):
+        if not (self.templates_dir / SUBJECT_TEMPLATE).is_file():  # a project made before it
+            parts.append(context["subject"])
+        for template, html in (
+            (SUBJECT_TEMPLATE, False),
+            (TEXT_TEMPLATE, False),
+            (HTML_TEMPLATE, True),
+        )[len(parts) :]:
             try:
                 parts.append(self._env(key.locale, html).get_template(template).render(context))
             except jinja2.TemplateSyntaxError as exc:
@@ -302,8 +319,9 @@ class Renderer:
             except (jinja2.TemplateError, KeyError, ValueError, TypeError) as exc:
                 # an undefined name, or a %-format in a translation
                 raise render_error(exc, self.templates_dir / template, catalog) from exc
-        text, html_part = parts
-        return Rendered(context["subject"], context["summary"], text, html_part, key.locale)
+        subject, text, html_part = parts
+        subject = self.subject_prefix + _LINE_BREAKS.sub(" ", subject).strip(" \t\r\n")
+        return Rendered(subject, context["summary"], text, html_part, key.locale)
 
     def variant(self, entry: Entry, key: VariantKey) -> Rendered:
         """The variant rendered once, with slots for the name (the greeting's line in the

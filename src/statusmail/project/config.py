@@ -275,6 +275,8 @@ class Config:
     preferences_url_setting: str = ""
     name_order: str = "as_written"  # one of NAME_ORDERS
     publish: PublishSettings = field(default_factory=PublishSettings)
+    # Who `send ID --test-to` may mail without --force (lower-cased).
+    test_recipients: frozenset[str] = frozenset()
     lines: Mapping[str, int] = field(default_factory=dict)  # top-level keys
 
     @property
@@ -422,6 +424,16 @@ def find_config(
 def _address(f: Fields, key: str, value: str) -> None:
     if value and "@" not in value:
         f.problem(f.line_of(key), f"{f.name(key)!r} is not an email address")
+
+
+def parse_test_recipients(f: Fields) -> frozenset[str]:
+    addresses = f.text_list("test_recipients") or []
+    for address in addresses:
+        if "@" not in address:
+            f.problem(
+                f.line_of("test_recipients"), f"test_recipients: {address!r} is not an address"
+            )
+    return frozenset(address.lower() for address in addresses)
 
 
 def parse_sender(f: Fields) -> Sender:
@@ -741,6 +753,7 @@ TOP_KEYS = {
     "webhooks",
     "name_order",
     "publish",
+    "test_recipients",
 }
 
 
@@ -788,6 +801,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
         preferences_url_setting=parse_preferences(top.sub("preferences"), unsubscribe.url),
         name_order=top.choice("name_order", NAME_ORDERS, Config.name_order),
         publish=parse_publish(top.sub("publish"), root),
+        test_recipients=parse_test_recipients(top),
         lines={str(key): top.line_of(str(key)) for key in top.data},
     )
     hold_durability(config, ledger)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from statusmail.errors import InputError, Problem
+from statusmail.project.config import Config
 from statusmail.project.fields import Fields
 from statusmail.project.regions import Region, _url_prefix
 from statusmail.project.yamlfile import load_yaml
@@ -148,3 +149,18 @@ def edition_problems(editions: Mapping[str, Edition]) -> list[Problem]:
                     )
                 )
     return problems
+
+
+def publish_problems(config: Config, editions: Mapping[str, Edition]) -> list[Problem]:
+    """A ``publish`` section (watch keeps the site current) with no edition to publish."""
+    if editions or config.line("publish") is None:
+        return []
+    return [
+        Problem(
+            config.path,
+            config.line("publish"),
+            f"'publish' needs at least one edition in {config.paths.regions.name}'s "
+            "'editions' (where the status site is served)",
+            code="missing-field",
+        )
+    ]

@@ -31,7 +31,8 @@ def load_entry(path: Path) -> Entry:
     problems: list[Problem] = []
     f = Fields(path, data, problems)
     f.unknown_keys(
-        {"id", "date", "status", "thread", "audience", "access_instructions", "content", "send_at"}
+        {"id", "date", "status", "thread", "corrects", "audience", "access_instructions"}
+        | {"content", "send_at"}
     )
     entry_id = f.text("id", required=True)
     if entry_id and entry_id != path.stem:
@@ -107,6 +108,7 @@ def load_entry(path: Path) -> Entry:
         )
 
     thread = f.optional_text("thread")
+    corrects = f.optional_text("corrects")  # threaded under what it corrects
     access_instructions = f.boolean("access_instructions", True)
     send_at = f.datetime("send_at")
     if problems:
@@ -121,7 +123,8 @@ def load_entry(path: Path) -> Entry:
         status=EntryStatus(status),
         content=content,
         audience=audience,
-        thread=thread,
+        thread=corrects or thread,
+        corrects=corrects,
         access_instructions=access_instructions,
         send_at=send_at,
         path=path,
