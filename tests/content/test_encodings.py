@@ -29,10 +29,9 @@ from hypothesis import strategies as st
 from conftest import SECRET, outbox_messages, statusmail
 from delivery_helpers import add_subscribers, point_at, send
 from smtp_server import RecordingServer
-from statusmail.content.message import (
+from statusmail.content.message import Built, MessageFactory
+from statusmail.content.parts import (
     MAX_LINE,
-    Built,
-    MessageFactory,
     _b64,
     _Base64,
     _canonical,
@@ -41,9 +40,9 @@ from statusmail.content.message import (
     _fill,
     _fill_8bit,
     _lf,
-    _Part,
     _qp,
 )
+from statusmail.content.parts import Part as _Part
 from statusmail.content.render import (
     NAME_SLOT,
     PREFERENCES_SLOT,

@@ -134,7 +134,7 @@ def test_encoding_per_line_equals_encoding_the_whole_part(project: Path) -> None
     """The cached parts (quoted-printable line by line, base64 by stretch) are
     byte-identical to encoding each recipient's whole part from scratch, and decode to
     the rendered text."""
-    from statusmail.content.message import _b64, _canonical, _qp
+    from statusmail.content.parts import _b64, _canonical, _qp
 
     _, factory, recipients = sample(project, "update-2020-04-21")
     extra = [
@@ -165,7 +165,7 @@ def test_encoding_per_line_equals_encoding_the_whole_part(project: Path) -> None
 
 def test_no_line_starts_with_a_dot_and_line_endings_are_crlf(project: Path) -> None:
     """So SMTP can send the bytes as they are (no dot-stuffing, no re-normalizing)."""
-    from statusmail.content.message import _qp
+    from statusmail.content.parts import _qp
     from statusmail.delivery.smtp import _wire_ready
 
     _, factory, _ = sample(project, "update-2020-04-21")
