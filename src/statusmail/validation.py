@@ -40,6 +40,7 @@ from statusmail.project.regions import Region, read_regions, registrable_domain
 from statusmail.project.subscribers import ReadStats, RowProblem, given_name_first, iter_subscribers
 from statusmail.project.tokens import Keyring
 from statusmail.web.pages import preferences_page_problems
+from statusmail.web.publish import site_problems
 
 _CYRILLIC = re.compile(r"[А-Яа-яЁё]")
 _NUMBER = re.compile(r"\d+")
@@ -563,6 +564,7 @@ def check_project(config: Config) -> CheckReport:
     report.add(topic_name_problems(config))
     if report.ok:  # a broken catalog is said once, above
         report.add(preferences_page_problems(config))
+        report.add(site_problems(config))
     report.add(secret_problems(config))
     if report.ok:
         try:

@@ -36,7 +36,7 @@ from statusmail.project.editions import (
 )
 from statusmail.project.entries import load_entries
 from statusmail.project.regions import link_hosts, load_regions
-from statusmail.web.publish import CURRENT, RELEASES, pages_of, publish
+from statusmail.web.publish import CURRENT, RELEASES, pages_of, publish, site_problems
 from statusmail.web.republish import Republisher, publish_command
 
 EDITIONS = ("www", "mirror", "onion")
@@ -70,12 +70,14 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     add_entry(config, LATER, extra="send_at: 2099-01-01T00:00:00Z\naudience: {topics: all}\n")
     result = publish(load_config(config), now=NOW)
     assert result.changed and result.editions == EDITIONS
+    assert result.next_due == dt.datetime(2099, 1, 1, tzinfo=dt.UTC)  # watch looks again then
     return result.site
 
 
 def test_both_languages_three_editions_small_pages_nothing_loaded(site: Path) -> None:
     for edition in EDITIONS:
-        assert (site / edition / "index.html").is_file()
+        root = (site / edition / "index.html").read_text(encoding="utf-8")
+        assert f'<html lang="{"en" if edition == "www" else "ru"}">' in root  # RU's language
         for lang in LANGUAGES:
             folder = site / edition / lang
             names = {p.name for p in folder.iterdir()}
@@ -159,9 +161,12 @@ def test_updated_moves_only_with_the_text(tmp_path: Path) -> None:
 
 def test_readers_never_see_half_a_site_and_a_failed_render_keeps_it(tmp_path: Path) -> None:
     project = copy_sample(tmp_path / "project")
+    with project.open("a", encoding="utf-8") as handle:
+        handle.write("publish: {out: site}\n")
     config = load_config(project)
     out = tmp_path / "site"
     publish(config, out)
+    assert not site_problems(config)
     stop, seen, torn = threading.Event(), [0], []
 
     def read() -> None:
@@ -191,6 +196,8 @@ def test_readers_never_see_half_a_site_and_a_failed_render_keeps_it(tmp_path: Pa
     with pytest.raises(StatusmailError, match=r"index\.html\.j2"):
         publish(config, out)
     assert (out / CURRENT).resolve() == held and len(list((out / RELEASES).iterdir())) == 3
+    said = site_problems(config)  # what check says of it
+    assert [(Path(str(p.path)).name, p.line) for p in said] == [("index.html.j2", 1)]
 
 
 def test_after_hook_failure_is_reported_and_run_again(tmp_path: Path) -> None:

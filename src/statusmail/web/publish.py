@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from statusmail.domain import Entry
-from statusmail.errors import InputError, Problem
+from statusmail.errors import InputError, Problem, RenderError
 from statusmail.project.config import Config
 from statusmail.project.editions import load_editions
 from statusmail.project.entries import load_entries
@@ -102,6 +102,8 @@ class Published:
     pages: int
     editions: tuple[str, ...]
     after_pending: bool  # the publish.after command is still to run (or failed last time)
+    # When the next ready entry's send_at comes: the site changes then, files or not.
+    next_due: dt.datetime | None = None
 
 
 def digest(files: Mapping[str, bytes]) -> str:
@@ -148,7 +150,8 @@ def prune(out: Path, keep: int = KEEP_RELEASES) -> None:
 
 def site_files(
     config: Config, now: dt.datetime, times: Times
-) -> tuple[dict[str, bytes], tuple[str, ...]]:
+) -> tuple[dict[str, bytes], tuple[str, ...], dt.datetime | None]:
+    """Every file of every edition, the editions' names, and the next ``send_at``."""
     regions = load_regions(config.paths.regions)
     editions = load_editions(config.paths.regions, regions)
     if not editions:
@@ -167,12 +170,13 @@ def site_files(
     if problems:
         raise InputError(problems)
     shown = [e for e in entries.values() if is_published(e, now)]
+    waiting = [e.send_at for e in entries.values() if e.ready and e.send_at and e.send_at > now]
     builder = SiteBuilder(config, regions, shown, times.stamps)
     files: dict[str, bytes] = {}
     for edition in editions.values():
         for name, data in builder.edition_files(edition).items():
             files[f"{edition.name}/{name}"] = data
-    return files, tuple(editions)
+    return files, tuple(editions), min(waiting, default=None)
 
 
 def publish(config: Config, out: Path | None = None, now: dt.datetime | None = None) -> Published:
@@ -191,12 +195,12 @@ def publish(config: Config, out: Path | None = None, now: dt.datetime | None = N
         raise InputError([Problem(out, None, f"cannot create it: {exc.strerror}")]) from exc
     with _locked(out):
         times = Times(out / STATE_NAME, now)
-        files, editions = site_files(config, now, times)
+        files, editions, due = site_files(config, now, times)
         fresh = digest(files)
         pending = bool(config.publish.after) and times.get("after_pending") is not False
         if fresh == times.get("digest") and current.is_dir():
             times.save()
-            return Published(current, current.resolve(), False, len(files), editions, pending)
+            return Published(current, current.resolve(), False, len(files), editions, pending, due)
         release = write_release(out, files, now)
         times.save(digest=fresh, after_pending=bool(config.publish.after))
         prune(out)
@@ -207,7 +211,8 @@ def publish(config: Config, out: Path | None = None, now: dt.datetime | None = N
         release,
         extra={"event": "published", "release": str(release)},
     )
-    return Published(current, release, True, len(files), editions, bool(config.publish.after))
+    after = bool(config.publish.after)
+    return Published(current, release, True, len(files), editions, after, due)
 
 
 def after_done(config: Config, out: Path | None, ok: bool) -> None:
@@ -245,3 +250,20 @@ def preview_pages(config: Config, entry: Entry, out_dir: Path) -> list[Path]:
             path.write_bytes(data)
             written.append(path)
     return written
+
+
+def site_problems(config: Config) -> list[Problem]:
+    """What would stop ``publish`` now (a template, a translation), for ``check`` of a
+    project that keeps a site (a ``publish`` section); nothing is written."""
+    if config.line("publish") is None:
+        return []
+    now = dt.datetime.now(dt.UTC)
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            site_files(config, now, Times(Path(scratch) / STATE_NAME, now))
+        except InputError as exc:
+            return exc.problems
+        except RenderError as exc:
+            where = config.paths.templates
+            return [exc.problem or Problem(where, None, str(exc), code="render-error")]
+    return []

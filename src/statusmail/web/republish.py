@@ -5,6 +5,7 @@ rendering nor a slow or failing hook ever holds up sending."""
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import logging
 import os
 import subprocess
@@ -143,9 +144,8 @@ class Republisher:
 
     def _publish(self) -> None:
         seen = self._inputs()
-        # A minute's tick too: an entry whose send_at passes changes the site.
-        tick = (("", int(time.time() // 60), 0),)
-        if seen + tick == self._seen:
+        due = self.last.next_due if self.last else None
+        if seen == self._seen and (due is None or dt.datetime.now(dt.UTC) < due):
             return
         try:
             result = publish(self.config)
@@ -160,7 +160,7 @@ class Republisher:
             self.last = result
             if result.after_pending and self._after_due is None:
                 self._after_due, self._delay = time.monotonic(), self.config.publish.retry
-        self._seen = seen + tick  # a failure is said again only when something changes
+        self._seen = seen  # a failure is said again only when something changes
 
     def _after(self) -> None:
         if self._after_due is None or time.monotonic() < self._after_due or self.last is None:

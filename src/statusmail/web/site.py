@@ -183,13 +183,17 @@ class SiteBuilder:
         ] or [FALLBACK_LOCALE]
         for locale in present:
             files.update(self.language_files(edition, locale, present))
+        # The root speaks the language of the edition's region (the mirror's: Russian).
+        region = edition.treatment.code if edition.treatment else ""
+        root = self.config.default_locale_by_region.get(region, FALLBACK_LOCALE)
+        root = root if root in present else present[0]
         files["index.html"] = self.render(
             ROOT_TEMPLATE,
-            FALLBACK_LOCALE,
+            root,
             {
                 "edition": edition,
                 "languages": self.languages(edition, present, "index.html", ""),
-                "access": self.access(edition, FALLBACK_LOCALE),
+                "access": self.access(edition, root),
                 "url": edition.url,
             },
         )
