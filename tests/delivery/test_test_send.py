@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import UPDATE, invoke, outbox_messages, recipient
+from conftest import SECRET_ENV, UPDATE, invoke, outbox_messages, recipient
+from delivery_helpers import point_at
+from smtp_server import RecordingServer
 from statusmail.content.message import MessageFactory
 from statusmail.content.render import Renderer
 from statusmail.delivery import test_send
@@ -70,6 +72,22 @@ def test_an_address_not_in_test_recipients_is_refused_without_force(tested: Path
         test_send.chosen_variants(prepared(tested), test_send.Request((QA,), "ru-BY"))
     chosen = test_send.chosen_variants(prepared(tested), test_send.Request((QA,), "ru-RU"))
     assert [key.label for key in chosen] == ["ru-RU"]
+
+
+def test_test_to_goes_through_the_relay_and_says_what_it_refused(tested: Path) -> None:
+    refused = "gone@startmail.example"
+    server = RecordingServer(reject_rcpt={refused: "550 5.1.1 User unknown"}).start()
+    try:
+        point_at(tested, server.port)
+        args = ("send", UPDATE, "--test-to", QA, "--test-to", refused, "--force")
+        result = invoke(tested, *args, "--variant", "ru", env=SECRET_ENV)
+    finally:
+        server.stop()
+    assert result.exit_code == 3, result.output
+    [message] = server.messages
+    assert message.rcpt_tos == [QA] and str(message.message["Subject"]).startswith("[TEST] ")
+    assert f"failed ru to {refused}: 550 " in result.stdout
+    assert outbox_messages(tested) == []
 
 
 class _Prepared:
