@@ -14,7 +14,7 @@ import pytest
 
 from conftest import UPDATE, invoke, problem_lines
 from editing import line_of, refresh_sources, replace_in
-from statusmail.content.catalog import catalog_problems
+from statusmail.content.catalog_gaps import catalog_problems
 from statusmail.project.regions import link_hosts, load_regions, registrable_domain
 from statusmail.validation import region_problems
 

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from statusmail import validation
-from statusmail.content.catalog import catalog_problems
+from statusmail.content.catalog_gaps import catalog_problems
 from statusmail.content.message import MessageFactory
 from statusmail.content.render import Renderer
 from statusmail.delivery import intake

@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from statusmail.content import markdown
-from statusmail.content.catalog import catalog_problems
+from statusmail.content.catalog_gaps import catalog_problems
 from statusmail.content.message import MessageFactory
 from statusmail.content.render import (
     Renderer,

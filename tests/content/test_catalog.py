@@ -12,7 +12,7 @@ from babel.messages.pofile import read_po
 
 from conftest import REPO, UPDATE, invoke, problem_lines
 from editing import line_of, replace_in
-from statusmail.content.catalog import catalog_problems
+from statusmail.content.catalog_gaps import catalog_problems
 from statusmail.content.render import Renderer
 from statusmail.errors import RenderError
 from statusmail.project.entries import find_entry

@@ -2,8 +2,10 @@
 rendered variants, the wire-ready message bytes with their DKIM signatures, and the
 dry-run previews of them.
 
-Holds: ``render``, ``markdown``, ``typography``, ``catalog``, ``message`` (the headers
-and envelope; each MIME part's encodings in ``parts``), ``dkim_signing``, ``preview``.
+Holds: ``render``, ``markdown``, ``typography``, ``catalog`` (loading the catalogs; what
+``check`` finds wrong with them in ``catalog_gaps`` and ``fixed_text``), ``message`` (the
+headers and envelope; each MIME part's encodings in ``parts``), ``dkim_signing``,
+``preview``.
 May import: ``project``, ``domain``, ``errors``; never the ledger, delivery, feedback,
 web or the commands. Invariant: a message is wire-ready by construction (CRLF only, no
 line over 998 octets, its ``Shape`` says whether it needs 8BITMIME or SMTPUTF8).
