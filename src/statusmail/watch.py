@@ -369,8 +369,8 @@ class Watcher:
                 await self._sleep()
         finally:
             await _cancelled(events, bounces)
-            if site is not None:
-                await asyncio.to_thread(site.close)
+            if site is not None:  # --once: the site as this pass left it; else stop now
+                await asyncio.to_thread(site.close, self.options.once)
 
     async def _file_events(self) -> None:
         """Wake the loop as soon as a file in the updates folder changes (inotify via

@@ -108,6 +108,7 @@ class Republisher:
         self._seen: tuple[tuple[str, int, int], ...] | None = None
         self._after_due: float | None = None
         self._delay = config.publish.retry
+        self._finish = True
         self.last: Published | None = None
         self._thread = threading.Thread(target=self._loop, name="statusmail-publish", daemon=True)
         self._thread.start()
@@ -123,11 +124,14 @@ class Republisher:
         """Wait until what was requested is done (tests, ``watch --once``)."""
         return self._idle.wait(timeout)
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Finish a requested publish (not the retries of a failed hook), then stop."""
+    def close(self, finish: bool = True) -> None:
+        """Stop. With ``finish`` (``watch --once``), first do what was requested and a
+        due ``publish.after`` (once, not its retries); without (a signal), stop within a
+        second: a publish cut short leaves the current site as it was."""
+        self._finish = finish
         self._stop.set()
         self._wanted.set()
-        self._thread.join(timeout)
+        self._thread.join(AFTER_TIMEOUT + 60 if finish else 1.0)
 
     def _inputs(self) -> tuple[tuple[str, int, int], ...]:
         config = self.config
@@ -185,6 +189,8 @@ class Republisher:
             self._wanted.wait(wait)
             requested = self._wanted.is_set()
             self._wanted.clear()
+            if self._stop.is_set() and not self._finish:
+                return
             if requested:
                 self._publish()
             if self._stop.is_set():
