@@ -26,7 +26,7 @@ from conftest import (
 )
 from editing import line_of, refresh_sources, replace_in
 from statusmail.project.config import load_config
-from statusmail.web.serve import route_paths
+from statusmail.web.urls import route_paths
 
 BLOCKED = "https://www.startmail.example/"
 MIRROR = "https://startmail-ru.test/"

@@ -1,7 +1,9 @@
-"""What answers a browser or a supervisor: ``serve`` (one-click unsubscribe, the
-preferences pages, the webhooks), the pages' templates and forms (``pages``), the
-health, readiness and metrics endpoints (``health``), and the static status site and its
-feeds (``publish``, ``site``, ``feeds``, ``republish``: ``statusmail publish``).
+"""What answers a browser or a supervisor: ``serve`` (the app and its process: the
+one-click unsubscribe and preferences routes in ``endpoints``, their paths and origins in
+``urls``, the ledger as they reach it in ``ledger_access``, the webhooks), the pages'
+templates and forms (``pages``), the health, readiness and metrics endpoints
+(``health``), and the static status site and its feeds (``publish``, ``site``,
+``feeds``, ``republish``: ``statusmail publish``).
 
 May import: ``project``, ``content``, ``ledger``, ``feedback``, ``metrics``, ``domain``,
 ``errors``; never ``delivery`` or the commands. Invariant: no state changes on a request

@@ -1,7 +1,9 @@
-"""The preferences page that ``serve`` answers: language and topics, as a form.
+"""The pages ``serve`` answers: the fixed ones (the one-click confirmation, the notices),
+rendered once in every language (``render_pages``) and shown in the language a request
+prefers (``accept_language``); and the preferences page: language and topics, as a form.
 
-Built from ``templates/pages/preferences.html.j2`` and the messages' gettext catalog, so
-``check`` covers it like the messages. The form shows what the address chose before, if
+Built from ``templates/pages/`` and the messages' gettext catalog, so ``check`` covers
+them like the messages. The form shows what the address chose before, if
 anything, else the page's language and every topic; it never says whether the address
 is subscribed. Only what the reader changed is saved: a reader who only switches the
 language keeps the topics the list gives them.
@@ -29,6 +31,70 @@ from statusmail.project.config import Config
 from statusmail.project.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES
 
 PREFERENCES_PAGE = "pages/preferences.html.j2"  # under the templates folder
+CONFIRM_PAGE = "pages/confirm.html.j2"
+NOTICE_PAGE = "pages/notice.html.j2"
+NOTICES = (
+    "done",
+    "invalid",
+    "invalid_link",
+    "refused",
+    "too_large",
+    "not_found",
+    "method",
+    "error",
+)
+
+
+def accept_language(header: str | None) -> str:
+    """The supported language the client prefers most (by q), else English."""
+    ranked: list[tuple[float, int, str]] = []
+    for position, item in enumerate((header or "").split(",")):
+        tag, *params = (part.strip() for part in item.split(";"))
+        q = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if tag and 0.0 < q <= 1.0:
+            ranked.append((-q, position, tag.replace("_", "-")))
+    preferred = [tag for _q, _position, tag in sorted(ranked)]
+    found = Locale.negotiate(preferred, SUPPORTED_LOCALES, sep="-", aliases={})
+    return found.language if found else FALLBACK_LOCALE
+
+
+def render_pages(templates_dir: Path, site: str) -> dict[tuple[str, str], str]:
+    """Every page in every language, rendered once: no page holds anything per request.
+
+    Raises ``InputError``/``RenderError`` naming the template or catalog at fault.
+    """
+    pages: dict[tuple[str, str], str] = {}
+    for lang in SUPPORTED_LOCALES:
+        env = template_environment(templates_dir, autoescape=True)
+        env.install_gettext_translations(  # type: ignore[attr-defined]
+            load_translations(templates_dir, lang), newstyle=True
+        )
+        catalog = None if lang == FALLBACK_LOCALE else catalog_path(templates_dir, lang)
+        for page, name in [("confirm", CONFIRM_PAGE)] + [(n, NOTICE_PAGE) for n in NOTICES]:
+            try:
+                html = env.get_template(name).render(lang=lang, site=site, notice=page)
+            except jinja2.TemplateNotFound as exc:
+                message = "is missing: statusmail serve renders its pages from it"
+                missing = exc.name if isinstance(exc.name, str) else name
+                raise InputError([Problem(templates_dir / missing, None, message)]) from exc
+            except jinja2.TemplateSyntaxError as exc:
+                where = exc.filename or templates_dir / name
+                raise InputError(
+                    [Problem(where, exc.lineno, exc.message or "syntax error")]
+                ) from exc
+            except jinja2.TemplateError as exc:
+                raise InputError([Problem(templates_dir / name, None, str(exc))]) from exc
+            except (KeyError, ValueError, TypeError) as exc:  # a %-format in gettext
+                raise render_error(exc, templates_dir / name, catalog) from exc
+            pages[lang, page] = html
+    return pages
 
 
 def language_name(code: str) -> str:
