@@ -64,7 +64,8 @@ class SharedBucket:
     consecutive slots and returns how long to wait for the first, so one transaction
     paces the next ``span`` seconds of this process's messages (about) and the slots of
     all processes never overlap: the combined rate holds whatever the number of senders.
-    A slot the workers come too late for is let go rather than used in a burst."""
+    A slot the workers come too late for is let go rather than used in a burst. Below
+    ``1 / span`` messages a second each worker reserves its own slot."""
 
     def __init__(
         self,
@@ -86,6 +87,11 @@ class SharedBucket:
 
     async def acquire(self) -> None:
         if self.unlimited:
+            return
+        if self.block == 1:  # a slow rate: each worker takes its own slot, at once
+            wait = await self._take_slots(self._interval, 1)
+            if wait > 0:
+                await self._sleep(wait)
             return
         async with self._lock:  # FIFO, as TokenBucket
             now = self._clock()

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from statusmail.domain import Outcome, Recipient
 from statusmail.errors import LedgerError
 from statusmail.ledger import queries
+from statusmail.ledger.coalesce import Coalesced
 from statusmail.ledger.database import (
     CONNECTION,
     RETRIES,
@@ -170,6 +171,8 @@ CONFIRM_TRIES = 3
 # queries.LIMITER_TAKE for ``span`` seconds' worth of slots at once (GCRA: from the
 # previous reservation's end or now, whichever is later); the answer is the wait for
 # the first of them.
+SUPPRESSED_ANY = "SELECT address, reason FROM suppressions WHERE address = ANY(:addresses)"
+
 SLOTS = (
     "UPDATE limiters SET tat = {greatest}(tat, {now}) + :span WHERE name = :name"
     " RETURNING tat - :span - {now}"
@@ -315,6 +318,7 @@ class ServerQueue(FencedClaims):
         self._dialect = PostgresDialect()
         self._pool: Any = None
         self._limiter_ready = False
+        self._suppressions = Coalesced(self._suppressed)
 
     async def _run(
         self, sql: str, params: dict[str, Any], *, many: Sequence[dict[str, Any]] = ()
@@ -389,8 +393,11 @@ class ServerQueue(FencedClaims):
         return int(rows[0][0])
 
     async def suppression_of(self, address: str) -> str | None:
-        rows = await self._run(queries.SUPPRESSED, {"address": address})
-        return str(rows[0][0]) if rows else None
+        return await self._suppressions.get(address)
+
+    async def _suppressed(self, addresses: list[str]) -> list[tuple[str, str]]:
+        rows = await self._run(SUPPRESSED_ANY, {"addresses": addresses})
+        return [(str(row[0]), str(row[1])) for row in rows]
 
     async def suppress(self, address: str, reason: str, detail: str) -> None:
         await self._run(
