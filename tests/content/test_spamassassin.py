@@ -63,7 +63,8 @@ def planted_variant(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     config = copy_sample(root / "sample")
     regions = config.parent / "regions.yaml"
     text = regions.read_text(encoding="utf-8")
-    assert text.count(SAMPLE_ONION) == 2  # the en and the ru text of RU's access block
+    # the en and the ru text of RU's access block, the onion edition's url and link rewrite
+    assert text.count(SAMPLE_ONION) == 4
     regions.write_text(text.replace(SAMPLE_ONION, E_HEAVY_ONION), encoding="utf-8")
     return previews(config, BLOCK, root / "previews")[f"{BLOCK}/ru-RU"]
 
