@@ -121,28 +121,23 @@ def test_a_list_that_shrinks_is_not_taken_on_trust(project: Path) -> None:
     assert refused.exit_code == 1
     removed = sum(1 for a in addresses[100:] if before[a]["status"] == "pending")
     share = f"{removed / pending:.0%}"
-    # The list is streamed while delivering, so this is told from the lists' size
-    # before anything is sent: the rows gone are the recipients that would be dropped.
+    # The lists are imported before anything is selected, so the count is exact and
+    # the run refuses before sending anyone anything (issue 21: exit 1, not 4).
     assert f"{removed} of the {pending} recipients still pending" in refused.stderr
-    assert f"({share}) may be gone" in refused.stderr
+    assert f"({share}) are no longer in the list or the audience" in refused.stderr
     assert "--accept-removals" in refused.stderr
     assert ledger_rows(project) == before  # nothing changed
 
-    # the same on a terminal, where the whole list is read before the question
-    # (tested in test_confirm) gives the exact count; here the end of the stream holds
-    # the removals when the precheck could not tell (same size, other rows):
+    # the same size with other rows: refused the same, exactly, before anything is sent
     swapped = [CSV_HEADER] + [f"{a},User,ru,RU,service-status,active\n" for a in addresses[:100]]
     swapped += [f"other{i}@example.net,Other,ru,RU,service-status,active\n" for i in range(100)]
     generated.write_text("".join(swapped), encoding="utf-8")
+    sent = outbox_count(project)
     held = invoke(project, "send", UPDATE, "--yes", "--rate", "0", "--json")
-    assert held.exit_code == 4, held.stderr
-    assert f"{removed} of the {pending - 0} recipients still pending" in held.stderr
+    assert held.exit_code == 1, held.stderr
+    assert f"{removed} of the {pending} recipients still pending" in held.stderr
     assert f"({share}) are no longer in the list or the audience" in held.stderr
-    assert json.loads(held.stdout)["stopped"].startswith(f"{removed} of the")
-    rows = ledger_rows(project)
-    assert {rows[a]["status"] for a in addresses[100:] if before[a]["status"] == "pending"} == {
-        "pending"
-    }  # held, not skipped
+    assert ledger_rows(project) == before and outbox_count(project) == sent
     generated.write_text("".join(lines), encoding="utf-8")
 
     accepted = invoke(project, "send", UPDATE, "--yes", "--rate", "0", "--accept-removals")
@@ -151,7 +146,7 @@ def test_a_list_that_shrinks_is_not_taken_on_trust(project: Path) -> None:
     assert {rows[a]["status"] for a in addresses[100:] if before[a]["status"] == "pending"} == {
         "skipped"
     }
-    assert outbox_count(project) == 214 - removed + 100  # the 100 others came and went
+    assert outbox_count(project) == 214 - removed  # the 100 others were never sent to
 
 
 # -- 4. storage faults end the run ----------------------------------------------------------
@@ -379,7 +374,7 @@ def test_watch_says_once_what_stops_an_entry_until_its_files_change(
     csv_path = project.parent / "subscribers" / "main.csv"
     csv_path.write_text(CSV_HEADER, encoding="utf-8")  # only a header: a broken file
     reads = 0
-    real = subscribers.first_broken
+    real = subscribers.read_file
 
     def counting(*args: object, **kwargs: object) -> object:
         nonlocal reads
@@ -393,11 +388,13 @@ def test_watch_says_once_what_stops_an_entry_until_its_files_change(
             await watcher._work_through_due()
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(pipeline, "first_broken", counting)
+        # The lists are read by their import, once per change of the files (issue 21),
+        # not once per entry: each of the two files once, however many entries and passes.
+        patch.setattr(subscribers, "read_file", counting)
         asyncio.run(passes(5))
         complaints = [r for r in caplog.records if "no subscribers" in r.getMessage()]
-        assert len(complaints) == 2 and reads == 2  # each ready entry, once
+        assert len(complaints) == 1 and reads == 2  # the import's refusal, once
         csv_path.write_text(CSV_HEADER + "\n", encoding="utf-8")  # changed, still broken
         asyncio.run(passes(3))
         complaints = [r for r in caplog.records if "no subscribers" in r.getMessage()]
-        assert len(complaints) == 4 and reads == 4
+        assert len(complaints) == 2 and reads == 4

@@ -521,6 +521,29 @@ def status(
     )
 
 
+@main.command(name="import")
+@common_options
+@click.option("--force", is_flag=True, help="Read the lists even if they have not changed.")
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+@run
+def import_(config: Config, force: bool, as_json: bool) -> ExitCode:
+    """Import the subscriber lists into the ledger, validating every row.
+
+    check, send and watch import the lists themselves when a file changed (by size,
+    mtime and content); this does it ahead, for a long list. A file with a broken
+    structure refuses the whole import (exit 1) and the last good import stays; an
+    invalid row is reported with its file:line and left out. Unchanged lists are not
+    read again.
+
+    \b
+    Example:
+      statusmail import --json
+    """
+    from statusmail import commands
+
+    return commands.import_subscribers(config, force=force, as_json=as_json, console=out)
+
+
 @main.command(name="list")
 @common_options
 @click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")

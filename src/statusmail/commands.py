@@ -596,6 +596,39 @@ def ledger_migrate(config: Config, console: Console) -> ExitCode:
     return ExitCode.OK
 
 
+def import_subscribers(config: Config, *, force: bool, as_json: bool, console: Console) -> ExitCode:
+    """``statusmail import``: the lists into the ledger, if they changed since the last
+    import (or ``force``); a broken file refuses the import (exit 1), the last good one stays."""
+    from statusmail.ledger.subscribers import import_lists
+
+    with Ledger(config.paths.ledger) as ledger:
+        imported = import_lists(ledger, config.paths.subscribers, force=force)
+    for problem in imported.problems:
+        log.warning("skipped: %s", problem)
+    if as_json:
+        print_json(
+            {
+                "changed": imported.changed,
+                "subscribers": imported.subscribers,
+                "rows": imported.rows,
+                "invalid": imported.invalid,
+                "duplicates": imported.duplicates,
+                "imported_at": imported.at,
+            }
+        )
+        return ExitCode.OK
+    skipped = f"{imported.invalid} invalid and {imported.duplicates} duplicate rows skipped"
+    if imported.changed:
+        what = f"imported {imported.subscribers} subscribers ({imported.rows} rows read; {skipped})"
+    else:
+        what = (
+            f"unchanged since the import of {imported.at}, nothing read: "
+            f"{imported.subscribers} subscribers ({skipped})"
+        )
+    console.print(f"{config.paths.subscribers}: {what}", markup=False)
+    return ExitCode.OK
+
+
 def ledger_copy(config: Config, to: str, console: Console) -> ExitCode:
     target: str | Path = to if is_url(to) else Path(to)
     with Ledger(config.paths.ledger) as source, Ledger(target) as copy:

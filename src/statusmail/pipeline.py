@@ -42,13 +42,14 @@ from statusmail.ledger import (
 )
 from statusmail.ledger.queue import worker_name
 from statusmail.ledger.store import SelectionLost
+from statusmail.ledger.subscribers import Imported, import_lists
 from statusmail.project import entries
 from statusmail.project.config import Config, is_url
 from statusmail.project.editions import load_editions, news_urls
 from statusmail.project.entries import entry_paths, find_entry
 from statusmail.project.regions import Region, load_regions
 from statusmail.project.selection import Inactive, SelectionStats, select
-from statusmail.project.subscribers import RowProblem, first_broken
+from statusmail.project.subscribers import RowProblem
 from statusmail.project.tokens import Keyring
 
 log = logging.getLogger("statusmail")
@@ -144,6 +145,7 @@ class Started:
     plan: Plan | None = None  # the whole comparison, when selected before delivery
     stream: Stream | None = None  # the selection still to stream while delivering
     joined: bool = False  # another process selects this entry; this one helps deliver
+    imported: Imported | None = None  # the lists' import this run selects from
 
 
 Confirm = Callable[["Prepared", Started], bool]
@@ -197,22 +199,25 @@ def _joined(entry: Entry, stats: SelectionStats) -> Started:
 
 
 def start(prepared: Prepared, held: Held, request: Request) -> Started:
-    """Select (or begin streaming the selection), check the shrink guard, ask: the run's
-    queue is ready. Raises ``InputError`` (nothing recorded) or ``Declined``."""
+    """Import the lists if they changed, decide every rule about the entry as a whole,
+    select (or begin streaming the selection), ask: the run's queue is ready. Raises
+    ``InputError`` (nothing sent or queued) or ``Declined``."""
     entry, ledger = prepared.entry, held.ledger
     stats = SelectionStats()
     if held.shared and ledger.selection_leased(entry.id):
         return _joined(entry, stats)
+    imported = import_lists(ledger, prepared.config.paths.subscribers)
+    made_from = intake.basis(prepared, ledger, imported)
     if request.confirm is None:
-        # The list is read while delivery runs: a broken file is refused first, before
-        # anyone gets anything (a fast pass; the rows are read and checked as they go).
-        broken = first_broken(prepared.config.paths.subscribers)
-        if broken is not None:
-            raise InputError([Problem(broken.path, broken.line or None, broken.message)])
-        problem = intake.shrink_precheck(prepared, ledger)
-        if problem and not request.accept_removals:
-            raise InputError([problem])
-        pending = ledger.counts(entry.id)["pending"]
+        if ledger.selection_basis(entry.id) == made_from:
+            log.info(
+                "%s: the lists, preferences and entry are as its last complete selection "
+                "found them: delivering the queue as it stands",
+                entry.id,
+                extra={"event": "resumed", "entry": entry.id},
+            )
+            return Started(stats, imported=imported)
+        pending = intake.decide(prepared, ledger, imported, accept_removals=request.accept_removals)
         generation = take_selection(prepared, held)
         if generation is None:  # another sender took it a moment ago
             return _joined(entry, stats)
@@ -223,9 +228,11 @@ def start(prepared: Prepared, held: Held, request: Request) -> Started:
             stats,
             accept_removals=request.accept_removals,
             pending=pending,
+            imported=imported,
+            basis=made_from,
         )
-        return Started(stats, stream=stream)
-    intake.stage_all(prepared, ledger, stats)
+        return Started(stats, stream=stream, imported=imported)
+    intake.stage_all(prepared, ledger, stats, imported)
     plan = ledger.plan(entry.id)
     if not plan.selected and not plan.known:
         raise InputError([intake.nobody_problem(prepared)])
@@ -234,7 +241,7 @@ def start(prepared: Prepared, held: Held, request: Request) -> Started:
     )
     if problem and not request.accept_removals:
         raise InputError([problem])
-    started = Started(stats, plan=plan)
+    started = Started(stats, plan=plan, imported=imported)
     if not request.confirm(prepared, started):
         raise Declined
     generation = take_selection(prepared, held)
@@ -242,7 +249,7 @@ def start(prepared: Prepared, held: Held, request: Request) -> Started:
         return _joined(entry, stats)
     try:
         ledger.enqueue(entry.id, generation, lease=prepared.config.sending.lease)
-        intake.finish(prepared, ledger, generation, stats, True, plan.pending)
+        intake.finish(prepared, ledger, generation, stats, True, plan.pending, made_from)
     except SelectionLost:
         intake.lost(prepared)
         return Started(stats, joined=True)
@@ -327,6 +334,13 @@ class _Selection:
         if not held.shared or self.running():
             return
         entry = self.prepared.entry
+        try:
+            imported = self.started.imported or import_lists(
+                held.ledger, self.prepared.config.paths.subscribers
+            )
+        except InputError as exc:  # the lists broke since: nothing to take over from
+            log.error("%s", exc, extra={"event": "input_problem", "entry": entry.id})
+            return
         generation = take_selection(self.prepared, held)
         if generation is None:
             return
@@ -347,6 +361,7 @@ class _Selection:
             self.started.stats,
             accept_removals=self.request.accept_removals,
             pending=pending,
+            imported=imported,
         )
         self.begin()
 

@@ -24,7 +24,17 @@ from statusmail.content.render import (
     probe_recipient,
 )
 from statusmail.domain import Content, Entry, SubscriberStatus
-from statusmail.errors import ConfigError, InputError, Problem, RenderError, StatusmailError
+from statusmail.errors import (
+    ConfigError,
+    InputError,
+    LedgerError,
+    Problem,
+    RenderError,
+    StatusmailError,
+)
+from statusmail.ledger import Ledger
+from statusmail.ledger import exists as ledger_exists
+from statusmail.ledger.subscribers import ImportRefused, import_lists, read_groups, read_problems
 from statusmail.project.config import Config, imap_password_problem, secret_length_problem
 from statusmail.project.editions import (
     Edition,
@@ -37,7 +47,8 @@ from statusmail.project.entries import load_entries, missing_language_problems, 
 from statusmail.project.language import dates, language_problem, spell_date
 from statusmail.project.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES, resolve_locale
 from statusmail.project.regions import Region, read_regions, registrable_domain
-from statusmail.project.subscribers import ReadStats, RowProblem, given_name_first, iter_subscribers
+from statusmail.project.selection import Group, Tally
+from statusmail.project.subscribers import RowProblem, iter_subscribers
 from statusmail.project.tokens import Keyring
 from statusmail.web.pages import preferences_page_problems
 from statusmail.web.publish import site_problems
@@ -588,6 +599,27 @@ def check_project(config: Config) -> CheckReport:
     return report
 
 
+def _read_lists(config: Config) -> tuple[list[Group], list[RowProblem]]:
+    """The lists as groups (``selection.Tally``) and row problems: from the ledger's
+    import when there is a ledger (imported first if the files changed; nothing read if
+    not), else, or when a file is broken, read here."""
+    target, folder = config.paths.ledger, config.paths.subscribers
+    if ledger_exists(target):
+        try:
+            with Ledger(target) as ledger:
+                imported = import_lists(ledger, folder)
+                return read_groups(ledger, imported.id), read_problems(ledger, imported.id)
+        except (ImportRefused, LedgerError):
+            pass  # read here: every problem of the files, with their lines
+    tally, problems = Tally(), []
+    for item in iter_subscribers(folder):
+        if isinstance(item, RowProblem):
+            problems.append(item)
+        else:
+            tally.add(item)
+    return tally.groups(), problems
+
+
 def _subscriber_problems(
     config: Config, entries: list[Entry], regions: set[str], report: CheckReport
 ) -> list[Problem]:
@@ -595,28 +627,28 @@ def _subscriber_problems(
     locales: dict[str, set[str]] = {entry.id: set() for entry in entries}
     selected: Counter[str] = Counter()
     coverage = _Coverage()
-    stats = ReadStats()
-    for item in iter_subscribers(config.paths.subscribers, stats):
-        if isinstance(item, RowProblem):
-            code = "subscriber-file" if item.fatal else "subscriber-row"
-            problems.append(Problem(item.path, item.line or None, item.message, code=code))
+    groups, row_problems = _read_lists(config)
+    for item in row_problems:
+        code = "subscriber-file" if item.fatal else "subscriber-row"
+        problems.append(Problem(item.path, item.line or None, item.message, code=code))
+    for group in groups:
+        report.subscribers += group.members
+        if group.status != SubscriberStatus.ACTIVE:
             continue
-        report.subscribers += 1
-        if item.status != SubscriberStatus.ACTIVE:
-            continue
-        locale, fallback = resolve_locale(item.locale, item.region, config.default_locale_by_region)
+        locale, fallback = resolve_locale(
+            group.locale, group.region, config.default_locale_by_region
+        )
         if fallback:
-            coverage.fallbacks[(fallback, locale)] += 1
-        coverage.topics |= item.topics
+            coverage.fallbacks[(fallback, locale)] += group.members
+        coverage.topics |= group.topics
         coverage.locales.add(locale)
-        if item.name and given_name_first(item.name) is not None:
-            coverage.last_first += 1
-        if item.region:
-            coverage.regions.add(item.region)
+        coverage.last_first += group.last_first
+        if group.region:
+            coverage.regions.add(group.region)
         for entry in entries:
-            if entry.audience.matches(item.region, item.topics, locale):
+            if entry.audience.matches(group.region, group.topics, locale):
                 locales[entry.id].add(locale)
-                selected[entry.id] += 1
+                selected[entry.id] += group.members
     report.notes += [
         f"{n} subscriber{'s' if n != 1 else ''} with {reason} get{'' if n != 1 else 's'} {locale}"
         for (reason, locale), n in coverage.fallbacks.most_common()

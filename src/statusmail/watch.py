@@ -44,6 +44,7 @@ from statusmail.ledger import Ledger, run_lock
 from statusmail.ledger import describe as ledger_describe
 from statusmail.ledger import exists as ledger_exists
 from statusmail.ledger.locks import LeaderLock
+from statusmail.ledger.subscribers import Imported, ImportRefused, import_lists
 from statusmail.project.config import Config, is_url, load_config
 from statusmail.project.entries import entry_paths, load_entry
 from statusmail.project.subscribers import subscriber_files
@@ -377,10 +378,11 @@ class Watcher:
         watchfiles); the loop also polls, so nothing depends on events arriving."""
         from watchfiles import awatch
 
+        folders = [self.config.paths.updates]
+        if self.config.paths.subscribers.is_dir():  # an edited list is imported at once
+            folders.append(self.config.paths.subscribers)
         try:
-            async for _changes in awatch(
-                self.config.paths.updates, stop_event=self.halt, debounce=200, step=50
-            ):
+            async for _changes in awatch(*folders, stop_event=self.halt, debounce=200, step=50):
                 self.wake.set()
         except (OSError, RuntimeError) as exc:
             log.info(
@@ -451,8 +453,41 @@ class Watcher:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.wake.wait(), timeout=min(waits))
 
+    async def _import(self) -> bool:
+        """The lists into the ledger as soon as they change (when not, a stat of each
+        file); False when the import is refused (said once per change of the files):
+        then no entry is sent."""
+        folder = self.config.paths.subscribers
+        try:
+            imported = await asyncio.to_thread(_import_lists, self.config)
+        except ImportRefused as exc:
+            if not exc.again:
+                self._reported.pop(folder, None)  # read anew: say it again if still so
+            self._say_once(
+                folder,
+                "subscriber lists not imported, nothing is sent until they are fixed:\n  "
+                + "\n  ".join(str(p) for p in exc.problems),
+                logging.ERROR,
+                event="import_refused",
+            )
+            return False
+        except StatusmailError:
+            return True  # the ledger: the pass says it
+        self._reported.pop(folder, None)
+        if imported.changed:
+            log.info(
+                "imported %d subscribers (%d invalid, %d duplicate rows skipped)",
+                imported.subscribers,
+                imported.invalid,
+                imported.duplicates,
+                extra={"event": "imported", "subscribers": imported.subscribers},
+            )
+        return True
+
     async def _work_through_due(self) -> None:
         self._left_pending = False
+        if not await self._import():
+            return
         ledger_path = Path(ledger_describe(self.config.paths.ledger))
         try:
             due = self.due_entries()
@@ -635,6 +670,11 @@ class Watcher:
                 "relay": relay_name(self.config),
             },
         )
+
+
+def _import_lists(config: Config) -> Imported:
+    with Ledger(config.paths.ledger) as ledger:
+        return import_lists(ledger, config.paths.subscribers)
 
 
 async def _cancelled(*tasks: asyncio.Task[None] | None) -> None:

@@ -2,6 +2,11 @@
 stream that delivery follows, so the first message leaves within seconds however long
 the list.
 
+The rows come from the lists' import in the ledger (``ledger.subscribers``), validated
+when the files changed; every rule about the entry as a whole (content for each language
+of its audience, an audience that selects nobody, the shrink guard) is decided from the
+import's groups before anything is selected or sent (``decide``).
+
 Either way the rows go through the ledger connection's own staging table (no lock held
 while the list is read) into the entry's queue, stamped with the selection's generation;
 pending rows the selection did not choose are skipped at its end, unless more of them
@@ -18,6 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import itertools
+import json
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -29,10 +37,26 @@ from statusmail.domain import Entry
 from statusmail.errors import InputError, Interrupted, LedgerError, Problem, StatusmailError
 from statusmail.ledger import Ledger, StagedRow
 from statusmail.ledger.store import SELECTION_ENDED, SelectionLost
+from statusmail.ledger.subscribers import (
+    Imported,
+    pending_groups,
+    preferences_stamp,
+    read_groups,
+    read_problems,
+    read_subscribers,
+    special_groups,
+)
 from statusmail.project import entries
 from statusmail.project.config import Config, is_url
-from statusmail.project.selection import Inactive, PreferenceLookup, SelectionStats, select
-from statusmail.project.subscribers import RowProblem, count_rows
+from statusmail.project.selection import (
+    Inactive,
+    PreferenceLookup,
+    SelectionStats,
+    count_audience,
+    count_removals,
+    select,
+)
+from statusmail.project.subscribers import RowProblem, Subscriber
 
 log = logging.getLogger("statusmail")
 
@@ -50,14 +74,34 @@ class Run(Protocol):
     def entry(self) -> Entry: ...
 
 
+def listed(
+    ledger: Ledger, imported: Imported, entry: Entry | None = None, *, resuming: bool = False
+) -> Iterator[Subscriber | RowProblem]:
+    """The import's row problems, then its subscribers, in list order; ``resuming`` an
+    entry with recipients pending, those first, so that delivery takes them at once
+    wherever they are."""
+    yield from read_problems(ledger, imported.id)
+    subscribers: Iterable[Subscriber] = read_subscribers(ledger, imported.id)
+    if resuming and entry is not None:
+        subscribers = itertools.chain(
+            read_subscribers(ledger, imported.id, pending=entry.id, first=True),
+            read_subscribers(ledger, imported.id, pending=entry.id),
+        )
+    yield from subscribers
+
+
 def staged_rows(
-    run: Run, suppressed: set[str], stats: SelectionStats, preferences: PreferenceLookup
+    run: Run,
+    suppressed: set[str],
+    stats: SelectionStats,
+    preferences: PreferenceLookup,
+    source: Iterable[Subscriber | RowProblem],
 ) -> Iterator[StagedRow]:
     """The entry's selection as rows to stage; a broken list file raises ``InputError``."""
     config, entry = run.config, run.entry
     for item in select(
         entry,
-        config.paths.subscribers,
+        source,
         config.default_locale_by_region,
         suppressed,
         stats,
@@ -101,21 +145,47 @@ def shrink_problem(run: Run, removed: int, pending: int, what: str) -> Problem |
     )
 
 
-def shrink_precheck(run: Run, ledger: Ledger) -> Problem | None:
-    """Before streaming (which learns who left only at the end of the list): refuse when
-    the lists have lost more rows since the last selection than the guard allows of
-    the pending recipients. It can only over-warn: rows that were not pending count too."""
-    before = ledger.list_rows(run.entry.id)
-    if before is None:
-        return None
-    pending = ledger.counts(run.entry.id)["pending"]
-    lost = before - count_rows(run.config.paths.subscribers)
-    return shrink_problem(
-        run,
-        lost,
-        pending,
-        f"may be gone: the subscriber lists have {lost} fewer rows than at the last selection",
+def decide(run: Run, ledger: Ledger, imported: Imported, *, accept_removals: bool) -> int:
+    """Every rule about the entry as a whole, decided from the import before anything
+    is selected or sent: the audience's languages each have content, it selects someone
+    (or the entry has rows already), and it drops no more of the pending recipients than
+    ``sending.max_removed_share`` (unless ``accept_removals``). Raises ``InputError``;
+    returns how many recipients are pending."""
+    config, entry = run.config, run.entry
+    by_region, declared = config.default_locale_by_region, config.topics
+    audience = count_audience(
+        entry,
+        read_groups(ledger, imported.id),
+        special_groups(ledger, imported.id),
+        by_region,
+        declared,
     )
+    missing = entries.missing_language_problems(entry, audience.locales())
+    if missing:
+        raise InputError(missing)
+    counts = ledger.counts(entry.id)
+    if not audience.total and not sum(counts.values()):
+        raise InputError([nobody_problem(run)])
+    pending = counts["pending"]
+    if pending:
+        groups = pending_groups(ledger, imported.id, entry.id)
+        removed = count_removals(entry, groups, by_region, declared)
+        held = shrink_problem(run, removed, pending, "are no longer in the list or the audience")
+        if held and not accept_removals:
+            raise InputError([held])
+    return pending
+
+
+def basis(run: Run, ledger: Ledger, imported: Imported) -> str:
+    """What a selection of the entry is made from: the import, the entry's text, the
+    stored preferences and lifted suppressions, the config's topics and languages by
+    region. A complete selection made from the same is still what one now would choose."""
+    config = run.config
+    settings = json.dumps(
+        [sorted(config.default_locale_by_region.items()), sorted(config.topics or ())]
+    )
+    digest = hashlib.sha256(settings.encode()).hexdigest()[:16]
+    return f"{imported.id}|{run.entry.digest}|{preferences_stamp(ledger)}|{digest}"
 
 
 def finish(
@@ -125,6 +195,7 @@ def finish(
     stats: SelectionStats,
     accept: bool,
     pending: int,
+    basis: str | None = None,
 ) -> Problem | None:
     """End a complete selection: skip what it did not choose, or hold it when that is
     more than the guard allows of the ``pending`` recipients the run started with."""
@@ -139,6 +210,7 @@ def finish(
         stats.read.rows,
         skip_removed=held is None,
         lease=run.config.sending.lease,
+        basis=basis if held is None else None,
     )
     return held
 
@@ -162,12 +234,15 @@ def lost(run: Run, *, ended: bool = False) -> None:
     )
 
 
-def stage_all(run: Run, ledger: Ledger, stats: SelectionStats) -> None:
+def stage_all(run: Run, ledger: Ledger, stats: SelectionStats, imported: Imported) -> None:
     """The whole selection into the staging area (nothing in the queue yet)."""
     entry = run.entry
     ledger.reset_staging()
+    _count_read(stats, imported)
     with ledger.preference_lookup() as preferences:
-        ledger.stage(staged_rows(run, ledger.suppressed(), stats, preferences))
+        source = listed(ledger, imported, entry)
+        rows = staged_rows(run, ledger.suppressed(), stats, preferences, source)
+        ledger.stage(rows)
     problems = entries.missing_language_problems(entry, stats.locales())
     if problems:
         raise InputError(problems)
@@ -197,8 +272,12 @@ class Stream:
         *,
         accept_removals: bool,
         pending: int,
+        imported: Imported,
+        basis: str | None = None,
     ) -> None:
         self.run = run
+        self.imported = imported
+        self.basis = basis
         self.target = target
         self.generation = generation
         self.stats = stats
@@ -275,8 +354,10 @@ class Stream:
         loop.call_soon_threadsafe(progress.set)
 
     def _select(self, ledger: Ledger, notify: Callable[[int], object]) -> None:
+        _count_read(self.stats, self.imported)
         with ledger.preference_lookup() as preferences:
-            rows = staged_rows(self.run, ledger.suppressed(), self.stats, preferences)
+            source = listed(ledger, self.imported, self.run.entry, resuming=self.pending > 0)
+            rows = staged_rows(self.run, ledger.suppressed(), self.stats, preferences, source)
             self._stream(ledger, notify, rows)
 
     def _stream(
@@ -300,8 +381,22 @@ class Stream:
         if not stats.total and not ledger.counts(entry.id)["pending"]:
             self.result.nobody = True
         self.result.held = finish(
-            self.run, ledger, self.generation, stats, self.accept_removals, self.pending
+            self.run,
+            ledger,
+            self.generation,
+            stats,
+            self.accept_removals,
+            self.pending,
+            self.basis,
         )
+
+
+def _count_read(stats: SelectionStats, imported: Imported) -> None:
+    """The rows the import read, skipped as invalid and found twice (the selection
+    reads only what the import kept)."""
+    stats.read.rows = imported.rows
+    stats.read.invalid = imported.invalid
+    stats.read.duplicates = imported.duplicates
 
 
 def _reason(error: BaseException) -> str:

@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from typing import Any, TextIO
 
 from rich.console import Console
@@ -29,8 +29,12 @@ class ProgressReporter:
 
     An outcome only counts; the bar is redrawn at most every ``redraw`` seconds (by the
     outcome that finds it due, so no thread competes with sending for the interpreter).
-    ``total`` is None while the selection is still streaming in.
+    ``total`` is None while the selection is still streaming in. The rate is over the
+    last ``WINDOW`` seconds of outcomes, begun afresh after a pause (the first line after
+    a wait says how fast it goes now, not the average since the start).
     """
+
+    WINDOW = 5.0
 
     def __init__(
         self, total: int | None, *, console: Console, interval: float = 5.0, redraw: float = 0.1
@@ -43,6 +47,7 @@ class ProgressReporter:
         self.redraws = 0
         self._last_line = self.started
         self._due = self.started
+        self._marks: deque[tuple[float, int]] = deque()  # (when, done), a tenth apart
         self._progress: Progress | None = None
         if console.is_terminal and total != 0:
             self._progress = Progress(
@@ -70,6 +75,14 @@ class ProgressReporter:
 
     def _show(self) -> None:
         now = time.monotonic()
+        marks = self._marks
+        if not marks or now - marks[-1][0] >= 0.1:
+            if marks and now - marks[-1][0] > self.WINDOW:  # a pause: the rate starts again
+                marks.clear()
+                self._last_line = now
+            marks.append((now, self._messages()))
+            while now - marks[0][0] > self.WINDOW:
+                marks.popleft()
         if self._progress is not None:
             if now >= self._due:
                 self._due = now + self.redraw
@@ -86,7 +99,13 @@ class ProgressReporter:
             )
 
     def _rate(self, now: float) -> float:
-        return (self.counts["sent"] + self.counts["failed"]) / max(now - self.started, 1e-6)
+        if not self._marks or now - self._marks[0][0] < 0.1:
+            return 0.0
+        since, done = self._marks[0]
+        return (self._messages() - done) / (now - since)
+
+    def _messages(self) -> int:
+        return self.counts["sent"] + self.counts["failed"]
 
     def _draw(self, progress: Progress, now: float) -> None:
         self.redraws += 1

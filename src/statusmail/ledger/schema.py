@@ -216,6 +216,71 @@ MIGRATIONS: tuple[Migration, ...] = (
     ALTER TABLE entries ADD COLUMN selector TEXT;
     ALTER TABLE entries ADD COLUMN selector_until DOUBLE PRECISION
     """,
+    # 10: the subscriber lists, imported when their files change and validated once: the
+    # rows of each import (pos = import id << 32 + row, so an import is one range), its
+    # row problems, what it counted per (status, locale, region, topics) for check, and
+    # each file's size, mtime and digest; entries remember what their complete selection
+    # was made from, so that a resume of an unchanged list reads only the queue.
+    {
+        dialect: f"""
+        CREATE TABLE subscriber_imports (
+            id          INTEGER PRIMARY KEY,
+            folder      TEXT NOT NULL,
+            state       TEXT NOT NULL
+                        CHECK (state IN ('loading', 'current', 'replaced', 'refused')),
+            subscribers INTEGER NOT NULL DEFAULT 0,
+            rows_read   INTEGER NOT NULL DEFAULT 0,
+            invalid     INTEGER NOT NULL DEFAULT 0,
+            duplicates  INTEGER NOT NULL DEFAULT 0,
+            started_at  TEXT NOT NULL,
+            finished_at TEXT,
+            refusal     TEXT              -- a refused import's problems, as JSON
+        );
+        CREATE TABLE subscriber_files (
+            import_id INTEGER NOT NULL,
+            path      TEXT NOT NULL,
+            size      BIGINT NOT NULL,
+            mtime_ns  BIGINT NOT NULL,
+            digest    TEXT NOT NULL,
+            PRIMARY KEY (import_id, path)
+        );
+        CREATE TABLE subscribers (
+            pos         {pos} PRIMARY KEY,
+            import_id   INTEGER NOT NULL,
+            address     TEXT NOT NULL,
+            email       TEXT NOT NULL,
+            ascii_email TEXT,
+            name        TEXT NOT NULL,
+            locale      TEXT NOT NULL,
+            region      TEXT,
+            topics      TEXT NOT NULL,
+            status      TEXT NOT NULL,
+            file        TEXT NOT NULL,
+            line        INTEGER NOT NULL
+        );
+        CREATE UNIQUE INDEX subscribers_address ON subscribers (import_id, address);
+        CREATE TABLE subscriber_problems (
+            pos       {pos} PRIMARY KEY,
+            import_id INTEGER NOT NULL,
+            file      TEXT NOT NULL,
+            line      INTEGER NOT NULL,
+            email     TEXT NOT NULL,
+            message   TEXT NOT NULL
+        );
+        CREATE TABLE subscriber_groups (
+            import_id  INTEGER NOT NULL,
+            status     TEXT NOT NULL,
+            locale     TEXT NOT NULL,
+            region     TEXT,
+            topics     TEXT NOT NULL,
+            members    INTEGER NOT NULL,
+            last_first INTEGER NOT NULL
+        );
+        CREATE INDEX subscriber_groups_import ON subscriber_groups (import_id);
+        ALTER TABLE entries ADD COLUMN selected_from TEXT
+        """
+        for dialect, pos in (("sqlite", "INTEGER"), ("postgresql", "BIGINT"))
+    },
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -445,12 +445,15 @@ class Ledger:
         *,
         skip_removed: bool,
         lease: float | None = None,
+        basis: str | None = None,
     ) -> None:
         """The selection is complete: pending rows it did not choose are skipped (those
         who left the list or the audience only when ``skip_removed``: else they stay
         pending, held by the shrink guard), the generation is the current one, and
         nobody holds its lease. Raises ``SelectionLost`` (changing nothing) when another
-        sender has taken the selection over: its rows carry a newer generation."""
+        sender has taken the selection over: its rows carry a newer generation.
+        ``basis`` says what it was made from (``selection_basis``)."""
+        self._q(STAGING)  # a selection that staged nothing has none yet
         stamp = now_iso()
         not_chosen = "WHERE entry_id = :e AND status = 'pending' AND selection <> :g"
         excluded = (
@@ -463,11 +466,12 @@ class Ledger:
             self._bound_idle(lease)
             if not self._q(
                 "UPDATE entries SET selected_generation = :g, list_rows = :rows,"
-                " selector = NULL, selector_until = NULL"
+                " selector = NULL, selector_until = NULL, selected_from = :basis"
                 " WHERE entry_id = :e AND generation = :g RETURNING generation",
                 e=entry_id,
                 g=generation,
                 rows=list_rows,
+                basis=basis,
             ):
                 raise SelectionLost(entry_id, generation)
             self._q(
@@ -494,6 +498,7 @@ class Ledger:
     def removals(self, entry_id: str, generation: int) -> int:
         """Pending rows this selection did not choose that left the list or the
         audience (not unsubscribed or suppressed): what the shrink guard counts."""
+        self._q(STAGING)
         not_chosen = (
             "FROM deliveries WHERE entry_id = :e AND status = 'pending' AND selection <> :g"
         )
@@ -507,6 +512,17 @@ class Ledger:
             )
         )
         return removed
+
+    @_guarded("read the entry's selection")
+    def selection_basis(self, entry_id: str) -> str | None:
+        """What the entry's last selection was made from, if it was complete and no
+        selection has begun since (None otherwise)."""
+        value = self._one(
+            "SELECT selected_from FROM entries WHERE entry_id = :e"
+            " AND generation = selected_generation",
+            e=entry_id,
+        )
+        return None if value is None else str(value)
 
     @_guarded("read the entry's selection")
     def list_rows(self, entry_id: str) -> int | None:

@@ -1,15 +1,27 @@
-"""Who gets an entry: active, not suppressed, and in its audience."""
+"""Who gets an entry: active, not suppressed, and in its audience.
+
+``select`` streams the recipients from the subscribers (the ledger's imported table, or
+the files themselves for a dry run); ``count_audience`` and ``count_removals`` decide the
+same from the import's groups (how many subscribers have each status, locale, region and
+topics) before anything is sent: which languages the audience needs, whether it is
+empty, how many pending recipients it drops."""
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from statusmail.domain import Entry, Preference, Recipient, SubscriberStatus
 from statusmail.project.locales import resolve_locale
-from statusmail.project.subscribers import ReadStats, RowProblem, iter_subscribers
+from statusmail.project.subscribers import (
+    ReadStats,
+    RowProblem,
+    Subscriber,
+    given_name_first,
+    iter_subscribers,
+)
 
 # Keep at most this many invalid rows in memory for the report; the rest are counted.
 MAX_REPORTED_PROBLEMS = 1000
@@ -83,7 +95,7 @@ def apply_preference(
 
 def select(
     entry: Entry,
-    subscribers_dir: Path,
+    subscribers: Path | Iterable[Subscriber | RowProblem],
     default_locale_by_region: Mapping[str, str],
     suppressed: Collection[str] = (),
     stats: SelectionStats | None = None,
@@ -98,10 +110,13 @@ def select(
 
     ``preferences`` looks up what a subscriber chose on the preferences page (kept in
     the ledger, which this module does not read): it overrides the list's locale and
-    topics; the list stays the source of who is subscribed."""
+    topics; the list stays the source of who is subscribed. ``subscribers`` is a folder
+    of list files, or the rows already read (the ledger's import)."""
     stats = stats if stats is not None else SelectionStats()
     audience = entry.audience
-    for item in iter_subscribers(subscribers_dir, stats.read):
+    if isinstance(subscribers, Path):
+        subscribers = iter_subscribers(subscribers, stats.read)
+    for item in subscribers:
         if isinstance(item, RowProblem):
             if len(stats.invalid) < MAX_REPORTED_PROBLEMS:
                 stats.invalid.append(item)
@@ -137,3 +152,140 @@ def select(
             locale=locale,
             region=item.region,
         )
+
+
+# -- deciding from the import's groups, before anything is sent ------------------------
+
+
+def topics_text(topics: Iterable[str]) -> str:
+    """Topics as the ledger keeps them: sorted, separated by ``;``."""
+    return ";".join(sorted(topics))
+
+
+def topics_of(text: str | None) -> frozenset[str]:
+    return frozenset(t for t in (text or "").split(";") if t)
+
+
+GroupKey = tuple[str, str, str | None, str]  # status, locale as written, region, topics
+
+
+@dataclass
+class Tally:
+    """What an import counts while it reads: subscribers per (status, locale, region,
+    topics), and of those how many names are written "Last, First"."""
+
+    members: Counter[GroupKey] = field(default_factory=Counter)
+    last_first: Counter[GroupKey] = field(default_factory=Counter)
+
+    def add(self, item: Subscriber) -> None:
+        key = (item.status, item.locale, item.region, topics_text(item.topics))
+        self.members[key] += 1
+        if item.name and given_name_first(item.name) is not None:
+            self.last_first[key] += 1
+
+    def groups(self) -> list[Group]:
+        return [
+            Group(status, locale, region, topics_of(topics), n, self.last_first[key])
+            for key, n in self.members.items()
+            for status, locale, region, topics in [key]
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """``members`` subscribers alike in what selection looks at; for those with a stored
+    preference or a suppression, the ``preference`` and whether they are ``suppressed``."""
+
+    status: str
+    locale: str
+    region: str | None
+    topics: frozenset[str]
+    members: int
+    last_first: int = 0
+    preference: Preference | None = None
+    suppressed: bool = False
+
+    @property
+    def key(self) -> GroupKey:
+        return (self.status, self.locale, self.region, topics_text(self.topics))
+
+
+@dataclass
+class AudienceCount:
+    selected: Counter[tuple[str, str | None]] = field(default_factory=Counter)
+    fallbacks: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    @property
+    def total(self) -> int:
+        return sum(self.selected.values())
+
+    def locales(self) -> set[str]:
+        return {locale for locale, _ in self.selected}
+
+
+def _chosen(
+    entry: Entry,
+    group: Group,
+    by_region: Mapping[str, str],
+    declared: frozenset[str] | None,
+) -> tuple[str, str | None] | None:
+    """(locale, fallback) when the group's subscribers get ``entry``, else None."""
+    if group.status != SubscriberStatus.ACTIVE or group.suppressed:
+        return None
+    raw, topics = apply_preference(group.preference, group.locale, group.topics, declared)
+    locale, fallback = resolve_locale(raw, group.region, by_region)
+    if not entry.audience.matches(group.region, topics, locale):
+        return None
+    return locale, fallback
+
+
+def count_audience(
+    entry: Entry,
+    groups: Iterable[Group],
+    special: Iterable[Group],
+    by_region: Mapping[str, str],
+    declared: frozenset[str] | None = None,
+) -> AudienceCount:
+    """Who ``entry`` reaches, counted from the import's ``groups`` and the ``special``
+    ones (subscribers with a preference or a suppression, each group counted in
+    ``groups`` too, as the list has them): exactly what ``select`` would choose."""
+    plain: Counter[GroupKey] = Counter()
+    shapes: dict[GroupKey, Group] = {}
+    for group in groups:
+        plain[group.key] += group.members
+        shapes[group.key] = group
+    special = list(special)
+    for group in special:
+        plain[group.key] -= group.members
+    count = AudienceCount()
+    everyone = [(shapes[key], n) for key, n in plain.items() if n > 0]
+    everyone += [(group, group.members) for group in special]
+    for group, members in everyone:
+        chosen = _chosen(entry, group, by_region, declared)
+        if chosen is not None:
+            locale, fallback = chosen
+            count.selected[(locale, group.region)] += members
+            if fallback:
+                count.fallbacks[(fallback, locale)] += members
+    return count
+
+
+def count_removals(
+    entry: Entry,
+    pending: Iterable[tuple[Group | None, int]],
+    by_region: Mapping[str, str],
+    declared: frozenset[str] | None = None,
+) -> int:
+    """How many of the entry's pending recipients a selection now would drop because
+    they left the list (no group) or the audience: what the shrink guard counts. Those
+    now inactive or suppressed are not removals (nothing may reach them)."""
+    removed = 0
+    for group, members in pending:
+        gone = group is None or (
+            group.status == SubscriberStatus.ACTIVE
+            and not group.suppressed
+            and _chosen(entry, group, by_region, declared) is None
+        )
+        if gone:
+            removed += members
+    return removed

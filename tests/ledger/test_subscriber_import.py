@@ -1,0 +1,152 @@
+"""The subscriber lists held in the ledger (issue 21), on SQLite and PostgreSQL: imported
+when their files change, a broken file refusing the whole import (the last good one
+stays), row problems kept with their file:line; unchanged files are not read again; the
+audience counted from the import's groups is what a selection would choose."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from conftest import CSV_HEADER, REPO, UPDATE
+from statusmail.domain import Audience, Preference
+from statusmail.ledger import Ledger
+from statusmail.ledger.subscribers import (
+    ImportRefused,
+    current,
+    import_lists,
+    pending_groups,
+    read_groups,
+    read_problems,
+    read_subscribers,
+    special_groups,
+)
+from statusmail.project import subscribers
+from statusmail.project.entries import load_entry
+from statusmail.project.selection import Inactive, count_audience, count_removals, select
+
+GOOD = (
+    CSV_HEADER
+    + "a@example.org,A,en,NL,news,active\n"
+    + "not-an-address,B,en,NL,news,active\n"
+    + "c@example.org,C,ru,RU,news;status,active\n"
+)
+YAML = "- email: A@Example.org\n  locale: de\n- email: d@example.org\n  region: XX1\n"
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Each list file the code under test reads."""
+    read: list[Path] = []
+    real = subscribers.read_file
+
+    def counting(path: Path, *args: subscribers.Build) -> object:
+        read.append(path)
+        return real(path, *args)
+
+    monkeypatch.setattr(subscribers, "read_file", counting)
+    return read
+
+
+def test_a_broken_file_refuses_the_whole_import_and_the_last_good_one_stays(
+    ledger_target: str | Path, tmp_path: Path, reads: list[Path]
+) -> None:
+    folder = tmp_path / "subscribers"
+    folder.mkdir()
+    csv_file, yaml_file = folder / "a.csv", folder / "b.yaml"
+    csv_file.write_text(GOOD, encoding="utf-8")
+    yaml_file.write_text(YAML, encoding="utf-8")
+    with Ledger(ledger_target) as ledger:
+        first = import_lists(ledger, folder)
+        assert first.changed and (first.subscribers, first.invalid, first.duplicates) == (2, 2, 1)
+        assert [f"{p.path}:{p.line}" for p in read_problems(ledger, first.id)] == [
+            f"{csv_file}:3",
+            f"{yaml_file}:3",
+        ]
+
+        # A quoted row with the wrong number of fields, after good rows: refused whole.
+        csv_file.write_text(GOOD + '"e@example.org","E","en"\n', encoding="utf-8")
+        with pytest.raises(ImportRefused) as refused:
+            import_lists(ledger, folder)
+        assert str(refused.value).startswith(f"{csv_file}:5: expected 6 fields")
+        assert "the last good import" in str(refused.value)
+        kept = current(ledger)
+        assert kept is not None and kept.id == first.id
+        assert [s.email for s in read_subscribers(ledger, first.id)] == [
+            "a@example.org",
+            "c@example.org",
+        ]
+
+        # The same files again: the same refusal, without reading them.
+        reads.clear()
+        with pytest.raises(ImportRefused) as again:
+            import_lists(ledger, folder)
+        assert again.value.again and str(again.value) == str(refused.value)
+        assert reads == []
+
+        csv_file.write_text(GOOD.replace("not-an-address", "b@example.org"), encoding="utf-8")
+        second = import_lists(ledger, folder)
+        assert second.changed and second.id > first.id and second.subscribers == 3
+        reads.clear()
+        unchanged = import_lists(ledger, folder)
+        assert not unchanged.changed and unchanged.id == second.id and reads == []
+
+
+def test_the_audience_counted_from_the_import_is_what_select_chooses(
+    ledger_target: str | Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "subscribers"
+    folder.mkdir()
+    (folder / "list.csv").write_text(
+        CSV_HEADER
+        + "a@example.org,A,en,NL,news,active\n"
+        + "b@example.org,B,,RU,news,active\n"
+        + "c@example.org,C,en,NL,status,active\n"
+        + "d@example.org,D,en,NL,news,unsubscribed\n"
+        + "e@example.org,E,de,NL,news,active\n",
+        encoding="utf-8",
+    )
+    entry = dataclasses.replace(
+        load_entry(REPO / "updates" / f"{UPDATE}.yaml"),
+        audience=Audience(topics=frozenset({"news"})),
+    )
+    by_region, declared = {"RU": "ru"}, frozenset({"news", "status"})
+    with Ledger(ledger_target) as ledger:
+        imported = import_lists(ledger, folder)
+        ledger.suppress("a@example.org", "manual")
+        ledger.set_preference("c@example.org", Preference("ru", frozenset({"news"})))
+        counted = count_audience(
+            entry,
+            read_groups(ledger, imported.id),
+            special_groups(ledger, imported.id),
+            by_region,
+            declared,
+        )
+        with ledger.preference_lookup() as preferences:
+            chosen = [
+                item
+                for item in select(
+                    entry,
+                    read_subscribers(ledger, imported.id),
+                    by_region,
+                    ledger.suppressed(),
+                    preferences=preferences,
+                    declared_topics=declared,
+                )
+                if not isinstance(item, Inactive)
+            ]
+        assert counted.total == len(chosen) == 3  # b (ru by region), c (by preference), e
+        assert counted.locales() == {item.locale for item in chosen} == {"en", "ru"}  # type: ignore[union-attr]
+
+        stamp = "2020-01-01T00:00:00+00:00"
+        for address in ("a@example.org", "b@example.org", "gone@example.org"):
+            ledger.database.execute(
+                "INSERT INTO deliveries (entry_id, address, email, locale, status, created_at,"
+                " updated_at) VALUES (:e, :a, :a, 'en', 'pending', :t, :t)",
+                {"e": entry.id, "a": address, "t": stamp},
+            )
+        pending = pending_groups(ledger, imported.id, entry.id)
+        # a is suppressed (nothing may reach it: not a removal), b is chosen, gone is gone
+        assert count_removals(entry, pending, by_region, declared) == 1
