@@ -40,7 +40,7 @@ of the whole process (os.wait4) for statusmail, mailmerge and smtp-source. The s
 Postfix's smtp-sink when it is found, else benchmarks/fastsink.py (asyncio), a fresh one
 for each run; every run's count at the sink is checked against N.
 
---quick (N 500, 1 repetition, a dry run of 20,000) tries it all out in under a minute.
+--quick (N 500, 1 repetition, a dry run of 10,000) tries it all out in under a minute.
 
 Targets (issue 22): DKIM on >= 0.8x DKIM off at C = 1 and 8; statusmail's CPU per
 message <= 1.2x the fair floor's at C = 8; PostgreSQL >= 0.8x SQLite; the dry run
@@ -864,7 +864,7 @@ def main() -> int:
         help="sending.processes values beside 1, comma-separated, run at the last -c once the "
         "tree has the setting (default: the cores, here %(default)s); '' for none",
     )
-    parser.add_argument("--dry-n", type=int, help="dry-run list (default 100000; quick 20000)")
+    parser.add_argument("--dry-n", type=int, help="dry-run list (default 100000; quick 10000)")
     parser.add_argument("--mailmerge-n", type=int, help="mailmerge rows (default 500; quick 100)")
     parser.add_argument(
         "--plain-n", type=int, help="email+smtplib recipients (default 2000; quick 300)"
@@ -901,7 +901,7 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args()
     args.n = args.n or (500 if args.quick else 5000)
-    args.dry_n = args.dry_n or (20_000 if args.quick else 100_000)
+    args.dry_n = args.dry_n or (10_000 if args.quick else 100_000)
     args.reps = args.reps or (1 if args.quick else 3)
     args.mailmerge_n = args.mailmerge_n or (100 if args.quick else 500)
     args.plain_n = args.plain_n or (300 if args.quick else 2000)
