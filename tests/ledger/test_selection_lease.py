@@ -105,7 +105,8 @@ def test_a_sender_stopped_while_selecting_is_taken_over_and_writes_nothing_after
     project: Path, postgres: str
 ) -> None:
     """The first sender takes the selection and stops (SIGSTOP) before its first batch,
-    held there by a lock on the preferences it reads first. A second sender takes the
+    held there by a lock on the import's row problems, which its selection reads first
+    (the lists were imported before, so nothing earlier in the run reads them). A second sender takes the
     selection over once the first one's lease ran out and sends everyone. Resumed
     (SIGCONT), the first one finds its selection taken over at its first write, says so
     once, and sends nobody anything."""
@@ -118,7 +119,9 @@ def test_a_sender_stopped_while_selecting_is_taken_over_and_writes_nothing_after
         psycopg.connect(postgres, autocommit=True) as watcher,
     ):
         addresses = configure(project, relay.port, 6, lease=1)
-        holder.execute("LOCK TABLE preferences IN ACCESS EXCLUSIVE MODE")
+        imported = invoke(project, "import", env={"STATUSMAIL_LEDGER": postgres})
+        assert imported.exit_code == 0, imported.stderr
+        holder.execute("LOCK TABLE subscriber_problems IN ACCESS EXCLUSIVE MODE")
         (first,) = senders(project, postgres, 1, "send", ENTRY, "--yes")
         try:
             # Watched on a connection of its own, polled without reconnecting: a sender's
@@ -128,9 +131,9 @@ def test_a_sender_stopped_while_selecting_is_taken_over_and_writes_nothing_after
                     "SELECT query FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
                     (holder.info.backend_pid,),
                 ).fetchall(),
-                what="the first sender to wait for the preferences",
+                what="the first sender to wait for the import's row problems",
             )
-            assert "preferences" in waiting[0][0]
+            assert "subscriber_problems" in waiting[0][0]
             # It selects: the lease is its own, nothing is enqueued yet.
             assert query(postgres, "SELECT selector IS NOT NULL FROM entries") == [(True,)]
             assert query(postgres, "SELECT COUNT(*) FROM deliveries") == [(0,)]
