@@ -599,7 +599,7 @@ def ledger_migrate(config: Config, console: Console) -> ExitCode:
 def import_subscribers(config: Config, *, force: bool, as_json: bool, console: Console) -> ExitCode:
     """``statusmail import``: the lists into the ledger, if they changed since the last
     import (or ``force``); a broken file refuses the import (exit 1), the last good one stays."""
-    from statusmail.ledger.subscribers import import_lists
+    from statusmail.ledger.importing import import_lists
 
     with Ledger(config.paths.ledger) as ledger:
         imported = import_lists(ledger, config.paths.subscribers, force=force)

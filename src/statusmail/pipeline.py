@@ -40,9 +40,10 @@ from statusmail.ledger import (
     read_suppressions,
     run_lock,
 )
+from statusmail.ledger.importing import import_lists
 from statusmail.ledger.queue import worker_name
 from statusmail.ledger.store import SelectionLost
-from statusmail.ledger.subscribers import Imported, import_lists
+from statusmail.ledger.subscribers import Imported
 from statusmail.project import entries
 from statusmail.project.config import Config, is_url
 from statusmail.project.editions import load_editions, news_urls

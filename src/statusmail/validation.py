@@ -34,7 +34,8 @@ from statusmail.errors import (
 )
 from statusmail.ledger import Ledger
 from statusmail.ledger import exists as ledger_exists
-from statusmail.ledger.subscribers import ImportRefused, import_lists, read_groups, read_problems
+from statusmail.ledger.importing import import_lists
+from statusmail.ledger.subscribers import ImportRefused, read_groups, read_problems
 from statusmail.project.config import Config, imap_password_problem, secret_length_problem
 from statusmail.project.editions import (
     Edition,

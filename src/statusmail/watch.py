@@ -43,8 +43,9 @@ from statusmail.feedback import loop as feedback
 from statusmail.ledger import Ledger, run_lock
 from statusmail.ledger import describe as ledger_describe
 from statusmail.ledger import exists as ledger_exists
+from statusmail.ledger.importing import import_lists
 from statusmail.ledger.locks import LeaderLock
-from statusmail.ledger.subscribers import Imported, ImportRefused, import_lists
+from statusmail.ledger.subscribers import Imported, ImportRefused
 from statusmail.project.config import Config, is_url, load_config
 from statusmail.project.entries import entry_paths, load_entry
 from statusmail.project.subscribers import subscriber_files

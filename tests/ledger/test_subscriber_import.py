@@ -13,10 +13,10 @@ import pytest
 from conftest import CSV_HEADER, REPO, UPDATE
 from statusmail.domain import Audience, Preference
 from statusmail.ledger import Ledger
+from statusmail.ledger.importing import import_lists
 from statusmail.ledger.subscribers import (
     ImportRefused,
     current,
-    import_lists,
     pending_groups,
     read_groups,
     read_problems,

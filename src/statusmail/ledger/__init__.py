@@ -3,8 +3,9 @@
 It lives in an embedded SQLite file (the default) or in PostgreSQL (``paths.ledger`` or
 ``$STATUSMAIL_LEDGER`` a ``postgresql://`` URL). All of statusmail's SQL is in this
 package: ``schema`` (numbered migrations), ``database`` (the two engines), ``store``
-(the ledger), ``queries`` and ``queue`` (the delivery side), ``subscribers`` (the lists'
-imports), ``locks``, ``pool`` (the connections ``serve`` keeps).
+(the ledger), ``queries`` and ``queue`` (the delivery side), ``subscribers`` and
+``importing`` (the lists held in it), ``locks``, ``pool`` (the connections ``serve``
+keeps).
 
 May import: ``project`` (the config), ``domain``, ``errors``; never content, delivery,
 feedback, web or the commands. Invariants: every outcome is recorded before the next
