@@ -100,7 +100,8 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args()
 
-    from statusmail.content.message import MessageFactory, _b64, _Base64, _canonical, _qp
+    from statusmail.content.message import MessageFactory
+    from statusmail.content.parts import _b64, _Base64, _canonical, _qp
     from statusmail.content.render import (
         GREETING_SLOT,
         NAME_SLOT,

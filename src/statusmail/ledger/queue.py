@@ -326,6 +326,8 @@ class ServerQueue(FencedClaims):
         import psycopg
         import psycopg_pool
 
+        task = asyncio.current_task()
+        cancels = task.cancelling() if task is not None else 0
         for attempt in range(RETRIES + 1):
             try:
                 if self._pool is None:
@@ -344,6 +346,12 @@ class ServerQueue(FencedClaims):
                     )
                     await self._pool.open()
                 async with self._pool.connection() as conn:
+                    if task is not None and task.cancelling() > cancels:
+                        # psycopg_pool waits for a connection with asyncio.wait_for, which
+                        # on Python 3.11 returns one handed over as the task is cancelled,
+                        # swallowing the cancellation: a stopped worker would go on, then
+                        # wait forever for a recipient the cancelled producer never sends.
+                        raise asyncio.CancelledError
                     text = self._dialect.sql(sql)
                     if many:
                         async with conn.transaction(), conn.cursor() as cursor:
