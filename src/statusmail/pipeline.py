@@ -26,7 +26,7 @@ from statusmail.content.message import MessageFactory
 from statusmail.content.render import Renderer
 from statusmail.delivery import intake
 from statusmail.delivery.engine import Engine, OnOutcome, RunResult
-from statusmail.delivery.intake import Stream
+from statusmail.delivery.stream import Stream
 from statusmail.delivery.transport import Transport
 from statusmail.domain import Entry, ExitCode, mask_address, scrub
 from statusmail.errors import ConnectError, InputError, LedgerError, Problem, StatusmailError
@@ -222,7 +222,7 @@ def start(prepared: Prepared, held: Held, request: Request) -> Started:
         generation = take_selection(prepared, held)
         if generation is None:  # another sender took it a moment ago
             return _joined(entry, stats)
-        stream = intake.Stream(
+        stream = Stream(
             prepared,
             prepared.config.paths.ledger,
             generation,
@@ -355,7 +355,7 @@ class _Selection:
             entry.id,
             extra={"event": "selection_taken_over", "entry": entry.id},
         )
-        self.stream = intake.Stream(
+        self.stream = Stream(
             self.prepared,
             self.prepared.config.paths.ledger,
             generation,

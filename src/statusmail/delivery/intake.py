@@ -1,6 +1,6 @@
 """Taking the audience into the ledger: all at once before a person confirms, or as a
-stream that delivery follows, so the first message leaves within seconds however long
-the list.
+stream that delivery follows (``stream``), so the first message leaves within seconds
+however long the list.
 
 The rows come from the lists' import in the ledger (``ledger.subscribers``), validated
 when the files changed; every rule about the entry as a whole (content for each language
@@ -21,22 +21,16 @@ selection over, and gives it up.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import itertools
 import json
 import logging
-import threading
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterable, Iterator
 from typing import Protocol
 
 from statusmail.domain import Entry
-from statusmail.errors import InputError, Interrupted, LedgerError, Problem, StatusmailError
+from statusmail.errors import InputError, Problem
 from statusmail.ledger import Ledger, StagedRow
-from statusmail.ledger.store import SELECTION_ENDED, SelectionLost
 from statusmail.ledger.subscribers import (
     Imported,
     pending_groups,
@@ -47,7 +41,7 @@ from statusmail.ledger.subscribers import (
     special_groups,
 )
 from statusmail.project import entries
-from statusmail.project.config import Config, is_url
+from statusmail.project.config import Config
 from statusmail.project.selection import (
     Inactive,
     PreferenceLookup,
@@ -59,9 +53,6 @@ from statusmail.project.selection import (
 from statusmail.project.subscribers import RowProblem, Subscriber
 
 log = logging.getLogger("statusmail")
-
-FIRST_BATCH = 100  # small, so that delivery starts at once
-BATCH = 2_000
 
 
 class Run(Protocol):
@@ -238,7 +229,7 @@ def stage_all(run: Run, ledger: Ledger, stats: SelectionStats, imported: Importe
     """The whole selection into the staging area (nothing in the queue yet)."""
     entry = run.entry
     ledger.reset_staging()
-    _count_read(stats, imported)
+    count_read(stats, imported)
     with ledger.preference_lookup() as preferences:
         source = listed(ledger, imported, entry)
         rows = staged_rows(run, ledger.suppressed(), stats, preferences, source)
@@ -248,170 +239,9 @@ def stage_all(run: Run, ledger: Ledger, stats: SelectionStats, imported: Importe
         raise InputError(problems)
 
 
-@dataclass
-class StreamResult:
-    error: BaseException | None = None
-    held: Problem | None = None  # removals the shrink guard did not skip
-    nobody: bool = False
-    lost: bool = False  # another sender took the selection over; this one gave it up
-
-
-class Stream:
-    """The selection running in a thread of its own (with its own ledger connection),
-    each batch enqueued as soon as it is read (which renews the selection's lease);
-    ``progress`` is set in the event loop after every batch and at the end. Taken over
-    by another sender, it stops and says so once (``result.lost``); stopped or failed,
-    it lets the lease go, so another sender can take the selection over at once."""
-
-    def __init__(
-        self,
-        run: Run,
-        target: str | Path,
-        generation: int,
-        stats: SelectionStats,
-        *,
-        accept_removals: bool,
-        pending: int,
-        imported: Imported,
-        basis: str | None = None,
-    ) -> None:
-        self.run = run
-        self.imported = imported
-        self.basis = basis
-        self.target = target
-        self.generation = generation
-        self.stats = stats
-        self.accept_removals = accept_removals
-        self.pending = pending  # recipients pending when the run started
-        self.result = StreamResult()
-        self.enqueued = 0
-        self._stop = threading.Event()
-        self._done: asyncio.Future[None] | None = None
-        self._on_enqueued: Callable[[int], None] = lambda _count: None
-
-    @property
-    def running(self) -> bool:
-        return self._done is not None and not self._done.done()
-
-    def start(
-        self,
-        progress: asyncio.Event,
-        on_error: Callable[[str], None],
-        on_enqueued: Callable[[int], None] = lambda _count: None,
-    ) -> None:
-        """Run in a thread; ``on_enqueued`` (in that thread, so it must be thread-safe)
-        with how many more recipients each batch made pending, ``on_error`` (in the
-        loop) when the selection cannot go on."""
-        loop = asyncio.get_running_loop()
-        self._on_enqueued = on_enqueued
-        self._done = loop.run_in_executor(None, self._run, loop, progress)
-
-        def ended(done: asyncio.Future[None]) -> None:
-            if self.result.error is not None:
-                on_error(_reason(self.result.error))
-
-        self._done.add_done_callback(ended)
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    async def wait(self) -> StreamResult:
-        if self._done is not None:
-            await asyncio.shield(self._done)
-        return self.result
-
-    def _run(self, loop: asyncio.AbstractEventLoop, progress: asyncio.Event) -> None:
-        try:
-            with Ledger(self.target) as ledger:
-                try:
-                    self._select(ledger, lambda n: self._added(n, loop, progress))
-                finally:
-                    # For the other senders (PostgreSQL); nothing when the selection
-                    # finished or was taken over (it is another generation's then).
-                    if is_url(self.target):
-                        with contextlib.suppress(StatusmailError):
-                            ledger.release_selection(self.run.entry.id, self.generation)
-        except SelectionLost:
-            self.result.lost = True
-            lost(self.run)
-        except LedgerError as exc:
-            if getattr(exc.__cause__, "sqlstate", None) != SELECTION_ENDED:
-                self.result.error = exc
-            else:
-                self.result.lost = True
-                lost(self.run, ended=True)
-        except (StatusmailError, Interrupted) as exc:
-            self.result.error = exc
-        finally:
-            loop.call_soon_threadsafe(progress.set)
-
-    def _added(self, count: int, loop: asyncio.AbstractEventLoop, progress: asyncio.Event) -> None:
-        # Counted here, in the selection's thread, right after the batch's commit (the
-        # metrics are prometheus-client's, safe from any thread): the pending gauge
-        # never lags the ledger's rows. Only the waiting producer is woken in the loop.
-        if count:
-            self._on_enqueued(count)
-        loop.call_soon_threadsafe(progress.set)
-
-    def _select(self, ledger: Ledger, notify: Callable[[int], object]) -> None:
-        _count_read(self.stats, self.imported)
-        with ledger.preference_lookup() as preferences:
-            source = listed(ledger, self.imported, self.run.entry, resuming=self.pending > 0)
-            rows = staged_rows(self.run, ledger.suppressed(), self.stats, preferences, source)
-            self._stream(ledger, notify, rows)
-
-    def _stream(
-        self, ledger: Ledger, notify: Callable[[int], object], rows: Iterator[StagedRow]
-    ) -> None:
-        entry, stats = self.run.entry, self.stats
-        lease = self.run.config.sending.lease
-        after, size = 0, FIRST_BATCH
-        for batch in _batches(rows, size):
-            if self._stop.is_set():
-                return
-            missing = entries.missing_language_problems(entry, stats.locales())
-            if missing:
-                raise InputError(missing)
-            ledger.stage(batch)
-            after, added = ledger.enqueue(entry.id, self.generation, after, lease=lease)
-            self.enqueued = after
-            notify(added)
-        if self._stop.is_set():
-            return
-        if not stats.total and not ledger.counts(entry.id)["pending"]:
-            self.result.nobody = True
-        self.result.held = finish(
-            self.run,
-            ledger,
-            self.generation,
-            stats,
-            self.accept_removals,
-            self.pending,
-            self.basis,
-        )
-
-
-def _count_read(stats: SelectionStats, imported: Imported) -> None:
+def count_read(stats: SelectionStats, imported: Imported) -> None:
     """The rows the import read, skipped as invalid and found twice (the selection
     reads only what the import kept)."""
     stats.read.rows = imported.rows
     stats.read.invalid = imported.invalid
     stats.read.duplicates = imported.duplicates
-
-
-def _reason(error: BaseException) -> str:
-    if isinstance(error, InputError):
-        return "; ".join(str(p) for p in error.problems)
-    return str(error)
-
-
-def _batches(rows: Iterable[StagedRow], first: int) -> Iterator[list[StagedRow]]:
-    batch: list[StagedRow] = []
-    size = first
-    for row in rows:
-        batch.append(row)
-        if len(batch) >= size:
-            yield batch
-            batch, size = [], min(BATCH, size * 4)
-    if batch:
-        yield batch
