@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 from statusmail import signals
-from statusmail.delivery import test_send
+from statusmail.delivery import corrections, test_send
 from statusmail.delivery.report import (
     ProgressReporter,
     breakdown_rows,
@@ -74,6 +74,8 @@ def send(config: Config, entry_id: str, options: SendOptions, console: Console) 
     from statusmail import pipeline
 
     entry = find_entry(config.paths.updates, entry_id)
+    if (done := corrections.already_sent(config, entry)) is not None:
+        return corrections.print_already_sent(done, options.json, console)
     prepared = pipeline.prepare(config, entry, send_now=options.now)
     for warning in prepared.warnings:
         log.warning("%s", warning)
@@ -239,6 +241,8 @@ def print_dry_run(
         console.print(f"  by {what}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     for line in stats.fallback_lines():
         console.print(f"  language: {line}", markup=False)
+    for line in corrections.dry_run_lines(prepared.config, prepared.entry, stats.total):
+        console.print(f"  {line}", markup=False)
     console.print(
         f"  skipped: {stats.read.invalid} invalid, {stats.inactive} inactive, "
         f"{stats.suppressed} suppressed, {stats.read.duplicates} duplicate rows"

@@ -24,7 +24,7 @@ from statusmail import validation
 from statusmail.content.catalog_gaps import catalog_problems
 from statusmail.content.message import MessageFactory
 from statusmail.content.render import Renderer
-from statusmail.delivery import intake
+from statusmail.delivery import corrections, intake
 from statusmail.delivery.engine import Engine, OnOutcome, RunResult
 from statusmail.delivery.stream import Stream
 from statusmail.delivery.transport import Transport
@@ -496,7 +496,7 @@ def dry_run(prepared: Prepared, *, limit: int | None = None) -> DryRun:
     with read_preferences(config.paths.ledger) as preferences:
         for item in select(
             entry,
-            config.paths.subscribers,
+            corrections.files_narrowed(config, entry, stats),
             config.default_locale_by_region,
             suppressed,
             stats,

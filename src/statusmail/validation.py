@@ -23,6 +23,7 @@ from statusmail.content.render import (
     VariantKey,
     probe_recipient,
 )
+from statusmail.delivery import corrections
 from statusmail.domain import Content, Entry, SubscriberStatus
 from statusmail.errors import (
     ConfigError,
@@ -572,6 +573,9 @@ def check_project(config: Config) -> CheckReport:
         found = entry_problems(entry, known_ids=entries, regions=regions, config=config)
         # A regions.yaml that cannot be read is said once, not again for every region named.
         report.add(p for p in found if regions_read or p.code != "unknown-region")
+    found, notes = corrections.check(config, entries)
+    report.add(found)
+    report.notes += notes
     report.add(catalog_problems(config.paths.templates))
     report.add(topic_name_problems(config))
     if report.ok:  # a broken catalog is said once, above
@@ -656,6 +660,8 @@ def _subscriber_problems(
     ]
     report.notes += _name_order_notes(config, coverage.last_first)
     for entry in entries:
+        if entry.corrects:  # its audience is who got what it corrects: corrections.check
+            continue
         problems += missing_language_problems(entry, locales[entry.id])
         if entry.ready:
             problems += _audience_problems(entry, selected[entry.id], coverage, regions)

@@ -539,8 +539,9 @@ class Watcher:
                     if state[0] != entry.digest and entry.path:
                         self._say_once(
                             entry.path,
-                            f"{entry.path}: changed after it was sent in full; "
-                            "not sent again (write a new entry for news)",
+                            f"{entry.path}: changed after it was sent in full; not sent "
+                            "again (write a new entry for news, or one with "
+                            f"'corrects: {entry.id}' to correct it)",
                         )
                     continue
                 if not entry.ready:

@@ -24,6 +24,7 @@ CODED = (
     "project/yamlfile",
     "project/fields",
     "content/dkim_signing",
+    "delivery/corrections",
 )
 CODE = re.compile(r"[a-z]+(-[a-z]+)*")
 

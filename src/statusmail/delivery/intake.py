@@ -28,6 +28,7 @@ import logging
 from collections.abc import Iterable, Iterator
 from typing import Protocol
 
+from statusmail.delivery import corrections
 from statusmail.domain import Entry
 from statusmail.errors import InputError, Problem
 from statusmail.ledger import Ledger, StagedRow
@@ -68,9 +69,9 @@ class Run(Protocol):
 def listed(
     ledger: Ledger, imported: Imported, entry: Entry | None = None, *, resuming: bool = False
 ) -> Iterator[Subscriber | RowProblem]:
-    """The import's row problems, then its subscribers, in list order; ``resuming`` an
-    entry with recipients pending, those first, so that delivery takes them at once
-    wherever they are."""
+    """The import's row problems, then its subscribers, in list order (for a correction,
+    only those what it corrects went out to); ``resuming`` an entry with recipients
+    pending, those first, so that delivery takes them at once wherever they are."""
     yield from read_problems(ledger, imported.id)
     subscribers: Iterable[Subscriber] = read_subscribers(ledger, imported.id)
     if resuming and entry is not None:
@@ -78,7 +79,7 @@ def listed(
             read_subscribers(ledger, imported.id, pending=entry.id, first=True),
             read_subscribers(ledger, imported.id, pending=entry.id),
         )
-    yield from subscribers
+    yield from corrections.narrowed(ledger, entry, subscribers) if entry else subscribers
 
 
 def staged_rows(
@@ -144,12 +145,16 @@ def decide(run: Run, ledger: Ledger, imported: Imported, *, accept_removals: boo
     returns how many recipients are pending."""
     config, entry = run.config, run.entry
     by_region, declared = config.default_locale_by_region, config.topics
-    audience = count_audience(
-        entry,
-        read_groups(ledger, imported.id),
-        special_groups(ledger, imported.id),
-        by_region,
-        declared,
+    audience = (
+        corrections.audience(config, entry, ledger, imported)
+        if entry.corrects
+        else count_audience(
+            entry,
+            read_groups(ledger, imported.id),
+            special_groups(ledger, imported.id),
+            by_region,
+            declared,
+        )
     )
     missing = entries.missing_language_problems(entry, audience.locales())
     if missing:

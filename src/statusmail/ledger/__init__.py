@@ -4,8 +4,8 @@ It lives in an embedded SQLite file (the default) or in PostgreSQL (``paths.ledg
 ``$STATUSMAIL_LEDGER`` a ``postgresql://`` URL). All of statusmail's SQL is in this
 package: ``schema`` (numbered migrations), ``database`` (the two engines), ``store``
 (the ledger), ``queries`` and ``queue`` (the delivery side), ``subscribers`` and
-``importing`` (the lists held in it), ``locks``, ``pool`` (the connections ``serve``
-keeps).
+``importing`` (the lists held in it), ``corrections`` (what went out, to whom),
+``locks``, ``pool`` (the connections ``serve`` keeps).
 
 May import: ``project`` (the config), ``domain``, ``errors``; never content, delivery,
 feedback, web or the commands. Invariants: every outcome is recorded before the next

@@ -1,0 +1,250 @@
+"""Entries already sent, and corrections of them.
+
+``send`` of an entry the ledger shows sent in full says so (how many, when) and sends
+nothing; if the entry's file changed since, it says the change reached nobody and how
+to send a correction. A correction is an entry with ``corrects: ID``: its audience is
+exactly the people ID went out to, as the ledger recorded them, less those the lists
+or the suppressions now keep from any entry (unsubscribed, bounced, complained); it is
+threaded under ID (``project.entries`` makes ``corrects`` its ``thread``) and its
+subject starts with the language's "Correction: " (``templates/subject.txt.j2``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+from rich.console import Console
+
+from statusmail.delivery.report import breakdown_rows, print_json
+from statusmail.domain import Entry, ExitCode
+from statusmail.errors import LedgerError, Problem
+from statusmail.ledger import Ledger
+from statusmail.ledger import exists as ledger_exists
+from statusmail.ledger.corrections import Sent, reachable_by_locale, received, sent_record
+from statusmail.ledger.subscribers import Imported, read_subscribers
+from statusmail.project.config import Config
+from statusmail.project.entries import missing_language_problems
+from statusmail.project.selection import AudienceCount, SelectionStats, select
+from statusmail.project.subscribers import RowProblem, Subscriber, iter_subscribers
+
+# -- an entry already sent ------------------------------------------------------------
+
+
+@dataclass
+class AlreadySent:
+    record: Sent
+    changed: bool  # the entry's file is not what was first selected and sent
+    counts: dict[str, int]
+    breakdown: list[tuple[str, str | None, str, int]]
+
+    def lines(self) -> list[str]:
+        record, entry_id = self.record, self.record.entry_id
+        n = record.sent
+        said = [
+            f"{entry_id} was already sent: {n} message{'s' if n != 1 else ''}, the last "
+            f"{when(record.last_sent_at or record.completed_at)}; nothing more to send."
+        ]
+        if self.changed:
+            said.append(
+                f"{entry_id} changed since it was sent: the change reached nobody. To tell "
+                f"its recipients, write a new entry with 'corrects: {entry_id}' (it goes to "
+                "exactly them, threaded under this one, its subject starting "
+                '"Correction: ") and send that.'
+            )
+        return said
+
+
+def print_already_sent(done: AlreadySent, as_json: bool, console: Console) -> ExitCode:
+    """Say it (the run's JSON when asked, with ``already_sent``); exit 3 if some of it
+    failed for good, else 0."""
+    counts = done.counts
+    if as_json:
+        print_json(
+            {
+                "entry": done.record.entry_id,
+                "counts": counts,
+                "breakdown": breakdown_rows(done.breakdown),
+                "stopped": None,
+                "this_run": {"sent": 0, "failed": 0},
+                "already_sent": {
+                    "sent": done.record.sent,
+                    "last_sent_at": done.record.last_sent_at,
+                    "completed_at": done.record.completed_at,
+                    "changed": done.changed,
+                },
+            }
+        )
+    else:
+        for line in done.lines():
+            console.print(line, markup=False, highlight=False)
+    return ExitCode.FAILED if counts.get("failed") else ExitCode.OK
+
+
+def when(stamp: str | None) -> str:
+    """A ledger time as a person reads it: ``on 2026-12-06 at 08:01 UTC``."""
+    if not stamp:
+        return "at a time the ledger does not know"
+    try:
+        moment = dt.datetime.fromisoformat(stamp)
+    except ValueError:
+        return f"at {stamp}"
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(dt.UTC)
+    return f"on {moment:%Y-%m-%d} at {moment:%H:%M} UTC"
+
+
+def already_sent(config: Config, entry: Entry) -> AlreadySent | None:
+    """The entry as the ledger shows it when it was sent in full, else None (a first
+    run, a run to continue, or a ledger to migrate first: the run itself says)."""
+    target = config.paths.ledger
+    if not ledger_exists(target):
+        return None
+    try:
+        with Ledger(target, readonly=True) as ledger:
+            record = sent_record(ledger, entry.id)
+            if not record.complete or not record.sent:
+                return None
+            counts, breakdown = ledger.counts(entry.id), ledger.breakdown(entry.id)
+    except LedgerError:
+        return None
+    changed = bool(record.digest and entry.digest and record.digest != entry.digest)
+    return AlreadySent(record, changed, counts, breakdown)
+
+
+# -- a correction's audience -------------------------------------------------------------
+
+
+def only(
+    addresses: Collection[str], items: Iterable[Subscriber | RowProblem]
+) -> Iterator[Subscriber | RowProblem]:
+    """The rows of ``items`` whose address is one of ``addresses`` (and every problem)."""
+    for item in items:
+        if isinstance(item, RowProblem) or item.key in addresses:
+            yield item
+
+
+def narrowed(
+    ledger: Ledger, entry: Entry, items: Iterable[Subscriber | RowProblem]
+) -> Iterable[Subscriber | RowProblem]:
+    """``items``, or for a correction only those the entry it corrects went out to."""
+    if not entry.corrects:
+        return items
+    return only(received(ledger, entry.corrects), items)
+
+
+def audience(config: Config, entry: Entry, ledger: Ledger, imported: Imported) -> AudienceCount:
+    """Whom a correction reaches, counted as its selection will choose them (it is no
+    bigger than what it corrects reached, so it is read, not counted from groups)."""
+    stats = SelectionStats()
+    with ledger.preference_lookup() as preferences:
+        for _ in select(
+            entry,
+            narrowed(ledger, entry, read_subscribers(ledger, imported.id)),
+            config.default_locale_by_region,
+            ledger.suppressed(),
+            stats,
+            preferences=preferences,
+            declared_topics=config.topics,
+        ):
+            pass
+    return AudienceCount(stats.selected, stats.fallbacks)
+
+
+def files_narrowed(
+    config: Config, entry: Entry, stats: SelectionStats
+) -> Iterable[Subscriber | RowProblem]:
+    """The list files as a dry run reads them; for a correction only those the entry
+    it corrects went out to (nobody without a ledger: the dry run says why)."""
+    rows = iter_subscribers(config.paths.subscribers, stats.read)
+    if not entry.corrects:
+        return rows
+    return only(_received(config, entry.corrects) or set(), rows)
+
+
+def _received(config: Config, entry_id: str) -> set[str] | None:
+    target = config.paths.ledger
+    if not ledger_exists(target):
+        return None
+    try:
+        with Ledger(target, readonly=True) as ledger:
+            return received(ledger, entry_id)
+    except LedgerError:
+        return None
+
+
+def dry_run_lines(config: Config, entry: Entry, selected: int) -> list[str]:
+    """What a dry run of a correction says about its audience."""
+    if not entry.corrects:
+        return []
+    went = _received(config, entry.corrects)
+    if went is None:
+        return [
+            f"correction of {entry.corrects}: no ledger at {config.paths.ledger} to tell "
+            "whom it went out to, so nobody is selected"
+        ]
+    return [
+        f"correction of {entry.corrects}: to {selected} of the {len(went)} it went out to "
+        f"({len(went) - selected} unsubscribed, suppressed or no longer in the lists since)"
+    ]
+
+
+# -- check ---------------------------------------------------------------------------
+
+
+def check(config: Config, entries: Mapping[str, Entry]) -> tuple[list[Problem], list[str]]:
+    """Each correction's problems and a note of whom it goes to: it corrects an entry
+    that went out to someone (one that exists: ``thread``'s check), names no audience, and has
+    content in every language its recipients got the original in."""
+    problems: list[Problem] = []
+    notes: list[str] = []
+    corrections = [entry for entry in entries.values() if entry.corrects]
+    for entry in corrections:
+        if entry.line("audience") is not None:
+            problems.append(
+                Problem(
+                    entry.where,
+                    entry.line("audience"),
+                    f"a correction goes to exactly those {entry.corrects} went out to: "
+                    "remove its audience",
+                    code="correction-audience",
+                )
+            )
+    if not corrections or not ledger_exists(config.paths.ledger):
+        notes += [
+            f"{e.id}: a correction of {e.corrects}; no ledger at {config.paths.ledger} "
+            "to tell whom it goes to"
+            for e in corrections
+        ]
+        return problems, notes
+    try:
+        with Ledger(config.paths.ledger, readonly=True) as ledger:
+            reach = {e.id: reachable_by_locale(ledger, e.corrects or "") for e in corrections}
+    except LedgerError as exc:
+        return problems, [*notes, f"corrections: cannot read the ledger: {exc}"]
+    for entry in corrections:
+        reachable, lost = reach[entry.id]
+        if not reachable and not lost:
+            if entry.corrects in entries:
+                problems.append(
+                    Problem(
+                        entry.where,
+                        entry.line("corrects"),
+                        f"corrects {entry.corrects!r}, which the ledger shows sent to "
+                        "nobody: there is nothing to correct (send it, or edit it instead)",
+                        code="correction-unsent",
+                    )
+                )
+            continue
+        problems += missing_language_problems(entry, reachable)
+        notes.append(f"{entry.id}: a correction of {entry.corrects}, " + _reach(reachable, lost))
+    return problems, notes
+
+
+def _reach(reachable: Counter[str], lost: int) -> str:
+    total = sum(reachable.values())
+    by_locale = ", ".join(f"{n} {locale}" for locale, n in sorted(reachable.items()))
+    said = f"to {total} of its recipients ({by_locale or 'none'})"
+    return said + (f"; {lost} suppressed since" if lost else "")

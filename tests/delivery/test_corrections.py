@@ -1,0 +1,135 @@
+"""Corrections (issue 24): an entry with ``corrects: ID`` goes to exactly those ID went
+out to, as the ledger recorded them, less later unsubscribes and suppressions; it is
+threaded under ID and its subject starts with the language's "Correction: ". ``send``
+of an entry already sent in full says so, and after an edit that the edit reached
+nobody."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from conftest import UPDATE, copy_sample, invoke, outbox_messages, recipient
+from statusmail import pipeline
+from statusmail.delivery import corrections
+from statusmail.errors import Problem
+from statusmail.project.config import load_config
+from statusmail.project.entries import find_entry, load_entries
+
+CORRECTION = "fix-2020-04-22"
+SUPPRESSED = "anna.petrova@example.org"  # unsubscribed by the one-click link, say
+UNSUBSCRIBED = "ivan.smirnov@example.com"  # marked unsubscribed in the list since
+NEWCOMER = "new.reader@example.org"  # joined after UPDATE went out: never got it
+
+ENTRY = f"""\
+id: {CORRECTION}
+date: 2020-04-22
+status: ready
+corrects: {UPDATE}
+content:
+  en:
+    subject: "The hearing is on June 4"
+    summary: "We gave the wrong date yesterday: the hearing is on June 4, 2020."
+    body: "The preliminary hearing is on **June 4, 2020**, not June 3."
+  ru:
+    subject: "Заседание 4 июня"
+    summary: "Вчера мы ошиблись датой: заседание 4 июня 2020 г."
+    body: "Предварительное заседание состоится **4 июня 2020 г.**, а не 3 июня."
+"""
+
+
+def check_corrections(config: Path) -> tuple[list[Problem], list[str]]:
+    """What ``check`` says of the project's corrections (the rest of check is not run)."""
+    return corrections.check(load_config(config), load_entries(config.parent / "updates")[0])
+
+
+def send(config: Path, entry_id: str) -> list[EmailMessage]:
+    """Send ``entry_id``; the messages this run added to the outbox."""
+    before = {str(m["Message-ID"]) for m in outbox_messages(config)}
+    result = invoke(config, "send", entry_id, "--yes", "--rate", "0")
+    assert result.exit_code == 0, result.output
+    return [m for m in outbox_messages(config) if str(m["Message-ID"]) not in before]
+
+
+@pytest.fixture(scope="module")
+def sent_once(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample project after ``send UPDATE``: copied by each test (``sent``)."""
+    config = copy_sample(tmp_path_factory.mktemp("sent") / "project")
+    send(config, UPDATE)
+    return config
+
+
+@pytest.fixture
+def sent(sent_once: Path, tmp_path: Path) -> Path:
+    shutil.copytree(sent_once.parent, tmp_path / "project")
+    return tmp_path / "project" / sent_once.name
+
+
+def test_a_correction_goes_to_the_recorded_recipients_threaded_and_prefixed(
+    sent: Path,
+) -> None:
+    project = sent
+    originals = {recipient(m): m for m in outbox_messages(project)}
+    lists = project.parent / "subscribers" / "main.csv"
+    text = lists.read_text(encoding="utf-8")
+    text = text.replace(f"{UNSUBSCRIBED},Иван Смирнов,ru-RU,RU,service-status,active", "")
+    text += f"{UNSUBSCRIBED},Иван Смирнов,ru-RU,RU,service-status,unsubscribed\n"
+    text += f"{NEWCOMER},New Reader,en,RU,service-status,active\n"
+    lists.write_text(text, encoding="utf-8")
+    assert invoke(project, "suppress", "add", SUPPRESSED).exit_code == 0
+    (project.parent / "updates" / f"{CORRECTION}.yaml").write_text(ENTRY, encoding="utf-8")
+
+    problems, notes = check_corrections(project)
+    assert problems == []
+    assert f"{CORRECTION}: a correction of {UPDATE}, to 13 of its recipients (3 en, 10 ru)" in (
+        " ".join(notes)
+    )
+    config = load_config(project)
+    prepared = pipeline.prepare(config, find_entry(config.paths.updates, CORRECTION))
+    assert pipeline.dry_run(prepared).stats.total == 12
+    assert corrections.dry_run_lines(config, prepared.entry, 12) == [
+        f"correction of {UPDATE}: to 12 of the 14 it went out to (2 unsubscribed, "
+        "suppressed or no longer in the lists since)"
+    ]
+
+    corrected = {recipient(m): m for m in send(project, CORRECTION)}
+    assert set(corrected) == set(originals) - {SUPPRESSED, UNSUBSCRIBED}
+    for address, message in corrected.items():
+        parent = str(originals[address]["Message-ID"])
+        assert str(message["In-Reply-To"]) == parent
+        assert str(message["References"]) == parent
+        prefix = "Исправление: " if message["Content-Language"] == "ru" else "Correction: "
+        assert str(message["Subject"]).startswith(prefix), message["Subject"]
+
+
+def test_a_resend_of_a_changed_sent_entry_says_the_change_reached_nobody(sent: Path) -> None:
+    project, before = sent, outbox_messages(sent)
+    again = invoke(project, "send", UPDATE, "--yes")
+    assert again.exit_code == 0, again.output
+    assert f"{UPDATE} was already sent: {len(before)} messages, the last on " in again.output
+    assert "changed" not in again.output
+    path = project.parent / "updates" / f"{UPDATE}.yaml"
+    path.write_text(path.read_text(encoding="utf-8").replace("June 3", "June 4"), "utf-8")
+    edited = invoke(project, "send", UPDATE, "--yes", "--json")
+    assert edited.exit_code == 0, edited.output
+    assert json.loads(edited.stdout)["already_sent"] == {
+        "sent": len(before),
+        "last_sent_at": json.loads(edited.stdout)["already_sent"]["last_sent_at"],
+        "completed_at": json.loads(edited.stdout)["already_sent"]["completed_at"],
+        "changed": True,
+    }
+    said = invoke(project, "send", UPDATE, "--yes").output
+    assert f"{UPDATE} changed since it was sent: the change reached nobody." in said
+    assert f"'corrects: {UPDATE}'" in said
+    assert len(outbox_messages(project)) == len(before)
+
+    # A correction of an entry nobody received is an error in check.
+    wrong = ENTRY.replace(f"corrects: {UPDATE}", "corrects: block-2020-01-23")
+    (project.parent / "updates" / f"{CORRECTION}.yaml").write_text(wrong, encoding="utf-8")
+    [problem], _ = check_corrections(project)
+    assert (problem.line, problem.code) == (4, "correction-unsent")
+    assert "corrects 'block-2020-01-23', which the ledger shows sent to nobody" in str(problem)
