@@ -20,10 +20,11 @@ from rich.console import Console
 
 from statusmail.delivery.report import breakdown_rows, print_json
 from statusmail.domain import Entry, ExitCode
-from statusmail.errors import LedgerError, Problem
+from statusmail.errors import InputError, LedgerError, Problem
 from statusmail.ledger import Ledger
 from statusmail.ledger import exists as ledger_exists
-from statusmail.ledger.corrections import Sent, reachable_by_locale, received, sent_record
+from statusmail.ledger.corrections import Sent, received, sent_record
+from statusmail.ledger.importing import import_lists
 from statusmail.ledger.subscribers import Imported, read_subscribers
 from statusmail.project.config import Config
 from statusmail.project.entries import missing_language_problems
@@ -195,9 +196,9 @@ def dry_run_lines(config: Config, entry: Entry, selected: int) -> list[str]:
 
 
 def check(config: Config, entries: Mapping[str, Entry]) -> tuple[list[Problem], list[str]]:
-    """Each correction's problems and a note of whom it goes to: it corrects an entry
-    that went out to someone (one that exists: ``thread``'s check), names no audience, and has
-    content in every language its recipients got the original in."""
+    """Each correction's problems and a note of whom it goes to (counted as its selection
+    will choose them): it corrects an entry that went out to someone (one that exists:
+    ``thread``'s check), names no audience, and has content in each language they read."""
     problems: list[Problem] = []
     notes: list[str] = []
     corrections = [entry for entry in entries.values() if entry.corrects]
@@ -213,20 +214,22 @@ def check(config: Config, entries: Mapping[str, Entry]) -> tuple[list[Problem], 
                 )
             )
     if not corrections or not ledger_exists(config.paths.ledger):
-        notes += [
-            f"{e.id}: a correction of {e.corrects}; no ledger at {config.paths.ledger} "
-            "to tell whom it goes to"
-            for e in corrections
-        ]
-        return problems, notes
+        return problems, [f"{e.id}: {_unknown(config, e)}" for e in corrections]
     try:
-        with Ledger(config.paths.ledger, readonly=True) as ledger:
-            reach = {e.id: reachable_by_locale(ledger, e.corrects or "") for e in corrections}
-    except LedgerError as exc:
-        return problems, [*notes, f"corrections: cannot read the ledger: {exc}"]
-    for entry in corrections:
-        reachable, lost = reach[entry.id]
-        if not reachable and not lost:
+        with Ledger(config.paths.ledger) as ledger:
+            imported = import_lists(ledger, config.paths.subscribers)
+            found = [
+                (
+                    e,
+                    sent_record(ledger, e.corrects or "").sent,
+                    audience(config, e, ledger, imported),
+                )
+                for e in corrections
+            ]
+    except (InputError, LedgerError):  # a broken list or ledger: said by the rest of check
+        return problems, [*notes, *(f"{e.id}: {_unknown(config, e)}" for e in corrections)]
+    for entry, went, count in found:
+        if not went:
             if entry.corrects in entries:
                 problems.append(
                     Problem(
@@ -238,13 +241,20 @@ def check(config: Config, entries: Mapping[str, Entry]) -> tuple[list[Problem], 
                     )
                 )
             continue
-        problems += missing_language_problems(entry, reachable)
-        notes.append(f"{entry.id}: a correction of {entry.corrects}, " + _reach(reachable, lost))
+        problems += missing_language_problems(entry, count.locales())
+        by_locale: Counter[str] = Counter()
+        for (locale, _region), n in count.selected.items():
+            by_locale[locale] += n
+        said = ", ".join(f"{n} {locale}" for locale, n in sorted(by_locale.items()))
+        notes.append(
+            f"{entry.id}: a correction of {entry.corrects}, to {count.total} of the {went} "
+            f"it went out to ({said or 'nobody'})"
+        )
     return problems, notes
 
 
-def _reach(reachable: Counter[str], lost: int) -> str:
-    total = sum(reachable.values())
-    by_locale = ", ".join(f"{n} {locale}" for locale, n in sorted(reachable.items()))
-    said = f"to {total} of its recipients ({by_locale or 'none'})"
-    return said + (f"; {lost} suppressed since" if lost else "")
+def _unknown(config: Config, entry: Entry) -> str:
+    return (
+        f"a correction of {entry.corrects}; whom it goes to is known once the ledger "
+        f"({config.paths.ledger}) and the lists can be read"
+    )

@@ -3,7 +3,6 @@ and who, for a correction (``corrects: ID``), which goes to exactly those people
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,25 +66,3 @@ def received(ledger: Ledger, entry_id: str) -> set[str]:
         e=entry_id,
     )
     return {row[0] for row in rows}
-
-
-def reachable_by_locale(ledger: Ledger, entry_id: str) -> tuple[Counter[str], int]:
-    """Of those the entry went out to: how many a correction can still reach, by the
-    language they got it in, and how many it cannot (suppressed since: unsubscribed,
-    bounced, complained). Whether they are still in the lists is the selection's."""
-    rows = _q(
-        ledger,
-        "SELECT d.locale, x.address IS NOT NULL, COUNT(*) FROM deliveries d"
-        " LEFT JOIN suppressions x ON x.address = d.address"
-        f" WHERE d.entry_id = :e AND d.status IN {_WENT_OUT_SQL}"
-        " GROUP BY d.locale, x.address IS NOT NULL",
-        e=entry_id,
-    )
-    reachable: Counter[str] = Counter()
-    lost = 0
-    for locale, suppressed, count in rows:
-        if suppressed:
-            lost += int(count)
-        else:
-            reachable[str(locale)] += int(count)
-    return reachable, lost
