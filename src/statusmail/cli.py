@@ -6,6 +6,7 @@ runs, so ``--help``, ``--version`` and a usage error start at once.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import json
@@ -14,7 +15,7 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 import click
 from rich.console import Console
@@ -229,6 +230,20 @@ def common_options(func: F) -> F:
     )(func)
 
 
+class _Watched:
+    """Standard output that notes whether the command wrote to it."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream, self.written = stream, False
+
+    def write(self, text: str) -> int:
+        self.written = True
+        return self.stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
 def run(func: Callable[..., ExitCode], *, load: bool = True) -> Callable[..., None]:
     """Load the config (or, with ``load=False``, only find it: the command loads it),
     run the command, turn errors and signals into exit codes."""
@@ -237,25 +252,36 @@ def run(func: Callable[..., ExitCode], *, load: bool = True) -> Callable[..., No
     def wrapper(config_path: Path | None, **kwargs: Any) -> None:
         ctx = click.get_current_context()
         path = config_path or ctx.find_root().ensure_object(dict).get("config_path")
+        stdout = _Watched(sys.stdout) if kwargs.get("as_json") else None
+        said: list[str] = []
         try:
             from statusmail.project.config import find_config, load_config
 
             found = find_config(path)
-            code = func(load_config(found) if load else found, **kwargs)
+            with contextlib.redirect_stdout(stdout) if stdout else contextlib.nullcontext():
+                code = func(load_config(found) if load else found, **kwargs)
         except InputError as exc:
+            said += [str(problem) for problem in exc.problems]
             for problem in exc.problems:
                 console.print(str(problem), markup=False, highlight=False)
             code = ExitCode.NOT_STARTED
         except StoppedEarly as exc:
+            said.append(str(exc))
             console.print(f"error: {exc}", markup=False, highlight=False)
             console.print("Stopped early. Run again to continue.", markup=False)
             code = ExitCode.STOPPED
         except StatusmailError as exc:
+            said.append(str(exc))
             console.print(f"error: {exc}", markup=False, highlight=False)
             code = ExitCode.NOT_STARTED
         except Interrupted as exc:
-            console.print(f"interrupted by {signals.name(exc.signum)}", markup=False)
+            said.append(f"interrupted by {signals.name(exc.signum)}")
+            console.print(said[-1], markup=False)
             code = ExitCode.OK if ctx.info_name == "watch" else ExitCode.STOPPED
+        if stdout is not None and not stdout.written:  # --json prints JSON, whatever happens
+            from statusmail.delivery.report import print_json
+
+            print_json({"ok": code is ExitCode.OK, "exit_code": int(code), "errors": said})
         ctx.exit(int(code))
 
     return wrapper
@@ -342,6 +368,13 @@ def check(
     return ci.check(config_path, options, console)
 
 
+def _entry_id(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """An entry's file given for its ID (``updates/x.yaml``, as a shell completes it)."""
+    from statusmail.project.entries import entry_id_of
+
+    return None if value is None else entry_id_of(value)
+
+
 def _send_usage(func: Callable[..., None]) -> Callable[..., None]:
     """ID is required unless --dry-run previews what changed; said before anything loads."""
 
@@ -362,7 +395,7 @@ def _send_usage(func: Callable[..., None]) -> Callable[..., None]:
 
 @main.command()
 @common_options
-@click.argument("entry_id", metavar="[ID]", required=False)
+@click.argument("entry_id", metavar="[ID]", required=False, callback=_entry_id)
 @click.option(
     "--dry-run",
     is_flag=True,
@@ -493,7 +526,7 @@ def send(
 
 @main.command()
 @common_options
-@click.argument("entry_id", metavar="ID")
+@click.argument("entry_id", metavar="ID", callback=_entry_id)
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 @click.option("--failed", is_flag=True, help="List every failed recipient with its code and reply.")
 @click.option("--show-addresses", is_flag=True, help="Show whole addresses instead of masked.")

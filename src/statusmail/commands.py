@@ -19,7 +19,7 @@ from statusmail.delivery.report import (
     breakdown_table,
     print_json,
 )
-from statusmail.domain import ExitCode, Preference, mask_address, scrub
+from statusmail.domain import DeliveryStatus, ExitCode, Preference, mask_address, scrub
 from statusmail.errors import (
     ConnectError,
     InputError,
@@ -32,7 +32,13 @@ from statusmail.ledger import FEEDBACK_OUTCOMES, Ledger, copy_ledger
 from statusmail.ledger import describe as ledger_describe
 from statusmail.ledger import exists as ledger_exists
 from statusmail.project.config import Config, is_url
-from statusmail.project.entries import entry_paths, find_entry, load_entry, unknown_entry
+from statusmail.project.entries import (
+    entry_file,
+    entry_paths,
+    find_entry,
+    load_entry,
+    unknown_entry,
+)
 
 if TYPE_CHECKING:  # the pipeline is imported by the commands that send, when they run
     from statusmail import pipeline
@@ -212,6 +218,7 @@ def dry_run_json(
     return {
         "entry": prepared.entry.id,
         "status": prepared.entry.status.value,
+        "send_at": prepared.entry.send_at.isoformat() if prepared.entry.send_at else "",
         "selected": stats.total,
         "rendered": report.rendered,
         "by_locale": stats.by_locale(),
@@ -239,6 +246,8 @@ def print_dry_run(
     )
     for what, counts in (("locale", stats.by_locale()), ("region", stats.by_region())):
         console.print(f"  by {what}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if prepared.entry.send_at:
+        console.print(f"  send_at: {prepared.entry.send_at.isoformat()}", markup=False)
     for line in stats.fallback_lines():
         console.print(f"  language: {line}", markup=False)
     for line in corrections.dry_run_lines(prepared.config, prepared.entry, stats.total):
@@ -264,11 +273,16 @@ def status(
     show_addresses: bool,
     console: Console,
 ) -> ExitCode:
-    has_file = (config.paths.updates / f"{entry_id}.yaml").is_file()
+    has_file = entry_file(config.paths.updates, entry_id) is not None
     ledger_path = config.paths.ledger
     if not ledger_exists(ledger_path):
         if not has_file:
             raise unknown_entry(config.paths.updates, entry_id)
+        if as_json:  # the document a sent entry gets, with nothing in it
+            nothing = dict.fromkeys(DeliveryStatus, 0)
+            empty = {"complete": False, "breakdown": [], "failures": []}
+            print_json({"entry": entry_id, "known": False, **nothing, **empty})
+            return ExitCode.OK
         console.print(f"{entry_id}: not sent yet (no ledger at {ledger_path})", markup=False)
         return ExitCode.OK
     mask = (lambda a: a) if show_addresses else mask_address
@@ -327,8 +341,9 @@ def list_entries(config: Config, as_json: bool, console: Console) -> ExitCode:
             try:
                 entry = load_entry(path)
                 status, date = entry.status.value, entry.date.isoformat()
+                send_at = entry.send_at.isoformat() if entry.send_at else ""
             except StatusmailError:
-                status, date = "invalid", ""
+                status, date, send_at = "invalid", "", ""
             counts = ledger.counts(path.stem) if ledger else {}
             total = sum(counts.values())
             done = total - counts.get("pending", 0)
@@ -337,6 +352,7 @@ def list_entries(config: Config, as_json: bool, console: Console) -> ExitCode:
                     "id": path.stem,
                     "date": date,
                     "status": status,
+                    "send_at": send_at,
                     "selected": total,
                     **{k: counts.get(k, 0) for k in ("sent", "failed", "pending", "skipped")},
                     "progress": f"{done}/{total}" if total else "not sent",
@@ -348,7 +364,7 @@ def list_entries(config: Config, as_json: bool, console: Console) -> ExitCode:
     if as_json:
         print_json(rows)
         return ExitCode.OK
-    columns = ("id", "date", "status", "progress", "sent", "failed", "pending")
+    columns = ("id", "date", "status", "send_at", "progress", "sent", "failed", "pending")
     if not console.is_terminal:  # piped: whole values, tab-separated, never truncated
         sys.stdout.write("\t".join(columns) + "\n")
         for row in rows:

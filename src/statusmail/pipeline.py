@@ -123,7 +123,13 @@ def prepare(
             raise
         keys = Keyring(b"preview")
     news = news_urls(load_editions(config.paths.regions, regions))
-    renderer = Renderer(config.paths.templates, regions, config.sender.name, news=news)
+    renderer = Renderer(
+        config.paths.templates,
+        regions,
+        config.sender.name,
+        news=news,
+        topic_names=config.topic_names,
+    )
     factory = MessageFactory(config, entry, renderer, keys)
     errors = validation.render_problems(factory, renderer.variant_keys(entry))
     if errors:

@@ -45,7 +45,12 @@ from statusmail.project.editions import (
     publish_problems,
     read_editions,
 )
-from statusmail.project.entries import load_entries, missing_language_problems, source_hash
+from statusmail.project.entries import (
+    load_entries,
+    missing_language_problems,
+    source_hash,
+    topics_problems,
+)
 from statusmail.project.language import dates, language_problem, spell_date
 from statusmail.project.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES, resolve_locale
 from statusmail.project.regions import Region, read_regions, registrable_domain
@@ -251,16 +256,24 @@ def entry_problems(
             )
         )
     problems += missing_language_problems(entry, audience.locales or set())
+    problems += topics_problems(entry)
     for locale, content in entry.content.items():
+        body_line = entry.line(f"content.{locale}.body") or entry.line(f"content.{locale}")
         for target in markdown.refused_links(content.body):
             problems.append(
                 Problem(
                     path,
-                    entry.line(f"content.{locale}.body") or entry.line(f"content.{locale}"),
+                    body_line,
                     f"link {target!r} in the {locale} body is not allowed",
                     code="unsafe-link",
                 )
             )
+        for written, meant in markdown.unrendered_links(content.body):
+            start = max(content.body.find(written.split("\n")[0]), 0)
+            line = _line_in(path, body_line, content.body, content.body[:start].count("\n"))
+            message = f"'{' '.join(written.split())}' in the {locale} body shows as brackets"
+            message += f", not a link: write {' '.join(meant.split())}"
+            problems.append(Problem(path, line, message, code="unrendered-link"))
     problems += translation_problems(entry)
     return problems
 
@@ -340,6 +353,8 @@ def translation_problems(entry: Entry) -> list[Problem]:
                     f"the English changed since this {locale} translation was made "
                     f"(source: {content.source}, English now {current}); update the "
                     f"translation, then set source: {current}",
+                    # A draft is work in progress: said, but it still previews and checks.
+                    warning=not entry.ready,
                     code="stale-translation",
                 )
             )
@@ -588,7 +603,11 @@ def check_project(config: Config) -> CheckReport:
         except ConfigError:  # reported above; the messages can still be checked
             keys = Keyring(b"check")
         renderer = Renderer(
-            config.paths.templates, regions, config.sender.name, news=news_urls(editions)
+            config.paths.templates,
+            regions,
+            config.sender.name,
+            news=news_urls(editions),
+            topic_names=config.topic_names,
         )
         for entry in entries.values():
             try:

@@ -15,7 +15,7 @@ from pathlib import Path
 from statusmail.content.catalog import catalog_path
 from statusmail.errors import StatusmailError
 from statusmail.project.config import Config
-from statusmail.project.entries import entry_paths
+from statusmail.project.entries import SUFFIXES, entry_paths
 from statusmail.project.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES
 from statusmail.project.subscribers import subscriber_files
 
@@ -57,7 +57,7 @@ def kind_of(config: Config, path: Path) -> str | None:
         return "config"
     if path == paths.regions.resolve():
         return "regions"
-    if path.parent == paths.updates.resolve() and path.suffix == ".yaml":
+    if path.parent == paths.updates.resolve() and path.suffix in SUFFIXES:
         return "entries"
     if path.is_relative_to(paths.templates.resolve()):
         return "catalogs" if path.suffix in CATALOG_SUFFIXES else "templates"

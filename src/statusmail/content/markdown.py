@@ -63,6 +63,38 @@ def refused_links(source: str) -> list[str]:
     return refused
 
 
+_ADDRESS = r"(?:[a-z][a-z0-9+.-]*:|www\.)"
+# What markdown-it leaves as text although it was meant as a link: a space between the
+# label and the address, or an address holding a space.
+_SPACED = re.compile(rf"\[[^\[\]\x00]+\][ \t\n]+\({_ADDRESS}[^()\s\x00]*\)", re.IGNORECASE)
+_ADDRESS_SPACE = re.compile(
+    rf"\[[^\[\]\x00]+\]\({_ADDRESS}[^()\s\x00]*[ \t\n][^()\x00]*\)", re.IGNORECASE
+)
+
+
+_WHITESPACE = re.compile(r"\s+")
+
+
+def unrendered_links(source: str) -> list[tuple[str, str]]:
+    """Link syntax in ``source`` that shows as brackets, not a link: (as written, the
+    link as it should be written)."""
+    found = []
+    for token in _walk(parse(source)):
+        if token.type != "inline":
+            continue
+        # Text as written, softbreaks as newlines; anything else (code, a real link) cuts.
+        text = "".join(
+            {"text": child.content, "softbreak": "\n"}.get(child.type, "\x00")
+            for child in token.children or []
+        )
+        for match in _SPACED.finditer(text):
+            found.append((match[0], re.sub(r"\]\s+\(", "](", match[0])))
+        for match in _ADDRESS_SPACE.finditer(text):
+            label, _, address = match[0].partition("](")
+            found.append((match[0], f"{label}]({_WHITESPACE.sub('%20', address.strip())}"))
+    return found
+
+
 def _walk(tokens: Sequence[Token]) -> list[Token]:
     flat: list[Token] = []
     for token in tokens:

@@ -154,10 +154,13 @@ class Renderer:
         regions: Mapping[str, Region],
         sender_name: str,
         news: Mapping[str | None, str] | None = None,
+        topic_names: Mapping[str, Mapping[str, str]] | None = None,
     ):
         self.templates_dir = templates_dir
         self.regions = regions
         self.sender_name = sender_name
+        # Topic -> locale -> what the topic is called there (the config's topic_names).
+        self.topic_names = topic_names or {}
         # Region (None: any other) -> the status site edition its readers follow the news on.
         self.news = news or {}
         self._envs: dict[tuple[str, bool], jinja2.Environment] = {}
@@ -282,6 +285,7 @@ class Renderer:
             "name": name,
             "unsubscribe_url": url,
             "preferences_url": preferences_url,
+            "topics": self.topics(entry, key.locale),
             "news_url": self.news_url(key),
         }
 
@@ -295,6 +299,17 @@ class Renderer:
         """Where the variant's readers follow the news: their edition's language index."""
         base = self.news.get(key.region) or self.news.get(None)
         return f"{base}{key.locale}/" if base else ""
+
+    def topics(self, entry: Entry, locale: str) -> list[str]:
+        """The entry's topics as ``locale`` calls them, for the footer's "because you
+        subscribed to"; none for an entry to every subscriber (``topics: all``)."""
+        names = [
+            self.topic_names.get(topic, {}).get(locale)
+            or self.topic_names.get(topic, {}).get(FALLBACK_LOCALE)
+            or topic
+            for topic in sorted(entry.audience.topics or ())
+        ]
+        return [typeset(name, locale) for name in names]
 
     def _render(
         self, entry: Entry, key: VariantKey, name: str, url: str, preferences_url: str

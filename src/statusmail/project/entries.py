@@ -15,6 +15,16 @@ from statusmail.project.yamlfile import parse_yaml, read_text
 
 STATUSES = tuple(status.value for status in EntryStatus)
 SOURCE_HASH_CHARS = 12
+# An entry file is read whichever of YAML's two usual endings it has.
+SUFFIXES = (".yaml", ".yml")
+ALL_TOPICS = "all"  # topics: all, an entry for every subscriber whatever their topics
+
+
+def entry_id_of(given: str) -> str:
+    """The entry ID a command was given: ``updates/x.yaml`` (a path, as a shell completes
+    it) is taken as ``x``."""
+    path = Path(given)
+    return path.stem if path.suffix in SUFFIXES or len(path.parts) > 1 else given
 
 
 def source_hash(content: Content) -> str:
@@ -66,7 +76,10 @@ def load_entry(path: Path) -> Entry:
             )
         else:
             normalized_locales.append(locale)
-    topics = audience_f.text_list("topics")
+    everyone = audience_f.data.get("topics") == ALL_TOPICS
+    topics = None if everyone else audience_f.text_list("topics")
+    if topics == []:
+        audience_f.problem(audience_f.line_of("topics"), _NO_TOPICS, code="missing-topics")
     audience = Audience(
         regions=frozenset(regions) if regions is not None else None,
         topics=frozenset(topics) if topics is not None else None,
@@ -115,6 +128,8 @@ def load_entry(path: Path) -> Entry:
         raise InputError(problems)
     assert date is not None
     lines.update({key: f.line_of(key) for key in f.data})
+    if "topics" in audience_f.data:  # named, or all: see topics_problems
+        lines["audience.topics"] = audience_f.line_of("topics")
     for locale in content:
         lines[f"content.{locale}"] = content_f.line_of(locale)
     return Entry(
@@ -133,8 +148,46 @@ def load_entry(path: Path) -> Entry:
     )
 
 
+_NO_TOPICS = (
+    "the audience names no topics: say which, as topics: [service-status], or send it "
+    "to every subscriber with topics: all"
+)
+
+
+def topics_problems(entry: Entry) -> list[Problem]:
+    """An entry says whom it is for: the topics its readers chose, or all of them."""
+    # Named, or all; a correction goes to whom what it corrects reached; an entry made in
+    # code, not read from a file (no line for its id), has nothing to point into.
+    named = entry.audience.topics is not None or entry.line("audience.topics")
+    if named or entry.corrects or "id" not in entry.lines:
+        return []
+    line = entry.line("audience") or entry.line("status") or entry.line("id")
+    return [Problem(entry.where, line, _NO_TOPICS, code="missing-topics")]
+
+
 def entry_paths(updates_dir: Path) -> list[Path]:
-    return sorted(p for p in updates_dir.glob("*.yaml") if p.is_file())
+    return (
+        sorted(p for p in updates_dir.iterdir() if p.suffix in SUFFIXES and p.is_file())
+        if updates_dir.is_dir()
+        else []
+    )
+
+
+def _twins(paths: list[Path]) -> list[Problem]:
+    """``x.yaml`` and ``x.yml`` both: neither is taken, since either may be the one meant."""
+    stems: dict[str, list[Path]] = {}
+    for path in paths:
+        stems.setdefault(path.stem, []).append(path)
+    return [
+        Problem(
+            twins[-1],
+            None,
+            f"{twins[0].name} and {twins[-1].name} are both entry {stem!r}: keep one",
+            code="duplicate-entry",
+        )
+        for stem, twins in stems.items()
+        if len(twins) > 1
+    ]
 
 
 def load_entries(updates_dir: Path) -> tuple[dict[str, Entry], list[Problem]]:
@@ -145,7 +198,12 @@ def load_entries(updates_dir: Path) -> tuple[dict[str, Entry], list[Problem]]:
         return entries, [
             Problem(updates_dir, None, "updates folder not found", code="missing-file")
         ]
-    for path in entry_paths(updates_dir):
+    paths = entry_paths(updates_dir)
+    problems += _twins(paths)
+    twice = {Path(problem.path).stem for problem in problems}
+    for path in paths:
+        if path.stem in twice:
+            continue
         try:
             entries[path.stem] = load_entry(path)
         except InputError as exc:
@@ -154,16 +212,25 @@ def load_entries(updates_dir: Path) -> tuple[dict[str, Entry], list[Problem]]:
 
 
 def unknown_entry(updates_dir: Path, entry_id: str) -> InputError:
-    known = ", ".join(p.stem for p in entry_paths(updates_dir)) or "none"
+    known = ", ".join(sorted({p.stem for p in entry_paths(updates_dir)})) or "none"
     path = updates_dir / f"{entry_id}.yaml"
     return InputError(
         [Problem(path, None, f"no entry {entry_id!r} (entries: {known})", code="unknown-entry")]
     )
 
 
+def entry_file(updates_dir: Path, entry_id: str) -> Path | None:
+    """The file of entry ``entry_id`` (``.yaml`` or ``.yml``), None when it has none;
+    refused when it has both."""
+    found = [p for p in (updates_dir / f"{entry_id}{s}" for s in SUFFIXES) if p.is_file()]
+    if len(found) > 1:
+        raise InputError(_twins(found))
+    return found[0] if found else None
+
+
 def find_entry(updates_dir: Path, entry_id: str) -> Entry:
-    path = updates_dir / f"{entry_id}.yaml"
-    if not path.is_file():
+    path = entry_file(updates_dir, entry_id)
+    if path is None:
         raise unknown_entry(updates_dir, entry_id)
     return load_entry(path)
 
