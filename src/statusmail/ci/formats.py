@@ -70,8 +70,41 @@ def escape_property(text: str) -> str:
     return escape_data(text).replace(":", "%3A").replace(",", "%2C")
 
 
+# GitHub shows at most ten annotations of each kind per step; the rest of a step's
+# workflow commands show nowhere, not even in its log.
+GITHUB_LIMIT = 10
+_SEVERITIES = ("error", "warning", "notice")
+# Within a kind: what stops every message first; one subscriber's row, and the files a
+# change touched, last.
+_LATER = {"subscriber-file": 1, "subscriber-row": 2, CHANGED_CODE: 3}
+
+
+def github_order(found: Iterable[Item]) -> list[Item]:
+    """Errors, then warnings, then notices, the most important of each first."""
+    return sorted(found, key=lambda one: (_SEVERITIES.index(one.severity), _LATER.get(one.code, 0)))
+
+
 def github(found: Iterable[Item]) -> str:
-    """One ``::error``/``::warning``/``::notice`` line per item."""
+    """One ``::error``/``::warning``/``::notice`` line per item, the most important first.
+    Past GitHub's ten of a kind, the tenth says how many more there are, and they follow
+    as plain lines of the step's log."""
+    lines, rest = [], []
+    ordered = github_order(found)
+    for severity in _SEVERITIES:
+        of_kind = [one for one in ordered if one.severity == severity]
+        if len(of_kind) > GITHUB_LIMIT:
+            more = len(of_kind) - GITHUB_LIMIT + 1
+            said = f"{more} more {severity}s, in this step's log (statusmail check lists them all)"
+            rest += of_kind[GITHUB_LIMIT - 1 :]
+            of_kind[GITHUB_LIMIT - 1 :] = [Item("", None, severity, "more", said, in_repo=False)]
+        lines += _annotations(of_kind)
+    for one in rest:
+        where = f"{one.file}:{one.line}" if one.line else one.file
+        lines.append(f"statusmail: {one.severity}: {where}: {one.message} [{one.code}]\n")
+    return "".join(lines)
+
+
+def _annotations(found: Iterable[Item]) -> list[str]:
     lines = []
     for one in found:
         properties = []
@@ -80,12 +113,12 @@ def github(found: Iterable[Item]) -> str:
             properties.append(f"file={escape_property(one.file)}")
             if one.line:
                 properties.append(f"line={one.line}")
-        else:
+        elif one.file:
             where = f"{one.file}:{one.line}" if one.line else one.file
             message = f"{where}: {message}"
         properties.append("title=statusmail")
         lines.append(f"::{one.severity} {','.join(properties)}::{escape_data(message)}\n")
-    return "".join(lines)
+    return lines
 
 
 # -- JUnit XML ----------------------------------------------------------------------------

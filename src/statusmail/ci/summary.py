@@ -1,7 +1,8 @@
 """The Markdown a reviewer reads first after a CI dry run: per entry, every variant with
 its recipient count and subject, the language fallbacks, the problems, and links to the
 preview files. It never holds a subscriber's address: counts only, and every address-like
-text in a problem is masked."""
+text in a problem is masked; of a subscriber row it cannot read, only where it is and
+what is wrong, every value from the row masked (valid address or not)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,13 @@ from statusmail.domain import mask_address
 from statusmail.errors import Problem
 from statusmail.pipeline import DryRun, Prepared
 from statusmail.project.locales import SUPPORTED_LOCALES
+from statusmail.project.subscribers import COLUMNS, RowProblem
 
 _ADDRESS = re.compile(r"[^\s@'\"<>()\[\],;:]+@[^\s@'\"<>()\[\],;:]+")
+# In a row's problem: a value quoted as Python quotes it, or one that looks like a
+# domain or an address however broken.
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
+_DOMAIN_LIKE = re.compile(r"[\w.+-]+@[\w.-]*|\w[\w-]*(?:\.[\w-]+)+")
 
 
 @dataclass
@@ -80,6 +86,17 @@ def mask_addresses(text: str) -> str:
     return _ADDRESS.sub(lambda match: mask_address(match[0]), text)
 
 
+def mask_row(message: str) -> str:
+    """A subscriber row's problem with every value taken from the row masked; a column's
+    name stays (``'email' field``)."""
+
+    def quoted(match: re.Match[str]) -> str:
+        return match[0] if match[0][1:-1] in COLUMNS else f"{match[0][0]}***{match[0][0]}"
+
+    masked = _QUOTED.sub(quoted, message)
+    return _DOMAIN_LIKE.sub("***", masked)
+
+
 def _cell(text: str) -> str:
     """Text safe in a Markdown table cell and inline: no HTML, no column breaks."""
     text = re.sub(r"[\r\n]+", " ", text)  # no-break spaces stay: they are typography
@@ -104,10 +121,15 @@ def _problem_lines(preview: EntryPreview, root: Path) -> list[str]:
         problems += preview.prepared.warnings
     texts = [_located(one) for one in items(problems, root)]
     if preview.report is not None:
-        rows = [Problem(p.path, p.line or None, p.message) for p in preview.report.stats.invalid]
-        texts += [_located(one) for one in items(rows, root)]
-        texts += [f"render failed: {f}" for f in preview.report.failures]
+        invalid = preview.report.stats.invalid
+        texts += [_located(one) for one in items(map(_row, invalid), root)]
+        told = {str(row) for row in invalid}  # a broken file: a failure too, said once
+        texts += [f"render failed: {f}" for f in preview.report.failures if f not in told]
     return [f"- {_cell(mask_addresses(text))}" for text in texts]
+
+
+def _row(problem: RowProblem) -> Problem:
+    return Problem(problem.path, problem.line or None, mask_row(problem.message))
 
 
 def _located(one: Item) -> str:
@@ -128,10 +150,11 @@ def entry_section(preview: EntryPreview, start: Path, root: Path) -> list[str]:
         ]
     entry, stats = preview.prepared.entry, preview.report.stats
     gallery = _link(preview.out_dir / "index.html", start)
+    send_at = f" · send_at {entry.send_at.isoformat()}" if entry.send_at else ""
     lines = [
         f"## {_cell(entry.id)} ({entry.date.isoformat()}, {entry.status.value})",
         "",
-        f"{stats.total} recipients · [gallery of every variant]({gallery})",
+        f"{stats.total} recipients{send_at} · [gallery of every variant]({gallery})",
         "",
         "| variant | recipients | subject | preview |",
         "| --- | ---: | --- | --- |",
