@@ -10,6 +10,7 @@ a stopped (SIGSTOP) or wedged server does."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 import signal
@@ -209,3 +210,29 @@ def test_a_watcher_the_server_refuses_stays_up_unready_and_leads_once_it_can(
             assert stopped_within(2, watcher) == [0]
     finally:
         notify.close()
+
+
+async def test_a_queue_call_cancelled_as_the_pool_hands_it_a_connection_is_cancelled(
+    postgres: str,
+) -> None:
+    # psycopg_pool waits with asyncio.wait_for, which on Python 3.11 returns a connection
+    # handed over in the same loop turn as the cancellation, swallowing it: a worker the
+    # engine cancelled then went on, and waited forever for its next recipient
+    from statusmail.ledger.queue import ServerQueue
+
+    queue = ServerQueue(postgres, "e", lease=10, thread=None)
+    try:
+        await queue._run("SELECT 1", {})  # the pool is open
+        pool = queue._pool
+        held = [await pool.getconn() for _ in range(pool.max_size)]
+        waiting = asyncio.create_task(queue._run("SELECT 1", {}))
+        while not pool.get_stats().get("requests_waiting"):
+            await asyncio.sleep(0)
+        await pool.putconn(held.pop())  # handed to the waiting call...
+        waiting.cancel()  # ...as it is cancelled
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(waiting, 5)
+        for conn in held:
+            await pool.putconn(conn)
+    finally:
+        await queue.close()
