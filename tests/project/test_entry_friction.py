@@ -16,6 +16,7 @@ from statusmail.errors import InputError
 from statusmail.project.config import load_config
 from statusmail.project.entries import entry_id_of, find_entry, load_entries, load_entry
 from statusmail.project.regions import load_regions
+from statusmail.project.subscribers import Subscriber, iter_subscribers
 from statusmail.validation import entry_problems
 
 TOPICS = "  topics: [service-status]\n"
@@ -74,6 +75,14 @@ def test_a_yml_entry_is_read_like_a_yaml_one(project: Path) -> None:
     assert [(p.message, p.code) for p in problems] == [(message, "duplicate-entry")]
     with pytest.raises(InputError):
         find_entry(updates, BLOCK)
+
+
+def test_a_yml_list_is_read_like_a_yaml_one(project: Path) -> None:
+    folder = project.parent / "subscribers"
+    before = sorted(s.key for s in iter_subscribers(folder) if isinstance(s, Subscriber))
+    (folder / "more.yaml").rename(folder / "more.yml")
+    after = sorted(s.key for s in iter_subscribers(folder) if isinstance(s, Subscriber))
+    assert after == before and len(before) > 20
 
 
 @pytest.mark.parametrize(
