@@ -276,7 +276,7 @@ def write_rsa_key(path: Path) -> None:
 
 def processes_supported() -> bool:
     """Whether this tree has `sending.processes` (another change adds it)."""
-    from statusmail.project.config import SendingSettings
+    from statusmail.project.sending import SendingSettings
 
     return "processes" in SendingSettings.__dataclass_fields__
 

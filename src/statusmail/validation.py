@@ -37,7 +37,7 @@ from statusmail.ledger import Ledger
 from statusmail.ledger import exists as ledger_exists
 from statusmail.ledger.importing import import_lists
 from statusmail.ledger.subscribers import ImportRefused, read_groups, read_problems
-from statusmail.project.config import Config, imap_password_problem, secret_length_problem
+from statusmail.project.config import Config
 from statusmail.project.editions import (
     Edition,
     edition_problems,
@@ -54,6 +54,7 @@ from statusmail.project.entries import (
 from statusmail.project.language import dates, language_problem, spell_date
 from statusmail.project.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES, resolve_locale
 from statusmail.project.regions import Region, read_regions, registrable_domain
+from statusmail.project.secrets import imap_password_problem, secret_length_problem
 from statusmail.project.selection import Group, Tally
 from statusmail.project.subscribers import RowProblem, iter_subscribers
 from statusmail.project.tokens import Keyring

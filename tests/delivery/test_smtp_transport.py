@@ -21,7 +21,7 @@ from statusmail.delivery.smtp import SmtpConnection, SmtpTransport, command_addr
 from statusmail.delivery.transport import Transport
 from statusmail.domain import Envelope
 from statusmail.errors import ConnectError, DeliveryError
-from statusmail.project.config import SmtpSettings
+from statusmail.project.sending import SmtpSettings
 
 SENDER = "status@example.org"
 MakeServer = Callable[..., RecordingServer]

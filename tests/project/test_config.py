@@ -15,7 +15,8 @@ from editing import replace_in
 from postgres_helpers import query
 from statusmail.errors import ConfigError, LedgerError
 from statusmail.ledger.database import describe
-from statusmail.project.config import DEV_UNSUBSCRIBE_SECRET, find_config, load_config
+from statusmail.project.config import find_config, load_config
+from statusmail.project.secrets import DEV_UNSUBSCRIBE_SECRET
 
 
 def problems(path: Path, environ: dict[str, str] | None = None) -> list[str]:

@@ -11,7 +11,8 @@ import pytest
 
 from conftest import SECRET, invoke
 from statusmail.errors import ConfigError
-from statusmail.project.config import DEV_UNSUBSCRIBE_SECRET, load_config, read_secret
+from statusmail.project.config import load_config
+from statusmail.project.secrets import DEV_UNSUBSCRIBE_SECRET, read_secret
 
 NAME = "STATUSMAIL_UNSUBSCRIBE_SECRET"
 PREVIOUS = "STATUSMAIL_UNSUBSCRIBE_PREVIOUS_SECRETS"

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from conftest import http_request, invoke, outbox_messages, serving
 from editing import replace_in
 from statusmail.errors import ConfigError
-from statusmail.project.config import load_config, read_secret
+from statusmail.project.config import load_config
+from statusmail.project.secrets import read_secret
 from statusmail.project.tokens import (
     Keyring,
     Purpose,

@@ -39,7 +39,7 @@ from statusmail.domain import SuppressionReason
 from statusmail.errors import LedgerError
 from statusmail.ledger import Ledger, describe
 from statusmail.ledger.pool import POOL_SIZE, WAIT, WAIT_WHILE_DOWN
-from statusmail.project.config import DEV_UNSUBSCRIBE_SECRET
+from statusmail.project.secrets import DEV_UNSUBSCRIBE_SECRET
 from statusmail.project.tokens import Keyring, unsubscribe_token
 from statusmail.web.serve import LedgerAccess
 

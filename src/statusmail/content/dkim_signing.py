@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
-    from statusmail.project.config import DkimSettings
+    from statusmail.project.sending import DkimSettings
 
 # Signed when present; one that is absent is listed all the same, so it cannot be added
 # later without breaking the signature (List-Unsubscribe(-Post) are required signed for

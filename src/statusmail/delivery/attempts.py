@@ -25,7 +25,7 @@ from statusmail.delivery.transport import Connection, Ready, SessionEnded
 from statusmail.domain import DeliveryStatus, Envelope, Outcome, Recipient, SuppressionReason, scrub
 from statusmail.errors import BuildError, DeliveryError
 from statusmail.ledger import DeliveryQueue
-from statusmail.project.config import SendingSettings
+from statusmail.project.sending import SendingSettings
 
 if TYPE_CHECKING:
     from statusmail.content.message import Built

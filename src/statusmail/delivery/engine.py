@@ -25,7 +25,7 @@ from statusmail.delivery.transport import Connection, Transport
 from statusmail.domain import DeliveryStatus, Outcome, Recipient
 from statusmail.errors import DeliveryError, LedgerError
 from statusmail.ledger import DeliveryQueue
-from statusmail.project.config import SendingSettings
+from statusmail.project.sending import SendingSettings
 
 if TYPE_CHECKING:
     from statusmail.metrics import DeliveryMetrics

@@ -25,7 +25,7 @@ import aiosmtplib
 from statusmail.delivery.transport import Ready, SessionEnded
 from statusmail.domain import Envelope
 from statusmail.errors import ConnectError, DeliveryError
-from statusmail.project.config import SmtpSettings
+from statusmail.project.sending import SmtpSettings
 
 _BOUNCE_STATUS = re.compile(r"(?<![\d.])5\.1\.(?:1|10)(?![\d.])")
 _BOUNCE_TEXT = re.compile(

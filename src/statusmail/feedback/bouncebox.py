@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Protocol
 
 from statusmail.errors import ConnectError
-from statusmail.project.config import ImapSettings
+from statusmail.project.feedback_settings import ImapSettings
 
 # A bounce, a complaint or an unsubscribe is small; a message larger than this is none.
 MAX_MESSAGE = 10 * 1024 * 1024

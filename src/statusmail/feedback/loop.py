@@ -61,7 +61,8 @@ from statusmail.feedback.proof import Assessing
 from statusmail.feedback.reports import PassReport, ProviderReport
 from statusmail.ledger import SCHEMA_VERSION, FeedbackEvent, Ledger, run_lock
 from statusmail.ledger import exists as ledger_exists
-from statusmail.project.config import Config, imap_password_problem
+from statusmail.project.config import Config
+from statusmail.project.secrets import imap_password_problem
 from statusmail.project.tokens import Keyring
 
 __all__ = [

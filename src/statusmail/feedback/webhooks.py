@@ -62,13 +62,9 @@ from statusmail.feedback.providers.sendgrid import (
 )
 from statusmail.feedback.providers.ses import SnsVerifier, ses_reports
 from statusmail.feedback.reports import PassReport, ProviderReport
-from statusmail.project.config import (
-    Config,
-    MailgunWebhook,
-    PostmarkWebhook,
-    SesWebhook,
-    read_secret,
-)
+from statusmail.project.config import Config
+from statusmail.project.feedback_settings import MailgunWebhook, PostmarkWebhook, SesWebhook
+from statusmail.project.secrets import read_secret
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 A value comes from the environment (the variables that override a key), from the file
 (``statusmail.yaml:12``) or is the default. A secret is never shown: only whether it is
 set, and where statusmail looks for it (``$NAME``, ``$NAME_FILE`` or a systemd
-credential, see ``config.read_secret``).
+credential, see ``secrets.read_secret``).
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from statusmail.project.config import Config, read_secret
+from statusmail.project.config import Config
+from statusmail.project.secrets import read_secret
 from statusmail.project.yamlfile import line_of, load_yaml
 
-# The variables that override a key of the file (config.py reads each where it parses it).
+# The variables that override a key of the file (each read where its section is parsed).
 ENV_OVERRIDES = {
     "paths.ledger": "STATUSMAIL_LEDGER",
     "smtp.host": "STATUSMAIL_SMTP_HOST",

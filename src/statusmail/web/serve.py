@@ -25,8 +25,9 @@ from starlette.routing import BaseRoute, Route
 
 from statusmail.errors import ConfigError, Problem
 from statusmail.metrics import UnsubscribeMetrics, new_registry
-from statusmail.project.config import Config, secret_length_problem
+from statusmail.project.config import Config
 from statusmail.project.locales import SUPPORTED_LOCALES
+from statusmail.project.secrets import secret_length_problem
 from statusmail.project.tokens import Keyring
 from statusmail.web.endpoints import SECURITY_HEADERS, preferences_endpoint, unsubscribe_endpoint
 from statusmail.web.health import Heartbeat, ServeError, listen, notify, routes, uvicorn_server

@@ -35,7 +35,7 @@ from statusmail.feedback.providers.common import (
 )
 from statusmail.feedback.reading import status_code
 from statusmail.feedback.reports import ProviderReport
-from statusmail.project.config import SesWebhook
+from statusmail.project.feedback_settings import SesWebhook
 
 SNS_HOST = re.compile(r"sns\.[a-z0-9-]+\.amazonaws\.com(?:\.cn)?")
 SNS_CERTIFICATE_SUBJECT = "sns.amazonaws.com"

@@ -1,0 +1,136 @@
+"""Secrets: read by the name of their variable (``$NAME``, ``$NAME_FILE`` or a systemd
+credential), the unsubscribe token keys made from them, and the problems of a secret
+missing or too short."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from statusmail.errors import ConfigError, Problem
+from statusmail.project.tokens import MIN_SECRET_BYTES, Keyring
+
+if TYPE_CHECKING:
+    from statusmail.project.config import Config
+
+DEV_UNSUBSCRIBE_SECRET = "statusmail-DEVELOPMENT-secret-do-not-use-in-production"
+
+
+def read_secret(name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """A secret by the name of its variable: ``$NAME``, else the file ``$NAME_FILE`` names,
+    else ``$CREDENTIALS_DIRECTORY/NAME`` (systemd's ``LoadCredential=``); None if none is
+    set (an empty variable counts as unset). ``$NAME`` and ``$NAME_FILE`` both set is an
+    error, as is an empty file. A file's trailing line break is not part of the secret."""
+    env = os.environ if environ is None else environ
+    value, file = env.get(name), env.get(f"{name}_FILE")
+    if value and file:
+        raise ConfigError(
+            [
+                Problem(
+                    f"${name}",
+                    None,
+                    f"both it and ${name}_FILE are set: unset one of them",
+                    code="bad-value",
+                )
+            ]
+        )
+    if value:
+        return value
+    if file:
+        return _secret_file(Path(file), f"${name}_FILE")
+    credentials = env.get("CREDENTIALS_DIRECTORY")
+    if credentials and (Path(credentials) / name).exists():
+        return _secret_file(Path(credentials) / name, "$CREDENTIALS_DIRECTORY")
+    return None
+
+
+def _secret_file(path: Path, source: str) -> str:
+    try:
+        secret = path.read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(
+            [
+                Problem(
+                    path,
+                    None,
+                    f"cannot read the secret {source} names: {reason}",
+                    code="unreadable-file",
+                )
+            ]
+        ) from exc
+    if not secret.strip():
+        raise ConfigError(
+            [Problem(path, None, f"the secret file {source} names is empty", code="secret-missing")]
+        )
+    return secret
+
+
+def keyring(
+    config: Config, environ: Mapping[str, str] | None = None, *, announce: bool = False
+) -> tuple[Keyring, bool]:
+    """The token keys and whether they are the development stand-in.
+
+    The stand-in is used only when no unsubscribe secret is set at all (no variable,
+    file or credential, and no retired secrets either), and only for the maildir
+    outbox; real delivery needs the secret (see ``read_secret``). A variable set but
+    empty is an error, not "unset". With ``announce`` (once, where a command starts
+    and its checks do not say it already), using the stand-in logs a warning
+    (``dev_secret``).
+    """
+    env = os.environ if environ is None else environ
+    settings = config.unsubscribe
+    secret = read_secret(settings.secret_env, env)
+    retired = read_secret(settings.previous_secrets_env, env) or ""
+    previous = tuple(part.strip().encode() for part in retired.split(",") if part.strip())
+    if secret:
+        return Keyring(secret.encode(), previous, settings.legacy_tokens_until), False
+    name = f"${settings.secret_env}"
+    if settings.secret_env in env:
+        reason = "is set but empty: give it the secret, or unset it"
+    elif previous:
+        reason = f"is not set but ${settings.previous_secrets_env} is: set the current secret"
+    elif config.transport == "smtp":
+        reason = "is not set; real delivery needs the unsubscribe secret from the environment"
+    else:
+        if announce:
+            logging.getLogger("statusmail").warning(
+                "%s is not set: the published development unsubscribe secret signs "
+                "every link (for the maildir outbox only: anyone can forge its tokens)",
+                name,
+                extra={"event": "dev_secret"},
+            )
+        dev = Keyring(DEV_UNSUBSCRIBE_SECRET.encode(), (), settings.legacy_tokens_until)
+        return dev, True
+    line = config.line("unsubscribe")
+    raise ConfigError([Problem(config.path, line, f"{name} {reason}", code="secret-missing")])
+
+
+def secret_length_problem(config: Config, keys: Keyring, is_dev: bool) -> Problem | None:
+    """A secret someone could guess makes every link forgeable: at least 32 bytes."""
+    if is_dev or len(keys.secret) >= MIN_SECRET_BYTES:
+        return None
+    return Problem(
+        config.path,
+        config.line("unsubscribe"),
+        f"${config.unsubscribe.secret_env} is {len(keys.secret)} bytes; it must be at least "
+        f"{MIN_SECRET_BYTES} (e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))')",
+        code="secret-short",
+    )
+
+
+def imap_password_problem(config: Config) -> Problem:
+    """The one line an unset IMAP password gets, in check and feedback alike."""
+    imap = config.bounces.imap
+    assert imap is not None
+    return Problem(
+        config.path,
+        config.line("bounces"),
+        f"${imap.password_env} is not set: the IMAP mailbox {imap.server} needs its "
+        f"password (in ${imap.password_env}, a file named by ${imap.password_env}_FILE, "
+        "or a systemd credential of that name)",
+        code="secret-missing",
+    )
