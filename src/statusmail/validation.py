@@ -144,6 +144,10 @@ def region_problems(regions: Mapping[str, Region]) -> list[Problem]:
                         code="unsafe-link",
                     )
                 )
+            for written, meant in markdown.unrendered_links(text):
+                message = f"'{' '.join(written.split())}' in {region.code}'s {locale} access "
+                message += f"text shows as brackets, not a link: write {' '.join(meant.split())}"
+                problems.append(Problem(path, at("access"), message, code="unrendered-link"))
     return problems
 
 

@@ -17,7 +17,7 @@ from statusmail.domain import Audience
 from statusmail.project.config import load_config
 from statusmail.project.entries import load_entry
 from statusmail.project.regions import load_regions
-from statusmail.validation import entry_problems
+from statusmail.validation import entry_problems, region_problems
 
 
 @pytest.mark.parametrize(
@@ -59,6 +59,16 @@ def test_check_names_the_line_and_the_link_as_it_should_be(project: Path) -> Non
         "[StartMail blocked in Russia](https://www.startmail.example/blog/startmail-"
         "blocked-in-russia)",
     )
+
+
+def test_a_regions_access_text_is_checked_too(project: Path) -> None:
+    regions_file = project.parent / "regions.yaml"
+    text = regions_file.read_text(encoding="utf-8")
+    written = "[support@startmail.example](mailto:support@startmail.example)"
+    regions_file.write_text(text.replace(written, written.replace("](", "] (")), "utf-8")
+    found = region_problems(load_regions(regions_file))
+    assert {p.code for p in found} == {"unrendered-link"}
+    assert f"shows as brackets, not a link: write {written}" in found[0].message
 
 
 def footer(entry_audience: Audience | None, locale: str) -> str:
