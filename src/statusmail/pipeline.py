@@ -421,6 +421,7 @@ async def finish(
     selection.begin()
     stream = selection.stream
     team = senders.Team(prepared, request, started, engine, helpers, on_counts)
+    cut = False  # the run stopped the selection before it was complete
     try:
         ledger.skip_suppressed(entry_id)
         team.begin()
@@ -430,7 +431,8 @@ async def finish(
             await team.end(failed=True)
             raise
         await team.end()
-        ledger.skip_suppressed(entry_id)  # unsubscribed while this run went on
+        if not stop.is_set():  # a stopped run ends at once: the next run skips them first
+            ledger.skip_suppressed(entry_id)  # unsubscribed while this run went on
     except ConnectError:
         selection.stop()
         raise
@@ -439,6 +441,7 @@ async def finish(
         log.error("stopped: %s", exc, extra={"event": "stopped", "entry": entry_id})
     finally:
         if stop.is_set() or engine.result.stopped:
+            cut = selection.running()
             selection.stop()
         await queue.close()
     result = engine.result
@@ -461,19 +464,26 @@ async def finish(
             log.error("%s", outcome.held, extra={"event": "removals_held", "entry": entry_id})
             result.stopped = result.stopped or outcome.held.message
         log.info(
-            "%s: %d selected; skipped %d invalid, %d inactive, %d suppressed, %d duplicate rows",
+            "%s: %d %s; skipped %d invalid, %d inactive, %d suppressed, %d duplicate rows",
             entry_id,
             started.stats.total,
+            "selected so far (the run stopped before the selection ended)" if cut else "selected",
             started.stats.read.invalid,
             started.stats.inactive,
             started.stats.suppressed,
             started.stats.read.duplicates,
-            extra={"event": "selected", "entry": entry_id, "selected": started.stats.total},
+            extra={
+                "event": "selected",
+                "entry": entry_id,
+                "selected": started.stats.total,
+                "complete": not cut,
+            },
         )
     if stop.is_set() and result.stopped is None:
         result.stopped = "interrupted by a signal"
     try:
-        ledger.mark_complete_if_done(entry_id)
+        if not stop.is_set():  # else nothing is to be marked, or the next run marks it
+            ledger.mark_complete_if_done(entry_id)
         counts = ledger.counts(entry_id)
         breakdown = ledger.breakdown(entry_id)
     except LedgerError as exc:

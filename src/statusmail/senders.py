@@ -28,7 +28,8 @@ from statusmail.project.config import Config, adopt_durability, is_url
 HELP_FROM = 5_000
 RATE_PER_PROCESS = 200.0  # msg/s one process keeps up with easily (it does ~1,000)
 CHECK = 0.05  # how often a run looks whether it is big enough for helpers
-STOP_WITHIN = 1.0  # a stopped helper still running then is killed
+STOP_WITHIN = 0.8  # a stopped helper still running then is killed (the run ends in 1 s)
+DONE_WITHIN = 10.0  # the queue is done: a helper still starting up has this long to end
 
 
 def extra_processes(config: Config, request: pipeline.Request) -> int:
@@ -73,6 +74,7 @@ async def deliver(job: Job, link: Link) -> Ended:
             mask=(lambda a: a) if job.show_addresses else mask_address,
         )
         try:
+            link.sending()
             await engine.run()
         except StatusmailError as exc:  # the relay, the ledger: the run stops with it
             engine.result.stopped = str(exc)
@@ -128,7 +130,7 @@ class Team:
 
     async def _stop(self) -> None:
         await self.engine.stop.wait()
-        self.helpers.stop()
+        self.helpers.stop(now=True)
 
     def _counted(self, counts: dict[str, int]) -> None:
         metrics = self.engine.metrics
@@ -153,13 +155,10 @@ class Team:
             return
         result = self.engine.result
         stopping = failed or self.engine.stop.is_set() or bool(result.stopped)
-        if stopping:
-            self.helpers.stop()
-        # A helper still sending once the queue is done waits for a relay that stands
-        # still; it has its whole lease before it is killed.
-        ended = await self.helpers.join(
-            STOP_WITHIN if stopping else max(STOP_WITHIN, self.engine.settings.lease)
-        )
+        # Either way the run is over: stopped, or its queue is done (nothing is left for
+        # a helper to send, and nothing it held is unrecorded).
+        self.helpers.stop(now=stopping)
+        ended = await self.helpers.join(STOP_WITHIN if stopping else DONE_WITHIN)
         result.sent += ended.sent
         result.failed += ended.failed
         result.stopped = result.stopped or ended.stopped

@@ -67,6 +67,10 @@ class Link:
         with self.lock, contextlib.suppress(OSError):
             self.conn.send(message)
 
+    def sending(self) -> None:
+        """Say that this helper starts claiming: from now on it may hold recipients."""
+        self.send(("sending", None))
+
     def flush(self) -> None:
         if self.counts:
             counts, self.counts = dict(self.counts), Counter()
@@ -157,6 +161,8 @@ class _Helper:
     index: int
     process: subprocess.Popen[bytes]
     conn: Connection
+    sending: bool = False  # it may hold recipients (before, it can be killed at no cost)
+    killed: str | None = None  # why this process killed it, if it did
     ended: Ended | None = None
     gone: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -210,27 +216,32 @@ class Helpers:
             extra={"event": "processes_started", "count": count, "pids": self.pids},
         )
 
-    def stop(self) -> None:
-        """Ask every helper to stop: in-flight messages finish, the rest stays pending."""
+    def stop(self, *, now: bool = False) -> None:
+        """Ask every helper to stop: in-flight messages finish, the rest stays pending.
+        ``now``: one still starting (it holds nothing yet) is killed rather than waited
+        for."""
         self.stopping = True
         for helper in self.helpers:
-            if not helper.gone.is_set():
-                with contextlib.suppress(OSError):
-                    helper.conn.send(("stop",))
+            if helper.gone.is_set():
+                continue
+            if now and not helper.sending:
+                helper.killed = "still starting when the run stopped"
+                helper.process.kill()
+                continue
+            with contextlib.suppress(OSError):
+                helper.conn.send(("stop",))
 
     async def join(self, timeout: float) -> Ended:
         """Wait for every helper to end (killing those still running after ``timeout``);
         what they sent and why any stopped, together."""
-        waits = [helper.gone.wait() for helper in self.helpers]
+        waits = [asyncio.ensure_future(helper.gone.wait()) for helper in self.helpers]
         try:
             if waits:
-                await asyncio.wait_for(asyncio.gather(*waits), timeout)
-        except TimeoutError:
-            self.kill()
-            await asyncio.gather(*(helper.gone.wait() for helper in self.helpers))
-        except BaseException:
-            self.kill()  # the run is cancelled: nothing may go on sending behind it
-            raise
+                await asyncio.wait(waits, timeout=timeout)
+        finally:
+            for wait in waits:
+                wait.cancel()
+            self.kill()  # still running (or the run is cancelled): nothing sends behind it
         total = Ended()
         for helper in self.helpers:
             if helper.ended is not None:
@@ -242,12 +253,20 @@ class Helpers:
     def kill(self) -> None:
         for helper in self.helpers:
             if helper.process.poll() is None:
+                helper.killed = helper.killed or "still running when the run had ended"
                 helper.process.kill()
             if not helper.gone.is_set():
                 helper.process.wait()
+                self._read(helper)  # what it said before it ended
                 self._gone(helper)
 
     def _readable(self, helper: _Helper) -> None:
+        if not self._read(helper):
+            helper.process.wait()  # its end of the socket closed: it is exiting
+            self._gone(helper)
+
+    def _read(self, helper: _Helper) -> bool:
+        """Take what the helper has sent; False once its end is closed."""
         try:
             while helper.conn.poll():
                 kind, body = helper.conn.recv()
@@ -256,11 +275,16 @@ class Helpers:
                 elif kind == "log":
                     record = logging.makeLogRecord(body)
                     logging.getLogger(record.name).handle(record)
+                elif kind == "sending":
+                    helper.sending = True
                 elif kind == "done":
+                    # All it had to say: its ledger connection is closed, only the
+                    # interpreter's teardown is left, which the run need not wait for.
                     helper.ended = body
+                    helper.process.kill()
         except (EOFError, OSError):
-            helper.process.wait()  # its end of the socket closed: it is exiting
-            self._gone(helper)
+            return False
+        return True
 
     def _gone(self, helper: _Helper) -> None:
         if helper.gone.is_set():
@@ -269,7 +293,15 @@ class Helpers:
             asyncio.get_running_loop().remove_reader(helper.conn.fileno())
         helper.conn.close()
         helper.gone.set()
-        if helper.ended is None:
+        if helper.ended is None and helper.killed:
+            log.info(
+                "sender process %d (pid %d) killed: %s",
+                helper.index,
+                helper.process.pid,
+                helper.killed,
+                extra={"event": "process_killed", "sender_process": helper.index},
+            )
+        elif helper.ended is None:
             code = helper.process.returncode
             how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
             log.warning(
