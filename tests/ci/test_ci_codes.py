@@ -18,6 +18,8 @@ SOURCE = REPO / "src" / "statusmail"
 CODED = (
     "validation",
     "content/catalog",
+    "content/catalog_gaps",
+    "content/fixed_text",
     "project/config",
     "project/entries",
     "project/regions",
@@ -25,6 +27,7 @@ CODED = (
     "project/fields",
     "content/dkim_signing",
     "delivery/corrections",
+    "project/secrets",
 )
 CODE = re.compile(r"[a-z]+(-[a-z]+)*")
 
