@@ -30,8 +30,9 @@ class EntryStatus(enum.StrEnum):
 
 
 class DeliveryStatus(enum.StrEnum):
-    """A ledger row: ``pending`` → ``sent`` | ``failed`` | ``skipped``; a sent row turns
-    ``bounced`` or ``complained`` when a hard bounce or a complaint about it comes back."""
+    """A ledger row: ``pending`` → ``sent`` | ``failed`` | ``skipped`` | ``cancelled`` (its
+    entry was cancelled: never sent); a sent row turns ``bounced`` or ``complained`` when a
+    hard bounce or a complaint about it comes back."""
 
     PENDING = "pending"
     SENT = "sent"
@@ -39,6 +40,7 @@ class DeliveryStatus(enum.StrEnum):
     SKIPPED = "skipped"
     BOUNCED = "bounced"
     COMPLAINED = "complained"
+    CANCELLED = "cancelled"
 
 
 class SubscriberStatus(enum.StrEnum):

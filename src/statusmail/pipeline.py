@@ -36,6 +36,7 @@ from statusmail.ledger import (
     LocalQueue,
     Plan,
     ServerQueue,
+    controls,
     read_preferences,
     read_suppressions,
     run_lock,
@@ -416,6 +417,7 @@ async def finish(
         selecting=selection.running,
         progress=progress,
         on_idle=selection.take_over,
+        controls=lambda: controls.stop_reason(ledger, entry_id),
     )
     selection.engine = engine
     selection.begin()
@@ -431,6 +433,7 @@ async def finish(
             await team.end(failed=True)
             raise
         await team.end()
+        controls.cancel_pending(ledger, entry_id)  # what a cancelled run handed back
         if not stop.is_set():  # a stopped run ends at once: the next run skips them first
             ledger.skip_suppressed(entry_id)  # unsubscribed while this run went on
     except ConnectError:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from statusmail import metrics, pipeline, signals
+from statusmail.delivery.corrections import when
 from statusmail.domain import Entry, ExitCode
 from statusmail.errors import (
     ConnectError,
@@ -40,7 +41,7 @@ from statusmail.errors import (
     StatusmailError,
 )
 from statusmail.feedback import loop as feedback
-from statusmail.ledger import Ledger, run_lock
+from statusmail.ledger import Ledger, controls, run_lock
 from statusmail.ledger import describe as ledger_describe
 from statusmail.ledger import exists as ledger_exists
 from statusmail.ledger.importing import import_lists
@@ -544,6 +545,15 @@ class Watcher:
                             f"'corrects: {entry.id}' to correct it)",
                         )
                     continue
+                held = controls.control(ledger, entry.id) if ledger else None
+                if held is not None:  # paused or cancelled (statusmail pause|cancel)
+                    self._say_once(
+                        entry.path or Path(entry.id),
+                        f"{entry.id}: {held.state} {when(held.since)}, not sent"
+                        + (" (statusmail resume continues it)" if held.state == "paused" else ""),
+                        logging.INFO,
+                    )
+                    continue
                 if not entry.ready:
                     if entry.path:
                         self._say_once(entry.path, f"{entry.path}: draft, not sent", logging.INFO)
@@ -643,6 +653,8 @@ class Watcher:
                 "relay": relay_name(config),
             },
         )
+        if report.result.stopped in controls.STOPPED_BY.values():
+            return True  # paused or cancelled: the next look leaves it, and says so once
         if report.exit_code is ExitCode.STOPPED:
             self._left_pending = True
             if not self.halt.is_set():

@@ -595,6 +595,96 @@ def list_(config: Config, as_json: bool) -> ExitCode:
 
 @main.command()
 @common_options
+@click.argument("entry_id", metavar="ID", callback=_entry_id)
+@run
+def pause(config: Config, entry_id: str) -> ExitCode:
+    """Pause entry ID: a running send or watch stops taking recipients within a second.
+
+    The messages in flight finish; the rest stay pending, nothing is lost or sent
+    twice. The running send exits 4; watch leaves the entry, saying so once. resume
+    (or the next send of ID) continues.
+
+    \b
+    Example:
+      statusmail pause update-2020-04-21
+    """
+    from statusmail.delivery import controls
+
+    return controls.pause(config, entry_id, out)
+
+
+@main.command()
+@common_options
+@click.argument("entry_id", metavar="ID", callback=_entry_id)
+@run
+def resume(config: Config, entry_id: str) -> ExitCode:
+    """Resume entry ID, paused: watch sends the rest at its next look (or run send).
+
+    A cancelled entry is never resumed (exit 1).
+
+    \b
+    Example:
+      statusmail resume update-2020-04-21
+    """
+    from statusmail.delivery import controls
+
+    return controls.resume(config, entry_id, out)
+
+
+@main.command()
+@common_options
+@click.argument("entry_id", metavar="ID", callback=_entry_id)
+@run
+def cancel(config: Config, entry_id: str) -> ExitCode:
+    """Cancel entry ID: its pending recipients become cancelled and are never sent.
+
+    A running send or watch stops within a second (the messages in flight are sent and
+    recorded as sent); status and list show the cancelled ones. A later send of ID
+    sends nothing and says so.
+
+    \b
+    Example:
+      statusmail cancel update-2020-04-21
+    """
+    from statusmail.delivery import controls
+
+    return controls.cancel(config, entry_id, out)
+
+
+def _failure_code(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not re.fullmatch(r"[245]\d\d|[245]\.\d{1,3}\.\d{1,3}", value):
+        raise click.BadParameter(f"{value!r}: give a reply code (550) or a status code (5.2.2)")
+    return value
+
+
+@main.command()
+@common_options
+@click.argument("entry_id", metavar="ID", callback=_entry_id)
+@click.option("--failed", is_flag=True, help="Every failed recipient (the default).")
+@click.option(
+    "--code",
+    callback=_failure_code,
+    default=None,
+    help="Only those that failed with this reply code (550) or status code (5.2.2).",
+)
+@run
+def retry(config: Config, entry_id: str, failed: bool, code: str | None) -> ExitCode:
+    """Queue the failed recipients of entry ID again, for the next send (or watch).
+
+    A suppressed address (unsubscribed, bounced, complained) is never retried.
+
+    \b
+    Example:
+      statusmail retry update-2020-04-21 --failed --code 5.2.2
+    """
+    from statusmail.delivery import controls
+
+    del failed  # the only recipients retry re-queues: named for a clear command line
+    return controls.retry(config, entry_id, code, out)
+
+
+@main.command()
+@common_options
 @click.option(
     "--out",
     "out_dir",

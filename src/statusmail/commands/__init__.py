@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 from statusmail import signals
-from statusmail.delivery import corrections, test_send
+from statusmail.delivery import controls, corrections, test_send
 from statusmail.delivery.report import (
     ProgressReporter,
     breakdown_rows,
@@ -29,6 +29,7 @@ from statusmail.errors import (
 )
 from statusmail.feedback import suppression
 from statusmail.ledger import FEEDBACK_OUTCOMES, Ledger, copy_ledger
+from statusmail.ledger import controls as ledger_controls
 from statusmail.ledger import describe as ledger_describe
 from statusmail.ledger import exists as ledger_exists
 from statusmail.project.config import Config, is_url
@@ -80,6 +81,8 @@ def send(config: Config, entry_id: str, options: SendOptions, console: Console) 
     from statusmail import pipeline
 
     entry = find_entry(config.paths.updates, entry_id)
+    if (code := controls.before_send(config, entry.id, options.json, console)) is not None:
+        return code  # cancelled (a paused entry is resumed by this send)
     if (done := corrections.already_sent(config, entry)) is not None:
         return corrections.print_already_sent(done, options.json, console)
     prepared = pipeline.prepare(config, entry, send_now=options.now)
@@ -291,8 +294,9 @@ def status(
         if state is None and not has_file:
             raise unknown_entry(config.paths.updates, entry_id)
         counts = {**ledger.counts(entry_id)}
-        for outcome in FEEDBACK_OUTCOMES:  # sent, then a bounce or a complaint came back
-            counts.setdefault(outcome, 0)
+        for outcome in (*FEEDBACK_OUTCOMES, DeliveryStatus.CANCELLED.value):
+            counts.setdefault(outcome, 0)  # sent, then bounced or complained; cancelled
+        held = ledger_controls.control(ledger, entry_id)
         breakdown = ledger.breakdown(entry_id)
         failures = ledger.failures(entry_id, None if failed else 20)
     listed = [
@@ -312,6 +316,7 @@ def status(
                 "known": state is not None,
                 **counts,
                 "complete": bool(state and state[1]),
+                "control": held and {"state": held.state, "since": held.since},
                 "breakdown": breakdown_rows(breakdown),
                 "failures": listed,
             }
@@ -319,6 +324,8 @@ def status(
         return ExitCode.OK
     if state is None:
         console.print(f"{entry_id}: not sent yet", markup=False)
+    if held:
+        console.print(f"{entry_id}: {controls.describe(held)}", markup=False, highlight=False)
     console.print(breakdown_table(entry_id, breakdown, feedback=True))
     for row in listed:
         console.print(
@@ -330,6 +337,9 @@ def status(
     if not failed and counts["failed"] > len(listed):
         console.print(f"  … {counts['failed'] - len(listed)} more: status {entry_id} --failed")
     return ExitCode.OK
+
+
+LISTED = ("sent", "failed", "pending", "skipped", "cancelled")  # list's counts
 
 
 def list_entries(config: Config, as_json: bool, console: Console) -> ExitCode:
@@ -347,6 +357,7 @@ def list_entries(config: Config, as_json: bool, console: Console) -> ExitCode:
             counts = ledger.counts(path.stem) if ledger else {}
             total = sum(counts.values())
             done = total - counts.get("pending", 0)
+            held = ledger_controls.control(ledger, path.stem) if ledger else None
             rows.append(
                 {
                     "id": path.stem,
@@ -354,8 +365,9 @@ def list_entries(config: Config, as_json: bool, console: Console) -> ExitCode:
                     "status": status,
                     "send_at": send_at,
                     "selected": total,
-                    **{k: counts.get(k, 0) for k in ("sent", "failed", "pending", "skipped")},
-                    "progress": f"{done}/{total}" if total else "not sent",
+                    **{k: counts.get(k, 0) for k in LISTED},
+                    "progress": (f"{done}/{total}" if total else "not sent")
+                    + (f" ({held.state})" if held else ""),
                 }
             )
     finally:

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("statusmail.delivery")
 CLOSE_TIMEOUT = 5.0  # a QUIT the relay never answers must not hold up the end of a run
 POLL = 0.5  # how often an idle producer looks again (another sender's lease, the list)
+OBEY = 0.5  # how often a run asks whether its entry was paused or cancelled
 # One claim per 2 messages at one connection cost ~50 us a message; per 16, a PostgreSQL
 # sender still spent a round trip (state and claim) per 8 messages. A run's claims start
 # at 16 and double up to CLAIM_AT_MOST: a short list is still shared among senders, a
@@ -77,8 +78,10 @@ class Engine(Delivering):
         progress: asyncio.Event | None = None,
         on_idle: Callable[[], Awaitable[None]] | None = None,
         metrics: DeliveryMetrics | None = None,
+        controls: Callable[[], str | None] | None = None,
     ) -> None:
         self.queue = queue
+        self.controls = controls  # why to stop taking recipients (statusmail pause), if so
         self.transport = transport
         self.build = build
         self.settings = settings
@@ -129,6 +132,7 @@ class Engine(Delivering):
         (handed back to the queue).
         """
         renewing = asyncio.create_task(self._renew())
+        obeying = asyncio.create_task(self._obey())
         connections: list[Connection] = []
         try:
             first = await self._next_batch(ahead(self.settings.concurrency))
@@ -169,7 +173,8 @@ class Engine(Delivering):
         finally:
             await self.committer.close()
             renewing.cancel()
-            await asyncio.gather(renewing, return_exceptions=True)
+            obeying.cancel()
+            await asyncio.gather(renewing, obeying, return_exceptions=True)
             for conn in connections:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(conn.close(), CLOSE_TIMEOUT)
@@ -231,6 +236,15 @@ class Engine(Delivering):
             with contextlib.suppress(LedgerError):
                 self._lost(await self.queue.renew())
         raise asyncio.CancelledError
+
+    async def _obey(self) -> None:
+        """Stop taking recipients within a second of a pause or a cancel (``controls``)."""
+        while self.controls is not None and not self.stop.is_set():
+            with contextlib.suppress(LedgerError):  # the queue's own calls will say it
+                if reason := self.controls():
+                    self.halt(reason)
+                    return
+            await asyncio.sleep(OBEY)
 
     async def _check_claim(self, recipient: Recipient) -> None:
         """Raise ``_ClaimLost`` unless this process still holds the recipient's claim: a

@@ -131,6 +131,8 @@ def breakdown_table(
     statuses: tuple[str, ...] = ("sent", "failed", "pending", "skipped")
     if feedback:
         statuses += ("bounced", "complained")
+    if any(row[2] == "cancelled" for row in rows):
+        statuses += ("cancelled",)
     grouped: dict[tuple[str, str], Counter[str]] = {}
     for locale, region, status, count in rows:
         grouped.setdefault((locale or "-", region or "-"), Counter())[status] += count

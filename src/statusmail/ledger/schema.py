@@ -77,6 +77,14 @@ CREATE TABLE preferences (
 ) {without_rowid}
 """
 
+_CONTROLS = """
+CREATE TABLE entry_controls (
+    entry_id TEXT PRIMARY KEY,
+    state    TEXT NOT NULL CHECK (state IN ('paused', 'cancelled')),
+    since    TEXT NOT NULL
+)
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     # 1: the first schema (SQLite ledgers made before versioning have it, maybe without
     # `selection`, which the migration adds when it is missing)
@@ -280,6 +288,27 @@ MIGRATIONS: tuple[Migration, ...] = (
         ALTER TABLE entries ADD COLUMN selected_from TEXT
         """
         for dialect, pos in (("sqlite", "INTEGER"), ("postgresql", "BIGINT"))
+    },
+    # 11: pause, resume and cancel (statusmail pause|resume|cancel ID): an entry's state
+    # in entry_controls, and the outcome cancelled (pending when its entry was cancelled,
+    # never sent). SQLite widens the CHECK constraint in the table's schema text, in
+    # place: allowed for a change that makes no stored row invalid, and no rebuild of a
+    # long table. The CREATE TABLE after it has every connection read the schema again.
+    {
+        "sqlite": """
+        PRAGMA writable_schema = ON;
+        UPDATE sqlite_master SET sql = replace(sql, '''complained'')',
+            '''complained'', ''cancelled'')')
+            WHERE type = 'table' AND name = 'deliveries';
+        PRAGMA writable_schema = RESET;
+        """
+        + _CONTROLS,
+        "postgresql": """
+        ALTER TABLE deliveries DROP CONSTRAINT IF EXISTS deliveries_status_check;
+        ALTER TABLE deliveries ADD CONSTRAINT deliveries_status_check CHECK (status IN
+            ('pending', 'sent', 'failed', 'skipped', 'bounced', 'complained', 'cancelled'));
+        """
+        + _CONTROLS,
     },
 )
 SCHEMA_VERSION = len(MIGRATIONS)

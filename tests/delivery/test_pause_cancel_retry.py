@@ -1,0 +1,193 @@
+"""Pause, cancel and retry (issue 24): ``statusmail pause ID`` stops a running send within
+a second, those in flight finished and nothing lost; ``resume`` and a send finish with
+everyone exactly once; ``cancel`` makes the rest ``cancelled``, never sent; ``retry
+--failed`` (or ``--code``) re-queues exactly the failed recipients, never a suppressed one."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+import shutil
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from conftest import (
+    UPDATE,
+    copy_sample,
+    invoke,
+    outbox_count,
+    outbox_messages,
+    recipient,
+    wait_for,
+)
+from delivery_helpers import add_subscribers, ledger_rows, point_at, send
+from smtp_server import RecordingServer
+from statusmail import watch
+from statusmail.delivery import controls
+from statusmail.project.config import load_config
+
+AUDIENCE = 3_014  # the 3,000 generated and the sample's 14
+
+
+TO = re.compile(rb"^To: ([^\r\n]*)", re.MULTILINE)
+
+
+@pytest.fixture
+def big(tmp_path: Path) -> Iterator[Path]:
+    """The sample with 3,000 more subscribers, in memory where Linux has /dev/shm: each
+    message is fsync'ed into the Maildir, and on a busy disk 3,000 fsyncs take seconds."""
+    shm = Path("/dev/shm")
+    folder = Path(tempfile.mkdtemp(dir=shm)) if shm.is_dir() else tmp_path
+    try:
+        config = copy_sample(folder / "project")
+        add_subscribers(config, 3_000)
+        yield config
+    finally:
+        if folder != tmp_path:
+            shutil.rmtree(folder)
+
+
+def outbox_recipients(config: Path) -> Counter[bytes]:
+    """The To: header of each message in the outbox, counted (a cheap look: 3,000
+    messages parsed in full would take seconds)."""
+    found: Counter[bytes] = Counter()
+    for path in (config.parent / "outbox" / "new").iterdir():
+        to = TO.search(path.read_bytes())
+        assert to is not None, path
+        found[to[1]] += 1
+    return found
+
+
+def statuses(config: Path) -> Counter[str]:
+    return Counter(row["status"] for row in ledger_rows(config).values())
+
+
+def in_background(config: Path, when_sent: int, act: str) -> tuple[threading.Thread, list[float]]:
+    """Once ``when_sent`` messages are in the outbox, ``act`` (pause or cancel) the entry
+    as ``statusmail pause`` does, from another thread; the list gets the moment (epoch)."""
+    moments: list[float] = []
+
+    def run() -> None:
+        wait_for(lambda: outbox_count(config) >= when_sent, timeout=20, what="the first messages")
+        moments.append(time.time())
+        getattr(controls, act)(load_config(config), UPDATE, Console(file=io.StringIO()))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, moments
+
+
+def last_written(config: Path) -> float:
+    return max(path.stat().st_mtime for path in (config.parent / "outbox" / "new").iterdir())
+
+
+def test_pause_stops_a_running_send_within_a_second_and_resume_finishes_everyone_once(
+    big: Path,
+) -> None:
+    project = big
+    thread, moments = in_background(project, 100, "pause")
+    code, report, _ = send(project, UPDATE, "--rate", "1000")  # about 3 s unpaused
+    thread.join()
+    assert code == 4 and "paused" in report["stopped"]
+    assert last_written(project) - moments[0] < 1.0  # no message began after a second
+    counts = statuses(project)
+    sent = outbox_recipients(project)
+    assert counts["sent"] == sum(sent.values()) == len(sent) < AUDIENCE / 2
+    assert counts["sent"] + counts["pending"] == AUDIENCE  # nothing lost, nothing failed
+
+    status = json.loads(invoke(project, "status", UPDATE, "--json").stdout)
+    assert status["control"]["state"] == "paused"
+    listed = {row["id"]: row for row in json.loads(invoke(project, "list", "--json").stdout)}
+    assert listed[UPDATE]["progress"].endswith("(paused)")
+
+    resumed = invoke(project, "resume", UPDATE)
+    assert resumed.exit_code == 0 and "resumed" in resumed.stdout
+    code, report, err = send(project, UPDATE, "--rate", "0")
+    assert code == 0, err
+    everyone = outbox_recipients(project)
+    assert len(everyone) == AUDIENCE and set(everyone.values()) == {1}
+    assert statuses(project) == {"sent": AUDIENCE}
+
+
+def test_cancel_leaves_the_rest_cancelled_and_a_later_send_sends_none_of_them(
+    project: Path,
+) -> None:
+    thread, _ = in_background(project, 2, "cancel")
+    code, report, _ = send(project, UPDATE, "--rate", "10", "--concurrency", "1")
+    thread.join()
+    assert code == 4 and "cancelled" in report["stopped"]
+    counts = statuses(project)
+    sent = {recipient(m) for m in outbox_messages(project)}
+    assert counts["sent"] == len(sent) < 14 and counts["sent"] + counts["cancelled"] == 14
+    assert not counts["pending"]
+
+    again = invoke(project, "send", UPDATE, "--yes")
+    assert again.exit_code == 0 and "was cancelled" in again.output
+    assert {recipient(m) for m in outbox_messages(project)} == sent
+    assert invoke(project, "resume", UPDATE).exit_code == 1  # a cancel is for good
+    status = invoke(project, "status", UPDATE)
+    assert "cancelled" in status.stdout
+    assert (
+        json.loads(invoke(project, "status", UPDATE, "--json").stdout)["cancelled"]
+        == (counts["cancelled"])
+    )
+
+
+REFUSED = {
+    "anna.petrova@example.org": "550 5.1.1 No such user",
+    "ivan.smirnov@example.com": "552 5.2.2 Mailbox full",
+    "olga.kuznetsova@example.net": "552 5.2.2 Mailbox full",
+}
+
+
+def test_retry_failed_resends_exactly_the_failed_ones_never_a_suppressed_one(
+    project: Path,
+) -> None:
+    with RecordingServer(reject_rcpt=dict(REFUSED)) as server:
+        point_at(project, server.port)
+        code, _, err = send(project)
+        assert code == 3, err
+        assert statuses(project) == {"sent": 11, "failed": 3}
+
+        server.reject_rcpt = {}  # the mailboxes are fixed now
+        retried = invoke(project, "retry", UPDATE, "--code", "5.2.2")
+        assert retried.exit_code == 0 and "2 failed recipient(s) of code 5.2.2" in retried.stdout
+        code, _, err = send(project)
+        assert code == 3, err  # the 5.1.1 one is still failed
+        got = Counter(a.lower() for m in server.messages for a in m.rcpt_tos)
+        assert len(got) == 13 and "anna.petrova@example.org" not in got  # the two, once more
+
+        assert invoke(project, "suppress", "add", "anna.petrova@example.org").exit_code == 0
+        retried = invoke(project, "retry", UPDATE, "--failed")
+        assert retried.exit_code == 0 and "1 left failed: suppressed" in retried.stdout
+        before = len(server.messages)
+        code, _, err = send(project)
+        assert len(server.messages) == before  # nothing to send: the suppressed stays failed
+    assert set(got.values()) == {1}  # everyone sent exactly once
+    assert ledger_rows(project)["anna.petrova@example.org"]["status"] == "failed"
+    assert invoke(project, "retry", UPDATE, "--code", "5.x").exit_code == 2
+
+
+def test_watch_leaves_a_paused_entry_saying_so_once_and_the_next_send_resumes_it(
+    project: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert invoke(project, "pause", UPDATE).exit_code == 0  # before anything was sent
+    watcher = watch.Watcher(load_config(project), watch.WatchOptions(poll_interval=0.1))
+    with caplog.at_level(logging.INFO, logger="statusmail"):
+        due = [e.id for e in watcher.due_entries()]
+        assert UPDATE not in due and watcher.due_entries()  # the other entry is due
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"{UPDATE}:")]
+    assert len(said) == 1 and "paused" in said[0]
+
+    code, _, err = send(project)
+    assert code == 0 and "was paused" in err and "resumes it" in err
+    assert statuses(project) == {"sent": 14}
