@@ -109,6 +109,7 @@ def main() -> int:
         URL_SLOT,
         Renderer,
         VariantKey,
+        probe_recipient,
     )
     from statusmail.delivery.smtp import _headers_are_ascii, _wire_ready
     from statusmail.domain import Recipient
@@ -117,7 +118,6 @@ def main() -> int:
     from statusmail.project.regions import load_regions
     from statusmail.project.selection import select
     from statusmail.project.tokens import Keyring
-    from statusmail.validation import probe_recipient
 
     tmp = Path(tempfile.mkdtemp(prefix="sm-bench-encoding-"))
     print(

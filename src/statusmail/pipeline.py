@@ -24,6 +24,7 @@ from statusmail import validation
 from statusmail.content.catalog_gaps import catalog_problems
 from statusmail.content.message import MessageFactory
 from statusmail.content.render import Renderer
+from statusmail.content.render_checks import render_problems
 from statusmail.delivery import corrections, intake
 from statusmail.delivery.engine import Engine, OnOutcome, RunResult
 from statusmail.delivery.stream import Stream
@@ -50,6 +51,7 @@ from statusmail.project.config import Config, is_url
 from statusmail.project.editions import load_editions, news_urls
 from statusmail.project.entries import entry_paths, find_entry
 from statusmail.project.regions import Region, load_regions
+from statusmail.project.secrets import secret_problems
 from statusmail.project.selection import Inactive, SelectionStats, select
 from statusmail.project.subscribers import RowProblem
 from statusmail.project.tokens import Keyring
@@ -113,7 +115,7 @@ def prepare(
         found += validation.readiness_problems(
             entry, now=now or dt.datetime.now(dt.UTC), send_now=send_now
         )
-        found += validation.secret_problems(config)
+        found += secret_problems(config)
     errors = [p for p in found if not p.warning]
     if errors:
         raise InputError(errors)
@@ -132,7 +134,7 @@ def prepare(
         topic_names=config.topic_names,
     )
     factory = MessageFactory(config, entry, renderer, keys)
-    errors = validation.render_problems(factory, renderer.variant_keys(entry))
+    errors = render_problems(factory, renderer.variant_keys(entry))
     if errors:
         raise InputError(errors)
     return Prepared(config, entry, regions, renderer, factory, [p for p in found if p.warning])

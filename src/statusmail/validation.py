@@ -1,42 +1,36 @@
-"""Every rule about the project's files, in one place.
+"""Every rule about the project's files, reached from one place.
 
-``check`` runs all of them over the whole project; a run (``send``, ``--dry-run``,
-``watch``) runs those about its entry before anything is selected or sent. Both call
-the same functions, so a rule is never written twice or checked differently.
+``check`` runs all of them over the whole project (``check_project``); a run (``send``,
+``--dry-run``, ``watch``) runs those about its entry before anything is selected or
+sent. Both call the same functions, so a rule is never written twice or checked
+differently. Here: the regions' rules and an entry's; the others stand beside what they
+check: the languages of translations and topic names in ``project.language_checks``,
+what the lists say of each audience in ``project.audience_checks``, the secrets in
+``project.secrets``, the built messages in ``content.render_checks``, the catalogs in
+``content.catalog_gaps``, the pages in ``web.pages`` and ``web.publish``, corrections in
+``delivery.corrections``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import re
-from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from statusmail.content import markdown
 from statusmail.content.catalog_gaps import catalog_problems
 from statusmail.content.message import MessageFactory
-from statusmail.content.render import (
-    Renderer,
-    VariantKey,
-    probe_recipient,
-)
+from statusmail.content.render import Renderer
+from statusmail.content.render_checks import render_problems
 from statusmail.delivery import corrections
-from statusmail.domain import Content, Entry, SubscriberStatus
-from statusmail.errors import (
-    ConfigError,
-    InputError,
-    LedgerError,
-    Problem,
-    RenderError,
-    StatusmailError,
-)
+from statusmail.domain import Entry
+from statusmail.errors import ConfigError, InputError, LedgerError, Problem, StatusmailError
 from statusmail.ledger import Ledger
 from statusmail.ledger import exists as ledger_exists
 from statusmail.ledger.importing import import_lists
 from statusmail.ledger.subscribers import ImportRefused, read_groups, read_problems
+from statusmail.project.audience_checks import reach
 from statusmail.project.config import Config
 from statusmail.project.editions import (
     Edition,
@@ -48,24 +42,18 @@ from statusmail.project.editions import (
 from statusmail.project.entries import (
     load_entries,
     missing_language_problems,
-    source_hash,
     topics_problems,
 )
-from statusmail.project.language import dates, language_problem, spell_date
-from statusmail.project.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES, resolve_locale
+from statusmail.project.language import language_problem
+from statusmail.project.language_checks import line_in, topic_name_problems, translation_problems
+from statusmail.project.locales import SUPPORTED_LOCALES
 from statusmail.project.regions import Region, read_regions, registrable_domain
-from statusmail.project.secrets import imap_password_problem, secret_length_problem
+from statusmail.project.secrets import secret_problems
 from statusmail.project.selection import Group, Tally
 from statusmail.project.subscribers import RowProblem, iter_subscribers
 from statusmail.project.tokens import Keyring
 from statusmail.web.pages import preferences_page_problems
 from statusmail.web.publish import site_problems
-
-_CYRILLIC = re.compile(r"[А-Яа-яЁё]")
-_NUMBER = re.compile(r"\d+")
-# Link targets, autolinks, bare URLs and addresses hold digits that are not facts.
-_NOT_PROSE = re.compile(r"\]\([^)]*\)|<[^>\s]+>|https?://\S+|\S+@\S+")
-
 
 # -- regions ---------------------------------------------------------------------
 
@@ -130,7 +118,7 @@ def region_problems(regions: Mapping[str, Region]) -> list[Problem]:
                 problems.append(
                     Problem(
                         path,
-                        _line_in(path, at(f"access.{locale}"), text, found[0]),
+                        line_in(path, at(f"access.{locale}"), text, found[0]),
                         f"{region.code}'s {locale} access text: {found[1]}",
                         code="wrong-language",
                     )
@@ -207,19 +195,6 @@ def region_address_problems(config: Config, regions: Mapping[str, Region]) -> li
     return problems
 
 
-def topic_name_problems(config: Config) -> list[Problem]:
-    """The preferences page names each topic in the reader's language: in that language."""
-    problems: list[Problem] = []
-    for topic, names in sorted(config.topic_names.items()):
-        for locale, text in sorted(names.items()):
-            found = language_problem(text, locale)
-            if found is not None:
-                line = _line_in(config.path, config.line("topic_names"), f"{topic}:", 0)
-                message = f"the {locale} name of topic {topic!r}: {found[1]}"
-                problems.append(Problem(config.path, line, message, code="wrong-language"))
-    return problems
-
-
 # -- entries ---------------------------------------------------------------------
 
 
@@ -275,139 +250,11 @@ def entry_problems(
             )
         for written, meant in markdown.unrendered_links(content.body):
             start = max(content.body.find(written.split("\n")[0]), 0)
-            line = _line_in(path, body_line, content.body, content.body[:start].count("\n"))
+            line = line_in(path, body_line, content.body, content.body[:start].count("\n"))
             message = f"'{' '.join(written.split())}' in the {locale} body shows as brackets"
             message += f", not a link: write {' '.join(meant.split())}"
             problems.append(Problem(path, line, message, code="unrendered-link"))
     problems += translation_problems(entry)
-    return problems
-
-
-def _numbers(*texts: str) -> Counter[str]:
-    found: Counter[str] = Counter()
-    for text in texts:
-        found.update(n.lstrip("0") or "0" for n in _NUMBER.findall(_NOT_PROSE.sub(" ", text)))
-    return found
-
-
-def _line_in(path: Path | str, line: int | None, text: str, offset: int) -> int | None:
-    """The file line holding line ``offset`` of ``text``, a value whose key is on
-    ``line``: the first line from there that holds its start (YAML indents a value, and
-    may fold it); ``line`` when none does."""
-    wanted = text.split("\n")[offset].strip()[:40]
-    if line is None or not wanted:
-        return line
-    try:
-        lines = Path(path).read_text(encoding="utf-8").split("\n")
-    except (OSError, UnicodeDecodeError):
-        return line
-    return next((n for n in range(line, len(lines) + 1) if wanted in lines[n - 1]), line)
-
-
-def translation_problems(entry: Entry) -> list[Problem]:
-    """Each text is in its language, paragraph by paragraph; each translation is made
-    from the current English and states the same numbers and dates."""
-    problems: list[Problem] = []
-    english = entry.content.get(FALLBACK_LOCALE)
-    for locale, content in entry.content.items():
-
-        def at(key: str, locale: str = locale) -> int | None:
-            return entry.line(f"content.{locale}.{key}") or entry.line(f"content.{locale}")
-
-        for key in ("subject", "summary", "body"):
-            text = getattr(content, key)
-            if locale == "ru" and not _CYRILLIC.search(text):
-                problems.append(
-                    Problem(
-                        entry.where,
-                        at(key),
-                        f"the ru {key} has no Cyrillic letter: is it still in English?",
-                        code="not-cyrillic",
-                    )
-                )
-                continue
-            found = language_problem(text, locale)
-            if found is not None:
-                problems.append(
-                    Problem(
-                        entry.where,
-                        _line_in(entry.where, at(key), text, found[0]),
-                        f"the {locale} {key}: {found[1]}",
-                        code="wrong-language",
-                    )
-                )
-        if english is None or locale == FALLBACK_LOCALE:
-            continue
-        current = source_hash(english)
-        if content.source is None:
-            problems.append(
-                Problem(
-                    entry.where,
-                    entry.line(f"content.{locale}"),
-                    f"the {locale} block has no 'source:'; once it matches the English, "
-                    f"add source: {current}",
-                    warning=True,
-                    code="missing-source",
-                )
-            )
-        elif content.source != current:
-            problems.append(
-                Problem(
-                    entry.where,
-                    at("source"),
-                    f"the English changed since this {locale} translation was made "
-                    f"(source: {content.source}, English now {current}); update the "
-                    f"translation, then set source: {current}",
-                    # A draft is work in progress: said, but it still previews and checks.
-                    warning=not entry.ready,
-                    code="stale-translation",
-                )
-            )
-        ours = _numbers(english.subject, english.summary, english.body)
-        theirs = _numbers(content.subject, content.summary, content.body)
-        if set(ours) != set(theirs):
-            only_en = sorted(set(ours) - set(theirs), key=int)
-            only_other = sorted(set(theirs) - set(ours), key=int)
-            said = []
-            if only_en:
-                said.append(f"only in en: {', '.join(only_en)}")
-            if only_other:
-                said.append(f"only in {locale}: {', '.join(only_other)}")
-            problems.append(
-                Problem(
-                    entry.where,
-                    entry.line(f"content.{locale}"),
-                    f"the numbers in en and {locale} differ ({'; '.join(said)})",
-                    code="numbers-differ",
-                )
-            )
-        else:  # the same digits: a month changed in one language only is caught here
-            problems += _date_problems(entry, english, content, locale)
-    return problems
-
-
-def _date_problems(entry: Entry, english: Content, content: Content, locale: str) -> list[Problem]:
-    """Each text of a translation states the English's dates, compared as dates."""
-    problems: list[Problem] = []
-    for key in ("subject", "summary", "body"):
-        en_dates = dates(getattr(english, key), FALLBACK_LOCALE)
-        their_dates = dates(getattr(content, key), locale)
-        if en_dates == their_dates:
-            continue
-        differ = ((FALLBACK_LOCALE, en_dates - their_dates), (locale, their_dates - en_dates))
-        told = [
-            f"only in {where}: {', '.join(spell_date(*d) for d in sorted(only))}"
-            for where, only in differ
-            if only
-        ]
-        problems.append(
-            Problem(
-                entry.where,
-                entry.line(f"content.{locale}.{key}") or entry.line(f"content.{locale}"),
-                f"the dates in the en and {locale} {key} differ ({'; '.join(told)})",
-                code="dates-differ",
-            )
-        )
     return problems
 
 
@@ -435,109 +282,6 @@ def readiness_problems(entry: Entry, *, now: dt.datetime, send_now: bool) -> lis
     return []
 
 
-# -- secrets and settings ----------------------------------------------------------
-
-
-def secret_problems(config: Config, environ: Mapping[str, str] | None = None) -> list[Problem]:
-    """Secrets the configured transport needs, each naming its variable (warnings too)."""
-    problems: list[Problem] = []
-    try:
-        keys, is_dev = config.keyring(environ)
-    except ConfigError as exc:
-        problems += exc.problems
-    else:
-        if is_dev:
-            problems.append(
-                Problem(
-                    config.path,
-                    config.line("unsubscribe"),
-                    f"${config.unsubscribe.secret_env} is not set; the development "
-                    "unsubscribe secret is used (fine for the maildir outbox only)",
-                    warning=True,
-                    code="secret-missing",
-                )
-            )
-        short = secret_length_problem(config, keys, is_dev)
-        if short is not None and config.transport == "smtp":
-            problems.append(short)
-        elif short is not None:  # fine for the outbox, not for serve or a relay
-            problems.append(replace(short, warning=True))
-    bounces = config.bounces
-    if bounces.imap is not None and not bounces.imap.password(environ):
-        problems.append(imap_password_problem(config))
-    if bounces.trust_unsigned:
-        problems.append(
-            Problem(
-                config.path,
-                config.line("bounces"),
-                "bounces.trust_unsigned is on: a report that proves nothing (no VERP token, "
-                "no Message-ID of statusmail's) suppresses the addresses it names, so anyone "
-                "who can send mail can cut a subscriber off; configure bounces.address "
-                "(VERP) and turn it off",
-                warning=True,
-                code="trust-unsigned",
-            )
-        )
-    smtp = config.smtp
-    if config.transport == "smtp" and smtp.username and not smtp.password(environ):
-        problems.append(
-            Problem(
-                config.path,
-                config.line("smtp"),
-                f"smtp.username is set but ${smtp.password_env} is unset or empty: "
-                "put the relay's password there",
-                code="secret-missing",
-            )
-        )
-    return problems
-
-
-# -- rendering ---------------------------------------------------------------------
-
-
-def render_problems(factory: MessageFactory, keys: Iterable[VariantKey]) -> list[Problem]:
-    """Build every variant (with and without a name), so a template, catalog or key
-    error shows here and not mid-send; and no reader gets a link their region blocks."""
-    entry = factory.entry
-    problems: list[Problem] = []
-    for key in keys:
-        for named in (True, False):
-            probe = probe_recipient(VariantKey(key.locale, key.region, key.access, named))
-            try:
-                built = factory.build(probe)
-                rendered = built.rendered
-            except RenderError as exc:
-                fallback = Problem(entry.where, None, str(exc), code="render-error")
-                problems.append(exc.problem or fallback)
-                break
-            except StatusmailError as exc:
-                problems.append(Problem(entry.where, None, str(exc), code="render-error"))
-                break
-            region = factory.renderer.region(key)
-            if region is None or not region.links:
-                continue
-            headers = built.envelope.data.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
-            for part, text in (
-                ("its text part", rendered.text),
-                ("its HTML part", rendered.html),
-                ("its headers", headers),
-            ):
-                for host in region.blocked_hosts_in(text):
-                    problems.append(_leak(entry, key, region, host, part))
-            break  # the name does not change links
-    return problems
-
-
-def _leak(entry: Entry, key: VariantKey, region: Region, host: str, where: str) -> Problem:
-    return Problem(
-        entry.where,
-        entry.line(f"content.{key.locale}") or entry.line("content"),
-        f"readers in {region.code} still get a link to {host} in {where} ({key.title}): "
-        f"write it as {region.links[0][0]}… so that regions.yaml's links rewrite it",
-        code="blocked-link",
-    )
-
-
 # -- check: the whole project ------------------------------------------------------
 
 
@@ -558,17 +302,6 @@ class CheckReport:
             kept = self.warnings if problem.warning else self.problems
             if problem not in kept:  # a template's error shows once, not once per entry
                 kept.append(problem)
-
-
-@dataclass
-class _Coverage:
-    """What the active subscribers have, to tell an audience that selects nobody."""
-
-    topics: set[str] = field(default_factory=set)
-    regions: set[str] = field(default_factory=set)
-    locales: set[str] = field(default_factory=set)
-    fallbacks: Counter[tuple[str, str]] = field(default_factory=Counter)
-    last_first: int = 0  # names written "Last, First"
 
 
 def check_project(config: Config) -> CheckReport:
@@ -624,7 +357,10 @@ def check_project(config: Config) -> CheckReport:
                 report.add([Problem(entry.where, None, str(exc), code="render-error")])
                 break
             report.add(render_problems(factory, renderer.variant_keys(entry)))
-    report.add(_subscriber_problems(config, list(entries.values()), set(regions), report))
+    found_lists = reach(config, list(entries.values()), set(regions), *_read_lists(config))
+    report.subscribers += found_lists.subscribers
+    report.notes += found_lists.notes
+    report.add(found_lists.problems)
     return report
 
 
@@ -647,92 +383,3 @@ def _read_lists(config: Config) -> tuple[list[Group], list[RowProblem]]:
         else:
             tally.add(item)
     return tally.groups(), problems
-
-
-def _subscriber_problems(
-    config: Config, entries: list[Entry], regions: set[str], report: CheckReport
-) -> list[Problem]:
-    problems: list[Problem] = []
-    locales: dict[str, set[str]] = {entry.id: set() for entry in entries}
-    selected: Counter[str] = Counter()
-    coverage = _Coverage()
-    groups, row_problems = _read_lists(config)
-    for item in row_problems:
-        code = "subscriber-file" if item.fatal else "subscriber-row"
-        problems.append(Problem(item.path, item.line or None, item.message, code=code))
-    for group in groups:
-        report.subscribers += group.members
-        if group.status != SubscriberStatus.ACTIVE:
-            continue
-        locale, fallback = resolve_locale(
-            group.locale, group.region, config.default_locale_by_region
-        )
-        if fallback:
-            coverage.fallbacks[(fallback, locale)] += group.members
-        coverage.topics |= group.topics
-        coverage.locales.add(locale)
-        coverage.last_first += group.last_first
-        if group.region:
-            coverage.regions.add(group.region)
-        for entry in entries:
-            if entry.audience.matches(group.region, group.topics, locale):
-                locales[entry.id].add(locale)
-                selected[entry.id] += group.members
-    report.notes += [
-        f"{n} subscriber{'s' if n != 1 else ''} with {reason} get{'' if n != 1 else 's'} {locale}"
-        for (reason, locale), n in coverage.fallbacks.most_common()
-    ]
-    report.notes += _name_order_notes(config, coverage.last_first)
-    for entry in entries:
-        if entry.corrects:  # its audience is who got what it corrects: corrections.check
-            continue
-        problems += missing_language_problems(entry, locales[entry.id])
-        if entry.ready:
-            problems += _audience_problems(entry, selected[entry.id], coverage, regions)
-    return problems
-
-
-def _name_order_notes(config: Config, last_first: int) -> list[str]:
-    """How many greetings ``name_order`` turns round (never whose: check's output goes
-    into CI logs)."""
-    if not last_first:
-        return []
-    names = f"{last_first} subscriber name{'s' if last_first != 1 else ''}"
-    if config.name_order == "given_first":
-        return [f'{names} written "Last, First" greeted given name first (name_order)']
-    return [
-        f'{names} written "Last, First" greeted as written '
-        "(name_order: given_first greets given name first)"
-    ]
-
-
-def _audience_problems(
-    entry: Entry, selected: int, coverage: _Coverage, regions: set[str]
-) -> list[Problem]:
-    problems: list[Problem] = []
-    audience, line = entry.audience, entry.line("audience")
-    known_regions = (audience.regions or frozenset()) & regions  # unknown ones said already
-    for what, wanted, present in (
-        ("topic", audience.topics, coverage.topics),
-        ("region", known_regions, coverage.regions),
-        ("locale", audience.locales, coverage.locales),
-    ):
-        for value in sorted((wanted or frozenset()) - present):
-            problems.append(
-                Problem(
-                    entry.where,
-                    line,
-                    f"no active subscriber has the audience's {what} {value!r}",
-                    code="audience-unmatched",
-                )
-            )
-    if not selected:
-        problems.append(
-            Problem(
-                entry.where,
-                line or entry.line("status"),
-                "the entry is ready but its audience selects no active subscriber",
-                code="audience-empty",
-            )
-        )
-    return problems

@@ -28,6 +28,10 @@ CODED = (
     "content/dkim_signing",
     "delivery/corrections",
     "project/secrets",
+    "project/sending",
+    "project/language_checks",
+    "project/audience_checks",
+    "content/render_checks",
 )
 CODE = re.compile(r"[a-z]+(-[a-z]+)*")
 

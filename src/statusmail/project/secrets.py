@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -134,3 +135,57 @@ def imap_password_problem(config: Config) -> Problem:
         "or a systemd credential of that name)",
         code="secret-missing",
     )
+
+
+def secret_problems(config: Config, environ: Mapping[str, str] | None = None) -> list[Problem]:
+    """Secrets the configured transport needs, each naming its variable (warnings too)."""
+    problems: list[Problem] = []
+    try:
+        keys, is_dev = config.keyring(environ)
+    except ConfigError as exc:
+        problems += exc.problems
+    else:
+        if is_dev:
+            problems.append(
+                Problem(
+                    config.path,
+                    config.line("unsubscribe"),
+                    f"${config.unsubscribe.secret_env} is not set; the development "
+                    "unsubscribe secret is used (fine for the maildir outbox only)",
+                    warning=True,
+                    code="secret-missing",
+                )
+            )
+        short = secret_length_problem(config, keys, is_dev)
+        if short is not None and config.transport == "smtp":
+            problems.append(short)
+        elif short is not None:  # fine for the outbox, not for serve or a relay
+            problems.append(replace(short, warning=True))
+    bounces = config.bounces
+    if bounces.imap is not None and not bounces.imap.password(environ):
+        problems.append(imap_password_problem(config))
+    if bounces.trust_unsigned:
+        problems.append(
+            Problem(
+                config.path,
+                config.line("bounces"),
+                "bounces.trust_unsigned is on: a report that proves nothing (no VERP token, "
+                "no Message-ID of statusmail's) suppresses the addresses it names, so anyone "
+                "who can send mail can cut a subscriber off; configure bounces.address "
+                "(VERP) and turn it off",
+                warning=True,
+                code="trust-unsigned",
+            )
+        )
+    smtp = config.smtp
+    if config.transport == "smtp" and smtp.username and not smtp.password(environ):
+        problems.append(
+            Problem(
+                config.path,
+                config.line("smtp"),
+                f"smtp.username is set but ${smtp.password_env} is unset or empty: "
+                "put the relay's password there",
+                code="secret-missing",
+            )
+        )
+    return problems

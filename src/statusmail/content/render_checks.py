@@ -1,0 +1,56 @@
+"""What ``check`` and every run find by building an entry's messages: every variant
+built (with and without a name), so that a template, catalog or key error shows before
+anything is sent, and no reader gets a link their region blocks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from statusmail.content.message import MessageFactory
+from statusmail.content.render import VariantKey, probe_recipient
+from statusmail.domain import Entry
+from statusmail.errors import Problem, RenderError, StatusmailError
+from statusmail.project.regions import Region
+
+
+def render_problems(factory: MessageFactory, keys: Iterable[VariantKey]) -> list[Problem]:
+    """Build every variant (with and without a name), so a template, catalog or key
+    error shows here and not mid-send; and no reader gets a link their region blocks."""
+    entry = factory.entry
+    problems: list[Problem] = []
+    for key in keys:
+        for named in (True, False):
+            probe = probe_recipient(VariantKey(key.locale, key.region, key.access, named))
+            try:
+                built = factory.build(probe)
+                rendered = built.rendered
+            except RenderError as exc:
+                fallback = Problem(entry.where, None, str(exc), code="render-error")
+                problems.append(exc.problem or fallback)
+                break
+            except StatusmailError as exc:
+                problems.append(Problem(entry.where, None, str(exc), code="render-error"))
+                break
+            region = factory.renderer.region(key)
+            if region is None or not region.links:
+                continue
+            headers = built.envelope.data.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
+            for part, text in (
+                ("its text part", rendered.text),
+                ("its HTML part", rendered.html),
+                ("its headers", headers),
+            ):
+                for host in region.blocked_hosts_in(text):
+                    problems.append(_leak(entry, key, region, host, part))
+            break  # the name does not change links
+    return problems
+
+
+def _leak(entry: Entry, key: VariantKey, region: Region, host: str, where: str) -> Problem:
+    return Problem(
+        entry.where,
+        entry.line(f"content.{key.locale}") or entry.line("content"),
+        f"readers in {region.code} still get a link to {host} in {where} ({key.title}): "
+        f"write it as {region.links[0][0]}… so that regions.yaml's links rewrite it",
+        code="blocked-link",
+    )
