@@ -593,12 +593,8 @@ def list_(config: Config, as_json: bool) -> ExitCode:
     return commands.list_entries(config, as_json, out)
 
 
-@main.command()
-@common_options
-@click.argument("entry_id", metavar="ID", callback=_entry_id)
-@run
-def pause(config: Config, entry_id: str) -> ExitCode:
-    """Pause entry ID: a running send or watch stops taking recipients within a second.
+_CONTROLS = {
+    "pause": """Pause entry ID: a running send or watch stops taking recipients within a second.
 
     The messages in flight finish; the rest stay pending, nothing is lost or sent
     twice. The running send exits 4; watch leaves the entry, saying so once. resume
@@ -607,36 +603,16 @@ def pause(config: Config, entry_id: str) -> ExitCode:
     \b
     Example:
       statusmail pause update-2020-04-21
-    """
-    from statusmail.delivery import controls
-
-    return controls.pause(config, entry_id, out)
-
-
-@main.command()
-@common_options
-@click.argument("entry_id", metavar="ID", callback=_entry_id)
-@run
-def resume(config: Config, entry_id: str) -> ExitCode:
-    """Resume entry ID, paused: watch sends the rest at its next look (or run send).
+    """,
+    "resume": """Resume entry ID, paused: watch sends the rest at its next look (or run send).
 
     A cancelled entry is never resumed (exit 1).
 
     \b
     Example:
       statusmail resume update-2020-04-21
-    """
-    from statusmail.delivery import controls
-
-    return controls.resume(config, entry_id, out)
-
-
-@main.command()
-@common_options
-@click.argument("entry_id", metavar="ID", callback=_entry_id)
-@run
-def cancel(config: Config, entry_id: str) -> ExitCode:
-    """Cancel entry ID: its pending recipients become cancelled and are never sent.
+    """,
+    "cancel": """Cancel entry ID: its pending recipients become cancelled and are never sent.
 
     A running send or watch stops within a second (the messages in flight are sent and
     recorded as sent); status and list show the cancelled ones. A later send of ID
@@ -645,10 +621,26 @@ def cancel(config: Config, entry_id: str) -> ExitCode:
     \b
     Example:
       statusmail cancel update-2020-04-21
-    """
-    from statusmail.delivery import controls
+    """,
+}
 
-    return controls.cancel(config, entry_id, out)
+
+def _control_command(name: str, text: str) -> None:
+    """``statusmail pause|resume|cancel ID``: the same shape, the work in delivery.controls."""
+
+    @main.command(name=name, help=text)
+    @common_options
+    @click.argument("entry_id", metavar="ID", callback=_entry_id)
+    @run
+    def command(config: Config, entry_id: str) -> ExitCode:
+        from statusmail.delivery import controls
+
+        act: Callable[[Config, str, Console], ExitCode] = getattr(controls, name)
+        return act(config, entry_id, out)
+
+
+for _name, _text in _CONTROLS.items():
+    _control_command(_name, _text)
 
 
 def _failure_code(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
