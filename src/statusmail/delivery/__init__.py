@@ -1,8 +1,8 @@
 """Getting messages out: the audience taken into the ledger's queue (``intake``), the
 engine that claims, builds, throttles, sends and records (``engine``), the transports
 (``smtp``, ``maildir``, ``transport``), the rate limit (``throttle``), what a run
-prints (``report``), entries already sent and corrections of them (``corrections``) and
-test sends (``test_send``).
+prints (``report``), entries already sent and corrections of them (``corrections``),
+test sends (``test_send``) and pause, resume, cancel and retry (``controls``).
 
 May import: ``project``, ``content``, ``ledger``, ``metrics``, ``domain``, ``errors``
 (and ``validation`` for the entry-level rules the intake enforces); never ``feedback``,
