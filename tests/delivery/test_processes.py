@@ -93,7 +93,7 @@ def test_a_killed_helper_leaves_nobody_out(project: Path) -> None:
         killed.append(helper)
 
     with RecordingServer() as server:
-        addresses = configure(project, server.port, 400, rate=150)
+        addresses = configure(project, server.port, 600, rate=150)
         killer = threading.Thread(target=kill_the_helper, daemon=True)
         killer.start()
         code, report, stderr = send(project)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -36,10 +37,12 @@ POLL = 0.5  # how often an idle producer looks again (another sender's lease, th
 OBEY = 0.5  # how often a run asks whether its entry was paused or cancelled
 # One claim per 2 messages at one connection cost ~50 us a message; per 16, a PostgreSQL
 # sender still spent a round trip (state and claim) per 8 messages. A run's claims start
-# at 16 and double up to CLAIM_AT_MOST: a short list is still shared among senders, a
-# long one costs a claim per 128 messages.
+# at 16 and double up to CLAIM_AT_MOST, and never beyond CLAIM_SPAN seconds of a paced
+# run's rate: a short list is still shared among senders (and processes that start
+# later), a long fast one costs a claim per 128 messages.
 CLAIM_AT_LEAST = 16
 CLAIM_AT_MOST = 128
+CLAIM_SPAN = 0.25
 
 
 def ahead(connections: int) -> int:
@@ -217,10 +220,13 @@ class Engine(Delivering):
 
     async def _produce(self, feed: asyncio.Queue[Recipient | None], workers: int) -> None:
         want = ahead(workers)
+        most = CLAIM_AT_MOST
+        if self.settings.rate and not math.isinf(self.settings.rate):
+            most = min(most, int(self.settings.rate * CLAIM_SPAN))
         while batch := await self._next_batch(want):
             for recipient in batch:
                 await feed.put(recipient)
-            want = min(want * 2, max(want, CLAIM_AT_MOST))
+            want = min(want * 2, max(want, most))
         # Only on the normal path: a cancelled producer never waits for dead workers.
         for _ in range(workers):
             await feed.put(None)
