@@ -191,3 +191,54 @@ def test_watch_leaves_a_paused_entry_saying_so_once_and_the_next_send_resumes_it
     code, _, err = send(project)
     assert code == 0 and "was paused" in err and "resumes it" in err
     assert statuses(project) == {"sent": 14}
+
+
+def test_the_controls_state_on_either_engine(ledger_target: str | Path) -> None:
+    """The SQL itself, on SQLite and PostgreSQL: a row a running sender holds is left to
+    it; retry takes the failed rows of a code, never a suppressed address."""
+    from statusmail.ledger import Ledger
+    from statusmail.ledger import controls as ledger_controls
+
+    rows = {
+        "a@x.example": ("pending", None, None, None),
+        "b@x.example": ("pending", None, None, "sender-1"),  # held, its lease running
+        "c@x.example": ("failed", 552, "5.2.2 Mailbox full", None),
+        "d@x.example": ("failed", 550, "5.1.1 No such user", None),
+        "e@x.example": ("failed", 552, "5.2.2 Mailbox full", None),  # suppressed since
+        "f@x.example": ("sent", 250, "2.0.0 Ok", None),
+    }
+    with Ledger(ledger_target) as ledger:
+        ledger.database.execute(
+            "INSERT INTO entries (entry_id, digest, selected_at, generation,"
+            " selected_generation) VALUES ('e1', 'd', 'now', 1, 1)"
+        )
+        for address, (status, code, detail, holder) in rows.items():
+            ledger.database.execute(
+                "INSERT INTO deliveries (entry_id, address, email, locale, status, code,"
+                " detail, selection, claimed_by, lease_until, created_at, updated_at)"
+                " VALUES ('e1', :a, :a, 'en', :s, :c, :d, 1, :h, {now} + 60, 'now', 'now')",
+                {"a": address, "s": status, "c": code, "d": detail, "h": holder},
+            )
+        ledger.suppress("e@x.example", "bounced")
+
+        retried = ledger_controls.retry(ledger, "e1", "5.2.2")
+        assert (retried.requeued, retried.suppressed, retried.unmatched) == (1, 1, 1)
+        assert ledger_controls.pause(ledger, "e1").state == "paused"
+        assert "paused" in (ledger_controls.stop_reason(ledger, "e1") or "")
+        assert ledger_controls.resume(ledger, "e1") is not None
+        assert ledger_controls.stop_reason(ledger, "e1") is None
+
+        assert ledger_controls.cancel(ledger, "e1") == 2  # a and the retried c
+        assert ledger_controls.held_by_senders(ledger, "e1") == 1
+        ledger.release("e1", "sender-1")  # the sender stops and hands it back
+        assert ledger_controls.cancel_pending(ledger, "e1") == 1
+        assert ledger.counts("e1") == {
+            "pending": 0,
+            "sent": 1,
+            "failed": 2,
+            "skipped": 0,
+            "cancelled": 3,
+        }
+        lifted = ledger_controls.resume(ledger, "e1")
+        assert lifted is not None and lifted.state == "cancelled"  # and not lifted
+        assert ledger_controls.stop_reason(ledger, "e1") is not None
