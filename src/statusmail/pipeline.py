@@ -44,7 +44,7 @@ from statusmail.ledger import (
 )
 from statusmail.ledger.importing import import_lists
 from statusmail.ledger.queue import worker_name
-from statusmail.ledger.store import SelectionLost
+from statusmail.ledger.staging import SelectionLost
 from statusmail.ledger.subscribers import Imported
 from statusmail.project import entries
 from statusmail.project.config import Config, is_url

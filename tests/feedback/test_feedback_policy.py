@@ -19,7 +19,7 @@ from statusmail.domain import DeliveryStatus, Outcome, Preference, Recipient
 from statusmail.errors import ConfigError
 from statusmail.feedback.loop import Feedback
 from statusmail.ledger import Ledger, StagedRow
-from statusmail.ledger import store as ledger_module
+from statusmail.ledger import preferences as ledger_module
 from statusmail.ledger.schema import MIGRATIONS, statements
 from statusmail.project.config import load_config
 from statusmail.project.selection import select

@@ -21,7 +21,7 @@ from smtp_server import RecordingServer
 from statusmail import pipeline
 from statusmail.domain import ExitCode, Recipient
 from statusmail.ledger import Ledger, StagedRow
-from statusmail.ledger.store import SelectionLost
+from statusmail.ledger.staging import SelectionLost
 from statusmail.pipeline import Prepared
 from statusmail.project.config import load_config
 from statusmail.project.subscribers import count_rows

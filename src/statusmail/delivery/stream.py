@@ -14,7 +14,7 @@ from pathlib import Path
 from statusmail.delivery.intake import Run, count_read, finish, listed, lost, staged_rows
 from statusmail.errors import InputError, Interrupted, LedgerError, Problem, StatusmailError
 from statusmail.ledger import Ledger, StagedRow
-from statusmail.ledger.store import SELECTION_ENDED, SelectionLost
+from statusmail.ledger.staging import SELECTION_ENDED, SelectionLost
 from statusmail.ledger.subscribers import Imported
 from statusmail.project import entries
 from statusmail.project.config import is_url

@@ -3,9 +3,11 @@
 It lives in an embedded SQLite file (the default) or in PostgreSQL (``paths.ledger`` or
 ``$STATUSMAIL_LEDGER`` a ``postgresql://`` URL). All of statusmail's SQL is in this
 package: ``schema`` (numbered migrations), ``database`` (the two engines), ``store``
-(the ledger), ``queries`` and ``queue`` (the delivery side), ``subscribers`` and
-``importing`` (the lists held in it), ``corrections`` (what went out, to whom),
-``locks``, ``pool`` (the connections ``serve`` keeps).
+(the ``Ledger``, built from ``base``, ``staging``, ``outcomes``, ``suppressions``,
+``events`` and ``preferences``), ``copying`` (``ledger copy``), ``queries`` and
+``queue`` (the delivery side), ``subscribers`` and ``importing`` (the lists held in it),
+``corrections`` (what went out, to whom), ``locks``, ``pool`` (the connections ``serve``
+keeps).
 
 May import: ``project`` (the config), ``domain``, ``errors``; never content, delivery,
 feedback, web or the commands. Invariants: every outcome is recorded before the next
@@ -14,24 +16,17 @@ lease writes nothing); migrations are numbered and only ever added.
 Imported by: ``delivery``, ``feedback``, ``web``, ``pipeline``, ``watch``, the commands.
 """
 
+from statusmail.ledger.base import now_iso
+from statusmail.ledger.copying import copy_ledger
 from statusmail.ledger.database import describe
+from statusmail.ledger.events import FeedbackEvent
 from statusmail.ledger.locks import run_lock
+from statusmail.ledger.outcomes import FEEDBACK_OUTCOMES, OUTCOMES
 from statusmail.ledger.pool import LedgerPool
 from statusmail.ledger.queue import DeliveryQueue, LocalQueue, ServerQueue
 from statusmail.ledger.schema import SCHEMA_VERSION
-from statusmail.ledger.store import (
-    FEEDBACK_OUTCOMES,
-    OUTCOMES,
-    FeedbackEvent,
-    Ledger,
-    Plan,
-    StagedRow,
-    copy_ledger,
-    exists,
-    now_iso,
-    read_preferences,
-    read_suppressions,
-)
+from statusmail.ledger.staging import Plan, StagedRow
+from statusmail.ledger.store import Ledger, exists, read_preferences, read_suppressions
 from statusmail.project.config import is_url
 
 __all__ = [

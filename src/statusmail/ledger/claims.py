@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable
 
 from statusmail.domain import Outcome, Recipient
-from statusmail.ledger.store import Fenced
+from statusmail.ledger.outcomes import Fenced
 
 
 def worker_name() -> str:

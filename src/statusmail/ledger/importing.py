@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from statusmail.errors import LedgerError, Problem
+from statusmail.ledger.base import now_iso
 from statusmail.ledger.database import PostgresDatabase, driver_errors
 from statusmail.ledger.locks import lock_key
-from statusmail.ledger.store import Ledger, now_iso
+from statusmail.ledger.store import Ledger
 from statusmail.ledger.subscribers import (
     Imported,
     ImportRefused,

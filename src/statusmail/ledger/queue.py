@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from statusmail.domain import Outcome, Recipient
 from statusmail.errors import LedgerError
 from statusmail.ledger import queries
+from statusmail.ledger.base import now_iso
 from statusmail.ledger.claims import Claims, clock
 from statusmail.ledger.claims import worker_name as worker_name  # what the pipeline imports
 from statusmail.ledger.coalesce import Coalesced
@@ -35,7 +36,8 @@ from statusmail.ledger.database import (
     one_line,
     transient,
 )
-from statusmail.ledger.store import Fenced, Ledger, claimed, now_iso, record_params
+from statusmail.ledger.outcomes import Fenced, claimed, record_params
+from statusmail.ledger.store import Ledger
 
 
 class DeliveryQueue(Protocol):

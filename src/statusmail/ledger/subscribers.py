@@ -20,7 +20,8 @@ from typing import Any
 from statusmail.domain import Preference
 from statusmail.errors import InputError, Problem
 from statusmail.ledger.database import driver_errors
-from statusmail.ledger.store import STAGING, Ledger
+from statusmail.ledger.staging import STAGING
+from statusmail.ledger.store import Ledger
 from statusmail.project.selection import Group, topics_of
 from statusmail.project.subscribers import (
     RowProblem,

@@ -1,0 +1,60 @@
+"""``ledger copy``: every row of one ledger into an empty other (a SQLite ledger into
+PostgreSQL, say)."""
+
+from __future__ import annotations
+
+from statusmail.ledger.database import PostgresDatabase
+from statusmail.ledger.store import Ledger
+
+# What ``ledger copy`` moves, in this order, with the columns both engines share.
+COPIED = {
+    "entries": (
+        "entry_id, digest, selected_at, completed_at, generation, selected_generation, list_rows"
+    ),
+    "deliveries": (
+        "entry_id, address, email, ascii_email, name, locale, region, status, attempts,"
+        " code, detail, message_id, selection, created_at, updated_at"
+    ),
+    "suppressions": "address, reason, detail, created_at",
+    "feedback_events": (
+        "received_at, event_at, entry_id, address, kind, code, diagnostic, source, suppressed,"
+        " cause, state, domain"
+    ),
+    "suppression_lifts": "address, reason, detail, suppressed_at, lifted_at, why",
+    "bounce_scores": "address, day, source",
+    "preferences": "address, locale, topics, updated_at",
+}
+COPY_BATCH = 5_000
+
+
+def copy_ledger(source: Ledger, target: Ledger) -> dict[str, tuple[int, int]]:
+    """Copy every row of ``source`` into the empty ``target`` (a SQLite ledger into
+    PostgreSQL, say), keeping each delivery's order number (return paths name rows by
+    it); returns, per table, (rows in the source, rows in the target afterwards)."""
+    for table in COPIED:
+        if int(target._one(f"SELECT COUNT(*) FROM {table}") or 0):
+            raise target.error(f"cannot copy into a ledger that has rows ({table})")
+    counts: dict[str, tuple[int, int]] = {}
+    with target.transaction():
+        for table, columns in COPIED.items():
+            names = [c.strip() for c in columns.split(",")]
+            order = "{seq}" if table == "deliveries" else names[0]
+            select = f"SELECT {columns}" + (", {seq}" if table == "deliveries" else "")
+            if table == "deliveries":
+                names.append(target.database.dialect.seq)
+            marks = ", ".join(f":{name}" for name in names)
+            insert = f"INSERT INTO {table} ({', '.join(names)}) VALUES ({marks})"
+            copied = 0
+            query = f"{select} FROM {table} ORDER BY {order}"
+            for rows in source.database.iterate(query, COPY_BATCH):
+                target.database.executemany(
+                    insert, (dict(zip(names, row, strict=True)) for row in rows)
+                )
+                copied += len(rows)
+            counts[table] = (copied, int(target._one(f"SELECT COUNT(*) FROM {table}") or 0))
+        if isinstance(target.database, PostgresDatabase):
+            target._q(
+                "SELECT setval(pg_get_serial_sequence('deliveries', 'seq'),"
+                " COALESCE((SELECT MAX(seq) FROM deliveries), 0) + 1, false)"
+            )
+    return counts
