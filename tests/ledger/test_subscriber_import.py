@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import CSV_HEADER, REPO, UPDATE
+from statusmail.delivery import intake
 from statusmail.domain import Audience, Preference
 from statusmail.ledger import Ledger
 from statusmail.ledger.importing import import_lists
@@ -150,3 +151,26 @@ def test_the_audience_counted_from_the_import_is_what_select_chooses(
         pending = pending_groups(ledger, imported.id, entry.id)
         # a is suppressed (nothing may reach it: not a removal), b is chosen, gone is gone
         assert count_removals(entry, pending, by_region, declared) == 1
+
+
+@pytest.mark.parametrize("few", [True, False])
+def test_a_resume_reads_the_pending_recipients_first_then_the_rest_once(
+    ledger_target: str | Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, few: bool
+) -> None:
+    folder = tmp_path / "subscribers"
+    folder.mkdir()
+    addresses = [f"r{i:02d}@example.org" for i in range(30)]
+    rows = "".join(f"{a},R,en,NL,news,active\n" for a in addresses)
+    (folder / "list.csv").write_text(CSV_HEADER + rows, encoding="utf-8")
+    entry = load_entry(REPO / "updates" / f"{UPDATE}.yaml")
+    monkeypatch.setattr(intake, "FEW_PENDING", 100 if few else 0)
+    with Ledger(ledger_target) as ledger:
+        imported = import_lists(ledger, folder)
+        for address in addresses[25:]:  # a resume's pending recipients, at the list's end
+            ledger.database.execute(
+                "INSERT INTO deliveries (entry_id, address, email, locale, status, created_at,"
+                " updated_at) VALUES (:e, :a, :a, 'en', 'pending', 'now', 'now')",
+                {"e": entry.id, "a": address},
+            )
+        read = [item.email for item in intake.listed(ledger, imported, entry, pending=5)]
+    assert read == addresses[25:] + addresses[:25]

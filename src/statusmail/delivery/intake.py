@@ -55,6 +55,10 @@ from statusmail.project.subscribers import RowProblem, Subscriber
 
 log = logging.getLogger("statusmail")
 
+# Up to this many pending recipients a resume finds from the queue (each page sorts
+# them); more, and it walks the list for them (they are then most of it).
+FEW_PENDING = 100_000
+
 
 class Run(Protocol):
     """What a selection needs to know (a prepared run has it): the config and the entry."""
@@ -67,16 +71,17 @@ class Run(Protocol):
 
 
 def listed(
-    ledger: Ledger, imported: Imported, entry: Entry | None = None, *, resuming: bool = False
+    ledger: Ledger, imported: Imported, entry: Entry | None = None, *, pending: int = 0
 ) -> Iterator[Subscriber | RowProblem]:
     """The import's row problems, then its subscribers, in list order (for a correction,
-    only those what it corrects went out to); ``resuming`` an entry with recipients
-    pending, those first, so that delivery takes them at once wherever they are."""
+    only those what it corrects went out to); an entry with recipients ``pending``
+    (how many), those first, so that delivery takes them at once wherever they are."""
     yield from read_problems(ledger, imported.id)
     subscribers: Iterable[Subscriber] = read_subscribers(ledger, imported.id)
-    if resuming and entry is not None:
+    if pending and entry is not None:
+        few = pending <= FEW_PENDING
         subscribers = itertools.chain(
-            read_subscribers(ledger, imported.id, pending=entry.id, first=True),
+            read_subscribers(ledger, imported.id, pending=entry.id, first=True, few=few),
             read_subscribers(ledger, imported.id, pending=entry.id),
         )
     yield from corrections.narrowed(ledger, entry, subscribers) if entry else subscribers

@@ -132,7 +132,7 @@ class Stream:
     def _select(self, ledger: Ledger, notify: Callable[[int], object]) -> None:
         count_read(self.stats, self.imported)
         with ledger.preference_lookup() as preferences:
-            source = listed(ledger, self.imported, self.run.entry, resuming=self.pending > 0)
+            source = listed(ledger, self.imported, self.run.entry, pending=self.pending)
             rows = staged_rows(self.run, ledger.suppressed(), self.stats, preferences, source)
             self._stream(ledger, notify, rows)
 

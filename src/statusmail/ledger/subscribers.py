@@ -176,20 +176,29 @@ def _same_files(ledger: Ledger, import_id: int, folder: Path) -> bool:
 
 
 def read_subscribers(
-    ledger: Ledger, import_id: int, *, pending: str | None = None, first: bool = False
+    ledger: Ledger,
+    import_id: int,
+    *,
+    pending: str | None = None,
+    first: bool = False,
+    few: bool = False,
 ) -> Iterator[Subscriber]:
     """The import's subscribers in list order, a page at a time (no read transaction
     stays open between pages). With ``pending`` (an entry) and ``first``, only those
-    with a pending delivery of it; with ``pending`` alone, the others (nor any this
-    connection staged since)."""
+    with a pending delivery of it (``few`` of them: found from the entry's queue, not by
+    walking the list); with ``pending`` alone, the others (nor any this connection
+    staged since)."""
     after, hi = span(import_id)
-    where = ""
+    where, source = "", "subscribers s"
     if pending is not None:
         has = (
             "EXISTS (SELECT 1 FROM deliveries d WHERE d.entry_id = :e"
             " AND d.address = s.address AND d.status = 'pending')"
         )
-        if first:
+        if first and few:
+            source = "deliveries d JOIN subscribers s ON s.import_id = :i AND s.address = d.address"
+            where = " AND d.entry_id = :e AND d.status = 'pending'"
+        elif first:
             where = f" AND {has}"
         else:
             ledger.database.execute(STAGING)
@@ -198,11 +207,13 @@ def read_subscribers(
     while True:
         page = query(
             ledger,
-            "SELECT pos, email, ascii_email, name, locale, region, topics, status, file, line"
-            f" FROM subscribers s WHERE pos > :a AND pos < :hi{where} ORDER BY pos LIMIT {PAGE}",
+            "SELECT s.pos, s.email, s.ascii_email, s.name, s.locale, s.region, s.topics,"
+            f" s.status, s.file, s.line FROM {source} WHERE s.pos > :a AND s.pos < :hi{where}"
+            f" ORDER BY s.pos LIMIT {PAGE}",
             a=after,
             hi=hi,
             e=pending,
+            i=import_id,
         )
         for pos, email, ascii_email, name, locale, region, topics, status, file, line in page:
             yield Subscriber(
