@@ -419,7 +419,7 @@ async def finish(
         selecting=selection.running,
         progress=progress,
         on_idle=selection.take_over,
-        controls=lambda: controls.stop_reason(ledger, entry_id),
+        controls=controls.asker(ledger, entry_id),
     )
     selection.engine = engine
     selection.begin()

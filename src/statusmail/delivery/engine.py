@@ -81,7 +81,7 @@ class Engine(Delivering):
         progress: asyncio.Event | None = None,
         on_idle: Callable[[], Awaitable[None]] | None = None,
         metrics: DeliveryMetrics | None = None,
-        controls: Callable[[], str | None] | None = None,
+        controls: Callable[[], Awaitable[str | None]] | None = None,
     ) -> None:
         self.queue = queue
         self.controls = controls  # why to stop taking recipients (statusmail pause), if so
@@ -247,7 +247,7 @@ class Engine(Delivering):
         """Stop taking recipients within a second of a pause or a cancel (``controls``)."""
         while self.controls is not None and not self.stop.is_set():
             with contextlib.suppress(LedgerError):  # the queue's own calls will say it
-                if reason := self.controls():
+                if reason := await self.controls():
                     self.halt(reason)
                     return
             await asyncio.sleep(OBEY)

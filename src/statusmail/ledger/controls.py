@@ -11,8 +11,9 @@ then (``cancel_pending``, after the run), so a row is never both cancelled and s
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +64,19 @@ def stop_reason(ledger: Ledger, entry_id: str) -> str | None:
     """Why a running sender of the entry is to stop taking recipients, if it is."""
     found = control(ledger, entry_id)
     return None if found is None else STOPPED_BY[found.state]
+
+
+def asker(ledger: Ledger, entry_id: str) -> Callable[[], Awaitable[str | None]]:
+    """``stop_reason`` for a running sender's event loop: on PostgreSQL a round trip, so
+    in a thread (the connection is thread-safe); on SQLite a local read of microseconds
+    (and the connection belongs to the loop's thread)."""
+
+    async def ask() -> str | None:
+        if ledger.dialect == "postgresql":
+            return await asyncio.to_thread(stop_reason, ledger, entry_id)
+        return stop_reason(ledger, entry_id)
+
+    return ask
 
 
 def _set(ledger: Ledger, entry_id: str, state: str) -> None:
