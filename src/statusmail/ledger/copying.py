@@ -23,6 +23,7 @@ COPIED = {
     "suppression_lifts": "address, reason, detail, suppressed_at, lifted_at, why",
     "bounce_scores": "address, day, source",
     "preferences": "address, locale, topics, updated_at",
+    "entry_controls": "entry_id, state, since",  # an entry paused or cancelled
 }
 COPY_BATCH = 5_000
 
