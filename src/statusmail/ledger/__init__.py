@@ -6,8 +6,8 @@ package: ``schema`` (numbered migrations), ``database`` (the two engines), ``sto
 (the ``Ledger``, built from ``base``, ``staging``, ``outcomes``, ``suppressions``,
 ``events`` and ``preferences``), ``copying`` (``ledger copy``), ``queries`` and
 ``queue`` (the delivery side), ``subscribers`` and ``importing`` (the lists held in it),
-``corrections`` (what went out, to whom), ``locks``, ``pool`` (the connections ``serve``
-keeps).
+``corrections`` (what went out, to whom), ``controls`` (an entry paused or cancelled,
+failed rows retried), ``locks``, ``pool`` (the connections ``serve`` keeps).
 
 May import: ``project`` (the config), ``domain``, ``errors``; never content, delivery,
 feedback, web or the commands. Invariants: every outcome is recorded before the next
