@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import pickle
 import signal
 import socket
 import subprocess
@@ -192,24 +193,35 @@ class Helpers:
         return [h.process.pid for h in self.helpers]
 
     def start(self, count: int) -> None:
+        """Start ``count`` helpers; one that cannot be started is said in one line and
+        the run goes on without it."""
         loop = asyncio.get_running_loop()
         level = logging.getLogger("statusmail").getEffectiveLevel()
         first = len(self.helpers) + 2  # the parent is process 1
         for index in range(first, first + count):
-            mine, theirs = socket.socketpair()
-            with mine, theirs:
-                process = subprocess.Popen(
-                    [sys.executable, "-c", _COMMAND, str(theirs.fileno())],
-                    pass_fds=[theirs.fileno()],
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    start_new_session=False,
+            try:
+                mine, theirs = socket.socketpair()
+                with mine, theirs:
+                    process = subprocess.Popen(
+                        [sys.executable, "-c", _COMMAND, str(theirs.fileno())],
+                        pass_fds=[theirs.fileno()],
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.DEVNULL,
+                    )
+                    conn = Connection(mine.detach())
+                helper = _Helper(index, process, conn)
+                self.helpers.append(helper)
+                conn.send((self.target, self.job, helper.index, level))
+            except (OSError, pickle.PicklingError, TypeError, AttributeError) as exc:
+                log.warning(
+                    "cannot start sender process %d (%s); this run goes on without it",
+                    index,
+                    exc,
+                    extra={"event": "process_not_started", "sender_process": index},
                 )
-                conn = Connection(mine.detach())
-            helper = _Helper(index, process, conn)
-            conn.send((self.target, self.job, helper.index, level))
+                self.kill("the run goes on in one process")
+                return
             loop.add_reader(conn.fileno(), self._readable, helper)
-            self.helpers.append(helper)
         log.info(
             "%d more sender process(es) on this host share the run",
             count,
@@ -250,10 +262,10 @@ class Helpers:
                 total.stopped = total.stopped or helper.ended.stopped
         return total
 
-    def kill(self) -> None:
+    def kill(self, why: str = "still running when the run had ended") -> None:
         for helper in self.helpers:
             if helper.process.poll() is None:
-                helper.killed = helper.killed or "still running when the run had ended"
+                helper.killed = helper.killed or why
                 helper.process.kill()
             if not helper.gone.is_set():
                 helper.process.wait()
