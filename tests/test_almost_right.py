@@ -368,7 +368,7 @@ def test_watch_says_once_what_stops_an_entry_until_its_files_change(
 ) -> None:
     import asyncio
 
-    from statusmail import pipeline, watch
+    from statusmail import watch
     from statusmail.project.config import load_config
 
     csv_path = project.parent / "subscribers" / "main.csv"

@@ -106,8 +106,9 @@ def test_a_sender_stopped_while_selecting_is_taken_over_and_writes_nothing_after
 ) -> None:
     """The first sender takes the selection and stops (SIGSTOP) before its first batch,
     held there by a lock on the import's row problems, which its selection reads first
-    (the lists were imported before, so nothing earlier in the run reads them). A second sender takes the
-    selection over once the first one's lease ran out and sends everyone. Resumed
+    (the lists were imported before, so nothing earlier in the run reads them). A second
+    sender takes the selection over once the first one's lease ran out and sends
+    everyone. Resumed
     (SIGCONT), the first one finds its selection taken over at its first write, says so
     once, and sends nobody anything."""
     import psycopg
