@@ -1,0 +1,162 @@
+"""A watcher's bookkeeping from pass to pass: which entries are due, what was last said
+about each file (said once, again only when it changes), the lists imported as soon as
+they change, and what an entry's run reads (its fingerprint: an entry that cannot run
+waits until it changes). ``Bookkeeping`` is this part of ``watch.Watcher``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from statusmail.delivery.corrections import when
+from statusmail.domain import Entry
+from statusmail.errors import InputError, StatusmailError
+from statusmail.ledger import Ledger, controls
+from statusmail.ledger import exists as ledger_exists
+from statusmail.ledger.importing import import_lists
+from statusmail.ledger.subscribers import Imported, ImportRefused
+from statusmail.project.config import Config
+from statusmail.project.entries import entry_paths, load_entry
+from statusmail.project.subscribers import subscriber_files
+
+log = logging.getLogger("statusmail.watch")
+
+Fingerprint = tuple[tuple[str, int, int], ...]
+
+
+@dataclass
+class Backoff:
+    """An entry waiting for its relay: the delay, and until when."""
+
+    delay: float
+    until: float
+
+
+def inputs_fingerprint(config: Config, entry_path: Path | None) -> Fingerprint:
+    """Size and modification time of every file a run of the entry reads."""
+    paths: list[Path] = [config.path, config.paths.regions]
+    if entry_path is not None:
+        paths.append(entry_path)
+    if config.paths.templates.is_dir():
+        paths += sorted(p for p in config.paths.templates.rglob("*") if p.is_file())
+    with contextlib.suppress(OSError):
+        paths += subscriber_files(config.paths.subscribers)
+    stamps = []
+    for path in paths:
+        with contextlib.suppress(OSError):
+            st = path.stat()
+            stamps.append((str(path), st.st_mtime_ns, st.st_size))
+    return tuple(stamps)
+
+
+class Bookkeeping:
+    """What is due, what was said, and the lists imported."""
+
+    config: Config
+    _reported: dict[Path, str]
+
+    async def _import(self) -> bool:
+        """The lists into the ledger as soon as they change (when not, a stat of each
+        file); False when the import is refused (said once per change of the files):
+        then no entry is sent."""
+        folder = self.config.paths.subscribers
+        try:
+            imported = await asyncio.to_thread(_import_lists, self.config)
+        except ImportRefused as exc:
+            if not exc.again:
+                self._reported.pop(folder, None)  # read anew: say it again if still so
+            self._say_once(
+                folder,
+                "subscriber lists not imported, nothing is sent until they are fixed:\n  "
+                + "\n  ".join(str(p) for p in exc.problems),
+                logging.ERROR,
+                event="import_refused",
+            )
+            return False
+        except StatusmailError:
+            return True  # the ledger: the pass says it
+        self._reported.pop(folder, None)
+        if imported.changed:
+            log.info(
+                "imported %d subscribers (%d invalid, %d duplicate rows skipped)",
+                imported.subscribers,
+                imported.invalid,
+                imported.duplicates,
+                extra={"event": "imported", "subscribers": imported.subscribers},
+            )
+        return True
+
+    def _say_once(
+        self,
+        path: Path,
+        message: str,
+        level: int = logging.WARNING,
+        *,
+        event: str = "entry_problem",
+    ) -> None:
+        if self._reported.get(path) != message:
+            self._reported[path] = message
+            log.log(level, "%s", message, extra={"event": event, "file": str(path)})
+
+    def due_entries(self) -> list[Entry]:
+        """Ready entries whose time has come and that the ledger does not show complete."""
+        due: list[Entry] = []
+        now = dt.datetime.now(dt.UTC)
+        target = self.config.paths.ledger
+        ledger = Ledger(target, readonly=True) if ledger_exists(target) else None
+        try:
+            for entry in self._entries():
+                state = ledger.entry_state(entry.id) if ledger else None
+                if state and state[1]:  # completed
+                    if state[0] != entry.digest and entry.path:
+                        self._say_once(
+                            entry.path,
+                            f"{entry.path}: changed after it was sent in full; not sent "
+                            "again (write a new entry for news, or one with "
+                            f"'corrects: {entry.id}' to correct it)",
+                        )
+                    continue
+                held = controls.control(ledger, entry.id) if ledger else None
+                if held is not None:  # paused or cancelled (statusmail pause|cancel)
+                    self._say_once(
+                        entry.path or Path(entry.id),
+                        f"{entry.id}: {held.state} {when(held.since)}, not sent"
+                        + (" (statusmail resume continues it)" if held.state == "paused" else ""),
+                        logging.INFO,
+                    )
+                    continue
+                if not entry.ready:
+                    if entry.path:
+                        self._say_once(entry.path, f"{entry.path}: draft, not sent", logging.INFO)
+                    continue
+                if entry.send_at and entry.send_at > now:
+                    continue
+                due.append(entry)
+        finally:
+            if ledger:
+                ledger.close()
+        return sorted(due, key=lambda e: (e.date, e.id))
+
+    def _entries(self) -> Iterator[Entry]:
+        for path in entry_paths(self.config.paths.updates):
+            try:
+                entry = load_entry(path)
+            except InputError as exc:
+                self._say_once(
+                    path,
+                    "invalid entry, not sent until fixed:\n  "
+                    + "\n  ".join(str(p) for p in exc.problems),
+                    logging.ERROR,
+                )
+                continue
+            yield entry
+
+
+def _import_lists(config: Config) -> Imported:
+    with Ledger(config.paths.ledger) as ledger:
+        return import_lists(ledger, config.paths.subscribers)
