@@ -44,6 +44,13 @@ MODULES = sorted(
     for p in SOURCE.rglob("*.py")
     if "__pycache__" not in p.parts
 )
+# The sample project, packaged for ``statusmail init`` (project/sample/ links to it).
+SAMPLE = sorted(
+    f"statusmail/project/sample/{p.relative_to(REPO).as_posix()}"
+    for part in ("statusmail.yaml", "regions.yaml", "updates", "subscribers", "templates")
+    for p in ([REPO / part] if (REPO / part).is_file() else (REPO / part).rglob("*"))
+    if p.is_file() and "__pycache__" not in p.parts
+)
 
 # What ``python -m build --no-isolation`` does, in one process: the backend that
 # pyproject.toml names builds the sdist in the project's folder, then the wheel in the
@@ -189,7 +196,7 @@ def test_the_sdist_and_the_wheel_hold_the_whole_package(built: tuple[Path, Path]
         files = {m.name.removeprefix(f"{top}/") for m in archive.getmembers() if m.isfile()}
     sdist_files = {"PKG-INFO", "README.md", "pyproject.toml", "MANIFEST.in", "setup.cfg"}
     metadata_files = {f for f in files if f.startswith("src/statusmail.egg-info/")}
-    package_files = {f"src/{m}" for m in MODULES} | {"src/statusmail/py.typed"}
+    package_files = {f"src/{m}" for m in [*MODULES, *SAMPLE]} | {"src/statusmail/py.typed"}
     assert files - metadata_files == sdist_files | package_files  # no tests, no leftovers
 
     with zipfile.ZipFile(wheel) as archive:
@@ -198,9 +205,10 @@ def test_the_sdist_and_the_wheel_hold_the_whole_package(built: tuple[Path, Path]
         metadata = HeaderParser().parsestr(archive.read(f"{info}/METADATA").decode())
         entry_points = archive.read(f"{info}/entry_points.txt").decode()
     package = {n for n in names if not n.startswith(info)}
-    # The modules and the type marker (statusmail reads no other data of its own: the
-    # templates and catalogs are the project's); no tests, no compiled leftovers.
-    assert package == {*MODULES, "statusmail/py.typed"}
+    # The modules, the type marker and the sample project init copies (statusmail reads
+    # no other data of its own: a project's templates and catalogs are its own); no tests,
+    # no compiled leftovers.
+    assert package == {*MODULES, *SAMPLE, "statusmail/py.typed"}
     assert metadata["Name"] == "statusmail"
     assert metadata["Version"] == version  # the one version, statusmail.__version__
     assert metadata["License-Expression"] == "MIT"
@@ -249,6 +257,11 @@ def test_the_installed_wheel_runs_help_version_and_the_sample_dry_run(
     assert f"{UPDATE} (dry run, status ready): 14 recipients, 14 rendered" in report
     assert (config.parent / "previews" / "index.html").is_file()
     assert not (config.parent / "outbox").exists()  # a dry run delivers nothing
+
+    # init writes the packaged sample, which checks at once (the config found from below)
+    run_installed(venv, "statusmail", "init", "fresh", cwd=tmp_path)
+    checked = run_installed(venv, "statusmail", "check", cwd=tmp_path / "fresh" / "updates")
+    assert "ok" in checked.stdout + checked.stderr
 
 
 def commands(help_text: str) -> list[str]:
