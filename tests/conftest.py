@@ -34,6 +34,7 @@ from click.testing import CliRunner, Result
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from browser_helpers import SharedChromium
 from statusmail.cli import main
 
 if TYPE_CHECKING:
@@ -228,6 +229,30 @@ def launched_chromium(*flags: str) -> Iterator[Browser]:
             yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture(scope="session")
+def _chromium() -> Iterator[SharedChromium]:
+    """The worker's Chromium, while browser modules follow one another. It resolves every
+    host under ``.test`` (reserved for tests) to this machine, the port the URL's."""
+    shared = SharedChromium(lambda: launched_chromium("--host-resolver-rules=MAP *.test 127.0.0.1"))
+    yield shared
+    shared.close()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _chromium_closed_for_others(request: pytest.FixtureRequest, _chromium: SharedChromium) -> None:
+    """A module that has no use for the browser (its first test does not ask for it) finds
+    the worker's closed, its loop and its processes gone."""
+    if "browser" not in request.fixturenames:
+        _chromium.close()
+
+
+@pytest.fixture(scope="module")
+def browser(_chromium: SharedChromium) -> Iterator[Browser]:
+    """Chromium for the module, the worker's (see browser_helpers): a test opens a context
+    of its own in it and closes it."""
+    yield from _chromium.lend()
 
 
 # -- waiting for real parts --------------------------------------------------------------
@@ -508,11 +533,12 @@ def serving(
     *extra: str,
     stop_with: int = signal.SIGTERM,
     env: dict[str, str] | None = None,
+    port: int | None = None,
 ) -> Iterator[int]:
-    """``statusmail serve`` on a free port, once it accepts connections; yields the port.
-    ``env`` is added to its environment. On leaving it is stopped with ``stop_with`` and
-    must exit 0."""
-    port = free_port()
+    """``statusmail serve`` on ``port`` (by default a free one), once it accepts
+    connections; yields the port. ``env`` is added to its environment. On leaving it is
+    stopped with ``stop_with`` and must exit 0."""
+    port = port or free_port()
     env = dict(env or {})
     if secret is not None:
         env["STATUSMAIL_UNSUBSCRIBE_SECRET"] = secret

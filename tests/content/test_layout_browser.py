@@ -18,13 +18,7 @@ from typing import TYPE_CHECKING, TypedDict
 
 import pytest
 
-from conftest import (
-    BLOCK,
-    SAMPLE_ENTRIES,
-    copy_sample,
-    dry_run,
-    launched_chromium,
-)
+from conftest import BLOCK, SAMPLE_ENTRIES, copy_sample, dry_run
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -67,13 +61,6 @@ class Measure(TypedDict):
     scroll: int
     inner: int
     right: float
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    """One Chromium for the whole module."""
-    with launched_chromium() as b:
-        yield b
 
 
 @pytest.fixture(scope="module")

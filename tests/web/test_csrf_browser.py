@@ -7,9 +7,10 @@ changes the language and saves: accepted and stored.
 
 The config wants https page URLs, and serve speaks plain HTTP, so the browser reaches the
 page the way readers of an onion mirror do: through a region's link rewrite to a plain
-http host (``startmail-mirror.test``, ``.test`` being reserved for tests), which the
-browser resolves to serve's port (``--host-resolver-rules``, the test's DNS). Its
-``Origin`` is then a public origin the config names, as behind a real proxy.
+http host (``startmail-mirror.test`` on serve's port, ``.test`` being reserved for tests),
+which the worker's browser resolves to this machine (``--host-resolver-rules``, the
+tests' DNS, see conftest's ``browser``). Its ``Origin`` is then a public origin the config
+names, as behind a real proxy.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ import pytest
 from conftest import (
     SECRET,
     copy_sample,
+    free_port,
     invoke,
-    launched_chromium,
     serving,
 )
 from editing import replace_in
@@ -48,21 +49,27 @@ class Site:
     config: Path
     port: int
 
+    @property
+    def mirror(self) -> str:
+        """The mirror's origin, serve on this machine."""
+        return f"http://{MIRROR}:{self.port}"
+
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     """The sample project served, with readers in BY sent to the plain-http mirror."""
     config = copy_sample(tmp_path_factory.mktemp("csrf-browser") / "project")
+    site = Site(config, free_port())
     replace_in(
         config.parent / "regions.yaml",
         "  name: {en: Belarus, ru: Беларусь}\n",
         "  name: {en: Belarus, ru: Беларусь}\n"
-        f'  links: {{"https://www.startmail.example/": "http://{MIRROR}/"}}\n',
+        f'  links: {{"https://www.startmail.example/": "{site.mirror}/"}}\n',
     )
     env = {"STATUSMAIL_UNSUBSCRIBE_SECRET": SECRET}
     assert invoke(config, "ledger", "migrate", env=env).exit_code == 0
-    with serving(config, SECRET) as port:
-        yield Site(config, port)
+    with serving(config, SECRET, port=site.port):
+        yield site
 
 
 class OtherSite(ThreadingHTTPServer):
@@ -95,13 +102,6 @@ def other_site() -> Iterator[OtherSite]:
         thread.join(timeout=10)
 
 
-@pytest.fixture(scope="module")
-def browser(site: Site) -> Iterator[Browser]:
-    """One Chromium for the module, resolving the mirror's host to serve's port."""
-    with launched_chromium(f"--host-resolver-rules=MAP {MIRROR} 127.0.0.1:{site.port}") as b:
-        yield b
-
-
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
     """A page in a fresh context whose reader reads Russian."""
@@ -121,7 +121,7 @@ def is_post(response: Response) -> bool:
 def test_a_form_on_another_origin_is_refused(site: Site, other_site: OtherSite, page: Page) -> None:
     address = "cross.site@example.org"
     token = preferences_token(KEYS, address)
-    target = f"http://{MIRROR}/status/preferences/{token}"
+    target = f"{site.mirror}/status/preferences/{token}"
     # Even with a form token of this page's own (say, copied from a page the reader was
     # shown), the other origin alone gets it refused.
     fields = [
@@ -153,7 +153,7 @@ def test_a_form_on_another_origin_is_refused(site: Site, other_site: OtherSite, 
 
 def test_the_form_on_its_own_page_is_accepted(site: Site, page: Page) -> None:
     address = "same.site@example.org"
-    url = f"http://{MIRROR}/status/preferences/{preferences_token(KEYS, address)}"
+    url = f"{site.mirror}/status/preferences/{preferences_token(KEYS, address)}"
     shown = page.goto(url)
     assert shown is not None and shown.status == 200
     assert page.is_checked("input[name='locale'][value='ru']")
@@ -161,7 +161,7 @@ def test_the_form_on_its_own_page_is_accepted(site: Site, page: Page) -> None:
     with page.expect_response(is_post) as posted:
         page.click("button[type='submit']")
     response = posted.value
-    assert response.request.header_value("origin") == f"http://{MIRROR}"
+    assert response.request.header_value("origin") == site.mirror
     assert response.status == 200
     assert page.wait_for_selector("text=Your choice is saved") is not None
     assert page.is_checked("input[name='locale'][value='en']")

@@ -1,7 +1,7 @@
 """Every page of the published sample reads in a real browser: no horizontal scrolling at
 320 px (a phone, dark mode) or 1280 px (a desktop, light), as published and with every
 ``<style>`` removed; in dark mode every text is legible against what is behind it; and
-a page fetches nothing at all. One Chromium for the module, one page per screen."""
+a page fetches nothing at all. One Chromium (conftest's ``browser``), one page per screen."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from conftest import copy_sample, launched_chromium
+from conftest import copy_sample
 from statusmail.project.config import load_config
 from statusmail.web.publish import pages_of, publish
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page, Request
+    from playwright.sync_api import Browser, BrowserContext, Page, Request
 
 SCREENS = {"phone": 320, "desktop": 1280}
 
@@ -70,14 +70,18 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def screens(site: Path) -> Iterator[dict[str, tuple[Page, list[str]]]]:
+def screens(browser: Browser, site: Path) -> Iterator[dict[str, tuple[Page, list[str]]]]:
     """A phone (the viewport meta applies; dark) and a desktop (light), each recording
     every request a page makes."""
-    with launched_chromium() as browser:
-        yield dict(_screens(browser))
+    contexts: list[BrowserContext] = []
+    yield dict(_screens(browser, contexts))
+    for context in contexts:
+        context.close()
 
 
-def _screens(browser: Browser) -> Iterator[tuple[str, tuple[Page, list[str]]]]:
+def _screens(
+    browser: Browser, contexts: list[BrowserContext]
+) -> Iterator[tuple[str, tuple[Page, list[str]]]]:
     for name, width in SCREENS.items():
         phone = name == "phone"
         context = browser.new_context(
@@ -87,6 +91,7 @@ def _screens(browser: Browser) -> Iterator[tuple[str, tuple[Page, list[str]]]]:
             color_scheme="dark" if phone else "light",
             java_script_enabled=True,  # for the measuring only: the pages hold none
         )
+        contexts.append(context)
         fetched: list[str] = []
 
         def seen(request: Request, fetched: list[str] = fetched) -> None:
