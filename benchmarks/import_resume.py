@@ -103,12 +103,12 @@ def main() -> int:
         assert imported.returncode == 0, imported.stderr
         figures["import"] = imported.wall
         rss, said = imported.peak_rss_mb, imported.stdout.strip()
-        print(f"  import: {imported.wall:.2f} s, {rss:.0f} MB; {said}")
+        print(f"  import: {imported.wall:.2f} s ({imported.cpu:.2f} s CPU), {rss:.0f} MB; {said}")
         for n in (1, 2):
             checked = common.run_statusmail(config, "check")
             figures[f"check {n}"] = checked.wall
-            code = checked.returncode
-            print(f"  check of the unchanged list ({n}): {checked.wall:.2f} s, exit {code}")
+            wall, cpu = checked.wall, checked.cpu
+            print(f"  check, unchanged list ({n}): {wall:.2f} s ({cpu:.2f} s CPU)")
         fresh = one_run(config, handler, args.timeout)
         figures["fresh"] = fresh["first"]
         print(f"  fresh: first message {fresh['first']} s")
