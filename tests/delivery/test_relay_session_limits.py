@@ -16,7 +16,7 @@ import yaml
 from conftest import UPDATE_AUDIENCE, invoke
 from delivery_helpers import add_subscribers, ledger_rows, point_at, send
 from smtp_server import RecordingServer
-from statusmail.delivery.smtp import ends_session, names_session_limit
+from statusmail.delivery.smtp_replies import ends_session, names_session_limit
 
 LIMIT = 5  # messages the relay takes per session
 CONCURRENCY = 2

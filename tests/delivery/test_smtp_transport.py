@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from conftest import closed_port
 from smtp_server import RecordingServer, TestCA, make_test_ca
-from statusmail.delivery.smtp import SmtpConnection, SmtpTransport, command_address, is_bounce
+from statusmail.delivery.smtp import SmtpConnection, SmtpTransport
+from statusmail.delivery.smtp_replies import command_address, is_bounce
 from statusmail.delivery.transport import Transport
 from statusmail.domain import Envelope
 from statusmail.errors import ConnectError, DeliveryError

@@ -1,6 +1,7 @@
 """Getting messages out: the audience taken into the ledger's queue (``intake``), the
 engine that claims, builds, throttles, sends and records (``engine``), the transports
-(``smtp``, ``maildir``, ``transport``), the rate limit (``throttle``), what a run
+(``smtp``, with what its replies mean in ``smtp_replies``; ``maildir``,
+``transport``), the rate limit (``throttle``), what a run
 prints (``report``), entries already sent and corrections of them (``corrections``),
 test sends (``test_send``) and pause, resume, cancel and retry (``controls``).
 

@@ -17,65 +17,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import ssl
 
 import aiosmtplib
 
+from statusmail.delivery.smtp_replies import (
+    command_address,
+    connect_error,
+    ends_session,
+    is_bounce,
+    names_session_limit,
+    one_line,
+)
 from statusmail.delivery.transport import Ready, SessionEnded
 from statusmail.domain import Envelope
 from statusmail.errors import ConnectError, DeliveryError
 from statusmail.project.sending import SmtpSettings
 
-_BOUNCE_STATUS = re.compile(r"(?<![\d.])5\.1\.(?:1|10)(?![\d.])")
-_BOUNCE_TEXT = re.compile(
-    r"user unknown|no such user|unknown user|mailbox unavailable|does not exist", re.I
-)
-# An address that aiosmtplib's quote_address() would return unchanged inside <>: its
-# parse (email.utils.parseaddr) costs more than the rest of the command, so such
-# addresses, nearly all of them, skip it. Anything else goes through aiosmtplib.
-_PLAIN_ADDRESS = re.compile(
-    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
-)
-# A 4xx reply that says the session has carried all the relay takes in one: the
-# enhanced code for "too many recipients", or the words (Exim's "421 ... too many
-# messages in this connection", Exchange's "452 4.5.3 Too many recipients").
-_SESSION_LIMIT = re.compile(
-    r"(?<![\d.])4\.5\.3(?![\d.])|too many "
-    r"(?:messages|mails?|recipients|rcpts?|connections|transactions|deliveries)",
-    re.I,
-)
 # Errors that mean the session is gone (or out of step) and must be reopened.
 _LOST = (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, TimeoutError, OSError)
-
-
-def command_address(address: str) -> bytes | None:
-    """``<address>`` for MAIL or RCPT when it is a plain ASCII address, else None."""
-    if _PLAIN_ADDRESS.fullmatch(address) is None:
-        return None
-    return b"<" + address.encode("ascii") + b">"
-
-
-def _one_line(text: str) -> str:
-    return " / ".join(part.strip() for part in text.splitlines() if part.strip())
-
-
-def is_bounce(code: int, text: str) -> bool:
-    """A permanent "no such user" answer: 5.1.1/5.1.10, or a 550 saying so in words."""
-    if code < 500:
-        return False
-    return bool(_BOUNCE_STATUS.search(text)) or (code == 550 and bool(_BOUNCE_TEXT.search(text)))
-
-
-def names_session_limit(code: int, text: str) -> bool:
-    """A 4xx reply saying that a session carries no more messages than it has."""
-    return 400 <= code < 500 and _SESSION_LIMIT.search(text) is not None
-
-
-def ends_session(code: int, text: str) -> bool:
-    """A reply after which a new session may take the message: the relay closes this one
-    (421), a 452, or a 4xx naming a per-session limit."""
-    return code in (421, 452) or names_session_limit(code, text)
 
 
 def _abort(smtp: aiosmtplib.SMTP) -> None:
@@ -178,30 +138,12 @@ class SmtpTransport:
         except BaseException as exc:  # including cancellation: never leak the socket
             _abort(smtp)
             if isinstance(exc, aiosmtplib.SMTPException | OSError):
-                raise self._connect_error(exc) from exc
+                raise connect_error(self.server, s.timeout, exc) from exc
             raise
         return smtp
 
     def _error(self, reason: str, *, transient: bool) -> ConnectError:
         return ConnectError(self.server, reason, transient=transient)
-
-    def _connect_error(self, exc: BaseException) -> ConnectError:
-        if isinstance(exc, ssl.SSLError) or isinstance(exc.__cause__, ssl.SSLError):
-            cause = exc if isinstance(exc, ssl.SSLError) else exc.__cause__
-            return self._error(f"TLS failed: {cause}", transient=False)
-        if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
-            reply = f"{exc.code} {_one_line(exc.message)}"
-            return self._error(f"authentication refused: {reply}", transient=False)
-        if isinstance(exc, aiosmtplib.SMTPResponseException):
-            reply = f"{exc.code} {_one_line(exc.message)}"
-            return self._error(f"the server refused us: {reply}", transient=exc.code < 500)
-        if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
-            return self._error(f"timed out after {self.settings.timeout:g}s", transient=True)
-        if isinstance(exc, aiosmtplib.SMTPConnectError | ConnectionError | OSError):
-            reason = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
-            return self._error(f"cannot connect: {reason}", transient=True)
-        # Other SMTPException: the server lacks something we need (e.g. an AUTH method).
-        return self._error(str(exc), transient=False)
 
 
 class SmtpConnection:
@@ -412,7 +354,7 @@ class SmtpConnection:
         self, smtp: aiosmtplib.SMTP, envelope: Envelope, code: int, text: str, stage: str
     ) -> DeliveryError:
         """A 4xx/5xx reply: reset the transaction (or drop the session) and map it."""
-        text = _one_line(text)
+        text = one_line(text)
         said = f"{text} (reply to {stage} from {self._transport.server})"
         carried = self._carried
         if carried and ends_session(code, text):
