@@ -26,7 +26,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import SECRET, outbox_messages, statusmail
+from conftest import SECRET, invoke, outbox_messages
 from delivery_helpers import add_subscribers, point_at, send
 from smtp_server import RecordingServer
 from statusmail.content.message import Built, MessageFactory
@@ -480,7 +480,7 @@ def test_a_reconnect_to_a_relay_without_8bitmime_gets_the_7bit_build(project: Pa
 
 @pytest.mark.timeout(60)
 def test_the_maildir_outbox_gets_8bit_parts(project: Path) -> None:
-    result = statusmail(
+    result = invoke(
         project,
         "send",
         "update-2020-04-21",
@@ -490,7 +490,7 @@ def test_the_maildir_outbox_gets_8bit_parts(project: Path) -> None:
         "--json",
         env={"STATUSMAIL_UNSUBSCRIBE_SECRET": SECRET},
     )
-    assert result.returncode == 0, result.stderr
+    assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["counts"]["sent"] > 0
     russian = [m for m in outbox_messages(project) if m["Content-Language"] == "ru"]
     assert russian
