@@ -53,7 +53,7 @@ def test_the_top_level_holds_only_what_ties_the_packages() -> None:
 def test_the_pipeline_is_the_only_way_to_send() -> None:
     """``send`` and ``watch`` both go through ``pipeline.start`` and ``pipeline.finish``;
     neither builds messages or talks to the ledger's queue on its own."""
-    for name in ("commands.py", "watch.py"):
+    for name in ("commands/sending.py", "watch.py"):
         source = (REPO / "src" / "statusmail" / name).read_text(encoding="utf-8")
         assert "pipeline.start(" in source and "pipeline.finish(" in source, name
         for private in ("MessageFactory", "Engine(", ".enqueue(", ".stage("):

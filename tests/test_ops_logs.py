@@ -189,7 +189,7 @@ def test_an_unexpected_exception_is_one_json_line(
     def broken(*_args: object) -> NoReturn:
         raise RuntimeError(f"a fault injected for {address}")  # no real part fails so
 
-    monkeypatch.setattr("statusmail.commands.list_entries", broken)
+    monkeypatch.setattr("statusmail.commands.reports.list_entries", broken)
     argv = ["statusmail", "--log-format", "json", "list", "--config", str(project)]
     monkeypatch.setattr(sys, "argv", argv)
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -24,7 +24,7 @@ from statusmail.ci.changes import (
     project_files,
 )
 from statusmail.ci.summary import EntryPreview
-from statusmail.commands import dry_run_json, print_dry_run
+from statusmail.commands.sending import dry_run_json, print_dry_run
 from statusmail.content.preview import write_previews
 from statusmail.delivery.report import print_json
 from statusmail.domain import ExitCode

@@ -1,0 +1,238 @@
+"""What send does: the real send (asked for, followed, reported), its dry run and the test sends."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+
+from statusmail import signals
+from statusmail.delivery import controls, corrections, test_send
+from statusmail.delivery.report import ProgressReporter, breakdown_rows, breakdown_table, print_json
+from statusmail.domain import ExitCode, mask_address
+from statusmail.errors import ConnectError, Interrupted
+from statusmail.project.config import Config
+from statusmail.project.entries import find_entry
+
+if TYPE_CHECKING:  # the pipeline is imported by the commands that send, when they run
+    from statusmail import pipeline
+    from statusmail.delivery.transport import Transport
+
+log = logging.getLogger("statusmail")
+
+
+@dataclass
+class SendOptions:
+    limit: int | None = None
+    yes: bool = False
+    json: bool = False
+    show_addresses: bool = False
+    interactive: bool = False
+    accept_removals: bool = False
+    now: bool = False
+
+
+def confirm_prompt(console: Console, target: str) -> pipeline.Confirm:
+    def confirm(prepared: pipeline.Prepared, started: pipeline.Started) -> bool:
+        locales = ", ".join(f"{n} {loc}" for loc, n in started.stats.by_locale().items())
+        pending = started.plan.pending_after if started.plan else started.stats.total
+        console.print(
+            f"Send [bold]{prepared.entry.id}[/] to [bold]{pending}[/]"
+            f" recipients ({locales or 'none'}) through {target}?"
+        )
+        # No lock is held while this waits; Ctrl-C here raises Interrupted at once.
+        answer = console.input("Type yes to send: ")
+        return answer.strip().lower() in ("y", "yes")
+
+    return confirm
+
+
+def send(config: Config, entry_id: str, options: SendOptions, console: Console) -> ExitCode:
+    from statusmail import pipeline
+
+    entry = find_entry(config.paths.updates, entry_id)
+    if (code := controls.before_send(config, entry.id, options.json, console)) is not None:
+        return code  # cancelled (a paused entry is resumed by this send)
+    if (done := corrections.already_sent(config, entry)) is not None:
+        return corrections.print_already_sent(done, options.json, console)
+    prepared = pipeline.prepare(config, entry, send_now=options.now)
+    for warning in prepared.warnings:
+        log.warning("%s", warning)
+    transport = pipeline.make_transport(config)
+    request = pipeline.Request(
+        limit=options.limit,
+        accept_removals=options.accept_removals,
+        mask=(lambda a: a) if options.show_addresses else mask_address,
+    )
+    if options.interactive and not options.yes:
+        request.confirm = confirm_prompt(console, pipeline.describe_target(config))
+    with pipeline.open_ledger(config, entry.id) as held:
+        try:
+            started = pipeline.start(prepared, held, request)
+        except pipeline.Declined:
+            console.print("Not sent; nothing was recorded.")
+            return ExitCode.NOT_STARTED
+        except Interrupted as exc:
+            log.warning(
+                "interrupted by %s before delivery: nothing was sent; recipients already "
+                "queued stay pending for the next run",
+                signals.name(exc.signum),
+                extra={"event": "interrupted", "entry": entry.id},
+            )
+            return ExitCode.STOPPED
+        try:
+            report = asyncio.run(_deliver(prepared, held, transport, request, started, console))
+        except ConnectError as exc:
+            log.error("cannot start: %s", exc, extra={"event": "relay_unreachable"})
+            return ExitCode.NOT_STARTED
+    _print_report(report, options.json, console)
+    return report.exit_code
+
+
+def send_test(
+    config: Config, entry_id: str, request: test_send.Request, console: Console
+) -> ExitCode:
+    """``send ID --test-to``: every variant (or one) to the test addresses, unrecorded."""
+    from statusmail import pipeline
+
+    test_send.refuse_unlisted(config, request)
+    prepared = pipeline.prepare(config, find_entry(config.paths.updates, entry_id), preview=True)
+    for warning in prepared.warnings:
+        log.warning("%s", warning)
+    keys = test_send.chosen_variants(prepared, request)
+    transport = pipeline.make_transport(config)
+    try:
+        sent = asyncio.run(test_send.deliver(prepared, transport, keys, request))
+    except ConnectError as exc:
+        log.error("cannot start: %s", exc, extra={"event": "relay_unreachable"})
+        return ExitCode.NOT_STARTED
+    return test_send.report(prepared, sent, pipeline.describe_target(config), console)
+
+
+async def _deliver(
+    prepared: pipeline.Prepared,
+    held: pipeline.Held,
+    transport: Transport,
+    request: pipeline.Request,
+    started: pipeline.Started,
+    console: Console,
+) -> pipeline.Report:
+    from statusmail import pipeline
+
+    stop = asyncio.Event()
+    # While the selection streams, the total is not known yet: the bar counts up.
+    reporter = ProgressReporter(
+        started.plan.pending_after if started.plan else None, console=console
+    )
+    try:
+        with signals.stop_on_signal(stop.set):
+            return await pipeline.finish(
+                prepared,
+                held,
+                transport,
+                request,
+                started,
+                stop=stop,
+                on_outcome=reporter,
+                on_counts=reporter.tally,
+            )
+    finally:
+        reporter.close()
+
+
+def _print_report(report: pipeline.Report, as_json: bool, console: Console) -> None:
+    result = report.result
+    if as_json:
+        print_json(
+            {
+                "entry": report.entry_id,
+                "counts": report.counts,
+                "breakdown": breakdown_rows(report.breakdown),
+                "stopped": result.stopped,
+                "this_run": {"sent": result.sent, "failed": result.failed},
+            }
+        )
+        return
+    if report.counts is not None:
+        console.print(breakdown_table(report.entry_id, report.breakdown))
+    if result.stopped:
+        console.print(f"Stopped early: {result.stopped}. Re-run to continue.", markup=False)
+
+
+def send_dry_run(
+    config: Config,
+    entry_id: str,
+    preview_dir: Path | None,
+    limit: int | None,
+    as_json: bool,
+    console: Console,
+) -> ExitCode:
+    from statusmail import pipeline
+    from statusmail.content.preview import write_previews
+
+    entry = find_entry(config.paths.updates, entry_id)
+    prepared = pipeline.prepare(config, entry, preview=True)
+    report = pipeline.dry_run(prepared, limit=limit)
+    out_dir = preview_dir or Path("previews") / entry_id
+    written = write_previews(prepared.factory, report.stats, out_dir)
+    if as_json:
+        print_json(dry_run_json(prepared, report, out_dir))
+    else:
+        print_dry_run(prepared, report, out_dir, len(written), console)
+    for failure in report.failures:
+        log.error("render failed: %s", failure)
+    return ExitCode.NOT_STARTED if report.failures else ExitCode.OK
+
+
+def dry_run_json(
+    prepared: pipeline.Prepared, report: pipeline.DryRun, out_dir: Path
+) -> dict[str, object]:
+    stats = report.stats
+    return {
+        "entry": prepared.entry.id,
+        "status": prepared.entry.status.value,
+        "send_at": prepared.entry.send_at.isoformat() if prepared.entry.send_at else "",
+        "selected": stats.total,
+        "rendered": report.rendered,
+        "by_locale": stats.by_locale(),
+        "by_region": stats.by_region(),
+        "fallbacks": stats.fallback_lines(),
+        "variants": report.variants,
+        "invalid": [str(p) for p in stats.invalid],
+        "warnings": [str(p) for p in prepared.warnings],
+        "render_failures": report.failures,
+        "previews": str(out_dir),
+    }
+
+
+def print_dry_run(
+    prepared: pipeline.Prepared,
+    report: pipeline.DryRun,
+    out_dir: Path,
+    files: int,
+    console: Console,
+) -> None:
+    entry_id, stats = prepared.entry.id, report.stats
+    console.print(
+        f"[bold]{entry_id}[/] (dry run, status {prepared.entry.status.value}): "
+        f"{stats.total} recipients, {report.rendered} rendered"
+    )
+    for what, counts in (("locale", stats.by_locale()), ("region", stats.by_region())):
+        console.print(f"  by {what}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if prepared.entry.send_at:
+        console.print(f"  send_at: {prepared.entry.send_at.isoformat()}", markup=False)
+    for line in stats.fallback_lines():
+        console.print(f"  language: {line}", markup=False)
+    for line in corrections.dry_run_lines(prepared.config, prepared.entry, stats.total):
+        console.print(f"  {line}", markup=False)
+    console.print(
+        f"  skipped: {stats.read.invalid} invalid, {stats.inactive} inactive, "
+        f"{stats.suppressed} suppressed, {stats.read.duplicates} duplicate rows"
+    )
+    for problem in [*stats.invalid, *prepared.warnings]:
+        console.print(f"  {problem}", markup=False)
+    console.print(f"  previews: {files} files in {out_dir}/ (open index.html)")
