@@ -40,6 +40,8 @@ def confirm_prompt(console: Console, target: str) -> pipeline.Confirm:
     def confirm(prepared: pipeline.Prepared, started: pipeline.Started) -> bool:
         locales = ", ".join(f"{n} {loc}" for loc, n in started.stats.by_locale().items())
         pending = started.plan.pending_after if started.plan else started.stats.total
+        if pending == 0:
+            return True  # nothing to send: no question to ask (the run says what it found)
         console.print(
             f"Send [bold]{prepared.entry.id}[/] to [bold]{pending}[/]"
             f" recipients ({locales or 'none'}) through {target}?"
@@ -59,6 +61,9 @@ def send(config: Config, entry_id: str, options: SendOptions, console: Console) 
         return code  # cancelled (a paused entry is resumed by this send)
     if (done := corrections.already_sent(config, entry)) is not None:
         return corrections.print_already_sent(done, options.json, console)
+    # sent in full, but the lists changed since: select again, and if nobody new turns
+    # up, say it was already sent rather than print the same table
+    before = corrections.already_sent(config, entry, lists_kept=False)
     prepared = pipeline.prepare(config, entry, send_now=options.now)
     for warning in prepared.warnings:
         log.warning("%s", warning)
@@ -89,6 +94,9 @@ def send(config: Config, entry_id: str, options: SendOptions, console: Console) 
         except ConnectError as exc:
             log.error("cannot start: %s", exc, extra={"event": "relay_unreachable"})
             return ExitCode.NOT_STARTED
+    if corrections.sent_nothing_new(before, report.counts):
+        if (done := corrections.already_sent(config, entry, lists_kept=False)) is not None:
+            return corrections.print_already_sent(done, options.json, console)
     _print_report(report, options.json, console)
     return report.exit_code
 

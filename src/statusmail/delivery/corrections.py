@@ -25,7 +25,7 @@ from statusmail.ledger import Ledger
 from statusmail.ledger import exists as ledger_exists
 from statusmail.ledger.corrections import Sent, received, sent_record
 from statusmail.ledger.importing import import_lists
-from statusmail.ledger.subscribers import Imported, read_subscribers
+from statusmail.ledger.subscribers import Imported, read_subscribers, unchanged
 from statusmail.project.config import Config
 from statusmail.project.entries import missing_language_problems
 from statusmail.project.selection import AudienceCount, SelectionStats, select
@@ -97,9 +97,11 @@ def when(stamp: str | None) -> str:
     return f"on {moment:%Y-%m-%d} at {moment:%H:%M} UTC"
 
 
-def already_sent(config: Config, entry: Entry) -> AlreadySent | None:
-    """The entry as the ledger shows it when it was sent in full, else None (a first
-    run, a run to continue, or a ledger to migrate first: the run itself says)."""
+def already_sent(config: Config, entry: Entry, *, lists_kept: bool = True) -> AlreadySent | None:
+    """The entry as the ledger shows it when it was sent in full, and (``lists_kept``)
+    the lists are as they were then, else None: a first run, a run to continue, a ledger
+    to migrate first, or lists changed since, which may hold someone new or a row fixed
+    (the run selects again; ``sent_nothing_new`` then tells whether it found anyone)."""
     target = config.paths.ledger
     if not ledger_exists(target):
         return None
@@ -108,11 +110,25 @@ def already_sent(config: Config, entry: Entry) -> AlreadySent | None:
             record = sent_record(ledger, entry.id)
             if not record.complete or not record.sent:
                 return None
+            kept = unchanged(ledger, config.paths.subscribers) if lists_kept else None
+            if lists_kept and (kept is None or kept.at > (record.completed_at or "")):
+                return None
             counts, breakdown = ledger.counts(entry.id), ledger.breakdown(entry.id)
     except LedgerError:
         return None
     changed = bool(record.digest and entry.digest and record.digest != entry.digest)
     return AlreadySent(record, changed, counts, breakdown)
+
+
+def sent_nothing_new(before: AlreadySent | None, counts: dict[str, int] | None) -> bool:
+    """Whether a run of an entry sent in full (``before``) delivered to nobody new."""
+    return (
+        before is not None
+        and counts is not None
+        and not counts.get("pending")
+        and counts.get("sent", 0) == before.counts.get("sent", 0)
+        and counts.get("failed", 0) == before.counts.get("failed", 0)
+    )
 
 
 # -- a correction's audience -------------------------------------------------------------
