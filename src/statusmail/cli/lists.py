@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+from rich.console import Console
 
 from statusmail.cli.app import common_options, csv_output, dry_run_option, json_option, main, run
 from statusmail.cli.output import console, out
@@ -153,38 +155,6 @@ def suppress_show(config: Config, address: str, as_json: bool) -> ExitCode:
     return lists.suppress_show(config, address, as_json, out)
 
 
-@suppress.command(name="list")
-@common_options
-@json_option("Print the list as JSON.")
-@run
-def suppress_list(config: Config, as_json: bool) -> ExitCode:
-    """Print the suppression list: address, reason, when.
-
-    \b
-    Example:
-      statusmail suppress list --json
-    """
-    from statusmail.commands import lists
-
-    return lists.suppress_list(config, as_json, out)
-
-
-@suppress.command(name="export")
-@common_options
-@csv_output
-@run
-def suppress_export(config: Config, output: Path | None) -> ExitCode:
-    """Export the suppression list as CSV (cells are made safe for spreadsheets).
-
-    \b
-    Example:
-      statusmail suppress export -o suppressed.csv
-    """
-    from statusmail.commands import lists
-
-    return lists.suppress_export(config, output)
-
-
 @main.group()
 def prefs() -> None:
     """Subscribers' own choices of language and topics (the preferences page).
@@ -198,36 +168,61 @@ def prefs() -> None:
     """
 
 
-@prefs.command(name="list")
-@common_options
-@json_option("Print the list as JSON.")
-@run
-def prefs_list(config: Config, as_json: bool) -> ExitCode:
+def _list_and_export(group: click.Group, list_help: str, export_help: str) -> None:
+    """``GROUP list`` (or ``--json``) and ``GROUP export`` (CSV) of a list the ledger
+    keeps; the work is ``commands.lists.GROUP_list`` and ``GROUP_export``."""
+
+    @group.command(name="list", help=list_help)
+    @common_options
+    @json_option("Print the list as JSON.")
+    @run
+    def list_(config: Config, as_json: bool) -> ExitCode:
+        from statusmail.commands import lists
+
+        show: Callable[[Config, bool, Console], ExitCode] = getattr(lists, f"{group.name}_list")
+        return show(config, as_json, out)
+
+    @group.command(name="export", help=export_help)
+    @common_options
+    @csv_output
+    @run
+    def export(config: Config, output: Path | None) -> ExitCode:
+        from statusmail.commands import lists
+
+        write: Callable[[Config, Path | None], ExitCode] = getattr(lists, f"{group.name}_export")
+        return write(config, output)
+
+
+_list_and_export(
+    suppress,
+    """Print the suppression list: address, reason, when.
+
+    \b
+    Example:
+      statusmail suppress list --json
+    """,
+    """Export the suppression list as CSV (cells are made safe for spreadsheets).
+
+    \b
+    Example:
+      statusmail suppress export -o suppressed.csv
+    """,
+)
+_list_and_export(
+    prefs,
     """Print every stored preference: address, language, topics, when.
 
     \b
     Example:
       statusmail prefs list --json
-    """
-    from statusmail.commands import lists
-
-    return lists.prefs_list(config, as_json, out)
-
-
-@prefs.command(name="export")
-@common_options
-@csv_output
-@run
-def prefs_export(config: Config, output: Path | None) -> ExitCode:
+    """,
     """Export the stored preferences as CSV (email, locale, topics, updated_at).
 
     \b
     Example:
       statusmail prefs export -o preferences.csv
-    """
-    from statusmail.commands import lists
-
-    return lists.prefs_export(config, output)
+    """,
+)
 
 
 @main.group()
