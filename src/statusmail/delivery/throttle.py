@@ -65,7 +65,11 @@ class SharedBucket:
     paces the next ``span`` seconds of this process's messages (about) and the slots of
     all processes never overlap: the combined rate holds whatever the number of senders.
     A slot the workers come too late for is let go rather than used in a burst. Below
-    ``1 / span`` messages a second each worker reserves its own slot."""
+    ``BLOCKS_FROM`` messages a second each worker takes its own slot as it needs it, as
+    one transaction a slot costs little there, and a process that falls behind (a busy
+    machine) lets no reserved slot lapse."""
+
+    BLOCKS_FROM = 200.0
 
     def __init__(
         self,
@@ -78,7 +82,9 @@ class SharedBucket:
     ) -> None:
         self.unlimited = rate == 0 or math.isinf(rate)
         self._interval = 0.0 if self.unlimited else 1.0 / rate
-        self.block = 1 if self.unlimited else max(1, min(64, int(rate * span)))
+        self.block = 1
+        if not self.unlimited and rate >= self.BLOCKS_FROM:
+            self.block = max(1, min(64, int(rate * span)))
         self._take_slots = take_slots
         self._clock = clock
         self._sleep = sleep
