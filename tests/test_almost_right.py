@@ -12,6 +12,7 @@ import shutil
 import signal
 import sqlite3
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -222,12 +223,18 @@ def test_a_read_only_ledger_folder_is_a_clear_error(project: Path, tmp_path: Pat
 @pytest.mark.timeout(60)
 def test_a_ledger_deleted_mid_run_stops_it(project: Path) -> None:
     add_subscribers(project, 400)
-    with spawn(project, "send", UPDATE, "--yes", "--rate", "100") as process:
+
+    def delete_the_ledger() -> None:  # beside the run, as another program would
         wait_for(lambda: outbox_count(project) >= 20, what="the first messages")
         for suffix in ("", "-wal", "-shm"):
             (project.parent / f"statusmail.db{suffix}").unlink(missing_ok=True)
-        assert process.finish() == 4, process.stderr
-    assert "deleted or replaced" in process.stderr
+
+    deleter = threading.Thread(target=delete_the_ledger, daemon=True)
+    deleter.start()
+    result = invoke(project, "send", UPDATE, "--yes", "--rate", "100")
+    deleter.join(10)
+    assert result.exit_code == 4, result.stderr
+    assert "deleted or replaced" in result.stderr
     assert outbox_count(project) < 414
 
 
