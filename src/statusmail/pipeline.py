@@ -25,11 +25,14 @@ from statusmail.content.catalog_gaps import catalog_problems
 from statusmail.content.message import MessageFactory
 from statusmail.content.render import Renderer
 from statusmail.content.render_checks import render_problems
-from statusmail.delivery import corrections, intake
+from statusmail.delivery import intake
+from statusmail.delivery.dry_run import DryRun as DryRun  # what send --dry-run and ci read
+from statusmail.delivery.dry_run import dry_run as dry_run
 from statusmail.delivery.engine import Engine, OnOutcome, RunResult
 from statusmail.delivery.stream import Stream
+from statusmail.delivery.takeover import Selection, take_selection
 from statusmail.delivery.transport import Transport
-from statusmail.domain import Entry, ExitCode, mask_address, scrub
+from statusmail.domain import Entry, ExitCode, mask_address
 from statusmail.errors import ConnectError, InputError, LedgerError, Problem, StatusmailError
 from statusmail.ledger import (
     DeliveryQueue,
@@ -38,22 +41,18 @@ from statusmail.ledger import (
     Plan,
     ServerQueue,
     controls,
-    read_preferences,
-    read_suppressions,
     run_lock,
 )
 from statusmail.ledger.importing import import_lists
 from statusmail.ledger.queue import worker_name
 from statusmail.ledger.staging import SelectionLost
 from statusmail.ledger.subscribers import Imported
-from statusmail.project import entries
 from statusmail.project.config import Config, is_url
 from statusmail.project.editions import load_editions, news_urls
 from statusmail.project.entries import entry_paths, find_entry
 from statusmail.project.regions import Region, load_regions
 from statusmail.project.secrets import secret_problems
-from statusmail.project.selection import Inactive, SelectionStats, select
-from statusmail.project.subscribers import RowProblem
+from statusmail.project.selection import SelectionStats
 from statusmail.project.tokens import Keyring
 
 log = logging.getLogger("statusmail")
@@ -190,15 +189,6 @@ def open_ledger(config: Config, entry_id: str) -> Iterator[Held]:
         yield Held(ledger, shared=is_url(target))
 
 
-def take_selection(prepared: Prepared, held: Held) -> int | None:
-    """A new generation of the entry's selection, leased to this run; None while
-    another sender's lease of it runs (PostgreSQL: this run joins that one)."""
-    entry, lease = prepared.entry, prepared.config.sending.lease
-    if not held.shared:  # one run at a time: a lease a crashed run left means nothing
-        return held.ledger.begin_selection(entry.id, entry.digest, held.name, lease)
-    return held.ledger.take_selection(entry.id, entry.digest, held.name, lease)
-
-
 def _joined(entry: Entry, stats: SelectionStats) -> Started:
     log.info(
         "%s: another sender is selecting this entry; delivering with it",
@@ -307,75 +297,6 @@ class Report:
         return ExitCode.OK
 
 
-class _Selection:
-    """The selection a run delivers: the one it streams itself, or, joining another
-    sender on PostgreSQL, the other's; taken over when that one's lease runs out (its
-    sender died, or stands still)."""
-
-    def __init__(
-        self,
-        prepared: Prepared,
-        held: Held,
-        request: Request,
-        started: Started,
-        progress: asyncio.Event,
-    ) -> None:
-        self.prepared, self.held, self.request = prepared, held, request
-        self.started, self.progress = started, progress
-        self.stream = started.stream
-        self.engine: Engine | None = None
-
-    def running(self) -> bool:
-        return self.stream is not None and self.stream.running
-
-    def begin(self) -> None:
-        if self.stream is not None and self.engine is not None:
-            self.stream.start(self.progress, self.engine.halt, self.engine.metrics.enqueued)
-
-    def stop(self) -> None:
-        if self.stream is not None and self.stream.running:
-            self.stream.stop()
-
-    async def take_over(self) -> None:
-        """The queue waits on a selection this run does not stream: the first sender to
-        find its selector's lease run out (that sender died, or stands still) takes it
-        over and selects anew, under a new generation that fences the old one's writes."""
-        held = self.held
-        if not held.shared or self.running():
-            return
-        entry = self.prepared.entry
-        try:
-            imported = self.started.imported or import_lists(
-                held.ledger, self.prepared.config.paths.subscribers
-            )
-        except InputError as exc:  # the lists broke since: nothing to take over from
-            log.error("%s", exc, extra={"event": "input_problem", "entry": entry.id})
-            return
-        generation = take_selection(self.prepared, held)
-        if generation is None:
-            return
-        pending = held.ledger.counts(entry.id)["pending"]  # as the taken selection found it
-        # Counted afresh: a run that lost a selection of its own and takes the entry's
-        # over would add this list to that one's (its rows are the entry's list_rows).
-        self.started.stats = SelectionStats()
-        log.warning(
-            "%s: the sender that was selecting this entry is gone or stood still past "
-            "sending.lease; selecting it here",
-            entry.id,
-            extra={"event": "selection_taken_over", "entry": entry.id},
-        )
-        self.stream = Stream(
-            self.prepared,
-            self.prepared.config.paths.ledger,
-            generation,
-            self.started.stats,
-            accept_removals=self.request.accept_removals,
-            pending=pending,
-            imported=imported,
-        )
-        self.begin()
-
-
 def make_queue(prepared: Prepared, held: Held, *, shared: bool = False) -> DeliveryQueue:
     """``shared``: other processes of this run send from the same SQLite file."""
     target = prepared.config.paths.ledger
@@ -406,7 +327,7 @@ async def finish(
     helpers = senders.extra_processes(prepared.config, request)
     queue = make_queue(prepared, held, shared=helpers > 0)
     progress = asyncio.Event()
-    selection = _Selection(prepared, held, request, started, progress)
+    selection = Selection(prepared, held, request, started, progress)
     engine = Engine(
         queue=queue,
         transport=transport,
@@ -423,7 +344,6 @@ async def finish(
     )
     selection.engine = engine
     selection.begin()
-    stream = selection.stream
     team = senders.Team(prepared, request, started, engine, helpers, on_counts)
     cut = False  # the run stopped the selection before it was complete
     try:
@@ -450,40 +370,7 @@ async def finish(
             selection.stop()
         await queue.close()
     result = engine.result
-    stream = selection.stream
-    refused = False
-    outcome = None if stream is None else await stream.wait()
-    if outcome is not None and not outcome.lost:  # a selection taken over says so itself
-        if isinstance(outcome.error, InputError):
-            problems = outcome.error.problems
-            refused = result.sent == 0 and result.failed == 0
-            for problem in problems:
-                log.error("%s", problem, extra={"event": "input_problem", "entry": entry_id})
-            result.stopped = result.stopped or "; ".join(str(p) for p in problems)
-        elif outcome.error is not None:
-            result.stopped = result.stopped or str(outcome.error)
-        if outcome.nobody:
-            log.error("%s", intake.nobody_problem(prepared))
-            refused = True
-        if outcome.held is not None:
-            log.error("%s", outcome.held, extra={"event": "removals_held", "entry": entry_id})
-            result.stopped = result.stopped or outcome.held.message
-        log.info(
-            "%s: %d %s; skipped %d invalid, %d inactive, %d suppressed, %d duplicate rows",
-            entry_id,
-            started.stats.total,
-            "selected so far (the run stopped before the selection ended)" if cut else "selected",
-            started.stats.read.invalid,
-            started.stats.inactive,
-            started.stats.suppressed,
-            started.stats.read.duplicates,
-            extra={
-                "event": "selected",
-                "entry": entry_id,
-                "selected": started.stats.total,
-                "complete": not cut,
-            },
-        )
+    refused = await selection.end(result, cut)
     if stop.is_set() and result.stopped is None:
         result.stopped = "interrupted by a signal"
     try:
@@ -495,51 +382,3 @@ async def finish(
         log.error("%s", exc)
         return Report(entry_id, result, None, [], refused)
     return Report(entry_id, result, counts, breakdown, refused)
-
-
-# -- the dry run ---------------------------------------------------------------------
-
-
-@dataclass
-class DryRun:
-    stats: SelectionStats
-    rendered: int = 0
-    failures: list[str] = field(default_factory=list)
-    variants: dict[str, int] = field(default_factory=dict)
-
-
-def dry_run(prepared: Prepared, *, limit: int | None = None) -> DryRun:
-    """Select and render every recipient without recording anything or connecting."""
-    config, entry = prepared.config, prepared.entry
-    stats = SelectionStats()
-    report = DryRun(stats)
-    suppressed = read_suppressions(config.paths.ledger)
-    with read_preferences(config.paths.ledger) as preferences:
-        for item in select(
-            entry,
-            corrections.files_narrowed(config, entry, stats),
-            config.default_locale_by_region,
-            suppressed,
-            stats,
-            preferences=preferences,
-            declared_topics=config.topics,
-        ):
-            if isinstance(item, RowProblem):
-                if item.fatal:
-                    report.failures.append(str(item))
-                continue
-            if isinstance(item, Inactive) or (limit is not None and report.rendered >= limit):
-                continue
-            try:
-                built = prepared.factory.build(item)
-            except StatusmailError as exc:
-                if len(report.failures) < 100:
-                    report.failures.append(
-                        f"{mask_address(item.email)}: {scrub(str(exc), [item.email])}"
-                    )
-                continue
-            report.rendered += 1
-            label = built.variant.label
-            report.variants[label] = report.variants.get(label, 0) + 1
-    report.failures += [str(p) for p in entries.missing_language_problems(entry, stats.locales())]
-    return report

@@ -1,9 +1,10 @@
 """Getting messages out: the audience taken into the ledger's queue (``intake``), the
-engine that claims, builds, throttles, sends and records (``engine``), the transports
-(``smtp``, with what its replies mean in ``smtp_replies``; ``maildir``,
-``transport``), the rate limit (``throttle``), what a run
-prints (``report``), entries already sent and corrections of them (``corrections``),
-test sends (``test_send``) and pause, resume, cancel and retry (``controls``).
+selection a run delivers while it delivers (``stream``, ``takeover``), the engine that
+claims, builds, throttles, sends and records (``engine``), the transports (``smtp``,
+what its replies mean in ``smtp_replies``, ``maildir``, ``transport``), the rate limit
+(``throttle``), what a run prints (``report``), the dry run (``dry_run``), entries
+already sent and corrections of them (``corrections``), test sends (``test_send``) and
+pause, resume, cancel and retry (``controls``).
 
 May import: ``project``, ``content``, ``ledger``, ``metrics``, ``domain``, ``errors``
 (and ``validation`` for the entry-level rules the intake enforces); never ``feedback``,
