@@ -55,7 +55,7 @@ def dry_run(prepared: Prepared, *, limit: int | None = None) -> DryRun:
             if isinstance(item, Inactive) or (limit is not None and report.rendered >= limit):
                 continue
             try:
-                built = prepared.factory.build(item)
+                key = prepared.factory.rehearse(item)
             except StatusmailError as exc:
                 if len(report.failures) < 100:
                     report.failures.append(
@@ -63,7 +63,7 @@ def dry_run(prepared: Prepared, *, limit: int | None = None) -> DryRun:
                     )
                 continue
             report.rendered += 1
-            label = built.variant.label
+            label = key.label
             report.variants[label] = report.variants.get(label, 0) + 1
     report.failures += [str(p) for p in entries.missing_language_problems(entry, stats.locales())]
     return report
