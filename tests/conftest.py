@@ -380,7 +380,8 @@ def invoke(
 
 
 def dry_run(config: Path, entry_id: str, out_dir: Path) -> dict[str, Any]:
-    """``statusmail send ID --dry-run --preview-dir DIR --json``; returns the report."""
+    """``statusmail send ID --dry-run --preview-dir DIR --json`` (the previews go to
+    ``DIR/ID/``); returns the report."""
     result = invoke(config, "send", entry_id, "--dry-run", "--json", "--preview-dir", str(out_dir))
     assert result.exit_code == 0, result.output
     report: dict[str, Any] = json.loads(result.stdout)

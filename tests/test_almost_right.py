@@ -71,7 +71,7 @@ def test_an_unbalanced_quote_stops_check_and_send_before_anything(project: Path)
     csv_path.write_text("".join(rows), encoding="utf-8")
     check = invoke(project, "check")
     assert check.exit_code == 1
-    assert f"{csv_path}:6: unbalanced quote" in check.stderr
+    assert f"{csv_path}:6: unbalanced quote" in check.output
     send = invoke(project, "send", UPDATE, "--yes")
     assert send.exit_code == 1
     assert f"{csv_path}:6: unbalanced quote" in send.stderr
@@ -274,7 +274,7 @@ def test_an_audience_that_selects_nobody_fails_check_and_send(project: Path) -> 
     check = invoke(project, "check")
     assert check.exit_code == 1
     assert f"{entry}:{audience}: the entry is ready but its audience selects no active" in (
-        check.stderr
+        check.output
     )
     send = invoke(project, "send", UPDATE, "--yes")
     assert send.exit_code == 1
@@ -309,7 +309,7 @@ def test_a_missing_smtp_password_is_named_by_check_and_send(project: Path) -> No
         "or empty"
     )
     check = invoke(project, "check", env=env)
-    assert check.exit_code == 1 and wanted in check.stderr
+    assert check.exit_code == 1 and wanted in check.output
     send = invoke(project, "send", UPDATE, "--yes", env=env)
     assert send.exit_code == 1 and wanted in send.stderr
     empty = invoke(project, "send", UPDATE, "--yes", env={**env, "STATUSMAIL_SMTP_PASSWORD": ""})

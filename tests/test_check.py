@@ -26,22 +26,22 @@ SECRET_WARNING = "$STATUSMAIL_UNSUBSCRIBE_SECRET is not set"
 
 def test_sample_passes_with_dev_secret_warning(project: Path) -> None:
     run = statusmail(project, "check")
-    assert run.returncode == 0, run.stderr
-    assert problem_lines(run.stderr) == []
-    warnings = [line for line in run.stderr.splitlines() if ": warning: " in line]
+    assert run.returncode == 0, run.stdout
+    assert problem_lines(run.stdout) == []
+    warnings = [line for line in run.stdout.splitlines() if ": warning: " in line]
     assert len(warnings) == 1
     at = line_of(project, "unsubscribe:")
     assert warnings[0].startswith(f"{project}:{at}: warning: {SECRET_WARNING}")
     # 2 entries; 29 rows, one a duplicate spelling of Anna Petrova's address: 28.
-    assert "checked 2 entries, 28 subscribers: ok" in run.stderr
+    assert "checked 2 entries, 28 subscribers: ok" in run.stdout
 
 
 def test_sample_passes_without_warning_when_secret_is_set(project: Path) -> None:
     secret = "a-real-secret-of-at-least-32-bytes"
     run = invoke(project, "check", env={"STATUSMAIL_UNSUBSCRIBE_SECRET": secret})
-    assert run.exit_code == 0, run.stderr
-    assert "warning" not in run.stderr
-    assert "checked 2 entries, 28 subscribers: ok" in run.stderr
+    assert run.exit_code == 0, run.output
+    assert "warning" not in run.output
+    assert "checked 2 entries, 28 subscribers: ok" in run.output
 
 
 def test_sample_passes_in_process(project: Path) -> None:
@@ -55,7 +55,7 @@ def test_sample_passes_in_process(project: Path) -> None:
     ]
 
 
-def test_cli_runner_reports_on_stderr(project: Path) -> None:
+def test_the_report_is_on_stdout_and_nothing_else_on_stderr(project: Path) -> None:
     (project.parent / UPDATE).write_text(
         (project.parent / UPDATE)
         .read_text(encoding="utf-8")
@@ -64,8 +64,9 @@ def test_cli_runner_reports_on_stderr(project: Path) -> None:
     )
     result = invoke(project, "check")
     assert result.exit_code == 1
-    assert f"{project.parent / UPDATE}:5: status is 'redy'" in result.stderr
-    assert result.stdout == ""
+    assert f"{project.parent / UPDATE}:5: status is 'redy'" in result.stdout
+    assert result.stdout.endswith("checked 2 entries, 28 subscribers: 1 problem(s)\n")
+    assert result.stderr == ""
 
 
 def test_smtp_transport_without_secret_is_a_problem(project: Path) -> None:
@@ -73,8 +74,8 @@ def test_smtp_transport_without_secret_is_a_problem(project: Path) -> None:
     assert run.exit_code == 1
     assert any(
         line.startswith(f"{project}:{line_of(project, 'unsubscribe:')}: $STATUSMAIL_UNSUBSCRIBE")
-        for line in problem_lines(run.stderr)
-    ), run.stderr
+        for line in problem_lines(run.output)
+    ), run.output
 
 
 # -- each problem fails with its file:line -----------------------------------------
@@ -87,8 +88,8 @@ def test_broken_yaml_in_entry_bad_indentation(project: Path) -> None:
     assert line == 6
     run = invoke(project, "check")
     assert run.exit_code == 1
-    assert len(problem_lines(run.stderr)) == 1, run.stderr
-    assert problem_lines(run.stderr)[0].startswith(f"{entry}:{line}: invalid YAML")
+    assert len(problem_lines(run.output)) == 1, run.output
+    assert problem_lines(run.output)[0].startswith(f"{entry}:{line}: invalid YAML")
 
 
 def test_broken_yaml_in_entry_duplicate_key(project: Path) -> None:
@@ -96,7 +97,7 @@ def test_broken_yaml_in_entry_duplicate_key(project: Path) -> None:
     line = replace_in(entry, "thread: block-2020-01-23", "status: draft")
     run = invoke(project, "check")
     assert run.exit_code == 1
-    assert problem_lines(run.stderr) == [f"{entry}:{line}: invalid YAML: duplicate key 'status'"]
+    assert problem_lines(run.output) == [f"{entry}:{line}: invalid YAML: duplicate key 'status'"]
 
 
 def test_broken_yaml_in_entry_tab_indentation(project: Path) -> None:
@@ -104,9 +105,9 @@ def test_broken_yaml_in_entry_tab_indentation(project: Path) -> None:
     line = replace_in(entry, "access_instructions: true\n", "access_instructions: true\n\tx: 1\n")
     run = invoke(project, "check")
     assert run.exit_code == 1
-    assert len(problem_lines(run.stderr)) == 1, run.stderr
+    assert len(problem_lines(run.output)) == 1, run.output
     # the tab is on the line after access_instructions
-    assert problem_lines(run.stderr)[0].startswith(f"{entry}:{line + 1}: invalid YAML")
+    assert problem_lines(run.output)[0].startswith(f"{entry}:{line + 1}: invalid YAML")
 
 
 def test_missing_ru_block_for_russian_audience(project: Path) -> None:
@@ -117,7 +118,7 @@ def test_missing_ru_block_for_russian_audience(project: Path) -> None:
     run = invoke(project, "check")
     assert run.exit_code == 1
     # RU, BY and KZ readers resolve to ru: the entry needs Russian content.
-    assert problem_lines(run.stderr) == [
+    assert problem_lines(run.output) == [
         f"{entry}:{content_line}: subscribers in the audience read ru but the entry has no "
         "content in it"
     ]
@@ -129,7 +130,7 @@ def test_untranslated_catalog_string(project: Path) -> None:
     replace_in(po, 'msgstr "Отписаться"', 'msgstr ""')
     run = invoke(project, "check")
     assert run.exit_code == 1
-    assert problem_lines(run.stderr) == [f"{po}:{msgid_line}: 'Unsubscribe' is untranslated"]
+    assert problem_lines(run.output) == [f"{po}:{msgid_line}: 'Unsubscribe' is untranslated"]
 
 
 def test_fuzzy_catalog_string(project: Path) -> None:
@@ -138,7 +139,7 @@ def test_fuzzy_catalog_string(project: Path) -> None:
     replace_in(po, 'msgid "Hello,"\n', '#, fuzzy\nmsgid "Hello,"\n')
     run = invoke(project, "check")
     assert run.exit_code == 1
-    assert problem_lines(run.stderr) == [f"{po}:{msgid_line + 1}: 'Hello,' is fuzzy"]
+    assert problem_lines(run.output) == [f"{po}:{msgid_line + 1}: 'Hello,' is fuzzy"]
 
 
 def test_msgid_missing_from_catalog(project: Path) -> None:
@@ -147,8 +148,8 @@ def test_msgid_missing_from_catalog(project: Path) -> None:
     po = project.parent / PO
     run = invoke(project, "check")
     assert run.exit_code == 1
-    assert len(problem_lines(run.stderr)) == 1, run.stderr
-    problem = problem_lines(run.stderr)[0]
+    assert len(problem_lines(run.output)) == 1, run.output
+    problem = problem_lines(run.output)[0]
     assert problem.startswith(f"{po}: 'Hello there,'")
     assert f"(used at {template}:{line})" in problem
     assert "is not in the catalog" in problem
@@ -165,8 +166,8 @@ def test_invalid_address_in_csv(project: Path) -> None:
     )
     run = invoke(project, "check")
     assert run.exit_code == 1
-    assert len(problem_lines(run.stderr)) == 1, run.stderr
-    assert problem_lines(run.stderr)[0].startswith(
+    assert len(problem_lines(run.output)) == 1, run.output
+    assert problem_lines(run.output)[0].startswith(
         f"{csv_path}:{bad_line}: invalid address 'not-an-address'"
     )
 
@@ -177,7 +178,7 @@ def test_unknown_region_in_audience(project: Path) -> None:
     audience_line = line_of(entry, "audience:")
     run = invoke(project, "check")
     assert run.exit_code == 1
-    assert problem_lines(run.stderr) == [
+    assert problem_lines(run.output) == [
         f"{entry}:{audience_line}: unknown region 'XX' (not in regions)"
     ]
 
@@ -187,7 +188,7 @@ def test_thread_naming_no_entry(project: Path) -> None:
     line = replace_in(entry, "thread: block-2020-01-23", "thread: block-2020-01-32")
     run = invoke(project, "check")
     assert run.exit_code == 1
-    assert problem_lines(run.stderr) == [
+    assert problem_lines(run.output) == [
         f"{entry}:{line}: thread 'block-2020-01-32' names no entry"
     ]
 
@@ -197,7 +198,7 @@ def test_status_typo(project: Path) -> None:
     line = replace_in(entry, "status: ready", "status: redy")
     run = invoke(project, "check")
     assert run.exit_code == 1
-    assert problem_lines(run.stderr) == [
+    assert problem_lines(run.output) == [
         f"{entry}:{line}: status is 'redy'; expected draft or ready"
     ]
 
@@ -207,7 +208,7 @@ def test_id_does_not_match_file_stem(project: Path) -> None:
     line = replace_in(entry, "id: update-2020-04-21", "id: update-2020-04-22")
     run = invoke(project, "check")
     assert run.exit_code == 1
-    assert problem_lines(run.stderr) == [
+    assert problem_lines(run.output) == [
         f"{entry}:{line}: id 'update-2020-04-22' does not match the file name 'update-2020-04-21'"
     ]
 
@@ -217,7 +218,7 @@ def test_broken_regions_yaml(project: Path) -> None:
     line = replace_in(regions, "name: {en: Russia, ru: Россия}", "name: {en: Russia, ru: Россия}}")
     run = invoke(project, "check")
     assert run.exit_code == 1
-    assert problem_lines(run.stderr)[0].startswith(f"{regions}:{line}: invalid YAML"), run.stderr
+    assert problem_lines(run.output)[0].startswith(f"{regions}:{line}: invalid YAML"), run.output
 
 
 def test_region_access_without_ru_text(project: Path) -> None:
@@ -228,7 +229,7 @@ def test_region_access_without_ru_text(project: Path) -> None:
     access_line = line_of(regions, "  access:\n")
     run = invoke(project, "check")
     assert run.exit_code == 1
-    assert problem_lines(run.stderr) == [
+    assert problem_lines(run.output) == [
         f"{regions}:{access_line}: region RU has no 'ru' access instructions"
     ]
 
@@ -241,7 +242,7 @@ def test_region_access_with_empty_ru_text(project: Path) -> None:
     run = invoke(project, "check")
     assert run.exit_code == 1
     access_line = line_of(regions, "  access:\n")
-    assert problem_lines(run.stderr) == [
+    assert problem_lines(run.output) == [
         f"{regions}:{access_line}: region RU has no 'ru' access instructions"
     ]
 
@@ -257,8 +258,8 @@ def test_javascript_link_in_body(project: Path) -> None:
     run = invoke(project, "check")
     assert run.exit_code == 1
     # The English changed, so the ru translation is stale too; one problem is the link.
-    links = [p for p in problem_lines(run.stderr) if " link " in p]
-    assert len(links) == 1, run.stderr
+    links = [p for p in problem_lines(run.output) if " link " in p]
+    assert len(links) == 1, run.output
     assert links[0].startswith(f"{entry}:{body_line}: link 'javascript:alert")
     assert "in the en body is not allowed" in links[0]
 
@@ -273,9 +274,9 @@ def test_javascript_link_in_ru_body_names_ru_block(project: Path) -> None:
     )
     run = invoke(project, "check")
     assert run.exit_code == 1
-    assert len(problem_lines(run.stderr)) == 1, run.stderr
-    assert problem_lines(run.stderr)[0].startswith(f"{entry}:{ru_line}: link 'JavaScript:void")
-    assert "in the ru body" in problem_lines(run.stderr)[0]
+    assert len(problem_lines(run.output)) == 1, run.output
+    assert problem_lines(run.output)[0].startswith(f"{entry}:{ru_line}: link 'JavaScript:void")
+    assert "in the ru body" in problem_lines(run.output)[0]
 
 
 def test_every_javascript_link_is_reported(project: Path) -> None:
@@ -287,8 +288,8 @@ def test_every_javascript_link_is_reported(project: Path) -> None:
     )
     run = invoke(project, "check")
     assert run.exit_code == 1
-    assert any("'javascript:one'" in p for p in problem_lines(run.stderr)), run.stderr
-    assert any("'javascript:two'" in p for p in problem_lines(run.stderr)), run.stderr
+    assert any("'javascript:one'" in p for p in problem_lines(run.output)), run.output
+    assert any("'javascript:two'" in p for p in problem_lines(run.output)), run.output
 
 
 def test_impossible_date_is_a_located_problem(project: Path) -> None:
@@ -296,8 +297,8 @@ def test_impossible_date_is_a_located_problem(project: Path) -> None:
     line = replace_in(entry, "date: 2020-04-21", "date: 2020-04-31")
     run = invoke(project, "check")
     assert run.exit_code == 1
-    assert len(problem_lines(run.stderr)) == 1
-    assert problem_lines(run.stderr)[0].startswith(f"{entry}:{line}: ")
+    assert len(problem_lines(run.output)) == 1
+    assert problem_lines(run.output)[0].startswith(f"{entry}:{line}: ")
 
 
 def test_several_problems_all_reported(project: Path) -> None:
@@ -313,12 +314,12 @@ def test_several_problems_all_reported(project: Path) -> None:
     assert run.exit_code == 1
     assert (
         f"{root / UPDATE}:{status_line}: status is 'redy'; expected draft or ready"
-        in problem_lines(run.stderr)
+        in problem_lines(run.output)
     )
     assert f"{csv_path}:{bad_region_line}: region 'NLD' is not an ISO 3166-1 code" in problem_lines(
-        run.stderr
+        run.output
     )
-    assert "2 problem(s)" in run.stderr
+    assert "2 problem(s)" in run.output
 
 
 def test_empty_entry_file_is_a_problem(project: Path) -> None:
@@ -326,5 +327,5 @@ def test_empty_entry_file_is_a_problem(project: Path) -> None:
     new.write_text("")
     run = invoke(project, "check")
     assert run.exit_code == 1
-    assert problem_lines(run.stderr)
-    assert all(p.startswith(str(new)) for p in problem_lines(run.stderr))
+    assert problem_lines(run.output)
+    assert all(p.startswith(str(new)) for p in problem_lines(run.output))

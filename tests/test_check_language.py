@@ -25,8 +25,8 @@ MIRROR = '"https://www.startmail.example/": "https://startmail-ru.test/"'
 def check(project: Path) -> list[str]:
     """The problem lines of a failing ``check`` (the run must exit 1)."""
     result = invoke(project, "check")
-    assert result.exit_code == 1, result.stderr
-    return problem_lines(result.stderr)
+    assert result.exit_code == 1, result.output
+    return problem_lines(result.output)
 
 
 def entry_file(project: Path) -> Path:
@@ -80,13 +80,13 @@ def test_an_entry_no_template_uses_is_a_warning_at_its_line(project: Path) -> No
         handle.write('\nmsgid "Read the full story"\nmsgstr "Читать полностью"\n')
     line = line_of(po, 'msgid "Read the full story"')
     result = invoke(project, "check")
-    assert result.exit_code == 0, result.stderr  # a warning: nothing a reader sees is wrong
-    assert problem_lines(result.stderr) == []
+    assert result.exit_code == 0, result.output  # a warning: nothing a reader sees is wrong
+    assert problem_lines(result.output) == []
     warning = (
         f"{po}:{line}: warning: 'Read the full story' is in the catalog but no template "
         "uses it any more"
     )
-    assert warning in result.stderr, result.stderr
+    assert warning in result.output, result.output
 
 
 # -- templates -----------------------------------------------------------------------------

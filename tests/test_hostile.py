@@ -114,10 +114,10 @@ def test_a_javascript_link_stops_the_send(project: Path) -> None:
     result = invoke(project, "send", UPDATE, "--yes")
     assert result.exit_code == 1
     assert (
-        "javascript:alert(document.cookie)" in result.stderr and f"{UPDATE}.yaml:" in result.stderr
+        "javascript:alert(document.cookie)" in result.output and f"{UPDATE}.yaml:" in result.output
     )
     result = invoke(project, "check")
-    assert result.exit_code == 1 and "javascript:" in result.stderr
+    assert result.exit_code == 1 and "javascript:" in result.output
 
 
 def test_exported_csv_cannot_run_formulas(project: Path) -> None:
@@ -163,19 +163,19 @@ def test_absurdly_long_lines_and_files_give_a_clear_error(project: Path) -> None
         handle.write("x@example.org," + "A" * 5_000_000 + ",en,RU,service-status,active\n")
     result = invoke(project, "send", UPDATE, "--yes")
     assert result.exit_code == 1
-    assert "huge.csv:3: line 3 is over 65536 characters" in result.stderr
+    assert "huge.csv:3: line 3 is over 65536 characters" in result.output
     assert not (project.parent / "outbox").exists()
     (subscribers / "huge.csv").unlink()
     with (subscribers / "huge.yaml").open("w", encoding="utf-8") as handle:
         handle.write("- {email: y@example.org, name: '" + "B" * 5_000_000 + "'}\n")
     result = invoke(project, "send", UPDATE, "--yes")
-    assert result.exit_code == 1 and "huge.yaml:1:" in result.stderr
+    assert result.exit_code == 1 and "huge.yaml:1:" in result.output
     (subscribers / "huge.yaml").unlink()
     entry = project.parent / "updates" / "big-2020-05-01.yaml"
     entry.write_text("# " + "x" * (17 * 1024 * 1024) + "\n", encoding="utf-8")
     result = invoke(project, "check")
     assert (
         result.exit_code == 1
-        and "big-2020-05-01.yaml: file is" in result.stderr
-        and "the limit is" in result.stderr
+        and "big-2020-05-01.yaml: file is" in result.output
+        and "the limit is" in result.output
     )

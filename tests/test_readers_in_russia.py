@@ -138,7 +138,7 @@ def test_check_fails_on_a_blocked_link_the_rewrite_misses(project: Path, written
     entry.write_text(text[:at] + written + text[at + len(link) :], encoding="utf-8")
     result = invoke(project, "check")
     assert result.exit_code == 1
-    found = problem_lines(result.stderr)
+    found = problem_lines(result.output)
     ru_line = line_of(entry, "  ru:\n")
     assert found == [
         f"{entry}:{ru_line}: readers in RU still get a link to www.startmail.example in its "
@@ -147,7 +147,7 @@ def test_check_fails_on_a_blocked_link_the_rewrite_misses(project: Path, written
         f"{entry}:{ru_line}: readers in RU still get a link to www.startmail.example in its "
         f"HTML part (ru · RU access): write it as {BLOCKED}… so that regions.yaml's links "
         "rewrite it",
-    ], result.stderr
+    ], result.output
     # send refuses for the same reason, before anything is recorded
     refused = invoke(project, "send", UPDATE, "--yes")
     assert refused.exit_code == 1 and "still get a link" in refused.stderr
@@ -199,14 +199,14 @@ def test_check_requires_region_names_and_headings(
     line = line_of(regions, key) + (1 if key == "KZ:" else 0)
     result = invoke(project, "check")
     assert result.exit_code == 1
-    assert [p for p in problem_lines(result.stderr) if message in p] == [
+    assert [p for p in problem_lines(result.output) if message in p] == [
         f"{regions}:{line}: {message}"
         + (
             " (heading: {en: ..., ru: ...}, as a person would say it)"
             if "heading" in message
             else ""
         )
-    ], result.stderr
+    ], result.output
 
 
 # -- what a translator can get wrong in an entry -------------------------------------
@@ -221,7 +221,7 @@ def test_check_fails_on_a_russian_subject_still_in_english(project: Path) -> Non
     )
     result = invoke(project, "check")
     assert result.exit_code == 1
-    assert problem_lines(result.stderr) == [
+    assert problem_lines(result.output) == [
         f"{entry}:{line}: the ru subject has no Cyrillic letter: is it still in English?"
     ]
 
@@ -232,7 +232,7 @@ def test_stale_translation_fails_and_a_missing_source_warns(project: Path) -> No
     source_line = line_of(entry, "    source: ")
     result = invoke(project, "check")
     assert result.exit_code == 1
-    (stale,) = problem_lines(result.stderr)
+    (stale,) = problem_lines(result.output)
     assert stale.startswith(f"{entry}:{source_line}: the English changed since this ru translation")
     current = re.search(r"then set source: (\w+)$", stale)
     assert current
@@ -245,7 +245,7 @@ def test_stale_translation_fails_and_a_missing_source_warns(project: Path) -> No
     result = invoke(project, "check")
     assert result.exit_code == 0
     warning = "warning: the ru block has no 'source:'; once it matches the English, add source:"
-    assert f"{warning} {current[1]}" in result.stderr
+    assert f"{warning} {current[1]}" in result.output
 
 
 def test_a_date_changed_in_one_language_only_fails(project: Path) -> None:
@@ -258,7 +258,7 @@ def test_a_date_changed_in_one_language_only_fails(project: Path) -> None:
     ru_line = line_of(entry, "  ru:\n")
     result = invoke(project, "check")
     assert result.exit_code == 1
-    assert problem_lines(result.stderr) == [
+    assert problem_lines(result.output) == [
         f"{entry}:{ru_line}: the numbers in en and ru differ (only in ru: 4)"
     ]
 
@@ -278,7 +278,7 @@ def test_typo_in_an_audience_topic_is_caught_by_the_declared_topics(project: Pat
     assert (
         f"{entry}:{audience_line}: topic 'service_status' is not one of the config's topics "
         "(product-news, service-status)"
-    ) in problem_lines(result.stderr)
+    ) in problem_lines(result.output)
 
 
 # -- Russian typography in the message -----------------------------------------------
@@ -316,7 +316,7 @@ def test_locale_choice_and_the_reported_fallbacks(project: Path, tmp_path: Path)
     result = invoke(
         project, "send", UPDATE, "--dry-run", "--json", "--preview-dir", str(tmp_path / "p")
     )
-    assert result.exit_code == 0, result.stderr
+    assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert sorted(report["fallbacks"]) == [
         "1 with no locale, region BY → ru",
@@ -325,7 +325,7 @@ def test_locale_choice_and_the_reported_fallbacks(project: Path, tmp_path: Path)
         "1 with unsupported locale 'de' → en",
     ]
     text = invoke(project, "send", UPDATE, "--dry-run", "--preview-dir", str(tmp_path / "q"))
-    assert "language: 1 with unsupported locale 'de' → en" in text.stderr
+    assert "language: 1 with unsupported locale 'de' → en" in text.output
     messages = sent_messages(project)
     languages = {address: str(m["Content-Language"]) for address, m in messages.items()}
     assert languages["daniyar.abenov@example.com"] == "en"  # chose de, lives in KZ
@@ -342,7 +342,7 @@ def test_locale_choice_and_the_reported_fallbacks(project: Path, tmp_path: Path)
         if address.lower() in languages:
             assert languages[address.lower()] == "ru"
     check = invoke(project, "check")
-    assert "note: 3 subscribers with unsupported locale 'de' get en" in check.stderr
+    assert "note: 3 subscribers with unsupported locale 'de' get en" in check.output
 
 
 def test_the_samples_pass_check_and_refresh_sources_is_a_no_op(project: Path) -> None:
@@ -352,4 +352,4 @@ def test_the_samples_pass_check_and_refresh_sources_is_a_no_op(project: Path) ->
         refresh_sources(entry)
         assert entry.read_text(encoding="utf-8") == before  # every translation is current
     result = invoke(project, "check", env={"STATUSMAIL_UNSUBSCRIBE_SECRET": SECRET})
-    assert result.exit_code == 0 and "warning" not in result.stderr, result.stderr
+    assert result.exit_code == 0 and "warning" not in result.output, result.output

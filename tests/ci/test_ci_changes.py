@@ -34,8 +34,8 @@ def preview_changed(config: Path, ref: str, *extra: str) -> tuple[list[str], str
     result = invoke(
         config, "send", "--dry-run", "--all-changed-since", ref, "--preview-dir", str(out), *extra
     )
-    assert result.exit_code == 0, result.stderr
-    return previewed(out), result.stderr
+    assert result.exit_code == 0, result.output
+    return previewed(out), result.output
 
 
 def test_an_edited_entry_alone_is_previewed(repo: Path) -> None:
@@ -102,9 +102,9 @@ def test_check_reports_what_changed_in_every_format(repo: Path) -> None:
     commit(repo.parent, "two changes")
 
     text = invoke(repo, "check", "--changed-since", "HEAD~1")
-    assert text.exit_code == 0, text.stderr
-    assert "changed since HEAD~1:\n  entries: update-2020-04-21\n" in text.stderr
-    assert "  templates: templates/message.html.j2\n" in text.stderr
+    assert text.exit_code == 0, text.output
+    assert "changed since HEAD~1:\n  entries: update-2020-04-21\n" in text.output
+    assert "  templates: templates/message.html.j2\n" in text.output
 
     report = json.loads(invoke(repo, "check", "--json", "--changed-since", "HEAD~1").stdout)
     assert report["ok"] is True
@@ -145,7 +145,7 @@ def test_outside_a_repository_is_a_clear_error(project: Path) -> None:
     require_git()  # without git the error says that instead
     init_check = invoke(project, "check", "--changed-since", "HEAD")
     assert init_check.exit_code == 1
-    assert init_check.stderr.startswith(
+    assert init_check.output.startswith(
         f"error: {project.parent} is not in a git repository, so it cannot be compared with 'HEAD'"
     )
 
@@ -156,7 +156,7 @@ def test_a_shallow_clone_is_named(repo: Path, tmp_path: Path) -> None:
     git(tmp_path, "clone", "-q", "--depth", "1", f"file://{repo.parent}", str(clone))
     result = invoke(clone / "statusmail.yaml", "check", "--changed-since", "HEAD~1")
     assert result.exit_code == 1
-    assert "this clone is shallow" in result.stderr and "fetch-depth: 0" in result.stderr
+    assert "this clone is shallow" in result.output and "fetch-depth: 0" in result.output
 
 
 @pytest.mark.parametrize(

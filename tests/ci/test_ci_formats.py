@@ -79,7 +79,7 @@ def workflow_commands(stdout: str) -> list[tuple[str, dict[str, str], str]]:
 
 def test_github_annotates_each_problem_on_its_line(broken: Broken) -> None:
     result = invoke(broken.config, "check", "--format", "github")
-    assert result.exit_code == 1, result.stderr
+    assert result.exit_code == 1, result.output
     commands = workflow_commands(result.stdout)
     errors = [(props, message) for kind, props, message in commands if kind == "error"]
     assert len(errors) == 2, result.stdout
@@ -92,12 +92,12 @@ def test_github_annotates_each_problem_on_its_line(broken: Broken) -> None:
     # The dev-secret warning is a warning, on the config's line.
     warnings = [props for kind, props, _ in commands if kind == "warning"]
     assert [p["file"] for p in warnings] == ["project/statusmail.yaml"]
-    assert "2 problem(s)" in result.stderr
+    assert "2 problem(s)" in result.output
 
 
 def test_json_lists_both_problems_with_their_codes(broken: Broken) -> None:
     result = invoke(broken.config, "check", "--format", "json")
-    assert result.exit_code == 1, result.stderr
+    assert result.exit_code == 1, result.output
     listed = json.loads(result.stdout)
     assert all(set(one) == {"file", "line", "severity", "code", "message"} for one in listed)
     errors = {
@@ -109,7 +109,7 @@ def test_json_lists_both_problems_with_their_codes(broken: Broken) -> None:
 
 def test_junit_is_valid_with_a_failure_per_problem(broken: Broken, tmp_path: Path) -> None:
     result = invoke(broken.config, "check", "--format", "junit")
-    assert result.exit_code == 1, result.stderr
+    assert result.exit_code == 1, result.output
     root = ET.fromstring(result.stdout.encode("utf-8"))
     assert root.tag == "testsuites"
     (suite,) = root.findall("testsuite")
@@ -147,13 +147,13 @@ def test_junit_is_valid_with_a_failure_per_problem(broken: Broken, tmp_path: Pat
 def test_text_stays_as_it_was(broken: Broken) -> None:
     result = invoke(broken.config, "check")
     assert result.exit_code == 1
-    assert result.stdout == ""
-    lines = result.stderr.splitlines()
+    assert result.stderr == ""  # the report is the output: stdout
+    lines = result.output.splitlines()
     project = broken.config.parent
     for _, (file, line) in broken.expected.items():
         assert any(row.startswith(f"{project.parent / file}:{line}: ") for row in lines), lines
     assert lines[-1] == "checked 2 entries, 28 subscribers: 2 problem(s)"
-    assert invoke(broken.config, "check", "--format", "text").stderr == result.stderr
+    assert invoke(broken.config, "check", "--format", "text").stdout == result.output
 
 
 def test_the_json_report_is_kept_and_is_not_a_format(project: Path) -> None:
@@ -164,14 +164,14 @@ def test_the_json_report_is_kept_and_is_not_a_format(project: Path) -> None:
     assert report["problems"] == [] and len(report["warnings"]) == 1
     both = invoke(project, "check", "--json", "--format", "json")
     assert both.exit_code == 2
-    assert "does not go with --format" in both.stderr
+    assert "does not go with --format" in both.output
 
 
 @pytest.mark.parametrize("output", ["json", "github", "junit"])
 def test_a_clean_project_exits_0_in_every_format(project: Path, output: str) -> None:
     result = invoke(project, "check", "--format", output)
-    assert result.exit_code == 0, result.stdout + result.stderr
-    assert "checked 2 entries, 28 subscribers: ok" in result.stderr
+    assert result.exit_code == 0, result.stdout + result.output
+    assert "checked 2 entries, 28 subscribers: ok" in result.output
 
 
 def test_outside_a_repository_paths_are_relative_to_the_config(project: Path) -> None:
@@ -196,7 +196,7 @@ def test_a_broken_config_is_reported_in_the_format(tmp_path: Path) -> None:
     assert "[yaml-syntax]" in message and int(props["line"]) >= line
     text_run = invoke(config, "check")
     assert text_run.exit_code == 1
-    assert text_run.stderr.startswith(f"{config}:{props['line']}: invalid YAML")
+    assert text_run.output.startswith(f"{config}:{props['line']}: invalid YAML")
     report = json.loads(invoke(config, "check", "--json").stdout)
     assert report["ok"] is False and report["problems"][0].startswith(f"{config}:")
 

@@ -63,10 +63,10 @@ def test_the_summary_shows_every_variant_and_no_address(project: Path, tmp_path:
     result = invoke(
         project,
         *("send", UPDATE, "--dry-run", "--json"),
-        *("--preview-dir", str(previews), "--summary", str(summary)),
+        *("--preview-dir", str(previews.parent), "--summary", str(summary)),
         env={"GITHUB_STEP_SUMMARY": str(step_summary)},
     )
-    assert result.exit_code == 0, result.stderr
+    assert result.exit_code == 0, result.output
     dry_run = json.loads(result.stdout)
     text = summary.read_text(encoding="utf-8")
 
@@ -122,7 +122,7 @@ def test_an_entry_that_cannot_be_previewed_is_in_the_summary(project: Path, tmp_
         *("--summary", str(summary)),
     )
     assert result.exit_code == 1
-    assert "thread 'nothing' names no entry" in result.stderr
+    assert "thread 'nothing' names no entry" in result.output
     page = rendered(summary)
     assert page.find("h2", string=f"{UPDATE}: not previewed") is not None
     (problem,) = items_after(page, "Problems:")

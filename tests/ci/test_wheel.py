@@ -255,7 +255,7 @@ def test_the_installed_wheel_runs_help_version_and_the_sample_dry_run(
     )
     report = dry_run.stdout + dry_run.stderr
     assert f"{UPDATE} (dry run, status ready): 14 recipients, 14 rendered" in report
-    assert (config.parent / "previews" / "index.html").is_file()
+    assert (config.parent / "previews" / UPDATE / "index.html").is_file()  # PREVIEW_DIR/ID/
     assert not (config.parent / "outbox").exists()  # a dry run delivers nothing
 
     # init writes the packaged sample, which checks at once (the config found from below)

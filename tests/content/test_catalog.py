@@ -41,7 +41,7 @@ def check(project: Path) -> list[str]:
     """The problem lines of a failing `statusmail check`."""
     result = invoke(project, "check")
     assert result.exit_code == 1, result.output
-    return problem_lines(result.stderr)
+    return problem_lines(result.output)
 
 
 def files(project: Path) -> tuple[Path, Path, Path]:
@@ -239,7 +239,7 @@ def test_dry_run_with_an_unknown_placeholder(project: Path, tmp_path: Path) -> N
     line = line_of(po, 'msgid "Hello, %(name)s,"')
     result = invoke(project, "send", UPDATE, "--dry-run", "--preview-dir", str(tmp_path / "p"))
     assert result.exit_code == 1
-    assert f"{po}:{line}: 'Hello, %(name)s,': the translation has %(nmae)s" in result.stderr
+    assert f"{po}:{line}: 'Hello, %(name)s,': the translation has %(nmae)s" in result.output
 
 
 def test_rendering_names_the_template_and_catalog(project: Path) -> None:

@@ -337,9 +337,9 @@ def test_a_broken_key_is_one_line_naming_it(project: Path, keys: Keys, case: str
     else:
         path.write_bytes(content(keys))
     check = invoke(project, "check")
-    assert check.exit_code == 1, check.stderr
-    lines = problem_lines(check.stderr)
-    assert len(lines) == 1 and str(path) in lines[0] and says in lines[0], check.stderr
+    assert check.exit_code == 1, check.output
+    lines = problem_lines(check.output)
+    assert len(lines) == 1 and str(path) in lines[0] and says in lines[0], check.output
     sent = invoke(project, "send", UPDATE, "--yes")
     assert sent.exit_code == 1, sent.stderr
     said = [line for line in sent.stderr.splitlines() if str(path) in line]
@@ -356,11 +356,11 @@ def test_an_ed25519_key_needs_its_selector(project: Path, keys: Keys) -> None:
         )
     check = invoke(project, "check")
     assert check.exit_code == 1
-    lines = problem_lines(check.stderr)
+    lines = problem_lines(check.output)
     assert lines == [
         f"{project}:{len(project.read_text().splitlines())}: 'dkim.ed25519_key_file' needs "
         "'dkim.ed25519_selector' too"
-    ], check.stderr
+    ], check.output
 
 
 def test_a_dknewkey_ed25519_key_signs(project: Path, keys: Keys) -> None:

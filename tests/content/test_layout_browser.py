@@ -86,7 +86,7 @@ def previews(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     config = copy_sample(root / "sample")
     folders = {entry: root / entry for entry in SAMPLE_ENTRIES}
     for entry, folder in folders.items():
-        dry_run(config, entry, folder)
+        dry_run(config, entry, folder.parent)
 
     config = copy_sample(root / LONG)
     regions = config.parent / "regions.yaml"
@@ -99,8 +99,8 @@ def previews(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         assert text.count(old) == 2, old  # the en and the ru text of RU's access block
         text = text.replace(old, new)
     regions.write_text(text, encoding="utf-8")
-    folders[LONG] = root / f"{LONG}-previews"
-    dry_run(config, BLOCK, folders[LONG])
+    folders[LONG] = root / f"{LONG}-previews" / BLOCK
+    dry_run(config, BLOCK, folders[LONG].parent)
     return folders
 
 

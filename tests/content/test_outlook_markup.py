@@ -30,7 +30,7 @@ def html_parts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, BeautifulS
     config = copy_sample(root / "sample")
     parts: dict[str, BeautifulSoup] = {}
     for entry in SAMPLE_ENTRIES:
-        dry_run(config, entry, root / entry)
+        dry_run(config, entry, root)
         for eml in sorted((root / entry).glob("*.eml")):
             html = part_text(parse_message(eml.read_bytes()), "html")
             parts[f"{entry}/{eml.stem}"] = BeautifulSoup(html, "html.parser")

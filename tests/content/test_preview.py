@@ -53,8 +53,8 @@ def test_labels_say_what_a_variant_is() -> None:
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("entry_id", SAMPLE_ENTRIES)
 def test_gallery_shows_every_variant_whole(project: Path, tmp_path: Path, entry_id: str) -> None:
-    out = tmp_path / "previews"
-    report = dry_run(project, entry_id, out)
+    out = tmp_path / "previews" / entry_id
+    report = dry_run(project, entry_id, out.parent)
     labels = variant_labels(out)
     assert labels, "no variants written"
     assert sorted(p.name for p in out.iterdir()) == sorted(
@@ -126,8 +126,8 @@ def test_variants_without_recipients_are_listed_not_drawn(project: Path, tmp_pat
         "daniyar.abenov@example.com,Daniyar Abenov,de,KZ",
         "daniyar.abenov@example.com,Daniyar Abenov,ru,KZ",
     )
-    out = tmp_path / "previews"
-    report = dry_run(project, UPDATE, out)
+    out = tmp_path / "previews" / UPDATE
+    report = dry_run(project, UPDATE, out.parent)
     empty = [label for label in variant_labels(out) if label not in report["variants"]]
     assert empty == ["en"]
     page = BeautifulSoup((out / "index.html").read_text(encoding="utf-8"), "html.parser")
@@ -138,7 +138,7 @@ def test_variants_without_recipients_are_listed_not_drawn(project: Path, tmp_pat
 
 @pytest.mark.timeout(60)
 def test_stale_preview_files_are_cleared_and_nothing_else(project: Path, tmp_path: Path) -> None:
-    out = tmp_path / "previews"
+    out = tmp_path / "previews" / BLOCK
     (out / "sub").mkdir(parents=True)
     stale = [out / name for name in ("de-RU.eml", "de-RU.html", "de-RU.txt")]
     kept = [out / "notes.md", out / "shot.png", out / "sub" / "old.html", out / "eml"]
@@ -148,7 +148,7 @@ def test_stale_preview_files_are_cleared_and_nothing_else(project: Path, tmp_pat
     outside.write_text("not a preview", encoding="utf-8")
     (out / "linked.html").symlink_to(outside)
 
-    dry_run(project, BLOCK, out)
+    dry_run(project, BLOCK, out.parent)
     assert not any(path.exists() for path in stale)
     assert not (out / "linked.html").is_symlink()
     assert outside.read_text(encoding="utf-8") == "not a preview"
@@ -159,8 +159,8 @@ def test_stale_preview_files_are_cleared_and_nothing_else(project: Path, tmp_pat
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("entry_id", SAMPLE_ENTRIES)
 def test_previews_never_carry_a_subscriber(project: Path, tmp_path: Path, entry_id: str) -> None:
-    out = tmp_path / "previews"
-    dry_run(project, entry_id, out)
+    out = tmp_path / "previews" / entry_id
+    dry_run(project, entry_id, out.parent)
     subscriber_files = list((project.parent / "subscribers").iterdir())
     addresses = {
         address.lower()

@@ -44,7 +44,8 @@ class Scored:
 def previews(config: Path, entry: str, folder: Path) -> dict[str, bytes]:
     """Each variant's ``.eml`` of ``entry``, by ``entry/variant``."""
     dry_run(config, entry, folder)
-    return {f"{entry}/{eml.stem}": eml.read_bytes() for eml in sorted(folder.glob("*.eml"))}
+    emls = sorted((folder / entry).glob("*.eml"))
+    return {f"{entry}/{eml.stem}": eml.read_bytes() for eml in emls}
 
 
 @pytest.fixture(scope="module")

@@ -172,8 +172,9 @@ def test_names_are_greeted_and_cyrillic_names_survive(
 
 
 def test_dry_run_touches_no_ledger_and_writes_previews(project: Path, tmp_path: Path) -> None:
-    previews = tmp_path / "previews"
-    result = invoke(project, "send", UPDATE, "--dry-run", "--preview-dir", str(previews), "--json")
+    previews = tmp_path / "previews" / UPDATE  # always PREVIEW_DIR/ID/
+    args = ("--dry-run", "--preview-dir", str(previews.parent), "--json")
+    result = invoke(project, "send", UPDATE, *args)
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["selected"] == report["rendered"] == len(EXPECTED_UPDATE)

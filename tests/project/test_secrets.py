@@ -64,7 +64,7 @@ def test_a_variable_and_its_file_both_set_is_an_error_naming_both(
     env = {NAME: SECRET, "STATUSMAIL_TRANSPORT": "smtp", "STATUSMAIL_SMTP_PASSWORD": "pw"}
     checked = invoke(project, "check", env={**env, **both})
     assert checked.exit_code == 1
-    assert [line for line in error_lines(checked.stderr) if f"${name}_FILE" in line] == [
+    assert [line for line in error_lines(checked.output) if f"${name}_FILE" in line] == [
         str(problem)
     ]
 

@@ -507,4 +507,4 @@ def test_send_refuses_a_list_with_an_unbalanced_quote_and_records_nothing(
     assert [counts[k] for k in ("pending", "sent", "failed", "skipped")] == [0, 0, 0, 0], counts
     check = invoke(project, "check")
     assert check.exit_code == 1
-    assert "main.csv:6: unbalanced quote" in check.stderr
+    assert "main.csv:6: unbalanced quote" in check.output

@@ -187,7 +187,7 @@ def test_a_short_secret_is_an_error_for_smtp_and_serve(project: Path) -> None:
     short = {"STATUSMAIL_UNSUBSCRIBE_SECRET": "too-short", "STATUSMAIL_TRANSPORT": "smtp"}
     check = invoke(project, "check", env=short)
     assert check.exit_code == 1
-    assert "$STATUSMAIL_UNSUBSCRIBE_SECRET is 9 bytes; it must be at least 32" in check.stderr
+    assert "$STATUSMAIL_UNSUBSCRIBE_SECRET is 9 bytes; it must be at least 32" in check.output
     serve = invoke(project, "serve", "--port", "0", env={"STATUSMAIL_UNSUBSCRIBE_SECRET": "x"})
     assert serve.exit_code == 1
     assert "is 1 bytes; it must be at least 32" in serve.stderr

@@ -228,18 +228,18 @@ def test_check_covers_the_preferences_page(project: Path) -> None:
     line = replace_in(page, "<button type='submit'", "<p>Choose wisely</p><button type='submit'")
     result = invoke(project, "check")
     assert result.exit_code == 1
-    assert f"{page}:{line}: fixed text 'Choose wisely' is not translatable" in result.stderr
+    assert f"{page}:{line}: fixed text 'Choose wisely' is not translatable" in result.output
     replace_in(page, "<p>Choose wisely</p>", "{{ _('Missing %(what)s') }}")
     result = invoke(project, "check")
     assert result.exit_code == 1
-    assert "'Missing %(what)s'" in result.stderr  # not in the catalog, and cannot render
+    assert "'Missing %(what)s'" in result.output  # not in the catalog, and cannot render
 
 
 def test_topics_without_names_are_a_warning(project: Path) -> None:
     replace_in(project, "  product-news: {en: Product news, ru: Новости StartMail}\n", "")
     result = invoke(project, "check")
-    assert result.exit_code == 0, result.stderr
-    assert "topic 'product-news' has no name in en, ru under 'topic_names'" in result.stderr
+    assert result.exit_code == 0, result.output
+    assert "topic 'product-news' has no name in en, ru under 'topic_names'" in result.output
 
 
 def test_prefs_export_is_safe_for_spreadsheets(project: Path) -> None:

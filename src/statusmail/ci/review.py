@@ -189,7 +189,7 @@ def send_dry_run(
     else:
         assert options.entry_id is not None
         entry_id = options.entry_id
-        targets = [(entry_id, options.preview_dir or Path("previews") / entry_id)]
+        targets = [(entry_id, (options.preview_dir or Path("previews")) / entry_id)]
     site = options.changed_since is not None  # CI's review of a change
     previews = [preview_entry(config, i, out, options.limit, site=site) for i, out in targets]
     if options.summary is not None:
@@ -221,7 +221,7 @@ def send_dry_run(
     for one in previews:
         for failure in one.report.failures if one.report else []:
             log.error("%s: render failed: %s", one.entry_id, failure)
-    if options.summary is not None:
+    if options.summary is not None and not options.as_json:  # JSON: its "summary"
         console.print(f"summary: {options.summary}", markup=False)
     return ExitCode.OK if all(p.ok for p in previews) else ExitCode.NOT_STARTED
 

@@ -56,7 +56,9 @@ def check(
     from statusmail.ci import review as ci
 
     options = ci.CheckOptions(output_format, as_json, changed_since)
-    return ci.check(config_path, options, console)
+    # The text report is the output (stdout); the machine formats keep stdout for the
+    # machine, and their closing "checked ..." line goes to stderr.
+    return ci.check(config_path, options, out if output_format == "text" else console)
 
 
 @main.command()

@@ -56,8 +56,8 @@ def _send_usage(func: Callable[..., None]) -> Callable[..., None]:
     "--preview-dir",
     type=click.Path(path_type=Path),
     default=None,
-    help="Where --dry-run writes previews (default: previews/ID/; with "
-    "--all-changed-since, each entry's go to PREVIEW_DIR/ID/, default previews/ID/).",
+    help="Where --dry-run writes previews: each entry's into PREVIEW_DIR/ID/ (default: "
+    "previews/ID/), for one ID as with --all-changed-since.",
 )
 @click.option(
     "--all-changed-since",
@@ -157,12 +157,12 @@ def send(
         preview = ci.PreviewOptions(
             entry_id, all_changed_since, preview_dir, limit, as_json, summary
         )
-        return ci.send_dry_run(config, preview, console)
+        return ci.send_dry_run(config, preview, out)
     assert entry_id is not None  # _send_usage
     from statusmail.commands import sending
 
     if dry_run:
-        return sending.send_dry_run(config, entry_id, preview_dir, limit, as_json, console)
+        return sending.send_dry_run(config, entry_id, preview_dir, limit, as_json, out)
     options = sending.SendOptions(
         limit=limit,
         yes=yes,

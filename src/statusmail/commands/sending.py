@@ -185,7 +185,7 @@ def send_dry_run(
     entry = find_entry(config.paths.updates, entry_id)
     prepared = pipeline.prepare(config, entry, preview=True)
     report = pipeline.dry_run(prepared, limit=limit)
-    out_dir = preview_dir or Path("previews") / entry_id
+    out_dir = (preview_dir or Path("previews")) / entry_id
     written = write_previews(prepared.factory, report.stats, out_dir)
     if as_json:
         print_json(dry_run_json(prepared, report, out_dir))
