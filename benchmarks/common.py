@@ -407,7 +407,7 @@ def sample_message(root: Path, n: int = 50) -> bytes:
     )
     if result.returncode != 0:
         raise RuntimeError(f"dry run failed: {result.stderr}")
-    emls = sorted((root / "previews").glob("*.eml"), key=lambda p: p.stat().st_size)
+    emls = sorted((root / "previews" / ENTRY).glob("*.eml"), key=lambda p: p.stat().st_size)
     # The median-size variant (variants differ by the access block).
     data = emls[len(emls) // 2].read_bytes()
     return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")

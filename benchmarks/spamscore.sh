@@ -15,7 +15,7 @@ entries=("$@")
 printf '%-20s %-8s %6s  %s\n' entry variant score rules
 for entry in "${entries[@]}"; do
   statusmail --config "$work/statusmail.yaml" \
-    send "$entry" --dry-run --preview-dir "$work/previews/$entry" >/dev/null 2>&1
+    send "$entry" --dry-run --preview-dir "$work/previews" >/dev/null 2>&1
   for eml in "$work/previews/$entry"/*.eml; do
     report=$(spamassassin -L -t -x -p "$work/user_prefs" --cf='use_bayes 0' < "$eml" 2>/dev/null)
     score=$(printf '%s\n' "$report" | sed -n 's/^X-Spam-Status: [A-Za-z]*, score=\([-0-9.]*\).*/\1/p')
