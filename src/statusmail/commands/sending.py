@@ -94,9 +94,10 @@ def send(config: Config, entry_id: str, options: SendOptions, console: Console) 
         except ConnectError as exc:
             log.error("cannot start: %s", exc, extra={"event": "relay_unreachable"})
             return ExitCode.NOT_STARTED
-    if corrections.sent_nothing_new(before, report.counts):
-        if (done := corrections.already_sent(config, entry, lists_kept=False)) is not None:
-            return corrections.print_already_sent(done, options.json, console)
+    if corrections.sent_nothing_new(before, report.counts) and (
+        done := corrections.already_sent(config, entry, lists_kept=False)
+    ):
+        return corrections.print_already_sent(done, options.json, console)
     _print_report(report, options.json, console)
     return report.exit_code
 
