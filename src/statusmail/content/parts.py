@@ -52,9 +52,13 @@ def _qp(text: str) -> bytes:
     text = _lf(text)
     if "\r" in text:
         # binascii keeps a bare CR as it is: lines that hold one go alone, without their
-        # LF, and their CRs are escaped.
+        # LF, and their CRs are escaped; the others as the whole text would have them (a
+        # line's soft breaks fall otherwise without its LF: the line-by-line cache relies
+        # on each line encoding the same wherever it stands).
         data = b"".join(
-            binascii.b2a_qp(line.removesuffix("\n").encode("utf-8"), istext=True).replace(
+            binascii.b2a_qp(line.encode("utf-8"), istext=True)
+            if "\r" not in line
+            else binascii.b2a_qp(line.removesuffix("\n").encode("utf-8"), istext=True).replace(
                 b"\r", b"=0D"
             )
             + (b"\n" if line.endswith("\n") else b"")
