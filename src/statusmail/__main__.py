@@ -19,11 +19,25 @@ class _Early(BaseException):
     """A signal while statusmail was still starting (before its own handlers)."""
 
 
+# The signals statusmail's handlers took, however their exception surfaced: one raised
+# while a C extension initialises (``import ssl``) can come out as another exception.
+_received: list[int] = []
+
+
 def _early(signum: int, _frame: object) -> None:
     # The program ends now: a second signal must not cut short the line that says so.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
+    _received.append(signum)
     raise _Early(signum)
+
+
+def _signal_taken() -> int | None:
+    """The first signal a handler of statusmail's took, if any."""
+    module = sys.modules.get("statusmail.signals")
+    later: list[int] = getattr(module, "received", []) if module else []
+    taken = _received or later
+    return taken[0] if taken else None
 
 
 def _settled() -> None:
@@ -60,13 +74,14 @@ def _main() -> None:
     except BaseException as exc:
         from statusmail.errors import Interrupted
 
-        if not isinstance(exc, Interrupted):
+        signum = exc.signum if isinstance(exc, Interrupted) else _signal_taken()
+        if signum is None:
             from statusmail.cli import log_crash
 
             if not log_crash(exc):
                 raise
             sys.exit(1)
-        name = signal.Signals(exc.signum).name
+        name = signal.Signals(signum).name
         print(f"interrupted by {name} while starting; nothing was done", file=sys.stderr)
         sys.exit(0 if "watch" in sys.argv[1:] else 4)
 
