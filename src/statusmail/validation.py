@@ -50,7 +50,8 @@ from statusmail.project.locales import SUPPORTED_LOCALES
 from statusmail.project.regions import Region, read_regions, registrable_domain
 from statusmail.project.secrets import secret_problems
 from statusmail.project.selection import Group, Tally
-from statusmail.project.subscribers import RowProblem, iter_subscribers
+from statusmail.project.subscriber_rows import RowProblem
+from statusmail.project.subscribers import iter_subscribers
 from statusmail.project.tokens import Keyring
 from statusmail.web.pages import preferences_page_problems
 from statusmail.web.publish import site_problems

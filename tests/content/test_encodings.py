@@ -57,7 +57,7 @@ from statusmail.project.config import load_config
 from statusmail.project.entries import find_entry
 from statusmail.project.regions import load_regions
 from statusmail.project.selection import select
-from statusmail.project.subscribers import RowProblem
+from statusmail.project.subscriber_rows import RowProblem
 from statusmail.project.tokens import Keyring
 
 ENTRIES = ("update-2020-04-21", "block-2020-01-23")

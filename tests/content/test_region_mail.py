@@ -28,7 +28,8 @@ from conftest import (
 from feedback_helpers import MaildirMX, summary
 from statusmail.project.config import load_config
 from statusmail.project.regions import Region, load_regions, registrable_domain
-from statusmail.project.subscribers import Subscriber, iter_subscribers
+from statusmail.project.subscriber_rows import Subscriber
+from statusmail.project.subscribers import iter_subscribers
 
 _ANGLE = re.compile(r"<([^>]+)>")
 

@@ -24,7 +24,7 @@ from statusmail.ledger.subscribers import (
     read_subscribers,
     special_groups,
 )
-from statusmail.project import subscribers
+from statusmail.project import subscriber_rows, subscribers
 from statusmail.project.entries import load_entry
 from statusmail.project.selection import Inactive, count_audience, count_removals, select
 
@@ -43,7 +43,7 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     read: list[Path] = []
     real = subscribers.read_file
 
-    def counting(path: Path, *args: subscribers.Build) -> object:
+    def counting(path: Path, *args: subscriber_rows.Build) -> object:
         read.append(path)
         return real(path, *args)
 

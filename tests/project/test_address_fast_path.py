@@ -6,7 +6,7 @@ import random
 
 from email_validator import EmailNotValidError, validate_email
 
-from statusmail.project.subscribers import _plain_address, check_address
+from statusmail.project.subscriber_rows import _plain_address, check_address
 
 ALPHABET = "abcXYZ019.-_+=!#'@"
 TRICKY = [

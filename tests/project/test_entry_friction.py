@@ -16,7 +16,8 @@ from statusmail.errors import InputError
 from statusmail.project.config import load_config
 from statusmail.project.entries import entry_id_of, find_entry, load_entries, load_entry
 from statusmail.project.regions import load_regions
-from statusmail.project.subscribers import Subscriber, iter_subscribers
+from statusmail.project.subscriber_rows import Subscriber
+from statusmail.project.subscribers import iter_subscribers
 from statusmail.validation import entry_problems
 
 TOPICS = "  topics: [service-status]\n"

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from conftest import CSV_HEADER, invoke
-from statusmail.project import subscribers
+from statusmail.project import subscriber_rows
 
 
 def test_check_of_unchanged_lists_reads_no_row(project: Path) -> None:
@@ -24,7 +24,7 @@ def test_check_of_unchanged_lists_reads_no_row(project: Path) -> None:
 
     # Every file made unreadable as a list, with its size and mtime kept: were check to
     # read a row, it would report a broken file.
-    for path in subscribers.subscriber_files(folder):
+    for path in subscriber_rows.subscriber_files(folder):
         st = path.stat()
         path.write_bytes(b"\xff" * st.st_size)
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))

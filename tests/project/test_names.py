@@ -28,7 +28,7 @@ from statusmail.content.render import TEXT_WIDTH, Renderer
 from statusmail.project.config import load_config
 from statusmail.project.entries import find_entry
 from statusmail.project.regions import load_regions
-from statusmail.project.subscribers import given_name_first
+from statusmail.project.subscriber_rows import given_name_first
 
 PETROVA = "petrova@example.org"
 LONG = "long.name@example.org"

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from conftest import CSV_HEADER, UPDATE, invoke
-from statusmail.project.subscribers import RowProblem, Subscriber, iter_subscribers
+from statusmail.project.subscriber_rows import RowProblem, Subscriber
+from statusmail.project.subscribers import iter_subscribers
 
 
 def rows(first: int, end: int) -> str:

@@ -20,7 +20,8 @@ from typing import Literal
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from statusmail.project.subscribers import COLUMNS, RowProblem, Subscriber, iter_subscribers
+from statusmail.project.subscriber_rows import COLUMNS, RowProblem, Subscriber
+from statusmail.project.subscribers import iter_subscribers
 
 # Each example rewrites the same file in the test's tmp_path.
 FILES = settings(

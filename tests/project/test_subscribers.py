@@ -12,18 +12,13 @@ import pytest
 
 from conftest import CSV_HEADER
 from statusmail.domain import Audience, Content, Entry, EntryStatus, Recipient
-from statusmail.project import subscribers as subscribers_module
+from statusmail.project import subscriber_rows as subscribers_module
 from statusmail.project.config import load_config
 from statusmail.project.entries import load_entry
 from statusmail.project.locales import normalize_locale, resolve_locale
 from statusmail.project.selection import SelectionStats, select
-from statusmail.project.subscribers import (
-    RowProblem,
-    Subscriber,
-    clean_name,
-    iter_subscribers,
-    read_file,
-)
+from statusmail.project.subscriber_rows import RowProblem, Subscriber, clean_name
+from statusmail.project.subscribers import iter_subscribers, read_file
 
 BY_REGION = {"RU": "ru", "BY": "ru", "KZ": "ru"}
 

@@ -17,7 +17,7 @@ from statusmail.errors import StatusmailError
 from statusmail.project.config import Config
 from statusmail.project.entries import SUFFIXES, entry_paths
 from statusmail.project.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES
-from statusmail.project.subscribers import subscriber_files
+from statusmail.project.subscriber_rows import subscriber_files
 
 # The kinds of project file, in the order reports list them.
 KINDS = ("config", "regions", "entries", "templates", "catalogs", "subscribers")

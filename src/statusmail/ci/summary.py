@@ -20,7 +20,7 @@ from statusmail.domain import mask_address
 from statusmail.errors import Problem
 from statusmail.pipeline import DryRun, Prepared
 from statusmail.project.locales import SUPPORTED_LOCALES
-from statusmail.project.subscribers import COLUMNS, RowProblem
+from statusmail.project.subscriber_rows import COLUMNS, RowProblem
 
 _ADDRESS = re.compile(r"[^\s@'\"<>()\[\],;:]+@[^\s@'\"<>()\[\],;:]+")
 # In a row's problem: a value quoted as Python quotes it, or one that looks like a

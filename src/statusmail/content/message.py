@@ -41,7 +41,7 @@ from statusmail.content.render import (
 from statusmail.domain import Entry, Envelope, Recipient, Shape
 from statusmail.project.config import Config
 from statusmail.project.regions import Region
-from statusmail.project.subscribers import given_name_first
+from statusmail.project.subscriber_rows import given_name_first
 from statusmail.project.tokens import (
     Keyring,
     message_id,

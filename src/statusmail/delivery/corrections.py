@@ -29,7 +29,8 @@ from statusmail.ledger.subscribers import Imported, read_subscribers, unchanged
 from statusmail.project.config import Config
 from statusmail.project.entries import missing_language_problems
 from statusmail.project.selection import AudienceCount, SelectionStats, select
-from statusmail.project.subscribers import RowProblem, Subscriber, iter_subscribers
+from statusmail.project.subscriber_rows import RowProblem, Subscriber
+from statusmail.project.subscribers import iter_subscribers
 
 # -- an entry already sent ------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from statusmail.errors import StatusmailError
 from statusmail.ledger import read_preferences, read_suppressions
 from statusmail.project import entries
 from statusmail.project.selection import Inactive, SelectionStats, select
-from statusmail.project.subscribers import RowProblem
+from statusmail.project.subscriber_rows import RowProblem
 
 
 class Prepared(Run, Protocol):

@@ -51,7 +51,7 @@ from statusmail.project.selection import (
     count_removals,
     select,
 )
-from statusmail.project.subscribers import RowProblem, Subscriber
+from statusmail.project.subscriber_rows import RowProblem, Subscriber
 
 log = logging.getLogger("statusmail")
 

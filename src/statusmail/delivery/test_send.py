@@ -26,7 +26,7 @@ from statusmail.domain import Entry, ExitCode, Recipient
 from statusmail.errors import DeliveryError, InputError, Problem
 from statusmail.project.config import Config
 from statusmail.project.locales import FALLBACK_LOCALE
-from statusmail.project.subscribers import address_key, check_address
+from statusmail.project.subscriber_rows import address_key, check_address
 
 TEST_PREFIX = "[TEST] "
 

@@ -13,7 +13,7 @@ from email_validator import EmailNotValidError, validate_email
 from statusmail.domain import Preference
 from statusmail.errors import InputError, Problem
 from statusmail.ledger import Ledger
-from statusmail.project.subscribers import address_key
+from statusmail.project.subscriber_rows import address_key
 
 # A spreadsheet runs a cell that starts with one of these as a formula (CSV injection).
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")

@@ -39,13 +39,8 @@ from statusmail.ledger.subscribers import (
     unchanged,
 )
 from statusmail.project.selection import Tally, topics_text
-from statusmail.project.subscribers import (
-    ReadStats,
-    RowProblem,
-    Subscriber,
-    iter_subscribers,
-    subscriber_files,
-)
+from statusmail.project.subscriber_rows import ReadStats, RowProblem, Subscriber, subscriber_files
+from statusmail.project.subscribers import iter_subscribers
 
 BATCH = 5_000  # rows per transaction of an import
 KEPT_PROBLEMS = 1_000  # row problems an import hands back to print; all are stored

@@ -23,11 +23,7 @@ from statusmail.ledger.database import driver_errors
 from statusmail.ledger.staging import STAGING
 from statusmail.ledger.store import Ledger
 from statusmail.project.selection import Group, topics_of
-from statusmail.project.subscribers import (
-    RowProblem,
-    Subscriber,
-    subscriber_files,
-)
+from statusmail.project.subscriber_rows import RowProblem, Subscriber, subscriber_files
 
 PAGE = 5_000  # rows per page of a read
 

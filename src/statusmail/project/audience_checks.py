@@ -15,7 +15,7 @@ from statusmail.project.config import Config
 from statusmail.project.entries import missing_language_problems
 from statusmail.project.locales import resolve_locale
 from statusmail.project.selection import Group
-from statusmail.project.subscribers import RowProblem
+from statusmail.project.subscriber_rows import RowProblem
 
 
 @dataclass

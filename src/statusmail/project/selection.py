@@ -15,13 +15,8 @@ from pathlib import Path
 
 from statusmail.domain import Entry, Preference, Recipient, SubscriberStatus
 from statusmail.project.locales import resolve_locale
-from statusmail.project.subscribers import (
-    ReadStats,
-    RowProblem,
-    Subscriber,
-    given_name_first,
-    iter_subscribers,
-)
+from statusmail.project.subscriber_rows import ReadStats, RowProblem, Subscriber, given_name_first
+from statusmail.project.subscribers import iter_subscribers
 
 # Keep at most this many invalid rows in memory for the report; the rest are counted.
 MAX_REPORTED_PROBLEMS = 1000

@@ -22,7 +22,7 @@ from statusmail.ledger.importing import import_lists
 from statusmail.ledger.subscribers import Imported, ImportRefused
 from statusmail.project.config import Config
 from statusmail.project.entries import entry_paths, load_entry
-from statusmail.project.subscribers import subscriber_files
+from statusmail.project.subscriber_rows import subscriber_files
 
 log = logging.getLogger("statusmail.watch")
 
