@@ -152,3 +152,19 @@ def test_lists_changed_since_with_nobody_new_still_say_already_sent(project: Pat
     assert again.exit_code == 0, again.output
     assert f"{UPDATE} was already sent: {len(before)} messages" in again.output
     assert len(outbox_messages(project)) == len(before)
+
+
+def test_someone_who_chose_the_topic_since_gets_an_entry_sent_in_full(project: Path) -> None:
+    """The one-line answer without a run holds only while the lists and the preferences
+    are what the entry's last selection was made from: a reader who chose its topic on
+    the preferences page since is selected by the next run."""
+    from statusmail.domain import Preference
+    from statusmail.ledger import Ledger
+
+    send(project, UPDATE)
+    reader = "maxim.novikov@example.org"  # in the list for product-news only
+    assert reader not in {recipient(m) for m in outbox_messages(project)}
+    config = load_config(project)
+    with Ledger(config.paths.ledger) as ledger:
+        ledger.set_preference(reader, Preference(topics=frozenset({"service-status"})))
+    assert [recipient(m) for m in send(project, UPDATE)] == [reader]

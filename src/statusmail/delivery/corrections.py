@@ -25,7 +25,12 @@ from statusmail.ledger import Ledger
 from statusmail.ledger import exists as ledger_exists
 from statusmail.ledger.corrections import Sent, received, sent_record
 from statusmail.ledger.importing import import_lists
-from statusmail.ledger.subscribers import Imported, read_subscribers, unchanged
+from statusmail.ledger.subscribers import (
+    Imported,
+    preferences_stamp,
+    read_subscribers,
+    unchanged,
+)
 from statusmail.project.config import Config
 from statusmail.project.entries import missing_language_problems
 from statusmail.project.selection import AudienceCount, SelectionStats, select
@@ -111,14 +116,27 @@ def already_sent(config: Config, entry: Entry, *, lists_kept: bool = True) -> Al
             record = sent_record(ledger, entry.id)
             if not record.complete or not record.sent:
                 return None
-            kept = unchanged(ledger, config.paths.subscribers) if lists_kept else None
-            if lists_kept and (kept is None or kept.at > (record.completed_at or "")):
+            if lists_kept and not _as_when_selected(ledger, config, entry):
                 return None
             counts, breakdown = ledger.counts(entry.id), ledger.breakdown(entry.id)
     except LedgerError:
         return None
     changed = bool(record.digest and entry.digest and record.digest != entry.digest)
     return AlreadySent(record, changed, counts, breakdown)
+
+
+def _as_when_selected(ledger: Ledger, config: Config, entry: Entry) -> bool:
+    """Whether the entry's last complete selection was made from the lists as they are
+    now and the preferences as they are now (someone who chose its topic since, or a row
+    fixed or added, would be selected by a run)."""
+    kept = unchanged(ledger, config.paths.subscribers)
+    basis = (ledger.selection_basis(entry.id) or "").split("|")
+    return (
+        kept is not None
+        and len(basis) > 2
+        and basis[0] == str(kept.id)
+        and basis[2] == preferences_stamp(ledger)
+    )
 
 
 def sent_nothing_new(before: AlreadySent | None, counts: dict[str, int] | None) -> bool:
