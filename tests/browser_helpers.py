@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
@@ -50,3 +50,29 @@ class SharedChromium:
                 stack.close()
             finally:
                 asyncio._set_running_loop(None)
+
+
+# The widest right edge of any element, of the page as it is and, if asked, with every
+# <style> removed (then put back): reading a layout property makes Chromium lay the page
+# out again on the spot. For the messages' and the status site's layout tests.
+MEASURE = """(strip) => {
+  const measure = () => {
+    let right = 0;
+    for (const el of document.body.querySelectorAll('*'))
+      right = Math.max(right, el.getBoundingClientRect().right);
+    return {scroll: document.documentElement.scrollWidth, inner: window.innerWidth, right};
+  };
+  const sent = measure();
+  if (!strip) return [sent];
+  const styles = [...document.querySelectorAll('style')].map(s => [s, s.parentNode, s.nextSibling]);
+  styles.forEach(([s]) => s.remove());
+  const bare = measure();
+  styles.forEach(([s, parent, next]) => parent.insertBefore(s, next));
+  return [sent, bare];
+}"""
+
+
+class Measure(TypedDict):
+    scroll: int
+    inner: int
+    right: float

@@ -14,10 +14,11 @@ import base64
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING
 
 import pytest
 
+from browser_helpers import MEASURE, Measure
 from conftest import BLOCK, SAMPLE_ENTRIES, copy_sample, dry_run
 
 if TYPE_CHECKING:
@@ -37,30 +38,6 @@ def onion_v3(public_key: bytes) -> str:
 ONION = onion_v3(hashlib.sha256(b"statusmail layout test").digest())
 LONG_URL = "https://startmail-ru.test/r/" + hashlib.sha512(b"mirror").hexdigest()[:92]
 SAMPLE_ONION = "http://startmailfictionalonionhostforillustrationsonlyxyzzamfqd.onion"
-
-# The page as sent and, if asked, with every <style> removed (then put back); reading a
-# layout property makes Chromium lay the page out again on the spot.
-MEASURE = """(strip) => {
-  const measure = () => {
-    let right = 0;
-    for (const el of document.body.querySelectorAll('*'))
-      right = Math.max(right, el.getBoundingClientRect().right);
-    return {scroll: document.documentElement.scrollWidth, inner: window.innerWidth, right};
-  };
-  const sent = measure();
-  if (!strip) return [sent];
-  const styles = [...document.querySelectorAll('style')].map(s => [s, s.parentNode, s.nextSibling]);
-  styles.forEach(([s]) => s.remove());
-  const bare = measure();
-  styles.forEach(([s, parent, next]) => parent.insertBefore(s, next));
-  return [sent, bare];
-}"""
-
-
-class Measure(TypedDict):
-    scroll: int
-    inner: int
-    right: float
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from browser_helpers import MEASURE
 from conftest import copy_sample
 from statusmail.project.config import load_config
 from statusmail.web.publish import pages_of, publish
@@ -20,22 +21,6 @@ if TYPE_CHECKING:
 
 SCREENS = {"phone": 320, "desktop": 1280}
 
-# The widest right edge of any element, as published and (if asked) without <style>.
-MEASURE = """(strip) => {
-  const measure = () => {
-    let right = 0;
-    for (const el of document.body.querySelectorAll('*'))
-      right = Math.max(right, el.getBoundingClientRect().right);
-    return {scroll: document.documentElement.scrollWidth, inner: window.innerWidth, right};
-  };
-  const sent = measure();
-  if (!strip) return [sent];
-  const styles = [...document.querySelectorAll('style')].map(s => [s, s.parentNode, s.nextSibling]);
-  styles.forEach(([s]) => s.remove());
-  const bare = measure();
-  styles.forEach(([s, parent, next]) => parent.insertBefore(s, next));
-  return [sent, bare];
-}"""
 
 # WCAG contrast of each element's own text against the first opaque background behind it.
 CONTRAST = """() => {
