@@ -156,12 +156,7 @@ def verify_unsubscribe_token(
             address = legacy_verify_unsubscribe_token(secret, token)
             if address is not None:
                 return address
-    if plain is None:
-        return None
-    try:
-        return plain.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
+    return _address(plain)
 
 
 def entry_token(keys: Keyring, purpose: Purpose, entry_id: str, address_key: str) -> str:
@@ -241,7 +236,11 @@ def preferences_token(keys: Keyring, address_key: str) -> str:
 
 def verify_preferences_token(keys: Keyring, token: str) -> str | None:
     """The address the preferences link was made for, or None."""
-    plain = keys.open(Purpose.PREFERENCES, token)
+    return _address(keys.open(Purpose.PREFERENCES, token))
+
+
+def _address(plain: bytes | None) -> str | None:
+    """The address an opened token holds (None: it did not open, or holds no text)."""
     if plain is None:
         return None
     try:

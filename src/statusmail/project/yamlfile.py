@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -154,3 +156,17 @@ def line_of(container: Any, key: Any) -> int | None:
     if isinstance(container, LineDict | LineList):
         return container.line_of(key)
     return None
+
+
+# (path, mtime in ns, size) of each file: what watching the project's files compares.
+Stamps = tuple[tuple[str, int, int], ...]
+
+
+def file_stamps(paths: Iterable[Path]) -> Stamps:
+    """The size and modification time of each of ``paths`` that can be read now."""
+    stamps = []
+    for path in paths:
+        with contextlib.suppress(OSError):
+            st = path.stat()
+            stamps.append((str(path), st.st_mtime_ns, st.st_size))
+    return tuple(stamps)

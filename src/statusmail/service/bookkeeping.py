@@ -23,10 +23,11 @@ from statusmail.ledger.subscribers import Imported, ImportRefused
 from statusmail.project.config import Config
 from statusmail.project.entries import entry_paths, load_entry
 from statusmail.project.subscriber_rows import subscriber_files
+from statusmail.project.yamlfile import Stamps, file_stamps
 
 log = logging.getLogger("statusmail.watch")
 
-Fingerprint = tuple[tuple[str, int, int], ...]
+Fingerprint = Stamps
 
 
 @dataclass
@@ -46,12 +47,7 @@ def inputs_fingerprint(config: Config, entry_path: Path | None) -> Fingerprint:
         paths += sorted(p for p in config.paths.templates.rglob("*") if p.is_file())
     with contextlib.suppress(OSError):
         paths += subscriber_files(config.paths.subscribers)
-    stamps = []
-    for path in paths:
-        with contextlib.suppress(OSError):
-            st = path.stat()
-            stamps.append((str(path), st.st_mtime_ns, st.st_size))
-    return tuple(stamps)
+    return file_stamps(paths)
 
 
 class Bookkeeping:

@@ -17,6 +17,7 @@ from typing import Protocol
 from statusmail.domain import ExitCode
 from statusmail.errors import InputError, StatusmailError
 from statusmail.project.config import Config
+from statusmail.project.yamlfile import Stamps, file_stamps
 from statusmail.web.publish import Published, after_done, publish
 
 log = logging.getLogger("statusmail.publish")
@@ -133,18 +134,13 @@ class Republisher:
         self._wanted.set()
         self._thread.join(AFTER_TIMEOUT + 60 if finish else 1.0)
 
-    def _inputs(self) -> tuple[tuple[str, int, int], ...]:
+    def _inputs(self) -> Stamps:
         config = self.config
         paths = [config.path, config.paths.regions]
         for folder in (config.paths.updates, config.paths.templates):
             with contextlib.suppress(OSError):
                 paths += sorted(p for p in folder.rglob("*") if p.is_file())
-        stamps = []
-        for path in paths:
-            with contextlib.suppress(OSError):
-                st = path.stat()
-                stamps.append((str(path), st.st_mtime_ns, st.st_size))
-        return tuple(stamps)
+        return file_stamps(paths)
 
     def _publish(self) -> None:
         seen = self._inputs()
