@@ -59,11 +59,11 @@ def send(config: Config, entry_id: str, options: SendOptions, console: Console) 
     entry = find_entry(config.paths.updates, entry_id)
     if (code := controls.before_send(config, entry.id, options.json, console)) is not None:
         return code  # cancelled (a paused entry is resumed by this send)
-    if (done := corrections.already_sent(config, entry)) is not None:
+    done = corrections.already_sent(config, entry)
+    if done is not None and done.as_selected:
         return corrections.print_already_sent(done, options.json, console)
-    # sent in full, but the lists changed since: select again, and if nobody new turns
-    # up, say it was already sent rather than print the same table
-    before = corrections.already_sent(config, entry, lists_kept=False)
+    # sent in full, but the lists or preferences changed since: select again, and if
+    # nobody new turns up, say it was already sent rather than print the same table
     prepared = pipeline.prepare(config, entry, send_now=options.now)
     for warning in prepared.warnings:
         log.warning("%s", warning)
@@ -94,9 +94,7 @@ def send(config: Config, entry_id: str, options: SendOptions, console: Console) 
         except ConnectError as exc:
             log.error("cannot start: %s", exc, extra={"event": "relay_unreachable"})
             return ExitCode.NOT_STARTED
-    if corrections.sent_nothing_new(before, report.counts) and (
-        done := corrections.already_sent(config, entry, lists_kept=False)
-    ):
+    if done is not None and corrections.sent_nothing_new(done, report.counts):
         return corrections.print_already_sent(done, options.json, console)
     _print_report(report, options.json, console)
     return report.exit_code

@@ -46,6 +46,9 @@ class AlreadySent:
     changed: bool  # the entry's file is not what was first selected and sent
     counts: dict[str, int]
     breakdown: list[tuple[str, str | None, str, int]]
+    # the entry's last complete selection was made from the lists and preferences as they
+    # are now: nobody new can be selected, so it is said without a run
+    as_selected: bool = False
 
     def lines(self) -> list[str]:
         record, entry_id = self.record, self.record.entry_id
@@ -103,11 +106,11 @@ def when(stamp: str | None) -> str:
     return f"on {moment:%Y-%m-%d} at {moment:%H:%M} UTC"
 
 
-def already_sent(config: Config, entry: Entry, *, lists_kept: bool = True) -> AlreadySent | None:
-    """The entry as the ledger shows it when it was sent in full, and (``lists_kept``)
-    the lists are as they were then, else None: a first run, a run to continue, a ledger
-    to migrate first, or lists changed since, which may hold someone new or a row fixed
-    (the run selects again; ``sent_nothing_new`` then tells whether it found anyone)."""
+def already_sent(config: Config, entry: Entry) -> AlreadySent | None:
+    """The entry as the ledger shows it when it was sent in full, else None (a first
+    run, a run to continue, or a ledger to migrate first: the run itself says). Unless
+    ``as_selected``, the lists or preferences changed since: the run selects again, and
+    ``sent_nothing_new`` tells whether it found anyone."""
     target = config.paths.ledger
     if not ledger_exists(target):
         return None
@@ -116,13 +119,12 @@ def already_sent(config: Config, entry: Entry, *, lists_kept: bool = True) -> Al
             record = sent_record(ledger, entry.id)
             if not record.complete or not record.sent:
                 return None
-            if lists_kept and not _as_when_selected(ledger, config, entry):
-                return None
+            as_selected = _as_when_selected(ledger, config, entry)
             counts, breakdown = ledger.counts(entry.id), ledger.breakdown(entry.id)
     except LedgerError:
         return None
     changed = bool(record.digest and entry.digest and record.digest != entry.digest)
-    return AlreadySent(record, changed, counts, breakdown)
+    return AlreadySent(record, changed, counts, breakdown, as_selected)
 
 
 def _as_when_selected(ledger: Ledger, config: Config, entry: Entry) -> bool:
@@ -139,11 +141,10 @@ def _as_when_selected(ledger: Ledger, config: Config, entry: Entry) -> bool:
     )
 
 
-def sent_nothing_new(before: AlreadySent | None, counts: dict[str, int] | None) -> bool:
+def sent_nothing_new(before: AlreadySent, counts: dict[str, int] | None) -> bool:
     """Whether a run of an entry sent in full (``before``) delivered to nobody new."""
     return (
-        before is not None
-        and counts is not None
+        counts is not None
         and not counts.get("pending")
         and counts.get("sent", 0) == before.counts.get("sent", 0)
         and counts.get("failed", 0) == before.counts.get("failed", 0)
