@@ -63,3 +63,20 @@ def test_preview_dir_is_per_id_for_one_id(project: Path, tmp_path: Path) -> None
     assert sorted(p.name for p in previews.iterdir()) == [UPDATE]
     assert (previews / UPDATE / "index.html").exists()
     assert json.loads(result.stdout)["previews"] == str(previews / UPDATE)
+
+
+def test_send_prints_its_closing_table_on_stdout_and_acts_on_stderr(project: Path) -> None:
+    """``send ID --yes > sent.txt`` keeps the table of what was sent; a re-send's line
+    saying it was already sent is the report too. The log lines stay on stderr."""
+    sent = invoke(project, "send", UPDATE, "--yes")
+    assert sent.exit_code == 0, sent.output
+    table = sent.stdout.splitlines()
+    assert table[0].strip() == UPDATE  # the table's title
+    total = next(line for line in table if "total" in line)
+    assert total.split("│")[3].strip() == "14"  # locale, region, sent: every recipient
+    assert "total" not in sent.stderr and "14 selected" in sent.stderr
+
+    again = invoke(project, "send", UPDATE, "--yes")
+    assert again.exit_code == 0, again.output
+    assert again.stdout.startswith(f"{UPDATE} was already sent: 14 messages")
+    assert "already sent" not in again.stderr

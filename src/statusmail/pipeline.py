@@ -254,15 +254,15 @@ def start(prepared: Prepared, held: Held, request: Request) -> Started:
         intake.lost(prepared)
         return Started(stats, joined=True)
     log.info(
-        "%s: %d selected (%d new), %d pending; skipped %d invalid, %d inactive, "
-        "%d suppressed, %d duplicate rows",
+        "%s: %d selected (%d new), %d pending; skipped %d inactive, %d suppressed of the "
+        "audience; %d invalid, %d duplicate rows in the lists",
         entry.id,
         stats.total,
         plan.new,
         plan.pending_after,
-        stats.read.invalid,
         stats.inactive,
         stats.suppressed,
+        stats.read.invalid,
         stats.read.duplicates,
         extra={
             "event": "selected",

@@ -16,7 +16,7 @@ from statusmail.project import subscriber_rows as subscribers_module
 from statusmail.project.config import load_config
 from statusmail.project.entries import load_entry
 from statusmail.project.locales import normalize_locale, resolve_locale
-from statusmail.project.selection import SelectionStats, select
+from statusmail.project.selection import Inactive, SelectionStats, select
 from statusmail.project.subscriber_rows import RowProblem, Subscriber, clean_name
 from statusmail.project.subscribers import iter_subscribers, read_file
 
@@ -434,7 +434,9 @@ def test_select_update_2020_04_21(project: Path) -> None:
     assert stats.total == 14
     assert stats.selected[("en", "RU")] == 2
     assert stats.selected[("ru", "RU")] == 7
-    assert stats.inactive == len(INACTIVE)
+    # The skip counters count the audience's readers: of the six inactive subscribers,
+    # mia.weber (DE) and john.miller (US) are outside this entry's RU, BY and KZ.
+    assert stats.inactive == len(INACTIVE - {"mia.weber@example.net", "john.miller@example.net"})
     assert stats.invalid == []
     assert stats.read.duplicates == 1
 
@@ -489,8 +491,25 @@ def test_suppressed_never_selected(project: Path) -> None:
     got = selected(entry, config.paths.subscribers, suppressed=suppressed, stats=stats)
     assert set(got) == set(RU_READERS | BY_READERS | KZ_READERS) - suppressed
     assert len(got) == 12
-    # jan.devries is outside this audience; suppression is checked first
-    assert stats.suppressed == 3
+    # jan.devries is outside this audience, so is not one of its skipped readers
+    assert stats.suppressed == 2
+
+
+def test_skip_counters_count_the_audience_not_the_list(project: Path) -> None:
+    """An entry for Belarus only: the skip counters name its readers who were left out,
+    not every inactive or suppressed subscriber anywhere in the lists."""
+    config = load_config(project)
+    entry = make_entry(Audience(regions=frozenset({"BY"}), topics=frozenset({"service-status"})))
+    stats = SelectionStats()
+    everyone = {"ivan.smirnov@example.com", *BY_READERS}
+    got = selected(entry, config.paths.subscribers, suppressed=everyone, stats=stats)
+    assert got == {}
+    assert stats.suppressed == len(BY_READERS)
+    assert stats.inactive == 1  # nikolai.zaitsev (BY, bounced); the other five are elsewhere
+    items = list(select(entry, config.paths.subscribers, BY_REGION, everyone, inactive=True))
+    left_out = {item.address for item in items if isinstance(item, Inactive)}
+    # a re-selection still learns of everyone nothing may reach, in the audience or not
+    assert left_out == INACTIVE | everyone
 
 
 def make_entry(audience: Audience) -> Entry:

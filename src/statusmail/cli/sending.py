@@ -172,7 +172,7 @@ def send(
         accept_removals=accept_removals,
         now=now,
     )
-    return sending.send(config, entry_id, options, console)
+    return sending.send(config, entry_id, options, console, out)
 
 
 @main.command()

@@ -53,7 +53,11 @@ def confirm_prompt(console: Console, target: str) -> pipeline.Confirm:
     return confirm
 
 
-def send(config: Config, entry_id: str, options: SendOptions, console: Console) -> ExitCode:
+def send(
+    config: Config, entry_id: str, options: SendOptions, console: Console, out: Console
+) -> ExitCode:
+    """Send entry ID: questions and progress on ``console`` (standard error), the closing
+    table, or the line saying it was already sent, on ``out`` (standard output)."""
     from statusmail import pipeline
 
     entry = find_entry(config.paths.updates, entry_id)
@@ -61,7 +65,7 @@ def send(config: Config, entry_id: str, options: SendOptions, console: Console) 
         return code  # cancelled (a paused entry is resumed by this send)
     done = corrections.already_sent(config, entry)
     if done is not None and done.as_selected:
-        return corrections.print_already_sent(done, options.json, console)
+        return corrections.print_already_sent(done, options.json, out)
     # sent in full, but the lists or preferences changed since: select again, and if
     # nobody new turns up, say it was already sent rather than print the same table
     prepared = pipeline.prepare(config, entry, send_now=options.now)
@@ -95,8 +99,8 @@ def send(config: Config, entry_id: str, options: SendOptions, console: Console) 
             log.error("cannot start: %s", exc, extra={"event": "relay_unreachable"})
             return ExitCode.NOT_STARTED
     if done is not None and corrections.sent_nothing_new(done, report.counts):
-        return corrections.print_already_sent(done, options.json, console)
-    _print_report(report, options.json, console)
+        return corrections.print_already_sent(done, options.json, out)
+    _print_report(report, options.json, out, console)
     return report.exit_code
 
 
@@ -151,7 +155,7 @@ async def _deliver(
         reporter.close()
 
 
-def _print_report(report: pipeline.Report, as_json: bool, console: Console) -> None:
+def _print_report(report: pipeline.Report, as_json: bool, out: Console, console: Console) -> None:
     result = report.result
     if as_json:
         print_json(
@@ -165,7 +169,7 @@ def _print_report(report: pipeline.Report, as_json: bool, console: Console) -> N
         )
         return
     if report.counts is not None:
-        console.print(breakdown_table(report.entry_id, report.breakdown))
+        out.print(breakdown_table(report.entry_id, report.breakdown))
     if result.stopped:
         console.print(f"Stopped early: {result.stopped}. Re-run to continue.", markup=False)
 
@@ -237,8 +241,8 @@ def print_dry_run(
     for line in corrections.dry_run_lines(prepared.config, prepared.entry, stats.total):
         console.print(f"  {line}", markup=False)
     console.print(
-        f"  skipped: {stats.read.invalid} invalid, {stats.inactive} inactive, "
-        f"{stats.suppressed} suppressed, {stats.read.duplicates} duplicate rows"
+        f"  skipped: {stats.inactive} inactive, {stats.suppressed} suppressed of the audience; "
+        f"{stats.read.invalid} invalid, {stats.read.duplicates} duplicate rows in the lists"
     )
     for problem in [*stats.invalid, *prepared.warnings]:
         console.print(f"  {problem}", markup=False)

@@ -144,15 +144,16 @@ class Selection:
                 log.error("%s", outcome.held, extra={"event": "removals_held", "entry": entry_id})
                 result.stopped = result.stopped or outcome.held.message
             log.info(
-                "%s: %d %s; skipped %d invalid, %d inactive, %d suppressed, %d duplicate rows",
+                "%s: %d %s; skipped %d inactive, %d suppressed of the audience; "
+                "%d invalid, %d duplicate rows in the lists",
                 entry_id,
                 started.stats.total,
                 "selected so far (the run stopped before the selection ended)"
                 if cut
                 else "selected",
-                started.stats.read.invalid,
                 started.stats.inactive,
                 started.stats.suppressed,
+                started.stats.read.invalid,
                 started.stats.read.duplicates,
                 extra={
                     "event": "selected",

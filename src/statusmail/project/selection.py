@@ -32,6 +32,9 @@ class Inactive:
 
 @dataclass
 class SelectionStats:
+    """What a selection chose, per (locale, region); of the entry's audience, how many it
+    skipped as inactive or suppressed; of the lists, the rows it could not read."""
+
     selected: Counter[tuple[str, str | None]] = field(default_factory=Counter)
     inactive: int = 0
     suppressed: int = 0
@@ -118,23 +121,25 @@ def select(
             yield item
             continue
         key = item.key
-        if item.status != SubscriberStatus.ACTIVE:
-            stats.inactive += 1
-            if inactive:
-                yield Inactive(key, item.status)
-            continue
-        if key in suppressed:
-            stats.suppressed += 1
-            if inactive:
-                yield Inactive(key, "suppressed")
-            continue
         raw_locale, topics = item.locale, item.topics
         if preferences is not None:
             raw_locale, topics = apply_preference(
                 preferences(key), raw_locale, topics, declared_topics
             )
         locale, fallback = resolve_locale(raw_locale, item.region, default_locale_by_region)
-        if not audience.matches(item.region, topics, locale):
+        reached = audience.matches(item.region, topics, locale)
+        if item.status != SubscriberStatus.ACTIVE or key in suppressed:
+            # Counted only when the entry's audience has them: "3 inactive" in a report
+            # means three of its readers, not three anywhere in the lists.
+            why = item.status if item.status != SubscriberStatus.ACTIVE else "suppressed"
+            if reached and why == "suppressed":
+                stats.suppressed += 1
+            elif reached:
+                stats.inactive += 1
+            if inactive:
+                yield Inactive(key, why)
+            continue
+        if not reached:
             continue
         stats.selected[(locale, item.region)] += 1
         if fallback:
