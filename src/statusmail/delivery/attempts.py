@@ -83,13 +83,17 @@ class Delivering:
         raise NotImplementedError
 
     async def _deliver_one(
-        self, conn: Connection, recipient: Recipient, ready: Ready
+        self,
+        conn: Connection,
+        recipient: Recipient,
+        ready: Ready,
+        built: asyncio.Future[Built] | None = None,
     ) -> tuple[Outcome, DeliveryError | None] | None:
         """The outcome, and the error that decided it, if one did; None when the claim
-        was lost to another sender."""
+        was lost to another sender. ``built``: its message, being built in a thread."""
         tally = _Attempts(recipient.attempts)
         try:
-            return await self._deliver(conn, recipient, ready, tally)
+            return await self._deliver(conn, recipient, ready, tally, built)
         except _Suppressed as exc:  # an unsubscribe on any web host, say: never sent
             skipped = Outcome(
                 recipient.address,
@@ -103,11 +107,19 @@ class Delivering:
             return None
 
     async def _deliver(
-        self, conn: Connection, recipient: Recipient, ready: Ready, tally: _Attempts
+        self,
+        conn: Connection,
+        recipient: Recipient,
+        ready: Ready,
+        tally: _Attempts,
+        ahead: asyncio.Future[Built] | None,
     ) -> tuple[Outcome, DeliveryError | None]:
         try:
             # Built for what this connection takes: a message is signed as it is sent.
-            built = self.build(recipient, eight_bit=conn.eight_bit)
+            if ahead is not None:
+                built = await ahead
+            else:
+                built = self.build(recipient, eight_bit=conn.eight_bit)
         except Exception as exc:
             # Every variant was built before the run started, so this is the run's
             # problem (a template or key changed underneath), not the recipient's.

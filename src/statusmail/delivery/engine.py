@@ -7,15 +7,24 @@ DATA); the worker builds that message and starts its transaction meanwhile, and 
 outcomes of all workers are grouped into one transaction, so at any moment at most
 ``concurrency`` messages can have been accepted by the server without being recorded
 as sent.
+
+With ``build_ahead`` (a DKIM key: the RSA signature is most of a message's CPU), each
+worker has its next message built in a thread while the current one is on the wire:
+OpenSSL signs outside the interpreter lock, on the other core, and at one connection
+the signature no longer waits for the relay's replies or they for it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
+import os
+from collections import deque
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -29,6 +38,7 @@ from statusmail.ledger import DeliveryQueue
 from statusmail.project.sending import SendingSettings
 
 if TYPE_CHECKING:
+    from statusmail.content.message import Built
     from statusmail.metrics import DeliveryMetrics
 
 log = logging.getLogger("statusmail.delivery")
@@ -82,8 +92,11 @@ class Engine(Delivering):
         on_idle: Callable[[], Awaitable[None]] | None = None,
         metrics: DeliveryMetrics | None = None,
         controls: Callable[[], Awaitable[str | None]] | None = None,
+        build_ahead: bool = False,
     ) -> None:
         self.queue = queue
+        self.build_ahead = build_ahead
+        self._builders: ThreadPoolExecutor | None = None
         self.controls = controls  # why to stop taking recipients (statusmail pause), if so
         self.transport = transport
         self.build = build
@@ -137,6 +150,10 @@ class Engine(Delivering):
         renewing = asyncio.create_task(self._renew())
         obeying = asyncio.create_task(self._obey())
         connections: list[Connection] = []
+        if self.build_ahead:
+            self._builders = ThreadPoolExecutor(
+                min(2, os.cpu_count() or 1), thread_name_prefix="statusmail-build"
+            )
         try:
             first = await self._next_batch(ahead(self.settings.concurrency))
             if not first:
@@ -183,6 +200,9 @@ class Engine(Delivering):
                     await asyncio.wait_for(conn.close(), CLOSE_TIMEOUT)
             with contextlib.suppress(LedgerError):
                 await self.queue.release()  # what was taken but not sent goes back
+            if self._builders is not None:  # a message built ahead and not sent is dropped
+                self._builders.shutdown(wait=False, cancel_futures=True)
+                self._builders = None
         return self.result
 
     async def _next_batch(self, want: int) -> list[Recipient]:
@@ -317,16 +337,37 @@ class Engine(Delivering):
             if last is not None:
                 await self.committer.recorded(last)
 
+        # The recipient in hand and, with build_ahead, the next one, each with its message
+        # being built.
+        hand: deque[tuple[Recipient, asyncio.Future[Built] | None]] = deque()
+        fed = True  # the producer may still put recipients (and then None) in the feed
         while True:
-            recipient = await feed.get()
-            if recipient is None:
-                break
+            if not hand:
+                recipient = await feed.get() if fed else None
+                if recipient is None:
+                    break
+                hand.append((recipient, self._build_soon(conn, recipient)))
+            if self._builders is not None and fed and len(hand) < 2 and not feed.empty():
+                following = feed.get_nowait()
+                if following is None:
+                    fed = False
+                else:
+                    hand.append((following, self._build_soon(conn, following)))
+            recipient, built = hand.popleft()
             if self.stop.is_set():
                 continue  # drain: what was taken but not started goes back to the queue
-            done = await self._deliver_one(conn, recipient, ready)
+            done = await self._deliver_one(conn, recipient, ready, built)
             if done is not None:  # else another sender has it now: nothing to record
                 last = self.committer.submit((done[0], recipient, done[1]))
         await ready()
+
+    def _build_soon(self, conn: Connection, recipient: Recipient) -> asyncio.Future[Built] | None:
+        """The recipient's message building in a thread, with ``build_ahead``; else None
+        (it is built when its turn comes, in the loop)."""
+        if self._builders is None:
+            return None
+        build = functools.partial(self.build, recipient, eight_bit=conn.eight_bit)
+        return asyncio.get_running_loop().run_in_executor(self._builders, build)
 
     def _recorded(self, batch: list[Done]) -> None:
         for outcome, recipient, error in batch:
