@@ -20,6 +20,7 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -46,8 +47,9 @@ from conftest import (
 )
 from delivery_helpers import point_at, send
 from smtp_server import RecordingServer
-from statusmail.content.message import MessageFactory
+from statusmail.content.message import Built, MessageFactory
 from statusmail.content.render import Renderer, probe_recipient
+from statusmail.domain import Recipient
 from statusmail.project.config import load_config
 from statusmail.project.entries import find_entry
 from statusmail.project.regions import load_regions
@@ -276,6 +278,56 @@ def test_what_the_relay_receives_verifies(project: Path, keys: Keys, eight_bit_r
         assert eight_bit > 0  # the Russian readers' messages
     else:
         assert eight_bit == 0
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_signed_messages_are_built_ahead_off_the_loop_and_each_goes_once(
+    project: Path, keys: Keys, concurrency: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a key, each connection's next message is built (and signed) in a thread while
+    the current one is on the wire. The build is watched, not replaced: every message is
+    still the factory's, verifies with both verifiers, and goes to its recipient once."""
+    threads: list[str] = []
+    build = MessageFactory.build
+
+    def watched(self: MessageFactory, recipient: Recipient, *, eight_bit: bool = False) -> Built:
+        threads.append(threading.current_thread().name)
+        return build(self, recipient, eight_bit=eight_bit)
+
+    monkeypatch.setattr(MessageFactory, "build", watched)
+    sign_with(project, keys)
+    with RecordingServer() as server:
+        point_at(project, server.port, concurrency=concurrency)
+        code, payload, stderr = send(project)
+        received = server.messages
+    assert code == 0, stderr
+    assert payload["counts"]["sent"] == UPDATE_AUDIENCE
+    assert len({m.rcpt_tos[0] for m in received}) == len(received) == UPDATE_AUDIENCE
+    for message in received:
+        assert_verifies(message.data, keys)
+    # the variants are rendered and checked before the run, in the loop; every message
+    # that was sent was built in a builder thread
+    sent_builds = [name for name in threads if name.startswith("statusmail-build")]
+    assert len(sent_builds) == UPDATE_AUDIENCE, threads
+
+
+def test_a_message_built_ahead_but_not_sent_leaves_its_recipient_pending(
+    project: Path, keys: Keys
+) -> None:
+    """``--limit 5`` at one connection: the sixth message may be built ahead, but only five
+    leave; the next run sends the other nine, and nobody twice."""
+    sign_with(project, keys)
+    with RecordingServer() as server:
+        point_at(project, server.port, concurrency=1)
+        code, first, stderr = send(project, UPDATE, "--limit", "5")
+        assert code != 1, stderr
+        assert first["this_run"]["sent"] == 5 and len(server.messages) == 5
+        assert first["counts"]["pending"] == UPDATE_AUDIENCE - 5
+        code, second, stderr = send(project)
+        assert code == 0, stderr
+        received = [m.rcpt_tos[0] for m in server.messages]
+    assert second["counts"]["sent"] == UPDATE_AUDIENCE
+    assert len(received) == len(set(received)) == UPDATE_AUDIENCE
 
 
 # -- a key statusmail cannot sign with ------------------------------------------------------
