@@ -163,6 +163,9 @@ class Recipient:
     parent_message_id: str | None = None
     # The ledger row this delivery is (the return path names it); None outside a run.
     row: int | None = None
+    # Of an entry for two or more topics, those this reader chose (the footer names
+    # them) when not all of them; None: the entry's own (one topic, all, or every one).
+    topics: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

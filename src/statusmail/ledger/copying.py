@@ -13,7 +13,7 @@ COPIED = {
     ),
     "deliveries": (
         "entry_id, address, email, ascii_email, name, locale, region, status, attempts,"
-        " code, detail, message_id, selection, created_at, updated_at"
+        " code, detail, message_id, selection, created_at, updated_at, topics"
     ),
     "suppressions": "address, reason, detail, created_at",
     "feedback_events": (

@@ -11,6 +11,7 @@ from typing import Any
 from statusmail.domain import DeliveryStatus, Outcome, Recipient
 from statusmail.ledger import queries
 from statusmail.ledger.base import LedgerBase, guarded, now_iso
+from statusmail.project.selection import topics_of
 
 # What a delivery can end as; a sent row may later turn bounced or complained.
 OUTCOMES = ("pending", "sent", "failed", "skipped")
@@ -221,8 +222,8 @@ class Outcomes(LedgerBase):
 
 def claimed(row: tuple[Any, ...], parents: dict[str, str]) -> tuple[Recipient, int]:
     """A claimed row (order, address, email, ascii_email, name, locale, region, attempts,
-    epoch) as the recipient and the claim's epoch."""
-    seq, address, email, ascii_email, name, locale, region, attempts, epoch = row
+    epoch, topics) as the recipient and the claim's epoch."""
+    seq, address, email, ascii_email, name, locale, region, attempts, epoch, topics = row
     recipient = Recipient(
         address,
         email,
@@ -233,6 +234,7 @@ def claimed(row: tuple[Any, ...], parents: dict[str, str]) -> tuple[Recipient, i
         int(attempts),
         parents.get(address),
         row=int(seq),
+        topics=topics_of(topics) or None,
     )
     return recipient, int(epoch)
 

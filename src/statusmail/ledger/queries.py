@@ -20,7 +20,7 @@ CLAIM = {
               AND address NOT IN (SELECT address FROM suppressions)
             ORDER BY rowid LIMIT :n)
         RETURNING rowid, address, email, ascii_email, name, locale, region, attempts,
-                  claim_epoch
+                  claim_epoch, topics
     """,
     "postgresql": """
         WITH picked AS (
@@ -33,7 +33,7 @@ CLAIM = {
             claim_epoch = d.claim_epoch + 1
         FROM picked WHERE d.ctid = picked.ctid
         RETURNING d.seq, d.address, d.email, d.ascii_email, d.name, d.locale, d.region,
-                  d.attempts, d.claim_epoch
+                  d.attempts, d.claim_epoch, d.topics
     """,
 }
 

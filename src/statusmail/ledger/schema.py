@@ -310,6 +310,10 @@ MIGRATIONS: tuple[Migration, ...] = (
         """
         + _CONTROLS,
     },
+    # 12: the topics a delivery's footer names, of an entry for several: those of the
+    # entry's its reader chose when not all of them, as selection.topics_text writes
+    # them (sorted, split by semicolons); NULL, as on every row before, the entry's own.
+    "ALTER TABLE deliveries ADD COLUMN topics TEXT",
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

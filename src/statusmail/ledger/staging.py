@@ -14,6 +14,7 @@ from statusmail.errors import StatusmailError
 from statusmail.ledger import queries
 from statusmail.ledger.base import LedgerBase, guarded, now_iso
 from statusmail.ledger.database import first
+from statusmail.project.selection import topics_text
 
 ENQUEUE_BATCH = 2_000
 
@@ -27,7 +28,8 @@ CREATE TEMP TABLE IF NOT EXISTS staged (
     name        TEXT NOT NULL,
     locale      TEXT NOT NULL,
     region      TEXT,
-    detail      TEXT
+    detail      TEXT,
+    topics      TEXT
 )
 """
 
@@ -44,10 +46,14 @@ class StagedRow:
     locale: str = ""
     region: str | None = None
     detail: str | None = None
+    topics: str | None = None  # Recipient.topics as the ledger keeps them; None: the entry's
 
     @classmethod
     def selected(cls, r: Recipient) -> StagedRow:
-        return cls("selected", r.address, r.email, r.ascii_email, r.name, r.locale, r.region)
+        topics = None if r.topics is None else topics_text(r.topics)
+        return cls(
+            "selected", r.address, r.email, r.ascii_email, r.name, r.locale, r.region, None, topics
+        )
 
 
 @dataclass(frozen=True)
@@ -107,7 +113,7 @@ class Selecting(LedgerBase):
             start = self._staged
             self.database.executemany(
                 "INSERT INTO staged VALUES (:pos, :address, :kind, :email, :ascii_email,"
-                " :name, :locale, :region, :detail) ON CONFLICT (address) DO NOTHING",
+                " :name, :locale, :region, :detail, :topics) ON CONFLICT (address) DO NOTHING",
                 (self._staged_params(r) for r in rows),
             )
         return self._staged - start
@@ -227,7 +233,8 @@ class Selecting(LedgerBase):
         language. All of them carry ``generation``: delivery takes only rows of the
         current selection. Invalid list rows are recorded as skipped. Sent and failed
         rows are never touched. Returns the last position enqueued and how many rows
-        became pending that were not.
+        became pending that were not. A pending row takes the topics its footer names
+        anew too (a reader who changed them on the preferences page since).
         """
         last = int(self._one("SELECT COALESCE(MAX(pos), 0) FROM staged") or 0)
         stamp = now_iso()
@@ -249,14 +256,14 @@ class Selecting(LedgerBase):
                 )
                 self.database.execute(
                     "INSERT INTO deliveries (entry_id, address, email, ascii_email, name,"
-                    " locale, region, status, selection, created_at, updated_at)"
-                    " SELECT :e, address, email, ascii_email, name, locale, region, 'pending',"
-                    " :g, :now, :now FROM staged"
+                    " locale, region, topics, status, selection, created_at, updated_at)"
+                    " SELECT :e, address, email, ascii_email, name, locale, region, topics,"
+                    " 'pending', :g, :now, :now FROM staged"
                     " WHERE kind = 'selected' AND pos > :lo AND pos <= :hi"
                     " ON CONFLICT (entry_id, address) DO UPDATE SET status = 'pending',"
                     " email = excluded.email, ascii_email = excluded.ascii_email,"
                     " name = excluded.name, locale = excluded.locale, region = excluded.region,"
-                    " selection = excluded.selection, detail = NULL,"
+                    " topics = excluded.topics, selection = excluded.selection, detail = NULL,"
                     " updated_at = excluded.updated_at"
                     " WHERE deliveries.status IN ('pending', 'skipped')",
                     bounds,

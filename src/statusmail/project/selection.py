@@ -42,6 +42,9 @@ class SelectionStats:
     read: ReadStats = field(default_factory=ReadStats)
     # (why the language is not the subscriber's own, the language they get) -> how many
     fallbacks: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # Of ``selected``, per (locale, region, topics): those whose footer names only some
+    # of the entry's topics (``Recipient.topics``); the rest get the entry's own.
+    topics: Counter[tuple[str, str | None, frozenset[str]]] = field(default_factory=Counter)
 
     @property
     def total(self) -> int:
@@ -144,6 +147,9 @@ def select(
         stats.selected[(locale, item.region)] += 1
         if fallback:
             stats.fallbacks[(fallback, locale)] += 1
+        chosen = chosen_topics(entry, topics)
+        if chosen is not None:
+            stats.topics[(locale, item.region, chosen)] += 1
         yield Recipient(
             address=key,
             email=item.email,
@@ -151,7 +157,18 @@ def select(
             name=item.name,
             locale=locale,
             region=item.region,
+            topics=chosen,
         )
+
+
+def chosen_topics(entry: Entry, topics: frozenset[str]) -> frozenset[str] | None:
+    """Of ``entry``'s topics, those a reader with ``topics`` gets it for, when it names
+    two or more and the reader chose some of them only; else None (the entry's own)."""
+    own = entry.audience.topics
+    if own is None or len(own) < 2:
+        return None
+    chosen = own & topics
+    return chosen if chosen and chosen != own else None
 
 
 # -- deciding from the import's groups, before anything is sent ------------------------

@@ -1,0 +1,180 @@
+"""Issue 24: of an entry for several topics, a reader who chose some of them has those
+kept on their row in the ledger (NULL for everyone else), on SQLite and PostgreSQL, through
+the migration, a claim and ``ledger copy``; a one-topic entry and ``topics: all`` cost
+nothing new."""
+
+from __future__ import annotations
+
+import html
+import re
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from conftest import (
+    CSV_HEADER,
+    SECRET_ENV,
+    UPDATE,
+    invoke,
+    outbox_messages,
+    part_text,
+    recipient,
+)
+from statusmail.domain import Recipient
+from statusmail.ledger import SCHEMA_VERSION, Ledger, StagedRow, store
+
+ENTRY = "news-2020-05-20"
+NEWS, STATUS = "product-news", "service-status"
+# What the sample's config calls each topic (topic_names), as a footer spells it.
+NAMES = {
+    NEWS: {"en": "Product news", "ru": "Новости StartMail"},
+    STATUS: {"en": "Service status and access", "ru": "Работа сервиса и доступ к нему"},
+}
+# address -> (locale, region, topics as the list gives them)
+READERS = {
+    "nina@example.org": ("en", "NL", NEWS),
+    "sam@example.org": ("en", "NL", STATUS),
+    "bo@example.org": ("en", "NL", f"{STATUS};{NEWS}"),
+    "nadya@example.org": ("ru", "NL", NEWS),
+    "semyon@example.org": ("ru", "NL", STATUS),
+    "olya@example.org": ("ru", "NL", f"{NEWS};{STATUS}"),
+    "masha@example.org": ("ru", "RU", NEWS),  # a reader in Russia: the access variant
+}
+CHOSE = {address: frozenset(topics.split(";")) for address, (_, _, topics) in READERS.items()}
+
+
+def with_readers(config: Path, audience: str = f"[{STATUS}, {NEWS}]") -> None:
+    """The sample project with only ``READERS`` in its list, and ``ENTRY`` (the April
+    update, unthreaded) for ``audience``'s topics."""
+    folder = config.parent / "subscribers"
+    for old in folder.iterdir():
+        old.unlink()
+    rows = "".join(
+        f"{address},Reader {i},{locale},{region},{topics},active\n"
+        for i, (address, (locale, region, topics)) in enumerate(READERS.items())
+    )
+    (folder / "main.csv").write_text(CSV_HEADER + rows, encoding="utf-8")
+    write_entry(config, ENTRY, audience)
+
+
+def write_entry(config: Path, entry_id: str, topics: str) -> None:
+    april = (config.parent / "updates" / f"{UPDATE}.yaml").read_text(encoding="utf-8")
+    was = "audience:\n  regions: [RU, BY, KZ]\n  topics: [service-status]"
+    assert was in april and "thread: block-2020-01-23\n" in april
+    text = april.replace(f"id: {UPDATE}", f"id: {entry_id}").replace(
+        was, f"audience:\n  topics: {topics}"
+    )
+    text = text.replace("thread: block-2020-01-23\n", "")
+    (config.parent / "updates" / f"{entry_id}.yaml").write_text(text, encoding="utf-8")
+
+
+def send(config: Path, entry_id: str = ENTRY, *extra: str, ledger: str | None = None) -> int:
+    env = {**SECRET_ENV, **({"STATUSMAIL_LEDGER": ledger} if ledger else {})}
+    result = invoke(config, "send", entry_id, "--yes", "--rate", "0", *extra, env=env)
+    assert result.exit_code in (0, 4), result.stderr
+    return result.exit_code
+
+
+def footers(message: EmailMessage) -> tuple[str, str]:
+    """The footer of the text part and of the HTML part, as one line of words each."""
+    text = part_text(message, "plain").split("\n-- \n")[1]
+    page = part_text(message, "html").split("<hr", 1)[1]
+    page = html.unescape(re.sub(r"<[^>]+>", " ", page.split(">", 1)[1]))
+    return words(text), words(page)
+
+
+def words(text: str) -> str:
+    return " ".join(text.replace("\u00a0", " ").split())
+
+
+def sentence(locale: str, topics: frozenset[str]) -> str:
+    """The footer's sentence, as the catalog has it, naming ``topics``."""
+    names = [NAMES[topic][locale] for topic in sorted(topics)]
+    if locale == "en" and len(names) == 1:
+        return f"you subscribed to “{names[0]}” from StartMail."
+    if locale == "en":
+        return f"subscribed to one of these topics from StartMail: {', '.join(names)}."
+    if len(names) == 1:
+        return f"подписались на тему «{names[0]}» в рассылке StartMail."
+    return f"подписались в рассылке StartMail на одну из этих тем: {', '.join(names)}."
+
+
+def topics_column(target: str | Path, entry_id: str = ENTRY) -> dict[str, str | None]:
+    with Ledger(target) as ledger:
+        rows = ledger.database.execute(
+            "SELECT address, topics FROM deliveries WHERE entry_id = :e", {"e": entry_id}
+        )
+    return {str(row[0]): row[1] for row in rows}
+
+
+# The rows' topics of ENTRY: those of a reader who chose some of its topics, not all.
+STORED = {a: None if len(t) > 1 else ";".join(sorted(t)) for a, t in CHOSE.items()}
+
+
+def test_a_one_topic_entry_and_topics_all_add_nothing(project: Path) -> None:
+    with_readers(project)
+    write_entry(project, "news-only", f"[{NEWS}]")
+    write_entry(project, "everyone", "all")
+    ledger = project.parent / "statusmail.db"
+    general = {
+        "en": "you subscribed to service status updates from StartMail.",
+        "ru": "подписались на уведомления о работе сервиса StartMail.",
+    }
+    seen: set[str] = set()
+    for entry_id, readers in (
+        ("news-only", {a for a, topics in CHOSE.items() if NEWS in topics}),
+        ("everyone", set(READERS)),
+    ):
+        assert send(project, entry_id) == 0
+        assert topics_column(ledger, entry_id) == dict.fromkeys(readers)
+        messages = [m for m in outbox_messages(project) if m["Message-ID"] not in seen]
+        assert sorted(map(recipient, messages)) == sorted(readers)
+        for message in messages:
+            seen.add(message["Message-ID"])
+            locale = READERS[recipient(message)][0]
+            said = sentence(locale, frozenset({NEWS})) if entry_id == "news-only" else None
+            for footer in footers(message):
+                assert (said or general[locale]) in footer, footer
+
+
+def test_ledger_copy_keeps_the_topics(project: Path, postgres: str) -> None:
+    with_readers(project)
+    assert send(project) == 0
+    copied = invoke(project, "ledger", "copy", "--to", postgres, env=SECRET_ENV)
+    assert copied.exit_code == 0, copied.stderr
+    assert topics_column(postgres) == STORED
+
+
+def test_a_ledger_made_before_the_topics_column_is_migrated_and_its_rows_claimed(
+    ledger_target: str | Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ledger at schema 11 with a pending row: opened, it gains the column (NULL on the
+    old row: the entry's own), and a claim reads back what a selection stages."""
+    if isinstance(ledger_target, Path):
+        ledger_target.parent.mkdir(parents=True, exist_ok=True)
+    with monkeypatch.context() as before:
+        before.setattr(store, "SCHEMA_VERSION", 11)
+        with Ledger(ledger_target) as ledger:
+            generation = ledger.begin_selection(ENTRY, "digest")
+            ledger.database.execute(
+                "INSERT INTO deliveries (entry_id, address, email, locale, status, selection,"
+                " created_at, updated_at) VALUES (:e, 'old@example.org', 'old@example.org',"
+                " 'en', 'pending', :g, 'then', 'then')",
+                {"e": ENTRY, "g": generation},
+            )
+            assert "topics" not in ledger.database.columns("deliveries")
+    new = Recipient(
+        "new@example.org", "new@example.org", None, "New", "en", None, topics=frozenset({NEWS})
+    )
+    with Ledger(ledger_target) as ledger:
+        assert ledger.schema_version() == SCHEMA_VERSION
+        assert topics_column(ledger_target) == {"old@example.org": None}
+        ledger.reset_staging()
+        ledger.stage([StagedRow.selected(new)])
+        ledger.enqueue(ENTRY, generation)
+        claimed = ledger.claim(ENTRY, generation, "me", 10, lease=60)
+    assert {(r.address, r.topics) for r in claimed} == {
+        ("old@example.org", None),
+        ("new@example.org", frozenset({NEWS})),
+    }
