@@ -1,7 +1,8 @@
-"""Issue 24: of an entry for several topics, a reader who chose some of them has those
-kept on their row in the ledger (NULL for everyone else), on SQLite and PostgreSQL, through
-the migration, a claim and ``ledger copy``; a one-topic entry and ``topics: all`` cost
-nothing new."""
+"""Issue 24: the footer names the topic the reader gets the entry for. Of an entry for
+several topics, a reader who chose some of them is told those (their row in the ledger
+keeps them, NULL for everyone else), on SQLite and PostgreSQL, through a resumed send, a
+preference changed meanwhile and ``ledger copy``; a one-topic entry and ``topics: all``
+cost nothing new."""
 
 from __future__ import annotations
 
@@ -16,12 +17,13 @@ from conftest import (
     CSV_HEADER,
     SECRET_ENV,
     UPDATE,
+    dry_run,
     invoke,
     outbox_messages,
     part_text,
     recipient,
 )
-from statusmail.domain import Recipient
+from statusmail.domain import Preference, Recipient
 from statusmail.ledger import SCHEMA_VERSION, Ledger, StagedRow, store
 
 ENTRY = "news-2020-05-20"
@@ -76,6 +78,14 @@ def send(config: Path, entry_id: str = ENTRY, *extra: str, ledger: str | None = 
     return result.exit_code
 
 
+def by_reader(config: Path) -> dict[str, EmailMessage]:
+    """The outbox's messages by recipient: one each."""
+    messages = outbox_messages(config)
+    found = {recipient(message): message for message in messages}
+    assert len(found) == len(messages)
+    return found
+
+
 def footers(message: EmailMessage) -> tuple[str, str]:
     """The footer of the text part and of the HTML part, as one line of words each."""
     text = part_text(message, "plain").split("\n-- \n")[1]
@@ -100,6 +110,18 @@ def sentence(locale: str, topics: frozenset[str]) -> str:
     return f"подписались в рассылке StartMail на одну из этих тем: {', '.join(names)}."
 
 
+def assert_footers_name(
+    messages: dict[str, EmailMessage], chose: dict[str, frozenset[str]]
+) -> None:
+    assert sorted(messages) == sorted(chose)
+    for address, message in messages.items():
+        locale = READERS[address][0]
+        for footer in footers(message):
+            assert sentence(locale, chose[address]) in footer, (address, footer)
+            for topic in {NEWS, STATUS} - chose[address]:
+                assert NAMES[topic][locale] not in footer, (address, footer)
+
+
 def topics_column(target: str | Path, entry_id: str = ENTRY) -> dict[str, str | None]:
     with Ledger(target) as ledger:
         rows = ledger.database.execute(
@@ -110,6 +132,24 @@ def topics_column(target: str | Path, entry_id: str = ENTRY) -> dict[str, str | 
 
 # The rows' topics of ENTRY: those of a reader who chose some of its topics, not all.
 STORED = {a: None if len(t) > 1 else ";".join(sorted(t)) for a, t in CHOSE.items()}
+
+
+def test_each_reader_is_told_the_topics_they_chose(project: Path) -> None:
+    with_readers(project)
+    assert send(project) == 0
+    messages = by_reader(project)
+    assert_footers_name(messages, CHOSE)
+    # the whole sentence, as the catalog words it
+    assert (
+        "You are receiving this because you subscribed to “Product news” from StartMail."
+        in footers(messages["nina@example.org"])[0]
+    )
+    assert (
+        "Вы получили это письмо, потому что подписались в рассылке StartMail на одну из этих "
+        "тем: Новости StartMail, Работа сервиса и доступ к нему."
+        in footers(messages["olya@example.org"])[1]
+    )
+    assert topics_column(project.parent / "statusmail.db") == STORED
 
 
 def test_a_one_topic_entry_and_topics_all_add_nothing(project: Path) -> None:
@@ -136,6 +176,33 @@ def test_a_one_topic_entry_and_topics_all_add_nothing(project: Path) -> None:
             said = sentence(locale, frozenset({NEWS})) if entry_id == "news-only" else None
             for footer in footers(message):
                 assert (said or general[locale]) in footer, footer
+
+
+def test_a_topic_changed_on_the_preferences_page_before_the_rest_is_sent(project: Path) -> None:
+    with_readers(project)
+    # one message now (the first in the list), the rest on a resume
+    assert send(project, ENTRY, "--limit", "1") == 4
+    ledger = project.parent / "statusmail.db"
+    assert topics_column(ledger) == STORED
+    with Ledger(ledger) as writable:
+        # Bo keeps product news only; Nadya adds service status: both, so the entry's own
+        writable.set_preference("bo@example.org", Preference(topics=frozenset({NEWS})))
+        writable.set_preference("nadya@example.org", Preference(topics=frozenset({NEWS, STATUS})))
+    assert send(project) == 0
+    chose = {
+        **CHOSE,
+        "bo@example.org": frozenset({NEWS}),
+        "nadya@example.org": CHOSE["bo@example.org"],
+    }
+    assert_footers_name(by_reader(project), chose)
+    assert topics_column(ledger) == {**STORED, "bo@example.org": NEWS, "nadya@example.org": None}
+
+
+def test_on_postgresql_the_claim_carries_the_topics(project: Path, postgres: str) -> None:
+    with_readers(project)
+    assert send(project, ledger=postgres) == 0
+    assert_footers_name(by_reader(project), CHOSE)
+    assert topics_column(postgres) == STORED
 
 
 def test_ledger_copy_keeps_the_topics(project: Path, postgres: str) -> None:
@@ -178,3 +245,30 @@ def test_a_ledger_made_before_the_topics_column_is_migrated_and_its_rows_claimed
         ("old@example.org", None),
         ("new@example.org", frozenset({NEWS})),
     }
+
+
+def test_previews_and_the_dry_run_name_the_topic_variants(project: Path, tmp_path: Path) -> None:
+    with_readers(project)
+    report = dry_run(project, ENTRY, tmp_path / "previews")
+    assert report["variants"] == {
+        "en": 1,
+        "en+product-news": 1,
+        "en+service-status": 1,
+        "ru": 1,
+        "ru+product-news": 1,
+        "ru+service-status": 1,
+        "ru-RU+product-news": 1,
+    }
+    out = tmp_path / "previews" / ENTRY
+    index = (out / "index.html").read_text(encoding="utf-8")
+    # the gallery counts each variant as the rehearsal found it, and names it
+    listed = re.findall(
+        r"<td><a href=\"#([^\"]+)\">[^<]*</a></td><td class='num'>(\d+)</td>", index
+    )
+    assert {label: int(n) for label, n in listed} == report["variants"]
+    assert ">en · no access block · for product-news</a>" in index
+    assert ">ru · RU access · for product-news</a>" in index
+    for label in report["variants"]:
+        assert (out / f"{label}.eml").is_file()
+    news = words((out / "ru+product-news.txt").read_text(encoding="utf-8"))
+    assert sentence("ru", frozenset({NEWS})) in news

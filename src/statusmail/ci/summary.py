@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 from statusmail.ci.changes import Changes
 from statusmail.ci.formats import Item, items
+from statusmail.content.preview import preview_keys
 from statusmail.content.render import VariantKey
 from statusmail.domain import mask_address
 from statusmail.errors import Problem
@@ -54,21 +55,14 @@ class Variant:
 
 
 def variants(preview: EntryPreview) -> list[Variant]:
-    """Every variant the entry can produce, with how many selected recipients get it."""
+    """Every variant the entry can produce or its readers fall in, with how many
+    selected recipients get it (as the previews count them)."""
     assert preview.prepared is not None and preview.report is not None
     entry, renderer = preview.prepared.entry, preview.prepared.renderer
-    selected = preview.report.stats.selected
-    found = []
-    # As preview.write_previews counts them: the same locale and regional treatment.
-    for key in renderer.variant_keys(entry):
-        treatment = (key.region, key.access)
-        count = sum(
-            n
-            for (locale, region), n in selected.items()
-            if locale == key.locale and renderer.treatment(entry, region) == treatment
-        )
-        found.append(Variant(key, count, renderer.variant(entry, key).subject))
-    return found
+    return [
+        Variant(key, count, renderer.variant(entry, key).subject)
+        for key, count in preview_keys(renderer, entry, preview.report.stats)
+    ]
 
 
 def subjects(preview: EntryPreview) -> dict[str, str]:

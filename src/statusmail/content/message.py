@@ -136,7 +136,7 @@ class MessageFactory:
         self.keys = keys
         self.domain = config.sender.address.rpartition("@")[2] or "localhost"
         self._variants: dict[VariantKey, _Variant] = {}
-        self._keys: dict[tuple[str, str | None, bool], VariantKey] = {}
+        self._keys: dict[tuple[str, str | None, bool, frozenset[str] | None], VariantKey] = {}
         self._date_cache: tuple[int, bytes] = (0, b"")
         self._rehearsed: dict[VariantKey, int] = {}  # recipients per variant, dry run
         # The headers' parts that are the same in every message: ASCII or not.
@@ -179,11 +179,12 @@ class MessageFactory:
         return self._date_cache[1]
 
     def _key(self, recipient: Recipient) -> VariantKey:
-        treatment = (recipient.locale, recipient.region, bool(recipient.name))
+        topics = recipient.topics
+        treatment = (recipient.locale, recipient.region, bool(recipient.name), topics)
         key = self._keys.get(treatment)
         if key is None:
             key = self.renderer.variant_key(
-                self.entry, recipient.locale, recipient.region, recipient.name
+                self.entry, recipient.locale, recipient.region, recipient.name, topics
             )
             self._keys[treatment] = key
         return key

@@ -13,14 +13,14 @@ from __future__ import annotations
 import email.policy
 import html
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.message import EmailMessage
 from email.parser import BytesParser
 from pathlib import Path
 
 from statusmail.content.message import MessageFactory
 from statusmail.content.render import PROBE_ADDRESS as PREVIEW_ADDRESS
-from statusmail.content.render import VariantKey, probe_recipient
+from statusmail.content.render import Renderer, VariantKey, probe_recipient
 from statusmail.domain import Entry
 from statusmail.project.selection import SelectionStats
 
@@ -50,24 +50,46 @@ def clear_previews(out_dir: Path) -> None:
             path.unlink()
 
 
+def preview_keys(
+    renderer: Renderer, entry: Entry, stats: SelectionStats
+) -> list[tuple[VariantKey, int]]:
+    """Every variant the entry can produce (``Renderer.variant_keys``) and any other its
+    selected readers fall in (a footer naming two of an entry's three topics), each with
+    how many of them get it: by language, regional treatment and the footer's topics."""
+    keys = renderer.variant_keys(entry)
+    counts: dict[VariantKey, int] = {}
+    for (locale, region), n in stats.selected.items():
+        key = renderer.variant_key(entry, locale, region, "named")
+        counts[key] = counts.get(key, 0) + n
+    for (locale, region, topics), n in stats.topics.items():
+        own = renderer.variant_key(entry, locale, region, "named")
+        key = renderer.variant_key(entry, locale, region, "named", topics)
+        counts[own] = counts.get(own, 0) - n
+        counts[key] = counts.get(key, 0) + n
+    known = set(keys)
+    keys += sorted(
+        (
+            key
+            for key, n in counts.items()
+            if n and key not in known and replace(key, topics=None) in known
+        ),
+        key=lambda key: key.label,
+    )
+    return [(key, counts.get(key, 0)) for key in keys]
+
+
 def write_previews(factory: MessageFactory, stats: SelectionStats, out_dir: Path) -> list[Path]:
     entry = factory.entry
     out_dir.mkdir(parents=True, exist_ok=True)
     clear_previews(out_dir)
     written: list[Path] = []
     previews: list[Preview] = []
-    renderer = factory.renderer
-    for key in renderer.variant_keys(entry):
+    for key, recipients in preview_keys(factory.renderer, entry, stats):
         built = factory.build(probe_recipient(key))
         message = BytesParser(policy=email.policy.default).parsebytes(built.envelope.data)
         preview = Preview(
             key=key,
-            recipients=sum(
-                n
-                for (locale, region), n in stats.selected.items()
-                if locale == key.locale
-                and renderer.treatment(entry, region) == (key.region, key.access)
-            ),
+            recipients=recipients,
             headers={name: str(message[name] or "") for name in HEADERS},
             text=_part(message, "plain"),
             html=_part(message, "html"),

@@ -71,16 +71,30 @@ def escape_html(value: str) -> str:
     return str(escape(value))
 
 
-@dataclass(frozen=True, slots=True)
+_UNSAFE_IN_LABEL = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass(frozen=True, slots=True, repr=False)
 class VariantKey:
     """What the recipients of one variant share: the language, the region whose
     treatment they get (its access block and/or its link rewrites), whether the access
-    block is included, and whether the greeting has a name."""
+    block is included, whether the greeting has a name, and, of an entry for several
+    topics, those the footer names when not all of them (None: the entry's own)."""
 
     locale: str
     region: str | None = None
     access: bool = False
     named: bool = True
+    topics: frozenset[str] | None = None
+
+    def __repr__(self) -> str:
+        # The message's MIME boundary is made from it: the same in every process (a
+        # frozenset's order is not), and for a key without topics what it always was.
+        topics = "" if self.topics is None else f", topics={sorted(self.topics)!r}"
+        return (
+            f"VariantKey(locale={self.locale!r}, region={self.region!r}, "
+            f"access={self.access!r}, named={self.named!r}{topics})"
+        )
 
     @property
     def access_region(self) -> str | None:
@@ -88,17 +102,26 @@ class VariantKey:
 
     @property
     def label(self) -> str:
-        """A file-name-safe label: ``ru-RU`` (access block), ``ru-RU-links``, ``en``."""
-        if self.region is None:
-            return self.locale
-        return f"{self.locale}-{self.region}" + ("" if self.access else "-links")
+        """A file-name-safe label: ``ru-RU`` (access block), ``ru-RU-links``, ``en``,
+        ``en+product-news`` (the footer names that topic only)."""
+        label = self.locale
+        if self.region is not None:
+            label = f"{self.locale}-{self.region}" + ("" if self.access else "-links")
+        for topic in sorted(self.topics or ()):
+            label += "+" + _UNSAFE_IN_LABEL.sub("-", topic)
+        return label
 
     @property
     def title(self) -> str:
-        """For people: ``ru · RU access``, ``en · no access block``."""
+        """For people: ``ru · RU access``, ``en · no access block``, ``en · no access
+        block · for product-news``."""
         if self.region is None:
-            return f"{self.locale} · no access block"
-        return f"{self.locale} · {self.region} " + ("access" if self.access else "links")
+            title = f"{self.locale} · no access block"
+        else:
+            title = f"{self.locale} · {self.region} " + ("access" if self.access else "links")
+        if self.topics is not None:
+            title += " · for " + ", ".join(sorted(self.topics))
+        return title
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,12 +233,28 @@ class Renderer:
         own_addresses = bool(known.mailto or known.reply_to)
         return (known.code, access) if access or known.links or own_addresses else (None, False)
 
-    def variant_key(self, entry: Entry, locale: str, region: str | None, name: str) -> VariantKey:
+    def variant_key(
+        self,
+        entry: Entry,
+        locale: str,
+        region: str | None,
+        name: str,
+        topics: frozenset[str] | None = None,
+    ) -> VariantKey:
+        """The variant of a reader in ``locale`` and ``region`` with ``name``; ``topics``,
+        those of the entry's they chose (``Recipient.topics``): kept only when they are
+        some of the topics of an entry for several, not all."""
         treated, access = self.treatment(entry, region)
-        return VariantKey(locale, treated, access, bool(name))
+        own = entry.audience.topics
+        topics = own & topics if own is not None and topics is not None else None
+        if not topics or topics == own:
+            topics = None  # the entry's own
+        return VariantKey(locale, treated, access, bool(name), topics)
 
     def variant_keys(self, entry: Entry) -> list[VariantKey]:
-        """Every locale × regional treatment the entry can produce (named greeting)."""
+        """Every locale × regional treatment the entry can produce (named greeting);
+        of an entry for several topics, each also with a footer for each one alone
+        (readers who chose some of its topics get the variant naming those)."""
         locales = [loc for loc in SUPPORTED_LOCALES if loc in entry.content]
         if entry.audience.locales is not None:
             locales = [loc for loc in locales if loc in entry.audience.locales]
@@ -225,10 +264,14 @@ class Renderer:
                 treated = self.treatment(entry, code)
                 if treated[0] is not None:
                     treatments.append(treated)
+        alone: list[frozenset[str] | None] = [None]
+        if entry.audience.topics is not None and len(entry.audience.topics) > 1:
+            alone += [frozenset({topic}) for topic in sorted(entry.audience.topics)]
         return [
-            VariantKey(locale, region, access)
+            VariantKey(locale, region, access, True, topics)
             for locale in locales
             for region, access in treatments
+            for topics in alone
         ]
 
     def region(self, key: VariantKey) -> Region | None:
@@ -285,7 +328,7 @@ class Renderer:
             "name": name,
             "unsubscribe_url": url,
             "preferences_url": preferences_url,
-            "topics": self.topics(entry, key.locale),
+            "topics": self.topics(entry, key.locale, key.topics),
             "news_url": self.news_url(key),
         }
 
@@ -300,14 +343,15 @@ class Renderer:
         base = self.news.get(key.region) or self.news.get(None)
         return f"{base}{key.locale}/" if base else ""
 
-    def topics(self, entry: Entry, locale: str) -> list[str]:
-        """The entry's topics as ``locale`` calls them, for the footer's "because you
-        subscribed to"; none for an entry to every subscriber (``topics: all``)."""
+    def topics(self, entry: Entry, locale: str, chosen: frozenset[str] | None = None) -> list[str]:
+        """The topics the reader gets the entry for as ``locale`` calls them, for the
+        footer's "because you subscribed to": ``chosen`` (a variant's) if given, else the
+        entry's; none for an entry to every subscriber (``topics: all``)."""
         names = [
             self.topic_names.get(topic, {}).get(locale)
             or self.topic_names.get(topic, {}).get(FALLBACK_LOCALE)
             or topic
-            for topic in sorted(entry.audience.topics or ())
+            for topic in sorted(chosen or entry.audience.topics or ())
         ]
         return [typeset(name, locale) for name in names]
 
@@ -387,4 +431,5 @@ def probe_recipient(key: VariantKey) -> Recipient:
         name=PROBE_NAMES.get(key.locale, PROBE_NAMES[FALLBACK_LOCALE]) if key.named else "",
         locale=key.locale,
         region=key.region,
+        topics=key.topics,
     )

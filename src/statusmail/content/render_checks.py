@@ -5,6 +5,7 @@ anything is sent, and no reader gets a link their region blocks."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 
 from statusmail.content.message import MessageFactory
 from statusmail.content.render import VariantKey, probe_recipient
@@ -20,19 +21,20 @@ def render_problems(factory: MessageFactory, keys: Iterable[VariantKey]) -> list
     problems: list[Problem] = []
     for key in keys:
         for named in (True, False):
-            probe = probe_recipient(VariantKey(key.locale, key.region, key.access, named))
+            probe = probe_recipient(replace(key, named=named))
             try:
                 built = factory.build(probe)
                 rendered = built.rendered
             except RenderError as exc:
                 fallback = Problem(entry.where, None, str(exc), code="render-error")
-                problems.append(exc.problem or fallback)
+                _add(problems, exc.problem or fallback)
                 break
             except StatusmailError as exc:
-                problems.append(Problem(entry.where, None, str(exc), code="render-error"))
+                _add(problems, Problem(entry.where, None, str(exc), code="render-error"))
                 break
             region = factory.renderer.region(key)
-            if region is None or not region.links:
+            if region is None or not region.links or key.topics is not None:
+                # (a footer naming some of the topics has no link the entry's own lacks)
                 continue
             headers = built.envelope.data.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
             for part, text in (
@@ -44,6 +46,11 @@ def render_problems(factory: MessageFactory, keys: Iterable[VariantKey]) -> list
                     problems.append(_leak(entry, key, region, host, part))
             break  # the name does not change links
     return problems
+
+
+def _add(problems: list[Problem], problem: Problem) -> None:
+    if problem not in problems:  # a template's error shows once, not once per variant
+        problems.append(problem)
 
 
 def _leak(entry: Entry, key: VariantKey, region: Region, host: str, where: str) -> Problem:

@@ -111,6 +111,7 @@ def recipient_for(address: str, key: VariantKey) -> Recipient:
         name=name,
         locale=key.locale,
         region=key.region,
+        topics=key.topics,
     )
 
 
