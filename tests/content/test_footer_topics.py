@@ -104,10 +104,10 @@ def sentence(locale: str, topics: frozenset[str]) -> str:
     if locale == "en" and len(names) == 1:
         return f"you subscribed to “{names[0]}” from StartMail."
     if locale == "en":
-        return f"subscribed to one of these topics from StartMail: {', '.join(names)}."
+        return f"subscribed to these topics from StartMail: {', '.join(names)}."
     if len(names) == 1:
         return f"подписались на тему «{names[0]}» в рассылке StartMail."
-    return f"подписались в рассылке StartMail на одну из этих тем: {', '.join(names)}."
+    return f"подписались в рассылке StartMail на эти темы: {', '.join(names)}."
 
 
 def assert_footers_name(
@@ -145,8 +145,8 @@ def test_each_reader_is_told_the_topics_they_chose(project: Path) -> None:
         in footers(messages["nina@example.org"])[0]
     )
     assert (
-        "Вы получили это письмо, потому что подписались в рассылке StartMail на одну из этих "
-        "тем: Новости StartMail, Работа сервиса и доступ к нему."
+        "Вы получили это письмо, потому что подписались в рассылке StartMail на эти "
+        "темы: Новости StartMail, Работа сервиса и доступ к нему."
         in footers(messages["olya@example.org"])[1]
     )
     assert topics_column(project.parent / "statusmail.db") == STORED
@@ -272,3 +272,29 @@ def test_previews_and_the_dry_run_name_the_topic_variants(project: Path, tmp_pat
         assert (out / f"{label}.eml").is_file()
     news = words((out / "ru+product-news.txt").read_text(encoding="utf-8"))
     assert sentence("ru", frozenset({NEWS})) in news
+
+
+def test_test_to_sends_the_entry_s_own_variants_and_a_topic_s_only_when_named(
+    project: Path,
+) -> None:
+    """``--test-to`` of a two-topic entry: one message per language and treatment with the
+    entry's own footer (both topics), not one more per topic; ``--variant en+product-news``
+    sends that footer alone."""
+    with_readers(project)
+    qa = "qa@startmail.example"
+    with project.open("a", encoding="utf-8") as handle:
+        handle.write(f"\ntest_recipients: [{qa}]\n")
+    result = invoke(project, "send", ENTRY, "--test-to", qa, env=SECRET_ENV)
+    assert result.exit_code == 0, result.output
+    labels = {line.split()[1] for line in result.stdout.splitlines() if line.startswith("sent ")}
+    assert labels and not any("+" in label for label in labels), labels
+    both = frozenset({NEWS, STATUS})
+    for message in outbox_messages(project):
+        locale = str(message["Content-Language"])
+        assert sentence(locale, both) in footers(message)[0]
+    for old in (project.parent / "outbox" / "new").iterdir():
+        old.unlink()
+    one = invoke(project, "send", ENTRY, "--test-to", qa, "--variant", f"en+{NEWS}", env=SECRET_ENV)
+    assert one.exit_code == 0, one.output
+    [message] = outbox_messages(project)
+    assert sentence("en", frozenset({NEWS})) in footers(message)[0]

@@ -101,7 +101,7 @@ def test_the_footer_names_the_topic_in_the_readers_language() -> None:
 def test_several_topics_are_listed_and_topics_all_keeps_the_general_sentence() -> None:
     several = footer(Audience(topics=frozenset({"service-status", "product-news"})), "en")
     assert (
-        "subscribed to one of these topics from StartMail: Product news, Service status and "
+        "subscribed to these topics from StartMail: Product news, Service status and "
         "access." in several
     )
     everyone = footer(Audience(), "en")

@@ -82,7 +82,9 @@ def refuse_unlisted(config: Config, request: Request) -> None:
 def chosen_variants(prepared: Prepared, request: Request) -> list[VariantKey]:
     keys = prepared.renderer.variant_keys(prepared.entry)
     if request.variant is None:
-        return keys
+        # the entry's own footer per variant; a topic's own footer (of a several-topic
+        # entry) only when --variant names it
+        return [key for key in keys if key.topics is None]
     chosen = [key for key in keys if key.label == request.variant]
     if not chosen:
         entry = prepared.entry
