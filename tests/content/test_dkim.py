@@ -48,7 +48,8 @@ from conftest import (
 from delivery_helpers import point_at, send
 from smtp_server import RecordingServer
 from statusmail.content.message import Built, MessageFactory
-from statusmail.content.render import Renderer, probe_recipient
+from statusmail.content.render import Renderer
+from statusmail.content.variants import probe_recipient
 from statusmail.domain import Recipient
 from statusmail.project.config import load_config
 from statusmail.project.entries import find_entry

@@ -48,9 +48,8 @@ from statusmail.content.render import (
     PREFERENCES_SLOT,
     URL_SLOT,
     Renderer,
-    VariantKey,
-    probe_recipient,
 )
+from statusmail.content.variants import VariantKey, probe_recipient
 from statusmail.delivery.smtp import _wire_ready
 from statusmail.domain import Recipient
 from statusmail.project.config import load_config

@@ -11,8 +11,8 @@ from bs4 import BeautifulSoup, Tag
 
 from conftest import BLOCK, SAMPLE_ENTRIES, UPDATE, dry_run, parse_message, part_text
 from editing import replace_in
-from statusmail.content.render import PROBE_ADDRESS as PREVIEW_ADDRESS
-from statusmail.content.render import VariantKey
+from statusmail.content.variants import PROBE_ADDRESS as PREVIEW_ADDRESS
+from statusmail.content.variants import VariantKey
 
 SUFFIXES = (".eml", ".html", ".txt")
 

@@ -24,7 +24,8 @@ from conftest import (
     outbox_files,
 )
 from git_helpers import commit, init_repo, require_git
-from statusmail.content.render import Renderer, VariantKey, probe_recipient
+from statusmail.content.render import Renderer
+from statusmail.content.variants import VariantKey, probe_recipient
 from statusmail.domain import ExitCode
 from statusmail.errors import InputError, StatusmailError
 from statusmail.project.config import load_config

@@ -16,7 +16,7 @@ from urllib.parse import quote
 from statusmail.ci.changes import Changes
 from statusmail.ci.formats import Item, items
 from statusmail.content.preview import preview_keys
-from statusmail.content.render import VariantKey
+from statusmail.content.variants import VariantKey
 from statusmail.domain import mask_address
 from statusmail.errors import Problem
 from statusmail.pipeline import DryRun, Prepared

@@ -35,9 +35,9 @@ from statusmail.content.render import (
     URL_SLOT,
     Rendered,
     Renderer,
-    VariantKey,
     escape_html,
 )
+from statusmail.content.variants import VariantKey
 from statusmail.domain import Entry, Envelope, Recipient, Shape
 from statusmail.project.config import Config
 from statusmail.project.regions import Region

@@ -19,8 +19,9 @@ from email.parser import BytesParser
 from pathlib import Path
 
 from statusmail.content.message import MessageFactory
-from statusmail.content.render import PROBE_ADDRESS as PREVIEW_ADDRESS
-from statusmail.content.render import Renderer, VariantKey, probe_recipient
+from statusmail.content.render import Renderer
+from statusmail.content.variants import PROBE_ADDRESS as PREVIEW_ADDRESS
+from statusmail.content.variants import VariantKey, probe_recipient
 from statusmail.domain import Entry
 from statusmail.project.selection import SelectionStats
 

@@ -28,7 +28,8 @@ from markupsafe import Markup, escape
 from statusmail.content import markdown
 from statusmail.content.catalog import catalog_path, load_translations, render_error
 from statusmail.content.typography import typeset
-from statusmail.domain import Entry, Recipient
+from statusmail.content.variants import VariantKey
+from statusmail.domain import Entry
 from statusmail.errors import Problem, RenderError
 from statusmail.project.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES
 from statusmail.project.regions import Region
@@ -69,59 +70,6 @@ def wrap_line(line: str) -> str:
 def escape_html(value: str) -> str:
     """What autoescape would write for ``value``."""
     return str(escape(value))
-
-
-_UNSAFE_IN_LABEL = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-@dataclass(frozen=True, slots=True, repr=False)
-class VariantKey:
-    """What the recipients of one variant share: the language, the region whose
-    treatment they get (its access block and/or its link rewrites), whether the access
-    block is included, whether the greeting has a name, and, of an entry for several
-    topics, those the footer names when not all of them (None: the entry's own)."""
-
-    locale: str
-    region: str | None = None
-    access: bool = False
-    named: bool = True
-    topics: frozenset[str] | None = None
-
-    def __repr__(self) -> str:
-        # The message's MIME boundary is made from it: the same in every process (a
-        # frozenset's order is not), and for a key without topics what it always was.
-        topics = "" if self.topics is None else f", topics={sorted(self.topics)!r}"
-        return (
-            f"VariantKey(locale={self.locale!r}, region={self.region!r}, "
-            f"access={self.access!r}, named={self.named!r}{topics})"
-        )
-
-    @property
-    def access_region(self) -> str | None:
-        return self.region if self.access else None
-
-    @property
-    def label(self) -> str:
-        """A file-name-safe label: ``ru-RU`` (access block), ``ru-RU-links``, ``en``,
-        ``en+product-news`` (the footer names that topic only)."""
-        label = self.locale
-        if self.region is not None:
-            label = f"{self.locale}-{self.region}" + ("" if self.access else "-links")
-        for topic in sorted(self.topics or ()):
-            label += "+" + _UNSAFE_IN_LABEL.sub("-", topic)
-        return label
-
-    @property
-    def title(self) -> str:
-        """For people: ``ru · RU access``, ``en · no access block``, ``en · no access
-        block · for product-news``."""
-        if self.region is None:
-            title = f"{self.locale} · no access block"
-        else:
-            title = f"{self.locale} · {self.region} " + ("access" if self.access else "links")
-        if self.topics is not None:
-            title += " · for " + ", ".join(sorted(self.topics))
-        return title
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,20 +364,3 @@ class Renderer:
         self, entry: Entry, key: VariantKey, name: str, url: str, preferences_url: str = ""
     ) -> Rendered:
         return self._render(entry, key, name, url, preferences_url)
-
-
-PROBE_ADDRESS = "preview@example.invalid"  # never a subscriber's: previews and checks only
-PROBE_NAMES = {"en": "Alex Example", "ru": "Алекс Пример"}
-
-
-def probe_recipient(key: VariantKey) -> Recipient:
-    """The made-up recipient a variant is built for in previews and checks."""
-    return Recipient(
-        address=PROBE_ADDRESS,
-        email=PROBE_ADDRESS,
-        ascii_email=PROBE_ADDRESS,
-        name=PROBE_NAMES.get(key.locale, PROBE_NAMES[FALLBACK_LOCALE]) if key.named else "",
-        locale=key.locale,
-        region=key.region,
-        topics=key.topics,
-    )

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 from statusmail.content.message import MessageFactory
-from statusmail.content.render import VariantKey, probe_recipient
+from statusmail.content.variants import VariantKey, probe_recipient
 from statusmail.domain import Entry
 from statusmail.errors import Problem, RenderError, StatusmailError
 from statusmail.project.regions import Region

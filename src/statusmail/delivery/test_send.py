@@ -20,7 +20,8 @@ from email_validator import EmailNotValidError
 from rich.console import Console
 
 from statusmail.content.message import MessageFactory
-from statusmail.content.render import PROBE_NAMES, Renderer, VariantKey
+from statusmail.content.render import Renderer
+from statusmail.content.variants import PROBE_NAMES, VariantKey
 from statusmail.delivery.transport import Transport
 from statusmail.domain import Entry, ExitCode, Recipient
 from statusmail.errors import DeliveryError, InputError, Problem
