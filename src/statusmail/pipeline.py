@@ -19,6 +19,7 @@ import logging
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from statusmail import validation
 from statusmail.content.catalog_gaps import catalog_problems
@@ -32,6 +33,7 @@ from statusmail.delivery.engine import Engine, OnOutcome, RunResult
 from statusmail.delivery.stream import Stream
 from statusmail.delivery.takeover import Selection, take_selection
 from statusmail.delivery.transport import Transport
+from statusmail.delivery.waiting import Waiting, interrupter
 from statusmail.domain import Entry, ExitCode, mask_address
 from statusmail.errors import ConnectError, InputError, LedgerError, Problem, StatusmailError
 from statusmail.ledger import (
@@ -54,6 +56,9 @@ from statusmail.project.regions import Region, load_regions
 from statusmail.project.secrets import secret_problems
 from statusmail.project.selection import SelectionStats
 from statusmail.project.tokens import Keyring
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 log = logging.getLogger("statusmail")
 
@@ -166,6 +171,7 @@ class Request:
     accept_removals: bool = False
     confirm: Confirm | None = None
     mask: Callable[[str], str] = mask_address
+    console: Console | None = None  # a terminal shows the long waits there; else log lines
 
 
 @dataclass
@@ -198,15 +204,29 @@ def _joined(entry: Entry, stats: SelectionStats) -> Started:
     return Started(stats, joined=True)
 
 
+def _waiting(prepared: Prepared, held: Held, request: Request, *args: str, **kw: Any) -> Waiting:
+    """A wait of this run (``Waiting(event, what, ...)``), shown where the request says."""
+    return Waiting(
+        *args,
+        console=request.console,
+        entry=prepared.entry.id,
+        interrupt=interrupter(held.ledger),
+        **kw,
+    )
+
+
 def start(prepared: Prepared, held: Held, request: Request) -> Started:
     """Import the lists if they changed, decide every rule about the entry as a whole,
     select (or begin streaming the selection), ask: the run's queue is ready. Raises
-    ``InputError`` (nothing sent or queued) or ``Declined``."""
+    ``InputError`` (nothing sent or queued) or ``Declined``. Every step that can take
+    long shows how far it is (``Waiting``) and ends at once on a signal."""
     entry, ledger = prepared.entry, held.ledger
     stats = SelectionStats()
     if held.shared and ledger.selection_leased(entry.id):
         return _joined(entry, stats)
-    imported = import_lists(ledger, prepared.config.paths.subscribers)
+    folder = prepared.config.paths.subscribers
+    with _waiting(prepared, held, request, "importing", f"importing {folder}", noun="rows") as wait:
+        imported = import_lists(ledger, folder, told=wait.now)
     made_from = intake.basis(prepared, ledger, imported)
     if request.confirm is None:
         if ledger.selection_basis(entry.id) == made_from:
@@ -217,7 +237,11 @@ def start(prepared: Prepared, held: Held, request: Request) -> Started:
                 extra={"event": "resumed", "entry": entry.id},
             )
             return Started(stats, imported=imported)
-        pending = intake.decide(prepared, ledger, imported, accept_removals=request.accept_removals)
+        checking = f"checking {entry.id}'s audience and pending recipients against the lists"
+        with _waiting(prepared, held, request, "checking", checking):
+            pending = intake.decide(
+                prepared, ledger, imported, accept_removals=request.accept_removals
+            )
         generation = take_selection(prepared, held)
         if generation is None:  # another sender took it a moment ago
             return _joined(entry, stats)
@@ -232,8 +256,11 @@ def start(prepared: Prepared, held: Held, request: Request) -> Started:
             basis=made_from,
         )
         return Started(stats, stream=stream, imported=imported)
-    intake.stage_all(prepared, ledger, stats, imported)
-    plan = ledger.plan(entry.id)
+    selecting = f"selecting {entry.id}"
+    with _waiting(prepared, held, request, "selecting", selecting, noun="subscribers") as wait:
+        intake.stage_all(prepared, ledger, stats, imported, wait)
+        wait.now(f"comparing {entry.id}'s selection with its recipients in the ledger")
+        plan = ledger.plan(entry.id)
     if not plan.selected and not plan.known:
         raise InputError([intake.nobody_problem(prepared)])
     problem = intake.shrink_problem(
@@ -247,31 +274,15 @@ def start(prepared: Prepared, held: Held, request: Request) -> Started:
     generation = take_selection(prepared, held)
     if generation is None:  # another sender began selecting while the prompt waited
         return _joined(entry, stats)
+    queueing = f"queueing {entry.id} for {plan.pending_after:,} recipients"
     try:
-        ledger.enqueue(entry.id, generation, lease=prepared.config.sending.lease)
-        intake.finish(prepared, ledger, generation, stats, True, plan.pending, made_from)
+        with _waiting(prepared, held, request, "queueing", queueing):
+            ledger.enqueue(entry.id, generation, lease=prepared.config.sending.lease)
+            intake.finish(prepared, ledger, generation, stats, True, plan.pending, made_from)
     except SelectionLost:
         intake.lost(prepared)
         return Started(stats, joined=True)
-    log.info(
-        "%s: %d selected (%d new), %d pending; skipped %d inactive, %d suppressed of the "
-        "audience; %d invalid, %d duplicate rows in the lists",
-        entry.id,
-        stats.total,
-        plan.new,
-        plan.pending_after,
-        stats.inactive,
-        stats.suppressed,
-        stats.read.invalid,
-        stats.read.duplicates,
-        extra={
-            "event": "selected",
-            "entry": entry.id,
-            "selected": stats.total,
-            "new": plan.new,
-            "pending": plan.pending_after,
-        },
-    )
+    intake.said_selected(entry.id, stats, plan)
     return started
 
 

@@ -11,6 +11,7 @@ waits, so a signal is honoured within two seconds in every state.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,11 +31,29 @@ RECANCEL = 0.1
 # Every signal ``_raise`` took: ``__main__`` reads it when the exception it raised came
 # out as another (a signal inside a C extension's initialisation can).
 received: list[int] = []
+# What must be undone before ``Interrupted`` leaves the place the signal found the program
+# in (a wait's status line and thread, see ``delivery.waiting``): the handler does it,
+# since the exception can rise at the first instruction of the very ``__exit__`` or
+# ``finally`` that would have.
+_undo: list[Callable[[], None]] = []
 
 
 def _raise(signum: int, _frame: FrameType | None) -> None:
     received.append(signum)
+    for undo in reversed(_undo[:]):
+        with contextlib.suppress(Exception):
+            undo()
     raise Interrupted(signum)
+
+
+def undo_on_signal(undo: Callable[[], None]) -> None:
+    """Have ``undo`` run before a signal's ``Interrupted`` is raised (until ``forget``)."""
+    _undo.append(undo)
+
+
+def forget(undo: Callable[[], None]) -> None:
+    with contextlib.suppress(ValueError):
+        _undo.remove(undo)
 
 
 def install() -> None:

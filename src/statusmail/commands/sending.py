@@ -76,6 +76,7 @@ def send(
         limit=options.limit,
         accept_removals=options.accept_removals,
         mask=(lambda a: a) if options.show_addresses else mask_address,
+        console=console,
     )
     if options.interactive and not options.yes:
         request.confirm = confirm_prompt(console, pipeline.describe_target(config))

@@ -29,9 +29,10 @@ from collections.abc import Iterable, Iterator
 from typing import Protocol
 
 from statusmail.delivery import corrections
+from statusmail.delivery.waiting import Waiting
 from statusmail.domain import Entry
 from statusmail.errors import InputError, Problem
-from statusmail.ledger import Ledger, StagedRow
+from statusmail.ledger import Ledger, Plan, StagedRow
 from statusmail.ledger.subscribers import (
     Imported,
     pending_groups,
@@ -235,18 +236,45 @@ def lost(run: Run, *, ended: bool = False) -> None:
     )
 
 
-def stage_all(run: Run, ledger: Ledger, stats: SelectionStats, imported: Imported) -> None:
-    """The whole selection into the staging area (nothing in the queue yet)."""
+def stage_all(
+    run: Run, ledger: Ledger, stats: SelectionStats, imported: Imported, wait: Waiting
+) -> None:
+    """The whole selection into the staging area (nothing in the queue yet), each row
+    the lists hold counted by ``wait``."""
     entry = run.entry
     ledger.reset_staging()
     count_read(stats, imported)
+    wait.total = None if entry.corrects else imported.subscribers + imported.invalid
     with ledger.preference_lookup() as preferences:
-        source = listed(ledger, imported, entry)
+        source = wait.counted(listed(ledger, imported, entry))
         rows = staged_rows(run, ledger.suppressed(), stats, preferences, source)
         ledger.stage(rows)
     problems = entries.missing_language_problems(entry, stats.locales())
     if problems:
         raise InputError(problems)
+
+
+def said_selected(entry_id: str, stats: SelectionStats, plan: Plan) -> None:
+    """The log line of a selection made in full before delivery."""
+    log.info(
+        "%s: %d selected (%d new), %d pending; skipped %d inactive, %d suppressed of the "
+        "audience; %d invalid, %d duplicate rows in the lists",
+        entry_id,
+        stats.total,
+        plan.new,
+        plan.pending_after,
+        stats.inactive,
+        stats.suppressed,
+        stats.read.invalid,
+        stats.read.duplicates,
+        extra={
+            "event": "selected",
+            "entry": entry_id,
+            "selected": stats.total,
+            "new": plan.new,
+            "pending": plan.pending_after,
+        },
+    )
 
 
 def count_read(stats: SelectionStats, imported: Imported) -> None:

@@ -19,7 +19,7 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,20 +43,32 @@ from statusmail.project.subscriber_rows import ReadStats, RowProblem, Subscriber
 from statusmail.project.subscribers import iter_subscribers
 
 BATCH = 5_000  # rows per transaction of an import
+TELL_EVERY = 1_000  # rows read between two calls of an import's ``told``
 KEPT_PROBLEMS = 1_000  # row problems an import hands back to print; all are stored
 NO_FILES = "no subscriber files (.csv, .yaml or .yml) in this folder"
 
+# Told what a long import does now and, while it reads a file, how many rows it has read
+# (None: it does not count rows now); ``delivery.waiting`` shows it.
+Told = Callable[[str, int | None], None]
 
-def import_lists(ledger: Ledger, folder: Path, *, force: bool = False) -> Imported:
+
+def _untold(_what: str, _rows: int | None) -> None:
+    pass
+
+
+def import_lists(
+    ledger: Ledger, folder: Path, *, force: bool = False, told: Told = _untold
+) -> Imported:
     """The current import, made anew first when the files changed (or ``force``).
     Raises ``ImportRefused`` when a file is broken: the last good import stays."""
     if not force and (known := _known(ledger, folder)) is not None:
         return known
+    told(f"importing {folder}: waiting for another import of the lists to end", None)
     with _import_lock(ledger):
         # Another process may have imported the same change while this one waited.
         if not force and (known := _known(ledger, folder)) is not None:
             return known
-        return _import(ledger, folder)
+        return _import(ledger, folder, told)
 
 
 def _known(ledger: Ledger, folder: Path) -> Imported | None:
@@ -95,8 +107,9 @@ def _import_lock(ledger: Ledger) -> Iterator[None]:
         os.close(fd)
 
 
-def _import(ledger: Ledger, folder: Path) -> Imported:
+def _import(ledger: Ledger, folder: Path, told: Told) -> Imported:
     kept = current(ledger)
+    told(f"importing {folder}: deleting the imports no selection reads any more", None)
     _clean(ledger)
     if not folder.exists():
         raise ImportRefused([Problem(folder, None, "subscribers folder not found")], [], kept)
@@ -123,7 +136,7 @@ def _import(ledger: Ledger, folder: Path) -> Imported:
             )[0][0]
         )
     try:
-        made = _load(ledger, folder, import_id, kept)
+        made = _load(ledger, folder, import_id, kept, told)
     except ImportRefused as exc:
         _drop(ledger, import_id, rows_only=True)
         _refuse(ledger, import_id, stamps, exc.found)
@@ -180,15 +193,21 @@ def _refuse(
         )
 
 
-def _load(ledger: Ledger, folder: Path, import_id: int, kept: Imported | None) -> Imported:
+def _load(
+    ledger: Ledger, folder: Path, import_id: int, kept: Imported | None, told: Told
+) -> Imported:
     stats, tally = ReadStats(), Tally()
     broken: list[RowProblem] = []
     problems: list[RowProblem] = []
     rows: list[dict[str, Any]] = []
     bad: list[dict[str, Any]] = []
     pos = span(import_id)[0]
+    tell = pos
     for item in iter_subscribers(folder, stats):
         pos += 1
+        if pos > tell:
+            told(f"importing {item.path}", stats.rows)
+            tell = pos + TELL_EVERY
         if isinstance(item, RowProblem):
             if item.fatal:
                 broken.append(item)

@@ -1,0 +1,277 @@
+"""Never silent, never slow to stop (issue 22): a wait longer than a second shows how far
+it is (a transient status line on a terminal, an INFO line naming what it counts
+otherwise), and SIGINT or SIGTERM ends it within a second however large the list,
+inside a long query too, with nothing half recorded."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import pty
+import re
+import select
+import signal
+import sqlite3
+import subprocess
+import threading
+import time
+import timeit
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from conftest import SECRET, UPDATE, clean_environ, command, spawn
+from import_helpers import seeded_list
+from statusmail import signals
+from statusmail.delivery import waiting
+from statusmail.delivery.waiting import Waiting, interrupter
+from statusmail.errors import Interrupted
+from statusmail.ledger import Ledger
+
+# Long enough a list that staging or importing it lasts well over a second here (about
+# 25 to 50 us a row); the tests signal at the first sign of progress, so they do not
+# wait for the whole of it.
+ROWS = 80_000
+
+
+@pytest.fixture
+def quick(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The waits' clock sped up: a terminal's line after 50 ms, a log line after 0.1 s
+    and then every 0.2 s (instead of 0.5, 1 and 5 s)."""
+    monkeypatch.setattr(waiting, "SHOW_AFTER", 0.05)
+    monkeypatch.setattr(waiting, "LOG_AFTER", 0.1)
+    monkeypatch.setattr(waiting, "LOG_EVERY", 0.2)
+
+
+class Records(logging.Handler):
+    """statusmail's log records, as they come (from the wait's thread too)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+        self.arrived = threading.Condition()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self.arrived:
+            self.records.append(record)
+            self.arrived.notify_all()
+
+    def wait_for(self, count: int, timeout: float = 10) -> None:
+        with self.arrived:
+            assert self.arrived.wait_for(lambda: len(self.records) >= count, timeout)
+
+
+@pytest.fixture
+def records() -> Iterator[Records]:
+    log = logging.getLogger("statusmail")
+    handler, level = Records(), log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+
+
+def test_without_a_terminal_a_wait_past_its_first_second_logs_what_it_counts(
+    quick: None, records: Records
+) -> None:
+    with Waiting("selecting", "selecting e1", noun="subscribers", total=1000, entry="e1"):
+        pass  # a short wait says nothing
+    assert not records.records
+    with Waiting("selecting", "selecting e1", noun="subscribers", total=1000, entry="e1") as wait:
+        for _ in wait.counted(range(1000)):
+            if len(records.records) >= 2:
+                break
+            time.sleep(0.002)  # the work the wait is for
+    first, *later = records.records
+    assert first.getMessage().startswith("selecting e1: ")
+    assert " of 1,000 subscribers (" in first.getMessage()
+    fields = first.__dict__
+    assert fields["event"] == "selecting" and fields["entry"] == "e1" and fields["of"] == 1000
+    assert 0 < fields["subscribers"] <= 1000 and fields["seconds"] >= waiting.LOG_AFTER
+    for before, after in zip(records.records, later, strict=False):
+        assert after.created - before.created >= waiting.LOG_EVERY * 0.9  # at most so often
+        assert after.__dict__["subscribers"] > before.__dict__["subscribers"]
+    count = len(records.records)
+    time.sleep(1.5 * waiting.LOG_EVERY)
+    assert len(records.records) == count  # nothing once the wait is over
+
+
+def test_a_step_that_counts_nothing_says_what_it_does(quick: None, records: Records) -> None:
+    with Waiting("selecting", "selecting e1", noun="subscribers", total=10) as wait:
+        wait.now("comparing e1's selection with the ledger")
+        records.wait_for(1)
+    said = records.records[0]
+    assert said.getMessage().startswith("comparing e1's selection with the ledger (")
+    assert "subscribers" not in said.__dict__ and said.__dict__["event"] == "selecting"
+
+
+def test_on_a_terminal_a_transient_line_shows_the_count_and_no_log_line(
+    quick: None, records: Records
+) -> None:
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=120)
+    with Waiting("selecting", "selecting e1", noun="subscribers", total=5000, console=console) as w:
+        for _ in w.counted(range(5000)):
+            if "of 5,000 subscribers" in screen.getvalue():
+                break
+            time.sleep(0.001)
+    drawn = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", screen.getvalue())
+    assert re.search(r"selecting e1: [\d,]+ of 5,000 subscribers", drawn), drawn
+    assert screen.getvalue().endswith("\x1b[2K")  # transient: the line is erased at the end
+    assert not records.records
+
+
+def test_counting_a_row_costs_well_under_a_microsecond() -> None:
+    rows = range(200_000)
+    wait = Waiting("selecting", "selecting e1", noun="subscribers")
+    plain = min(timeit.repeat(lambda: sum(1 for _ in rows), number=1, repeat=3))
+    counted = min(timeit.repeat(lambda: sum(1 for _ in wait.counted(rows)), number=1, repeat=3))
+    per_row = (counted - plain) / len(rows)
+    print(f"counting: {per_row * 1e9:.0f} ns a row")
+    assert per_row < 1e-6
+    assert wait.done == 3 * len(rows)
+
+
+@pytest.fixture
+def stop_signals_raise() -> Iterator[None]:
+    """SIGTERM raises ``Interrupted`` in this process, as it does in statusmail's."""
+    before = signal.signal(signal.SIGTERM, signals._raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def test_sigterm_ends_a_long_query_at_once_and_the_ledger_goes_on(
+    tmp_path: Path, quick: None, records: Records, stop_signals_raise: None
+) -> None:
+    """A query the interpreter cannot leave (one statement over millions of rows: the
+    shrink guard's or the plan's on a large ledger) is interrupted within a second."""
+
+    def signal_once_it_shows() -> None:
+        records.wait_for(1)  # the wait's first line: the query runs
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    slow = (
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 30000000)"
+        " SELECT COUNT(*) FROM n"
+    )
+    with Ledger(tmp_path / "statusmail.db") as ledger:
+        sender = threading.Thread(target=signal_once_it_shows)
+        sender.start()
+        started = time.monotonic()
+        with (
+            pytest.raises(Interrupted),
+            Waiting("checking", "checking e1", interrupt=interrupter(ledger)),
+        ):
+            ledger.database.execute(slow)
+        sender.join()
+        took = time.monotonic() - started
+        assert ledger.database.execute("SELECT 1") == [(1,)]  # interrupted no longer
+    assert took < waiting.LOG_AFTER + 1, f"{took:.2f} s"
+    assert signal.set_wakeup_fd(-1) == -1  # given back
+
+
+# -- the real command, a real process ----------------------------------------------------
+
+
+class Terminal:
+    """A command on a pseudo-terminal: what it drew, and the process."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.main_fd, child_fd = pty.openpty()
+        self.process = subprocess.Popen(
+            args, stdin=child_fd, stdout=child_fd, stderr=child_fd, close_fds=True, env=env
+        )
+        os.close(child_fd)
+        self.output = b""
+
+    def _read(self, timeout: float) -> bool:
+        ready, _, _ = select.select([self.main_fd], [], [], timeout)
+        if ready:
+            try:
+                chunk = os.read(self.main_fd, 65536)
+            except OSError:
+                chunk = b""
+            self.output += chunk
+            return bool(chunk)
+        return True
+
+    def read_until(self, pattern: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while not re.search(pattern, self.text()):
+            assert time.monotonic() < deadline, self.text()
+            assert self._read(0.05), f"the program ended before {pattern!r}: {self.text()}"
+
+    def finish(self, timeout: float = 10) -> int:
+        deadline = time.monotonic() + timeout
+        while self.process.poll() is None and time.monotonic() < deadline:
+            if not self._read(0.05):
+                break
+        return self.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+
+    def text(self) -> str:
+        return re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", self.output.decode("utf-8", "replace"))
+
+    def __enter__(self) -> Terminal:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        os.close(self.main_fd)
+
+
+def deliveries(project: Path) -> int:
+    with sqlite3.connect(project.parent / "statusmail.db") as db:
+        return int(db.execute("SELECT COUNT(*) FROM deliveries").fetchone()[0])
+
+
+def test_send_on_a_terminal_shows_the_selection_before_its_prompt_and_ctrl_c_ends_it(
+    project: Path,
+) -> None:
+    seeded_list(project, ROWS)
+    env = clean_environ(COLUMNS="160", STATUSMAIL_UNSUBSCRIBE_SECRET=SECRET)
+    with Terminal(command(project, "send", UPDATE), env) as terminal:
+        terminal.read_until(rf"selecting {UPDATE}: [\d,]+ of {ROWS:,} subscribers")
+        signalled = time.monotonic()
+        terminal.process.send_signal(signal.SIGINT)
+        code = terminal.finish()
+        took = time.monotonic() - signalled
+    said = " ".join(terminal.text().split())
+    assert code == 4, said
+    assert took < 1, f"{took:.2f} s after SIGINT"
+    assert "Type yes" not in said  # it was still selecting
+    assert "interrupted by SIGINT before delivery: nothing was sent" in said
+    assert "Traceback" not in said and "Exception ignored" not in said
+    assert deliveries(project) == 0
+
+
+def test_import_without_a_terminal_logs_the_rows_it_read_and_sigterm_ends_it(
+    project: Path,
+) -> None:
+    """The interrupted import leaves the last one current: nothing of it is selected."""
+    seeded_list(project, ROWS)  # its CSV, and the import of it as import 1
+    with spawn(project, "import", "--force", "--log-format", "json") as run:
+        line = json.loads(run.wait_for_line('"event": "importing"'))
+        signalled = time.monotonic()
+        code = run.stop(signal.SIGTERM, timeout=10)
+        took = time.monotonic() - signalled
+    assert code == 4, run.stderr
+    assert took < 1, f"{took:.2f} s after SIGTERM"
+    assert "interrupted by SIGTERM" in run.stderr
+    assert line["level"] == "info" and line["seconds"] >= 1 and 0 < line["rows"] < ROWS
+    assert re.match(r"importing \S+everyone\.csv: [\d,]+ rows \(", line["message"]), line
+    with sqlite3.connect(project.parent / "statusmail.db") as db:
+        imports = db.execute(
+            "SELECT id, state, finished_at IS NOT NULL FROM subscriber_imports ORDER BY id"
+        ).fetchall()
+    assert imports == [(1, "current", 1), (2, "loading", 1)]  # the next import drops it
