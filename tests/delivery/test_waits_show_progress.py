@@ -28,7 +28,9 @@ from conftest import SECRET, UPDATE, clean_environ, command, spawn
 from import_helpers import seeded_list
 from statusmail import signals
 from statusmail.delivery import waiting
+from statusmail.delivery.report import ProgressReporter
 from statusmail.delivery.waiting import Waiting, interrupter
+from statusmail.domain import DeliveryStatus, Outcome, Recipient
 from statusmail.errors import Interrupted
 from statusmail.ledger import Ledger
 
@@ -36,6 +38,7 @@ from statusmail.ledger import Ledger
 # 25 to 50 us a row); the tests signal at the first sign of progress, so they do not
 # wait for the whole of it.
 ROWS = 80_000
+RECIPIENT = Recipient("a@example.org", "a@example.org", "a@example.org", "", "en", None)
 
 
 @pytest.fixture
@@ -137,6 +140,25 @@ def test_counting_a_row_costs_well_under_a_microsecond() -> None:
     print(f"counting: {per_row * 1e9:.0f} ns a row")
     assert per_row < 1e-6
     assert wait.done == 3 * len(rows)
+
+
+def test_the_delivery_progress_line_says_what_it_counts(records: Records) -> None:
+    reporter = ProgressReporter(10, console=Console(file=io.StringIO()), interval=0)
+    for _ in range(3):
+        reporter(Outcome("a@example.org", DeliveryStatus.SENT, 1, 250), RECIPIENT)
+    reporter.close()
+    said = records.records[-1]
+    assert re.match(
+        r"progress: 3 of 10 recipients done, 3 sent, 0 failed, [\d.]+ messages/s$",
+        said.getMessage(),
+    ), said.getMessage()
+    fields = said.__dict__
+    assert (fields["event"], fields["recipients"], fields["of"], fields["sent"]) == (
+        "progress",
+        3,
+        10,
+        3,
+    )
 
 
 @pytest.fixture

@@ -257,8 +257,8 @@ def stage_all(
 def said_selected(entry_id: str, stats: SelectionStats, plan: Plan) -> None:
     """The log line of a selection made in full before delivery."""
     log.info(
-        "%s: %d selected (%d new), %d pending; skipped %d inactive, %d suppressed of the "
-        "audience; %d invalid, %d duplicate rows in the lists",
+        "%s: %d selected recipients (%d new), %d recipients pending; skipped %d inactive, "
+        "%d suppressed of the audience; %d invalid, %d duplicate rows in the lists",
         entry_id,
         stats.total,
         plan.new,

@@ -89,13 +89,22 @@ class ProgressReporter:
                 self._draw(self._progress, now)
         elif now - self._last_line >= self.interval:
             self._last_line = now
+            done, rate = sum(self.counts.values()), self._rate(now)
             log.info(
-                "progress: %d/%s done, sent %d, failed %d, %.1f msg/s",
-                sum(self.counts.values()),
+                "progress: %d of %s recipients done, %d sent, %d failed, %.1f messages/s",
+                done,
                 "?" if self.total is None else self.total,
                 self.counts["sent"],
                 self.counts["failed"],
-                self._rate(now),
+                rate,
+                extra={
+                    "event": "progress",
+                    "recipients": done,
+                    "of": self.total,
+                    "sent": self.counts["sent"],
+                    "failed": self.counts["failed"],
+                    "per_second": round(rate, 1),
+                },
             )
 
     def _rate(self, now: float) -> float:

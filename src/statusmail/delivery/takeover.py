@@ -148,9 +148,9 @@ class Selection:
                 "%d invalid, %d duplicate rows in the lists",
                 entry_id,
                 started.stats.total,
-                "selected so far (the run stopped before the selection ended)"
+                "selected recipients so far (the run stopped before the selection ended)"
                 if cut
-                else "selected",
+                else "selected recipients",
                 started.stats.inactive,
                 started.stats.suppressed,
                 started.stats.read.invalid,
