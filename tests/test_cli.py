@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from conftest import invoke, statusmail
 from statusmail.cli import main
+from statusmail.cli.app import COMMAND_MODULES
 
 # "Example:" alone on a line, then an indented command line, maybe after a variable
 # it needs (click keeps the line breaks only of a paragraph marked with \b).
@@ -18,9 +19,13 @@ EXAMPLE = re.compile(r"^ *Examples?:\n +((?:[A-Z_]+=\S+ )*statusmail\b.*)$", re.
 def all_commands(
     group: click.Group = main, prefix: tuple[str, ...] = ()
 ) -> dict[tuple[str, ...], click.Command]:
-    """Every command, subcommands of groups included, by its path of names."""
+    """Every command, subcommands of groups included, by its path of names (as --help
+    and completion find them: the top level's are imported when asked for)."""
     found: dict[tuple[str, ...], click.Command] = {}
-    for name, command in group.commands.items():
+    context = click.Context(group)
+    for name in group.list_commands(context):
+        command = group.get_command(context, name)
+        assert command is not None, name
         found[(*prefix, name)] = command
         if isinstance(command, click.Group):
             found.update(all_commands(command, (*prefix, name)))
@@ -61,6 +66,17 @@ def test_every_command_has_help_text() -> None:
         for param in command.params:
             if isinstance(param, click.Option):
                 assert param.help, f"{name} {param.opts} lacks help text"
+
+
+def test_each_command_is_found_in_the_module_that_defines_it() -> None:
+    """A process imports only the module of the command it runs: ``COMMAND_MODULES``
+    names each command's, and every command defined is in it."""
+    commands = {path[0]: command for path, command in all_commands().items()}
+    assert set(commands) == set(main.commands) == set(COMMAND_MODULES)
+    for name, command in commands.items():
+        assert command.callback is not None, name
+        defined_in = command.callback.__module__
+        assert defined_in == f"statusmail.cli.{COMMAND_MODULES[name]}", (name, defined_in)
 
 
 def test_the_program_has_an_example_too() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -154,7 +155,30 @@ def run(func: Callable[..., ExitCode], *, load: bool = True) -> Callable[..., No
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# The module of cli/ that defines each command: a process imports the module of the
+# command it runs, not every command's (``--help`` and completion import them all).
+COMMAND_MODULES = {
+    **dict.fromkeys(("check", "init", "config"), "project"),
+    **dict.fromkeys(("send", "status", "list", "pause", "resume", "cancel", "retry"), "sending"),
+    **dict.fromkeys(("import", "suppress", "prefs", "ledger"), "lists"),
+    **dict.fromkeys(("publish", "serve", "watch", "feedback"), "operations"),
+}
+
+
+class LazyGroup(click.Group):
+    """The group whose commands are defined in the modules ``COMMAND_MODULES`` names,
+    each imported when one of its commands is asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *COMMAND_MODULES})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMAND_MODULES:
+            importlib.import_module(f"statusmail.cli.{COMMAND_MODULES[cmd_name]}")
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config", "config_path", type=click.Path(path_type=Path), default=None, help=CONFIG_HELP
 )

@@ -152,7 +152,7 @@ def send(
         assert entry_id is not None  # _send_usage
         return sending.send_test(config, entry_id, Request(test_to, variant, force), out)
     if dry_run and (all_changed_since or summary):
-        from statusmail.ci import review as ci
+        from statusmail.ci import dry_run as ci
 
         preview = ci.PreviewOptions(
             entry_id, all_changed_since, preview_dir, limit, as_json, summary
