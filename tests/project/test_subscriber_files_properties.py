@@ -75,7 +75,9 @@ ROW = st.builds(
     topics=st.lists(TOPICS, unique=True, max_size=3).map(tuple),
     status=st.sampled_from(["", "active", "unsubscribed", "bounced", "Bounced"]),
 )
-ROWS = st.lists(ROW, min_size=1, max_size=12, unique_by=lambda row: row.email)
+# Up to six rows: room for rows before a broken one, the broken one and rows after it
+# (twelve took twice as long to generate: 2.1 s of CPU for 150 lists against 0.9).
+ROWS = st.lists(ROW, min_size=1, max_size=6, unique_by=lambda row: row.email)
 DIALECT = st.builds(
     Dialect,
     delimiter=st.sampled_from([",", ";"]),
