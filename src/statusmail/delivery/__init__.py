@@ -2,7 +2,8 @@
 selection a run delivers while it delivers (``stream``, ``takeover``), the engine that
 claims, builds, throttles, sends and records (``engine``), the transports (``smtp``,
 what its replies mean in ``smtp_replies``, ``maildir``, ``transport``), the rate limit
-(``throttle``), what a run prints (``report``), the dry run (``dry_run``), entries
+(``throttle``), what a run prints (``report``) and shows while it waits (``waiting``),
+the dry run (``dry_run``), entries
 already sent and corrections of them (``corrections``), test sends (``test_send``) and
 pause, resume, cancel and retry (``controls``).
 

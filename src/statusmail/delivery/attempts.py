@@ -211,7 +211,7 @@ class Delivering:
         )
         log.info(
             "%s takes %d message(s) per session, then answers %s; each connection "
-            "starts a new session after %d from now on",
+            "starts a new session after %d message(s) from now on",
             self.relay,
             exc.learnt,
             said,
