@@ -30,7 +30,6 @@ from statusmail.ledger import Ledger
 from statusmail.ledger import exists as ledger_exists
 from statusmail.ledger.importing import import_lists
 from statusmail.ledger.subscribers import ImportRefused, read_groups, read_problems
-from statusmail.project.audience_checks import reach
 from statusmail.project.config import Config
 from statusmail.project.editions import (
     Edition,
@@ -53,8 +52,6 @@ from statusmail.project.selection import Group, Tally
 from statusmail.project.subscriber_rows import RowProblem
 from statusmail.project.subscribers import iter_subscribers
 from statusmail.project.tokens import Keyring
-from statusmail.web.pages import preferences_page_problems
-from statusmail.web.publish import site_problems
 
 # -- regions ---------------------------------------------------------------------
 
@@ -306,6 +303,11 @@ class CheckReport:
 
 
 def check_project(config: Config) -> CheckReport:
+    # Only check reaches the audiences and the pages: a run (send, watch) imports neither.
+    from statusmail.project.audience_checks import reach
+    from statusmail.web.pages import preferences_page_problems
+    from statusmail.web.publish import site_problems
+
     report = CheckReport()
     regions: dict[str, Region] = {}
     editions: dict[str, Edition] = {}
