@@ -126,60 +126,63 @@ def _clean_env() -> Iterator[None]:
         yield
 
 
-# The modules that take longest, longest first (as measured on two cores, down to about
-# 1.5 s; a stale order costs only a little balance): the workers get them first
-# (pyproject.toml's addopts keep xdist to this order), the short ones fill in around them,
-# and neither worker is left alone at the end with seconds of PostgreSQL, watching or a
-# browser to go. The browser modules sit together: a worker that takes one of the two
-# short ones takes the other next, and lends it the same Chromium (see browser_helpers).
+# The modules that take longest, longest first (as measured on two cores in a fresh
+# checkout, as CI runs: mypy without its cache; down to about 2 s; a stale order costs
+# only a little balance): the workers get them first (pyproject.toml's addopts keep
+# xdist to this order), the short ones fill in around them, and neither worker is left
+# alone at the end with seconds of PostgreSQL, watching or a browser to go. The browser
+# modules sit together: a worker that takes one of the two short ones takes the other
+# next, and lends it the same Chromium (see browser_helpers).
 LONGEST_FIRST = (
     "test_postgres_deployment.py",
-    "test_postgres_senders.py",
-    "test_watch.py",
     "test_processes.py",
     "test_ops_metrics.py",
-    "test_ledger_backends.py",
-    "test_refusing_database.py",
-    "test_serve.py",
-    "test_subscriber_files_properties.py",
-    "test_almost_right.py",
-    "test_delivery.py",
+    "test_postgres_senders.py",
+    "test_watch.py",
+    "test_quality.py",
     "test_layout_browser.py",
     "test_publish_browser.py",
     "test_csrf_browser.py",
-    "test_chaos.py",
-    "test_preferences.py",
-    "test_feedback_imap.py",
-    "test_watch_standby.py",
-    "test_wheel.py",
-    "test_encodings.py",
+    "test_ledger_backends.py",
+    "test_delivery.py",
+    "test_serve.py",
+    "test_almost_right.py",
     "test_subscribers.py",
+    "test_subscriber_files_properties.py",
     "test_ci_pipelines.py",
-    "test_pause_cancel_retry.py",
+    "test_preferences.py",
+    "test_encodings.py",
+    "test_refusing_database.py",
+    "test_chaos.py",
+    "test_wheel.py",
+    "test_feedback_imap.py",
     "test_confirm.py",
+    "test_waits_show_progress.py",
     "test_selection_lease.py",
-    "test_publish.py",
-    "test_quality.py",
-    "test_ci_formats.py",
-    "test_catalog.py",
-    "test_config.py",
-    "test_ops_logs.py",
-    "test_spamassassin.py",
-    "test_feedback_e2e.py",
-    "test_readers_in_russia.py",
-    "test_unsubscribe_race.py",
     "test_ci_changes.py",
-    "test_ops_units.py",
-    "test_fencing.py",
-    "test_webhooks.py",
+    "test_watch_standby.py",
+    "test_ops_logs.py",
     "test_dkim.py",
+    "test_pause_cancel_retry.py",
+    "test_readers_in_russia.py",
+    "test_catalog.py",
+    "test_spamassassin.py",
     "test_streaming.py",
-    "test_durability.py",
-    "test_typography.py",
-    "test_tokens.py",
     "test_group_commit.py",
+    "test_fencing.py",
+    "test_feedback_e2e.py",
+    "test_unsubscribe_race.py",
+    "test_tokens.py",
+    "test_ops_units.py",
     "test_check.py",
+    "test_footer_topics.py",
+    "test_typography.py",
     "test_rerun.py",
+    "test_corrections.py",
+    "test_publish.py",
+    "test_audience_first.py",
+    "test_webhooks.py",
+    "test_render.py",
 )
 
 
