@@ -63,8 +63,10 @@ def write_keys(root: Path) -> None:
     )
 
 
-def set_mode(config: Path, mode: str) -> Path:
+def set_mode(config: Path, mode: str, processes: int | None = None) -> Path:
     data = yaml.safe_load(config.read_text(encoding="utf-8"))
+    if processes is not None:
+        data.setdefault("sending", {})["processes"] = processes
     data.pop("dkim", None)
     if mode != "off":
         data["dkim"] = {**DKIM, **(ED25519 if mode == "rsa+ed25519" else {})}
@@ -139,6 +141,11 @@ def main() -> int:
     parser.add_argument(
         "--modes", default=",".join(MODES), help=f"comma-separated (default {','.join(MODES)})"
     )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        help="sending.processes for every run (default: statusmail's, the cores)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -172,7 +179,7 @@ def main() -> int:
             for conc in levels:
                 for label, src in trees:
                     for mode in modes:
-                        set_mode(config, mode)
+                        set_mode(config, mode, args.processes)
                         figures = results[mode + label, conc]
                         loopback.run_statusmail(config, args.n, conc, figures, src)
         print(f"end: {common.load()}")
