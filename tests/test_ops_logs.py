@@ -215,6 +215,10 @@ def test_an_unexpected_exception_is_one_json_line(
     monkeypatch.setattr("statusmail.commands.reports.list_entries", broken)
     argv = ["statusmail", "--log-format", "json", "list", "--config", str(project)]
     monkeypatch.setattr(sys, "argv", argv)
+    # As in a process of its own, no signal was taken yet (a test before this one in
+    # this process may have raised one through statusmail's handler: it keeps a record).
+    monkeypatch.setattr("statusmail.signals.received", [])
+    monkeypatch.setattr("statusmail.__main__._received", [])
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with loggers_kept(), pytest.raises(SystemExit) as exited:
