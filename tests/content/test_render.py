@@ -6,6 +6,7 @@ import binascii
 import email.policy
 from email import message_from_bytes
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -176,3 +177,37 @@ def test_no_line_starts_with_a_dot_and_line_endings_are_crlf(project: Path) -> N
     assert encoded == b"=2Estart\r\n=2E.two\r\n=2E\r\nend.\r\n"
     assert binascii.a2b_qp(encoded.replace(b"\r\n", b"\n")) == b".start\n..two\n.\nend.\n"
     assert not _wire_ready(b"a\r\n.b\r\n") and not _wire_ready(b"a\nb\r\n")
+
+
+def test_a_template_compiles_once_a_process_and_again_when_edited(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Renderers of one project share the compiled templates (check and the dry run make
+    one per entry); an edited template is compiled anew and renders as edited."""
+    import jinja2
+
+    compiled: list[str | None] = []
+    compile_ = jinja2.Environment.compile
+
+    def counted(self: jinja2.Environment, source: str, name: str | None, *rest: Any) -> Any:
+        compiled.append(name)
+        return compile_(self, source, name, *rest)
+
+    monkeypatch.setattr(jinja2.Environment, "compile", counted)
+    config = load_config(project)
+    entry = find_entry(config.paths.updates, "update-2020-04-21")
+
+    def texts() -> list[str]:
+        renderer = Renderer(config.paths.templates, load_regions(config.paths.regions), "S")
+        return [renderer.variant(entry, key).text for key in renderer.variant_keys(entry)]
+
+    first = texts()
+    assert "message.txt.j2" in compiled
+    compiled.clear()
+    assert texts() == first
+    assert compiled == []  # nothing compiled again
+    template = config.paths.templates / "message.txt.j2"
+    template.write_text(template.read_text(encoding="utf-8") + "EDITED\n", encoding="utf-8")
+    edited = texts()
+    assert compiled == ["message.txt.j2"]
+    assert all(text.rstrip().endswith("EDITED") for text in edited)

@@ -45,8 +45,30 @@ def catalog_path(templates_dir: Path, locale: str) -> Path:
     return templates_dir / "locale" / locale / "LC_MESSAGES" / f"{CATALOG_DOMAIN}.po"
 
 
+class _SharedBytecode(jinja2.BytecodeCache):
+    """Compiled templates shared by every environment of the process: a template compiles
+    once, not once per environment (``check`` and the dry run make one per entry, a
+    watcher one per reload). Jinja keeps the source's checksum with the code, so an edited
+    template compiles anew. One per ``autoescape`` setting, which the compiled code holds."""
+
+    def __init__(self) -> None:
+        self._code: dict[str, bytes] = {}
+
+    def load_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        code = self._code.get(bucket.key)
+        if code is not None:
+            bucket.bytecode_from_string(code)
+
+    def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        self._code[bucket.key] = bucket.bytecode_to_string()
+
+
+_COMPILED = {False: _SharedBytecode(), True: _SharedBytecode()}
+
+
 def template_environment(templates_dir: Path, *, autoescape: bool) -> jinja2.Environment:
-    """A jinja2 environment with the i18n extension, set up as statusmail renders."""
+    """A jinja2 environment with the i18n extension, set up as statusmail renders; its
+    compiled templates shared with the process's other environments."""
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(templates_dir),
         undefined=jinja2.StrictUndefined,
@@ -56,6 +78,7 @@ def template_environment(templates_dir: Path, *, autoescape: bool) -> jinja2.Env
         lstrip_blocks=True,
         keep_trailing_newline=True,
         auto_reload=False,
+        bytecode_cache=_COMPILED[autoescape],
     )
 
 

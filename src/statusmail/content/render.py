@@ -26,7 +26,12 @@ from babel.dates import format_date
 from markupsafe import Markup, escape
 
 from statusmail.content import markdown
-from statusmail.content.catalog import catalog_path, load_translations, render_error
+from statusmail.content.catalog import (
+    catalog_path,
+    load_translations,
+    render_error,
+    template_environment,
+)
 from statusmail.content.typography import typeset
 from statusmail.content.variants import VariantKey
 from statusmail.domain import Entry
@@ -145,16 +150,7 @@ class Renderer:
     def _env(self, locale: str, html: bool) -> jinja2.Environment:
         key = (locale, html)
         if key not in self._envs:
-            env = jinja2.Environment(
-                loader=jinja2.FileSystemLoader(self.templates_dir),
-                undefined=jinja2.StrictUndefined,
-                autoescape=html,
-                extensions=["jinja2.ext.i18n"],
-                trim_blocks=True,
-                lstrip_blocks=True,
-                keep_trailing_newline=True,
-                auto_reload=False,
-            )
+            env = template_environment(self.templates_dir, autoescape=html)
             # Fixed strings get the language's typography too (no-break spaces).
             catalog = load_translations(self.templates_dir, locale)
 
