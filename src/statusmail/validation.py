@@ -371,11 +371,23 @@ def _read_lists(config: Config) -> tuple[list[Group], list[RowProblem]]:
     """The lists as groups (``selection.Tally``) and row problems: from the ledger's
     import when there is a ledger (imported first if the files changed; nothing read if
     not), else, or when a file is broken, read here."""
+    from statusmail.delivery.waiting import Waiting, interrupter, log_terminal
+
     target, folder = config.paths.ledger, config.paths.subscribers
     if ledger_exists(target):
         try:
             with Ledger(target) as ledger:
-                imported = import_lists(ledger, folder)
+                # A changed million-row list takes half a minute: shown while it lasts
+                # (check's report is on stdout, so the line goes where the log goes).
+                wait = Waiting(
+                    "importing",
+                    f"importing {folder}",
+                    noun="rows",
+                    console=log_terminal(),
+                    interrupt=interrupter(ledger),
+                )
+                with wait:
+                    imported = import_lists(ledger, folder, told=wait.now)
                 return read_groups(ledger, imported.id), read_problems(ledger, imported.id)
         except (ImportRefused, LedgerError):
             pass  # read here: every problem of the files, with their lines

@@ -297,3 +297,22 @@ def test_import_without_a_terminal_logs_the_rows_it_read_and_sigterm_ends_it(
             "SELECT id, state, finished_at IS NOT NULL FROM subscriber_imports ORDER BY id"
         ).fetchall()
     assert imports == [(1, "current", 1), (2, "loading", 1)]  # the next import drops it
+
+
+def test_check_of_a_changed_list_says_what_it_imports(
+    project: Path, quick: None, records: Records
+) -> None:
+    """``check`` imports a changed list before it reads it: the wait says so, with the
+    rows read so far (on a terminal, the line goes where the log goes: stdout is the
+    report's)."""
+    from statusmail.project.config import load_config
+    from statusmail.validation import check_project
+
+    seeded_list(project, 20_000)
+    with (project.parent / "subscribers" / "everyone.csv").open("a", encoding="utf-8") as f:
+        f.write("late@example.org,Late,ru,RU,service-status,active\n")
+    report = check_project(load_config(project))
+    assert report.subscribers == 20_001
+    said = [r for r in records.records if r.__dict__.get("event") == "importing"]
+    assert said, [r.getMessage() for r in records.records]
+    assert said[-1].__dict__["rows"] > 0 and said[-1].getMessage().startswith("importing ")
