@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
+import select
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,10 +50,25 @@ def confirm_prompt(console: Console, target: str) -> pipeline.Confirm:
             f" recipients ({locales or 'none'}) through {target}?"
         )
         # No lock is held while this waits; Ctrl-C here raises Interrupted at once.
-        answer = console.input("Type yes to send: ")
+        answer = _answer(console, "Type yes to send: ")
         return answer.strip().lower() in ("y", "yes")
 
     return confirm
+
+
+def _answer(console: Console, prompt: str) -> str:
+    """The line typed after ``prompt``, read once select says it is there, waiting a
+    tenth of a second at a time: a Ctrl-C that comes between the prompt and the read
+    then ends the wait at once, where a blocking read would hold its handler until
+    Enter (Python runs a signal's handler between two bytecodes)."""
+    try:
+        fd = sys.stdin.fileno()
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        return console.input(prompt)  # not a file: nothing to wait for
+    console.print(prompt, end="", markup=False, highlight=False)
+    while not select.select([fd], [], [], 0.1)[0]:
+        pass
+    return sys.stdin.readline()
 
 
 def send(
