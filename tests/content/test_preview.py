@@ -50,6 +50,17 @@ def test_labels_say_what_a_variant_is() -> None:
     assert VariantKey("en", None).title == "en · no access block"
 
 
+def test_a_topic_label_is_file_safe_and_tells_topics_apart() -> None:
+    """A topic's label goes into preview file names: what is not safe there is replaced,
+    and two topics told apart only by the replaced characters keep apart labels."""
+    assert VariantKey("en", topics=frozenset({"product-news"})).label == "en+product-news"
+    slash = VariantKey("en", topics=frozenset({"a/b"})).label
+    space = VariantKey("en", topics=frozenset({"a b"})).label
+    assert slash != space
+    for label in (slash, space):
+        assert re.fullmatch(r"en\+a-b-[0-9a-f]{6}", label), label
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("entry_id", SAMPLE_ENTRIES)
 def test_gallery_shows_every_variant_whole(project: Path, tmp_path: Path, entry_id: str) -> None:

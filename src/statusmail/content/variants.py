@@ -3,6 +3,7 @@ made-up recipient a variant is built for in previews and checks (``probe_recipie
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 
@@ -46,7 +47,10 @@ class VariantKey:
         if self.region is not None:
             label = f"{self.locale}-{self.region}" + ("" if self.access else "-links")
         for topic in sorted(self.topics or ()):
-            label += "+" + _UNSAFE_IN_LABEL.sub("-", topic)
+            safe = _UNSAFE_IN_LABEL.sub("-", topic)
+            if safe != topic:  # two topics told apart only by what was replaced stay apart
+                safe += "-" + hashlib.sha256(topic.encode()).hexdigest()[:6]
+            label += "+" + safe
         return label
 
     @property
