@@ -4,17 +4,15 @@ whose webhooks ``serve`` answers; each a dataclass and the parser of that sectio
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from statusmail.project.fields import Fields
-from statusmail.project.secrets import read_secret
-from statusmail.project.sending import SECURITIES, share
+from statusmail.project.sending import SECURITIES, LoginServer, share
 
 
 @dataclass(frozen=True)
-class ImapSettings:
+class ImapSettings(LoginServer):
     """The IMAP mailbox ``statusmail feedback`` reads bounces from."""
 
     host: str = "localhost"
@@ -25,13 +23,6 @@ class ImapSettings:
     folder: str = "INBOX"
     timeout: float = 30.0
     ca_file: Path | None = None  # trust this CA bundle instead of the system's
-
-    @property
-    def server(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    def password(self, environ: Mapping[str, str] | None = None) -> str | None:
-        return read_secret(self.password_env, environ)
 
 
 @dataclass(frozen=True)

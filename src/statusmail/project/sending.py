@@ -15,8 +15,24 @@ from statusmail.project.secrets import read_secret
 SECURITIES = ("starttls", "tls", "none")
 
 
+class LoginServer:
+    """What the SMTP relay's and the IMAP mailbox's settings share: ``host:port`` as logs
+    and errors name it, and the password read from the variable (or file) they name."""
+
+    host: str
+    port: int
+    password_env: str
+
+    @property
+    def server(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def password(self, environ: Mapping[str, str] | None = None) -> str | None:
+        return read_secret(self.password_env, environ)
+
+
 @dataclass(frozen=True)
-class SmtpSettings:
+class SmtpSettings(LoginServer):
     host: str = "localhost"
     port: int = 587
     security: str = "starttls"  # starttls | tls | none
@@ -28,13 +44,6 @@ class SmtpSettings:
     # The relay's per-session limit: a connection starts a new session after this many
     # messages. None: learnt from the relay's first "too many" reply.
     max_messages_per_connection: int | None = None
-
-    @property
-    def server(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    def password(self, environ: Mapping[str, str] | None = None) -> str | None:
-        return read_secret(self.password_env, environ)
 
 
 @dataclass(frozen=True)
