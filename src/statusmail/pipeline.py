@@ -33,7 +33,7 @@ from statusmail.delivery.engine import Engine, OnOutcome, RunResult
 from statusmail.delivery.stream import Stream
 from statusmail.delivery.takeover import Selection, take_selection
 from statusmail.delivery.transport import Transport
-from statusmail.delivery.waiting import Waiting, interrupter
+from statusmail.delivery.waiting import Waiting, import_shown, interrupter
 from statusmail.domain import Entry, ExitCode, mask_address
 from statusmail.errors import ConnectError, InputError, LedgerError, Problem, StatusmailError
 from statusmail.ledger import (
@@ -45,7 +45,6 @@ from statusmail.ledger import (
     controls,
     run_lock,
 )
-from statusmail.ledger.importing import import_lists
 from statusmail.ledger.queue import worker_name
 from statusmail.ledger.staging import SelectionLost
 from statusmail.ledger.subscribers import Imported
@@ -224,9 +223,9 @@ def start(prepared: Prepared, held: Held, request: Request) -> Started:
     stats = SelectionStats()
     if held.shared and ledger.selection_leased(entry.id):
         return _joined(entry, stats)
-    folder = prepared.config.paths.subscribers
-    with _waiting(prepared, held, request, "importing", f"importing {folder}", noun="rows") as wait:
-        imported = import_lists(ledger, folder, told=wait.now)
+    imported = import_shown(
+        ledger, prepared.config.paths.subscribers, console=request.console, entry=entry.id
+    )
     made_from = intake.basis(prepared, ledger, imported)
     if request.confirm is None:
         if ledger.selection_basis(entry.id) == made_from:

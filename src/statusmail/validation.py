@@ -28,7 +28,6 @@ from statusmail.domain import Entry
 from statusmail.errors import ConfigError, InputError, LedgerError, Problem, StatusmailError
 from statusmail.ledger import Ledger
 from statusmail.ledger import exists as ledger_exists
-from statusmail.ledger.importing import import_lists
 from statusmail.ledger.subscribers import ImportRefused, read_groups, read_problems
 from statusmail.project.config import Config
 from statusmail.project.editions import (
@@ -371,7 +370,7 @@ def _read_lists(config: Config) -> tuple[list[Group], list[RowProblem]]:
     """The lists as groups (``selection.Tally``) and row problems: from the ledger's
     import when there is a ledger (imported first if the files changed; nothing read if
     not), else, or when a file is broken, read here."""
-    from statusmail.delivery.waiting import Waiting, interrupter, log_terminal
+    from statusmail.delivery.waiting import import_shown, log_terminal
 
     target, folder = config.paths.ledger, config.paths.subscribers
     if ledger_exists(target):
@@ -379,15 +378,7 @@ def _read_lists(config: Config) -> tuple[list[Group], list[RowProblem]]:
             with Ledger(target) as ledger:
                 # A changed million-row list takes half a minute: shown while it lasts
                 # (check's report is on stdout, so the line goes where the log goes).
-                wait = Waiting(
-                    "importing",
-                    f"importing {folder}",
-                    noun="rows",
-                    console=log_terminal(),
-                    interrupt=interrupter(ledger),
-                )
-                with wait:
-                    imported = import_lists(ledger, folder, told=wait.now)
+                imported = import_shown(ledger, folder, console=log_terminal())
                 return read_groups(ledger, imported.id), read_problems(ledger, imported.id)
         except (ImportRefused, LedgerError):
             pass  # read here: every problem of the files, with their lines

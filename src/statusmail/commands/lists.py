@@ -173,20 +173,13 @@ def ledger_migrate(config: Config, console: Console) -> ExitCode:
 def import_subscribers(config: Config, *, force: bool, as_json: bool, console: Console) -> ExitCode:
     """``statusmail import``: the lists into the ledger, if they changed since the last
     import (or ``force``); a broken file refuses the import (exit 1), the last good one stays."""
-    from statusmail.delivery.waiting import Waiting, interrupter, log_terminal
-    from statusmail.ledger.importing import import_lists
+    from statusmail.delivery.waiting import import_shown, log_terminal
 
-    folder = config.paths.subscribers
     with Ledger(config.paths.ledger) as ledger:
-        wait = Waiting(
-            "importing",
-            f"importing {folder}",
-            noun="rows",
-            console=log_terminal(),  # ``console`` is stdout: the counts
-            interrupt=interrupter(ledger),
+        # (``console`` is stdout, the counts: the wait goes where the log goes)
+        imported = import_shown(
+            ledger, config.paths.subscribers, console=log_terminal(), force=force
         )
-        with wait:
-            imported = import_lists(ledger, folder, force=force, told=wait.now)
     for problem in imported.problems:
         log.warning("skipped: %s", problem)
     if as_json:

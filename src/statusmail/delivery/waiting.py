@@ -25,6 +25,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -35,6 +36,8 @@ from statusmail import signals
 from statusmail.errors import Interrupted
 from statusmail.ledger import Ledger
 from statusmail.ledger.database import SqliteDatabase
+from statusmail.ledger.importing import import_lists
+from statusmail.ledger.subscribers import Imported
 from statusmail.signals import STOP_SIGNALS
 
 log = logging.getLogger("statusmail")
@@ -79,6 +82,28 @@ def log_terminal() -> Console | None:
         if isinstance(handler, RichHandler) and handler.console.is_terminal:
             return handler.console
     return None
+
+
+def import_shown(
+    ledger: Ledger,
+    folder: Path,
+    *,
+    console: Console | None,
+    entry: str | None = None,
+    force: bool = False,
+) -> Imported:
+    """``import_lists``, its wait shown (the file and the rows read so far) and ended at
+    once by a signal: for ``send``, ``check`` and ``statusmail import`` alike."""
+    wait = Waiting(
+        "importing",
+        f"importing {folder}",
+        noun="rows",
+        console=console,
+        entry=entry,
+        interrupt=interrupter(ledger),
+    )
+    with wait:
+        return import_lists(ledger, folder, force=force, told=wait.now)
 
 
 class Waiting:
