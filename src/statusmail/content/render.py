@@ -38,6 +38,7 @@ from statusmail.domain import Entry
 from statusmail.errors import Problem, RenderError
 from statusmail.project.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES
 from statusmail.project.regions import Region
+from statusmail.project.selection import chosen_topics
 
 _LINE_BREAKS = re.compile(r"[ \t]*[\r\n]+[ \t]*")  # a subject is one line
 _COUNT_BEFORE_WORD = re.compile(r"(%\((?:num|count)\)[sd]) (?=\w)")
@@ -189,11 +190,8 @@ class Renderer:
         those of the entry's they chose (``Recipient.topics``): kept only when they are
         some of the topics of an entry for several, not all."""
         treated, access = self.treatment(entry, region)
-        own = entry.audience.topics
-        topics = own & topics if own is not None and topics is not None else None
-        if not topics or topics == own:
-            topics = None  # the entry's own
-        return VariantKey(locale, treated, access, bool(name), topics)
+        chosen = None if topics is None else chosen_topics(entry, topics)
+        return VariantKey(locale, treated, access, bool(name), chosen)
 
     def variant_keys(self, entry: Entry) -> list[VariantKey]:
         """Every locale × regional treatment the entry can produce (named greeting);

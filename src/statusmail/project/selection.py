@@ -131,16 +131,16 @@ def select(
             )
         locale, fallback = resolve_locale(raw_locale, item.region, default_locale_by_region)
         reached = audience.matches(item.region, topics, locale)
-        if item.status != SubscriberStatus.ACTIVE or key in suppressed:
+        active = item.status == SubscriberStatus.ACTIVE
+        if not active or key in suppressed:
             # Counted only when the entry's audience has them: "3 inactive" in a report
             # means three of its readers, not three anywhere in the lists.
-            why = item.status if item.status != SubscriberStatus.ACTIVE else "suppressed"
-            if reached and why == "suppressed":
+            if reached and active:
                 stats.suppressed += 1
             elif reached:
                 stats.inactive += 1
             if inactive:
-                yield Inactive(key, why)
+                yield Inactive(key, "suppressed" if active else item.status)
             continue
         if not reached:
             continue
