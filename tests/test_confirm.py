@@ -4,12 +4,7 @@ Ctrl-C cancels at once."""
 
 from __future__ import annotations
 
-import os
-import pty
-import re
-import select
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -25,84 +20,27 @@ from conftest import (
     recipient,
     serving,
 )
+from pty_helpers import Terminal
 from statusmail.project.tokens import Keyring, unsubscribe_token
 
-PROMPT = b"Type yes to send"
+PROMPT = "Type yes to send"
 
 
-class Terminal:
-    """``statusmail send`` on a pseudo-terminal, as a person runs it. Use it as a context
-    manager: on leaving, a program still running is killed and the terminal closed."""
-
-    def __init__(self, config: Path, *args: str) -> None:
-        self.main_fd, child_fd = pty.openpty()
-        self.process = subprocess.Popen(
-            command(config, "send", UPDATE, "--rate", "0", *args),
-            stdin=child_fd,
-            stdout=child_fd,
-            stderr=child_fd,
-            close_fds=True,
-            env=clean_environ(COLUMNS="200", STATUSMAIL_UNSUBSCRIBE_SECRET=SECRET),
-        )
-        os.close(child_fd)
-        self.output = b""
-
-    def read_until(self, wanted: bytes, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while wanted not in self.output:
-            assert time.monotonic() < deadline, self.text()
-            ready, _, _ = select.select([self.main_fd], [], [], 0.2)
-            if ready:
-                try:
-                    chunk = os.read(self.main_fd, 4096)
-                except OSError:
-                    chunk = b""
-                assert chunk, f"the program ended before {wanted!r}: {self.text()}"
-                self.output += chunk
-
-    def type(self, line: str) -> None:
-        os.write(self.main_fd, line.encode() + b"\n")
-
-    def finish(self, timeout: float = 30) -> int:
-        deadline = time.monotonic() + timeout
-        while self.process.poll() is None and time.monotonic() < deadline:
-            ready, _, _ = select.select([self.main_fd], [], [], 0.2)
-            if ready:
-                try:
-                    self.output += os.read(self.main_fd, 4096)
-                except OSError:
-                    break
-        code = self.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        self.close()
-        return code
-
-    def close(self) -> None:
-        if self.main_fd >= 0:
-            os.close(self.main_fd)
-            self.main_fd = -1
-
-    def __enter__(self) -> Terminal:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        self.close()
-
-    def text(self) -> str:
-        return " ".join(
-            re.sub(r"\x1b\[[0-9;]*m", "", self.output.decode("utf-8", "replace")).split()
-        )
+def on_terminal(config: Path, *args: str) -> Terminal:
+    """``statusmail send`` of the April update on a pseudo-terminal."""
+    return Terminal(
+        command(config, "send", UPDATE, "--rate", "0", *args),
+        clean_environ(COLUMNS="200", STATUSMAIL_UNSUBSCRIBE_SECRET=SECRET),
+    )
 
 
 def run_on_terminal(config: Path, answer: str) -> tuple[int, str]:
     """Run ``send`` on a terminal and type ``answer`` at the prompt."""
-    with Terminal(config) as terminal:
+    with on_terminal(config) as terminal:
         terminal.read_until(PROMPT)
         terminal.type(answer)
         code = terminal.finish()
-    return code, terminal.text()
+    return code, terminal.words()
 
 
 def test_a_terminal_is_asked_and_no_sends_nothing(project: Path) -> None:
@@ -118,7 +56,7 @@ def test_a_terminal_is_asked_and_no_sends_nothing(project: Path) -> None:
 def test_while_the_prompt_waits_nothing_is_locked(project: Path) -> None:
     """Suppressing an address and a one-click unsubscribe each finish within 2 s while a
     person reads the prompt, and the run that follows respects both."""
-    with Terminal(project) as terminal:
+    with on_terminal(project) as terminal:
         terminal.read_until(PROMPT)
 
         started = time.monotonic()
@@ -142,14 +80,14 @@ def test_while_the_prompt_waits_nothing_is_locked(project: Path) -> None:
             assert time.monotonic() - started < 2
 
         terminal.type("yes")
-        assert terminal.finish() == 0, terminal.text()
+        assert terminal.finish() == 0, terminal.words()
     recipients = {recipient(message) for message in outbox_messages(project)}
     assert len(recipients) == 12
     assert not any("anna.petrova" in r or "ivan.smirnov" in r for r in recipients)
 
 
 def test_ctrl_c_at_the_prompt_cancels_at_once(project: Path) -> None:
-    with Terminal(project) as terminal:
+    with on_terminal(project) as terminal:
         # At once: a signal between the prompt's last byte and the read of the answer
         # ends the wait too (read in steps, not one blocking read).
         terminal.read_until(PROMPT)
@@ -157,6 +95,6 @@ def test_ctrl_c_at_the_prompt_cancels_at_once(project: Path) -> None:
         terminal.process.send_signal(signal.SIGINT)
         code = terminal.finish(timeout=5)
     assert time.monotonic() - started < 2
-    assert code == 4, terminal.text()
-    assert "interrupted by SIGINT before delivery: nothing was sent" in terminal.text()
+    assert code == 4, terminal.words()
+    assert "interrupted by SIGINT before delivery: nothing was sent" in terminal.words()
     assert not (project.parent / "outbox").exists()

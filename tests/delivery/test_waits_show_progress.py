@@ -9,12 +9,9 @@ import io
 import json
 import logging
 import os
-import pty
 import re
-import select
 import signal
 import sqlite3
-import subprocess
 import threading
 import time
 import timeit
@@ -26,6 +23,7 @@ from rich.console import Console
 
 from conftest import SECRET, UPDATE, clean_environ, command, spawn
 from import_helpers import seeded_list
+from pty_helpers import Terminal
 from statusmail import signals
 from statusmail.delivery import waiting
 from statusmail.delivery.report import ProgressReporter
@@ -205,54 +203,6 @@ def test_sigterm_ends_a_long_query_at_once_and_the_ledger_goes_on(
 # -- the real command, a real process ----------------------------------------------------
 
 
-class Terminal:
-    """A command on a pseudo-terminal: what it drew, and the process."""
-
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.main_fd, child_fd = pty.openpty()
-        self.process = subprocess.Popen(
-            args, stdin=child_fd, stdout=child_fd, stderr=child_fd, close_fds=True, env=env
-        )
-        os.close(child_fd)
-        self.output = b""
-
-    def _read(self, timeout: float) -> bool:
-        ready, _, _ = select.select([self.main_fd], [], [], timeout)
-        if ready:
-            try:
-                chunk = os.read(self.main_fd, 65536)
-            except OSError:
-                chunk = b""
-            self.output += chunk
-            return bool(chunk)
-        return True
-
-    def read_until(self, pattern: str, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while not re.search(pattern, self.text()):
-            assert time.monotonic() < deadline, self.text()
-            assert self._read(0.05), f"the program ended before {pattern!r}: {self.text()}"
-
-    def finish(self, timeout: float = 10) -> int:
-        deadline = time.monotonic() + timeout
-        while self.process.poll() is None and time.monotonic() < deadline:
-            if not self._read(0.05):
-                break
-        return self.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-
-    def text(self) -> str:
-        return re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", self.output.decode("utf-8", "replace"))
-
-    def __enter__(self) -> Terminal:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        os.close(self.main_fd)
-
-
 def deliveries(project: Path) -> int:
     with sqlite3.connect(project.parent / "statusmail.db") as db:
         return int(db.execute("SELECT COUNT(*) FROM deliveries").fetchone()[0])
@@ -267,9 +217,9 @@ def test_send_on_a_terminal_shows_the_selection_before_its_prompt_and_ctrl_c_end
         terminal.read_until(rf"selecting {UPDATE}: [\d,]+ of {ROWS:,} subscribers")
         signalled = time.monotonic()
         terminal.process.send_signal(signal.SIGINT)
-        code = terminal.finish()
+        code = terminal.finish(timeout=10)
         took = time.monotonic() - signalled
-    said = " ".join(terminal.text().split())
+    said = terminal.words()
     assert code == 4, said
     assert took < 1, f"{took:.2f} s after SIGINT"
     assert "Type yes" not in said  # it was still selecting
