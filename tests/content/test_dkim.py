@@ -13,6 +13,7 @@ A key file statusmail cannot sign with is one line naming it, in ``check`` and `
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import hashlib
@@ -20,9 +21,8 @@ import re
 import shutil
 import signal
 import subprocess
-import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,10 +47,12 @@ from conftest import (
 )
 from delivery_helpers import point_at, send
 from smtp_server import RecordingServer
-from statusmail.content.message import Built, MessageFactory
+from statusmail.content.dkim_signing import DkimSigner
+from statusmail.content.message import MessageFactory
 from statusmail.content.render import Renderer
 from statusmail.content.variants import probe_recipient
-from statusmail.domain import Recipient
+from statusmail.delivery.engine import Engine, RunResult
+from statusmail.delivery.signing import SigningProcess
 from statusmail.project.config import load_config
 from statusmail.project.entries import find_entry
 from statusmail.project.regions import load_regions
@@ -282,20 +284,38 @@ def test_what_the_relay_receives_verifies(project: Path, keys: Keys, eight_bit_r
 
 
 @pytest.mark.parametrize("concurrency", [1, 3])
-def test_signed_messages_are_built_ahead_off_the_loop_and_each_goes_once(
+def test_signatures_are_made_by_the_signer_process_and_each_message_goes_once(
     project: Path, keys: Keys, concurrency: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With a key, each connection's next message is built (and signed) in a thread while
-    the current one is on the wire. The build is watched, not replaced: every message is
-    still the factory's, verifies with both verifiers, and goes to its recipient once."""
-    threads: list[str] = []
-    build = MessageFactory.build
+    """With a key, each message's signatures are made in the signer process, never in
+    the run's own (its key operations are watched, not replaced): every message is still
+    the factory's, verifies with both verifiers, and goes to its recipient once."""
+    here: list[int] = []  # key operations made in this process while it delivers
+    delivering: list[bool] = []
+    signatures, run = DkimSigner.signatures, Engine.run
 
-    def watched(self: MessageFactory, recipient: Recipient, *, eight_bit: bool = False) -> Built:
-        threads.append(threading.current_thread().name)
-        return build(self, recipient, eight_bit=eight_bit)
+    def watched(self: DkimSigner, digests: Sequence[bytes]) -> list[bytes]:
+        if delivering:  # (the checks of every variant before the run sign here)
+            here.append(len(digests))
+        return signatures(self, digests)
 
-    monkeypatch.setattr(MessageFactory, "build", watched)
+    async def running(self: Engine) -> RunResult:
+        delivering.append(True)
+        try:
+            return await run(self)
+        finally:
+            delivering.clear()
+
+    asked: list[int] = []
+    sign = SigningProcess.sign
+
+    def counted(self: SigningProcess, digests: Sequence[bytes]) -> asyncio.Future[list[bytes]]:
+        asked.append(len(digests))
+        return sign(self, digests)
+
+    monkeypatch.setattr(DkimSigner, "signatures", watched)
+    monkeypatch.setattr(Engine, "run", running)
+    monkeypatch.setattr(SigningProcess, "sign", counted)
     sign_with(project, keys)
     with RecordingServer() as server:
         point_at(project, server.port, concurrency=concurrency)
@@ -306,10 +326,8 @@ def test_signed_messages_are_built_ahead_off_the_loop_and_each_goes_once(
     assert len({m.rcpt_tos[0] for m in received}) == len(received) == UPDATE_AUDIENCE
     for message in received:
         assert_verifies(message.data, keys)
-    # the variants are rendered and checked before the run, in the loop; every message
-    # that was sent was built in a builder thread
-    sent_builds = [name for name in threads if name.startswith("statusmail-build")]
-    assert len(sent_builds) == UPDATE_AUDIENCE, threads
+    assert here == []
+    assert asked == [2] * UPDATE_AUDIENCE  # RSA and Ed25519, once for each message
 
 
 def test_a_message_built_ahead_but_not_sent_leaves_its_recipient_pending(

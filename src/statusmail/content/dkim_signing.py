@@ -22,7 +22,8 @@ import functools
 import hashlib
 import re
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -228,6 +229,25 @@ def load_ed25519_key(path: Path) -> Ed25519PrivateKey:
     return key
 
 
+@dataclass(frozen=True, slots=True)
+class Unsigned:
+    """A message whose signatures are still to be made: each signature's header up to
+    ``b=`` and the digest its key signs (``DkimSigner.signatures``: only the keys'
+    operations, which another process can do); ``signed`` puts them in."""
+
+    data: bytes
+    heads: tuple[bytes, ...]
+    digests: tuple[bytes, ...]
+
+    def signed(self, signatures: Sequence[bytes]) -> bytes:
+        """The message with its signature headers in front."""
+        out = [
+            head + _fold_b64(base64.b64encode(signature)) + b"\r\n"
+            for head, signature in zip(self.heads, signatures, strict=True)
+        ]
+        return b"".join(out) + self.data
+
+
 class DkimSigner:
     """Signs messages for ``settings``; the keys are read once (``ConfigError`` if bad)."""
 
@@ -242,7 +262,7 @@ class DkimSigner:
         pkcs1, prehashed = padding.PKCS1v15(), Prehashed(hashes.SHA256())
         # Each key's header up to t= (the rest is per message), and what signs a digest.
         self._signatures = [self._start(b"rsa-sha256", self.selector)]
-        self._signers: list[Callable[[bytes], bytes]] = [
+        signers: list[Callable[[bytes], bytes]] = [
             lambda digest: rsa_key.sign(digest, pkcs1, prehashed)
         ]
         if settings.ed25519_key_file is not None and settings.ed25519_selector:
@@ -250,7 +270,8 @@ class DkimSigner:
             self._signatures.append(
                 self._start(b"ed25519-sha256", settings.ed25519_selector.encode())
             )
-            self._signers.append(ed_key.sign)  # RFC 8463: PureEdDSA over the digest
+            signers.append(ed_key.sign)  # RFC 8463: PureEdDSA over the digest
+        self._signers = signers
         self._body_hashes: dict[Hashable, bytes] = {}
 
     @property
@@ -283,19 +304,30 @@ class DkimSigner:
             self._body_hashes[shared] = digest
         return digest
 
-    def sign(self, data: bytes, shared_body: Hashable | None = None) -> bytes:
-        """``data`` (a whole message: CRLF line ends, headers, an empty line, the body)
-        with its signatures in front; ``shared_body``: see ``body_hash``."""
+    def prepare(self, data: bytes, shared_body: Hashable | None = None) -> Unsigned:
+        """What signing ``data`` takes but the keys' operations: the canonical forms and
+        their hashes (``data``: a whole message, CRLF line ends, headers, an empty line,
+        the body; ``shared_body``: see ``body_hash``)."""
         head, _, body = data.partition(b"\r\n\r\n")
         headers = hashlib.sha256(_hashed_headers(header_fields(head + b"\r\n")))
         body_hash = self.body_hash(body, shared_body)
         tail = b" t=" + str(int(time.time())).encode() + b"; bh=" + body_hash + b";\r\n b="
-        out: list[bytes] = []
-        for start, sign in zip(self._signatures, self._signers, strict=True):
+        heads: list[bytes] = []
+        digests: list[bytes] = []
+        for start in self._signatures:
             unsigned = start + tail
             name, _, value = unsigned.partition(b":")
             hashed = headers.copy()  # the same signed headers, then this signature's own
             hashed.update(relaxed_header(name, value).removesuffix(b"\r\n"))
-            signature = base64.b64encode(sign(hashed.digest()))
-            out.append(unsigned + _fold_b64(signature) + b"\r\n")
-        return b"".join(out) + data
+            heads.append(unsigned)
+            digests.append(hashed.digest())
+        return Unsigned(data, tuple(heads), tuple(digests))
+
+    def signatures(self, digests: Sequence[bytes]) -> list[bytes]:
+        """Each key's signature of its digest (``Unsigned.digests``)."""
+        return [sign(digest) for sign, digest in zip(self._signers, digests, strict=True)]
+
+    def sign(self, data: bytes, shared_body: Hashable | None = None) -> bytes:
+        """``data`` with its signatures in front; see ``prepare``."""
+        unsigned = self.prepare(data, shared_body)
+        return unsigned.signed(self.signatures(unsigned.digests))

@@ -17,16 +17,17 @@ The envelope sender is the VERP return path when ``bounces.address`` is set.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import email.utils
 import hashlib
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.header import Header
 from urllib.parse import quote
 
-from statusmail.content.dkim_signing import DkimSigner
+from statusmail.content.dkim_signing import DkimSigner, Unsigned
 from statusmail.content.parts import BREAKS, SLOT, Part
 from statusmail.content.render import (
     GREETING_SLOT,
@@ -109,20 +110,33 @@ class _Variant:
 
 
 class Built:
-    """One recipient's message; ``rendered`` (the decoded parts) is made only if asked."""
+    """One recipient's message; ``rendered`` (the decoded parts) is made only if asked.
+    ``unsigned``: built with ``signed=False`` and a DKIM key, what its signatures need;
+    its data is the message without them until ``signed`` puts them in."""
 
-    __slots__ = ("_render", "envelope", "variant")
+    __slots__ = ("_render", "envelope", "unsigned", "variant")
 
     def __init__(
-        self, envelope: Envelope, variant: VariantKey, render: Callable[[], Rendered]
+        self,
+        envelope: Envelope,
+        variant: VariantKey,
+        render: Callable[[], Rendered],
+        unsigned: Unsigned | None = None,
     ) -> None:
         self.envelope = envelope
         self.variant = variant
         self._render = render
+        self.unsigned = unsigned
 
     @property
     def rendered(self) -> Rendered:
         return self._render()
+
+    def signed(self, signatures: Sequence[bytes]) -> Built:
+        """This message with its signatures (``DkimSigner.signatures``) put in."""
+        assert self.unsigned is not None
+        data = self.unsigned.signed(signatures)
+        return Built(dataclasses.replace(self.envelope, data=data), self.variant, self._render)
 
 
 class MessageFactory:
@@ -228,9 +242,11 @@ class MessageFactory:
             )
         return self._variants[key]
 
-    def build(self, recipient: Recipient, *, eight_bit: bool = False) -> Built:
+    def build(self, recipient: Recipient, *, eight_bit: bool = False, signed: bool = True) -> Built:
         """One recipient's message, signed. ``eight_bit``: the connection it goes out on
-        takes 8-bit bodies (a relay offering 8BITMIME, the Maildir outbox)."""
+        takes 8-bit bodies (a relay offering 8BITMIME, the Maildir outbox). ``signed``
+        False: everything but the keys' operations, which ``Built.unsigned`` holds (for
+        a thread to do while the event loop goes on)."""
         entry = self.entry
         name = recipient.name
         key = self._key(recipient)
@@ -288,10 +304,13 @@ class MessageFactory:
             b"--\r\n",
         ]
         data = b"".join(parts)
+        unsigned = None
         if self.signer is not None:
             # A body without slots is the same for every recipient of the variant (in
             # each encoding): its hash is computed once.
-            data = self.signer.sign(data, None if variant.personal else (key, eight_bit))
+            unsigned = self.signer.prepare(data, None if variant.personal else (key, eight_bit))
+            if signed:
+                data, unsigned = unsigned.signed(self.signer.signatures(unsigned.digests)), None
         has_8bit = text_8bit or html_8bit
         envelope = Envelope(
             sender=self.envelope_sender(recipient),
@@ -304,7 +323,10 @@ class MessageFactory:
             seven_bit=(lambda: self.build(recipient).envelope) if has_8bit else None,
         )
         return Built(
-            envelope, key, lambda: self.renderer.render(entry, key, greeted, url, preferences)
+            envelope,
+            key,
+            lambda: self.renderer.render(entry, key, greeted, url, preferences),
+            unsigned,
         )
 
     def rehearse(self, recipient: Recipient) -> VariantKey:

@@ -57,9 +57,11 @@ class _Attempts:
 
 class Build(Protocol):
     """``MessageFactory.build``: one recipient's message, for a connection that takes
-    8-bit bodies or not."""
+    8-bit bodies or not; signed, or with what its signatures need (``Built.unsigned``)."""
 
-    def __call__(self, recipient: Recipient, *, eight_bit: bool = ...) -> Built: ...
+    def __call__(
+        self, recipient: Recipient, *, eight_bit: bool = ..., signed: bool = ...
+    ) -> Built: ...
 
 
 class Delivering:
@@ -90,7 +92,7 @@ class Delivering:
         built: asyncio.Future[Built] | None = None,
     ) -> tuple[Outcome, DeliveryError | None] | None:
         """The outcome, and the error that decided it, if one did; None when the claim
-        was lost to another sender. ``built``: its message, being built in a thread."""
+        was lost to another sender. ``built``: its message, being signed in a thread."""
         tally = _Attempts(recipient.attempts)
         try:
             return await self._deliver(conn, recipient, ready, tally, built)

@@ -1,0 +1,92 @@
+"""The DKIM signer process (``delivery/signing.py``) when it fails: killed in the middle
+of a run, or unable to read its key. Either way the run stops in one line that names
+the signer, what was recorded stands, and the next run sends the rest: nobody is lost
+and nobody gets a message twice."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from conftest import UPDATE_AUDIENCE
+from delivery_helpers import ledger_rows, point_at, send
+from smtp_server import RecordingServer
+from statusmail.delivery.signing import SigningProcess
+from statusmail.errors import BuildError
+from statusmail.project.sending import DkimSettings
+
+KILL_AT = 4  # the signer is killed when it is asked for this message's signatures
+
+
+def _rsa_pem() -> bytes:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def test_a_signer_killed_mid_run_stops_it_in_one_line_and_the_next_run_sends_the_rest(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (project.parent / "dkim.key").write_bytes(_rsa_pem())
+    with project.open("a", encoding="utf-8") as handle:
+        handle.write("dkim: {domain: startmail.example, selector: status, key_file: dkim.key}\n")
+    asked: list[int] = []
+    sign = SigningProcess.sign
+
+    def killing(self: SigningProcess, digests: Sequence[bytes]) -> asyncio.Future[list[bytes]]:
+        asked.append(len(digests))
+        if len(asked) == KILL_AT and self._process is not None:
+            os.kill(self._process.pid, signal.SIGKILL)  # a real kill: the fault injected
+        return sign(self, digests)
+
+    with RecordingServer() as server:
+        point_at(project, server.port, concurrency=1)
+        monkeypatch.setattr(SigningProcess, "sign", killing)
+        code, _, stderr = send(project)
+        monkeypatch.undo()
+        lines = stderr.strip().splitlines()
+        assert code != 0 and "Traceback" not in stderr, stderr
+        assert any("DKIM signer" in line for line in lines), lines
+        sent_first = len(server.messages)
+        assert sent_first < KILL_AT <= len(asked)  # stopped: nothing after the kill went
+        rows = ledger_rows(project)
+        assert sum(r["status"] == "sent" for r in rows.values()) == sent_first
+        code, second, stderr = send(project)
+        received = [m.rcpt_tos[0] for m in server.messages]
+    assert code == 0, stderr
+    assert second["counts"]["sent"] == UPDATE_AUDIENCE
+    assert len(received) == len(set(received)) == UPDATE_AUDIENCE
+
+
+def test_a_signer_that_cannot_read_its_key_fails_each_message_with_the_reason(
+    tmp_path: Path,
+) -> None:
+    """The run checks the key before it starts; should the file go before the signer
+    reads it, the signer says why, once, and every message asked of it fails with it."""
+
+    async def ask() -> list[BaseException | list[bytes]]:
+        signer = SigningProcess(DkimSettings("startmail.example", "status", tmp_path / "gone"))
+        await signer.start()
+        try:
+            futures = [signer.sign([bytes(32)]) for _ in range(3)]
+            done = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 30)
+            later = await asyncio.gather(signer.sign([bytes(32)]), return_exceptions=True)
+            return [*done, *later]
+        finally:
+            await signer.close()
+
+    outcomes = asyncio.run(ask())
+    assert len(outcomes) == 4
+    for outcome in outcomes:
+        assert isinstance(outcome, BuildError), outcome
+        assert "DKIM signer" in str(outcome) and "cannot read the DKIM key" in str(outcome)
