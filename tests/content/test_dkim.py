@@ -31,6 +31,8 @@ import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import (
     BLOCK,
@@ -47,7 +49,7 @@ from conftest import (
 )
 from delivery_helpers import point_at, send
 from smtp_server import RecordingServer
-from statusmail.content.dkim_signing import DkimSigner
+from statusmail.content.dkim_signing import DkimSigner, relaxed_body, relaxed_header
 from statusmail.content.message import MessageFactory
 from statusmail.content.render import Renderer
 from statusmail.content.variants import probe_recipient
@@ -149,6 +151,23 @@ def _relaxed_body(body: bytes) -> bytes:
     body = re.sub(rb"[ \t]+", b" ", re.sub(rb"[ \t]+\r\n", b"\r\n", body))
     body = re.sub(rb"(\r\n)*\Z", b"", body)
     return body + b"\r\n" if body else b""
+
+
+LINES = st.lists(st.text(alphabet=" \tab.é", max_size=12).map(str.encode), max_size=8)
+
+
+@settings(max_examples=400, deadline=None)
+@given(LINES, st.booleans())
+def test_the_signers_canonical_forms_are_the_regular_expressions(
+    lines: list[bytes], ends_with_crlf: bool
+) -> None:
+    """statusmail's bytes-method canonicalization (runs found with ``find``) against the
+    second verifier's regular expressions: any mix of spaces, tabs, runs at a line's
+    start and end, empty lines at the end, a body without a final CRLF."""
+    body = b"\r\n".join(lines) + (b"\r\n" if ends_with_crlf else b"")
+    assert relaxed_body(body) == _relaxed_body(body)
+    value = b"\r\n ".join(lines)  # folded as a header value is
+    assert relaxed_header(b"Subject ", value) == _relaxed_field(b"Subject ", value) + b"\r\n"
 
 
 def _public_key(record: bytes) -> rsa.RSAPublicKey | ed25519.Ed25519PublicKey:

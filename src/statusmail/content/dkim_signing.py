@@ -60,20 +60,39 @@ _FOLD = re.compile(rb"\r\n(?=[ \t])")
 
 
 def _one_space(data: bytes) -> bytes:
-    """``data`` with every run of WSP (SP, HTAB) made one SP. Bytes methods, not a
-    regular expression: they run at memory speed, a regex about 20x slower."""
+    """``data`` with every run of WSP (SP, HTAB) made one SP. Runs are few in a message
+    (indentation), so each is found with ``find`` and the pieces between are joined
+    once: a regular expression is about 20x slower, and ``replace`` copies the whole
+    body at every pass."""
     if b"\t" in data:
         data = data.replace(b"\t", b" ")
-    while b"  " in data:
-        data = data.replace(b"  ", b" ")
-    return data
+    return _cut(data, b"  ", 1)
+
+
+def _cut(data: bytes, needle: bytes, keep: int) -> bytes:
+    """``data`` with every run of spaces that starts with ``needle`` cut to its first
+    ``keep`` octets, spaces and all (``needle`` is spaces, then what ends the run)."""
+    start = data.find(needle)
+    if start < 0:
+        return data
+    pieces: list[bytes] = []
+    end = 0
+    while start >= 0:
+        stop = start + 1
+        while data[stop : stop + 1] == b" ":
+            stop += 1
+        pieces.append(data[end : start + keep])
+        end = stop
+        start = data.find(needle, stop)
+    pieces.append(data[end:])
+    return b"".join(pieces)
 
 
 def relaxed_body(body: bytes) -> bytes:
     """RFC 6376 3.4.4: whitespace runs become one space, none is left at a line's end,
     empty lines at the end go, and a non-empty body ends with CRLF. (``body`` has CRLF
     line ends only, as every message statusmail builds.)"""
-    body = _one_space(body).replace(b" \r\n", b"\r\n")
+    body = _cut(_one_space(body), b" \r\n", 0)
     end = len(body)
     while body.endswith(b"\r\n\r\n", 0, end):
         end -= 2
