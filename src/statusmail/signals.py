@@ -36,6 +36,8 @@ received: list[int] = []
 # since the exception can rise at the first instruction of the very ``__exit__`` or
 # ``finally`` that would have.
 _undo: list[Callable[[], None]] = []
+# Inside ``raise_on_signal``: a running loop's own signal handling is set aside.
+blocking: list[bool] = []
 
 
 def _raise(signum: int, _frame: FrameType | None) -> None:
@@ -64,6 +66,25 @@ def install() -> None:
 
 def name(signum: int) -> str:
     return signal.Signals(signum).name
+
+
+@contextmanager
+def raise_on_signal() -> Iterator[None]:
+    """A synchronous stretch inside a running event loop (``watch`` importing a large
+    list, say), which the loop cannot interrupt: its handlers run only once the stretch
+    returns. Here SIGINT and SIGTERM raise ``Interrupted`` where the program is, as
+    outside a loop, and a ``Waiting`` may take the wakeup descriptor to end a long query
+    (``blocking``)."""
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    blocking.append(True)
+    try:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, _raise)
+        yield
+    finally:
+        blocking.pop()
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, previous[sig])
 
 
 @contextmanager

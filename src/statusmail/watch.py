@@ -236,7 +236,10 @@ class Watcher(Readiness, Leadership, Background, Bookkeeping):
                 self._run_stop.set()
             request = pipeline.Request()
             with pipeline.open_ledger(config, entry.id) as held:
-                started = pipeline.start(prepared, held, request)
+                # Importing and checking a large list blocks the loop for seconds: a
+                # signal meanwhile ends it where it is, as in ``send``.
+                with signals.raise_on_signal():
+                    started = pipeline.start(prepared, held, request)
                 self.metrics.start_sending(entry.id, held.ledger.counts(entry.id)["pending"])
                 report = await pipeline.finish(
                     prepared,

@@ -5,6 +5,7 @@ inside a long query too, with nothing half recorded."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -198,6 +199,53 @@ def test_sigterm_ends_a_long_query_at_once_and_the_ledger_goes_on(
         assert ledger.database.execute("SELECT 1") == [(1,)]  # interrupted no longer
     assert took < waiting.LOG_AFTER + 1, f"{took:.2f} s"
     assert signal.set_wakeup_fd(-1) == -1  # given back
+
+
+def test_inside_an_event_loop_a_synchronous_wait_still_ends_within_a_second(
+    tmp_path: Path, quick: None, records: Records
+) -> None:
+    """``watch`` runs ``pipeline.start`` (the import, the audience checks: seconds at a
+    million rows) in its event loop's thread, where the loop cannot run its signal
+    handlers until it returns. Inside ``signals.raise_on_signal`` SIGTERM raises there
+    and then, the long query is interrupted, and afterwards the loop has its signals
+    back: the next SIGTERM calls the loop's handler, as before."""
+    slow = (
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 30000000)"
+        " SELECT COUNT(*) FROM n"
+    )
+
+    async def watch_like(ledger: Ledger) -> tuple[float, list[str]]:
+        stopped = asyncio.Event()
+        said: list[str] = []
+
+        def signal_once_it_shows() -> None:
+            records.wait_for(1)  # the wait's first line: the query runs
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        with signals.stop_on_signal(lambda: (said.append("loop"), stopped.set())):
+            sender = threading.Thread(target=signal_once_it_shows)
+            sender.start()
+            started = time.monotonic()
+            try:
+                with (
+                    signals.raise_on_signal(),
+                    Waiting("checking", "checking e1", interrupt=interrupter(ledger)),
+                ):
+                    ledger.database.execute(slow)
+            except Interrupted as exc:
+                said.append(signals.name(exc.signum))
+            took = time.monotonic() - started
+            sender.join()
+            os.kill(os.getpid(), signal.SIGTERM)  # the loop's again
+            await asyncio.wait_for(stopped.wait(), 5)
+        return took, said
+
+    with Ledger(tmp_path / "statusmail.db") as ledger:
+        took, said = asyncio.run(watch_like(ledger))
+        assert ledger.database.execute("SELECT 1") == [(1,)]  # interrupted no longer
+    assert said == ["SIGTERM", "loop"]
+    assert took < waiting.LOG_AFTER + 1, f"{took:.2f} s"
+    signals.received.clear()
 
 
 # -- the real command, a real process ----------------------------------------------------

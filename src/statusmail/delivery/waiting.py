@@ -139,6 +139,7 @@ class Waiting:
         self._log_at = self.started + LOG_AFTER
         self._pipe: tuple[int, int] | None = None
         self._woken_by_signals = False
+        self._wakeup_before = -1  # the descriptor signals woke before this wait took it
         self._thread: threading.Thread | None = None
 
     # -- what the caller does --------------------------------------------------------
@@ -195,16 +196,19 @@ class Waiting:
 
     def _wake_on_signals(self, fd: int) -> bool:
         """Have a stop signal wake the thread even while this one is inside a query
-        (only the main thread may, and only where no event loop has the signals)."""
+        (only the main thread may, and only where no event loop has the signals, or
+        where the loop's handling is set aside: ``signals.raise_on_signal``)."""
         if self._interrupt is None or threading.current_thread() is not threading.main_thread():
             return False
-        with contextlib.suppress(RuntimeError):  # RuntimeError: no loop runs here
-            asyncio.get_running_loop()
-            return False
+        if not signals.blocking:
+            with contextlib.suppress(RuntimeError):  # RuntimeError: no loop runs here
+                asyncio.get_running_loop()
+                return False
         before = signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
-        if before != -1:  # someone else's: leave it be
+        if before != -1 and not signals.blocking:  # someone else's: leave it be
             signal.set_wakeup_fd(before)
             return False
+        self._wakeup_before = before  # the loop's, given back when the wait ends
         return True
 
     def _end(self) -> None:
@@ -215,7 +219,7 @@ class Waiting:
         self._ended = True
         if self._woken_by_signals:
             self._woken_by_signals = False
-            signal.set_wakeup_fd(-1)
+            signal.set_wakeup_fd(self._wakeup_before, warn_on_full_buffer=False)
         pipe, self._pipe = self._pipe, None
         if pipe is not None:
             with contextlib.suppress(OSError):
