@@ -222,7 +222,11 @@ def test_inside_an_event_loop_a_synchronous_wait_still_ends_within_a_second(
             records.wait_for(1)  # the wait's first line: the query runs
             os.kill(os.getpid(), signal.SIGTERM)
 
-        with signals.stop_on_signal(lambda: (said.append("loop"), stopped.set())):
+        def loops_own() -> None:
+            said.append("loop")
+            stopped.set()
+
+        with signals.stop_on_signal(loops_own):
             sender = threading.Thread(target=signal_once_it_shows)
             sender.start()
             started = time.monotonic()
