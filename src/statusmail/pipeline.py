@@ -351,7 +351,7 @@ async def finish(
         progress=progress,
         on_idle=selection.take_over,
         controls=controls.asker(ledger, entry_id),
-        signing=prepared.config.dkim if prepared.factory.signer is not None else None,
+        signing=prepared.factory.signer,
     )
     selection.engine = engine
     selection.begin()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Hashable
 from pathlib import Path
 
 import pytest
@@ -18,7 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from conftest import UPDATE_AUDIENCE
 from delivery_helpers import ledger_rows, point_at, send
 from smtp_server import RecordingServer
-from statusmail.delivery.signing import SigningProcess
+from statusmail.content.dkim_signing import DkimSigner
+from statusmail.delivery.signing import BEHIND, SigningProcess
 from statusmail.errors import BuildError
 from statusmail.project.sending import DkimSettings
 
@@ -43,11 +44,13 @@ def test_a_signer_killed_mid_run_stops_it_in_one_line_and_the_next_run_sends_the
     asked: list[int] = []
     sign = SigningProcess.sign
 
-    def killing(self: SigningProcess, digests: Sequence[bytes]) -> asyncio.Future[list[bytes]]:
-        asked.append(len(digests))
+    def killing(
+        self: SigningProcess, data: bytes, shared_body: Hashable | None = None
+    ) -> asyncio.Future[bytes]:
+        asked.append(len(data))
         if len(asked) == KILL_AT and self._process is not None:
             os.kill(self._process.pid, signal.SIGKILL)  # a real kill: the fault injected
-        return sign(self, digests)
+        return sign(self, data, shared_body)
 
     with RecordingServer() as server:
         point_at(project, server.port, concurrency=1)
@@ -71,22 +74,27 @@ def test_a_signer_killed_mid_run_stops_it_in_one_line_and_the_next_run_sends_the
 def test_a_signer_that_cannot_read_its_key_fails_each_message_with_the_reason(
     tmp_path: Path,
 ) -> None:
-    """The run checks the key before it starts; should the file go before the signer
+    """The run reads the key before it starts; should the file go before the signer
     reads it, the signer says why, once, and every message asked of it fails with it."""
+    key_file = tmp_path / "dkim.key"
+    key_file.write_bytes(_rsa_pem())
+    checked = DkimSigner(DkimSettings("startmail.example", "status", key_file))
+    key_file.unlink()
+    message = b"From: a@startmail.example\r\nSubject: x\r\n\r\nbody\r\n"
 
-    async def ask() -> list[BaseException | list[bytes]]:
-        signer = SigningProcess(DkimSettings("startmail.example", "status", tmp_path / "gone"))
+    async def ask() -> list[BaseException | bytes]:
+        signer = SigningProcess(checked)
         await signer.start()
         try:
-            futures = [signer.sign([bytes(32)]) for _ in range(3)]
+            futures = [signer.sign(message) for _ in range(BEHIND + 2)]  # whole and digests
             done = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 30)
-            later = await asyncio.gather(signer.sign([bytes(32)]), return_exceptions=True)
+            later = await asyncio.gather(signer.sign(message), return_exceptions=True)
             return [*done, *later]
         finally:
             await signer.close()
 
     outcomes = asyncio.run(ask())
-    assert len(outcomes) == 4
+    assert len(outcomes) == BEHIND + 3
     for outcome in outcomes:
         assert isinstance(outcome, BuildError), outcome
         assert "DKIM signer" in str(outcome) and "cannot read the DKIM key" in str(outcome)

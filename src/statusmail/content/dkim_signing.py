@@ -258,13 +258,13 @@ class Unsigned:
     heads: tuple[bytes, ...]
     digests: tuple[bytes, ...]
 
-    def signed(self, signatures: Sequence[bytes]) -> bytes:
-        """The message with its signature headers in front."""
+    def headers(self, signatures: Sequence[bytes]) -> bytes:
+        """The ``DKIM-Signature`` headers, to go in front of the message."""
         out = [
             head + _fold_b64(base64.b64encode(signature)) + b"\r\n"
             for head, signature in zip(self.heads, signatures, strict=True)
         ]
-        return b"".join(out) + self.data
+        return b"".join(out)
 
 
 class DkimSigner:
@@ -275,6 +275,7 @@ class DkimSigner:
         from cryptography.hazmat.primitives.asymmetric import padding
         from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
+        self.settings = settings
         self.domain = settings.domain.encode()
         self.selector = settings.selector.encode()
         rsa_key = load_rsa_key(settings.key_file)
@@ -346,7 +347,11 @@ class DkimSigner:
         """Each key's signature of its digest (``Unsigned.digests``)."""
         return [sign(digest) for sign, digest in zip(self._signers, digests, strict=True)]
 
+    def signature_headers(self, data: bytes, shared_body: Hashable | None = None) -> bytes:
+        """The ``DKIM-Signature`` headers for ``data``; see ``prepare``."""
+        unsigned = self.prepare(data, shared_body)
+        return unsigned.headers(self.signatures(unsigned.digests))
+
     def sign(self, data: bytes, shared_body: Hashable | None = None) -> bytes:
         """``data`` with its signatures in front; see ``prepare``."""
-        unsigned = self.prepare(data, shared_body)
-        return unsigned.signed(self.signatures(unsigned.digests))
+        return self.signature_headers(data, shared_body) + data

@@ -22,12 +22,12 @@ import email.utils
 import hashlib
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from email.header import Header
 from urllib.parse import quote
 
-from statusmail.content.dkim_signing import DkimSigner, Unsigned
+from statusmail.content.dkim_signing import DkimSigner
 from statusmail.content.parts import BREAKS, SLOT, Part
 from statusmail.content.render import (
     GREETING_SLOT,
@@ -111,31 +111,34 @@ class _Variant:
 
 class Built:
     """One recipient's message; ``rendered`` (the decoded parts) is made only if asked.
-    ``unsigned``: built with ``signed=False`` and a DKIM key, what its signatures need;
-    its data is the message without them until ``signed`` puts them in."""
+    ``unsigned``: built with ``signed=False`` and a DKIM key, its data lacks the
+    signatures until ``signed`` puts them in; ``shared_body`` then names its body when
+    every recipient of its variant has the same (``DkimSigner.body_hash``)."""
 
-    __slots__ = ("_render", "envelope", "unsigned", "variant")
+    __slots__ = ("_render", "envelope", "shared_body", "unsigned", "variant")
 
     def __init__(
         self,
         envelope: Envelope,
         variant: VariantKey,
         render: Callable[[], Rendered],
-        unsigned: Unsigned | None = None,
+        *,
+        unsigned: bool = False,
+        shared_body: Hashable | None = None,
     ) -> None:
         self.envelope = envelope
         self.variant = variant
         self._render = render
         self.unsigned = unsigned
+        self.shared_body = shared_body
 
     @property
     def rendered(self) -> Rendered:
         return self._render()
 
-    def signed(self, signatures: Sequence[bytes]) -> Built:
-        """This message with its signatures (``DkimSigner.signatures``) put in."""
-        assert self.unsigned is not None
-        data = self.unsigned.signed(signatures)
+    def signed(self, signature_headers: bytes) -> Built:
+        """This message with its ``DKIM-Signature`` headers in front."""
+        data = signature_headers + self.envelope.data
         return Built(dataclasses.replace(self.envelope, data=data), self.variant, self._render)
 
 
@@ -304,13 +307,11 @@ class MessageFactory:
             b"--\r\n",
         ]
         data = b"".join(parts)
-        unsigned = None
-        if self.signer is not None:
-            # A body without slots is the same for every recipient of the variant (in
-            # each encoding): its hash is computed once.
-            unsigned = self.signer.prepare(data, None if variant.personal else (key, eight_bit))
-            if signed:
-                data, unsigned = unsigned.signed(self.signer.signatures(unsigned.digests)), None
+        # A body without slots is the same for every recipient of the variant (in each
+        # encoding): its hash is computed once.
+        shared = None if variant.personal else (key, eight_bit)
+        if self.signer is not None and signed:
+            data = self.signer.sign(data, shared)
         has_8bit = text_8bit or html_8bit
         envelope = Envelope(
             sender=self.envelope_sender(recipient),
@@ -326,7 +327,8 @@ class MessageFactory:
             envelope,
             key,
             lambda: self.renderer.render(entry, key, greeted, url, preferences),
-            unsigned,
+            unsigned=self.signer is not None and not signed,
+            shared_body=shared,
         )
 
     def rehearse(self, recipient: Recipient) -> VariantKey:

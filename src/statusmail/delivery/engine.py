@@ -10,8 +10,7 @@ as sent.
 
 With ``signing`` (a DKIM key: the RSA signature is most of a message's CPU), each worker
 builds its next message as soon as it has the current one in hand, and a process of its
-own makes its signatures (``signing.py``: the keys' operations only) while the loop
-talks to the relay.
+own signs it (``signing.py``) while the loop talks to the relay.
 """
 
 from __future__ import annotations
@@ -33,9 +32,10 @@ from statusmail.delivery.transport import Connection, Transport
 from statusmail.domain import DeliveryStatus, Outcome, Recipient
 from statusmail.errors import DeliveryError, LedgerError
 from statusmail.ledger import DeliveryQueue
-from statusmail.project.sending import DkimSettings, SendingSettings
+from statusmail.project.sending import SendingSettings
 
 if TYPE_CHECKING:
+    from statusmail.content.dkim_signing import DkimSigner
     from statusmail.content.message import Built
     from statusmail.metrics import DeliveryMetrics
 
@@ -73,8 +73,8 @@ class RunResult:
 OnOutcome = Callable[[Outcome, Recipient], None]
 
 
-async def _signed(built: Built, signatures: Awaitable[list[bytes]]) -> Built:
-    return built.signed(await signatures)
+async def _signed(built: Built, signature_headers: Awaitable[bytes]) -> Built:
+    return built.signed(await signature_headers)
 
 
 class Engine(Delivering):
@@ -98,7 +98,7 @@ class Engine(Delivering):
         on_idle: Callable[[], Awaitable[None]] | None = None,
         metrics: DeliveryMetrics | None = None,
         controls: Callable[[], Awaitable[str | None]] | None = None,
-        signing: DkimSettings | None = None,
+        signing: DkimSigner | None = None,
     ) -> None:
         self.queue = queue
         self.signing = signing
@@ -379,11 +379,12 @@ class Engine(Delivering):
             failed.set_exception(exc)
             failed.exception()  # retrieved: one drained when the run stops is never awaited
             return failed
-        if built.unsigned is None:
+        if not built.unsigned:
             ready: asyncio.Future[Built] = loop.create_future()
             ready.set_result(built)
             return ready
-        signed = asyncio.ensure_future(_signed(built, self._signer.sign(built.unsigned.digests)))
+        headers = self._signer.sign(built.envelope.data, built.shared_body)
+        signed = asyncio.ensure_future(_signed(built, headers))
         # retrieved: one drained when the run stops is never awaited
         signed.add_done_callback(lambda task: task.cancelled() or task.exception())
         return signed
