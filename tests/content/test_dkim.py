@@ -286,15 +286,16 @@ def test_every_variant_verifies_with_both_verifiers(signing: Path, keys: Keys) -
 def test_the_signer_process_signs_whole_messages_and_digests_alike(
     signing: Path, keys: Keys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every variant, with and without the name, 8bit and 7-bit, asked of the signer
+    """Every variant of both entries, with and without the name, 8bit and 7-bit, asked of the signer
     process in one turn: the first ``BEHIND`` go whole (the signer hashes them), the
     rest as digests (hashed here while the signer is behind). Each verifies with both
     verifiers."""
-    factory = factory_of(signing, UPDATE)
+    factories = [factory_of(signing, entry_id) for entry_id in (BLOCK, UPDATE)]
     built = [
         factory.build(
             dataclasses.replace(probe_recipient(key), name=name), eight_bit=eight_bit, signed=False
         )
+        for factory in factories
         for key in factory.renderer.variant_keys(factory.entry)
         for name in NAMES
         for eight_bit in (True, False)
@@ -307,7 +308,7 @@ def test_the_signer_process_signs_whole_messages_and_digests_alike(
         return prepare(self, data, shared_body)
 
     monkeypatch.setattr(DkimSigner, "prepare", watched)
-    dkim = factory.signer
+    dkim = factories[0].signer
     assert dkim is not None
 
     async def sign_all() -> list[bytes]:
