@@ -3,11 +3,11 @@ each helper process runs, and the run's side of them (``Team``, inside
 ``pipeline.finish``). The process machinery is ``delivery.processes``.
 
 ``sending.processes`` set: that many processes from the start. Unset (the cores
-available), a run starts its helpers once it knows it has at least ``HELP_FROM``
-recipients to send (a helper costs about half a second of CPU to start; one process
-sends 5,000 in a few seconds), and a paced run only as many as its rate needs
-(``RATE_PER_PROCESS``). Never for ``--limit`` (one process counts it) or the maildir
-outbox.
+available, half of them with a DKIM key: each sender has a signer process), a run
+starts its helpers once it knows it has at least ``HELP_FROM`` recipients to send (a
+helper costs about half a second of CPU to start; one process sends 5,000 in a few
+seconds), and a paced run only as many as its rate needs (``RATE_PER_PROCESS``). Never
+for ``--limit`` (one process counts it) or the maildir outbox.
 """
 
 from __future__ import annotations
@@ -40,6 +40,11 @@ def extra_processes(config: Config, request: pipeline.Request) -> int:
     if sending.processes is not None:
         return sending.processes - 1
     wanted = available_cores()
+    if config.dkim is not None:
+        # Each sender process signs in a signer process of its own (delivery.signing),
+        # which keeps a core busy: two senders and two signers on two cores send 0.79x
+        # what one and its signer do (benchmarks/README.md, "A signer process").
+        wanted = max(1, wanted // 2)
     if sending.rate and not math.isinf(sending.rate):
         wanted = min(wanted, math.ceil(sending.rate / RATE_PER_PROCESS))
     return max(0, wanted - 1)

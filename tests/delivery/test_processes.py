@@ -145,3 +145,22 @@ def test_sigterm_to_the_parent_ends_every_process_within_a_second(project: Path)
     print(f"ended {ended:.2f}s after SIGTERM")
     assert code == 4, running.stderr
     assert ended < 1.0
+
+
+@pytest.mark.parametrize("cores", [1, 2, 4])
+def test_unset_processes_leave_a_core_to_each_signer_with_a_dkim_key(
+    project: Path, monkeypatch: pytest.MonkeyPatch, cores: int
+) -> None:
+    """Unset, ``sending.processes`` is the cores; with a DKIM key every sender process
+    has a signer process beside it, so half of them (at least one) send."""
+    from statusmail import pipeline, senders
+    from statusmail.project.config import load_config
+
+    monkeypatch.setattr(senders, "available_cores", lambda: cores)  # the machine's size
+    point_at(project, 25)
+    unsigned = senders.extra_processes(load_config(project), pipeline.Request())
+    (project.parent / "dkim.key").write_bytes(b"(read only when a run signs)")
+    with project.open("a", encoding="utf-8") as handle:
+        handle.write("dkim: {domain: startmail.example, selector: status, key_file: dkim.key}\n")
+    signed = senders.extra_processes(load_config(project), pipeline.Request())
+    assert (unsigned, signed) == (cores - 1, max(1, cores // 2) - 1)

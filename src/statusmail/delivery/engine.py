@@ -157,12 +157,14 @@ class Engine(Delivering):
         obeying = asyncio.create_task(self._obey())
         connections: list[Connection] = []
         try:
+            if self.signing is not None:
+                # Started first: its interpreter and key load (about 0.1 s) overlap the
+                # wait for the first recipients and the connections.
+                self._signer = SigningProcess(self.signing)
+                await self._signer.start()
             first = await self._next_batch(ahead(self.settings.concurrency))
             if not first:
                 return self.result
-            if self.signing is not None:
-                self._signer = SigningProcess(self.signing)
-                await self._signer.start()
             connections = await self._open_connections()
             log.info(
                 "%s: delivering through %s over %d connection(s)",
