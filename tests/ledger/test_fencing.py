@@ -151,3 +151,55 @@ def test_a_sender_stopped_past_its_lease_sends_nothing_another_took_over(
         postgres,
         "SELECT COUNT(*) FROM deliveries WHERE status = 'pending' OR claimed_by IS NOT NULL",
     ) == [(0,)]
+
+
+def test_a_group_commit_writes_only_the_rows_still_claimed_at_their_epoch(
+    ledger_target: str | Path,
+) -> None:
+    """The group commit's statement itself (PostgreSQL: one UPDATE over arrays): of three
+    outcomes, the one whose row was claimed again since (a newer epoch) changes nothing;
+    the others are written whole, a missing Message-ID keeping the row's."""
+    with Ledger(ledger_target) as ledger:
+        generation = ledger.begin_selection(ENTRY, "digest")
+        ledger.reset_staging()
+        ledger.stage(StagedRow.selected(recipient(i)) for i in range(3))
+        ledger.enqueue(ENTRY, generation)
+        ledger.finish_selection(ENTRY, generation, 3, skip_removed=True)
+        queue = (
+            ServerQueue(str(ledger_target), ENTRY, lease=60, thread=None)
+            if is_url(ledger_target)
+            else LocalQueue(ledger, ENTRY, lease=60, thread=None)
+        )
+        epochs = dict(
+            (r.address, e) for r, e in ledger.claim_fenced(ENTRY, generation, "me", 3, lease=60)
+        )
+        stale = recipient(1).address
+        outcomes = {
+            Outcome(recipient(0).address, DeliveryStatus.SENT, 1, 250, None, "<0@x>"): epochs[
+                recipient(0).address
+            ],
+            Outcome(stale, DeliveryStatus.SENT, 1, 250, None, "<1@x>"): epochs[stale] - 1,
+            Outcome(recipient(2).address, DeliveryStatus.FAILED, 2, 550, "no such user", None): (
+                epochs[recipient(2).address]
+            ),
+        }
+
+        async def record() -> None:
+            try:
+                await queue._record(outcomes)
+            finally:
+                await queue.close()
+
+        asyncio.run(record())
+        rows = {
+            row[0]: tuple(row[1:])
+            for row in ledger.database.execute(
+                "SELECT address, status, attempts, code, detail, message_id, claimed_by"
+                " FROM deliveries"
+            )
+        }
+    assert rows == {
+        recipient(0).address: ("sent", 1, 250, None, "<0@x>", None),
+        stale: ("pending", 0, None, None, None, "me"),
+        recipient(2).address: ("failed", 2, 550, "no such user", None, None),
+    }

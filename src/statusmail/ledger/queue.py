@@ -90,6 +90,20 @@ CONFIRM_TRIES = 3
 # the first of them.
 SUPPRESSED_ANY = "SELECT address, reason FROM suppressions WHERE address = ANY(:addresses)"
 
+# A group commit's outcomes in one statement, which on an autocommit connection is one
+# transaction and one round trip (a transaction around an executemany is three: BEGIN,
+# the statements, COMMIT), each row fenced by the epoch it was claimed at.
+RECORD_ARRAYS = (
+    "UPDATE deliveries AS d SET status = v.status, attempts = v.attempts, code = v.code,"
+    " detail = v.detail, message_id = COALESCE(v.message_id, d.message_id),"
+    " updated_at = :stamp, claimed_by = NULL, lease_until = NULL"
+    " FROM unnest(:address::text[], :status::text[], :attempts::int[], :code::int[],"
+    " :detail::text[], :message_id::text[], :epoch::int[])"
+    " AS v(address, status, attempts, code, detail, message_id, epoch)"
+    " WHERE d.entry_id = :e AND d.address = v.address AND d.claim_epoch = v.epoch"
+)
+RECORD_COLUMNS = ("address", "status", "attempts", "code", "detail", "message_id", "epoch")
+
 SLOTS = (
     "UPDATE limiters SET tat = {greatest}(tat, {now}) + :span WHERE name = :name"
     " RETURNING tat - :span - {now}"
@@ -311,7 +325,10 @@ class ServerQueue(FencedClaims):
 
     async def _record(self, outcomes: Fenced) -> None:
         rows = list(record_params(self.entry_id, outcomes, now_iso()))
-        await self._run(queries.RECORD_FENCED, {}, many=rows)
+        if not rows:
+            return
+        params: dict[str, Any] = {name: [row[name] for row in rows] for name in RECORD_COLUMNS}
+        await self._run(RECORD_ARRAYS, params | {"e": self.entry_id, "stamp": rows[0]["stamp"]})
 
     async def remaining(self, generation: int) -> int:
         rows = await self._run(queries.REMAINING, {"e": self.entry_id, "g": generation})
