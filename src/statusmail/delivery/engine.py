@@ -73,10 +73,6 @@ class RunResult:
 OnOutcome = Callable[[Outcome, Recipient], None]
 
 
-async def _signed(built: Built, signature_headers: Awaitable[bytes]) -> Built:
-    return built.signed(await signature_headers)
-
-
 class Engine(Delivering):
     """Delivers an entry's queue: takes recipients from it a few at a time (a claim with a
     lease, so several processes can share it), while the selection may still be filling
@@ -369,27 +365,11 @@ class Engine(Delivering):
         await ready()
 
     def _build_soon(self, conn: Connection, recipient: Recipient) -> asyncio.Future[Built] | None:
-        """With ``signing``, the recipient's message built now and being signed by the
-        signer; else None (it is built when its turn comes)."""
+        """With a signer, the recipient's message built now and being signed; else None
+        (it is built when its turn comes)."""
         if self._signer is None:
             return None
-        loop = asyncio.get_running_loop()
-        try:
-            built = self.build(recipient, eight_bit=conn.eight_bit, signed=False)
-        except Exception as exc:  # raised where the message is awaited, as a BuildError
-            failed: asyncio.Future[Built] = loop.create_future()
-            failed.set_exception(exc)
-            failed.exception()  # retrieved: one drained when the run stops is never awaited
-            return failed
-        if not built.unsigned:
-            ready: asyncio.Future[Built] = loop.create_future()
-            ready.set_result(built)
-            return ready
-        headers = self._signer.sign(built.envelope.data, built.shared_body)
-        signed = asyncio.ensure_future(_signed(built, headers))
-        # retrieved: one drained when the run stops is never awaited
-        signed.add_done_callback(lambda task: task.cancelled() or task.exception())
-        return signed
+        return self._signer.build_signed(self.build, recipient, eight_bit=conn.eight_bit)
 
     def _recorded(self, batch: list[Done]) -> None:
         for outcome, recipient, error in batch:

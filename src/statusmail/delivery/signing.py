@@ -28,10 +28,16 @@ import socket
 import struct
 import subprocess
 import sys
-from collections.abc import Hashable
+from collections.abc import Awaitable, Hashable
+from typing import TYPE_CHECKING
 
 from statusmail.content.dkim_signing import DkimSigner, Unsigned
 from statusmail.errors import BuildError
+
+if TYPE_CHECKING:
+    from statusmail.content.message import Built
+    from statusmail.delivery.attempts import Build
+    from statusmail.domain import Recipient
 
 # parent -> signer: ident, what follows (MESSAGE or DIGESTS), its length
 REQUEST = struct.Struct("!IcI")
@@ -75,6 +81,30 @@ class SigningProcess:
         settings = pickle.dumps(self.signer.settings)
         self._writer.write(struct.pack("!I", len(settings)) + settings)
         self._reading = asyncio.create_task(self._read(reader))
+
+    def build_signed(
+        self, build: Build, recipient: Recipient, *, eight_bit: bool
+    ) -> asyncio.Future[Built]:
+        """``recipient``'s message built now (``build`` unsigned) and being signed here;
+        what goes wrong is raised where the message is awaited (as a ``BuildError``)."""
+        loop = asyncio.get_running_loop()
+        try:
+            built = build(recipient, eight_bit=eight_bit, signed=False)
+        except Exception as exc:
+            failed: asyncio.Future[Built] = loop.create_future()
+            failed.set_exception(exc)
+            failed.exception()  # retrieved: one drained when the run stops is never awaited
+            return failed
+        if not built.unsigned:
+            ready: asyncio.Future[Built] = loop.create_future()
+            ready.set_result(built)
+            return ready
+        signed = asyncio.ensure_future(
+            _signed(built, self.sign(built.envelope.data, built.shared_body))
+        )
+        # retrieved: one drained when the run stops is never awaited
+        signed.add_done_callback(lambda task: task.cancelled() or task.exception())
+        return signed
 
     def sign(self, data: bytes, shared_body: Hashable | None = None) -> asyncio.Future[bytes]:
         """The signature headers of ``data`` (a whole message), to come."""
@@ -152,6 +182,10 @@ class SigningProcess:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+async def _signed(built: Built, signature_headers: Awaitable[bytes]) -> Built:
+    return built.signed(await signature_headers)
 
 
 def _signatures(body: bytes) -> list[bytes]:
