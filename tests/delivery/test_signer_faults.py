@@ -98,3 +98,24 @@ def test_a_signer_that_cannot_read_its_key_fails_each_message_with_the_reason(
     for outcome in outcomes:
         assert isinstance(outcome, BuildError), outcome
         assert "DKIM signer" in str(outcome) and "cannot read the DKIM key" in str(outcome)
+
+
+def test_the_signer_is_out_of_the_terminals_reach(tmp_path: Path) -> None:
+    """Ctrl-C on a terminal signals its whole foreground process group: the signer is in
+    a session of its own, so the run's process handles the signal (it closes the socket
+    and the signer ends) and a signer still starting never prints a KeyboardInterrupt."""
+    key_file = tmp_path / "dkim.key"
+    key_file.write_bytes(_rsa_pem())
+
+    async def session() -> tuple[int, int | None]:
+        signer = SigningProcess(DkimSigner(DkimSettings("startmail.example", "status", key_file)))
+        await signer.start()
+        assert signer._process is not None
+        pid = signer._process.pid
+        try:
+            return os.getsid(pid), pid
+        finally:
+            await signer.close()
+
+    sid, pid = asyncio.run(session())
+    assert sid == pid != os.getsid(0)

@@ -76,6 +76,10 @@ class SigningProcess:
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
+                # Out of the terminal's process group: a Ctrl-C is the parent's to handle
+                # (it closes the socket, and the signer ends), never a KeyboardInterrupt
+                # printed by a signer still starting up.
+                start_new_session=True,
             )
         reader, self._writer = await asyncio.open_unix_connection(sock=mine, limit=1 << 20)
         settings = pickle.dumps(self.signer.settings)
