@@ -50,11 +50,13 @@ from conftest import (
 from delivery_helpers import point_at, send
 from smtp_server import RecordingServer
 from statusmail.content.dkim_signing import DkimSigner, Unsigned, relaxed_body, relaxed_header
-from statusmail.content.message import MessageFactory
+from statusmail.content.message import Built, MessageFactory
 from statusmail.content.render import Renderer
 from statusmail.content.variants import probe_recipient
+from statusmail.delivery.attempts import Build
 from statusmail.delivery.engine import Engine, RunResult
 from statusmail.delivery.signing import BEHIND, SigningProcess
+from statusmail.domain import Recipient
 from statusmail.project.config import load_config
 from statusmail.project.entries import find_entry
 from statusmail.project.regions import load_regions
@@ -369,18 +371,18 @@ def test_signatures_are_made_by_the_signer_process_and_each_message_goes_once(
         finally:
             delivering.clear()
 
-    asked: list[int] = []
-    sign = SigningProcess.sign
+    asked: list[str] = []
+    build_signed = SigningProcess.build_signed
 
     def counted(
-        self: SigningProcess, data: bytes, shared_body: Hashable | None = None
-    ) -> asyncio.Future[bytes]:
-        asked.append(len(data))
-        return sign(self, data, shared_body)
+        self: SigningProcess, build: Build, recipient: Recipient, *, eight_bit: bool
+    ) -> asyncio.Future[Built]:
+        asked.append(recipient.address)
+        return build_signed(self, build, recipient, eight_bit=eight_bit)
 
     monkeypatch.setattr(DkimSigner, "signatures", watched)
     monkeypatch.setattr(Engine, "run", running)
-    monkeypatch.setattr(SigningProcess, "sign", counted)
+    monkeypatch.setattr(SigningProcess, "build_signed", counted)
     sign_with(project, keys)
     with RecordingServer() as server:
         point_at(project, server.port, concurrency=concurrency)
@@ -392,7 +394,7 @@ def test_signatures_are_made_by_the_signer_process_and_each_message_goes_once(
     for message in received:
         assert_verifies(message.data, keys)
     assert here == []
-    assert len(asked) == UPDATE_AUDIENCE  # once for each message
+    assert len(asked) == len(set(asked)) == UPDATE_AUDIENCE  # once for each message
 
 
 def test_a_message_built_ahead_but_not_sent_leaves_its_recipient_pending(

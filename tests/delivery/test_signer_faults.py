@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Hashable
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,10 @@ from conftest import UPDATE_AUDIENCE
 from delivery_helpers import ledger_rows, point_at, send
 from smtp_server import RecordingServer
 from statusmail.content.dkim_signing import DkimSigner
+from statusmail.content.message import Built
+from statusmail.delivery.attempts import Build
 from statusmail.delivery.signing import BEHIND, SigningProcess
+from statusmail.domain import Recipient
 from statusmail.errors import BuildError
 from statusmail.project.sending import DkimSettings
 
@@ -41,20 +43,20 @@ def test_a_signer_killed_mid_run_stops_it_in_one_line_and_the_next_run_sends_the
     (project.parent / "dkim.key").write_bytes(_rsa_pem())
     with project.open("a", encoding="utf-8") as handle:
         handle.write("dkim: {domain: startmail.example, selector: status, key_file: dkim.key}\n")
-    asked: list[int] = []
-    sign = SigningProcess.sign
+    asked: list[str] = []
+    build_signed = SigningProcess.build_signed
 
     def killing(
-        self: SigningProcess, data: bytes, shared_body: Hashable | None = None
-    ) -> asyncio.Future[bytes]:
-        asked.append(len(data))
+        self: SigningProcess, build: Build, recipient: Recipient, *, eight_bit: bool
+    ) -> asyncio.Future[Built]:
+        asked.append(recipient.address)
         if len(asked) == KILL_AT and self._process is not None:
             os.kill(self._process.pid, signal.SIGKILL)  # a real kill: the fault injected
-        return sign(self, data, shared_body)
+        return build_signed(self, build, recipient, eight_bit=eight_bit)
 
     with RecordingServer() as server:
         point_at(project, server.port, concurrency=1)
-        monkeypatch.setattr(SigningProcess, "sign", killing)
+        monkeypatch.setattr(SigningProcess, "build_signed", killing)
         code, _, stderr = send(project)
         monkeypatch.undo()
         lines = stderr.strip().splitlines()

@@ -28,8 +28,8 @@ import socket
 import struct
 import subprocess
 import sys
-from collections.abc import Awaitable, Hashable
-from typing import TYPE_CHECKING
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, Any
 
 from statusmail.content.dkim_signing import DkimSigner, Unsigned
 from statusmail.errors import BuildError
@@ -63,7 +63,9 @@ class SigningProcess:
         self._process: subprocess.Popen[bytes] | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._reading: asyncio.Task[None] | None = None
-        self._waiting: dict[int, tuple[asyncio.Future[bytes], Unsigned | None]] = {}
+        # What each request's answer completes: the future, the digests' message (None:
+        # the whole message went), the message to put the headers in (None: ``sign``).
+        self._waiting: dict[int, tuple[asyncio.Future[Any], Unsigned | None, Built | None]] = {}
         self._out: list[bytes] = []
         self._next = 0
         self._failed: str | None = None
@@ -103,19 +105,23 @@ class SigningProcess:
             ready: asyncio.Future[Built] = loop.create_future()
             ready.set_result(built)
             return ready
-        signed = asyncio.ensure_future(
-            _signed(built, self.sign(built.envelope.data, built.shared_body))
-        )
-        # retrieved: one drained when the run stops is never awaited
-        signed.add_done_callback(lambda task: task.cancelled() or task.exception())
-        return signed
+        return self._ask(built.envelope.data, built.shared_body, built)
 
     def sign(self, data: bytes, shared_body: Hashable | None = None) -> asyncio.Future[bytes]:
         """The signature headers of ``data`` (a whole message), to come."""
+        future: asyncio.Future[bytes] = self._ask(data, shared_body, None)
+        return future
+
+    def _ask(
+        self, data: bytes, shared_body: Hashable | None, built: Built | None
+    ) -> asyncio.Future[Any]:
+        """A request to the signer; its answer completes the future (no task per
+        message: the reader sets it)."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[bytes] = loop.create_future()
+        future: asyncio.Future[Any] = loop.create_future()
         if self._failed is not None or self._writer is None:
             future.set_exception(BuildError(self._failed or "the DKIM signer is not running"))
+            future.exception()  # retrieved: one drained when the run stops is never awaited
             return future
         ident = self._next = self._next % 0xFFFFFFFF + 1  # never 0: see _read
         if len(self._waiting) < BEHIND:
@@ -123,7 +129,7 @@ class SigningProcess:
         else:
             unsigned = self.signer.prepare(data, shared_body)
             kind, payload = DIGESTS, b"".join(unsigned.digests)
-        self._waiting[ident] = (future, unsigned)
+        self._waiting[ident] = (future, unsigned, built)
         if not self._out:  # one write for every message of this turn of the loop
             loop.call_soon(self._flush)
         self._out += (REQUEST.pack(ident, kind, len(payload)), payload)
@@ -143,17 +149,16 @@ class SigningProcess:
                 if ident == 0:  # the signer could not go on at all
                     why = f"the DKIM signer stopped: {body.decode(errors='replace')}"
                     break
-                future, unsigned = self._waiting.pop(ident, (None, None))
+                future, unsigned, built = self._waiting.pop(ident, (None, None, None))
                 if future is None or future.done():
                     continue
                 if ok:
-                    future.set_result(
-                        body if unsigned is None else unsigned.headers(_signatures(body))
-                    )
+                    headers = body if unsigned is None else unsigned.headers(_signatures(body))
+                    future.set_result(headers if built is None else built.signed(headers))
                 else:
-                    future.set_exception(
-                        BuildError(f"cannot sign a message: {body.decode(errors='replace')}")
-                    )
+                    said = body.decode(errors="replace")
+                    future.set_exception(BuildError(f"cannot sign a message: {said}"))
+                    future.exception()  # retrieved: raised where it is awaited
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             code = None if self._process is None else self._process.poll()
             if code is not None:
@@ -164,7 +169,7 @@ class SigningProcess:
     def _fail(self, why: str) -> None:
         self._failed = why
         waiting, self._waiting = self._waiting, {}
-        for future, _ in waiting.values():
+        for future, _, _ in waiting.values():
             if not future.done():
                 future.set_exception(BuildError(why))
                 future.exception()  # retrieved: the one awaited raises it
@@ -186,10 +191,6 @@ class SigningProcess:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-
-
-async def _signed(built: Built, signature_headers: Awaitable[bytes]) -> Built:
-    return built.signed(await signature_headers)
 
 
 def _signatures(body: bytes) -> list[bytes]:
