@@ -45,6 +45,7 @@ from conftest import (
     invoke,
     missing,
     outbox_count,
+    outbox_files,
     problem_lines,
 )
 from delivery_helpers import point_at, send
@@ -346,6 +347,17 @@ def test_what_the_relay_receives_verifies(project: Path, keys: Keys, eight_bit_r
         assert eight_bit > 0  # the Russian readers' messages
     else:
         assert eight_bit == 0
+
+
+def test_what_the_maildir_outbox_holds_verifies(project: Path, keys: Keys) -> None:
+    """The embedded default transport signs through the signer process too."""
+    sign_with(project, keys)
+    code, payload, stderr = send(project)
+    assert code == 0, stderr
+    files = outbox_files(project)
+    assert len(files) == payload["counts"]["sent"] == UPDATE_AUDIENCE
+    for data in files:
+        assert_verifies(data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"), keys)
 
 
 @pytest.mark.parametrize("concurrency", [1, 3])
