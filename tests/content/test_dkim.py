@@ -50,6 +50,7 @@ from conftest import (
 )
 from delivery_helpers import point_at, send
 from smtp_server import RecordingServer
+from statusmail.content import dkim_signing
 from statusmail.content.dkim_signing import DkimSigner, Unsigned, relaxed_body, relaxed_header
 from statusmail.content.message import Built, MessageFactory
 from statusmail.content.render import Renderer
@@ -328,6 +329,54 @@ def test_the_signer_process_signs_whole_messages_and_digests_alike(
         assert_verifies(message.signed(headers).envelope.data, keys)
     assert len(built) > BEHIND
     assert hashed_here == [b.envelope.data for b in built[BEHIND:]]
+
+
+def test_a_body_every_recipient_shares_is_hashed_once(
+    signing: Path, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two messages with one body (a variant without per-recipient text) and different
+    headers, signed in process and through the signer process: the body is
+    canonicalized once, and all four signatures verify."""
+    factory = factory_of(signing, UPDATE)
+    key = next(iter(factory.renderer.variant_keys(factory.entry)))
+    first = factory.build(probe_recipient(key), signed=False).envelope.data
+    second = re.sub(rb"^To: [^\r]*", b"To: other@example.org", first, count=1, flags=re.M)
+    assert second != first and second.partition(b"\r\n\r\n")[2] == first.partition(b"\r\n\r\n")[2]
+    canonicalized: list[int] = []
+    relaxed = dkim_signing.relaxed_body
+
+    def counted(body: bytes) -> bytes:
+        canonicalized.append(len(body))
+        return relaxed(body)
+
+    monkeypatch.setattr(dkim_signing, "relaxed_body", counted)
+    dkim = factory.signer
+    assert dkim is not None
+    in_process = [dkim.sign(data, "one body") for data in (first, second)]
+
+    prepared: list[bytes] = []  # the messages hashed in this process for the signer
+    prepare = DkimSigner.prepare
+
+    def watched(self: DkimSigner, data: bytes, shared_body: Hashable | None = None) -> Unsigned:
+        prepared.append(data)
+        return prepare(self, data, shared_body)
+
+    monkeypatch.setattr(DkimSigner, "prepare", watched)
+
+    async def through_signer() -> list[bytes]:
+        signer = SigningProcess(dkim)
+        await signer.start()
+        try:
+            futures = [signer.sign(data, "one body") for data in (first, second)]
+            return list(await asyncio.wait_for(asyncio.gather(*futures), 30))
+        finally:
+            await signer.close()
+
+    headers = asyncio.run(through_signer())
+    assert len(canonicalized) == 1
+    assert prepared == [first, second]  # as digests: the signer never hashes it again
+    for message in [*in_process, *(h + d for h, d in zip(headers, (first, second), strict=True))]:
+        assert_verifies(message, keys)
 
 
 @pytest.mark.parametrize("eight_bit_relay", [True, False], ids=["8BITMIME", "7-bit relay"])

@@ -8,8 +8,10 @@ signer: a fresh interpreter (no fork) that reads the key files itself and signs 
 other core, taking requests over a socket pair, batched with the others of the loop's
 turn. A request is the whole message, which the signer canonicalizes, hashes and signs,
 answering with its ``DKIM-Signature`` headers; or, while the signer is behind (more than
-``BEHIND`` messages waiting), only the digests, the loop having canonicalized and hashed
-the message itself (``DkimSigner.prepare``), answered with the signatures. So the two
+``BEHIND`` messages waiting) or when the body is one the loop has hashed already (the
+same for every recipient of its variant), only the digests, the loop having
+canonicalized and hashed the message itself (``DkimSigner.prepare``), answered with the
+signatures. So the two
 share the work: at one connection the loop, waiting for the relay, hands it all over;
 at eight the signer would otherwise be the one holding the run up.
 
@@ -124,7 +126,9 @@ class SigningProcess:
             future.exception()  # retrieved: one drained when the run stops is never awaited
             return future
         ident = self._next = self._next % 0xFFFFFFFF + 1  # never 0: see _read
-        if len(self._waiting) < BEHIND:
+        # A body every recipient of its variant shares is hashed once, here (its hash
+        # is kept): such a message goes as digests.
+        if shared_body is None and len(self._waiting) < BEHIND:
             unsigned, kind, payload = None, MESSAGE, data
         else:
             unsigned = self.signer.prepare(data, shared_body)
