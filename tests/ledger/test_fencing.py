@@ -28,21 +28,29 @@ def recipient(i: int) -> Recipient:
     return Recipient(address, address, address, f"R {i}", "en", "NL")
 
 
+def selected(
+    ledger: Ledger, target: str | Path, count: int
+) -> tuple[int, ServerQueue | LocalQueue]:
+    """``count`` recipients selected and queued for ENTRY, and a sender's queue of it."""
+    generation = ledger.begin_selection(ENTRY, "digest")
+    ledger.reset_staging()
+    ledger.stage(StagedRow.selected(recipient(i)) for i in range(count))
+    ledger.enqueue(ENTRY, generation)
+    ledger.finish_selection(ENTRY, generation, count, skip_removed=True)
+    queue = (
+        ServerQueue(str(target), ENTRY, lease=60, thread=None)
+        if is_url(target)
+        else LocalQueue(ledger, ENTRY, lease=60, thread=None)
+    )
+    return generation, queue
+
+
 def test_a_claim_taken_over_is_fenced(ledger_target: str | Path) -> None:
     """The first sender's lease runs out and a second one takes two of its four rows:
     the first one's renewal tells it so, it claims none of them back, and its outcomes
     count only for the rows still its own; the second one's count for its own."""
     with Ledger(ledger_target) as ledger:
-        generation = ledger.begin_selection(ENTRY, "digest")
-        ledger.reset_staging()
-        ledger.stage(StagedRow.selected(recipient(i)) for i in range(4))
-        ledger.enqueue(ENTRY, generation)
-        ledger.finish_selection(ENTRY, generation, 4, skip_removed=True)
-        first = (
-            ServerQueue(str(ledger_target), ENTRY, lease=60, thread=None)
-            if is_url(ledger_target)
-            else LocalQueue(ledger, ENTRY, lease=60, thread=None)
-        )
+        generation, first = selected(ledger, ledger_target, 4)
 
         async def scenario() -> list[tuple[Recipient, int]]:
             try:
@@ -160,16 +168,7 @@ def test_a_group_commit_writes_only_the_rows_still_claimed_at_their_epoch(
     outcomes, the one whose row was claimed again since (a newer epoch) changes nothing;
     the others are written whole, a missing Message-ID keeping the row's."""
     with Ledger(ledger_target) as ledger:
-        generation = ledger.begin_selection(ENTRY, "digest")
-        ledger.reset_staging()
-        ledger.stage(StagedRow.selected(recipient(i)) for i in range(3))
-        ledger.enqueue(ENTRY, generation)
-        ledger.finish_selection(ENTRY, generation, 3, skip_removed=True)
-        queue = (
-            ServerQueue(str(ledger_target), ENTRY, lease=60, thread=None)
-            if is_url(ledger_target)
-            else LocalQueue(ledger, ENTRY, lease=60, thread=None)
-        )
+        generation, queue = selected(ledger, ledger_target, 3)
         epochs = dict(
             (r.address, e) for r, e in ledger.claim_fenced(ENTRY, generation, "me", 3, lease=60)
         )
