@@ -1,6 +1,7 @@
 """Getting messages out: the audience taken into the ledger's queue (``intake``), the
 selection a run delivers while it delivers (``stream``, ``takeover``), the engine that
-claims, builds, throttles, sends and records (``engine``), the transports (``smtp``,
+claims, builds, throttles, sends and records (``engine``; with a DKIM key a signer
+process beside it signs, ``signing``), the transports (``smtp``,
 what its replies mean in ``smtp_replies``, ``maildir``, ``transport``), the rate limit
 (``throttle``), what a run prints (``report``) and shows while it waits (``waiting``),
 the dry run (``dry_run``), entries
