@@ -104,11 +104,13 @@ def test_two_processes_send_everyone_once_at_the_global_rate(
 @pytest.mark.timeout(60)
 def test_a_killed_helper_leaves_nobody_out(project: Path) -> None:
     killed: list[int] = []
+    sessions: list[int] = []
     ledger = project.parent / "statusmail.db"
 
     def kill_the_helper() -> None:
         helper = wait_for(lambda: children(os.getpid()), timeout=30, what="the helper")[0]
         wait_for(lambda: holding(ledger, helper), timeout=30, what="the helper's claim")
+        sessions.append(os.getsid(helper))  # its own: out of a terminal's Ctrl-C
         os.kill(helper, signal.SIGKILL)
         killed.append(helper)
 
@@ -120,6 +122,7 @@ def test_a_killed_helper_leaves_nobody_out(project: Path) -> None:
         killer.join(5)
         counts = server.count_by_recipient()
     assert killed, "the helper was never killed"
+    assert sessions == killed != [os.getsid(0)]
     assert code == 0, stderr
     assert set(counts) >= addresses  # nobody missed
     # at most one unrecorded message per connection of the killed process is sent again

@@ -207,6 +207,10 @@ class Helpers:
                         pass_fds=[theirs.fileno()],
                         stdin=subprocess.DEVNULL,
                         stdout=subprocess.DEVNULL,
+                        # Out of the terminal's process group: a Ctrl-C is the parent's
+                        # (it stops the helpers through the socket), never a
+                        # KeyboardInterrupt printed by a helper still starting up.
+                        start_new_session=True,
                     )
                     conn = Connection(mine.detach())
                 helper = _Helper(index, process, conn)
