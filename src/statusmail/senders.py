@@ -42,8 +42,8 @@ def extra_processes(config: Config, request: pipeline.Request) -> int:
     wanted = available_cores()
     if config.dkim is not None:
         # Each sender process signs in a signer process of its own (delivery.signing),
-        # which keeps a core busy: two senders and two signers on two cores send 0.79x
-        # what one and its signer do (benchmarks/README.md, "A signer process").
+        # which keeps a core busy: two senders and two signers on two cores sent
+        # 0.68-0.70x what one and its signer did (honest.py; benchmarks/README.md).
         wanted = max(1, wanted // 2)
     if sending.rate and not math.isinf(sending.rate):
         wanted = min(wanted, math.ceil(sending.rate / RATE_PER_PROCESS))

@@ -78,8 +78,7 @@ def raise_on_signal() -> Iterator[None]:
     previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
     blocking.append(True)
     try:
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, _raise)
+        install()
         yield
     finally:
         blocking.pop()

@@ -248,8 +248,8 @@ class MessageFactory:
     def build(self, recipient: Recipient, *, eight_bit: bool = False, signed: bool = True) -> Built:
         """One recipient's message, signed. ``eight_bit``: the connection it goes out on
         takes 8-bit bodies (a relay offering 8BITMIME, the Maildir outbox). ``signed``
-        False: everything but the keys' operations, which ``Built.unsigned`` holds (for
-        a thread to do while the event loop goes on)."""
+        False: not signed yet (``Built.unsigned``): the signer process signs it while
+        the event loop goes on (``delivery.signing``)."""
         entry = self.entry
         name = recipient.name
         key = self._key(recipient)

@@ -92,7 +92,7 @@ class Delivering:
         built: asyncio.Future[Built] | None = None,
     ) -> tuple[Outcome, DeliveryError | None] | None:
         """The outcome, and the error that decided it, if one did; None when the claim
-        was lost to another sender. ``built``: its message, being signed in a thread."""
+        was lost to another sender. ``built``: its message, being signed by the signer process."""
         tally = _Attempts(recipient.attempts)
         try:
             return await self._deliver(conn, recipient, ready, tally, built)

@@ -58,7 +58,8 @@ _COMMAND = "from statusmail.delivery.signing import signer_main; signer_main()"
 
 
 class SigningProcess:
-    """The parent's side: ``sign`` returns a future of a message's signature headers."""
+    """The parent's side: ``build_signed`` builds a recipient's message and returns a
+    future of it signed; ``sign``, a future of a message's signature headers."""
 
     def __init__(self, signer: DkimSigner) -> None:
         self.signer = signer
@@ -95,18 +96,12 @@ class SigningProcess:
     ) -> asyncio.Future[Built]:
         """``recipient``'s message built now (``build`` unsigned) and being signed here;
         what goes wrong is raised where the message is awaited (as a ``BuildError``)."""
-        loop = asyncio.get_running_loop()
         try:
             built = build(recipient, eight_bit=eight_bit, signed=False)
         except Exception as exc:
-            failed: asyncio.Future[Built] = loop.create_future()
-            failed.set_exception(exc)
-            failed.exception()  # retrieved: one drained when the run stops is never awaited
-            return failed
+            return _settled(error=exc)
         if not built.unsigned:
-            ready: asyncio.Future[Built] = loop.create_future()
-            ready.set_result(built)
-            return ready
+            return _settled(built)
         return self._ask(built.envelope.data, built.shared_body, built)
 
     def sign(self, data: bytes, shared_body: Hashable | None = None) -> asyncio.Future[bytes]:
@@ -119,12 +114,10 @@ class SigningProcess:
     ) -> asyncio.Future[Any]:
         """A request to the signer; its answer completes the future (no task per
         message: the reader sets it)."""
+        if self._failed is not None or self._writer is None:
+            return _settled(error=BuildError(self._failed or "the DKIM signer is not running"))
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        if self._failed is not None or self._writer is None:
-            future.set_exception(BuildError(self._failed or "the DKIM signer is not running"))
-            future.exception()  # retrieved: one drained when the run stops is never awaited
-            return future
         ident = self._next = self._next % 0xFFFFFFFF + 1  # never 0: see _read
         # A body every recipient of its variant shares is hashed once, here (its hash
         # is kept): such a message goes as digests.
@@ -195,6 +188,18 @@ class SigningProcess:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def _settled(result: Any = None, *, error: BaseException | None = None) -> asyncio.Future[Any]:
+    """A future already done; its error marked retrieved (a message drained when the run
+    stops is never awaited; one that is awaited still raises it)."""
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)
+        future.exception()
+    return future
 
 
 def _signatures(body: bytes) -> list[bytes]:
