@@ -42,7 +42,8 @@ Observation: ``host``, ``port``, ``messages`` (a copy of the list of ``ReceivedM
 ``count_by_recipient()`` (``Counter``), ``connections`` (TCP connections accepted since
 start), ``data_commands`` (DATA commands seen), ``session_sizes()`` (the messages each
 session that accepted any carried, in the order they began), ``session_limit_replies``
-(RCPTs refused by ``session_limit``), ``clear()``.
+(RCPTs refused by ``session_limit``), ``accepted_rcpts`` (every RCPT TO accepted, lowered,
+whether its message came or not), ``clear()``.
 
 All counters are updated from the server thread under a lock; reading them from the test
 is safe. Knobs are plain attributes and may be changed while the server runs.
@@ -138,6 +139,8 @@ class _Handler:
             return srv.session_limit_reply
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
+        with srv._lock:
+            srv.accepted_rcpts.append(address.lower())
         return "250 OK"
 
     async def handle_DATA(self, smtp: SMTP, session: Session, envelope: Envelope) -> str:
@@ -252,6 +255,7 @@ class RecordingServer:
         self.connections = 0
         self.data_commands = 0
         self.session_limit_replies = 0
+        self.accepted_rcpts: list[str] = []  # each RCPT TO accepted, message or not
         self._messages: list[ReceivedMessage] = []
         self._carrying: list[Session] = []  # sessions that accepted a message, in order
         self._sessions: list[SMTP] = []  # one per connection, to close them at stop

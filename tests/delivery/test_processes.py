@@ -27,8 +27,11 @@ def children(pid: int) -> list[int]:
     """The live child processes of ``pid`` (Linux: /proc)."""
     found: list[int] = []
     for task in Path(f"/proc/{pid}/task").iterdir():
-        with (task / "children").open() as handle:
-            found += [int(word) for word in handle.read().split()]
+        try:
+            with (task / "children").open() as handle:
+                found += [int(word) for word in handle.read().split()]
+        except FileNotFoundError:  # a thread that ended since the listing
+            continue
     return found
 
 

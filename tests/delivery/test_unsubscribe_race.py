@@ -5,7 +5,13 @@ server, get nothing after their POST was answered.
 The front is held still by the deployment's rate limit: the test locks its row, so every
 worker of both senders waits for its next slot with its next recipient in hand. Those
 recipients are unsubscribed, and the lock let go once every POST was answered: a check
-made before the wait would send them all; the check made after it skips them."""
+made before the wait would send them all; the check made after it skips them.
+
+On a server the check is a round trip, so it is asked as the attempt starts and awaited
+just before the end of DATA: its answer overlaps MAIL FROM, RCPT TO and DATA. The second
+test holds the check's answer back (the suppressions table locked) and shows the relay
+taking MAIL FROM and RCPT TO meanwhile, and a "suppressed" answer abandoning the
+transaction: nothing delivered, the row skipped."""
 
 from __future__ import annotations
 
@@ -113,3 +119,59 @@ def test_no_message_leaves_after_its_unsubscribe_was_answered(project: Path, pos
         ENTRY,
     )
     assert dict(skipped) == dict.fromkeys(answered, "suppressed: unsubscribed")
+
+
+def test_the_check_overlaps_the_transaction_and_a_suppressed_answer_abandons_it(
+    project: Path, postgres: str
+) -> None:
+    with RecordingServer() as relay:
+        configure(project, relay.port, 20, rate=20, concurrency=CONCURRENCY)
+        processes = senders(project, postgres, 1, "send", ENTRY, "--yes")
+        try:
+            wait_for(lambda: relay.messages, what="the first message")  # the limiter is made
+            with psycopg.connect(postgres) as limiter, psycopg.connect(postgres) as table:
+                limiter.execute("SELECT tat FROM limiters WHERE name = 'send' FOR UPDATE")
+                wait_for(
+                    lambda: waiting_for_a_slot(postgres) == CONCURRENCY,
+                    what="every worker to wait for its slot",
+                )
+                front = in_hand(postgres, {recipient_of(m) for m in relay.messages})
+                assert len(front) == CONCURRENCY
+                # Every check waits for this transaction; it suppresses the front.
+                table.execute("LOCK TABLE suppressions IN ACCESS EXCLUSIVE MODE")
+                for address in front:
+                    table.execute(
+                        "INSERT INTO suppressions (address, reason, detail, created_at)"
+                        " VALUES (%s, 'unsubscribed', 'test', '2026-12-06T00:00:00+00:00')",
+                        (address,),
+                    )
+                limiter.commit()
+                wait_for(
+                    lambda: set(front) <= set(relay.accepted_rcpts),
+                    what="MAIL FROM and RCPT TO of the front while their checks wait",
+                )
+                table.commit()
+            pending = (
+                "SELECT COUNT(*) FROM deliveries WHERE status = 'pending' AND address = ANY(%s)"
+            )
+            wait_for(
+                lambda: query(postgres, pending, front) == [(0,)],
+                what="the front's outcomes",
+            )
+            processes[0].send_signal(signal.SIGTERM)
+            codes = finish(processes)
+        finally:
+            for process in processes:
+                if process.poll() is None:
+                    process.kill()
+                    process.communicate()
+        messages = relay.messages
+    assert codes in ([0], [4])  # done, or stopped by the signal with the rest pending
+    assert not {recipient_of(m) for m in messages} & set(front)
+    assert set(Counter(recipient_of(m) for m in messages).values()) == {1}
+    skipped = query(
+        postgres,
+        "SELECT address, detail FROM deliveries WHERE entry_id = %s AND status = 'skipped'",
+        ENTRY,
+    )
+    assert dict(skipped) == dict.fromkeys(front, "suppressed: unsubscribed")

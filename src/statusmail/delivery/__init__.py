@@ -11,6 +11,6 @@ pause, resume, cancel and retry (``controls``).
 May import: ``project``, ``content``, ``ledger``, ``metrics``, ``domain``, ``errors``
 (and ``validation`` for the entry-level rules the intake enforces); never ``feedback``,
 ``web``, ``ci`` or the commands. Invariant: at most one unrecorded message per
-connection; a recipient suppressed before MAIL FROM is never sent to.
+connection; a recipient suppressed before its attempt starts is never sent to.
 Imported by: ``pipeline``, the commands, ``ci``.
 """

@@ -1,5 +1,5 @@
 """One recipient's delivery over one connection: the rate limit, the claim and the
-suppression checked just before MAIL FROM, the attempts and their backoff, and the
+suppression checked as each attempt starts, the attempts and their backoff, and the
 outcome a failure comes to. ``Delivering`` is the engine's half that does this."""
 
 from __future__ import annotations
@@ -53,6 +53,28 @@ class _ClaimLost(Exception):
 @dataclass
 class _Attempts:
     charged: int  # attempts that reached the server, over every run (the ledger's count)
+
+
+def _cleared(check: asyncio.Future[str | None], ready: Ready) -> Ready:
+    """``ready``, after the attempt's suppression check has answered that the address
+    may be sent to (raising ``_Suppressed`` otherwise, which abandons the transaction)."""
+
+    async def cleared() -> None:
+        reason = await check
+        if reason is not None:
+            raise _Suppressed(reason)
+        await ready()
+
+    return cleared
+
+
+def _settle(check: asyncio.Future[str | None]) -> None:
+    """An attempt that ended before its check was awaited: cancel the check, or take
+    its exception (the next question to the ledger meets the same failure)."""
+    if not check.done():
+        check.cancel()
+    elif not check.cancelled():
+        check.exception()
 
 
 class Build(Protocol):
@@ -170,15 +192,13 @@ class Delivering:
     ) -> None:
         while True:
             await self.bucket.acquire()
-            # After the wait for the rate limit, just before MAIL FROM: a claim another
+            # After the wait for the rate limit, as the attempt starts: a claim another
             # sender took over meanwhile is not sent, and an unsubscribe answered by now
             # wins.
             await self._check_claim(recipient)
-            reason = await self.queue.suppression_of(recipient.address)
-            if reason is not None:
-                raise _Suppressed(reason)
+            check = await self._suppression_check(recipient.address)
             try:
-                await conn.send(envelope, ready)
+                await conn.send(envelope, ready if check is None else _cleared(check, ready))
                 break
             except SessionEnded as exc:
                 # The relay's limit per session, not the recipient: at once, uncharged,
@@ -191,10 +211,27 @@ class Delivering:
             except DeliveryError as exc:
                 self._undelivered(exc, tally)
                 raise
+            finally:
+                if check is not None:
+                    _settle(check)
         tally.charged += 1
         if self._relay_failed:
             self._relay_failed = False
             self.metrics.relay(True)
+
+    async def _suppression_check(self, address: str) -> asyncio.Future[str | None] | None:
+        """Raise ``_Suppressed`` if the address is suppressed now, on a local ledger
+        (a lookup of microseconds, just before MAIL FROM). On a server the check is a
+        round trip: it is asked now and its answer awaited just before the end of DATA
+        (``_cleared``), so that it overlaps MAIL FROM, RCPT TO and DATA rather than
+        preceding them. It still sees every unsubscribe answered before the attempt
+        began, and a suppressed address's transaction never ends: nothing is delivered."""
+        if self.queue.remote:
+            return asyncio.ensure_future(self.queue.suppression_of(address))
+        reason = await self.queue.suppression_of(address)
+        if reason is not None:
+            raise _Suppressed(reason)
+        return None
 
     def _undelivered(self, exc: DeliveryError, tally: _Attempts) -> None:
         """Charge a failed attempt, unless the message never left."""

@@ -1,7 +1,7 @@
 """Lookups that many workers ask for at once, answered by one query: each caller waits
 for a query that starts after it asked (one in flight at a time; who asks meanwhile goes
 in the next), so the answer is as fresh as a query of its own, at a fraction of the
-round trips (a suppression check before every MAIL FROM, at 8 connections: about one
+round trips (a suppression check for every attempt, at 8 connections: about one
 query per 8 messages instead of one per message)."""
 
 from __future__ import annotations

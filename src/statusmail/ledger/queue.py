@@ -44,6 +44,7 @@ class DeliveryQueue(Protocol):
     entry_id: str
     worker: str
     shared: bool  # other processes may send the entry at the same time
+    remote: bool  # each question is a round trip to a server, not a local lookup
 
     async def state(self) -> tuple[int, int]: ...
 
@@ -194,6 +195,7 @@ class LocalQueue(FencedClaims):
     ) -> None:
         super().__init__(entry_id, lease=lease, thread=thread)
         self.shared = shared
+        self.remote = False
         self.ledger = ledger
         self.where = ledger.database.where
 
@@ -241,6 +243,7 @@ class ServerQueue(FencedClaims):
     """The queue of a PostgreSQL ledger, shared with every other sender of the entry."""
 
     shared = True
+    remote = True
 
     def __init__(self, url: str, entry_id: str, *, lease: float, thread: str | None) -> None:
         super().__init__(entry_id, lease=lease, thread=thread)
