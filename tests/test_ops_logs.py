@@ -164,7 +164,7 @@ def test_json_logs_hold_the_drivers_warnings_and_the_fatal_error(
             assert sent.exit_code == 0, sent.stderr
             records = check_lines(sent.stderr, every_address(project))
             # Whether the pool has to grow past the role's limit depends on how the
-            # workers' claims and checks overlap (fewer since they are coalesced): what it
+            # workers' claims and group commits overlap: what it
             # says when it does is a JSON warning (and see the test below).
             warned = [r for r in records if r["logger"].startswith("psycopg")]
             assert {r["level"] for r in warned} <= {"warning"}, records

@@ -1,6 +1,7 @@
 """Fenced claims: an outcome counts only while its row's claim is still its sender's, and
 a sender stopped past its lease sends nothing of what another sender took over meanwhile
-(the queue on both engines; the stopped sender on the real PostgreSQL server)."""
+(the queue on both engines; the stopped sender on the real PostgreSQL server). The group
+commit's statement, and the suppression checks that ride with it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
@@ -18,6 +20,7 @@ from conftest import SECRET_ENV, invoke, wait_for
 from ops_helpers import process_state
 from postgres_helpers import ENTRY, SAMPLE, configure, query, recipient_of, senders
 from smtp_server import RecordingServer
+from statusmail.delivery.commit import Done, GroupCommitter
 from statusmail.domain import DeliveryStatus, Outcome, Recipient
 from statusmail.ledger import Ledger, LocalQueue, ServerQueue, StagedRow
 from statusmail.project.config import is_url
@@ -166,7 +169,8 @@ def test_a_group_commit_writes_only_the_rows_still_claimed_at_their_epoch(
 ) -> None:
     """The group commit's statement itself (PostgreSQL: one UPDATE over arrays): of three
     outcomes, the one whose row was claimed again since (a newer epoch) changes nothing;
-    the others are written whole, a missing Message-ID keeping the row's."""
+    the others are written whole, a missing Message-ID keeping the row's. The suppression
+    checks that go with it are answered by the same call (one statement on PostgreSQL)."""
     with Ledger(ledger_target) as ledger:
         generation, queue = selected(ledger, ledger_target, 3)
         epochs = dict(
@@ -183,13 +187,15 @@ def test_a_group_commit_writes_only_the_rows_still_claimed_at_their_epoch(
             ),
         }
 
-        async def record() -> None:
+        ledger.suppress("gone@example.org", "unsubscribed", "test")
+
+        async def record() -> dict[str, str]:
             try:
-                await queue._record(outcomes)
+                return await queue._record(outcomes, ["gone@example.org", stale])
             finally:
                 await queue.close()
 
-        asyncio.run(record())
+        found = asyncio.run(record())
         rows = {
             row[0]: tuple(row[1:])
             for row in ledger.database.execute(
@@ -202,3 +208,66 @@ def test_a_group_commit_writes_only_the_rows_still_claimed_at_their_epoch(
         stale: ("pending", 0, None, None, None, "me"),
         recipient(2).address: ("failed", 2, 550, "no such user", None, None),
     }
+    assert found == {"gone@example.org": "unsubscribed"}
+
+
+class Counted:
+    """The queue, with each transaction's outcomes and checks written down."""
+
+    def __init__(self, queue: ServerQueue | LocalQueue) -> None:
+        self.queue = queue
+        self.transactions: list[tuple[list[str], list[str]]] = []
+
+    async def record(
+        self, outcomes: Sequence[Outcome], check: Sequence[str] = ()
+    ) -> dict[str, str]:
+        self.transactions.append(([o.address for o in outcomes], list(check)))
+        return await self.queue.record(outcomes, check)
+
+
+def test_the_group_commit_answers_the_checks_asked_meanwhile(ledger_target: str | Path) -> None:
+    """The suppression checks of the attempts starting meanwhile go in the transaction
+    that records the outcomes waiting: each sees every suppression committed before it
+    was asked and gets its own address's answer; a check given up on harms nobody."""
+    with Ledger(ledger_target) as ledger:
+        generation, queue = selected(ledger, ledger_target, 4)
+        counted = Counted(queue)
+        recorded: list[Done] = []
+        failures: list[BaseException] = []
+
+        async def scenario() -> tuple[list[str | None], bool]:
+            try:
+                taken = await queue.claim(generation, 4)
+                committer = GroupCommitter(counted, recorded.extend, failures.append)  # type: ignore[arg-type]
+                sent = Outcome(taken[0].address, DeliveryStatus.SENT, 1, 250, None, "<0@x>")
+                batch = committer.submit((sent, taken[0], None))
+                first = committer.check(taken[1].address)
+                # Suppressed after the first check was asked, before the next ones.
+                ledger.suppress(taken[2].address, "unsubscribed", "test")
+                second = committer.check(taken[2].address)
+                given_up = committer.check(taken[3].address)
+                given_up.cancel()
+                answers = [await first, await second]
+                await committer.recorded(batch)
+                await committer.close()
+                return answers, given_up.cancelled()
+            finally:
+                await queue.close()
+
+        answers, cancelled = asyncio.run(scenario())
+        statuses: dict[str, str] = dict(
+            ledger.database.execute(
+                "SELECT address, status FROM deliveries WHERE entry_id = :e", {"e": ENTRY}
+            )
+        )
+    assert answers == [None, "unsubscribed"]
+    assert cancelled and not failures
+    assert [done[0].address for done in recorded] == [recipient(0).address]
+    assert statuses[recipient(0).address] == "sent"
+    # The outcome and the first check in one transaction; the second may share it (it
+    # was asked before that transaction started) or go in the next one, never earlier.
+    outcomes, checks = counted.transactions[0]
+    assert outcomes == [recipient(0).address] and checks[0] == recipient(1).address
+    asked = [address for _, checks in counted.transactions for address in checks]
+    assert asked[:2] == [recipient(1).address, recipient(2).address]
+    assert len(counted.transactions) <= 2

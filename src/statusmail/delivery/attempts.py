@@ -20,6 +20,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from statusmail.delivery.commit import GroupCommitter
 from statusmail.delivery.throttle import SharedBucket, TokenBucket
 from statusmail.delivery.transport import Connection, Ready, SessionEnded
 from statusmail.domain import DeliveryStatus, Envelope, Outcome, Recipient, SuppressionReason, scrub
@@ -90,6 +91,7 @@ class Delivering:
     """What the engine does for one recipient; the engine supplies the run's parts."""
 
     queue: DeliveryQueue
+    committer: GroupCommitter
     build: Build
     settings: SendingSettings
     stop: asyncio.Event
@@ -222,12 +224,13 @@ class Delivering:
     async def _suppression_check(self, address: str) -> asyncio.Future[str | None] | None:
         """Raise ``_Suppressed`` if the address is suppressed now, on a local ledger
         (a lookup of microseconds, just before MAIL FROM). On a server the check is a
-        round trip: it is asked now and its answer awaited just before the end of DATA
+        round trip: it is asked now, of the group commit's next transaction (with the
+        outcomes waiting), and its answer awaited just before the end of DATA
         (``_cleared``), so that it overlaps MAIL FROM, RCPT TO and DATA rather than
         preceding them. It still sees every unsubscribe answered before the attempt
         began, and a suppressed address's transaction never ends: nothing is delivered."""
         if self.queue.remote:
-            return asyncio.ensure_future(self.queue.suppression_of(address))
+            return self.committer.check(address)
         reason = await self.queue.suppression_of(address)
         if reason is not None:
             raise _Suppressed(reason)

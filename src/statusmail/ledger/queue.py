@@ -26,7 +26,6 @@ from statusmail.ledger import queries
 from statusmail.ledger.base import now_iso
 from statusmail.ledger.claims import Claims, clock
 from statusmail.ledger.claims import worker_name as worker_name  # what the pipeline imports
-from statusmail.ledger.coalesce import Coalesced
 from statusmail.ledger.database import (
     CONNECTION,
     RETRIES,
@@ -67,7 +66,11 @@ class DeliveryQueue(Protocol):
 
     async def release(self) -> None: ...
 
-    async def record(self, outcomes: Sequence[Outcome]) -> None: ...
+    async def record(
+        self, outcomes: Sequence[Outcome], check: Sequence[str] = ()
+    ) -> dict[str, str]:
+        """Record the outcomes and, in the same transaction, find which of the ``check``
+        addresses are suppressed (address: reason)."""
 
     async def remaining(self, generation: int) -> int: ...
 
@@ -103,6 +106,9 @@ RECORD_ARRAYS = (
     " AS v(address, status, attempts, code, detail, message_id, epoch)"
     " WHERE d.entry_id = :e AND d.address = v.address AND d.claim_epoch = v.epoch"
 )
+# The same, and the suppressions of the addresses about to be sent to, in one round trip
+# (an unreferenced data-modifying WITH still runs to completion).
+RECORD_AND_CHECK = f"WITH recorded AS ({RECORD_ARRAYS}) {SUPPRESSED_ANY}"
 RECORD_COLUMNS = ("address", "status", "attempts", "code", "detail", "message_id", "epoch")
 
 SLOTS = (
@@ -133,7 +139,7 @@ class FencedClaims:
     async def _renew(self) -> dict[str, int]:
         raise NotImplementedError
 
-    async def _record(self, outcomes: Fenced) -> None:
+    async def _record(self, outcomes: Fenced, check: Sequence[str]) -> dict[str, str]:
         raise NotImplementedError
 
     async def claim(self, generation: int, count: int) -> list[Recipient]:
@@ -176,8 +182,10 @@ class FencedClaims:
             "rather than sending what another sender may hold"
         )
 
-    async def record(self, outcomes: Sequence[Outcome]) -> None:
-        await self._record(self.claims.settle(outcomes))
+    async def record(
+        self, outcomes: Sequence[Outcome], check: Sequence[str] = ()
+    ) -> dict[str, str]:
+        return await self._record(self.claims.settle(outcomes), check)
 
 
 class LocalQueue(FencedClaims):
@@ -213,8 +221,10 @@ class LocalQueue(FencedClaims):
     async def release(self) -> None:
         self.ledger.release(self.entry_id, self.worker)
 
-    async def _record(self, outcomes: Fenced) -> None:
+    async def _record(self, outcomes: Fenced, check: Sequence[str]) -> dict[str, str]:
         self.ledger.record(self.entry_id, outcomes)
+        found = ((address, self.ledger.suppression_of(address)) for address in check)
+        return {address: reason for address, reason in found if reason is not None}
 
     async def remaining(self, generation: int) -> int:
         return self.ledger.remaining(self.entry_id, generation)
@@ -252,7 +262,6 @@ class ServerQueue(FencedClaims):
         self._dialect = PostgresDialect()
         self._pool: Any = None
         self._limiter_ready = False
-        self._suppressions = Coalesced(self._suppressed)
 
     async def _run(
         self, sql: str, params: dict[str, Any], *, many: Sequence[dict[str, Any]] = ()
@@ -326,23 +335,24 @@ class ServerQueue(FencedClaims):
     async def release(self) -> None:
         await self._run(queries.RELEASE, {"e": self.entry_id, "me": self.worker})
 
-    async def _record(self, outcomes: Fenced) -> None:
-        rows = list(record_params(self.entry_id, outcomes, now_iso()))
-        if not rows:
-            return
+    async def _record(self, outcomes: Fenced, check: Sequence[str]) -> dict[str, str]:
+        stamp = now_iso()
+        rows = list(record_params(self.entry_id, outcomes, stamp))
+        if not rows and not check:
+            return {}
         params: dict[str, Any] = {name: [row[name] for row in rows] for name in RECORD_COLUMNS}
-        await self._run(RECORD_ARRAYS, params | {"e": self.entry_id, "stamp": rows[0]["stamp"]})
+        params |= {"e": self.entry_id, "stamp": stamp, "addresses": list(check)}
+        sql = RECORD_AND_CHECK if check else RECORD_ARRAYS
+        return {str(row[0]): str(row[1]) for row in await self._run(sql, params)}
 
     async def remaining(self, generation: int) -> int:
         rows = await self._run(queries.REMAINING, {"e": self.entry_id, "g": generation})
         return int(rows[0][0])
 
     async def suppression_of(self, address: str) -> str | None:
-        return await self._suppressions.get(address)
-
-    async def _suppressed(self, addresses: list[str]) -> list[tuple[str, str]]:
-        rows = await self._run(SUPPRESSED_ANY, {"addresses": addresses})
-        return [(str(row[0]), str(row[1])) for row in rows]
+        # (a sender asks with its outcomes instead: ``record``'s ``check``)
+        rows = await self._run(SUPPRESSED_ANY, {"addresses": [address]})
+        return str(rows[0][1]) if rows else None
 
     async def suppress(self, address: str, reason: str, detail: str) -> None:
         await self._run(
