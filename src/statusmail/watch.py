@@ -154,6 +154,9 @@ class Watcher(Readiness, Leadership, Background, Bookkeeping):
         site = Republisher(self.config) if self.config.publish.watch else None
         try:
             while not self.halt.is_set():
+                # Cleared before the pass, not before the sleep: a stop, a SIGHUP or a
+                # changed file that comes during the pass cuts the sleep after it short.
+                self.wake.clear()
                 if self.reload:
                     self._reload()
                 await self._work_through_due()
@@ -181,7 +184,6 @@ class Watcher(Readiness, Leadership, Background, Bookkeeping):
         now = asyncio.get_running_loop().time()
         waits = [self.options.poll_interval]
         waits += [max(0.0, b.until - now) for b in self._backoff.values()]
-        self.wake.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.wake.wait(), timeout=min(waits))
 

@@ -302,6 +302,29 @@ def test_import_without_a_terminal_logs_the_rows_it_read_and_sigterm_ends_it(
     assert imports == [(1, "current", 1), (2, "loading", 1)]  # the next import drops it
 
 
+def test_watch_logs_the_rows_it_imports_and_sigterm_ends_it_at_once(project: Path) -> None:
+    """A watcher imports a changed list in a thread of its own: it logs the rows read
+    once that lasts a second, and a stop signal ends it within a thousand rows. (Three
+    times the list: this import takes a second per ROWS here, and the signal must come
+    while it still runs.)"""
+    rows = 3 * ROWS
+    path = seeded_list(project, rows)
+    with path.open("a", encoding="utf-8") as handle:  # changed since: imported anew
+        handle.write("late@example.org,Поздний,ru,RU,service-status,active\n")
+    env = {"STATUSMAIL_UNSUBSCRIBE_SECRET": SECRET}
+    with spawn(project, "--log-format", "json", "watch", env=env) as run:
+        line = json.loads(run.wait_for_line('"event": "importing"'))
+        signalled = time.monotonic()
+        code = run.stop(signal.SIGTERM, timeout=10)
+        took = time.monotonic() - signalled
+    assert code == 0, run.stderr
+    assert took < 1, f"{took:.2f} s after SIGTERM"
+    assert line["level"] == "info" and line["seconds"] >= 1 and 0 < line["rows"] < rows
+    assert re.match(r"importing \S+everyone\.csv: [\d,]+ rows \(", line["message"]), line
+    assert '"event": "imported"' not in run.stderr and "Traceback" not in run.stderr
+    assert deliveries(project) == 0
+
+
 def test_check_of_a_changed_list_says_what_it_imports(
     project: Path, quick: None, records: Records
 ) -> None:

@@ -9,11 +9,12 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from statusmail.delivery.corrections import when
+from statusmail.delivery.waiting import Waiting
 from statusmail.domain import Entry
 from statusmail.errors import InputError, StatusmailError
 from statusmail.ledger import Ledger, controls
@@ -54,15 +55,19 @@ class Bookkeeping:
     """What is due, what was said, and the lists imported."""
 
     config: Config
+    halt: asyncio.Event
     _reported: dict[Path, str]
 
     async def _import(self) -> bool:
         """The lists into the ledger as soon as they change (when not, a stat of each
         file); False when the import is refused (said once per change of the files):
-        then no entry is sent."""
+        then no entry is sent. Also False when the watcher stops meanwhile: the import
+        ends within a thousand rows (the next one drops what it left)."""
         folder = self.config.paths.subscribers
         try:
-            imported = await asyncio.to_thread(_import_lists, self.config)
+            imported = await asyncio.to_thread(_import_lists, self.config, self.halt.is_set)
+        except _Stopped:
+            return False
         except ImportRefused as exc:
             if not exc.again:
                 self._reported.pop(folder, None)  # read anew: say it again if still so
@@ -153,6 +158,23 @@ class Bookkeeping:
             yield entry
 
 
-def _import_lists(config: Config) -> Imported:
-    with Ledger(config.paths.ledger) as ledger:
-        return import_lists(ledger, config.paths.subscribers)
+class _Stopped(Exception):
+    """The watcher stops while its thread imports the lists."""
+
+
+def _import_lists(config: Config, stopping: Callable[[], bool]) -> Imported:
+    """``import_lists`` in a thread of the watcher: once it lasts a second, a log line
+    every few seconds says the rows read so far; it ends at its next thousand rows once
+    ``stopping()`` (the watcher's signal handler cannot reach into this thread)."""
+    folder = config.paths.subscribers
+    with (
+        Ledger(config.paths.ledger) as ledger,
+        Waiting("importing", f"importing {folder}", noun="rows") as wait,
+    ):
+
+        def told(what: str, done: int | None) -> None:
+            if stopping():
+                raise _Stopped
+            wait.now(what, done)
+
+        return import_lists(ledger, folder, told=told)
