@@ -16,8 +16,11 @@ transaction: nothing delivered, the row skipped."""
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -58,6 +61,35 @@ def in_hand(postgres: str, arrived: set[str]) -> list[str]:
     return [address for hand in taken.values() for address in hand]
 
 
+@contextmanager
+def sending(project: Path, postgres: str, count: int) -> Iterator[list[subprocess.Popen[str]]]:
+    """``count`` senders of ENTRY on the ledger; whichever is still running at the end is
+    killed."""
+    processes = senders(project, postgres, count, "send", ENTRY, "--yes")
+    try:
+        yield processes
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+
+
+def settled(postgres: str, addresses: list[str]) -> None:
+    """Wait until none of ``addresses`` is pending any more."""
+    pending = "SELECT COUNT(*) FROM deliveries WHERE status = 'pending' AND address = ANY(%s)"
+    wait_for(lambda: query(postgres, pending, addresses) == [(0,)], what="their outcomes")
+
+
+def skipped(postgres: str) -> dict[str, str]:
+    rows = query(
+        postgres,
+        "SELECT address, detail FROM deliveries WHERE entry_id = %s AND status = 'skipped'",
+        ENTRY,
+    )
+    return dict(rows)
+
+
 def unsubscribe_the_front(postgres: str, port: int, relay: RecordingServer) -> dict[str, float]:
     """With every worker held at the rate limit, unsubscribe the recipients they hold,
     then let them go; each address with the moment its POST was answered (monotonic,
@@ -81,28 +113,18 @@ def unsubscribe_the_front(postgres: str, port: int, relay: RecordingServer) -> d
 def test_no_message_leaves_after_its_unsubscribe_was_answered(project: Path, postgres: str) -> None:
     with RecordingServer() as relay:
         configure(project, relay.port, 40, rate=20, concurrency=CONCURRENCY)
-        processes = senders(project, postgres, SENDERS, "send", ENTRY, "--yes")
-        try:
-            with serving(project, SECRET, env={"STATUSMAIL_LEDGER": postgres}) as port:
-                wait_for(lambda: relay.messages, what="the first message")  # the limiter is made
-                answered = unsubscribe_the_front(postgres, port, relay)
-                pending = (
-                    "SELECT COUNT(*) FROM deliveries WHERE status = 'pending' AND address = ANY(%s)"
-                )
-                wait_for(
-                    lambda: query(postgres, pending, list(answered)) == [(0,)],
-                    what="the unsubscribed recipients' outcomes",
-                )
-                left = query(postgres, "SELECT COUNT(*) FROM deliveries WHERE status = 'pending'")
-                assert left[0][0] > 0  # still sending: a signal is what stops them
-                for process in processes:
-                    process.send_signal(signal.SIGTERM)
-                codes = finish(processes)
-        finally:
+        with (
+            sending(project, postgres, SENDERS) as processes,
+            serving(project, SECRET, env={"STATUSMAIL_LEDGER": postgres}) as port,
+        ):
+            wait_for(lambda: relay.messages, what="the first message")  # the limiter is made
+            answered = unsubscribe_the_front(postgres, port, relay)
+            settled(postgres, list(answered))
+            left = query(postgres, "SELECT COUNT(*) FROM deliveries WHERE status = 'pending'")
+            assert left[0][0] > 0  # still sending: a signal is what stops them
             for process in processes:
-                if process.poll() is None:
-                    process.kill()
-                    process.communicate()
+                process.send_signal(signal.SIGTERM)
+            codes = finish(processes)
         messages = relay.messages
     assert codes == [4] * SENDERS  # stopped by the signal, the rest pending
     # The relay's arrival time of each message against its recipient's 200
@@ -113,12 +135,7 @@ def test_no_message_leaves_after_its_unsubscribe_was_answered(project: Path, pos
     ]
     assert late == []  # (address, seconds after its 200)
     assert set(Counter(recipient_of(m) for m in messages).values()) == {1}
-    skipped = query(
-        postgres,
-        "SELECT address, detail FROM deliveries WHERE entry_id = %s AND status = 'skipped'",
-        ENTRY,
-    )
-    assert dict(skipped) == dict.fromkeys(answered, "suppressed: unsubscribed")
+    assert skipped(postgres) == dict.fromkeys(answered, "suppressed: unsubscribed")
 
 
 def test_the_check_overlaps_the_transaction_and_a_suppressed_answer_abandons_it(
@@ -126,8 +143,7 @@ def test_the_check_overlaps_the_transaction_and_a_suppressed_answer_abandons_it(
 ) -> None:
     with RecordingServer() as relay:
         configure(project, relay.port, 20, rate=20, concurrency=CONCURRENCY)
-        processes = senders(project, postgres, 1, "send", ENTRY, "--yes")
-        try:
+        with sending(project, postgres, 1) as processes:
             wait_for(lambda: relay.messages, what="the first message")  # the limiter is made
             with psycopg.connect(postgres) as limiter, psycopg.connect(postgres) as table:
                 limiter.execute("SELECT tat FROM limiters WHERE name = 'send' FOR UPDATE")
@@ -151,27 +167,11 @@ def test_the_check_overlaps_the_transaction_and_a_suppressed_answer_abandons_it(
                     what="MAIL FROM and RCPT TO of the front while their checks wait",
                 )
                 table.commit()
-            pending = (
-                "SELECT COUNT(*) FROM deliveries WHERE status = 'pending' AND address = ANY(%s)"
-            )
-            wait_for(
-                lambda: query(postgres, pending, front) == [(0,)],
-                what="the front's outcomes",
-            )
+            settled(postgres, front)
             processes[0].send_signal(signal.SIGTERM)
             codes = finish(processes)
-        finally:
-            for process in processes:
-                if process.poll() is None:
-                    process.kill()
-                    process.communicate()
         messages = relay.messages
     assert codes in ([0], [4])  # done, or stopped by the signal with the rest pending
     assert not {recipient_of(m) for m in messages} & set(front)
     assert set(Counter(recipient_of(m) for m in messages).values()) == {1}
-    skipped = query(
-        postgres,
-        "SELECT address, detail FROM deliveries WHERE entry_id = %s AND status = 'skipped'",
-        ENTRY,
-    )
-    assert dict(skipped) == dict.fromkeys(front, "suppressed: unsubscribed")
+    assert skipped(postgres) == dict.fromkeys(front, "suppressed: unsubscribed")

@@ -18,11 +18,12 @@ import time
 import timeit
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.console import Console
 
-from conftest import SECRET, UPDATE, clean_environ, command, spawn
+from conftest import SECRET, UPDATE, Running, clean_environ, command, spawn
 from import_helpers import seeded_list
 from pty_helpers import Terminal
 from statusmail import signals
@@ -280,16 +281,22 @@ def test_send_on_a_terminal_shows_the_selection_before_its_prompt_and_ctrl_c_end
     assert deliveries(project) == 0
 
 
+def stopped_while_importing(run: Running) -> tuple[dict[str, Any], int, float]:
+    """SIGTERM once ``run`` logs its import's rows: that line, the exit code, and the
+    seconds from the signal to the exit."""
+    line = json.loads(run.wait_for_line('"event": "importing"'))
+    signalled = time.monotonic()
+    code = run.stop(signal.SIGTERM, timeout=10)
+    return line, code, time.monotonic() - signalled
+
+
 def test_import_without_a_terminal_logs_the_rows_it_read_and_sigterm_ends_it(
     project: Path,
 ) -> None:
     """The interrupted import leaves the last one current: nothing of it is selected."""
     seeded_list(project, ROWS)  # its CSV, and the import of it as import 1
     with spawn(project, "import", "--force", "--log-format", "json") as run:
-        line = json.loads(run.wait_for_line('"event": "importing"'))
-        signalled = time.monotonic()
-        code = run.stop(signal.SIGTERM, timeout=10)
-        took = time.monotonic() - signalled
+        line, code, took = stopped_while_importing(run)
     assert code == 4, run.stderr
     assert took < 1, f"{took:.2f} s after SIGTERM"
     assert "interrupted by SIGTERM" in run.stderr
@@ -313,10 +320,7 @@ def test_watch_logs_the_rows_it_imports_and_sigterm_ends_it_at_once(project: Pat
         handle.write("late@example.org,Поздний,ru,RU,service-status,active\n")
     env = {"STATUSMAIL_UNSUBSCRIBE_SECRET": SECRET}
     with spawn(project, "--log-format", "json", "watch", env=env) as run:
-        line = json.loads(run.wait_for_line('"event": "importing"'))
-        signalled = time.monotonic()
-        code = run.stop(signal.SIGTERM, timeout=10)
-        took = time.monotonic() - signalled
+        line, code, took = stopped_while_importing(run)
     assert code == 0, run.stderr
     assert took < 1, f"{took:.2f} s after SIGTERM"
     assert line["level"] == "info" and line["seconds"] >= 1 and 0 < line["rows"] < rows
