@@ -200,6 +200,7 @@ def read_subscribers(
             ledger.database.execute(STAGING)
             staged = "EXISTS (SELECT 1 FROM staged t WHERE t.address = s.address)"
             where = f" AND NOT {has} AND NOT {staged}"
+    paths: dict[str, Path] = {}  # a list's few files, each made a Path once
     while True:
         page = query(
             ledger,
@@ -220,7 +221,7 @@ def read_subscribers(
                 region,
                 topics_of(topics),
                 status,
-                Path(file),
+                paths.get(file) or paths.setdefault(file, Path(file)),
                 line,
             )
             after = pos
