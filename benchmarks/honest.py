@@ -50,6 +50,7 @@ message <= 1.2x the fair floor's at C = 8; PostgreSQL >= 0.8x SQLite; the dry ru
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import secrets
@@ -803,6 +804,7 @@ def source_tree(args: argparse.Namespace, tmp: Path) -> tuple[Path, str]:
     child and this process import statusmail from it (PYTHONPATH), and the projects
     are copies of its sample."""
     if args.worktree:
+        compileall.compile_dir(common.REPO / "src", quiet=2)
         return common.REPO, common.revision()
     rev = subprocess.run(
         ["git", "-C", str(common.REPO), "rev-parse", "--short", args.rev],
@@ -820,6 +822,10 @@ def source_tree(args: argparse.Namespace, tmp: Path) -> tuple[Path, str]:
         timeout=120,
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True, timeout=120)
+    # Compiled as pip compiles an installed package: with $PYTHONDONTWRITEBYTECODE set
+    # (as on these machines) every statusmail process, its signer and its helpers would
+    # compile the package again, a start-up cost that no installation has.
+    compileall.compile_dir(tree / "src", quiet=2)
     src = str(tree / "src")
     sys.path.insert(0, src)
     previous = os.environ.get("PYTHONPATH")
