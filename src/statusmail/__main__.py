@@ -32,6 +32,29 @@ def _early(signum: int, _frame: object) -> None:
     raise _Early(signum)
 
 
+def _unraisable(args: sys.UnraisableHookArgs) -> None:
+    """A signal's exception raised inside a callback Python runs on its own (a weakref's,
+    during an import, say) cannot leave it: Python would print it as "Exception ignored"
+    with a traceback and go on as if no signal had come. The signal is sent again
+    instead, a millisecond later from a thread, so that its exception comes where the
+    program is by then (sent from here, its handler would run inside this hook)."""
+    value = args.exc_value
+    if isinstance(value, _Early):
+        signum: int | None = value.args[0]
+        signal.signal(value.args[0], _early)  # (it ignored both signals from then on)
+    elif type(value).__name__ == "Interrupted" and type(value).__module__ == "statusmail.errors":
+        signum = getattr(value, "signum", None)
+    else:
+        signum = None
+    if signum is None:
+        sys.__unraisablehook__(args)
+        return
+    import os
+    import threading
+
+    threading.Timer(0.001, os.kill, (os.getpid(), signum)).start()
+
+
 def _signal_taken() -> int | None:
     """The first signal a handler of statusmail's took, if any."""
     module = sys.modules.get("statusmail.signals")
@@ -51,6 +74,7 @@ def _settled() -> None:
 def run() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _early)
+    sys.unraisablehook = _unraisable
     try:
         _main()
     finally:

@@ -19,6 +19,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Hashable, Iterator
 from pathlib import Path
@@ -298,6 +299,61 @@ def spawned() -> Iterator[list[Running]]:
         if process.process.returncode is None:
             process.process.kill()
             process.finish()
+
+
+# A program that starts statusmail as ``run`` does, with a signal that lands inside a
+# weakref's callback (as one can while an import runs): before statusmail's own handlers
+# are in (``_Early``) or after (``Interrupted``).
+IN_A_CALLBACK = """
+import signal, sys, time, weakref
+import statusmail.__main__ as main
+import statusmail.signals as signals
+
+when = sys.argv[2]
+
+def in_a_callback():
+    class Dropped:
+        pass
+    dropped = Dropped()
+    ref = weakref.ref(dropped, lambda _ref: signal.raise_signal(signal.SIGTERM))
+    del dropped  # the callback runs here, and the signal's exception rises inside it
+
+install = signals.install
+def install_around():
+    if when == "early":
+        in_a_callback()
+    install()
+    if when == "late":
+        in_a_callback()
+    time.sleep(10)  # the signal is not lost: it ends the program here
+
+signals.install = install_around
+sys.argv[1:] = ["check"]
+main.run()
+"""
+
+
+@pytest.mark.parametrize("when", ["early", "late"])
+def test_a_signal_inside_a_callback_still_ends_the_program_in_one_line(
+    project: Path, when: str
+) -> None:
+    """Python cannot raise an exception out of a weakref's callback: it prints it as
+    "Exception ignored" with a traceback and goes on. statusmail sends the signal again
+    from there, so it ends the program at once with its line and exit 4."""
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", IN_A_CALLBACK, "-", when],
+        cwd=project.parent,
+        env=clean_environ(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert time.monotonic() - started < 8, done.stderr
+    assert done.returncode == 4, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "interrupted by SIGTERM while starting; nothing was done"
+    ]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
