@@ -84,6 +84,10 @@ def log_terminal() -> Console | None:
     return None
 
 
+class ImportStopped(Exception):
+    """``import_shown``'s ``stopping()`` became true: the import ended where it was."""
+
+
 def import_shown(
     ledger: Ledger,
     folder: Path,
@@ -91,9 +95,13 @@ def import_shown(
     console: Console | None,
     entry: str | None = None,
     force: bool = False,
+    stopping: Callable[[], bool] | None = None,
 ) -> Imported:
     """``import_lists``, its wait shown (the file and the rows read so far) and ended at
-    once by a signal: for ``send``, ``check`` and ``statusmail import`` alike."""
+    once by a signal: for ``send``, ``check``, ``statusmail import`` and ``watch`` alike.
+    ``stopping``: for a thread that no signal's handler reaches (``watch`` imports in
+    one), a flag looked at every thousand rows; once it is true the import ends there
+    with ``ImportStopped`` (the next import drops what it left)."""
     wait = Waiting(
         "importing",
         f"importing {folder}",
@@ -102,8 +110,14 @@ def import_shown(
         entry=entry,
         interrupt=interrupter(ledger),
     )
+
+    def told(what: str, done: int | None) -> None:
+        if stopping is not None and stopping():
+            raise ImportStopped
+        wait.now(what, done)
+
     with wait:
-        return import_lists(ledger, folder, force=force, told=wait.now)
+        return import_lists(ledger, folder, force=force, told=told)
 
 
 class Waiting:

@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from statusmail.delivery.corrections import when
-from statusmail.delivery.waiting import Waiting
+from statusmail.delivery.waiting import ImportStopped, import_shown
 from statusmail.domain import Entry
 from statusmail.errors import InputError, StatusmailError
 from statusmail.ledger import Ledger, controls
 from statusmail.ledger import exists as ledger_exists
-from statusmail.ledger.importing import import_lists
 from statusmail.ledger.subscribers import Imported, ImportRefused
 from statusmail.project.config import Config
 from statusmail.project.entries import entry_paths, load_entry
@@ -66,7 +65,7 @@ class Bookkeeping:
         folder = self.config.paths.subscribers
         try:
             imported = await asyncio.to_thread(_import_lists, self.config, self.halt.is_set)
-        except _Stopped:
+        except ImportStopped:
             return False
         except ImportRefused as exc:
             if not exc.again:
@@ -158,23 +157,8 @@ class Bookkeeping:
             yield entry
 
 
-class _Stopped(Exception):
-    """The watcher stops while its thread imports the lists."""
-
-
 def _import_lists(config: Config, stopping: Callable[[], bool]) -> Imported:
-    """``import_lists`` in a thread of the watcher: once it lasts a second, a log line
-    every few seconds says the rows read so far; it ends at its next thousand rows once
-    ``stopping()`` (the watcher's signal handler cannot reach into this thread)."""
-    folder = config.paths.subscribers
-    with (
-        Ledger(config.paths.ledger) as ledger,
-        Waiting("importing", f"importing {folder}", noun="rows") as wait,
-    ):
-
-        def told(what: str, done: int | None) -> None:
-            if stopping():
-                raise _Stopped
-            wait.now(what, done)
-
-        return import_lists(ledger, folder, told=told)
+    """The lists imported in a thread of the watcher, their rows logged once it lasts
+    a second, and ended within a thousand rows once ``stopping()``."""
+    with Ledger(config.paths.ledger) as ledger:
+        return import_shown(ledger, config.paths.subscribers, console=None, stopping=stopping)
