@@ -26,7 +26,6 @@ import compileall
 import os
 import secrets
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -44,16 +43,7 @@ def tree_at(rev: str | None, where: Path) -> tuple[Path, str]:
     if rev is None:
         compileall.compile_dir(common.REPO / "src", quiet=2)
         return common.REPO / "src", f"checkout ({common.revision()})"
-    archive = subprocess.run(
-        ["git", "-C", str(common.REPO), "archive", "--format=tar", rev, "src"],
-        capture_output=True,
-        check=True,
-        timeout=120,
-    ).stdout
-    where.mkdir(parents=True)
-    subprocess.run(["tar", "-x", "-C", str(where)], input=archive, check=True, timeout=120)
-    compileall.compile_dir(where / "src", quiet=2)
-    return where / "src", rev
+    return common.archived(rev, where, "src") / "src", rev
 
 
 def send(config: Path, src: Path, args: argparse.Namespace) -> tuple[float, float]:

@@ -813,19 +813,7 @@ def source_tree(args: argparse.Namespace, tmp: Path) -> tuple[Path, str]:
         check=True,
         timeout=30,
     ).stdout.strip()
-    tree = tmp / "tree"
-    tree.mkdir()
-    archive = subprocess.run(
-        ["git", "-C", str(common.REPO), "archive", "--format=tar", rev],
-        capture_output=True,
-        check=True,
-        timeout=120,
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True, timeout=120)
-    # Compiled as pip compiles an installed package: with $PYTHONDONTWRITEBYTECODE set
-    # (as on these machines) every statusmail process, its signer and its helpers would
-    # compile the package again, a start-up cost that no installation has.
-    compileall.compile_dir(tree / "src", quiet=2)
+    tree = common.archived(rev, tmp / "tree")
     src = str(tree / "src")
     sys.path.insert(0, src)
     previous = os.environ.get("PYTHONPATH")
