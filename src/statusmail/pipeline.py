@@ -351,7 +351,7 @@ async def finish(
         progress=progress,
         on_idle=selection.take_over,
         controls=controls.asker(ledger, entry_id),
-        signing=prepared.factory.signer,
+        dkim=prepared.factory.signer,
     )
     selection.engine = engine
     selection.begin()

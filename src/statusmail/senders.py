@@ -77,7 +77,7 @@ async def deliver(job: Job, link: Link) -> Ended:
             stop=link.stop,
             on_outcome=link.on_outcome,
             mask=(lambda a: a) if job.show_addresses else mask_address,
-            signing=prepared.factory.signer,
+            dkim=prepared.factory.signer,
         )
         try:
             link.sending()

@@ -8,9 +8,9 @@ outcomes of all workers are grouped into one transaction, so at any moment at mo
 ``concurrency`` messages can have been accepted by the server without being recorded
 as sent.
 
-With ``signing`` (a DKIM key: the RSA signature is most of a message's CPU), each worker
-builds its next message as soon as it has the current one in hand, and a process of its
-own signs it (``signing.py``) while the loop talks to the relay.
+With ``dkim`` (the run's ``DkimSigner``: the RSA signature is most of a message's
+CPU), each worker builds its next message as soon as it has the current one in hand,
+and a process of its own signs it (``signing.py``) while the loop talks to the relay.
 """
 
 from __future__ import annotations
@@ -94,10 +94,10 @@ class Engine(Delivering):
         on_idle: Callable[[], Awaitable[None]] | None = None,
         metrics: DeliveryMetrics | None = None,
         controls: Callable[[], Awaitable[str | None]] | None = None,
-        signing: DkimSigner | None = None,
+        dkim: DkimSigner | None = None,
     ) -> None:
         self.queue = queue
-        self.signing = signing
+        self.dkim = dkim
         self._signer: SigningProcess | None = None
         self.controls = controls  # why to stop taking recipients (statusmail pause), if so
         self.transport = transport
@@ -153,10 +153,10 @@ class Engine(Delivering):
         obeying = asyncio.create_task(self._obey())
         connections: list[Connection] = []
         try:
-            if self.signing is not None:
+            if self.dkim is not None:
                 # Started first: its interpreter and key load (about 0.1 s) overlap the
                 # wait for the first recipients and the connections.
-                self._signer = SigningProcess(self.signing)
+                self._signer = SigningProcess(self.dkim)
                 await self._signer.start()
             first = await self._next_batch(ahead(self.settings.concurrency))
             if not first:
