@@ -36,6 +36,8 @@ Fault injection (all real server behaviour, no mocks), as keyword arguments:
 - ``eightbitmime=False``: do not offer 8BITMIME (aiosmtpd offers it by default). With
   ``eightbitmime`` set (True or False), each EHLO offers it as the knob says at that
   moment, so flipping it while the server runs changes what the next session sees.
+- ``pipelining=False``: do not offer PIPELINING (offered by default, as real relays do;
+  aiosmtpd itself does not offer it, but reads pipelined commands in order).
 - ``port=P``: listen on this port instead of a free one (to bring a "relay" back up).
 
 Observation: ``host``, ``port``, ``messages`` (a copy of the list of ``ReceivedMessage``),
@@ -181,17 +183,18 @@ class _Handler:
                 srv._carrying.append(session)
         return "250 2.0.0 OK queued"
 
-
-class _EhloHandler(_Handler):
-    """``_Handler`` with the ``eightbitmime`` knob: EHLO offers 8BITMIME as it says."""
-
     async def handle_EHLO(
         self, smtp: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
     ) -> list[str]:
+        """What EHLO offers, as the ``eightbitmime`` and ``pipelining`` knobs say now."""
         session.host_name = hostname  # what aiosmtpd does itself when there is no hook
-        offered = [line for line in responses if line[4:].upper() != "8BITMIME"]
-        if self.server.eightbitmime:
-            offered.insert(1, "250-8BITMIME")
+        offered = list(responses)
+        if self.server.eightbitmime is not None:
+            offered = [line for line in offered if line[4:].upper() != "8BITMIME"]
+            if self.server.eightbitmime:
+                offered.insert(1, "250-8BITMIME")
+        if self.server.pipelining:
+            offered.insert(1, "250-PIPELINING")
         return offered
 
 
@@ -234,6 +237,7 @@ class RecordingServer:
         require_tls: bool = False,
         smtputf8: bool = True,
         eightbitmime: bool | None = None,
+        pipelining: bool = True,
         port: int = 0,
     ) -> None:
         self.fail_data_every = fail_data_every
@@ -250,6 +254,7 @@ class RecordingServer:
         self.require_tls = require_tls
         self.smtputf8 = smtputf8
         self.eightbitmime = eightbitmime  # None: aiosmtpd's own EHLO (8BITMIME offered)
+        self.pipelining = pipelining
         self.host = "127.0.0.1"
         self.port = port  # 0: a free port, learnt at start
         self.connections = 0
@@ -266,7 +271,7 @@ class RecordingServer:
 
     def start(self) -> RecordingServer:
         kwargs: dict[str, Any] = {
-            "handler": _Handler(self) if self.eightbitmime is None else _EhloHandler(self),
+            "handler": _Handler(self),
             "hostname": self.host,
             "port": self.port,
             "server_hostname": "mx.test",

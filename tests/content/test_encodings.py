@@ -50,7 +50,7 @@ from statusmail.content.render import (
     Renderer,
 )
 from statusmail.content.variants import VariantKey, probe_recipient
-from statusmail.delivery.smtp import _wire_ready
+from statusmail.delivery.pipelining import wire_ready
 from statusmail.domain import Recipient
 from statusmail.project.config import load_config
 from statusmail.project.entries import find_entry
@@ -132,11 +132,11 @@ def from_scratch(cte: str, text: str) -> bytes:
     return _canonical(text)  # 8bit, 7bit
 
 
-def assert_wire_ready(built: Built) -> None:
+def assertwire_ready(built: Built) -> None:
     """What SMTP would check per send, checked here once: CRLF only, no bare CR or LF,
     no line starting with a dot, none over 998 octets; and the Shape tells the truth."""
     data = built.envelope.data
-    assert _wire_ready(data)
+    assert wire_ready(data)
     assert data.count(b"\r") == data.count(b"\n") == data.count(b"\r\n")
     assert b"\0" not in data
     assert max(len(line) for line in data.split(b"\r\n")) <= MAX_LINE
@@ -163,7 +163,7 @@ def test_every_encoding_parses_to_the_rendered_text_and_equals_encoding_from_scr
                 built = factory.build(recipient, eight_bit=eight_bit)
                 rendered = built.rendered
                 data = built.envelope.data
-                assert_wire_ready(built)
+                assertwire_ready(built)
                 _, plain, html = parts_of(data)
                 for index, (part, text) in enumerate(
                     ((plain, rendered.text), (html, rendered.html))
@@ -261,7 +261,7 @@ def test_a_long_url_or_a_leading_dot_from_a_slot_falls_back_for_that_recipient_o
     part = _Part("plain", NAME_SLOT + " wrote\nopen " + URL_SLOT + "\n")
     assert b"8bit" in part.encode(slots("Анна", "https://x.example/u"), True)[0]
     dotted = part.encode(slots(".Анна", "https://x.example/u"), True)[0]
-    assert b"8bit" not in dotted and _wire_ready(dotted)
+    assert b"8bit" not in dotted and wire_ready(dotted)
     long_url = "https://x.example/" + "u" * 1000
     encoded, eight = part.encode(slots("Анна", long_url), True)
     assert not eight and b"8bit" not in encoded
@@ -350,7 +350,7 @@ def test_every_encoding_of_a_part_decodes_to_its_text(
     part = _Part("plain", source)
     encoded, _ = part.encode(slots(name, url), eight_bit)
     data = b"MIME-Version: 1.0\r\n" + encoded
-    assert _wire_ready(data)
+    assert wire_ready(data)
     parsed = message_from_bytes(data, policy=email.policy.default)
     assert isinstance(parsed, EmailMessage)
     # (a CR just before a line end is dropped: see message._lf)
@@ -384,7 +384,7 @@ def test_dkim_verifies_for_every_encoding(signed_project: tuple[Path, bytes]) ->
                 built = factory.build(probe_recipient(key), eight_bit=eight_bit)
                 data = built.envelope.data
                 assert data.startswith(b"DKIM-Signature:")
-                assert_wire_ready(built)
+                assertwire_ready(built)
                 _, plain, html = parts_of(data)
                 seen |= {
                     str(plain["Content-Transfer-Encoding"]),

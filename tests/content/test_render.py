@@ -167,16 +167,16 @@ def test_encoding_per_line_equals_encoding_the_whole_part(project: Path) -> None
 def test_no_line_starts_with_a_dot_and_line_endings_are_crlf(project: Path) -> None:
     """So SMTP can send the bytes as they are (no dot-stuffing, no re-normalizing)."""
     from statusmail.content.parts import _qp
-    from statusmail.delivery.smtp import _wire_ready
+    from statusmail.delivery.pipelining import wire_ready
 
     _, factory, _ = sample(project, "update-2020-04-21")
     dotted = Recipient("d@example.org", "d@example.org", "d@example.org", ".Dot", "en", None)
     data = factory.build(dotted).envelope.data
-    assert _wire_ready(data)
+    assert wire_ready(data)
     encoded = _qp(".start\n..two\n.\nend.\n")
     assert encoded == b"=2Estart\r\n=2E.two\r\n=2E\r\nend.\r\n"
     assert binascii.a2b_qp(encoded.replace(b"\r\n", b"\n")) == b".start\n..two\n.\nend.\n"
-    assert not _wire_ready(b"a\r\n.b\r\n") and not _wire_ready(b"a\nb\r\n")
+    assert not wire_ready(b"a\r\n.b\r\n") and not wire_ready(b"a\nb\r\n")
 
 
 def test_a_template_compiles_once_a_process_and_again_when_edited(

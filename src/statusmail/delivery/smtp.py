@@ -21,6 +21,7 @@ import ssl
 
 import aiosmtplib
 
+from statusmail.delivery.pipelining import pipelined
 from statusmail.delivery.smtp_replies import (
     command_address,
     connect_error,
@@ -44,21 +45,6 @@ def _abort(smtp: aiosmtplib.SMTP) -> None:
     smtp.close()
     if isinstance(transport, asyncio.WriteTransport):
         transport.abort()
-
-
-def _wire_ready(data: bytes) -> bool:
-    """True when ``data`` can go after DATA as it is: CRLF line endings only, and no line
-    that starts with a dot (which SMTP would take for the end or need doubled).
-
-    Not used when sending: statusmail's messages are so by construction (their
-    ``Shape``), which the tests check once for every encoding; others go through
-    aiosmtplib's own pass."""
-    return (
-        not data.startswith(b".")
-        and b"\n." not in data
-        and data.count(b"\n") == data.count(b"\r\n")
-        and data.count(b"\r") == data.count(b"\r\n")
-    )
 
 
 def _headers_are_ascii(data: bytes) -> bool:
@@ -157,6 +143,7 @@ class SmtpConnection:
         self._carried = 0  # messages the current session has carried
         self._opening: asyncio.Task[None] | None = None  # the next session, being opened
         self._eight_bit = smtp.supports_extension("8bitmime")
+        self._pipelining = smtp.supports_extension("pipelining")
 
     @property
     def eight_bit(self) -> bool:
@@ -241,6 +228,7 @@ class SmtpConnection:
         self.sessions += 1
         self._carried = 0
         self._eight_bit = smtp.supports_extension("8bitmime")
+        self._pipelining = smtp.supports_extension("pipelining")
         return smtp
 
     async def _next_session(self) -> None:
@@ -291,6 +279,19 @@ class SmtpConnection:
         if eight_bit and offers_8bit:
             options.append("BODY=8BITMIME")
         encoding = "utf-8" if options and options[0] == "SMTPUTF8" else "ascii"
+        if shape is not None and self._pipelining:
+            mail, to = command_address(envelope.sender), command_address(rcpt or "")
+            if mail is not None and to is not None:
+                command = b" ".join([b"MAIL FROM:" + mail, *(o.encode("ascii") for o in options)])
+                await pipelined(
+                    smtp,
+                    command + b"\r\n",
+                    b"RCPT TO:" + to + b"\r\n",
+                    data,
+                    None if ready is None else lambda: self._ready(ready),
+                    self._transport.settings.timeout,
+                )
+                return
         await self._mail(smtp, envelope.sender, options, encoding)
         await self._rcpt(smtp, rcpt or envelope.recipient, encoding)
         if shape is not None:
