@@ -38,6 +38,12 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=20000, help="recipients (default 20000)")
     parser.add_argument("--concurrency", "-c", default="1,8", help="connections (default 1,8)")
     parser.add_argument("--reps", type=int, default=3, help="repetitions (default 3)")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="sending.processes (default 1: only this process's thread is measured)",
+    )
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
 
@@ -99,7 +105,9 @@ def main() -> int:
                 spent.clear()
                 counts.clear()
                 with common.SmtpSink() as sink:
-                    common.configure(config, port=sink.port, concurrency=conc)
+                    common.configure(
+                        config, port=sink.port, concurrency=conc, processes=args.processes
+                    )
                     argv = ["send", common.ENTRY, "--yes", "--json", "--config", str(config)]
                     with (
                         open(os.devnull, "w") as quiet,

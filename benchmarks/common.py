@@ -114,7 +114,10 @@ def configure(
     rate: float = 0,
     concurrency: int = 8,
     timeout: float = 30,
+    processes: int | None = None,
 ) -> Path:
+    """Point ``config`` at the relay; ``processes`` sets ``sending.processes`` (unset:
+    statusmail's default, which depends on the cores and the DKIM key)."""
     data = yaml.safe_load(config.read_text(encoding="utf-8"))
     data["transport"] = transport
     data["smtp"] = {"host": "127.0.0.1", "port": port, "security": "none", "timeout": timeout}
@@ -124,6 +127,8 @@ def configure(
         "max_attempts": 5,
         "stop_after_failures": 0.5,
     }
+    if processes is not None:
+        data["sending"]["processes"] = processes
     config.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
     return config
 
