@@ -6,6 +6,8 @@ honest.py, so that no part pays another's start-up and all share one interpreter
           8bit, each with its VERP return path), sent over C reused aiosmtplib sessions
           on the raw DATA path (floor.py's ``raw``: MAIL, RCPT, DATA, the bytes as they
           are): CPU (getrusage around the loop) and wall time.
+  pipelined  the same messages over the same sessions, pipelined (floor.py's
+          ``pipelined``: statusmail's own exchange), when the tree has it.
   build   ``MessageFactory.build`` over N recipients of the list, in a tight loop,
           every variant prepared before (caches warm: the least it costs); with
           --dkim-config, also signed (DKIM), over --dkim-n of them.
@@ -38,6 +40,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import floor
 
 ENTRY = "update-2020-04-21"
+
+
+def pipelining() -> bool:
+    """Whether this tree pipelines (an older one, measured with --rev, may not)."""
+    import importlib.util
+
+    return importlib.util.find_spec("statusmail.delivery.pipelining") is not None
 
 
 def cpu_now() -> float:
@@ -179,6 +188,12 @@ def main() -> int:
     cpu, start = cpu_now(), time.perf_counter()
     sent = asyncio.run(floor.send_all(args.port, mix, n, conc, "raw"))
     out["raw"] = {"sent": sent, "wall": time.perf_counter() - start, "cpu": cpu_now() - cpu}
+
+    if pipelining():
+        cpu, start = cpu_now(), time.perf_counter()
+        sent = asyncio.run(floor.send_all(args.port, mix, n, conc, "pipelined"))
+        wall = time.perf_counter() - start
+        out["pipelined"] = {"sent": sent, "wall": wall, "cpu": cpu_now() - cpu}
 
     out["build_us"] = measure_build(factory, recipients)
     if args.dkim_config is not None:

@@ -11,11 +11,17 @@ figure is the median of the repetitions (min–max):
                    over C reused aiosmtplib sessions on the raw DATA path (MAIL, RCPT,
                    DATA, the bytes as they are): the least any Python sender on this
                    stack can cost. Its loop alone is timed.
+  raw floor,       the same messages over the same sessions, pipelined (RFC 2920:
+    pipelined      MAIL, RCPT and DATA in one write) through statusmail's own exchange,
+                   as statusmail sends when the relay offers PIPELINING (smtp-sink
+                   does); aiosmtplib cannot. Shown beside the issue's floor, which it
+                   undercuts: the fair floor's target is the issue's, the raw loop's.
   fair floor       raw floor + building each message + recording each outcome in a
                    SQLite ledger (in groups of C), each measured in the same process
                    (benchmarks/fair.py): what statusmail cannot avoid doing. CPU per
                    message is the sum of the three; its throughput is that of the
-                   "fair loop", the same three done together in one loop.
+                   "fair loop", the same three done together in one loop. "fair
+                   floor, pipelined" is the same sum with the pipelined raw loop.
   email+smtplib    a plain sender (benchmarks/plain_smtplib.py): EmailMessage per
                    recipient from statusmail's text and HTML, smtplib's send_message,
                    C connections (a thread each); --plain-n recipients (its rate does
@@ -333,12 +339,13 @@ def fair_floor(run: Run, conc: int) -> None:
             *("--dkim-n", str(min(n, 2000))),
         ]
     )
-    got = sink.count(2 * n)
-    if child.returncode != 0 or got != 2 * n:
-        run.complain(f"fair.py C={conc}", f"exit {child.returncode}, sink got {got} of {2 * n}")
+    out = child.json() if child.returncode == 0 else {}
+    sends = 3 if "pipelined" in out else 2  # the raw loop, the fair loop, pipelined
+    got = sink.count(sends * n)
+    if child.returncode != 0 or got != sends * n:
+        run.complain(f"fair.py C={conc}", f"exit {child.returncode}, sink got {got} of {sends * n}")
         print(child.stderr[-1500:])
         return
-    out = child.json()
     raw, loop = out["raw"], out["loop"]
     if loop["recorded"] != n:
         run.complain(f"fair loop C={conc}", f"{loop['recorded']} of {n} recorded")
@@ -351,7 +358,14 @@ def fair_floor(run: Run, conc: int) -> None:
     parts["CPU us/msg"].add(raw["cpu"] / n * 1e6 + out["build_us"] + out["record_us"])
     parts["msg/s"].add(n / loop["wall"])
     parts["loop CPU us/msg"].add(loop["cpu"] / n * 1e6)
-    parts["process CPU us/msg"].add(child.cpu / (2 * n) * 1e6)
+    parts["process CPU us/msg"].add(child.cpu / (sends * n) * 1e6)
+    if "pipelined" in out:
+        piped = out["pipelined"]
+        figures = run.results[Row("raw floor, pipelined", conc=str(conc))]
+        figures["msg/s"].add(n / piped["wall"])
+        figures["CPU us/msg"].add(piped["cpu"] / n * 1e6)
+        fair = run.results[Row("fair floor, pipelined", conc=str(conc), ledger="SQLite")]
+        fair["CPU us/msg"].add(piped["cpu"] / n * 1e6 + out["build_us"] + out["record_us"])
     signed = run.results[Row("fair floor", dkim="RSA 2048", conc=str(conc), ledger="SQLite")]
     signed["build us"].add(out["build_dkim_us"])
     signed["record us"].add(out["record_us"])
@@ -525,7 +539,9 @@ def report(run: Run, levels: list[int], processes: list[int]) -> str:
     senders: list[list[str]] = []
     order = [
         "raw floor",
+        "raw floor, pipelined",
         "fair floor",
+        "fair floor, pipelined",
         "email + smtplib",
         "mailmerge",
         "smtp-source",
@@ -682,6 +698,17 @@ def report(run: Run, levels: list[int], processes: list[int]) -> str:
             sm(conc, "delivery CPU us/msg", ledger="SQLite"),
             fair_cpu[conc],
             "<=1.2" if conc == 8 else "",
+        )
+        ratio(
+            "CPU/msg, statusmail delivery / fair floor with the pipelined raw loop",
+            str(conc),
+            sm(conc, "delivery CPU us/msg", ledger="SQLite"),
+            med(
+                run,
+                Row("fair floor, pipelined", conc=str(conc), ledger="SQLite"),
+                "CPU us/msg",
+            ),
+            "",
         )
         ratio(
             "CPU/msg, statusmail delivery / fair floor, both DKIM RSA",
