@@ -27,6 +27,8 @@ from statusmail.delivery.transport import Ready
 # As aiosmtplib bounds them: a reply line, and a whole (multi-line) reply.
 MAX_LINE = 8192
 MAX_REPLY = MAX_LINE * 4
+# What may follow a reply's code: its text, more lines to come, or nothing.
+_MARKS = (b" ", b"-", b"\r", b"")
 
 
 class MalformedReply(aiosmtplib.SMTPException):
@@ -94,18 +96,25 @@ class Replies(asyncio.Protocol):
         return self._ready.popleft()
 
     def _parse(self) -> None:
-        while (end := self._buffer.find(b"\n")) >= 0:
-            line = bytes(self._buffer[: end + 1])
-            del self._buffer[: end + 1]
-            if len(line) > MAX_LINE or not line[:3].isdigit() or line[3:4] not in b" -\r\n":
-                raise MalformedReply(f"not an SMTP reply: {line[:80]!r}")
-            self._lines.append(line)
-            if line[3:4] != b"-":
-                lines, self._lines = self._lines, []
-                text = b"\n".join(x[4:].strip(b" \t\r\n") for x in lines)
+        buffer = self._buffer
+        end = buffer.rfind(b"\n")
+        if end >= 0:
+            complete = bytes(buffer[:end])
+            del buffer[: end + 1]
+            for line in complete.split(b"\n"):
+                mark = line[3:4]
+                if len(line) > MAX_LINE or not line[:3].isdigit() or mark not in _MARKS:
+                    raise MalformedReply(f"not an SMTP reply: {line[:80]!r}")
+                if mark == b"-":  # a line of a multi-line reply, more to come
+                    self._lines.append(line)
+                    continue
+                text = line[4:].strip(b" \t\r")
+                if self._lines:
+                    text = b"\n".join([*(x[4:].strip(b" \t\r") for x in self._lines), text])
+                    self._lines = []
                 code = int(line[:3])
                 self._ready.append(SMTPResponse(code, text.decode("utf-8", "surrogateescape")))
-        if len(self._buffer) + sum(map(len, self._lines)) > MAX_REPLY:
+        if len(buffer) + sum(map(len, self._lines)) > MAX_REPLY:
             raise MalformedReply("a reply longer than any SMTP reply")
 
     def _fail(self, exc: BaseException) -> None:
