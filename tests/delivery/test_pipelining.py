@@ -187,7 +187,7 @@ async def test_a_relay_that_opens_data_after_refusing_the_recipient_gets_a_lone_
     assert heard[5:] == [b"RSET\r\n", b"QUIT\r\n"]
 
 
-@pytest.mark.parametrize("how", ["silent", "hangs up"])
+@pytest.mark.parametrize("how", ["silent", "hangs up", "closes"])
 async def test_a_relay_that_stops_mid_pipeline_is_a_transient_failure(how: str) -> None:
     async def script(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter, heard: list[bytes]
@@ -196,9 +196,10 @@ async def test_a_relay_that_stops_mid_pipeline_is_a_transient_failure(how: str) 
         writer.write(b"250 ok\r\n")
         if how == "silent":
             await reader.read()  # until the client gives up and closes
-        else:
+        elif how == "hangs up":
             await writer.drain()
-            writer.transport.abort()
+            writer.transport.abort()  # a reset
+        # "closes": the session's end closes the socket in good order (an EOF)
 
     async with relay(script) as (port, _):
         conn = await transport(port, timeout=0.5).connect()
