@@ -15,8 +15,10 @@ import email.policy
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from email.message import EmailMessage
+from pathlib import Path
 
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,7 +26,8 @@ from smtp_server import RecordingServer, TestCA, make_test_ca
 from statusmail.delivery.pipelining import MalformedReply, Replies
 from statusmail.delivery.smtp import SmtpTransport
 from statusmail.domain import Envelope, Shape
-from statusmail.errors import DeliveryError
+from statusmail.errors import ConfigError, DeliveryError
+from statusmail.project.config import load_config
 from statusmail.project.sending import SmtpSettings
 
 SENDER = "status@example.org"
@@ -99,8 +102,10 @@ async def quit_after(
         writer.write(b"250 ok\r\n")  # RSET
 
 
-def transport(port: int, timeout: float = 5) -> SmtpTransport:
-    settings = SmtpSettings(host="127.0.0.1", port=port, security="none", timeout=timeout)
+def transport(port: int, timeout: float = 5, *, pipelining: bool = True) -> SmtpTransport:
+    settings = SmtpSettings(
+        host="127.0.0.1", port=port, security="none", timeout=timeout, pipelining=pipelining
+    )
     return SmtpTransport(settings, None, hostname="client.test")
 
 
@@ -132,7 +137,15 @@ async def test_mail_rcpt_and_data_go_before_any_reply_when_the_relay_offers_pipe
     assert heard[-1] == b"QUIT\r\n"
 
 
-async def test_a_relay_without_pipelining_gets_one_command_at_a_time() -> None:
+@pytest.mark.parametrize(
+    ("offered", "configured"), [(False, True), (True, False)], ids=["not offered", "turned off"]
+)
+async def test_without_pipelining_the_relay_gets_one_command_at_a_time(
+    offered: bool, configured: bool
+) -> None:
+    """A relay that does not offer it, or ``smtp.pipelining: false`` (for a relay, or a
+    proxy before it, that offers it and gets it wrong)."""
+
     async def script(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter, heard: list[bytes]
     ) -> None:
@@ -145,8 +158,8 @@ async def test_a_relay_without_pipelining_gets_one_command_at_a_time() -> None:
         writer.write(b"250 queued\r\n")
         await quit_after(reader, writer, heard)
 
-    async with relay(script, pipelining=False) as (port, heard):
-        conn = await transport(port).connect()
+    async with relay(script, pipelining=offered) as (port, heard):
+        conn = await transport(port, pipelining=configured).connect()
         await conn.send(envelope())
         await conn.close()
     assert [line[:4] for line in heard[1:4]] == [b"MAIL", b"RCPT", b"DATA"]
@@ -245,6 +258,21 @@ async def test_a_pipeline_over_tls_delivers_and_the_session_goes_on(
         await conn.close()
     assert [m.data for m in server.messages] == [m.data for m in sent]
     assert server.connections == 1
+
+
+def test_smtp_pipelining_is_true_or_false_in_the_config(project: Path) -> None:
+    data = yaml.safe_load(project.read_text(encoding="utf-8"))
+    for value, expected in ((False, False), (None, True)):
+        data["smtp"] = {"host": "127.0.0.1"} | ({} if value is None else {"pipelining": value})
+        project.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+        assert load_config(project).smtp.pipelining is expected
+    data["smtp"] = {"host": "127.0.0.1", "pipelining": "sometimes"}
+    project.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    line = project.read_text(encoding="utf-8").splitlines().index("  pipelining: sometimes") + 1
+    with pytest.raises(ConfigError) as refused:
+        load_config(project)
+    said = f"{project.name}:{line}: 'smtp.pipelining' must be true or false"
+    assert said in str(refused.value)
 
 
 # -- the reply reader ----------------------------------------------------------------

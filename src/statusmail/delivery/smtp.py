@@ -143,7 +143,10 @@ class SmtpConnection:
         self._carried = 0  # messages the current session has carried
         self._opening: asyncio.Task[None] | None = None  # the next session, being opened
         self._eight_bit = smtp.supports_extension("8bitmime")
-        self._pipelining = smtp.supports_extension("pipelining")
+        self._pipelining = self._offers_pipelining(smtp)
+
+    def _offers_pipelining(self, smtp: aiosmtplib.SMTP) -> bool:
+        return self._transport.settings.pipelining and smtp.supports_extension("pipelining")
 
     @property
     def eight_bit(self) -> bool:
@@ -228,7 +231,7 @@ class SmtpConnection:
         self.sessions += 1
         self._carried = 0
         self._eight_bit = smtp.supports_extension("8bitmime")
-        self._pipelining = smtp.supports_extension("pipelining")
+        self._pipelining = self._offers_pipelining(smtp)
         return smtp
 
     async def _next_session(self) -> None:

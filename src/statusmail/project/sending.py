@@ -44,6 +44,10 @@ class SmtpSettings(LoginServer):
     # The relay's per-session limit: a connection starts a new session after this many
     # messages. None: learnt from the relay's first "too many" reply.
     max_messages_per_connection: int | None = None
+    # MAIL, RCPT and DATA in one write when the relay offers PIPELINING (RFC 2920);
+    # False: one command at a time, for a relay (or a proxy before it) that offers it
+    # and gets it wrong.
+    pipelining: bool = True
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,7 @@ def parse_smtp(
         timeout=f.number("timeout", d.timeout, minimum=0.001),
         ca_file=root / ca_file if ca_file else None,
         max_messages_per_connection=f.optional_integer("max_messages_per_connection"),
+        pipelining=f.boolean("pipelining", d.pipelining),
     )
     raw_port = env.get("STATUSMAIL_SMTP_PORT", "").strip()
     if raw_port:
