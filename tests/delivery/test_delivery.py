@@ -19,8 +19,9 @@ from smtp_server import RecordingServer, make_test_ca
 GENERATED = 150  # subscribers added where a run must be stopped halfway through
 
 
-def test_plain_delivery_reuses_connections(project: Path) -> None:
-    with RecordingServer() as server:
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one at a time"])
+def test_plain_delivery_reuses_connections(project: Path, pipelining: bool) -> None:
+    with RecordingServer(pipelining=pipelining) as server:
         point_at(project, server.port, concurrency=2)
         code, report, stderr = send(project)
         assert code == 0, stderr
