@@ -11,23 +11,34 @@ On a server the check is a round trip, so it is asked as the attempt starts and 
 just before the end of DATA: its answer overlaps MAIL FROM, RCPT TO and DATA. The second
 test holds the check's answer back (the suppressions table locked) and shows the relay
 taking MAIL FROM and RCPT TO meanwhile, and a "suppressed" answer abandoning the
-transaction: nothing delivered, the row skipped."""
+transaction: nothing delivered, the row skipped.
+
+The last test (SQLite) holds a connection's reopening instead: the checks come after
+the session is open, just before MAIL FROM, so an unsubscribe answered while it reopens
+wins too."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import socket
 import subprocess
+import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
+import yaml
 
-from conftest import SECRET, one_click, serving, wait_for
+from conftest import SECRET, UPDATE_AUDIENCE, one_click, serving, wait_for
+from delivery_helpers import ledger_rows, point_at, send
 from postgres_helpers import ENTRY, configure, finish, query, recipient_of, senders
 from smtp_server import RecordingServer
+from statusmail.domain import SuppressionReason
+from statusmail.ledger import Ledger
 
 SENDERS = 2
 CONCURRENCY = 2  # per sender
@@ -175,3 +186,93 @@ def test_the_check_overlaps_the_transaction_and_a_suppressed_answer_abandons_it(
     assert not {recipient_of(m) for m in messages} & set(front)
     assert set(Counter(recipient_of(m) for m in messages).values()) == {1}
     assert skipped(postgres) == dict.fromkeys(front, "suppressed: unsubscribed")
+
+
+# -- a reconnection between the check and MAIL FROM (SQLite) --------------------------
+
+
+class HoldingProxy:
+    """A TCP proxy on 127.0.0.1 to the relay at ``upstream``. Its ``held``-th connection
+    (1-based) reaches the relay, and so gets its greeting, only once ``meanwhile`` has
+    returned: a reconnection as slow as the test needs."""
+
+    def __init__(self, upstream: int, held: int, meanwhile: Callable[[], None]) -> None:
+        self.upstream, self.held, self.meanwhile = upstream, held, meanwhile
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self.connections = 0
+        self._sockets: list[socket.socket] = [self._listener]
+        self._accepting = threading.Thread(target=self._accept, daemon=True)
+
+    def __enter__(self) -> HoldingProxy:
+        self._accepting.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # (a close alone leaves accept() waiting)
+            sock.close()
+        self._accepting.join(timeout=5)
+        assert not self._accepting.is_alive()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed: the test is over
+            self.connections += 1
+            if self.connections == self.held:
+                self.meanwhile()
+            self._sockets.append(client)
+            relay = socket.create_connection(("127.0.0.1", self.upstream))
+            self._sockets.append(relay)
+            for source, sink in ((client, relay), (relay, client)):
+                threading.Thread(target=_pump, args=(source, sink), daemon=True).start()
+
+
+def _pump(source: socket.socket, sink: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while data := source.recv(65536):
+            sink.sendall(data)
+    with contextlib.suppress(OSError):
+        sink.shutdown(socket.SHUT_WR)
+
+
+def test_an_unsubscribe_answered_while_the_connection_reopens_wins(project: Path) -> None:
+    """One connection, one message a session: after each message the next session is
+    opened. The second opening is held until the next recipient in line has been
+    unsubscribed: its checks come after the session is open, so it is skipped (checked
+    before the reconnection, as they were, it got the message)."""
+    ledger = project.parent / "statusmail.db"
+    unsubscribed: list[str] = []
+
+    def unsubscribe_the_next_one() -> None:
+        arrived = {address.lower() for address in relay.count_by_recipient()}
+        with Ledger(ledger) as db:
+            rows = db.database.execute(
+                "SELECT address, ascii_email FROM deliveries WHERE status = 'pending'"
+                " ORDER BY rowid"
+            )
+            address = next(a for a, ascii in rows if (ascii or a).lower() not in arrived)
+            db.suppress(address, SuppressionReason.UNSUBSCRIBED, "one-click, mid-run")
+        unsubscribed.append(address)
+
+    with (
+        RecordingServer() as relay,
+        HoldingProxy(relay.port, held=2, meanwhile=unsubscribe_the_next_one) as proxy,
+    ):
+        point_at(project, proxy.port, concurrency=1, rate=0)
+        data = yaml.safe_load(project.read_text(encoding="utf-8"))
+        data["smtp"]["max_messages_per_connection"] = 1
+        project.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+        code, _, stderr = send(project)
+    assert code == 0, stderr
+    [address] = unsubscribed
+    rows = ledger_rows(project)
+    assert rows[address]["status"] == "skipped"
+    assert rows[address]["detail"] == "suppressed: unsubscribed"
+    received = relay.count_by_recipient()
+    assert len(received) == UPDATE_AUDIENCE - 1 and set(received.values()) == {1}
+    assert address not in received and proxy.connections >= 3

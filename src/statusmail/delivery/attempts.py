@@ -194,12 +194,15 @@ class Delivering:
     ) -> None:
         while True:
             await self.bucket.acquire()
-            # After the wait for the rate limit, as the attempt starts: a claim another
-            # sender took over meanwhile is not sent, and an unsubscribe answered by now
-            # wins.
-            await self._check_claim(recipient)
-            check = await self._suppression_check(recipient.address)
+            check: asyncio.Future[str | None] | None = None
             try:
+                # After the wait for the rate limit and the session's opening (the next
+                # one, or a lost one again: seconds, on a slow relay), as the attempt
+                # starts, just before MAIL FROM: a claim another sender took over
+                # meanwhile is not sent, and an unsubscribe answered by now wins.
+                await conn.prepare(envelope)
+                await self._check_claim(recipient)
+                check = await self._suppression_check(recipient.address)
                 await conn.send(envelope, ready if check is None else _cleared(check, ready))
                 break
             except SessionEnded as exc:

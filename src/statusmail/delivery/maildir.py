@@ -33,6 +33,9 @@ class MaildirConnection:
     def __init__(self, outbox: Path) -> None:
         self.outbox = outbox
 
+    async def prepare(self, envelope: Envelope) -> None:
+        return None  # nothing to open
+
     async def send(self, envelope: Envelope, ready: Ready | None = None) -> None:
         name = _unique_name()
         try:

@@ -157,14 +157,17 @@ class SmtpConnection:
     def broken(self) -> bool:
         return self._smtp is None or not self._smtp.is_connected
 
+    async def prepare(self, envelope: Envelope) -> None:
+        """Have a session open for the next ``send``: the next one, if the last was full,
+        or a new one, if it was lost (``DeliveryError`` if the relay cannot be reached)."""
+        async with self._lock:
+            await self._ready_session(envelope)
+
     async def send(self, envelope: Envelope, ready: Ready | None = None) -> None:
         """Deliver one message or raise ``DeliveryError``; ``ready`` is awaited before
         the end of DATA."""
         async with self._lock:
-            if self._opening is not None:
-                opening, self._opening = self._opening, None
-                await opening
-            smtp = await self._session(envelope)
+            smtp = await self._ready_session(envelope)
             try:
                 await self._transaction(smtp, envelope, ready)
             except (aiosmtplib.SMTPRecipientRefused, aiosmtplib.SMTPRecipientsRefused) as exc:
@@ -216,6 +219,12 @@ class SmtpConnection:
             if isinstance(transport, asyncio.WriteTransport):
                 transport.abort()
             await asyncio.sleep(0)  # let the loop run the transport's connection_lost
+
+    async def _ready_session(self, envelope: Envelope) -> aiosmtplib.SMTP:
+        if self._opening is not None:
+            opening, self._opening = self._opening, None
+            await opening
+        return await self._session(envelope)
 
     async def _session(self, envelope: Envelope) -> aiosmtplib.SMTP:
         if self._smtp is not None and self._smtp.is_connected:

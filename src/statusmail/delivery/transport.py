@@ -42,6 +42,12 @@ class Connection(Protocol):
     def eight_bit(self) -> bool:
         """Whether messages can go out with 8bit parts (as far as is known now)."""
 
+    async def prepare(self, envelope: Envelope) -> None:
+        """Have the session ``send`` will use open (a lost or full one opened again), or
+        raise ``DeliveryError`` as ``send`` would: the engine makes an attempt's checks
+        after this, so that nothing as slow as a reconnection comes between them and
+        the message's first command."""
+
     async def send(self, envelope: Envelope, ready: Ready | None = None) -> None:
         """Deliver one message or raise ``DeliveryError``; ``ready`` is awaited just
         before the message is handed over for good."""
