@@ -152,7 +152,7 @@ async def test_without_pipelining_the_relay_gets_one_command_at_a_time(
         for reply in (b"250 sender ok\r\n", b"250 recipient ok\r\n", b"354 go ahead\r\n"):
             await lines(reader, heard, 1)
             with pytest.raises(TimeoutError):  # the next command waits for this reply
-                await asyncio.wait_for(reader.readline(), 0.2)
+                await asyncio.wait_for(reader.readline(), 0.1)
             writer.write(reply)
         await reader.readuntil(b"\r\n.\r\n")
         writer.write(b"250 queued\r\n")
@@ -215,13 +215,13 @@ async def test_a_relay_that_stops_mid_pipeline_is_a_transient_failure(how: str) 
         # "closes": the session's end closes the socket in good order (an EOF)
 
     async with relay(script) as (port, _):
-        conn = await transport(port, timeout=0.5).connect()
+        conn = await transport(port, timeout=0.3).connect()
         with pytest.raises(DeliveryError) as failed:
             await conn.send(envelope())
         assert conn.broken
         await conn.close()
     assert failed.value.transient and not failed.value.bounce
-    said = "did not answer within 0.5s" if how == "silent" else "lost"
+    said = "did not answer within 0.3s" if how == "silent" else "lost"
     assert said in str(failed.value) and f"127.0.0.1:{port}" in str(failed.value)
 
 
@@ -295,7 +295,7 @@ def wire(code: int, texts: list[str]) -> bytes:
     )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(REPLY, min_size=1, max_size=5), st.data())
 def test_replies_come_out_whole_and_in_order_however_they_are_split(
     replies: list[tuple[int, list[str]]], data: st.DataObject
