@@ -2,9 +2,11 @@
 
 ``SmtpTransport.connect()`` opens a session (TLS, STARTTLS or plain, then AUTH) or raises
 ``ConnectError`` naming ``host:port``. ``SmtpConnection.send()`` runs one transaction
-(MAIL, RCPT, DATA) and maps every failure to ``DeliveryError``: 4xx, disconnects and
+(MAIL, RCPT, DATA: in one write when the relay offers PIPELINING, ``pipelining.py``) and
+maps every failure to ``DeliveryError``: 4xx, disconnects and
 timeouts are transient, 5xx are final, and "no such user" replies are bounces. A
-connection that lost its session reconnects on its next ``send``.
+connection that lost its session reconnects on its next ``prepare`` (the engine's, before
+an attempt's checks) or ``send``.
 
 Relays limit how many messages one session may carry. A session that has carried
 messages and is refused with 421, 452 or a 4xx naming too many messages is ended and
