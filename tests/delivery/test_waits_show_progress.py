@@ -131,6 +131,49 @@ def test_on_a_terminal_a_transient_line_shows_the_count_and_no_log_line(
     assert not records.records
 
 
+def test_a_wait_that_ends_while_its_thread_is_busy_leaves_the_thread_its_pipe(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The wait's end waits ENDING for its thread, then goes on. A thread still busy then
+    (logging, on a loaded machine) must find its pipe where it was: closed under it, the
+    descriptor's number went to the next file opened, which the thread then watched and
+    read (it had failed a clean-clone run with EINVAL)."""
+    monkeypatch.setattr(waiting, "LOG_AFTER", 0.0)  # its first log line at once
+    logging_now, go_on = threading.Event(), threading.Event()
+
+    class Slow(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if getattr(record, "event", None) == "selecting":
+                logging_now.set()
+                go_on.wait(10)
+
+    handler = Slow()
+    logger = logging.getLogger("statusmail")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    others: list[tuple[int, int]] = []
+    try:
+        with Waiting("selecting", "selecting e1") as wait:
+            assert logging_now.wait(10)
+            thread = wait._thread
+        assert thread is not None and thread.is_alive()  # the end did not wait for it
+        others = [os.pipe() for _ in range(4)]  # where the freed numbers would go
+        for _, write in others:
+            os.write(write, b"x")
+        go_on.set()
+        thread.join(10)
+        assert not thread.is_alive()
+        assert [os.read(read, 2) for read, _ in others] == [b"x"] * 4  # none taken
+    finally:
+        go_on.set()
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        for pipe in others:
+            for fd in pipe:
+                os.close(fd)
+
+
 def test_counting_a_row_costs_well_under_a_microsecond() -> None:
     rows = range(200_000)
     wait = Waiting("selecting", "selecting e1", noun="subscribers")

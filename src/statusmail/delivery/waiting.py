@@ -236,12 +236,18 @@ class Waiting:
             signal.set_wakeup_fd(self._wakeup_before, warn_on_full_buffer=False)
         pipe, self._pipe = self._pipe, None
         if pipe is not None:
+            read, write = pipe
             with contextlib.suppress(OSError):
-                os.write(pipe[1], _ENDED)
-            if self._thread is not None:
-                self._thread.join(timeout=ENDING)
-            for fd in pipe:
-                os.close(fd)
+                os.write(write, _ENDED)
+            os.close(write)  # the thread sees the end even past a full pipe: an EOF
+            thread = self._thread
+            if thread is None or thread.ident is None:
+                os.close(read)  # no thread to close it
+            else:
+                # The thread closes the read end itself as it returns: closed here while
+                # it still ran (it had not returned within ENDING on a loaded machine),
+                # its number could go to another file that its select and read then took.
+                thread.join(timeout=ENDING)
         # Bounded: a signal's handler may run this while the program holds the console
         # that a draw of the thread waits for (it then stays mid-draw: the line too).
         if self._lock.acquire(timeout=ENDING):
@@ -253,16 +259,22 @@ class Waiting:
                 self._lock.release()
 
     def _watch(self, read: int) -> None:
+        try:
+            self._watching(read)
+        finally:
+            os.close(read)  # this thread's end of the pipe (see _end)
+
+    def _watching(self, read: int) -> None:
         while True:
             ready, _, _ = select.select([read], [], [], self._sleep(time.monotonic()))
             if ready:
                 try:
                     woke = os.read(read, 64)
                 except BlockingIOError:
-                    woke = b""
-                if _ENDED in woke:
-                    return
-                stop = [n for n in woke if n in STOP_SIGNALS]
+                    woke = None  # nothing after all
+                if woke is not None and (not woke or _ENDED in woke):
+                    return  # the end, or its write end closed
+                stop = [n for n in woke or b"" if n in STOP_SIGNALS]
                 if stop and self.signalled is None:
                     self.signalled, self._signalled_at = stop[0], time.monotonic()
             now = time.monotonic()
