@@ -12,7 +12,7 @@ import asyncio
 import dataclasses
 import os
 import signal
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 
 import pytest
@@ -90,6 +90,27 @@ def test_the_signer_process_signs_whole_messages_and_digests_alike(
     assert hashed_here == [b.envelope.data for b in built[BEHIND:]]
 
 
+def asks_of_the_signer(
+    monkeypatch: pytest.MonkeyPatch, then: Callable[[SigningProcess, int], None] | None = None
+) -> list[str]:
+    """The addresses whose messages the engine asks the signer process for, in order
+    (``build_signed`` watched, not replaced); ``then(signer, how_many_asked)`` runs as
+    each is asked, before the request goes."""
+    asked: list[str] = []
+    build_signed = SigningProcess.build_signed
+
+    def watched(
+        self: SigningProcess, build: Build, recipient: Recipient, *, eight_bit: bool
+    ) -> asyncio.Future[Built]:
+        asked.append(recipient.address)
+        if then is not None:
+            then(self, len(asked))
+        return build_signed(self, build, recipient, eight_bit=eight_bit)
+
+    monkeypatch.setattr(SigningProcess, "build_signed", watched)
+    return asked
+
+
 @pytest.mark.parametrize("concurrency", [1, 3])
 def test_signatures_are_made_by_the_signer_process_and_each_message_goes_once(
     project: Path, keys: Keys, concurrency: int, monkeypatch: pytest.MonkeyPatch
@@ -113,18 +134,9 @@ def test_signatures_are_made_by_the_signer_process_and_each_message_goes_once(
         finally:
             delivering.clear()
 
-    asked: list[str] = []
-    build_signed = SigningProcess.build_signed
-
-    def counted(
-        self: SigningProcess, build: Build, recipient: Recipient, *, eight_bit: bool
-    ) -> asyncio.Future[Built]:
-        asked.append(recipient.address)
-        return build_signed(self, build, recipient, eight_bit=eight_bit)
-
     monkeypatch.setattr(DkimSigner, "signatures", watched)
     monkeypatch.setattr(Engine, "run", running)
-    monkeypatch.setattr(SigningProcess, "build_signed", counted)
+    asked = asks_of_the_signer(monkeypatch)
     sign_with(project, keys)
     with RecordingServer() as server:
         point_at(project, server.port, concurrency=concurrency)
@@ -161,23 +173,15 @@ def test_a_message_built_ahead_but_not_sent_leaves_its_recipient_pending(
 def test_a_signer_killed_mid_run_stops_it_in_one_line_and_the_next_run_sends_the_rest(
     project: Path, keys: Keys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (project.parent / "dkim.key").write_bytes(keys.rsa_pem)
-    with project.open("a", encoding="utf-8") as handle:
-        handle.write("dkim: {domain: startmail.example, selector: status, key_file: dkim.key}\n")
-    asked: list[str] = []
-    build_signed = SigningProcess.build_signed
+    sign_with(project, keys)
 
-    def killing(
-        self: SigningProcess, build: Build, recipient: Recipient, *, eight_bit: bool
-    ) -> asyncio.Future[Built]:
-        asked.append(recipient.address)
-        if len(asked) == KILL_AT and self._process is not None:
-            os.kill(self._process.pid, signal.SIGKILL)  # a real kill: the fault injected
-        return build_signed(self, build, recipient, eight_bit=eight_bit)
+    def kill(signer: SigningProcess, asked: int) -> None:
+        if asked == KILL_AT and signer._process is not None:
+            os.kill(signer._process.pid, signal.SIGKILL)  # a real kill: the fault injected
 
     with RecordingServer() as server:
         point_at(project, server.port, concurrency=1)
-        monkeypatch.setattr(SigningProcess, "build_signed", killing)
+        asked = asks_of_the_signer(monkeypatch, then=kill)
         code, _, stderr = send(project)
         monkeypatch.undo()
         lines = stderr.strip().splitlines()
