@@ -53,7 +53,7 @@ from typing import Any
 
 from statusmail import metrics
 from statusmail.domain import EventState, mask_address
-from statusmail.errors import ConfigError, Problem
+from statusmail.errors import ConfigError, Problem, StatusmailError
 from statusmail.feedback.bouncebox import ImapBox, Mailbox, MaildirBox
 from statusmail.feedback.classified import ReturnPath
 from statusmail.feedback.policy import Applying
@@ -268,7 +268,23 @@ class Feedback(Assessing, Applying):
             if data is None:
                 self.report.left["too large to be a report"] += 1
                 continue
-            events = self.assess(data)
+            try:
+                events = self.assess(data)
+            except StatusmailError:
+                raise
+            except Exception as exc:  # anyone can send what is read here
+                # One message no parser copes with (nested a thousand deep, say) is
+                # left where it is, named; the rest of the box is still read.
+                self.report.left["unreadable"] += 1
+                log.warning(
+                    "%s: %s: cannot read this message (%s: %s); left where it is",
+                    box.name,
+                    key,
+                    type(exc).__name__,
+                    exc,
+                    extra={"event": "feedback_unreadable"},
+                )
+                continue
             if events:
                 keys.append(key)
                 assessed.append(events)

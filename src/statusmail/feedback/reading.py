@@ -36,11 +36,11 @@ def parse_date(value: str) -> dt.datetime | None:
         return None
     try:
         when = email.utils.parsedate_to_datetime(value.strip())
-    except (TypeError, ValueError, IndexError):
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
+        return when.astimezone(dt.UTC)
+    except (TypeError, ValueError, IndexError, OverflowError):  # (9999-12-31 -1000)
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return when.astimezone(dt.UTC)
 
 
 def part_text(part: Message) -> str:
@@ -114,8 +114,19 @@ def header_blocks(part: Message) -> list[Message]:
     """The field blocks of a message/delivery-status or message/feedback-report part."""
     payload = part.get_payload()
     if isinstance(payload, list) and all(isinstance(p, Message) for p in payload):
-        return list(payload)
-    text = part_text(part) if not isinstance(payload, list) else ""
+        blocks: list[Message] = []
+        for block in (p for p in payload if isinstance(p, Message)):
+            blocks.append(block)
+            # message/global-delivery-status (RFC 6533): the parser takes it for an
+            # embedded message, its first block the headers and the others the body
+            rest = block.get_payload()
+            if isinstance(rest, str):
+                blocks += _field_blocks(rest)
+        return blocks
+    return _field_blocks(part_text(part) if not isinstance(payload, list) else "")
+
+
+def _field_blocks(text: str) -> list[Message]:
     parser = email.parser.HeaderParser(policy=email.policy.compat32)
     return [parser.parsestr(block) for block in re.split(r"\r?\n\s*\r?\n", text) if block.strip()]
 
