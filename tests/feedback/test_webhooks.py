@@ -501,6 +501,70 @@ def test_a_replayed_mailgun_token_is_refused(site: Site) -> None:
     assert forged_count() == forged + 1
 
 
+def test_a_mailgun_token_moved_into_its_timestamp_is_a_replay(site: Site) -> None:
+    """The signature covers timestamp and token run together: a token that starts with
+    "e0" (one in 256) could lend those two characters to the timestamp ("…e0" is still
+    a float, and as fresh), verify, and count as new, carrying any event-data."""
+    address = site.address()
+    while True:
+        body = json.loads(mailgun_body(address, event="failed", severity="temporary"))
+        if body["signature"]["token"].startswith("e0"):
+            break
+    assert site.post("mailgun", json.dumps(body).encode()).status == 200
+    signature = body["signature"]
+    signature["timestamp"] += "e0"
+    signature["token"] = signature["token"][2:]
+    body["event-data"]["severity"] = "permanent"  # what a replay would make of it
+    before = ledger_dump(site.config)
+    assert_refused(site, site.post("mailgun", json.dumps(body).encode()))
+    assert ledger_dump(site.config) == before
+    assert suppression(site.config, address) is None
+
+
+UNREADABLE = {
+    "sns-topic-a-list": ("ses", b'{"Type": "Notification", "TopicArn": []}', {}),
+    "sns-type-a-list": ("ses", b'{"Type": [], "TopicArn": "x"}', {}),
+    "sns-signature-not-ascii": (
+        "ses",
+        json.dumps(
+            {
+                "Type": "Notification",
+                "TopicArn": TOPIC,
+                "Message": "x",
+                "MessageId": "1",
+                "Timestamp": "t",
+                "Signature": "\u00e9",
+                "SignatureVersion": "1",
+                "SigningCertURL": CERT_URL,
+            }
+        ).encode(),
+        {},
+    ),
+    "sns-nested-100000-deep": ("ses", b"[" * 100_000, {}),
+    "mailgun-nested-100000-deep": ("mailgun", b"[" * 100_000, {}),
+    "mailgun-lone-surrogate": (
+        "mailgun",
+        b'{"signature": {"timestamp": "1", "token": "\\ud800", "signature": "00"}}',
+        {},
+    ),
+    "postmark-auth-not-ascii": ("postmark", b"{}", {"Authorization": "Basic \u00e9\u00e9"}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNREADABLE))
+def test_a_body_nothing_foresaw_is_refused_not_a_500(
+    site: Site, case: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    provider, body, headers = UNREADABLE[case]
+    before = ledger_dump(site.config)
+    with caplog.at_level(logging.WARNING, logger="statusmail"):
+        reply = site.post(provider, body, headers)
+    assert reply.status in (400, 401, 403), reply
+    assert "refused" in reply.body
+    assert ledger_dump(site.config) == before
+    assert "Traceback" not in caplog.text
+
+
 # -- SendGrid ---------------------------------------------------------------------------
 
 

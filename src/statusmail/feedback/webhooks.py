@@ -106,10 +106,7 @@ def _ses(settings: SesWebhook, fetch: Fetch) -> Provider:
     verifier = SnsVerifier(settings, fetch)
 
     async def receive(request: Request, body: bytes) -> list[ProviderReport]:
-        try:
-            message = mapping_of(json.loads(body))
-        except (ValueError, UnicodeDecodeError):
-            raise Refused("not an SNS message") from None
+        message = mapping_of(json_of(body, "not an SNS message", 403))
         await run_in_threadpool(verifier.verify, message)
         kind, topic = message["Type"], message["TopicArn"]
         if kind == "SubscriptionConfirmation":
@@ -146,15 +143,13 @@ def _mailgun(settings: MailgunWebhook, key: str, clock: Callable[[], float]) -> 
     verifier = MailgunVerifier(key, settings.max_age, clock)
 
     async def receive(request: Request, body: bytes) -> list[ProviderReport]:
-        try:
-            payload = mapping_of(json.loads(body))
-        except (ValueError, UnicodeDecodeError):
-            raise Refused("a Mailgun body that is not JSON") from None
+        payload = mapping_of(json_of(body, "a Mailgun body that is not JSON", 403))
         verifier.verify(payload)
         return mailgun_reports(payload)
 
     def forget(body: bytes) -> None:
-        verifier.release(text_at(mapping_of(json.loads(body).get("signature")), "token"))
+        signature = mapping_of(mapping_of(json.loads(body)).get("signature"))
+        verifier.release(text_at(signature, "timestamp") + text_at(signature, "token"))
 
     return Provider("mailgun", receive, forget=forget)
 
@@ -262,6 +257,14 @@ def _endpoint(
                 extra={"event": "webhook_unavailable", "provider": provider.name},
             )
             return PlainTextResponse("try again later\n", 503)
+        except Exception as exc:  # anyone can post here: a body nothing above foresaw
+            log.warning(
+                "webhook %s: refused a body that could not be read (%s)",
+                provider.name,
+                type(exc).__name__,
+                extra={"event": "webhook_refused", "provider": provider.name},
+            )
+            return PlainTextResponse("refused: a body that could not be read\n", 400)
         if reports:
             try:
                 await run_in_threadpool(apply, config, reports)

@@ -85,9 +85,11 @@ def unix_time(value: Any) -> dt.datetime | None:
         return None
 
 
-def json_of(body: bytes) -> Any:
-    """The body as JSON; ``Refused(400)`` when it is not (after its signature held)."""
+def json_of(body: bytes, why: str = "the body is not JSON", status: int = 400) -> Any:
+    """The body as JSON; ``Refused(status)`` saying ``why`` when it is not (nested past
+    the parser's depth included). 400 after its signature held; a body whose signature
+    is inside it is unproven, 403."""
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise Refused("the body is not JSON", 400) from None
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise Refused(why, status) from None

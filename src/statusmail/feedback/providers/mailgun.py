@@ -32,40 +32,46 @@ class MailgunVerifier:
         self.key = key.encode()
         self.max_age = max_age
         self.clock = clock
-        self._tokens: set[str] = set()  # used, with a timestamp that is still fresh
+        self._tokens: set[str] = set()  # timestamp + token used, the timestamp still fresh
         self._expiry: list[tuple[float, str]] = []  # a heap: when each stops being fresh
 
     def verify(self, payload: Any) -> str:
-        """Raises ``Refused`` unless the payload is signed, fresh and new; returns its token
-        (taken: ``release`` gives it back when what it carried could not be applied)."""
+        """Raises ``Refused`` unless the payload is signed, fresh and new; returns what is
+        signed, its timestamp and token (taken: ``release`` gives it back when what it
+        carried could not be applied)."""
         signature = mapping_of(mapping_of(payload).get("signature"))
         timestamp, token = text_at(signature, "timestamp"), text_at(signature, "token")
         given = text_at(signature, "signature")
         if not timestamp or not token or not given:
             raise Refused("a Mailgun body without its signature")
+        # Only digits, then only letters and digits: the signature covers the two run
+        # together, so "...e0" + "ab..." and "..." + "e0ab..." would both verify.
+        if not (timestamp.isascii() and timestamp.isdigit()):
+            raise Refused("a Mailgun timestamp that is not a number")
+        if not (token.isascii() and token.isalnum()):
+            raise Refused("a Mailgun token that is not letters and digits")
+        signed = timestamp + token
         mac = crypto_hmac.HMAC(self.key, hashes.SHA256())
-        mac.update(f"{timestamp}{token}".encode())
+        mac.update(signed.encode())
         try:
             mac.verify(bytes.fromhex(given))
         except (ValueError, InvalidSignature):
             raise Refused("a bad Mailgun signature") from None
         now = self.clock()
-        try:
-            age = now - float(timestamp)
-        except ValueError:
-            raise Refused("a Mailgun timestamp that is not a number") from None
+        age = now - int(timestamp)
         if not -self.max_age <= age <= self.max_age:
             raise Refused("a stale Mailgun timestamp")
         while self._expiry and self._expiry[0][0] < now:
             self._tokens.discard(heapq.heappop(self._expiry)[1])
-        if token in self._tokens:
+        if signed in self._tokens:
             raise Refused("a replayed Mailgun token")
-        self._tokens.add(token)
-        heapq.heappush(self._expiry, (float(timestamp) + self.max_age, token))
-        return token
+        self._tokens.add(signed)
+        heapq.heappush(self._expiry, (int(timestamp) + self.max_age, signed))
+        return signed
 
-    def release(self, token: str) -> None:
-        self._tokens.discard(token)
+    def release(self, signed: str) -> None:
+        """Forget ``signed`` (what ``verify`` returned): a retry may bring it again."""
+        self._tokens.discard(signed)
 
 
 def mailgun_reports(payload: Mapping[str, Any]) -> list[ProviderReport]:

@@ -4,7 +4,6 @@ time; and the bounces, complaints and unsubscribes its records report."""
 from __future__ import annotations
 
 import base64
-import binascii
 import hmac
 from collections.abc import Mapping
 from typing import Any
@@ -28,7 +27,7 @@ def check_basic_auth(header: str | None, username: str, password: str) -> None:
         raise Refused("no basic auth", 401)
     try:
         given = base64.b64decode(encoded.strip(), validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or a character outside ASCII
         raise Refused("basic auth that is not base64", 401) from None
     user, _, secret = given.partition(b":")
     user_ok = hmac.compare_digest(user, username.encode())

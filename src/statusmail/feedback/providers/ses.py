@@ -7,7 +7,6 @@ confirmed; and the bounces and complaints an SES notification reports."""
 from __future__ import annotations
 
 import base64
-import binascii
 import datetime as dt
 import re
 from collections.abc import Callable, Mapping
@@ -111,12 +110,12 @@ class SnsVerifier:
     def verify(self, message: Mapping[str, Any]) -> None:
         """Raises ``Refused`` unless ``message`` is signed by SNS for a configured topic;
         blocking (it may fetch the certificate)."""
-        kind = message.get("Type")
-        if kind not in _SNS_SIGNED:
+        kind, topic = message.get("Type"), message.get("TopicArn")
+        if not isinstance(kind, str) or kind not in _SNS_SIGNED:
             raise Refused("not an SNS message")
-        if message.get("TopicArn") not in self.topics:
+        if not isinstance(topic, str) or topic not in self.topics:
             raise Refused("an SNS topic not configured in webhooks.ses.topic_arns")
-        fields = [name for name in _SNS_SIGNED[str(kind)] if name != "Subject"]
+        fields = [name for name in _SNS_SIGNED[kind] if name != "Subject"]
         signed = ["Signature", "SignatureVersion", "SigningCertURL", *fields]
         if not all(isinstance(message.get(name), str) for name in signed):
             raise Refused("an SNS message without its signed fields")
@@ -130,7 +129,7 @@ class SnsVerifier:
             raise Refused("a signing certificate URL off the SNS hosts")
         try:
             signature = base64.b64decode(message["Signature"], validate=True)
-        except binascii.Error:
+        except ValueError:  # binascii.Error, or a character outside ASCII
             raise Refused("an SNS signature that is not base64") from None
         key = self._public_key(url)
         try:
