@@ -310,6 +310,28 @@ def test_multipart_one_click_body_is_accepted(site: Site) -> None:
     assert suppressed(site.config)["alexander.kozlov@example.com"] == "unsubscribed"
 
 
+@pytest.mark.parametrize(
+    "part",
+    [
+        pytest.param('Content-Disposition: form-data; name*="\'"\r\n', id="name*-cut-short"),
+        pytest.param(
+            "Content-Disposition: form-data; name=List-Unsubscribe\r\nContent-Type: [<name ;0*\r\n",
+            id="part-type-unparseable",
+        ),
+    ],
+)
+def test_a_multipart_body_the_parser_chokes_on_is_400(site: Site, part: str) -> None:
+    """Part headers that make the email package's header parser raise (IndexError):
+    the one-click check answered 500 without its headers, and serve logged a traceback."""
+    body = f"--x\r\n{part}\r\nOne-Click\r\n--x--\r\n".encode()
+    path = site.paths["sergey.orlov@example.net"]
+    headers = {"Content-Type": "multipart/form-data; boundary=x"}
+    reply = fetch(site.port, "POST", path, body, headers)
+    assert reply.status == 400, reply
+    assert_secure(reply)
+    assert "sergey.orlov@example.net" not in suppressed(site.config)
+
+
 def test_bad_tokens_are_400_and_change_nothing(site: Site) -> None:
     before = suppressed(site.config)
     good = site.paths["elena.sokolova@example.org"]

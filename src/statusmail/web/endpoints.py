@@ -13,6 +13,7 @@ anything else gets 403 and changes nothing.
 
 from __future__ import annotations
 
+import email.errors
 import email.parser
 import email.policy
 import logging
@@ -68,20 +69,28 @@ def is_one_click(content_type: str, body: bytes) -> bool:
     """Whether the body says ``List-Unsubscribe=One-Click`` (urlencoded or multipart)."""
     if content_type.split(";", 1)[0].strip().lower() == "multipart/form-data":
         head = f"Content-Type: {content_type}\r\n\r\n".encode("latin-1", "replace")
-        message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
-        if not message.is_multipart():
+        try:
+            return _multipart_one_click(head + body)
+        except (email.errors.MessageError, IndexError, ValueError, TypeError, LookupError):
+            # part headers the email package's parser chokes on (name*="'", say)
             return False
-        for part in message.walk():
-            name = part.get_param("name", header="content-disposition")
-            value = part.get_payload(decode=True)
-            if name == "List-Unsubscribe" and isinstance(value, bytes):
-                return value.strip() == b"One-Click"
-        return False
     try:
         fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=16)
     except ValueError:
         return False
     return "One-Click" in fields.get("List-Unsubscribe", [])
+
+
+def _multipart_one_click(data: bytes) -> bool:
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(data)
+    if not message.is_multipart():
+        return False
+    for part in message.walk():
+        name = part.get_param("name", header="content-disposition")
+        value = part.get_payload(decode=True)
+        if name == "List-Unsubscribe" and isinstance(value, bytes):
+            return value.strip() == b"One-Click"
+    return False
 
 
 async def read_body(request: Request) -> bytes | None:
