@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 from aiosmtpd.smtp import Envelope
 
-from conftest import SECRET_ENV, UPDATE_AUDIENCE, closed_port, invoke, spawn, wait_for
+from conftest import SECRET_ENV, UPDATE, UPDATE_AUDIENCE, closed_port, invoke, spawn, wait_for
 from delivery_helpers import add_subscribers, ledger_rows, point_at, send, suppressed
 from smtp_server import RecordingServer, make_test_ca
+from statusmail.ledger import FeedbackEvent, Ledger
+from statusmail.ledger.base import now_iso
 
 GENERATED = 150  # subscribers added where a run must be stopped halfway through
 
@@ -175,6 +177,36 @@ def test_hourly_cap_stops_and_counts_what_the_ledger_already_sent(project: Path)
         assert "hourly" in report["stopped"]
         code, report, _ = send(project)  # same hour: the ledger says 5 went out already
         assert code == 4 and report["counts"]["sent"] == 5
+        assert len(server.messages) == 5
+        # Two of them bounce and one draws a complaint, read back within the hour: the
+        # relay accepted them all the same, and they still count (they gave back their
+        # slots: three more went out).
+        went = [a for a, row in ledger_rows(project).items() if row["status"] == "sent"]
+        with Ledger(project.parent / "statusmail.db") as ledger:
+            ledger.record_feedback(
+                FeedbackEvent(
+                    kind,
+                    address,
+                    UPDATE,
+                    "5.1.1",
+                    "read back",
+                    f"<report-{n}@relay.test>",
+                    now_iso(),
+                    evidence="read back",
+                    mark=mark,
+                )
+                for n, (address, kind, mark) in enumerate(
+                    zip(
+                        went[:3],
+                        ("hard", "hard", "complaint"),
+                        ("bounced", "bounced", "complained"),
+                        strict=True,
+                    )
+                )
+            )
+        assert Counter(row["status"] for row in ledger_rows(project).values())["sent"] == 2
+        code, report, _ = send(project)
+        assert code == 4 and "hourly" in report["stopped"]
         assert len(server.messages) == 5
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from statusmail.errors import LedgerError
+from statusmail.ledger import queries
 from statusmail.ledger.database import driver_errors
 from statusmail.ledger.store import Ledger
 
@@ -31,7 +32,7 @@ class Sent:
 
 # Statuses of a message that went out: the correction's audience is drawn from these.
 WENT_OUT = ("sent", "bounced", "complained")
-_WENT_OUT_SQL = "('sent', 'bounced', 'complained')"
+_WENT_OUT_SQL = queries.WENT_OUT_SQL
 
 
 def _q(ledger: Ledger, sql: str, **params: Any) -> list[tuple[Any, ...]]:

@@ -260,11 +260,11 @@ class FeedbackEvents(LedgerBase):
                 )
         if e.mark and e.entry_id:
             self._q(
-                "UPDATE deliveries SET status = :mark, detail = :detail, updated_at = :now"
+                # updated_at stays when it went out: the hourly cap counts it from then
+                "UPDATE deliveries SET status = :mark, detail = :detail"
                 " WHERE entry_id = :e AND address = :a AND status = 'sent'",
                 mark=str(e.mark),
                 detail=e.evidence,
-                now=stamp,
                 e=e.entry_id,
                 a=e.address,
             )

@@ -156,15 +156,6 @@ class Outcomes(LedgerBase):
             )
         return True
 
-    @guarded("read the hourly count")
-    def sent_since(self, since: dt.datetime) -> list[float]:
-        """When each message sent since ``since`` (any entry) went out, as epoch seconds."""
-        rows = self._q(
-            "SELECT updated_at FROM deliveries WHERE status = 'sent' AND updated_at >= :since",
-            since=since.isoformat(timespec="seconds"),
-        )
-        return [dt.datetime.fromisoformat(row[0]).timestamp() for row in rows]
-
     # -- reporting ---------------------------------------------------------------
 
     @guarded("count outcomes")

@@ -75,10 +75,15 @@ SUPPRESS = (
     " VALUES (:address, :reason, :detail, :stamp) ON CONFLICT (address) DO NOTHING"
 )
 
+# What the relay accepted: sent, and what came back since (a bounce or complaint keeps
+# the row's updated_at, when it went out).
+WENT_OUT_SQL = "('sent', 'bounced', 'complained')"
+
 # What counts against sending.max_per_hour, deployment-wide: accepted in the last hour,
 # and held by a live claim (about to be sent).
 HOURLY = (
-    "SELECT (SELECT COUNT(*) FROM deliveries WHERE status = 'sent' AND updated_at >= :since)"
+    f"SELECT (SELECT COUNT(*) FROM deliveries WHERE status IN {WENT_OUT_SQL}"
+    " AND updated_at >= :since)"
     " + (SELECT COUNT(*) FROM deliveries WHERE status = 'pending'"
     " AND claimed_by IS NOT NULL AND lease_until >= {now})"
 )
