@@ -7,6 +7,7 @@ hands libpq a password from a credential. (The nginx example: test_nginx.py.)"""
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import shlex
 import shutil
@@ -108,6 +109,18 @@ def test_unit_runs_statusmail_hardened_with_credentials_and_a_watchdog(name: str
 def test_watch_unit_loads_the_smtp_password_too() -> None:
     credentials = [c.split(":")[0] for c in unit_settings(UNITS[0])["LoadCredential"]]
     assert "STATUSMAIL_SMTP_PASSWORD" in credentials
+
+
+def test_watch_unit_may_write_the_bounce_maildir_the_readme_shows() -> None:
+    """watch reads bounces and moves each handled report into the Maildir's .processed
+    folder: under ProtectSystem=strict a Maildir outside ReadWritePaths is read-only,
+    and every pass stopped at its first move ("Read-only file system")."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    shown = re.search(r"^  maildir: (/\S+)", readme, re.MULTILINE)
+    assert shown is not None, "the README's bounces: example names no Maildir"
+    writable = [path.lstrip("-") for path in unit_settings(UNITS[0])["ReadWritePaths"]]
+    maildir = Path(shown.group(1))
+    assert any(maildir.is_relative_to(path) for path in writable), (maildir, writable)
 
 
 # -- the PostgreSQL drop-in ------------------------------------------------------------
