@@ -98,6 +98,44 @@ def test_a_claim_taken_over_is_fenced(ledger_target: str | Path) -> None:
         assert ledger.counts(ENTRY)["sent"] == 4
 
 
+def test_senders_claiming_at_once_never_share_a_slot_of_the_hourly_cap(
+    ledger_target: str | Path,
+) -> None:
+    """sending.max_per_hour across senders: each counted what went out and then claimed,
+    two statements apart, so senders claiming at the same moment could all count the
+    same free slots (4 senders at a cap of 10 sent 20). The count is now taken in the
+    claim's transaction, under a lock on PostgreSQL."""
+    cap, senders = 10, 6
+    with Ledger(ledger_target) as ledger:
+        generation, first = selected(ledger, ledger_target, 60)
+        ledger.claim_fenced(ENTRY, generation, "earlier", 4, lease=60)  # live: they count
+        others = [Ledger(ledger_target) for _ in range(senders - 1)]
+        queues = [first] + [
+            ServerQueue(str(ledger_target), ENTRY, lease=60, thread=None)
+            if is_url(ledger_target)
+            else LocalQueue(other, ENTRY, lease=60, thread=None)
+            for other in others
+        ]
+
+        async def scenario() -> list[list[Recipient]]:
+            try:
+                return list(
+                    await asyncio.gather(*(q.claim(generation, 5, hourly_cap=cap) for q in queues))
+                )
+            finally:
+                await asyncio.gather(*(q.close() for q in queues))
+
+        try:
+            batches = asyncio.run(scenario())
+        finally:
+            for other in others:
+                other.close()
+        taken = [r.address for batch in batches for r in batch]
+        assert len(taken) == cap - 4, [len(batch) for batch in batches]
+        assert len(set(taken)) == len(taken)
+        assert ledger.hourly_used() == cap
+
+
 def test_a_sender_stopped_past_its_lease_sends_nothing_another_took_over(
     project: Path, postgres: str
 ) -> None:

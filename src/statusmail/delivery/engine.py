@@ -216,8 +216,9 @@ class Engine(Delivering):
                 self.result.stopped = self.result.stopped or "limit"
                 return []  # what was taken is still delivered
             count = want if self.limit is None else min(want, self.limit - self.taken)
-            if self.settings.max_per_hour:
-                allowed = self.settings.max_per_hour - await self.queue.hourly_used()
+            cap = self.settings.max_per_hour or None
+            if cap:
+                allowed = cap - await self.queue.hourly_used()
                 if allowed <= 0:  # what was taken is still delivered: it counted already
                     self.result.stopped = self.result.stopped or (
                         "the hourly cap (sending.max_per_hour) was reached"
@@ -227,7 +228,8 @@ class Engine(Delivering):
             generation, selected = await self.queue.state()
             self.progress.clear()
             # generation 0: no selection has begun yet (another sender is about to)
-            batch = await self.queue.claim(generation, count) if generation else []
+            # (the claim counts again, atomically: another sender may claim meanwhile)
+            batch = await self.queue.claim(generation, count, cap) if generation else []
             if batch:
                 self.taken += len(batch)
                 return batch

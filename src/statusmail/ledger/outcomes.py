@@ -4,7 +4,6 @@ complete, and the counts the reports read. ``Outcomes`` is this part of ``Ledger
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -50,17 +49,29 @@ class Outcomes(LedgerBase):
         count: int,
         lease: float,
         thread: str | None = None,
+        hourly_cap: int | None = None,
     ) -> list[tuple[Recipient, int]]:
         """Claimed recipients, each with its claim's epoch: the fencing token its
-        outcome is recorded with."""
+        outcome is recorded with. With ``hourly_cap``, no more than the cap leaves of
+        what went out in the last hour and is claimed (counted in the claim's
+        transaction, so that senders claiming at once cannot share a slot)."""
         with self.transaction():
-            rows = self._q(
-                queries.CLAIM[self.dialect],
-                e=entry_id,
-                g=generation,
-                me=worker,
-                n=count,
-                lease=lease,
+            if hourly_cap is not None:
+                if self.dialect == "postgresql":
+                    self._q(queries.HOURLY_LOCK)
+                used = int(self._one(queries.HOURLY, since=queries.hourly_since()) or 0)
+                count = min(count, hourly_cap - used)
+            rows = (
+                self._q(
+                    queries.CLAIM[self.dialect],
+                    e=entry_id,
+                    g=generation,
+                    me=worker,
+                    n=count,
+                    lease=lease,
+                )
+                if count > 0
+                else []
             )
         rows.sort(key=lambda row: int(row[0]))
         parents = self.parent_message_ids(thread, [row[1] for row in rows]) if thread else {}
@@ -116,8 +127,7 @@ class Outcomes(LedgerBase):
 
     @guarded("read the hourly count")
     def hourly_used(self) -> int:
-        since = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).isoformat(timespec="seconds")
-        return int(self._one(queries.HOURLY, since=since) or 0)
+        return int(self._one(queries.HOURLY, since=queries.hourly_since()) or 0)
 
     @guarded("take a sending slot")
     def take_slot(self, name: str, interval: float) -> float:

@@ -3,6 +3,8 @@ the PostgreSQL queue (asynchronous), so each is written once."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 # Up to :n pending recipients of this selection that nobody holds (or whose holder's
 # lease ran out), taken for :me until the lease ends, each with its claim epoch bumped
 # (the claim's fencing token, returned last). Suppressed addresses are never taken, nor
@@ -87,6 +89,17 @@ HOURLY = (
     " + (SELECT COUNT(*) FROM deliveries WHERE status = 'pending'"
     " AND claimed_by IS NOT NULL AND lease_until >= {now})"
 )
+
+# Taken (PostgreSQL) before a claim under the cap counts, so that two senders cannot
+# both count the same free slots: held to the end of the claim's transaction. (SQLite's
+# BEGIN IMMEDIATE is that lock already.) The key is any other than the migrations'.
+HOURLY_LOCK = "SELECT pg_advisory_xact_lock(7356283702)"
+
+
+def hourly_since() -> str:
+    """The start of the hourly cap's window: an hour ago."""
+    return (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).isoformat(timespec="seconds")
+
 
 LIMITER_CREATE = "INSERT INTO limiters (name, tat) VALUES (:name, 0) ON CONFLICT (name) DO NOTHING"
 

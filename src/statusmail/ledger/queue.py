@@ -16,8 +16,7 @@ it also holds the deployment-wide rate limit.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from statusmail.domain import Outcome, Recipient
@@ -47,7 +46,11 @@ class DeliveryQueue(Protocol):
 
     async def state(self) -> tuple[int, int]: ...
 
-    async def claim(self, generation: int, count: int) -> list[Recipient]: ...
+    async def claim(
+        self, generation: int, count: int, hourly_cap: int | None = None
+    ) -> list[Recipient]:
+        """Up to ``count`` pending recipients of selection ``generation``, leased to
+        this process; with ``hourly_cap``, no more than sending.max_per_hour leaves."""
 
     def fresh(self) -> bool:
         """The lease of what this process holds surely lasts beyond a margin from now."""
@@ -133,7 +136,9 @@ class FencedClaims:
         self._renewing = asyncio.Lock()
         self._renewals = 0
 
-    async def _claim(self, generation: int, count: int) -> list[tuple[Recipient, int]]:
+    async def _claim(
+        self, generation: int, count: int, hourly_cap: int | None
+    ) -> list[tuple[Recipient, int]]:
         raise NotImplementedError
 
     async def _renew(self) -> dict[str, int]:
@@ -142,9 +147,11 @@ class FencedClaims:
     async def _record(self, outcomes: Fenced, check: Sequence[str]) -> dict[str, str]:
         raise NotImplementedError
 
-    async def claim(self, generation: int, count: int) -> list[Recipient]:
+    async def claim(
+        self, generation: int, count: int, hourly_cap: int | None = None
+    ) -> list[Recipient]:
         start = clock()
-        return self.claims.taken(start, await self._claim(generation, count))
+        return self.claims.taken(start, await self._claim(generation, count, hourly_cap))
 
     def fresh(self) -> bool:
         return self.claims.fresh()
@@ -210,9 +217,11 @@ class LocalQueue(FencedClaims):
     async def state(self) -> tuple[int, int]:
         return self.ledger.queue_state(self.entry_id)
 
-    async def _claim(self, generation: int, count: int) -> list[tuple[Recipient, int]]:
+    async def _claim(
+        self, generation: int, count: int, hourly_cap: int | None
+    ) -> list[tuple[Recipient, int]]:
         return self.ledger.claim_fenced(
-            self.entry_id, generation, self.worker, count, self.lease, self.thread
+            self.entry_id, generation, self.worker, count, self.lease, self.thread, hourly_cap
         )
 
     async def _renew(self) -> dict[str, int]:
@@ -266,6 +275,25 @@ class ServerQueue(FencedClaims):
     async def _run(
         self, sql: str, params: dict[str, Any], *, many: Sequence[dict[str, Any]] = ()
     ) -> list[tuple[Any, ...]]:
+        text = self._dialect.sql(sql)
+
+        async def work(conn: Any) -> list[tuple[Any, ...]]:
+            if many:
+                async with conn.transaction(), conn.cursor() as cursor:
+                    await cursor.executemany(text, many)
+                return []
+            # One statement on an autocommit connection is a transaction of its
+            # own: no BEGIN and COMMIT round trips around it.
+            cursor = await conn.execute(text, params)
+            return list(await cursor.fetchall()) if cursor.description else []
+
+        return await self._with_connection(work)
+
+    async def _with_connection(
+        self, work: Callable[[Any], Awaitable[list[tuple[Any, ...]]]]
+    ) -> list[tuple[Any, ...]]:
+        """``work`` on a pooled connection: one transaction, run again (once) when the
+        server gives up on it (a deadlock's victim); a ``LedgerError`` naming the server."""
         import psycopg
         import psycopg_pool
 
@@ -295,15 +323,7 @@ class ServerQueue(FencedClaims):
                         # swallowing the cancellation: a stopped worker would go on, then
                         # wait forever for a recipient the cancelled producer never sends.
                         raise asyncio.CancelledError
-                    text = self._dialect.sql(sql)
-                    if many:
-                        async with conn.transaction(), conn.cursor() as cursor:
-                            await cursor.executemany(text, many)
-                        return []
-                    # One statement on an autocommit connection is a transaction of its
-                    # own: no BEGIN and COMMIT round trips around it.
-                    cursor = await conn.execute(text, params)
-                    return list(await cursor.fetchall()) if cursor.description else []
+                    return await work(conn)
             except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
                 # Every call is one transaction, safe to run again: a deadlock's victim
                 # (say, renewing leases while outcomes are recorded) tries once more.
@@ -317,9 +337,15 @@ class ServerQueue(FencedClaims):
         rows = await self._run(queries.STATE, {"e": self.entry_id})
         return (int(rows[0][0]), int(rows[0][1])) if rows else (0, 0)
 
-    async def _claim(self, generation: int, count: int) -> list[tuple[Recipient, int]]:
+    async def _claim(
+        self, generation: int, count: int, hourly_cap: int | None
+    ) -> list[tuple[Recipient, int]]:
         params = {"e": self.entry_id, "g": generation, "me": self.worker, "n": count}
-        rows = await self._run(queries.CLAIM["postgresql"], params | {"lease": self.lease})
+        params["lease"] = self.lease
+        if hourly_cap is None:
+            rows = await self._run(queries.CLAIM["postgresql"], params)
+        else:
+            rows = await self._claim_capped(params, hourly_cap)
         rows.sort(key=lambda row: int(row[0]))
         parents: dict[str, str] = {}
         if self.thread and rows:
@@ -327,6 +353,24 @@ class ServerQueue(FencedClaims):
             found = await self._run(queries.parents(len(rows)), {"thread": self.thread, **marks})
             parents = {row[0]: row[1] for row in found if row[1]}
         return [claimed(row, parents) for row in rows]
+
+    async def _claim_capped(self, params: dict[str, Any], cap: int) -> list[tuple[Any, ...]]:
+        """The claim in one transaction with the hourly count, under the cap's lock."""
+        dialect = self._dialect
+        hourly, claim = dialect.sql(queries.HOURLY), dialect.sql(queries.CLAIM["postgresql"])
+
+        async def work(conn: Any) -> list[tuple[Any, ...]]:
+            async with conn.transaction():
+                await conn.execute(queries.HOURLY_LOCK)
+                counted = await conn.execute(hourly, {"since": queries.hourly_since()})
+                row = await counted.fetchone()
+                count = min(params["n"], cap - int(row[0] if row else 0))
+                if count <= 0:
+                    return []
+                cursor = await conn.execute(claim, params | {"n": count})
+                return list(await cursor.fetchall())
+
+        return await self._with_connection(work)
 
     async def _renew(self) -> dict[str, int]:
         params = {"e": self.entry_id, "me": self.worker, "lease": self.lease}
@@ -361,8 +405,7 @@ class ServerQueue(FencedClaims):
         )
 
     async def hourly_used(self) -> int:
-        since = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).isoformat(timespec="seconds")
-        rows = await self._run(queries.HOURLY, {"since": since})
+        rows = await self._run(queries.HOURLY, {"since": queries.hourly_since()})
         return int(rows[0][0])
 
     async def take_slots(self, interval: float, count: int) -> float:
