@@ -360,6 +360,35 @@ def test_list_is_whole_when_piped_and_has_json(project: Path) -> None:
     assert sorted(row["id"] for row in rows) == ["block-2020-01-23", UPDATE, long_id]
 
 
+@pytest.mark.parametrize(
+    "entry_id", ["index", "update #2?", "update..2", "-update", "обновление", "update.yaml.bak"]
+)
+def test_an_entry_id_that_cannot_name_its_page_and_message_ids_is_refused(
+    project: Path, entry_id: str
+) -> None:
+    """An id is a file name, a Message-ID's left part (<id.digest@domain>: a dot-atom),
+    a page of the status site (id.html) and a command-line argument: "index" replaced
+    the site's index, "update #2?" made links that end at the "#", and both passed
+    check. ("update.yaml.bak" is a good id: only its dots are single.)"""
+    updates = project.parent / "updates"
+    (updates / f"{UPDATE}.yaml").rename(updates / f"{entry_id}.yaml")
+    replace_in(updates / f"{entry_id}.yaml", f"id: {UPDATE}", f"id: {json.dumps(entry_id)}")
+    result = invoke(project, "check")
+    if entry_id == "update.yaml.bak":
+        assert result.exit_code == 0, result.stderr
+        return
+    assert result.exit_code == 1, result.stdout
+    line = next(
+        n
+        for n, text in enumerate((updates / f"{entry_id}.yaml").read_text().splitlines(), 1)
+        if text.startswith("id:")
+    )
+    said = result.stdout + result.stderr
+    assert f"{entry_id}.yaml:{line}: id " in said, said
+    assert "rename the file and its id" in said
+    assert "Traceback" not in said
+
+
 def test_log_format_after_the_command_and_fields_in_json_lines(project: Path) -> None:
     result = invoke(project, "send", UPDATE, "--yes", "--rate", "0", "--log-format", "json")
     assert result.exit_code == 0, result.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -17,6 +18,10 @@ STATUSES = tuple(status.value for status in EntryStatus)
 SOURCE_HASH_CHARS = 12
 # An entry file is read whichever of YAML's two usual endings it has.
 SUFFIXES = (".yaml", ".yml")
+# An id names the entry's Message-IDs (<id.digest@domain>: a dot-atom), its page on the
+# status site (id.html, beside index.html) and its argument on the command line.
+ENTRY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*")
+RESERVED_IDS = frozenset({"index"})
 ALL_TOPICS = "all"  # topics: all, an entry for every subscriber whatever their topics
 
 
@@ -50,6 +55,20 @@ def load_entry(path: Path) -> Entry:
             f.line_of("id"),
             f"id {entry_id!r} does not match the file name {path.stem!r}",
             code="id-mismatch",
+        )
+    if entry_id and not ENTRY_ID.fullmatch(entry_id):
+        f.problem(
+            f.line_of("id"),
+            f"id {entry_id!r} may hold only ASCII letters, digits, '-', '_' and single "
+            "dots, starting with a letter or digit (it names the entry's Message-IDs and "
+            "its page); rename the file and its id",
+            code="entry-id",
+        )
+    elif entry_id in RESERVED_IDS:
+        f.problem(
+            f.line_of("id"),
+            f"id {entry_id!r} is the status site's own page; rename the file and its id",
+            code="entry-id",
         )
     date = f.date("date", required=True)
     status = f.text("status", required=True)
