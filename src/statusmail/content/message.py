@@ -71,11 +71,12 @@ _SPECIALS = re.compile(r'[][\\()<>@,:;".]')
 
 def _display_name(name: str) -> str:
     """As ``email.utils.formataddr`` writes a display name: quoted when it holds specials,
-    one RFC 2047 base64 word when it is not ASCII. Names are at most 200 characters: one
-    word fits a line unless they are mostly 4-octet characters (emoji); then the name is
-    cut into words of 100 characters on lines of their own (adjacent encoded words
-    join up without the space between them)."""
-    if name.isascii():
+    one RFC 2047 base64 word when it is not ASCII or could be read as one (``=?``).
+    One word, longer than RFC 2047's 75 for a long name: readers take it, where the
+    email package reads the folding between two words into the name. Names are at most
+    200 characters: one word fits a line unless they are mostly 4-octet characters
+    (emoji); then the name is cut into words of 100 characters on lines of their own."""
+    if name.isascii() and "=?" not in name:
         if _SPECIALS.search(name):
             return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
         return name
@@ -88,12 +89,28 @@ def _display_name(name: str) -> str:
     )
 
 
+def ascii_domain(address: str) -> str:
+    """``address`` with its domain in ASCII (IDNA), the local part as it is."""
+    local, at, domain = address.rpartition("@")
+    if not at or domain.isascii():
+        return address
+    try:
+        return f"{local}@{domain.encode('idna').decode('ascii')}"
+    except UnicodeError:  # (the config check accepted it: as written, then)
+        return address
+
+
 def _address_header(name: str, display: str, address: str) -> bytes:
     """``To``/``From``: the display name quoted or encoded; the address as given (an
     address with a non-ASCII local part goes out raw, which only SMTPUTF8 allows)."""
     if not display:
         return f"{name}: {address}\r\n".encode()
-    return f"{name}: {_display_name(display)} <{address}>\r\n".encode()
+    shown = _display_name(display)
+    # The address on a line of its own when the last line would pass 78 with it: a
+    # long name's word and a long address together could pass 998.
+    last = len(name) + 2 + len(shown) if "\n" not in shown else len(shown.rsplit("\n", 1)[1])
+    fold = "\r\n " if last + 3 + len(address) > 78 else " "
+    return f"{name}: {shown}{fold}<{address}>\r\n".encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,10 +237,12 @@ class MessageFactory:
                 _address_header("From", sender.name, sender.address),
                 _header("Subject", rendered.subject),
             ]
-            if reply_to:
-                head.append(_header("Reply-To", reply_to))
+            if reply_to:  # an address, not text: its domain in ASCII, never encoded
+                head.append(_address_header("Reply-To", "", ascii_domain(reply_to)))
             head += [
-                _header("List-Id", f"{sender.name} status <{self.config.list_id}>"),
+                # only the phrase encoded: filters look for the <list-id> itself
+                f"List-Id: {_display_name(f'{sender.name} status')}"
+                f" <{self.config.list_id}>\r\n".encode(),
                 b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n",
                 b"Auto-Submitted: auto-generated\r\n",
                 b"X-Auto-Response-Suppress: All\r\n",
@@ -254,14 +273,15 @@ class MessageFactory:
         name = recipient.name
         key = self._key(recipient)
         variant = self._variant(key)
-        url = self.unsubscribe_url(recipient.address)  # the one token, for both links
+        token = unsubscribe_token(self.keys, recipient.address)  # the one, for both links
+        url = self.config.unsubscribe.url.replace("{token}", token)
         preferences = self.preferences_url(recipient.address)
         if variant.region is not None:
             url = variant.region.rewrite(url)  # the List-Unsubscribe target must open there too
             preferences = variant.region.rewrite(preferences)
         boundary = variant.boundary
         mid = message_id(self.keys, entry.id, recipient.address, self.domain)
-        mailto = f"mailto:{variant.mailto}?subject=unsubscribe%20" + quote(url.rsplit("/", 1)[-1])
+        mailto = f"mailto:{variant.mailto}?subject=unsubscribe%20" + quote(token)
         to = recipient.ascii_email or recipient.email
         parts = [_address_header("To", name, to), self._date(), f"Message-ID: {mid}\r\n".encode()]
         ascii_headers = (
