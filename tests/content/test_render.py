@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import binascii
 import email.policy
+import re
 from email import message_from_bytes
 from pathlib import Path
 from typing import Any
@@ -211,3 +212,20 @@ def test_a_template_compiles_once_a_process_and_again_when_edited(
     edited = texts()
     assert compiled == ["message.txt.j2"]
     assert all(text.rstrip().endswith("EDITED") for text in edited)
+
+
+@pytest.mark.parametrize("start", [0, 1, 3, 10])
+def test_an_ordered_list_is_numbered_alike_in_both_parts(start: int) -> None:
+    """The text part numbers its items as the HTML part's <ol start> shows them: a list
+    starting at 0 went 1, 2 in the text beside 0, 1 in the HTML."""
+    from statusmail.content.markdown import to_html, to_text
+
+    source = f"{start}. first item\n{start + 1}. second item\n\n- a bullet\n"
+    html = str(to_html(source))
+    shown = re.search(r'<ol(?: start="(\d+)")?', html)
+    assert shown is not None
+    first = int(shown.group(1) or 1)
+    assert first == start
+    text = to_text(source)
+    assert f"{start}. first item\n{start + 1}. second item" in text
+    assert "- a bullet" in text

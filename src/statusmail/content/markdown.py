@@ -118,17 +118,19 @@ def to_text(source: str, locale: str | None = None, width: int = WIDTH) -> str:
     It wraps at ``width`` only at ordinary spaces, never at a no-break space."""
     blocks: list[str] = []
     prefix_stack: list[str] = []
-    counters: list[int] = []
+    counters: list[int | None] = []  # each open list's next number; None: bullets
     pending_prefix = ""
     for token in parse(source, locale):
         if token.type in ("bullet_list_open", "ordered_list_open"):
-            counters.append(int(token.attrGet("start") or 1) if token.tag == "ol" else 0)
+            start = token.attrGet("start")  # (a list may start at 0)
+            counters.append((1 if start is None else int(start)) if token.tag == "ol" else None)
         elif token.type in ("bullet_list_close", "ordered_list_close"):
             counters.pop()
         elif token.type == "list_item_open":
-            if counters and counters[-1]:
-                marker = f"{counters[-1]}. "
-                counters[-1] += 1
+            number = counters[-1] if counters else None
+            if number is not None:
+                marker = f"{number}. "
+                counters[-1] = number + 1
             else:
                 marker = "- "
             pending_prefix = "  " * (len(counters) - 1) + marker
