@@ -253,6 +253,16 @@ def test_rate_zero_means_unlimited(project: Path) -> None:
             "address: status}",
             "'sender.address' is not an email address",
         ),
+        # .nan passed every comparison: check said ok, send stopped with a traceback
+        ("rate: 20 ", "rate: .nan ", "'sending.rate' must be a number ≥ 0"),
+        (
+            "stop_after_failures: 0.2",
+            "stop_after_failures: .nan",
+            "'sending.stop_after_failures' must be a number ≥ 0",
+        ),
+        ("lease: 15 ", "lease: .nan ", "'sending.lease' must be a number ≥ 1"),
+        ("lease: 15 ", "lease: .inf ", "'sending.lease' must be a number ≥ 1"),
+        ("timeout: 30", "timeout: .nan", "'smtp.timeout' must be a number ≥ 0.001"),
         ("name: StartMail,", 'name: "Start\\nMail",', "'sender.name' must be one line of text"),
         (
             "list_id: status.startmail.example",
@@ -462,3 +472,12 @@ def test_a_percent_encoded_password_reaches_the_server(project: Path, postgres: 
     result = invoke(project, "ledger", "migrate", env={"STATUSMAIL_LEDGER": url})
     assert result.exit_code == 0, result.output
     assert "schema version" in result.output and HALVES[0] not in result.output
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-nan"])
+def test_a_rate_on_the_command_line_must_be_a_finite_number(project: Path, value: str) -> None:
+    result = invoke(project, "send", "update-2020-04-21", "--yes", "--rate", value)
+    assert result.exit_code == 2, result.output
+    assert "is not a finite number" in result.stderr
+    assert "Traceback" not in result.output
+    assert not list((project.parent / "outbox" / "new").glob("*"))

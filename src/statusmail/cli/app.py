@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +39,19 @@ def _verbose_callback(ctx: click.Context, _param: click.Parameter, value: int) -
         obj = ctx.find_root().ensure_object(dict)
         obj["verbose"] = obj.get("verbose", 0) + value
         setup_logging(obj["verbose"], obj.get("log_format", "text"))
+
+
+class Number(click.FloatRange):
+    """A finite number within the range: click's FloatRange lets "nan" through (it fails
+    no comparison) and "inf"."""
+
+    name = "number"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
 
 
 def common_options(func: F) -> F:

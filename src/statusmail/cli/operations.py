@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from statusmail.cli.app import (
+    Number,
     common_options,
     dry_run_option,
     json_option,
@@ -96,14 +97,14 @@ def serve(
 @click.option("--once", is_flag=True, help="Send what is due, then exit (for cron).")
 @click.option(
     "--poll-interval",
-    type=click.FloatRange(min=0.05),
+    type=Number(min=0.05),
     default=2.0,
     show_default=True,
     help="Seconds between scans of the updates folder.",
 )
 @click.option(
     "--retry-after",
-    type=click.FloatRange(min=0.01),
+    type=Number(min=0.01),
     default=5.0,
     show_default=True,
     help="First wait, in seconds, before retrying an entry whose relay was down "
@@ -123,7 +124,7 @@ def serve(
 )
 @click.option(
     "--takeover",
-    type=click.FloatRange(min=1),
+    type=Number(min=1),
     default=30.0,
     show_default=True,
     help="PostgreSQL ledger: seconds within which a standby watcher takes over from an "

@@ -14,6 +14,7 @@ import click
 from rich.console import Console
 
 from statusmail.cli.app import (
+    Number,
     common_options,
     dry_run_option,
     entry_argument,
@@ -82,7 +83,7 @@ def _send_usage(func: Callable[..., None]) -> Callable[..., None]:
 )
 @click.option(
     "--rate",
-    type=click.FloatRange(min=0),
+    type=Number(min=0),
     default=None,
     help="Messages per second, all connections together (0: unlimited).",
 )

@@ -207,7 +207,9 @@ def _providers(
 async def _read_body(request: Request, limit: int) -> bytes | None:
     """The request body, or None when it is larger than ``limit``."""
     declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+    if declared is not None and (
+        not (declared.isascii() and declared.isdigit()) or int(declared) > limit
+    ):
         return None
     body = bytearray()
     async for chunk in request.stream():

@@ -169,7 +169,7 @@ def matches(code: str | None, reply_code: int | None, detail: str | None) -> boo
     (5.2.2) in the reply; every failure when ``code`` is None."""
     if code is None:
         return True
-    if code.isdigit():
+    if code.isascii() and code.isdigit():
         return reply_code == int(code)
     return re.search(rf"(?<![\d.]){re.escape(code)}(?![\d.])", detail or "") is not None
 

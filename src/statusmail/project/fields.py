@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +105,12 @@ class Fields:
         value = self.data.get(key, default)
         if value is None:
             return default
-        if not isinstance(value, int | float) or isinstance(value, bool) or value < minimum:
+        if (
+            not isinstance(value, int | float)
+            or isinstance(value, bool)
+            or not math.isfinite(value)  # .nan passed every comparison; .inf is no bound
+            or value < minimum
+        ):
             self.problem(self.line_of(key), f"{self.name(key)!r} must be a number ≥ {minimum}")
             return default
         return float(value)

@@ -99,7 +99,7 @@ def parse_smtp(
     )
     raw_port = env.get("STATUSMAIL_SMTP_PORT", "").strip()
     if raw_port:
-        if raw_port.isdigit() and 1 <= int(raw_port) <= 65535:
+        if raw_port.isascii() and raw_port.isdigit() and 1 <= int(raw_port) <= 65535:
             smtp = replace(smtp, port=int(raw_port))
         else:
             problems.append(

@@ -96,7 +96,7 @@ def _multipart_one_click(data: bytes) -> bool:
 async def read_body(request: Request) -> bytes | None:
     """The request body, or None when it is larger than ``MAX_BODY``."""
     declared = request.headers.get("content-length", "0")
-    if not declared.isdigit() or int(declared) > MAX_BODY:
+    if not (declared.isascii() and declared.isdigit()) or int(declared) > MAX_BODY:
         return None
     body = bytearray()
     async for chunk in request.stream():

@@ -181,7 +181,12 @@ class Heartbeat:
     def __init__(self, stale_after: float = 300.0, environ: Mapping[str, str] | None = None):
         env = os.environ if environ is None else environ
         usec, pid = env.get("WATCHDOG_USEC", ""), env.get("WATCHDOG_PID", "")
-        for_us = usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid()))
+        for_us = (
+            usec.isascii()
+            and usec.isdigit()
+            and int(usec) > 0
+            and (not pid or pid == str(os.getpid()))
+        )
         self.watchdog = int(usec) / 1e6 if for_us else None
         self.interval = min(1.0, self.watchdog / 3) if self.watchdog else 1.0
         self.stale_after = stale_after
