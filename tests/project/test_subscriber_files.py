@@ -465,6 +465,56 @@ def test_a_name_holding_an_address_is_a_row_problem_naming_the_line(tmp_path: Pa
     assert emails(items) == ["u0000@example.org", "u0001@example.org", "d@example.org"]
 
 
+def test_a_yaml_null_is_no_value(tmp_path: Path) -> None:
+    """name: null went out as "To: null <…>" and "Здравствуйте, null!"; locale: ~ as
+    an unsupported locale '~' (English, not the region's Russian)."""
+    path = tmp_path / "list.yaml"
+    path.write_text(
+        "- {email: a@example.org, name: null, locale: ~, region: RU}\n"
+        "- {email: b@example.org, name: , topics: [null, t]}\n"
+        "- {email: c@example.org, name: 'null', status: Null}\n",
+        encoding="utf-8",
+    )
+    items = read(path)
+    assert all(isinstance(i, Subscriber) for i in items), items
+    a, b, c = (i for i in items if isinstance(i, Subscriber))
+    assert (a.name, a.locale, a.region) == ("", "", "RU")
+    assert (b.name, b.topics) == ("", frozenset({"t"}))
+    assert (c.name, c.status) == ("null", "active")  # quoted: the text "null"
+
+
+def test_topics_split_at_semicolons_in_a_yaml_list_as_in_a_csv_cell(tmp_path: Path) -> None:
+    """The ledger stores topics joined by semicolons and reads them back split: a YAML
+    item "a;b" was one topic read from the file (a dry run) and two from the ledger (a
+    send), so the two counted different audiences."""
+    (tmp_path / "list.yaml").write_text(
+        "- {email: a@example.org, topics: ['product-news;service-status']}\n", encoding="utf-8"
+    )
+    (tmp_path / "list.csv").write_text(
+        CSV_HEADER + "b@example.org,B,en,NL,product-news;service-status,active\n",
+        encoding="utf-8",
+    )
+    topics = {i.email: i.topics for i in read(tmp_path) if isinstance(i, Subscriber)}
+    assert topics["a@example.org"] == topics["b@example.org"] == {"product-news", "service-status"}
+
+
+@pytest.mark.parametrize("column", ["locale", "topics"])
+def test_a_control_character_in_a_locale_or_topics_is_a_row_problem(
+    tmp_path: Path, column: str
+) -> None:
+    """A NUL there passed check, then stopped send on PostgreSQL (which refuses it in
+    text) with no file or line; on SQLite that subscriber silently matched nothing."""
+    cells = {"locale": "ru\x00,RU,t", "topics": "ru,RU,t\x00x"}[column]
+    path = tmp_path / "list.csv"
+    path.write_text(CSV_HEADER + f"n@example.org,N,{cells},active\n" + rows(0, 1), encoding="utf-8")
+    items = read(path)
+    problems = [i for i in items if isinstance(i, RowProblem)]
+    assert [(p.line, p.message, p.fatal) for p in problems] == [
+        (2, f"the {column} holds a control character", False)
+    ]
+    assert emails(items) == ["u0000@example.org"]
+
+
 @pytest.mark.parametrize("name", ["@anna", "Anna @ Home", "anna@home", "Anna (at) example.org"])
 def test_names_with_an_at_sign_but_no_address_are_fine(tmp_path: Path, name: str) -> None:
     path = tmp_path / "list.csv"

@@ -160,10 +160,14 @@ def make_subscriber(row: dict[str, Any], path: Path, line: int) -> Subscriber | 
     if region is not None and not _REGION.match(region):
         return RowProblem(path, line, f"region {region!r} is not an ISO 3166-1 code", raw_email)
     topics_raw = row.get("topics") or ""
-    if isinstance(topics_raw, list):
-        topics = frozenset(str(t).strip() for t in topics_raw if str(t).strip())
-    else:
-        topics = frozenset(t.strip() for t in str(topics_raw).split(";") if t.strip())
+    # A list's items split at semicolons too, as the ledger stores and reads them back:
+    # else a dry run (from the files) and a send (from the ledger) count apart.
+    items = topics_raw if isinstance(topics_raw, list) else [topics_raw]
+    topics = frozenset(t.strip() for item in items for t in str(item).split(";") if t.strip())
+    locale = str(row.get("locale") or "").strip()
+    for what, value in (("locale", locale), ("topics", "".join(topics))):
+        if _CONTROL.search(value):  # (PostgreSQL refuses a NUL; none matches anything)
+            return RowProblem(path, line, f"the {what} holds a control character", raw_email)
     name = clean_name(str(row.get("name") or ""))
     if "@" in name and (found := _ADDRESS_IN_TEXT.search(name)):
         return RowProblem(
@@ -177,7 +181,7 @@ def make_subscriber(row: dict[str, Any], path: Path, line: int) -> Subscriber | 
         email=normalized,
         ascii_email=ascii_email,
         name=name,
-        locale=str(row.get("locale") or "").strip(),
+        locale=locale,
         region=region,
         topics=topics,
         status=status,

@@ -121,14 +121,16 @@ def _read_flat_mapping(events: Iterator[yaml.Event]) -> tuple[dict[str, Any], st
         key_lines[key] = _line(key_event)
         value_event = next(events)
         if isinstance(value_event, yaml.ScalarEvent):
-            row[key] = value_event.value
+            # a plain null (name: null, ~, or nothing) is no value, as YAML reads it
+            row[key] = "" if _is_null(value_event) else value_event.value
         elif isinstance(value_event, yaml.SequenceStartEvent):
             items: list[str] = []
             for item in events:
                 if isinstance(item, yaml.SequenceEndEvent):
                     break
                 if isinstance(item, yaml.ScalarEvent):
-                    items.append(item.value)
+                    if not _is_null(item):
+                        items.append(item.value)
                 else:
                     _skip_node(item, events)
                     bad = f"{key!r} must be a list of plain values"
