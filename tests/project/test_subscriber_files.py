@@ -559,3 +559,35 @@ def test_send_refuses_a_list_with_an_unbalanced_quote_and_records_nothing(
     check = invoke(project, "check")
     assert check.exit_code == 1
     assert "main.csv:6: unbalanced quote" in check.output
+
+
+def test_a_dry_run_refuses_a_broken_list_as_send_does(project: Path, tmp_path: Path) -> None:
+    """The dry run counted the rows before the break, wrote previews, then said "render
+    failed" for the list; send refuses it before anything. Now both say the same."""
+    main_csv = project.parent / "subscribers" / "main.csv"
+    lines = main_csv.read_text(encoding="utf-8").splitlines(keepends=True)
+    lines.insert(5, 'carol@example.org,"Carol,en,RU,service-status,active\n')
+    main_csv.write_text("".join(lines), encoding="utf-8")
+    previews = tmp_path / "previews"
+    result = invoke(project, "send", UPDATE, "--dry-run", "--preview-dir", str(previews))
+    assert result.exit_code == 1
+    assert "main.csv:6: unbalanced quote: the quoted 'name' field starts" in result.stderr
+    assert "render failed" not in result.output
+    assert "recipients" not in result.stdout
+    assert not previews.exists() or not any(previews.rglob("*.eml"))
+
+
+def test_a_skipped_row_is_logged_with_its_values_masked(project: Path) -> None:
+    """'skipped: …: invalid address 'maria sidorova@example.org'' went to the log
+    whole: a bad export put a list of addresses there. The CI summary masked them."""
+    bad = ["maria sidorova@example.org", "olga@example..net", "ivan.petrov@example.com."]
+    (project.parent / "subscribers" / "a0.csv").write_text(
+        CSV_HEADER + "".join(f"{a},X,ru,RU,service-status,active\n" for a in bad),
+        encoding="utf-8",
+    )
+    for args in (("send", UPDATE, "--yes", "--rate", "0"), ("import", "--force")):
+        result = invoke(project, *args)
+        assert result.exit_code == 0, result.output
+        assert result.stderr.count("invalid address '***'") == 3, result.stderr
+        for address in bad:
+            assert address.split("@")[0] not in result.stderr, address

@@ -21,13 +21,11 @@ from statusmail.domain import mask_address
 from statusmail.errors import Problem
 from statusmail.pipeline import DryRun, Prepared
 from statusmail.project.locales import SUPPORTED_LOCALES
-from statusmail.project.subscriber_rows import COLUMNS, RowProblem
+from statusmail.project.subscriber_rows import RowProblem, mask_row
 
 _ADDRESS = re.compile(r"[^\s@'\"<>()\[\],;:]+@[^\s@'\"<>()\[\],;:]+")
 # In a row's problem: a value quoted as Python quotes it, or one that looks like a
 # domain or an address however broken.
-_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
-_DOMAIN_LIKE = re.compile(r"[\w.+-]+@[\w.-]*|\w[\w-]*(?:\.[\w-]+)+")
 
 
 @dataclass
@@ -78,17 +76,6 @@ def subjects(preview: EntryPreview) -> dict[str, str]:
 
 def mask_addresses(text: str) -> str:
     return _ADDRESS.sub(lambda match: mask_address(match[0]), text)
-
-
-def mask_row(message: str) -> str:
-    """A subscriber row's problem with every value taken from the row masked; a column's
-    name stays (``'email' field``)."""
-
-    def quoted(match: re.Match[str]) -> str:
-        return match[0] if match[0][1:-1] in COLUMNS else f"{match[0][0]}***{match[0][0]}"
-
-    masked = _QUOTED.sub(quoted, message)
-    return _DOMAIN_LIKE.sub("***", masked)
 
 
 def _cell(text: str) -> str:

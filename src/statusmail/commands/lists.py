@@ -181,7 +181,7 @@ def import_subscribers(config: Config, *, force: bool, as_json: bool, console: C
             ledger, config.paths.subscribers, console=log_terminal(), force=force
         )
     for problem in imported.problems:
-        log.warning("skipped: %s", problem)
+        log.warning("skipped: %s", problem.masked())
     if as_json:
         print_json(
             {

@@ -10,7 +10,7 @@ from statusmail.content.message import MessageFactory
 from statusmail.delivery import corrections
 from statusmail.delivery.intake import Run
 from statusmail.domain import mask_address, scrub
-from statusmail.errors import StatusmailError
+from statusmail.errors import InputError, Problem, StatusmailError
 from statusmail.ledger import read_preferences, read_suppressions
 from statusmail.project import entries
 from statusmail.project.selection import Inactive, SelectionStats, select
@@ -49,8 +49,8 @@ def dry_run(prepared: Prepared, *, limit: int | None = None) -> DryRun:
             declared_topics=config.topics,
         ):
             if isinstance(item, RowProblem):
-                if item.fatal:
-                    report.failures.append(str(item))
+                if item.fatal:  # refused as send refuses it: no counts, no previews
+                    raise InputError([Problem(item.path, item.line or None, item.message)])
                 continue
             if isinstance(item, Inactive) or (limit is not None and report.rendered >= limit):
                 continue

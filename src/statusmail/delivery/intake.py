@@ -111,7 +111,7 @@ def staged_rows(
             if item.fatal:
                 # A broken list could hide anyone after the break: select nobody more.
                 raise InputError([Problem(item.path, item.line or None, item.message)])
-            log.warning("skipped: %s", item)
+            log.warning("skipped: %s", item.masked())
             key = item.email.lower() or f"{item.path}:{item.line}"
             yield StagedRow("invalid", key, detail=item.message)
         elif isinstance(item, Inactive):

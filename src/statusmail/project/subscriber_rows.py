@@ -53,6 +53,24 @@ class RowProblem:
     def __str__(self) -> str:
         return f"{self.path}:{self.line}: {self.message}"
 
+    def masked(self) -> str:
+        """As ``str``, every value taken from the row masked: for logs and summaries."""
+        return f"{self.path}:{self.line}: {mask_row(self.message)}"
+
+
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
+_DOMAIN_LIKE = re.compile(r"[\w.+-]+@[\w.-]*|\w[\w-]*(?:\.[\w-]+)+")
+
+
+def mask_row(message: str) -> str:
+    """A subscriber row's problem with every value taken from the row masked (a broken
+    address too: ``invalid address '***'``); a column's name stays (``'email' field``)."""
+
+    def quoted(match: re.Match[str]) -> str:
+        return match[0] if match[0][1:-1] in COLUMNS else f"{match[0][0]}***{match[0][0]}"
+
+    return _DOMAIN_LIKE.sub("***", _QUOTED.sub(quoted, message))
+
 
 @dataclass
 class ReadStats:
