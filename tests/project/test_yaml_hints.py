@@ -114,3 +114,34 @@ def test_send_at_with_a_zone_is_kept(entry: Path) -> None:
     replace_in(entry, "status: ready\n", "status: ready\nsend_at: 2020-04-21T09:30:00+03:00\n")
     send_at = load_entry(entry).send_at
     assert send_at is not None and send_at.isoformat() == "2020-04-21T09:30:00+03:00"
+
+
+@pytest.mark.parametrize(
+    ("new", "told"),
+    [
+        ("status: " + "9" * 5000, "invalid number '" + "9" * 40 + "…': 5000 digits"),
+        ('status: !!int "abc"', "invalid number 'abc': invalid literal for int()"),
+        ('status: !!float "x"', "invalid number 'x': could not convert string to float"),
+    ],
+)
+def test_a_number_yaml_cannot_read_is_a_problem_at_its_line(
+    entry: Path, new: str, told: str
+) -> None:
+    """PyYAML's int and float raise ValueError (Python's 4,300-digit limit, an explicit
+    tag on text), which went out as a traceback from every command reading the file."""
+    line = replace_in(entry, "status: ready", new)
+    problem = only_problem(entry)
+    assert problem.startswith(f"{entry}:{line}: invalid YAML: {told}"), problem
+
+
+def test_a_key_of_the_mapping_s_own_overrides_one_it_merged(tmp_path: Path) -> None:
+    """YAML's merge key: {<<: *base, name: …} is the usual way to vary one field of a
+    shared block; it was refused as a duplicate key."""
+    from statusmail.project.yamlfile import parse_yaml
+
+    text = "base: &base {name: A, code: X}\nother: {<<: *base, name: B}\n"
+    data = parse_yaml(text, tmp_path / "f.yaml")
+    assert data["other"] == {"name": "B", "code": "X"}
+    with pytest.raises(InputError) as info:
+        parse_yaml("other: {name: B, name: C}\n", tmp_path / "f.yaml")
+    assert "duplicate key 'name'" in str(info.value.problems[0])

@@ -57,25 +57,33 @@ class _Loader(_BaseLoader):  # type: ignore[misc,valid-type]
 
 
 def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> LineDict:
-    loader.flatten_mapping(node)
+    explicit = sum(1 for key_node, _ in node.value if key_node.tag != _MERGE)
+    loader.flatten_mapping(node)  # the merged (<<: *x) pairs first, then the mapping's own
+    merged = len(node.value) - explicit
+    from_merge: set[Any] = set()
     result = LineDict()
     result.line = node.start_mark.line + 1
     result.key_lines = {}
-    for key_node, value_node in node.value:
+    for index, (key_node, value_node) in enumerate(node.value):
         key = loader.construct_object(key_node, deep=True)
         if not isinstance(key, str | int | bool | float) and key is not None:
             raise yaml.constructor.ConstructorError(
                 None, None, "mapping keys must be plain values", key_node.start_mark
             )
-        if key in result:
+        if key in result and key not in from_merge:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r}", key_node.start_mark
             )
+        # a key of the mapping's own overrides one it merged (YAML's merge key)
+        (from_merge.add if index < merged else from_merge.discard)(key)
         result[key] = loader.construct_object(value_node, deep=True)
         result.key_lines[key] = key_node.start_mark.line + 1
         if (spelled := _spelled(value_node)) is not None:
             result.spelled[key] = spelled
     return result
+
+
+_MERGE = "tag:yaml.org,2002:merge"
 
 
 def _construct_sequence(loader: yaml.SafeLoader, node: yaml.SequenceNode) -> LineList:
@@ -99,7 +107,27 @@ def _construct_timestamp(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
         ) from exc
 
 
+def _construct_number(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
+    """An int or a float, as PyYAML reads them; one it cannot (5,000 digits, or
+    ``!!int "abc"``) is a problem at its line, not a ValueError."""
+    construct = (
+        yaml.constructor.SafeConstructor.construct_yaml_int
+        if node.tag.endswith(":int")
+        else yaml.constructor.SafeConstructor.construct_yaml_float
+    )
+    try:
+        return construct(loader, node)
+    except ValueError as exc:
+        shown = node.value if len(node.value) <= 40 else node.value[:40] + "…"
+        why = f"{len(node.value)} digits" if "digits" in str(exc) else str(exc)
+        raise yaml.constructor.ConstructorError(
+            None, None, f"invalid number {shown!r}: {why}", node.start_mark
+        ) from None
+
+
 _Loader.add_constructor("tag:yaml.org,2002:timestamp", _construct_timestamp)
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_number)
+_Loader.add_constructor("tag:yaml.org,2002:float", _construct_number)
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
 
