@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from bs4 import BeautifulSoup, Tag
 
-from conftest import BLOCK, SAMPLE_ENTRIES, UPDATE, dry_run, parse_message, part_text
+from conftest import BLOCK, SAMPLE_ENTRIES, UPDATE, dry_run, invoke, parse_message, part_text
 from editing import replace_in
 from statusmail.content.variants import PROBE_ADDRESS as PREVIEW_ADDRESS
 from statusmail.content.variants import VariantKey
@@ -184,3 +184,17 @@ def test_previews_never_carry_a_subscriber(project: Path, tmp_path: Path, entry_
         assert not [a for a in addresses if a in text], path.name
     for eml in out.glob("*.eml"):
         assert parse_eml(eml)["To"].addresses[0].addr_spec == PREVIEW_ADDRESS
+
+
+@pytest.mark.parametrize("option", ["--preview-dir", "--summary"])
+def test_a_preview_or_summary_path_that_cannot_be_written_is_named(
+    project: Path, option: str
+) -> None:
+    """A file where the folder should be: NotADirectoryError / FileExistsError went out
+    as a traceback."""
+    blocked = project.parent / "statusmail.yaml"  # a file, not a folder
+    target = blocked if option == "--preview-dir" else blocked / "summary.md"
+    result = invoke(project, "send", "update-2020-04-21", "--dry-run", option, str(target))
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert f"{blocked}" in result.stderr and "cannot write" in result.stderr, result.stderr

@@ -18,7 +18,7 @@ from statusmail.ci.formats import Item, items
 from statusmail.content.preview import preview_keys
 from statusmail.content.variants import VariantKey
 from statusmail.domain import mask_address
-from statusmail.errors import Problem
+from statusmail.errors import Problem, StatusmailError
 from statusmail.pipeline import DryRun, Prepared
 from statusmail.project.locales import SUPPORTED_LOCALES
 from statusmail.project.subscriber_rows import RowProblem, mask_row
@@ -182,10 +182,15 @@ def markdown(
 
 
 def write(text: str, path: Path, environ: Mapping[str, str]) -> None:
-    """Write the summary to ``path``, and append it to ``$GITHUB_STEP_SUMMARY`` if set."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    """Write the summary to ``path``, and append it to ``$GITHUB_STEP_SUMMARY`` if set;
+    a path that cannot be written is a ``StatusmailError`` naming it."""
     step_summary = environ.get("GITHUB_STEP_SUMMARY")
-    if step_summary:
-        with open(step_summary, "a", encoding="utf-8") as handle:
-            handle.write(text + "\n")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        if step_summary:
+            with open(step_summary, "a", encoding="utf-8") as handle:
+                handle.write(text + "\n")
+    except OSError as exc:
+        where = exc.filename or path
+        raise StatusmailError(f"{where}: cannot write the summary: {exc.strerror or exc}") from exc

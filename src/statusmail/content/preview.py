@@ -23,6 +23,7 @@ from statusmail.content.render import Renderer
 from statusmail.content.variants import PROBE_ADDRESS as PREVIEW_ADDRESS
 from statusmail.content.variants import VariantKey, probe_recipient
 from statusmail.domain import Entry
+from statusmail.errors import StatusmailError
 from statusmail.project.selection import SelectionStats
 
 PREVIEW_SUFFIXES = (".eml", ".html", ".txt")  # what a dry run writes, and may clear
@@ -80,6 +81,16 @@ def preview_keys(
 
 
 def write_previews(factory: MessageFactory, stats: SelectionStats, out_dir: Path) -> list[Path]:
+    """The previews of every variant, written into ``out_dir``; a folder that cannot
+    be written is a ``StatusmailError`` naming the path."""
+    try:
+        return _write_previews(factory, stats, out_dir)
+    except OSError as exc:
+        where = exc.filename or out_dir
+        raise StatusmailError(f"{where}: cannot write previews: {exc.strerror or exc}") from exc
+
+
+def _write_previews(factory: MessageFactory, stats: SelectionStats, out_dir: Path) -> list[Path]:
     entry = factory.entry
     out_dir.mkdir(parents=True, exist_ok=True)
     clear_previews(out_dir)
