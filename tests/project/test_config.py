@@ -253,6 +253,33 @@ def test_rate_zero_means_unlimited(project: Path) -> None:
             "address: status}",
             "'sender.address' is not an email address",
         ),
+        # values that go into headers: check said ok, send wrote them as they were
+        (
+            "address: status@startmail.example}",
+            "address: status@}",
+            "'sender.address' is not an email address",
+        ),
+        (
+            "reply_to: support@startmail.example",
+            'reply_to: "@"',
+            "'reply_to' is not an email address",
+        ),
+        (
+            "mailto: unsubscribe@startmail.example",
+            'mailto: "not an address"',
+            "'unsubscribe.mailto' is not an email address",
+        ),
+        (
+            "list_id: status.startmail.example",
+            'list_id: "my list <x>"',
+            "'list_id' is 'my list <x>'; it must be a dotted name like status.example.org "
+            "(RFC 2919: no spaces or angle brackets)",
+        ),
+        (
+            "url: https://www.startmail.example/status/unsubscribe/{token}",
+            "url: https://www.startmail.example/status/un subscribe>/{token}",
+            "'unsubscribe.url' holds a space or one of <>\"{}|\\^` (percent-encode it)",
+        ),
         # .nan passed every comparison: check said ok, send stopped with a traceback
         ("rate: 20 ", "rate: .nan ", "'sending.rate' must be a number ≥ 0"),
         (

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -196,19 +197,51 @@ def find_config(
 # -- one parser per section ------------------------------------------------------
 
 
+def _is_address(value: str) -> bool:
+    from email_validator import EmailNotValidError, validate_email
+
+    try:
+        validate_email(value, check_deliverability=False, allow_smtputf8=True)
+    except EmailNotValidError:
+        return False
+    return True
+
+
 def _address(f: Fields, key: str, value: str) -> None:
-    if value and "@" not in value:
-        f.problem(f.line_of(key), f"{f.name(key)!r} is not an email address")
+    """An address that goes into a header ("status@" and "@" went out as From: and
+    Reply-To:, a mailto of "not an address" into List-Unsubscribe)."""
+    line = f.line_of(key)
+    said = any(problem.line == line and problem.path == f.path for problem in f.problems)
+    if value and not said and not _is_address(value):  # (one problem a line)
+        f.problem(line, f"{f.name(key)!r} is not an email address")
+
+
+# A List-Id's id (RFC 2919): a dot-atom, between angle brackets in the header.
+_LIST_ID = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)+")
+# What a URL in a header or a mail body cannot hold unencoded (RFC 3986).
+_NOT_IN_URL = re.compile(r"[\s<>\"{}|\\^`]")
 
 
 def parse_test_recipients(f: Fields) -> frozenset[str]:
     addresses = f.text_list("test_recipients") or []
     for address in addresses:
-        if "@" not in address:
+        if not _is_address(address):
             f.problem(
                 f.line_of("test_recipients"), f"test_recipients: {address!r} is not an address"
             )
     return frozenset(address.lower() for address in addresses)
+
+
+def parse_list_id(f: Fields) -> str:
+    said = len(f.problems)
+    list_id = f.line_text("list_id", required=True)
+    if list_id and len(f.problems) == said and not _LIST_ID.fullmatch(list_id):
+        f.problem(
+            f.line_of("list_id"),
+            f"'list_id' is {list_id!r}; it must be a dotted name like status.example.org "
+            "(RFC 2919: no spaces or angle brackets)",
+        )
+    return list_id
 
 
 def parse_sender(f: Fields) -> Sender:
@@ -243,6 +276,12 @@ def parse_unsubscribe(f: Fields) -> UnsubscribeSettings:
     url = unsubscribe.url
     if url and (not url.startswith("https://") or "{token}" not in url):
         f.problem(f.line_of("url"), "'unsubscribe.url' must be an https URL containing {token}")
+    elif _NOT_IN_URL.search(url.replace("{token}", "")):
+        f.problem(
+            f.line_of("url"),
+            "'unsubscribe.url' holds a space or one of <>\"{}|\\^` (percent-encode it)",
+        )
+    _address(f, "mailto", unsubscribe.mailto)
     return unsubscribe
 
 
@@ -373,7 +412,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     config = Config(
         path=path,
         sender=parse_sender(top.sub("sender")),
-        list_id=top.line_text("list_id", required=True),
+        list_id=parse_list_id(top),
         paths=parse_paths(top.sub("paths"), root, env),
         unsubscribe=unsubscribe,
         reply_to=reply_to,
