@@ -139,6 +139,7 @@ LONGEST_FIRST = (
     "test_ops_metrics.py",
     "test_postgres_senders.py",
     "test_watch.py",
+    "test_watch_promises.py",
     "test_quality.py",
     "test_layout_browser.py",
     "test_publish_browser.py",

@@ -178,12 +178,17 @@ class Watcher(Readiness, Leadership, Background, Bookkeeping):
             for problem in exc.problems:
                 log.error("config not reloaded: %s", problem, extra={"event": "reload_failed"})
             return
+        # Whatever was blocked is looked at again, and said again if it still is: a
+        # SIGHUP is the operator's "I fixed it".
+        self._blocked.clear()
+        self._reported.clear()
         log.info("config reloaded", extra={"event": "reloaded"})
 
     async def _sleep(self) -> None:
         now = asyncio.get_running_loop().time()
         waits = [self.options.poll_interval]
-        waits += [max(0.0, b.until - now) for b in self._backoff.values()]
+        # (a backoff whose time has come is retried by the pass: never a zero wait)
+        waits += [b.until - now for b in self._backoff.values() if b.until > now]
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.wake.wait(), timeout=min(waits))
 
@@ -205,6 +210,11 @@ class Watcher(Readiness, Leadership, Background, Bookkeeping):
             )
             return
         self._reported.pop(ledger_path, None)
+        # An entry no longer due (paused, cancelled, finished by a send, gone) waits
+        # for nothing: a backoff left for it kept /readyz unready and the loop awake.
+        ids = {entry.id for entry in due}
+        for gone in [entry_id for entry_id in self._backoff if entry_id not in ids]:
+            del self._backoff[gone]
         for entry in due:
             if self.halt.is_set():
                 return

@@ -192,7 +192,7 @@ def entry_paths(updates_dir: Path) -> list[Path]:
     )
 
 
-def _twins(paths: list[Path]) -> list[Problem]:
+def twin_problems(paths: list[Path]) -> list[Problem]:
     """``x.yaml`` and ``x.yml`` both: neither is taken, since either may be the one meant."""
     stems: dict[str, list[Path]] = {}
     for path in paths:
@@ -218,7 +218,7 @@ def load_entries(updates_dir: Path) -> tuple[dict[str, Entry], list[Problem]]:
             Problem(updates_dir, None, "updates folder not found", code="missing-file")
         ]
     paths = entry_paths(updates_dir)
-    problems += _twins(paths)
+    problems += twin_problems(paths)
     twice = {Path(problem.path).stem for problem in problems}
     for path in paths:
         if path.stem in twice:
@@ -243,7 +243,7 @@ def entry_file(updates_dir: Path, entry_id: str) -> Path | None:
     refused when it has both."""
     found = [p for p in (updates_dir / f"{entry_id}{s}" for s in SUFFIXES) if p.is_file()]
     if len(found) > 1:
-        raise InputError(_twins(found))
+        raise InputError(twin_problems(found))
     return found[0] if found else None
 
 

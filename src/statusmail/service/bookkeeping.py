@@ -21,7 +21,7 @@ from statusmail.ledger import Ledger, controls
 from statusmail.ledger import exists as ledger_exists
 from statusmail.ledger.subscribers import Imported, ImportRefused
 from statusmail.project.config import Config
-from statusmail.project.entries import entry_paths, load_entry
+from statusmail.project.entries import entry_paths, load_entry, twin_problems
 from statusmail.project.subscriber_rows import subscriber_files
 from statusmail.project.yamlfile import Stamps, file_stamps
 
@@ -39,10 +39,16 @@ class Backoff:
 
 
 def inputs_fingerprint(config: Config, entry_path: Path | None) -> Fingerprint:
-    """Size and modification time of every file a run of the entry reads."""
+    """Size and modification time of every file a run of the entry reads: the entries
+    too (the one it threads on or corrects), the keys and the relay's CA."""
     paths: list[Path] = [config.path, config.paths.regions]
     if entry_path is not None:
         paths.append(entry_path)
+    paths += entry_paths(config.paths.updates)
+    if config.dkim is not None:
+        paths += [p for p in (config.dkim.key_file, config.dkim.ed25519_key_file) if p]
+    if config.smtp.ca_file is not None:
+        paths.append(config.smtp.ca_file)
     if config.paths.templates.is_dir():
         paths += sorted(p for p in config.paths.templates.rglob("*") if p.is_file())
     with contextlib.suppress(OSError):
@@ -143,7 +149,14 @@ class Bookkeeping:
         return sorted(due, key=lambda e: (e.date, e.id))
 
     def _entries(self) -> Iterator[Entry]:
-        for path in entry_paths(self.config.paths.updates):
+        paths = entry_paths(self.config.paths.updates)
+        twins = twin_problems(paths)  # x.yaml and x.yml: neither, as check and send say
+        for problem in twins:
+            self._say_once(Path(problem.path), str(problem), logging.ERROR)
+        twice = {Path(problem.path).stem for problem in twins}
+        for path in paths:
+            if path.stem in twice:
+                continue
             try:
                 entry = load_entry(path)
             except InputError as exc:

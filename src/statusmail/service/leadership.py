@@ -71,6 +71,8 @@ class Leadership:
                     return
                 delay = self.options.lock_retry_initial
                 await self._lead(lock)
+                if self.options.once:  # one pass, led: done (it stood again, forever)
+                    return
             except LedgerError as exc:
                 self.role = "reconnecting"
                 self._lock_problem = f"{exc}; connecting again"
@@ -94,6 +96,12 @@ class Leadership:
         if await lock.try_acquire():
             log.info("leading: this watcher sends", extra={"event": "active"})
             return True
+        if self.options.once:  # (a cron job: the active watcher does this pass's work)
+            log.info(
+                "another watcher is active on this ledger: --once has nothing to do",
+                extra={"event": "standby"},
+            )
+            return False
         self.role = "standby"
         self._say_ready()
         log.info(

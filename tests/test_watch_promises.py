@@ -1,0 +1,120 @@
+"""``statusmail watch`` keeps its promises when the files or the operator change things
+under it: an entry paused while it waited for its relay, two files for one entry, a
+key fixed after it blocked both entries, a --once pass on a PostgreSQL ledger."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import (
+    BLOCK_AUDIENCE,
+    SECRET_ENV,
+    UPDATE_AUDIENCE,
+    clean_environ,
+    closed_port,
+    command,
+    invoke,
+    spawn,
+    wait_for,
+)
+from delivery_helpers import point_at
+from dkim_helpers import Keys, sign_with
+from dkim_helpers import keys as keys  # the fixture
+from smtp_server import RecordingServer
+from test_watch import NEW_ENTRY, watch
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU of process ``pid`` so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_an_entry_paused_while_it_waited_for_its_relay_leaves_the_watcher_idle(
+    project: Path,
+) -> None:
+    """The backoff of an entry that is no longer due stayed: once its time came, the
+    loop slept for max(0, until - now) = 0 and spun (92 % of a core)."""
+    with closed_port() as nowhere:
+        point_at(project, nowhere)
+        args = ("watch", "--poll-interval", "0.5", "--retry-after", "0.05")
+        with spawn(project, *args, env=SECRET_ENV) as process:
+            process.wait_for_line("relay unavailable")
+            for entry in ("block-2020-01-23", "update-2020-04-21"):
+                assert invoke(project, "pause", entry, env=SECRET_ENV).exit_code == 0
+            process.wait_for_line("update-2020-04-21: paused on")
+            process.wait_for_line("block-2020-01-23: paused on")
+            before = cpu_seconds(process.pid)
+            time.sleep(2)  # the measurement's window, not a wait for readiness
+            spent = cpu_seconds(process.pid) - before
+            assert spent < 0.5, f"{spent:.2f} s of CPU in 2 s, paused"
+            assert process.stop() == 0, process.stderr
+
+
+def test_two_files_for_one_entry_send_neither(project: Path) -> None:
+    """check and send refuse x.yaml beside x.yml (either may be the one meant); watch
+    sent the first it read."""
+    updates = project.parent / "updates"
+    with RecordingServer() as server:
+        point_at(project, server.port)
+        with watch(project) as process:
+            wait_for(lambda: len(server.messages) == BLOCK_AUDIENCE + UPDATE_AUDIENCE)
+            for suffix, en, ru in ((".yaml", "One", "Первая"), (".yml", "Other", "Вторая")):
+                text = NEW_ENTRY.format(status="ready").replace("A short update", en)
+                text = text.replace("Короткая новость", ru)
+                (updates / f"update-2020-05-01{suffix}").write_text(text, encoding="utf-8")
+            process.wait_for_line("are both entry 'update-2020-05-01': keep one")
+            (updates / "update-2020-05-01.yml").unlink()  # the operator keeps one
+            wait_for(
+                lambda: any(
+                    "update-2020-05-01" in m.message["Message-ID"] for m in server.messages
+                ),
+                what="the entry kept",
+            )
+            assert process.stop() == 0, process.stderr
+        subjects = {
+            m.message["Subject"] for m in server.messages if "2020-05-01" in m.message["Message-ID"]
+        }
+        assert subjects <= {"One", "Первая"} and subjects, subjects
+
+
+def test_an_entry_blocked_by_its_key_goes_once_the_key_is_fixed(project: Path, keys: Keys) -> None:
+    """The files a blocked entry was waiting on did not include the DKIM key (nor the
+    entry it threads on, nor the relay's CA): fixed, it was never looked at again,
+    not even on SIGHUP."""
+    sign_with(project, keys)
+    good = (project.parent / "dkim.key").read_bytes()
+    (project.parent / "dkim.key").write_text("not a key\n", encoding="utf-8")
+    with RecordingServer() as server:
+        point_at(project, server.port)
+        with watch(project) as process:
+            process.wait_for_line("not sent until its files are fixed")
+            assert not server.messages
+            (project.parent / "dkim.key").write_bytes(good)
+            wait_for(lambda: len(server.messages) == BLOCK_AUDIENCE + UPDATE_AUDIENCE)
+            assert process.stop() == 0, process.stderr
+    assert all(m.message["DKIM-Signature"] for m in server.messages)
+
+
+@pytest.mark.timeout(60)
+def test_watch_once_on_postgresql_exits_after_its_pass(project: Path, postgres: str) -> None:
+    """After leading one pass it stood for election again, and led again, forever."""
+    env = {**SECRET_ENV, "STATUSMAIL_LEDGER": postgres}
+    with RecordingServer() as server:
+        point_at(project, server.port)
+        done = subprocess.run(
+            command(project, "watch", "--once"),
+            env=clean_environ(**env),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
+        )
+        assert done.returncode == 0, done.stderr
+        assert len(server.messages) == BLOCK_AUDIENCE + UPDATE_AUDIENCE
+        assert done.stderr.count("leading: this watcher sends") == 1, done.stderr
