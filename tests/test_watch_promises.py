@@ -19,6 +19,7 @@ from conftest import (
     closed_port,
     command,
     invoke,
+    part_text,
     spawn,
     wait_for,
 )
@@ -118,3 +119,33 @@ def test_watch_once_on_postgresql_exits_after_its_pass(project: Path, postgres: 
         assert done.returncode == 0, done.stderr
         assert len(server.messages) == BLOCK_AUDIENCE + UPDATE_AUDIENCE
         assert done.stderr.count("leading: this watcher sends") == 1, done.stderr
+
+
+def test_an_entry_file_is_read_once_it_stands_still(project: Path) -> None:
+    """An entry saved in place in two writes, the second a moment later: the watcher
+    sent what the first had written (a cut-off body), then said the file changed after
+    it was sent in full."""
+    entry = project.parent / "updates" / "update-2020-05-01.yaml"
+    whole = NEW_ENTRY.format(status="ready")
+    cut = whole.index("We will write again.") + len("We will")
+    with RecordingServer() as server:
+        point_at(project, server.port)
+        with watch(project) as process:
+            wait_for(lambda: len(server.messages) == BLOCK_AUDIENCE + UPDATE_AUDIENCE)
+            with entry.open("w", encoding="utf-8") as handle:
+                handle.write(whole[:cut] + '"}\n' + whole[whole.index("  ru:") :])
+                handle.flush()
+                time.sleep(0.6)  # the scenario: the second write comes after a look or two
+                handle.seek(0)
+                handle.truncate()
+                handle.write(whole)
+            wait_for(lambda: any("2020-05-01" in m.message["Message-ID"] for m in server.messages))
+            process.wait_for_line("update-2020-05-01: sent")
+            assert process.stop() == 0, process.stderr
+    bodies = {
+        part_text(m.message, "plain")
+        for m in server.messages
+        if "2020-05-01" in m.message["Message-ID"] and m.message["Content-Language"] == "en"
+    }
+    assert bodies and all("We will write again." in body for body in bodies), bodies
+    assert "changed after it was sent in full" not in process.stderr

@@ -44,7 +44,13 @@ from statusmail.ledger import controls, run_lock
 from statusmail.ledger import describe as ledger_describe
 from statusmail.project.config import Config, is_url, load_config
 from statusmail.service.background import Background
-from statusmail.service.bookkeeping import Backoff, Bookkeeping, Fingerprint, inputs_fingerprint
+from statusmail.service.bookkeeping import (
+    SETTLE,
+    Backoff,
+    Bookkeeping,
+    Fingerprint,
+    inputs_fingerprint,
+)
 from statusmail.service.leadership import Leadership, cancelled
 from statusmail.service.options import WatchOptions as WatchOptions  # what the CLI imports
 from statusmail.service.readiness import Readiness, relay_name
@@ -162,8 +168,8 @@ class Watcher(Readiness, Leadership, Background, Bookkeeping):
                 await self._work_through_due()
                 if site is not None:
                     site.request(self.config)
-                if self.options.once:
-                    break
+                if self.options.once and not self.settling:
+                    break  # (--once waits for a file still settling, then looks again)
                 await self._sleep()
         finally:
             await cancelled(events, bounces)
@@ -187,6 +193,8 @@ class Watcher(Readiness, Leadership, Background, Bookkeeping):
     async def _sleep(self) -> None:
         now = asyncio.get_running_loop().time()
         waits = [self.options.poll_interval]
+        if self.settling:
+            waits.append(SETTLE / 2)
         # (a backoff whose time has come is retried by the pass: never a zero wait)
         waits += [b.until - now for b in self._backoff.values() if b.until > now]
         with contextlib.suppress(TimeoutError):
@@ -194,6 +202,7 @@ class Watcher(Readiness, Leadership, Background, Bookkeeping):
 
     async def _work_through_due(self) -> None:
         self._left_pending = False
+        self.settling = False
         if not await self._import():
             return
         ledger_path = Path(ledger_describe(self.config.paths.ledger))

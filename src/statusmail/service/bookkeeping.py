@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,12 @@ from statusmail.project.yamlfile import Stamps, file_stamps
 log = logging.getLogger("statusmail.watch")
 
 Fingerprint = Stamps
+
+
+# A new or changed entry file is read once it has not changed for this long: one saved
+# in place is not sent half-written (writing to a temporary file and renaming it into
+# the folder is safe at once, and needs no wait).
+SETTLE = 1.0
 
 
 @dataclass
@@ -62,6 +69,7 @@ class Bookkeeping:
     config: Config
     halt: asyncio.Event
     _reported: dict[Path, str]
+    settling = False  # an entry file was left for the next look: it may be half-written
 
     async def _import(self) -> bool:
         """The lists into the ledger as soon as they change (when not, a stat of each
@@ -154,9 +162,16 @@ class Bookkeeping:
         for problem in twins:
             self._say_once(Path(problem.path), str(problem), logging.ERROR)
         twice = {Path(problem.path).stem for problem in twins}
+        now = time.time()
         for path in paths:
             if path.stem in twice:
                 continue
+            with contextlib.suppress(OSError):
+                if now - path.stat().st_mtime < SETTLE:
+                    # still being written, perhaps (an editor saving in place, a copy
+                    # under way): taken once it has stood still for SETTLE seconds
+                    self.settling = True
+                    continue
             try:
                 entry = load_entry(path)
             except InputError as exc:
