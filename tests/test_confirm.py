@@ -98,3 +98,18 @@ def test_ctrl_c_at_the_prompt_cancels_at_once(project: Path) -> None:
     assert code == 4, terminal.words()
     assert "interrupted by SIGINT before delivery: nothing was sent" in terminal.words()
     assert not (project.parent / "outbox").exists()
+
+
+def test_the_prompt_says_how_many_this_run_sends(project: Path) -> None:
+    """With --limit 2 it asked to send to 14 and sent 2; on the re-run it asked for 12
+    with a breakdown (3 en, 11 ru) that added up to 14."""
+    with on_terminal(project, "--limit", "2") as terminal:
+        terminal.read_until(PROMPT)
+        terminal.type("yes")
+        assert terminal.finish() == 4
+    asked = terminal.words()
+    assert "Send update-2020-04-21 to 2 recipients (of 14 selected: 3 en, 11 ru)" in asked
+    assert outbox_count(project) == 2
+    code, output = run_on_terminal(project, "no")
+    assert "Send update-2020-04-21 to 12 recipients (of 14 selected: 3 en, 11 ru)" in output
+    assert code == 1

@@ -39,15 +39,22 @@ class SendOptions:
     now: bool = False
 
 
-def confirm_prompt(console: Console, target: str) -> pipeline.Confirm:
+def confirm_prompt(console: Console, target: str, limit: int | None = None) -> pipeline.Confirm:
     def confirm(prepared: pipeline.Prepared, started: pipeline.Started) -> bool:
         locales = ", ".join(f"{n} {loc}" for loc, n in started.stats.by_locale().items())
-        pending = started.plan.pending_after if started.plan else started.stats.total
+        selected = started.stats.total
+        pending = started.plan.pending_after if started.plan else selected
         if pending == 0:
             return True  # nothing to send: no question to ask (the run says what it found)
+        going = pending if limit is None else min(pending, limit)
+        # The breakdown is of the whole selection: said as such when this run sends
+        # fewer (a re-run, a --limit), so that the numbers add up.
+        breakdown = locales or "none"
+        if going != selected:
+            breakdown = f"of {selected} selected: {breakdown}"
         console.print(
-            f"Send [bold]{prepared.entry.id}[/] to [bold]{pending}[/]"
-            f" recipients ({locales or 'none'}) through {target}?"
+            f"Send [bold]{prepared.entry.id}[/] to [bold]{going}[/]"
+            f" recipients ({breakdown}) through {target}?"
         )
         # No lock is held while this waits; Ctrl-C here raises Interrupted at once.
         answer = _answer(console, "Type yes to send: ")
@@ -97,7 +104,7 @@ def send(
         console=console,
     )
     if options.interactive and not options.yes:
-        request.confirm = confirm_prompt(console, pipeline.describe_target(config))
+        request.confirm = confirm_prompt(console, pipeline.describe_target(config), options.limit)
     with pipeline.open_ledger(config, entry.id) as held:
         try:
             started = pipeline.start(prepared, held, request)
