@@ -280,6 +280,17 @@ def test_rate_zero_means_unlimited(project: Path) -> None:
             "url: https://www.startmail.example/status/un subscribe>/{token}",
             "'unsubscribe.url' holds a space or one of <>\"{}|\\^` (percent-encode it)",
         ),
+        # a typo gave English to those it named, silently; NO became the region FALSE
+        (
+            "default_locale_by_region: {RU: ru,",
+            "default_locale_by_region: {RU: rus,",
+            "'default_locale_by_region.RU' is 'rus'; expected one of en, ru",
+        ),
+        (
+            "default_locale_by_region: {RU: ru,",
+            "default_locale_by_region: {NO: en, RU: ru,",
+            "'default_locale_by_region': YAML reads NO as false: write \"NO\"",
+        ),
         # .nan passed every comparison: check said ok, send stopped with a traceback
         ("rate: 20 ", "rate: .nan ", "'sending.rate' must be a number ≥ 0"),
         (
@@ -508,3 +519,21 @@ def test_a_rate_on_the_command_line_must_be_a_finite_number(project: Path, value
     assert "is not a finite number" in result.stderr
     assert "Traceback" not in result.output
     assert not list((project.parent / "outbox" / "new").glob("*"))
+
+
+@pytest.mark.timeout(20)
+def test_a_yaml_alias_bomb_in_default_locale_by_region_is_refused_unexpanded(
+    project: Path,
+) -> None:
+    """Nine levels of aliases nine wide: str() of the value took 16 s and 1.3 GB, then
+    a MemoryError traceback."""
+    bomb = "a0: &a0 [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 10)
+    )
+    text = project.read_text(encoding="utf-8")
+    text = bomb + text.replace(
+        "default_locale_by_region: {RU: ru,", "default_locale_by_region: {RU: *a9,"
+    )
+    project.write_text(text, encoding="utf-8")
+    found = problems(project)
+    assert any("'default_locale_by_region.RU' is not a word" in p for p in found), found

@@ -232,6 +232,34 @@ def parse_test_recipients(f: Fields) -> frozenset[str]:
     return frozenset(address.lower() for address in addresses)
 
 
+def parse_default_locales(f: Fields) -> dict[str, str]:
+    """Region code -> locale: a typo there ('rus') silently gave English, and NO
+    (Norway, read by YAML as false) became the region 'FALSE'."""
+    from statusmail.project.locales import SUPPORTED_LOCALES, normalize_locale
+    from statusmail.project.regions import REGION_CODE
+
+    found: dict[str, str] = {}
+    for region, locale in f.data.items():
+        line = f.line_of(region)
+        code = "NO" if region is False else str(region).upper() if isinstance(region, str) else ""
+        if not REGION_CODE.match(code):
+            f.problem(line, f"'{f.what}': {region!r} is not a two-letter region code")
+            continue
+        if region is False:
+            f.problem(line, f"'{f.what}': YAML reads NO as false: write \"NO\"")
+            continue
+        if not isinstance(locale, str) or normalize_locale(locale) is None:
+            shown = repr(locale) if isinstance(locale, str | int | float) else "not a word"
+            f.problem(
+                line,
+                f"'{f.what}.{code}' is {shown}; expected one of "
+                + ", ".join(sorted(SUPPORTED_LOCALES)),
+            )
+            continue
+        found[code] = locale
+    return found
+
+
 def parse_list_id(f: Fields) -> str:
     said = len(f.problems)
     list_id = f.line_text("list_id", required=True)
@@ -422,10 +450,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> Config:
         ledger=parse_ledger(ledger),
         serve=parse_serve(top.sub("serve")),
         dkim=parse_dkim(top.sub("dkim"), root) if top.has("dkim") else None,
-        default_locale_by_region={
-            str(region).upper(): str(locale)
-            for region, locale in top.sub("default_locale_by_region").data.items()
-        },
+        default_locale_by_region=parse_default_locales(top.sub("default_locale_by_region")),
         topics=declared,
         topic_names=parse_topic_names(top.sub("topic_names"), declared),
         bounces=parse_bounces(top.sub("bounces"), root),
