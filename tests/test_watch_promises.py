@@ -4,6 +4,7 @@ key fixed after it blocked both entries, a --once pass on a PostgreSQL ledger.""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import time
@@ -149,3 +150,24 @@ def test_an_entry_file_is_read_once_it_stands_still(project: Path) -> None:
     }
     assert bodies and all("We will write again." in body for body in bodies), bodies
     assert "changed after it was sent in full" not in process.stderr
+
+
+def test_sigterm_ends_a_watcher_waiting_for_another_import_of_the_lists(project: Path) -> None:
+    """The import lock was taken with a blocking flock in the watcher's import thread,
+    which no signal reaches: SIGTERM logged 'stopping' at once and the process ended
+    when the other import let go (27 s measured)."""
+    with RecordingServer() as server:
+        point_at(project, server.port)
+        with watch(project) as process:
+            wait_for(lambda: len(server.messages) == BLOCK_AUDIENCE + UPDATE_AUDIENCE)
+            lock = os.open(f"{project.parent / 'statusmail.db'}.import.lock", os.O_RDWR)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # another import, under way
+                with (project.parent / "subscribers" / "main.csv").open("a") as handle:
+                    handle.write("late@example.org,Late Reader,en,NL,service-status,active\n")
+                process.wait_for_line("waiting for another import of the lists to end")
+                started = time.monotonic()
+                assert process.stop() == 0, process.stderr
+                assert time.monotonic() - started < 2
+            finally:
+                os.close(lock)

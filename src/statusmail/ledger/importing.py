@@ -43,6 +43,7 @@ from statusmail.project.subscriber_rows import ReadStats, RowProblem, Subscriber
 from statusmail.project.subscribers import iter_subscribers
 
 BATCH = 5_000  # rows per transaction of an import
+LOCK_POLL = 0.05  # seconds between two tries for the import lock
 TELL_EVERY = 1_000  # rows read between two calls of an import's ``told``
 KEPT_PROBLEMS = 1_000  # row problems an import hands back to print; all are stored
 NO_FILES = "no subscriber files (.csv, .yaml or .yml) in this folder"
@@ -63,8 +64,8 @@ def import_lists(
     Raises ``ImportRefused`` when a file is broken: the last good import stays."""
     if not force and (known := _known(ledger, folder)) is not None:
         return known
-    told(f"importing {folder}: waiting for another import of the lists to end", None)
-    with _import_lock(ledger):
+    waiting = f"importing {folder}: waiting for another import of the lists to end"
+    with _import_lock(ledger, lambda: told(waiting, None)):
         # Another process may have imported the same change while this one waited.
         if not force and (known := _known(ledger, folder)) is not None:
             return known
@@ -82,13 +83,17 @@ def _known(ledger: Ledger, folder: Path) -> Imported | None:
 
 
 @contextlib.contextmanager
-def _import_lock(ledger: Ledger) -> Iterator[None]:
-    """One import at a time per ledger; the others wait for it (then find it done)."""
+def _import_lock(ledger: Ledger, waiting: Callable[[], None]) -> Iterator[None]:
+    """One import at a time per ledger; the others wait for it (then find it done),
+    calling ``waiting`` between two tries (it shows the wait, and ends it by raising
+    when the run stops: a watcher's thread, which no signal reaches, waited for as
+    long as the other import took, however long after SIGTERM)."""
     database = ledger.database
     if isinstance(database, PostgresDatabase):
         key = lock_key("subscriber-import")
         while not query(ledger, "SELECT pg_try_advisory_lock(:k)", k=key)[0][0]:
-            time.sleep(0.05)
+            waiting()
+            time.sleep(LOCK_POLL)
         try:
             yield
         finally:
@@ -101,7 +106,13 @@ def _import_lock(ledger: Ledger) -> Iterator[None]:
     except OSError as exc:
         raise LedgerError(f"{path}: cannot create the import lock: {exc.strerror or exc}") from exc
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                waiting()
+                time.sleep(LOCK_POLL)
         yield
     finally:
         os.close(fd)
