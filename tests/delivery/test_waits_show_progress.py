@@ -174,6 +174,38 @@ def test_a_wait_that_ends_while_its_thread_is_busy_leaves_the_thread_its_pipe(
                 os.close(fd)
 
 
+def test_a_sighup_during_a_synchronous_step_reaches_the_loop_after_it() -> None:
+    """A wait inside the loop's process takes the signals' wakeup descriptor for SIGINT
+    and SIGTERM (``signals.raise_on_signal``): a SIGHUP meanwhile (watch's reload) was
+    read by the wait's thread and dropped, so the reload never came."""
+    reloaded: list[int] = []
+
+    async def main() -> bool:
+        loop = asyncio.get_running_loop()
+        came = asyncio.Event()
+
+        def reload() -> None:
+            reloaded.append(1)
+            came.set()
+
+        loop.add_signal_handler(signal.SIGHUP, reload)
+        try:
+            with (
+                signals.raise_on_signal(),
+                Waiting("checking", "checking x", interrupt=lambda: None),
+            ):
+                os.kill(os.getpid(), signal.SIGHUP)
+                time.sleep(0.3)  # the synchronous step, the loop's handlers not running
+            assert not reloaded  # (not within the step: after it)
+            await asyncio.wait_for(came.wait(), 5)
+            return True
+        finally:
+            loop.remove_signal_handler(signal.SIGHUP)
+
+    assert asyncio.run(main())
+    assert reloaded == [1]
+
+
 def test_counting_a_row_costs_well_under_a_microsecond() -> None:
     rows = range(200_000)
     wait = Waiting("selecting", "selecting e1", noun="subscribers")

@@ -272,6 +272,12 @@ class Waiting:
                     woke = os.read(read, 64)
                 except BlockingIOError:
                     woke = None  # nothing after all
+                others = bytes(n for n in woke or b"" if n not in STOP_SIGNALS and n)
+                if others and self._wakeup_before != -1:
+                    # Another signal (SIGHUP: reload) is the loop's: handed on to the
+                    # descriptor its wakeup was taken from, it runs once the step ends.
+                    with contextlib.suppress(OSError):
+                        os.write(self._wakeup_before, others)
                 if woke is not None and (not woke or _ENDED in woke):
                     return  # the end, or its write end closed
                 stop = [n for n in woke or b"" if n in STOP_SIGNALS]
