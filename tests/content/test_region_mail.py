@@ -22,6 +22,7 @@ from conftest import (
     copy_sample,
     invoke,
     outbox_messages,
+    part_text,
     problem_lines,
     recipient,
 )
@@ -174,3 +175,38 @@ def test_a_regions_address_that_is_not_one_fails_check_at_its_line(project: Path
     assert problem.startswith(
         f"{regions}:{start}: 'RU.mailto': 'unsubscribe-at-mirror' is not an email address ("
     ), result.output
+
+
+def test_a_link_to_an_idn_host_is_rewritten_for_the_region_too(tmp_path: Path) -> None:
+    """A region's links rewrite matched the prefix as written, https://стартмейл.рф/,
+    while the rendered parts spell the link as markdown-it normalizes it
+    (https://xn--80akmicxfic.xn--p1ai/%D0%BD…): readers in Russia got the blocked host."""
+    config = copy_sample(tmp_path / "project")
+    regions = config.parent / "regions.yaml"
+    text = regions.read_text(encoding="utf-8")
+    blocked = '    "https://www.startmail.example/": "https://startmail-ru.test/"\n'
+    assert blocked in text
+    idn = '    "https://стартмейл.рф/": "https://startmail-ru.test/rf/"\n'
+    regions.write_text(text.replace(blocked, blocked + idn), encoding="utf-8")
+    entry = config.parent / "updates" / f"{UPDATE}.yaml"
+    text = entry.read_text(encoding="utf-8")
+    marker = "\n  ru:\n"
+    assert marker in text
+    # a link in the Russian body: the first paragraph of ru's body gets one more line
+    body = text.index("body: |", text.index(marker)) + len("body: |\n")
+    text = text[:body] + "      [Новости](https://стартмейл.рф/новости)\n\n" + text[body:]
+    entry.write_text(text, encoding="utf-8")
+    result = invoke(config, "send", UPDATE, "--yes", "--rate", "0", env=SECRET_ENV)
+    assert result.exit_code == 0, result.output
+    where = regions_of(config)
+    in_russia = [
+        m
+        for m in outbox_messages(config)
+        if where.get(recipient(m)) == "RU" and m["Content-Language"] == "ru"
+    ]
+    assert in_russia
+    mirrored = "https://startmail-ru.test/rf/%D0%BD%D0%BE%D0%B2%D0%BE%D1%81%D1%82%D0%B8"
+    for message in in_russia:
+        for part in (part_text(message, "plain"), part_text(message, "html")):
+            assert "xn--80akmicxfic" not in part and "стартмейл" not in part
+            assert mirrored in part

@@ -93,11 +93,20 @@ class Region:
 
     @cached_property
     def _links_map(self) -> dict[str, str]:
-        return dict(self.links)
+        """Each prefix as written and as a rendered link spells it (markdown-it puts an
+        IDN host in punycode and percent-encodes the path): https://стартмейл.рф/ is
+        https://xn--80akmicxfic.xn--p1ai/ in the HTML and the text alike."""
+        from markdown_it.common.normalize_url import normalizeLink
+
+        spelled: dict[str, str] = {}
+        for prefix, replacement in self.links:  # (in their order: the first that fits)
+            spelled.setdefault(prefix, replacement)
+            spelled.setdefault(normalizeLink(prefix), replacement)
+        return spelled
 
     @cached_property
     def _links_pattern(self) -> re.Pattern[str]:
-        return re.compile("|".join(re.escape(prefix) for prefix, _ in self.links))
+        return re.compile("|".join(re.escape(prefix) for prefix in self._links_map))
 
     def blocked_domains(self) -> set[str]:
         """The registrable domains this region's links rewrite away from: no host under
