@@ -210,3 +210,28 @@ def test_a_link_to_an_idn_host_is_rewritten_for_the_region_too(tmp_path: Path) -
         for part in (part_text(message, "plain"), part_text(message, "html")):
             assert "xn--80akmicxfic" not in part and "стартмейл" not in part
             assert mirrored in part
+
+
+def test_an_edition_s_readers_follow_the_news_there_whatever_else_their_region_does(
+    tmp_path: Path,
+) -> None:
+    """readers: [RU, BY] linked RU's readers to the mirror and BY's to the main site: a
+    region with no links, access block or addresses of its own had no variant of its
+    own, and so no news link of its own."""
+    config = copy_sample(tmp_path / "project")
+    regions = config.parent / "regions.yaml"
+    text = regions.read_text(encoding="utf-8")
+    assert "    readers: [RU]\n" in text
+    regions.write_text(
+        text.replace("    readers: [RU]\n", "    readers: [RU, BY]\n"), encoding="utf-8"
+    )
+    result = invoke(config, "send", UPDATE, "--yes", "--rate", "0", env=SECRET_ENV)
+    assert result.exit_code == 0, result.output
+    where = regions_of(config)
+    news: dict[str, set[str]] = {}
+    for message in outbox_messages(config):
+        found = re.findall(r"https?://[^\s\"<>]+/status/(?:en|ru)/", part_text(message, "plain"))
+        news.setdefault(where.get(recipient(message)) or "", set()).update(found)
+    assert news["BY"] and all(url.startswith("https://startmail-ru.test/") for url in news["BY"])
+    assert news["RU"] and all(url.startswith("https://startmail-ru.test/") for url in news["RU"])
+    assert all(url.startswith("https://www.startmail.example/") for url in news["KZ"])

@@ -176,7 +176,11 @@ class Renderer:
             return None, False
         access = entry.access_instructions and bool(known.access)
         own_addresses = bool(known.mailto or known.reply_to)
-        return (known.code, access) if access or known.links or own_addresses else (None, False)
+        # An edition's readers follow the news there: their "follow the news" link is
+        # their own, whatever else the region changes (or not).
+        own_edition = self.news.get(known.code, self.news.get(None)) != self.news.get(None)
+        treated = access or known.links or own_addresses or own_edition
+        return (known.code, access) if treated else (None, False)
 
     def variant_key(
         self,

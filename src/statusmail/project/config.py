@@ -241,8 +241,8 @@ def parse_default_locales(f: Fields) -> dict[str, str]:
     found: dict[str, str] = {}
     for region, locale in f.data.items():
         line = f.line_of(region)
-        code = "NO" if region is False else str(region).upper() if isinstance(region, str) else ""
-        if not REGION_CODE.match(code):
+        upper = "NO" if region is False else str(region).upper() if isinstance(region, str) else ""
+        if not REGION_CODE.match(upper):
             f.problem(line, f"'{f.what}': {region!r} is not a two-letter region code")
             continue
         if region is False:
@@ -252,11 +252,11 @@ def parse_default_locales(f: Fields) -> dict[str, str]:
             shown = repr(locale) if isinstance(locale, str | int | float) else "not a word"
             f.problem(
                 line,
-                f"'{f.what}.{code}' is {shown}; expected one of "
+                f"'{f.what}.{upper}' is {shown}; expected one of "
                 + ", ".join(sorted(SUPPORTED_LOCALES)),
             )
             continue
-        found[code] = locale
+        found[upper] = locale
     return found
 
 
