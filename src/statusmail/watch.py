@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from pathlib import Path
 
 from statusmail import metrics, pipeline, signals
@@ -64,6 +65,7 @@ class Watcher(Readiness, Leadership, Background, Bookkeeping):
     def __init__(self, config: Config, options: WatchOptions) -> None:
         self.config = config
         self.options = options
+        self.started = time.time()
         self.stop = asyncio.Event()  # the process is to stop
         self.halt = asyncio.Event()  # this term of sending is over: stopped, or lock lost
         self.wake = asyncio.Event()

@@ -33,7 +33,8 @@ Fingerprint = Stamps
 
 # A new or changed entry file is read once it has not changed for this long: one saved
 # in place is not sent half-written (writing to a temporary file and renaming it into
-# the folder is safe at once, and needs no wait).
+# the folder is safe at once, and needs no wait). Files already there when the watcher
+# started are taken at once.
 SETTLE = 1.0
 
 
@@ -70,6 +71,7 @@ class Bookkeeping:
     halt: asyncio.Event
     _reported: dict[Path, str]
     settling = False  # an entry file was left for the next look: it may be half-written
+    started = 0.0  # when this watcher started (time.time()): files older were whole then
 
     async def _import(self) -> bool:
         """The lists into the ledger as soon as they change (when not, a stat of each
@@ -167,7 +169,8 @@ class Bookkeeping:
             if path.stem in twice:
                 continue
             with contextlib.suppress(OSError):
-                if now - path.stat().st_mtime < SETTLE:
+                changed = path.stat().st_mtime
+                if changed >= self.started and now - changed < SETTLE:
                     # still being written, perhaps (an editor saving in place, a copy
                     # under way): taken once it has stood still for SETTLE seconds
                     self.settling = True
