@@ -129,6 +129,9 @@ def uvicorn_server(app: Starlette, host: str, port: int) -> uvicorn.Server:
     )
 
 
+STOP_WITHIN = 0.5  # seconds a stopping metrics server gets to finish what it answers
+
+
 class BackgroundServer:
     """An app served by uvicorn in a thread of its own (``watch --metrics-port``): a
     scrape never waits on the service's event loop, so it can tell when that loop hangs."""
@@ -147,8 +150,11 @@ class BackgroundServer:
         return self
 
     def stop(self) -> None:
+        """Stop serving: a request still being answered (a /readyz that waits on a
+        database that does not answer, up to its connect timeout) is left to its daemon
+        thread, not waited for: it held the process's exit by up to ten seconds."""
         self._server.should_exit = True
-        self._thread.join(timeout=10)
+        self._thread.join(timeout=STOP_WITHIN)
         self._sock.close()
 
 
