@@ -339,12 +339,12 @@ class Run:
             address = alias.get(arrival.recipient, arrival.recipient)
             arrivals.append(dataclasses.replace(arrival, recipient=address))
         skipped = self.ledger.execute(
-            "SELECT address FROM deliveries WHERE entry_id = %s AND status = 'skipped'"
+            "SELECT address, detail FROM deliveries WHERE entry_id = %s AND status = 'skipped'"
             " AND detail <> 'suppressed: unsubscribed'",
             ENTRY,
         )
-        for (address,) in skipped:
-            self.history.problems.append(f"skipped for another reason: {address}")
+        for address, detail in skipped:
+            self.history.problems.append(f"skipped for another reason: {address} ({detail})")
         self.history.recipients = self.history.recipients | {str(row[0]) for row in everyone}
         self.history.arrivals = arrivals
         self.history.ledger_sent = self.ledger.sent()
