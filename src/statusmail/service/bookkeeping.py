@@ -32,9 +32,9 @@ Fingerprint = Stamps
 
 
 # A new or changed entry file is read once it has not changed for this long: one saved
-# in place is not sent half-written (writing to a temporary file and renaming it into
-# the folder is safe at once, and needs no wait). Files already there when the watcher
-# started are taken at once.
+# in place is not sent half-written (a file written elsewhere and renamed into the
+# folder never is: a rename is whole). Files already there when the watcher started
+# are taken at once.
 SETTLE = 1.0
 
 
