@@ -20,7 +20,8 @@ from postgres_helpers import query
 from smtp_server import RecordingServer
 
 RATE = 100.0  # messages a second, all processes together
-WINDOW = 1.0  # seconds counted, once both processes send
+WINDOW = 5.0  # seconds counted, once both processes send (issue 22: ±3 % over 5 s; over
+# 1 s a single stall of 90 ms on a loaded machine failed a clean-clone run: 91 of 100)
 
 
 def children(pid: int) -> list[int]:
