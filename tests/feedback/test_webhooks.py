@@ -26,7 +26,7 @@ from starlette.applications import Starlette
 from conftest import SECRET, UPDATE, Reply, copy_sample, http_request, invoke, serving
 from feedback_helpers import ledger_dump, query
 from statusmail import metrics
-from statusmail.errors import ConfigError
+from statusmail.errors import ConfigError, LedgerError
 from statusmail.feedback.webhooks import MAX_BODY, routes, webhook_problems
 from statusmail.project.config import Config, load_config
 from statusmail.web.health import BackgroundServer, listen
@@ -696,3 +696,26 @@ def test_serve_answers_the_configured_webhooks_and_check_names_a_missing_secret(
     assert reply.status == 200, reply
     assert forged.status == 403, forged
     assert suppression(config, address) == "bounced"
+
+
+def test_a_mailgun_body_that_could_not_be_recorded_is_taken_again(tmp_path: Path) -> None:
+    """A body whose reports cannot be recorded gets 503 and gives back what it signs,
+    so Mailgun's retry of it is taken, not refused as a replay."""
+    config = _config_with(tmp_path, "webhooks:\n  mailgun: {signing_key_env: TEST_MAILGUN_KEY}\n")
+    failures = [LedgerError("the ledger is busy")]
+
+    def apply(config: Config, reports: Any) -> Any:
+        if failures:
+            raise failures.pop()
+        return None
+
+    app = Starlette(routes=routes(config, environ={"TEST_MAILGUN_KEY": MAILGUN_KEY}, apply=apply))
+    server = BackgroundServer(app, listen("127.0.0.1", 0)).start()
+    try:
+        port = int(server.address.rpartition(":")[2])
+        body = mailgun_body("anna.petrova@example.org")
+        assert http_request(port, "POST", "/webhooks/mailgun", body).status == 503
+        assert http_request(port, "POST", "/webhooks/mailgun", body).status == 200
+        assert http_request(port, "POST", "/webhooks/mailgun", body).status == 403  # a replay
+    finally:
+        server.stop()

@@ -49,7 +49,6 @@ from statusmail.feedback.providers.common import (
     fetch_url,
     json_of,
     mapping_of,
-    text_at,
 )
 from statusmail.feedback.providers.mailgun import MailgunVerifier, mailgun_reports
 from statusmail.feedback.providers.postmark import check_basic_auth, postmark_reports
@@ -148,8 +147,7 @@ def _mailgun(settings: MailgunWebhook, key: str, clock: Callable[[], float]) -> 
         return mailgun_reports(payload)
 
     def forget(body: bytes) -> None:
-        signature = mapping_of(mapping_of(json.loads(body)).get("signature"))
-        verifier.release(text_at(signature, "timestamp") + text_at(signature, "token"))
+        verifier.release(json.loads(body))
 
     return Provider("mailgun", receive, forget=forget)
 

@@ -35,13 +35,10 @@ class MailgunVerifier:
         self._tokens: set[str] = set()  # timestamp + token used, the timestamp still fresh
         self._expiry: list[tuple[float, str]] = []  # a heap: when each stops being fresh
 
-    def verify(self, payload: Any) -> str:
-        """Raises ``Refused`` unless the payload is signed, fresh and new; returns what is
-        signed, its timestamp and token (taken: ``release`` gives it back when what it
-        carried could not be applied)."""
-        signature = mapping_of(mapping_of(payload).get("signature"))
-        timestamp, token = text_at(signature, "timestamp"), text_at(signature, "token")
-        given = text_at(signature, "signature")
+    def verify(self, payload: Any) -> None:
+        """Raises ``Refused`` unless the payload is signed, fresh and new; what it signs
+        is taken (``release`` gives it back when what it carried could not be applied)."""
+        timestamp, token, given = _signature(payload)
         if not timestamp or not token or not given:
             raise Refused("a Mailgun body without its signature")
         # Only digits, then only letters and digits: the signature covers the two run
@@ -67,11 +64,21 @@ class MailgunVerifier:
             raise Refused("a replayed Mailgun token")
         self._tokens.add(signed)
         heapq.heappush(self._expiry, (int(timestamp) + self.max_age, signed))
-        return signed
 
-    def release(self, signed: str) -> None:
-        """Forget ``signed`` (what ``verify`` returned): a retry may bring it again."""
-        self._tokens.discard(signed)
+    def release(self, payload: Any) -> None:
+        """Forget what ``payload`` signs, taken by ``verify``: a retry may bring it again."""
+        timestamp, token, _ = _signature(payload)
+        self._tokens.discard(timestamp + token)
+
+
+def _signature(payload: Any) -> tuple[str, str, str]:
+    """The timestamp, token and signature a Mailgun body carries ("" when absent)."""
+    signature = mapping_of(mapping_of(payload).get("signature"))
+    return (
+        text_at(signature, "timestamp"),
+        text_at(signature, "token"),
+        text_at(signature, "signature"),
+    )
 
 
 def mailgun_reports(payload: Mapping[str, Any]) -> list[ProviderReport]:
