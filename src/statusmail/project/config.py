@@ -210,10 +210,8 @@ def _is_address(value: str) -> bool:
 def _address(f: Fields, key: str, value: str) -> None:
     """An address that goes into a header ("status@" and "@" went out as From: and
     Reply-To:, a mailto of "not an address" into List-Unsubscribe)."""
-    line = f.line_of(key)
-    said = any(problem.line == line and problem.path == f.path for problem in f.problems)
-    if value and not said and not _is_address(value):  # (one problem a line)
-        f.problem(line, f"{f.name(key)!r} is not an email address")
+    if value and not f.said(key) and not _is_address(value):
+        f.problem(f.line_of(key), f"{f.name(key)!r} is not an email address")
 
 
 # A List-Id's id (RFC 2919): a dot-atom, between angle brackets in the header.
@@ -241,12 +239,12 @@ def parse_default_locales(f: Fields) -> dict[str, str]:
     found: dict[str, str] = {}
     for region, locale in f.data.items():
         line = f.line_of(region)
-        upper = "NO" if region is False else str(region).upper() if isinstance(region, str) else ""
-        if not REGION_CODE.match(upper):
-            f.problem(line, f"'{f.what}': {region!r} is not a two-letter region code")
-            continue
         if region is False:
             f.problem(line, f"'{f.what}': YAML reads NO as false: write \"NO\"")
+            continue
+        upper = region.upper() if isinstance(region, str) else ""
+        if not REGION_CODE.match(upper):
+            f.problem(line, f"'{f.what}': {region!r} is not a two-letter region code")
             continue
         if not isinstance(locale, str) or normalize_locale(locale) is None:
             shown = repr(locale) if isinstance(locale, str | int | float) else "not a word"
@@ -261,9 +259,8 @@ def parse_default_locales(f: Fields) -> dict[str, str]:
 
 
 def parse_list_id(f: Fields) -> str:
-    said = len(f.problems)
     list_id = f.line_text("list_id", required=True)
-    if list_id and len(f.problems) == said and not _LIST_ID.fullmatch(list_id):
+    if list_id and not f.said("list_id") and not _LIST_ID.fullmatch(list_id):
         f.problem(
             f.line_of("list_id"),
             f"'list_id' is {list_id!r}; it must be a dotted name like status.example.org "

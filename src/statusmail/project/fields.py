@@ -57,6 +57,11 @@ class Fields:
     def problem(self, line: int | None, message: str, code: str = "bad-value") -> None:
         self.problems.append(Problem(self.path, line, message, code=code))
 
+    def said(self, key: str) -> bool:
+        """Whether a problem stands at ``key``'s line already (one problem a line)."""
+        line = self.line_of(key)
+        return any(problem.line == line and problem.path == self.path for problem in self.problems)
+
     def line_of(self, key: str) -> int:
         return line_of(self.data, key) or self.line
 

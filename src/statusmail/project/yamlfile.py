@@ -56,6 +56,9 @@ class _Loader(_BaseLoader):  # type: ignore[misc,valid-type]
     pass
 
 
+_MERGE = "tag:yaml.org,2002:merge"  # a "<<: *anchor" key
+
+
 def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> LineDict:
     explicit = sum(1 for key_node, _ in node.value if key_node.tag != _MERGE)
     loader.flatten_mapping(node)  # the merged (<<: *x) pairs first, then the mapping's own
@@ -81,9 +84,6 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> LineD
         if (spelled := _spelled(value_node)) is not None:
             result.spelled[key] = spelled
     return result
-
-
-_MERGE = "tag:yaml.org,2002:merge"
 
 
 def _construct_sequence(loader: yaml.SafeLoader, node: yaml.SequenceNode) -> LineList:
