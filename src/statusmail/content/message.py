@@ -181,7 +181,9 @@ class MessageFactory:
         )
 
     def unsubscribe_url(self, address_key: str) -> str:
-        token = unsubscribe_token(self.keys, address_key)
+        return self._unsubscribe_url(unsubscribe_token(self.keys, address_key))
+
+    def _unsubscribe_url(self, token: str) -> str:
         return self.config.unsubscribe.url.replace("{token}", token)
 
     def preferences_url(self, address_key: str) -> str:
@@ -274,7 +276,7 @@ class MessageFactory:
         key = self._key(recipient)
         variant = self._variant(key)
         token = unsubscribe_token(self.keys, recipient.address)  # the one, for both links
-        url = self.config.unsubscribe.url.replace("{token}", token)
+        url = self._unsubscribe_url(token)
         preferences = self.preferences_url(recipient.address)
         if variant.region is not None:
             url = variant.region.rewrite(url)  # the List-Unsubscribe target must open there too

@@ -10,7 +10,7 @@ from statusmail.content.message import MessageFactory
 from statusmail.delivery import corrections
 from statusmail.delivery.intake import Run
 from statusmail.domain import mask_address, scrub
-from statusmail.errors import InputError, Problem, StatusmailError
+from statusmail.errors import StatusmailError
 from statusmail.ledger import read_preferences, read_suppressions
 from statusmail.project import entries
 from statusmail.project.selection import Inactive, SelectionStats, select
@@ -50,7 +50,7 @@ def dry_run(prepared: Prepared, *, limit: int | None = None) -> DryRun:
         ):
             if isinstance(item, RowProblem):
                 if item.fatal:  # refused as send refuses it: no counts, no previews
-                    raise InputError([Problem(item.path, item.line or None, item.message)])
+                    raise item.refusal()
                 continue
             if isinstance(item, Inactive) or (limit is not None and report.rendered >= limit):
                 continue

@@ -109,8 +109,7 @@ def staged_rows(
     ):
         if isinstance(item, RowProblem):
             if item.fatal:
-                # A broken list could hide anyone after the break: select nobody more.
-                raise InputError([Problem(item.path, item.line or None, item.message)])
+                raise item.refusal()  # select nobody more
             log.warning("skipped: %s", item.masked())
             key = item.email.lower() or f"{item.path}:{item.line}"
             yield StagedRow("invalid", key, detail=item.message)

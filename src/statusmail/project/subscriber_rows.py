@@ -12,6 +12,8 @@ from typing import Any, TextIO
 
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 
+from statusmail.errors import InputError, Problem
+
 STATUSES = ("active", "unsubscribed", "bounced")
 COLUMNS = ("email", "name", "locale", "region", "topics", "status")
 MAX_LINE_CHARS = 4096  # one cell
@@ -52,6 +54,11 @@ class RowProblem:
 
     def __str__(self) -> str:
         return f"{self.path}:{self.line}: {self.message}"
+
+    def refusal(self) -> InputError:
+        """A fatal one's refusal of the run, at its file and line: a broken list could
+        hide anyone after the break (send, import and the dry run alike)."""
+        return InputError([Problem(self.path, self.line or None, self.message)])
 
     def masked(self) -> str:
         """As ``str``, every value taken from the row masked: for logs and summaries."""
