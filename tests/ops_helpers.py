@@ -4,7 +4,9 @@ with extra environment."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import signal
 import socket
@@ -222,7 +224,39 @@ def stop(process: subprocess.Popen[str]) -> str:
     return stderr
 
 
+def _stat(pid: int) -> list[str]:
+    """/proc/PID/stat's fields after the command's name (from the state on)."""
+    return Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rpartition(")")[2].split()
+
+
 def process_state(pid: int) -> str:
     """The state letter of /proc/PID/stat (T: stopped)."""
-    stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
-    return stat.rpartition(")")[2].split()[0]
+    return _stat(pid)[0]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU of process ``pid`` so far (/proc/PID/stat)."""
+    fields = _stat(pid)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextmanager
+def silent_server() -> Iterator[tuple[int, list[socket.socket]]]:
+    """A port that accepts connections and never answers; yields (port, the accepted)."""
+    accepted: list[socket.socket] = []
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+
+        def accept() -> None:
+            with contextlib.suppress(OSError):  # the listener closed: the test is over
+                while True:
+                    accepted.append(listener.accept()[0])
+
+        thread = threading.Thread(target=accept, daemon=True)
+        thread.start()
+        try:
+            yield int(listener.getsockname()[1]), accepted
+        finally:
+            listener.shutdown(socket.SHUT_RDWR)
+            thread.join(timeout=5)
+            for conn in accepted:
+                conn.close()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import socket
 import subprocess
 import threading
 import time
@@ -32,14 +31,9 @@ from conftest import (
 from delivery_helpers import point_at
 from dkim_helpers import Keys, sign_with
 from dkim_helpers import keys as keys  # the fixture
+from ops_helpers import cpu_seconds, silent_server
 from smtp_server import RecordingServer
 from test_watch import NEW_ENTRY, watch
-
-
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU of process ``pid`` so far (/proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def test_an_entry_paused_while_it_waited_for_its_relay_leaves_the_watcher_idle(
@@ -178,50 +172,26 @@ def test_sigterm_ends_a_watcher_waiting_for_another_import_of_the_lists(project:
                 os.close(lock)
 
 
-class Silent:
-    """A server that takes connections and never says a word (a database host that
-    hangs): counts what it took."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self.sock.getsockname()[1])
-        self.taken: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                self.taken.append(self.sock.accept()[0])
-
-    def close(self) -> None:
-        self.sock.close()
-        for conn in self.taken:
-            conn.close()
-
-
 def test_a_readiness_probe_waiting_on_a_silent_database_does_not_hold_the_stop(
     project: Path,
 ) -> None:
     """/readyz opens the ledger in the metrics thread; on a server that never answers
     that waits for the connect timeout (10 s), and the stop waited for the thread: exit
     8.8 s after SIGTERM, where the README promises under two."""
-    silent = Silent()
     metrics = free_port()
-    env = {**SECRET_ENV, "STATUSMAIL_LEDGER": f"postgresql://127.0.0.1:{silent.port}/test"}
     args = ("watch", "--poll-interval", "0.2", "--metrics-port", str(metrics))
-    try:
+    with silent_server() as (port, taken):
+        env = {**SECRET_ENV, "STATUSMAIL_LEDGER": f"postgresql://127.0.0.1:{port}/test"}
         with spawn(project, *args, env=env) as process:
             process.wait_for_line("metrics and health on")
-            before = len(silent.taken)
+            before = len(taken)
 
             def ask() -> None:
                 with contextlib.suppress(OSError):  # (it times out: nothing answers)
                     http_request(metrics, "GET", "/readyz")
 
             threading.Thread(target=ask, daemon=True).start()
-            wait_for(lambda: len(silent.taken) > before, what="the probe to reach the server")
+            wait_for(lambda: len(taken) > before, what="the probe to reach the server")
             started = time.monotonic()
             assert process.stop() == 0, process.stderr
             assert time.monotonic() - started < 2, process.stderr
-    finally:
-        silent.close()

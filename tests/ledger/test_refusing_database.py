@@ -11,11 +11,8 @@ a stopped (SIGSTOP) or wedged server does."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
 import signal
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +23,7 @@ import pytest
 
 from conftest import SECRET_ENV, Running, free_port, http_request, spawn, wait_for
 from editing import replace_in
-from ops_helpers import NotifySocket, scrape, value
+from ops_helpers import NotifySocket, scrape, silent_server, value
 from postgres_helpers import query
 
 
@@ -67,28 +64,6 @@ def limited(postgres: str) -> Iterator[Limited]:
             )
             admin.execute(f"DROP OWNED BY {role}")
             admin.execute(f"DROP ROLE {role}")
-
-
-@contextlib.contextmanager
-def silent_server() -> Iterator[tuple[int, list[socket.socket]]]:
-    """A port that accepts connections and never answers; yields (port, the accepted)."""
-    accepted: list[socket.socket] = []
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-
-        def accept() -> None:
-            with contextlib.suppress(OSError):  # the listener closed: the test is over
-                while True:
-                    accepted.append(listener.accept()[0])
-
-        thread = threading.Thread(target=accept, daemon=True)
-        thread.start()
-        try:
-            yield int(listener.getsockname()[1]), accepted
-        finally:
-            listener.shutdown(socket.SHUT_RDWR)
-            thread.join(timeout=5)
-            for conn in accepted:
-                conn.close()
 
 
 def send(project: Path, ledger: str) -> Running:
