@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -18,14 +17,13 @@ from conftest import (
     BLOCK_AUDIENCE,
     SECRET_ENV,
     UPDATE_AUDIENCE,
-    clean_environ,
     closed_port,
-    command,
     free_port,
     http_request,
     invoke,
     part_text,
     spawn,
+    statusmail,
     wait_for,
 )
 from delivery_helpers import point_at
@@ -108,14 +106,7 @@ def test_watch_once_on_postgresql_exits_after_its_pass(project: Path, postgres: 
     env = {**SECRET_ENV, "STATUSMAIL_LEDGER": postgres}
     with RecordingServer() as server:
         point_at(project, server.port)
-        done = subprocess.run(
-            command(project, "watch", "--once"),
-            env=clean_environ(**env),
-            capture_output=True,
-            text=True,
-            timeout=30,
-            stdin=subprocess.DEVNULL,
-        )
+        done = statusmail(project, "watch", "--once", env=env, timeout=30)
         assert done.returncode == 0, done.stderr
         assert len(server.messages) == BLOCK_AUDIENCE + UPDATE_AUDIENCE
         assert done.stderr.count("leading: this watcher sends") == 1, done.stderr
