@@ -27,6 +27,7 @@ from conftest import SECRET, UPDATE, Reply, copy_sample, http_request, invoke, s
 from feedback_helpers import ledger_dump, query
 from statusmail import metrics
 from statusmail.errors import ConfigError, LedgerError
+from statusmail.feedback import loop as feedback_loop
 from statusmail.feedback.webhooks import MAX_BODY, routes, webhook_problems
 from statusmail.project.config import Config, load_config
 from statusmail.web.health import BackgroundServer, listen
@@ -88,6 +89,7 @@ class Site:
     sendgrid_key: ec.EllipticCurvePrivateKey
     sent: dict[str, str]  # address -> the Message-ID it was sent with
     free: list[str]  # addresses no test has used yet
+    environ: dict[str, str]  # the providers' secrets
 
     def address(self) -> str:
         return self.free.pop()
@@ -122,7 +124,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     try:
         port = int(server.address.rpartition(":")[2])
         sent = {str(address): str(mid) for address, mid in rows}
-        yield Site(config, port, fetcher, sns_key, sendgrid_key, sent, sorted(sent))
+        yield Site(config, port, fetcher, sns_key, sendgrid_key, sent, sorted(sent), environ)
     finally:
         server.stop()
 
@@ -501,6 +503,32 @@ def test_a_replayed_mailgun_token_is_refused(site: Site) -> None:
     assert forged_count() == forged + 1
 
 
+def test_a_mailgun_token_taken_here_is_refused_by_another_host_and_after_a_restart(
+    site: Site,
+) -> None:
+    """Mailgun signs its timestamp and token, not the events beside them: whoever saw one
+    signed post could put any event beside its signature, within max_age. The token is
+    taken in the ledger, so another web host on the same ledger, or this one after a
+    restart (a fresh process: nothing in memory), refuses it too."""
+    seen, victim = site.address(), site.address()
+    body = json.loads(mailgun_body(seen, event="failed", severity="temporary"))
+    assert site.post("mailgun", json.dumps(body).encode()).status == 200
+    forged = json.loads(mailgun_body(victim))  # a permanent failure: suppresses
+    forged["signature"] = body["signature"]
+    before, count = ledger_dump(site.config), forged_count()
+    app = Starlette(routes=routes(load_config(site.config), environ=site.environ))
+    other = BackgroundServer(app, listen("127.0.0.1", 0)).start()
+    try:
+        port = int(other.address.rpartition(":")[2])
+        reply = http_request(port, "POST", "/webhooks/mailgun", json.dumps(forged).encode())
+    finally:
+        other.stop()
+    assert_refused(site, reply)
+    assert ledger_dump(site.config) == before
+    assert suppression(site.config, victim) is None
+    assert forged_count() == count + 1
+
+
 def test_a_mailgun_token_moved_into_its_timestamp_is_a_replay(site: Site) -> None:
     """The signature covers timestamp and token run together: a token that starts with
     "e0" (one in 256) could lend those two characters to the timestamp ("…e0" is still
@@ -698,18 +726,22 @@ def test_serve_answers_the_configured_webhooks_and_check_names_a_missing_secret(
     assert suppression(config, address) == "bounced"
 
 
-def test_a_mailgun_body_that_could_not_be_recorded_is_taken_again(tmp_path: Path) -> None:
-    """A body whose reports cannot be recorded gets 503 and gives back what it signs,
-    so Mailgun's retry of it is taken, not refused as a replay."""
+def test_a_mailgun_body_that_could_not_be_recorded_is_taken_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A body whose reports cannot be recorded gets 503 and gives back the token it
+    took in the ledger, so Mailgun's retry of it is taken, not refused as a replay."""
     config = _config_with(tmp_path, "webhooks:\n  mailgun: {signing_key_env: TEST_MAILGUN_KEY}\n")
     failures = [LedgerError("the ledger is busy")]
+    settle = feedback_loop.Feedback.settle
 
-    def apply(config: Config, reports: Any) -> Any:
-        if failures:
+    def failing(self: feedback_loop.Feedback, batch: Any) -> None:
+        if failures:  # the fault: the ledger fails once the token is taken
             raise failures.pop()
-        return None
+        settle(self, batch)
 
-    app = Starlette(routes=routes(config, environ={"TEST_MAILGUN_KEY": MAILGUN_KEY}, apply=apply))
+    monkeypatch.setattr(feedback_loop.Feedback, "settle", failing)
+    app = Starlette(routes=routes(config, environ={"TEST_MAILGUN_KEY": MAILGUN_KEY}))
     server = BackgroundServer(app, listen("127.0.0.1", 0)).start()
     try:
         port = int(server.address.rpartition(":")[2])

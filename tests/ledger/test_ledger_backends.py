@@ -291,3 +291,19 @@ def waiting(url: str) -> bool:
             "SELECT COUNT(*) FROM pg_locks WHERE NOT granted AND locktype = 'transactionid'"
         ).fetchall()
     return bool(rows[0][0])
+
+
+def test_a_webhook_token_is_taken_once_until_it_is_stale_or_given_back(
+    ledger_target: str | Path,
+) -> None:
+    """Two connections stand for two web hosts on one ledger."""
+    with Ledger(ledger_target) as one, Ledger(ledger_target) as two:
+        assert one.take_webhook_token("mailgun", "1700000000abc", 1000.0, now=900.0)
+        assert not two.take_webhook_token("mailgun", "1700000000abc", 1000.0, now=950.0)
+        assert two.take_webhook_token("sendgrid", "1700000000abc", 1000.0, now=950.0)
+        two.give_back_webhook_token("mailgun", "1700000000abc")
+        assert one.take_webhook_token("mailgun", "1700000000abc", 1000.0, now=960.0)
+        # once stale it is dropped, and the next take of anything clears it away
+        assert one.take_webhook_token("mailgun", "1700000300def", 1300.0, now=1001.0)
+        rows = one.database.execute("SELECT provider, token FROM webhook_tokens ORDER BY token")
+    assert [tuple(row) for row in rows] == [("mailgun", "1700000300def")]

@@ -45,9 +45,10 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import tempfile
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,7 @@ from statusmail.feedback.bouncebox import ImapBox, Mailbox, MaildirBox
 from statusmail.feedback.classified import ReturnPath
 from statusmail.feedback.policy import Applying
 from statusmail.feedback.proof import Assessing
-from statusmail.feedback.reports import PassReport, ProviderReport
+from statusmail.feedback.reports import PassReport, ProviderReport, Replayed, WebhookToken
 from statusmail.ledger import SCHEMA_VERSION, FeedbackEvent, Ledger, run_lock
 from statusmail.ledger import exists as ledger_exists
 from statusmail.project.config import Config
@@ -69,6 +70,7 @@ __all__ = [
     "Feedback",
     "PassReport",
     "ProviderReport",
+    "WebhookToken",
     "apply_reports",
     "mailboxes",
     "record_forged",
@@ -161,12 +163,14 @@ def release_held(
 def apply_reports(
     config: Config,
     reports: Sequence[ProviderReport],
+    token: WebhookToken | None = None,
     *,
     mask: Callable[[str], str] = mask_address,
     ledger: Ledger | None = None,
 ) -> PassReport:
     """Apply signed provider reports with the mailbox's policy and storm guard, on
-    ``ledger`` (one serve keeps) or on one opened for them.
+    ``ledger`` (one serve keeps) or on one opened for them. With a ``token``, it is
+    taken first (``Replayed`` if it was already) and given back if they fail.
 
     The provider's signature proves who sent the report; the delivery it is about is
     the one with the Message-ID it quotes (its HMAC checked), else the last entry sent
@@ -175,17 +179,29 @@ def apply_reports(
     report = PassReport(False, sorted({f"webhook:{r.provider}" for r in reports}))
     opened = nullcontext(ledger) if ledger is not None else Ledger(config.paths.ledger)
     with opened as ledger:
-        work = Feedback(config, keys, ledger, mask=mask, report=report)
-        batch = []
-        for item in reports:
-            report.read += 1
-            events = work.from_provider(item)
-            if events:
-                batch.append(events)
-            else:
-                report.left[f"{item.provider} report about nobody statusmail wrote to"] += 1
-        work.settle(batch)
-        work.finish()
+        if token is not None and not ledger.take_webhook_token(
+            token.provider, token.token, token.fresh_until, time.time()
+        ):
+            raise Replayed(f"a replayed {token.provider} token")
+        try:
+            work = Feedback(config, keys, ledger, mask=mask, report=report)
+            batch = []
+            for item in reports:
+                report.read += 1
+                events = work.from_provider(item)
+                if events:
+                    batch.append(events)
+                else:
+                    report.left[f"{item.provider} report about nobody statusmail wrote to"] += 1
+            work.settle(batch)
+            work.finish()
+        except BaseException:
+            if token is not None:
+                # On a broken connection this fails too; the token then stays taken
+                # until it is stale, as a retry of it would be by then.
+                with suppress(StatusmailError):
+                    ledger.give_back_webhook_token(token.provider, token.token)
+            raise
     return report
 
 

@@ -80,3 +80,18 @@ class ProviderReport:
     diagnostic: str = ""
     when: dt.datetime | None = None
     message_id: str | None = None  # the original's Message-ID, when the provider says it
+
+
+@dataclass(frozen=True)
+class WebhookToken:
+    """What a provider's signature makes usable once: Mailgun signs a timestamp and a
+    token, not the events beside them, so the pair is taken in the ledger before they
+    are applied, and kept until the timestamp is stale."""
+
+    provider: str
+    token: str  # the timestamp and the token, as signed
+    fresh_until: float  # Unix time
+
+
+class Replayed(Exception):
+    """A webhook's token already taken (here or on another host) while still fresh."""

@@ -12,7 +12,9 @@ One route per configured provider, POST only:
 - ``/webhooks/postmark``: Postmark signs nothing; its URL carries HTTP basic auth, checked
   in constant time against the configured username and secret password.
 - ``/webhooks/mailgun``: HMAC-SHA256 of timestamp and token under the webhook signing key;
-  a timestamp older than ``max_age`` or a token seen within it is refused (a replay).
+  a timestamp older than ``max_age`` is refused, and so is a token already taken within
+  it: the signature does not cover the events, so each token is taken once, in the
+  ledger, for every web host and over restarts (``WebhookToken``).
 - ``/webhooks/sendgrid``: the signed event webhook, ECDSA P-256 with SHA-256 over the
   timestamp header and the raw body.
 
@@ -60,7 +62,7 @@ from statusmail.feedback.providers.sendgrid import (
     verify_sendgrid,
 )
 from statusmail.feedback.providers.ses import SnsVerifier, ses_reports
-from statusmail.feedback.reports import PassReport, ProviderReport
+from statusmail.feedback.reports import PassReport, ProviderReport, Replayed, WebhookToken
 from statusmail.project.config import Config
 from statusmail.project.feedback_settings import MailgunWebhook, PostmarkWebhook, SesWebhook
 from statusmail.project.secrets import read_secret
@@ -72,7 +74,17 @@ MAX_BODY = 1024 * 1024  # SNS messages are at most 256 KB; SendGrid batches stay
 
 # -- the routes -----------------------------------------------------------------------------
 
-Receive = Callable[[Request, bytes], Awaitable[list[ProviderReport]]]
+
+@dataclass(frozen=True)
+class Received:
+    """What a verified request carries: its reports, and the token its signature makes
+    usable once (Mailgun's)."""
+
+    reports: list[ProviderReport]
+    token: WebhookToken | None = None
+
+
+Receive = Callable[[Request, bytes], Awaitable[Received]]
 
 
 @dataclass(frozen=True)
@@ -80,7 +92,6 @@ class Provider:
     name: str
     receive: Receive
     admit: Callable[[Request], None] = lambda request: None  # checks before the body is read
-    forget: Callable[[bytes], None] = lambda body: None  # when its reports were not applied
 
 
 def _missing(config: Config, name: str, what: str) -> Problem:
@@ -104,7 +115,7 @@ def webhook_problems(config: Config, environ: Mapping[str, str] | None = None) -
 def _ses(settings: SesWebhook, fetch: Fetch) -> Provider:
     verifier = SnsVerifier(settings, fetch)
 
-    async def receive(request: Request, body: bytes) -> list[ProviderReport]:
+    async def receive(request: Request, body: bytes) -> Received:
         message = mapping_of(json_of(body, "not an SNS message", 403))
         await run_in_threadpool(verifier.verify, message)
         kind, topic = message["Type"], message["TopicArn"]
@@ -113,17 +124,17 @@ def _ses(settings: SesWebhook, fetch: Fetch) -> Provider:
             log.info(
                 "confirmed the SNS subscription to %s", topic, extra={"event": "sns_subscribed"}
             )
-            return []
+            return Received([])
         if kind == "UnsubscribeConfirmation":
             log.warning(
                 "SNS says the subscription to %s ended", topic, extra={"event": "sns_unsubscribed"}
             )
-            return []
+            return Received([])
         try:
             notification = mapping_of(json.loads(message["Message"]))
         except ValueError:
-            return []  # SNS's own test message: plain text
-        return ses_reports(notification, message["MessageId"])
+            return Received([])  # SNS's own test message: plain text
+        return Received(ses_reports(notification, message["MessageId"]))
 
     return Provider("ses", receive)
 
@@ -132,8 +143,8 @@ def _postmark(settings: PostmarkWebhook, password: str) -> Provider:
     def admit(request: Request) -> None:
         check_basic_auth(request.headers.get("authorization"), settings.username, password)
 
-    async def receive(request: Request, body: bytes) -> list[ProviderReport]:
-        return postmark_reports(mapping_of(json_of(body)))
+    async def receive(request: Request, body: bytes) -> Received:
+        return Received(postmark_reports(mapping_of(json_of(body))))
 
     return Provider("postmark", receive, admit)
 
@@ -141,22 +152,19 @@ def _postmark(settings: PostmarkWebhook, password: str) -> Provider:
 def _mailgun(settings: MailgunWebhook, key: str, clock: Callable[[], float]) -> Provider:
     verifier = MailgunVerifier(key, settings.max_age, clock)
 
-    async def receive(request: Request, body: bytes) -> list[ProviderReport]:
+    async def receive(request: Request, body: bytes) -> Received:
         payload = mapping_of(json_of(body, "a Mailgun body that is not JSON", 403))
-        verifier.verify(payload)
-        return mailgun_reports(payload)
+        token = verifier.verify(payload)
+        return Received(mailgun_reports(payload), token)
 
-    def forget(body: bytes) -> None:
-        verifier.release(json.loads(body))
-
-    return Provider("mailgun", receive, forget=forget)
+    return Provider("mailgun", receive)
 
 
 def _sendgrid(key: ec.EllipticCurvePublicKey) -> Provider:
-    async def receive(request: Request, body: bytes) -> list[ProviderReport]:
+    async def receive(request: Request, body: bytes) -> Received:
         headers = request.headers
         verify_sendgrid(key, headers.get(SENDGRID_SIGNATURE), headers.get(SENDGRID_TIMESTAMP), body)
-        return sendgrid_reports(json_of(body))
+        return Received(sendgrid_reports(json_of(body)))
 
     return Provider("sendgrid", receive)
 
@@ -217,9 +225,9 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
     return bytes(body)
 
 
-# Applies verified reports: feedback.apply_reports on a ledger of its own, unless serve
-# lends one of its kept connections.
-Apply = Callable[[Config, Sequence[ProviderReport]], PassReport]
+# Applies verified reports, taking their token first: feedback.apply_reports on a ledger
+# of its own, unless serve lends one of its kept connections.
+Apply = Callable[[Config, Sequence[ProviderReport], WebhookToken | None], PassReport]
 
 
 def _endpoint(
@@ -244,7 +252,7 @@ def _endpoint(
             body = await _read_body(request, MAX_BODY)
             if body is None:
                 return PlainTextResponse("the body is too large\n", 413)
-            reports = await provider.receive(request, body)
+            received = await provider.receive(request, body)
         except ClientDisconnect:
             return PlainTextResponse("the body was cut short\n", 400)
         except Refused as refused:
@@ -265,11 +273,13 @@ def _endpoint(
                 extra={"event": "webhook_refused", "provider": provider.name},
             )
             return PlainTextResponse("refused: a body that could not be read\n", 400)
+        reports = received.reports
         if reports:
             try:
-                await run_in_threadpool(apply, config, reports)
+                await run_in_threadpool(apply, config, reports, received.token)
+            except Replayed as exc:
+                return await refuse(Refused(str(exc)))
             except StatusmailError as exc:  # the ledger, or the unsubscribe secret
-                provider.forget(body)
                 log.error(
                     "webhook %s: cannot record %d report(s): %s",
                     provider.name,

@@ -278,3 +278,27 @@ class FeedbackEvents(LedgerBase):
             e=entry_id,
         )
         return {row[0]: int(row[1]) for row in rows}
+
+    @guarded("take a webhook's token")
+    def take_webhook_token(self, provider: str, token: str, fresh_until: float, now: float) -> bool:
+        """Take ``token`` of ``provider`` once, for every host on this ledger; False if it
+        was taken already and is still fresh. Tokens gone stale are dropped as it goes."""
+        with self.transaction():
+            self._q("DELETE FROM webhook_tokens WHERE fresh_until < :now", now=now)
+            taken = self._q(
+                "INSERT INTO webhook_tokens (provider, token, fresh_until)"
+                " VALUES (:p, :t, :f) ON CONFLICT (provider, token) DO NOTHING RETURNING token",
+                p=provider,
+                t=token,
+                f=fresh_until,
+            )
+        return bool(taken)
+
+    @guarded("give back a webhook's token")
+    def give_back_webhook_token(self, provider: str, token: str) -> None:
+        """Give back what ``take_webhook_token`` took, when what it carried was not
+        applied: the provider's retry brings it again."""
+        with self.transaction():
+            self._q(
+                "DELETE FROM webhook_tokens WHERE provider = :p AND token = :t", p=provider, t=token
+            )

@@ -314,6 +314,18 @@ MIGRATIONS: tuple[Migration, ...] = (
     # entry's its reader chose when not all of them, as selection.topics_text writes
     # them (sorted, split by semicolons); NULL, as on every row before, the entry's own.
     "ALTER TABLE deliveries ADD COLUMN topics TEXT",
+    # 13: a Mailgun webhook's signature covers its timestamp and token, not the events it
+    # carries, so each (timestamp, token) is taken once here, by whichever web host gets
+    # it first, and kept while the timestamp is fresh: a replay to another host, or after
+    # a restart, carrying other events, is refused.
+    """
+    CREATE TABLE webhook_tokens (
+        provider    TEXT NOT NULL,
+        token       TEXT NOT NULL,
+        fresh_until DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (provider, token)
+    )
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

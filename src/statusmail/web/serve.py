@@ -119,9 +119,14 @@ def _webhook_routes(config: Config, ledgers: LedgerAccess) -> list[BaseRoute]:
     from statusmail.feedback import loop as feedback
     from statusmail.feedback import webhooks
 
-    def apply(config: Config, reports: Sequence[feedback.ProviderReport]) -> feedback.PassReport:
+    def apply(
+        config: Config,
+        reports: Sequence[feedback.ProviderReport],
+        token: feedback.WebhookToken | None,
+    ) -> feedback.PassReport:
         return ledgers.run(
-            lambda ledger: feedback.apply_reports(config, reports, ledger=ledger), repeat=False
+            lambda ledger: feedback.apply_reports(config, reports, token, ledger=ledger),
+            repeat=False,
         )
 
     return list(webhooks.routes(config, apply=apply))

@@ -1,10 +1,9 @@
 """Mailgun: the HMAC-SHA256 of timestamp and token under the webhook signing key, a stale
-timestamp or a replayed token refused; and the failures, complaints and unsubscribes its
-events report."""
+timestamp refused (a replayed token is refused where the ledger takes it:
+``apply_reports``); and the failures, complaints and unsubscribes its events report."""
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -22,22 +21,21 @@ from statusmail.feedback.providers.common import (
     unix_time,
 )
 from statusmail.feedback.reading import status_code
-from statusmail.feedback.reports import ProviderReport
+from statusmail.feedback.reports import ProviderReport, WebhookToken
 
 
 class MailgunVerifier:
-    """Checks the signature Mailgun puts in each body, and refuses replays."""
+    """Checks the signature Mailgun puts in each body and its timestamp's age. What the
+    signature covers is usable once: ``verify`` returns it as a ``WebhookToken``, which
+    ``apply_reports`` takes in the ledger (shared by every web host, kept over restarts)."""
 
     def __init__(self, key: str, max_age: float, clock: Callable[[], float]) -> None:
         self.key = key.encode()
         self.max_age = max_age
         self.clock = clock
-        self._tokens: set[str] = set()  # timestamp + token used, the timestamp still fresh
-        self._expiry: list[tuple[float, str]] = []  # a heap: when each stops being fresh
 
-    def verify(self, payload: Any) -> None:
-        """Raises ``Refused`` unless the payload is signed, fresh and new; what it signs
-        is taken (``release`` gives it back when what it carried could not be applied)."""
+    def verify(self, payload: Any) -> WebhookToken:
+        """Raises ``Refused`` unless the payload is signed and fresh."""
         timestamp, token, given = _signature(payload)
         if not timestamp or not token or not given:
             raise Refused("a Mailgun body without its signature")
@@ -54,21 +52,10 @@ class MailgunVerifier:
             mac.verify(bytes.fromhex(given))
         except (ValueError, InvalidSignature):
             raise Refused("a bad Mailgun signature") from None
-        now = self.clock()
-        age = now - int(timestamp)
+        age = self.clock() - int(timestamp)
         if not -self.max_age <= age <= self.max_age:
             raise Refused("a stale Mailgun timestamp")
-        while self._expiry and self._expiry[0][0] < now:
-            self._tokens.discard(heapq.heappop(self._expiry)[1])
-        if signed in self._tokens:
-            raise Refused("a replayed Mailgun token")
-        self._tokens.add(signed)
-        heapq.heappush(self._expiry, (int(timestamp) + self.max_age, signed))
-
-    def release(self, payload: Any) -> None:
-        """Forget what ``payload`` signs, taken by ``verify``: a retry may bring it again."""
-        timestamp, token, _ = _signature(payload)
-        self._tokens.discard(timestamp + token)
+        return WebhookToken("mailgun", signed, int(timestamp) + self.max_age)
 
 
 def _signature(payload: Any) -> tuple[str, str, str]:
