@@ -23,7 +23,7 @@ def steady(recipients: int, *, start: float = 100.0) -> History:
     """A history that keeps every promise: each recipient once, a slot apart."""
     addresses = [f"r{i}@example.org" for i in range(recipients)]
     arrivals = [
-        Arrival(address, f"<{i}@x>", start + i / RATE, start + i / RATE + 0.01)
+        Arrival(address, f"<{i}@x>", start + i / RATE, start + i / RATE + 0.01, start + i / RATE)
         for i, address in enumerate(addresses)
     ]
     return History(
@@ -65,12 +65,19 @@ def test_the_checker_passes_a_clean_history_and_finds_each_violation() -> None:
     assert check(history).foreign_duplicates == [copy.recipient]
 
     history = steady(200)
-    late, early = history.arrivals[50], history.arrivals[60]
-    history.unsubscribed = {late.recipient: late.mail_at - 0.2, early.recipient: early.mail_at}
+    late, raced, early = history.arrivals[50], history.arrivals[55], history.arrivals[60]
+    history.arrivals[50] = late = dataclasses.replace(late, floor=late.mail_at - 0.05)
+    history.arrivals[55] = raced = dataclasses.replace(raced, floor=raced.mail_at - 0.05)
+    history.unsubscribed = {
+        late.recipient: late.floor - 0.2,  # before the session's last reply: violated
+        raced.recipient: raced.floor + 0.01,  # after it, before MAIL FROM: may be under way
+        early.recipient: early.mail_at,
+    }
     verdict = check(history)
-    # MAIL FROM 0.2 s after the 200: late; at the very moment of the 200: not
     assert verdict.after_unsubscribe == [(late.recipient, 0.2)], verdict.after_unsubscribe
-    assert verdict.unsubscribed == 2
+    assert (verdict.unsubscribed, verdict.raced) == (3, 1)
+    history.arrivals[70] = dataclasses.replace(history.arrivals[70], floor=0.0)
+    assert check(history).problems == ["harness: 1 arrivals without a reply noted before MAIL FROM"]
 
     history = steady(200)
     # every arrival of the second half twice as close: double the rate

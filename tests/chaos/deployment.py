@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
 from email.policy import compat32
@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session
 
 from chaos.history import Arrival
 from conftest import SECRET, Running, copy_sample, in_schema, spawn
@@ -142,10 +142,12 @@ def own_ledger(server: str) -> Iterator[OwnLedger]:
 
 
 class Relay(RecordingServer):
-    """The tests' recording relay, also noting each message's MAIL FROM time: an
-    unsubscribe answered after MAIL FROM may still let its message through (README), so
-    the checker needs that moment. Arrivals are kept as ``Arrival`` rows (the messages'
-    bytes are not kept: a long run accepts thousands)."""
+    """The tests' recording relay, also noting each message's MAIL FROM time and the
+    moment its last reply on that session before it was sent: an unsubscribe answered
+    once the message's attempt had begun may still let it through (README), and the
+    sender asks the ledger only after it has read that reply, so the checker needs both.
+    Arrivals are kept as ``Arrival`` rows (the messages' bytes are not kept: a long run
+    accepts thousands)."""
 
     def __init__(self) -> None:
         super().__init__(data_reply=self._accepted)
@@ -155,7 +157,20 @@ class Relay(RecordingServer):
         super().start()
         # A handler hook, on the handler every new connection takes its hooks from
         assert self._controller is not None
-        self._controller.handler.handle_MAIL = self._mail
+        handler = self._controller.handler
+        handler.handle_MAIL = self._mail
+        for verb in ("HELO", "RSET", "NOOP", "DATA"):
+            setattr(handler, f"handle_{verb}", _stamped(getattr(handler, f"handle_{verb}", None)))
+        offer = handler.handle_EHLO
+
+        async def ehlo(
+            server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+        ) -> list[str]:  # five parameters: aiosmtpd tells the EHLO hook's kind by them
+            offered: list[str] = await offer(server, session, envelope, hostname, responses)
+            session.replied_at = time.monotonic()  # type: ignore[attr-defined]
+            return offered
+
+        handler.handle_EHLO = ehlo
         return self
 
     def __enter__(self) -> Relay:
@@ -168,6 +183,7 @@ class Relay(RecordingServer):
         envelope.mail_from = address  # what aiosmtpd does itself without the hook
         envelope.mail_options.extend(options)
         envelope.mail_at = time.monotonic()  # type: ignore[attr-defined]
+        envelope.floor = getattr(session, "replied_at", 0.0)  # type: ignore[attr-defined]
         return "250 OK"
 
     def _accepted(self, n: int, envelope: Envelope) -> None:
@@ -179,10 +195,24 @@ class Relay(RecordingServer):
             message_id=str(headers["Message-ID"]).strip(),
             mail_at=envelope.mail_at,  # type: ignore[attr-defined]
             at=time.monotonic(),
+            floor=envelope.floor,  # type: ignore[attr-defined]
         )
         with self._lock:
             self.arrivals.append(arrival)
             self._messages.clear()  # the bytes are not needed: memory stays flat
+
+
+def _stamped(hook: Callable[..., Awaitable[Any]] | None) -> Callable[..., Awaitable[Any]]:
+    """``hook``, noting on the session when its reply was decided: before aiosmtpd sends
+    it, so before the sender can have read it. A verb without a hook answers aiosmtpd's
+    own reply (what ``MISSING`` means)."""
+
+    async def stamped(server: SMTP, session: Session, envelope: Envelope, *args: Any) -> Any:
+        reply = MISSING if hook is None else await hook(server, session, envelope, *args)
+        session.replied_at = time.monotonic()  # type: ignore[attr-defined]
+        return reply
+
+    return stamped
 
 
 def make_project(folder: Path, port: int, recipients: int, **sending: Any) -> Path:

@@ -8,8 +8,13 @@ the ledger says at the end. ``check`` compares it with what the README promises:
 - nobody missing: every recipient of the entry who was not unsubscribed got it;
 - duplicates within the bound: at most one per connection per fault that can lose a
   claim (a kill, a stop past the lease, the ledger's connections cut or refused);
-- nobody sent after their unsubscribe was answered: no MAIL FROM for an address after
-  the moment its one-click POST had its 200;
+- nobody sent after their unsubscribe was answered: the README promises that an
+  address whose one-click POST was answered before its message's attempt began never
+  gets it. The attempt begins (the sender asks the ledger) after the sender has read
+  the relay's last reply on that session before the message's MAIL FROM (the previous
+  message's end of DATA, or EHLO): so a message that arrived although its 200 came
+  before that reply is a violation. One whose 200 came between that reply and its MAIL
+  FROM may have been under way already, as the README allows: counted as raced;
 - the rate within its bound over every 5 s window of arrivals: the token bucket gives
   out at most ``floor(5 × rate) + 1`` slots in 5 s, and a message arrives after its
   slot, so a window holds at most those plus one message per connection that took its
@@ -35,6 +40,7 @@ class Arrival:
     message_id: str
     mail_at: float  # its MAIL FROM
     at: float  # its end of DATA, accepted
+    floor: float  # the relay's last reply on the session before the MAIL FROM, as sent
 
 
 @dataclass
@@ -85,7 +91,8 @@ class Verdict:
     duplicate_bound: int
     foreign_duplicates: list[str]  # a recipient's copies carrying different Message-IDs
     unsubscribed: int  # addresses whose one-click POST was answered 200
-    after_unsubscribe: list[tuple[str, float]]  # (address, seconds after its 200)
+    after_unsubscribe: list[tuple[str, float]]  # (address, seconds its 200 preceded the floor)
+    raced: int  # arrived, MAIL FROM after the 200, the attempt perhaps under way before it
     max_rate: float  # the most arrivals in a 5 s window, per second
     rate_bound: float
     sent_not_arrived: list[str]  # the ledger says sent, the relay never had it
@@ -112,7 +119,8 @@ class Verdict:
         return (
             f"{head}: {self.recipients} recipients, {len(self.missing)} missing,"
             f" {self.duplicates} duplicates (bound {self.duplicate_bound}),"
-            f" {len(self.after_unsubscribe)} after unsubscribe (of {self.unsubscribed}),"
+            f" {len(self.after_unsubscribe)} after unsubscribe (of {self.unsubscribed};"
+            f" {self.raced} raced, allowed),"
             f" max 5 s rate {self.max_rate:.1f}/s (bound {self.rate_bound:.1f})"
             + (
                 f", {len(self.sent_not_arrived)} sent but never arrived"
@@ -131,8 +139,8 @@ class Verdict:
             lines.append(f"duplicates: {self.duplicates} above the bound {self.duplicate_bound}")
         lines += [f"duplicate with another Message-ID: {a}" for a in self.foreign_duplicates[:20]]
         lines += [
-            f"sent after its unsubscribe was answered: {address}"
-            f" (MAIL FROM {late:.3f} s after the 200)"
+            f"sent after its unsubscribe was answered: {address} (the 200 came {late:.3f} s"
+            " before the relay's last reply on the session before its MAIL FROM)"
             for address, late in self.after_unsubscribe[:20]
         ]
         if self.max_rate > self.rate_bound:
@@ -167,12 +175,23 @@ def check(history: History) -> Verdict:
     for arrival in history.arrivals:
         ids.setdefault(arrival.recipient, set()).add(arrival.message_id)
     wanted = history.recipients - history.unsubscribed.keys()
-    late = sorted(
-        (arrival.recipient, round(arrival.mail_at - history.unsubscribed[arrival.recipient], 3))
+    answered = [
+        (arrival, history.unsubscribed[arrival.recipient])
         for arrival in history.arrivals
         if arrival.recipient in history.unsubscribed
-        and arrival.mail_at > history.unsubscribed[arrival.recipient]
+    ]
+    late = sorted(
+        (arrival.recipient, round(arrival.floor - at, 3))
+        for arrival, at in answered
+        if at < arrival.floor
     )
+    raced = sum(1 for arrival, at in answered if arrival.floor <= at < arrival.mail_at)
+    # A floor of 0 (no reply noted) would make the check above vacuous: the harness's own
+    # hooks failed, and the run proves nothing about unsubscribes
+    unfloored = sum(1 for a in history.arrivals if not 0 < a.floor <= a.mail_at)
+    problems = list(history.problems)
+    if unfloored:
+        problems.append(f"harness: {unfloored} arrivals without a reply noted before MAIL FROM")
     connections = history.concurrency * history.processes
     bound = rate_bound(history.rate, connections) if history.rate else 0
     most = most_in_window([arrival.at for arrival in history.arrivals])
@@ -184,10 +203,11 @@ def check(history: History) -> Verdict:
         foreign_duplicates=sorted(address for address, seen in ids.items() if len(seen) > 1),
         unsubscribed=len(history.unsubscribed),
         after_unsubscribe=late,
+        raced=raced,
         max_rate=most / WINDOW,
         rate_bound=bound / WINDOW if history.rate else math.inf,
         sent_not_arrived=sorted(history.ledger_sent - counts.keys()),
         pending=history.ledger_pending,
-        problems=list(history.problems),
+        problems=problems,
         faults=history.faults.summary(),
     )
