@@ -201,6 +201,19 @@ def test_readers_never_see_half_a_site_and_a_failed_render_keeps_it(tmp_path: Pa
     assert [(Path(str(p.path)).name, p.line) for p in said] == [("index.html.j2", 1)]
 
 
+def test_the_releases_kept_are_the_last_written_even_within_one_second(tmp_path: Path) -> None:
+    """Publishes ~40 ms apart share a second; the release before current must survive."""
+    project = copy_sample(tmp_path / "project")
+    config = load_config(project)
+    out = tmp_path / "out"
+    written = [publish(config, out, now=NOW).release]
+    for n in range(5):
+        add_entry(project, f"news-2021-0{n + 1}-01")
+        written.append(publish(config, out, now=NOW).release)
+    assert sorted(p.name for p in (out / RELEASES).iterdir()) == [p.name for p in written[-3:]]
+    assert (out / CURRENT).resolve() == written[-1].resolve()
+
+
 def test_after_hook_failure_is_reported_and_run_again(tmp_path: Path) -> None:
     project = copy_sample(tmp_path / "project")
     with project.open("a", encoding="utf-8") as handle:

@@ -127,7 +127,10 @@ def write_release(out: Path, files: Mapping[str, bytes], now: dt.datetime) -> Pa
     releases = out / RELEASES
     releases.mkdir(parents=True, exist_ok=True)
     stamp = now.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    folder = Path(tempfile.mkdtemp(prefix=f"{stamp}-", dir=releases))
+    # Numbered in the order written (under the publish lock): publishes in one second
+    # would otherwise sort by mkdtemp's random suffix, and prune could drop the newest
+    number = max((_number(p) for p in releases.iterdir()), default=0) + 1
+    folder = Path(tempfile.mkdtemp(prefix=f"{number:06d}-{stamp}-", dir=releases))
     folder.chmod(0o755)  # mkdtemp makes it private; the web server reads it
     for name, data in files.items():
         path = folder / name
@@ -139,10 +142,22 @@ def write_release(out: Path, files: Mapping[str, bytes], now: dt.datetime) -> Pa
     return folder
 
 
+def _number(folder: Path) -> int:
+    """A release's number, in the order written; 0 for one named before they had one
+    (then only the date and time: their names sort as they were written, to the
+    second)."""
+    head = folder.name.partition("-")[0]
+    return int(head) if len(head) == 6 and head.isascii() and head.isdigit() else 0
+
+
 def prune(out: Path, keep: int = KEEP_RELEASES) -> None:
     """Remove all but the newest ``keep`` releases (never the current one)."""
     current = (out / CURRENT).resolve()
-    folders = sorted((p for p in (out / RELEASES).iterdir() if p.is_dir()), reverse=True)
+    folders = sorted(
+        (p for p in (out / RELEASES).iterdir() if p.is_dir()),
+        key=lambda p: (_number(p), p.name),
+        reverse=True,
+    )
     for folder in folders[keep:]:
         if folder.resolve() != current:
             shutil.rmtree(folder, ignore_errors=True)
