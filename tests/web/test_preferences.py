@@ -330,6 +330,30 @@ def test_a_post_from_another_origin_is_refused_and_changes_nothing(served: Serve
     assert stored(served, address) == [("en", None)]
 
 
+def ticked(page: str) -> tuple[str, list[str]]:
+    """The locale and the topics ``page``'s form has ticked."""
+    locale = re.findall(r"name='locale' value='([^']*)'[^>]* checked", page)
+    topics = re.findall(r"name='topic' value='([^']*)'[^>]* checked", page)
+    assert len(locale) == 1, page
+    return locale[0], sorted(topics)
+
+
+def test_the_saved_page_shows_what_is_stored_not_a_stale_tab(served: Served) -> None:
+    """Two tabs: A unticks a topic; B, opened before, changes only the language. B's
+    topics are those it showed, so they are not saved; its answer must not show them
+    ticked under "Your choice is saved" either."""
+    address = "two.tabs@example.org"
+    path = page_path(address)
+    tab_a = request(served.port, "GET", path)[2]
+    tab_b = request(served.port, "GET", path)[2]
+    kept = sorted(TOPICS)[-1]
+    assert post_form(served.port, path, form_of(tab_a, "en", kept))[0] == 200
+    status, _headers, answer = post_form(served.port, path, form_of(tab_b, "ru", *TOPICS))
+    assert status == 200 and stored(served, address) == [("ru", kept)]
+    assert ticked(answer) == ("ru", [kept])
+    assert ticked(request(served.port, "GET", path)[2]) == ("ru", [kept])
+
+
 def test_a_post_without_a_valid_form_token_is_refused(served: Served) -> None:
     address = "form.token@example.org"
     path = page_path(address)

@@ -238,6 +238,10 @@ def preferences_endpoint(
                 log.error("cannot save a preference in the ledger: %s", exc)
                 return page(lang, "error", 503)
         log.info("preferences saved")
-        return show(chosen.locale, chosen, saved=True)
+        # What the ledger holds now, not what was posted: a field the reader left as
+        # this (perhaps stale) page showed it is not saved, and must not show as chosen
+        stored = await run_in_threadpool(ledger_preference, ledgers, address)
+        now = initial_choice(stored, chosen.locale, declared)
+        return show(now.locale, now, saved=True)
 
     return endpoint
