@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from conftest import copy_sample, invoke
 from editing import line_of, replace_in
 from git_helpers import init_repo
-from statusmail.ci.formats import Item, escape_data, escape_property, github, junit
+from statusmail.ci.formats import GITHUB_LIMIT, Item, escape_data, escape_property, github, junit
 
 UPDATE = "updates/update-2020-04-21.yaml"
 CATALOG = "templates/locale/ru/LC_MESSAGES/messages.po"
@@ -225,6 +225,19 @@ def test_one_github_line_per_problem_whatever_it_says(
     ((kind, props, said),) = workflow_commands(out)
     assert kind == "error" and props["file"] == file and said == f"{message} [bad-value]"
     assert props.get("line") == (str(line) if line else None)
+
+
+@given(file=st.text(min_size=1), message=st.text())
+def test_past_ten_the_plain_lines_start_no_workflow_command(file: str, message: str) -> None:
+    """The problems past GitHub's ten go as plain lines of the log: a line break in a
+    file name or message (a pull request's to choose) must not start a line of its own,
+    which GitHub would run as a workflow command."""
+    out = github([Item(file, n + 1, "error", "bad-value", message) for n in range(12)])
+    lines = out.replace("\r", "\n").split("\n")  # as a log reader may break them
+    assert lines.pop() == ""
+    # ten annotations (the tenth counts the rest), then the three past them, one line each
+    assert len(lines) == GITHUB_LIMIT + 3
+    assert sum(line.startswith("::") for line in lines) == GITHUB_LIMIT
 
 
 def legal(text: str) -> str:

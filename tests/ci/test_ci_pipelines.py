@@ -100,7 +100,7 @@ def load(name: str) -> dict[str, Any]:
     return data
 
 
-def shell(script: str, repo: Repo, *options: str, **env: str) -> str:
+def shell(script: str, repo: Repo, *options: str, exit_code: int = 0, **env: str) -> str:
     """A pipeline's script in bash, in the repository, as a runner runs it; its output."""
     result = subprocess.run(
         ["bash", *options, "-c", script],
@@ -112,7 +112,7 @@ def shell(script: str, repo: Repo, *options: str, **env: str) -> str:
         stdin=subprocess.DEVNULL,
     )
     assert "Traceback" not in result.stderr, result.stderr
-    assert result.returncode == 0, f"{script}\n{result.stdout}\n{result.stderr}"
+    assert result.returncode == exit_code, f"{script}\n{result.stdout}\n{result.stderr}"
     return result.stdout
 
 
@@ -147,13 +147,15 @@ def github_steps() -> dict[str, dict[str, Any]]:
     return {str(s.get("name") or s.get("uses")): s for s in job["steps"]}
 
 
-def run_github(step: str, repo: Repo, event: dict[str, Any], **env: str) -> str:
+def run_github(
+    step: str, repo: Repo, event: dict[str, Any], *, exit_code: int = 0, **env: str
+) -> str:
     """One step's ``run`` in ``bash -e`` (GitHub's default shell), with its ``env``."""
     context = {"github": {"event": event}, "vars": {}}
     found = github_steps()[step]
     variables = {k: expression(v, context) for k, v in load("github-actions.yml")["env"].items()}
     variables |= {k: expression(v, context) for k, v in found.get("env", {}).items()}
-    return shell(str(found["run"]), repo, "-e", **variables, **env)
+    return shell(str(found["run"]), repo, "-e", exit_code=exit_code, **variables, **env)
 
 
 def push(repo: Repo, before: str) -> dict[str, Any]:
@@ -177,6 +179,35 @@ def test_github_actions_on_a_push_previews_every_commit_of_it(repo: Repo, tmp_pa
     assert f"## {UPDATE} (2020-04-22, ready)" in summary
     assert f"## {BLOCK} (2020-01-24, ready)" in summary
     assert step_summary.read_text(encoding="utf-8") == summary + "\n"
+
+
+def github_commands(log: str) -> list[str]:
+    """The workflow commands GitHub runs from a step's log: its lines that start with
+    "::", but none from ``::stop-commands::TOKEN`` until ``::TOKEN::``."""
+    commands: list[str] = []
+    stopped: str | None = None
+    for line in log.replace("\r", "\n").split("\n"):
+        if stopped is not None:
+            stopped = None if line == f"::{stopped}::" else stopped
+        elif line.startswith("::stop-commands::"):
+            stopped = line.removeprefix("::stop-commands::")
+        elif line.startswith("::"):
+            commands.append(line)
+    return commands
+
+
+def test_github_actions_preview_runs_no_command_a_change_writes(repo: Repo) -> None:
+    """A pull request chooses its files' names (and its entries' text), which the preview
+    prints; a line of them must never run as a workflow command (an annotation forged on
+    any file, or ``::stop-commands::`` hiding the real ones)."""
+    forged = "::error file=statusmail.yaml,line=1::forged by a file name"
+    text = (repo.path / "updates" / f"{UPDATE}.yaml").read_text(encoding="utf-8")
+    (repo.path / "updates" / f"x\n{forged}\n.yaml").write_text(text, encoding="utf-8")
+    commit(repo.path, "a file name that would forge an annotation")
+    # (exit 1: that entry cannot be previewed, which it says)
+    log = run_github("Preview what changed", repo, push(repo, before=repo.base), exit_code=1)
+    assert f"\n{forged}\n" in log  # the preview printed the name as it is
+    assert github_commands(log) == []
 
 
 def test_github_actions_compare_a_pull_request_with_its_base(repo: Repo) -> None:

@@ -218,7 +218,16 @@ def test_the_sdist_and_the_wheel_hold_the_whole_package(built: tuple[Path, Path]
 
 def test_the_install_line_refuses_a_source_that_is_not_pinned(tmp_path: Path) -> None:
     venv = fresh_venv(tmp_path / "venv")
-    for source in ("", "statusmail", "git+https://git.example.org/statusmail.git"):
+    unpinned = (
+        "",
+        "statusmail",
+        "git+https://git.example.org/statusmail.git",
+        # an @ before the path pins nothing: a user, a token
+        "git+ssh://git@git.example.org/o/statusmail.git",
+        "git+https://token@git.example.org/o/statusmail.git",
+        "git+https://git.example.org/o/statusmail.git@",  # an @ and nothing after it
+    )
+    for source in unpinned:
         result = run_install(venv, source)
         assert result.returncode == 1, source
         assert "STATUSMAIL_SOURCE must be statusmail's repository at a tag or commit" in (
@@ -226,6 +235,15 @@ def test_the_install_line_refuses_a_source_that_is_not_pinned(tmp_path: Path) ->
         )
         assert "pip" not in result.stdout + result.stderr.split("\n", 1)[1]
     assert not list(venv.glob("lib/python*/site-packages/statusmail*"))
+    # pinned, a tag with a slash in it, a user before the path: pip is asked (and finds
+    # no such repository here)
+    for source in (
+        f"git+file://{tmp_path}/none/statusmail.git@release/1.0",
+        "git+https://token@127.0.0.1:9/o/statusmail.git@0123abc",  # port 9: refused
+    ):
+        result = run_install(venv, source)
+        assert "STATUSMAIL_SOURCE must be" not in result.stderr, source
+        assert result.returncode != 0 and "statusmail.git" in result.stderr, result.stderr
 
 
 def test_the_installed_wheel_runs_help_version_and_the_sample_dry_run(

@@ -99,8 +99,12 @@ def github(found: Iterable[Item]) -> str:
             of_kind[GITHUB_LIMIT - 1 :] = [Item("", None, severity, "more", said, in_repo=False)]
         lines += _annotations(of_kind)
     for one in rest:
+        # Plain lines of the log, but a line break in a file name or a message would
+        # start a line of its own, which GitHub runs as a workflow command if it starts
+        # with "::" (an entry's text is a pull request's to choose)
         where = f"{one.file}:{one.line}" if one.line else one.file
-        lines.append(f"statusmail: {one.severity}: {where}: {one.message} [{one.code}]\n")
+        said = f"statusmail: {one.severity}: {where}: {one.message} [{one.code}]"
+        lines.append(escape_data(said) + "\n")
     return "".join(lines)
 
 
