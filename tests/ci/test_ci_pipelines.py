@@ -24,7 +24,7 @@ import shlex
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,7 +100,9 @@ def load(name: str) -> dict[str, Any]:
     return data
 
 
-def shell(script: str, repo: Repo, *options: str, exit_code: int = 0, **env: str) -> str:
+def shell(
+    script: str, repo: Repo, *options: str, env: Mapping[str, str], exit_code: int = 0
+) -> str:
     """A pipeline's script in bash, in the repository, as a runner runs it; its output."""
     result = subprocess.run(
         ["bash", *options, "-c", script],
@@ -155,7 +157,7 @@ def run_github(
     found = github_steps()[step]
     variables = {k: expression(v, context) for k, v in load("github-actions.yml")["env"].items()}
     variables |= {k: expression(v, context) for k, v in found.get("env", {}).items()}
-    return shell(str(found["run"]), repo, "-e", exit_code=exit_code, **variables, **env)
+    return shell(str(found["run"]), repo, "-e", env=variables | env, exit_code=exit_code)
 
 
 def push(repo: Repo, before: str) -> dict[str, Any]:
@@ -267,7 +269,7 @@ def run_gitlab(repo: Repo, predefined: dict[str, str], only: str = "") -> list[s
     for name, job in gitlab_jobs():
         if gitlab_runs(job, predefined) and name.startswith(only):
             script = "\n".join(str(line) for line in job["script"])
-            shell(script, repo, "-e", "-o", "pipefail", **variables, **predefined)
+            shell(script, repo, "-e", "-o", "pipefail", env=variables | predefined)
             ran.append(name)
     return ran
 
