@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -194,3 +195,47 @@ def test_one_entry_that_cannot_be_previewed_leaves_the_others(repo: Path) -> Non
     assert by_id[UPDATE]["previewed"] is False
     assert any("thread 'gone' names no entry" in p for p in by_id[UPDATE]["problems"])
     assert previewed(out) == [BLOCK]
+
+
+def test_a_broken_subscriber_row_is_reported_per_entry_with_the_summary(repo: Path) -> None:
+    """A list row with a field too many stops every entry's dry run; the CI preview
+    still writes its summary and says so for each entry, rather than ending at once."""
+    with (repo.parent / "subscribers" / "main.csv").open("a", encoding="utf-8") as handle:
+        handle.write("late.comer@example.org,Late Comer,en,RU,,active,extra\n")
+    replace_in(repo.parent / "updates" / f"{UPDATE}.yaml", "date: 2020-04-21", "date: 2020-04-22")
+    commit(repo.parent, "a row with a field too many, and the update a day later")
+    out = repo.parent / "ci-previews"
+    result = invoke(
+        repo,
+        *("send", "--dry-run", "--all-changed-since", "HEAD~1"),
+        *("--preview-dir", str(out), "--summary", str(out / "SUMMARY.md")),
+    )
+    assert result.exit_code == 1, result.output
+    summary = (out / "SUMMARY.md").read_text(encoding="utf-8")
+    assert f"{UPDATE}: not previewed" in result.output
+    assert UPDATE in summary and "main.csv" in summary and "fields" in summary
+
+
+def test_odd_names_and_links_out_of_the_repository_are_no_traceback(
+    repo: Path, tmp_path: Path
+) -> None:
+    """An entry file whose name is not UTF-8 (git gives it undecoded), and templates
+    made a link to a folder beside the repository: both are previewed or reported."""
+    shared = tmp_path / "shared-templates"
+    templates = repo.parent / "templates"
+    templates.rename(shared)
+    templates.symlink_to(shared, target_is_directory=True)
+    text = (repo.parent / "updates" / f"{UPDATE}.yaml").read_bytes()
+    (repo.parent / "updates" / os.fsdecode(b"caf\xe9.yaml")).write_bytes(text)
+    commit(repo.parent, "templates shared, and an entry named in Latin-1")
+    out = repo.parent / "ci-previews"
+    result = invoke(
+        repo,
+        *("send", "--dry-run", "--all-changed-since", "HEAD~1"),
+        *("--preview-dir", str(out), "--summary", str(out / "SUMMARY.md")),
+    )
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    assert result.exit_code == 1, result.output  # the odd entry cannot be previewed
+    assert previewed(out) == sorted([BLOCK, UPDATE])
+    summary = (out / "SUMMARY.md").read_text(encoding="utf-8")
+    assert "entries: caf?" in summary  # (what could not be written as UTF-8)

@@ -210,5 +210,5 @@ def changed_since(config: Config, ref: str) -> Changes:
         path = root / name
         kind = kind_of(config, path)
         if kind is not None:
-            changes.files[kind].append(path.resolve())
+            changes.files[kind].append(path)  # (resolved, a link could lead out of root)
     return changes

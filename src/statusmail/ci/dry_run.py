@@ -49,9 +49,10 @@ def preview_entry(
     try:
         entry = find_entry(config.paths.updates, entry_id)
         prepared = pipeline.prepare(config, entry, preview=True)
+        # (a broken subscriber file stops this entry's dry run, reported with the rest)
+        report = pipeline.dry_run(prepared, limit=limit)
     except InputError as exc:
         return EntryPreview(entry_id, out_dir, problems=exc.problems)
-    report = pipeline.dry_run(prepared, limit=limit)
     written = write_previews(prepared.factory, report.stats, out_dir)
     try:  # the entry's pages on the status site, beside its messages
         written += preview_pages(config, entry, out_dir / SITE_PREVIEW) if site else []

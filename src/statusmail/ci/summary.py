@@ -187,9 +187,10 @@ def write(text: str, path: Path, environ: Mapping[str, str]) -> None:
     step_summary = environ.get("GITHUB_STEP_SUMMARY")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        # (a file name git gave undecoded is carried as surrogates: shown as U+FFFD)
+        path.write_text(text, encoding="utf-8", errors="replace")
         if step_summary:
-            with open(step_summary, "a", encoding="utf-8") as handle:
+            with open(step_summary, "a", encoding="utf-8", errors="replace") as handle:
                 handle.write(text + "\n")
     except OSError as exc:
         where = exc.filename or path

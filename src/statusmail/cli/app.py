@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import io
 import math
 import sys
 from collections.abc import Callable
@@ -217,4 +218,9 @@ def main(ctx: click.Context, config_path: Path | None, verbose: int, log_format:
     obj["config_path"] = config_path
     obj["verbose"] = verbose
     obj["log_format"] = log_format
+    for stream in (sys.stdout, sys.stderr):
+        # A file name that is not UTF-8 (git gives such names undecoded, Python carries
+        # them as surrogates) is printed escaped, not a UnicodeEncodeError's traceback
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     setup_logging(verbose, log_format)
