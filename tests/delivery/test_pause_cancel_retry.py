@@ -150,6 +150,24 @@ REFUSED = {
 }
 
 
+@pytest.mark.parametrize("act", ["cancel", "pause"])
+def test_workers_waiting_for_their_slot_send_nothing_once_stopped(project: Path, act: str) -> None:
+    """At a slow rate most workers wait for their slot of the rate limit: a cancel or a
+    pause must stop them there, not let each send when its slot comes (seconds later)."""
+    thread, moments = in_background(project, 2, act)
+    started = time.time()
+    code, report, _ = send(project, UPDATE, "--rate", "2", "--concurrency", "6")
+    ended = time.time()
+    thread.join()
+    assert code == 4 and act[:5] in report["stopped"]
+    assert last_written(project) - moments[0] < 1.0  # nothing began a second after
+    assert ended - moments[0] < 2.0, (ended - started, ended - moments[0])
+    counts = statuses(project)
+    left = "cancelled" if act == "cancel" else "pending"
+    assert counts["sent"] == outbox_count(project) < 14
+    assert counts["sent"] + counts[left] == 14
+
+
 def test_retry_failed_resends_exactly_the_failed_ones_never_a_suppressed_one(
     project: Path,
 ) -> None:

@@ -161,6 +161,10 @@ class Delivering:
         try:
             # Most messages go through at once: tenacity is set up only for a retry.
             await self._attempt(conn, recipient, envelope, tally, handover)
+        except _Stopping:  # paused, cancelled or stopped while it waited for its slot
+            return Outcome(
+                recipient.address, DeliveryStatus.PENDING, tally.charged, None, "stopped"
+            ), None
         except DeliveryError as exc:
             remaining = self.settings.max_attempts - tally.charged
             if not exc.transient or remaining <= 0:
@@ -193,7 +197,7 @@ class Delivering:
         ready: Ready,
     ) -> None:
         while True:
-            await self.bucket.acquire()
+            await self._slot()
             check: asyncio.Future[str | None] | None = None
             try:
                 # After the wait for the rate limit and the session's opening (the next
@@ -223,6 +227,26 @@ class Delivering:
         if self._relay_failed:
             self._relay_failed = False
             self.metrics.relay(True)
+
+    async def _slot(self) -> None:
+        """Wait for this message's slot of the rate limit; ``_Stopping`` if the run
+        stops first (a pause, a cancel, a signal): a worker waits here for up to
+        ``concurrency / rate`` seconds, and nothing of the message has left yet."""
+        if self.stop.is_set():
+            raise _Stopping
+        if self.bucket.unlimited:
+            return
+        slot = asyncio.ensure_future(self.bucket.acquire())
+        stopping = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait((slot, stopping), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (slot, stopping):
+                task.cancel()
+            await asyncio.gather(slot, stopping, return_exceptions=True)
+        if self.stop.is_set():
+            raise _Stopping
+        slot.result()  # the ledger's error, for a shared limit
 
     async def _suppression_check(self, address: str) -> asyncio.Future[str | None] | None:
         """Raise ``_Suppressed`` if the address is suppressed now, on a local ledger
