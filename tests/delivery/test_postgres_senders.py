@@ -3,14 +3,16 @@ its own): everyone exactly once, and a killed sender's recipients finished by th
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import wait_for
+from conftest import SECRET_ENV, invoke, wait_for
 from postgres_helpers import (
     ENTRY,
     SAMPLE,
@@ -22,6 +24,8 @@ from postgres_helpers import (
     senders,
 )
 from smtp_server import RecordingServer
+from statusmail.domain import Recipient
+from statusmail.ledger.queue import ServerQueue
 
 # Enough for three senders' claims to race all along: a run's claims start at 16 and
 # double up to 128 (delivery/engine.py), so each of the three makes several claims
@@ -109,3 +113,33 @@ def test_a_send_reads_the_queue_through_its_indexes(project: Path, postgres: str
         )
     )
     assert "deliveries_row" in plan and "Seq Scan" not in plan, plan
+
+
+def test_a_lone_sender_never_takes_its_own_finished_selection_over(
+    project: Path, postgres: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The engine must not read "nobody selects" after the ledger's "the selection is
+    unfinished" of its own stream, which may end between the two: it then took its
+    own selection over and selected the whole list again (3 runs in 12 did, a lone
+    sender on PostgreSQL). A slow round trip for the state makes the window wide."""
+    real = ServerQueue.claim
+
+    async def slow_claim(
+        self: ServerQueue, generation: int, count: int, hourly_cap: int | None = None
+    ) -> list[Recipient]:
+        taken = await real(self, generation, count, hourly_cap)
+        if not taken:  # the fault: a slow round trip, while the stream may end
+            await asyncio.sleep(0.1)
+        return taken
+
+    monkeypatch.setattr(ServerQueue, "claim", slow_claim)
+    with RecordingServer() as server:
+        configure(project, server.port, 300, rate=0)
+        with caplog.at_level(logging.WARNING, logger="statusmail"):
+            result = invoke(
+                project, "send", ENTRY, "--yes", env={**SECRET_ENV, "STATUSMAIL_LEDGER": postgres}
+            )
+        assert result.exit_code == 0, result.output
+        assert len(server.messages) == SAMPLE + 300
+    assert not [r for r in caplog.records if "selecting it here" in r.getMessage()]
+    assert query(postgres, "SELECT generation, selected_generation FROM entries") == [(1, 1)]

@@ -225,6 +225,12 @@ class Engine(Delivering):
                     )
                     return []
                 count = min(count, allowed)
+            # Whether this run still selects, asked before the ledger's state: a stream
+            # that ends meanwhile committed its end before that state is read, so the
+            # two never say "nobody selects, and the selection is unfinished" of a
+            # selection this run just finished (which it would then take over: the
+            # whole list selected again)
+            selecting = self.selecting()
             generation, selected = await self.queue.state()
             self.progress.clear()
             # generation 0: no selection has begun yet (another sender is about to)
@@ -233,7 +239,6 @@ class Engine(Delivering):
             if batch:
                 self.taken += len(batch)
                 return batch
-            selecting = self.selecting()
             if not selecting and selected == generation and generation:
                 if not await self.queue.remaining(generation):
                     return []  # the selection is complete and nothing of it is left
