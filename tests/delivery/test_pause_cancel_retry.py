@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.console import Console
@@ -32,8 +33,9 @@ from conftest import (
 from delivery_helpers import add_subscribers, ledger_rows, point_at, send
 from smtp_server import RecordingServer
 from statusmail import watch
-from statusmail.delivery import controls
+from statusmail.delivery import controls, intake, stream
 from statusmail.project.config import load_config
+from statusmail.project.subscriber_rows import RowProblem, Subscriber
 
 AUDIENCE = 1_514  # the 1,500 generated and the sample's 14
 
@@ -166,6 +168,45 @@ def test_workers_waiting_for_their_slot_send_nothing_once_stopped(project: Path,
     left = "cancelled" if act == "cancel" else "pending"
     assert counts["sent"] == outbox_count(project) < 14
     assert counts["sent"] + counts[left] == 14
+
+
+def test_a_pause_ends_a_selection_reading_a_long_list_for_few(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A list where the audience is a few among many: the first batch of the selection
+    is a scan of most of the list, and the run's end waits for that thread. After the
+    sample's rows, the list goes on (for up to 8 s) with readers outside the audience;
+    the entry is paused while they are read."""
+    real = intake.listed
+    reading = threading.Event()
+
+    def long_list(*args: Any, **kwargs: Any) -> Iterator[Subscriber | RowProblem]:
+        yield from real(*args, **kwargs)
+        until = time.monotonic() + 8
+        n = 0
+        while time.monotonic() < until:
+            n += 1
+            if n == 10_000:
+                reading.set()
+            email = f"far.away.{n}@example.org"
+            yield Subscriber(email, email, "", "en", "US", frozenset(), "active", project, 1000 + n)
+
+    monkeypatch.setattr(stream, "listed", long_list)
+    paused: list[float] = []
+
+    def pause() -> None:
+        assert reading.wait(20)
+        paused.append(time.monotonic())
+        controls.pause(load_config(project), UPDATE, Console(file=io.StringIO()))
+
+    thread = threading.Thread(target=pause)
+    thread.start()
+    code, report, _ = send(project, UPDATE, "--rate", "0")
+    ended = time.monotonic()
+    thread.join()
+    assert code == 4 and "paused" in report["stopped"]
+    assert ended - paused[0] < 2.0, ended - paused[0]
+    assert statuses(project)["sent"] == outbox_count(project) == 0  # nothing was selected yet
 
 
 def test_retry_failed_resends_exactly_the_failed_ones_never_a_suppressed_one(

@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from statusmail.delivery.intake import Run, count_read, finish, listed, lost, staged_rows
 from statusmail.errors import InputError, Interrupted, LedgerError, Problem, StatusmailError
@@ -22,6 +23,9 @@ from statusmail.project.selection import SelectionStats
 
 FIRST_BATCH = 100  # small, so that delivery starts at once
 BATCH = 2_000
+STOP_EVERY = 1_000  # rows of the list read between looks at the run's stop (about 3 ms)
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -107,6 +111,8 @@ class Stream:
                     if is_url(self.target):
                         with contextlib.suppress(StatusmailError):
                             ledger.release_selection(self.run.entry.id, self.generation)
+        except _Stopped:
+            pass  # what was enqueued stays; the rest is selected by the next run
         except SelectionLost:
             self.result.lost = True
             lost(self.run)
@@ -132,9 +138,20 @@ class Stream:
     def _select(self, ledger: Ledger, notify: Callable[[int], object]) -> None:
         count_read(self.stats, self.imported)
         with ledger.preference_lookup() as preferences:
-            source = listed(ledger, self.imported, self.run.entry, pending=self.pending)
+            source = self._until_stopped(
+                listed(ledger, self.imported, self.run.entry, pending=self.pending)
+            )
             rows = staged_rows(self.run, ledger.suppressed(), self.stats, preferences, source)
             self._stream(ledger, notify, rows)
+
+    def _until_stopped(self, rows: Iterable[T]) -> Iterator[T]:
+        """``rows``, until the run stops: a batch of the selection can take a scan of
+        most of the list (an audience of a few in a long list), and a stop must not
+        wait for it (``asyncio.run`` waits for this thread before the run can end)."""
+        for n, row in enumerate(rows):
+            if not n % STOP_EVERY and self._stop.is_set():
+                raise _Stopped
+            yield row
 
     def _stream(
         self, ledger: Ledger, notify: Callable[[int], object], rows: Iterator[StagedRow]
@@ -165,6 +182,10 @@ class Stream:
             self.pending,
             self.basis,
         )
+
+
+class _Stopped(Exception):
+    """The run stopped while the selection was reading the list."""
 
 
 def _reason(error: BaseException) -> str:
