@@ -3,6 +3,7 @@ a schema of the real PostgreSQL server."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from delivery_helpers import add_subscribers
 from statusmail.domain import DeliveryStatus, Outcome, Recipient
 from statusmail.errors import LedgerError
 from statusmail.ledger import SCHEMA_VERSION, Ledger, StagedRow, copy_ledger
+from statusmail.ledger.queue import LocalQueue
 
 ENTRY = "update-2020-04-21"
 ENV = {"STATUSMAIL_UNSUBSCRIBE_SECRET": SECRET}
@@ -307,3 +309,15 @@ def test_a_webhook_token_is_taken_once_until_it_is_stale_or_given_back(
         assert one.take_webhook_token("mailgun", "1700000300def", 1300.0, now=1001.0)
         rows = one.database.execute("SELECT provider, token FROM webhook_tokens ORDER BY token")
     assert [tuple(row) for row in rows] == [("mailgun", "1700000300def")]
+
+
+def test_the_shared_rate_limit_s_failure_is_a_ledger_error_naming_the_ledger(
+    tmp_path: Path,
+) -> None:
+    """Not the driver's own error (a traceback past pipeline.finish)."""
+    path = tmp_path / "statusmail.db"
+    Ledger(path).close()
+    with Ledger(path, readonly=True) as ledger:  # every write refused by SQLite
+        queue = LocalQueue(ledger, "e", lease=5, thread=None, shared=True)
+        with pytest.raises(LedgerError, match=r"statusmail\.db.*cannot take slots of the rate"):
+            asyncio.run(queue.take_slots(0.1, 4))

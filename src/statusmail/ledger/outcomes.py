@@ -23,6 +23,14 @@ Fenced = Mapping[Outcome, int | None]
 class Outcomes(LedgerBase):
     """Claims, leases and outcomes of an entry's queue, and what they add up to."""
 
+    @guarded("take slots of the rate limit")
+    def take_slots(self, name: str, span: float) -> float:
+        """Reserve ``span`` seconds of limiter ``name``; seconds to wait for the first slot."""
+        with self.transaction():
+            self._q(queries.LIMITER_CREATE, name=name)
+            rows = self._q(queries.SLOTS, name=name, span=span)
+        return float(rows[0][0])
+
     @guarded("read the entry's queue")
     def queue_state(self, entry_id: str) -> tuple[int, int]:
         """(the current generation, the last generation whose selection completed)."""

@@ -103,6 +103,13 @@ def hourly_since() -> str:
 
 LIMITER_CREATE = "INSERT INTO limiters (name, tat) VALUES (:name, 0) ON CONFLICT (name) DO NOTHING"
 
+# Reserve a span of the deployment's rate limit (GCRA: from the previous reservation's
+# end or now, whichever is later); the answer is the wait for the first slot.
+SLOTS = (
+    "UPDATE limiters SET tat = {greatest}(tat, {now}) + :span WHERE name = :name"
+    " RETURNING tat - :span - {now}"
+)
+
 # GCRA: the next slot is interval after the previous one or now, whichever is later;
 # the answer is how long to wait for this caller's slot.
 LIMITER_TAKE = (

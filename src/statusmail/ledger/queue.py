@@ -92,9 +92,6 @@ class DeliveryQueue(Protocol):
 
 CONFIRM_TRIES = 3
 
-# queries.LIMITER_TAKE for ``span`` seconds' worth of slots at once (GCRA: from the
-# previous reservation's end or now, whichever is later); the answer is the wait for
-# the first of them.
 SUPPRESSED_ANY = "SELECT address, reason FROM suppressions WHERE address = ANY(:addresses)"
 
 # A group commit's outcomes in one statement, which on an autocommit connection is one
@@ -113,11 +110,6 @@ RECORD_ARRAYS = (
 # (an unreferenced data-modifying WITH still runs to completion).
 RECORD_AND_CHECK = f"WITH recorded AS ({RECORD_ARRAYS}) {SUPPRESSED_ANY}"
 RECORD_COLUMNS = ("address", "status", "attempts", "code", "detail", "message_id", "epoch")
-
-SLOTS = (
-    "UPDATE limiters SET tat = {greatest}(tat, {now}) + :span WHERE name = :name"
-    " RETURNING tat - :span - {now}"
-)
 
 
 class FencedClaims:
@@ -248,11 +240,7 @@ class LocalQueue(FencedClaims):
         return self.ledger.hourly_used()
 
     async def take_slots(self, interval: float, count: int) -> float:
-        db = self.ledger.database
-        with db.transaction():
-            db.execute(queries.LIMITER_CREATE, {"name": "send"})
-            rows = db.execute(SLOTS, {"name": "send", "span": interval * count})
-        return float(rows[0][0])
+        return self.ledger.take_slots("send", interval * count)
 
     async def close(self) -> None:
         return None
@@ -412,7 +400,7 @@ class ServerQueue(FencedClaims):
         if not self._limiter_ready:
             await self._run(queries.LIMITER_CREATE, {"name": "send"})
             self._limiter_ready = True
-        rows = await self._run(SLOTS, {"name": "send", "span": interval * count})
+        rows = await self._run(queries.SLOTS, {"name": "send", "span": interval * count})
         return float(rows[0][0])
 
     async def close(self) -> None:
