@@ -96,6 +96,7 @@ class DeliveryError(StatusmailError):
         transient: bool = False,
         bounce: bool = False,
         relay_down: bool = False,
+        lost: bool = False,
     ) -> None:
         self.code = code
         self.message = message
@@ -106,6 +107,9 @@ class DeliveryError(StatusmailError):
         # The relay could not be reached at all: the message never left, and the
         # recipient is not to blame (no attempt is charged, nobody is marked failed).
         self.relay_down = relay_down
+        # The connection went away with no answer (lost, or silent past the timeout):
+        # the relay's doing, or the recipient's message; a reconnection tells which.
+        self.lost = lost
         super().__init__(f"{code} {message}" if code else message)
 
 

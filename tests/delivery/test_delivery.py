@@ -236,6 +236,31 @@ def test_relay_down_mid_run_leaves_recipients_pending_not_failed(project: Path) 
         assert len(delivered) == UPDATE_AUDIENCE and set(delivered.values()) == {1}
 
 
+def test_relay_gone_in_the_middle_of_a_last_attempt_fails_nobody(project: Path) -> None:
+    """The relay stops listening, then drops the connection in a DATA without a word: the
+    recipient in hand was on its one attempt (max_attempts 1), but the relay went away,
+    not the recipient: pending, no attempt charged, as when it cannot be reached."""
+    server = RecordingServer(hangup_after=4, hangup_reply=None)
+
+    def last_one(n: int, envelope: object) -> str | None:
+        if n == 4:  # accepted, and no connection is taken after it
+            server.stop_listening()
+        return None
+
+    server.data_reply = last_one
+    server.start()
+    try:
+        point_at(project, server.port, concurrency=1, max_attempts=1)
+        code, report, stderr = send(project)
+    finally:
+        server.stop()
+    assert code == 4, stderr
+    assert "unreachable" in report["stopped"]
+    rows = ledger_rows(project).values()
+    assert Counter(row["status"] for row in rows) == {"sent": 4, "pending": UPDATE_AUDIENCE - 4}
+    assert {row["attempts"] for row in rows if row["status"] == "pending"} == {0}
+
+
 def test_second_send_of_the_same_entry_refuses(project: Path) -> None:
     add_subscribers(project, 200)
     with RecordingServer() as server:

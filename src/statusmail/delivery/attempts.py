@@ -167,6 +167,8 @@ class Delivering:
             ), None
         except DeliveryError as exc:
             remaining = self.settings.max_attempts - tally.charged
+            if exc.lost and remaining <= 0:
+                exc = await self._relay_gone(conn, envelope, exc, tally)
             if not exc.transient or remaining <= 0:
                 return await self._failure(recipient, tally.charged, exc), exc
             self.metrics.retried(exc)
@@ -227,6 +229,20 @@ class Delivering:
         if self._relay_failed:
             self._relay_failed = False
             self.metrics.relay(True)
+
+    async def _relay_gone(
+        self, conn: Connection, envelope: Envelope, exc: DeliveryError, tally: _Attempts
+    ) -> DeliveryError:
+        """The connection was lost in the recipient's last attempt: if the relay cannot
+        be reached again, it went away (the recipient stays pending, that attempt not
+        charged, as when it cannot be reached at all); else the attempt stands."""
+        try:
+            await conn.prepare(envelope)
+        except DeliveryError as down:
+            if down.relay_down:
+                tally.charged -= 1
+                return down
+        return exc
 
     async def _slot(self) -> None:
         """Wait for this message's slot of the rate limit; ``_Stopping`` if the run

@@ -414,7 +414,7 @@ class SmtpConnection:
             reason = f"{server} did not answer within {timeout:g}s"
         else:
             reason = f"connection to {server} lost: {exc}"
-        return DeliveryError(reason, recipient=envelope.recipient, transient=True)
+        return DeliveryError(reason, recipient=envelope.recipient, transient=True, lost=True)
 
     def _drop(self) -> None:
         if self._smtp is not None:
