@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,9 @@ def zone_missing(naive: dt.datetime) -> str:
     )
 
 
+# What no text of a project may hold: the C0 controls but tab and line breaks, the
+# non-characters U+FFFE and U+FFFF, and lone surrogates (XML 1.0 cannot hold any of them).
+NOT_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
 _BOOLEAN = {"yes": "true", "on": "true", "y": "true", "no": "false", "off": "false", "n": "false"}
 
 
@@ -93,7 +97,19 @@ class Fields:
             hint = f": {quote_it(written)}" if written else ""
             self.problem(self.line_of(key), f"{self.name(key)!r} must be a string{hint}")
             return default or ""
-        return str(value).strip()
+        text = str(value).strip()
+        found = NOT_TEXT.search(text)
+        if found is not None:
+            # (YAML's "\v" or "\e", a Word soft break pasted in: no mail reader shows
+            # them, and XML, which the feeds are, cannot hold them at all)
+            where = text.count("\n", 0, found.start()) + 1
+            self.problem(
+                self.line_of(key),
+                f"{self.name(key)!r} holds U+{ord(found.group()):04X}, a character no text"
+                f" may hold (in its line {where})",
+            )
+            return NOT_TEXT.sub("", text)
+        return text
 
     def optional_text(self, key: str) -> str | None:
         return self.text(key) if self.has(key) else None
@@ -101,7 +117,7 @@ class Fields:
     def line_text(self, key: str, *, required: bool = False) -> str:
         """A string that will end up in a header: one line, no control characters."""
         value = self.text(key, required=required)
-        if any(ch in value for ch in "\r\n\x00") or any(ord(c) < 32 and c != "\t" for c in value):
+        if "\r" in value or "\n" in value:
             self.problem(self.line_of(key), f"{self.name(key)!r} must be one line of text")
             return " ".join(value.split())
         return value
