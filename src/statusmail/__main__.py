@@ -51,8 +51,20 @@ def _unraisable(args: sys.UnraisableHookArgs) -> None:
         return
     import os
     import threading
+    import time
 
-    threading.Timer(0.001, os.kill, (os.getpid(), signum)).start()
+    left = threading.Event()
+
+    def again() -> None:
+        # Not before this hook has returned: a signal still inside it is "ignored" again,
+        # with a traceback (a timer started here fired while starting the thread waited
+        # for the interpreter, on a busy machine)
+        left.wait()
+        time.sleep(0.005)
+        os.kill(os.getpid(), signum)
+
+    threading.Thread(target=again, daemon=True).start()
+    left.set()  # the last thing the hook does
 
 
 def _signal_taken() -> int | None:
