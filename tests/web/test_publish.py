@@ -214,6 +214,39 @@ def test_the_releases_kept_are_the_last_written_even_within_one_second(tmp_path:
     assert (out / CURRENT).resolve() == written[-1].resolve()
 
 
+def test_an_entry_for_elsewhere_cannot_give_blocked_links_to_the_mirror_s_readers(
+    tmp_path: Path,
+) -> None:
+    """The mail's check looks at the regions of an entry's audience; every edition
+    publishes every entry. An entry for NL linking the blocked domain in a form RU's
+    rewrite misses (the apex) would reach RU's readers on the mirror and the onion."""
+    project = copy_sample(tmp_path / "project")
+    with project.open("a", encoding="utf-8") as handle:
+        handle.write("publish: {out: site}\n")
+    (project.parent / "updates" / "nl-2020-05-01.yaml").write_text(
+        "id: nl-2020-05-01\ndate: 2020-05-01\nstatus: ready\n"
+        "audience: {regions: [NL], topics: [service-status]}\ncontent:\n"
+        "  en: {subject: Maintenance, summary: Downtime tonight.,"
+        " body: 'Details: <https://startmail.example/help/maintenance>'}\n",
+        encoding="utf-8",
+    )
+    config = load_config(project)
+    said = [str(p) for p in site_problems(config)]
+    entry = project.parent / "updates" / "nl-2020-05-01.yaml"
+    for edition in ("mirror", "onion"):
+        assert (
+            f"{entry}:5: readers in RU of the {edition!r} edition still get a link to"
+            " startmail.example in en/nl-2020-05-01.html" in "\n".join(said)
+        ), said
+    assert len(said) == 2, said  # the feeds and indexes carry the same link: said once
+    with pytest.raises(InputError):
+        publish(config, tmp_path / "out", now=NOW)
+    assert not (tmp_path / "out" / CURRENT).exists()
+    checked = invoke(project, "check")
+    assert checked.exit_code == 1 and "blocked-link" not in checked.stdout  # (text format)
+    assert "readers in RU of the 'mirror' edition" in checked.stdout
+
+
 def test_after_hook_failure_is_reported_and_run_again(tmp_path: Path) -> None:
     project = copy_sample(tmp_path / "project")
     with project.open("a", encoding="utf-8") as handle:

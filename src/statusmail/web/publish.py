@@ -29,7 +29,7 @@ from pathlib import Path
 from statusmail.domain import Entry
 from statusmail.errors import InputError, Problem, RenderError
 from statusmail.project.config import Config
-from statusmail.project.editions import load_editions
+from statusmail.project.editions import Edition, load_editions
 from statusmail.project.entries import load_entries
 from statusmail.project.regions import load_regions
 from statusmail.web.site import SiteBuilder
@@ -188,10 +188,54 @@ def site_files(
     waiting = [e.send_at for e in entries.values() if e.ready and e.send_at and e.send_at > now]
     builder = SiteBuilder(config, regions, shown, times.stamps)
     files: dict[str, bytes] = {}
+    leaks: list[Problem] = []
     for edition in editions.values():
-        for name, data in builder.edition_files(edition).items():
+        made = builder.edition_files(edition)
+        leaks += _leaks(config, edition, made, entries)
+        for name, data in made.items():
             files[f"{edition.name}/{name}"] = data
+    if leaks:
+        raise InputError(leaks)
     return files, tuple(editions), min(waiting, default=None)
+
+
+def _leaks(
+    config: Config, edition: Edition, made: Mapping[str, bytes], entries: Mapping[str, Entry]
+) -> list[Problem]:
+    """Links an edition's pages and feeds give its readers to a domain their region
+    blocks: the mail's check looks at the regions of an entry's audience, but every
+    edition publishes every entry (an entry for NL on the mirror its RU readers read).
+    Named at the entry whose page has it; at the templates only when no entry's does
+    (an entry's link shows in the feeds and indexes too)."""
+    treated = [
+        r for r in {r.code: r for r in (edition.treatment, *edition.readers_regions) if r}.values()
+    ]
+    found: list[Problem] = []
+    explained: set[tuple[str, str]] = set()
+    pages = sorted(made.items(), key=lambda item: Path(item[0]).stem not in entries)
+    for name, data in pages:
+        text = data.decode("utf-8", "replace")
+        entry = entries.get(Path(name).stem)
+        for region in treated:
+            for host in region.blocked_hosts_in(text):
+                said = (
+                    f"readers in {region.code} of the {edition.name!r} edition still get a"
+                    f" link to {host} in {name}"
+                )
+                if entry is not None:
+                    explained.add((region.code, host))
+                    said += (
+                        f": write it as {region.links[0][0]}… so that regions.yaml's links"
+                        " rewrite it"
+                    )
+                    problem = Problem(entry.where, entry.line("content"), said, code="blocked-link")
+                elif (region.code, host) in explained:
+                    continue
+                else:
+                    problem = Problem(config.paths.templates, None, said, code="blocked-link")
+                if problem not in found:
+                    found.append(problem)
+    return found
 
 
 def publish(config: Config, out: Path | None = None, now: dt.datetime | None = None) -> Published:
