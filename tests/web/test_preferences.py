@@ -246,10 +246,11 @@ def test_prefs_export_is_safe_for_spreadsheets(project: Path) -> None:
     assert invoke(project, "send", UPDATE, "--yes", "--rate", "0", env=ENV).exit_code == 0
     keys = Keyring(SECRET.encode())
     with serving(project, SECRET) as port:
-        for address in ("=cmd@example.org", ANNA):
+        for address in ("=cmd@example.org", ANNA, "no.topics@example.org"):
             path = "/status/preferences/" + preferences_token(keys, address)
             page = request(port, "GET", path)[2]
-            form = [("locale", "ru"), ("topic", "product-news"), ("shown", "en|x")]
+            ticked = [] if address.startswith("no.") else [("topic", "product-news")]
+            form = [("locale", "ru"), *ticked, ("shown", "en|x")]
             form.append(("form_token", hidden(page, "form_token")))
             assert post_form(port, path, form)[0] == 200, page
     out = project.parent / "prefs.csv"
@@ -259,6 +260,8 @@ def test_prefs_export_is_safe_for_spreadsheets(project: Path) -> None:
     assert lines[0] == "email,locale,topics,updated_at"
     assert lines[1].startswith("'=cmd@example.org,ru,product-news,")
     assert lines[2].startswith(f"{ANNA},ru,product-news,")
+    # every topic unticked is not "the list's" (an empty cell): that would undo it
+    assert lines[3].startswith("no.topics@example.org,ru,(none),"), lines
 
 
 # -- cross-site posts are refused (issue 19) ---------------------------------------------

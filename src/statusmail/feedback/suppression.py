@@ -89,14 +89,23 @@ def export_csv(ledger: Ledger) -> str:
     return buffer.getvalue()
 
 
+# The topics cell of a reader who unticked every topic: not the empty cell ("the
+# list's"), which would put them back on every topic they left.
+NO_TOPICS = "(none)"
+
+
 def preferences_csv(rows: Iterable[tuple[str, Preference, str]]) -> str:
     """The stored preferences as CSV: ``email,locale,topics,updated_at`` (topics split by
-    ``;`` as in a subscriber file; an empty cell keeps the list's value)."""
+    ``;`` as in a subscriber file; an empty cell keeps the list's value, ``NO_TOPICS``
+    says none)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["email", "locale", "topics", "updated_at"])
     for address, preference, updated in rows:
-        topics = "" if preference.topics is None else ";".join(sorted(preference.topics))
+        if preference.topics is None:
+            topics = ""
+        else:
+            topics = ";".join(sorted(preference.topics)) or NO_TOPICS
         writer.writerow(
             [safe_cell(cell) for cell in (address, preference.locale or "", topics, updated)]
         )
