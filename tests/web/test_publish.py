@@ -78,7 +78,11 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_both_languages_three_editions_small_pages_nothing_loaded(site: Path) -> None:
     for edition in EDITIONS:
         root = (site / edition / "index.html").read_text(encoding="utf-8")
-        assert f'<html lang="{"en" if edition == "www" else "ru"}">' in root  # RU's language
+        lang = "en" if edition == "www" else "ru"
+        assert f'<html lang="{lang}">' in root  # RU's language
+        # a feed reader pointed at the root finds its language's feeds, as on every page
+        assert 'type="application/atom+xml" title=' in root and f'/{lang}/feed.atom"' in root
+        assert f'<a href="{lang}/feed.atom">Atom</a>' in root
         for lang in LANGUAGES:
             folder = site / edition / lang
             names = {p.name for p in folder.iterdir()}

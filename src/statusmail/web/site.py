@@ -195,6 +195,11 @@ class SiteBuilder:
                 "languages": self.languages(edition, present, "index.html", ""),
                 "access": self.access(edition, root),
                 "url": edition.url,
+                # its language's feeds: a feed reader pointed at the site's root finds them
+                "atom_href": f"{root}/{feeds.ATOM_NAME}",
+                "json_href": f"{root}/{feeds.JSON_FEED_NAME}",
+                "atom_url": f"{edition.url}{root}/{feeds.ATOM_NAME}",
+                "json_url": f"{edition.url}{root}/{feeds.JSON_FEED_NAME}",
             },
         )
         return files
