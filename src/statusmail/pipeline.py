@@ -366,7 +366,6 @@ async def finish(
             await team.end(failed=True)
             raise
         await team.end()
-        controls.cancel_pending(ledger, entry_id)  # what a cancelled run handed back
         if not stop.is_set():  # a stopped run ends at once: the next run skips them first
             ledger.skip_suppressed(entry_id)  # unsubscribed while this run went on
     except ConnectError:
@@ -385,6 +384,9 @@ async def finish(
     if stop.is_set() and result.stopped is None:
         result.stopped = "interrupted by a signal"
     try:
+        # What a cancelled run handed back, and what its selection added until it
+        # stopped (so only now): cancelled, not left pending
+        controls.cancel_pending(ledger, entry_id)
         if not stop.is_set():  # else nothing is to be marked, or the next run marks it
             ledger.mark_complete_if_done(entry_id)
         counts = ledger.counts(entry_id)

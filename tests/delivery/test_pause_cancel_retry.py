@@ -209,6 +209,47 @@ def test_a_pause_ends_a_selection_reading_a_long_list_for_few(
     assert statuses(project)["sent"] == outbox_count(project) == 0  # nothing was selected yet
 
 
+def test_a_cancel_while_the_selection_streams_leaves_nobody_pending(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The selection goes on adding batches until it sees the run's stop: those must
+    end cancelled too, not pending in a cancelled entry."""
+    real = intake.listed
+    reading = threading.Event()
+
+    def long_list(*args: Any, **kwargs: Any) -> Iterator[Subscriber | RowProblem]:
+        yield from real(*args, **kwargs)
+        for n in range(200_000):
+            if n == 20_000:
+                reading.set()
+            email = f"reader.{n}@example.org"
+            yield Subscriber(
+                email,
+                email,
+                "",
+                "ru",
+                "RU",
+                frozenset({"service-status"}),
+                "active",
+                project,
+                1000 + n,
+            )
+
+    monkeypatch.setattr(stream, "listed", long_list)
+
+    def cancel() -> None:
+        assert reading.wait(30)
+        controls.cancel(load_config(project), UPDATE, Console(file=io.StringIO()))
+
+    thread = threading.Thread(target=cancel)
+    thread.start()
+    code, report, _ = send(project, UPDATE, "--rate", "200")
+    thread.join()
+    assert code == 4 and "cancelled" in report["stopped"]
+    counts = statuses(project)
+    assert counts["cancelled"] > 0 and not counts["pending"], counts
+
+
 def test_retry_failed_resends_exactly_the_failed_ones_never_a_suppressed_one(
     project: Path,
 ) -> None:
