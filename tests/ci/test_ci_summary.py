@@ -72,6 +72,10 @@ def test_the_summary_shows_every_variant_and_no_address(project: Path, tmp_path:
 
     for address in addresses(project.parent) | {BAD_ADDRESS}:
         assert address not in text.lower(), address
+        assert address not in result.stdout.lower(), address  # the log, --json or not
+    assert dry_run["invalid"] and all("'***'" in line for line in dry_run["invalid"])
+    told = invoke(project, "send", UPDATE, "--dry-run", "--preview-dir", str(tmp_path / "p2"))
+    assert "invalid address '***'" in told.stdout and BAD_ADDRESS not in told.stdout
     # the bad row is still reported, every value of it masked, even the address's domain
     assert "main.csv:" in text and "invalid address '***': An email address cannot" in text
     assert "example..org" not in text

@@ -239,7 +239,7 @@ def dry_run_json(
         "by_region": stats.by_region(),
         "fallbacks": stats.fallback_lines(),
         "variants": report.variants,
-        "invalid": [str(p) for p in stats.invalid],
+        "invalid": [p.masked() for p in stats.invalid],  # (CI logs: no address in them)
         "warnings": [str(p) for p in prepared.warnings],
         "render_failures": report.failures,
         "previews": str(out_dir),
@@ -270,6 +270,7 @@ def print_dry_run(
         f"  skipped: {stats.inactive} inactive, {stats.suppressed} suppressed of the audience; "
         f"{stats.read.invalid} invalid, {stats.read.duplicates} duplicate rows in the lists"
     )
-    for problem in [*stats.invalid, *prepared.warnings]:
-        console.print(f"  {problem}", markup=False)
+    # Masked as in send's log and the summary: a dry run's output is CI's log
+    for line in [*(p.masked() for p in stats.invalid), *map(str, prepared.warnings)]:
+        console.print(f"  {line}", markup=False)
     console.print(f"  previews: {files} files in {out_dir}/ (open index.html)")
