@@ -17,9 +17,12 @@ from urllib.parse import unquote
 
 import yaml
 from bs4 import BeautifulSoup, Tag
+from hypothesis import given
+from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 
 from conftest import invoke
+from statusmail.ci.summary import for_the_step
 
 UPDATE = "update-2020-04-21"
 BAD_ADDRESS = "broken.reader@example..org"  # invalid, so its row is a problem that names it
@@ -131,3 +134,18 @@ def test_an_entry_that_cannot_be_previewed_is_in_the_summary(project: Path, tmp_
     assert page.find("h2", string=f"{UPDATE}: not previewed") is not None
     (problem,) = items_after(page, "Problems:")
     assert problem.startswith(f"updates/{UPDATE}.yaml:") and "names no entry" in problem
+
+
+@given(st.lists(st.text(max_size=300), max_size=60), st.integers(min_value=400, max_value=4000))
+def test_the_step_summary_fits_what_github_shows(lines: list[str], limit: int) -> None:
+    """GitHub shows nothing of a step summary over 1 MiB (every entry's messages changed,
+    say): what goes there is cut at a line and says where the whole is."""
+    text = "\n".join(lines)
+    shown = for_the_step(text, "SUMMARY.md", limit)
+    assert len(shown.encode("utf-8", "replace")) <= limit
+    if len(text.encode("utf-8", "replace")) + 1 <= limit:
+        assert shown == text + "\n"
+    else:
+        kept, _, said = shown.rpartition("\n\n**Cut here**")
+        assert "the whole of it is SUMMARY.md in the artifact" in said
+        assert text.startswith(kept) and (kept == "" or text[len(kept)] == "\n")

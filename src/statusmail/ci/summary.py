@@ -181,17 +181,37 @@ def markdown(
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
+# GitHub takes at most 1 MiB of a step's summary, and shows nothing of one larger.
+STEP_SUMMARY_LIMIT = 1024 * 1024
+
+
+def for_the_step(text: str, name: str, limit: int = STEP_SUMMARY_LIMIT) -> str:
+    """``text`` as the run's page can show it: whole, or cut at a line to fit in
+    ``limit`` octets with a last line saying where the rest is (``name``)."""
+    data = text.encode("utf-8", "replace")
+    if len(data) + 1 <= limit:
+        return text + "\n"
+    said = (
+        f"\n\n**Cut here**: GitHub shows at most 1 MiB of a step's summary; the whole"
+        f" of it is {name} in the artifact.\n"
+    )
+    room = limit - len(said.encode())
+    end = data.rfind(b"\n", 0, room + 1)
+    return data[: max(end, 0)].decode("utf-8") + said
+
+
 def write(text: str, path: Path, environ: Mapping[str, str]) -> None:
-    """Write the summary to ``path``, and append it to ``$GITHUB_STEP_SUMMARY`` if set;
-    a path that cannot be written is a ``StatusmailError`` naming it."""
+    """Write the summary to ``path``, and append it to ``$GITHUB_STEP_SUMMARY`` if set
+    (cut to what GitHub shows); a path that cannot be written is a ``StatusmailError``
+    naming it."""
     step_summary = environ.get("GITHUB_STEP_SUMMARY")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # (a file name git gave undecoded is carried as surrogates: shown as U+FFFD)
+        # (a file name git gave undecoded is carried as surrogates: written as ?)
         path.write_text(text, encoding="utf-8", errors="replace")
         if step_summary:
             with open(step_summary, "a", encoding="utf-8", errors="replace") as handle:
-                handle.write(text + "\n")
+                handle.write(for_the_step(text, path.name))
     except OSError as exc:
         where = exc.filename or path
         raise StatusmailError(f"{where}: cannot write the summary: {exc.strerror or exc}") from exc
