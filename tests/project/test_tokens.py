@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -102,6 +103,25 @@ def test_tokens_of_the_old_scheme_are_read_during_the_compatibility_period() -> 
     # a retired secret's old-scheme tokens too
     old_legacy = legacy_unsubscribe_token(OLD, ADDRESS)
     assert verify_unsubscribe_token(Keyring(NEW, previous=(OLD,)), old_legacy) == ADDRESS
+
+
+@pytest.mark.parametrize("zone", ["Etc/GMT-14", "Etc/GMT+12"])  # UTC+14, UTC-12
+def test_the_old_scheme_ends_on_the_same_utc_day_on_every_host(
+    zone: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hosts in different time zones must agree on the last day: at any moment one of
+    these zones is on another date than UTC."""
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        legacy = legacy_unsubscribe_token(NEW, ADDRESS)
+        today = dt.datetime.now(dt.UTC).date()
+        assert verify_unsubscribe_token(Keyring(NEW, legacy_until=today), legacy) == ADDRESS
+        yesterday = Keyring(NEW, legacy_until=today - dt.timedelta(days=1))
+        assert verify_unsubscribe_token(yesterday, legacy) is None
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 @given(st.text(max_size=200))

@@ -150,7 +150,7 @@ def verify_unsubscribe_token(
     """The address the token was made for, or None if no secret of ``keys`` made it."""
     plain = keys.open(Purpose.UNSUBSCRIBE, token)
     if plain is None and (
-        keys.legacy_until is None or (today or dt.date.today()) <= keys.legacy_until
+        keys.legacy_until is None or (today or dt.datetime.now(dt.UTC).date()) <= keys.legacy_until
     ):
         for secret in (keys.secret, *keys.previous):
             address = legacy_verify_unsubscribe_token(secret, token)
