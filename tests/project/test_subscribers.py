@@ -637,6 +637,8 @@ def test_resolve_locale_region_default_is_normalized() -> None:
         ("ru_RU", "ru"),
         ("RU", "ru"),
         ("en_GB", "en"),
+        ("ru.UTF-8", "ru"),  # POSIX, as $LANG writes it
+        ("ru_RU.UTF-8", "ru"),
         ("de", None),
         ("", None),
         (None, None),

@@ -251,6 +251,21 @@ def test_an_entry_for_elsewhere_cannot_give_blocked_links_to_the_mirror_s_reader
     assert "readers in RU of the 'mirror' edition" in checked.stdout
 
 
+def test_a_region_s_language_written_as_a_locale_still_gives_its_editions_it(
+    tmp_path: Path,
+) -> None:
+    """default_locale_by_region: {RU: ru-RU} means Russian for mail: the mirror's and the onion's
+    root pages too (they compared "ru-RU" with "ru" and fell back to English)."""
+    project = copy_sample(tmp_path / "project")
+    text = project.read_text(encoding="utf-8")
+    assert "{RU: ru," in text
+    project.write_text(text.replace("{RU: ru,", "{RU: ru-RU,"), encoding="utf-8")
+    published = publish(load_config(project), tmp_path / "out", now=NOW)
+    for edition in ("mirror", "onion"):
+        root = (published.site / edition / "index.html").read_text(encoding="utf-8")
+        assert '<html lang="ru">' in root, edition
+
+
 def test_after_hook_failure_is_reported_and_run_again(tmp_path: Path) -> None:
     project = copy_sample(tmp_path / "project")
     with project.open("a", encoding="utf-8") as handle:

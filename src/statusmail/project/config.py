@@ -254,7 +254,8 @@ def parse_default_locales(f: Fields) -> dict[str, str]:
                 + ", ".join(sorted(SUPPORTED_LOCALES)),
             )
             continue
-        found[upper] = locale
+        # as mail, the site and the pages all compare it: "ru-RU" is "ru"
+        found[upper] = normalize_locale(locale) or locale
     return found
 
 

@@ -9,10 +9,11 @@ FALLBACK_LOCALE = "en"
 
 
 def normalize_locale(raw: str | None) -> str | None:
-    """``ru``, ``ru-RU``, ``ru_RU`` and ``RU`` all mean ``ru``; unknown ones give None."""
+    """``ru``, ``ru-RU``, ``ru_RU``, ``ru.UTF-8`` (POSIX) and ``RU`` all mean ``ru``;
+    unknown ones give None."""
     if not raw:
         return None
-    language = raw.strip().replace("-", "_").split("_", 1)[0].lower()
+    language = raw.strip().replace("-", "_").split(".", 1)[0].split("_", 1)[0].lower()
     return language if language in SUPPORTED_LOCALES else None
 
 
