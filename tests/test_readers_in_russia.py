@@ -85,6 +85,24 @@ def test_readers_in_russia_get_no_link_to_the_blocked_domain(
     assert regions == {"RU": 9, "BY": 2, "KZ": 3}
 
 
+def test_a_longer_mirror_keeps_the_plain_text_within_78_columns(project: Path) -> None:
+    """The text is wrapped after the region's links are rewritten: a mirror longer than
+    the blocked host made wrapped lines longer than 78 (a phone's reader wraps them
+    again, raggedly). A line over 78 is one link that cannot be broken (after its list
+    marker or indentation), nothing beside it."""
+    longer = "https://status-mirror.startmail-russia.test/"
+    replace_in(
+        project.parent / "regions.yaml", f'"{BLOCKED}": "{MIRROR}"', f'"{BLOCKED}": "{longer}"'
+    )
+    texts = [part_text(m, "plain") for m in sent_messages(project).values()]
+    assert any(longer in text for text in texts)
+    for text in texts:
+        lines = text.split("\n-- \n", 1)[0].splitlines()  # (the footer keeps links whole)
+        for line in lines:
+            if len(line) > 78:
+                assert " " not in re.sub(r"^\s*(?:[-*>]|\d+\.)?\s*", "", line), line
+
+
 def test_serve_unsubscribes_through_the_mirror_host(project: Path) -> None:
     env = {"STATUSMAIL_UNSUBSCRIBE_SECRET": SECRET}
     result = invoke(project, "send", UPDATE, "--yes", "--rate", "0", env=env)

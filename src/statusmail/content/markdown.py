@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
@@ -113,9 +113,16 @@ def to_html(source: str, locale: str | None = None) -> Markup:
     return Markup(_md.renderer.render(tokens, _md.options, {}).strip())
 
 
-def to_text(source: str, locale: str | None = None, width: int = WIDTH) -> str:
+def to_text(
+    source: str,
+    locale: str | None = None,
+    width: int = WIDTH,
+    rewrite: Callable[[str], str] | None = None,
+) -> str:
     """A plain-text rendering that says what the HTML says: links spelled out, lists kept.
-    It wraps at ``width`` only at ordinary spaces, never at a no-break space."""
+    It wraps at ``width`` only at ordinary spaces, never at a no-break space; ``rewrite``
+    (a region's links) goes over each paragraph before it is wrapped, so that a longer
+    link does not make a line longer than ``width``."""
     blocks: list[str] = []
     prefix_stack: list[str] = []
     counters: list[int | None] = []  # each open list's next number; None: bullets
@@ -140,6 +147,7 @@ def to_text(source: str, locale: str | None = None, width: int = WIDTH) -> str:
             prefix_stack.pop()
         elif token.type == "inline":
             text = _inline_text(token.children or [])
+            text = rewrite(text) if rewrite is not None else text
             quote = "".join(prefix_stack)
             first = quote + pending_prefix
             rest = quote + " " * len(pending_prefix)
@@ -157,7 +165,8 @@ def to_text(source: str, locale: str | None = None, width: int = WIDTH) -> str:
             ]
             blocks.append("\n".join(lines))
         elif token.type in ("code_block", "fence"):
-            blocks.append(textwrap.indent(token.content.rstrip("\n"), "    "))
+            code = token.content.rstrip("\n")
+            blocks.append(textwrap.indent(rewrite(code) if rewrite else code, "    "))
         elif token.type == "hr":
             blocks.append("-" * 20)
     # Items of one list stay together; other blocks are separated by a blank line.

@@ -233,10 +233,13 @@ class Renderer:
         cache = self._markdown_cache
         key = (source, locale, region.code if region and region.links else None)
         if key not in cache:
-            html, text = markdown.to_html(source, locale), markdown.to_text(source, locale)
-            if region is not None and region.links:
+            rewrite = region.rewrite_text if region is not None and region.links else None
+            html = markdown.to_html(source, locale)
+            # (the text's links rewritten before it is wrapped: see to_text)
+            text = markdown.to_text(source, locale, rewrite=rewrite)
+            if rewrite is not None:
                 # Prefixes are validated URLs (no quotes or brackets): safe in HTML.
-                html, text = Markup(region.rewrite_text(html)), region.rewrite_text(text)
+                html = Markup(rewrite(html))
             cache[key] = (html, text)
         return cache[key]
 
