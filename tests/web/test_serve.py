@@ -20,6 +20,7 @@ from click.testing import Result
 
 from conftest import (
     CHROMIUM_FLAGS,
+    REPO,
     SECRET,
     SECRET_ENV,
     Reply,
@@ -39,8 +40,10 @@ from statusmail.domain import SuppressionReason
 from statusmail.errors import LedgerError
 from statusmail.ledger import Ledger, describe
 from statusmail.ledger.pool import POOL_SIZE, WAIT, WAIT_WHILE_DOWN
+from statusmail.project.config import load_config
 from statusmail.project.secrets import DEV_UNSUBSCRIBE_SECRET
 from statusmail.project.tokens import Keyring, unsubscribe_token
+from statusmail.web.pages import Choice, PreferencesPage, render_pages
 from statusmail.web.serve import LedgerAccess
 
 ONE_CLICK = b"List-Unsubscribe=One-Click"
@@ -556,3 +559,15 @@ def test_a_pooled_write_that_must_not_repeat_fails_once_and_the_next_one_works(
         assert ledgers.problem() is None
     rows = query(postgres, "SELECT address FROM suppressions ORDER BY address")
     assert rows == [("first@example.org",), ("second@example.org",)]
+
+
+def test_serve_s_russian_pages_are_set_as_russian_is_set() -> None:
+    """No-break spaces after short words, as in mail and on the site: the pages serve
+    answers installed the bare catalog, and a phone left «в» or «о» at a line's end."""
+    pages = render_pages(REPO / "templates", "StartMail")
+    assert "Вы\u00a0отписались" in pages["ru", "done"], pages["ru", "done"]
+    assert "о\u00a0работе" in pages["ru", "done"]
+    config = load_config(REPO / "statusmail.yaml")
+    page = PreferencesPage(REPO / "templates", "StartMail", config.topics, config.topic_names)
+    html = page.render("ru", Choice("ru", frozenset()))
+    assert "и\u00a0доступ к\u00a0нему" in html, html  # a topic's name too

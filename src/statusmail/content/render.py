@@ -122,6 +122,27 @@ def local_date(date: dt.date, locale: str) -> str:
     return typeset(format_date(date, format="long", locale=locale).replace("\u202f", " "), locale)
 
 
+def typeset_environment(
+    templates_dir: Path, locale: str, *, autoescape: bool
+) -> jinja2.Environment:
+    """The templates' environment for ``locale``, its catalog installed: fixed strings get
+    the language's typography too (no-break spaces), in mail, on the site and on the
+    pages ``serve`` answers."""
+    env = template_environment(templates_dir, autoescape=autoescape)
+    catalog = load_translations(templates_dir, locale)
+
+    def gettext(message: str) -> str:
+        return typeset(catalog.gettext(message), locale)
+
+    def ngettext(singular: str, plural: str, n: int) -> str:
+        # The count is filled in after this: bind it to its word now, as a number.
+        text = typeset(catalog.ngettext(singular, plural, n), locale)
+        return _COUNT_BEFORE_WORD.sub("\\1\u00a0", text) if locale == "ru" else text
+
+    env.install_gettext_callables(gettext, ngettext, newstyle=True)  # type: ignore[attr-defined]
+    return env
+
+
 class Renderer:
     """Compiles the templates once per locale and caches each variant's rendering."""
 
@@ -151,22 +172,7 @@ class Renderer:
     def _env(self, locale: str, html: bool) -> jinja2.Environment:
         key = (locale, html)
         if key not in self._envs:
-            env = template_environment(self.templates_dir, autoescape=html)
-            # Fixed strings get the language's typography too (no-break spaces).
-            catalog = load_translations(self.templates_dir, locale)
-
-            def gettext(message: str) -> str:
-                return typeset(catalog.gettext(message), locale)
-
-            def ngettext(singular: str, plural: str, n: int) -> str:
-                # The count is filled in after this: bind it to its word now, as a number.
-                text = typeset(catalog.ngettext(singular, plural, n), locale)
-                return _COUNT_BEFORE_WORD.sub("\\1\u00a0", text) if locale == "ru" else text
-
-            env.install_gettext_callables(  # type: ignore[attr-defined]
-                gettext, ngettext, newstyle=True
-            )
-            self._envs[key] = env
+            self._envs[key] = typeset_environment(self.templates_dir, locale, autoescape=html)
         return self._envs[key]
 
     def treatment(self, entry: Entry, region: str | None) -> tuple[str | None, bool]:

@@ -19,12 +19,9 @@ from urllib.parse import parse_qs
 import jinja2
 from babel import Locale
 
-from statusmail.content.catalog import (
-    catalog_path,
-    load_translations,
-    render_error,
-    template_environment,
-)
+from statusmail.content.catalog import catalog_path, render_error
+from statusmail.content.render import typeset_environment
+from statusmail.content.typography import typeset
 from statusmail.domain import Preference
 from statusmail.errors import InputError, Problem, RenderError
 from statusmail.project.config import Config
@@ -72,10 +69,7 @@ def render_pages(templates_dir: Path, site: str) -> dict[tuple[str, str], str]:
     """
     pages: dict[tuple[str, str], str] = {}
     for lang in SUPPORTED_LOCALES:
-        env = template_environment(templates_dir, autoescape=True)
-        env.install_gettext_translations(  # type: ignore[attr-defined]
-            load_translations(templates_dir, lang), newstyle=True
-        )
+        env = typeset_environment(templates_dir, lang, autoescape=True)
         catalog = None if lang == FALLBACK_LOCALE else catalog_path(templates_dir, lang)
         for page, name in [("confirm", CONFIRM_PAGE)] + [(n, NOTICE_PAGE) for n in NOTICES]:
             try:
@@ -180,15 +174,11 @@ class PreferencesPage:
         self.topic_names = topic_names
         self._envs: dict[str, jinja2.Environment] = {}
         for lang in SUPPORTED_LOCALES:
-            env = template_environment(templates_dir, autoescape=True)
-            env.install_gettext_translations(  # type: ignore[attr-defined]
-                load_translations(templates_dir, lang), newstyle=True
-            )
-            self._envs[lang] = env
+            self._envs[lang] = typeset_environment(templates_dir, lang, autoescape=True)
 
     def topic_name(self, topic: str, lang: str) -> str:
         names = self.topic_names.get(topic, {})
-        return names.get(lang) or names.get(FALLBACK_LOCALE) or topic
+        return typeset(names.get(lang) or names.get(FALLBACK_LOCALE) or topic, lang)
 
     def render(
         self, lang: str, choice: Choice, *, saved: bool = False, form_token: str = ""
