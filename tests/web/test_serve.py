@@ -36,6 +36,7 @@ from delivery_helpers import point_at, send, suppressed
 from editing import line_of, replace_in
 from postgres_helpers import query
 from smtp_server import RecordingServer
+from statusmail.content.typography import typeset
 from statusmail.domain import SuppressionReason
 from statusmail.errors import LedgerError
 from statusmail.ledger import Ledger, describe
@@ -48,8 +49,9 @@ from statusmail.web.serve import LedgerAccess
 
 ONE_CLICK = b"List-Unsubscribe=One-Click"
 FORM = "application/x-www-form-urlencoded"
-RU_CONFIRM = "Отписаться от уведомлений о работе сервиса?"
-RU_DONE = "Вы отписались. Уведомления о работе сервиса больше не придут."
+# As a Russian page sets them: no-break spaces after short words
+RU_CONFIRM = typeset("Отписаться от уведомлений о работе сервиса?", "ru")
+RU_DONE = typeset("Вы отписались. Уведомления о работе сервиса больше не придут.", "ru")
 EN_CONFIRM = "Unsubscribe from status updates?"
 EN_DONE = "You are unsubscribed. You will get no more status updates."
 CSP = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'"
@@ -212,8 +214,10 @@ def test_a_browser_shows_the_confirmation_in_the_subscribers_language(
     )
     assert done.returncode == 0, done.stderr
     dom = done.stdout
-    assert "<title>StartMail: Уведомления о работе сервиса</title>" in dom
-    assert re.search(rf"<h1[^>]*>{re.escape(RU_CONFIRM)}</h1>", dom)
+    title = typeset("Уведомления о работе сервиса", "ru").replace("\u00a0", "&nbsp;")
+    assert f"<title>StartMail: {title}</title>" in dom  # (the DOM writes U+00A0 so)
+    heading = re.escape(RU_CONFIRM.replace("\u00a0", "&nbsp;"))
+    assert re.search(rf"<h1[^>]*>{heading}</h1>", dom)
     assert re.search(r'<button type="submit"[^>]*>Отписаться</button>', dom)
     assert '<input type="hidden" name="List-Unsubscribe" value="One-Click">' in dom
     assert "ivan.smirnov@example.com" not in suppressed(site.config)
@@ -388,7 +392,8 @@ def test_pages_come_from_the_page_templates_and_the_catalog(project: Path) -> No
     with serving(project, SECRET) as port:
         stranger = path_for("stranger@example.org")
         done = post_one_click(port, stranger, **{"Accept-Language": "ru"})
-        assert done.status == 200 and "<p>Готово: вы отписались.</p>" in done.body
+        said = typeset("Готово: вы отписались.", "ru")
+        assert done.status == 200 and f"<p>{said}</p>" in done.body
         confirm = fetch(port, "GET", stranger)
         assert "<form method='post' id='x'>" in confirm.body
         # autoescape is on: the site name is text, never markup
