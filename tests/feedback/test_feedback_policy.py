@@ -20,7 +20,7 @@ from statusmail.errors import ConfigError
 from statusmail.feedback.loop import Feedback
 from statusmail.ledger import Ledger, StagedRow
 from statusmail.ledger import preferences as ledger_module
-from statusmail.ledger.schema import MIGRATIONS, statements
+from statusmail.ledger.schema import FEEDBACK_READS, MIGRATIONS, statements
 from statusmail.project.config import load_config
 from statusmail.project.selection import select
 from statusmail.project.tokens import (
@@ -346,3 +346,26 @@ def test_a_dry_run_never_migrates_an_old_ledger(project: Path) -> None:
     assert "run it once without --dry-run" in result.stderr
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT MAX(version) FROM schema_version").fetchone() == (2,)
+
+
+def test_a_dry_run_reads_a_ledger_without_the_migrations_feedback_never_reads(
+    project: Path,
+) -> None:
+    """A ledger of every migration a feedback pass reads (FEEDBACK_READS), and not the
+    later ones (webhook tokens, serve's): the dry run reads it as it is, unmigrated;
+    requiring the newest schema refused every deployment's ledger after an upgrade."""
+    path = project.parent / "statusmail.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at TEXT)")
+    for number, migration in enumerate(MIGRATIONS[:FEEDBACK_READS], 1):
+        for statement in statements(migration, "sqlite"):
+            db.execute(statement)
+        db.execute("INSERT INTO schema_version VALUES (?, 'then')", (number,))
+    db.commit()
+    db.close()
+    assert len(MIGRATIONS) > FEEDBACK_READS
+    deliver(project.parent / "bounces", (CORPUS / "unrelated-question.eml").read_bytes())
+    result = invoke(project, "feedback", "--dry-run")
+    assert result.exit_code == 0, result.stderr
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT MAX(version) FROM schema_version").fetchone() == (FEEDBACK_READS,)

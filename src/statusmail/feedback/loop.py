@@ -60,7 +60,7 @@ from statusmail.feedback.classified import ReturnPath
 from statusmail.feedback.policy import Applying
 from statusmail.feedback.proof import Assessing
 from statusmail.feedback.reports import PassReport, ProviderReport, Replayed, WebhookToken
-from statusmail.ledger import SCHEMA_VERSION, FeedbackEvent, Ledger, run_lock
+from statusmail.ledger import FEEDBACK_READS, FeedbackEvent, Ledger, run_lock
 from statusmail.ledger import exists as ledger_exists
 from statusmail.project.config import Config
 from statusmail.project.secrets import imap_password_problem
@@ -231,7 +231,7 @@ def _ledger(config: Config, dry_run: bool) -> Iterator[Ledger]:
             yield empty
         return
     with Ledger(path, readonly=True) as ledger:
-        if ledger.schema_version() < SCHEMA_VERSION:
+        if ledger.schema_version() < FEEDBACK_READS:
             raise ledger.error(
                 "the ledger predates what statusmail feedback records; run it once without "
                 "--dry-run (or any command that writes) to upgrade the ledger"

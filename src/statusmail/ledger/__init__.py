@@ -24,13 +24,14 @@ from statusmail.ledger.locks import run_lock
 from statusmail.ledger.outcomes import FEEDBACK_OUTCOMES, OUTCOMES
 from statusmail.ledger.pool import LedgerPool
 from statusmail.ledger.queue import DeliveryQueue, LocalQueue, ServerQueue
-from statusmail.ledger.schema import SCHEMA_VERSION
+from statusmail.ledger.schema import FEEDBACK_READS, SCHEMA_VERSION
 from statusmail.ledger.staging import Plan, StagedRow
 from statusmail.ledger.store import Ledger, exists, read_preferences, read_suppressions
 from statusmail.project.config import is_url
 
 __all__ = [
     "FEEDBACK_OUTCOMES",
+    "FEEDBACK_READS",
     "OUTCOMES",
     "SCHEMA_VERSION",
     "DeliveryQueue",
