@@ -203,11 +203,17 @@ def test_ledger_copy_keeps_every_row(project: Path, postgres: str) -> None:
     env = {**ENV}
     assert invoke(project, "send", ENTRY, "--yes", "--rate", "0", env=env).exit_code == 0
     invoke(project, "suppress", "add", "someone@example.org", env=env)
+    fresh = time.time() + 300
+    with Ledger(project.parent / "statusmail.db") as source:  # a Mailgun token taken
+        assert source.take_webhook_token("mailgun", "1700000000abc", fresh, time.time())
     copied = invoke(project, "ledger", "copy", "--to", postgres, env=env)
     assert copied.exit_code == 0, copied.stderr
     assert "every count equal" in copied.stdout
     lines = dict(line.split("\t", 1) for line in copied.stdout.splitlines() if "\t" in line)
     assert lines["deliveries"] == "14\t14" and lines["suppressions"] == "1\t1"
+    assert lines["webhook_tokens"] == "1\t1"
+    with Ledger(postgres) as copy:  # a replay after the move is still one
+        assert not copy.take_webhook_token("mailgun", "1700000000abc", fresh, time.time())
     with (
         Ledger(project.parent / "statusmail.db", readonly=True) as source,
         Ledger(postgres) as copy,
@@ -236,6 +242,11 @@ def test_copy_needs_an_empty_target(tmp_path: Path) -> None:
         queued(b, 1)
         with pytest.raises(LedgerError, match="has rows"):
             copy_ledger(a, b)
+    Ledger(tmp_path / "c.db").close()
+    # a driver's error on either side is a LedgerError naming both, not a traceback
+    refused = pytest.raises(LedgerError, match=r"c\.db: cannot copy .*b\.db here: .*readonly")
+    with Ledger(tmp_path / "b.db") as b, Ledger(tmp_path / "c.db", readonly=True) as c, refused:
+        copy_ledger(b, c)
 
 
 def test_a_transaction_that_loses_a_deadlock_runs_again(postgres: str) -> None:

@@ -3,7 +3,7 @@ PostgreSQL, say)."""
 
 from __future__ import annotations
 
-from statusmail.ledger.database import PostgresDatabase
+from statusmail.ledger.database import PostgresDatabase, driver_errors, one_line
 from statusmail.ledger.store import Ledger
 
 # What ``ledger copy`` moves, in this order, with the columns both engines share.
@@ -24,6 +24,8 @@ COPIED = {
     "bounce_scores": "address, day, source",
     "preferences": "address, locale, topics, updated_at",
     "entry_controls": "entry_id, state, since",  # an entry paused or cancelled
+    # a webhook token already taken: a replay after the move is still one
+    "webhook_tokens": "provider, token, fresh_until",
 }
 COPY_BATCH = 5_000
 
@@ -31,7 +33,15 @@ COPY_BATCH = 5_000
 def copy_ledger(source: Ledger, target: Ledger) -> dict[str, tuple[int, int]]:
     """Copy every row of ``source`` into the empty ``target`` (a SQLite ledger into
     PostgreSQL, say), keeping each delivery's order number (return paths name rows by
-    it); returns, per table, (rows in the source, rows in the target afterwards)."""
+    it); returns, per table, (rows in the source, rows in the target afterwards). A
+    driver's error (either side's) is a ``LedgerError`` naming both; nothing is copied."""
+    try:
+        return _copy(source, target)
+    except driver_errors() as exc:
+        raise target.error(f"cannot copy {source.where} here: {one_line(exc)}") from exc
+
+
+def _copy(source: Ledger, target: Ledger) -> dict[str, tuple[int, int]]:
     for table in COPIED:
         if int(target._one(f"SELECT COUNT(*) FROM {table}") or 0):
             raise target.error(f"cannot copy into a ledger that has rows ({table})")
