@@ -332,3 +332,14 @@ def test_the_shared_rate_limit_s_failure_is_a_ledger_error_naming_the_ledger(
         queue = LocalQueue(ledger, "e", lease=5, thread=None, shared=True)
         with pytest.raises(LedgerError, match=r"statusmail\.db.*cannot take slots of the rate"):
             asyncio.run(queue.take_slots(0.1, 4))
+
+
+def test_a_server_s_error_is_said_in_one_line(postgres: str) -> None:
+    """libpq's messages run over several lines (LINE 1: the statement, a caret): a
+    LedgerError is one line, as every error statusmail prints."""
+    with Ledger(postgres) as ledger:
+        ledger.database.execute("DROP TABLE suppressions", {})
+        with pytest.raises(LedgerError) as raised:
+            ledger.suppressed()
+    said = str(raised.value)
+    assert "\n" not in said and 'relation "suppressions" does not exist' in said, said

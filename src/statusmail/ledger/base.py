@@ -21,6 +21,7 @@ from statusmail.ledger.database import (
     backoff,
     driver_errors,
     first,
+    one_line,
     transient,
 )
 
@@ -51,7 +52,7 @@ def guarded(
                     if attempt < RETRIES and transient(exc) and not self.in_transaction():
                         time.sleep(backoff(attempt))
                         continue
-                    raise self.error(f"cannot {action}: {exc}") from exc
+                    raise self.error(f"cannot {action}: {one_line(exc)}") from exc
             raise AssertionError("unreachable")
 
         return functools.update_wrapper(wrapper, method)  # type: ignore[return-value]

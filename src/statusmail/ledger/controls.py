@@ -19,7 +19,7 @@ from typing import Any
 
 from statusmail.errors import LedgerError
 from statusmail.ledger import Ledger, now_iso
-from statusmail.ledger.database import driver_errors
+from statusmail.ledger.database import driver_errors, one_line
 
 PAUSED = "paused"
 CANCELLED = "cancelled"
@@ -43,7 +43,7 @@ def _q(ledger: Ledger, action: str, sql: str, **params: Any) -> list[tuple[Any, 
     try:
         return ledger.database.execute(sql, params)
     except driver_errors() as exc:
-        raise LedgerError(f"{ledger.where}: cannot {action}: {exc}") from exc
+        raise LedgerError(f"{ledger.where}: cannot {action}: {one_line(exc)}") from exc
 
 
 def control(ledger: Ledger, entry_id: str) -> Control | None:
@@ -56,7 +56,9 @@ def control(ledger: Ledger, entry_id: str) -> Control | None:
     except driver_errors() as exc:
         if not ledger.database.table_exists("entry_controls"):
             return None
-        raise LedgerError(f"{ledger.where}: cannot read whether it is paused: {exc}") from exc
+        raise LedgerError(
+            f"{ledger.where}: cannot read whether it is paused: {one_line(exc)}"
+        ) from exc
     return Control(str(rows[0][0]), str(rows[0][1])) if rows else None
 
 
@@ -210,4 +212,6 @@ def _requeue(ledger: Ledger, entry_id: str, addresses: Iterable[str]) -> None:
             ({"e": entry_id, "a": address, "now": stamp} for address in addresses),
         )
     except driver_errors() as exc:
-        raise LedgerError(f"{ledger.where}: cannot re-queue the failed recipients: {exc}") from exc
+        raise LedgerError(
+            f"{ledger.where}: cannot re-queue the failed recipients: {one_line(exc)}"
+        ) from exc

@@ -8,7 +8,7 @@ from typing import Any
 
 from statusmail.errors import LedgerError
 from statusmail.ledger import queries
-from statusmail.ledger.database import driver_errors
+from statusmail.ledger.database import driver_errors, one_line
 from statusmail.ledger.store import Ledger
 
 
@@ -39,7 +39,7 @@ def _q(ledger: Ledger, sql: str, **params: Any) -> list[tuple[Any, ...]]:
     try:
         return ledger.database.execute(sql, params)
     except driver_errors() as exc:
-        raise LedgerError(f"{ledger.where}: cannot read what was sent: {exc}") from exc
+        raise LedgerError(f"{ledger.where}: cannot read what was sent: {one_line(exc)}") from exc
 
 
 def sent_record(ledger: Ledger, entry_id: str) -> Sent:

@@ -200,7 +200,7 @@ class SqliteDatabase:
                 self.db.execute("PRAGMA temp_store=FILE")
             self._identity = self._stat()
         except sqlite3.Error as exc:
-            raise LedgerError(f"{path}: cannot open the ledger: {exc}") from exc
+            raise LedgerError(f"{path}: cannot open the ledger: {one_line(exc)}") from exc
         except OSError as exc:
             raise LedgerError(f"{path}: cannot open the ledger: {exc.strerror or exc}") from exc
 

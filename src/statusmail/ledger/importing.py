@@ -25,7 +25,7 @@ from typing import Any
 
 from statusmail.errors import LedgerError, Problem
 from statusmail.ledger.base import now_iso
-from statusmail.ledger.database import PostgresDatabase, driver_errors
+from statusmail.ledger.database import PostgresDatabase, driver_errors, one_line
 from statusmail.ledger.locks import lock_key
 from statusmail.ledger.store import Ledger
 from statusmail.ledger.subscribers import (
@@ -310,7 +310,7 @@ def _write(ledger: Ledger, rows: list[dict[str, Any]], bad: list[dict[str, Any]]
                     bad,
                 )
     except driver_errors() as exc:
-        raise ledger.error(f"cannot import the subscribers: {exc}") from exc
+        raise ledger.error(f"cannot import the subscribers: {one_line(exc)}") from exc
 
 
 def _clean(ledger: Ledger) -> None:

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 from statusmail.domain import Preference
 from statusmail.ledger.base import LedgerBase, guarded, now_iso
-from statusmail.ledger.database import connect, driver_errors
+from statusmail.ledger.database import connect, driver_errors, one_line
 
 # The preferences are read into memory for a selection up to this many; past it, each
 # subscriber's is looked up in the ledger (an indexed read), so memory stays flat.
@@ -73,7 +73,7 @@ class Preferences(LedgerBase):
                 return
             reader = connect(self.target, readonly=True)
         except driver_errors() as exc:
-            raise self.error(f"cannot read the preferences: {exc}") from exc
+            raise self.error(f"cannot read the preferences: {one_line(exc)}") from exc
 
         def lookup(address: str) -> Preference | None:
             try:
@@ -81,7 +81,7 @@ class Preferences(LedgerBase):
                     "SELECT locale, topics FROM preferences WHERE address = :a", {"a": address}
                 )
             except driver_errors() as exc:
-                raise self.error(f"cannot read the preferences: {exc}") from exc
+                raise self.error(f"cannot read the preferences: {one_line(exc)}") from exc
             return _preference(rows[0][0], rows[0][1]) if rows else None
 
         try:

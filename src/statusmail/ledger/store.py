@@ -32,6 +32,7 @@ from statusmail.ledger.database import (
     connect,
     describe,
     driver_errors,
+    one_line,
 )
 from statusmail.ledger.events import FeedbackEvents
 from statusmail.ledger.outcomes import Outcomes
@@ -58,7 +59,7 @@ class Ledger(Selecting, Outcomes, Suppressions, FeedbackEvents, Preferences):
             self._migrate(check_only=readonly)
         except driver_errors() as exc:
             self.database.close()
-            raise self.error(f"cannot open the ledger: {exc}") from exc
+            raise self.error(f"cannot open the ledger: {one_line(exc)}") from exc
         except LedgerError:
             self.database.close()
             raise

@@ -19,7 +19,7 @@ from typing import Any
 
 from statusmail.domain import Preference
 from statusmail.errors import InputError, Problem
-from statusmail.ledger.database import driver_errors
+from statusmail.ledger.database import driver_errors, one_line
 from statusmail.ledger.staging import STAGING
 from statusmail.ledger.store import Ledger
 from statusmail.project.selection import Group, topics_of
@@ -90,7 +90,9 @@ def query(ledger: Ledger, sql: str, **params: Any) -> list[tuple[Any, ...]]:
     try:
         return ledger.database.execute(sql, params)
     except driver_errors() as exc:
-        raise ledger.error(f"cannot read or write the imported subscribers: {exc}") from exc
+        raise ledger.error(
+            f"cannot read or write the imported subscribers: {one_line(exc)}"
+        ) from exc
 
 
 # -- the current import and whether the files still are as it read them -------------
