@@ -232,6 +232,27 @@ def test_invalid_row_is_skipped_reported_and_recorded(project: Path) -> None:
     assert counts["sent"] == len(EXPECTED_UPDATE) and counts["skipped"] == 1
 
 
+@pytest.mark.parametrize("order", ["valid first", "invalid first"])
+def test_a_second_row_with_a_typo_never_costs_the_subscriber_the_entry(
+    project: Path, order: str
+) -> None:
+    """The list's row problems are staged before its subscribers, under the address as
+    written: an invalid row for an address took its place, and its valid row was
+    dropped as a duplicate, recorded skipped and never sent to (the dry run counted it)."""
+    rows = [
+        "bob@example.com,Bob,ru,RU,service-status,active",
+        "bob@example.com,Bob again,ru,RU,service-status,actve",  # the typo
+    ]
+    rows = rows if order == "valid first" else rows[::-1]
+    (project.parent / "subscribers" / "extra.csv").write_text(
+        "email,name,locale,region,topics,status\n" + "\n".join(rows) + "\n", encoding="utf-8"
+    )
+    result = invoke(project, "send", UPDATE, "--yes", "--rate", "0", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert "bob@example.com" in {recipient(m) for m in outbox_messages(project)}
+    assert json.loads(result.stdout)["counts"]["sent"] == len(EXPECTED_UPDATE) + 1
+
+
 def test_unknown_entry_is_a_clear_error(project: Path) -> None:
     result = invoke(project, "send", "update-2099-01-01", "--yes")
     assert result.exit_code == 1

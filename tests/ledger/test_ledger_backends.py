@@ -343,3 +343,16 @@ def test_a_server_s_error_is_said_in_one_line(postgres: str) -> None:
             ledger.suppressed()
     said = str(raised.value)
     assert "\n" not in said and 'relation "suppressions" does not exist' in said, said
+
+
+def test_an_address_s_own_row_replaces_its_unreadable_row_in_the_staging(
+    ledger_target: str | Path,
+) -> None:
+    """Row problems are staged first; the first readable row of the address wins."""
+    one = recipient(1)
+    with Ledger(ledger_target) as ledger:
+        ledger.reset_staging()
+        ledger.stage([StagedRow("invalid", one.address, detail="status 'actve' is not …")])
+        ledger.stage([StagedRow.selected(one), StagedRow("invalid", one.address, detail="x")])
+        rows = ledger.database.execute("SELECT address, kind FROM staged", {})
+    assert [tuple(row) for row in rows] == [(one.address, "selected")]

@@ -34,6 +34,19 @@ CREATE TEMP TABLE IF NOT EXISTS staged (
 """
 
 
+# The first row of an address wins, except a row that could not be read (``invalid``,
+# staged first, under the address as written): the address's own row replaces it. A
+# typo in a second row for someone must not cost them the entry.
+STAGE = (
+    "INSERT INTO staged VALUES (:pos, :address, :kind, :email, :ascii_email, :name, :locale,"
+    " :region, :detail, :topics) ON CONFLICT (address) DO UPDATE SET pos = excluded.pos,"
+    " kind = excluded.kind, email = excluded.email, ascii_email = excluded.ascii_email,"
+    " name = excluded.name, locale = excluded.locale, region = excluded.region,"
+    " detail = excluded.detail, topics = excluded.topics"
+    " WHERE staged.kind = 'invalid' AND excluded.kind <> 'invalid'"
+)
+
+
 @dataclass(frozen=True)
 class StagedRow:
     """One row of a selection: ``selected``, or an ``invalid``/``inactive`` list row."""
@@ -111,11 +124,7 @@ class Selecting(LedgerBase):
         self._q(STAGING)
         with self.database.local_transaction():
             start = self._staged
-            self.database.executemany(
-                "INSERT INTO staged VALUES (:pos, :address, :kind, :email, :ascii_email,"
-                " :name, :locale, :region, :detail, :topics) ON CONFLICT (address) DO NOTHING",
-                (self._staged_params(r) for r in rows),
-            )
+            self.database.executemany(STAGE, (self._staged_params(r) for r in rows))
         return self._staged - start
 
     def _staged_params(self, row: StagedRow) -> dict[str, Any]:
