@@ -111,6 +111,33 @@ def test_yaml_email_key_twice_is_fatal_at_the_second_key(tmp_path: Path) -> None
     assert problem.message == "duplicate key 'email' in this subscriber (first on line 1)"
 
 
+@pytest.mark.parametrize(
+    "key",
+    ["? [region]\n  : RU\n", "? {region: x}\n  : RU\n", "*region : RU\n"],
+    ids=["a list", "a mapping", "an alias"],
+)
+def test_a_key_that_is_not_a_name_skips_its_row_and_reads_on(tmp_path: Path, key: str) -> None:
+    """Its value was left for the next key: every later event was read one off, until a
+    RuntimeError's traceback (check, import, send, and watch ended by it)."""
+    path = tmp_path / "list.yaml"
+    path.write_text(
+        "- email: a@example.org\n"  # 1
+        "  region: &region RU\n"  # 2
+        "- email: b@example.org\n"  # 3
+        f"  {key}"  # 4
+        "- email: c@example.org\n"
+        "  name: C\n",
+        encoding="utf-8",
+    )
+    found = read(path)
+    problems = [item for item in found if isinstance(item, RowProblem)]
+    assert [(p.line, p.message, p.fatal) for p in problems] == [
+        (3, "keys must be plain names", False)
+    ]
+    people = [item for item in found if isinstance(item, Subscriber)]
+    assert [(s.email, s.name) for s in people] == [("a@example.org", ""), ("c@example.org", "C")]
+
+
 def test_second_yaml_document_is_fatal_at_its_start(tmp_path: Path) -> None:
     path = tmp_path / "list.yaml"
     path.write_text(

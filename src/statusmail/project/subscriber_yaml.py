@@ -108,8 +108,9 @@ def _read_flat_mapping(events: Iterator[yaml.Event]) -> tuple[dict[str, Any], st
         key_event = next(events)
         if isinstance(key_event, yaml.MappingEndEvent):
             return row, bad
-        if not isinstance(key_event, yaml.ScalarEvent):
+        if not isinstance(key_event, yaml.ScalarEvent):  # a list, a mapping, an alias
             _skip_node(key_event, events)
+            _skip_node(next(events), events)  # and its value: the next key comes after it
             bad = "keys must be plain names"
             continue
         key = key_event.value.strip().lower()
