@@ -6,6 +6,7 @@ audience counted from the import's groups is what a selection would choose."""
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from conftest import CSV_HEADER, REPO, UPDATE
 from statusmail.delivery import intake
 from statusmail.domain import Audience, Preference
+from statusmail.errors import LedgerError
 from statusmail.ledger import Ledger
 from statusmail.ledger.importing import import_lists
 from statusmail.ledger.subscribers import (
@@ -174,3 +176,21 @@ def test_a_resume_reads_the_pending_recipients_first_then_the_rest_once(
             )
         read = [item.email for item in intake.listed(ledger, imported, entry, pending=5)]
     assert read == addresses[25:] + addresses[:25]
+
+
+def test_a_ledger_busy_past_its_timeout_is_a_ledger_error(tmp_path: Path) -> None:
+    """Another writer holds the SQLite ledger (a sender paused mid-batch): the import's
+    own transaction gives up after the busy timeout as a LedgerError naming the ledger,
+    which watch survives; the driver's own error was a traceback, and watch ended."""
+    folder = tmp_path / "subscribers"
+    folder.mkdir()
+    (folder / "list.csv").write_text(GOOD, encoding="utf-8")
+    path = tmp_path / "statusmail.db"
+    Ledger(path).close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        with Ledger(path) as ledger, pytest.raises(LedgerError, match="cannot import the"):
+            import_lists(ledger, folder)
+    finally:
+        holder.close()

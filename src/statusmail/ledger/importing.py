@@ -61,15 +61,20 @@ def import_lists(
     ledger: Ledger, folder: Path, *, force: bool = False, told: Told = _untold
 ) -> Imported:
     """The current import, made anew first when the files changed (or ``force``).
-    Raises ``ImportRefused`` when a file is broken: the last good import stays."""
-    if not force and (known := _known(ledger, folder)) is not None:
-        return known
-    waiting = f"importing {folder}: waiting for another import of the lists to end"
-    with _import_lock(ledger, lambda: told(waiting, None)):
-        # Another process may have imported the same change while this one waited.
+    Raises ``ImportRefused`` when a file is broken: the last good import stays; and
+    ``LedgerError`` when the ledger fails (busy past its timeout, say), never the
+    driver's own error (watch keeps running on a ``StatusmailError``)."""
+    try:
         if not force and (known := _known(ledger, folder)) is not None:
             return known
-        return _import(ledger, folder, told)
+        waiting = f"importing {folder}: waiting for another import of the lists to end"
+        with _import_lock(ledger, lambda: told(waiting, None)):
+            # Another process may have imported the same change while this one waited.
+            if not force and (known := _known(ledger, folder)) is not None:
+                return known
+            return _import(ledger, folder, told)
+    except driver_errors() as exc:
+        raise ledger.error(f"cannot import the subscribers: {one_line(exc)}") from exc
 
 
 def _known(ledger: Ledger, folder: Path) -> Imported | None:
