@@ -241,7 +241,7 @@ def start(prepared: Prepared, held: Held, request: Request) -> Started:
             pending = intake.decide(
                 prepared, ledger, imported, accept_removals=request.accept_removals
             )
-        generation = take_selection(prepared, held)
+        generation = take_selection(prepared, held, imported)
         if generation is None:  # another sender took it a moment ago
             return _joined(entry, stats)
         stream = Stream(
@@ -270,7 +270,7 @@ def start(prepared: Prepared, held: Held, request: Request) -> Started:
     started = Started(stats, plan=plan, imported=imported)
     if not request.confirm(prepared, started):
         raise Declined
-    generation = take_selection(prepared, held)
+    generation = take_selection(prepared, held, imported)
     if generation is None:  # another sender began selecting while the prompt waited
         return _joined(entry, stats)
     queueing = f"queueing {entry.id} for {plan.pending_after:,} recipients"

@@ -25,6 +25,7 @@ from statusmail.ledger.subscribers import (
     read_problems,
     read_subscribers,
     special_groups,
+    still_there,
 )
 from statusmail.project import subscriber_rows, subscribers
 from statusmail.project.entries import load_entry
@@ -194,3 +195,33 @@ def test_a_ledger_busy_past_its_timeout_is_a_ledger_error(tmp_path: Path) -> Non
             import_lists(ledger, folder)
     finally:
         holder.close()
+
+
+def test_the_import_an_unfinished_selection_reads_is_kept_however_many_follow(
+    tmp_path: Path,
+) -> None:
+    """Cleaning up kept only the current import and the last replaced one: three
+    imports during a long send (watch picking up edits) deleted the one its selection
+    was still reading, which then ended "complete" with part of the list."""
+    folder = tmp_path / "subscribers"
+    folder.mkdir()
+    lines = [f"u{n}@example.net,U,ru,RU,status,active\n" for n in range(3)]
+
+    def edit(n: int) -> None:
+        (folder / "list.csv").write_text(CSV_HEADER + "".join(lines[: n + 1]), encoding="utf-8")
+
+    edit(0)
+    path = tmp_path / "statusmail.db"
+    with Ledger(path) as ledger, Ledger(path) as other:
+        read = import_lists(ledger, folder)
+        generation = ledger.begin_selection(UPDATE, "d", "me", 30, imported=read.id)
+        for n in (1, 2, 0):  # three more imports while the selection reads
+            edit(n)
+            import_lists(other, folder)
+        assert still_there(other, read.id)
+        assert [s.email for s in read_subscribers(ledger, read.id)] == ["u0@example.net"]
+        # once the selection is complete, the next clean-up takes it
+        ledger.finish_selection(UPDATE, generation, 1, skip_removed=True, basis="b")
+        edit(2)
+        import_lists(other, folder)
+        assert not still_there(other, read.id)

@@ -16,7 +16,7 @@ from statusmail.delivery.intake import Run, count_read, finish, listed, lost, st
 from statusmail.errors import InputError, Interrupted, LedgerError, Problem, StatusmailError
 from statusmail.ledger import Ledger, StagedRow
 from statusmail.ledger.staging import SELECTION_ENDED, SelectionLost
-from statusmail.ledger.subscribers import Imported
+from statusmail.ledger.subscribers import Imported, still_there
 from statusmail.project import entries
 from statusmail.project.config import is_url
 from statusmail.project.selection import SelectionStats
@@ -171,6 +171,14 @@ class Stream:
             notify(added)
         if self._stop.is_set():
             return
+        if not still_there(ledger, self.imported.id):
+            # Removed while it was read (imported again, again and again, before this
+            # selection was taken): it read part of the list, and is not complete.
+            raise StatusmailError(
+                f"{self.run.config.paths.subscribers}: the lists were imported again while"
+                f" {entry.id}'s selection read them; run it again to select from the new"
+                " import (what was queued stays queued)"
+            )
         if not stats.total and not ledger.counts(entry.id)["pending"]:
             self.result.nobody = True
         self.result.held = finish(

@@ -44,13 +44,15 @@ class Started(Protocol):
     imported: Imported | None
 
 
-def take_selection(prepared: Run, held: Held) -> int | None:
+def take_selection(prepared: Run, held: Held, imported: Imported | None) -> int | None:
     """A new generation of the entry's selection, leased to this run; None while
-    another sender's lease of it runs (PostgreSQL: this run joins that one)."""
+    another sender's lease of it runs (PostgreSQL: this run joins that one). The import
+    it reads is kept until the selection is complete."""
     entry, lease = prepared.entry, prepared.config.sending.lease
+    reads = imported.id if imported is not None else None
     if not held.shared:  # one run at a time: a lease a crashed run left means nothing
-        return held.ledger.begin_selection(entry.id, entry.digest, held.name, lease)
-    return held.ledger.take_selection(entry.id, entry.digest, held.name, lease)
+        return held.ledger.begin_selection(entry.id, entry.digest, held.name, lease, reads)
+    return held.ledger.take_selection(entry.id, entry.digest, held.name, lease, reads)
 
 
 class Selection:
@@ -97,7 +99,7 @@ class Selection:
         except InputError as exc:  # the lists broke since: nothing to take over from
             log.error("%s", exc, extra={"event": "input_problem", "entry": entry.id})
             return
-        generation = take_selection(self.prepared, held)
+        generation = take_selection(self.prepared, held, imported)
         if generation is None:
             return
         pending = held.ledger.counts(entry.id)["pending"]  # as the taken selection found it

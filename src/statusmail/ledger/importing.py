@@ -321,12 +321,14 @@ def _write(ledger: Ledger, rows: list[dict[str, Any]], bad: list[dict[str, Any]]
 def _clean(ledger: Ledger) -> None:
     """Drop what no selection reads any more: imports that never finished (this process
     holds the import lock: nobody is loading), refused ones (a new one is being made)
-    and every replaced one but the last."""
+    and every replaced one but the last, unless an unfinished selection reads it."""
     stale = query(
         ledger,
-        "SELECT id FROM subscriber_imports WHERE state IN ('loading', 'refused')"
+        "SELECT id FROM subscriber_imports WHERE (state IN ('loading', 'refused')"
         " OR (state = 'replaced' AND id < (SELECT MAX(id) FROM subscriber_imports"
-        " WHERE state = 'replaced'))",
+        " WHERE state = 'replaced')))"
+        " AND id NOT IN (SELECT selecting_from FROM entries WHERE selecting_from IS NOT NULL"
+        " AND selected_generation < generation)",
     )
     for (import_id,) in stale:
         _drop(ledger, int(import_id))

@@ -136,12 +136,13 @@ def parents(count: int) -> str:
 # selection (the row is locked until the server ends that transaction): not taken yet.
 TAKE_SELECTION_ANYWAY = (
     "UPDATE entries SET generation = generation + 1, selector = :me,"
-    " selector_until = {now} + :lease WHERE entry_id = :e RETURNING generation"
+    " selector_until = {now} + :lease, selecting_from = :imported WHERE entry_id = :e"
+    " RETURNING generation"
 )
 TAKE_SELECTION = {
     "sqlite": (
         "UPDATE entries SET generation = generation + 1, selector = :me,"
-        " selector_until = {now} + :lease WHERE entry_id = :e"
+        " selector_until = {now} + :lease, selecting_from = :imported WHERE entry_id = :e"
         " AND (selector IS NULL OR selector_until < {now}) RETURNING generation"
     ),
     "postgresql": """
@@ -150,7 +151,7 @@ TAKE_SELECTION = {
               AND (selector IS NULL OR selector_until < {now})
             FOR UPDATE SKIP LOCKED)
         UPDATE entries SET generation = generation + 1, selector = :me,
-            selector_until = {now} + :lease
+            selector_until = {now} + :lease, selecting_from = :imported
         FROM free WHERE entries.entry_id = free.entry_id
         RETURNING entries.generation
     """,

@@ -326,6 +326,9 @@ MIGRATIONS: tuple[Migration, ...] = (
         PRIMARY KEY (provider, token)
     )
     """,
+    # 14: the import an unfinished selection reads (a sender taking it over reads it
+    # too): cleaning up old imports keeps it, however many imports come meanwhile.
+    "ALTER TABLE entries ADD COLUMN selecting_from INTEGER",
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # The last migration whose tables a feedback pass reads (13's webhook tokens are serve's):

@@ -133,25 +133,45 @@ class Selecting(LedgerBase):
 
     @guarded("start a selection")
     def begin_selection(
-        self, entry_id: str, digest: str, selector: str | None = None, lease: float = 0.0
+        self,
+        entry_id: str,
+        digest: str,
+        selector: str | None = None,
+        lease: float = 0.0,
+        imported: int | None = None,
     ) -> int:
         """A new generation of the entry's selection (the rows its selection enqueues
         carry it; delivery takes only rows of the current one), leased to ``selector``
         for ``lease`` seconds whoever held it before: for one run of the entry at a time
-        (SQLite's run lock), where a lease left by a crashed run means nothing."""
+        (SQLite's run lock), where a lease left by a crashed run means nothing.
+        ``imported``: the import it reads, kept until the selection is complete."""
         take = queries.TAKE_SELECTION_ANYWAY
-        return int(first(self._new_selection(take, entry_id, digest, selector, lease)))
+        rows = self._new_selection(take, entry_id, digest, selector, lease, imported)
+        return int(first(rows))
 
     @guarded("take the selection")
-    def take_selection(self, entry_id: str, digest: str, selector: str, lease: float) -> int | None:
+    def take_selection(
+        self,
+        entry_id: str,
+        digest: str,
+        selector: str,
+        lease: float,
+        imported: int | None = None,
+    ) -> int | None:
         """A new generation of the entry's selection, leased to ``selector`` for
         ``lease`` seconds, unless another sender's lease of it still runs (None)."""
         take = queries.TAKE_SELECTION[self.dialect]
-        rows = self._new_selection(take, entry_id, digest, selector, lease)
+        rows = self._new_selection(take, entry_id, digest, selector, lease, imported)
         return int(rows[0][0]) if rows else None
 
     def _new_selection(
-        self, take: str, entry_id: str, digest: str, selector: str | None, lease: float
+        self,
+        take: str,
+        entry_id: str,
+        digest: str,
+        selector: str | None,
+        lease: float,
+        imported: int | None,
     ) -> list[tuple[Any, ...]]:
         with self.transaction():
             # Only where there is no row: a conflicting one would be waited for while a
@@ -164,7 +184,7 @@ class Selecting(LedgerBase):
                 d=digest,
                 at=now_iso(),
             )
-            return self._q(take, e=entry_id, me=selector, lease=lease)
+            return self._q(take, e=entry_id, me=selector, lease=lease, imported=imported)
 
     @guarded("read the selection's lease")
     def selection_leased(self, entry_id: str) -> bool:
@@ -326,7 +346,8 @@ class Selecting(LedgerBase):
             self._bound_idle(lease)
             if not self._q(
                 "UPDATE entries SET selected_generation = :g, list_rows = :rows,"
-                " selector = NULL, selector_until = NULL, selected_from = :basis"
+                " selector = NULL, selector_until = NULL, selected_from = :basis,"
+                " selecting_from = NULL"
                 " WHERE entry_id = :e AND generation = :g RETURNING generation",
                 e=entry_id,
                 g=generation,

@@ -107,6 +107,12 @@ def current(ledger: Ledger) -> Imported | None:
     return Imported(*rows[0]) if rows else None
 
 
+def still_there(ledger: Ledger, import_id: int) -> bool:
+    """Whether the import is still in the ledger (cleaning up keeps the one an unfinished
+    selection reads, from when its selection was taken)."""
+    return bool(query(ledger, "SELECT 1 FROM subscriber_imports WHERE id = :i", i=import_id))
+
+
 def unchanged(ledger: Ledger, folder: Path) -> Imported | None:
     """The current import if the lists are as it read them: the same files, each with
     its size and mtime (nothing read) or else its content digest. None: import again."""
