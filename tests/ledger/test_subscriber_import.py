@@ -225,3 +225,22 @@ def test_the_import_an_unfinished_selection_reads_is_kept_however_many_follow(
         edit(2)
         import_lists(other, folder)
         assert not still_there(other, read.id)
+
+
+def test_a_nul_in_an_unreadable_row_is_one_invalid_row_on_either_engine(
+    tmp_path: Path, ledger_target: str | Path
+) -> None:
+    """The row's address as written is kept with its problem: PostgreSQL's text refuses
+    a NUL, and the whole import failed, again on every run (SQLite took it)."""
+    folder = tmp_path / "subscribers"
+    folder.mkdir()
+    (folder / "list.csv").write_text(
+        CSV_HEADER
+        + "a@example.org,A,en,NL,news,active\nbob@exa\x00mple.com,Bob,ru,RU,news,active\n",
+        encoding="utf-8",
+    )
+    with Ledger(ledger_target) as ledger:
+        imported = import_lists(ledger, folder)
+        assert (imported.subscribers, imported.invalid) == (1, 1)
+        [problem] = read_problems(ledger, imported.id)
+    assert problem.line == 3 and "\x00" not in problem.email

@@ -13,6 +13,7 @@ from typing import Any, TextIO
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 
 from statusmail.errors import InputError, Problem
+from statusmail.project.fields import NOT_TEXT
 
 STATUSES = ("active", "unsubscribed", "bounced")
 COLUMNS = ("email", "name", "locale", "region", "topics", "status")
@@ -51,6 +52,11 @@ class RowProblem:
     message: str
     email: str
     fatal: bool = False  # the file itself is broken: the rows after this one are unknown
+
+    def __post_init__(self) -> None:
+        # The address as written is stored (the row's key in the ledger): a NUL, which
+        # PostgreSQL's text refuses, stopped every import of the list
+        object.__setattr__(self, "email", NOT_TEXT.sub("\ufffd", self.email))
 
     def __str__(self) -> str:
         return f"{self.path}:{self.line}: {self.message}"
