@@ -244,3 +244,20 @@ def test_a_nul_in_an_unreadable_row_is_one_invalid_row_on_either_engine(
         assert (imported.subscribers, imported.invalid) == (1, 1)
         [problem] = read_problems(ledger, imported.id)
     assert problem.line == 3 and "\x00" not in problem.email
+
+
+def test_the_same_folder_spelled_another_way_is_not_imported_again(
+    tmp_path: Path, reads: list[Path]
+) -> None:
+    """A link to the project, or a path with ``..``: two spellings of one folder took
+    turns importing the whole list again (and the churn removed imports in use)."""
+    folder = tmp_path / "project" / "subscribers"
+    folder.mkdir(parents=True)
+    (folder / "list.csv").write_text(GOOD, encoding="utf-8")
+    (tmp_path / "link").symlink_to(tmp_path / "project", target_is_directory=True)
+    with Ledger(tmp_path / "statusmail.db") as ledger:
+        first = import_lists(ledger, folder)
+        reads.clear()
+        for spelled in (tmp_path / "link" / "subscribers", folder / ".." / "subscribers", folder):
+            assert import_lists(ledger, spelled).id == first.id, spelled
+        assert reads == []  # unchanged: nothing read

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,9 +118,15 @@ def unchanged(ledger: Ledger, folder: Path) -> Imported | None:
     """The current import if the lists are as it read them: the same files, each with
     its size and mtime (nothing read) or else its content digest. None: import again."""
     kept = current(ledger)
-    if kept is None or kept.folder != str(folder) or not _same_files(ledger, kept.id, folder):
+    if kept is None or not _same_place(kept.folder, folder):
         return None
-    return kept
+    return kept if _same_files(ledger, kept.id, folder) else None
+
+
+def _same_place(recorded: str, path: Path | str) -> bool:
+    """The same file or folder, however it is spelled (a link to it, ``..``): two
+    spellings of one project took turns importing the whole list again."""
+    return recorded == str(path) or os.path.realpath(recorded) == os.path.realpath(path)
 
 
 def refused_before(ledger: Ledger, folder: Path) -> list[Problem] | None:
@@ -129,7 +136,9 @@ def refused_before(ledger: Ledger, folder: Path) -> list[Problem] | None:
         "SELECT id, folder, refusal FROM subscriber_imports WHERE state = 'refused'"
         " AND refusal IS NOT NULL ORDER BY id DESC LIMIT 1",
     )
-    if not rows or rows[0][1] != str(folder) or not _same_files(ledger, rows[0][0], folder):
+    if not rows or not _same_place(rows[0][1], folder):
+        return None
+    if not _same_files(ledger, rows[0][0], folder):
         return None
     return [
         Problem(path, line, message, code=code)
@@ -151,7 +160,13 @@ def _same_files(ledger: Ledger, import_id: int, folder: Path) -> bool:
         )
     }
     if {str(p) for p in files} != set(recorded):
-        return False
+        by_place = {os.path.realpath(name): name for name in recorded}
+        if {os.path.realpath(p) for p in files} != set(by_place):
+            return False
+        recorded = {str(p): recorded[by_place[os.path.realpath(p)]] for p in files}
+        spelled = {str(p): by_place[os.path.realpath(p)] for p in files}
+    else:
+        spelled = {str(p): str(p) for p in files}
     touched: list[tuple[str, int]] = []
     for path in files:
         size, mtime, digest = recorded[str(path)]
@@ -162,7 +177,7 @@ def _same_files(ledger: Ledger, import_id: int, folder: Path) -> bool:
             if st.st_mtime_ns != mtime:
                 if digest_of(path) != digest:
                     return False
-                touched.append((str(path), st.st_mtime_ns))
+                touched.append((spelled[str(path)], st.st_mtime_ns))
         except OSError:
             return False
     for path_text, mtime in touched:  # saved, so that next time the stat is enough
