@@ -21,6 +21,7 @@ from statusmail.ledger.subscribers import (
     ImportRefused,
     current,
     pending_groups,
+    preferences_stamp,
     read_groups,
     read_problems,
     read_subscribers,
@@ -261,3 +262,23 @@ def test_the_same_folder_spelled_another_way_is_not_imported_again(
         for spelled in (tmp_path / "link" / "subscribers", folder / ".." / "subscribers", folder):
             assert import_lists(ledger, spelled).id == first.id, spelled
         assert reads == []  # unchanged: nothing read
+
+
+def test_every_choice_a_reader_makes_changes_what_a_resume_compares(
+    ledger_target: str | Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stamp was the count and the latest time (to the second) of the preferences
+    and lifts: a change to a stored choice in the same second, or saved by a web host
+    whose clock is behind, left it as it was, and a resume delivered a stale queue."""
+    from statusmail.ledger import preferences as stored_choices
+
+    monkeypatch.setattr(stored_choices, "now_iso", lambda: "2026-01-01T00:00:00+00:00")
+    with Ledger(ledger_target) as ledger:
+        ledger.set_preference("viktor@example.org", Preference(topics=frozenset({"status"})))
+        before = preferences_stamp(ledger)
+        ledger.set_preference("viktor@example.org", Preference(topics=frozenset()))
+        after = preferences_stamp(ledger)
+        ledger.suppress("someone@example.org", "unsubscribed")
+        ledger.lift(["someone@example.org"], "by hand")
+        lifted = preferences_stamp(ledger)
+    assert len({before, after, lifted}) == 3

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from statusmail.domain import Preference
+from statusmail.ledger import queries
 from statusmail.ledger.base import LedgerBase, guarded, now_iso
 from statusmail.ledger.database import connect, driver_errors, one_line
 
@@ -34,6 +35,7 @@ class Preferences(LedgerBase):
                 topics=topics,
                 now=now_iso(),
             )
+            self._q(queries.BUMP, name=queries.CHOICES)
 
     @guarded("read a preference")
     def preference(self, address: str) -> Preference | None:

@@ -182,3 +182,10 @@ RELEASE_SELECTION = (
     "UPDATE entries SET selector = NULL, selector_until = NULL"
     " WHERE entry_id = :e AND generation = :g"
 )
+
+# One more change of ``name`` (CHOICES: what readers chose), in the changing transaction.
+BUMP = (
+    "INSERT INTO changes (name, version) VALUES (:name, 1)"
+    " ON CONFLICT (name) DO UPDATE SET version = changes.version + 1"
+)
+CHOICES = "choices"  # a preference saved, a suppression lifted

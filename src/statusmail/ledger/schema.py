@@ -329,6 +329,16 @@ MIGRATIONS: tuple[Migration, ...] = (
     # 14: the import an unfinished selection reads (a sender taking it over reads it
     # too): cleaning up old imports keeps it, however many imports come meanwhile.
     "ALTER TABLE entries ADD COLUMN selecting_from INTEGER",
+    # 15: a count of the changes a resumed selection must not miss (a preference saved,
+    # a suppression lifted), bumped in their transaction: the stamp a resume compared
+    # was the latest of their second-resolution times, which a save in the same second,
+    # or on a host whose clock is behind, left as it was.
+    """
+    CREATE TABLE changes (
+        name    TEXT PRIMARY KEY,
+        version BIGINT NOT NULL
+    )
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # The last migration whose tables a feedback pass reads (13's webhook tokens are serve's):

@@ -20,6 +20,7 @@ from typing import Any
 
 from statusmail.domain import Preference
 from statusmail.errors import InputError, Problem
+from statusmail.ledger import queries
 from statusmail.ledger.database import driver_errors, one_line
 from statusmail.ledger.staging import STAGING
 from statusmail.ledger.store import Ledger
@@ -341,4 +342,6 @@ def preferences_stamp(ledger: Ledger) -> str:
     before may no longer be what one now would choose."""
     prefs = query(ledger, "SELECT COUNT(*), MAX(updated_at) FROM preferences")[0]
     lifts = query(ledger, "SELECT COUNT(*), MAX(lifted_at) FROM suppression_lifts")[0]
-    return f"{prefs[0]}/{prefs[1]}/{lifts[0]}/{lifts[1]}"
+    changed = query(ledger, "SELECT version FROM changes WHERE name = :n", n=queries.CHOICES)
+    version = changed[0][0] if changed else 0
+    return f"{prefs[0]}/{prefs[1]}/{lifts[0]}/{lifts[1]}/{version}"

@@ -88,6 +88,8 @@ class Suppressions(LedgerBase):
                     a=key,
                 )
                 self._q("DELETE FROM bounce_scores WHERE address = :a", a=key)
+            if lifted:
+                self._q(queries.BUMP, name=queries.CHOICES)
         return lifted
 
     @guarded("read the suppression list")
