@@ -223,7 +223,13 @@ def test_a_ledger_made_before_the_topics_column_is_migrated_and_its_rows_claimed
     with monkeypatch.context() as before:
         before.setattr(store, "SCHEMA_VERSION", 11)
         with Ledger(ledger_target) as ledger:
-            generation = ledger.begin_selection(ENTRY, "digest")
+            # as statusmail at schema 11 began a selection (today's writes later columns)
+            generation = 1
+            ledger.database.execute(
+                "INSERT INTO entries (entry_id, digest, selected_at, generation)"
+                " VALUES (:e, 'digest', 'then', :g)",
+                {"e": ENTRY, "g": generation},
+            )
             ledger.database.execute(
                 "INSERT INTO deliveries (entry_id, address, email, locale, status, selection,"
                 " created_at, updated_at) VALUES (:e, 'old@example.org', 'old@example.org',"
