@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
@@ -18,7 +20,7 @@ from conftest import SECRET, clean_environ, command, invoke, outbox_count, outbo
 from delivery_helpers import add_subscribers
 from statusmail.domain import DeliveryStatus, Outcome, Recipient
 from statusmail.errors import LedgerError
-from statusmail.ledger import SCHEMA_VERSION, Ledger, StagedRow, copy_ledger
+from statusmail.ledger import SCHEMA_VERSION, Ledger, StagedRow, copy_ledger, store
 from statusmail.ledger.queue import LocalQueue
 
 ENTRY = "update-2020-04-21"
@@ -356,3 +358,28 @@ def test_an_address_s_own_row_replaces_its_unreadable_row_in_the_staging(
         ledger.stage([StagedRow.selected(one), StagedRow("invalid", one.address, detail="x")])
         rows = ledger.database.execute("SELECT address, kind FROM staged", {})
     assert [tuple(row) for row in rows] == [(one.address, "selected")]
+
+
+def test_a_process_opening_a_ledger_another_is_upgrading_waits_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An upgrade of a long ledger takes longer than the 2 s a writer waits for the
+    lock: every serve, watch or send started meanwhile failed ("database is locked").
+    Here the upgrading process is stood for by a writer holding the lock for 3 s."""
+    path = tmp_path / "statusmail.db"
+    with monkeypatch.context() as before:
+        before.setattr(store, "SCHEMA_VERSION", SCHEMA_VERSION - 1)
+        Ledger(path).close()
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    releasing = threading.Timer(3.0, holder.execute, ("COMMIT",))
+    releasing.start()
+    started = time.monotonic()
+    try:
+        with caplog.at_level(logging.WARNING, logger="statusmail"), Ledger(path) as ledger:
+            assert ledger.schema_version() == SCHEMA_VERSION
+    finally:
+        releasing.join()
+        holder.close()
+    assert time.monotonic() - started >= 2.5
+    assert any("upgrading the ledger" in r.getMessage() for r in caplog.records)

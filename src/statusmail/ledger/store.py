@@ -19,6 +19,8 @@ and a ledger at a path is read without being written.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +35,7 @@ from statusmail.ledger.database import (
     describe,
     driver_errors,
     one_line,
+    transient,
 )
 from statusmail.ledger.events import FeedbackEvents
 from statusmail.ledger.outcomes import Outcomes
@@ -41,6 +44,12 @@ from statusmail.ledger.schema import MIGRATIONS, SCHEMA_VERSION, statements
 from statusmail.ledger.staging import Selecting
 from statusmail.ledger.suppressions import Suppressions
 from statusmail.project.config import is_url
+
+log = logging.getLogger(__name__)
+
+# How long a process opening a ledger waits for another one migrating it (a long ledger's
+# upgrade takes seconds to minutes); past it, the busy ledger is the error.
+MIGRATION_WAIT = 600.0
 
 
 class Ledger(Selecting, Outcomes, Suppressions, FeedbackEvents, Preferences):
@@ -82,6 +91,26 @@ class Ledger(Selecting, Outcomes, Suppressions, FeedbackEvents, Preferences):
         return self._migrate(check_only=False)
 
     def _migrate(self, *, check_only: bool) -> int:
+        """As ``migrate``; waiting (up to ``MIGRATION_WAIT``) for another process that
+        is migrating: each try of the lock gives up after the ledger's busy timeout, and
+        a migration of a long ledger takes longer (the others failed after 2 s)."""
+        deadline = time.monotonic() + MIGRATION_WAIT
+        said = False
+        while True:
+            try:
+                return self._migrate_once(check_only=check_only)
+            except driver_errors() as exc:
+                if not _busy(exc) or time.monotonic() > deadline:
+                    raise
+                if not said:
+                    said = True
+                    log.warning(
+                        "%s: waiting for another statusmail that is upgrading the ledger",
+                        self.where,
+                        extra={"event": "ledger_migration_wait"},
+                    )
+
+    def _migrate_once(self, *, check_only: bool) -> int:
         version = self.schema_version()
         if version > SCHEMA_VERSION:
             raise self.error(
@@ -110,6 +139,12 @@ class Ledger(Selecting, Outcomes, Suppressions, FeedbackEvents, Preferences):
                     )
                 self._q("INSERT INTO schema_version VALUES (:n, :at)", n=number, at=now_iso())
         return SCHEMA_VERSION
+
+
+def _busy(exc: BaseException) -> bool:
+    """Another process holds the ledger's writer lock (SQLite) or the migration's
+    advisory lock (PostgreSQL, past ``lock_timeout``)."""
+    return transient(exc) or "locked" in str(exc) or "busy" in str(exc)
 
 
 @contextmanager
