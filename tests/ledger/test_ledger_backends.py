@@ -383,3 +383,47 @@ def test_a_process_opening_a_ledger_another_is_upgrading_waits_for_it(
         holder.close()
     assert time.monotonic() - started >= 2.5
     assert any("upgrading the ledger" in r.getMessage() for r in caplog.records)
+
+
+def test_reports_never_create_nor_migrate_a_ledger(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """suppress list/export and prefs list/export are reports: they created the SQLite
+    file when there was none, and migrated an older one (which a read-only mount or a
+    read-only database role then refused)."""
+    path = project.parent / "statusmail.db"
+    for report in (
+        ("suppress", "list"),
+        ("suppress", "export"),
+        ("prefs", "list"),
+        ("prefs", "export"),
+        ("suppress", "show", "someone@example.org"),
+        ("suppress", "remove", "--reason", "bounced", "--dry-run"),
+    ):
+        result = invoke(project, *report, env=ENV)
+        assert result.exit_code == 0, (report, result.output)
+        assert not path.exists(), report
+    with monkeypatch.context() as before:
+        before.setattr(store, "SCHEMA_VERSION", SCHEMA_VERSION - 1)
+        Ledger(path).close()
+    for report in (("suppress", "list"), ("suppress", "export"), ("prefs", "export")):
+        assert invoke(project, *report, env=ENV).exit_code == 0, report
+        with Ledger(path, readonly=True) as ledger:
+            assert ledger.schema_version() == SCHEMA_VERSION - 1, report
+
+
+def test_status_and_list_read_a_server_database_with_no_schema_yet(
+    project: Path, postgres: str
+) -> None:
+    """A new PostgreSQL database counts as a ledger (a server always does): status and
+    list failed on it ("relation entries does not exist"), where a missing file reads
+    as nothing sent."""
+    env = {**ENV, "STATUSMAIL_LEDGER": postgres}
+    status = invoke(project, "status", ENTRY, "--json", env=env)
+    assert status.exit_code == 0, status.output
+    assert json.loads(status.stdout)["sent"] == 0
+    listed = invoke(project, "list", "--json", env=env)
+    assert listed.exit_code == 0, listed.output
+    assert {row["progress"] for row in json.loads(listed.stdout)} == {"not sent"}
+    with Ledger(postgres, readonly=True) as ledger:
+        assert ledger.schema_version() == 0  # still nothing made there

@@ -12,9 +12,8 @@ from rich.console import Console
 from statusmail.delivery.report import print_json
 from statusmail.domain import ExitCode, Preference
 from statusmail.feedback import suppression
-from statusmail.ledger import Ledger, copy_ledger
+from statusmail.ledger import Ledger, copy_ledger, reading
 from statusmail.ledger import describe as ledger_describe
-from statusmail.ledger import exists as ledger_exists
 from statusmail.project.config import Config, is_url
 
 log = logging.getLogger("statusmail")
@@ -40,11 +39,12 @@ def suppress_lift(
     config: Config, selector: suppression.Selector, *, dry_run: bool, console: Console
 ) -> ExitCode:
     """Lift every suppression ``selector`` names (or, with ``dry_run``, count them)."""
-    with Ledger(config.paths.ledger, readonly=dry_run) as ledger:
-        if dry_run:
+    if dry_run:
+        with reading(config.paths.ledger) as ledger:
             found = len(suppression.matching(ledger, selector))
-            console.print(f"dry run: would remove {found} address(es) from the suppression list")
-            return ExitCode.OK
+        console.print(f"dry run: would remove {found} address(es) from the suppression list")
+        return ExitCode.OK
+    with Ledger(config.paths.ledger) as ledger:
         lifted = suppression.lift(ledger, selector)
     console.print(f"removed {lifted} address(es) from the suppression list")
     return ExitCode.OK
@@ -53,7 +53,7 @@ def suppress_lift(
 def suppress_show(config: Config, address: str, as_json: bool, console: Console) -> ExitCode:
     """Every event recorded for ``address``: its suppression, the reports, the lifts."""
     key = suppression.normalized(address)
-    with Ledger(config.paths.ledger, readonly=True) as ledger:
+    with reading(config.paths.ledger) as ledger:
         history = ledger.history(key)
     if as_json:
         print_json(history)
@@ -82,7 +82,7 @@ def suppress_show(config: Config, address: str, as_json: bool, console: Console)
 def suppress_list(config: Config, as_json: bool, console: Console) -> ExitCode:
     """Every suppressed address, why, since when, and the evidence: the status code and
     date of the report that caused it (a bounce, a complaint), else the note kept."""
-    with Ledger(config.paths.ledger) as ledger:
+    with reading(config.paths.ledger) as ledger:  # a report: never creates nor migrates
         rows = ledger.suppression_evidence()
     if as_json:
         print_json(
@@ -111,7 +111,7 @@ def suppress_list(config: Config, as_json: bool, console: Console) -> ExitCode:
 
 
 def suppress_export(config: Config, output: Path | None) -> ExitCode:
-    with Ledger(config.paths.ledger) as ledger:
+    with reading(config.paths.ledger) as ledger:
         text = suppression.export_csv(ledger)
     if output:
         output.write_text(text, encoding="utf-8")
@@ -154,9 +154,7 @@ def prefs_export(config: Config, output: Path | None) -> ExitCode:
 
 
 def _preferences(config: Config) -> list[tuple[str, Preference, str]]:
-    if not ledger_exists(config.paths.ledger):
-        return []
-    with Ledger(config.paths.ledger) as ledger:
+    with reading(config.paths.ledger) as ledger:
         return list(ledger.preferences())
 
 

@@ -3,6 +3,7 @@ the settings in force."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 from rich.console import Console
@@ -11,7 +12,7 @@ from statusmail.delivery import controls
 from statusmail.delivery.report import breakdown_rows, breakdown_table, print_json
 from statusmail.domain import DeliveryStatus, ExitCode, mask_address, scrub
 from statusmail.errors import StatusmailError
-from statusmail.ledger import FEEDBACK_OUTCOMES, Ledger
+from statusmail.ledger import FEEDBACK_OUTCOMES, reading
 from statusmail.ledger import controls as ledger_controls
 from statusmail.ledger import exists as ledger_exists
 from statusmail.project.config import Config
@@ -40,7 +41,7 @@ def status(
         console.print(f"{entry_id}: not sent yet (no ledger at {ledger_path})", markup=False)
         return ExitCode.OK
     mask = (lambda a: a) if show_addresses else mask_address
-    with Ledger(ledger_path, readonly=True) as ledger:
+    with reading(ledger_path) as ledger:  # (a server's database with no schema yet: empty)
         state = ledger.entry_state(entry_id)
         if state is None and not has_file:
             raise unknown_entry(config.paths.updates, entry_id)
@@ -96,8 +97,8 @@ LISTED = ("sent", "failed", "pending", "skipped", "cancelled")  # list's counts
 def list_entries(config: Config, as_json: bool, console: Console) -> ExitCode:
     rows = []
     target = config.paths.ledger
-    ledger = Ledger(target, readonly=True) if ledger_exists(target) else None
-    try:
+    with contextlib.ExitStack() as stack:
+        ledger = stack.enter_context(reading(target)) if ledger_exists(target) else None
         for path in entry_paths(config.paths.updates):
             try:
                 entry = load_entry(path)
@@ -121,9 +122,6 @@ def list_entries(config: Config, as_json: bool, console: Console) -> ExitCode:
                     + (f" ({held.state})" if held else ""),
                 }
             )
-    finally:
-        if ledger:
-            ledger.close()
     if as_json:
         print_json(rows)
         return ExitCode.OK

@@ -26,7 +26,13 @@ from statusmail.ledger.pool import LedgerPool
 from statusmail.ledger.queue import DeliveryQueue, LocalQueue, ServerQueue
 from statusmail.ledger.schema import FEEDBACK_READS, SCHEMA_VERSION
 from statusmail.ledger.staging import Plan, StagedRow
-from statusmail.ledger.store import Ledger, exists, read_preferences, read_suppressions
+from statusmail.ledger.store import (
+    Ledger,
+    exists,
+    read_preferences,
+    read_suppressions,
+    reading,
+)
 from statusmail.project.config import is_url
 
 __all__ = [
@@ -49,5 +55,6 @@ __all__ = [
     "now_iso",
     "read_preferences",
     "read_suppressions",
+    "reading",
     "run_lock",
 ]

@@ -20,6 +20,7 @@ and a ledger at a path is read without being written.
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -163,6 +164,20 @@ def read_suppressions(target: str | Path) -> set[str]:
         return set()
     with Ledger(target, readonly=True) as ledger:
         return ledger.suppressed() if ledger.schema_version() else set()
+
+
+@contextmanager
+def reading(target: str | Path) -> Iterator[Ledger]:
+    """The ledger at ``target`` for a report: read only, never created nor migrated. One
+    that is not there yet, or holds no schema (a new server database, a first migration
+    that was killed), reads as an empty ledger: nothing was ever sent."""
+    if exists(target):
+        with Ledger(target, readonly=True) as ledger:
+            if ledger.schema_version() > 0:
+                yield ledger
+                return
+    with tempfile.TemporaryDirectory() as scratch, Ledger(Path(scratch) / "empty.db") as empty:
+        yield empty
 
 
 def exists(target: str | Path) -> bool:
