@@ -220,6 +220,24 @@ def test_a_read_only_ledger_folder_is_a_clear_error(project: Path, tmp_path: Pat
     assert "Read-only file system" in result.stderr
 
 
+def test_a_ledger_on_a_read_only_file_system_is_still_read(project: Path, tmp_path: Path) -> None:
+    """A copy of the ledger on a read-only mount (a reporting host, a snapshot): SQLite
+    cannot make the shared-memory file a WAL ledger is read through, and status, list
+    and a dry run all failed ("unable to open database file")."""
+    disk = tmp_path / "ro"
+    disk.mkdir()
+    replace_in(project, "ledger: statusmail.db", f"ledger: {disk}/statusmail.db")
+    sent = invoke(project, "send", UPDATE, "--yes", "--rate", "0")
+    assert sent.exit_code == 0, sent.output
+    assert not (disk / "statusmail.db-wal").exists()  # closed cleanly: nothing to replay
+    status = " ".join(command(project, "status", UPDATE, "--json"))
+    result = in_mount_namespace(
+        f"mount --bind {disk} {disk} && mount -o remount,bind,ro {disk} && exec {status}"
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["sent"] == 14
+
+
 @pytest.mark.timeout(60)
 def test_a_ledger_deleted_mid_run_stops_it(project: Path) -> None:
     add_subscribers(project, 400)

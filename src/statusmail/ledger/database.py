@@ -181,6 +181,27 @@ class Database(Protocol):
     def close(self) -> None: ...
 
 
+def _read_only(path: Path) -> sqlite3.Connection:
+    """A read-only connection. On a read-only file system SQLite cannot make the shared
+    memory file a WAL ledger is read through: a ledger left cleanly there (no write-ahead
+    log to replay) is then read as immutable, which needs none."""
+    db = sqlite3.connect(
+        f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT, isolation_level=None
+    )
+    try:
+        db.execute("PRAGMA schema_version").fetchone()  # (the open is lazy: this does it)
+        return db
+    except sqlite3.OperationalError:
+        db.close()
+        wal = Path(f"{path}-wal")
+        frozen = os.statvfs(path.parent).f_flag & os.ST_RDONLY
+        if not frozen or (wal.exists() and wal.stat().st_size):
+            raise
+    return sqlite3.connect(
+        f"file:{path}?mode=ro&immutable=1", uri=True, timeout=BUSY_TIMEOUT, isolation_level=None
+    )
+
+
 class SqliteDatabase:
     dialect: Dialect = SqliteDialect()
 
@@ -189,9 +210,7 @@ class SqliteDatabase:
         self.where = str(path)
         try:
             if readonly:
-                self.db = sqlite3.connect(
-                    f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT, isolation_level=None
-                )
+                self.db = _read_only(path)
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self.db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
