@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from conftest import (
     UPDATE,
     copy_sample,
     invoke,
+    outbox_files,
     outbox_messages,
     parse_message,
     part_text,
@@ -88,7 +90,13 @@ def test_rerun_adds_nothing_and_status_agrees(project: Path) -> None:
 
 
 def test_every_message_is_well_formed(sent: tuple[Path, list[EmailMessage]]) -> None:
-    _, messages = sent
+    config, messages = sent
+    for raw in outbox_files(config):
+        # RFC 5322 3.3: a numeric zone ("GMT" is obsolete syntax), +0000 for UTC
+        date = re.search(rb"^Date: (.*?)\r?$", raw, re.MULTILINE)
+        assert date is not None and re.fullmatch(
+            rb"\w{3}, \d\d \w{3} \d{4} [\d:]{8} \+0000", date[1]
+        )
     message_ids = set()
     for message in messages:
         assert message.get_content_type() == "multipart/alternative"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import datetime as dt
 import email.utils
 import hashlib
 import re
@@ -210,7 +211,9 @@ class MessageFactory:
     def _date(self) -> bytes:
         now = int(time.time())
         if self._date_cache[0] != now:
-            value = email.utils.formatdate(now, localtime=False, usegmt=True)
+            # "+0000", not "GMT": RFC 5322 4.3 lists the named zones as obsolete syntax,
+            # which a message must not be written in
+            value = email.utils.format_datetime(dt.datetime.fromtimestamp(now, dt.UTC))
             self._date_cache = (now, _header("Date", value))
         return self._date_cache[1]
 
