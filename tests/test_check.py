@@ -329,3 +329,23 @@ def test_empty_entry_file_is_a_problem(project: Path) -> None:
     assert run.exit_code == 1
     assert problem_lines(run.output)
     assert all(p.startswith(str(new)) for p in problem_lines(run.output))
+
+
+def test_one_entry_and_one_recipient_are_said_in_the_singular(project: Path) -> None:
+    """What comms read: "checked 1 entry", "1 recipient", "1 duplicate row"."""
+    updates = project.parent / "updates"
+    for extra in updates.glob("*.yaml"):
+        if extra.stem != "update-2020-04-21":
+            extra.unlink()
+    replace_in(updates / "update-2020-04-21.yaml", "thread: block-2020-01-23\n", "")
+    replace_in(
+        updates / "update-2020-04-21.yaml",
+        "regions: [RU, BY, KZ]",
+        "regions: [KZ]\n  locales: [en]",
+    )
+    checked = invoke(project, "check")
+    assert checked.exit_code == 0, checked.output
+    assert "checked 1 entry, " in checked.stdout, checked.stdout
+    dry = invoke(project, "send", "update-2020-04-21", "--dry-run", "--preview-dir", "p")
+    assert dry.exit_code == 0, dry.output
+    assert ": 1 recipient, " in dry.stdout and "1 duplicate row in the lists" in dry.stdout

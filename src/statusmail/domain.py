@@ -210,6 +210,12 @@ class Envelope:
     seven_bit: Callable[[], Envelope] | None = None
 
 
+def counted(n: int, noun: str, nouns: str | None = None) -> str:
+    """``n`` and the noun in English as the number wants it: "1 recipient", "2 recipients"
+    (what comms read in a dry run, a summary, check's verdict)."""
+    return f"{n} {noun if n == 1 else (nouns or noun + 's')}"
+
+
 def mask_address(address: str) -> str:
     """``anna@example.org`` → ``a***@example.org``: enough to recognise, not to harvest."""
     local, at, domain = address.rpartition("@")

@@ -21,7 +21,7 @@ from statusmail.ci.changes import (
     project_files,
 )
 from statusmail.delivery.report import print_json
-from statusmail.domain import ExitCode
+from statusmail.domain import ExitCode, counted
 from statusmail.errors import ConfigError, Problem
 from statusmail.project.config import Config, load_config
 from statusmail.validation import CheckReport, check_project
@@ -89,7 +89,8 @@ def check(config_path: Path, options: CheckOptions, console: Console) -> ExitCod
     if not options.report_json:
         verdict = "ok" if report.ok else f"{len(report.problems)} problem(s)"
         console.print(
-            f"checked {report.entries} entries, {report.subscribers} subscribers: {verdict}",
+            f"checked {counted(report.entries, 'entry', 'entries')},"
+            f" {counted(report.subscribers, 'subscriber')}: {verdict}",
             markup=False,
         )
     return ExitCode.OK if report.ok else ExitCode.NOT_STARTED

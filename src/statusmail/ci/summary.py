@@ -17,7 +17,7 @@ from statusmail.ci.changes import Changes
 from statusmail.ci.formats import Item, items
 from statusmail.content.preview import preview_keys
 from statusmail.content.variants import VariantKey
-from statusmail.domain import mask_address
+from statusmail.domain import counted, mask_address
 from statusmail.errors import Problem, StatusmailError
 from statusmail.pipeline import DryRun, Prepared
 from statusmail.project.locales import SUPPORTED_LOCALES
@@ -135,7 +135,7 @@ def entry_section(preview: EntryPreview, start: Path, root: Path) -> list[str]:
     lines = [
         f"## {_cell(entry.id)} ({entry.date.isoformat()}, {entry.status.value})",
         "",
-        f"{stats.total} recipients{send_at} · [gallery of every variant]({gallery})",
+        f"{counted(stats.total, 'recipient')}{send_at} · [gallery of every variant]({gallery})",
         "",
         "| variant | recipients | subject | preview |",
         "| --- | ---: | --- | --- |",

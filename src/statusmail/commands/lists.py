@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 
 from statusmail.delivery.report import print_json
-from statusmail.domain import ExitCode, Preference
+from statusmail.domain import ExitCode, Preference, counted
 from statusmail.feedback import suppression
 from statusmail.ledger import Ledger, copy_ledger, reading
 from statusmail.ledger import describe as ledger_describe
@@ -192,13 +192,15 @@ def import_subscribers(config: Config, *, force: bool, as_json: bool, console: C
             }
         )
         return ExitCode.OK
-    skipped = f"{imported.invalid} invalid and {imported.duplicates} duplicate rows skipped"
+    skipped = (
+        f"{imported.invalid} invalid and {counted(imported.duplicates, 'duplicate row')} skipped"
+    )
+    subscribers = counted(imported.subscribers, "subscriber")
     if imported.changed:
-        what = f"imported {imported.subscribers} subscribers ({imported.rows} rows read; {skipped})"
+        what = f"imported {subscribers} ({counted(imported.rows, 'row')} read; {skipped})"
     else:
         what = (
-            f"unchanged since the import of {imported.at}, nothing read: "
-            f"{imported.subscribers} subscribers ({skipped})"
+            f"unchanged since the import of {imported.at}, nothing read: {subscribers} ({skipped})"
         )
     console.print(f"{config.paths.subscribers}: {what}", markup=False)
     return ExitCode.OK

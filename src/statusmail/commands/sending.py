@@ -16,7 +16,7 @@ from rich.console import Console
 from statusmail import signals
 from statusmail.delivery import controls, corrections, test_send
 from statusmail.delivery.report import ProgressReporter, breakdown_rows, breakdown_table, print_json
-from statusmail.domain import ExitCode, mask_address
+from statusmail.domain import ExitCode, counted, mask_address
 from statusmail.errors import ConnectError, Interrupted
 from statusmail.project.config import Config
 from statusmail.project.entries import find_entry
@@ -256,7 +256,7 @@ def print_dry_run(
     entry_id, stats = prepared.entry.id, report.stats
     console.print(
         f"[bold]{entry_id}[/] (dry run, status {prepared.entry.status.value}): "
-        f"{stats.total} recipients, {report.rendered} rendered"
+        f"{counted(stats.total, 'recipient')}, {report.rendered} rendered"
     )
     for what, counts in (("locale", stats.by_locale()), ("region", stats.by_region())):
         console.print(f"  by {what}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
@@ -268,7 +268,8 @@ def print_dry_run(
         console.print(f"  {line}", markup=False)
     console.print(
         f"  skipped: {stats.inactive} inactive, {stats.suppressed} suppressed of the audience; "
-        f"{stats.read.invalid} invalid, {stats.read.duplicates} duplicate rows in the lists"
+        f"{stats.read.invalid} invalid, {counted(stats.read.duplicates, 'duplicate row')}"
+        " in the lists"
     )
     # Masked as in send's log and the summary: a dry run's output is CI's log
     for line in [*(p.masked() for p in stats.invalid), *map(str, prepared.warnings)]:
