@@ -113,6 +113,8 @@ def test_gallery_shows_every_variant_whole(project: Path, tmp_path: Path, entry_
         for header in ("From", "Subject", "List-Unsubscribe", "Content-Language"):
             assert headers[header] == str(message[header]), header
         assert headers["Content-Language"] == key_of(label).locale
+        # in the variant's language (the page is English): screen readers and fonts take it
+        assert section["lang"] == key_of(label).locale
         assert tag(section.find("pre")).get_text() == text_part
         shadows = section.find_all("template", attrs={"shadowrootmode": "open"})
         assert len(shadows) == 2, "one desktop and one phone view"

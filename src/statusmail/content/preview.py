@@ -206,7 +206,9 @@ def _card(preview: Preview) -> str:
     )
     shadow = _shadow_root(preview.html)
     count = f"{preview.recipients} recipient{'' if preview.recipients == 1 else 's'}"
-    return f"""<section class="variant" id="{esc(preview.key.label)}">
+    # the variant's language: the gallery's page is English (readers and fonts take it)
+    label, lang = esc(preview.key.label), esc(preview.key.locale)
+    return f"""<section class="variant" id="{label}" lang="{lang}">
 <h2>{esc(preview.key.title)} · {count}</h2>
 <p>{_files(preview)}</p>
 <table class="headers">{headers}</table>
