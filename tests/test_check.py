@@ -349,3 +349,10 @@ def test_one_entry_and_one_recipient_are_said_in_the_singular(project: Path) -> 
     dry = invoke(project, "send", "update-2020-04-21", "--dry-run", "--preview-dir", "p")
     assert dry.exit_code == 0, dry.output
     assert ": 1 recipient, " in dry.stdout and "1 duplicate row in the lists" in dry.stdout
+
+
+def test_what_tools_leave_beside_the_entries_is_not_an_entry(project: Path) -> None:
+    updates = project.parent / "updates"
+    (updates / "._update-2020-04-21.yaml").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac")
+    checked = invoke(project, "check")
+    assert checked.exit_code == 0, checked.output

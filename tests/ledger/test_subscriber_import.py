@@ -282,3 +282,16 @@ def test_every_choice_a_reader_makes_changes_what_a_resume_compares(
         ledger.lift(["someone@example.org"], "by hand")
         lifted = preferences_stamp(ledger)
     assert len({before, after, lifted}) == 3
+
+
+def test_what_tools_leave_beside_the_lists_is_not_a_list(tmp_path: Path) -> None:
+    """macOS's AppleDouble ``._main.csv`` (not CSV at all) and an office suite's lock
+    file ``~$main.csv``: each refused the whole import, and every send with it."""
+    folder = tmp_path / "subscribers"
+    folder.mkdir()
+    (folder / "main.csv").write_text(GOOD, encoding="utf-8")
+    (folder / "._main.csv").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
+    (folder / "~$main.csv").write_bytes(b"\x0bsomeone   \x00\x00")
+    with Ledger(tmp_path / "statusmail.db") as ledger:
+        imported = import_lists(ledger, folder)
+    assert (imported.subscribers, imported.invalid) == (2, 1)

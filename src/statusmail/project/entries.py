@@ -186,7 +186,11 @@ def topics_problems(entry: Entry) -> list[Problem]:
 
 def entry_paths(updates_dir: Path) -> list[Path]:
     return (
-        sorted(p for p in updates_dir.iterdir() if p.suffix in SUFFIXES and p.is_file())
+        sorted(
+            p
+            for p in updates_dir.iterdir()
+            if p.suffix in SUFFIXES and p.is_file() and not p.name.startswith((".", "~$"))
+        )
         if updates_dir.is_dir()
         else []
     )

@@ -99,10 +99,17 @@ def address_key(address: str) -> str:
 
 
 def subscriber_files(folder: Path) -> list[Path]:
+    """The list files in ``folder``, not what tools leave beside them: hidden files
+    (macOS's ``._main.csv``, which is not CSV and refused the whole import) and office
+    suites' lock files (``~$main.csv``), as a shell's ``*.csv`` leaves them out."""
     if folder.is_file():
         return [folder]
     return sorted(
-        p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in (".csv", ".yaml", ".yml")
+        p
+        for p in folder.iterdir()
+        if p.is_file()
+        and p.suffix.lower() in (".csv", ".yaml", ".yml")
+        and not p.name.startswith((".", "~$"))
     )
 
 
