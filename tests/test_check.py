@@ -346,7 +346,8 @@ def test_one_entry_and_one_recipient_are_said_in_the_singular(project: Path) -> 
     checked = invoke(project, "check")
     assert checked.exit_code == 0, checked.output
     assert "checked 1 entry, " in checked.stdout, checked.stdout
-    dry = invoke(project, "send", "update-2020-04-21", "--dry-run", "--preview-dir", "p")
+    previews = str(project.parent / "previews")
+    dry = invoke(project, "send", "update-2020-04-21", "--dry-run", "--preview-dir", previews)
     assert dry.exit_code == 0, dry.output
     assert ": 1 recipient, " in dry.stdout and "1 duplicate row in the lists" in dry.stdout
 
