@@ -247,22 +247,13 @@ class Delivering:
     async def _slot(self) -> None:
         """Wait for this message's slot of the rate limit; ``_Stopping`` if the run
         stops first (a pause, a cancel, a signal): a worker waits here for up to
-        ``concurrency / rate`` seconds, and nothing of the message has left yet."""
+        ``concurrency / rate`` seconds, and nothing of the message has left yet. (The
+        bucket sleeps with ``_nap``, which the run's stop cuts short.)"""
         if self.stop.is_set():
             raise _Stopping
-        if self.bucket.unlimited:
-            return
-        slot = asyncio.ensure_future(self.bucket.acquire())
-        stopping = asyncio.ensure_future(self.stop.wait())
-        try:
-            await asyncio.wait((slot, stopping), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (slot, stopping):
-                task.cancel()
-            await asyncio.gather(slot, stopping, return_exceptions=True)
+        await self.bucket.acquire()
         if self.stop.is_set():
             raise _Stopping
-        slot.result()  # the ledger's error, for a shared limit
 
     async def _suppression_check(self, address: str) -> asyncio.Future[str | None] | None:
         """Raise ``_Suppressed`` if the address is suppressed now, on a local ledger

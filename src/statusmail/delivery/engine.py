@@ -105,10 +105,12 @@ class Engine(Delivering):
         self.settings = settings
         self.stop = stop or asyncio.Event()
         self.on_outcome = on_outcome
+        # Its waits end with the run's stop (``_nap``): a worker waiting for its slot
+        # then sends nothing (see ``_slot``)
         self.bucket: TokenBucket | SharedBucket = (
-            SharedBucket(settings.rate, queue.take_slots)
+            SharedBucket(settings.rate, queue.take_slots, sleep=self._nap)
             if queue.shared
-            else TokenBucket(settings.rate)
+            else TokenBucket(settings.rate, sleep=self._nap)
         )
         self.failures = FailureWindow(settings.stop_after_failures)
         self.committer = GroupCommitter(queue, self._recorded, self._fail)
