@@ -200,6 +200,36 @@ async def test_a_relay_that_opens_data_after_refusing_the_recipient_gets_a_lone_
     assert heard[5:] == [b"RSET\r\n", b"QUIT\r\n"]
 
 
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one at a time"])
+async def test_a_refusal_in_latin_1_is_said_in_text_that_can_be_stored(pipelining: bool) -> None:
+    """A relay's reply that is not UTF-8 ("Empfänger" in Latin-1) came through as
+    surrogates, which the ledger cannot store: the group commit failed, the run ended
+    in a traceback, and what the relay had accepted was sent again by the next run."""
+
+    async def script(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, heard: list[bytes]
+    ) -> None:
+        if pipelining:
+            await lines(reader, heard, 3)
+            writer.write(b"250 ok\r\n550 5.7.1 Empf\xe4nger abgelehnt\r\n554 5.5.1 no rcpt\r\n")
+        else:
+            await lines(reader, heard, 1)
+            writer.write(b"250 ok\r\n")
+            await lines(reader, heard, 1)
+            writer.write(b"550 5.7.1 Empf\xe4nger abgelehnt\r\n")
+        await quit_after(reader, writer, heard)
+
+    async with relay(script, pipelining=pipelining) as (port, _):
+        conn = await transport(port, pipelining=pipelining).connect()
+        with pytest.raises(DeliveryError) as refused:
+            await conn.send(envelope())
+        await conn.close()
+    said = str(refused.value)
+    said.encode("utf-8")  # storable
+    assert "Empf\ufffdnger abgelehnt" in said, said
+    assert (refused.value.code, refused.value.bounce) == (550, False)  # 5.7.1: policy
+
+
 @pytest.mark.parametrize("how", ["silent", "hangs up", "closes"])
 async def test_a_relay_that_stops_mid_pipeline_is_a_transient_failure(how: str) -> None:
     async def script(

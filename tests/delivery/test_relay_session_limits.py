@@ -129,6 +129,7 @@ def test_a_limit_below_one_is_a_config_problem(project: Path) -> None:
         ("451 4.7.1 Too many messages per session, reconnect", True, True),
         ("421 4.3.2 Service shutting down", True, False),
         ("452 4.2.2 Mailbox full", True, False),
+        ("452 4.2.2 Mailbox full (too many messages)", True, False),  # the recipient's
         ("451 4.3.0 Try again later", False, False),
         ("550 5.5.3 Too many recipients", False, False),
     ],

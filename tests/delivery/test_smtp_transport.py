@@ -395,6 +395,10 @@ def test_is_bounce_rules() -> None:
     assert not is_bounce(550, "5.1.11 something else")
     assert not is_bounce(450, "4.1.1 mailbox unavailable")
     assert not is_bounce(554, "5.7.1 rejected")
+    # an enhanced code decides alone: RFC 5321's stock words under a policy refusal
+    # are not "no such user", and the address stays good
+    assert not is_bounce(550, "5.7.1 Requested action not taken: mailbox unavailable (policy)")
+    assert is_bounce(550, "5.1.1 mailbox unavailable")
 
 
 def test_transport_server_names_host_and_port() -> None:

@@ -41,19 +41,46 @@ def command_address(address: str) -> bytes | None:
 
 
 def one_line(text: str) -> str:
+    """A reply as one line of text that can be stored and printed: a relay's bytes that
+    are not UTF-8 (a Latin-1 refusal), carried as surrogates, become U+FFFD (SQLite and
+    PostgreSQL refuse surrogates: the outcome could not be recorded, and a run that
+    cannot record sends again what the relay accepted)."""
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     return " / ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
+# An enhanced status code (RFC 3463) where a reply's text starts: it decides alone.
+_ENHANCED = re.compile(r"\s*([245]\.\d{1,3}\.\d{1,3})(?![\d.])")
+
+
+def enhanced_code(text: str) -> str | None:
+    found = _ENHANCED.match(text)
+    return found.group(1) if found else None
+
+
 def is_bounce(code: int, text: str) -> bool:
-    """A permanent "no such user" answer: 5.1.1/5.1.10, or a 550 saying so in words."""
+    """A permanent "no such user" answer: 5.1.1/5.1.10, or, from a relay that gives no
+    enhanced code, a 550 saying so in words (a 5.7.1 policy refusal in the stock words
+    "mailbox unavailable" is not one: the address is good)."""
     if code < 500:
         return False
+    enhanced = enhanced_code(text)
+    if enhanced is not None:
+        return enhanced in ("5.1.1", "5.1.10")
     return bool(_BOUNCE_STATUS.search(text)) or (code == 550 and bool(_BOUNCE_TEXT.search(text)))
 
 
 def names_session_limit(code: int, text: str) -> bool:
-    """A 4xx reply saying that a session carries no more messages than it has."""
-    return 400 <= code < 500 and _SESSION_LIMIT.search(text) is not None
+    """A 4xx reply saying that a session carries no more messages than it has: 4.5.3,
+    or the words, unless its enhanced code is about the recipient's address or mailbox
+    (4.1.x, 4.2.x: a full mailbox's "452 4.2.2 ... too many messages" is theirs, not the
+    session's)."""
+    if not 400 <= code < 500:
+        return False
+    enhanced = enhanced_code(text)
+    if enhanced is not None and enhanced.startswith(("4.1.", "4.2.")):
+        return False
+    return _SESSION_LIMIT.search(text) is not None
 
 
 def ends_session(code: int, text: str) -> bool:
