@@ -230,6 +230,29 @@ async def test_a_refusal_in_latin_1_is_said_in_text_that_can_be_stored(pipelinin
     assert (refused.value.code, refused.value.bounce) == (550, False)  # 5.7.1: policy
 
 
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one at a time"])
+async def test_a_refused_sender_is_never_the_recipient_s_bounce(pipelining: bool) -> None:
+    """A relay refusing the return path: "550 <bounces+…>: Sender address rejected: User
+    unknown" (no enhanced code: the words decide). They are about the sender: read as
+    the recipient's "no such user", every recipient was suppressed as bounced."""
+    refusal = b"550 <bounces+x@example.org>: Sender address rejected: User unknown\r\n"
+
+    async def script(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, heard: list[bytes]
+    ) -> None:
+        await lines(reader, heard, 3 if pipelining else 1)
+        writer.write(refusal + (b"503 5.5.1 no sender\r\n" * 2 if pipelining else b""))
+        await quit_after(reader, writer, heard)
+
+    async with relay(script, pipelining=pipelining) as (port, _):
+        conn = await transport(port, pipelining=pipelining).connect()
+        with pytest.raises(DeliveryError) as refused:
+            await conn.send(envelope())
+        await conn.close()
+    assert (refused.value.code, refused.value.bounce) == (550, False)
+    assert "reply to MAIL" in str(refused.value)
+
+
 @pytest.mark.parametrize("how", ["silent", "hangs up", "closes"])
 async def test_a_relay_that_stops_mid_pipeline_is_a_transient_failure(how: str) -> None:
     async def script(

@@ -394,7 +394,9 @@ class SmtpConnection:
             code=code,
             recipient=envelope.recipient,
             transient=code < 500,
-            bounce=is_bounce(code, text),
+            # the recipient's "no such user"; at MAIL FROM the words are about the sender
+            # (a relay that does not know the return path's address refused every one)
+            bounce=stage != "MAIL" and is_bounce(code, text),
         )
 
     async def _reset(self, smtp: aiosmtplib.SMTP) -> None:
