@@ -408,6 +408,17 @@ def test_postmark_bounce_with_basic_auth_suppresses_the_address(site: Site) -> N
     assert suppression(site.config, address) == "bounced"
 
 
+def test_a_verified_report_naming_no_storable_address_changes_nothing(site: Site) -> None:
+    """JSON can carry a lone surrogate, which no ledger can store: a verified post naming
+    "\ud800@example.org" was a 500 with a traceback."""
+    before = ledger_dump(site.config)
+    body = postmark_bounce("\ud800@example.org")
+    assert b"\\ud800" in body  # as JSON writes it
+    reply = site.post("postmark", body, basic("statusmail", POSTMARK_PASSWORD))
+    assert reply.status == 200, reply
+    assert ledger_dump(site.config) == before
+
+
 @pytest.mark.usefixtures("unchanged")
 def test_postmark_without_basic_auth_is_asked_for_it(site: Site) -> None:
     reply = site.post("postmark", postmark_bounce(site.free[-1]))

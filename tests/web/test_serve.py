@@ -44,6 +44,7 @@ from statusmail.ledger.pool import POOL_SIZE, WAIT, WAIT_WHILE_DOWN
 from statusmail.project.config import load_config
 from statusmail.project.secrets import DEV_UNSUBSCRIBE_SECRET
 from statusmail.project.tokens import Keyring, unsubscribe_token
+from statusmail.web.endpoints import is_one_click
 from statusmail.web.pages import Choice, PreferencesPage, render_pages
 from statusmail.web.serve import LedgerAccess
 
@@ -576,3 +577,16 @@ def test_serve_s_russian_pages_are_set_as_russian_is_set() -> None:
     page = PreferencesPage(REPO / "templates", "StartMail", config.topics, config.topic_names)
     html = page.render("ru", Choice("ru", frozenset()))
     assert "и\u00a0доступ к\u00a0нему" in html, html  # a topic's name too
+
+
+def test_a_one_click_body_of_nested_comments_is_not_a_one_click() -> None:
+    """The email package's header parser recurses per comment: a part header of a
+    thousand nested "(" was a RecursionError, a 500 with a traceback."""
+    deep = "(" * 1200 + ")" * 1200
+    body = (
+        "--b\r\n"
+        f'Content-Disposition: form-data; name="List-Unsubscribe" {deep}\r\n\r\n'
+        "One-Click\r\n--b--\r\n"
+    ).encode()
+    assert is_one_click("multipart/form-data; boundary=b", body) in (True, False)
+    assert not is_one_click(f"multipart/form-data; boundary=b; x={deep}", body)

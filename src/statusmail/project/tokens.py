@@ -50,10 +50,14 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes | None:
+    """The bytes ``_b64`` wrote as ``text``, or None: only that one spelling (the base64
+    decoder alone drops characters outside its alphabet, takes '+' for '-', ignores a
+    last character's unused bits and extra '=': one token, many strings)."""
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (ValueError, binascii.Error):
         return None
+    return raw if _b64(raw) == text else None
 
 
 def _derive(secret: bytes, info: str, length: int) -> bytes:

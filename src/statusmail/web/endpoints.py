@@ -71,7 +71,14 @@ def is_one_click(content_type: str, body: bytes) -> bool:
         head = f"Content-Type: {content_type}\r\n\r\n".encode("latin-1", "replace")
         try:
             return _multipart_one_click(head + body)
-        except (email.errors.MessageError, IndexError, ValueError, TypeError, LookupError):
+        except (
+            email.errors.MessageError,
+            IndexError,
+            ValueError,
+            TypeError,
+            LookupError,
+            RecursionError,  # a part header of a thousand nested comments
+        ):
             # part headers the email package's parser chokes on (name*="'", say)
             return False
     try:

@@ -54,8 +54,16 @@ def text_at(data: Mapping[str, Any], key: str) -> str:
 
 
 def address_in(value: str) -> str | None:
+    """The address a report names, or None: not one (a lone surrogate, which JSON can
+    carry and no ledger can store, made a verified post a 500)."""
     value = value.strip().strip("<>").strip()
-    return value if "@" in value and " " not in value else None
+    if "@" not in value or " " in value or not value.isprintable():
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return value
 
 
 def message_id_in(value: str) -> str | None:
