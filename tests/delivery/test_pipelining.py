@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from smtp_server import RecordingServer, TestCA, make_test_ca
 from statusmail.delivery.pipelining import MalformedReply, Replies
 from statusmail.delivery.smtp import SmtpTransport
+from statusmail.delivery.transport import SessionEnded
 from statusmail.domain import Envelope, Shape
 from statusmail.errors import ConfigError, DeliveryError
 from statusmail.project.config import load_config
@@ -251,6 +252,45 @@ async def test_a_refused_sender_is_never_the_recipient_s_bounce(pipelining: bool
         await conn.close()
     assert (refused.value.code, refused.value.bounce) == (550, False)
     assert "reply to MAIL" in str(refused.value)
+
+
+async def test_a_421_that_closes_the_session_mid_pipeline_is_what_the_relay_said() -> None:
+    """Exim's "421 ... too many messages in this connection", to the pipelined MAIL of a
+    session's second message, then the connection closed, as 421 means: the reads of
+    the next replies found it gone, and the 421 was thrown away for "connection lost":
+    the attempt charged, nothing learnt (one command at a time learnt it)."""
+    sessions: list[int] = []
+
+    async def script(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, heard: list[bytes]
+    ) -> None:
+        sessions.append(1)
+        if len(sessions) > 1:  # the next session: takes the message
+            await lines(reader, heard, 3)
+            writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
+            while (line := await reader.readline()) not in (b".\r\n", b""):
+                pass
+            writer.write(b"250 queued\r\n")
+            await quit_after(reader, writer, heard)
+            return
+        await lines(reader, heard, 3)
+        writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        while await reader.readline() not in (b".\r\n", b""):
+            pass
+        writer.write(b"250 queued\r\n")
+        await lines(reader, heard, 3)  # the second message's MAIL, RCPT, DATA
+        writer.write(b"421 4.7.0 relay.test too many messages in this connection\r\n")
+        await writer.drain()
+
+    async with relay(script) as (port, _):
+        conn = await transport(port).connect()
+        await conn.send(envelope("ann@example.org"))
+        with pytest.raises(SessionEnded) as ended:
+            await conn.send(envelope("bob@example.org"))
+        await conn.send(envelope("bob@example.org"))  # the new session takes it
+        await conn.close()
+    assert ended.value.code == 421 and ended.value.learnt == 1
+    assert len(sessions) == 2
 
 
 @pytest.mark.parametrize("how", ["silent", "hangs up", "closes"])

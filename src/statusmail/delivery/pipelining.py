@@ -154,17 +154,25 @@ async def pipelined(
     transport.set_protocol(replies)
     try:
         transport.write(mail + rcpt + b"DATA\r\n")
-        sender = await replies.next(timeout)
-        recipient = await replies.next(timeout)
-        start = await replies.next(timeout)
         refusal: aiosmtplib.SMTPResponseException | None = None
+        sender = await replies.next(timeout)
         if sender.code != 250:
             refusal = aiosmtplib.SMTPSenderRefused(sender.code, sender.message, _address(mail))
-        elif recipient.code not in (250, 251):
-            refusal = aiosmtplib.SMTPRecipientRefused(
-                recipient.code, recipient.message, _address(rcpt)
-            )
-        elif start.code != 354:
+        try:
+            recipient = await replies.next(timeout)
+            if refusal is None and recipient.code not in (250, 251):
+                refusal = aiosmtplib.SMTPRecipientRefused(
+                    recipient.code, recipient.message, _address(rcpt)
+                )
+            start = await replies.next(timeout)
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPReadTimeoutError):
+            if refusal is None:
+                raise
+            # A refusal that closed the session (421: "too many messages in this
+            # connection"): it is what the relay said, not a lost connection, and how
+            # many a session takes is learnt from it, as one command at a time would
+            raise refusal from None
+        if refusal is None and start.code != 354:
             raise aiosmtplib.SMTPDataError(start.code, start.message)
         if refusal is not None:
             if start.code == 354:
