@@ -268,7 +268,7 @@ async def test_a_421_that_closes_the_session_mid_pipeline_is_what_the_relay_said
         if len(sessions) > 1:  # the next session: takes the message
             await lines(reader, heard, 3)
             writer.write(b"250 ok\r\n250 ok\r\n354 go\r\n")
-            while (line := await reader.readline()) not in (b".\r\n", b""):
+            while await reader.readline() not in (b".\r\n", b""):
                 pass
             writer.write(b"250 queued\r\n")
             await quit_after(reader, writer, heard)
