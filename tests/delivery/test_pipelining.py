@@ -417,3 +417,12 @@ async def test_what_is_not_a_reply_fails_the_read_instead_of_pairing_with_a_comm
     reader.data_received(junk)
     with pytest.raises(MalformedReply):
         await reader.next(1)
+
+
+async def test_an_over_long_reply_keeps_its_code() -> None:
+    """A relay's "250 2.0.0 Ok: queued as AAAA…" on one 9,000-octet line (RFC 5321 says
+    512): read as "not a reply", the accepted message was sent again five times."""
+    reader = Replies(asyncio.Protocol())
+    reader.data_received(b"250 2.0.0 Ok: queued as " + b"A" * 9000 + b"\r\n")
+    code, text = await reader.next(1)
+    assert code == 250 and text.startswith("2.0.0 Ok: queued as AAAA") and len(text) < 8192

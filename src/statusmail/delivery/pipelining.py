@@ -103,8 +103,11 @@ class Replies(asyncio.Protocol):
             del buffer[: end + 1]
             for line in complete.split(b"\n"):
                 mark = line[3:4]
-                if len(line) > MAX_LINE or not line[:3].isdigit() or mark not in _MARKS:
+                if not line[:3].isdigit() or mark not in _MARKS:
                     raise MalformedReply(f"not an SMTP reply: {line[:80]!r}")
+                # Over RFC 5321's 512 octets, and over this: the code stands, the text
+                # is cut (a 250 taken for a lost connection was sent again and again)
+                line = line[:MAX_LINE]
                 if mark == b"-":  # a line of a multi-line reply, more to come
                     self._lines.append(line)
                     continue
