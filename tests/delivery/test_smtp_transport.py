@@ -158,6 +158,21 @@ async def test_wrong_password_is_permanent_connect_error(
     assert "535" in str(info.value)
 
 
+async def test_a_password_that_is_not_text_is_a_connect_error(
+    make_server: MakeServer, test_ca: TestCA
+) -> None:
+    """Bytes from the environment that are not UTF-8 come as surrogates, which AUTH
+    cannot encode: a UnicodeEncodeError's traceback, not an error naming the relay."""
+    server = make_server(tls_context=test_ca.server_context, auth=("relay", "s3cret"))
+    transport = transport_for(
+        server, "caf\udce9", security="starttls", username="relay", ca_file=test_ca.ca_file
+    )
+    with pytest.raises(ConnectError) as info:
+        await transport.connect()
+    assert info.value.transient is False
+    assert f"127.0.0.1:{server.port}" in str(info.value) and "not valid text" in str(info.value)
+
+
 async def test_untrusted_certificate_is_permanent(make_server: MakeServer, test_ca: TestCA) -> None:
     server = make_server(tls_context=test_ca.server_context)
     # No ca_file: the system store does not know the trustme CA.

@@ -127,6 +127,12 @@ class SmtpTransport:
             _abort(smtp)
             if isinstance(exc, aiosmtplib.SMTPException | OSError):
                 raise connect_error(self.server, s.timeout, exc) from exc
+            if isinstance(exc, UnicodeError):  # a username or password not in UTF-8
+                raise self._error(
+                    "cannot send the SMTP username or password: it is not valid text"
+                    " (check the encoding of the file or variable it comes from)",
+                    transient=False,
+                ) from exc
             raise
         return smtp
 
