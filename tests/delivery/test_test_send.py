@@ -90,6 +90,21 @@ def test_test_to_goes_through_the_relay_and_says_what_it_refused(tested: Path) -
     assert outbox_messages(tested) == []
 
 
+def test_test_to_goes_on_past_the_relays_limit_per_session(tested: Path) -> None:
+    """A relay that takes three messages a session answers the fourth "452 4.5.3": the
+    connection opens the next session, and the test send goes on in it (it reported
+    the fourth variant failed and exited 4)."""
+    server = RecordingServer(session_limit=3).start()
+    try:
+        point_at(tested, server.port)
+        result = invoke(tested, "send", UPDATE, "--test-to", QA, env=SECRET_ENV)
+    finally:
+        server.stop()
+    assert result.exit_code == 0, result.output
+    assert len(server.messages) == len(VARIANTS) and server.session_limit_replies == 1
+    assert "failed" not in result.stdout
+
+
 class _Prepared:
     def __init__(self, config: Path) -> None:
         self.config = load_config(config)

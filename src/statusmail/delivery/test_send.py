@@ -22,7 +22,7 @@ from rich.console import Console
 from statusmail.content.message import MessageFactory
 from statusmail.content.render import Renderer
 from statusmail.content.variants import PROBE_NAMES, VariantKey
-from statusmail.delivery.transport import Transport
+from statusmail.delivery.transport import SessionEnded, Transport
 from statusmail.domain import Entry, ExitCode, Recipient
 from statusmail.errors import DeliveryError, InputError, Problem
 from statusmail.project.config import Config
@@ -149,7 +149,10 @@ async def deliver(
             for key, factory in factories.items():
                 built = factory.build(recipient_for(address, key), eight_bit=connection.eight_bit)
                 try:
-                    await connection.send(built.envelope)
+                    try:
+                        await connection.send(built.envelope)
+                    except SessionEnded:  # the relay's per-session limit: the connection
+                        await connection.send(built.envelope)  # opened the next session
                 except DeliveryError as exc:
                     sent.failed.append((key.label, address, exc))
                 else:
