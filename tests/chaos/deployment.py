@@ -102,6 +102,22 @@ class OwnLedger:
         )
         return {int(str(row[0]).rsplit(":", 2)[1]) for row in rows}
 
+    def claims(self) -> list[str]:
+        """Who holds the pending rows and for how much longer (the server's clock): what
+        a run that does not finish is stuck on."""
+        rows = self.execute(
+            "SELECT COALESCE(claimed_by, '(nobody)'), COUNT(*),"
+            " MIN(lease_until - extract(epoch from clock_timestamp())),"
+            " MIN(claim_epoch), MAX(attempts), MIN(selection)"
+            " FROM deliveries WHERE entry_id = %s AND status = 'pending' GROUP BY 1",
+            ENTRY,
+        )
+        return [
+            f"{holder}: {n} rows, lease {'-' if left is None else f'{left:.1f}s'} left,"
+            f" epoch {epoch}, attempts {attempts}, selection {selection}"
+            for holder, n, left, epoch, attempts, selection in rows
+        ]
+
     def front(self) -> list[str]:
         """The recipients in senders' hands now (claimed, pending), in queue order; else
         the next pending ones."""

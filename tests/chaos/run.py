@@ -300,6 +300,13 @@ class Run:
             f"the entry was not finished within {within:.0f}s of the faults' end"
             f" ({pending} pending; running: {', '.join(running) or 'nothing'})"
         )
+        # What it is stuck on, for the reader: the pending rows' claims, and what each
+        # process still running said last
+        for line in self.ledger.claims():
+            self.log(f"  pending: {line}")
+        for process in [p for p in self.processes if p.alive()]:
+            for line in process.running.stderr.splitlines()[-6:]:
+                self.log(f"  {process.kind} {process.pid}: {line[:300]}")
 
     def stop_all(self) -> None:
         """SIGTERM to every process, one at a time (as each host stops its own): each
