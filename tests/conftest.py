@@ -200,6 +200,41 @@ def pytest_configure() -> None:
     compileall.compile_dir(Path(package.origin).parent, quiet=2)
 
 
+_STRAY = pytest.StashKey[set[str] | None]()
+
+
+def _stray_files() -> set[str] | None:
+    """The files in the checkout git does not know and does not ignore; None outside a
+    git checkout (an unpacked sdist, say)."""
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        return None
+    listed = subprocess.run(
+        ["git", "-C", str(REPO), "ls-files", "--others", "--exclude-standard"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
+    return set(listed.stdout.splitlines()) if listed.returncode == 0 else None
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not hasattr(session.config, "workerinput"):  # the controller, before any test
+        session.config.stash[_STRAY] = _stray_files()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A test writes in its own temporary folders, never in the checkout (one wrote its
+    previews there, and they were committed with it)."""
+    if hasattr(session.config, "workerinput"):
+        return
+    before, after = session.config.stash.get(_STRAY, None), _stray_files()
+    if before is None or after is None or not (new := sorted(after - before)):
+        return
+    print(f"\nthe tests left files in the checkout {REPO}: {', '.join(new[:10])}")
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     def rank(item: pytest.Item) -> int:
         name = item.path.name
