@@ -426,3 +426,27 @@ async def test_an_over_long_reply_keeps_its_code() -> None:
     reader.data_received(b"250 2.0.0 Ok: queued as " + b"A" * 9000 + b"\r\n")
     code, text = await reader.next(1)
     assert code == 250 and text.startswith("2.0.0 Ok: queued as AAAA") and len(text) < 8192
+
+
+async def test_an_unreadable_reply_after_the_message_is_not_sent_again() -> None:
+    """One command at a time, aiosmtplib reads the 250 after the end of DATA on one
+    9,000-octet line as no reply ("-1 Response too long"): taken for a 4xx, the message
+    the relay had accepted was sent again and again."""
+
+    async def script(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, heard: list[bytes]
+    ) -> None:
+        for reply in (b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n"):
+            await lines(reader, heard, 1)
+            writer.write(reply)
+        while await reader.readline() not in (b".\r\n", b""):
+            pass
+        writer.write(b"250 2.0.0 Ok: queued as " + b"A" * 9000 + b"\r\n")
+        await quit_after(reader, writer, heard)
+
+    async with relay(script, pipelining=False) as (port, _):
+        conn = await transport(port, pipelining=False).connect()
+        with pytest.raises(DeliveryError) as unread:
+            await conn.send(envelope())
+        await conn.close()
+    assert not unread.value.transient and "may have been accepted" in str(unread.value)

@@ -377,6 +377,15 @@ class SmtpConnection:
         """A 4xx/5xx reply: reset the transaction (or drop the session) and map it."""
         text = one_line(text)
         said = f"{text} (reply to {stage} from {self._transport.server})"
+        if code < 0:  # no reply aiosmtplib could read ("Response too long"): out of step
+            self._drop()
+            return DeliveryError(
+                f"{said}: the relay's reply could not be read; the message may have been"
+                " accepted, so it is not sent again (statusmail retry --failed sends it)",
+                recipient=envelope.recipient,
+                # before DATA nothing went; after it, the reply may have been the 250
+                transient=stage != "DATA",
+            )
         carried = self._carried
         if carried and ends_session(code, text):
             learnt = carried if names_session_limit(code, text) else None
