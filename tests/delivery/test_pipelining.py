@@ -110,6 +110,16 @@ def transport(port: int, timeout: float = 5, *, pipelining: bool = True) -> Smtp
     return SmtpTransport(settings, None, hostname="client.test")
 
 
+async def refusal_of(script: Script, *, pipelining: bool = True) -> DeliveryError:
+    """What one message is refused with by the relay ``script`` plays."""
+    async with relay(script, pipelining=pipelining) as (port, _):
+        conn = await transport(port, pipelining=pipelining).connect()
+        with pytest.raises(DeliveryError) as refused:
+            await conn.send(envelope())
+        await conn.close()
+    return refused.value
+
+
 async def test_mail_rcpt_and_data_go_before_any_reply_when_the_relay_offers_pipelining() -> None:
     received: list[bytes] = []
 
@@ -220,15 +230,11 @@ async def test_a_refusal_in_latin_1_is_said_in_text_that_can_be_stored(pipelinin
             writer.write(b"550 5.7.1 Empf\xe4nger abgelehnt\r\n")
         await quit_after(reader, writer, heard)
 
-    async with relay(script, pipelining=pipelining) as (port, _):
-        conn = await transport(port, pipelining=pipelining).connect()
-        with pytest.raises(DeliveryError) as refused:
-            await conn.send(envelope())
-        await conn.close()
-    said = str(refused.value)
+    refused = await refusal_of(script, pipelining=pipelining)
+    said = str(refused)
     said.encode("utf-8")  # storable
     assert "Empf\ufffdnger abgelehnt" in said, said
-    assert (refused.value.code, refused.value.bounce) == (550, False)  # 5.7.1: policy
+    assert (refused.code, refused.bounce) == (550, False)  # 5.7.1: policy
 
 
 @pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one at a time"])
@@ -245,13 +251,9 @@ async def test_a_refused_sender_is_never_the_recipient_s_bounce(pipelining: bool
         writer.write(refusal + (b"503 5.5.1 no sender\r\n" * 2 if pipelining else b""))
         await quit_after(reader, writer, heard)
 
-    async with relay(script, pipelining=pipelining) as (port, _):
-        conn = await transport(port, pipelining=pipelining).connect()
-        with pytest.raises(DeliveryError) as refused:
-            await conn.send(envelope())
-        await conn.close()
-    assert (refused.value.code, refused.value.bounce) == (550, False)
-    assert "reply to MAIL" in str(refused.value)
+    refused = await refusal_of(script, pipelining=pipelining)
+    assert (refused.code, refused.bounce) == (550, False)
+    assert "reply to MAIL" in str(refused)
 
 
 async def test_a_421_that_closes_the_session_mid_pipeline_is_what_the_relay_said() -> None:
@@ -444,9 +446,5 @@ async def test_an_unreadable_reply_after_the_message_is_not_sent_again() -> None
         writer.write(b"250 2.0.0 Ok: queued as " + b"A" * 9000 + b"\r\n")
         await quit_after(reader, writer, heard)
 
-    async with relay(script, pipelining=False) as (port, _):
-        conn = await transport(port, pipelining=False).connect()
-        with pytest.raises(DeliveryError) as unread:
-            await conn.send(envelope())
-        await conn.close()
-    assert not unread.value.transient and "may have been accepted" in str(unread.value)
+    unread = await refusal_of(script, pipelining=False)
+    assert not unread.transient and "may have been accepted" in str(unread)
