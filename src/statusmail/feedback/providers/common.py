@@ -57,13 +57,8 @@ def address_in(value: str) -> str | None:
     """The address a report names, or None: not one (a lone surrogate, which JSON can
     carry and no ledger can store, made a verified post a 500)."""
     value = value.strip().strip("<>").strip()
-    if "@" not in value or " " in value or not value.isprintable():
-        return None
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return None
-    return value
+    # (isprintable is False for a surrogate, a control character, any space but " ")
+    return value if "@" in value and " " not in value and value.isprintable() else None
 
 
 def message_id_in(value: str) -> str | None:
