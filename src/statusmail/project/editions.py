@@ -36,6 +36,13 @@ class Edition:
     readers_regions: tuple[Region, ...] = ()
 
     @property
+    def treated_regions(self) -> list[Region]:
+        """The regions whose blocks this edition's links must get around: its own (whose
+        links its pages get) and its readers' regions, each once."""
+        treated = {r.code: r for r in (self.treatment, *self.readers_regions) if r}
+        return list(treated.values())
+
+    @property
     def region(self) -> Region | None:
         """The region whose access block the edition's pages carry."""
         return self.treatment if self.treatment and self.treatment.access else None
@@ -136,8 +143,7 @@ def edition_problems(editions: Mapping[str, Edition]) -> list[Problem]:
     """An edition served on a domain its own region, or its readers' region, blocks."""
     problems: list[Problem] = []
     for edition in editions.values():
-        treated = {r.code: r for r in (edition.treatment, *edition.readers_regions) if r}
-        for region in treated.values():
+        for region in edition.treated_regions:
             if region.blocked_hosts_in(edition.url):
                 problems.append(
                     Problem(

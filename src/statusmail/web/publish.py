@@ -207,16 +207,13 @@ def _leaks(
     edition publishes every entry (an entry for NL on the mirror its RU readers read).
     Named at the entry whose page has it; at the templates only when no entry's does
     (an entry's link shows in the feeds and indexes too)."""
-    treated = [
-        r for r in {r.code: r for r in (edition.treatment, *edition.readers_regions) if r}.values()
-    ]
     found: list[Problem] = []
     explained: set[tuple[str, str]] = set()
     pages = sorted(made.items(), key=lambda item: Path(item[0]).stem not in entries)
     for name, data in pages:
         text = data.decode("utf-8", "replace")
         entry = entries.get(Path(name).stem)
-        for region in treated:
+        for region in edition.treated_regions:
             for host in region.blocked_hosts_in(text):
                 said = (
                     f"readers in {region.code} of the {edition.name!r} edition still get a"
