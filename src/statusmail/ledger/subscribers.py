@@ -152,25 +152,21 @@ def _same_files(ledger: Ledger, import_id: int, folder: Path) -> bool:
         files = subscriber_files(folder)
     except OSError:
         return False
+    # Each file as the import recorded it, by where it is, however either spells it
     recorded = {
-        path: (size, mtime, digest)
+        os.path.realpath(path): (path, size, mtime, digest)
         for path, size, mtime, digest in query(
             ledger,
             "SELECT path, size, mtime_ns, digest FROM subscriber_files WHERE import_id = :i",
             i=import_id,
         )
     }
-    if {str(p) for p in files} != set(recorded):
-        by_place = {os.path.realpath(name): name for name in recorded}
-        if {os.path.realpath(p) for p in files} != set(by_place):
-            return False
-        recorded = {str(p): recorded[by_place[os.path.realpath(p)]] for p in files}
-        spelled = {str(p): by_place[os.path.realpath(p)] for p in files}
-    else:
-        spelled = {str(p): str(p) for p in files}
+    places = {os.path.realpath(p): p for p in files}
+    if set(places) != set(recorded):
+        return False
     touched: list[tuple[str, int]] = []
-    for path in files:
-        size, mtime, digest = recorded[str(path)]
+    for place, path in places.items():
+        spelled, size, mtime, digest = recorded[place]
         try:
             st = path.stat()
             if st.st_size != size:
@@ -178,7 +174,7 @@ def _same_files(ledger: Ledger, import_id: int, folder: Path) -> bool:
             if st.st_mtime_ns != mtime:
                 if digest_of(path) != digest:
                     return False
-                touched.append((spelled[str(path)], st.st_mtime_ns))
+                touched.append((spelled, st.st_mtime_ns))
         except OSError:
             return False
     for path_text, mtime in touched:  # saved, so that next time the stat is enough
