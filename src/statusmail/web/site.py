@@ -196,10 +196,7 @@ class SiteBuilder:
                 "access": self.access(edition, root),
                 "url": edition.url,
                 # its language's feeds: a feed reader pointed at the site's root finds them
-                "atom_href": f"{root}/{feeds.ATOM_NAME}",
-                "json_href": f"{root}/{feeds.JSON_FEED_NAME}",
-                "atom_url": f"{edition.url}{root}/{feeds.ATOM_NAME}",
-                "json_url": f"{edition.url}{root}/{feeds.JSON_FEED_NAME}",
+                **_feed_links(edition, root, f"{root}/"),
             },
         )
         return files
@@ -212,10 +209,7 @@ class SiteBuilder:
         common = {
             "edition": edition,
             "access": self.access(edition, locale),
-            "atom_href": feeds.ATOM_NAME,
-            "json_href": feeds.JSON_FEED_NAME,
-            "atom_url": base + feeds.ATOM_NAME,
-            "json_url": base + feeds.JSON_FEED_NAME,
+            **_feed_links(edition, locale, ""),
         }
         files = {
             f"{locale}/index.html": self.render(
@@ -276,3 +270,15 @@ class SiteBuilder:
         env = self.renderer.environment(locale, html=False)
         title = env.from_string('{{ _("%(sender)s status updates", sender=sender) }}')
         return title.render(sender=self.config.sender.name)
+
+
+def _feed_links(edition: Edition, locale: str, here: str) -> dict[str, str]:
+    """The links to ``locale``'s feeds in ``edition``: absolute, and relative from a
+    page ``here`` away from the language's folder ("" for a page in it)."""
+    base = f"{edition.url}{locale}/"
+    return {
+        "atom_href": here + feeds.ATOM_NAME,
+        "json_href": here + feeds.JSON_FEED_NAME,
+        "atom_url": base + feeds.ATOM_NAME,
+        "json_url": base + feeds.JSON_FEED_NAME,
+    }
