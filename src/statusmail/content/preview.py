@@ -22,7 +22,7 @@ from statusmail.content.message import MessageFactory
 from statusmail.content.render import Renderer
 from statusmail.content.variants import PROBE_ADDRESS as PREVIEW_ADDRESS
 from statusmail.content.variants import VariantKey, probe_recipient
-from statusmail.domain import Entry
+from statusmail.domain import Entry, counted
 from statusmail.errors import StatusmailError
 from statusmail.project.selection import SelectionStats
 
@@ -205,7 +205,7 @@ def _card(preview: Preview) -> str:
         for name, value in preview.headers.items()
     )
     shadow = _shadow_root(preview.html)
-    count = f"{preview.recipients} recipient{'' if preview.recipients == 1 else 's'}"
+    count = counted(preview.recipients, "recipient")
     # the variant's language: the gallery's page is English (readers and fonts take it)
     label, lang = esc(preview.key.label), esc(preview.key.locale)
     return f"""<section class="variant" id="{label}" lang="{lang}">

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from rich.console import Console
 
 from statusmail.delivery.report import breakdown_rows, print_json
-from statusmail.domain import Entry, ExitCode
+from statusmail.domain import Entry, ExitCode, counted
 from statusmail.errors import InputError, LedgerError, Problem
 from statusmail.ledger import Ledger
 from statusmail.ledger import exists as ledger_exists
@@ -54,7 +54,7 @@ class AlreadySent:
         record, entry_id = self.record, self.record.entry_id
         n = record.sent
         said = [
-            f"{entry_id} was already sent: {n} message{'s' if n != 1 else ''}, the last "
+            f"{entry_id} was already sent: {counted(n, 'message')}, the last "
             f"{when(record.last_sent_at or record.completed_at)}; nothing more to send."
         ]
         if self.changed:

@@ -23,7 +23,7 @@ from statusmail.content.message import MessageFactory
 from statusmail.content.render import Renderer
 from statusmail.content.variants import PROBE_NAMES, VariantKey
 from statusmail.delivery.transport import SessionEnded, Transport
-from statusmail.domain import Entry, ExitCode, Recipient
+from statusmail.domain import Entry, ExitCode, Recipient, counted
 from statusmail.errors import DeliveryError, InputError, Problem
 from statusmail.project.config import Config
 from statusmail.project.locales import FALLBACK_LOCALE
@@ -170,7 +170,7 @@ def report(prepared: Prepared, sent: Sent, target: str, console: Console) -> Exi
         console.print(f"failed {label} to {address}: {exc}", markup=False, highlight=False)
     n = len(sent.delivered)
     console.print(
-        f"Test send of {prepared.entry.id}: {n} message{'s' if n != 1 else ''} through "
+        f"Test send of {prepared.entry.id}: {counted(n, 'message')} through "
         f"{target}, subject starting {TEST_PREFIX.strip()}; nothing recorded in the ledger.",
         markup=False,
         highlight=False,

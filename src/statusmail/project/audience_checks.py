@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from statusmail.domain import Entry, SubscriberStatus
+from statusmail.domain import Entry, SubscriberStatus, counted
 from statusmail.errors import Problem
 from statusmail.project.config import Config
 from statusmail.project.entries import missing_language_problems
@@ -75,7 +75,7 @@ def reach(
                 locales[entry.id].add(locale)
                 selected[entry.id] += group.members
     found.notes += [
-        f"{n} subscriber{'s' if n != 1 else ''} with {reason} get{'' if n != 1 else 's'} {locale}"
+        f"{counted(n, 'subscriber')} with {reason} get{'' if n != 1 else 's'} {locale}"
         for (reason, locale), n in coverage.fallbacks.most_common()
     ]
     found.notes += _name_order_notes(config, coverage.last_first)
@@ -93,7 +93,7 @@ def _name_order_notes(config: Config, last_first: int) -> list[str]:
     into CI logs)."""
     if not last_first:
         return []
-    names = f"{last_first} subscriber name{'s' if last_first != 1 else ''}"
+    names = counted(last_first, "subscriber name")
     if config.name_order == "given_first":
         return [f'{names} written "Last, First" greeted given name first (name_order)']
     return [
