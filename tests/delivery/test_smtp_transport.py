@@ -144,33 +144,28 @@ async def test_implicit_tls(make_server: MakeServer, test_ca: TestCA) -> None:
 # -- connect failures -----------------------------------------------------------------
 
 
-async def test_wrong_password_is_permanent_connect_error(
-    make_server: MakeServer, test_ca: TestCA
+@pytest.mark.parametrize(
+    ("password", "said"),
+    [
+        ("wrong", "535"),
+        # bytes from the environment that are not UTF-8 come as surrogates, which AUTH
+        # cannot encode: a UnicodeEncodeError's traceback, not an error naming the relay
+        ("caf\udce9", "not valid text"),
+    ],
+    ids=["wrong", "not text"],
+)
+async def test_a_password_refused_or_unsendable_is_a_permanent_connect_error(
+    make_server: MakeServer, test_ca: TestCA, password: str, said: str
 ) -> None:
     server = make_server(tls_context=test_ca.server_context, auth=("relay", "s3cret"))
     transport = transport_for(
-        server, "wrong", security="starttls", username="relay", ca_file=test_ca.ca_file
+        server, password, security="starttls", username="relay", ca_file=test_ca.ca_file
     )
     with pytest.raises(ConnectError) as info:
         await transport.connect()
     assert info.value.transient is False
     assert f"127.0.0.1:{server.port}" in str(info.value)
-    assert "535" in str(info.value)
-
-
-async def test_a_password_that_is_not_text_is_a_connect_error(
-    make_server: MakeServer, test_ca: TestCA
-) -> None:
-    """Bytes from the environment that are not UTF-8 come as surrogates, which AUTH
-    cannot encode: a UnicodeEncodeError's traceback, not an error naming the relay."""
-    server = make_server(tls_context=test_ca.server_context, auth=("relay", "s3cret"))
-    transport = transport_for(
-        server, "caf\udce9", security="starttls", username="relay", ca_file=test_ca.ca_file
-    )
-    with pytest.raises(ConnectError) as info:
-        await transport.connect()
-    assert info.value.transient is False
-    assert f"127.0.0.1:{server.port}" in str(info.value) and "not valid text" in str(info.value)
+    assert said in str(info.value)
 
 
 async def test_untrusted_certificate_is_permanent(make_server: MakeServer, test_ca: TestCA) -> None:
