@@ -246,7 +246,9 @@ def parse_default_locales(f: Fields) -> dict[str, str]:
         if not REGION_CODE.match(upper):
             f.problem(line, f"'{f.what}': {region!r} is not a two-letter region code")
             continue
-        if not isinstance(locale, str) or normalize_locale(locale) is None:
+        # kept normalized, as mail, the site and the pages all compare it: "ru-RU" is "ru"
+        language = normalize_locale(locale) if isinstance(locale, str) else None
+        if language is None:
             shown = repr(locale) if isinstance(locale, str | int | float) else "not a word"
             f.problem(
                 line,
@@ -254,8 +256,7 @@ def parse_default_locales(f: Fields) -> dict[str, str]:
                 + ", ".join(sorted(SUPPORTED_LOCALES)),
             )
             continue
-        # as mail, the site and the pages all compare it: "ru-RU" is "ru"
-        found[upper] = normalize_locale(locale) or locale
+        found[upper] = language
     return found
 
 
