@@ -243,7 +243,7 @@ class MarkedResult:
     mark_cpu: float | None = None  # user + system seconds of the child at that moment
 
 
-def _proc_cpu(pid: int) -> float | None:
+def proc_cpu(pid: int) -> float | None:
     """user + system seconds of ``pid`` so far, from /proc/PID/stat."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -281,7 +281,7 @@ def run_marked(
             assert proc.stderr is not None
             for line in proc.stderr:
                 if result.mark_wall is None and marker.encode() in line:
-                    result.mark_cpu = _proc_cpu(proc.pid)
+                    result.mark_cpu = proc_cpu(proc.pid)
                     result.mark_wall = time.perf_counter() - start
                 lines.append(line)
 

@@ -169,7 +169,7 @@ class Served:
                 time.sleep(0.05)
 
     def cpu(self) -> float:
-        return common._proc_cpu(self.process.pid) or 0.0
+        return common.proc_cpu(self.process.pid) or 0.0
 
     def output(self) -> str:
         return self.log.read_text(encoding="utf-8", errors="replace")
