@@ -350,6 +350,11 @@ def test_one_entry_and_one_recipient_are_said_in_the_singular(project: Path) -> 
     dry = invoke(project, "send", "update-2020-04-21", "--dry-run", "--preview-dir", previews)
     assert dry.exit_code == 0, dry.output
     assert ": 1 recipient, " in dry.stdout and "1 duplicate row in the lists" in dry.stdout
+    sent = invoke(project, "send", "update-2020-04-21", "--yes")
+    assert sent.exit_code == 0, sent.output
+    said = " ".join(sent.output.split())
+    assert "1 selected recipient;" in said, sent.output
+    assert "1 duplicate row in the lists" in said, sent.output
 
 
 def test_what_tools_leave_beside_the_entries_is_not_an_entry(project: Path) -> None:

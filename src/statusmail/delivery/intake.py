@@ -30,7 +30,7 @@ from typing import Protocol
 
 from statusmail.delivery import corrections
 from statusmail.delivery.waiting import Waiting
-from statusmail.domain import Entry
+from statusmail.domain import Entry, counted
 from statusmail.errors import InputError, Problem
 from statusmail.ledger import Ledger, Plan, StagedRow
 from statusmail.ledger.subscribers import (
@@ -256,16 +256,16 @@ def stage_all(
 def said_selected(entry_id: str, stats: SelectionStats, plan: Plan) -> None:
     """The log line of a selection made in full before delivery."""
     log.info(
-        "%s: %d selected recipients (%d new), %d recipients pending; skipped %d inactive, "
-        "%d suppressed of the audience; %d invalid, %d duplicate rows in the lists",
+        "%s: %s (%d new), %s pending; skipped %d inactive, "
+        "%d suppressed of the audience; %d invalid, %s in the lists",
         entry_id,
-        stats.total,
+        counted(stats.total, "selected recipient"),
         plan.new,
-        plan.pending_after,
+        counted(plan.pending_after, "recipient"),
         stats.inactive,
         stats.suppressed,
         stats.read.invalid,
-        stats.read.duplicates,
+        counted(stats.read.duplicates, "duplicate row"),
         extra={
             "event": "selected",
             "entry": entry_id,

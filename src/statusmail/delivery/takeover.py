@@ -13,6 +13,7 @@ from statusmail.delivery import intake
 from statusmail.delivery.engine import Engine, RunResult
 from statusmail.delivery.intake import Run
 from statusmail.delivery.stream import Stream
+from statusmail.domain import counted
 from statusmail.errors import InputError
 from statusmail.ledger import Ledger
 from statusmail.ledger.importing import import_lists
@@ -146,17 +147,15 @@ class Selection:
                 log.error("%s", outcome.held, extra={"event": "removals_held", "entry": entry_id})
                 result.stopped = result.stopped or outcome.held.message
             log.info(
-                "%s: %d %s; skipped %d inactive, %d suppressed of the audience; "
-                "%d invalid, %d duplicate rows in the lists",
+                "%s: %s%s; skipped %d inactive, %d suppressed of the audience; "
+                "%d invalid, %s in the lists",
                 entry_id,
-                started.stats.total,
-                "selected recipients so far (the run stopped before the selection ended)"
-                if cut
-                else "selected recipients",
+                counted(started.stats.total, "selected recipient"),
+                " so far (the run stopped before the selection ended)" if cut else "",
                 started.stats.inactive,
                 started.stats.suppressed,
                 started.stats.read.invalid,
-                started.stats.read.duplicates,
+                counted(started.stats.read.duplicates, "duplicate row"),
                 extra={
                     "event": "selected",
                     "entry": entry_id,

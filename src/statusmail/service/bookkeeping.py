@@ -16,7 +16,7 @@ from pathlib import Path
 
 from statusmail.delivery.corrections import when
 from statusmail.delivery.waiting import ImportStopped, import_shown
-from statusmail.domain import Entry
+from statusmail.domain import Entry, counted
 from statusmail.errors import InputError, StatusmailError
 from statusmail.ledger import Ledger, controls
 from statusmail.ledger import exists as ledger_exists
@@ -99,10 +99,10 @@ class Bookkeeping:
         self._reported.pop(folder, None)
         if imported.changed:
             log.info(
-                "imported %d subscribers (%d invalid, %d duplicate rows skipped)",
-                imported.subscribers,
+                "imported %s (%d invalid, %s skipped)",
+                counted(imported.subscribers, "subscriber"),
                 imported.invalid,
-                imported.duplicates,
+                counted(imported.duplicates, "duplicate row"),
                 extra={"event": "imported", "subscribers": imported.subscribers},
             )
         return True
