@@ -229,5 +229,7 @@ def scrub(
 ) -> str:
     """``text`` with each of ``addresses`` (any letter case) masked."""
     for address in {a for a in addresses if a}:
-        text = re.sub(re.escape(address), mask(address), text, flags=re.IGNORECASE)
+        # The mask as text, not as a template: an address may hold a backslash.
+        masked = mask(address).replace("\\", "\\\\")
+        text = re.sub(re.escape(address), masked, text, flags=re.IGNORECASE)
     return text

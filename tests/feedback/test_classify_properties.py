@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from feedback_helpers import INDEX, RETURN_PATH, SAMPLES
-from statusmail.domain import Cause
+from statusmail.domain import Cause, mask_address, scrub
 from statusmail.feedback.causes import cause_of
 from statusmail.feedback.classified import Classified, Verdict
 from statusmail.feedback.classify import classify
@@ -226,3 +226,28 @@ def test_under_5_7_the_sender_s_side_wins_over_the_mailbox(
     assert cause_of(code, f"550 {code} {auth[1]}") is Cause.AUTHENTICATION
     assert cause_of(code, f"550 {code} {mailbox[1]}") is mailbox[0]
     assert cause_of(code, f"550 {code} {mailbox[1]}; {policy[1]}") is Cause.POLICY
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=4000))
+def test_what_any_bytes_classify_into_can_be_stored(data: bytes) -> None:
+    """No lone surrogate (a UTF-7 encoded-word or part, which Python decodes into one)
+    reaches the ledger, which refuses them: it ended every pass, dry run included."""
+    found = classify(data, RETURN_PATH)
+    texts = [found.source, *found.clues.addresses]
+    texts += [t for f in found.failures for t in (f.address, f.code, f.diagnostic) if t]
+    for text in texts:
+        text.encode("utf-8")
+
+
+_LOCAL = st.text(st.characters(codec="ascii", exclude_characters="*@ \n"), min_size=1)
+
+
+@given(_LOCAL, _LOCAL, st.text(max_size=40))
+def test_scrub_masks_any_address_whatever_it_holds(local: str, domain: str, around: str) -> None:
+    """A backslash in an address (anyone can name one in a report) was read as a group
+    reference of the replacement: a traceback that ended every feedback pass."""
+    address = f"{local}@{domain}"
+    said = scrub(f"{around}<{address.upper()}>{around}", [address])
+    assert address.lower() not in said.lower()
+    assert mask_address(address) in said

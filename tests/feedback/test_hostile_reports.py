@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -122,3 +123,69 @@ def test_a_global_dsn_is_read_like_any_dsn(project: Path, address: str) -> None:
         (event,) = work.report.events
         assert event["code"] == "5.1.1"
         assert suppressed(ledger) == {address: "bounced"}
+
+
+def forged_with_message_id(message_id: str) -> bytes:
+    """A DSN nobody can tie to a delivery (no token, no quoted original)."""
+    report = dsn("someone@elsewhere.example")
+    return re.sub(rb"Message-ID: <[^>\n]*>", message_id.encode(), report, count=1)
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        dsn("x@evil\\1.example"),  # a backslash: once read as a group reference
+        forged_with_message_id("Message-ID: =?utf-7?q?+2AA-?="),  # a lone surrogate
+        dsn("z@elsewhere.example", diagnostic="550 =?utf-7?q?+2AA-?= no such user"),
+    ],
+    ids=["backslash-in-address", "utf7-message-id", "utf7-diagnostic"],
+)
+@pytest.mark.parametrize("dry_run", [False, True], ids=["real", "dry-run"])
+def test_a_forged_report_built_to_break_the_pass_is_recorded_and_the_pass_goes_on(
+    project: Path, forged: bytes, dry_run: bool
+) -> None:
+    """Anyone can send these. Each ended the pass (dry run included) in a traceback
+    after or before its chunk was committed, every pass again: the proven bounce beside
+    it was never applied, or applied and never moved."""
+    maildir = project.parent / "bounces"
+    set_bounces(project, maildir=str(maildir))
+    with Ledger(project.parent / "statusmail.db") as ledger:
+        tokens = sent_to(ledger, KEYS, ENTRY, [ANNA])
+    deliver(maildir, forged, "0.forged")
+    deliver(maildir, dsn(ANNA, token=tokens[ANNA]), "1.good")
+    result = invoke(project, "feedback", "--json", *(["--dry-run"] if dry_run else []), env=ENV)
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    report = json.loads(result.stdout)
+    states = sorted(event["state"] for event in report["events"])
+    assert states == ["applied", "unverified"], report["events"]
+    with Ledger(project.parent / "statusmail.db") as ledger:
+        assert suppressed(ledger) == ({} if dry_run else {ANNA: "bounced"})
+    assert len(new_files(maildir)) == (2 if dry_run else 0)
+
+
+def test_each_address_of_an_unproven_report_keeps_its_own_failure_and_nobody_elses(
+    project: Path,
+) -> None:
+    """A bounce to the plain address naming two recipients (as a relay's report of a
+    message before VERP is): each is recorded, applied to nobody, with its own
+    diagnostic. The first one's was given to both, printing its address unmasked under
+    the other's event and keeping it as the other's evidence."""
+    maildir = project.parent / "bounces"
+    set_bounces(project, maildir=str(maildir))
+    ivan_block = (
+        b"Final-Recipient: rfc822; " + IVAN.encode() + b"\nAction: failed\nStatus: 5.2.2\n"
+        b"Diagnostic-Code: smtp; 552 5.2.2 <" + IVAN.encode() + b">: mailbox full\n\n"
+    )
+    anna_ends = b"Last-Attempt-Date: Tue, 21 Apr 2020 10:00:00 +0000\n"
+    report = dsn(ANNA).replace(anna_ends, anna_ends + b"\n" + ivan_block, 1)
+    deliver(maildir, report, "0.two")
+    result = invoke(project, "feedback", "--json", env=ENV)
+    assert result.exit_code == 0, result.output
+    events = {e["address"]: e for e in json.loads(result.stdout)["events"]}
+    assert set(events) == {"a***@example.org", "i***@example.com"}, events
+    assert all(e["state"] == "unverified" for e in events.values())
+    assert events["i***@example.com"]["code"] == "5.2.2"
+    assert "mailbox full" in events["i***@example.com"]["diagnostic"]
+    assert events["a***@example.org"]["code"] == "5.1.1"
+    assert ANNA not in result.stdout + result.stderr and IVAN not in result.stdout + result.stderr

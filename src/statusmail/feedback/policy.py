@@ -20,7 +20,7 @@ from statusmail.domain import (
     SuppressionReason,
     scrub,
 )
-from statusmail.feedback.proof import BOUNCES
+from statusmail.feedback.proof import BOUNCES, addresses_masked
 from statusmail.feedback.reports import PassReport
 from statusmail.ledger import FeedbackEvent, Ledger
 from statusmail.project.config import Config
@@ -151,7 +151,10 @@ class Applying:
             if self.dry_run:
                 effect = "would be " + effect
         shown = self.mask(event.address) if event.address else "-"
-        detail = scrub(event.diagnostic or "", [event.address], self.mask)
+        # (a diagnostic is one line of at most 400 characters: reading.one_line)
+        detail = addresses_masked(
+            scrub(event.diagnostic or "", [event.address], self.mask), self.mask
+        )
         self.report.events.append(
             {
                 "kind": event.kind,

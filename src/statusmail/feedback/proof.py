@@ -183,10 +183,13 @@ class Assessing:
         names = [f.address for f in found.failures if f.address] + list(found.clues.addresses)
         addresses = list(dict.fromkeys(a.lower() for a in names if "@" in a))[:MAX_NAMED]
         kind = claimed or FeedbackKind.HARD
-        failure = found.failures[0] if found.failures else None
+        # Each address with the failure that names it: one recipient's diagnostic (and
+        # address) is never shown or kept as another's.
+        own = {f.address.lower(): f for f in reversed(found.failures) if f.address}
+        nameless = next((f for f in found.failures if not f.address), None)
         return [
             replace(
-                self._event(found, kind, (None, address), failure),
+                self._event(found, kind, (None, address), own.get(address, nameless)),
                 state=str(state),
                 evidence=why,
             )
@@ -252,7 +255,12 @@ class Assessing:
 def _masked(text: str, mask: Callable[[str], str]) -> str:
     # Cut first: the pattern is quadratic on a long run without an @ (anyone can send
     # a megabyte of Subject), and an address that starts in the 200 kept ends by 600.
-    return _ADDRESS.sub(lambda m: mask(m.group(0)), text[:600])[:200]
+    return addresses_masked(text[:600], mask)[:200]
+
+
+def addresses_masked(text: str, mask: Callable[[str], str]) -> str:
+    """``text`` (short: see ``_masked``) with everything shaped like an address masked."""
+    return _ADDRESS.sub(lambda m: mask(m.group(0)), text)
 
 
 def _ours(message_id: str, config: Config) -> bool:

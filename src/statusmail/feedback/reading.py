@@ -28,7 +28,18 @@ def header(msg: Message, name: str) -> str:
         text = str(email.header.make_header(email.header.decode_header(str(value))))
     except (ValueError, LookupError, UnicodeError, email.errors.MessageError):
         text = str(value)
-    return " ".join(text.split())
+    return " ".join(storable(text).split())
+
+
+def storable(text: str) -> str:
+    """``text`` as the ledger can store it: a lone surrogate (an encoded-word or a part
+    in UTF-7, say, which Python decodes into one; SQLite and PostgreSQL refuse them)
+    becomes U+FFFD."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text
 
 
 def parse_date(value: str) -> dt.datetime | None:
@@ -51,10 +62,10 @@ def part_text(part: Message) -> str:
         payload = None
     if not isinstance(payload, bytes):
         raw = part.get_payload()
-        return raw[:MAX_TEXT] if isinstance(raw, str) else ""
+        return storable(raw[:MAX_TEXT]) if isinstance(raw, str) else ""
     charset = part.get_content_charset() or "utf-8"
     try:
-        return payload.decode(charset, "replace")[:MAX_TEXT]
+        return storable(payload.decode(charset, "replace")[:MAX_TEXT])
     except (LookupError, ValueError):  # a charset no codec has, or not even a name
         return payload.decode("utf-8", "replace")[:MAX_TEXT]
 
