@@ -284,7 +284,25 @@ def test_sigterm_early_in_watch_exits_0(project: Path) -> None:
 # -- what operators and comms asked for -----------------------------------------------------
 
 
-def test_an_audience_that_selects_nobody_fails_check_and_send(project: Path) -> None:
+def test_a_region_nobody_is_in_any_more_is_a_warning_and_the_rest_still_get_the_news(
+    project: Path,
+) -> None:
+    """check refused what send then sent (the two must agree); refusing both would hold
+    up the news for RU and KZ because no reader is left in one more region."""
+    regions = project.parent / "regions.yaml"
+    replace_in(regions, "\nRU:\n", "\nUA:\n  name: {en: Ukraine, ru: Украина}\nRU:\n")
+    entry = project.parent / "updates" / f"{UPDATE}.yaml"
+    replace_in(entry, "regions: [RU, BY, KZ]", "regions: [RU, BY, KZ, UA]")
+    check = invoke(project, "check")
+    assert check.exit_code == 0, check.output
+    said = f"{entry}:{line_of(entry, 'audience:')}: warning: no active subscriber has the"
+    assert f"{said} audience's region 'UA'" in check.output
+    send = invoke(project, "send", UPDATE, "--yes")
+    assert send.exit_code == 0, send.output
+    assert outbox_count(project) == UPDATE_AUDIENCE
+
+
+def test_an_audience_that_selects_nobody_fails_check_the_dry_run_and_send(project: Path) -> None:
     entry = project.parent / "updates" / f"{UPDATE}.yaml"
     # each key alone matches someone; together (Russian readers in NL) nobody
     replace_in(entry, "regions: [RU, BY, KZ]", "regions: [NL]\n  locales: [ru]")
@@ -294,6 +312,11 @@ def test_an_audience_that_selects_nobody_fails_check_and_send(project: Path) -> 
     assert f"{entry}:{audience}: the entry is ready but its audience selects no active" in (
         check.output
     )
+    # the dry run CI keeps green said "0 recipients" and exited 0
+    previews = str(project.parent / "previews")
+    dry = invoke(project, "send", UPDATE, "--dry-run", "--preview-dir", previews)
+    assert dry.exit_code == 1, dry.output
+    assert f"{entry}:{audience}: the audience selects no active subscriber" in dry.stderr
     send = invoke(project, "send", UPDATE, "--yes")
     assert send.exit_code == 1
     assert f"{entry}:{audience}: the audience selects no active subscriber" in send.stderr

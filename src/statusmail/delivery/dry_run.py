@@ -8,10 +8,10 @@ from typing import Protocol
 
 from statusmail.content.message import MessageFactory
 from statusmail.delivery import corrections
-from statusmail.delivery.intake import Run
+from statusmail.delivery.intake import Run, nobody_problem
 from statusmail.domain import mask_address, scrub
 from statusmail.errors import StatusmailError
-from statusmail.ledger import read_preferences, read_suppressions
+from statusmail.ledger import read_preferences, read_suppressions, reading
 from statusmail.project import entries
 from statusmail.project.selection import Inactive, SelectionStats, select
 from statusmail.project.subscriber_rows import RowProblem
@@ -66,4 +66,12 @@ def dry_run(prepared: Prepared, *, limit: int | None = None) -> DryRun:
             label = key.label
             report.variants[label] = report.variants.get(label, 0) + 1
     report.failures += [str(p) for p in entries.missing_language_problems(entry, stats.locales())]
+    if entry.ready and not entry.corrects and not stats.total and not _begun(prepared):
+        report.failures.append(str(nobody_problem(prepared)))  # as send refuses it
     return report
+
+
+def _begun(run: Run) -> bool:
+    """Whether the ledger has rows of the entry (a send of it has begun)."""
+    with reading(run.config.paths.ledger) as ledger:
+        return any(ledger.counts(run.entry.id).values())

@@ -120,6 +120,9 @@ def _audience_problems(
                     line,
                     f"no active subscriber has the audience's {what} {value!r}",
                     code="audience-unmatched",
+                    # A send still reaches the rest of the audience: no BY reader left
+                    # must not hold up the news for RU and KZ.
+                    warning=True,
                 )
             )
     if not selected:
