@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from conftest import invoke, problem_lines, statusmail
 from editing import line_of, replace_in
 from statusmail.project.config import load_config
@@ -76,6 +78,30 @@ def test_smtp_transport_without_secret_is_a_problem(project: Path) -> None:
         line.startswith(f"{project}:{line_of(project, 'unsubscribe:')}: $STATUSMAIL_UNSUBSCRIBE")
         for line in problem_lines(run.output)
     ), run.output
+
+
+@pytest.mark.parametrize("content", [None, b"not a certificate\n"], ids=["missing", "broken"])
+def test_a_relay_ca_file_that_cannot_be_loaded_fails_check_and_send_alike(
+    project: Path, content: bytes | None
+) -> None:
+    """check passed it; send failed at its first connection, naming no config line."""
+    replace_in(project, "  # ca_file: relay-ca.pem ", "  ca_file: relay-ca.pem   ")
+    if content is not None:
+        (project.parent / "relay-ca.pem").write_bytes(content)
+    env = {
+        "STATUSMAIL_TRANSPORT": "smtp",
+        "STATUSMAIL_UNSUBSCRIBE_SECRET": "s" * 40,
+        "STATUSMAIL_SMTP_PASSWORD": "relay",
+    }
+    said = f"{project}:{line_of(project, 'smtp:')}: smtp ca_file: cannot load the CA file "
+    said += str(project.parent / "relay-ca.pem")
+    check = invoke(project, "check", env=env)
+    assert check.exit_code == 1, check.output
+    assert said in check.stdout, check.stdout
+    send = invoke(project, "send", "update-2020-04-21", "--yes", env=env)
+    assert send.exit_code == 1, send.output
+    assert said in send.stderr, send.stderr
+    assert "Traceback" not in send.output
 
 
 # -- each problem fails with its file:line -----------------------------------------

@@ -54,6 +54,7 @@ from statusmail.project.entries import entry_paths, find_entry
 from statusmail.project.regions import Region, load_regions
 from statusmail.project.secrets import secret_problems
 from statusmail.project.selection import SelectionStats
+from statusmail.project.sending import ca_file_problems
 from statusmail.project.tokens import Keyring
 
 if TYPE_CHECKING:
@@ -119,6 +120,7 @@ def prepare(
             entry, now=now or dt.datetime.now(dt.UTC), send_now=send_now
         )
         found += secret_problems(config)
+        found += ca_file_problems(config)
     errors = [p for p in found if not p.warning]
     if errors:
         raise InputError(errors)

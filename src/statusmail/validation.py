@@ -48,6 +48,7 @@ from statusmail.project.locales import SUPPORTED_LOCALES
 from statusmail.project.regions import Region, read_regions, registrable_domain
 from statusmail.project.secrets import secret_problems
 from statusmail.project.selection import Group, Tally
+from statusmail.project.sending import ca_file_problems
 from statusmail.project.subscriber_rows import RowProblem
 from statusmail.project.subscribers import iter_subscribers
 from statusmail.project.tokens import Keyring
@@ -337,6 +338,7 @@ def check_project(config: Config) -> CheckReport:
         report.add(preferences_page_problems(config))
         report.add(site_problems(config))
     report.add(secret_problems(config))
+    report.add(ca_file_problems(config))
     if report.ok:
         try:
             keys, _ = config.keyring()

@@ -4,13 +4,18 @@ defaults are the only place a default is written, and the parser of that section
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from statusmail.errors import Problem
 from statusmail.project.fields import Fields
 from statusmail.project.secrets import read_secret
+
+if TYPE_CHECKING:
+    from statusmail.project.config import Config
 
 SECURITIES = ("starttls", "tls", "none")
 
@@ -172,3 +177,32 @@ def parse_dkim(f: Fields, root: Path) -> DkimSettings:
         ed25519_key_file=root / ed25519_file if ed25519_file else None,
         ed25519_selector=ed25519_selector,
     )
+
+
+def ca_file_problems(config: Config) -> list[Problem]:
+    """The CA bundles the relay and the bounce mailbox are to trust, loaded as their
+    connections will load them: a missing or broken one is said by ``check`` and before
+    a run starts, at the config's line, not when the first connection is made."""
+    wanted = []
+    if config.transport == "smtp" and config.smtp.security != "none":
+        wanted.append(("smtp", config.smtp.ca_file))
+    imap = config.bounces.imap
+    if imap is not None and imap.security != "none":
+        wanted.append(("bounces", imap.ca_file))
+    problems: list[Problem] = []
+    for section, path in wanted:
+        if path is None:
+            continue
+        try:
+            ssl.create_default_context(cafile=str(path))
+        except OSError as exc:  # (ssl.SSLError is one too)
+            said = exc.strerror or str(exc)
+            problems.append(
+                Problem(
+                    config.path,
+                    config.line(section),
+                    f"{section} ca_file: cannot load the CA file {path}: {said}",
+                    code="missing-file" if isinstance(exc, FileNotFoundError) else "bad-value",
+                )
+            )
+    return problems
