@@ -219,6 +219,17 @@ def test_thread_naming_no_entry(project: Path) -> None:
     ]
 
 
+def test_a_thread_naming_its_own_entry_fails_check_and_send(project: Path) -> None:
+    """Each message would carry its own Message-ID as In-Reply-To and References."""
+    entry = project.parent / UPDATE
+    replace_in(entry, "thread: block-2020-01-23", "thread: update-2020-04-21")
+    said = f"{entry}:{line_of(entry, 'thread:')}: thread 'update-2020-04-21' is this entry"
+    check = invoke(project, "check")
+    assert check.exit_code == 1 and said in check.stdout, check.output
+    send = invoke(project, "send", "update-2020-04-21", "--yes")
+    assert send.exit_code == 1 and said in send.stderr, send.output
+
+
 def test_status_typo(project: Path) -> None:
     entry = project.parent / UPDATE
     line = replace_in(entry, "status: ready", "status: redy")

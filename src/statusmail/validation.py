@@ -233,6 +233,15 @@ def entry_problems(
                 code="dangling-thread",
             )
         )
+    elif entry.thread == entry.id:
+        problems.append(
+            Problem(
+                path,
+                entry.line("thread"),
+                f"thread {entry.thread!r} is this entry: each message would reply to itself",
+                code="dangling-thread",
+            )
+        )
     problems += missing_language_problems(entry, audience.locales or set())
     problems += topics_problems(entry)
     for locale, content in entry.content.items():
