@@ -147,6 +147,32 @@ def test_second_watcher_refuses_and_once_exits(project: Path) -> None:
         assert once.stderr.strip().startswith("{") and '"level"' in once.stderr
 
 
+def test_rate_and_concurrency_on_the_command_line_pace_the_service(project: Path) -> None:
+    """The SPEC's common options: watch refused them (no such option)."""
+    with RecordingServer() as server:
+        point_at(project, server.port)  # rate 0: unlimited, unless the command line says
+        rate = 20.0
+        once = invoke(
+            project, "watch", "--once", "--rate", str(rate), "--concurrency", "1", env=SECRET_ENV
+        )
+        assert once.exit_code == 0, once.output
+        times = sorted(m.at for m in server.messages)
+    assert len(times) == BLOCK_AUDIENCE + UPDATE_AUDIENCE
+    # two entries, each paced from its first message: at least (n - 1) / rate in all
+    assert times[-1] - times[0] >= 0.95 * (len(times) - 2) / rate
+    assert invoke(project, "watch", "--once", "--concurrency", "0").exit_code == 2
+
+
+def test_a_reload_keeps_the_command_lines_rate_and_concurrency(project: Path) -> None:
+    from statusmail.project.config import load_config
+    from statusmail.watch import Watcher, WatchOptions
+
+    options = WatchOptions(once=True, rate=3.0, concurrency=1)
+    watcher = Watcher(load_config(project).with_overrides(rate=3.0, concurrency=1), options)
+    watcher._reload()
+    assert (watcher.config.sending.rate, watcher.config.sending.concurrency) == (3.0, 1)
+
+
 def test_sighup_reloads_the_config(project: Path) -> None:
     """Started against a relay that is not there, the watcher picks up a new relay
     address from the config on SIGHUP, without a restart."""

@@ -181,7 +181,10 @@ class Watcher(Readiness, Leadership, Background, Bookkeeping):
     def _reload(self) -> None:
         self.reload = False
         try:
-            self.config = load_config(self.config.path)
+            options = self.options
+            self.config = load_config(self.config.path).with_overrides(
+                rate=options.rate, concurrency=options.concurrency
+            )
         except InputError as exc:
             for problem in exc.problems:
                 log.error("config not reloaded: %s", problem, extra={"event": "reload_failed"})

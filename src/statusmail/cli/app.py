@@ -87,6 +87,18 @@ def dry_run_option(help: str) -> Callable[[F], F]:
     return click.option("--dry-run", is_flag=True, help=help)
 
 
+rate_option = click.option(
+    "--rate",
+    type=Number(min=0),
+    default=None,
+    help="Messages per second, all connections together (0: unlimited; default: sending.rate).",
+)
+concurrency_option = click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Connections kept open at once (default: sending.concurrency).",
+)
 show_addresses_option = click.option(
     "--show-addresses",
     is_flag=True,

@@ -12,9 +12,11 @@ import click
 from statusmail.cli.app import (
     Number,
     common_options,
+    concurrency_option,
     dry_run_option,
     json_option,
     main,
+    rate_option,
     run,
     show_addresses_option,
 )
@@ -95,6 +97,8 @@ def serve(
 @main.command()
 @common_options
 @click.option("--once", is_flag=True, help="Send what is due, then exit (for cron).")
+@rate_option
+@concurrency_option
 @click.option(
     "--poll-interval",
     type=Number(min=0.05),
@@ -134,6 +138,8 @@ def serve(
 def watch(
     config: Config,
     once: bool,
+    rate: float | None,
+    concurrency: int | None,
     poll_interval: float,
     retry_after: float,
     metrics_port: int | None,
@@ -156,13 +162,17 @@ def watch(
 
     options = WatchOptions(
         once=once,
+        rate=rate,
+        concurrency=concurrency,
         poll_interval=poll_interval,
         backoff_initial=retry_after,
         metrics_host=metrics_host,
         metrics_port=metrics_port,
         takeover=takeover,
     )
-    return asyncio.run(Watcher(config, options).run())
+    return asyncio.run(
+        Watcher(config.with_overrides(rate=rate, concurrency=concurrency), options).run()
+    )
 
 
 @main.command()

@@ -14,13 +14,14 @@ import click
 from rich.console import Console
 
 from statusmail.cli.app import (
-    Number,
     common_options,
+    concurrency_option,
     dry_run_option,
     entry_argument,
     entry_id_callback,
     json_option,
     main,
+    rate_option,
     run,
     show_addresses_option,
 )
@@ -81,15 +82,8 @@ def _send_usage(func: Callable[..., None]) -> Callable[..., None]:
     default=None,
     help="Deliver to at most N recipients in this run; re-run for the rest.",
 )
-@click.option(
-    "--rate",
-    type=Number(min=0),
-    default=None,
-    help="Messages per second, all connections together (0: unlimited).",
-)
-@click.option(
-    "--concurrency", type=click.IntRange(min=1), default=None, help="Connections kept open at once."
-)
+@rate_option
+@concurrency_option
 @click.option(
     "--accept-removals",
     is_flag=True,

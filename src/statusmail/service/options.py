@@ -9,6 +9,9 @@ from dataclasses import dataclass
 @dataclass
 class WatchOptions:
     once: bool = False
+    # --rate and --concurrency: over the config's sending settings, after a reload too
+    rate: float | None = None
+    concurrency: int | None = None
     poll_interval: float = 2.0
     backoff_initial: float = 5.0
     backoff_max: float = 300.0
