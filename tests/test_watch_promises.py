@@ -29,6 +29,7 @@ from conftest import (
 from delivery_helpers import point_at
 from dkim_helpers import Keys, sign_with
 from dkim_helpers import keys as keys  # the fixture
+from editing import replace_in
 from ops_helpers import cpu_seconds, silent_server
 from smtp_server import RecordingServer
 from test_watch import NEW_ENTRY, watch
@@ -183,6 +184,28 @@ def test_a_readiness_probe_waiting_on_a_silent_database_does_not_hold_the_stop(
 
             threading.Thread(target=ask, daemon=True).start()
             wait_for(lambda: len(taken) > before, what="the probe to reach the server")
+            started = time.monotonic()
+            assert process.stop() == 0, process.stderr
+            assert time.monotonic() - started < 2, process.stderr
+
+
+def test_a_bounce_pass_blocked_on_a_silent_imap_server_does_not_hold_the_stop(
+    project: Path,
+) -> None:
+    """A bounce pass reading an IMAP server that accepts and never answers: 'stopping'
+    came at once, the exit 30 s later (the IMAP timeout), as asyncio.run joined the
+    thread the pass ran in. (An import connecting to a PostgreSQL ledger that stopped
+    answering held it 8 s the same way: the same thread, the same fix.)"""
+    with silent_server() as (port, taken):
+        imap = (
+            f"  imap: {{host: 127.0.0.1, port: {port}, security: none, username: u,"
+            " timeout: 30}\n  #"
+        )
+        replace_in(project, "  maildir: bounces ", imap)
+        replace_in(project, "  interval: 300 ", "  interval: 1   ")
+        env = {**SECRET_ENV, "STATUSMAIL_IMAP_PASSWORD": "pw"}
+        with spawn(project, "watch", "--poll-interval", "0.2", env=env) as process:
+            wait_for(lambda: taken, what="the bounce pass to reach the IMAP server")
             started = time.monotonic()
             assert process.stop() == 0, process.stderr
             assert time.monotonic() - started < 2, process.stderr

@@ -12,6 +12,7 @@ from statusmail.errors import StatusmailError
 from statusmail.feedback import loop as feedback
 from statusmail.project.config import Config
 from statusmail.service.options import WatchOptions
+from statusmail.service.steps import in_a_thread
 
 log = logging.getLogger("statusmail.watch")
 
@@ -57,9 +58,7 @@ class Background:
         if bounces.maildir is None and bounces.imap is None:
             return
         try:
-            report = await asyncio.to_thread(
-                feedback.run_pass, self.config, should_stop=self.halt.is_set
-            )
+            report = await in_a_thread(feedback.run_pass, self.config, should_stop=self.halt.is_set)
         except StatusmailError as exc:
             log.warning("feedback: %s", exc, extra={"event": "feedback_failed"})
             return

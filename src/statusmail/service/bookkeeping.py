@@ -25,6 +25,7 @@ from statusmail.project.config import Config
 from statusmail.project.entries import entry_paths, load_entry, twin_problems
 from statusmail.project.subscriber_rows import subscriber_files
 from statusmail.project.yamlfile import Stamps, file_stamps
+from statusmail.service.steps import in_a_thread
 
 log = logging.getLogger("statusmail.watch")
 
@@ -80,7 +81,7 @@ class Bookkeeping:
         ends within a thousand rows (the next one drops what it left)."""
         folder = self.config.paths.subscribers
         try:
-            imported = await asyncio.to_thread(_import_lists, self.config, self.halt.is_set)
+            imported = await in_a_thread(_import_lists, self.config, self.halt.is_set)
         except ImportStopped:
             return False
         except ImportRefused as exc:
