@@ -7,7 +7,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import os
 import re
+import stat
 import threading
 from pathlib import Path
 
@@ -73,6 +75,24 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert result.changed and result.editions == EDITIONS
     assert result.next_due == dt.datetime(2099, 1, 1, tzinfo=dt.UTC)  # watch looks again then
     return result.site
+
+
+def test_the_site_is_readable_by_the_web_server_whatever_the_umask(tmp_path: Path) -> None:
+    """The watch unit runs with UMask=0077: the site's folders came out 0700 and its
+    pages 0600, which nginx (another user) and publish.after's rsync cannot read."""
+    config = load_config(copy_sample(tmp_path / "project"))
+    out = tmp_path / "served" / "site"
+    before = os.umask(0o077)
+    try:
+        publish(config, out, now=NOW)
+    finally:
+        os.umask(before)
+    inside = [out.parent, out, *(out / RELEASES).rglob("*")]
+    folders = {p: stat.S_IMODE(p.stat().st_mode) for p in inside if p.is_dir()}
+    files = {p: stat.S_IMODE(p.stat().st_mode) for p in inside if p.is_file()}
+    assert files and set(files.values()) == {0o644}, files
+    assert set(folders.values()) == {0o755}, folders
+    assert (out / CURRENT / "www" / "index.html").resolve() in files
 
 
 def test_both_languages_three_editions_small_pages_nothing_loaded(site: Path) -> None:

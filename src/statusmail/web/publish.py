@@ -39,6 +39,8 @@ log = logging.getLogger("statusmail.publish")
 CURRENT = "current"
 RELEASES = "releases"
 STATE_NAME = ".statusmail-publish.json"
+# The site's folders and files, as the web server (another user) must read them
+FOLDER_MODE, FILE_MODE = 0o755, 0o644
 KEEP_RELEASES = 3  # the current one and the two before it, for readers still on them
 
 
@@ -125,21 +127,32 @@ def write_release(out: Path, files: Mapping[str, bytes], now: dt.datetime) -> Pa
     """Write ``files`` into a new folder under ``out/releases`` and rename ``out/current``
     to it in one step."""
     releases = out / RELEASES
-    releases.mkdir(parents=True, exist_ok=True)
+    _readable_folder(releases)
     stamp = now.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     # Numbered in the order written (under the publish lock): publishes in one second
     # would otherwise sort by mkdtemp's random suffix, and prune could drop the newest
     number = max((_number(p) for p in releases.iterdir()), default=0) + 1
     folder = Path(tempfile.mkdtemp(prefix=f"{number:06d}-{stamp}-", dir=releases))
-    folder.chmod(0o755)  # mkdtemp makes it private; the web server reads it
+    folder.chmod(FOLDER_MODE)  # mkdtemp makes it private
     for name, data in files.items():
         path = folder / name
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _readable_folder(path.parent)
         path.write_bytes(data)
+        path.chmod(FILE_MODE)
     link = out / f".{CURRENT}-{folder.name}"
     os.symlink(Path(RELEASES) / folder.name, link)
     os.replace(link, out / CURRENT)  # atomic: readers see the old site or the new one
     return folder
+
+
+def _readable_folder(folder: Path) -> None:
+    """``folder`` and the parents it lacks, made readable by all whatever the umask (the
+    watch unit's is 0077, and the web server or the mirror's rsync is another user)."""
+    if folder.is_dir():
+        return
+    _readable_folder(folder.parent)
+    folder.mkdir(exist_ok=True)
+    folder.chmod(FOLDER_MODE)
 
 
 def _number(folder: Path) -> int:
@@ -246,7 +259,7 @@ def publish(config: Config, out: Path | None = None, now: dt.datetime | None = N
             [Problem(current, None, "is not a link publish made: move it away", code="bad-value")]
         )
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        _readable_folder(out)
     except OSError as exc:
         raise InputError([Problem(out, None, f"cannot create it: {exc.strerror}")]) from exc
     with _locked(out):
