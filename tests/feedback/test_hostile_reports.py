@@ -189,3 +189,35 @@ def test_each_address_of_an_unproven_report_keeps_its_own_failure_and_nobody_els
     assert "mailbox full" in events["i***@example.com"]["diagnostic"]
     assert events["a***@example.org"]["code"] == "5.1.1"
     assert ANNA not in result.stdout + result.stderr and IVAN not in result.stdout + result.stderr
+
+
+def test_a_late_report_about_a_message_sent_before_a_lift_does_not_suppress_again(
+    project: Path,
+) -> None:
+    """The operator lifted a bounce suppression; a second report about the same message
+    (a relay's late copy, or the same DSN under another Message-ID) suppressed the
+    address again. A bounce of a message sent after the lift still does."""
+    maildir = project.parent / "bounces"
+    set_bounces(project, maildir=str(maildir))
+    with Ledger(project.parent / "statusmail.db") as ledger:
+        tokens = sent_to(ledger, KEYS, ENTRY, [ANNA])
+    deliver(maildir, dsn(ANNA, token=tokens[ANNA]), "0.first")
+    assert invoke(project, "feedback", env=ENV).exit_code == 0
+    lifted = invoke(project, "suppress", "remove", ANNA, env=ENV)
+    assert lifted.exit_code == 0, lifted.output
+    deliver(maildir, dsn(ANNA, token=tokens[ANNA]), "1.again")  # a new Message-ID
+    late = invoke(project, "feedback", "--json", env=ENV)
+    assert late.exit_code == 0, late.output
+    (event,) = json.loads(late.stdout)["events"]
+    assert event["effect"].startswith("recorded: about a message sent before"), event
+    with Ledger(project.parent / "statusmail.db") as ledger:
+        assert suppressed(ledger) == {}
+        later = sent_to(ledger, KEYS, "block-2020-01-23", [ANNA])
+        ledger.database.execute(  # (it went out a second after the lift, at the least)
+            "UPDATE deliveries SET updated_at = '2999-01-01T00:00:00+00:00'"
+            " WHERE entry_id = 'block-2020-01-23'"
+        )
+    deliver(maildir, dsn(ANNA, token=later[ANNA]), "2.new")
+    assert invoke(project, "feedback", env=ENV).exit_code == 0
+    with Ledger(project.parent / "statusmail.db") as ledger:
+        assert suppressed(ledger) == {ANNA: "bounced"}

@@ -265,6 +265,7 @@ class Feedback(Assessing, Applying):
         self._suppressed = ledger.suppressed()
         self._seen: set[tuple[str, str, str]] = set()  # events of this pass
         self._days: defaultdict[str, set[str]] = defaultdict(set)  # soft days of this pass
+        self._overruled: set[tuple[str, str, str]] = set()
 
     # -- a pass --------------------------------------------------------------------
 

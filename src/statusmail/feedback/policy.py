@@ -40,6 +40,7 @@ class Applying:
     _suppressed: set[str]
     _seen: set[tuple[str, str, str]]  # events of this pass
     _days: defaultdict[str, set[str]]  # soft days of this pass
+    _overruled: set[tuple[str, str, str]]  # events about a message sent before a lift
 
     # -- the storm guard -------------------------------------------------------------------
 
@@ -89,7 +90,12 @@ class Applying:
         return self.policy(event)
 
     def policy(self, event: FeedbackEvent) -> FeedbackEvent:
-        """What an applied event does, by its kind and cause."""
+        """What an applied event does, by its kind and cause; nothing when it is about a
+        message sent before the address's suppression was lifted (a late or second
+        report of what the operator has already seen and overruled)."""
+        if event.entry_id and self.ledger.lifted_since_sent(event.entry_id, event.address):
+            self._overruled.add((event.address, event.kind, event.source))
+            return event
         said = " ".join(part for part in (event.code, event.diagnostic) if part)
         kind = FeedbackKind(event.kind)
         if kind is FeedbackKind.COMPLAINT:
@@ -209,6 +215,8 @@ class Applying:
         if cause is not None and cause.senders_problem:
             report.senders_side[(event.domain, cause.value)] += 1
             return f"recorded: {cause} (a problem on the sending side)"
+        if (event.address, event.kind, event.source) in self._overruled:
+            return "recorded: about a message sent before its suppression was lifted"
         if event.suppress and event.address not in self._suppressed:
             self._suppressed.add(event.address)
             report.suppressed += 1

@@ -47,6 +47,20 @@ class FeedbackEvents(LedgerBase):
         rows = self._q("SELECT entry_id, address FROM deliveries WHERE {seq} = :row", row=row)
         return (rows[0][0], rows[0][1]) if rows else None
 
+    @guarded("look up a lifted suppression")
+    def lifted_since_sent(self, entry_id: str, address: str) -> bool:
+        """Whether ``address``'s suppression was lifted after (or in the second) the
+        entry's message to it went out: a later report about that message is one the
+        lift already answered."""
+        rows = self._q(
+            "SELECT 1 FROM suppression_lifts l JOIN deliveries d ON d.address = l.address"
+            " WHERE d.entry_id = :e AND d.address = :a AND l.lifted_at >= d.updated_at"
+            " LIMIT 1",
+            e=entry_id,
+            a=address,
+        )
+        return bool(rows)
+
     @guarded("look up a Message-ID")
     def delivery_by_message_id(self, message_id: str) -> tuple[str, str] | None:
         """(entry, address) of the message sent with ``message_id``."""
