@@ -343,3 +343,24 @@ def test_the_controls_state_on_either_engine(ledger_target: str | Path) -> None:
         lifted = ledger_controls.resume(ledger, "e1")
         assert lifted is not None and lifted.state == "cancelled"  # and not lifted
         assert ledger_controls.stop_reason(ledger, "e1") is not None
+
+
+def test_the_controls_answer_in_json_when_asked(project: Path) -> None:
+    """The SPEC's common --json: pause, resume, cancel and retry refused it."""
+    entry = "update-2020-04-21"
+
+    def asked(*args: str) -> dict[str, Any]:
+        result = invoke(project, *args, entry, "--json")
+        document: dict[str, Any] = json.loads(result.stdout)
+        assert document.get("exit_code", 0) == result.exit_code, result.output
+        return document
+
+    paused = asked("pause")
+    assert (paused["ok"], paused["entry"], paused["state"]) == (True, entry, "paused")
+    assert paused["message"].startswith(f"{entry} paused")
+    assert asked("resume")["resumed"] is True
+    assert asked("resume")["resumed"] is False  # not paused any more
+    assert asked("cancel")["ok"] is True
+    refused = asked("retry")
+    assert refused["ok"] is False and refused["exit_code"] == 1
+    assert "was cancelled" in refused["errors"][0]

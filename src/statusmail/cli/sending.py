@@ -254,12 +254,13 @@ def _control_command(name: str, text: str) -> None:
     @main.command(name=name, help=text)
     @common_options
     @entry_argument
+    @json_option("Print what was done as JSON.")
     @run
-    def command(config: Config, entry_id: str) -> ExitCode:
+    def command(config: Config, entry_id: str, as_json: bool) -> ExitCode:
         from statusmail.delivery import controls
 
-        act: Callable[[Config, str, Console], ExitCode] = getattr(controls, name)
-        return act(config, entry_id, out)
+        act: Callable[[Config, str, Console, bool], ExitCode] = getattr(controls, name)
+        return act(config, entry_id, out, as_json)
 
 
 for _name, _text in _CONTROLS.items():
@@ -282,8 +283,9 @@ def _failure_code(_ctx: click.Context, _param: click.Parameter, value: str | Non
     default=None,
     help="Only those that failed with this reply code (550) or status code (5.2.2).",
 )
+@json_option("Print what was done as JSON.")
 @run
-def retry(config: Config, entry_id: str, failed: bool, code: str | None) -> ExitCode:
+def retry(config: Config, entry_id: str, failed: bool, code: str | None, as_json: bool) -> ExitCode:
     """Queue the failed recipients of entry ID again, for the next send (or watch).
 
     A suppressed address (unsubscribed, bounced, complained) is never retried.
@@ -295,4 +297,4 @@ def retry(config: Config, entry_id: str, failed: bool, code: str | None) -> Exit
     from statusmail.delivery import controls
 
     del failed  # the only recipients retry re-queues: named for a clear command line
-    return controls.retry(config, entry_id, code, out)
+    return controls.retry(config, entry_id, code, out, as_json)

@@ -14,6 +14,7 @@ from rich.console import Console
 from statusmail.delivery.corrections import when
 from statusmail.delivery.report import print_json
 from statusmail.domain import ExitCode
+from statusmail.errors import StatusmailError
 from statusmail.ledger import Ledger
 from statusmail.ledger import controls as ledger_controls
 from statusmail.ledger import exists as ledger_exists
@@ -46,55 +47,67 @@ def _print(console: Console, text: str) -> None:
     console.print(text, markup=False, highlight=False)
 
 
-def pause(config: Config, entry_id: str, console: Console) -> ExitCode:
+def _tell(console: Console, as_json: bool, entry_id: str, said: str, **facts: object) -> None:
+    """What a control command did: its sentence; with ``--json`` one JSON document with
+    the facts, the sentence as its ``message``."""
+    if as_json:
+        print_json({"ok": True, "entry": entry_id, **facts, "message": said})
+    else:
+        _print(console, said)
+
+
+def pause(config: Config, entry_id: str, console: Console, as_json: bool = False) -> ExitCode:
     with _open(config, entry_id) as ledger:
         if ledger_controls.control(ledger, entry_id) is None and _sent_in_full(ledger, entry_id):
-            _print(console, f"{entry_id} was sent in full: nothing to pause.")
+            said = f"{entry_id} was sent in full: nothing to pause."
+            _tell(console, as_json, entry_id, said, state="sent", pending=0)
             return ExitCode.OK
         before = ledger_controls.control(ledger, entry_id)
         now = ledger_controls.pause(ledger, entry_id)
         pending = ledger.counts(entry_id)["pending"]
     if now.state == CANCELLED:
-        _print(console, f"{entry_id} was cancelled {when(now.since)}: it is never sent.")
+        said = f"{entry_id} was cancelled {when(now.since)}: it is never sent."
     elif before is not None:
-        _print(console, f"{entry_id} is already paused (paused {when(now.since)}).")
+        said = f"{entry_id} is already paused (paused {when(now.since)})."
     else:
-        _print(
-            console,
+        said = (
             f"{entry_id} paused ({pending} pending): a running send or watch stops taking "
             "recipients within a second and finishes those in flight; watch leaves it. "
-            f"statusmail resume {entry_id} (or statusmail send {entry_id}) continues.",
+            f"statusmail resume {entry_id} (or statusmail send {entry_id}) continues."
         )
+    _tell(console, as_json, entry_id, said, state=now.state, since=now.since, pending=pending)
     return ExitCode.OK
 
 
-def resume(config: Config, entry_id: str, console: Console) -> ExitCode:
+def resume(config: Config, entry_id: str, console: Console, as_json: bool = False) -> ExitCode:
     with _open(config, entry_id) as ledger:
         lifted = ledger_controls.resume(ledger, entry_id)
         pending = ledger.counts(entry_id)["pending"]
+    if lifted is not None and lifted.state == CANCELLED:
+        raise StatusmailError(
+            f"{entry_id} was cancelled {when(lifted.since)}: a cancelled entry is never "
+            "resumed (write a new entry)"
+        )
     if lifted is None:
-        _print(console, f"{entry_id} is not paused.")
-    elif lifted.state == CANCELLED:
-        log.error(
-            "%s was cancelled %s: a cancelled entry is never resumed (write a new entry)",
-            entry_id,
-            when(lifted.since),
-        )
-        return ExitCode.NOT_STARTED
+        said, resumed = f"{entry_id} is not paused.", False
     else:
-        _print(
-            console,
-            f"{entry_id} resumed ({pending} pending): watch sends it at its next look, "
-            f"or run statusmail send {entry_id}.",
+        said, resumed = (
+            (
+                f"{entry_id} resumed ({pending} pending): watch sends it at its next look, "
+                f"or run statusmail send {entry_id}."
+            ),
+            True,
         )
+    _tell(console, as_json, entry_id, said, resumed=resumed, pending=pending)
     return ExitCode.OK
 
 
-def cancel(config: Config, entry_id: str, console: Console) -> ExitCode:
+def cancel(config: Config, entry_id: str, console: Console, as_json: bool = False) -> ExitCode:
     with _open(config, entry_id) as ledger:
         before = ledger_controls.control(ledger, entry_id)
         if before is None and _sent_in_full(ledger, entry_id):
-            _print(console, f"{entry_id} was sent in full: nothing to cancel.")
+            said = f"{entry_id} was sent in full: nothing to cancel."
+            _tell(console, as_json, entry_id, said, cancelled=0, held=0)
             return ExitCode.OK
         cancelled = ledger_controls.cancel(ledger, entry_id)
         held = ledger_controls.held_by_senders(ledger, entry_id)
@@ -106,20 +119,21 @@ def cancel(config: Config, entry_id: str, console: Console) -> ExitCode:
             f"; a running send holds {held} more: it stops within a second, those in "
             "flight are sent, the rest are cancelled"
         )
-    _print(console, said + f". statusmail status {entry_id} shows them.")
+    said += f". statusmail status {entry_id} shows them."
+    _tell(console, as_json, entry_id, said, cancelled=cancelled, held=held)
     return ExitCode.OK
 
 
-def retry(config: Config, entry_id: str, code: str | None, console: Console) -> ExitCode:
+def retry(
+    config: Config, entry_id: str, code: str | None, console: Console, as_json: bool = False
+) -> ExitCode:
     with _open(config, entry_id) as ledger:
         found = ledger_controls.control(ledger, entry_id)
         if found is not None and found.state == CANCELLED:
-            log.error(
-                "%s was cancelled %s: nothing of it is sent again (write a new entry)",
-                entry_id,
-                when(found.since),
+            raise StatusmailError(
+                f"{entry_id} was cancelled {when(found.since)}: nothing of it is sent again "
+                "(write a new entry)"
             )
-            return ExitCode.NOT_STARTED
         retried = ledger_controls.retry(ledger, entry_id, code)
     of = f" of code {code}" if code else ""
     if not retried.requeued:
@@ -133,7 +147,8 @@ def retry(config: Config, entry_id: str, code: str | None, console: Console) -> 
         said += f"; {retried.suppressed} left failed: suppressed since (never retried)"
     if code and retried.unmatched:
         said += f"; {retried.unmatched} failed with another code"
-    _print(console, said + ".")
+    facts = {"requeued": retried.requeued, "suppressed": retried.suppressed}
+    _tell(console, as_json, entry_id, said + ".", **facts, unmatched=retried.unmatched)
     return ExitCode.OK
 
 
