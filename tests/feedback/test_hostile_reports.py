@@ -42,16 +42,23 @@ def suppressed(ledger: Ledger) -> dict[str, str]:
     return {address: reason for address, reason, _detail, _at in ledger.suppressions()}
 
 
-@pytest.mark.parametrize("bad", [NESTED, END_OF_TIME], ids=["nested-1000-deep", "year-9999"])
-def test_a_message_no_parser_copes_with_is_left_and_the_pass_goes_on(
-    project: Path, bad: bytes, caplog: pytest.LogCaptureFixture
-) -> None:
+def beside_a_proven_bounce(project: Path, data: bytes, name: str) -> Path:
+    """The bounce Maildir holding ``data`` (as ``name``) and, after it, a proven hard
+    bounce for anna, whom the entry was sent to."""
     maildir = project.parent / "bounces"
     set_bounces(project, maildir=str(maildir))
     with Ledger(project.parent / "statusmail.db") as ledger:
         tokens = sent_to(ledger, KEYS, ENTRY, [ANNA])
-    deliver(maildir, bad, "0.bad")
+    deliver(maildir, data, name)
     deliver(maildir, dsn(ANNA, token=tokens[ANNA]), "1.good")
+    return maildir
+
+
+@pytest.mark.parametrize("bad", [NESTED, END_OF_TIME], ids=["nested-1000-deep", "year-9999"])
+def test_a_message_no_parser_copes_with_is_left_and_the_pass_goes_on(
+    project: Path, bad: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    maildir = beside_a_proven_bounce(project, bad, "0.bad")
     with caplog.at_level(logging.WARNING, logger="statusmail"):
         result = invoke(project, "feedback", "--json", env=ENV)
     assert result.exit_code == 0, result.output
@@ -147,12 +154,7 @@ def test_a_forged_report_built_to_break_the_pass_is_recorded_and_the_pass_goes_o
     """Anyone can send these. Each ended the pass (dry run included) in a traceback
     after or before its chunk was committed, every pass again: the proven bounce beside
     it was never applied, or applied and never moved."""
-    maildir = project.parent / "bounces"
-    set_bounces(project, maildir=str(maildir))
-    with Ledger(project.parent / "statusmail.db") as ledger:
-        tokens = sent_to(ledger, KEYS, ENTRY, [ANNA])
-    deliver(maildir, forged, "0.forged")
-    deliver(maildir, dsn(ANNA, token=tokens[ANNA]), "1.good")
+    maildir = beside_a_proven_bounce(project, forged, "0.forged")
     result = invoke(project, "feedback", "--json", *(["--dry-run"] if dry_run else []), env=ENV)
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.output
