@@ -540,6 +540,53 @@ def test_a_mailgun_token_taken_here_is_refused_by_another_host_and_after_a_resta
     assert forged_count() == count + 1
 
 
+def test_a_signed_mailgun_post_with_no_report_still_spends_its_token(site: Site) -> None:
+    """A "delivered" event (or the dashboard's test post) gives no report: its token was
+    never taken, so the same signature with a permanent failure beside it suppressed
+    whomever it named."""
+    victim = site.address()
+    seen = json.loads(mailgun_body("someone@example.org", event="delivered"))
+    assert site.post("mailgun", json.dumps(seen).encode()).status == 200
+    forged = json.loads(mailgun_body(victim))
+    forged["signature"] = seen["signature"]
+    assert_refused(site, site.post("mailgun", json.dumps(forged).encode()))
+    assert suppression(site.config, victim) is None
+
+
+def test_a_mailgun_token_gone_stale_since_its_check_is_not_taken(site: Site) -> None:
+    """Checked fresh on the event loop, taken in a worker thread a moment later: past
+    its max_age by then, the row that said it was taken had been dropped as stale, and
+    every replay queued at the edge of max_age went through."""
+    from statusmail.ledger import Ledger
+
+    with Ledger(site.config.parent / "statusmail.db") as ledger:
+        now = time.time()
+        assert ledger.take_webhook_token("mailgun", "t" * 50, now + 60, now)
+        assert not ledger.take_webhook_token("mailgun", "t" * 50, now + 60, now)
+        stale = now + 61  # the row is dropped as stale: the take must still refuse
+        assert not ledger.take_webhook_token("mailgun", "t" * 50, now + 60, stale)
+
+
+@pytest.mark.parametrize("where", ["id", "message-id", "description"])
+def test_a_lone_surrogate_in_a_signed_report_is_stored_replaced_not_a_500(
+    site: Site, where: str
+) -> None:
+    """Mailgun's signature does not cover its events: anyone holding an unspent token
+    could make the post a 500 with a traceback (the ledger refuses lone surrogates)."""
+    address = site.address()
+    body = json.loads(mailgun_body(address))
+    event = body["event-data"]
+    if where == "id":
+        event["id"] = "\ud800"
+    elif where == "message-id":
+        event["message"]["headers"]["message-id"] = "<\ud800@x>"
+    else:
+        event["delivery-status"]["description"] += " \ud800"
+    reply = site.post("mailgun", json.dumps(body).encode())
+    assert reply.status == 200, reply
+    assert suppression(site.config, address) == "bounced"
+
+
 def test_a_mailgun_token_moved_into_its_timestamp_is_a_replay(site: Site) -> None:
     """The signature covers timestamp and token run together: a token that starts with
     "e0" (one in 256) could lend those two characters to the timestamp ("…e0" is still
@@ -649,6 +696,17 @@ def test_sendgrid_signed_bounce_suppresses_the_address(site: Site) -> None:
     assert reply.status == 200, reply
     assert json.loads(reply.body) == {"reports": 1}  # "processed" says nothing
     assert suppression(site.config, address) == "bounced"
+
+
+def test_an_address_that_only_case_folds_into_a_subscribers_is_nobody(site: Site) -> None:
+    """ "\u212a" (KELVIN SIGN) lower-cases to an ASCII "k": a verified report naming
+    "\u212aate@…", an address never mailed, suppressed kate@…."""
+    victim = next(a for a in site.free if "k" in a.partition("@")[0])
+    site.free.remove(victim)
+    body = sendgrid_events(victim.replace("k", "\u212a", 1))
+    reply = site.post("sendgrid", body, sendgrid_headers(site.sendgrid_key, body))
+    assert reply.status == 200, reply
+    assert suppression(site.config, victim) is None
 
 
 def _sendgrid_other_key(site: Site, body: bytes) -> dict[str, str]:

@@ -169,8 +169,12 @@ class Assessing:
         return events
 
     def _known(self, address: str | None) -> Named | None:
-        """An address the report names, if statusmail has sent it something."""
+        """An address the report names, if statusmail has sent it something. One whose
+        letter case is folded into another address's is nobody's: the KELVIN SIGN (and
+        its kind) lower-cases to an ASCII "k", so "\u212aate@…" was kate@…."""
         if not address or "@" not in address:
+            return None
+        if any(not c.isascii() and c.lower().isascii() for c in address):
             return None
         entry = self.ledger.last_entry_sent(address.lower())
         return (entry, address.lower()) if entry else None

@@ -274,7 +274,9 @@ def _endpoint(
             )
             return PlainTextResponse("refused: a body that could not be read\n", 400)
         reports = received.reports
-        if reports:
+        # A signed post carrying no report (a "delivered" event, the provider's test)
+        # still spends its token: replayed with other events beside it, it was taken.
+        if reports or received.token is not None:
             try:
                 await run_in_threadpool(apply, config, reports, received.token)
             except Replayed as exc:

@@ -296,7 +296,11 @@ class FeedbackEvents(LedgerBase):
     @guarded("take a webhook's token")
     def take_webhook_token(self, provider: str, token: str, fresh_until: float, now: float) -> bool:
         """Take ``token`` of ``provider`` once, for every host on this ledger; False if it
-        was taken already and is still fresh. Tokens gone stale are dropped as it goes."""
+        was taken already and is still fresh, or is stale by now (its check may have
+        passed a moment ago on a busy host; its row, dropped once stale, no longer
+        says it was taken). Tokens gone stale are dropped as it goes."""
+        if fresh_until < now:
+            return False
         with self.transaction():
             self._q("DELETE FROM webhook_tokens WHERE fresh_until < :now", now=now)
             taken = self._q(

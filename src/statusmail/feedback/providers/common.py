@@ -10,6 +10,8 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from statusmail.feedback.reading import storable
+
 FETCH_TIMEOUT = 10.0  # seconds, for the SNS certificate and subscription URLs
 MAX_FETCHED = 64 * 1024  # a certificate is about 2 KB
 Fetch = Callable[[str], bytes]  # a URL's body; raises OSError when it cannot be had
@@ -49,8 +51,10 @@ def mappings_in(value: Any) -> list[Mapping[str, Any]]:
 
 
 def text_at(data: Mapping[str, Any], key: str) -> str:
+    """The text at ``key`` as the ledger can store it (JSON carries lone surrogates: an
+    event id or a diagnostic holding one made a post a 500), "" when it is no text."""
     value = data.get(key)
-    return str(value).strip() if isinstance(value, str | int | float) else ""
+    return storable(str(value).strip()) if isinstance(value, str | int | float) else ""
 
 
 def address_in(value: str) -> str | None:
