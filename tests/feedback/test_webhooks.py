@@ -4,12 +4,14 @@ provider documents its payloads, applied to a real ledger, and every forgery ref
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import hashlib
 import hmac
 import json
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -28,8 +30,11 @@ from feedback_helpers import ledger_dump, query, sent_to
 from statusmail import metrics
 from statusmail.errors import ConfigError, LedgerError
 from statusmail.feedback import loop as feedback_loop
+from statusmail.feedback.providers.common import Unavailable
+from statusmail.feedback.providers.ses import FETCHES_AT_ONCE, SnsVerifier
 from statusmail.feedback.webhooks import MAX_BODY, routes, webhook_problems
 from statusmail.project.config import Config, load_config
+from statusmail.project.feedback_settings import SesWebhook
 from statusmail.web.health import BackgroundServer, listen
 
 TOPIC = "arn:aws:sns:us-east-1:123456789012:statusmail-bounces"
@@ -367,6 +372,56 @@ def test_forged_sns_messages_are_refused(site: Site, forge: Any) -> None:
     message = sns_notification(ses_bounce(address, site.sent[address]))
     assert_refused(site, site.post("ses", forge(site, message)))
     assert suppression(site.config, address) is None
+
+
+def unsigned_notification(url: str) -> dict[str, str]:
+    """What anyone who knows the topic's ARN can post: no real signature, any URL on
+    the SNS hosts as its certificate."""
+    message = sns_notification(ses_bounce("x@example.org", "<m@x>"))
+    return message | {"SignatureVersion": "2", "Signature": "AAAA", "SigningCertURL": url}
+
+
+def test_a_certificate_url_that_failed_is_not_fetched_again_for_a_while() -> None:
+    """Every unsigned post naming a certificate URL made statusmail fetch it again."""
+    fetcher = Fetcher({})
+    verifier = SnsVerifier(SesWebhook((TOPIC,)), fetcher)
+    url = CERT_URL.replace("0123", "dead")
+    for _ in range(5):
+        with pytest.raises(Unavailable):
+            verifier.verify(unsigned_notification(url))
+    assert fetcher.asked == [url]
+
+
+def test_only_so_many_certificate_fetches_run_at_once() -> None:
+    """Each new URL was fetched at once, each holding one of serve's worker threads for
+    up to the fetch's timeout: a genuine report waited behind them."""
+    release, started = threading.Event(), threading.Semaphore(0)
+    asked: list[str] = []
+
+    def slow(url: str) -> bytes:
+        asked.append(url)
+        started.release()
+        release.wait(10)
+        raise OSError("HTTP Error 404: Not Found")
+
+    verifier = SnsVerifier(SesWebhook((TOPIC,)), slow)
+    urls = [CERT_URL.replace("0123", f"{n:04d}") for n in range(FETCHES_AT_ONCE + 1)]
+
+    def post(url: str) -> None:
+        with contextlib.suppress(Unavailable):
+            verifier.verify(unsigned_notification(url))
+
+    threads = [threading.Thread(target=post, args=(url,)) for url in urls[:-1]]
+    for thread in threads:
+        thread.start()
+    for _ in threads:
+        assert started.acquire(timeout=10)  # every slot is taken, each by a fetch
+    with pytest.raises(Unavailable, match="fetches are under way"):
+        verifier.verify(unsigned_notification(urls[-1]))
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert sorted(asked) == sorted(urls[:-1])
 
 
 # -- Postmark ---------------------------------------------------------------------------

@@ -6,7 +6,8 @@ One route per configured provider, POST only:
   SHA1withRSA, or 2, SHA256withRSA) is checked over the documented fields with the
   certificate at ``SigningCertURL``, which must be an https URL on an SNS host
   (``sns.<region>.amazonaws.com[.cn]``) ending ``.pem``, else nothing is fetched. The
-  certificate must be for ``sns.amazonaws.com`` and is cached by URL. ``TopicArn`` must be
+  certificate must be for ``sns.amazonaws.com`` and is cached by URL; a URL that failed
+  is not fetched again for a while, and only two fetches run at once. ``TopicArn`` must be
   configured. A verified ``SubscriptionConfirmation`` is confirmed by fetching its
   ``SubscribeURL`` (an SNS host too).
 - ``/webhooks/postmark``: Postmark signs nothing; its URL carries HTTP basic auth, checked

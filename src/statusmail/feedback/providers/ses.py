@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import re
+import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -38,6 +40,13 @@ from statusmail.project.feedback_settings import SesWebhook
 
 SNS_HOST = re.compile(r"sns\.[a-z0-9-]+\.amazonaws\.com(?:\.cn)?")
 SNS_CERTIFICATE_SUBJECT = "sns.amazonaws.com"
+# Anyone who knows a topic's ARN can post unsigned messages naming certificate URLs on
+# the SNS hosts: each would be fetched before its signature is checked. So a URL that
+# failed is not fetched again for a while, and only so many fetches run at once (the
+# others answer 503 at once; SNS retries): they held the threads serve answers with.
+FAILED_FOR = 60.0  # seconds
+FETCHES_AT_ONCE = 2
+REMEMBERED = 256  # certificates kept, and URLs remembered as failed
 _SNS_SIGNED = {
     "Notification": ("Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type"),
     "SubscriptionConfirmation": (
@@ -100,12 +109,16 @@ def _names_sns(certificate: x509.Certificate) -> bool:
 
 
 class SnsVerifier:
-    """Checks SNS messages; keeps each good signing certificate by its URL."""
+    """Checks SNS messages; keeps each good signing certificate by its URL, and each URL
+    whose certificate could not be had for ``FAILED_FOR``."""
 
     def __init__(self, settings: SesWebhook, fetch: Fetch) -> None:
         self.topics = frozenset(settings.topic_arns)
         self.fetch = fetch
         self._certificates: dict[str, x509.Certificate] = {}
+        self._failed: dict[str, float] = {}  # URL -> until when it is not fetched again
+        self._lock = threading.Lock()  # (verify runs in serve's worker threads)
+        self._fetches = threading.BoundedSemaphore(FETCHES_AT_ONCE)
 
     def verify(self, message: Mapping[str, Any]) -> None:
         """Raises ``Refused`` unless ``message`` is signed by SNS for a configured topic;
@@ -138,23 +151,7 @@ class SnsVerifier:
             raise Refused("a bad SNS signature") from None
 
     def _public_key(self, url: str) -> rsa.RSAPublicKey:
-        certificate = self._certificates.get(url)
-        if certificate is None:
-            try:
-                data = self.fetch(url)
-            except OSError as exc:
-                host = urlsplit(url).hostname
-                message = f"cannot fetch the SNS signing certificate from {host}: {exc}"
-                raise Unavailable(message) from None
-            try:
-                certificate = x509.load_pem_x509_certificate(data)
-            except ValueError:
-                raise Refused("a signing certificate that does not parse") from None
-            if not _names_sns(certificate):
-                raise Refused(f"a signing certificate not for {SNS_CERTIFICATE_SUBJECT}")
-            if len(self._certificates) >= 64:  # SNS has a few; never grow without bound
-                self._certificates.clear()
-            self._certificates[url] = certificate
+        certificate = self._certificate(url)
         now = dt.datetime.now(dt.UTC)
         if not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc:
             raise Refused("a signing certificate outside its validity")
@@ -162,6 +159,55 @@ class SnsVerifier:
         if not isinstance(key, rsa.RSAPublicKey):
             raise Refused("a signing certificate without an RSA key")
         return key
+
+    def _certificate(self, url: str) -> x509.Certificate:
+        """The certificate at ``url``: kept, else fetched (one fetch of a URL at a time,
+        ``FETCHES_AT_ONCE`` in all), unless it failed within ``FAILED_FOR``."""
+        host = urlsplit(url).hostname
+        known = self._known(url)
+        if known is not None:
+            return known
+        if not self._fetches.acquire(blocking=False):
+            raise Unavailable(f"{FETCHES_AT_ONCE} SNS certificate fetches are under way")
+        try:
+            known = self._known(url)  # fetched meanwhile, or failed
+            if known is not None:
+                return known
+            try:
+                certificate = x509.load_pem_x509_certificate(self.fetch(url))
+            except OSError as exc:
+                self._remember(self._failed, url, time.monotonic() + FAILED_FOR)
+                message = f"cannot fetch the SNS signing certificate from {host}: {exc}"
+                raise Unavailable(message) from None
+            except ValueError:
+                self._remember(self._failed, url, time.monotonic() + FAILED_FOR)
+                raise Refused("a signing certificate that does not parse") from None
+            if not _names_sns(certificate):
+                self._remember(self._failed, url, time.monotonic() + FAILED_FOR)
+                raise Refused(f"a signing certificate not for {SNS_CERTIFICATE_SUBJECT}")
+            self._remember(self._certificates, url, certificate)
+            return certificate
+        finally:
+            self._fetches.release()
+
+    def _known(self, url: str) -> x509.Certificate | None:
+        """The certificate kept for ``url``; ``Unavailable`` if it failed lately."""
+        with self._lock:
+            certificate = self._certificates.get(url)
+            failed_until = self._failed.get(url, 0.0)
+        if certificate is None and time.monotonic() < failed_until:
+            host = urlsplit(url).hostname
+            raise Unavailable(
+                f"the SNS signing certificate at {host} could not be had lately; "
+                f"not fetched again within {FAILED_FOR:.0f} s"
+            )
+        return certificate
+
+    def _remember(self, kept: dict[str, Any], url: str, value: Any) -> None:
+        with self._lock:
+            if len(kept) >= REMEMBERED:  # SNS has a few certificates; never grow unbounded
+                kept.clear()
+            kept[url] = value
 
     def confirm(self, message: Mapping[str, Any]) -> None:
         """Confirm a verified subscription by fetching its ``SubscribeURL``."""
