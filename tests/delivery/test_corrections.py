@@ -168,3 +168,26 @@ def test_someone_who_chose_the_topic_since_gets_an_entry_sent_in_full(project: P
     with Ledger(config.paths.ledger) as ledger:
         ledger.set_preference(reader, Preference(topics=frozenset({"service-status"})))
     assert [recipient(m) for m in send(project, UPDATE)] == [reader]
+
+
+@pytest.mark.parametrize("how", ["send", "watch"])
+def test_a_correction_sent_before_its_entry_finished_reaches_the_rest_too(
+    project: Path, how: str
+) -> None:
+    """Corrected while the entry was still going out (a --limit, a pause, a relay that
+    was down): the correction was complete after its first run, and those who got the
+    entry afterwards never got the correction, by send or by watch."""
+    (project.parent / "updates" / f"{CORRECTION}.yaml").write_text(ENTRY, encoding="utf-8")
+    first = invoke(project, "send", UPDATE, "--yes", "--rate", "0", "--limit", "5")
+    assert first.exit_code == 4, first.output
+    assert len(send(project, CORRECTION)) == 5
+    send(project, UPDATE)  # the rest of the entry
+    if how == "send":
+        send(project, CORRECTION)
+    else:
+        assert invoke(project, "watch", "--once").exit_code == 0
+    messages = outbox_messages(project)
+    got_entry = [recipient(m) for m in messages if UPDATE in str(m["Message-ID"])]
+    got_fix = [recipient(m) for m in messages if CORRECTION in str(m["Message-ID"])]
+    assert len(got_fix) == len(set(got_fix)) == len(got_entry)  # nobody twice, nobody left
+    assert set(got_fix) == set(got_entry)

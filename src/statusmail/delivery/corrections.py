@@ -130,7 +130,8 @@ def already_sent(config: Config, entry: Entry) -> AlreadySent | None:
 def _as_when_selected(ledger: Ledger, config: Config, entry: Entry) -> bool:
     """Whether the entry's last complete selection was made from the lists as they are
     now and the preferences as they are now (someone who chose its topic since, or a row
-    fixed or added, would be selected by a run)."""
+    fixed or added, would be selected by a run), and for a correction, when the entry
+    it corrects had reached everyone it has now."""
     kept = unchanged(ledger, config.paths.subscribers)
     basis = (ledger.selection_basis(entry.id) or "").split("|")
     return (
@@ -138,7 +139,24 @@ def _as_when_selected(ledger: Ledger, config: Config, entry: Entry) -> bool:
         and len(basis) > 2
         and basis[0] == str(kept.id)
         and basis[2] == preferences_stamp(ledger)
+        and not behind(ledger, entry)
     )
+
+
+def reached(ledger: Ledger, entry: Entry) -> str:
+    """For a correction, how many the entry it corrects went out to, as a part of its
+    selection's basis ("" for other entries): a correction selected before the rest of
+    that entry went out is selected again, and reaches them too."""
+    return str(sent_record(ledger, entry.corrects).sent) if entry.corrects else ""
+
+
+def behind(ledger: Ledger, entry: Entry) -> bool:
+    """Whether a correction was selected before the entry it corrects reached everyone
+    it has reached now (``watch`` then sends it again, to those alone)."""
+    if not entry.corrects:
+        return False
+    basis = (ledger.selection_basis(entry.id) or "").split("|")
+    return (basis[4] if len(basis) > 4 else "") != reached(ledger, entry)
 
 
 def sent_nothing_new(before: AlreadySent, counts: dict[str, int] | None) -> bool:

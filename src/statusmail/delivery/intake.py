@@ -180,13 +180,15 @@ def decide(run: Run, ledger: Ledger, imported: Imported, *, accept_removals: boo
 def basis(run: Run, ledger: Ledger, imported: Imported) -> str:
     """What a selection of the entry is made from: the import, the entry's text, the
     stored preferences and lifted suppressions, the config's topics and languages by
-    region. A complete selection made from the same is still what one now would choose."""
+    region, and for a correction how many the entry it corrects reached. A complete
+    selection made from the same is still what one now would choose."""
     config = run.config
     settings = json.dumps(
         [sorted(config.default_locale_by_region.items()), sorted(config.topics or ())]
     )
     digest = hashlib.sha256(settings.encode()).hexdigest()[:16]
-    return f"{imported.id}|{run.entry.digest}|{preferences_stamp(ledger)}|{digest}"
+    parts = [imported.id, run.entry.digest, preferences_stamp(ledger), digest]
+    return "|".join(map(str, [*parts, corrections.reached(ledger, run.entry)]))
 
 
 def finish(

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from statusmail.delivery import corrections
 from statusmail.delivery.corrections import when
 from statusmail.delivery.waiting import ImportStopped, import_shown
 from statusmail.domain import Entry, counted
@@ -129,7 +130,9 @@ class Bookkeeping:
         try:
             for entry in self._entries():
                 state = ledger.entry_state(entry.id) if ledger else None
-                if state and state[1]:  # completed
+                # Complete: never sent again, unless it corrects an entry that has
+                # reached more people since (then to those alone).
+                if state and state[1] and not (ledger and corrections.behind(ledger, entry)):
                     if state[0] != entry.digest and entry.path:
                         self._say_once(
                             entry.path,
