@@ -82,6 +82,28 @@ def test_dropping_pending_recipients_is_refused_before_anything_is_sent(
     assert ledger_rows(project) == before and outbox_count(project) == sent
 
 
+def test_readers_leaving_the_topic_on_the_page_never_hold_the_resume(project: Path) -> None:
+    """A reader's own choice on the preferences page is theirs, as an unsubscribe is:
+    counted as rows gone from the list, two of nine pending held the resume for
+    everyone (send exit 1, watch 'not sent until its files are fixed'), blaming files
+    that had not changed."""
+    from statusmail.domain import Preference
+    from statusmail.ledger import Ledger
+
+    first = invoke(project, "send", UPDATE, "--yes", "--rate", "0", "--limit", "5")
+    assert first.exit_code == 4, first.stderr
+    pending = sorted(a for a, row in ledger_rows(project).items() if row["status"] == "pending")
+    leaving = pending[:2]  # 2 of 9: over max_removed_share (10 %)
+    with Ledger(project.parent / "statusmail.db") as ledger:
+        for address in leaving:
+            ledger.set_preference(address, Preference(topics=frozenset({"product-news"})))
+    resumed = invoke(project, "send", UPDATE, "--yes", "--rate", "0")
+    assert resumed.exit_code == 0, resumed.stderr
+    status = {a: row["status"] for a, row in ledger_rows(project).items()}
+    assert {a for a, s in status.items() if s == "skipped"} == set(leaving)
+    assert "pending" not in status.values()
+
+
 def test_accept_removals_with_no_list_files_is_a_clear_error(project: Path) -> None:
     folder = project.parent / "subscribers"
     for old in folder.iterdir():

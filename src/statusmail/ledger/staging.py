@@ -357,7 +357,7 @@ class Selecting(LedgerBase):
                 raise SelectionLost(entry_id, generation)
             self._q(
                 "UPDATE deliveries SET status = 'skipped', updated_at = :now,"
-                " detail = 'no longer selected: unsubscribed or suppressed'"
+                " detail = 'no longer selected: unsubscribed, suppressed, or left its topic'"
                 f" {not_chosen} AND {excluded}",
                 e=entry_id,
                 g=generation,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from statusmail.domain import Entry, Preference, Recipient, SubscriberStatus
@@ -125,10 +125,9 @@ def select(
             continue
         key = item.key
         raw_locale, topics = item.locale, item.topics
-        if preferences is not None:
-            raw_locale, topics = apply_preference(
-                preferences(key), raw_locale, topics, declared_topics
-            )
+        preference = preferences(key) if preferences is not None else None
+        if preference is not None:
+            raw_locale, topics = apply_preference(preference, raw_locale, topics, declared_topics)
         locale, fallback = resolve_locale(raw_locale, item.region, default_locale_by_region)
         reached = audience.matches(item.region, topics, locale)
         active = item.status == SubscriberStatus.ACTIVE
@@ -143,6 +142,14 @@ def select(
                 yield Inactive(key, "suppressed" if active else item.status)
             continue
         if not reached:
+            if (
+                inactive
+                and preference is not None
+                and _listed_in(entry, item, default_locale_by_region)
+            ):
+                # Their own choice took them out, as an unsubscribe does: not a row gone
+                # from the list (which the shrink guard holds the run for).
+                yield Inactive(key, "left on the preferences page")
             continue
         stats.selected[(locale, item.region)] += 1
         if fallback:
@@ -159,6 +166,13 @@ def select(
             region=item.region,
             topics=chosen,
         )
+
+
+def _listed_in(entry: Entry, item: Subscriber, by_region: Mapping[str, str]) -> bool:
+    """Whether the list's own locale and topics (no preference) put ``item`` in the
+    entry's audience."""
+    locale, _ = resolve_locale(item.locale, item.region, by_region)
+    return entry.audience.matches(item.region, item.topics, locale)
 
 
 def chosen_topics(entry: Entry, topics: frozenset[str]) -> frozenset[str] | None:
@@ -302,6 +316,9 @@ def count_removals(
             group.status == SubscriberStatus.ACTIVE
             and not group.suppressed
             and _chosen(entry, group, by_region, declared) is None
+            # out by their own choice on the preferences page: as an unsubscribe, not
+            # a removal
+            and _chosen(entry, replace(group, preference=None), by_region, declared) is None
         )
         if gone:
             removed += members
