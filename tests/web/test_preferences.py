@@ -163,6 +163,8 @@ def test_a_choice_made_on_the_page_changes_the_next_entries(project: Path) -> No
         status, headers, saved = post_form(port, path, form, origin=MIRROR)
         assert status == 200 and headers["content-language"] == "en"
         assert "Your choice is saved" in saved
+        # No more than a send delivers: one already going out keeps what it selected.
+        assert "one that is being sent right now may still arrive as before" in saved
         assert "value='en' checked" in saved
         assert "value='service-status' checked" in saved
         assert "value='product-news'>" in saved
