@@ -94,3 +94,21 @@ def test_status_masks_addresses_that_server_replies_quote(project: Path) -> None
         assert code == 3
         status = invoke(project, "status", UPDATE, "--json")
         assert address not in status.stdout and "k***@example.com" in status.stdout
+
+
+def test_status_masks_the_ascii_form_of_an_idn_address_a_reply_quotes(project: Path) -> None:
+    """The relay quotes the address as it was given in RCPT TO, the ASCII form of an
+    internationalized domain: status masked only the ledger's Unicode key, and printed
+    the whole address in --json and --failed."""
+    unicode_form = "maria@пример.испытание"  # one of the sample's subscribers
+    ascii_form = "maria@xn--e1afmkfd.xn--80akhbyknj4f"
+    reply = f"550 5.1.1 <{ascii_form}>: Recipient unknown"
+    with RecordingServer(reject_rcpt={unicode_form: reply, ascii_form: reply}) as server:
+        point_at(project, server.port)
+        code, _, _ = send(project)
+        assert code == 3
+    shown = invoke(project, "status", UPDATE, "--json").stdout
+    shown += invoke(project, "status", UPDATE, "--failed").stdout
+    assert "m***@xn--e1afmkfd.xn--80akhbyknj4f" in shown
+    assert ascii_form not in shown and unicode_form not in shown
+    assert "(1 attempt, " in shown  # a permanent refusal: one attempt, said so

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from statusmail.delivery import controls
 from statusmail.delivery.report import breakdown_rows, breakdown_table, print_json
-from statusmail.domain import DeliveryStatus, ExitCode, mask_address, scrub
+from statusmail.domain import DeliveryStatus, ExitCode, counted, mask_address, scrub
 from statusmail.errors import StatusmailError
 from statusmail.ledger import FEEDBACK_OUTCOMES, reading
 from statusmail.ledger import controls as ledger_controls
@@ -53,13 +53,14 @@ def status(
         failures = ledger.failures(entry_id, None if failed else 20)
     listed = [
         {
-            "address": mask(address),
+            "address": mask(addresses[0]),
             "code": code,
-            "reply": scrub(detail or "", [address], mask),
+            # (the relay quotes the address as it was given: maybe its ASCII form)
+            "reply": scrub(detail or "", addresses, mask),
             "attempts": attempts,
             "at": at,
         }
-        for address, code, detail, attempts, at in failures
+        for addresses, code, detail, attempts, at in failures
     ]
     if as_json:
         print_json(
@@ -79,10 +80,10 @@ def status(
     if held:
         console.print(f"{entry_id}: {controls.describe(held)}", markup=False, highlight=False)
     console.print(breakdown_table(entry_id, breakdown, feedback=True))
-    for row in listed:
+    for row, (_, _, _, attempts, _) in zip(listed, failures, strict=True):
         console.print(
             f"  failed {row['address']}: {row['code'] or ''} {row['reply']} "
-            f"({row['attempts']} attempts, {row['at']})",
+            f"({counted(attempts, 'attempt')}, {row['at']})",
             markup=False,
             highlight=False,
         )

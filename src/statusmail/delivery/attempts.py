@@ -23,7 +23,15 @@ from tenacity import (
 from statusmail.delivery.commit import GroupCommitter
 from statusmail.delivery.throttle import SharedBucket, TokenBucket
 from statusmail.delivery.transport import Connection, Ready, SessionEnded
-from statusmail.domain import DeliveryStatus, Envelope, Outcome, Recipient, SuppressionReason, scrub
+from statusmail.domain import (
+    DeliveryStatus,
+    Envelope,
+    Outcome,
+    Recipient,
+    SuppressionReason,
+    counted,
+    scrub,
+)
 from statusmail.errors import BuildError, DeliveryError
 from statusmail.ledger import DeliveryQueue
 from statusmail.project.sending import SendingSettings
@@ -355,9 +363,9 @@ class Delivering:
         }
         if exc.transient:
             log.warning(
-                "%s: gave up after %d attempts: %s",
+                "%s: gave up after %s: %s",
                 who,
-                attempts,
+                counted(attempts, "attempt"),
                 said,
                 extra={"event": "gave_up", **fields},
             )

@@ -201,15 +201,18 @@ class Outcomes(LedgerBase):
     @guarded("list failures")
     def failures(
         self, entry_id: str, limit: int | None = None
-    ) -> list[tuple[str, int | None, str | None, int, str]]:
-        """(address, code, reply, attempts, when) of each failed recipient."""
+    ) -> list[tuple[tuple[str, ...], int | None, str | None, int, str]]:
+        """(addresses, code, reply, attempts, when) of each failed recipient: the
+        addresses are the ledger's key first, then the forms it went out in (the
+        address as written, its ASCII form), any of which a relay's reply may quote."""
         rows = self._q(
-            "SELECT address, code, detail, attempts, updated_at FROM deliveries"
-            " WHERE entry_id = :e AND status = 'failed' ORDER BY address LIMIT :n",
+            "SELECT address, email, ascii_email, code, detail, attempts, updated_at"
+            " FROM deliveries WHERE entry_id = :e AND status = 'failed'"
+            " ORDER BY address LIMIT :n",
             e=entry_id,
             n=limit if limit is not None else 2**62,
         )
-        return [(r[0], r[1], r[2], int(r[3]), r[4]) for r in rows]
+        return [(tuple(a for a in r[:3] if a), r[3], r[4], int(r[5]), r[6]) for r in rows]
 
     @guarded("read the entry's state")
     def entry_state(self, entry_id: str) -> tuple[str, str | None] | None:
