@@ -399,3 +399,19 @@ def test_what_tools_leave_beside_the_entries_is_not_an_entry(project: Path) -> N
     (updates / "._update-2020-04-21.yaml").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac")
     checked = invoke(project, "check")
     assert checked.exit_code == 0, checked.output
+
+
+def test_an_address_in_the_locale_column_is_masked_in_the_dry_run(project: Path) -> None:
+    """A row whose columns ran together (a CRM export) put an address where the locale
+    goes: the dry run, its JSON and CI's summary printed it whole as the unsupported
+    locale that fell back to English."""
+    hidden = "hidden.person@example.com"
+    with (project.parent / "subscribers" / "main.csv").open("a", encoding="utf-8") as handle:
+        handle.write(f"shifted.one@example.org,Shifted One,{hidden},RU,service-status,active\n")
+    previews = str(project.parent / "previews")
+    for args in ((), ("--json",)):
+        dry = invoke(
+            project, "send", "update-2020-04-21", "--dry-run", "--preview-dir", previews, *args
+        )
+        assert dry.exit_code == 0, dry.output
+        assert hidden not in dry.output and "h***@example.com" in dry.output, dry.output

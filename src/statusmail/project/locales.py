@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from statusmail.domain import mask_address
+
 SUPPORTED_LOCALES = ("en", "ru")
 FALLBACK_LOCALE = "en"
 
@@ -32,7 +34,10 @@ def resolve_locale(
         own = normalize_locale(wanted)
         if own:
             return own, None
-        return FALLBACK_LOCALE, f"unsupported locale {wanted!r}"
+        # (reports and CI artifacts show it: a row whose columns ran together may hold
+        # an address there)
+        shown = mask_address(wanted) if "@" in wanted else wanted
+        return FALLBACK_LOCALE, f"unsupported locale {shown!r}"
     if region:
         regional = normalize_locale(by_region.get(region))
         if regional:
