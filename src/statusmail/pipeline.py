@@ -29,7 +29,7 @@ from statusmail.content.render_checks import render_problems
 from statusmail.delivery import intake
 from statusmail.delivery.dry_run import DryRun as DryRun  # what send --dry-run and ci read
 from statusmail.delivery.dry_run import dry_run as dry_run
-from statusmail.delivery.engine import Engine, OnOutcome, RunResult
+from statusmail.delivery.engine import HOURLY_CAP, LIMIT, Engine, OnOutcome, RunResult
 from statusmail.delivery.stream import Stream
 from statusmail.delivery.takeover import Selection, take_selection
 from statusmail.delivery.transport import Transport
@@ -297,12 +297,20 @@ class Report:
     counts: dict[str, int] | None  # None when the ledger could not be read at the end
     breakdown: list[tuple[str, str | None, str, int]]
     refused: bool = False  # stopped by the input before anything was sent
+    whole: bool = False  # the selection is complete and nothing of it is pending
+
+    @property
+    def stopped(self) -> str | None:
+        """Why the run stopped early, if it did: the limit or the hourly cap reached as
+        the last recipient was taken left nothing to continue."""
+        why = self.result.stopped
+        return None if self.whole and why in (LIMIT, HOURLY_CAP) else why
 
     @property
     def exit_code(self) -> ExitCode:
         if self.refused:
             return ExitCode.NOT_STARTED
-        if self.counts is None or self.counts["pending"] or self.result.stopped:
+        if self.counts is None or self.counts["pending"] or self.stopped:
             return ExitCode.STOPPED
         if self.counts["failed"]:
             return ExitCode.FAILED
@@ -393,7 +401,9 @@ async def finish(
             ledger.mark_complete_if_done(entry_id)
         counts = ledger.counts(entry_id)
         breakdown = ledger.breakdown(entry_id)
+        # (the ledger, not ``cut``: a stream stopped just as it ended is complete)
+        whole = not counts["pending"] and ledger.selection_basis(entry_id) is not None
     except LedgerError as exc:
         log.error("%s", exc)
         return Report(entry_id, result, None, [], refused)
-    return Report(entry_id, result, counts, breakdown, refused)
+    return Report(entry_id, result, counts, breakdown, refused, whole)

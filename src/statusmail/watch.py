@@ -310,7 +310,7 @@ class Watcher(Readiness, Leadership, Background, Bookkeeping):
                 "sent": report.result.sent,
                 "failed": report.result.failed,
                 "pending": counts.get("pending"),
-                "stopped": report.result.stopped,
+                "stopped": report.stopped,
                 "relay": relay_name(config),
             },
         )
@@ -319,7 +319,7 @@ class Watcher(Readiness, Leadership, Background, Bookkeeping):
         if report.exit_code is ExitCode.STOPPED:
             self._left_pending = True
             if not self.halt.is_set():
-                self._retry_later(entry.id, report.result.stopped or "recipients still pending")
+                self._retry_later(entry.id, report.stopped or "recipients still pending")
             return False
         self._backoff.pop(entry.id, None)
         return True

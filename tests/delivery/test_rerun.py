@@ -7,7 +7,7 @@ import signal
 import time
 from pathlib import Path
 
-from conftest import SECRET_ENV, UPDATE, invoke, outbox_count, spawn, wait_for
+from conftest import SECRET_ENV, UPDATE, UPDATE_AUDIENCE, invoke, outbox_count, spawn, wait_for
 from delivery_helpers import ledger_rows, point_at, send
 from editing import replace_in
 from smtp_server import RecordingServer
@@ -112,3 +112,18 @@ def test_status_masks_the_ascii_form_of_an_idn_address_a_reply_quotes(project: P
     assert "m***@xn--e1afmkfd.xn--80akhbyknj4f" in shown
     assert ascii_form not in shown and unicode_form not in shown
     assert "(1 attempt, " in shown  # a permanent refusal: one attempt, said so
+
+
+def test_a_limit_reached_with_the_last_recipient_is_not_a_stop(project: Path) -> None:
+    """--limit (or the hourly cap) equal to what was left: everyone was sent, yet the
+    run exited 4 saying 'Stopped early: limit. Re-run to continue'."""
+    code, report, stderr = send(project, UPDATE, "--rate", "0", "--limit", str(UPDATE_AUDIENCE))
+    assert code == 0, stderr
+    assert report["stopped"] is None and report["counts"]["pending"] == 0, (report, stderr)
+    assert "Stopped early" not in stderr
+    assert outbox_count(project) == UPDATE_AUDIENCE
+    project.write_text(
+        project.read_text(encoding="utf-8").replace("max_per_hour: null", "max_per_hour: 1")
+    )
+    other = send(project, "block-2020-01-23", "--rate", "0")  # one an hour: stops early
+    assert other[0] == 4 and other[1]["stopped"], other[2]

@@ -189,15 +189,15 @@ def _print_report(report: pipeline.Report, as_json: bool, out: Console, console:
                 "entry": report.entry_id,
                 "counts": report.counts,
                 "breakdown": breakdown_rows(report.breakdown),
-                "stopped": result.stopped,
+                "stopped": report.stopped,
                 "this_run": {"sent": result.sent, "failed": result.failed},
             }
         )
         return
     if report.counts is not None:
         out.print(breakdown_table(report.entry_id, report.breakdown))
-    if result.stopped:
-        console.print(f"Stopped early: {result.stopped}. Re-run to continue.", markup=False)
+    if report.stopped:
+        console.print(f"Stopped early: {report.stopped}. Re-run to continue.", markup=False)
 
 
 def send_dry_run(

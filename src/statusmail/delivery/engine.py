@@ -55,6 +55,10 @@ CLAIM_SPAN = 0.25
 # next one's signatures are nearly always made by its turn (at 2, more than half of the
 # turns at 8 connections waited for the signer; at 3, 1 in 200).
 AHEAD = 3
+# Why a run stopped taking recipients though nothing went wrong: when it had taken the
+# last of them anyway, it did not stop early (exit 0, not 4)
+LIMIT = "limit"
+HOURLY_CAP = "the hourly cap (sending.max_per_hour) was reached"
 
 
 def ahead(connections: int) -> int:
@@ -215,16 +219,14 @@ class Engine(Delivering):
         still streams, or another sender's lease may run out); empty when done."""
         while not self.stop.is_set():
             if self.limit is not None and self.taken >= self.limit:
-                self.result.stopped = self.result.stopped or "limit"
+                self.result.stopped = self.result.stopped or LIMIT
                 return []  # what was taken is still delivered
             count = want if self.limit is None else min(want, self.limit - self.taken)
             cap = self.settings.max_per_hour or None
             if cap:
                 allowed = cap - await self.queue.hourly_used()
                 if allowed <= 0:  # what was taken is still delivered: it counted already
-                    self.result.stopped = self.result.stopped or (
-                        "the hourly cap (sending.max_per_hour) was reached"
-                    )
+                    self.result.stopped = self.result.stopped or HOURLY_CAP
                     return []
                 count = min(count, allowed)
             # Whether this run still selects, asked before the ledger's state: a stream
