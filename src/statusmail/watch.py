@@ -63,8 +63,8 @@ log = logging.getLogger("statusmail.watch")
 
 class Watcher(Readiness, Leadership, Background, Bookkeeping):
     def __init__(self, config: Config, options: WatchOptions) -> None:
-        self.config = config
         self.options = options
+        self.config = self._overridden(config)
         self.started = time.time()
         self.stop = asyncio.Event()  # the process is to stop
         self.halt = asyncio.Event()  # this term of sending is over: stopped, or lock lost
@@ -178,13 +178,14 @@ class Watcher(Readiness, Leadership, Background, Bookkeeping):
             if site is not None:  # --once: the site as this pass left it; else stop now
                 await asyncio.to_thread(site.close, self.options.once)
 
+    def _overridden(self, config: Config) -> Config:
+        """``config`` with the command line's --rate and --concurrency over it."""
+        return config.with_overrides(rate=self.options.rate, concurrency=self.options.concurrency)
+
     def _reload(self) -> None:
         self.reload = False
         try:
-            options = self.options
-            self.config = load_config(self.config.path).with_overrides(
-                rate=options.rate, concurrency=options.concurrency
-            )
+            self.config = self._overridden(load_config(self.config.path))
         except InputError as exc:
             for problem in exc.problems:
                 log.error("config not reloaded: %s", problem, extra={"event": "reload_failed"})

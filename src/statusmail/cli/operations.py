@@ -170,9 +170,7 @@ def watch(
         metrics_port=metrics_port,
         takeover=takeover,
     )
-    return asyncio.run(
-        Watcher(config.with_overrides(rate=rate, concurrency=concurrency), options).run()
-    )
+    return asyncio.run(Watcher(config, options).run())
 
 
 @main.command()
