@@ -133,14 +133,20 @@ def _as_when_selected(ledger: Ledger, config: Config, entry: Entry) -> bool:
     fixed or added, would be selected by a run), and for a correction, when the entry
     it corrects had reached everyone it has now."""
     kept = unchanged(ledger, config.paths.subscribers)
-    basis = (ledger.selection_basis(entry.id) or "").split("|")
+    basis = _basis(ledger, entry)
     return (
         kept is not None
         and len(basis) > 2
         and basis[0] == str(kept.id)
         and basis[2] == preferences_stamp(ledger)
-        and not behind(ledger, entry)
+        and not _reached_more(ledger, entry, basis)
     )
+
+
+def _basis(ledger: Ledger, entry: Entry) -> list[str]:
+    """The parts of what the entry's last complete selection was made from
+    (``intake.basis``); none when there is none."""
+    return (ledger.selection_basis(entry.id) or "").split("|")
 
 
 def reached(ledger: Ledger, entry: Entry) -> str:
@@ -153,9 +159,12 @@ def reached(ledger: Ledger, entry: Entry) -> str:
 def behind(ledger: Ledger, entry: Entry) -> bool:
     """Whether a correction was selected before the entry it corrects reached everyone
     it has reached now (``watch`` then sends it again, to those alone)."""
+    return bool(entry.corrects) and _reached_more(ledger, entry, _basis(ledger, entry))
+
+
+def _reached_more(ledger: Ledger, entry: Entry, basis: list[str]) -> bool:
     if not entry.corrects:
         return False
-    basis = (ledger.selection_basis(entry.id) or "").split("|")
     return (basis[4] if len(basis) > 4 else "") != reached(ledger, entry)
 
 
