@@ -163,7 +163,6 @@ class SnsVerifier:
     def _certificate(self, url: str) -> x509.Certificate:
         """The certificate at ``url``: kept, else fetched (one fetch of a URL at a time,
         ``FETCHES_AT_ONCE`` in all), unless it failed within ``FAILED_FOR``."""
-        host = urlsplit(url).hostname
         known = self._known(url)
         if known is not None:
             return known
@@ -174,21 +173,28 @@ class SnsVerifier:
             if known is not None:
                 return known
             try:
-                certificate = x509.load_pem_x509_certificate(self.fetch(url))
-            except OSError as exc:
+                certificate = self._fetched(url)
+            except (Unavailable, Refused):
                 self._remember(self._failed, url, time.monotonic() + FAILED_FOR)
-                message = f"cannot fetch the SNS signing certificate from {host}: {exc}"
-                raise Unavailable(message) from None
-            except ValueError:
-                self._remember(self._failed, url, time.monotonic() + FAILED_FOR)
-                raise Refused("a signing certificate that does not parse") from None
-            if not _names_sns(certificate):
-                self._remember(self._failed, url, time.monotonic() + FAILED_FOR)
-                raise Refused(f"a signing certificate not for {SNS_CERTIFICATE_SUBJECT}")
+                raise
             self._remember(self._certificates, url, certificate)
             return certificate
         finally:
             self._fetches.release()
+
+    def _fetched(self, url: str) -> x509.Certificate:
+        """The SNS signing certificate at ``url``, fetched now."""
+        try:
+            certificate = x509.load_pem_x509_certificate(self.fetch(url))
+        except OSError as exc:
+            host = urlsplit(url).hostname
+            message = f"cannot fetch the SNS signing certificate from {host}: {exc}"
+            raise Unavailable(message) from None
+        except ValueError:
+            raise Refused("a signing certificate that does not parse") from None
+        if not _names_sns(certificate):
+            raise Refused(f"a signing certificate not for {SNS_CERTIFICATE_SUBJECT}")
+        return certificate
 
     def _known(self, url: str) -> x509.Certificate | None:
         """The certificate kept for ``url``; ``Unavailable`` if it failed lately."""
