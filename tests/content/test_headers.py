@@ -119,3 +119,32 @@ def test_the_mailto_unsubscribe_carries_the_token_whatever_the_url_s_shape(
     reply = parsed(f"Subject: unsubscribe {token}\r\n\r\n".encode())
     assert unsubscribe_tokens(reply) == (token,)
     assert verify_unsubscribe_token(KEYS, token) == "anna@example.org"
+
+
+
+ENCODED_WORD = re.compile(rb"=\?[^?]+\?[bBqQ]\?[^?]*\?=")
+
+
+def folded(data: bytes, name: bytes) -> list[bytes]:
+    """The lines of header ``name``: its first and its continuations."""
+    lines = head(data)
+    (start,) = [i for i, line in enumerate(lines) if line.startswith(name + b":")]
+    end = start + 1
+    while end < len(lines) and lines[end][:1] in (b" ", b"\t"):
+        end += 1
+    return lines[start:end]
+
+
+@pytest.mark.parametrize("words", [4, 9, 30])
+def test_a_russian_subject_is_folded_into_encoded_words_of_at_most_75(
+    project: Path, words: int
+) -> None:
+    """RFC 2047 keeps an encoded word to 75 characters; the folder's default line of 78
+    let the sample's Russian subject (and any over about 33 letters) run to 76."""
+    subject = " ".join((["Новости", "о", "блокировке", "в", "России:", "жалобы"] * 9)[:words])
+    entry = project.parent / "updates" / "update-2020-04-21.yaml"
+    replace_in(entry, "Update on the block in Russia: two appeals filed", subject)
+    data = built(project)
+    found = [word for line in folded(data, b"Subject") for word in ENCODED_WORD.findall(line)]
+    assert found and max(len(word) for word in found) <= 75, [len(word) for word in found]
+    assert parsed(data)["Subject"] == subject

@@ -60,10 +60,12 @@ def _header(name: str, value: str) -> bytes:
     """One unstructured header, folded, RFC 2047-encoded when not ASCII, CRLF-terminated.
 
     ``email.header.Header`` is used rather than the policy folder, which drops the space
-    between adjacent encoded words in some Python versions.
+    between adjacent encoded words in some Python versions. Lines of at most 76: a
+    continuation line is a space and one encoded word, which RFC 2047 keeps to 75 (the
+    default 78 let a Russian subject's second word run to 76).
     """
     charset = "us-ascii" if value.isascii() else "utf-8"
-    encoded = Header(value, charset, header_name=name).encode(linesep="\r\n")
+    encoded = Header(value, charset, header_name=name, maxlinelen=76).encode(linesep="\r\n")
     return f"{name}: {encoded}\r\n".encode("ascii")
 
 
