@@ -121,7 +121,6 @@ def test_the_mailto_unsubscribe_carries_the_token_whatever_the_url_s_shape(
     assert verify_unsubscribe_token(KEYS, token) == "anna@example.org"
 
 
-
 ENCODED_WORD = re.compile(rb"=\?[^?]+\?[bBqQ]\?[^?]*\?=")
 
 
