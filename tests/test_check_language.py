@@ -281,3 +281,20 @@ def test_a_russian_subject_with_one_cyrillic_word_is_refused(project: Path) -> N
         f'subject: "{subject}"',
     )
     assert check(project) == [f"{entry}:{line}: the ru subject: {subject!r} is not in Russian"]
+
+
+def test_a_russian_sentence_naming_latin_products_is_russian(project: Path) -> None:
+    """Acronyms and product names in a Russian sentence are names: the access tools a
+    reader in Russia is told about are named in Latin letters, and were a third of
+    the words of a correct item, which ``check`` refused and ``send`` would not send."""
+    entry = entry_file(project)
+    replace_in(
+        entry,
+        "      Спасибо за терпение и поддержку!\n",
+        "      - **VPN:** подключитесь через VPN (WireGuard, OpenVPN, Psiphon).\n",
+    )
+    result = invoke(project, "check")
+    assert result.exit_code == 0, result.output
+    replace_in(entry, "через VPN", "through a VPN")  # lower-case English is still English
+    (found,) = check(project)
+    assert found.endswith("is not in Russian"), found

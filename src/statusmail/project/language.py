@@ -2,7 +2,8 @@
 
 ``check`` holds every text to these rules wherever it is written (entries, the catalog,
 ``regions.yaml``, templates): each paragraph of a Russian text is Russian and each one of
-an English text English, brand names and addresses aside; and a translation states the
+an English text English, names and addresses aside (brands, and beside words of its own
+a capitalized word in the other script: a VPN, WireGuard); and a translation states the
 same dates as the English, compared as dates (month names from Babel's locale data).
 """
 
@@ -62,16 +63,20 @@ def words(text: str) -> list[str]:
 
 def foreign_words(text: str, locale: str) -> tuple[int, int] | None:
     """(words in ``locale``'s script, words in another) if ``text`` does not read as
-    ``locale``: a third or more of its words in another script; None if it does (or
-    has no words, or ``locale`` is one these rules do not know)."""
+    ``locale``: a third or more of its words in another script, capitalized ones aside
+    when it has words in its own; None if it does (or has no words, or ``locale`` is
+    one these rules do not know)."""
     script = _SCRIPTS.get(locale)
     if script is None:
         return None
     found = words(text)
     own = sum(1 for w in found if script.search(w))
-    other = sum(
-        1 for w in found if not script.search(w) and any(s.search(w) for s in _SCRIPTS.values())
-    )
+    foreign = [
+        w for w in found if not script.search(w) and any(s.search(w) for s in _SCRIPTS.values())
+    ]
+    # Beside words of its own, a capitalized word in another script is a name (a VPN,
+    # WireGuard, Psiphon in a Russian sentence), not a sentence in the other language.
+    other = sum(1 for w in foreign if not (own and w[0].isupper()))
     if other and 3 * other >= own + other:
         return own, other
     return None
