@@ -5,6 +5,7 @@ carries its token in a query. Each message is parsed back as a reader would."""
 
 from __future__ import annotations
 
+import base64
 import email.policy
 import re
 from email import message_from_bytes
@@ -147,3 +148,14 @@ def test_a_russian_subject_is_folded_into_encoded_words_of_at_most_75(
     found = [word for line in folded(data, b"Subject") for word in ENCODED_WORD.findall(line)]
     assert found and max(len(word) for word in found) <= 75, [len(word) for word in found]
     assert parsed(data)["Subject"] == subject
+
+
+def test_a_subject_that_reads_like_an_encoded_word_is_shown_as_written(project: Path) -> None:
+    """An ASCII subject holding ``=?utf-8?b?…?=`` went out as it was: every mail client
+    showed the decoded text, which ``check``, the previews' summary and the reviewer
+    never saw."""
+    hidden = base64.b64encode(b"Your account will be deleted").decode("ascii")
+    subject = f"Update on the block in Russia =?utf-8?b?{hidden}?="
+    entry = project.parent / "updates" / "update-2020-04-21.yaml"
+    replace_in(entry, "Update on the block in Russia: two appeals filed", subject)
+    assert parsed(built(project))["Subject"] == subject

@@ -64,7 +64,8 @@ def _header(name: str, value: str) -> bytes:
     continuation line is a space and one encoded word, which RFC 2047 keeps to 75 (the
     default 78 let a Russian subject's second word run to 76).
     """
-    charset = "us-ascii" if value.isascii() else "utf-8"
+    # Text that reads like an encoded word is encoded itself, so it is shown as written.
+    charset = "us-ascii" if value.isascii() and "=?" not in value else "utf-8"
     encoded = Header(value, charset, header_name=name, maxlinelen=76).encode(linesep="\r\n")
     return f"{name}: {encoded}\r\n".encode("ascii")
 
