@@ -21,7 +21,9 @@ from conftest import (
     UPDATE,
     copy_sample,
     invoke,
+    outbox_files,
     outbox_messages,
+    parse_message,
     part_text,
     problem_lines,
     recipient,
@@ -235,3 +237,35 @@ def test_an_edition_s_readers_follow_the_news_there_whatever_else_their_region_d
     assert news["BY"] and all(url.startswith("https://startmail-ru.test/") for url in news["BY"])
     assert news["RU"] and all(url.startswith("https://startmail-ru.test/") for url in news["RU"])
     assert all(url.startswith("https://www.startmail.example/") for url in news["KZ"])
+
+
+def test_a_mirror_on_an_idn_host_goes_into_list_unsubscribe_as_a_uri(tmp_path: Path) -> None:
+    """RFC 2369 and 8058 want URIs in List-Unsubscribe: a region's mirror and mailto on
+    стартмейл.рф went there as UTF-8, so every reader in Russia got a header a relay
+    without SMTPUTF8 must not carry (now refused), and clients found no link."""
+    config = copy_sample(tmp_path / "project")
+    regions = config.parent / "regions.yaml"
+    text = regions.read_text(encoding="utf-8")
+    for old, new in [
+        ('"https://startmail-ru.test/"', '"https://стартмейл.рф/"'),
+        ("<https://startmail-ru.test/>", "<https://стартмейл.рф/>"),
+        ("mailto: unsubscribe@startmail-mirror.example", "mailto: отписка@стартмейл.рф"),
+    ]:
+        assert old in text, old
+        text = text.replace(old, new)
+    regions.write_text(text, encoding="utf-8")
+    result = invoke(config, "send", UPDATE, "--yes", "--rate", "0", env=SECRET_ENV)
+    assert result.exit_code == 0, result.output
+    where = regions_of(config)
+    in_russia = [
+        raw for raw in outbox_files(config) if where.get(recipient(parse_message(raw))) == "RU"
+    ]
+    assert in_russia
+    host = "xn--80akmicxfic.xn--p1ai"
+    for raw in in_russia:
+        head = re.split(rb"\r?\n\r?\n", raw, maxsplit=1)[0]
+        assert head.isascii(), [line for line in head.splitlines() if not line.isascii()]
+        url, mailto = unsubscribe_targets(parse_message(raw))
+        assert url.startswith(f"https://{host}/status/unsubscribe/"), url
+        local = "%D0%BE%D1%82%D0%BF%D0%B8%D1%81%D0%BA%D0%B0"  # отписка, as RFC 6068 spells it
+        assert mailto.startswith(f"mailto:{local}@{host}?subject=unsubscribe%20"), mailto

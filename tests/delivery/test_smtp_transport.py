@@ -396,6 +396,23 @@ async def test_utf8_headers_use_smtputf8_when_offered(make_server: MakeServer) -
     assert got.data == data
 
 
+async def test_utf8_headers_without_smtputf8_are_refused_not_sent(
+    make_server: MakeServer,
+) -> None:
+    server = make_server(smtputf8=False)
+    envelope = make_envelope()
+    data = envelope.data.replace(b"Subject: Scheduled", "Subject: Geplante Wärtung".encode())
+    utf8 = Envelope(envelope.sender, envelope.recipient, envelope.recipient, data, "<x@y>")
+    conn = await transport_for(server).connect()
+    err = await send_error(conn, utf8)
+    assert err.transient is False
+    assert "SMTPUTF8" in str(err) and "headers" in str(err)
+    assert f"127.0.0.1:{server.port}" in str(err)
+    await conn.send(make_envelope())  # the session goes on
+    await conn.close()
+    assert [got.data for got in server.messages] == [envelope.data]
+
+
 def test_is_bounce_rules() -> None:
     assert is_bounce(550, "5.1.1 <x@y>: Recipient address rejected")
     assert is_bounce(553, "5.1.10 Recipient address rejected: null MX")

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from email.header import Header
 from urllib.parse import quote
 
+from markdown_it.common.normalize_url import normalizeLink
+
 from statusmail.content.dkim_signing import DkimSigner
 from statusmail.content.parts import BREAKS, SLOT, Part
 from statusmail.content.render import (
@@ -91,6 +93,22 @@ def _display_name(name: str) -> str:
         "=?utf-8?b?" + base64.b64encode(word.encode("utf-8")).decode("ascii") + "?="
         for word in words
     )
+
+
+def _uri(url: str) -> str:
+    """``url`` as a header must carry it (RFC 2369, 8058: a URI): an IDN host in
+    punycode and the rest percent-encoded, as markdown-it spells a link (a region's
+    mirror on https://стартмейл.рф/ went into List-Unsubscribe as UTF-8)."""
+    return url if url.isascii() else normalizeLink(url)
+
+
+def _mailto(address: str) -> str:
+    """``address`` as a mailto URI holds it (RFC 6068): the domain in punycode, a local
+    part that is not ASCII percent-encoded as UTF-8."""
+    local, at, domain = ascii_domain(address).rpartition("@")
+    if local.isascii():
+        return f"{local}{at}{domain}"
+    return quote(local, safe="!$'*+-.=^_`{|}~") + at + domain
 
 
 def ascii_domain(address: str) -> str:
@@ -289,15 +307,16 @@ class MessageFactory:
             preferences = variant.region.rewrite(preferences)
         boundary = variant.boundary
         mid = message_id(self.keys, entry.id, recipient.address, self.domain)
-        mailto = f"mailto:{variant.mailto}?subject=unsubscribe%20" + quote(token)
+        mailto = f"mailto:{_mailto(variant.mailto)}?subject=unsubscribe%20" + quote(token)
+        header_url = _uri(url)
         to = recipient.ascii_email or recipient.email
         parts = [_address_header("To", name, to), self._date(), f"Message-ID: {mid}\r\n".encode()]
         ascii_headers = (
             self._ascii_fixed
             and variant.ascii_head
-            and variant.mailto.isascii()
+            and mailto.isascii()
             and to.isascii()
-            and url.isascii()
+            and header_url.isascii()
         )
         if entry.thread:
             # The Message-ID the thread's message really went out with, when the ledger
@@ -320,7 +339,7 @@ class MessageFactory:
         html, html_8bit = variant.html.encode(escaped, eight_bit)
         parts += [
             # Never encoded: receivers parse these URIs; folded after the comma.
-            f"List-Unsubscribe: <{url}>,\r\n <{mailto}>\r\n".encode(),
+            f"List-Unsubscribe: <{header_url}>,\r\n <{mailto}>\r\n".encode(),
             variant.head,
             b"\r\n--",
             boundary,

@@ -293,6 +293,14 @@ class SmtpConnection:
             ascii_headers, eight_bit = _headers_are_ascii(data), not data.isascii()
         else:
             ascii_headers, eight_bit = shape.ascii_headers, shape.eight_bit
+        if not ascii_headers and not offers_utf8:
+            # RFC 6531: headers in UTF-8 travel only with SMTPUTF8 (a Reply-To with a
+            # Cyrillic local part went out as 8-bit header bytes to any relay)
+            raise DeliveryError(
+                f"{self._transport.server} does not offer SMTPUTF8, "
+                f"needed for the message's headers (not ASCII)",
+                recipient=envelope.recipient,
+            )
         options: list[str] = []
         if utf8_addresses or (offers_utf8 and not ascii_headers):
             options.append("SMTPUTF8")
