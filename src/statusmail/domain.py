@@ -210,6 +210,16 @@ class Envelope:
     seven_bit: Callable[[], Envelope] | None = None
 
 
+def printable(text: str) -> str:
+    """``text`` with every character that is not printable (ESC and the other control
+    characters, bidi overrides, line breaks) shown as its escape, ``\\x1b``: outside text
+    (a bounce's address or diagnostic, a relay's reply) that reaches a terminal, a log
+    or a report can then neither act on the terminal nor pass for another line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def counted(n: int, noun: str, nouns: str | None = None) -> str:
     """``n`` and the noun in English as the number wants it: "1 recipient", "2 recipients"
     (what comms read in a dry run, a summary, check's verdict)."""

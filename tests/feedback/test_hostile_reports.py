@@ -5,6 +5,7 @@ Also the RFC 6533 form of a DSN, which Postfix sends for SMTPUTF8 mail."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import logging
@@ -13,9 +14,12 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import invoke
 from feedback_helpers import SECRET, deliver, dsn, new_files, sent_to, set_bounces
+from statusmail.domain import printable
 from statusmail.feedback.loop import Feedback
 from statusmail.ledger import Ledger
 from statusmail.project.config import load_config
@@ -223,3 +227,64 @@ def test_a_late_report_about_a_message_sent_before_a_lift_does_not_suppress_agai
     assert invoke(project, "feedback", env=ENV).exit_code == 0
     with Ledger(project.parent / "statusmail.db") as ledger:
         assert suppressed(ledger) == {ANNA: "bounced"}
+
+
+ESCAPES = "\x1b[2J\x1b[32mOK: all sent\x1b[0m \x1b]8;;https://evil.example/\x1b\\docs\x1b]8;;\x1b\\"
+
+
+def encoded_word(text: str) -> str:
+    return "=?utf-8?b?" + base64.b64encode(text.encode()).decode("ascii") + "?="
+
+
+def test_terminal_escapes_in_a_report_reach_no_terminal_and_no_log(
+    project: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Anyone can mail the bounce address: a Final-Recipient whose encoded word decodes
+    to ESC sequences was printed and logged as it was, so the operator's terminal
+    cleared, showed "OK" and a link to another site under a harmless label."""
+    word = encoded_word("x@evil.example" + ESCAPES)
+    forged = dsn("x@evil.example", diagnostic=f"550 5.1.1 {word}").replace(
+        b"rfc822; x@evil.example", f"rfc822; {word}".encode()
+    )
+    maildir = beside_a_proven_bounce(project, forged, "0.evil")
+    with caplog.at_level(logging.INFO, logger="statusmail"):
+        result = invoke(project, "feedback", env=ENV)
+    assert result.exit_code == 0, result.output
+    said = result.stdout + result.stderr + caplog.text
+    assert "\x1b" not in said, said
+    assert "\\x1b" in said  # shown, as an escape
+    with Ledger(project.parent / "statusmail.db") as ledger:
+        assert suppressed(ledger) == {ANNA: "bounced"}  # the proven one beside it counts
+        stored = [str(value) for row in ledger.history(ANNA)["events"] for value in row.values()]
+    assert not any("\x1b" in value for value in stored)
+    assert list(new_files(maildir)) == []
+
+
+def test_a_proven_bounce_s_diagnostic_is_one_printable_line_in_suppress_show(
+    project: Path,
+) -> None:
+    """A subscriber holds proof for their own address: their server's multi-line reply,
+    quoted in a DSN, printed a line shaped like another subscriber's suppression and a
+    disguised link in ``suppress show``."""
+    maildir = project.parent / "bounces"
+    set_bounces(project, maildir=str(maildir))
+    with Ledger(project.parent / "statusmail.db") as ledger:
+        tokens = sent_to(ledger, KEYS, ENTRY, [ANNA])
+    forged_line = "ivan@example.com\tunsubscribed\t2026-12-07T00:00:00+00:00\tby hand"
+    report = dsn(
+        ANNA, token=tokens[ANNA], diagnostic=encoded_word(f"550 5.1.1 no\n{forged_line}{ESCAPES}")
+    )
+    deliver(maildir, report.replace(b"Diagnostic-Code: smtp; ", b"Diagnostic-Code: smtp; "), "1")
+    assert invoke(project, "feedback", env=ENV).exit_code == 0
+    shown = invoke(project, "suppress", "show", ANNA, env=ENV)
+    assert shown.exit_code == 0, shown.output
+    assert "\x1b" not in shown.stdout, shown.stdout
+    assert not any(line.startswith("ivan@") for line in shown.stdout.splitlines()), shown.stdout
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_printable_text_acts_on_no_terminal_and_printable_text_stays(text: str) -> None:
+    shown = printable(text)
+    assert shown.isprintable()  # no ESC, no line break, no bidi override is left
+    assert (shown == text) == text.isprintable()

@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 
 from statusmail.delivery.report import print_json
-from statusmail.domain import ExitCode, Preference, counted
+from statusmail.domain import ExitCode, Preference, counted, printable
 from statusmail.feedback import suppression
 from statusmail.ledger import Ledger, copy_ledger, reading
 from statusmail.ledger import describe as ledger_describe
@@ -74,8 +74,8 @@ def suppress_show(config: Config, address: str, as_json: bool, console: Console)
             f"  {lift['lifted_at']}  lifted the {lift['reason']} suppression of "
             f"{lift['suppressed_at']} ({lift['why']})"
         )
-    for line in lines:
-        console.print(line, markup=False, highlight=False)
+    for line in lines:  # (rows stored before diagnostics were kept printable, too)
+        console.print(printable(line), markup=False, highlight=False)
     return ExitCode.OK
 
 
@@ -100,7 +100,7 @@ def suppress_list(config: Config, as_json: bool, console: Console) -> ExitCode:
         )
     else:
         for address, reason, detail, created, _code, at in rows:
-            evidence = " ".join((detail or "").split())
+            evidence = printable(" ".join((detail or "").split()))
             when = f" (reported {at})" if at and at[:10] != created[:10] else ""
             console.print(
                 f"{address}\t{reason}\t{created}\t{evidence}{when}",

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from statusmail.delivery import controls
 from statusmail.delivery.report import breakdown_rows, breakdown_table, print_json
-from statusmail.domain import DeliveryStatus, ExitCode, counted, mask_address, scrub
+from statusmail.domain import DeliveryStatus, ExitCode, counted, mask_address, printable, scrub
 from statusmail.errors import StatusmailError
 from statusmail.ledger import FEEDBACK_OUTCOMES, reading
 from statusmail.ledger import controls as ledger_controls
@@ -81,9 +81,11 @@ def status(
         console.print(f"{entry_id}: {controls.describe(held)}", markup=False, highlight=False)
     console.print(breakdown_table(entry_id, breakdown, feedback=True))
     for row, (_, _, _, attempts, _) in zip(listed, failures, strict=True):
-        console.print(
-            f"  failed {row['address']}: {row['code'] or ''} {row['reply']} "
-            f"({counted(attempts, 'attempt')}, {row['at']})",
+        console.print(  # (a relay's reply stored before replies were kept printable)
+            printable(
+                f"  failed {row['address']}: {row['code'] or ''} {row['reply']} "
+                f"({counted(attempts, 'attempt')}, {row['at']})"
+            ),
             markup=False,
             highlight=False,
         )

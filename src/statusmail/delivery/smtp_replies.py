@@ -11,6 +11,7 @@ import ssl
 
 import aiosmtplib
 
+from statusmail.domain import printable
 from statusmail.errors import ConnectError
 
 _BOUNCE_STATUS = re.compile(r"(?<![\d.])5\.1\.(?:1|10)(?![\d.])")
@@ -44,9 +45,9 @@ def one_line(text: str) -> str:
     """A reply as one line of text that can be stored and printed: a relay's bytes that
     are not UTF-8 (a Latin-1 refusal), carried as surrogates, become U+FFFD (SQLite and
     PostgreSQL refuse surrogates: the outcome could not be recorded, and a run that
-    cannot record sends again what the relay accepted)."""
+    cannot record sends again what the relay accepted); escapes visible (``printable``)."""
     text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    return " / ".join(part.strip() for part in text.splitlines() if part.strip())
+    return printable(" / ".join(part.strip() for part in text.splitlines() if part.strip()))
 
 
 # An enhanced status code (RFC 3463) where a reply's text starts: it decides alone.

@@ -16,6 +16,8 @@ import re
 from collections.abc import Iterator
 from email.message import Message
 
+from statusmail.domain import printable
+
 MAX_TEXT = 200_000  # characters of a text part read for clues and auto-reply texts
 
 
@@ -28,7 +30,7 @@ def header(msg: Message, name: str) -> str:
         text = str(email.header.make_header(email.header.decode_header(str(value))))
     except (ValueError, LookupError, UnicodeError, email.errors.MessageError):
         text = str(value)
-    return " ".join(storable(text).split())
+    return printable(" ".join(storable(text).split()))
 
 
 def storable(text: str) -> str:
@@ -147,7 +149,8 @@ def field_address(field_value: str) -> str | None:
     value = field_value.split(";", 1)[-1].strip().strip("<>").strip()
     if value.lower().startswith("utf-8;"):
         value = value[6:].strip()
-    return value or None
+    # (an address holds no control character: ESC, bidi overrides, an encoded line break)
+    return value if value and value.isprintable() else None
 
 
 def headers_text(msg: Message) -> str:
@@ -174,7 +177,8 @@ def status_code(*texts: str) -> str | None:
 
 
 def one_line(text: str, limit: int = 400) -> str:
-    text = " ".join(text.split())
+    """A diagnostic as it is stored and shown: one line, escapes visible (``printable``)."""
+    text = printable(" ".join(text.split()))
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

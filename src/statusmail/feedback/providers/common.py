@@ -10,6 +10,7 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from statusmail.domain import printable
 from statusmail.feedback.reading import storable
 
 FETCH_TIMEOUT = 10.0  # seconds, for the SNS certificate and subscription URLs
@@ -52,9 +53,13 @@ def mappings_in(value: Any) -> list[Mapping[str, Any]]:
 
 def text_at(data: Mapping[str, Any], key: str) -> str:
     """The text at ``key`` as the ledger can store it (JSON carries lone surrogates: an
-    event id or a diagnostic holding one made a post a 500), "" when it is no text."""
+    event id or a diagnostic holding one made a post a 500) and a report can show it
+    (one line, escapes visible: a multi-line diagnostic forged lines of ``suppress
+    show``), "" when it is no text."""
     value = data.get(key)
-    return storable(str(value).strip()) if isinstance(value, str | int | float) else ""
+    if not isinstance(value, str | int | float):
+        return ""
+    return printable(" ".join(storable(str(value)).split()))
 
 
 def address_in(value: str) -> str | None:
