@@ -119,6 +119,12 @@ def test_particles_bind_to_the_word_before_not_after(text: str, expected: str) -
         ("в 2019–2020 гг.", f"в{NBSP}2019–2020{NBSP}гг."),
         ("10 GB", f"10{NBSP}GB"),
         ("в 12:00 по Москве", f"в{NBSP}12:00{NBSP}по{NBSP}Москве"),
+        ("более 10 000 человек", f"более 10{NBSP}000{NBSP}человек"),
+        ("1 000 000 писем", f"1{NBSP}000{NBSP}000{NBSP}писем"),
+        ("закон № 149-ФЗ", f"закон №{NBSP}149-ФЗ"),
+        ("письма, жалобы и т. д.", f"письма, жалобы и{NBSP}т.{NBSP}д."),
+        ("т. е. всё", f"т.{NBSP}е. всё"),
+        ("в 2019, 2020", f"в{NBSP}2019, 2020"),  # a year is no digit group
     ],
 )
 def test_a_number_binds_to_the_word_after(text: str, expected: str) -> None:

@@ -14,7 +14,9 @@ Russian (``ru``):
   never start a line and never dangle at a line end ahead of a word they do not belong to;
 - a number binds to the word after it (``3\u00a0июня``, ``2020\u00a0года``,
   ``23\u00a0января 2020\u00a0года``), and ``г.``/``гг.`` to whatever precedes it;
-- an em dash binds to the word before it (``слово\u00a0— слово``).
+- an em dash binds to the word before it (``слово\u00a0— слово``);
+- a number's digit groups stay together (``10\u00a0000``), ``№`` binds to its number
+  (``№\u00a0149-ФЗ``), and ``т.\u00a0д.``, ``т.\u00a0е.``, ``т.\u00a0п.`` stay whole.
 
 English (``en``): a month name binds to its day, and the day to the year after a comma
 (``June\u00a03,\u00a02020``, ``April\u00a027``). Nothing else changes.
@@ -59,6 +61,12 @@ _RU_RULES = (
     re.compile(rf"(?<=[^\s{_OPAQUE}])({_SPACE})гг?\.(?!\w)"),
     # an em dash binds to the word before it
     re.compile(rf"(?<=[^\s{_OPAQUE}])({_SPACE})—"),
+    # a number's digit groups stay together (10 000, 1 000 000)
+    re.compile(rf"(?<=\d)({_SPACE})(?=\d{{3}}(?!\d))"),
+    # № binds to its number
+    re.compile(rf"№({_SPACE})(?=\d)"),
+    # т. д., т. е., т. п. stay whole
+    re.compile(rf"{_WORD_START}т\.({_SPACE})(?=[дпе]\.)", re.IGNORECASE),
 )
 
 _MONTHS = (
