@@ -234,6 +234,46 @@ def mask_address(address: str) -> str:
     return f"{local[:1]}***@{domain}"
 
 
+# What ``mask_addresses`` takes for an address: a run of characters other than
+# whitespace and ``<>(),;:"`` that holds an ``@`` (or ``%40``, an ``@`` in a URL) with
+# something on both sides; ``@`` and ``'`` may be in it (``a@b@c``, ``o'brien@x``: the
+# mask keeps what follows the last ``@``). One opening mark before the run stays
+# outside it (``'anna@x'``, ``«anna@x»``, ``[anna@x]`` keep the address's first letter).
+# Or a quoted local part (``"john doe"@x``), its opening quote kept; no ``*`` in the
+# quotes, so a masked one (``"j***@x``) never opens a quoted string again.
+# A run is tried only where it starts: a long run with no ``@`` is read once, not once
+# per character (anyone can write a bounce's diagnostic).
+_RUN = r"""[^\s<>(),;:"]"""
+_OPENING = re.escape("'‘“„«‹[")
+_AT = "(?:@|%40)"
+_ADDRESS = re.compile(
+    rf"(?<!{_RUN})(?P<mark>[{_OPENING}]?)(?P<run>{_RUN}+{_AT}{_RUN}+)"
+    rf"""|(?P<quote>")(?P<quoted>(?:[^"\\\r\n*]|\\[^\r\n]){{1,64}}"{_AT}{_RUN}+)"""
+)
+
+
+def mask_addresses(text: str, mask: Callable[[str], str] = mask_address) -> str:
+    """``text`` with each address in it masked (see ``_ADDRESS``), however it is quoted,
+    bracketed or encoded: the one rule of the CI summary, the log and the commands'
+    output, and the diagnostics quoted from reports. Masking masked text changes nothing."""
+
+    def masked(match: re.Match[str]) -> str:
+        kept, address = (
+            match.group("mark", "run") if match["run"] else match.group("quote", "quoted")
+        )
+        at = max(address.rfind("@"), address.rfind("%40"))
+        if not address[:at].strip("*"):
+            return match[0]  # a mask already (``***@x``): ``mask_address`` would add a star
+        if address[at] == "@":
+            return kept + mask(address)
+        # The @ is written %40: masked as an @, and written back as it was.
+        shown = mask(f"{address[:at]}@{address[at + 3 :]}")
+        local, split, domain = shown.rpartition("@")
+        return kept + (f"{local}%40{domain}" if split else shown)
+
+    return _ADDRESS.sub(masked, text)
+
+
 def scrub(
     text: str, addresses: Iterable[str | None], mask: Callable[[str], str] = mask_address
 ) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
 
 from conftest import invoke, outbox_messages, recipient
 from feedback_helpers import (
@@ -30,7 +31,10 @@ from feedback_helpers import (
     sent_to,
     set_bounces,
 )
+from masking_helpers import FIRST, HIDDEN, STARRED, TEXTS, hidden_before, marking, positions
+from statusmail.domain import mask_address
 from statusmail.feedback.loop import Feedback
+from statusmail.feedback.proof import addresses_masked
 from statusmail.ledger import Ledger
 from statusmail.project.config import Config, load_config
 from statusmail.project.tokens import Keyring, message_id
@@ -350,3 +354,75 @@ def test_a_dry_run_says_would(
     assert result.exit_code == 0, result.stderr
     assert "would be suppressed as bounced" in result.stdout
     assert "1 would be newly suppressed" in result.stdout
+
+
+# -- masking what reports quote --------------------------------------------------------------
+# A diagnostic, a From, a Subject: anyone can write them. Their masking is the rule every
+# output shares (``domain.mask_addresses``), tested here where the mask is a parameter.
+
+
+@settings(max_examples=150, deadline=None)
+@given(TEXTS)
+def test_masking_hides_whatever_any_rule_before_it_hid(text: str) -> None:
+    """Every character that the CI summary's, the log's or the diagnostics' own rule hid
+    is still hidden, or is the one letter the mask keeps of an address (``«anna@x»`` was
+    ``«***@x»`` here, and is ``«a***@x»`` as the log showed it)."""
+    shown = addresses_masked(text, marking)
+    assert len(shown) == len(text)
+    assert hidden_before(text) <= positions(shown, HIDDEN) | positions(shown, FIRST)
+
+
+@settings(max_examples=150, deadline=None)
+@given(STARRED)
+def test_masking_masked_text_changes_nothing_and_show_addresses_shows_all(text: str) -> None:
+    once = addresses_masked(text, mask_address)
+    assert addresses_masked(once, mask_address) == once
+    assert addresses_masked(text, lambda address: address) == text  # --show-addresses
+
+
+@pytest.mark.parametrize(
+    ("diagnostic", "shown"),
+    [
+        # A quoted local part: every rule stopped at the quote, and the address was whole.
+        (
+            '550 5.1.1 <"john doe"@example.org>: User unknown',
+            '550 5.1.1 <"j***@example.org>: User unknown',
+        ),
+        # An @ written %40, in a link a relay quotes: whole before.
+        (
+            "550 5.7.1 see https://mx.example.net/why?rcpt=anna%40example.org",
+            "550 5.7.1 see https:/***%40example.org",
+        ),
+        # An apostrophe ends the local part: the rule stopped at it, and nothing matched.
+        ("550 5.1.1 anna'@example.org: no such user", "550 5.1.1 a***@example.org: no such user"),
+        # ... or is inside it: "o'b" was shown.
+        ("550 5.1.1 o'brien@example.ie unknown", "550 5.1.1 o***@example.ie unknown"),
+    ],
+)
+def test_an_address_the_diagnostics_showed_is_masked(diagnostic: str, shown: str) -> None:
+    assert addresses_masked(diagnostic, mask_address) == shown
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("550 5.1.1 User unknown", "550 5.1.1 User unknown"),
+        (
+            "421 4.7.0 Try again @ 10:00 or ask @postmaster",
+            "421 4.7.0 Try again @ 10:00 or ask @postmaster",
+        ),
+        ("Нет такого пользователя: адрес@ пустой", "Нет такого пользователя: адрес@ пустой"),
+        # One opening mark stays outside the address, so the mask keeps its first letter.
+        ("«anna@пример.рф»", "«a***@пример.рф»"),
+        ("'anna@example.org'", "'a***@example.org'"),
+        ("[anna@example.org]", "[a***@example.org]"),
+        ("mailto:anna+news@example.org.", "mailto:a***@example.org."),
+        # A Message-ID holds no person's address, but some are made from one (VERP,
+        # mailing lists): masked, it still says which domain made it.
+        ("In-Reply-To: <20240101.x9@mx.example.net>", "In-Reply-To: <2***@mx.example.net>"),
+        # Masked already, here or by the rules before (which masked these again).
+        ("'***@example.org' and a***@example.org", "'***@example.org' and a***@example.org"),
+    ],
+)
+def test_masking_leaves_what_people_read(text: str, shown: str) -> None:
+    assert addresses_masked(text, mask_address) == shown

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from statusmail.domain import Cause, EventState, FeedbackKind
+from statusmail.domain import Cause, EventState, FeedbackKind, mask_addresses
 from statusmail.feedback.causes import cause_of
 from statusmail.feedback.classified import Classified, Failure, ReturnPath, Verdict
 from statusmail.feedback.classify import classify
@@ -43,7 +43,6 @@ _CLAIMED = {
 }
 # A statusmail Message-ID: <entry.32 hex digits@domain>
 _OUR_MESSAGE_ID = re.compile(r"<[^<>\s]+\.[0-9a-f]{32}@[^<>\s]+>")
-_ADDRESS = re.compile(r"[^\s<>(),;:\"']+@[^\s<>(),;:\"']+")
 
 
 @dataclass(frozen=True)
@@ -257,14 +256,15 @@ class Assessing:
 
 
 def _masked(text: str, mask: Callable[[str], str]) -> str:
-    # Cut first: the pattern is quadratic on a long run without an @ (anyone can send
-    # a megabyte of Subject), and an address that starts in the 200 kept ends by 600.
+    # Cut first: anyone can send a megabyte of Subject, and an address that starts in
+    # the 200 kept ends by 600.
     return addresses_masked(text[:600], mask)[:200]
 
 
 def addresses_masked(text: str, mask: Callable[[str], str]) -> str:
-    """``text`` (short: see ``_masked``) with everything shaped like an address masked."""
-    return _ADDRESS.sub(lambda m: mask(m.group(0)), text)
+    """``text`` with everything shaped like an address masked: the rule of every output
+    (``domain.mask_addresses``), whatever a report's sender wrote."""
+    return mask_addresses(text, mask)
 
 
 def _ours(message_id: str, config: Config) -> bool:
