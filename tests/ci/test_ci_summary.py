@@ -15,14 +15,17 @@ from email.message import EmailMessage
 from pathlib import Path
 from urllib.parse import unquote
 
+import pytest
 import yaml
 from bs4 import BeautifulSoup, Tag
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 
 from conftest import invoke
-from statusmail.ci.summary import for_the_step
+from masking_helpers import TEXTS, masked_before
+from statusmail.ci.summary import EntryPreview, entry_section, for_the_step
+from statusmail.errors import Problem
 
 UPDATE = "update-2020-04-21"
 BAD_ADDRESS = "broken.reader@example..org"  # invalid, so its row is a problem that names it
@@ -149,3 +152,44 @@ def test_the_step_summary_fits_what_github_shows(lines: list[str], limit: int) -
         kept, _, said = shown.rpartition("\n\n**Cut here**")
         assert "the whole of it is SUMMARY.md in the artifact" in said
         assert text.startswith(kept) and (kept == "" or text[len(kept)] == "\n")
+
+
+def problem_line(message: str) -> str:
+    """The summary's line for a problem saying ``message`` (as Markdown, before rendering)."""
+    root = Path("/repository")
+    where = root / "updates" / "entry.yaml"
+    preview = EntryPreview("entry", root / "preview", problems=[Problem(where, 3, message)])
+    [line] = [line for line in entry_section(preview, root, root) if line.startswith("- ")]
+    prefix = "- updates/entry.yaml:3: "
+    assert line.startswith(prefix)
+    return line.removeprefix(prefix)
+
+
+@pytest.mark.parametrize(
+    ("message", "shown"),
+    [
+        # The second address of a URL's query: the first one's domain ran up to its @.
+        (
+            "link https://status.example.org/u?to=anna@example.org&cc=bob@example.net",
+            "link https:/***@example.net",
+        ),
+        # A domain literal: the rule stopped at the bracket, and nothing matched.
+        ("unknown anna@[192.0.2.1]", "unknown a***@[192.0.2.1]"),
+        ('unknown "john doe"@example.org', 'unknown "j***@example.org'),
+        (
+            "link https://status.example.org/u?email=anna%40example.org",
+            "link https:/***%40example.org",
+        ),
+        ("unknown anna'@example.org", "unknown a***@example.org"),
+        ("unknown o'brien@example.ie", "unknown o***@example.ie"),  # it showed "o'b"
+    ],
+)
+def test_an_address_the_summary_showed_is_masked(message: str, shown: str) -> None:
+    assert problem_line(message) == shown
+
+
+@settings(max_examples=75, deadline=None)
+@given(TEXTS)
+def test_the_summary_shows_no_address_any_rule_before_masked(text: str) -> None:
+    line = problem_line(text)
+    assert not [address for address in masked_before(text) if address in line]

@@ -17,15 +17,11 @@ from statusmail.ci.changes import Changes
 from statusmail.ci.formats import Item, items
 from statusmail.content.preview import preview_keys
 from statusmail.content.variants import VariantKey
-from statusmail.domain import counted, mask_address
+from statusmail.domain import counted, mask_addresses
 from statusmail.errors import Problem, StatusmailError
 from statusmail.pipeline import DryRun, Prepared
 from statusmail.project.locales import SUPPORTED_LOCALES
 from statusmail.project.subscriber_rows import RowProblem, mask_row
-
-_ADDRESS = re.compile(r"[^\s@'\"<>()\[\],;:]+@[^\s@'\"<>()\[\],;:]+")
-# In a row's problem: a value quoted as Python quotes it, or one that looks like a
-# domain or an address however broken.
 
 
 @dataclass
@@ -72,10 +68,6 @@ def subjects(preview: EntryPreview) -> dict[str, str]:
         for locale in SUPPORTED_LOCALES
         if locale in entry.content
     }
-
-
-def mask_addresses(text: str) -> str:
-    return _ADDRESS.sub(lambda match: mask_address(match[0]), text)
 
 
 def _cell(text: str) -> str:
