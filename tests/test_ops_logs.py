@@ -12,16 +12,18 @@ import re
 import secrets
 import signal
 import sys
+import unicodedata
 from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
 import yaml
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from conftest import SECRET, UPDATE, http_request, invoke, loggers_kept, server_url
 from delivery_helpers import add_subscribers, point_at
+from masking_helpers import STARRED, TEXTS, masked_before
 from ops_helpers import Service, serve_process
 from postgres_helpers import query
 from smtp_server import RecordingServer
@@ -135,6 +137,56 @@ def test_no_address_survives_the_json_formatter(
     line = JsonFormatter().format(record)
     assert address not in json.loads(line)["recipient" if field else "message"]
     assert json.loads(line)["event"] == "other"
+
+
+def logged(text: str) -> str:
+    """``text`` as the JSON log's ``message`` has it."""
+    record = logging.LogRecord("statusmail", logging.WARNING, __file__, 1, "%s", (text,), None)
+    message = json.loads(JsonFormatter().format(record))["message"]
+    assert isinstance(message, str)
+    return message
+
+
+def nfd(text: str) -> str:
+    """``text`` decomposed (``й`` as ``и`` and a combining breve), as macOS writes names."""
+    return unicodedata.normalize("NFD", text)
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        # A combining mark (no \w) just before the @ or in the domain: no match at all.
+        (nfd("skipped андрей@пример.рф"), nfd("skipped а***@пример.рф")),
+        (nfd("skipped anna@почтай.рф"), nfd("skipped a***@почтай.рф")),
+        ("skipped anna😀@example.org", "skipped a***@example.org"),
+        # A domain of one label, or a literal: the rule wanted a dot and \w.
+        ("relay said anna@localhost", "relay said a***@localhost"),
+        ("relay said anna@[192.0.2.1]", "relay said a***@[192.0.2.1]"),
+        # A second address in a link: its local part did not start the run.
+        ("link mailto:anna@example.org?cc=bob@example.net", "link mailto:a***@example.net"),
+        (
+            "link https://x.example/u?to=anna@example.org&cc=bob@example.net",
+            "link https:/***@example.net",
+        ),
+        ('unknown "john doe"@example.org', 'unknown "j***@example.org'),
+        ("GET /status/u?email=anna%40example.org", "GET /***%40example.org"),
+    ],
+)
+def test_an_address_the_log_showed_is_masked(text: str, shown: str) -> None:
+    assert logged(text) == shown
+
+
+@settings(max_examples=75, deadline=None)
+@given(TEXTS)
+def test_the_log_shows_no_address_any_rule_before_masked(text: str) -> None:
+    message = logged(text)
+    assert not [address for address in masked_before(text) if address in message]
+
+
+@settings(max_examples=75, deadline=None)
+@given(STARRED)
+def test_the_log_masks_masked_text_as_it_is(text: str) -> None:
+    assert logged(logged(text)) == logged(text)
 
 
 def as_role(url: str, role: str) -> str:

@@ -17,16 +17,12 @@ out = Console(soft_wrap=True, emoji=False)
 
 # Attributes every LogRecord has; anything else was passed in ``extra`` and is a field.
 _RECORD_ATTRIBUTES = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
-# Anything shaped like an address: a run of RFC 5322 atext (and dots) before an @, a
-# domain after it. Masking is idempotent (``a***@x`` masks to itself).
-_ATEXT = r"[\w.!#$%&'*+/=?^`{|}~-]"
-_ADDRESS = re.compile(rf"(?<!{_ATEXT}){_ATEXT}+@[\w-]+(?:\.[\w-]+)+")
 
 
 def _masked(text: str) -> str:
-    from statusmail.domain import mask_address
+    from statusmail.domain import mask_addresses
 
-    return _ADDRESS.sub(lambda m: mask_address(m.group()), text)
+    return mask_addresses(text)
 
 
 class JsonFormatter(logging.Formatter):
