@@ -23,8 +23,9 @@ from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 
 from conftest import invoke
+from editing import refresh_sources
 from masking_helpers import TEXTS, masked_before
-from statusmail.ci.summary import EntryPreview, entry_section, for_the_step
+from statusmail.ci.summary import EntryPreview, _code, entry_section, for_the_step
 from statusmail.errors import Problem
 
 UPDATE = "update-2020-04-21"
@@ -83,7 +84,6 @@ def test_the_summary_shows_every_variant_and_no_address(project: Path, tmp_path:
     told = invoke(project, "send", UPDATE, "--dry-run", "--preview-dir", str(tmp_path / "p2"))
     assert "invalid address '***'" in told.stdout and BAD_ADDRESS not in told.stdout
     # the bad row is still reported, every value of it masked, even the address's domain
-    assert "main.csv:" in text and "invalid address '***': An email address cannot" in text
     assert "example..org" not in text
 
     page = rendered(summary)
@@ -112,6 +112,7 @@ def test_the_summary_shows_every_variant_and_no_address(project: Path, tmp_path:
     assert items_after(page, "Language fallbacks:") == dry_run["fallbacks"]
     (problem,) = items_after(page, "Problems:")
     assert problem.startswith("subscribers/main.csv:") and "invalid address" in problem
+    assert "invalid address '***': An email address cannot" in problem
     gallery = page.find("a", string="gallery of every variant")
     assert isinstance(gallery, Tag)
     assert (summary.parent / str(gallery["href"])).resolve() == (previews / "index.html")
@@ -155,14 +156,15 @@ def test_the_step_summary_fits_what_github_shows(lines: list[str], limit: int) -
 
 
 def problem_line(message: str) -> str:
-    """The summary's line for a problem saying ``message`` (as Markdown, before rendering)."""
+    """The summary's line for a problem saying ``message``, as a reviewer reads it."""
     root = Path("/repository")
     where = root / "updates" / "entry.yaml"
     preview = EntryPreview("entry", root / "preview", problems=[Problem(where, 3, message)])
     [line] = [line for line in entry_section(preview, root, root) if line.startswith("- ")]
-    prefix = "- updates/entry.yaml:3: "
-    assert line.startswith(prefix)
-    return line.removeprefix(prefix)
+    shown = BeautifulSoup(MarkdownIt("commonmark").renderInline(line[2:]), "html.parser")
+    prefix = "updates/entry.yaml:3: "
+    assert shown.get_text().startswith(prefix)
+    return shown.get_text().removeprefix(prefix)
 
 
 @pytest.mark.parametrize(
@@ -193,3 +195,46 @@ def test_an_address_the_summary_showed_is_masked(message: str, shown: str) -> No
 def test_the_summary_shows_no_address_any_rule_before_masked(text: str) -> None:
     line = problem_line(text)
     assert not [address for address in masked_before(text) if address in line]
+
+
+HOSTILE_SUBJECT = (
+    r"Appeal [approved by legal](https://evil.example/x) `code` **bold** _it_ ~~gone~~"
+    r" ![pix](https://evil.example/p.png) \*not\* <b>x</b> & a|b"
+)
+
+
+def test_a_subject_is_shown_as_subscribers_get_it_never_as_markdown(
+    project: Path, tmp_path: Path
+) -> None:
+    """A subject's link text showed where the subject had a Markdown link, its remote
+    image loaded as the reviewer read the summary, and emphasis and code changed what
+    the reviewer was asked to approve."""
+    entry = project.parent / "updates" / f"{UPDATE}.yaml"
+    text = entry.read_text(encoding="utf-8")
+    old = 'subject: "Update on the block in Russia: two appeals filed"'
+    assert old in text
+    entry.write_text(text.replace(old, f"subject: {json.dumps(HOSTILE_SUBJECT)}"), encoding="utf-8")
+    refresh_sources(entry)  # the translator has seen it: only the summary is under test
+    previews, summary = tmp_path / "previews", tmp_path / "SUMMARY.md"
+    result = invoke(
+        project,
+        *("send", UPDATE, "--dry-run", "--preview-dir", str(previews), "--summary", str(summary)),
+    )
+    assert result.exit_code == 0, result.output
+    page = rendered(summary)
+    assert subject_of(previews / UPDATE / "en.eml") == HOSTILE_SUBJECT
+    subjects = dict(line.split(": ", 1) for line in items_after(page, "Subjects:"))
+    assert subjects["en"] == HOSTILE_SUBJECT
+    table = page.find("table")
+    assert isinstance(table, Tag)
+    assert HOSTILE_SUBJECT in [td.get_text() for td in table.find_all("td")]
+    for tag in ("img", "strong", "em", "code", "s", "del", "b"):
+        assert page.find(tag) is None, tag
+    assert not page.find_all("a", href=lambda href: "evil.example" in str(href))
+
+
+@pytest.mark.parametrize("ref", ["origin/main", "feature_x*1", "a`b", "``odd", "v1.0~2"])
+def test_a_ref_is_shown_as_written_in_its_code_span(ref: str) -> None:
+    shown = BeautifulSoup(MarkdownIt("commonmark").renderInline(_code(ref)), "html.parser")
+    code = shown.find("code")
+    assert isinstance(code, Tag) and code.get_text() == ref

@@ -70,11 +70,26 @@ def subjects(preview: EntryPreview) -> dict[str, str]:
     }
 
 
+# What starts a link, an image, emphasis, code or strikethrough, and the escape itself.
+_INLINE = re.compile(r"([\\`*_\[\]~|])")
+
+
 def _cell(text: str) -> str:
-    """Text safe in a Markdown table cell and inline: no HTML, no column breaks."""
+    """Text shown as written in a Markdown table cell and inline: no HTML, no column
+    breaks, no link, image, emphasis or code (a subject is what subscribers will read,
+    and a reviewer must see it so)."""
     text = re.sub(r"[\r\n]+", " ", text)  # no-break spaces stay: they are typography
-    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return text.replace("|", "\\|")
+    text = _INLINE.sub(r"\\\1", text)
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _code(text: str) -> str:
+    """``text`` as a code span, shown as written: fenced by more backticks than any run
+    in it (an escape is shown as it is inside one)."""
+    text = re.sub(r"[\r\n]+", " ", text)
+    fence = "`" * (max((len(run) for run in re.findall("`+", text)), default=0) + 1)
+    pad = " " if text[:1] == "`" or text[-1:] == "`" else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def _link(target: Path, start: Path) -> str:
@@ -157,10 +172,10 @@ def markdown(
     files named in problems relative to ``root`` (the repository's)."""
     lines = ["# statusmail previews", ""]
     if changes is not None and changes.any:
-        lines += [f"Changed since `{_cell(changes.ref)}`:", ""]
+        lines += [f"Changed since {_code(changes.ref)}:", ""]
         lines += [f"- {_cell(line)}" for line in changes.described()] + [""]
     elif changes is not None:
-        lines += [f"Nothing statusmail reads changed since `{_cell(changes.ref)}`.", ""]
+        lines += [f"Nothing statusmail reads changed since {_code(changes.ref)}.", ""]
     if not previews:
         lines += ["No entry to preview.", ""]
     lines.append(
