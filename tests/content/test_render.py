@@ -229,3 +229,26 @@ def test_an_ordered_list_is_numbered_alike_in_both_parts(start: int) -> None:
     text = to_text(source)
     assert f"{start}. first item\n{start + 1}. second item" in text
     assert "- a bullet" in text
+
+
+@pytest.mark.parametrize(
+    ("source", "shown"),
+    [
+        (
+            "о [Роскомнадзоре](https://ru.wikipedia.org/wiki/Роскомнадзор)",
+            "о Роскомнадзоре <https://ru.wikipedia.org/wiki/Роскомнадзор>",
+        ),
+        (
+            "откройте <https://ru.wikipedia.org/wiki/Роскомнадзор>.",
+            "откройте https://ru.wikipedia.org/wiki/Роскомнадзор.",
+        ),
+        ("зеркало: <https://стартмейл.рф/>", "зеркало: https://стартмейл.рф/"),
+    ],
+)
+def test_the_text_part_spells_a_link_as_a_reader_types_it(source: str, shown: str) -> None:
+    """The text part showed a Cyrillic link as its href spells it (%D0%A0%D0%BE…, a line
+    of 109 columns) and an autolink twice; the HTML part's href stays encoded."""
+    from statusmail.content.markdown import to_html, to_text
+
+    assert to_text(source, "ru").replace("\n", " ").replace("\u00a0", " ").strip() == shown
+    assert "%D0%A0%D0%BE" in str(to_html(source)) or "xn--" in str(to_html(source))

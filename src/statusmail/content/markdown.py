@@ -202,7 +202,9 @@ def _inline_text(children: Sequence[Token]) -> str:
             href_stack.append(str(child.attrGet("href") or ""))
             parts.append("")
         elif child.type == "link_close":
-            href = href_stack.pop() if href_stack else ""
+            # As a reader types it: https://ru.wikipedia.org/wiki/Роскомнадзор, not the
+            # href's %D0%A0%D0%BE… (109 columns, and an autolink shown twice)
+            href = _md.normalizeLinkText(href_stack.pop()) if href_stack else ""
             label = parts[-1] if parts else ""
             if href.startswith("mailto:"):
                 href = href[len("mailto:") :]
