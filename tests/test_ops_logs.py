@@ -28,7 +28,7 @@ from ops_helpers import Service, serve_process
 from postgres_helpers import query
 from smtp_server import RecordingServer
 from statusmail.__main__ import run
-from statusmail.cli import JsonFormatter
+from statusmail.cli import JsonFormatter, TextFormatter
 from statusmail.project.tokens import Keyring, unsubscribe_token
 
 STABLE = {"time", "level", "logger", "event", "message"}
@@ -284,3 +284,14 @@ def test_an_unexpected_exception_is_one_json_line(
     assert crash["message"].startswith("unexpected RuntimeError: a fault injected for r***@")
     assert crash["traceback"].startswith("Traceback (most recent call last):")
     assert "in broken" in crash["traceback"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(max_size=60))
+def test_a_text_log_line_is_one_printable_line_whatever_its_message(text: str) -> None:
+    """A relay's reply or a bounce's field logged with ESC sequences cleared the
+    operator's terminal and drew what it liked; a line break in one forged a line."""
+    record = logging.LogRecord("statusmail", logging.INFO, __file__, 1, "said %s", (text,), None)
+    line = TextFormatter("%(levelname)s %(message)s").format(record)
+    assert line.isprintable(), line
+    assert line == f"INFO said {text}" or not text.isprintable()

@@ -11,6 +11,6 @@ nothing else (the contract "only the top level knows the command line").
 """
 
 from statusmail.cli.app import main
-from statusmail.cli.output import LOGGERS, JsonFormatter, log_crash, setup_logging
+from statusmail.cli.output import LOGGERS, JsonFormatter, TextFormatter, log_crash, setup_logging
 
-__all__ = ["LOGGERS", "JsonFormatter", "log_crash", "main", "setup_logging"]
+__all__ = ["LOGGERS", "JsonFormatter", "TextFormatter", "log_crash", "main", "setup_logging"]

@@ -50,6 +50,19 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class TextFormatter(logging.Formatter):
+    """A log line of text with its message printable (``domain.printable``): a bounce's
+    address or a relay's reply holding ESC sequences or a line break acts on no terminal
+    and passes for no other line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from statusmail.domain import printable
+
+        shown = logging.makeLogRecord(record.__dict__)
+        shown.msg, shown.args = printable(record.getMessage()), None
+        return super().format(shown)
+
+
 class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to ``sys.stderr`` as it is at each line, not as it was at set-up (a test's
     runner swaps it for each command it runs in-process)."""
@@ -120,10 +133,10 @@ def setup_logging(verbose: int, log_format: str = "text") -> None:
     elif console.is_terminal:
         from rich.logging import RichHandler
 
-        formatter = logging.Formatter("%(message)s")
+        formatter = TextFormatter("%(message)s")
         handler = RichHandler(console=console, show_path=False, markup=False)
     else:
-        formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+        formatter = TextFormatter("%(asctime)s %(levelname)s %(message)s")
         handler = StderrHandler()
     handler.setFormatter(formatter)
     root = logging.getLogger("statusmail")
