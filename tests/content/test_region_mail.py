@@ -28,7 +28,9 @@ from conftest import (
     problem_lines,
     recipient,
 )
+from delivery_helpers import point_at
 from feedback_helpers import MaildirMX, summary
+from smtp_server import RecordingServer
 from statusmail.project.config import load_config
 from statusmail.project.regions import Region, load_regions, registrable_domain
 from statusmail.project.subscriber_rows import Subscriber
@@ -271,3 +273,29 @@ def test_a_mirror_on_an_idn_host_goes_into_list_unsubscribe_as_a_uri(tmp_path: P
         assert url.startswith(f"https://{host}/status/unsubscribe/"), url
         local = "%D0%BE%D1%82%D0%BF%D0%B8%D1%81%D0%BA%D0%B0"  # отписка, as RFC 6068 spells it
         assert mailto.startswith(f"mailto:{local}@{host}?subject=unsubscribe%20"), mailto
+
+
+def test_a_cyrillic_unsubscribe_mailto_goes_through_a_relay_without_smtputf8(
+    tmp_path: Path,
+) -> None:
+    """The mailto is a URI in List-Unsubscribe, ASCII whatever the address: a Cyrillic
+    unsubscribe address must not make every message need SMTPUTF8."""
+    config = copy_sample(tmp_path / "project")
+    text = config.read_text(encoding="utf-8")
+    assert "mailto: unsubscribe@startmail.example" in text
+    config.write_text(
+        text.replace("mailto: unsubscribe@startmail.example", "mailto: отписка@startmail.example"),
+        encoding="utf-8",
+    )
+    with RecordingServer(smtputf8=False) as server:
+        point_at(config, server.port)
+        result = invoke(config, "send", UPDATE, "--yes", "--rate", "0", env=SECRET_ENV)
+        assert result.exit_code == 0, result.output
+        local = "%D0%BE%D1%82%D0%BF%D0%B8%D1%81%D0%BA%D0%B0"
+        assert len(server.messages) == 14
+        for got in server.messages:
+            head = re.split(rb"\r?\n\r?\n", got.data, maxsplit=1)[0]
+            assert head.isascii() and got.smtp_utf8 is False
+            assert (
+                f"mailto:{local}@startmail.example".encode() in head or b"startmail-mirror" in head
+            )

@@ -195,11 +195,11 @@ class MessageFactory:
         self._keys: dict[tuple[str, str | None, bool, frozenset[str] | None], VariantKey] = {}
         self._date_cache: tuple[int, bytes] = (0, b"")
         self._rehearsed: dict[VariantKey, int] = {}  # recipients per variant, dry run
-        # The headers' parts that are the same in every message: ASCII or not.
-        self._ascii_fixed = (
-            config.sender.address.isascii()
-            and config.unsubscribe.mailto.isascii()
-            and (self.signer is None or self.signer.ascii)
+        # The headers' parts that are the same in every message: ASCII or not. (The
+        # unsubscribe mailto is a URI in the header, ASCII whatever the address: see
+        # ``_mailto``; each message looks at its own.)
+        self._ascii_fixed = config.sender.address.isascii() and (
+            self.signer is None or self.signer.ascii
         )
 
     def unsubscribe_url(self, address_key: str) -> str:
