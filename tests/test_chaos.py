@@ -1,7 +1,9 @@
 """The fault harness (tests/chaos, issue 20) in the suite: its checker finds each kind of
 violation in a history made to hold it, and a short run on the real PostgreSQL server
-(two senders and a watcher, a kill -9 and a stop past the lease, a fixed seed) keeps
-every promise. The long run is by hand: ``python tests/chaos --seconds 600``."""
+(two senders and a watcher, a kill -9 and a stop past the lease, a fixed seed) and one
+on a SQLite ledger file (a sender and a watcher with two processes each) keep every
+promise. The long runs are by hand: ``python tests/chaos --seconds 600`` and
+``python tests/chaos --ledger sqlite --seconds 90 --rate 250``."""
 
 from __future__ import annotations
 
@@ -120,6 +122,31 @@ def test_a_short_chaos_run_keeps_every_promise() -> None:
         unsubscribes=3,
         server=server_url(),
         finish_within=20,
+    )
+    said: list[str] = []
+    verdict = run(settings, said.append)
+    assert verdict.ok, "\n".join([*said, *verdict.details(), verdict.faults, verdict.line()])
+    assert any(line.startswith(("kill", "stop")) for line in said), said  # a fault came
+    assert verdict.unsubscribed >= 1, said
+
+
+@pytest.mark.timeout(60)
+def test_a_short_chaos_run_on_a_sqlite_ledger_keeps_every_promise() -> None:
+    settings = Settings(
+        seconds=2,
+        seed=3,
+        senders=1,  # one run of the entry at a time on SQLite: a second send is refused
+        watchers=1,
+        processes=2,  # a helper beside each: the processes share the file and its claims
+        recipients=100,
+        rate=50,
+        concurrency=CONCURRENCY,
+        lease=1,
+        every=0.8,
+        faults=("kill", "stop"),
+        unsubscribes=3,
+        finish_within=20,
+        ledger="sqlite",
     )
     said: list[str] = []
     verdict = run(settings, said.append)

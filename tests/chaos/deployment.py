@@ -1,8 +1,8 @@
-"""The deployment a chaos run stands up, all on loopback: a PostgreSQL ledger of its own
-(a fresh schema, reached by the senders as a role of its own), a recording relay that
-also notes when each MAIL FROM came, the sample project sending one entry to a
-generated list, ``serve`` for the one-click unsubscribes, and the ``send`` and
-``watch`` processes.
+"""The deployment a chaos run stands up, all on loopback: a ledger of its own (on
+PostgreSQL a fresh schema, reached by the senders as a role of its own; on SQLite a file
+in the run's folder), a recording relay that also notes when each MAIL FROM came, the
+sample project sending one entry to a generated list, ``serve`` for the one-click
+unsubscribes, and the ``send`` and ``watch`` processes.
 
 The shared server is never disturbed: a "restart" terminates the role's backends and
 refuses the role for a moment (``CONNECTION LIMIT 0``); exhaustion lowers the role's
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -33,10 +34,106 @@ from smtp_server import RecordingServer
 # What the role may hold when nothing is refused: every process's connections with room
 # to spare, far below the shared server's max_connections.
 ROLE_LIMIT = 60
+HELPER = b"helper_main"  # in the command line of a helper process
+BUSY = 5.0  # seconds the harness waits for a writer of the SQLite ledger
+
+
+class OwnLedger:
+    """The run's ledger as the harness reads it: what the senders and watchers are
+    pointed at (``url``), what ``serve`` is (``admin``), and the questions the run and
+    its verdict ask, the same on both engines (``execute`` takes ``%s`` parameters)."""
+
+    url: str
+    admin: str
+    seq: str  # the column that orders the queue
+    now: str  # the database's clock, in epoch seconds, as the leases are written
+
+    def execute(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def pending(self) -> int:
+        rows = self.execute(
+            "SELECT COUNT(*) FROM deliveries WHERE entry_id = %s AND status = 'pending'", ENTRY
+        )
+        return int(rows[0][0])
+
+    def sent(self) -> frozenset[str]:
+        rows = self.execute(
+            "SELECT address FROM deliveries WHERE entry_id = %s AND status = 'sent'", ENTRY
+        )
+        return frozenset(str(row[0]) for row in rows)
+
+    def holders(self) -> set[int]:
+        """The pids of the processes holding claims on the entry's pending rows (a claim
+        names its process: host, pid, a random part)."""
+        rows = self.execute(
+            "SELECT DISTINCT claimed_by FROM deliveries WHERE entry_id = %s"
+            " AND status = 'pending' AND claimed_by IS NOT NULL",
+            ENTRY,
+        )
+        return {int(str(row[0]).rsplit(":", 2)[1]) for row in rows}
+
+    def claims(self) -> list[str]:
+        """Who holds the pending rows and for how much longer (the ledger's clock): what
+        a run that does not finish is stuck on."""
+        rows = self.execute(
+            "SELECT COALESCE(claimed_by, '(nobody)'), COUNT(*),"
+            f" MIN(lease_until - {self.now}),"
+            " MIN(claim_epoch), MAX(attempts), MIN(selection)"
+            " FROM deliveries WHERE entry_id = %s AND status = 'pending' GROUP BY 1",
+            ENTRY,
+        )
+        return [
+            f"{holder}: {n} rows, lease {'-' if left is None else f'{left:.1f}s'} left,"
+            f" epoch {epoch}, attempts {attempts}, selection {selection}"
+            for holder, n, left, epoch, attempts, selection in rows
+        ]
+
+    def front(self) -> list[str]:
+        """The recipients in senders' hands now (claimed, pending), in queue order; else
+        the next pending ones."""
+        rows = self.execute(
+            "SELECT address FROM deliveries WHERE entry_id = %s AND status = 'pending'"
+            f" ORDER BY claimed_by IS NULL, {self.seq} LIMIT 64",
+            ENTRY,
+        )
+        return [str(row[0]) for row in rows]
+
+    def selected(self) -> bool:
+        """Whether the entry's selection is complete (else a sender is still at it)."""
+        rows = self.execute(
+            "SELECT generation = selected_generation FROM entries WHERE entry_id = %s", ENTRY
+        )
+        return len(rows) == 1 and bool(rows[0][0])
+
+    def entry_state(self) -> list[tuple[Any, ...]]:
+        return self.execute(
+            "SELECT generation, selected_generation, list_rows FROM entries WHERE entry_id = %s",
+            ENTRY,
+        )
+
+    def everyone(self) -> list[tuple[str, str | None, str | None]]:
+        """Every row of the entry: the address it is keyed on and its other spellings."""
+        rows = self.execute(
+            "SELECT address, email, ascii_email FROM deliveries WHERE entry_id = %s", ENTRY
+        )
+        return [(str(a), e, ascii_email) for a, e, ascii_email in rows]
+
+    def skipped_otherwise(self) -> list[tuple[str, str]]:
+        """The rows skipped for another reason than an unsubscribe."""
+        rows = self.execute(
+            "SELECT address, detail FROM deliveries WHERE entry_id = %s AND status = 'skipped'"
+            " AND detail <> 'suppressed: unsubscribed'",
+            ENTRY,
+        )
+        return [(str(address), str(detail)) for address, detail in rows]
 
 
 @dataclass
-class OwnLedger:
+class PostgresLedger(OwnLedger):
     """A schema made for the run, reached as ``role`` (the senders and watchers) or as
     the server's administrator (``admin``: the harness and ``serve``)."""
 
@@ -44,6 +141,8 @@ class OwnLedger:
     url: str  # the same schema as the role
     role: str
     _conn: psycopg.Connection[tuple[Any, ...]] | None = None
+    seq = "seq"
+    now = "extract(epoch from clock_timestamp())"
 
     def execute(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         """``sql`` on the harness's own connection, made again once if it was lost (the
@@ -80,57 +179,52 @@ class OwnLedger:
         )
         return int(rows[0][0])
 
-    def pending(self) -> int:
-        rows = self.execute(
-            "SELECT COUNT(*) FROM deliveries WHERE entry_id = %s AND status = 'pending'", ENTRY
-        )
-        return int(rows[0][0])
 
-    def sent(self) -> frozenset[str]:
-        rows = self.execute(
-            "SELECT address FROM deliveries WHERE entry_id = %s AND status = 'sent'", ENTRY
-        )
-        return frozenset(str(row[0]) for row in rows)
+@dataclass
+class SqliteLedger(OwnLedger):
+    """A ledger file in the run's folder, which everything opens by its path (``serve``
+    too); the harness reads it read-only, waiting up to ``BUSY`` seconds for a writer."""
 
-    def holders(self) -> set[int]:
-        """The pids of the processes holding claims on the entry's pending rows (a claim
-        names its process: host, pid, a random part)."""
-        rows = self.execute(
-            "SELECT DISTINCT claimed_by FROM deliveries WHERE entry_id = %s"
-            " AND status = 'pending' AND claimed_by IS NOT NULL",
-            ENTRY,
-        )
-        return {int(str(row[0]).rsplit(":", 2)[1]) for row in rows}
+    path: Path
+    url: str = field(init=False)
+    admin: str = field(init=False)
+    _conn: sqlite3.Connection | None = None
+    seq = "rowid"
+    now = "((julianday('now') - 2440587.5) * 86400.0)"  # statusmail's own SqliteDialect
 
-    def claims(self) -> list[str]:
-        """Who holds the pending rows and for how much longer (the server's clock): what
-        a run that does not finish is stuck on."""
-        rows = self.execute(
-            "SELECT COALESCE(claimed_by, '(nobody)'), COUNT(*),"
-            " MIN(lease_until - extract(epoch from clock_timestamp())),"
-            " MIN(claim_epoch), MAX(attempts), MIN(selection)"
-            " FROM deliveries WHERE entry_id = %s AND status = 'pending' GROUP BY 1",
-            ENTRY,
-        )
-        return [
-            f"{holder}: {n} rows, lease {'-' if left is None else f'{left:.1f}s'} left,"
-            f" epoch {epoch}, attempts {attempts}, selection {selection}"
-            for holder, n, left, epoch, attempts, selection in rows
-        ]
+    def __post_init__(self) -> None:
+        self.url = self.admin = str(self.path)
 
-    def front(self) -> list[str]:
-        """The recipients in senders' hands now (claimed, pending), in queue order; else
-        the next pending ones."""
-        rows = self.execute(
-            "SELECT address FROM deliveries WHERE entry_id = %s AND status = 'pending'"
-            " ORDER BY claimed_by IS NULL, seq LIMIT 64",
-            ENTRY,
-        )
-        return [str(row[0]) for row in rows]
+    def execute(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        if self._conn is None:
+            self._conn = sqlite3.connect(
+                f"{self.path.as_uri()}?mode=ro", uri=True, timeout=BUSY, isolation_level=None
+            )
+        return list(self._conn.execute(sql.replace("%s", "?"), params).fetchall())
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 @contextlib.contextmanager
-def own_ledger(server: str) -> Iterator[OwnLedger]:
+def own_ledger(engine: str, server: str, folder: Path) -> Iterator[OwnLedger]:
+    """The run's ledger: on PostgreSQL a fresh schema on ``server`` and a role for it
+    (both dropped after); on SQLite a file in ``folder``, which goes with it."""
+    if engine == "sqlite":
+        ledger = SqliteLedger(folder / "ledger.sqlite3")
+        try:
+            yield ledger
+        finally:
+            ledger.close()
+    else:
+        with own_schema(server) as schema:
+            yield schema
+
+
+@contextlib.contextmanager
+def own_schema(server: str) -> Iterator[PostgresLedger]:
     """A fresh schema on ``server`` and a role for it; both dropped after."""
     token = secrets.token_hex(4)
     schema, role = f"statusmail_chaos_{token}", f"statusmail_chaos_{token}"
@@ -141,7 +235,7 @@ def own_ledger(server: str) -> Iterator[OwnLedger]:
         admin.execute(f"CREATE SCHEMA {schema}")
         admin.execute(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT {ROLE_LIMIT}")
         admin.execute(f"GRANT ALL ON SCHEMA {schema} TO {role}")
-    ledger = OwnLedger(in_schema(server, schema), in_schema(as_role, schema), role)
+    ledger = PostgresLedger(in_schema(server, schema), in_schema(as_role, schema), role)
     try:
         yield ledger
     finally:
@@ -231,12 +325,19 @@ def _stamped(hook: Callable[..., Awaitable[Any]] | None) -> Callable[..., Awaita
     return stamped
 
 
-def make_project(folder: Path, port: int, recipients: int, **sending: Any) -> Path:
+def make_project(
+    folder: Path, port: int, recipients: int, *, dkim: bool = False, **sending: Any
+) -> Path:
     """The sample project sending ``ENTRY`` (its only ready entry) to the sample's
-    recipients and ``recipients`` generated ones through the relay at ``port``."""
+    recipients and ``recipients`` generated ones through the relay at ``port``; with
+    ``dkim``, signed with an RSA and an Ed25519 key made for it."""
     config = copy_sample(folder)
     add_subscribers(config, recipients)
     point_at(config, port, timeout=10, **sending)
+    if dkim:
+        from dkim_helpers import keys, sign_with  # (imports dkimpy: only when asked)
+
+        sign_with(config, keys())
     for entry in (folder / "updates").glob("*.yaml"):
         if entry.stem != ENTRY:  # kept for the thread, never sent
             text = entry.read_text(encoding="utf-8")
@@ -252,9 +353,7 @@ class Process:
     running: Running
     started: float
     killed: bool = False
-    stops: int = 0
     cuts: list[float] = field(default_factory=list)  # when its connections were cut
-    stopped_until: float | None = None  # SIGSTOPped: when it gets SIGCONT
     ended: float | None = None
     code: int | None = None
 
@@ -264,6 +363,20 @@ class Process:
 
     def alive(self) -> bool:
         return self.ended is None and self.running.process.poll() is None
+
+
+def helpers(pid: int) -> list[int]:
+    """The helper processes (``sending.processes``) that the process ``pid`` runs now:
+    its children started as ``delivery/processes.py`` starts them (a DKIM signer process
+    is a child too, and is not one)."""
+    found = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            for child in children.read_text().split():
+                with contextlib.suppress(OSError):
+                    if HELPER in Path(f"/proc/{child}/cmdline").read_bytes():
+                        found.append(int(child))
+    return found
 
 
 def start(kind: str, config: Path, ledger: OwnLedger, takeover: float) -> Process:

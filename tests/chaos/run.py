@@ -2,17 +2,21 @@
 time while some recipients unsubscribe at the sending front, then the entry finished
 and the whole history checked.
 
-Faults (each at a random moment, on a random live process where it takes one):
+Faults (each at a random moment, on a random live process where it takes one: a
+``send`` or ``watch`` process, or one of their helper processes, ``sending.processes``):
 
 - ``stop``: SIGSTOP past the lease (1.5 to 2.5 leases), then SIGCONT;
-- ``kill``: kill -9, and the process started again;
-- ``restart``: what a PostgreSQL restart does to the deployment: every backend of its
-  role terminated, and the role refused for 0.5 to 2 s;
-- ``exhaust``: the role's connection limit lowered to the connections it holds, for 1
-  to 4 s (nobody may open another).
+- ``kill``: kill -9, and the process started again (a helper is not: its run goes on
+  without it);
+- ``restart`` (PostgreSQL): what a PostgreSQL restart does to the deployment: every
+  backend of its role terminated, and the role refused for 0.5 to 2 s;
+- ``exhaust`` (PostgreSQL): the role's connection limit lowered to the connections it
+  holds, for 1 to 4 s (nobody may open another).
 
 A process that ends is started again after half a second while the ledger shows the
 entry pending (a sender) or always (a watcher: one that ends by itself is a problem).
+On SQLite one run of the entry holds its lock at a time and another ``send`` refuses
+(exit 1): one refused is started again after ``REFUSED_AFTER``, as a supervisor would.
 When the time is up the faults stop and the run waits, bounded, for the entry to be
 finished; every process then gets SIGTERM and must end within 2 s.
 
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import random
 import signal
 import subprocess
@@ -35,19 +40,25 @@ from pathlib import Path
 from chaos.deployment import (
     ROLE_LIMIT,
     OwnLedger,
+    PostgresLedger,
     Process,
     Relay,
+    helpers,
     make_project,
     own_ledger,
     start,
 )
 from chaos.history import History, Verdict, check
 from conftest import SECRET, invoke, one_click, serving, wait_for
-from postgres_helpers import ENTRY, SAMPLE
+from postgres_helpers import SAMPLE
 
 FAULTS = ("stop", "kill", "restart", "exhaust")
+POSTGRES_ONLY = ("restart", "exhaust")
+LEDGERS = ("postgres", "sqlite")
 TICK = 0.05  # seconds between looks at the processes
 RESTART_AFTER = 0.5  # seconds before an ended process is started again
+REFUSED_AFTER = 2.0  # seconds before a send refused by the SQLite run lock tries again
+REFUSED = "another statusmail run holds this lock"  # its line (ledger/locks.py)
 SIGTERM_WITHIN = 2.0  # README: a stop takes under two seconds in every state
 HOLDING = {True: "", False: " (holding no claim: no duplicate to allow for)"}
 CAUSED_WITHIN = 10.0  # seconds: a process ending this soon after a cut ended of the cut
@@ -69,6 +80,9 @@ class Settings:
     takeover: float = 2.0
     server: str = "postgresql://127.0.0.1:5432/test"
     finish_within: float | None = None  # None: twice what the rest takes at the rate, + 30 s
+    ledger: str = "postgres"  # one of LEDGERS
+    processes: int | None = None  # sending.processes; None: the config's default
+    dkim: bool = False  # messages signed (each sender process then has a signer process)
 
     def generated(self) -> int:
         if self.recipients is not None:
@@ -89,6 +103,8 @@ class Run:
     history: History = field(init=False)
     restarting: dict[int, float] = field(default_factory=dict)  # index: when to start again
     refused_until: float = 0.0  # the role's limit comes back at this moment
+    paused: dict[int, float] = field(default_factory=dict)  # SIGSTOPped pid: when to SIGCONT
+    refusals: int = 0  # sends refused by the SQLite run lock
 
     def __post_init__(self) -> None:
         self.random = random.Random(self.settings.seed)
@@ -98,7 +114,7 @@ class Run:
             recipients=frozenset(addresses),  # the sample's are added once selected
             rate=s.rate,
             concurrency=s.concurrency,
-            processes=s.senders + s.watchers,
+            processes=(s.senders + s.watchers) * (s.processes or 1),
         )
 
     # -- the processes ---------------------------------------------------------------
@@ -112,8 +128,8 @@ class Run:
         """Note what ended, and start again what should run."""
         for index, process in enumerate(self.processes):
             if process.ended is None and process.running.process.poll() is not None:
-                self.ended(process, now)
-                self.restarting[index] = now + RESTART_AFTER
+                refused = self.ended(process, now)
+                self.restarting[index] = now + (REFUSED_AFTER if refused else RESTART_AFTER)
             when = self.restarting.get(index)
             if when is not None and now >= when:
                 del self.restarting[index]
@@ -122,13 +138,18 @@ class Run:
                         process.kind, self.config, self.ledger, self.settings.takeover
                     )
 
-    def ended(self, process: Process, now: float) -> None:
+    def ended(self, process: Process, now: float) -> bool:
+        """Note how ``process`` ended; whether it was a send refused by the SQLite run
+        lock (another run of the entry holds it: README, *One run per entry*)."""
         process.ended = now
         code = process.code = process.running.process.returncode
         stderr = self.collect(process)
         last = stderr.strip().splitlines()[-1] if stderr.strip() else ""
         if process.killed:
-            return
+            return False
+        if process.kind == "sender" and code == 1 and REFUSED in last:
+            self.refusals += 1
+            return True
         faults = self.history.faults
         cut = process.cuts and now - process.cuts[-1] < CAUSED_WITHIN  # counted at the cut
         if code not in (0, 1) and not cut and process.pid in self.ledger.holders():
@@ -141,12 +162,9 @@ class Run:
             self.history.problems.append(f"sender {process.pid} exited with {code}: {last}")
         self.log(f"{process.kind} {process.pid} exited with {code}: {last}")
         if code == 1:  # nothing could start: what the ledger said of the entry then
-            state = self.ledger.execute(
-                "SELECT generation, selected_generation, list_rows FROM entries"
-                " WHERE entry_id = %s",
-                ENTRY,
-            )
+            state = self.ledger.entry_state()
             self.log(f"  the entry (generation, selected_generation, list_rows): {state}")
+        return False
 
     def collect(self, process: Process) -> str:
         """The process's stderr once it ended; a traceback is a problem."""
@@ -158,8 +176,21 @@ class Run:
             self.history.problems.append(f"{process.kind} {process.pid}: a traceback: {tail}")
         return stderr
 
-    def sending(self) -> list[Process]:
-        return [p for p in self.processes if p.alive() and p.stopped_until is None]
+    def sending(self) -> list[tuple[Process, int]]:
+        """The processes a fault can hit now: each live one, and its helpers, by pid;
+        none that is stopped already."""
+        return [
+            (p, pid)
+            for p in self.processes
+            if p.alive()
+            for pid in (p.pid, *helpers(p.pid))
+            if pid not in self.paused
+        ]
+
+    @property
+    def postgres(self) -> PostgresLedger:
+        assert isinstance(self.ledger, PostgresLedger), "a PostgreSQL fault on SQLite"
+        return self.ledger
 
     # -- faults ----------------------------------------------------------------------
 
@@ -170,24 +201,29 @@ class Run:
             return
         faults.injected[kind] += 1
         if kind == "stop":
-            target = self.random.choice(targets)
+            target, pid = self.random.choice(targets)
             hold = self.settings.lease * self.random.uniform(1.5, 2.5)
-            holding = self.holding(target, signal.SIGSTOP)
-            target.stopped_until = now + hold
-            target.stops += 1
-            faults.stops += holding
-            self.log(f"stop {target.kind} {target.pid} for {hold:.1f}s{HOLDING[holding]}")
+            holding = self.holding(pid, signal.SIGSTOP)
+            self.paused[pid] = now + hold
+            faults.stops += len(holding)
+            name = self.name(target, pid)
+            self.log(f"stop {name} for {hold:.1f}s{HOLDING[bool(holding)]}")
         elif kind == "kill":
-            target = self.random.choice(targets)
-            target.killed = True
-            holding = self.holding(target, signal.SIGKILL)
-            faults.kills += holding
-            self.log(f"kill -9 {target.kind} {target.pid}{HOLDING[holding]}")
+            target, pid = self.random.choice(targets)
+            if pid == target.pid:
+                target.killed = True
+            # A killed sender's helpers stop when it is gone: each may lose what it has
+            # in flight, as the sender does
+            holding = self.holding(pid, signal.SIGKILL, (pid, *helpers(pid)))
+            faults.kills += len(holding)
+            name = self.name(target, pid)
+            also = f" ({len(holding)} processes of it)" if len(holding) > 1 else ""
+            self.log(f"kill -9 {name}{HOLDING[bool(holding)]}{also}")
         elif kind == "restart":
             hold = self.random.uniform(0.5, 2.0)
-            self.ledger.limit(0)
+            self.postgres.limit(0)
             holders = self.ledger.holders()  # those who may lose what is in flight
-            cut = self.ledger.terminate()
+            cut = self.postgres.terminate()
             for process in self.processes:
                 if process.alive() and process.pid in holders:
                     process.cuts.append(now)
@@ -197,31 +233,36 @@ class Run:
             self.log(f"restart: {cut} backends terminated, refused for {hold:.1f}s")
         elif kind == "exhaust":
             hold = self.random.uniform(1.0, 4.0)
-            held = self.ledger.connections()
-            self.ledger.limit(held)
+            held = self.postgres.connections()
+            self.postgres.limit(held)
             self.refused_until = now + hold
             faults.exhaustions += 1
             self.log(f"exhaust: the limit at the {held} connections held, for {hold:.1f}s")
 
-    def holding(self, target: Process, sig: int) -> bool:
-        """Send ``sig``; whether the process held claims then (only then can it lose
-        what is in flight). Asked before and after: a claim it committed just before
-        the signal is seen after it, one it gave back just before, before."""
+    def holding(self, pid: int, sig: int, hit: tuple[int, ...] = ()) -> set[int]:
+        """Send ``sig`` to ``pid``; which of the processes it hits (``hit``, else only
+        ``pid``) held claims then (only those can lose what is in flight). Asked before
+        and after: a claim committed just before the signal is seen after it, one given
+        back just before, before."""
         before = self.ledger.holders()
-        target.running.send_signal(sig)
-        return target.pid in before | self.ledger.holders()
+        os.kill(pid, sig)
+        return set(hit or (pid,)) & (before | self.ledger.holders())
+
+    @staticmethod
+    def name(target: Process, pid: int) -> str:
+        return f"{target.kind} {pid}" if pid == target.pid else f"helper {pid} of {target.pid}"
 
     def relieve(self, now: float, *, everything: bool = False) -> None:
         """SIGCONT what is due, the role's limit back when due (all of it at the end)."""
-        for process in self.processes:
-            due = process.stopped_until is not None and (everything or now >= process.stopped_until)
-            if due:
-                process.stopped_until = None
-                if process.alive():
-                    process.running.send_signal(signal.SIGCONT)
+        for pid, until in list(self.paused.items()):
+            if everything or now >= until:
+                del self.paused[pid]
+                # (a helper stopped past its run's end was killed by its sender)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
         if self.refused_until and (everything or now >= self.refused_until):
             self.refused_until = 0.0
-            self.ledger.limit(ROLE_LIMIT)
+            self.postgres.limit(ROLE_LIMIT)
 
     def unsubscribe(self) -> None:
         """One recipient in a sender's hands (one the relay has not seen) unsubscribes."""
@@ -271,13 +312,12 @@ class Run:
         self.finish(pending)
         self.relieve(time.monotonic(), everything=True)
         self.stop_all()
+        if self.refusals:
+            self.log(f"{self.refusals} sends refused: another run held the entry's lock")
         return self.verdict()
 
     def selected(self) -> bool:
-        rows = self.ledger.execute(
-            "SELECT generation = selected_generation FROM entries WHERE entry_id = %s", ENTRY
-        )
-        return rows == [(True,)]
+        return self.ledger.selected()
 
     def finish(self, pending: int) -> None:
         """Without faults, until the ledger shows the entry finished (bounded)."""
@@ -287,7 +327,7 @@ class Run:
         self.log(f"faults over: {pending} pending; finishing within {within:.0f}s")
         if self.refused_until:  # the role's limit back at once; a stop lasts its time
             self.refused_until = 0.0
-            self.ledger.limit(ROLE_LIMIT)
+            self.postgres.limit(ROLE_LIMIT)
         while (now := time.monotonic()) < deadline:
             self.relieve(now)
             pending = self.ledger.pending() or (0 if self.selected() else 1)
@@ -330,9 +370,7 @@ class Run:
     def verdict(self) -> Verdict:
         # Everyone the entry selected: the generated list and the sample's recipients, by
         # the address the ledger keys them on (the relay sees an IDN domain in punycode)
-        everyone = self.ledger.execute(
-            "SELECT address, email, ascii_email FROM deliveries WHERE entry_id = %s", ENTRY
-        )
+        everyone = self.ledger.everyone()
         alias = {
             str(spelling).lower(): str(address)
             for address, *spellings in everyone
@@ -345,14 +383,9 @@ class Run:
                 self.history.problems.append(f"a message to {arrival.recipient}, not selected")
             address = alias.get(arrival.recipient, arrival.recipient)
             arrivals.append(dataclasses.replace(arrival, recipient=address))
-        skipped = self.ledger.execute(
-            "SELECT address, detail FROM deliveries WHERE entry_id = %s AND status = 'skipped'"
-            " AND detail <> 'suppressed: unsubscribed'",
-            ENTRY,
-        )
-        for address, detail in skipped:
+        for address, detail in self.ledger.skipped_otherwise():
             self.history.problems.append(f"skipped for another reason: {address} ({detail})")
-        self.history.recipients = self.history.recipients | {str(row[0]) for row in everyone}
+        self.history.recipients = self.history.recipients | {row[0] for row in everyone}
         self.history.arrivals = arrivals
         self.history.ledger_sent = self.ledger.sent()
         self.history.ledger_pending = self.ledger.pending()
@@ -363,16 +396,19 @@ def run(settings: Settings, log: Callable[[str], None] = print) -> Verdict:
     """Stand the deployment up, run the faults, check the history."""
     with (
         tempfile.TemporaryDirectory(prefix="statusmail-chaos-") as folder,
-        own_ledger(settings.server) as ledger,
+        own_ledger(settings.ledger, settings.server, Path(folder)) as ledger,
         Relay() as relay,
     ):
+        processes = {} if settings.processes is None else {"processes": settings.processes}
         config = make_project(
             Path(folder) / "project",
             relay.port,
             settings.generated(),
+            dkim=settings.dkim,
             rate=settings.rate,
             concurrency=settings.concurrency,
             lease=settings.lease,
+            **processes,
         )
         migrate(config, ledger)
         with serving(config, SECRET, env={"STATUSMAIL_LEDGER": ledger.admin}) as port:
