@@ -362,6 +362,8 @@ class Run:
             process.killed = True  # ended by the harness: no fault of its own
             self.collect(process)
             process.ended = time.monotonic()
+            code = process.running.process.returncode
+            self.log(f"SIGTERM: {process.kind} {process.pid} ended in {took:.2f}s, exit {code}")
             if took > SIGTERM_WITHIN:
                 self.history.problems.append(
                     f"{process.kind} {process.pid} took {took:.1f}s to end after SIGTERM"
