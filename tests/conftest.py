@@ -507,6 +507,12 @@ class Running:
     def pid(self) -> int:
         return self.process.pid
 
+    def drained(self) -> bool:
+        """Whether stdout and stderr are both at their end: every process that holds
+        them has ended (a child the program started may hold them after it)."""
+        with self._changed:
+            return self._ended == 2
+
     @property
     def stdout(self) -> str:
         with self._changed:

@@ -127,7 +127,10 @@ class Run:
     def supervise(self, now: float, pending: int) -> None:
         """Note what ended, and start again what should run."""
         for index, process in enumerate(self.processes):
-            if process.ended is None and process.running.process.poll() is not None:
+            # Ended once its helpers have too (they hold its stderr): a killed sender's
+            # helper that is stopped ends after its SIGCONT, as a unit's last process
+            ended = process.running.process.poll() is not None and process.running.drained()
+            if process.ended is None and ended:
                 refused = self.ended(process, now)
                 self.restarting[index] = now + (REFUSED_AFTER if refused else RESTART_AFTER)
             when = self.restarting.get(index)
@@ -168,6 +171,14 @@ class Run:
 
     def collect(self, process: Process) -> str:
         """The process's stderr once it ended; a traceback is a problem."""
+        try:  # (a stream is closed only once read to its end: else closing it would hang)
+            wait_for(process.running.drained, timeout=10, what="its stderr's end")
+        except AssertionError:
+            self.history.problems.append(
+                f"{process.kind} {process.pid}: its stderr still open 10 s after it ended"
+                " (a process it started still runs)"
+            )
+            return process.running.stderr
         with contextlib.suppress(AssertionError):  # Running's own check: a traceback
             process.running.finish(timeout=10)
         stderr = process.running.stderr
@@ -418,6 +429,9 @@ def run(settings: Settings, log: Callable[[str], None] = print) -> Verdict:
             try:
                 return chaos.go()
             finally:
+                for pid in chaos.paused:  # else a stopped helper keeps its sender's stderr
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGCONT)
                 for process in chaos.processes:
                     if process.ended is None:  # the run itself failed: end what it started
                         process.running.process.kill()
