@@ -44,10 +44,31 @@ FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 PROVIDERS = ("ses", "postmark", "mailgun", "sendgrid")
 
 
-def nginx_config(folder: Path, serve_port: int, https_port: int, cert: Path, key: Path) -> Path:
+# The server's own logging as a website's server {} block has it, where the file says to
+# copy the statusmail locations: Debian's combined access log and an error log at error.
+SITE_LOGGING = {
+    "\n    access_log /var/log/nginx/statusmail.log statusmail;": (
+        "\n    access_log {folder}/site-access.log combined;"
+    ),
+    "\n    error_log /var/log/nginx/statusmail-error.log crit;": (
+        "\n    error_log {folder}/site-error.log error;"
+    ),
+    "\n    limit_req_log_level info;": "",
+    "\n    limit_conn_log_level info;": "",
+}
+
+
+def nginx_config(
+    folder: Path, serve_port: int, https_port: int, cert: Path, key: Path, *, merged: bool
+) -> Path:
     """The shipped file with this test's ports, certificate and logs, in a minimal
-    nginx.conf; every replaced line must be in it as shipped."""
+    nginx.conf; every replaced line must be in it as shipped. ``merged``: its locations
+    in a website's server block, with the website's own logging."""
     text = SHIPPED.read_text(encoding="utf-8")
+    if merged:
+        for old, new in SITE_LOGGING.items():
+            assert text.count(old) == 1, old
+            text = text.replace(old, new.format(folder=folder))
     for old, new in {
         "server 127.0.0.1:8080;": f"server 127.0.0.1:{serve_port};",
         "listen 443 ssl;": f"listen 127.0.0.1:{https_port} ssl;",
@@ -57,7 +78,8 @@ def nginx_config(folder: Path, serve_port: int, https_port: int, cert: Path, key
         "/var/log/nginx/statusmail.log": str(folder / "access.log"),
         "/var/log/nginx/statusmail-error.log": str(folder / "statusmail-error.log"),
     }.items():
-        assert text.count(old) == 1, old
+        # (the logs are named again in each location; merged, the server's are the site's)
+        assert old in text or (merged and old.startswith("/var/log/")), old
         text = text.replace(old, new)
     (folder / "statusmail.conf").write_text(text, encoding="utf-8")
     temp = " ".join(
@@ -136,6 +158,15 @@ class Proxy:
 
 @pytest.fixture(scope="module")
 def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
+    yield from running_proxy(tmp_path_factory, merged=False)
+
+
+@pytest.fixture(scope="module")
+def merged_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
+    yield from running_proxy(tmp_path_factory, merged=True)
+
+
+def running_proxy(tmp_path_factory: pytest.TempPathFactory, *, merged: bool) -> Iterator[Proxy]:
     nginx = need("nginx", "apt-get install nginx")
     import trustme
 
@@ -151,7 +182,7 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy]:
 
     with serving(project, SECRET) as serve_port:
         https_port = free_port()
-        config = nginx_config(folder, serve_port, https_port, cert, key)
+        config = nginx_config(folder, serve_port, https_port, cert, key, merged=merged)
         args = [nginx, "-c", str(config), "-p", str(folder), "-e", str(folder / "error.log")]
         checked = subprocess.run([*args, "-t"], capture_output=True, text=True, timeout=30)
         assert checked.returncode == 0, checked.stderr
@@ -271,7 +302,14 @@ def test_webhooks_reach_serve_under_the_public_prefix(proxy: Proxy) -> None:
     assert "hello" not in access and "/webhooks/" not in access, access
 
 
-def test_a_flood_is_limited_and_no_log_holds_a_token(proxy: Proxy) -> None:
+@pytest.mark.parametrize("where", ["proxy", "merged_proxy"])
+def test_a_flood_is_limited_and_no_log_holds_a_token(
+    where: str, request: pytest.FixtureRequest
+) -> None:
+    """As shipped, and with its locations copied into a website's server block, as the
+    file says to do on a host that has one: the logging settings were the server's, so
+    the website's combined access log then held every token."""
+    proxy: Proxy = request.getfixturevalue(where)
     # A client address of its own, so that the budget the other tests spent is not this
     # one's: nginx limits per address, and all of 127/8 is this machine.
     page = f"/status/unsubscribe/{unsubscribe_token(KEYS, 'flood@example.org')}"
@@ -286,8 +324,9 @@ def test_a_flood_is_limited_and_no_log_holds_a_token(proxy: Proxy) -> None:
     # a body too large is an error nginx logs with the request line
     assert proxy.request(HOSTS[0], "POST", page, b"x" * 5000).status == 413
     proxy.logged('"GET unsubscribe" 429', '"POST unsubscribe" 413')  # the page, not the path
-    logs = {name: proxy.log(name) for name in ("access.log", "statusmail-error.log", "error.log")}
-    assert len(proxy.tokens) >= 2
+    names = ("access.log", "statusmail-error.log", "error.log", "site-access.log", "site-error.log")
+    logs = {name: proxy.log(name) for name in names}
+    assert proxy.tokens
     for name, text in logs.items():
         assert "/status/" not in text, name
         leaked = [token for token in proxy.tokens if token in text]
