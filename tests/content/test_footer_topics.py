@@ -304,3 +304,28 @@ def test_test_to_sends_the_entry_s_own_variants_and_a_topic_s_only_when_named(
     assert one.exit_code == 0, one.output
     [message] = outbox_messages(project)
     assert sentence("en", frozenset({NEWS})) in footers(message)[0]
+
+
+def test_a_topic_name_in_quotes_takes_the_inner_quotes_of_the_footer_s_sentence(
+    project: Path,
+) -> None:
+    """The footer quotes the one topic: a name holding the language's own quotes read
+    «Доступ к «StartMail»» and “Access to “StartMail””."""
+    text = project.read_text(encoding="utf-8")
+    for old, new in [
+        ("ru: Новости StartMail", "ru: Новости «StartMail»"),
+        ("en: Product news", "en: News of “StartMail”"),
+    ]:
+        assert old in text, old
+        text = text.replace(old, new)
+    project.write_text(text, encoding="utf-8")
+    with_readers(project)
+    write_entry(project, "news-only", f"[{NEWS}]")
+    assert send(project, "news-only") == 0
+    messages = by_reader(project)
+    for address, said in [
+        ("nina@example.org", "you subscribed to “News of ‘StartMail’” from StartMail."),
+        ("nadya@example.org", "подписались на тему «Новости „StartMail“» в рассылке StartMail."),
+    ]:
+        for footer in footers(messages[address]):
+            assert said in footer, footer

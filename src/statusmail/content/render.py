@@ -36,7 +36,7 @@ from statusmail.content.typography import typeset
 from statusmail.content.variants import VariantKey
 from statusmail.domain import Entry
 from statusmail.errors import Problem, RenderError
-from statusmail.project.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES
+from statusmail.project.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES, normalize_locale
 from statusmail.project.regions import Region
 from statusmail.project.selection import chosen_topics
 
@@ -140,7 +140,19 @@ def typeset_environment(
         return _COUNT_BEFORE_WORD.sub("\\1\u00a0", text) if locale == "ru" else text
 
     env.install_gettext_callables(gettext, ngettext, newstyle=True)  # type: ignore[attr-defined]
+    env.filters["quoted_inside"] = lambda text: quoted_inside(str(text), locale)
     return env
+
+
+# The language's outer quotes, and the ones a quote inside them takes.
+_INNER_QUOTES = {"ru": str.maketrans("«»", "„“"), "en": str.maketrans("“”", "‘’")}
+
+
+def quoted_inside(text: str, locale: str) -> str:
+    """``text`` as it reads inside the language's quotes: «Доступ к „StartMail“», not
+    «Доступ к «StartMail»» (a topic's name in the footer's sentence)."""
+    table = _INNER_QUOTES.get(normalize_locale(locale) or "")
+    return text.translate(table) if table else text
 
 
 class Renderer:
