@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from dataclasses import replace
 
 import psycopg
 import pytest
@@ -102,54 +103,56 @@ def test_the_busiest_window_is_counted_exactly() -> None:
     assert most_in_window([i / RATE for i in range(200)]) == rate_bound(RATE, 0)
 
 
+# A short run: two seconds of faults, a hundred recipients, three unsubscribes.
+SHORT = Settings(
+    seconds=2,
+    recipients=100,
+    rate=50,
+    concurrency=CONCURRENCY,
+    lease=1,
+    every=0.8,
+    faults=("kill", "stop"),
+    unsubscribes=3,
+    finish_within=20,
+)
+
+
+def keeps_every_promise(settings: Settings) -> None:
+    """A short run with ``settings`` in which a fault came and someone unsubscribed:
+    the whole history keeps every promise."""
+    said: list[str] = []
+    verdict = run(settings, said.append)
+    assert verdict.ok, "\n".join([*said, *verdict.details(), verdict.faults, verdict.line()])
+    assert any(line.startswith(("kill", "stop")) for line in said), said  # a fault came
+    assert verdict.unsubscribed >= 1, said
+
+
 @pytest.mark.timeout(60)
 def test_a_short_chaos_run_keeps_every_promise() -> None:
     try:
         psycopg.connect(server_url(), connect_timeout=3).close()
     except psycopg.Error as exc:
         missing(f"no PostgreSQL at {server_url()} ({exc}); set $STATUSMAIL_TEST_POSTGRES")
-    settings = Settings(
-        seconds=2,
-        seed=5,
-        senders=2,
-        watchers=1,  # the long run has two; one more here costs a second of start-up
-        recipients=100,
-        rate=50,
-        concurrency=CONCURRENCY,
-        lease=1,
-        every=0.8,
-        faults=("kill", "stop"),
-        unsubscribes=3,
-        server=server_url(),
-        finish_within=20,
+    keeps_every_promise(
+        replace(
+            SHORT,
+            seed=5,
+            senders=2,
+            watchers=1,  # the long run has two; one more here costs a second of start-up
+            server=server_url(),
+        )
     )
-    said: list[str] = []
-    verdict = run(settings, said.append)
-    assert verdict.ok, "\n".join([*said, *verdict.details(), verdict.faults, verdict.line()])
-    assert any(line.startswith(("kill", "stop")) for line in said), said  # a fault came
-    assert verdict.unsubscribed >= 1, said
 
 
 @pytest.mark.timeout(60)
 def test_a_short_chaos_run_on_a_sqlite_ledger_keeps_every_promise() -> None:
-    settings = Settings(
-        seconds=2,
-        seed=3,
-        senders=1,  # one run of the entry at a time on SQLite: a second send is refused
-        watchers=1,
-        processes=2,  # a helper beside each: the processes share the file and its claims
-        recipients=100,
-        rate=50,
-        concurrency=CONCURRENCY,
-        lease=1,
-        every=0.8,
-        faults=("kill", "stop"),
-        unsubscribes=3,
-        finish_within=20,
-        ledger="sqlite",
+    keeps_every_promise(
+        replace(
+            SHORT,
+            seed=3,
+            senders=1,  # one run of the entry at a time on SQLite: a second send is refused
+            watchers=1,
+            processes=2,  # a helper beside each: they share the file and its claims
+            ledger="sqlite",
+        )
     )
-    said: list[str] = []
-    verdict = run(settings, said.append)
-    assert verdict.ok, "\n".join([*said, *verdict.details(), verdict.faults, verdict.line()])
-    assert any(line.startswith(("kill", "stop")) for line in said), said  # a fault came
-    assert verdict.unsubscribed >= 1, said
