@@ -32,9 +32,10 @@ from feedback_helpers import (
     set_bounces,
 )
 from masking_helpers import FIRST, HIDDEN, STARRED, TEXTS, hidden_before, marking, positions
-from statusmail.domain import mask_address
-from statusmail.feedback.loop import Feedback
+from statusmail.domain import FeedbackKind, mask_address
+from statusmail.feedback.loop import Feedback, apply_reports
 from statusmail.feedback.proof import addresses_masked
+from statusmail.feedback.reports import ProviderReport
 from statusmail.ledger import Ledger
 from statusmail.project.config import Config, load_config
 from statusmail.project.tokens import Keyring, message_id
@@ -426,3 +427,25 @@ def test_an_address_the_diagnostics_showed_is_masked(diagnostic: str, shown: str
 )
 def test_masking_leaves_what_people_read(text: str, shown: str) -> None:
     assert addresses_masked(text, mask_address) == shown
+
+
+IDN, IDN_AS_SENT = "maria@пример.испытание", "maria@xn--e1afmkfd.xn--80akhbyknj4f"
+OTHER, OTHER_AS_SENT = "olga@пример.испытание", "OLGA@XN--E1AFMKFD.XN--80AKHBYKNJ4F"
+
+
+def test_a_report_naming_an_idn_recipient_as_the_message_went_is_hers(project: Path) -> None:
+    """Providers and relays name the recipient as the message went, the domain in
+    punycode; the ledger keys her as the list is read. A complaint through Postmark (which
+    quotes no Message-ID) or a trusted unsigned bounce was applied to nobody, and she
+    was mailed again."""
+    set_bounces(project, maildir="bounces", trust_unsigned=True)
+    config = load_config(project)
+    with Ledger(project.parent / "statusmail.db") as ledger:
+        sent_to(ledger, KEYS, ENTRY, [IDN, OTHER, ANNA])
+        Feedback(config, KEYS, ledger, now=NOW).handle(dsn(IDN_AS_SENT))
+        assert suppressed(ledger) == {IDN: "bounced"}
+    complaint = ProviderReport("postmark", FeedbackKind.COMPLAINT, OTHER_AS_SENT, "pm-1")
+    report = apply_reports(config, [complaint])
+    assert report.read == 1 and not report.left, report
+    with Ledger(project.parent / "statusmail.db") as ledger:
+        assert suppressed(ledger) == {IDN: "bounced", OTHER: "complained"}

@@ -12,6 +12,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from email_validator import EmailNotValidError
+
 from statusmail.domain import Cause, EventState, FeedbackKind, mask_addresses
 from statusmail.feedback.causes import cause_of
 from statusmail.feedback.classified import Classified, Failure, ReturnPath, Verdict
@@ -20,6 +22,7 @@ from statusmail.feedback.reading import header, parse
 from statusmail.feedback.reports import PassReport, ProviderReport
 from statusmail.ledger import FeedbackEvent, Ledger
 from statusmail.project.config import Config
+from statusmail.project.subscriber_rows import address_key, check_address
 from statusmail.project.tokens import (
     Keyring,
     Purpose,
@@ -175,8 +178,14 @@ class Assessing:
             return None
         if any(not c.isascii() and c.lower().isascii() for c in address):
             return None
-        entry = self.ledger.last_entry_sent(address.lower())
-        return (entry, address.lower()) if entry else None
+        # As the lists key it: a report names an IDN recipient as the message went, its
+        # domain in punycode (maria@xn--e1afmkfd…), the ledger as read (maria@пример…)
+        try:
+            key = address_key(check_address(address)[0])
+        except EmailNotValidError:
+            key = address.lower()
+        entry = self.ledger.last_entry_sent(key)
+        return (entry, key) if entry else None
 
     def _unproven(
         self, found: Classified, claimed: FeedbackKind | None, state: EventState, why: str
