@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import CSV_HEADER
+from conftest import CSV_HEADER, SECRET_ENV, UPDATE, invoke, outbox_messages, recipient
 from statusmail.domain import Audience, Content, Entry, EntryStatus, Recipient
 from statusmail.project import subscriber_rows as subscribers_module
 from statusmail.project.config import load_config
@@ -124,6 +124,42 @@ def test_duplicates_across_files_case_insensitive(tmp_path: Path) -> None:
         ("First.Spelling@example.org", "One"),
         ("other@example.org", "Four"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("first", "later"),
+    [("active", "unsubscribed"), ("active", "bounced"), ("unsubscribed", "active")],
+)
+def test_a_status_other_than_active_wins_whatever_row_says_it(
+    tmp_path: Path, first: str, later: str
+) -> None:
+    """A list kept as main.csv and unsubscribes.csv: the first spelling won whole, so the
+    person the second file unsubscribes (any spelling, any file) was mailed again."""
+    folder = tmp_path / "subs"
+    folder.mkdir()
+    (folder / "main.csv").write_text(
+        CSV_HEADER
+        + f"anna@example.org,Anna,ru,RU,t,{first}\n"
+        + "kate@example.com,Kate,en,RU,t,active\n"
+    )
+    (folder / "unsubscribes.yaml").write_text(
+        f"- email: Anna@Example.ORG\n  name: Other\n  status: {later}\n"
+    )
+    subs = subscribers_of(list(iter_subscribers(folder)))
+    withdrawn = first if first != "active" else later
+    assert [(s.key, s.name, s.locale, s.status) for s in subs] == [
+        ("anna@example.org", "Anna", "ru", withdrawn),  # the first row, but not active
+        ("kate@example.com", "Kate", "en", "active"),
+    ]
+
+
+def test_a_send_never_mails_whom_another_file_unsubscribes(project: Path) -> None:
+    unsubscribes = project.parent / "subscribers" / "unsubscribes.csv"
+    unsubscribes.write_text(CSV_HEADER + "Anna.Petrova@EXAMPLE.org,,ru,RU,,unsubscribed\n")
+    sent = invoke(project, "send", UPDATE, "--yes", "--json", env=SECRET_ENV)
+    assert sent.exit_code == 0, sent.output
+    mailed = {recipient(message) for message in outbox_messages(project)}
+    assert mailed and "anna.petrova@example.org" not in mailed
 
 
 def test_idn_domain_punycode_and_unicode_are_one_address(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ import csv
 import sqlite3
 import tempfile
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -111,14 +112,17 @@ class SeenAddresses:
 def iter_subscribers(
     folder: Path, stats: ReadStats | None = None
 ) -> Iterator[Subscriber | RowProblem]:
-    """Every subscriber once (the first spelling wins), and every bad row, in file order."""
+    """Every subscriber once (the first spelling wins, but not over a status that is not
+    ``active``: see ``_withdrawn``), and every bad row, in file order."""
     stats = stats if stats is not None else ReadStats()
     if not folder.exists():
         yield RowProblem(folder, 0, "subscribers folder not found", "", fatal=True)
         return
+    files = subscriber_files(folder)
+    withdrawn = _withdrawn(files)
     seen = SeenAddresses()
     try:
-        for path in subscriber_files(folder):
+        for path in files:
             stats.files.append(path)
             for item in read_file(path):
                 stats.rows += 1
@@ -126,11 +130,33 @@ def iter_subscribers(
                     stats.invalid += 1
                     yield item
                 elif seen.add(item.key):
-                    yield item
+                    status = withdrawn.get(item.key) if item.status == "active" else None
+                    yield item if status is None else replace(item, status=status)
                 else:
                     stats.duplicates += 1
     finally:
         seen.close()
+
+
+def _withdrawn(files: list[Path]) -> dict[str, str]:
+    """Each address some row gives a status other than ``active`` (unsubscribed, say),
+    and the first such status: it wins over an ``active`` row of the same address in
+    any file or line, so that a list kept as main.csv and unsubscribes.csv never mails
+    whom the second one names. A pass that only parses the rows, and validates only
+    those few (an ``active`` row costs no address check)."""
+    found: dict[str, str] = {}
+    for path in files:
+        for item in read_file(path, _unless_active):
+            if isinstance(item, Subscriber):
+                found.setdefault(item.key, item.status)
+    return found
+
+
+def _unless_active(row: dict[str, Any], path: Path, line: int) -> Subscriber | None:
+    if str(row.get("status") or "active").strip().lower() == "active":
+        return None
+    item = make_subscriber(row, path, line)
+    return item if isinstance(item, Subscriber) else None
 
 
 def _structure_only(row: dict[str, Any], path: Path, line: int) -> None:
