@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -449,3 +450,29 @@ def test_a_report_naming_an_idn_recipient_as_the_message_went_is_hers(project: P
     assert report.read == 1 and not report.left, report
     with Ledger(project.parent / "statusmail.db") as ledger:
         assert suppressed(ledger) == {IDN: "bounced", OTHER: "complained"}
+
+
+def test_suppress_remove_lifts_an_address_however_it_is_spelled(project: Path) -> None:
+    """``suppress add`` keyed an address as the lists do, ``remove`` only lower-cased it:
+    the punycode, NFD or upper-case spelling printed "removed" and lifted nothing, and
+    ``--domain`` in punycode found nobody."""
+    spellings = {
+        IDN: "Maria@XN--E1AFMKFD.xn--80akhbyknj4f",
+        "сергей@example.org": unicodedata.normalize("NFD", "Сергей@example.org"),
+        ANNA: "Anna@EXAMPLE.ORG",
+    }
+    for address in spellings:
+        assert invoke(project, "suppress", "add", address, env=ENV).exit_code == 0
+    for address, spelled in spellings.items():
+        removed = invoke(project, "suppress", "remove", spelled, env=ENV)
+        assert removed.exit_code == 0, removed.output
+        assert address not in suppressed_addresses(project), (address, removed.output)
+    assert invoke(project, "suppress", "add", OTHER, env=ENV).exit_code == 0
+    bulk = ("suppress", "remove", "--reason", "manual", "--domain", "XN--E1AFMKFD.xn--80akhbyknj4f")
+    assert invoke(project, *bulk, env=ENV).exit_code == 0
+    assert suppressed_addresses(project) == set()
+
+
+def suppressed_addresses(project: Path) -> set[str]:
+    with Ledger(project.parent / "statusmail.db") as ledger:
+        return set(suppressed(ledger))

@@ -39,7 +39,25 @@ def add(ledger: Ledger, addresses: Iterable[str], reason: str, detail: str | Non
 
 
 def remove(ledger: Ledger, addresses: Iterable[str]) -> int:
-    return ledger.lift([address_key(a) for a in addresses], "removed by hand")
+    """Lift each address, however it is spelled (as ``add`` keys it: an IDN domain in
+    punycode, a name in NFD); one that no longer validates, as it is stored."""
+    return ledger.lift([_key(a) for a in addresses], "removed by hand")
+
+
+def _key(address: str) -> str:
+    try:
+        return normalized(address)
+    except InputError:
+        return address_key(address)
+
+
+def _domain(domain: str) -> str:
+    """``--domain`` as suppressions keep it: in Unicode, lower-case (xn--… decoded)."""
+    plain = domain.strip().lower()
+    try:
+        return plain.encode("ascii").decode("idna") if plain.isascii() else plain
+    except UnicodeError:
+        return plain
 
 
 @dataclass(frozen=True)
@@ -64,7 +82,7 @@ def matching(ledger: Ledger, selector: Selector) -> list[str]:
     kept has its cause read again from its code and text."""
     from statusmail.feedback.causes import cause_of  # the mail parsers only when asked
 
-    domain = selector.domain.strip().lower() if selector.domain else None
+    domain = _domain(selector.domain) if selector.domain else None
     since = selector.since.isoformat() if selector.since else None
     return [
         address
