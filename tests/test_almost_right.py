@@ -466,12 +466,13 @@ def test_watch_says_once_what_stops_an_entry_until_its_files_change(
 
     with pytest.MonkeyPatch.context() as patch:
         # The lists are read by their import, once per change of the files (issue 21),
-        # not once per entry: each of the two files once, however many entries and passes.
+        # not once per entry: each of the two files twice (its statuses, then its rows),
+        # however many entries and passes.
         patch.setattr(subscribers, "read_file", counting)
         asyncio.run(passes(5))
         complaints = [r for r in caplog.records if "no subscribers" in r.getMessage()]
-        assert len(complaints) == 1 and reads == 2  # the import's refusal, once
+        assert len(complaints) == 1 and reads == 4  # the import's refusal, once
         csv_path.write_text(CSV_HEADER + "\n", encoding="utf-8")  # changed, still broken
         asyncio.run(passes(3))
         complaints = [r for r in caplog.records if "no subscribers" in r.getMessage()]
-        assert len(complaints) == 2 and reads == 4
+        assert len(complaints) == 2 and reads == 8

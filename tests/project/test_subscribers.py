@@ -696,3 +696,23 @@ def test_seen_addresses_spill_to_disk_and_still_dedupe() -> None:
         assert seen.add("new@example.org") and not seen.add("new@example.org")
     finally:
         seen.close()
+
+
+def test_the_status_pass_is_paced_so_a_stop_ends_it(tmp_path: Path) -> None:
+    """The first pass over a long list reads every row: it says how far it is every
+    thousand rows, and a stop raised there ends it before any subscriber is read."""
+    folder = tmp_path / "subs"
+    folder.mkdir()
+    rows = "".join(f"reader{i}@example.org,,en,NL,t,active\n" for i in range(2500))
+    (folder / "main.csv").write_text(CSV_HEADER + rows)
+    told: list[int] = []
+
+    def pace(path: Path, read: int) -> None:
+        told.append(read)
+        if read >= 2000:
+            raise KeyboardInterrupt
+
+    stream = iter_subscribers(folder, pace=pace)
+    with pytest.raises(KeyboardInterrupt):
+        next(stream)
+    assert told == [1000, 2000]

@@ -219,7 +219,11 @@ def _load(
     bad: list[dict[str, Any]] = []
     pos = span(import_id)[0]
     tell = pos
-    for item in iter_subscribers(folder, stats):
+
+    def statuses(path: Path, rows: int) -> None:
+        told(f"reading the statuses in {path}", rows)
+
+    for item in iter_subscribers(folder, stats, statuses):
         pos += 1
         if pos > tell:
             told(f"importing {item.path}", stats.rows)

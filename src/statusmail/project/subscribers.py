@@ -27,7 +27,7 @@ from __future__ import annotations
 import csv
 import sqlite3
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -109,17 +109,22 @@ class SeenAddresses:
             self._tmp = None
 
 
+Pace = Callable[[Path, int], None]  # (the file, its rows read so far): every PACE rows
+PACE = 1_000
+
+
 def iter_subscribers(
-    folder: Path, stats: ReadStats | None = None
+    folder: Path, stats: ReadStats | None = None, pace: Pace | None = None
 ) -> Iterator[Subscriber | RowProblem]:
     """Every subscriber once (the first spelling wins, but not over a status that is not
-    ``active``: see ``_withdrawn``), and every bad row, in file order."""
+    ``active``: see ``_withdrawn``), and every bad row, in file order. ``pace`` is told
+    how far the first pass is (it may raise to end it: a stop signal)."""
     stats = stats if stats is not None else ReadStats()
     if not folder.exists():
         yield RowProblem(folder, 0, "subscribers folder not found", "", fatal=True)
         return
     files = subscriber_files(folder)
-    withdrawn = _withdrawn(files)
+    withdrawn = _withdrawn(files, pace)
     seen = SeenAddresses()
     try:
         for path in files:
@@ -138,7 +143,7 @@ def iter_subscribers(
         seen.close()
 
 
-def _withdrawn(files: list[Path]) -> dict[str, str]:
+def _withdrawn(files: list[Path], pace: Pace | None = None) -> dict[str, str]:
     """Each address some row gives a status other than ``active`` (unsubscribed, say),
     and the first such status: it wins over an ``active`` row of the same address in
     any file or line, so that a list kept as main.csv and unsubscribes.csv never mails
@@ -146,7 +151,16 @@ def _withdrawn(files: list[Path]) -> dict[str, str]:
     those few (an ``active`` row costs no address check)."""
     found: dict[str, str] = {}
     for path in files:
-        for item in read_file(path, _unless_active):
+        rows = 0
+
+        def counting(row: dict[str, Any], path: Path, line: int) -> Subscriber | None:
+            nonlocal rows
+            rows += 1
+            if pace is not None and rows % PACE == 0:
+                pace(path, rows)
+            return _unless_active(row, path, line)
+
+        for item in read_file(path, counting):
             if isinstance(item, Subscriber):
                 found.setdefault(item.key, item.status)
     return found
