@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import logging
 import re
+import secrets
 import time
 from pathlib import Path
 
@@ -288,3 +289,30 @@ def test_printable_text_acts_on_no_terminal_and_printable_text_stays(text: str) 
     shown = printable(text)
     assert shown.isprintable()  # no ESC, no line break, no bidi override is left
     assert (shown == text) == text.isprintable()
+
+
+def test_a_message_id_of_3000_characters_is_kept_short_and_the_pass_goes_on(
+    project: Path, postgres: str
+) -> None:
+    """Anyone can send a DSN with a Message-ID of 3,000 characters: it was the report's
+    key, which PostgreSQL's index refused, so every feedback pass ended there and the
+    proven bounce beside it was never applied (and a SQLite ledger holding one could
+    not be copied)."""
+    maildir = project.parent / "bounces"
+    set_bounces(project, maildir=str(maildir))
+    with Ledger(postgres) as ledger:
+        tokens = sent_to(ledger, KEYS, ENTRY, [ANNA])
+    long_id = "<" + secrets.token_hex(1500) + "@relay.test>"  # (random: none compresses)
+    unproven = re.sub(
+        rb"Message-ID: <[^>]+>", f"Message-ID: {long_id}".encode(), dsn(IVAN), count=1
+    )
+    assert long_id.encode() in unproven
+    deliver(maildir, unproven, "0.long")
+    deliver(maildir, dsn(ANNA, token=tokens[ANNA]), "1.good")
+    result = invoke(project, "feedback", env={**ENV, "STATUSMAIL_LEDGER": postgres})
+    assert result.exit_code == 0, result.output
+    with Ledger(postgres) as ledger:
+        assert suppressed(ledger) == {ANNA: "bounced"}
+        sources = [row[0] for row in ledger.database.execute("SELECT source FROM feedback_events")]
+    assert len(sources) == 2 and all(len(source) <= 200 for source in sources), sources
+    assert list(new_files(maildir)) == []

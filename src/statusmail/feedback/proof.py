@@ -18,7 +18,7 @@ from statusmail.domain import Cause, EventState, FeedbackKind, mask_addresses
 from statusmail.feedback.causes import cause_of
 from statusmail.feedback.classified import Classified, Failure, ReturnPath, Verdict
 from statusmail.feedback.classify import classify
-from statusmail.feedback.reading import header, parse
+from statusmail.feedback.reading import header, parse, short_source
 from statusmail.feedback.reports import PassReport, ProviderReport
 from statusmail.ledger import FeedbackEvent, Ledger
 from statusmail.project.config import Config
@@ -231,7 +231,7 @@ class Assessing:
         found = Classified(
             Verdict.BOUNCE if bounce else Verdict.OTHER,
             f"a {item.provider} webhook report",
-            f"{item.provider}:{item.source}",
+            short_source(f"{item.provider}:{item.source}"),
             item.when,
             failures=(failure,),
             reporter=item.provider,

@@ -149,8 +149,10 @@ def field_address(field_value: str) -> str | None:
     value = field_value.split(";", 1)[-1].strip().strip("<>").strip()
     if value.lower().startswith("utf-8;"):
         value = value[6:].strip()
-    # (an address holds no control character: ESC, bidi overrides, an encoded line break)
-    return value if value and value.isprintable() else None
+    # (an address holds no control character: ESC, bidi overrides, an encoded line break;
+    # and is at most 254 octets, RFC 5321's path less its brackets)
+    ok = value and value.isprintable() and len(value.encode("utf-8", "replace")) <= 254
+    return value if ok else None
 
 
 def headers_text(msg: Message) -> str:
@@ -185,8 +187,21 @@ def one_line(text: str, limit: int = 400) -> str:
 def source_id(msg: Message, data: bytes) -> str:
     mid = header(msg, "Message-ID")
     if mid:
-        return mid
+        return short_source(mid)
     return "sha256:" + hashlib.sha256(data).hexdigest()[:32]
+
+
+MAX_SOURCE = 200  # characters of a report's id kept as it is
+
+
+def short_source(source: str) -> str:
+    """A report's id as the ledger keys it: as it is, or its digest when longer than
+    ``MAX_SOURCE`` (anyone can send a Message-ID of 3,000 characters, which PostgreSQL's
+    index refused: every feedback pass ended there, and no SQLite ledger holding one
+    could be copied)."""
+    if len(source) <= MAX_SOURCE:
+        return source
+    return "sha256:" + hashlib.sha256(source.encode("utf-8", "replace")).hexdigest()[:32]
 
 
 def parse(data: bytes) -> Message:

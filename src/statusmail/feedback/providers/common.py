@@ -67,6 +67,8 @@ def address_in(value: str) -> str | None:
     carry and no ledger can store, made a verified post a 500)."""
     value = value.strip().strip("<>").strip()
     # (isprintable is False for a surrogate, a control character, any space but " ")
+    if len(value.encode("utf-8", "replace")) > 254:  # RFC 5321: no address is longer
+        return None
     return value if "@" in value and " " not in value and value.isprintable() else None
 
 
