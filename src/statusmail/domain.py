@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import hashlib
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -218,6 +219,19 @@ def printable(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+MAX_SOURCE = 200  # characters of a report's id kept as it is
+
+
+def short_source(source: str) -> str:
+    """A report's id as the ledger keys it: as it is, or its digest when longer than
+    ``MAX_SOURCE`` (anyone can send a Message-ID of 3,000 characters, which PostgreSQL's
+    index refused: every feedback pass ended there, and no SQLite ledger holding one
+    could be copied)."""
+    if len(source) <= MAX_SOURCE:
+        return source
+    return "sha256:" + hashlib.sha256(source.encode("utf-8", "replace")).hexdigest()[:32]
 
 
 def counted(n: int, noun: str, nouns: str | None = None) -> str:

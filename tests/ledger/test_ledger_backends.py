@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
 import signal
 import sqlite3
 import subprocess
@@ -18,7 +19,7 @@ import yaml
 
 from conftest import SECRET, clean_environ, command, invoke, outbox_count, outbox_messages, wait_for
 from delivery_helpers import add_subscribers
-from statusmail.domain import DeliveryStatus, Outcome, Recipient
+from statusmail.domain import DeliveryStatus, Outcome, Recipient, short_source
 from statusmail.errors import LedgerError
 from statusmail.ledger import SCHEMA_VERSION, Ledger, StagedRow, copy_ledger, store
 from statusmail.ledger.queue import LocalQueue
@@ -249,6 +250,47 @@ def test_copy_needs_an_empty_target(tmp_path: Path) -> None:
     refused = pytest.raises(LedgerError, match=r"c\.db: cannot copy .*b\.db here: .*readonly")
     with Ledger(tmp_path / "b.db") as b, Ledger(tmp_path / "c.db", readonly=True) as c, refused:
         copy_ledger(b, c)
+
+
+def test_copy_refuses_while_a_send_holds_recipients(tmp_path: Path) -> None:
+    """A send going on during a copy recorded outcomes the copy had passed by: they
+    were pending in the copy and sent again from it."""
+    with Ledger(tmp_path / "a.db") as a, Ledger(tmp_path / "b.db") as b:
+        queued(a, 3)
+        a.database.execute(
+            "UPDATE deliveries SET claimed_by = 'host:1:x', lease_until = :until"
+            " WHERE address = :a",
+            {"until": time.time() + 60, "a": recipient(1).address},
+        )
+        with pytest.raises(LedgerError, match="while a send holds 1 of its recipients"):
+            copy_ledger(a, b)
+        assert not any(b.counts(ENTRY).values())
+        a.database.execute("UPDATE deliveries SET lease_until = :past", {"past": time.time() - 1})
+        assert copy_ledger(a, b)["deliveries"] == (3, 3)  # a lease run out holds nobody
+
+
+def test_copy_keeps_what_postgresql_cannot_hold_as_it_can(tmp_path: Path, postgres: str) -> None:
+    """A ledger written before outside text was kept printable can hold a NUL, and one
+    written before long report ids were digested a 3,000-character id: PostgreSQL
+    refuses both, and the whole copy failed."""
+    long_id = "<" + secrets.token_hex(1500) + "@relay.test>"
+    with Ledger(tmp_path / "old.db") as old:
+        queued(old, 1)
+        old.database.execute(
+            "INSERT INTO feedback_events (received_at, event_at, entry_id, address, kind,"
+            " code, diagnostic, source, suppressed, cause, state, domain) VALUES"
+            " ('2020-04-22T00:00:00+00:00', '2020-04-22T00:00:00+00:00', NULL,"
+            " 'x@example.org', 'hard', '5.1.1', :d, :s, 0, 'unknown', 'unverified',"
+            " 'example.org')",
+            {"d": "550 no\x00such user", "s": long_id},
+        )
+        with Ledger(postgres) as new:
+            assert copy_ledger(old, new)["feedback_events"] == (1, 1)
+            ((diagnostic, source),) = new.database.execute(
+                "SELECT diagnostic, source FROM feedback_events"
+            )
+    assert diagnostic == "550 no\\x00such user"
+    assert source == short_source(long_id) and len(source) < 100
 
 
 def test_a_transaction_that_loses_a_deadlock_runs_again(postgres: str) -> None:

@@ -14,11 +14,11 @@ from dataclasses import dataclass, replace
 
 from email_validator import EmailNotValidError
 
-from statusmail.domain import Cause, EventState, FeedbackKind, mask_addresses
+from statusmail.domain import Cause, EventState, FeedbackKind, mask_addresses, short_source
 from statusmail.feedback.causes import cause_of
 from statusmail.feedback.classified import Classified, Failure, ReturnPath, Verdict
 from statusmail.feedback.classify import classify
-from statusmail.feedback.reading import header, parse, short_source
+from statusmail.feedback.reading import header, parse
 from statusmail.feedback.reports import PassReport, ProviderReport
 from statusmail.ledger import FeedbackEvent, Ledger
 from statusmail.project.config import Config

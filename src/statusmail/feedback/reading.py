@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterator
 from email.message import Message
 
-from statusmail.domain import printable
+from statusmail.domain import printable, short_source
 
 MAX_TEXT = 200_000  # characters of a text part read for clues and auto-reply texts
 
@@ -189,19 +189,6 @@ def source_id(msg: Message, data: bytes) -> str:
     if mid:
         return short_source(mid)
     return "sha256:" + hashlib.sha256(data).hexdigest()[:32]
-
-
-MAX_SOURCE = 200  # characters of a report's id kept as it is
-
-
-def short_source(source: str) -> str:
-    """A report's id as the ledger keys it: as it is, or its digest when longer than
-    ``MAX_SOURCE`` (anyone can send a Message-ID of 3,000 characters, which PostgreSQL's
-    index refused: every feedback pass ended there, and no SQLite ledger holding one
-    could be copied)."""
-    if len(source) <= MAX_SOURCE:
-        return source
-    return "sha256:" + hashlib.sha256(source.encode("utf-8", "replace")).hexdigest()[:32]
 
 
 def parse(data: bytes) -> Message:

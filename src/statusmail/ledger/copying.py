@@ -3,6 +3,9 @@ PostgreSQL, say)."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from statusmail.domain import short_source
 from statusmail.ledger.database import PostgresDatabase, driver_errors, one_line
 from statusmail.ledger.store import Ledger
 
@@ -41,10 +44,45 @@ def copy_ledger(source: Ledger, target: Ledger) -> dict[str, tuple[int, int]]:
         raise target.error(f"cannot copy {source.where} here: {one_line(exc)}") from exc
 
 
+# A report's id, in the tables that key by it (older ledgers kept ids of any length).
+_SOURCES = {"feedback_events": "source", "bounce_scores": "source"}
+
+
+def _stored(table: str, name: str, value: Any) -> Any:
+    """A value as the target can keep it: a report's id short (``short_source``), and
+    text without NUL, which PostgreSQL refuses (a ledger written before outside text
+    was kept printable can hold one: every copy of it failed)."""
+    if not isinstance(value, str):
+        return value
+    if _SOURCES.get(table) == name:
+        value = short_source(value)
+    return value.replace("\x00", "\\x00") if "\x00" in value else value
+
+
 def _copy(source: Ledger, target: Ledger) -> dict[str, tuple[int, int]]:
     for table in COPIED:
         if int(target._one(f"SELECT COUNT(*) FROM {table}") or 0):
             raise target.error(f"cannot copy into a ledger that has rows ({table})")
+    # One moment of the source, and nobody writing it meanwhile: a send going on during
+    # a copy recorded outcomes the copy had already passed by, and they were sent again
+    # from the copy. A writer waits for the copy (and gives up after the busy timeout).
+    with source.transaction():
+        held = int(
+            source._one(
+                "SELECT COUNT(*) FROM deliveries WHERE status = 'pending'"
+                " AND claimed_by IS NOT NULL AND lease_until >= {now}"
+            )
+            or 0
+        )
+        if held:
+            raise source.error(
+                f"cannot copy while a send holds {held} of its recipients: stop it (or"
+                " let it finish), then copy"
+            )
+        return _copy_rows(source, target)
+
+
+def _copy_rows(source: Ledger, target: Ledger) -> dict[str, tuple[int, int]]:
     counts: dict[str, tuple[int, int]] = {}
     with target.transaction():
         for table, columns in COPIED.items():
@@ -59,7 +97,11 @@ def _copy(source: Ledger, target: Ledger) -> dict[str, tuple[int, int]]:
             query = f"{select} FROM {table} ORDER BY {order}"
             for rows in source.database.iterate(query, COPY_BATCH):
                 target.database.executemany(
-                    insert, (dict(zip(names, row, strict=True)) for row in rows)
+                    insert,
+                    (
+                        {n: _stored(table, n, v) for n, v in zip(names, row, strict=True)}
+                        for row in rows
+                    ),
                 )
                 copied += len(rows)
             counts[table] = (copied, int(target._one(f"SELECT COUNT(*) FROM {table}") or 0))
