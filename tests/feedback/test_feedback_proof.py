@@ -476,3 +476,22 @@ def test_suppress_remove_lifts_an_address_however_it_is_spelled(project: Path) -
 def suppressed_addresses(project: Path) -> set[str]:
     with Ledger(project.parent / "statusmail.db") as ledger:
         return set(suppressed(ledger))
+
+
+def test_a_storm_at_an_idn_domain_is_released_by_its_punycode(
+    project: Path, ledger: Ledger
+) -> None:
+    """The ledger keeps an IDN domain in Unicode; an operator may well type what the
+    relay's logs show, its punycode: that released nothing."""
+    storm = crowd("пример.испытание", 30)
+    tokens = sent_to(ledger, KEYS, ENTRY, storm + crowd("other.example", 200))
+    box = project.parent / "bounces"
+    for address in storm:
+        deliver(
+            box, dsn(address, token=tokens[address], status="5.7.1", diagnostic="554 5.7.1 blocked")
+        )
+    assert invoke(project, "feedback", "--json", env=ENV).exit_code == 0
+    punycode = "XN--E1AFMKFD.xn--80akhbyknj4f"
+    released = invoke(project, "feedback", "--release-held", punycode, "--json", env=ENV)
+    assert released.exit_code == 0, released.stderr
+    assert json.loads(released.stdout)["released"] == 30

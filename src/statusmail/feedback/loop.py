@@ -60,6 +60,7 @@ from statusmail.feedback.classified import ReturnPath
 from statusmail.feedback.policy import Applying
 from statusmail.feedback.proof import Assessing
 from statusmail.feedback.reports import PassReport, ProviderReport, Replayed, WebhookToken
+from statusmail.feedback.suppression import domain_key
 from statusmail.ledger import FEEDBACK_READS, FeedbackEvent, Ledger, run_lock
 from statusmail.ledger import exists as ledger_exists
 from statusmail.project.config import Config
@@ -155,7 +156,7 @@ def release_held(
     report = PassReport(dry_run)
     with run_lock(config.paths.ledger, "feedback"), _ledger(config, dry_run) as ledger:
         work = Feedback(config, keys, ledger, dry_run=dry_run, mask=mask, report=report)
-        work.release(domain.strip().lower())
+        work.release(domain_key(domain))
         work.finish()
     return report
 

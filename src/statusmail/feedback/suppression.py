@@ -51,8 +51,9 @@ def _key(address: str) -> str:
         return address_key(address)
 
 
-def _domain(domain: str) -> str:
-    """``--domain`` as suppressions keep it: in Unicode, lower-case (xn--… decoded)."""
+def domain_key(domain: str) -> str:
+    """A domain an operator names, as the ledger keeps it (``suppress remove --domain``,
+    ``feedback --release-held``): lower-case, in Unicode (``xn--…`` decoded)."""
     plain = domain.strip().lower()
     try:
         return plain.encode("ascii").decode("idna") if plain.isascii() else plain
@@ -82,7 +83,7 @@ def matching(ledger: Ledger, selector: Selector) -> list[str]:
     kept has its cause read again from its code and text."""
     from statusmail.feedback.causes import cause_of  # the mail parsers only when asked
 
-    domain = _domain(selector.domain) if selector.domain else None
+    domain = domain_key(selector.domain) if selector.domain else None
     since = selector.since.isoformat() if selector.since else None
     return [
         address
