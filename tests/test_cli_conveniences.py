@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, SECRET_ENV, clean_environ, invoke, missing
+from conftest import REPO, SECRET_ENV, UPDATE, clean_environ, invoke, missing
 
 
 def test_init_writes_a_project_that_checks_and_previews_at_once(tmp_path: Path) -> None:
@@ -148,3 +148,46 @@ echo "${{COMPREPLY[@]}}"
     first, second = done.stdout.splitlines()[-2:]
     assert set(first.split()) >= {"send", "serve"}, done.stdout
     assert "--dry-run" in second.split(), done.stdout
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://statusmail:SECRET-PG-1@127.0.0.1:1/statusmail",
+        "postgresql://127.0.0.1:1/statusmail?password=SECRET-PG-1&connect_timeout=1",
+        "postgresql://statusmail:SECRET-PG-1 and more@127.0.0.1:1/statusmail",
+    ],
+)
+def test_no_command_shows_the_ledger_s_password(project: Path, url: str) -> None:
+    """``config`` printed the ledger URL whole; a correction's note in ``check`` and its
+    dry run named it whole too (CI, which cannot reach the ledger, printed it in its
+    log); and libpq quoted a password holding a space back in its error."""
+    entry = project.parent / "updates" / "fix-2020-04-22.yaml"
+    entry.write_text(
+        (project.parent / "updates" / "update-2020-04-21.yaml")
+        .read_text(encoding="utf-8")
+        .replace("id: update-2020-04-21", "id: fix-2020-04-22\ncorrects: update-2020-04-21"),
+        encoding="utf-8",
+    )
+    env = {**SECRET_ENV, "STATUSMAIL_LEDGER": url}
+    shown = invoke(project, "config", "--json", env=env)
+    assert shown.exit_code == 0, shown.output
+    settings = {s["key"]: s["value"] for s in json.loads(shown.stdout)["settings"]}
+    assert (
+        "SECRET-PG-1" not in shown.output and "127.0.0.1:1/statusmail" in settings["paths.ledger"]
+    )
+    said = [invoke(project, "check", env=env), invoke(project, "status", UPDATE, env=env)]
+    said.append(
+        invoke(
+            project,
+            "send",
+            "fix-2020-04-22",
+            "--dry-run",
+            "--preview-dir",
+            str(project.parent / "p"),
+            env=env,
+        )
+    )
+    for result in said:
+        assert "SECRET-PG-1" not in result.output, result.output
+        assert "Traceback" not in result.output

@@ -22,6 +22,7 @@ from statusmail.delivery.report import breakdown_rows, print_json
 from statusmail.domain import Entry, ExitCode, counted
 from statusmail.errors import InputError, LedgerError, Problem
 from statusmail.ledger import Ledger
+from statusmail.ledger import describe as ledger_describe
 from statusmail.ledger import exists as ledger_exists
 from statusmail.ledger.corrections import Sent, received, sent_record
 from statusmail.ledger.importing import import_lists
@@ -246,7 +247,7 @@ def dry_run_lines(config: Config, entry: Entry, selected: int) -> list[str]:
     went = _received(config, entry.corrects)
     if went is None:
         return [
-            f"correction of {entry.corrects}: no ledger at {config.paths.ledger} to tell "
+            f"correction of {entry.corrects}: no ledger at {_where(config)} to tell "
             "whom it went out to, so nobody is selected"
         ]
     return [
@@ -319,5 +320,13 @@ def check(config: Config, entries: Mapping[str, Entry]) -> tuple[list[Problem], 
 def _unknown(config: Config, entry: Entry) -> str:
     return (
         f"a correction of {entry.corrects}; whom it goes to is known once the ledger "
-        f"({config.paths.ledger}) and the lists can be read"
+        f"({_where(config)}) and the lists can be read"
     )
+
+
+def _where(config: Config) -> str:
+    """The ledger as messages name it: a server without its user name and password."""
+    try:
+        return ledger_describe(config.paths.ledger)
+    except LedgerError:  # a URL libpq would misread: say so without any of it
+        return "the ledger (its URL cannot be read)"

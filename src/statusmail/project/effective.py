@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from statusmail.project.config import Config
+from statusmail.project.config import Config, is_url
 from statusmail.project.secrets import read_secret
 from statusmail.project.yamlfile import line_of, load_yaml
 
@@ -61,6 +62,8 @@ def _walk(
             secret = key.removesuffix("_env")
             found = read_secret(value, env) is not None
             yield Setting(secret, "set" if found else "unset", f"${value}" if found else "-")
+        elif key == "paths.ledger" and is_url(str(value)):
+            yield Setting(key, _without_password(str(value)), _origin(data, key, path, env))
         else:
             yield Setting(key, _shown(value), _origin(data, key, path, env))
 
@@ -83,6 +86,22 @@ def _origin(data: Any, key: str, path: Path, env: Mapping[str, str]) -> str:
         line = line_of(container, last)
         return f"{path.name}:{line}" if line else path.name
     return "default"
+
+
+_PASSWORD_PARAMETER = re.compile(r"(?i)([?&]password=)[^&]*")
+
+
+def _without_password(url: str) -> str:
+    """A ledger URL as ``config`` shows it: the user name kept, a password (in the URL's
+    user part or its ``password=`` parameter) as ``***``."""
+    scheme, sep, rest = url.partition("://")
+    authority, slash, tail = rest.partition("/")
+    if "@" in authority:
+        credentials, _, hosts = authority.rpartition("@")
+        user, colon, _ = credentials.partition(":")
+        authority = f"{user}{':***' if colon else ''}@{hosts}"
+    tail = _PASSWORD_PARAMETER.sub(r"\1***", tail)
+    return f"{scheme}{sep}{authority}{slash}{tail}"
 
 
 def _shown(value: Any) -> str:
