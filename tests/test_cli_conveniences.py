@@ -191,3 +191,19 @@ def test_no_command_shows_the_ledger_s_password(project: Path, url: str) -> None
     for result in said:
         assert "SECRET-PG-1" not in result.output, result.output
         assert "Traceback" not in result.output
+
+
+def test_a_secret_pasted_where_its_variable_s_name_belongs_is_not_quoted(project: Path) -> None:
+    """``password_env: <the password>`` made check say "$<the password> is unset", in
+    every format, into CI's log."""
+    text = project.read_text(encoding="utf-8")
+    assert "password_env: STATUSMAIL_SMTP_PASSWORD" in text
+    project.write_text(
+        text.replace("password_env: STATUSMAIL_SMTP_PASSWORD", "password_env: SECRET-pasted-k3j4"),
+        encoding="utf-8",
+    )
+    for form in ("text", "github", "junit", "json"):
+        result = invoke(project, "check", "--format", form, env=SECRET_ENV)
+        assert result.exit_code == 1, result.output
+        assert "SECRET-pasted-k3j4" not in result.output, result.output
+        assert "must name an environment variable" in result.output

@@ -296,8 +296,8 @@ def parse_unsubscribe(f: Fields) -> UnsubscribeSettings:
     unsubscribe = UnsubscribeSettings(
         url=f.line_text("url", required=True),
         mailto=f.line_text("mailto", required=True),
-        secret_env=f.text("secret_env", d.secret_env),
-        previous_secrets_env=f.text("previous_secrets_env", d.previous_secrets_env),
+        secret_env=f.variable("secret_env", d.secret_env),
+        previous_secrets_env=f.variable("previous_secrets_env", d.previous_secrets_env),
         legacy_tokens_until=f.date("legacy_tokens_until"),
     )
     url = unsubscribe.url

@@ -106,7 +106,7 @@ def parse_imap(f: Fields, root: Path) -> ImapSettings:
         port=f.integer("port", 993 if security == "tls" else 143, minimum=1, maximum=65535),
         security=security,
         username=f.text("username", required=True),
-        password_env=f.text("password_env", d.password_env),
+        password_env=f.variable("password_env", d.password_env),
         folder=f.text("folder", d.folder),
         timeout=f.number("timeout", d.timeout, minimum=0.001),
         ca_file=root / ca_file if ca_file else None,
@@ -166,20 +166,20 @@ def parse_webhooks(f: Fields) -> WebhookSettings:
         g.unknown_keys(set(PostmarkWebhook.__dataclass_fields__))
         postmark = PostmarkWebhook(
             username=g.line_text("username", required=True),
-            password_env=g.text("password_env", PostmarkWebhook.password_env),
+            password_env=g.variable("password_env", PostmarkWebhook.password_env),
         )
     if f.has("mailgun"):
         g = f.sub("mailgun")
         g.unknown_keys(set(MailgunWebhook.__dataclass_fields__))
         mailgun = MailgunWebhook(
-            signing_key_env=g.text("signing_key_env", MailgunWebhook.signing_key_env),
+            signing_key_env=g.variable("signing_key_env", MailgunWebhook.signing_key_env),
             max_age=g.number("max_age", MailgunWebhook.max_age, minimum=1),
         )
     if f.has("sendgrid"):
         g = f.sub("sendgrid")
         g.unknown_keys(set(SendgridWebhook.__dataclass_fields__))
         sendgrid = SendgridWebhook(
-            public_key_env=g.text("public_key_env", SendgridWebhook.public_key_env),
+            public_key_env=g.variable("public_key_env", SendgridWebhook.public_key_env),
             public_key=g.optional_text("public_key"),
         )
     return WebhookSettings(ses=ses, postmark=postmark, mailgun=mailgun, sendgrid=sendgrid)

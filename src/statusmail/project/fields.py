@@ -35,6 +35,9 @@ NOT_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
 _BOOLEAN = {"yes": "true", "on": "true", "y": "true", "no": "false", "off": "false", "n": "false"}
 
 
+_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 class Fields:
     """A view over one mapping that records a ``file:line`` problem for each bad field."""
 
@@ -201,6 +204,20 @@ class Fields:
             self.problem(self.line_of(key), f"{self.name(key)!r} {zone_missing(parsed)}")
             return None
         return parsed
+
+    def variable(self, key: str, default: str) -> str:
+        """The name of an environment variable that holds a secret (``*_env``). A value
+        that is no such name is not quoted back: it is likely the secret itself, pasted
+        in the wrong place, and ``check``'s output goes to CI logs."""
+        value = self.text(key, default)
+        if value and not _VARIABLE.fullmatch(value):
+            self.problem(
+                self.line_of(key),
+                f"{self.name(key)!r} must name an environment variable (letters, digits and"
+                " _), not hold the secret itself: put the secret in the environment",
+            )
+            return default
+        return value
 
     def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
         value = self.text(key, default)

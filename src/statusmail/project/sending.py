@@ -96,7 +96,7 @@ def parse_smtp(
         port=f.integer("port", d.port, minimum=1, maximum=65535),
         security=f.choice("security", SECURITIES, d.security),
         username=f.optional_text("username"),
-        password_env=f.text("password_env", d.password_env),
+        password_env=f.variable("password_env", d.password_env),
         timeout=f.number("timeout", d.timeout, minimum=0.001),
         ca_file=root / ca_file if ca_file else None,
         max_messages_per_connection=f.optional_integer("max_messages_per_connection"),
