@@ -40,7 +40,7 @@ from statusmail.project.editions import (
 from statusmail.project.entries import load_entries
 from statusmail.project.regions import link_hosts, load_regions
 from statusmail.web.publish import CURRENT, RELEASES, pages_of, publish, site_problems
-from statusmail.web.republish import Republisher, publish_command
+from statusmail.web.republish import Republisher, publish_command, run_after
 
 EDITIONS = ("www", "mirror", "onion")
 LANGUAGES = ("en", "ru")
@@ -415,3 +415,25 @@ def test_the_ci_dry_run_of_a_changed_entry_renders_its_pages(tmp_path: Path) -> 
         for edition in sorted(EDITIONS)
         for name in ("en/index.html", "en/news-2021-01-01.html", "index.html")
     ]
+
+
+def test_the_after_hook_gets_no_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hook publishes files; a failing one printed its environment into the log,
+    the unsubscribe secret, the relay's password and PGPASSWORD with it."""
+    project = copy_sample(tmp_path / "project")
+    with project.open("a", encoding="utf-8") as handle:
+        handle.write("publish: {out: site, after: 'env > hook-env'}\n")
+    secrets = {
+        "STATUSMAIL_UNSUBSCRIBE_SECRET": "SECRET-unsub-0123456789abcdef0123456789",
+        "STATUSMAIL_SMTP_PASSWORD": "SECRET-smtp",
+        "PGPASSWORD": "SECRET-pg",
+        "STATUSMAIL_LEDGER": "postgresql://u:SECRET-url@db.internal/statusmail",
+    }
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("SOMETHING_ELSE", "kept")
+    config = load_config(project)
+    assert run_after(config, tmp_path / "site")
+    seen = (project.parent / "hook-env").read_text(encoding="utf-8")
+    assert "SECRET-" not in seen, seen
+    assert "SOMETHING_ELSE=kept" in seen and f"STATUSMAIL_SITE={tmp_path / 'site'}" in seen

@@ -4,6 +4,7 @@ missing or too short."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Mapping
@@ -189,3 +190,21 @@ def secret_problems(config: Config, environ: Mapping[str, str] | None = None) ->
             )
         )
     return problems
+
+
+def secret_variables(settings: object) -> set[str]:
+    """Every environment variable ``settings`` (a config, or a part of one) reads a
+    secret from (its ``*_env`` values), with the ``_FILE`` each may name instead."""
+    found: set[str] = set()
+    if not dataclasses.is_dataclass(settings) or isinstance(settings, type):
+        return found
+    for field in dataclasses.fields(settings):
+        value = getattr(settings, field.name)
+        if field.name.endswith("_env") and isinstance(value, str) and value:
+            found |= {value, f"{value}_FILE"}
+        elif isinstance(value, Mapping):
+            for item in value.values():
+                found |= secret_variables(item)
+        else:
+            found |= secret_variables(value)
+    return found

@@ -16,7 +16,8 @@ from typing import Protocol
 
 from statusmail.domain import ExitCode
 from statusmail.errors import InputError, StatusmailError
-from statusmail.project.config import Config
+from statusmail.project.config import Config, is_url
+from statusmail.project.secrets import secret_variables
 from statusmail.project.yamlfile import Stamps, file_stamps
 from statusmail.web.publish import Published, after_done, publish
 
@@ -36,7 +37,12 @@ def run_after(config: Config, site: Path) -> bool:
     command = config.publish.after
     if not command:
         return True
-    env = {**os.environ, "STATUSMAIL_SITE": str(site)}
+    # The hook publishes files: it gets none of the secrets (a hook that failed printed
+    # its environment into the log, PGPASSWORD and the unsubscribe secret with it).
+    hidden = secret_variables(config) | {"PGPASSWORD", "CREDENTIALS_DIRECTORY"}
+    if is_url(os.environ.get("STATUSMAIL_LEDGER", "")):
+        hidden.add("STATUSMAIL_LEDGER")  # (its URL may hold a password)
+    env = {k: v for k, v in os.environ.items() if k not in hidden} | {"STATUSMAIL_SITE": str(site)}
     try:
         done = subprocess.run(
             command,
