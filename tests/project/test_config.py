@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import invoke, statusmail
+from conftest import SECRET_ENV, invoke, statusmail
 from editing import replace_in
 from postgres_helpers import query
 from statusmail.errors import ConfigError, LedgerError
@@ -537,3 +537,33 @@ def test_a_yaml_alias_bomb_in_default_locale_by_region_is_refused_unexpanded(
     project.write_text(text, encoding="utf-8")
     found = problems(project)
     assert any("'default_locale_by_region.RU' is not a word" in p for p in found), found
+
+
+@pytest.mark.parametrize(
+    ("host", "by_env", "refused"),
+    [
+        ("relay.example", False, True),
+        ("relay.example", True, True),
+        ("127.0.0.1", True, False),
+        ("localhost", False, False),
+        ("::1", False, False),
+    ],
+)
+def test_a_password_never_crosses_the_network_unencrypted(
+    project: Path, host: str, by_env: bool, refused: bool
+) -> None:
+    """``smtp.username`` with ``security: none`` sent AUTH PLAIN, the password in it,
+    in the clear to any relay, and check said nothing; one variable could do that."""
+    text = project.read_text(encoding="utf-8")
+    if not by_env:
+        text = text.replace("security: starttls", "security: none")
+    project.write_text(text, encoding="utf-8")
+    env = {**SECRET_ENV, "STATUSMAIL_SMTP_HOST": host}
+    if by_env:
+        env["STATUSMAIL_SMTP_SECURITY"] = "none"
+    result = invoke(project, "check", env=env)
+    said = "the password would cross the network"
+    assert (said in result.output) == refused, result.output
+    if refused:
+        assert result.exit_code == 1
+        assert ("$STATUSMAIL_SMTP_SECURITY" if by_env else f"{project}:") in result.output

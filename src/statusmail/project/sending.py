@@ -4,6 +4,7 @@ defaults are the only place a default is written, and the parser of that section
 
 from __future__ import annotations
 
+import ipaddress
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -128,7 +129,27 @@ def parse_smtp(
             )
         else:
             smtp = replace(smtp, security=security)
+    if smtp.username is not None and smtp.security == "none" and not _on_this_host(smtp.host):
+        problems.append(
+            Problem(
+                "$STATUSMAIL_SMTP_SECURITY" if security else f.path,
+                None if security else f.line_of("security"),
+                f"smtp.username is set and smtp.security is none: the password would cross"
+                f" the network to {smtp.host} unencrypted; use starttls or tls (none is for"
+                " a relay on this host)",
+                code="bad-value",
+            )
+        )
     return smtp
+
+
+def _on_this_host(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def share(f: Fields, key: str, default: float) -> float:
