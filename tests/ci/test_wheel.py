@@ -16,6 +16,7 @@ index); statusmail itself comes only from the wheel.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import os
 import shutil
@@ -162,9 +163,14 @@ def fresh_venv(path: Path) -> Path:
 def venv(built: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv holding the wheel, installed by the pipelines' install line."""
     venv = fresh_venv(tmp_path_factory.mktemp("venv") / "venv")
-    result = run_install(venv, built[1].as_uri())
+    result = run_install(venv, pinned_url(built[1]))
     assert result.returncode == 0, result.stdout + result.stderr
     return venv
+
+
+def pinned_url(wheel: Path) -> str:
+    """The wheel's URL pinned by its content, as pip checks it."""
+    return f"{wheel.as_uri()}#sha256={hashlib.sha256(wheel.read_bytes()).hexdigest()}"
 
 
 def run_installed(
@@ -216,11 +222,15 @@ def test_the_sdist_and_the_wheel_hold_the_whole_package(built: tuple[Path, Path]
     assert "statusmail = statusmail.__main__:run" in entry_points
 
 
-def test_the_install_line_refuses_a_source_that_is_not_pinned(tmp_path: Path) -> None:
+def test_the_install_line_refuses_a_source_that_is_not_pinned(
+    tmp_path: Path, built: tuple[Path, Path]
+) -> None:
     venv = fresh_venv(tmp_path / "venv")
     unpinned = (
         "",
         "statusmail",
+        built[1].as_uri(),  # a wheel's URL with no hash: the file behind it can change
+        f"{built[1].as_uri()}#sha256=",
         "git+https://git.example.org/statusmail.git",
         # an @ before the path pins nothing: a user, a token
         "git+ssh://git@git.example.org/o/statusmail.git",
