@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -207,3 +208,30 @@ def test_a_secret_pasted_where_its_variable_s_name_belongs_is_not_quoted(project
         assert result.exit_code == 1, result.output
         assert "SECRET-pasted-k3j4" not in result.output, result.output
         assert "must name an environment variable" in result.output
+
+
+def test_init_from_a_read_only_install_writes_a_project_one_can_edit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sample's files were copied with their modes: from a read-only install (a Nix
+    store, an image layer) nobody could add an entry to the project ``init`` wrote."""
+    from statusmail.project import starter
+
+    package = tmp_path / "package"
+    shutil.copytree(REPO / "src/statusmail/project/sample", package / "sample", symlinks=False)
+    shipped = [package / "sample", *(package / "sample").rglob("*")]
+    for path in shipped:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    monkeypatch.setattr(starter, "files", lambda _name: package)
+    folder = tmp_path / "status"
+    try:
+        result = invoke(None, "init", str(folder))
+    finally:  # (so that pytest can remove it, as whoever runs the suite)
+        for path in shipped:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    assert result.exit_code == 0, result.output
+    written = [folder, *folder.rglob("*")]
+    assert len(written) > 10
+    assert all(p.stat().st_mode & stat.S_IWUSR for p in written), [
+        p for p in written if not p.stat().st_mode & stat.S_IWUSR
+    ]

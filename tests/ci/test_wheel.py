@@ -91,7 +91,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     project.mkdir()
     # What setuptools would pick the sdist's files from (tests/ among them: it takes
     # tests/test*.py unless MANIFEST.in says otherwise), without the build's leftovers.
-    for name in ("pyproject.toml", "README.md", "MANIFEST.in"):
+    for name in ("pyproject.toml", "README.md", "MANIFEST.in", "LICENSE"):
         shutil.copy(REPO / name, project / name)
     for name in ("src", "tests"):
         leftovers = shutil.ignore_patterns("__pycache__", "*.egg-info", "build", "dist")
@@ -200,7 +200,7 @@ def test_the_sdist_and_the_wheel_hold_the_whole_package(built: tuple[Path, Path]
     with tarfile.open(sdist) as archive:
         top = f"statusmail-{version}"
         files = {m.name.removeprefix(f"{top}/") for m in archive.getmembers() if m.isfile()}
-    sdist_files = {"PKG-INFO", "README.md", "pyproject.toml", "MANIFEST.in", "setup.cfg"}
+    sdist_files = {"PKG-INFO", "README.md", "pyproject.toml", "MANIFEST.in", "setup.cfg", "LICENSE"}
     metadata_files = {f for f in files if f.startswith("src/statusmail.egg-info/")}
     package_files = {f"src/{m}" for m in [*MODULES, *SAMPLE]} | {"src/statusmail/py.typed"}
     assert files - metadata_files == sdist_files | package_files  # no tests, no leftovers
@@ -218,6 +218,9 @@ def test_the_sdist_and_the_wheel_hold_the_whole_package(built: tuple[Path, Path]
     assert metadata["Name"] == "statusmail"
     assert metadata["Version"] == version  # the one version, statusmail.__version__
     assert metadata["License-Expression"] == "MIT"
+    # MIT's notice goes with every copy: the text ships in the wheel's metadata
+    assert metadata.get_all("License-File") == ["LICENSE"]
+    assert b"Permission is hereby granted" in archive_member(wheel, f"{info}/licenses/LICENSE")
     assert metadata["Requires-Python"] == ">=3.11"
     assert "statusmail = statusmail.__main__:run" in entry_points
 
@@ -296,3 +299,8 @@ def commands(help_text: str) -> list[str]:
     """The lines of ``--help``'s Commands section."""
     section = help_text.split("Commands:\n", 1)[1]
     return [line for line in section.splitlines() if line.startswith("  ")]
+
+
+def archive_member(wheel: Path, name: str) -> bytes:
+    with zipfile.ZipFile(wheel) as archive:
+        return archive.read(name)

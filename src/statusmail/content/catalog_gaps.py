@@ -80,7 +80,9 @@ def _catalog_problems(templates_dir: Path) -> list[Problem]:
     try:
         for filename, lineno, message, _comments, _context in extract_from_dir(
             templates_dir,
-            method_map=[("**.j2", "jinja2")],
+            # The extractor by its path: Babel before 2.16 found "jinja2" only through
+            # pkg_resources, which a venv without setuptools lacks (a traceback)
+            method_map=[("**.j2", "jinja2.ext:babel_extract")],
             options_map={"**.j2": EXTRACT_OPTIONS},
         ):
             msgid, plural = (message, None) if isinstance(message, str) else message[:2]

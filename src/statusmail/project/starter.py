@@ -39,8 +39,24 @@ def init_project(folder: Path) -> list[Path]:
         for part in SAMPLE_PARTS:
             source, target = sample / part, folder / part
             if source.is_dir():
-                shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+                _copy_folder(source, target)
             else:
                 shutil.copyfile(source, target)
             written.append(target)
     return written
+
+
+def _copy_folder(source: Path, target: Path) -> None:
+    """``source``'s files into ``target``, made as the user makes files (the umask's
+    modes, now's times): copied with their modes, a read-only install (a Nix store, an
+    image layer) gave a project nobody could add an entry to."""
+    for path in sorted(source.rglob("*")):
+        if "__pycache__" in path.parts:
+            continue
+        copy = target / path.relative_to(source)
+        if path.is_dir():
+            copy.mkdir(parents=True, exist_ok=True)
+        else:
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, copy)
+    target.mkdir(parents=True, exist_ok=True)
