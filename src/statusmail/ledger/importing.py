@@ -221,7 +221,7 @@ def _load(
     tell = pos
 
     def statuses(path: Path, rows: int) -> None:
-        told(f"reading the statuses in {path}", rows)
+        told(f"importing {path} (its statuses first)", rows)
 
     for item in iter_subscribers(folder, stats, statuses):
         pos += 1
