@@ -7,6 +7,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -567,3 +568,22 @@ def test_a_password_never_crosses_the_network_unencrypted(
     if refused:
         assert result.exit_code == 1
         assert ("$STATUSMAIL_SMTP_SECURITY" if by_env else f"{project}:") in result.output
+
+
+@pytest.mark.parametrize(("host", "refused"), [("imap.example.net", True), ("127.0.0.1", False)])
+def test_a_bounce_mailbox_password_never_crosses_the_network_unencrypted(
+    project: Path, host: str, refused: bool
+) -> None:
+    """IMAP's LOGIN with ``security: none`` sent the mailbox's password in the clear."""
+    data = yaml.safe_load(project.read_text(encoding="utf-8"))
+    data["bounces"]["imap"] = {
+        "host": host,
+        "security": "none",
+        "username": "bounces",
+        "password_env": "BOX_PASSWORD",
+    }
+    project.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    result = invoke(project, "check", env={**SECRET_ENV, "BOX_PASSWORD": "x"})
+    said = "the mailbox's password would cross the network"
+    assert (said in result.output) == refused, result.output
+    assert (result.exit_code == 1) if refused else said not in result.output

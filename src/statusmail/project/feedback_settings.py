@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from statusmail.project.fields import Fields
-from statusmail.project.sending import SECURITIES, LoginServer, share
+from statusmail.project.sending import SECURITIES, LoginServer, on_this_host, share
 
 
 @dataclass(frozen=True)
@@ -101,8 +101,15 @@ def parse_imap(f: Fields, root: Path) -> ImapSettings:
     f.unknown_keys(set(d.__dataclass_fields__))
     security = f.choice("security", SECURITIES, d.security)
     ca_file = f.optional_text("ca_file")
+    host = f.text("host", required=True)
+    if security == "none" and host and not on_this_host(host):
+        f.problem(
+            f.line_of("security"),
+            f"{f.name('security')!r} is none: the mailbox's password would cross the network"
+            f" to {host} unencrypted; use tls or starttls (none is for a server on this host)",
+        )
     return ImapSettings(
-        host=f.text("host", required=True),
+        host=host,
         port=f.integer("port", 993 if security == "tls" else 143, minimum=1, maximum=65535),
         security=security,
         username=f.text("username", required=True),

@@ -129,7 +129,7 @@ def parse_smtp(
             )
         else:
             smtp = replace(smtp, security=security)
-    if smtp.username is not None and smtp.security == "none" and not _on_this_host(smtp.host):
+    if smtp.username is not None and smtp.security == "none" and not on_this_host(smtp.host):
         problems.append(
             Problem(
                 "$STATUSMAIL_SMTP_SECURITY" if security else f.path,
@@ -143,7 +143,8 @@ def parse_smtp(
     return smtp
 
 
-def _on_this_host(host: str) -> bool:
+def on_this_host(host: str) -> bool:
+    """Whether ``host`` names this machine (a loopback address or localhost)."""
     if host.lower() in ("localhost", "localhost.localdomain"):
         return True
     try:
