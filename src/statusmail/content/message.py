@@ -141,7 +141,7 @@ class _Variant:
     ascii_head: bool
     boundary: bytes
     region: Region | None  # whose link rewrites the unsubscribe URL gets
-    mailto: str  # the List-Unsubscribe mailto address: the region's, else the config's
+    mailto: str  # the List-Unsubscribe mailto address as a URI: the region's, else the config's
     rendered: Rendered  # with its slots
     text: Part
     html: Part
@@ -257,7 +257,7 @@ class MessageFactory:
             # A region behind a block names addresses on a domain its readers can reach.
             region = self.renderer.region(key)
             reply_to = (region and region.reply_to) or self.config.reply_to
-            mailto = (region and region.mailto) or self.config.unsubscribe.mailto
+            mailto = _mailto((region and region.mailto) or self.config.unsubscribe.mailto)
             boundary = "=_sm_" + hashlib.sha256(f"{self.entry.id}/{key}".encode()).hexdigest()[:24]
             head = [
                 _address_header("From", sender.name, sender.address),
@@ -307,7 +307,7 @@ class MessageFactory:
             preferences = variant.region.rewrite(preferences)
         boundary = variant.boundary
         mid = message_id(self.keys, entry.id, recipient.address, self.domain)
-        mailto = f"mailto:{_mailto(variant.mailto)}?subject=unsubscribe%20" + quote(token)
+        mailto = f"mailto:{variant.mailto}?subject=unsubscribe%20" + quote(token)
         header_url = _uri(url)
         to = recipient.ascii_email or recipient.email
         parts = [_address_header("To", name, to), self._date(), f"Message-ID: {mid}\r\n".encode()]
