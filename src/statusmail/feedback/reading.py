@@ -30,6 +30,12 @@ def header(msg: Message, name: str) -> str:
         text = str(email.header.make_header(email.header.decode_header(str(value))))
     except (ValueError, LookupError, UnicodeError, email.errors.MessageError):
         text = str(value)
+    return unfolded(text)
+
+
+def unfolded(text: str) -> str:
+    """Outside text as statusmail keeps and shows it: storable, one line (its runs of
+    whitespace, line breaks too, one space), escapes visible (``printable``)."""
     return printable(" ".join(storable(text).split()))
 
 
@@ -149,10 +155,17 @@ def field_address(field_value: str) -> str | None:
     value = field_value.split(";", 1)[-1].strip().strip("<>").strip()
     if value.lower().startswith("utf-8;"):
         value = value[6:].strip()
-    # (an address holds no control character: ESC, bidi overrides, an encoded line break;
-    # and is at most 254 octets, RFC 5321's path less its brackets)
-    ok = value and value.isprintable() and len(value.encode("utf-8", "replace")) <= 254
-    return value if ok else None
+    return value if value and may_be_address(value) else None
+
+
+MAX_ADDRESS_OCTETS = 254  # RFC 5321's path, less its brackets
+
+
+def may_be_address(value: str) -> bool:
+    """Whether a report's ``value`` can be an address at all: printable (no control
+    character, such as ESC, a bidi override or an encoded line break; no surrogate; no
+    space but " ") and at most ``MAX_ADDRESS_OCTETS`` long."""
+    return value.isprintable() and len(value.encode("utf-8", "replace")) <= MAX_ADDRESS_OCTETS
 
 
 def headers_text(msg: Message) -> str:
@@ -179,8 +192,8 @@ def status_code(*texts: str) -> str | None:
 
 
 def one_line(text: str, limit: int = 400) -> str:
-    """A diagnostic as it is stored and shown: one line, escapes visible (``printable``)."""
-    text = printable(" ".join(text.split()))
+    """A diagnostic as it is stored and shown: ``unfolded``, at most ``limit`` long."""
+    text = unfolded(text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

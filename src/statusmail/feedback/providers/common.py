@@ -10,8 +10,7 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from statusmail.domain import printable
-from statusmail.feedback.reading import storable
+from statusmail.feedback.reading import may_be_address, unfolded
 
 FETCH_TIMEOUT = 10.0  # seconds, for the SNS certificate and subscription URLs
 MAX_FETCHED = 64 * 1024  # a certificate is about 2 KB
@@ -59,17 +58,14 @@ def text_at(data: Mapping[str, Any], key: str) -> str:
     value = data.get(key)
     if not isinstance(value, str | int | float):
         return ""
-    return printable(" ".join(storable(str(value)).split()))
+    return unfolded(str(value))
 
 
 def address_in(value: str) -> str | None:
     """The address a report names, or None: not one (a lone surrogate, which JSON can
     carry and no ledger can store, made a verified post a 500)."""
     value = value.strip().strip("<>").strip()
-    # (isprintable is False for a surrogate, a control character, any space but " ")
-    if len(value.encode("utf-8", "replace")) > 254:  # RFC 5321: no address is longer
-        return None
-    return value if "@" in value and " " not in value and value.isprintable() else None
+    return value if "@" in value and " " not in value and may_be_address(value) else None
 
 
 def message_id_in(value: str) -> str | None:
