@@ -181,6 +181,12 @@ def check_address(raw: str) -> tuple[str, str | None]:
     return valid.normalized, valid.ascii_email
 
 
+def row_status(row: dict[str, Any]) -> str:
+    """A row's status as written, read as every reader of it reads it (``active`` when
+    the cell is empty)."""
+    return str(row.get("status") or "active").strip().lower()
+
+
 def make_subscriber(row: dict[str, Any], path: Path, line: int) -> Subscriber | RowProblem:
     raw_email = str(row.get("email") or "").strip()
     if not raw_email:
@@ -189,7 +195,7 @@ def make_subscriber(row: dict[str, Any], path: Path, line: int) -> Subscriber | 
         normalized, ascii_email = check_address(raw_email)
     except EmailNotValidError as exc:
         return RowProblem(path, line, f"invalid address {raw_email!r}: {exc}", raw_email)
-    status = str(row.get("status") or "active").strip().lower()
+    status = row_status(row)
     if status not in STATUSES:
         return RowProblem(
             path, line, f"status {status!r} is not one of {', '.join(STATUSES)}", raw_email

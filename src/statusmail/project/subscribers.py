@@ -42,6 +42,7 @@ from statusmail.project.subscriber_rows import (
     Subscriber,
     _bad_utf8,
     make_subscriber,
+    row_status,
     subscriber_files,
 )
 from statusmail.project.subscriber_yaml import _read_yaml
@@ -167,7 +168,7 @@ def _withdrawn(files: list[Path], pace: Pace | None = None) -> dict[str, str]:
 
 
 def _unless_active(row: dict[str, Any], path: Path, line: int) -> Subscriber | None:
-    if str(row.get("status") or "active").strip().lower() == "active":
+    if row_status(row) == "active":
         return None
     item = make_subscriber(row, path, line)
     return item if isinstance(item, Subscriber) else None
