@@ -7,12 +7,12 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import SECRET_ENV, invoke, statusmail
 from editing import replace_in
+from feedback_helpers import set_bounces
 from postgres_helpers import query
 from statusmail.errors import ConfigError, LedgerError
 from statusmail.ledger.database import describe
@@ -575,14 +575,8 @@ def test_a_bounce_mailbox_password_never_crosses_the_network_unencrypted(
     project: Path, host: str, refused: bool
 ) -> None:
     """IMAP's LOGIN with ``security: none`` sent the mailbox's password in the clear."""
-    data = yaml.safe_load(project.read_text(encoding="utf-8"))
-    data["bounces"]["imap"] = {
-        "host": host,
-        "security": "none",
-        "username": "bounces",
-        "password_env": "BOX_PASSWORD",
-    }
-    project.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    imap = {"host": host, "security": "none", "username": "b", "password_env": "BOX_PASSWORD"}
+    set_bounces(project, imap=imap)
     result = invoke(project, "check", env={**SECRET_ENV, "BOX_PASSWORD": "x"})
     said = "the mailbox's password would cross the network"
     assert (said in result.output) == refused, result.output
