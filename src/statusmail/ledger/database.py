@@ -90,7 +90,7 @@ def server_of(url: str) -> str:
     authority = authority.rpartition("@")[2]
     if _PERCENT.search(url):
         raise _bad_url(scheme, "a '%' in it starts no %XX escape, or makes %00 (write % as %25)")
-    if not url.isprintable() or any(c.isspace() for c in url):
+    if " " in url or not url.isprintable():  # (no other space is printable)
         # libpq quotes what it cannot read back in its error: a password with a space
         raise _bad_url(scheme, "it holds a space or a control character (write a space as %20)")
     hosts = authority.partition("?")[0]
