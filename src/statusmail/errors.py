@@ -97,6 +97,7 @@ class DeliveryError(StatusmailError):
         bounce: bool = False,
         relay_down: bool = False,
         lost: bool = False,
+        unfit: bool = False,
     ) -> None:
         self.code = code
         self.message = message
@@ -110,6 +111,10 @@ class DeliveryError(StatusmailError):
         # The connection went away with no answer (lost, or silent past the timeout):
         # the relay's doing, or the recipient's message; a reconnection tells which.
         self.lost = lost
+        # The relay cannot take the run's messages as the project sets them up (an
+        # address of the project's own that needs SMTPUTF8): no recipient is to blame,
+        # the message never left, and the run stops with everyone left pending.
+        self.unfit = unfit
         super().__init__(f"{code} {message}" if code else message)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 from email.message import EmailMessage
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -273,6 +274,43 @@ def test_a_mirror_on_an_idn_host_goes_into_list_unsubscribe_as_a_uri(tmp_path: P
         assert url.startswith(f"https://{host}/status/unsubscribe/"), url
         local = "%D0%BE%D1%82%D0%BF%D0%B8%D1%81%D0%BA%D0%B0"  # отписка, as RFC 6068 spells it
         assert mailto.startswith(f"mailto:{local}@{host}?subject=unsubscribe%20"), mailto
+
+
+def test_a_cyrillic_reply_to_and_a_relay_without_smtputf8_stop_the_run_failing_nobody(
+    tmp_path: Path,
+) -> None:
+    """A Cyrillic reply_to needs SMTPUTF8 in every message that carries it. Each was
+    refused and its recipient marked failed for good (exit 3, five of the sample's
+    fourteen); it is the project's address, not theirs: the run stops (exit 4), they
+    stay pending, and a re-run through a relay that offers SMTPUTF8 mails each once."""
+    config = copy_sample(tmp_path / "project")
+    text = config.read_text(encoding="utf-8")
+    ascii_reply = "reply_to: support@startmail.example"
+    assert ascii_reply in text
+    config.write_text(
+        text.replace(ascii_reply, "reply_to: поддержка@startmail.example"), encoding="utf-8"
+    )
+    with RecordingServer(smtputf8=False) as plain:
+        point_at(config, plain.port)
+        first = invoke(config, "send", UPDATE, "--yes", "--rate", "0", env=SECRET_ENV)
+    assert first.exit_code == 4, first.output
+    assert f"127.0.0.1:{plain.port} does not offer SMTPUTF8" in first.output
+    assert "Traceback" not in first.output
+    statuses = ledger_statuses(config)
+    assert statuses.get("failed", 0) == 0 and statuses.get("pending", 0) > 0, statuses
+    with RecordingServer(smtputf8=True) as utf8:
+        point_at(config, utf8.port)
+        second = invoke(config, "send", UPDATE, "--yes", "--rate", "0", env=SECRET_ENV)
+        assert second.exit_code == 0, second.output
+        assert any(got.smtp_utf8 for got in utf8.messages)
+        mailed = [got.rcpt_tos[0] for got in [*plain.messages, *utf8.messages]]
+    assert len(mailed) == len(set(mailed)) == 14
+    assert ledger_statuses(config) == {"sent": 14}
+
+
+def ledger_statuses(config: Path) -> dict[str, int]:
+    with sqlite3.connect(config.parent / "statusmail.db") as db:
+        return dict(db.execute("SELECT status, COUNT(*) FROM deliveries GROUP BY status"))
 
 
 def test_a_cyrillic_unsubscribe_mailto_goes_through_a_relay_without_smtputf8(

@@ -354,11 +354,28 @@ async def test_non_ascii_local_part_without_smtputf8_is_permanent(
     err = await send_error(conn, make_envelope("jürgen@example.org", None))
     assert err.transient is False
     assert err.bounce is False
+    assert err.unfit is False  # this recipient's own: the others go
     assert "SMTPUTF8" in str(err)
     assert err.recipient == "jürgen@example.org"
     await conn.send(make_envelope())  # connection still fine
     await conn.close()
     assert server.data_commands == 1
+
+
+async def test_a_non_ascii_sender_without_smtputf8_is_the_relay_unfit_for_the_run(
+    make_server: MakeServer,
+) -> None:
+    """Every message of the run has that sender: the error blames no recipient."""
+    server = make_server(smtputf8=False)
+    envelope = make_envelope()
+    cyrillic = Envelope("статус@example.org", envelope.recipient, "same", envelope.data, "<x@y>")
+    conn = await transport_for(server).connect()
+    err = await send_error(conn, cyrillic)
+    assert err.unfit and not err.transient and not err.bounce
+    assert "sender's address статус@example.org" in str(err)
+    assert f"127.0.0.1:{server.port}" in str(err)
+    await conn.close()
+    assert server.data_commands == 0
 
 
 async def test_non_ascii_local_part_with_smtputf8_is_delivered(make_server: MakeServer) -> None:
@@ -406,6 +423,7 @@ async def test_utf8_headers_without_smtputf8_are_refused_not_sent(
     conn = await transport_for(server).connect()
     err = await send_error(conn, utf8)
     assert err.transient is False
+    assert err.unfit  # the recipient's address is ASCII: the project's headers are not
     assert "SMTPUTF8" in str(err) and "headers" in str(err)
     assert f"127.0.0.1:{server.port}" in str(err)
     await conn.send(make_envelope())  # the session goes on

@@ -283,7 +283,7 @@ class Delivering:
         if exc.relay_down:
             self._relay_failed = True
             self.metrics.relay(False, 1)
-        else:
+        elif not exc.unfit:
             tally.charged += 1
 
     def _learnt(self, exc: SessionEnded, recipient: Recipient) -> None:
@@ -350,9 +350,10 @@ class Delivering:
         said = scrub(
             str(exc), (recipient.email, recipient.ascii_email, recipient.address), self.mask
         )
-        if exc.relay_down:
+        if exc.relay_down or exc.unfit:
             # Not the recipient's fault: keep it pending and stop taking new recipients.
-            self.halt(f"the relay is unreachable ({exc.message})")
+            why = "the relay is unreachable" if exc.relay_down else "the relay cannot take it"
+            self.halt(f"{why} ({exc.message})")
             return Outcome(recipient.address, DeliveryStatus.PENDING, attempts, None, exc.message)
         fields = {
             "entry": self.entry_id,

@@ -277,7 +277,14 @@ class SmtpConnection:
         rcpt = envelope.recipient_ascii
         utf8_addresses = rcpt is None or not envelope.sender.isascii()
         offers_utf8 = smtp.supports_extension("smtputf8")
-        if utf8_addresses and not offers_utf8:
+        if not envelope.sender.isascii() and not offers_utf8:
+            raise DeliveryError(
+                f"{self._transport.server} does not offer SMTPUTF8, "
+                f"needed for the sender's address {envelope.sender}",
+                recipient=envelope.recipient,
+                unfit=True,
+            )
+        if rcpt is None and not offers_utf8:
             raise DeliveryError(
                 f"{self._transport.server} does not offer SMTPUTF8, "
                 f"needed for the address {envelope.recipient}",
@@ -295,11 +302,15 @@ class SmtpConnection:
             ascii_headers, eight_bit = shape.ascii_headers, shape.eight_bit
         if not ascii_headers and not offers_utf8:
             # RFC 6531: headers in UTF-8 travel only with SMTPUTF8 (a Reply-To with a
-            # Cyrillic local part went out as 8-bit header bytes to any relay)
+            # Cyrillic local part went out as 8-bit header bytes to any relay). The
+            # recipient's address is ASCII here (else refused above), so what is not
+            # is the project's own: no message of the run would go.
             raise DeliveryError(
-                f"{self._transport.server} does not offer SMTPUTF8, "
-                f"needed for the message's headers (not ASCII)",
+                f"{self._transport.server} does not offer SMTPUTF8, needed for the "
+                "message's headers (an address of the project's, such as reply_to, "
+                "is not ASCII)",
                 recipient=envelope.recipient,
+                unfit=True,
             )
         options: list[str] = []
         if utf8_addresses or (offers_utf8 and not ascii_headers):
