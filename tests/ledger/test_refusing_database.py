@@ -98,10 +98,13 @@ def test_a_send_the_server_refuses_ends_with_4_on_one_line_naming_it(
     limited.limit(1)
     with send(project, limited.url) as process:
         start = time.monotonic()
-        code = process.finish(timeout=4)
+        code = process.finish(timeout=15)
         took = time.monotonic() - start
     assert code == 4, process.stderr
-    assert took < 5, f"took {took:.1f}s"
+    # What this catches is a send that tries the refusing server again and again (a
+    # pool's reconnection goes on for minutes): it ends in under a second here, most of
+    # it Python starting up, which a loaded CI machine made take over 4 s.
+    assert took < 10, f"took {took:.1f}s"
     refused = [line for line in process.stderr.splitlines() if "refuses more connections" in line]
     assert refused and all(limited.where in line for line in refused), process.stderr
     assert "Re-run to continue" in process.stdout + process.stderr
