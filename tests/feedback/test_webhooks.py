@@ -622,6 +622,21 @@ def test_a_mailgun_token_gone_stale_since_its_check_is_not_taken(site: Site) -> 
         assert not ledger.take_webhook_token("mailgun", "t" * 50, now + 60, stale)
 
 
+def test_a_mailgun_token_is_still_taken_for_a_host_whose_clock_is_behind(site: Site) -> None:
+    """Two serve hosts on one ledger, A a minute behind B. B, taking another token,
+    dropped rows stale by its own clock; a replay to A, for which the token was still
+    fresh, was taken again (applied twice)."""
+    from statusmail.ledger import Ledger
+
+    with Ledger(site.config.parent / "statusmail.db") as ledger:
+        at_a = time.time()
+        fresh_until = at_a + 300
+        assert ledger.take_webhook_token("mailgun", "a" * 50, fresh_until, at_a)
+        at_b = at_a + 301 + 60  # B: past the token's freshness, and a minute ahead
+        assert ledger.take_webhook_token("mailgun", "b" * 50, at_b + 300, at_b)
+        assert not ledger.take_webhook_token("mailgun", "a" * 50, fresh_until, at_a + 290)
+
+
 @pytest.mark.parametrize("where", ["id", "message-id", "description"])
 def test_a_lone_surrogate_in_a_signed_report_is_stored_replaced_not_a_500(
     site: Site, where: str

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,23 @@ def test_send_at_without_a_zone_names_the_zone_to_add(entry: Path, written: str)
     found = only_problem(entry)
     assert found.startswith(f"{entry}:{line}: 'send_at' 2020-04-21T") and "no time zone" in found
     assert "+03:00 (Moscow) or 2020-04-21T" in found and "Z (UTC)" in found
+
+
+@pytest.mark.parametrize(("date", "offset"), [("2027-01-15", "+01:00"), ("2027-07-01", "+02:00")])
+def test_send_at_without_a_zone_is_told_this_computer_s_offset_on_that_date(
+    entry: Path, date: str, offset: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In Berlin a July send_at is at +02:00 whatever today's offset is: the hint gave
+    today's (+01:00 in December), and following it sent an hour late."""
+    replace_in(entry, "status: ready\n", f"status: ready\nsend_at: {date}T09:00:00\n")
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time.tzset()
+    try:
+        found = only_problem(entry)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert f"as {date}T09:00:00{offset} (this computer's zone)" in found, found
 
 
 def test_send_at_with_a_zone_is_kept(entry: Path) -> None:

@@ -13,6 +13,10 @@ from typing import Any
 from statusmail.ledger import queries
 from statusmail.ledger.base import LedgerBase, guarded, now_iso
 
+# How long a taken webhook token's row outlives its freshness: the clock skew between
+# web hosts that a replay cannot slip through (seconds).
+TOKENS_KEPT_PAST_STALE = 3600.0
+
 
 @dataclass(frozen=True)
 class FeedbackEvent:
@@ -302,7 +306,12 @@ class FeedbackEvents(LedgerBase):
         if fresh_until < now:
             return False
         with self.transaction():
-            self._q("DELETE FROM webhook_tokens WHERE fresh_until < :now", now=now)
+            # Kept an hour past stale by this host's clock: another host whose clock is
+            # behind still takes the token as fresh, and must find it taken.
+            self._q(
+                "DELETE FROM webhook_tokens WHERE fresh_until < :before",
+                before=now - TOKENS_KEPT_PAST_STALE,
+            )
             taken = self._q(
                 "INSERT INTO webhook_tokens (provider, token, fresh_until)"
                 " VALUES (:p, :t, :f) ON CONFLICT (provider, token) DO NOTHING RETURNING token",

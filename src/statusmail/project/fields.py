@@ -20,7 +20,7 @@ def quote_it(written: str) -> str:
 def zone_missing(naive: dt.datetime) -> str:
     """What to say of a date and time without a zone: which zone to add, and how."""
     written = naive.isoformat()
-    offset = dt.datetime.now().astimezone().strftime("%z")
+    offset = naive.astimezone().strftime("%z")  # in force on that date (DST), not today
     local = f"{offset[:3]}:{offset[3:]}"
     ours = f"{written}{local} (this computer's zone), " if local != "+00:00" else ""
     return (

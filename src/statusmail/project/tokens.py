@@ -313,9 +313,11 @@ def legacy_verify_unsubscribe_token(secret: bytes, token: str) -> str | None:
 
 # How long a preferences page's form may be sent after it was shown; the README says so.
 FORM_TOKEN_LIFETIME = dt.timedelta(hours=24)
-# A form token from a little in the future still counts (another server's clock, behind
-# the same proxy, may run slightly ahead).
-FORM_TOKEN_SKEW = dt.timedelta(minutes=5)
+# A form token from the future still counts: another server behind the same proxy may
+# run ahead, or this one's clock was stepped back, between showing the page and its post
+# (5 minutes refused a reader's choice on a host 10 minutes behind). Only a server with
+# the secret made it, and it binds one page, so an hour of tolerance lets nobody else in.
+FORM_TOKEN_SKEW = dt.timedelta(hours=1)
 
 
 def _form_data(issued: int, page_token: str) -> bytes:
