@@ -143,6 +143,25 @@ def test_an_entry_file_is_read_once_it_stands_still(project: Path) -> None:
     assert "changed after it was sent in full" not in process.stderr
 
 
+def test_an_entry_file_stamped_in_the_future_is_sent_once_it_stands_still(project: Path) -> None:
+    """A file written by a host whose clock is an hour ahead (a shared folder), or on
+    this one before its clock was stepped back: the watcher took it for one still
+    being written until its clock reached the stamp, an hour later."""
+    entry = project.parent / "updates" / "update-2020-05-01.yaml"
+    with RecordingServer() as server:
+        point_at(project, server.port)
+        with watch(project) as process:
+            wait_for(lambda: len(server.messages) == BLOCK_AUDIENCE + UPDATE_AUDIENCE)
+            written = project.parent / "update-2020-05-01.yaml"
+            written.write_text(NEW_ENTRY.format(status="ready"), encoding="utf-8")
+            ahead = time.time() + 3600
+            os.utime(written, (ahead, ahead))
+            written.rename(entry)
+            process.wait_for_line("update-2020-05-01: sent", timeout=20)
+            assert process.stop() == 0, process.stderr
+    assert any("2020-05-01" in m.message["Message-ID"] for m in server.messages)
+
+
 def test_sigterm_ends_a_watcher_waiting_for_another_import_of_the_lists(project: Path) -> None:
     """The import lock was taken with a blocking flock in the watcher's import thread,
     which no signal reaches: SIGTERM logged 'stopping' at once and the process ended

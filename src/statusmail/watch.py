@@ -72,6 +72,7 @@ class Watcher(Readiness, Leadership, Background, Bookkeeping):
         self.reload = False
         self._run_stop: asyncio.Event | None = None
         self._reported: dict[Path, str] = {}  # what was last said about a file, said once
+        self._unchanged: dict[Path, tuple[tuple[int, int], float]] = {}  # see _standing_still
         self._blocked: dict[str, Fingerprint] = {}  # entries that cannot run as files stand
         self._backoff: dict[str, Backoff] = {}
         self._left_pending = False  # did the last pass leave recipients pending?

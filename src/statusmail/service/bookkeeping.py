@@ -72,6 +72,7 @@ class Bookkeeping:
     config: Config
     halt: asyncio.Event
     _reported: dict[Path, str]
+    _unchanged: dict[Path, tuple[tuple[int, int], float]]  # (mtime, size), first seen
     settling = False  # an entry file was left for the next look: it may be half-written
     started = 0.0  # when this watcher started (time.time()): files older were whole then
 
@@ -168,13 +169,11 @@ class Bookkeeping:
         for problem in twins:
             self._say_once(Path(problem.path), str(problem), logging.ERROR)
         twice = {Path(problem.path).stem for problem in twins}
-        now = time.time()
         for path in paths:
             if path.stem in twice:
                 continue
             with contextlib.suppress(OSError):
-                changed = path.stat().st_mtime
-                if changed >= self.started and now - changed < SETTLE:
+                if not self._standing_still(path):
                     # still being written, perhaps (an editor saving in place, a copy
                     # under way): taken once it has stood still for SETTLE seconds
                     self.settling = True
@@ -190,6 +189,24 @@ class Bookkeeping:
                 )
                 continue
             yield entry
+
+
+    def _standing_still(self, path: Path) -> bool:
+        """Whether ``path`` was there, whole, when the watcher started, or has not
+        changed for SETTLE seconds: by its time stamp, or, for a time stamp this host's
+        clock has not reached yet (written by a host whose clock is ahead, or this
+        clock stepped back), by seeing it unchanged that long."""
+        stat = path.stat()
+        seen = (stat.st_mtime_ns, stat.st_size)
+        now, still = time.time(), time.monotonic()
+        if stat.st_mtime < self.started or now - stat.st_mtime >= SETTLE:
+            self._unchanged.pop(path, None)
+            return True
+        before = self._unchanged.get(path)
+        if before is None or before[0] != seen:
+            self._unchanged[path] = (seen, still)
+            return False
+        return still - before[1] >= SETTLE
 
 
 def _import_lists(config: Config, stopping: Callable[[], bool]) -> Imported:
