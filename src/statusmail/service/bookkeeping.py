@@ -190,7 +190,6 @@ class Bookkeeping:
                 continue
             yield entry
 
-
     def _standing_still(self, path: Path) -> bool:
         """Whether ``path`` was there, whole, when the watcher started, or has not
         changed for SETTLE seconds: by its time stamp, or, for a time stamp this host's
