@@ -150,6 +150,21 @@ def test_a_russian_subject_is_folded_into_encoded_words_of_at_most_75(
     assert parsed(data)["Subject"] == subject
 
 
+def test_a_subject_with_a_word_longer_than_a_line_is_split_into_encoded_words(
+    project: Path,
+) -> None:
+    """A word cannot be folded: a 1,040-letter link in the subject made a 1,124-octet
+    Subject line, over SMTP's 998, so the relay refused every message ("500 Line too
+    long") after check had passed."""
+    subject = "Read https://status.example/appeal?ref=" + "a" * 1000
+    entry = project.parent / "updates" / "update-2020-04-21.yaml"
+    replace_in(entry, "Update on the block in Russia: two appeals filed", subject)
+    data = built(project)
+    assert max(len(line) for line in data.split(b"\r\n")) <= 998
+    assert max(len(line) for line in folded(data, b"Subject")) <= 78
+    assert parsed(data)["Subject"] == subject
+
+
 def test_a_subject_that_reads_like_an_encoded_word_is_shown_as_written(project: Path) -> None:
     """An ASCII subject holding ``=?utf-8?b?…?=`` went out as it was: every mail client
     showed the decoded text, which ``check``, the previews' summary and the reviewer

@@ -66,8 +66,10 @@ def _header(name: str, value: str) -> bytes:
     continuation line is a space and one encoded word, which RFC 2047 keeps to 75 (the
     default 78 let a Russian subject's second word run to 76).
     """
-    # Text that reads like an encoded word is encoded itself, so it is shown as written.
-    charset = "us-ascii" if value.isascii() and "=?" not in value else "utf-8"
+    # Text that reads like an encoded word is encoded itself, so it is shown as written;
+    # so is a word too long for any line (998 octets): only encoded words can be split.
+    plain = value.isascii() and "=?" not in value and max(map(len, value.split()), default=0) < 900
+    charset = "us-ascii" if plain else "utf-8"
     encoded = Header(value, charset, header_name=name, maxlinelen=76).encode(linesep="\r\n")
     return f"{name}: {encoded}\r\n".encode("ascii")
 
