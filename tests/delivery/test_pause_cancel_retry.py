@@ -10,6 +10,7 @@ import json
 import logging
 import re
 import shutil
+import sqlite3
 import tempfile
 import threading
 import time
@@ -22,7 +23,10 @@ import pytest
 from rich.console import Console
 
 from conftest import (
+    BLOCK_AUDIENCE,
+    SECRET_ENV,
     UPDATE,
+    UPDATE_AUDIENCE,
     copy_sample,
     invoke,
     outbox_count,
@@ -34,6 +38,7 @@ from delivery_helpers import add_subscribers, ledger_rows, point_at, send
 from smtp_server import RecordingServer
 from statusmail import watch
 from statusmail.delivery import controls, intake, stream
+from statusmail.ledger import Ledger
 from statusmail.project.config import load_config
 from statusmail.project.subscriber_rows import RowProblem, Subscriber
 
@@ -207,6 +212,41 @@ def test_a_pause_ends_a_selection_reading_a_long_list_for_few(
     assert code == 4 and "paused" in report["stopped"]
     assert ended - paused[0] < 2.0, ended - paused[0]
     assert statuses(project)["sent"] == outbox_count(project) == 0  # nothing was selected yet
+
+
+def test_an_entry_whose_selection_did_not_end_is_not_complete_and_watch_ends_it(
+    project: Path,
+) -> None:
+    """--limit or the hourly cap stopped a run once everyone queued so far was sent,
+    while its selection still read a long list (a review's run: 1 reader, 300,000
+    unsubscribed rows, then 50 more): nobody was pending, so the entry was marked
+    complete, and watch never sent to the 50. Here the ledger is put in the state such
+    a run leaves: a selection begun (a new generation) and never ended."""
+    code, _, _ = send(project, UPDATE, "--rate", "0")
+    assert code == 0
+    db = sqlite3.connect(project.parent / "statusmail.db")
+    with db:
+        db.execute(
+            "UPDATE entries SET generation = generation + 1, completed_at = NULL"
+            " WHERE entry_id = ?",
+            (UPDATE,),
+        )
+    with Ledger(project.parent / "statusmail.db") as ledger:
+        assert ledger.mark_complete_if_done(UPDATE) is False
+        state = ledger.entry_state(UPDATE)
+        assert state is not None and state[1] is None
+    with db:  # as statusmail before this marked it
+        db.execute("UPDATE entries SET completed_at = '2026-12-07T00:00:00+00:00'")
+    db.close()
+    with Ledger(project.parent / "statusmail.db", readonly=True) as ledger:
+        state = ledger.entry_state(UPDATE)
+        assert state is not None and state[1] is None  # still not complete
+    watched = invoke(project, "watch", "--once", "--rate", "0", env=SECRET_ENV)
+    assert watched.exit_code == 0, watched.output
+    assert f"{UPDATE}: sent 0" in watched.output  # watch took it up, ended its selection
+    with Ledger(project.parent / "statusmail.db", readonly=True) as ledger:
+        assert ledger.selection_basis(UPDATE) is not None
+    assert outbox_count(project) == UPDATE_AUDIENCE + BLOCK_AUDIENCE  # nobody twice
 
 
 def test_a_cancel_while_the_selection_streams_leaves_nobody_pending(

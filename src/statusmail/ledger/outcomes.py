@@ -163,16 +163,19 @@ class Outcomes(LedgerBase):
 
     @guarded("mark the entry complete")
     def mark_complete_if_done(self, entry_id: str) -> bool:
+        """Complete: nobody pending, and its selection ended (a run its limit or the
+        hourly cap ended while the list was still being read was marked complete, and
+        watch never sent to the rest)."""
         if self.counts(entry_id)["pending"]:
             return False
         with self.transaction():
-            self._q(
+            done = self._q(
                 "UPDATE entries SET completed_at = COALESCE(completed_at, :now)"
-                " WHERE entry_id = :e",
+                " WHERE entry_id = :e AND generation = selected_generation RETURNING entry_id",
                 now=now_iso(),
                 e=entry_id,
             )
-        return True
+        return bool(done)
 
     # -- reporting ---------------------------------------------------------------
 
@@ -216,8 +219,13 @@ class Outcomes(LedgerBase):
 
     @guarded("read the entry's state")
     def entry_state(self, entry_id: str) -> tuple[str, str | None] | None:
-        """(digest at selection, completed_at) for an entry the ledger knows."""
-        rows = self._q("SELECT digest, completed_at FROM entries WHERE entry_id = :e", e=entry_id)
+        """(digest at selection, completed_at) for an entry the ledger knows; not
+        complete while a selection of it has not ended (a ledger that marked one so)."""
+        rows = self._q(
+            "SELECT digest, CASE WHEN generation = selected_generation THEN completed_at END"
+            " FROM entries WHERE entry_id = :e",
+            e=entry_id,
+        )
         return (rows[0][0], rows[0][1]) if rows else None
 
     @guarded("look up a locale")
