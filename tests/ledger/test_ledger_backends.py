@@ -23,6 +23,7 @@ from statusmail.domain import DeliveryStatus, Outcome, Recipient, short_source
 from statusmail.errors import LedgerError
 from statusmail.ledger import SCHEMA_VERSION, Ledger, StagedRow, copy_ledger, store
 from statusmail.ledger.queue import LocalQueue
+from statusmail.ledger.events import TOKENS_KEPT_PAST_STALE
 
 ENTRY = "update-2020-04-21"
 ENV = {"STATUSMAIL_UNSUBSCRIBE_SECRET": SECRET}
@@ -360,10 +361,19 @@ def test_a_webhook_token_is_taken_once_until_it_is_stale_or_given_back(
         assert two.take_webhook_token("sendgrid", "1700000000abc", 1000.0, now=950.0)
         two.give_back_webhook_token("mailgun", "1700000000abc")
         assert one.take_webhook_token("mailgun", "1700000000abc", 1000.0, now=960.0)
-        # once stale it is dropped, and the next take of anything clears it away
+        # once stale it is no longer taken, and an hour after (another host's clock may
+        # be behind) the next take of anything clears it away
+        assert not two.take_webhook_token("mailgun", "1700000000abc", 1000.0, now=1001.0)
         assert one.take_webhook_token("mailgun", "1700000300def", 1300.0, now=1001.0)
+        assert one.database.execute("SELECT COUNT(*) FROM webhook_tokens")[0][0] == 3
+        later = 1000.0 + TOKENS_KEPT_PAST_STALE + 1
+        assert one.take_webhook_token("mailgun", "1700003700ghi", later + 300, now=later)
         rows = one.database.execute("SELECT provider, token FROM webhook_tokens ORDER BY token")
-    assert [tuple(row) for row in rows] == [("mailgun", "1700000300def")]
+    # (def, fresh until 1300, has not been stale for an hour yet)
+    assert [tuple(row) for row in rows] == [
+        ("mailgun", "1700000300def"),
+        ("mailgun", "1700003700ghi"),
+    ]
 
 
 def test_the_shared_rate_limit_s_failure_is_a_ledger_error_naming_the_ledger(
