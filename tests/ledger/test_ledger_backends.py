@@ -22,8 +22,8 @@ from delivery_helpers import add_subscribers
 from statusmail.domain import DeliveryStatus, Outcome, Recipient, short_source
 from statusmail.errors import LedgerError
 from statusmail.ledger import SCHEMA_VERSION, Ledger, StagedRow, copy_ledger, store
-from statusmail.ledger.queue import LocalQueue
 from statusmail.ledger.events import TOKENS_KEPT_PAST_STALE
+from statusmail.ledger.queue import LocalQueue
 
 ENTRY = "update-2020-04-21"
 ENV = {"STATUSMAIL_UNSUBSCRIBE_SECRET": SECRET}
