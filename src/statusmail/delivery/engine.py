@@ -355,7 +355,14 @@ class Engine(Delivering):
         # being built.
         hand: deque[tuple[Recipient, asyncio.Future[Built] | None]] = deque()
         fed = True  # the producer may still put recipients (and then None) in the feed
+        me = asyncio.current_task()
         while True:
+            if me is not None and me.cancelling():
+                # A wait inside psycopg_pool (asyncio.wait_for, Python 3.11) can swallow
+                # the run's cancellation; the producer is cancelled too, so the feed
+                # would never bring this worker its None (the run hung for good when
+                # the server dropped every connection).
+                raise asyncio.CancelledError
             if not hand:
                 recipient = await feed.get() if fed else None
                 if recipient is None:
