@@ -249,6 +249,42 @@ def test_a_group_commit_writes_only_the_rows_still_claimed_at_their_epoch(
     assert found == {"gone@example.org": "unsubscribed"}
 
 
+def test_a_row_another_selection_skipped_is_not_handed_back_as_pending(
+    ledger_target: str | Path,
+) -> None:
+    """A sender waited out a retry's backoff holding a row; meanwhile the reader
+    unsubscribed in the list and another sender's selection skipped the row. Stopped,
+    the first handed it back: pending again, under the old generation, and every later
+    run ended with one recipient still pending (review). What went out still counts."""
+    with Ledger(ledger_target) as ledger:
+        generation, queue = selected(ledger, ledger_target, 2)
+        epochs = dict(
+            (r.address, e) for r, e in ledger.claim_fenced(ENTRY, generation, "me", 2, lease=60)
+        )
+        ledger.database.execute(  # as the other sender's finish_selection skips them
+            "UPDATE deliveries SET status = 'skipped', detail = 'no longer selected'"
+        )
+        handed_back = recipient(0).address
+        sent = recipient(1).address
+        outcomes = {
+            Outcome(handed_back, DeliveryStatus.PENDING, 1, None, "stopped before retry"): epochs[
+                handed_back
+            ],
+            Outcome(sent, DeliveryStatus.SENT, 1, 250, None, "<1@x>"): epochs[sent],
+        }
+
+        async def record() -> None:
+            try:
+                await queue._record(outcomes, [])
+            finally:
+                await queue.close()
+
+        asyncio.run(record())
+        ledger.record(ENTRY, {o: e for o, e in outcomes.items() if o.address == handed_back})
+        rows: dict[str, str] = dict(ledger.database.execute("SELECT address, status FROM deliveries"))
+    assert rows == {handed_back: "skipped", sent: "sent"}
+
+
 class Counted:
     """The queue, with each transaction's outcomes and checks written down."""
 

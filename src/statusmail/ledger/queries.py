@@ -60,8 +60,13 @@ RECORD = (
 )
 
 # The outcome of a claimed row, only while the row's epoch is the one it was claimed at
-# (the fence): a sender whose claim was taken over meanwhile changes nothing.
-RECORD_FENCED = RECORD + " AND claim_epoch = :epoch"
+# (the fence): a sender whose claim was taken over meanwhile changes nothing. A row
+# handed back (pending) stays as another's selection left it: one it skipped (the reader
+# unsubscribed meanwhile) went back to pending under an old generation, and every later
+# run ended with it still pending. What went out, or failed for good, is recorded.
+RECORD_FENCED = (
+    RECORD + " AND claim_epoch = :epoch AND (:status <> 'pending' OR status = 'pending')"
+)
 
 STATE = "SELECT generation, selected_generation FROM entries WHERE entry_id = :e"
 

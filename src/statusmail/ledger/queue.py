@@ -105,6 +105,7 @@ RECORD_ARRAYS = (
     " :detail::text[], :message_id::text[], :epoch::int[])"
     " AS v(address, status, attempts, code, detail, message_id, epoch)"
     " WHERE d.entry_id = :e AND d.address = v.address AND d.claim_epoch = v.epoch"
+    " AND (v.status <> 'pending' OR d.status = 'pending')"  # as RECORD_FENCED
 )
 # The same, and the suppressions of the addresses about to be sent to, in one round trip
 # (an unreferenced data-modifying WITH still runs to completion).
