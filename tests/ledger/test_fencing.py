@@ -281,7 +281,9 @@ def test_a_row_another_selection_skipped_is_not_handed_back_as_pending(
 
         asyncio.run(record())
         ledger.record(ENTRY, {o: e for o, e in outcomes.items() if o.address == handed_back})
-        rows: dict[str, str] = dict(ledger.database.execute("SELECT address, status FROM deliveries"))
+        rows: dict[str, str] = dict(
+            ledger.database.execute("SELECT address, status FROM deliveries")
+        )
     assert rows == {handed_back: "skipped", sent: "sent"}
 
 
