@@ -252,3 +252,29 @@ def test_the_text_part_spells_a_link_as_a_reader_types_it(source: str, shown: st
 
     assert to_text(source, "ru").replace("\n", " ").replace("\u00a0", " ").strip() == shown
     assert "%D0%A0%D0%BE" in str(to_html(source)) or "xn--" in str(to_html(source))
+
+
+@pytest.mark.parametrize(
+    ("source", "shown"),
+    [
+        (
+            "the [PDF](https://status.example/docs/Appeal%20of%20April%2021.pdf)",
+            "the PDF <https://status.example/docs/Appeal%20of%20April%2021.pdf>",
+        ),
+        (
+            "search <https://status.example/search?q=%3Eblock%3C>",
+            "search https://status.example/search?q=%3Eblock%3C",
+        ),
+        (
+            "the [form](https://status.example/f?x=%22a%22)",
+            "the form <https://status.example/f?x=%22a%22>",
+        ),
+    ],
+)
+def test_a_link_that_decoded_would_break_is_spelled_as_written(source: str, shown: str) -> None:
+    """Decoded, ``Appeal%20of%20April%2021.pdf`` became ``Appeal of April 21.pdf`` and
+    ``q=%3Eblock%3C`` became ``q=>block<``: a mail client linked only up to the space or
+    the bracket, so the link did not open (and the dry run's preview showed the same)."""
+    from statusmail.content.markdown import to_text
+
+    assert to_text(source, "en").replace("\n", " ").strip() == shown

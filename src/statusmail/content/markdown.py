@@ -188,9 +188,22 @@ def _is_item(block: str) -> bool:
     return block.lstrip(" >").startswith("- ") or _numbered(block)
 
 
+# What a link spelled out in plain text cannot hold: a mail client ends the link there.
+_ENDS_A_LINK = re.compile(r'[\s<>"`{}|\\^\x00-\x1f\x7f]')
+
+
+def _typed(href: str) -> str:
+    """A link as a reader types it: https://ru.wikipedia.org/wiki/Роскомнадзор, not the
+    href's %D0%A0%D0%BE… (109 columns); but as written where decoding it would give a
+    space, a quote or a bracket (``Appeal%20of…`` spelled ``Appeal of…`` was linked
+    only up to ``Appeal``)."""
+    readable = _md.normalizeLinkText(href)
+    return href if _ENDS_A_LINK.search(readable) else readable
+
+
 def _inline_text(children: Sequence[Token]) -> str:
     parts: list[str] = []
-    href_stack: list[str] = []
+    links: list[tuple[str, bool, int]] = []  # href, an autolink, where its label starts
     for child in children:
         if child.type in ("text", "code_inline"):
             parts.append(child.content)
@@ -199,15 +212,17 @@ def _inline_text(children: Sequence[Token]) -> str:
         elif child.type == "hardbreak":
             parts.append("\n")
         elif child.type == "link_open":
-            href_stack.append(str(child.attrGet("href") or ""))
+            links.append((str(child.attrGet("href") or ""), child.markup == "autolink", len(parts)))
             parts.append("")
-        elif child.type == "link_close":
-            # As a reader types it: https://ru.wikipedia.org/wiki/Роскомнадзор, not the
-            # href's %D0%A0%D0%BE… (109 columns, and an autolink shown twice)
-            href = _md.normalizeLinkText(href_stack.pop()) if href_stack else ""
-            label = parts[-1] if parts else ""
+        elif child.type == "link_close" and links:
+            raw, auto, start = links.pop()
+            href = _typed(raw)
             if href.startswith("mailto:"):
                 href = href[len("mailto:") :]
+            elif auto:  # its label is the link, decoded: spelled as the href is
+                parts[start:] = [href]
+                continue
+            label = parts[-1] if parts else ""
             if href and href not in label:
                 parts.append(f" <{href}>")
     return "".join(parts)
