@@ -57,6 +57,37 @@ def test_sample_passes_in_process(project: Path) -> None:
     ]
 
 
+def test_a_subscriber_topic_the_config_lacks_is_a_warning_naming_the_one_meant(
+    project: Path,
+) -> None:
+    """Ivan's topic written Service-Status, Jan's service_status: check said nothing,
+    and neither got an entry for service-status (review). A warning, as an audience
+    that no subscriber matches is: the rest of the list still gets the news."""
+    lists = project.parent / "subscribers"
+    main = lists / "main.csv"
+    replace_in(
+        main,
+        "ivan.smirnov@example.com,Иван Смирнов,ru-RU,RU,service-status,",
+        ("ivan.smirnov@example.com,Иван Смирнов,ru-RU,RU,Service-Status,"),
+    )
+    with main.open("a", encoding="utf-8") as handle:
+        handle.write("jan@example.org,Jan,en,RU,service_status;elsewhere,active\n")
+    report = check_project(load_config(project))
+    assert report.ok
+    found = [str(w) for w in report.warnings if w.code == "subscriber-topic"]
+    topics = "(product-news, service-status)"
+    assert found == [
+        f"{lists}: warning: 1 active subscriber with the topic 'Service-Status', which is "
+        f"not one of the config's topics {topics}: no entry reaches them by it (did you "
+        "mean 'service-status'?)",
+        f"{lists}: warning: 1 active subscriber with the topic 'elsewhere', which is not "
+        f"one of the config's topics {topics}: no entry reaches them by it",
+        f"{lists}: warning: 1 active subscriber with the topic 'service_status', which is "
+        f"not one of the config's topics {topics}: no entry reaches them by it (did you "
+        "mean 'service-status'?)",
+    ]
+
+
 def test_the_report_is_on_stdout_and_nothing_else_on_stderr(project: Path) -> None:
     (project.parent / UPDATE).write_text(
         (project.parent / UPDATE)

@@ -27,6 +27,7 @@ class _Coverage:
     locales: set[str] = field(default_factory=set)
     fallbacks: Counter[tuple[str, str]] = field(default_factory=Counter)
     last_first: int = 0  # names written "Last, First"
+    by_topic: Counter[str] = field(default_factory=Counter)  # active members per topic
 
 
 @dataclass
@@ -66,6 +67,7 @@ def reach(
         if fallback:
             coverage.fallbacks[(fallback, locale)] += group.members
         coverage.topics |= group.topics
+        coverage.by_topic.update(dict.fromkeys(group.topics, group.members))
         coverage.locales.add(locale)
         coverage.last_first += group.last_first
         if group.region:
@@ -79,6 +81,7 @@ def reach(
         for (reason, locale), n in coverage.fallbacks.most_common()
     ]
     found.notes += _name_order_notes(config, coverage.last_first)
+    problems += _undeclared_topics(config, coverage)
     for entry in entries:
         if entry.corrects:  # its audience is who got what it corrects: corrections.check
             continue
@@ -86,6 +89,35 @@ def reach(
         if entry.ready:
             problems += _audience_problems(entry, selected[entry.id], coverage, regions)
     return found
+
+
+def _undeclared_topics(config: Config, coverage: _Coverage) -> list[Problem]:
+    """Active subscribers with a topic the config's ``topics`` lacks: no audience can
+    name it, so by it they get nothing (``Service-Status`` or ``service_status`` for
+    ``service-status`` silently left them out of every entry for it)."""
+    if config.topics is None:
+        return []
+    declared = {_spelling(topic): topic for topic in config.topics}
+    problems = []
+    for topic in sorted(set(coverage.by_topic) - config.topics):
+        meant = declared.get(_spelling(topic))
+        problems.append(
+            Problem(
+                config.paths.subscribers,
+                None,
+                f"{counted(coverage.by_topic[topic], 'active subscriber')} with the topic "
+                f"{topic!r}, which is not one of the config's topics "
+                f"({', '.join(sorted(config.topics)) or 'none'}): no entry reaches them by "
+                + (f"it (did you mean {meant!r}?)" if meant else "it"),
+                code="subscriber-topic",
+                warning=True,
+            )
+        )
+    return problems
+
+
+def _spelling(topic: str) -> str:
+    return topic.casefold().replace("_", "-").replace(" ", "-")
 
 
 def _name_order_notes(config: Config, last_first: int) -> list[str]:
