@@ -170,6 +170,7 @@ Confirm = Callable[["Prepared", Started], bool]
 class Request:
     limit: int | None = None
     accept_removals: bool = False
+    accept_edit: bool = False  # the rest get the entry as it is now, though it changed
     confirm: Confirm | None = None
     mask: Callable[[str], str] = mask_address
     console: Console | None = None  # a terminal shows the long waits there; else log lines
@@ -225,6 +226,7 @@ def start(prepared: Prepared, held: Held, request: Request) -> Started:
     stats = SelectionStats()
     if held.shared and ledger.selection_leased(entry.id):
         return _joined(entry, stats)
+    intake.edit_check(prepared, ledger, accept=request.accept_edit)
     imported = import_shown(
         ledger, prepared.config.paths.subscribers, console=request.console, entry=entry.id
     )

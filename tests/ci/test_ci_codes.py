@@ -27,6 +27,7 @@ CODED = (
     "project/fields",
     "content/dkim_signing",
     "delivery/corrections",
+    "delivery/intake",
     "project/secrets",
     "project/sending",
     "project/language_checks",

@@ -75,7 +75,8 @@ def test_dropping_pending_recipients_is_refused_before_anything_is_sent(
         entry = project.parent / "updates" / f"{UPDATE}.yaml"
         replace_in(entry, "[RU, BY, KZ]", "[BY, KZ]")
     before, sent = ledger_rows(project), outbox_count(project)
-    refused = invoke(project, "send", UPDATE, "--yes", "--rate", "0")
+    # (a narrowed audience is an edit of the entry too: accepted, to reach the guard)
+    refused = invoke(project, "send", UPDATE, "--yes", "--rate", "0", "--accept-edit")
     assert refused.exit_code == 1, refused.stderr  # not 4 after delivering to the rest
     assert "are no longer in the list or the audience" in refused.stderr
     assert "--accept-removals" in refused.stderr

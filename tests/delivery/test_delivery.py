@@ -12,7 +12,17 @@ from pathlib import Path
 import pytest
 from aiosmtpd.smtp import Envelope
 
-from conftest import SECRET_ENV, UPDATE, UPDATE_AUDIENCE, closed_port, invoke, spawn, wait_for
+from conftest import (
+    SECRET_ENV,
+    UPDATE,
+    UPDATE_AUDIENCE,
+    closed_port,
+    invoke,
+    outbox_messages,
+    recipient,
+    spawn,
+    wait_for,
+)
 from delivery_helpers import add_subscribers, ledger_rows, point_at, send, suppressed
 from smtp_server import RecordingServer, make_test_ca
 from statusmail.ledger import FeedbackEvent, Ledger
@@ -324,3 +334,33 @@ def test_logs_mask_addresses_unless_asked(project: Path) -> None:
         assert code == 3
         assert "k***@example.com" in stderr and "kate.morozova@example.com" not in stderr
         assert "anna.petrova" not in stderr.lower()
+
+
+def test_an_entry_changed_between_its_runs_is_not_finished_in_another_version(
+    project: Path,
+) -> None:
+    """A run stopped after 4, the entry edited, a re-run: 4 got the old text and 10 the
+    new, without a word, and the next send said the change "reached nobody" (review).
+    Any change of the file counts: statusmail cannot tell which ones a reader sees."""
+    code, _, _ = send(project, UPDATE, "--rate", "0", "--limit", "4")
+    assert code == 4
+    entry = project.parent / "updates" / f"{UPDATE}.yaml"
+    text = entry.read_text(encoding="utf-8")
+    entry.write_text(
+        text.replace("Спасибо за терпение и поддержку!", "Благодарим за терпение и поддержку!"),
+        encoding="utf-8",
+    )
+    again = invoke(project, "send", UPDATE, "--yes", "--rate", "0", env=SECRET_ENV)
+    assert again.exit_code == 1, again.output
+    assert f"{entry}: {UPDATE} changed since it began going out: 4 recipients got it" in (
+        again.output
+    )
+    assert "--accept-edit" in again.output and "Traceback" not in again.output
+    assert len(list((project.parent / "outbox" / "new").iterdir())) == 4
+    code, report, _ = send(project, UPDATE, "--rate", "0", "--accept-edit")
+    assert code == 0, report
+    messages = outbox_messages(project)
+    assert len(messages) == UPDATE_AUDIENCE
+    assert Counter(recipient(m) for m in messages).most_common(1)[0][1] == 1
+    done = invoke(project, "send", UPDATE, "--yes", env=SECRET_ENV)
+    assert "was already sent" in done.output and "changed since" not in done.output

@@ -90,6 +90,11 @@ def _send_usage(func: Callable[..., None]) -> Callable[..., None]:
     help="Go on although more than sending.max_removed_share of the pending recipients "
     "left the list since the last run.",
 )
+@click.option(
+    "--accept-edit",
+    is_flag=True,
+    help="Go on although the entry changed since it began going out: the rest get it as it is now.",
+)
 @click.option("--now", is_flag=True, help="Send although the entry's send_at is still to come.")
 @json_option("Print the result as JSON.")
 @show_addresses_option
@@ -116,6 +121,7 @@ def send(
     rate: float | None,
     concurrency: int | None,
     accept_removals: bool,
+    accept_edit: bool,
     now: bool,
     as_json: bool,
     show_addresses: bool,
@@ -165,6 +171,7 @@ def send(
         show_addresses=show_addresses,
         interactive=sys.stdin.isatty(),
         accept_removals=accept_removals,
+        accept_edit=accept_edit,
         now=now,
     )
     return sending.send(config, entry_id, options, console, out)

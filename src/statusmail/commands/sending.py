@@ -36,6 +36,7 @@ class SendOptions:
     show_addresses: bool = False
     interactive: bool = False
     accept_removals: bool = False
+    accept_edit: bool = False
     now: bool = False
 
 
@@ -100,6 +101,7 @@ def send(
     request = pipeline.Request(
         limit=options.limit,
         accept_removals=options.accept_removals,
+        accept_edit=options.accept_edit,
         mask=(lambda a: a) if options.show_addresses else mask_address,
         console=console,
     )

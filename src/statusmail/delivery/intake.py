@@ -125,7 +125,46 @@ def nobody_problem(run: Run) -> Problem:
         entry.where,
         entry.line("audience") or entry.line("status"),
         "the audience selects no active subscriber: nothing to send",
+        code="audience-empty",
     )
+
+
+def edit_check(run: Run, ledger: Ledger, *, accept: bool) -> None:
+    """An entry whose file changed since it began going out is not finished as it is
+    now unless ``accept``: those mailed got the earlier text, the rest would get this
+    one, and nothing would say so (a review's run sent "June 3" to 4 and "June 10" to 10,
+    then said the change "reached nobody"). Raises ``InputError``. Accepted, or with
+    nobody mailed yet, the ledger keeps this text as the one the entry went out as."""
+    entry = run.entry
+    state = ledger.entry_state(entry.id)
+    if state is None or not entry.digest or state[0] == entry.digest:
+        return
+    counts = ledger.counts(entry.id)
+    went = sum(counts.get(status, 0) for status in ("sent", "bounced", "complained"))
+    if went and not accept:
+        raise InputError(
+            [
+                Problem(
+                    entry.where,
+                    None,
+                    f"{entry.id} changed since it began going out: "
+                    f"{counted(went, 'recipient')} got it as it was. To finish it as it "
+                    "began, put that text back; to send the rest the text as it is now, "
+                    f"run statusmail send {entry.id} --accept-edit (then an entry with "
+                    f"'corrects: {entry.id}' tells those mailed before)",
+                    code="entry-changed",
+                )
+            ]
+        )
+    if went:
+        log.warning(
+            "%s: changed since it began going out; the rest get it as it is now "
+            "(--accept-edit), %s got it as it was",
+            entry.id,
+            counted(went, "recipient"),
+            extra={"event": "entry_edit_accepted", "entry": entry.id, "before": went},
+        )
+    ledger.record_digest(entry.id, entry.digest)
 
 
 def shrink_problem(run: Run, removed: int, pending: int, what: str) -> Problem | None:
@@ -139,6 +178,7 @@ def shrink_problem(run: Run, removed: int, pending: int, what: str) -> Problem |
         f"{removed} of the {pending} recipients still pending for {run.entry.id} "
         f"({removed / pending:.0%}) {what}, more than sending.max_removed_share "
         f"({share:.0%}); if that is right, re-run with --accept-removals",
+        code="list-shrank",
     )
 
 

@@ -186,6 +186,12 @@ class Selecting(LedgerBase):
             )
             return self._q(take, e=entry_id, me=selector, lease=lease, imported=imported)
 
+    @guarded("record the entry's text")
+    def record_digest(self, entry_id: str, digest: str) -> None:
+        """The entry's file as it goes out from now on (``--accept-edit``)."""
+        with self.transaction():
+            self._q("UPDATE entries SET digest = :d WHERE entry_id = :e", d=digest, e=entry_id)
+
     @guarded("read the selection's lease")
     def selection_leased(self, entry_id: str) -> bool:
         """Whether a sender's lease of the entry's selection still runs."""
