@@ -98,6 +98,7 @@ class DeliveryError(StatusmailError):
         relay_down: bool = False,
         lost: bool = False,
         unfit: bool = False,
+        unconfirmed: bool = False,
     ) -> None:
         self.code = code
         self.message = message
@@ -115,6 +116,9 @@ class DeliveryError(StatusmailError):
         # address of the project's own that needs SMTPUTF8): no recipient is to blame,
         # the message never left, and the run stops with everyone left pending.
         self.unfit = unfit
+        # Lost (or silent past the timeout) after the whole message was written: the
+        # relay may have kept it. Tried once more at most, so it arrives twice at most.
+        self.unconfirmed = unconfirmed
         super().__init__(f"{code} {message}" if code else message)
 
 

@@ -190,15 +190,17 @@ async def test_a_refused_recipient_in_a_pipeline_is_a_bounce_and_the_session_goe
     assert server.connections == 1
 
 
-async def test_a_relay_that_opens_data_after_refusing_the_recipient_gets_a_lone_dot() -> None:
+async def test_a_relay_that_opens_data_after_refusing_the_recipient_is_dropped_mid_data() -> None:
+    """It gets nothing after DATA: a session dropped before the end of DATA delivers
+    nothing. (A lone dot ended it, and a relay that kept the refused recipient, or one
+    that refused MAIL FROM and took the rest, delivered an empty message: review.)"""
+
     async def script(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter, heard: list[bytes]
     ) -> None:
         await lines(reader, heard, 3)
         writer.write(b"250 ok\r\n550 5.1.1 no such user\r\n354 go ahead (RFC 2920 says not to)\r\n")
-        await lines(reader, heard, 1)
-        writer.write(b"554 5.5.1 no valid recipients\r\n")
-        await quit_after(reader, writer, heard)
+        await lines(reader, heard, 1)  # what came after DATA, if anything: b"" at the end
 
     message = envelope("gone@example.org")
     async with relay(script) as (port, heard):
@@ -207,8 +209,7 @@ async def test_a_relay_that_opens_data_after_refusing_the_recipient_gets_a_lone_
             await conn.send(message)
         await conn.close()
     assert (refused.value.code, refused.value.bounce) == (550, True)
-    assert heard[4] == b".\r\n"  # the message itself never went
-    assert heard[5:] == [b"RSET\r\n", b"QUIT\r\n"]
+    assert b"".join(heard[3:]) == b"DATA\r\n"  # then the connection ended: no dot
 
 
 @pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "one at a time"])

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Callable
 
 import aiosmtplib
 from aiosmtplib.response import SMTPResponse
@@ -144,12 +145,13 @@ async def pipelined(
     data: bytes,
     ready: Ready | None,
     timeout: float | None,
+    written: Callable[[], None] = lambda: None,
 ) -> None:
     """Send ``data`` (ready for DATA as it is) in one pipelined transaction; ``mail`` and
     ``rcpt`` are the whole command lines. Raises what aiosmtplib's own commands raise
     for the same replies: SMTPSenderRefused, SMTPRecipientRefused, SMTPDataError, or a
     lost or timed-out session. ``ready`` is awaited once DATA is accepted, before the
-    message is written."""
+    message is written; ``written`` is called once all of it, its end too, is."""
     transport, owner = smtp.transport, smtp.protocol
     if not isinstance(transport, asyncio.WriteTransport) or owner is None or transport.is_closing():
         raise aiosmtplib.SMTPServerDisconnected("Connection lost")
@@ -180,13 +182,14 @@ async def pipelined(
         if refusal is not None:
             if start.code == 354:
                 # A relay that opened DATA with no recipient (RFC 2920 says it must
-                # not): end it empty, which it cannot deliver to anyone.
-                transport.write(b".\r\n")
-                await replies.next(timeout)
+                # not): the session is dropped mid-DATA, which delivers nothing (a lone
+                # dot ending it was delivered, empty, by one that kept the recipient).
+                transport.abort()
             raise refusal
         if ready is not None:
             await ready()
         transport.write(data + (b".\r\n" if data.endswith(b"\r\n") else b"\r\n.\r\n"))
+        written()
         end = await replies.next(timeout)
         if end.code != 250:
             raise aiosmtplib.SMTPDataError(end.code, end.message)

@@ -152,6 +152,7 @@ class SmtpConnection:
         self._opening: asyncio.Task[None] | None = None  # the next session, being opened
         self._eight_bit = smtp.supports_extension("8bitmime")
         self._pipelining = self._offers_pipelining(smtp)
+        self._written = False  # this transaction's message, its end too, is on the wire
 
     def _offers_pipelining(self, smtp: aiosmtplib.SMTP) -> bool:
         return self._transport.settings.pipelining and smtp.supports_extension("pipelining")
@@ -175,6 +176,7 @@ class SmtpConnection:
         """Deliver one message or raise ``DeliveryError``; ``ready`` is awaited before
         the end of DATA."""
         async with self._lock:
+            self._written = False
             smtp = await self._ready_session(envelope)
             try:
                 await self._transaction(smtp, envelope, ready)
@@ -186,7 +188,7 @@ class SmtpConnection:
                 raise await self._refused(smtp, envelope, exc.code, exc.message, stage) from exc
             except (*_LOST, aiosmtplib.SMTPException) as exc:
                 self._drop()
-                raise self._lost(envelope, exc) from exc
+                raise self._lost(envelope, exc, unconfirmed=self._written) from exc
             except ValueError as exc:  # an address aiosmtplib cannot put in a command
                 await self._reset(smtp)
                 raise DeliveryError(
@@ -329,6 +331,7 @@ class SmtpConnection:
                     data,
                     None if ready is None else lambda: self._ready(ready),
                     self._transport.settings.timeout,
+                    self._wrote,
                 )
                 return
         await self._mail(smtp, envelope.sender, options, encoding)
@@ -379,6 +382,7 @@ class SmtpConnection:
             await self._ready(ready)  # (a session lost meanwhile fails the write)
         # No await between the write and read_response: the reply cannot be missed.
         protocol.write(data + (b".\r\n" if data.endswith(b"\r\n") else b"\r\n.\r\n"))
+        self._wrote()
         response = await protocol.read_response(timeout=timeout)
         if response.code != 250:
             raise aiosmtplib.SMTPDataError(response.code, response.message)
@@ -443,14 +447,27 @@ class SmtpConnection:
         except (*_LOST, aiosmtplib.SMTPException):
             self._drop()
 
-    def _lost(self, envelope: Envelope, exc: BaseException) -> DeliveryError:
+    def _wrote(self) -> None:
+        self._written = True
+
+    def _lost(
+        self, envelope: Envelope, exc: BaseException, *, unconfirmed: bool = False
+    ) -> DeliveryError:
         server = self._transport.server
         if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
             timeout = self._transport.settings.timeout
             reason = f"{server} did not answer within {timeout:g}s"
         else:
-            reason = f"connection to {server} lost: {exc}"
-        return DeliveryError(reason, recipient=envelope.recipient, transient=True, lost=True)
+            reason = f"connection to {server} lost: {one_line(str(exc))}"
+        if unconfirmed:
+            reason += " after the whole message was sent (it may have been accepted)"
+        return DeliveryError(
+            reason,
+            recipient=envelope.recipient,
+            transient=True,
+            lost=True,
+            unconfirmed=unconfirmed,
+        )
 
     def _drop(self) -> None:
         if self._smtp is not None:
