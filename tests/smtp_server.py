@@ -127,6 +127,15 @@ class _Handler:
     def __init__(self, server: RecordingServer) -> None:
         self.server = server
 
+    async def handle_MAIL(
+        self, smtp: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if self.server.reject_mail:
+            return self.server.reject_mail
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
+
     async def handle_RCPT(
         self, smtp: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
@@ -238,6 +247,8 @@ class RecordingServer:
         smtputf8: bool = True,
         eightbitmime: bool | None = None,
         pipelining: bool = True,
+        reject_mail: str | None = None,
+        size_limit: int | None = None,
         port: int = 0,
     ) -> None:
         self.fail_data_every = fail_data_every
@@ -255,6 +266,8 @@ class RecordingServer:
         self.smtputf8 = smtputf8
         self.eightbitmime = eightbitmime  # None: aiosmtpd's own EHLO (8BITMIME offered)
         self.pipelining = pipelining
+        self.reject_mail = reject_mail  # the reply to every MAIL FROM, if set
+        self.size_limit = size_limit  # SIZE offered (aiosmtpd's own 32 MiB if None)
         self.host = "127.0.0.1"
         self.port = port  # 0: a free port, learnt at start
         self.connections = 0
@@ -277,6 +290,8 @@ class RecordingServer:
             "server_hostname": "mx.test",
             "enable_SMTPUTF8": self.smtputf8,
         }
+        if self.size_limit is not None:
+            kwargs["data_size_limit"] = self.size_limit
         if self.implicit_tls:
             assert self.tls_context is not None, "implicit_tls needs tls_context"
             kwargs["ssl_context"] = self.tls_context

@@ -397,3 +397,16 @@ def test_retries_wait_at_least_as_long_as_the_backoff_says(project: Path) -> Non
     assert result.exit_code == 3, result.output
     assert ledger_rows(project)[greylisted]["attempts"] == 5
     assert took >= 0.1 + 0.2 + 0.4 + 0.8, took
+
+
+def test_a_relay_refusing_the_sender_stops_the_run_failing_nobody(project: Path) -> None:
+    """553 at MAIL FROM (the relay will not take our return path): every recipient was
+    marked failed for good, exit 3, though none was to blame (review)."""
+    with RecordingServer(reject_mail="553 5.7.1 Sender address rejected") as server:
+        point_at(project, server.port)
+        result = invoke(project, "send", UPDATE, "--yes", "--rate", "0", env=SECRET_ENV)
+    assert result.exit_code == 4, result.output
+    said = "the relay cannot take it (553 5.7.1 Sender address rejected (reply to MAIL from"
+    assert f"{said} 127.0.0.1:{server.port})" in result.output
+    assert {row["status"] for row in ledger_rows(project).values()} == {"pending"}
+    assert all(row["attempts"] == 0 for row in ledger_rows(project).values())

@@ -378,6 +378,39 @@ async def test_a_non_ascii_sender_without_smtputf8_is_the_relay_unfit_for_the_ru
     assert server.data_commands == 0
 
 
+async def test_the_size_is_declared_and_a_message_over_the_relay_s_size_is_not_sent(
+    make_server: MakeServer,
+) -> None:
+    """RFC 1870: the client says SIZE= and sends nothing larger than the relay takes.
+    The whole message went to a relay offering SIZE 1000, which refused it, and every
+    recipient was marked failed for good (review)."""
+    server = make_server(size_limit=1000)
+    conn = await transport_for(server).connect()
+    small = make_envelope()
+    await conn.send(small)
+    big = make_envelope("bob@example.org", body="x" * 2000 + "\n")
+    err = await send_error(conn, big)
+    await conn.close()
+    assert err.unfit and not err.transient
+    assert f"127.0.0.1:{server.port} takes messages of at most 1,000 octets" in str(err)
+    [got] = server.messages
+    assert f"SIZE={len(small.data)}" in got.mail_options
+    assert server.data_commands == 1
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+async def test_a_sender_the_relay_refuses_is_the_relay_unfit_for_the_run(
+    make_server: MakeServer, pipelining: bool
+) -> None:
+    """553 at MAIL FROM: no recipient's doing (all 14 were marked failed, exit 3)."""
+    server = make_server(reject_mail="553 5.7.1 Sender address rejected", pipelining=pipelining)
+    conn = await transport_for(server).connect()
+    err = await send_error(conn, make_envelope())
+    await conn.close()
+    assert err.unfit and not err.bounce and err.code == 553
+    assert server.data_commands == 0
+
+
 async def test_non_ascii_local_part_with_smtputf8_is_delivered(make_server: MakeServer) -> None:
     server = make_server(smtputf8=True)
     conn = await transport_for(server).connect()

@@ -366,7 +366,7 @@ class Delivering:
         if exc.relay_down or exc.unfit:
             # Not the recipient's fault: keep it pending and stop taking new recipients.
             why = "the relay is unreachable" if exc.relay_down else "the relay cannot take it"
-            self.halt(f"{why} ({exc.message})")
+            self.halt(f"{why} ({exc})")
             return Outcome(recipient.address, DeliveryStatus.PENDING, attempts, None, exc.message)
         fields = {
             "entry": self.entry_id,

@@ -41,6 +41,15 @@ from statusmail.project.sending import SmtpSettings
 _LOST = (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, TimeoutError, OSError)
 
 
+def _size_limit(smtp: aiosmtplib.SMTP) -> int | None:
+    """The largest message the session takes (SIZE's number; 0: no limit), or None when
+    the relay does not offer SIZE."""
+    if not smtp.supports_extension("size"):
+        return None
+    number = smtp.esmtp_extensions.get("size", "").strip()
+    return int(number) if number.isdigit() else 0
+
+
 def _abort(smtp: aiosmtplib.SMTP) -> None:
     """Close now: no TLS close_notify dance that could outlive the event loop."""
     transport = smtp.transport
@@ -319,6 +328,15 @@ class SmtpConnection:
             options.append("SMTPUTF8")
         if eight_bit and offers_8bit:
             options.append("BODY=8BITMIME")
+        if (limit := _size_limit(smtp)) is not None:  # RFC 1870: said, and kept to
+            if len(data) > limit > 0:
+                raise DeliveryError(
+                    f"{self._transport.server} takes messages of at most {limit:,} octets "
+                    f"(SIZE); this one is {len(data):,}",
+                    recipient=envelope.recipient,
+                    unfit=True,
+                )
+            options.append(f"SIZE={len(data)}")
         encoding = "utf-8" if options and options[0] == "SMTPUTF8" else "ascii"
         if shape is not None and self._pipelining:
             mail, to = command_address(envelope.sender), command_address(rcpt or "")
@@ -427,11 +445,15 @@ class SmtpConnection:
             self._drop()
         else:
             await self._reset(smtp)
+        # The relay refuses the sender, or a message of this size: no recipient's doing,
+        # and every message of the run would meet it (all 14 were marked failed).
+        unfit = code >= 500 and (stage == "MAIL" or text.startswith("5.3.4"))
         return DeliveryError(
             said,
             code=code,
             recipient=envelope.recipient,
             transient=code < 500,
+            unfit=unfit,
             # the recipient's "no such user"; at MAIL FROM the words are about the sender
             # (a relay that does not know the return path's address refused every one)
             bounce=stage != "MAIL" and is_bounce(code, text),
