@@ -86,6 +86,29 @@ def test_while_the_prompt_waits_nothing_is_locked(project: Path) -> None:
     assert not any("anna.petrova" in r or "ivan.smirnov" in r for r in recipients)
 
 
+def test_a_list_changed_while_the_prompt_waits_is_selected_again_and_asked_again(
+    project: Path,
+) -> None:
+    """Ivan unsubscribed in the list while the prompt waited: the run sent what was
+    selected before the prompt, so he was mailed (even after statusmail import)."""
+    main = project.parent / "subscribers" / "main.csv"
+    row = "ivan.smirnov@example.com,Иван Смирнов,ru-RU,RU,service-status,active"
+    with on_terminal(project) as terminal:
+        terminal.read_until(PROMPT)
+        text = main.read_text(encoding="utf-8")
+        assert row in text
+        main.write_text(text.replace(row, row.replace(",active", ",unsubscribed")), "utf-8")
+        terminal.type("yes")
+        terminal.read_until(f"{PROMPT}(.|\n)*{PROMPT}")  # asked again
+        terminal.type("yes")
+        assert terminal.finish() == 0, terminal.words()
+    asked = terminal.words()
+    assert "Send update-2020-04-21 to 14 recipients" in asked
+    assert "Send update-2020-04-21 to 13 recipients" in asked
+    recipients = {recipient(message) for message in outbox_messages(project)}
+    assert len(recipients) == 13 and "ivan.smirnov@example.com" not in recipients
+
+
 def test_ctrl_c_at_the_prompt_cancels_at_once(project: Path) -> None:
     with on_terminal(project) as terminal:
         # At once: a signal between the prompt's last byte and the read of the answer

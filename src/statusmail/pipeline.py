@@ -259,21 +259,26 @@ def start(prepared: Prepared, held: Held, request: Request) -> Started:
             basis=made_from,
         )
         return Started(stats, stream=stream, imported=imported)
-    selecting = f"selecting {entry.id}"
-    with _waiting(prepared, held, request, "selecting", selecting, noun="subscribers") as wait:
-        intake.stage_all(prepared, ledger, stats, imported, wait)
-        wait.now(f"comparing {entry.id}'s selection with its recipients in the ledger")
-        plan = ledger.plan(entry.id)
-    if not plan.selected and not plan.known:
-        raise InputError([intake.nobody_problem(prepared)])
-    problem = intake.shrink_problem(
-        prepared, plan.removed, plan.pending, "are no longer in the list or the audience"
-    )
-    if problem and not request.accept_removals:
-        raise InputError([problem])
-    started = Started(stats, plan=plan, imported=imported)
-    if not request.confirm(prepared, started):
-        raise Declined
+    while True:
+        plan = _staged(prepared, held, request, stats, imported)
+        started = Started(stats, plan=plan, imported=imported)
+        if not request.confirm(prepared, started):
+            raise Declined
+        # The prompt may have waited for hours: lists changed (or imported) meanwhile
+        # are selected again, and asked about again (a reader unsubscribed in the list
+        # while it waited was mailed, even after statusmail import).
+        now = import_shown(
+            ledger, prepared.config.paths.subscribers, console=request.console, entry=entry.id
+        )
+        if now.id == imported.id:
+            break
+        log.info(
+            "%s: the lists changed while the prompt waited: selecting again",
+            entry.id,
+            extra={"event": "reselecting", "entry": entry.id},
+        )
+        imported, stats = now, SelectionStats()
+        made_from = intake.basis(prepared, ledger, imported)
     generation = take_selection(prepared, held, imported)
     if generation is None:  # another sender began selecting while the prompt waited
         return _joined(entry, stats)
@@ -287,6 +292,27 @@ def start(prepared: Prepared, held: Held, request: Request) -> Started:
         return Started(stats, joined=True)
     intake.said_selected(entry.id, stats, plan)
     return started
+
+
+def _staged(
+    prepared: Prepared, held: Held, request: Request, stats: SelectionStats, imported: Imported
+) -> Plan:
+    """The whole selection staged and compared with the ledger, before the prompt; raises
+    ``InputError`` for a selection that cannot be right."""
+    entry, ledger = prepared.entry, held.ledger
+    selecting = f"selecting {entry.id}"
+    with _waiting(prepared, held, request, "selecting", selecting, noun="subscribers") as wait:
+        intake.stage_all(prepared, ledger, stats, imported, wait)
+        wait.now(f"comparing {entry.id}'s selection with its recipients in the ledger")
+        plan = ledger.plan(entry.id)
+    if not plan.selected and not plan.known:
+        raise InputError([intake.nobody_problem(prepared)])
+    problem = intake.shrink_problem(
+        prepared, plan.removed, plan.pending, "are no longer in the list or the audience"
+    )
+    if problem and not request.accept_removals:
+        raise InputError([problem])
+    return plan
 
 
 # -- delivering and reporting --------------------------------------------------------
