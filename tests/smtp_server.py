@@ -139,7 +139,7 @@ class _Handler:
     async def handle_RCPT(
         self, smtp: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
-        reply = self.server.reject_rcpt.get(address.lower())
+        reply = self.server.reject_rcpt.get(address.lower()) or self.server.reject_every_rcpt
         if reply:
             return reply
         srv = self.server
@@ -248,6 +248,7 @@ class RecordingServer:
         eightbitmime: bool | None = None,
         pipelining: bool = True,
         reject_mail: str | None = None,
+        reject_every_rcpt: str | None = None,
         size_limit: int | None = None,
         port: int = 0,
     ) -> None:
@@ -267,6 +268,7 @@ class RecordingServer:
         self.eightbitmime = eightbitmime  # None: aiosmtpd's own EHLO (8BITMIME offered)
         self.pipelining = pipelining
         self.reject_mail = reject_mail  # the reply to every MAIL FROM, if set
+        self.reject_every_rcpt = reject_every_rcpt  # the reply to every RCPT TO, if set
         self.size_limit = size_limit  # SIZE offered (aiosmtpd's own 32 MiB if None)
         self.host = "127.0.0.1"
         self.port = port  # 0: a free port, learnt at start

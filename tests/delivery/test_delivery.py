@@ -410,3 +410,20 @@ def test_a_relay_refusing_the_sender_stops_the_run_failing_nobody(project: Path)
     assert f"{said} 127.0.0.1:{server.port})" in result.output
     assert {row["status"] for row in ledger_rows(project).values()} == {"pending"}
     assert all(row["attempts"] == 0 for row in ledger_rows(project).values())
+
+
+def test_a_relay_refusing_everyone_as_unknown_suppresses_nobody(project: Path) -> None:
+    """A misconfigured relay answered Postfix's "User unknown in local recipient table"
+    to every RCPT: each run stopped on failures (exit 4, "re-run to continue"), having
+    suppressed its 20 or so for good, 20 more on every re-run; and the breaker, fed from
+    the commits, let 27 to 36 fail before it tripped (review)."""
+    add_subscribers(project, 200)
+    unknown = "550 5.1.1 <x@example.net>: Recipient address rejected: User unknown in local"
+    with RecordingServer(reject_every_rcpt=unknown + " recipient table") as server:
+        point_at(project, server.port, stop_after_failures=0.2)
+        result = invoke(project, "send", UPDATE, "--yes", "--rate", "0", env=SECRET_ENV)
+    assert result.exit_code == 4, result.output
+    assert "not suppressed: the run stopped on failures" in result.output
+    assert suppressed(project) == {}
+    failed = [row for row in ledger_rows(project).values() if row["status"] == "failed"]
+    assert 20 <= len(failed) <= 20 + 2  # the breaker's first look, and one per connection

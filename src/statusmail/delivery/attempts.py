@@ -29,7 +29,6 @@ from statusmail.domain import (
     Envelope,
     Outcome,
     Recipient,
-    SuppressionReason,
     counted,
     scrub,
 )
@@ -106,6 +105,7 @@ class Delivering:
     settings: SendingSettings
     stop: asyncio.Event
     bucket: TokenBucket | SharedBucket
+    bounced: list[tuple[str, str]]  # "no such user" refusals, suppressed as the run ends
     mask: Callable[[str], str]
     metrics: EntryMetrics
     entry_id: str
@@ -388,7 +388,5 @@ class Delivering:
             )
         log.warning("%s: refused: %s", who, said, extra={"event": "refused", **fields})
         if exc.bounce:
-            await self.queue.suppress(
-                recipient.address, SuppressionReason.BOUNCED, f"{exc.code} {exc.message}"
-            )
+            self.bounced.append((recipient.address, f"{exc.code} {exc.message}"))
         return Outcome(recipient.address, DeliveryStatus.FAILED, attempts, exc.code, exc.message)
