@@ -88,6 +88,24 @@ def test_a_subscriber_topic_the_config_lacks_is_a_warning_naming_the_one_meant(
     ]
 
 
+@pytest.mark.parametrize(
+    "target", ["www.startmail.example/blog", "/status/faq", "notice.html", "//status.example/x"]
+)
+def test_a_link_without_a_scheme_is_refused(project: Path, target: str) -> None:
+    """It passed check and went out as it was: an href no message can resolve."""
+    entry = project.parent / UPDATE
+    replace_in(
+        entry,
+        "Thank you for your patience",
+        f"See [the notes]({target}). Thank you for your patience",
+    )
+    found = [p for p in check_project(load_config(project)).problems if p.code == "relative-link"]
+    assert [p.message for p in found] == [
+        f"link {target!r} in the en body has no scheme, so it does not open from a message: "
+        "write it whole, as https://…"
+    ]
+
+
 def test_the_report_is_on_stdout_and_nothing_else_on_stderr(project: Path) -> None:
     (project.parent / UPDATE).write_text(
         (project.parent / UPDATE)

@@ -172,6 +172,36 @@ def test_check_fails_on_a_blocked_link_the_rewrite_misses(project: Path, written
     assert not (project.parent / "statusmail.db").exists()
 
 
+@pytest.mark.parametrize(
+    ("written", "said"),
+    [
+        (  # mail clients make a link of it
+            "www.startmail.example/blog/startmail-blocked-in-russia",
+            "readers in RU still get a link to www.startmail.example in its text part",
+        ),
+        (
+            "[блог](//www.startmail.example/blog/startmail-blocked-in-russia)",
+            "link '//www.startmail.example/blog/startmail-blocked-in-russia' in the ru body "
+            "has no scheme",
+        ),
+    ],
+)
+def test_check_fails_on_a_blocked_host_written_without_a_scheme(
+    project: Path, written: str, said: str
+) -> None:
+    """Neither is rewritten, and check said nothing (review): a bare www. address is a
+    link in every mail client, and webmail opens //host on the host."""
+    entry = project.parent / "updates" / f"{UPDATE}.yaml"
+    text = entry.read_text(encoding="utf-8")
+    ru_start = text.index("\n  ru:\n")
+    anchor = "Спасибо за терпение и поддержку!"
+    at = text.index(anchor, ru_start)
+    entry.write_text(text[:at] + f"См. {written}.\n\n      " + text[at:], encoding="utf-8")
+    result = invoke(project, "check")
+    assert result.exit_code == 1
+    assert said in result.output
+
+
 # -- headings and names from regions.yaml --------------------------------------------
 
 

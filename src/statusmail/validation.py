@@ -255,6 +255,16 @@ def entry_problems(
                     code="unsafe-link",
                 )
             )
+        for target in markdown.relative_links(content.body):
+            problems.append(
+                Problem(
+                    path,
+                    body_line,
+                    f"link {target!r} in the {locale} body has no scheme, so it does not "
+                    "open from a message: write it whole, as https://…",
+                    code="relative-link",
+                )
+            )
         for written, meant in markdown.unrendered_links(content.body):
             start = max(content.body.find(written.split("\n")[0]), 0)
             line = line_in(path, body_line, content.body, content.body[:start].count("\n"))

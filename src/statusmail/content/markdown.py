@@ -63,6 +63,20 @@ def refused_links(source: str) -> list[str]:
     return refused
 
 
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*:", re.IGNORECASE)
+
+
+def relative_links(source: str) -> list[str]:
+    """Link targets in ``source`` with no scheme (``/faq``, ``notice.html``,
+    ``www.host/x``, ``//host/x``): a web page resolves them against itself, a message
+    has nothing to resolve them against (webmail takes ``//host`` to the host as is)."""
+    return [
+        str(token.attrGet("href") or "")
+        for token in _walk(parse(source))
+        if token.type == "link_open" and not _SCHEME.match(str(token.attrGet("href") or ""))
+    ]
+
+
 _ADDRESS = r"(?:[a-z][a-z0-9+.-]*:|www\.)"
 # What markdown-it leaves as text although it was meant as a link: a space between the
 # label and the address, or an address holding a space.

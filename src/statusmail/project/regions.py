@@ -18,8 +18,13 @@ from statusmail.project.fields import Fields
 from statusmail.project.yamlfile import load_yaml
 
 REGION_CODE = re.compile(r"^[A-Z]{2}$")
-# The host of every http(s) link in a rendered part or a header.
-_LINK_HOST = re.compile(r"\bhttps?://([^/\s\"'<>?#:]+)", re.IGNORECASE)
+# The host of every link in a rendered part or a header: http(s), scheme-relative
+# (//host, which webmail opens on the host), or a bare www.host that mail clients turn
+# into a link themselves.
+_HOST = r"([^/\s\"'<>?#:]+)"
+_LINK_HOST = re.compile(
+    rf"(?:\bhttps?:|(?<![\w:/]))//{_HOST}|(?<![\w./@:-])(www\.[^/\s\"'<>?#:]+)", re.IGNORECASE
+)
 
 
 @cache
@@ -52,8 +57,10 @@ def registrable_domain(host: str) -> str:
 
 
 def link_hosts(text: str) -> set[str]:
-    """The hosts of the http(s) links in ``text``, lowercased."""
-    return {match.lower().rstrip(".") for match in _LINK_HOST.findall(text)}
+    """The hosts of the links in ``text`` (``_LINK_HOST``), lowercased."""
+    return {
+        (found[1] or found[2]).lower().rstrip(".") for found in _LINK_HOST.finditer(text)
+    }
 
 
 @dataclass(frozen=True)
