@@ -58,9 +58,7 @@ def registrable_domain(host: str) -> str:
 
 def link_hosts(text: str) -> set[str]:
     """The hosts of the links in ``text`` (``_LINK_HOST``), lowercased."""
-    return {
-        (found[1] or found[2]).lower().rstrip(".") for found in _LINK_HOST.finditer(text)
-    }
+    return {(found[1] or found[2]).lower().rstrip(".") for found in _LINK_HOST.finditer(text)}
 
 
 @dataclass(frozen=True)
