@@ -191,3 +191,34 @@ def test_sighup_reloads_the_config(project: Path) -> None:
             wait_for(lambda: len(server.messages) == BLOCK_AUDIENCE + UPDATE_AUDIENCE)
             assert process.stop() == 0, process.stderr
         assert "reloading the config" in process.stderr
+
+
+def test_a_list_changed_while_an_entry_is_sent_is_imported_and_selected_again(
+    project: Path,
+) -> None:
+    """Comms mark a reader unsubscribed in the list and add another while the watcher
+    sends: the run went on with the list as it was (the unsubscribed reader was mailed
+    11 s later) and the watcher never mailed the new one that entry (review)."""
+    main = project.parent / "subscribers" / "main.csv"
+    leaving = "sean.obrien@example.org"
+    row = "sean.obrien@example.org,Seán O'Brien,en,US,service-status,active"
+    with RecordingServer() as server:
+        point_at(project, server.port, rate=4)
+        with watch(project) as process:
+            wait_for(lambda: len(server.messages) >= 2)
+            text = main.read_text(encoding="utf-8")
+            assert row in text
+            main.write_text(
+                text.replace(row, row.replace(",active", ",unsubscribed"))
+                + "newbie@example.org,Newbie,en,US,service-status,active\n",
+                encoding="utf-8",
+            )
+            mailed = {m.rcpt_tos[0] for m in server.messages}
+            assert leaving not in mailed  # (too late for the test otherwise)
+            process.wait_for_line("the lists changed while it was sent", timeout=10)
+            process.wait_for_line("update-2020-04-21: sent", timeout=30)
+            assert process.stop() == 0, process.stderr
+    got = server.count_by_recipient()
+    assert leaving not in got
+    assert got["newbie@example.org"] == 1  # the entry it was sending (block: US readers)
+    assert max(got.values()) == 2  # nobody had an entry twice: block and update at most

@@ -51,6 +51,7 @@ from statusmail.service.bookkeeping import (
     Bookkeeping,
     Fingerprint,
     inputs_fingerprint,
+    lists_fingerprint,
 )
 from statusmail.service.leadership import Leadership, cancelled
 from statusmail.service.options import WatchOptions as WatchOptions  # what the CLI imports
@@ -59,6 +60,8 @@ from statusmail.web import health
 from statusmail.web.republish import Republisher
 
 log = logging.getLogger("statusmail.watch")
+
+LISTS_LOOK = 0.5  # seconds between two looks at the subscriber lists while sending
 
 
 class Watcher(Readiness, Leadership, Background, Bookkeeping):
@@ -269,14 +272,29 @@ class Watcher(Readiness, Leadership, Background, Bookkeeping):
                 with signals.raise_on_signal():
                     started = pipeline.start(prepared, held, request)
                 self.metrics.start_sending(entry.id, held.ledger.counts(entry.id)["pending"])
-                report = await pipeline.finish(
-                    prepared,
-                    held,
-                    pipeline.make_transport(config),
-                    request,
-                    started,
-                    stop=self._run_stop,
+                watching = asyncio.create_task(self._lists_change(self._run_stop))
+                try:
+                    report = await pipeline.finish(
+                        prepared,
+                        held,
+                        pipeline.make_transport(config),
+                        request,
+                        started,
+                        stop=self._run_stop,
+                    )
+                finally:
+                    watching.cancel()
+                    [lists_changed] = await asyncio.gather(watching, return_exceptions=True)
+            if lists_changed is True:
+                log.info(
+                    "%s: the lists changed while it was sent: importing them and selecting "
+                    "again (sent %d this run)",
+                    entry.id,
+                    report.result.sent,
+                    extra={"event": "lists_changed", "entry": entry.id},
                 )
+                self.wake.set()  # at once, not after a backoff
+                return False
             if report.refused:  # the list, read while delivering, was broken or empty
                 self._blocked[entry.id] = fingerprint
                 return True
@@ -325,6 +343,20 @@ class Watcher(Readiness, Leadership, Background, Bookkeeping):
             return False
         self._backoff.pop(entry.id, None)
         return True
+
+    async def _lists_change(self, stop: asyncio.Event) -> bool:
+        """True once a subscriber list changes while an entry is sent; then the run
+        stops taking recipients (as a pause does), and the next pass imports the lists
+        and selects again. A reader unsubscribed in the list was mailed 11 s later, and
+        one added was never mailed by this watcher (review)."""
+        before = lists_fingerprint(self.config)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), LISTS_LOOK)
+            if lists_fingerprint(self.config) != before:
+                stop.set()
+                return True
+        return False
 
     def _retry_later(self, entry_id: str, reason: str) -> None:
         previous = self._backoff.get(entry_id)

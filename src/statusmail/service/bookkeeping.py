@@ -48,6 +48,13 @@ class Backoff:
     until: float
 
 
+def lists_fingerprint(config: Config) -> Fingerprint:
+    """Size and modification time of every subscriber list file."""
+    with contextlib.suppress(OSError):
+        return file_stamps(subscriber_files(config.paths.subscribers))
+    return file_stamps([])
+
+
 def inputs_fingerprint(config: Config, entry_path: Path | None) -> Fingerprint:
     """Size and modification time of every file a run of the entry reads: the entries
     too (the one it threads on or corrects), the keys and the relay's CA."""
