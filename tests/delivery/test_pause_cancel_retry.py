@@ -241,12 +241,19 @@ def test_an_entry_whose_selection_did_not_end_is_not_complete_and_watch_ends_it(
     with Ledger(project.parent / "statusmail.db", readonly=True) as ledger:
         state = ledger.entry_state(UPDATE)
         assert state is not None and state[1] is None  # still not complete
+    # status and list say the counts are of the selection so far, not of the lists
+    said = invoke(project, "status", UPDATE, env=SECRET_ENV).output
+    assert f"{UPDATE}: its selection stopped before the end of the lists" in said
+    [row] = [r for r in json.loads(invoke(project, "list", "--json").stdout) if r["id"] == UPDATE]
+    assert row["selection_unfinished"] is True and row["progress"] == "14/14+ (selecting)"
     watched = invoke(project, "watch", "--once", "--rate", "0", env=SECRET_ENV)
     assert watched.exit_code == 0, watched.output
     assert f"{UPDATE}: sent 0" in watched.output  # watch took it up, ended its selection
     with Ledger(project.parent / "statusmail.db", readonly=True) as ledger:
         assert ledger.selection_basis(UPDATE) is not None
     assert outbox_count(project) == UPDATE_AUDIENCE + BLOCK_AUDIENCE  # nobody twice
+    status = json.loads(invoke(project, "status", UPDATE, "--json").stdout)
+    assert status["selection_unfinished"] is False and status["complete"] is True
 
 
 def test_a_cancel_while_the_selection_streams_leaves_nobody_pending(

@@ -51,6 +51,7 @@ def status(
         held = ledger_controls.control(ledger, entry_id)
         breakdown = ledger.breakdown(entry_id)
         failures = ledger.failures(entry_id, None if failed else 20)
+        unfinished = state is not None and ledger.selection_unfinished(entry_id)
     listed = [
         {
             "address": mask(addresses[0]),
@@ -69,6 +70,7 @@ def status(
                 "known": state is not None,
                 **counts,
                 "complete": bool(state and state[1]),
+                "selection_unfinished": unfinished,
                 "control": held and {"state": held.state, "since": held.since},
                 "breakdown": breakdown_rows(breakdown),
                 "failures": listed,
@@ -79,6 +81,8 @@ def status(
         console.print(f"{entry_id}: not sent yet", markup=False)
     if held:
         console.print(f"{entry_id}: {controls.describe(held)}", markup=False, highlight=False)
+    if unfinished:  # the counts are of what was selected so far, not of the list
+        console.print(UNFINISHED.format(entry_id), markup=False, highlight=False)
     console.print(breakdown_table(entry_id, breakdown, feedback=True))
     for row, (_, _, _, attempts, _) in zip(listed, failures, strict=True):
         console.print(  # (a relay's reply stored before replies were kept printable)
@@ -95,6 +99,10 @@ def status(
 
 
 LISTED = ("sent", "failed", "pending", "skipped", "cancelled")  # list's counts
+UNFINISHED = (
+    "{}: its selection stopped before the end of the lists: these counts are of the "
+    "recipients selected so far, and the next run selects the rest"
+)
 
 
 def list_entries(config: Config, as_json: bool, console: Console) -> ExitCode:
@@ -113,6 +121,9 @@ def list_entries(config: Config, as_json: bool, console: Console) -> ExitCode:
             total = sum(counts.values())
             done = total - counts.get("pending", 0)
             held = ledger_controls.control(ledger, path.stem) if ledger else None
+            unfinished = (
+                bool(total) and ledger is not None and ledger.selection_unfinished(path.stem)
+            )
             rows.append(
                 {
                     "id": path.stem,
@@ -121,7 +132,9 @@ def list_entries(config: Config, as_json: bool, console: Console) -> ExitCode:
                     "send_at": send_at,
                     "selected": total,
                     **{k: counts.get(k, 0) for k in LISTED},
+                    "selection_unfinished": unfinished,
                     "progress": (f"{done}/{total}" if total else "not sent")
+                    + ("+ (selecting)" if unfinished else "")
                     + (f" ({held.state})" if held else ""),
                 }
             )

@@ -186,6 +186,16 @@ class Selecting(LedgerBase):
             )
             return self._q(take, e=entry_id, me=selector, lease=lease, imported=imported)
 
+    @guarded("read the entry's selection")
+    def selection_unfinished(self, entry_id: str) -> bool:
+        """Whether a selection of the entry began and never ended (a run stopped while
+        it read the list): more of the list may be selected by the next run."""
+        value = self._one(
+            "SELECT 1 FROM entries WHERE entry_id = :e AND generation <> selected_generation",
+            e=entry_id,
+        )
+        return value is not None
+
     @guarded("record the entry's text")
     def record_digest(self, entry_id: str, digest: str) -> None:
         """The entry's file as it goes out from now on (``--accept-edit``)."""
