@@ -26,6 +26,7 @@ from conftest import (
 )
 from editing import line_of, refresh_sources, replace_in
 from statusmail.project.config import load_config
+from statusmail.validation import check_project
 from statusmail.web.urls import route_paths
 
 BLOCKED = "https://www.startmail.example/"
@@ -200,6 +201,29 @@ def test_check_fails_on_a_blocked_host_written_without_a_scheme(
     result = invoke(project, "check")
     assert result.exit_code == 1
     assert said in result.output
+
+
+def test_a_blocked_link_in_the_summary_is_told_it_is_never_rewritten(project: Path) -> None:
+    """check told to write it as https://www.startmail.example/… "so that regions.yaml's
+    links rewrite it", which it already was: a summary is never rewritten (review)."""
+    entry = project.parent / "updates" / f"{UPDATE}.yaml"
+    text = entry.read_text(encoding="utf-8")
+    old = 'summary: "«Роскомсвобода»'
+    assert old in text
+    entry.write_text(
+        text.replace(old, 'summary: "https://www.startmail.example/blog «Роскомсвобода»'),
+        encoding="utf-8",
+    )
+    found = [p for p in check_project(load_config(project)).problems if p.code == "blocked-link"]
+    assert found, "no blocked-link problem"
+    summary_line = line_of(entry, 'summary: "https://www.startmail.example/blog')
+    assert {(p.line, p.message.split(": ", 1)[1]) for p in found} == {
+        (
+            summary_line,
+            "the summary is never rewritten (only bodies are): leave the link out of it, "
+            "or give it in the body",
+        )
+    }
 
 
 # -- headings and names from regions.yaml --------------------------------------------
