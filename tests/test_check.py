@@ -106,6 +106,18 @@ def test_a_link_without_a_scheme_is_refused(project: Path, target: str) -> None:
     ]
 
 
+def test_an_image_in_a_body_is_refused(project: Path) -> None:
+    """It passed check and went out as '!' and a link to the image (review)."""
+    entry = project.parent / UPDATE
+    replace_in(
+        entry,
+        "Thank you for your patience",
+        "![the map](https://www.startmail.example/map.png) Thank you for your patience",
+    )
+    found = [p for p in check_project(load_config(project)).problems if p.code == "image"]
+    assert len(found) == 1 and "'https://www.startmail.example/map.png'" in found[0].message
+
+
 def test_the_report_is_on_stdout_and_nothing_else_on_stderr(project: Path) -> None:
     (project.parent / UPDATE).write_text(
         (project.parent / UPDATE)

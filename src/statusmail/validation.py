@@ -255,6 +255,17 @@ def entry_problems(
                     code="unsafe-link",
                 )
             )
+        for target in markdown.images(content.body):
+            problems.append(
+                Problem(
+                    path,
+                    body_line,
+                    f"an image ({target!r}) in the {locale} body: messages carry no images "
+                    "(nothing is loaded from elsewhere), so it shows as '!' and a link; "
+                    "write a link, [its text](address), instead",
+                    code="image",
+                )
+            )
         for target in markdown.relative_links(content.body):
             problems.append(
                 Problem(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import textwrap
 from collections.abc import Callable, Sequence
@@ -64,6 +65,17 @@ def refused_links(source: str) -> list[str]:
 
 
 _SCHEME = re.compile(r"[a-z][a-z0-9+.-]*:", re.IGNORECASE)
+
+
+def images(source: str) -> list[str]:
+    """Image syntax in ``source`` (``![alt](url)``): images are off (no remote content,
+    ever), so it renders as a "!" before a link to the image."""
+    found = []
+    tokens = _walk(parse(source))
+    for before, token in itertools.pairwise(tokens):
+        if token.type == "link_open" and before.type == "text" and before.content.endswith("!"):
+            found.append(str(token.attrGet("href") or ""))
+    return found
 
 
 def relative_links(source: str) -> list[str]:
