@@ -278,3 +278,14 @@ def test_a_link_that_decoded_would_break_is_spelled_as_written(source: str, show
     from statusmail.content.markdown import to_text
 
     assert to_text(source, "en").replace("\n", " ").strip() == shown
+
+
+def test_an_item_s_later_paragraph_keeps_its_indent_in_the_text_part() -> None:
+    """Flush left, "more on b" read as outside the list, where the HTML part shows it
+    inside item b (review)."""
+    from statusmail.content.markdown import to_text
+
+    source = "Intro.\n\n- item a\n- item b\n\n  more on b\n\n- item c\n\nAfter."
+    assert to_text(source, "en") == (
+        "Intro.\n\n- item a\n- item b\n\n  more on b\n\n- item c\n\nAfter.\n"
+    )

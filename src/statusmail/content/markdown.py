@@ -152,6 +152,7 @@ def to_text(
     blocks: list[str] = []
     prefix_stack: list[str] = []
     counters: list[int | None] = []  # each open list's next number; None: bullets
+    items: list[str] = []  # each open item's indent, for its paragraphs after the first
     pending_prefix = ""
     for token in parse(source, locale):
         if token.type in ("bullet_list_open", "ordered_list_open"):
@@ -167,6 +168,9 @@ def to_text(
             else:
                 marker = "- "
             pending_prefix = "  " * (len(counters) - 1) + marker
+            items.append(" " * len(pending_prefix))
+        elif token.type == "list_item_close":
+            items.pop()
         elif token.type == "blockquote_open":
             prefix_stack.append("> ")
         elif token.type == "blockquote_close":
@@ -175,8 +179,11 @@ def to_text(
             text = _inline_text(token.children or [])
             text = rewrite(text) if rewrite is not None else text
             quote = "".join(prefix_stack)
-            first = quote + pending_prefix
-            rest = quote + " " * len(pending_prefix)
+            # an item's later paragraph keeps its indent (flush left, it read as outside
+            # the list, where the HTML part shows it inside)
+            indent = pending_prefix or (items[-1] if items else "")
+            first = quote + indent
+            rest = quote + " " * len(indent)
             pending_prefix = ""
             lines = [
                 textwrap.fill(
