@@ -88,19 +88,19 @@ def test_a_subscriber_topic_the_config_lacks_is_a_warning_naming_the_one_meant(
     ]
 
 
+def body_problems(project: Path, inserted: str, code: str) -> list[str]:
+    """The messages of check's problems with ``code`` once ``inserted`` is in the English
+    body of the April update."""
+    replace_in(project.parent / UPDATE, "Thank you for", f"{inserted} Thank you for")
+    return [p.message for p in check_project(load_config(project)).problems if p.code == code]
+
+
 @pytest.mark.parametrize(
     "target", ["www.startmail.example/blog", "/status/faq", "notice.html", "//status.example/x"]
 )
 def test_a_link_without_a_scheme_is_refused(project: Path, target: str) -> None:
     """It passed check and went out as it was: an href no message can resolve."""
-    entry = project.parent / UPDATE
-    replace_in(
-        entry,
-        "Thank you for your patience",
-        f"See [the notes]({target}). Thank you for your patience",
-    )
-    found = [p for p in check_project(load_config(project)).problems if p.code == "relative-link"]
-    assert [p.message for p in found] == [
+    assert body_problems(project, f"See [the notes]({target}).", "relative-link") == [
         f"link {target!r} in the en body has no scheme, so it does not open from a message: "
         "write it whole, as https://…"
     ]
@@ -108,14 +108,9 @@ def test_a_link_without_a_scheme_is_refused(project: Path, target: str) -> None:
 
 def test_an_image_in_a_body_is_refused(project: Path) -> None:
     """It passed check and went out as '!' and a link to the image (review)."""
-    entry = project.parent / UPDATE
-    replace_in(
-        entry,
-        "Thank you for your patience",
-        "![the map](https://www.startmail.example/map.png) Thank you for your patience",
-    )
-    found = [p for p in check_project(load_config(project)).problems if p.code == "image"]
-    assert len(found) == 1 and "'https://www.startmail.example/map.png'" in found[0].message
+    image = "https://www.startmail.example/map.png"
+    [found] = body_problems(project, f"![the map]({image})", "image")
+    assert f"an image ({image!r}) in the en body" in found
 
 
 def test_the_report_is_on_stdout_and_nothing_else_on_stderr(project: Path) -> None:

@@ -14,8 +14,9 @@ what the lists say of each audience in ``project.audience_checks``, the secrets 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from statusmail.content import markdown
@@ -196,6 +197,34 @@ def region_address_problems(config: Config, regions: Mapping[str, Region]) -> li
 # -- entries ---------------------------------------------------------------------
 
 
+class _BodyRule(NamedTuple):
+    """What a body's links may not be: how to find them, the code, the message."""
+
+    find: Callable[[str], list[str]]
+    code: str
+    says: str
+
+
+_BODY_LINKS = (
+    _BodyRule(
+        markdown.refused_links, code="unsafe-link", says="link {t!r} in {body} is not allowed"
+    ),
+    _BodyRule(
+        markdown.images,
+        code="image",
+        says="an image ({t!r}) in {body}: messages carry no images (nothing is loaded from "
+        "elsewhere), so it shows as '!' and a link; write a link, [its text](address), "
+        "instead",
+    ),
+    _BodyRule(
+        markdown.relative_links,
+        code="relative-link",
+        says="link {t!r} in {body} has no scheme, so it does not open from a message: write "
+        "it whole, as https://…",
+    ),
+)
+
+
 def entry_problems(
     entry: Entry, *, known_ids: Iterable[str], regions: Mapping[str, Region], config: Config
 ) -> list[Problem]:
@@ -246,36 +275,13 @@ def entry_problems(
     problems += topics_problems(entry)
     for locale, content in entry.content.items():
         body_line = entry.line(f"content.{locale}.body") or entry.line(f"content.{locale}")
-        for target in markdown.refused_links(content.body):
-            problems.append(
+        for find, code, says in _BODY_LINKS:
+            problems += [
                 Problem(
-                    path,
-                    body_line,
-                    f"link {target!r} in the {locale} body is not allowed",
-                    code="unsafe-link",
+                    path, body_line, says.format(t=target, body=f"the {locale} body"), code=code
                 )
-            )
-        for target in markdown.images(content.body):
-            problems.append(
-                Problem(
-                    path,
-                    body_line,
-                    f"an image ({target!r}) in the {locale} body: messages carry no images "
-                    "(nothing is loaded from elsewhere), so it shows as '!' and a link; "
-                    "write a link, [its text](address), instead",
-                    code="image",
-                )
-            )
-        for target in markdown.relative_links(content.body):
-            problems.append(
-                Problem(
-                    path,
-                    body_line,
-                    f"link {target!r} in the {locale} body has no scheme, so it does not "
-                    "open from a message: write it whole, as https://…",
-                    code="relative-link",
-                )
-            )
+                for target in find(content.body)
+            ]
         for written, meant in markdown.unrendered_links(content.body):
             start = max(content.body.find(written.split("\n")[0]), 0)
             line = line_in(path, body_line, content.body, content.body[:start].count("\n"))
