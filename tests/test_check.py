@@ -106,6 +106,10 @@ def test_a_link_without_a_scheme_is_refused(project: Path, target: str) -> None:
     ]
 
 
+def test_an_escaped_exclamation_mark_before_a_link_is_not_an_image(project: Path) -> None:
+    assert body_problems(project, "Good news\\![Read it](https://status.example/n).", "image") == []
+
+
 def test_an_image_in_a_body_is_refused(project: Path) -> None:
     """It passed check and went out as '!' and a link to the image (review)."""
     image = "https://www.startmail.example/map.png"

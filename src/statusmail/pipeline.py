@@ -224,9 +224,11 @@ def start(prepared: Prepared, held: Held, request: Request) -> Started:
     long shows how far it is (``Waiting``) and ends at once on a signal."""
     entry, ledger = prepared.entry, held.ledger
     stats = SelectionStats()
+    # (before joining another sender: it delivers this file's text too)
+    edited = intake.edit_check(prepared, ledger, accept=request.accept_edit)
     if held.shared and ledger.selection_leased(entry.id):
+        intake.keep_text(prepared, ledger, edited)
         return _joined(entry, stats)
-    intake.edit_check(prepared, ledger, accept=request.accept_edit)
     imported = import_shown(
         ledger, prepared.config.paths.subscribers, console=request.console, entry=entry.id
     )
@@ -246,6 +248,7 @@ def start(prepared: Prepared, held: Held, request: Request) -> Started:
                 prepared, ledger, imported, accept_removals=request.accept_removals
             )
         generation = take_selection(prepared, held, imported)
+        intake.keep_text(prepared, ledger, edited)
         if generation is None:  # another sender took it a moment ago
             return _joined(entry, stats)
         stream = Stream(
@@ -280,6 +283,7 @@ def start(prepared: Prepared, held: Held, request: Request) -> Started:
         imported, stats = now, SelectionStats()
         made_from = intake.basis(prepared, ledger, imported)
     generation = take_selection(prepared, held, imported)
+    intake.keep_text(prepared, ledger, edited)  # (only now: "no" at the prompt keeps none)
     if generation is None:  # another sender began selecting while the prompt waited
         return _joined(entry, stats)
     queueing = f"queueing {entry.id} for {plan.pending_after:,} recipients"

@@ -24,6 +24,7 @@ from conftest import (
     wait_for,
 )
 from delivery_helpers import add_subscribers, ledger_rows, point_at, send, suppressed
+from editing import replace_in
 from smtp_server import RecordingServer, make_test_ca
 from statusmail.ledger import FeedbackEvent, Ledger
 from statusmail.ledger.base import now_iso
@@ -100,7 +101,7 @@ def test_550_fails_at_once_exits_3_and_suppresses_unknown_users(project: Path) -
         assert rows[unknown]["code"] == 550 and "User unknown" in rows[unknown]["detail"]
         assert rows[policy]["code"] == 554 and rows[policy]["attempts"] == 1
         assert unknown not in server.count_by_recipient()
-        assert suppressed(project) == {unknown: "bounced"}
+        assert suppressed(project) == {unknown: "bounced"}, stderr
         # the next entry skips the bounced address but still tries the policy refusal
         server.reject_rcpt = {}
         code, _, stderr = send(project, "block-2020-01-23")
@@ -427,3 +428,95 @@ def test_a_relay_refusing_everyone_as_unknown_suppresses_nobody(project: Path) -
     assert suppressed(project) == {}
     failed = [row for row in ledger_rows(project).values() if row["status"] == "failed"]
     assert 20 <= len(failed) <= 20 + 2  # the breaker's first look, and one per connection
+
+
+def _edited_after_four(project: Path) -> Path:
+    """The April update sent to 4, then its Russian text changed; returns the config."""
+    code, _, _ = send(project, UPDATE, "--rate", "0", "--limit", "4")
+    assert code == 4
+    entry = project.parent / "updates" / f"{UPDATE}.yaml"
+    replace_in(entry, "Спасибо за терпение и поддержку!", "Благодарим за терпение и поддержку!")
+    return project
+
+
+def test_accept_edit_answered_no_at_the_prompt_accepts_nothing(project: Path) -> None:
+    """The declined run said "nothing was recorded", yet the ledger kept the new text as
+    the entry's, and the next send without --accept-edit went on (review)."""
+    from statusmail import pipeline
+    from statusmail.project.config import load_config
+
+    config = load_config(_edited_after_four(project))
+    prepared = pipeline.prepare(config, pipeline.load(config, UPDATE))
+    request = pipeline.Request(accept_edit=True, confirm=lambda *_: False)
+    with pipeline.open_ledger(config, UPDATE) as held, pytest.raises(pipeline.Declined):
+        pipeline.start(prepared, held, request)
+    again = invoke(project, "send", UPDATE, "--yes", "--rate", "0", env=SECRET_ENV)
+    assert again.exit_code == 1 and "changed since it began going out" in again.output
+
+
+def test_a_sender_joining_another_s_selection_is_refused_an_edited_entry(
+    project: Path, postgres: str
+) -> None:
+    """On PostgreSQL a second sender joining the selection another still held sent the
+    new text beside the first's old one, without --accept-edit (review)."""
+    from statusmail.ledger import Ledger
+
+    env = {**SECRET_ENV, "STATUSMAIL_LEDGER": postgres}
+    first = invoke(project, "send", UPDATE, "--yes", "--rate", "0", "--limit", "4", env=env)
+    assert first.exit_code == 4, first.output
+    replace_in(
+        project.parent / "updates" / f"{UPDATE}.yaml",
+        "Спасибо за терпение и поддержку!",
+        "Благодарим за терпение и поддержку!",
+    )
+    with Ledger(postgres) as other:  # another sender's selection, its lease still running
+        other.take_selection(UPDATE, "its digest", "other", 60)
+    joined = invoke(project, "send", UPDATE, "--yes", "--rate", "0", env=env)
+    assert joined.exit_code == 1, joined.output
+    assert "changed since it began going out" in joined.output
+
+
+def test_a_paused_run_still_suppresses_a_reader_the_relay_calls_unknown(project: Path) -> None:
+    """Workers waiting for their slots when the run was paused handed their recipients
+    back; the breaker counted those as failures, tripped, and held the one "user unknown"
+    refusal as if the relay refused everyone (review)."""
+    import io
+
+    from rich.console import Console
+
+    from statusmail.delivery import controls
+    from statusmail.project.config import load_config
+
+    unknown = add_subscribers(project, 200)[0]  # (the lists' first file: among the first)
+    with RecordingServer(reject_rcpt={unknown: "550 5.1.1 User unknown"}) as server:
+        point_at(project, server.port, rate=40, concurrency=20, stop_after_failures=0.2)
+
+        def pause() -> None:
+            wait_for(lambda: len(server.messages) >= 30, timeout=20, what="30 messages")
+            controls.pause(load_config(project), UPDATE, Console(file=io.StringIO()))
+
+        thread = threading.Thread(target=pause)
+        thread.start()
+        code, report, stderr = send(project, UPDATE)
+        thread.join()
+    assert code == 4 and "paused" in str(report["stopped"]), stderr
+    assert "not suppressed" not in stderr
+    assert suppressed(project) == {unknown: "bounced"}, stderr
+
+
+def test_a_language_whose_message_is_over_the_relay_s_size_does_not_hold_the_others(
+    project: Path,
+) -> None:
+    """One language's message over the relay's SIZE halted the whole run, the readers
+    whose messages fit included, run after run (review). Those over it fail, saying why;
+    the others are sent."""
+    with RecordingServer(size_limit=10_000) as server:
+        point_at(project, server.port)
+        result = invoke(project, "send", UPDATE, "--yes", "--rate", "0", env=SECRET_ENV)
+        sizes = [len(m.data) for m in server.messages]
+    rows = ledger_rows(project).values()
+    over = [row for row in rows if row["status"] == "failed"]
+    assert sizes and over, "the sample's messages no longer straddle 10,000 octets"
+    assert result.exit_code == 3, result.output
+    assert max(sizes) <= 10_000 and len(sizes) + len(over) == UPDATE_AUDIENCE
+    assert all("takes messages of at most 10,000 octets (SIZE)" in row["detail"] for row in over)

@@ -67,9 +67,14 @@ def refused_links(source: str) -> list[str]:
 _SCHEME = re.compile(r"[a-z][a-z0-9+.-]*:", re.IGNORECASE)
 
 
+_IMAGE = re.compile(r"(?<!\\)(?:\\\\)*!\[")
+
+
 def images(source: str) -> list[str]:
     """Image syntax in ``source`` (``![alt](url)``): images are off (no remote content,
     ever), so it renders as a "!" before a link to the image."""
+    if not _IMAGE.search(source):  # (``\![x](y)`` is a "!" and a link, as written)
+        return []
     found = []
     tokens = _walk(parse(source))
     for before, token in itertools.pairwise(tokens):

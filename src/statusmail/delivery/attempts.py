@@ -329,10 +329,12 @@ class Delivering:
         # retry_initial before the second attempt, doubling, at most retry_max, each
         # plus up to retry_initial of jitter (full jitter from 0 spent five attempts on a
         # greylisting relay in under 5 s, against 1, 2, 4 and 8 configured)
-        initial = self.settings.retry_initial
-        wait = wait_exponential(multiplier=2 * initial, max=self.settings.retry_max) + (
-            wait_random(0, initial)
-        )
+        initial, most = self.settings.retry_initial, self.settings.retry_max
+        jittered = wait_exponential(multiplier=2 * initial, max=most) + wait_random(0, initial)
+
+        def wait(state: RetryCallState) -> float:
+            return min(most, jittered(state))
+
         await self._nap(initial * (1 + random.random()))
         retrying = AsyncRetrying(
             stop=stop_after_attempt(remaining),

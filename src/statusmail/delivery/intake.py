@@ -129,16 +129,17 @@ def nobody_problem(run: Run) -> Problem:
     )
 
 
-def edit_check(run: Run, ledger: Ledger, *, accept: bool) -> None:
+def edit_check(run: Run, ledger: Ledger, *, accept: bool) -> bool:
     """An entry whose file changed since it began going out is not finished as it is
     now unless ``accept``: those mailed got the earlier text, the rest would get this
     one, and nothing would say so (a review's run sent "June 3" to 4 and "June 10" to 10,
-    then said the change "reached nobody"). Raises ``InputError``. Accepted, or with
-    nobody mailed yet, the ledger keeps this text as the one the entry went out as."""
+    then said the change "reached nobody"). Raises ``InputError``. True when the ledger
+    is to keep this text as the one the entry goes out as (``keep_text``, once the run
+    goes ahead: accepted, or nobody mailed yet)."""
     entry = run.entry
     state = ledger.entry_state(entry.id)
     if state is None or not entry.digest or state[0] == entry.digest:
-        return
+        return False
     counts = ledger.counts(entry.id)
     went = sum(counts.get(status, 0) for status in ("sent", "bounced", "complained"))
     if went and not accept:
@@ -164,7 +165,13 @@ def edit_check(run: Run, ledger: Ledger, *, accept: bool) -> None:
             counted(went, "recipient"),
             extra={"event": "entry_edit_accepted", "entry": entry.id, "before": went},
         )
-    ledger.record_digest(entry.id, entry.digest)
+    return True
+
+
+def keep_text(run: Run, ledger: Ledger, edited: bool) -> None:
+    """The entry's file as it is now is the text it goes out as (``edit_check``)."""
+    if edited:
+        ledger.record_digest(run.entry.id, run.entry.digest)
 
 
 def shrink_problem(run: Run, removed: int, pending: int, what: str) -> Problem | None:

@@ -329,12 +329,11 @@ class SmtpConnection:
         if eight_bit and offers_8bit:
             options.append("BODY=8BITMIME")
         if (limit := _size_limit(smtp)) is not None:  # RFC 1870: said, and kept to
-            if len(data) > limit > 0:
+            if len(data) > limit > 0:  # (this message's: another language's may fit)
                 raise DeliveryError(
                     f"{self._transport.server} takes messages of at most {limit:,} octets "
-                    f"(SIZE); this one is {len(data):,}",
+                    f"(SIZE); this one is {len(data):,}, so it was not sent",
                     recipient=envelope.recipient,
-                    unfit=True,
                 )
             options.append(f"SIZE={len(data)}")
         encoding = "utf-8" if options and options[0] == "SMTPUTF8" else "ascii"
@@ -445,9 +444,9 @@ class SmtpConnection:
             self._drop()
         else:
             await self._reset(smtp)
-        # The relay refuses the sender, or a message of this size: no recipient's doing,
-        # and every message of the run would meet it (all 14 were marked failed).
-        unfit = code >= 500 and (stage == "MAIL" or text.startswith("5.3.4"))
+        # The relay refuses the sender: no recipient's doing, and every message of the
+        # run would meet it (all 14 were marked failed).
+        unfit = code >= 500 and stage == "MAIL"
         return DeliveryError(
             said,
             code=code,
