@@ -203,7 +203,7 @@ def test_a_list_changed_while_an_entry_is_sent_is_imported_and_selected_again(
     leaving = "sean.obrien@example.org"
     row = "sean.obrien@example.org,Seán O'Brien,en,US,service-status,active"
     with RecordingServer() as server:
-        point_at(project, server.port, rate=4)
+        point_at(project, server.port, rate=8)  # (Seán's message comes 2 s in)
         with watch(project) as process:
             wait_for(lambda: len(server.messages) >= 2)
             text = main.read_text(encoding="utf-8")
