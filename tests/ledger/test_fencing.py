@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
 from conftest import SECRET_ENV, invoke, wait_for
@@ -285,6 +286,35 @@ def test_a_row_another_selection_skipped_is_not_handed_back_as_pending(
             ledger.database.execute("SELECT address, status FROM deliveries")
         )
     assert rows == {handed_back: "skipped", sent: "sent"}
+
+
+def test_the_hourly_cap_counts_by_the_database_s_clock(
+    ledger_target: str | Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sender host two hours behind stamped its messages two hours ago, and a host
+    whose clock was right counted none of them: it sent the cap again (review). The
+    outcome's time and the hour are both the database's now."""
+    import datetime as dt
+
+    from statusmail.ledger import outcomes
+
+    behind = dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)
+    with Ledger(ledger_target) as ledger:
+        generation, queue = selected(ledger, ledger_target, 3)
+        claimed = ledger.claim_fenced(ENTRY, generation, "behind", 3, lease=60)
+        sent = {Outcome(r.address, DeliveryStatus.SENT, 1, 250, None, None): e for r, e in claimed}
+        with monkeypatch.context() as host_behind:
+            host_behind.setattr(outcomes, "now_iso", lambda: behind.isoformat(timespec="seconds"))
+            ledger.record(ENTRY, sent)
+
+        async def counted() -> int:
+            try:
+                return await queue.hourly_used()
+            finally:
+                await queue.close()
+
+        assert ledger.hourly_used() == 3
+        assert asyncio.run(counted()) == 3
 
 
 class Counted:

@@ -140,12 +140,16 @@ class Dialect:
     name: str
     seq: str  # the column that orders a table's rows
     now: str  # the database's clock, in epoch seconds
+    stamp: str  # the database's clock as ``now_iso`` writes it (text, UTC, seconds)
+    hour_ago: str  # the same, an hour ago
     greatest: str  # the larger of two values
 
     def sql(self, text: str) -> str:
         return (
             text.replace("{seq}", self.seq)
             .replace("{now}", self.now)
+            .replace("{stamp}", self.stamp)
+            .replace("{hour_ago}", self.hour_ago)
             .replace("{greatest}", self.greatest)
         )
 
@@ -154,6 +158,8 @@ class SqliteDialect(Dialect):
     name = "sqlite"
     seq = "rowid"
     now = "((julianday('now') - 2440587.5) * 86400.0)"
+    stamp = "strftime('%Y-%m-%dT%H:%M:%S+00:00', 'now')"
+    hour_ago = "strftime('%Y-%m-%dT%H:%M:%S+00:00', 'now', '-1 hour')"
     greatest = "MAX"
 
 
@@ -161,6 +167,11 @@ class PostgresDialect(Dialect):
     name = "postgresql"
     seq = "seq"
     now = "extract(epoch from clock_timestamp())::float8"
+    stamp = "to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"+00:00\"')"
+    hour_ago = (
+        "to_char(clock_timestamp() AT TIME ZONE 'UTC' - interval '1 hour',"
+        ' \'YYYY-MM-DD"T"HH24:MI:SS"+00:00"\')'
+    )
     greatest = "GREATEST"
 
     def sql(self, text: str) -> str:

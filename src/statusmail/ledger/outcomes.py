@@ -67,7 +67,7 @@ class Outcomes(LedgerBase):
             if hourly_cap is not None:
                 if self.dialect == "postgresql":
                     self._q(queries.HOURLY_LOCK)
-                used = int(self._one(queries.HOURLY, since=queries.hourly_since()) or 0)
+                used = int(self._one(queries.HOURLY) or 0)
                 count = min(count, hourly_cap - used)
             rows = (
                 self._q(
@@ -135,7 +135,7 @@ class Outcomes(LedgerBase):
 
     @guarded("read the hourly count")
     def hourly_used(self) -> int:
-        return int(self._one(queries.HOURLY, since=queries.hourly_since()) or 0)
+        return int(self._one(queries.HOURLY) or 0)
 
     @guarded("take a sending slot")
     def take_slot(self, name: str, interval: float) -> float:

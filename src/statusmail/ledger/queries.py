@@ -3,8 +3,6 @@ the PostgreSQL queue (asynchronous), so each is written once."""
 
 from __future__ import annotations
 
-import datetime as dt
-
 # Up to :n pending recipients of this selection that nobody holds (or whose holder's
 # lease ran out), taken for :me until the lease ends, each with its claim epoch bumped
 # (the claim's fencing token, returned last). Suppressed addresses are never taken, nor
@@ -54,7 +52,7 @@ RELEASE = (
 
 RECORD = (
     "UPDATE deliveries SET status = :status, attempts = :attempts, code = :code,"
-    " detail = :detail, message_id = COALESCE(:message_id, message_id), updated_at = :stamp,"
+    " detail = :detail, message_id = COALESCE(:message_id, message_id), updated_at = {stamp},"
     " claimed_by = NULL, lease_until = NULL"
     " WHERE entry_id = :e AND address = :address"
 )
@@ -87,10 +85,12 @@ SUPPRESS = (
 WENT_OUT_SQL = "('sent', 'bounced', 'complained')"
 
 # What counts against sending.max_per_hour, deployment-wide: accepted in the last hour,
-# and held by a live claim (about to be sent).
+# and held by a live claim (about to be sent). An outcome's time and the hour are both
+# the database's clock: with each sender's own, a host two hours behind sent the cap
+# again on top of the others' (review).
 HOURLY = (
     f"SELECT (SELECT COUNT(*) FROM deliveries WHERE status IN {WENT_OUT_SQL}"
-    " AND updated_at >= :since)"
+    " AND updated_at >= {hour_ago})"
     " + (SELECT COUNT(*) FROM deliveries WHERE status = 'pending'"
     " AND claimed_by IS NOT NULL AND lease_until >= {now})"
 )
@@ -99,11 +99,6 @@ HOURLY = (
 # both count the same free slots: held to the end of the claim's transaction. (SQLite's
 # BEGIN IMMEDIATE is that lock already.) The key is any other than the migrations'.
 HOURLY_LOCK = "SELECT pg_advisory_xact_lock(7356283702)"
-
-
-def hourly_since() -> str:
-    """The start of the hourly cap's window: an hour ago."""
-    return (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).isoformat(timespec="seconds")
 
 
 LIMITER_CREATE = "INSERT INTO limiters (name, tat) VALUES (:name, 0) ON CONFLICT (name) DO NOTHING"

@@ -100,7 +100,7 @@ SUPPRESSED_ANY = "SELECT address, reason FROM suppressions WHERE address = ANY(:
 RECORD_ARRAYS = (
     "UPDATE deliveries AS d SET status = v.status, attempts = v.attempts, code = v.code,"
     " detail = v.detail, message_id = COALESCE(v.message_id, d.message_id),"
-    " updated_at = :stamp, claimed_by = NULL, lease_until = NULL"
+    " updated_at = {stamp}, claimed_by = NULL, lease_until = NULL"
     " FROM unnest(:address::text[], :status::text[], :attempts::int[], :code::int[],"
     " :detail::text[], :message_id::text[], :epoch::int[])"
     " AS v(address, status, attempts, code, detail, message_id, epoch)"
@@ -351,7 +351,7 @@ class ServerQueue(FencedClaims):
         async def work(conn: Any) -> list[tuple[Any, ...]]:
             async with conn.transaction():
                 await conn.execute(queries.HOURLY_LOCK)
-                counted = await conn.execute(hourly, {"since": queries.hourly_since()})
+                counted = await conn.execute(hourly)
                 row = await counted.fetchone()
                 count = min(params["n"], cap - int(row[0] if row else 0))
                 if count <= 0:
@@ -394,7 +394,7 @@ class ServerQueue(FencedClaims):
         )
 
     async def hourly_used(self) -> int:
-        rows = await self._run(queries.HOURLY, {"since": queries.hourly_since()})
+        rows = await self._run(queries.HOURLY, {})
         return int(rows[0][0])
 
     async def take_slots(self, interval: float, count: int) -> float:
