@@ -520,3 +520,20 @@ def test_a_language_whose_message_is_over_the_relay_s_size_does_not_hold_the_oth
     assert result.exit_code == 3, result.output
     assert max(sizes) <= 10_000 and len(sizes) + len(over) == UPDATE_AUDIENCE
     assert all("takes messages of at most 10,000 octets (SIZE)" in row["detail"] for row in over)
+
+
+def test_a_stop_that_cannot_wait_for_the_relay_says_what_was_recorded(project: Path) -> None:
+    """A relay answering each message 3 s after its end: SIGTERM ends the run within a
+    second, the unanswered message stays pending, and the run said only "interrupted by
+    SIGTERM" (review)."""
+    with RecordingServer(data_delay=3.0) as server:
+        point_at(project, server.port, concurrency=1)
+        with spawn(project, "send", UPDATE, "--yes", env=SECRET_ENV) as process:
+            wait_for(lambda: server.data_commands >= 1, what="the first message's DATA")
+            started = time.monotonic()
+            assert process.stop(signal.SIGTERM) == 4, process.stderr
+            assert time.monotonic() - started < 2
+    said = process.stderr
+    assert "interrupted by SIGTERM while delivering" in said, said
+    assert f"recorded in all: pending {UPDATE_AUDIENCE} (statusmail status {UPDATE})" in said
+    assert "Traceback" not in said

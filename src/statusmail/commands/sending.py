@@ -17,7 +17,7 @@ from statusmail import signals
 from statusmail.delivery import controls, corrections, test_send
 from statusmail.delivery.report import ProgressReporter, breakdown_rows, breakdown_table, print_json
 from statusmail.domain import ExitCode, counted, mask_address
-from statusmail.errors import ConnectError, Interrupted
+from statusmail.errors import ConnectError, Interrupted, LedgerError
 from statusmail.project.config import Config
 from statusmail.project.entries import find_entry
 
@@ -126,10 +126,32 @@ def send(
         except ConnectError as exc:
             log.error("cannot start: %s", exc, extra={"event": "relay_unreachable"})
             return ExitCode.NOT_STARTED
+        except Interrupted as exc:  # the stop's second: what was in flight was cut short
+            _said_interrupted(held, entry.id, signals.name(exc.signum))
+            return ExitCode.STOPPED
     if done is not None and corrections.sent_nothing_new(done, report.counts):
         return corrections.print_already_sent(done, options.json, out)
     _print_report(report, options.json, out, console)
     return report.exit_code
+
+
+def _said_interrupted(held: pipeline.Held, entry_id: str, signal_name: str) -> None:
+    """What the ledger holds after a stop that could not wait for the relay (it said only
+    "interrupted by SIGTERM")."""
+    try:
+        counts = held.ledger.counts(entry_id)
+    except LedgerError:
+        counts = {}
+    recorded = ", ".join(f"{status} {n}" for status, n in counts.items() if n) or "nothing"
+    log.warning(
+        "interrupted by %s while delivering: a message the relay had not answered yet "
+        "stays pending (the next run sends it, perhaps a second time); recorded in all: "
+        "%s (statusmail status %s)",
+        signal_name,
+        recorded,
+        entry_id,
+        extra={"event": "interrupted", "entry": entry_id},
+    )
 
 
 def send_test(
