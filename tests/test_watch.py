@@ -222,3 +222,16 @@ def test_a_list_changed_while_an_entry_is_sent_is_imported_and_selected_again(
     assert leaving not in got
     assert got["newbie@example.org"] == 1  # the entry it was sending (block: US readers)
     assert max(got.values()) == 2  # nobody had an entry twice: block and update at most
+
+
+def test_watch_once_stopped_by_a_list_change_exits_4(project: Path) -> None:
+    """The run stopped to select again; --once then ended with 0 and 12 pending."""
+    main = project.parent / "subscribers" / "main.csv"
+    with RecordingServer() as server:
+        point_at(project, server.port, rate=8)
+        with spawn(project, "watch", "--once", env=SECRET_ENV) as process:
+            wait_for(lambda: len(server.messages) >= 2)
+            main.write_text(main.read_text(encoding="utf-8") + "\n", encoding="utf-8")
+            code = process.finish(timeout=30)
+    assert "the lists changed while it was sent" in process.stderr, process.stderr
+    assert code == 4, process.stderr

@@ -41,7 +41,7 @@ from statusmail.errors import (
     LedgerError,
     StatusmailError,
 )
-from statusmail.ledger import controls, run_lock
+from statusmail.ledger import controls, reading, run_lock
 from statusmail.ledger import describe as ledger_describe
 from statusmail.project.config import Config, is_url, load_config
 from statusmail.service.background import Background
@@ -294,12 +294,15 @@ class Watcher(Readiness, Leadership, Background, Bookkeeping):
                     extra={"event": "lists_changed", "entry": entry.id},
                 )
                 self.wake.set()  # at once, not after a backoff
+                self._left_pending = True  # (--once: still pending, exit 4)
                 return False
             if report.refused:  # the list, read while delivering, was broken or empty
                 self._blocked[entry.id] = fingerprint
                 return True
         except InputError as exc:
             self._blocked[entry.id] = fingerprint
+            # refused with readers still pending (entry-changed): --once is not done
+            self._left_pending = self._left_pending or self._has_pending(entry.id)
             self._say_once(
                 entry.path or Path(entry.id),
                 f"{entry.id}: not sent until its files are fixed:\n  "
@@ -343,6 +346,12 @@ class Watcher(Readiness, Leadership, Background, Bookkeeping):
             return False
         self._backoff.pop(entry.id, None)
         return True
+
+    def _has_pending(self, entry_id: str) -> bool:
+        target = self.config.paths.ledger
+        with contextlib.suppress(StatusmailError), reading(target) as ledger:
+            return bool(ledger.counts(entry_id)["pending"])
+        return False
 
     async def _lists_change(self, stop: asyncio.Event) -> bool:
         """True once a subscriber list changes while an entry is sent; then the run

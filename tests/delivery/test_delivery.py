@@ -424,7 +424,9 @@ def test_a_relay_refusing_everyone_as_unknown_suppresses_nobody(project: Path) -
         point_at(project, server.port, stop_after_failures=0.2)
         result = invoke(project, "send", UPDATE, "--yes", "--rate", "0", env=SECRET_ENV)
     assert result.exit_code == 4, result.output
-    assert "not suppressed: the run stopped on failures" in result.output
+    assert "not suppressed: the relay took nothing else or the run stopped on failures" in (
+        result.output
+    )
     assert suppressed(project) == {}
     failed = [row for row in ledger_rows(project).values() if row["status"] == "failed"]
     assert 20 <= len(failed) <= 20 + 2  # the breaker's first look, and one per connection
@@ -520,6 +522,7 @@ def test_a_language_whose_message_is_over_the_relay_s_size_does_not_hold_the_oth
     assert result.exit_code == 3, result.output
     assert max(sizes) <= 10_000 and len(sizes) + len(over) == UPDATE_AUDIENCE
     assert all("takes messages of at most 10,000 octets (SIZE)" in row["detail"] for row in over)
+    assert {row["code"] for row in over} == {552}  # as a relay's 5.3.4 is: retry --code 552
 
 
 def test_a_stop_that_cannot_wait_for_the_relay_says_what_was_recorded(project: Path) -> None:
@@ -537,3 +540,48 @@ def test_a_stop_that_cannot_wait_for_the_relay_says_what_was_recorded(project: P
     assert "interrupted by SIGTERM while delivering" in said, said
     assert f"recorded in all: pending {UPDATE_AUDIENCE} (statusmail status {UPDATE})" in said
     assert "Traceback" not in said
+
+
+def test_a_message_the_relay_may_have_kept_is_not_tried_twice_more_after_a_stop(
+    project: Path,
+) -> None:
+    """Its answer lost, the run stopped while waiting to try once more: the row went back
+    to pending, and the next run tried it twice again (the relay kept 3 copies: review).
+    It is recorded failed "may have been accepted" instead."""
+    with RecordingServer(data_delay=1.0) as slow:
+        point_at(project, slow.port, concurrency=1, timeout=0.3, retry_initial=5)
+        with spawn(project, "send", UPDATE, "--yes", "--limit", "1", env=SECRET_ENV) as process:
+            # its end written, the answer 1 s away, the client's timeout 0.3 s: stopped
+            # now or in the wait for its one more try, it goes no further
+            wait_for(lambda: slow.data_commands >= 1, what="the first message's DATA")
+            assert process.stop(signal.SIGTERM) == 4, process.stderr
+        assert slow.data_commands == 1
+    [row] = [r for r in ledger_rows(project).values() if r["attempts"]]
+    assert row["status"] == "failed" and "may have been accepted" in row["detail"], row
+    with RecordingServer() as server:
+        point_at(project, server.port)
+        code, _, stderr = send(project, UPDATE)
+        assert code == 3, stderr  # (the one recorded failed)
+        assert len(server.messages) == UPDATE_AUDIENCE - 1
+
+
+def test_a_short_run_the_relay_calls_everyone_unknown_in_suppresses_nobody(
+    project: Path,
+) -> None:
+    """The sample's 14, too few to trip the breaker (it needs 20 outcomes): all 14 were
+    suppressed for every later entry (review)."""
+    with RecordingServer(reject_every_rcpt="550 5.1.1 User unknown") as server:
+        point_at(project, server.port)
+        result = invoke(project, "send", UPDATE, "--yes", "--rate", "0", env=SECRET_ENV)
+    assert result.exit_code == 3, result.output
+    assert f"{UPDATE_AUDIENCE} recipients refused as unknown, not suppressed" in result.output
+    assert suppressed(project) == {}
+
+
+def test_watch_once_with_an_entry_refused_as_changed_exits_4(project: Path) -> None:
+    """Readers still pending, the entry refused until its text is settled: watch --once
+    said 0, as if all were done (review)."""
+    _edited_after_four(project)
+    watched = invoke(project, "watch", "--once", "--rate", "0", env=SECRET_ENV)
+    assert "changed since it began going out" in watched.output
+    assert watched.exit_code == 4, watched.output

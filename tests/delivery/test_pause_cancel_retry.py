@@ -411,3 +411,19 @@ def test_the_controls_answer_in_json_when_asked(project: Path) -> None:
     refused = asked("retry")
     assert refused["ok"] is False and refused["exit_code"] == 1
     assert "was cancelled" in refused["errors"][0]
+
+
+def test_a_cancelled_entry_whose_selection_did_not_end_says_so_once(project: Path) -> None:
+    """Cancelled, an entry whose selection stopped short still said "the next run selects
+    the rest", and the cancel counted only the pending, not the readers never selected
+    (review)."""
+    code, _, _ = send(project, UPDATE, "--rate", "0", "--limit", "3")
+    assert code == 4
+    with sqlite3.connect(project.parent / "statusmail.db") as db:  # as a run cut short
+        db.execute("UPDATE entries SET generation = generation + 1 WHERE entry_id = ?", (UPDATE,))
+    cancelled = invoke(project, "cancel", UPDATE, env=SECRET_ENV).output
+    assert "nor will the readers its selection had not reached yet" in cancelled
+    said = invoke(project, "status", UPDATE, env=SECRET_ENV).output
+    assert "selects the rest" not in said
+    [row] = [r for r in json.loads(invoke(project, "list", "--json").stdout) if r["id"] == UPDATE]
+    assert "(selecting)" not in row["progress"] and "(cancelled)" in row["progress"]

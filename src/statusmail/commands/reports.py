@@ -52,6 +52,7 @@ def status(
         breakdown = ledger.breakdown(entry_id)
         failures = ledger.failures(entry_id, None if failed else 20)
         unfinished = state is not None and ledger.selection_unfinished(entry_id)
+        unfinished = unfinished and not (held and held.state == "cancelled")
     listed = [
         {
             "address": mask(addresses[0]),
@@ -122,7 +123,10 @@ def list_entries(config: Config, as_json: bool, console: Console) -> ExitCode:
             done = total - counts.get("pending", 0)
             held = ledger_controls.control(ledger, path.stem) if ledger else None
             unfinished = (
-                bool(total) and ledger is not None and ledger.selection_unfinished(path.stem)
+                bool(total)
+                and ledger is not None
+                and not (held and held.state == "cancelled")
+                and ledger.selection_unfinished(path.stem)
             )
             rows.append(
                 {

@@ -43,6 +43,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("statusmail.delivery")
 
 
+MAYBE_KEPT = (
+    "the connection was lost after the whole message was sent (it may have been accepted); "
+    "the run stopped before trying again, so it is not sent again (statusmail retry "
+    "--failed sends it)"
+)
+
+
 class _Stopping(Exception):
     """Raised inside the retry loop when the run is stopping between attempts."""
 
@@ -129,7 +136,14 @@ class Delivering:
         was lost to another sender. ``built``: its message, being signed by the signer process."""
         tally = _Attempts(recipient.attempts)
         try:
-            return await self._deliver(conn, recipient, ready, tally, built)
+            done = await self._deliver(conn, recipient, ready, tally, built)
+            if done is None or done[0].status is not DeliveryStatus.PENDING:
+                return done
+            # Handed back after a loss the relay may have kept; unless the relay went
+            # away altogether (then, as ever, it is the relay's and the row pending)
+            if tally.unconfirmed and not (done[1] is not None and done[1].relay_down):
+                return self._maybe_kept(recipient, tally), done[1]
+            return done
         except _Suppressed as exc:  # an unsubscribe on any web host, say: never sent
             skipped = Outcome(
                 recipient.address,
@@ -279,6 +293,18 @@ class Delivering:
         if reason is not None:
             raise _Suppressed(reason)
         return None
+
+    def _maybe_kept(self, recipient: Recipient, tally: _Attempts) -> Outcome:
+        """A recipient whose message the relay may have kept, handed back by a stopping
+        run before its one more try: recorded failed, not pending, so that no later run
+        tries it twice more (the relay kept 3 copies: review)."""
+        log.warning(
+            "%s: the relay may have kept the message (its answer was lost); the run "
+            "stopped before trying again, so it is not sent again",
+            self.mask(recipient.email),
+            extra={"event": "maybe_kept", "entry": self.entry_id, "relay": self.relay},
+        )
+        return Outcome(recipient.address, DeliveryStatus.FAILED, tally.charged, None, MAYBE_KEPT)
 
     def _undelivered(self, exc: DeliveryError, tally: _Attempts) -> None:
         """Charge a failed attempt, unless the message never left. One the relay may

@@ -111,7 +111,10 @@ def cancel(config: Config, entry_id: str, console: Console, as_json: bool = Fals
             return ExitCode.OK
         cancelled = ledger_controls.cancel(ledger, entry_id)
         held = ledger_controls.held_by_senders(ledger, entry_id)
+        unselected = ledger.selection_unfinished(entry_id)
     said = f"{entry_id} cancelled: {cancelled} pending recipient(s) will never get it"
+    if unselected:  # (a run stopped while it read the lists: the rest were never counted)
+        said += ", nor will the readers its selection had not reached yet"
     if before is not None and before.state == CANCELLED:
         said = f"{entry_id} was cancelled {when(before.since)} ({cancelled} more now)"
     if held:

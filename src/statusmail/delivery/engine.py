@@ -421,11 +421,14 @@ class Engine(Delivering):
         breaker stopped it: a relay that refuses everyone (a misconfiguration) said "user
         unknown" of readers who are not, and 20 more were suppressed on every re-run."""
         bounced, self.bounced = self.bounced, []
-        if bounced and self.failed_too_often:
+        # (a run too short to trip the breaker, where the relay took nothing and called
+        # two or more unknown, is the same misconfiguration: all 14 were suppressed)
+        everyone = len(bounced) >= 2 and not self.result.sent
+        if bounced and (self.failed_too_often or everyone):
             log.warning(
-                "%s: %s refused as unknown, not suppressed: the run stopped on failures, "
-                "as a relay refusing everyone makes it (once it is right: statusmail "
-                "retry --failed %s)",
+                "%s: %s refused as unknown, not suppressed: the relay took nothing else "
+                "or the run stopped on failures, as a relay refusing everyone makes it "
+                "(once it is right: statusmail retry --failed %s)",
                 self.entry_id,
                 counted(len(bounced), "recipient"),
                 self.entry_id,

@@ -330,9 +330,10 @@ class SmtpConnection:
             options.append("BODY=8BITMIME")
         if (limit := _size_limit(smtp)) is not None:  # RFC 1870: said, and kept to
             if len(data) > limit > 0:  # (this message's: another language's may fit)
-                raise DeliveryError(
-                    f"{self._transport.server} takes messages of at most {limit:,} octets "
-                    f"(SIZE); this one is {len(data):,}, so it was not sent",
+                raise DeliveryError(  # (coded as a relay's 552 5.3.4 would be: retry --code)
+                    f"5.3.4 {self._transport.server} takes messages of at most {limit:,} "
+                    f"octets (SIZE); this one is {len(data):,}, so it was not sent",
+                    code=552,
                     recipient=envelope.recipient,
                 )
             options.append(f"SIZE={len(data)}")
