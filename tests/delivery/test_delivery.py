@@ -409,6 +409,7 @@ def test_a_relay_refusing_the_sender_stops_the_run_failing_nobody(project: Path)
     assert result.exit_code == 4, result.output
     said = "the relay cannot take it (553 5.7.1 Sender address rejected (reply to MAIL from"
     assert f"{said} 127.0.0.1:{server.port})" in result.output
+    assert "Fix the relay or the project's addresses, then re-run to continue." in result.output
     assert {row["status"] for row in ledger_rows(project).values()} == {"pending"}
     assert all(row["attempts"] == 0 for row in ledger_rows(project).values())
 

@@ -15,6 +15,7 @@ from rich.console import Console
 
 from statusmail import signals
 from statusmail.delivery import controls, corrections, test_send
+from statusmail.delivery.attempts import RELAY_UNFIT
 from statusmail.delivery.report import ProgressReporter, breakdown_rows, breakdown_table, print_json
 from statusmail.domain import ExitCode, counted, mask_address
 from statusmail.errors import ConnectError, Interrupted, LedgerError
@@ -221,7 +222,11 @@ def _print_report(report: pipeline.Report, as_json: bool, out: Console, console:
     if report.counts is not None:
         out.print(breakdown_table(report.entry_id, report.breakdown))
     if report.stopped:
-        console.print(f"Stopped early: {report.stopped}. Re-run to continue.", markup=False)
+        # (a relay that cannot take the project's messages takes none on a plain re-run)
+        then = "Fix the relay or the project's addresses, then re-run to continue"
+        if not report.stopped.startswith(RELAY_UNFIT):
+            then = "Re-run to continue"
+        console.print(f"Stopped early: {report.stopped}. {then}.", markup=False)
 
 
 def send_dry_run(

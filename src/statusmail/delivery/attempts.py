@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("statusmail.delivery")
 
 
+RELAY_UNFIT = "the relay cannot take it"  # (the stop's reason starts so: see sending.py)
 MAYBE_KEPT = (
     "the connection was lost after the whole message was sent (it may have been accepted); "
     "the run stopped before trying again, so it is not sent again (statusmail retry "
@@ -393,7 +394,7 @@ class Delivering:
         )
         if exc.relay_down or exc.unfit:
             # Not the recipient's fault: keep it pending and stop taking new recipients.
-            why = "the relay is unreachable" if exc.relay_down else "the relay cannot take it"
+            why = "the relay is unreachable" if exc.relay_down else RELAY_UNFIT
             self.halt(f"{why} ({exc})")
             return Outcome(recipient.address, DeliveryStatus.PENDING, attempts, None, exc.message)
         fields = {
