@@ -375,7 +375,7 @@ class Watcher(Readiness, Leadership, Background, Bookkeeping):
             else self.options.backoff_initial
         )
         until = asyncio.get_running_loop().time() + delay
-        self._backoff[entry_id] = Backoff(delay, until)
+        self._backoff[entry_id] = Backoff(delay, until, reason)
         log.warning(
             "%s: %s; trying again in %.0fs",
             entry_id,

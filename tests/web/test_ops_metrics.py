@@ -388,3 +388,25 @@ def test_a_fresh_watcher_exposes_every_documented_series(project: Path) -> None:
         check_documented(port, "watch")
     finally:
         service.stop()
+
+
+def test_watch_is_unready_while_the_relay_cannot_take_the_project_s_messages(
+    project: Path,
+) -> None:
+    """A relay refusing the sender: reachable, so /readyz said 200 ok while every run
+    stopped with everyone pending (review)."""
+    with RecordingServer(reject_mail="550 5.7.1 Sender not allowed") as server:
+        point_at(project, server.port)
+        port = free_port()
+        service = watch(project, port)
+        try:
+            wait_for(lambda: metrics_up(port, service), what="the metrics port")
+
+            def unready() -> tuple[int, str] | None:
+                answer = http_request(port, "GET", "/readyz")
+                return answer.pair() if answer.status == 503 else None
+
+            _, reason = wait_for(unready, timeout=30, what="/readyz to turn unready")
+            assert f"127.0.0.1:{server.port}: the relay cannot take it (550 5.7.1" in reason
+        finally:
+            service.stop()

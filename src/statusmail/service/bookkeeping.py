@@ -46,6 +46,7 @@ class Backoff:
 
     delay: float
     until: float
+    reason: str = ""  # what the run stopped on
 
 
 def lists_fingerprint(config: Config) -> Fingerprint:
