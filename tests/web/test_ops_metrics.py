@@ -247,19 +247,24 @@ def test_watch_metrics_during_a_send_match_the_ledger(project: Path) -> None:
 
 
 @pytest.mark.timeout(120)
+def unready_for(port: int, service: Service) -> str:
+    """Once ``service``'s /readyz on ``port`` answers 503: its reason."""
+    wait_for(lambda: metrics_up(port, service), what="the metrics port")
+
+    def unready() -> tuple[int, str] | None:
+        answer = http_request(port, "GET", "/readyz")
+        return answer.pair() if answer.status == 503 else None
+
+    return wait_for(unready, timeout=30, what="/readyz to turn unready")[1]
+
+
 def test_watch_is_unready_while_the_relay_is_down_and_something_waits(project: Path) -> None:
     relay = free_port()
     point_at(project, relay)
     port = free_port()
     service = watch(project, port)
     try:
-        wait_for(lambda: metrics_up(port, service), what="the metrics port")
-
-        def unready() -> tuple[int, str] | None:
-            answer = http_request(port, "GET", "/readyz")
-            return answer.pair() if answer.status == 503 else None
-
-        _, reason = wait_for(unready, timeout=30, what="/readyz to turn unready")
+        reason = unready_for(port, service)
         assert f"the relay 127.0.0.1:{relay} was unreachable" in reason
         assert "1 entry waits" in reason
         samples = scrape(port)
@@ -400,13 +405,7 @@ def test_watch_is_unready_while_the_relay_cannot_take_the_project_s_messages(
         port = free_port()
         service = watch(project, port)
         try:
-            wait_for(lambda: metrics_up(port, service), what="the metrics port")
-
-            def unready() -> tuple[int, str] | None:
-                answer = http_request(port, "GET", "/readyz")
-                return answer.pair() if answer.status == 503 else None
-
-            _, reason = wait_for(unready, timeout=30, what="/readyz to turn unready")
+            reason = unready_for(port, service)
             assert f"127.0.0.1:{server.port}: the relay cannot take it (550 5.7.1" in reason
         finally:
             service.stop()
