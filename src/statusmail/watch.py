@@ -342,7 +342,11 @@ class Watcher(Readiness, Leadership, Background, Bookkeeping):
         if report.exit_code is ExitCode.STOPPED:
             self._left_pending = True
             if not self.halt.is_set():
-                self._retry_later(entry.id, report.stopped or "recipients still pending")
+                self._retry_later(
+                    entry.id,
+                    report.stopped or "recipients still pending",
+                    relay_unfit=report.result.relay_unfit,
+                )
             return False
         self._backoff.pop(entry.id, None)
         return True
@@ -367,7 +371,7 @@ class Watcher(Readiness, Leadership, Background, Bookkeeping):
                 return True
         return False
 
-    def _retry_later(self, entry_id: str, reason: str) -> None:
+    def _retry_later(self, entry_id: str, reason: str, *, relay_unfit: bool = False) -> None:
         previous = self._backoff.get(entry_id)
         delay = (
             min(previous.delay * 2, self.options.backoff_max)
@@ -375,7 +379,7 @@ class Watcher(Readiness, Leadership, Background, Bookkeeping):
             else self.options.backoff_initial
         )
         until = asyncio.get_running_loop().time() + delay
-        self._backoff[entry_id] = Backoff(delay, until, reason)
+        self._backoff[entry_id] = Backoff(delay, until, reason, relay_unfit)
         log.warning(
             "%s: %s; trying again in %.0fs",
             entry_id,

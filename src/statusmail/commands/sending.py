@@ -15,7 +15,6 @@ from rich.console import Console
 
 from statusmail import signals
 from statusmail.delivery import controls, corrections, test_send
-from statusmail.delivery.attempts import RELAY_UNFIT
 from statusmail.delivery.report import ProgressReporter, breakdown_rows, breakdown_table, print_json
 from statusmail.domain import ExitCode, counted, mask_address
 from statusmail.errors import ConnectError, Interrupted, LedgerError
@@ -223,9 +222,9 @@ def _print_report(report: pipeline.Report, as_json: bool, out: Console, console:
         out.print(breakdown_table(report.entry_id, report.breakdown))
     if report.stopped:
         # (a relay that cannot take the project's messages takes none on a plain re-run)
-        then = "Fix the relay or the project's addresses, then re-run to continue"
-        if not report.stopped.startswith(RELAY_UNFIT):
-            then = "Re-run to continue"
+        then = "Re-run to continue"
+        if report.result.relay_unfit:
+            then = "Fix the relay or the project's addresses, then re-run to continue"
         console.print(f"Stopped early: {report.stopped}. {then}.", markup=False)
 
 

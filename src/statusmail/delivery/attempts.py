@@ -43,7 +43,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("statusmail.delivery")
 
 
-RELAY_UNFIT = "the relay cannot take it"  # (the stop's reason starts so: see sending.py)
 MAYBE_KEPT = (
     "the connection was lost after the whole message was sent (it may have been accepted); "
     "the run stopped before trying again, so it is not sent again (statusmail retry "
@@ -120,7 +119,7 @@ class Delivering:
     relay: str
     _relay_failed: bool
 
-    def halt(self, reason: str) -> None:
+    def halt(self, reason: str, *, relay_unfit: bool = False) -> None:
         raise NotImplementedError
 
     async def _check_claim(self, recipient: Recipient) -> None:
@@ -394,8 +393,8 @@ class Delivering:
         )
         if exc.relay_down or exc.unfit:
             # Not the recipient's fault: keep it pending and stop taking new recipients.
-            why = "the relay is unreachable" if exc.relay_down else RELAY_UNFIT
-            self.halt(f"{why} ({exc})")
+            why = "the relay is unreachable" if exc.relay_down else "the relay cannot take it"
+            self.halt(f"{why} ({exc})", relay_unfit=exc.unfit)
             return Outcome(recipient.address, DeliveryStatus.PENDING, attempts, None, exc.message)
         fields = {
             "entry": self.entry_id,

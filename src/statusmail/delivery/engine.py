@@ -72,6 +72,7 @@ class RunResult:
     sent: int = 0
     failed: int = 0
     stopped: str | None = None  # why the run stopped early, if it did
+    relay_unfit: bool = False  # stopped because the relay cannot take the project's mail
 
 
 OnOutcome = Callable[[Outcome, Recipient], None]
@@ -138,9 +139,10 @@ class Engine(Delivering):
         self._tasks: list[asyncio.Task[None]] = []
         self._fatal: BaseException | None = None  # what stopped the run (the ledger)
 
-    def halt(self, reason: str) -> None:
+    def halt(self, reason: str, *, relay_unfit: bool = False) -> None:
         if self.result.stopped is None:
             self.result.stopped = reason
+            self.result.relay_unfit = relay_unfit
             log.warning(
                 "stopping: %s; in-flight messages finish, the rest stay pending",
                 reason,

@@ -47,6 +47,7 @@ class Backoff:
     delay: float
     until: float
     reason: str = ""  # what the run stopped on
+    relay_unfit: bool = False  # the relay cannot take the project's messages (readiness)
 
 
 def lists_fingerprint(config: Config) -> Fingerprint:

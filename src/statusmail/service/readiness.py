@@ -11,7 +11,6 @@ import logging
 from prometheus_client import CollectorRegistry
 
 from statusmail import metrics
-from statusmail.delivery.attempts import RELAY_UNFIT
 from statusmail.project.config import Config
 from statusmail.service.bookkeeping import Backoff
 from statusmail.service.options import WatchOptions
@@ -53,7 +52,7 @@ class Readiness:
                 f"{self.options.takeover:g}s of its end"
             )
         waiting = len(self._backoff)
-        unfit = [b.reason for b in self._backoff.values() if b.reason.startswith(RELAY_UNFIT)]
+        unfit = [b.reason for b in self._backoff.values() if b.relay_unfit]
         if unfit:  # reachable, and takes none of the project's messages: as bad as down
             return f"{relay_name(self.config)}: {unfit[0]}"
         if self.metrics.relay_reachable is False and waiting:
