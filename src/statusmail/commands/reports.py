@@ -12,9 +12,10 @@ from statusmail.delivery import controls
 from statusmail.delivery.report import breakdown_rows, breakdown_table, print_json
 from statusmail.domain import DeliveryStatus, ExitCode, counted, mask_address, printable, scrub
 from statusmail.errors import StatusmailError
-from statusmail.ledger import FEEDBACK_OUTCOMES, reading
+from statusmail.ledger import FEEDBACK_OUTCOMES, Ledger, reading
 from statusmail.ledger import controls as ledger_controls
 from statusmail.ledger import exists as ledger_exists
+from statusmail.ledger.controls import CANCELLED, Control
 from statusmail.project.config import Config
 from statusmail.project.entries import entry_file, entry_paths, load_entry, unknown_entry
 
@@ -51,8 +52,7 @@ def status(
         held = ledger_controls.control(ledger, entry_id)
         breakdown = ledger.breakdown(entry_id)
         failures = ledger.failures(entry_id, None if failed else 20)
-        unfinished = state is not None and ledger.selection_unfinished(entry_id)
-        unfinished = unfinished and not (held and held.state == "cancelled")
+        unfinished = state is not None and _selecting(ledger, entry_id, held)
     listed = [
         {
             "address": mask(addresses[0]),
@@ -106,6 +106,13 @@ UNFINISHED = (
 )
 
 
+def _selecting(ledger: Ledger, entry_id: str, held: Control | None) -> bool:
+    """Whether the next run selects more of the lists for the entry: its selection
+    stopped short, and it is not cancelled."""
+    cancelled = held is not None and held.state == CANCELLED
+    return not cancelled and ledger.selection_unfinished(entry_id)
+
+
 def list_entries(config: Config, as_json: bool, console: Console) -> ExitCode:
     rows = []
     target = config.paths.ledger
@@ -122,12 +129,7 @@ def list_entries(config: Config, as_json: bool, console: Console) -> ExitCode:
             total = sum(counts.values())
             done = total - counts.get("pending", 0)
             held = ledger_controls.control(ledger, path.stem) if ledger else None
-            unfinished = (
-                bool(total)
-                and ledger is not None
-                and not (held and held.state == "cancelled")
-                and ledger.selection_unfinished(path.stem)
-            )
+            unfinished = bool(total) and ledger is not None and _selecting(ledger, path.stem, held)
             rows.append(
                 {
                     "id": path.stem,
