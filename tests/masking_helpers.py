@@ -58,6 +58,11 @@ def masked_before(text: str) -> set[str]:
     return {m[0] for rule in BEFORE.values() for m in rule.finditer(text) if _masks(m[0])}
 
 
+def shown_unmasked(text: str, shown: str) -> list[str]:
+    """What a rule before masked in ``text`` that ``shown`` (its masked output) shows."""
+    return [address for address in masked_before(text) if address in shown]
+
+
 # Pieces an address is found among: brackets, quotes and punctuation (Latin and
 # Russian), a URL's query, an SMTP reply, combining marks, emoji, a zero-width space.
 CONTEXT = [
