@@ -119,10 +119,9 @@ class Outcomes(LedgerBase):
         """Record outcomes; fenced ones (each mapped to the epoch its row was claimed
         at) only where the row's claim is still that one."""
         self.check_same_file()
-        stamp = now_iso()
         sql = queries.RECORD_FENCED if isinstance(outcomes, Mapping) else queries.RECORD
         with self.transaction():
-            self.database.executemany(sql, record_params(entry_id, outcomes, stamp))
+            self.database.executemany(sql, record_params(entry_id, outcomes))
 
     @guarded("count what is left")
     def remaining(self, entry_id: str, generation: int) -> int:
@@ -259,10 +258,9 @@ def claimed(row: tuple[Any, ...], parents: dict[str, str]) -> tuple[Recipient, i
     return recipient, int(epoch)
 
 
-def record_params(
-    entry_id: str, outcomes: Iterable[Outcome] | Fenced, stamp: str
-) -> Iterator[dict[str, Any]]:
-    """The parameters of RECORD, or of RECORD_FENCED for fenced outcomes."""
+def record_params(entry_id: str, outcomes: Iterable[Outcome] | Fenced) -> Iterator[dict[str, Any]]:
+    """The parameters of RECORD, or of RECORD_FENCED for fenced outcomes (their time is
+    the database's: ``{stamp}``)."""
     fenced = outcomes if isinstance(outcomes, Mapping) else None
     # In address order: two writers of overlapping rows then lock them in the same
     # order and cannot deadlock on each other.
@@ -273,7 +271,6 @@ def record_params(
             "code": o.code,
             "detail": o.detail,
             "message_id": o.message_id,
-            "stamp": stamp,
             "e": entry_id,
             "address": o.address,
             **({} if fenced is None else {"epoch": fenced[o]}),

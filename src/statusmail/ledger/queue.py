@@ -369,12 +369,11 @@ class ServerQueue(FencedClaims):
         await self._run(queries.RELEASE, {"e": self.entry_id, "me": self.worker})
 
     async def _record(self, outcomes: Fenced, check: Sequence[str]) -> dict[str, str]:
-        stamp = now_iso()
-        rows = list(record_params(self.entry_id, outcomes, stamp))
+        rows = list(record_params(self.entry_id, outcomes))
         if not rows and not check:
             return {}
         params: dict[str, Any] = {name: [row[name] for row in rows] for name in RECORD_COLUMNS}
-        params |= {"e": self.entry_id, "stamp": stamp, "addresses": list(check)}
+        params |= {"e": self.entry_id, "addresses": list(check)}
         sql = RECORD_AND_CHECK if check else RECORD_ARRAYS
         return {str(row[0]): str(row[1]) for row in await self._run(sql, params)}
 
