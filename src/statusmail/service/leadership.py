@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable
 
 from statusmail import metrics, signals
 from statusmail.errors import LedgerError
@@ -56,7 +57,7 @@ class Leadership:
         delay = self.options.lock_retry_initial
         while not self.stop.is_set():
             try:
-                lock = await LeaderLock.connect(url, "watch")
+                lock = await self._unless_stopped(LeaderLock.connect(url, "watch"))
             except LedgerError as exc:
                 self.role = "reconnecting"
                 self._lock_problem = f"{exc}; trying again in {delay:g}s"
@@ -65,6 +66,8 @@ class Leadership:
                 await self._pause(delay)
                 delay = min(delay * 2, self.options.lock_retry_max)
                 continue
+            if lock is None:
+                return
             self._lock_problem = None
             try:
                 if not await self._stand_by(lock):
@@ -84,6 +87,23 @@ class Leadership:
             if not self.stop.is_set():  # a server that comes and goes is not hammered
                 await self._pause(delay)
                 delay = min(delay * 2, self.options.lock_retry_max)
+
+    async def _unless_stopped(self, connecting: Awaitable[LeaderLock]) -> LeaderLock | None:
+        """The lock's connection, or None when the watcher is stopped first: nothing is
+        in flight while it connects, so a stop does not wait ``signals.FORCE_AFTER`` for
+        a server that does not answer."""
+        connection = asyncio.ensure_future(connecting)
+        stopped = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait((connection, stopped), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if connection.done():
+            return connection.result()
+        connection.cancel()
+        with contextlib.suppress(asyncio.CancelledError, LedgerError):
+            await (await connection).close()  # (made as it was cancelled)
+        return None
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
