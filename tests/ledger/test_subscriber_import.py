@@ -108,9 +108,11 @@ def test_the_audience_counted_from_the_import_is_what_select_chooses(
         CSV_HEADER
         + "a@example.org,A,en,NL,news,active\n"
         + "b@example.org,B,,RU,news,active\n"
-        + "c@example.org,C,en,NL,status,active\n"
+        + "c@example.org,C,en,NL,news;status,active\n"
         + "d@example.org,D,en,NL,news,unsubscribed\n"
-        + "e@example.org,E,de,NL,news,active\n",
+        + "e@example.org,E,de,NL,news,active\n"
+        + "f@example.org,F,en,NL,news;status,active\n"
+        + "g@example.org,G,en,NL,status,active\n",
         encoding="utf-8",
     )
     entry = dataclasses.replace(
@@ -122,6 +124,9 @@ def test_the_audience_counted_from_the_import_is_what_select_chooses(
         imported = import_lists(ledger, folder)
         ledger.suppress("a@example.org", "manual")
         ledger.set_preference("c@example.org", Preference("ru", frozenset({"news"})))
+        # f unticked news; g's page left news ticked, which adds nothing to the list's
+        ledger.set_preference("f@example.org", Preference(topics=frozenset({"status"})))
+        ledger.set_preference("g@example.org", Preference(topics=frozenset({"news", "status"})))
         counted = count_audience(
             entry,
             read_groups(ledger, imported.id),
@@ -142,7 +147,7 @@ def test_the_audience_counted_from_the_import_is_what_select_chooses(
                 )
                 if not isinstance(item, Inactive)
             ]
-        assert counted.total == len(chosen) == 3  # b (ru by region), c (by preference), e
+        assert counted.total == len(chosen) == 3  # b (ru by region), c (ru by preference), e
         assert counted.locales() == {item.locale for item in chosen} == {"en", "ru"}  # type: ignore[union-attr]
 
         stamp = "2020-01-01T00:00:00+00:00"

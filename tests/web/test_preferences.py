@@ -200,6 +200,32 @@ def test_a_choice_made_on_the_page_changes_the_next_entries(project: Path) -> No
     )
 
 
+@pytest.mark.timeout(180)
+def test_unticking_a_topic_signs_the_reader_up_for_nothing_else(project: Path) -> None:
+    """Ivan's list gives him service status only; his page, like everyone's, shows every
+    topic ticked. He unticks service status and saves: product news, left ticked, must
+    not start reaching him (it did: the whole ticked set was stored and replaced the
+    list's topics), and service status stops."""
+    ivan = "ivan.smirnov@example.com"
+    text = text_part(sent_to(project, UPDATE)[ivan])
+    link = re.search(r"^Сменить язык или темы: (\S+)\r?$", text, re.M)
+    assert link, text
+    path = urlsplit(link.group(1)).path
+    with serving(project, SECRET) as port:
+        status, _, page = request(port, "GET", path)
+        assert status == 200 and page.count(" checked>") == 3  # ru and both topics
+        status, _, saved = post_form(port, path, form_of(page, "ru", "product-news"))
+        assert status == 200 and "value='service-status'>" in saved
+    write_entry(project, "news-2020-05-20", "audience:\n  regions: [RU]\n  topics: [product-news]")
+    news = sent_to(project, "news-2020-05-20")
+    assert ivan not in news and "kate.morozova@example.com" in news
+    write_entry(
+        project, "update-2020-05-12", "audience:\n  regions: [RU]\n  topics: [service-status]"
+    )
+    status_update = sent_to(project, "update-2020-05-12")
+    assert ivan not in status_update and "olga.kuznetsova@example.net" in status_update
+
+
 def test_the_page_never_tells_whether_an_address_is_subscribed(project: Path) -> None:
     assert invoke(project, "send", UPDATE, "--yes", "--rate", "0", env=ENV).exit_code == 0
     keys = Keyring(SECRET.encode())

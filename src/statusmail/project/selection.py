@@ -81,16 +81,18 @@ def apply_preference(
     topics: frozenset[str],
     declared: frozenset[str] | None,
 ) -> tuple[str, frozenset[str]]:
-    """The locale and topics a subscriber gets: what they chose on the preferences page
-    wins over the list's. Their topic choice covers the topics the page offered (the
-    declared ones); a topic the list gives them that the page never showed stays."""
+    """The locale and topics a subscriber gets: the language chosen on the preferences
+    page wins over the list's. A topic choice takes away the declared topics the reader
+    unticked, and never adds one the list does not give them: the page shows every topic
+    ticked to every address (it tells nothing about the list), so a box left ticked says
+    nothing about what the reader wants (review: unticking one topic signed a reader up
+    for all the others). A topic the page never showed stays."""
     if preference is None:
         return locale, topics
     if preference.locale:
         locale = preference.locale
-    if preference.topics is not None:
-        kept = topics - declared if declared is not None else frozenset()
-        topics = kept | preference.topics
+    if preference.topics is not None and declared is not None:
+        topics = topics - (declared - preference.topics)
     return locale, topics
 
 
