@@ -4,15 +4,22 @@ only when nothing at all is set, and says so each time a command announces it.""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
 import pytest
 
-from conftest import SECRET, invoke
+from conftest import SECRET, free_port, invoke
 from statusmail.errors import ConfigError
-from statusmail.project.config import load_config
-from statusmail.project.secrets import DEV_UNSUBSCRIBE_SECRET, read_secret
+from statusmail.project.config import Config, load_config
+from statusmail.project.secrets import (
+    DEV_UNSUBSCRIBE_SECRET,
+    read_secret,
+    secret_problems,
+    secret_shape_problem,
+)
+from statusmail.project.tokens import unsubscribe_token, verify_unsubscribe_token
 
 NAME = "STATUSMAIL_UNSUBSCRIBE_SECRET"
 PREVIOUS = "STATUSMAIL_UNSUBSCRIBE_PREVIOUS_SECRETS"
@@ -92,3 +99,73 @@ def test_the_development_secret_only_when_nothing_is_set(
         assert len(info.value.problems) == 1
         assert SECRET not in str(info.value)
     assert len([r for r in caplog.records if getattr(r, "event", None) == "dev_secret"]) == 2
+
+
+@pytest.mark.parametrize("retired", ["abc", DEV_UNSUBSCRIBE_SECRET, f"{SECRET},short"])
+def test_a_retired_secret_must_be_as_strong_as_the_current_one(project: Path, retired: str) -> None:
+    """A retired secret still verifies tokens: one of 3 bytes, or the published
+    development secret, let anyone unsubscribe anyone through serve, and check said ok."""
+    env = {NAME: SECRET, PREVIOUS: retired}
+    served = invoke(project, "serve", "--port", str(free_port()), env=env)
+    assert served.exit_code == 1
+    assert f"${PREVIOUS} holds a secret that is" in served.stderr
+    assert retired.split(",")[-1] not in served.stderr  # a secret is never printed
+    checked = invoke(project, "check", env=env)  # the maildir outbox: a warning
+    assert f"${PREVIOUS} holds a secret that is" in checked.output
+    problems = secret_problems(smtp_config(project), env)
+    assert "secret-short" in [p.code for p in problems if not p.warning]
+
+
+def smtp_config(project: Path) -> Config:
+    config = load_config(project, {})
+    return dataclasses.replace(config, transport="smtp")
+
+
+@pytest.mark.parametrize(
+    ("current", "as_file"), [(f"{SECRET}\n", False), (f"{SECRET} \n", True), (SECRET, True)]
+)
+def test_a_secret_moved_to_the_previous_ones_as_it_was_keeps_its_links(
+    project: Path, tmp_path: Path, current: str, as_file: bool
+) -> None:
+    """Rotation by moving the current value into $…_PREVIOUS_SECRETS: a value with a
+    trailing line break or space (a Kubernetes secret, a file) was read whole as the
+    current secret but stripped as a previous one, and every link already sent broke."""
+    config = load_config(project, {})
+    before: dict[str, str] = {}
+    if as_file:
+        secret_file = tmp_path / "current"
+        secret_file.write_text(current, encoding="utf-8")
+        before = {f"{NAME}_FILE": str(secret_file)}
+    else:
+        before = {NAME: current}
+    old_keys, _ = config.keyring(before)
+    token = unsubscribe_token(old_keys, "alice@example.org")
+    new = "n" * 40
+    retired = {f"{PREVIOUS}_FILE": before[f"{NAME}_FILE"]} if as_file else {PREVIOUS: current}
+    new_keys, _ = config.keyring({NAME: new, **retired})
+    assert verify_unsubscribe_token(new_keys, token) == "alice@example.org"
+    assert verify_unsubscribe_token(config.keyring({NAME: new})[0], token) is None
+    shape = secret_shape_problem(config, old_keys, False)
+    assert (shape is not None) == (current != current.strip())
+
+
+def test_a_previous_secrets_file_may_hold_one_a_line(project: Path, tmp_path: Path) -> None:
+    config = load_config(project, {})
+    first, second = "a" * 40, "b" * 40
+    tokens = [
+        unsubscribe_token(config.keyring({NAME: s})[0], "bo@example.org") for s in (first, second)
+    ]
+    listed = tmp_path / "previous"
+    listed.write_text(f"{first}\n{second}\n", encoding="utf-8")
+    keys, _ = config.keyring({NAME: "c" * 40, f"{PREVIOUS}_FILE": str(listed)})
+    assert [verify_unsubscribe_token(keys, t) for t in tokens] == ["bo@example.org"] * 2
+
+
+def test_a_credential_whose_link_dangles_is_an_error_naming_it(tmp_path: Path) -> None:
+    """It counted as unset: a retired secret silently dropped (its links broken while
+    check said ok), a current one "not set", or the development secret for the outbox."""
+    (tmp_path / PREVIOUS).symlink_to(tmp_path / "..data" / PREVIOUS)
+    with pytest.raises(ConfigError) as info:
+        read_secret(PREVIOUS, {"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    [problem] = info.value.problems
+    assert problem.path == tmp_path / PREVIOUS and "No such file" in problem.message

@@ -44,7 +44,8 @@ def read_secret(name: str, environ: Mapping[str, str] | None = None) -> str | No
     if file:
         return _secret_file(Path(file), f"${name}_FILE")
     credentials = env.get("CREDENTIALS_DIRECTORY")
-    if credentials and (Path(credentials) / name).exists():
+    # (lexists: a credential whose link dangles is an error naming it, not "unset")
+    if credentials and os.path.lexists(Path(credentials) / name):
         return _secret_file(Path(credentials) / name, "$CREDENTIALS_DIRECTORY")
     return None
 
@@ -87,7 +88,7 @@ def keyring(
     settings = config.unsubscribe
     secret = read_secret(settings.secret_env, env)
     retired = read_secret(settings.previous_secrets_env, env) or ""
-    previous = tuple(part.strip().encode() for part in retired.split(",") if part.strip())
+    previous = retired_secrets(retired)
     if secret:
         return Keyring(secret.encode(), previous, settings.legacy_tokens_until), False
     name = f"${settings.secret_env}"
@@ -111,16 +112,63 @@ def keyring(
     raise ConfigError([Problem(config.path, line, f"{name} {reason}", code="secret-missing")])
 
 
+def retired_secrets(retired: str) -> tuple[bytes, ...]:
+    """The secrets ``$…_PREVIOUS_SECRETS`` lists: separated by commas or line breaks (a
+    file may hold one a line), each without surrounding whitespace. The whole value as
+    it was read counts too when it is one secret, so that a current secret with a
+    trailing line break (an environment variable written from a file, say) still
+    verifies its links once it is moved here as it was."""
+    parts = [part.strip() for part in retired.replace("\r", "\n").replace(",", "\n").split("\n")]
+    found = [part for part in parts if part]
+    if len(found) == 1 and retired != found[0]:
+        found.append(retired)
+    return tuple(dict.fromkeys(part.encode() for part in found))
+
+
 def secret_length_problem(config: Config, keys: Keyring, is_dev: bool) -> Problem | None:
-    """A secret someone could guess makes every link forgeable: at least 32 bytes."""
-    if is_dev or len(keys.secret) >= MIN_SECRET_BYTES:
+    """A secret someone could guess makes every link forgeable: at least 32 bytes, and
+    not the published development one. A retired secret still verifies tokens, so the
+    same holds for each of them (review: a retired secret of 3 bytes, or the
+    development one, let anyone unsubscribe anyone)."""
+    if is_dev:
+        return None
+    settings = config.unsubscribe
+    named = [(f"${settings.secret_env}", keys.secret)]
+    named += [(f"${settings.previous_secrets_env}", secret) for secret in keys.previous]
+    for name, secret in named:
+        if secret == DEV_UNSUBSCRIBE_SECRET.encode():
+            reason = "the published development secret: anyone can forge its tokens"
+        elif len(secret) < MIN_SECRET_BYTES:
+            reason = f"{len(secret)} bytes; it must be at least {MIN_SECRET_BYTES}"
+        else:
+            continue
+        which = "is" if secret is keys.secret else "holds a secret that is"
+        return Problem(
+            config.path,
+            config.line("unsubscribe"),
+            f"{name} {which} {reason} (a new one: python3 -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))')",
+            code="secret-short",
+        )
+    return None
+
+
+def secret_shape_problem(config: Config, keys: Keyring, is_dev: bool) -> Problem | None:
+    """A current secret that could not be retired as it is: one holding a comma or a line
+    break, or whitespace around it, is read otherwise once listed among the previous
+    secrets, and the links it made would stop working at the rotation."""
+    text = keys.secret.decode("utf-8", "replace")
+    if is_dev or not (text != text.strip() or any(c in text.strip() for c in ",\r\n")):
         return None
     return Problem(
         config.path,
         config.line("unsubscribe"),
-        f"${config.unsubscribe.secret_env} is {len(keys.secret)} bytes; it must be at least "
-        f"{MIN_SECRET_BYTES} (e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))')",
-        code="secret-short",
+        f"${config.unsubscribe.secret_env} holds a comma, a line break or whitespace around "
+        f"it: listed in ${config.unsubscribe.previous_secrets_env} beside another secret "
+        "at the next rotation, it would be read otherwise and its links would stop working; "
+        "choose one without them at that rotation",
+        warning=True,
+        code="secret-shape",
     )
 
 
@@ -162,6 +210,9 @@ def secret_problems(config: Config, environ: Mapping[str, str] | None = None) ->
             problems.append(short)
         elif short is not None:  # fine for the outbox, not for serve or a relay
             problems.append(replace(short, warning=True))
+        shape = secret_shape_problem(config, keys, is_dev)
+        if shape is not None:
+            problems.append(shape)
     bounces = config.bounces
     if bounces.imap is not None and not bounces.imap.password(environ):
         problems.append(imap_password_problem(config))
