@@ -30,7 +30,10 @@ from conftest import (
     free_port,
     http_request,
     invoke,
+    port_open,
     serving,
+    spawn,
+    wait_for,
 )
 from delivery_helpers import point_at, send, suppressed
 from editing import line_of, replace_in
@@ -590,3 +593,47 @@ def test_a_one_click_body_of_nested_comments_is_not_a_one_click() -> None:
     ).encode()
     assert is_one_click("multipart/form-data; boundary=b", body) in (True, False)
     assert not is_one_click(f"multipart/form-data; boundary=b; x={deep}", body)
+
+
+# -- secrets that change while serve runs ---------------------------------------------
+
+
+def test_serve_reads_a_replaced_secret_file_and_sighup_reads_it_again(
+    project: Path, tmp_path: Path
+) -> None:
+    """A secret file replaced in place (a Kubernetes secret volume): watch read the new
+    secret for its next entry while serve kept the old one, so links just mailed got
+    400; SIGHUP ended serve with no line at all (systemd took it for a clean exit)."""
+    first, second, third = ("1" * 40, "2" * 40, "3" * 40)
+    secret_file = tmp_path / "secret"
+
+    def put(secret: str) -> None:  # replaced whole, as a secret volume does
+        staged = tmp_path / "staged"
+        staged.write_text(secret + "\n", encoding="utf-8")
+        staged.replace(secret_file)
+
+    def status(secret: str) -> int:
+        return fetch(port, "GET", path_for("alice@example.org", secret)).status
+
+    put(first)
+    port = free_port()
+    env = {"STATUSMAIL_UNSUBSCRIBE_SECRET_FILE": str(secret_file)}
+    with spawn(project, "serve", "--port", str(port), env=env) as server:
+        wait_for(lambda: port_open(port), what="serve to listen")
+        assert status(first) == 200
+        put(second)  # no signal: a link of the new secret has serve read it again
+        wait_for(lambda: status(second) == 200, what="serve to take the new secret")
+        server.wait_for_line("the unsubscribe secrets changed")
+        assert status(first) == 400  # not retired: no longer verified
+
+        put(third)
+        server.send_signal(signal.SIGHUP)
+        server.wait_for_line("the unsubscribe secrets changed", count=2)
+        assert status(third) == 200 and server.process.poll() is None
+        (tmp_path / "staged").write_text("tiny-secret-value\n", encoding="utf-8")
+        (tmp_path / "staged").replace(secret_file)
+        server.send_signal(signal.SIGHUP)
+        server.wait_for_line("still using the ones read before")
+        assert status(third) == 200  # a weak secret is never taken
+        assert server.stop() == 0
+    assert "tiny-secret-value" not in server.stderr

@@ -44,6 +44,7 @@ from statusmail.web.pages import (
     posted_form_token,
     read_form,
 )
+from statusmail.web.served_keys import ServedKeys
 from statusmail.web.urls import cross_site, public_origins
 
 log = logging.getLogger("statusmail.web.serve")  # the name its records had before the split
@@ -113,8 +114,19 @@ async def read_body(request: Request) -> bytes | None:
     return bytes(body)
 
 
+def opened(
+    keys: ServedKeys, verify: Callable[[Keyring, str], str | None], token: str
+) -> str | None:
+    """The address ``token`` names, by the keys in use or, when none opens it, by the
+    secrets read again if they changed (``ServedKeys.after_refusal``)."""
+    address = verify(keys.keys, token)
+    if address is None and (again := keys.after_refusal()) is not None:
+        address = verify(again, token)
+    return address
+
+
 def unsubscribe_endpoint(
-    keys: Keyring, ledgers: LedgerAccess, page: Page, counted: UnsubscribeMetrics
+    keys: ServedKeys, ledgers: LedgerAccess, page: Page, counted: UnsubscribeMetrics
 ) -> Endpoint:
     """GET shows the confirmation page; POST with ``List-Unsubscribe=One-Click`` and a
     valid token suppresses the address."""
@@ -123,7 +135,7 @@ def unsubscribe_endpoint(
         token = request.path_params.get("token", "")
         if not isinstance(token, str) or len(token) > MAX_TOKEN:
             return None
-        return verify_unsubscribe_token(keys, token)
+        return opened(keys, verify_unsubscribe_token, token)
 
     async def language(request: Request, address: str | None) -> str:
         if address is not None:
@@ -179,7 +191,7 @@ def unsubscribe_endpoint(
 
 def preferences_endpoint(
     config: Config,
-    keys: Keyring,
+    keys: ServedKeys,
     form: PreferencesPage,
     page: Page,
     ledgers: LedgerAccess,
@@ -202,7 +214,7 @@ def preferences_endpoint(
         token = request.path_params.get("token", "")
         address = None
         if isinstance(token, str) and len(token) <= MAX_TOKEN:
-            address = verify_preferences_token(keys, token)
+            address = opened(keys, verify_preferences_token, token)
         asked = accept_language(request.headers.get("accept-language"))
         if address is None:
             return page(asked, "invalid_link", 400)
@@ -216,7 +228,9 @@ def preferences_endpoint(
             shown_in: str, choice: Choice, status: int = 200, *, saved: bool = False
         ) -> Response:
             """The form, with a form token made now for this page."""
-            html = form.render(shown_in, choice, saved=saved, form_token=form_token(keys, token))
+            html = form.render(
+                shown_in, choice, saved=saved, form_token=form_token(keys.keys, token)
+            )
             return respond(shown_in, html, status)
 
         if request.method != "POST":
@@ -225,7 +239,7 @@ def preferences_endpoint(
         if body is None:
             return page(lang, "too_large", 413)
         refused = cross_site(request.headers, origins)
-        if refused is None and not verify_form_token(keys, posted_form_token(body), token):
+        if refused is None and not verify_form_token(keys.keys, posted_form_token(body), token):
             refused = "without a valid form token (missing, forged or expired)"
         if refused is not None:
             log.warning(

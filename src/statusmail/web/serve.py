@@ -33,6 +33,7 @@ from statusmail.web.endpoints import SECURITY_HEADERS, preferences_endpoint, uns
 from statusmail.web.health import Heartbeat, ServeError, listen, notify, routes, uvicorn_server
 from statusmail.web.ledger_access import LedgerAccess
 from statusmail.web.pages import Choice, accept_language, preferences_page, render_pages
+from statusmail.web.served_keys import ServedKeys
 from statusmail.web.urls import preferences_paths, route_path, route_paths
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ __all__ = ["LedgerAccess", "ServeError", "make_app", "run_server"]
 
 def make_app(
     config: Config,
-    keys: Keyring,
+    keys: Keyring | ServedKeys,
     registry: CollectorRegistry | None = None,
     extra_routes: Sequence[BaseRoute] = (),
     *,
@@ -62,8 +63,9 @@ def make_app(
         headers = {**SECURITY_HEADERS, "Content-Language": lang}
         return HTMLResponse(pages[lang, key], status_code=status, headers=headers)
 
-    preferences = preferences_endpoint(config, keys, form, page, ledgers)
-    unsubscribe = unsubscribe_endpoint(keys, ledgers, page, counted)
+    served = keys if isinstance(keys, ServedKeys) else ServedKeys(keys)
+    preferences = preferences_endpoint(config, served, form, page, ledgers)
+    unsubscribe = unsubscribe_endpoint(served, ledgers, page, counted)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         lang = accept_language(request.headers.get("accept-language"))
@@ -132,16 +134,28 @@ def _webhook_routes(config: Config, ledgers: LedgerAccess) -> list[BaseRoute]:
     return list(webhooks.routes(config, apply=apply))
 
 
+def _keyring(config: Config) -> tuple[Keyring, bool]:
+    """The token keys serve may use: secrets too weak to trust are a ``ConfigError``."""
+    keys, is_dev = config.keyring()
+    short = secret_length_problem(config, keys, is_dev)
+    if short is not None:
+        raise ConfigError([short])
+    return keys, is_dev
+
+
+def _reread(served: ServedKeys) -> None:
+    log.info("SIGHUP: reading the unsubscribe secrets again", extra={"event": "reload"})
+    if not served.reload():
+        log.info("the unsubscribe secrets are unchanged", extra={"event": "secrets_unchanged"})
+
+
 def run_server(config: Config, host: str, port: int, *, dev_secret: bool = False) -> int:
     """Serve until SIGINT/SIGTERM; returns the exit code (0).
 
     The endpoint never runs on the published development secret unless asked to
     (``--insecure-dev-secret``): anyone could forge tokens with it.
     """
-    keys, is_dev = config.keyring()
-    short = secret_length_problem(config, keys, is_dev)
-    if short is not None:
-        raise ConfigError([short])
+    keys, is_dev = _keyring(config)
     if is_dev and not dev_secret:
         raise ConfigError(
             [
@@ -159,7 +173,8 @@ def run_server(config: Config, host: str, port: int, *, dev_secret: bool = False
             extra={"event": "dev_secret"},
         )
     ledgers = LedgerAccess(config.paths.ledger)
-    app = make_app(config, keys, extra_routes=_webhook_routes(config, ledgers), ledgers=ledgers)
+    served = ServedKeys(keys, None if is_dev else lambda: _keyring(config)[0])
+    app = make_app(config, served, extra_routes=_webhook_routes(config, ledgers), ledgers=ledgers)
     sock = listen(host, port)
     server = uvicorn_server(app, host, port)
     bound_host, bound_port = sock.getsockname()[:2]
@@ -176,6 +191,9 @@ def run_server(config: Config, host: str, port: int, *, dev_secret: bool = False
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, server.handle_exit)
+        # SIGHUP, as for watch, reads the secrets again (it ended serve silently, and
+        # systemd's Restart=on-failure took that for a clean exit).
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda *_: _reread(served))
     try:
         with sock, ledgers:
             asyncio.run(_serve(server, [sock]))
