@@ -15,6 +15,7 @@ import pytest
 
 from conftest import (
     BLOCK_AUDIENCE,
+    SECRET,
     SECRET_ENV,
     UPDATE_AUDIENCE,
     closed_port,
@@ -99,6 +100,24 @@ def test_an_entry_blocked_by_its_key_goes_once_the_key_is_fixed(project: Path, k
             wait_for(lambda: len(server.messages) == BLOCK_AUDIENCE + UPDATE_AUDIENCE)
             assert process.stop() == 0, process.stderr
     assert all(m.message["DKIM-Signature"] for m in server.messages)
+
+
+def test_an_entry_held_for_its_secret_file_goes_once_the_file_is_fixed(project: Path) -> None:
+    """An empty secret file holds every entry ("not sent until its files are fixed"),
+    but the secret's file was not among the files looked at: fixed, nothing went out
+    until a SIGHUP (review)."""
+    secret_file = project.parent / "unsubscribe.secret"
+    secret_file.write_text("", encoding="utf-8")
+    env = {"STATUSMAIL_UNSUBSCRIBE_SECRET_FILE": str(secret_file)}
+    with RecordingServer() as server:
+        point_at(project, server.port)
+        args = ("watch", "--poll-interval", "0.2", "--retry-after", "0.05")
+        with spawn(project, *args, env=env) as process:
+            process.wait_for_line("not sent until its files are fixed")
+            assert not server.messages
+            secret_file.write_text(SECRET + "\n", encoding="utf-8")
+            wait_for(lambda: len(server.messages) == BLOCK_AUDIENCE + UPDATE_AUDIENCE)
+            assert process.stop() == 0, process.stderr
 
 
 @pytest.mark.timeout(60)

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from statusmail.ledger import exists as ledger_exists
 from statusmail.ledger.subscribers import Imported, ImportRefused
 from statusmail.project.config import Config
 from statusmail.project.entries import entry_paths, load_entry, twin_problems
+from statusmail.project.secrets import secret_variables
 from statusmail.project.subscriber_rows import subscriber_files
 from statusmail.project.yamlfile import Stamps, file_stamps
 from statusmail.service.steps import in_a_thread
@@ -57,9 +59,24 @@ def lists_fingerprint(config: Config) -> Fingerprint:
     return file_stamps([])
 
 
+def secret_files(config: Config) -> list[Path]:
+    """The files the config's secrets are read from now (``$NAME_FILE``, systemd
+    credentials): an entry held for a secret file is tried again once it changes."""
+    found: list[Path] = []
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    for name in sorted(secret_variables(config)):
+        if name.endswith("_FILE"):
+            if os.environ.get(name):
+                found.append(Path(os.environ[name]))
+        elif credentials:
+            found.append(Path(credentials) / name)
+    return found
+
+
 def inputs_fingerprint(config: Config, entry_path: Path | None) -> Fingerprint:
     """Size and modification time of every file a run of the entry reads: the entries
-    too (the one it threads on or corrects), the keys and the relay's CA."""
+    too (the one it threads on or corrects), the keys, the secrets' files and the relay's
+    CA."""
     paths: list[Path] = [config.path, config.paths.regions]
     if entry_path is not None:
         paths.append(entry_path)
@@ -68,6 +85,7 @@ def inputs_fingerprint(config: Config, entry_path: Path | None) -> Fingerprint:
         paths += [p for p in (config.dkim.key_file, config.dkim.ed25519_key_file) if p]
     if config.smtp.ca_file is not None:
         paths.append(config.smtp.ca_file)
+    paths += secret_files(config)
     if config.paths.templates.is_dir():
         paths += sorted(p for p in config.paths.templates.rglob("*") if p.is_file())
     with contextlib.suppress(OSError):
