@@ -637,3 +637,24 @@ def test_serve_reads_a_replaced_secret_file_and_sighup_reads_it_again(
         assert status(third) == 200  # a weak secret is never taken
         assert server.stop() == 0
     assert "tiny-secret-value" not in server.stderr
+
+
+def test_a_client_gone_before_its_body_ended_is_no_error(project: Path) -> None:
+    """A POST that declares a body and hangs up halfway logged ERROR "Exception in ASGI
+    application" and a traceback of some 45 lines, per request (review): anyone could
+    fill the log and page whoever watches its errors."""
+    port = free_port()
+    path = path_for("alice@example.org")
+    preferences = path.replace("/unsubscribe/", "/preferences/")
+    with spawn(project, "serve", "--port", str(port), env=SECRET_ENV) as server:
+        wait_for(lambda: port_open(port), what="serve to listen")
+        for target in (path, preferences) * 3:
+            with socket.create_connection(("127.0.0.1", port)) as conn:
+                conn.sendall(
+                    f"POST {target} HTTP/1.1\r\nHost: www.startmail.example\r\n"
+                    "Content-Type: application/x-www-form-urlencoded\r\n"
+                    "Content-Length: 1000\r\n\r\nList-Unsub".encode()
+                )
+        assert fetch(port, "GET", path).status == 200  # answered after them all
+        assert server.stop() == 0
+    assert "ERROR" not in server.stderr and "Exception" not in server.stderr, server.stderr

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qs
 
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, Response
 
 from statusmail.domain import Preference, SuppressionReason
@@ -102,15 +102,18 @@ def _multipart_one_click(data: bytes) -> bool:
 
 
 async def read_body(request: Request) -> bytes | None:
-    """The request body, or None when it is larger than ``MAX_BODY``."""
+    """The request body, or None when it is larger than ``MAX_BODY`` or never ended."""
     declared = request.headers.get("content-length", "0")
     if not (declared.isascii() and declared.isdigit()) or int(declared) > MAX_BODY:
         return None
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY:
-            return None
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY:
+                return None
+    except ClientDisconnect:  # gone before its body ended: nobody reads the answer
+        return None  # (it logged an error and a traceback per request: review)
     return bytes(body)
 
 
