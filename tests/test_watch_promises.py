@@ -32,7 +32,9 @@ from dkim_helpers import Keys, sign_with
 from dkim_helpers import keys as keys  # the fixture
 from editing import replace_in
 from ops_helpers import cpu_seconds, silent_server
+from postgres_helpers import query
 from smtp_server import RecordingServer
+from statusmail.ledger.schema import SCHEMA_VERSION
 from test_watch import NEW_ENTRY, watch
 
 
@@ -251,3 +253,29 @@ def test_a_bounce_pass_blocked_on_a_silent_imap_server_does_not_hold_the_stop(
             started = time.monotonic()
             assert process.stop() == 0, process.stderr
             assert time.monotonic() - started < 2, process.stderr
+
+
+@pytest.mark.timeout(60)
+def test_a_watcher_that_does_not_know_the_upgraded_schema_steps_down(
+    project: Path, postgres: str
+) -> None:
+    """A rolling upgrade: another host's newer statusmail migrated the ledger. The old
+    leader could no longer read it, said so, and kept the leader's lock: the upgraded
+    watcher stood by for good and nothing was sent (review). It now stops, exit 1,
+    naming the versions, which frees the lock."""
+    env = {**SECRET_ENV, "STATUSMAIL_LEDGER": postgres}
+    with RecordingServer() as server:
+        point_at(project, server.port)
+        args = ("watch", "--poll-interval", "0.2", "--retry-after", "0.05")
+        with spawn(project, *args, env=env) as process:
+            wait_for(lambda: len(server.messages) == BLOCK_AUDIENCE + UPDATE_AUDIENCE)
+            query(
+                postgres,
+                "INSERT INTO schema_version VALUES (%s, 'later') RETURNING 1",
+                SCHEMA_VERSION + 1,
+            )
+            assert process.finish(timeout=20) == 1
+    newer = f"schema is version {SCHEMA_VERSION + 1}, newer than this statusmail knows"
+    assert newer in process.stderr and "so that a watcher that knows the schema can lead" in (
+        process.stderr
+    )

@@ -51,6 +51,11 @@ class LedgerError(StatusmailError):
     """The ledger cannot be opened or is in use by another run."""
 
 
+class SchemaTooNew(LedgerError):
+    """The ledger's schema is newer than this statusmail knows: another host upgraded it.
+    Waiting does not help, so a service stops (and lets an upgraded one lead)."""
+
+
 class RenderError(StatusmailError):
     """A message could not be rendered (template error, missing translation); when the
     cause is located, ``problem`` says where (a template or catalog line)."""

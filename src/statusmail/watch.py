@@ -39,6 +39,7 @@ from statusmail.errors import (
     InputError,
     Interrupted,
     LedgerError,
+    SchemaTooNew,
     StatusmailError,
 )
 from statusmail.ledger import controls, reading, run_lock
@@ -218,6 +219,8 @@ class Watcher(Readiness, Leadership, Background, Bookkeeping):
         ledger_path = Path(ledger_describe(self.config.paths.ledger))
         try:
             due = self.due_entries()
+        except SchemaTooNew:
+            raise  # upgraded by a newer statusmail: this one steps down (Leadership)
         except LedgerError as exc:
             # Stay up, unready (/readyz says why), and look again at the next scan.
             self._left_pending = True

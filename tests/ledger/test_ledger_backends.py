@@ -20,7 +20,7 @@ import yaml
 from conftest import SECRET, clean_environ, command, invoke, outbox_count, outbox_messages, wait_for
 from delivery_helpers import add_subscribers
 from statusmail.domain import DeliveryStatus, Outcome, Recipient, short_source
-from statusmail.errors import LedgerError
+from statusmail.errors import LedgerError, SchemaTooNew
 from statusmail.ledger import SCHEMA_VERSION, Ledger, StagedRow, copy_ledger, store
 from statusmail.ledger.events import TOKENS_KEPT_PAST_STALE
 from statusmail.ledger.queue import LocalQueue
@@ -479,3 +479,28 @@ def test_status_and_list_read_a_server_database_with_no_schema_yet(
     assert {row["progress"] for row in json.loads(listed.stdout)} == {"not sent"}
     with Ledger(postgres, readonly=True) as ledger:
         assert ledger.schema_version() == 0  # still nothing made there
+
+
+def test_a_ledger_a_newer_statusmail_upgraded_while_this_one_waited_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two hosts upgrading at once, the other one newer: this one waited for its
+    migration, then found the schema newer than it knows and reported success on it
+    (`ledger migrate` exit 0, "schema version 15" on a version 16: review)."""
+    path = tmp_path / "statusmail.db"
+    with monkeypatch.context() as before:
+        before.setattr(store, "SCHEMA_VERSION", SCHEMA_VERSION - 1)
+        Ledger(path).close()
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")  # the newer statusmail, migrating
+    for number in (SCHEMA_VERSION, SCHEMA_VERSION + 1):
+        holder.execute("INSERT INTO schema_version VALUES (?, 'later')", (number,))
+    releasing = threading.Timer(1.0, holder.execute, ("COMMIT",))
+    releasing.start()
+    newer = f"version {SCHEMA_VERSION + 1}, newer than this statusmail knows \\({SCHEMA_VERSION}"
+    try:
+        with pytest.raises(SchemaTooNew, match=newer):
+            Ledger(path)
+    finally:
+        releasing.join()
+        holder.close()

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from statusmail.domain import Preference
-from statusmail.errors import LedgerError
+from statusmail.errors import LedgerError, SchemaTooNew
 from statusmail.ledger.base import guarded, now_iso
 from statusmail.ledger.database import (
     PostgresDatabase,
@@ -112,20 +112,16 @@ class Ledger(Selecting, Outcomes, Suppressions, FeedbackEvents, Preferences):
                     )
 
     def _migrate_once(self, *, check_only: bool) -> int:
-        version = self.schema_version()
-        if version > SCHEMA_VERSION:
-            raise self.error(
-                f"the ledger's schema is version {version}, newer than this statusmail "
-                f"knows ({SCHEMA_VERSION}); upgrade statusmail"
-            )
+        version = self._known(self.schema_version())
         if check_only or version == SCHEMA_VERSION:
             return version
         with self.transaction():
             # One migrating process at a time (SQLite: BEGIN IMMEDIATE; PostgreSQL: an
-            # advisory lock); the others wait here, then find it done.
+            # advisory lock); the others wait here, then find it done, or newer than
+            # they know (a newer statusmail migrated meanwhile: review).
             if isinstance(self.database, PostgresDatabase):
                 self._q("SELECT pg_advisory_xact_lock(7356283701)")
-            version = self.schema_version()
+            version = self._known(self.schema_version())
             self._q(
                 "CREATE TABLE IF NOT EXISTS schema_version"
                 " (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
@@ -140,6 +136,14 @@ class Ledger(Selecting, Outcomes, Suppressions, FeedbackEvents, Preferences):
                     )
                 self._q("INSERT INTO schema_version VALUES (:n, :at)", n=number, at=now_iso())
         return SCHEMA_VERSION
+
+    def _known(self, version: int) -> int:
+        if version > SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"{self.where}: the ledger's schema is version {version}, newer than this "
+                f"statusmail knows ({SCHEMA_VERSION}); upgrade statusmail"
+            )
+        return version
 
 
 def _busy(exc: BaseException) -> bool:

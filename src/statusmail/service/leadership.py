@@ -11,7 +11,7 @@ import logging
 from collections.abc import Awaitable
 
 from statusmail import metrics, signals
-from statusmail.errors import LedgerError
+from statusmail.errors import LedgerError, SchemaTooNew
 from statusmail.ledger.locks import LeaderLock
 from statusmail.service.options import WatchOptions
 from statusmail.web import health
@@ -76,6 +76,15 @@ class Leadership:
                 await self._lead(lock)
                 if self.options.once:  # one pass, led: done (it stood again, forever)
                     return
+            except SchemaTooNew as exc:
+                # Waiting cannot help, and holding the lock would keep an upgraded
+                # watcher standing by for good (review): step down and stop.
+                log.error(
+                    "%s: stopping, so that a watcher that knows the schema can lead",
+                    exc,
+                    extra={"event": "schema_too_new"},
+                )
+                raise
             except LedgerError as exc:
                 self.role = "reconnecting"
                 self._lock_problem = f"{exc}; connecting again"
