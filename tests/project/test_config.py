@@ -503,6 +503,15 @@ def test_no_password_shows_whatever_it_holds(password: str) -> None:
     assert describe(encoded) == "postgresql://db.example:5432/ledger"
 
 
+def test_a_ledger_is_named_with_its_schema() -> None:
+    """Two deployments in schemas of one database were told apart by nothing (review)."""
+    base = "postgresql://statusmail:-csearch_path=secret@db.example:5432/ledger"
+    assert describe(base) == "postgresql://db.example:5432/ledger"
+    for options in ("-csearch_path%3Dstaging", "-c%20search_path%3Dstaging,public"):
+        named = describe(f"{base}?sslmode=require&options={options}")
+        assert named == "postgresql://db.example:5432/ledger (schema staging)"
+
+
 def test_a_percent_encoded_password_reaches_the_server(project: Path, postgres: str) -> None:
     user = query(postgres, "SELECT current_user")[0][0]
     password = "p@ss/w%rd:" + HALVES[0]

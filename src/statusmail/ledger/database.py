@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import parse_qs
 
 from statusmail.errors import LedgerError
 from statusmail.project.config import is_url, sqlite_durability
@@ -64,7 +65,16 @@ def describe(target: str | Path) -> str:
     is refused first, in one line that shows no part of the password (see ``server_of``)."""
     if not is_url(target):
         return str(target)
-    return server_of(str(target))
+    server = server_of(str(target))
+    query = (
+        str(target).partition("://")[2].partition("/")[2].partition("?")[2]
+    )  # not the password's
+    schema = _SEARCH_PATH.search(parse_qs(query).get("options", [""])[-1])
+    # (deployments in schemas of one database: which one a message is about)
+    return f"{server} (schema {schema.group(1)})" if schema else server
+
+
+_SEARCH_PATH = re.compile(r"-c\s*search_path\s*=\s*([^\s,]+)")
 
 
 _PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})|%00")
