@@ -302,6 +302,30 @@ def test_webhooks_reach_serve_under_the_public_prefix(proxy: Proxy) -> None:
     assert "hello" not in access and "/webhooks/" not in access, access
 
 
+def test_a_mail_provider_s_wave_of_one_click_posts_all_reaches_serve(proxy: Proxy) -> None:
+    """The large mailbox providers post every "Unsubscribe" click of their users from a
+    few addresses of theirs: the readers' budget of 60 a minute (burst 30) answered the
+    31st with 429 (review), and a refused unsubscribe may never be made again."""
+    addresses = [f"reader{n}@example.org" for n in range(80)]
+    conn = proxy.connection("127.0.0.3")
+    try:
+        answers = [
+            proxy.request(
+                HOSTS[0],
+                "POST",
+                f"/status/unsubscribe/{unsubscribe_token(KEYS, address)}",
+                b"List-Unsubscribe=One-Click",
+                {"Content-Type": "application/x-www-form-urlencoded"},
+                conn=conn,
+            ).status
+            for address in addresses
+        ]
+    finally:
+        conn.close()
+    assert answers == [200] * len(addresses), answers
+    assert set(addresses) <= set(suppressed(proxy.project))
+
+
 @pytest.mark.parametrize("where", ["proxy", "merged_proxy"])
 def test_a_flood_is_limited_and_no_log_holds_a_token(
     where: str, request: pytest.FixtureRequest
