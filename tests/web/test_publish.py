@@ -437,3 +437,31 @@ def test_the_after_hook_gets_no_secret(tmp_path: Path, monkeypatch: pytest.Monke
     seen = (project.parent / "hook-env").read_text(encoding="utf-8")
     assert "SECRET-" not in seen, seen
     assert "SOMETHING_ELSE=kept" in seen and f"STATUSMAIL_SITE={tmp_path / 'site'}" in seen
+
+
+def test_a_paused_or_cancelled_entry_is_not_published(tmp_path: Path) -> None:
+    """pause holds an entry and cancel withdraws it, but publish, and watch after it,
+    put the text on the site and in its feeds before anyone was mailed it (review)."""
+    project = copy_sample(tmp_path / "project")
+    text = project.read_text(encoding="utf-8").replace("rate: 20 ", "rate: 0 ")
+    project.write_text(text + "publish: {out: site}\n", encoding="utf-8")
+    held, withdrawn = "held-2021-01-01", "withdrawn-2021-01-02"
+    for entry_id in (held, withdrawn):
+        add_entry(project, entry_id)
+    assert invoke(project, "pause", held).exit_code == 0
+    assert invoke(project, "cancel", withdrawn).exit_code == 0
+    site = project.parent / "site" / CURRENT
+
+    def public() -> str:
+        files = [p for p in site.rglob("*") if p.is_file()]
+        assert files
+        return "\n".join(p.read_text(encoding="utf-8") for p in files)
+
+    done = invoke(project, "watch", "--once")
+    assert done.exit_code == 0, done.output
+    shown = public()
+    assert "update-2020-04-21" in shown
+    assert held not in shown and withdrawn not in shown
+    assert invoke(project, "resume", held).exit_code == 0
+    assert invoke(project, "watch", "--once").exit_code == 0
+    assert held in public() and withdrawn not in public()

@@ -62,6 +62,15 @@ def control(ledger: Ledger, entry_id: str) -> Control | None:
     return Control(str(rows[0][0]), str(rows[0][1])) if rows else None
 
 
+def held(ledger: Ledger) -> dict[str, str]:
+    """Every paused or cancelled entry (its id: the state). A ledger older than the
+    controls (opened read-only, not migrated) holds none."""
+    if not ledger.database.table_exists("entry_controls"):
+        return {}
+    rows = _q(ledger, "read which entries are held", "SELECT entry_id, state FROM entry_controls")
+    return {str(row[0]): str(row[1]) for row in rows}
+
+
 def stop_reason(ledger: Ledger, entry_id: str) -> str | None:
     """Why a running sender of the entry is to stop taking recipients, if it is."""
     found = control(ledger, entry_id)

@@ -28,6 +28,8 @@ from pathlib import Path
 
 from statusmail.domain import Entry
 from statusmail.errors import InputError, Problem, RenderError
+from statusmail.ledger import controls
+from statusmail.ledger import reading as ledger_reading
 from statusmail.project.config import Config
 from statusmail.project.editions import Edition, load_editions
 from statusmail.project.entries import load_entries
@@ -176,10 +178,19 @@ def prune(out: Path, keep: int = KEEP_RELEASES) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+def held_entries(config: Config) -> dict[str, str]:
+    """The entries the ledger holds back (paused, cancelled): not for the public either,
+    although their files say ready (review: a paused entry was on the site and in its
+    feeds before anyone was mailed it). Read only; no ledger yet holds none."""
+    with ledger_reading(config.paths.ledger) as ledger:
+        return controls.held(ledger)
+
+
 def site_files(
-    config: Config, now: dt.datetime, times: Times
+    config: Config, now: dt.datetime, times: Times, held: Mapping[str, str] | None = None
 ) -> tuple[dict[str, bytes], tuple[str, ...], dt.datetime | None]:
-    """Every file of every edition, the editions' names, and the next ``send_at``."""
+    """Every file of every edition, the editions' names, and the next ``send_at``;
+    ``held`` entries (paused, cancelled) are left out."""
     regions = load_regions(config.paths.regions)
     editions = load_editions(config.paths.regions, regions)
     if not editions:
@@ -197,7 +208,7 @@ def site_files(
     entries, problems = load_entries(config.paths.updates)
     if problems:
         raise InputError(problems)
-    shown = [e for e in entries.values() if is_published(e, now)]
+    shown = [e for e in entries.values() if is_published(e, now) and e.id not in (held or {})]
     waiting = [e.send_at for e in entries.values() if e.ready and e.send_at and e.send_at > now]
     builder = SiteBuilder(config, regions, shown, times.stamps)
     files: dict[str, bytes] = {}
@@ -262,9 +273,10 @@ def publish(config: Config, out: Path | None = None, now: dt.datetime | None = N
         _readable_folder(out)
     except OSError as exc:
         raise InputError([Problem(out, None, f"cannot create it: {exc.strerror}")]) from exc
+    held = held_entries(config)
     with _locked(out):
         times = Times(out / STATE_NAME, now)
-        files, editions, due = site_files(config, now, times)
+        files, editions, due = site_files(config, now, times, held)
         fresh = digest(files)
         pending = bool(config.publish.after) and times.get("after_pending") is not False
         if fresh == times.get("digest") and current.is_dir():

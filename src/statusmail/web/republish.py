@@ -19,7 +19,7 @@ from statusmail.errors import InputError, StatusmailError
 from statusmail.project.config import Config, is_url
 from statusmail.project.secrets import secret_variables
 from statusmail.project.yamlfile import Stamps, file_stamps
-from statusmail.web.publish import Published, after_done, publish
+from statusmail.web.publish import Published, after_done, held_entries, publish
 
 log = logging.getLogger("statusmail.publish")
 
@@ -112,7 +112,7 @@ class Republisher:
         self._stop = threading.Event()
         self._idle = threading.Event()
         self._idle.set()
-        self._seen: tuple[tuple[str, int, int], ...] | None = None
+        self._seen: tuple[Stamps, tuple[tuple[str, str], ...] | None] | None = None
         self._after_due: float | None = None
         self._delay = config.publish.retry
         self._finish = True
@@ -140,13 +140,19 @@ class Republisher:
         self._wanted.set()
         self._thread.join(AFTER_TIMEOUT + 60 if finish else 1.0)
 
-    def _inputs(self) -> Stamps:
+    def _inputs(self) -> tuple[Stamps, tuple[tuple[str, str], ...] | None]:
+        """The files the site is made of, and the entries the ledger holds back (a
+        pause or a cancel changes the site too; None when the ledger cannot be read)."""
         config = self.config
         paths = [config.path, config.paths.regions]
         for folder in (config.paths.updates, config.paths.templates):
             with contextlib.suppress(OSError):
                 paths += sorted(p for p in folder.rglob("*") if p.is_file())
-        return file_stamps(paths)
+        try:
+            held = tuple(sorted(held_entries(config).items()))
+        except StatusmailError:
+            held = None  # publish says why
+        return file_stamps(paths), held
 
     def _publish(self) -> None:
         seen = self._inputs()
