@@ -465,3 +465,35 @@ def test_a_paused_or_cancelled_entry_is_not_published(tmp_path: Path) -> None:
     assert invoke(project, "resume", held).exit_code == 0
     assert invoke(project, "watch", "--once").exit_code == 0
     assert held in public() and withdrawn not in public()
+
+
+def test_publish_removes_and_writes_nothing_it_did_not_make(tmp_path: Path) -> None:
+    """prune removed every folder of a releases/ that was a link to a shared folder, the
+    lock's link had its target emptied, and the state file's was overwritten (review)."""
+    config = load_config(copy_sample(tmp_path / "project"))
+    out = tmp_path / "site"
+    shared = tmp_path / "shared"
+    for name in ("backups", "docs", "photos"):
+        (shared / name).mkdir(parents=True)
+    out.mkdir()
+    (out / RELEASES).symlink_to(shared)
+    with pytest.raises(InputError, match="is a link"):
+        publish(config, out, now=NOW)
+    assert sorted(p.name for p in shared.iterdir()) == ["backups", "docs", "photos"]
+
+    (out / RELEASES).unlink()
+    (out / RELEASES / "notes").mkdir(parents=True)  # someone else's folder
+    victim, victim2 = tmp_path / "victim.txt", tmp_path / "victim2.txt"
+    for each in (victim, victim2):
+        each.write_text("precious data\n", encoding="utf-8")
+    (out / ".statusmail-publish.json.new").symlink_to(victim2)
+    for number in range(5):  # more releases than are kept
+        add_entry(config.path, f"news-2021-01-0{number + 1}")
+        assert publish(config, out, now=NOW).changed
+    assert (out / RELEASES / "notes").is_dir()
+    assert victim2.read_text(encoding="utf-8") == "precious data\n"
+    (out / ".lock").unlink()
+    (out / ".lock").symlink_to(victim)
+    with pytest.raises(InputError, match=r"\.lock: cannot open it"):
+        publish(config, out, now=NOW)
+    assert victim.read_text(encoding="utf-8") == "precious data\n"

@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -94,7 +95,10 @@ class Times:
     def save(self, **values: object) -> None:
         self.data.update(values, texts=self.texts)
         temporary = self.path.with_name(self.path.name + ".new")
-        temporary.write_text(json.dumps(self.data, indent=1, sort_keys=True), encoding="utf-8")
+        temporary.unlink(missing_ok=True)  # (a link left there is removed, not followed)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        with os.fdopen(os.open(temporary, flags, FILE_MODE), "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(self.data, indent=1, sort_keys=True))
         os.replace(temporary, self.path)
 
 
@@ -120,15 +124,27 @@ def digest(files: Mapping[str, bytes]) -> str:
 @contextlib.contextmanager
 def _locked(out: Path) -> Iterator[None]:
     """One publish into ``out`` at a time (watch's and a command's)."""
-    with open(out / ".lock", "w") as handle:
+    # never truncated, never followed: a link there would have emptied its target
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW
+    try:
+        handle = os.open(out / ".lock", flags, FILE_MODE)
+    except OSError as exc:
+        raise InputError([Problem(out / ".lock", None, f"cannot open it: {exc.strerror}")]) from exc
+    try:
         fcntl.flock(handle, fcntl.LOCK_EX)
         yield
+    finally:
+        os.close(handle)
 
 
 def write_release(out: Path, files: Mapping[str, bytes], now: dt.datetime) -> Path:
     """Write ``files`` into a new folder under ``out/releases`` and rename ``out/current``
     to it in one step."""
     releases = out / RELEASES
+    if releases.is_symlink():  # prune would remove folders wherever it points
+        raise InputError(
+            [Problem(releases, None, "is a link: publish writes only a folder of its own")]
+        )
     _readable_folder(releases)
     stamp = now.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     # Numbered in the order written (under the publish lock): publishes in one second
@@ -157,6 +173,9 @@ def _readable_folder(folder: Path) -> None:
     folder.chmod(FOLDER_MODE)
 
 
+_RELEASE = re.compile(r"(\d{6}-)?\d{8}T\d{6}Z-")  # write_release's names, numbered or not
+
+
 def _number(folder: Path) -> int:
     """A release's number, in the order written; 0 for one named before they had one
     (then only the date and time: their names sort as they were written, to the
@@ -166,10 +185,16 @@ def _number(folder: Path) -> int:
 
 
 def prune(out: Path, keep: int = KEEP_RELEASES) -> None:
-    """Remove all but the newest ``keep`` releases (never the current one)."""
+    """Remove all but the newest ``keep`` releases (never the current one), and nothing
+    publish did not name: a folder put there by someone else stays (review: every folder
+    of a linked ``releases`` was removed)."""
     current = (out / CURRENT).resolve()
     folders = sorted(
-        (p for p in (out / RELEASES).iterdir() if p.is_dir()),
+        (
+            p
+            for p in (out / RELEASES).iterdir()
+            if _RELEASE.match(p.name) and p.is_dir() and not p.is_symlink()
+        ),
         key=lambda p: (_number(p), p.name),
         reverse=True,
     )
