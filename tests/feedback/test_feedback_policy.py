@@ -20,6 +20,8 @@ from statusmail.errors import ConfigError
 from statusmail.feedback.loop import Feedback
 from statusmail.ledger import Ledger, StagedRow
 from statusmail.ledger import preferences as ledger_module
+from statusmail.ledger.base import now_iso
+from statusmail.ledger.events import FeedbackEvent
 from statusmail.ledger.schema import FEEDBACK_READS, MIGRATIONS, statements
 from statusmail.project.config import load_config
 from statusmail.project.selection import select
@@ -130,13 +132,44 @@ def test_a_version_2_ledger_migrates_keeping_rows_rowids_and_order(tmp_path: Pat
 ENTRY, ADDRESS = "update-2020-04-21", "olga@example.net"
 
 
-def sent_ledger(path: Path) -> Ledger:
+def sent_ledger(path: str | Path) -> Ledger:
     ledger = Ledger(path)
     generation = ledger.begin_selection(ENTRY, "digest")
     ledger.stage([StagedRow("selected", ADDRESS, ADDRESS, ADDRESS, "", "ru", "RU")])
     ledger.enqueue(ENTRY, generation)
     ledger.record(ENTRY, [Outcome(ADDRESS, DeliveryStatus.SENT, 1, 250, None, "<m@x>")])
     return ledger
+
+
+def test_a_pass_that_decided_before_a_lift_does_not_undo_it(ledger_target: str | Path) -> None:
+    """A feedback pass decided a second report of a hard bounce while the address was
+    still suppressed; the operator's `suppress remove` came before the pass recorded it,
+    and the address was suppressed again at once ("recorded (already suppressed)"), the
+    operator told "removed" (review). The lift answered the report: it changes nothing."""
+    with sent_ledger(ledger_target) as ledger:
+        ledger.suppress(ADDRESS, "bounced")
+        decided = FeedbackEvent(
+            "hard",
+            ADDRESS,
+            ENTRY,
+            "5.1.1",
+            "550 5.1.1 no such user",
+            "<second-report@relay.test>",
+            now_iso(),
+            suppress="bounced",
+            evidence="hard bounce: 5.1.1",
+            mark="bounced",
+            score_day=dt.date.today().isoformat(),
+        )
+        assert ledger.lift([ADDRESS], "suppress remove") == 1
+        assert ledger.record_feedback([decided]) == [True]
+        assert ADDRESS not in suppressed(ledger)
+        assert ledger.has_feedback("<second-report@relay.test>", ADDRESS, "hard")
+        rows = ledger.database.execute(
+            "SELECT status FROM deliveries WHERE entry_id = :e", {"e": ENTRY}
+        )
+        assert rows == [("sent",)]
+        assert not ledger.database.execute("SELECT 1 FROM bounce_scores", {})
 
 
 def soft_dsn(day: dt.date, *, status: str = "4.2.2") -> bytes:

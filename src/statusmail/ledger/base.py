@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -81,6 +81,16 @@ class LedgerBase:
 
     def _one(self, sql: str, **params: Any) -> Any:
         return first(self.database.execute(sql, params))
+
+    def hold_addresses(self, addresses: Iterable[str]) -> None:
+        """Inside a transaction: on a server, hold these addresses until it ends, so that
+        a lift and a feedback pass on one address come one after the other (SQLite's
+        writer lock already makes every write transaction do so). Sorted: two holders
+        never wait for each other."""
+        if self.database.dialect.name != "postgresql":
+            return
+        for address in sorted(set(addresses)):
+            self._q("SELECT pg_advisory_xact_lock(hashtextextended(:a, 1874))", a=address)
 
     @contextmanager
     def transaction(self) -> Iterator[None]:

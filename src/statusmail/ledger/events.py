@@ -226,7 +226,9 @@ class FeedbackEvents(LedgerBase):
         self.check_same_file()
         stamp = now_iso()
         new: list[bool] = []
+        events = list(events)
         with self.transaction():
+            self.hold_addresses(e.address for e in events if e.state == "applied")
             for e in events:
                 inserted = self._q(
                     "INSERT INTO feedback_events (received_at, event_at, entry_id, address,"
@@ -252,7 +254,12 @@ class FeedbackEvents(LedgerBase):
 
     def _apply_feedback(self, e: FeedbackEvent, stamp: str) -> None:
         """What an applied event does: its soft-bounce day, its suppression (with this
-        report as the evidence), its delivery row's new outcome."""
+        report as the evidence), its delivery row's new outcome. Nothing when a lift
+        came after the message went out: the pass decided before the lift, which answered
+        the report (review: the address was suppressed again at once, the operator told
+        "removed")."""
+        if e.entry_id and self.lifted_since_sent(e.entry_id, e.address):
+            return
         key = {"a": e.address, "k": str(e.kind), "s": e.source}
         if e.score_day:
             self._q(

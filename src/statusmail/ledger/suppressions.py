@@ -60,9 +60,10 @@ class Suppressions(LedgerBase):
         starts a fresh score. Returns how many were suppressed."""
         stamp = now_iso()
         lifted = 0
+        addresses = [address.lower() for address in addresses]
         with self.transaction():
-            for address in addresses:
-                key = address.lower()
+            self.hold_addresses(addresses)
+            for key in addresses:
                 rows = self._q(
                     "DELETE FROM suppressions WHERE address = :a"
                     " RETURNING reason, detail, created_at",
