@@ -37,7 +37,7 @@ from statusmail.domain import FeedbackKind, mask_address
 from statusmail.feedback.loop import Feedback, apply_reports
 from statusmail.feedback.proof import addresses_masked
 from statusmail.feedback.reports import ProviderReport
-from statusmail.ledger import Ledger
+from statusmail.ledger import Ledger, StagedRow
 from statusmail.project.config import Config, load_config
 from statusmail.project.tokens import Keyring, message_id
 
@@ -127,6 +127,45 @@ def test_a_message_id_proves_only_with_its_hmac(config: Config, ledger: Ledger) 
         work = Feedback(config, other, again, now=NOW)
         work.handle(dsn(ANNA, original_id=genuine))
     assert work.report.forged == 1
+
+
+@pytest.mark.parametrize("how", ["mailbox", "webhook"])
+def test_a_report_about_a_message_not_recorded_yet_is_proven_by_its_message_id(
+    config: Config, ledger: Ledger, how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A report that arrives before the message's outcome is recorded (the group
+    commit's moment; a sender killed just after the relay's 250): its Message-ID was
+    looked up in the ledger only, so an ARF complaint was called forged and a signed
+    provider bounce was tied to the entry sent before (review)."""
+    later = "update-2020-05-01"
+    sent_to(ledger, KEYS, ENTRY, [ANNA])
+    generation = ledger.begin_selection(later, "digest")
+    ledger.stage([StagedRow("selected", ANNA, ANNA, ANNA, "", "ru", "RU")])
+    ledger.enqueue(later, generation)  # pending: no Message-ID recorded yet
+    genuine = message_id(KEYS, later, ANNA, DOMAIN)
+    if how == "mailbox":
+        work = Feedback(config, KEYS, ledger, now=NOW)
+        work.handle(arf(ANNA, original_id=genuine))
+        assert work.report.forged == 0
+        assert suppressed(ledger) == {ANNA: "complained"}
+    else:
+        monkeypatch.setenv("STATUSMAIL_UNSUBSCRIBE_SECRET", SECRET)  # serve's keys
+        report = ProviderReport(
+            "ses",
+            FeedbackKind.HARD,
+            ANNA,
+            "r-1",
+            "5.1.1",
+            "550 5.1.1 unknown",
+            NOW,
+            message_id=genuine,
+        )
+        apply_reports(config, [report], None, ledger=ledger)
+        assert suppressed(ledger) == {ANNA: "bounced"}
+    rows = ledger.database.execute(
+        "SELECT entry_id FROM feedback_events WHERE address = :a", {"a": ANNA}
+    )
+    assert rows == [(later,)]
 
 
 def test_trust_unsigned_acts_by_address_and_check_warns(project: Path) -> None:

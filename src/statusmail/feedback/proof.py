@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from email_validator import EmailNotValidError
@@ -119,9 +119,10 @@ class Assessing:
             if named is not None:
                 return _Proof(named)
             forged = forged or "a return-path token that no key of statusmail made"
+        addresses = [f.address for f in found.failures] + list(found.clues.addresses)
         for value in found.clues.message_ids:
-            delivery = self.ledger.delivery_by_message_id(value)
-            if delivery is not None and message_id_names(self.keys, value, *delivery):
+            delivery = self._by_message_id(value, addresses)
+            if delivery is not None:
                 return _Proof(delivery)
             if _OUR_MESSAGE_ID.fullmatch(value) and _ours(value, self.config):
                 forged = forged or "a Message-ID of statusmail's shape that it never made"
@@ -131,6 +132,28 @@ class Assessing:
                 return _Proof((self.ledger.last_entry_sent(address), address.lower()))
             forged = forged or "an unsubscribe token that no key of statusmail made"
         return _Proof(None, forged)
+
+    def _by_message_id(self, value: str, addresses: Iterable[str | None]) -> Named | None:
+        """The delivery a Message-ID of statusmail's names: as the ledger recorded it, or,
+        before its outcome is recorded (the group commit's moment, a sender killed just
+        after the relay's reply), the entry it names and an address of the report that
+        its MAC proves, when the entry has a row for that address. Such a report was
+        called forged, or tied to the entry sent before (review)."""
+        delivery = self.ledger.delivery_by_message_id(value)
+        if delivery is not None and message_id_names(self.keys, value, *delivery):
+            return delivery
+        if not _OUR_MESSAGE_ID.fullmatch(value):
+            return None
+        entry = value.strip("<>").rpartition("@")[0].rpartition(".")[0]
+        for address in addresses:
+            key = _address_key(address)
+            if (
+                key is not None
+                and message_id_names(self.keys, value, entry, key)
+                and self.ledger.has_delivery(entry, key)
+            ):
+                return (entry, key)
+        return None
 
     def _return_path(self, token: str) -> Named | None:
         sealed = verify_entry_token(self.keys, Purpose.VERP, token)
@@ -174,18 +197,9 @@ class Assessing:
         """An address the report names, if statusmail has sent it something. One whose
         letter case is folded into another address's is nobody's: the KELVIN SIGN (and
         its kind) lower-cases to an ASCII "k", so "\u212aate@…" was kate@…."""
-        if not address or "@" not in address:
-            return None
-        if any(not c.isascii() and c.lower().isascii() for c in address):
-            return None
-        # As the lists key it: a report names an IDN recipient as the message went, its
-        # domain in punycode (maria@xn--e1afmkfd…), the ledger as read (maria@пример…)
-        try:
-            key = address_key(check_address(address)[0])
-        except EmailNotValidError:
-            key = address.lower()
-        entry = self.ledger.last_entry_sent(key)
-        return (entry, key) if entry else None
+        key = _address_key(address)
+        entry = None if key is None else self.ledger.last_entry_sent(key)
+        return (entry, key) if entry and key else None
 
     def _unproven(
         self, found: Classified, claimed: FeedbackKind | None, state: EventState, why: str
@@ -213,9 +227,7 @@ class Assessing:
         about nobody statusmail wrote to."""
         named: Named | None = None
         if item.message_id:
-            delivery = self.ledger.delivery_by_message_id(item.message_id)
-            if delivery is not None and message_id_names(self.keys, item.message_id, *delivery):
-                named = delivery
+            named = self._by_message_id(item.message_id, [item.address])
         named = named or self._known(item.address)
         if named is None:
             return []
@@ -274,6 +286,22 @@ def addresses_masked(text: str, mask: Callable[[str], str]) -> str:
     """``text`` with everything shaped like an address masked: the rule of every output
     (``domain.mask_addresses``), whatever a report's sender wrote."""
     return mask_addresses(text, mask)
+
+
+def _address_key(address: str | None) -> str | None:
+    """An address a report names, as the lists key it; None for none, or for one whose
+    letter case is folded into another address's (the KELVIN SIGN and its kind
+    lower-case to ASCII: "\u212aate@…" was kate@…)."""
+    if not address or "@" not in address:
+        return None
+    if any(not c.isascii() and c.lower().isascii() for c in address):
+        return None
+    # A report names an IDN recipient as the message went, its domain in punycode
+    # (maria@xn--e1afmkfd…), the ledger as read (maria@пример…)
+    try:
+        return address_key(check_address(address)[0])
+    except EmailNotValidError:
+        return address.lower()
 
 
 def _ours(message_id: str, config: Config) -> bool:

@@ -74,6 +74,14 @@ class FeedbackEvents(LedgerBase):
         )
         return (rows[0][0], rows[0][1]) if rows else None
 
+    @guarded("look up a delivery")
+    def has_delivery(self, entry_id: str, address: str) -> bool:
+        """Whether ``entry_id`` has a row for ``address``, whatever its outcome."""
+        rows = self._q(
+            "SELECT 1 FROM deliveries WHERE entry_id = :e AND address = :a", e=entry_id, a=address
+        )
+        return bool(rows)
+
     @guarded("look up an address")
     def last_entry_sent(self, address: str) -> str | None:
         """The entry most recently sent to ``address``, or None if none ever was."""
