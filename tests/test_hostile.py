@@ -7,6 +7,8 @@ import csv
 import io
 from pathlib import Path
 
+import pytest
+
 from conftest import REPO, UPDATE, invoke, outbox_files, parse_message, part_text, recipient
 from editing import refresh_sources
 
@@ -179,3 +181,52 @@ def test_absurdly_long_lines_and_files_give_a_clear_error(project: Path) -> None
         and "big-2020-05-01.yaml: file is" in result.output
         and "the limit is" in result.output
     )
+
+
+HOSTILE_TEMPLATES = {
+    # a template reaching Python's internals ran commands and read the environment
+    "code": "{{ cycler.__init__.__globals__.os.popen('id').read() }}",
+    "environment": "{{ lipsum.__globals__['os'].environ }}",
+    # endless work held the CI runner for hours
+    "range": "{% for i in range(10**10) %}{% endfor %}",
+    "repeat": "{{ 'x' * 200000000 }}",
+    "power": "{{ 10 ** 100000000 }}",
+    # the template's own errors ended in a traceback and an empty test report
+    "division": "{{ 1 // 0 }}",
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("what", sorted(HOSTILE_TEMPLATES))
+def test_a_hostile_template_is_refused_at_its_line(project: Path, what: str) -> None:
+    """Templates are the project's files, changed in a pull request and rendered by CI's
+    check and dry run (review: one put `id`'s output, /etc/passwd and the secrets in the
+    uploaded preview; one never ended). Each is refused at its file and line."""
+    template = project.parent / "templates" / "message.txt.j2"
+    text = template.read_text(encoding="utf-8")
+    template.write_text(text.replace("-- \n", HOSTILE_TEMPLATES[what] + "\n-- \n", 1), "utf-8")
+    line = text[: text.index("-- \n")].count("\n") + 1
+    preview = project.parent / "previews"
+    for args in (("check",), ("send", UPDATE, "--dry-run", "--preview-dir", str(preview))):
+        done = invoke(project, *args, env={"STATUSMAIL_UNSUBSCRIBE_SECRET": "s" * 40})
+        assert done.exit_code == 1, (args, done.output)
+        assert f"{template}:{line}:" in done.output, done.output
+        assert "Traceback" not in done.output and "uid=" not in done.output
+    written = [p.read_text("utf-8", "replace") for p in preview.rglob("*") if p.is_file()]
+    assert not any("uid=" in text or "s" * 40 in text for text in written)
+
+
+def test_a_template_that_links_out_of_the_templates_folder_is_refused(
+    project: Path, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside.txt"
+    outside.write_text("root:x:0:0:root:/root:/bin/bash\n", encoding="utf-8")
+    templates = project.parent / "templates"
+    (templates / "extra.txt.j2").symlink_to(outside)
+    text = (templates / "message.txt.j2").read_text(encoding="utf-8")
+    (templates / "message.txt.j2").write_text(
+        text.replace("-- \n", "{% include 'extra.txt.j2' %}\n-- \n", 1), encoding="utf-8"
+    )
+    done = invoke(project, "check", env={"STATUSMAIL_UNSUBSCRIBE_SECRET": "s" * 40})
+    assert done.exit_code == 1 and "leads out of" in done.output, done.output
+    assert "root:x:0:0" not in done.output

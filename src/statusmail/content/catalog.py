@@ -10,15 +10,19 @@ from __future__ import annotations
 import gettext
 import io
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import jinja2
 import jinja2.ext
+import jinja2.runtime
 from babel.messages.catalog import Catalog
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import PoFileError, PoFileParser
 from babel.support import NullTranslations, Translations
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from statusmail.errors import Problem, RenderError
 from statusmail.project.locales import FALLBACK_LOCALE
@@ -66,11 +70,50 @@ class _SharedBytecode(jinja2.BytecodeCache):
 _COMPILED = {False: _SharedBytecode(), True: _SharedBytecode()}
 
 
+MAX_REPEAT = 100_000  # the longest string or list a template may make by ``*``
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """Templates are the project's files, changed by whoever edits a pull request and
+    rendered by CI and by the sending host: they may not reach Python's internals (a
+    template ran commands and read the environment's secrets into the CI preview:
+    review), nor make endless work (``range`` is capped by the sandbox, ``*`` and
+    ``**`` here)."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(
+        self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any
+    ) -> Any:
+        if operator == "*":
+            sequence, count = (left, right) if isinstance(right, int) else (right, left)
+            repeated = isinstance(sequence, (str, list, tuple)) and isinstance(count, int)
+            if repeated and count > MAX_REPEAT:
+                raise SecurityError(f"a template may repeat a value {MAX_REPEAT} times at most")
+        elif operator == "**" and isinstance(right, (int, float)) and abs(right) > 64:
+            raise SecurityError("a template may raise to a power of at most 64")
+        return super().call_binop(context, operator, left, right)
+
+
+class _ProjectLoader(jinja2.FileSystemLoader):
+    """The project's templates folder, and nothing a link in it points to outside it
+    (a link to /etc/passwd was rendered into the CI preview: review)."""
+
+    def get_source(
+        self, environment: jinja2.Environment, template: str
+    ) -> tuple[str, str, Callable[[], bool]]:
+        source, filename, uptodate = super().get_source(environment, template)
+        root = Path(self.searchpath[0]).resolve()
+        if not Path(filename).resolve().is_relative_to(root):
+            raise jinja2.TemplateNotFound(template, f"{template} leads out of {root}")
+        return source, filename, uptodate
+
+
 def template_environment(templates_dir: Path, *, autoescape: bool) -> jinja2.Environment:
-    """A jinja2 environment with the i18n extension, set up as statusmail renders; its
-    compiled templates shared with the process's other environments."""
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(templates_dir),
+    """A sandboxed jinja2 environment with the i18n extension, set up as statusmail
+    renders; its compiled templates shared with the process's other environments."""
+    return _Sandbox(
+        loader=_ProjectLoader(templates_dir),
         undefined=jinja2.StrictUndefined,
         autoescape=autoescape,
         extensions=["jinja2.ext.i18n"],

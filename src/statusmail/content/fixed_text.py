@@ -28,7 +28,13 @@ def template_problems(templates_dir: Path) -> tuple[list[Problem], bool]:
     env = template_environment(templates_dir, autoescape=False)
     problems: list[Problem] = []
     syntax_ok = True
+    root = templates_dir.resolve()
     for path in sorted(templates_dir.rglob("*.j2")):
+        if not path.resolve().is_relative_to(root):  # (its text is nobody's to show)
+            message = f"leads out of {root}: a template must be a file of the folder"
+            problems.append(Problem(path, None, message, code="unreadable-file"))
+            syntax_ok = False
+            continue
         try:
             tree = env.parse(path.read_text(encoding="utf-8"), path.name, str(path))
         except (OSError, UnicodeDecodeError) as exc:

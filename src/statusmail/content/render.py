@@ -35,7 +35,7 @@ from statusmail.content.catalog import (
 from statusmail.content.typography import typeset
 from statusmail.content.variants import VariantKey
 from statusmail.domain import Entry
-from statusmail.errors import Problem, RenderError
+from statusmail.errors import Problem, RenderError, StatusmailError
 from statusmail.project.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES, normalize_locale
 from statusmail.project.regions import Region
 from statusmail.project.selection import chosen_topics
@@ -342,8 +342,11 @@ class Renderer:
             except jinja2.TemplateSyntaxError as exc:
                 where = exc.filename or self.templates_dir / template
                 raise RenderError(problem=Problem(where, exc.lineno, exc.message or "")) from exc
-            except (jinja2.TemplateError, KeyError, ValueError, TypeError) as exc:
-                # an undefined name, or a %-format in a translation
+            except StatusmailError:
+                raise  # (a catalog that cannot be read says where already)
+            except Exception as exc:  # the template's own: at its line, no traceback
+                # an undefined name, a %-format in a translation, or what the template's
+                # own expressions raise (a division by zero, recursion, the sandbox)
                 raise render_error(exc, self.templates_dir / template, catalog) from exc
         subject, text, html_part = parts
         subject = self.subject_prefix + _LINE_BREAKS.sub(" ", subject).strip(" \t\r\n")

@@ -23,7 +23,7 @@ from statusmail.content.catalog import catalog_path, render_error
 from statusmail.content.render import typeset_environment
 from statusmail.content.typography import typeset
 from statusmail.domain import Preference
-from statusmail.errors import InputError, Problem, RenderError
+from statusmail.errors import InputError, Problem, RenderError, StatusmailError
 from statusmail.project.config import Config
 from statusmail.project.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES
 
@@ -85,7 +85,9 @@ def render_pages(templates_dir: Path, site: str) -> dict[tuple[str, str], str]:
                 ) from exc
             except jinja2.TemplateError as exc:
                 raise InputError([Problem(templates_dir / name, None, str(exc))]) from exc
-            except (KeyError, ValueError, TypeError) as exc:  # a %-format in gettext
+            except StatusmailError:
+                raise  # (a catalog that cannot be read says where already)
+            except Exception as exc:  # the template's own: at its line, no traceback
                 raise render_error(exc, templates_dir / name, catalog) from exc
             pages[lang, page] = html
     return pages
@@ -217,7 +219,9 @@ class PreferencesPage:
             raise InputError([Problem(where, exc.lineno, exc.message or "syntax error")]) from exc
         except jinja2.TemplateError as exc:
             raise InputError([Problem(self.templates_dir / name, None, str(exc))]) from exc
-        except (KeyError, ValueError, TypeError) as exc:  # a %-format in gettext
+        except StatusmailError:
+            raise  # (a catalog that cannot be read says where already)
+        except Exception as exc:  # the template's own: at its line, no traceback
             raise render_error(exc, self.templates_dir / name, catalog) from exc
 
 

@@ -22,7 +22,7 @@ from statusmail.content.catalog import catalog_path, render_error
 from statusmail.content.render import Renderer, local_date
 from statusmail.content.typography import typeset
 from statusmail.domain import Entry
-from statusmail.errors import Problem, RenderError
+from statusmail.errors import Problem, RenderError, StatusmailError
 from statusmail.project.config import Config
 from statusmail.project.editions import Edition
 from statusmail.project.locales import FALLBACK_LOCALE, SUPPORTED_LOCALES
@@ -172,7 +172,9 @@ class SiteBuilder:
         except jinja2.TemplateSyntaxError as exc:
             where = exc.filename or self.config.paths.templates / template
             raise RenderError(problem=Problem(where, exc.lineno, exc.message or "")) from exc
-        except (jinja2.TemplateError, KeyError, ValueError, TypeError) as exc:
+        except StatusmailError:
+            raise  # (a catalog that cannot be read says where already)
+        except Exception as exc:  # the template's own: at its line, no traceback
             raise render_error(exc, self.config.paths.templates / template, catalog) from exc
         return html.encode("utf-8")
 
