@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from imapclient import IMAPClient
 
 from conftest import copy_sample, invoke
 from feedback_helpers import (
@@ -29,7 +30,8 @@ from feedback_helpers import (
     summary,
 )
 from imap_server import USER, Dovecot, Relay, require_dovecot
-from statusmail.feedback.bouncebox import MaildirBox, uid_sets
+from statusmail.feedback.bouncebox import ImapBox, MaildirBox, uid_sets
+from statusmail.project.config import load_config
 
 HANDLED = ["postfix-user-unknown.eml", "arf-yahoo-abuse.eml", "mailto-unsubscribe-gmail.eml"]
 LEFT = ["vacation-ru.eml", "unrelated-question.eml"]
@@ -209,6 +211,47 @@ def test_without_move_it_copies_and_expunges_only_its_own(
         # one of each for the three handled; no plain EXPUNGE
         verbs = [" ".join(command.split()[:2]) for command in moves(server, start)]
         assert verbs == ["UID COPY", "UID STORE", "UID EXPUNGE"]
+
+
+@pytest.mark.timeout(120)
+def test_two_readers_of_one_box_both_make_the_folder_and_move_what_they_read(
+    project: Path,
+    imap: Dovecot,
+    certificate: tuple[Path, Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two hosts' passes over one mailbox: the second to create the processed folder
+    failed ("[ALREADYEXISTS]"), and one whose messages the other had moved meanwhile
+    failed the whole move ("[EXPUNGEISSUED]", exit 4) (review)."""
+    delivered(project, imap)
+    point_at_imap(project, imap, certificate[0])
+    settings = load_config(project).bounces.imap
+    assert settings is not None
+    ImapBox(settings, "processed", imap.password, readonly=False).close()  # the other's
+    # this reader looked before the other made the folder (a timing no server gives
+    # on demand): its first look says there is none
+    looks: list[str] = []
+    real = IMAPClient.folder_exists
+
+    def stale_once(client: IMAPClient, name: str) -> bool:
+        looks.append(name)
+        return False if len(looks) == 1 else bool(real(client, name))
+
+    monkeypatch.setattr(IMAPClient, "folder_exists", stale_once)
+    first = ImapBox(settings, "processed", imap.password, readonly=False)
+    monkeypatch.undo()
+    assert len(looks) == 2  # it looked again after the server said it exists
+    second = ImapBox(settings, "processed", imap.password, readonly=False)
+    try:
+        read = [key for key, _data in first.messages()]
+        taken = [key for key, _data in second.messages()][:2]
+        second.move_to_processed(taken)
+        first.move_to_processed(read)
+    finally:
+        first.close()
+        second.close()
+    assert imap.folder("INBOX") == {}
+    assert len(imap.folder("processed")) == len(read)
 
 
 @pytest.mark.timeout(120)

@@ -170,7 +170,12 @@ class ImapBox:
             self.client.login(settings.username, password or "")
             self.client.select_folder(settings.folder, readonly=readonly)
             if not readonly and not self.client.folder_exists(processed):
-                self.client.create_folder(processed)
+                try:
+                    self.client.create_folder(processed)
+                except IMAPClientError:
+                    # another reader of the box made it first: that is fine
+                    if not self.client.folder_exists(processed):
+                        raise
         except self._errors as exc:
             self.close()
             raise self._error(self._reason(exc)) from exc
@@ -257,7 +262,7 @@ class ImapBox:
             uidplus = self.client.has_capability("UIDPLUS")
             for uid_set in uid_sets(uids, room):
                 if move:
-                    self.client.move(uid_set, folder)
+                    self._move(uid_set, folder)
                     continue
                 self.client.copy(uid_set, folder)
                 self.client.add_flags(uid_set, [_DELETED], silent=True)
@@ -267,6 +272,22 @@ class ImapBox:
                 self.client.expunge()
         except self._errors as exc:
             raise self._error(f"cannot move to {folder}: {self._reason(exc)}") from exc
+
+    def _move(self, uid_set: str, folder: str) -> None:
+        """One ``UID MOVE``; when another reader of the box moved some of the set first,
+        the server refuses the whole (Dovecot: ``NO [EXPUNGEISSUED]``), and what is still
+        here is moved again, once (two hosts' passes ended in exit 4: review)."""
+        from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
+
+        try:
+            self.client.move(uid_set, folder)
+        except IMAPClientAbortError:
+            raise
+        except IMAPClientError:
+            self.client.noop()  # take in the expunges the server has to tell
+            still = self.client.search(["UID", uid_set])
+            if still:
+                self.client.move(still, folder)
 
     def close(self) -> None:
         try:
