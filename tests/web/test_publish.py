@@ -12,6 +12,7 @@ import re
 import stat
 import threading
 from pathlib import Path
+from typing import Any
 
 import feedparser
 import pytest
@@ -497,3 +498,33 @@ def test_publish_removes_and_writes_nothing_it_did_not_make(tmp_path: Path) -> N
     with pytest.raises(InputError, match=r"\.lock: cannot open it"):
         publish(config, out, now=NOW)
     assert victim.read_text(encoding="utf-8") == "precious data\n"
+
+
+def test_a_new_entry_is_new_to_feed_readers_and_a_corrected_date_keeps_its_id(
+    tmp_path: Path,
+) -> None:
+    """An entry first published on a site that had been published before was dated
+    back to its `date`, and the feed's `updated` did not move: a feed reader that keeps
+    the newest time it saw skipped it. Correcting its `date` changed its feed id: feed
+    readers showed the correction as a second item (review)."""
+    project = copy_sample(tmp_path / "project")
+    config = load_config(project)
+    publish(config, now=NOW)
+    entry_id = "news-2021-01-01"
+    add_entry(project, entry_id)
+    later = NOW + dt.timedelta(days=3)
+    site = publish(config, now=later).site
+
+    def feed() -> Any:
+        return feedparser.parse((site / "www" / "en" / "feed.atom").read_bytes())
+
+    [item] = [e for e in feed().entries if entry_id in e.id]
+    assert item.published == item.updated == "2026-01-04T00:00:00Z"
+    assert feed().feed.updated == "2026-01-04T00:00:00Z"
+    path = config.paths.updates / f"{entry_id}.yaml"
+    path.write_text(
+        path.read_text(encoding="utf-8").replace("date: 2021-01-01", "date: 2021-01-02"), "utf-8"
+    )
+    assert publish(config, now=later + dt.timedelta(days=1)).changed
+    [again] = [e for e in feed().entries if entry_id in e.id]
+    assert (again.id, again.published) == (item.id, item.published)

@@ -59,9 +59,14 @@ def content_hash(entry: Entry, locale: str) -> str:
 
 
 class Times:
-    """When each entry's text in each language was first published and last changed:
-    ``updated`` moves only when the text does (kept in ``DIR/.statusmail-publish.json``;
-    without it an entry's first version is dated by its ``date`` or ``send_at``)."""
+    """When each entry's text in each language was first published and last changed,
+    and the date its feed id names, kept in ``DIR/.statusmail-publish.json``: ``updated``
+    moves only when the text does, and neither ``published`` nor the id moves when the
+    entry's ``date`` is corrected (review: feed readers showed the correction as a new
+    item). On a site that has been published before, an entry seen for the first time
+    is published now, not back at its ``date``: a feed reader that keeps the newest time
+    it saw would skip it (review). A new site dates each entry by its ``send_at`` or
+    ``date``."""
 
     def __init__(self, path: Path, now: dt.datetime) -> None:
         self.path = path
@@ -71,35 +76,59 @@ class Times:
             loaded = json.loads(path.read_text(encoding="utf-8"))
             if isinstance(loaded, dict):
                 self.data = loaded
+        self.new_site = not self.data
         texts = self.data.get("texts")
         self.texts: dict[str, list[str]] = texts if isinstance(texts, dict) else {}
+        tags = self.data.get("tags")
+        self.tags: dict[str, str] = tags if isinstance(tags, dict) else {}
 
     def stamps(self, entry: Entry, locale: str) -> tuple[dt.datetime, dt.datetime]:
         """(published, updated) of ``entry`` in ``locale``."""
-        first = entry.send_at or dt.datetime.combine(entry.date, dt.time(), dt.UTC)
+        scheduled = entry.send_at or dt.datetime.combine(entry.date, dt.time(), dt.UTC)
         key, digest = f"{entry.id}/{locale}", content_hash(entry, locale)
         known = self.texts.get(key)
-        if not (isinstance(known, list) and len(known) == 2):
-            self.texts[key] = [digest, first.isoformat()]
-        elif known[0] != digest:
-            self.texts[key] = [digest, self.now.isoformat()]
-        try:
-            updated = dt.datetime.fromisoformat(self.texts[key][1])
-        except ValueError:
-            updated = first
-        return first, max(first, updated)
+        if not (isinstance(known, list) and len(known) in (2, 3)):
+            first = scheduled if self.new_site else max(scheduled, self.now)
+            known = self.texts[key] = [digest, first.isoformat(), first.isoformat()]
+        elif len(known) == 2:  # kept before the publishing time was: as it was shown
+            known = self.texts[key] = [*known, scheduled.isoformat()]
+        if known[0] != digest:
+            known[:2] = [digest, self.now.isoformat()]
+        published, updated = (_moment(known[2], scheduled), _moment(known[1], scheduled))
+        return published, max(published, updated)
+
+    def tag_date(self, entry: Entry) -> dt.date:
+        """The date in ``entry``'s feed ids: its ``date`` when first published."""
+        if not _is_date(self.tags.get(entry.id)):
+            self.tags[entry.id] = entry.date.isoformat()
+        return dt.date.fromisoformat(self.tags[entry.id])
 
     def get(self, key: str) -> object:
         return self.data.get(key)
 
     def save(self, **values: object) -> None:
-        self.data.update(values, texts=self.texts)
+        self.data.update(values, texts=self.texts, tags=self.tags)
         temporary = self.path.with_name(self.path.name + ".new")
         temporary.unlink(missing_ok=True)  # (a link left there is removed, not followed)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
         with os.fdopen(os.open(temporary, flags, FILE_MODE), "w", encoding="utf-8") as handle:
             handle.write(json.dumps(self.data, indent=1, sort_keys=True))
         os.replace(temporary, self.path)
+
+
+def _moment(text: str, otherwise: dt.datetime) -> dt.datetime:
+    try:
+        return dt.datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        return otherwise
+
+
+def _is_date(text: object) -> bool:
+    try:
+        dt.date.fromisoformat(str(text))
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -235,7 +264,7 @@ def site_files(
         raise InputError(problems)
     shown = [e for e in entries.values() if is_published(e, now) and e.id not in (held or {})]
     waiting = [e.send_at for e in entries.values() if e.ready and e.send_at and e.send_at > now]
-    builder = SiteBuilder(config, regions, shown, times.stamps)
+    builder = SiteBuilder(config, regions, shown, times.stamps, times.tag_date)
     files: dict[str, bytes] = {}
     leaks: list[Problem] = []
     for edition in editions.values():

@@ -104,8 +104,10 @@ class SiteBuilder:
         regions: Mapping[str, Region],
         entries: Sequence[Entry],
         stamps: Stamps,
+        tag_date: Callable[[Entry], dt.date] = lambda entry: entry.date,
     ) -> None:
         self.config = config
+        self.tag_date = tag_date
         self.renderer = Renderer(config.paths.templates, regions, config.sender.name)
         self.entries = sorted(
             entries,
@@ -251,7 +253,7 @@ class SiteBuilder:
             items=[
                 feeds.FeedItem(
                     id=feeds.tag_uri(
-                        self.authority, self.by_id[i.id].date, f"status/{i.id}/{locale}"
+                        self.authority, self.tag_date(self.by_id[i.id]), f"status/{i.id}/{locale}"
                     ),
                     url=i.url,
                     title=i.subject,
