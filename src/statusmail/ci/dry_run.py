@@ -18,7 +18,7 @@ from statusmail.ci import summary
 from statusmail.ci.changes import Changes, changed_since, display_root
 from statusmail.ci.summary import EntryPreview
 from statusmail.commands.sending import dry_run_json, print_dry_run
-from statusmail.content.preview import write_previews
+from statusmail.content.preview import SITE_PREVIEW, write_previews
 from statusmail.delivery.report import print_json
 from statusmail.domain import ExitCode
 from statusmail.errors import InputError
@@ -27,8 +27,6 @@ from statusmail.project.entries import find_entry
 from statusmail.web.publish import preview_pages
 
 log = logging.getLogger("statusmail")
-
-SITE_PREVIEW = "site"  # the entry's status site pages, in its preview folder
 
 
 @dataclass(frozen=True)

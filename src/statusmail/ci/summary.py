@@ -214,8 +214,13 @@ def write(text: str, path: Path, environ: Mapping[str, str]) -> None:
     step_summary = environ.get("GITHUB_STEP_SUMMARY")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Made anew, never written through a link a change left there (review: the
+        # summary overwrote the file a committed SUMMARY.md link pointed to).
+        path.unlink(missing_ok=True)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
         # (a file name git gave undecoded is carried as surrogates: written as ?)
-        path.write_text(text, encoding="utf-8", errors="replace")
+        with os.fdopen(os.open(path, flags, 0o644), "w", encoding="utf-8", errors="replace") as out:
+            out.write(text)
         if step_summary:
             with open(step_summary, "a", encoding="utf-8", errors="replace") as handle:
                 handle.write(for_the_step(text, path.name))

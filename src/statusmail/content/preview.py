@@ -24,6 +24,7 @@ from statusmail.content.variants import PROBE_ADDRESS as PREVIEW_ADDRESS
 from statusmail.content.variants import VariantKey, probe_recipient
 from statusmail.domain import Entry, counted
 from statusmail.errors import StatusmailError
+from statusmail.project.config import Config
 from statusmail.project.selection import SelectionStats
 
 PREVIEW_SUFFIXES = (".eml", ".html", ".txt")  # what a dry run writes, and may clear
@@ -90,8 +91,41 @@ def write_previews(factory: MessageFactory, stats: SelectionStats, out_dir: Path
         raise StatusmailError(f"{where}: cannot write previews: {exc.strerror or exc}") from exc
 
 
+SITE_PREVIEW = "site"  # the entry's status site pages, in its preview folder
+
+
+def preview_folder_problem(config: Config, out_dir: Path) -> str | None:
+    """Why previews must not be written into ``out_dir`` (``PREVIEW_DIR/ID``), if so. The
+    preview folder and an entry's id come from the change CI previews: a link there
+    had the dry run remove and overwrite files of the folder it pointed to, and an entry
+    id naming a project folder (``--preview-dir .``, entry ``templates``) had it remove
+    the project's own site templates (review)."""
+    for folder in (out_dir.parent, out_dir, out_dir / SITE_PREVIEW):
+        if folder.is_symlink():
+            return f"{folder} is a link: previews are written only into folders of their own"
+    inputs = (
+        config.path.parent,
+        config.paths.templates,
+        config.paths.updates,
+        config.paths.subscribers,
+        config.paths.regions.parent,
+    )
+    target = out_dir.resolve()
+    for path in {p.resolve() for p in inputs}:
+        if (
+            target == path
+            or path.is_relative_to(target)
+            or (target.is_relative_to(path) and path != config.path.parent.resolve())
+        ):
+            return f"{out_dir} is or holds the project's own {path}: choose another --preview-dir"
+    return None
+
+
 def _write_previews(factory: MessageFactory, stats: SelectionStats, out_dir: Path) -> list[Path]:
     entry = factory.entry
+    refused = preview_folder_problem(factory.config, out_dir)
+    if refused is not None:
+        raise StatusmailError(refused)
     out_dir.mkdir(parents=True, exist_ok=True)
     clear_previews(out_dir)
     written: list[Path] = []

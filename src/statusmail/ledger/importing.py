@@ -107,7 +107,7 @@ def _import_lock(ledger: Ledger, waiting: Callable[[], None]) -> Iterator[None]:
         return
     path = Path(f"{ledger.target}.import.lock")
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)  # (never a link)
     except OSError as exc:
         raise LedgerError(f"{path}: cannot create the import lock: {exc.strerror or exc}") from exc
     try:

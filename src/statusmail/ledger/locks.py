@@ -55,7 +55,8 @@ def run_lock(target: str | Path, name: str) -> Iterator[None]:
     lock_path = ledger_path.with_name(f"{ledger_path.name}.{name}.lock")
     try:
         lock_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        # never through a link: it truncated and overwrote the file it pointed to
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     except OSError as exc:
         raise LedgerError(
             f"{lock_path}: cannot create the run lock: {exc.strerror or exc}"

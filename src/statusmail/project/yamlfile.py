@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import stat
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -133,9 +134,13 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _constr
 
 
 def read_text(path: Path, limit: int = MAX_FILE_BYTES) -> str:
-    """Read a UTF-8 file, refusing absurdly large ones and wrapping OS errors."""
+    """Read a UTF-8 file, refusing absurdly large ones and anything not a regular file
+    (a link to /dev/zero has size 0 and never ends: review), wrapping OS errors."""
     try:
-        size = path.stat().st_size
+        found = path.stat()
+        size = found.st_size
+        if not stat.S_ISREG(found.st_mode):
+            raise InputError([Problem(path, None, "is not a regular file", code="unreadable-file")])
         if size > limit:
             raise InputError(
                 [
@@ -147,7 +152,19 @@ def read_text(path: Path, limit: int = MAX_FILE_BYTES) -> str:
                     )
                 ]
             )
-        data = path.read_bytes()
+        with path.open("rb") as handle:
+            data = handle.read(limit + 1)  # (what grows while it is read stops here)
+        if len(data) > limit:
+            raise InputError(
+                [
+                    Problem(
+                        path,
+                        None,
+                        f"file is over the limit of {limit} bytes",
+                        code="file-too-large",
+                    )
+                ]
+            )
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line, message = undecodable(data, exc)
