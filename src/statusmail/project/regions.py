@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass, field
 from functools import cache, cached_property
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from email_validator import EmailNotValidError, validate_email
 from publicsuffixlist import PSLFILE, PublicSuffixList
@@ -21,10 +21,11 @@ REGION_CODE = re.compile(r"^[A-Z]{2}$")
 # The host of every link in a rendered part or a header: http(s), scheme-relative
 # (//host, which webmail opens on the host), or a bare www.host that mail clients turn
 # into a link themselves.
-_HOST = r"([^/\s\"'<>?#:]+)"
-_LINK_HOST = re.compile(
-    rf"(?:\bhttps?:|(?<![\w:/]))//{_HOST}|(?<![\w./@:-])(www\.[^/\s\"'<>?#:]+)", re.IGNORECASE
-)
+# A link's whole authority (user and password, host, port), then the rest of the URL;
+# and, in what is left, a bare www. name, which mail clients make a link of.
+_URL = re.compile(r"(?:\bhttps?:|(?<![\w:/]))//([^/\s\"'<>?#\\]+)[^\s\"'<>]*", re.IGNORECASE)
+_BARE_WWW = re.compile(r"(?<![\w./@:-])(www\.[^/\s\"'<>?#:]+)", re.IGNORECASE)
+_DOTS = str.maketrans("\u3002\uff0e\uff61", "...")  # the dots IDNA reads as "."
 
 
 @cache
@@ -57,8 +58,24 @@ def registrable_domain(host: str) -> str:
 
 
 def link_hosts(text: str) -> set[str]:
-    """The hosts of the links in ``text`` (``_LINK_HOST``), lowercased."""
-    return {(found[1] or found[2]).lower().rstrip(".") for found in _LINK_HOST.finditer(text)}
+    """The hosts of the links in ``text``, lowercased, as a browser reads them: after a
+    user and password, without the port, percent-decoded (review: ``a:b@`` and ``%2E``
+    took a blocked link past ``check``). URLs are read whole first, so a query or a
+    fragment naming a host (a registry's lookup of the blocked domain) is no link to it."""
+    found: set[str] = set()
+
+    def take(match: re.Match[str]) -> str:
+        found.add(_host_of(match[1]))
+        return " " * len(match[0])
+
+    rest = _URL.sub(take, text)
+    return found | {_host_of(match[1]) for match in _BARE_WWW.finditer(rest)}
+
+
+def _host_of(authority: str) -> str:
+    host = unquote(authority.rpartition("@")[2])
+    host = host.partition("]")[0] + "]" if host.startswith("[") else host.partition(":")[0]
+    return host.translate(_DOTS).lower().rstrip(".")
 
 
 @dataclass(frozen=True)
