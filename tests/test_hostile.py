@@ -230,3 +230,10 @@ def test_a_template_that_links_out_of_the_templates_folder_is_refused(
     done = invoke(project, "check", env={"STATUSMAIL_UNSUBSCRIBE_SECRET": "s" * 40})
     assert done.exit_code == 1 and "leads out of" in done.output, done.output
     assert "root:x:0:0" not in done.output
+
+
+def test_an_entry_id_no_file_can_have_is_no_entry(project: Path) -> None:
+    """An id of 300 characters ended in a traceback ("File name too long")."""
+    done = invoke(project, "send", "x" * 300, "--dry-run")
+    assert done.exit_code == 1 and "no entry" in done.output, done.output
+    assert "Traceback" not in done.output

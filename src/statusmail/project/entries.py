@@ -245,7 +245,10 @@ def unknown_entry(updates_dir: Path, entry_id: str) -> InputError:
 def entry_file(updates_dir: Path, entry_id: str) -> Path | None:
     """The file of entry ``entry_id`` (``.yaml`` or ``.yml``), None when it has none;
     refused when it has both."""
-    found = [p for p in (updates_dir / f"{entry_id}{s}" for s in SUFFIXES) if p.is_file()]
+    try:
+        found = [p for p in (updates_dir / f"{entry_id}{s}" for s in SUFFIXES) if p.is_file()]
+    except OSError:  # a name no file can have (too long): no such entry
+        return None
     if len(found) > 1:
         raise InputError(twin_problems(found))
     return found[0] if found else None
