@@ -42,3 +42,13 @@ def init_repo(repo: Path) -> None:
 def commit(repo: Path, message: str) -> None:
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "--allow-empty", "-m", message)
+
+
+def sample_repo(folder: Path) -> Path:
+    """The sample project as the root of a git repository in ``folder``, committed;
+    returns its config."""
+    from conftest import copy_sample
+
+    config = copy_sample(folder)
+    init_repo(config.parent)
+    return config

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import copy_sample, invoke
+from conftest import invoke
 from editing import replace_in
-from git_helpers import commit, git, init_repo, require_git
+from git_helpers import commit, git, require_git, sample_repo
 
 UPDATE = "update-2020-04-21"
 BLOCK = "block-2020-01-23"
@@ -20,9 +20,7 @@ BLOCK = "block-2020-01-23"
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     """The sample project as the root of a git repository, committed; returns its config."""
-    config = copy_sample(tmp_path / "repo")
-    init_repo(config.parent)
-    return config
+    return sample_repo(tmp_path / "repo")
 
 
 def previewed(folder: Path) -> list[str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SECRET, UPDATE, copy_sample, invoke
-from git_helpers import commit, init_repo
+from git_helpers import commit, sample_repo
 from statusmail.content.preview import SITE_PREVIEW
 
 ENV = {"STATUSMAIL_UNSUBSCRIBE_SECRET": SECRET}
@@ -17,9 +17,7 @@ ENV = {"STATUSMAIL_UNSUBSCRIBE_SECRET": SECRET}
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    config = copy_sample(tmp_path / "repo")
-    init_repo(config.parent)
-    return config
+    return sample_repo(tmp_path / "repo")
 
 
 def precious(folder: Path) -> list[Path]:
