@@ -110,3 +110,18 @@ def test_an_input_that_is_no_regular_file_is_refused(tmp_path: Path) -> None:
     done = invoke(config, "check", env=ENV)
     assert done.exit_code == 1, done.output
     assert f"{regions}: is not a regular file" in done.output
+
+
+def test_a_preview_folder_the_operator_links_elsewhere_is_fine(
+    tmp_path: Path,
+) -> None:
+    """Only links the change can make are refused: --preview-dir itself, outside the
+    project, may be a link (macOS's /tmp, an artifacts folder on a mounted volume)."""
+    config = copy_sample(tmp_path / "project")
+    (tmp_path / "real-artifacts").mkdir()
+    (tmp_path / "artifacts").symlink_to(tmp_path / "real-artifacts")
+    done = invoke(
+        config, "send", UPDATE, "--dry-run", "--preview-dir", str(tmp_path / "artifacts"), env=ENV
+    )
+    assert done.exit_code == 0, done.output
+    assert (tmp_path / "real-artifacts" / UPDATE / "index.html").is_file()

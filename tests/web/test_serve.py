@@ -50,6 +50,7 @@ from statusmail.project.tokens import Keyring, unsubscribe_token
 from statusmail.web.endpoints import is_one_click
 from statusmail.web.pages import Choice, PreferencesPage, render_pages
 from statusmail.web.serve import LedgerAccess
+from statusmail.web.served_keys import ServedKeys
 
 ONE_CLICK = b"List-Unsubscribe=One-Click"
 FORM = "application/x-www-form-urlencoded"
@@ -658,3 +659,20 @@ def test_a_client_gone_before_its_body_ended_is_no_error(project: Path) -> None:
         assert fetch(port, "GET", path).status == 200  # answered after them all
         assert server.stop() == 0
     assert "ERROR" not in server.stderr and "Exception" not in server.stderr, server.stderr
+
+
+@pytest.mark.timeout(10)
+def test_a_reading_of_the_secrets_begun_inside_another_does_not_wait_for_it() -> None:
+    """SIGHUP's handler ran in serve's main thread between two steps of a reading that a
+    refused token had begun, and waited for that reading's lock for good: serve froze
+    (review). Reading is now the loop's callback, and a reading under way is not waited
+    for."""
+    inner: list[bool] = []
+
+    def load() -> Keyring:
+        inner.append(served.reload())  # a SIGHUP arriving in the middle of this reading
+        return Keyring(b"2" * 40)
+
+    served = ServedKeys(Keyring(b"1" * 40), load)
+    assert served.reload() and inner == [False]
+    assert served.keys.secret == b"2" * 40

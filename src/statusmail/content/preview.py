@@ -100,8 +100,11 @@ def preview_folder_problem(config: Config, out_dir: Path) -> str | None:
     had the dry run remove and overwrite files of the folder it pointed to, and an entry
     id naming a project folder (``--preview-dir .``, entry ``templates``) had it remove
     the project's own site templates (review)."""
-    for folder in (out_dir.parent, out_dir, out_dir / SITE_PREVIEW):
-        if folder.is_symlink():
+    project = config.path.parent.absolute()
+    # (--preview-dir itself may be a link the operator made, unless it is in the project)
+    chosen = out_dir.parent if out_dir.parent.absolute().is_relative_to(project) else None
+    for folder in (chosen, out_dir, out_dir / SITE_PREVIEW):
+        if folder is not None and folder.is_symlink():
             return f"{folder} is a link: previews are written only into folders of their own"
     inputs = (
         config.path.parent,

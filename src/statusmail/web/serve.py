@@ -93,10 +93,17 @@ def make_app(
     return app
 
 
-async def _serve(server: uvicorn.Server, sockets: list[Any]) -> None:
-    """uvicorn's own ``serve``, with systemd told when it listens, and the heartbeat that
-    feeds systemd's watchdog (``WatchdogSec=``) from the serving loop."""
+async def _serve(server: uvicorn.Server, sockets: list[Any], served: ServedKeys) -> None:
+    """uvicorn's own ``serve``, with systemd told when it listens, the heartbeat that
+    feeds systemd's watchdog (``WatchdogSec=``) from the serving loop, and SIGHUP, as for
+    watch, reading the secrets again (it ended serve silently, and systemd's
+    ``Restart=on-failure`` took that for a clean exit). The loop runs the handler between
+    requests: run inside a reading the tokens' refusal began, it waited for itself."""
     heartbeat = Heartbeat()
+    loop = asyncio.get_running_loop()
+    hangup = threading.current_thread() is threading.main_thread()
+    if hangup:
+        loop.add_signal_handler(signal.SIGHUP, _reread, served)
 
     async def ready() -> None:
         while not server.started:
@@ -108,6 +115,8 @@ async def _serve(server: uvicorn.Server, sockets: list[Any]) -> None:
         await server.serve(sockets=sockets)
     finally:
         notify("STOPPING=1")
+        if hangup:
+            loop.remove_signal_handler(signal.SIGHUP)
         for task in tasks:
             task.cancel()
 
@@ -191,12 +200,10 @@ def run_server(config: Config, host: str, port: int, *, dev_secret: bool = False
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, server.handle_exit)
-        # SIGHUP, as for watch, reads the secrets again (it ended serve silently, and
-        # systemd's Restart=on-failure took that for a clean exit).
-        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda *_: _reread(served))
+
     try:
         with sock, ledgers:
-            asyncio.run(_serve(server, [sock]))
+            asyncio.run(_serve(server, [sock], served))
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -31,9 +31,9 @@ class ServedKeys:
     def reload(self) -> bool:
         """Read the secrets again; True when they changed. Secrets that cannot be read,
         or too weak ones, leave the keys in use as they are, saying why."""
-        if self._load is None:
-            return False
-        with self._lock:
+        if self._load is None or not self._lock.acquire(blocking=False):
+            return False  # (none to read, or a reading is under way: it takes the files)
+        try:
             self._read_at = time.monotonic()
             try:
                 keys = self._load()
@@ -48,6 +48,8 @@ class ServedKeys:
             if (keys.secret, keys.previous) == (self.keys.secret, self.keys.previous):
                 return False
             self.keys = keys
+        finally:
+            self._lock.release()
         log.info("the unsubscribe secrets changed: using them", extra={"event": "secrets_read"})
         return True
 
