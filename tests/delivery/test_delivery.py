@@ -111,6 +111,11 @@ def test_550_fails_at_once_exits_3_and_suppresses_unknown_users(project: Path) -
         # status reports the failures, masked
         status = invoke(project, "status", "update-2020-04-21")
         assert "i***@example.com" in status.stdout and unknown not in status.stdout
+        # a re-run has nothing to send and exits 3 as before; its text says why (it said
+        # only "already sent": review)
+        again = invoke(project, "send", "update-2020-04-21", "--yes", env=SECRET_ENV)
+        assert again.exit_code == 3, again.output
+        assert "2 failed for good: statusmail status update-2020-04-21 --failed" in again.stdout
 
 
 @pytest.mark.parametrize("reply", ["421 4.3.2 Closing", None])
@@ -163,9 +168,11 @@ def test_starttls_and_auth(project: Path, tmp_path: Path, monkeypatch: pytest.Mo
 def test_unreachable_server_exits_1_and_marks_nothing_failed(project: Path) -> None:
     with closed_port() as port:
         point_at(project, port)
-        code, _, stderr = send(project)
+        code, report, stderr = send(project)
     assert code == 1
     assert f"127.0.0.1:{port}" in stderr
+    # --json says why too (its "errors" were empty: review)
+    assert any(f"127.0.0.1:{port}" in error for error in report["errors"]), report
     assert {row["status"] for row in ledger_rows(project).values()} == {"pending"}
 
 

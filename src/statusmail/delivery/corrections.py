@@ -91,6 +91,13 @@ def print_already_sent(done: AlreadySent, as_json: bool, console: Console) -> Ex
     else:
         for line in done.lines():
             console.print(line, markup=False, highlight=False)
+        if counts.get("failed"):  # what exit 3 is about (the text said nothing of it)
+            console.print(
+                f"{counts['failed']} failed for good: statusmail status "
+                f"{done.record.entry_id} --failed",
+                markup=False,
+                highlight=False,
+            )
     return ExitCode.FAILED if counts.get("failed") else ExitCode.OK
 
 
