@@ -29,7 +29,7 @@ from statusmail.content.render_checks import render_problems
 from statusmail.delivery import intake
 from statusmail.delivery.dry_run import DryRun as DryRun  # what send --dry-run and ci read
 from statusmail.delivery.dry_run import dry_run as dry_run
-from statusmail.delivery.engine import HOURLY_CAP, LIMIT, Engine, OnOutcome, RunResult
+from statusmail.delivery.engine import CANCELLED, HOURLY_CAP, LIMIT, Engine, OnOutcome, RunResult
 from statusmail.delivery.stream import Stream
 from statusmail.delivery.takeover import Selection, take_selection
 from statusmail.delivery.transport import Transport
@@ -339,10 +339,16 @@ class Report:
         return None if self.whole and why in (LIMIT, HOURLY_CAP) else why
 
     @property
+    def continues(self) -> bool:
+        """Whether a re-run has more to do: not after a cancel (its exit was 4, "re-run
+        to continue", and a re-run sends nothing: review)."""
+        return bool(self.stopped) and self.stopped != CANCELLED
+
+    @property
     def exit_code(self) -> ExitCode:
         if self.refused:
             return ExitCode.NOT_STARTED
-        if self.counts is None or self.counts["pending"] or self.stopped:
+        if self.counts is None or self.counts["pending"] or self.continues:
             return ExitCode.STOPPED
         if self.counts["failed"]:
             return ExitCode.FAILED

@@ -215,7 +215,9 @@ def _print_report(report: pipeline.Report, as_json: bool, out: Console, console:
         return
     if report.counts is not None:
         out.print(breakdown_table(report.entry_id, report.breakdown))
-    if report.stopped:
+    if report.stopped and not report.continues:
+        console.print(f"Stopped: {report.stopped}.", markup=False)
+    elif report.stopped:
         # (a relay that cannot take the project's messages takes none on a plain re-run)
         then = "Re-run to continue"
         if report.result.relay_unfit:

@@ -31,7 +31,8 @@ from statusmail.delivery.throttle import FailureWindow, SharedBucket, TokenBucke
 from statusmail.delivery.transport import Connection, Transport
 from statusmail.domain import DeliveryStatus, Outcome, Recipient, SuppressionReason, counted
 from statusmail.errors import DeliveryError, LedgerError
-from statusmail.ledger import DeliveryQueue
+from statusmail.ledger import DeliveryQueue, controls
+from statusmail.ledger.controls import STOPPED_BY
 from statusmail.project.sending import SendingSettings
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ AHEAD = 3
 # Why a run stopped taking recipients though nothing went wrong: when it had taken the
 # last of them anyway, it did not stop early (exit 0, not 4)
 LIMIT = "limit"
+CANCELLED = STOPPED_BY[controls.CANCELLED]  # (a cancel leaves nothing to continue)
 HOURLY_CAP = "the hourly cap (sending.max_per_hour) was reached"
 
 
@@ -143,9 +145,11 @@ class Engine(Delivering):
         if self.result.stopped is None:
             self.result.stopped = reason
             self.result.relay_unfit = relay_unfit
+            rest = "" if reason == CANCELLED else ", the rest stay pending"
             log.warning(
-                "stopping: %s; in-flight messages finish, the rest stay pending",
+                "stopping: %s; in-flight messages finish%s",
                 reason,
+                rest,
                 extra={"event": "run_stopping", "entry": self.entry_id, "reason": reason},
             )
         self.stop.set()
