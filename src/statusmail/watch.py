@@ -75,6 +75,7 @@ class Watcher(Readiness, Leadership, Background, Bookkeeping):
         self.wake = asyncio.Event()
         self.reload = False
         self._run_stop: asyncio.Event | None = None
+        self._sending: str | None = None  # the entry a run is sending now
         self._reported: dict[Path, str] = {}  # what was last said about a file, said once
         self._unchanged: dict[Path, tuple[tuple[int, int], float]] = {}  # see _standing_still
         self._blocked: dict[str, Fingerprint] = {}  # entries that cannot run as files stand
@@ -266,6 +267,7 @@ class Watcher(Readiness, Leadership, Background, Bookkeeping):
                 extra={"event": "sending", "entry": entry.id, "relay": relay_name(config)},
             )
             self._run_stop = asyncio.Event()
+            self._sending = entry.id
             if self.halt.is_set():
                 self._run_stop.set()
             request = pipeline.Request()
@@ -321,6 +323,7 @@ class Watcher(Readiness, Leadership, Background, Bookkeeping):
             return False
         finally:
             self._run_stop = None
+            self._sending = None
             self.metrics.done_sending(entry.id, None)
         counts = report.counts or {}
         self.metrics.done_sending(entry.id, counts.get("pending"))

@@ -296,6 +296,27 @@ def test_watch_is_unready_while_the_relay_is_down_and_something_waits(project: P
         service.stop()
 
 
+def test_watch_is_unready_while_its_run_waits_for_a_relay_gone_mid_run(project: Path) -> None:
+    """The relay went away while an entry was being sent: /readyz said ok until the run
+    gave up and backed off (38 s), though the relay was down and readers waited."""
+    port = free_port()
+    server = RecordingServer().start()
+    try:
+        # (retries slow enough that the run outlasts the look at /readyz)
+        point_at(project, server.port, rate=4, retry_initial=1.0, retry_max=2.0)
+        service = watch(project, port)
+        try:
+            wait_for(lambda: len(server.messages) >= 2, what="the first messages")
+            server.stop()  # gone, its connections with it
+            reason = unready_for(port, service)
+            assert "was unreachable" in reason and "1 entry waits" in reason, reason
+            assert sending(scrape(port))  # still within the run
+        finally:
+            service.stop()
+    finally:
+        server.stop()
+
+
 @pytest.mark.timeout(90)
 def test_watch_tells_systemd_ready_and_feeds_its_watchdog(project: Path, tmp_path: Path) -> None:
     notify = NotifySocket(tmp_path / "notify")

@@ -34,6 +34,7 @@ class Readiness:
     role: str
     _lock_problem: str | None
     _backoff: dict[str, Backoff]
+    _sending: str | None
 
     # Called from the metrics thread: they only read attributes the loop replaces whole.
 
@@ -51,7 +52,9 @@ class Readiness:
                 "another watcher leads on this ledger; this one takes over within "
                 f"{self.options.takeover:g}s of its end"
             )
-        waiting = len(self._backoff)
+        # the entry being sent waits for the relay too, before its run gives up and
+        # backs off (/readyz said ok for 38 s with the relay gone mid-run: review)
+        waiting = len(set(self._backoff) | ({self._sending} if self._sending else set()))
         unfit = [b.reason for b in self._backoff.values() if b.relay_unfit]
         if unfit:  # reachable, and takes none of the project's messages: as bad as down
             return f"{relay_name(self.config)}: {unfit[0]}"
