@@ -57,8 +57,22 @@ class Background:
         bounces = self.config.bounces
         if bounces.maildir is None and bounces.imap is None:
             return
+        passing = asyncio.ensure_future(
+            in_a_thread(feedback.run_pass, self.config, should_stop=self.halt.is_set)
+        )
+        halted = asyncio.ensure_future(self.halt.wait())
         try:
-            report = await in_a_thread(feedback.run_pass, self.config, should_stop=self.halt.is_set)
+            await asyncio.wait((passing, halted), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            halted.cancel()
+        if not passing.done():
+            # Stopped while the pass waits on the mailbox (a server that does not
+            # answer): nothing of it is in flight, what it recorded stands and the rest is
+            # read next time; the stop need not wait a second for it (review).
+            passing.cancel()
+            return
+        try:
+            report = passing.result()
         except StatusmailError as exc:
             log.warning("feedback: %s", exc, extra={"event": "feedback_failed"})
             return
