@@ -59,6 +59,17 @@ def test_a_name_cannot_add_or_split_a_header(project: Path) -> None:
     assert message["To"].addresses[0].display_name == "Eve Bcc: victim X-Evil: 1"
 
 
+def test_a_subject_that_reorders_what_the_reader_sees_is_refused(project: Path) -> None:
+    """U+202E in a subject showed "gnp.exe" as "exe.png" (review)."""
+    entry = project.parent / "updates" / f"{UPDATE}.yaml"
+    text = entry.read_text(encoding="utf-8")
+    text = text.replace('subject: "Update on the block', 'subject: "\\u202egnp.exe Update', 1)
+    entry.write_text(text, encoding="utf-8")
+    result = invoke(project, "check")
+    assert result.exit_code == 1
+    assert "holds U+202E, which reorders the text a mail client shows" in result.output
+
+
 def test_a_subject_with_a_line_break_is_refused(project: Path) -> None:
     entry = project.parent / "updates" / f"{UPDATE}.yaml"
     text = entry.read_text(encoding="utf-8")

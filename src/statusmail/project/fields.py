@@ -32,6 +32,7 @@ def zone_missing(naive: dt.datetime) -> str:
 # What no text of a project may hold: the C0 controls but tab and line breaks, the
 # non-characters U+FFFE and U+FFFF, and lone surrogates (XML 1.0 cannot hold any of them).
 NOT_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
+BIDI_CONTROL = re.compile("[\u202a-\u202e\u2066-\u2069]")  # embeddings, overrides, isolates
 _BOOLEAN = {"yes": "true", "on": "true", "y": "true", "no": "false", "off": "false", "n": "false"}
 
 
@@ -118,11 +119,21 @@ class Fields:
         return self.text(key) if self.has(key) else None
 
     def line_text(self, key: str, *, required: bool = False) -> str:
-        """A string that will end up in a header: one line, no control characters."""
+        """A string that will end up in a header: one line, no control characters, and
+        none of the controls that reorder what a reader sees (a subject holding U+202E
+        showed "gnp.exe" as "exe.png": review)."""
         value = self.text(key, required=required)
         if "\r" in value or "\n" in value:
             self.problem(self.line_of(key), f"{self.name(key)!r} must be one line of text")
             return " ".join(value.split())
+        found = BIDI_CONTROL.search(value)
+        if found is not None:
+            self.problem(
+                self.line_of(key),
+                f"{self.name(key)!r} holds U+{ord(found.group()):04X}, which reorders the "
+                "text a mail client shows: write the text in the order it is read",
+            )
+            return BIDI_CONTROL.sub("", value)
         return value
 
     def number(self, key: str, default: float, *, minimum: float = 0) -> float:
