@@ -12,7 +12,7 @@ from statusmail.errors import StatusmailError
 from statusmail.feedback import loop as feedback
 from statusmail.project.config import Config
 from statusmail.service.options import WatchOptions
-from statusmail.service.steps import in_a_thread
+from statusmail.service.steps import done_before, in_a_thread
 
 log = logging.getLogger("statusmail.watch")
 
@@ -60,12 +60,7 @@ class Background:
         passing = asyncio.ensure_future(
             in_a_thread(feedback.run_pass, self.config, should_stop=self.halt.is_set)
         )
-        halted = asyncio.ensure_future(self.halt.wait())
-        try:
-            await asyncio.wait((passing, halted), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            halted.cancel()
-        if not passing.done():
+        if not await done_before(passing, self.halt):
             # Stopped while the pass waits on the mailbox (a server that does not
             # answer): nothing of it is in flight, what it recorded stands and the rest is
             # read next time; the stop need not wait a second for it (review).

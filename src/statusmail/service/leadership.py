@@ -14,6 +14,7 @@ from statusmail import metrics, signals
 from statusmail.errors import LedgerError, SchemaTooNew
 from statusmail.ledger.locks import LeaderLock
 from statusmail.service.options import WatchOptions
+from statusmail.service.steps import done_before
 from statusmail.web import health
 
 log = logging.getLogger("statusmail.watch")
@@ -98,16 +99,10 @@ class Leadership:
                 delay = min(delay * 2, self.options.lock_retry_max)
 
     async def _unless_stopped(self, connecting: Awaitable[LeaderLock]) -> LeaderLock | None:
-        """The lock's connection, or None when the watcher is stopped first: nothing is
-        in flight while it connects, so a stop does not wait ``signals.FORCE_AFTER`` for
-        a server that does not answer."""
+        """The lock's connection, or None when the watcher is stopped first (nothing is
+        in flight while it connects: ``steps.done_before``)."""
         connection = asyncio.ensure_future(connecting)
-        stopped = asyncio.ensure_future(self.stop.wait())
-        try:
-            await asyncio.wait((connection, stopped), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopped.cancel()
-        if connection.done():
+        if await done_before(connection, self.stop):
             return connection.result()
         connection.cancel()
         with contextlib.suppress(asyncio.CancelledError, LedgerError):

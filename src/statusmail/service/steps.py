@@ -46,3 +46,16 @@ async def in_a_thread(function: Callable[..., T], *args: Any, **kwargs: Any) -> 
     name = getattr(function, "__name__", "step")
     threading.Thread(target=run, name=f"statusmail-{name}", daemon=True).start()
     return await done
+
+
+async def done_before(work: asyncio.Future[Any], stop: asyncio.Event) -> bool:
+    """Wait for ``work`` or ``stop``, whichever comes first; whether ``work`` is done. A
+    step that holds nothing in flight (a connect, a mailbox pass) is left to its caller
+    to cancel when the stop came first, so a stop need not wait ``signals.FORCE_AFTER``
+    for a server that does not answer."""
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((work, stopped), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    return work.done()
