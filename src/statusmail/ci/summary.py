@@ -22,6 +22,7 @@ from statusmail.errors import Problem, StatusmailError
 from statusmail.pipeline import DryRun, Prepared
 from statusmail.project.locales import SUPPORTED_LOCALES
 from statusmail.project.subscriber_rows import RowProblem, mask_row
+from statusmail.project.yamlfile import write_anew
 
 
 @dataclass
@@ -215,12 +216,9 @@ def write(text: str, path: Path, environ: Mapping[str, str]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Made anew, never written through a link a change left there (review: the
-        # summary overwrote the file a committed SUMMARY.md link pointed to).
-        path.unlink(missing_ok=True)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-        # (a file name git gave undecoded is carried as surrogates: written as ?)
-        with os.fdopen(os.open(path, flags, 0o644), "w", encoding="utf-8", errors="replace") as out:
-            out.write(text)
+        # summary overwrote the file a committed SUMMARY.md link pointed to). A file name
+        # git gave undecoded is carried as surrogates: written as ?
+        write_anew(path, text, errors="replace")
         if step_summary:
             with open(step_summary, "a", encoding="utf-8", errors="replace") as handle:
                 handle.write(for_the_step(text, path.name))

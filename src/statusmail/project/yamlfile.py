@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import stat
 from collections.abc import Iterable
 from pathlib import Path
@@ -215,3 +216,12 @@ def file_stamps(paths: Iterable[Path]) -> Stamps:
             st = path.stat()
             stamps.append((str(path), st.st_mtime_ns, st.st_size))
     return tuple(stamps)
+
+
+def write_anew(path: Path, text: str, *, mode: int = 0o644, errors: str = "strict") -> None:
+    """Write ``text`` to a file made anew at ``path``: whatever was there (a link a change
+    left, say) is removed, never followed; OSError as the caller's to report."""
+    path.unlink(missing_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    with os.fdopen(os.open(path, flags, mode), "w", encoding="utf-8", errors=errors) as out:
+        out.write(text)

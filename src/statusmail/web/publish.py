@@ -35,6 +35,7 @@ from statusmail.project.config import Config
 from statusmail.project.editions import Edition, load_editions
 from statusmail.project.entries import load_entries
 from statusmail.project.regions import load_regions
+from statusmail.project.yamlfile import write_anew
 from statusmail.web.site import SiteBuilder
 
 log = logging.getLogger("statusmail.publish")
@@ -109,10 +110,7 @@ class Times:
     def save(self, **values: object) -> None:
         self.data.update(values, texts=self.texts, tags=self.tags)
         temporary = self.path.with_name(self.path.name + ".new")
-        temporary.unlink(missing_ok=True)  # (a link left there is removed, not followed)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-        with os.fdopen(os.open(temporary, flags, FILE_MODE), "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(self.data, indent=1, sort_keys=True))
+        write_anew(temporary, json.dumps(self.data, indent=1, sort_keys=True), mode=FILE_MODE)
         os.replace(temporary, self.path)
 
 
