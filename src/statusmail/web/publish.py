@@ -311,9 +311,15 @@ def _leaks(
     return found
 
 
-def publish(config: Config, out: Path | None = None, now: dt.datetime | None = None) -> Published:
+def publish(
+    config: Config,
+    out: Path | None = None,
+    now: dt.datetime | None = None,
+    held: Mapping[str, str] | None = None,
+) -> Published:
     """Render the site and, if it changed, make it ``out/current`` (default:
-    ``publish.out``). InputError for what cannot be rendered; the current site stays."""
+    ``publish.out``), leaving out the ``held`` entries (default: as the ledger holds them
+    now). InputError for what cannot be rendered; the current site stays."""
     out = (out or config.publish.out).absolute()
     now = now or dt.datetime.now(dt.UTC)
     current = out / CURRENT
@@ -325,7 +331,7 @@ def publish(config: Config, out: Path | None = None, now: dt.datetime | None = N
         _readable_folder(out)
     except OSError as exc:
         raise InputError([Problem(out, None, f"cannot create it: {exc.strerror}")]) from exc
-    held = held_entries(config)
+    held = held_entries(config) if held is None else held
     with _locked(out):
         times = Times(out / STATE_NAME, now)
         files, editions, due = site_files(config, now, times, held)

@@ -160,7 +160,8 @@ class Republisher:
         if seen == self._seen and (due is None or dt.datetime.now(dt.UTC) < due):
             return
         try:
-            result = publish(self.config)
+            # (held as just read for the comparison: the ledger is read once a pass)
+            result = publish(self.config, held=None if seen[1] is None else dict(seen[1]))
         except InputError as exc:
             for problem in exc.problems:
                 log.error("site not published: %s", problem, extra={"event": "publish_failed"})
