@@ -32,7 +32,6 @@ from statusmail.delivery.transport import Connection, Transport
 from statusmail.domain import DeliveryStatus, Outcome, Recipient, SuppressionReason, counted
 from statusmail.errors import DeliveryError, LedgerError
 from statusmail.ledger import DeliveryQueue, controls
-from statusmail.ledger.controls import STOPPED_BY
 from statusmail.project.sending import SendingSettings
 
 if TYPE_CHECKING:
@@ -59,7 +58,7 @@ AHEAD = 3
 # Why a run stopped taking recipients though nothing went wrong: when it had taken the
 # last of them anyway, it did not stop early (exit 0, not 4)
 LIMIT = "limit"
-CANCELLED = STOPPED_BY[controls.CANCELLED]  # (a cancel leaves nothing to continue)
+CANCELLED = controls.STOPPED_BY[controls.CANCELLED]  # (a cancel leaves nothing to continue)
 HOURLY_CAP = "the hourly cap (sending.max_per_hour) was reached"
 
 

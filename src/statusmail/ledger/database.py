@@ -66,11 +66,10 @@ def describe(target: str | Path) -> str:
     if not is_url(target):
         return str(target)
     server = server_of(str(target))
-    query = (
-        str(target).partition("://")[2].partition("/")[2].partition("?")[2]
-    )  # not the password's
+    # (deployments in schemas of one database: which one a message is about). The query
+    # is read after the path, where no password is.
+    query = str(target).partition("://")[2].partition("/")[2].partition("?")[2]
     schema = _SEARCH_PATH.search(parse_qs(query).get("options", [""])[-1])
-    # (deployments in schemas of one database: which one a message is about)
     return f"{server} (schema {schema.group(1)})" if schema else server
 
 
