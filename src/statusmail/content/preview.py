@@ -100,26 +100,17 @@ def preview_folder_problem(config: Config, out_dir: Path) -> str | None:
     had the dry run remove and overwrite files of the folder it pointed to, and an entry
     id naming a project folder (``--preview-dir .``, entry ``templates``) had it remove
     the project's own site templates (review)."""
-    project = config.path.parent.absolute()
+    project = config.path.parent
     # (--preview-dir itself may be a link the operator made, unless it is in the project)
-    chosen = out_dir.parent if out_dir.parent.absolute().is_relative_to(project) else None
-    for folder in (chosen, out_dir, out_dir / SITE_PREVIEW):
+    in_project = out_dir.parent.absolute().is_relative_to(project.absolute())
+    for folder in (out_dir.parent if in_project else None, out_dir, out_dir / SITE_PREVIEW):
         if folder is not None and folder.is_symlink():
             return f"{folder} is a link: previews are written only into folders of their own"
-    inputs = (
-        config.path.parent,
-        config.paths.templates,
-        config.paths.updates,
-        config.paths.subscribers,
-        config.paths.regions.parent,
-    )
-    target = out_dir.resolve()
-    for path in {p.resolve() for p in inputs}:
-        if (
-            target == path
-            or path.is_relative_to(target)
-            or (target.is_relative_to(path) and path != config.path.parent.resolve())
-        ):
+    target, root = out_dir.resolve(), project.resolve()
+    inputs = (config.paths.templates, config.paths.updates, config.paths.subscribers)
+    for path in {root, *(p.resolve() for p in (*inputs, config.paths.regions.parent))}:
+        inside = target.is_relative_to(path) and path != root  # (previews/ID is fine)
+        if target == path or path.is_relative_to(target) or inside:
             return f"{out_dir} is or holds the project's own {path}: choose another --preview-dir"
     return None
 

@@ -137,43 +137,26 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _constr
 def read_text(path: Path, limit: int = MAX_FILE_BYTES) -> str:
     """Read a UTF-8 file, refusing absurdly large ones and anything not a regular file
     (a link to /dev/zero has size 0 and never ends: review), wrapping OS errors."""
+
+    def refused(said: str, code: str = "file-too-large") -> InputError:
+        return InputError([Problem(path, None, said, code=code)])
+
     try:
         found = path.stat()
-        size = found.st_size
         if not stat.S_ISREG(found.st_mode):
-            raise InputError([Problem(path, None, "is not a regular file", code="unreadable-file")])
-        if size > limit:
-            raise InputError(
-                [
-                    Problem(
-                        path,
-                        None,
-                        f"file is {size} bytes; the limit is {limit}",
-                        code="file-too-large",
-                    )
-                ]
-            )
+            raise refused("is not a regular file", "unreadable-file")
+        if found.st_size > limit:
+            raise refused(f"file is {found.st_size} bytes; the limit is {limit}")
         with path.open("rb") as handle:
             data = handle.read(limit + 1)  # (what grows while it is read stops here)
         if len(data) > limit:
-            raise InputError(
-                [
-                    Problem(
-                        path,
-                        None,
-                        f"file is over the limit of {limit} bytes",
-                        code="file-too-large",
-                    )
-                ]
-            )
+            raise refused(f"file is over the limit of {limit} bytes")
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line, message = undecodable(data, exc)
         raise InputError([Problem(path, line, message, code="unreadable-file")]) from exc
     except OSError as exc:
-        raise InputError(
-            [Problem(path, None, f"cannot read: {exc.strerror or exc}", code="unreadable-file")]
-        ) from exc
+        raise refused(f"cannot read: {exc.strerror or exc}", "unreadable-file") from exc
 
 
 def load_yaml(path: Path) -> Any:
